@@ -1,0 +1,1105 @@
+//! The `htu` claim: the HTTP target URI of a DPoP proof, normalised for comparison.
+//!
+//! RFC 9449 §4.3 (check 9) has the server compare the proof's `htu` with the URI of the
+//! request "without query and fragment parts", and §4.3 says the comparison is made after
+//! syntax-based (RFC 3986 §6.2.2) and scheme-based (RFC 3986 §6.2.3) normalisation. [`Htu`]
+//! holds a URI already in that normal form, so comparing two of them is plain string
+//! equality.
+//!
+//! The parser is written here on purpose rather than taken from the `url` crate: WHATWG URL
+//! parsing is lenient (it turns `\` into `/`, trims spaces, accepts `127.1`, …) and differs
+//! from RFC 3986, and in a security check every leniency is a way for two components to
+//! disagree about what URI a proof is bound to. So this parser is strict: anything that is
+//! not a well-formed absolute `http`/`https` URI is refused with an [`HtuError`].
+//!
+//! What normalisation does (and, as importantly, does not do):
+//! - scheme and host are lower-cased (RFC 3986 §6.2.2.1);
+//! - percent-encoding hex digits are upper-cased and escapes of unreserved characters are
+//!   decoded (RFC 3986 §6.2.2.1, §6.2.2.2); other escapes such as `%2F` are kept, since
+//!   decoding them would change the URI's meaning (RFC 3986 §2.2);
+//! - dot segments are removed (RFC 3986 §6.2.2.3, algorithm of §5.2.4);
+//! - the default port and an empty port are dropped, and an empty path becomes `/`
+//!   (RFC 3986 §6.2.3, RFC 9110 §4.2.1–4.2.3);
+//! - query and fragment are removed (RFC 9449 §4.2, `htu` claim).
+//!
+//! The path stays case-sensitive and `/token` is not `/token/`: RFC 3986 §6.2.3 lets only
+//! the origin server decide such equivalences, and a verifier must not guess them.
+
+use core::fmt;
+use core::str::FromStr;
+
+/// Longest input accepted, in bytes. A bound keeps the work per proof small and fixed; real
+/// endpoints are far shorter (RFC 9110 §4.1 recommends supporting at least 8000 octets).
+const MAX_LEN: usize = 8192;
+
+/// A normalised `htu`: absolute http(s) URI, no query, no fragment.
+///
+/// Build one with [`Htu::parse`] (or [`str::parse`]) from a proof's claim, or with
+/// [`Htu::from_origin_and_path`] from the request a server received; two values are equal
+/// exactly when the URIs are equivalent under RFC 3986 §6.2.2 and §6.2.3 normalisation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Htu(String);
+
+impl Htu {
+    /// Parses and normalises an absolute `http`/`https` URI, dropping its query and fragment.
+    ///
+    /// # Errors
+    /// An [`HtuError`] naming the first problem found: too long, not ASCII, a character RFC
+    /// 3986 does not allow where it stands, a scheme other than `http`/`https`, no authority,
+    /// userinfo, an empty or malformed host, a bad port, or a malformed `%` escape.
+    pub fn parse(uri: &str) -> Result<Self, HtuError> {
+        if uri.len() > MAX_LEN {
+            return Err(HtuError::TooLong);
+        }
+        check_bytes(uri)?;
+        let parts = split(uri)?;
+        // Normalisation never lengthens a URI except for an empty path becoming "/", and
+        // the scheme is the same length in output as in input; so this single reservation
+        // is the only allocation.
+        let capacity = scheme_len(parts.https)
+            .saturating_add(parts.authority.len())
+            .saturating_add(parts.path.len().max(1));
+        let mut out = String::with_capacity(capacity);
+        push_scheme_and_authority(&mut out, &parts)?;
+        let base = out.len();
+        push_path(&mut out, base, parts.path, true)?;
+        if out.len() == base {
+            // RFC 3986 §6.2.3: an empty path is equivalent to "/" for http(s).
+            out.push('/');
+        }
+        Ok(Self(out))
+    }
+
+    /// Builds the `htu` of a request a server received: `origin` is the server's own base
+    /// URI (such as `"https://api.example.com:8443"`, possibly with a path prefix as in
+    /// `"https://x.example/api"` when the application is mounted below `/api`) and
+    /// `path_and_query` is the origin-form request target (RFC 9112 §3.2.1, such as
+    /// `"/a/b?x=1"`).
+    ///
+    /// The result is that of [`Htu::parse`] on the two strings joined, with one `/` dropped
+    /// where the prefix ends in `/`; the query is removed.
+    ///
+    /// # Errors
+    /// [`HtuError::BadRequestTarget`] when `path_and_query` does not start with `/` (the
+    /// asterisk form `*` and the absolute and authority forms have no `htu` to build here),
+    /// [`HtuError::BadOrigin`] when `origin` carries a query or fragment, and otherwise the
+    /// errors of [`Htu::parse`].
+    pub fn from_origin_and_path(origin: &str, path_and_query: &str) -> Result<Self, HtuError> {
+        if origin.len().saturating_add(path_and_query.len()) > MAX_LEN {
+            return Err(HtuError::TooLong);
+        }
+        check_bytes(origin)?;
+        check_bytes(path_and_query)?;
+        if !path_and_query.starts_with('/') {
+            return Err(HtuError::BadRequestTarget);
+        }
+        // A request target has no fragment, but cutting at '#' too costs nothing.
+        let request_path = path_and_query.split(['?', '#']).next().unwrap_or_default();
+        let parts = split(origin)?;
+        if !parts.rest.is_empty() {
+            return Err(HtuError::BadOrigin);
+        }
+        // "https://x.example/api/" + "/a" must give "/api/a", not "/api//a".
+        let prefix = parts.path.strip_suffix('/').unwrap_or(parts.path);
+        let capacity = scheme_len(parts.https)
+            .saturating_add(parts.authority.len())
+            .saturating_add(prefix.len())
+            .saturating_add(request_path.len());
+        let mut out = String::with_capacity(capacity);
+        push_scheme_and_authority(&mut out, &parts)?;
+        let base = out.len();
+        // Dot segments are removed across the join, as they would be in the joined URI.
+        push_path(&mut out, base, prefix, false)?;
+        push_path(&mut out, base, request_path, true)?;
+        if out.len() == base {
+            out.push('/');
+        }
+        Ok(Self(out))
+    }
+
+    /// The normalised URI, such as `"https://server.example.com/token"`.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Htu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Htu {
+    type Err = HtuError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Why a string is not an acceptable `htu`.
+///
+/// [`HtuError::reason`] gives a short stable code for logs and error responses; `Display`
+/// gives a sentence saying what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HtuError {
+    /// The input is longer than 8192 bytes.
+    TooLong,
+    /// The input contains a non-ASCII character; URIs are ASCII (RFC 3986 §2).
+    NonAscii,
+    /// A control character, space, or a character RFC 3986 does not allow at that place
+    /// (such as `` "<>\^`{|} `` in the path, or `[` in a host name).
+    BadCharacter,
+    /// The input is a relative reference (no scheme), not an absolute URI.
+    Relative,
+    /// The scheme is not `http` or `https`.
+    BadScheme,
+    /// The scheme is not followed by `//` and an authority (RFC 9110 §4.2.1 requires one).
+    MissingAuthority,
+    /// The authority has userinfo (`user@host`), which RFC 9110 §4.2.4 forbids.
+    Userinfo,
+    /// The host is empty, which RFC 9110 §4.2.1 forbids.
+    EmptyHost,
+    /// The host is a malformed IP literal, an unsupported IP literal (IPvFuture, zone ID),
+    /// or a numeric host that is not dotted-decimal IPv4.
+    BadHost,
+    /// The port is not decimal digits or exceeds 65535.
+    BadPort,
+    /// A `%` is not followed by two hexadecimal digits (RFC 3986 §2.1).
+    BadPercentEncoding,
+    /// The origin given to [`Htu::from_origin_and_path`] has a query or fragment.
+    BadOrigin,
+    /// The request target given to [`Htu::from_origin_and_path`] is not in origin form.
+    BadRequestTarget,
+}
+
+impl HtuError {
+    /// A short, stable, snake_case code for this error, such as `"bad_scheme"`.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLong => "too_long",
+            Self::NonAscii => "non_ascii",
+            Self::BadCharacter => "bad_character",
+            Self::Relative => "relative",
+            Self::BadScheme => "bad_scheme",
+            Self::MissingAuthority => "missing_authority",
+            Self::Userinfo => "userinfo",
+            Self::EmptyHost => "empty_host",
+            Self::BadHost => "bad_host",
+            Self::BadPort => "bad_port",
+            Self::BadPercentEncoding => "bad_percent_encoding",
+            Self::BadOrigin => "bad_origin",
+            Self::BadRequestTarget => "bad_request_target",
+        }
+    }
+}
+
+impl fmt::Display for HtuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TooLong => "htu is longer than 8192 bytes",
+            Self::NonAscii => {
+                "htu must be ASCII: percent-encode non-ASCII path characters and write \
+                 internationalised host names as A-labels (xn--...)"
+            }
+            Self::BadCharacter => {
+                "htu contains a control character, a space, or a character that RFC 3986 \
+                 does not allow at that place (such as \"<>\\^`{|} in the path); \
+                 percent-encode it"
+            }
+            Self::Relative => "htu must be an absolute URI starting with http:// or https://",
+            Self::BadScheme => "htu scheme must be http or https",
+            Self::MissingAuthority => {
+                "htu must have an authority: the scheme must be followed by // and a host"
+            }
+            Self::Userinfo => {
+                "htu must not contain userinfo (user@host); RFC 9110 forbids it in http(s) URIs"
+            }
+            Self::EmptyHost => "htu host is empty",
+            Self::BadHost => {
+                "htu host is not a valid host name or IP address (IP literals must be IPv6 \
+                 without zone ID; numeric hosts must be dotted-decimal IPv4)"
+            }
+            Self::BadPort => "htu port must be decimal digits with a value of at most 65535",
+            Self::BadPercentEncoding => {
+                "htu has a '%' that is not followed by two hexadecimal digits; write a \
+                 literal '%' as %25"
+            }
+            Self::BadOrigin => "origin must be an absolute http(s) URI without query or fragment",
+            Self::BadRequestTarget => {
+                "request target must be in origin form, starting with '/' ('*' and \
+                 absolute-form targets have no htu)"
+            }
+        })
+    }
+}
+
+impl std::error::Error for HtuError {}
+
+/// An absolute URI cut into the pieces the normaliser needs (RFC 3986 §3).
+struct Parts<'a> {
+    /// `true` for `https`, `false` for `http`.
+    https: bool,
+    /// Between `//` and the first `/`, `?` or `#`.
+    authority: &'a str,
+    /// Empty or starting with `/` (RFC 3986 §3.3, `path-abempty`).
+    path: &'a str,
+    /// The query and fragment with their delimiters, possibly empty.
+    rest: &'a str,
+}
+
+/// Rejects what can never appear anywhere in a URI: non-ASCII, controls and space
+/// (RFC 3986 §2 and Appendix C: URIs are delimited by, and so cannot contain, spaces).
+/// This is the only check the query and fragment get, as they are dropped anyway.
+fn check_bytes(s: &str) -> Result<(), HtuError> {
+    for b in s.bytes() {
+        if !b.is_ascii() {
+            return Err(HtuError::NonAscii);
+        }
+        if b <= b' ' || b == 0x7f {
+            return Err(HtuError::BadCharacter);
+        }
+    }
+    Ok(())
+}
+
+/// Splits an absolute `http`/`https` URI (RFC 3986 §3: `scheme ":" "//" authority
+/// path-abempty [ "?" query ] [ "#" fragment ]`).
+fn split(input: &str) -> Result<Parts<'_>, HtuError> {
+    // RFC 3986 §4.2: a reference is relative unless a ':' comes before any '/', '?', '#'.
+    let end = input.find([':', '/', '?', '#']).ok_or(HtuError::Relative)?;
+    let (scheme, after) = input.split_at_checked(end).ok_or(HtuError::Relative)?;
+    let after = after.strip_prefix(':').ok_or(HtuError::Relative)?;
+    if scheme.is_empty() {
+        return Err(HtuError::Relative);
+    }
+    // RFC 3986 §3.1: schemes are case-insensitive.
+    let https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return Err(HtuError::BadScheme);
+    };
+    let hier = after.strip_prefix("//").ok_or(HtuError::MissingAuthority)?;
+    let authority_end = hier.find(['/', '?', '#']).unwrap_or(hier.len());
+    let (authority, after) = hier
+        .split_at_checked(authority_end)
+        .ok_or(HtuError::BadCharacter)?;
+    let path_end = after.find(['?', '#']).unwrap_or(after.len());
+    let (path, rest) = after
+        .split_at_checked(path_end)
+        .ok_or(HtuError::BadCharacter)?;
+    Ok(Parts {
+        https,
+        authority,
+        path,
+        rest,
+    })
+}
+
+/// Length of `"http://"` or `"https://"`.
+fn scheme_len(https: bool) -> usize {
+    if https { 8 } else { 7 }
+}
+
+/// Writes the lower-case scheme, `//`, and the normalised authority.
+fn push_scheme_and_authority(out: &mut String, parts: &Parts<'_>) -> Result<(), HtuError> {
+    out.push_str(if parts.https { "https://" } else { "http://" });
+    let authority = parts.authority;
+    // RFC 9110 §4.2.4: userinfo is deprecated for http(s), and "user@" prefixes are a
+    // classic way to make a URI look as if it named another host.
+    if authority.contains('@') {
+        return Err(HtuError::Userinfo);
+    }
+    let port = if let Some(literal) = authority.strip_prefix('[') {
+        // RFC 3986 §3.2.2: IP-literal = "[" ( IPv6address / IPvFuture ) "]".
+        let (inner, after) = literal.split_once(']').ok_or(HtuError::BadHost)?;
+        if !valid_ipv6(inner) {
+            return Err(HtuError::BadHost);
+        }
+        out.push('[');
+        // RFC 3986 §6.2.2.1: hex digits are case-insensitive; lower-case as RFC 5952 §4.3.
+        for b in inner.bytes() {
+            out.push(char::from(b.to_ascii_lowercase()));
+        }
+        out.push(']');
+        match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or(HtuError::BadHost)?),
+        }
+    } else {
+        // A reg-name or IPv4 address cannot contain ':', so the first one starts the port.
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if host.is_empty() {
+            // RFC 9110 §4.2.1: a recipient MUST reject an http(s) URI with an empty host.
+            return Err(HtuError::EmptyHost);
+        }
+        let start = out.len();
+        push_reg_name(out, host)?;
+        check_numeric_host(out.get(start..).unwrap_or_default())?;
+        port
+    };
+    push_port(out, port, parts.https)
+}
+
+/// Writes a reg-name or IPv4 host (RFC 3986 §3.2.2: `*( unreserved / pct-encoded /
+/// sub-delims )`), lower-cased, with escapes of unreserved characters decoded.
+fn push_reg_name(out: &mut String, host: &str) -> Result<(), HtuError> {
+    let bytes = host.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let value = percent_value(bytes, i)?;
+            if is_unreserved(value) {
+                // RFC 3986 §6.2.2.2, then §6.2.2.1 (host is case-insensitive).
+                out.push(char::from(value.to_ascii_lowercase()));
+            } else {
+                push_escape(out, value);
+            }
+            i = i.saturating_add(3);
+        } else if is_unreserved(b) || is_sub_delim(b) {
+            out.push(char::from(b.to_ascii_lowercase()));
+            i = i.saturating_add(1);
+        } else {
+            return Err(HtuError::BadCharacter);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a host whose last label is a number unless it is strict dotted-decimal IPv4.
+///
+/// RFC 3986 reads `127.1`, `0x7f.0.0.1` or `010.0.0.1` as registered names, but
+/// `inet_aton` and WHATWG URL parsers read them as IPv4 addresses (in octal or hex), so
+/// accepting them would let two components disagree about the host. No real name is
+/// affected: top-level domains are never all-numeric (RFC 3696 §2).
+fn check_numeric_host(host: &str) -> Result<(), HtuError> {
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    let last = trimmed.rsplit('.').next().unwrap_or_default();
+    let numeric = !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
+    if numeric && !is_strict_ipv4(host) {
+        return Err(HtuError::BadHost);
+    }
+    Ok(())
+}
+
+/// RFC 3986 §3.2.2 `IPv4address`: four `dec-octet`s, no leading zeros, each at most 255.
+fn is_strict_ipv4(s: &str) -> bool {
+    let mut count = 0_u8;
+    for part in s.split('.') {
+        count = count.saturating_add(1);
+        let digits_ok = !part.is_empty()
+            && part.len() <= 3
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && (part.len() == 1 || !part.starts_with('0'));
+        if count > 4 || !digits_ok || part.parse::<u8>().is_err() {
+            return false;
+        }
+    }
+    count == 4
+}
+
+/// RFC 3986 §3.2.2 `IPv6address` (including an IPv4 tail). IPvFuture (`v1.…`) and RFC 6874
+/// zone IDs are refused: neither identifies a host that a proof could meaningfully name.
+fn valid_ipv6(s: &str) -> bool {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return false;
+    }
+    match s.split_once("::") {
+        // "::" stands for at least one group of zeros, so at most 7 are written.
+        Some((head, tail)) => {
+            !tail.contains("::")
+                && matches!(
+                    (count_groups(head, false), count_groups(tail, true)),
+                    (Some(h), Some(t)) if h.saturating_add(t) <= 7
+                )
+        }
+        None => count_groups(s, true) == Some(8),
+    }
+}
+
+/// Counts the 16-bit groups in a `:`-separated run of `h16`s (an IPv4 tail, allowed only
+/// at the very end of the address, counts as two). `None` if malformed.
+fn count_groups(s: &str, ipv4_tail_allowed: bool) -> Option<usize> {
+    if s.is_empty() {
+        return Some(0);
+    }
+    let mut count = 0_usize;
+    let mut pieces = s.split(':').peekable();
+    while let Some(piece) = pieces.next() {
+        let is_last = pieces.peek().is_none();
+        if is_last && ipv4_tail_allowed && piece.contains('.') {
+            if !is_strict_ipv4(piece) {
+                return None;
+            }
+            count = count.saturating_add(2);
+        } else if (1..=4).contains(&piece.len()) && piece.bytes().all(|b| b.is_ascii_hexdigit()) {
+            count = count.saturating_add(1);
+        } else {
+            return None;
+        }
+        if count > 8 {
+            return None;
+        }
+    }
+    Some(count)
+}
+
+/// Writes `:port` unless the port is empty or the scheme's default (RFC 3986 §6.2.3);
+/// leading zeros are dropped so that `:0443` and `:443` compare equal.
+fn push_port(out: &mut String, port: Option<&str>, https: bool) -> Result<(), HtuError> {
+    let Some(port) = port else {
+        return Ok(());
+    };
+    let mut value: u32 = 0;
+    for b in port.bytes() {
+        if !b.is_ascii_digit() {
+            return Err(HtuError::BadPort);
+        }
+        value = value
+            .saturating_mul(10)
+            .saturating_add(u32::from(b.saturating_sub(b'0')));
+        if value > 65535 {
+            return Err(HtuError::BadPort);
+        }
+    }
+    let default = if https { 443 } else { 80 };
+    if port.is_empty() || value == default {
+        return Ok(());
+    }
+    out.push(':');
+    let mut started = false;
+    for divisor in [10_000, 1000, 100, 10, 1] {
+        let digit = (value / divisor) % 10;
+        if digit != 0 || started || divisor == 1 {
+            started = true;
+            if let Some(c) = char::from_digit(digit, 10) {
+                out.push(c);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends the normalised segments of `path` (empty or starting with `/`) to `out`,
+/// removing dot segments as RFC 3986 §5.2.4 does. `out[base..]` is the path written so far;
+/// `ends_path` tells whether `path` is the end of the whole path (a final `.` or `..`
+/// leaves a trailing `/`, as in §5.2.4 step 2C/2D).
+///
+/// Each segment is checked and normalised before its dot test, so `%2E%2E` counts as `..`
+/// (RFC 3986 §6.2.2 applies percent-decoding before dot-segment removal).
+fn push_path(out: &mut String, base: usize, path: &str, ends_path: bool) -> Result<(), HtuError> {
+    let mut segments = path.split('/');
+    // The path starts with '/' (or is empty): the first item is the empty text before it.
+    let _ = segments.next();
+    let mut segments = segments.peekable();
+    while let Some(segment) = segments.next() {
+        let last = ends_path && segments.peek().is_none();
+        let start = out.len();
+        out.push('/');
+        push_segment(out, segment)?;
+        match out.get(start.saturating_add(1)..) {
+            Some(".") => {
+                out.truncate(start);
+                if last {
+                    out.push('/');
+                }
+            }
+            Some("..") => {
+                out.truncate(start);
+                // Remove the previous segment and its '/', but never the authority.
+                let keep = out
+                    .get(base..)
+                    .and_then(|written| written.rfind('/'))
+                    .map_or(base, |i| base.saturating_add(i));
+                out.truncate(keep);
+                if last {
+                    out.push('/');
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes one path segment (RFC 3986 §3.3 `*pchar`): escapes of unreserved characters
+/// decoded, other escapes with upper-case hex, everything else checked and copied.
+fn push_segment(out: &mut String, segment: &str) -> Result<(), HtuError> {
+    let bytes = segment.as_bytes();
+    // The common case (nothing to decode) is one copy.
+    if bytes.iter().all(|&b| is_plain_pchar(b)) {
+        out.push_str(segment);
+        return Ok(());
+    }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let value = percent_value(bytes, i)?;
+            if is_unreserved(value) {
+                // RFC 3986 §6.2.2.2; the path stays case-sensitive, so no lower-casing.
+                out.push(char::from(value));
+            } else {
+                push_escape(out, value);
+            }
+            i = i.saturating_add(3);
+        } else if is_plain_pchar(b) {
+            out.push(char::from(b));
+            i = i.saturating_add(1);
+        } else {
+            return Err(HtuError::BadCharacter);
+        }
+    }
+    Ok(())
+}
+
+/// The octet encoded by the `%XX` at `bytes[i]`.
+fn percent_value(bytes: &[u8], i: usize) -> Result<u8, HtuError> {
+    let hi = bytes.get(i.saturating_add(1)).copied().and_then(hex_value);
+    let lo = bytes.get(i.saturating_add(2)).copied().and_then(hex_value);
+    match (hi, lo) {
+        (Some(hi), Some(lo)) => Ok(hi.saturating_mul(16).saturating_add(lo)),
+        _ => Err(HtuError::BadPercentEncoding),
+    }
+}
+
+/// The value of one hexadecimal digit.
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// Writes `%XX` with upper-case hex digits (RFC 3986 §2.1: producers should use upper case).
+fn push_escape(out: &mut String, value: u8) {
+    out.push('%');
+    for nibble in [value >> 4, value & 0x0f] {
+        if let Some(c) = char::from_digit(u32::from(nibble), 16) {
+            out.push(c.to_ascii_uppercase());
+        }
+    }
+}
+
+/// RFC 3986 §2.3 `unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 §2.2 `sub-delims = "!" / "$" / "&" / "'" / "(" / ")" / "*" / "+" / "," / ";" / "="`.
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
+/// RFC 3986 §3.3 `pchar` other than `pct-encoded`.
+fn is_plain_pchar(b: u8) -> bool {
+    is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'@'
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE: &str = "https://server.example.com/token";
+
+    fn norm(s: &str) -> String {
+        Htu::parse(s)
+            .unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
+            .as_str()
+            .to_owned()
+    }
+
+    fn matches(proof: &str, request: &str) -> bool {
+        Htu::parse(proof).unwrap() == Htu::parse(request).unwrap()
+    }
+
+    fn err(s: &str) -> HtuError {
+        Htu::parse(s).expect_err(s)
+    }
+
+    #[test]
+    fn derived_match_cases() {
+        let yes = [
+            BASE,
+            "https://server.example.com/token?foo=bar",
+            "https://server.example.com/token#frag",
+            "https://SERVER.Example.COM/token",
+            "HTTPS://server.example.com/token",
+            "https://server.example.com:443/token",
+            "https://server.example.com/%74oken",
+            "https://server.example.com/a/../token",
+        ];
+        for request in yes {
+            assert!(matches(BASE, request), "{request}");
+        }
+        let no = [
+            "http://server.example.com/token",
+            "https://server.example.com:8443/token",
+            "https://server.example.com/Token",
+            "https://server.example.com/token/",
+            "https://other.example.com/token",
+        ];
+        for request in no {
+            assert!(!matches(BASE, request), "{request}");
+        }
+        assert!(matches(
+            "https://server.example.com",
+            "https://server.example.com/"
+        ));
+        assert!(matches(
+            "https://h.example/a%2fb",
+            "https://h.example/a%2Fb"
+        ));
+        assert!(!matches("https://h.example/a%2Fb", "https://h.example/a/b"));
+    }
+
+    #[test]
+    fn normal_forms() {
+        let cases = [
+            (BASE, BASE),
+            ("HtTp://Example.COM", "http://example.com/"),
+            ("http://example.com:80/", "http://example.com/"),
+            ("http://example.com:0080/", "http://example.com/"),
+            ("http://example.com:443/", "http://example.com:443/"),
+            ("https://example.com:80/", "https://example.com:80/"),
+            ("https://example.com:0443/x", "https://example.com/x"),
+            ("https://example.com:08443/x", "https://example.com:8443/x"),
+            ("https://example.com:0/x", "https://example.com:0/x"),
+            ("https://example.com:65535/", "https://example.com:65535/"),
+            ("https://example.com:/x", "https://example.com/x"),
+            ("https://example.com?x", "https://example.com/"),
+            ("https://example.com#x", "https://example.com/"),
+            ("https://example.com/a?b#c?d", "https://example.com/a"),
+            ("https://%45xample.com/", "https://example.com/"),
+            ("https://ex%2fample.com/", "https://ex%2Fample.com/"),
+            ("https://127.0.0.1:8080/", "https://127.0.0.1:8080/"),
+            ("https://[::1]/", "https://[::1]/"),
+            (
+                "https://[::FFFF:1.2.3.4]:8443/x",
+                "https://[::ffff:1.2.3.4]:8443/x",
+            ),
+            ("https://[2001:DB8::1]:443", "https://[2001:db8::1]/"),
+            (
+                "https://h.example/%7e%41%2d%5f%2e",
+                "https://h.example/~A-_.",
+            ),
+            (
+                "https://h.example/%3a%3A%c3%a9",
+                "https://h.example/%3A%3A%C3%A9",
+            ),
+            ("https://h.example/a/b/c/./../../g", "https://h.example/a/g"),
+            ("https://h.example/a/b/..", "https://h.example/a/"),
+            ("https://h.example/a/b/.", "https://h.example/a/b/"),
+            ("https://h.example/..", "https://h.example/"),
+            ("https://h.example/../../x", "https://h.example/x"),
+            ("https://h.example/a//../b", "https://h.example/a/b"),
+            ("https://h.example/a/%2E%2e/b", "https://h.example/b"),
+            ("https://h.example/a/.%2E", "https://h.example/"),
+            ("https://h.example/.../x", "https://h.example/.../x"),
+            ("https://h.example//x", "https://h.example//x"),
+            (
+                "https://h.example/a:b@c!$&'()*+,;=",
+                "https://h.example/a:b@c!$&'()*+,;=",
+            ),
+            ("https://h.example/x?q=<>\"{}|\\^`", "https://h.example/x"),
+            (
+                "https://sub-1.h_x~.example./",
+                "https://sub-1.h_x~.example./",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(norm(input), expected, "{input}");
+            assert_eq!(norm(expected), expected, "{expected} is not a fixed point");
+        }
+    }
+
+    #[test]
+    fn rejections() {
+        let cases: &[(&str, HtuError)] = &[
+            ("ftp://server.example.com/", HtuError::BadScheme),
+            ("wss://server.example.com/", HtuError::BadScheme),
+            ("httpx://server.example.com/", HtuError::BadScheme),
+            ("javascript:alert(1)", HtuError::BadScheme),
+            ("server.example.com:443/token", HtuError::BadScheme),
+            ("/token", HtuError::Relative),
+            ("//server.example.com/token", HtuError::Relative),
+            ("server.example.com/token", HtuError::Relative),
+            ("", HtuError::Relative),
+            (":foo", HtuError::Relative),
+            ("https:/token", HtuError::MissingAuthority),
+            ("https:token", HtuError::MissingAuthority),
+            ("https:", HtuError::MissingAuthority),
+            ("https://user@server.example.com/", HtuError::Userinfo),
+            ("https://user:pw@server.example.com/", HtuError::Userinfo),
+            ("https://@server.example.com/", HtuError::Userinfo),
+            ("https://good.example@evil.example/", HtuError::Userinfo),
+            ("https://h.example:abc/", HtuError::BadPort),
+            ("https://h.example:65536/", HtuError::BadPort),
+            (
+                "https://h.example:99999999999999999999999/",
+                HtuError::BadPort,
+            ),
+            ("https://h.example:1:2/", HtuError::BadPort),
+            ("https://h.example:+443/", HtuError::BadPort),
+            ("https://h.example:-1/", HtuError::BadPort),
+            ("https://[::1]:x/", HtuError::BadPort),
+            ("https://h.example/%G1", HtuError::BadPercentEncoding),
+            ("https://h.example/%4", HtuError::BadPercentEncoding),
+            ("https://h.example/%", HtuError::BadPercentEncoding),
+            ("https://h.example/a%4/b", HtuError::BadPercentEncoding),
+            ("https://h.example/%%41", HtuError::BadPercentEncoding),
+            ("https://ex%zzample.com/", HtuError::BadPercentEncoding),
+            ("https://ex%2/", HtuError::BadPercentEncoding),
+            ("https://h.example/a b", HtuError::BadCharacter),
+            ("https://h.example/a\tb", HtuError::BadCharacter),
+            ("https://h.example/a\nb", HtuError::BadCharacter),
+            ("https://h.example/a\0b", HtuError::BadCharacter),
+            ("https://h.example/a\x7fb", HtuError::BadCharacter),
+            ("https://h.example/x?a b", HtuError::BadCharacter),
+            ("https://h.example/x#a\rb", HtuError::BadCharacter),
+            (" https://h.example/", HtuError::BadCharacter),
+            ("https://h.example/ ", HtuError::BadCharacter),
+            ("https://h.example\\@evil.example/", HtuError::Userinfo),
+            ("https://h.example\\evil/", HtuError::BadCharacter),
+            ("https://exa[mple.com/", HtuError::BadCharacter),
+            ("https://exa]mple.com/", HtuError::BadCharacter),
+            ("https://exa\"mple.com/", HtuError::BadCharacter),
+            ("https:///token", HtuError::EmptyHost),
+            ("https://:443/token", HtuError::EmptyHost),
+            ("https://", HtuError::EmptyHost),
+            ("https://?x", HtuError::EmptyHost),
+            ("https://[]/", HtuError::BadHost),
+            ("https://[::1/", HtuError::BadHost),
+            ("https://[::1]x/", HtuError::BadHost),
+            ("https://[v1.abc]/", HtuError::BadHost),
+            ("https://[::1%25eth0]/", HtuError::BadHost),
+            ("https://[1:2:3:4:5:6:7:8:9]/", HtuError::BadHost),
+            ("https://[1:2:3:4:5:6:7]/", HtuError::BadHost),
+            ("https://[1::2::3]/", HtuError::BadHost),
+            ("https://[:::]/", HtuError::BadHost),
+            ("https://[1:2:3:4:5:6:7::8]/", HtuError::BadHost),
+            ("https://[12345::]/", HtuError::BadHost),
+            ("https://[1.2.3.4::]/", HtuError::BadHost),
+            ("https://[::256.1.1.1]/", HtuError::BadHost),
+            ("https://127.1/", HtuError::BadHost),
+            ("https://2130706433/", HtuError::BadHost),
+            ("https://0x7f.0.0.1/", HtuError::BadHost),
+            ("https://example.0x7f/", HtuError::BadHost),
+            ("https://010.0.0.1/", HtuError::BadHost),
+            ("https://256.0.0.1/", HtuError::BadHost),
+            ("https://1.2.3.4.5/", HtuError::BadHost),
+            ("https://1.2.3.4./", HtuError::BadHost),
+            ("https://%31%32%37.1/", HtuError::BadHost),
+            ("https://exämple.com/", HtuError::NonAscii),
+            ("https://h.example/é", HtuError::NonAscii),
+            ("https://h.example/x?é", HtuError::NonAscii),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(&err(input), expected, "{input:?}");
+        }
+        for c in ['"', '<', '>', '\\', '^', '`', '{', '|', '}', '[', ']', '%'] {
+            let input = format!("https://h.example/a{c}b");
+            let got = err(&input);
+            let want = if c == '%' {
+                HtuError::BadPercentEncoding
+            } else {
+                HtuError::BadCharacter
+            };
+            assert_eq!(got, want, "{input}");
+        }
+    }
+
+    #[test]
+    fn length_limit() {
+        let prefix = "https://h.example/";
+        let exact = format!("{prefix}{}", "a".repeat(MAX_LEN - prefix.len()));
+        assert_eq!(Htu::parse(&exact).unwrap().as_str(), exact);
+        let over = format!("{exact}a");
+        assert_eq!(Htu::parse(&over), Err(HtuError::TooLong));
+        // The limit is on the input, query included.
+        let long_query = format!("{prefix}?{}", "q".repeat(MAX_LEN));
+        assert_eq!(Htu::parse(&long_query), Err(HtuError::TooLong));
+        assert_eq!(
+            Htu::from_origin_and_path("https://h.example", &format!("/{}", "a".repeat(MAX_LEN))),
+            Err(HtuError::TooLong)
+        );
+    }
+
+    #[test]
+    fn origin_and_path() {
+        let ok = |o: &str, p: &str| Htu::from_origin_and_path(o, p).unwrap().as_str().to_owned();
+        assert_eq!(
+            ok("https://api.example.com", "/a/b?x=1"),
+            "https://api.example.com/a/b"
+        );
+        assert_eq!(
+            ok("https://api.example.com/", "/a"),
+            "https://api.example.com/a"
+        );
+        assert_eq!(
+            ok("https://API.example.com:8443", "/a"),
+            "https://api.example.com:8443/a"
+        );
+        assert_eq!(
+            ok("https://api.example.com:443", "/a"),
+            "https://api.example.com/a"
+        );
+        assert_eq!(
+            ok("http://api.example.com:80", "/"),
+            "http://api.example.com/"
+        );
+        assert_eq!(
+            ok("https://x.example/api", "/token"),
+            "https://x.example/api/token"
+        );
+        assert_eq!(
+            ok("https://x.example/api/", "/token"),
+            "https://x.example/api/token"
+        );
+        assert_eq!(
+            ok("https://x.example/api/", "/?q"),
+            "https://x.example/api/"
+        );
+        assert_eq!(ok("https://x.example/api", "/"), "https://x.example/api/");
+        assert_eq!(ok("https://x.example/api", "/../x"), "https://x.example/x");
+        assert_eq!(ok("https://x.example/api/..", "/x"), "https://x.example/x");
+        assert_eq!(ok("https://x.example/a/.", "/x"), "https://x.example/a/x");
+        assert_eq!(
+            ok("https://x.example", "/%74oken#f"),
+            "https://x.example/token"
+        );
+        assert_eq!(ok("https://x.example", "/.."), "https://x.example/");
+        // "//evil.example" is an (odd) origin-form path, never an authority.
+        assert_eq!(
+            ok("https://x.example", "//evil.example/a"),
+            "https://x.example//evil.example/a"
+        );
+        // It agrees with `parse` on the joined URI.
+        assert_eq!(
+            Htu::from_origin_and_path("https://x.example/api", "/a/b?x=1").unwrap(),
+            Htu::parse("https://x.example/api/a/b?x=1").unwrap()
+        );
+
+        let bad = |o: &str, p: &str| Htu::from_origin_and_path(o, p).unwrap_err();
+        assert_eq!(bad("https://x.example", "*"), HtuError::BadRequestTarget);
+        assert_eq!(bad("https://x.example", ""), HtuError::BadRequestTarget);
+        assert_eq!(bad("https://x.example", "a/b"), HtuError::BadRequestTarget);
+        assert_eq!(
+            bad("https://x.example", "https://x.example/a"),
+            HtuError::BadRequestTarget
+        );
+        assert_eq!(bad("https://x.example?q", "/a"), HtuError::BadOrigin);
+        assert_eq!(bad("https://x.example#f", "/a"), HtuError::BadOrigin);
+        assert_eq!(bad("ftp://x.example", "/a"), HtuError::BadScheme);
+        assert_eq!(bad("x.example", "/a"), HtuError::Relative);
+        assert_eq!(bad("https://u@x.example", "/a"), HtuError::Userinfo);
+        assert_eq!(bad("https://x.example", "/a b"), HtuError::BadCharacter);
+        assert_eq!(
+            bad("https://x.example", "/%zz"),
+            HtuError::BadPercentEncoding
+        );
+        assert_eq!(bad("https://x.example", "/a?é"), HtuError::NonAscii);
+    }
+
+    #[test]
+    fn api_traits_and_messages() {
+        let h: Htu = "HTTPS://Server.Example.com:443".parse().unwrap();
+        assert_eq!(h.to_string(), "https://server.example.com/");
+        assert_eq!(h.as_str(), "https://server.example.com/");
+        assert_eq!("ftp://x".parse::<Htu>(), Err(HtuError::BadScheme));
+        assert_eq!(
+            HtuError::BadScheme.to_string(),
+            "htu scheme must be http or https"
+        );
+        let all = [
+            HtuError::TooLong,
+            HtuError::NonAscii,
+            HtuError::BadCharacter,
+            HtuError::Relative,
+            HtuError::BadScheme,
+            HtuError::MissingAuthority,
+            HtuError::Userinfo,
+            HtuError::EmptyHost,
+            HtuError::BadHost,
+            HtuError::BadPort,
+            HtuError::BadPercentEncoding,
+            HtuError::BadOrigin,
+            HtuError::BadRequestTarget,
+        ];
+        let mut reasons = std::collections::HashSet::new();
+        for e in all {
+            let r = e.reason();
+            assert!(!r.is_empty() && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(reasons.insert(r), "duplicate reason {r}");
+            assert!(!e.to_string().is_empty());
+            let _: &dyn std::error::Error = &e;
+        }
+    }
+
+    /// The already-normal case costs one exact-size allocation and little time.
+    #[test]
+    fn normal_input_is_cheap() {
+        let h = Htu::parse(BASE).unwrap();
+        // Exact reservation and no regrowth: regrowth would at least double the capacity.
+        assert_eq!(h.0.capacity(), BASE.len());
+        let with_query = Htu::parse("https://server.example.com/token?x=1#y").unwrap();
+        assert!(with_query.0.capacity() <= BASE.len() + 1);
+        // A loose smoke test (debug build, shared machine): 10_000 parses well under 1 s
+        // means a few µs each unoptimised, far less in release.
+        let start = std::time::Instant::now();
+        for _ in 0..10_000 {
+            let h = Htu::parse(core::hint::black_box(BASE)).unwrap();
+            core::hint::black_box(h);
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
+    }
+
+    // ---- property tests ----
+
+    fn scheme() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just("http"), Just("https")]
+    }
+
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z][a-z0-9-]{0,8}(\\.[a-z][a-z0-9-]{0,8}){0,3}",
+            "([a-zA-Z~_!$&'()*+,;=]|%[46][1-9a-fA-F]|%2[fF]|%7[eE]){1,8}\\.[a-zA-Z]{2,4}",
+            (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())
+                .prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
+            proptest::array::uniform8(any::<u16>()).prop_map(|g| format!(
+                "[{:x}:{:X}:{:x}:{:X}:{:x}:{:X}:{:x}:{:X}]",
+                g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]
+            )),
+            proptest::array::uniform3(any::<u16>())
+                .prop_map(|g| format!("[{:X}::{:x}:{:X}]", g[0], g[1], g[2])),
+            Just("[::1]".to_owned()),
+            Just("[::FFFF:192.0.2.1]".to_owned()),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        "(/\\.\\.|/\\.|/%2[eE]|/([a-zA-Z0-9._~!$&'()*+,;=:@-]|%[0-9a-fA-F]{2}){0,6}){0,6}"
+    }
+
+    fn port() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just(":".to_owned()),
+            (0_u32..=65535).prop_map(|p| format!(":{p}")),
+            (0_u32..=65535).prop_map(|p| format!(":00{p}")),
+        ]
+    }
+
+    fn uri() -> impl Strategy<Value = String> {
+        (scheme(), host(), port(), path()).prop_map(|(s, h, p, pa)| format!("{s}://{h}{p}{pa}"))
+    }
+
+    fn flip_case(s: &str, mask: &[bool]) -> String {
+        s.chars()
+            .zip(mask.iter().cycle())
+            .map(|(c, &up)| {
+                if up {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn idempotent(u in uri()) {
+            let n = Htu::parse(&u).unwrap();
+            prop_assert_eq!(&Htu::parse(n.as_str()).unwrap(), &n);
+            prop_assert!(n.as_str().len() <= u.len() + 1);
+        }
+
+        #[test]
+        fn scheme_and_host_case_never_matter(
+            s in scheme(), h in host(), p in port(), pa in path(),
+            mask in proptest::collection::vec(any::<bool>(), 1..16),
+        ) {
+            let a = Htu::parse(&format!("{s}://{h}{p}{pa}")).unwrap();
+            let flipped = format!("{}://{}{p}{pa}", flip_case(s, &mask), flip_case(&h, &mask));
+            prop_assert_eq!(Htu::parse(&flipped).unwrap(), a);
+        }
+
+        #[test]
+        fn default_port_never_matters(s in scheme(), h in host(), pa in path(), zeros in 0_usize..3) {
+            let default = if s == "https" { 443 } else { 80 };
+            let a = Htu::parse(&format!("{s}://{h}{pa}")).unwrap();
+            let b = Htu::parse(&format!("{s}://{h}:{}{default}{pa}", "0".repeat(zeros))).unwrap();
+            prop_assert_eq!(&b, &a);
+            let c = Htu::parse(&format!("{s}://{h}:{pa}")).unwrap();
+            prop_assert_eq!(c, a);
+        }
+
+        #[test]
+        fn query_and_fragment_never_matter(u in uri(), q in "[!-~]{0,20}", f in "[!-~]{0,20}") {
+            let a = Htu::parse(&u).unwrap();
+            prop_assert_eq!(&Htu::parse(&format!("{u}?{q}")).unwrap(), &a);
+            prop_assert_eq!(&Htu::parse(&format!("{u}#{f}")).unwrap(), &a);
+            prop_assert_eq!(Htu::parse(&format!("{u}?{q}#{f}")).unwrap(), a);
+        }
+
+        #[test]
+        fn origin_and_path_agrees_with_parse(
+            s in scheme(), h in host(), p in port(), prefix in path(), pa in path(), q in "[!-~]{0,10}",
+        ) {
+            let origin = format!("{s}://{h}{p}{prefix}");
+            let target = format!("/{pa}?{q}");
+            let joined = format!("{}{target}", origin.strip_suffix('/').unwrap_or(&origin));
+            prop_assert_eq!(
+                Htu::from_origin_and_path(&origin, &target),
+                Htu::parse(&joined)
+            );
+        }
+
+        #[test]
+        fn never_panics_on_strings(s in any::<String>()) {
+            let _ = Htu::parse(&s);
+            let _ = Htu::from_origin_and_path(&s, &s);
+        }
+
+        #[test]
+        fn never_panics_on_ascii(s in "[\\x00-\\x7f]{0,64}", t in "[\\x00-\\x7f]{0,16}") {
+            let _ = Htu::parse(&s);
+            let _ = Htu::from_origin_and_path(&s, &t);
+            if let Ok(n) = Htu::parse(&s) {
+                prop_assert_eq!(Htu::parse(n.as_str()).unwrap(), n);
+            }
+        }
+
+        #[test]
+        fn never_panics_on_uri_like(s in "(https?://)?[!-~]{0,48}") {
+            if let Ok(n) = Htu::parse(&s) {
+                prop_assert_eq!(Htu::parse(n.as_str()).unwrap(), n);
+            }
+        }
+    }
+}

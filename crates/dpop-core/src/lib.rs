@@ -1,0 +1,222 @@
+#![forbid(unsafe_code)]
+// Input-facing code must not panic (STYLE §15): these lints keep it honest. Tests may
+// use them freely.
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::exhaustive_enums,
+    clippy::exhaustive_structs
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        clippy::exhaustive_enums,
+        clippy::exhaustive_structs
+    )
+)]
+//! # dpop-core
+//!
+//! The protocol library of DPoP (RFC 9449, "Demonstrating Proof of Possession"): JWKs
+//! and RFC 7638 thumbprints, proof creation and verification with every check of
+//! RFC 9449 §4.3, stateless server nonces, replay keys and a bounded replay store, and
+//! `WWW-Authenticate` challenges.
+//!
+//! It is sans-I/O: it does no network or file I/O, reads no environment and no clock,
+//! and keeps no global state. Time, randomness and replay storage are passed in; the
+//! HTTP adapters (tower layer, gateway, issuer, client) are separate crates.
+//!
+//! ## Getting started
+//!
+//! ```
+//! use dpop_core::{
+//!     Algorithm, Htu, MemoryReplayStore, PrivateKey, ProofBuilder, ProofRequest,
+//!     SystemRandomSource, UnixTime, Verifier, VerifierConfig,
+//! };
+//!
+//! // Client: a key, and a proof for one request.
+//! let key = PrivateKey::generate(Algorithm::Es256)?;
+//! let now = UnixTime::from_secs(1_700_000_000);
+//! let token = "an-access-token-bound-to-the-key";
+//! let proof = ProofBuilder::new("GET", "https://api.example.com/v1/items")?
+//!     .access_token(token)
+//!     .sign(&key, &SystemRandomSource, now)?;
+//!
+//! // Server: verify it against the request and the token's cnf.jkt, then record it.
+//! let verifier = Verifier::new(VerifierConfig::builder().with_default_algorithms().without_nonces())?;
+//! let store = MemoryReplayStore::with_capacity(100_000);
+//! let htu = Htu::parse("https://API.example.com:443/v1/items?page=2")?;
+//! let request = ProofRequest::new("GET", &htu).with_access_token(token, key.thumbprint());
+//! let verified = verifier.verify([proof.as_bytes()], &request, now)?.record(&store, now)?;
+//! assert_eq!(verified.jkt(), key.thumbprint());
+//!
+//! // The same proof again is a replay.
+//! let again = verifier.verify([proof.as_bytes()], &request, now)?.record(&store, now);
+//! assert_eq!(again.unwrap_err().reason().as_str(), "replay");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Threat model
+#![doc = include_str!("../docs/threat-model.md")]
+
+mod alg;
+mod b64;
+pub mod challenge;
+mod error;
+mod htu;
+mod json;
+mod jwk;
+mod key;
+mod nonce;
+mod proof;
+pub mod replay;
+mod syntax;
+pub mod time;
+mod verify;
+
+pub use crate::alg::{
+    ALL_ALGORITHMS, Algorithm, Curve, DEFAULT_ALGORITHMS, KeyFamily, UnknownAlgorithm,
+};
+pub use crate::challenge::{Challenge, ChallengeError};
+pub use crate::error::{Error, ErrorResponse, NonceError, ProofError, Reason, RfcError, Role};
+pub use crate::htu::{Htu, HtuError};
+pub use crate::jwk::{Jkt, JwkError, MAX_JWK_BYTES, MAX_RSA_BITS, MIN_RSA_BITS, PublicJwk};
+pub use crate::key::{
+    KeyError, MAX_PRIVATE_KEY_TEXT, PrivateKey, RandomSource, Signer, SystemRandomSource,
+};
+pub use crate::nonce::{
+    ExpectedNonce, MIN_SECRET_LEN, NonceSecret, NonceStatus, NonceValidator, StatelessNonces,
+};
+pub use crate::proof::{Ath, JTI_RANDOM_BYTES, ProofBuilder};
+pub use crate::replay::{
+    AsyncReplayStore, Insert, MemoryReplayConfig, MemoryReplayStore, ReplayKey, ReplayStore,
+    ReplayStoreError,
+};
+pub use crate::time::{Clock, FixedClock, UnixTime};
+pub use crate::verify::{
+    Check, ConfigBuilder, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof,
+    Verifier, VerifierConfig, WantsAlgorithms, WantsNonces,
+};
+
+/// Operations that weaken or skip checks. Each has a legitimate use (diagnostics, a
+/// replay check done elsewhere) and none belongs on a normal request path.
+pub mod dangerous {
+    use crate::{Error, Htu, ProofRequest, UnrecordedProof, VerifiedProof};
+
+    /// Accepts a proof without recording it for replay detection. For one-off
+    /// diagnostics (`dpop inspect`) only: a server that does this accepts replays.
+    #[must_use]
+    pub fn skip_replay_check(proof: UnrecordedProof) -> VerifiedProof {
+        proof.into_unrecorded_inner()
+    }
+
+    /// Decodes a proof's header and claims without verifying anything.
+    ///
+    /// # Errors
+    /// When the proof is not three base64url parts with JSON objects.
+    pub fn decode_unverified(proof: &str) -> Result<(serde_json::Value, serde_json::Value), Error> {
+        crate::verify::decode_parts(proof)
+    }
+
+    /// A request description where the method and/or URI may be unknown: the `htm` and
+    /// `htu` checks are skipped for the missing parts.
+    #[must_use]
+    pub fn request_without_target<'a>(
+        method: Option<&'a str>,
+        htu: Option<&'a Htu>,
+    ) -> ProofRequest<'a> {
+        ProofRequest::without_target(method, htu)
+    }
+
+    /// Checks `ath` against `token` without a key binding (the binding is unknown,
+    /// e.g. when inspecting a proof offline).
+    #[must_use]
+    pub fn with_access_token_unbound<'a>(
+        mut request: ProofRequest<'a>,
+        token: &'a str,
+    ) -> ProofRequest<'a> {
+        request.set_access_token_only(token);
+        request
+    }
+}
+
+/// Entry points for fuzzers and the seed-corpus test. Not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    /// Fuzzing harnesses: each takes arbitrary bytes and must never panic.
+    pub mod fuzzing {
+        use crate::{
+            Algorithm, FixedClock, Htu, Jkt, MemoryReplayStore, ProofRequest, PublicJwk, UnixTime,
+            Verifier, VerifierConfig,
+        };
+
+        /// Verifies `data` as a DPoP header against a fixed request, with every algorithm
+        /// allowed, and records it in a small store.
+        pub fn verify_proof(data: &[u8]) {
+            let Ok(verifier) = Verifier::new(
+                VerifierConfig::builder()
+                    .with_default_algorithms()
+                    .without_nonces(),
+            ) else {
+                return;
+            };
+            let Ok(htu) = Htu::parse("https://server.example.com/token") else {
+                return;
+            };
+            let now = UnixTime::from_secs(1_562_262_620);
+            let request = ProofRequest::new("POST", &htu);
+            if let Ok(p) = verifier.verify_with_clock([data], &request, &FixedClock(now)) {
+                let _ = p.record(&MemoryReplayStore::with_capacity(16), now);
+            }
+            // And once more as a resource request, exercising ath and key binding.
+            if let Ok(jkt) = Jkt::parse("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I") {
+                let request = ProofRequest::new("GET", &htu).with_access_token("token", &jkt);
+                let _ = verifier.verify([data], &request, now);
+            }
+            let _ = crate::dangerous::decode_unverified(&String::from_utf8_lossy(data));
+            let _ = Algorithm::from_name(&String::from_utf8_lossy(data));
+        }
+
+        /// Parses `data` as a public JWK and, when valid, exercises it.
+        pub fn parse_jwk(data: &[u8]) {
+            if let Ok(text) = std::str::from_utf8(data) {
+                if let Ok(jwk) = PublicJwk::from_json(text) {
+                    let _ = jwk.thumbprint_input();
+                    let _ = jwk.to_json_value();
+                }
+                let _ = crate::PrivateKey::from_jwk_json(text);
+                let _ = crate::PrivateKey::from_pkcs8_pem(text, None);
+            }
+        }
+
+        /// Normalises `data` as an `htu` and checks idempotence.
+        pub fn normalise_htu(data: &[u8]) {
+            if let Ok(text) = std::str::from_utf8(data) {
+                if let Ok(htu) = Htu::parse(text) {
+                    let again = Htu::parse(htu.as_str());
+                    assert_eq!(
+                        again.as_ref().ok(),
+                        Some(&htu),
+                        "htu normalisation must be idempotent"
+                    );
+                }
+            }
+        }
+
+        /// Parses `data` as a `WWW-Authenticate` value and a `DPoP-Nonce` value.
+        pub fn parse_challenge(data: &[u8]) {
+            if let Ok(text) = std::str::from_utf8(data) {
+                if let Ok(challenges) = crate::challenge::parse(text) {
+                    let rendered = crate::challenge::render(&challenges);
+                    let _ = crate::challenge::parse(&rendered);
+                }
+                let _ = crate::challenge::parse_dpop_nonce(text);
+            }
+        }
+    }
+}

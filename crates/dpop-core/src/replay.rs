@@ -1,0 +1,1018 @@
+//! Replay detection: every accepted DPoP proof is remembered for its acceptance window, so
+//! the same proof (same key thumbprint and `jti`) presented again is refused (RFC 9449 §11.1).
+//!
+//! The store only ever sees a [`ReplayKey`], the SHA-256 of the proof key thumbprint and the
+//! `jti`, computed elsewhere. Because it is a digest, its bytes are uniformly distributed and
+//! serve directly for choosing a shard and for hashing, without a general-purpose hash.
+//!
+//! Two traits describe a store: [`ReplayStore`] (synchronous, in-memory) and
+//! [`AsyncReplayStore`] (for remote stores such as Redis `SET key 1 NX PX ttl`, implemented in
+//! other crates). Every synchronous store is also an asynchronous one, so a verifier that
+//! accepts an asynchronous store accepts [`MemoryReplayStore`] as is.
+//!
+//! Every method fails closed: a store that cannot answer, or that has no room left, makes the
+//! caller refuse the proof rather than accept one it could not record.
+
+use core::fmt;
+use core::future::Future;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::time::UnixTime;
+
+/// SHA-256 of the proof key thumbprint and the jti: what the replay store remembers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayKey([u8; 32]);
+
+impl ReplayKey {
+    /// Wraps a SHA-256 digest computed by the caller.
+    #[must_use]
+    pub const fn from_digest(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 digest bytes.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The digest as 64 lower-case hexadecimal characters, for stores keyed by strings.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        let mut out = String::with_capacity(64);
+        for byte in self.0 {
+            for nibble in [byte >> 4, byte & 0x0f] {
+                // `from_digit` answers `Some` for every value below the radix, and lower-case
+                // letters for 10..16; the `if let` only avoids a panic path.
+                if let Some(c) = char::from_digit(u32::from(nibble), 16) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes 0..8 as a number: the input to shard selection.
+    const fn shard_word(&self) -> u64 {
+        let [b0, b1, b2, b3, b4, b5, b6, b7, ..] = self.0;
+        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7])
+    }
+}
+
+impl fmt::Debug for ReplayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key is a digest, not a secret: printing it helps correlate logs with a store.
+        f.write_str("ReplayKey(")?;
+        for byte in &self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// What [`ReplayStore::insert_if_absent`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Insert {
+    /// The key was not recorded (or its record had expired): the proof is fresh.
+    Inserted,
+    /// The key is recorded and its window has not ended: the proof is a replay.
+    AlreadyPresent,
+}
+
+/// Why a replay store could not answer. Every variant means: refuse the proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayStoreError {
+    /// A bounded store has no room for a live entry. It refuses rather than forget an entry
+    /// that is still inside its window, since forgetting would let that proof be replayed.
+    Full {
+        /// The store's total capacity in entries.
+        capacity: usize,
+    },
+    /// A remote store could not be reached or answered with an error. The message carries no
+    /// secrets (no credentials, no keys).
+    Unavailable(String),
+    /// A remote store did not answer in time.
+    Timeout,
+}
+
+impl fmt::Display for ReplayStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full { capacity } => {
+                write!(f, "replay store is full ({capacity} entries)")
+            }
+            Self::Unavailable(message) => write!(f, "replay store unavailable: {message}"),
+            Self::Timeout => f.write_str("replay store did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for ReplayStoreError {}
+
+/// A synchronous replay store (in-memory).
+pub trait ReplayStore: Send + Sync {
+    /// Records `key` until `expires_at` unless it is already recorded and not yet expired.
+    ///
+    /// Answers [`Insert::AlreadyPresent`] for a key recorded with an expiry after `now`; a
+    /// store may keep entries somewhat longer than asked, never shorter.
+    ///
+    /// # Errors
+    /// [`ReplayStoreError`] when the store cannot record the key; the caller must then refuse
+    /// the proof.
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError>;
+}
+
+/// An asynchronous replay store, e.g. Redis `SET key 1 NX PX ttl` in another crate.
+///
+/// Every [`ReplayStore`] is one too, through a blanket implementation whose future is ready
+/// at once.
+pub trait AsyncReplayStore: Send + Sync {
+    /// Records `key` until `expires_at` unless it is already recorded and not yet expired;
+    /// see [`ReplayStore::insert_if_absent`].
+    ///
+    /// # Errors
+    /// [`ReplayStoreError`] when the store cannot record the key or did not answer (an
+    /// implementation applies its own time limit and reports [`ReplayStoreError::Timeout`]).
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> impl Future<Output = Result<Insert, ReplayStoreError>> + Send;
+}
+
+impl<T: ReplayStore> AsyncReplayStore for T {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> impl Future<Output = Result<Insert, ReplayStoreError>> + Send {
+        // The work is done before the future is returned: an in-memory store never waits,
+        // so there is nothing to hold across an await point (and no lock to hold either).
+        core::future::ready(ReplayStore::insert_if_absent(self, key, expires_at, now))
+    }
+}
+
+impl<T: ReplayStore + ?Sized> ReplayStore for &T {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        (**self).insert_if_absent(key, expires_at, now)
+    }
+}
+
+impl<T: ReplayStore + ?Sized> ReplayStore for Box<T> {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        (**self).insert_if_absent(key, expires_at, now)
+    }
+}
+
+impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        (**self).insert_if_absent(key, expires_at, now)
+    }
+}
+
+/// Settings of a [`MemoryReplayStore`]. Out-of-range values are clamped by
+/// [`MemoryReplayStore::new`], never rejected.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MemoryReplayConfig {
+    /// Maximum live entries across all shards. Defaults to 1_048_576.
+    ///
+    /// Each shard holds `capacity / shards` (rounded up, at least 1). Keys spread evenly but
+    /// randomly, so one shard can fill slightly before the total is reached: leave headroom.
+    pub capacity: usize,
+    /// Number of shards (rounded up to a power of two). Defaults to 64.
+    ///
+    /// Capped at 65_536, and at the largest power of two not above `capacity`, so that a
+    /// small store is not split into shards of one entry each.
+    pub shards: usize,
+    /// Width of one expiry generation in seconds. Defaults to 16.
+    ///
+    /// An entry is kept until the end of the generation its expiry falls in: up to this many
+    /// seconds longer than asked. Wider generations mean fewer hash sets to consult per
+    /// insert; narrower ones free memory sooner.
+    pub generation_secs: u64,
+}
+
+impl Default for MemoryReplayConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1_048_576,
+            shards: 64,
+            generation_secs: 16,
+        }
+    }
+}
+
+/// Most generations one shard keeps apart. With the default 16-second generations that
+/// covers windows of 17 minutes, far beyond a DPoP acceptance window. Past it, new entries
+/// join a later generation (kept longer, never shorter) so a lookup consults at most this
+/// many hash sets, whatever expiries the caller passes.
+const MAX_GENERATIONS: usize = 64;
+
+/// Most shards: more would only cost memory for mutexes.
+const MAX_SHARDS: usize = 1 << 16;
+
+/// An in-memory [`ReplayStore`]: sharded, bounded, with expiry by whole time generations.
+///
+/// Each shard keeps its entries in a few hash sets, one per generation of
+/// [`MemoryReplayConfig::generation_secs`] seconds of expiry time. An entry stays until the
+/// end of its generation, so at least until its `expires_at`; a whole generation is dropped
+/// at once when its end has passed. When a shard is full of live entries, inserts fail with
+/// [`ReplayStoreError::Full`]: a live entry is never evicted to make room, since that would
+/// let its proof be replayed.
+///
+/// An insert whose `expires_at` is not after `now` is still answered
+/// [`Insert::AlreadyPresent`] if the key is recorded; if it is not, the answer is
+/// [`Insert::Inserted`] but nothing is stored, because such a proof is already outside its
+/// window and any later presentation is refused by the time check itself. That also keeps
+/// stale proofs from using up capacity.
+///
+/// Time only ever moves forward for the store: a generation dropped because of a later `now`
+/// stays dropped if a caller then passes an earlier one.
+pub struct MemoryReplayStore {
+    /// The configuration after clamping; `capacity` is the effective total.
+    config: MemoryReplayConfig,
+    shards: Vec<Mutex<Shard>>,
+    /// `shards.len() - 1`; the length is a power of two.
+    shard_mask: usize,
+    /// Entries one shard may hold.
+    per_shard: usize,
+    /// Keyed mixing for shard selection (see [`KeyHashBuilder`] for why it is keyed).
+    shard_seed: Seed,
+    hasher: KeyHashBuilder,
+}
+
+impl MemoryReplayStore {
+    /// A store with these settings, clamped to sensible values: a capacity of 0 becomes 1,
+    /// 0 shards become 1, a generation of 0 seconds becomes 1 second.
+    ///
+    /// Nothing is allocated for entries until they arrive.
+    #[must_use]
+    pub fn new(config: MemoryReplayConfig) -> Self {
+        let requested = config.capacity.max(1);
+        // Largest power of two not above `requested` (which is at least 1).
+        let shard_limit = 1_usize << (usize::BITS - 1 - requested.leading_zeros());
+        let shards = config
+            .shards
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two()
+            .min(shard_limit);
+        let per_shard = requested.div_ceil(shards).max(1);
+        let config = MemoryReplayConfig {
+            capacity: per_shard.saturating_mul(shards),
+            shards,
+            generation_secs: config.generation_secs.max(1),
+        };
+        let seeds = random_seeds();
+        let [s0, s1, s2, s3] = seeds;
+        Self {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_mask: shards - 1,
+            per_shard,
+            shard_seed: Seed::new(s0, s1),
+            hasher: KeyHashBuilder {
+                seed: Seed::new(s2, s3),
+            },
+            config,
+        }
+    }
+
+    /// A store with the default settings but this capacity.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::new(MemoryReplayConfig {
+            capacity,
+            ..MemoryReplayConfig::default()
+        })
+    }
+
+    /// Entries still remembered at `now`. Counts whole generations, so it includes entries
+    /// whose `expires_at` has passed but whose generation has not yet ended.
+    #[must_use]
+    pub fn len(&self, now: UnixTime) -> usize {
+        let now = now.as_secs();
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).live_len(now))
+            .fold(0, usize::saturating_add)
+    }
+
+    /// Whether no entry is remembered at `now` (see [`Self::len`]).
+    #[must_use]
+    pub fn is_empty(&self, now: UnixTime) -> bool {
+        let now = now.as_secs();
+        self.shards
+            .iter()
+            .all(|shard| lock(shard).live_len(now) == 0)
+    }
+
+    /// The effective total capacity in entries: entries per shard times shards, which is at
+    /// least the configured capacity.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.config.capacity
+    }
+
+    fn shard_for(&self, key: &ReplayKey) -> Option<&Mutex<Shard>> {
+        // The mask keeps the index in range; `get` keeps even a logic error from panicking.
+        let index = (self.shard_seed.mix(key.shard_word()) as usize) & self.shard_mask;
+        self.shards.get(index)
+    }
+}
+
+impl fmt::Debug for MemoryReplayStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys are left out: they identify proofs, and a store may hold a million of them.
+        let len = self
+            .shards
+            .iter()
+            .map(|shard| lock(shard).stored_len())
+            .fold(0, usize::saturating_add);
+        f.debug_struct("MemoryReplayStore")
+            .field("config", &self.config)
+            .field("len", &len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplayStore for MemoryReplayStore {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        let Some(shard) = self.shard_for(key) else {
+            // Unreachable (the index is masked), but fail closed rather than panic.
+            return Err(ReplayStoreError::Unavailable(
+                "replay store shard index out of range".to_owned(),
+            ));
+        };
+        let outcome = lock(shard).insert(
+            key,
+            expires_at.as_secs(),
+            now.as_secs(),
+            self.config.generation_secs,
+            self.per_shard,
+            self.hasher,
+        );
+        match outcome {
+            Outcome::Inserted => Ok(Insert::Inserted),
+            Outcome::AlreadyPresent => Ok(Insert::AlreadyPresent),
+            Outcome::Full => Err(ReplayStoreError::Full {
+                capacity: self.config.capacity,
+            }),
+        }
+    }
+}
+
+/// Locks a shard, recovering it if another thread panicked while holding the lock.
+///
+/// Recovering is sound: a shard is a set of keys per generation, and no code path leaves it
+/// half-updated (the length is recomputed from the sets, not kept in a separate counter). A
+/// panic elsewhere must not turn every later request on this shard into a panic too.
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a shard did with an insert.
+enum Outcome {
+    Inserted,
+    AlreadyPresent,
+    Full,
+}
+
+/// Keys whose expiry falls before `end`.
+struct Generation {
+    /// Exclusive end of the generation in seconds: every entry here has `expires_at < end`
+    /// (or `end` saturated at `u64::MAX`); the whole generation is dropped once `end <= now`.
+    end: u64,
+    keys: HashSet<ReplayKey, KeyHashBuilder>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Ordered by strictly increasing `end`.
+    generations: VecDeque<Generation>,
+}
+
+impl Shard {
+    /// Entries held, including those in generations that have ended but were not dropped yet.
+    fn stored_len(&self) -> usize {
+        self.generations.iter().map(|g| g.keys.len()).sum()
+    }
+
+    /// Entries in generations that have not ended at `now`.
+    fn live_len(&self, now: u64) -> usize {
+        self.generations
+            .iter()
+            .filter(|g| g.end > now)
+            .map(|g| g.keys.len())
+            .sum()
+    }
+
+    /// Drops the generations that have ended, oldest first; each drop frees one hash set.
+    fn drop_ended(&mut self, now: u64) {
+        while self.generations.front().is_some_and(|g| g.end <= now) {
+            self.generations.pop_front();
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: &ReplayKey,
+        expires_at: u64,
+        now: u64,
+        generation_secs: u64,
+        per_shard: usize,
+        hasher: KeyHashBuilder,
+    ) -> Outcome {
+        self.drop_ended(now);
+        // Look up before anything else, so a replay is caught even when the shard is full or
+        // the presented expiry has already passed.
+        if self.generations.iter().any(|g| g.keys.contains(key)) {
+            return Outcome::AlreadyPresent;
+        }
+        if expires_at <= now {
+            // Outside its window already: nothing to remember (see the type's documentation).
+            return Outcome::Inserted;
+        }
+        let held = self.stored_len();
+        if held >= per_shard {
+            return Outcome::Full;
+        }
+
+        // End of the generation window holding `expires_at`; it is after `expires_at`, or
+        // saturated at `u64::MAX`, which only `now == u64::MAX` reaches, when `expires_at`
+        // has passed anyway.
+        let end = (expires_at / generation_secs)
+            .saturating_add(1)
+            .saturating_mul(generation_secs);
+        let index = self.generations.partition_point(|g| g.end < end);
+        let exact = self.generations.get(index).is_some_and(|g| g.end == end);
+        if !exact && self.generations.len() < MAX_GENERATIONS {
+            let keys = HashSet::with_capacity_and_hasher(self.size_hint(per_shard, held), hasher);
+            // `partition_point` answers at most `len`, so this cannot panic.
+            self.generations.insert(index, Generation { end, keys });
+        }
+        // Now `index` names a generation ending at or after `end`. Past the last one only
+        // when the shard already keeps `MAX_GENERATIONS`: the last generation is then
+        // extended to cover this entry (its entries are kept longer, never shorter), which
+        // keeps the order since `end` is beyond every other generation's end.
+        let last = self.generations.len().saturating_sub(1);
+        if index > last
+            && let Some(generation) = self.generations.back_mut()
+        {
+            generation.end = end;
+        }
+        match self.generations.get_mut(index.min(last)) {
+            Some(generation) => {
+                generation.keys.insert(*key);
+                Outcome::Inserted
+            }
+            // Unreachable: there is at least one generation here. Fail closed.
+            None => Outcome::Full,
+        }
+    }
+
+    /// Room to reserve in a new generation's set: as many entries as the fullest live
+    /// generation holds (traffic changes slowly from one generation to the next), so a busy
+    /// shard does not rehash its way up from empty every generation. Bounded by the room left
+    /// in the shard, and reserved only while the sets' total reservation stays within twice
+    /// the shard's capacity, so unusual expiry patterns cannot make it reserve much more
+    /// memory than the entries need.
+    fn size_hint(&self, per_shard: usize, held: usize) -> usize {
+        let largest = self
+            .generations
+            .iter()
+            .map(|g| g.keys.len())
+            .max()
+            .unwrap_or(0);
+        let want = largest.min(per_shard.saturating_sub(held));
+        let reserved: usize = self.generations.iter().map(|g| g.keys.capacity()).sum();
+        if reserved.saturating_add(want) <= per_shard.saturating_mul(2) {
+            want
+        } else {
+            0
+        }
+    }
+}
+
+/// A secret keyed mixing of 64 bits: `fold(x ^ xor, mul)`, the folded multiply used by
+/// foldhash and wyhash. One multiplication per key.
+#[derive(Clone, Copy)]
+struct Seed {
+    xor: u64,
+    mul: u64,
+}
+
+impl Seed {
+    const fn new(xor: u64, mul: u64) -> Self {
+        // An odd multiplier loses no bits in the low half of the product.
+        Self { xor, mul: mul | 1 }
+    }
+
+    const fn mix(self, x: u64) -> u64 {
+        let product = (x ^ self.xor) as u128 * self.mul as u128;
+        (product as u64) ^ ((product >> 64) as u64)
+    }
+}
+
+/// Four random words for one store, from the standard library's per-process random hash
+/// keys. This is the only use of SipHash: four hashes when a store is built, none per insert.
+fn random_seeds() -> [u64; 4] {
+    let state = RandomState::new();
+    [0_u64, 1, 2, 3].map(|i| state.hash_one(i))
+}
+
+/// Hashes a [`ReplayKey`] from its bytes 8..16 (shard selection uses bytes 0..8, so the bits
+/// that pick a bucket do not repeat the bits that picked the shard).
+///
+/// Why keyed mixing rather than the bytes as they are: the key is a digest of a `jti` that
+/// the client chooses, so a client can grind `jti` values (cheaply, offline) until many keys
+/// share their low bits, piling them into one shard or one probe sequence. Mixing with a
+/// secret per-store seed makes that impossible to aim, for the cost of one multiplication.
+#[derive(Clone, Copy)]
+struct KeyHashBuilder {
+    seed: Seed,
+}
+
+impl BuildHasher for KeyHashBuilder {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            seed: self.seed,
+            word: 0,
+        }
+    }
+}
+
+/// See [`KeyHashBuilder`]. Only ever fed a [`ReplayKey`], whose derived `Hash` writes the
+/// array's length and then its 32 bytes.
+struct KeyHasher {
+    seed: Seed,
+    word: u64,
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(word) = bytes.get(8..).and_then(<[u8]>::first_chunk::<8>) {
+            self.word ^= u64::from_le_bytes(*word);
+        } else {
+            // Not reached for a `ReplayKey`; any other input still hashes, just slowly.
+            for &byte in bytes {
+                self.word = self.word.rotate_left(8) ^ u64::from(byte);
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _length: usize) {
+        // Only the constant length prefix of the 32-byte array arrives here: it carries no
+        // information, so skipping it saves work on every lookup.
+    }
+
+    fn finish(&self) -> u64 {
+        self.seed.mix(self.word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn t(secs: u64) -> UnixTime {
+        UnixTime::from_secs(secs)
+    }
+
+    /// A key from a number, spread over all bytes (like a digest) so shards are exercised.
+    fn key(n: u64) -> ReplayKey {
+        let mut bytes = [0_u8; 32];
+        let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        for chunk in bytes.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        ReplayKey::from_digest(bytes)
+    }
+
+    fn store(capacity: usize, shards: usize, generation_secs: u64) -> MemoryReplayStore {
+        MemoryReplayStore::new(MemoryReplayConfig {
+            capacity,
+            shards,
+            generation_secs,
+        })
+    }
+
+    fn insert(
+        s: &MemoryReplayStore,
+        k: &ReplayKey,
+        expires: u64,
+        now: u64,
+    ) -> Result<Insert, ReplayStoreError> {
+        ReplayStore::insert_if_absent(s, k, t(expires), t(now))
+    }
+
+    #[test]
+    fn hex_and_debug() {
+        let mut bytes = [0_u8; 32];
+        bytes[0] = 0xab;
+        bytes[31] = 0x0f;
+        let k = ReplayKey::from_digest(bytes);
+        let hex = k.to_hex();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.starts_with("ab00"));
+        assert!(hex.ends_with("000f"));
+        assert_eq!(format!("{k:?}"), format!("ReplayKey({hex})"));
+        assert_eq!(k.as_bytes(), &bytes);
+    }
+
+    #[test]
+    fn insert_then_duplicate() {
+        let s = MemoryReplayStore::with_capacity(1000);
+        let k = key(1);
+        assert_eq!(insert(&s, &k, 175, 100), Ok(Insert::Inserted));
+        assert_eq!(insert(&s, &k, 175, 100), Ok(Insert::AlreadyPresent));
+        assert_eq!(insert(&s, &k, 200, 150), Ok(Insert::AlreadyPresent));
+        assert_eq!(insert(&s, &key(2), 175, 100), Ok(Insert::Inserted));
+        assert_eq!(s.len(t(100)), 2);
+        assert!(!s.is_empty(t(100)));
+    }
+
+    #[test]
+    fn same_key_after_generation_ends_is_inserted_again() {
+        let s = store(1000, 4, 16);
+        let k = key(7);
+        // expires 175 lies in generation [160, 176).
+        assert_eq!(insert(&s, &k, 175, 100), Ok(Insert::Inserted));
+        assert_eq!(insert(&s, &k, 240, 174), Ok(Insert::AlreadyPresent));
+        // Kept to the end of its generation: slightly longer than asked, never shorter.
+        assert_eq!(insert(&s, &k, 240, 175), Ok(Insert::AlreadyPresent));
+        assert_eq!(insert(&s, &k, 251, 176), Ok(Insert::Inserted));
+        assert_eq!(insert(&s, &k, 251, 200), Ok(Insert::AlreadyPresent));
+        assert!(s.is_empty(t(256)));
+    }
+
+    #[test]
+    fn never_forgotten_before_expiry() {
+        for generation_secs in [1, 3, 16, 60] {
+            // One shard, so the inserts of other keys drop ended generations of this shard.
+            let s = store(100_000, 1, generation_secs);
+            let start = 1_000;
+            for ttl in 1..=100 {
+                let k = key(ttl);
+                assert_eq!(insert(&s, &k, start + ttl, start), Ok(Insert::Inserted));
+            }
+            // Walk time forward second by second, inserting filler keys to trigger drops,
+            // and check every key one second before its expiry.
+            for now in start..start + 100 {
+                let filler = key(1_000_000 + now);
+                assert_eq!(insert(&s, &filler, now + 1, now), Ok(Insert::Inserted));
+                let k = key(now + 1 - start);
+                assert_eq!(
+                    insert(&s, &k, now + 500, now),
+                    Ok(Insert::AlreadyPresent),
+                    "generation {generation_secs}s, expiry {}, now {now}",
+                    now + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn expired_insert_is_not_stored_but_still_detected() {
+        let s = store(10, 1, 16);
+        let k = key(3);
+        assert_eq!(insert(&s, &k, 100, 100), Ok(Insert::Inserted));
+        assert_eq!(insert(&s, &k, 100, 100), Ok(Insert::Inserted));
+        assert!(s.is_empty(t(100)));
+        assert_eq!(insert(&s, &k, 200, 100), Ok(Insert::Inserted));
+        // Presented again with an expiry already in the past: still a replay.
+        assert_eq!(insert(&s, &k, 50, 150), Ok(Insert::AlreadyPresent));
+    }
+
+    #[test]
+    fn full_store_refuses_and_keeps_detecting() {
+        let s = store(4, 1, 16);
+        assert_eq!(s.capacity(), 4);
+        for n in 0..4 {
+            assert_eq!(insert(&s, &key(n), 175, 100), Ok(Insert::Inserted));
+        }
+        assert_eq!(
+            insert(&s, &key(99), 175, 100),
+            Err(ReplayStoreError::Full { capacity: 4 })
+        );
+        for n in 0..4 {
+            assert_eq!(insert(&s, &key(n), 175, 110), Ok(Insert::AlreadyPresent));
+        }
+        // Still full until the generation ends at 176.
+        assert_eq!(
+            insert(&s, &key(99), 240, 175),
+            Err(ReplayStoreError::Full { capacity: 4 })
+        );
+        // Recovers once time has passed.
+        assert_eq!(insert(&s, &key(99), 240, 176), Ok(Insert::Inserted));
+        assert_eq!(s.len(t(176)), 1);
+        let err = ReplayStoreError::Full { capacity: 4 };
+        assert_eq!(err.to_string(), "replay store is full (4 entries)");
+    }
+
+    #[test]
+    fn config_is_clamped() {
+        let s = store(0, 0, 0);
+        assert_eq!(s.capacity(), 1);
+        assert_eq!(s.config.shards, 1);
+        assert_eq!(s.config.generation_secs, 1);
+        assert_eq!(insert(&s, &key(1), 10, 5), Ok(Insert::Inserted));
+        assert!(matches!(
+            insert(&s, &key(2), 10, 5),
+            Err(ReplayStoreError::Full { .. })
+        ));
+
+        let s = store(10, 64, 16);
+        assert_eq!(s.config.shards, 8);
+        assert_eq!(s.capacity(), 16);
+
+        let s = store(usize::MAX, usize::MAX, u64::MAX);
+        assert_eq!(s.config.shards, MAX_SHARDS);
+        assert_eq!(
+            insert(&s, &key(1), u64::MAX, u64::MAX - 1),
+            Ok(Insert::Inserted)
+        );
+        assert_eq!(
+            insert(&s, &key(1), u64::MAX, u64::MAX - 1),
+            Ok(Insert::AlreadyPresent)
+        );
+        assert_eq!(
+            insert(&s, &key(1), u64::MAX, u64::MAX),
+            Ok(Insert::Inserted)
+        );
+
+        let s = MemoryReplayStore::with_capacity(1_000_000);
+        assert_eq!(s.config.shards, 64);
+        assert!(s.capacity() >= 1_000_000);
+        let defaults = MemoryReplayConfig::default();
+        assert_eq!(
+            (defaults.capacity, defaults.shards, defaults.generation_secs),
+            (1_048_576, 64, 16)
+        );
+    }
+
+    #[test]
+    fn far_expiries_share_generations() {
+        // One-second generations and expiries far apart: more windows than MAX_GENERATIONS.
+        let s = store(10_000, 1, 1);
+        for n in 0..500 {
+            assert_eq!(
+                insert(&s, &key(n), 1_000 + n * 7, 1_000),
+                Ok(Insert::Inserted)
+            );
+        }
+        {
+            let shard = lock(&s.shards[0]);
+            assert!(shard.generations.len() <= MAX_GENERATIONS);
+            assert!(
+                shard
+                    .generations
+                    .iter()
+                    .zip(shard.generations.iter().skip(1))
+                    .all(|(a, b)| a.end < b.end)
+            );
+        }
+        for now in (1_000..4_500).step_by(13) {
+            for n in 0..500 {
+                let expires = 1_000 + n * 7;
+                if expires > now {
+                    assert_eq!(
+                        insert(&s, &key(n), expires, now),
+                        Ok(Insert::AlreadyPresent)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn debug_shows_config_not_keys() {
+        let s = store(100, 2, 16);
+        let k = key(5);
+        assert_eq!(insert(&s, &k, 175, 100), Ok(Insert::Inserted));
+        let text = format!("{s:?}");
+        assert!(text.contains("MemoryReplayStore"));
+        assert!(text.contains("capacity: 100"));
+        assert!(text.contains("len: 1"));
+        assert!(!text.contains(&k.to_hex()[..16]));
+    }
+
+    #[test]
+    fn poisoned_shard_does_not_panic() {
+        let s = store(100, 1, 16);
+        let k = key(1);
+        assert_eq!(insert(&s, &k, 175, 100), Ok(Insert::Inserted));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = s.shards[0].lock().unwrap();
+            panic!("poisoning the shard on purpose");
+        }));
+        assert!(result.is_err());
+        assert!(s.shards[0].is_poisoned());
+        assert_eq!(insert(&s, &k, 175, 101), Ok(Insert::AlreadyPresent));
+        assert_eq!(insert(&s, &key(2), 175, 101), Ok(Insert::Inserted));
+        assert_eq!(s.len(t(101)), 2);
+        let _ = format!("{s:?}");
+    }
+
+    #[test]
+    fn two_threads_same_keys_each_inserted_once() {
+        const N: u64 = 10_000;
+        let s = MemoryReplayStore::with_capacity(100_000);
+        let keys: Vec<ReplayKey> = (0..N).map(key).collect();
+        let won: Vec<Vec<bool>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (s, keys) = (&s, &keys);
+                    scope.spawn(move || {
+                        keys.iter()
+                            .map(|k| insert(s, k, 175, 100).unwrap() == Insert::Inserted)
+                            .collect::<Vec<bool>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, (a, b)) in won[0].iter().zip(&won[1]).enumerate() {
+            assert!(a ^ b, "key {i} inserted by both or neither");
+        }
+        assert_eq!(won[0].len(), N as usize);
+        assert_eq!(s.len(t(100)), N as usize);
+    }
+
+    /// Polls a future to completion on this thread with a waker that does nothing.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return out;
+            }
+        }
+    }
+
+    async fn check_twice<S: AsyncReplayStore>(store: &S, k: &ReplayKey) -> (Insert, Insert) {
+        let first = store.insert_if_absent(k, t(175), t(100)).await.unwrap();
+        let second = store.insert_if_absent(k, t(175), t(101)).await.unwrap();
+        (first, second)
+    }
+
+    #[test]
+    fn blanket_async_store_works() {
+        let s = MemoryReplayStore::with_capacity(100);
+        assert_eq!(
+            block_on(check_twice(&s, &key(1))),
+            (Insert::Inserted, Insert::AlreadyPresent)
+        );
+        // Through a reference, an Arc and a box of a trait object too.
+        let arc = Arc::new(MemoryReplayStore::with_capacity(100));
+        assert_eq!(
+            block_on(check_twice(&arc, &key(2))),
+            (Insert::Inserted, Insert::AlreadyPresent)
+        );
+        let boxed: Box<dyn ReplayStore> = Box::new(MemoryReplayStore::with_capacity(100));
+        assert_eq!(
+            block_on(check_twice(&boxed, &key(3))),
+            (Insert::Inserted, Insert::AlreadyPresent)
+        );
+        fn assert_send<T: Send>(_: &T) {}
+        assert_send(&AsyncReplayStore::insert_if_absent(
+            &s,
+            &key(4),
+            t(175),
+            t(100),
+        ));
+    }
+
+    #[test]
+    fn error_display() {
+        assert_eq!(
+            ReplayStoreError::Unavailable("connection refused".into()).to_string(),
+            "replay store unavailable: connection refused"
+        );
+        assert_eq!(
+            ReplayStoreError::Timeout.to_string(),
+            "replay store did not answer in time"
+        );
+    }
+
+    /// One step of a model check: which key, how far time moves, the proof's remaining life.
+    fn steps(keys: u64, max_ttl: u64) -> impl Strategy<Value = Vec<(u64, u64, u64)>> {
+        prop::collection::vec((0..keys, 0..20_u64, 0..max_ttl), 1..300)
+    }
+
+    proptest! {
+        /// Against an exact model: with few enough generations none are merged, so the store
+        /// remembers each key exactly until the end of its expiry's generation.
+        #[test]
+        fn matches_generation_model(
+            ops in steps(6, 60),
+            generation_secs in 1..20_u64,
+            shards in 1..4_usize,
+            start in 0..1_000_000_u64,
+        ) {
+            let s = store(1 << 20, shards, generation_secs);
+            // key -> (expires_at, end of its generation)
+            let mut model: HashMap<u64, (u64, u64)> = HashMap::new();
+            let mut now = start;
+            for (k, advance, ttl) in ops {
+                now += advance;
+                let expires = now + ttl;
+                let got = insert(&s, &key(k), expires, now).unwrap();
+                let remembered = model.get(&k).copied();
+                if remembered.is_some_and(|(e, _)| e > now) {
+                    prop_assert_eq!(got, Insert::AlreadyPresent, "replay let through");
+                }
+                let expected = if remembered.is_some_and(|(_, end)| end > now) {
+                    Insert::AlreadyPresent
+                } else {
+                    Insert::Inserted
+                };
+                prop_assert_eq!(got, expected);
+                if got == Insert::Inserted && expires > now {
+                    let end = (expires / generation_secs + 1) * generation_secs;
+                    model.insert(k, (expires, end));
+                }
+            }
+        }
+
+        /// Long windows, one-second generations (so generations get merged) and a small
+        /// capacity: the store may answer `Full` or keep entries longer, but it never answers
+        /// `Inserted` for a key recorded with an expiry still in the future, and `Full` only
+        /// when the shard really holds `capacity` live entries.
+        #[test]
+        fn never_lets_a_replay_through(
+            ops in steps(40, 400),
+            capacity in 1..50_usize,
+            generation_secs in 1..4_u64,
+            start in 0..1_000_000_u64,
+        ) {
+            let s = store(capacity, 1, generation_secs);
+            let mut model: HashMap<u64, u64> = HashMap::new();
+            let mut now = start;
+            for (k, advance, ttl) in ops {
+                now += advance;
+                let expires = now + ttl;
+                let got = insert(&s, &key(k), expires, now);
+                let live = model.values().filter(|&&e| e > now).count();
+                match got {
+                    Ok(Insert::Inserted) => {
+                        prop_assert!(model.get(&k).is_none_or(|&e| e <= now), "replay let through");
+                        if expires > now {
+                            model.insert(k, expires);
+                        }
+                    }
+                    Ok(Insert::AlreadyPresent) => {
+                        prop_assert!(model.contains_key(&k), "present but never stored");
+                    }
+                    Err(ReplayStoreError::Full { capacity: c }) => {
+                        prop_assert_eq!(c, capacity);
+                        prop_assert!(model.get(&k).is_none_or(|&e| e <= now));
+                        prop_assert!(s.len(t(now)) >= capacity);
+                        prop_assert!(live <= capacity);
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                }
+            }
+        }
+    }
+}
