@@ -91,8 +91,11 @@ pub trait RandomSource: Send + Sync {
 }
 
 /// The operating system's CSPRNG, through the crypto library.
-#[derive(Debug, Default)]
-#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default)]
+#[expect(
+    clippy::exhaustive_structs,
+    reason = "a unit struct users construct by name"
+)]
 pub struct SystemRandomSource;
 
 impl RandomSource for SystemRandomSource {

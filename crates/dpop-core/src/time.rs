@@ -51,6 +51,10 @@ pub trait Clock: Send + Sync {
 
 /// A clock stuck at one instant: for tests and for re-checking a proof "as of" a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::exhaustive_structs,
+    reason = "a newtype users construct directly"
+)]
 pub struct FixedClock(pub UnixTime);
 
 impl Clock for FixedClock {
