@@ -1,6 +1,7 @@
 //! Throughput of the in-memory replay store: fresh inserts, duplicate lookups, and a plain
 //! timed loop of 5 million inserts whose figure is printed as inserts per second.
 #![allow(
+    clippy::disallowed_methods, // benches measure wall-clock time
     missing_docs,
     clippy::print_stdout,
     clippy::unwrap_used,

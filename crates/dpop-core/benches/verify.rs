@@ -7,6 +7,7 @@
 //! verification plus the replay record, on distinct proofs. Targets: ES256 ≤ 1.10x,
 //! EdDSA ≤ 1.15x, RS256 ≤ 1.25x.
 #![allow(
+    clippy::disallowed_methods, // benches measure wall-clock time
     missing_docs,
     clippy::unwrap_used,
     clippy::expect_used,
@@ -108,7 +109,7 @@ fn bench_verify(c: &mut Criterion) {
         g.bench_function("dpop_proof", |b| {
             b.iter(|| {
                 let request = ProofRequest::new("GET", &htu).with_access_token(TOKEN, &jkt);
-                black_box(
+                let _ = black_box(
                     verifier
                         .verify([black_box(proof.as_bytes())], &request, now)
                         .unwrap(),
@@ -151,7 +152,7 @@ fn ratios() {
             let t = Instant::now();
             for p in &case.proofs {
                 let request = ProofRequest::new("GET", &htu).with_access_token(TOKEN, &jkt);
-                black_box(
+                let _ = black_box(
                     verifier
                         .verify([black_box(p.as_bytes())], &request, now)
                         .unwrap(),

@@ -592,6 +592,12 @@ impl From<NonceError> for Error {
     }
 }
 
+impl From<crate::KeyError> for Error {
+    fn from(e: crate::KeyError) -> Self {
+        Self::Key(e)
+    }
+}
+
 impl From<ReplayStoreError> for Error {
     fn from(e: ReplayStoreError) -> Self {
         Self::ReplayStore(e)

@@ -959,7 +959,8 @@ mod tests {
         }
     }
 
-    /// The already-normal case costs one exact-size allocation and little time.
+    /// The already-normal case costs one exact-size allocation (speed is measured by
+    /// the benches, not asserted here).
     #[test]
     fn normal_input_is_cheap() {
         let h = Htu::parse(BASE).unwrap();
@@ -967,15 +968,6 @@ mod tests {
         assert_eq!(h.0.capacity(), BASE.len());
         let with_query = Htu::parse("https://server.example.com/token?x=1#y").unwrap();
         assert!(with_query.0.capacity() <= BASE.len() + 1);
-        // A loose smoke test (debug build, shared machine): 10_000 parses well under 1 s
-        // means a few µs each unoptimised, far less in release.
-        let start = std::time::Instant::now();
-        for _ in 0..10_000 {
-            let h = Htu::parse(core::hint::black_box(BASE)).unwrap();
-            core::hint::black_box(h);
-        }
-        let elapsed = start.elapsed();
-        assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
     }
 
     // ---- property tests ----

@@ -453,10 +453,10 @@ impl PublicJwk {
 }
 
 fn check_use(o: &Object<'_>) -> Result<(), JwkError> {
-    if let Some(u) = o.get("use") {
-        if u.as_str() != Some("sig") {
-            return Err(JwkError::WrongUse);
-        }
+    if let Some(u) = o.get("use")
+        && u.as_str() != Some("sig")
+    {
+        return Err(JwkError::WrongUse);
     }
     if let Some(ops) = o.get("key_ops") {
         let Json::Array(ops) = ops else {

@@ -196,15 +196,15 @@ pub mod internal {
 
         /// Normalises `data` as an `htu` and checks idempotence.
         pub fn normalise_htu(data: &[u8]) {
-            if let Ok(text) = std::str::from_utf8(data) {
-                if let Ok(htu) = Htu::parse(text) {
-                    let again = Htu::parse(htu.as_str());
-                    assert_eq!(
-                        again.as_ref().ok(),
-                        Some(&htu),
-                        "htu normalisation must be idempotent"
-                    );
-                }
+            if let Ok(text) = std::str::from_utf8(data)
+                && let Ok(htu) = Htu::parse(text)
+            {
+                let again = Htu::parse(htu.as_str());
+                assert_eq!(
+                    again.as_ref().ok(),
+                    Some(&htu),
+                    "htu normalisation must be idempotent"
+                );
             }
         }
 

@@ -762,15 +762,15 @@ impl Verifier {
             observer.skipped(Check::Iat);
         }
         let leeway = cfg.future_leeway;
-        if let Some(exp) = exp {
-            if exp.saturating_add(leeway) < now {
-                return Err(Error::Proof(ProofError::Expired { exp, now }));
-            }
+        if let Some(exp) = exp
+            && exp.saturating_add(leeway) < now
+        {
+            return Err(Error::Proof(ProofError::Expired { exp, now }));
         }
-        if let Some(nbf) = nbf {
-            if nbf > now.saturating_add(leeway) {
-                return Err(Error::Proof(ProofError::NotYetValid { nbf, now }));
-            }
+        if let Some(nbf) = nbf
+            && nbf > now.saturating_add(leeway)
+        {
+            return Err(Error::Proof(ProofError::NotYetValid { nbf, now }));
         }
         observer.passed(Check::Validity);
 

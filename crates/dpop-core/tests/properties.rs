@@ -38,7 +38,7 @@ proptest! {
     #[test]
     fn single_byte_mutations_are_rejected(pos in 0usize..400, byte in any::<u8>()) {
         let good = sign(es256(), &header(es256()), &claims());
-        let mut bytes = good.clone().into_bytes();
+        let mut bytes = good.into_bytes();
         let pos = pos % bytes.len();
         prop_assume!(bytes[pos] != byte);
         bytes[pos] = byte;
