@@ -486,26 +486,21 @@ impl Signer for PrivateKey {
     }
 }
 
-impl<S: Signer + ?Sized> Signer for &S {
-    fn algorithm(&self) -> Algorithm {
-        (**self).algorithm()
-    }
-    fn public_jwk(&self) -> &PublicJwk {
-        (**self).public_jwk()
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        (**self).sign(message)
-    }
+/// A reference or `Arc` to a signer is a signer.
+macro_rules! forward_signer {
+    ($($ptr:ty),+) => {$(
+        impl<S: Signer + ?Sized> Signer for $ptr {
+            fn algorithm(&self) -> Algorithm {
+                (**self).algorithm()
+            }
+            fn public_jwk(&self) -> &PublicJwk {
+                (**self).public_jwk()
+            }
+            fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+                (**self).sign(message)
+            }
+        }
+    )+};
 }
 
-impl<S: Signer + ?Sized> Signer for std::sync::Arc<S> {
-    fn algorithm(&self) -> Algorithm {
-        (**self).algorithm()
-    }
-    fn public_jwk(&self) -> &PublicJwk {
-        (**self).public_jwk()
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        (**self).sign(message)
-    }
-}
+forward_signer!(&S, std::sync::Arc<S>);

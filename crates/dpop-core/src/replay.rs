@@ -164,38 +164,23 @@ impl<T: ReplayStore> AsyncReplayStore for T {
     }
 }
 
-impl<T: ReplayStore + ?Sized> ReplayStore for &T {
-    fn insert_if_absent(
-        &self,
-        key: &ReplayKey,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<Insert, ReplayStoreError> {
-        (**self).insert_if_absent(key, expires_at, now)
-    }
+/// A reference or smart pointer to a store is a store.
+macro_rules! forward_replay_store {
+    ($($ptr:ty),+) => {$(
+        impl<T: ReplayStore + ?Sized> ReplayStore for $ptr {
+            fn insert_if_absent(
+                &self,
+                key: &ReplayKey,
+                expires_at: UnixTime,
+                now: UnixTime,
+            ) -> Result<Insert, ReplayStoreError> {
+                (**self).insert_if_absent(key, expires_at, now)
+            }
+        }
+    )+};
 }
 
-impl<T: ReplayStore + ?Sized> ReplayStore for Box<T> {
-    fn insert_if_absent(
-        &self,
-        key: &ReplayKey,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<Insert, ReplayStoreError> {
-        (**self).insert_if_absent(key, expires_at, now)
-    }
-}
-
-impl<T: ReplayStore + ?Sized> ReplayStore for Arc<T> {
-    fn insert_if_absent(
-        &self,
-        key: &ReplayKey,
-        expires_at: UnixTime,
-        now: UnixTime,
-    ) -> Result<Insert, ReplayStoreError> {
-        (**self).insert_if_absent(key, expires_at, now)
-    }
-}
+forward_replay_store!(&T, Box<T>, Arc<T>);
 
 /// Settings of a [`MemoryReplayStore`]. Out-of-range values are clamped by
 /// [`MemoryReplayStore::new`], never rejected.

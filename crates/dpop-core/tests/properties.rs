@@ -1,20 +1,10 @@
 //! Property tests: no input makes the verifier panic, and mutations of a valid proof
 //! are never accepted.
 
-use dpop_core::{ALL_ALGORITHMS, ProofRequest, Verifier, VerifierConfig};
+use dpop_core::ProofRequest;
 use proptest::prelude::*;
 
 use crate::support::*;
-
-fn verifier_all() -> Verifier {
-    Verifier::new(
-        VerifierConfig::builder()
-            .with_algorithms(&ALL_ALGORITHMS)
-            .unwrap()
-            .without_nonces(),
-    )
-    .unwrap()
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]

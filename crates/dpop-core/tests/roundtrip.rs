@@ -2,20 +2,10 @@
 
 use dpop_core::{
     ALL_ALGORITHMS, Algorithm, Htu, KeyFamily, PrivateKey, ProofBuilder, ProofRequest,
-    SystemRandomSource, Verifier, VerifierConfig,
+    SystemRandomSource,
 };
 
 use crate::support::{NOW, TOKEN, URL, now};
-
-fn all_algorithms_verifier() -> Verifier {
-    Verifier::new(
-        VerifierConfig::builder()
-            .with_algorithms(&ALL_ALGORITHMS)
-            .unwrap()
-            .without_nonces(),
-    )
-    .unwrap()
-}
 
 fn flip_payload_char(proof: &str) -> String {
     let mut parts: Vec<String> = proof.split('.').map(str::to_owned).collect();
@@ -28,7 +18,7 @@ fn flip_payload_char(proof: &str) -> String {
 
 #[test]
 fn every_algorithm_round_trips() {
-    let v = all_algorithms_verifier();
+    let v = crate::support::verifier_all();
     let htu = Htu::parse(URL).unwrap();
     for alg in ALL_ALGORITHMS {
         let key = PrivateKey::generate(alg).unwrap();
@@ -159,7 +149,7 @@ fn rsa_key_can_switch_padding() {
         .unwrap()
         .sign(&key, &SystemRandomSource, now())
         .unwrap();
-    let v = all_algorithms_verifier();
+    let v = crate::support::verifier_all();
     let ok = dpop_core::dangerous::skip_replay_check(
         v.verify([proof.as_bytes()], &ProofRequest::new("GET", &htu), now())
             .unwrap(),

@@ -36,6 +36,17 @@ pub(crate) fn verifier() -> Verifier {
     .unwrap()
 }
 
+/// A verifier that allows every algorithm (the default list leaves some out).
+pub(crate) fn verifier_all() -> Verifier {
+    Verifier::new(
+        VerifierConfig::builder()
+            .with_algorithms(&dpop_core::ALL_ALGORITHMS)
+            .unwrap()
+            .without_nonces(),
+    )
+    .unwrap()
+}
+
 pub(crate) fn htu() -> Htu {
     Htu::parse(URL).unwrap()
 }
