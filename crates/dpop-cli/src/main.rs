@@ -1,1 +1,49 @@
-fn main() {}
+//! `dpop`: create, inspect and verify DPoP proofs (RFC 9449) from the command line, and
+//! walk through the protocol with `dpop demo`.
+//!
+//! `main` only maps the outcome of [`run`] to an exit code: 0 success (a valid proof for
+//! `inspect`), 1 an invalid proof, a failed demo step or a failed operation, 2 a usage
+//! error (clap's own, and bad files or flag values found later). Errors are printed as
+//! one `error: ...` line on stderr.
+
+mod cli;
+mod clock;
+mod commands;
+mod demo;
+mod error;
+mod keyfile;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+use crate::commands::{inspect, keygen, keyinfo, proof};
+use crate::error::CliError;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            e.downcast_ref::<CliError>()
+                .map_or(ExitCode::FAILURE, CliError::exit_code)
+        }
+    }
+}
+
+/// Parses the command line (clap exits 2 by itself on usage errors) and runs the command.
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let code = match &cli.command {
+        Command::Keygen(args) => keygen::run(args, &mut out)?,
+        Command::Jwk(args) => keyinfo::jwk(args, &mut out)?,
+        Command::Thumbprint(args) => keyinfo::thumbprint(args, &mut out)?,
+        Command::Proof(args) => proof::run(args, &mut out)?,
+        Command::Inspect(args) => inspect::run(args, &mut out)?,
+        Command::Demo => demo::run(&mut out)?,
+    };
+    Ok(code)
+}

@@ -192,9 +192,10 @@ impl PrivateKey {
         Ok(Self { inner, alg, public })
     }
 
-    /// Loads a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`). EC and Ed25519 keys get the
-    /// algorithm of their curve; RSA keys get `rsa_alg` (RS256 when `None`), because
-    /// PKCS#8 does not record the padding.
+    /// Loads a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`). EC keys get the algorithm of
+    /// their curve, Ed25519 keys `EdDSA`; RSA keys get `rsa_alg` (RS256 when `None`),
+    /// because PKCS#8 does not record the padding. Use [`PrivateKey::with_algorithm`] to
+    /// pick another algorithm of the key's family.
     ///
     /// # Errors
     /// [`KeyError`] naming what is wrong.
@@ -222,7 +223,8 @@ impl PrivateKey {
             }
         }
         if let Ok(kp) = Ed25519KeyPair::from_pkcs8(der) {
-            return Self::from_inner(Inner::Ed25519(kp), Algorithm::Ed25519);
+            // `EdDSA` rather than the RFC 9864 name: every DPoP server knows it.
+            return Self::from_inner(Inner::Ed25519(kp), Algorithm::EdDsa);
         }
         if let Ok(kp) = RsaKeyPair::from_pkcs8(der) {
             return Self::from_inner(Inner::Rsa(kp), rsa_alg.unwrap_or(Algorithm::Rs256));
@@ -303,10 +305,13 @@ impl PrivateKey {
                 Inner::Rsa(RsaKeyPair::from_der(&der).map_err(|_| KeyError::Inconsistent)?)
             }
         };
-        let key = Self::from_inner(inner, alg)?;
+        let mut key = Self::from_inner(inner, alg)?;
         if key.public != public {
             return Err(KeyError::Inconsistent);
         }
+        // Keep the JWK's own `alg` as a restriction: `with_algorithm` may not move the
+        // key to another scheme than its owner declared.
+        key.public = public;
         Ok(key)
     }
 

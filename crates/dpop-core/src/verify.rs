@@ -15,7 +15,7 @@ use aws_lc_rs::digest;
 
 use crate::alg::{AlgName, Algorithm, DEFAULT_ALGORITHMS};
 use crate::b64;
-use crate::error::{Error, NonceError, ProofError};
+use crate::error::{Error, NonceError, ProofError, Reason};
 use crate::htu::Htu;
 use crate::json::{self, Json, JsonError, Number, Object};
 use crate::jwk::{Jkt, JwkError, PublicJwk};
@@ -276,6 +276,55 @@ impl Check {
         Self::KeyBinding,
         Self::Signature,
     ];
+
+    /// A stable snake_case name (for JSON reports and metrics).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Structure => "structure",
+            Self::Typ => "typ",
+            Self::Alg => "alg",
+            Self::Crit => "crit",
+            Self::Jwk => "jwk",
+            Self::Claims => "claims",
+            Self::Htm => "htm",
+            Self::Htu => "htu",
+            Self::Iat => "iat",
+            Self::Validity => "validity",
+            Self::Nonce => "nonce",
+            Self::Ath => "ath",
+            Self::KeyBinding => "key_binding",
+            Self::Signature => "signature",
+        }
+    }
+
+    /// The check that produces `reason`, or `None` for failures outside the proof
+    /// checks (replay, store, clock, internal).
+    #[must_use]
+    pub const fn failed_by(reason: Reason) -> Option<Self> {
+        Some(match reason {
+            Reason::ProofMissing | Reason::MultipleProofs | Reason::ProofTooLarge => Self::Header,
+            Reason::MalformedProof | Reason::DuplicateMember => Self::Structure,
+            Reason::TypInvalid => Self::Typ,
+            Reason::AlgNotAllowed | Reason::AlgUnsupported => Self::Alg,
+            Reason::CritUnsupported => Self::Crit,
+            Reason::AlgKeyMismatch
+            | Reason::JwkMissing
+            | Reason::JwkInvalid
+            | Reason::JwkPrivate => Self::Jwk,
+            Reason::ClaimMissing | Reason::ClaimInvalid => Self::Claims,
+            Reason::HtmMismatch => Self::Htm,
+            Reason::HtuInvalid | Reason::HtuMismatch => Self::Htu,
+            Reason::IatTooOld | Reason::IatInFuture => Self::Iat,
+            Reason::ProofExpired | Reason::ProofNotYetValid => Self::Validity,
+            Reason::NonceRequired | Reason::NonceStale | Reason::NonceInvalid => Self::Nonce,
+            Reason::AthMissing | Reason::AthMismatch => Self::Ath,
+            Reason::KeyMismatch => Self::KeyBinding,
+            Reason::SignatureInvalid => Self::Signature,
+            _ => return None,
+        })
+    }
 
     /// A short description.
     #[must_use]

@@ -25,6 +25,29 @@ fn with_header(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
 }
 
 #[test]
+fn every_reason_names_its_check() {
+    use dpop_core::{Check, Reason};
+    let mut checks = std::collections::HashSet::new();
+    for r in Reason::ALL {
+        if let Some(c) = Check::failed_by(r) {
+            checks.insert(c);
+        }
+    }
+    assert_eq!(checks.len(), Check::ALL.len(), "every check can fail");
+    for r in [
+        Reason::Replay,
+        Reason::ReplayStoreFull,
+        Reason::ReplayStoreUnavailable,
+        Reason::NoClock,
+        Reason::InternalError,
+    ] {
+        assert_eq!(Check::failed_by(r), None, "{r}");
+    }
+    let names: std::collections::HashSet<_> = Check::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(names.len(), Check::ALL.len());
+}
+
+#[test]
 fn baseline_passes() {
     check(&sign(es256(), &header(es256()), &claims())).unwrap();
 }

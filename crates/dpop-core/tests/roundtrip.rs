@@ -65,8 +65,8 @@ fn every_algorithm_round_trips() {
         let rsa_alg = (alg.key_family() == KeyFamily::Rsa).then_some(alg);
         let from_pem = PrivateKey::from_pkcs8_pem(&key.to_pkcs8_pem().unwrap(), rsa_alg).unwrap();
         assert_eq!(from_pem.thumbprint(), key.thumbprint(), "{alg} PEM");
-        let expected_alg = if alg == Algorithm::EdDsa {
-            Algorithm::Ed25519
+        let expected_alg = if alg == Algorithm::Ed25519 {
+            Algorithm::EdDsa
         } else {
             alg
         };
@@ -125,6 +125,11 @@ fn key_loading_rejections() {
     let mut no_d = jwk.clone();
     no_d.as_object_mut().unwrap().remove("d");
     assert!(PrivateKey::from_jwk_json(&no_d.to_string()).is_err());
+    // A JWK that declares its algorithm keeps it: the key cannot be moved to another.
+    let rsa = PrivateKey::generate(Algorithm::Ps384).unwrap();
+    let declared = PrivateKey::from_jwk_json(&rsa.to_private_jwk_json().unwrap()).unwrap();
+    assert_eq!(declared.algorithm(), Algorithm::Ps384);
+    assert!(declared.with_algorithm(Algorithm::Rs256).is_err());
     let mut wrong_alg = jwk;
     wrong_alg["alg"] = "RS256".into();
     assert!(PrivateKey::from_jwk_json(&wrong_alg.to_string()).is_err());

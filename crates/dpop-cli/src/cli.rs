@@ -1,0 +1,246 @@
+//! The command line as clap sees it: syntax only. Loading files, parsing URLs and
+//! checking that values fit each other happens in the commands, which turn these raw
+//! arguments into validated values before doing any work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dpop_core::Algorithm;
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success (inspect: the proof is valid)
+  1  inspect: the proof is invalid; demo: a step did not behave as expected;
+     any command: an operation failed (e.g. output could not be written)
+  2  usage error: bad arguments or flag values, a missing, unreadable or
+     unusable file, an existing file that --force was not given for";
+
+/// Create, inspect and verify DPoP proofs (RFC 9449, OAuth 2.0 Demonstrating Proof of
+/// Possession).
+#[derive(Debug, Parser)]
+#[command(
+    name = "dpop",
+    version,
+    after_help = AFTER_HELP,
+    after_long_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Generate a private key, write it to a file only you can read, print its thumbprint
+    ///
+    /// The key is written as PKCS#8 PEM (or as a private JWK with --jwk) to a new file
+    /// with mode 0600. The JWK thumbprint (jkt, RFC 7638) is printed on stdout: it is
+    /// the value an authorization server puts in an access token's cnf.jkt.
+    Keygen(KeygenArgs),
+    /// Print the public JWK of a key file, as one line of JSON
+    ///
+    /// FILE may hold a private key (PKCS#8 PEM or private JWK) or a public JWK; the
+    /// format is detected from the content. Only public members are printed.
+    Jwk(KeyFileArgs),
+    /// Print the JWK thumbprint (jkt, RFC 7638) of a key file
+    ///
+    /// FILE may hold a private key (PKCS#8 PEM or private JWK) or a public JWK.
+    Thumbprint(KeyFileArgs),
+    /// Create a DPoP proof for one HTTP request and print it (one line)
+    ///
+    /// Send the output as the DPoP request header. With --access-token the proof carries
+    /// ath, the hash of the token, as a resource server requires.
+    Proof(ProofArgs),
+    /// Decode a DPoP proof and verify it as a server would, check by check
+    ///
+    /// Every algorithm is allowed and no replay store is used (inspecting the same proof
+    /// twice is fine). Checks whose reference value is not given (--method, --url,
+    /// --access-token, --jkt, --nonce) are reported as skipped.
+    /// Exits 0 when the proof is valid, 1 when it is not.
+    Inspect(InspectArgs),
+    /// Walk through DPoP step by step: a bound token, a proof, and attacks refused
+    ///
+    /// Self-contained: no files, no network. Exits 0 only if every step behaves as
+    /// expected, so it doubles as a smoke test.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Signature algorithm the key is for (EdDSA and Ed25519 both make an Ed25519 key)
+    #[arg(long, value_enum, ignore_case = true, default_value_t = AlgArg::Es256)]
+    pub(crate) alg: AlgArg,
+    /// RSA modulus size in bits; only for RS*/PS* algorithms [default: 2048]
+    #[arg(long, value_enum)]
+    pub(crate) bits: Option<RsaBits>,
+    /// File to write the private key to; it must not exist yet (see --force)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Replace FILE if it exists (atomically: written beside it, then renamed)
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Write the key as a private JWK (JSON, records the algorithm) instead of PKCS#8 PEM
+    #[arg(long)]
+    pub(crate) jwk: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyFileArgs {
+    /// Key file: PKCS#8 PEM private key, private JWK, or public JWK
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProofArgs {
+    /// Private key file to sign with (PKCS#8 PEM or private JWK)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// HTTP method of the request the proof is for (htm), e.g. GET or POST
+    #[arg(long, value_name = "METHOD")]
+    pub(crate) method: String,
+    /// URL of the request (htu); query and fragment are dropped, as RFC 9449 requires
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: String,
+    /// Access token sent with the request: adds ath = base64url(SHA-256(token))
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
+    pub(crate) access_token: Option<String>,
+    /// Server nonce from the DPoP-Nonce response header
+    #[arg(long, value_name = "NONCE", allow_hyphen_values = true)]
+    pub(crate) nonce: Option<String>,
+    /// Signature algorithm; must fit the key. Only needed for RSA keys in PEM files,
+    /// which do not record it [default: the key's: RS256 for RSA PEM, the JWK's alg]
+    #[arg(long, value_enum, ignore_case = true)]
+    pub(crate) alg: Option<AlgArg>,
+    /// Creation time (iat) in seconds since the Unix epoch [default: now]
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub(crate) iat: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The proof (the DPoP header value), or - to read it from stdin
+    #[arg(value_name = "PROOF|-")]
+    pub(crate) proof: String,
+    /// Method of the request the proof came with; checks htm
+    #[arg(long, value_name = "METHOD")]
+    pub(crate) method: Option<String>,
+    /// URL of the request the proof came with; checks htu (after normalisation)
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// Access token presented with the proof; checks ath (and, with --jkt, the binding)
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
+    pub(crate) access_token: Option<String>,
+    /// Thumbprint the proof key must have (the token's cnf.jkt, or dpop_jkt)
+    #[arg(long, value_name = "JKT", allow_hyphen_values = true)]
+    pub(crate) jkt: Option<String>,
+    /// Nonce the server issued; the proof must carry exactly this nonce
+    #[arg(long, value_name = "NONCE", allow_hyphen_values = true)]
+    pub(crate) nonce: Option<String>,
+    /// Verify as of this time, in seconds since the Unix epoch [default: now]
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub(crate) now: Option<u64>,
+    /// Print one JSON object instead of the human-readable report
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// JWS algorithm names as they appear on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AlgArg {
+    /// ECDSA P-256 with SHA-256 (the default; the most widely supported)
+    #[value(name = "ES256")]
+    Es256,
+    /// ECDSA P-384 with SHA-384
+    #[value(name = "ES384")]
+    Es384,
+    /// ECDSA P-521 with SHA-512
+    #[value(name = "ES512")]
+    Es512,
+    /// Ed25519 signatures, under the RFC 8037 name
+    #[value(name = "EdDSA")]
+    EdDsa,
+    /// Ed25519 signatures, under the RFC 9864 name
+    #[value(name = "Ed25519")]
+    Ed25519,
+    /// RSA PKCS#1 v1.5 with SHA-256
+    #[value(name = "RS256")]
+    Rs256,
+    /// RSA PKCS#1 v1.5 with SHA-384
+    #[value(name = "RS384")]
+    Rs384,
+    /// RSA PKCS#1 v1.5 with SHA-512
+    #[value(name = "RS512")]
+    Rs512,
+    /// RSA-PSS with SHA-256
+    #[value(name = "PS256")]
+    Ps256,
+    /// RSA-PSS with SHA-384
+    #[value(name = "PS384")]
+    Ps384,
+    /// RSA-PSS with SHA-512
+    #[value(name = "PS512")]
+    Ps512,
+}
+
+impl From<AlgArg> for Algorithm {
+    fn from(a: AlgArg) -> Self {
+        match a {
+            AlgArg::Es256 => Self::Es256,
+            AlgArg::Es384 => Self::Es384,
+            AlgArg::Es512 => Self::Es512,
+            AlgArg::EdDsa => Self::EdDsa,
+            AlgArg::Ed25519 => Self::Ed25519,
+            AlgArg::Rs256 => Self::Rs256,
+            AlgArg::Rs384 => Self::Rs384,
+            AlgArg::Rs512 => Self::Rs512,
+            AlgArg::Ps256 => Self::Ps256,
+            AlgArg::Ps384 => Self::Ps384,
+            AlgArg::Ps512 => Self::Ps512,
+        }
+    }
+}
+
+/// RSA key sizes offered by `keygen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RsaBits {
+    /// 2048 bits (the default)
+    #[value(name = "2048")]
+    B2048,
+    /// 3072 bits
+    #[value(name = "3072")]
+    B3072,
+    /// 4096 bits (slow to generate)
+    #[value(name = "4096")]
+    B4096,
+}
+
+impl RsaBits {
+    pub(crate) fn bits(self) -> usize {
+        match self {
+            Self::B2048 => 2048,
+            Self::B3072 => 3072,
+            Self::B4096 => 4096,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_algorithm_has_a_flag_value() {
+        for alg in dpop_core::ALL_ALGORITHMS {
+            let arg = AlgArg::from_str(alg.name(), false).unwrap();
+            assert_eq!(Algorithm::from(arg), alg);
+        }
+    }
+}

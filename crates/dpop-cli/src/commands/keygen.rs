@@ -1,0 +1,44 @@
+//! `dpop keygen`: a new private key in a file only its owner can read.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use dpop_core::{Algorithm, KeyFamily, PrivateKey};
+
+use crate::cli::KeygenArgs;
+use crate::error::CliError;
+use crate::keyfile;
+
+pub(crate) fn run(args: &KeygenArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let alg = Algorithm::from(args.alg);
+    let is_rsa = alg.key_family() == KeyFamily::Rsa;
+    let key = match args.bits {
+        Some(bits) if is_rsa => PrivateKey::generate_rsa(alg, bits.bits()),
+        Some(_) => {
+            return Err(CliError::usage(format!(
+                "--bits applies only to RSA algorithms (RS256 ... PS512), not {alg}"
+            )));
+        }
+        None => PrivateKey::generate(alg),
+    }
+    .map_err(|e| CliError::failed(format!("cannot generate the key: {e}")))?;
+
+    let cannot_encode = |e| CliError::failed(format!("cannot encode the key: {e}"));
+    if args.jwk {
+        let text = key.to_private_jwk_json().map_err(cannot_encode)?;
+        keyfile::write_secret(&args.out, &[text.as_bytes(), b"\n"], args.force)?;
+    } else {
+        let text = key.to_pkcs8_pem().map_err(cannot_encode)?;
+        keyfile::write_secret(&args.out, &[text.as_bytes()], args.force)?;
+        // PKCS#8 records the key type, not the algorithm: an RSA key reads back as RS256
+        // and an Ed25519 key as EdDSA, whatever it was generated for.
+        let reads_back_as = PrivateKey::from_pkcs8_pem(&text, None).map(|k| k.algorithm());
+        if reads_back_as.is_ok_and(|a| a != alg) {
+            eprintln!(
+                "note: PEM files do not record the algorithm; pass --alg {alg} to `dpop proof` (or use keygen --jwk, which records it)"
+            );
+        }
+    }
+    writeln!(out, "{}", key.thumbprint()).map_err(|e| CliError::stdout(&e))?;
+    Ok(ExitCode::SUCCESS)
+}

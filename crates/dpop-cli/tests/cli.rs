@@ -1,0 +1,796 @@
+//! End-to-end tests of the `dpop` binary: each runs the real executable, as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// RFC 9449 §4.1, Figure 2: the example proof of a token request (iat 1562262616).
+const RFC_PROOF: &str = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19.eyJqdGkiOiItQndDM0VTYzZhY2MybFRjIiwiaHRtIjoiUE9TVCIsImh0dSI6Imh0dHBzOi8vc2VydmVyLmV4YW1wbGUuY29tL3Rva2VuIiwiaWF0IjoxNTYyMjYyNjE2fQ.2-GxA6T8lP4vfrg8v-FdWP0A0zdrj8igiMLvqRMUvwnQg4PtFLbdLXiOSsX0x7NVY-FNyJK70nfbV37xRZT3Lg";
+/// The RFC 7638 thumbprint of the key in [`RFC_PROOF`].
+const RFC_JKT: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+
+const ALGS: [&str; 11] = [
+    "ES256", "ES384", "ES512", "EdDSA", "Ed25519", "RS256", "RS384", "RS512", "PS256", "PS384",
+    "PS512",
+];
+const URL: &str = "https://api.example.com/v1/items";
+const TOKEN: &str = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
+
+/// A directory under the system temp dir, unique per test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("dpop-cli-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The single line of stdout, after checking the command succeeded.
+    fn line(&self) -> &str {
+        assert_eq!(self.code, 0, "{self:?}");
+        let out = self.stdout.strip_suffix('\n').unwrap_or(&self.stdout);
+        assert!(!out.contains('\n'), "expected one line: {self:?}");
+        out
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+fn dpop_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpop"));
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn dpop(args: &[&str]) -> Run {
+    dpop_with_stdin(args, None)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn keygen(dir: &TempDir, name: &str, alg: &str, extra: &[&str]) -> (PathBuf, String) {
+    let path = dir.file(name);
+    let mut args = vec!["keygen", "--alg", alg, "--out", p(&path)];
+    args.extend_from_slice(extra);
+    let jkt = dpop(&args).line().to_owned();
+    (path, jkt)
+}
+
+/// `--alg` for `dpop proof`: PEM files do not record the algorithm, and read back as
+/// RS256 (RSA) or Ed25519.
+fn proof_alg_args(alg: &str) -> Vec<&str> {
+    if alg.starts_with("RS") || alg.starts_with("PS") || alg == "Ed25519" {
+        vec!["--alg", alg]
+    } else {
+        vec![]
+    }
+}
+
+fn make_proof(key: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["proof", "--key", p(key), "--method", "GET", "--url", URL];
+    args.extend_from_slice(extra);
+    dpop(&args).line().to_owned()
+}
+
+fn inspect_json(proof: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["inspect", proof, "--json"];
+    args.extend_from_slice(extra);
+    let run = dpop(&args);
+    assert!(run.stderr.is_empty(), "{run:?}");
+    (run.code, run.json())
+}
+
+fn status_of<'v>(report: &'v Value, check: &str) -> &'v str {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("no check {check} in {report}"))["status"]
+        .as_str()
+        .unwrap()
+}
+
+#[cfg(unix)]
+fn assert_private_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", path.display());
+}
+
+#[cfg(not(unix))]
+fn assert_private_mode(_: &Path) {}
+
+fn assert_jkt_shape(jkt: &str) {
+    assert_eq!(jkt.len(), 43, "{jkt}");
+    assert!(
+        jkt.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{jkt}"
+    );
+}
+
+#[test]
+fn keygen_every_algorithm_writes_a_private_file_and_prints_its_jkt() {
+    let dir = TempDir::new("keygen");
+    for alg in ALGS {
+        for (name, extra) in [
+            (format!("{alg}.pem"), &[][..]),
+            (format!("{alg}.jwk"), &["--jwk"][..]),
+        ] {
+            let (path, jkt) = keygen(&dir, &name, alg, extra);
+            assert_jkt_shape(&jkt);
+            assert_private_mode(&path);
+            let text = std::fs::read_to_string(&path).unwrap();
+            if extra.is_empty() {
+                assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{alg}");
+            } else {
+                let jwk: Value = serde_json::from_str(&text).unwrap();
+                assert!(jwk["d"].is_string(), "{alg}: a private JWK");
+                assert_eq!(jwk["alg"], alg, "the JWK records the algorithm");
+            }
+            assert_eq!(dpop(&["thumbprint", p(&path)]).line(), jkt, "{alg}");
+        }
+    }
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_without_force() {
+    let dir = TempDir::new("overwrite");
+    let (path, first) = keygen(&dir, "key.pem", "ES256", &[]);
+
+    let again = dpop(&["keygen", "--out", p(&path)]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.stdout.is_empty());
+    assert!(
+        again.stderr.starts_with("error: ") && again.stderr.contains("--force"),
+        "{again:?}"
+    );
+    assert_eq!(again.stderr.lines().count(), 1, "{again:?}");
+    assert_eq!(
+        dpop(&["thumbprint", p(&path)]).line(),
+        first,
+        "file untouched"
+    );
+
+    let forced = dpop(&["keygen", "--alg", "Ed25519", "--out", p(&path), "--force"]);
+    let second = forced.line();
+    assert_ne!(second, first);
+    assert_eq!(dpop(&["thumbprint", p(&path)]).line(), second);
+    assert_private_mode(&path);
+    let left: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+    assert_eq!(left.len(), 1, "no temporary file left behind: {left:?}");
+}
+
+#[test]
+fn jwk_prints_only_the_public_key() {
+    let dir = TempDir::new("jwk");
+    for (alg, extra) in [
+        ("ES256", &[][..]),
+        ("ES512", &["--jwk"][..]),
+        ("Ed25519", &[][..]),
+        ("Ed25519", &["--jwk"][..]),
+        ("RS256", &[][..]),
+        ("PS256", &["--jwk"][..]),
+    ] {
+        let name = format!("{alg}{}", extra.len());
+        let (path, jkt) = keygen(&dir, &name, alg, extra);
+        let run = dpop(&["jwk", p(&path)]);
+        let jwk: Value = serde_json::from_str(run.line()).unwrap();
+        let members = jwk.as_object().unwrap();
+        for private in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
+            assert!(!members.contains_key(private), "{alg}: {jwk}");
+        }
+        assert!(members.contains_key("kty"), "{jwk}");
+
+        // The public JWK is itself a key file: same thumbprint, same JWK.
+        let public = dir.file(&format!("{name}.pub.json"));
+        std::fs::write(&public, run.stdout.as_bytes()).unwrap();
+        assert_eq!(dpop(&["thumbprint", p(&public)]).line(), jkt);
+        assert_eq!(dpop(&["jwk", p(&public)]).stdout, run.stdout);
+    }
+}
+
+#[test]
+fn proof_then_inspect_is_valid_for_every_algorithm() {
+    let dir = TempDir::new("roundtrip");
+    for alg in ALGS {
+        let (key, jkt) = keygen(&dir, alg, alg, &[]);
+        let mut extra = proof_alg_args(alg);
+        extra.extend(["--access-token", TOKEN]);
+        let proof = make_proof(&key, &extra);
+        let (code, report) = inspect_json(
+            &proof,
+            &[
+                "--method",
+                "GET",
+                "--url",
+                "https://API.example.com:443/v1/items?page=2",
+                "--access-token",
+                TOKEN,
+                "--jkt",
+                &jkt,
+            ],
+        );
+        assert_eq!(code, 0, "{alg}: {report}");
+        assert_eq!(report["valid"], true);
+        assert_eq!(report["header"]["alg"], alg);
+        assert_eq!(report["jkt"], jkt.as_str());
+        assert!(report.get("error").is_none(), "{report}");
+        for check in report["checks"].as_array().unwrap() {
+            let expected = if check["check"] == "nonce" {
+                "skipped"
+            } else {
+                "passed"
+            };
+            assert_eq!(check["status"], expected, "{alg}: {check}");
+        }
+    }
+}
+
+#[test]
+fn private_jwk_keys_sign_with_their_recorded_algorithm() {
+    let dir = TempDir::new("jwkalg");
+    let (key, jkt) = keygen(&dir, "ps.jwk", "PS384", &["--jwk"]);
+    let proof = make_proof(&key, &[]);
+    let (code, report) = inspect_json(&proof, &["--jkt", &jkt]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["header"]["alg"], "PS384");
+
+    let wrong = dpop(&[
+        "proof",
+        "--key",
+        p(&key),
+        "--method",
+        "GET",
+        "--url",
+        URL,
+        "--alg",
+        "RS256",
+    ]);
+    assert_eq!(wrong.code, 2, "{wrong:?}");
+    assert!(wrong.stderr.contains("PS384"), "{wrong:?}");
+}
+
+#[test]
+fn inspect_json_reports_every_check() {
+    let dir = TempDir::new("json");
+    let (key, jkt) = keygen(&dir, "k.pem", "ES256", &[]);
+    let proof = make_proof(&key, &["--iat", "1700000000", "--nonce", "n-1"]);
+    let (code, report) = inspect_json(&proof, &["--now", "1700000005", "--nonce", "n-1"]);
+    assert_eq!(code, 0, "{report}");
+    let object = report.as_object().unwrap();
+    let mut keys: Vec<_> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["checks", "claims", "header", "jkt", "valid"]);
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["jkt"], jkt.as_str());
+    assert_eq!(report["header"]["typ"], "dpop+jwt");
+    assert_eq!(report["header"]["jwk"]["kty"], "EC");
+    assert_eq!(report["claims"]["iat"], 1_700_000_000);
+    assert_eq!(report["claims"]["htm"], "GET");
+    assert_eq!(report["claims"]["htu"], URL);
+    assert_eq!(report["claims"]["nonce"], "n-1");
+    assert!(report["claims"]["jti"].is_string());
+    assert!(report["claims"].get("ath").is_none());
+
+    let checks = report["checks"].as_array().unwrap();
+    let names: Vec<_> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "header",
+            "structure",
+            "typ",
+            "alg",
+            "crit",
+            "jwk",
+            "claims",
+            "htm",
+            "htu",
+            "iat",
+            "validity",
+            "nonce",
+            "ath",
+            "key_binding",
+            "signature"
+        ]
+    );
+    for c in checks {
+        assert!(!c["description"].as_str().unwrap().is_empty(), "{c}");
+    }
+    for skipped in ["htm", "htu", "ath", "key_binding"] {
+        assert_eq!(status_of(&report, skipped), "skipped", "{skipped}");
+    }
+    for passed in ["typ", "iat", "nonce", "signature"] {
+        assert_eq!(status_of(&report, passed), "passed", "{passed}");
+    }
+}
+
+#[test]
+fn inspect_reports_each_failure_with_its_reason_code() {
+    let dir = TempDir::new("failures");
+    let (key, jkt) = keygen(&dir, "k.pem", "ES256", &[]);
+    let (_, other_jkt) = keygen(&dir, "other.pem", "ES256", &[]);
+    let proof = make_proof(&key, &["--access-token", TOKEN, "--iat", "1700000000"]);
+    let with_nonce = make_proof(&key, &["--nonce", "right", "--iat", "1700000000"]);
+    let now = ["--now", "1700000001"];
+
+    let cases: [(&str, Vec<&str>, &str, &str); 8] = [
+        (&proof, vec!["--method", "POST"], "htm_mismatch", "htm"),
+        (
+            &proof,
+            vec!["--url", "https://api.example.com/v1/other"],
+            "htu_mismatch",
+            "htu",
+        ),
+        (
+            &proof,
+            vec!["--access-token", "another-token"],
+            "ath_mismatch",
+            "ath",
+        ),
+        (
+            &proof,
+            vec!["--access-token", TOKEN, "--jkt", &other_jkt],
+            "key_mismatch",
+            "key_binding",
+        ),
+        (
+            &proof,
+            vec!["--jkt", &other_jkt],
+            "key_mismatch",
+            "key_binding",
+        ),
+        (
+            &proof,
+            vec!["--nonce", "required"],
+            "nonce_required",
+            "nonce",
+        ),
+        (
+            &with_nonce,
+            vec!["--nonce", "wrong"],
+            "nonce_invalid",
+            "nonce",
+        ),
+        (&proof, vec![], "iat_too_old", "iat"),
+    ];
+    for (proof, mut extra, code, check) in cases {
+        if code == "iat_too_old" {
+            extra.extend(["--now", "1700086400"]);
+        } else {
+            extra.extend(now);
+        }
+        let (exit, report) = inspect_json(proof, &extra);
+        assert_eq!(exit, 1, "{code}: {report}");
+        assert_eq!(report["valid"], false, "{code}");
+        assert_eq!(report["error"]["code"], code, "{report}");
+        assert!(!report["error"]["message"].as_str().unwrap().is_empty());
+        assert!(report["header"].is_object(), "decodable: {report}");
+        assert_eq!(report["jkt"], jkt.as_str());
+        assert_eq!(status_of(&report, check), "failed", "{code}: {report}");
+        assert_eq!(status_of(&report, "signature"), "not_reached", "{code}");
+        let failed = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "failed")
+            .count();
+        assert_eq!(failed, 1, "{report}");
+    }
+
+    // The same proof is fine against the right values, and inspecting does not use it up.
+    for _ in 0..2 {
+        let (exit, report) = inspect_json(
+            &proof,
+            &[
+                "--method",
+                "GET",
+                "--access-token",
+                TOKEN,
+                "--jkt",
+                &jkt,
+                "--now",
+                "1700000001",
+            ],
+        );
+        assert_eq!(exit, 0, "{report}");
+    }
+}
+
+#[test]
+fn inspect_tampered_and_garbage_proofs() {
+    let dir = TempDir::new("garbage");
+    let (key, _) = keygen(&dir, "k.pem", "ES256", &[]);
+    let proof = make_proof(&key, &[]);
+    let (head, sig) = proof.rsplit_once('.').unwrap();
+    let mid = sig.len() / 2;
+    let flipped = if &sig[mid..=mid] == "A" { "B" } else { "A" };
+    let tampered = format!("{head}.{}{flipped}{}", &sig[..mid], &sig[mid + 1..]);
+    let (code, report) = inspect_json(&tampered, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(report["error"]["code"], "signature_invalid");
+    assert_eq!(status_of(&report, "signature"), "failed");
+
+    for garbage in ["garbage", "a.b.c", "eyJ9.eyJ9.AAAA"] {
+        let (code, report) = inspect_json(garbage, &[]);
+        assert_eq!(code, 1, "{garbage}: {report}");
+        assert_eq!(report["valid"], false);
+        assert_eq!(report["error"]["code"], "malformed_proof", "{garbage}");
+        assert!(report["header"].is_null(), "{report}");
+        assert!(report["claims"].is_null(), "{report}");
+        assert!(report["jkt"].is_null(), "{report}");
+    }
+}
+
+#[test]
+fn inspect_accepts_the_rfc_9449_example() {
+    let args = [
+        "--method",
+        "POST",
+        "--url",
+        "https://server.example.com/token",
+        "--now",
+        "1562262620",
+    ];
+    let (code, report) = inspect_json(RFC_PROOF, &args);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["jkt"], RFC_JKT);
+    assert_eq!(report["claims"]["jti"], "-BwC3ESc6acc2lTc");
+
+    let mut human_args = vec!["inspect", RFC_PROOF];
+    human_args.extend(args);
+    let run = dpop(&human_args);
+    assert_eq!(run.code, 0, "{run:?}");
+    for expected in [
+        "\"htu\": \"https://server.example.com/token\"",
+        "alg: ES256",
+        &format!("jkt: {RFC_JKT}"),
+        "iat: 2019-07-04T17:50:16Z (4 s ago",
+        "✓ signature verifies with jwk",
+        "- ath is the hash of the access token (skipped: no --access-token given)",
+        "- proof key is the token's cnf.jkt (skipped: no --jkt given)",
+    ] {
+        assert!(
+            run.stdout.contains(expected),
+            "{expected:?} in\n{}",
+            run.stdout
+        );
+    }
+    assert_eq!(run.stdout.lines().last(), Some("valid"));
+
+    // A minute and more later, the same proof is too old.
+    let (code, report) = inspect_json(RFC_PROOF, &["--now", "1562262700"]);
+    assert_eq!(code, 1);
+    assert_eq!(report["error"]["code"], "iat_too_old");
+}
+
+#[test]
+fn inspect_human_report_marks_each_check() {
+    let run = dpop(&[
+        "inspect",
+        RFC_PROOF,
+        "--method",
+        "GET",
+        "--now",
+        "1562262620",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = &run.stdout;
+    assert!(out.contains("✓ typ is dpop+jwt"), "{out}");
+    assert!(
+        out.contains("✗ htm matches the request method: ") && out.contains("[htm_mismatch]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("· htu matches the request URI (not reached)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("· signature verifies with jwk (not reached)"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last(), Some("invalid: htm_mismatch"));
+
+    let skipped = dpop(&["inspect", RFC_PROOF, "--now", "1562262620"]);
+    assert_eq!(skipped.code, 0, "{skipped:?}");
+    assert!(
+        skipped
+            .stdout
+            .contains("- htm matches the request method (skipped: no --method given)")
+    );
+    assert!(
+        skipped
+            .stdout
+            .contains("- htu matches the request URI (skipped: no --url given)")
+    );
+    assert!(
+        skipped
+            .stdout
+            .contains("- nonce is a current server nonce (skipped: no --nonce given)")
+    );
+
+    let garbage = dpop(&["inspect", "not-a-proof"]);
+    assert_eq!(garbage.code, 1, "{garbage:?}");
+    assert_eq!(
+        garbage.stdout.lines().last(),
+        Some("invalid: malformed_proof")
+    );
+}
+
+#[test]
+fn inspect_reads_the_proof_from_stdin() {
+    let run = dpop_with_stdin(
+        &["inspect", "-", "--json", "--now", "1562262620"],
+        Some(&format!("  {RFC_PROOF}\n")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["jkt"], RFC_JKT);
+
+    let dir = TempDir::new("stdin");
+    let (key, jkt) = keygen(&dir, "k.pem", "Ed25519", &[]);
+    let proof = make_proof(&key, &[]);
+    let run = dpop_with_stdin(
+        &[
+            "inspect", "-", "--method", "GET", "--url", URL, "--jkt", &jkt,
+        ],
+        Some(&format!("{proof}\n")),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().last(), Some("valid"));
+
+    let empty = dpop_with_stdin(&["inspect", "-", "--json"], Some(""));
+    assert_eq!(empty.code, 1, "{empty:?}");
+    assert_eq!(empty.json()["valid"], false);
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_error_line() {
+    let dir = TempDir::new("usage");
+    let (key, _) = keygen(&dir, "k.pem", "ES256", &[]);
+    let missing = dir.file("missing.pem");
+    let not_a_key = dir.file("not-a-key.txt");
+    std::fs::write(&not_a_key, "hello").unwrap();
+    let public = dir.file("public.json");
+    std::fs::write(&public, dpop(&["jwk", p(&key)]).stdout).unwrap();
+
+    // clap's own errors.
+    for args in [
+        &["keygen"][..],
+        &["keygen", "--alg", "HS256", "--out", "x"],
+        &["keygen", "--bits", "1024", "--out", "x"],
+        &["proof", "--key", p(&key), "--method", "GET"],
+        &["inspect"],
+        &["no-such-command"],
+        &["inspect", "x", "--now", "yesterday"],
+    ] {
+        let run = dpop(args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.starts_with("error: "), "{run:?}");
+        assert!(run.stdout.is_empty(), "{run:?}");
+    }
+
+    // Ours: bad files and flag values found after parsing.
+    for (args, says) in [
+        (
+            vec![
+                "proof",
+                "--key",
+                p(&missing),
+                "--method",
+                "GET",
+                "--url",
+                URL,
+            ],
+            "cannot read",
+        ),
+        (
+            vec![
+                "proof",
+                "--key",
+                p(&not_a_key),
+                "--method",
+                "GET",
+                "--url",
+                URL,
+            ],
+            "PKCS#8",
+        ),
+        (
+            vec![
+                "proof",
+                "--key",
+                p(&public),
+                "--method",
+                "GET",
+                "--url",
+                URL,
+            ],
+            "public JWK",
+        ),
+        (
+            vec![
+                "proof",
+                "--key",
+                p(&key),
+                "--method",
+                "GET",
+                "--url",
+                "/relative",
+            ],
+            "--url",
+        ),
+        (
+            vec!["proof", "--key", p(&key), "--method", "GE T", "--url", URL],
+            "--method",
+        ),
+        (
+            vec![
+                "proof",
+                "--key",
+                p(&key),
+                "--method",
+                "GET",
+                "--url",
+                URL,
+                "--nonce",
+                "a\"b",
+            ],
+            "--nonce",
+        ),
+        (
+            vec![
+                "proof",
+                "--key",
+                p(&key),
+                "--method",
+                "GET",
+                "--url",
+                URL,
+                "--alg",
+                "ES384",
+            ],
+            "--alg ES384",
+        ),
+        (vec!["jwk", p(&missing)], "cannot read"),
+        (vec!["thumbprint", p(&not_a_key)], "PKCS#8"),
+        (
+            vec!["keygen", "--bits", "3072", "--out", p(&dir.file("ec.pem"))],
+            "--bits",
+        ),
+        (
+            vec!["keygen", "--out", p(&dir.file("no/such/dir/k.pem"))],
+            "cannot create",
+        ),
+        (vec!["inspect", RFC_PROOF, "--jkt", "abc"], "--jkt"),
+        (vec!["inspect", RFC_PROOF, "--url", "ftp://x/"], "--url"),
+        (vec!["inspect", RFC_PROOF, "--nonce", ""], "--nonce"),
+    ] {
+        let run = dpop(&args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{run:?}");
+        assert!(
+            run.stderr.starts_with("error: ") && run.stderr.contains(says),
+            "{args:?}: {run:?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {run:?}");
+    }
+    assert!(!dir.file("ec.pem").exists());
+}
+
+#[test]
+fn help_and_version() {
+    let version = dpop(&["--version"]);
+    assert_eq!(version.code, 0);
+    assert_eq!(
+        version.stdout.trim(),
+        format!("dpop {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = dpop(&["--help"]);
+    assert_eq!(help.code, 0);
+    for command in [
+        "keygen",
+        "jwk",
+        "thumbprint",
+        "proof",
+        "inspect",
+        "demo",
+        "Exit status",
+    ] {
+        assert!(help.stdout.contains(command), "{command}");
+    }
+    let help = dpop(&["inspect", "--help"]);
+    for flag in [
+        "--method",
+        "--url",
+        "--access-token",
+        "--jkt",
+        "--nonce",
+        "--now",
+        "--json",
+    ] {
+        assert!(help.stdout.contains(flag), "{flag}");
+    }
+}
+
+#[test]
+fn demo_walks_through_every_refusal() {
+    let run = dpop(&["demo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.is_empty(), "{run:?}");
+    for code in [
+        "replay",
+        "key_mismatch",
+        "htu_mismatch",
+        "htm_mismatch",
+        "ath_mismatch",
+        "iat_too_old",
+        "signature_invalid",
+        "nonce_required",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("✓ refused: {code}")),
+            "{code} in\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains('✗'), "{}", run.stdout);
+    assert!(run.stdout.contains("All 13 steps behaved as expected."));
+    assert_eq!(run.stdout.matches("✓ accepted").count(), 2);
+}

@@ -1,0 +1,82 @@
+//! Replays the committed fuzz seed corpus on stable Rust.
+//!
+//! Every file under `fuzz/corpus/<target>/` is fed to the `dpop_core::internal::fuzzing`
+//! harness that the cargo-fuzz target of the same name calls, so a seed (or a crash input
+//! copied into the corpus after a fix) is also a plain regression test that runs with
+//! `cargo test`. The corpus lives inside the repository; nothing outside it is read.
+
+use std::fs;
+use std::panic;
+use std::path::{Path, PathBuf};
+
+use dpop_core::internal::fuzzing;
+
+/// The corpus folder of one cargo-fuzz target.
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus")).join(target)
+}
+
+/// The regular files of `dir`, sorted by name so failures are reported in a stable order.
+fn corpus_files(dir: &Path) -> Vec<PathBuf> {
+    let entries = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read fuzz corpus {}: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("cannot list fuzz corpus {}: {e}", dir.display()))
+                .path()
+        })
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs every corpus file of `target` through `harness`; fails, naming every input that
+/// panicked, if any did, and fails if the corpus is empty.
+fn replay(target: &str, harness: fn(&[u8])) {
+    let dir = corpus_dir(target);
+    let files = corpus_files(&dir);
+    assert!(
+        !files.is_empty(),
+        "fuzz corpus {} has no inputs",
+        dir.display()
+    );
+    let mut panicked = Vec::new();
+    for path in &files {
+        let data = fs::read(path)
+            .unwrap_or_else(|e| panic!("cannot read corpus input {}: {e}", path.display()));
+        // Keep going after a panic so one run reports every failing input; the panic
+        // message itself is printed by the default hook.
+        if panic::catch_unwind(|| harness(&data)).is_err() {
+            panicked.push(path.display().to_string());
+        }
+    }
+    assert!(
+        panicked.is_empty(),
+        "{} of {} `{target}` corpus inputs panicked:\n  {}",
+        panicked.len(),
+        files.len(),
+        panicked.join("\n  ")
+    );
+}
+
+#[test]
+fn verify_proof_corpus() {
+    replay("verify_proof", fuzzing::verify_proof);
+}
+
+#[test]
+fn parse_jwk_corpus() {
+    replay("parse_jwk", fuzzing::parse_jwk);
+}
+
+#[test]
+fn normalise_htu_corpus() {
+    replay("normalise_htu", fuzzing::normalise_htu);
+}
+
+#[test]
+fn parse_challenge_corpus() {
+    replay("parse_challenge", fuzzing::parse_challenge);
+}
