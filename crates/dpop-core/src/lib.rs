@@ -151,18 +151,21 @@ pub mod internal {
     /// Fuzzing harnesses: each takes arbitrary bytes and must never panic.
     pub mod fuzzing {
         use crate::{
-            Algorithm, FixedClock, Htu, Jkt, MemoryReplayStore, ProofRequest, PublicJwk, UnixTime,
-            Verifier, VerifierConfig,
+            ALL_ALGORITHMS, Algorithm, FixedClock, Htu, Jkt, MemoryReplayStore, ProofRequest,
+            PublicJwk, UnixTime, Verifier, VerifierConfig,
         };
 
-        /// Verifies `data` as a DPoP header against a fixed request, with every algorithm
-        /// allowed, and records it in a small store.
+        /// The thumbprint of the key that signs the seed corpus's resource-request proofs,
+        /// so valid seeds reach every check of that path too.
+        const CORPUS_JKT: &str = "mgDktqH7-CQG2Nme7odFppMoIMM5mRFtkhdKqKeNYFQ";
+
+        /// Verifies `data` as a DPoP header against a fixed token request and a fixed
+        /// resource request, with every algorithm allowed, and records it in a small store.
         pub fn verify_proof(data: &[u8]) {
-            let Ok(verifier) = Verifier::new(
-                VerifierConfig::builder()
-                    .with_default_algorithms()
-                    .without_nonces(),
-            ) else {
+            let Ok(builder) = VerifierConfig::builder().with_algorithms(&ALL_ALGORITHMS) else {
+                return;
+            };
+            let Ok(verifier) = Verifier::new(builder.without_nonces()) else {
                 return;
             };
             let Ok(htu) = Htu::parse("https://server.example.com/token") else {
@@ -174,7 +177,7 @@ pub mod internal {
                 let _ = p.record(&MemoryReplayStore::with_capacity(16), now);
             }
             // And once more as a resource request, exercising ath and key binding.
-            if let Ok(jkt) = Jkt::parse("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I") {
+            if let Ok(jkt) = Jkt::parse(CORPUS_JKT) {
                 let request = ProofRequest::new("GET", &htu).with_access_token("token", &jkt);
                 let _ = verifier.verify([data], &request, now);
             }
@@ -182,12 +185,21 @@ pub mod internal {
             let _ = Algorithm::from_name(&String::from_utf8_lossy(data));
         }
 
-        /// Parses `data` as a public JWK and, when valid, exercises it.
+        /// Parses `data` as a public JWK (its export must parse back to the same key) and
+        /// as a private key.
         pub fn parse_jwk(data: &[u8]) {
             if let Ok(text) = std::str::from_utf8(data) {
                 if let Ok(jwk) = PublicJwk::from_json(text) {
-                    let _ = jwk.thumbprint_input();
-                    let _ = jwk.to_json_value();
+                    let again = PublicJwk::from_json(&jwk.to_json_value().to_string());
+                    assert_eq!(
+                        again.as_ref().ok(),
+                        Some(&jwk),
+                        "JWK export must round-trip"
+                    );
+                    assert_eq!(
+                        again.ok().map(|j| j.thumbprint_input()),
+                        Some(jwk.thumbprint_input())
+                    );
                 }
                 let _ = crate::PrivateKey::from_jwk_json(text);
                 let _ = crate::PrivateKey::from_pkcs8_pem(text, None);
@@ -213,7 +225,11 @@ pub mod internal {
             if let Ok(text) = std::str::from_utf8(data) {
                 if let Ok(challenges) = crate::challenge::parse(text) {
                     let rendered = crate::challenge::render(&challenges);
-                    let _ = crate::challenge::parse(&rendered);
+                    assert_eq!(
+                        crate::challenge::parse(&rendered),
+                        Ok(challenges),
+                        "render must round-trip"
+                    );
                 }
                 let _ = crate::challenge::parse_dpop_nonce(text);
             }

@@ -7,7 +7,7 @@
     clippy::panic
 )]
 
-// mod fuzz_corpus; (added with the fuzz corpus)
+mod fuzz_corpus;
 mod properties;
 mod rejections;
 mod roundtrip;
