@@ -9,6 +9,7 @@ use core::fmt;
 
 use crate::htu::HtuError;
 use crate::jwk::JwkError;
+use crate::jwt::TokenError;
 use crate::replay::ReplayStoreError;
 use crate::time::UnixTime;
 
@@ -25,6 +26,13 @@ pub enum Error {
     Replay,
     /// The proof key is not the key the access token is bound to (`cnf.jkt`), RFC 9449 §6.
     KeyMismatch,
+    /// The access token is invalid (RFC 6750 `invalid_token`).
+    Token(TokenError),
+    /// The request's credentials are missing or presented wrongly (resource servers).
+    Request(RequestError),
+    /// A token source (JWK set, introspection endpoint) could not be reached or gave
+    /// an unusable answer; the request is refused, the client is not at fault.
+    TokenSourceUnavailable(&'static str),
     /// The replay store could not record the proof; the request must be refused (fail
     /// closed) but the client is not at fault.
     ReplayStore(ReplayStoreError),
@@ -133,6 +141,27 @@ pub enum ProofError {
     AthMismatch,
 }
 
+/// How a request presented (or failed to present) its credentials at a resource server
+/// (RFC 6750 §3, RFC 9449 §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No `Authorization` credentials in a scheme the route accepts.
+    CredentialsMissing,
+    /// More than one `Authorization` header, or a token sent by more than one method.
+    MultipleAuthorizations,
+    /// The `Authorization` value is not `<scheme> <token68>`.
+    MalformedAuthorization,
+    /// A DPoP-bound token was sent with the `Bearer` scheme (RFC 9449 §7.2 downgrade).
+    BearerDowngrade,
+    /// A `Bearer` token was sent to a route that requires DPoP.
+    BearerNotAllowed,
+    /// The `DPoP` scheme was used with a token that is not bound to a key (`cnf.jkt`).
+    TokenNotBound,
+    /// The token lacks a scope the route requires.
+    InsufficientScope,
+}
+
 /// The server nonce check failed (RFC 9449 §8, §9, §11.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -218,6 +247,38 @@ pub enum Reason {
     Replay,
     /// `key_mismatch`
     KeyMismatch,
+    /// `credentials_missing`
+    CredentialsMissing,
+    /// `multiple_authorizations`
+    MultipleAuthorizations,
+    /// `malformed_authorization`
+    MalformedAuthorization,
+    /// `bearer_downgrade`
+    BearerDowngrade,
+    /// `bearer_not_allowed`
+    BearerNotAllowed,
+    /// `token_not_bound`
+    TokenNotBound,
+    /// `insufficient_scope`
+    InsufficientScope,
+    /// `token_invalid` (malformed, wrong `typ`/`alg`, bad claims)
+    TokenInvalid,
+    /// `token_unknown_key`
+    TokenUnknownKey,
+    /// `token_signature_invalid`
+    TokenSignatureInvalid,
+    /// `token_expired`
+    TokenExpired,
+    /// `token_not_yet_valid`
+    TokenNotYetValid,
+    /// `token_issuer_mismatch`
+    TokenIssuerMismatch,
+    /// `token_audience_mismatch`
+    TokenAudienceMismatch,
+    /// `token_inactive` (introspection says so)
+    TokenInactive,
+    /// `token_source_unavailable`
+    TokenSourceUnavailable,
     /// `replay_store_full`
     ReplayStoreFull,
     /// `replay_store_unavailable`
@@ -230,7 +291,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Self; 34] = [
+    pub const ALL: [Self; 50] = [
         Self::ProofMissing,
         Self::MultipleProofs,
         Self::ProofTooLarge,
@@ -261,6 +322,22 @@ impl Reason {
         Self::NonceInvalid,
         Self::Replay,
         Self::KeyMismatch,
+        Self::CredentialsMissing,
+        Self::MultipleAuthorizations,
+        Self::MalformedAuthorization,
+        Self::BearerDowngrade,
+        Self::BearerNotAllowed,
+        Self::TokenNotBound,
+        Self::InsufficientScope,
+        Self::TokenInvalid,
+        Self::TokenUnknownKey,
+        Self::TokenSignatureInvalid,
+        Self::TokenExpired,
+        Self::TokenNotYetValid,
+        Self::TokenIssuerMismatch,
+        Self::TokenAudienceMismatch,
+        Self::TokenInactive,
+        Self::TokenSourceUnavailable,
         Self::ReplayStoreFull,
         Self::ReplayStoreUnavailable,
         Self::NoClock,
@@ -301,6 +378,22 @@ impl Reason {
             Self::NonceInvalid => "nonce_invalid",
             Self::Replay => "replay",
             Self::KeyMismatch => "key_mismatch",
+            Self::CredentialsMissing => "credentials_missing",
+            Self::MultipleAuthorizations => "multiple_authorizations",
+            Self::MalformedAuthorization => "malformed_authorization",
+            Self::BearerDowngrade => "bearer_downgrade",
+            Self::BearerNotAllowed => "bearer_not_allowed",
+            Self::TokenNotBound => "token_not_bound",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::TokenInvalid => "token_invalid",
+            Self::TokenUnknownKey => "token_unknown_key",
+            Self::TokenSignatureInvalid => "token_signature_invalid",
+            Self::TokenExpired => "token_expired",
+            Self::TokenNotYetValid => "token_not_yet_valid",
+            Self::TokenIssuerMismatch => "token_issuer_mismatch",
+            Self::TokenAudienceMismatch => "token_audience_mismatch",
+            Self::TokenInactive => "token_inactive",
+            Self::TokenSourceUnavailable => "token_source_unavailable",
             Self::ReplayStoreFull => "replay_store_full",
             Self::ReplayStoreUnavailable => "replay_store_unavailable",
             Self::NoClock => "no_clock",
@@ -318,12 +411,45 @@ impl Reason {
     /// - two `DPoP` headers are `invalid_request` with 400 (RFC 6750 §3.1);
     /// - a key binding failure is `invalid_token` at a resource (Fig. 16) and
     ///   `invalid_grant` at the token endpoint (refresh token or `dpop_jkt` binding);
-    /// - a replay store that cannot answer, or a missing clock, is a server-side 503 with
-    ///   no RFC code: the request is refused, the client did nothing wrong.
+    /// - a request without credentials is a 401 with no error code (RFC 6750 §3.1: the
+    ///   challenge then carries no error information);
+    /// - access-token failures are `invalid_token` (401), including a DPoP-bound token
+    ///   sent as `Bearer` (RFC 9449 §7.2); a missing scope is `insufficient_scope` (403);
+    /// - a replay store or token source that cannot answer, or a missing clock, is a
+    ///   server-side 503 with no RFC code: the request is refused, the client did nothing
+    ///   wrong.
     #[must_use]
     pub const fn response(self, role: Role) -> ErrorResponse {
+        if let Self::CredentialsMissing = self {
+            return ErrorResponse {
+                status: 401,
+                error: None,
+            };
+        }
+        if let Self::InsufficientScope = self {
+            return ErrorResponse {
+                status: 403,
+                error: Some(RfcError::InsufficientScope),
+            };
+        }
         let rfc = match self {
-            Self::MultipleProofs => Some(RfcError::InvalidRequest),
+            Self::MultipleProofs | Self::MultipleAuthorizations | Self::MalformedAuthorization => {
+                Some(RfcError::InvalidRequest)
+            }
+            Self::BearerDowngrade
+            | Self::BearerNotAllowed
+            | Self::TokenNotBound
+            | Self::TokenInvalid
+            | Self::TokenUnknownKey
+            | Self::TokenSignatureInvalid
+            | Self::TokenExpired
+            | Self::TokenNotYetValid
+            | Self::TokenIssuerMismatch
+            | Self::TokenAudienceMismatch
+            | Self::TokenInactive => Some(match role {
+                Role::ResourceServer => RfcError::InvalidToken,
+                Role::AuthorizationServer => RfcError::InvalidGrant,
+            }),
             Self::NonceRequired | Self::NonceStale | Self::NonceInvalid => {
                 Some(RfcError::UseDpopNonce)
             }
@@ -333,6 +459,7 @@ impl Reason {
             }),
             Self::ReplayStoreFull
             | Self::ReplayStoreUnavailable
+            | Self::TokenSourceUnavailable
             | Self::NoClock
             | Self::InternalError => None,
             _ => Some(RfcError::InvalidDpopProof),
@@ -380,6 +507,8 @@ pub enum RfcError {
     InvalidRequest,
     /// `invalid_grant` (RFC 6749 §5.2).
     InvalidGrant,
+    /// `insufficient_scope` (RFC 6750 §3.1).
+    InsufficientScope,
 }
 
 impl RfcError {
@@ -392,6 +521,7 @@ impl RfcError {
             Self::InvalidToken => "invalid_token",
             Self::InvalidRequest => "invalid_request",
             Self::InvalidGrant => "invalid_grant",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 }
@@ -423,6 +553,27 @@ impl Error {
             Self::Nonce(NonceError::Invalid(_)) => Reason::NonceInvalid,
             Self::Replay => Reason::Replay,
             Self::KeyMismatch => Reason::KeyMismatch,
+            Self::Token(t) => match t {
+                TokenError::UnknownKey => Reason::TokenUnknownKey,
+                TokenError::SignatureInvalid => Reason::TokenSignatureInvalid,
+                TokenError::Expired { .. } => Reason::TokenExpired,
+                TokenError::NotYetValid => Reason::TokenNotYetValid,
+                TokenError::IssuerMismatch => Reason::TokenIssuerMismatch,
+                TokenError::AudienceMismatch => Reason::TokenAudienceMismatch,
+                TokenError::Inactive => Reason::TokenInactive,
+                TokenError::JwksInvalid(_) => Reason::TokenSourceUnavailable,
+                _ => Reason::TokenInvalid,
+            },
+            Self::Request(r) => match r {
+                RequestError::CredentialsMissing => Reason::CredentialsMissing,
+                RequestError::MultipleAuthorizations => Reason::MultipleAuthorizations,
+                RequestError::MalformedAuthorization => Reason::MalformedAuthorization,
+                RequestError::BearerDowngrade => Reason::BearerDowngrade,
+                RequestError::BearerNotAllowed => Reason::BearerNotAllowed,
+                RequestError::TokenNotBound => Reason::TokenNotBound,
+                RequestError::InsufficientScope => Reason::InsufficientScope,
+            },
+            Self::TokenSourceUnavailable(_) => Reason::TokenSourceUnavailable,
             Self::ReplayStore(ReplayStoreError::Full { .. }) => Reason::ReplayStoreFull,
             Self::ReplayStore(_) => Reason::ReplayStoreUnavailable,
             Self::NoClock => Reason::NoClock,
@@ -456,10 +607,27 @@ impl Error {
             Reason::AthMissing | Reason::AthMismatch => {
                 "DPoP proof ath does not match the access token"
             }
+            Reason::CredentialsMissing => "Authorization required",
+            Reason::MultipleAuthorizations => "Multiple methods used to include access token",
+            Reason::MalformedAuthorization => "Malformed Authorization header",
+            Reason::BearerDowngrade => "DPoP-bound access token presented as a Bearer token",
+            Reason::BearerNotAllowed | Reason::TokenNotBound => {
+                "A DPoP-bound access token is required"
+            }
+            Reason::InsufficientScope => "The access token lacks a required scope",
+            Reason::TokenExpired => "The access token expired",
+            Reason::TokenInvalid
+            | Reason::TokenUnknownKey
+            | Reason::TokenSignatureInvalid
+            | Reason::TokenNotYetValid
+            | Reason::TokenIssuerMismatch
+            | Reason::TokenAudienceMismatch
+            | Reason::TokenInactive => "Invalid access token",
             Reason::ReplayStoreFull
             | Reason::ReplayStoreUnavailable
+            | Reason::TokenSourceUnavailable
             | Reason::NoClock
-            | Reason::InternalError => "Temporarily unable to verify DPoP proofs",
+            | Reason::InternalError => "Temporarily unable to verify the request",
             _ => "Invalid DPoP proof",
         }
     }
@@ -508,6 +676,9 @@ impl fmt::Display for Error {
             Self::KeyMismatch => f.write_str(
                 "the proof is signed with a different key than the one the access token is bound to (cnf.jkt); sign with the key the token was issued for",
             ),
+            Self::Token(e) => e.fmt(f),
+            Self::Request(e) => e.fmt(f),
+            Self::TokenSourceUnavailable(what) => write!(f, "cannot check access tokens right now: {what}"),
             Self::ReplayStore(e) => write!(f, "the replay store could not record the proof, so it was refused: {e}"),
             Self::NoClock => f.write_str("no current time is available, so proof freshness cannot be checked"),
             Self::Key(e) => write!(f, "key operation failed: {e}"),
@@ -562,6 +733,20 @@ impl fmt::Display for ProofError {
     }
 }
 
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::CredentialsMissing => "the request has no access token; send Authorization: DPoP <token> with a DPoP proof",
+            Self::MultipleAuthorizations => "the request carries more than one Authorization header or access token; send exactly one",
+            Self::MalformedAuthorization => "the Authorization header is not \"<scheme> <token>\"",
+            Self::BearerDowngrade => "this access token is bound to a DPoP key; send it as Authorization: DPoP <token> with a proof, not as Bearer",
+            Self::BearerNotAllowed => "this resource requires DPoP: send Authorization: DPoP <token> with a DPoP proof",
+            Self::TokenNotBound => "the access token is not bound to a DPoP key (no cnf.jkt), so it cannot be used with the DPoP scheme",
+            Self::InsufficientScope => "the access token lacks a scope this resource requires",
+        })
+    }
+}
+
 impl fmt::Display for NonceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -579,6 +764,19 @@ impl fmt::Display for NonceError {
 impl std::error::Error for Error {}
 impl std::error::Error for ProofError {}
 impl std::error::Error for NonceError {}
+impl std::error::Error for RequestError {}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Self::Token(e)
+    }
+}
+
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Self {
+        Self::Request(e)
+    }
+}
 
 impl From<ProofError> for Error {
     fn from(e: ProofError) -> Self {
@@ -656,15 +854,34 @@ mod tests {
             (R::NonceStale, Some(E::UseDpopNonce), 400, 401),
             (R::NonceInvalid, Some(E::UseDpopNonce), 400, 401),
             (R::Replay, Some(E::InvalidDpopProof), 400, 401),
+            (R::CredentialsMissing, None, 401, 401),
+            (R::MultipleAuthorizations, Some(E::InvalidRequest), 400, 400),
+            (R::MalformedAuthorization, Some(E::InvalidRequest), 400, 400),
+            (R::InsufficientScope, Some(E::InsufficientScope), 403, 403),
+            (R::TokenSourceUnavailable, None, 503, 503),
             (R::ReplayStoreFull, None, 503, 503),
             (R::ReplayStoreUnavailable, None, 503, 503),
             (R::NoClock, None, 503, 503),
             (R::InternalError, None, 500, 500),
         ];
+        let token_reasons = [
+            R::KeyMismatch,
+            R::BearerDowngrade,
+            R::BearerNotAllowed,
+            R::TokenNotBound,
+            R::TokenInvalid,
+            R::TokenUnknownKey,
+            R::TokenSignatureInvalid,
+            R::TokenExpired,
+            R::TokenNotYetValid,
+            R::TokenIssuerMismatch,
+            R::TokenAudienceMismatch,
+            R::TokenInactive,
+        ];
         assert_eq!(
-            table.len() + 1,
+            table.len() + token_reasons.len(),
             Reason::ALL.len(),
-            "key_mismatch is checked below"
+            "every reason is checked once"
         );
         for &(reason, rfc, as_status, rs_status) in table {
             let a = reason.response(Role::AuthorizationServer);
@@ -672,21 +889,26 @@ mod tests {
             assert_eq!((a.error, a.status), (rfc, as_status), "{reason} at the AS");
             assert_eq!((r.error, r.status), (rfc, rs_status), "{reason} at the RS");
         }
-        let km = Reason::KeyMismatch;
-        assert_eq!(
-            km.response(Role::ResourceServer),
-            ErrorResponse {
+        for reason in token_reasons {
+            let rs = ErrorResponse {
                 status: 401,
-                error: Some(E::InvalidToken)
-            }
-        );
-        assert_eq!(
-            km.response(Role::AuthorizationServer),
-            ErrorResponse {
+                error: Some(E::InvalidToken),
+            };
+            let as_ = ErrorResponse {
                 status: 400,
-                error: Some(E::InvalidGrant)
-            }
-        );
+                error: Some(E::InvalidGrant),
+            };
+            assert_eq!(
+                reason.response(Role::ResourceServer),
+                rs,
+                "{reason} at the RS"
+            );
+            assert_eq!(
+                reason.response(Role::AuthorizationServer),
+                as_,
+                "{reason} at the AS"
+            );
+        }
     }
 
     #[test]

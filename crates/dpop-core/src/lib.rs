@@ -71,6 +71,7 @@ mod error;
 mod htu;
 mod json;
 mod jwk;
+pub mod jwt;
 mod key;
 mod nonce;
 mod proof;
@@ -83,7 +84,9 @@ pub use crate::alg::{
     ALL_ALGORITHMS, Algorithm, Curve, DEFAULT_ALGORITHMS, KeyFamily, UnknownAlgorithm,
 };
 pub use crate::challenge::{Challenge, ChallengeError};
-pub use crate::error::{Error, ErrorResponse, NonceError, ProofError, Reason, RfcError, Role};
+pub use crate::error::{
+    Error, ErrorResponse, NonceError, ProofError, Reason, RequestError, RfcError, Role,
+};
 pub use crate::htu::{Htu, HtuError};
 pub use crate::jwk::{Jkt, JwkError, MAX_JWK_BYTES, MAX_RSA_BITS, MIN_RSA_BITS, PublicJwk};
 pub use crate::key::{
