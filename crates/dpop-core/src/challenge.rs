@@ -330,6 +330,13 @@ pub fn parse(header_value: &str) -> Result<Vec<Challenge>, ChallengeError> {
     .run()
 }
 
+/// Whether `value` has RFC 9110 §11.2 `token68` syntax (the form of `Authorization:
+/// DPoP <token>` credentials and of the `DPoP` header).
+#[must_use]
+pub fn is_token68(value: &str) -> bool {
+    syntax::is_token68(value.as_bytes())
+}
+
 /// Parses a `DPoP-Nonce` header value (RFC 9449 §8.1: `DPoP-Nonce = nonce`,
 /// `nonce = 1*NQCHAR`), returning the nonce to put in the next proof's `nonce` claim.
 ///

@@ -160,6 +160,9 @@ pub enum RequestError {
     TokenNotBound,
     /// The token lacks a scope the route requires.
     InsufficientScope,
+    /// The request target cannot be turned into an absolute URI to compare `htu` with
+    /// (missing or invalid `Host`, non-origin-form target).
+    BadRequestTarget,
 }
 
 /// The server nonce check failed (RFC 9449 §8, §9, §11.3).
@@ -261,6 +264,8 @@ pub enum Reason {
     TokenNotBound,
     /// `insufficient_scope`
     InsufficientScope,
+    /// `bad_request_target`
+    BadRequestTarget,
     /// `token_invalid` (malformed, wrong `typ`/`alg`, bad claims)
     TokenInvalid,
     /// `token_unknown_key`
@@ -291,7 +296,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Self; 50] = [
+    pub const ALL: [Self; 51] = [
         Self::ProofMissing,
         Self::MultipleProofs,
         Self::ProofTooLarge,
@@ -329,6 +334,7 @@ impl Reason {
         Self::BearerNotAllowed,
         Self::TokenNotBound,
         Self::InsufficientScope,
+        Self::BadRequestTarget,
         Self::TokenInvalid,
         Self::TokenUnknownKey,
         Self::TokenSignatureInvalid,
@@ -385,6 +391,7 @@ impl Reason {
             Self::BearerNotAllowed => "bearer_not_allowed",
             Self::TokenNotBound => "token_not_bound",
             Self::InsufficientScope => "insufficient_scope",
+            Self::BadRequestTarget => "bad_request_target",
             Self::TokenInvalid => "token_invalid",
             Self::TokenUnknownKey => "token_unknown_key",
             Self::TokenSignatureInvalid => "token_signature_invalid",
@@ -433,9 +440,10 @@ impl Reason {
             };
         }
         let rfc = match self {
-            Self::MultipleProofs | Self::MultipleAuthorizations | Self::MalformedAuthorization => {
-                Some(RfcError::InvalidRequest)
-            }
+            Self::MultipleProofs
+            | Self::MultipleAuthorizations
+            | Self::MalformedAuthorization
+            | Self::BadRequestTarget => Some(RfcError::InvalidRequest),
             Self::BearerDowngrade
             | Self::BearerNotAllowed
             | Self::TokenNotBound
@@ -572,6 +580,7 @@ impl Error {
                 RequestError::BearerNotAllowed => Reason::BearerNotAllowed,
                 RequestError::TokenNotBound => Reason::TokenNotBound,
                 RequestError::InsufficientScope => Reason::InsufficientScope,
+                RequestError::BadRequestTarget => Reason::BadRequestTarget,
             },
             Self::TokenSourceUnavailable(_) => Reason::TokenSourceUnavailable,
             Self::ReplayStore(ReplayStoreError::Full { .. }) => Reason::ReplayStoreFull,
@@ -615,6 +624,7 @@ impl Error {
                 "A DPoP-bound access token is required"
             }
             Reason::InsufficientScope => "The access token lacks a required scope",
+            Reason::BadRequestTarget => "The request target is not a valid URI",
             Reason::TokenExpired => "The access token expired",
             Reason::TokenInvalid
             | Reason::TokenUnknownKey
@@ -743,6 +753,7 @@ impl fmt::Display for RequestError {
             Self::BearerNotAllowed => "this resource requires DPoP: send Authorization: DPoP <token> with a DPoP proof",
             Self::TokenNotBound => "the access token is not bound to a DPoP key (no cnf.jkt), so it cannot be used with the DPoP scheme",
             Self::InsufficientScope => "the access token lacks a scope this resource requires",
+            Self::BadRequestTarget => "the request target (Host and path) does not form a valid http(s) URI",
         })
     }
 }
@@ -858,6 +869,7 @@ mod tests {
             (R::MultipleAuthorizations, Some(E::InvalidRequest), 400, 400),
             (R::MalformedAuthorization, Some(E::InvalidRequest), 400, 400),
             (R::InsufficientScope, Some(E::InsufficientScope), 403, 403),
+            (R::BadRequestTarget, Some(E::InvalidRequest), 400, 400),
             (R::TokenSourceUnavailable, None, 503, 503),
             (R::ReplayStoreFull, None, 503, 503),
             (R::ReplayStoreUnavailable, None, 503, 503),

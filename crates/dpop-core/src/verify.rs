@@ -388,6 +388,24 @@ impl UnrecordedProof {
         self.proof.replay_expires_at
     }
 
+    /// The proof's `iat` (for clock-skew metrics before the record is made).
+    #[must_use]
+    pub fn iat(&self) -> UnixTime {
+        self.proof.iat
+    }
+
+    /// The proof key's thumbprint.
+    #[must_use]
+    pub fn jkt(&self) -> &Jkt {
+        self.proof.jwk.thumbprint()
+    }
+
+    /// The client should get a fresh nonce on this response.
+    #[must_use]
+    pub fn should_renew_nonce(&self) -> bool {
+        self.proof.nonce_renew
+    }
+
     /// Records the proof in `store`; a proof seen before is refused.
     ///
     /// # Errors

@@ -1,0 +1,111 @@
+#![forbid(unsafe_code)]
+// Nothing here may panic on a bad server or a bad setting (STYLE §15); tests may.
+#![warn(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+//! # dpop-redis
+//!
+//! A DPoP (RFC 9449) replay store kept in Redis, so that a gateway running as many instances
+//! refuses a proof replayed to *any* of them, not only to the one that first saw it.
+//! [`RedisReplayStore`] implements [`dpop_core::AsyncReplayStore`]: give it to the verifier
+//! where a [`dpop_core::MemoryReplayStore`] would go.
+//!
+//! ## What it does
+//!
+//! Each accepted proof's [`ReplayKey`](dpop_core::ReplayKey) (the SHA-256 of the key
+//! thumbprint and `jti`, computed by `dpop-core`) is recorded with one command:
+//!
+//! ```text
+//! SET <key_prefix><64 lower-case hex digits of the replay key> 1 NX PX <ttl_ms>
+//! ```
+//!
+//! for example `SET dpop:jti:3f9a…c2 1 NX PX 60000`. The reply `OK` means the key was not
+//! recorded: the proof is fresh ([`Insert::Inserted`](dpop_core::Insert::Inserted)). A nil
+//! reply means another request, on this instance or another, recorded it first: a replay
+//! ([`Insert::AlreadyPresent`](dpop_core::Insert::AlreadyPresent)). `ttl_ms` is
+//! `expires_at - now` in milliseconds and never less than 1000: a proof whose window has
+//! already closed is still checked and recorded for a second, never waved through.
+//!
+//! ### Why this is safe across instances
+//!
+//! `SET` with `NX` (only if the key does not exist) and `PX` (expiry in milliseconds) is a
+//! single command, and Redis runs commands one at a time. The test for the key, its
+//! creation and its expiry happen as one step, so when any number of instances present the
+//! same proof at once, exactly one is answered `OK`. No lock, script or transaction is
+//! needed, and a key never exists without its expiry (as it could with `SETNX` followed by
+//! `PEXPIRE`), so Redis forgets proofs by itself once their window is over.
+//!
+//! ## Failing closed
+//!
+//! Every command has a time limit ([`RedisStoreConfig::command_timeout`], 250 ms by
+//! default). A command that fails or runs out of time returns
+//! [`ReplayStoreError::Unavailable`](dpop_core::ReplayStoreError::Unavailable) or
+//! [`ReplayStoreError::Timeout`](dpop_core::ReplayStoreError::Timeout), never a guess, and
+//! the verifier refuses the proof. There is deliberately no switch here to accept proofs
+//! while Redis is down; that trade-off, if anyone wants it, belongs to the gateway. Error
+//! messages and `Debug` output never contain the password from the URL.
+//!
+//! [`RedisReplayStore::connect`] connects at once and fails if Redis is absent, so a gateway
+//! can refuse to start; [`RedisReplayStore::ping`] serves readiness probes. A lost connection
+//! is re-established in the background (the redis crate's `ConnectionManager`): commands
+//! fail while Redis is away and succeed again when it is back.
+//!
+//! ## What it does not do
+//!
+//! - It does not verify proofs or compute replay keys; `dpop-core` does.
+//! - It does not talk to Redis Cluster or Sentinel, or over Unix sockets: one `redis://` or
+//!   `rediss://` server (which may be a managed or proxied endpoint).
+//! - It does not replicate: with Redis replicas, a failover can lose the last writes and so
+//!   let a proof recorded just before it be replayed once. Point it at the primary.
+//! - It does not store nonces: DPoP nonces from `dpop-core` are stateless.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use dpop_core::{AsyncReplayStore, Insert, ReplayKey, UnixTime};
+//! use dpop_redis::{RedisReplayStore, RedisStoreConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = RedisStoreConfig::new("redis://:secret@redis.internal:6379/0");
+//! config.command_timeout = Duration::from_millis(100);
+//! // Fails, and the gateway should not start, if Redis is not there.
+//! let store = RedisReplayStore::connect(config).await?;
+//! store.ping().await?;
+//!
+//! // Normally the verifier does this with the proof's replay key.
+//! let key = ReplayKey::from_digest([7; 32]);
+//! let now = UnixTime::from_secs(1_700_000_000);
+//! let expires_at = now.saturating_add(Duration::from_secs(300));
+//! assert_eq!(store.insert_if_absent(&key, expires_at, now).await?, Insert::Inserted);
+//! assert_eq!(store.insert_if_absent(&key, expires_at, now).await?, Insert::AlreadyPresent);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## TLS
+//!
+//! `rediss://` URLs use rustls with the system's trusted roots. If the program has not
+//! installed a rustls crypto provider, connecting installs aws-lc-rs as the process default.
+//! Certificate checks cannot be turned off: a URL fragment such as `#insecure` is refused.
+
+mod config;
+mod error;
+mod store;
+
+pub use config::RedisStoreConfig;
+pub use error::RedisStoreError;
+pub use store::RedisReplayStore;

@@ -1,0 +1,472 @@
+//! Tests against a real Redis, found through `DPOP_TEST_REDIS_URL` (`.ci/run` always sets
+//! it). Without it each test says so on stderr and passes, so `cargo test` works anywhere.
+//!
+//! Every run uses its own key prefix (process id and a random number), so parallel runs
+//! against one server do not see each other's keys. The restart test starts its own
+//! `redis-server` (from `DPOP_TEST_REDIS_SERVER` or `PATH`) on a free port.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError, UnixTime};
+use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
+use redis::AsyncCommands;
+
+/// The shared server's URL, or `None` after printing the skip line.
+fn redis_url() -> Option<String> {
+    match std::env::var("DPOP_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping: DPOP_TEST_REDIS_URL not set");
+            None
+        }
+    }
+}
+
+/// A key prefix unique to this test in this run.
+fn prefix(test: &str) -> String {
+    static RUN: OnceLock<u64> = OnceLock::new();
+    let run = RUN.get_or_init(|| RandomState::new().hash_one(std::process::id()));
+    format!("dpop-redis-test:{}:{run:016x}:{test}:", std::process::id())
+}
+
+fn config(url: &str, test: &str) -> RedisStoreConfig {
+    let mut config = RedisStoreConfig::new(url);
+    config.key_prefix = prefix(test);
+    config
+}
+
+/// A distinct replay key per call.
+fn fresh_key() -> ReplayKey {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut digest = [0u8; 32];
+    digest[..8].copy_from_slice(&n.to_le_bytes());
+    digest[8..16].copy_from_slice(&RandomState::new().hash_one(n).to_le_bytes());
+    ReplayKey::from_digest(digest)
+}
+
+fn now() -> UnixTime {
+    UnixTime::from_secs(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+fn later(now: UnixTime, secs: u64) -> UnixTime {
+    now.saturating_add(Duration::from_secs(secs))
+}
+
+/// A plain connection for looking at what the store wrote.
+async fn inspector(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn insert_then_replay_then_other_key() {
+    let Some(url) = redis_url() else { return };
+    let store = RedisReplayStore::connect(config(&url, "basic"))
+        .await
+        .unwrap();
+    let (a, b) = (fresh_key(), fresh_key());
+    let now = now();
+    let exp = later(now, 60);
+    assert_eq!(
+        store.insert_if_absent(&a, exp, now).await,
+        Ok(Insert::Inserted)
+    );
+    assert_eq!(
+        store.insert_if_absent(&a, exp, now).await,
+        Ok(Insert::AlreadyPresent)
+    );
+    // Still a replay when presented with an expiry already past.
+    assert_eq!(
+        store.insert_if_absent(&a, now, later(now, 1)).await,
+        Ok(Insert::AlreadyPresent)
+    );
+    assert_eq!(
+        store.insert_if_absent(&b, exp, now).await,
+        Ok(Insert::Inserted)
+    );
+    // The key format is the documented one.
+    let mut conn = inspector(&url).await;
+    let value: Option<String> = conn
+        .get(format!("{}{}", prefix("basic"), a.to_hex()))
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn ttl_is_set_and_key_expires() {
+    let Some(url) = redis_url() else { return };
+    let store = RedisReplayStore::connect(config(&url, "ttl"))
+        .await
+        .unwrap();
+    let mut conn = inspector(&url).await;
+    let redis_key = |k: &ReplayKey| format!("{}{}", prefix("ttl"), k.to_hex());
+
+    let long = fresh_key();
+    let now = now();
+    assert_eq!(
+        store.insert_if_absent(&long, later(now, 90), now).await,
+        Ok(Insert::Inserted)
+    );
+    let pttl: i64 = conn.pttl(redis_key(&long)).await.unwrap();
+    assert!((1..=90_000).contains(&pttl), "PTTL {pttl}");
+    assert!(pttl > 80_000, "PTTL {pttl}");
+
+    // An expiry at or before `now` still records the key, for the minimum of one second.
+    let short = fresh_key();
+    assert_eq!(
+        store.insert_if_absent(&short, now, now).await,
+        Ok(Insert::Inserted)
+    );
+    let pttl: i64 = conn.pttl(redis_key(&short)).await.unwrap();
+    assert!((1..=1_000).contains(&pttl), "PTTL {pttl}");
+    assert_eq!(
+        store.insert_if_absent(&short, now, now).await,
+        Ok(Insert::AlreadyPresent)
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let exists: bool = conn.exists(redis_key(&short)).await.unwrap();
+    assert!(!exists, "key still there after its TTL");
+    assert_eq!(
+        store.insert_if_absent(&short, now, now).await,
+        Ok(Insert::Inserted)
+    );
+}
+
+#[tokio::test]
+async fn two_instances_share_the_record() {
+    let Some(url) = redis_url() else { return };
+    // Two connections, as two gateway instances would have.
+    let first = RedisReplayStore::connect(config(&url, "shared"))
+        .await
+        .unwrap();
+    let second = RedisReplayStore::connect(config(&url, "shared"))
+        .await
+        .unwrap();
+    let key = fresh_key();
+    let now = now();
+    assert_eq!(
+        first.insert_if_absent(&key, later(now, 60), now).await,
+        Ok(Insert::Inserted)
+    );
+    assert_eq!(
+        second.insert_if_absent(&key, later(now, 60), now).await,
+        Ok(Insert::AlreadyPresent)
+    );
+    // A clone shares the connection and the record.
+    assert_eq!(
+        second
+            .clone()
+            .insert_if_absent(&key, later(now, 60), now)
+            .await,
+        Ok(Insert::AlreadyPresent)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_each_win_once() {
+    let Some(url) = redis_url() else { return };
+    let stores = [
+        RedisReplayStore::connect(config(&url, "concurrent"))
+            .await
+            .unwrap(),
+        RedisReplayStore::connect(config(&url, "concurrent"))
+            .await
+            .unwrap(),
+    ];
+    let keys: Vec<ReplayKey> = (0..100).map(|_| fresh_key()).collect();
+    let now = now();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Each key twice, once through each connection.
+    for (i, key) in keys.iter().chain(&keys).enumerate() {
+        let (store, key) = (stores[i % 2].clone(), *key);
+        tasks.spawn(async move { store.insert_if_absent(&key, later(now, 60), now).await });
+    }
+    let mut inserted = 0;
+    let mut present = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(Insert::Inserted) => inserted += 1,
+            Ok(Insert::AlreadyPresent) => present += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((inserted, present), (100, 100));
+}
+
+#[tokio::test]
+async fn ping_ok() {
+    let Some(url) = redis_url() else { return };
+    let store = RedisReplayStore::connect(config(&url, "ping"))
+        .await
+        .unwrap();
+    assert_eq!(store.ping().await, Ok(()));
+}
+
+#[tokio::test]
+async fn connect_to_closed_port_fails() {
+    // Needs no server: nothing listens on port 1.
+    let started = Instant::now();
+    let err = RedisReplayStore::connect(RedisStoreConfig::new("redis://127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RedisStoreError::Connect { .. } | RedisStoreError::ConnectTimeout { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{err}");
+    eprintln!("closed port: {err}");
+}
+
+#[tokio::test]
+async fn invalid_configs_are_refused() {
+    for url in [
+        "",
+        "http://127.0.0.1:6379",
+        "rediss://127.0.0.1:6379/#insecure",
+    ] {
+        let err = RedisReplayStore::connect(RedisStoreConfig::new(url))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RedisStoreError::InvalidConfig(_)),
+            "{url}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn passwords_never_shown() {
+    let url = "redis://:hunter2@127.0.0.1:1";
+    let with_password = RedisStoreConfig::new(url);
+    assert!(!format!("{with_password:?}").contains("hunter2"));
+    let err = RedisReplayStore::connect(with_password).await.unwrap_err();
+    for text in [format!("{err}"), format!("{err:?}")] {
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://:***@127.0.0.1:1"), "{text}");
+    }
+
+    // Against the real server: a wrong password, and a right one.
+    let Some(server) = redis_url() else { return };
+    let Some(rest) = server.strip_prefix("redis://") else {
+        return;
+    };
+    if rest.contains('@') {
+        return; // The test server has credentials of its own; nothing to add here.
+    }
+    let err = RedisReplayStore::connect(RedisStoreConfig::new(format!("redis://:hunter2@{rest}")))
+        .await
+        .unwrap_err();
+    for text in [format!("{err}"), format!("{err:?}")] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    eprintln!("wrong password: {err}");
+    let store = RedisReplayStore::connect(config(&server, "debug"))
+        .await
+        .unwrap();
+    let text = format!("{store:?}");
+    assert!(text.contains("RedisReplayStore"), "{text}");
+}
+
+#[tokio::test]
+async fn tls_to_a_plain_server_is_an_error_not_a_panic() {
+    let Some(url) = redis_url() else { return };
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return;
+    };
+    // The TLS handshake meets a server that speaks plain RESP: a clean connect error (this
+    // also shows a rustls crypto provider was found).
+    let mut tls = RedisStoreConfig::new(format!("rediss://{rest}"));
+    tls.connect_timeout = Duration::from_millis(500);
+    let err = RedisReplayStore::connect(tls).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RedisStoreError::Connect { .. } | RedisStoreError::ConnectTimeout { .. }
+        ),
+        "{err:?}"
+    );
+    eprintln!("rediss to a plain server: {err}");
+}
+
+#[tokio::test]
+async fn errors_hide_passwords_when_redis_fails_later() {
+    // Unavailable messages come from a server that went away; they must not carry the URL.
+    let Some(server) = redis_url().and_then(|_| redis_server_binary()) else {
+        return;
+    };
+    let mut redis = OwnServer::start(&server, None);
+    let url = format!("redis://:hunter2@127.0.0.1:{}", redis.port);
+    redis.set_password("hunter2").await;
+    let store = RedisReplayStore::connect(RedisStoreConfig::new(&url))
+        .await
+        .unwrap();
+    assert!(!format!("{store:?}").contains("hunter2"));
+    redis.stop();
+    let now = now();
+    let err = store
+        .insert_if_absent(&fresh_key(), later(now, 60), now)
+        .await
+        .unwrap_err();
+    for text in [format!("{err}"), format!("{err:?}")] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    let err = store.ping().await.unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+}
+
+#[tokio::test]
+async fn redis_going_away_fails_closed_then_recovers() {
+    let Some(server) = redis_url().and_then(|_| redis_server_binary()) else {
+        return;
+    };
+    let mut redis = OwnServer::start(&server, None);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let store = RedisReplayStore::connect(RedisStoreConfig::new(&url))
+        .await
+        .unwrap();
+    let now = now();
+    let exp = later(now, 60);
+    assert_eq!(
+        store.insert_if_absent(&fresh_key(), exp, now).await,
+        Ok(Insert::Inserted)
+    );
+    assert_eq!(store.ping().await, Ok(()));
+
+    redis.stop();
+    for _ in 0..3 {
+        match store.insert_if_absent(&fresh_key(), exp, now).await {
+            Err(ReplayStoreError::Unavailable(msg)) => eprintln!("while down: unavailable: {msg}"),
+            Err(ReplayStoreError::Timeout) => eprintln!("while down: timeout"),
+            other => panic!("Redis is down, yet {other:?}"),
+        }
+    }
+    assert!(store.ping().await.is_err());
+
+    // Back on the same port: the connection manager reconnects by itself.
+    let port = redis.port;
+    let _redis = OwnServer::start(&server, Some(port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let key = fresh_key();
+    loop {
+        match store.insert_if_absent(&key, exp, now).await {
+            Ok(Insert::Inserted) => break,
+            Err(ReplayStoreError::Unavailable(_) | ReplayStoreError::Timeout)
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("store did not recover: {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.insert_if_absent(&key, exp, now).await,
+        Ok(Insert::AlreadyPresent)
+    );
+    assert_eq!(store.ping().await, Ok(()));
+}
+
+/// The `redis-server` binary, or `None` after printing why the test is skipped. Asked only
+/// when `DPOP_TEST_REDIS_URL` is set, the switch for every test that needs Redis.
+fn redis_server_binary() -> Option<String> {
+    if let Ok(path) = std::env::var("DPOP_TEST_REDIS_SERVER")
+        && !path.is_empty()
+    {
+        return Some(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("redis-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => Some(path.to_string_lossy().into_owned()),
+        None => {
+            eprintln!("skipping: no redis-server (set DPOP_TEST_REDIS_SERVER or put it on PATH)");
+            None
+        }
+    }
+}
+
+/// A `redis-server` child process of this test, killed on drop.
+struct OwnServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl OwnServer {
+    /// Starts a server on `port`, or on a free one, and waits until it accepts connections.
+    fn start(binary: &str, port: Option<u16>) -> Self {
+        let port = port.unwrap_or_else(|| {
+            // Ask the OS for a free port, then release it for Redis. Racy in theory; another
+            // process grabbing it in between would make this test fail loudly, not pass.
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    async fn set_password(&self, password: &str) {
+        let mut conn = inspector(&format!("redis://127.0.0.1:{}", self.port)).await;
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg(password)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

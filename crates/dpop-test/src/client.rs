@@ -1,0 +1,151 @@
+//! A minimal HTTP/1.1 client for tests: one request on a fresh connection, the whole
+//! response read into memory. Enough to talk to the servers here and to a gateway
+//! without pulling a full client library into every test.
+
+use std::io;
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::header::{HOST, HeaderName, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// How long [`http_request`] waits for the whole exchange.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A response read to the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers in order; names lower-case, values decoded lossily as UTF-8.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (any case).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    #[must_use]
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// When the body is not JSON.
+    pub fn json(&self) -> serde_json::Result<Value> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+fn invalid(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
+}
+
+/// `GET url`.
+///
+/// # Errors
+/// As [`http_request`].
+pub async fn http_get(url: &str) -> io::Result<HttpResponse> {
+    http_request("GET", url, &[], b"").await
+}
+
+/// Sends one request to an `http://` URL on a new connection and reads the response.
+/// `Host` is set from the URL unless `headers` has one; a non-empty body gets a
+/// `Content-Length`.
+///
+/// # Errors
+/// `InvalidInput` for a bad method, URL or header; otherwise the connection's error,
+/// or `TimedOut` after [`HTTP_TIMEOUT`].
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(HTTP_TIMEOUT, exchange(method, url, headers, body))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{method} {url}")))?
+}
+
+async fn exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<HttpResponse> {
+    let uri: Uri = url.parse().map_err(invalid)?;
+    if uri.scheme_str() != Some("http") {
+        return Err(invalid(format!("{url}: only http:// is supported")));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| invalid(format!("{url}: no host")))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((authority.host(), port)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut request = Request::new(Full::new(Bytes::copy_from_slice(body)));
+    *request.method_mut() = Method::from_bytes(method.as_bytes()).map_err(invalid)?;
+    *request.uri_mut() = target.parse().map_err(invalid)?;
+    let h = request.headers_mut();
+    for (name, value) in headers {
+        h.append(
+            HeaderName::from_bytes(name.as_bytes()).map_err(invalid)?,
+            HeaderValue::from_str(value).map_err(invalid)?,
+        );
+    }
+    if !h.contains_key(HOST) {
+        h.insert(
+            HOST,
+            HeaderValue::from_str(authority.as_str()).map_err(invalid)?,
+        );
+    }
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(io::Error::other)?
+        .to_bytes()
+        .to_vec();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}

@@ -1,0 +1,62 @@
+#![forbid(unsafe_code)]
+//! # dpop-test
+//!
+//! Test support for the DPoP workspace's end-to-end tests and its load test. Not
+//! published.
+//!
+//! Every server here is started from async code on `127.0.0.1`, listens on a free port
+//! unless given an address, and stops when its handle is dropped:
+//!
+//! - [`MockIssuer`]: an authorization server stand-in (RFC 8414 metadata, a JWKS with
+//!   key rotation, ES256 JWT access tokens bound with `cnf.jkt`, RFC 7662
+//!   introspection);
+//! - [`TestUpstream`]: an HTTP/1.1 echo server that records what reached it;
+//! - [`RedisServer`]: a private `redis-server` child that can be stopped and restarted;
+//! - [`Gateway`]: a handle on a server binary, with its output captured;
+//! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
+//!   ([`http_request`]) for the rest.
+//!
+//! The `dpop-loadgen` binary of this crate is the load generator described in
+//! `docs/benchmarks.md`.
+//!
+//! What it does *not* do: check anything. The issuer signs what it is told and the
+//! upstream accepts everything; the assertions belong to the tests. It reads the system
+//! clock (token `iat`), which the sans-I/O core never does.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! use dpop_test::{MockIssuer, TestUpstream, TokenSpec};
+//!
+//! let issuer = MockIssuer::start().await?;
+//! let upstream = TestUpstream::start().await?;
+//! let token = issuer.mint(&TokenSpec::bound(
+//!     "https://api.example.com",
+//!     "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
+//! ));
+//! assert_eq!(token.split('.').count(), 3);
+//! assert!(issuer.jwks_uri().starts_with(issuer.url()));
+//! assert!(upstream.url().starts_with("http://127.0.0.1:"));
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod issuer;
+mod jws;
+mod process;
+mod redis;
+mod server;
+mod upstream;
+
+pub use crate::client::{HTTP_TIMEOUT, HttpResponse, http_get, http_request};
+pub use crate::issuer::{
+    DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
+    MockIssuer, MockIssuerBuilder, TokenSpec,
+};
+pub use crate::jws::{b64url, sign_compact};
+pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
+pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
+pub use crate::server::{ServerHandle, serve};
+pub use crate::upstream::{
+    DEFAULT_RECORD_CAPACITY, RecordedRequest, TestUpstream, TestUpstreamBuilder,
+};

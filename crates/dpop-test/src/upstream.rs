@@ -1,0 +1,355 @@
+//! [`TestUpstream`]: the service behind the gateway in end-to-end tests. It echoes what
+//! it received, so a test can see exactly which headers the gateway forwarded, added or
+//! stripped, and it records the last requests for assertions.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::server::{ServerHandle, serve};
+
+/// How many requests a [`TestUpstream`] remembers unless told otherwise.
+pub const DEFAULT_RECORD_CAPACITY: usize = 100;
+
+/// `/big` without `bytes=`: 1 MiB.
+const DEFAULT_BIG_BYTES: u64 = 1 << 20;
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The path with the query, e.g. `/items?page=2`.
+    pub path: String,
+    /// The headers in the order received; names lower-case, values decoded as UTF-8
+    /// with invalid bytes replaced.
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (any case).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (any case), in order.
+    #[must_use]
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Configures a [`TestUpstream`] before it starts.
+#[derive(Clone, Debug)]
+pub struct TestUpstreamBuilder {
+    listen: SocketAddr,
+    capacity: usize,
+}
+
+impl Default for TestUpstreamBuilder {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            capacity: DEFAULT_RECORD_CAPACITY,
+        }
+    }
+}
+
+impl TestUpstreamBuilder {
+    /// The address to listen on. Defaults to `127.0.0.1:0` (a free port).
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// How many of the latest requests [`TestUpstream::requests`] keeps. Defaults to
+    /// [`DEFAULT_RECORD_CAPACITY`].
+    #[must_use]
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+
+    /// Starts serving on the current Tokio runtime.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(self) -> io::Result<TestUpstream> {
+        let state = Arc::new(UpstreamState {
+            capacity: self.capacity,
+            log: Mutex::new(VecDeque::new()),
+            count: AtomicU64::new(0),
+        });
+        let s = Arc::clone(&state);
+        let service = service_fn(move |req| handle(Arc::clone(&s), req));
+        let server = serve(self.listen, service).await?;
+        Ok(TestUpstream { state, server })
+    }
+}
+
+struct UpstreamState {
+    capacity: usize,
+    log: Mutex<VecDeque<RecordedRequest>>,
+    count: AtomicU64,
+}
+
+impl UpstreamState {
+    fn log(&self) -> MutexGuard<'_, VecDeque<RecordedRequest>> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An HTTP/1.1 upstream on loopback that answers every request with 200 and a JSON
+/// echo `{"method", "path", "headers": {name: [values]}, "body_bytes"}`. Stops when
+/// dropped.
+///
+/// Special paths, matched on the *last* path segments so they work behind a gateway
+/// route prefix (`/api/slow` as well as `/slow`):
+/// - `.../big?bytes=N`: a streamed body of N bytes (`x`), in 64 KiB frames, instead of
+///   the echo (1 MiB when `bytes` is missing);
+/// - `.../slow?ms=N`: waits N ms, then echoes;
+/// - `.../status/NNN`: echoes with status NNN.
+pub struct TestUpstream {
+    state: Arc<UpstreamState>,
+    server: ServerHandle,
+}
+
+impl std::fmt::Debug for TestUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestUpstream")
+            .field("addr", &self.server.addr())
+            .field("requests", &self.request_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestUpstream {
+    /// Starts an upstream on a free loopback port that keeps the last
+    /// [`DEFAULT_RECORD_CAPACITY`] requests.
+    ///
+    /// # Errors
+    /// When no loopback port can be bound.
+    pub async fn start() -> io::Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// A builder for a fixed address or another record capacity.
+    #[must_use]
+    pub fn builder() -> TestUpstreamBuilder {
+        TestUpstreamBuilder::default()
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    #[must_use]
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The listening address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// The latest requests, oldest first (at most the configured capacity).
+    #[must_use]
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.log().iter().cloned().collect()
+    }
+
+    /// The latest request, if any.
+    #[must_use]
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.state.log().back().cloned()
+    }
+
+    /// How many requests arrived since the start (not limited by the capacity).
+    #[must_use]
+    pub fn request_count(&self) -> u64 {
+        self.state.count.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the recorded requests (the count goes on).
+    pub fn clear(&self) {
+        self.state.log().clear();
+    }
+}
+
+async fn handle(
+    state: Arc<UpstreamState>,
+    req: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    // A body that fails mid-way (client gone) is recorded as far as it arrived.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let recorded = RecordedRequest {
+        method: parts.method.as_str().to_owned(),
+        path,
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    };
+    state.count.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut log = state.log();
+        log.push_back(recorded.clone());
+        while log.len() > state.capacity {
+            log.pop_front();
+        }
+    }
+
+    let segments: Vec<&str> = parts.uri.path().split('/').collect();
+    let query = parts.uri.query().unwrap_or("");
+    let mut status = StatusCode::OK;
+    match segments.as_slice() {
+        [.., "big"] => {
+            let bytes = query_u64(query, "bytes").unwrap_or(DEFAULT_BIG_BYTES);
+            let mut response = Response::new(UpstreamBody::Repeat { remaining: bytes });
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return Ok(response);
+        }
+        [.., "slow"] => {
+            let ms = query_u64(query, "ms").unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        [.., "status", code] => {
+            if let Some(s) = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                status = s;
+            }
+        }
+        _ => {}
+    }
+    let mut response = Response::new(UpstreamBody::Full(Some(Bytes::from(
+        echo(&recorded).to_string(),
+    ))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+fn echo(r: &RecordedRequest) -> Value {
+    let mut headers = Map::new();
+    for (name, value) in &r.headers {
+        match headers.get_mut(name) {
+            Some(Value::Array(values)) => values.push(value.as_str().into()),
+            _ => {
+                headers.insert(name.clone(), json!([value]));
+            }
+        }
+    }
+    json!({
+        "method": r.method,
+        "path": r.path,
+        "headers": headers,
+        "body_bytes": r.body.len(),
+    })
+}
+
+fn query_u64(query: &str, name: &str) -> Option<u64> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The upstream's response body: a buffer, or `x` bytes produced frame by frame.
+enum UpstreamBody {
+    Full(Option<Bytes>),
+    Repeat { remaining: u64 },
+}
+
+/// 64 KiB of `x`, sliced (not copied) into each frame of a `/big` body.
+fn chunk() -> Bytes {
+    static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+    Bytes::from_static(&CHUNK)
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.get_mut() {
+            Self::Full(data) => data.take().map(Frame::data),
+            Self::Repeat { remaining } => {
+                if *remaining == 0 {
+                    None
+                } else {
+                    let mut data = chunk();
+                    let n = usize::try_from(*remaining).map_or(data.len(), |r| r.min(data.len()));
+                    data.truncate(n);
+                    *remaining -= n as u64;
+                    Some(Frame::data(data))
+                }
+            }
+        };
+        Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(data) => data.is_none(),
+            Self::Repeat { remaining } => *remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Repeat { remaining } => SizeHint::with_exact(*remaining),
+        }
+    }
+}

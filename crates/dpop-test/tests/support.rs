@@ -1,0 +1,587 @@
+//! The test-support servers do what the end-to-end tests and the load test rely on.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use dpop_core::{
+    Algorithm, Htu, MemoryReplayStore, PrivateKey, ProofRequest, PublicJwk, UnixTime, Verifier,
+    VerifierConfig,
+};
+use dpop_test::{
+    Gateway, MockIssuer, RedisServer, TestUpstream, TokenSpec, free_port, http_get, http_request,
+    wait_for_tcp,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const AUD: &str = "https://api.example.com";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Splits a compact JWS into header, claims, signing input and signature.
+fn decode(jws: &str) -> (Value, Value, String, Vec<u8>) {
+    let parts: Vec<&str> = jws.split('.').collect();
+    assert_eq!(parts.len(), 3, "{jws}");
+    let json =
+        |p: &str| -> Value { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap() };
+    (
+        json(parts[0]),
+        json(parts[1]),
+        format!("{}.{}", parts[0], parts[1]),
+        URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+    )
+}
+
+/// Verifies `jws` against the key with its `kid` in `jwks`, as a resource server would:
+/// parse the JWK with dpop-core, verify ES256 with bare aws-lc-rs on the raw point.
+fn verifies(jws: &str, jwks: &Value) -> bool {
+    let (header, _, input, signature) = decode(jws);
+    let Some(jwk) = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+    else {
+        return false;
+    };
+    let public = PublicJwk::from_json(&jwk.to_string()).unwrap();
+    let point = public.raw_public_key().unwrap();
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+        .verify(input.as_bytes(), &signature)
+        .is_ok()
+}
+
+async fn get_json(url: &str) -> Value {
+    let r = http_get(url).await.unwrap();
+    assert_eq!(r.status, 200, "{url}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    r.json().unwrap()
+}
+
+async fn introspect(issuer: &MockIssuer, auth: Option<(&str, &str)>, form: &str) -> (u16, Value) {
+    let basic;
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    if let Some((id, secret)) = auth {
+        basic = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+        headers.push(("authorization", &basic));
+    }
+    let r = http_request(
+        "POST",
+        &issuer.introspection_endpoint(),
+        &headers,
+        form.as_bytes(),
+    )
+    .await
+    .unwrap();
+    (r.status, r.json().unwrap())
+}
+
+#[tokio::test]
+async fn issuer_metadata_and_jwks_shape() {
+    let issuer = MockIssuer::start().await.unwrap();
+    assert!(issuer.url().starts_with("http://127.0.0.1:"));
+    let meta = get_json(&issuer.metadata_url()).await;
+    assert_eq!(meta["issuer"], issuer.url());
+    assert_eq!(meta["jwks_uri"], issuer.jwks_uri());
+    assert_eq!(meta["token_endpoint"], format!("{}/token", issuer.url()));
+    assert_eq!(
+        meta["introspection_endpoint"],
+        issuer.introspection_endpoint()
+    );
+    let algs = meta["dpop_signing_alg_values_supported"]
+        .as_array()
+        .unwrap();
+    assert!(algs.contains(&json!("ES256")));
+    assert_eq!(issuer.jwks_fetches(), 0, "metadata is not a JWKS fetch");
+
+    let jwks = get_json(&issuer.jwks_uri()).await;
+    assert_eq!(issuer.jwks_fetches(), 1);
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    assert_eq!(key["kid"], issuer.kid());
+    assert_eq!(key["alg"], "ES256");
+    assert_eq!(key["use"], "sig");
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["crv"], "P-256");
+    assert!(key.get("d").is_none(), "no private member");
+    // The published key parses as a public JWK and is the signing key.
+    let public = PublicJwk::from_json(&key.to_string()).unwrap();
+    assert_eq!(public.thumbprint(), issuer.signing_key().thumbprint());
+    assert_eq!(issuer.jwks(), jwks);
+    get_json(&issuer.jwks_uri()).await;
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn minted_token_has_the_claims_and_verifies() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let client = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let jkt = client.thumbprint().as_str().to_owned();
+    let before = unix_now();
+    let token = issuer.mint(&TokenSpec {
+        scope: Some("read write".into()),
+        lifetime_secs: 120,
+        ..TokenSpec::bound(AUD, &jkt)
+    });
+    let (header, claims, _, _) = decode(&token);
+    assert_eq!(
+        header,
+        json!({"alg": "ES256", "typ": "at+jwt", "kid": issuer.kid()})
+    );
+    assert_eq!(claims["iss"], issuer.url());
+    assert_eq!(claims["sub"], "user-1");
+    assert_eq!(claims["aud"], AUD);
+    assert_eq!(claims["client_id"], "client-1");
+    assert_eq!(claims["scope"], "read write");
+    assert_eq!(claims["cnf"], json!({ "jkt": jkt }));
+    let iat = claims["iat"].as_u64().unwrap();
+    assert!((before..=unix_now()).contains(&iat));
+    assert_eq!(claims["exp"].as_u64().unwrap(), iat + 120);
+    assert!(claims["jti"].as_str().unwrap().len() >= 16);
+    assert_ne!(
+        decode(&issuer.mint(&TokenSpec::new(AUD))).1["jti"],
+        claims["jti"]
+    );
+
+    let jwks = get_json(&issuer.jwks_uri()).await;
+    assert!(verifies(&token, &jwks));
+    // A flipped signature byte does not.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    assert!(!verifies(&String::from_utf8(tampered).unwrap(), &jwks));
+}
+
+#[tokio::test]
+async fn token_spec_variants() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let mut spec = TokenSpec {
+        typ: None,
+        now: Some(1_000_000),
+        lifetime_secs: -60,
+        ..TokenSpec::new(AUD)
+    };
+    spec.extra.insert("aud".into(), json!([AUD, "other"]));
+    spec.extra.insert("acr".into(), json!("mfa"));
+    let token = issuer.mint(&spec);
+    let (header, claims, _, _) = decode(&token);
+    assert!(header.get("typ").is_none());
+    assert_eq!(claims["iat"], 1_000_000);
+    assert_eq!(claims["exp"], 999_940, "negative lifetime: already expired");
+    assert_eq!(claims["aud"], json!([AUD, "other"]));
+    assert_eq!(claims["acr"], "mfa");
+    assert!(claims.get("cnf").is_none() && claims.get("scope").is_none());
+    assert!(verifies(&token, &issuer.jwks()));
+
+    // Hand-made tokens: exactly the header given.
+    let raw = issuer.sign_compact(
+        &json!({"alg": "ES256", "kid": issuer.kid()}),
+        &json!({"x": 1}),
+    );
+    assert_eq!(decode(&raw).0, json!({"alg": "ES256", "kid": issuer.kid()}));
+    assert!(verifies(&raw, &issuer.jwks()));
+}
+
+#[tokio::test]
+async fn introspection_active_inactive_and_client_auth() {
+    let issuer = MockIssuer::builder()
+        .introspection_client("rs 1", "s3cret:x")
+        .start()
+        .await
+        .unwrap();
+    let spec = TokenSpec {
+        scope: Some("read".into()),
+        ..TokenSpec::bound(AUD, "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+    };
+    issuer.register_opaque("opaque-1", &spec);
+    // RFC 6749 §2.3.1: the credentials are form-encoded before base64.
+    let good = Some(("rs+1", "s3cret%3Ax"));
+
+    let (status, body) = introspect(&issuer, good, "token=opaque-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["active"], true);
+    assert_eq!(body["token_type"], "DPoP");
+    assert_eq!(body["sub"], "user-1");
+    assert_eq!(body["client_id"], "client-1");
+    assert_eq!(body["scope"], "read");
+    assert_eq!(body["aud"], AUD);
+    assert_eq!(body["iss"], issuer.url());
+    assert_eq!(
+        body["cnf"],
+        json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+    );
+    assert!(body["exp"].as_u64().unwrap() > unix_now());
+
+    let (status, body) = introspect(&issuer, good, "token=unknown").await;
+    assert_eq!((status, body), (200, json!({"active": false})));
+
+    issuer.revoke("opaque-1");
+    let (status, body) = introspect(&issuer, good, "token=opaque-1").await;
+    assert_eq!((status, body), (200, json!({"active": false})));
+
+    let (status, body) = introspect(&issuer, Some(("rs+1", "wrong")), "token=opaque-1").await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (401, json!("invalid_client"))
+    );
+    let (status, _) = introspect(&issuer, None, "token=opaque-1").await;
+    assert_eq!(status, 401);
+    let (status, _) = introspect(&issuer, good, "nottoken=x").await;
+    assert_eq!(status, 400);
+    assert_eq!(issuer.introspections(), 6);
+
+    // The default credentials.
+    let issuer = MockIssuer::start().await.unwrap();
+    issuer.register_opaque("t", &TokenSpec::new(AUD));
+    let creds = Some((
+        issuer.introspection_client_id().to_owned(),
+        issuer.introspection_client_secret().to_owned(),
+    ));
+    let creds = creds.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+    let (status, body) = introspect(&issuer, creds, "token=t").await;
+    assert_eq!((status, body["active"].clone()), (200, json!(true)));
+}
+
+#[tokio::test]
+async fn key_rotation() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let first_kid = issuer.kid();
+    let old_token = issuer.mint(&TokenSpec::new(AUD));
+
+    let second_kid = issuer.rotate_key();
+    assert_ne!(second_kid, first_kid);
+    assert_eq!(issuer.kid(), second_kid);
+    let new_token = issuer.mint(&TokenSpec::new(AUD));
+    assert_eq!(decode(&new_token).0["kid"], second_kid);
+    let jwks = get_json(&issuer.jwks_uri()).await;
+    let kids: Vec<&Value> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["kid"])
+        .collect();
+    assert_eq!(kids, [&json!(first_kid), &json!(second_kid)]);
+    assert!(verifies(&old_token, &jwks), "old keys stay published");
+    assert!(verifies(&new_token, &jwks));
+
+    let third_kid = issuer.rotate_key_and_drop_old();
+    let jwks = get_json(&issuer.jwks_uri()).await;
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], third_kid);
+    assert!(!verifies(&old_token, &jwks));
+    assert!(!verifies(&new_token, &jwks));
+    assert!(verifies(&issuer.mint(&TokenSpec::new(AUD)), &jwks));
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn upstream_echoes_and_records() {
+    let upstream = TestUpstream::builder().capacity(3).start().await.unwrap();
+    let r = http_request(
+        "GET",
+        &format!("{}/items?page=2", upstream.url()),
+        &[
+            ("x-one", "a"),
+            ("x-one", "b"),
+            ("authorization", "DPoP tok"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let echo = r.json().unwrap();
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/items?page=2");
+    assert_eq!(echo["headers"]["x-one"], json!(["a", "b"]));
+    assert_eq!(echo["headers"]["authorization"], json!(["DPoP tok"]));
+    assert_eq!(
+        echo["headers"]["host"],
+        json!([upstream.addr().to_string()])
+    );
+
+    let r = http_request("POST", &format!("{}/p", upstream.url()), &[], b"hello")
+        .await
+        .unwrap();
+    assert_eq!(r.json().unwrap()["body_bytes"], 5);
+    let last = upstream.last_request().unwrap();
+    assert_eq!(
+        (
+            last.method.as_str(),
+            last.path.as_str(),
+            last.body.as_slice()
+        ),
+        ("POST", "/p", &b"hello"[..])
+    );
+    assert_eq!(last.header("Content-Length"), Some("5"));
+
+    let r = http_get(&format!("{}/api/status/503", upstream.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json().unwrap()["path"], "/api/status/503");
+
+    let started = Instant::now();
+    let r = http_get(&format!("{}/slow?ms=150", upstream.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    let r = http_get(&format!("{}/big?bytes=300001", upstream.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 300_001);
+    assert!(r.body.iter().all(|b| *b == b'x'));
+    assert_eq!(r.header("content-length"), Some("300001"));
+
+    // Capacity 3 keeps the latest three of six; the count goes on.
+    assert_eq!(upstream.request_count(), 5);
+    http_get(&format!("{}/six", upstream.url())).await.unwrap();
+    let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/slow?ms=150", "/big?bytes=300001", "/six"]);
+    upstream.clear();
+    assert!(upstream.requests().is_empty());
+    assert_eq!(upstream.request_count(), 6);
+}
+
+#[tokio::test]
+async fn servers_stop_when_dropped() {
+    let upstream = TestUpstream::start().await.unwrap();
+    let issuer = MockIssuer::start().await.unwrap();
+    let (ua, ia) = (upstream.addr(), issuer.addr());
+    wait_for_tcp(ua, Duration::from_secs(1)).await.unwrap();
+    drop(upstream);
+    drop(issuer);
+    tokio::task::yield_now().await;
+    for addr in [ua, ia] {
+        let e = wait_for_tcp(addr, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    }
+}
+
+#[tokio::test]
+async fn issuer_on_a_fixed_address() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let issuer = MockIssuer::builder().listen(addr).start().await.unwrap();
+    assert_eq!(issuer.addr(), addr);
+    assert_eq!(issuer.url(), format!("http://{addr}"));
+}
+
+/// Sends one RESP command in inline form and returns the first reply line.
+async fn redis_command(addr: SocketAddr, command: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .await?;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
+#[tokio::test]
+async fn redis_start_stop_start() {
+    let Some(mut redis) = RedisServer::spawn().await.unwrap() else {
+        eprintln!("skipped: no redis-server (install it or set DPOP_TEST_REDIS_SERVER)");
+        return;
+    };
+    let addr = redis.addr();
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{}", redis.port()));
+    assert!(redis.is_running());
+    assert_eq!(redis_command(addr, "PING").await.unwrap(), "+PONG");
+    assert_eq!(redis_command(addr, "SET k v").await.unwrap(), "+OK");
+
+    redis.stop().unwrap();
+    assert!(!redis.is_running());
+    assert!(redis_command(addr, "PING").await.is_err());
+
+    redis.start().await.unwrap();
+    assert_eq!(redis.addr(), addr, "same port after a restart");
+    assert_eq!(redis_command(addr, "PING").await.unwrap(), "+PONG");
+    assert_eq!(
+        redis_command(addr, "GET k").await.unwrap(),
+        "$-1",
+        "nothing persisted"
+    );
+}
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_dpop-loadgen");
+
+#[tokio::test]
+async fn gateway_handle_waits_terminates_and_reports_early_exit() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = addr.to_string();
+    let mut process = Gateway::spawn(LOADGEN, ["upstream", "--listen", &listen], addr)
+        .await
+        .unwrap();
+    assert_eq!(process.url(), format!("http://{addr}"));
+    assert_eq!(http_get(&process.url()).await.unwrap().text(), "ok");
+    assert!(process.output().contains("listening on"));
+    assert!(process.try_wait().unwrap().is_none());
+    let status = process.terminate(Duration::from_secs(5)).await.unwrap();
+    assert!(!status.success(), "killed by SIGTERM: {status}");
+    assert!(
+        wait_for_tcp(addr, Duration::from_millis(100))
+            .await
+            .is_err()
+    );
+
+    // A process that exits at startup is reported with its output.
+    let e = Gateway::spawn(LOADGEN, ["upstream", "--listen", "not-an-address"], addr)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exited"), "{e}");
+    assert!(e.to_string().contains("invalid"), "{e}");
+}
+
+/// The load generator against the echo upstream with `--dpop`: every proof it sent is
+/// valid for the URL and token, and none repeats (the replay store would refuse it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_sends_fresh_valid_proofs() {
+    let upstream = TestUpstream::builder()
+        .capacity(100_000)
+        .start()
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("dpop-test-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (token_path, key_path) = (dir.join("token"), dir.join("key.pem"));
+    let issuer_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let issuer = Gateway::spawn(
+        LOADGEN,
+        [
+            "issuer".as_ref(),
+            "--listen".as_ref(),
+            issuer_addr.to_string().as_ref(),
+            "--aud".as_ref(),
+            AUD.as_ref(),
+            "--token-out".as_ref(),
+            token_path.as_os_str(),
+            "--key-out".as_ref(),
+            key_path.as_os_str(),
+        ],
+        issuer_addr,
+    )
+    .await
+    .unwrap();
+    // The files are written right after the issuer binds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !token_path.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    let key =
+        PrivateKey::from_pkcs8_pem(&std::fs::read_to_string(&key_path).unwrap(), None).unwrap();
+    let (_, claims, _, _) = decode(&token);
+    assert_eq!(claims["cnf"]["jkt"], key.thumbprint().as_str());
+    assert_eq!(claims["aud"], AUD);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    let jwks = get_json(&format!("http://{issuer_addr}/jwks")).await;
+    assert!(verifies(&token, &jwks));
+
+    let url = format!("{}/resource?q=1", upstream.url());
+    let output = tokio::process::Command::new(LOADGEN)
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--connections",
+            "2",
+            "--duration",
+            "0.5",
+        ])
+        .args([
+            "--warmup",
+            "0",
+            "--max-proofs",
+            "1500",
+            "--dpop",
+            "--label",
+            "t",
+        ])
+        .arg("--key")
+        .arg(&key_path)
+        .arg("--token")
+        .arg(&token_path)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let keys: Vec<&str> = line
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "label", "requests", "seconds", "rps", "p50_ms", "p99_ms", "max_ms", "non_2xx", "errors",
+    ] {
+        assert!(keys.contains(&k), "{k} missing in {line}");
+    }
+    assert_eq!(line["label"], "t");
+    assert_eq!(
+        (line["errors"].as_u64(), line["non_2xx"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let requests = line["requests"].as_u64().unwrap();
+    assert!(requests > 0 && requests <= 1500);
+    if line["proofs_exhausted"] == true {
+        assert!(stderr.contains("ran out"), "{stderr}");
+    }
+
+    let verifier = Verifier::new(
+        VerifierConfig::builder()
+            .with_default_algorithms()
+            .without_nonces(),
+    )
+    .unwrap();
+    let store = MemoryReplayStore::with_capacity(10_000);
+    let htu = Htu::parse(&url).unwrap();
+    let now = UnixTime::from_secs(unix_now());
+    let recorded = upstream.requests();
+    assert!(recorded.len() as u64 >= requests);
+    for r in &recorded {
+        assert_eq!(r.path, "/resource?q=1");
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("DPoP {}", token.trim()).as_str())
+        );
+        let proof = r.header("dpop").unwrap();
+        let request =
+            ProofRequest::new("GET", &htu).with_access_token(token.trim(), key.thumbprint());
+        verifier
+            .verify([proof.as_bytes()], &request, now)
+            .unwrap()
+            .record(&store, now)
+            .expect("every proof is fresh");
+    }
+    drop(issuer);
+    let _ = std::fs::remove_dir_all(&dir);
+}

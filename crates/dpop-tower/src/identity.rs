@@ -1,0 +1,37 @@
+//! What the service behind the layer learns about the caller.
+
+use std::net::SocketAddr;
+
+use dpop_core::Jkt;
+
+/// How the caller authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// `Authorization: DPoP` with a verified proof.
+    Dpop,
+    /// `Authorization: Bearer` with a token that is not DPoP-bound, on a route that allows it.
+    Bearer,
+}
+
+/// The verified caller, inserted into the request's extensions on success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DpopIdentity {
+    /// The token's `sub`.
+    pub subject: Option<String>,
+    /// The token's `client_id`.
+    pub client_id: Option<String>,
+    /// The proof key's thumbprint (`None` for Bearer).
+    pub jkt: Option<Jkt>,
+    /// The token's scopes.
+    pub scopes: Vec<String>,
+    /// How the caller authenticated.
+    pub scheme: Scheme,
+}
+
+/// The TCP peer of the request. Servers insert it as a request extension so the layer can
+/// decide whether forwarding headers come from a trusted proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerAddr(pub SocketAddr);

@@ -1,0 +1,347 @@
+//! [`DpopService`]: the per-request flow.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use dpop_core::jwt::AccessToken;
+use dpop_core::{AsyncReplayStore, Error, ProofRequest, Reason, RequestError, UnixTime};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, header};
+use tower::Service;
+
+use crate::config::{DpopMode, RoutePolicy};
+use crate::events::Outcome;
+use crate::future::ResponseFuture;
+use crate::identity::{DpopIdentity, PeerAddr, Scheme};
+use crate::layer::Shared;
+use crate::response::{RejectionContext, rejection as build_rejection};
+
+/// The service made by [`crate::DpopLayer`].
+pub struct DpopService<S, St> {
+    inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+impl<S, St> DpopService<S, St> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<St>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, St> Clone for DpopService<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St> fmt::Debug for DpopService<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Authenticated {
+    identity: DpopIdentity,
+    renew_nonce: bool,
+    outcome: Outcome,
+}
+
+struct Rejection {
+    error: Error,
+    scheme: Option<Scheme>,
+}
+
+impl Rejection {
+    fn new(error: impl Into<Error>, scheme: Option<Scheme>) -> Self {
+        Self {
+            error: error.into(),
+            scheme,
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for DpopService<S, St>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+    St: AsyncReplayStore + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Response<ResBody>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // Take the service that was driven to readiness; leave a clone for the next call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        ResponseFuture {
+            inner: Box::pin(handle(shared, inner, req)),
+        }
+    }
+}
+
+async fn handle<S, St, ReqBody, ResBody>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+    St: AsyncReplayStore,
+{
+    let policy = shared
+        .settings
+        .routes
+        .resolve(req.method(), req.uri().path());
+    if policy.mode == DpopMode::Off {
+        return inner.call(req).await;
+    }
+    let policy = policy.clone();
+    let started = Instant::now();
+    // Work on the head only: the body is not needed and need not be `Sync`.
+    let (mut parts, body) = req.into_parts();
+    let result = match shared.settings.clock.now() {
+        Some(now) => shared
+            .authenticate(&parts, &policy, now)
+            .await
+            .map(|a| (a, now)),
+        None => Err(Rejection::new(Error::NoClock, None)),
+    };
+    let events = &shared.settings.events;
+    match result {
+        Ok((auth, now)) => {
+            events.outcome(auth.outcome, started.elapsed());
+            parts.extensions.insert(auth.identity);
+            let mut response = inner.call(Request::from_parts(parts, body)).await?;
+            // RFC 9449 §8.2: hand out the next nonce on a successful response.
+            if auth.renew_nonce
+                && let Some(nonces) = &shared.settings.nonces
+                && let Ok(nonce) = nonces.issue(now)
+                && let Ok(v) = HeaderValue::from_str(&nonce)
+            {
+                response.headers_mut().insert("dpop-nonce", v);
+            }
+            Ok(response)
+        }
+        Err(rejection) => {
+            let reason = rejection.error.reason();
+            if policy.mode == DpopMode::ReportOnly {
+                tracing::warn!(target: "dpop::rejection", reason = reason.as_str(), report_only = true, method = %parts.method, path = parts.uri.path(), detail = %rejection.error, "DPoP check failed (report-only, forwarded)");
+                events.outcome(Outcome::WouldReject(reason), started.elapsed());
+                return inner.call(Request::from_parts(parts, body)).await;
+            }
+            let status = reason.response(dpop_core::Role::ResourceServer).status;
+            tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %parts.method, path = parts.uri.path(), detail = %rejection.error, "request refused");
+            events.outcome(Outcome::Rejected(reason), started.elapsed());
+            let nonce_error = matches!(
+                reason,
+                Reason::NonceRequired | Reason::NonceStale | Reason::NonceInvalid
+            );
+            let nonce = if nonce_error {
+                events.nonce_challenge();
+                let now = shared
+                    .settings
+                    .clock
+                    .now()
+                    .unwrap_or(UnixTime::from_secs(0));
+                shared
+                    .settings
+                    .nonces
+                    .as_ref()
+                    .and_then(|n| n.issue(now).ok())
+            } else {
+                None
+            };
+            let ctx = RejectionContext {
+                algs: &shared.algs,
+                bearer_allowed: policy.mode == DpopMode::AllowBearer,
+                scheme_used: rejection.scheme,
+                nonce,
+                realm: shared.settings.realm.as_deref(),
+                scopes: &policy.scopes,
+            };
+            Ok(build_rejection::<ResBody>(&rejection.error, &ctx))
+        }
+    }
+}
+
+fn has_scopes(token: &AccessToken, required: &[String]) -> bool {
+    required.iter().all(|r| token.scopes.iter().any(|s| s == r))
+}
+
+impl<St: AsyncReplayStore> Shared<St> {
+    async fn authenticate(
+        &self,
+        req: &Parts,
+        policy: &RoutePolicy,
+        now: UnixTime,
+    ) -> Result<Authenticated, Rejection> {
+        let mut values = req.headers.get_all(header::AUTHORIZATION).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(Rejection::new(RequestError::MultipleAuthorizations, None));
+        }
+        let Some(value) = first else {
+            return Err(Rejection::new(RequestError::CredentialsMissing, None));
+        };
+        // RFC 9110 §11.6.2: credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ].
+        let malformed = || Rejection::new(RequestError::MalformedAuthorization, None);
+        let value = value.to_str().map_err(|_| malformed())?;
+        let (scheme, credentials) = value.split_once(' ').ok_or_else(malformed)?;
+        let token = credentials.trim_start_matches(' ');
+        if scheme.eq_ignore_ascii_case("dpop") {
+            if !dpop_core::challenge::is_token68(token) {
+                return Err(Rejection::new(
+                    RequestError::MalformedAuthorization,
+                    Some(Scheme::Dpop),
+                ));
+            }
+            self.authenticate_dpop(req, policy, token, now).await
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            if !dpop_core::challenge::is_token68(token) {
+                return Err(Rejection::new(
+                    RequestError::MalformedAuthorization,
+                    Some(Scheme::Bearer),
+                ));
+            }
+            self.authenticate_bearer(policy, token, now).await
+        } else {
+            // A scheme this resource does not accept is no credentials at all for it.
+            Err(Rejection::new(RequestError::CredentialsMissing, None))
+        }
+    }
+
+    async fn authenticate_bearer(
+        &self,
+        policy: &RoutePolicy,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<Authenticated, Rejection> {
+        let bearer = Some(Scheme::Bearer);
+        let at = self
+            .cache
+            .verify(self.tokens.as_ref(), token, now)
+            .await
+            .map_err(|e| Rejection::new(e, bearer))?;
+        // RFC 9449 §7.2: a DPoP-bound token must never be accepted as a Bearer token.
+        if at.jkt.is_some() {
+            return Err(Rejection::new(RequestError::BearerDowngrade, bearer));
+        }
+        if policy.mode != DpopMode::AllowBearer {
+            return Err(Rejection::new(RequestError::BearerNotAllowed, bearer));
+        }
+        if !has_scopes(&at, &policy.scopes) {
+            return Err(Rejection::new(RequestError::InsufficientScope, bearer));
+        }
+        Ok(Authenticated {
+            identity: DpopIdentity {
+                subject: at.subject,
+                client_id: at.client_id,
+                jkt: None,
+                scopes: at.scopes,
+                scheme: Scheme::Bearer,
+            },
+            renew_nonce: false,
+            outcome: Outcome::AcceptedBearer,
+        })
+    }
+
+    async fn authenticate_dpop(
+        &self,
+        req: &Parts,
+        policy: &RoutePolicy,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<Authenticated, Rejection> {
+        let dpop = Some(Scheme::Dpop);
+        let reject = |e: Error| Rejection::new(e, dpop);
+        let at = self
+            .cache
+            .verify(self.tokens.as_ref(), token, now)
+            .await
+            .map_err(reject)?;
+        let jkt = at
+            .jkt
+            .clone()
+            .ok_or_else(|| Rejection::new(RequestError::TokenNotBound, dpop))?;
+        let peer: Option<IpAddr> = req.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        let htu = self
+            .settings
+            .htu
+            .htu(&req.uri, &req.headers, peer)
+            .map_err(|e| Rejection::new(e, dpop))?;
+        let verifier = if policy.require_nonce {
+            self.nonce_verifier
+                .as_ref()
+                .ok_or_else(|| reject(Error::Unreachable("nonce route without nonce verifier")))?
+        } else {
+            &self.verifier
+        };
+        let proofs = req
+            .headers
+            .get_all("dpop")
+            .iter()
+            .map(HeaderValue::as_bytes);
+        let request = ProofRequest::new(req.method.as_str(), &htu).with_access_token(token, &jkt);
+        let unrecorded = verifier.verify(proofs, &request, now).map_err(reject)?;
+        // Scope before the replay record: a refused request leaves nothing behind.
+        if !has_scopes(&at, &policy.scopes) {
+            return Err(Rejection::new(RequestError::InsufficientScope, dpop));
+        }
+        let iat_offset = i64::try_from(unrecorded.iat().as_secs()).unwrap_or(i64::MAX)
+            - i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let renew_nonce = unrecorded.should_renew_nonce();
+        let outcome = match unrecorded.record_async(&self.store, now).await {
+            Ok(_) => Outcome::Accepted,
+            Err(e @ Error::ReplayStore(_)) if self.settings.fails_open() => {
+                tracing::error!(target: "dpop::rejection", reason = e.reason().as_str(), "replay store failed; request let through because fail-open is configured");
+                Outcome::FailedOpen(e.reason())
+            }
+            Err(e) => return Err(reject(e)),
+        };
+        self.settings.events.proof_accepted(iat_offset);
+        Ok(Authenticated {
+            identity: DpopIdentity {
+                subject: at.subject,
+                client_id: at.client_id,
+                jkt: Some(jkt),
+                scopes: at.scopes,
+                scheme: Scheme::Dpop,
+            },
+            renew_nonce,
+            outcome,
+        })
+    }
+}

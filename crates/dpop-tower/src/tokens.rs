@@ -1,0 +1,553 @@
+//! Where access tokens are checked: JWTs against the issuer's keys (discovered through
+//! RFC 8414 metadata, then OpenID discovery, or a configured `jwks_uri`), or opaque
+//! tokens through RFC 7662 introspection; and the verified-token cache in front of both,
+//! so a request costs one proof signature check, not two.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use dpop_core::jwt::{self, AccessToken, JwkSet, TokenError, TokenValidation};
+use dpop_core::{Error, Jkt, UnixTime};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::events::DpopEvents;
+
+/// A boxed future, as token sources are used through `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Checks access tokens.
+pub trait TokenSource: Send + Sync + 'static {
+    /// Verifies `token` at `now`.
+    ///
+    /// # Errors
+    /// [`Error::Token`] for a bad token, [`Error::TokenSourceUnavailable`] when the
+    /// issuer cannot be reached (the request is then refused with 503).
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<AccessToken, Error>>;
+
+    /// Whether the source can check tokens now (keys loaded), for readiness probes.
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Settings for [`JwksSource`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct JwksSourceConfig {
+    /// The issuer identifier (`iss`), e.g. `https://as.example.com`.
+    pub issuer: String,
+    /// The resource's audience identifier; tokens must name it in `aud`.
+    pub audience: String,
+    /// Skip discovery and fetch keys from here. Defaults to discovery.
+    pub jwks_uri: Option<String>,
+    /// Re-fetch keys this often, to pick up rotation. Defaults to 5 minutes.
+    pub refresh_interval: Duration,
+    /// At most one fetch per this interval when tokens name an unknown `kid`. Defaults to 10 s.
+    pub min_refresh_interval: Duration,
+    /// Timeout of each HTTP request to the issuer. Defaults to 5 s.
+    pub http_timeout: Duration,
+    /// Token checks (leeway, algorithms, `typ` policy). Defaults to [`TokenValidation::new`].
+    pub validation: TokenValidation,
+}
+
+impl JwksSourceConfig {
+    /// Defaults for tokens from `issuer` for `audience`.
+    #[must_use]
+    pub fn new(issuer: &str, audience: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            jwks_uri: None,
+            refresh_interval: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_secs(10),
+            http_timeout: Duration::from_secs(5),
+            validation: TokenValidation::new(issuer, audience),
+        }
+    }
+}
+
+struct Keys {
+    set: Arc<JwkSet>,
+    fetched: Instant,
+}
+
+/// JWT access tokens verified with the issuer's published keys.
+pub struct JwksSource {
+    config: JwksSourceConfig,
+    http: reqwest::Client,
+    keys: RwLock<Option<Keys>>,
+    jwks_uri: tokio::sync::Mutex<Option<String>>,
+    last_fetch: Mutex<Option<Instant>>,
+    events: Arc<dyn DpopEvents>,
+}
+
+impl fmt::Debug for JwksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwksSource")
+            .field("issuer", &self.config.issuer)
+            .field("audience", &self.config.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    jwks_uri: Option<String>,
+}
+
+fn unavailable(what: &'static str) -> Error {
+    Error::TokenSourceUnavailable(what)
+}
+
+impl JwksSource {
+    /// A source for `config`, reporting fetches to `events`. Keys are fetched on first
+    /// use; call [`JwksSource::refresh`] at start-up to fail early.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(config: JwksSourceConfig, events: Arc<dyn DpopEvents>) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|_| unavailable("cannot build the HTTP client"))?;
+        let jwks_uri = tokio::sync::Mutex::new(config.jwks_uri.clone());
+        Ok(Self {
+            config,
+            http,
+            keys: RwLock::new(None),
+            jwks_uri,
+            last_fetch: Mutex::new(None),
+            events,
+        })
+    }
+
+    /// RFC 8414 §3: the well-known suffix goes between host and path; OpenID Connect
+    /// Discovery appends it.
+    fn discovery_urls(issuer: &str) -> Vec<String> {
+        let trimmed = issuer.trim_end_matches('/');
+        let (origin, path) = match trimmed
+            .find("://")
+            .and_then(|i| trimmed[i + 3..].find('/').map(|j| i + 3 + j))
+        {
+            Some(k) => (&trimmed[..k], &trimmed[k..]),
+            None => (trimmed, ""),
+        };
+        vec![
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{trimmed}/.well-known/openid-configuration"),
+        ]
+    }
+
+    async fn discover(&self) -> Result<String, Error> {
+        let mut guard = self.jwks_uri.lock().await;
+        if let Some(uri) = guard.as_ref() {
+            return Ok(uri.clone());
+        }
+        for url in Self::discovery_urls(&self.config.issuer) {
+            let Ok(resp) = self.http.get(&url).send().await else {
+                continue;
+            };
+            if !resp.status().is_success() {
+                continue;
+            }
+            let Ok(meta) = resp.json::<Metadata>().await else {
+                continue;
+            };
+            // RFC 8414 §3.3: the metadata must name the issuer we asked about.
+            if meta.issuer != self.config.issuer {
+                tracing::error!(target: "dpop::tokens", expected = %self.config.issuer, found = %meta.issuer, "issuer metadata names another issuer");
+                return Err(unavailable(
+                    "the issuer's metadata names a different issuer",
+                ));
+            }
+            let uri = meta
+                .jwks_uri
+                .ok_or_else(|| unavailable("the issuer's metadata has no jwks_uri"))?;
+            *guard = Some(uri.clone());
+            return Ok(uri);
+        }
+        Err(unavailable("cannot fetch the issuer's metadata"))
+    }
+
+    /// Fetches the keys now.
+    ///
+    /// # Errors
+    /// When metadata or keys cannot be fetched or parsed; the previous keys stay in use.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        *self
+            .last_fetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let result = self.fetch().await;
+        self.events.jwks_refresh(result.is_ok());
+        match result {
+            Ok(set) => {
+                tracing::info!(target: "dpop::tokens", keys = set.len(), skipped = set.skipped(), "issuer keys loaded");
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Keys {
+                    set: Arc::new(set),
+                    fetched: Instant::now(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(target: "dpop::tokens", error = %e, "cannot refresh the issuer's keys");
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<JwkSet, Error> {
+        let uri = self.discover().await?;
+        let resp = self
+            .http
+            .get(&uri)
+            .send()
+            .await
+            .map_err(|_| unavailable("cannot fetch the issuer's JWK set"))?;
+        if !resp.status().is_success() {
+            return Err(unavailable("the issuer's JWK set answered an error status"));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|_| unavailable("cannot read the issuer's JWK set"))?;
+        if body.len() > jwt::MAX_JWKS_BYTES {
+            return Err(unavailable("the issuer's JWK set is too large"));
+        }
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| unavailable("the issuer's JWK set is not UTF-8"))?;
+        JwkSet::from_json(text).map_err(|_| unavailable("the issuer's JWK set is invalid"))
+    }
+
+    fn current(&self) -> Option<(Arc<JwkSet>, Instant)> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|k| (Arc::clone(&k.set), k.fetched))
+    }
+
+    fn may_fetch_again(&self) -> bool {
+        self.last_fetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|t| t.elapsed() >= self.config.min_refresh_interval)
+    }
+
+    async fn verify_jwt(&self, token: &str, now: UnixTime) -> Result<AccessToken, Error> {
+        let keys = match self.current() {
+            Some((set, fetched)) => {
+                if fetched.elapsed() >= self.config.refresh_interval && self.may_fetch_again() {
+                    // Rotation: refresh; on failure keep using the keys we have.
+                    let _ = self.refresh().await;
+                    self.current().map_or(set, |(s, _)| s)
+                } else {
+                    set
+                }
+            }
+            None => {
+                if !self.may_fetch_again() {
+                    return Err(unavailable("the issuer's keys are not loaded"));
+                }
+                self.refresh().await?;
+                self.current()
+                    .map(|(s, _)| s)
+                    .ok_or_else(|| unavailable("the issuer's keys are not loaded"))?
+            }
+        };
+        match jwt::verify_access_token(token, &keys, &self.config.validation, now) {
+            // An unknown kid may be a new key: refresh (rate-limited) and try once more.
+            Err(TokenError::UnknownKey) if self.may_fetch_again() => {
+                if self.refresh().await.is_ok()
+                    && let Some((set, _)) = self.current()
+                {
+                    return jwt::verify_access_token(token, &set, &self.config.validation, now)
+                        .map_err(Error::Token);
+                }
+                Err(Error::Token(TokenError::UnknownKey))
+            }
+            other => other.map_err(Error::Token),
+        }
+    }
+}
+
+impl TokenSource for JwksSource {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<AccessToken, Error>> {
+        Box::pin(self.verify_jwt(token, now))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.current().is_some()
+    }
+}
+
+/// Settings for [`IntrospectionSource`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct IntrospectionConfig {
+    /// The RFC 7662 endpoint.
+    pub endpoint: String,
+    /// Client id for HTTP Basic authentication to the endpoint.
+    pub client_id: String,
+    /// Client secret (kept out of `Debug`).
+    pub client_secret: Zeroizing<String>,
+    /// If set, the response's `iss` (when present) must equal it.
+    pub issuer: Option<String>,
+    /// If set, the response's `aud` (when present) must contain it.
+    pub audience: Option<String>,
+    /// Timeout of each request. Defaults to 5 s.
+    pub http_timeout: Duration,
+}
+
+impl fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntrospectionConfig {
+    /// Introspection at `endpoint` authenticated as `client_id` / `client_secret`.
+    #[must_use]
+    pub fn new(endpoint: &str, client_id: &str, client_secret: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: Zeroizing::new(client_secret.to_owned()),
+            issuer: None,
+            audience: None,
+            http_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opaque tokens checked through RFC 7662 introspection. The binding comes from the
+/// response's `cnf.jkt` (RFC 9449 §6.2); no proof is sent to the authorization server.
+#[derive(Debug)]
+pub struct IntrospectionSource {
+    config: IntrospectionConfig,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Introspected {
+    active: bool,
+    sub: Option<String>,
+    client_id: Option<String>,
+    scope: Option<String>,
+    exp: Option<u64>,
+    iss: Option<String>,
+    aud: Option<serde_json::Value>,
+    token_type: Option<String>,
+    cnf: Option<Cnf>,
+}
+
+#[derive(Deserialize)]
+struct Cnf {
+    jkt: Option<String>,
+}
+
+impl IntrospectionSource {
+    /// A source for `config`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(config: IntrospectionConfig) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|_| unavailable("cannot build the HTTP client"))?;
+        Ok(Self { config, http })
+    }
+
+    async fn introspect(&self, token: &str, now: UnixTime) -> Result<AccessToken, Error> {
+        let resp = self
+            .http
+            .post(&self.config.endpoint)
+            .basic_auth(
+                &self.config.client_id,
+                Some(self.config.client_secret.as_str()),
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .map_err(|_| unavailable("cannot reach the introspection endpoint"))?;
+        if !resp.status().is_success() {
+            tracing::warn!(target: "dpop::tokens", status = resp.status().as_u16(), "introspection answered an error status");
+            return Err(unavailable(
+                "the introspection endpoint answered an error status",
+            ));
+        }
+        let r: Introspected = resp
+            .json()
+            .await
+            .map_err(|_| unavailable("the introspection response is not valid JSON"))?;
+        if !r.active {
+            return Err(Error::Token(TokenError::Inactive));
+        }
+        if let (Some(expected), Some(iss)) = (&self.config.issuer, &r.iss)
+            && expected != iss
+        {
+            return Err(Error::Token(TokenError::IssuerMismatch));
+        }
+        if let (Some(expected), Some(aud)) = (&self.config.audience, &r.aud) {
+            let ok = match aud {
+                serde_json::Value::String(a) => a == expected,
+                serde_json::Value::Array(list) => list.iter().any(|a| a.as_str() == Some(expected)),
+                _ => false,
+            };
+            if !ok {
+                return Err(Error::Token(TokenError::AudienceMismatch));
+            }
+        }
+        let exp = r
+            .exp
+            .map(UnixTime::from_secs)
+            .ok_or(Error::Token(TokenError::MissingClaim("exp")))?;
+        if exp <= now {
+            return Err(Error::Token(TokenError::Expired { exp, now }));
+        }
+        let jkt = match r.cnf.and_then(|c| c.jkt) {
+            Some(j) => Some(
+                Jkt::parse(&j).map_err(|_| Error::Token(TokenError::ClaimInvalid("cnf.jkt")))?,
+            ),
+            None => None,
+        };
+        // RFC 9449 §6.2: a bound token's token_type, when given, is DPoP.
+        if jkt.is_some()
+            && r.token_type
+                .as_deref()
+                .is_some_and(|t| !t.eq_ignore_ascii_case("DPoP"))
+        {
+            return Err(Error::Token(TokenError::ClaimInvalid("token_type")));
+        }
+        let scopes = r
+            .scope
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(AccessToken::new(r.sub, r.client_id, scopes, jkt, exp))
+    }
+}
+
+impl TokenSource for IntrospectionSource {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<AccessToken, Error>> {
+        Box::pin(self.introspect(token, now))
+    }
+}
+
+/// Verified tokens by SHA-256 of the token, until the earlier of `exp` and a TTL.
+/// Bounded: when full, expired entries go first, then everything (it is a cache: a miss
+/// only costs a token check).
+#[derive(Debug)]
+pub(crate) struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (AccessToken, UnixTime)>>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl TokenCache {
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        out
+    }
+
+    pub(crate) async fn verify(
+        &self,
+        source: &dyn TokenSource,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<AccessToken, Error> {
+        let key = Self::key(token);
+        if self.ttl.is_zero() {
+            return source.verify(token, now).await;
+        }
+        if let Some((t, until)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            && now < *until
+        {
+            return Ok(t.clone());
+        }
+        let verified = source.verify(token, now).await?;
+        let until = verified.expires_at.min(now.saturating_add(self.ttl));
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity {
+            entries.retain(|_, (_, u)| *u > now);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (verified.clone(), until));
+        Ok(verified)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_urls_follow_rfc8414() {
+        assert_eq!(
+            JwksSource::discovery_urls("https://as.example.com"),
+            vec![
+                "https://as.example.com/.well-known/oauth-authorization-server",
+                "https://as.example.com/.well-known/openid-configuration"
+            ]
+        );
+        assert_eq!(
+            JwksSource::discovery_urls("https://as.example.com/tenant/a"),
+            vec![
+                "https://as.example.com/.well-known/oauth-authorization-server/tenant/a",
+                "https://as.example.com/tenant/a/.well-known/openid-configuration"
+            ]
+        );
+    }
+
+    #[test]
+    fn introspection_debug_hides_the_secret() {
+        let c = IntrospectionConfig::new("https://as.example.com/introspect", "rs", "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

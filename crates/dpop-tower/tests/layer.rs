@@ -1,0 +1,873 @@
+//! The layer in-process, with a static token source and a fixed clock: every rejection
+//! path, each asserting status, `WWW-Authenticate` and `DPoP-Nonce` exactly.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dpop_core::jwt::{AccessToken, TokenError};
+use dpop_core::{
+    Algorithm, Error, FixedClock, Insert, MemoryReplayStore, NonceSecret, PrivateKey, ProofBuilder,
+    Reason, ReplayKey, ReplayStore, ReplayStoreError, StatelessNonces, SystemRandomSource,
+    UnixTime,
+};
+use dpop_tower::{
+    BoxFuture, DpopEvents, DpopIdentity, DpopLayer, DpopMode, DpopSettings, HtuSource, Outcome,
+    Route, RoutePolicy, Routes, Scheme, TokenSource,
+};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt};
+
+pub(crate) const NOW: u64 = 1_700_000_000;
+const ORIGIN: &str = "https://api.example.com";
+const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
+
+/// Tokens the test knows, with a call counter (to see the cache work).
+#[derive(Default)]
+struct StaticTokens {
+    tokens: HashMap<String, AccessToken>,
+    calls: AtomicUsize,
+    down: bool,
+}
+
+impl TokenSource for StaticTokens {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+        _now: UnixTime,
+    ) -> BoxFuture<'a, Result<AccessToken, Error>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let r = if self.down {
+            Err(Error::TokenSourceUnavailable("test: issuer down"))
+        } else {
+            self.tokens
+                .get(token)
+                .cloned()
+                .ok_or(Error::Token(TokenError::SignatureInvalid))
+        };
+        Box::pin(async move { r })
+    }
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<Outcome>>, AtomicUsize, Mutex<Vec<i64>>);
+
+impl DpopEvents for Events {
+    fn outcome(&self, outcome: Outcome, _elapsed: Duration) {
+        self.0.lock().unwrap().push(outcome);
+    }
+    fn nonce_challenge(&self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+    fn proof_accepted(&self, iat_offset_secs: i64) {
+        self.2.lock().unwrap().push(iat_offset_secs);
+    }
+}
+
+struct Down;
+impl ReplayStore for Down {
+    fn insert_if_absent(
+        &self,
+        _: &ReplayKey,
+        _: UnixTime,
+        _: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        Err(ReplayStoreError::Timeout)
+    }
+}
+
+struct Fixture {
+    key: PrivateKey,
+    other_key: PrivateKey,
+    tokens: Arc<StaticTokens>,
+    events: Arc<Events>,
+    nonces: Arc<StatelessNonces>,
+}
+
+const BOUND: &str = "bound-token";
+const UNBOUND: &str = "bearer-token";
+const ADMIN: &str = "admin-token";
+
+fn fixture_with(down: bool) -> Fixture {
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let other_key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let exp = UnixTime::from_secs(NOW + 600);
+    let mut tokens = HashMap::new();
+    let jkt = Some(key.thumbprint().clone());
+    tokens.insert(
+        BOUND.to_owned(),
+        AccessToken::new(
+            Some("svc-a".into()),
+            Some("ci".into()),
+            vec!["read".into()],
+            jkt.clone(),
+            exp,
+        ),
+    );
+    tokens.insert(
+        ADMIN.to_owned(),
+        AccessToken::new(
+            Some("svc-a".into()),
+            Some("ci".into()),
+            vec!["read".into(), "admin".into()],
+            jkt,
+            exp,
+        ),
+    );
+    tokens.insert(
+        UNBOUND.to_owned(),
+        AccessToken::new(Some("legacy".into()), None, vec!["read".into()], None, exp),
+    );
+    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(1, &[9; 32]).unwrap()));
+    Fixture {
+        key,
+        other_key,
+        tokens: Arc::new(StaticTokens {
+            tokens,
+            calls: AtomicUsize::new(0),
+            down,
+        }),
+        events: Arc::default(),
+        nonces,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(false)
+}
+
+fn routes() -> Routes {
+    Routes::new(RoutePolicy::new(DpopMode::Required))
+        .route(Route::new(
+            "/nonce",
+            RoutePolicy::new(DpopMode::Required).with_nonce(true),
+        ))
+        .route(Route::new(
+            "/legacy",
+            RoutePolicy::new(DpopMode::AllowBearer),
+        ))
+        .route(Route::new(
+            "/admin",
+            RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
+        ))
+        .route(Route::new(
+            "/shadow",
+            RoutePolicy::new(DpopMode::ReportOnly),
+        ))
+        .route(Route::new("/public", RoutePolicy::new(DpopMode::Off)))
+}
+
+fn settings(f: &Fixture) -> DpopSettings {
+    let mut s = DpopSettings::new(HtuSource::PublicUrl(ORIGIN.into()));
+    s.routes = routes();
+    s.nonces = Some(f.nonces.clone());
+    s.clock = Arc::new(FixedClock(UnixTime::from_secs(NOW)));
+    s.events = f.events.clone();
+    s
+}
+
+/// The inner service: answers 200 with the identity's subject and scheme.
+async fn app(req: Request<String>) -> Result<Response<String>, Infallible> {
+    let body = match req.extensions().get::<DpopIdentity>() {
+        Some(id) => format!("{}:{:?}", id.subject.clone().unwrap_or_default(), id.scheme),
+        None => "anonymous".into(),
+    };
+    Ok(Response::new(body))
+}
+
+/// Lets one fixture pick memory or a failing store.
+trait ErasedStore: Send + Sync {
+    fn insert(
+        &self,
+        key: &ReplayKey,
+        exp: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError>;
+}
+impl<T: ReplayStore> ErasedStore for T {
+    fn insert(
+        &self,
+        key: &ReplayKey,
+        exp: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        self.insert_if_absent(key, exp, now)
+    }
+}
+struct Store(Arc<dyn ErasedStore>);
+impl ReplayStore for Store {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        exp: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        self.0.insert(key, exp, now)
+    }
+}
+
+type AppFuture = Pin<Box<dyn Future<Output = Result<Response<String>, Infallible>> + Send>>;
+type AppFn = fn(Request<String>) -> AppFuture;
+
+fn boxed_app(req: Request<String>) -> AppFuture {
+    Box::pin(app(req))
+}
+
+struct Harness {
+    svc: dpop_tower::DpopService<tower::util::ServiceFn<AppFn>, Store>,
+}
+
+fn harness_with(f: &Fixture, s: DpopSettings, store: Arc<dyn ErasedStore>) -> Harness {
+    let layer = DpopLayer::new(s, f.tokens.clone(), Store(store)).unwrap();
+    Harness {
+        svc: layer.layer(tower::service_fn(boxed_app as AppFn)),
+    }
+}
+
+fn harness(f: &Fixture) -> Harness {
+    harness_with(
+        f,
+        settings(f),
+        Arc::new(MemoryReplayStore::with_capacity(10_000)),
+    )
+}
+
+impl Harness {
+    async fn send(&mut self, req: Request<String>) -> Response<String> {
+        self.svc.ready().await.unwrap().call(req).await.unwrap()
+    }
+}
+
+fn proof(method: &str, path: &str, token: Option<&str>) -> ProofBuilder {
+    let b = ProofBuilder::new(method, &format!("{ORIGIN}{path}")).unwrap();
+    match token {
+        Some(t) => b.access_token(t),
+        None => b,
+    }
+}
+
+fn sign(b: &ProofBuilder, key: &PrivateKey) -> String {
+    b.sign(key, &SystemRandomSource, UnixTime::from_secs(NOW))
+        .unwrap()
+}
+
+fn request(method: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "internal:8080")
+}
+
+/// A correct DPoP request for `path` with `token`, signed by `key`.
+fn dpop_request(key: &PrivateKey, method: &str, path: &str, token: &str) -> Request<String> {
+    let p = sign(&proof(method, path, Some(token)), key);
+    request(method, path)
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", p)
+        .body(String::new())
+        .unwrap()
+}
+
+fn www(r: &Response<String>) -> String {
+    r.headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+fn nonce(r: &Response<String>) -> Option<String> {
+    r.headers()
+        .get("dpop-nonce")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+fn last_outcome(f: &Fixture) -> Outcome {
+    *f.events.0.lock().unwrap().last().unwrap()
+}
+
+#[tokio::test]
+async fn valid_request_passes_with_identity() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items?page=2", BOUND))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), "svc-a:Dpop");
+    assert!(www(&r).is_empty() && nonce(&r).is_none());
+    assert_eq!(last_outcome(&f), Outcome::Accepted);
+    assert_eq!(
+        f.events.2.lock().unwrap().as_slice(),
+        &[0],
+        "iat offset is recorded"
+    );
+    // Lower-case scheme, extra spaces after it.
+    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
+    let req = request("GET", "/v1/items")
+        .header("authorization", format!("dpop   {BOUND}"))
+        .header("dpop", p)
+        .body(String::new())
+        .unwrap();
+    assert_eq!(h.send(req).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_service_sees_the_identity_as_an_extension() {
+    let f = fixture();
+    let layer = DpopLayer::new(
+        settings(&f),
+        f.tokens.clone(),
+        MemoryReplayStore::with_capacity(100),
+    )
+    .unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let seen2 = seen.clone();
+    let inner = tower::service_fn(move |req: Request<String>| {
+        let seen = seen2.clone();
+        async move {
+            *seen.lock().unwrap() = req.extensions().get::<DpopIdentity>().cloned();
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }
+    });
+    let mut svc = layer.layer(inner);
+    let r = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(dpop_request(&f.key, "POST", "/v1/items", BOUND))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(id.subject.as_deref(), Some("svc-a"));
+    assert_eq!(id.client_id.as_deref(), Some("ci"));
+    assert_eq!(id.jkt.as_ref(), Some(f.key.thumbprint()));
+    assert_eq!(id.scopes, vec!["read"]);
+    assert_eq!(id.scheme, Scheme::Dpop);
+}
+
+#[tokio::test]
+async fn no_credentials() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let r = h
+        .send(request("GET", "/v1/items").body(String::new()).unwrap())
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        www(&r),
+        format!("DPoP {ALGS}"),
+        "no error info without credentials (Fig. 15)"
+    );
+    assert!(r.body().is_empty());
+    // A route that allows Bearer also offers a Bearer challenge (Fig. 17).
+    let r = h
+        .send(request("GET", "/legacy/x").body(String::new()).unwrap())
+        .await;
+    assert_eq!(www(&r), format!("Bearer, DPoP {ALGS}"));
+    // An unsupported scheme counts as no credentials.
+    let r = h
+        .send(
+            request("GET", "/v1/items")
+                .header("authorization", "Basic dXNlcjpwdw==")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (r.status().as_u16(), www(&r)),
+        (401, format!("DPoP {ALGS}"))
+    );
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::Rejected(Reason::CredentialsMissing)
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_multiple_authorization() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
+    let two = request("GET", "/v1/items")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("authorization", format!("Bearer {BOUND}"))
+        .header("dpop", p)
+        .body(String::new())
+        .unwrap();
+    let r = h.send(two).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="invalid_request", error_description="Multiple methods used to include access token", {ALGS}"#
+        )
+    );
+    // On a route allowing Bearer the error goes into both challenges (Fig. 19).
+    let two = request("GET", "/legacy/x")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("authorization", format!("Bearer {BOUND}"))
+        .body(String::new())
+        .unwrap();
+    let r = h.send(two).await;
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"Bearer error="invalid_request", error_description="Multiple methods used to include access token", DPoP error="invalid_request", error_description="Multiple methods used to include access token", {ALGS}"#
+        )
+    );
+    for bad in ["DPoP", "DPoP a b", "DPoP a\"b"] {
+        let r = h
+            .send(
+                request("GET", "/v1/items")
+                    .header("authorization", bad)
+                    .body(String::new())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(
+            www(&r).contains(r#"error="invalid_request""#),
+            "{bad}: {}",
+            www(&r)
+        );
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let bearer = |path: &str, token: &str| {
+        request("GET", path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(String::new())
+            .unwrap()
+    };
+    // A DPoP-bound token as Bearer: refused everywhere (RFC 9449 §7.2).
+    let r = h.send(bearer("/v1/items", BOUND)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="invalid_token", error_description="DPoP-bound access token presented as a Bearer token", {ALGS}"#
+        )
+    );
+    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::BearerDowngrade));
+    let r = h.send(bearer("/legacy/x", BOUND)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"Bearer error="invalid_token", error_description="DPoP-bound access token presented as a Bearer token", DPoP {ALGS}"#
+        ),
+        "the error goes in the Bearer challenge (Fig. 18)"
+    );
+    // An unbound token: refused where DPoP is required, accepted where Bearer is allowed.
+    let r = h.send(bearer("/v1/items", UNBOUND)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::Rejected(Reason::BearerNotAllowed)
+    );
+    let r = h.send(bearer("/legacy/x", UNBOUND)).await;
+    assert_eq!(
+        (r.status().as_u16(), r.body().as_str()),
+        (200, "legacy:Bearer")
+    );
+    assert_eq!(last_outcome(&f), Outcome::AcceptedBearer);
+    // An unknown token as Bearer.
+    let r = h.send(bearer("/legacy/x", "nope")).await;
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"Bearer error="invalid_token", error_description="Invalid access token", DPoP {ALGS}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn token_problems() {
+    let f = fixture();
+    let mut h = harness(&f);
+    // DPoP scheme with a token that is not bound to a key.
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items", UNBOUND))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="invalid_token", error_description="A DPoP-bound access token is required", {ALGS}"#
+        )
+    );
+    // An unknown token.
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items", "forged"))
+        .await;
+    assert_eq!(
+        www(&r),
+        format!(r#"DPoP error="invalid_token", error_description="Invalid access token", {ALGS}"#)
+    );
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::Rejected(Reason::TokenSignatureInvalid)
+    );
+    // Proof signed by another key: the binding fails (Fig. 16).
+    let r = h
+        .send(dpop_request(&f.other_key, "GET", "/v1/items", BOUND))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="invalid_token", error_description="Invalid DPoP key binding", {ALGS}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn proof_problems() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let invalid = |desc: &str| {
+        format!(r#"DPoP error="invalid_dpop_proof", error_description="{desc}", {ALGS}"#)
+    };
+    // No DPoP header.
+    let r = h
+        .send(
+            request("GET", "/v1/items")
+                .header("authorization", format!("DPoP {BOUND}"))
+                .body(String::new())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (r.status().as_u16(), www(&r)),
+        (401, invalid("DPoP proof required"))
+    );
+    // Two DPoP headers: invalid_request, 400.
+    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
+    let req = request("GET", "/v1/items")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", &p)
+        .header("dpop", &p)
+        .body(String::new())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status(), 400);
+    assert!(www(&r).starts_with(r#"DPoP error="invalid_request""#));
+    // Proof for another URL, another method, another token.
+    let other_path = sign(&proof("GET", "/v1/other", Some(BOUND)), &f.key);
+    let req = request("GET", "/v1/items")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", other_path)
+        .body(String::new())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(
+        (r.status().as_u16(), www(&r)),
+        (
+            401,
+            invalid("DPoP proof does not match the request method and URI")
+        )
+    );
+    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::HtuMismatch));
+    let r = h
+        .send(dpop_request_with_proof(
+            &f,
+            "DELETE",
+            "/v1/items",
+            BOUND,
+            "GET",
+        ))
+        .await;
+    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::HtmMismatch));
+    assert_eq!(r.status(), 401);
+    let wrong_ath = sign(&proof("GET", "/v1/items", Some(ADMIN)), &f.key);
+    let req = request("GET", "/v1/items")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", wrong_ath)
+        .body(String::new())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(
+        www(&r),
+        invalid("DPoP proof ath does not match the access token")
+    );
+    // Garbage proof.
+    let req = request("GET", "/v1/items")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", "not.a.proof")
+        .body(String::new())
+        .unwrap();
+    assert_eq!(www(&h.send(req).await), invalid("Invalid DPoP proof"));
+    // Old proof.
+    let old = proof("GET", "/v1/items", Some(BOUND))
+        .sign(&f.key, &SystemRandomSource, UnixTime::from_secs(NOW - 61))
+        .unwrap();
+    let req = request("GET", "/v1/items")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", old)
+        .body(String::new())
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(
+        www(&r),
+        invalid("DPoP proof iat is outside the acceptance window")
+    );
+    // Replay.
+    let req = dpop_request(&f.key, "GET", "/v1/items", BOUND);
+    let copy = clone_request(&req);
+    assert_eq!(h.send(req).await.status(), 200);
+    let r = h.send(copy).await;
+    assert_eq!(
+        (r.status().as_u16(), www(&r)),
+        (401, invalid("DPoP proof was already used"))
+    );
+    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::Replay));
+}
+
+fn dpop_request_with_proof(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    token: &str,
+    proof_method: &str,
+) -> Request<String> {
+    let p = sign(&proof(proof_method, path, Some(token)), &f.key);
+    request(method, path)
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", p)
+        .body(String::new())
+        .unwrap()
+}
+
+fn clone_request(r: &Request<String>) -> Request<String> {
+    let mut b = Request::builder().method(r.method()).uri(r.uri());
+    for (k, v) in r.headers() {
+        b = b.header(k, v);
+    }
+    b.body(String::new()).unwrap()
+}
+
+#[tokio::test]
+async fn nonces() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let r = h.send(dpop_request(&f.key, "GET", "/nonce/x", BOUND)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="use_dpop_nonce", error_description="Server requires nonce in DPoP proof", {ALGS}"#
+        )
+    );
+    let issued = nonce(&r).expect("DPoP-Nonce on use_dpop_nonce");
+    assert_eq!(r.headers().get("cache-control").unwrap(), "no-store");
+    assert_eq!(f.events.1.load(Ordering::SeqCst), 1);
+    // Retry with the nonce: accepted, no new nonce needed.
+    let with_nonce = |n: &str| {
+        let p = sign(
+            &proof("GET", "/nonce/x", Some(BOUND)).nonce(n).unwrap(),
+            &f.key,
+        );
+        request("GET", "/nonce/x")
+            .header("authorization", format!("DPoP {BOUND}"))
+            .header("dpop", p)
+            .body(String::new())
+            .unwrap()
+    };
+    let r = h.send(with_nonce(&issued)).await;
+    assert_eq!(r.status(), 200);
+    assert!(nonce(&r).is_none());
+    // A nonce from the previous step still works and the response hands out the next one.
+    let previous =
+        dpop_core::NonceValidator::issue(f.nonces.as_ref(), UnixTime::from_secs(NOW - 60)).unwrap();
+    let r = h.send(with_nonce(&previous)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        nonce(&r).as_deref(),
+        Some(issued.as_str()),
+        "next nonce on success (RFC 9449 §8.2)"
+    );
+    // A nonce that is not ours.
+    let r = h.send(with_nonce("not-our-nonce")).await;
+    assert_eq!(r.status(), 401);
+    assert!(www(&r).starts_with(r#"DPoP error="use_dpop_nonce""#));
+    assert_eq!(nonce(&r).as_deref(), Some(issued.as_str()));
+    // Routes without nonces ignore them.
+    assert_eq!(
+        h.send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn scopes() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/admin/users", BOUND))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="insufficient_scope", error_description="The access token lacks a required scope", {ALGS}, scope="admin""#
+        )
+    );
+    // The refused proof was not recorded: the same proof with the right token would pass
+    // (it cannot, since ath differs), and the admin token passes.
+    assert_eq!(
+        h.send(dpop_request(&f.key, "GET", "/admin/users", ADMIN))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn report_only_and_off_routes_forward() {
+    let f = fixture();
+    let mut h = harness(&f);
+    let r = h
+        .send(request("GET", "/shadow/x").body(String::new()).unwrap())
+        .await;
+    assert_eq!((r.status().as_u16(), r.body().as_str()), (200, "anonymous"));
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::WouldReject(Reason::CredentialsMissing)
+    );
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/shadow/x", BOUND))
+        .await;
+    assert_eq!(
+        r.body(),
+        "svc-a:Dpop",
+        "valid requests still get an identity"
+    );
+    let before = f.events.0.lock().unwrap().len();
+    let r = h
+        .send(request("GET", "/public/x").body(String::new()).unwrap())
+        .await;
+    assert_eq!((r.status().as_u16(), r.body().as_str()), (200, "anonymous"));
+    assert_eq!(
+        f.events.0.lock().unwrap().len(),
+        before,
+        "off routes are not even counted"
+    );
+}
+
+#[tokio::test]
+async fn failures_of_dependencies_are_503() {
+    // Replay store down: refused, not accepted.
+    let f = fixture();
+    let mut h = harness_with(&f, settings(&f), Arc::new(Down));
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(www(&r).is_empty());
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::Rejected(Reason::ReplayStoreUnavailable)
+    );
+    // With the explicit, dangerous fail-open setting, it passes and is counted as such.
+    let mut s = settings(&f);
+    s.dangerous_fail_open_on_replay_store_errors();
+    let mut h = harness_with(&f, s, Arc::new(Down));
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::FailedOpen(Reason::ReplayStoreUnavailable)
+    );
+    // Token source down.
+    let f = fixture_with(true);
+    let mut h = harness(&f);
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::Rejected(Reason::TokenSourceUnavailable)
+    );
+    // No clock.
+    struct NoClock;
+    impl dpop_core::Clock for NoClock {
+        fn now(&self) -> Option<UnixTime> {
+            None
+        }
+    }
+    let f = fixture();
+    let mut s = settings(&f);
+    s.clock = Arc::new(NoClock);
+    let mut h = harness_with(&f, s, Arc::new(MemoryReplayStore::with_capacity(10)));
+    assert_eq!(
+        h.send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+            .await
+            .status(),
+        503
+    );
+}
+
+#[tokio::test]
+async fn verified_tokens_are_cached() {
+    let f = fixture();
+    let mut h = harness(&f);
+    for _ in 0..5 {
+        assert_eq!(
+            h.send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        f.tokens.calls.load(Ordering::SeqCst),
+        1,
+        "one token check for five requests"
+    );
+    // With the cache off, every request checks the token.
+    let f = fixture();
+    let mut s = settings(&f);
+    s.token_cache_ttl = Duration::ZERO;
+    let mut h = harness_with(&f, s, Arc::new(MemoryReplayStore::with_capacity(100)));
+    for _ in 0..3 {
+        assert_eq!(
+            h.send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(f.tokens.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn configuration_is_checked_at_start() {
+    let f = fixture();
+    let mut s = settings(&f);
+    s.nonces = None;
+    assert!(matches!(
+        DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1)),
+        Err(dpop_tower::ConfigError::NoncesNotConfigured)
+    ));
+    let mut s = settings(&f);
+    s.htu = HtuSource::PublicUrl("ftp://x".into());
+    assert!(matches!(
+        DpopLayer::new(s, f.tokens, MemoryReplayStore::with_capacity(1)),
+        Err(dpop_tower::ConfigError::BadPublicUrl(_))
+    ));
+}

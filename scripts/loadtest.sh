@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Load test of the DPoP gateway, on loopback, in one run (method: docs/benchmarks.md).
+#
+# Rows, each --connections $CONNECTIONS --duration $DURATION after a $WARMUP s warmup:
+#   1. upstream direct            dpop-loadgen run -> dpop-loadgen upstream
+#   1b. generator overhead        the same with --dpop (the upstream ignores the
+#                                 headers: this is what signing-free proof sending costs)
+#   2. gateway, plain proxy       a route with DPoP off
+#   3. gateway, DPoP, memory      the in-process replay store
+#   4. gateway, DPoP, Redis       --replay-store redis://...
+# Rows 2-4 are skipped while `dpop gateway` does not exist; row 4 when no Redis is found.
+#
+# Prints a markdown table with the ratios against their targets on stdout; progress
+# goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),
+# BASE_PORT (18400, first port tried), STRICT=1 to exit 1 when a target is missed,
+# DPOP_BIN (target/release/dpop) to measure another build of the gateway.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+STRICT=${STRICT:-0}
+AUD="https://api.example.com"
+BIN=target/release
+LOADGEN=$BIN/dpop-loadgen
+DPOP=${DPOP_BIN:-$BIN/dpop}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+log "building release binaries"
+cargo build --release -p dpop-test -p dpop-cli --locked >&2
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpop-loadtest.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- ports and processes ---------------------------------------------------------
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+NEXT_PORT=${BASE_PORT:-18400}
+# alloc_port VAR: sets VAR to the next port nothing listens on.
+alloc_port() {
+    while port_in_use "$NEXT_PORT"; do
+        NEXT_PORT=$((NEXT_PORT + 1))
+    done
+    printf -v "$1" '%s' "$NEXT_PORT"
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log; sets LAST_PID.
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_port PORT PID NAME: waits up to 15 s for PORT to listen while PID is alive.
+wait_port() {
+    local port=$1 pid=$2 name=$3 i
+    for ((i = 0; i < 150; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited at startup; its output:"
+            tail -n 40 "$WORK/$name.log" >&2
+            return 1
+        fi
+        if port_in_use "$port"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "$name is not listening on port $port after 15 s; its output:"
+    tail -n 40 "$WORK/$name.log" >&2
+    return 1
+}
+
+# stop PID: SIGTERM, then wait for it.
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+redis_ping() {
+    # The inner script expands its own "$1", passed as an argument.
+    # shellcheck disable=SC2016
+    timeout 3 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "PING\r\n" >&3
+        read -r -t 2 line <&3 || exit 1
+        [[ $line == +PONG* ]]' _ "$1" 2>/dev/null
+}
+
+# --- measurements ------------------------------------------------------------------
+
+declare -A RPS P50 P99 NON2XX ERRORS SECS
+ROWS=()
+
+json_num() { sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" <<<"$1"; }
+
+# measure KEY LABEL URL [run flags...]: one loadgen run; records its figures under KEY.
+measure() {
+    local key=$1 label=$2 url=$3 out
+    shift 3
+    log "measuring: $label"
+    ROWS+=("$key|$label")
+    if out=$("$LOADGEN" run --url "$url" --connections "$CONNECTIONS" \
+        --duration "$DURATION" --warmup "$WARMUP" --label "$label" "$@"); then
+        RPS[$key]=$(json_num "$out" rps)
+        P50[$key]=$(json_num "$out" p50_ms)
+        P99[$key]=$(json_num "$out" p99_ms)
+        NON2XX[$key]=$(json_num "$out" non_2xx)
+        ERRORS[$key]=$(json_num "$out" errors)
+        SECS[$key]=$(json_num "$out" seconds)
+        if [[ $out == *'"proofs_exhausted":true'* ]]; then
+            # The figures stay valid, over the shorter window the table shows.
+            log "$label: the pre-generated proofs ran out after ${SECS[$key]} s"
+            SECS[$key]="${SECS[$key]} (proofs ran out)"
+        fi
+    else
+        log "$label: the load generator failed"
+    fi
+}
+
+skip() {
+    ROWS+=("$1|$2")
+    RPS[$1]="skipped: $3"
+}
+
+DPOP_FLAGS=(--dpop --key "$WORK/client.pem" --token "$WORK/token")
+
+alloc_port UPSTREAM_PORT
+start upstream "$LOADGEN" upstream --listen "127.0.0.1:$UPSTREAM_PORT"
+wait_port "$UPSTREAM_PORT" "$LAST_PID" upstream
+UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT"
+
+alloc_port ISSUER_PORT
+start issuer "$LOADGEN" issuer --listen "127.0.0.1:$ISSUER_PORT" --aud "$AUD" \
+    --token-out "$WORK/token" --key-out "$WORK/client.pem" --lifetime 3600
+wait_port "$ISSUER_PORT" "$LAST_PID" issuer
+for ((i = 0; i < 100; i++)); do
+    [[ -s $WORK/token ]] && break
+    sleep 0.1
+done
+[[ -s $WORK/token ]] || { log "the issuer wrote no token"; exit 1; }
+ISSUER_URL="http://127.0.0.1:$ISSUER_PORT"
+
+measure upstream "upstream direct" "$UPSTREAM_URL/bench"
+measure overhead "upstream direct + DPoP headers (generator overhead)" \
+    "$UPSTREAM_URL/bench" "${DPOP_FLAGS[@]}"
+
+# Redis: reuse one on the default port, else start a private one, else skip row 4.
+REDIS_URL=""
+if redis_ping 6379; then
+    REDIS_URL="redis://127.0.0.1:6379"
+    log "using the Redis already on 127.0.0.1:6379"
+elif command -v redis-server >/dev/null; then
+    alloc_port REDIS_PORT
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+        --appendonly no --daemonize no --dir "$WORK"
+    wait_port "$REDIS_PORT" "$LAST_PID" redis
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    log "started redis-server on 127.0.0.1:$REDIS_PORT"
+fi
+
+# gateway_row KEY LABEL GATEWAY-ARGS... -- RUN-FLAGS...
+gateway_row() {
+    local key=$1 label=$2 port args=() flags=()
+    shift 2
+    while (($#)) && [[ $1 != -- ]]; do
+        args+=("$1")
+        shift
+    done
+    (($#)) && shift
+    flags=("$@")
+    port=$GATEWAY_PORT
+    start "gateway-$key" "$DPOP" gateway "${args[@]}"
+    local pid=$LAST_PID
+    if wait_port "$port" "$pid" "gateway-$key"; then
+        measure "$key" "$label" "http://127.0.0.1:$port/bench" "${flags[@]}"
+        if [[ ${NON2XX[$key]:-0} != 0 ]]; then
+            log "$label: ${NON2XX[$key]} non-2xx answers; the gateway's last lines:"
+            tail -n 20 "$WORK/gateway-$key.log" >&2
+        fi
+    else
+        skip "$key" "$label" "the gateway did not start (see above)"
+    fi
+    stop "$pid"
+}
+
+if ! "$DPOP" gateway --help >/dev/null 2>&1; then
+    log "\`dpop gateway\` does not exist yet: skipping the gateway rows"
+    for row in "plain|gateway, plain proxy (DPoP off)" "memory|gateway, DPoP, memory replay store" \
+        "redis|gateway, DPoP, Redis replay store"; do
+        skip "${row%%|*}" "${row#*|}" "no \`dpop gateway\` yet"
+    done
+else
+    # ---- THE ONE PLACE TO ADJUST when the gateway's config schema settles ----------
+    # Row 2 needs a route with DPoP off, which only the config file can say. This is
+    # the shape agreed before the schema existed; change it here if the schema differs.
+    alloc_port GATEWAY_PORT
+    cat >"$WORK/plain.toml" <<EOF
+listen = "127.0.0.1:$GATEWAY_PORT"
+upstream = "$UPSTREAM_URL"
+issuer = "$ISSUER_URL"
+audience = "$AUD"
+[[routes]]
+path_prefix = "/"
+dpop = "off"
+EOF
+    # ---------------------------------------------------------------------------------
+    gateway_row plain "gateway, plain proxy (DPoP off)" --config "$WORK/plain.toml" --
+
+    GATEWAY_FLAGS=(--upstream "$UPSTREAM_URL" --issuer "$ISSUER_URL" --audience "$AUD")
+    alloc_port GATEWAY_PORT
+    gateway_row memory "gateway, DPoP, memory replay store" \
+        --listen "127.0.0.1:$GATEWAY_PORT" "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
+
+    if [[ -n $REDIS_URL ]]; then
+        alloc_port GATEWAY_PORT
+        gateway_row redis "gateway, DPoP, Redis replay store" \
+            --listen "127.0.0.1:$GATEWAY_PORT" "${GATEWAY_FLAGS[@]}" \
+            --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
+    else
+        log "no Redis on 127.0.0.1:6379 and no redis-server on PATH: skipping the Redis row"
+        skip redis "gateway, DPoP, Redis replay store" "no Redis available"
+    fi
+fi
+
+# --- report ------------------------------------------------------------------------
+
+is_number() { [[ ${1:-} =~ ^[0-9.]+$ ]]; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+below() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+
+MISSED=0
+# check NAME VALUE TARGET TEST...: one row of the checks table; TEST decides met/missed.
+check() {
+    local name=$1 value=$2 target=$3 result="met"
+    shift 3
+    if ! "$@"; then
+        result="**missed**"
+        MISSED=1
+    fi
+    echo "| $name | $value | $target | $result |"
+}
+
+echo
+echo "### Load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "Machine: $(nproc) cores, Linux $(uname -r); $CONNECTIONS connections, ${DURATION} s per row after a ${WARMUP} s warmup, loopback."
+echo
+echo "| row | requests/s | p50 ms | p99 ms | non-2xx | errors | seconds |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for row in "${ROWS[@]}"; do
+    key=${row%%|*}
+    label=${row#*|}
+    if is_number "${RPS[$key]:-}"; then
+        printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$label" "${RPS[$key]}" \
+            "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${ERRORS[$key]}" "${SECS[$key]}"
+    else
+        printf '| %s | %s | | | | | |\n' "$label" "${RPS[$key]:-failed}"
+    fi
+done
+echo
+echo "| check | value | target | |"
+echo "|---|---:|---:|---|"
+if is_number "${RPS[memory]:-}" && is_number "${RPS[plain]:-}"; then
+    r=$(ratio "${RPS[memory]}" "${RPS[plain]}")
+    check "DPoP (memory store) vs plain proxy" "${r}x" ">= 0.40x" at_least "$r" 0.40
+else
+    echo "| DPoP (memory store) vs plain proxy | n/a | >= 0.40x | |"
+fi
+if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}"; then
+    r=$(ratio "${RPS[redis]}" "${RPS[memory]}")
+    check "Redis vs memory replay store" "${r}x" ">= 0.90x" at_least "$r" 0.90
+else
+    echo "| Redis vs memory replay store | n/a | >= 0.90x | |"
+fi
+for key in plain memory redis; do
+    if is_number "${P99[$key]:-}"; then
+        check "p99, gateway row \"$key\"" "${P99[$key]} ms" "< 5 ms" below "${P99[$key]}" 5
+    fi
+done
+if is_number "${RPS[overhead]:-}" && is_number "${RPS[upstream]:-}"; then
+    echo "| generator with DPoP headers vs without (upstream direct) | $(ratio "${RPS[overhead]}" "${RPS[upstream]}")x | (information) | |"
+fi
+
+if [[ $STRICT == 1 && $MISSED == 1 ]]; then
+    exit 1
+fi
