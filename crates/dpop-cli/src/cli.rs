@@ -59,6 +59,14 @@ pub(crate) enum Command {
     /// --access-token, --jkt, --nonce) are reported as skipped.
     /// Exits 0 when the proof is valid, 1 when it is not.
     Inspect(InspectArgs),
+    /// Run the DPoP gateway: a reverse proxy that enforces DPoP in front of an API
+    ///
+    /// The simple case needs only --listen, --upstream, --issuer and --audience; use
+    /// --config FILE (TOML, see examples/gateway.toml) for routes, trusted proxies,
+    /// introspection, limits and more. Flags override the file. Runs until SIGTERM or
+    /// Ctrl-C, then drains in-flight requests. Exits 2 on a configuration error, 1 when
+    /// it cannot start (listener, Redis).
+    Gateway(dpop_gateway::GatewayArgs),
     /// Walk through DPoP step by step: a bound token, a proof, and attacks refused
     ///
     /// Self-contained: no files, no network. Exits 0 only if every step behaves as

@@ -33,5 +33,4 @@ pub struct DpopIdentity {
 /// The TCP peer of the request. Servers insert it as a request extension so the layer can
 /// decide whether forwarding headers come from a trusted proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PeerAddr(pub SocketAddr);

@@ -1,0 +1,672 @@
+//! Gateway configuration: a TOML file and command-line flags are read into a raw,
+//! syntax-only form, merged (flags win), then validated once into [`GatewayConfig`]
+//! so that a bad setting stops the gateway at start-up, never a request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use dpop_core::{Algorithm, Htu, NonceSecret, StatelessNonces};
+use dpop_tower::{DpopMode, Route, RoutePolicy, Routes};
+use http::Method;
+use ipnet::IpNet;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::error::GatewayError;
+
+/// The simple case by flags; `--config FILE` for everything else (flags override the file).
+#[derive(Clone, Debug, Default, clap::Args)]
+#[non_exhaustive]
+pub struct GatewayArgs {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The API to protect, e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// The authorization server (token issuer) URL; its keys are discovered from it.
+    #[arg(long, value_name = "ISSUER_URL")]
+    pub issuer: Option<String>,
+    /// The audience access tokens must be issued for (this API's identifier).
+    #[arg(long, value_name = "AUD")]
+    pub audience: Option<String>,
+    /// The external origin and path prefix clients use, when TLS is terminated in front
+    /// or paths are rewritten, e.g. https://api.example.com/orders.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Require a server nonce in every proof (set DPOP_NONCE_SECRET, base64url of 32+
+    /// bytes, to share nonces between instances).
+    #[arg(long)]
+    pub require_nonce: bool,
+    /// Replay store shared by instances, e.g. redis://127.0.0.1:6379 (default: in memory).
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub replay_store: Option<String>,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// TOML configuration file (see examples/gateway.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    upstream: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_uri: Option<String>,
+    public_url: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    admin_listen: Option<SocketAddr>,
+    replay_store: Option<String>,
+    algorithms: Option<Vec<String>>,
+    realm: Option<String>,
+    log_format: Option<String>,
+    #[serde(default)]
+    proof: RawProof,
+    #[serde(default)]
+    nonce: RawNonce,
+    introspection: Option<RawIntrospection>,
+    #[serde(default)]
+    replay: RawReplay,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    forward: RawForward,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProof {
+    max_age_secs: Option<u64>,
+    future_leeway_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNonce {
+    require: Option<bool>,
+    secrets: Option<Vec<String>>,
+    secrets_file: Option<PathBuf>,
+    step_secs: Option<u64>,
+    max_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    endpoint: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplay {
+    redis_timeout_ms: Option<u64>,
+    memory_capacity: Option<usize>,
+    dangerous_fail_open: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_header_bytes: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    upstream_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    drain_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    strip_authorization: Option<bool>,
+    strip_dpop: Option<bool>,
+    subject_header: Option<String>,
+    client_id_header: Option<String>,
+    jkt_header: Option<String>,
+    scopes_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: String,
+    methods: Option<Vec<String>>,
+    dpop: Option<String>,
+    nonce: Option<bool>,
+    scopes: Option<Vec<String>>,
+}
+
+/// Where proofs are recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayStoreConfig {
+    /// This process only (one instance).
+    Memory {
+        /// Most live entries.
+        capacity: usize,
+    },
+    /// Shared through Redis.
+    Redis {
+        /// `redis://` or `rediss://` URL.
+        url: String,
+        /// Per-command timeout.
+        timeout: Duration,
+    },
+}
+
+/// How to check access tokens.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum TokenCheck {
+    /// JWTs against the issuer's keys.
+    Jwks {
+        /// A fixed `jwks_uri` instead of discovery.
+        jwks_uri: Option<String>,
+    },
+    /// RFC 7662 introspection.
+    Introspection {
+        /// Endpoint.
+        endpoint: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: Zeroizing<String>,
+    },
+}
+
+/// Headers the upstream receives about the verified caller (empty name: not sent).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct IdentityHeaders {
+    /// Token `sub`.
+    pub subject: String,
+    /// Token `client_id`.
+    pub client_id: String,
+    /// Proof key thumbprint.
+    pub jkt: String,
+    /// Space-separated scopes.
+    pub scopes: String,
+}
+
+/// A validated gateway configuration.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Upstream base URL (scheme, authority and optional path prefix).
+    pub upstream: http::Uri,
+    /// Token issuer.
+    pub issuer: String,
+    /// Required audience.
+    pub audience: String,
+    /// How tokens are checked.
+    pub tokens: TokenCheck,
+    /// External origin + prefix, if any.
+    pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-*` headers are trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Replay store.
+    pub replay: ReplayStoreConfig,
+    /// Let requests through when the replay store fails (dangerous).
+    pub fail_open: bool,
+    /// Accepted proof algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Challenge realm.
+    pub realm: Option<String>,
+    /// Nonce scheme (when any route needs nonces).
+    pub nonces: Option<std::sync::Arc<StatelessNonces>>,
+    /// Whether nonces are shared (configured secret) or this instance's own.
+    pub nonce_secret_shared: bool,
+    /// Route table.
+    pub routes: Routes,
+    /// Proof window.
+    pub proof_max_age: Duration,
+    /// Client clock lead accepted.
+    pub proof_future_leeway: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Whole-request time limit (including the upstream).
+    pub request_timeout: Duration,
+    /// Upstream response-head time limit.
+    pub upstream_timeout: Duration,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Remove `Authorization` before forwarding.
+    pub strip_authorization: bool,
+    /// Remove `DPoP` before forwarding.
+    pub strip_dpop: bool,
+    /// Identity header names.
+    pub identity_headers: IdentityHeaders,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+fn invalid(msg: impl Into<String>) -> GatewayError {
+    GatewayError::Config(msg.into())
+}
+
+fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, GatewayError> {
+    std::fs::read_to_string(path)
+        .map(|s| Zeroizing::new(s.trim().to_owned()))
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))
+}
+
+fn header_name(name: Option<String>, default: &str) -> Result<String, GatewayError> {
+    let name = name
+        .unwrap_or_else(|| default.to_owned())
+        .to_ascii_lowercase();
+    if !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(invalid(format!("{name:?} is not a valid header name")));
+    }
+    Ok(name)
+}
+
+fn nonce_secret(kid: u8, text: &str) -> Result<NonceSecret, GatewayError> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim().trim_end_matches('='))
+            .map_err(|_| invalid("nonce secrets must be base64url"))?,
+    );
+    NonceSecret::new(kid, &bytes).map_err(|_| invalid("nonce secrets must be at least 32 bytes"))
+}
+
+impl GatewayConfig {
+    /// Reads `args.config` (if any), applies the flags over it, and validates the result.
+    /// `env_nonce_secret` is the value of `DPOP_NONCE_SECRET`, if set.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the setting that is wrong.
+    pub fn load(args: &GatewayArgs, env_nonce_secret: Option<&str>) -> Result<Self, GatewayError> {
+        let mut raw = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?
+            }
+            None => RawConfig::default(),
+        };
+        // Flags override the file.
+        raw.listen = args.listen.or(raw.listen);
+        raw.upstream = args.upstream.clone().or(raw.upstream);
+        raw.issuer = args.issuer.clone().or(raw.issuer);
+        raw.audience = args.audience.clone().or(raw.audience);
+        raw.public_url = args.public_url.clone().or(raw.public_url);
+        raw.replay_store = args.replay_store.clone().or(raw.replay_store);
+        raw.admin_listen = args.admin_listen.or(raw.admin_listen);
+        if args.require_nonce {
+            raw.nonce.require = Some(true);
+        }
+        if args.log_json {
+            raw.log_format = Some("json".into());
+        }
+        Self::validate(raw, env_nonce_secret)
+    }
+
+    fn validate(raw: RawConfig, env_nonce_secret: Option<&str>) -> Result<Self, GatewayError> {
+        let listen = raw
+            .listen
+            .ok_or_else(|| invalid("--listen (or listen in the config file) is required"))?;
+        let upstream_text = raw
+            .upstream
+            .ok_or_else(|| invalid("--upstream is required"))?;
+        let upstream: http::Uri = upstream_text
+            .parse()
+            .map_err(|_| invalid(format!("upstream {upstream_text:?} is not a URL")))?;
+        if upstream.scheme_str() != Some("http")
+            || upstream.authority().is_none()
+            || upstream.query().is_some()
+        {
+            return Err(invalid(
+                "upstream must be an http:// URL with a host and no query (TLS to the upstream is not supported yet)",
+            ));
+        }
+        let issuer = raw.issuer.ok_or_else(|| invalid("--issuer is required"))?;
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return Err(invalid("issuer must be an http(s) URL"));
+        }
+        let audience = raw
+            .audience
+            .ok_or_else(|| invalid("--audience is required"))?;
+        if audience.is_empty() {
+            return Err(invalid("audience must not be empty"));
+        }
+        if let Some(url) = &raw.public_url {
+            Htu::from_origin_and_path(url, "/")
+                .map_err(|e| invalid(format!("public_url {url:?}: {e}")))?;
+        }
+        let trusted_proxies = raw
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                p.parse::<IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(format!(
+                            "trusted_proxies: {p:?} is not an IP address or CIDR"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let replay_timeout = Duration::from_millis(raw.replay.redis_timeout_ms.unwrap_or(250));
+        let replay = match raw.replay_store.as_deref() {
+            None | Some("memory") => ReplayStoreConfig::Memory {
+                capacity: raw.replay.memory_capacity.unwrap_or(4_000_000),
+            },
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                ReplayStoreConfig::Redis {
+                    url: url.to_owned(),
+                    timeout: replay_timeout,
+                }
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "replay_store must be \"memory\" or a redis:// URL, not {other:?}"
+                )));
+            }
+        };
+        let algorithms = match raw.algorithms {
+            None => dpop_core::DEFAULT_ALGORITHMS.to_vec(),
+            Some(list) => list
+                .iter()
+                .map(|a| {
+                    Algorithm::from_name(a).ok_or_else(|| {
+                        invalid(format!(
+                            "algorithms: {a:?} is not a supported asymmetric JWS algorithm"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if algorithms.is_empty() {
+            return Err(invalid("algorithms must not be empty"));
+        }
+        let log_json = match raw.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "log_format must be \"text\" or \"json\", not {other:?}"
+                )));
+            }
+        };
+        let tokens = match raw.introspection {
+            None => TokenCheck::Jwks {
+                jwks_uri: raw.jwks_uri,
+            },
+            Some(i) => {
+                let client_secret = match (i.client_secret, i.client_secret_file) {
+                    (Some(s), None) => Zeroizing::new(s),
+                    (None, Some(path)) => read_secret_file(&path)?,
+                    _ => {
+                        return Err(invalid(
+                            "introspection needs exactly one of client_secret and client_secret_file",
+                        ));
+                    }
+                };
+                TokenCheck::Introspection {
+                    endpoint: i.endpoint,
+                    client_id: i.client_id,
+                    client_secret,
+                }
+            }
+        };
+
+        // Routes. The default policy applies where no route matches.
+        let require_nonce_default = raw.nonce.require.unwrap_or(false);
+        let mut routes =
+            Routes::new(RoutePolicy::new(DpopMode::Required).with_nonce(require_nonce_default));
+        for r in raw.routes {
+            if !r.path_prefix.starts_with('/') {
+                return Err(invalid(format!(
+                    "route path_prefix {:?} must start with /",
+                    r.path_prefix
+                )));
+            }
+            let mode = match r.dpop.as_deref().unwrap_or("required") {
+                "required" => DpopMode::Required,
+                "allow_bearer" => DpopMode::AllowBearer,
+                "report_only" => DpopMode::ReportOnly,
+                "off" => DpopMode::Off,
+                other => {
+                    return Err(invalid(format!(
+                        "route {}: dpop must be required, allow_bearer, report_only or off, not {other:?}",
+                        r.path_prefix
+                    )));
+                }
+            };
+            let policy = RoutePolicy::new(mode)
+                .with_nonce(r.nonce.unwrap_or(require_nonce_default))
+                .with_scopes(r.scopes.unwrap_or_default());
+            let mut route = Route::new(&r.path_prefix, policy);
+            if let Some(methods) = r.methods {
+                let methods = methods
+                    .iter()
+                    .map(|m| {
+                        Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                            invalid(format!("route {}: bad method {m:?}", r.path_prefix))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                route = route.with_methods(methods);
+            }
+            routes = routes.route(route);
+        }
+
+        // Nonces: configured secrets (shared by instances) or a random per-process one.
+        let needs_nonces = routes.policies().any(|p| p.require_nonce);
+        let mut secrets: Vec<Zeroizing<String>> = raw
+            .nonce
+            .secrets
+            .unwrap_or_default()
+            .into_iter()
+            .map(Zeroizing::new)
+            .collect();
+        if let Some(path) = &raw.nonce.secrets_file {
+            let text = read_secret_file(path)?;
+            secrets.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| Zeroizing::new(l.trim().to_owned())),
+            );
+        }
+        if let Some(env) = env_nonce_secret {
+            secrets.insert(0, Zeroizing::new(env.to_owned()));
+        }
+        let nonce_secret_shared = !secrets.is_empty();
+        let nonces = if needs_nonces {
+            let mut list = secrets.iter().enumerate();
+            let current = match list.next() {
+                Some((_, s)) => nonce_secret(1, s)?,
+                None => {
+                    let mut random = Zeroizing::new([0u8; 32]);
+                    aws_lc_rs::rand::fill(random.as_mut())
+                        .map_err(|_| invalid("no randomness for a nonce secret"))?;
+                    NonceSecret::new(1, random.as_ref()).map_err(|_| invalid("nonce secret"))?
+                }
+            };
+            let mut n = StatelessNonces::new(current);
+            if let Some((i, s)) = list.next() {
+                let kid = u8::try_from(i + 1).map_err(|_| invalid("too many nonce secrets"))?;
+                n = n
+                    .with_previous(nonce_secret(kid, s)?)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+            if list.next().is_some() {
+                return Err(invalid(
+                    "at most two nonce secrets (current and previous) are accepted",
+                ));
+            }
+            if raw.nonce.step_secs.is_some() || raw.nonce.max_age_secs.is_some() {
+                n = n
+                    .with_timing(
+                        raw.nonce.step_secs.unwrap_or(60),
+                        raw.nonce.max_age_secs.unwrap_or(180),
+                    )
+                    .map_err(|e| invalid(format!("nonce timing: {e}")))?;
+            }
+            Some(std::sync::Arc::new(n))
+        } else {
+            None
+        };
+
+        let max_connections = raw.limits.max_connections.unwrap_or(4096);
+        if max_connections == 0 {
+            return Err(invalid("limits.max_connections must be positive"));
+        }
+        Ok(Self {
+            listen,
+            upstream,
+            issuer,
+            audience,
+            tokens,
+            public_url: raw.public_url,
+            trusted_proxies,
+            admin_listen: raw.admin_listen,
+            replay,
+            fail_open: raw.replay.dangerous_fail_open.unwrap_or(false),
+            algorithms,
+            realm: raw.realm,
+            nonces,
+            nonce_secret_shared,
+            routes,
+            proof_max_age: Duration::from_secs(raw.proof.max_age_secs.unwrap_or(60)),
+            proof_future_leeway: Duration::from_secs(raw.proof.future_leeway_secs.unwrap_or(15)),
+            max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024).max(8192),
+            request_timeout: Duration::from_secs(raw.limits.request_timeout_secs.unwrap_or(60)),
+            upstream_timeout: Duration::from_secs(raw.limits.upstream_timeout_secs.unwrap_or(30)),
+            max_connections,
+            drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
+            strip_authorization: raw.forward.strip_authorization.unwrap_or(true),
+            strip_dpop: raw.forward.strip_dpop.unwrap_or(true),
+            identity_headers: IdentityHeaders {
+                subject: header_name(raw.forward.subject_header, "x-dpop-subject")?,
+                client_id: header_name(raw.forward.client_id_header, "x-dpop-client-id")?,
+                jkt: header_name(raw.forward.jkt_header, "x-dpop-jkt")?,
+                scopes: header_name(raw.forward.scopes_header, "x-dpop-scopes")?,
+            },
+            log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GatewayArgs {
+        GatewayArgs {
+            listen: Some("127.0.0.1:8080".parse().unwrap()),
+            upstream: Some("http://127.0.0.1:3000".into()),
+            issuer: Some("https://as.example.com".into()),
+            audience: Some("https://api.example.com".into()),
+            ..GatewayArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_alone_are_enough() {
+        let c = GatewayConfig::load(&args(), None).unwrap();
+        assert_eq!(
+            c.replay,
+            ReplayStoreConfig::Memory {
+                capacity: 4_000_000
+            }
+        );
+        assert!(c.nonces.is_none());
+        assert!(c.strip_authorization && c.strip_dpop);
+        let mut a = args();
+        a.require_nonce = true;
+        a.replay_store = Some("redis://127.0.0.1:6379".into());
+        let c = GatewayConfig::load(&a, None).unwrap();
+        assert!(c.nonces.is_some() && !c.nonce_secret_shared);
+        assert!(matches!(c.replay, ReplayStoreConfig::Redis { .. }));
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+        assert!(
+            GatewayConfig::load(&a, Some(&secret))
+                .unwrap()
+                .nonce_secret_shared
+        );
+        assert!(GatewayConfig::load(&a, Some("short")).is_err());
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let mut a = GatewayArgs::default();
+        a.config = Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/gateway.toml"
+        )));
+        let c = GatewayConfig::load(&a, None).unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://api.example.com"));
+        assert!(c.nonces.is_some(), "a route requires nonces");
+        let admin = c.routes.resolve(&Method::POST, "/v1/admin/users");
+        assert!(admin.require_nonce && admin.scopes == ["api", "admin"]);
+        assert_eq!(
+            c.routes.resolve(&Method::GET, "/v1/admin/users").scopes,
+            ["api"]
+        );
+        assert_eq!(
+            c.routes.resolve(&Method::GET, "/healthcheck").mode,
+            DpopMode::Off
+        );
+        // Flags override the file.
+        a.upstream = Some("http://127.0.0.1:4000".into());
+        assert_eq!(
+            GatewayConfig::load(&a, None).unwrap().upstream.port_u16(),
+            Some(4000)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let dir = std::env::temp_dir().join(format!("dpop-gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nupstrem = \"http://x\"\n").unwrap();
+        let mut a = GatewayArgs::default();
+        a.config = Some(path);
+        let e = GatewayConfig::load(&a, None).unwrap_err().to_string();
+        assert!(e.contains("upstrem"), "{e}");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        type Mutation = fn(&mut GatewayArgs);
+        let cases: [(&str, Mutation); 6] = [
+            ("--listen", |a| a.listen = None),
+            ("--upstream", |a| a.upstream = None),
+            ("upstream must", |a| a.upstream = Some("https://x".into())),
+            ("issuer", |a| a.issuer = Some("as.example.com".into())),
+            ("public_url", |a| a.public_url = Some("ftp://x".into())),
+            ("replay_store", |a| {
+                a.replay_store = Some("memcached://x".into())
+            }),
+        ];
+        for (needle, f) in cases {
+            let mut a = args();
+            f(&mut a);
+            let e = GatewayConfig::load(&a, None).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics for the admin listener's `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use dpop_tower::{DpopEvents, Outcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The gateway's metrics, fed by the DPoP layer's events and the proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<OutcomeLabels, Counter>,
+    verification: Histogram,
+    iat_offset: Histogram,
+    nonce_challenges: Counter,
+    replays: Counter,
+    jwks_refreshes: Family<ResultLabels, Counter>,
+    upstream: Family<ResultLabels, Counter<u64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dpop");
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by DPoP outcome and reason code",
+            requests.clone(),
+        );
+        let verification = Histogram::new([
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+        ]);
+        registry.register(
+            "verification_seconds",
+            "Time to authenticate a request (token, proof, replay record)",
+            verification.clone(),
+        );
+        let iat_offset = Histogram::new([
+            -60.0, -30.0, -10.0, -5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 5.0, 10.0, 15.0,
+        ]);
+        registry.register(
+            "iat_offset_seconds",
+            "Proof iat minus server time (client clock skew)",
+            iat_offset.clone(),
+        );
+        let nonce_challenges = Counter::default();
+        registry.register(
+            "nonce_challenges",
+            "use_dpop_nonce challenges sent",
+            nonce_challenges.clone(),
+        );
+        let replays = Counter::default();
+        registry.register("replays", "Replayed proofs refused", replays.clone());
+        let jwks_refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "jwks_refreshes",
+            "Fetches of the issuer's keys",
+            jwks_refreshes.clone(),
+        );
+        let upstream = Family::<ResultLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "upstream_responses",
+            "Upstream results (ok, error, timeout)",
+            upstream.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            verification,
+            iat_offset,
+            nonce_challenges,
+            replays,
+            jwks_refreshes,
+            upstream,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// Counts an upstream result.
+    pub fn upstream(&self, result: &'static str) {
+        self.upstream.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+impl DpopEvents for Metrics {
+    fn outcome(&self, outcome: Outcome, elapsed: Duration) {
+        let (name, reason) = match outcome {
+            Outcome::Accepted => ("accepted", ""),
+            Outcome::AcceptedBearer => ("accepted_bearer", ""),
+            Outcome::Rejected(r) => ("rejected", r.as_str()),
+            Outcome::WouldReject(r) => ("would_reject", r.as_str()),
+            Outcome::FailedOpen(r) => ("failed_open", r.as_str()),
+            _ => ("other", ""),
+        };
+        if matches!(
+            outcome,
+            Outcome::Rejected(dpop_core::Reason::Replay)
+                | Outcome::WouldReject(dpop_core::Reason::Replay)
+        ) {
+            self.replays.inc();
+        }
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                outcome: name,
+                reason,
+            })
+            .inc();
+        self.verification.observe(elapsed.as_secs_f64());
+    }
+
+    fn proof_accepted(&self, iat_offset_secs: i64) {
+        #[expect(clippy::cast_precision_loss, reason = "offsets are small")]
+        self.iat_offset.observe(iat_offset_secs as f64);
+    }
+
+    fn nonce_challenge(&self) {
+        self.nonce_challenges.inc();
+    }
+
+    fn jwks_refresh(&self, ok: bool) {
+        self.jwks_refreshes
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,246 @@
+//! Forwarding to the upstream: pooled connections, streamed bodies, hop-by-hop headers
+//! removed, forwarding and identity headers set, failures turned into 502/504 without
+//! internal detail.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dpop_tower::{DpopIdentity, PeerAddr};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{GatewayConfig, IdentityHeaders};
+use crate::metrics::Metrics;
+
+/// The response body type of the gateway.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = status;
+    r
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Fields named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+struct Settings {
+    base: Uri,
+    base_path: String,
+    strip_authorization: bool,
+    strip_dpop: bool,
+    identity: IdentityHeaders,
+    identity_names: Vec<HeaderName>,
+    client_scheme: HeaderValue,
+    timeout: Duration,
+}
+
+/// The upstream-facing service at the bottom of the gateway stack.
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Incoming>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.settings.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy to `config.upstream`.
+    #[must_use]
+    pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let id = &config.identity_headers;
+        let identity_names = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        let client_scheme = match &config.public_url {
+            Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
+            _ => HeaderValue::from_static("http"),
+        };
+        let base_path = config.upstream.path().trim_end_matches('/').to_owned();
+        let settings = Settings {
+            base: config.upstream.clone(),
+            base_path,
+            strip_authorization: config.strip_authorization,
+            strip_dpop: config.strip_dpop,
+            identity: config.identity_headers.clone(),
+            identity_names,
+            client_scheme,
+            timeout: config.upstream_timeout,
+        };
+        Self {
+            client,
+            settings: Arc::new(settings),
+            metrics,
+        }
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Option<Uri> {
+        let s = &self.settings;
+        let pq = original.path_and_query().map_or("/", |p| p.as_str());
+        let path = format!("{}{}", s.base_path, pq);
+        Uri::builder()
+            .scheme(s.base.scheme()?.clone())
+            .authority(s.base.authority()?.clone())
+            .path_and_query(path)
+            .build()
+            .ok()
+    }
+
+    fn prepare(&self, req: &mut Request<Incoming>) -> Option<()> {
+        let s = &self.settings;
+        let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let identity = req.extensions_mut().remove::<DpopIdentity>();
+        *req.uri_mut() = self.upstream_uri(req.uri())?;
+        let headers = req.headers_mut();
+        remove_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        if s.strip_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        if s.strip_dpop {
+            headers.remove("dpop");
+        }
+        // Identity headers come only from the gateway, never from the client.
+        for name in &s.identity_names {
+            headers.remove(name);
+        }
+        if let Some(ip) = peer {
+            let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert("x-forwarded-for", v);
+            }
+        }
+        headers.insert("x-forwarded-proto", s.client_scheme.clone());
+        if let Some(id) = identity {
+            let mut set = |name: &str, value: Option<String>| {
+                if name.is_empty() {
+                    return;
+                }
+                if let (Ok(n), Some(Ok(v))) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    value.map(|v| HeaderValue::from_str(&v)),
+                ) {
+                    headers.insert(n, v);
+                }
+            };
+            set(&s.identity.subject, id.subject);
+            set(&s.identity.client_id, id.client_id);
+            set(&s.identity.jkt, id.jkt.map(|j| j.as_str().to_owned()));
+            set(
+                &s.identity.scopes,
+                Some(id.scopes.join(" ")).filter(|s| !s.is_empty()),
+            );
+        }
+        Some(())
+    }
+
+    async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
+        if self.prepare(&mut req).is_none() {
+            return empty(StatusCode::BAD_REQUEST);
+        }
+        match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {
+            Ok(Ok(mut resp)) => {
+                self.metrics.upstream("ok");
+                remove_hop_by_hop(resp.headers_mut());
+                resp.map(|b| b.boxed())
+            }
+            Ok(Err(e)) => {
+                self.metrics.upstream("error");
+                tracing::warn!(target: "dpop::proxy", error = %e, "upstream request failed");
+                empty(StatusCode::BAD_GATEWAY)
+            }
+            Err(_) => {
+                self.metrics.upstream("timeout");
+                tracing::warn!(target: "dpop::proxy", "upstream did not answer in time");
+                empty(StatusCode::GATEWAY_TIMEOUT)
+            }
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The listeners: the proxy with its connection limits and graceful drain, and the admin
+//! listener (`/healthz`, `/readyz`, `/metrics`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dpop_tower::{
+    DpopLayer, DpopSettings, HtuSource, IntrospectionConfig, IntrospectionSource, JwksSource,
+    JwksSourceConfig, PeerAddr, TokenSource,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::{Layer as _, ServiceExt as _};
+
+use crate::config::{GatewayConfig, TokenCheck};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::proxy::{Body, Proxy, empty};
+use crate::store::GatewayStore;
+
+/// A gateway ready to serve: listeners bound, keys fetched (or being retried), replay
+/// store connected.
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    layer: DpopLayer<GatewayStore>,
+    proxy: Proxy,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Binds the listeners, sets up the token source and connects the replay store.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound, Redis cannot be reached, or the settings are
+    /// inconsistent. An unreachable issuer is not fatal: `/readyz` says not ready and
+    /// requests get 503 until its keys load.
+    pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
+        let metrics = Arc::new(Metrics::new());
+        let tokens: Arc<dyn TokenSource> = match &config.tokens {
+            TokenCheck::Jwks { jwks_uri } => {
+                let mut c = JwksSourceConfig::new(&config.issuer, &config.audience);
+                c.jwks_uri.clone_from(jwks_uri);
+                c.validation.algorithms.clone_from(&config.algorithms);
+                let source = JwksSource::new(c, metrics.clone())
+                    .map_err(|e| GatewayError::Tokens(e.to_string()))?;
+                if let Err(e) = source.refresh().await {
+                    tracing::warn!(target: "dpop::gateway", error = %e, "issuer keys not loaded yet; requests get 503 until they are");
+                }
+                Arc::new(source)
+            }
+            TokenCheck::Introspection {
+                endpoint,
+                client_id,
+                client_secret,
+            } => {
+                let mut c = IntrospectionConfig::new(endpoint, client_id, client_secret);
+                c.issuer = Some(config.issuer.clone());
+                c.audience = Some(config.audience.clone());
+                Arc::new(
+                    IntrospectionSource::new(c).map_err(|e| GatewayError::Tokens(e.to_string()))?,
+                )
+            }
+        };
+        let store = GatewayStore::open(&config.replay).await?;
+        let htu = match &config.public_url {
+            Some(url) => HtuSource::PublicUrl(url.clone()),
+            None => HtuSource::FromRequest {
+                scheme: "http".into(),
+                trusted_proxies: config.trusted_proxies.clone(),
+            },
+        };
+        let mut settings = DpopSettings::new(htu);
+        settings.algorithms.clone_from(&config.algorithms);
+        settings.nonces = config
+            .nonces
+            .clone()
+            .map(|n| n as Arc<dyn dpop_core::NonceValidator>);
+        settings.routes = config.routes.clone();
+        settings.realm.clone_from(&config.realm);
+        settings.proof_max_age = config.proof_max_age;
+        settings.proof_future_leeway = config.proof_future_leeway;
+        settings.events = metrics.clone();
+        if config.fail_open {
+            tracing::warn!(target: "dpop::gateway", "replay.dangerous_fail_open is set: requests pass when the replay store fails, so replays are possible then");
+            settings.dangerous_fail_open_on_replay_store_errors();
+        }
+        if config.nonces.is_some() && !config.nonce_secret_shared {
+            tracing::warn!(target: "dpop::gateway", "nonces use a random per-process secret: other instances will not accept this one's nonces (set DPOP_NONCE_SECRET or nonce.secrets)");
+        }
+        let layer = DpopLayer::new(settings, tokens, store)
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        let proxy = Proxy::new(&config, metrics.clone());
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GatewayError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            listener,
+            admin,
+            layer,
+            proxy,
+            metrics,
+        })
+    }
+
+    /// The proxy's bound address.
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
+    /// finish for up to the drain timeout.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            config,
+            listener,
+            admin,
+            layer,
+            proxy,
+            metrics,
+        } = self;
+        tracing::info!(
+            target: "dpop::gateway",
+            listen = %config.listen,
+            upstream = %config.upstream,
+            issuer = %config.issuer,
+            replay_store = layer.store().kind(),
+            "gateway listening"
+        );
+        if let Some(admin) = admin {
+            tokio::spawn(serve_admin(admin, layer.clone(), metrics));
+        }
+        let service = layer.layer(proxy);
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(config.max_header_bytes)
+            .keep_alive(true);
+        let request_timeout = config.request_timeout;
+        tokio::pin!(shutdown);
+        loop {
+            // Wait for a connection slot first: past the limit, new connections queue in
+            // the kernel's backlog instead of being accepted and starved.
+            let permit = tokio::select! {
+                p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(target: "dpop::gateway", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = service.clone();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let service = service.clone();
+                async move {
+                    match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
+                        Ok(r) => r,
+                        Err(_) => Ok::<_, Infallible>(empty(StatusCode::GATEWAY_TIMEOUT)),
+                    }
+                }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(target: "dpop::gateway", error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!(target: "dpop::gateway", timeout_secs = config.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
+        if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "dpop::gateway", "drain timeout reached; closing remaining connections");
+        } else {
+            tracing::info!(target: "dpop::gateway", "drained");
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(bytes::Bytes::from(body))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn serve_admin(listener: TcpListener, layer: DpopLayer<GatewayStore>, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let layer = layer.clone();
+        let metrics = metrics.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let layer = layer.clone();
+            let metrics = metrics.clone();
+            async move {
+                let r = match req.uri().path() {
+                    "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+                    "/readyz" => {
+                        let keys = layer.tokens().is_ready();
+                        let store =
+                            tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
+                                .await
+                                .unwrap_or(false);
+                        let status = if keys && store {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let body = serde_json::json!({"ready": keys && store, "token_keys_loaded": keys, "replay_store_reachable": store});
+                        text(status, format!("{body}\n"), "application/json")
+                    }
+                    "/metrics" => text(
+                        StatusCode::OK,
+                        metrics.render(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    _ => empty(StatusCode::NOT_FOUND),
+                };
+                Ok::<_, Infallible>(r)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

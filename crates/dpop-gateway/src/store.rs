@@ -1,0 +1,76 @@
+//! The replay store the gateway was configured with.
+
+use dpop_core::{
+    AsyncReplayStore, Insert, MemoryReplayConfig, MemoryReplayStore, ReplayKey, ReplayStore,
+    ReplayStoreError, UnixTime,
+};
+use dpop_redis::{RedisReplayStore, RedisStoreConfig};
+
+use crate::config::ReplayStoreConfig;
+use crate::error::GatewayError;
+
+/// In memory (one instance) or Redis (shared by instances).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GatewayStore {
+    /// This process only.
+    Memory(MemoryReplayStore),
+    /// Shared through Redis.
+    Redis(RedisReplayStore),
+}
+
+impl GatewayStore {
+    /// Opens the configured store. Redis is connected eagerly: a gateway that cannot
+    /// reach its replay store must not start (it would refuse every request anyway).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached or the URL is invalid.
+    pub async fn open(config: &ReplayStoreConfig) -> Result<Self, GatewayError> {
+        match config {
+            ReplayStoreConfig::Memory { capacity } => {
+                let mut c = MemoryReplayConfig::default();
+                c.capacity = *capacity;
+                Ok(Self::Memory(MemoryReplayStore::new(c)))
+            }
+            ReplayStoreConfig::Redis { url, timeout } => {
+                let mut c = RedisStoreConfig::new(url.clone());
+                c.command_timeout = *timeout;
+                RedisReplayStore::connect(c)
+                    .await
+                    .map(Self::Redis)
+                    .map_err(|e| GatewayError::ReplayStore(e.to_string()))
+            }
+        }
+    }
+
+    /// Whether the store answers (for `/readyz`).
+    pub async fn ready(&self) -> bool {
+        match self {
+            Self::Memory(_) => true,
+            Self::Redis(r) => r.ping().await.is_ok(),
+        }
+    }
+
+    /// A label for logs and metrics.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+impl AsyncReplayStore for GatewayStore {
+    async fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        match self {
+            Self::Memory(m) => ReplayStore::insert_if_absent(m, key, expires_at, now),
+            Self::Redis(r) => AsyncReplayStore::insert_if_absent(r, key, expires_at, now).await,
+        }
+    }
+}
