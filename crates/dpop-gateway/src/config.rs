@@ -269,6 +269,20 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, GatewayError> {
         .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))
 }
 
+/// One line (the CLI prints errors as one line): the file, the line, the message.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> GatewayError {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(1, |t| t.matches('\n').count() + 1);
+            invalid(format!("{} line {line}: {message}", path.display()))
+        }
+        None => invalid(format!("{}: {message}", path.display())),
+    }
+}
+
 fn header_name(name: Option<String>, default: &str) -> Result<String, GatewayError> {
     let name = name
         .unwrap_or_else(|| default.to_owned())
@@ -299,8 +313,7 @@ impl GatewayConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<RawConfig>(&text)
-                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?
+                toml::from_str::<RawConfig>(&text).map_err(|e| toml_error(path, &text, &e))?
             }
             None => RawConfig::default(),
         };
@@ -611,11 +624,13 @@ mod tests {
 
     #[test]
     fn the_documented_example_loads() {
-        let mut a = GatewayArgs::default();
-        a.config = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/gateway.toml"
-        )));
+        let mut a = GatewayArgs {
+            config: Some(PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/gateway.toml"
+            ))),
+            ..GatewayArgs::default()
+        };
         let c = GatewayConfig::load(&a, None).unwrap();
         assert_eq!(c.public_url.as_deref(), Some("https://api.example.com"));
         assert!(c.nonces.is_some(), "a route requires nonces");
@@ -643,10 +658,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nupstrem = \"http://x\"\n").unwrap();
-        let mut a = GatewayArgs::default();
-        a.config = Some(path);
+        let a = GatewayArgs {
+            config: Some(path),
+            ..GatewayArgs::default()
+        };
         let e = GatewayConfig::load(&a, None).unwrap_err().to_string();
-        assert!(e.contains("upstrem"), "{e}");
+        assert!(e.contains("upstrem") && e.contains("line 2"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 
     #[test]

@@ -156,10 +156,15 @@ impl Proxy {
             headers.remove(name);
         }
         if let Some(ip) = peer {
-            let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
+            // RFC 9110 §5.3: repeated field lines are one list, in order; keep them all.
+            let mut hops: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let peer = ip.to_string();
+            hops.push(&peer);
+            let value = hops.join(", ");
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert("x-forwarded-for", v);
             }

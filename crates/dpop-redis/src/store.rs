@@ -1,7 +1,6 @@
 //! The store: one `SET key 1 NX PX ttl` per proof, over a reconnecting multiplexed connection.
 
 use core::fmt;
-use core::future::Future;
 use core::time::Duration;
 use std::sync::Arc;
 
@@ -9,6 +8,7 @@ use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError, UnixTime}
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
 use redis::{Cmd, IntoConnectionInfo, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{RedisStoreConfig, redact_url};
 use crate::error::{RedisStoreError, describe, store_error};
@@ -24,6 +24,11 @@ const MAX_TTL_MS: u64 = 1 << 62;
 /// Reconnection attempts after a failed one, before the pending commands fail (the next
 /// command starts a new round). Few, because commands wait on the attempt and a gateway
 /// would rather refuse fast than hold requests.
+/// Most `SET`s sent in one pipeline.
+const MAX_BATCH: usize = 256;
+/// Inserts waiting for the batcher; past this, callers wait (within their timeout).
+const QUEUE_DEPTH: usize = 16_384;
+
 const RECONNECT_RETRIES: usize = 2;
 /// The first pause between reconnection attempts; it doubles with each retry.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -43,6 +48,8 @@ pub struct RedisReplayStore {
 struct Inner {
     /// Multiplexed (one connection carries concurrent commands) and reconnecting.
     connection: ConnectionManager,
+    /// Inserts go to the batcher task, which pipelines them (see [`run_batches`]).
+    batch: mpsc::Sender<Pending>,
     key_prefix: String,
     command_timeout: Duration,
     /// For `Debug`: the URL with its password hidden.
@@ -98,8 +105,15 @@ impl RedisReplayStore {
                 });
             }
         };
+        let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_batches(
+            connection.clone(),
+            queue,
+            config.command_timeout,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
+                batch,
                 connection,
                 key_prefix: config.key_prefix,
                 command_timeout: config.command_timeout,
@@ -147,33 +161,106 @@ impl RedisReplayStore {
     }
 }
 
+/// One insert waiting for the batcher.
+struct Pending {
+    key: String,
+    ttl_ms: u64,
+    reply: oneshot::Sender<Result<Insert, ReplayStoreError>>,
+}
+
+fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
+    match value {
+        Value::Okay => Ok(Insert::Inserted),
+        Value::SimpleString(reply) if reply == "OK" => Ok(Insert::Inserted),
+        Value::Nil => Ok(Insert::AlreadyPresent),
+        // Anything else is a server we do not understand: refuse, do not guess.
+        _ => Err(ReplayStoreError::Unavailable(
+            "unexpected reply to SET NX".to_owned(),
+        )),
+    }
+}
+
+/// Sends every insert that is waiting as one pipeline, then the next batch.
+///
+/// Why: one `SET` per round trip costs a read and a write system call on both sides for
+/// every request, which on a busy host costs more CPU than the command itself. While one
+/// pipeline is in flight the next requests queue up, so batches grow with load and no
+/// request waits for a timer. A pipeline is not atomic and need not be: each `SET NX` is.
+async fn run_batches(
+    connection: ConnectionManager,
+    mut queue: mpsc::Receiver<Pending>,
+    timeout: Duration,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Callers that gave up (timed out) need no command.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for p in &batch {
+            pipe.cmd("SET")
+                .arg(&p.key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(p.ttl_ms);
+        }
+        let mut conn = connection.clone();
+        let replies =
+            tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut conn)).await;
+        match replies {
+            Ok(Ok(values)) if values.len() == batch.len() => {
+                for (p, v) in batch.drain(..).zip(values.iter()) {
+                    let _ = p.reply.send(insert_reply(v));
+                }
+            }
+            Ok(Ok(_)) => fail_all(
+                &mut batch,
+                &ReplayStoreError::Unavailable("pipeline reply count mismatch".to_owned()),
+            ),
+            Ok(Err(err)) => fail_all(&mut batch, &store_error(&err)),
+            Err(_elapsed) => fail_all(&mut batch, &ReplayStoreError::Timeout),
+        }
+    }
+}
+
+fn fail_all(batch: &mut Vec<Pending>, error: &ReplayStoreError) {
+    for p in batch.drain(..) {
+        let _ = p.reply.send(Err(error.clone()));
+    }
+}
+
+fn batcher_stopped() -> ReplayStoreError {
+    ReplayStoreError::Unavailable("the Redis batcher stopped".to_owned())
+}
+
 impl AsyncReplayStore for RedisReplayStore {
-    /// `SET <prefix><key hex> 1 NX PX <ttl>`, where ttl is `expires_at - now` in
-    /// milliseconds and at least one second: `OK` means the proof is fresh, nil that the key
-    /// is already recorded.
-    fn insert_if_absent(
+    async fn insert_if_absent(
         &self,
         key: &ReplayKey,
         expires_at: UnixTime,
         now: UnixTime,
-    ) -> impl Future<Output = Result<Insert, ReplayStoreError>> + Send {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.redis_key(key))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms(expires_at, now));
-        async move {
-            match self.run(cmd).await? {
-                Value::Okay => Ok(Insert::Inserted),
-                Value::SimpleString(reply) if reply == "OK" => Ok(Insert::Inserted),
-                Value::Nil => Ok(Insert::AlreadyPresent),
-                // Anything else is a server we do not understand: refuse, do not guess.
-                _ => Err(ReplayStoreError::Unavailable(
-                    "unexpected reply to SET NX".to_owned(),
-                )),
-            }
-        }
+    ) -> Result<Insert, ReplayStoreError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            key: self.redis_key(key),
+            ttl_ms: ttl_ms(expires_at, now),
+            reply,
+        };
+        let round_trip = async {
+            self.inner
+                .batch
+                .send(pending)
+                .await
+                .map_err(|_| batcher_stopped())?;
+            answer.await.map_err(|_| batcher_stopped())?
+        };
+        // The whole wait (queue and round trip) is bounded: a slow Redis fails closed.
+        tokio::time::timeout(self.inner.command_timeout, round_trip)
+            .await
+            .unwrap_or(Err(ReplayStoreError::Timeout))
     }
 }
 

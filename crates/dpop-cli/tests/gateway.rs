@@ -1,0 +1,1212 @@
+//! End-to-end tests of `dpop gateway`: the real binary between a [`MockIssuer`] and an
+//! echo [`TestUpstream`], driven over HTTP the way a client and an operator would. Each
+//! test asserts what is observable from outside: status, `WWW-Authenticate`,
+//! `DPoP-Nonce`, what the upstream received, the admin endpoints, exit codes and logs.
+//!
+//! The Redis tests read `DPOP_TEST_REDIS_URL` (a shared Redis) or start a private
+//! `redis-server`; without either they say so and return.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dpop_core::{
+    Algorithm, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource, UnixTime,
+};
+use dpop_test::{
+    Gateway, HttpResponse, MockIssuer, RedisServer, TestUpstream, TokenSpec, b64url, free_port,
+    http_get, http_request, wait_for_tcp,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const DPOP: &str = env!("CARGO_BIN_EXE_dpop");
+const AUD: &str = "https://api.example.com";
+const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
+/// The external origin the replay and nonce tests give every instance.
+const PUBLIC: &str = "http://api.test";
+
+fn now() -> UnixTime {
+    UnixTime::from_secs(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+/// A client: a proof key and an access token bound to it.
+struct Caller {
+    key: PrivateKey,
+    token: String,
+}
+
+impl Caller {
+    fn new(issuer: &MockIssuer, scope: &str) -> Self {
+        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+        let token = issuer.mint(&TokenSpec {
+            scope: Some(scope.into()),
+            ..TokenSpec::bound(AUD, key.thumbprint().as_str())
+        });
+        Self { key, token }
+    }
+
+    fn jkt(&self) -> &str {
+        self.key.thumbprint().as_str()
+    }
+
+    fn authorization(&self) -> String {
+        format!("DPoP {}", self.token)
+    }
+
+    /// A fresh proof for `method` on `htu` (query removed by the builder).
+    fn proof(&self, method: &str, htu: &str, nonce: Option<&str>) -> String {
+        let mut b = ProofBuilder::new(method, htu)
+            .unwrap()
+            .access_token(&self.token);
+        if let Some(n) = nonce {
+            b = b.nonce(n).unwrap();
+        }
+        b.sign(&self.key, &SystemRandomSource, now()).unwrap()
+    }
+}
+
+/// A running `dpop gateway` and where to reach it.
+struct Gw {
+    process: Gateway,
+    /// `http://127.0.0.1:PORT`, where requests go.
+    url: String,
+    /// The origin proofs are made for: `url`, or the `--public-url`.
+    htu_base: String,
+    /// `http://127.0.0.1:ADMIN_PORT`.
+    admin: String,
+}
+
+impl Gw {
+    fn addr(&self) -> SocketAddr {
+        self.process.addr()
+    }
+
+    /// Sends `method path` with a fresh proof from `caller`; returns the response and the
+    /// proof (to replay it or look for it in logs).
+    async fn dpop(
+        &self,
+        caller: &Caller,
+        method: &str,
+        path: &str,
+        nonce: Option<&str>,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> (HttpResponse, String) {
+        let htu = format!("{}{}", self.htu_base, path);
+        let proof = caller.proof(method, &htu, nonce);
+        let auth = caller.authorization();
+        let mut headers = vec![("authorization", auth.as_str()), ("dpop", proof.as_str())];
+        headers.extend_from_slice(extra);
+        let r = send(method, &format!("{}{path}", self.url), &headers, body).await;
+        (r, proof)
+    }
+
+    async fn get(&self, caller: &Caller, path: &str) -> (HttpResponse, String) {
+        self.dpop(caller, "GET", path, None, &[], b"").await
+    }
+
+    async fn metrics(&self) -> String {
+        let r = send("GET", &format!("{}/metrics", self.admin), &[], b"").await;
+        assert_eq!(r.status, 200, "/metrics");
+        r.text()
+    }
+
+    /// The gateway's log never holds any of `secrets` (RFC 9449 tokens and proofs are
+    /// credentials), nor the signature part of any of them.
+    fn assert_log_clean(&self, secrets: &[&str]) {
+        let log = self.process.output();
+        for secret in secrets {
+            assert!(
+                !log.contains(secret),
+                "the log contains a credential:\n{log}"
+            );
+            let signature = secret.rsplit('.').next().unwrap();
+            assert!(
+                signature.len() < 16 || !log.contains(signature),
+                "the log contains a signature:\n{log}"
+            );
+        }
+    }
+}
+
+async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    http_request(method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+fn www(r: &HttpResponse) -> &str {
+    r.header("www-authenticate").unwrap_or("")
+}
+
+fn dpop_error(code: &str, description: &str) -> String {
+    format!(r#"DPoP error="{code}", error_description="{description}", {ALGS}"#)
+}
+
+/// How a gateway is started: arguments after `dpop gateway`, and its environment.
+struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    listen: u16,
+    admin: u16,
+    htu_base: Option<String>,
+}
+
+impl Launch {
+    /// `--listen`, `--admin-listen`, `--upstream`, `--issuer` and `--audience` by flags.
+    fn flags(issuer: &MockIssuer, upstream: &str) -> Self {
+        let mut l = Self::bare();
+        let (listen, admin) = (l.listen, l.admin);
+        l.args = [
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--upstream",
+            upstream,
+            "--issuer",
+            issuer.url(),
+            "--audience",
+            AUD,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        l
+    }
+
+    /// Nothing on the command line yet: the ports are chosen, the caller puts them in a
+    /// configuration file or flags.
+    fn bare() -> Self {
+        Self {
+            args: Vec::new(),
+            env: Vec::new(),
+            listen: free_port(),
+            admin: free_port(),
+            htu_base: None,
+        }
+    }
+
+    fn arg(mut self, a: &str) -> Self {
+        if self.args.last().is_some_and(|l| l == "--public-url") {
+            self.htu_base = Some(a.to_owned());
+        }
+        self.args.push(a.to_owned());
+        self
+    }
+
+    fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(DPOP);
+        cmd.arg("gateway").args(&self.args);
+        // Only what the test sets: no nonce secret or log level from the caller's shell.
+        cmd.env_remove("DPOP_NONCE_SECRET").env_remove("RUST_LOG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    async fn start(self) -> Gw {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.listen));
+        let process = Gateway::spawn_command(self.command(), addr, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("dpop gateway {:?}: {e}", self.args));
+        let admin = SocketAddr::from(([127, 0, 0, 1], self.admin));
+        wait_for_tcp(admin, Duration::from_secs(5)).await.unwrap();
+        let url = format!("http://{addr}");
+        Gw {
+            process,
+            htu_base: self.htu_base.unwrap_or_else(|| url.clone()),
+            url,
+            admin: format!("http://{admin}"),
+        }
+    }
+}
+
+/// A file in the temporary directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(ext: &str, content: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("dpop-gateway-e2e-{}-{n}.{ext}", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A configuration file naming the gateway's ports, issuer and audience, then `rest`.
+fn config_file(launch: &Launch, issuer: &MockIssuer, upstream: &str, rest: &str) -> TempFile {
+    TempFile::new(
+        "toml",
+        &format!(
+            "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nupstream = \"{upstream}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n{rest}",
+            launch.listen,
+            launch.admin,
+            issuer.url()
+        ),
+    )
+}
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    SystemRandomSource.fill(&mut bytes).unwrap();
+    b64url(&bytes)
+}
+
+/// `DPOP_TEST_REDIS_URL`, or `None` after saying the test is skipped.
+fn shared_redis() -> Option<String> {
+    match std::env::var("DPOP_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping: DPOP_TEST_REDIS_URL not set");
+            None
+        }
+    }
+}
+
+/// The request as the upstream saw it, by path (with query).
+fn seen(upstream: &TestUpstream, path: &str) -> dpop_test::RecordedRequest {
+    upstream
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("the upstream never saw {path}: {:?}", upstream.requests()))
+}
+
+/// One HTTP/1.1 exchange written by hand: `head` (without the blank line), then `body` in
+/// chunked transfer coding, one chunk per slice; reads until the gateway closes.
+async fn chunked_exchange(addr: SocketAddr, head: &str, chunks: &[&[u8]]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("{head}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    for chunk in chunks {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// 1. A valid request passes with the verified identity, and only with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_dpop_request_reaches_the_upstream_with_the_identity() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url()).start().await;
+    let caller = Caller::new(&issuer, "read write");
+
+    let path = "/v1/items?page=2&q=a%20b";
+    let (r, proof1) = gw
+        .dpop(
+            &caller,
+            "GET",
+            path,
+            None,
+            &[("x-dpop-subject", "admin"), ("x-dpop-jkt", "forged")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.process.output());
+    assert!(r.header("www-authenticate").is_none() && r.header("dpop-nonce").is_none());
+    let echo = r.json().unwrap();
+    assert_eq!(echo["path"], path, "the echo comes back to the client");
+
+    let got = seen(&upstream, path);
+    assert_eq!(got.method, "GET");
+    assert_eq!(
+        got.header_values("x-dpop-subject"),
+        ["user-1"],
+        "spoof replaced"
+    );
+    assert_eq!(got.header_values("x-dpop-client-id"), ["client-1"]);
+    assert_eq!(got.header_values("x-dpop-jkt"), [caller.jkt()]);
+    assert_eq!(got.header_values("x-dpop-scopes"), ["read write"]);
+    assert!(got.header("authorization").is_none(), "{got:?}");
+    assert!(got.header("dpop").is_none(), "{got:?}");
+    assert_eq!(got.header_values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(got.header_values("x-forwarded-proto"), ["http"]);
+
+    // A body with a Content-Length arrives byte for byte; a client X-Forwarded-For is
+    // kept and the peer appended.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (r, proof2) = gw
+        .dpop(
+            &caller,
+            "POST",
+            "/v1/upload",
+            None,
+            &[
+                ("content-type", "application/octet-stream"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-dpop-scopes", "admin"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap()["body_bytes"], body.len());
+    let got = seen(&upstream, "/v1/upload");
+    assert_eq!(got.method, "POST");
+    assert!(got.body == body, "the POST body changed on the way");
+    assert_eq!(got.header_values("x-dpop-scopes"), ["read write"]);
+    assert_eq!(
+        got.header_values("x-forwarded-for"),
+        ["203.0.113.7, 127.0.0.1"]
+    );
+
+    // A chunked (streamed) body arrives intact too.
+    let htu = format!("{}/v1/stream", gw.htu_base);
+    let proof3 = caller.proof("POST", &htu, None);
+    let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![b'a' + i; 10_000]).collect();
+    let slices: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    let head = format!(
+        "POST /v1/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nDPoP: {proof3}",
+        gw.addr(),
+        caller.authorization()
+    );
+    let raw = chunked_exchange(gw.addr(), &head, &slices).await;
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    let got = seen(&upstream, "/v1/stream");
+    assert_eq!(got.body, chunks.concat());
+    assert!(got.header("dpop").is_none() && got.header("authorization").is_none());
+
+    assert_eq!(upstream.request_count(), 3);
+    gw.assert_log_clean(&[&caller.token, &proof1, &proof2, &proof3]);
+}
+
+/// X-Forwarded-For sent as two field lines is one list (RFC 9110 §5.3): the gateway
+/// appends the peer to all of it, dropping nothing and keeping the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_keeps_every_field_line() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url()).start().await;
+    let caller = Caller::new(&issuer, "read");
+    let (r, _) = gw
+        .dpop(
+            &caller,
+            "GET",
+            "/v1/xff",
+            None,
+            &[
+                ("x-forwarded-for", "198.51.100.1"),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let got = seen(&upstream, "/v1/xff");
+    assert_eq!(
+        got.header_values("x-forwarded-for").join(", "),
+        "198.51.100.1, 203.0.113.7, 127.0.0.1"
+    );
+}
+
+/// 2. A proof used at one instance is refused at another sharing the Redis store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_refused_by_another_instance_sharing_redis() {
+    let Some(redis) = shared_redis() else { return };
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let launch = |issuer: &MockIssuer| {
+        Launch::flags(issuer, &upstream.url())
+            .arg("--replay-store")
+            .arg(&redis)
+            .arg("--public-url")
+            .arg(PUBLIC)
+            .start()
+    };
+    let (a, b) = tokio::join!(launch(&issuer), launch(&issuer));
+    let caller = Caller::new(&issuer, "read");
+
+    let (r, proof) = a.get(&caller, "/v1/items").await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", a.process.output());
+    let auth = caller.authorization();
+    let headers = [("authorization", auth.as_str()), ("dpop", proof.as_str())];
+    let r = send("GET", &format!("{}/v1/items", b.url), &headers, b"").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        www(&r),
+        dpop_error("invalid_dpop_proof", "DPoP proof was already used")
+    );
+    assert!(r.body.is_empty());
+    // And at the instance that accepted it.
+    let r = send("GET", &format!("{}/v1/items", a.url), &headers, b"").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "a replay never reaches the upstream"
+    );
+    // A fresh proof still passes at B.
+    assert_eq!(b.get(&caller, "/v1/items").await.0.status, 200);
+    assert!(b.metrics().await.contains("dpop_replays_total 1"));
+}
+
+/// 3. A nonce issued by one instance is accepted by another with the same secret, and
+/// refused by one with another secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_are_shared_by_instances_with_the_same_secret() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let shared = random_secret();
+    let other = random_secret();
+    let launch = |secret: &str| {
+        Launch::flags(&issuer, &upstream.url())
+            .arg("--require-nonce")
+            .arg("--public-url")
+            .arg(PUBLIC)
+            .env("DPOP_NONCE_SECRET", secret)
+            .start()
+    };
+    let (a, b, c) = tokio::join!(launch(&shared), launch(&shared), launch(&other));
+    let caller = Caller::new(&issuer, "read");
+
+    let (r, _) = a.get(&caller, "/v1/items").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        www(&r),
+        dpop_error("use_dpop_nonce", "Server requires nonce in DPoP proof")
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let nonce = r.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
+
+    let (r, _) = b
+        .dpop(&caller, "GET", "/v1/items", Some(&nonce), &[], b"")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", b.process.output());
+    assert_eq!(upstream.request_count(), 1);
+
+    let (r, _) = c
+        .dpop(&caller, "GET", "/v1/items", Some(&nonce), &[], b"")
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        www(&r).starts_with(r#"DPoP error="use_dpop_nonce""#),
+        "{}",
+        www(&r)
+    );
+    let c_nonce = r.header("dpop-nonce").expect("DPoP-Nonce from C");
+    assert_ne!(c_nonce, nonce, "another secret, another nonce");
+    assert_eq!(upstream.request_count(), 1);
+}
+
+/// 4. When Redis stops, requests get 503 (never 200) and `/readyz` says why; when it
+/// comes back, requests pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_503_until_it_is_back() {
+    let mut redis = match RedisServer::spawn().await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            eprintln!("skipping: no redis-server (set DPOP_TEST_REDIS_SERVER or PATH)");
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping: redis-server did not start: {e}");
+            return;
+        }
+    };
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url())
+        .arg("--replay-store")
+        .arg(&redis.url())
+        .start()
+        .await;
+    let caller = Caller::new(&issuer, "read");
+    assert_eq!(gw.get(&caller, "/v1/items").await.0.status, 200);
+
+    redis.stop().unwrap();
+    for _ in 0..3 {
+        let (r, _) = gw.get(&caller, "/v1/items").await;
+        assert_eq!(r.status, 503, "{r:?}\n{}", gw.process.output());
+        assert!(r.header("www-authenticate").is_none(), "{r:?}");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(r.body.is_empty());
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"dpop_requests_total{outcome="rejected",reason="replay_store_unavailable"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "nothing passed while Redis was down"
+    );
+    let r = http_get(&format!("{}/readyz", gw.admin)).await.unwrap();
+    assert_eq!(r.status, 503);
+    let ready = r.json().unwrap();
+    assert_eq!(ready["replay_store_reachable"], false, "{ready}");
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["token_keys_loaded"], true);
+
+    redis.start().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (r, _) = gw.get(&caller, "/v1/items").await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still 503 10 s after Redis came back\n{}",
+            gw.process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http_get(&format!("{}/readyz", gw.admin)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// 5. Refusals through the binary, each with its exact challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_carry_the_rfc_challenges() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url()).start().await;
+    let caller = Caller::new(&issuer, "read");
+    let url = format!("{}/v1/items", gw.url);
+    let htu = format!("{}/v1/items", gw.htu_base);
+    let auth = caller.authorization();
+
+    // No credentials.
+    let r = send("GET", &url, &[], b"").await;
+    assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
+    assert!(r.body.is_empty());
+
+    // A scheme the gateway does not take counts as no credentials.
+    let r = send("GET", &url, &[("authorization", "Basic dXNlcjpwdw==")], b"").await;
+    assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
+
+    // A DPoP-bound token sent as Bearer.
+    let bearer = format!("Bearer {}", caller.token);
+    let r = send("GET", &url, &[("authorization", &bearer)], b"").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        www(&r),
+        dpop_error(
+            "invalid_token",
+            "DPoP-bound access token presented as a Bearer token"
+        )
+    );
+
+    // Two Authorization headers.
+    let proof_two = caller.proof("GET", &htu, None);
+    let r = send(
+        "GET",
+        &url,
+        &[
+            ("authorization", &auth),
+            ("authorization", &bearer),
+            ("dpop", &proof_two),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        www(&r),
+        dpop_error(
+            "invalid_request",
+            "Multiple methods used to include access token"
+        )
+    );
+
+    // DPoP scheme without a proof.
+    let r = send("GET", &url, &[("authorization", &auth)], b"").await;
+    assert_eq!(
+        (r.status, www(&r)),
+        (
+            401,
+            dpop_error("invalid_dpop_proof", "DPoP proof required").as_str()
+        )
+    );
+
+    // A proof for another URI (another port: the htu is the URL the client used).
+    let proof_elsewhere = caller.proof("GET", "http://127.0.0.1:1/v1/items", None);
+    let r = send(
+        "GET",
+        &url,
+        &[("authorization", &auth), ("dpop", &proof_elsewhere)],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (r.status, www(&r)),
+        (
+            401,
+            dpop_error(
+                "invalid_dpop_proof",
+                "DPoP proof does not match the request method and URI"
+            )
+            .as_str()
+        )
+    );
+
+    // A proof signed by a key the token is not bound to.
+    let stranger = Caller {
+        key: PrivateKey::generate(Algorithm::Es256).unwrap(),
+        token: caller.token.clone(),
+    };
+    let proof_stranger = stranger.proof("GET", &htu, None);
+    let r = send(
+        "GET",
+        &url,
+        &[("authorization", &auth), ("dpop", &proof_stranger)],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (r.status, www(&r)),
+        (
+            401,
+            dpop_error("invalid_token", "Invalid DPoP key binding").as_str()
+        )
+    );
+
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "no refused request was forwarded"
+    );
+    gw.assert_log_clean(&[&caller.token, &proof_two, &proof_elsewhere, &proof_stranger]);
+}
+
+/// 6. Upstream failures become 502 and 504 without detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_502_and_504() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let slow = Launch::bare();
+    let file = config_file(
+        &slow,
+        &issuer,
+        &upstream.url(),
+        "[limits]\nupstream_timeout_secs = 1\n",
+    );
+    let (down, slow) = tokio::join!(
+        Launch::flags(&issuer, &closed).start(),
+        slow.arg("--config").arg(file.path()).start()
+    );
+    let caller = Caller::new(&issuer, "read");
+
+    let (r, _) = down.get(&caller, "/v1/items").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.is_empty(), "no internal detail: {:?}", r.text());
+
+    let started = Instant::now();
+    let (r, _) = slow.get(&caller, "/slow?ms=3000").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "504 after {:?}, not after the 1 s upstream timeout",
+        started.elapsed()
+    );
+    // Status codes of the upstream pass through unchanged.
+    assert_eq!(slow.get(&caller, "/status/418").await.0.status, 418);
+    assert!(
+        down.metrics()
+            .await
+            .contains(r#"dpop_upstream_responses_total{result="error"} 1"#)
+    );
+    let metrics = slow.metrics().await;
+    assert!(
+        metrics.contains(r#"dpop_upstream_responses_total{result="timeout"} 1"#)
+            && metrics.contains(r#"dpop_upstream_responses_total{result="ok"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// 7. Routes from a configuration file; flags override the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_routes_and_flag_overrides() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let launch = Launch::bare();
+    // The file's upstream is a closed port: the --upstream flag must win.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let file = config_file(
+        &launch,
+        &issuer,
+        &closed,
+        r#"
+[[routes]]
+path_prefix = "/public"
+dpop = "off"
+
+[[routes]]
+path_prefix = "/shadow"
+dpop = "report_only"
+
+[[routes]]
+path_prefix = "/admin"
+scopes = ["admin"]
+"#,
+    );
+    let gw = launch
+        .arg("--config")
+        .arg(file.path())
+        .arg("--upstream")
+        .arg(&upstream.url())
+        .start()
+        .await;
+
+    // Off: no credentials needed; the client still cannot set identity headers.
+    let r = send(
+        "GET",
+        &format!("{}/public/docs", gw.url),
+        &[("x-dpop-subject", "admin")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.process.output());
+    let got = seen(&upstream, "/public/docs");
+    assert!(got.header("x-dpop-subject").is_none(), "{got:?}");
+
+    // Report-only: forwarded without an identity, and counted.
+    let r = send("GET", &format!("{}/shadow/x", gw.url), &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("www-authenticate").is_none());
+    assert!(
+        seen(&upstream, "/shadow/x")
+            .header("x-dpop-subject")
+            .is_none()
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"dpop_requests_total{outcome="would_reject",reason="credentials_missing"} 1"#
+        ),
+        "{metrics}"
+    );
+
+    // Scopes: a token without "admin" is refused with 403 and the scope named.
+    let reader = Caller::new(&issuer, "read");
+    let (r, _) = gw.get(&reader, "/admin/users").await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP error="insufficient_scope", error_description="The access token lacks a required scope", {ALGS}, scope="admin""#
+        )
+    );
+    let admin = Caller::new(&issuer, "read admin");
+    assert_eq!(gw.get(&admin, "/admin/users").await.0.status, 200);
+    // Other paths get the default policy: DPoP required.
+    let r = send("GET", &format!("{}/v1/items", gw.url), &[], b"").await;
+    assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
+    assert_eq!(upstream.request_count(), 3);
+}
+
+/// 8. The admin listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_health_readiness_and_metrics() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    // A second gateway whose issuer is unreachable: up, but not ready.
+    let mut no_issuer = Launch::flags(&issuer, &upstream.url());
+    let dead_issuer = format!("http://127.0.0.1:{}", free_port());
+    let i = no_issuer.args.iter().position(|a| a == "--issuer").unwrap();
+    no_issuer.args[i + 1] = dead_issuer;
+    let (gw, no_issuer) = tokio::join!(
+        Launch::flags(&issuer, &upstream.url()).start(),
+        no_issuer.start()
+    );
+
+    let r = http_get(&format!("{}/healthz", no_issuer.admin))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = http_get(&format!("{}/readyz", no_issuer.admin))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json().unwrap()["token_keys_loaded"], false);
+    let (r, _) = no_issuer
+        .get(&Caller::new(&issuer, "read"), "/v1/items")
+        .await;
+    assert_eq!(r.status, 503, "no keys: 503, not 401: {r:?}");
+    assert!(r.header("www-authenticate").is_none());
+
+    let r = http_get(&format!("{}/healthz", gw.admin)).await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = http_get(&format!("{}/readyz", gw.admin)).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ready = r.json().unwrap();
+    assert_eq!(
+        ready,
+        serde_json::json!({"ready": true, "token_keys_loaded": true, "replay_store_reachable": true})
+    );
+
+    // One accepted request and one replay, so that every series has a sample.
+    let caller = Caller::new(&issuer, "read");
+    let (r, proof) = gw.get(&caller, "/v1/items").await;
+    assert_eq!(r.status, 200);
+    let auth = caller.authorization();
+    let r = send(
+        "GET",
+        &format!("{}/v1/items", gw.url),
+        &[("authorization", &auth), ("dpop", &proof)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    let metrics = gw.metrics().await;
+    for needle in [
+        r#"dpop_requests_total{outcome="accepted",reason=""} 1"#,
+        r#"dpop_requests_total{outcome="rejected",reason="replay"} 1"#,
+        "dpop_verification_seconds_count 2",
+        "dpop_iat_offset_seconds_count 1",
+        r#"dpop_jwks_refreshes_total{result="ok"}"#,
+        "dpop_replays_total 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
+    let r = http_get(&format!("{}/nope", gw.admin)).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(upstream.request_count(), 1);
+}
+
+/// Starts `GET path` through `gw` in a task (the request goes in flight).
+fn spawn_get(
+    gw: &Gw,
+    caller: &Caller,
+    path: &str,
+) -> tokio::task::JoinHandle<std::io::Result<HttpResponse>> {
+    let url = format!("{}{path}", gw.url);
+    let htu = format!("{}{path}", gw.htu_base);
+    let proof = caller.proof("GET", &htu, None);
+    let auth = caller.authorization();
+    tokio::spawn(async move {
+        http_request(
+            "GET",
+            &url,
+            &[("authorization", &auth), ("dpop", &proof)],
+            b"",
+        )
+        .await
+    })
+}
+
+/// SIGTERM, and how long the process took to exit.
+async fn terminate_timed(
+    process: &mut Gateway,
+) -> (std::io::Result<std::process::ExitStatus>, Duration) {
+    let started = Instant::now();
+    let status = process.terminate(Duration::from_secs(5)).await;
+    (status, started.elapsed())
+}
+
+/// 9. SIGTERM lets the request in flight finish, then the process exits 0 and the port
+/// closes; new connections are refused from the signal on; the drain timeout bounds the
+/// wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let (patient, hasty) = (Launch::bare(), Launch::bare());
+    let patient_file = config_file(
+        &patient,
+        &issuer,
+        &upstream.url(),
+        "[limits]\ndrain_timeout_secs = 5\n",
+    );
+    let hasty_file = config_file(
+        &hasty,
+        &issuer,
+        &upstream.url(),
+        "[limits]\ndrain_timeout_secs = 1\n",
+    );
+    let (mut patient, mut hasty) = tokio::join!(
+        patient.arg("--config").arg(patient_file.path()).start(),
+        hasty.arg("--config").arg(hasty_file.path()).start()
+    );
+    let caller = Caller::new(&issuer, "read");
+
+    let finishes = spawn_get(&patient, &caller, "/slow?ms=1500");
+    let cut = spawn_get(&hasty, &caller, "/slow?ms=4000");
+    // Wait until both requests are at the upstream (in flight), then SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.request_count() < 2 {
+        assert!(Instant::now() < deadline, "{}", patient.process.output());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let patient_addr = patient.addr();
+    let ((status, took), (hasty_status, hasty_took), refused_while_draining) = tokio::join!(
+        terminate_timed(&mut patient.process),
+        terminate_timed(&mut hasty.process),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::net::TcpStream::connect(patient_addr).await.is_err()
+        }
+    );
+
+    let status = status.unwrap_or_else(|e| panic!("{e}\n{}", patient.process.output()));
+    assert!(status.success(), "{status}\n{}", patient.process.output());
+    let r = finishes
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the in-flight request finished"
+    );
+    assert!(
+        refused_while_draining,
+        "new connections are accepted while draining\n{}",
+        patient.process.output()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(patient_addr).await.is_err(),
+        "the port still accepts connections after exit"
+    );
+
+    // A request longer than the drain timeout does not hold the process.
+    let hasty_status = hasty_status.unwrap_or_else(|e| panic!("{e}\n{}", hasty.process.output()));
+    assert!(
+        hasty_status.success(),
+        "{hasty_status}\n{}",
+        hasty.process.output()
+    );
+    assert!(
+        hasty_took < Duration::from_millis(2500),
+        "exited {hasty_took:?} after SIGTERM with a 1 s drain timeout"
+    );
+    assert!(
+        cut.await.unwrap().map_or(true, |r| r.status != 200),
+        "the request was cut at the drain timeout"
+    );
+}
+
+struct Exit {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Runs `dpop gateway args` to its end (killed after 20 s).
+async fn run_gateway(args: &[&str]) -> Exit {
+    let mut child = Command::new(DPOP)
+        .arg("gateway")
+        .args(args)
+        .env_remove("DPOP_NONCE_SECRET")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dpop gateway {args:?} still running after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    Exit {
+        code: status.code(),
+        stderr,
+    }
+}
+
+/// 10a. A missing required flag: exit 2 and one `error:` line naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_upstream_exits_2_naming_it() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let missing = run_gateway(&[
+        "--listen",
+        &listen,
+        "--issuer",
+        "http://127.0.0.1:1",
+        "--audience",
+        AUD,
+    ])
+    .await;
+    assert_eq!(missing.code, Some(2), "{}", missing.stderr);
+    assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.starts_with("error: ") && missing.stderr.contains("--upstream"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// 10b. An unknown field in the file: exit 2 naming the field, in one `error:` line
+/// (main.rs: "Errors are printed as one `error: ...` line on stderr").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_config_field_exits_2_naming_it() {
+    let config = TempFile::new(
+        "toml",
+        &format!(
+            "listen = \"127.0.0.1:{}\"\nupstream = \"http://127.0.0.1:1\"\nissuer = \"http://127.0.0.1:1\"\naudience = \"{AUD}\"\n\n[limits]\nmax_conections = 10\n",
+            free_port()
+        ),
+    );
+    let unknown = run_gateway(&["--config", config.path()]).await;
+    assert_eq!(unknown.code, Some(2), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.starts_with("error: ") && unknown.stderr.contains("max_conections"),
+        "{}",
+        unknown.stderr
+    );
+    assert_eq!(
+        unknown.stderr.trim_end().lines().count(),
+        1,
+        "errors are one line:\n{}",
+        unknown.stderr
+    );
+}
+
+/// 10c. Redis unreachable at start: exit 1 with a message, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_at_start_exits_1() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let redis = run_gateway(&[
+        "--listen",
+        &listen,
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--issuer",
+        issuer.url(),
+        "--audience",
+        AUD,
+        "--replay-store",
+        "redis://127.0.0.1:1",
+    ])
+    .await;
+    assert_eq!(redis.code, Some(1), "{}", redis.stderr);
+    assert!(!redis.stderr.contains("panicked"), "{}", redis.stderr);
+    let last = redis.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("replay store"),
+        "{}",
+        redis.stderr
+    );
+}
+
+/// 11. Tokens and proofs never reach the logs, whatever the outcome, even at debug level
+/// in JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_tokens_or_proofs() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url())
+        .arg("--log-json")
+        .env("RUST_LOG", "debug")
+        .start()
+        .await;
+    let caller = Caller::new(&issuer, "read");
+    let auth = caller.authorization();
+    let url = format!("{}/v1/items?secret=no", gw.url);
+
+    let (r, accepted) = gw.get(&caller, "/v1/items?secret=no").await;
+    assert_eq!(r.status, 200);
+    // Replayed, wrong method, as Bearer, garbage after the scheme.
+    let r = send(
+        "GET",
+        &url,
+        &[("authorization", &auth), ("dpop", &accepted)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let wrong_method = caller.proof("POST", &format!("{}/v1/items", gw.htu_base), None);
+    let r = send(
+        "GET",
+        &url,
+        &[("authorization", &auth), ("dpop", &wrong_method)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let bearer = format!("Bearer {}", caller.token);
+    assert_eq!(
+        send("GET", &url, &[("authorization", &bearer)], b"")
+            .await
+            .status,
+        401
+    );
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let expired = issuer.mint(&TokenSpec {
+        lifetime_secs: -120,
+        ..TokenSpec::bound(AUD, key.thumbprint().as_str())
+    });
+    let old = Caller {
+        key,
+        token: expired.clone(),
+    };
+    let (r, expired_proof) = gw.get(&old, "/v1/items").await;
+    assert_eq!(r.status, 401);
+
+    let log = gw.process.output();
+    assert!(
+        log.contains("request refused"),
+        "rejections are logged:\n{log}"
+    );
+    assert!(
+        !log.contains("secret=no"),
+        "query strings are not logged:\n{log}"
+    );
+    gw.assert_log_clean(&[
+        &caller.token,
+        &accepted,
+        &wrong_method,
+        &expired,
+        &expired_proof,
+    ]);
+}
