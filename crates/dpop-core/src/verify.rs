@@ -9,7 +9,8 @@
 
 use core::fmt;
 use core::time::Duration;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::digest;
 
@@ -56,6 +57,9 @@ pub struct VerifierConfig {
     /// `crit` header parameters the caller processes itself. Defaults to none, so any
     /// `crit` is refused.
     pub understood_crit: Vec<String>,
+    /// Distinct proof headers (one per client key, typically) whose verdict is kept, so
+    /// a client's repeated header is not re-parsed; 0 disables. Defaults to 4096.
+    pub header_cache_capacity: usize,
 }
 
 impl fmt::Debug for VerifierConfig {
@@ -69,6 +73,7 @@ impl fmt::Debug for VerifierConfig {
             .field("max_jti_bytes", &self.max_jti_bytes)
             .field("freshness", &self.freshness)
             .field("understood_crit", &self.understood_crit)
+            .field("header_cache_capacity", &self.header_cache_capacity)
             .finish()
     }
 }
@@ -162,6 +167,7 @@ impl ConfigBuilder<WantsNonces> {
             max_jti_bytes: 256,
             freshness: Freshness::Iat,
             understood_crit: Vec::new(),
+            header_cache_capacity: 4096,
         }
     }
 }
@@ -397,7 +403,7 @@ impl UnrecordedProof {
     /// The proof key's thumbprint.
     #[must_use]
     pub fn jkt(&self) -> &Jkt {
-        self.proof.jwk.thumbprint()
+        self.proof.jwk.jwk.thumbprint()
     }
 
     /// The client should get a fresh nonce on this response.
@@ -450,7 +456,7 @@ impl UnrecordedProof {
 #[derive(Debug)]
 pub struct VerifiedProof {
     alg: Algorithm,
-    jwk: PublicJwk,
+    jwk: Arc<Header>,
     jti: String,
     iat: UnixTime,
     htm: String,
@@ -464,13 +470,13 @@ impl VerifiedProof {
     /// The proof key's thumbprint: bind issued tokens to it (`cnf.jkt`).
     #[must_use]
     pub fn jkt(&self) -> &Jkt {
-        self.jwk.thumbprint()
+        self.jwk.jwk.thumbprint()
     }
 
     /// The proof's public key.
     #[must_use]
     pub fn jwk(&self) -> &PublicJwk {
-        &self.jwk
+        &self.jwk.jwk
     }
 
     /// The signature algorithm.
@@ -526,6 +532,46 @@ impl VerifiedProof {
 #[derive(Clone, Debug)]
 pub struct Verifier {
     config: Arc<VerifierConfig>,
+    headers: Arc<HeaderCache>,
+}
+
+/// A proof header that passed checks 4, 5 and 7 under one verifier's settings.
+#[derive(Debug)]
+pub(crate) struct Header {
+    alg: Algorithm,
+    jwk: PublicJwk,
+}
+
+/// Verdicts on encoded headers, keyed by their exact bytes. Bounded: when full it is
+/// emptied (a miss only costs re-checking one header).
+#[derive(Debug)]
+struct HeaderCache {
+    entries: Mutex<HashMap<Box<[u8]>, Arc<Header>>>,
+    capacity: usize,
+}
+
+impl HeaderCache {
+    fn get(&self, h64: &[u8]) -> Option<Arc<Header>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(h64)
+            .cloned()
+    }
+
+    fn insert(&self, h64: &[u8], header: Arc<Header>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(h64.into(), header);
+    }
 }
 
 fn malformed(what: &'static str) -> Error {
@@ -610,8 +656,13 @@ impl Verifier {
         if config.max_age.is_zero() {
             return Err(Error::ApiMisuse("max_age must be positive"));
         }
+        let headers = Arc::new(HeaderCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity: config.header_cache_capacity,
+        });
         Ok(Self {
             config: Arc::new(config),
+            headers,
         })
     }
 
@@ -626,6 +677,73 @@ impl Verifier {
     #[must_use]
     pub fn nonces(&self) -> Option<&Arc<dyn NonceValidator>> {
         self.config.nonces.as_ref()
+    }
+
+    /// Checks 4 (`typ`), 5 (`alg`), `crit` and 7 (`jwk`, fitting `alg`) on the encoded
+    /// header.
+    fn check_header<O: Observer + ?Sized>(
+        &self,
+        h64: &[u8],
+        observer: &mut O,
+    ) -> Result<Header, Error> {
+        let cfg = &*self.config;
+        let header_bytes =
+            b64::decode(h64).ok_or_else(|| malformed("the header is not base64url"))?;
+        let header = json::parse_object(&header_bytes)
+            .map_err(|e| json_error("the header is not a JSON object", e))?;
+
+        // Check 4 (and §11.5: refuse JWTs minted for other purposes).
+        if header.get("typ").and_then(Json::as_str) != Some("dpop+jwt") {
+            return Err(Error::Proof(ProofError::TypInvalid));
+        }
+        observer.passed(Check::Typ);
+
+        // Check 5: the verifier's list decides, never the proof.
+        let alg_name = header
+            .get("alg")
+            .and_then(Json::as_str)
+            .ok_or_else(|| malformed("the header has no alg string"))?;
+        let alg = match Algorithm::classify(alg_name) {
+            AlgName::Known(alg) if cfg.algorithms.contains(&alg) => alg,
+            AlgName::Known(alg) => return Err(Error::Proof(ProofError::AlgNotAllowed(alg))),
+            AlgName::Forbidden => return Err(Error::Proof(ProofError::AlgForbidden)),
+            AlgName::Unknown => return Err(Error::Proof(ProofError::AlgUnsupported)),
+        };
+        observer.passed(Check::Alg);
+
+        // RFC 7515 §4.1.11: refuse extensions we do not understand. RFC 7797 `b64`
+        // would change what the signature covers, so it is refused even without `crit`.
+        if let Some(crit) = header.get("crit") {
+            let Json::Array(names) = crit else {
+                return Err(Error::Proof(ProofError::CritUnsupported));
+            };
+            let understood = |n: &Json<'_>| {
+                n.as_str().is_some_and(|n| {
+                    cfg.understood_crit.iter().any(|u| u == n) && header.contains(n)
+                })
+            };
+            if names.is_empty() || !names.iter().all(understood) {
+                return Err(Error::Proof(ProofError::CritUnsupported));
+            }
+        }
+        if header.contains("b64") {
+            return Err(Error::Proof(ProofError::CritUnsupported));
+        }
+        observer.passed(Check::Crit);
+
+        // Check 7 and the key/alg family match, before any signature work.
+        let jwk = match header.get("jwk") {
+            None => return Err(Error::Proof(ProofError::JwkMissing)),
+            Some(Json::Object(o)) => {
+                PublicJwk::from_object(o).map_err(|e| Error::Proof(ProofError::Jwk(e)))?
+            }
+            Some(_) => return Err(Error::Proof(ProofError::Jwk(JwkError::NotJson))),
+        };
+        if !jwk.fits(alg) {
+            return Err(Error::Proof(ProofError::AlgKeyMismatch(alg)));
+        }
+        observer.passed(Check::Jwk);
+        Ok(Header { alg, jwk })
     }
 
     /// Verifies the `DPoP` header values of one request (pass every value: more than
@@ -708,8 +826,6 @@ impl Verifier {
         let signing_input = proof
             .get(..h64.len() + 1 + p64.len())
             .ok_or(Error::Unreachable("signing input bounds"))?;
-        let header_bytes =
-            b64::decode(h64).ok_or_else(|| malformed("the header is not base64url"))?;
         let payload_bytes =
             b64::decode(p64).ok_or_else(|| malformed("the payload is not base64url"))?;
         let signature =
@@ -717,63 +833,25 @@ impl Verifier {
         if signature.is_empty() {
             return Err(malformed("the signature is empty"));
         }
-        let header = json::parse_object(&header_bytes)
-            .map_err(|e| json_error("the header is not a JSON object", e))?;
+        // Checks 4, 5 and 7 depend only on the header bytes and this verifier's settings,
+        // and a client sends the same header with every proof: reuse the verdict.
+        let header = match self.headers.get(h64) {
+            Some(h) => {
+                for check in [Check::Typ, Check::Alg, Check::Crit, Check::Jwk] {
+                    observer.passed(check);
+                }
+                h
+            }
+            None => {
+                let h = Arc::new(self.check_header(h64, observer)?);
+                self.headers.insert(h64, Arc::clone(&h));
+                h
+            }
+        };
+        let (alg, jwk) = (header.alg, &header.jwk);
         let claims = json::parse_object(&payload_bytes)
             .map_err(|e| json_error("the payload is not a JSON object", e))?;
         observer.passed(Check::Structure);
-
-        // Check 4 (and §11.5: refuse JWTs minted for other purposes).
-        if header.get("typ").and_then(Json::as_str) != Some("dpop+jwt") {
-            return Err(Error::Proof(ProofError::TypInvalid));
-        }
-        observer.passed(Check::Typ);
-
-        // Check 5: the verifier's list decides, never the proof.
-        let alg_name = header
-            .get("alg")
-            .and_then(Json::as_str)
-            .ok_or_else(|| malformed("the header has no alg string"))?;
-        let alg = match Algorithm::classify(alg_name) {
-            AlgName::Known(alg) if cfg.algorithms.contains(&alg) => alg,
-            AlgName::Known(alg) => return Err(Error::Proof(ProofError::AlgNotAllowed(alg))),
-            AlgName::Forbidden => return Err(Error::Proof(ProofError::AlgForbidden)),
-            AlgName::Unknown => return Err(Error::Proof(ProofError::AlgUnsupported)),
-        };
-        observer.passed(Check::Alg);
-
-        // RFC 7515 §4.1.11: refuse extensions we do not understand. RFC 7797 `b64`
-        // would change what the signature covers, so it is refused even without `crit`.
-        if let Some(crit) = header.get("crit") {
-            let Json::Array(names) = crit else {
-                return Err(Error::Proof(ProofError::CritUnsupported));
-            };
-            let understood = |n: &Json<'_>| {
-                n.as_str().is_some_and(|n| {
-                    cfg.understood_crit.iter().any(|u| u == n) && header.contains(n)
-                })
-            };
-            if names.is_empty() || !names.iter().all(understood) {
-                return Err(Error::Proof(ProofError::CritUnsupported));
-            }
-        }
-        if header.contains("b64") {
-            return Err(Error::Proof(ProofError::CritUnsupported));
-        }
-        observer.passed(Check::Crit);
-
-        // Check 7 and the key/alg family match, before any signature work.
-        let jwk = match header.get("jwk") {
-            None => return Err(Error::Proof(ProofError::JwkMissing)),
-            Some(Json::Object(o)) => {
-                PublicJwk::from_object(o).map_err(|e| Error::Proof(ProofError::Jwk(e)))?
-            }
-            Some(_) => return Err(Error::Proof(ProofError::Jwk(JwkError::NotJson))),
-        };
-        if !jwk.fits(alg) {
-            return Err(Error::Proof(ProofError::AlgKeyMismatch(alg)));
-        }
-        observer.passed(Check::Jwk);
 
         // Check 3: required claims with the right JSON types.
         let jti = required_string(&claims, "jti")?;
@@ -895,7 +973,7 @@ impl Verifier {
                 replay_key,
                 // One second past the last accepted instant: the window is inclusive.
                 replay_expires_at: replay_until.saturating_add(Duration::from_secs(1)),
-                jwk,
+                jwk: Arc::clone(&header),
             },
         })
     }

@@ -809,3 +809,69 @@ fn builder_proofs_carry_what_was_asked() {
         )
         .unwrap();
 }
+
+/// The verifier reuses its verdict on a header it has seen; everything that belongs to
+/// one proof (signature, claims, binding) is still checked every time.
+#[test]
+fn header_cache_never_skips_per_proof_checks() {
+    for capacity in [0, 1, 4096] {
+        let mut cfg = VerifierConfig::builder()
+            .with_default_algorithms()
+            .without_nonces();
+        cfg.header_cache_capacity = capacity;
+        let v = Verifier::new(cfg).unwrap();
+        let htu = htu();
+        let jkt = es256().thumbprint().clone();
+        let req = ProofRequest::new("GET", &htu).with_access_token(TOKEN, &jkt);
+        let run = |p: &str| v.verify([p.as_bytes()], &req, now()).map(|_| ());
+        // Same header twice: the second proof is judged on its own merits.
+        run(&sign(es256(), &header(es256()), &claims())).unwrap();
+        let other = PrivateKey::generate(Algorithm::Es256).unwrap();
+        let forged = sign(&other, &header(es256()), &claims());
+        assert_eq!(
+            reason(run(&forged)),
+            "signature_invalid",
+            "capacity {capacity}"
+        );
+        let stale = with_claims(|c| {
+            c.insert("iat".into(), json!(NOW - 600));
+        });
+        assert_eq!(reason(run(&stale)), "iat_too_old", "capacity {capacity}");
+        // Another key (another header) alternating with the first.
+        let wrong_binding = sign(&other, &header(&other), &claims());
+        assert_eq!(
+            reason(run(&wrong_binding)),
+            "key_mismatch",
+            "capacity {capacity}"
+        );
+        run(&sign(es256(), &header(es256()), &claims())).unwrap();
+        // A refused header stays refused.
+        let bad_typ = with_header(|h| {
+            h.insert("typ".into(), "JWT".into());
+        });
+        assert_eq!(reason(run(&bad_typ)), "typ_invalid");
+        assert_eq!(reason(run(&bad_typ)), "typ_invalid");
+    }
+    // A verdict is per verifier: one that does not allow ES256 refuses the header another
+    // verifier accepted.
+    let p = sign(es256(), &header(es256()), &claims());
+    let htu = htu();
+    let _ = verifier()
+        .verify([p.as_bytes()], &ProofRequest::new("GET", &htu), now())
+        .unwrap();
+    let ed_only = Verifier::new(
+        VerifierConfig::builder()
+            .with_algorithms(&[Algorithm::EdDsa])
+            .unwrap()
+            .without_nonces(),
+    )
+    .unwrap();
+    assert_eq!(
+        ed_only
+            .verify([p.as_bytes()], &ProofRequest::new("GET", &htu), now())
+            .unwrap_err()
+            .reason()
+            .as_str(),
+        "alg_not_allowed"
+    );
+}
