@@ -17,6 +17,8 @@ use zeroize::Zeroizing;
 use crate::error::GatewayError;
 
 /// The simple case by flags; `--config FILE` for everything else (flags override the file).
+// The field docs are also the `--help` text, where link markup would show as-is.
+#[allow(rustdoc::bare_urls)]
 #[derive(Clone, Debug, Default, clap::Args)]
 #[non_exhaustive]
 pub struct GatewayArgs {
