@@ -10,11 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use dpop_core::{
-    Algorithm, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource, UnixTime,
-};
+use dpop_core::{Algorithm, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource};
 use dpop_test::{
     Gateway, HttpResponse, MockIssuer, RedisServer, TestUpstream, TokenSpec, b64url, free_port,
     http_get, http_request, wait_for_tcp,
@@ -27,14 +25,7 @@ const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 /// The external origin the replay and nonce tests give every instance.
 const PUBLIC: &str = "http://api.test";
 
-fn now() -> UnixTime {
-    UnixTime::from_secs(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-}
+use dpop_test::now;
 
 /// A client: a proof key and an access token bound to it.
 struct Caller {

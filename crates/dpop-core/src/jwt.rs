@@ -278,6 +278,16 @@ impl AccessToken {
     }
 }
 
+/// Splits an RFC 6749 §3.3 `scope` value into its scope tokens.
+#[must_use]
+pub fn split_scope(scope: &str) -> Vec<String> {
+    scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Reads the `kid` of a token's header without verifying anything, so an adapter can
 /// decide whether to refresh its JWK set before verifying.
 #[must_use]
@@ -427,12 +437,8 @@ pub fn verify_access_token(
         Some(_) => return Err(TokenError::ClaimInvalid("cnf")),
     };
     let scopes = opt_string(&claims, "scope")?
-        .map(|s| {
-            s.split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
+        .as_deref()
+        .map(split_scope)
         .unwrap_or_default();
     Ok(AccessToken {
         subject: opt_string(&claims, "sub")?,

@@ -137,6 +137,13 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The system clock as the core's [`UnixTime`] (test support reads the clock; the core
+/// never does).
+#[must_use]
+pub fn now() -> dpop_core::UnixTime {
+    dpop_core::UnixTime::from_secs(unix_now())
+}
+
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // The system RNG does not fail in practice; a zero id would still be a valid claim.

@@ -442,15 +442,7 @@ impl IntrospectionSource {
         {
             return Err(Error::Token(TokenError::ClaimInvalid("token_type")));
         }
-        let scopes = r
-            .scope
-            .map(|s| {
-                s.split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let scopes = r.scope.as_deref().map(jwt::split_scope).unwrap_or_default();
         Ok(AccessToken::new(r.sub, r.client_id, scopes, jkt, exp))
     }
 }

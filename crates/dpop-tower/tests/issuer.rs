@@ -3,10 +3,10 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dpop_core::{
-    Algorithm, MemoryReplayStore, PrivateKey, ProofBuilder, Reason, SystemRandomSource, UnixTime,
+    Algorithm, MemoryReplayStore, PrivateKey, ProofBuilder, Reason, SystemRandomSource,
 };
 use dpop_test::{MockIssuer, TokenSpec};
 use dpop_tower::{
@@ -18,14 +18,7 @@ use tower::{Layer, Service, ServiceExt};
 
 const AUD: &str = "https://api.example.com";
 
-fn now() -> UnixTime {
-    UnixTime::from_secs(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-}
+use dpop_test::now;
 
 #[derive(Default)]
 struct Reasons(std::sync::Mutex<Vec<Outcome>>);
