@@ -535,6 +535,9 @@ pub struct Verifier {
     headers: Arc<HeaderCache>,
 }
 
+/// Longest encoded header kept in the header cache.
+const MAX_CACHED_HEADER: usize = 2048;
+
 /// A proof header that passed checks 4, 5 and 7 under one verifier's settings.
 #[derive(Debug)]
 pub(crate) struct Header {
@@ -563,7 +566,10 @@ impl HeaderCache {
     }
 
     fn insert(&self, h64: &[u8], header: Arc<Header>) {
-        if self.capacity == 0 {
+        // Real headers (EC, Ed25519, RSA up to 4096 bits) are well under this; larger
+        // ones are still verified, just not kept, so the cache stays small (at most
+        // capacity × 2 KiB of keys) whatever keys clients invent.
+        if self.capacity == 0 || h64.len() > MAX_CACHED_HEADER {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
