@@ -799,6 +799,19 @@ scopes = ["admin"]
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.process.output());
     let got = seen(&upstream, "/public/docs");
     assert!(got.header("x-dpop-subject").is_none(), "{got:?}");
+    // Credentials the gateway did not check pass through untouched.
+    let r = send(
+        "GET",
+        &format!("{}/public/docs2", gw.url),
+        &[("authorization", "Bearer legacy-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        seen(&upstream, "/public/docs2").header("authorization"),
+        Some("Bearer legacy-token")
+    );
 
     // Report-only: forwarded without an identity, and counted.
     let r = send("GET", &format!("{}/shadow/x", gw.url), &[], b"").await;
@@ -808,6 +821,19 @@ scopes = ["admin"]
         seen(&upstream, "/shadow/x")
             .header("x-dpop-subject")
             .is_none()
+    );
+    // A failed check during roll-out leaves the client's credentials for the upstream.
+    let r = send(
+        "GET",
+        &format!("{}/shadow/y", gw.url),
+        &[("authorization", "Bearer legacy-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        seen(&upstream, "/shadow/y").header("authorization"),
+        Some("Bearer legacy-token")
     );
     let metrics = gw.metrics().await;
     assert!(
@@ -832,7 +858,8 @@ scopes = ["admin"]
     // Other paths get the default policy: DPoP required.
     let r = send("GET", &format!("{}/v1/items", gw.url), &[], b"").await;
     assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
-    assert_eq!(upstream.request_count(), 3);
+    // Forwarded: two off-route requests, two report-only ones, the admin request.
+    assert_eq!(upstream.request_count(), 5);
 }
 
 /// 8. The admin listener.

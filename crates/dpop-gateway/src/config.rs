@@ -243,7 +243,7 @@ pub struct GatewayConfig {
     pub proof_future_leeway: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
-    /// Whole-request time limit (including the upstream).
+    /// Time limit from request to response head (checks and upstream included).
     pub request_timeout: Duration,
     /// Upstream response-head time limit.
     pub upstream_timeout: Duration,
@@ -251,9 +251,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain_timeout: Duration,
-    /// Remove `Authorization` before forwarding.
+    /// Remove `Authorization` from requests the gateway authenticated.
     pub strip_authorization: bool,
-    /// Remove `DPoP` before forwarding.
+    /// Remove `DPoP` from requests the gateway authenticated.
     pub strip_dpop: bool,
     /// Identity header names.
     pub identity_headers: IdentityHeaders,

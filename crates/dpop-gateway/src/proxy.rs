@@ -145,10 +145,14 @@ impl Proxy {
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
         headers.remove(header::HOST);
-        if s.strip_authorization {
+        // Credentials the gateway checked are replaced by the identity. Where it did not
+        // vouch for the request (an `off` route, a report-only failure) they pass through,
+        // so an upstream that still authenticates on its own keeps working during roll-out.
+        let vouched = identity.is_some();
+        if s.strip_authorization && vouched {
             headers.remove(header::AUTHORIZATION);
         }
-        if s.strip_dpop {
+        if s.strip_dpop && vouched {
             headers.remove("dpop");
         }
         // Identity headers come only from the gateway, never from the client.

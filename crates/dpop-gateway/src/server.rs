@@ -235,8 +235,14 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 
 async fn serve_admin(listener: TcpListener, layer: DpopLayer<GatewayStore>, metrics: Arc<Metrics>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(target: "dpop::gateway", error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let layer = layer.clone();
         let metrics = metrics.clone();
