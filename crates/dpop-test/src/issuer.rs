@@ -137,7 +137,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The system clock as the core's [`UnixTime`] (test support reads the clock; the core
+/// The system clock as the core's [`dpop_core::UnixTime`] (test support reads the clock; the core
 /// never does).
 #[must_use]
 pub fn now() -> dpop_core::UnixTime {
