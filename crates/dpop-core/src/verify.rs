@@ -178,8 +178,15 @@ impl ConfigBuilder<WantsNonces> {
 pub struct ProofRequest<'a> {
     method: Option<&'a str>,
     htu: Option<&'a Htu>,
-    access_token: Option<&'a str>,
+    access_token: Option<PresentedToken<'a>>,
     bound_jkt: Option<&'a Jkt>,
+}
+
+/// The presented access token, or its hash when the caller already computed it.
+#[derive(Clone, Copy, Debug)]
+enum PresentedToken<'a> {
+    Token(&'a str),
+    Hash(&'a Ath),
 }
 
 impl<'a> ProofRequest<'a> {
@@ -198,7 +205,16 @@ impl<'a> ProofRequest<'a> {
     /// the key it is bound to (`cnf.jkt`, checked against the proof key).
     #[must_use]
     pub fn with_access_token(mut self, token: &'a str, cnf_jkt: &'a Jkt) -> Self {
-        self.access_token = Some(token);
+        self.access_token = Some(PresentedToken::Token(token));
+        self.bound_jkt = Some(cnf_jkt);
+        self
+    }
+
+    /// [`ProofRequest::with_access_token`] for a caller that already hashed the token
+    /// (e.g. as a cache key), so it is not hashed twice.
+    #[must_use]
+    pub fn with_access_token_hash(mut self, ath: &'a Ath, cnf_jkt: &'a Jkt) -> Self {
+        self.access_token = Some(PresentedToken::Hash(ath));
         self.bound_jkt = Some(cnf_jkt);
         self
     }
@@ -214,7 +230,7 @@ impl<'a> ProofRequest<'a> {
     /// Only the access-token check, without key binding. Reachable through
     /// [`crate::dangerous`].
     pub(crate) fn set_access_token_only(&mut self, token: &'a str) {
-        self.access_token = Some(token);
+        self.access_token = Some(PresentedToken::Token(token));
     }
 
     pub(crate) fn without_target(method: Option<&'a str>, htu: Option<&'a Htu>) -> Self {
@@ -944,9 +960,13 @@ impl Verifier {
 
         // Check 12: `ath` binds the proof to the presented token.
         match request.access_token {
-            Some(token) => {
+            Some(presented) => {
                 let ath = ath.ok_or(Error::Proof(ProofError::AthMissing))?;
-                if !Ath::of_token(token).matches(ath) {
+                let matches = match presented {
+                    PresentedToken::Token(token) => Ath::of_token(token).matches(ath),
+                    PresentedToken::Hash(expected) => expected.matches(ath),
+                };
+                if !matches {
                     return Err(Error::Proof(ProofError::AthMismatch));
                 }
                 observer.passed(Check::Ath);

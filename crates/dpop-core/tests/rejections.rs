@@ -875,3 +875,26 @@ fn header_cache_never_skips_per_proof_checks() {
         "alg_not_allowed"
     );
 }
+
+/// A caller that already hashed the token gets the same verdicts as one passing it.
+#[test]
+fn precomputed_token_hash_is_checked_like_the_token() {
+    let htu = htu();
+    let jkt = es256().thumbprint().clone();
+    let right = dpop_core::Ath::of_token(TOKEN);
+    let wrong = dpop_core::Ath::of_token("another-token");
+    let v = verifier();
+    let run = |p: &str, ath: &dpop_core::Ath| {
+        let req = ProofRequest::new("GET", &htu).with_access_token_hash(ath, &jkt);
+        v.verify([p.as_bytes()], &req, now()).map(|_| ())
+    };
+    run(&sign(es256(), &header(es256()), &claims()), &right).unwrap();
+    assert_eq!(
+        reason(run(&sign(es256(), &header(es256()), &claims()), &wrong)),
+        "ath_mismatch"
+    );
+    let no_ath = with_claims(|c| {
+        c.remove("ath");
+    });
+    assert_eq!(reason(run(&no_ath, &right)), "ath_missing");
+}

@@ -26,14 +26,19 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+/// The first value of header `name` (any case) in a list of lower-cased header lines.
+pub(crate) fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 impl HttpResponse {
     /// The first value of header `name` (any case).
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
 
     /// The body as text (invalid UTF-8 replaced).

@@ -45,10 +45,7 @@ impl RecordedRequest {
     /// The first value of header `name` (any case).
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::client::first_header(&self.headers, name)
     }
 
     /// Every value of header `name` (any case), in order.

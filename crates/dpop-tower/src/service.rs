@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use dpop_core::jwt::AccessToken;
-use dpop_core::{AsyncReplayStore, Error, ProofRequest, Reason, RequestError, UnixTime};
+use dpop_core::{AsyncReplayStore, Ath, Error, ProofRequest, Reason, RequestError, UnixTime};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
 use tower::Service;
@@ -128,13 +128,12 @@ where
     if policy.mode == DpopMode::Off {
         return inner.call(req).await;
     }
-    let policy = policy.clone();
     let started = Instant::now();
     // Work on the head only: the body is not needed and need not be `Sync`.
     let (mut parts, body) = req.into_parts();
     let result = match shared.settings.clock.now() {
         Some(now) => shared
-            .authenticate(&parts, &policy, now)
+            .authenticate(&parts, policy, now)
             .await
             .map(|a| (a, now)),
         None => Err(Rejection::new(Error::NoClock, None)),
@@ -252,7 +251,7 @@ impl<St: AsyncReplayStore> Shared<St> {
         let bearer = Some(Scheme::Bearer);
         let at = self
             .cache
-            .verify(self.tokens.as_ref(), token, now)
+            .verify(self.tokens.as_ref(), token, &Ath::of_token(token), now)
             .await
             .map_err(|e| Rejection::new(e, bearer))?;
         // RFC 9449 §7.2: a DPoP-bound token must never be accepted as a Bearer token.
@@ -287,9 +286,11 @@ impl<St: AsyncReplayStore> Shared<St> {
     ) -> Result<Authenticated, Rejection> {
         let dpop = Some(Scheme::Dpop);
         let reject = |e: Error| Rejection::new(e, dpop);
+        // Hashed once: the token cache's key and the proof's expected `ath`.
+        let ath = Ath::of_token(token);
         let at = self
             .cache
-            .verify(self.tokens.as_ref(), token, now)
+            .verify(self.tokens.as_ref(), token, &ath, now)
             .await
             .map_err(reject)?;
         let jkt = at
@@ -314,7 +315,8 @@ impl<St: AsyncReplayStore> Shared<St> {
             .get_all("dpop")
             .iter()
             .map(HeaderValue::as_bytes);
-        let request = ProofRequest::new(req.method.as_str(), &htu).with_access_token(token, &jkt);
+        let request =
+            ProofRequest::new(req.method.as_str(), &htu).with_access_token_hash(&ath, &jkt);
         let unrecorded = verifier.verify(proofs, &request, now).map_err(reject)?;
         // Scope before the replay record: a refused request leaves nothing behind.
         if !has_scopes(&at, &policy.scopes) {

@@ -10,9 +10,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::digest;
 use dpop_core::jwt::{self, AccessToken, JwkSet, TokenError, TokenValidation};
-use dpop_core::{Error, Jkt, UnixTime};
+use dpop_core::{Ath, Error, Jkt, UnixTime};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -457,12 +456,12 @@ impl TokenSource for IntrospectionSource {
     }
 }
 
-/// Verified tokens by SHA-256 of the token, until the earlier of `exp` and a TTL.
+/// Verified tokens by `ath` (base64url SHA-256 of the token), until the earlier of `exp` and a TTL.
 /// Bounded: when full, expired entries go first, then everything (it is a cache: a miss
 /// only costs a token check).
 #[derive(Debug)]
 pub(crate) struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (AccessToken, UnixTime)>>,
+    entries: Mutex<HashMap<String, (AccessToken, UnixTime)>>,
     capacity: usize,
     ttl: Duration,
 }
@@ -476,19 +475,15 @@ impl TokenCache {
         }
     }
 
-    fn key(token: &str) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
-        out
-    }
-
+    /// `ath` is the token's hash (RFC 9449 `ath`), which doubles as the cache key.
     pub(crate) async fn verify(
         &self,
         source: &dyn TokenSource,
         token: &str,
+        ath: &Ath,
         now: UnixTime,
     ) -> Result<AccessToken, Error> {
-        let key = Self::key(token);
+        let key = ath.as_str();
         if self.ttl.is_zero() {
             return source.verify(token, now).await;
         }
@@ -496,7 +491,7 @@ impl TokenCache {
             .entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(key)
             && now < *until
         {
             return Ok(t.clone());
@@ -510,7 +505,7 @@ impl TokenCache {
                 entries.clear();
             }
         }
-        entries.insert(key, (verified.clone(), until));
+        entries.insert(key.to_owned(), (verified.clone(), until));
         Ok(verified)
     }
 }
