@@ -67,11 +67,64 @@ pub(crate) enum Command {
     /// Ctrl-C, then drains in-flight requests. Exits 2 on a configuration error, 1 when
     /// it cannot start (listener, Redis).
     Gateway(dpop_gateway::GatewayArgs),
+    /// Run the authorization server that issues short-lived DPoP-bound tokens to workloads
+    ///
+    /// `dpop issuer --config FILE` serves the token, introspection, revocation, JWKS and
+    /// metadata endpoints (TOML, see examples/issuer.toml) until SIGTERM or Ctrl-C. The
+    /// subcommands manage its state: rotate-key, disable-client, enable-client, and
+    /// hash-secret to make the secret hash a client table holds. Exits 2 on a
+    /// configuration error, 1 when it cannot start (database, listener, keys).
+    Issuer(IssuerArgs),
     /// Walk through DPoP step by step: a bound token, a proof, and attacks refused
     ///
     /// Self-contained: no files, no network. Exits 0 only if every step behaves as
     /// expected, so it doubles as a smoke test.
     Demo,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct IssuerArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<IssuerAction>,
+    /// The issuer configuration (TOML, see examples/issuer.toml)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum IssuerAction {
+    /// Create a new signing key and retire the current ones
+    ///
+    /// Retired keys sign nothing more; their public keys stay in the JWKS until the
+    /// tokens they signed have expired. Running issuers switch within 30 seconds.
+    /// Prints the new key id.
+    RotateKey {
+        /// The issuer configuration
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Disable a client: refuse it, revoke its refresh tokens, make its access tokens
+    /// inactive at introspection
+    DisableClient {
+        /// The client id
+        client_id: String,
+        /// The issuer configuration
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Enable a disabled client again (tokens revoked on disabling stay revoked)
+    EnableClient {
+        /// The client id
+        client_id: String,
+        /// The issuer configuration
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Read a client secret from standard input and print its Argon2id hash
+    ///
+    /// Put the hash in the client's `secret` field; the secret itself never goes in the file.
+    HashSecret,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,10 @@
 //! The same strictness as for proofs applies: duplicate JSON members refused, `none`
 //! and MAC algorithms not representable, the key's type must fit `alg`, `crit` refused,
 //! size bounded before parsing. `aud` is required (RFC 9068 §4), as are `iss` and `exp`.
+//!
+//! [`verify_access_token`] is [`verify_jwt`] (any JWT: an ID token, a CI job token, a
+//! Kubernetes service-account token, used e.g. as an RFC 8693 subject token) followed by
+//! [`VerifiedJwt::to_access_token`], so both apply the same checks in the same order.
 
 use core::fmt;
 use core::time::Duration;
@@ -315,12 +319,169 @@ fn time(o: &Object<'_>, name: &'static str) -> Result<Option<UnixTime>, TokenErr
     }
 }
 
-fn opt_string(o: &Object<'_>, name: &'static str) -> Result<Option<String>, TokenError> {
-    match o.get(name) {
-        None => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s.to_string())),
-        Some(_) => Err(TokenError::ClaimInvalid(name)),
+/// What a JWT (not necessarily an access token) must satisfy, for [`verify_jwt`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct JwtValidation {
+    /// The expected `iss`, exactly.
+    pub issuer: String,
+    /// The audience the token must be for: `aud` must be it or contain it. With `None`,
+    /// `aud` is not compared with anything, but when present it must still be a string or
+    /// an array of strings. Defaults to the `audience` given to [`JwtValidation::new`].
+    pub audience: Option<String>,
+    /// Clock leeway for `exp`, `nbf` and `iat`. Defaults to 30 s.
+    pub leeway: Duration,
+    /// Accepted signature algorithms. Defaults to ES256, ES384, EdDSA/Ed25519, PS256, RS256.
+    pub algorithms: Vec<Algorithm>,
+    /// Accepted `typ` values. Defaults to [`TypPolicy::AtJwtOrJwt`].
+    pub typ: TypPolicy,
+    /// Longest token accepted, checked before parsing. Defaults to 16 KiB.
+    pub max_token_bytes: usize,
+    /// Whether a token without `aud` is refused ([`TokenError::MissingClaim`]). Without
+    /// it, a token with no `aud` passes the audience check even when
+    /// [`JwtValidation::audience`] is set. Defaults to `true`.
+    pub require_aud: bool,
+}
+
+impl JwtValidation {
+    /// Validation for JWTs from `issuer`, meant for `audience` when given, with the
+    /// defaults.
+    #[must_use]
+    pub fn new(issuer: &str, audience: Option<&str>) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.map(str::to_owned),
+            leeway: Duration::from_secs(30),
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            typ: TypPolicy::AtJwtOrJwt,
+            max_token_bytes: 16 * 1024,
+            require_aud: true,
+        }
     }
+}
+
+/// A JWT whose signature and registered claims were checked by [`verify_jwt`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct VerifiedJwt {
+    /// The header's `alg` (on the allow-list).
+    pub alg: Algorithm,
+    /// The header's `kid`, if any.
+    pub kid: Option<String>,
+    /// Every claim of the payload, as signed.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// `exp`.
+    pub expires_at: UnixTime,
+    /// `iat`, if present (it is never in the future beyond the leeway).
+    pub issued_at: Option<UnixTime>,
+}
+
+impl VerifiedJwt {
+    /// The claim `name` when it is a string; `None` when it is absent or not a string.
+    #[must_use]
+    pub fn str_claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(serde_json::Value::as_str)
+    }
+
+    /// The audiences in `aud` (a string or an array of strings; [`verify_jwt`] refused
+    /// any other shape). Empty when there is no `aud`.
+    #[must_use]
+    pub fn audiences(&self) -> Vec<&str> {
+        match self.claims.get("aud") {
+            Some(serde_json::Value::String(a)) => vec![a.as_str()],
+            Some(serde_json::Value::Array(list)) => {
+                list.iter().filter_map(serde_json::Value::as_str).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `cnf.jkt` (RFC 9449 §6.1): the DPoP key the token is bound to, if any.
+    ///
+    /// # Errors
+    /// [`TokenError::ClaimInvalid`] when `cnf` is not an object or `cnf.jkt` is not a
+    /// thumbprint.
+    pub fn jkt(&self) -> Result<Option<Jkt>, TokenError> {
+        match self.claims.get("cnf") {
+            None => Ok(None),
+            Some(serde_json::Value::Object(cnf)) => match cnf.get("jkt") {
+                None => Ok(None),
+                Some(serde_json::Value::String(j)) => Jkt::parse(j)
+                    .map(Some)
+                    .map_err(|_| TokenError::ClaimInvalid("cnf.jkt")),
+                Some(_) => Err(TokenError::ClaimInvalid("cnf.jkt")),
+            },
+            Some(_) => Err(TokenError::ClaimInvalid("cnf")),
+        }
+    }
+
+    /// The access-token facts of this JWT: `sub`, `client_id`, `scope`, `cnf.jkt`, `exp`,
+    /// `jti`.
+    ///
+    /// # Errors
+    /// [`TokenError::ClaimInvalid`] when `cnf`/`cnf.jkt` is malformed or `scope`, `sub`,
+    /// `client_id` or `jti` is present but not a string.
+    pub fn to_access_token(&self) -> Result<AccessToken, TokenError> {
+        let jkt = self.jkt()?;
+        let scopes = self
+            .opt_string("scope")?
+            .map(split_scope)
+            .unwrap_or_default();
+        Ok(AccessToken {
+            subject: self.opt_string("sub")?.map(str::to_owned),
+            client_id: self.opt_string("client_id")?.map(str::to_owned),
+            scopes,
+            jkt,
+            expires_at: self.expires_at,
+            jti: self.opt_string("jti")?.map(str::to_owned),
+        })
+    }
+
+    /// The claim `name`: absent is `None`, present but not a string is an error.
+    fn opt_string(&self, name: &'static str) -> Result<Option<&str>, TokenError> {
+        match self.claims.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(TokenError::ClaimInvalid(name)),
+        }
+    }
+}
+
+/// [`JwtValidation`] borrowed, so [`verify_access_token`] can share [`verify_jwt`]'s
+/// checks without copying its [`TokenValidation`].
+struct Rules<'a> {
+    issuer: &'a str,
+    audience: Option<&'a str>,
+    leeway: Duration,
+    algorithms: &'a [Algorithm],
+    typ: TypPolicy,
+    max_token_bytes: usize,
+    require_aud: bool,
+}
+
+/// Verifies a JWT against `keys` and `validation` at `now`: size, structure, strict JSON
+/// (duplicate members refused), `typ`, `alg` allow-list, no `crit`/`b64`, the key for
+/// `kid`, the signature, then `iss`, `aud`, `exp` (required), `nbf` and `iat`.
+///
+/// # Errors
+/// [`TokenError`] naming the first failed check. [`TokenError::UnknownKey`] means the
+/// caller should refresh the JWK set (rate-limited) and try once more.
+pub fn verify_jwt(
+    token: &str,
+    keys: &JwkSet,
+    validation: &JwtValidation,
+    now: UnixTime,
+) -> Result<VerifiedJwt, TokenError> {
+    let rules = Rules {
+        issuer: &validation.issuer,
+        audience: validation.audience.as_deref(),
+        leeway: validation.leeway,
+        algorithms: &validation.algorithms,
+        typ: validation.typ,
+        max_token_bytes: validation.max_token_bytes,
+        require_aud: validation.require_aud,
+    };
+    verify_with(token, keys, &rules, now)
 }
 
 /// Verifies a JWT access token against `keys` and `validation` at `now`.
@@ -334,7 +495,25 @@ pub fn verify_access_token(
     validation: &TokenValidation,
     now: UnixTime,
 ) -> Result<AccessToken, TokenError> {
-    if token.len() > validation.max_token_bytes {
+    let rules = Rules {
+        issuer: &validation.issuer,
+        audience: Some(&validation.audience),
+        leeway: validation.leeway,
+        algorithms: &validation.algorithms,
+        typ: validation.typ,
+        max_token_bytes: validation.max_token_bytes,
+        require_aud: true,
+    };
+    verify_with(token, keys, &rules, now)?.to_access_token()
+}
+
+fn verify_with(
+    token: &str,
+    keys: &JwkSet,
+    rules: &Rules<'_>,
+    now: UnixTime,
+) -> Result<VerifiedJwt, TokenError> {
+    if token.len() > rules.max_token_bytes {
         return Err(TokenError::Malformed("longer than the accepted maximum"));
     }
     let mut parts = token.split('.');
@@ -357,12 +536,12 @@ pub fn verify_access_token(
     let claims = json::parse_object(&payload).map_err(bad_json)?;
 
     let typ_ok = match header.get("typ") {
-        None => validation.typ == TypPolicy::AtJwtOrJwt,
+        None => rules.typ == TypPolicy::AtJwtOrJwt,
         Some(Json::String(t)) => {
             let t = t.to_ascii_lowercase();
             t == "at+jwt"
                 || t == "application/at+jwt"
-                || (validation.typ == TypPolicy::AtJwtOrJwt && t == "jwt")
+                || (rules.typ == TypPolicy::AtJwtOrJwt && t == "jwt")
         }
         Some(_) => false,
     };
@@ -374,7 +553,7 @@ pub fn verify_access_token(
         .and_then(Json::as_str)
         .map(Algorithm::classify)
     {
-        Some(AlgName::Known(alg)) if validation.algorithms.contains(&alg) => alg,
+        Some(AlgName::Known(alg)) if rules.algorithms.contains(&alg) => alg,
         Some(_) => return Err(TokenError::AlgNotAllowed),
         None => return Err(TokenError::Malformed("no alg")),
     };
@@ -396,57 +575,50 @@ pub fn verify_access_token(
 
     // Claims, only after the signature: unauthenticated claims are not worth reading.
     match claims.get("iss") {
-        Some(Json::String(iss)) if *iss == validation.issuer => {}
+        Some(Json::String(iss)) if *iss == rules.issuer => {}
         Some(Json::String(_)) => return Err(TokenError::IssuerMismatch),
         Some(_) => return Err(TokenError::ClaimInvalid("iss")),
         None => return Err(TokenError::MissingClaim("iss")),
     }
     let aud_ok = match claims.get("aud") {
-        Some(Json::String(a)) => *a == validation.audience,
+        Some(Json::String(a)) => rules.audience.is_none_or(|want| *a == want),
         Some(Json::Array(list)) => {
             if !list.iter().all(|a| a.as_str().is_some()) {
                 return Err(TokenError::ClaimInvalid("aud"));
             }
-            list.iter()
-                .any(|a| a.as_str() == Some(validation.audience.as_str()))
+            rules
+                .audience
+                .is_none_or(|want| list.iter().any(|a| a.as_str() == Some(want)))
         }
         Some(_) => return Err(TokenError::ClaimInvalid("aud")),
-        None => return Err(TokenError::MissingClaim("aud")),
+        None if rules.require_aud => return Err(TokenError::MissingClaim("aud")),
+        None => true,
     };
     if !aud_ok {
         return Err(TokenError::AudienceMismatch);
     }
     let exp = time(&claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
-    if exp.saturating_add(validation.leeway) <= now {
+    if exp.saturating_add(rules.leeway) <= now {
         return Err(TokenError::Expired { exp, now });
     }
-    for name in ["nbf", "iat"] {
-        if time(&claims, name)?.is_some_and(|t| t > now.saturating_add(validation.leeway)) {
-            return Err(TokenError::NotYetValid);
-        }
+    if time(&claims, "nbf")?.is_some_and(|t| t > now.saturating_add(rules.leeway)) {
+        return Err(TokenError::NotYetValid);
     }
-    let jkt = match claims.get("cnf") {
-        None => None,
-        Some(Json::Object(cnf)) => match cnf.get("jkt") {
-            None => None,
-            Some(Json::String(j)) => {
-                Some(Jkt::parse(j).map_err(|_| TokenError::ClaimInvalid("cnf.jkt"))?)
-            }
-            Some(_) => return Err(TokenError::ClaimInvalid("cnf.jkt")),
-        },
-        Some(_) => return Err(TokenError::ClaimInvalid("cnf")),
-    };
-    let scopes = opt_string(&claims, "scope")?
-        .as_deref()
-        .map(split_scope)
-        .unwrap_or_default();
-    Ok(AccessToken {
-        subject: opt_string(&claims, "sub")?,
-        client_id: opt_string(&claims, "client_id")?,
-        scopes,
-        jkt,
+    let iat = time(&claims, "iat")?;
+    if iat.is_some_and(|t| t > now.saturating_add(rules.leeway)) {
+        return Err(TokenError::NotYetValid);
+    }
+    let kid = kid.map(str::to_owned);
+    // The strict reader above accepted this payload (it is serde_json underneath, so the
+    // two agree); the owned map is what callers get to read further claims.
+    let claims = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&payload)
+        .map_err(|_| TokenError::Malformed("not a JSON object"))?;
+    Ok(VerifiedJwt {
+        alg,
+        kid,
+        claims,
         expires_at: exp,
-        jti: opt_string(&claims, "jti")?,
+        issued_at: iat,
     })
 }
 
@@ -630,6 +802,209 @@ mod tests {
             verify(&i, &"a".repeat(20_000)),
             Err(TokenError::Malformed(_))
         ));
+    }
+
+    fn verify_generic(
+        i: &Issuer,
+        token: &str,
+        v: &JwtValidation,
+    ) -> Result<VerifiedJwt, TokenError> {
+        verify_jwt(token, &i.set, v, UnixTime::from_secs(NOW))
+    }
+
+    #[test]
+    fn verify_jwt_exposes_claims() {
+        let i = issuer();
+        let mut c = claims();
+        c["kubernetes.io"] = json!({"namespace": "prod", "serviceaccount": {"name": "ci"}});
+        c["groups"] = json!(["a", "b"]);
+        let v = JwtValidation::new(ISS, Some(AUD));
+        let t = verify_generic(&i, &mint(&i, &header(), &c), &v).unwrap();
+        assert_eq!(t.alg, Algorithm::Es256);
+        assert_eq!(t.kid.as_deref(), Some("k1"));
+        assert_eq!(t.expires_at, UnixTime::from_secs(NOW + 300));
+        assert_eq!(t.issued_at, Some(UnixTime::from_secs(NOW)));
+        assert_eq!(Value::Object(t.claims.clone()), c);
+        assert_eq!(t.claims["kubernetes.io"]["namespace"], "prod");
+        assert_eq!(t.str_claim("sub"), Some("svc-a"));
+        assert_eq!(t.str_claim("groups"), None);
+        assert_eq!(t.str_claim("missing"), None);
+        assert_eq!(t.audiences(), vec![AUD]);
+        // The same checks as for access tokens, in the same order.
+        let mut bad = claims();
+        bad["iss"] = "https://evil.example".into();
+        assert_eq!(
+            verify_generic(&i, &mint(&i, &header(), &bad), &v),
+            Err(TokenError::IssuerMismatch)
+        );
+        bad = claims();
+        bad["exp"] = (NOW - 31).into();
+        assert!(matches!(
+            verify_generic(&i, &mint(&i, &header(), &bad), &v),
+            Err(TokenError::Expired { .. })
+        ));
+        bad = claims();
+        bad["iat"] = (NOW + 31).into();
+        assert_eq!(
+            verify_generic(&i, &mint(&i, &header(), &bad), &v),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            verify_generic(
+                &i,
+                &mint(&i, &json!({"alg": "ES256", "kid": "k9"}), &claims()),
+                &v
+            ),
+            Err(TokenError::UnknownKey)
+        );
+        let forger = issuer();
+        assert_eq!(
+            verify_generic(&i, &mint(&forger, &header(), &claims()), &v),
+            Err(TokenError::SignatureInvalid)
+        );
+        let dup = format!(
+            "{}.{}.{}",
+            b64::encode(br#"{"alg":"ES256","kid":"k1"}"#),
+            b64::encode(br#"{"iss":"a","iss":"b"}"#),
+            b64::encode(b"sig")
+        );
+        assert_eq!(
+            verify_generic(&i, &dup, &v),
+            Err(TokenError::Malformed("duplicate JSON member"))
+        );
+    }
+
+    #[test]
+    fn verify_jwt_without_audience() {
+        let i = issuer();
+        let v = JwtValidation::new(ISS, None);
+        let with = |f: &dyn Fn(&mut Value), v: &JwtValidation| {
+            let mut c = claims();
+            f(&mut c);
+            verify_generic(&i, &mint(&i, &header(), &c), v)
+        };
+        // Any audience is accepted, but aud must still be well-typed…
+        let t = with(&|c| c["aud"] = json!(["x", "y"]), &v).unwrap();
+        assert_eq!(t.audiences(), vec!["x", "y"]);
+        with(&|c| c["aud"] = "https://other.example".into(), &v).unwrap();
+        assert_eq!(
+            with(&|c| c["aud"] = json!(7), &v),
+            Err(TokenError::ClaimInvalid("aud"))
+        );
+        assert_eq!(
+            with(&|c| c["aud"] = json!(["x", 7]), &v),
+            Err(TokenError::ClaimInvalid("aud"))
+        );
+        // …and present, unless require_aud is off.
+        let no_aud = |c: &mut Value| {
+            c.as_object_mut().unwrap().remove("aud");
+        };
+        assert_eq!(with(&no_aud, &v), Err(TokenError::MissingClaim("aud")));
+        let mut lax = JwtValidation::new(ISS, None);
+        lax.require_aud = false;
+        assert!(with(&no_aud, &lax).unwrap().audiences().is_empty());
+    }
+
+    #[test]
+    fn verify_jwt_aud_absent_not_required() {
+        let i = issuer();
+        let mut v = JwtValidation::new(ISS, Some(AUD));
+        v.require_aud = false;
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("aud");
+        let t = verify_generic(&i, &mint(&i, &header(), &c), &v).unwrap();
+        assert!(t.audiences().is_empty());
+        assert!(!t.claims.contains_key("aud"));
+        // A present aud is still compared.
+        c["aud"] = "https://other.example".into();
+        assert_eq!(
+            verify_generic(&i, &mint(&i, &header(), &c), &v),
+            Err(TokenError::AudienceMismatch)
+        );
+        // require_aud defaults to true.
+        assert!(JwtValidation::new(ISS, Some(AUD)).require_aud);
+        c.as_object_mut().unwrap().remove("aud");
+        assert_eq!(
+            verify_generic(
+                &i,
+                &mint(&i, &header(), &c),
+                &JwtValidation::new(ISS, Some(AUD))
+            ),
+            Err(TokenError::MissingClaim("aud"))
+        );
+    }
+
+    #[test]
+    fn verified_jwt_jkt() {
+        let i = issuer();
+        let v = JwtValidation::new(ISS, Some(AUD));
+        let jkt_of = |cnf: Option<Value>| {
+            let mut c = claims();
+            match cnf {
+                Some(cnf) => c["cnf"] = cnf,
+                None => {
+                    c.as_object_mut().unwrap().remove("cnf");
+                }
+            }
+            verify_generic(&i, &mint(&i, &header(), &c), &v)
+                .unwrap()
+                .jkt()
+        };
+        assert_eq!(jkt_of(None).unwrap().map(|j| j.as_str().to_owned()), None);
+        assert_eq!(
+            jkt_of(Some(
+                json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
+            ))
+            .unwrap()
+            .map(|j| j.as_str().to_owned())
+            .as_deref(),
+            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        );
+        assert_eq!(jkt_of(Some(json!({"x5t#S256": "abc"}))), Ok(None));
+        assert_eq!(
+            jkt_of(Some(json!({"jkt": "short"}))),
+            Err(TokenError::ClaimInvalid("cnf.jkt"))
+        );
+        assert_eq!(
+            jkt_of(Some(json!({"jkt": 1}))),
+            Err(TokenError::ClaimInvalid("cnf.jkt"))
+        );
+        assert_eq!(
+            jkt_of(Some(json!("jkt"))),
+            Err(TokenError::ClaimInvalid("cnf"))
+        );
+    }
+
+    #[test]
+    fn verified_jwt_to_access_token() {
+        let i = issuer();
+        let token = mint(&i, &header(), &claims());
+        let generic = verify_generic(&i, &token, &JwtValidation::new(ISS, Some(AUD))).unwrap();
+        let at = generic.to_access_token().unwrap();
+        assert_eq!(Ok(at.clone()), verify(&i, &token));
+        assert_eq!(at.subject.as_deref(), Some("svc-a"));
+        assert_eq!(at.client_id.as_deref(), Some("ci"));
+        assert_eq!(at.scopes, vec!["read", "write"]);
+        assert_eq!(at.jti.as_deref(), Some("t1"));
+        assert_eq!(at.expires_at, UnixTime::from_secs(NOW + 300));
+        // Claims an access token needs typed are refused when mistyped.
+        for name in ["sub", "client_id", "scope", "jti"] {
+            let mut c = claims();
+            c[name] = json!(1);
+            let t = verify_generic(&i, &mint(&i, &header(), &c), &JwtValidation::new(ISS, None))
+                .unwrap();
+            assert_eq!(t.to_access_token(), Err(TokenError::ClaimInvalid(name)));
+        }
+        // Minimal claims: everything optional is empty.
+        let c = json!({"iss": ISS, "aud": AUD, "exp": NOW + 60});
+        let at = verify_generic(&i, &mint(&i, &header(), &c), &JwtValidation::new(ISS, None))
+            .unwrap()
+            .to_access_token()
+            .unwrap();
+        assert_eq!(
+            at,
+            AccessToken::new(None, None, Vec::new(), None, UnixTime::from_secs(NOW + 60))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub(crate) mod gateway;
 pub(crate) mod inspect;
+pub(crate) mod issuer;
 pub(crate) mod keygen;
 pub(crate) mod keyinfo;
 pub(crate) mod proof;

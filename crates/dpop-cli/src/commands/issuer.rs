@@ -1,0 +1,108 @@
+//! `dpop issuer`: serve the authorization server, or manage its state.
+
+use std::io::{BufRead as _, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use dpop_core::Clock as _;
+use dpop_issuer::{Issuer, IssuerConfig, IssuerError, ProcessEnvironment};
+
+use crate::cli::{IssuerAction, IssuerArgs};
+use crate::error::CliError;
+
+fn load(path: &Path) -> Result<IssuerConfig, CliError> {
+    IssuerConfig::load(path, &ProcessEnvironment).map_err(|e| CliError::usage(e.to_string()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))
+}
+
+fn failed(e: IssuerError) -> CliError {
+    match e {
+        IssuerError::Config(_) | IssuerError::UnknownClient(_) => CliError::usage(e.to_string()),
+        other => CliError::failed(other.to_string()),
+    }
+}
+
+fn now() -> Result<dpop_core::UnixTime, CliError> {
+    dpop_issuer::SystemClock
+        .now()
+        .ok_or_else(|| CliError::failed("the system clock is before 1970"))
+}
+
+pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, CliError> {
+    match &args.action {
+        None => {
+            let Some(path) = &args.config else {
+                return Err(CliError::usage(
+                    "dpop issuer needs --config FILE (see examples/issuer.toml)",
+                ));
+            };
+            let config = load(path)?;
+            dpop_gateway::init_logging(config.log_json);
+            runtime()?.block_on(async {
+                let issuer = Issuer::open(config).await.map_err(failed)?;
+                issuer
+                    .serve(dpop_gateway::shutdown_signal())
+                    .await
+                    .map_err(failed)?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Some(IssuerAction::RotateKey { config }) => {
+            let config = load(config)?;
+            let kid = runtime()?
+                .block_on(dpop_issuer::rotate_key(&config, now()?))
+                .map_err(failed)?;
+            writeln!(out, "{kid}").map_err(|e| CliError::stdout(&e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(IssuerAction::DisableClient { client_id, config }) => {
+            set_disabled(config, client_id, true)
+        }
+        Some(IssuerAction::EnableClient { client_id, config }) => {
+            set_disabled(config, client_id, false)
+        }
+        Some(IssuerAction::HashSecret) => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| CliError::failed(format!("cannot read standard input: {e}")))?;
+            let secret = line.trim_end_matches(['\r', '\n']);
+            if secret.len() < 16 {
+                return Err(CliError::usage(
+                    "the secret is shorter than 16 characters; use a long random value",
+                ));
+            }
+            let hash = dpop_issuer::hash_secret(secret).map_err(CliError::failed)?;
+            writeln!(out, "{hash}").map_err(|e| CliError::stdout(&e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn set_disabled(path: &Path, client_id: &str, disabled: bool) -> Result<ExitCode, CliError> {
+    let config = load(path)?;
+    runtime()?
+        .block_on(dpop_issuer::set_client_disabled(
+            &config,
+            client_id,
+            disabled,
+            now()?,
+        ))
+        .map_err(failed)?;
+    eprintln!(
+        "client {client_id:?} {}",
+        if disabled {
+            "disabled; its tokens are revoked"
+        } else {
+            "enabled"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,686 @@
+//! The issuer's configuration: TOML (see `examples/issuer.toml`), validated completely at
+//! load so that a running issuer never meets a value it cannot use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dpop_core::jwt::JwkSet;
+use dpop_core::{Algorithm, PublicJwk};
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::secret::ClientSecret;
+use crate::trust::TrustConfig;
+
+/// `client_credentials` (RFC 6749 §4.4).
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// `refresh_token` (RFC 6749 §6).
+pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
+/// Token exchange (RFC 8693).
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Every grant this issuer implements.
+pub const GRANTS: [&str; 3] = [
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_REFRESH_TOKEN,
+    GRANT_TOKEN_EXCHANGE,
+];
+
+/// Whether a client must prove possession of a key at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DpopMode {
+    /// Every token request carries a valid proof; every token is DPoP-bound.
+    Required,
+    /// A proof binds the token; without one the client gets a Bearer token.
+    Optional,
+}
+
+/// How a client authenticates at the token, introspection and revocation endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// HTTP Basic with the client id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body (RFC 6749 §2.3.1).
+    ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2, OIDC Core §9).
+    PrivateKeyJwt,
+    /// A public client: no secret; DPoP is mandatory.
+    None,
+}
+
+impl AuthMethod {
+    /// The registered name (RFC 8414 `token_endpoint_auth_methods_supported`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::None => "none",
+        }
+    }
+}
+
+/// One registered client, validated.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Client {
+    /// `client_id`.
+    pub id: String,
+    /// The `sub` of its client-credentials tokens (defaults to the client id).
+    pub subject: String,
+    /// The authentication methods it may use (one kind of credential).
+    pub auth_methods: BTreeSet<AuthMethod>,
+    /// Its secret hash, for the `client_secret_*` methods.
+    pub secret: Option<ClientSecret>,
+    /// Its public keys, for `private_key_jwt`.
+    pub jwks: Option<JwkSet>,
+    /// Grants it may use.
+    pub grants: BTreeSet<String>,
+    /// Scopes it may receive.
+    pub scopes: BTreeSet<String>,
+    /// Scopes it gets when it asks for none.
+    pub default_scopes: Vec<String>,
+    /// Audiences (resource identifiers) its tokens may name.
+    pub audiences: Vec<String>,
+    /// Audiences it gets when it names none.
+    pub default_audiences: Vec<String>,
+    /// Whether DPoP is required.
+    pub dpop: DpopMode,
+    /// Whether it may call the introspection endpoint.
+    pub introspection: bool,
+    /// Disabled in the configuration: refused everywhere, its tokens revoked at start.
+    pub enabled: bool,
+    /// Access token lifetime for this client.
+    pub access_token_lifetime: Duration,
+}
+
+impl Client {
+    /// Whether the client authenticates with nothing (a public client).
+    #[must_use]
+    pub fn is_public(&self) -> bool {
+        self.auth_methods.contains(&AuthMethod::None)
+    }
+}
+
+/// Token lifetimes.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Lifetimes {
+    /// Access tokens (default 5 minutes).
+    pub access_token: Duration,
+    /// A refresh token unused for this long expires (default 1 day).
+    pub refresh_token_idle: Duration,
+    /// A refresh family (one grant and all its rotations) ends after this (default 30 days).
+    pub refresh_token_absolute: Duration,
+}
+
+/// DPoP at the token endpoint.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DpopSettings {
+    /// Whether proofs must carry a server nonce (RFC 9449 §8).
+    pub nonce: bool,
+    /// How long a nonce stays valid.
+    pub nonce_lifetime: Duration,
+    /// Accepted proof algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Oldest accepted proof `iat`.
+    pub max_age: Duration,
+    /// Furthest accepted proof `iat` in the future.
+    pub future_leeway: Duration,
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct IssuerConfig {
+    /// The issuer identifier (`iss`), an `https` URL (or `http` on loopback) without a
+    /// query or fragment; endpoints live under it.
+    pub issuer: String,
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Where signing keys are kept (created with mode 0700; key files are 0600).
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database: String,
+    /// Signing algorithm of new keys (ES256 or EdDSA).
+    pub signing_alg: Algorithm,
+    /// Token lifetimes.
+    pub lifetimes: Lifetimes,
+    /// DPoP at the token endpoint.
+    pub dpop: DpopSettings,
+    /// Registered clients by id.
+    pub clients: BTreeMap<String, Client>,
+    /// Trusted external issuers for token exchange.
+    pub trust: Vec<TrustConfig>,
+    /// Logs as JSON lines.
+    pub log_json: bool,
+    /// Largest request body accepted at the endpoints.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: String,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database: Option<String>,
+    signing_alg: Option<String>,
+    #[serde(default)]
+    log_json: bool,
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    dpop: RawDpop,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    trust: Vec<TrustConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    access_token_lifetime_secs: Option<u64>,
+    refresh_token_idle_secs: Option<u64>,
+    refresh_token_absolute_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    nonce: Option<bool>,
+    nonce_lifetime_secs: Option<u64>,
+    algorithms: Option<Vec<String>>,
+    max_age_secs: Option<u64>,
+    future_leeway_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    subject: Option<String>,
+    auth: Option<Vec<AuthMethod>>,
+    secret: Option<String>,
+    jwks: Option<String>,
+    jwks_file: Option<PathBuf>,
+    grants: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    default_scopes: Option<Vec<String>>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    default_audiences: Option<Vec<String>>,
+    dpop: Option<DpopMode>,
+    #[serde(default)]
+    introspection: bool,
+    enabled: Option<bool>,
+    access_token_lifetime_secs: Option<u64>,
+}
+
+/// Where an `env:VAR` value is looked up (the process environment in production; a map
+/// in tests).
+pub trait Environment {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Environment for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+const MAX_ACCESS_LIFETIME: u64 = 24 * 3600;
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost" || host == "127.0.0.1" || host == "[::1]" || host.starts_with("127.")
+}
+
+/// Checks an issuer identifier or URL: `https`, or `http` on loopback; no query,
+/// fragment or user info. Returns the host part.
+pub(crate) fn check_url(what: &str, url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        let host = r.split(['/', ':']).next().unwrap_or("");
+        let host = if r.starts_with('[') {
+            r.split(']')
+                .next()
+                .map(|h| format!("{h}]"))
+                .unwrap_or_default()
+        } else {
+            host.to_owned()
+        };
+        if !is_loopback_host(&host) {
+            return Err(format!(
+                "{what} {url:?} uses http on a non-loopback host; use https"
+            ));
+        }
+        r
+    } else {
+        return Err(format!("{what} {url:?} is not an https URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{what} {url:?} has no host"));
+    }
+    if url.contains(['?', '#', ' ']) || rest.split('/').next().unwrap_or("").contains('@') {
+        return Err(format!(
+            "{what} {url:?} must not contain a query, fragment, spaces or user info"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_algorithms(list: &[String], what: &str) -> Result<Vec<Algorithm>, String> {
+    let mut out = Vec::new();
+    for name in list {
+        let alg = Algorithm::from_name(name)
+            .ok_or_else(|| format!("{what}: unknown or refused algorithm {name:?}"))?;
+        if !out.contains(&alg) {
+            out.push(alg);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{what}: the list is empty"));
+    }
+    Ok(out)
+}
+
+impl IssuerConfig {
+    /// Reads and validates the TOML file at `path`. Relative paths in it are relative
+    /// to the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the problem.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml(&text, base, env)
+            .map_err(|e| ConfigError::new(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Parses and validates configuration text; relative paths are resolved against `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the problem.
+    pub fn from_toml(text: &str, base: &Path, env: &dyn Environment) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::new(e.to_string()))?;
+        Self::validate(raw, base, env).map_err(ConfigError::new)
+    }
+
+    #[expect(clippy::too_many_lines, reason = "one flat list of checks reads best")]
+    fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Self, String> {
+        let issuer = raw.issuer.trim_end_matches('/').to_owned();
+        check_url("issuer", &issuer)?;
+        let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8081");
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| format!("listen {listen_text:?} is not an address like 127.0.0.1:8081"))?;
+        let data_dir = base.join(
+            raw.data_dir
+                .unwrap_or_else(|| PathBuf::from("dpop-issuer-data")),
+        );
+        let database = match raw.database {
+            Some(d) if d.starts_with("postgres://") || d.starts_with("postgresql://") => d,
+            Some(d) => {
+                let Some(p) = d.strip_prefix("sqlite://") else {
+                    return Err(format!(
+                        "database {:?} must start with sqlite:// or postgres://",
+                        redact_url(&d)
+                    ));
+                };
+                if p.is_empty() {
+                    return Err("database sqlite:// needs a file path".to_owned());
+                }
+                let (file, query) = p.split_once('?').unwrap_or((p, ""));
+                let file = if file == ":memory:" {
+                    PathBuf::from(file)
+                } else {
+                    base.join(file)
+                };
+                let query = if query.is_empty() { "mode=rwc" } else { query };
+                format!("sqlite://{}?{query}", file.display())
+            }
+            None => format!("sqlite://{}?mode=rwc", data_dir.join("issuer.db").display()),
+        };
+        let signing_alg = match raw.signing_alg.as_deref().unwrap_or("ES256") {
+            "ES256" => Algorithm::Es256,
+            "EdDSA" | "Ed25519" => Algorithm::EdDsa,
+            other => {
+                return Err(format!(
+                    "signing_alg {other:?} is not supported: use ES256 or EdDSA"
+                ));
+            }
+        };
+
+        let secs =
+            |v: Option<u64>, default: u64, name: &str, max: u64| -> Result<Duration, String> {
+                let v = v.unwrap_or(default);
+                if v == 0 || v > max {
+                    return Err(format!(
+                        "{name} must be between 1 and {max} seconds, not {v}"
+                    ));
+                }
+                Ok(Duration::from_secs(v))
+            };
+        let lifetimes = Lifetimes {
+            access_token: secs(
+                raw.tokens.access_token_lifetime_secs,
+                300,
+                "tokens.access_token_lifetime_secs",
+                MAX_ACCESS_LIFETIME,
+            )?,
+            refresh_token_idle: secs(
+                raw.tokens.refresh_token_idle_secs,
+                86_400,
+                "tokens.refresh_token_idle_secs",
+                366 * 86_400,
+            )?,
+            refresh_token_absolute: secs(
+                raw.tokens.refresh_token_absolute_secs,
+                30 * 86_400,
+                "tokens.refresh_token_absolute_secs",
+                366 * 86_400,
+            )?,
+        };
+        if lifetimes.refresh_token_idle > lifetimes.refresh_token_absolute {
+            return Err(
+                "tokens.refresh_token_idle_secs is longer than tokens.refresh_token_absolute_secs"
+                    .to_owned(),
+            );
+        }
+        let default_proof_algs: Vec<String> =
+            ["ES256", "ES384", "EdDSA", "Ed25519", "PS256", "RS256"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+        let dpop = DpopSettings {
+            nonce: raw.dpop.nonce.unwrap_or(true),
+            nonce_lifetime: secs(
+                raw.dpop.nonce_lifetime_secs,
+                300,
+                "dpop.nonce_lifetime_secs",
+                3600,
+            )?,
+            algorithms: parse_algorithms(
+                raw.dpop.algorithms.as_ref().unwrap_or(&default_proof_algs),
+                "dpop.algorithms",
+            )?,
+            max_age: secs(raw.dpop.max_age_secs, 60, "dpop.max_age_secs", 600)?,
+            future_leeway: Duration::from_secs(raw.dpop.future_leeway_secs.unwrap_or(15).min(300)),
+        };
+
+        let mut clients = BTreeMap::new();
+        for c in raw.clients {
+            let id = c.id.clone();
+            let client = validate_client(c, base, env, lifetimes.access_token)
+                .map_err(|e| format!("client {id:?}: {e}"))?;
+            if clients.insert(id.clone(), client).is_some() {
+                return Err(format!("client {id:?} is defined twice"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for t in &raw.trust {
+            t.validate()?;
+            if !names.insert(t.name.clone()) {
+                return Err(format!("trust {:?} is defined twice", t.name));
+            }
+            for rule in &t.rules {
+                for client in &rule.clients {
+                    let Some(c) = clients.get(client) else {
+                        return Err(format!(
+                            "trust {:?}: rule for workload {:?} names unknown client {client:?}",
+                            t.name, rule.workload
+                        ));
+                    };
+                    if !c.grants.contains(GRANT_TOKEN_EXCHANGE) {
+                        return Err(format!(
+                            "trust {:?}: client {client:?} does not have the token-exchange grant",
+                            t.name
+                        ));
+                    }
+                }
+            }
+        }
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(64 * 1024);
+        if !(1024..=1024 * 1024).contains(&max_body_bytes) {
+            return Err("max_body_bytes must be between 1024 and 1048576".to_owned());
+        }
+        Ok(Self {
+            issuer,
+            listen,
+            data_dir,
+            database,
+            signing_alg,
+            lifetimes,
+            dpop,
+            clients,
+            trust: raw.trust,
+            log_json: raw.log_json,
+            max_body_bytes,
+        })
+    }
+
+    /// The token endpoint URL.
+    #[must_use]
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// The longest access token lifetime of any client: how long a retired signing key's
+    /// public half stays published.
+    #[must_use]
+    pub fn max_access_token_lifetime(&self) -> Duration {
+        self.clients
+            .values()
+            .map(|c| c.access_token_lifetime)
+            .chain([self.lifetimes.access_token])
+            .max()
+            .unwrap_or(self.lifetimes.access_token)
+    }
+}
+
+/// The database URL with any password replaced, for messages.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = url.get(s + 3..at).unwrap_or("");
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***{}",
+                url.get(..s + 3).unwrap_or(""),
+                url.get(at..).unwrap_or("")
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 200 || s.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!(
+            "{what} {s:?} must be 1 to 200 printable characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_client(
+    c: RawClient,
+    base: &Path,
+    env: &dyn Environment,
+    default_lifetime: Duration,
+) -> Result<Client, String> {
+    check_name("id", &c.id)?;
+    let secret = match &c.secret {
+        None => None,
+        Some(s) => Some(ClientSecret::from_config(s, env)?),
+    };
+    let jwks_text = match (&c.jwks, &c.jwks_file) {
+        (Some(_), Some(_)) => return Err("set jwks or jwks_file, not both".to_owned()),
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(f)) => {
+            let path = base.join(f);
+            Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
+    let jwks = jwks_text.map(|t| parse_client_keys(&t)).transpose()?;
+    let inferred: BTreeSet<AuthMethod> = match (&secret, &jwks) {
+        (Some(_), Some(_)) => {
+            return Err("a client has a secret or keys (jwks), not both".to_owned());
+        }
+        (Some(_), None) => [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost].into(),
+        (None, Some(_)) => [AuthMethod::PrivateKeyJwt].into(),
+        (None, None) => [AuthMethod::None].into(),
+    };
+    let auth_methods = match c.auth {
+        None => inferred,
+        Some(list) => {
+            let set: BTreeSet<AuthMethod> = list.into_iter().collect();
+            if set.is_empty() || !set.is_subset(&inferred) {
+                let names: Vec<&str> = inferred.iter().map(|m| m.as_str()).collect();
+                return Err(format!(
+                    "auth methods do not fit its credentials; with what is configured it can use {}",
+                    names.join(", ")
+                ));
+            }
+            set
+        }
+    };
+    let public = auth_methods.contains(&AuthMethod::None);
+    let dpop = c.dpop.unwrap_or(DpopMode::Required);
+    if public && dpop != DpopMode::Required {
+        return Err(
+            "a public client (no secret, no keys) must have dpop = \"required\"".to_owned(),
+        );
+    }
+    let mut grants = BTreeSet::new();
+    for g in c.grants {
+        let g = match g.as_str() {
+            "token_exchange" | "token-exchange" => GRANT_TOKEN_EXCHANGE.to_owned(),
+            _ => g,
+        };
+        if !GRANTS.contains(&g.as_str()) {
+            return Err(format!(
+                "grant {g:?} is not supported; use client_credentials, refresh_token or {GRANT_TOKEN_EXCHANGE}"
+            ));
+        }
+        grants.insert(g);
+    }
+    if grants.is_empty() && !c.introspection {
+        return Err("grants is empty: the client could do nothing".to_owned());
+    }
+    if public && grants.contains(GRANT_CLIENT_CREDENTIALS) {
+        return Err(
+            "a public client cannot use client_credentials (it has no credentials)".to_owned(),
+        );
+    }
+    if public && c.introspection {
+        return Err("a public client cannot be allowed introspection".to_owned());
+    }
+    let mut scopes = BTreeSet::new();
+    for s in &c.scopes {
+        if s.is_empty()
+            || s.chars()
+                .any(|ch| !('\x21'..='\x7e').contains(&ch) || ch == '"' || ch == '\\')
+        {
+            return Err(format!(
+                "scope {s:?} is not a valid scope token (RFC 6749 §3.3)"
+            ));
+        }
+        scopes.insert(s.clone());
+    }
+    let default_scopes = c
+        .default_scopes
+        .unwrap_or_else(|| scopes.iter().cloned().collect());
+    if let Some(s) = default_scopes.iter().find(|s| !scopes.contains(*s)) {
+        return Err(format!("default scope {s:?} is not in scopes"));
+    }
+    for a in &c.audiences {
+        check_name("audience", a)?;
+    }
+    let default_audiences = c.default_audiences.unwrap_or_else(|| c.audiences.clone());
+    if let Some(a) = default_audiences.iter().find(|a| !c.audiences.contains(*a)) {
+        return Err(format!("default audience {a:?} is not in audiences"));
+    }
+    if !grants.is_empty()
+        && c.audiences.is_empty()
+        && !grants.iter().all(|g| g == GRANT_TOKEN_EXCHANGE)
+    {
+        return Err(
+            "audiences is empty: access tokens must name the APIs they are for (RFC 9068 aud)"
+                .to_owned(),
+        );
+    }
+    let lifetime = match c.access_token_lifetime_secs {
+        None => default_lifetime,
+        Some(v) if (1..=MAX_ACCESS_LIFETIME).contains(&v) => Duration::from_secs(v),
+        Some(v) => {
+            return Err(format!(
+                "access_token_lifetime_secs must be between 1 and {MAX_ACCESS_LIFETIME}, not {v}"
+            ));
+        }
+    };
+    let subject = c.subject.unwrap_or_else(|| c.id.clone());
+    check_name("subject", &subject)?;
+    Ok(Client {
+        id: c.id,
+        subject,
+        auth_methods,
+        secret,
+        jwks,
+        grants,
+        scopes,
+        default_scopes,
+        audiences: c.audiences,
+        default_audiences,
+        dpop,
+        introspection: c.introspection,
+        enabled: c.enabled.unwrap_or(true),
+        access_token_lifetime: lifetime,
+    })
+}
+
+/// Parses a client's keys: one public JWK or a JWK set.
+fn parse_client_keys(text: &str) -> Result<JwkSet, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("jwks is not JSON: {e}"))?;
+    let set = if value.get("keys").is_some() {
+        JwkSet::from_json(text).map_err(|e| format!("jwks: {e}"))?
+    } else {
+        let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
+        let jwk = PublicJwk::from_json(text)
+            .map_err(|e| format!("jwks: not a usable public JWK: {e}"))?;
+        JwkSet::from_keys(vec![(kid, jwk)])
+    };
+    if set.is_empty() {
+        return Err("jwks holds no usable signing key".to_owned());
+    }
+    Ok(set)
+}

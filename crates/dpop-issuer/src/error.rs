@@ -1,0 +1,217 @@
+//! Errors: [`ConfigError`] and [`IssuerError`] for starting and operating the issuer,
+//! [`OAuthError`] for what a client sees (RFC 6749 §5.2, RFC 7009, RFC 7662, RFC 9449 §12.2).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// The configuration is unusable.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The issuer cannot start or an operation on its state failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database failed or is unreachable.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// Signing keys could not be created, read or used.
+    #[error("signing keys: {0}")]
+    Keys(String),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An operation named an unknown client.
+    #[error("no client {0:?} in the configuration")]
+    UnknownClient(String),
+}
+
+/// A database operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub(crate) String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self(format!("migration failed: {e}"))
+    }
+}
+
+/// The RFC error codes the issuer answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `invalid_request` (400).
+    InvalidRequest,
+    /// `invalid_client` (401, with `WWW-Authenticate`).
+    InvalidClient,
+    /// `invalid_grant` (400).
+    InvalidGrant,
+    /// `unauthorized_client` (400).
+    UnauthorizedClient,
+    /// `unsupported_grant_type` (400).
+    UnsupportedGrantType,
+    /// `invalid_scope` (400).
+    InvalidScope,
+    /// `invalid_target` (400, RFC 8707 / RFC 8693).
+    InvalidTarget,
+    /// `invalid_dpop_proof` (400, RFC 9449).
+    InvalidDpopProof,
+    /// `use_dpop_nonce` (400 with `DPoP-Nonce`, RFC 9449 §8).
+    UseDpopNonce,
+    /// `unsupported_token_type` (400, RFC 7009 §2.2.1).
+    UnsupportedTokenType,
+    /// `temporarily_unavailable` (503): the database or an external issuer is down.
+    TemporarilyUnavailable,
+    /// `server_error` (500).
+    ServerError,
+}
+
+impl ErrorCode {
+    /// The registered code.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
+            Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::ServerError => "server_error",
+        }
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An error response: `{"error": …, "error_description": …}` with the right status and
+/// headers.
+#[derive(Debug, Clone)]
+pub struct OAuthError {
+    /// The code.
+    pub code: ErrorCode,
+    /// A description for the client developer: never secrets or token contents.
+    pub description: String,
+    /// A fresh nonce for `use_dpop_nonce`.
+    pub nonce: Option<String>,
+}
+
+impl OAuthError {
+    /// An error with a description.
+    #[must_use]
+    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+            nonce: None,
+        }
+    }
+
+    pub(crate) fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, d)
+    }
+
+    pub(crate) fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidClient, d)
+    }
+
+    pub(crate) fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidGrant, d)
+    }
+
+    pub(crate) fn unavailable(e: &StoreError) -> Self {
+        tracing::error!(target: "dpop::issuer", error = %e, "database error");
+        Self::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the authorization server's storage is unavailable; retry later",
+        )
+    }
+
+    pub(crate) fn server_error(what: &str) -> Self {
+        tracing::error!(target: "dpop::issuer", error = what, "internal error");
+        Self::new(ErrorCode::ServerError, "internal error")
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        Self::unavailable(&e)
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.code.as_str(),
+            "error_description": self.description,
+        });
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.code == ErrorCode::InvalidClient {
+            // RFC 6749 §5.2: 401 with the scheme the client may use.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"dpop-issuer\""),
+            );
+        }
+        if self.code == ErrorCode::TemporarilyUnavailable {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Some(nonce) = self
+            .nonce
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            headers.insert("dpop-nonce", nonce);
+        }
+        response
+    }
+}

@@ -1,0 +1,522 @@
+//! The grants: `client_credentials`, `refresh_token`, token exchange (RFC 8693).
+//!
+//! Least privilege throughout: requested scopes and audiences must be within what the
+//! client (and, for refresh and exchange, the original grant) allows; when none are
+//! requested the client's defaults apply.
+
+use std::collections::BTreeSet;
+
+use dpop_core::jwt::split_scope;
+use dpop_core::{Jkt, UnixTime, VerifiedProof};
+use serde_json::{Value, json};
+
+use crate::State;
+use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
+use crate::error::{ErrorCode, OAuthError};
+use crate::http::{Form, TokenResponse};
+use crate::store::{RefreshRecord, Rotation};
+use crate::tokens::{self, Grant, Inactive, secs};
+use crate::trust::TrustError;
+
+/// RFC 8693 §3 token type identifiers.
+const TT_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const TT_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// Runs `grant` (already checked to be allowed for `client`).
+pub(crate) async fn run(
+    state: &State,
+    client: &Client,
+    grant: &str,
+    form: &Form,
+    proof: Option<&VerifiedProof>,
+) -> Result<TokenResponse, OAuthError> {
+    match grant {
+        GRANT_CLIENT_CREDENTIALS => client_credentials(state, client, form, proof),
+        GRANT_REFRESH_TOKEN => refresh(state, client, form, proof).await,
+        GRANT_TOKEN_EXCHANGE => exchange(state, client, form, proof).await,
+        other => Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            format!("the grant type {other:?} is not supported"),
+        )),
+    }
+}
+
+/// The scopes to grant: the requested ones if all are within `allowed`, else the defaults.
+fn choose_scopes(
+    form: &Form,
+    allowed: &BTreeSet<String>,
+    defaults: &[String],
+) -> Result<Vec<String>, OAuthError> {
+    match form.get("scope") {
+        None => Ok(defaults
+            .iter()
+            .filter(|s| allowed.contains(*s))
+            .cloned()
+            .collect()),
+        Some(scope) => {
+            let requested = split_scope(scope);
+            if let Some(s) = requested.iter().find(|s| !allowed.contains(*s)) {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidScope,
+                    format!("the scope {s:?} is not allowed here"),
+                ));
+            }
+            let mut out: Vec<String> = Vec::new();
+            for s in requested {
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The audiences to grant from `resource` (RFC 8707) and `audience` (RFC 8693).
+fn choose_audiences(
+    form: &Form,
+    allowed: &[String],
+    defaults: &[String],
+) -> Result<Vec<String>, OAuthError> {
+    let mut requested: Vec<String> = Vec::new();
+    for r in form.all("resource") {
+        if r.contains('#') || !r.contains("://") {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "resource must be an absolute URI without a fragment (RFC 8707)",
+            ));
+        }
+    }
+    for a in form.all("resource").iter().chain(form.all("audience")) {
+        if a.is_empty() {
+            continue;
+        }
+        if !allowed.contains(a) {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                format!("the audience {a:?} is not allowed here"),
+            ));
+        }
+        if !requested.contains(a) {
+            requested.push(a.clone());
+        }
+    }
+    let chosen = if requested.is_empty() {
+        defaults.to_vec()
+    } else {
+        requested
+    };
+    if chosen.is_empty() {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            "no audience: name the API with resource or audience",
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Mints the access token of `grant` and wraps it in the token response.
+fn respond(
+    state: &State,
+    grant: &Grant<'_>,
+    now: UnixTime,
+    refresh_token: Option<String>,
+    issued_token_type: Option<&'static str>,
+) -> Result<TokenResponse, OAuthError> {
+    let (access_token, _) = tokens::mint_access_token(state, grant, now)?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: if grant.jkt.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        },
+        expires_in: grant.lifetime.as_secs(),
+        scope: grant.scopes.join(" "),
+        refresh_token,
+        issued_token_type,
+    })
+}
+
+fn client_credentials(
+    state: &State,
+    client: &Client,
+    form: &Form,
+    proof: Option<&VerifiedProof>,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now()?;
+    let scopes = choose_scopes(form, &client.scopes, &client.default_scopes)?;
+    let audiences = choose_audiences(form, &client.audiences, &client.default_audiences)?;
+    // RFC 6749 §4.4.3: no refresh token; the client can authenticate again.
+    respond(
+        state,
+        &Grant {
+            client_id: &client.id,
+            subject: &client.subject,
+            scopes: &scopes,
+            audiences: &audiences,
+            jkt: proof.map(VerifiedProof::jkt),
+            act: None,
+            lifetime: client.access_token_lifetime,
+        },
+        now,
+        None,
+        None,
+    )
+}
+
+async fn refresh(
+    state: &State,
+    client: &Client,
+    form: &Form,
+    proof: Option<&VerifiedProof>,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now()?;
+    let presented = form.require("refresh_token")?;
+    let hash = tokens::refresh_hash(presented);
+    let record = state
+        .store
+        .find_refresh(&hash)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_grant("the refresh token is invalid"))?;
+    if record.client_id != client.id {
+        return Err(OAuthError::invalid_grant(
+            "the refresh token was issued to another client",
+        ));
+    }
+    if record.family_revoked_at.is_some() {
+        return Err(OAuthError::invalid_grant("the refresh token was revoked"));
+    }
+    if record.used_at.is_some() {
+        reuse_detected(state, &record, now).await?;
+        return Err(reused());
+    }
+    if record.expires_at <= secs(now) || record.family_expires_at <= secs(now) {
+        return Err(OAuthError::invalid_grant("the refresh token has expired"));
+    }
+    // RFC 9449 §5: a public client's refresh token is bound to its DPoP key.
+    if let Some(bound) = &record.jkt {
+        match proof {
+            Some(p) if p.jkt().as_str() == bound => {}
+            Some(_) => {
+                return Err(OAuthError::invalid_grant(
+                    "the refresh token is bound to another DPoP key",
+                ));
+            }
+            None => {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidDpopProof,
+                    "the refresh token is DPoP-bound: send a proof from its key",
+                ));
+            }
+        }
+    }
+    // RFC 6749 §6: at most the scopes of the original grant.
+    let granted: BTreeSet<String> = split_scope(&record.scope).into_iter().collect();
+    let granted_list: Vec<String> = granted.iter().cloned().collect();
+    let scopes = choose_scopes(form, &granted, &granted_list)?;
+    let record_audiences = split_scope(&record.audience);
+    let audiences = choose_audiences(form, &record_audiences, &record_audiences)?;
+    let act: Option<Value> = record
+        .act
+        .as_deref()
+        .and_then(|a| serde_json::from_str(a).ok());
+
+    let (token, new_hash) = tokens::new_refresh_token()?;
+    let expires_at = secs(now.saturating_add(state.config.lifetimes.refresh_token_idle))
+        .min(record.family_expires_at);
+    let next = RefreshRecord {
+        token_hash: new_hash,
+        created_at: secs(now),
+        expires_at,
+        used_at: None,
+        ..record.clone()
+    };
+    match state.store.rotate_refresh(&hash, &next, now).await? {
+        Rotation::Rotated => {}
+        Rotation::AlreadyUsed => {
+            reuse_detected(state, &record, now).await?;
+            return Err(reused());
+        }
+    }
+    respond(
+        state,
+        &Grant {
+            client_id: &client.id,
+            subject: &record.subject,
+            scopes: &scopes,
+            audiences: &audiences,
+            jkt: proof.map(VerifiedProof::jkt),
+            act,
+            lifetime: client.access_token_lifetime,
+        },
+        now,
+        Some(token),
+        None,
+    )
+}
+
+fn reused() -> OAuthError {
+    OAuthError::invalid_grant(
+        "the refresh token was already used; every token of this grant is now revoked",
+    )
+}
+
+async fn reuse_detected(
+    state: &State,
+    record: &RefreshRecord,
+    now: UnixTime,
+) -> Result<(), OAuthError> {
+    tracing::warn!(
+        target: "dpop::issuer",
+        client_id = %record.client_id,
+        family = %record.family_id,
+        "refresh token reuse: revoking the whole family"
+    );
+    state.store.revoke_family(&record.family_id, now).await?;
+    Ok(())
+}
+
+/// The subject of a token exchange, whichever kind of token it came from.
+struct Subject {
+    subject: String,
+    scopes: BTreeSet<String>,
+    default_scopes: Vec<String>,
+    audiences: Vec<String>,
+    default_audiences: Vec<String>,
+    jkt: Option<Jkt>,
+    act: Option<Value>,
+}
+
+async fn exchange(
+    state: &State,
+    client: &Client,
+    form: &Form,
+    proof: Option<&VerifiedProof>,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now()?;
+    let subject_token = form.require("subject_token")?;
+    let subject_type = form.require("subject_token_type")?;
+    if form.get("actor_token").is_some() || form.get("actor_token_type").is_some() {
+        return Err(OAuthError::invalid_request(
+            "actor_token is not supported: the authenticated client is the actor",
+        ));
+    }
+    if let Some(t) = form.get("requested_token_type")
+        && t != TT_ACCESS_TOKEN
+        && t != TT_JWT
+    {
+        return Err(OAuthError::invalid_request(format!(
+            "requested_token_type {t:?} is not supported; this server issues access tokens"
+        )));
+    }
+    let own = match subject_type {
+        TT_ACCESS_TOKEN => true,
+        TT_JWT | TT_ID_TOKEN => {
+            tokens::peek_claim(subject_token, "iss").as_deref()
+                == Some(state.config.issuer.as_str())
+        }
+        other => {
+            return Err(OAuthError::invalid_request(format!(
+                "subject_token_type {other:?} is not supported"
+            )));
+        }
+    };
+    let subject = if own {
+        own_subject(state, client, subject_token, now).await?
+    } else {
+        external_subject(state, client, subject_token, now).await?
+    };
+    // A proof-of-possession subject token is only exchanged by its key holder.
+    if let Some(bound) = &subject.jkt {
+        match proof {
+            Some(p) if p.jkt() == bound => {}
+            Some(_) => {
+                return Err(OAuthError::invalid_grant(
+                    "the subject token is bound to another DPoP key than this request's proof",
+                ));
+            }
+            None => {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidDpopProof,
+                    "the subject token is DPoP-bound: send a proof from its key",
+                ));
+            }
+        }
+    }
+    let scopes = choose_scopes(form, &subject.scopes, &subject.default_scopes)?;
+    let audiences = choose_audiences(form, &subject.audiences, &subject.default_audiences)?;
+    let refresh_token = if client.grants.contains(GRANT_REFRESH_TOKEN) {
+        let (token, hash) = tokens::new_refresh_token()?;
+        let family_expires =
+            secs(now.saturating_add(state.config.lifetimes.refresh_token_absolute));
+        let record = RefreshRecord {
+            token_hash: hash,
+            family_id: tokens::random_id()?,
+            client_id: client.id.clone(),
+            subject: subject.subject.clone(),
+            scope: scopes.join(" "),
+            audience: audiences.join(" "),
+            // Public clients' refresh tokens are bound to the key (RFC 9449 §5).
+            jkt: if client.is_public() {
+                proof.map(|p| p.jkt().as_str().to_owned())
+            } else {
+                None
+            },
+            act: subject.act.as_ref().map(Value::to_string),
+            created_at: secs(now),
+            expires_at: secs(now.saturating_add(state.config.lifetimes.refresh_token_idle))
+                .min(family_expires),
+            used_at: None,
+            family_revoked_at: None,
+            family_expires_at: family_expires,
+        };
+        state.store.insert_family(&record).await?;
+        Some(token)
+    } else {
+        None
+    };
+    respond(
+        state,
+        &Grant {
+            client_id: &client.id,
+            subject: &subject.subject,
+            scopes: &scopes,
+            audiences: &audiences,
+            jkt: proof.map(VerifiedProof::jkt),
+            act: subject.act.clone(),
+            lifetime: client.access_token_lifetime,
+        },
+        now,
+        refresh_token,
+        Some(TT_ACCESS_TOKEN),
+    )
+}
+
+/// One of our own access tokens: down-scoping (same client) or delegation (another
+/// client acts for the subject, recorded in `act`).
+async fn own_subject(
+    state: &State,
+    client: &Client,
+    token: &str,
+    now: UnixTime,
+) -> Result<Subject, OAuthError> {
+    let jwt = match tokens::verify_own(state, token, now).await {
+        Ok(j) => j,
+        Err(Inactive::Store(e)) => return Err(e.into()),
+        Err(Inactive::Revoked) => {
+            return Err(OAuthError::invalid_grant("the subject token was revoked"));
+        }
+        Err(Inactive::Invalid(e)) => {
+            return Err(OAuthError::invalid_grant(format!(
+                "the subject token is invalid: {e}"
+            )));
+        }
+    };
+    let jkt = jwt
+        .jkt()
+        .map_err(|_| OAuthError::invalid_grant("the subject token's cnf.jkt is malformed"))?;
+    let subject = jwt
+        .str_claim("sub")
+        .ok_or_else(|| OAuthError::invalid_grant("the subject token has no sub"))?
+        .to_owned();
+    let subject_client = jwt.str_claim("client_id").unwrap_or("");
+    let subject_scopes: BTreeSet<String> = jwt
+        .str_claim("scope")
+        .map(split_scope)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| client.scopes.contains(s))
+        .collect();
+    let subject_audiences: Vec<String> = jwt.audiences().iter().map(|a| (*a).to_owned()).collect();
+    let default_audiences: Vec<String> = subject_audiences
+        .iter()
+        .filter(|a| client.audiences.contains(*a))
+        .cloned()
+        .collect();
+    let prior_act = jwt.claims.get("act").cloned();
+    let act = if subject_client == client.id {
+        prior_act
+    } else {
+        let mut act = json!({ "sub": client.id });
+        if let (Some(o), Some(prior)) = (act.as_object_mut(), prior_act) {
+            o.insert("act".to_owned(), prior);
+        }
+        Some(act)
+    };
+    Ok(Subject {
+        subject,
+        default_scopes: subject_scopes.iter().cloned().collect(),
+        scopes: subject_scopes,
+        audiences: client.audiences.clone(),
+        default_audiences: if default_audiences.is_empty() {
+            client.default_audiences.clone()
+        } else {
+            default_audiences
+        },
+        jkt,
+        act,
+    })
+}
+
+/// A workload token from a trusted external issuer (CI job token, Kubernetes
+/// service-account token), mapped by the first matching trust rule.
+async fn external_subject(
+    state: &State,
+    client: &Client,
+    token: &str,
+    now: UnixTime,
+) -> Result<Subject, OAuthError> {
+    let ext = match state.trust.verify(token, now).await {
+        Ok(e) => e,
+        Err(TrustError::Unavailable(why)) => {
+            tracing::warn!(target: "dpop::issuer", error = %why, "trusted issuer unreachable");
+            return Err(OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "the subject token's issuer keys cannot be fetched; retry later",
+            ));
+        }
+        Err(TrustError::UnknownIssuer) => {
+            return Err(OAuthError::invalid_grant(
+                "the subject token's issuer is not trusted",
+            ));
+        }
+        Err(TrustError::NoRuleMatched) => {
+            return Err(OAuthError::invalid_grant(
+                "no trust rule matches the subject token's claims",
+            ));
+        }
+        Err(e) => {
+            return Err(OAuthError::invalid_grant(format!(
+                "the subject token is refused: {e}"
+            )));
+        }
+    };
+    if !ext.clients.is_empty() && !ext.clients.contains(&client.id) {
+        return Err(OAuthError::invalid_grant(format!(
+            "the client may not exchange tokens of workload {:?}",
+            ext.workload
+        )));
+    }
+    let audiences = if ext.audiences.is_empty() {
+        client.audiences.clone()
+    } else {
+        ext.audiences.clone()
+    };
+    let default_audiences = if ext.audiences.is_empty() {
+        client.default_audiences.clone()
+    } else {
+        ext.audiences.clone()
+    };
+    tracing::info!(target: "dpop::issuer", trust = %ext.trust, workload = %ext.workload, external_sub = ext.subject.as_deref().unwrap_or(""), "external token accepted");
+    Ok(Subject {
+        subject: ext.workload.clone(),
+        default_scopes: ext.scopes.clone(),
+        scopes: ext.scopes.iter().cloned().collect(),
+        audiences,
+        default_audiences,
+        jkt: ext.jkt.clone(),
+        act: None,
+    })
+}

@@ -1,0 +1,344 @@
+//! An OAuth 2.0 authorization server that issues short-lived, DPoP-bound (RFC 9449)
+//! access tokens to workloads: services, CI/CD jobs, agents, command-line tools.
+//!
+//! - Grants: `client_credentials`, `refresh_token` (rotation, reuse detection) and token
+//!   exchange (RFC 8693) of external workload tokens (CI job tokens, Kubernetes
+//!   service-account tokens) or of its own access tokens.
+//! - Client authentication: `client_secret_basic`, `client_secret_post` (Argon2 hashes),
+//!   `private_key_jwt` (RFC 7523), and `none` for public clients, which must use DPoP.
+//! - Endpoints: RFC 8414 metadata, JWKS, token, introspection (RFC 7662, with an
+//!   extension that checks a resource server's DPoP proof too) and revocation (RFC 7009).
+//! - Access tokens: RFC 9068 `at+jwt`, bound with `cnf.jkt`, 5 minutes by default.
+//! - State in SQLite or PostgreSQL ([`store`]); signing keys in the data directory.
+//!
+//! The flow of one token request: form parsing (the `http` module), the DPoP proof (dpop-core's
+//! verifier, server nonces, replay records in the database), client authentication,
+//! the grant, minting. See `ARCHITECTURE.md`.
+
+pub mod config;
+pub mod error;
+pub mod secret;
+pub mod store;
+pub mod trust;
+
+mod client_auth;
+mod grants;
+mod http;
+mod introspect;
+mod keys;
+mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dpop_core::{Clock, Htu, NonceSecret, StatelessNonces, UnixTime, Verifier, VerifierConfig};
+
+pub use crate::config::{IssuerConfig, ProcessEnvironment};
+pub use crate::error::{ConfigError, ErrorCode, IssuerError, OAuthError, StoreError};
+pub use crate::secret::hash_secret;
+pub use crate::store::Store;
+
+use crate::keys::KeyRing;
+use crate::secret::SecretCache;
+use crate::trust::TrustedIssuers;
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Option<UnixTime> {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| UnixTime::from_secs(d.as_secs()))
+    }
+}
+
+/// Everything a request handler needs.
+pub(crate) struct State {
+    pub(crate) config: IssuerConfig,
+    pub(crate) store: Store,
+    pub(crate) keys: KeyRing,
+    /// Proofs at the token endpoint (with server nonces when configured).
+    pub(crate) verifier: Verifier,
+    /// Nonces issued at the token endpoint.
+    pub(crate) nonces: Option<Arc<StatelessNonces>>,
+    /// Resource servers' proofs sent to the introspection endpoint (their own nonces are
+    /// theirs to check).
+    pub(crate) rs_verifier: Verifier,
+    pub(crate) token_htu: Htu,
+    pub(crate) secrets: SecretCache,
+    pub(crate) trust: TrustedIssuers,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// The current time, or `temporarily_unavailable` when the clock has none.
+    pub(crate) fn now(&self) -> Result<UnixTime, OAuthError> {
+        self.clock
+            .now()
+            .ok_or_else(|| OAuthError::server_error("the system clock is before 1970"))
+    }
+}
+
+/// A running-ready issuer: its state is open (database migrated, keys loaded).
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    state: Arc<State>,
+}
+
+const NONCE_SECRET_SETTING: &str = "dpop_nonce_secret_v1";
+
+impl Issuer {
+    /// Opens the database (applying migrations), loads or creates the signing keys,
+    /// disables the clients the configuration disables.
+    ///
+    /// # Errors
+    /// [`IssuerError`] when the database, the data directory or the configuration is unusable.
+    pub async fn open(config: IssuerConfig) -> Result<Self, IssuerError> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Issuer::open`] with an injected clock (for tests).
+    ///
+    /// # Errors
+    /// As [`Issuer::open`].
+    pub async fn open_with_clock(
+        config: IssuerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, IssuerError> {
+        let now = clock
+            .now()
+            .ok_or_else(|| IssuerError::Keys("the system clock has no time".to_owned()))?;
+        let store = Store::connect(&config.database).await?;
+        let keys = KeyRing::open(&store, &config.data_dir, config.signing_alg, now).await?;
+        for client in config.clients.values().filter(|c| !c.enabled) {
+            store.disable_client(&client.id, now).await?;
+        }
+
+        // One nonce secret for every instance sharing the database.
+        let fresh = keys::b64(&random_bytes::<32>().map_err(IssuerError::Keys)?);
+        let secret_b64 = store.setting_or_init(NONCE_SECRET_SETTING, &fresh).await?;
+        let secret = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            secret_b64.as_bytes(),
+        )
+        .map_err(|_| IssuerError::Keys("the stored nonce secret is not base64url".to_owned()))?;
+        let nonces = if config.dpop.nonce {
+            let nonce_secret = NonceSecret::new(1, &secret)
+                .map_err(|e| IssuerError::Keys(format!("nonce secret: {e}")))?;
+            let lifetime = config.dpop.nonce_lifetime.as_secs();
+            Some(Arc::new(
+                StatelessNonces::new(nonce_secret)
+                    .with_timing((lifetime / 3).max(1), lifetime)
+                    .map_err(|e| IssuerError::Keys(format!("nonce timing: {e}")))?,
+            ))
+        } else {
+            None
+        };
+        let verifier = proof_verifier(&config, nonces.as_ref())?;
+        let rs_verifier = proof_verifier(&config, None)?;
+        let token_htu = Htu::parse(&config.token_endpoint()).map_err(|e| {
+            ConfigError::new(format!("issuer: the token endpoint URL is unusable: {e}"))
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| IssuerError::Keys(format!("cannot build the HTTP client: {e}")))?;
+        let trust = TrustedIssuers::new(config.trust.clone(), http).map_err(ConfigError::new)?;
+        let secrets = SecretCache::new().map_err(IssuerError::Keys)?;
+        Ok(Self {
+            state: Arc::new(State {
+                config,
+                store,
+                keys,
+                verifier,
+                nonces,
+                rs_verifier,
+                token_htu,
+                secrets,
+                trust,
+                clock,
+            }),
+        })
+    }
+
+    /// The HTTP endpoints, as an axum router (for embedding or in-process tests).
+    pub fn router(&self) -> axum::Router {
+        http::router(Arc::clone(&self.state))
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &IssuerConfig {
+        &self.state.config
+    }
+
+    /// The database.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// The key id new tokens are signed with.
+    #[must_use]
+    pub fn signing_kid(&self) -> String {
+        self.state.keys.current().signing.kid.clone()
+    }
+
+    /// Re-reads signing keys (rotation elsewhere) and purges expired state. The server
+    /// calls it every 30 seconds.
+    ///
+    /// # Errors
+    /// [`IssuerError`] when the database or the key directory fails.
+    pub async fn maintain(&self) -> Result<(), IssuerError> {
+        let now = self
+            .state
+            .clock
+            .now()
+            .ok_or_else(|| IssuerError::Keys("the system clock has no time".to_owned()))?;
+        self.state.keys.reload(&self.state.store, now).await?;
+        self.state.store.purge(now).await?;
+        Ok(())
+    }
+
+    /// Listens on the configured address and serves until `shutdown` completes, then
+    /// finishes in-flight requests.
+    ///
+    /// # Errors
+    /// [`IssuerError::Listen`] when the address cannot be bound.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), IssuerError> {
+        let addr = self.state.config.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| IssuerError::Listen { addr, source })?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// [`Issuer::serve`] on a listener the caller bound.
+    ///
+    /// # Errors
+    /// [`IssuerError::Listen`] when the listener fails.
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), IssuerError> {
+        let addr: SocketAddr = listener
+            .local_addr()
+            .map_err(|source| IssuerError::Listen {
+                addr: self.state.config.listen,
+                source,
+            })?;
+        tracing::info!(target: "dpop::issuer", %addr, issuer = %self.state.config.issuer, "issuer listening");
+        let maintenance = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = this.maintain().await {
+                        tracing::warn!(target: "dpop::issuer", error = %e, "maintenance failed");
+                    }
+                }
+            })
+        };
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| IssuerError::Listen { addr, source });
+        maintenance.abort();
+        self.state.store.close().await;
+        result
+    }
+}
+
+/// Creates a new signing key in the data directory and retires the others; their public
+/// keys stay in the JWKS until every token they signed has expired. Running instances
+/// switch within 30 seconds. Returns the new key id.
+///
+/// # Errors
+/// [`IssuerError`] when the database or the data directory fails.
+pub async fn rotate_key(config: &IssuerConfig, now: UnixTime) -> Result<String, IssuerError> {
+    let store = Store::connect(&config.database).await?;
+    // Tokens signed just before the rotation live for the longest lifetime; add a
+    // minute for clock skew and for resource servers' JWKS caches.
+    let publish_for = config.max_access_token_lifetime() + Duration::from_secs(60);
+    let kid = KeyRing::rotate(
+        &store,
+        &config.data_dir,
+        config.signing_alg,
+        now,
+        publish_for,
+    )
+    .await?;
+    store.close().await;
+    Ok(kid)
+}
+
+/// Disables (`true`) or re-enables a client. Disabling revokes its refresh tokens and
+/// makes every access token issued to it so far inactive at introspection; it takes
+/// effect on running instances at once.
+///
+/// # Errors
+/// [`IssuerError::UnknownClient`], or the database fails.
+pub async fn set_client_disabled(
+    config: &IssuerConfig,
+    client_id: &str,
+    disabled: bool,
+    now: UnixTime,
+) -> Result<(), IssuerError> {
+    if !config.clients.contains_key(client_id) {
+        return Err(IssuerError::UnknownClient(client_id.to_owned()));
+    }
+    let store = Store::connect(&config.database).await?;
+    if disabled {
+        store.disable_client(client_id, now).await?;
+    } else {
+        store.enable_client(client_id).await?;
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// A proof verifier with the configured algorithms and window, and nonces when given.
+fn proof_verifier(
+    config: &IssuerConfig,
+    nonces: Option<&Arc<StatelessNonces>>,
+) -> Result<Verifier, ConfigError> {
+    let builder = VerifierConfig::builder()
+        .with_algorithms(&config.dpop.algorithms)
+        .map_err(|e| ConfigError::new(format!("dpop.algorithms: {e}")))?;
+    let mut verifier_config = match nonces {
+        Some(n) => builder.with_nonces(Arc::clone(n) as Arc<dyn dpop_core::NonceValidator>),
+        None => builder.without_nonces(),
+    };
+    verifier_config.max_age = config.dpop.max_age;
+    verifier_config.future_leeway = config.dpop.future_leeway;
+    Verifier::new(verifier_config).map_err(|e| ConfigError::new(format!("dpop: {e}")))
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut out = [0_u8; N];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| "no system randomness".to_owned())?;
+    Ok(out)
+}

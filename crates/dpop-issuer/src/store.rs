@@ -1,0 +1,595 @@
+//! The issuer's state in SQLite (one instance) or PostgreSQL (several instances): refresh
+//! tokens, revocations, replay records, signing key metadata, client offboarding.
+//!
+//! One implementation serves both databases through sqlx's `Any` driver: the SQL is
+//! portable (TEXT and BIGINT columns, `ON CONFLICT`, `$n` parameters), and the versioned
+//! migrations in `migrations/` are embedded and applied at start.
+//!
+//! Every operation that must be atomic across instances is one conditional statement
+//! (`UPDATE … WHERE used_at IS NULL`, `INSERT … ON CONFLICT`), so two instances racing on
+//! one row cannot both win.
+
+use std::fmt;
+use std::time::Duration;
+
+use dpop_core::ReplayKey;
+use dpop_core::UnixTime;
+use dpop_core::replay::{AsyncReplayStore, Insert, ReplayStoreError};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::config::redact_url;
+use crate::error::StoreError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Which database is behind the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// SQLite (a file in the data directory by default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The issuer's state.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("url", &redact_url(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signing key's public half and lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// Key id (the key's JWK thumbprint).
+    pub kid: String,
+    /// JWS algorithm.
+    pub alg: String,
+    /// Public JWK as published (with `kid`, `use`, `alg`).
+    pub public_jwk: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// When it stopped signing.
+    pub retired_at: Option<i64>,
+    /// When it leaves the JWKS.
+    pub publish_until: Option<i64>,
+}
+
+/// A refresh token's grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefreshRecord {
+    /// SHA-256 of the token value, base64url.
+    pub token_hash: String,
+    /// Its family (one grant and all its rotations).
+    pub family_id: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// `sub` of the tokens it yields.
+    pub subject: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// Granted audiences, space-separated.
+    pub audience: String,
+    /// The DPoP key it is bound to (public clients).
+    pub jkt: Option<String>,
+    /// The `act` claim (JSON) of delegated grants.
+    pub act: Option<String>,
+    /// Issue time.
+    pub created_at: i64,
+    /// Expiry.
+    pub expires_at: i64,
+    /// When it was exchanged for a new one (set once).
+    pub used_at: Option<i64>,
+    /// When its family was revoked.
+    pub family_revoked_at: Option<i64>,
+    /// The family's absolute expiry.
+    pub family_expires_at: i64,
+}
+
+/// A client's offboarding state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientState {
+    /// Set while the client is disabled.
+    pub disabled_at: Option<i64>,
+    /// Tokens issued before this are inactive.
+    pub tokens_invalid_before: Option<i64>,
+}
+
+/// The outcome of rotating a refresh token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rotation {
+    /// This request used the token; the new one is stored.
+    Rotated,
+    /// The token was already used (by another request, maybe concurrently) or its family
+    /// was revoked meanwhile: nothing was stored.
+    AlreadyUsed,
+}
+
+fn secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Connects, creating the SQLite file if needed, and applies pending migrations.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database is unreachable or a migration fails.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        if backend == Backend::Sqlite
+            && let Some(path) = url
+                .strip_prefix("sqlite://")
+                .and_then(|p| p.split('?').next())
+                .map(std::path::Path::new)
+                .and_then(std::path::Path::parent)
+                && !path.as_os_str().is_empty() {
+                    std::fs::create_dir_all(path).map_err(|e| {
+                        StoreError(format!("cannot create {}: {e}", path.display()))
+                    })?;
+                }
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers proceed while a token is rotated; the busy
+                        // timeout makes concurrent writers queue instead of failing.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options
+            .connect(url)
+            .await
+            .map_err(|e| StoreError(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The value of a shared setting, created from `init` by the first instance to ask.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn setting_or_init(&self, name: &str, init: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(init)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    // ---- signing keys ----
+
+    /// Records a new signing key.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, public_jwk, created_at, retired_at, publish_until) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kid) DO NOTHING",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.public_jwk)
+        .bind(key.created_at)
+        .bind(key.retired_at)
+        .bind(key.publish_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every key still published at `now`, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn published_keys(&self, now: UnixTime) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, public_jwk, created_at, retired_at, publish_until FROM signing_keys \
+             WHERE publish_until IS NULL OR publish_until > $1 ORDER BY created_at DESC, kid",
+        )
+        .bind(secs(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    kid: r.try_get("kid")?,
+                    alg: r.try_get("alg")?,
+                    public_jwk: r.try_get("public_jwk")?,
+                    created_at: r.try_get("created_at")?,
+                    retired_at: r.try_get("retired_at")?,
+                    publish_until: r.try_get("publish_until")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Retires every active key but `keep`: they sign nothing more and stay published
+    /// until `publish_until`. Returns how many were retired.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn retire_keys_except(
+        &self,
+        keep: &str,
+        now: UnixTime,
+        publish_until: UnixTime,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1, publish_until = $2 \
+             WHERE retired_at IS NULL AND kid <> $3",
+        )
+        .bind(secs(now))
+        .bind(secs(publish_until))
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- single-use values ----
+
+    /// Records `key` until `expires_at` unless a live record exists: `true` when this
+    /// call recorded it (first use), `false` for a replay.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn use_once(&self, key: &str, expires_at: i64, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO replay (replay_key, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE replay.expires_at <= $3",
+        )
+        .bind(key)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- refresh tokens ----
+
+    /// Stores the first refresh token of a new family.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn insert_family(&self, first: &RefreshRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (family_id, client_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&first.family_id)
+        .bind(&first.client_id)
+        .bind(first.created_at)
+        .bind(first.family_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_refresh(&mut tx, first).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Looks a refresh token up by its hash.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn find_refresh(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.token_hash, t.family_id, t.client_id, t.subject, t.scope, t.audience, t.jkt, \
+             t.act, t.created_at, t.expires_at, t.used_at, f.revoked_at, f.expires_at AS family_expires_at \
+             FROM refresh_tokens t JOIN refresh_families f ON f.family_id = t.family_id \
+             WHERE t.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| refresh_from_row(&r))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
+    /// Marks `old` used and stores `new` in its family, atomically: of several requests
+    /// presenting one token, exactly one gets [`Rotation::Rotated`].
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn rotate_refresh(
+        &self,
+        old_hash: &str,
+        new: &RefreshRecord,
+        now: UnixTime,
+    ) -> Result<Rotation, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let used = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+        )
+        .bind(secs(now))
+        .bind(old_hash)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(Rotation::AlreadyUsed);
+        }
+        let family = sqlx::query("SELECT revoked_at FROM refresh_families WHERE family_id = $1")
+            .bind(&new.family_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let revoked: Option<i64> = match family {
+            Some(r) => r.try_get("revoked_at")?,
+            None => Some(0),
+        };
+        if revoked.is_some() {
+            tx.rollback().await?;
+            return Ok(Rotation::AlreadyUsed);
+        }
+        insert_refresh(&mut tx, new).await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated)
+    }
+
+    /// Revokes a refresh family (every token of one grant).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn revoke_family(&self, family_id: &str, now: UnixTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(secs(now))
+        .bind(family_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---- access tokens ----
+
+    /// Marks an access token revoked until it expires.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn revoke_access_token(
+        &self,
+        jti: &str,
+        client_id: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_access_tokens (jti, client_id, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(client_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an access token was revoked.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM revoked_access_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    // ---- clients ----
+
+    /// A client's offboarding state (default: enabled, nothing revoked).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn client_state(&self, client_id: &str) -> Result<ClientState, StoreError> {
+        let row = sqlx::query(
+            "SELECT disabled_at, tokens_invalid_before FROM client_state WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => ClientState::default(),
+            Some(r) => ClientState {
+                disabled_at: r.try_get("disabled_at")?,
+                tokens_invalid_before: r.try_get("tokens_invalid_before")?,
+            },
+        })
+    }
+
+    /// Disables a client: it is refused from now on, its refresh families are revoked,
+    /// and every token issued to it so far becomes inactive. Idempotent.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn disable_client(&self, client_id: &str, now: UnixTime) -> Result<(), StoreError> {
+        let now = secs(now);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO client_state (client_id, disabled_at, tokens_invalid_before) VALUES ($1, $2, $2) \
+             ON CONFLICT (client_id) DO UPDATE SET disabled_at = COALESCE(client_state.disabled_at, excluded.disabled_at), \
+             tokens_invalid_before = excluded.tokens_invalid_before",
+        )
+        .bind(client_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Enables a client again. Tokens revoked when it was disabled stay inactive.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn enable_client(&self, client_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE client_state SET disabled_at = NULL WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes what has expired: replay records, revocations of expired tokens, refresh
+    /// families past their absolute expiry and their tokens. Returns the rows removed.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn purge(&self, now: UnixTime) -> Result<u64, StoreError> {
+        let now = secs(now);
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM replay WHERE expires_at <= $1",
+            "DELETE FROM revoked_access_tokens WHERE expires_at <= $1",
+            "DELETE FROM refresh_tokens WHERE family_id IN \
+             (SELECT family_id FROM refresh_families WHERE expires_at <= $1)",
+            "DELETE FROM refresh_families WHERE expires_at <= $1",
+            "DELETE FROM signing_keys WHERE publish_until IS NOT NULL AND publish_until <= $1",
+        ] {
+            n += sqlx::query(sql)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+}
+
+async fn insert_refresh(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    r: &RefreshRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, client_id, subject, scope, audience, jkt, act, \
+         created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&r.token_hash)
+    .bind(&r.family_id)
+    .bind(&r.client_id)
+    .bind(&r.subject)
+    .bind(&r.scope)
+    .bind(&r.audience)
+    .bind(r.jkt.as_deref())
+    .bind(r.act.as_deref())
+    .bind(r.created_at)
+    .bind(r.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn refresh_from_row(r: &AnyRow) -> Result<RefreshRecord, sqlx::Error> {
+    Ok(RefreshRecord {
+        token_hash: r.try_get("token_hash")?,
+        family_id: r.try_get("family_id")?,
+        client_id: r.try_get("client_id")?,
+        subject: r.try_get("subject")?,
+        scope: r.try_get("scope")?,
+        audience: r.try_get("audience")?,
+        jkt: r.try_get("jkt")?,
+        act: r.try_get("act")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        used_at: r.try_get("used_at")?,
+        family_revoked_at: r.try_get("revoked_at")?,
+        family_expires_at: r.try_get("family_expires_at")?,
+    })
+}
+
+/// DPoP proofs and client assertions are recorded in the database, so every instance
+/// sharing it refuses a replay.
+impl AsyncReplayStore for Store {
+    fn insert_if_absent(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> impl Future<Output = Result<Insert, ReplayStoreError>> + Send {
+        let key = format!("dpop:{}", key.to_hex());
+        async move {
+            match self.use_once(&key, secs(expires_at), secs(now)).await {
+                Ok(true) => Ok(Insert::Inserted),
+                Ok(false) => Ok(Insert::AlreadyPresent),
+                Err(e) => Err(ReplayStoreError::Unavailable(e.0)),
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Minting RFC 9068 access tokens and refresh tokens; reading our own tokens back.
+
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use dpop_core::jwt::{JwtValidation, TypPolicy, VerifiedJwt, verify_jwt};
+use dpop_core::{Jkt, UnixTime};
+use serde_json::{Value, json};
+
+use crate::State;
+use crate::error::{OAuthError, StoreError};
+use crate::keys::b64;
+
+/// Prefix of refresh tokens, so scanners and people can tell them from access tokens.
+pub(crate) const REFRESH_PREFIX: &str = "dpoprt_";
+
+/// What an access token says.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) subject: &'a str,
+    pub(crate) scopes: &'a [String],
+    pub(crate) audiences: &'a [String],
+    pub(crate) jkt: Option<&'a Jkt>,
+    /// RFC 8693 §4.1 `act` (delegation chain).
+    pub(crate) act: Option<Value>,
+    pub(crate) lifetime: Duration,
+}
+
+pub(crate) fn sha256_b64(bytes: &[u8]) -> String {
+    b64(digest::digest(&digest::SHA256, bytes).as_ref())
+}
+
+pub(crate) fn secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A random identifier (128 bits, base64url).
+pub(crate) fn random_id() -> Result<String, OAuthError> {
+    crate::random_bytes::<16>()
+        .map(|b| b64(&b))
+        .map_err(|e| OAuthError::server_error(&e))
+}
+
+/// Signs an access token for `grant`; returns it with its `jti`.
+pub(crate) fn mint_access_token(
+    state: &State,
+    grant: &Grant<'_>,
+    now: UnixTime,
+) -> Result<(String, String), OAuthError> {
+    let jti = random_id()?;
+    let aud: Value = match grant.audiences {
+        [one] => one.as_str().into(),
+        many => many.iter().map(|a| Value::from(a.as_str())).collect(),
+    };
+    let mut claims = json!({
+        "iss": state.config.issuer,
+        "sub": grant.subject,
+        "aud": aud,
+        "iat": now.as_secs(),
+        "exp": now.saturating_add(grant.lifetime).as_secs(),
+        "jti": jti,
+        "client_id": grant.client_id,
+    });
+    if let Some(o) = claims.as_object_mut() {
+        if !grant.scopes.is_empty() {
+            o.insert("scope".to_owned(), grant.scopes.join(" ").into());
+        }
+        if let Some(jkt) = grant.jkt {
+            o.insert("cnf".to_owned(), json!({ "jkt": jkt.as_str() }));
+        }
+        if let Some(act) = &grant.act {
+            o.insert("act".to_owned(), act.clone());
+        }
+    }
+    let token = state
+        .keys
+        .current()
+        .signing
+        .sign(&claims)
+        .map_err(|e| OAuthError::server_error(&e.to_string()))?;
+    Ok((token, jti))
+}
+
+/// A string claim of a JWT read WITHOUT verifying it: only to decide which keys verify
+/// it (a client assertion's `sub`, a subject token's `iss`).
+pub(crate) fn peek_claim(token: &str, name: &str) -> Option<String> {
+    use base64::Engine as _;
+    if token.len() > 16 * 1024 {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get(name)?.as_str().map(str::to_owned)
+}
+
+/// A new refresh token value and the hash it is stored under.
+pub(crate) fn new_refresh_token() -> Result<(String, String), OAuthError> {
+    let bytes = crate::random_bytes::<32>().map_err(|e| OAuthError::server_error(&e))?;
+    let token = format!("{REFRESH_PREFIX}{}", b64(&bytes));
+    let hash = refresh_hash(&token);
+    Ok((token, hash))
+}
+
+/// The stored hash of a refresh token value.
+pub(crate) fn refresh_hash(token: &str) -> String {
+    sha256_b64(token.as_bytes())
+}
+
+/// Why one of our access tokens is not active.
+#[derive(Debug)]
+pub(crate) enum Inactive {
+    /// Not ours, malformed, badly signed or expired.
+    Invalid(dpop_core::jwt::TokenError),
+    /// Revoked, or its client was offboarded.
+    Revoked,
+    /// The database did not answer.
+    Store(StoreError),
+}
+
+/// Verifies one of our own access tokens and checks it was not revoked.
+pub(crate) async fn verify_own(
+    state: &State,
+    token: &str,
+    now: UnixTime,
+) -> Result<VerifiedJwt, Inactive> {
+    let keys = state.keys.current();
+    let mut validation = JwtValidation::new(&state.config.issuer, None);
+    validation.typ = TypPolicy::AtJwt;
+    validation.algorithms = vec![dpop_core::Algorithm::Es256, dpop_core::Algorithm::EdDsa];
+    let jwt = verify_jwt(token, &keys.jwks, &validation, now).map_err(Inactive::Invalid)?;
+    let jti = jwt.str_claim("jti").unwrap_or("");
+    if jti.is_empty() {
+        return Err(Inactive::Invalid(dpop_core::jwt::TokenError::MissingClaim(
+            "jti",
+        )));
+    }
+    if state
+        .store
+        .is_access_token_revoked(jti)
+        .await
+        .map_err(Inactive::Store)?
+    {
+        return Err(Inactive::Revoked);
+    }
+    let client = jwt.str_claim("client_id").unwrap_or("");
+    let client_state = state
+        .store
+        .client_state(client)
+        .await
+        .map_err(Inactive::Store)?;
+    let iat = jwt.claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
+    if client_state.tokens_invalid_before.is_some_and(|t| iat <= t)
+        || client_state.disabled_at.is_some()
+    {
+        return Err(Inactive::Revoked);
+    }
+    Ok(jwt)
+}
