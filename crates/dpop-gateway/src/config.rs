@@ -110,6 +110,7 @@ struct RawIntrospection {
     client_id: String,
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
+    cache_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +218,9 @@ pub struct GatewayConfig {
     pub audience: String,
     /// How tokens are checked.
     pub tokens: TokenCheck,
+    /// How long a verified token is reused without checking it again (never past its
+    /// `exp`): how long a revocation at the issuer can take to be seen with introspection.
+    pub token_cache_ttl: Duration,
     /// External origin + prefix, if any.
     pub public_url: Option<String>,
     /// Proxies whose `X-Forwarded-*` headers are trusted.
@@ -424,6 +428,10 @@ impl GatewayConfig {
                 )));
             }
         };
+        let token_cache_ttl = Duration::from_secs(match &raw.introspection {
+            None => 300,
+            Some(i) => i.cache_ttl_secs.unwrap_or(30).min(3600),
+        });
         let tokens = match raw.introspection {
             None => TokenCheck::Jwks {
                 jwks_uri: raw.jwks_uri,
@@ -554,6 +562,7 @@ impl GatewayConfig {
             issuer,
             audience,
             tokens,
+            token_cache_ttl,
             public_url: raw.public_url,
             trusted_proxies,
             admin_listen: raw.admin_listen,

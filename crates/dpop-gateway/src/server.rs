@@ -93,6 +93,7 @@ impl Gateway {
         settings.proof_max_age = config.proof_max_age;
         settings.proof_future_leeway = config.proof_future_leeway;
         settings.events = metrics.clone();
+        settings.token_cache_ttl = config.token_cache_ttl;
         if config.fail_open {
             tracing::warn!(target: "dpop::gateway", "replay.dangerous_fail_open is set: requests pass when the replay store fails, so replays are possible then");
             settings.dangerous_fail_open_on_replay_store_errors();

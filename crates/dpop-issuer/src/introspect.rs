@@ -80,9 +80,10 @@ async fn introspect_inner(
         // Clients may still introspect their own refresh tokens (below); anything else
         // needs the introspection permission.
         if dpop.is_none()
-            && let Some(v) = refresh_claims(state, client, token, now).await? {
-                return Ok(v);
-            }
+            && let Some(v) = refresh_claims(state, client, token, now).await?
+        {
+            return Ok(v);
+        }
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,
             "this client may not introspect tokens",
@@ -104,13 +105,13 @@ async fn introspect_inner(
     if let Some((proof, htm, htu)) = dpop
         && let Err((code, description)) =
             check_rs_proof(state, &jwt, token, proof, htm, htu, now).await?
-        {
-            return Ok(json!({
-                "active": false,
-                "dpop_error": code,
-                "dpop_error_description": description,
-            }));
-        }
+    {
+        return Ok(json!({
+            "active": false,
+            "dpop_error": code,
+            "dpop_error_description": description,
+        }));
+    }
     Ok(access_claims(&jwt))
 }
 
@@ -237,12 +238,14 @@ async fn revoke_inner(state: &State, headers: &HeaderMap, body: &[u8]) -> Result
     let token = form.require("token")?;
     let now = state.now()?;
     if let Some(hint) = form.get("token_type_hint")
-        && hint != "access_token" && hint != "refresh_token" {
-            return Err(OAuthError::new(
-                ErrorCode::UnsupportedTokenType,
-                format!("token_type_hint {hint:?} is not a token type this server revokes"),
-            ));
-        }
+        && hint != "access_token"
+        && hint != "refresh_token"
+    {
+        return Err(OAuthError::new(
+            ErrorCode::UnsupportedTokenType,
+            format!("token_type_hint {hint:?} is not a token type this server revokes"),
+        ));
+    }
     if token.starts_with(tokens::REFRESH_PREFIX) {
         if let Some(r) = state
             .store

@@ -307,6 +307,14 @@ impl KeyRing {
         store
             .retire_keys_except(&key.kid, now, now.saturating_add(publish_for))
             .await?;
+        // The retired keys' private halves held here are needed no more.
+        for old in read_local_keys(&dir)? {
+            let kid = old.thumbprint().as_str();
+            if kid != key.kid {
+                let path = dir.join(format!("{kid}.pem"));
+                std::fs::remove_file(&path).map_err(|e| keys_err("delete", &path, &e))?;
+            }
+        }
         Ok(key.kid.clone())
     }
 }

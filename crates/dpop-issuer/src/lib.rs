@@ -294,7 +294,8 @@ pub async fn rotate_key(config: &IssuerConfig, now: UnixTime) -> Result<String, 
 
 /// Disables (`true`) or re-enables a client. Disabling revokes its refresh tokens and
 /// makes every access token issued to it so far inactive at introspection; it takes
-/// effect on running instances at once.
+/// effect on running instances at once. Token issue times have one-second resolution,
+/// so tokens issued in the second of the disabling stay revoked after re-enabling too.
 ///
 /// # Errors
 /// [`IssuerError::UnknownClient`], or the database fails.

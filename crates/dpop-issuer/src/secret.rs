@@ -158,10 +158,9 @@ impl SecretCache {
         let ok = tokio::task::spawn_blocking(move || secret.verify_slow(&presented))
             .await
             .unwrap_or(false);
-        if ok
-            && let Ok(mut m) = self.verified.lock() {
-                m.insert(client_id.to_owned(), tag);
-            }
+        if ok && let Ok(mut m) = self.verified.lock() {
+            m.insert(client_id.to_owned(), tag);
+        }
         ok
     }
 }

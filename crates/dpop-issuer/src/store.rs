@@ -143,11 +143,11 @@ impl Store {
                 .and_then(|p| p.split('?').next())
                 .map(std::path::Path::new)
                 .and_then(std::path::Path::parent)
-                && !path.as_os_str().is_empty() {
-                    std::fs::create_dir_all(path).map_err(|e| {
-                        StoreError(format!("cannot create {}: {e}", path.display()))
-                    })?;
-                }
+            && !path.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(path)
+                .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
+        }
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(5))
