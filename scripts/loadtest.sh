@@ -8,6 +8,10 @@
 #   2. gateway, plain proxy       a route with DPoP off
 #   3. gateway, DPoP, memory      the in-process replay store
 #   4. gateway, DPoP, Redis       --replay-store redis://...
+#   5. issuer, SQLite             `dpop issuer`: client_credentials (client_secret_post)
+#                                 with a fresh DPoP proof carrying the server nonce, per token
+#   6. issuer, PostgreSQL         the same on PostgreSQL (POSTGRES_URL, or the server on
+#                                 127.0.0.1:5432 with database test; skipped without one)
 # Rows 2-4 are skipped while `dpop gateway` does not exist; row 4 when no Redis is found.
 #
 # Prints a markdown table with the ratios against their targets on stdout; progress
@@ -240,6 +244,57 @@ EOF
     fi
 fi
 
+# --- the issuer: tokens per second ------------------------------------------------
+
+ISSUER_SECRET="loadtest-secret-$RANDOM$RANDOM$RANDOM"
+# issuer_row KEY LABEL DATABASE-URL
+issuer_row() {
+    local key=$1 label=$2 database=$3 port pid
+    alloc_port port
+    mkdir -p "$WORK/issuer-$key"
+    cat >"$WORK/issuer-$key/issuer.toml" <<EOF
+issuer = "http://127.0.0.1:$port"
+listen = "127.0.0.1:$port"
+data_dir = "data"
+database = "$database"
+[[clients]]
+id = "bench"
+secret = "env:LOADTEST_CLIENT_SECRET"
+grants = ["client_credentials"]
+scopes = ["read"]
+audiences = ["$AUD"]
+EOF
+    LOADTEST_CLIENT_SECRET=$ISSUER_SECRET start "issuer-$key" "$DPOP" issuer --config "$WORK/issuer-$key/issuer.toml"
+    pid=$LAST_PID
+    if wait_port "$port" "$pid" "issuer-$key"; then
+        measure "$key" "$label" "http://127.0.0.1:$port/token" --method POST --token-endpoint \
+            --key "$WORK/client.pem" \
+            --form "grant_type=client_credentials&client_id=bench&client_secret=$ISSUER_SECRET"
+        if [[ ${NON2XX[$key]:-0} != 0 ]]; then
+            log "$label: ${NON2XX[$key]} non-2xx answers; the issuer's last lines:"
+            tail -n 20 "$WORK/issuer-$key.log" >&2
+        fi
+    else
+        skip "$key" "$label" "the issuer did not start (see above)"
+    fi
+    stop "$pid"
+}
+
+if ! "$DPOP" issuer --help >/dev/null 2>&1; then
+    skip issuer_sqlite "issuer, client_credentials + DPoP, SQLite" "no \`dpop issuer\` yet"
+else
+    issuer_row issuer_sqlite "issuer, client_credentials + DPoP, SQLite" "sqlite://data/issuer.db"
+    PG_URL=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+    PG_SCHEMA="loadtest_$$"
+    if command -v psql >/dev/null && psql "$PG_URL" -Atqc "CREATE SCHEMA $PG_SCHEMA" >/dev/null 2>&1; then
+        issuer_row issuer_postgres "issuer, client_credentials + DPoP, PostgreSQL" \
+            "$PG_URL?options=-c%20search_path%3D$PG_SCHEMA"
+        psql "$PG_URL" -Atqc "DROP SCHEMA $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+    else
+        skip issuer_postgres "issuer, client_credentials + DPoP, PostgreSQL" "no PostgreSQL at $PG_URL"
+    fi
+fi
+
 # --- report ------------------------------------------------------------------------
 
 is_number() { [[ ${1:-} =~ ^[0-9.]+$ ]]; }
@@ -296,6 +351,9 @@ for key in plain memory redis; do
         check "p99, gateway row \"$key\"" "${P99[$key]} ms" "< 5 ms" below "${P99[$key]}" 5
     fi
 done
+if is_number "${RPS[issuer_postgres]:-}" && is_number "${RPS[issuer_sqlite]:-}"; then
+    echo "| issuer tokens/s, PostgreSQL vs SQLite | $(ratio "${RPS[issuer_postgres]}" "${RPS[issuer_sqlite]}")x | (information) | |"
+fi
 if is_number "${RPS[overhead]:-}" && is_number "${RPS[upstream]:-}"; then
     echo "| generator with DPoP headers vs without (upstream direct) | $(ratio "${RPS[overhead]}" "${RPS[upstream]}")x | (information) | |"
 fi

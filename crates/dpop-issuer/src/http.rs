@@ -17,6 +17,9 @@ use crate::error::{ErrorCode, OAuthError};
 
 type Shared = Arc<State>;
 
+/// Longest time one request may take, body included.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The routes, under the issuer's path.
 pub(crate) fn router(state: Shared) -> Router {
     let base = issuer_path(&state.config.issuer);
@@ -40,6 +43,20 @@ pub(crate) fn router(state: Shared) -> Router {
         .route(&format!("{base}/healthz"), get(|| async { "ok\n" }))
         .route(&format!("{base}/readyz"), get(ready))
         .layer(DefaultBodyLimit::max(limit))
+        // A request that takes longer (a slow client, a stalled database) is answered
+        // 503 instead of holding its connection and memory.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        OAuthError::new(
+                            ErrorCode::TemporarilyUnavailable,
+                            "the request took too long; retry later",
+                        )
+                    },
+                ))
+                .timeout(REQUEST_TIMEOUT),
+        )
         .with_state(state)
 }
 

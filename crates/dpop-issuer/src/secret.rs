@@ -116,6 +116,9 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
 pub(crate) struct SecretCache {
     key: hmac::Key,
     verified: Mutex<HashMap<String, hmac::Tag>>,
+    /// Argon2 runs at most this many at once: each takes 19 MiB and a core for tens of
+    /// milliseconds, so a flood of wrong secrets must queue, not exhaust memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for SecretCache {
@@ -128,9 +131,11 @@ impl SecretCache {
     pub(crate) fn new() -> Result<Self, String> {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .map_err(|_| "no system randomness".to_owned())?;
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {
             key,
             verified: Mutex::new(HashMap::new()),
+            hashing: tokio::sync::Semaphore::new(cores * 2),
         })
     }
 
@@ -153,6 +158,9 @@ impl SecretCache {
         if cached == Some(true) {
             return true;
         }
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         let secret = secret.clone();
         let presented = Zeroizing::new(presented.to_owned());
         let ok = tokio::task::spawn_blocking(move || secret.verify_slow(&presented))

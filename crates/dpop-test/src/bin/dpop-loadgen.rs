@@ -5,7 +5,9 @@
 //! - `issuer`: a [`MockIssuer`] on a fixed address, plus a client key and one access
 //!   token bound to it, written to files for `run --dpop`;
 //! - `run`: a closed-loop generator over a fixed number of keep-alive connections,
-//!   optionally sending a fresh, pre-generated DPoP proof with every request.
+//!   optionally sending a fresh, pre-generated DPoP proof with every request; with
+//!   `--token-endpoint`, every request is a token request (a form body and a proof
+//!   carrying the server's nonce, fetched once before the run).
 //!
 //! Exit codes: 0 success, 1 failure (including a run where no request completed),
 //! 2 usage errors (clap's own).
@@ -27,10 +29,10 @@ use clap::{Args, Parser, Subcommand};
 use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource, UnixTime};
 use dpop_test::{MockIssuer, TokenSpec};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, HOST, HeaderName, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
@@ -42,6 +44,9 @@ const FIRST_BATCH: usize = 20_000;
 
 /// Proofs for the timed phase: the warmup's rate times the duration times this margin.
 const PROOF_MARGIN: f64 = 1.5;
+
+/// The media type of `--form` bodies.
+const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// How long an in-flight request may run past the end of a phase before it is
 /// abandoned (and counted as an error).
@@ -115,6 +120,14 @@ struct RunArgs {
     /// Send `Authorization: DPoP <token>` and a fresh DPoP proof with every request.
     #[arg(long, requires_all = ["key", "token"])]
     dpop: bool,
+    /// The URL is a token endpoint: POST `--form` with a fresh proof (no access token)
+    /// carrying the server's nonce, fetched by one request before the run.
+    #[arg(long, requires_all = ["key", "form"], conflicts_with_all = ["dpop", "token"])]
+    token_endpoint: bool,
+    /// The request body, sent as application/x-www-form-urlencoded (e.g. the grant and
+    /// client credentials), with --token-endpoint.
+    #[arg(long)]
+    form: Option<String>,
     /// The client's private key (PKCS#8 PEM), with --dpop.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -236,6 +249,8 @@ struct Target {
     path: Uri,
     method: Method,
     authorization: Option<HeaderValue>,
+    /// A form body sent with every request.
+    form: Option<Bytes>,
 }
 
 async fn parse_target(url: &str, method: &str) -> anyhow::Result<Target> {
@@ -258,10 +273,11 @@ async fn parse_target(url: &str, method: &str) -> anyhow::Result<Target> {
         path: path.parse()?,
         method: Method::from_bytes(method.as_bytes()).context("--method is not a method")?,
         authorization: None,
+        form: None,
     })
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
@@ -425,13 +441,16 @@ async fn connection_loop(
             stats.errors += 1;
             continue;
         }
-        let mut request = Request::new(Empty::new());
+        let mut request = Request::new(Full::new(target.form.clone().unwrap_or_default()));
         *request.method_mut() = target.method.clone();
         *request.uri_mut() = target.path.clone();
         let headers = request.headers_mut();
         headers.insert(HOST, target.host.clone());
         if let Some(auth) = &target.authorization {
             headers.insert(AUTHORIZATION, auth.clone());
+        }
+        if target.form.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(FORM_TYPE));
         }
         if let Some(pool) = &pool {
             let Some(proof) = pool.take() else {
@@ -568,6 +587,32 @@ async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         signing = Some(signing_ctx);
     }
 
+    if args.token_endpoint {
+        let (Some(key_path), Some(form)) = (&args.key, &args.form) else {
+            bail!("--token-endpoint needs --key and --form");
+        };
+        let pem = fs::read_to_string(key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?;
+        let key = PrivateKey::from_pkcs8_pem(&pem, None)
+            .with_context(|| format!("{}: not a usable private key", key_path.display()))?;
+        target.form = Some(Bytes::from(form.clone()));
+        let mut builder = ProofBuilder::new(&args.method, &args.url)?;
+        if let Some(nonce) = fetch_nonce(&target, &builder, &key).await? {
+            eprintln!("the token endpoint requires nonces; proofs carry the one it issued");
+            builder = builder.nonce(&nonce)?;
+        }
+        let signing_ctx = Arc::new((builder, key));
+        let first = if warmup.is_zero() {
+            args.max_proofs
+        } else {
+            FIRST_BATCH.min(args.max_proofs)
+        };
+        let proofs = generate(&signing_ctx, first).await?;
+        generated += proofs.len();
+        pool = Some(Arc::new(ProofPool::new(proofs)));
+        signing = Some(signing_ctx);
+    }
+
     let target = Arc::new(target);
     let mut senders = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
@@ -655,7 +700,7 @@ async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.connections,
         stats.reconnects,
         serde_json::Value::Object(status),
-        args.dpop,
+        args.dpop || args.token_endpoint,
         generated,
         exhausted,
     );
@@ -678,6 +723,66 @@ async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One token request with a proof from `builder`: its status, `DPoP-Nonce` and body.
+async fn token_request(
+    target: &Target,
+    builder: &ProofBuilder,
+    key: &PrivateKey,
+) -> anyhow::Result<(hyper::StatusCode, Option<String>, Bytes)> {
+    let mut sender = connect(target.addr).await?;
+    let proof = builder.sign(key, &SystemRandomSource, unix_now())?;
+    let mut request = Request::new(Full::new(target.form.clone().unwrap_or_default()));
+    *request.method_mut() = target.method.clone();
+    *request.uri_mut() = target.path.clone();
+    let headers = request.headers_mut();
+    headers.insert(HOST, target.host.clone());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(FORM_TYPE));
+    headers.insert(
+        HeaderName::from_static("dpop"),
+        HeaderValue::from_str(&proof)?,
+    );
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let nonce = response
+        .headers()
+        .get("dpop-nonce")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, nonce, body))
+}
+
+/// Before the run: learns the server's nonce (a server without nonces needs none) and
+/// gets one token, so the server has verified the client's credentials once (and
+/// remembers them) before anything is measured. Returns the nonce to put in proofs.
+async fn fetch_nonce(
+    target: &Target,
+    builder: &ProofBuilder,
+    key: &PrivateKey,
+) -> anyhow::Result<Option<String>> {
+    let (status, nonce, body) = token_request(target, builder, key).await?;
+    let nonce = if status.is_success() {
+        None
+    } else {
+        ensure!(
+            nonce.is_some(),
+            "the token endpoint answered {status} without a nonce: {}",
+            String::from_utf8_lossy(&body)
+        );
+        nonce
+    };
+    if let Some(n) = &nonce {
+        let with_nonce = builder.clone().nonce(n)?;
+        let (status, _, body) = token_request(target, &with_nonce, key).await?;
+        ensure!(
+            status.is_success(),
+            "the token endpoint refused a request with its own nonce ({status}): {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(nonce)
 }
 
 /// Generates `n` proofs off the async workers and reports the signing rate.
