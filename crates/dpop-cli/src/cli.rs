@@ -75,6 +75,21 @@ pub(crate) enum Command {
     /// hash-secret to make the secret hash a client table holds. Exits 2 on a
     /// configuration error, 1 when it cannot start (database, listener, keys).
     Issuer(IssuerArgs),
+    /// Get a DPoP-bound access token from an issuer and print the token response
+    ///
+    /// Client credentials (with --client-secret-env or --client-key), or token exchange
+    /// with --subject-token-file (e.g. a CI job's OIDC token). The token is bound to
+    /// --key. Nonce challenges are answered. Prints the JSON response, or only the
+    /// access token with --raw.
+    Token(TokenArgs),
+    /// Send an HTTP request with DPoP, like curl
+    ///
+    /// Every request carries a fresh proof for its method and URL (with the token's hash);
+    /// nonce challenges and clock skew are handled. The token comes from --token,
+    /// --token-file, or the token flags (as for `dpop token`). Prints the response body;
+    /// -i adds the status line and headers, -v shows the proof's claims on stderr, and
+    /// --fail exits 22 on a status of 400 or more.
+    Curl(CurlArgs),
     /// Walk through DPoP step by step: a bound token, a proof, and attacks refused
     ///
     /// Self-contained: no files, no network. Exits 0 only if every step behaves as
@@ -125,6 +140,90 @@ pub(crate) enum IssuerAction {
     ///
     /// Put the hash in the client's `secret` field; the secret itself never goes in the file.
     HashSecret,
+}
+
+/// How to get a token from an issuer (shared by `token` and `curl`).
+#[derive(Debug, Args)]
+pub(crate) struct IssuerTokenArgs {
+    /// The issuer identifier (its metadata gives the token endpoint)
+    #[arg(long, value_name = "URL")]
+    pub(crate) issuer: Option<String>,
+    /// The client id
+    #[arg(long, value_name = "ID")]
+    pub(crate) client_id: Option<String>,
+    /// Authenticate with the secret in this environment variable (client_secret_basic)
+    #[arg(long, value_name = "VAR", conflicts_with = "client_key")]
+    pub(crate) client_secret_env: Option<String>,
+    /// Authenticate with private_key_jwt signed by this key file
+    #[arg(long, value_name = "FILE")]
+    pub(crate) client_key: Option<PathBuf>,
+    /// Scopes to ask for (space-separated)
+    #[arg(long, value_name = "S")]
+    pub(crate) scope: Option<String>,
+    /// An RFC 8693 audience to ask for (repeatable)
+    #[arg(long, value_name = "A")]
+    pub(crate) audience: Vec<String>,
+    /// An RFC 8707 resource to ask for (repeatable)
+    #[arg(long, value_name = "URI")]
+    pub(crate) resource: Vec<String>,
+    /// Token exchange: the file holding the subject token (e.g. a CI OIDC job token)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) subject_token_file: Option<PathBuf>,
+    /// Token exchange: the subject token's type
+    #[arg(
+        long,
+        value_name = "T",
+        default_value = "urn:ietf:params:oauth:token-type:jwt",
+        requires = "subject_token_file"
+    )]
+    pub(crate) subject_token_type: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The DPoP key the token is bound to (PKCS#8 PEM or private JWK, mode 0600)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    #[command(flatten)]
+    pub(crate) issuer: IssuerTokenArgs,
+    /// Print only the access token
+    #[arg(long)]
+    pub(crate) raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CurlArgs {
+    /// The URL
+    pub(crate) url: String,
+    /// The DPoP key (PKCS#8 PEM or private JWK, mode 0600)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// The access token
+    #[arg(long, value_name = "T", conflicts_with_all = ["token_file", "issuer"])]
+    pub(crate) token: Option<String>,
+    /// A file holding the access token
+    #[arg(long, value_name = "F", conflicts_with = "issuer")]
+    pub(crate) token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) issuer: IssuerTokenArgs,
+    /// The method (default GET, or POST with -d)
+    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    pub(crate) method: Option<String>,
+    /// A request header, 'Name: value' (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub(crate) headers: Vec<String>,
+    /// The request body; @FILE reads a file (- for stdin)
+    #[arg(short = 'd', long = "data", value_name = "DATA")]
+    pub(crate) data: Option<String>,
+    /// Print the status line and response headers before the body
+    #[arg(short = 'i', long = "include")]
+    pub(crate) include: bool,
+    /// Exit 22 when the status is 400 or more (the body is still printed)
+    #[arg(short = 'f', long)]
+    pub(crate) fail: bool,
+    /// Show the request, the proof's decoded claims and the response status on stderr
+    #[arg(short = 'v', long)]
+    pub(crate) verbose: bool,
 }
 
 #[derive(Debug, Args)]

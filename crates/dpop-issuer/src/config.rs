@@ -253,7 +253,12 @@ impl Environment for BTreeMap<String, String> {
 const MAX_ACCESS_LIFETIME: u64 = 24 * 3600;
 
 fn is_loopback_host(host: &str) -> bool {
-    host == "localhost" || host == "127.0.0.1" || host == "[::1]" || host.starts_with("127.")
+    // An address, not a prefix: `127.0.0.1.nip.io` is a name anyone can point anywhere.
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Checks an issuer identifier or URL: `https`, or `http` on loopback; no query,

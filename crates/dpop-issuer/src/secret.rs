@@ -74,6 +74,10 @@ impl ClientSecret {
         if !parsed.algorithm.as_str().starts_with("argon2") {
             return Err("secret: only Argon2 hashes are accepted".to_owned());
         }
+        // `$argon2id$garbage` parses (as a salt without a hash) but verifies nothing.
+        if parsed.salt.is_none() || parsed.hash.is_none() {
+            return Err("secret: the Argon2 hash has no salt or no hash value".to_owned());
+        }
         Ok(Self { phc: phc.into() })
     }
 

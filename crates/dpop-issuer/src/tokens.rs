@@ -132,6 +132,14 @@ pub(crate) async fn verify_own(
     validation.typ = TypPolicy::AtJwt;
     validation.algorithms = vec![dpop_core::Algorithm::Es256, dpop_core::Algorithm::EdDsa];
     let jwt = verify_jwt(token, &keys.jwks, &validation, now).map_err(Inactive::Invalid)?;
+    // The leeway above is for clock skew between instances (`iat`); `exp` is ours, so
+    // a token is expired from its `exp` on, not 30 s later (RFC 7662 §2.2).
+    if jwt.expires_at <= now {
+        return Err(Inactive::Invalid(dpop_core::jwt::TokenError::Expired {
+            exp: jwt.expires_at,
+            now,
+        }));
+    }
     let jti = jwt.str_claim("jti").unwrap_or("");
     if jti.is_empty() {
         return Err(Inactive::Invalid(dpop_core::jwt::TokenError::MissingClaim(

@@ -1,0 +1,569 @@
+//! Access tokens for the middleware: a fixed token, or tokens from an OAuth issuer
+//! (client credentials or RFC 8693 token exchange), DPoP-bound to the client's key,
+//! cached, refreshed before they expire (with the refresh token when one was issued),
+//! and fetched by one request however many callers wait for them.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use dpop_core::{RandomSource as _, SystemRandomSource};
+use http::{HeaderValue, header};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::error::ClientError;
+use crate::key::ClientKey;
+use crate::middleware::{DpopMiddleware, send_signed};
+use crate::session::Session;
+
+/// Where the middleware gets its access token.
+#[async_trait::async_trait]
+pub trait TokenSource: Send + Sync + fmt::Debug {
+    /// A token valid for a while yet.
+    ///
+    /// # Errors
+    /// [`ClientError`] when no token can be had.
+    async fn token(&self) -> Result<Arc<str>, ClientError>;
+
+    /// The server refused `token`: do not hand it out again.
+    fn invalidate(&self, token: &str) {
+        let _ = token;
+    }
+}
+
+/// One token, given by the caller (from a file, a variable, another tool).
+#[derive(Clone)]
+pub struct StaticToken(Arc<str>);
+
+impl fmt::Debug for StaticToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticToken(<redacted>)")
+    }
+}
+
+impl StaticToken {
+    /// The token.
+    #[must_use]
+    pub fn new(token: &str) -> Self {
+        Self(token.trim().into())
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenSource for StaticToken {
+    async fn token(&self) -> Result<Arc<str>, ClientError> {
+        Ok(Arc::clone(&self.0))
+    }
+}
+
+/// How the client authenticates to the token endpoint.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_secret_basic`.
+    Secret {
+        /// `client_id`.
+        client_id: String,
+        /// The secret.
+        secret: Arc<Zeroizing<String>>,
+    },
+    /// `private_key_jwt` (RFC 7523) with the client's own key (not the DPoP key).
+    PrivateKeyJwt {
+        /// `client_id`.
+        client_id: String,
+        /// The key the issuer knows for this client.
+        key: ClientKey,
+    },
+    /// A public client: only `client_id`; DPoP is its proof of possession.
+    Public {
+        /// `client_id`.
+        client_id: String,
+    },
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret { client_id, .. } => write!(f, "Secret({client_id}, <redacted>)"),
+            Self::PrivateKeyJwt { client_id, key } => {
+                write!(f, "PrivateKeyJwt({client_id}, {key:?})")
+            }
+            Self::Public { client_id } => write!(f, "Public({client_id})"),
+        }
+    }
+}
+
+impl ClientAuth {
+    /// The `client_id`.
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        match self {
+            Self::Secret { client_id, .. }
+            | Self::PrivateKeyJwt { client_id, .. }
+            | Self::Public { client_id } => client_id,
+        }
+    }
+}
+
+/// Where a token-exchange subject token comes from. Files and variables are read at
+/// every exchange, so a rotated token (a Kubernetes projected token) is picked up.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum SubjectToken {
+    /// A file (e.g. a CI job token written by the runner).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A value.
+    Value(Arc<Zeroizing<String>>),
+}
+
+impl fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "File({})", p.display()),
+            Self::Env(v) => write!(f, "Env({v})"),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+impl SubjectToken {
+    fn read(&self) -> Result<Zeroizing<String>, ClientError> {
+        let text = match self {
+            Self::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                ClientError::SubjectToken(format!("cannot read {}: {e}", path.display()))
+            })?,
+            Self::Env(name) => std::env::var(name).map_err(|_| {
+                ClientError::SubjectToken(format!("the environment variable {name} is not set"))
+            })?,
+            Self::Value(v) => v.to_string(),
+        };
+        let text = Zeroizing::new(text.trim().to_owned());
+        if text.is_empty() {
+            return Err(ClientError::SubjectToken("it is empty".to_owned()));
+        }
+        Ok(text)
+    }
+}
+
+/// The grant a token source uses for new tokens.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Grant {
+    /// `client_credentials`.
+    ClientCredentials,
+    /// RFC 8693 token exchange.
+    TokenExchange {
+        /// The subject token.
+        subject: SubjectToken,
+        /// Its type, e.g. `urn:ietf:params:oauth:token-type:jwt`.
+        subject_type: String,
+    },
+}
+
+/// What a token request asks for.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TokenRequest {
+    /// The issuer identifier; endpoints come from its RFC 8414 (or OpenID) metadata.
+    pub issuer: String,
+    /// Client authentication.
+    pub auth: ClientAuth,
+    /// The grant.
+    pub grant: Grant,
+    /// Scopes (space-separated), if any.
+    pub scope: Option<String>,
+    /// RFC 8693 `audience` values.
+    pub audiences: Vec<String>,
+    /// RFC 8707 `resource` values.
+    pub resources: Vec<String>,
+}
+
+impl TokenRequest {
+    /// A request to `issuer` with `auth` and `grant`, no scope or audience.
+    #[must_use]
+    pub fn new(issuer: &str, auth: ClientAuth, grant: Grant) -> Self {
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            auth,
+            grant,
+            scope: None,
+            audiences: Vec::new(),
+            resources: Vec::new(),
+        }
+    }
+}
+
+/// A token response (RFC 6749 §5.1), as JSON plus the fields the client uses.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TokenResponse {
+    /// `access_token`.
+    pub access_token: Arc<str>,
+    /// `token_type` (`DPoP` for bound tokens).
+    pub token_type: String,
+    /// `expires_in`.
+    pub expires_in: Option<u64>,
+    /// `refresh_token`.
+    pub refresh_token: Option<Arc<Zeroizing<String>>>,
+    /// The whole response body.
+    pub json: Value,
+}
+
+impl fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Cached {
+    token: Arc<str>,
+    refresh_at: Instant,
+}
+
+/// Tokens from an OAuth issuer, bound to the middleware's key (see the module docs).
+pub struct OAuthTokens {
+    request: TokenRequest,
+    session: Arc<Session>,
+    http: reqwest::Client,
+    token_endpoint: tokio::sync::OnceCell<String>,
+    cached: RwLock<Option<Cached>>,
+    refresh_token: std::sync::Mutex<Option<Arc<Zeroizing<String>>>>,
+    /// Held while a token is fetched, so one request is in flight.
+    fetching: tokio::sync::Mutex<()>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl fmt::Debug for OAuthTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthTokens")
+            .field("issuer", &self.request.issuer)
+            .field("client", &self.request.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+impl OAuthTokens {
+    /// Tokens for `request`, bound to the key of `middleware` (and sharing its nonces).
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] when the HTTP client cannot be built.
+    pub fn new(request: TokenRequest, middleware: &DpopMiddleware) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            request,
+            session: Arc::clone(middleware.session()),
+            http,
+            token_endpoint: tokio::sync::OnceCell::new(),
+            cached: RwLock::new(None),
+            refresh_token: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// How many token requests this source has made (for tests and metrics).
+    #[must_use]
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cached_token(&self) -> Option<Arc<str>> {
+        let guard = self.cached.read().ok()?;
+        let c = guard.as_ref()?;
+        (Instant::now() < c.refresh_at).then(|| Arc::clone(&c.token))
+    }
+
+    /// The token endpoint, from the issuer's metadata (RFC 8414, then OpenID discovery).
+    async fn token_endpoint(&self) -> Result<&str, ClientError> {
+        self.token_endpoint
+            .get_or_try_init(|| discover(&self.http, &self.request.issuer))
+            .await
+            .map(String::as_str)
+    }
+
+    /// Requests a token now, with the configured grant (not the cache, not the refresh
+    /// token), and returns the whole response.
+    ///
+    /// # Errors
+    /// [`ClientError`] for metadata, transport or token endpoint failures.
+    pub async fn fetch(&self) -> Result<TokenResponse, ClientError> {
+        let mut form: Vec<(&str, String)> = Vec::new();
+        match &self.request.grant {
+            Grant::ClientCredentials => form.push(("grant_type", "client_credentials".into())),
+            Grant::TokenExchange {
+                subject,
+                subject_type,
+            } => {
+                form.push(("grant_type", TOKEN_EXCHANGE.into()));
+                form.push(("subject_token", subject.read()?.to_string()));
+                form.push(("subject_token_type", subject_type.clone()));
+            }
+        }
+        self.token_request(form, true).await
+    }
+
+    async fn token_request(
+        &self,
+        mut form: Vec<(&str, String)>,
+        narrow: bool,
+    ) -> Result<TokenResponse, ClientError> {
+        let endpoint = self.token_endpoint().await?.to_owned();
+        if narrow {
+            if let Some(s) = &self.request.scope {
+                form.push(("scope", s.clone()));
+            }
+            for a in &self.request.audiences {
+                form.push(("audience", a.clone()));
+            }
+            for r in &self.request.resources {
+                form.push(("resource", r.clone()));
+            }
+        }
+        let mut builder = self.http.post(&endpoint);
+        match &self.request.auth {
+            ClientAuth::Secret { client_id, secret } => {
+                builder = builder.header(header::AUTHORIZATION, basic(client_id, secret)?);
+            }
+            ClientAuth::PrivateKeyJwt { client_id, key } => {
+                form.push(("client_id", client_id.clone()));
+                form.push(("client_assertion_type", ASSERTION_TYPE.into()));
+                form.push(("client_assertion", self.assertion(client_id, key, &endpoint)?));
+            }
+            ClientAuth::Public { client_id } => form.push(("client_id", client_id.clone())),
+        }
+        let body = form_body(&form);
+        let request = builder
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(body)
+            .build()?;
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http = &self.http;
+        let response = send_signed::<_, _, ClientError>(&self.session, request, None, |r| async move {
+            http.execute(r).await.map_err(ClientError::from)
+        })
+        .await?;
+        parse_token_response(response).await
+    }
+
+    /// A client assertion (RFC 7523 §3): short-lived, single-use, for `audience`.
+    fn assertion(&self, client_id: &str, key: &ClientKey, audience: &str) -> Result<String, ClientError> {
+        let endpoint = url::Url::parse(audience)
+            .map_err(|e| ClientError::Metadata(format!("token_endpoint: {e}")))?;
+        let now = self
+            .session
+            .now_for(&crate::session::origin_of(&endpoint))?
+            .as_secs();
+        let mut jti = [0_u8; 16];
+        SystemRandomSource
+            .fill(&mut jti)
+            .map_err(|e| ClientError::Proof(e.to_string()))?;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = serde_json::json!({ "alg": key.algorithm().name(), "typ": "JWT" });
+        let claims = serde_json::json!({
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + 60,
+            "jti": b64(&jti),
+        });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = key
+            .signer()
+            .sign(input.as_bytes())
+            .map_err(|e| ClientError::Proof(e.to_string()))?;
+        Ok(format!("{input}.{}", b64(&sig)))
+    }
+
+    /// A new token: with the refresh token when there is one (falling back to the grant
+    /// if the issuer refuses it), else with the grant.
+    async fn renew(&self) -> Result<TokenResponse, ClientError> {
+        let refresh = self.refresh_token.lock().ok().and_then(|g| g.clone());
+        if let Some(rt) = refresh {
+            let form = vec![
+                ("grant_type", "refresh_token".to_owned()),
+                ("refresh_token", rt.to_string()),
+            ];
+            match self.token_request(form, false).await {
+                Ok(r) => return Ok(r),
+                Err(ClientError::TokenEndpoint { error, .. }) if error == "invalid_grant" => {
+                    tracing::debug!(target: "dpop::client", "refresh token refused; using the grant again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.fetch().await
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenSource for OAuthTokens {
+    async fn token(&self) -> Result<Arc<str>, ClientError> {
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
+        }
+        let _one = self.fetching.lock().await;
+        // Another caller may have fetched while this one waited.
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
+        }
+        let started = Instant::now();
+        let response = self.renew().await?;
+        let lifetime = Duration::from_secs(response.expires_in.unwrap_or(60));
+        // Renew before expiry: a fifth of the lifetime early, at most a minute.
+        let margin = (lifetime / 5).min(Duration::from_secs(60));
+        if let Ok(mut g) = self.refresh_token.lock() {
+            if let Some(rt) = &response.refresh_token {
+                *g = Some(Arc::clone(rt));
+            }
+        }
+        if let Ok(mut g) = self.cached.write() {
+            *g = Some(Cached {
+                token: Arc::clone(&response.access_token),
+                refresh_at: started + lifetime.saturating_sub(margin),
+            });
+        }
+        Ok(response.access_token)
+    }
+
+    fn invalidate(&self, token: &str) {
+        if let Ok(mut g) = self.cached.write() {
+            if g.as_ref().is_some_and(|c| &*c.token == token) {
+                *g = None;
+            }
+        }
+    }
+}
+
+fn basic(client_id: &str, secret: &str) -> Result<HeaderValue, ClientError> {
+    // RFC 6749 §2.3.1: both are form-urlencoded before base64.
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let raw = Zeroizing::new(format!("{}:{}", enc(client_id), enc(secret)));
+    let value = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
+    ));
+    let mut v = HeaderValue::from_str(&value)
+        .map_err(|_| ClientError::Key("the client id or secret is not a valid header value".to_owned()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn form_body(form: &[(&str, String)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+async fn parse_token_response(response: reqwest::Response) -> Result<TokenResponse, ClientError> {
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| ClientError::TokenResponse(format!("not JSON ({status}): {e}")))?;
+    if !status.is_success() {
+        return Err(ClientError::TokenEndpoint {
+            status: status.as_u16(),
+            error: body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned(),
+            description: body
+                .get("error_description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        });
+    }
+    let access_token = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ClientError::TokenResponse("no access_token".to_owned()))?;
+    let token_type = body
+        .get("token_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ClientError::TokenResponse("no token_type".to_owned()))?
+        .to_owned();
+    if !token_type.eq_ignore_ascii_case("DPoP") {
+        // RFC 9449 §5: a client that sent a proof must not use a token that is not bound.
+        return Err(ClientError::TokenResponse(format!(
+            "token_type is {token_type:?}, not DPoP: the issuer did not bind the token to the key"
+        )));
+    }
+    Ok(TokenResponse {
+        access_token: access_token.into(),
+        token_type,
+        expires_in: body.get("expires_in").and_then(Value::as_u64),
+        refresh_token: body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(|r| Arc::new(Zeroizing::new(r.to_owned()))),
+        json: body,
+    })
+}
+
+/// The token endpoint from `issuer`'s metadata.
+async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, ClientError> {
+    let parsed = url::Url::parse(issuer)
+        .map_err(|e| ClientError::Metadata(format!("the issuer {issuer:?} is not a URL: {e}")))?;
+    let origin = parsed.origin().ascii_serialization();
+    let path = parsed.path().trim_end_matches('/');
+    let candidates = [
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+        format!("{issuer}/.well-known/openid-configuration"),
+    ];
+    let mut last = String::new();
+    for url in candidates {
+        let response = match http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                last = format!("{url}: {}", r.status());
+                continue;
+            }
+            Err(e) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+        };
+        let meta: Value = response
+            .json()
+            .await
+            .map_err(|e| ClientError::Metadata(format!("{url}: not JSON: {e}")))?;
+        if meta.get("issuer").and_then(Value::as_str) != Some(issuer) {
+            return Err(ClientError::Metadata(format!(
+                "{url}: its issuer is not {issuer} (RFC 8414 §3.3)"
+            )));
+        }
+        return meta
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Metadata(format!("{url}: no token_endpoint")));
+    }
+    Err(ClientError::Metadata(format!(
+        "no metadata for {issuer} ({last})"
+    )))
+}

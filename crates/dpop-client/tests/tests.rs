@@ -1,0 +1,1 @@
+//! Tests of the DPoP client against in-process servers.

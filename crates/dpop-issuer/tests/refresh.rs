@@ -1,0 +1,307 @@
+//! The refresh_token grant: rotation, reuse detection (the whole family is revoked),
+//! concurrent use, key binding for public clients, scopes, idle expiry, client binding.
+
+use serde_json::json;
+
+use crate::support::*;
+
+db_tests!(
+    client_credentials_returns_no_refresh_token,
+    rotation_and_reuse_revokes_the_family,
+    concurrent_refreshes_one_wins,
+    parallel_requests_all_succeed,
+    public_client_refresh_token_is_bound_to_its_key,
+    refresh_scopes_narrow_but_never_widen,
+    refresh_token_idle_expiry,
+    refresh_token_absolute_expiry,
+    refresh_token_of_another_client,
+);
+
+async fn client_credentials_returns_no_refresh_token(db: Db) {
+    let extra = format!(
+        r#"
+[[clients]]
+id = "exchanger"
+secret = "{}"
+grants = ["{GRANT_EXCHANGE}"]
+scopes = ["read"]
+audiences = ["{API}"]
+"#,
+        *SECRET_HASH
+    );
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    // svc holds the refresh_token grant, and still gets none from client_credentials.
+    let body = it.cc("svc", &k, &[]).await.ok();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    // Token exchange by a client with the refresh_token grant does return one.
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    assert!(rt.starts_with("dpoprt_"), "{rt}");
+    // A client without the grant gets none from token exchange.
+    let at = it.access_token("svc", &k, &[]).await;
+    let body = it
+        .exchange(&basic("exchanger"), Some(&k), &at, &[])
+        .await
+        .ok();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert!(body["access_token"].is_string());
+}
+
+async fn rotation_and_reuse_revokes_the_family(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let (_, rt1) = it.svc_refresh_token(&k).await;
+
+    let body = it.refresh(&basic("svc"), Some(&k), &rt1, &[]).await.ok();
+    assert_eq!(body["token_type"], json!("DPoP"));
+    assert_eq!(body["expires_in"], json!(300));
+    assert_eq!(body["scope"], json!("read write"));
+    let rt2 = body["refresh_token"]
+        .as_str()
+        .expect("a new refresh token")
+        .to_owned();
+    assert_ne!(rt1, rt2);
+    let jwt = it.verify(body["access_token"].as_str().unwrap(), API).await;
+    assert_eq!(jwt.claims["sub"], json!("svc"));
+    assert_eq!(jwt.claims["client_id"], json!("svc"));
+    assert_eq!(jwt.claims["cnf"]["jkt"], json!(jkt(&k)));
+
+    // rt2 rotates to rt3.
+    let rt3 = it.refresh(&basic("svc"), Some(&k), &rt2, &[]).await.ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Reusing rt1 is refused, and revokes the family: rt3 (the newest) fails too.
+    it.refresh(&basic("svc"), Some(&k), &rt1, &[])
+        .await
+        .err(400, "invalid_grant");
+    it.refresh(&basic("svc"), Some(&k), &rt3, &[])
+        .await
+        .err(400, "invalid_grant");
+
+    // Another family of the same client is unaffected.
+    let (_, other) = it.svc_refresh_token(&k).await;
+    it.refresh(&basic("svc"), Some(&k), &other, &[]).await.ok();
+
+    // Unknown and malformed refresh tokens.
+    for bad in [
+        "dpoprt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "garbage",
+    ] {
+        it.refresh(&basic("svc"), Some(&k), bad, &[])
+            .await
+            .err(400, "invalid_grant");
+    }
+}
+
+async fn concurrent_refreshes_one_wins(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    for round in 0..3 {
+        let (_, rt) = it.svc_refresh_token(&k).await;
+        // Both requests carry a current nonce, so neither needs a round trip.
+        let nonce = it.fresh_nonce().await;
+        let form = [
+            ("grant_type", GRANT_REFRESH),
+            ("refresh_token", rt.as_str()),
+        ];
+        let p1 = [it.proof(&k, "POST", &it.token_url(), Some(&nonce), None)];
+        let p2 = [it.proof(&k, "POST", &it.token_url(), Some(&nonce), None)];
+        let auth = basic("svc");
+        let (a, b) = tokio::join!(
+            it.token_raw(&auth, &p1, &form),
+            it.token_raw(&auth, &p2, &form)
+        );
+        let mut statuses = [a.status, b.status];
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [200, 400],
+            "round {round}: {} / {}",
+            a.body,
+            b.body
+        );
+        let loser = if a.status == 400 { &a } else { &b };
+        loser.err(400, "invalid_grant");
+        let winner = if a.status == 200 { &a } else { &b };
+        let next = winner.ok()["refresh_token"].as_str().unwrap().to_owned();
+        // The loser presented a used token: reuse detection revoked the family, so the
+        // winner's new token is dead too (a concurrent use cannot be told from a theft).
+        it.refresh(&basic("svc"), Some(&k), &next, &[])
+            .await
+            .err(400, "invalid_grant");
+    }
+}
+
+async fn parallel_requests_all_succeed(db: Db) {
+    let it = std::sync::Arc::new(TestIssuer::start(&db).await);
+    let k = std::sync::Arc::new(key());
+    let mut families = Vec::new();
+    for _ in 0..8 {
+        families.push(it.svc_refresh_token(&k).await.1);
+    }
+    let nonce = it.fresh_nonce().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    // Client-credentials requests and refreshes of distinct families, all at once: the
+    // database serialises the writes (no "database is locked" for SQLite).
+    for i in 0..24 {
+        let (it, k, nonce) = (it.clone(), k.clone(), nonce.clone());
+        let rt = families.get(i).cloned();
+        tasks.spawn(async move {
+            let proof = it.proof(&k, "POST", &it.token_url(), Some(&nonce), None);
+            let form: Vec<(&str, &str)> = match &rt {
+                Some(rt) => vec![
+                    ("grant_type", GRANT_REFRESH),
+                    ("refresh_token", rt.as_str()),
+                ],
+                None => vec![("grant_type", GRANT_CC)],
+            };
+            it.token_raw(&basic("svc"), &[proof], &form).await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().ok();
+    }
+}
+
+async fn public_client_refresh_token_is_bound_to_its_key(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    // svc's token, bound to k, exchanged by the public client holding k.
+    let subject = it.access_token("svc", &k, &[]).await;
+    let body = it
+        .exchange(&public("public"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    let rt = body["refresh_token"]
+        .as_str()
+        .expect("refresh_token")
+        .to_owned();
+
+    // Another key's proof: invalid_grant, and the token is not consumed.
+    let other = key();
+    it.refresh(&public("public"), Some(&other), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    // No proof at all: a public client must always send one.
+    it.refresh(&public("public"), None, &rt, &[])
+        .await
+        .err(400, "invalid_dpop_proof");
+    // The holder of the key refreshes.
+    let body = it.refresh(&public("public"), Some(&k), &rt, &[]).await.ok();
+    let rt2 = body["refresh_token"].as_str().unwrap().to_owned();
+    let jwt = it.verify(body["access_token"].as_str().unwrap(), API).await;
+    assert_eq!(jwt.claims["cnf"]["jkt"], json!(jkt(&k)));
+    assert_eq!(jwt.claims["client_id"], json!("public"));
+    // The rotated token keeps the binding.
+    it.refresh(&public("public"), Some(&other), &rt2, &[])
+        .await
+        .err(400, "invalid_grant");
+    it.refresh(&public("public"), Some(&k), &rt2, &[])
+        .await
+        .ok();
+}
+
+async fn refresh_scopes_narrow_but_never_widen(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    // Wider than the grant ("read write"): refused, and the token is not consumed.
+    it.refresh(
+        &basic("svc"),
+        Some(&k),
+        &rt,
+        &[("scope", "read write admin")],
+    )
+    .await
+    .err(400, "invalid_scope");
+    let body = it
+        .refresh(&basic("svc"), Some(&k), &rt, &[("scope", "write")])
+        .await
+        .ok();
+    assert_eq!(body["scope"], json!("write"));
+    assert_eq!(
+        decode(body["access_token"].as_str().unwrap()).1["scope"],
+        json!("write")
+    );
+    // The grant itself is unchanged: the next refresh may ask for the original scopes.
+    let rt2 = body["refresh_token"].as_str().unwrap();
+    let body = it.refresh(&basic("svc"), Some(&k), rt2, &[]).await.ok();
+    assert_eq!(body["scope"], json!("read write"));
+    // Audiences stay within the grant too.
+    let rt3 = body["refresh_token"].as_str().unwrap();
+    it.refresh(&basic("svc"), Some(&k), rt3, &[("resource", OTHER_API)])
+        .await
+        .err(400, "invalid_target");
+}
+
+async fn refresh_token_idle_expiry(db: Db) {
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            tokens: "refresh_token_idle_secs = 600".to_owned(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    // Used within the idle time, it rotates; the new one gets a new idle period.
+    it.clock.advance(500);
+    let rt2 = it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    it.clock.advance(500);
+    let rt3 = it.refresh(&basic("svc"), Some(&k), &rt2, &[]).await.ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Idle for longer than that: expired.
+    it.clock.advance(601);
+    it.refresh(&basic("svc"), Some(&k), &rt3, &[])
+        .await
+        .err(400, "invalid_grant");
+}
+
+async fn refresh_token_absolute_expiry(db: Db) {
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            tokens: "refresh_token_idle_secs = 600\nrefresh_token_absolute_secs = 1000".to_owned(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    it.clock.advance(550);
+    let rt2 = it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Within rt2's idle time, but past the family's absolute expiry.
+    it.clock.advance(500);
+    it.refresh(&basic("svc"), Some(&k), &rt2, &[])
+        .await
+        .err(400, "invalid_grant");
+}
+
+async fn refresh_token_of_another_client(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    it.refresh(&basic("svc2"), Some(&k), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    // The failed attempt did not consume it, and did not revoke the family.
+    it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok();
+}

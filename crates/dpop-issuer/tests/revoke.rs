@@ -1,0 +1,197 @@
+//! Revocation (RFC 7009) and offboarding: access tokens, refresh families, other clients'
+//! tokens, unknown tokens and hints, disabling a client.
+
+use serde_json::json;
+
+use crate::support::*;
+
+db_tests!(
+    revoke_access_token,
+    revoke_refresh_token_revokes_the_family,
+    revoke_refused_for_other_clients_tokens,
+    revoke_unknown_tokens_and_hints,
+    disabling_a_client_revokes_its_tokens,
+);
+
+async fn revoke_access_token(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let token = it.access_token("svc", &k, &[]).await;
+    let other = it.access_token("svc", &k, &[]).await;
+    let r = it
+        .revoke(
+            &basic("svc"),
+            &token,
+            &[("token_type_hint", "access_token")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(!it.active(&token).await);
+    // Only that token.
+    assert!(it.active(&other).await);
+    // Revoking again is fine.
+    assert_eq!(it.revoke(&basic("svc"), &token, &[]).await.status, 200);
+    // client_secret_post works too; a wrong hint is only a hint.
+    let r = it
+        .revoke(
+            &post("svc"),
+            &other,
+            &[("token_type_hint", "refresh_token")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!it.active(&other).await);
+    // Authentication is required.
+    let fresh = it.access_token("svc", &k, &[]).await;
+    it.revoke(&Auth::Nothing, &fresh, &[])
+        .await
+        .err(401, "invalid_client");
+    it.revoke(
+        &Auth::Basic("svc".into(), "wrong-secret-value".into()),
+        &fresh,
+        &[],
+    )
+    .await
+    .err(401, "invalid_client");
+    assert!(it.active(&fresh).await);
+}
+
+async fn revoke_refresh_token_revokes_the_family(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+
+    // Revoking the current refresh token.
+    let (at1, rt1) = it.svc_refresh_token(&k).await;
+    let body = it.refresh(&basic("svc"), Some(&k), &rt1, &[]).await.ok();
+    let at2 = body["access_token"].as_str().unwrap().to_owned();
+    let rt2 = body["refresh_token"].as_str().unwrap().to_owned();
+    let r = it
+        .revoke(&basic("svc"), &rt2, &[("token_type_hint", "refresh_token")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    it.refresh(&basic("svc"), Some(&k), &rt2, &[])
+        .await
+        .err(400, "invalid_grant");
+    // The access tokens it minted stay valid until they expire.
+    assert!(it.active(&at1).await);
+    assert!(it.active(&at2).await);
+
+    // Revoking an already rotated refresh token revokes the newest one too.
+    let (_, first) = it.svc_refresh_token(&k).await;
+    let newest = it.refresh(&basic("svc"), Some(&k), &first, &[]).await.ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(it.revoke(&basic("svc"), &first, &[]).await.status, 200);
+    it.refresh(&basic("svc"), Some(&k), &newest, &[])
+        .await
+        .err(400, "invalid_grant");
+
+    // A public client revokes its own refresh token (client_id only).
+    let subject = it.access_token("svc", &k, &[]).await;
+    let body = it
+        .exchange(&public("public"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    let prt = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(it.revoke(&public("public"), &prt, &[]).await.status, 200);
+    it.refresh(&public("public"), Some(&k), &prt, &[])
+        .await
+        .err(400, "invalid_grant");
+}
+
+async fn revoke_refused_for_other_clients_tokens(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let token = it.access_token("svc", &k, &[]).await;
+    it.revoke(&basic("svc2"), &token, &[])
+        .await
+        .err(400, "unauthorized_client");
+    it.revoke(&basic("rs"), &token, &[])
+        .await
+        .err(400, "unauthorized_client");
+    assert!(it.active(&token).await);
+
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    it.revoke(&basic("svc2"), &rt, &[])
+        .await
+        .err(400, "unauthorized_client");
+    it.revoke(&public("public"), &rt, &[])
+        .await
+        .err(400, "unauthorized_client");
+    // Still usable by its owner.
+    it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok();
+}
+
+async fn revoke_unknown_tokens_and_hints(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let stranger = key();
+    let foreign = dpop_test::sign_compact(
+        &stranger,
+        &json!({ "alg": "ES256", "typ": "at+jwt" }),
+        &json!({ "iss": "https://elsewhere.example", "sub": "x", "exp": it.clock.secs() + 60 }),
+    )
+    .unwrap();
+    for unknown in [
+        "garbage",
+        "dpoprt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        foreign.as_str(),
+    ] {
+        let r = it.revoke(&basic("svc"), unknown, &[]).await;
+        assert_eq!(r.status, 200, "{unknown}: {}", r.body);
+    }
+    let token = it.access_token("svc", &k, &[]).await;
+    it.revoke(&basic("svc"), &token, &[("token_type_hint", "id_token")])
+        .await
+        .err(400, "unsupported_token_type");
+    assert!(it.active(&token).await);
+    // No token parameter.
+    it.revoke(&basic("svc"), "", &[])
+        .await
+        .err(400, "invalid_request");
+}
+
+async fn disabling_a_client_revokes_its_tokens(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let (at, rt) = it.svc_refresh_token(&k).await;
+    let cc_token = it.access_token("svc", &k, &[]).await;
+    let svc2_token = it.access_token("svc2", &k, &[]).await;
+    assert!(it.active(&at).await);
+
+    dpop_issuer::set_client_disabled(&it.config(), "svc", true, it.clock.unix())
+        .await
+        .unwrap();
+    // At once, on the running instance: its tokens are inactive, it is refused.
+    assert!(!it.active(&at).await);
+    assert!(!it.active(&cc_token).await);
+    it.cc("svc", &k, &[]).await.err(401, "invalid_client");
+    it.refresh(&basic("svc"), Some(&k), &rt, &[])
+        .await
+        .err(401, "invalid_client");
+    it.post("/introspect", &basic("svc"), &[], &[("token", &rt)])
+        .await
+        .err(401, "invalid_client");
+    // Other clients are unaffected.
+    assert!(it.active(&svc2_token).await);
+    // Its tokens cannot be exchanged by another client.
+    it.exchange(&basic("svc2"), Some(&k), &at, &[])
+        .await
+        .err(400, "invalid_grant");
+
+    // Re-enabled: it authenticates again, but what it held before stays revoked.
+    it.clock.advance(1);
+    dpop_issuer::set_client_disabled(&it.config(), "svc", false, it.clock.unix())
+        .await
+        .unwrap();
+    it.refresh(&basic("svc"), Some(&k), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    assert!(!it.active(&at).await);
+    assert!(!it.active(&cc_token).await);
+    let fresh = it.access_token("svc", &k, &[]).await;
+    assert!(it.active(&fresh).await);
+}
