@@ -95,10 +95,9 @@ impl ClientKey {
     /// # Errors
     /// [`ClientError::Key`] when the variable is unset or holds no usable private key.
     pub fn from_env(name: &str) -> Result<Self, ClientError> {
-        let text = Zeroizing::new(
-            std::env::var(name)
-                .map_err(|_| ClientError::Key(format!("the environment variable {name} is not set")))?,
-        );
+        let text = Zeroizing::new(std::env::var(name).map_err(|_| {
+            ClientError::Key(format!("the environment variable {name} is not set"))
+        })?);
         Self::from_text(&text)
             .map_err(|e| ClientError::Key(format!("the environment variable {name}: {e}")))
     }
@@ -111,9 +110,7 @@ impl ClientKey {
         let key = if text.trim_start().starts_with('{') {
             match PublicJwk::from_json(text) {
                 Ok(_) => {
-                    return Err(
-                        "this is a public key; the client needs the private key".to_owned(),
-                    );
+                    return Err("this is a public key; the client needs the private key".to_owned());
                 }
                 Err(JwkError::PrivateMember(_)) => {
                     PrivateKey::from_jwk_json(text).map_err(|e| e.to_string())?

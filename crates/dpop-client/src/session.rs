@@ -150,8 +150,8 @@ impl Session {
         access_token: Option<&str>,
     ) -> Result<String, ClientError> {
         let origin = origin_of(url);
-        let mut builder =
-            ProofBuilder::new(method, url.as_str()).map_err(|e| ClientError::Proof(e.to_string()))?;
+        let mut builder = ProofBuilder::new(method, url.as_str())
+            .map_err(|e| ClientError::Proof(e.to_string()))?;
         if let Some(t) = access_token {
             builder = builder.access_token(t);
         }
@@ -161,12 +161,20 @@ impl Session {
                 .map_err(|e| ClientError::Proof(e.to_string()))?;
         }
         builder
-            .sign(self.key.signer(), &SystemRandomSource, self.now_for(&origin)?)
+            .sign(
+                self.key.signer(),
+                &SystemRandomSource,
+                self.now_for(&origin)?,
+            )
             .map_err(|e| ClientError::Proof(e.to_string()))
     }
 
     /// Puts a fresh proof (and the token, if any) on `request`.
-    pub(crate) fn sign(&self, request: &mut Request, access_token: Option<&str>) -> Result<(), ClientError> {
+    pub(crate) fn sign(
+        &self,
+        request: &mut Request,
+        access_token: Option<&str>,
+    ) -> Result<(), ClientError> {
         let proof = self.proof(request.method().as_str(), request.url(), access_token)?;
         let headers = request.headers_mut();
         headers.insert(
@@ -176,8 +184,9 @@ impl Session {
         if let Some(t) = access_token {
             headers.insert(
                 header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("DPoP {t}"))
-                    .map_err(|_| ClientError::Proof("the access token is not a valid header value".to_owned()))?,
+                HeaderValue::from_str(&format!("DPoP {t}")).map_err(|_| {
+                    ClientError::Proof("the access token is not a valid header value".to_owned())
+                })?,
             );
         }
         Ok(())
@@ -185,7 +194,11 @@ impl Session {
 
     /// Learns from `response` (nonce, skew) and says what to do. A 400 JSON body is read
     /// to look for `use_dpop_nonce`, so the response comes back rebuilt.
-    pub(crate) async fn observe(&self, url: &url::Url, response: Response) -> (Verdict, Result<Response, ClientError>) {
+    pub(crate) async fn observe(
+        &self,
+        url: &url::Url,
+        response: Response,
+    ) -> (Verdict, Result<Response, ClientError>) {
         let origin = origin_of(url);
         let nonce = response
             .headers()
@@ -225,7 +238,13 @@ impl Session {
     fn skew(&self, response: &Response) -> Option<i64> {
         let date = response.headers().get(header::DATE)?.to_str().ok()?;
         let server = httpdate::parse_http_date(date).ok()?;
-        let server = i64::try_from(server.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs()).ok()?;
+        let server = i64::try_from(
+            server
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs(),
+        )
+        .ok()?;
         let local = i64::try_from(self.clock.now()?.as_secs()).ok()?;
         let offset = server - local;
         (offset.abs() >= SKEW_THRESHOLD_SECS).then_some(offset)
@@ -252,7 +271,9 @@ async fn body_error(response: Response) -> (Option<String>, Result<Response, Cli
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    let small = response.content_length().is_some_and(|l| l <= MAX_ERROR_BODY);
+    let small = response
+        .content_length()
+        .is_some_and(|l| l <= MAX_ERROR_BODY);
     if !is_json || !small {
         return (None, Ok(response));
     }

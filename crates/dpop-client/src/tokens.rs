@@ -341,7 +341,10 @@ impl OAuthTokens {
             ClientAuth::PrivateKeyJwt { client_id, key } => {
                 form.push(("client_id", client_id.clone()));
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
-                form.push(("client_assertion", self.assertion(client_id, key, &endpoint)?));
+                form.push((
+                    "client_assertion",
+                    self.assertion(client_id, key, &endpoint)?,
+                ));
             }
             ClientAuth::Public { client_id } => form.push(("client_id", client_id.clone())),
         }
@@ -354,15 +357,21 @@ impl OAuthTokens {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let http = &self.http;
-        let response = send_signed::<_, _, ClientError>(&self.session, request, None, |r| async move {
-            http.execute(r).await.map_err(ClientError::from)
-        })
-        .await?;
+        let response =
+            send_signed::<_, _, ClientError>(&self.session, request, None, |r| async move {
+                http.execute(r).await.map_err(ClientError::from)
+            })
+            .await?;
         parse_token_response(response).await
     }
 
     /// A client assertion (RFC 7523 §3): short-lived, single-use, for `audience`.
-    fn assertion(&self, client_id: &str, key: &ClientKey, audience: &str) -> Result<String, ClientError> {
+    fn assertion(
+        &self,
+        client_id: &str,
+        key: &ClientKey,
+        audience: &str,
+    ) -> Result<String, ClientError> {
         let endpoint = url::Url::parse(audience)
             .map_err(|e| ClientError::Metadata(format!("token_endpoint: {e}")))?;
         let now = self
@@ -463,8 +472,9 @@ fn basic(client_id: &str, secret: &str) -> Result<HeaderValue, ClientError> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
     ));
-    let mut v = HeaderValue::from_str(&value)
-        .map_err(|_| ClientError::Key("the client id or secret is not a valid header value".to_owned()))?;
+    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+        ClientError::Key("the client id or secret is not a valid header value".to_owned())
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }

@@ -39,7 +39,9 @@ fn client_error(e: ClientError) -> CliError {
 fn token_request(args: &IssuerTokenArgs) -> Result<Option<TokenRequest>, CliError> {
     let Some(issuer) = &args.issuer else {
         if args.client_id.is_some() || args.subject_token_file.is_some() {
-            return Err(CliError::usage("--client-id and --subject-token-file need --issuer"));
+            return Err(CliError::usage(
+                "--client-id and --subject-token-file need --issuer",
+            ));
         }
         return Ok(None);
     };
@@ -87,14 +89,11 @@ pub(crate) fn token(args: &TokenArgs, out: &mut impl Write) -> Result<ExitCode, 
     let request = token_request(&args.issuer)?
         .ok_or_else(|| CliError::usage("dpop token needs --issuer and --client-id"))?;
     let tokens = OAuthTokens::new(request, &dpop).map_err(client_error)?;
-    let response = runtime()?
-        .block_on(tokens.fetch())
-        .map_err(client_error)?;
+    let response = runtime()?.block_on(tokens.fetch()).map_err(client_error)?;
     let text = if args.raw {
         response.access_token.to_string()
     } else {
-        serde_json::to_string_pretty(&response.json)
-            .map_err(|e| CliError::failed(e.to_string()))?
+        serde_json::to_string_pretty(&response.json).map_err(|e| CliError::failed(e.to_string()))?
     };
     writeln!(out, "{text}").map_err(|e| CliError::stdout(&e))?;
     Ok(ExitCode::SUCCESS)
@@ -119,7 +118,11 @@ impl reqwest_middleware::Middleware for Verbose {
             .get("dpop")
             .and_then(|v| v.to_str().ok())
             .and_then(|p| p.split('.').nth(1))
-            .and_then(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok())
+            .and_then(|c| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+            })
         {
             eprintln!("> DPoP claims: {}", String::from_utf8_lossy(&claims));
         }
@@ -141,8 +144,9 @@ fn body(data: &str) -> Result<Vec<u8>, CliError> {
                 .map_err(|e| CliError::failed(format!("cannot read standard input: {e}")))?;
             Ok(buf)
         }
-        Some(path) => std::fs::read(path)
-            .map_err(|e| CliError::usage(format!("cannot read {path}: {e}"))),
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CliError::usage(format!("cannot read {path}: {e}")))
+        }
         None => Ok(data.as_bytes().to_vec()),
     }
 }
@@ -152,9 +156,8 @@ pub(crate) fn curl(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cl
     let tokens: Option<Arc<dyn TokenSource>> = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(Arc::new(StaticToken::new(t))),
         (None, Some(path)) => {
-            let t = std::fs::read_to_string(path).map_err(|e| {
-                CliError::usage(format!("cannot read {}: {e}", path.display()))
-            })?;
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
             if t.trim().is_empty() {
                 return Err(CliError::usage(format!("{} is empty", path.display())));
             }
@@ -232,10 +235,14 @@ pub(crate) fn curl(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cl
                 status.canonical_reason().unwrap_or("")
             );
             for (k, v) in response.headers() {
-                head.push_str(&format!("{k}: {}\r\n", String::from_utf8_lossy(v.as_bytes())));
+                head.push_str(&format!(
+                    "{k}: {}\r\n",
+                    String::from_utf8_lossy(v.as_bytes())
+                ));
             }
             head.push_str("\r\n");
-            out.write_all(head.as_bytes()).map_err(|e| CliError::stdout(&e))?;
+            out.write_all(head.as_bytes())
+                .map_err(|e| CliError::stdout(&e))?;
         }
         let bytes = response
             .bytes()
