@@ -111,13 +111,18 @@ pub(crate) struct IssuerArgs {
 pub(crate) enum IssuerAction {
     /// Create a new signing key and retire the current ones
     ///
-    /// Retired keys sign nothing more; their public keys stay in the JWKS until the
-    /// tokens they signed have expired. Running issuers switch within 30 seconds.
-    /// Prints the new key id.
+    /// The new key is published in the JWKS at once and signs from --activate-in
+    /// seconds later, when the current keys retire: they sign nothing more, and their
+    /// public keys stay in the JWKS until the tokens they signed have expired. Prints the
+    /// new key id.
     RotateKey {
         /// The issuer configuration
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Seconds between publishing the key and signing with it, so that every issuer
+        /// instance and resource server knows it first
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        activate_in: u64,
     },
     /// Disable a client: refuse it, revoke its refresh tokens, make its access tokens
     /// inactive at introspection

@@ -358,7 +358,7 @@ async fn rotate_key_and_restart_keep_old_tokens_verifiable() {
 
     let status = issuer.terminate(Duration::from_secs(10)).await.unwrap();
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
-    let out = setup.manage(&["rotate-key"]);
+    let out = setup.manage(&["rotate-key", "--activate-in", "0"]);
     assert!(out.status.success(), "{out:?}");
     let new_kid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_ne!(new_kid, old_kid);

@@ -441,10 +441,8 @@ impl TokenSource for OAuthTokens {
         let lifetime = Duration::from_secs(response.expires_in.unwrap_or(60));
         // Renew before expiry: a fifth of the lifetime early, at most a minute.
         let margin = (lifetime / 5).min(Duration::from_secs(60));
-        if let Ok(mut g) = self.refresh_token.lock() {
-            if let Some(rt) = &response.refresh_token {
-                *g = Some(Arc::clone(rt));
-            }
+        if let (Ok(mut g), Some(rt)) = (self.refresh_token.lock(), &response.refresh_token) {
+            *g = Some(Arc::clone(rt));
         }
         if let Ok(mut g) = self.cached.write() {
             *g = Some(Cached {
@@ -456,10 +454,10 @@ impl TokenSource for OAuthTokens {
     }
 
     fn invalidate(&self, token: &str) {
-        if let Ok(mut g) = self.cached.write() {
-            if g.as_ref().is_some_and(|c| &*c.token == token) {
-                *g = None;
-            }
+        if let Ok(mut g) = self.cached.write()
+            && g.as_ref().is_some_and(|c| &*c.token == token)
+        {
+            *g = None;
         }
     }
 }

@@ -118,18 +118,15 @@ fn id_of<'a>(p: &'a Presented<'_>) -> &'a str {
     }
 }
 
-/// The client the request claims to be, not yet authenticated.
+/// The client the request claims to be, not yet authenticated (`None`: no such
+/// client; that is only revealed by [`authenticate`], after the proof check).
 pub(crate) fn claimed_client<'s>(
     state: &'s State,
     headers: &HeaderMap,
     form: &Form,
-) -> Result<&'s Client, OAuthError> {
+) -> Result<Option<&'s Client>, OAuthError> {
     let p = presented(headers, form)?;
-    state
-        .config
-        .clients
-        .get(id_of(&p))
-        .ok_or_else(|| OAuthError::invalid_client(FAILED))
+    Ok(state.config.clients.get(id_of(&p)))
 }
 
 /// Authenticates the request as `claimed` (from [`claimed_client`]) and checks that the
@@ -138,12 +135,12 @@ pub(crate) async fn authenticate<'s>(
     state: &'s State,
     headers: &HeaderMap,
     form: &Form,
-    claimed: &'s Client,
+    claimed: Option<&'s Client>,
 ) -> Result<&'s Client, OAuthError> {
     let p = presented(headers, form)?;
-    if id_of(&p) != claimed.id {
+    let Some(claimed) = claimed.filter(|c| c.id == id_of(&p)) else {
         return Err(OAuthError::invalid_client(FAILED));
-    }
+    };
     let (method, ok) = match &p {
         Presented::Basic { secret, .. } => (
             AuthMethod::ClientSecretBasic,

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use dpop_core::{Error as DpopError, NonceValidator as _, RfcError, Role, VerifiedProof};
 
 use crate::State;
-use crate::config::{AuthMethod, Client, DpopMode, GRANTS};
+use crate::config::{AuthMethod, DpopMode, GRANTS};
 use crate::error::{ErrorCode, OAuthError};
 
 type Shared = Arc<State>;
@@ -138,13 +138,25 @@ async fn metadata(AxumState(state): AxumState<Shared>) -> Response {
 }
 
 async fn jwks(AxumState(state): AxumState<Shared>) -> Response {
-    let keys = state.keys.current();
+    // Read from the database each time, so a key another instance just published is
+    // served at once; the loaded set is the fallback when the database is down.
+    let fresh = match state.clock.now() {
+        Some(now) => state.store.published_keys(now).await.ok().map(|records| {
+            let keys: Vec<serde_json::Value> = records
+                .iter()
+                .filter_map(|r| serde_json::from_str(&r.public_jwk).ok())
+                .collect();
+            serde_json::json!({ "keys": keys }).to_string()
+        }),
+        None => None,
+    };
+    let body = fresh.unwrap_or_else(|| state.keys.current().jwks_json.clone());
     let mut r = (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/jwk-set+json"),
         )],
-        keys.jwks_json.clone(),
+        body,
     )
         .into_response();
     // Short: resource servers must see a new key soon after a rotation.
@@ -240,7 +252,7 @@ pub(crate) struct TokenResponse {
 async fn token_proof(
     state: &State,
     headers: &HeaderMap,
-    client: &Client,
+    mode: DpopMode,
 ) -> Result<Option<VerifiedProof>, OAuthError> {
     let values: Vec<&[u8]> = headers
         .get_all("dpop")
@@ -248,7 +260,7 @@ async fn token_proof(
         .map(HeaderValue::as_bytes)
         .collect();
     if values.is_empty() {
-        return match client.dpop {
+        return match mode {
             DpopMode::Required => Err(OAuthError::new(
                 ErrorCode::InvalidDpopProof,
                 "this client must send a DPoP proof (RFC 9449) with every token request",
@@ -328,8 +340,11 @@ async fn token_inner(
     let grant = form.require("grant_type")?.to_owned();
     // The claimed client decides whether a proof is required; it is authenticated
     // after the proof, so a nonce round trip costs no password hashing.
+    // An unknown client is treated like one that requires a proof, so the answers do
+    // not tell which client ids exist.
     let claimed = crate::client_auth::claimed_client(state, headers, &form)?;
-    let proof = token_proof(state, headers, claimed).await?;
+    let mode = claimed.map_or(DpopMode::Required, |c| c.dpop);
+    let proof = token_proof(state, headers, mode).await?;
     let client = crate::client_auth::authenticate(state, headers, &form, claimed).await?;
     if !GRANTS.contains(&grant.as_str()) {
         return Err(OAuthError::new(

@@ -2,10 +2,14 @@
 //! named by key id; public halves and their lifecycle are in the database, so every
 //! instance publishes every live key in its JWKS.
 //!
-//! An instance signs with the newest unretired key whose private half it holds; when it
-//! holds none (first start, or another instance rotated), it creates one. Rotation
-//! retires every other key: it signs nothing more, and its public half stays published
-//! until the tokens it signed have expired, then leaves the JWKS and its file is deleted.
+//! An instance signs with the newest key it holds whose activation time has come and
+//! whose retirement has not; when it holds none that will keep signing (first start, or
+//! another instance rotated), it creates one. Rotation publishes a new key at once and
+//! activates it after a delay (60 s by default), so every instance and resource server
+//! knows it before tokens signed with it arrive; at activation every other key retires:
+//! it signs nothing more, and its public half stays published until the tokens it signed
+//! have expired, then leaves the JWKS and its file is deleted. An instance that meets a
+//! token signed by a key it does not know yet re-reads the key table at once.
 
 use std::fmt;
 use std::io::Write as _;
@@ -65,7 +69,7 @@ impl SigningKey {
         Ok(out)
     }
 
-    fn record(&self, now: UnixTime) -> KeyRecord {
+    fn record(&self, now: UnixTime, active_from: UnixTime) -> KeyRecord {
         let mut jwk = self.key.public_jwk().to_json_value();
         if let Some(o) = jwk.as_object_mut() {
             o.insert("kid".to_owned(), self.kid.clone().into());
@@ -76,11 +80,16 @@ impl SigningKey {
             kid: self.kid.clone(),
             alg: self.key.algorithm().name().to_owned(),
             public_jwk: jwk.to_string(),
-            created_at: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            created_at: secs(now),
+            active_from: Some(secs(active_from)),
             retired_at: None,
             publish_until: None,
         }
     }
+}
+
+fn secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn b64(bytes: &[u8]) -> String {
@@ -88,14 +97,39 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The published key set and the current signing key.
+/// A key this instance holds, with its signing period.
+#[derive(Debug)]
+struct Held {
+    key: Arc<SigningKey>,
+    active_from: i64,
+    retired_at: Option<i64>,
+}
+
+/// The published key set and the keys this instance can sign with.
 #[derive(Debug)]
 pub(crate) struct KeyState {
-    pub(crate) signing: Arc<SigningKey>,
+    /// Newest first.
+    held: Vec<Held>,
     /// What `/jwks` serves.
     pub(crate) jwks_json: String,
     /// The same keys, for verifying our own tokens.
     pub(crate) jwks: JwkSet,
+}
+
+impl KeyState {
+    /// The key to sign with at `now`: the newest active, unretired key held here; past a
+    /// retirement not yet followed by a reload, the newest active one.
+    pub(crate) fn signing(&self, now: UnixTime) -> Option<&Arc<SigningKey>> {
+        let now = secs(now);
+        let active = |h: &&Held| h.active_from <= now;
+        self.held
+            .iter()
+            .filter(active)
+            .find(|h| h.retired_at.is_none_or(|r| r > now))
+            .or_else(|| self.held.iter().find(active))
+            .or_else(|| self.held.last())
+            .map(|h| &h.key)
+    }
 }
 
 /// The issuer's signing keys (see the module docs).
@@ -231,47 +265,60 @@ impl KeyRing {
         now: UnixTime,
     ) -> Result<KeyState, IssuerError> {
         let mut records = store.published_keys(now).await?;
-        let mut local = read_local_keys(dir)?;
-        // Private halves of keys that no longer sign are deleted: nothing needs them.
-        local.retain(|k| {
-            let kid = k.thumbprint().as_str();
-            let live = records
-                .iter()
-                .any(|r| r.kid == kid && r.retired_at.is_none());
-            let known = records.iter().any(|r| r.kid == kid);
-            if known && !live {
-                let path = dir.join(format!("{kid}.pem"));
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(target: "dpop::issuer", path = %path.display(), error = %e, "cannot delete a retired key file");
+        let t = secs(now);
+        let mut held = Vec::new();
+        let mut republish = Vec::new();
+        for key in read_local_keys(dir)? {
+            let kid = key.thumbprint().as_str().to_owned();
+            match records.iter().find(|r| r.kid == kid) {
+                // Retired: nothing needs the private half any more.
+                Some(r) if r.retired_at.is_some_and(|at| at <= t) => {
+                    let path = dir.join(format!("{kid}.pem"));
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(target: "dpop::issuer", path = %path.display(), error = %e, "cannot delete a retired key file");
+                    }
                 }
+                Some(r) => held.push(Held {
+                    key: Arc::new(SigningKey::new(key)),
+                    active_from: r.active_from.unwrap_or(r.created_at),
+                    retired_at: r.retired_at,
+                }),
+                // A key file whose record was purged or lost: unknown to verifiers, so
+                // unusable until published again, which only a fresh record does.
+                None => republish.push(SigningKey::new(key)),
             }
-            live || !known
-        });
-        // Newest unretired key held here (records are newest first).
-        let signing = records
-            .iter()
-            .filter(|r| r.retired_at.is_none())
-            .find_map(|r| local.iter().position(|k| k.thumbprint().as_str() == r.kid))
-            .map(|i| local.swap_remove(i));
-        let signing = if let Some(key) = signing {
-            SigningKey::new(key)
-        } else if let Some(key) = local.into_iter().next() {
-            // A key file without a record (the record was lost): publish it again.
-            let key = SigningKey::new(key);
-            store.insert_key(&key.record(now)).await?;
-            records = store.published_keys(now).await?;
-            key
-        } else {
+        }
+        for key in republish {
+            store.insert_key(&key.record(now, now)).await?;
+            held.push(Held {
+                key: Arc::new(key),
+                active_from: t,
+                retired_at: None,
+            });
+        }
+        // Nothing here keeps signing past its retirement: make a key, active when the
+        // last one held retires (published meanwhile), or at once.
+        if !held.iter().any(|h| h.retired_at.is_none()) {
+            let from = held
+                .iter()
+                .filter_map(|h| h.retired_at)
+                .max()
+                .map_or(now, |r| UnixTime::from_secs(u64::try_from(r).unwrap_or(0)));
             let key = SigningKey::new(
                 PrivateKey::generate(alg)
                     .map_err(|e| IssuerError::Keys(format!("cannot generate a key: {e}")))?,
             );
             write_key(dir, &key)?;
-            store.insert_key(&key.record(now)).await?;
+            store.insert_key(&key.record(now, from)).await?;
             tracing::info!(target: "dpop::issuer", kid = %key.kid, alg = alg.name(), "created a signing key");
-            records = store.published_keys(now).await?;
-            key
-        };
+            held.push(Held {
+                key: Arc::new(key),
+                active_from: secs(from),
+                retired_at: None,
+            });
+        }
+        records = store.published_keys(now).await?;
+        held.sort_by_key(|h| std::cmp::Reverse(h.active_from));
         let keys: Vec<serde_json::Value> = records
             .iter()
             .filter_map(|r| serde_json::from_str(&r.public_jwk).ok())
@@ -280,20 +327,21 @@ impl KeyRing {
         let jwks = JwkSet::from_json(&jwks_json)
             .map_err(|e| IssuerError::Keys(format!("the published key set is unusable: {e}")))?;
         Ok(KeyState {
-            signing: Arc::new(signing),
+            held,
             jwks_json,
             jwks,
         })
     }
 
-    /// Creates a new signing key and retires every other one; retired public keys stay
-    /// published for `publish_for` (the longest access token lifetime plus leeway).
-    /// Returns the new key id.
+    /// Creates a new signing key, published at once and signing from `now + activate_in`,
+    /// when every other key retires; retired public keys stay published for `publish_for`
+    /// after that (the longest access token lifetime plus leeway). Returns the new key id.
     pub(crate) async fn rotate(
         store: &Store,
         data_dir: &Path,
         alg: Algorithm,
         now: UnixTime,
+        activate_in: Duration,
         publish_for: Duration,
     ) -> Result<String, IssuerError> {
         let dir = keys_dir(data_dir);
@@ -302,19 +350,27 @@ impl KeyRing {
             PrivateKey::generate(alg)
                 .map_err(|e| IssuerError::Keys(format!("cannot generate a key: {e}")))?,
         );
+        let from = now.saturating_add(activate_in);
         write_key(&dir, &key)?;
-        store.insert_key(&key.record(now)).await?;
+        store.insert_key(&key.record(now, from)).await?;
         store
-            .retire_keys_except(&key.kid, now, now.saturating_add(publish_for))
+            .retire_keys_except(&key.kid, from, from.saturating_add(publish_for))
             .await?;
-        // The retired keys' private halves held here are needed no more.
-        for old in read_local_keys(&dir)? {
-            let kid = old.thumbprint().as_str();
-            if kid != key.kid {
-                let path = dir.join(format!("{kid}.pem"));
-                std::fs::remove_file(&path).map_err(|e| keys_err("delete", &path, &e))?;
+        if activate_in.is_zero() {
+            // The retired keys' private halves held here are needed no more.
+            for old in read_local_keys(&dir)? {
+                let kid = old.thumbprint().as_str();
+                if kid != key.kid {
+                    let path = dir.join(format!("{kid}.pem"));
+                    std::fs::remove_file(&path).map_err(|e| keys_err("delete", &path, &e))?;
+                }
             }
         }
         Ok(key.kid.clone())
+    }
+
+    /// Whether `kid` is a published key this instance has not loaded yet.
+    pub(crate) fn knows(&self, kid: &str) -> bool {
+        self.current().jwks.has_kid(kid)
     }
 }

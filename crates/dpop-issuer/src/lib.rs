@@ -100,6 +100,13 @@ pub struct Issuer {
 
 const NONCE_SECRET_SETTING: &str = "dpop_nonce_secret_v1";
 
+/// How often a running issuer re-reads its keys and purges expired state.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The usual delay between publishing a rotated key and signing with it: two
+/// maintenance intervals, so every instance has loaded it.
+pub const DEFAULT_KEY_ACTIVATION: Duration = Duration::from_secs(60);
+
 impl Issuer {
     /// Opens the database (applying migrations), loads or creates the signing keys,
     /// disables the clients the configuration disables.
@@ -192,14 +199,20 @@ impl Issuer {
         &self.state.store
     }
 
-    /// The key id new tokens are signed with.
+    /// The key id new tokens are signed with now.
     #[must_use]
     pub fn signing_kid(&self) -> String {
-        self.state.keys.current().signing.kid.clone()
+        let now = self.state.clock.now().unwrap_or(UnixTime::from_secs(0));
+        self.state
+            .keys
+            .current()
+            .signing(now)
+            .map(|k| k.kid.clone())
+            .unwrap_or_default()
     }
 
     /// Re-reads signing keys (rotation elsewhere) and purges expired state. The server
-    /// calls it every 30 seconds.
+    /// calls it every [`MAINTENANCE_INTERVAL`].
     ///
     /// # Errors
     /// [`IssuerError`] when the database or the key directory fails.
@@ -249,7 +262,7 @@ impl Issuer {
         let maintenance = {
             let this = self.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
                 tick.tick().await;
                 loop {
                     tick.tick().await;
@@ -269,22 +282,31 @@ impl Issuer {
     }
 }
 
-/// Creates a new signing key in the data directory and retires the others; their public
-/// keys stay in the JWKS until every token they signed has expired. Running instances
-/// switch within 30 seconds. Returns the new key id.
+/// Creates a new signing key in the data directory, published at once and signing from
+/// `now + activate_in`, when the others retire; their public keys stay in the JWKS until
+/// every token they signed has expired. Give running instances and resource servers
+/// time to learn the new key: [`DEFAULT_KEY_ACTIVATION`] is the usual delay. Returns the
+/// new key id.
 ///
 /// # Errors
 /// [`IssuerError`] when the database or the data directory fails.
-pub async fn rotate_key(config: &IssuerConfig, now: UnixTime) -> Result<String, IssuerError> {
+pub async fn rotate_key(
+    config: &IssuerConfig,
+    now: UnixTime,
+    activate_in: Duration,
+) -> Result<String, IssuerError> {
     let store = Store::connect(&config.database).await?;
-    // Tokens signed just before the rotation live for the longest lifetime; add a
-    // minute for clock skew and for resource servers' JWKS caches.
-    let publish_for = config.max_access_token_lifetime() + Duration::from_secs(60);
+    // Tokens signed just before the retirement live for the longest lifetime; add a
+    // minute for clock skew and resource servers' JWKS caches, and the maintenance
+    // interval, during which an instance may still sign with the retired key.
+    let publish_for =
+        config.max_access_token_lifetime() + Duration::from_secs(60) + MAINTENANCE_INTERVAL;
     let kid = KeyRing::rotate(
         &store,
         &config.data_dir,
         config.signing_alg,
         now,
+        activate_in,
         publish_for,
     )
     .await?;

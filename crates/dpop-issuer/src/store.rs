@@ -62,7 +62,9 @@ pub struct KeyRecord {
     pub public_jwk: String,
     /// Creation time.
     pub created_at: i64,
-    /// When it stopped signing.
+    /// When it starts signing (`None`: at creation).
+    pub active_from: Option<i64>,
+    /// When it stops signing.
     pub retired_at: Option<i64>,
     /// When it leaves the JWKS.
     pub publish_until: Option<i64>,
@@ -224,13 +226,14 @@ impl Store {
     /// [`StoreError`].
     pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, public_jwk, created_at, retired_at, publish_until) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kid) DO NOTHING",
+            "INSERT INTO signing_keys (kid, alg, public_jwk, created_at, active_from, retired_at, publish_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kid) DO NOTHING",
         )
         .bind(&key.kid)
         .bind(&key.alg)
         .bind(&key.public_jwk)
         .bind(key.created_at)
+        .bind(key.active_from)
         .bind(key.retired_at)
         .bind(key.publish_until)
         .execute(&self.pool)
@@ -244,7 +247,7 @@ impl Store {
     /// [`StoreError`].
     pub async fn published_keys(&self, now: UnixTime) -> Result<Vec<KeyRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kid, alg, public_jwk, created_at, retired_at, publish_until FROM signing_keys \
+            "SELECT kid, alg, public_jwk, created_at, active_from, retired_at, publish_until FROM signing_keys \
              WHERE publish_until IS NULL OR publish_until > $1 ORDER BY created_at DESC, kid",
         )
         .bind(secs(now))
@@ -257,6 +260,7 @@ impl Store {
                     alg: r.try_get("alg")?,
                     public_jwk: r.try_get("public_jwk")?,
                     created_at: r.try_get("created_at")?,
+                    active_from: r.try_get("active_from")?,
                     retired_at: r.try_get("retired_at")?,
                     publish_until: r.try_get("publish_until")?,
                 })
@@ -265,22 +269,37 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Retires every active key but `keep`: they sign nothing more and stay published
-    /// until `publish_until`. Returns how many were retired.
+    /// Whether `kid` is published at `now`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn key_is_published(&self, kid: &str, now: UnixTime) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM signing_keys WHERE kid = $1 AND (publish_until IS NULL OR publish_until > $2)",
+        )
+        .bind(kid)
+        .bind(secs(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Retires every key but `keep` at `retire_at`: from then on they sign nothing
+    /// more, and they stay published until `publish_until`. Returns how many.
     ///
     /// # Errors
     /// [`StoreError`].
     pub async fn retire_keys_except(
         &self,
         keep: &str,
-        now: UnixTime,
+        retire_at: UnixTime,
         publish_until: UnixTime,
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE signing_keys SET retired_at = $1, publish_until = $2 \
-             WHERE retired_at IS NULL AND kid <> $3",
+             WHERE (retired_at IS NULL OR retired_at > $1) AND kid <> $3",
         )
-        .bind(secs(now))
+        .bind(secs(retire_at))
         .bind(secs(publish_until))
         .bind(keep)
         .execute(&self.pool)

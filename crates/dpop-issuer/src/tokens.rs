@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use aws_lc_rs::digest;
-use dpop_core::jwt::{JwtValidation, TypPolicy, VerifiedJwt, verify_jwt};
+use dpop_core::jwt::{JwtValidation, TokenError, TypPolicy, VerifiedJwt, verify_jwt};
 use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
@@ -73,10 +73,11 @@ pub(crate) fn mint_access_token(
             o.insert("act".to_owned(), act.clone());
         }
     }
-    let token = state
-        .keys
-        .current()
-        .signing
+    let keys = state.keys.current();
+    let signer = keys
+        .signing(now)
+        .ok_or_else(|| OAuthError::server_error("no signing key"))?;
+    let token = signer
         .sign(&claims)
         .map_err(|e| OAuthError::server_error(&e.to_string()))?;
     Ok((token, jti))
@@ -114,7 +115,7 @@ pub(crate) fn refresh_hash(token: &str) -> String {
 #[derive(Debug)]
 pub(crate) enum Inactive {
     /// Not ours, malformed, badly signed or expired.
-    Invalid(dpop_core::jwt::TokenError),
+    Invalid(TokenError),
     /// Revoked, or its client was offboarded.
     Revoked,
     /// The database did not answer.
@@ -127,24 +128,45 @@ pub(crate) async fn verify_own(
     token: &str,
     now: UnixTime,
 ) -> Result<VerifiedJwt, Inactive> {
-    let keys = state.keys.current();
     let mut validation = JwtValidation::new(&state.config.issuer, None);
     validation.typ = TypPolicy::AtJwt;
     validation.algorithms = vec![dpop_core::Algorithm::Es256, dpop_core::Algorithm::EdDsa];
-    let jwt = verify_jwt(token, &keys.jwks, &validation, now).map_err(Inactive::Invalid)?;
+    let jwt = match verify_jwt(token, &state.keys.current().jwks, &validation, now) {
+        Err(TokenError::UnknownKey) => {
+            // Signed by a key published since the last reload (another instance's new
+            // key): re-read the key table, once, if the key is really published.
+            let kid = dpop_core::jwt::peek_kid(token).unwrap_or_default();
+            if kid.is_empty()
+                || state.keys.knows(&kid)
+                || !state
+                    .store
+                    .key_is_published(&kid, now)
+                    .await
+                    .map_err(Inactive::Store)?
+            {
+                return Err(Inactive::Invalid(TokenError::UnknownKey));
+            }
+            state
+                .keys
+                .reload(&state.store, now)
+                .await
+                .map_err(|e| Inactive::Store(StoreError(e.to_string())))?;
+            verify_jwt(token, &state.keys.current().jwks, &validation, now)
+        }
+        other => other,
+    }
+    .map_err(Inactive::Invalid)?;
     // The leeway above is for clock skew between instances (`iat`); `exp` is ours, so
     // a token is expired from its `exp` on, not 30 s later (RFC 7662 §2.2).
     if jwt.expires_at <= now {
-        return Err(Inactive::Invalid(dpop_core::jwt::TokenError::Expired {
+        return Err(Inactive::Invalid(TokenError::Expired {
             exp: jwt.expires_at,
             now,
         }));
     }
     let jti = jwt.str_claim("jti").unwrap_or("");
     if jti.is_empty() {
-        return Err(Inactive::Invalid(dpop_core::jwt::TokenError::MissingClaim(
-            "jti",
-        )));
+        return Err(Inactive::Invalid(TokenError::MissingClaim("jti")));
     }
     if state
         .store

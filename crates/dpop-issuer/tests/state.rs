@@ -12,11 +12,7 @@ db_tests!(
     key_rotation,
     client_disabled_in_configuration,
     instances_sharing_a_database,
-    // Known bug, reported: a key one instance starts signing with is unknown to the
-    // others until their next reload (up to 30 s).
-    #[ignore = "known bug: new signing keys are not pre-published to other instances"]
     keys_of_other_machines_are_known_at_once,
-    #[ignore = "known bug: new signing keys are not pre-published to other instances"]
     a_rotated_key_is_known_everywhere_before_it_signs,
 );
 
@@ -108,31 +104,45 @@ async fn key_rotation(db: Db) {
     assert_eq!(mode(&keys_dir.join(format!("{kid1}.pem"))), 0o600);
     let old = it.access_token("svc", &k, &[]).await;
 
-    let kid2 = dpop_issuer::rotate_key(&it.config(), it.clock.unix())
-        .await
-        .unwrap();
+    let kid2 = dpop_issuer::rotate_key(
+        &it.config(),
+        it.clock.unix(),
+        dpop_issuer::DEFAULT_KEY_ACTIVATION,
+    )
+    .await
+    .unwrap();
     assert_ne!(kid1, kid2);
     assert_eq!(mode(&keys_dir.join(format!("{kid2}.pem"))), 0o600);
     assert_eq!(mode(&keys_dir), 0o700);
 
+    // Published at once, signing only after the activation delay.
     it.issuer.maintain().await.unwrap();
-    assert_eq!(it.issuer.signing_kid(), kid2);
     let mut kids = it.jwks_kids().await;
     kids.sort();
     let mut both = vec![kid1.clone(), kid2.clone()];
     both.sort();
     assert_eq!(kids, both);
-    // The retired private key is gone; its public half is still published.
-    assert!(!keys_dir.join(format!("{kid1}.pem")).exists());
+    assert_eq!(it.issuer.signing_kid(), kid1);
+    let before = it.access_token("svc", &k, &[]).await;
+    assert_eq!(decode(&before).0["kid"], json!(kid1));
+
+    // At activation the new key signs (no reload needed) and the old one retires.
+    it.clock.advance(60);
+    assert_eq!(it.issuer.signing_kid(), kid2);
     let new = it.access_token("svc", &k, &[]).await;
     assert_eq!(decode(&new).0["kid"], json!(kid2));
+    it.issuer.maintain().await.unwrap();
+    // The retired private key is gone; its public half is still published.
+    assert!(!keys_dir.join(format!("{kid1}.pem")).exists());
+    assert_eq!(it.jwks_kids().await.len(), 2);
     it.verify(&new, API).await;
     it.verify(&old, API).await;
     assert!(it.active(&old).await);
     assert!(it.active(&new).await);
 
-    // Past the longest access token lifetime plus a minute, the old key leaves the JWKS.
-    it.clock.advance(300 + 60 + 1);
+    // Past the longest access token lifetime, a minute and a maintenance interval after
+    // the retirement, the old key leaves the JWKS.
+    it.clock.advance(300 + 60 + 30 + 1);
     it.issuer.maintain().await.unwrap();
     assert_eq!(it.jwks_kids().await, vec![kid2.clone()]);
     // The retired key's record was purged.
@@ -228,7 +238,7 @@ async fn instances_sharing_a_database(db: Db) {
     b.cc("svc2", &k, &[]).await.err(401, "invalid_client");
 
     // After a rotation both sign with the new key once they have reloaded.
-    let kid2 = dpop_issuer::rotate_key(&a.config(), a.clock.unix())
+    let kid2 = dpop_issuer::rotate_key(&a.config(), a.clock.unix(), std::time::Duration::ZERO)
         .await
         .unwrap();
     a.issuer.maintain().await.unwrap();
@@ -271,10 +281,18 @@ async fn a_rotated_key_is_known_everywhere_before_it_signs(db: Db) {
     let a = TestIssuer::start(&db).await;
     let b = a.second_instance().await;
     let k = key();
-    let new_kid = dpop_issuer::rotate_key(&a.config(), a.clock.unix())
-        .await
-        .unwrap();
+    let new_kid = dpop_issuer::rotate_key(
+        &a.config(),
+        a.clock.unix(),
+        dpop_issuer::DEFAULT_KEY_ACTIVATION,
+    )
+    .await
+    .unwrap();
     b.issuer.maintain().await.unwrap();
+    // Before activation everyone already publishes it; nobody signs with it.
+    assert!(a.jwks_kids().await.contains(&new_kid));
+    assert_ne!(b.issuer.signing_kid(), new_kid);
+    a.clock.advance(60);
     let from_b = b.access_token("svc", &k, &[]).await;
     assert_eq!(decode(&from_b).0["kid"], serde_json::json!(new_kid));
     assert!(

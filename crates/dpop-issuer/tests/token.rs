@@ -476,6 +476,14 @@ async fn client_authentication_errors(db: Db) {
     // Unknown client and wrong secret are indistinguishable.
     assert_eq!(unknown.json(), r.json());
 
+    // Without a proof, an unknown client is answered like a known one that requires a
+    // proof: the proof is checked before the client, so ids cannot be probed.
+    let known = it.token_raw(&basic("svc"), &[], &cc).await;
+    known.err(400, "invalid_dpop_proof");
+    let unknown = it.token_raw(&basic("nobody"), &[], &cc).await;
+    unknown.err(400, "invalid_dpop_proof");
+    assert_eq!(unknown.json(), known.json());
+
     // No credentials at all.
     it.token(&Auth::Nothing, Some(&k), &cc)
         .await

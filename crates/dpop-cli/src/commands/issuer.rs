@@ -53,10 +53,17 @@ pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, C
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Some(IssuerAction::RotateKey { config }) => {
+        Some(IssuerAction::RotateKey {
+            config,
+            activate_in,
+        }) => {
             let config = load(config)?;
             let kid = runtime()?
-                .block_on(dpop_issuer::rotate_key(&config, now()?))
+                .block_on(dpop_issuer::rotate_key(
+                    &config,
+                    now()?,
+                    std::time::Duration::from_secs(*activate_in),
+                ))
                 .map_err(failed)?;
             writeln!(out, "{kid}").map_err(|e| CliError::stdout(&e))?;
             Ok(ExitCode::SUCCESS)
