@@ -90,11 +90,25 @@ pub(crate) enum Command {
     /// -i adds the status line and headers, -v shows the proof's claims on stderr, and
     /// --fail exits 22 on a status of 400 or more.
     Curl(CurlArgs),
-    /// Walk through DPoP step by step: a bound token, a proof, and attacks refused
+    /// See the whole system work: issuer, gateway, API, client, and the attacks refused
     ///
-    /// Self-contained: no files, no network. Exits 0 only if every step behaves as
-    /// expected, so it doubles as a smoke test.
-    Demo,
+    /// Starts on loopback, in this process, an issuer (SQLite in a temporary directory),
+    /// a gateway (nonces, memory replay store, introspection) in front of a sample API,
+    /// and a stand-in CI system; runs a client through them and tries the attacks DPoP
+    /// stops, one table row each. Exits 0 only if every scenario behaves as it should.
+    /// --keep-running leaves the services up and prints commands to try. --offline
+    /// instead walks through the protocol step by step without any network.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Leave the services running (until Ctrl-C) and print commands to try
+    #[arg(long, conflicts_with = "offline")]
+    pub(crate) keep_running: bool,
+    /// The step-by-step protocol walk-through instead: no files, no network
+    #[arg(long)]
+    pub(crate) offline: bool,
 }
 
 #[derive(Debug, Args)]

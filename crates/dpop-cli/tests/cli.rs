@@ -770,8 +770,32 @@ fn help_and_version() {
 }
 
 #[test]
-fn demo_walks_through_every_refusal() {
+fn demo_runs_the_whole_system_and_every_scenario_behaves() {
     let run = dpop(&["demo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("All 9 scenarios behaved as they should."),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.stdout.matches('✓').count(), 9, "{}", run.stdout);
+    assert!(!run.stdout.contains('✗'), "{}", run.stdout);
+    for seen in [
+        "401 use_dpop_nonce, then 200",
+        "401 invalid_dpop_proof",
+        "401 invalid_token",
+        "as shop-deployer",
+        "refused: invalid_grant",
+        "new token refused: invalid_client",
+    ] {
+        assert!(run.stdout.contains(seen), "{seen} in\n{}", run.stdout);
+    }
+}
+
+#[test]
+fn demo_walks_through_every_refusal() {
+    let run = dpop(&["demo", "--offline"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.is_empty(), "{run:?}");
     for code in [
