@@ -143,7 +143,10 @@ fn plain_loop() {
 criterion_group!(benches, bench_inserts);
 
 fn main() {
-    benches();
+    // DPOP_BENCH_HEADLINE=1 (scripts/bench): only the headline figure.
+    if std::env::var_os("DPOP_BENCH_HEADLINE").is_none() {
+        benches();
+    }
     plain_loop();
     Criterion::default().configure_from_args().final_summary();
 }

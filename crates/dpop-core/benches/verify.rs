@@ -200,7 +200,10 @@ criterion_group! {
 }
 
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    // DPOP_BENCH_HEADLINE=1 (scripts/bench): only the interleaved ratio table.
+    if std::env::var_os("DPOP_BENCH_HEADLINE").is_none() {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
     ratios();
 }
