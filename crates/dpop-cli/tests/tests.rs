@@ -1,7 +1,9 @@
 //! End-to-end tests of the `dpop` binary, run as a user would: the command-line tool
-//! (`cli`), the gateway between a mock issuer and an echo upstream (`gateway`), and the
-//! issuer with the gateway (`issuer`).
+//! (`cli`), the gateway between a mock issuer and an echo upstream (`gateway`), the
+//! issuer with the gateway (`issuer`), and the client commands `dpop token` and
+//! `dpop curl` against the issuer and the gateway (`client`).
 
 mod cli;
+mod client;
 mod gateway;
 mod issuer;

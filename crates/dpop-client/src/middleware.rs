@@ -62,21 +62,26 @@ impl DpopMiddleware {
     }
 }
 
-/// Sends `request` with DPoP through `send`, retrying as the module docs say.
-pub(crate) async fn send_signed<S, Fut, E>(
+/// Sends `request` with DPoP through `send`, retrying as the module docs say. `prepare`
+/// runs on every attempt before it is signed (the token endpoint puts a new client
+/// assertion in the body: single-use, and dated with the corrected clock).
+pub(crate) async fn send_signed<S, Fut, E, P>(
     session: &Session,
     mut request: Request,
     tokens: Option<&dyn TokenSource>,
+    prepare: P,
     mut send: S,
 ) -> Result<Response, E>
 where
     S: FnMut(Request) -> Fut,
     Fut: Future<Output = Result<Response, E>>,
     E: From<ClientError>,
+    P: Fn(&mut Request) -> Result<(), ClientError>,
 {
     let (mut nonce_retried, mut skew_retried, mut token_retried) = (false, false, false);
     loop {
         let spare = request.try_clone();
+        prepare(&mut request)?;
         let token = match tokens {
             Some(t) => Some(t.token().await?),
             None => None,
@@ -96,7 +101,7 @@ where
                 "a clock correction"
             }
             Verdict::TokenRefused if !token_retried => match (tokens, &token) {
-                (Some(t), Some(used)) => {
+                (Some(t), Some(used)) if t.renews() => {
                     token_retried = true;
                     t.invalidate(used);
                     "a new access token"
@@ -127,11 +132,17 @@ impl Middleware for DpopMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        send_signed(&self.session, req, self.tokens.as_deref(), |r| {
-            let next = next.clone();
-            let mut ext = extensions.clone();
-            async move { next.run(r, &mut ext).await }
-        })
+        send_signed(
+            &self.session,
+            req,
+            self.tokens.as_deref(),
+            |_| Ok(()),
+            |r| {
+                let next = next.clone();
+                let mut ext = extensions.clone();
+                async move { next.run(r, &mut ext).await }
+            },
+        )
         .await
     }
 }

@@ -7,8 +7,9 @@
 //!   resource server, 400 `{"error":"use_dpop_nonce"}` from a token endpoint) is retried
 //!   once with the new nonce;
 //! - an `invalid_dpop_proof` refusal whose `Date` header is 5 s or more away from the
-//!   local clock is taken as clock skew: the offset is kept for the origin and the request
-//!   retried once with a corrected `iat`.
+//!   time the proof used (the local clock plus the origin's offset) is taken as clock
+//!   skew: the new offset (possibly back to zero, when the server's clock was put right)
+//!   is kept for the origin and the request retried once with a corrected `iat`.
 //!
 //! Each kind of retry happens at most once per request, so a misbehaving server cannot
 //! make the client loop.
@@ -218,7 +219,7 @@ impl Session {
         let verdict = match error.as_deref() {
             Some("use_dpop_nonce") if got_nonce => Verdict::RetryNonce,
             Some("invalid_dpop_proof") => {
-                let offset = response.as_ref().ok().and_then(|r| self.skew(r));
+                let offset = response.as_ref().ok().and_then(|r| self.skew(&origin, r));
                 match offset {
                     Some(off) => {
                         tracing::debug!(target: "dpop::client", %origin, offset = off, "server clock differs; correcting proof iat");
@@ -234,8 +235,9 @@ impl Session {
         (verdict, response)
     }
 
-    /// The server's clock offset from its `Date` header, when large enough to matter.
-    fn skew(&self, response: &Response) -> Option<i64> {
+    /// The server's clock offset from its `Date` header, when it differs enough from the
+    /// offset the proof used to matter.
+    fn skew(&self, origin: &str, response: &Response) -> Option<i64> {
         let date = response.headers().get(header::DATE)?.to_str().ok()?;
         let server = httpdate::parse_http_date(date).ok()?;
         let server = i64::try_from(
@@ -247,7 +249,10 @@ impl Session {
         .ok()?;
         let local = i64::try_from(self.clock.now()?.as_secs()).ok()?;
         let offset = server - local;
-        (offset.abs() >= SKEW_THRESHOLD_SECS).then_some(offset)
+        // Against the offset in use, not zero: a learnt offset must be unlearnt when the
+        // server's clock is put right, or every proof to that origin would fail.
+        (offset.abs_diff(self.offset(origin)) >= SKEW_THRESHOLD_SECS.unsigned_abs())
+            .then_some(offset)
     }
 }
 
@@ -277,10 +282,15 @@ async fn body_error(response: Response) -> (Option<String>, Result<Response, Cli
     if !is_json || !small {
         return (None, Ok(response));
     }
+    // `ResponseBuilderExt::url`: the rebuilt response keeps its URL (reqwest reads it
+    // from a private extension; without it `url()` says `http://no.url.provided.local`).
     let url = response.url().clone();
-    let mut builder = http::Response::builder()
-        .status(response.status())
-        .version(response.version());
+    let mut builder = reqwest::ResponseBuilderExt::url(
+        http::Response::builder()
+            .status(response.status())
+            .version(response.version()),
+        url,
+    );
     for (k, v) in response.headers() {
         builder = builder.header(k, v);
     }
@@ -292,7 +302,6 @@ async fn body_error(response: Response) -> (Option<String>, Result<Response, Cli
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
     let rebuilt = builder
-        .extension(url)
         .body(body)
         .map(Response::from)
         .map_err(|e| ClientError::TokenResponse(e.to_string()));

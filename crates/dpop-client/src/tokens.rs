@@ -32,6 +32,12 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
     fn invalidate(&self, token: &str) {
         let _ = token;
     }
+
+    /// Whether [`TokenSource::invalidate`] can lead to a different token (a request
+    /// refused with `invalid_token` is retried only then).
+    fn renews(&self) -> bool {
+        true
+    }
 }
 
 /// One token, given by the caller (from a file, a variable, another tool).
@@ -56,6 +62,10 @@ impl StaticToken {
 impl TokenSource for StaticToken {
     async fn token(&self) -> Result<Arc<str>, ClientError> {
         Ok(Arc::clone(&self.0))
+    }
+
+    fn renews(&self) -> bool {
+        false
     }
 }
 
@@ -338,17 +348,26 @@ impl OAuthTokens {
             ClientAuth::Secret { client_id, secret } => {
                 builder = builder.header(header::AUTHORIZATION, basic(client_id, secret)?);
             }
-            ClientAuth::PrivateKeyJwt { client_id, key } => {
+            ClientAuth::PrivateKeyJwt { client_id, .. } => {
                 form.push(("client_id", client_id.clone()));
                 form.push(("client_assertion_type", ASSERTION_TYPE.into()));
-                form.push((
-                    "client_assertion",
-                    self.assertion(client_id, key, &endpoint)?,
-                ));
             }
             ClientAuth::Public { client_id } => form.push(("client_id", client_id.clone())),
         }
         let body = form_body(&form);
+        // A retry (nonce, clock skew) must not resend the assertion: its `jti` is
+        // single-use, and after a skew correction its `iat`/`exp` must move too.
+        let prepare = |r: &mut reqwest::Request| -> Result<(), ClientError> {
+            if let ClientAuth::PrivateKeyJwt { client_id, key } = &self.request.auth {
+                let mut form = form.clone();
+                form.push((
+                    "client_assertion",
+                    self.assertion(client_id, key, &endpoint)?,
+                ));
+                *r.body_mut() = Some(form_body(&form).into());
+            }
+            Ok(())
+        };
         let request = builder
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
@@ -357,11 +376,14 @@ impl OAuthTokens {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let http = &self.http;
-        let response =
-            send_signed::<_, _, ClientError>(&self.session, request, None, |r| async move {
-                http.execute(r).await.map_err(ClientError::from)
-            })
-            .await?;
+        let response = send_signed::<_, _, ClientError, _>(
+            &self.session,
+            request,
+            None,
+            prepare,
+            |r| async move { http.execute(r).await.map_err(ClientError::from) },
+        )
+        .await?;
         parse_token_response(response).await
     }
 

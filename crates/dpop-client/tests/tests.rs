@@ -1,1 +1,17 @@
-//! Tests of the DPoP client against in-process servers.
+//! Tests of the DPoP client against in-process servers that count what they receive: a
+//! resource server written in `support` (proofs verified with dpop-core, server nonces,
+//! a clock running ahead, deliberate misbehaviour) and the real issuer (dpop-issuer).
+//!
+//! - `proofs`: one fresh proof per request, for the URL sent, with `ath` and the token;
+//! - `nonces`: per-origin nonces, one retry per challenge, non-replayable bodies;
+//! - `skew`: a server clock that differs is learned from `Date` and kept per origin;
+//! - `tokens`: client credentials, `private_key_jwt`, token exchange, refresh tokens,
+//!   caching and one token request for many waiting requests;
+//! - `keys`: ephemeral keys, key files and their permissions, keys from the environment.
+
+mod keys;
+mod nonces;
+mod proofs;
+mod skew;
+mod support;
+mod tokens;
