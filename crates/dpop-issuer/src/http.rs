@@ -43,6 +43,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route(&format!("{base}/healthz"), get(|| async { "ok\n" }))
         .route(&format!("{base}/readyz"), get(ready))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(too_large_as_oauth_error))
         // A request that takes longer (a slow client, a stalled database) is answered
         // 503 instead of holding its connection and memory.
         .layer(
@@ -58,6 +59,18 @@ pub(crate) fn router(state: Shared) -> Router {
                 .timeout(REQUEST_TIMEOUT),
         )
         .with_state(state)
+}
+
+/// A body over `max_body_bytes` is refused by axum with a bare 413; clients get the
+/// usual OAuth JSON error (still 413) instead.
+async fn too_large_as_oauth_error(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let mut r = OAuthError::invalid_request("the request body is larger than the server accepts")
+        .into_response();
+    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    r
 }
 
 /// The path part of the issuer identifier ("" for `https://host`).

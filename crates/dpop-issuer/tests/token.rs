@@ -564,6 +564,18 @@ async fn request_errors(db: Db) {
     .await
     .err(400, "invalid_request");
 
+    // A body over max_body_bytes (64 KiB by default): 413 with the OAuth error body.
+    let big = "x".repeat(70 * 1024);
+    let r = it
+        .token_raw(
+            &basic("svc"),
+            &[],
+            &[("grant_type", GRANT_CC), ("pad", &big)],
+        )
+        .await;
+    r.err(413, "invalid_request");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+
     // Not a form.
     it.fresh_nonce().await;
     let r = it
