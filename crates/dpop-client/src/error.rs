@@ -37,6 +37,10 @@ pub enum ClientError {
     /// The token response is not what RFC 6749 §5.1 describes.
     #[error("the token endpoint's response is unusable: {0}")]
     TokenResponse(String),
+    /// A token request failed less than a second ago (the message is its error); it is
+    /// not repeated for every caller that was waiting on it.
+    #[error("no access token: the token request just failed: {0}")]
+    TokenUnavailable(String),
     /// A subject token could not be read.
     #[error("subject token: {0}")]
     SubjectToken(String),

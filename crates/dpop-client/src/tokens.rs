@@ -248,6 +248,9 @@ pub struct OAuthTokens {
     refresh_token: std::sync::Mutex<Option<Arc<Zeroizing<String>>>>,
     /// Held while a token is fetched, so one request is in flight.
     fetching: tokio::sync::Mutex<()>,
+    /// The last failed renewal: callers that waited for it get its error instead of
+    /// each sending another request (for [`FAILURE_HOLD`]).
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
     fetches: std::sync::atomic::AtomicU64,
 }
 
@@ -259,6 +262,9 @@ impl fmt::Debug for OAuthTokens {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a failed token request answers for the callers that waited on it.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -281,6 +287,7 @@ impl OAuthTokens {
             cached: RwLock::new(None),
             refresh_token: std::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            failed: std::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -458,8 +465,22 @@ impl TokenSource for OAuthTokens {
         if let Some(t) = self.cached_token() {
             return Ok(t);
         }
+        // Or failed just now: do not send the same failing request once per waiter.
+        if let Some((at, why)) = self.failed.lock().ok().and_then(|g| g.clone())
+            && at.elapsed() < FAILURE_HOLD
+        {
+            return Err(ClientError::TokenUnavailable(why));
+        }
         let started = Instant::now();
-        let response = self.renew().await?;
+        let response = match self.renew().await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Ok(mut g) = self.failed.lock() {
+                    *g = Some((Instant::now(), e.to_string()));
+                }
+                return Err(e);
+            }
+        };
         let lifetime = Duration::from_secs(response.expires_in.unwrap_or(60));
         // Renew before expiry: a fifth of the lifetime early, at most a minute.
         let margin = (lifetime / 5).min(Duration::from_secs(60));

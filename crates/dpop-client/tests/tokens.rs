@@ -359,6 +359,44 @@ async fn fifty_concurrent_requests_without_a_token_perform_one_token_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_request_is_not_repeated_for_every_waiting_caller() {
+    let issuer = Issuer::start("").await;
+    let api = Api::start(ApiOptions::default()).await;
+    let (key, _) = client_key();
+    let dpop = DpopMiddleware::new(key);
+    let auth = ClientAuth::Secret {
+        client_id: "svc".to_owned(),
+        secret: Arc::new("not-the-secret-of-svc".to_owned().into()),
+    };
+    let tokens = Arc::new(
+        OAuthTokens::new(
+            TokenRequest::new(&issuer.url, auth, Grant::ClientCredentials),
+            &dpop,
+        )
+        .unwrap(),
+    );
+    let client = http_client(dpop.with_tokens(Arc::clone(&tokens) as _));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let client = client.clone();
+        let url = api.at(&format!("/v1/items/{i}"));
+        tasks.spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        errors.push(format!("{:#}", r.unwrap().unwrap_err()));
+    }
+    // One failing token request (a nonce challenge and its retry), not fifty.
+    assert_eq!(tokens.fetches(), 1, "{errors:#?}");
+    assert_eq!(issuer.token_calls().len(), 2);
+    assert!(
+        errors.iter().all(|e| e.contains("invalid_client")),
+        "{errors:#?}"
+    );
+    assert_eq!(api.log.len(), 0, "no request reached the API");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refresh_under_50_concurrent_requests_performs_one_token_request() {
     let issuer = Issuer::start("").await;
     let api = Api::start(ApiOptions::default()).await;
