@@ -1,9 +1,12 @@
 //! End-to-end tests of the `dpop` binary, run as a user would: the command-line tool
 //! (`cli`), the gateway between a mock issuer and an echo upstream (`gateway`), the
 //! issuer with the gateway (`issuer`), and the client commands `dpop token` and
-//! `dpop curl` against the issuer and the gateway (`client`).
+//! `dpop curl` against the issuer and the gateway (`client`), and the whole system of
+//! issuer, gateway instances, Redis, PostgreSQL and clients in operational scenarios
+//! (`system`).
 
 mod cli;
 mod client;
 mod gateway;
 mod issuer;
+mod system;

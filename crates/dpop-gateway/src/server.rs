@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dpop_tower::{
@@ -54,12 +54,18 @@ impl Gateway {
                 let mut c = JwksSourceConfig::new(&config.issuer, &config.audience);
                 c.jwks_uri.clone_from(jwks_uri);
                 c.validation.algorithms.clone_from(&config.algorithms);
+                let retry = c.missing_keys_retry_interval;
                 let source = JwksSource::new(c, metrics.clone())
                     .map_err(|e| GatewayError::Tokens(e.to_string()))?;
+                let source = Arc::new(source);
                 if let Err(e) = source.refresh().await {
                     tracing::warn!(target: "dpop::gateway", error = %e, "issuer keys not loaded yet; requests get 503 until they are");
+                    // Requests retry too, but an instance that is not ready gets no
+                    // traffic from a load balancer probing /readyz: without this it would
+                    // stay unready for good.
+                    tokio::spawn(load_keys_until_ready(Arc::downgrade(&source), retry));
                 }
-                Arc::new(source)
+                source
             }
             TokenCheck::Introspection {
                 endpoint,
@@ -217,6 +223,20 @@ impl Gateway {
             tracing::warn!(target: "dpop::gateway", "drain timeout reached; closing remaining connections");
         } else {
             tracing::info!(target: "dpop::gateway", "drained");
+        }
+    }
+}
+
+/// Fetches the issuer's keys every `interval` until they are loaded (by this task or by a
+/// request) or the gateway is gone.
+async fn load_keys_until_ready(source: Weak<JwksSource>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(source) = source.upgrade() else {
+            return;
+        };
+        if source.is_ready() || source.refresh().await.is_ok() {
+            return;
         }
     }
 }

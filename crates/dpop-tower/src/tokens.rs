@@ -53,6 +53,11 @@ pub struct JwksSourceConfig {
     pub refresh_interval: Duration,
     /// At most one fetch per this interval when tokens name an unknown `kid`. Defaults to 10 s.
     pub min_refresh_interval: Duration,
+    /// While no keys are loaded yet (the issuer was unreachable so far, e.g. it starts
+    /// after the gateway), at most one fetch per this interval, made by a request: the
+    /// first request after the issuer comes up loads the keys, instead of every request
+    /// getting 503 for up to `min_refresh_interval`. Defaults to 1 s.
+    pub missing_keys_retry_interval: Duration,
     /// Timeout of each HTTP request to the issuer. Defaults to 5 s.
     pub http_timeout: Duration,
     /// Token checks (leeway, algorithms, `typ` policy). Defaults to [`TokenValidation::new`].
@@ -69,6 +74,7 @@ impl JwksSourceConfig {
             jwks_uri: None,
             refresh_interval: Duration::from_secs(300),
             min_refresh_interval: Duration::from_secs(10),
+            missing_keys_retry_interval: Duration::from_secs(1),
             http_timeout: Duration::from_secs(5),
             validation: TokenValidation::new(issuer, audience),
         }
@@ -239,10 +245,14 @@ impl JwksSource {
     }
 
     fn may_fetch_again(&self) -> bool {
+        self.fetched_longer_ago_than(self.config.min_refresh_interval)
+    }
+
+    fn fetched_longer_ago_than(&self, interval: Duration) -> bool {
         self.last_fetch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_none_or(|t| t.elapsed() >= self.config.min_refresh_interval)
+            .is_none_or(|t| t.elapsed() >= interval)
     }
 
     async fn verify_jwt(&self, token: &str, now: UnixTime) -> Result<AccessToken, Error> {
@@ -257,7 +267,7 @@ impl JwksSource {
                 }
             }
             None => {
-                if !self.may_fetch_again() {
+                if !self.fetched_longer_ago_than(self.config.missing_keys_retry_interval) {
                     return Err(unavailable("the issuer's keys are not loaded"));
                 }
                 self.refresh().await?;
@@ -530,6 +540,44 @@ mod tests {
                 "https://as.example.com/tenant/a/.well-known/openid-configuration"
             ]
         );
+    }
+
+    /// An issuer that comes up after the source's first, failed fetch: requests get 503
+    /// without a fetch until `missing_keys_retry_interval` has passed, then the next
+    /// request loads the keys (not only after `min_refresh_interval`).
+    #[tokio::test]
+    async fn keys_missing_at_start_are_fetched_again_after_the_short_interval() {
+        let port = dpop_test::free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let config = JwksSourceConfig::new(&url, "https://api.example.com");
+        assert_eq!(config.missing_keys_retry_interval, Duration::from_secs(1));
+        let source = JwksSource::new(config, Arc::new(crate::events::NoEvents)).unwrap();
+        assert!(source.refresh().await.is_err());
+
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let issuer = dpop_test::MockIssuer::builder()
+            .listen(addr)
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(issuer.url(), url);
+        let key = dpop_core::PrivateKey::generate(dpop_core::Algorithm::Es256).unwrap();
+        let token = issuer.mint(&dpop_test::TokenSpec::bound(
+            "https://api.example.com",
+            key.thumbprint().as_str(),
+        ));
+        let early = source.verify(&token, dpop_test::now()).await;
+        assert!(
+            matches!(early, Err(Error::TokenSourceUnavailable(_))),
+            "{early:?}"
+        );
+        assert_eq!(issuer.jwks_fetches(), 0, "rate-limited");
+
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let verified = source.verify(&token, dpop_test::now()).await.unwrap();
+        assert_eq!(verified.jkt.as_ref(), Some(key.thumbprint()));
+        assert_eq!(issuer.jwks_fetches(), 1);
+        assert!(source.is_ready());
     }
 
     #[test]
