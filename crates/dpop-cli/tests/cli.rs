@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
+
+use crate::common::{DPOP, Run, TempDir, p};
 
 /// RFC 9449 §4.1, Figure 2: the example proof of a token request (iat 1562262616).
 const RFC_PROOF: &str = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19.eyJqdGkiOiItQndDM0VTYzZhY2MybFRjIiwiaHRtIjoiUE9TVCIsImh0dSI6Imh0dHBzOi8vc2VydmVyLmV4YW1wbGUuY29tL3Rva2VuIiwiaWF0IjoxNTYyMjYyNjE2fQ.2-GxA6T8lP4vfrg8v-FdWP0A0zdrj8igiMLvqRMUvwnQg4PtFLbdLXiOSsX0x7NVY-FNyJK70nfbV37xRZT3Lg";
@@ -18,54 +19,8 @@ const ALGS: [&str; 11] = [
 const URL: &str = "https://api.example.com/v1/items";
 const TOKEN: &str = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
 
-/// A directory under the system temp dir, unique per test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("dpop-cli-test-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The single line of stdout, after checking the command succeeded.
-    fn line(&self) -> &str {
-        assert_eq!(self.code, 0, "{self:?}");
-        let out = self.stdout.strip_suffix('\n').unwrap_or(&self.stdout);
-        assert!(!out.contains('\n'), "expected one line: {self:?}");
-        out
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {self:?}"))
-    }
-}
-
 fn dpop_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpop"));
+    let mut cmd = Command::new(DPOP);
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -84,20 +39,11 @@ fn dpop_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
             .write_all(input.as_bytes())
             .unwrap();
     }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+    child.wait_with_output().unwrap().into()
 }
 
 fn dpop(args: &[&str]) -> Run {
     dpop_with_stdin(args, None)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 fn keygen(dir: &TempDir, name: &str, alg: &str, extra: &[&str]) -> (PathBuf, String) {
@@ -129,7 +75,7 @@ fn inspect_json(proof: &str, extra: &[&str]) -> (i32, Value) {
     args.extend_from_slice(extra);
     let run = dpop(&args);
     assert!(run.stderr.is_empty(), "{run:?}");
-    (run.code, run.json())
+    (run.code, run.json_lenient())
 }
 
 fn status_of<'v>(report: &'v Value, check: &str) -> &'v str {
@@ -145,9 +91,7 @@ fn status_of<'v>(report: &'v Value, check: &str) -> &'v str {
 
 #[cfg(unix)]
 fn assert_private_mode(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "{}", path.display());
+    crate::common::assert_mode(path, 0o600);
 }
 
 #[cfg(not(unix))]
@@ -164,7 +108,7 @@ fn assert_jkt_shape(jkt: &str) {
 
 #[test]
 fn keygen_every_algorithm_writes_a_private_file_and_prints_its_jkt() {
-    let dir = TempDir::new("keygen");
+    let dir = TempDir::new("cli-test-keygen");
     for alg in ALGS {
         for (name, extra) in [
             (format!("{alg}.pem"), &[][..]),
@@ -188,7 +132,7 @@ fn keygen_every_algorithm_writes_a_private_file_and_prints_its_jkt() {
 
 #[test]
 fn keygen_refuses_to_overwrite_without_force() {
-    let dir = TempDir::new("overwrite");
+    let dir = TempDir::new("cli-test-overwrite");
     let (path, first) = keygen(&dir, "key.pem", "ES256", &[]);
 
     let again = dpop(&["keygen", "--out", p(&path)]);
@@ -216,7 +160,7 @@ fn keygen_refuses_to_overwrite_without_force() {
 
 #[test]
 fn jwk_prints_only_the_public_key() {
-    let dir = TempDir::new("jwk");
+    let dir = TempDir::new("cli-test-jwk");
     for (alg, extra) in [
         ("ES256", &[][..]),
         ("ES512", &["--jwk"][..]),
@@ -245,7 +189,7 @@ fn jwk_prints_only_the_public_key() {
 
 #[test]
 fn proof_then_inspect_is_valid_for_every_algorithm() {
-    let dir = TempDir::new("roundtrip");
+    let dir = TempDir::new("cli-test-roundtrip");
     for alg in ALGS {
         let (key, jkt) = keygen(&dir, alg, alg, &[]);
         let mut extra = proof_alg_args(alg);
@@ -282,7 +226,7 @@ fn proof_then_inspect_is_valid_for_every_algorithm() {
 
 #[test]
 fn private_jwk_keys_sign_with_their_recorded_algorithm() {
-    let dir = TempDir::new("jwkalg");
+    let dir = TempDir::new("cli-test-jwkalg");
     let (key, jkt) = keygen(&dir, "ps.jwk", "PS384", &["--jwk"]);
     let proof = make_proof(&key, &[]);
     let (code, report) = inspect_json(&proof, &["--jkt", &jkt]);
@@ -306,7 +250,7 @@ fn private_jwk_keys_sign_with_their_recorded_algorithm() {
 
 #[test]
 fn inspect_json_reports_every_check() {
-    let dir = TempDir::new("json");
+    let dir = TempDir::new("cli-test-json");
     let (key, jkt) = keygen(&dir, "k.pem", "ES256", &[]);
     let proof = make_proof(&key, &["--iat", "1700000000", "--nonce", "n-1"]);
     let (code, report) = inspect_json(&proof, &["--now", "1700000005", "--nonce", "n-1"]);
@@ -364,7 +308,7 @@ fn inspect_json_reports_every_check() {
 
 #[test]
 fn inspect_reports_each_failure_with_its_reason_code() {
-    let dir = TempDir::new("failures");
+    let dir = TempDir::new("cli-test-failures");
     let (key, jkt) = keygen(&dir, "k.pem", "ES256", &[]);
     let (_, other_jkt) = keygen(&dir, "other.pem", "ES256", &[]);
     let proof = make_proof(&key, &["--access-token", TOKEN, "--iat", "1700000000"]);
@@ -456,7 +400,7 @@ fn inspect_reports_each_failure_with_its_reason_code() {
 
 #[test]
 fn inspect_tampered_and_garbage_proofs() {
-    let dir = TempDir::new("garbage");
+    let dir = TempDir::new("cli-test-garbage");
     let (key, _) = keygen(&dir, "k.pem", "ES256", &[]);
     let proof = make_proof(&key, &[]);
     let (head, sig) = proof.rsplit_once('.').unwrap();
@@ -581,9 +525,9 @@ fn inspect_reads_the_proof_from_stdin() {
         Some(&format!("  {RFC_PROOF}\n")),
     );
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.json()["jkt"], RFC_JKT);
+    assert_eq!(run.json_lenient()["jkt"], RFC_JKT);
 
-    let dir = TempDir::new("stdin");
+    let dir = TempDir::new("cli-test-stdin");
     let (key, jkt) = keygen(&dir, "k.pem", "Ed25519", &[]);
     let proof = make_proof(&key, &[]);
     let run = dpop_with_stdin(
@@ -597,12 +541,12 @@ fn inspect_reads_the_proof_from_stdin() {
 
     let empty = dpop_with_stdin(&["inspect", "-", "--json"], Some(""));
     assert_eq!(empty.code, 1, "{empty:?}");
-    assert_eq!(empty.json()["valid"], false);
+    assert_eq!(empty.json_lenient()["valid"], false);
 }
 
 #[test]
 fn usage_errors_exit_2_with_one_error_line() {
-    let dir = TempDir::new("usage");
+    let dir = TempDir::new("cli-test-usage");
     let (key, _) = keygen(&dir, "k.pem", "ES256", &[]);
     let missing = dir.file("missing.pem");
     let not_a_key = dir.file("not-a-key.txt");

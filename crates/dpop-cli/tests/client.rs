@@ -2,49 +2,18 @@
 //! (dpop-issuer, in-process, nonces on at its token endpoint), a mock external issuer
 //! for token exchange, and `dpop gateway` in front of an echo upstream.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use dpop_core::{Algorithm, Ath, PrivateKey};
-use dpop_test::{Gateway, MockIssuer, TestUpstream, TokenSpec, free_port};
+use dpop_test::{Gateway, MockIssuer, TestUpstream, TokenSpec};
 use serde_json::{Value, json};
 
-const DPOP: &str = env!("CARGO_BIN_EXE_dpop");
-const AUD: &str = "https://api.example.com";
-const SVC_SECRET: &str = "svc-secret-0123456789abcdef";
+use crate::common::{
+    AUD, Run, SVC_SECRET, TempDir, claims, gateway_flags, p, run_dpop, start_gateway,
+};
+
 /// The `aud` the mock CI issuer's job tokens carry.
 const CI_AUD: &str = "https://issuer.test";
-
-/// A directory in the temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("dpop-client-e2e-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 #[cfg(unix)]
 fn chmod(path: &Path, mode: u32) {
@@ -52,59 +21,9 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "{self:#?}");
-        &self.stdout
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
-    }
-
-    /// stdout as JSON whatever the exit code.
-    #[track_caller]
-    fn json_lenient(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
-    }
-}
-
 /// Runs `dpop args` with `env` added (off the async runtime: the servers run on it).
 async fn dpop(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(DPOP);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-/// The claims of a JWT or proof, not verified.
-fn claims(jws: &str) -> Value {
-    dpop_core::dangerous::decode_unverified(jws.trim())
-        .unwrap()
-        .1
+    run_dpop(args, env).await.into()
 }
 
 /// The issuer in-process on loopback, a DPoP key file and the key file of `keyed`
@@ -123,7 +42,7 @@ struct Setup {
 
 impl Setup {
     async fn start(ci: Option<&MockIssuer>) -> Self {
-        let dir = TempDir::new();
+        let dir = TempDir::new("client-e2e");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
 
@@ -231,21 +150,9 @@ audiences = ["{AUD}"]
 
     /// `dpop gateway` in front of `upstream`, accepting this issuer's tokens.
     async fn gateway(&self, upstream: &TestUpstream, extra: &[&str]) -> (Gateway, String) {
-        let port = free_port();
-        let mut cmd = Command::new(DPOP);
-        cmd.arg("gateway")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--upstream", &upstream.url()])
-            .args(["--issuer", &self.url])
-            .args(["--audience", AUD])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .env_remove("DPOP_NONCE_SECRET");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let gw = Gateway::spawn_command(cmd, addr, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("dpop gateway: {e}"));
-        (gw, format!("http://{addr}"))
+        let mut args = gateway_flags(&upstream.url(), &self.url);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        start_gateway(&args).await
     }
 
     async fn stop(mut self) {

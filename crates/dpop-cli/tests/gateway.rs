@@ -7,25 +7,24 @@
 //! `redis-server`; without either they say so and return.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource};
+use dpop_core::{Algorithm, PrivateKey};
 use dpop_test::{
-    Gateway, HttpResponse, MockIssuer, RedisServer, TestUpstream, TokenSpec, b64url, free_port,
-    http_get, http_request, wait_for_tcp,
+    Gateway, HttpResponse, MockIssuer, TestUpstream, TokenSpec, free_port, http_get, http_request,
+    wait_for_tcp,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const DPOP: &str = env!("CARGO_BIN_EXE_dpop");
-const AUD: &str = "https://api.example.com";
+use crate::common::{
+    AUD, TempFile, gateway_command, gateway_flags, private_redis, proof, random_secret, send,
+    shared_redis, spawn_server, www,
+};
+
 const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 /// The external origin the replay and nonce tests give every instance.
 const PUBLIC: &str = "http://api.test";
-
-use dpop_test::now;
 
 /// A client: a proof key and an access token bound to it.
 struct Caller {
@@ -53,13 +52,7 @@ impl Caller {
 
     /// A fresh proof for `method` on `htu` (query removed by the builder).
     fn proof(&self, method: &str, htu: &str, nonce: Option<&str>) -> String {
-        let mut b = ProofBuilder::new(method, htu)
-            .unwrap()
-            .access_token(&self.token);
-        if let Some(n) = nonce {
-            b = b.nonce(n).unwrap();
-        }
-        b.sign(&self.key, &SystemRandomSource, now()).unwrap()
+        proof(&self.key, method, htu, nonce, Some(&self.token))
     }
 }
 
@@ -127,16 +120,6 @@ impl Gw {
     }
 }
 
-async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
-    http_request(method, url, headers, body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
-}
-
-fn www(r: &HttpResponse) -> &str {
-    r.header("www-authenticate").unwrap_or("")
-}
-
 fn dpop_error(code: &str, description: &str) -> String {
     format!(r#"DPoP error="{code}", error_description="{description}", {ALGS}"#)
 }
@@ -154,21 +137,13 @@ impl Launch {
     /// `--listen`, `--admin-listen`, `--upstream`, `--issuer` and `--audience` by flags.
     fn flags(issuer: &MockIssuer, upstream: &str) -> Self {
         let mut l = Self::bare();
-        let (listen, admin) = (l.listen, l.admin);
-        l.args = [
-            "--listen",
-            &format!("127.0.0.1:{listen}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-            "--upstream",
-            upstream,
-            "--issuer",
-            issuer.url(),
-            "--audience",
-            AUD,
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        l.args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", l.listen),
+            "--admin-listen".to_owned(),
+            format!("127.0.0.1:{}", l.admin),
+        ];
+        l.args.extend(gateway_flags(upstream, issuer.url()));
         l
     }
 
@@ -197,11 +172,11 @@ impl Launch {
         self
     }
 
+    /// `dpop gateway` with the arguments, and of the environment only what the test sets
+    /// (no nonce secret or log level from the caller's shell).
     fn command(&self) -> Command {
-        let mut cmd = Command::new(DPOP);
-        cmd.arg("gateway").args(&self.args);
-        // Only what the test sets: no nonce secret or log level from the caller's shell.
-        cmd.env_remove("DPOP_NONCE_SECRET").env_remove("RUST_LOG");
+        let mut cmd = gateway_command();
+        cmd.args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -209,13 +184,12 @@ impl Launch {
     }
 
     async fn start(self) -> Gw {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.listen));
-        let process = Gateway::spawn_command(self.command(), addr, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("dpop gateway {:?}: {e}", self.args));
+        let what = format!("dpop gateway {:?}", self.args);
+        let process =
+            spawn_server(self.command(), self.listen, Duration::from_secs(20), &what).await;
         let admin = SocketAddr::from(([127, 0, 0, 1], self.admin));
         wait_for_tcp(admin, Duration::from_secs(5)).await.unwrap();
-        let url = format!("http://{addr}");
+        let url = format!("http://{}", process.addr());
         Gw {
             process,
             htu_base: self.htu_base.unwrap_or_else(|| url.clone()),
@@ -225,33 +199,10 @@ impl Launch {
     }
 }
 
-/// A file in the temporary directory, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(ext: &str, content: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("dpop-gateway-e2e-{}-{n}.{ext}", std::process::id()));
-        std::fs::write(&path, content).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// A configuration file naming the gateway's ports, issuer and audience, then `rest`.
 fn config_file(launch: &Launch, issuer: &MockIssuer, upstream: &str, rest: &str) -> TempFile {
     TempFile::new(
+        "gateway-e2e",
         "toml",
         &format!(
             "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nupstream = \"{upstream}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n{rest}",
@@ -260,23 +211,6 @@ fn config_file(launch: &Launch, issuer: &MockIssuer, upstream: &str, rest: &str)
             issuer.url()
         ),
     )
-}
-
-fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    SystemRandomSource.fill(&mut bytes).unwrap();
-    b64url(&bytes)
-}
-
-/// `DPOP_TEST_REDIS_URL`, or `None` after saying the test is skipped.
-fn shared_redis() -> Option<String> {
-    match std::env::var("DPOP_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping: DPOP_TEST_REDIS_URL not set");
-            None
-        }
-    }
 }
 
 /// The request as the upstream saw it, by path (with query).
@@ -526,16 +460,8 @@ async fn nonces_are_shared_by_instances_with_the_same_secret() {
 /// comes back, requests pass again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_means_503_until_it_is_back() {
-    let mut redis = match RedisServer::spawn().await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            eprintln!("skipping: no redis-server (set DPOP_TEST_REDIS_SERVER or PATH)");
-            return;
-        }
-        Err(e) => {
-            eprintln!("skipping: redis-server did not start: {e}");
-            return;
-        }
+    let Some(mut redis) = private_redis().await else {
+        return;
     };
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
@@ -1051,11 +977,8 @@ struct Exit {
 
 /// Runs `dpop gateway args` to its end (killed after 20 s).
 async fn run_gateway(args: &[&str]) -> Exit {
-    let mut child = Command::new(DPOP)
-        .arg("gateway")
+    let mut child = gateway_command()
         .args(args)
-        .env_remove("DPOP_NONCE_SECRET")
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1108,6 +1031,7 @@ async fn missing_upstream_exits_2_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_config_field_exits_2_naming_it() {
     let config = TempFile::new(
+        "gateway-e2e",
         "toml",
         &format!(
             "listen = \"127.0.0.1:{}\"\nupstream = \"http://127.0.0.1:1\"\nissuer = \"http://127.0.0.1:1\"\naudience = \"{AUD}\"\n\n[limits]\nmax_conections = 10\n",

@@ -3,40 +3,19 @@
 //! introspection, where revocation and offboarding show at once), and the issuer's
 //! management commands work on its state.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
-use dpop_test::{Gateway, HttpResponse, TestUpstream, free_port, http_request, now};
+use dpop_core::{Algorithm, PrivateKey};
+use dpop_test::{Gateway, HttpResponse, TestUpstream, free_port, http_request};
 use serde_json::Value;
 
-const DPOP: &str = env!("CARGO_BIN_EXE_dpop");
-const AUD: &str = "https://api.example.com";
-const SVC_SECRET: &str = "svc-secret-0123456789abcdef";
-const GW_SECRET: &str = "gateway-secret-0123456789abcdef";
-
-/// A directory in the temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("dpop-issuer-e2e-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::common::{
+    self, AUD, DPOP, GW_SECRET, SVC_SECRET, TempDir, assert_mode, gateway_flags,
+    introspecting_gateway_toml, issuer_command, p, post_form, revoke_as_svc, start_gateway,
+    start_issuer, token_with_nonce_retry,
+};
 
 /// An issuer configuration in its own directory (SQLite and keys there too).
 struct IssuerSetup {
@@ -46,7 +25,7 @@ struct IssuerSetup {
 
 impl IssuerSetup {
     fn new() -> Self {
-        let dir = TempDir::new();
+        let dir = TempDir::new("issuer-e2e");
         let port = free_port();
         let config = format!(
             r#"
@@ -68,118 +47,40 @@ grants = []
 introspection = true
 "#
         );
-        std::fs::write(dir.0.join("issuer.toml"), config).unwrap();
+        std::fs::write(dir.file("issuer.toml"), config).unwrap();
         Self { dir, port }
     }
 
     fn config(&self) -> PathBuf {
-        self.dir.0.join("issuer.toml")
+        self.dir.file("issuer.toml")
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(DPOP);
-        cmd.arg("issuer")
-            .args(args)
-            .env("SVC_SECRET", SVC_SECRET)
-            .env("GW_SECRET", GW_SECRET)
-            .env_remove("RUST_LOG");
-        cmd
-    }
-
     async fn start(&self) -> Gateway {
-        let config = self.config();
-        let cmd = self.command(&["--config", config.to_str().unwrap()]);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        Gateway::spawn_command(cmd, addr, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("dpop issuer: {e}"))
+        start_issuer(&self.config(), self.port).await
     }
 
     /// Runs a management subcommand to completion.
     fn manage(&self, args: &[&str]) -> std::process::Output {
         let config = self.config();
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap()]);
-        self.command(&all).output().unwrap()
+        all.extend(["--config", p(&config)]);
+        issuer_command(&all).output().unwrap()
     }
-}
-
-async fn post_form(url: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> HttpResponse {
-    let body: String = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", percent(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
-    h.extend_from_slice(headers);
-    http_request("POST", url, &h, body.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
-}
-
-fn percent(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn proof(
-    key: &PrivateKey,
-    method: &str,
-    url: &str,
-    nonce: Option<&str>,
-    token: Option<&str>,
-) -> String {
-    let mut b = ProofBuilder::new(method, url).unwrap();
-    if let Some(t) = token {
-        b = b.access_token(t);
-    }
-    if let Some(n) = nonce {
-        b = b.nonce(n).unwrap();
-    }
-    b.sign(key, &SystemRandomSource, now()).unwrap()
 }
 
 /// Client credentials for `svc` with a proof from `key`, answering the nonce challenge.
 async fn token_response(issuer: &str, key: &PrivateKey, scope: &str) -> HttpResponse {
-    let endpoint = format!("{issuer}/token");
     let form = [
         ("grant_type", "client_credentials"),
         ("client_id", "svc"),
         ("client_secret", SVC_SECRET),
         ("scope", scope),
     ];
-    let first = post_form(
-        &endpoint,
-        &form,
-        &[("dpop", &proof(key, "POST", &endpoint, None, None))],
-    )
-    .await;
-    if first.status != 400 {
-        return first;
-    }
-    assert_eq!(
-        first.json().unwrap()["error"],
-        "use_dpop_nonce",
-        "{first:?}"
-    );
-    let nonce = first.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
-    post_form(
-        &endpoint,
-        &form,
-        &[("dpop", &proof(key, "POST", &endpoint, Some(&nonce), None))],
-    )
-    .await
+    token_with_nonce_retry(&format!("{issuer}/token"), key, &form).await
 }
 
 async fn get_token(issuer: &str, key: &PrivateKey) -> String {
@@ -193,26 +94,7 @@ async fn get_token(issuer: &str, key: &PrivateKey) -> String {
 /// `GET path` through the gateway with `token` and a proof from `key`.
 async fn call(gw: &str, path: &str, token: &str, key: &PrivateKey) -> HttpResponse {
     let url = format!("{gw}{path}");
-    let auth = format!("DPoP {token}");
-    let p = proof(key, "GET", &url, None, Some(token));
-    http_request("GET", &url, &[("authorization", &auth), ("dpop", &p)], b"")
-        .await
-        .unwrap()
-}
-
-async fn start_gateway(args: &[String]) -> (Gateway, String) {
-    let port = free_port();
-    let mut cmd = Command::new(DPOP);
-    cmd.arg("gateway")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("DPOP_NONCE_SECRET");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let gw = Gateway::spawn_command(cmd, addr, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("dpop gateway: {e}"));
-    (gw, format!("http://{addr}"))
+    common::call(&url, &url, token, key, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,15 +102,7 @@ async fn the_gateway_accepts_the_issuers_tokens_and_refuses_stolen_ones() {
     let setup = IssuerSetup::new();
     let issuer = setup.start().await;
     let upstream = TestUpstream::start().await.unwrap();
-    let (gw, gw_url) = start_gateway(&[
-        "--upstream".into(),
-        upstream.url(),
-        "--issuer".into(),
-        setup.url(),
-        "--audience".into(),
-        AUD.into(),
-    ])
-    .await;
+    let (gw, gw_url) = start_gateway(&gateway_flags(&upstream.url(), &setup.url())).await;
 
     let key = PrivateKey::generate(Algorithm::Es256).unwrap();
     let token = get_token(&setup.url(), &key).await;
@@ -271,19 +145,10 @@ async fn an_introspecting_gateway_sees_revocation_and_offboarding_at_once() {
     let setup = IssuerSetup::new();
     let issuer = setup.start().await;
     let upstream = TestUpstream::start().await.unwrap();
-    let gw_config = setup.dir.0.join("gateway.toml");
-    std::fs::write(
-        &gw_config,
-        format!(
-            "upstream = \"{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\n[introspection]\nendpoint = \"{}/introspect\"\nclient_id = \"gateway\"\nclient_secret = \"{GW_SECRET}\"\ncache_ttl_secs = 0\n",
-            upstream.url(),
-            setup.url(),
-            setup.url()
-        ),
-    )
-    .unwrap();
-    let (gw, gw_url) =
-        start_gateway(&["--config".into(), gw_config.to_str().unwrap().into()]).await;
+    let gw_config = setup.dir.file("gateway.toml");
+    let text = introspecting_gateway_toml(&upstream.url(), &setup.url(), &setup.url(), 0);
+    std::fs::write(&gw_config, text).unwrap();
+    let (gw, gw_url) = start_gateway(&["--config", p(&gw_config)]).await;
 
     let key = PrivateKey::generate(Algorithm::Es256).unwrap();
     let token = get_token(&setup.url(), &key).await;
@@ -291,16 +156,7 @@ async fn an_introspecting_gateway_sees_revocation_and_offboarding_at_once() {
     assert_eq!(r.status, 200, "{r:?}\n{}\n{}", gw.output(), issuer.output());
 
     // The client revokes its token: the very next call is refused.
-    let r = post_form(
-        &format!("{}/revoke", setup.url()),
-        &[
-            ("token", &token),
-            ("client_id", "svc"),
-            ("client_secret", SVC_SECRET),
-        ],
-        &[],
-    )
-    .await;
+    let r = revoke_as_svc(&setup.url(), &token).await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = call(&gw_url, "/b", &token, &key).await;
     assert_eq!(r.status, 401, "{r:?}");
@@ -352,9 +208,9 @@ async fn rotate_key_and_restart_keep_old_tokens_verifiable() {
     let key = PrivateKey::generate(Algorithm::Es256).unwrap();
     let old_token = get_token(&setup.url(), &key).await;
     let old_kid = kid_of(&old_token);
-    let key_file = setup.dir.0.join("data/keys").join(format!("{old_kid}.pem"));
+    let key_file = setup.dir.file("data/keys").join(format!("{old_kid}.pem"));
     assert_mode(&key_file, 0o600);
-    assert_mode(&setup.dir.0.join("data/keys"), 0o700);
+    assert_mode(&setup.dir.file("data/keys"), 0o700);
 
     let status = issuer.terminate(Duration::from_secs(10)).await.unwrap();
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
@@ -391,12 +247,6 @@ async fn rotate_key_and_restart_keep_old_tokens_verifiable() {
     assert_eq!(r.json().unwrap()["active"], true, "{r:?}");
 }
 
-fn assert_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let actual = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(actual, mode, "{}", path.display());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_commands_report_usage_errors_with_exit_2() {
     // hash-secret reads stdin and prints an Argon2id hash; short secrets are refused.
@@ -422,11 +272,10 @@ async fn issuer_commands_report_usage_errors_with_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 
     let setup = IssuerSetup::new();
-    let out = setup.command(&[]).output().unwrap();
+    let out = issuer_command(&[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "no --config: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
-    let out = setup
-        .command(&["--config", "/nonexistent/issuer.toml"])
+    let out = issuer_command(&["--config", "/nonexistent/issuer.toml"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -440,8 +289,7 @@ async fn issuer_commands_report_usage_errors_with_exit_2() {
         format!("issuer = \"{}\"\n[[clients]]\nid = \"x\"\nsecret = \"hunter2\"\ngrants = [\"client_credentials\"]\naudiences = [\"{AUD}\"]\n", setup.url()),
     )
     .unwrap();
-    let out = setup
-        .command(&["--config", setup.config().to_str().unwrap()])
+    let out = issuer_command(&["--config", p(&setup.config())])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -11,57 +11,30 @@
 //! service is missing says `skipped: ...` on stderr and passes.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dpop_client::{ClientAuth, ClientKey, DpopMiddleware, Grant, OAuthTokens, TokenRequest};
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource};
+use dpop_core::{Algorithm, PrivateKey};
 use dpop_test::{
-    Gateway, HttpResponse, RedisServer, TestUpstream, b64url, free_port, http_get, http_request,
-    now, wait_for_tcp,
+    Gateway, HttpResponse, PgSchema, RedisServer, TestUpstream, free_port, http_get, wait_for_tcp,
 };
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-const DPOP: &str = env!("CARGO_BIN_EXE_dpop");
-const AUD: &str = "https://api.example.com";
-const SVC_SECRET: &str = "svc-secret-0123456789abcdef";
-const GW_SECRET: &str = "gateway-secret-0123456789abcdef";
+use crate::common::{
+    SVC_SECRET, TempDir, call, claims, gateway_command, gateway_flags, introspecting_gateway_toml,
+    issuer_command, p, post_form, private_redis, random_secret, redis, revoke_as_svc, run_dpop,
+    spawn_server, start_issuer, token_attempt, www,
+};
+
 const GRANT_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const TT_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 // ---- files and processes ----
-
-/// A directory in the temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("dpop-system-e2e-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// The clients every issuer here knows:
 /// - `svc`: a service, client credentials with a secret (scopes `read write`);
@@ -130,29 +103,15 @@ impl IssuerSetup {
         format!("{}/token", self.id)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(DPOP);
-        cmd.arg("issuer")
-            .args(args)
-            .env("SVC_SECRET", SVC_SECRET)
-            .env("GW_SECRET", GW_SECRET)
-            .env_remove("RUST_LOG");
-        cmd
-    }
-
     async fn start(&self) -> Gateway {
-        let cmd = self.command(&["--config", p(&self.config)]);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        Gateway::spawn_command(cmd, addr, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("dpop issuer: {e}"))
+        start_issuer(&self.config, self.port).await
     }
 
     /// Runs a management subcommand (`disable-client svc`) to completion.
     async fn manage(&self, args: &[&str]) -> std::process::Output {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--config", p(&self.config)]);
-        let mut cmd = self.command(&all);
+        let mut cmd = issuer_command(&all);
         cmd.stdin(Stdio::null());
         tokio::task::spawn_blocking(move || cmd.output())
             .await
@@ -176,27 +135,23 @@ impl Gw {
     /// secret or log level from the caller's shell).
     async fn start(args: &[String], env: &[(&str, &str)]) -> Self {
         let (port, admin) = (free_port(), free_port());
-        let mut cmd = Command::new(DPOP);
-        cmd.arg("gateway")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let mut cmd = gateway_command();
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(args)
-            .env_remove("DPOP_NONCE_SECRET")
-            .env_remove("RUST_LOG");
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let process = Gateway::spawn_command(cmd, addr, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("dpop gateway {args:?}: {e}"));
+        let what = format!("dpop gateway {args:?}");
+        let process = spawn_server(cmd, port, Duration::from_secs(30), &what).await;
+        let url = format!("http://{}", process.addr());
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
         wait_for_tcp(admin_addr, Duration::from_secs(5))
             .await
             .unwrap();
         Self {
             process,
-            url: format!("http://{addr}"),
+            url,
             port,
             admin: format!("http://{admin_addr}"),
         }
@@ -214,20 +169,6 @@ impl Gw {
             .find_map(|l| l.strip_prefix(r#"dpop_requests_total{outcome="accepted",reason=""} "#))
             .map_or(0, |n| n.trim().parse().unwrap())
     }
-}
-
-/// `--upstream`, `--issuer` and `--audience` flags.
-fn gateway_flags(upstream: &str, issuer: &str) -> Vec<String> {
-    [
-        "--upstream",
-        upstream,
-        "--issuer",
-        issuer,
-        "--audience",
-        AUD,
-    ]
-    .map(str::to_owned)
-    .to_vec()
 }
 
 /// A TCP load balancer on loopback: every new connection goes to the backend port set
@@ -365,151 +306,7 @@ impl Drop for Balancer {
     }
 }
 
-/// A Redis URL for the replay store: `DPOP_TEST_REDIS_URL`, else a private
-/// `redis-server` (returned, so it lives as long as the test), else `None` after saying
-/// the test is skipped.
-async fn redis() -> Option<(String, Option<RedisServer>)> {
-    if let Ok(url) = std::env::var("DPOP_TEST_REDIS_URL")
-        && !url.is_empty()
-    {
-        return Some((url, None));
-    }
-    private_redis().await.map(|r| (r.url(), Some(r)))
-}
-
-/// A private `redis-server` that the test can stop and start, or `None` after saying
-/// the test is skipped.
-async fn private_redis() -> Option<RedisServer> {
-    match RedisServer::spawn().await {
-        Ok(Some(r)) => Some(r),
-        Ok(None) => {
-            eprintln!("skipped: no redis-server (set DPOP_TEST_REDIS_SERVER or PATH)");
-            None
-        }
-        Err(e) => {
-            eprintln!("skipped: redis-server did not start: {e}");
-            None
-        }
-    }
-}
-
-fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    SystemRandomSource.fill(&mut bytes).unwrap();
-    b64url(&bytes)
-}
-
-/// A schema of its own on the PostgreSQL server of `DPOP_TEST_POSTGRES_URL`, selected
-/// through the connection's `search_path`; dropped with everything in it at the end.
-struct PgSchema {
-    server: String,
-    schema: String,
-    /// The `database` setting for the issuers.
-    url: String,
-}
-
-impl PgSchema {
-    async fn create() -> Option<Self> {
-        use sqlx::Connection as _;
-        let Ok(server) = std::env::var("DPOP_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: set DPOP_TEST_POSTGRES_URL");
-            return None;
-        };
-        let mut suffix = [0u8; 8];
-        SystemRandomSource.fill(&mut suffix).unwrap();
-        let schema = format!(
-            "sys_{}",
-            suffix
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let mut conn = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to DPOP_TEST_POSTGRES_URL: {e}"));
-        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.ok();
-        let sep = if server.contains('?') { '&' } else { '?' };
-        let url = format!("{server}{sep}options=-c%20search_path%3D{schema}");
-        Some(Self {
-            server,
-            schema,
-            url,
-        })
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        use sqlx::Connection as _;
-        let (server, schema) = (self.server.clone(), self.schema.clone());
-        // Drop runs on the test's runtime, which must not block: a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
-                    let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-// ---- HTTP by hand ----
-
-fn percent(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-async fn post_form(url: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> HttpResponse {
-    let body: String = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", percent(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
-    h.extend_from_slice(headers);
-    http_request("POST", url, &h, body.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
-}
-
-fn proof(
-    key: &PrivateKey,
-    method: &str,
-    htu: &str,
-    nonce: Option<&str>,
-    token: Option<&str>,
-) -> String {
-    let mut b = ProofBuilder::new(method, htu).unwrap();
-    if let Some(t) = token {
-        b = b.access_token(t);
-    }
-    if let Some(n) = nonce {
-        b = b.nonce(n).unwrap();
-    }
-    b.sign(key, &SystemRandomSource, now()).unwrap()
-}
+// ---- tokens ----
 
 /// A token-endpoint client holding one DPoP key and the last nonce any issuer instance
 /// gave it (instances share the nonce secret through their database).
@@ -530,14 +327,14 @@ impl TokenClient {
         issuer: &IssuerSetup,
         form: &[(&str, &str)],
     ) -> (HttpResponse, String) {
-        let dpop = proof(
-            &self.key,
-            "POST",
+        let (r, dpop) = token_attempt(
+            &issuer.token_url(),
             &issuer.token_htu(),
+            &self.key,
             self.nonce.as_deref(),
-            None,
-        );
-        let r = post_form(&issuer.token_url(), form, &[("dpop", &dpop)]).await;
+            form,
+        )
+        .await;
         if let Some(n) = r.header("dpop-nonce") {
             self.nonce = Some(n.to_owned());
         }
@@ -606,35 +403,6 @@ fn oauth_error(r: &HttpResponse) -> (u16, String, String) {
     let body = r.json().unwrap_or_else(|_| panic!("not JSON: {r:?}"));
     let text = |k: &str| body[k].as_str().unwrap_or("").to_owned();
     (r.status, text("error"), text("error_description"))
-}
-
-/// `GET url` with `token` and a proof for `htu` from `key`.
-async fn call(
-    url: &str,
-    htu: &str,
-    token: &str,
-    key: &PrivateKey,
-    nonce: Option<&str>,
-) -> HttpResponse {
-    let auth = format!("DPoP {token}");
-    let dpop = proof(key, "GET", htu, nonce, Some(token));
-    http_request(
-        "GET",
-        url,
-        &[("authorization", &auth), ("dpop", &dpop)],
-        b"",
-    )
-    .await
-    .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
-fn www(r: &HttpResponse) -> &str {
-    r.header("www-authenticate").unwrap_or("")
-}
-
-/// The claims of a JWT or proof, not verified.
-fn claims(jws: &str) -> Value {
-    dpop_core::dangerous::decode_unverified(jws).unwrap().1
 }
 
 // ---- the client middleware, observed ----
@@ -745,7 +513,7 @@ struct System {
 impl System {
     async fn start() -> Option<Self> {
         let (redis_url, redis) = redis().await?;
-        let dir = TempDir::new();
+        let dir = TempDir::new("system-e2e");
         let issuer = IssuerSetup::new(&dir, "issuer", None, None);
         let issuer_process = issuer.start().await;
         let upstream = TestUpstream::start().await.unwrap();
@@ -875,7 +643,7 @@ async fn curl_with_the_token_flags_through_a_gateway_instance() {
     let Some(sys) = System::start().await else {
         return;
     };
-    let dir = TempDir::new();
+    let dir = TempDir::new("system-e2e");
     let key_file = dir.file("client.pem");
     let keygen = run_dpop(&["keygen", "--out", p(&key_file)], &[]).await;
     assert!(keygen.status.success(), "{keygen:?}");
@@ -920,23 +688,6 @@ async fn curl_with_the_token_flags_through_a_gateway_instance() {
     eprintln!("scenario 2: {:?}", started.elapsed());
 }
 
-/// Runs `dpop args` with `env` added, off the async runtime.
-async fn run_dpop(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(DPOP);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 // ---- scenario 3 ----
 
 /// Scenario 3. A refresh token survives an issuer restart: `agent` (a public client)
@@ -947,7 +698,7 @@ async fn run_dpop(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_survives_an_issuer_restart() {
     let started = Instant::now();
-    let dir = TempDir::new();
+    let dir = TempDir::new("system-e2e");
     let issuer = IssuerSetup::new(&dir, "issuer", None, None);
     let mut process = issuer.start().await;
     let upstream = TestUpstream::start().await.unwrap();
@@ -1015,9 +766,9 @@ async fn two_issuers_on_postgres_share_refresh_tokens_and_reuse_detection() {
     let Some(pg) = PgSchema::create().await else {
         return;
     };
-    let dir = TempDir::new();
-    let a = IssuerSetup::new(&dir, "a", None, Some(&pg.url));
-    let b = IssuerSetup::new(&dir, "b", None, Some(&pg.url));
+    let dir = TempDir::new("system-e2e");
+    let a = IssuerSetup::new(&dir, "a", None, Some(pg.url()));
+    let b = IssuerSetup::new(&dir, "b", None, Some(pg.url()));
     // A first: it applies the migrations and creates the shared nonce secret.
     let a_process = a.start().await;
     let b_process = b.start().await;
@@ -1096,10 +847,10 @@ async fn a_token_endpoint_proof_is_single_use_across_issuer_instances() {
     let Some(pg) = PgSchema::create().await else {
         return;
     };
-    let dir = TempDir::new();
+    let dir = TempDir::new("system-e2e");
     let lb = Balancer::start(0).await;
-    let a = IssuerSetup::new(&dir, "a", Some(&lb.url()), Some(&pg.url));
-    let b = IssuerSetup::new(&dir, "b", Some(&lb.url()), Some(&pg.url));
+    let a = IssuerSetup::new(&dir, "a", Some(&lb.url()), Some(pg.url()));
+    let b = IssuerSetup::new(&dir, "b", Some(&lb.url()), Some(pg.url()));
     let a_process = a.start().await;
     let b_process = b.start().await;
     lb.route_to(a.port);
@@ -1177,21 +928,13 @@ async fn until_refused(
 async fn revocation_and_offboarding_reach_an_introspecting_gateway_within_the_cache_ttl() {
     const TTL: u64 = 2;
     let started = Instant::now();
-    let dir = TempDir::new();
+    let dir = TempDir::new("system-e2e");
     let issuer = IssuerSetup::new(&dir, "issuer", None, None);
     let issuer_process = issuer.start().await;
     let upstream = TestUpstream::start().await.unwrap();
     let gw_config = dir.file("gateway.toml");
-    std::fs::write(
-        &gw_config,
-        format!(
-            "upstream = \"{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\n[introspection]\nendpoint = \"{}/introspect\"\nclient_id = \"gateway\"\nclient_secret = \"{GW_SECRET}\"\ncache_ttl_secs = {TTL}\n",
-            upstream.url(),
-            issuer.id,
-            issuer.url()
-        ),
-    )
-    .unwrap();
+    let text = introspecting_gateway_toml(&upstream.url(), &issuer.id, &issuer.url(), TTL);
+    std::fs::write(&gw_config, text).unwrap();
     let gw = Gw::start(&["--config".into(), p(&gw_config).into()], &[]).await;
     let limit = Duration::from_secs(TTL + 2);
     let mut client = TokenClient::new(PrivateKey::generate(Algorithm::Es256).unwrap());
@@ -1207,16 +950,7 @@ async fn revocation_and_offboarding_reach_an_introspecting_gateway_within_the_ca
         gw.process.output(),
         issuer_process.output()
     );
-    let r = post_form(
-        &format!("{}/revoke", issuer.url()),
-        &[
-            ("token", &token),
-            ("client_id", "svc"),
-            ("client_secret", SVC_SECRET),
-        ],
-        &[],
-    )
-    .await;
+    let r = revoke_as_svc(&issuer.url(), &token).await;
     assert_eq!(r.status, 200, "{r:?}");
     let (r, took) = until_refused(&url, &token, &client.key, limit).await;
     assert_eq!(r.status, 401, "{r:?}");
@@ -1247,7 +981,7 @@ async fn the_gateway_survives_its_upstream_and_redis_going_away() {
     let Some(mut redis) = private_redis().await else {
         return;
     };
-    let dir = TempDir::new();
+    let dir = TempDir::new("system-e2e");
     let issuer = IssuerSetup::new(&dir, "issuer", None, None);
     let _issuer_process = issuer.start().await;
     let upstream = TestUpstream::start().await.unwrap();
@@ -1347,7 +1081,7 @@ async fn the_gateway_survives_its_upstream_and_redis_going_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_started_before_the_issuer_recover_as_soon_as_it_is_up() {
     let started = Instant::now();
-    let dir = TempDir::new();
+    let dir = TempDir::new("system-e2e");
     let issuer = IssuerSetup::new(&dir, "issuer", None, None);
     let upstream = TestUpstream::start().await.unwrap();
     let args = gateway_flags(&upstream.url(), &issuer.id);

@@ -3,7 +3,9 @@
 //! issuer with the gateway (`issuer`), and the client commands `dpop token` and
 //! `dpop curl` against the issuer and the gateway (`client`), and the whole system of
 //! issuer, gateway instances, Redis, PostgreSQL and clients in operational scenarios
-//! (`system`).
+//! (`system`). What they share is in `common`.
+
+mod common;
 
 mod cli;
 mod client;

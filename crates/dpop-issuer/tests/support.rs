@@ -14,11 +14,9 @@ use dpop_core::{
     Algorithm, Clock, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource,
 };
 use dpop_issuer::{Issuer, IssuerConfig};
+use dpop_test::PgSchema;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
-
-/// The variable naming the PostgreSQL server the `postgres` variants run against.
-pub(crate) const POSTGRES_ENV: &str = "DPOP_TEST_POSTGRES_URL";
 
 /// The API most clients may receive tokens for (their default audience).
 pub(crate) const API: &str = "https://api.example.com";
@@ -112,8 +110,8 @@ pub(crate) struct Db {
     pub(crate) dir: PathBuf,
     /// The `database` value the issuer gets.
     url: String,
-    /// PostgreSQL: the server URL and the schema to drop at the end.
-    schema: Option<(String, String)>,
+    /// PostgreSQL: the schema, held to be dropped with this value.
+    _schema: Option<PgSchema>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -144,33 +142,20 @@ impl Db {
             backend: Backend::Sqlite,
             dir,
             url,
-            schema: None,
+            _schema: None,
         }
     }
 
-    /// A fresh schema on the PostgreSQL server named by [`POSTGRES_ENV`], selected through
-    /// the connection's `search_path`; `None` (and a note on stderr) without the variable.
+    /// A fresh schema on the PostgreSQL server named by [`dpop_test::POSTGRES_URL_ENV`],
+    /// selected through the connection's `search_path`; `None` (and a note on stderr)
+    /// without the variable.
     pub(crate) async fn postgres() -> Option<Self> {
-        let Ok(server) = std::env::var(POSTGRES_ENV) else {
-            eprintln!("skipped: set {POSTGRES_ENV}");
-            return None;
-        };
-        let schema = format!("t_{}", random_hex(8));
-        let mut conn = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_ENV}: {e}"));
-        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
-            .await
-            .expect("create the test schema");
-        conn.close().await.ok();
-        let sep = if server.contains('?') { '&' } else { '?' };
-        let url = format!("{server}{sep}options=-c%20search_path%3D{schema}");
+        let schema = PgSchema::create().await?;
         Some(Self {
             backend: Backend::Postgres,
             dir: temp_dir(),
-            url,
-            schema: Some((server, schema)),
+            url: schema.url().to_owned(),
+            _schema: Some(schema),
         })
     }
 
@@ -196,29 +181,9 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        // Best effort: a leftover directory or schema only costs space.
+        // Best effort: a leftover directory or schema only costs space. The schema goes
+        // next, when the field is dropped.
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some((server, schema)) = self.schema.take() {
-            // Drop runs inside the test's runtime, which cannot block: use a thread
-            // with a runtime of its own.
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
-                        let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                            .execute(&mut conn)
-                            .await;
-                        let _ = conn.close().await;
-                    }
-                });
-            })
-            .join();
-        }
     }
 }
 

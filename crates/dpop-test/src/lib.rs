@@ -13,6 +13,8 @@
 //! - [`TestUpstream`]: an HTTP/1.1 echo server that records what reached it;
 //! - [`RedisServer`]: a private `redis-server` child that can be stopped and restarted;
 //! - [`Gateway`]: a handle on a server binary, with its output captured;
+//! - [`PgSchema`]: a throw-away schema on the PostgreSQL server of
+//!   `DPOP_TEST_POSTGRES_URL`;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
@@ -43,6 +45,7 @@
 mod client;
 mod issuer;
 mod jws;
+mod postgres;
 mod process;
 mod redis;
 mod server;
@@ -54,6 +57,7 @@ pub use crate::issuer::{
     MockIssuer, MockIssuerBuilder, TokenSpec, now,
 };
 pub use crate::jws::{b64url, sign_compact};
+pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
 pub use crate::server::{ServerHandle, serve};

@@ -11,8 +11,8 @@ use dpop_core::{
     VerifierConfig,
 };
 use dpop_test::{
-    Gateway, MockIssuer, RedisServer, TestUpstream, TokenSpec, free_port, http_get, http_request,
-    wait_for_tcp,
+    Gateway, MockIssuer, PgSchema, RedisServer, TestUpstream, TokenSpec, free_port, http_get,
+    http_request, wait_for_tcp,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -584,4 +584,59 @@ async fn loadgen_sends_fresh_valid_proofs() {
     }
     drop(issuer);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the schema `name` exists on `server`.
+async fn schema_exists(server: &str, name: &str) -> bool {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    n == 1
+}
+
+#[tokio::test]
+async fn pg_schema_is_selected_by_its_url_and_dropped() {
+    use sqlx::Connection as _;
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let (server, name) = (pg.server().to_owned(), pg.schema().to_owned());
+    assert!(name.starts_with("t_") && name.len() == 18, "{name}");
+    assert!(pg.url().starts_with(&server), "{}", pg.url());
+    assert!(
+        pg.url()
+            .ends_with(&format!("options=-c%20search_path%3D{name}")),
+        "{}",
+        pg.url()
+    );
+    // Unqualified names go to the schema.
+    let mut conn = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE probe (id INTEGER)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let current: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(current, name);
+    conn.close().await.unwrap();
+
+    assert!(schema_exists(&server, &name).await);
+    pg.drop_schema().await.unwrap();
+    assert!(!schema_exists(&server, &name).await, "drop_schema");
+
+    // Without drop_schema, dropping the value removes it.
+    let pg = PgSchema::create().await.unwrap();
+    let name = pg.schema().to_owned();
+    assert!(schema_exists(&server, &name).await);
+    drop(pg);
+    assert!(!schema_exists(&server, &name).await, "Drop");
 }
