@@ -145,6 +145,8 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Listening address.
     pub listen: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`, Prometheus `/metrics`), off by default.
+    pub admin_listen: Option<SocketAddr>,
     /// Where signing keys are kept (created with mode 0700; key files are 0600).
     pub data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://…`.
@@ -170,6 +172,7 @@ pub struct IssuerConfig {
 struct RawConfig {
     issuer: String,
     listen: Option<String>,
+    admin_listen: Option<String>,
     data_dir: Option<PathBuf>,
     database: Option<String>,
     signing_alg: Option<String>,
@@ -342,6 +345,15 @@ impl IssuerConfig {
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| format!("listen {listen_text:?} is not an address like 127.0.0.1:8081"))?;
+        let admin_listen = raw
+            .admin_listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    format!("admin_listen {a:?} is not an address like 127.0.0.1:9091")
+                })
+            })
+            .transpose()?;
         let data_dir = base.join(
             raw.data_dir
                 .unwrap_or_else(|| PathBuf::from("dpop-issuer-data")),
@@ -475,6 +487,7 @@ impl IssuerConfig {
         Ok(Self {
             issuer,
             listen,
+            admin_listen,
             data_dir,
             database,
             signing_alg,

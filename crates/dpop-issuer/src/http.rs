@@ -73,6 +73,28 @@ async fn too_large_as_oauth_error(response: Response) -> Response {
     r
 }
 
+/// The admin listener: liveness, readiness (the database answers) and metrics.
+pub(crate) fn admin_router(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|AxumState(state): AxumState<Shared>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    )],
+                    state.metrics.render(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
 /// The path part of the issuer identifier ("" for `https://host`).
 fn issuer_path(issuer: &str) -> String {
     let rest = issuer.split_once("://").map_or(issuer, |(_, r)| r);
@@ -329,7 +351,19 @@ fn next_nonce(state: &State, proof: Option<&VerifiedProof>) -> Option<String> {
 
 /// `POST /token`.
 async fn token(AxumState(state): AxumState<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    match token_inner(&state, &headers, &body).await {
+    let started = std::time::Instant::now();
+    let outcome = token_inner(&state, &headers, &body).await;
+    let grant = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "grant_type")
+        .map(|(_, v)| v.into_owned());
+    let result = match &outcome {
+        Ok(_) => "issued",
+        Err(e) => e.code.as_str(),
+    };
+    state
+        .metrics
+        .token(grant.as_deref(), result, started.elapsed());
+    match outcome {
         Ok((response, nonce)) => {
             let mut r = no_store(axum::Json(response).into_response());
             if let Some(n) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {

@@ -53,8 +53,17 @@ pub(crate) async fn introspect(
     body: Bytes,
 ) -> Response {
     match introspect_inner(&state, &headers, &body).await {
-        Ok(v) => json_no_store(&v),
-        Err(e) => e.into_response(),
+        Ok(v) => {
+            let active = v.get("active").and_then(Value::as_bool) == Some(true);
+            state
+                .metrics
+                .introspection(if active { "active" } else { "inactive" });
+            json_no_store(&v)
+        }
+        Err(e) => {
+            state.metrics.introspection(e.code.as_str());
+            e.into_response()
+        }
     }
 }
 
@@ -221,7 +230,12 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match revoke_inner(&state, &headers, &body).await {
+    let outcome = revoke_inner(&state, &headers, &body).await;
+    state.metrics.revocation(match &outcome {
+        Ok(()) => "ok",
+        Err(e) => e.code.as_str(),
+    });
+    match outcome {
         Ok(()) => {
             let mut r = StatusCode::OK.into_response();
             r.headers_mut()

@@ -26,6 +26,7 @@ mod grants;
 mod http;
 mod introspect;
 mod keys;
+mod metrics;
 mod tokens;
 
 use std::future::Future;
@@ -73,6 +74,7 @@ pub(crate) struct State {
     pub(crate) secrets: SecretCache,
     pub(crate) trust: TrustedIssuers,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for State {
@@ -178,6 +180,7 @@ impl Issuer {
                 secrets,
                 trust,
                 clock,
+                metrics: metrics::Metrics::new(),
             }),
         })
     }
@@ -259,6 +262,22 @@ impl Issuer {
                 source,
             })?;
         tracing::info!(target: "dpop::issuer", %addr, issuer = %self.state.config.issuer, "issuer listening");
+        let admin = match self.state.config.admin_listen {
+            Some(admin_addr) => {
+                let l = tokio::net::TcpListener::bind(admin_addr)
+                    .await
+                    .map_err(|source| IssuerError::Listen {
+                        addr: admin_addr,
+                        source,
+                    })?;
+                tracing::info!(target: "dpop::issuer", addr = %admin_addr, "admin listening (/healthz, /readyz, /metrics)");
+                let router = http::admin_router(Arc::clone(&self.state));
+                Some(tokio::spawn(async move {
+                    let _ = axum::serve(l, router).await;
+                }))
+            }
+            None => None,
+        };
         let maintenance = {
             let this = self.clone();
             tokio::spawn(async move {
@@ -277,6 +296,9 @@ impl Issuer {
             .await
             .map_err(|source| IssuerError::Listen { addr, source });
         maintenance.abort();
+        if let Some(a) = admin {
+            a.abort();
+        }
         self.state.store.close().await;
         result
     }

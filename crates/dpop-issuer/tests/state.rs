@@ -14,7 +14,56 @@ db_tests!(
     instances_sharing_a_database,
     keys_of_other_machines_are_known_at_once,
     a_rotated_key_is_known_everywhere_before_it_signs,
+    admin_listener_serves_health_readiness_and_metrics,
 );
+
+async fn admin_listener_serves_health_readiness_and_metrics(db: Db) {
+    let admin = dpop_test::free_port();
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            top: format!("admin_listen = \"127.0.0.1:{admin}\""),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    it.access_token("svc", &k, &[]).await;
+    it.token(
+        &Auth::Basic("svc".into(), "not-the-secret-at-all".into()),
+        Some(&k),
+        &[("grant_type", GRANT_CC)],
+    )
+    .await
+    .err(401, "invalid_client");
+    let base = format!("http://127.0.0.1:{admin}");
+    let health = dpop_test::http_get(&format!("{base}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+    let ready = dpop_test::http_get(&format!("{base}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200);
+    let metrics = dpop_test::http_get(&format!("{base}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    for line in [
+        "dpop_issuer_token_requests_total{grant=\"client_credentials\",result=\"issued\"} 1",
+        "dpop_issuer_token_requests_total{grant=\"client_credentials\",result=\"invalid_client\"} 1",
+        "dpop_issuer_token_requests_total{grant=\"client_credentials\",result=\"use_dpop_nonce\"}",
+        "dpop_issuer_token_request_seconds_count",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    // Not on the public listener.
+    let public = dpop_test::http_get(&format!("{}/metrics", it.url))
+        .await
+        .unwrap();
+    assert_eq!(public.status, 404);
+}
 
 async fn restart_keeps_keys_and_tokens(db: Db) {
     let mut it = TestIssuer::start(&db).await;

@@ -200,6 +200,8 @@ pub(crate) struct Setup {
     pub(crate) extra: String,
     /// A path for the issuer identifier (`/auth`), empty for none.
     pub(crate) path: String,
+    /// Top-level lines (before the tables), e.g. `admin_listen`.
+    pub(crate) top: String,
 }
 
 impl Default for Setup {
@@ -209,6 +211,7 @@ impl Default for Setup {
             tokens: String::new(),
             extra: String::new(),
             path: String::new(),
+            top: String::new(),
         }
     }
 }
@@ -450,11 +453,12 @@ impl TestIssuer {
         let client_key = Arc::new(key());
         let client_jwk = client_key.public_jwk().to_json_value().to_string();
         let text = format!(
-            "issuer = \"{url}\"\ndata_dir = \"{data}\"\ndatabase = \"{database}\"\n\n\
+            "issuer = \"{url}\"\ndata_dir = \"{data}\"\ndatabase = \"{database}\"\n{top}\n\n\
              [tokens]\n{tokens}\n\n[dpop]\nnonce = {nonce}\n{clients}\n{extra}\n",
             data = db.dir.join("data").display(),
             database = db.url(),
             tokens = setup.tokens,
+            top = setup.top,
             nonce = setup.nonce,
             clients = clients_toml(&SECRET_HASH, &client_jwk),
             extra = setup.extra,
