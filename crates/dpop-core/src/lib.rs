@@ -223,6 +223,44 @@ pub mod internal {
             }
         }
 
+        /// The issuer of the seed corpus's valid JWT.
+        const CORPUS_ISSUER: &str = "http://127.0.0.1:18081";
+
+        /// `data` is a JWK set, a newline, and a compact JWT (or just a JWT, checked
+        /// against no keys): verified as a generic JWT and as an access token, at a time
+        /// when the seed corpus's valid token is live.
+        pub fn verify_jwt(data: &[u8]) {
+            let Ok(text) = std::str::from_utf8(data) else {
+                return;
+            };
+            let (jwks, token) = text.split_once('\n').unwrap_or(("", text));
+            let keys = crate::jwt::JwkSet::from_json(jwks).unwrap_or_default();
+            let now = UnixTime::from_secs(1_795_566_300);
+            let _ = crate::jwt::peek_kid(token);
+            let mut validation = crate::jwt::JwtValidation::new(CORPUS_ISSUER, None);
+            validation.require_aud = false;
+            let generic = crate::jwt::verify_jwt(token, &keys, &validation, now);
+            if let Ok(jwt) = &generic {
+                let _ = jwt.jkt();
+                let _ = jwt.audiences();
+                let _ = jwt.str_claim("sub");
+                let _ = jwt.to_access_token();
+            }
+            let access = crate::jwt::verify_access_token(
+                token,
+                &keys,
+                &crate::jwt::TokenValidation::new(CORPUS_ISSUER, "https://api.example.com"),
+                now,
+            );
+            // A token good as an access token is good as a JWT: the two paths agree.
+            if access.is_ok() {
+                assert!(
+                    generic.is_ok(),
+                    "verify_access_token accepted what verify_jwt refused"
+                );
+            }
+        }
+
         /// Parses `data` as a `WWW-Authenticate` value and a `DPoP-Nonce` value.
         pub fn parse_challenge(data: &[u8]) {
             if let Ok(text) = std::str::from_utf8(data) {

@@ -84,3 +84,32 @@ fn normalise_htu_corpus() {
 fn parse_challenge_corpus() {
     replay("parse_challenge", fuzzing::parse_challenge);
 }
+
+#[test]
+fn verify_jwt_corpus() {
+    replay("verify_jwt", fuzzing::verify_jwt);
+}
+
+/// The valid seed must verify, so fuzzing starts from inputs that reach the claim checks.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test reads a corpus file; the library itself does no file I/O"
+)]
+fn verify_jwt_seed_reaches_the_claims() {
+    let text = fs::read_to_string(corpus_dir("verify_jwt").join("valid-at-jwt-with-jwks.txt"))
+        .expect("the valid seed");
+    let (jwks, token) = text.split_once('\n').expect("jwks, newline, token");
+    let keys = dpop_core::jwt::JwkSet::from_json(jwks).expect("seed JWK set");
+    let mut v = dpop_core::jwt::JwtValidation::new("http://127.0.0.1:18081", None);
+    v.require_aud = false;
+    let jwt = dpop_core::jwt::verify_jwt(
+        token,
+        &keys,
+        &v,
+        dpop_core::UnixTime::from_secs(1_795_566_300),
+    )
+    .expect("the seed verifies at the harness's time");
+    assert_eq!(jwt.str_claim("sub"), Some("svc"));
+    assert!(jwt.jkt().unwrap().is_some());
+}
