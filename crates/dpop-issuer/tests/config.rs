@@ -277,3 +277,35 @@ clients = [{clients}]
         "https",
     );
 }
+
+/// `examples/issuer.toml`, the documented configuration, loads as written.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "reads the example file of this repository"
+)]
+fn the_example_configuration_loads() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/issuer.toml"
+    ));
+    let env: BTreeMap<String, String> = [
+        (
+            "BILLING_CLIENT_SECRET".to_owned(),
+            "billing-secret-0123456789".to_owned(),
+        ),
+        (
+            "GATEWAY_CLIENT_SECRET".to_owned(),
+            "gateway-secret-0123456789".to_owned(),
+        ),
+    ]
+    .into();
+    let config = IssuerConfig::load(path, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.issuer, "http://127.0.0.1:8081");
+    assert_eq!(config.clients.len(), 3);
+    assert_eq!(config.trust.len(), 1);
+    assert!(config.dpop.nonce);
+    assert_eq!(config.lifetimes.access_token.as_secs(), 300);
+    assert!(config.clients["ci"].is_public());
+    assert!(config.clients["gateway"].introspection);
+}
