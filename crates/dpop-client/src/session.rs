@@ -270,40 +270,86 @@ fn challenge_error(response: &Response) -> Option<String> {
 }
 
 /// Reads a small JSON error body for its `error`, and rebuilds the response around it.
+/// A body without `Content-Length` (chunked) is read up to [`MAX_ERROR_BODY`]; if it is
+/// longer, nothing is inspected and the caller still gets every byte.
 async fn body_error(response: Response) -> (Option<String>, Result<Response, ClientError>) {
+    use http_body_util::BodyExt as _;
+
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    let small = response
-        .content_length()
-        .is_some_and(|l| l <= MAX_ERROR_BODY);
-    if !is_json || !small {
+    if !is_json
+        || response
+            .content_length()
+            .is_some_and(|l| l > MAX_ERROR_BODY)
+    {
         return (None, Ok(response));
     }
+    let url = response.url().clone();
+    let (mut parts, mut body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    let mut read = bytes::BytesMut::new();
+    let mut complete = false;
+    while read.len() as u64 <= MAX_ERROR_BODY {
+        match body.frame().await {
+            None => {
+                complete = true;
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return (None, Err(e.into())),
+        }
+    }
+    let read = read.freeze();
+    let error = if complete {
+        serde_json::from_slice::<serde_json::Value>(&read)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+    } else {
+        None
+    };
+    let body = if complete {
+        reqwest::Body::from(read)
+    } else {
+        reqwest::Body::wrap(Resumed {
+            read: Some(read),
+            rest: body,
+        })
+    };
     // `ResponseBuilderExt::url`: the rebuilt response keeps its URL (reqwest reads it
     // from a private extension; without it `url()` says `http://no.url.provided.local`).
-    let url = response.url().clone();
-    let mut builder = reqwest::ResponseBuilderExt::url(
-        http::Response::builder()
-            .status(response.status())
-            .version(response.version()),
-        url,
-    );
-    for (k, v) in response.headers() {
-        builder = builder.header(k, v);
+    match reqwest::ResponseBuilderExt::url(http::Response::builder(), url).body(()) {
+        Ok(with_url) => parts.extensions.extend(with_url.into_parts().0.extensions),
+        Err(e) => return (None, Err(ClientError::TokenResponse(e.to_string()))),
     }
-    let body: Bytes = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => return (None, Err(e.into())),
-    };
-    let error = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
-    let rebuilt = builder
-        .body(body)
-        .map(Response::from)
-        .map_err(|e| ClientError::TokenResponse(e.to_string()));
-    (error, rebuilt)
+    (
+        error,
+        Ok(Response::from(http::Response::from_parts(parts, body))),
+    )
+}
+
+/// A body whose first bytes were already read: those, then the rest.
+struct Resumed {
+    read: Option<Bytes>,
+    rest: reqwest::Body,
+}
+
+impl http_body::Body for Resumed {
+    type Data = Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(read) = self.read.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(read))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
 }

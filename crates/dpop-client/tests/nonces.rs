@@ -318,3 +318,46 @@ async fn a_byte_body_is_sent_again_on_retry() {
         assert_eq!(s.claim("htm"), Some("PUT"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_400_nonce_challenge_is_answered() {
+    // Servers that stream their error bodies send no Content-Length.
+    let api = Api::start(ApiOptions {
+        misbehave: Some(Misbehaviour::ChunkedNonce400Once),
+        ..ApiOptions::default()
+    })
+    .await;
+    let (key, _) = client_key();
+    let client = http_client(DpopMiddleware::new(key));
+    let r = client
+        .post(api.at("/v1/items"))
+        .body("a=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = api.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen[1].claim("nonce"), Some("nonce-0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_chunked_400_reaches_the_caller_whole_and_is_not_retried() {
+    let api = Api::start(ApiOptions {
+        misbehave: Some(Misbehaviour::LargeChunked400),
+        ..ApiOptions::default()
+    })
+    .await;
+    let (key, _) = client_key();
+    let client = http_client(DpopMiddleware::new(key));
+    let url = api.at("/token");
+    let r = client.post(&url).body("a=b").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.url().as_str(), url);
+    // Past the inspection limit the client does not read the error, so no retry; every
+    // byte still reaches the caller.
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "use_dpop_nonce");
+    assert_eq!(body["pad"].as_str().unwrap().len(), 20 * 1024);
+    assert_eq!(api.seen().len(), 1);
+}

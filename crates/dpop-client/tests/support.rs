@@ -272,6 +272,44 @@ pub(crate) enum Misbehaviour {
     AlwaysNonce401,
     /// Every request gets 400 `{"error":"use_dpop_nonce"}` with a new nonce.
     AlwaysNonce400,
+    /// The first request gets 400 `{"error":"use_dpop_nonce"}` with a nonce, its body
+    /// sent in chunks without `Content-Length`; later ones are served normally.
+    ChunkedNonce400Once,
+    /// Every request gets a 400 JSON body of 20 KiB in chunks, `use_dpop_nonce` inside.
+    LargeChunked400,
+}
+
+/// A body sent in several chunks with no `Content-Length` (so HTTP/1.1 chunked).
+struct Chunked(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// A 400 JSON response whose body comes in chunks.
+fn chunked_400(json: &str, nonce: &str) -> Response {
+    let chunks = json
+        .as_bytes()
+        .chunks(4096.min(json.len() / 2 + 1))
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let mut r = Response::new(Body::new(Chunked(chunks)));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert("dpop-nonce", HeaderValue::from_str(nonce).expect("a nonce"));
+    r
 }
 
 /// What a [`Api`] demands.
@@ -491,7 +529,18 @@ impl ApiState {
                     .into_response();
                 return (r, nonce_code, None);
             }
-            None => {}
+            Some(Misbehaviour::ChunkedNonce400Once)
+                if self.counter.fetch_add(1, Ordering::SeqCst) == 0 =>
+            {
+                let body = r#"{"error":"use_dpop_nonce","error_description":"a nonce, please"}"#;
+                return (chunked_400(body, "nonce-0"), nonce_code, None);
+            }
+            Some(Misbehaviour::LargeChunked400) => {
+                let pad = "x".repeat(20 * 1024);
+                let body = json!({ "error": "use_dpop_nonce", "pad": pad }).to_string();
+                return (chunked_400(&body, "nonce-1"), nonce_code, None);
+            }
+            Some(Misbehaviour::ChunkedNonce400Once) | None => {}
         }
         if let Some(doc) = &self.opts.token_response
             && parts.uri.path() == "/token"
