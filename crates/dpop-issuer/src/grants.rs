@@ -212,11 +212,25 @@ async fn refresh(
             }
         }
     }
-    // RFC 6749 §6: at most the scopes of the original grant.
-    let granted: BTreeSet<String> = split_scope(&record.scope).into_iter().collect();
+    // RFC 6749 §6: at most the scopes of the original grant, and of those only what
+    // the configuration still allows, so narrowing a client or a trust rule takes
+    // effect at the next refresh.
+    let (allowed_scopes, allowed_audiences) = allowed_now(state, client, &record.subject);
+    let granted: BTreeSet<String> = split_scope(&record.scope)
+        .into_iter()
+        .filter(|s| allowed_scopes.contains(s))
+        .collect();
     let granted_list: Vec<String> = granted.iter().cloned().collect();
     let scopes = choose_scopes(form, &granted, &granted_list)?;
-    let record_audiences = split_scope(&record.audience);
+    let record_audiences: Vec<String> = split_scope(&record.audience)
+        .into_iter()
+        .filter(|a| allowed_audiences.contains(a))
+        .collect();
+    if record_audiences.is_empty() {
+        return Err(OAuthError::invalid_grant(
+            "none of this grant's audiences is allowed any more",
+        ));
+    }
     let audiences = choose_audiences(form, &record_audiences, &record_audiences)?;
     let act: Option<Value> = record
         .act
@@ -255,6 +269,27 @@ async fn refresh(
         Some(token),
         None,
     )
+}
+
+/// What `client` may receive for `subject` under the current configuration: its own
+/// scopes and audiences, plus those of the trust rules that map a workload token to
+/// `subject` for it.
+fn allowed_now(
+    state: &State,
+    client: &Client,
+    subject: &str,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut scopes = client.scopes.clone();
+    let mut audiences: BTreeSet<String> = client.audiences.iter().cloned().collect();
+    for rule in state.config.trust.iter().flat_map(|t| t.rules.iter()) {
+        if rule.workload == subject
+            && (rule.clients.is_empty() || rule.clients.contains(&client.id))
+        {
+            scopes.extend(rule.scopes.iter().cloned());
+            audiences.extend(rule.audiences.iter().cloned());
+        }
+    }
+    (scopes, audiences)
 }
 
 fn reused() -> OAuthError {

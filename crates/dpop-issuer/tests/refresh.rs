@@ -12,6 +12,7 @@ db_tests!(
     parallel_requests_all_succeed,
     public_client_refresh_token_is_bound_to_its_key,
     refresh_scopes_narrow_but_never_widen,
+    narrowing_the_client_narrows_its_next_refresh,
     refresh_token_idle_expiry,
     refresh_token_absolute_expiry,
     refresh_token_of_another_client,
@@ -208,6 +209,40 @@ async fn public_client_refresh_token_is_bound_to_its_key(db: Db) {
     it.refresh(&public("public"), Some(&k), &rt2, &[])
         .await
         .ok();
+}
+
+async fn narrowing_the_client_narrows_its_next_refresh(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    // The operator takes `write` away from svc; an instance with the new configuration
+    // (same database) refreshes the grant with what is still allowed.
+    let narrowed = it.config_text().replace(
+        "scopes = [\"read\", \"write\", \"admin\"]",
+        "scopes = [\"read\", \"admin\"]",
+    );
+    assert_ne!(narrowed, it.config_text(), "the test edits the svc client");
+    let b = it.second_instance_with_config(&narrowed).await;
+    let body = b.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok();
+    assert_eq!(body["scope"], json!("read"));
+    let rt2 = body["refresh_token"].as_str().unwrap();
+    b.refresh(&basic("svc"), Some(&k), rt2, &[("scope", "write")])
+        .await
+        .err(400, "invalid_scope");
+    // With its audience gone, the grant is over.
+    let no_api = narrowed
+        .replacen(
+            &format!("audiences = [\"{API}\", \"{OTHER_API}\"]"),
+            &format!("audiences = [\"{OTHER_API}\"]"),
+            1,
+        )
+        .replacen(&format!("default_audiences = [\"{API}\"]"), "", 1);
+    let c = it.second_instance_with_config(&no_api).await;
+    let body = b.refresh(&basic("svc"), Some(&k), rt2, &[]).await.ok();
+    let rt3 = body["refresh_token"].as_str().unwrap();
+    c.refresh(&basic("svc"), Some(&k), rt3, &[])
+        .await
+        .err(400, "invalid_grant");
 }
 
 async fn refresh_scopes_narrow_but_never_widen(db: Db) {

@@ -482,6 +482,17 @@ impl TestIssuer {
         self.second_instance_with(&self.text).await
     }
 
+    /// The configuration text this instance runs with.
+    pub(crate) fn config_text(&self) -> &str {
+        &self.text
+    }
+
+    /// Another instance on the same database, data directory and clock, with another
+    /// configuration (an operator's edit).
+    pub(crate) async fn second_instance_with_config(&self, text: &str) -> Self {
+        self.second_instance_with(text).await
+    }
+
     /// [`TestIssuer::second_instance`] with its own data directory (its own keys), as on
     /// another machine sharing the PostgreSQL database.
     pub(crate) async fn second_machine(&self) -> Self {
