@@ -194,8 +194,9 @@ pub struct MemoryReplayConfig {
     pub capacity: usize,
     /// Number of shards (rounded up to a power of two). Defaults to 64.
     ///
-    /// Capped at 65_536, and at the largest power of two not above `capacity`, so that a
-    /// small store is not split into shards of one entry each.
+    /// Capped at 65_536, and so that every shard holds at least 64 entries: a small store
+    /// is not split into tiny shards, one of which random keys would fill long before the
+    /// store is full.
     pub shards: usize,
     /// Width of one expiry generation in seconds. Defaults to 16.
     ///
@@ -220,6 +221,9 @@ impl Default for MemoryReplayConfig {
 /// join a later generation (kept longer, never shorter) so a lookup consults at most this
 /// many hash sets, whatever expiries the caller passes.
 const MAX_GENERATIONS: usize = 64;
+
+/// Fewest entries one shard is made for (see [`MemoryReplayConfig::shards`]).
+const MIN_PER_SHARD: usize = 64;
 
 /// Most shards: more would only cost memory for mutexes.
 const MAX_SHARDS: usize = 1 << 16;
@@ -262,8 +266,9 @@ impl MemoryReplayStore {
     #[must_use]
     pub fn new(config: MemoryReplayConfig) -> Self {
         let requested = config.capacity.max(1);
-        // Largest power of two not above `requested` (which is at least 1).
-        let shard_limit = 1_usize << (usize::BITS - 1 - requested.leading_zeros());
+        // Largest power of two not above `requested / MIN_PER_SHARD` (at least 1).
+        let room = (requested / MIN_PER_SHARD).max(1);
+        let shard_limit = 1_usize << (usize::BITS - 1 - room.leading_zeros());
         let shards = config
             .shards
             .clamp(1, MAX_SHARDS)
@@ -747,9 +752,23 @@ mod tests {
             Err(ReplayStoreError::Full { .. })
         ));
 
+        // Shards hold at least 64 entries each: small stores are not split into tiny
+        // shards that random keys would fill early.
         let s = store(10, 64, 16);
-        assert_eq!(s.config.shards, 8);
-        assert_eq!(s.capacity(), 16);
+        assert_eq!(s.config.shards, 1);
+        assert_eq!(s.capacity(), 10);
+        let s = store(64, 64, 16);
+        assert_eq!(s.config.shards, 1);
+        for n in 0..64 {
+            assert_eq!(
+                insert(&s, &key(n), 10, 5),
+                Ok(Insert::Inserted),
+                "entry {n}"
+            );
+        }
+        let s = store(1024, 64, 16);
+        assert_eq!(s.config.shards, 16);
+        assert_eq!(s.capacity(), 1024);
 
         let s = store(usize::MAX, usize::MAX, u64::MAX);
         assert_eq!(s.config.shards, MAX_SHARDS);
