@@ -8,13 +8,14 @@
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
+use dpop_core::Algorithm;
 use dpop_core::jwt::{JwtValidation, TypPolicy, verify_jwt};
-use dpop_core::{Algorithm, UnixTime};
 
 use crate::State;
 use crate::config::{AuthMethod, Client};
 use crate::error::OAuthError;
 use crate::http::Form;
+use crate::store::secs;
 
 /// `client_assertion_type` for JWT client authentication (RFC 7523 §2.2).
 pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -235,15 +236,14 @@ async fn check_assertion(state: &State, client: &Client, jwt: &str) -> Result<bo
         client.id,
         crate::tokens::sha256_b64(jti.as_bytes())
     );
-    let expires =
-        i64::try_from(verified.expires_at.as_secs().saturating_add(60)).unwrap_or(i64::MAX);
+    let expires = secs(
+        verified
+            .expires_at
+            .saturating_add(std::time::Duration::from_secs(60)),
+    );
     let first = state.store.use_once(&key, expires, secs(now)).await?;
     if !first {
         tracing::warn!(target: "dpop::issuer", client_id = %client.id, "client assertion replayed");
     }
     Ok(first)
-}
-
-fn secs(t: UnixTime) -> i64 {
-    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
 }

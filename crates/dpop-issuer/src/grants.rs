@@ -14,8 +14,9 @@ use crate::State;
 use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::{Form, TokenResponse};
+use crate::store::secs;
 use crate::store::{RefreshRecord, Rotation};
-use crate::tokens::{self, Grant, Inactive, secs};
+use crate::tokens::{self, Grant, Inactive};
 use crate::trust::TrustError;
 
 /// RFC 8693 §3 token type identifiers.

@@ -176,13 +176,12 @@ async fn jwks(AxumState(state): AxumState<Shared>) -> Response {
     // Read from the database each time, so a key another instance just published is
     // served at once; the loaded set is the fallback when the database is down.
     let fresh = match state.clock.now() {
-        Some(now) => state.store.published_keys(now).await.ok().map(|records| {
-            let keys: Vec<serde_json::Value> = records
-                .iter()
-                .filter_map(|r| serde_json::from_str(&r.public_jwk).ok())
-                .collect();
-            serde_json::json!({ "keys": keys }).to_string()
-        }),
+        Some(now) => state
+            .store
+            .published_keys(now)
+            .await
+            .ok()
+            .map(|records| crate::keys::jwks_json(&records)),
         None => None,
     };
     let body = fresh.unwrap_or_else(|| state.keys.current().jwks_json.clone());

@@ -22,7 +22,8 @@ use crate::client_auth;
 use crate::config::Client;
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::Form;
-use crate::tokens::{self, Inactive, secs};
+use crate::store::secs;
+use crate::tokens::{self, Inactive};
 
 type Shared = Arc<State>;
 

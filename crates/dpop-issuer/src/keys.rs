@@ -21,7 +21,7 @@ use dpop_core::jwt::JwkSet;
 use dpop_core::{Algorithm, PrivateKey, Signer as _, UnixTime};
 
 use crate::error::IssuerError;
-use crate::store::{KeyRecord, Store};
+use crate::store::{KeyRecord, Store, secs};
 
 /// A key this instance signs with.
 pub(crate) struct SigningKey {
@@ -88,8 +88,13 @@ impl SigningKey {
     }
 }
 
-fn secs(t: UnixTime) -> i64 {
-    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+/// The JWK set document of the published keys, as `/jwks` serves it.
+pub(crate) fn jwks_json(records: &[KeyRecord]) -> String {
+    let keys: Vec<serde_json::Value> = records
+        .iter()
+        .filter_map(|r| serde_json::from_str(&r.public_jwk).ok())
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
 }
 
 pub(crate) fn b64(bytes: &[u8]) -> String {
@@ -288,6 +293,7 @@ impl KeyRing {
                 None => republish.push(SigningKey::new(key)),
             }
         }
+        let mut published = !republish.is_empty();
         for key in republish {
             store.insert_key(&key.record(now, now)).await?;
             held.push(Held {
@@ -310,6 +316,7 @@ impl KeyRing {
             );
             write_key(dir, &key)?;
             store.insert_key(&key.record(now, from)).await?;
+            published = true;
             tracing::info!(target: "dpop::issuer", kid = %key.kid, alg = alg.name(), "created a signing key");
             held.push(Held {
                 key: Arc::new(key),
@@ -317,13 +324,11 @@ impl KeyRing {
                 retired_at: None,
             });
         }
-        records = store.published_keys(now).await?;
+        if published {
+            records = store.published_keys(now).await?;
+        }
         held.sort_by_key(|h| std::cmp::Reverse(h.active_from));
-        let keys: Vec<serde_json::Value> = records
-            .iter()
-            .filter_map(|r| serde_json::from_str(&r.public_jwk).ok())
-            .collect();
-        let jwks_json = serde_json::json!({ "keys": keys }).to_string();
+        let jwks_json = jwks_json(&records);
         let jwks = JwkSet::from_json(&jwks_json)
             .map_err(|e| IssuerError::Keys(format!("the published key set is unusable: {e}")))?;
         Ok(KeyState {

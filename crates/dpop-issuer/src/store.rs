@@ -123,7 +123,8 @@ pub enum Rotation {
     AlreadyUsed,
 }
 
-fn secs(t: UnixTime) -> i64 {
+/// A time as the database stores it.
+pub(crate) fn secs(t: UnixTime) -> i64 {
     i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
 }
 

@@ -31,10 +31,6 @@ pub(crate) fn sha256_b64(bytes: &[u8]) -> String {
     b64(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
-pub(crate) fn secs(t: UnixTime) -> i64 {
-    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
-}
-
 /// A random identifier (128 bits, base64url).
 pub(crate) fn random_id() -> Result<String, OAuthError> {
     crate::random_bytes::<16>()
@@ -84,18 +80,56 @@ pub(crate) fn mint_access_token(
 }
 
 /// A string claim of a JWT read WITHOUT verifying it: only to decide which keys verify
-/// it (a client assertion's `sub`, a subject token's `iss`).
+/// it (a client assertion's `sub`, a subject token's `iss`). A token that is not three
+/// parts, or names the claim twice, has none.
 pub(crate) fn peek_claim(token: &str, name: &str) -> Option<String> {
     use base64::Engine as _;
+    use serde::Deserializer as _;
     if token.len() > 16 * 1024 {
         return None;
     }
-    let payload = token.split('.').nth(1)?;
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v.get(name)?.as_str().map(str::to_owned)
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = (&mut de).deserialize_map(PeekClaim { name }).ok()?;
+    de.end().ok()?;
+    value
+}
+
+/// Finds one member of a JSON object, refusing it when it appears twice (as the
+/// verifier would: which of two values a peek saw must not matter).
+struct PeekClaim<'a> {
+    name: &'a str,
+}
+
+impl<'de> serde::de::Visitor<'de> for PeekClaim<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found: Option<Value> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.name {
+                if found.is_some() {
+                    return Err(serde::de::Error::custom("duplicate member"));
+                }
+                found = Some(map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found.and_then(|v| v.as_str().map(str::to_owned)))
+    }
 }
 
 /// A new refresh token value and the hash it is stored under.

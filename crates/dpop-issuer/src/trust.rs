@@ -24,8 +24,6 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dpop_core::jwt::{self, JwkSet, JwtValidation, TokenError, TypPolicy, VerifiedJwt};
 use dpop_core::{Algorithm, Jkt, UnixTime};
 use reqwest::Url;
@@ -782,25 +780,6 @@ impl Trust {
     }
 }
 
-/// The `iss` of a token, unverified: only to choose which trust verifies it.
-fn peek_issuer(token: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Peek {
-        iss: String,
-    }
-    if token.len() > MAX_TOKEN_BYTES {
-        return None;
-    }
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Peek>(&payload).ok().map(|p| p.iss)
-}
-
 /// The configured trusts, with their cached keys.
 pub struct TrustedIssuers {
     trusts: Vec<Trust>,
@@ -874,8 +853,8 @@ impl TrustedIssuers {
     /// [`TrustError::TooLongLived`], [`TrustError::NoRuleMatched`], or
     /// [`TrustError::Unavailable`] when the issuer's keys cannot be fetched.
     pub async fn verify(&self, token: &str, now: UnixTime) -> Result<ExternalSubject, TrustError> {
-        let Some(trust) =
-            peek_issuer(token).and_then(|iss| self.trusts.iter().find(|t| t.issuer == iss))
+        let Some(trust) = crate::tokens::peek_claim(token, "iss")
+            .and_then(|iss| self.trusts.iter().find(|t| t.issuer == iss))
         else {
             return Err(TrustError::UnknownIssuer);
         };
