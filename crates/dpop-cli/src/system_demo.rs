@@ -19,12 +19,13 @@ use dpop_client::{
     ClientAuth, ClientKey, DpopMiddleware, Grant, OAuthTokens, SubjectToken, TokenRequest,
 };
 use dpop_core::{
-    Algorithm, Clock as _, PrivateKey, ProofBuilder, RandomSource as _, Signer as _,
-    SystemRandomSource, UnixTime,
+    Algorithm, PrivateKey, ProofBuilder, RandomSource as _, Signer as _, SystemRandomSource,
+    UnixTime,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::clock::now;
 use crate::error::{CliError, EXIT_INVALID, EXIT_OK};
 
 const API_AUD: &str = "https://api.demo.example";
@@ -44,12 +45,6 @@ fn random_secret() -> Result<String, CliError> {
         .fill(&mut bytes)
         .map_err(|e| failed("randomness")(&e))?;
     Ok(b64(&bytes))
-}
-
-fn now() -> Result<UnixTime, CliError> {
-    dpop_issuer::SystemClock
-        .now()
-        .ok_or_else(|| CliError::failed("the system clock is before 1970"))
 }
 
 /// A temporary directory, removed on drop.
@@ -764,12 +759,7 @@ fn table(out: &mut dyn Write, rows: &[Row]) -> std::io::Result<()> {
 
 /// Runs the demo; with `keep_running`, leaves the services up until Ctrl-C.
 pub(crate) fn run(out: &mut dyn Write, keep_running: bool) -> Result<ExitCode, CliError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| failed("runtime")(&e))?;
-    runtime.block_on(async {
+    crate::commands::runtime()?.block_on(async {
         let w = |e: std::io::Error| CliError::stdout(&e);
         writeln!(
             out,

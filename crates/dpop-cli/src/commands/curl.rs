@@ -11,18 +11,12 @@ use dpop_client::{
     SubjectToken, TokenRequest, TokenSource,
 };
 
+use super::runtime;
 use crate::cli::{CurlArgs, IssuerTokenArgs, TokenArgs};
 use crate::error::CliError;
 
 /// curl's exit code for an HTTP error with --fail.
 const EXIT_HTTP_ERROR: u8 = 22;
-
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))
-}
 
 fn key(path: &Path) -> Result<ClientKey, CliError> {
     ClientKey::from_file(path).map_err(|e| CliError::usage(e.to_string()))

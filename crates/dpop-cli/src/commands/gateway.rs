@@ -15,11 +15,7 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
     let config =
         GatewayConfig::load(args, secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
     dpop_gateway::init_logging(config.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
+    super::runtime()?.block_on(async {
         let gateway = Gateway::bind(config).await.map_err(|e| match e {
             GatewayError::Config(_) => CliError::usage(e.to_string()),
             other => CliError::failed(other.to_string()),

@@ -4,21 +4,15 @@ use std::io::{BufRead as _, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use dpop_core::Clock as _;
 use dpop_issuer::{Issuer, IssuerConfig, IssuerError, ProcessEnvironment};
 
+use super::runtime;
 use crate::cli::{IssuerAction, IssuerArgs};
+use crate::clock::now;
 use crate::error::CliError;
 
 fn load(path: &Path) -> Result<IssuerConfig, CliError> {
     IssuerConfig::load(path, &ProcessEnvironment).map_err(|e| CliError::usage(e.to_string()))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))
 }
 
 fn failed(e: IssuerError) -> CliError {
@@ -26,12 +20,6 @@ fn failed(e: IssuerError) -> CliError {
         IssuerError::Config(_) | IssuerError::UnknownClient(_) => CliError::usage(e.to_string()),
         other => CliError::failed(other.to_string()),
     }
-}
-
-fn now() -> Result<dpop_core::UnixTime, CliError> {
-    dpop_issuer::SystemClock
-        .now()
-        .ok_or_else(|| CliError::failed("the system clock is before 1970"))
 }
 
 pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, CliError> {

@@ -8,3 +8,11 @@ pub(crate) mod issuer;
 pub(crate) mod keygen;
 pub(crate) mod keyinfo;
 pub(crate) mod proof;
+
+/// The async runtime of the commands that do network I/O.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, crate::error::CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::error::CliError::failed(format!("cannot start the async runtime: {e}")))
+}
