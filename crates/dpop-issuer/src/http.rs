@@ -308,14 +308,10 @@ async fn token_proof(
         Ok(p) => p,
         Err(e) => return Err(proof_error(state, &e, now)),
     };
-    let renew = proof.should_renew_nonce();
     let proof = proof
         .record_async(&state.store, now)
         .await
         .map_err(|e| proof_error(state, &e, now))?;
-    if renew {
-        tracing::debug!(target: "dpop::issuer", "nonce renewal due");
-    }
     Ok(Some(proof))
 }
 
