@@ -10,7 +10,7 @@
 #
 # Environment:
 #   FUZZ_SANITIZER  address (default) or none (faster, catches only panics and aborts)
-#   FUZZ_TARGETS    space-separated subset of targets (default: all five)
+#   FUZZ_TARGETS    space-separated subset of targets (default: all six)
 set -euo pipefail
 
 seconds="${1:-10}"
@@ -19,7 +19,7 @@ if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets="${FUZZ_TARGETS:-verify_proof parse_jwk normalise_htu parse_challenge verify_jwt}"
+targets="${FUZZ_TARGETS:-verify_proof parse_jwk normalise_htu parse_challenge verify_jwt canonical_target}"
 
 fuzz_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$fuzz_dir"

@@ -221,6 +221,7 @@ listen = "127.0.0.1:$GATEWAY_PORT"
 upstream = "$UPSTREAM_URL"
 issuer = "$ISSUER_URL"
 audience = "$AUD"
+allowed_hosts = ["127.0.0.1:$GATEWAY_PORT"]
 [[routes]]
 path_prefix = "/"
 dpop = "off"
@@ -231,13 +232,14 @@ EOF
     GATEWAY_FLAGS=(--upstream "$UPSTREAM_URL" --issuer "$ISSUER_URL" --audience "$AUD")
     alloc_port GATEWAY_PORT
     gateway_row memory "gateway, DPoP, memory replay store" \
-        --listen "127.0.0.1:$GATEWAY_PORT" "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
+        --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
+        "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
 
     if [[ -n $REDIS_URL ]]; then
         alloc_port GATEWAY_PORT
         gateway_row redis "gateway, DPoP, Redis replay store" \
-            --listen "127.0.0.1:$GATEWAY_PORT" "${GATEWAY_FLAGS[@]}" \
-            --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
+            --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
+            "${GATEWAY_FLAGS[@]}" --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
     else
         log "no Redis on 127.0.0.1:6379 and no redis-server on PATH: skipping the Redis row"
         skip redis "gateway, DPoP, Redis replay store" "no Redis available"

@@ -179,7 +179,7 @@ impl Demo<'_> {
             .fill(secret.as_mut_slice())
             .map_err(|e| CliError::failed(format!("no randomness: {e}")))?;
         let nonces = Arc::new(StatelessNonces::new(
-            NonceSecret::new(1, secret.as_slice()).map_err(setup("nonce secret"))?,
+            NonceSecret::new(secret.as_slice()).map_err(setup("nonce secret"))?,
         ));
         let strict_api = Verifier::new(
             VerifierConfig::builder()

@@ -1,5 +1,8 @@
 //! Key files: reading them (PKCS#8 PEM, private JWK or public JWK, told apart by their
 //! content) and writing private keys so that only the owner can read them.
+//!
+//! Every command that reads a key file goes through [`load`], so every one of them
+//! refuses a private key that other users can read, with the same message.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
@@ -35,11 +38,35 @@ impl KeyFile {
 /// Reads a key file of any supported kind. `rsa_alg` is the algorithm for an RSA key in
 /// a PEM file (PKCS#8 does not record it); `None` means RS256.
 ///
+/// Like ssh, a private key in a file that other users can read (any group or other
+/// permission bit on Unix) is refused: the key is the credential, and it may already be
+/// in other hands. A public JWK may have any mode.
+///
 /// # Errors
 /// A usage error naming the file and what is wrong with it.
 pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
-    let bytes = read_limited(path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
+    let (bytes, mode) = read_limited(path)?;
+    let key = parse(path, &bytes, rsa_alg)?;
+    if matches!(key, KeyFile::Private(_)) {
+        check_private_mode(path, mode)?;
+    }
+    Ok(key)
+}
+
+/// Refuses a private key file with any permission for group or others.
+fn check_private_mode(path: &Path, mode: Option<u32>) -> Result<(), CliError> {
+    match mode {
+        Some(mode) if mode & 0o077 != 0 => Err(CliError::usage(format!(
+            "the key file {shown} can be read by other users (mode {mode:04o}); a private key \
+             must be readable by its owner only: run `chmod 600 {shown}`",
+            shown = path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8], rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
         CliError::usage(format!(
             "{}: not a key file (not UTF-8 text); expected a PKCS#8 PEM private key or a JWK",
             path.display()
@@ -112,9 +139,18 @@ pub(crate) fn load_signing_key(
 /// Reads at most one byte more than any key file may have, so a huge file or a device
 /// cannot exhaust memory. The buffer is wiped when dropped (it may hold a private key)
 /// and allocated at its full size up front, so no copy is left behind by a reallocation.
-fn read_limited(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
+/// Also returns the permission bits (Unix) of the file that was opened, not of whatever
+/// the path names by the time it is checked.
+fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, Option<u32>), CliError> {
     let cannot = |e: io::Error| CliError::usage(format!("cannot read {}: {e}", path.display()));
     let file = File::open(path).map_err(cannot)?;
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt as _;
+        Some(file.metadata().map_err(cannot)?.permissions().mode() & 0o777)
+    };
+    #[cfg(not(unix))]
+    let mode = None;
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PRIVATE_KEY_TEXT + 1));
     let limit = u64::try_from(MAX_PRIVATE_KEY_TEXT).unwrap_or(u64::MAX);
     file.take(limit.saturating_add(1))
@@ -126,7 +162,7 @@ fn read_limited(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
             path.display()
         )));
     }
-    Ok(buf)
+    Ok((buf, mode))
 }
 
 /// Writes `parts` (concatenated) to a new file `path` that only its owner can read

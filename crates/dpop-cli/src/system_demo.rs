@@ -316,12 +316,19 @@ clients = ["ci"]
             .await;
     });
 
-    // The gateway, checking tokens by introspection so revocation shows at once.
+    // The gateway, checking tokens by introspection so revocation shows at once. Its
+    // port is chosen first, since clients' proofs name it (`allowed_hosts`).
+    let gateway_port = {
+        let (probe, addr) = listen().await?;
+        drop(probe);
+        addr.port()
+    };
     let gateway_toml = path.join("gateway.toml");
     std::fs::write(
         &gateway_toml,
         format!(
-            r#"listen = "127.0.0.1:0"
+            r#"listen = "127.0.0.1:{gateway_port}"
+allowed_hosts = ["127.0.0.1:{gateway_port}"]
 upstream = "http://{api_addr}"
 issuer = "{issuer_url}"
 audience = "{API_AUD}"

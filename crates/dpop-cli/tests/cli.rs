@@ -762,3 +762,73 @@ fn demo_walks_through_every_refusal() {
     assert!(run.stdout.contains("All 13 steps behaved as expected."));
     assert_eq!(run.stdout.matches("✓ accepted").count(), 2);
 }
+
+#[cfg(unix)]
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Every command that reads a private key refuses one that other users can read, with
+/// one message, and uses it once only its owner can. A public JWK is no secret: any mode.
+#[cfg(unix)]
+#[test]
+fn every_command_refuses_a_private_key_others_can_read() {
+    let dir = TempDir::new("cli-test-key-mode");
+    let (good, _) = keygen(&dir, "good.pem", "ES256", &[]);
+    let closed = "http://127.0.0.1:9";
+    for (name, extra) in [("k.pem", &[][..]), ("k.jwk", &["--jwk"][..])] {
+        let (key, jkt) = keygen(&dir, name, "ES256", extra);
+        let k = p(&key);
+        let commands: [Vec<&str>; 6] = [
+            vec!["proof", "--key", k, "--method", "GET", "--url", URL],
+            vec!["jwk", k],
+            vec!["thumbprint", k],
+            vec!["curl", "http://127.0.0.1:9/", "--key", k],
+            vec!["token", "--key", k, "--issuer", closed, "--client-id", "c"],
+            vec![
+                "token",
+                "--key",
+                p(&good),
+                "--issuer",
+                closed,
+                "--client-id",
+                "c",
+                "--client-key",
+                k,
+            ],
+        ];
+
+        chmod(&key, 0o644);
+        let expected = format!(
+            "error: the key file {k} can be read by other users (mode 0644); a private key \
+             must be readable by its owner only: run `chmod 600 {k}`\n"
+        );
+        for args in &commands {
+            let run = dpop(args);
+            assert_eq!(run.code, 2, "{args:?}: {run:?}");
+            assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+            assert_eq!(run.stderr, expected, "{args:?}");
+        }
+        chmod(&key, 0o640);
+        assert!(dpop(&["thumbprint", k]).stderr.contains("(mode 0640)"));
+
+        chmod(&key, 0o600);
+        let proof = make_proof(&key, &[]);
+        assert_eq!(inspect_json(&proof, &["--jkt", &jkt]).0, 0);
+        assert_eq!(dpop(&["thumbprint", k]).line(), jkt);
+        let public = dpop(&["jwk", k]).line().to_owned();
+        // curl and token get past the key and fail at the closed port.
+        for args in &commands[3..] {
+            let run = dpop(args);
+            assert_eq!(run.code, 1, "{args:?}: {run:?}");
+            assert!(!run.stderr.contains("chmod"), "{args:?}: {run:?}");
+        }
+
+        let public_file = dir.file(&format!("{name}.pub.json"));
+        std::fs::write(&public_file, &public).unwrap();
+        chmod(&public_file, 0o644);
+        assert_eq!(dpop(&["thumbprint", p(&public_file)]).line(), jkt);
+        assert_eq!(dpop(&["jwk", p(&public_file)]).line(), public);
+    }
+}

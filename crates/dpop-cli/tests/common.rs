@@ -203,13 +203,30 @@ pub(crate) fn gateway_command() -> Command {
     cmd
 }
 
+/// `--allowed-host 127.0.0.1:PORT`, the host rule of a gateway reached on loopback,
+/// unless `args` set public URLs (by flag or in a `--config` file).
+pub(crate) fn loopback_host_rule<S: AsRef<OsStr>>(args: &[S], port: u16) -> Vec<String> {
+    let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    let public = args.iter().any(|a| *a == "--public-url")
+        || args.windows(2).any(|w| {
+            w[0] == "--config"
+                && std::fs::read_to_string(w[1]).is_ok_and(|t| t.contains("public_url"))
+        });
+    if public {
+        Vec::new()
+    } else {
+        vec!["--allowed-host".to_owned(), format!("127.0.0.1:{port}")]
+    }
+}
+
 /// `dpop gateway --listen 127.0.0.1:PORT` (a free port) and `args`, once it accepts
 /// connections; with its URL.
 pub(crate) async fn start_gateway<S: AsRef<OsStr>>(args: &[S]) -> (Gateway, String) {
     let port = free_port();
     let mut cmd = gateway_command();
     cmd.args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(args);
+        .args(args)
+        .args(loopback_host_rule(args, port));
     let gw = spawn_server(cmd, port, START_TIMEOUT, "dpop gateway").await;
     let url = format!("http://{}", gw.addr());
     (gw, url)

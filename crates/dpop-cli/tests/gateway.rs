@@ -18,9 +18,12 @@ use dpop_test::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::common::{
-    AUD, TempFile, gateway_command, gateway_flags, private_redis, proof, random_secret, send,
-    shared_redis, spawn_server, www,
+    AUD, TempFile, gateway_command, gateway_flags, loopback_host_rule, private_redis, proof,
+    random_secret, send, shared_redis, spawn_server, www,
 };
+
+#[path = "gateway_targets.rs"]
+mod targets;
 
 const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 /// The external origin the replay and nonce tests give every instance.
@@ -176,7 +179,8 @@ impl Launch {
     /// (no nonce secret or log level from the caller's shell).
     fn command(&self) -> Command {
         let mut cmd = gateway_command();
-        cmd.args(&self.args);
+        cmd.args(&self.args)
+            .args(loopback_host_rule(&self.args, self.listen));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -313,10 +317,8 @@ async fn valid_dpop_request_reaches_the_upstream_with_the_identity() {
     assert_eq!(got.method, "POST");
     assert!(got.body == body, "the POST body changed on the way");
     assert_eq!(got.header_values("x-dpop-scopes"), ["read write"]);
-    assert_eq!(
-        got.header_values("x-forwarded-for"),
-        ["203.0.113.7, 127.0.0.1"]
-    );
+    // The client is no trusted proxy: its own X-Forwarded-For is not passed on.
+    assert_eq!(got.header_values("x-forwarded-for"), ["127.0.0.1"]);
 
     // A chunked (streamed) body arrives intact too.
     let htu = format!("{}/v1/stream", gw.htu_base);
@@ -338,13 +340,21 @@ async fn valid_dpop_request_reaches_the_upstream_with_the_identity() {
     gw.assert_log_clean(&[&caller.token, &proof1, &proof2, &proof3]);
 }
 
-/// X-Forwarded-For sent as two field lines is one list (RFC 9110 §5.3): the gateway
-/// appends the peer to all of it, dropping nothing and keeping the order.
+/// From a trusted proxy, X-Forwarded-For sent as two field lines is one list (RFC 9110
+/// §5.3): the gateway appends the peer to all of it, dropping nothing and keeping the
+/// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_keeps_every_field_line() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let gw = Launch::flags(&issuer, &upstream.url()).start().await;
+    let launch = Launch::bare();
+    let file = config_file(
+        &launch,
+        &issuer,
+        &upstream.url(),
+        "trusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let gw = launch.arg("--config").arg(file.path()).start().await;
     let caller = Caller::new(&issuer, "read");
     let (r, _) = gw
         .dpop(
@@ -355,16 +365,19 @@ async fn x_forwarded_for_keeps_every_field_line() {
             &[
                 ("x-forwarded-for", "198.51.100.1"),
                 ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-proto", "http, https"),
             ],
             b"",
         )
         .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{r:?}");
     let got = seen(&upstream, "/v1/xff");
     assert_eq!(
         got.header_values("x-forwarded-for").join(", "),
         "198.51.100.1, 203.0.113.7, 127.0.0.1"
     );
+    // The scheme the trusted proxy named first, as the htu used it.
+    assert_eq!(got.header_values("x-forwarded-proto"), ["http"]);
 }
 
 /// 2. A proof used at one instance is refused at another sharing the Redis store.
@@ -1069,6 +1082,8 @@ async fn unreachable_redis_at_start_exits_1() {
         AUD,
         "--replay-store",
         "redis://127.0.0.1:1",
+        "--allowed-host",
+        &listen,
     ])
     .await;
     assert_eq!(redis.code, Some(1), "{}", redis.stderr);
@@ -1151,4 +1166,83 @@ async fn logs_never_contain_tokens_or_proofs() {
         &expired,
         &expired_proof,
     ]);
+}
+
+// ---- Nonce secret rotation ----
+
+/// `dpop gateway --require-nonce --public-url PUBLIC` with `[nonce] secrets = secrets`
+/// (the first issues); the file is returned so that it outlives the start.
+async fn start_with_nonce_secrets(
+    issuer: &MockIssuer,
+    upstream: &TestUpstream,
+    secrets: &[&str],
+) -> (Gw, TempFile) {
+    let launch = Launch::bare();
+    let list: Vec<String> = secrets.iter().map(|s| format!("{s:?}")).collect();
+    let file = config_file(
+        &launch,
+        issuer,
+        &upstream.url(),
+        &format!("[nonce]\nrequire = true\nsecrets = [{}]\n", list.join(", ")),
+    );
+    let gw = launch
+        .arg("--config")
+        .arg(file.path())
+        .arg("--public-url")
+        .arg(PUBLIC)
+        .start()
+        .await;
+    (gw, file)
+}
+
+/// A rolling rotation of the nonce secret: instance A still on `[S1]`, B on `[S2, S1]`,
+/// C done with `[S2]`. A nonce from A passes at B, and the nonce B hands out then passes
+/// at C: a secret keeps its key id when it moves from current to previous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_survive_a_rolling_secret_rotation() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let (s1, s2) = (random_secret(), random_secret());
+    let (on_a, on_b, on_c) = ([s1.as_str()], [s2.as_str(), s1.as_str()], [s2.as_str()]);
+    let ((a, _fa), (b, _fb), (c, _fc)) = tokio::join!(
+        start_with_nonce_secrets(&issuer, &upstream, &on_a),
+        start_with_nonce_secrets(&issuer, &upstream, &on_b),
+        start_with_nonce_secrets(&issuer, &upstream, &on_c),
+    );
+    let caller = Caller::new(&issuer, "read");
+
+    let (r, _) = a.get(&caller, "/v1/items").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let from_a = r
+        .header("dpop-nonce")
+        .expect("DPoP-Nonce from A")
+        .to_owned();
+
+    let (r, _) = b
+        .dpop(&caller, "GET", "/v1/items", Some(&from_a), &[], b"")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", b.process.output());
+    let from_b = r
+        .header("dpop-nonce")
+        .expect("B renews a nonce of its previous secret")
+        .to_owned();
+    assert_ne!(from_b, from_a);
+
+    let (r, _) = c
+        .dpop(&caller, "GET", "/v1/items", Some(&from_b), &[], b"")
+        .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", c.process.output());
+    assert_eq!(upstream.request_count(), 2);
+
+    // C no longer holds S1: A's nonce gets a challenge with a nonce of S2.
+    let (r, _) = c
+        .dpop(&caller, "GET", "/v1/items", Some(&from_a), &[], b"")
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        www(&r).starts_with(r#"DPoP error="use_dpop_nonce""#),
+        "{}",
+        www(&r)
+    );
+    assert_eq!(upstream.request_count(), 2);
 }

@@ -20,26 +20,30 @@ use std::time::{Duration, Instant};
 use dpop_client::{ClientAuth, ClientKey, DpopMiddleware, Grant, OAuthTokens, TokenRequest};
 use dpop_core::{Algorithm, PrivateKey};
 use dpop_test::{
-    Gateway, HttpResponse, PgSchema, RedisServer, TestUpstream, free_port, http_get, wait_for_tcp,
+    Gateway, HttpResponse, MockIssuer, PgSchema, RedisServer, TestUpstream, TokenSpec, free_port,
+    http_get, wait_for_tcp,
 };
 use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::common::{
     SVC_SECRET, TempDir, call, claims, gateway_command, gateway_flags, introspecting_gateway_toml,
-    issuer_command, p, post_form, private_redis, random_secret, redis, revoke_as_svc, run_dpop,
-    spawn_server, start_issuer, token_attempt, www,
+    issuer_command, loopback_host_rule, p, post_form, private_redis, random_secret, redis,
+    revoke_as_svc, run_dpop, spawn_server, start_issuer, token_attempt, www,
 };
 
 const GRANT_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const TT_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The `aud` of the CI job tokens the issuers trust ([`IssuerSetup::trust`]).
+const CI_AUD: &str = "https://issuer.test";
 
 // ---- files and processes ----
 
 /// The clients every issuer here knows:
 /// - `svc`: a service, client credentials with a secret (scopes `read write`);
-/// - `agent`: a public client that exchanges tokens and refreshes (key-bound refresh
-///   tokens, RFC 9449 §5);
+/// - `agent`: a public client that exchanges CI job tokens ([`IssuerSetup::trust`]) and
+///   refreshes (key-bound refresh tokens, RFC 9449 §5);
 /// - `gateway`: the introspecting gateway.
 const CLIENTS: &str = r#"
 [[clients]]
@@ -107,6 +111,35 @@ impl IssuerSetup {
         start_issuer(&self.config, self.port).await
     }
 
+    /// Adds a `[[trust]]` for `ci` to the configuration (before [`IssuerSetup::start`]):
+    /// its job tokens for `acme/shop` are exchanged by `agent` for workload
+    /// `shop-deployer`, with a refresh grant that may outlive the job token.
+    fn trust(&self, ci: &MockIssuer) {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .unwrap();
+        write!(
+            file,
+            r#"
+[[trust]]
+name = "ci"
+issuer = "{iss}"
+audience = "{CI_AUD}"
+
+[[trust.rules]]
+claims = {{ repository = "acme/shop" }}
+workload = "shop-deployer"
+scopes = ["read"]
+clients = ["agent"]
+outlive_subject = true
+"#,
+            iss = ci.url()
+        )
+        .unwrap();
+    }
+
     /// Runs a management subcommand (`disable-client svc`) to completion.
     async fn manage(&self, args: &[&str]) -> std::process::Output {
         let mut all: Vec<&str> = args.to_vec();
@@ -138,7 +171,8 @@ impl Gw {
         let mut cmd = gateway_command();
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(args);
+            .args(args)
+            .args(loopback_host_rule(args, port));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -360,14 +394,15 @@ impl TokenClient {
         access_token(&self.post(issuer, &form).await)
     }
 
-    /// `agent` exchanges `subject` (an access token bound to the same key) and gets an
-    /// access token and a refresh token.
-    async fn exchange(&mut self, issuer: &IssuerSetup, subject: &str) -> (String, String) {
+    /// `agent` exchanges a job token of `ci` (see [`IssuerSetup::trust`]) and gets an
+    /// access token and a refresh token, both bound to the key.
+    async fn exchange(&mut self, issuer: &IssuerSetup, ci: &MockIssuer) -> (String, String) {
+        let job = job_token(ci);
         let form = [
             ("grant_type", GRANT_EXCHANGE),
             ("client_id", "agent"),
-            ("subject_token", subject),
-            ("subject_token_type", TT_ACCESS),
+            ("subject_token", job.as_str()),
+            ("subject_token_type", TT_JWT),
         ];
         let r = self.post(issuer, &form).await;
         let body = r.json().unwrap_or_else(|_| panic!("{r:?}"));
@@ -379,6 +414,19 @@ impl TokenClient {
             .unwrap_or_else(|| panic!("no refresh token: {body}"));
         (access_token(&r), refresh.to_owned())
     }
+}
+
+/// A CI job token of `ci` for `acme/shop`, valid for 5 minutes.
+fn job_token(ci: &MockIssuer) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("repository".into(), "acme/shop".into());
+    ci.mint(&TokenSpec {
+        sub: "repo:acme/shop:ref:refs/heads/main".into(),
+        aud: CI_AUD.into(),
+        typ: Some("JWT".into()),
+        extra,
+        ..TokenSpec::default()
+    })
 }
 
 fn refresh_form(refresh_token: &str) -> [(&str, &str); 3] {
@@ -691,28 +739,34 @@ async fn curl_with_the_token_flags_through_a_gateway_instance() {
 // ---- scenario 3 ----
 
 /// Scenario 3. A refresh token survives an issuer restart: `agent` (a public client)
-/// exchanges `svc`'s token bound to the same key and gets a key-bound refresh token;
-/// the issuer stops on SIGTERM and starts again on the same port and state; the refresh
+/// exchanges a CI job token under a trust rule that lets the grant outlive it and gets a
+/// key-bound refresh token; the issuer stops on SIGTERM and starts again on the same
+/// port and state; the refresh
 /// grant works (with the nonce from before the restart: the nonce secret is in the
 /// database) and the new access token works at a gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_survives_an_issuer_restart() {
     let started = Instant::now();
     let dir = TempDir::new("system-e2e");
+    let ci = MockIssuer::start().await.unwrap();
     let issuer = IssuerSetup::new(&dir, "issuer", None, None);
+    issuer.trust(&ci);
     let mut process = issuer.start().await;
     let upstream = TestUpstream::start().await.unwrap();
     let gw = Gw::start(&gateway_flags(&upstream.url(), &issuer.id), &[]).await;
 
     let mut client = TokenClient::new(PrivateKey::generate(Algorithm::Es256).unwrap());
-    let subject = client.svc_token(&issuer).await;
-    let (access, refresh) = client.exchange(&issuer, &subject).await;
+    let (access, refresh) = client.exchange(&issuer, &ci).await;
     let c = claims(&access);
     assert_eq!(
         (c["sub"].as_str(), c["client_id"].as_str()),
-        (Some("svc"), Some("agent"))
+        (Some("shop-deployer"), Some("agent"))
     );
-    assert_eq!(c["act"]["sub"], "agent", "delegation is recorded: {c}");
+    assert_eq!(
+        c["cnf"]["jkt"],
+        client.key.thumbprint().as_str(),
+        "bound to the key: {c}"
+    );
 
     let status = process.terminate(Duration::from_secs(10)).await.unwrap();
     assert!(
@@ -739,7 +793,7 @@ async fn a_refresh_token_survives_an_issuer_restart() {
     let r = call(&url, &url, &new_access, &client.key, None).await;
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.process.output());
     let seen = upstream.last_request().unwrap();
-    assert_eq!(seen.header_values("x-dpop-subject"), ["svc"]);
+    assert_eq!(seen.header_values("x-dpop-subject"), ["shop-deployer"]);
     assert_eq!(seen.header_values("x-dpop-client-id"), ["agent"]);
     assert_eq!(
         seen.header_values("x-dpop-jkt"),
@@ -767,8 +821,11 @@ async fn two_issuers_on_postgres_share_refresh_tokens_and_reuse_detection() {
         return;
     };
     let dir = TempDir::new("system-e2e");
+    let ci = MockIssuer::start().await.unwrap();
     let a = IssuerSetup::new(&dir, "a", None, Some(pg.url()));
     let b = IssuerSetup::new(&dir, "b", None, Some(pg.url()));
+    a.trust(&ci);
+    b.trust(&ci);
     // A first: it applies the migrations and creates the shared nonce secret.
     let a_process = a.start().await;
     let b_process = b.start().await;
@@ -781,8 +838,7 @@ async fn two_issuers_on_postgres_share_refresh_tokens_and_reuse_detection() {
     };
 
     let mut client = TokenClient::new(PrivateKey::generate(Algorithm::Es256).unwrap());
-    let subject = client.svc_token(&a).await;
-    let (_, rt1) = client.exchange(&a, &subject).await;
+    let (_, rt1) = client.exchange(&a, &ci).await;
 
     // A's nonce is good at B, and so is A's refresh token.
     let (r, _) = client.attempt(&b, &refresh_form(&rt1)).await;

@@ -381,7 +381,7 @@ impl Api {
         dpop_core::RandomSource::fill(&dpop_core::SystemRandomSource, &mut secret)
             .expect("randomness");
         let nonces = Arc::new(
-            StatelessNonces::new(NonceSecret::new(1, &secret).expect("nonce secret"))
+            StatelessNonces::new(NonceSecret::new(&secret).expect("nonce secret"))
                 .with_timing(60, 180)
                 .expect("nonce timing"),
         );
@@ -646,7 +646,8 @@ impl ApiState {
 /// - `svc`: secret, client credentials, refresh and token exchange, scopes `read write`;
 /// - `short`: secret, client credentials, tokens that live 2 seconds;
 /// - `keyed`: `private_key_jwt` with [`Issuer::client_key`];
-/// - `public`: public, token exchange and refresh, tokens that live 2 seconds.
+/// - `public`: public, token exchange and refresh, tokens that live 2 seconds;
+/// - `delegate`: secret, token exchange of `svc`'s tokens (`may_exchange_for`).
 #[derive(Debug)]
 pub(crate) struct Issuer {
     pub(crate) url: String,
@@ -710,6 +711,14 @@ grants = ["{GRANT_EXCHANGE}", "refresh_token"]
 scopes = ["read", "write"]
 audiences = ["{API}"]
 access_token_lifetime_secs = 2
+
+[[clients]]
+id = "delegate"
+secret = "{hash}"
+grants = ["{GRANT_EXCHANGE}"]
+scopes = ["read", "write"]
+audiences = ["{API}"]
+may_exchange_for = ["svc"]
 
 {extra}
 "#,

@@ -15,8 +15,8 @@ use dpop_test::{MockIssuer, TokenSpec};
 use serde_json::json;
 
 use crate::support::{
-    API, Api, ApiOptions, CHILD_PASSED, GRANT_EXCHANGE, Issuer, Seen, TT_ACCESS, TT_JWT, TempDir,
-    client_key, es256, http_client, is_child, jws_claims, run_child,
+    API, Api, ApiOptions, CHILD_PASSED, GRANT_EXCHANGE, Issuer, SECRET, Seen, TT_ACCESS, TT_JWT,
+    TempDir, client_key, es256, http_client, is_child, jws_claims, run_child,
 };
 
 /// The successful token requests the issuer answered.
@@ -107,7 +107,8 @@ async fn private_key_jwt_with_the_clients_own_key() {
     );
 }
 
-/// `[[trust]]` for tokens of `ci`, exchangeable by the `public` client.
+/// `[[trust]]` for tokens of `ci`, exchangeable by the `public` client, which gets a
+/// refresh grant for them (`outlive_subject`).
 fn trust_toml(ci: &MockIssuer) -> String {
     format!(
         r#"
@@ -121,6 +122,7 @@ claims = {{ repository = "acme/shop" }}
 workload = "shop-deployer"
 scopes = ["read"]
 clients = ["public"]
+outlive_subject = true
 "#,
         iss = ci.url()
     )
@@ -205,15 +207,19 @@ async fn token_exchange_with_a_subject_token_and_a_key_from_the_environment() {
             subject: SubjectToken::Env("DPOP_TEST_SUBJECT_TOKEN".to_owned()),
             subject_type: TT_ACCESS.to_owned(),
         };
-        let auth = ClientAuth::Public {
-            client_id: "public".to_owned(),
+        // A client that may act for svc: exchanging this issuer's own tokens takes an
+        // authenticated client.
+        let auth = ClientAuth::Secret {
+            client_id: "delegate".to_owned(),
+            secret: Arc::new(SECRET.to_owned().into()),
         };
         let request = TokenRequest::new(&env("DPOP_TEST_ISSUER"), auth, grant);
         let tokens = OAuthTokens::new(request, &dpop).unwrap();
         let response = tokens.fetch().await.unwrap();
         let claims = jws_claims(&response.access_token);
         assert_eq!(claims["sub"], "svc");
-        assert_eq!(claims["client_id"], "public");
+        assert_eq!(claims["client_id"], "delegate");
+        assert_eq!(claims["act"]["sub"], "delegate");
         assert_eq!(claims["cnf"]["jkt"], env("DPOP_TEST_JKT"));
         eprintln!("{CHILD_PASSED}");
         return;
@@ -437,20 +443,15 @@ async fn token_refresh_under_50_concurrent_requests_performs_one_token_request()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_renews_the_access_token() {
-    let issuer = Issuer::start("").await;
+    let ci = MockIssuer::start().await.unwrap();
+    let issuer = Issuer::start(&trust_toml(&ci)).await;
     let (key, jkt) = client_key();
     let dpop = DpopMiddleware::new(key);
-    let svc = OAuthTokens::new(
-        issuer.secret_request("svc", Grant::ClientCredentials),
-        &dpop,
-    )
-    .unwrap();
-    let subject = svc.token().await.unwrap();
-    // `public` exchanges svc's token (same key) and gets a refresh token with its
+    // `public` exchanges a CI job token and gets a (key-bound) refresh token with its
     // 2-second access token.
     let grant = Grant::TokenExchange {
-        subject: SubjectToken::Value(Arc::new(subject.to_string().into())),
-        subject_type: TT_ACCESS.to_owned(),
+        subject: SubjectToken::Value(Arc::new(job_token(&ci).into())),
+        subject_type: TT_JWT.to_owned(),
     };
     let auth = ClientAuth::Public {
         client_id: "public".to_owned(),
@@ -467,12 +468,9 @@ async fn a_refresh_token_renews_the_access_token() {
 
     let ok = issued(&issuer);
     let grants: Vec<_> = ok.iter().map(|s| s.form("grant_type").unwrap()).collect();
-    assert_eq!(
-        grants,
-        ["client_credentials", GRANT_EXCHANGE, "refresh_token"]
-    );
-    let refresh = &ok[2];
-    let issued_rt = ok[1].response.as_ref().unwrap()["refresh_token"]
+    assert_eq!(grants, [GRANT_EXCHANGE, "refresh_token"]);
+    let refresh = &ok[1];
+    let issued_rt = ok[0].response.as_ref().unwrap()["refresh_token"]
         .as_str()
         .unwrap();
     assert_eq!(refresh.form("refresh_token").as_deref(), Some(issued_rt));
@@ -483,18 +481,13 @@ async fn a_refresh_token_renews_the_access_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_refresh_token_falls_back_to_the_grant() {
-    let issuer = Issuer::start("").await;
+    let ci = MockIssuer::start().await.unwrap();
+    let issuer = Issuer::start(&trust_toml(&ci)).await;
     let (key, _) = client_key();
     let dpop = DpopMiddleware::new(key);
-    let svc = OAuthTokens::new(
-        issuer.secret_request("svc", Grant::ClientCredentials),
-        &dpop,
-    )
-    .unwrap();
-    let subject = svc.token().await.unwrap();
     let grant = Grant::TokenExchange {
-        subject: SubjectToken::Value(Arc::new(subject.to_string().into())),
-        subject_type: TT_ACCESS.to_owned(),
+        subject: SubjectToken::Value(Arc::new(job_token(&ci).into())),
+        subject_type: TT_JWT.to_owned(),
     };
     let auth = ClientAuth::Public {
         client_id: "public".to_owned(),
@@ -503,7 +496,7 @@ async fn a_refused_refresh_token_falls_back_to_the_grant() {
     let first = tokens.token().await.unwrap();
 
     // The refresh token is revoked behind the client's back.
-    let rt = issued(&issuer)[1].response.as_ref().unwrap()["refresh_token"]
+    let rt = issued(&issuer)[0].response.as_ref().unwrap()["refresh_token"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -163,6 +163,12 @@ pub enum RequestError {
     /// The request target cannot be turned into an absolute URI to compare `htu` with
     /// (missing or invalid `Host`, non-origin-form target).
     BadRequestTarget,
+    /// The request target or method is not in canonical form (see [`crate::target`]);
+    /// refused before any route, proof or forwarding decision.
+    NonCanonicalTarget(crate::target::TargetError),
+    /// The request's `Host` (or trusted `X-Forwarded-Host`) is not one this server
+    /// answers for, so no `htu` can be built for it.
+    HostNotAllowed,
 }
 
 /// The server nonce check failed (RFC 9449 §8, §9, §11.3).
@@ -266,6 +272,10 @@ pub enum Reason {
     InsufficientScope,
     /// `bad_request_target`
     BadRequestTarget,
+    /// `non_canonical_target`
+    NonCanonicalTarget,
+    /// `host_not_allowed`
+    HostNotAllowed,
     /// `token_invalid` (malformed, wrong `typ`/`alg`, bad claims)
     TokenInvalid,
     /// `token_unknown_key`
@@ -296,7 +306,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Self; 51] = [
+    pub const ALL: [Self; 53] = [
         Self::ProofMissing,
         Self::MultipleProofs,
         Self::ProofTooLarge,
@@ -335,6 +345,8 @@ impl Reason {
         Self::TokenNotBound,
         Self::InsufficientScope,
         Self::BadRequestTarget,
+        Self::NonCanonicalTarget,
+        Self::HostNotAllowed,
         Self::TokenInvalid,
         Self::TokenUnknownKey,
         Self::TokenSignatureInvalid,
@@ -392,6 +404,8 @@ impl Reason {
             Self::TokenNotBound => "token_not_bound",
             Self::InsufficientScope => "insufficient_scope",
             Self::BadRequestTarget => "bad_request_target",
+            Self::NonCanonicalTarget => "non_canonical_target",
+            Self::HostNotAllowed => "host_not_allowed",
             Self::TokenInvalid => "token_invalid",
             Self::TokenUnknownKey => "token_unknown_key",
             Self::TokenSignatureInvalid => "token_signature_invalid",
@@ -443,7 +457,9 @@ impl Reason {
             Self::MultipleProofs
             | Self::MultipleAuthorizations
             | Self::MalformedAuthorization
-            | Self::BadRequestTarget => Some(RfcError::InvalidRequest),
+            | Self::BadRequestTarget
+            | Self::NonCanonicalTarget
+            | Self::HostNotAllowed => Some(RfcError::InvalidRequest),
             Self::BearerDowngrade
             | Self::BearerNotAllowed
             | Self::TokenNotBound
@@ -581,6 +597,8 @@ impl Error {
                 RequestError::TokenNotBound => Reason::TokenNotBound,
                 RequestError::InsufficientScope => Reason::InsufficientScope,
                 RequestError::BadRequestTarget => Reason::BadRequestTarget,
+                RequestError::NonCanonicalTarget(_) => Reason::NonCanonicalTarget,
+                RequestError::HostNotAllowed => Reason::HostNotAllowed,
             },
             Self::TokenSourceUnavailable(_) => Reason::TokenSourceUnavailable,
             Self::ReplayStore(ReplayStoreError::Full { .. }) => Reason::ReplayStoreFull,
@@ -625,6 +643,8 @@ impl Error {
             }
             Reason::InsufficientScope => "The access token lacks a required scope",
             Reason::BadRequestTarget => "The request target is not a valid URI",
+            Reason::NonCanonicalTarget => "The request target is not in canonical form",
+            Reason::HostNotAllowed => "The request is for a host this server does not serve",
             Reason::TokenExpired => "The access token expired",
             Reason::TokenInvalid
             | Reason::TokenUnknownKey
@@ -754,6 +774,8 @@ impl fmt::Display for RequestError {
             Self::TokenNotBound => "the access token is not bound to a DPoP key (no cnf.jkt), so it cannot be used with the DPoP scheme",
             Self::InsufficientScope => "the access token lacks a scope this resource requires",
             Self::BadRequestTarget => "the request target (Host and path) does not form a valid http(s) URI",
+            Self::HostNotAllowed => "the request names a host (Host or X-Forwarded-Host) that is not one of this server's public URLs or allowed hosts",
+            Self::NonCanonicalTarget(e) => return write!(f, "{e}; refused because components that normalise differently would disagree on what was authorised"),
         })
     }
 }
@@ -870,6 +892,8 @@ mod tests {
             (R::MalformedAuthorization, Some(E::InvalidRequest), 400, 400),
             (R::InsufficientScope, Some(E::InsufficientScope), 403, 403),
             (R::BadRequestTarget, Some(E::InvalidRequest), 400, 400),
+            (R::NonCanonicalTarget, Some(E::InvalidRequest), 400, 400),
+            (R::HostNotAllowed, Some(E::InvalidRequest), 400, 400),
             (R::TokenSourceUnavailable, None, 503, 503),
             (R::ReplayStoreFull, None, 503, 503),
             (R::ReplayStoreUnavailable, None, 503, 503),

@@ -77,6 +77,7 @@ mod nonce;
 mod proof;
 pub mod replay;
 mod syntax;
+pub mod target;
 pub mod time;
 mod verify;
 
@@ -100,6 +101,7 @@ pub use crate::replay::{
     AsyncReplayStore, Insert, MemoryReplayConfig, MemoryReplayStore, ReplayKey, ReplayStore,
     ReplayStoreError,
 };
+pub use crate::target::{RequestTarget, TargetError};
 pub use crate::time::{Clock, FixedClock, UnixTime};
 pub use crate::verify::{
     Check, ConfigBuilder, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof,
@@ -151,6 +153,36 @@ pub mod dangerous {
 /// Entry points for fuzzers and the seed-corpus test. Not a stable API.
 #[doc(hidden)]
 pub mod internal {
+    /// Readers of the vector files the test suites share. Not a stable API.
+    pub mod vectors {
+        /// The cases of a request-target table (`tests/vectors/hostile-targets.txt`):
+        /// one `EXPECTED TARGET` per line, `#` comments and blank lines skipped, `{XX}`
+        /// standing for the raw byte 0xXX. `None` when a line is malformed.
+        #[must_use]
+        pub fn target_table(text: &str) -> Option<Vec<(String, Vec<u8>)>> {
+            text.lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(|line| {
+                    let (expected, target) = line.split_once(' ')?;
+                    Some((expected.to_owned(), decode_bytes(target)?))
+                })
+                .collect()
+        }
+
+        fn decode_bytes(text: &str) -> Option<Vec<u8>> {
+            let mut out = Vec::with_capacity(text.len());
+            let mut rest = text;
+            while let Some(start) = rest.find('{') {
+                out.extend_from_slice(rest.get(..start)?.as_bytes());
+                let hex = rest.get(start.checked_add(1)?..start.checked_add(3)?)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = rest.get(start.checked_add(3)?..)?.strip_prefix('}')?;
+            }
+            out.extend_from_slice(rest.as_bytes());
+            Some(out)
+        }
+    }
+
     /// Fuzzing harnesses: each takes arbitrary bytes and must never panic.
     pub mod fuzzing {
         use crate::{
@@ -219,6 +251,29 @@ pub mod internal {
                     again.as_ref().ok(),
                     Some(&htu),
                     "htu normalisation must be idempotent"
+                );
+            }
+        }
+
+        /// Checks `data` as a request target and a method. An accepted target must be a
+        /// fixed point: parsing it again, or normalising it as RFC 3986 does (dot
+        /// segments, unreserved escapes), gives the same path.
+        pub fn canonical_target(data: &[u8]) {
+            let Ok(text) = std::str::from_utf8(data) else {
+                return;
+            };
+            let _ = crate::target::check_method(text);
+            if let Ok(target) = crate::RequestTarget::parse(text) {
+                assert_eq!(target.as_str(), text, "a canonical target is kept as sent");
+                assert_eq!(
+                    crate::RequestTarget::parse(target.as_str()).as_ref(),
+                    Ok(&target),
+                    "canonical targets must be fixed points"
+                );
+                assert_eq!(
+                    crate::target::lenient_path(text).as_deref(),
+                    Some(target.path()),
+                    "normalising a canonical target must not change its path"
                 );
             }
         }

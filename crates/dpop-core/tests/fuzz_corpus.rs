@@ -81,6 +81,11 @@ fn normalise_htu_corpus() {
 }
 
 #[test]
+fn canonical_target_corpus() {
+    replay("canonical_target", fuzzing::canonical_target);
+}
+
+#[test]
 fn parse_challenge_corpus() {
     replay("parse_challenge", fuzzing::parse_challenge);
 }

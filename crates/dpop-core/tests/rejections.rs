@@ -528,7 +528,7 @@ fn nonce_verifier(nonces: Arc<StatelessNonces>, freshness: Freshness) -> Verifie
 
 #[test]
 fn nonces() {
-    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(1, &[5; 32]).unwrap()));
+    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(&[5; 32]).unwrap()));
     let v = nonce_verifier(nonces.clone(), Freshness::Iat);
     let htu = htu();
     let req = ProofRequest::new("GET", &htu);
@@ -540,7 +540,7 @@ fn nonces() {
         c.insert("nonce".into(), nonce.clone().into());
     });
     run(&with, now()).unwrap();
-    let foreign = StatelessNonces::new(NonceSecret::new(1, &[6; 32]).unwrap())
+    let foreign = StatelessNonces::new(NonceSecret::new(&[6; 32]).unwrap())
         .issue(now())
         .unwrap();
     let bad = with_claims(|c| {
@@ -573,7 +573,7 @@ fn nonces() {
 
 #[test]
 fn nonce_as_freshness_source() {
-    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(1, &[5; 32]).unwrap()));
+    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(&[5; 32]).unwrap()));
     let v = nonce_verifier(nonces.clone(), Freshness::Nonce);
     let htu = htu();
     let req = ProofRequest::new("GET", &htu);

@@ -12,4 +12,5 @@ mod properties;
 mod rejections;
 mod roundtrip;
 mod support;
+mod targets;
 mod vectors;

@@ -149,7 +149,7 @@ fn rfc9449_request_context_negatives() {
     );
     // The server gave a nonce; the proof has none: use_dpop_nonce.
     let nonces = std::sync::Arc::new(dpop_core::StatelessNonces::new(
-        dpop_core::NonceSecret::new(1, &[3; 32]).unwrap(),
+        dpop_core::NonceSecret::new(&[3; 32]).unwrap(),
     ));
     let with_nonce = Verifier::new(
         VerifierConfig::builder()

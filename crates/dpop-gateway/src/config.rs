@@ -34,10 +34,15 @@ pub struct GatewayArgs {
     /// The audience access tokens must be issued for (this API's identifier).
     #[arg(long, value_name = "AUD")]
     pub audience: Option<String>,
-    /// The external origin and path prefix clients use, when TLS is terminated in front
-    /// or paths are rewritten, e.g. https://api.example.com/orders.
+    /// The external origin and path prefix clients use, e.g. https://api.example.com/orders
+    /// (repeat for several names; the request's Host then picks one). Proofs are checked
+    /// against it. Either this or --allowed-host is required.
     #[arg(long, value_name = "URL")]
-    pub public_url: Option<String>,
+    pub public_url: Vec<String>,
+    /// A host (name or name:port) clients reach this gateway by, when the htu is built
+    /// from the request's Host (repeatable); requests for other hosts get 400.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub allowed_hosts: Vec<String>,
     /// Require a server nonce in every proof (set DPOP_NONCE_SECRET, base64url of 32+
     /// bytes, to share nonces between instances).
     #[arg(long)]
@@ -64,7 +69,8 @@ struct RawConfig {
     issuer: Option<String>,
     audience: Option<String>,
     jwks_uri: Option<String>,
-    public_url: Option<String>,
+    public_url: Option<OneOrMany>,
+    allowed_hosts: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     admin_listen: Option<SocketAddr>,
     replay_store: Option<String>,
@@ -84,6 +90,23 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +173,7 @@ struct RawRoute {
     dpop: Option<String>,
     nonce: Option<bool>,
     scopes: Option<Vec<String>>,
+    dangerous_forward_encoded_slashes: Option<bool>,
 }
 
 /// Where proofs are recorded.
@@ -221,8 +245,10 @@ pub struct GatewayConfig {
     /// How long a verified token is reused without checking it again (never past its
     /// `exp`): how long a revocation at the issuer can take to be seen with introspection.
     pub token_cache_ttl: Duration,
-    /// External origin + prefix, if any.
-    pub public_url: Option<String>,
+    /// External origins + prefixes (empty when `allowed_hosts` is used).
+    pub public_urls: Vec<String>,
+    /// Hosts accepted when the `htu` is built from the request (empty with public URLs).
+    pub allowed_hosts: Vec<String>,
     /// Proxies whose `X-Forwarded-*` headers are trusted.
     pub trusted_proxies: Vec<IpNet>,
     /// Admin listener.
@@ -265,6 +291,9 @@ pub struct GatewayConfig {
     pub log_json: bool,
 }
 
+/// How long an introspection answer is reused when `cache_ttl_secs` is not set.
+pub(crate) const DEFAULT_INTROSPECTION_CACHE_SECS: u64 = 10;
+
 fn invalid(msg: impl Into<String>) -> GatewayError {
     GatewayError::Config(msg.into())
 }
@@ -296,16 +325,25 @@ fn header_name(name: Option<String>, default: &str) -> Result<String, GatewayErr
     if !name.is_empty() && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(invalid(format!("{name:?} is not a valid header name")));
     }
+    // CGI, Rack, WSGI and PHP read `_` and `-` alike, so a name with `_` could be forged
+    // by a client sending the `-` spelling (and the other way round).
+    if name.contains('_') {
+        return Err(invalid(format!(
+            "identity header {name:?}: use - rather than _ (applications read both alike, so clients could forge it)"
+        )));
+    }
     Ok(name)
 }
 
-fn nonce_secret(kid: u8, text: &str) -> Result<NonceSecret, GatewayError> {
+/// A configured nonce secret. Its key id is derived from the secret itself, so it is
+/// the same on every instance and whether the secret is listed first or second.
+fn nonce_secret(text: &str) -> Result<NonceSecret, GatewayError> {
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(text.trim().trim_end_matches('='))
             .map_err(|_| invalid("nonce secrets must be base64url"))?,
     );
-    NonceSecret::new(kid, &bytes).map_err(|_| invalid("nonce secrets must be at least 32 bytes"))
+    NonceSecret::new(&bytes).map_err(|_| invalid("nonce secrets must be at least 32 bytes"))
 }
 
 impl GatewayConfig {
@@ -328,7 +366,12 @@ impl GatewayConfig {
         raw.upstream = args.upstream.clone().or(raw.upstream);
         raw.issuer = args.issuer.clone().or(raw.issuer);
         raw.audience = args.audience.clone().or(raw.audience);
-        raw.public_url = args.public_url.clone().or(raw.public_url);
+        if !args.public_url.is_empty() {
+            raw.public_url = Some(OneOrMany::Many(args.public_url.clone()));
+        }
+        if !args.allowed_hosts.is_empty() {
+            raw.allowed_hosts = Some(args.allowed_hosts.clone());
+        }
         raw.replay_store = args.replay_store.clone().or(raw.replay_store);
         raw.admin_listen = args.admin_listen.or(raw.admin_listen);
         if args.require_nonce {
@@ -358,6 +401,12 @@ impl GatewayConfig {
                 "upstream must be an http:// URL with a host and no query (TLS to the upstream is not supported yet)",
             ));
         }
+        // The upstream's path prefix is put before every forwarded path, so it must be
+        // canonical too, or the upstream could resolve it into something else.
+        if upstream.path() != "/" {
+            dpop_core::RequestTarget::parse(upstream.path())
+                .map_err(|e| invalid(format!("upstream path {:?}: {e}", upstream.path())))?;
+        }
         let issuer = raw.issuer.ok_or_else(|| invalid("--issuer is required"))?;
         if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
             return Err(invalid("issuer must be an http(s) URL"));
@@ -368,9 +417,36 @@ impl GatewayConfig {
         if audience.is_empty() {
             return Err(invalid("audience must not be empty"));
         }
-        if let Some(url) = &raw.public_url {
+        let public_urls = raw.public_url.map(OneOrMany::into_vec).unwrap_or_default();
+        for url in &public_urls {
             Htu::from_origin_and_path(url, "/")
                 .map_err(|e| invalid(format!("public_url {url:?}: {e}")))?;
+        }
+        let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
+        for host in &allowed_hosts {
+            Htu::from_origin_and_path(&format!("http://{host}"), "/")
+                .ok()
+                .filter(|_| !host.contains(['/', '@', '?', '#']))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "allowed_hosts: {host:?} is not a host or host:port"
+                    ))
+                })?;
+        }
+        // Without either, the client would choose the host its proof is checked against,
+        // and a proof and token captured at another service would be accepted here.
+        match (public_urls.is_empty(), allowed_hosts.is_empty()) {
+            (true, true) => {
+                return Err(invalid(
+                    "set public_url (--public-url, the URL clients use) or allowed_hosts (--allowed-host): without either, proofs made for any host would be accepted",
+                ));
+            }
+            (false, false) => {
+                return Err(invalid(
+                    "set public_url or allowed_hosts, not both: with public URLs the accepted hosts are theirs",
+                ));
+            }
+            _ => {}
         }
         let trusted_proxies = raw
             .trusted_proxies
@@ -430,7 +506,13 @@ impl GatewayConfig {
         };
         let token_cache_ttl = Duration::from_secs(match &raw.introspection {
             None => 300,
-            Some(i) => i.cache_ttl_secs.unwrap_or(30).min(3600),
+            // 10 s bounds how long a revoked token stays usable here, at a cost of one
+            // introspection per token per 10 s (a 5-minute token: 30 calls, whatever its
+            // request rate). See README "How long revocation takes".
+            Some(i) => i
+                .cache_ttl_secs
+                .unwrap_or(DEFAULT_INTROSPECTION_CACHE_SECS)
+                .min(3600),
         });
         let tokens = match raw.introspection {
             None => TokenCheck::Jwks {
@@ -459,9 +541,14 @@ impl GatewayConfig {
         let mut routes =
             Routes::new(RoutePolicy::new(DpopMode::Required).with_nonce(require_nonce_default));
         for r in raw.routes {
-            if !r.path_prefix.starts_with('/') {
+            // Requests are matched in canonical form only, so a prefix in any other form
+            // could never match (or would suggest it does).
+            let canonical_prefix = dpop_core::RequestTarget::parse(&r.path_prefix)
+                .ok()
+                .filter(|t| t.query().is_none());
+            if canonical_prefix.is_none() {
                 return Err(invalid(format!(
-                    "route path_prefix {:?} must start with /",
+                    "route path_prefix {:?} must be a canonical path: starting with /, no dot segments, //, ;, backslashes, query or needless %-escapes",
                     r.path_prefix
                 )));
             }
@@ -477,17 +564,26 @@ impl GatewayConfig {
                     )));
                 }
             };
-            let policy = RoutePolicy::new(mode)
+            let mut policy = RoutePolicy::new(mode)
                 .with_nonce(r.nonce.unwrap_or(require_nonce_default))
                 .with_scopes(r.scopes.unwrap_or_default());
+            if r.dangerous_forward_encoded_slashes == Some(true) {
+                policy = policy.dangerous_forward_encoded_slashes();
+            }
             let mut route = Route::new(&r.path_prefix, policy);
             if let Some(methods) = r.methods {
                 let methods = methods
                     .iter()
                     .map(|m| {
-                        Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                            invalid(format!("route {}: bad method {m:?}", r.path_prefix))
-                        })
+                        // Methods are case-sensitive (RFC 9110 §9.1): requests must use
+                        // upper case, so the configured names are taken in upper case.
+                        let upper = m.to_ascii_uppercase();
+                        dpop_core::target::check_method(&upper)
+                            .ok()
+                            .and_then(|()| Method::from_bytes(upper.as_bytes()).ok())
+                            .ok_or_else(|| {
+                                invalid(format!("route {}: bad method {m:?}", r.path_prefix))
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 route = route.with_methods(methods);
@@ -517,22 +613,27 @@ impl GatewayConfig {
         }
         let nonce_secret_shared = !secrets.is_empty();
         let nonces = if needs_nonces {
-            let mut list = secrets.iter().enumerate();
+            let mut list = secrets.iter();
             let current = match list.next() {
-                Some((_, s)) => nonce_secret(1, s)?,
+                Some(s) => nonce_secret(s)?,
                 None => {
                     let mut random = Zeroizing::new([0u8; 32]);
                     aws_lc_rs::rand::fill(random.as_mut())
                         .map_err(|_| invalid("no randomness for a nonce secret"))?;
-                    NonceSecret::new(1, random.as_ref()).map_err(|_| invalid("nonce secret"))?
+                    NonceSecret::new(random.as_ref()).map_err(|_| invalid("nonce secret"))?
                 }
             };
             let mut n = StatelessNonces::new(current);
-            if let Some((i, s)) = list.next() {
-                let kid = u8::try_from(i + 1).map_err(|_| invalid("too many nonce secrets"))?;
-                n = n
-                    .with_previous(nonce_secret(kid, s)?)
-                    .map_err(|e| invalid(e.to_string()))?;
+            if let Some(s) = list.next() {
+                let previous = nonce_secret(s)?;
+                let kid = previous.kid();
+                n = n.with_previous(previous).map_err(|_| {
+                    invalid(format!(
+                        "nonce secrets: the previous secret has the key id of the current one \
+                         ({kid:08x}): the same secret is listed twice, or two secrets collide \
+                         (then generate a new current secret)"
+                    ))
+                })?;
             }
             if list.next().is_some() {
                 return Err(invalid(
@@ -563,7 +664,8 @@ impl GatewayConfig {
             audience,
             tokens,
             token_cache_ttl,
-            public_url: raw.public_url,
+            public_urls,
+            allowed_hosts,
             trusted_proxies,
             admin_listen: raw.admin_listen,
             replay,
@@ -603,6 +705,7 @@ mod tests {
             upstream: Some("http://127.0.0.1:3000".into()),
             issuer: Some("https://as.example.com".into()),
             audience: Some("https://api.example.com".into()),
+            allowed_hosts: vec!["127.0.0.1:8080".into()],
             ..GatewayArgs::default()
         }
     }
@@ -643,7 +746,7 @@ mod tests {
             ..GatewayArgs::default()
         };
         let c = GatewayConfig::load(&a, None).unwrap();
-        assert_eq!(c.public_url.as_deref(), Some("https://api.example.com"));
+        assert_eq!(c.public_urls, ["https://api.example.com"]);
         assert!(c.nonces.is_some(), "a route requires nonces");
         let admin = c.routes.resolve(&Method::POST, "/v1/admin/users");
         assert!(admin.require_nonce && admin.scopes == ["api", "admin"]);
@@ -681,12 +784,21 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
         type Mutation = fn(&mut GatewayArgs);
-        let cases: [(&str, Mutation); 6] = [
+        let cases: [(&str, Mutation); 11] = [
+            ("public_url (--public-url", |a| a.allowed_hosts.clear()),
+            ("not both", |a| {
+                a.public_url = vec!["https://api.example.com".into()]
+            }),
+            ("allowed_hosts", |a| a.allowed_hosts = vec!["a/b".into()]),
+            ("allowed_hosts", |a| a.allowed_hosts = vec!["u@host".into()]),
+            ("upstream path", |a| {
+                a.upstream = Some("http://127.0.0.1:3000/api/../admin".into())
+            }),
             ("--listen", |a| a.listen = None),
             ("--upstream", |a| a.upstream = None),
             ("upstream must", |a| a.upstream = Some("https://x".into())),
             ("issuer", |a| a.issuer = Some("as.example.com".into())),
-            ("public_url", |a| a.public_url = Some("ftp://x".into())),
+            ("public_url", |a| a.public_url = vec!["ftp://x".into()]),
             ("replay_store", |a| {
                 a.replay_store = Some("memcached://x".into())
             }),
@@ -697,5 +809,156 @@ mod tests {
             let e = GatewayConfig::load(&a, None).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    fn load_toml(name: &str, text: &str) -> Result<GatewayConfig, GatewayError> {
+        let dir = std::env::temp_dir().join(format!("dpop-gw-routes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let a = GatewayArgs {
+            config: Some(path),
+            ..args()
+        };
+        GatewayConfig::load(&a, None)
+    }
+
+    #[test]
+    fn identity_header_names_with_underscores_are_refused() {
+        let e = load_toml("underscore", "[forward]\nsubject_header = \"x_user\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x_user") && e.contains("forge"), "{e}");
+        assert!(load_toml("dash", "[forward]\nsubject_header = \"x-user\"\n").is_ok());
+    }
+
+    #[test]
+    fn route_prefixes_must_be_canonical_and_methods_tokens() {
+        for prefix in [
+            "/v1/../admin",
+            "/v1//x",
+            "/v1;x",
+            "/%61dmin",
+            "/v1?x",
+            "v1",
+            "/a\\b",
+        ] {
+            let e = load_toml("prefix", &format!("[[routes]]\npath_prefix = {prefix:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("canonical path"), "{prefix}: {e}");
+        }
+        let e = load_toml(
+            "method",
+            "[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"P OST\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bad method"), "{e}");
+        // Configured names are upper-cased; requests must then use upper case.
+        let c = load_toml(
+            "upper",
+            "[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"post\"]\ndpop = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes.resolve(&Method::POST, "/v1").mode, DpopMode::Off);
+        let c = load_toml(
+            "dangerous",
+            "[[routes]]\npath_prefix = \"/files\"\ndangerous_forward_encoded_slashes = true\n",
+        )
+        .unwrap();
+        assert!(
+            c.routes
+                .resolve(&Method::GET, "/files/x")
+                .forwards_encoded_slashes()
+        );
+        assert!(
+            !c.routes
+                .resolve(&Method::GET, "/other")
+                .forwards_encoded_slashes()
+        );
+    }
+
+    #[test]
+    fn public_url_may_be_a_list() {
+        let c = load_toml(
+            "urls",
+            "public_url = [\"https://a.example\", \"https://b.example/api\"]\n",
+        );
+        // `args()` sets allowed hosts: with public URLs too, that is refused.
+        assert!(c.unwrap_err().to_string().contains("not both"));
+        let dir = std::env::temp_dir().join(format!("dpop-gw-urls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("urls.toml");
+        std::fs::write(
+            &path,
+            "public_url = [\"https://a.example\", \"https://b.example/api\"]\n",
+        )
+        .unwrap();
+        let a = GatewayArgs {
+            config: Some(path),
+            allowed_hosts: Vec::new(),
+            ..args()
+        };
+        let c = GatewayConfig::load(&a, None).unwrap();
+        assert_eq!(
+            c.public_urls,
+            ["https://a.example", "https://b.example/api"]
+        );
+        assert!(c.allowed_hosts.is_empty());
+    }
+
+    /// The gateway's nonces under `[nonce] secrets = secrets` (first = current).
+    fn nonces_with(
+        name: &str,
+        secrets: &[&str],
+    ) -> Result<std::sync::Arc<StatelessNonces>, GatewayError> {
+        let dir = std::env::temp_dir().join(format!("dpop-gw-nonce-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.toml"));
+        let list: Vec<String> = secrets.iter().map(|s| format!("{s:?}")).collect();
+        std::fs::write(
+            &path,
+            format!("[nonce]\nrequire = true\nsecrets = [{}]\n", list.join(", ")),
+        )
+        .unwrap();
+        let a = GatewayArgs {
+            config: Some(path),
+            ..args()
+        };
+        let c = GatewayConfig::load(&a, None);
+        Ok(c?.nonces.expect("nonces are required"))
+    }
+
+    /// A rolling rotation: instances on `[S1]`, then `[S2, S1]`, then `[S2]`. Each must
+    /// accept the nonces of the instance one step behind it, so a secret has to keep its
+    /// key id when it moves from current to previous.
+    #[test]
+    fn nonce_secrets_keep_their_key_id_through_a_rotation() {
+        use dpop_core::{NonceValidator as _, UnixTime};
+        let b64 = |byte: u8| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([byte; 32]);
+        let (s1, s2) = (b64(1), b64(2));
+        let a = nonces_with("a", &[&s1]).unwrap();
+        let b = nonces_with("b", &[&s2, &s1]).unwrap();
+        let c = nonces_with("c", &[&s2]).unwrap();
+        let now = UnixTime::from_secs(1_700_000_000);
+
+        let from_a = a.issue(now).unwrap();
+        let at_b = b.validate(Some(&from_a), now).unwrap();
+        assert!(
+            at_b.renew,
+            "B hands the client a nonce of its current secret"
+        );
+        let from_b = b.issue(now).unwrap();
+        assert!(c.validate(Some(&from_b), now).is_ok());
+        assert!(a.validate(Some(&from_b), now).is_err(), "A never had S2");
+        assert!(c.validate(Some(&from_a), now).is_err(), "C retired S1");
+    }
+
+    #[test]
+    fn the_same_nonce_secret_twice_is_refused() {
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([3u8; 32]);
+        let e = nonces_with("same", &[&s, &s]).unwrap_err().to_string();
+        assert!(e.contains("nonce secrets") && e.contains("key id"), "{e}");
     }
 }

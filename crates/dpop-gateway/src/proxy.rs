@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dpop_tower::{DpopIdentity, PeerAddr};
+use dpop_tower::{AuthorizedTarget, DpopIdentity, PeerAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
@@ -59,6 +59,65 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers the gateway sets or vouches for. A client-sent header whose name equals one
+/// of these once `_` is read as `-` is removed too: CGI, Rack, WSGI and PHP turn both
+/// `X-DPoP-Subject` and `X_DPoP_Subject` into `HTTP_X_DPOP_SUBJECT`.
+const MANAGED: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "authorization",
+    "dpop",
+];
+
+/// Headers that make common frameworks run another method or route another path than the
+/// request line says (Rack, Symfony, Laravel, IIS URL Rewrite): the gateway judged the
+/// request line, so these never reach the upstream, whoever sends them.
+const OVERRIDES: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Headers that claim where the request came from or was addressed to. Believed only
+/// from a trusted proxy, as for the `htu`; from anyone else they are removed.
+const CLAIMS: [&str; 8] = [
+    "x-forwarded-host",
+    "forwarded",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-original-host",
+    "x-host",
+];
+
+/// The first element of the comma-separated list in the field lines of `name`.
+fn first_value(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
+    let first = headers.get(name)?.to_str().ok()?.split(',').next()?.trim();
+    HeaderValue::from_str(first)
+        .ok()
+        .filter(|_| !first.is_empty())
+}
+
+/// Removes every header whose name has a `_` and reads as one of `names` with `_` as `-`.
+fn remove_underscore_aliases(headers: &mut HeaderMap, names: &[String]) {
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let dashed = k.as_str().replace('_', "-");
+            names.contains(&dashed)
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
 struct Settings {
     base: Uri,
     base_path: String,
@@ -66,8 +125,11 @@ struct Settings {
     strip_dpop: bool,
     identity: IdentityHeaders,
     identity_names: Vec<HeaderName>,
+    /// Lower-case names (`-` form) of every header the gateway manages.
+    managed_names: Vec<String>,
     client_scheme: HeaderValue,
     timeout: Duration,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The upstream-facing service at the bottom of the gateway stack.
@@ -98,12 +160,23 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(connector);
         let id = &config.identity_headers;
-        let identity_names = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
+        let identity_names: Vec<HeaderName> = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
             .into_iter()
             .filter(|n| !n.is_empty())
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
-        let client_scheme = match &config.public_url {
+        let managed_names = identity_names
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .chain(
+                MANAGED
+                    .iter()
+                    .chain(&OVERRIDES)
+                    .chain(&CLAIMS)
+                    .map(|n| (*n).to_owned()),
+            )
+            .collect();
+        let client_scheme = match config.public_urls.first() {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
@@ -115,8 +188,10 @@ impl Proxy {
             strip_dpop: config.strip_dpop,
             identity: config.identity_headers.clone(),
             identity_names,
+            managed_names,
             client_scheme,
             timeout: config.upstream_timeout,
+            trusted_proxies: config.trusted_proxies.clone(),
         };
         Self {
             client,
@@ -125,10 +200,10 @@ impl Proxy {
         }
     }
 
-    fn upstream_uri(&self, original: &Uri) -> Option<Uri> {
+    /// The upstream URI for `target`, the exact target the layer authorised.
+    fn upstream_uri(&self, target: &AuthorizedTarget) -> Option<Uri> {
         let s = &self.settings;
-        let pq = original.path_and_query().map_or("/", |p| p.as_str());
-        let path = format!("{}{}", s.base_path, pq);
+        let path = format!("{}{}", s.base_path, target.as_str());
         Uri::builder()
             .scheme(s.base.scheme()?.clone())
             .authority(s.base.authority()?.clone())
@@ -141,9 +216,37 @@ impl Proxy {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
-        *req.uri_mut() = self.upstream_uri(req.uri())?;
+        // Forward exactly what the layer judged; without its verdict nothing is forwarded.
+        let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
+        *req.uri_mut() = self.upstream_uri(&target)?;
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
+        remove_underscore_aliases(headers, &s.managed_names);
+        for name in OVERRIDES {
+            headers.remove(name);
+        }
+        // Where the request came from and what it addressed is only believed from a
+        // trusted proxy (as for the htu); from anyone else it would reach the upstream as
+        // if the gateway vouched for it.
+        let trusted = peer.is_some_and(|ip| {
+            s.trusted_proxies
+                .iter()
+                .any(|n| n.contains(&ip.to_canonical()))
+        });
+        if trusted {
+            // The first value is the one the layer used; forward that one only.
+            for name in ["x-forwarded-host", "x-forwarded-proto"] {
+                if let Some(first) = first_value(headers, name) {
+                    headers.insert(HeaderName::from_static(name), first);
+                }
+            }
+        } else {
+            for name in CLAIMS {
+                headers.remove(name);
+            }
+            headers.remove("x-forwarded-for");
+            headers.remove("x-forwarded-proto");
+        }
         headers.remove(header::HOST);
         // Credentials the gateway checked are replaced by the identity. Where it did not
         // vouch for the request (an `off` route, a report-only failure) they pass through,
@@ -173,7 +276,9 @@ impl Proxy {
                 headers.insert("x-forwarded-for", v);
             }
         }
-        headers.insert("x-forwarded-proto", s.client_scheme.clone());
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert("x-forwarded-proto", s.client_scheme.clone());
+        }
         if let Some(id) = identity {
             let mut set = |name: &str, value: Option<String>| {
                 if name.is_empty() {
@@ -239,6 +344,38 @@ impl tower::Service<Request<Incoming>> for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_spellings_of_managed_headers_go() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_dpop_subject",
+            "X_DPoP_Client_Id",
+            "x-dpop_jkt",
+            "x_forwarded_for",
+            "dpop_",
+            "x_other",
+            "authorization",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        let names: Vec<String> = [
+            "x-dpop-subject",
+            "x-dpop-client-id",
+            "x-dpop-jkt",
+            "x-forwarded-for",
+            "dpop",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        remove_underscore_aliases(&mut h, &names);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "dpop_", "x_other"]);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {

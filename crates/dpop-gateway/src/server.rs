@@ -55,8 +55,7 @@ impl Gateway {
                 c.jwks_uri.clone_from(jwks_uri);
                 c.validation.algorithms.clone_from(&config.algorithms);
                 let retry = c.missing_keys_retry_interval;
-                let source = JwksSource::new(c, metrics.clone())
-                    .map_err(|e| GatewayError::Tokens(e.to_string()))?;
+                let source = JwksSource::new(c, metrics.clone()).map_err(settings_error)?;
                 let source = Arc::new(source);
                 if let Err(e) = source.refresh().await {
                     tracing::warn!(target: "dpop::gateway", error = %e, "issuer keys not loaded yet; requests get 503 until they are");
@@ -75,16 +74,19 @@ impl Gateway {
                 let mut c = IntrospectionConfig::new(endpoint, client_id, client_secret);
                 c.issuer = Some(config.issuer.clone());
                 c.audience = Some(config.audience.clone());
-                Arc::new(
-                    IntrospectionSource::new(c).map_err(|e| GatewayError::Tokens(e.to_string()))?,
-                )
+                Arc::new(IntrospectionSource::new(c).map_err(settings_error)?)
             }
         };
         let store = GatewayStore::open(&config.replay).await?;
-        let htu = match &config.public_url {
-            Some(url) => HtuSource::PublicUrl(url.clone()),
-            None => HtuSource::FromRequest {
+        let htu = match config.public_urls.as_slice() {
+            [] => HtuSource::FromRequest {
                 scheme: "http".into(),
+                trusted_proxies: config.trusted_proxies.clone(),
+                allowed_hosts: config.allowed_hosts.clone(),
+            },
+            [one] => HtuSource::PublicUrl(one.clone()),
+            several => HtuSource::PublicUrls {
+                urls: several.to_vec(),
                 trusted_proxies: config.trusted_proxies.clone(),
             },
         };
@@ -302,5 +304,14 @@ async fn serve_admin(listener: TcpListener, layer: DpopLayer<GatewayStore>, metr
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+/// A token source refusing its settings (an http URL to another host, say) is a
+/// configuration error naming the setting, not an internal one.
+fn settings_error(e: dpop_core::Error) -> GatewayError {
+    match e {
+        dpop_core::Error::ApiMisuse(why) => GatewayError::Config(why.to_owned()),
+        other => GatewayError::Tokens(other.to_string()),
     }
 }

@@ -98,6 +98,19 @@ pub struct Client {
     pub enabled: bool,
     /// Access token lifetime for this client.
     pub access_token_lifetime: Duration,
+    /// The clients whose access tokens this one may exchange (RFC 8693 delegation: it
+    /// acts for their subject). A client always may exchange its own tokens; a public
+    /// client never exchanges this issuer's tokens. Defaults to none.
+    pub may_exchange_for: BTreeSet<String>,
+    /// Whether the Bearer (not DPoP-bound) access tokens of this client may be the
+    /// subject of a token exchange, which binds the new token to the exchanger's key.
+    /// Only for `dpop = "optional"` clients. Defaults to false.
+    pub allow_bearer_exchange: bool,
+    /// Whether exchanging one of this issuer's DPoP-bound access tokens starts a refresh
+    /// grant for this client (it needs the refresh_token grant): the grant then outlives
+    /// the subject token, up to the refresh token lifetimes. Without it, an exchanged
+    /// token never outlives its subject token. Defaults to false.
+    pub refresh_from_exchange: bool,
 }
 
 impl Client {
@@ -165,6 +178,8 @@ pub struct IssuerConfig {
     pub log_json: bool,
     /// Largest request body accepted at the endpoints.
     pub max_body_bytes: usize,
+    /// Limits on failed client authentication (`[auth_limits]`).
+    pub auth_limits: AuthLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +202,8 @@ struct RawConfig {
     clients: Vec<RawClient>,
     #[serde(default)]
     trust: Vec<TrustConfig>,
+    #[serde(default)]
+    auth_limits: RawAuthLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +245,12 @@ struct RawClient {
     introspection: bool,
     enabled: Option<bool>,
     access_token_lifetime_secs: Option<u64>,
+    #[serde(default)]
+    may_exchange_for: Vec<String>,
+    #[serde(default)]
+    allow_bearer_exchange: bool,
+    #[serde(default)]
+    refresh_from_exchange: bool,
 }
 
 /// Where an `env:VAR` value is looked up (the process environment in production; a map
@@ -457,6 +480,18 @@ impl IssuerConfig {
                 return Err(format!("client {id:?} is defined twice"));
             }
         }
+        for client in clients.values() {
+            if let Some(unknown) = client
+                .may_exchange_for
+                .iter()
+                .find(|id| !clients.contains_key(*id))
+            {
+                return Err(format!(
+                    "client {:?}: may_exchange_for names unknown client {unknown:?}",
+                    client.id
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         for t in &raw.trust {
             t.validate()?;
@@ -475,6 +510,31 @@ impl IssuerConfig {
                         return Err(format!(
                             "trust {:?}: client {client:?} does not have the token-exchange grant",
                             t.name
+                        ));
+                    }
+                }
+                // The setting exists for workloads that refresh; on a rule none of whose
+                // clients can, it would only lengthen access tokens past the subject
+                // token, which is more likely a mistake than a wish.
+                if rule.outlive_subject {
+                    let can_refresh = |c: &Client| {
+                        c.grants.contains(GRANT_TOKEN_EXCHANGE)
+                            && c.grants.contains(GRANT_REFRESH_TOKEN)
+                    };
+                    let any = if rule.clients.is_empty() {
+                        clients.values().any(can_refresh)
+                    } else {
+                        rule.clients
+                            .iter()
+                            .filter_map(|id| clients.get(id))
+                            .any(can_refresh)
+                    };
+                    if !any {
+                        return Err(format!(
+                            "trust {:?}: rule for workload {:?} sets outlive_subject, but none of \
+                             its clients has the refresh_token grant (remove the setting: tokens \
+                             then end with the subject token)",
+                            t.name, rule.workload
                         ));
                     }
                 }
@@ -497,6 +557,7 @@ impl IssuerConfig {
             trust: raw.trust,
             log_json: raw.log_json,
             max_body_bytes,
+            auth_limits: raw.auth_limits.validate()?,
         })
     }
 
@@ -622,6 +683,35 @@ fn validate_client(
     if public && c.introspection {
         return Err("a public client cannot be allowed introspection".to_owned());
     }
+    // Exchanging this issuer's own tokens needs an authenticated actor: through a public
+    // client, whoever holds a token and its key could widen it, delegate it or turn it
+    // into a refresh grant without any credential.
+    if public && (!c.may_exchange_for.is_empty() || c.refresh_from_exchange) {
+        return Err(
+            "a public client cannot exchange this issuer's tokens (it has no credentials): \
+             remove may_exchange_for and refresh_from_exchange, or give it a secret or keys"
+                .to_owned(),
+        );
+    }
+    if !c.may_exchange_for.is_empty() && !grants.contains(GRANT_TOKEN_EXCHANGE) {
+        return Err("may_exchange_for needs the token-exchange grant".to_owned());
+    }
+    for id in &c.may_exchange_for {
+        check_name("may_exchange_for entry", id)?;
+    }
+    if c.refresh_from_exchange
+        && !(grants.contains(GRANT_TOKEN_EXCHANGE) && grants.contains(GRANT_REFRESH_TOKEN))
+    {
+        return Err(
+            "refresh_from_exchange needs the token-exchange and refresh_token grants".to_owned(),
+        );
+    }
+    if c.allow_bearer_exchange && dpop != DpopMode::Optional {
+        return Err(
+            "allow_bearer_exchange is for dpop = \"optional\" clients (the others hold no Bearer tokens)"
+                .to_owned(),
+        );
+    }
     let mut scopes = BTreeSet::new();
     for s in &c.scopes {
         if s.is_empty()
@@ -682,6 +772,9 @@ fn validate_client(
         introspection: c.introspection,
         enabled: c.enabled.unwrap_or(true),
         access_token_lifetime: lifetime,
+        may_exchange_for: c.may_exchange_for.into_iter().collect(),
+        allow_bearer_exchange: c.allow_bearer_exchange,
+        refresh_from_exchange: c.refresh_from_exchange,
     })
 }
 
@@ -701,4 +794,104 @@ fn parse_client_keys(text: &str) -> Result<JwkSet, String> {
         return Err("jwks holds no usable signing key".to_owned());
     }
     Ok(set)
+}
+
+// ---- [auth_limits]: failed client authentication ----
+
+/// Limits on failed client-secret checks (`[auth_limits]`), so that secrets cannot be
+/// guessed and client ids cannot be probed at the rate of the server's CPU. They count
+/// failures only: a client that presents its right secret is never slowed down until
+/// failures for its id or from its address exceed the limit. Over a limit, a request that
+/// presents a secret is answered 429 `slow_down` with `Retry-After`, without checking the
+/// secret. Each instance counts on its own.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AuthLimits {
+    /// Failed secret checks for one client id (known or not) within `window`; then one
+    /// more each `window / failures_per_client`. 0: no limit. Defaults to 20.
+    pub failures_per_client: u32,
+    /// Failed secret checks from one client address (IPv6: one /64) within `window`.
+    /// 0: no limit. Defaults to 50.
+    pub failures_per_address: u32,
+    /// The window. Defaults to 60 seconds.
+    pub window: Duration,
+    /// How many client ids, and how many addresses, are remembered at most; when full,
+    /// the entries closest to their full allowance are forgotten first. Defaults to
+    /// 10 000 (about 1 MiB).
+    pub max_tracked: usize,
+    /// Reverse proxies (addresses or CIDR prefixes) whose `X-Forwarded-For` names the
+    /// client address; the address counted is the nearest one that is not a trusted
+    /// proxy. Defaults to none: the peer address counts.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            failures_per_client: 20,
+            failures_per_address: 50,
+            window: Duration::from_secs(60),
+            max_tracked: 10_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl AuthLimits {
+    /// Whether `ip` is one of the trusted proxies.
+    #[must_use]
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4-mapped IPv6 peer (a dual-stack listener) is its IPv4 address.
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|p| p.contains(&ip))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthLimits {
+    failures_per_client: Option<u32>,
+    failures_per_address: Option<u32>,
+    window_secs: Option<u64>,
+    max_tracked: Option<usize>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+impl RawAuthLimits {
+    fn validate(self) -> Result<AuthLimits, String> {
+        let d = AuthLimits::default();
+        let window = self.window_secs.unwrap_or(d.window.as_secs());
+        if !(1..=86_400).contains(&window) {
+            return Err(format!(
+                "auth_limits.window_secs must be between 1 and 86400, not {window}"
+            ));
+        }
+        let max_tracked = self.max_tracked.unwrap_or(d.max_tracked);
+        if !(100..=10_000_000).contains(&max_tracked) {
+            return Err(format!(
+                "auth_limits.max_tracked must be between 100 and 10000000, not {max_tracked}"
+            ));
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "auth_limits.trusted_proxies: {p:?} is not an IP address or CIDR prefix"
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(AuthLimits {
+            failures_per_client: self.failures_per_client.unwrap_or(d.failures_per_client),
+            failures_per_address: self.failures_per_address.unwrap_or(d.failures_per_address),
+            window: Duration::from_secs(window),
+            max_tracked,
+            trusted_proxies,
+        })
+    }
 }

@@ -94,6 +94,9 @@ pub enum ErrorCode {
     UnsupportedTokenType,
     /// `temporarily_unavailable` (503): the database or an external issuer is down.
     TemporarilyUnavailable,
+    /// `slow_down` (429 with `Retry-After`): too many failed client authentication
+    /// attempts for the client id or from the address; nothing was checked.
+    SlowDown,
     /// `server_error` (500).
     ServerError,
 }
@@ -114,6 +117,7 @@ impl ErrorCode {
             Self::UseDpopNonce => "use_dpop_nonce",
             Self::UnsupportedTokenType => "unsupported_token_type",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::SlowDown => "slow_down",
             Self::ServerError => "server_error",
         }
     }
@@ -124,6 +128,7 @@ impl ErrorCode {
         match self {
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SlowDown => StatusCode::TOO_MANY_REQUESTS,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -140,6 +145,8 @@ pub struct OAuthError {
     pub description: String,
     /// A fresh nonce for `use_dpop_nonce`.
     pub nonce: Option<String>,
+    /// Seconds for `Retry-After` (`slow_down`; `temporarily_unavailable` says 5 without).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -150,6 +157,17 @@ impl OAuthError {
             code,
             description: description.into(),
             nonce: None,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn slow_down(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(
+                ErrorCode::SlowDown,
+                "too many failed client authentication attempts; retry after the time in Retry-After",
+            )
         }
     }
 
@@ -202,7 +220,9 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"dpop-issuer\""),
             );
         }
-        if self.code == ErrorCode::TemporarilyUnavailable {
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        } else if self.code == ErrorCode::TemporarilyUnavailable {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Some(nonce) = self
@@ -213,5 +233,26 @@ impl IntoResponse for OAuthError {
             headers.insert("dpop-nonce", nonce);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_down_is_429_with_retry_after() {
+        let r = OAuthError::slow_down(15).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "15");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        // Never "retry at once".
+        let r = OAuthError::slow_down(0).into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = OAuthError::new(ErrorCode::TemporarilyUnavailable, "down").into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(ErrorCode::SlowDown.as_str(), "slow_down");
     }
 }

@@ -3,8 +3,22 @@
 //! Least privilege throughout: requested scopes and audiences must be within what the
 //! client (and, for refresh and exchange, the original grant) allows; when none are
 //! requested the client's defaults apply.
+//!
+//! Exchanging one of this issuer's own access tokens never yields more than the subject
+//! token: its audiences and scopes intersected with the exchanging client's, and an
+//! expiry no later than its own. Only an authenticated client exchanges them: the
+//! subject token's own client (down-scoping) or one configured to act for it
+//! (`may_exchange_for`, delegation). A Bearer subject token is exchanged only when its
+//! client allows it, and never starts a refresh grant; a DPoP-bound one starts one only
+//! for a client configured with `refresh_from_exchange`. Every token and refresh grant so
+//! derived records its lineage, and is revoked with any of its ancestors.
+//!
+//! A trusted external issuer's workload token is held to the same bound: the new token
+//! expires no later than it, and no refresh grant is started, unless the matching trust
+//! rule sets `outlive_subject`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use dpop_core::jwt::split_scope;
 use dpop_core::{Jkt, UnixTime, VerifiedProof};
@@ -15,8 +29,8 @@ use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::{Form, TokenResponse};
 use crate::store::secs;
-use crate::store::{RefreshRecord, Rotation};
-use crate::tokens::{self, Grant, Inactive};
+use crate::store::{Origin, RefreshRecord, Rotation};
+use crate::tokens::{self, Grant, Inactive, Lineage};
 use crate::trust::TrustError;
 
 /// RFC 8693 §3 token type identifiers.
@@ -160,6 +174,7 @@ fn client_credentials(
             jkt: proof.map(VerifiedProof::jkt),
             act: None,
             lifetime: client.access_token_lifetime,
+            lineage: &Lineage::default(),
         },
         now,
         None,
@@ -195,6 +210,16 @@ async fn refresh(
     }
     if record.expires_at <= secs(now) || record.family_expires_at <= secs(now) {
         return Err(OAuthError::invalid_grant("the refresh token has expired"));
+    }
+    // A grant derived by exchange ends with any token it derives from (its client
+    // disabled, it or its refresh family revoked), even one revoked while the family was
+    // being created; the family is then revoked for good.
+    let lineage = state.store.family_lineage(&record.family_id).await?;
+    if state.store.lineage_revoked(None, &lineage).await? {
+        state.store.revoke_family(&record.family_id, now).await?;
+        return Err(OAuthError::invalid_grant(
+            "a token this grant was derived from was revoked",
+        ));
     }
     // RFC 9449 §5: a public client's refresh token is bound to its DPoP key.
     if let Some(bound) = &record.jkt {
@@ -265,6 +290,10 @@ async fn refresh(
             jkt: proof.map(VerifiedProof::jkt),
             act,
             lifetime: client.access_token_lifetime,
+            lineage: &Lineage {
+                family: Some(record.family_id.clone()),
+                from: lineage,
+            },
         },
         now,
         Some(token),
@@ -323,6 +352,15 @@ struct Subject {
     default_audiences: Vec<String>,
     jkt: Option<Jkt>,
     act: Option<Value>,
+    /// The client of one of our own tokens: the exchanging client must be it or act for it.
+    client: Option<String>,
+    /// The new token expires no later than this: the subject token's `exp`, unless a
+    /// trust rule lets the new token outlive an external one.
+    expires_at: Option<UnixTime>,
+    /// What the new token and its refresh grant derive from.
+    lineage: Vec<Origin>,
+    /// Whether the exchange may start a refresh grant.
+    may_refresh: bool,
 }
 
 async fn exchange(
@@ -359,6 +397,12 @@ async fn exchange(
             )));
         }
     };
+    if own && client.is_public() {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            "a public client cannot exchange this issuer's tokens: that takes an authenticated client",
+        ));
+    }
     let subject = if own {
         own_subject(state, client, subject_token, now).await?
     } else {
@@ -381,15 +425,36 @@ async fn exchange(
             }
         }
     }
+    // Delegation: another client acts for the subject token's client only when the
+    // configuration says it may.
+    if let Some(subject_client) = &subject.client
+        && *subject_client != client.id
+        && !client.may_exchange_for.contains(subject_client)
+    {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            format!(
+                "this client may not exchange the tokens of client {subject_client:?} (may_exchange_for)"
+            ),
+        ));
+    }
     let scopes = choose_scopes(form, &subject.scopes, &subject.default_scopes)?;
     let audiences = choose_audiences(form, &subject.audiences, &subject.default_audiences)?;
-    let refresh_token = if client.grants.contains(GRANT_REFRESH_TOKEN) {
+    let lifetime = match subject.expires_at {
+        Some(exp) => client.access_token_lifetime.min(Duration::from_secs(
+            exp.as_secs().saturating_sub(now.as_secs()),
+        )),
+        None => client.access_token_lifetime,
+    };
+    let mut family = None;
+    let refresh_token = if subject.may_refresh && client.grants.contains(GRANT_REFRESH_TOKEN) {
         let (token, hash) = tokens::new_refresh_token()?;
         let family_expires =
             secs(now.saturating_add(state.config.lifetimes.refresh_token_absolute));
+        let family_id = tokens::random_id()?;
         let record = RefreshRecord {
             token_hash: hash,
-            family_id: tokens::random_id()?,
+            family_id: family_id.clone(),
             client_id: client.id.clone(),
             subject: subject.subject.clone(),
             scope: scopes.join(" "),
@@ -408,7 +473,8 @@ async fn exchange(
             family_revoked_at: None,
             family_expires_at: family_expires,
         };
-        state.store.insert_family(&record).await?;
+        state.store.insert_family(&record, &subject.lineage).await?;
+        family = Some(family_id);
         Some(token)
     } else {
         None
@@ -422,7 +488,11 @@ async fn exchange(
             audiences: &audiences,
             jkt: proof.map(VerifiedProof::jkt),
             act: subject.act.clone(),
-            lifetime: client.access_token_lifetime,
+            lifetime,
+            lineage: &Lineage {
+                family,
+                from: subject.lineage,
+            },
         },
         now,
         refresh_token,
@@ -431,13 +501,15 @@ async fn exchange(
 }
 
 /// One of our own access tokens: down-scoping (same client) or delegation (another
-/// client acts for the subject, recorded in `act`).
+/// client acts for the subject, recorded in `act`). The new token gets at most what the
+/// subject token has, as far as the exchanging client may receive it.
 async fn own_subject(
     state: &State,
     client: &Client,
     token: &str,
     now: UnixTime,
 ) -> Result<Subject, OAuthError> {
+    // Also refuses a token whose client is disabled or whose ancestors were revoked.
     let jwt = match tokens::verify_own(state, token, now).await {
         Ok(j) => j,
         Err(Inactive::Store(e)) => return Err(e.into()),
@@ -458,6 +530,30 @@ async fn own_subject(
         .ok_or_else(|| OAuthError::invalid_grant("the subject token has no sub"))?
         .to_owned();
     let subject_client = jwt.str_claim("client_id").unwrap_or("");
+    let Some(registered) = state.config.clients.get(subject_client) else {
+        return Err(OAuthError::invalid_grant(
+            "the subject token's client is no longer registered",
+        ));
+    };
+    // A Bearer token proves nothing about who presents it: one copied from a log must
+    // not become a token bound to the copier's key.
+    if jkt.is_none() && !registered.allow_bearer_exchange {
+        return Err(OAuthError::invalid_grant(
+            "the subject token is a Bearer token, and its client does not allow exchanging those",
+        ));
+    }
+    let prior = Lineage::of(&jwt)
+        .ok_or_else(|| OAuthError::invalid_grant("the subject token's lineage is malformed"))?;
+    if prior.from.len() >= tokens::MAX_LINEAGE {
+        return Err(OAuthError::invalid_grant(
+            "the subject token results from too many exchanges already",
+        ));
+    }
+    let origin = tokens::origin_of(&jwt, &prior).ok_or_else(|| {
+        OAuthError::invalid_grant("the subject token lacks client_id, iat or jti")
+    })?;
+    let mut lineage = prior.from;
+    lineage.push(origin);
     let subject_scopes: BTreeSet<String> = jwt
         .str_claim("scope")
         .map(split_scope)
@@ -465,12 +561,18 @@ async fn own_subject(
         .into_iter()
         .filter(|s| client.scopes.contains(s))
         .collect();
-    let subject_audiences: Vec<String> = jwt.audiences().iter().map(|a| (*a).to_owned()).collect();
-    let default_audiences: Vec<String> = subject_audiences
+    let audiences: Vec<String> = jwt
+        .audiences()
         .iter()
-        .filter(|a| client.audiences.contains(*a))
-        .cloned()
+        .filter(|a| client.audiences.iter().any(|c| c == *a))
+        .map(|a| (*a).to_owned())
         .collect();
+    if audiences.is_empty() {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            "none of the subject token's audiences may be issued to this client",
+        ));
+    }
     let prior_act = jwt.claims.get("act").cloned();
     let act = if subject_client == client.id {
         prior_act
@@ -485,19 +587,22 @@ async fn own_subject(
         subject,
         default_scopes: subject_scopes.iter().cloned().collect(),
         scopes: subject_scopes,
-        audiences: client.audiences.clone(),
-        default_audiences: if default_audiences.is_empty() {
-            client.default_audiences.clone()
-        } else {
-            default_audiences
-        },
+        default_audiences: audiences.clone(),
+        audiences,
+        // Never a refresh grant from a Bearer token, whoever presents it.
+        may_refresh: jkt.is_some() && client.refresh_from_exchange,
         jkt,
         act,
+        client: Some(subject_client.to_owned()),
+        expires_at: Some(jwt.expires_at),
+        lineage,
     })
 }
 
 /// A workload token from a trusted external issuer (CI job token, Kubernetes
-/// service-account token), mapped by the first matching trust rule.
+/// service-account token), mapped by the first matching trust rule. What is issued for
+/// it expires no later than it and has no refresh grant, unless the rule sets
+/// `outlive_subject`.
 async fn external_subject(
     state: &State,
     client: &Client,
@@ -545,7 +650,17 @@ async fn external_subject(
     } else {
         ext.audiences.clone()
     };
-    tracing::info!(target: "dpop::issuer", trust = %ext.trust, workload = %ext.workload, external_sub = ext.subject.as_deref().unwrap_or(""), "external token accepted");
+    // Least privilege: the new token ends when the subject token does and nothing is
+    // left to refresh, unless the rule explicitly lets the workload's grant outlive it.
+    let expires_at = if ext.outlive_subject {
+        None
+    } else if ext.expires_at <= now {
+        // Within the verifier's clock leeway: there is no time left to grant.
+        return Err(OAuthError::invalid_grant("the subject token has expired"));
+    } else {
+        Some(ext.expires_at)
+    };
+    tracing::info!(target: "dpop::issuer", trust = %ext.trust, workload = %ext.workload, external_sub = ext.subject.as_deref().unwrap_or(""), outlive_subject = ext.outlive_subject, "external token accepted");
     Ok(Subject {
         subject: ext.workload.clone(),
         default_scopes: ext.scopes.clone(),
@@ -554,5 +669,9 @@ async fn external_subject(
         default_audiences,
         jkt: ext.jkt.clone(),
         act: None,
+        client: None,
+        expires_at,
+        lineage: Vec::new(),
+        may_refresh: ext.outlive_subject,
     })
 }

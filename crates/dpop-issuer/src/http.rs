@@ -42,6 +42,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route(&format!("{base}/revoke"), post(crate::introspect::revoke))
         .route(&format!("{base}/healthz"), get(|| async { "ok\n" }))
         .route(&format!("{base}/readyz"), get(ready))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            with_client_address,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(too_large_as_oauth_error))
         // A request that takes longer (a slow client, a stalled database) is answered
@@ -59,6 +63,27 @@ pub(crate) fn router(state: Shared) -> Router {
                 .timeout(REQUEST_TIMEOUT),
         )
         .with_state(state)
+}
+
+/// Runs the request knowing the client's address (the peer, or what a trusted proxy
+/// says), for the failed-authentication limits. Without a peer address (the router
+/// served without connection info), only the per-client-id limit applies.
+async fn with_client_address(
+    AxumState(state): AxumState<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| {
+            crate::client_auth::client_address_of(
+                &state.config.auth_limits,
+                c.0.ip(),
+                request.headers(),
+            )
+        });
+    crate::client_auth::with_client_address(address, next.run(request)).await
 }
 
 /// A body over `max_body_bytes` is refused by axum with a bare 413; clients get the
@@ -388,6 +413,19 @@ async fn token_inner(
     let mode = claimed.map_or(DpopMode::Required, |c| c.dpop);
     let proof = token_proof(state, headers, mode).await?;
     let client = crate::client_auth::authenticate(state, headers, &form, claimed).await?;
+    // Keys read longer ago than the maintenance interval (maintenance behind) are read
+    // again before one signs: a key retired meanwhile must not go on signing.
+    state
+        .keys
+        .reload_if_older(&state.store, state.now()?, crate::MAINTENANCE_INTERVAL)
+        .await
+        .map_err(|e| {
+            tracing::error!(target: "dpop::issuer", error = %e, "cannot read the signing keys");
+            OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "the authorization server's keys are unavailable; retry later",
+            )
+        })?;
     if !GRANTS.contains(&grant.as_str()) {
         return Err(OAuthError::new(
             ErrorCode::UnsupportedGrantType,

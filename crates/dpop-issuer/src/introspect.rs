@@ -126,7 +126,7 @@ async fn introspect_inner(
 }
 
 /// The RFC 7662 response for an active access token: its claims plus `active` and
-/// `token_type`.
+/// `token_type`, without the issuer's own bookkeeping (the lineage, already checked).
 fn access_claims(jwt: &VerifiedJwt) -> Value {
     let mut out = Map::new();
     out.insert("active".to_owned(), true.into());
@@ -136,7 +136,9 @@ fn access_claims(jwt: &VerifiedJwt) -> Value {
         if bound { "DPoP" } else { "Bearer" }.into(),
     );
     for (k, v) in &jwt.claims {
-        out.insert(k.clone(), v.clone());
+        if k != tokens::LINEAGE_CLAIM {
+            out.insert(k.clone(), v.clone());
+        }
     }
     Value::Object(out)
 }
@@ -184,7 +186,8 @@ async fn check_rs_proof(
     }
 }
 
-/// Introspection of a refresh token, answered only to the client it was issued to.
+/// Introspection of a refresh token, answered only to the client it was issued to. A
+/// grant derived by exchange is inactive once anything it derives from is revoked.
 async fn refresh_claims(
     state: &State,
     client: &Client,
@@ -206,7 +209,12 @@ async fn refresh_claims(
         && r.family_revoked_at.is_none()
         && r.expires_at > secs(now)
         && r.family_expires_at > secs(now);
-    if !live {
+    if !live
+        || state
+            .store
+            .lineage_revoked(None, &state.store.family_lineage(&r.family_id).await?)
+            .await?
+    {
         return Ok(Some(inactive()));
     }
     let mut v = json!({
@@ -293,7 +301,7 @@ async fn revoke_inner(state: &State, headers: &HeaderMap, body: &[u8]) -> Result
     let jti = jwt.str_claim("jti").unwrap_or("");
     state
         .store
-        .revoke_access_token(jti, &client.id, secs(jwt.expires_at))
+        .revoke_access_token(jti, &client.id, secs(jwt.expires_at), now)
         .await?;
     tracing::info!(target: "dpop::issuer", client_id = %client.id, "access token revoked");
     Ok(())

@@ -10,6 +10,17 @@
 //! it signs nothing more, and its public half stays published until the tokens it signed
 //! have expired, then leaves the JWKS and its file is deleted. An instance that meets a
 //! token signed by a key it does not know yet re-reads the key table at once.
+//!
+//! A key signs only while its record is in the database, published and not retired. The
+//! record is written before the private key file appears (the file is written under a
+//! temporary name and renamed into place afterwards), and the key directory is read
+//! before the key table, so a key file whose record is retired, past its publication,
+//! purged or absent is never a key on its way in: it belongs to a key that must never
+//! sign again (an instance that was stopped through a rotation, a file restored from a
+//! backup). Such a file is deleted when the keys are loaded, with an error in the log
+//! naming its `kid`, and the instance signs with a current key or makes a new one. Keys
+//! are re-read every maintenance interval and, on the token path, whenever the loaded
+//! set is older than that, so an instance learns of a retirement within that interval.
 
 use std::fmt;
 use std::io::Write as _;
@@ -102,7 +113,7 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A key this instance holds, with its signing period.
+/// A key this instance holds, with its signing period (from its published record).
 #[derive(Debug)]
 struct Held {
     key: Arc<SigningKey>,
@@ -119,21 +130,32 @@ pub(crate) struct KeyState {
     pub(crate) jwks_json: String,
     /// The same keys, for verifying our own tokens.
     pub(crate) jwks: JwkSet,
+    /// When the key table was read.
+    loaded_at: i64,
 }
 
 impl KeyState {
-    /// The key to sign with at `now`: the newest active, unretired key held here; past a
-    /// retirement not yet followed by a reload, the newest active one.
+    /// The key to sign with at `now`: the newest active, unretired key held here; before
+    /// any is active, the published unretired one that activates first. Never a key
+    /// past its retirement: loading makes sure a successor exists by then.
     pub(crate) fn signing(&self, now: UnixTime) -> Option<&Arc<SigningKey>> {
         let now = secs(now);
-        let active = |h: &&Held| h.active_from <= now;
+        let unretired = |h: &&Held| h.retired_at.is_none_or(|r| r > now);
         self.held
             .iter()
-            .filter(active)
-            .find(|h| h.retired_at.is_none_or(|r| r > now))
-            .or_else(|| self.held.iter().find(active))
-            .or_else(|| self.held.last())
+            .filter(unretired)
+            .find(|h| h.active_from <= now)
+            .or_else(|| {
+                self.held
+                    .iter()
+                    .filter(unretired)
+                    .min_by_key(|h| h.active_from)
+            })
             .map(|h| &h.key)
+    }
+
+    fn holds(&self, kid: &str) -> bool {
+        self.held.iter().any(|h| h.key.kid == kid)
     }
 }
 
@@ -142,6 +164,8 @@ pub(crate) struct KeyRing {
     dir: PathBuf,
     alg: Algorithm,
     state: RwLock<Arc<KeyState>>,
+    /// One load at a time: two could each decide that a new key is needed.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -160,15 +184,9 @@ fn keys_err(what: &str, path: &Path, e: &std::io::Error) -> IssuerError {
     IssuerError::Keys(format!("cannot {what} {}: {e}", path.display()))
 }
 
-/// Creates `dir` (mode 0700) if needed.
+/// Creates `dir` (mode 0700) if needed; tightens it if others can access it.
 fn ensure_dir(dir: &Path) -> Result<(), IssuerError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| keys_err("create the key directory", dir, &e))
+    crate::files::private_dir(dir).map_err(IssuerError::Keys)
 }
 
 /// Reads the private keys in `dir`, by key id. A key file others can read is refused.
@@ -208,23 +226,101 @@ fn read_local_keys(dir: &Path) -> Result<Vec<PrivateKey>, IssuerError> {
     Ok(out)
 }
 
-/// Writes a new private key file with mode 0600, refusing to overwrite.
-fn write_key(dir: &Path, key: &SigningKey) -> Result<(), IssuerError> {
+/// A private key file written under a temporary name (which the loader ignores), to be
+/// renamed into place once the key's record is in the database.
+struct PendingKeyFile {
+    temporary: PathBuf,
+    path: PathBuf,
+}
+
+impl PendingKeyFile {
+    /// Puts the file in place, where the loader finds it.
+    fn install(self) -> Result<(), IssuerError> {
+        std::fs::rename(&self.temporary, &self.path)
+            .map_err(|e| keys_err("rename into place", &self.path, &e))
+    }
+
+    /// Deletes the file (its key was not recorded).
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.temporary);
+    }
+}
+
+/// Writes a new private key file with mode 0600 under a temporary name, refusing to
+/// overwrite.
+fn write_key(dir: &Path, key: &SigningKey) -> Result<PendingKeyFile, IssuerError> {
     let path = dir.join(format!("{}.pem", key.kid));
-    let pem = key
-        .key
-        .to_pkcs8_pem()
-        .map_err(|e| IssuerError::Keys(format!("cannot encode the key: {e}")))?;
+    let temporary = dir.join(format!("{}.pem.new", key.kid));
+    let pem = zeroize::Zeroizing::new(
+        key.key
+            .to_pkcs8_pem()
+            .map_err(|e| IssuerError::Keys(format!("cannot encode the key: {e}")))?,
+    );
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options
-        .open(&path)
-        .map_err(|e| keys_err("create", &path, &e))?;
-    file.write_all(pem.as_bytes())
+        .open(&temporary)
+        .map_err(|e| keys_err("create", &temporary, &e))?;
+    if let Err(e) = file
+        .write_all(pem.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| keys_err("write", &path, &e))
+    {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(keys_err("write", &temporary, &e));
+    }
+    Ok(PendingKeyFile { temporary, path })
+}
+
+/// Publishes `key` (its record) and then puts its private key file in place: a key file
+/// never exists without its record.
+async fn publish_and_install(
+    store: &Store,
+    dir: &Path,
+    key: &SigningKey,
+    record: &KeyRecord,
+) -> Result<(), IssuerError> {
+    let pending = write_key(dir, key)?;
+    if let Err(e) = store.insert_key(record).await {
+        pending.discard();
+        return Err(e.into());
+    }
+    pending.install()
+}
+
+/// Deletes the private key file of a key that must never sign again.
+fn delete_unusable_key(dir: &Path, kid: &str, why: &str, was_signing_here: bool) {
+    let path = dir.join(format!("{kid}.pem"));
+    let deleted = std::fs::remove_file(&path);
+    if was_signing_here {
+        // The usual end of a rotation on a running instance.
+        match deleted {
+            Ok(()) => {
+                tracing::info!(target: "dpop::issuer", kid, "deleted the private key of a retired signing key")
+            }
+            Err(e) => {
+                tracing::warn!(target: "dpop::issuer", kid, path = %path.display(), error = %e, "cannot delete a retired key file")
+            }
+        }
+        return;
+    }
+    match deleted {
+        Ok(()) => tracing::error!(
+            target: "dpop::issuer",
+            kid,
+            reason = why,
+            "a local signing key must never sign again; its private key file was deleted"
+        ),
+        Err(e) => tracing::error!(
+            target: "dpop::issuer",
+            kid,
+            reason = why,
+            path = %path.display(),
+            error = %e,
+            "a local signing key must never sign again, and its private key file cannot be deleted; it is not used"
+        ),
+    }
 }
 
 impl KeyRing {
@@ -237,11 +333,12 @@ impl KeyRing {
     ) -> Result<Self, IssuerError> {
         let dir = keys_dir(data_dir);
         ensure_dir(&dir)?;
-        let state = Self::build(store, &dir, alg, now).await?;
+        let state = Self::build(store, &dir, alg, now, None).await?;
         Ok(Self {
             dir,
             alg,
             state: RwLock::new(Arc::new(state)),
+            loading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -255,7 +352,34 @@ impl KeyRing {
 
     /// Re-reads the key table and the key directory (after a rotation elsewhere).
     pub(crate) async fn reload(&self, store: &Store, now: UnixTime) -> Result<(), IssuerError> {
-        let state = Self::build(store, &self.dir, self.alg, now).await?;
+        let _loading = self.loading.lock().await;
+        self.load(store, now).await
+    }
+
+    /// [`KeyRing::reload`] when the keys were read `max_age` or longer before `now`: a
+    /// key retired since must not go on signing for long.
+    pub(crate) async fn reload_if_older(
+        &self,
+        store: &Store,
+        now: UnixTime,
+        max_age: Duration,
+    ) -> Result<(), IssuerError> {
+        let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+        let fresh = |ring: &Self| secs(now).saturating_sub(ring.current().loaded_at) < max_age;
+        if fresh(self) {
+            return Ok(());
+        }
+        let _loading = self.loading.lock().await;
+        // Another request may have reloaded while this one waited.
+        if fresh(self) {
+            return Ok(());
+        }
+        self.load(store, now).await
+    }
+
+    async fn load(&self, store: &Store, now: UnixTime) -> Result<(), IssuerError> {
+        let previous = self.current();
+        let state = Self::build(store, &self.dir, self.alg, now, Some(&previous)).await?;
         match self.state.write() {
             Ok(mut s) => *s = Arc::new(state),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(state),
@@ -263,45 +387,45 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Reads the keys (see the module docs). `previous`: what this instance held, to
+    /// tell the routine end of its own key from a key file that should not be there.
     async fn build(
         store: &Store,
         dir: &Path,
         alg: Algorithm,
         now: UnixTime,
+        previous: Option<&KeyState>,
     ) -> Result<KeyState, IssuerError> {
+        // The directory before the table: a file seen here whose key is live has its
+        // record in the table read next (records are written before files).
+        let local = read_local_keys(dir)?;
         let mut records = store.published_keys(now).await?;
         let t = secs(now);
         let mut held = Vec::new();
-        let mut republish = Vec::new();
-        for key in read_local_keys(dir)? {
+        for key in local {
             let kid = key.thumbprint().as_str().to_owned();
+            let was_signing_here = previous.is_some_and(|p| p.holds(&kid));
             match records.iter().find(|r| r.kid == kid) {
-                // Retired: nothing needs the private half any more.
                 Some(r) if r.retired_at.is_some_and(|at| at <= t) => {
-                    let path = dir.join(format!("{kid}.pem"));
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(target: "dpop::issuer", path = %path.display(), error = %e, "cannot delete a retired key file");
-                    }
+                    delete_unusable_key(dir, &kid, "retired", was_signing_here);
                 }
                 Some(r) => held.push(Held {
                     key: Arc::new(SigningKey::new(key)),
                     active_from: r.active_from.unwrap_or(r.created_at),
                     retired_at: r.retired_at,
                 }),
-                // A key file whose record was purged or lost: unknown to verifiers, so
-                // unusable until published again, which only a fresh record does.
-                None => republish.push(SigningKey::new(key)),
+                // Its record was purged after its retirement, its publication is over,
+                // or it was never recorded here: publishing it again would undo a
+                // rotation, maybe away from a compromised key.
+                None => delete_unusable_key(
+                    dir,
+                    &kid,
+                    "not among the published keys in the database (retired and purged, or never recorded)",
+                    false,
+                ),
             }
         }
-        let mut published = !republish.is_empty();
-        for key in republish {
-            store.insert_key(&key.record(now, now)).await?;
-            held.push(Held {
-                key: Arc::new(key),
-                active_from: t,
-                retired_at: None,
-            });
-        }
+        let mut published = false;
         // Nothing here keeps signing past its retirement: make a key, active when the
         // last one held retires (published meanwhile), or at once.
         if !held.iter().any(|h| h.retired_at.is_none()) {
@@ -314,8 +438,7 @@ impl KeyRing {
                 PrivateKey::generate(alg)
                     .map_err(|e| IssuerError::Keys(format!("cannot generate a key: {e}")))?,
             );
-            write_key(dir, &key)?;
-            store.insert_key(&key.record(now, from)).await?;
+            publish_and_install(store, dir, &key, &key.record(now, from)).await?;
             published = true;
             tracing::info!(target: "dpop::issuer", kid = %key.kid, alg = alg.name(), "created a signing key");
             held.push(Held {
@@ -335,6 +458,7 @@ impl KeyRing {
             held,
             jwks_json,
             jwks,
+            loaded_at: t,
         })
     }
 
@@ -356,8 +480,7 @@ impl KeyRing {
                 .map_err(|e| IssuerError::Keys(format!("cannot generate a key: {e}")))?,
         );
         let from = now.saturating_add(activate_in);
-        write_key(&dir, &key)?;
-        store.insert_key(&key.record(now, from)).await?;
+        publish_and_install(store, &dir, &key, &key.record(now, from)).await?;
         store
             .retire_keys_except(&key.kid, from, from.saturating_add(publish_for))
             .await?;

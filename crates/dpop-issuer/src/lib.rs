@@ -6,6 +6,8 @@
 //!   service-account tokens) or of its own access tokens.
 //! - Client authentication: `client_secret_basic`, `client_secret_post` (Argon2 hashes),
 //!   `private_key_jwt` (RFC 7523), and `none` for public clients, which must use DPoP.
+//!   Unknown client ids cost what wrong secrets cost, and failed secret checks are
+//!   limited per client id and per address ([`config::AuthLimits`]).
 //! - Endpoints: RFC 8414 metadata, JWKS, token, introspection (RFC 7662, with an
 //!   extension that checks a resource server's DPoP proof too) and revocation (RFC 7009).
 //! - Access tokens: RFC 9068 `at+jwt`, bound with `cnf.jkt`, 5 minutes by default.
@@ -22,6 +24,7 @@ pub mod store;
 pub mod trust;
 
 mod client_auth;
+mod files;
 mod grants;
 mod http;
 mod introspect;
@@ -72,6 +75,8 @@ pub(crate) struct State {
     pub(crate) rs_verifier: Verifier,
     pub(crate) token_htu: Htu,
     pub(crate) secrets: SecretCache,
+    /// Failed client-secret checks per client id and address.
+    pub(crate) limiter: client_auth::AttemptLimiter,
     pub(crate) trust: TrustedIssuers,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: metrics::Metrics,
@@ -130,6 +135,9 @@ impl Issuer {
         let now = clock
             .now()
             .ok_or_else(|| IssuerError::Keys("the system clock has no time".to_owned()))?;
+        // The data directory holds the private keys and, by default, the database with
+        // the nonce secret: for this user only.
+        files::private_dir(&config.data_dir).map_err(IssuerError::Keys)?;
         let store = Store::connect(&config.database).await?;
         let keys = KeyRing::open(&store, &config.data_dir, config.signing_alg, now).await?;
         for client in config.clients.values().filter(|c| !c.enabled) {
@@ -139,13 +147,19 @@ impl Issuer {
         // One nonce secret for every instance sharing the database.
         let fresh = keys::b64(&random_bytes::<32>().map_err(IssuerError::Keys)?);
         let secret_b64 = store.setting_or_init(NONCE_SECRET_SETTING, &fresh).await?;
-        let secret = base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            secret_b64.as_bytes(),
-        )
-        .map_err(|_| IssuerError::Keys("the stored nonce secret is not base64url".to_owned()))?;
+        let secret = zeroize::Zeroizing::new(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                secret_b64.as_bytes(),
+            )
+            .map_err(|_| {
+                IssuerError::Keys("the stored nonce secret is not base64url".to_owned())
+            })?,
+        );
         let nonces = if config.dpop.nonce {
-            let nonce_secret = NonceSecret::new(1, &secret)
+            // The key id is derived from the secret, so every instance sharing the
+            // database issues and accepts the same nonces.
+            let nonce_secret = NonceSecret::new(&secret)
                 .map_err(|e| IssuerError::Keys(format!("nonce secret: {e}")))?;
             let lifetime = config.dpop.nonce_lifetime.as_secs();
             Some(Arc::new(
@@ -167,7 +181,22 @@ impl Issuer {
             .build()
             .map_err(|e| IssuerError::Keys(format!("cannot build the HTTP client: {e}")))?;
         let trust = TrustedIssuers::new(config.trust.clone(), http).map_err(ConfigError::new)?;
-        let secrets = SecretCache::new().map_err(IssuerError::Keys)?;
+        // Argon2 with the configured clients' parameters: tens of milliseconds, off the
+        // async threads.
+        let configured: Vec<secret::ClientSecret> = config
+            .clients
+            .values()
+            .filter_map(|c| c.secret.clone())
+            .collect();
+        let stand_in =
+            tokio::task::spawn_blocking(move || secret::ClientSecret::stand_in(&configured))
+                .await
+                .map_err(|e| {
+                    IssuerError::Keys(format!("cannot make the stand-in secret hash: {e}"))
+                })?
+                .map_err(IssuerError::Keys)?;
+        let secrets = SecretCache::new(stand_in).map_err(IssuerError::Keys)?;
+        let limiter = client_auth::AttemptLimiter::new(&config.auth_limits);
         Ok(Self {
             state: Arc::new(State {
                 config,
@@ -178,6 +207,7 @@ impl Issuer {
                 rs_verifier,
                 token_htu,
                 secrets,
+                limiter,
                 trust,
                 clock,
                 metrics: metrics::Metrics::new(),
@@ -185,7 +215,10 @@ impl Issuer {
         })
     }
 
-    /// The HTTP endpoints, as an axum router (for embedding or in-process tests).
+    /// The HTTP endpoints, as an axum router (for embedding or in-process tests). Serve
+    /// it with `into_make_service_with_connect_info::<SocketAddr>()`, as
+    /// [`Issuer::serve_on`] does, for the per-address limits on failed client
+    /// authentication; without connection info only the per-client-id limit applies.
     pub fn router(&self) -> axum::Router {
         http::router(Arc::clone(&self.state))
     }
@@ -291,7 +324,11 @@ impl Issuer {
                 }
             })
         };
-        let result = axum::serve(listener, self.router())
+        // The peer address feeds the failed-authentication limits.
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|source| IssuerError::Listen { addr, source });

@@ -5,13 +5,18 @@
 //! key that exists only in this process's memory) is remembered per client, so later
 //! requests with the same secret cost one HMAC and a constant-time compare. A wrong
 //! secret always pays for the full Argon2 check.
+//!
+//! A secret presented for a client id that does not exist, or for a client that has no
+//! secret, is checked against a stand-in hash made at start with the parameters of the
+//! configured hashes, so it costs what a wrong secret costs: the response time does not
+//! tell which client ids exist.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Argon2, Params, Version};
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
@@ -81,6 +86,59 @@ impl ClientSecret {
         Ok(Self { phc: phc.into() })
     }
 
+    /// A hash of a random secret nobody knows, with the Argon2 variant, version and
+    /// parameters most of `configured` use (the defaults of [`hash_secret`] when there
+    /// are none), so that checking a secret against it costs what checking one against
+    /// a configured hash costs.
+    ///
+    /// # Errors
+    /// When the system has no randomness or a parameter set is unusable.
+    pub fn stand_in<'a>(
+        configured: impl IntoIterator<Item = &'a ClientSecret>,
+    ) -> Result<Self, String> {
+        let mut counts: Vec<((argon2::Algorithm, Version, Params), usize)> = Vec::new();
+        for secret in configured {
+            let Some(cost) = PasswordHash::new(&secret.phc)
+                .ok()
+                .and_then(|h| cost_of(&h))
+            else {
+                continue;
+            };
+            match counts.iter_mut().find(|(c, _)| *c == cost) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((cost, 1)),
+            }
+        }
+        // The most common; the first configured among equals.
+        let mut best: Option<&((argon2::Algorithm, Version, Params), usize)> = None;
+        for entry in &counts {
+            if best.is_none_or(|b| entry.1 > b.1) {
+                best = Some(entry);
+            }
+        }
+        let (algorithm, version, params) = best.map_or_else(
+            || {
+                (
+                    argon2::Algorithm::default(),
+                    Version::default(),
+                    Params::default(),
+                )
+            },
+            |(c, _)| c.clone(),
+        );
+        let unknown = Zeroizing::new(crate::random_bytes::<32>()?);
+        let mut salt = [0_u8; 16];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| "no system randomness".to_owned())?;
+        let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+        let phc = Argon2::new(algorithm, version, params)
+            .hash_password(unknown.as_slice(), &salt)
+            .map_err(|e| format!("cannot make the stand-in hash: {e}"))?
+            .to_string();
+        Ok(Self { phc: phc.into() })
+    }
+
     /// Checks `presented` against the hash (slow, constant-time inside Argon2).
     #[must_use]
     pub fn verify_slow(&self, presented: &str) -> bool {
@@ -93,6 +151,17 @@ impl ClientSecret {
                 .is_ok()
         })
     }
+}
+
+/// The Argon2 variant, version and parameters of a PHC hash.
+fn cost_of(hash: &PasswordHash<'_>) -> Option<(argon2::Algorithm, Version, Params)> {
+    let algorithm = argon2::Algorithm::try_from(hash.algorithm).ok()?;
+    let version = hash
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+        .ok()?;
+    let params = Params::try_from(hash).ok()?;
+    Some((algorithm, version, params))
 }
 
 /// Hashes a secret with Argon2id and a random salt, as a PHC string.
@@ -119,6 +188,8 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
 /// Remembers which secrets verified, keyed by client (see the module docs).
 pub(crate) struct SecretCache {
     key: hmac::Key,
+    /// Checked in place of a hash the presented client does not have.
+    stand_in: ClientSecret,
     verified: Mutex<HashMap<String, hmac::Tag>>,
     /// Argon2 runs at most this many at once: each takes 19 MiB and a core for tens of
     /// milliseconds, so a flood of wrong secrets must queue, not exhaust memory.
@@ -132,23 +203,28 @@ impl fmt::Debug for SecretCache {
 }
 
 impl SecretCache {
-    pub(crate) fn new() -> Result<Self, String> {
+    /// A cache whose stand-in hash has the parameters of `stand_in` (see
+    /// [`ClientSecret::stand_in`]).
+    pub(crate) fn new(stand_in: ClientSecret) -> Result<Self, String> {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .map_err(|_| "no system randomness".to_owned())?;
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {
             key,
+            stand_in,
             verified: Mutex::new(HashMap::new()),
             hashing: tokio::sync::Semaphore::new(cores * 2),
         })
     }
 
-    /// Checks a client's presented secret: the cached keyed hash when it matches, else
-    /// Argon2 on a blocking thread.
+    /// Checks the secret presented for `client_id`, whose hash is `secret` (`None`: no
+    /// such client, or a client without a secret): the cached keyed hash when it
+    /// matches, else Argon2 on a blocking thread, against the stand-in hash when there
+    /// is no real one (never true then).
     pub(crate) async fn verify(
         &self,
         client_id: &str,
-        secret: &ClientSecret,
+        secret: Option<&ClientSecret>,
         presented: &str,
     ) -> bool {
         if presented.is_empty() || presented.len() > MAX_SECRET_BYTES {
@@ -159,17 +235,19 @@ impl SecretCache {
             m.get(client_id)
                 .map(|t| bool::from(t.as_ref().ct_eq(tag.as_ref())))
         });
-        if cached == Some(true) {
+        if cached == Some(true) && secret.is_some() {
             return true;
         }
         let Ok(_permit) = self.hashing.acquire().await else {
             return false;
         };
-        let secret = secret.clone();
+        let hash = secret.unwrap_or(&self.stand_in).clone();
         let presented = Zeroizing::new(presented.to_owned());
-        let ok = tokio::task::spawn_blocking(move || secret.verify_slow(&presented))
+        let matched = tokio::task::spawn_blocking(move || hash.verify_slow(&presented))
             .await
             .unwrap_or(false);
+        // The stand-in's secret is 32 random bytes nobody has; refuse even so.
+        let ok = matched && secret.is_some();
         if ok && let Ok(mut m) = self.verified.lock() {
             m.insert(client_id.to_owned(), tag);
         }
@@ -228,12 +306,50 @@ mod tests {
             &BTreeMap::new(),
         )
         .unwrap();
-        let cache = SecretCache::new().unwrap();
-        assert!(!cache.verify("c", &s, "wrong-secret-value").await);
-        assert!(cache.verify("c", &s, "the-right-secret-123").await);
-        assert!(cache.verify("c", &s, "the-right-secret-123").await);
-        assert!(!cache.verify("c", &s, "wrong-secret-value").await);
+        let cache = SecretCache::new(ClientSecret::stand_in([&s]).unwrap()).unwrap();
+        assert!(!cache.verify("c", Some(&s), "wrong-secret-value").await);
+        assert!(cache.verify("c", Some(&s), "the-right-secret-123").await);
+        assert!(cache.verify("c", Some(&s), "the-right-secret-123").await);
+        assert!(!cache.verify("c", Some(&s), "wrong-secret-value").await);
         // The cached tag is per client.
-        assert!(!cache.verify("other", &s, "wrong-secret-value").await);
+        assert!(!cache.verify("other", Some(&s), "wrong-secret-value").await);
+        // A client that no longer has a secret (or never had one) is refused, even with
+        // the secret that once verified under its id.
+        assert!(!cache.verify("c", None, "the-right-secret-123").await);
+    }
+
+    #[test]
+    fn the_stand_in_has_the_configured_parameters() {
+        let env = BTreeMap::new();
+        let light = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 3, 1, None).unwrap(),
+        );
+        let salt = SaltString::encode_b64(&[7_u8; 16]).unwrap();
+        let phc = |secret: &str| {
+            light
+                .hash_password(secret.as_bytes(), &salt)
+                .unwrap()
+                .to_string()
+        };
+        let a = ClientSecret::from_config(&phc("first-secret-value"), &env).unwrap();
+        let b = ClientSecret::from_config(&phc("second-secret-value"), &env).unwrap();
+        let c =
+            ClientSecret::from_config(&hash_secret("third-secret-value").unwrap(), &env).unwrap();
+        let stand_in = ClientSecret::stand_in([&c, &a, &b]).unwrap();
+        let parsed = PasswordHash::new(&stand_in.phc).unwrap();
+        assert_eq!(
+            cost_of(&parsed),
+            cost_of(&PasswordHash::new(&a.phc).unwrap())
+        );
+        assert_ne!(parsed.salt, PasswordHash::new(&a.phc).unwrap().salt);
+        assert!(!stand_in.verify_slow("first-secret-value"));
+        // Without configured secrets: the parameters `hash_secret` uses.
+        let default = ClientSecret::stand_in([]).unwrap();
+        assert_eq!(
+            cost_of(&PasswordHash::new(&default.phc).unwrap()),
+            cost_of(&PasswordHash::new(&c.phc).unwrap())
+        );
     }
 }

@@ -102,6 +102,36 @@ pub struct RefreshRecord {
     pub family_expires_at: i64,
 }
 
+/// One token a grant or an access token derives from by token exchange (RFC 8693): an
+/// access token of this issuer that was the subject token of an exchange, or of an
+/// earlier exchange in the chain. Revoking it, its client or its refresh family revokes
+/// whatever derives from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Origin {
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Its `iat`.
+    pub issued_at: i64,
+    /// Its `jti`.
+    pub jti: String,
+    /// The refresh family it was issued from, if any.
+    pub family_id: Option<String>,
+}
+
+impl Origin {
+    /// An ancestor token.
+    #[must_use]
+    pub fn new(client_id: &str, issued_at: i64, jti: &str, family_id: Option<&str>) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            issued_at,
+            jti: jti.to_owned(),
+            family_id: family_id.map(str::to_owned),
+        }
+    }
+}
+
 /// A client's offboarding state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -140,16 +170,9 @@ impl Store {
         } else {
             Backend::Postgres
         };
-        if backend == Backend::Sqlite
-            && let Some(path) = url
-                .strip_prefix("sqlite://")
-                .and_then(|p| p.split('?').next())
-                .map(std::path::Path::new)
-                .and_then(std::path::Path::parent)
-            && !path.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(path)
-                .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
+        if backend == Backend::Sqlite {
+            // Directories 0700, database files 0600 (`files.rs`).
+            crate::files::private_sqlite(url).map_err(StoreError)?;
         }
         let options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
@@ -331,11 +354,17 @@ impl Store {
 
     // ---- refresh tokens ----
 
-    /// Stores the first refresh token of a new family.
+    /// Stores the first refresh token of a new family, with what the family derives from
+    /// (empty unless it was started by exchanging one of this issuer's tokens), oldest
+    /// first.
     ///
     /// # Errors
     /// [`StoreError`].
-    pub async fn insert_family(&self, first: &RefreshRecord) -> Result<(), StoreError> {
+    pub async fn insert_family(
+        &self,
+        first: &RefreshRecord,
+        lineage: &[Origin],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO refresh_families (family_id, client_id, created_at, expires_at) \
@@ -347,9 +376,104 @@ impl Store {
         .bind(first.family_expires_at)
         .execute(&mut *tx)
         .await?;
+        for (seq, origin) in (0_i64..).zip(lineage) {
+            sqlx::query(
+                "INSERT INTO family_lineage (family_id, seq, client_id, issued_at, jti, parent_family_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&first.family_id)
+            .bind(seq)
+            .bind(&origin.client_id)
+            .bind(origin.issued_at)
+            .bind(&origin.jti)
+            .bind(origin.family_id.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
         insert_refresh(&mut tx, first).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// What a refresh family derives from, oldest first (empty for a family that was not
+    /// started by exchanging one of this issuer's tokens).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn family_lineage(&self, family_id: &str) -> Result<Vec<Origin>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id, issued_at, jti, parent_family_id FROM family_lineage \
+             WHERE family_id = $1 ORDER BY seq",
+        )
+        .bind(family_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Origin {
+                    client_id: r.try_get("client_id")?,
+                    issued_at: r.try_get("issued_at")?,
+                    jti: r.try_get("jti")?,
+                    family_id: r.try_get("parent_family_id")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Whether something a token or grant derives from was revoked: `family` (the refresh
+    /// family it was issued from), or any of `lineage` (its access token revoked, its
+    /// client disabled or offboarded after it was issued, its refresh family revoked).
+    ///
+    /// This is checked on every use rather than only recorded at revocation time, so a
+    /// token derived while its ancestor was being revoked is caught too.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn lineage_revoked(
+        &self,
+        family: Option<&str>,
+        lineage: &[Origin],
+    ) -> Result<bool, StoreError> {
+        if let Some(family) = family
+            && self.family_revoked(family).await?
+        {
+            return Ok(true);
+        }
+        for origin in lineage {
+            let row = sqlx::query(
+                "SELECT \
+                 (SELECT COUNT(*) FROM client_state WHERE client_id = $1 \
+                    AND (disabled_at IS NOT NULL OR tokens_invalid_before >= $2)) \
+                 + (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $3) AS n",
+            )
+            .bind(&origin.client_id)
+            .bind(origin.issued_at)
+            .bind(&origin.jti)
+            .fetch_one(&self.pool)
+            .await?;
+            let n: i64 = row.try_get("n")?;
+            if n > 0 {
+                return Ok(true);
+            }
+            if let Some(family) = &origin.family_id
+                && self.family_revoked(family).await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether a refresh family was revoked (a family purged after its expiry was not).
+    async fn family_revoked(&self, family_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM refresh_families WHERE family_id = $1 AND revoked_at IS NOT NULL",
+        )
+        .bind(family_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Looks a refresh token up by its hash.
@@ -414,24 +538,38 @@ impl Store {
         Ok(Rotation::Rotated)
     }
 
-    /// Revokes a refresh family (every token of one grant).
+    /// Revokes a refresh family (every token of one grant), and the families derived
+    /// from its tokens by exchange.
     ///
     /// # Errors
     /// [`StoreError`].
     pub async fn revoke_family(&self, family_id: &str, now: UnixTime) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE refresh_families SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
         )
         .bind(secs(now))
         .bind(family_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // Lineage rows list every ancestor, not only the parent, so one level reaches
+        // every descendant.
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN \
+             (SELECT family_id FROM family_lineage WHERE parent_family_id = $2)",
+        )
+        .bind(secs(now))
+        .bind(family_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     // ---- access tokens ----
 
-    /// Marks an access token revoked until it expires.
+    /// Marks an access token revoked until it expires, and revokes the refresh families
+    /// derived from it by exchange (they outlive it, and with it the revocation record).
     ///
     /// # Errors
     /// [`StoreError`].
@@ -440,7 +578,9 @@ impl Store {
         jti: &str,
         client_id: &str,
         expires_at: i64,
+        now: UnixTime,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO revoked_access_tokens (jti, client_id, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (jti) DO NOTHING",
@@ -448,8 +588,17 @@ impl Store {
         .bind(jti)
         .bind(client_id)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN \
+             (SELECT family_id FROM family_lineage WHERE jti = $2)",
+        )
+        .bind(secs(now))
+        .bind(jti)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -487,8 +636,9 @@ impl Store {
         })
     }
 
-    /// Disables a client: it is refused from now on, its refresh families are revoked,
-    /// and every token issued to it so far becomes inactive. Idempotent.
+    /// Disables a client: it is refused from now on, its refresh families and those
+    /// derived from its tokens by exchange (whichever client holds them) are revoked, and
+    /// every token issued to it so far, or derived from one, becomes inactive. Idempotent.
     ///
     /// # Errors
     /// [`StoreError`].
@@ -511,6 +661,14 @@ impl Store {
         .bind(client_id)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN \
+             (SELECT family_id FROM family_lineage WHERE client_id = $2)",
+        )
+        .bind(now)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -528,7 +686,8 @@ impl Store {
     }
 
     /// Deletes what has expired: replay records, revocations of expired tokens, refresh
-    /// families past their absolute expiry and their tokens. Returns the rows removed.
+    /// families past their absolute expiry and their tokens, except the records of what a
+    /// live refresh family derives from. Returns the rows removed.
     ///
     /// # Errors
     /// [`StoreError`].
@@ -537,10 +696,17 @@ impl Store {
         let mut n = 0;
         for sql in [
             "DELETE FROM replay WHERE expires_at <= $1",
-            "DELETE FROM revoked_access_tokens WHERE expires_at <= $1",
             "DELETE FROM refresh_tokens WHERE family_id IN \
              (SELECT family_id FROM refresh_families WHERE expires_at <= $1)",
-            "DELETE FROM refresh_families WHERE expires_at <= $1",
+            "DELETE FROM family_lineage WHERE family_id IN \
+             (SELECT family_id FROM refresh_families WHERE expires_at <= $1)",
+            // A revoked ancestor stays on record while a live grant derives from it, so
+            // that `lineage_revoked` still sees it (a grant created while its ancestor
+            // was being revoked may have escaped the revocation's own update).
+            "DELETE FROM revoked_access_tokens WHERE expires_at <= $1 AND NOT EXISTS \
+             (SELECT 1 FROM family_lineage l WHERE l.jti = revoked_access_tokens.jti)",
+            "DELETE FROM refresh_families WHERE expires_at <= $1 AND NOT EXISTS \
+             (SELECT 1 FROM family_lineage l WHERE l.parent_family_id = refresh_families.family_id)",
             "DELETE FROM signing_keys WHERE publish_until IS NOT NULL AND publish_until <= $1",
         ] {
             n += sqlx::query(sql)

@@ -10,9 +10,92 @@ use serde_json::{Value, json};
 use crate::State;
 use crate::error::{OAuthError, StoreError};
 use crate::keys::b64;
+use crate::store::Origin;
 
 /// Prefix of refresh tokens, so scanners and people can tell them from access tokens.
 pub(crate) const REFRESH_PREFIX: &str = "dpoprt_";
+
+/// The private claim recording an access token's [`Lineage`].
+pub(crate) const LINEAGE_CLAIM: &str = "lineage";
+
+/// The longest chain of exchanges a token may result from: it bounds the size of the
+/// token (`act` and the lineage grow with each step) and the checks made at each use.
+pub(crate) const MAX_LINEAGE: usize = 8;
+
+/// Where an access token comes from, so that revoking any of it reaches the token at
+/// once (introspection): the refresh family it was issued from, and the tokens it was
+/// derived from by exchanging this issuer's own tokens, oldest first. Signed into the
+/// token as the `lineage` claim, omitted when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Lineage {
+    pub(crate) family: Option<String>,
+    pub(crate) from: Vec<Origin>,
+}
+
+impl Lineage {
+    fn is_empty(&self) -> bool {
+        self.family.is_none() && self.from.is_empty()
+    }
+
+    fn to_claim(&self) -> Value {
+        let from: Vec<Value> = self
+            .from
+            .iter()
+            .map(|o| {
+                let mut v = json!({ "client_id": o.client_id, "iat": o.issued_at, "jti": o.jti });
+                if let (Some(m), Some(f)) = (v.as_object_mut(), &o.family_id) {
+                    m.insert("family".to_owned(), f.as_str().into());
+                }
+                v
+            })
+            .collect();
+        let mut claim = json!({ "from": from });
+        if let (Some(m), Some(f)) = (claim.as_object_mut(), &self.family) {
+            m.insert("family".to_owned(), f.as_str().into());
+        }
+        claim
+    }
+
+    /// The lineage of a verified token of ours (empty without the claim); `None` when
+    /// the claim is malformed, which a token this issuer signed never is.
+    pub(crate) fn of(jwt: &VerifiedJwt) -> Option<Self> {
+        let Some(claim) = jwt.claims.get(LINEAGE_CLAIM) else {
+            return Some(Self::default());
+        };
+        let family = match claim.get("family") {
+            None => None,
+            Some(f) => Some(f.as_str()?.to_owned()),
+        };
+        let mut from = Vec::new();
+        for o in claim.get("from")?.as_array()? {
+            let family_id = match o.get("family") {
+                None => None,
+                Some(f) => Some(f.as_str()?),
+            };
+            from.push(Origin::new(
+                o.get("client_id")?.as_str()?,
+                o.get("iat")?.as_i64()?,
+                o.get("jti")?.as_str()?,
+                family_id,
+            ));
+        }
+        if from.len() > MAX_LINEAGE {
+            return None;
+        }
+        Some(Self { family, from })
+    }
+}
+
+/// The claims a token of ours that was verified carries about itself, as an ancestor of
+/// the tokens exchanged from it.
+pub(crate) fn origin_of(jwt: &VerifiedJwt, lineage: &Lineage) -> Option<Origin> {
+    Some(Origin::new(
+        jwt.str_claim("client_id")?,
+        jwt.claims.get("iat")?.as_i64()?,
+        jwt.str_claim("jti")?,
+        lineage.family.as_deref(),
+    ))
+}
 
 /// What an access token says.
 #[derive(Debug, Clone)]
@@ -25,6 +108,7 @@ pub(crate) struct Grant<'a> {
     /// RFC 8693 §4.1 `act` (delegation chain).
     pub(crate) act: Option<Value>,
     pub(crate) lifetime: Duration,
+    pub(crate) lineage: &'a Lineage,
 }
 
 pub(crate) fn sha256_b64(bytes: &[u8]) -> String {
@@ -67,6 +151,9 @@ pub(crate) fn mint_access_token(
         }
         if let Some(act) = &grant.act {
             o.insert("act".to_owned(), act.clone());
+        }
+        if !grant.lineage.is_empty() {
+            o.insert(LINEAGE_CLAIM.to_owned(), grant.lineage.to_claim());
         }
     }
     let keys = state.keys.current();
@@ -156,7 +243,9 @@ pub(crate) enum Inactive {
     Store(StoreError),
 }
 
-/// Verifies one of our own access tokens and checks it was not revoked.
+/// Verifies one of our own access tokens and checks that neither it nor anything it
+/// derives from (its client, its refresh family, the tokens it was exchanged from and
+/// their clients and families) was revoked.
 pub(crate) async fn verify_own(
     state: &State,
     token: &str,
@@ -219,6 +308,16 @@ pub(crate) async fn verify_own(
     let iat = jwt.claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
     if client_state.tokens_invalid_before.is_some_and(|t| iat <= t)
         || client_state.disabled_at.is_some()
+    {
+        return Err(Inactive::Revoked);
+    }
+    let lineage =
+        Lineage::of(&jwt).ok_or(Inactive::Invalid(TokenError::ClaimInvalid(LINEAGE_CLAIM)))?;
+    if state
+        .store
+        .lineage_revoked(lineage.family.as_deref(), &lineage.from)
+        .await
+        .map_err(Inactive::Store)?
     {
         return Err(Inactive::Revoked);
     }

@@ -115,6 +115,15 @@ pub struct TrustRule {
     /// the token-exchange grant. Defaults to empty.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// Whether what is issued for a matching subject token may outlive it: an access
+    /// token of the client's full lifetime and, for a client with the `refresh_token`
+    /// grant, a refresh grant that lasts up to the refresh-token lifetimes. Whoever
+    /// holds such a subject token (and its key, if it is bound) until it expires can
+    /// then keep the workload's access for that long. At least one of the rule's clients
+    /// must have the `refresh_token` grant. Defaults to false: the access token expires
+    /// no later than the subject token, and no refresh grant is started.
+    #[serde(default)]
+    pub outlive_subject: bool,
 }
 
 /// A validated rule: claim paths parsed.
@@ -125,6 +134,7 @@ struct Rule {
     scopes: Vec<String>,
     audiences: Vec<String>,
     clients: Vec<String>,
+    outlive_subject: bool,
 }
 
 /// Where a rule looks for a claim.
@@ -383,6 +393,7 @@ impl TrustRule {
             scopes: self.scopes.clone(),
             audiences: self.audiences.clone(),
             clients: self.clients.clone(),
+            outlive_subject: self.outlive_subject,
         })
     }
 }
@@ -407,6 +418,9 @@ pub struct ExternalSubject {
     pub clients: Vec<String>,
     /// The subject token's `exp`.
     pub expires_at: UnixTime,
+    /// Whether the rule lets what is issued outlive the subject token
+    /// ([`TrustRule::outlive_subject`]).
+    pub outlive_subject: bool,
     /// The subject token's `jti`.
     pub jti: Option<String>,
     /// The subject token's `cnf.jkt`, if it is DPoP-bound.
@@ -774,6 +788,7 @@ impl Trust {
             audiences: rule.audiences.clone(),
             clients: rule.clients.clone(),
             expires_at: token.expires_at,
+            outlive_subject: rule.outlive_subject,
             jti,
             jkt,
         })
@@ -904,6 +919,7 @@ mod tests {
             scopes: vec!["deploy".to_owned()],
             audiences: Vec::new(),
             clients: Vec::new(),
+            outlive_subject: false,
         }
     }
 
@@ -984,6 +1000,7 @@ mod tests {
                 audiences: vec!["https://api.acme.example".to_owned()],
                 clients: vec!["ci-runner".to_owned()],
                 expires_at: UnixTime::from_secs(NOW + 600),
+                outlive_subject: false,
                 jti: Some("job-1".to_owned()),
                 jkt: Some(Jkt::parse(JKT).unwrap()),
             }
@@ -1078,11 +1095,16 @@ mod tests {
             &[("repository", "acme/app"), ("ref", "refs/tags/*")],
             "release",
         );
-        let broad = rule(&[("repository", "acme/*")], "any-acme");
+        let mut broad = rule(&[("repository", "acme/*")], "any-acme");
+        broad.outlive_subject = true;
         let t = trusted(&mock, vec![narrow.clone(), broad.clone()]);
-        assert_eq!(t.verify(&token, now()).await.unwrap().workload, "release");
+        let subject = t.verify(&token, now()).await.unwrap();
+        assert_eq!(subject.workload, "release");
+        assert!(!subject.outlive_subject, "the matching rule's setting");
         let t = trusted(&mock, vec![broad, narrow]);
-        assert_eq!(t.verify(&token, now()).await.unwrap().workload, "any-acme");
+        let subject = t.verify(&token, now()).await.unwrap();
+        assert_eq!(subject.workload, "any-acme");
+        assert!(subject.outlive_subject);
     }
 
     #[tokio::test]
@@ -1536,6 +1558,7 @@ mod tests {
             scopes = ["deploy", "read"]
             audiences = ["https://api.example.com"]
             clients = ["ci"]
+            outlive_subject = true
             "#,
         )
         .unwrap();
@@ -1548,6 +1571,7 @@ mod tests {
         assert!(gh.rules[0].audiences.is_empty() && gh.rules[0].clients.is_empty());
         assert_eq!(k8s.max_lifetime_secs, 7200);
         assert_eq!(k8s.rules[0].clients, vec!["ci"]);
+        assert!(!gh.rules[0].outlive_subject && k8s.rules[0].outlive_subject);
         let t = TrustedIssuers::new(file.trust.clone(), http()).unwrap();
         assert_eq!(
             t.trusts[0].validation.algorithms,

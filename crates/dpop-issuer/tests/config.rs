@@ -209,6 +209,70 @@ fn clients() {
     refused(&twice, "twice");
 }
 
+/// Exchanging the issuer's own tokens needs an authenticated actor: a public client
+/// configured for it stops the issuer at start.
+#[test]
+fn public_client_cannot_be_configured_to_exchange_issuer_tokens() {
+    let public = |extra: &str| {
+        format!(
+            "{}\n[[clients]]\nid = \"pub\"\ngrants = [\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\"]\naudiences = [\"{API}\"]\n{extra}",
+            secret_client("")
+        )
+    };
+    parse(&public(""), &BTreeMap::new()).unwrap();
+    refused(&public("may_exchange_for = [\"c\"]"), "a public client");
+    refused(&public("refresh_from_exchange = true"), "a public client");
+}
+
+/// The token-exchange settings of a client: what they need, and their defaults.
+#[test]
+fn exchange_settings() {
+    let actor = |extra: &str| {
+        format!(
+            "{}\n[[clients]]\nid = \"actor\"\nsecret = \"{}\"\ngrants = [\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\"]\naudiences = [\"{API}\"]\n{extra}",
+            secret_client("dpop = \"optional\""),
+            *SECRET_HASH
+        )
+    };
+    let c = parse(&actor(""), &BTreeMap::new()).unwrap();
+    let a = &c.clients["actor"];
+    assert!(a.may_exchange_for.is_empty());
+    assert!(!a.refresh_from_exchange);
+    assert!(!c.clients["c"].allow_bearer_exchange);
+    let c = parse(
+        &actor("may_exchange_for = [\"c\"]\nrefresh_from_exchange = true"),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert!(c.clients["actor"].may_exchange_for.contains("c"));
+    assert!(c.clients["actor"].refresh_from_exchange);
+    refused(&actor("may_exchange_for = [\"nobody\"]"), "unknown client");
+    refused(
+        &actor("may_exchange_for = [\"c\"]").replace(
+            &format!("grants = [\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\"]"),
+            &format!("grants = [\"{GRANT_REFRESH}\"]"),
+        ),
+        "token-exchange grant",
+    );
+    refused(
+        &actor("refresh_from_exchange = true").replace(
+            &format!("grants = [\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\"]"),
+            &format!("grants = [\"{GRANT_EXCHANGE}\"]"),
+        ),
+        "refresh_token grants",
+    );
+    // Only a client that may get Bearer tokens has any to allow.
+    parse(
+        &secret_client("dpop = \"optional\"\nallow_bearer_exchange = true"),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    refused(
+        &secret_client("allow_bearer_exchange = true"),
+        "dpop = \"optional\"",
+    );
+}
+
 #[test]
 fn settings() {
     let base = secret_client("");

@@ -13,7 +13,11 @@ db_tests!(
     delegation_adds_act,
     refused_subject_tokens,
     malformed_exchange_requests,
-    public_client_needs_dpop,
+    exchange_never_widens_audience_beyond_subject,
+    exchanged_token_never_outlives_subject,
+    public_client_cannot_exchange_issuer_tokens,
+    unlisted_actor_cannot_exchange_another_clients_token,
+    leaked_bearer_subject_cannot_be_exchanged,
 );
 
 async fn down_scoping_own_token(db: Db) {
@@ -89,7 +93,18 @@ async fn bound_subject_token_needs_the_same_key(db: Db) {
 }
 
 async fn unbound_subject_token_binds_to_the_request_key(db: Db) {
-    let it = TestIssuer::start(&db).await;
+    // optional allows its Bearer tokens to be exchanged, and svc acts for it.
+    let plain = TestIssuer::start(&db).await;
+    let text = set_client(
+        &set_client(
+            plain.config_text(),
+            "optional",
+            "allow_bearer_exchange = true",
+        ),
+        "svc",
+        "may_exchange_for = [\"optional\"]",
+    );
+    let it = plain.second_instance_with_config(&text).await;
     // A Bearer token (the optional client, no proof).
     let body = it
         .token(&basic("optional"), None, &[("grant_type", GRANT_CC)])
@@ -103,6 +118,8 @@ async fn unbound_subject_token_binds_to_the_request_key(db: Db) {
         .await
         .ok();
     assert_eq!(body["token_type"], json!("DPoP"));
+    // svc has refresh_from_exchange, but a Bearer subject never starts a refresh grant.
+    assert!(body.get("refresh_token").is_none(), "{body}");
     let jwt = it.verify(body["access_token"].as_str().unwrap(), API).await;
     assert_eq!(jwt.claims["cnf"]["jkt"], json!(jkt(&k2)));
     assert_eq!(jwt.claims["sub"], json!("optional"));
@@ -134,8 +151,19 @@ async fn delegation_adds_act(db: Db) {
     let c = decode(refreshed["access_token"].as_str().unwrap()).1;
     assert_eq!(c["act"], json!({ "sub": "svc2" }));
     assert_eq!(c["sub"], json!("svc"));
-    // Exchanged again, by svc: the chain nests, the newest actor outermost.
-    let body = it
+    // The delegated token is svc2's: svc may not exchange it unless configured to.
+    it.exchange(&basic("svc"), Some(&k), &delegated, &[])
+        .await
+        .err(400, "unauthorized_client");
+    // Once svc may act for svc2, the chain nests, the newest actor outermost.
+    let b = it
+        .second_instance_with_config(&set_client(
+            it.config_text(),
+            "svc",
+            "may_exchange_for = [\"svc2\"]",
+        ))
+        .await;
+    let body = b
         .exchange(&basic("svc"), Some(&k), &delegated, &[])
         .await
         .ok();
@@ -143,12 +171,14 @@ async fn delegation_adds_act(db: Db) {
     assert_eq!(c["act"], json!({ "sub": "svc", "act": { "sub": "svc2" } }));
     assert_eq!(c["sub"], json!("svc"));
     assert_eq!(c["client_id"], json!("svc"));
-    // Introspection shows the chain.
+    // Introspection shows the chain, not the issuer's lineage records.
     let v = it
         .introspect(body["access_token"].as_str().unwrap(), &[])
         .await
         .ok();
     assert_eq!(v["act"], c["act"]);
+    assert_eq!(c["lineage"]["from"].as_array().map(Vec::len), Some(2));
+    assert!(v.get("lineage").is_none(), "{v}");
 }
 
 async fn refused_subject_tokens(db: Db) {
@@ -246,19 +276,135 @@ async fn malformed_exchange_requests(db: Db) {
     }
 }
 
-async fn public_client_needs_dpop(db: Db) {
+/// A delegated or down-scoped token names at most the subject token's audiences, and of
+/// those only the ones the exchanging client may receive; the same for scopes.
+async fn exchange_never_widens_audience_beyond_subject(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    // svc may receive OTHER_API, but this token of its is for API only.
+    let subject = it.access_token("svc", &k, &[("scope", "read write")]).await;
+    assert_eq!(decode(&subject).1["aud"], json!(API));
+    for param in ["resource", "audience"] {
+        it.exchange(&basic("svc"), Some(&k), &subject, &[(param, OTHER_API)])
+            .await
+            .err(400, "invalid_target");
+    }
+    let body = it
+        .exchange(&basic("svc"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    assert_eq!(
+        decode(body["access_token"].as_str().unwrap()).1["aud"],
+        json!(API)
+    );
+
+    // A token for both APIs, exchanged by svc2 (which may receive API only): API only,
+    // and only the scopes both the token and svc2 have.
+    let wide = it
+        .access_token(
+            "svc",
+            &k,
+            &[
+                ("scope", "read write admin"),
+                ("resource", API),
+                ("resource", OTHER_API),
+            ],
+        )
+        .await;
+    let body = it.exchange(&basic("svc2"), Some(&k), &wide, &[]).await.ok();
+    let c = decode(body["access_token"].as_str().unwrap()).1;
+    assert_eq!(c["aud"], json!(API));
+    assert_eq!(c["scope"], json!("read write"));
+    it.exchange(&basic("svc2"), Some(&k), &wide, &[("resource", OTHER_API)])
+        .await
+        .err(400, "invalid_target");
+    it.exchange(&basic("svc2"), Some(&k), &wide, &[("scope", "admin")])
+        .await
+        .err(400, "invalid_scope");
+}
+
+/// An exchanged token expires no later than its subject token.
+async fn exchanged_token_never_outlives_subject(db: Db) {
     let it = TestIssuer::start(&db).await;
     let k = key();
     let subject = it.access_token("svc", &k, &[]).await;
-    let r = it.exchange(&public("public"), None, &subject, &[]).await;
-    r.err(400, "invalid_dpop_proof");
-    // With the key's proof it works, and the public client gets a key-bound token.
-    let body = it
+    let subject_exp = decode(&subject).1["exp"].as_u64().unwrap();
+    it.clock.advance(200);
+    for auth in [basic("svc"), basic("svc2")] {
+        let body = it.exchange(&auth, Some(&k), &subject, &[]).await.ok();
+        let c = decode(body["access_token"].as_str().unwrap()).1;
+        assert_eq!(c["exp"].as_u64(), Some(subject_exp), "{c}");
+        assert_eq!(body["expires_in"], json!(100));
+    }
+}
+
+/// A public client has no credentials: whoever holds a token and its key could use it to
+/// turn the token into another audience, another client's rights or a refresh grant.
+async fn public_client_cannot_exchange_issuer_tokens(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[]).await;
+    // The holder of svc's token and key, through the public client.
+    let r = it
         .exchange(&public("public"), Some(&k), &subject, &[])
+        .await;
+    r.err(400, "unauthorized_client");
+    assert!(r.json().get("refresh_token").is_none());
+    it.exchange(&public("public"), Some(&k), &subject, &[("resource", API)])
+        .await
+        .err(400, "unauthorized_client");
+    // Without a proof, the public client's missing proof is the first refusal.
+    it.exchange(&public("public"), None, &subject, &[])
+        .await
+        .err(400, "invalid_dpop_proof");
+    // The subject token itself is untouched.
+    assert!(it.active(&subject).await);
+}
+
+/// Only an actor the configuration lists for the subject token's client exchanges it.
+async fn unlisted_actor_cannot_exchange_another_clients_token(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    // svc is not configured to act for svc2.
+    let subject = it.access_token("svc2", &k, &[]).await;
+    let r = it.exchange(&basic("svc"), Some(&k), &subject, &[]).await;
+    r.err(400, "unauthorized_client");
+    // cc-only has no token-exchange grant at all.
+    it.exchange(&basic("cc-only"), Some(&k), &subject, &[])
+        .await
+        .err(400, "unauthorized_client");
+}
+
+/// A Bearer token copied from a log is not turned into a token bound to the copier's key
+/// (nor a refresh grant), unless its own client allows its Bearer tokens to be exchanged.
+async fn leaked_bearer_subject_cannot_be_exchanged(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let body = it
+        .token(&basic("optional"), None, &[("grant_type", GRANT_CC)])
         .await
         .ok();
-    let c = decode(body["access_token"].as_str().unwrap()).1;
-    assert_eq!(c["cnf"]["jkt"], json!(jkt(&k)));
-    assert_eq!(c["client_id"], json!("public"));
-    assert_eq!(c["act"], json!({ "sub": "public" }));
+    let leaked = body["access_token"].as_str().unwrap().to_owned();
+    assert!(decode(&leaked).1.get("cnf").is_none());
+    let attacker = key();
+    for auth in [basic("svc"), basic("svc2")] {
+        let r = it.exchange(&auth, Some(&attacker), &leaked, &[]).await;
+        r.err(400, "invalid_grant");
+        assert!(r.json().get("refresh_token").is_none());
+    }
+    it.exchange(&public("public"), Some(&attacker), &leaked, &[])
+        .await
+        .err(400, "unauthorized_client");
+    // Even a client configured to act for `optional` cannot, while `optional` does not
+    // allow its Bearer tokens to be exchanged (see
+    // unbound_subject_token_binds_to_the_request_key for when it does).
+    let b = it
+        .second_instance_with_config(&set_client(
+            it.config_text(),
+            "svc",
+            "may_exchange_for = [\"optional\"]",
+        ))
+        .await;
+    b.exchange(&basic("svc"), Some(&attacker), &leaked, &[])
+        .await
+        .err(400, "invalid_grant");
 }

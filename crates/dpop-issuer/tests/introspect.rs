@@ -10,6 +10,7 @@ db_tests!(
     active_token_claims,
     inactive_tokens,
     refresh_token_introspection,
+    public_refresh_token_introspection,
     dpop_extension,
 );
 
@@ -169,16 +170,16 @@ async fn refresh_token_introspection(db: Db) {
         .await
         .ok();
     assert_eq!(v, json!({ "active": false }));
+}
 
-    // A public client's refresh token shows its key binding.
-    let subject = it.access_token("svc", &k, &[]).await;
-    let body = it
-        .exchange(&public("public"), Some(&k), &subject, &[])
-        .await
-        .ok();
-    let prt = body["refresh_token"].as_str().unwrap();
+/// A public client's refresh token shows its key binding.
+async fn public_refresh_token_introspection(db: Db) {
+    let ci = dpop_test::MockIssuer::start().await.unwrap();
+    let it = start_trusting(&db, &ci).await;
+    let k = key();
+    let (_, prt) = it.public_refresh_token(&ci, &k).await;
     let v = it
-        .post("/introspect", &public("public"), &[], &[("token", prt)])
+        .post("/introspect", &public("public"), &[], &[("token", &prt)])
         .await
         .ok();
     assert_eq!(v["active"], json!(true));

@@ -16,6 +16,8 @@ db_tests!(
     refresh_token_idle_expiry,
     refresh_token_absolute_expiry,
     refresh_token_of_another_client,
+    own_token_exchange_starts_no_refresh_family_by_default,
+    delegated_families_without_lineage_end_at_upgrade,
 );
 
 async fn client_credentials_returns_no_refresh_token(db: Db) {
@@ -27,6 +29,7 @@ secret = "{}"
 grants = ["{GRANT_EXCHANGE}"]
 scopes = ["read"]
 audiences = ["{API}"]
+may_exchange_for = ["svc"]
 "#,
         *SECRET_HASH
     );
@@ -42,7 +45,8 @@ audiences = ["{API}"]
     // svc holds the refresh_token grant, and still gets none from client_credentials.
     let body = it.cc("svc", &k, &[]).await.ok();
     assert!(body.get("refresh_token").is_none(), "{body}");
-    // Token exchange by a client with the refresh_token grant does return one.
+    // Token exchange by a client with the refresh_token grant and refresh_from_exchange
+    // does return one.
     let (_, rt) = it.svc_refresh_token(&k).await;
     assert!(rt.starts_with("dpoprt_"), "{rt}");
     // A client without the grant gets none from token exchange.
@@ -174,18 +178,11 @@ async fn parallel_requests_all_succeed(db: Db) {
 }
 
 async fn public_client_refresh_token_is_bound_to_its_key(db: Db) {
-    let it = TestIssuer::start(&db).await;
+    let ci = dpop_test::MockIssuer::start().await.unwrap();
+    let it = start_trusting(&db, &ci).await;
     let k = key();
-    // svc's token, bound to k, exchanged by the public client holding k.
-    let subject = it.access_token("svc", &k, &[]).await;
-    let body = it
-        .exchange(&public("public"), Some(&k), &subject, &[])
-        .await
-        .ok();
-    let rt = body["refresh_token"]
-        .as_str()
-        .expect("refresh_token")
-        .to_owned();
+    // A CI job token exchanged by the public client, with a proof by k.
+    let (_, rt) = it.public_refresh_token(&ci, &k).await;
 
     // Another key's proof: invalid_grant, and the token is not consumed.
     let other = key();
@@ -339,4 +336,66 @@ async fn refresh_token_of_another_client(db: Db) {
         .err(400, "invalid_grant");
     // The failed attempt did not consume it, and did not revoke the family.
     it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok();
+}
+
+/// Exchanging one of the issuer's own tokens starts a refresh grant only for a client
+/// configured with `refresh_from_exchange`: otherwise the new token would outlive its
+/// subject token by up to the refresh lifetimes.
+async fn own_token_exchange_starts_no_refresh_family_by_default(db: Db) {
+    let extra = format!(
+        r#"
+[[clients]]
+id = "delegate"
+secret = "{}"
+grants = ["{GRANT_EXCHANGE}", "{GRANT_REFRESH}"]
+scopes = ["read"]
+audiences = ["{API}"]
+may_exchange_for = ["svc"]
+"#,
+        *SECRET_HASH
+    );
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[]).await;
+    let body = it
+        .exchange(&basic("delegate"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 0);
+}
+
+/// Refresh grants delegated to another client before lineage was recorded cannot be
+/// revoked with their ancestors: the migration that adds lineage ends them.
+async fn delegated_families_without_lineage_end_at_upgrade(db: Db) {
+    let mut it = TestIssuer::start(&db).await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[]).await;
+    let delegated = it
+        .exchange(&basic("svc2"), Some(&k), &subject, &[])
+        .await
+        .ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, own) = it.svc_refresh_token(&k).await;
+    // The database as the previous version left it: no lineage.
+    it.stop().await;
+    db.execute(&[
+        "DROP TABLE family_lineage",
+        "DELETE FROM _sqlx_migrations WHERE version = 3",
+    ])
+    .await;
+    it.restart().await;
+    it.refresh(&basic("svc2"), Some(&k), &delegated, &[])
+        .await
+        .err(400, "invalid_grant");
+    it.refresh(&basic("svc"), Some(&k), &own, &[]).await.ok();
 }

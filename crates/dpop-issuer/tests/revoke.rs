@@ -8,9 +8,13 @@ use crate::support::*;
 db_tests!(
     revoke_access_token,
     revoke_refresh_token_revokes_the_family,
+    public_client_revokes_its_refresh_token,
     revoke_refused_for_other_clients_tokens,
     revoke_unknown_tokens_and_hints,
     disabling_a_client_revokes_its_tokens,
+    disable_subject_client_revokes_derived_tokens_and_families,
+    revoking_a_family_revokes_tokens_derived_from_it,
+    revoking_an_access_token_revokes_tokens_derived_from_it,
 );
 
 async fn revoke_access_token(db: Db) {
@@ -74,9 +78,10 @@ async fn revoke_refresh_token_revokes_the_family(db: Db) {
     it.refresh(&basic("svc"), Some(&k), &rt2, &[])
         .await
         .err(400, "invalid_grant");
-    // The access tokens it minted stay valid until they expire.
-    assert!(it.active(&at1).await);
-    assert!(it.active(&at2).await);
+    // The access tokens it minted are inactive at once for introspection (RFC 7009
+    // §2.1); a resource server verifying them locally accepts them until they expire.
+    assert!(!it.active(&at1).await);
+    assert!(!it.active(&at2).await);
 
     // Revoking an already rotated refresh token revokes the newest one too.
     let (_, first) = it.svc_refresh_token(&k).await;
@@ -88,18 +93,20 @@ async fn revoke_refresh_token_revokes_the_family(db: Db) {
     it.refresh(&basic("svc"), Some(&k), &newest, &[])
         .await
         .err(400, "invalid_grant");
+}
 
-    // A public client revokes its own refresh token (client_id only).
-    let subject = it.access_token("svc", &k, &[]).await;
-    let body = it
-        .exchange(&public("public"), Some(&k), &subject, &[])
-        .await
-        .ok();
-    let prt = body["refresh_token"].as_str().unwrap().to_owned();
+/// A public client revokes its own refresh token (client_id only).
+async fn public_client_revokes_its_refresh_token(db: Db) {
+    let ci = dpop_test::MockIssuer::start().await.unwrap();
+    let it = start_trusting(&db, &ci).await;
+    let k = key();
+    let (at, prt) = it.public_refresh_token(&ci, &k).await;
+    assert!(it.active(&at).await);
     assert_eq!(it.revoke(&public("public"), &prt, &[]).await.status, 200);
     it.refresh(&public("public"), Some(&k), &prt, &[])
         .await
         .err(400, "invalid_grant");
+    assert!(!it.active(&at).await);
 }
 
 async fn revoke_refused_for_other_clients_tokens(db: Db) {
@@ -194,4 +201,141 @@ async fn disabling_a_client_revokes_its_tokens(db: Db) {
     assert!(!it.active(&cc_token).await);
     let fresh = it.access_token("svc", &k, &[]).await;
     assert!(it.active(&fresh).await);
+}
+
+/// Disabling a client reaches every token and refresh grant derived from its tokens by
+/// exchange, at once, whichever client holds them.
+async fn disable_subject_client_revokes_derived_tokens_and_families(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[]).await;
+    // svc2 acts for svc, and gets a refresh grant for it.
+    let body = it
+        .exchange(&basic("svc2"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    let derived = body["access_token"].as_str().unwrap().to_owned();
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let body = it.refresh(&basic("svc2"), Some(&k), &rt, &[]).await.ok();
+    let refreshed = body["access_token"].as_str().unwrap().to_owned();
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    // A second generation: svc2 down-scopes its delegated token.
+    let grandchild = it
+        .exchange(&basic("svc2"), Some(&k), &derived, &[])
+        .await
+        .ok()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let svc2_own = it.access_token("svc2", &k, &[]).await;
+    for t in [&derived, &refreshed, &grandchild] {
+        assert!(it.active(t).await);
+    }
+
+    dpop_issuer::set_client_disabled(&it.config(), "svc", true, it.clock.unix())
+        .await
+        .unwrap();
+    // At once: whatever derives from svc's token is inactive, the grant is refused.
+    for t in [&derived, &refreshed, &grandchild] {
+        assert!(!it.active(t).await, "{}", decode(t).1);
+    }
+    let v = it
+        .post("/introspect", &basic("svc2"), &[], &[("token", &rt)])
+        .await
+        .ok();
+    assert_eq!(v, json!({ "active": false }));
+    it.refresh(&basic("svc2"), Some(&k), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    it.exchange(&basic("svc2"), Some(&k), &derived, &[])
+        .await
+        .err(400, "invalid_grant");
+    // svc2's own tokens are not svc's.
+    assert!(it.active(&svc2_own).await);
+
+    // Re-enabled, svc gets new tokens; what derived from its old ones stays revoked.
+    it.clock.advance(1);
+    dpop_issuer::set_client_disabled(&it.config(), "svc", false, it.clock.unix())
+        .await
+        .unwrap();
+    for t in [&derived, &refreshed, &grandchild] {
+        assert!(!it.active(t).await);
+    }
+    it.refresh(&basic("svc2"), Some(&k), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+}
+
+/// Revoking a refresh grant revokes its access tokens and what was exchanged from them.
+async fn revoking_a_family_revokes_tokens_derived_from_it(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let (first, rt) = it.svc_refresh_token(&k).await;
+    let body = it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok();
+    let minted = body["access_token"].as_str().unwrap().to_owned();
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let body = it
+        .exchange(&basic("svc2"), Some(&k), &minted, &[])
+        .await
+        .ok();
+    let derived = body["access_token"].as_str().unwrap().to_owned();
+    let derived_rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let unrelated = it.access_token("svc", &k, &[]).await;
+    for t in [&first, &minted, &derived] {
+        assert!(it.active(t).await);
+    }
+
+    assert_eq!(it.revoke(&basic("svc"), &rt, &[]).await.status, 200);
+    for t in [&first, &minted, &derived] {
+        assert!(!it.active(t).await, "{}", decode(t).1);
+    }
+    it.refresh(&basic("svc2"), Some(&k), &derived_rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    it.exchange(&basic("svc2"), Some(&k), &minted, &[])
+        .await
+        .err(400, "invalid_grant");
+    assert!(it.active(&unrelated).await);
+}
+
+/// Revoking an access token revokes what was exchanged from it.
+async fn revoking_an_access_token_revokes_tokens_derived_from_it(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[]).await;
+    let body = it
+        .exchange(&basic("svc2"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    let derived = body["access_token"].as_str().unwrap().to_owned();
+    let derived_rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let down_scoped = it
+        .exchange(&basic("svc"), Some(&k), &subject, &[])
+        .await
+        .ok()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(it.active(&derived).await);
+
+    assert_eq!(it.revoke(&basic("svc"), &subject, &[]).await.status, 200);
+    assert!(!it.active(&derived).await);
+    assert!(!it.active(&down_scoped).await);
+    it.refresh(&basic("svc2"), Some(&k), &derived_rt, &[])
+        .await
+        .err(400, "invalid_grant");
+
+    // Past the subject token's expiry, its revocation stays on record while a grant
+    // derived from it lives; another expired revocation goes.
+    let lone = it.access_token("svc", &k, &[]).await;
+    assert_eq!(it.revoke(&basic("svc"), &lone, &[]).await.status, 200);
+    it.clock.advance(301);
+    it.issuer.maintain().await.unwrap();
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM revoked_access_tokens").await,
+        1
+    );
+    it.refresh(&basic("svc2"), Some(&k), &derived_rt, &[])
+        .await
+        .err(400, "invalid_grant");
 }

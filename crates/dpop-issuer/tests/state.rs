@@ -15,6 +15,11 @@ db_tests!(
     keys_of_other_machines_are_known_at_once,
     a_rotated_key_is_known_everywhere_before_it_signs,
     admin_listener_serves_health_readiness_and_metrics,
+    a_key_purged_while_its_instance_was_down_never_signs_again,
+    a_key_past_its_publication_never_signs_after_a_restart,
+    a_key_file_without_a_record_is_never_published,
+    data_directory_and_database_files_are_private,
+    loose_database_file_modes_are_tightened_at_start,
 );
 
 async fn admin_listener_serves_health_readiness_and_metrics(db: Db) {
@@ -352,4 +357,253 @@ async fn a_rotated_key_is_known_everywhere_before_it_signs(db: Db) {
         a.jwks_kids().await.contains(&new_kid),
         "a does not publish b's signing key"
     );
+}
+
+/// Collects the error events logged on this thread while it is installed (the issuer
+/// loads its keys on the thread that awaits `Issuer::open`), as `field=value` text.
+struct ErrorLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ErrorLog {
+    fn install() -> (
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
+        let lines = std::sync::Arc::default();
+        let guard = tracing::subscriber::set_default(Self(std::sync::Arc::clone(&lines)));
+        (lines, guard)
+    }
+}
+
+impl tracing::Subscriber for ErrorLog {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() == tracing::Level::ERROR
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.0.lock().unwrap().push(text.0);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Whether one of `lines` is about `kid`.
+fn logged(lines: &std::sync::Mutex<Vec<String>>, kid: &str) -> bool {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains(&format!("kid={kid:?}")) || l.contains(&format!("kid={kid} ")))
+}
+
+/// The `kid`s in the database's key table (published or not).
+async fn recorded_kids(db: &Db, kid: &str) -> i64 {
+    db.count(&format!(
+        "SELECT COUNT(*) FROM signing_keys WHERE kid = '{kid}'"
+    ))
+    .await
+}
+
+async fn a_key_purged_while_its_instance_was_down_never_signs_again(db: Db) {
+    // Two instances on one database, each with its own data directory. The second is
+    // stopped through a rotation and the purge of the keys it retired; when it comes
+    // back, its old key file must not bring the retired key back.
+    let a = TestIssuer::start(&db).await;
+    let mut b = a.second_machine().await;
+    let b_keys = db.dir.join("data-2").join("keys");
+    let old = b.issuer.signing_kid();
+    assert!(b_keys.join(format!("{old}.pem")).exists());
+    b.stop().await;
+
+    let new = dpop_issuer::rotate_key(
+        &a.config(),
+        a.clock.unix(),
+        dpop_issuer::DEFAULT_KEY_ACTIVATION,
+    )
+    .await
+    .unwrap();
+    a.issuer.maintain().await.unwrap();
+    a.clock.advance(60);
+    a.issuer.maintain().await.unwrap();
+    // Past the retired keys' publication: the purge deletes their records.
+    a.clock.advance(300 + 60 + 30 + 1);
+    a.issuer.maintain().await.unwrap();
+    assert_eq!(recorded_kids(&db, &old).await, 0);
+    assert_eq!(a.jwks_kids().await, vec![new.clone()]);
+
+    let (errors, guard) = ErrorLog::install();
+    b.restart().await;
+    drop(guard);
+    assert!(
+        logged(&errors, &old),
+        "no error naming {old}: {:?}",
+        errors.lock().unwrap()
+    );
+    let signing = b.issuer.signing_kid();
+    assert_ne!(signing, old, "the purged key signs again");
+    assert!(
+        !b_keys.join(format!("{old}.pem")).exists(),
+        "the purged key's file is still there"
+    );
+    let k = key();
+    let token = b.access_token("svc", &k, &[]).await;
+    assert_eq!(decode(&token).0["kid"], json!(signing));
+    for it in [&a, &b] {
+        assert!(
+            !it.jwks_kids().await.contains(&old),
+            "{} publishes the purged key again",
+            it.url
+        );
+    }
+    assert_eq!(recorded_kids(&db, &old).await, 0);
+    // The key it signs with now is published everywhere.
+    b.verify(&token, API).await;
+    a.verify(&token, API).await;
+    assert!(a.active(&token).await);
+    b.issuer.maintain().await.unwrap();
+    assert_eq!(b.issuer.signing_kid(), signing);
+}
+
+async fn a_key_past_its_publication_never_signs_after_a_restart(db: Db) {
+    // One instance, stopped through a rotation and past the end of the old key's
+    // publication (no instance ran the purge meanwhile).
+    let mut it = TestIssuer::start(&db).await;
+    let keys_dir = db.dir.join("data").join("keys");
+    let old = it.issuer.signing_kid();
+    it.stop().await;
+    let new = dpop_issuer::rotate_key(
+        &it.config(),
+        it.clock.unix(),
+        dpop_issuer::DEFAULT_KEY_ACTIVATION,
+    )
+    .await
+    .unwrap();
+    it.clock.advance(60 + 300 + 60 + 30 + 1);
+
+    let (errors, guard) = ErrorLog::install();
+    it.restart().await;
+    drop(guard);
+    assert!(
+        logged(&errors, &old),
+        "no error naming {old}: {:?}",
+        errors.lock().unwrap()
+    );
+    assert_eq!(it.issuer.signing_kid(), new);
+    let k = key();
+    let token = it.access_token("svc", &k, &[]).await;
+    assert_eq!(decode(&token).0["kid"], json!(new));
+    it.verify(&token, API).await;
+    assert_eq!(it.jwks_kids().await, vec![new.clone()]);
+    assert!(!keys_dir.join(format!("{old}.pem")).exists());
+    // The purge does not bring it back either.
+    it.issuer.maintain().await.unwrap();
+    assert_eq!(it.issuer.signing_kid(), new);
+    assert_eq!(it.jwks_kids().await, vec![new]);
+    assert_eq!(recorded_kids(&db, &old).await, 0);
+}
+
+async fn a_key_file_without_a_record_is_never_published(db: Db) {
+    // A private key file the database has no record of (restored from a backup,
+    // copied from elsewhere) is never published and never signs.
+    let mut it = TestIssuer::start(&db).await;
+    let keys_dir = db.dir.join("data").join("keys");
+    let current = it.issuer.signing_kid();
+    it.stop().await;
+    let stray = dpop_core::PrivateKey::generate(dpop_core::Algorithm::Es256).unwrap();
+    let stray_kid = jkt(&stray);
+    let path = keys_dir.join(format!("{stray_kid}.pem"));
+    std::fs::write(&path, stray.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (errors, guard) = ErrorLog::install();
+    it.restart().await;
+    drop(guard);
+    assert!(
+        logged(&errors, &stray_kid),
+        "no error naming {stray_kid}: {:?}",
+        errors.lock().unwrap()
+    );
+    assert_eq!(it.issuer.signing_kid(), current);
+    assert!(!path.exists(), "the stray key file is still there");
+    assert_eq!(it.jwks_kids().await, vec![current.clone()]);
+    assert_eq!(recorded_kids(&db, &stray_kid).await, 0);
+    let k = key();
+    let token = it.access_token("svc", &k, &[]).await;
+    assert_eq!(decode(&token).0["kid"], json!(current));
+}
+
+/// The SQLite file of a test database, if it is one.
+fn sqlite_file(db: &Db) -> Option<std::path::PathBuf> {
+    (db.backend == Backend::Sqlite).then(|| db.dir.join("state").join("issuer.db"))
+}
+
+async fn data_directory_and_database_files_are_private(db: Db) {
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    it.access_token("svc", &k, &[]).await;
+    assert_eq!(mode(&db.dir.join("data")), 0o700);
+    assert_eq!(mode(&db.dir.join("data").join("keys")), 0o700);
+    if let Some(file) = sqlite_file(&db) {
+        assert_eq!(mode(file.parent().unwrap()), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        // WAL mode: the log and the shared-memory index exist while the pool is open.
+        for suffix in ["-wal", "-shm"] {
+            let side = std::path::PathBuf::from(format!("{}{suffix}", file.display()));
+            assert!(side.exists(), "{}", side.display());
+            assert_eq!(mode(&side), 0o600, "{}", side.display());
+        }
+    }
+}
+
+async fn loose_database_file_modes_are_tightened_at_start(db: Db) {
+    let mut it = TestIssuer::start(&db).await;
+    it.stop().await;
+    let data = db.dir.join("data");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sides: Vec<std::path::PathBuf> = sqlite_file(&db)
+        .map(|file| {
+            ["", "-wal", "-shm", "-journal"]
+                .iter()
+                .map(|s| std::path::PathBuf::from(format!("{}{s}", file.display())))
+                .collect()
+        })
+        .unwrap_or_default();
+    for side in &sides {
+        if !side.exists() {
+            std::fs::write(side, b"").unwrap();
+        }
+        std::fs::set_permissions(side, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    it.restart().await;
+    it.cc("svc", &key(), &[]).await.ok();
+    assert_eq!(mode(&data), 0o700);
+    for side in &sides {
+        if side.exists() {
+            assert_eq!(mode(side), 0o600, "{}", side.display());
+        }
+    }
 }

@@ -14,7 +14,7 @@ use dpop_core::{
     Algorithm, Clock, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource,
 };
 use dpop_issuer::{Issuer, IssuerConfig};
-use dpop_test::PgSchema;
+use dpop_test::{MockIssuer, PgSchema, TokenSpec};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
@@ -179,6 +179,24 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Runs statements on this test's database, outside the issuer (to set up state an
+    /// older version left behind).
+    pub(crate) async fn execute(&self, statements: &[&str]) {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database");
+        for sql in statements {
+            sqlx::query(sql)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        conn.close().await.ok();
+    }
+}
+
 impl Drop for Db {
     fn drop(&mut self) {
         // Best effort: a leftover directory or schema only costs space. The schema goes
@@ -229,8 +247,10 @@ impl Setup {
 /// The clients every test issuer has:
 ///
 /// - `svc`: confidential (secret), every grant, scopes `read write admin` (default
-///   `read`), audiences [`API`] and [`OTHER_API`] (default [`API`]);
-/// - `svc2`: confidential, every grant, scopes `read write`, audience [`API`];
+///   `read`), audiences [`API`] and [`OTHER_API`] (default [`API`]); exchanging its own
+///   tokens starts a refresh grant (`refresh_from_exchange`);
+/// - `svc2`: confidential, every grant, scopes `read write`, audience [`API`]; acts for
+///   `svc` (`may_exchange_for`), with a refresh grant;
 /// - `cc-only`: confidential, `client_credentials` only, scope `read`;
 /// - `optional`: confidential, `dpop = "optional"`, `client_credentials`, scope `read`;
 /// - `keyed`: `private_key_jwt` with the harness's client key, `client_credentials`;
@@ -247,6 +267,7 @@ scopes = ["read", "write", "admin"]
 default_scopes = ["read"]
 audiences = ["{API}", "{OTHER_API}"]
 default_audiences = ["{API}"]
+refresh_from_exchange = true
 
 [[clients]]
 id = "svc2"
@@ -254,6 +275,8 @@ secret = "{hash}"
 grants = ["{GRANT_CC}", "{GRANT_REFRESH}", "{GRANT_EXCHANGE}"]
 scopes = ["read", "write"]
 audiences = ["{API}"]
+may_exchange_for = ["svc"]
+refresh_from_exchange = true
 
 [[clients]]
 id = "cc-only"
@@ -290,6 +313,51 @@ grants = []
 introspection = true
 "#
     )
+}
+
+/// Configuration `text` with `line` added to client `id`'s table (an operator's edit).
+pub(crate) fn set_client(text: &str, id: &str, line: &str) -> String {
+    let table = format!("id = \"{id}\"\n");
+    assert!(text.contains(&table), "no client {id:?}");
+    text.replacen(&table, &format!("{table}{line}\n"), 1)
+}
+
+/// The `aud` of [`ci_trust_toml`]'s job tokens.
+pub(crate) const CI_AUD: &str = "https://issuer.test";
+
+/// A `[[trust]]` for the CI issuer `ci`: its job tokens for `acme/shop` are exchanged by
+/// the `public` client for workload `shop-deployer` (scopes `read write`), whose grants
+/// may outlive the job token (`outlive_subject`). The way a public client gets a
+/// (key-bound) refresh token: it cannot exchange this issuer's own tokens.
+pub(crate) fn ci_trust_toml(ci: &MockIssuer) -> String {
+    format!(
+        r#"
+[[trust]]
+name = "ci-for-public"
+issuer = "{iss}"
+audience = "{CI_AUD}"
+
+[[trust.rules]]
+claims = {{ repository = "acme/shop" }}
+workload = "shop-deployer"
+scopes = ["read", "write"]
+clients = ["public"]
+outlive_subject = true
+"#,
+        iss = ci.url()
+    )
+}
+
+/// An issuer with the standard clients that trusts `ci` ([`ci_trust_toml`]).
+pub(crate) async fn start_trusting(db: &Db, ci: &MockIssuer) -> TestIssuer {
+    TestIssuer::start_with(
+        db,
+        Setup {
+            extra: ci_trust_toml(ci),
+            ..Setup::default()
+        },
+    )
+    .await
 }
 
 // ---- HTTP ----
@@ -815,6 +883,48 @@ impl TestIssuer {
             .access_token("svc", key, &[("scope", "read write")])
             .await;
         let body = self.exchange(&basic("svc"), Some(key), &at, &[]).await.ok();
+        (
+            body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        )
+    }
+
+    /// `public` exchanges a job token of `ci` (see [`ci_trust_toml`]) with a proof by
+    /// `key`. Returns (access token, refresh token bound to `key`).
+    pub(crate) async fn public_refresh_token(
+        &self,
+        ci: &MockIssuer,
+        key: &PrivateKey,
+    ) -> (String, String) {
+        let mut extra = serde_json::Map::new();
+        extra.insert("repository".into(), "acme/shop".into());
+        let job = ci.mint(&TokenSpec {
+            sub: "repo:acme/shop:ref:refs/heads/main".into(),
+            aud: CI_AUD.into(),
+            typ: Some("JWT".into()),
+            now: Some(self.clock.secs()),
+            lifetime_secs: 600,
+            extra,
+            ..TokenSpec::default()
+        });
+        let body = self
+            .token(
+                &public("public"),
+                Some(key),
+                &[
+                    ("grant_type", GRANT_EXCHANGE),
+                    ("subject_token", &job),
+                    ("subject_token_type", TT_JWT),
+                ],
+            )
+            .await
+            .ok();
         (
             body["access_token"]
                 .as_str()

@@ -835,3 +835,270 @@ audiences = ["{API}"]
         .await;
     r.err(401, "invalid_client");
 }
+
+/// The median of some durations.
+fn median(mut samples: Vec<std::time::Duration>) -> std::time::Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// A token request whose client authentication fails, timed.
+async fn timed_failure(
+    it: &TestIssuer,
+    auth: &Auth,
+    k: &dpop_core::PrivateKey,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let r = it.token(auth, Some(k), &[("grant_type", GRANT_CC)]).await;
+    let took = started.elapsed();
+    r.err(401, "invalid_client");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_client_ids_take_as_long_as_wrong_secrets() {
+    // An unknown client id, a known client with a wrong secret, and a client without a
+    // secret that is sent one must all cost one Argon2 verification: otherwise the
+    // response time tells which client ids exist.
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(&db, Setup::no_nonce()).await;
+    let k = key();
+    let wrong = "not-the-secret-at-all";
+    let unknown = Auth::Basic("no-such-client".into(), wrong.into());
+    let known = Auth::Basic("svc".into(), wrong.into());
+    let secretless = Auth::Post("public".into(), wrong.into());
+    // One Argon2 verification with the configured parameters, measured here between
+    // the requests. Load from elsewhere only ever adds time, so the fastest of these is
+    // the cost itself.
+    let hash = dpop_issuer::secret::ClientSecret::from_config(
+        &SECRET_HASH,
+        &std::collections::BTreeMap::<String, String>::new(),
+    )
+    .unwrap();
+    let argon2 = || {
+        let h = hash.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            assert!(!h.verify_slow(wrong));
+            started.elapsed()
+        })
+    };
+    // Warm up every path once, then interleave the samples so that load from other
+    // tests falls on all of them alike.
+    for auth in [&unknown, &known, &secretless] {
+        timed_failure(&it, auth, &k).await;
+    }
+    let (mut u, mut kn, mut s, mut argon) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        argon.push(argon2().await.unwrap());
+        u.push(timed_failure(&it, &unknown, &k).await);
+        kn.push(timed_failure(&it, &known, &k).await);
+        s.push(timed_failure(&it, &secretless, &k).await);
+    }
+    let argon = argon.into_iter().min().unwrap();
+    let (u, kn, s) = (median(u), median(kn), median(s));
+    eprintln!(
+        "argon2 {argon:?}; median failure: unknown client {u:?}, wrong secret {kn:?}, \
+         secretless client {s:?}"
+    );
+    for (what, t) in [
+        ("wrong secret", kn),
+        ("unknown client", u),
+        ("secretless client", s),
+    ] {
+        assert!(
+            t >= argon / 2,
+            "{what}: {t:?}, less than half an Argon2 verification ({argon:?})"
+        );
+    }
+    for (what, t) in [("unknown client", u), ("secretless client", s)] {
+        let ratio = t.as_secs_f64() / kn.as_secs_f64();
+        assert!(
+            (0.5..=2.0).contains(&ratio),
+            "{what}: {t:?} against {kn:?} for a wrong secret (ratio {ratio:.2})"
+        );
+    }
+}
+
+/// The `Retry-After` of a 429 `slow_down` answer.
+#[track_caller]
+fn slowed_down(r: &Resp) -> u64 {
+    r.err(429, "slow_down");
+    r.header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("Retry-After in seconds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_secrets_are_limited_per_client_id() {
+    // Defaults: 20 failed attempts per client id per minute.
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(&db, Setup::no_nonce()).await;
+    let k = key();
+    let cc = [("grant_type", GRANT_CC)];
+    let wrong = |id: &str| Auth::Basic(id.into(), "not-the-secret-at-all".into());
+    for _ in 0..20 {
+        it.token(&wrong("svc"), Some(&k), &cc)
+            .await
+            .err(401, "invalid_client");
+    }
+    let wait = slowed_down(&it.token(&wrong("svc"), Some(&k), &cc).await);
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    // Over the limit nothing is checked, the right secret included.
+    assert_eq!(
+        slowed_down(&it.token(&basic("svc"), Some(&k), &cc).await),
+        wait
+    );
+    assert_eq!(
+        slowed_down(&it.token(&post("svc"), Some(&k), &cc).await),
+        wait
+    );
+    // An unknown id is limited the same way, so the limit does not tell ids apart.
+    for _ in 0..20 {
+        it.token(&wrong("no-such-client"), Some(&k), &cc)
+            .await
+            .err(401, "invalid_client");
+    }
+    assert_eq!(
+        slowed_down(&it.token(&wrong("no-such-client"), Some(&k), &cc).await),
+        wait
+    );
+    // Other clients are not affected.
+    it.cc("svc2", &k, &[]).await.ok();
+    // After Retry-After, the client may try again.
+    it.clock.advance(wait);
+    it.cc("svc", &k, &[]).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_secrets_are_limited_per_address() {
+    // Defaults: 50 failed attempts per address per minute, whatever the client ids.
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(&db, Setup::no_nonce()).await;
+    let k = key();
+    let cc = [("grant_type", GRANT_CC)];
+    for i in 0..50 {
+        it.token(
+            &Auth::Basic(format!("probe-{i}"), "not-the-secret-at-all".into()),
+            Some(&k),
+            &cc,
+        )
+        .await
+        .err(401, "invalid_client");
+    }
+    let r = it
+        .token(
+            &Auth::Basic("probe-50".into(), "not-the-secret-at-all".into()),
+            Some(&k),
+            &cc,
+        )
+        .await;
+    let wait = slowed_down(&r);
+    // Every secret from that address waits, also introspection's.
+    assert_eq!(
+        slowed_down(&it.token(&basic("svc"), Some(&k), &cc).await),
+        wait
+    );
+    assert_eq!(slowed_down(&it.introspect("x", &[]).await), wait);
+    // Clients that do not send a secret are not concerned.
+    let assertion = it.assertion(&it.client_key, &json!({}));
+    it.token(&Auth::Jwt(assertion), Some(&k), &cc).await.ok();
+    it.clock.advance(wait);
+    it.cc("svc", &k, &[]).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_limits_are_configurable_and_see_through_trusted_proxies() {
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra: "[auth_limits]\nfailures_per_client = 100\nfailures_per_address = 2\n\
+                    window_secs = 30\ntrusted_proxies = [\"127.0.0.0/8\"]\n"
+                .to_owned(),
+            ..Setup::no_nonce()
+        },
+    )
+    .await;
+    let k = key();
+    let cc = [("grant_type", GRANT_CC)];
+    let from = |addr: &str, auth: &Auth| {
+        let proof = it.token_proof(&k);
+        let addr = addr.to_owned();
+        let auth = auth.clone();
+        let it = &it;
+        async move {
+            it.post(
+                "/token",
+                &auth,
+                &[("dpop", proof), ("x-forwarded-for", addr)],
+                &cc,
+            )
+            .await
+        }
+    };
+    let wrong = Auth::Basic("svc".into(), "not-the-secret-at-all".into());
+    // The proxy (loopback, trusted) reports the client's address: each has its own
+    // allowance; the client cannot prepend addresses of its own choosing.
+    for _ in 0..2 {
+        from("198.51.100.7, 203.0.113.1", &wrong)
+            .await
+            .err(401, "invalid_client");
+    }
+    let wait = slowed_down(&from("192.0.2.99, 203.0.113.1", &basic("svc")).await);
+    // One attempt per 30 / 2 = 15 s comes back.
+    assert_eq!(wait, 15);
+    from("203.0.113.2", &basic("svc")).await.ok();
+    // IPv6 clients are counted per /64.
+    for i in 0..2 {
+        from(&format!("2001:db8:1:2::{i}"), &wrong)
+            .await
+            .err(401, "invalid_client");
+    }
+    slowed_down(&from("2001:db8:1:2:ffff::1", &basic("svc")).await);
+    from("2001:db8:1:3::1", &basic("svc")).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_from_untrusted_peers_are_ignored() {
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra: "[auth_limits]\nfailures_per_address = 2\n".to_owned(),
+            ..Setup::no_nonce()
+        },
+    )
+    .await;
+    let k = key();
+    let cc = [("grant_type", GRANT_CC)];
+    let wrong = Auth::Basic("svc".into(), "not-the-secret-at-all".into());
+    for i in 0..2 {
+        let proof = it.token_proof(&k);
+        it.post(
+            "/token",
+            &wrong,
+            &[
+                ("dpop", proof),
+                ("x-forwarded-for", format!("203.0.113.{i}")),
+            ],
+            &cc,
+        )
+        .await
+        .err(401, "invalid_client");
+    }
+    let proof = it.token_proof(&k);
+    let r = it
+        .post(
+            "/token",
+            &basic("svc"),
+            &[
+                ("dpop", proof),
+                ("x-forwarded-for", "203.0.113.9".to_owned()),
+            ],
+            &cc,
+        )
+        .await;
+    assert_eq!(slowed_down(&r), 30);
+}

@@ -13,12 +13,17 @@ db_tests!(
     rule_clients_and_audiences,
     bound_external_token_needs_its_key,
     external_issuer_down,
+    exchanged_token_expires_no_later_than_the_job_token,
+    no_refresh_grant_from_a_job_token_by_default,
+    outlive_subject_gives_the_client_lifetime_and_a_refresh_grant,
 );
 
 /// The `aud` the trusted issuer's tokens must carry.
 const TRUST_AUD: &str = "https://issuer.test";
 
-fn trust_toml(ci: &MockIssuer) -> String {
+/// The trust of these tests. The `shop-deployer` rule lets its grants outlive the job
+/// token when `outlive` is set; the other rules never do.
+fn trust_toml(ci: &MockIssuer, outlive: bool) -> String {
     format!(
         r#"
 [[trust]]
@@ -32,6 +37,7 @@ claims = {{ repository = "acme/shop", ref = "refs/heads/*" }}
 workload = "shop-deployer"
 scopes = ["read", "write"]
 clients = ["public"]
+outlive_subject = {outlive}
 
 [[trust.rules]]
 claims = {{ repository = "acme/other" }}
@@ -50,10 +56,19 @@ scopes = ["read"]
 }
 
 async fn start(db: &Db, ci: &MockIssuer, more: &str) -> TestIssuer {
+    start_trust(db, ci, false, more).await
+}
+
+/// [`start`] with `outlive_subject` on the `shop-deployer` rule.
+async fn start_outliving(db: &Db, ci: &MockIssuer) -> TestIssuer {
+    start_trust(db, ci, true, "").await
+}
+
+async fn start_trust(db: &Db, ci: &MockIssuer, outlive: bool, more: &str) -> TestIssuer {
     TestIssuer::start_with(
         db,
         Setup {
-            extra: format!("{}{more}", trust_toml(ci)),
+            extra: format!("{}{more}", trust_toml(ci, outlive)),
             ..Setup::default()
         },
     )
@@ -96,7 +111,8 @@ async fn exchange_jwt(
 
 async fn external_token_exchanged_for_a_workload_token(db: Db) {
     let ci = MockIssuer::start().await.unwrap();
-    let it = start(&db, &ci, "").await;
+    // The shop's grants may outlive its job token: a refresh grant is started below.
+    let it = start_outliving(&db, &ci).await;
     let k = key();
     let job = job_token(&it, &ci, &shop_claims());
 
@@ -323,4 +339,186 @@ scopes = ["read"]
     let r = exchange_jwt(&it, &public("public"), Some(&k), &token, &[]).await;
     r.err(503, "temporarily_unavailable");
     assert!(r.header("retry-after").is_some());
+}
+
+/// The `exp` of a compact JWT, not verified.
+fn exp_of(token: &str) -> u64 {
+    decode(token).1["exp"].as_u64().expect("exp")
+}
+
+fn prod_claims() -> Value {
+    json!({ "repository": "acme/tools", "environment": { "name": "prod" } })
+}
+
+/// By default the token issued for a job token expires no later than the job token,
+/// whatever the client's access-token lifetime (300 s here).
+async fn exchanged_token_expires_no_later_than_the_job_token(db: Db) {
+    let ci = MockIssuer::start().await.unwrap();
+    let it = start(&db, &ci, "").await;
+    let k = key();
+    // Job tokens of 600 s.
+    let shop = job_token(&it, &ci, &shop_claims());
+    let prod = job_token(&it, &ci, &prod_claims());
+    let job_exp = exp_of(&shop);
+
+    // Early in the job, the client's lifetime is the tighter bound.
+    let body = exchange_jwt(&it, &public("public"), Some(&k), &shop, &[])
+        .await
+        .ok();
+    assert_eq!(body["expires_in"], json!(300));
+    assert_eq!(
+        exp_of(body["access_token"].as_str().unwrap()),
+        it.clock.secs() + 300
+    );
+
+    // 100 s before the job token expires: the new token ends with it.
+    it.clock.advance(500);
+    let body = exchange_jwt(&it, &public("public"), Some(&k), &shop, &[])
+        .await
+        .ok();
+    assert_eq!(body["expires_in"], json!(100), "{body}");
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(exp_of(access), job_exp);
+    assert_eq!(it.verify(access, API).await.expires_at.as_secs(), job_exp);
+    // The same for a confidential client that may refresh, under a rule open to any
+    // client.
+    let body = exchange_jwt(&it, &basic("svc"), Some(&k), &prod, &[])
+        .await
+        .ok();
+    assert_eq!(body["expires_in"], json!(100), "{body}");
+    assert_eq!(
+        exp_of(body["access_token"].as_str().unwrap()),
+        exp_of(&prod)
+    );
+
+    // Past its exp, within the verifier's clock leeway: no time is left to grant.
+    it.clock.advance(110);
+    exchange_jwt(&it, &public("public"), Some(&k), &shop, &[])
+        .await
+        .err(400, "invalid_grant");
+}
+
+/// By default exchanging a job token starts no refresh grant, even for clients that
+/// have the refresh_token grant (and `refresh_from_exchange`, which is about this
+/// issuer's own tokens).
+async fn no_refresh_grant_from_a_job_token_by_default(db: Db) {
+    let ci = MockIssuer::start().await.unwrap();
+    let it = start(&db, &ci, "").await;
+    let k = key();
+    let shop = job_token(&it, &ci, &shop_claims());
+    let prod = job_token(&it, &ci, &prod_claims());
+    let bound = job_token(
+        &it,
+        &ci,
+        &json!({ "repository": "acme/shop", "ref": "refs/heads/main", "cnf": { "jkt": jkt(&k) } }),
+    );
+    for (auth, job) in [
+        (public("public"), &shop),
+        (public("public"), &bound),
+        (basic("svc"), &prod),
+    ] {
+        let body = exchange_jwt(&it, &auth, Some(&k), job, &[]).await.ok();
+        assert!(body.get("refresh_token").is_none(), "{auth:?}: {body}");
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 0);
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_tokens").await, 0);
+}
+
+/// A rule with `outlive_subject`: the client's full access-token lifetime and, for a
+/// client with the refresh_token grant, a refresh grant that goes on after the job token
+/// has expired. The rules without it are unaffected.
+async fn outlive_subject_gives_the_client_lifetime_and_a_refresh_grant(db: Db) {
+    let ci = MockIssuer::start().await.unwrap();
+    let it = start_outliving(&db, &ci).await;
+    let k = key();
+    let shop = job_token(&it, &ci, &shop_claims());
+    let prod = job_token(&it, &ci, &prod_claims());
+    let job_exp = exp_of(&shop);
+
+    it.clock.advance(500);
+    let body = exchange_jwt(&it, &public("public"), Some(&k), &shop, &[])
+        .await
+        .ok();
+    assert_eq!(body["expires_in"], json!(300));
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(exp_of(access), it.clock.secs() + 300);
+    assert!(exp_of(access) > job_exp);
+    let rt = body["refresh_token"].as_str().expect("a refresh token");
+    // A rule without the setting keeps the default, on the same issuer.
+    let other = exchange_jwt(&it, &basic("svc"), Some(&k), &prod, &[])
+        .await
+        .ok();
+    assert_eq!(other["expires_in"], json!(100), "{other}");
+    assert!(other.get("refresh_token").is_none(), "{other}");
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 1);
+
+    // The job token has expired; the refresh grant lives on, bound to the key.
+    it.clock.advance(200);
+    exchange_jwt(&it, &public("public"), Some(&k), &shop, &[])
+        .await
+        .err(400, "invalid_grant");
+    let refreshed = it.refresh(&public("public"), Some(&k), rt, &[]).await.ok();
+    let c = decode(refreshed["access_token"].as_str().unwrap()).1;
+    assert_eq!(c["sub"], json!("shop-deployer"));
+    assert_eq!(c["exp"], json!(it.clock.secs() + 300));
+    assert_eq!(c["cnf"]["jkt"], json!(jkt(&k)));
+}
+
+/// `outlive_subject` is for workloads that refresh: a rule none of whose clients has the
+/// refresh_token grant is refused at load.
+#[test]
+fn outlive_subject_needs_a_client_that_can_refresh() {
+    let parse = |clients: &str, rule_clients: &str| {
+        let text = format!(
+            r#"
+issuer = "https://issuer.example"
+{clients}
+[[trust]]
+name = "ci"
+issuer = "https://ci.example"
+audience = "https://issuer.example"
+
+[[trust.rules]]
+claims = {{ repository = "acme/shop" }}
+workload = "shop"
+scopes = ["read"]
+clients = [{rule_clients}]
+outlive_subject = true
+"#
+        );
+        dpop_issuer::IssuerConfig::from_toml(
+            &text,
+            &std::env::temp_dir(),
+            &std::collections::BTreeMap::new(),
+        )
+        .map_err(|e| e.message().to_owned())
+    };
+    let client = |id: &str, grants: &str| {
+        format!("[[clients]]\nid = \"{id}\"\ngrants = [{grants}]\naudiences = [\"{API}\"]\n")
+    };
+    let exchange_only = client("x", &format!("\"{GRANT_EXCHANGE}\""));
+    let refreshing = client("y", &format!("\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\""));
+    let both = format!("{exchange_only}{refreshing}");
+
+    for (clients, rule_clients) in [
+        (exchange_only.as_str(), "\"x\""),
+        (exchange_only.as_str(), ""),
+        (both.as_str(), "\"x\""),
+    ] {
+        let e = parse(clients, rule_clients).expect_err(rule_clients);
+        assert_eq!(
+            e,
+            "trust \"ci\": rule for workload \"shop\" sets outlive_subject, but none of its \
+             clients has the refresh_token grant (remove the setting: tokens then end with the \
+             subject token)"
+        );
+    }
+    for (clients, rule_clients) in [
+        (refreshing.as_str(), "\"y\""),
+        (both.as_str(), "\"x\", \"y\""),
+        (both.as_str(), ""),
+    ] {
+        let config = parse(clients, rule_clients).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.trust[0].rules[0].outlive_subject);
+    }
 }

@@ -3,12 +3,16 @@
 //! introspection for opaque tokens registered with it.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +21,7 @@ use axum::{Form, Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dpop_core::{Algorithm, DEFAULT_ALGORITHMS, PrivateKey, RandomSource, SystemRandomSource};
+use hyper::body::Frame;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Map, Value, json};
 
@@ -151,6 +156,23 @@ fn random_id() -> String {
     jws::b64url(&bytes)
 }
 
+/// How a [`MockIssuer`] serves its metadata or its JWKS: as it should, or too large for
+/// a client that bounds what it reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Serving {
+    /// The document as it is.
+    #[default]
+    Normal,
+    /// The document followed by this many bytes of whitespace (still valid JSON), with
+    /// a `Content-Length`.
+    Padded(usize),
+    /// The document followed by this many bytes of whitespace in one chunk, without a
+    /// `Content-Length`; then the body never ends. Only a client that stops reading at its
+    /// limit answers before its timeout.
+    PaddedEndless(usize),
+}
+
 /// Configures a [`MockIssuer`] before it starts.
 #[derive(Clone, Debug)]
 pub struct MockIssuerBuilder {
@@ -202,6 +224,9 @@ impl MockIssuerBuilder {
             opaque: Mutex::new(HashMap::new()),
             client_id: self.client_id,
             client_secret: self.client_secret,
+            metadata_serving: Mutex::new(Serving::Normal),
+            jwks_serving: Mutex::new(Serving::Normal),
+            advertised_jwks_uri: Mutex::new(None),
         });
         state.push_new_key(false)?;
         let router = Router::new()
@@ -230,6 +255,10 @@ struct IssuerState {
     opaque: Mutex<HashMap<String, Value>>,
     client_id: String,
     client_secret: String,
+    metadata_serving: Mutex<Serving>,
+    jwks_serving: Mutex<Serving>,
+    /// The metadata's `jwks_uri` when not the issuer's own `/jwks`.
+    advertised_jwks_uri: Mutex<Option<String>>,
 }
 
 /// A lock that survives a panicking test thread: the data here stays consistent.
@@ -432,6 +461,57 @@ impl MockIssuer {
     pub fn revoke(&self, token: &str) {
         lock(&self.state.opaque).remove(token);
     }
+
+    /// How the metadata document is served from now on.
+    pub fn serve_metadata(&self, how: Serving) {
+        *lock(&self.state.metadata_serving) = how;
+    }
+
+    /// How `GET /jwks` is served from now on.
+    pub fn serve_jwks(&self, how: Serving) {
+        *lock(&self.state.jwks_serving) = how;
+    }
+
+    /// The `jwks_uri` the metadata names from now on; `None` restores [`MockIssuer::jwks_uri`].
+    pub fn advertise_jwks_uri(&self, uri: Option<&str>) {
+        *lock(&self.state.advertised_jwks_uri) = uri.map(str::to_owned);
+    }
+}
+
+/// A JSON response for `document`, served as `how` says.
+fn serve_document(document: &Value, how: Serving) -> Response {
+    let mut text = document.to_string();
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    match how {
+        Serving::Normal => (json, text).into_response(),
+        Serving::Padded(n) => {
+            text.push_str(&" ".repeat(n));
+            (json, text).into_response()
+        }
+        Serving::PaddedEndless(n) => {
+            text.push_str(&" ".repeat(n));
+            let body = Endless(Some(Bytes::from(text)));
+            (json, Body::new(body)).into_response()
+        }
+    }
+}
+
+/// A body that sends its one chunk and then never ends (nor wakes its reader again).
+struct Endless(Option<Bytes>);
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => Poll::Pending,
+        }
+    }
 }
 
 fn jwks_document(state: &IssuerState) -> Value {
@@ -451,22 +531,26 @@ fn jwks_document(state: &IssuerState) -> Value {
     json!({ "keys": keys })
 }
 
-async fn metadata(State(state): State<Arc<IssuerState>>) -> Json<Value> {
+async fn metadata(State(state): State<Arc<IssuerState>>) -> Response {
     let url = &state.url;
     let algs: Vec<&str> = DEFAULT_ALGORITHMS.iter().map(|a| a.name()).collect();
-    Json(json!({
+    let jwks_uri = lock(&state.advertised_jwks_uri)
+        .clone()
+        .unwrap_or_else(|| format!("{url}/jwks"));
+    let document = json!({
         "issuer": url,
-        "jwks_uri": format!("{url}/jwks"),
+        "jwks_uri": jwks_uri,
         "token_endpoint": format!("{url}/token"),
         "introspection_endpoint": format!("{url}/introspect"),
         "response_types_supported": ["code"],
         "dpop_signing_alg_values_supported": algs,
-    }))
+    });
+    serve_document(&document, *lock(&state.metadata_serving))
 }
 
-async fn jwks(State(state): State<Arc<IssuerState>>) -> Json<Value> {
+async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    Json(jwks_document(&state))
+    serve_document(&jwks_document(&state), *lock(&state.jwks_serving))
 }
 
 async fn introspect(

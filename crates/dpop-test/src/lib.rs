@@ -54,7 +54,7 @@ mod upstream;
 pub use crate::client::{HTTP_TIMEOUT, HttpResponse, http_get, http_request};
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
-    MockIssuer, MockIssuerBuilder, TokenSpec, now,
+    MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
 };
 pub use crate::jws::{b64url, sign_compact};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};

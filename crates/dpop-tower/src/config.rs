@@ -32,6 +32,7 @@ pub struct RoutePolicy {
     pub require_nonce: bool,
     /// Scopes the access token must all have. Defaults to none.
     pub scopes: Vec<String>,
+    forward_encoded_slashes: bool,
 }
 
 impl Default for RoutePolicy {
@@ -40,6 +41,7 @@ impl Default for RoutePolicy {
             mode: DpopMode::Required,
             require_nonce: false,
             scopes: Vec::new(),
+            forward_encoded_slashes: false,
         }
     }
 }
@@ -61,6 +63,25 @@ impl RoutePolicy {
         self
     }
 
+    /// Lets requests whose path has an encoded slash (`%2F`, upper-case hex) inside a
+    /// segment through this route, forwarded as sent, instead of refusing them with 400
+    /// `non_canonical_target`. Every other canonical-form rule still holds, also for the
+    /// pieces between the `%2F`s, and the path must fall under this same route whether
+    /// `%2F` is read as data or as `/`. The service behind the route must treat `%2F` as
+    /// data (an object key, a project path such as `group%2Fproject`); one that decodes it
+    /// before routing sees more segments than the route matched.
+    #[must_use]
+    pub fn dangerous_forward_encoded_slashes(mut self) -> Self {
+        self.forward_encoded_slashes = true;
+        self
+    }
+
+    /// Whether [`Self::dangerous_forward_encoded_slashes`] was set.
+    #[must_use]
+    pub fn forwards_encoded_slashes(&self) -> bool {
+        self.forward_encoded_slashes
+    }
+
     /// Requires these scopes.
     #[must_use]
     pub fn with_scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, scopes: I) -> Self {
@@ -69,8 +90,9 @@ impl RoutePolicy {
     }
 }
 
-/// One route: methods (all when `None`) and a path prefix matched on segment
-/// boundaries (`/api` matches `/api` and `/api/x`, not `/apix`).
+/// One route: methods (all when `None`, otherwise compared exactly: RFC 9110 methods are
+/// case-sensitive) and a path prefix matched on segment boundaries (`/api` matches `/api`
+/// and `/api/x`, not `/apix`) against the canonical request path.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Route {
@@ -100,15 +122,34 @@ impl Route {
         self
     }
 
-    fn matches(&self, method: &Method, path: &str) -> bool {
+    fn matches(&self, method: &Method, path: &str, ignore_case: bool) -> bool {
         if self.methods.as_ref().is_some_and(|m| !m.contains(method)) {
             return false;
         }
         let prefix = self.path_prefix.trim_end_matches('/');
-        match path.strip_prefix(prefix) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
-            None => false,
-        }
+        let (Some(head), Some(rest)) = (path.get(..prefix.len()), path.get(prefix.len()..)) else {
+            return false;
+        };
+        let same = if ignore_case {
+            head.eq_ignore_ascii_case(prefix)
+        } else {
+            head == prefix
+        };
+        same && (rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+    }
+
+    /// Whether the two routes have the same prefix (ignoring a trailing `/` and letter
+    /// case) and cover a common method.
+    fn overlaps(&self, other: &Self) -> bool {
+        let same_prefix = self
+            .path_prefix
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(other.path_prefix.trim_end_matches('/'));
+        let common_method = match (&self.methods, &other.methods) {
+            (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+            _ => true,
+        };
+        same_prefix && common_method
     }
 }
 
@@ -145,13 +186,50 @@ impl Routes {
         self
     }
 
-    /// The policy for a request.
+    /// The policy for a request. `path` must be the canonical path
+    /// ([`dpop_core::RequestTarget::path`]): the layer resolves routes on nothing else.
     #[must_use]
     pub fn resolve(&self, method: &Method, path: &str) -> &RoutePolicy {
+        self.policy_at(self.resolve_index(method, path))
+    }
+
+    /// The index of the matching route, `None` for the default policy.
+    pub(crate) fn resolve_index(&self, method: &Method, path: &str) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| r.matches(method, path))
+            .position(|r| r.matches(method, path, false))
+    }
+
+    /// As [`Self::resolve_index`], comparing ASCII letters without case: what an upstream
+    /// that routes case-insensitively would choose.
+    pub(crate) fn resolve_index_ignoring_case(&self, method: &Method, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matches(method, path, true))
+    }
+
+    /// The policy of the route at `index` (from [`Self::resolve_index`]).
+    pub(crate) fn policy_at(&self, index: Option<usize>) -> &RoutePolicy {
+        index
+            .and_then(|i| self.routes.get(i))
             .map_or(&self.default, |r| &r.policy)
+    }
+
+    /// Two routes with the same prefix (ignoring a trailing `/` and letter case) and a
+    /// common method: one would silently shadow the other.
+    pub(crate) fn first_overlap(&self) -> Option<&Route> {
+        self.routes.iter().enumerate().find_map(|(i, a)| {
+            self.routes
+                .iter()
+                .skip(i.saturating_add(1))
+                .any(|b| a.overlaps(b))
+                .then_some(a)
+        })
+    }
+
+    /// Every route's path prefix and methods, for checks at start-up.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 
     /// Every policy in the table (for checks at start-up, e.g. "a route needs nonces").
@@ -161,75 +239,226 @@ impl Routes {
 }
 
 /// Where the scheme, host and path the client used come from, for the `htu` check.
+///
+/// The client never chooses the host its proof is checked against: either the server's
+/// public URL fixes it, or the request's host must be on an explicit list. Otherwise a
+/// proof and token captured at another service would be accepted here.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum HtuSource {
     /// The external origin and path prefix, e.g. `https://api.example.com/orders`, when
     /// TLS is terminated in front or the path is rewritten. The request path is appended.
+    /// The request's `Host` is not consulted.
     PublicUrl(String),
+    /// Several public URLs (one service under several names). The one whose scheme and
+    /// authority match the request's `Host` (or, from a trusted proxy,
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host`) is used; a request for any other host is
+    /// refused with 400 `host_not_allowed` before any proof check.
+    PublicUrls {
+        /// The public URLs, each an absolute http(s) URL without query or fragment.
+        urls: Vec<String>,
+        /// Proxies whose forwarding headers are believed.
+        trusted_proxies: Vec<IpNet>,
+    },
     /// The request's own `Host` and target. `X-Forwarded-Proto` / `X-Forwarded-Host` are
     /// honoured only when the peer address ([`crate::PeerAddr`]) is one of
-    /// `trusted_proxies`; otherwise the scheme is `scheme`.
+    /// `trusted_proxies`; otherwise the scheme is `scheme`. The host must be one of
+    /// `allowed_hosts` (refused with 400 `host_not_allowed` otherwise); an empty list is
+    /// refused when the layer is built.
     FromRequest {
         /// Scheme when no trusted proxy says otherwise (`http` for a plain listener).
         scheme: String,
         /// Proxies whose forwarding headers are believed.
         trusted_proxies: Vec<IpNet>,
+        /// The hosts (`name` or `name:port`) this server answers for.
+        allowed_hosts: Vec<String>,
     },
 }
 
-impl HtuSource {
-    /// The URI the client addressed, without query and fragment, normalised.
+/// [`HtuSource`] checked and normalised once, when the layer is built.
+#[derive(Clone, Debug)]
+pub(crate) enum HtuRule {
+    Fixed(String),
+    ByHost {
+        /// `(normalised scheme://authority, public URL as configured)`.
+        urls: Vec<(String, String)>,
+        trusted_proxies: Vec<IpNet>,
+    },
+    FromRequest {
+        scheme: String,
+        trusted_proxies: Vec<IpNet>,
+        /// Normalised `scheme://authority` of every allowed host, for http and https.
+        allowed: Vec<String>,
+    },
+}
+
+/// `scheme://authority` of an absolute URL in normal form (lower case, default port
+/// dropped), or `None` when it is not a valid http(s) origin.
+fn origin_of(url: &str) -> Option<String> {
+    let htu = Htu::from_origin_and_path(url, "/").ok()?;
+    let s = htu.as_str();
+    let after_scheme = s.find("://")?.saturating_add(3);
+    let end = s
+        .get(after_scheme..)?
+        .find('/')
+        .map_or(s.len(), |i| after_scheme.saturating_add(i));
+    s.get(..end).map(str::to_owned)
+}
+
+impl HtuRule {
+    /// Checks `source`; the error names the offending value.
+    pub(crate) fn new(source: &HtuSource) -> Result<Self, String> {
+        match source {
+            HtuSource::PublicUrl(url) => {
+                origin_of(url).ok_or_else(|| url.clone())?;
+                Ok(Self::Fixed(url.clone()))
+            }
+            HtuSource::PublicUrls {
+                urls,
+                trusted_proxies,
+            } => {
+                if urls.is_empty() {
+                    return Err(String::new());
+                }
+                let urls = urls
+                    .iter()
+                    .map(|u| {
+                        origin_of(u)
+                            .map(|o| (o, u.clone()))
+                            .ok_or_else(|| u.clone())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Self::ByHost {
+                    urls,
+                    trusted_proxies: trusted_proxies.clone(),
+                })
+            }
+            HtuSource::FromRequest {
+                scheme,
+                trusted_proxies,
+                allowed_hosts,
+            } => {
+                if allowed_hosts.is_empty() {
+                    return Err(String::new());
+                }
+                let mut allowed = Vec::with_capacity(allowed_hosts.len().saturating_mul(2));
+                for host in allowed_hosts {
+                    for s in ["http", "https"] {
+                        allowed
+                            .push(origin_of(&format!("{s}://{host}")).ok_or_else(|| host.clone())?);
+                    }
+                }
+                Ok(Self::FromRequest {
+                    scheme: scheme.clone(),
+                    trusted_proxies: trusted_proxies.clone(),
+                    allowed,
+                })
+            }
+        }
+    }
+
+    /// The URI the client addressed, without query and fragment, normalised. `path` is the
+    /// canonical request path (or, on a route that forwards non-canonical targets, the
+    /// path as sent, which `Htu` normalises).
     pub(crate) fn htu(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
+        path: &str,
     ) -> Result<Htu, RequestError> {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let bad = |_| RequestError::BadRequestTarget;
         match self {
-            Self::PublicUrl(base) => {
-                Htu::from_origin_and_path(base, path).map_err(|_| RequestError::BadRequestTarget)
+            Self::Fixed(base) => Htu::from_origin_and_path(base, path).map_err(bad),
+            Self::ByHost {
+                urls,
+                trusted_proxies,
+            } => {
+                let (scheme, host) = scheme_and_host(uri, headers, peer, trusted_proxies, None)?;
+                // The public URL gives the scheme (TLS may end in front of this server);
+                // a scheme the request does state (HTTP/2, a trusted proxy) must agree.
+                let (_, base) = urls
+                    .iter()
+                    .find(|(origin, _)| {
+                        let public_scheme = origin.split("://").next().unwrap_or_default();
+                        scheme.is_none_or(|s| s.eq_ignore_ascii_case(public_scheme))
+                            && origin_of(&format!("{public_scheme}://{host}")).as_ref()
+                                == Some(origin)
+                    })
+                    .ok_or(RequestError::HostNotAllowed)?;
+                Htu::from_origin_and_path(base, path).map_err(bad)
             }
             Self::FromRequest {
                 scheme,
                 trusted_proxies,
+                allowed,
             } => {
-                let trusted =
-                    peer.is_some_and(|ip| trusted_proxies.iter().any(|n| n.contains(&ip)));
-                let forwarded = |name: &str| -> Option<&str> {
-                    if !trusted {
-                        return None;
-                    }
-                    // The first value is the one the outermost trusted proxy saw.
-                    headers
-                        .get(name)?
-                        .to_str()
-                        .ok()?
-                        .split(',')
-                        .next()
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                };
-                let scheme = forwarded("x-forwarded-proto").unwrap_or(scheme);
-                let host = match forwarded("x-forwarded-host") {
-                    Some(h) => h,
-                    None => match uri.authority() {
-                        Some(a) => a.as_str(),
-                        None => headers
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .ok_or(RequestError::BadRequestTarget)?,
-                    },
-                };
-                if !path.starts_with('/') {
-                    return Err(RequestError::BadRequestTarget);
+                let (scheme, host) =
+                    scheme_and_host(uri, headers, peer, trusted_proxies, Some(scheme))?;
+                let scheme = scheme.unwrap_or("http");
+                let origin =
+                    origin_of(&format!("{scheme}://{host}")).ok_or(RequestError::HostNotAllowed)?;
+                if !allowed.contains(&origin) {
+                    return Err(RequestError::HostNotAllowed);
                 }
-                Htu::from_origin_and_path(&format!("{scheme}://{host}"), path)
-                    .map_err(|_| RequestError::BadRequestTarget)
+                Htu::from_origin_and_path(&origin, path).map_err(bad)
             }
         }
     }
+}
+
+/// The scheme and host the client addressed: from a trusted proxy's `X-Forwarded-Proto`
+/// / `X-Forwarded-Host` (first value), else the request's authority (HTTP/2) or `Host`.
+/// Without `default_scheme`, the scheme comes from the URI or the forwarding header only.
+fn scheme_and_host<'a>(
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    peer: Option<IpAddr>,
+    trusted_proxies: &[IpNet],
+    default_scheme: Option<&'a str>,
+) -> Result<(Option<&'a str>, &'a str), RequestError> {
+    // An IPv4-mapped IPv6 peer (a dual-stack listener) is its IPv4 address.
+    let trusted = peer.is_some_and(|ip| {
+        trusted_proxies
+            .iter()
+            .any(|n| n.contains(&ip.to_canonical()))
+    });
+    let forwarded = |name: &str| -> Option<&'a str> {
+        if !trusted {
+            return None;
+        }
+        // The first value is the one the outermost trusted proxy saw.
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .split(',')
+            .next()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = forwarded("x-forwarded-proto")
+        .or(default_scheme)
+        .or_else(|| uri.scheme_str());
+    let host = match forwarded("x-forwarded-host") {
+        Some(h) => h,
+        None => match uri.authority() {
+            Some(a) => a.as_str(),
+            None => headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or(RequestError::BadRequestTarget)?,
+        },
+    };
+    // RFC 9110 §7.2: uri-host [ ":" port ], nothing else; escapes are refused too, so
+    // a host has one spelling (`api%2Eexample.com` is not `api.example.com`).
+    let plain = host.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']')
+    });
+    if !plain {
+        return Err(RequestError::HostNotAllowed);
+    }
+    Ok((scheme, host))
 }
 
 #[cfg(test)]
@@ -269,6 +498,19 @@ mod tests {
         assert_eq!(routes.resolve(&get, "/anything").mode, DpopMode::Required);
     }
 
+    fn htu(
+        source: &HtuSource,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: Option<&str>,
+    ) -> Result<String, RequestError> {
+        let peer = peer.map(|p| p.parse().unwrap());
+        HtuRule::new(source)
+            .unwrap()
+            .htu(uri, headers, peer, uri.path())
+            .map(|h| h.as_str().to_owned())
+    }
+
     #[test]
     fn htu_from_public_url_and_request() {
         let uri: Uri = "/v1/items?x=1".parse().unwrap();
@@ -278,27 +520,102 @@ mod tests {
         headers.insert("x-forwarded-host", "api.example.com".parse().unwrap());
         let public = HtuSource::PublicUrl("https://api.example.com/orders".into());
         assert_eq!(
-            public.htu(&uri, &headers, None).unwrap().as_str(),
+            htu(&public, &uri, &headers, None).unwrap(),
             "https://api.example.com/orders/v1/items"
         );
-        let proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let from_req = HtuSource::FromRequest {
             scheme: "http".into(),
             trusted_proxies: proxies,
+            allowed_hosts: vec!["internal:8080".into(), "API.example.com".into()],
         };
         // Untrusted peer: forwarding headers ignored.
-        let untrusted = from_req
-            .htu(&uri, &headers, Some("192.0.2.1".parse().unwrap()))
-            .unwrap();
-        assert_eq!(untrusted.as_str(), "http://internal:8080/v1/items");
-        let trusted = from_req
-            .htu(&uri, &headers, Some("10.1.2.3".parse().unwrap()))
-            .unwrap();
-        assert_eq!(trusted.as_str(), "https://api.example.com/v1/items");
+        assert_eq!(
+            htu(&from_req, &uri, &headers, Some("192.0.2.1")).unwrap(),
+            "http://internal:8080/v1/items"
+        );
+        assert_eq!(
+            htu(&from_req, &uri, &headers, Some("10.1.2.3")).unwrap(),
+            "https://api.example.com/v1/items"
+        );
         headers.remove("host");
         assert_eq!(
-            from_req.htu(&uri, &headers, None),
+            htu(&from_req, &uri, &headers, None),
             Err(RequestError::BadRequestTarget)
+        );
+    }
+
+    #[test]
+    fn hosts_outside_the_public_urls_or_allowed_hosts_are_refused() {
+        let uri: Uri = "/v1/items".parse().unwrap();
+        let with_host = |h: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", h.parse().unwrap());
+            headers
+        };
+        let from_req = HtuSource::FromRequest {
+            scheme: "http".into(),
+            trusted_proxies: Vec::new(),
+            allowed_hosts: vec!["api.example.com".into()],
+        };
+        assert_eq!(
+            htu(&from_req, &uri, &with_host("API.Example.com:80"), None).unwrap(),
+            "http://api.example.com/v1/items"
+        );
+        for bad in [
+            "other.example.com",
+            "api.example.com:8080",
+            "api.example.com.evil",
+            "u@api.example.com",
+            "api.example.com/x",
+            "api.example.com/@evil.com",
+            "api%2Eexample.com",
+            "api.ex%61mple.com",
+            "api.example.com?",
+            "api.example.com\\",
+        ] {
+            assert_eq!(
+                htu(&from_req, &uri, &with_host(bad), None),
+                Err(RequestError::HostNotAllowed),
+                "{bad}"
+            );
+        }
+        let several = HtuSource::PublicUrls {
+            urls: vec![
+                "https://a.example".into(),
+                "https://b.example:8443/api".into(),
+            ],
+            trusted_proxies: Vec::new(),
+        };
+        assert_eq!(
+            htu(&several, &uri, &with_host("a.example:443"), None).unwrap(),
+            "https://a.example/v1/items"
+        );
+        assert_eq!(
+            htu(&several, &uri, &with_host("B.example:8443"), None).unwrap(),
+            "https://b.example:8443/api/v1/items"
+        );
+        for bad in ["c.example", "b.example", "a.example:8443"] {
+            assert_eq!(
+                htu(&several, &uri, &with_host(bad), None),
+                Err(RequestError::HostNotAllowed),
+                "{bad}"
+            );
+        }
+        // A stated scheme must agree with the public URL's.
+        let h2: Uri = "http://a.example/v1/items".parse().unwrap();
+        assert_eq!(
+            htu(&several, &h2, &HeaderMap::new(), None),
+            Err(RequestError::HostNotAllowed)
+        );
+        // Neither public URLs nor allowed hosts: refused when the layer is built.
+        assert!(
+            HtuRule::new(&HtuSource::FromRequest {
+                scheme: "http".into(),
+                trusted_proxies: Vec::new(),
+                allowed_hosts: Vec::new(),
+            })
+            .is_err()
         );
     }
 }

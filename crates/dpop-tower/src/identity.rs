@@ -34,3 +34,34 @@ pub struct DpopIdentity {
 /// decide whether forwarding headers come from a trusted proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The request target the layer judged the request by, inserted into the request's
+/// extensions for every request it lets through (any route mode). Route policy, the
+/// proof's `htu` and this value come from one parse of the target, so a proxy that
+/// forwards exactly [`AuthorizedTarget::as_str`] sends upstream what was authorised.
+/// Only the layer makes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizedTarget {
+    target: String,
+    canonical: bool,
+}
+
+impl AuthorizedTarget {
+    pub(crate) fn new(target: String, canonical: bool) -> Self {
+        Self { target, canonical }
+    }
+
+    /// The origin-form target (path and query) to forward.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.target
+    }
+
+    /// `false` when a route with
+    /// [`crate::RoutePolicy::dangerous_forward_encoded_slashes`] let a target with `%2F`
+    /// through as sent.
+    #[must_use]
+    pub fn is_canonical(&self) -> bool {
+        self.canonical
+    }
+}

@@ -10,7 +10,7 @@ use dpop_core::{
 };
 use tower::Layer;
 
-use crate::config::{HtuSource, Routes};
+use crate::config::{HtuRule, HtuSource, Routes};
 use crate::events::{DpopEvents, NoEvents};
 use crate::service::DpopService;
 use crate::tokens::{TokenCache, TokenSource};
@@ -25,6 +25,22 @@ pub enum ConfigError {
     /// The public URL is not an absolute http(s) URL without query or fragment.
     #[error("the public URL {0:?} is not an absolute http(s) URL without query or fragment")]
     BadPublicUrl(String),
+    /// An allowed host is not a valid `name` or `name:port`.
+    #[error("the allowed host {0:?} is not a valid host or host:port")]
+    BadAllowedHost(String),
+    /// Neither a public URL nor allowed hosts: the client would choose the host its
+    /// proof is checked against.
+    #[error(
+        "set a public URL (one or more) or a list of allowed hosts: without either, a proof made for another service would be accepted here"
+    )]
+    NoHostRule,
+    /// Two routes have the same path prefix (ignoring a trailing `/` and letter case) and
+    /// a common method, so one would silently shadow the other.
+    #[error("two routes for the path prefix {0:?} cover the same methods; merge them")]
+    DuplicateRoute(String),
+    /// A route's path prefix is not a canonical path, or a method is not upper case.
+    #[error("route {0:?}: {1}")]
+    BadRoute(String, dpop_core::TargetError),
     /// The core rejected the verifier settings.
     #[error("invalid proof verification settings: {0}")]
     Verifier(dpop_core::Error),
@@ -123,6 +139,7 @@ impl DpopSettings {
 
 pub(crate) struct Shared<St> {
     pub(crate) settings: DpopSettings,
+    pub(crate) htu_rule: HtuRule,
     pub(crate) verifier: Verifier,
     pub(crate) nonce_verifier: Option<Verifier>,
     pub(crate) algs: String,
@@ -162,10 +179,23 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
         tokens: Arc<dyn TokenSource>,
         store: St,
     ) -> Result<Self, ConfigError> {
-        if let HtuSource::PublicUrl(url) = &settings.htu
-            && dpop_core::Htu::from_origin_and_path(url, "/").is_err()
-        {
-            return Err(ConfigError::BadPublicUrl(url.clone()));
+        let htu_rule = HtuRule::new(&settings.htu).map_err(|bad| match (&settings.htu, bad) {
+            (_, bad) if bad.is_empty() => ConfigError::NoHostRule,
+            (HtuSource::FromRequest { .. }, bad) => ConfigError::BadAllowedHost(bad),
+            (_, bad) => ConfigError::BadPublicUrl(bad),
+        })?;
+        if let Some(route) = settings.routes.first_overlap() {
+            return Err(ConfigError::DuplicateRoute(route.path_prefix.clone()));
+        }
+        for route in settings.routes.routes() {
+            let bad = |e| ConfigError::BadRoute(route.path_prefix.clone(), e);
+            let prefix = dpop_core::RequestTarget::parse(&route.path_prefix).map_err(bad)?;
+            if prefix.query().is_some() {
+                return Err(bad(dpop_core::TargetError::InvalidCharacter));
+            }
+            for m in route.methods.iter().flatten() {
+                dpop_core::target::check_method(m.as_str()).map_err(bad)?;
+            }
         }
         let needs_nonces = settings.routes.policies().any(|p| p.require_nonce);
         if needs_nonces && settings.nonces.is_none() {
@@ -200,6 +230,7 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
+                htu_rule,
                 verifier,
                 nonce_verifier,
                 algs,

@@ -43,7 +43,7 @@ mod tokens;
 pub use crate::config::{DpopMode, HtuSource, Route, RoutePolicy, Routes};
 pub use crate::events::{DpopEvents, NoEvents, Outcome};
 pub use crate::future::ResponseFuture;
-pub use crate::identity::{DpopIdentity, PeerAddr, Scheme};
+pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
 pub use crate::layer::{ConfigError, DpopLayer, DpopSettings, SystemClock};
 pub use crate::service::DpopService;
 pub use crate::tokens::{

@@ -7,7 +7,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use dpop_core::jwt::AccessToken;
-use dpop_core::{AsyncReplayStore, Ath, Error, ProofRequest, Reason, RequestError, UnixTime};
+use dpop_core::{
+    AsyncReplayStore, Ath, Error, Htu, ProofRequest, Reason, RequestError, RequestTarget,
+    TargetError, UnixTime,
+};
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
 use tower::Service;
@@ -15,7 +18,7 @@ use tower::Service;
 use crate::config::{DpopMode, RoutePolicy};
 use crate::events::Outcome;
 use crate::future::ResponseFuture;
-use crate::identity::{DpopIdentity, PeerAddr, Scheme};
+use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
 use crate::layer::Shared;
 use crate::response::{RejectionContext, rejection as build_rejection};
 
@@ -121,19 +124,40 @@ where
     ResBody: Default,
     St: AsyncReplayStore,
 {
-    let policy = shared
-        .settings
-        .routes
-        .resolve(req.method(), req.uri().path());
+    let started = Instant::now();
+    // One parse of the target decides the route, the `htu` and what is forwarded.
+    let (policy, target) = match resolve(&shared, &req) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            let error = Error::from(RequestError::NonCanonicalTarget(e));
+            let reason = error.reason();
+            tracing::info!(target: "dpop::rejection", reason = reason.as_str(), class = e.as_str(), status = 400, method = %req.method(), target = %req.uri(), detail = %error, "request refused");
+            shared
+                .settings
+                .events
+                .outcome(Outcome::Rejected(reason), started.elapsed());
+            let ctx = RejectionContext {
+                algs: &shared.algs,
+                bearer_allowed: false,
+                scheme_used: None,
+                nonce: None,
+                realm: shared.settings.realm.as_deref(),
+                scopes: &[],
+            };
+            return Ok(build_rejection::<ResBody>(&error, &ctx));
+        }
+    };
+    let path = target.as_str().split('?').next().unwrap_or("/").to_owned();
+    let mut req = req;
+    req.extensions_mut().insert(target);
     if policy.mode == DpopMode::Off {
         return inner.call(req).await;
     }
-    let started = Instant::now();
     // Work on the head only: the body is not needed and need not be `Sync`.
     let (mut parts, body) = req.into_parts();
     let result = match shared.settings.clock.now() {
         Some(now) => shared
-            .authenticate(&parts, policy, now)
+            .authenticate(&parts, policy, &path, now)
             .await
             .map(|a| (a, now)),
         None => Err(Rejection::new(Error::NoClock, None)),
@@ -196,6 +220,54 @@ where
     }
 }
 
+/// The route policy and the target to judge and forward, from one parse of the request
+/// target. Non-canonical targets are refused, and so are paths whose route depends on
+/// letter case; a route that opts in may receive encoded slashes (see
+/// [`RoutePolicy::dangerous_forward_encoded_slashes`]).
+fn resolve<'a, St, B>(
+    shared: &'a Shared<St>,
+    req: &Request<B>,
+) -> Result<(&'a RoutePolicy, AuthorizedTarget), TargetError> {
+    let method = req.method();
+    dpop_core::target::check_method(method.as_str())?;
+    let uri = req.uri();
+    // HTTP/1 requests must use origin-form; HTTP/2 and later carry the scheme and
+    // authority in pseudo-headers, and their `:path` is the origin-form target.
+    if req.version() < http::Version::HTTP_2
+        && (uri.scheme().is_some() || uri.authority().is_some())
+    {
+        return Err(TargetError::NotOriginForm);
+    }
+    let raw = uri.path_and_query().map_or("", |p| p.as_str());
+    let (target, canonical) = match RequestTarget::parse(raw) {
+        Ok(target) => (target, true),
+        Err(TargetError::EncodedSlash) => (
+            RequestTarget::dangerous_parse_with_encoded_slashes(raw)?,
+            false,
+        ),
+        Err(e) => return Err(e),
+    };
+    let routes = &shared.settings.routes;
+    let path = target.path();
+    let index = routes.resolve_index(method, path);
+    // An upstream that routes without case would serve what another rule governs.
+    if routes.resolve_index_ignoring_case(method, path) != index {
+        return Err(TargetError::AmbiguousCase);
+    }
+    let policy = routes.policy_at(index);
+    if !canonical {
+        // Whether `%2F` is data or a separator to the upstream, the route is this one.
+        let decoded = path.replace("%2F", "/");
+        let same_route = routes.resolve_index(method, &decoded) == index
+            && routes.resolve_index_ignoring_case(method, &decoded) == index;
+        if !policy.forwards_encoded_slashes() || !same_route {
+            return Err(TargetError::EncodedSlash);
+        }
+    }
+    let target = AuthorizedTarget::new(target.as_str().to_owned(), canonical);
+    Ok((policy, target))
+}
+
 fn has_scopes(token: &AccessToken, required: &[String]) -> bool {
     required.iter().all(|r| token.scopes.iter().any(|s| s == r))
 }
@@ -205,8 +277,16 @@ impl<St: AsyncReplayStore> Shared<St> {
         &self,
         req: &Parts,
         policy: &RoutePolicy,
+        path: &str,
         now: UnixTime,
     ) -> Result<Authenticated, Rejection> {
+        // The host first: a request for a host this server does not serve is refused
+        // before any token or proof is looked at.
+        let peer: Option<IpAddr> = req.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        let htu = self
+            .htu_rule
+            .htu(&req.uri, &req.headers, peer, path)
+            .map_err(|e| Rejection::new(e, None))?;
         let mut values = req.headers.get_all(header::AUTHORIZATION).iter();
         let first = values.next();
         if values.next().is_some() {
@@ -227,7 +307,7 @@ impl<St: AsyncReplayStore> Shared<St> {
                     Some(Scheme::Dpop),
                 ));
             }
-            self.authenticate_dpop(req, policy, token, now).await
+            self.authenticate_dpop(req, policy, &htu, token, now).await
         } else if scheme.eq_ignore_ascii_case("bearer") {
             if !dpop_core::challenge::is_token68(token) {
                 return Err(Rejection::new(
@@ -281,6 +361,7 @@ impl<St: AsyncReplayStore> Shared<St> {
         &self,
         req: &Parts,
         policy: &RoutePolicy,
+        htu: &Htu,
         token: &str,
         now: UnixTime,
     ) -> Result<Authenticated, Rejection> {
@@ -297,12 +378,6 @@ impl<St: AsyncReplayStore> Shared<St> {
             .jkt
             .clone()
             .ok_or_else(|| Rejection::new(RequestError::TokenNotBound, dpop))?;
-        let peer: Option<IpAddr> = req.extensions.get::<PeerAddr>().map(|p| p.0.ip());
-        let htu = self
-            .settings
-            .htu
-            .htu(&req.uri, &req.headers, peer)
-            .map_err(|e| Rejection::new(e, dpop))?;
         let verifier = if policy.require_nonce {
             self.nonce_verifier
                 .as_ref()
@@ -316,7 +391,7 @@ impl<St: AsyncReplayStore> Shared<St> {
             .iter()
             .map(HeaderValue::as_bytes);
         let request =
-            ProofRequest::new(req.method.as_str(), &htu).with_access_token_hash(&ath, &jkt);
+            ProofRequest::new(req.method.as_str(), htu).with_access_token_hash(&ath, &jkt);
         let unrecorded = verifier.verify(proofs, &request, now).map_err(reject)?;
         // Scope before the replay record: a refused request leaves nothing behind.
         if !has_scopes(&at, &policy.scopes) {

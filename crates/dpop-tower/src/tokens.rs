@@ -115,13 +115,95 @@ fn unavailable(what: &'static str) -> Error {
     Error::TokenSourceUnavailable(what)
 }
 
+/// Largest RFC 8414 / OpenID discovery document read.
+const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Largest RFC 7662 introspection response read.
+const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
+
+// What is fetched from an authorization server is bounded the way `dpop-issuer` bounds
+// the documents of the issuers it trusts (its `trust.rs`): https, or http to a loopback
+// name; a size limit enforced while reading; the client's timeout over the whole
+// exchange. That crate is not a dependency of this one, so the rules are restated here.
+
+/// Whether `text` may be fetched: `https`, or `http` to `localhost`, `127.0.0.1` or
+/// `[::1]` (an issuer on the same machine); a host; no credentials or fragment; no
+/// query unless `query_allowed`. Elsewhere plain http would let anyone on the path
+/// substitute the keys that tokens are checked with.
+fn check_fetch_url(text: &str, query_allowed: bool) -> Result<(), &'static str> {
+    let url = reqwest::Url::parse(text).map_err(|_| "not a URL")?;
+    match url.scheme() {
+        "https" => {}
+        // The URL parser lower-cases names and brackets IPv6 literals.
+        "http" if matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => {}
+        "http" => return Err("http is accepted only for localhost, 127.0.0.1 and [::1]"),
+        _ => return Err("not an https URL"),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL");
+    }
+    if url.fragment().is_some() {
+        return Err("a fragment");
+    }
+    if !query_allowed && url.query().is_some() {
+        return Err("a query");
+    }
+    Ok(())
+}
+
+/// Why a body was not read.
+#[derive(Debug)]
+enum ReadError {
+    /// Longer than the limit (by `Content-Length`, or once the bytes read passed it).
+    TooLarge,
+    /// The connection failed or the timeout passed.
+    Failed,
+}
+
+/// The body of `response`, at most `limit` bytes. Reading stops as soon as the limit is
+/// passed, so a server cannot make this process buffer an endless document.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
+    if response
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+    {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|_| ReadError::Failed)? {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 impl JwksSource {
     /// A source for `config`, reporting fetches to `events`. Keys are fetched on first
     /// use; call [`JwksSource::refresh`] at start-up to fail early.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built.
+    /// [`Error::ApiMisuse`] when the `jwks_uri` (or, for discovery, the issuer) is not an
+    /// `https` URL (`http` is accepted only for `localhost`, `127.0.0.1` and `[::1]`);
+    /// when the HTTP client cannot be built.
     pub fn new(config: JwksSourceConfig, events: Arc<dyn DpopEvents>) -> Result<Self, Error> {
+        match &config.jwks_uri {
+            Some(uri) => check_fetch_url(uri, true).map_err(|why| {
+                tracing::error!(target: "dpop::tokens", jwks_uri = %uri, why, "unusable jwks_uri");
+                Error::ApiMisuse(
+                    "jwks_uri must be an https URL (http only for localhost, 127.0.0.1 and [::1])",
+                )
+            })?,
+            None => check_fetch_url(&config.issuer, false).map_err(|why| {
+                tracing::error!(target: "dpop::tokens", issuer = %config.issuer, why, "cannot discover this issuer's keys");
+                Error::ApiMisuse(
+                    "to discover its keys, the issuer must be an https URL (http only for localhost, 127.0.0.1 and [::1])",
+                )
+            })?,
+        }
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -160,14 +242,30 @@ impl JwksSource {
         if let Some(uri) = guard.as_ref() {
             return Ok(uri.clone());
         }
+        let mut failure = "cannot fetch the issuer's metadata";
         for url in Self::discovery_urls(&self.config.issuer) {
-            let Ok(resp) = self.http.get(&url).send().await else {
+            let Ok(resp) = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+            else {
                 continue;
             };
             if !resp.status().is_success() {
                 continue;
             }
-            let Ok(meta) = resp.json::<Metadata>().await else {
+            let body = match read_bounded(resp, MAX_METADATA_BYTES).await {
+                Ok(body) => body,
+                Err(ReadError::TooLarge) => {
+                    tracing::warn!(target: "dpop::tokens", %url, limit = MAX_METADATA_BYTES, "the issuer's metadata is too large");
+                    failure = "the issuer's metadata is too large";
+                    continue;
+                }
+                Err(ReadError::Failed) => continue,
+            };
+            let Ok(meta) = serde_json::from_slice::<Metadata>(&body) else {
                 continue;
             };
             // RFC 8414 §3.3: the metadata must name the issuer we asked about.
@@ -180,10 +278,16 @@ impl JwksSource {
             let uri = meta
                 .jwks_uri
                 .ok_or_else(|| unavailable("the issuer's metadata has no jwks_uri"))?;
+            if let Err(why) = check_fetch_url(&uri, true) {
+                tracing::error!(target: "dpop::tokens", %url, jwks_uri = %uri, why, "the issuer's metadata names an unusable jwks_uri");
+                return Err(unavailable(
+                    "the issuer's metadata names a jwks_uri that is not https (http only for localhost, 127.0.0.1 and [::1])",
+                ));
+            }
             *guard = Some(uri.clone());
             return Ok(uri);
         }
-        Err(unavailable("cannot fetch the issuer's metadata"))
+        Err(unavailable(failure))
     }
 
     /// Fetches the keys now.
@@ -218,19 +322,22 @@ impl JwksSource {
         let resp = self
             .http
             .get(&uri)
+            .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
             .map_err(|_| unavailable("cannot fetch the issuer's JWK set"))?;
         if !resp.status().is_success() {
             return Err(unavailable("the issuer's JWK set answered an error status"));
         }
-        let body = resp
-            .bytes()
+        let body = read_bounded(resp, jwt::MAX_JWKS_BYTES)
             .await
-            .map_err(|_| unavailable("cannot read the issuer's JWK set"))?;
-        if body.len() > jwt::MAX_JWKS_BYTES {
-            return Err(unavailable("the issuer's JWK set is too large"));
-        }
+            .map_err(|e| match e {
+                ReadError::TooLarge => {
+                    tracing::warn!(target: "dpop::tokens", jwks_uri = %uri, limit = jwt::MAX_JWKS_BYTES, "the issuer's JWK set is too large");
+                    unavailable("the issuer's JWK set is too large")
+                }
+                ReadError::Failed => unavailable("cannot read the issuer's JWK set"),
+            })?;
         let text = std::str::from_utf8(&body)
             .map_err(|_| unavailable("the issuer's JWK set is not UTF-8"))?;
         JwkSet::from_json(text).map_err(|_| unavailable("the issuer's JWK set is invalid"))
@@ -379,8 +486,16 @@ impl IntrospectionSource {
     /// A source for `config`.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built.
+    /// [`Error::ApiMisuse`] when the endpoint is not an `https` URL (`http` is accepted
+    /// only for `localhost`, `127.0.0.1` and `[::1]`): the client secret and the tokens
+    /// travel to it. When the HTTP client cannot be built.
     pub fn new(config: IntrospectionConfig) -> Result<Self, Error> {
+        check_fetch_url(&config.endpoint, true).map_err(|why| {
+            tracing::error!(target: "dpop::tokens", endpoint = %config.endpoint, why, "unusable introspection endpoint");
+            Error::ApiMisuse(
+                "the introspection endpoint must be an https URL (http only for localhost, 127.0.0.1 and [::1])",
+            )
+        })?;
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -408,9 +523,13 @@ impl IntrospectionSource {
                 "the introspection endpoint answered an error status",
             ));
         }
-        let r: Introspected = resp
-            .json()
+        let body = read_bounded(resp, MAX_INTROSPECTION_BYTES)
             .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => unavailable("the introspection response is too large"),
+                ReadError::Failed => unavailable("cannot read the introspection response"),
+            })?;
+        let r: Introspected = serde_json::from_slice(&body)
             .map_err(|_| unavailable("the introspection response is not valid JSON"))?;
         if !r.active {
             return Err(Error::Token(TokenError::Inactive));

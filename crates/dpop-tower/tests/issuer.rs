@@ -8,7 +8,7 @@ use std::time::Duration;
 use dpop_core::{
     Algorithm, MemoryReplayStore, PrivateKey, ProofBuilder, Reason, SystemRandomSource,
 };
-use dpop_test::{MockIssuer, TokenSpec};
+use dpop_test::{MockIssuer, Serving, TokenSpec};
 use dpop_tower::{
     DpopEvents, DpopLayer, DpopSettings, HtuSource, IntrospectionConfig, IntrospectionSource,
     JwksSource, JwksSourceConfig, NoEvents, Outcome, TokenSource,
@@ -198,4 +198,127 @@ async fn opaque_tokens_via_introspection() {
 
 fn layer_for(tokens: Arc<dyn TokenSource>) -> DpopLayer<MemoryReplayStore> {
     layer(tokens, Arc::new(Reasons::default()), false)
+}
+
+// ---- What the issuer sends is bounded ----
+
+/// A source that discovers `issuer`'s keys, fetches again at once while it has none, and
+/// waits up to 20 s for an answer (so that only a bounded read answers quickly).
+fn discovering(issuer: &MockIssuer) -> Arc<JwksSource> {
+    let mut config = JwksSourceConfig::new(issuer.url(), AUD);
+    config.missing_keys_retry_interval = Duration::ZERO;
+    config.http_timeout = Duration::from_secs(20);
+    Arc::new(JwksSource::new(config, Arc::new(NoEvents)).unwrap())
+}
+
+fn unavailable_reason(e: dpop_core::Error) -> &'static str {
+    match e {
+        dpop_core::Error::TokenSourceUnavailable(why) => why,
+        other => panic!("not TokenSourceUnavailable: {other:?}"),
+    }
+}
+
+/// Metadata larger than 64 KiB is refused, whether announced by `Content-Length` or
+/// streamed without end; requests get 503 until the issuer serves a sane document.
+#[tokio::test]
+async fn oversized_metadata_is_refused_until_the_issuer_behaves() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = issuer.mint(&TokenSpec::bound(AUD, key.thumbprint().as_str()));
+    let jwks = discovering(&issuer);
+    let layer = layer_for(jwks.clone());
+
+    issuer.serve_metadata(Serving::Padded(100 * 1024));
+    assert_eq!(call(&layer, &key, &token).await.status(), 503);
+    let why = unavailable_reason(jwks.refresh().await.unwrap_err());
+    assert!(why.contains("metadata"), "{why}");
+
+    issuer.serve_metadata(Serving::PaddedEndless(100 * 1024));
+    let started = std::time::Instant::now();
+    assert_eq!(call(&layer, &key, &token).await.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused after {:?}: the body was read past the limit",
+        started.elapsed()
+    );
+    assert_eq!(issuer.jwks_fetches(), 0);
+
+    issuer.serve_metadata(Serving::Normal);
+    assert_eq!(call(&layer, &key, &token).await.status(), 200);
+}
+
+/// A JWK set larger than the core's limit is refused as soon as the limit is passed, not
+/// after reading all of it; requests get 503 until the issuer serves a sane set.
+#[tokio::test]
+async fn oversized_jwks_is_refused_without_reading_it_all() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = issuer.mint(&TokenSpec::bound(AUD, key.thumbprint().as_str()));
+    let jwks = discovering(&issuer);
+    let layer = layer_for(jwks.clone());
+
+    issuer.serve_jwks(Serving::PaddedEndless(dpop_core::jwt::MAX_JWKS_BYTES));
+    let started = std::time::Instant::now();
+    assert_eq!(call(&layer, &key, &token).await.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused after {:?}: the body was read past the limit",
+        started.elapsed()
+    );
+    issuer.serve_jwks(Serving::Padded(dpop_core::jwt::MAX_JWKS_BYTES));
+    assert_eq!(call(&layer, &key, &token).await.status(), 503);
+    assert!(!jwks.is_ready());
+
+    issuer.serve_jwks(Serving::Normal);
+    assert_eq!(call(&layer, &key, &token).await.status(), 200);
+    assert!(jwks.is_ready());
+}
+
+/// Keys are only fetched over https, or over http from a loopback address: a configured
+/// `jwks_uri` or issuer over plain http elsewhere is refused at construction, a
+/// discovered one when it is discovered.
+#[tokio::test]
+async fn jwks_uri_over_plain_http_to_another_host_is_refused() {
+    let mut config = JwksSourceConfig::new("https://as.example.com", AUD);
+    config.jwks_uri = Some("http://as.example.com/jwks".to_owned());
+    assert!(JwksSource::new(config, Arc::new(NoEvents)).is_err());
+    let plain = JwksSourceConfig::new("http://as.example.com", AUD);
+    assert!(JwksSource::new(plain, Arc::new(NoEvents)).is_err());
+    for fine in [
+        "https://as.example.com/jwks",
+        "http://127.0.0.1:8080/jwks",
+        "http://localhost/jwks",
+        "http://[::1]:8080/jwks",
+    ] {
+        let mut config = JwksSourceConfig::new("https://as.example.com", AUD);
+        config.jwks_uri = Some(fine.to_owned());
+        assert!(
+            JwksSource::new(config, Arc::new(NoEvents)).is_ok(),
+            "{fine}"
+        );
+    }
+
+    let issuer = MockIssuer::start().await.unwrap();
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = issuer.mint(&TokenSpec::bound(AUD, key.thumbprint().as_str()));
+    let jwks = discovering(&issuer);
+    let layer = layer_for(jwks.clone());
+    issuer.advertise_jwks_uri(Some("http://keys.example.com/jwks"));
+    assert_eq!(call(&layer, &key, &token).await.status(), 503);
+    let why = unavailable_reason(jwks.refresh().await.unwrap_err());
+    assert!(why.contains("https"), "{why}");
+
+    issuer.advertise_jwks_uri(None);
+    assert_eq!(call(&layer, &key, &token).await.status(), 200);
+}
+
+/// The introspection endpoint receives the client secret and every token: plain http is
+/// refused unless it stays on this machine.
+#[test]
+fn introspection_endpoint_over_plain_http_to_another_host_is_refused() {
+    let config = |endpoint: &str| IntrospectionConfig::new(endpoint, "rs", "secret");
+    assert!(IntrospectionSource::new(config("http://as.example.com/introspect")).is_err());
+    assert!(IntrospectionSource::new(config("https://user:pw@as.example.com/i")).is_err());
+    assert!(IntrospectionSource::new(config("https://as.example.com/introspect")).is_ok());
+    assert!(IntrospectionSource::new(config("http://127.0.0.1:9/introspect")).is_ok());
 }

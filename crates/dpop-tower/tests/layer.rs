@@ -122,7 +122,7 @@ fn fixture_with(down: bool) -> Fixture {
         UNBOUND.to_owned(),
         AccessToken::new(Some("legacy".into()), None, vec!["read".into()], None, exp),
     );
-    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(1, &[9; 32]).unwrap()));
+    let nonces = Arc::new(StatelessNonces::new(NonceSecret::new(&[9; 32]).unwrap()));
     Fixture {
         key,
         other_key,
@@ -869,5 +869,324 @@ async fn configuration_is_checked_at_start() {
     assert!(matches!(
         DpopLayer::new(s, f.tokens, MemoryReplayStore::with_capacity(1)),
         Err(dpop_tower::ConfigError::BadPublicUrl(_))
+    ));
+}
+
+// ---- one canonical request target ----
+
+/// The hostile-target table of dpop-core, for axum users behind the layer.
+const TARGETS: &str = include_str!("../../dpop-core/tests/vectors/hostile-targets.txt");
+
+fn target_routes() -> Routes {
+    Routes::new(RoutePolicy::new(DpopMode::Required))
+        .route(Route::new("/healthcheck", RoutePolicy::new(DpopMode::Off)))
+        .route(Route::new(
+            "/v1",
+            RoutePolicy::new(DpopMode::Required).with_scopes(["read"]),
+        ))
+        .route(Route::new(
+            "/v1/admin",
+            RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
+        ))
+        .route(
+            Route::new(
+                "/v1/write",
+                RoutePolicy::new(DpopMode::Required).with_scopes(["write"]),
+            )
+            .with_methods(vec![http::Method::POST]),
+        )
+        .route(Route::new(
+            "/shadow",
+            RoutePolicy::new(DpopMode::ReportOnly),
+        ))
+        .route(Route::new(
+            "/legacy",
+            RoutePolicy::new(DpopMode::AllowBearer),
+        ))
+        .route(Route::new(
+            "/files",
+            RoutePolicy::new(DpopMode::Required).dangerous_forward_encoded_slashes(),
+        ))
+        .route(Route::new(
+            "/files/private",
+            RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
+        ))
+}
+
+/// `(URI, AuthorizedTarget)` of each request the inner service saw.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A layer over an inner service that records the URI and the authorised target it saw.
+fn recording_service(
+    f: &Fixture,
+    s: DpopSettings,
+) -> (
+    impl Service<Request<String>, Response = Response<String>, Error = Infallible>,
+    Seen,
+) {
+    let layer =
+        DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1000)).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let inner = tower::service_fn(move |req: Request<String>| {
+        let seen = seen2.clone();
+        async move {
+            let target = req
+                .extensions()
+                .get::<dpop_tower::AuthorizedTarget>()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default();
+            seen.lock().unwrap().push((req.uri().to_string(), target));
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }
+    });
+    (layer.layer(inner), seen)
+}
+
+/// One request through `svc`.
+async fn call<S>(svc: &mut S, req: Request<String>) -> Response<String>
+where
+    S: Service<Request<String>, Response = Response<String>, Error = Infallible>,
+{
+    svc.ready().await.unwrap().call(req).await.unwrap()
+}
+
+fn target_settings(f: &Fixture) -> DpopSettings {
+    let mut s = settings(f);
+    s.routes = target_routes();
+    s
+}
+
+#[tokio::test]
+async fn hostile_targets_never_reach_the_service() {
+    let f = fixture();
+    let (mut svc, seen) = recording_service(&f, target_settings(&f));
+    let mut checked = 0;
+    for line in TARGETS
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (expected, target) = line.split_once(' ').unwrap();
+        if expected == "ok" || target.contains('{') {
+            continue;
+        }
+        // Targets `http` cannot even represent are refused by the HTTP parser first.
+        let Ok(uri) = target.parse::<http::Uri>() else {
+            continue;
+        };
+        let req = Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("host", "internal:8080")
+            .body(String::new())
+            .unwrap();
+        let r = call(&mut svc, req).await;
+        assert_eq!(r.status(), 400, "{target}");
+        assert!(www(&r).contains(r#"error="invalid_request""#), "{target}");
+        assert_eq!(
+            last_outcome(&f),
+            Outcome::Rejected(Reason::NonCanonicalTarget),
+            "{target}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 40, "{checked} targets checked");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_service_sees_exactly_the_authorised_target() {
+    let f = fixture();
+    let (mut svc, seen) = recording_service(&f, target_settings(&f));
+    for target in ["/v1/items?x=%2e%2e", "/v1/caf%C3%A9", "/healthcheck", "/"] {
+        let r = call(&mut svc, dpop_request(&f.key, "GET", target, BOUND)).await;
+        assert_eq!(r.status(), 200, "{target}");
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last, (target.to_owned(), target.to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn lower_case_methods_are_refused_not_rerouted() {
+    let f = fixture();
+    let (mut svc, seen) = recording_service(&f, target_settings(&f));
+    // A token with `read` but not `write`: `post` must not fall through to the /v1 rule.
+    let r = call(&mut svc, dpop_request(&f.key, "post", "/v1/write/x", BOUND)).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        last_outcome(&f),
+        Outcome::Rejected(Reason::NonCanonicalTarget)
+    );
+    let r = call(&mut svc, dpop_request(&f.key, "POST", "/v1/write/x", BOUND)).await;
+    assert_eq!(r.status(), 403);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_dangerous_route_forwards_only_what_stays_on_it() {
+    let f = fixture();
+    let (mut svc, seen) = recording_service(&f, target_settings(&f));
+    let r = call(&mut svc, dpop_request(&f.key, "GET", "/files/a%2Fb", BOUND)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap().1,
+        "/files/a%2Fb",
+        "forwarded as sent"
+    );
+    // Nothing but `%2F` is waived, and `%2F` must not lead onto another route when it is
+    // read as `/`; elsewhere it is refused as always.
+    for escape in [
+        "/files/../v1/admin",
+        "/files/%2e%2e/v1/admin",
+        "/v1/../files/x",
+        "/files/private;x/x",
+        "/files//private/x",
+        "/files/x/..;/private/x",
+        "/files/private%2Fx",
+        "/files/a%2F..%2Fprivate",
+        "/files/a%2fb",
+        "/v1/a%2Fb",
+    ] {
+        let req = request("GET", escape).body(String::new()).unwrap();
+        let r = call(&mut svc, req).await;
+        assert_eq!(r.status(), 400, "{escape}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn paths_whose_route_depends_on_case_are_refused() {
+    let f = fixture();
+    let (mut svc, seen) = recording_service(&f, target_settings(&f));
+    // `/Healthcheck` is no route, `/healthcheck` is `off`: an upstream that routes without
+    // case would serve the `off` route's resource under the default policy, or the other
+    // way round.
+    for path in [
+        "/V1/admin/x",
+        "/v1/Admin/x",
+        "/HEALTHCHECK",
+        "/Healthcheck/x",
+    ] {
+        let r = call(&mut svc, dpop_request(&f.key, "GET", path, ADMIN)).await;
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(
+            last_outcome(&f),
+            Outcome::Rejected(Reason::NonCanonicalTarget)
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    // Case that decides no route is fine.
+    let r = call(&mut svc, dpop_request(&f.key, "GET", "/v1/Items", BOUND)).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn hosts_not_served_are_refused_before_the_proof() {
+    let f = fixture();
+    let mut s = settings(&f);
+    s.htu = HtuSource::FromRequest {
+        scheme: "https".into(),
+        trusted_proxies: Vec::new(),
+        allowed_hosts: vec!["api.example.com".into()],
+    };
+    let (mut svc, seen) = recording_service(&f, s);
+    // A proof made for another service, with that service's Host.
+    let p = sign(
+        &ProofBuilder::new("GET", "https://other.example/v1/items")
+            .unwrap()
+            .access_token(BOUND),
+        &f.key,
+    );
+    let req = Request::builder()
+        .uri("/v1/items")
+        .header("host", "other.example")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", p)
+        .body(String::new())
+        .unwrap();
+    let r = call(&mut svc, req).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::HostNotAllowed));
+    assert_eq!(
+        f.tokens.calls.load(Ordering::SeqCst),
+        0,
+        "refused before the token is looked at"
+    );
+    // The host it does serve.
+    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
+    let req = Request::builder()
+        .uri("/v1/items")
+        .header("host", "API.example.com:443")
+        .header("authorization", format!("DPoP {BOUND}"))
+        .header("dpop", p)
+        .body(String::new())
+        .unwrap();
+    let r = call(&mut svc, req).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn host_rules_and_routes_are_checked_at_start() {
+    let f = fixture();
+    let mut s = settings(&f);
+    s.htu = HtuSource::FromRequest {
+        scheme: "http".into(),
+        trusted_proxies: Vec::new(),
+        allowed_hosts: Vec::new(),
+    };
+    assert!(matches!(
+        DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1)),
+        Err(dpop_tower::ConfigError::NoHostRule)
+    ));
+    for prefix in ["/v1/../admin", "/v1//x", "/%61", "v1"] {
+        let mut s = settings(&f);
+        s.routes = Routes::default().route(Route::new(prefix, RoutePolicy::new(DpopMode::Off)));
+        assert!(
+            matches!(
+                DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1)),
+                Err(dpop_tower::ConfigError::BadRoute(..))
+            ),
+            "{prefix}"
+        );
+    }
+    // Two routes for one prefix would shadow each other.
+    for (a, b) in [("/v1", "/v1/"), ("/v1", "/V1")] {
+        let mut s = settings(&f);
+        s.routes = Routes::default()
+            .route(Route::new(a, RoutePolicy::new(DpopMode::Off)))
+            .route(Route::new(b, RoutePolicy::new(DpopMode::Required)));
+        assert!(
+            matches!(
+                DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1)),
+                Err(dpop_tower::ConfigError::DuplicateRoute(_))
+            ),
+            "{a} {b}"
+        );
+    }
+    // Different methods on one prefix are fine.
+    let mut s = settings(&f);
+    s.routes = Routes::default()
+        .route(
+            Route::new("/v1", RoutePolicy::new(DpopMode::Off))
+                .with_methods(vec![http::Method::GET]),
+        )
+        .route(
+            Route::new("/v1", RoutePolicy::new(DpopMode::Required))
+                .with_methods(vec![http::Method::POST]),
+        );
+    assert!(DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1)).is_ok());
+    let mut s = settings(&f);
+    s.routes = Routes::default().route(
+        Route::new("/v1", RoutePolicy::new(DpopMode::Off))
+            .with_methods(vec![http::Method::from_bytes(b"post").unwrap()]),
+    );
+    assert!(matches!(
+        DpopLayer::new(s, f.tokens, MemoryReplayStore::with_capacity(1)),
+        Err(dpop_tower::ConfigError::BadRoute(..))
     ));
 }

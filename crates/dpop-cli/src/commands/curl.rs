@@ -14,12 +14,15 @@ use dpop_client::{
 use super::runtime;
 use crate::cli::{CurlArgs, IssuerTokenArgs, TokenArgs};
 use crate::error::CliError;
+use crate::keyfile;
 
 /// curl's exit code for an HTTP error with --fail.
 const EXIT_HTTP_ERROR: u8 = 22;
 
+/// The DPoP key or the `private_key_jwt` key: read like every other key file (the same
+/// permission check and messages), with the key's own algorithm.
 fn key(path: &Path) -> Result<ClientKey, CliError> {
-    ClientKey::from_file(path).map_err(|e| CliError::usage(e.to_string()))
+    keyfile::load_signing_key(path, None).map(ClientKey::from_private_key)
 }
 
 fn client_error(e: ClientError) -> CliError {

@@ -91,13 +91,20 @@ fn set_disabled(path: &Path, client_id: &str, disabled: bool) -> Result<ExitCode
             now()?,
         ))
         .map_err(failed)?;
-    eprintln!(
-        "client {client_id:?} {}",
-        if disabled {
-            "disabled; its tokens are revoked"
-        } else {
-            "enabled"
-        }
-    );
+    if disabled {
+        let lifetime = config
+            .clients
+            .get(client_id)
+            .map_or(300, |c| c.access_token_lifetime.as_secs());
+        eprintln!(
+            "client {client_id:?} disabled. At once: this issuer refuses it, its refresh grants and \
+             every token derived from its tokens, and introspection answers inactive for them. \
+             Gateways that introspect stop accepting its access tokens within their cache time \
+             (introspection cache_ttl_secs, default 10 s). Gateways that verify JWTs locally \
+             accept access tokens already issued until they expire (at most {lifetime} s for this client)."
+        );
+    } else {
+        eprintln!("client {client_id:?} enabled");
+    }
     Ok(ExitCode::SUCCESS)
 }
