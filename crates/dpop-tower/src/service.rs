@@ -131,7 +131,7 @@ where
         Err(e) => {
             let error = Error::from(RequestError::NonCanonicalTarget(e));
             let reason = error.reason();
-            tracing::info!(target: "dpop::rejection", reason = reason.as_str(), class = e.as_str(), status = 400, method = %req.method(), target = %req.uri(), detail = %error, "request refused");
+            tracing::info!(target: "dpop::rejection", reason = reason.as_str(), class = e.as_str(), status = 400, method = %req.method(), path = req.uri().path(), detail = %error, "request refused");
             shared
                 .settings
                 .events
