@@ -168,6 +168,17 @@ async fn an_introspecting_gateway_sees_revocation_and_offboarding_at_once() {
     assert_eq!(r.status, 200, "{r:?}\n{}\n{}", gw.output(), issuer.output());
     let out = setup.manage(&["disable-client", "svc"]);
     assert!(out.status.success(), "{out:?}");
+    // The command says when each kind of gateway stops accepting the client's tokens.
+    let said = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "At once",
+        "introspect",
+        "cache_ttl_secs, default 10 s",
+        "verify JWTs locally",
+        "at most 300 s",
+    ] {
+        assert!(said.contains(needle), "{needle:?} missing from: {said}");
+    }
     let r = call(&gw_url, "/d", &token, &key).await;
     assert_eq!(r.status, 401, "{r:?}");
     let r = token_response(&setup.url(), &key, "read").await;

@@ -17,9 +17,10 @@ CREATE INDEX family_lineage_client ON family_lineage (client_id);
 CREATE INDEX family_lineage_parent ON family_lineage (parent_family_id);
 CREATE INDEX family_lineage_jti ON family_lineage (jti);
 
--- Refresh grants delegated to another client (`act`) before lineage was recorded cannot
--- be traced to the tokens they came from, so nothing could revoke them with their
--- ancestors: they end here. The time recorded is their creation, the only time at hand.
-UPDATE refresh_families SET revoked_at = created_at
-WHERE revoked_at IS NULL
-  AND family_id IN (SELECT family_id FROM refresh_tokens WHERE act IS NOT NULL);
+-- Every refresh grant of the version before lineage was recorded was started by a token
+-- exchange (of this issuer's own token, by its client or another, or of a trusted
+-- issuer's token), and none can be traced to the token it came from: nothing could
+-- revoke them with their ancestors, nor tell whether they may outlive their subject
+-- token. They all end here; their clients start new grants. The time recorded is their
+-- creation, the only time at hand.
+UPDATE refresh_families SET revoked_at = created_at WHERE revoked_at IS NULL;

@@ -11,11 +11,14 @@
 //! ([`AttemptLimiter`], `[auth_limits]`); over a limit, a request presenting a secret is
 //! answered 429 `slow_down` with `Retry-After` before anything is checked. Known and
 //! unknown ids are counted alike, so the limit tells nothing about which exist either.
+//! Each check is counted as a failure when it starts, under the lock that compares the
+//! count with the limit, and given back when the secret turns out right: requests sent
+//! all at once, faster than Argon2 checks them, cannot get more checks than the limit.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
@@ -130,8 +133,17 @@ fn id_of<'a>(p: &'a Presented<'_>) -> &'a str {
     }
 }
 
+/// Whether the request names a client (`client_id`) without presenting any credential:
+/// the `none` method, which only public clients use.
+pub(crate) fn names_client_only(headers: &HeaderMap, form: &Form) -> Result<bool, OAuthError> {
+    Ok(matches!(
+        presented(headers, form)?,
+        Presented::Public { .. }
+    ))
+}
+
 /// The client the request claims to be, not yet authenticated (`None`: no such
-/// client; that is only revealed by [`authenticate`], after the proof check).
+/// client; that is only revealed by [`authenticate`]).
 pub(crate) fn claimed_client<'s>(
     state: &'s State,
     headers: &HeaderMap,
@@ -199,14 +211,18 @@ async fn check_secret(
 ) -> Result<bool, OAuthError> {
     let now = state.now()?;
     let address = client_address();
-    if let Some(wait) = state.limiter.wait(id, address, now) {
-        tracing::info!(target: "dpop::issuer", client_id = %id, address = ?address, retry_after = wait, "client authentication refused: too many failed attempts");
-        return Err(OAuthError::slow_down(wait));
-    }
+    // Charged before the (slow) check, so concurrent attempts see each other.
+    let attempt = match state.limiter.begin(id, address, now) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            tracing::info!(target: "dpop::issuer", client_id = %id, address = ?address, retry_after = wait, "client authentication refused: too many failed attempts");
+            return Err(OAuthError::slow_down(wait));
+        }
+    };
     let hash = claimed.and_then(|c| c.secret.as_ref());
     let ok = state.secrets.verify(id, hash, presented).await;
-    if !ok {
-        state.limiter.failed(id, address, now);
+    if ok {
+        state.limiter.succeeded(attempt);
     }
     Ok(ok)
 }
@@ -322,6 +338,17 @@ impl<K: Hash + Eq + Copy> Allowances<K> {
         let until = self.until.entry(key).or_insert(now_ms);
         *until = (*until).max(now_ms).saturating_add(interval);
     }
+
+    /// Takes back one [`Allowances::failed`] of `key` (the attempt succeeded).
+    fn refund(&mut self, key: &K) {
+        if self.limit == 0 {
+            return;
+        }
+        let interval = self.interval();
+        if let Some(until) = self.until.get_mut(key) {
+            *until = until.saturating_sub(interval);
+        }
+    }
 }
 
 /// The key an address is counted under: IPv6 clients usually hold a whole /64.
@@ -364,39 +391,69 @@ impl AttemptLimiter {
         key
     }
 
-    /// Whole seconds to wait before trying `id` from `address` again, if over a limit.
-    pub(crate) fn wait(
+    /// Starts a secret check for `id` from `address`: counted as a failure at once, in
+    /// the same critical section that compares the counts with the limits, so
+    /// concurrent checks cannot exceed them. `Err`: whole seconds to wait, over a limit
+    /// (nothing counted).
+    pub(crate) fn begin(
         &self,
         id: &str,
         address: Option<IpAddr>,
         now: dpop_core::UnixTime,
-    ) -> Option<u64> {
+    ) -> Result<Attempt, u64> {
         let now_ms = now.as_secs().saturating_mul(1000);
+        let client = Self::client_key(id);
+        let address = address.map(address_key);
+        let (mut by_client, mut by_address) = self.lock_both();
+        let wait = by_client
+            .wait(&client, now_ms)
+            .max(address.map_or(0, |a| by_address.wait(&a, now_ms)));
+        if wait > 0 {
+            return Err(wait.div_ceil(1000));
+        }
+        by_client.failed(client, now_ms);
+        if let Some(a) = address {
+            by_address.failed(a, now_ms);
+        }
+        Ok(Attempt { client, address })
+    }
+
+    /// Both tables, always client then address (one lock order). A poisoned lock's data
+    /// is still used, so the limits keep applying.
+    fn lock_both(
+        &self,
+    ) -> (
+        MutexGuard<'_, Allowances<[u8; 32]>>,
+        MutexGuard<'_, Allowances<IpAddr>>,
+    ) {
         let by_client = self
             .by_client
             .lock()
-            .map_or(0, |t| t.wait(&Self::client_key(id), now_ms));
-        let by_address = match address {
-            Some(a) => self
-                .by_address
-                .lock()
-                .map_or(0, |t| t.wait(&address_key(a), now_ms)),
-            None => 0,
-        };
-        let wait = by_client.max(by_address);
-        (wait > 0).then(|| wait.div_ceil(1000))
+            .unwrap_or_else(PoisonError::into_inner);
+        let by_address = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (by_client, by_address)
     }
 
-    /// Counts a failed secret check.
-    pub(crate) fn failed(&self, id: &str, address: Option<IpAddr>, now: dpop_core::UnixTime) {
-        let now_ms = now.as_secs().saturating_mul(1000);
-        if let Ok(mut t) = self.by_client.lock() {
-            t.failed(Self::client_key(id), now_ms);
-        }
-        if let (Some(a), Ok(mut t)) = (address, self.by_address.lock()) {
-            t.failed(address_key(a), now_ms);
+    /// The check begun as `attempt` succeeded: it does not count as a failure.
+    pub(crate) fn succeeded(&self, attempt: Attempt) {
+        let (mut by_client, mut by_address) = self.lock_both();
+        by_client.refund(&attempt.client);
+        if let Some(a) = attempt.address {
+            by_address.refund(&a);
         }
     }
+}
+
+/// A secret check counted as a failure until [`AttemptLimiter::succeeded`] says
+/// otherwise (a check that never finishes stays counted).
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Attempt {
+    client: [u8; 32],
+    address: Option<IpAddr>,
 }
 
 /// Verifies a `private_key_jwt` assertion: signed by one of the client's keys, `iss` and
@@ -495,6 +552,30 @@ mod tests {
             off.failed(1, 0);
         }
         assert_eq!(off.wait(&1, 0), 0);
+    }
+
+    #[test]
+    fn attempts_are_counted_when_they_begin_and_given_back_on_success() {
+        let limits = AuthLimits {
+            failures_per_client: 3,
+            ..AuthLimits::default()
+        };
+        let limiter = AttemptLimiter::new(&limits);
+        let now = dpop_core::UnixTime::from_secs(1_000);
+        let address: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        // Three checks in flight at once use up the allowance; a fourth waits.
+        let attempts: Vec<Attempt> = (0..3)
+            .map(|_| limiter.begin("c", address, now).unwrap())
+            .collect();
+        assert_eq!(limiter.begin("c", address, now).unwrap_err(), 20);
+        // One of them succeeds: its place comes back.
+        let mut attempts = attempts.into_iter();
+        limiter.succeeded(attempts.next().unwrap());
+        let again = limiter.begin("c", address, now).unwrap();
+        assert!(limiter.begin("c", address, now).is_err());
+        limiter.succeeded(again);
+        // Another id from another address is not concerned.
+        assert!(limiter.begin("d", None, now).is_ok());
     }
 
     #[test]

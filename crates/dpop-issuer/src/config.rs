@@ -162,7 +162,8 @@ pub struct IssuerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Where signing keys are kept (created with mode 0700; key files are 0600).
     pub data_dir: PathBuf,
-    /// `sqlite://PATH` or `postgres://…`.
+    /// `sqlite://PATH` or `postgres://…`. A SQLite path has its `..` segments resolved
+    /// against the file system when loaded, and may not contain `%`.
     pub database: String,
     /// Signing algorithm of new keys (ES256 or EdDSA).
     pub signing_alg: Algorithm,
@@ -381,6 +382,13 @@ impl IssuerConfig {
             raw.data_dir
                 .unwrap_or_else(|| PathBuf::from("dpop-issuer-data")),
         );
+        // The SQLite file as the file system finds it (`..` resolved there, `%` refused),
+        // so that the file made private is the one the driver opens (`files.rs`).
+        let sqlite_path = |p: PathBuf| {
+            crate::files::resolve_dot_dot(&p)
+                .and_then(|p| crate::files::check_sqlite_path(&p).map(|()| p))
+                .map_err(|e| format!("database: {e}"))
+        };
         let database = match raw.database {
             Some(d) if d.starts_with("postgres://") || d.starts_with("postgresql://") => d,
             Some(d) => {
@@ -397,12 +405,15 @@ impl IssuerConfig {
                 let file = if file == ":memory:" {
                     PathBuf::from(file)
                 } else {
-                    base.join(file)
+                    sqlite_path(base.join(file))?
                 };
                 let query = if query.is_empty() { "mode=rwc" } else { query };
                 format!("sqlite://{}?{query}", file.display())
             }
-            None => format!("sqlite://{}?mode=rwc", data_dir.join("issuer.db").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                sqlite_path(data_dir.join("issuer.db"))?.display()
+            ),
         };
         let signing_alg = match raw.signing_alg.as_deref().unwrap_or("ES256") {
             "ES256" => Algorithm::Es256,
@@ -803,7 +814,8 @@ fn parse_client_keys(text: &str) -> Result<JwkSet, String> {
 /// failures only: a client that presents its right secret is never slowed down until
 /// failures for its id or from its address exceed the limit. Over a limit, a request that
 /// presents a secret is answered 429 `slow_down` with `Retry-After`, without checking the
-/// secret. Each instance counts on its own.
+/// secret. A check counts as a failure from when it starts until the secret proves right,
+/// so checks running at once cannot exceed the limits. Each instance counts on its own.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AuthLimits {

@@ -8,14 +8,23 @@
 //! token: its audiences and scopes intersected with the exchanging client's, and an
 //! expiry no later than its own. Only an authenticated client exchanges them: the
 //! subject token's own client (down-scoping) or one configured to act for it
-//! (`may_exchange_for`, delegation). A Bearer subject token is exchanged only when its
+//! (`may_exchange_for`, delegation), for the client the chain of exchanges started with
+//! as well as for the subject token's. A Bearer subject token is exchanged only when its
 //! client allows it, and never starts a refresh grant; a DPoP-bound one starts one only
 //! for a client configured with `refresh_from_exchange`. Every token and refresh grant so
-//! derived records its lineage, and is revoked with any of its ancestors.
+//! derived records its lineage, and is revoked with any of its ancestors (a client
+//! removed from the configuration counts as disabled). A refresh grant so derived is held
+//! to the configuration of the day at each refresh: the delegation must still be allowed,
+//! and it keeps only what every client of its lineage may still receive.
 //!
 //! A trusted external issuer's workload token is held to the same bound: the new token
 //! expires no later than it, and no refresh grant is started, unless the matching trust
-//! rule sets `outlive_subject`.
+//! rule sets `outlive_subject`. What derives from a token that must end with its subject
+//! (such a workload token, or a Bearer token) carries that mark in its lineage, so no
+//! later exchange turns it into a refresh grant either.
+//!
+//! No access token outlives the refresh grant it is issued with or from: its `exp` is
+//! capped at the grant's absolute expiry, after which the grant's record may be purged.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -212,13 +221,18 @@ async fn refresh(
         return Err(OAuthError::invalid_grant("the refresh token has expired"));
     }
     // A grant derived by exchange ends with any token it derives from (its client
-    // disabled, it or its refresh family revoked), even one revoked while the family was
-    // being created; the family is then revoked for good.
+    // disabled or removed, it or its refresh family revoked), even one revoked while the
+    // family was being created; the family is then revoked for good.
     let lineage = state.store.family_lineage(&record.family_id).await?;
-    if state.store.lineage_revoked(None, &lineage).await? {
+    if grant_revoked(state, &record, &lineage).await? {
         state.store.revoke_family(&record.family_id, now).await?;
         return Err(OAuthError::invalid_grant(
-            "a token this grant was derived from was revoked",
+            "this grant, or a token it was derived from, was revoked",
+        ));
+    }
+    if !delegation_allowed(client, &lineage) {
+        return Err(OAuthError::invalid_grant(
+            "the configuration no longer lets this client hold a grant derived from these tokens",
         ));
     }
     // RFC 9449 §5: a public client's refresh token is bound to its DPoP key.
@@ -239,9 +253,19 @@ async fn refresh(
         }
     }
     // RFC 6749 §6: at most the scopes of the original grant, and of those only what
-    // the configuration still allows, so narrowing a client or a trust rule takes
-    // effect at the next refresh.
-    let (allowed_scopes, allowed_audiences) = allowed_now(state, client, &record.subject);
+    // the configuration still allows this client and every client of the lineage, so
+    // narrowing any of them or a trust rule takes effect at the next refresh.
+    let (mut allowed_scopes, mut allowed_audiences) = allowed_now(state, client, &record.subject);
+    for origin in &lineage {
+        let Some(ancestor) = state.config.clients.get(&origin.client_id) else {
+            return Err(OAuthError::invalid_grant(
+                "a client this grant was derived from is no longer registered",
+            ));
+        };
+        let (scopes, audiences) = allowed_now(state, ancestor, &record.subject);
+        allowed_scopes.retain(|s| scopes.contains(s));
+        allowed_audiences.retain(|a| audiences.contains(a));
+    }
     let granted: BTreeSet<String> = split_scope(&record.scope)
         .into_iter()
         .filter(|s| allowed_scopes.contains(s))
@@ -289,16 +313,66 @@ async fn refresh(
             audiences: &audiences,
             jkt: proof.map(VerifiedProof::jkt),
             act,
-            lifetime: client.access_token_lifetime,
+            lifetime: within(client.access_token_lifetime, now, record.family_expires_at),
             lineage: &Lineage {
                 family: Some(record.family_id.clone()),
                 from: lineage,
+                ends_with_subject: false,
             },
         },
         now,
         Some(token),
         None,
     )
+}
+
+/// `lifetime`, shortened so that a token issued at `now` expires no later than `end`.
+fn within(lifetime: Duration, now: UnixTime, end: i64) -> Duration {
+    let left = u64::try_from(end.saturating_sub(secs(now))).unwrap_or(0);
+    lifetime.min(Duration::from_secs(left))
+}
+
+/// Whether `client` may act for `other`'s tokens: its own, or listed in `may_exchange_for`.
+fn may_act_for(client: &Client, other: &str) -> bool {
+    other == client.id || client.may_exchange_for.contains(other)
+}
+
+/// Whether the configuration still lets `client` hold a refresh grant derived by
+/// exchange from `lineage` (empty: not derived from this issuer's tokens): it must
+/// still have `refresh_from_exchange` and be allowed to act for the client the chain
+/// started with and for the one whose token started the grant, as an exchange would
+/// require today.
+pub(crate) fn delegation_allowed(client: &Client, lineage: &[Origin]) -> bool {
+    let (Some(root), Some(last)) = (lineage.first(), lineage.last()) else {
+        return true;
+    };
+    client.refresh_from_exchange
+        && may_act_for(client, &root.client_id)
+        && may_act_for(client, &last.client_id)
+}
+
+/// Whether a refresh grant was revoked: its family, any token or client it derives from
+/// (a client disabled, or removed from the configuration), or its own client disabled
+/// at or after the family was created (a family stored by a request that authenticated
+/// just before the client was disabled escapes the disabling's revocation of its
+/// families, and must not come back when the client is enabled again).
+pub(crate) async fn grant_revoked(
+    state: &State,
+    record: &RefreshRecord,
+    lineage: &[Origin],
+) -> Result<bool, OAuthError> {
+    if record.family_revoked_at.is_some() || tokens::unregistered(state, lineage) {
+        return Ok(true);
+    }
+    let holder = state.store.client_state(&record.client_id).await?;
+    if holder.disabled_at.is_some()
+        || holder
+            .tokens_invalid_before
+            .is_some_and(|t| t >= record.family_created_at)
+    {
+        return Ok(true);
+    }
+    Ok(state.store.lineage_revoked(None, lineage).await?)
 }
 
 /// What `client` may receive for `subject` under the current configuration: its own
@@ -361,6 +435,8 @@ struct Subject {
     lineage: Vec<Origin>,
     /// Whether the exchange may start a refresh grant.
     may_refresh: bool,
+    /// Whether the new token must end with the subject token (see [`Lineage`]).
+    ends_with_subject: bool,
 }
 
 async fn exchange(
@@ -427,30 +503,35 @@ async fn exchange(
     }
     // Delegation: another client acts for the subject token's client only when the
     // configuration says it may.
-    if let Some(subject_client) = &subject.client
-        && *subject_client != client.id
-        && !client.may_exchange_for.contains(subject_client)
-    {
-        return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
-            format!(
-                "this client may not exchange the tokens of client {subject_client:?} (may_exchange_for)"
-            ),
-        ));
+    // Delegation does not chain past the configuration: the client that obtained the
+    // first token of the chain (whose subject the new token names) must be one this
+    // client may act for too, not only the subject token's.
+    let root = subject.lineage.first().map(|o| o.client_id.as_str());
+    for subject_client in subject.client.as_deref().into_iter().chain(root) {
+        if !may_act_for(client, subject_client) {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                format!(
+                    "this client may not exchange the tokens of client {subject_client:?} (may_exchange_for)"
+                ),
+            ));
+        }
     }
     let scopes = choose_scopes(form, &subject.scopes, &subject.default_scopes)?;
     let audiences = choose_audiences(form, &subject.audiences, &subject.default_audiences)?;
-    let lifetime = match subject.expires_at {
-        Some(exp) => client.access_token_lifetime.min(Duration::from_secs(
-            exp.as_secs().saturating_sub(now.as_secs()),
-        )),
+    let mut lifetime = match subject.expires_at {
+        Some(exp) => within(client.access_token_lifetime, now, secs(exp)),
         None => client.access_token_lifetime,
     };
     let mut family = None;
-    let refresh_token = if subject.may_refresh && client.grants.contains(GRANT_REFRESH_TOKEN) {
+    let refresh_token = if subject.may_refresh
+        && !subject.ends_with_subject
+        && client.grants.contains(GRANT_REFRESH_TOKEN)
+    {
         let (token, hash) = tokens::new_refresh_token()?;
         let family_expires =
             secs(now.saturating_add(state.config.lifetimes.refresh_token_absolute));
+        lifetime = within(lifetime, now, family_expires);
         let family_id = tokens::random_id()?;
         let record = RefreshRecord {
             token_hash: hash,
@@ -472,6 +553,7 @@ async fn exchange(
             used_at: None,
             family_revoked_at: None,
             family_expires_at: family_expires,
+            family_created_at: secs(now),
         };
         state.store.insert_family(&record, &subject.lineage).await?;
         family = Some(family_id);
@@ -492,6 +574,7 @@ async fn exchange(
             lineage: &Lineage {
                 family,
                 from: subject.lineage,
+                ends_with_subject: subject.ends_with_subject,
             },
         },
         now,
@@ -583,14 +666,17 @@ async fn own_subject(
         }
         Some(act)
     };
+    // Never a refresh grant from a Bearer token, whoever presents it, nor from anything
+    // exchanged from one or from a token that must end with its own subject.
+    let ends_with_subject = prior.ends_with_subject || jkt.is_none();
     Ok(Subject {
         subject,
         default_scopes: subject_scopes.iter().cloned().collect(),
         scopes: subject_scopes,
         default_audiences: audiences.clone(),
         audiences,
-        // Never a refresh grant from a Bearer token, whoever presents it.
-        may_refresh: jkt.is_some() && client.refresh_from_exchange,
+        may_refresh: !ends_with_subject && client.refresh_from_exchange,
+        ends_with_subject,
         jkt,
         act,
         client: Some(subject_client.to_owned()),
@@ -673,5 +759,6 @@ async fn external_subject(
         expires_at,
         lineage: Vec::new(),
         may_refresh: ext.outlive_subject,
+        ends_with_subject: !ext.outlive_subject,
     })
 }

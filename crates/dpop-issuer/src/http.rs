@@ -306,12 +306,11 @@ pub(crate) struct TokenResponse {
     pub(crate) issued_token_type: Option<&'static str>,
 }
 
-/// Verifies the request's DPoP proof at the token endpoint, if it has one, and records
-/// it. `Ok(None)`: no proof, and the client may go without.
+/// Verifies the request's DPoP proof at the token endpoint and records it. `Ok(None)`:
+/// the request has no proof.
 async fn token_proof(
     state: &State,
     headers: &HeaderMap,
-    mode: DpopMode,
 ) -> Result<Option<VerifiedProof>, OAuthError> {
     let values: Vec<&[u8]> = headers
         .get_all("dpop")
@@ -319,13 +318,7 @@ async fn token_proof(
         .map(HeaderValue::as_bytes)
         .collect();
     if values.is_empty() {
-        return match mode {
-            DpopMode::Required => Err(OAuthError::new(
-                ErrorCode::InvalidDpopProof,
-                "this client must send a DPoP proof (RFC 9449) with every token request",
-            )),
-            DpopMode::Optional => Ok(None),
-        };
+        return Ok(None);
     }
     let now = state.now()?;
     let request = dpop_core::ProofRequest::new("POST", &state.token_htu);
@@ -338,6 +331,14 @@ async fn token_proof(
         .await
         .map_err(|e| proof_error(state, &e, now))?;
     Ok(Some(proof))
+}
+
+/// The answer to a token request without a proof from a client that must send one.
+fn proof_required() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::InvalidDpopProof,
+        "this client must send a DPoP proof (RFC 9449) with every token request",
+    )
 }
 
 /// Maps a proof failure to the token endpoint's error (RFC 9449 §5, §8).
@@ -405,14 +406,22 @@ async fn token_inner(
 ) -> Result<(TokenResponse, Option<String>), OAuthError> {
     let form = Form::parse(headers, body)?;
     let grant = form.require("grant_type")?.to_owned();
-    // The claimed client decides whether a proof is required; it is authenticated
-    // after the proof, so a nonce round trip costs no password hashing.
-    // An unknown client is treated like one that requires a proof, so the answers do
-    // not tell which client ids exist.
     let claimed = crate::client_auth::claimed_client(state, headers, &form)?;
-    let mode = claimed.map_or(DpopMode::Required, |c| c.dpop);
-    let proof = token_proof(state, headers, mode).await?;
+    // With a proof, the proof comes first, so a nonce round trip costs no password
+    // hashing. Without one, whether the client may go without is its own business: it
+    // is told only once it has authenticated, so that an unknown id, a client that may
+    // skip DPoP and one that may not answer a wrong credential alike, in the same time
+    // (an unknown id's secret goes through the stand-in Argon2 check). A request that
+    // names a client without a credential (`client_id` only) can only be a public
+    // client's, and public clients always need a proof: refused as such whatever the id.
+    let proof = token_proof(state, headers).await?;
+    if proof.is_none() && crate::client_auth::names_client_only(headers, &form)? {
+        return Err(proof_required());
+    }
     let client = crate::client_auth::authenticate(state, headers, &form, claimed).await?;
+    if proof.is_none() && client.dpop == DpopMode::Required {
+        return Err(proof_required());
+    }
     // Keys read longer ago than the maintenance interval (maintenance behind) are read
     // again before one signs: a key retired meanwhile must not go on signing.
     state

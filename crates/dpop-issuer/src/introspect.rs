@@ -21,6 +21,7 @@ use crate::State;
 use crate::client_auth;
 use crate::config::Client;
 use crate::error::{ErrorCode, OAuthError};
+use crate::grants;
 use crate::http::Form;
 use crate::store::secs;
 use crate::tokens::{self, Inactive};
@@ -187,7 +188,9 @@ async fn check_rs_proof(
 }
 
 /// Introspection of a refresh token, answered only to the client it was issued to. A
-/// grant derived by exchange is inactive once anything it derives from is revoked.
+/// grant derived by exchange is inactive once anything it derives from is revoked, or
+/// once the configuration no longer allows the delegation (as its refresh would be
+/// refused).
 async fn refresh_claims(
     state: &State,
     client: &Client,
@@ -209,11 +212,12 @@ async fn refresh_claims(
         && r.family_revoked_at.is_none()
         && r.expires_at > secs(now)
         && r.family_expires_at > secs(now);
-    if !live
-        || state
-            .store
-            .lineage_revoked(None, &state.store.family_lineage(&r.family_id).await?)
-            .await?
+    if !live {
+        return Ok(Some(inactive()));
+    }
+    let lineage = state.store.family_lineage(&r.family_id).await?;
+    if !grants::delegation_allowed(client, &lineage)
+        || grants::grant_revoked(state, &r, &lineage).await?
     {
         return Ok(Some(inactive()));
     }

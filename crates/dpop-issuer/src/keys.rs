@@ -21,6 +21,11 @@
 //! naming its `kid`, and the instance signs with a current key or makes a new one. Keys
 //! are re-read every maintenance interval and, on the token path, whenever the loaded
 //! set is older than that, so an instance learns of a retirement within that interval.
+//!
+//! A crash between writing a key file under its temporary name and renaming it leaves
+//! `<kid>.pem.new`, a private key nothing will use: such files are deleted at start, with
+//! a warning naming each. One written in the last minute is left alone, as it may be a
+//! key another process (`rotate-key` on a shared data directory) is putting in place.
 
 use std::fmt;
 use std::io::Write as _;
@@ -226,6 +231,52 @@ fn read_local_keys(dir: &Path) -> Result<Vec<PrivateKey>, IssuerError> {
     Ok(out)
 }
 
+/// The suffix of a key file written but not yet renamed into place.
+const TEMPORARY_SUFFIX: &str = ".pem.new";
+
+/// How old a temporary key file must be to count as left over by a crash: writing,
+/// recording and renaming take well under this.
+const TEMPORARY_GRACE: Duration = Duration::from_secs(60);
+
+/// Deletes the temporary key files in `dir` that a crash left behind (module docs).
+fn delete_leftover_temporaries(dir: &Path) -> Result<(), IssuerError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| keys_err("read", dir, &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| keys_err("read", dir, &e))?;
+        let path = entry.path();
+        if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(TEMPORARY_SUFFIX))
+        {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_none_or(|a| a < TEMPORARY_GRACE) {
+            tracing::info!(target: "dpop::issuer", path = %path.display(), "a key file is being put in place; left alone");
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::warn!(
+                target: "dpop::issuer",
+                path = %path.display(),
+                "deleted a private key file left under its temporary name by an interrupted key creation"
+            ),
+            Err(e) => tracing::warn!(
+                target: "dpop::issuer",
+                path = %path.display(),
+                error = %e,
+                "cannot delete a private key file left under its temporary name by an interrupted key creation; it is not used"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// A private key file written under a temporary name (which the loader ignores), to be
 /// renamed into place once the key's record is in the database.
 struct PendingKeyFile {
@@ -250,7 +301,7 @@ impl PendingKeyFile {
 /// overwrite.
 fn write_key(dir: &Path, key: &SigningKey) -> Result<PendingKeyFile, IssuerError> {
     let path = dir.join(format!("{}.pem", key.kid));
-    let temporary = dir.join(format!("{}.pem.new", key.kid));
+    let temporary = dir.join(format!("{}{TEMPORARY_SUFFIX}", key.kid));
     let pem = zeroize::Zeroizing::new(
         key.key
             .to_pkcs8_pem()
@@ -333,6 +384,7 @@ impl KeyRing {
     ) -> Result<Self, IssuerError> {
         let dir = keys_dir(data_dir);
         ensure_dir(&dir)?;
+        delete_leftover_temporaries(&dir)?;
         let state = Self::build(store, &dir, alg, now, None).await?;
         Ok(Self {
             dir,

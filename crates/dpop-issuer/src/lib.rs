@@ -15,7 +15,8 @@
 //!
 //! The flow of one token request: form parsing (the `http` module), the DPoP proof (dpop-core's
 //! verifier, server nonces, replay records in the database), client authentication,
-//! the grant, minting. See `ARCHITECTURE.md`.
+//! the grant, minting; a request without a proof authenticates its client first and is
+//! refused only then if the client requires DPoP. See `ARCHITECTURE.md`.
 
 pub mod config;
 pub mod error;
@@ -195,6 +196,7 @@ impl Issuer {
                     IssuerError::Keys(format!("cannot make the stand-in secret hash: {e}"))
                 })?
                 .map_err(IssuerError::Keys)?;
+        warn_of_cheaper_secrets(&config, &stand_in);
         let secrets = SecretCache::new(stand_in).map_err(IssuerError::Keys)?;
         let limiter = client_auth::AttemptLimiter::new(&config.auth_limits);
         Ok(Self {
@@ -397,6 +399,33 @@ pub async fn set_client_disabled(
     }
     store.close().await;
     Ok(())
+}
+
+/// Warns of clients whose secret hash has cheaper Argon2 parameters than `stand_in` (the
+/// costliest configured): a wrong secret for them is refused faster than one for an
+/// unknown id, so their ids can be told apart (see `secret`).
+fn warn_of_cheaper_secrets(config: &IssuerConfig, stand_in: &secret::ClientSecret) {
+    let cheaper: Vec<&str> = config
+        .clients
+        .values()
+        .filter(|c| {
+            c.secret
+                .as_ref()
+                .is_some_and(|s| !s.same_parameters(stand_in))
+        })
+        .map(|c| c.id.as_str())
+        .collect();
+    if !cheaper.is_empty() {
+        tracing::warn!(
+            target: "dpop::issuer",
+            clients = ?cheaper,
+            parameters = %stand_in.parameters_text(),
+            "client secrets are hashed with different Argon2 parameters: unknown client ids \
+             are checked with the costliest, so these clients, cheaper to check, can be told \
+             apart by response time; hash their secrets again with `dpop issuer hash-secret` \
+             so that all use one parameter set"
+        );
+    }
 }
 
 /// A proof verifier with the configured algorithms and window, and nonces when given.

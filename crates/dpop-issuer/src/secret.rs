@@ -9,7 +9,11 @@
 //! A secret presented for a client id that does not exist, or for a client that has no
 //! secret, is checked against a stand-in hash made at start with the parameters of the
 //! configured hashes, so it costs what a wrong secret costs: the response time does not
-//! tell which client ids exist.
+//! tell which client ids exist. That holds for hashes that share one parameter set (as
+//! `dpop issuer hash-secret` makes them). When the configured hashes use several, the
+//! stand-in takes the most expensive, so no client is slower to refuse than an unknown
+//! id; clients whose hashes are cheaper are faster to refuse, and so can be told apart:
+//! the issuer names them in a warning at start, to be hashed again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -86,46 +90,37 @@ impl ClientSecret {
         Ok(Self { phc: phc.into() })
     }
 
-    /// A hash of a random secret nobody knows, with the Argon2 variant, version and
-    /// parameters most of `configured` use (the defaults of [`hash_secret`] when there
-    /// are none), so that checking a secret against it costs what checking one against
-    /// a configured hash costs.
+    /// A hash of a random secret nobody knows, with the most expensive Argon2 variant,
+    /// version and parameters among `configured` (the defaults of [`hash_secret`] when
+    /// there are none), so that checking a secret against it costs at least what
+    /// checking one against any configured hash costs.
     ///
     /// # Errors
     /// When the system has no randomness or a parameter set is unusable.
     pub fn stand_in<'a>(
         configured: impl IntoIterator<Item = &'a ClientSecret>,
     ) -> Result<Self, String> {
-        let mut counts: Vec<((argon2::Algorithm, Version, Params), usize)> = Vec::new();
+        // The cost of Argon2 grows with memory times passes; among equals, the first
+        // configured.
+        let mut costliest: Option<(argon2::Algorithm, Version, Params)> = None;
         for secret in configured {
-            let Some(cost) = PasswordHash::new(&secret.phc)
-                .ok()
-                .and_then(|h| cost_of(&h))
-            else {
+            let Some(cost) = secret.parameters() else {
                 continue;
             };
-            match counts.iter_mut().find(|(c, _)| *c == cost) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((cost, 1)),
+            if costliest
+                .as_ref()
+                .is_none_or(|c| work(&cost.2) > work(&c.2))
+            {
+                costliest = Some(cost);
             }
         }
-        // The most common; the first configured among equals.
-        let mut best: Option<&((argon2::Algorithm, Version, Params), usize)> = None;
-        for entry in &counts {
-            if best.is_none_or(|b| entry.1 > b.1) {
-                best = Some(entry);
-            }
-        }
-        let (algorithm, version, params) = best.map_or_else(
-            || {
-                (
-                    argon2::Algorithm::default(),
-                    Version::default(),
-                    Params::default(),
-                )
-            },
-            |(c, _)| c.clone(),
-        );
+        let (algorithm, version, params) = costliest.unwrap_or_else(|| {
+            (
+                argon2::Algorithm::default(),
+                Version::default(),
+                Params::default(),
+            )
+        });
         let unknown = Zeroizing::new(crate::random_bytes::<32>()?);
         let mut salt = [0_u8; 16];
         SystemRandom::new()
@@ -137,6 +132,35 @@ impl ClientSecret {
             .map_err(|e| format!("cannot make the stand-in hash: {e}"))?
             .to_string();
         Ok(Self { phc: phc.into() })
+    }
+
+    /// Whether this hash was made with the Argon2 variant, version and parameters of
+    /// `other` (so checking a secret against either costs the same).
+    #[must_use]
+    pub fn same_parameters(&self, other: &ClientSecret) -> bool {
+        self.parameters()
+            .is_some_and(|mine| other.parameters().is_some_and(|theirs| mine == theirs))
+    }
+
+    /// The Argon2 variant, version and parameters of the hash.
+    fn parameters(&self) -> Option<(argon2::Algorithm, Version, Params)> {
+        PasswordHash::new(&self.phc).ok().and_then(|h| cost_of(&h))
+    }
+
+    /// The parameters, as the PHC string spells them (`m=…,t=…,p=…`), for messages.
+    #[must_use]
+    pub fn parameters_text(&self) -> String {
+        self.parameters()
+            .map(|(algorithm, version, p)| {
+                format!(
+                    "{algorithm} v={} m={},t={},p={}",
+                    u32::from(version),
+                    p.m_cost(),
+                    p.t_cost(),
+                    p.p_cost()
+                )
+            })
+            .unwrap_or_default()
     }
 
     /// Checks `presented` against the hash (slow, constant-time inside Argon2).
@@ -162,6 +186,11 @@ fn cost_of(hash: &PasswordHash<'_>) -> Option<(argon2::Algorithm, Version, Param
         .ok()?;
     let params = Params::try_from(hash).ok()?;
     Some((algorithm, version, params))
+}
+
+/// The work one Argon2 check does with `params`: memory (KiB) times passes.
+fn work(params: &Params) -> u64 {
+    u64::from(params.m_cost()).saturating_mul(u64::from(params.t_cost()))
 }
 
 /// Hashes a secret with Argon2id and a random salt, as a PHC string.
@@ -319,37 +348,41 @@ mod tests {
     }
 
     #[test]
-    fn the_stand_in_has_the_configured_parameters() {
+    fn the_stand_in_has_the_costliest_configured_parameters() {
         let env = BTreeMap::new();
-        let light = Argon2::new(
-            argon2::Algorithm::Argon2id,
-            Version::V0x13,
-            Params::new(8 * 1024, 3, 1, None).unwrap(),
-        );
-        let salt = SaltString::encode_b64(&[7_u8; 16]).unwrap();
-        let phc = |secret: &str| {
-            light
-                .hash_password(secret.as_bytes(), &salt)
-                .unwrap()
-                .to_string()
+        let with = |params: Params| {
+            let argon = Argon2::new(argon2::Algorithm::Argon2id, Version::V0x13, params);
+            let salt = SaltString::encode_b64(&[7_u8; 16]).unwrap();
+            move |secret: &str| {
+                argon
+                    .hash_password(secret.as_bytes(), &salt)
+                    .unwrap()
+                    .to_string()
+            }
         };
-        let a = ClientSecret::from_config(&phc("first-secret-value"), &env).unwrap();
-        let b = ClientSecret::from_config(&phc("second-secret-value"), &env).unwrap();
+        let light = with(Params::new(8 * 1024, 3, 1, None).unwrap());
+        let heavy = with(Params::new(4 * 19 * 1024, 2, 1, None).unwrap());
+        let a = ClientSecret::from_config(&light("first-secret-value"), &env).unwrap();
+        let b = ClientSecret::from_config(&light("second-secret-value"), &env).unwrap();
         let c =
             ClientSecret::from_config(&hash_secret("third-secret-value").unwrap(), &env).unwrap();
-        let stand_in = ClientSecret::stand_in([&c, &a, &b]).unwrap();
-        let parsed = PasswordHash::new(&stand_in.phc).unwrap();
-        assert_eq!(
-            cost_of(&parsed),
-            cost_of(&PasswordHash::new(&a.phc).unwrap())
+        let d = ClientSecret::from_config(&heavy("fourth-secret-value"), &env).unwrap();
+        // The most common set is the light one; the stand-in takes the heaviest.
+        let stand_in = ClientSecret::stand_in([&c, &a, &b, &d]).unwrap();
+        assert!(stand_in.same_parameters(&d));
+        assert!(!stand_in.same_parameters(&a));
+        assert!(!stand_in.same_parameters(&c));
+        assert_eq!(stand_in.parameters_text(), "argon2id v=19 m=77824,t=2,p=1");
+        assert_ne!(
+            PasswordHash::new(&stand_in.phc).unwrap().salt,
+            PasswordHash::new(&d.phc).unwrap().salt
         );
-        assert_ne!(parsed.salt, PasswordHash::new(&a.phc).unwrap().salt);
-        assert!(!stand_in.verify_slow("first-secret-value"));
+        assert!(!stand_in.verify_slow("fourth-secret-value"));
+        // One set for all: that one.
+        let stand_in = ClientSecret::stand_in([&a, &b]).unwrap();
+        assert!(stand_in.same_parameters(&a) && stand_in.same_parameters(&b));
         // Without configured secrets: the parameters `hash_secret` uses.
         let default = ClientSecret::stand_in([]).unwrap();
-        assert_eq!(
-            cost_of(&PasswordHash::new(&default.phc).unwrap()),
-            cost_of(&PasswordHash::new(&c.phc).unwrap())
-        );
+        assert!(default.same_parameters(&c));
     }
 }

@@ -100,6 +100,8 @@ pub struct RefreshRecord {
     pub family_revoked_at: Option<i64>,
     /// The family's absolute expiry.
     pub family_expires_at: i64,
+    /// When the family was created (its first token).
+    pub family_created_at: i64,
 }
 
 /// One token a grant or an access token derives from by token exchange (RFC 8693): an
@@ -423,7 +425,8 @@ impl Store {
 
     /// Whether something a token or grant derives from was revoked: `family` (the refresh
     /// family it was issued from), or any of `lineage` (its access token revoked, its
-    /// client disabled or offboarded after it was issued, its refresh family revoked).
+    /// client disabled or offboarded after it was issued, its refresh family revoked). A
+    /// family no longer on record counts as revoked.
     ///
     /// This is checked on every use rather than only recorded at revocation time, so a
     /// token derived while its ancestor was being revoked is caught too.
@@ -465,15 +468,21 @@ impl Store {
         Ok(false)
     }
 
-    /// Whether a refresh family was revoked (a family purged after its expiry was not).
+    /// Whether a refresh family was revoked, or is no longer on record. A family is
+    /// purged only once expired (and no live family derives from it), when every access
+    /// token issued from it has expired too (their `exp` is capped at the family's): a
+    /// live token never names a family that is gone, and one that does (an instance whose
+    /// clock runs ahead purged it) is refused rather than taken for a token of a grant
+    /// that was never revoked.
     async fn family_revoked(&self, family_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM refresh_families WHERE family_id = $1 AND revoked_at IS NOT NULL",
-        )
-        .bind(family_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        let row = sqlx::query("SELECT revoked_at FROM refresh_families WHERE family_id = $1")
+            .bind(family_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            None => true,
+            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        })
     }
 
     /// Looks a refresh token up by its hash.
@@ -486,7 +495,8 @@ impl Store {
     ) -> Result<Option<RefreshRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT t.token_hash, t.family_id, t.client_id, t.subject, t.scope, t.audience, t.jkt, \
-             t.act, t.created_at, t.expires_at, t.used_at, f.revoked_at, f.expires_at AS family_expires_at \
+             t.act, t.created_at, t.expires_at, t.used_at, f.revoked_at, f.expires_at AS family_expires_at, \
+             f.created_at AS family_created_at \
              FROM refresh_tokens t JOIN refresh_families f ON f.family_id = t.family_id \
              WHERE t.token_hash = $1",
         )
@@ -689,6 +699,10 @@ impl Store {
     /// families past their absolute expiry and their tokens, except the records of what a
     /// live refresh family derives from. Returns the rows removed.
     ///
+    /// A revoked family's row goes no earlier than its absolute expiry, when the access
+    /// tokens issued from it have all expired (their `exp` never passes it); a token
+    /// naming a family that is gone counts as revoked (`lineage_revoked`).
+    ///
     /// # Errors
     /// [`StoreError`].
     pub async fn purge(&self, now: UnixTime) -> Result<u64, StoreError> {
@@ -757,6 +771,7 @@ fn refresh_from_row(r: &AnyRow) -> Result<RefreshRecord, sqlx::Error> {
         used_at: r.try_get("used_at")?,
         family_revoked_at: r.try_get("revoked_at")?,
         family_expires_at: r.try_get("family_expires_at")?,
+        family_created_at: r.try_get("family_created_at")?,
     })
 }
 

@@ -18,6 +18,9 @@ pub(crate) const REFRESH_PREFIX: &str = "dpoprt_";
 /// The private claim recording an access token's [`Lineage`].
 pub(crate) const LINEAGE_CLAIM: &str = "lineage";
 
+/// The member of the `lineage` claim marking a token that ends with its subject token.
+const ENDS_WITH_SUBJECT: &str = "ends_with_subject";
+
 /// The longest chain of exchanges a token may result from: it bounds the size of the
 /// token (`act` and the lineage grow with each step) and the checks made at each use.
 pub(crate) const MAX_LINEAGE: usize = 8;
@@ -30,11 +33,17 @@ pub(crate) const MAX_LINEAGE: usize = 8;
 pub(crate) struct Lineage {
     pub(crate) family: Option<String>,
     pub(crate) from: Vec<Origin>,
+    /// The token must end with a subject token it derives from: one of a trusted issuer
+    /// whose rule does not set `outlive_subject`, or a Bearer token. Whatever is
+    /// exchanged from it inherits this and never starts a refresh grant, however many
+    /// exchanges later (each exchange already caps `exp` at its subject's). Signed as
+    /// `"ends_with_subject": true`, since nothing else in the token records it.
+    pub(crate) ends_with_subject: bool,
 }
 
 impl Lineage {
     fn is_empty(&self) -> bool {
-        self.family.is_none() && self.from.is_empty()
+        self.family.is_none() && self.from.is_empty() && !self.ends_with_subject
     }
 
     fn to_claim(&self) -> Value {
@@ -50,8 +59,13 @@ impl Lineage {
             })
             .collect();
         let mut claim = json!({ "from": from });
-        if let (Some(m), Some(f)) = (claim.as_object_mut(), &self.family) {
-            m.insert("family".to_owned(), f.as_str().into());
+        if let Some(m) = claim.as_object_mut() {
+            if let Some(f) = &self.family {
+                m.insert("family".to_owned(), f.as_str().into());
+            }
+            if self.ends_with_subject {
+                m.insert(ENDS_WITH_SUBJECT.to_owned(), true.into());
+            }
         }
         claim
     }
@@ -82,8 +96,26 @@ impl Lineage {
         if from.len() > MAX_LINEAGE {
             return None;
         }
-        Some(Self { family, from })
+        let ends_with_subject = match claim.get(ENDS_WITH_SUBJECT) {
+            None => false,
+            Some(v) => v.as_bool()?,
+        };
+        Some(Self {
+            family,
+            from,
+            ends_with_subject,
+        })
     }
+}
+
+/// Whether a client a token or grant derives from is no longer in the configuration.
+/// Removing a client offboards it as disabling it does: its tokens and whatever derives
+/// from them end. Only client ids are checked: a trusted issuer's workload is a `sub`,
+/// never an ancestor's client.
+pub(crate) fn unregistered(state: &State, lineage: &[Origin]) -> bool {
+    lineage
+        .iter()
+        .any(|o| !state.config.clients.contains_key(&o.client_id))
 }
 
 /// The claims a token of ours that was verified carries about itself, as an ancestor of
@@ -300,6 +332,10 @@ pub(crate) async fn verify_own(
         return Err(Inactive::Revoked);
     }
     let client = jwt.str_claim("client_id").unwrap_or("");
+    // A client removed from the configuration counts as disabled.
+    if !state.config.clients.contains_key(client) {
+        return Err(Inactive::Revoked);
+    }
     let client_state = state
         .store
         .client_state(client)
@@ -313,11 +349,12 @@ pub(crate) async fn verify_own(
     }
     let lineage =
         Lineage::of(&jwt).ok_or(Inactive::Invalid(TokenError::ClaimInvalid(LINEAGE_CLAIM)))?;
-    if state
-        .store
-        .lineage_revoked(lineage.family.as_deref(), &lineage.from)
-        .await
-        .map_err(Inactive::Store)?
+    if unregistered(state, &lineage.from)
+        || state
+            .store
+            .lineage_revoked(lineage.family.as_deref(), &lineage.from)
+            .await
+            .map_err(Inactive::Store)?
     {
         return Err(Inactive::Revoked);
     }

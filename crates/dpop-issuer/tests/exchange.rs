@@ -18,6 +18,8 @@ db_tests!(
     public_client_cannot_exchange_issuer_tokens,
     unlisted_actor_cannot_exchange_another_clients_token,
     leaked_bearer_subject_cannot_be_exchanged,
+    bearer_subject_never_becomes_a_refresh_grant_through_another_exchange,
+    transitive_delegation_needs_the_root_client,
 );
 
 async fn down_scoping_own_token(db: Db) {
@@ -407,4 +409,117 @@ async fn leaked_bearer_subject_cannot_be_exchanged(db: Db) {
     b.exchange(&basic("svc"), Some(&attacker), &leaked, &[])
         .await
         .err(400, "invalid_grant");
+}
+
+/// A Bearer token whose client allows exchanging it is bound by the first exchange, but
+/// what comes of it still ends with it: exchanging the bound token again, by a client
+/// with `refresh_from_exchange`, starts no refresh grant.
+async fn bearer_subject_never_becomes_a_refresh_grant_through_another_exchange(db: Db) {
+    let extra = format!(
+        r#"
+[[clients]]
+id = "bearer"
+secret = "{h}"
+grants = ["{GRANT_CC}"]
+scopes = ["read"]
+audiences = ["{API}"]
+dpop = "optional"
+allow_bearer_exchange = true
+
+[[clients]]
+id = "deleg"
+secret = "{h}"
+grants = ["{GRANT_EXCHANGE}", "{GRANT_REFRESH}"]
+scopes = ["read"]
+audiences = ["{API}"]
+may_exchange_for = ["bearer"]
+refresh_from_exchange = true
+"#,
+        h = *SECRET_HASH
+    );
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let body = it
+        .token(&basic("bearer"), None, &[("grant_type", GRANT_CC)])
+        .await
+        .ok();
+    assert_eq!(body["token_type"], json!("Bearer"));
+    let bearer = body["access_token"].as_str().unwrap().to_owned();
+    let bearer_exp = decode(&bearer).1["exp"].as_u64().unwrap();
+    let first = it
+        .exchange(&basic("deleg"), Some(&k), &bearer, &[])
+        .await
+        .ok();
+    assert!(first.get("refresh_token").is_none(), "{first}");
+    let bound = first["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let again = it
+            .exchange(&basic("deleg"), Some(&k), &bound, &[])
+            .await
+            .ok();
+        assert!(again.get("refresh_token").is_none(), "{again}");
+        let exp = decode(again["access_token"].as_str().unwrap()).1["exp"]
+            .as_u64()
+            .unwrap();
+        assert!(exp <= bearer_exp);
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 0);
+}
+
+/// Delegation does not chain past the configuration: a client that may act for `svc2`
+/// only does not obtain, through a token `svc2` holds for `svc`, a token for `svc`'s
+/// subject. It must be allowed for the client the chain started with as well.
+async fn transitive_delegation_needs_the_root_client(db: Db) {
+    let client = |id: &str, may: &str| {
+        format!(
+            "\n[[clients]]\nid = \"{id}\"\nsecret = \"{h}\"\ngrants = [\"{GRANT_EXCHANGE}\"]\n\
+             scopes = [\"read\", \"write\"]\naudiences = [\"{API}\"]\nmay_exchange_for = {may}\n",
+            h = *SECRET_HASH
+        )
+    };
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra: format!(
+                "{}{}",
+                client("third", r#"["svc2"]"#),
+                client("trusted", r#"["svc", "svc2"]"#)
+            ),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[("scope", "read write")]).await;
+    it.exchange(&basic("third"), Some(&k), &subject, &[])
+        .await
+        .err(400, "unauthorized_client");
+    let hop = it
+        .exchange(&basic("svc2"), Some(&k), &subject, &[])
+        .await
+        .ok()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    it.exchange(&basic("third"), Some(&k), &hop, &[])
+        .await
+        .err(400, "unauthorized_client");
+    // A client allowed for both gets the chain, with every actor in `act`.
+    let body = it
+        .exchange(&basic("trusted"), Some(&k), &hop, &[])
+        .await
+        .ok();
+    let claims = decode(body["access_token"].as_str().unwrap()).1;
+    assert_eq!(claims["sub"], json!("svc"));
+    assert_eq!(
+        claims["act"],
+        json!({ "sub": "trusted", "act": { "sub": "svc2" } })
+    );
 }

@@ -12,6 +12,7 @@ db_tests!(
     refresh_token_introspection,
     public_refresh_token_introspection,
     dpop_extension,
+    removed_client_is_offboarded,
 );
 
 const RS_URL: &str = "https://api.example.com/v1/items";
@@ -323,4 +324,48 @@ async fn dpop_extension(db: Db) {
     assert_eq!(it.revoke(&basic("svc"), &token, &[]).await.status, 200);
     let v = send(with_proof(proof, "GET", RS_URL)).await.ok();
     assert_eq!(v, json!({ "active": false }));
+}
+
+/// Removing a client from the configuration offboards it as disabling it would: its
+/// tokens, and whatever other clients derived from them (tokens, refresh grants), are
+/// inactive and refused. Workloads of trusted issuers are not clients, and are unaffected.
+async fn removed_client_is_offboarded(db: Db) {
+    let ci = dpop_test::MockIssuer::start().await.unwrap();
+    let a = start_trusting(&db, &ci).await;
+    let k = key();
+    let subject = a.access_token("svc", &k, &[]).await;
+    let body = a
+        .exchange(&basic("svc2"), Some(&k), &subject, &[])
+        .await
+        .ok();
+    let derived = body["access_token"].as_str().unwrap().to_owned();
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let own = a.access_token("svc2", &k, &[]).await;
+    let (workload, workload_rt) = a.public_refresh_token(&ci, &k).await;
+    // svc removed, and svc2 no longer acting for it.
+    let text = a.config_text();
+    let start = text.find("[[clients]]\nid = \"svc\"\n").unwrap();
+    let end = start + text[start..].find("[[clients]]\nid = \"svc2\"").unwrap();
+    let edited =
+        format!("{}{}", &text[..start], &text[end..]).replace("may_exchange_for = [\"svc\"]\n", "");
+    let b = a.second_instance_with_config(&edited).await;
+    assert!(!b.active(&subject).await);
+    assert!(!b.active(&derived).await);
+    let v = b
+        .post("/introspect", &basic("svc2"), &[], &[("token", &rt)])
+        .await
+        .ok();
+    assert_eq!(v, json!({ "active": false }));
+    b.exchange(&basic("svc2"), Some(&k), &derived, &[])
+        .await
+        .err(400, "invalid_grant");
+    b.clock.advance(60);
+    b.refresh(&basic("svc2"), Some(&k), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    assert!(b.active(&own).await);
+    assert!(b.active(&workload).await);
+    b.refresh(&public("public"), Some(&k), &workload_rt, &[])
+        .await
+        .ok();
 }

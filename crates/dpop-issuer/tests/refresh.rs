@@ -1,6 +1,7 @@
 //! The refresh_token grant: rotation, reuse detection (the whole family is revoked),
 //! concurrent use, key binding for public clients, scopes, idle expiry, client binding.
 
+use dpop_test::MockIssuer;
 use serde_json::json;
 
 use crate::support::*;
@@ -17,7 +18,9 @@ db_tests!(
     refresh_token_absolute_expiry,
     refresh_token_of_another_client,
     own_token_exchange_starts_no_refresh_family_by_default,
-    delegated_families_without_lineage_end_at_upgrade,
+    families_from_before_lineage_end_at_upgrade,
+    access_tokens_never_outlive_their_grant,
+    withdrawn_delegation_ends_delegated_grants,
 );
 
 async fn client_credentials_returns_no_refresh_token(db: Db) {
@@ -178,7 +181,7 @@ async fn parallel_requests_all_succeed(db: Db) {
 }
 
 async fn public_client_refresh_token_is_bound_to_its_key(db: Db) {
-    let ci = dpop_test::MockIssuer::start().await.unwrap();
+    let ci = MockIssuer::start().await.unwrap();
     let it = start_trusting(&db, &ci).await;
     let k = key();
     // A CI job token exchanged by the public client, with a proof by k.
@@ -372,10 +375,13 @@ may_exchange_for = ["svc"]
     assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 0);
 }
 
-/// Refresh grants delegated to another client before lineage was recorded cannot be
-/// revoked with their ancestors: the migration that adds lineage ends them.
-async fn delegated_families_without_lineage_end_at_upgrade(db: Db) {
-    let mut it = TestIssuer::start(&db).await;
+/// Every refresh grant of the version before lineage was recorded came from a token
+/// exchange (its own client's, another client's or a trusted issuer's token) and cannot
+/// be traced to what it came from: the migration that adds lineage ends them all, and
+/// their clients start new grants.
+async fn families_from_before_lineage_end_at_upgrade(db: Db) {
+    let ci = MockIssuer::start().await.unwrap();
+    let mut it = start_trusting(&db, &ci).await;
     let k = key();
     let subject = it.access_token("svc", &k, &[]).await;
     let delegated = it
@@ -386,6 +392,7 @@ async fn delegated_families_without_lineage_end_at_upgrade(db: Db) {
         .unwrap()
         .to_owned();
     let (_, own) = it.svc_refresh_token(&k).await;
+    let (_, workload) = it.public_refresh_token(&ci, &k).await;
     // The database as the previous version left it: no lineage.
     it.stop().await;
     db.execute(&[
@@ -394,8 +401,99 @@ async fn delegated_families_without_lineage_end_at_upgrade(db: Db) {
     ])
     .await;
     it.restart().await;
-    it.refresh(&basic("svc2"), Some(&k), &delegated, &[])
+    for (auth, rt) in [
+        (basic("svc2"), &delegated),
+        (basic("svc"), &own),
+        (public("public"), &workload),
+    ] {
+        it.refresh(&auth, Some(&k), rt, &[])
+            .await
+            .err(400, "invalid_grant");
+    }
+    // A new grant works.
+    let (_, fresh) = it.svc_refresh_token(&k).await;
+    it.refresh(&basic("svc"), Some(&k), &fresh, &[]).await.ok();
+}
+
+/// An access token issued with a refresh grant, or from one, expires no later than the
+/// grant, so it cannot outlive the record of the grant's revocation.
+async fn access_tokens_never_outlive_their_grant(db: Db) {
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            tokens: "refresh_token_idle_secs = 200\nrefresh_token_absolute_secs = 200".to_owned(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let grant_expires = it.clock.secs() + 200;
+    let at = it.access_token("svc", &k, &[]).await;
+    let body = it.exchange(&basic("svc"), Some(&k), &at, &[]).await.ok();
+    assert_eq!(body["expires_in"], json!(200), "{body}");
+    let at = body["access_token"].as_str().unwrap();
+    assert_eq!(decode(at).1["exp"], json!(grant_expires));
+    it.clock.advance(150);
+    let rt = body["refresh_token"].as_str().unwrap();
+    let body = it.refresh(&basic("svc"), Some(&k), rt, &[]).await.ok();
+    assert_eq!(body["expires_in"], json!(50), "{body}");
+    assert_eq!(
+        decode(body["access_token"].as_str().unwrap()).1["exp"],
+        json!(grant_expires)
+    );
+}
+
+/// Withdrawing a delegation in the configuration reaches the grants it made: without
+/// `may_exchange_for`, or without `refresh_from_exchange`, a delegated grant is refused,
+/// and narrowing the client it was delegated from narrows it.
+async fn withdrawn_delegation_ends_delegated_grants(db: Db) {
+    let a = TestIssuer::start(&db).await;
+    let k = key();
+    let subject = a.access_token("svc", &k, &[("scope", "read write")]).await;
+    let mut grants = Vec::new();
+    for _ in 0..3 {
+        let body = a
+            .exchange(&basic("svc2"), Some(&k), &subject, &[])
+            .await
+            .ok();
+        assert_eq!(body["scope"], json!("read write"));
+        grants.push(body["refresh_token"].as_str().unwrap().to_owned());
+    }
+    let text = a.config_text();
+    let narrowed = text.replacen(
+        "scopes = [\"read\", \"write\", \"admin\"]",
+        "scopes = [\"read\"]",
+        1,
+    );
+    let withdrawn = text.replace("may_exchange_for = [\"svc\"]\n", "");
+    let no_refresh = text.replacen(
+        "may_exchange_for = [\"svc\"]\nrefresh_from_exchange = true\n",
+        "may_exchange_for = [\"svc\"]\n",
+        1,
+    );
+    for edited in [&narrowed, &withdrawn, &no_refresh] {
+        assert_ne!(edited, text);
+    }
+    let b = a.second_instance_with_config(&narrowed).await;
+    let body = b
+        .refresh(&basic("svc2"), Some(&k), &grants[0], &[])
+        .await
+        .ok();
+    assert_eq!(body["scope"], json!("read"));
+    assert_eq!(
+        decode(body["access_token"].as_str().unwrap()).1["scope"],
+        json!("read")
+    );
+    let c = a.second_instance_with_config(&withdrawn).await;
+    c.refresh(&basic("svc2"), Some(&k), &grants[1], &[])
         .await
         .err(400, "invalid_grant");
-    it.refresh(&basic("svc"), Some(&k), &own, &[]).await.ok();
+    let d = a.second_instance_with_config(&no_refresh).await;
+    d.refresh(&basic("svc2"), Some(&k), &grants[2], &[])
+        .await
+        .err(400, "invalid_grant");
+    // The grants themselves are untouched: under the original configuration they work.
+    a.refresh(&basic("svc2"), Some(&k), &grants[2], &[])
+        .await
+        .ok();
 }

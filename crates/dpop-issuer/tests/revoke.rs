@@ -15,6 +15,7 @@ db_tests!(
     disable_subject_client_revokes_derived_tokens_and_families,
     revoking_a_family_revokes_tokens_derived_from_it,
     revoking_an_access_token_revokes_tokens_derived_from_it,
+    purge_does_not_revive_tokens_of_a_revoked_family,
 );
 
 async fn revoke_access_token(db: Db) {
@@ -338,4 +339,120 @@ async fn revoking_an_access_token_revokes_tokens_derived_from_it(db: Db) {
     it.refresh(&basic("svc2"), Some(&k), &derived_rt, &[])
         .await
         .err(400, "invalid_grant");
+}
+
+/// A refresh family revoked shortly before its absolute expiry is purged once expired;
+/// neither its access tokens nor those exchanged from them come back to life, and none
+/// can be exchanged into a new grant. Its access tokens end with it, and a family that
+/// is no longer on record counts as revoked.
+async fn purge_does_not_revive_tokens_of_a_revoked_family(db: Db) {
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            tokens: "refresh_token_absolute_secs = 1000\nrefresh_token_idle_secs = 1000\n".into(),
+            extra: format!(
+                "[[clients]]\nid = \"delegate\"\nsecret = \"{}\"\ngrants = [\"{GRANT_EXCHANGE}\"]\n\
+                 scopes = [\"read\"]\naudiences = [\"{API}\"]\nmay_exchange_for = [\"svc\"]\n",
+                *SECRET_HASH
+            ),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let k = key();
+    let (_, rt) = it.svc_refresh_token(&k).await;
+    let family_expires = it.clock.secs() + 1000;
+    it.clock.advance(990);
+    let body = it.refresh(&basic("svc"), Some(&k), &rt, &[]).await.ok();
+    let at = body["access_token"].as_str().unwrap().to_owned();
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    // The access token ends with its grant, not 300 s later.
+    assert_eq!(body["expires_in"], json!(10), "{body}");
+    assert_eq!(decode(&at).1["exp"], json!(family_expires));
+    let derived = it
+        .exchange(&basic("delegate"), Some(&k), &at, &[])
+        .await
+        .ok()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(it.revoke(&basic("svc"), &rt, &[]).await.status, 200);
+    assert!(!it.active(&at).await);
+    assert!(!it.active(&derived).await);
+
+    it.clock.advance(20);
+    it.issuer.maintain().await.unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 0);
+    assert!(!it.active(&at).await);
+    assert!(!it.active(&derived).await);
+    it.exchange(&basic("svc"), Some(&k), &at, &[])
+        .await
+        .err(400, "invalid_grant");
+
+    // A family purged by an instance whose clock runs ahead: its live tokens are not
+    // taken for tokens of a family that was never revoked.
+    let (at, _) = it.svc_refresh_token(&k).await;
+    assert!(it.active(&at).await);
+    db.execute(&["DELETE FROM refresh_tokens", "DELETE FROM refresh_families"])
+        .await;
+    assert!(!it.active(&at).await);
+    it.exchange(&basic("delegate"), Some(&k), &at, &[])
+        .await
+        .err(400, "invalid_grant");
+}
+
+/// A grant created by an exchange that authenticated just before its client was
+/// disabled (its family stored after the disabling revoked the client's families) is
+/// refused, and stays refused after the client is enabled again. PostgreSQL only: the
+/// exchange is held inside its transaction by a table lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_created_while_its_client_is_disabled_stays_revoked() {
+    use sqlx::Connection as _;
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    let it = TestIssuer::start_with(&db, Setup::no_nonce()).await;
+    let k = key();
+    let subject = it.access_token("svc", &k, &[]).await;
+    sqlx::any::install_default_drivers();
+    let mut lock = sqlx::AnyConnection::connect(db.url()).await.unwrap();
+    let mut tx = lock.begin().await.unwrap();
+    sqlx::query("LOCK TABLE refresh_tokens IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let svc2 = basic("svc2");
+    let exchange = it.exchange(&svc2, Some(&k), &subject, &[]);
+    let disable = async {
+        // The exchange has authenticated and waits on the lock.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        it.clock.advance(1);
+        dpop_issuer::set_client_disabled(&it.config(), "svc2", true, it.clock.unix())
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+    };
+    let (body, ()) = tokio::join!(exchange, disable);
+    let body = body.ok();
+    let rt = body["refresh_token"].as_str().unwrap().to_owned();
+    let at = body["access_token"].as_str().unwrap().to_owned();
+    assert!(!it.active(&at).await);
+
+    it.clock.advance(60);
+    dpop_issuer::set_client_disabled(&it.config(), "svc2", false, it.clock.unix())
+        .await
+        .unwrap();
+    it.refresh(&basic("svc2"), Some(&k), &rt, &[])
+        .await
+        .err(400, "invalid_grant");
+    // A grant started after the client is enabled again works.
+    let subject = it.access_token("svc", &k, &[]).await;
+    let rt = it
+        .exchange(&basic("svc2"), Some(&k), &subject, &[])
+        .await
+        .ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    it.refresh(&basic("svc2"), Some(&k), &rt, &[]).await.ok();
 }

@@ -20,6 +20,7 @@ db_tests!(
     a_key_file_without_a_record_is_never_published,
     data_directory_and_database_files_are_private,
     loose_database_file_modes_are_tightened_at_start,
+    a_key_file_left_half_written_is_deleted_at_start,
 );
 
 async fn admin_listener_serves_health_readiness_and_metrics(db: Db) {
@@ -359,17 +360,30 @@ async fn a_rotated_key_is_known_everywhere_before_it_signs(db: Db) {
     );
 }
 
-/// Collects the error events logged on this thread while it is installed (the issuer
-/// loads its keys on the thread that awaits `Issuer::open`), as `field=value` text.
-struct ErrorLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+/// Collects the error events (or, with [`ErrorLog::install_at`], those at a level or
+/// above) logged on this thread while it is installed (the issuer loads its keys on the
+/// thread that awaits `Issuer::open`), as `field=value` text.
+struct ErrorLog(
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tracing::Level,
+);
 
 impl ErrorLog {
     fn install() -> (
         std::sync::Arc<std::sync::Mutex<Vec<String>>>,
         tracing::subscriber::DefaultGuard,
     ) {
+        Self::install_at(tracing::Level::ERROR)
+    }
+
+    fn install_at(
+        level: tracing::Level,
+    ) -> (
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        tracing::subscriber::DefaultGuard,
+    ) {
         let lines = std::sync::Arc::default();
-        let guard = tracing::subscriber::set_default(Self(std::sync::Arc::clone(&lines)));
+        let guard = tracing::subscriber::set_default(Self(std::sync::Arc::clone(&lines), level));
         (lines, guard)
     }
 }
@@ -383,7 +397,7 @@ impl tracing::Subscriber for ErrorLog {
     }
 
     fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() == tracing::Level::ERROR
+        *metadata.level() <= self.1
     }
 
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
@@ -606,4 +620,81 @@ async fn loose_database_file_modes_are_tightened_at_start(db: Db) {
             assert_eq!(mode(side), 0o600, "{}", side.display());
         }
     }
+}
+
+async fn a_key_file_left_half_written_is_deleted_at_start(db: Db) {
+    // A crash between writing a new key file (under a temporary name) and renaming it
+    // into place leaves `<kid>.pem.new`: a private key nothing uses. The next start
+    // deletes it and says so.
+    let mut it = TestIssuer::start(&db).await;
+    let keys_dir = db.dir.join("data").join("keys");
+    let current = it.issuer.signing_kid();
+    it.stop().await;
+    let orphan = dpop_core::PrivateKey::generate(dpop_core::Algorithm::Es256).unwrap();
+    let path = keys_dir.join(format!("{}.pem.new", jkt(&orphan)));
+    std::fs::write(&path, orphan.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Written well before this start (a rename follows the write at once).
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+
+    let (warnings, guard) = ErrorLog::install_at(tracing::Level::WARN);
+    it.restart().await;
+    drop(guard);
+    assert!(!path.exists(), "{} is still there", path.display());
+    let name = path.display().to_string();
+    assert!(
+        warnings.lock().unwrap().iter().any(|l| l.contains(&name)),
+        "no warning naming {name}: {:?}",
+        warnings.lock().unwrap()
+    );
+    assert_eq!(it.issuer.signing_kid(), current);
+    it.access_token("svc", &key(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_file_made_private_is_the_one_sqlite_opens() {
+    // `conf` is a symbolic link to `real/conf`, so `conf/..` is `real` to the kernel,
+    // while a URL parser removes `conf/..` as text. The database path has one meaning.
+    let db = Db::sqlite();
+    let base = db.dir.join("links");
+    std::fs::create_dir_all(base.join("real").join("conf")).unwrap();
+    std::os::unix::fs::symlink(base.join("real").join("conf"), base.join("conf")).unwrap();
+    let config = |database: &str| {
+        dpop_issuer::IssuerConfig::from_toml(
+            &format!(
+                "issuer = \"https://issuer.test\"\ndatabase = \"{database}\"\n\
+                 data_dir = \"data\"\n"
+            ),
+            &base,
+            &std::collections::BTreeMap::<String, String>::new(),
+        )
+    };
+    let loaded = config("sqlite://conf/../issuer.db").unwrap();
+    eprintln!("database {}", loaded.database);
+    let store = dpop_issuer::Store::connect(&loaded.database).await.unwrap();
+    store.setting_or_init("x", "y").await.unwrap();
+    let made = base.join("real").join("issuer.db");
+    assert_eq!(mode(&made), 0o600);
+    assert!(
+        !base.join("issuer.db").exists(),
+        "SQLite opened another file than the one made private"
+    );
+    store.close().await;
+    assert!(!loaded.database.contains(".."), "{}", loaded.database);
+    // `%` means one thing to a URL and another to a file name: refused.
+    let e = config("sqlite://odd%2Fname.db").unwrap_err().to_string();
+    assert!(e.contains('%'), "{e}");
+    // So is a URL with `..` given to the store directly.
+    let url = format!("sqlite://{}/conf/../other.db?mode=rwc", base.display());
+    let e = dpop_issuer::Store::connect(&url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".."), "{e}");
+    assert!(!base.join("other.db").exists());
 }

@@ -476,13 +476,13 @@ async fn client_authentication_errors(db: Db) {
     // Unknown client and wrong secret are indistinguishable.
     assert_eq!(unknown.json(), r.json());
 
-    // Without a proof, an unknown client is answered like a known one that requires a
-    // proof: the proof is checked before the client, so ids cannot be probed.
+    // Without a proof, a client that requires one learns so once authenticated; an
+    // unknown client is refused like a wrong secret, so ids cannot be probed.
     let known = it.token_raw(&basic("svc"), &[], &cc).await;
     known.err(400, "invalid_dpop_proof");
     let unknown = it.token_raw(&basic("nobody"), &[], &cc).await;
-    unknown.err(400, "invalid_dpop_proof");
-    assert_eq!(unknown.json(), known.json());
+    unknown.err(401, "invalid_client");
+    assert_eq!(unknown.json(), r.json());
 
     // No credentials at all.
     it.token(&Auth::Nothing, Some(&k), &cc)
@@ -1101,4 +1101,227 @@ async fn forwarded_addresses_from_untrusted_peers_are_ignored() {
         )
         .await;
     assert_eq!(slowed_down(&r), 30);
+}
+
+/// Posts a token request with `headers` from a task of its own: many run at once.
+async fn post_concurrently(
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    form: Vec<(&'static str, String)>,
+) -> (u16, Option<String>) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let mut request = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let r = request.send().await.unwrap();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (r.status().as_u16(), retry_after)
+}
+
+fn basic_header(id: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_secrets_stay_within_the_attempt_limit() {
+    // Wrong secrets sent all at once, faster than Argon2 checks them: the limit (20 per
+    // client id per minute) must hold for them too, not only for sequential attempts.
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(&db, Setup::no_nonce()).await;
+    let k = key();
+    let n = 60;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let proof = it.proof(&k, "POST", &it.token_url(), None, None);
+        requests.spawn(post_concurrently(
+            it.token_url(),
+            vec![
+                ("dpop", proof),
+                (
+                    "authorization",
+                    basic_header("svc", &format!("guess-{i:04}")),
+                ),
+            ],
+            vec![("grant_type", GRANT_CC.to_owned())],
+        ));
+    }
+    let (mut checked, mut limited) = (0, 0);
+    while let Some(r) = requests.join_next().await {
+        match r.unwrap() {
+            (401, _) => checked += 1,
+            (429, Some(retry_after)) => {
+                let secs: u64 = retry_after.parse().unwrap();
+                assert!((1..=60).contains(&secs), "Retry-After {secs}");
+                limited += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    eprintln!("{n} concurrent wrong secrets: {checked} checked (401), {limited} refused (429)");
+    assert!(checked <= 20, "{checked} wrong secrets checked, limit 20");
+    assert_eq!(checked + limited, n);
+    // The right secret is refused too until the window moves on, then accepted.
+    slowed_down(
+        &it.token(&basic("svc"), Some(&k), &[("grant_type", GRANT_CC)])
+            .await,
+    );
+    it.clock.advance(60);
+    it.cc("svc", &k, &[]).await.ok();
+}
+
+/// A token request without a DPoP proof, timed.
+async fn timed_without_proof(it: &TestIssuer, auth: &Auth) -> (Resp, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let r = it.token(auth, None, &[("grant_type", GRANT_CC)]).await;
+    (r, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_may_skip_dpop_look_like_unknown_ids_without_a_proof() {
+    // Without a proof, whether a client must send one is known only once it has
+    // authenticated: an unknown id, a `dpop = "optional"` client and a client that
+    // requires DPoP, each with a wrong secret, must get the same answer in the same time.
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(&db, Setup::no_nonce()).await;
+    let k = key();
+    let wrong = |id: &str| Auth::Basic(id.into(), "not-the-secret-at-all".into());
+    let ids = ["no-such-client", "optional", "svc"];
+    let mut samples: Vec<Vec<std::time::Duration>> = vec![Vec::new(); ids.len()];
+    let mut with_proof: Vec<Vec<std::time::Duration>> = vec![Vec::new(); ids.len()];
+    let mut bodies = Vec::new();
+    for round in 0..6 {
+        for (i, id) in ids.iter().enumerate() {
+            let (r, took) = timed_without_proof(&it, &wrong(id)).await;
+            r.err(401, "invalid_client");
+            if round == 0 {
+                bodies.push(r.json());
+            } else {
+                samples[i].push(took);
+            }
+            let started = std::time::Instant::now();
+            it.token(&wrong(id), Some(&k), &[("grant_type", GRANT_CC)])
+                .await
+                .err(401, "invalid_client");
+            if round > 0 {
+                with_proof[i].push(started.elapsed());
+            }
+        }
+        // Stay under the attempt limits.
+        it.clock.advance(60);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    let medians: Vec<std::time::Duration> = samples.into_iter().map(median).collect();
+    let proof_medians: Vec<std::time::Duration> = with_proof.into_iter().map(median).collect();
+    for (i, id) in ids.iter().enumerate() {
+        eprintln!(
+            "wrong secret for {id:16}: median {:?} without a proof, {:?} with one",
+            medians[i], proof_medians[i]
+        );
+    }
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        let ratio = medians[i].as_secs_f64() / medians[0].as_secs_f64();
+        assert!(
+            (0.5..=2.0).contains(&ratio),
+            "{id}: {:?} against {:?} for an unknown id (ratio {ratio:.2})",
+            medians[i],
+            medians[0]
+        );
+    }
+    // Naming a client without authenticating (client_id only) tells nothing either.
+    let mut answers = Vec::new();
+    for id in ["no-such-client", "optional", "svc", "public"] {
+        let r = it
+            .token(&public(id), None, &[("grant_type", GRANT_CC)])
+            .await;
+        answers.push(json!([r.status, r.json()]));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    // The right secret without a proof: told that a proof is required.
+    it.token(&basic("svc"), None, &[("grant_type", GRANT_CC)])
+        .await
+        .err(400, "invalid_dpop_proof");
+    it.token(&basic("optional"), None, &[("grant_type", GRANT_CC)])
+        .await
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_round_trip_checks_no_secret() {
+    // With a proof, the proof (and its nonce) is checked before the client: a request
+    // answered `use_dpop_nonce` costs no Argon2 and counts no failed attempt.
+    let db = Db::sqlite();
+    let it = TestIssuer::start(&db).await;
+    let k = key();
+    let wrong = Auth::Basic("svc".into(), "not-the-secret-at-all".into());
+    for _ in 0..40 {
+        let proof = it.proof(&k, "POST", &it.token_url(), None, None);
+        it.token_raw(&wrong, &[proof], &[("grant_type", GRANT_CC)])
+            .await
+            .err(400, "use_dpop_nonce");
+    }
+    it.cc("svc", &k, &[]).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_costlier_hash_parameters_looks_like_an_unknown_id() {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    // One client's hash takes four times the memory (and time) of the others: an
+    // unknown id must cost at least as much, or that client's id shows in the timing.
+    let heavy = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(4 * 19 * 1024, 2, 1, None).unwrap(),
+    )
+    .hash_password(
+        b"the-heavy-client-secret",
+        &SaltString::encode_b64(&[9_u8; 16]).unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    let db = Db::sqlite();
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            extra: format!(
+                "[[clients]]\nid = \"heavy\"\nsecret = \"{heavy}\"\ngrants = [\"{GRANT_CC}\"]\n\
+                 scopes = [\"read\"]\naudiences = [\"{API}\"]\n"
+            ),
+            ..Setup::no_nonce()
+        },
+    )
+    .await;
+    let k = key();
+    let wrong = |id: &str| Auth::Basic(id.into(), "not-the-secret-at-all".into());
+    let (unknown, heavy) = (wrong("no-such-client"), wrong("heavy"));
+    timed_failure(&it, &unknown, &k).await;
+    timed_failure(&it, &heavy, &k).await;
+    let (mut u, mut h) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        u.push(timed_failure(&it, &unknown, &k).await);
+        h.push(timed_failure(&it, &heavy, &k).await);
+    }
+    let (u, h) = (median(u), median(h));
+    eprintln!("median failure: unknown id {u:?}, client with costlier parameters {h:?}");
+    let ratio = u.as_secs_f64() / h.as_secs_f64();
+    assert!(
+        (0.6..=1.7).contains(&ratio),
+        "unknown id {u:?} against {h:?} (ratio {ratio:.2})"
+    );
 }

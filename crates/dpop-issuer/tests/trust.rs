@@ -16,6 +16,7 @@ db_tests!(
     exchanged_token_expires_no_later_than_the_job_token,
     no_refresh_grant_from_a_job_token_by_default,
     outlive_subject_gives_the_client_lifetime_and_a_refresh_grant,
+    job_token_never_becomes_a_refresh_grant_through_another_exchange,
 );
 
 /// The `aud` the trusted issuer's tokens must carry.
@@ -462,6 +463,37 @@ async fn outlive_subject_gives_the_client_lifetime_and_a_refresh_grant(db: Db) {
     assert_eq!(c["sub"], json!("shop-deployer"));
     assert_eq!(c["exp"], json!(it.clock.secs() + 300));
     assert_eq!(c["cnf"]["jkt"], json!(jkt(&k)));
+}
+
+/// A token issued for a job token under a rule without `outlive_subject` ends with the
+/// job token however it is exchanged again: by its own client or by one acting for it,
+/// both with `refresh_from_exchange`, it never starts a refresh grant.
+async fn job_token_never_becomes_a_refresh_grant_through_another_exchange(db: Db) {
+    let ci = MockIssuer::start().await.unwrap();
+    let it = start(&db, &ci, "").await;
+    let k = key();
+    let job = job_token(&it, &ci, &prod_claims());
+    let job_exp = exp_of(&job);
+    let first = exchange_jwt(&it, &basic("svc"), Some(&k), &job, &[])
+        .await
+        .ok();
+    assert!(first.get("refresh_token").is_none(), "{first}");
+    let own = first["access_token"].as_str().unwrap().to_owned();
+    // svc down-scopes it, svc2 acts for svc, and svc exchanges the result once more.
+    let again = it.exchange(&basic("svc"), Some(&k), &own, &[]).await.ok();
+    assert!(again.get("refresh_token").is_none(), "{again}");
+    let delegated = it.exchange(&basic("svc2"), Some(&k), &own, &[]).await.ok();
+    assert!(delegated.get("refresh_token").is_none(), "{delegated}");
+    let delegated = delegated["access_token"].as_str().unwrap().to_owned();
+    let third = it
+        .exchange(&basic("svc2"), Some(&k), &delegated, &[])
+        .await
+        .ok();
+    assert!(third.get("refresh_token").is_none(), "{third}");
+    for body in [&again, &third] {
+        assert!(exp_of(body["access_token"].as_str().unwrap()) <= job_exp);
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_families").await, 0);
 }
 
 /// `outlive_subject` is for workloads that refresh: a rule none of whose clients has the
