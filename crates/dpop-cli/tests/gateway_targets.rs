@@ -19,7 +19,11 @@ const TABLE: &str = include_str!("../../dpop-core/tests/vectors/hostile-targets.
 
 /// More hostile targets, aimed at the `report_only`, `allow_bearer`, method-limited and
 /// dangerous routes of this test's configuration.
-const MORE: [&[u8]; 13] = [
+const MORE: [&[u8]; 17] = [
+    b"/v1/admin.json",
+    b"/healthcheck.json",
+    b"/v1/adm%C4%B0n/users",
+    b"/v1/admin::$INDEX_ALLOCATION/users",
     b"/V1/admin/users",
     b"/v1/ADMIN/users",
     b"/HealthCheck",
@@ -346,6 +350,9 @@ async fn underscore_identity_headers_are_stripped() {
                     ("X-Original-URL", "/v1/admin/users"),
                     ("X-Rewrite-URL", "/v1/admin/users"),
                     ("X-Forwarded-For", "10.9.9.9"),
+                    ("X-Forwarded-Ssl", "on"),
+                    ("True-Client-IP", "10.0.0.2"),
+                    ("X-Original-URI", "/v1/admin/users"),
                 ],
                 b"",
             )
@@ -361,6 +368,9 @@ async fn underscore_identity_headers_are_stripped() {
             "x-method-override",
             "x-original-url",
             "x-rewrite-url",
+            "x-forwarded-ssl",
+            "true-client-ip",
+            "x-original-uri",
         ] {
             assert!(
                 got.header(name).is_none(),

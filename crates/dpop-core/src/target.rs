@@ -169,9 +169,11 @@ pub enum TargetError {
     InvalidCharacter,
     /// The method is not an upper-case token.
     NonCanonicalMethod,
-    /// The path falls under a different route when letters are compared without case:
-    /// an upstream that routes case-insensitively would serve what another rule governs.
-    AmbiguousCase,
+    /// The path falls under a different route for a server that routes leniently
+    /// (letters without case, Unicode case folding, a `.json`-style suffix or `:` stream
+    /// name dropped, trailing dots and spaces trimmed): such an upstream would serve what
+    /// another rule governs. Reported by adapters that hold the route table.
+    AmbiguousRoute,
 }
 
 impl TargetError {
@@ -193,7 +195,7 @@ impl TargetError {
             Self::NonAscii => "non_ascii",
             Self::InvalidCharacter => "invalid_character",
             Self::NonCanonicalMethod => "non_canonical_method",
-            Self::AmbiguousCase => "ambiguous_case",
+            Self::AmbiguousRoute => "ambiguous_route",
         }
     }
 }
@@ -215,7 +217,7 @@ impl fmt::Display for TargetError {
             Self::NonAscii => "the request target has a byte outside ASCII; percent-encode it",
             Self::InvalidCharacter => "the request path has a character that must be percent-encoded",
             Self::NonCanonicalMethod => "the request method is not an upper-case token (methods are case-sensitive)",
-            Self::AmbiguousCase => "the request path matches a different route when letter case is ignored; use the path's documented case",
+            Self::AmbiguousRoute => "the request path would fall under a different route if letter case, a suffix such as .json, or trailing dots were ignored; use the path's documented form",
         })
     }
 }

@@ -73,25 +73,42 @@ const MANAGED: [&str; 5] = [
 /// Headers that make common frameworks run another method or route another path than the
 /// request line says (Rack, Symfony, Laravel, IIS URL Rewrite): the gateway judged the
 /// request line, so these never reach the upstream, whoever sends them.
-const OVERRIDES: [&str; 5] = [
+const OVERRIDES: [&str; 9] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
     "x-original-url",
     "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-envoy-original-path",
+    // The gateway never reads RFC 7239 `Forwarded`; passed on, it could name another
+    // host or scheme than the one the proof was checked against.
+    "forwarded",
 ];
 
 /// Headers that claim where the request came from or was addressed to. Believed only
 /// from a trusted proxy, as for the `htu`; from anyone else they are removed.
-const CLAIMS: [&str; 8] = [
+const CLAIMS: [&str; 19] = [
     "x-forwarded-host",
-    "forwarded",
     "x-forwarded-prefix",
     "x-forwarded-port",
     "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-forwarded",
+    "x-url-scheme",
+    "front-end-https",
+    "forwarded-for",
     "x-real-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
     "x-original-host",
     "x-host",
+    "x-original-forwarded-for",
 ];
 
 /// The first element of the comma-separated list in the field lines of `name`.
@@ -236,8 +253,13 @@ impl Proxy {
         if trusted {
             // The first value is the one the layer used; forward that one only.
             for name in ["x-forwarded-host", "x-forwarded-proto"] {
-                if let Some(first) = first_value(headers, name) {
-                    headers.insert(HeaderName::from_static(name), first);
+                match first_value(headers, name) {
+                    Some(first) => {
+                        headers.insert(HeaderName::from_static(name), first);
+                    }
+                    None => {
+                        headers.remove(name);
+                    }
                 }
             }
         } else {
@@ -269,7 +291,7 @@ impl Proxy {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            let peer = ip.to_string();
+            let peer = ip.to_canonical().to_string();
             hops.push(&peer);
             let value = hops.join(", ");
             if let Ok(v) = HeaderValue::from_str(&value) {

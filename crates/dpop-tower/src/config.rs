@@ -122,29 +122,24 @@ impl Route {
         self
     }
 
-    fn matches(&self, method: &Method, path: &str, ignore_case: bool) -> bool {
-        if self.methods.as_ref().is_some_and(|m| !m.contains(method)) {
-            return false;
-        }
-        let prefix = self.path_prefix.trim_end_matches('/');
-        let (Some(head), Some(rest)) = (path.get(..prefix.len()), path.get(prefix.len()..)) else {
-            return false;
-        };
-        let same = if ignore_case {
-            head.eq_ignore_ascii_case(prefix)
-        } else {
-            head == prefix
-        };
-        same && (rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+    /// Whether the route covers `method`: exactly one of its methods, or `HEAD` where it
+    /// lists `GET` (RFC 9110 §9.3.2: servers answer `HEAD` with the `GET` handler, and
+    /// most frameworks route it there).
+    fn covers(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| {
+            m.contains(method) || (*method == Method::HEAD && m.contains(&Method::GET))
+        })
     }
 
-    /// Whether the two routes have the same prefix (ignoring a trailing `/` and letter
-    /// case) and cover a common method.
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        self.covers(method) && under_prefix(path, self.path_prefix.trim_end_matches('/'))
+    }
+
+    /// Whether the two routes have the same prefix (in [`loose_form`], without a trailing
+    /// `/`) and cover a common method.
     fn overlaps(&self, other: &Self) -> bool {
-        let same_prefix = self
-            .path_prefix
-            .trim_end_matches('/')
-            .eq_ignore_ascii_case(other.path_prefix.trim_end_matches('/'));
+        let same_prefix = loose_form(self.path_prefix.trim_end_matches('/'))
+            == loose_form(other.path_prefix.trim_end_matches('/'));
         let common_method = match (&self.methods, &other.methods) {
             (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
             _ => true,
@@ -153,11 +148,84 @@ impl Route {
     }
 }
 
+/// `path` is `prefix` (without a trailing `/`) or below it, on a segment boundary.
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+        (Some(head), Some(rest)) => {
+            head == prefix && (rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// [`under_prefix`] with ASCII letters compared without case.
+fn under_prefix_ignoring_ascii_case(path: &str, prefix: &str) -> bool {
+    match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+        (Some(head), Some(rest)) => {
+            head.eq_ignore_ascii_case(prefix)
+                && (rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// What a lenient server may route `path` as: percent-escapes decoded (except `%2F`),
+/// letters lower-cased with Unicode rules (and `ſ`, `ı`, `İ`, the Kelvin sign folded to
+/// their ASCII letters, as Java, .NET, Go and Python case folding do), and in each
+/// segment everything from the first `.` or `:` after its first character dropped, with
+/// trailing dots and spaces (a format suffix `.json`, an NTFS stream `::$DATA`, names
+/// Windows trims). Only for telling whether such a server would choose another route.
+pub(crate) fn loose_form(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escape = (b == b'%')
+            .then(|| path.get(i.saturating_add(1)..i.saturating_add(3)))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|v| *v != b'/');
+        match escape {
+            Some(v) => {
+                decoded.push(v);
+                i = i.saturating_add(3);
+            }
+            None => {
+                decoded.push(b);
+                i = i.saturating_add(1);
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&decoded);
+    let mut folded = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{17F}' => folded.push('s'),
+            '\u{131}' | '\u{130}' => folded.push('i'),
+            c => folded.extend(c.to_lowercase()),
+        }
+    }
+    folded
+        .split('/')
+        .map(|segment| {
+            let cut = segment
+                .char_indices()
+                .skip(1)
+                .find(|(_, c)| matches!(c, '.' | ':'))
+                .map_or(segment, |(at, _)| segment.get(..at).unwrap_or(segment));
+            cut.trim_end_matches(['.', ' '])
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// The route table: the most specific (longest prefix) matching route wins; requests
 /// matching no route get the default policy.
 #[derive(Clone, Debug, Default)]
 pub struct Routes {
     routes: Vec<Route>,
+    /// [`loose_form`] of each route's prefix, in the order of `routes`.
+    loose_prefixes: Vec<String>,
     default: RoutePolicy,
 }
 
@@ -167,6 +235,7 @@ impl Routes {
     pub fn new(default: RoutePolicy) -> Self {
         Self {
             routes: Vec::new(),
+            loose_prefixes: Vec::new(),
             default,
         }
     }
@@ -183,6 +252,11 @@ impl Routes {
                 .cmp(&a.path_prefix.trim_end_matches('/').len())
                 .then(b.methods.is_some().cmp(&a.methods.is_some()))
         });
+        self.loose_prefixes = self
+            .routes
+            .iter()
+            .map(|r| loose_form(r.path_prefix.trim_end_matches('/')))
+            .collect();
         self
     }
 
@@ -195,17 +269,28 @@ impl Routes {
 
     /// The index of the matching route, `None` for the default policy.
     pub(crate) fn resolve_index(&self, method: &Method, path: &str) -> Option<usize> {
-        self.routes
-            .iter()
-            .position(|r| r.matches(method, path, false))
+        self.routes.iter().position(|r| r.matches(method, path))
     }
 
-    /// As [`Self::resolve_index`], comparing ASCII letters without case: what an upstream
-    /// that routes case-insensitively would choose.
-    pub(crate) fn resolve_index_ignoring_case(&self, method: &Method, path: &str) -> Option<usize> {
+    /// As [`Self::resolve_index`] for a server that routes leniently: `path` and the
+    /// prefixes compared in their [`loose_form`].
+    pub(crate) fn resolve_index_loosely(&self, method: &Method, path: &str) -> Option<usize> {
+        // Most paths have nothing to decode, fold beyond ASCII or cut: their loose form is
+        // their ASCII lower case, compared without building it.
+        let plain = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'~'));
+        let loose = if plain { None } else { Some(loose_form(path)) };
         self.routes
             .iter()
-            .position(|r| r.matches(method, path, true))
+            .zip(&self.loose_prefixes)
+            .position(|(r, prefix)| {
+                r.covers(method)
+                    && match &loose {
+                        Some(loose) => under_prefix(loose, prefix),
+                        None => under_prefix_ignoring_ascii_case(path, prefix),
+                    }
+            })
     }
 
     /// The policy of the route at `index` (from [`Self::resolve_index`]).
@@ -423,24 +508,29 @@ fn scheme_and_host<'a>(
             .iter()
             .any(|n| n.contains(&ip.to_canonical()))
     });
-    let forwarded = |name: &str| -> Option<&'a str> {
+    // The first value is the one the outermost trusted proxy saw. A header that is there
+    // but unusable (empty first value, not text) is refused rather than skipped: the
+    // upstream could read it otherwise than this layer did.
+    let forwarded = |name: &str| -> Result<Option<&'a str>, RequestError> {
         if !trusted {
-            return None;
+            return Ok(None);
         }
-        // The first value is the one the outermost trusted proxy saw.
-        headers
-            .get(name)?
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        value
             .to_str()
-            .ok()?
-            .split(',')
-            .next()
+            .ok()
+            .and_then(|v| v.split(',').next())
             .map(str::trim)
             .filter(|v| !v.is_empty())
+            .map(Some)
+            .ok_or(RequestError::HostNotAllowed)
     };
-    let scheme = forwarded("x-forwarded-proto")
+    let scheme = forwarded("x-forwarded-proto")?
         .or(default_scheme)
         .or_else(|| uri.scheme_str());
-    let host = match forwarded("x-forwarded-host") {
+    let host = match forwarded("x-forwarded-host")? {
         Some(h) => h,
         None => match uri.authority() {
             Some(a) => a.as_str(),
@@ -509,6 +599,46 @@ mod tests {
             .unwrap()
             .htu(uri, headers, peer, uri.path())
             .map(|h| h.as_str().to_owned())
+    }
+
+    #[test]
+    fn loose_form_is_what_lenient_servers_route_on() {
+        for (path, loose) in [
+            ("/V1/Admin", "/v1/admin"),
+            ("/caf%C3%89", "/caf\u{e9}"),
+            (
+                "/%D0%90%D0%94%D0%9C%D0%98%D0%9D",
+                "/\u{430}\u{434}\u{43c}\u{438}\u{43d}",
+            ),
+            ("/%E2%84%AAeys", "/keys"),
+            ("/adm%C4%B0n", "/admin"),
+            ("/%C5%BFecret", "/secret"),
+            ("/admin.json", "/admin"),
+            ("/v1/admin.json/x", "/v1/admin/x"),
+            ("/admin.", "/admin"),
+            ("/admin%20/x", "/admin/x"),
+            ("/admin::$INDEX_ALLOCATION/x", "/admin/x"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a%2Fb", "/a%2fb"),
+        ] {
+            assert_eq!(loose_form(path), loose, "{path}");
+        }
+    }
+
+    #[test]
+    fn get_routes_cover_head() {
+        let routes = Routes::new(RoutePolicy::new(DpopMode::Off)).route(
+            Route::new("/reports", RoutePolicy::new(DpopMode::Required))
+                .with_methods(vec![Method::GET]),
+        );
+        assert_eq!(
+            routes.resolve(&Method::HEAD, "/reports").mode,
+            DpopMode::Required
+        );
+        assert_eq!(
+            routes.resolve(&Method::POST, "/reports").mode,
+            DpopMode::Off
+        );
     }
 
     #[test]
@@ -600,6 +730,25 @@ mod tests {
                 htu(&several, &uri, &with_host(bad), None),
                 Err(RequestError::HostNotAllowed),
                 "{bad}"
+            );
+        }
+        // From a trusted proxy, a forwarding header that is there but unusable is refused,
+        // not skipped in favour of Host.
+        let trusting = HtuSource::FromRequest {
+            scheme: "http".into(),
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            allowed_hosts: vec!["api.example.com".into()],
+        };
+        for (name, value) in [
+            ("x-forwarded-host", ", evil.example"),
+            ("x-forwarded-proto", " , https"),
+        ] {
+            let mut headers = with_host("api.example.com");
+            headers.insert(name, value.parse().unwrap());
+            assert_eq!(
+                htu(&trusting, &uri, &headers, Some("127.0.0.1")),
+                Err(RequestError::HostNotAllowed),
+                "{name}: {value}"
             );
         }
         // A stated scheme must agree with the public URL's.

@@ -34,8 +34,8 @@ pub enum ConfigError {
         "set a public URL (one or more) or a list of allowed hosts: without either, a proof made for another service would be accepted here"
     )]
     NoHostRule,
-    /// Two routes have the same path prefix (ignoring a trailing `/` and letter case) and
-    /// a common method, so one would silently shadow the other.
+    /// Two routes have the same path prefix (ignoring a trailing `/`, letter case and
+    /// suffixes) and a common method, so one would silently shadow the other.
     #[error("two routes for the path prefix {0:?} cover the same methods; merge them")]
     DuplicateRoute(String),
     /// A route's path prefix is not a canonical path, or a method is not upper case.

@@ -221,8 +221,8 @@ where
 }
 
 /// The route policy and the target to judge and forward, from one parse of the request
-/// target. Non-canonical targets are refused, and so are paths whose route depends on
-/// letter case; a route that opts in may receive encoded slashes (see
+/// target. Non-canonical targets are refused, and so are paths that a lenient server
+/// would route elsewhere (letter case, format suffixes); a route that opts in may receive encoded slashes (see
 /// [`RoutePolicy::dangerous_forward_encoded_slashes`]).
 fn resolve<'a, St, B>(
     shared: &'a Shared<St>,
@@ -250,16 +250,17 @@ fn resolve<'a, St, B>(
     let routes = &shared.settings.routes;
     let path = target.path();
     let index = routes.resolve_index(method, path);
-    // An upstream that routes without case would serve what another rule governs.
-    if routes.resolve_index_ignoring_case(method, path) != index {
-        return Err(TargetError::AmbiguousCase);
+    // An upstream that routes without case, or drops a format suffix, a trailing dot or
+    // an NTFS stream name, would serve what another rule governs.
+    if routes.resolve_index_loosely(method, path) != index {
+        return Err(TargetError::AmbiguousRoute);
     }
     let policy = routes.policy_at(index);
     if !canonical {
         // Whether `%2F` is data or a separator to the upstream, the route is this one.
         let decoded = path.replace("%2F", "/");
         let same_route = routes.resolve_index(method, &decoded) == index
-            && routes.resolve_index_ignoring_case(method, &decoded) == index;
+            && routes.resolve_index_loosely(method, &decoded) == index;
         if !policy.forwards_encoded_slashes() || !same_route {
             return Err(TargetError::EncodedSlash);
         }

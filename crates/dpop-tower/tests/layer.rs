@@ -911,6 +911,21 @@ fn target_routes() -> Routes {
             "/files/private",
             RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
         ))
+        .route(Route::new(
+            "/caf%C3%A9",
+            RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
+        ))
+        .route(Route::new(
+            "/keys",
+            RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
+        ))
+        .route(
+            Route::new(
+                "/reports",
+                RoutePolicy::new(DpopMode::Required).with_scopes(["admin"]),
+            )
+            .with_methods(vec![http::Method::GET]),
+        )
 }
 
 /// `(URI, AuthorizedTarget)` of each request the inner service saw.
@@ -1070,6 +1085,18 @@ async fn paths_whose_route_depends_on_case_are_refused() {
         "/v1/Admin/x",
         "/HEALTHCHECK",
         "/Healthcheck/x",
+        // Unicode case folding, and letters that fold to ASCII.
+        "/caf%C3%89",
+        "/CAF%C3%A9",
+        "/%E2%84%AAeys",
+        "/%E2%84%AAEYS",
+        // Format suffixes, trailing dots and spaces, NTFS stream names.
+        "/keys.json",
+        "/v1/admin.json",
+        "/keys.",
+        "/keys%20/x",
+        "/keys::$INDEX_ALLOCATION/x",
+        "/healthcheck.json",
     ] {
         let r = call(&mut svc, dpop_request(&f.key, "GET", path, ADMIN)).await;
         assert_eq!(r.status(), 400, "{path}");
@@ -1082,6 +1109,19 @@ async fn paths_whose_route_depends_on_case_are_refused() {
     // Case that decides no route is fine.
     let r = call(&mut svc, dpop_request(&f.key, "GET", "/v1/Items", BOUND)).await;
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn head_is_judged_by_the_get_rule() {
+    let f = fixture();
+    let (mut svc, seen) = recording_service(&f, target_settings(&f));
+    // Frameworks run the GET handler for HEAD: a token without the GET rule's scope is
+    // refused for HEAD as for GET.
+    for method in ["GET", "HEAD"] {
+        let r = call(&mut svc, dpop_request(&f.key, method, "/reports", BOUND)).await;
+        assert_eq!(r.status(), 403, "{method}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
