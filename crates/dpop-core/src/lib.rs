@@ -276,6 +276,15 @@ pub mod internal {
                     "normalising a canonical target must not change its path"
                 );
             }
+            if let Ok(target) = crate::RequestTarget::dangerous_parse_with_encoded_slashes(text) {
+                // With `%2F` read as `/`, what was accepted is still canonical.
+                let decoded = target.as_str().replace("%2F", "/");
+                assert!(
+                    crate::RequestTarget::parse(&decoded).is_ok(),
+                    "an accepted %2F must not hide a dot or empty segment"
+                );
+            }
+            let _ = crate::target::loose_form(text);
         }
 
         /// The issuer of the seed corpus's valid JWT.
