@@ -1,5 +1,6 @@
 //! Cost of the canonical request-target check on typical API paths, beside the `htu`
-//! normalisation every DPoP request already pays, so the ratio tells what the check adds.
+//! normalisation every DPoP request already pays, so the ratio tells what the check adds,
+//! and of the loose form the route-ambiguity check builds for paths that need it.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -20,6 +21,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for t in TARGETS {
                 let _ = black_box(RequestTarget::parse(black_box(t)));
+            }
+        });
+    });
+    g.bench_function("target::loose_form (4 paths)", |b| {
+        b.iter(|| {
+            for t in TARGETS {
+                let _ = black_box(dpop_core::target::loose_form(black_box(t)));
             }
         });
     });
