@@ -1,9 +1,7 @@
 //! The system clock (the core never reads it; the CLI is where time comes from) and
 //! human-readable times.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use dpop_core::UnixTime;
+use dpop_core::{Clock as _, SystemClock, UnixTime};
 
 use crate::error::CliError;
 
@@ -12,10 +10,9 @@ use crate::error::CliError;
 /// # Errors
 /// When the clock is set before 1970.
 pub(crate) fn now() -> Result<UnixTime, CliError> {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| UnixTime::from_secs(d.as_secs()))
-        .map_err(|_| CliError::failed("the system clock is set before 1970"))
+    SystemClock
+        .now()
+        .ok_or_else(|| CliError::failed("the system clock is set before 1970"))
 }
 
 /// `secs` as an RFC 3339 UTC date-time, e.g. `2019-07-04T17:50:16Z`.

@@ -19,8 +19,7 @@ use dpop_client::{
     ClientAuth, ClientKey, DpopMiddleware, Grant, OAuthTokens, SubjectToken, TokenRequest,
 };
 use dpop_core::{
-    Algorithm, PrivateKey, ProofBuilder, RandomSource as _, Signer as _, SystemRandomSource,
-    UnixTime,
+    Algorithm, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource, UnixTime,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -154,16 +153,8 @@ impl CiSystem {
             "exp": now.as_secs() + 300,
             "jti": random_secret()?,
         });
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig = self
-            .key
-            .sign(input.as_bytes())
-            .map_err(|e| failed("CI token")(&e))?;
-        Ok(format!("{input}.{}", b64(&sig)))
+        dpop_core::jws::sign_compact(&header, &claims, &self.key)
+            .map_err(|e| failed("CI token")(&e))
     }
 }
 

@@ -41,8 +41,8 @@ mod tokens;
 pub use crate::error::ClientError;
 pub use crate::key::ClientKey;
 pub use crate::middleware::DpopMiddleware;
-pub use crate::session::SystemClock;
 pub use crate::tokens::{
     ClientAuth, Grant, OAuthTokens, StaticToken, SubjectToken, TokenRequest, TokenResponse,
     TokenSource,
 };
+pub use dpop_core::SystemClock;

@@ -4,14 +4,14 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dpop_core::Clock;
+use dpop_core::{Clock, SystemClock};
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::error::ClientError;
 use crate::key::ClientKey;
-use crate::session::{Session, SystemClock, Verdict};
+use crate::session::{Session, Verdict};
 use crate::tokens::TokenSource;
 
 /// Signs every request with DPoP. Add it to a `reqwest_middleware::ClientBuilder`.

@@ -33,19 +33,6 @@ const MAX_ERROR_BODY: u64 = 16 * 1024;
 /// Most origins remembered.
 const MAX_ORIGINS: usize = 1024;
 
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Option<UnixTime> {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| UnixTime::from_secs(d.as_secs()))
-    }
-}
-
 /// Per-origin memory shared by the middleware and the token sources that use one key.
 #[derive(Debug, Default)]
 struct Origins {

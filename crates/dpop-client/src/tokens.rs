@@ -421,16 +421,8 @@ impl OAuthTokens {
             "exp": now + 60,
             "jti": b64(&jti),
         });
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig = key
-            .signer()
-            .sign(input.as_bytes())
-            .map_err(|e| ClientError::Proof(e.to_string()))?;
-        Ok(format!("{input}.{}", b64(&sig)))
+        dpop_core::jws::sign_compact(&header, &claims, key.signer())
+            .map_err(|e| ClientError::Proof(e.to_string()))
     }
 
     /// A new token: with the refresh token when there is one (falling back to the grant

@@ -29,7 +29,9 @@
 //!
 //! It is sans-I/O: it does no network or file I/O, reads no environment and no clock,
 //! and keeps no global state. Time, randomness and replay storage are passed in; the
-//! HTTP adapters (tower layer, gateway, issuer, client) are separate crates.
+//! HTTP adapters (tower layer, gateway, issuer, client) are separate crates. The one
+//! clock it ships, `SystemClock` (feature `std-clock`, on by default), is for those
+//! adapters to pass in; the protocol code never calls it.
 //!
 //! ## Getting started
 //!
@@ -71,6 +73,7 @@ mod error;
 mod htu;
 mod json;
 mod jwk;
+pub mod jws;
 pub mod jwt;
 mod key;
 mod nonce;
@@ -102,6 +105,8 @@ pub use crate::replay::{
     ReplayStoreError,
 };
 pub use crate::target::{RequestTarget, TargetError};
+#[cfg(feature = "std-clock")]
+pub use crate::time::SystemClock;
 pub use crate::time::{Clock, FixedClock, UnixTime};
 pub use crate::verify::{
     Check, ConfigBuilder, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof,

@@ -171,15 +171,8 @@ impl ProofBuilder {
         if let Some(nonce) = &self.nonce {
             claims.insert("nonce".into(), nonce.as_str().into());
         }
-        let header = serde_json::to_vec(&header).map_err(|_| Error::Unreachable("header JSON"))?;
-        let claims = serde_json::to_vec(&claims).map_err(|_| Error::Unreachable("claims JSON"))?;
-        let mut out = b64::encode(&header);
-        out.push('.');
-        out.push_str(&b64::encode(&claims));
-        let signature = signer.sign(out.as_bytes()).map_err(Error::Key)?;
-        out.push('.');
-        out.push_str(&b64::encode(&signature));
-        Ok(out)
+        crate::jws::sign_compact(&header, &serde_json::Value::Object(claims), signer)
+            .map_err(Error::Key)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Time as the protocol sees it: whole seconds since the Unix epoch, always injected.
 //!
-//! The core never reads the system clock (a `clippy.toml` rule enforces it); callers pass
-//! the current time in, or give a [`Clock`] that may answer "no time available".
+//! The protocol code never reads the system clock (a `clippy.toml` rule enforces it);
+//! callers pass the current time in, or give a [`Clock`] that may answer "no time
+//! available". `SystemClock` (feature `std-clock`, on by default) is the one place that
+//! reads it, for the adapters to pass in.
 
 use core::fmt;
 use core::time::Duration;
@@ -60,5 +62,31 @@ pub struct FixedClock(pub UnixTime);
 impl Clock for FixedClock {
     fn now(&self) -> Option<UnixTime> {
         Some(self.0)
+    }
+}
+
+/// The system clock, whole seconds since the Unix epoch; `None` when it is set before 1970.
+///
+/// The protocol code never calls it: adapters (servers, clients, the CLI) pass it in where
+/// a [`Clock`] is taken. Needs the `std-clock` feature (on by default).
+#[cfg(feature = "std-clock")]
+#[derive(Clone, Copy, Debug, Default)]
+#[expect(
+    clippy::exhaustive_structs,
+    reason = "a unit struct users construct directly"
+)]
+pub struct SystemClock;
+
+#[cfg(feature = "std-clock")]
+impl Clock for SystemClock {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the one system clock read in dpop-core, injected by callers as a Clock"
+    )]
+    fn now(&self) -> Option<UnixTime> {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| UnixTime::from_secs(d.as_secs()))
     }
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dpop_core::jwt::JwkSet;
-use dpop_core::{Algorithm, PrivateKey, Signer as _, UnixTime};
+use dpop_core::{Algorithm, PrivateKey, UnixTime};
 
 use crate::error::IssuerError;
 use crate::store::{KeyRecord, Store, secs};
@@ -43,8 +43,8 @@ use crate::store::{KeyRecord, Store, secs};
 pub(crate) struct SigningKey {
     pub(crate) kid: String,
     key: PrivateKey,
-    /// base64url of the JWS header, computed once.
-    header_b64: String,
+    /// The JWS header, built once.
+    header: serde_json::Value,
 }
 
 impl fmt::Debug for SigningKey {
@@ -63,26 +63,13 @@ impl SigningKey {
             "typ": "at+jwt",
             "kid": kid,
         });
-        Self {
-            header_b64: b64(header.to_string().as_bytes()),
-            kid,
-            key,
-        }
+        Self { header, kid, key }
     }
 
     /// Signs `claims` as an `at+jwt` compact JWS.
     pub(crate) fn sign(&self, claims: &serde_json::Value) -> Result<String, IssuerError> {
-        let mut out = String::with_capacity(600);
-        out.push_str(&self.header_b64);
-        out.push('.');
-        out.push_str(&b64(claims.to_string().as_bytes()));
-        let sig = self
-            .key
-            .sign(out.as_bytes())
-            .map_err(|e| IssuerError::Keys(format!("signing failed: {e}")))?;
-        out.push('.');
-        out.push_str(&b64(&sig));
-        Ok(out)
+        dpop_core::jws::sign_compact(&self.header, claims, &self.key)
+            .map_err(|e| IssuerError::Keys(format!("signing failed: {e}")))
     }
 
     fn record(&self, now: UnixTime, active_from: UnixTime) -> KeyRecord {

@@ -36,7 +36,7 @@ mod tokens;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use dpop_core::{Clock, Htu, NonceSecret, StatelessNonces, UnixTime, Verifier, VerifierConfig};
 
@@ -44,23 +44,11 @@ pub use crate::config::{IssuerConfig, ProcessEnvironment};
 pub use crate::error::{ConfigError, ErrorCode, IssuerError, OAuthError, StoreError};
 pub use crate::secret::hash_secret;
 pub use crate::store::Store;
+pub use dpop_core::SystemClock;
 
 use crate::keys::KeyRing;
 use crate::secret::SecretCache;
 use crate::trust::TrustedIssuers;
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Option<UnixTime> {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .map(|d| UnixTime::from_secs(d.as_secs()))
-    }
-}
 
 /// Everything a request handler needs.
 pub(crate) struct State {

@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -20,7 +19,9 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use dpop_core::{Algorithm, DEFAULT_ALGORITHMS, PrivateKey, RandomSource, SystemRandomSource};
+use dpop_core::{
+    Algorithm, Clock as _, DEFAULT_ALGORITHMS, PrivateKey, RandomSource, SystemRandomSource,
+};
 use hyper::body::Frame;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Map, Value, json};
@@ -137,16 +138,16 @@ impl TokenSpec {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    now().as_secs()
 }
 
-/// The system clock as the core's [`dpop_core::UnixTime`] (test support reads the clock; the core
-/// never does).
+/// The system clock ([`dpop_core::SystemClock`]) as the core's [`dpop_core::UnixTime`];
+/// the epoch when the clock is set before 1970.
 #[must_use]
 pub fn now() -> dpop_core::UnixTime {
-    dpop_core::UnixTime::from_secs(unix_now())
+    dpop_core::SystemClock
+        .now()
+        .unwrap_or(dpop_core::UnixTime::from_secs(0))
 }
 
 fn random_id() -> String {

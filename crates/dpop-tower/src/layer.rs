@@ -2,10 +2,10 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dpop_core::{
-    Algorithm, AsyncReplayStore, Clock, DEFAULT_ALGORITHMS, NonceValidator, UnixTime, Verifier,
+    Algorithm, AsyncReplayStore, Clock, DEFAULT_ALGORITHMS, NonceValidator, SystemClock, Verifier,
     VerifierConfig,
 };
 use tower::Layer;
@@ -44,19 +44,6 @@ pub enum ConfigError {
     /// The core rejected the verifier settings.
     #[error("invalid proof verification settings: {0}")]
     Verifier(dpop_core::Error),
-}
-
-/// The system clock, for servers (the core never reads a clock itself).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Option<UnixTime> {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| UnixTime::from_secs(d.as_secs()))
-    }
 }
 
 /// Settings of a [`DpopLayer`].

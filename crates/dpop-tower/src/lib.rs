@@ -44,8 +44,9 @@ pub use crate::config::{DpopMode, HtuSource, Route, RoutePolicy, Routes};
 pub use crate::events::{DpopEvents, NoEvents, Outcome};
 pub use crate::future::ResponseFuture;
 pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
-pub use crate::layer::{ConfigError, DpopLayer, DpopSettings, SystemClock};
+pub use crate::layer::{ConfigError, DpopLayer, DpopSettings};
 pub use crate::service::DpopService;
 pub use crate::tokens::{
     BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig, TokenSource,
 };
+pub use dpop_core::SystemClock;
