@@ -17,7 +17,8 @@
 # Prints a markdown table with the ratios against their targets on stdout; progress
 # goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),
 # BASE_PORT (18400, first port tried), STRICT=1 to exit 1 when a target is missed,
-# DPOP_BIN (target/release/dpop) to measure another build of the gateway.
+# DPOP_BIN (target/release/dpop) to measure another build of the gateway; PROFILE=profiling
+# builds release code with line tables, for perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,14 +27,15 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 STRICT=${STRICT:-0}
 AUD="https://api.example.com"
-BIN=target/release
+PROFILE=${PROFILE:-release}
+BIN=target/$PROFILE
 LOADGEN=$BIN/dpop-loadgen
 DPOP=${DPOP_BIN:-$BIN/dpop}
 
 log() { printf '==> %s\n' "$*" >&2; }
 
 log "building release binaries"
-cargo build --release -p dpop-test -p dpop-cli --locked >&2
+cargo build --profile "$PROFILE" -p dpop-test -p dpop-cli --locked >&2
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpop-loadtest.XXXXXX")
 PIDS=()
