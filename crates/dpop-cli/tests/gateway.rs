@@ -651,7 +651,7 @@ async fn rejections_carry_the_rfc_challenges() {
 async fn upstream_failures_are_502_and_504() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = "http://127.0.0.1:1".to_owned(); // nothing listens on port 1
     let slow = Launch::bare();
     let file = config_file(
         &slow,
@@ -700,7 +700,7 @@ async fn config_file_routes_and_flag_overrides() {
     let upstream = TestUpstream::start().await.unwrap();
     let launch = Launch::bare();
     // The file's upstream is a closed port: the --upstream flag must win.
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = "http://127.0.0.1:1".to_owned(); // nothing listens on port 1
     let file = config_file(
         &launch,
         &issuer,
@@ -808,7 +808,9 @@ async fn admin_health_readiness_and_metrics() {
     let upstream = TestUpstream::start().await.unwrap();
     // A second gateway whose issuer is unreachable: up, but not ready.
     let mut no_issuer = Launch::flags(&issuer, &upstream.url());
-    let dead_issuer = format!("http://127.0.0.1:{}", free_port());
+    // Port 1: nothing listens there, and unlike a port just freed by `free_port`, no
+    // other test's server can take it meanwhile.
+    let dead_issuer = "http://127.0.0.1:1".to_owned();
     let i = no_issuer.args.iter().position(|a| a == "--issuer").unwrap();
     no_issuer.args[i + 1] = dead_issuer;
     let (gw, no_issuer) = tokio::join!(
