@@ -32,20 +32,25 @@
 //! ```
 
 mod config;
+mod error;
 mod events;
 mod future;
 mod identity;
 mod layer;
 mod response;
 mod service;
+mod settings;
+mod state;
 mod tokens;
 
 pub use crate::config::{DpopMode, HtuSource, Route, RoutePolicy, Routes};
+pub use crate::error::ConfigError;
 pub use crate::events::{DpopEvents, NoEvents, Outcome};
 pub use crate::future::ResponseFuture;
 pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
-pub use crate::layer::{ConfigError, DpopLayer, DpopSettings};
+pub use crate::layer::DpopLayer;
 pub use crate::service::DpopService;
+pub use crate::settings::DpopSettings;
 pub use crate::tokens::{
     BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig, TokenSource,
 };

@@ -19,8 +19,8 @@ use crate::config::{DpopMode, RoutePolicy};
 use crate::events::Outcome;
 use crate::future::ResponseFuture;
 use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
-use crate::layer::Shared;
 use crate::response::{RejectionContext, rejection as build_rejection};
+use crate::state::Shared;
 
 /// The service made by [`crate::DpopLayer`].
 pub struct DpopService<S, St> {
