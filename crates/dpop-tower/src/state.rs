@@ -7,6 +7,7 @@ use dpop_core::{NonceValidator, Verifier, VerifierConfig};
 
 use crate::config::{HtuRule, HtuSource};
 use crate::error::ConfigError;
+use crate::response::Challenges;
 use crate::settings::DpopSettings;
 use crate::tokens::{TokenCache, TokenSource};
 
@@ -15,7 +16,7 @@ pub(crate) struct Shared<St> {
     pub(crate) htu_rule: HtuRule,
     pub(crate) verifier: Verifier,
     pub(crate) nonce_verifier: Option<Verifier>,
-    pub(crate) algs: String,
+    pub(crate) challenges: Challenges,
     pub(crate) tokens: Arc<dyn TokenSource>,
     pub(crate) cache: TokenCache,
     pub(crate) store: St,
@@ -68,20 +69,14 @@ impl<St> Shared<St> {
             .clone()
             .map(|n| build(Some(n)))
             .transpose()?;
-        let algs = verifier
-            .config()
-            .algorithms()
-            .iter()
-            .map(|a| a.name())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let challenges = Challenges::new(verifier.config().algorithms(), settings.realm.as_deref());
         let cache = TokenCache::new(settings.token_cache_capacity, settings.token_cache_ttl);
         Ok(Self {
             settings,
             htu_rule,
             verifier,
             nonce_verifier,
-            algs,
+            challenges,
             tokens,
             cache,
             store,
