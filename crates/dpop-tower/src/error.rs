@@ -26,6 +26,10 @@ pub enum ConfigError {
     /// A route's path prefix is not a canonical path, or a method is not upper case.
     #[error("route {0:?}: {1}")]
     BadRoute(String, dpop_core::TargetError),
+    /// The token source could not be set up, e.g. the issuer's keys could not be
+    /// fetched when the layer was built.
+    #[error("cannot check access tokens: {0}")]
+    Tokens(dpop_core::Error),
     /// The core rejected the verifier settings.
     #[error("invalid proof verification settings: {0}")]
     Verifier(dpop_core::Error),

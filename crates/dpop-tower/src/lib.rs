@@ -31,11 +31,15 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+mod builder;
 mod config;
 mod error;
 mod events;
+#[cfg(feature = "axum")]
+mod extract;
 mod future;
 mod identity;
+mod keys;
 mod layer;
 mod response;
 mod service;
@@ -43,11 +47,15 @@ mod settings;
 mod state;
 mod tokens;
 
+pub use crate::builder::DpopLayerBuilder;
 pub use crate::config::{DpopMode, HtuSource, Route, RoutePolicy, Routes};
 pub use crate::error::ConfigError;
 pub use crate::events::{DpopEvents, NoEvents, Outcome};
+#[cfg(feature = "axum")]
+pub use crate::extract::IdentityRejection;
 pub use crate::future::ResponseFuture;
 pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
+pub use crate::keys::StaticKeys;
 pub use crate::layer::DpopLayer;
 pub use crate::service::DpopService;
 pub use crate::settings::DpopSettings;
