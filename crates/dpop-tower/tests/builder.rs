@@ -205,3 +205,36 @@ async fn the_extractor_refuses_with_500_when_there_is_no_verified_identity() {
         (StatusCode::OK, "user-1".into())
     );
 }
+
+/// The `rust` blocks of the README's tower section are the crate docs' doc tests (which
+/// are compiled), without their hidden lines: the two cannot drift apart.
+#[test]
+fn readme_snippets_are_the_compiled_crate_doc_snippets() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
+    let section = readme
+        .split("### Rust services: the tower layer")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .unwrap();
+    let readme_blocks: Vec<&str> = section
+        .split("```rust\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    let docs: String = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .filter(|l| !l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let doc_blocks: Vec<&str> = docs
+        .split("```no_run\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(readme_blocks.len(), 2);
+    assert_eq!(readme_blocks, doc_blocks);
+}
