@@ -218,11 +218,14 @@ fn readme_snippets_are_the_compiled_crate_doc_snippets() {
         .nth(1)
         .and_then(|rest| rest.split("\n### ").next())
         .unwrap();
-    let readme_blocks: Vec<&str> = section
-        .split("```rust\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap())
-        .collect();
+    // The code between each opening `fence` and the next closing fence.
+    let blocks = |text: &str, fence: &str| -> Vec<String> {
+        text.split(fence)
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap().to_owned())
+            .collect()
+    };
+    let readme_blocks = blocks(section, "```rust\n");
     let docs: String = lib
         .lines()
         .filter_map(|l| l.strip_prefix("//!"))
@@ -230,11 +233,6 @@ fn readme_snippets_are_the_compiled_crate_doc_snippets() {
         .filter(|l| !l.starts_with("# "))
         .map(|l| format!("{l}\n"))
         .collect();
-    let doc_blocks: Vec<&str> = docs
-        .split("```no_run\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap())
-        .collect();
     assert_eq!(readme_blocks.len(), 2);
-    assert_eq!(readme_blocks, doc_blocks);
+    assert_eq!(readme_blocks, blocks(&docs, "```no_run\n"));
 }
