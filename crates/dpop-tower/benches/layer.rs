@@ -22,7 +22,7 @@ use dpop_core::{
     Algorithm, Error, FixedClock, MemoryReplayStore, PrivateKey, ProofBuilder, SystemRandomSource,
     UnixTime,
 };
-use dpop_tower::{BoxFuture, DpopLayer, DpopSettings, HtuSource, TokenSource};
+use dpop_tower::{BoxFuture, DpopLayer, DpopSettings, HtuSource, TokenVerifier};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
@@ -30,7 +30,7 @@ const NOW: u64 = 1_700_000_000;
 const TOKEN: &str = "bench-token-0123456789abcdefghijklmnopqrstuvwxyz";
 
 struct OneToken(AccessToken);
-impl TokenSource for OneToken {
+impl TokenVerifier for OneToken {
     fn verify<'a>(
         &'a self,
         _token: &'a str,

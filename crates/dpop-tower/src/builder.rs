@@ -13,7 +13,7 @@ use crate::events::DpopEvents;
 use crate::keys::StaticKeys;
 use crate::layer::DpopLayer;
 use crate::settings::DpopSettings;
-use crate::tokens::TokenSource;
+use crate::tokens::TokenVerifier;
 #[cfg(feature = "jwks")]
 use crate::tokens::{JwksSource, JwksSourceConfig};
 
@@ -113,7 +113,7 @@ impl<T, St> DpopLayerBuilder<T, St> {
     }
 }
 
-impl<St: AsyncReplayStore + 'static> DpopLayerBuilder<Arc<dyn TokenSource>, St> {
+impl<St: AsyncReplayStore + 'static> DpopLayerBuilder<Arc<dyn TokenVerifier>, St> {
     /// The layer.
     ///
     /// # Errors
@@ -152,7 +152,7 @@ impl<St: AsyncReplayStore + 'static> DpopLayerBuilder<JwksSourceConfig, St> {
 async fn jwks_verifier(
     config: JwksSourceConfig,
     events: &Arc<dyn DpopEvents>,
-) -> Result<Arc<dyn TokenSource>, dpop_core::Error> {
+) -> Result<Arc<dyn TokenVerifier>, dpop_core::Error> {
     let source = JwksSource::new(config, Arc::clone(events))?;
     source.refresh().await?;
     Ok(Arc::new(source))
@@ -176,14 +176,14 @@ impl DpopLayer<MemoryReplayStore> {
         keys: JwkSet,
         issuer: &str,
         audience: &str,
-    ) -> DpopLayerBuilder<Arc<dyn TokenSource>> {
+    ) -> DpopLayerBuilder<Arc<dyn TokenVerifier>> {
         let tokens = StaticKeys::new(keys, TokenValidation::new(issuer, audience));
         Self::builder(Arc::new(tokens))
     }
 
     /// A layer checking access tokens with `tokens` (introspection, or a source of your
     /// own).
-    pub fn builder(tokens: Arc<dyn TokenSource>) -> DpopLayerBuilder<Arc<dyn TokenSource>> {
+    pub fn builder(tokens: Arc<dyn TokenVerifier>) -> DpopLayerBuilder<Arc<dyn TokenVerifier>> {
         DpopLayerBuilder::new(tokens)
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use dpop_core::jwt::{self, AccessToken, JwkSet, TokenValidation};
 use dpop_core::{Error, UnixTime};
 
-use crate::tokens::{BoxFuture, TokenSource};
+use crate::tokens::{BoxFuture, TokenVerifier};
 
 /// Verifies JWT access tokens with a fixed [`JwkSet`]. A token signed by a key that is
 /// not in the set is refused (`invalid_token`); to follow key rotation, build a new layer
@@ -36,7 +36,7 @@ impl fmt::Debug for StaticKeys {
     }
 }
 
-impl TokenSource for StaticKeys {
+impl TokenVerifier for StaticKeys {
     fn verify<'a>(
         &'a self,
         token: &'a str,

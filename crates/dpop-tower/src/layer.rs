@@ -10,7 +10,7 @@ use crate::error::ConfigError;
 use crate::service::DpopService;
 use crate::settings::DpopSettings;
 use crate::state::Shared;
-use crate::tokens::TokenSource;
+use crate::tokens::TokenVerifier;
 
 /// Enforces DPoP on the services it wraps (see the crate docs).
 pub struct DpopLayer<St> {
@@ -40,7 +40,7 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
     /// [`ConfigError`] for inconsistent settings (checked once, at start-up).
     pub fn new(
         settings: DpopSettings,
-        tokens: Arc<dyn TokenSource>,
+        tokens: Arc<dyn TokenVerifier>,
         store: St,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
@@ -50,7 +50,7 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
 
     /// The token source (e.g. for readiness checks).
     #[must_use]
-    pub fn tokens(&self) -> &Arc<dyn TokenSource> {
+    pub fn tokens(&self) -> &Arc<dyn TokenVerifier> {
         &self.shared.tokens
     }
 

@@ -109,6 +109,7 @@ pub use crate::layer::DpopLayer;
 pub use crate::service::DpopService;
 pub use crate::settings::DpopSettings;
 pub use crate::tokens::{
-    BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig, TokenSource,
+    BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig,
+    TokenVerifier,
 };
 pub use dpop_core::SystemClock;

@@ -9,7 +9,7 @@ use crate::config::{HtuRule, HtuSource};
 use crate::error::ConfigError;
 use crate::response::Challenges;
 use crate::settings::DpopSettings;
-use crate::tokens::{TokenCache, TokenSource};
+use crate::tokens::{TokenCache, TokenVerifier};
 
 pub(crate) struct Shared<St> {
     pub(crate) settings: DpopSettings,
@@ -17,7 +17,7 @@ pub(crate) struct Shared<St> {
     pub(crate) verifier: Verifier,
     pub(crate) nonce_verifier: Option<Verifier>,
     pub(crate) challenges: Challenges,
-    pub(crate) tokens: Arc<dyn TokenSource>,
+    pub(crate) tokens: Arc<dyn TokenVerifier>,
     pub(crate) cache: TokenCache,
     pub(crate) store: St,
 }
@@ -26,7 +26,7 @@ impl<St> Shared<St> {
     /// Checks `settings` and prepares what requests need from them.
     pub(crate) fn new(
         settings: DpopSettings,
-        tokens: Arc<dyn TokenSource>,
+        tokens: Arc<dyn TokenVerifier>,
         store: St,
     ) -> Result<Self, ConfigError> {
         let htu_rule = HtuRule::new(&settings.htu).map_err(|bad| match (&settings.htu, bad) {
