@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dpop_tower::{
     DpopLayer, DpopSettings, HtuSource, IntrospectionConfig, IntrospectionSource, JwksSource,
-    JwksSourceConfig, PeerAddr, TokenSource,
+    JwksSourceConfig, PeerAddr, TokenVerifier,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
@@ -49,7 +49,7 @@ impl Gateway {
     /// requests get 503 until its keys load.
     pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
         let metrics = Arc::new(Metrics::new());
-        let tokens: Arc<dyn TokenSource> = match &config.tokens {
+        let tokens: Arc<dyn TokenVerifier> = match &config.tokens {
             TokenCheck::Jwks { jwks_uri } => {
                 let mut c = JwksSourceConfig::new(&config.issuer, &config.audience);
                 c.jwks_uri.clone_from(jwks_uri);

@@ -1,6 +1,7 @@
 //! One DPoP request through the layer (token cache hit, proof verification, replay
 //! record, identity) beside the bare ES256 signature verification it contains, so the
-//! layer's own cost is visible as a ratio.
+//! layer's own cost is visible as a ratio; and a refusal, whose `WWW-Authenticate` is
+//! prepared when the layer is built.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -21,7 +22,7 @@ use dpop_core::{
     Algorithm, Error, FixedClock, MemoryReplayStore, PrivateKey, ProofBuilder, SystemRandomSource,
     UnixTime,
 };
-use dpop_tower::{BoxFuture, DpopLayer, DpopSettings, HtuSource, TokenSource};
+use dpop_tower::{BoxFuture, DpopLayer, DpopSettings, HtuSource, TokenVerifier};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
@@ -29,7 +30,7 @@ const NOW: u64 = 1_700_000_000;
 const TOKEN: &str = "bench-token-0123456789abcdefghijklmnopqrstuvwxyz";
 
 struct OneToken(AccessToken);
-impl TokenSource for OneToken {
+impl TokenVerifier for OneToken {
     fn verify<'a>(
         &'a self,
         _token: &'a str,
@@ -112,6 +113,19 @@ fn bench(c: &mut Criterion) {
                 }
                 start.elapsed()
             })
+        });
+    });
+    // A refusal answers with the challenge prepared when the layer was built.
+    g.bench_function("refused_without_credentials", |b| {
+        let mut svc = svc.clone();
+        b.iter(|| {
+            let req = Request::builder()
+                .uri("/v1/items")
+                .header("host", "internal")
+                .body(String::new())
+                .unwrap();
+            let r = rt.block_on(async { svc.ready().await.unwrap().call(req).await.unwrap() });
+            assert_eq!(r.status(), 401);
         });
     });
     g.finish();

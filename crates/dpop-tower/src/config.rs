@@ -316,8 +316,9 @@ pub enum HtuSource {
 pub(crate) enum HtuRule {
     Fixed(String),
     ByHost {
-        /// `(normalised scheme://authority, public URL as configured)`.
-        urls: Vec<(String, String)>,
+        urls: Vec<PublicUrl>,
+        /// The schemes of `urls`, each once, in the order they first appear.
+        schemes: Vec<&'static str>,
         trusted_proxies: Vec<IpNet>,
     },
     FromRequest {
@@ -326,6 +327,33 @@ pub(crate) enum HtuRule {
         /// Normalised `scheme://authority` of every allowed host, for http and https.
         allowed: Vec<String>,
     },
+}
+
+/// One of several public URLs, split when the layer is built.
+#[derive(Clone, Debug)]
+pub(crate) struct PublicUrl {
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// Normalised `scheme://authority`.
+    origin: String,
+    /// The public URL as configured, the base of the `htu`.
+    base: String,
+}
+
+impl PublicUrl {
+    fn new(url: &str) -> Option<Self> {
+        let origin = origin_of(url)?;
+        let scheme = if origin.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        Some(Self {
+            scheme,
+            origin,
+            base: url.to_owned(),
+        })
+    }
 }
 
 /// `scheme://authority` of an absolute URL in normal form (lower case, default port
@@ -358,14 +386,17 @@ impl HtuRule {
                 }
                 let urls = urls
                     .iter()
-                    .map(|u| {
-                        origin_of(u)
-                            .map(|o| (o, u.clone()))
-                            .ok_or_else(|| u.clone())
-                    })
+                    .map(|u| PublicUrl::new(u).ok_or_else(|| u.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
+                let mut schemes = Vec::with_capacity(2);
+                for url in &urls {
+                    if !schemes.contains(&url.scheme) {
+                        schemes.push(url.scheme);
+                    }
+                }
                 Ok(Self::ByHost {
                     urls,
+                    schemes,
                     trusted_proxies: trusted_proxies.clone(),
                 })
             }
@@ -408,21 +439,27 @@ impl HtuRule {
             Self::Fixed(base) => Htu::from_origin_and_path(base, path).map_err(bad),
             Self::ByHost {
                 urls,
+                schemes,
                 trusted_proxies,
             } => {
                 let (scheme, host) = scheme_and_host(uri, headers, peer, trusted_proxies, None)?;
                 // The public URL gives the scheme (TLS may end in front of this server);
                 // a scheme the request does state (HTTP/2, a trusted proxy) must agree.
-                let (_, base) = urls
+                // The request's origin is normalised once per scheme, not once per URL.
+                let origins = schemes
                     .iter()
-                    .find(|(origin, _)| {
-                        let public_scheme = origin.split("://").next().unwrap_or_default();
-                        scheme.is_none_or(|s| s.eq_ignore_ascii_case(public_scheme))
-                            && origin_of(&format!("{public_scheme}://{host}")).as_ref()
-                                == Some(origin)
+                    .filter(|&&public| scheme.is_none_or(|s| s.eq_ignore_ascii_case(public)))
+                    .filter_map(|&public| Some((public, origin_of(&format!("{public}://{host}"))?)))
+                    .collect::<Vec<_>>();
+                let url = urls
+                    .iter()
+                    .find(|u| {
+                        origins
+                            .iter()
+                            .any(|(s, o)| *s == u.scheme && *o == u.origin)
                     })
                     .ok_or(RequestError::HostNotAllowed)?;
-                Htu::from_origin_and_path(base, path).map_err(bad)
+                Htu::from_origin_and_path(&url.base, path).map_err(bad)
             }
             Self::FromRequest {
                 scheme,

@@ -16,37 +16,100 @@
 //!
 //! It does not terminate TLS, proxy requests (see `dpop-gateway`), or issue tokens.
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use dpop_core::MemoryReplayStore;
-//! use dpop_tower::{DpopIdentity, DpopLayer, DpopSettings, HtuSource, JwksSource, JwksSourceConfig, NoEvents};
+//! ## Protecting an axum router
 //!
+//! Tokens checked with the issuer's published keys, the `htu` host fixed by the public
+//! URL, proofs remembered in memory (one instance; see
+//! [`DpopLayerBuilder::replay_store`] for Redis), DPoP required on every route:
+//!
+//! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let tokens = JwksSource::new(JwksSourceConfig::new("https://as.example.com", "https://api.example.com"), Arc::new(NoEvents))?;
-//! let settings = DpopSettings::new(HtuSource::PublicUrl("https://api.example.com".into()));
-//! let layer = DpopLayer::new(settings, Arc::new(tokens), MemoryReplayStore::with_capacity(1 << 20))?;
-//! let app: axum::Router = axum::Router::new()
-//!     .route("/v1/items", axum::routing::get(|id: axum::Extension<DpopIdentity>| async move { format!("hello {:?}", id.subject) }))
-//!     .layer(layer);
-//! # let _ = app; Ok(()) }
+//! use axum::{Router, routing::get};
+//! use dpop_tower::{DpopIdentity, DpopLayer};
+//!
+//! async fn items(caller: DpopIdentity) -> String {
+//!     format!("items for {}", caller.subject.unwrap_or_default())
+//! }
+//!
+//! let dpop = DpopLayer::jwks("https://as.example.com", "https://api.example.com")
+//!     .public_url("https://api.example.com")
+//!     .build()
+//!     .await?;
+//! let app: Router = Router::new().route("/v1/items", get(items)).layer(dpop);
+//! # let _ = app;
+//! # Ok(()) }
 //! ```
+//!
+//! ## The verified caller in a handler
+//!
+//! With the `axum` feature, [`DpopIdentity`] is an extractor. Here the keys come from
+//! the caller ([`DpopLayer::with_keys`], no `jwks` feature needed) and one route is
+//! open:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{Router, routing::get};
+//! use dpop_core::jwt::JwkSet;
+//! use dpop_tower::{DpopIdentity, DpopLayer, DpopMode, Route, RoutePolicy, Routes};
+//!
+//! // The handler runs only for a verified caller; without the layer in front it is a 500.
+//! async fn orders(caller: DpopIdentity) -> String {
+//!     format!("orders of {:?} (key {:?})", caller.subject, caller.jkt)
+//! }
+//!
+//! // `None` where the route lets callers through unverified (here: `off`).
+//! async fn docs(caller: Option<DpopIdentity>) -> &'static str {
+//!     if caller.is_some() { "docs, signed in" } else { "docs" }
+//! }
+//!
+//! // Keys the service loads itself: nothing is fetched.
+//! let keys = JwkSet::from_json(&std::fs::read_to_string("issuer-keys.json")?)?;
+//! let dpop = DpopLayer::with_keys(keys, "https://as.example.com", "https://api.example.com")
+//!     .public_url("https://api.example.com")
+//!     .routes(Routes::default().route(Route::new("/docs", RoutePolicy::new(DpopMode::Off))))
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/v1/orders", get(orders))
+//!     .route("/docs", get(docs))
+//!     .layer(dpop);
+//! # let _ = app;
+//! # Ok(()) }
+//! ```
+//!
+//! For tokens checked by introspection, a shared replay store or other settings, see
+//! [`DpopLayer::builder`], [`DpopLayerBuilder`] and [`DpopSettings`]; every default is
+//! documented there and is the strict choice.
 
+mod builder;
 mod config;
+mod error;
 mod events;
+#[cfg(feature = "axum")]
+mod extract;
 mod future;
 mod identity;
+mod keys;
 mod layer;
 mod response;
 mod service;
+mod settings;
+mod state;
 mod tokens;
 
+pub use crate::builder::DpopLayerBuilder;
 pub use crate::config::{DpopMode, HtuSource, Route, RoutePolicy, Routes};
+pub use crate::error::ConfigError;
 pub use crate::events::{DpopEvents, NoEvents, Outcome};
+#[cfg(feature = "axum")]
+pub use crate::extract::IdentityRejection;
 pub use crate::future::ResponseFuture;
 pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
-pub use crate::layer::{ConfigError, DpopLayer, DpopSettings};
+pub use crate::keys::StaticKeys;
+pub use crate::layer::DpopLayer;
 pub use crate::service::DpopService;
+pub use crate::settings::DpopSettings;
 pub use crate::tokens::{
-    BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig, TokenSource,
+    BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig,
+    TokenVerifier,
 };
 pub use dpop_core::SystemClock;

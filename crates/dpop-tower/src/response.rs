@@ -2,45 +2,79 @@
 //! is empty: the RFC error code travels in `WWW-Authenticate`, and the detailed reason
 //! code goes to logs and metrics only.
 
-use dpop_core::{Challenge, Error, Reason, Role};
+use dpop_core::{Algorithm, Challenge, Error, Reason, Role};
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::identity::Scheme;
 
+/// The parts of `WWW-Authenticate` that do not change from one request to the next,
+/// built once when the layer is built.
+#[derive(Debug)]
+pub(crate) struct Challenges {
+    /// `DPoP` with `realm`: the start of every DPoP challenge that carries an error.
+    dpop: Challenge,
+    /// `Bearer` with `realm`: the Bearer challenge without an error, and the start of one
+    /// with an error.
+    bearer: Challenge,
+    /// The accepted algorithms, space-separated, for `algs`.
+    algs: String,
+    /// The whole header for a request without credentials (RFC 6750 §3.1, RFC 9449 §7.2
+    /// rule a): `[DPoP only, Bearer and DPoP]`.
+    no_credentials: [Option<HeaderValue>; 2],
+}
+
+impl Challenges {
+    /// The challenges for a server accepting `algs` in protection space `realm`. A realm
+    /// that is not printable ASCII is left out, as before any request.
+    pub(crate) fn new(algs: &[Algorithm], realm: Option<&str>) -> Self {
+        let with_realm = |c: Challenge| match realm {
+            Some(r) => c.clone().with_realm(r).unwrap_or(c),
+            None => c,
+        };
+        let dpop = with_realm(Challenge::dpop());
+        let bearer = with_realm(Challenge::bearer());
+        let algs = algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" ");
+        let dpop_bare = dpop
+            .clone()
+            .with_algs(algs.split(' '))
+            .unwrap_or_else(|_| dpop.clone());
+        let header = |challenges: &[Challenge]| {
+            HeaderValue::from_str(&dpop_core::challenge::render(challenges)).ok()
+        };
+        let no_credentials = [
+            header(std::slice::from_ref(&dpop_bare)),
+            header(&[bearer.clone(), dpop_bare]),
+        ];
+        Self {
+            dpop,
+            bearer,
+            algs,
+            no_credentials,
+        }
+    }
+
+    fn with_algs(&self, c: Challenge) -> Challenge {
+        c.clone().with_param("algs", &self.algs).unwrap_or(c)
+    }
+}
+
 /// What shapes a rejection besides the error itself.
 pub(crate) struct RejectionContext<'a> {
-    /// The `algs` value for the DPoP challenge.
-    pub(crate) algs: &'a str,
+    /// The challenges prepared for this layer.
+    pub(crate) challenges: &'a Challenges,
     /// The route also accepts Bearer tokens: send a Bearer challenge too.
     pub(crate) bearer_allowed: bool,
     /// The scheme the client used, when it can be told (RFC 9449 §7.2 rule b).
     pub(crate) scheme_used: Option<Scheme>,
     /// A fresh nonce to send in `DPoP-Nonce`.
     pub(crate) nonce: Option<String>,
-    /// `realm` for the challenges.
-    pub(crate) realm: Option<&'a str>,
     /// The scopes the route requires (for `insufficient_scope`).
     pub(crate) scopes: &'a [String],
 }
 
-fn with_error(
-    mut c: Challenge,
-    code: &str,
-    description: &str,
-    realm_first: Option<&str>,
-) -> Challenge {
-    if let Some(realm) = realm_first {
-        c = c.clone().with_realm(realm).unwrap_or(c);
-    }
+fn with_error(c: &Challenge, code: &str, description: &str) -> Challenge {
     let c2 = c.clone().with_error(code).unwrap_or_else(|_| c.clone());
     c2.clone().with_error_description(description).unwrap_or(c2)
-}
-
-fn bare(c: Challenge, realm: Option<&str>) -> Challenge {
-    match realm {
-        Some(r) => c.clone().with_realm(r).unwrap_or(c),
-        None => c,
-    }
 }
 
 /// Builds the response for `error`.
@@ -56,53 +90,36 @@ pub(crate) fn rejection<B: Default>(error: &Error, ctx: &RejectionContext<'_>) -
             .unwrap_or_else(|_| fallback(StatusCode::SERVICE_UNAVAILABLE));
     }
 
-    let dpop_bare = bare(Challenge::dpop(), ctx.realm);
-    let dpop_bare = dpop_bare
-        .clone()
-        .with_algs(ctx.algs.split(' '))
-        .unwrap_or(dpop_bare);
-    let mut challenges = Vec::with_capacity(2);
-    match r.error {
+    let prepared = ctx.challenges;
+    let value = match r.error {
         // RFC 6750 §3.1 / RFC 9449 §7.2 rule a: no credentials, no error information.
-        None => {
-            if ctx.bearer_allowed {
-                challenges.push(bare(Challenge::bearer(), ctx.realm));
-            }
-            challenges.push(dpop_bare);
-        }
+        None => prepared.no_credentials[usize::from(ctx.bearer_allowed)].clone(),
         Some(code) => {
             let code = code.as_str();
             let description = error.description();
-            let mut dpop = with_error(Challenge::dpop(), code, description, ctx.realm);
-            dpop = dpop.clone().with_algs(ctx.algs.split(' ')).unwrap_or(dpop);
+            let mut dpop = prepared.with_algs(with_error(&prepared.dpop, code, description));
             if reason == Reason::InsufficientScope && !ctx.scopes.is_empty() {
                 dpop = dpop
                     .clone()
                     .with_scope(&ctx.scopes.join(" "))
                     .unwrap_or(dpop);
             }
-            let bearer_err = with_error(Challenge::bearer(), code, description, ctx.realm);
+            let bearer_err = || with_error(&prepared.bearer, code, description);
             let ambiguous = reason == Reason::MultipleAuthorizations;
-            match (ctx.scheme_used, ctx.bearer_allowed) {
+            let challenges = match (ctx.scheme_used, ctx.bearer_allowed) {
                 // Rule c (Fig. 19): the scheme cannot be told: the error goes in both.
-                _ if ambiguous && ctx.bearer_allowed => {
-                    challenges.push(bearer_err);
-                    challenges.push(dpop);
-                }
+                _ if ambiguous && ctx.bearer_allowed => vec![bearer_err(), dpop],
                 // Rule b (Fig. 18): the error goes in the challenge of the scheme used.
                 (Some(Scheme::Bearer), true) => {
-                    challenges.push(bearer_err);
-                    challenges.push(dpop_bare);
+                    vec![bearer_err(), prepared.with_algs(prepared.dpop.clone())]
                 }
-                (_, true) => {
-                    challenges.push(bare(Challenge::bearer(), ctx.realm));
-                    challenges.push(dpop);
-                }
-                (_, false) => challenges.push(dpop),
-            }
+                (_, true) => vec![prepared.bearer.clone(), dpop],
+                (_, false) => vec![dpop],
+            };
+            HeaderValue::from_str(&dpop_core::challenge::render(&challenges)).ok()
         }
-    }
-    if let Ok(v) = HeaderValue::from_str(&dpop_core::challenge::render(&challenges)) {
+    };
+    if let Some(v) = value {
         builder = builder.header(header::WWW_AUTHENTICATE, v);
     }
     if let Some(nonce) = &ctx.nonce

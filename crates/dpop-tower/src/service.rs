@@ -19,8 +19,8 @@ use crate::config::{DpopMode, RoutePolicy};
 use crate::events::Outcome;
 use crate::future::ResponseFuture;
 use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
-use crate::layer::Shared;
 use crate::response::{RejectionContext, rejection as build_rejection};
+use crate::state::Shared;
 
 /// The service made by [`crate::DpopLayer`].
 pub struct DpopService<S, St> {
@@ -137,11 +137,10 @@ where
                 .events
                 .outcome(Outcome::Rejected(reason), started.elapsed());
             let ctx = RejectionContext {
-                algs: &shared.algs,
+                challenges: &shared.challenges,
                 bearer_allowed: false,
                 scheme_used: None,
                 nonce: None,
-                realm: shared.settings.realm.as_deref(),
                 scopes: &[],
             };
             return Ok(build_rejection::<ResBody>(&error, &ctx));
@@ -208,11 +207,10 @@ where
                 None
             };
             let ctx = RejectionContext {
-                algs: &shared.algs,
+                challenges: &shared.challenges,
                 bearer_allowed: policy.mode == DpopMode::AllowBearer,
                 scheme_used: rejection.scheme,
                 nonce,
-                realm: shared.settings.realm.as_deref(),
                 scopes: &policy.scopes,
             };
             Ok(build_rejection::<ResBody>(&rejection.error, &ctx))

@@ -21,7 +21,7 @@ use crate::events::DpopEvents;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Checks access tokens.
-pub trait TokenSource: Send + Sync + 'static {
+pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` at `now`.
     ///
     /// # Errors
@@ -399,7 +399,7 @@ impl JwksSource {
     }
 }
 
-impl TokenSource for JwksSource {
+impl TokenVerifier for JwksSource {
     fn verify<'a>(
         &'a self,
         token: &'a str,
@@ -575,7 +575,7 @@ impl IntrospectionSource {
     }
 }
 
-impl TokenSource for IntrospectionSource {
+impl TokenVerifier for IntrospectionSource {
     fn verify<'a>(
         &'a self,
         token: &'a str,
@@ -607,7 +607,7 @@ impl TokenCache {
     /// `ath` is the token's hash (RFC 9449 `ath`), which doubles as the cache key.
     pub(crate) async fn verify(
         &self,
-        source: &dyn TokenSource,
+        source: &dyn TokenVerifier,
         token: &str,
         ath: &Ath,
         now: UnixTime,

@@ -11,7 +11,7 @@ use dpop_core::{
 use dpop_test::{MockIssuer, Serving, TokenSpec};
 use dpop_tower::{
     DpopEvents, DpopLayer, DpopSettings, HtuSource, IntrospectionConfig, IntrospectionSource,
-    JwksSource, JwksSourceConfig, NoEvents, Outcome, TokenSource,
+    JwksSource, JwksSourceConfig, NoEvents, Outcome, TokenVerifier,
 };
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
@@ -51,7 +51,7 @@ async fn call(
 }
 
 fn layer(
-    tokens: Arc<dyn TokenSource>,
+    tokens: Arc<dyn TokenVerifier>,
     events: Arc<Reasons>,
     cache: bool,
 ) -> DpopLayer<MemoryReplayStore> {
@@ -196,7 +196,7 @@ async fn opaque_tokens_via_introspection() {
     assert_eq!(call(&layer, &key, "opaque-token-2").await.status(), 503);
 }
 
-fn layer_for(tokens: Arc<dyn TokenSource>) -> DpopLayer<MemoryReplayStore> {
+fn layer_for(tokens: Arc<dyn TokenVerifier>) -> DpopLayer<MemoryReplayStore> {
     layer(tokens, Arc::new(Reasons::default()), false)
 }
 

@@ -17,7 +17,7 @@ use dpop_core::{
 };
 use dpop_tower::{
     BoxFuture, DpopEvents, DpopIdentity, DpopLayer, DpopMode, DpopSettings, HtuSource, Outcome,
-    Route, RoutePolicy, Routes, Scheme, TokenSource,
+    Route, RoutePolicy, Routes, Scheme, TokenVerifier,
 };
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
@@ -34,7 +34,7 @@ struct StaticTokens {
     down: bool,
 }
 
-impl TokenSource for StaticTokens {
+impl TokenVerifier for StaticTokens {
     fn verify<'a>(
         &'a self,
         token: &'a str,

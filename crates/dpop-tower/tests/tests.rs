@@ -1,5 +1,6 @@
 //! dpop-tower integration tests: the layer in-process (every rejection path, injected
-//! clock) and against a real mock issuer (JWKS discovery, rotation, introspection).
+//! clock) and against a real mock issuer (JWKS discovery, rotation, introspection); the
+//! builder and the axum extractor.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -8,5 +9,6 @@
     clippy::panic
 )]
 
+mod builder;
 mod issuer;
 mod layer;
