@@ -28,7 +28,7 @@ use dpop_core::jwt::{JwtValidation, TypPolicy, verify_jwt};
 use crate::State;
 use crate::config::{AuthLimits, AuthMethod, Client};
 use crate::error::OAuthError;
-use crate::http::Form;
+use crate::form::Form;
 use crate::store::secs;
 
 /// `client_assertion_type` for JWT client authentication (RFC 7523 §2.2).
@@ -199,6 +199,17 @@ pub(crate) async fn authenticate<'s>(
         return Err(OAuthError::invalid_client("the client is disabled"));
     }
     Ok(claimed)
+}
+
+/// Authenticates the caller of the introspection or revocation endpoint: the client it
+/// claims to be, checked at once (no proof comes first there).
+pub(crate) async fn authenticate_caller<'s>(
+    state: &'s State,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<&'s Client, OAuthError> {
+    let claimed = claimed_client(state, headers, form)?;
+    authenticate(state, headers, form, claimed).await
 }
 
 /// Checks a secret presented for `id` (`claimed`: the client, if it exists), within the

@@ -13,7 +13,7 @@
 //! - Access tokens: RFC 9068 `at+jwt`, bound with `cnf.jkt`, 5 minutes by default.
 //! - State in SQLite or PostgreSQL ([`store`]); signing keys in the data directory.
 //!
-//! The flow of one token request: form parsing (the `http` module), the DPoP proof (dpop-core's
+//! The flow of one token request: form parsing (the `form` module), the DPoP proof (dpop-core's
 //! verifier, server nonces, replay records in the database), client authentication,
 //! the grant, minting; a request without a proof authenticates its client first and is
 //! refused only then if the client requires DPoP. See `ARCHITECTURE.md`.
@@ -25,12 +25,14 @@ pub mod store;
 pub mod trust;
 
 mod client_auth;
+mod endpoints;
 mod files;
+mod form;
 mod grants;
-mod http;
-mod introspect;
 mod keys;
 mod metrics;
+mod proof;
+mod response;
 mod tokens;
 
 use std::future::Future;
@@ -210,7 +212,7 @@ impl Issuer {
     /// [`Issuer::serve_on`] does, for the per-address limits on failed client
     /// authentication; without connection info only the per-client-id limit applies.
     pub fn router(&self) -> axum::Router {
-        http::router(Arc::clone(&self.state))
+        endpoints::router(Arc::clone(&self.state))
     }
 
     /// The configuration in use.
@@ -294,7 +296,7 @@ impl Issuer {
                         source,
                     })?;
                 tracing::info!(target: "dpop::issuer", addr = %admin_addr, "admin listening (/healthz, /readyz, /metrics)");
-                let router = http::admin_router(Arc::clone(&self.state));
+                let router = endpoints::admin_router(Arc::clone(&self.state));
                 Some(tokio::spawn(async move {
                     let _ = axum::serve(l, router).await;
                 }))

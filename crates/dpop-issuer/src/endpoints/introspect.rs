@@ -1,4 +1,4 @@
-//! Introspection (RFC 7662) and revocation (RFC 7009).
+//! `POST /introspect`: token introspection (RFC 7662).
 //!
 //! Introspection extension: a resource server may add the request's DPoP proof (`dpop`),
 //! method (`htm`) and URL (`htu`). The issuer then also verifies the proof against the
@@ -7,49 +7,31 @@
 //! the answer is `active: false` with `dpop_error` and `dpop_error_description`; a
 //! caller that only reads `active` fails closed.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use dpop_core::jwt::VerifiedJwt;
 use dpop_core::{Htu, Role, UnixTime};
 use serde_json::{Map, Value, json};
 
+use super::Shared;
 use crate::State;
 use crate::client_auth;
 use crate::config::Client;
 use crate::error::{ErrorCode, OAuthError};
+use crate::form::Form;
 use crate::grants;
-use crate::http::Form;
+use crate::response::json_no_store;
 use crate::store::secs;
 use crate::tokens::{self, Inactive};
-
-type Shared = Arc<State>;
-
-fn json_no_store(body: &Value) -> Response {
-    let mut r = (StatusCode::OK, axum::Json(body)).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
 
 fn inactive() -> Value {
     json!({ "active": false })
 }
 
-async fn authenticated<'s>(
-    state: &'s State,
-    headers: &HeaderMap,
-    form: &Form,
-) -> Result<&'s Client, OAuthError> {
-    let claimed = client_auth::claimed_client(state, headers, form)?;
-    client_auth::authenticate(state, headers, form, claimed).await
-}
-
 /// `POST /introspect`.
-pub(crate) async fn introspect(
+pub(super) async fn introspect(
     AxumState(state): AxumState<Shared>,
     headers: HeaderMap,
     body: Bytes,
@@ -75,7 +57,7 @@ async fn introspect_inner(
     body: &[u8],
 ) -> Result<Value, OAuthError> {
     let form = Form::parse(headers, body)?;
-    let client = authenticated(state, headers, &form).await?;
+    let client = client_auth::authenticate_caller(state, headers, &form).await?;
     let token = form.require("token")?;
     let now = state.now()?;
     let dpop = match (form.get("dpop"), form.get("htm"), form.get("htu")) {
@@ -235,78 +217,4 @@ async fn refresh_claims(
         o.insert("cnf".to_owned(), json!({ "jkt": jkt }));
     }
     Ok(Some(v))
-}
-
-/// `POST /revoke`.
-pub(crate) async fn revoke(
-    AxumState(state): AxumState<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let outcome = revoke_inner(&state, &headers, &body).await;
-    state.metrics.revocation(match &outcome {
-        Ok(()) => "ok",
-        Err(e) => e.code.as_str(),
-    });
-    match outcome {
-        Ok(()) => {
-            let mut r = StatusCode::OK.into_response();
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn revoke_inner(state: &State, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
-    let form = Form::parse(headers, body)?;
-    let client = authenticated(state, headers, &form).await?;
-    let token = form.require("token")?;
-    let now = state.now()?;
-    if let Some(hint) = form.get("token_type_hint")
-        && hint != "access_token"
-        && hint != "refresh_token"
-    {
-        return Err(OAuthError::new(
-            ErrorCode::UnsupportedTokenType,
-            format!("token_type_hint {hint:?} is not a token type this server revokes"),
-        ));
-    }
-    if token.starts_with(tokens::REFRESH_PREFIX) {
-        if let Some(r) = state
-            .store
-            .find_refresh(&tokens::refresh_hash(token))
-            .await?
-        {
-            if r.client_id != client.id {
-                return Err(OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
-                    "the token was issued to another client",
-                ));
-            }
-            state.store.revoke_family(&r.family_id, now).await?;
-            tracing::info!(target: "dpop::issuer", client_id = %client.id, family = %r.family_id, "refresh token family revoked");
-        }
-        return Ok(());
-    }
-    // Access tokens: RFC 7009 §2.2, an invalid or unknown token is not an error.
-    let jwt = match tokens::verify_own(state, token, now).await {
-        Ok(j) => j,
-        Err(Inactive::Store(e)) => return Err(e.into()),
-        Err(Inactive::Revoked | Inactive::Invalid(_)) => return Ok(()),
-    };
-    if jwt.str_claim("client_id") != Some(client.id.as_str()) {
-        return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
-            "the token was issued to another client",
-        ));
-    }
-    let jti = jwt.str_claim("jti").unwrap_or("");
-    state
-        .store
-        .revoke_access_token(jti, &client.id, secs(jwt.expires_at), now)
-        .await?;
-    tracing::info!(target: "dpop::issuer", client_id = %client.id, "access token revoked");
-    Ok(())
 }
