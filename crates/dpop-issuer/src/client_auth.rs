@@ -25,7 +25,7 @@ use base64::Engine as _;
 use dpop_core::Algorithm;
 use dpop_core::jwt::{JwtValidation, TypPolicy, verify_jwt};
 
-use crate::State;
+use crate::IssuerState;
 use crate::config::{AuthLimits, AuthMethod, Client};
 use crate::error::OAuthError;
 use crate::form::Form;
@@ -145,7 +145,7 @@ pub(crate) fn names_client_only(headers: &HeaderMap, form: &Form) -> Result<bool
 /// The client the request claims to be, not yet authenticated (`None`: no such
 /// client; that is only revealed by [`authenticate`]).
 pub(crate) fn claimed_client<'s>(
-    state: &'s State,
+    state: &'s IssuerState,
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Option<&'s Client>, OAuthError> {
@@ -156,7 +156,7 @@ pub(crate) fn claimed_client<'s>(
 /// Authenticates the request as `claimed` (from [`claimed_client`]) and checks that the
 /// client is not disabled.
 pub(crate) async fn authenticate<'s>(
-    state: &'s State,
+    state: &'s IssuerState,
     headers: &HeaderMap,
     form: &Form,
     claimed: Option<&'s Client>,
@@ -204,7 +204,7 @@ pub(crate) async fn authenticate<'s>(
 /// Authenticates the caller of the introspection or revocation endpoint: the client it
 /// claims to be, checked at once (no proof comes first there).
 pub(crate) async fn authenticate_caller<'s>(
-    state: &'s State,
+    state: &'s IssuerState,
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<&'s Client, OAuthError> {
@@ -215,7 +215,7 @@ pub(crate) async fn authenticate_caller<'s>(
 /// Checks a secret presented for `id` (`claimed`: the client, if it exists), within the
 /// attempt limits: `Err(slow_down)` over a limit, without checking.
 async fn check_secret(
-    state: &State,
+    state: &IssuerState,
     id: &str,
     claimed: Option<&Client>,
     presented: &str,
@@ -470,7 +470,11 @@ pub(crate) struct Attempt {
 /// Verifies a `private_key_jwt` assertion: signed by one of the client's keys, `iss` and
 /// `sub` the client id, `aud` this issuer (or one of its endpoints), short-lived, and its
 /// `jti` never seen before.
-async fn check_assertion(state: &State, client: &Client, jwt: &str) -> Result<bool, OAuthError> {
+async fn check_assertion(
+    state: &IssuerState,
+    client: &Client,
+    jwt: &str,
+) -> Result<bool, OAuthError> {
     let Some(keys) = &client.jwks else {
         return Ok(false);
     };

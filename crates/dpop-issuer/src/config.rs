@@ -27,11 +27,12 @@ pub const GRANTS: [&str; 3] = [
     GRANT_TOKEN_EXCHANGE,
 ];
 
-/// Whether a client must prove possession of a key at the token endpoint.
+/// Whether a client must prove possession of a key at the token endpoint: a client's
+/// `dpop = "required"` (the default) or `"optional"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
-pub enum DpopMode {
+pub enum DpopRequirement {
     /// Every token request carries a valid proof; every token is DPoP-bound.
     Required,
     /// A proof binds the token; without one the client gets a Bearer token.
@@ -91,7 +92,7 @@ pub struct Client {
     /// Audiences it gets when it names none.
     pub default_audiences: Vec<String>,
     /// Whether DPoP is required.
-    pub dpop: DpopMode,
+    pub dpop: DpopRequirement,
     /// Whether it may call the introspection endpoint.
     pub introspection: bool,
     /// Disabled in the configuration: refused everywhere, its tokens revoked at start.
@@ -241,7 +242,7 @@ struct RawClient {
     #[serde(default)]
     audiences: Vec<String>,
     default_audiences: Option<Vec<String>>,
-    dpop: Option<DpopMode>,
+    dpop: Option<DpopRequirement>,
     #[serde(default)]
     introspection: bool,
     enabled: Option<bool>,
@@ -664,8 +665,8 @@ fn validate_client(
         }
     };
     let public = auth_methods.contains(&AuthMethod::None);
-    let dpop = c.dpop.unwrap_or(DpopMode::Required);
-    if public && dpop != DpopMode::Required {
+    let dpop = c.dpop.unwrap_or(DpopRequirement::Required);
+    if public && dpop != DpopRequirement::Required {
         return Err(
             "a public client (no secret, no keys) must have dpop = \"required\"".to_owned(),
         );
@@ -717,7 +718,7 @@ fn validate_client(
             "refresh_from_exchange needs the token-exchange and refresh_token grants".to_owned(),
         );
     }
-    if c.allow_bearer_exchange && dpop != DpopMode::Optional {
+    if c.allow_bearer_exchange && dpop != DpopRequirement::Optional {
         return Err(
             "allow_bearer_exchange is for dpop = \"optional\" clients (the others hold no Bearer tokens)"
                 .to_owned(),

@@ -33,7 +33,7 @@ use dpop_core::jwt::split_scope;
 use dpop_core::{Jkt, UnixTime, VerifiedProof};
 use serde_json::{Value, json};
 
-use crate::State;
+use crate::IssuerState;
 use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
@@ -50,7 +50,7 @@ const TT_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// Runs `grant` (already checked to be allowed for `client`).
 pub(crate) async fn run(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     grant: &str,
     form: &Form,
@@ -143,7 +143,7 @@ fn choose_audiences(
 
 /// Mints the access token of `grant` and wraps it in the token response.
 fn respond(
-    state: &State,
+    state: &IssuerState,
     grant: &Grant<'_>,
     now: UnixTime,
     refresh_token: Option<String>,
@@ -165,7 +165,7 @@ fn respond(
 }
 
 fn client_credentials(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     form: &Form,
     proof: Option<&VerifiedProof>,
@@ -193,7 +193,7 @@ fn client_credentials(
 }
 
 async fn refresh(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     form: &Form,
     proof: Option<&VerifiedProof>,
@@ -358,7 +358,7 @@ pub(crate) fn delegation_allowed(client: &Client, lineage: &[Origin]) -> bool {
 /// just before the client was disabled escapes the disabling's revocation of its
 /// families, and must not come back when the client is enabled again).
 pub(crate) async fn grant_revoked(
-    state: &State,
+    state: &IssuerState,
     record: &RefreshRecord,
     lineage: &[Origin],
 ) -> Result<bool, OAuthError> {
@@ -380,7 +380,7 @@ pub(crate) async fn grant_revoked(
 /// scopes and audiences, plus those of the trust rules that map a workload token to
 /// `subject` for it.
 fn allowed_now(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     subject: &str,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
@@ -404,7 +404,7 @@ fn reused() -> OAuthError {
 }
 
 async fn reuse_detected(
-    state: &State,
+    state: &IssuerState,
     record: &RefreshRecord,
     now: UnixTime,
 ) -> Result<(), OAuthError> {
@@ -441,7 +441,7 @@ struct Subject {
 }
 
 async fn exchange(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     form: &Form,
     proof: Option<&VerifiedProof>,
@@ -588,7 +588,7 @@ async fn exchange(
 /// client acts for the subject, recorded in `act`). The new token gets at most what the
 /// subject token has, as far as the exchanging client may receive it.
 async fn own_subject(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     token: &str,
     now: UnixTime,
@@ -691,7 +691,7 @@ async fn own_subject(
 /// it expires no later than it and has no refresh grant, unless the rule sets
 /// `outlive_subject`.
 async fn external_subject(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     token: &str,
     now: UnixTime,

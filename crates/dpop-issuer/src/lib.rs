@@ -53,7 +53,7 @@ use crate::secret::SecretCache;
 use crate::trust::TrustedIssuers;
 
 /// Everything a request handler needs.
-pub(crate) struct State {
+pub(crate) struct IssuerState {
     pub(crate) config: IssuerConfig,
     pub(crate) store: Store,
     pub(crate) keys: KeyRing,
@@ -73,15 +73,15 @@ pub(crate) struct State {
     pub(crate) metrics: metrics::Metrics,
 }
 
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for IssuerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
+        f.debug_struct("IssuerState")
             .field("issuer", &self.config.issuer)
             .finish_non_exhaustive()
     }
 }
 
-impl State {
+impl IssuerState {
     /// The current time, or `temporarily_unavailable` when the clock has none.
     pub(crate) fn now(&self) -> Result<UnixTime, OAuthError> {
         self.clock
@@ -93,7 +93,7 @@ impl State {
 /// A running-ready issuer: its state is open (database migrated, keys loaded).
 #[derive(Clone, Debug)]
 pub struct Issuer {
-    state: Arc<State>,
+    state: Arc<IssuerState>,
 }
 
 const NONCE_SECRET_SETTING: &str = "dpop_nonce_secret_v1";
@@ -190,7 +190,7 @@ impl Issuer {
         let secrets = SecretCache::new(stand_in).map_err(IssuerError::Keys)?;
         let limiter = client_auth::AttemptLimiter::new(&config.auth_limits);
         Ok(Self {
-            state: Arc::new(State {
+            state: Arc::new(IssuerState {
                 config,
                 store,
                 keys,

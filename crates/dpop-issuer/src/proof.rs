@@ -5,13 +5,13 @@
 use axum::http::{HeaderMap, HeaderValue};
 use dpop_core::{Error as DpopError, NonceValidator as _, RfcError, Role, UnixTime, VerifiedProof};
 
-use crate::State;
+use crate::IssuerState;
 use crate::error::{ErrorCode, OAuthError};
 
 /// Verifies the request's DPoP proof at the token endpoint and records it. `Ok(None)`:
 /// the request has no proof.
 pub(crate) async fn token_proof(
-    state: &State,
+    state: &IssuerState,
     headers: &HeaderMap,
 ) -> Result<Option<VerifiedProof>, OAuthError> {
     let values: Vec<&[u8]> = headers
@@ -44,7 +44,7 @@ pub(crate) fn proof_required() -> OAuthError {
 }
 
 /// Maps a proof failure to the token endpoint's error (RFC 9449 §5, §8).
-pub(crate) fn proof_error(state: &State, e: &DpopError, now: UnixTime) -> OAuthError {
+pub(crate) fn proof_error(state: &IssuerState, e: &DpopError, now: UnixTime) -> OAuthError {
     if matches!(e, DpopError::ReplayStore(_)) {
         tracing::error!(target: "dpop::issuer", error = %e, "replay store failed");
         return OAuthError::new(

@@ -7,7 +7,7 @@ use dpop_core::jwt::{JwtValidation, TokenError, TypPolicy, VerifiedJwt, verify_j
 use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
-use crate::State;
+use crate::IssuerState;
 use crate::error::{OAuthError, StoreError};
 use crate::keys::b64;
 use crate::store::Origin;
@@ -112,7 +112,7 @@ impl Lineage {
 /// Removing a client offboards it as disabling it does: its tokens and whatever derives
 /// from them end. Only client ids are checked: a trusted issuer's workload is a `sub`,
 /// never an ancestor's client.
-pub(crate) fn unregistered(state: &State, lineage: &[Origin]) -> bool {
+pub(crate) fn unregistered(state: &IssuerState, lineage: &[Origin]) -> bool {
     lineage
         .iter()
         .any(|o| !state.config.clients.contains_key(&o.client_id))
@@ -156,7 +156,7 @@ pub(crate) fn random_id() -> Result<String, OAuthError> {
 
 /// Signs an access token for `grant`; returns it with its `jti`.
 pub(crate) fn mint_access_token(
-    state: &State,
+    state: &IssuerState,
     grant: &Grant<'_>,
     now: UnixTime,
 ) -> Result<(String, String), OAuthError> {
@@ -279,7 +279,7 @@ pub(crate) enum Inactive {
 /// derives from (its client, its refresh family, the tokens it was exchanged from and
 /// their clients and families) was revoked.
 pub(crate) async fn verify_own(
-    state: &State,
+    state: &IssuerState,
     token: &str,
     now: UnixTime,
 ) -> Result<VerifiedJwt, Inactive> {

@@ -16,7 +16,7 @@ use dpop_core::{Htu, Role, UnixTime};
 use serde_json::{Map, Value, json};
 
 use super::Shared;
-use crate::State;
+use crate::IssuerState;
 use crate::client_auth;
 use crate::config::Client;
 use crate::error::{ErrorCode, OAuthError};
@@ -52,7 +52,7 @@ pub(super) async fn introspect(
 }
 
 async fn introspect_inner(
-    state: &State,
+    state: &IssuerState,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Value, OAuthError> {
@@ -128,7 +128,7 @@ fn access_claims(jwt: &VerifiedJwt) -> Value {
 
 /// Verifies a resource server's proof for `token`; `Ok(Err(..))` is a refusal to report.
 async fn check_rs_proof(
-    state: &State,
+    state: &IssuerState,
     jwt: &VerifiedJwt,
     token: &str,
     proof: &str,
@@ -174,7 +174,7 @@ async fn check_rs_proof(
 /// once the configuration no longer allows the delegation (as its refresh would be
 /// refused).
 async fn refresh_claims(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     token: &str,
     now: UnixTime,

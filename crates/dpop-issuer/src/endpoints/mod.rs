@@ -14,11 +14,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::State;
+use crate::IssuerState;
 use crate::error::{ErrorCode, OAuthError};
 
 /// What every handler is given.
-type Shared = Arc<State>;
+type Shared = Arc<IssuerState>;
 
 /// Longest time one request may take, body included.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);

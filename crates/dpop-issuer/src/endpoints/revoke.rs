@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Shared;
-use crate::State;
+use crate::IssuerState;
 use crate::client_auth;
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
@@ -36,7 +36,11 @@ pub(super) async fn revoke(
     }
 }
 
-async fn revoke_inner(state: &State, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
+async fn revoke_inner(
+    state: &IssuerState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), OAuthError> {
     let form = Form::parse(headers, body)?;
     let client = client_auth::authenticate_caller(state, headers, &form).await?;
     let token = form.require("token")?;

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use dpop_core::{NonceValidator as _, VerifiedProof};
 
 use super::Shared;
-use crate::State;
-use crate::config::{DpopMode, GRANTS};
+use crate::IssuerState;
+use crate::config::{DpopRequirement, GRANTS};
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
 use crate::proof::{proof_required, token_proof};
@@ -50,7 +50,7 @@ pub(super) async fn token(
 }
 
 async fn token_inner(
-    state: &State,
+    state: &IssuerState,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(TokenResponse, Option<String>), OAuthError> {
@@ -69,7 +69,7 @@ async fn token_inner(
         return Err(proof_required());
     }
     let client = client_auth::authenticate(state, headers, &form, claimed).await?;
-    if proof.is_none() && client.dpop == DpopMode::Required {
+    if proof.is_none() && client.dpop == DpopRequirement::Required {
         return Err(proof_required());
     }
     // Keys read longer ago than the maintenance interval (maintenance behind) are read
@@ -110,7 +110,7 @@ async fn token_inner(
 }
 
 /// A fresh nonce for a successful response when the proof's nonce is due for renewal.
-fn next_nonce(state: &State, proof: Option<&VerifiedProof>) -> Option<String> {
+fn next_nonce(state: &IssuerState, proof: Option<&VerifiedProof>) -> Option<String> {
     let proof = proof?;
     if !proof.should_renew_nonce() {
         return None;
