@@ -10,6 +10,7 @@ use dpop_core::jwt::JwkSet;
 use dpop_core::{Algorithm, PublicJwk};
 use serde::Deserialize;
 
+pub use crate::environment::{Environment, ProcessEnvironment};
 use crate::error::ConfigError;
 use crate::secret::ClientSecret;
 use crate::trust::TrustConfig;
@@ -253,29 +254,6 @@ struct RawClient {
     allow_bearer_exchange: bool,
     #[serde(default)]
     refresh_from_exchange: bool,
-}
-
-/// Where an `env:VAR` value is looked up (the process environment in production; a map
-/// in tests).
-pub trait Environment {
-    /// The variable's value, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessEnvironment;
-
-impl Environment for ProcessEnvironment {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Environment for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
 }
 
 const MAX_ACCESS_LIFETIME: u64 = 24 * 3600;

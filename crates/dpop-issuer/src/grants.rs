@@ -33,11 +33,11 @@ use dpop_core::jwt::split_scope;
 use dpop_core::{Jkt, UnixTime, VerifiedProof};
 use serde_json::{Value, json};
 
-use crate::IssuerState;
 use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
 use crate::response::TokenResponse;
+use crate::state::IssuerState;
 use crate::store::secs;
 use crate::store::{Origin, RefreshRecord, Rotation};
 use crate::tokens::{self, Grant, Inactive, Lineage};

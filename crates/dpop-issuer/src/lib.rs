@@ -24,15 +24,19 @@ pub mod secret;
 pub mod store;
 pub mod trust;
 
+mod auth_limits;
 mod client_auth;
 mod endpoints;
+mod environment;
 mod files;
 mod form;
 mod grants;
 mod keys;
 mod metrics;
 mod proof;
+mod random;
 mod response;
+mod state;
 mod tokens;
 
 use std::future::Future;
@@ -48,47 +52,15 @@ pub use crate::secret::hash_secret;
 pub use crate::store::Store;
 pub use dpop_core::SystemClock;
 
+pub use crate::keys::{DEFAULT_KEY_ACTIVATION, MAINTENANCE_INTERVAL};
+
+use crate::auth_limits::AttemptLimiter;
 use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::random::random_bytes;
 use crate::secret::SecretCache;
+use crate::state::IssuerState;
 use crate::trust::TrustedIssuers;
-
-/// Everything a request handler needs.
-pub(crate) struct IssuerState {
-    pub(crate) config: IssuerConfig,
-    pub(crate) store: Store,
-    pub(crate) keys: KeyRing,
-    /// Proofs at the token endpoint (with server nonces when configured).
-    pub(crate) verifier: Verifier,
-    /// Nonces issued at the token endpoint.
-    pub(crate) nonces: Option<Arc<StatelessNonces>>,
-    /// Resource servers' proofs sent to the introspection endpoint (their own nonces are
-    /// theirs to check).
-    pub(crate) rs_verifier: Verifier,
-    pub(crate) token_htu: Htu,
-    pub(crate) secrets: SecretCache,
-    /// Failed client-secret checks per client id and address.
-    pub(crate) limiter: client_auth::AttemptLimiter,
-    pub(crate) trust: TrustedIssuers,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) metrics: metrics::Metrics,
-}
-
-impl std::fmt::Debug for IssuerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerState")
-            .field("issuer", &self.config.issuer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl IssuerState {
-    /// The current time, or `temporarily_unavailable` when the clock has none.
-    pub(crate) fn now(&self) -> Result<UnixTime, OAuthError> {
-        self.clock
-            .now()
-            .ok_or_else(|| OAuthError::server_error("the system clock is before 1970"))
-    }
-}
 
 /// A running-ready issuer: its state is open (database migrated, keys loaded).
 #[derive(Clone, Debug)]
@@ -97,13 +69,6 @@ pub struct Issuer {
 }
 
 const NONCE_SECRET_SETTING: &str = "dpop_nonce_secret_v1";
-
-/// How often a running issuer re-reads its keys and purges expired state.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// The usual delay between publishing a rotated key and signing with it: two
-/// maintenance intervals, so every instance has loaded it.
-pub const DEFAULT_KEY_ACTIVATION: Duration = Duration::from_secs(60);
 
 impl Issuer {
     /// Opens the database (applying migrations), loads or creates the signing keys,
@@ -188,7 +153,7 @@ impl Issuer {
                 .map_err(IssuerError::Keys)?;
         warn_of_cheaper_secrets(&config, &stand_in);
         let secrets = SecretCache::new(stand_in).map_err(IssuerError::Keys)?;
-        let limiter = client_auth::AttemptLimiter::new(&config.auth_limits);
+        let limiter = AttemptLimiter::new(&config.auth_limits);
         Ok(Self {
             state: Arc::new(IssuerState {
                 config,
@@ -202,7 +167,7 @@ impl Issuer {
                 limiter,
                 trust,
                 clock,
-                metrics: metrics::Metrics::new(),
+                metrics: Metrics::new(),
             }),
         })
     }
@@ -433,13 +398,4 @@ fn proof_verifier(
     verifier_config.max_age = config.dpop.max_age;
     verifier_config.future_leeway = config.dpop.future_leeway;
     Verifier::new(verifier_config).map_err(|e| ConfigError::new(format!("dpop: {e}")))
-}
-
-pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
-    use aws_lc_rs::rand::SecureRandom as _;
-    let mut out = [0_u8; N];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| "no system randomness".to_owned())?;
-    Ok(out)
 }

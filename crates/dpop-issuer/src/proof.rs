@@ -5,8 +5,8 @@
 use axum::http::{HeaderMap, HeaderValue};
 use dpop_core::{Error as DpopError, NonceValidator as _, RfcError, Role, UnixTime, VerifiedProof};
 
-use crate::IssuerState;
 use crate::error::{ErrorCode, OAuthError};
+use crate::state::IssuerState;
 
 /// Verifies the request's DPoP proof at the token endpoint and records it. `Ok(None)`:
 /// the request has no proof.

@@ -7,9 +7,9 @@ use dpop_core::jwt::{JwtValidation, TokenError, TypPolicy, VerifiedJwt, verify_j
 use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
-use crate::IssuerState;
 use crate::error::{OAuthError, StoreError};
 use crate::keys::b64;
+use crate::state::IssuerState;
 use crate::store::Origin;
 
 /// Prefix of refresh tokens, so scanners and people can tell them from access tokens.
@@ -149,7 +149,7 @@ pub(crate) fn sha256_b64(bytes: &[u8]) -> String {
 
 /// A random identifier (128 bits, base64url).
 pub(crate) fn random_id() -> Result<String, OAuthError> {
-    crate::random_bytes::<16>()
+    crate::random::random_bytes::<16>()
         .map(|b| b64(&b))
         .map_err(|e| OAuthError::server_error(&e))
 }
@@ -253,7 +253,7 @@ impl<'de> serde::de::Visitor<'de> for PeekClaim<'_> {
 
 /// A new refresh token value and the hash it is stored under.
 pub(crate) fn new_refresh_token() -> Result<(String, String), OAuthError> {
-    let bytes = crate::random_bytes::<32>().map_err(|e| OAuthError::server_error(&e))?;
+    let bytes = crate::random::random_bytes::<32>().map_err(|e| OAuthError::server_error(&e))?;
     let token = format!("{REFRESH_PREFIX}{}", b64(&bytes));
     let hash = refresh_hash(&token);
     Ok((token, hash))

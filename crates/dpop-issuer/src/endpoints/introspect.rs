@@ -7,6 +7,8 @@
 //! the answer is `active: false` with `dpop_error` and `dpop_error_description`; a
 //! caller that only reads `active` fails closed.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
 use axum::http::HeaderMap;
@@ -15,14 +17,13 @@ use dpop_core::jwt::VerifiedJwt;
 use dpop_core::{Htu, Role, UnixTime};
 use serde_json::{Map, Value, json};
 
-use super::Shared;
-use crate::IssuerState;
 use crate::client_auth;
 use crate::config::Client;
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
 use crate::grants;
 use crate::response::json_no_store;
+use crate::state::IssuerState;
 use crate::store::secs;
 use crate::tokens::{self, Inactive};
 
@@ -32,7 +33,7 @@ fn inactive() -> Value {
 
 /// `POST /introspect`.
 pub(super) async fn introspect(
-    AxumState(state): AxumState<Shared>,
+    AxumState(state): AxumState<Arc<IssuerState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

@@ -1,18 +1,20 @@
 //! RFC 8414 authorization server metadata (also served as `openid-configuration`) and
 //! the JWK set of the signing keys.
 
+use std::sync::Arc;
+
 use axum::extract::State as AxumState;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::Shared;
 use crate::client_auth::ASSERTION_ALGS;
 use crate::config::{AuthMethod, GRANTS};
 use crate::keys;
+use crate::state::IssuerState;
 
 /// `GET /.well-known/oauth-authorization-server{path}` and
 /// `GET {issuer}/.well-known/openid-configuration`.
-pub(super) async fn metadata(AxumState(state): AxumState<Shared>) -> Response {
+pub(super) async fn metadata(AxumState(state): AxumState<Arc<IssuerState>>) -> Response {
     let c = &state.config;
     let iss = &c.issuer;
     let secret_methods = [
@@ -65,7 +67,7 @@ pub(super) async fn metadata(AxumState(state): AxumState<Shared>) -> Response {
 }
 
 /// `GET {issuer}/jwks`.
-pub(super) async fn jwks(AxumState(state): AxumState<Shared>) -> Response {
+pub(super) async fn jwks(AxumState(state): AxumState<Arc<IssuerState>>) -> Response {
     // Read from the database each time, so a key another instance just published is
     // served at once; the loaded set is the fallback when the database is down.
     let fresh = match state.clock.now() {

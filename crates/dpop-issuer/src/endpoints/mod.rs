@@ -14,8 +14,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::IssuerState;
 use crate::error::{ErrorCode, OAuthError};
+use crate::state::IssuerState;
 
 /// What every handler is given.
 type Shared = Arc<IssuerState>;
@@ -77,13 +77,13 @@ async fn with_client_address(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| {
-            crate::client_auth::client_address_of(
+            crate::auth_limits::client_address_of(
                 &state.config.auth_limits,
                 c.0.ip(),
                 request.headers(),
             )
         });
-    crate::client_auth::with_client_address(address, next.run(request)).await
+    crate::auth_limits::with_client_address(address, next.run(request)).await
 }
 
 /// A body over `max_body_bytes` is refused by axum with a bare 413; clients get the

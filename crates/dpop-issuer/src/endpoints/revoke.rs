@@ -1,22 +1,23 @@
 //! `POST /revoke`: token revocation (RFC 7009). A refresh token revokes its whole
 //! family; an access token its `jti`. Only the client a token was issued to revokes it.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::Shared;
-use crate::IssuerState;
 use crate::client_auth;
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
+use crate::state::IssuerState;
 use crate::store::secs;
 use crate::tokens::{self, Inactive};
 
 /// `POST /revoke`.
 pub(super) async fn revoke(
-    AxumState(state): AxumState<Shared>,
+    AxumState(state): AxumState<Arc<IssuerState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

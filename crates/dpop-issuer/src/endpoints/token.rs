@@ -1,24 +1,25 @@
 //! `POST /token`: the form, the DPoP proof, client authentication, the grant, and the
 //! answer (with a fresh nonce when the proof's is due for renewal).
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use dpop_core::{NonceValidator as _, VerifiedProof};
 
-use super::Shared;
-use crate::IssuerState;
 use crate::config::{DpopRequirement, GRANTS};
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
 use crate::proof::{proof_required, token_proof};
 use crate::response::{TokenResponse, no_store};
+use crate::state::IssuerState;
 use crate::{client_auth, grants};
 
 /// `POST /token`.
 pub(super) async fn token(
-    AxumState(state): AxumState<Shared>,
+    AxumState(state): AxumState<Arc<IssuerState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -76,7 +77,11 @@ async fn token_inner(
     // again before one signs: a key retired meanwhile must not go on signing.
     state
         .keys
-        .reload_if_older(&state.store, state.now()?, crate::MAINTENANCE_INTERVAL)
+        .reload_if_older(
+            &state.store,
+            state.now()?,
+            crate::keys::MAINTENANCE_INTERVAL,
+        )
         .await
         .map_err(|e| {
             tracing::error!(target: "dpop::issuer", error = %e, "cannot read the signing keys");
