@@ -30,12 +30,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dpop_core::jwt::split_scope;
-use dpop_core::{Jkt, UnixTime, VerifiedProof};
+use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
 use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
+use crate::proof::{TokenProof, check_bound_key};
 use crate::response::TokenResponse;
 use crate::state::IssuerState;
 use crate::store::secs;
@@ -54,7 +55,7 @@ pub(crate) async fn run(
     client: &Client,
     grant: &str,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     match grant {
         GRANT_CLIENT_CREDENTIALS => client_credentials(state, client, form, proof),
@@ -168,7 +169,7 @@ fn client_credentials(
     state: &IssuerState,
     client: &Client,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now()?;
     let scopes = choose_scopes(form, &client.scopes, &client.default_scopes)?;
@@ -181,7 +182,7 @@ fn client_credentials(
             subject: &client.subject,
             scopes: &scopes,
             audiences: &audiences,
-            jkt: proof.map(VerifiedProof::jkt),
+            jkt: proof.map(TokenProof::jkt),
             act: None,
             lifetime: client.access_token_lifetime,
             lineage: &Lineage::default(),
@@ -196,7 +197,7 @@ async fn refresh(
     state: &IssuerState,
     client: &Client,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now()?;
     let presented = form.require("refresh_token")?;
@@ -238,20 +239,9 @@ async fn refresh(
     }
     // RFC 9449 §5: a public client's refresh token is bound to its DPoP key.
     if let Some(bound) = &record.jkt {
-        match proof {
-            Some(p) if p.jkt().as_str() == bound => {}
-            Some(_) => {
-                return Err(OAuthError::invalid_grant(
-                    "the refresh token is bound to another DPoP key",
-                ));
-            }
-            None => {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidDpopProof,
-                    "the refresh token is DPoP-bound: send a proof from its key",
-                ));
-            }
-        }
+        let bound = Jkt::parse(bound)
+            .map_err(|_| OAuthError::server_error("a stored refresh token's jkt is malformed"))?;
+        check_bound_key(state, proof, &bound, "the refresh token")?;
     }
     // RFC 6749 §6: at most the scopes of the original grant, and of those only what
     // the configuration still allows this client and every client of the lineage, so
@@ -312,7 +302,7 @@ async fn refresh(
             subject: &record.subject,
             scopes: &scopes,
             audiences: &audiences,
-            jkt: proof.map(VerifiedProof::jkt),
+            jkt: proof.map(TokenProof::jkt),
             act,
             lifetime: within(client.access_token_lifetime, now, record.family_expires_at),
             lineage: &Lineage {
@@ -444,7 +434,7 @@ async fn exchange(
     state: &IssuerState,
     client: &Client,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now()?;
     let subject_token = form.require("subject_token")?;
@@ -487,20 +477,7 @@ async fn exchange(
     };
     // A proof-of-possession subject token is only exchanged by its key holder.
     if let Some(bound) = &subject.jkt {
-        match proof {
-            Some(p) if p.jkt() == bound => {}
-            Some(_) => {
-                return Err(OAuthError::invalid_grant(
-                    "the subject token is bound to another DPoP key than this request's proof",
-                ));
-            }
-            None => {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidDpopProof,
-                    "the subject token is DPoP-bound: send a proof from its key",
-                ));
-            }
-        }
+        check_bound_key(state, proof, bound, "the subject token")?;
     }
     // Delegation: another client acts for the subject token's client only when the
     // configuration says it may.
@@ -569,7 +546,7 @@ async fn exchange(
             subject: &subject.subject,
             scopes: &scopes,
             audiences: &audiences,
-            jkt: proof.map(VerifiedProof::jkt),
+            jkt: proof.map(TokenProof::jkt),
             act: subject.act.clone(),
             lifetime,
             lineage: &Lineage {

@@ -7,12 +7,12 @@ use axum::body::Bytes;
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use dpop_core::{NonceValidator as _, VerifiedProof};
+use dpop_core::NonceValidator as _;
 
 use crate::config::{DpopRequirement, GRANTS};
 use crate::error::{ErrorCode, OAuthError};
 use crate::form::Form;
-use crate::proof::{proof_required, token_proof};
+use crate::proof::{TokenProof, proof_required, token_proof};
 use crate::response::{TokenResponse, no_store};
 use crate::state::IssuerState;
 use crate::{client_auth, grants};
@@ -115,7 +115,7 @@ async fn token_inner(
 }
 
 /// A fresh nonce for a successful response when the proof's nonce is due for renewal.
-fn next_nonce(state: &IssuerState, proof: Option<&VerifiedProof>) -> Option<String> {
+fn next_nonce(state: &IssuerState, proof: Option<&TokenProof>) -> Option<String> {
     let proof = proof?;
     if !proof.should_renew_nonce() {
         return None;
