@@ -314,11 +314,8 @@ clients = ["ci"]
         drop(probe);
         addr.port()
     };
-    let gateway_toml = path.join("gateway.toml");
-    std::fs::write(
-        &gateway_toml,
-        format!(
-            r#"listen = "127.0.0.1:{gateway_port}"
+    let gateway_config = dpop_gateway::GatewayConfig::from_toml(&format!(
+        r#"listen = "127.0.0.1:{gateway_port}"
 allowed_hosts = ["127.0.0.1:{gateway_port}"]
 upstream = "http://{api_addr}"
 issuer = "{issuer_url}"
@@ -334,24 +331,15 @@ client_id = "gateway"
 client_secret = "{gateway_secret}"
 cache_ttl_secs = 0
 "#,
-            nonce = b64(&{
-                let mut s = [0_u8; 32];
-                SystemRandomSource
-                    .fill(&mut s)
-                    .map_err(|e| failed("randomness")(&e))?;
-                s
-            })
-        ),
-    )
+        nonce = b64(&{
+            let mut s = [0_u8; 32];
+            SystemRandomSource
+                .fill(&mut s)
+                .map_err(|e| failed("randomness")(&e))?;
+            s
+        })
+    ))
     .map_err(|e| failed("gateway configuration")(&e))?;
-    let args = <GatewayCli as clap::Parser>::try_parse_from([
-        "gateway",
-        "--config",
-        gateway_toml.to_str().unwrap_or_default(),
-    ])
-    .map_err(|e| failed("gateway arguments")(&e))?;
-    let gateway_config = dpop_gateway::GatewayConfig::load(&args.args, None)
-        .map_err(|e| failed("gateway configuration")(&e))?;
     let gateway = dpop_gateway::Gateway::bind(gateway_config)
         .await
         .map_err(|e| failed("gateway")(&e))?;
@@ -373,13 +361,6 @@ cache_ttl_secs = 0
         ci,
         plain,
     })
-}
-
-/// `dpop gateway`'s flags, to load a configuration file as the command does.
-#[derive(Debug, clap::Parser)]
-struct GatewayCli {
-    #[command(flatten)]
-    args: dpop_gateway::GatewayArgs,
 }
 
 /// A client: a key, the DPoP middleware with token source, and what it saw.
@@ -843,7 +824,7 @@ async fn keep(out: &mut dyn Write, sys: &System) -> Result<(), CliError> {
     )
     .map_err(w)?;
     out.flush().map_err(w)?;
-    dpop_gateway::shutdown_signal().await;
+    dpop_server::shutdown_signal().await;
     Ok(())
 }
 
