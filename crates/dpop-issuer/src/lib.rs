@@ -294,10 +294,15 @@ impl Issuer {
                         source,
                     })?;
                 tracing::info!(target: "dpop::issuer", addr = %admin_addr, "admin listening (/healthz, /readyz, /metrics)");
-                let router = http::admin_router(Arc::clone(&self.state));
-                Some(tokio::spawn(async move {
-                    let _ = axum::serve(l, router).await;
-                }))
+                let state = Arc::clone(&self.state);
+                Some(tokio::spawn(dpop_server::admin::serve(
+                    l,
+                    self.state.metrics.registry(),
+                    move || {
+                        let state = Arc::clone(&state);
+                        async move { readiness(&state).await }
+                    },
+                )))
             }
             None => None,
         };
@@ -431,6 +436,15 @@ fn proof_verifier(
     verifier_config.max_age = config.dpop.max_age;
     verifier_config.future_leeway = config.dpop.future_leeway;
     Verifier::new(verifier_config).map_err(|e| ConfigError::new(format!("dpop: {e}")))
+}
+
+/// `/readyz`, on the public and the admin listener: the database answers.
+pub(crate) async fn readiness(state: &State) -> dpop_server::Readiness {
+    if state.store.ping().await {
+        dpop_server::Readiness::text(true, "ready\n")
+    } else {
+        dpop_server::Readiness::text(false, "database unreachable\n")
+    }
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
