@@ -2,6 +2,7 @@
 //! checking that values fit each other happens in the commands, which turn these raw
 //! arguments into validated values before doing any work.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -66,7 +67,7 @@ pub(crate) enum Command {
     /// introspection, limits and more. Flags override the file. Runs until SIGTERM or
     /// Ctrl-C, then drains in-flight requests. Exits 2 on a configuration error, 1 when
     /// it cannot start (listener, Redis).
-    Gateway(dpop_gateway::GatewayArgs),
+    Gateway(GatewayArgs),
     /// Run the authorization server that issues short-lived DPoP-bound tokens to workloads
     ///
     /// `dpop issuer --config FILE` serves the token, introspection, revocation, JWKS and
@@ -109,6 +110,50 @@ pub(crate) struct DemoArgs {
     /// The step-by-step protocol walk-through instead: no files, no network
     #[arg(long)]
     pub(crate) offline: bool,
+}
+
+/// The simple case by flags; `--config FILE` for everything else (flags override the file).
+// The field docs are also the `--help` text, where link markup would show as-is.
+#[allow(rustdoc::bare_urls)]
+#[derive(Clone, Debug, Default, Args)]
+pub(crate) struct GatewayArgs {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// The API to protect, e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
+    pub(crate) upstream: Option<String>,
+    /// The authorization server (token issuer) URL; its keys are discovered from it.
+    #[arg(long, value_name = "ISSUER_URL")]
+    pub(crate) issuer: Option<String>,
+    /// The audience access tokens must be issued for (this API's identifier).
+    #[arg(long, value_name = "AUD")]
+    pub(crate) audience: Option<String>,
+    /// The external origin and path prefix clients use, e.g. https://api.example.com/orders
+    /// (repeat for several names; the request's Host then picks one). Proofs are checked
+    /// against it. Either this or --allowed-host is required.
+    #[arg(long, value_name = "URL")]
+    pub(crate) public_url: Vec<String>,
+    /// A host (name or name:port) clients reach this gateway by, when the htu is built
+    /// from the request's Host (repeatable); requests for other hosts get 400.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    pub(crate) allowed_hosts: Vec<String>,
+    /// Require a server nonce in every proof (set DPOP_NONCE_SECRET, base64url of 32+
+    /// bytes, to share nonces between instances).
+    #[arg(long)]
+    pub(crate) require_nonce: bool,
+    /// Replay store shared by instances, e.g. redis://127.0.0.1:6379 (default: in memory).
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub(crate) replay_store: Option<String>,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// TOML configuration file (see examples/gateway.toml).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub(crate) log_json: bool,
 }
 
 #[derive(Debug, Args)]

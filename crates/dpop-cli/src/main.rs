@@ -12,7 +12,6 @@ mod commands;
 mod demo;
 mod error;
 mod keyfile;
-mod system_demo;
 
 use std::process::ExitCode;
 
@@ -48,8 +47,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Issuer(args) => issuer::run(args, &mut out)?,
         Command::Token(args) => curl::token(args, &mut out)?,
         Command::Curl(args) => curl::curl(args, &mut out)?,
-        Command::Demo(args) if args.offline => demo::run(&mut out)?,
-        Command::Demo(args) => system_demo::run(&mut out, args.keep_running)?,
+        Command::Demo(args) if args.offline => demo::offline::run(&mut out)?,
+        Command::Demo(args) => demo::system::run(&mut out, args.keep_running)?,
     };
     Ok(code)
 }

@@ -1,13 +1,16 @@
-//! Gateway configuration: a TOML file and command-line flags are read into a raw,
-//! syntax-only form, merged (flags win), then validated once into [`GatewayConfig`]
-//! so that a bad setting stops the gateway at start-up, never a request.
+//! Gateway configuration: a TOML file is read into a raw, syntax-only form
+//! ([`GatewaySettings`]), values given elsewhere (the `dpop` command's flags) are set over
+//! it, and the whole is validated once into [`GatewayConfig`], so that a bad setting
+//! stops the gateway at start-up, never a request.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use dpop_core::{Algorithm, Htu, NonceSecret, StatelessNonces};
+use dpop_server::LogFormat;
 use dpop_tower::{DpopMode, Route, RoutePolicy, Routes};
 use http::Method;
 use ipnet::IpNet;
@@ -15,51 +18,6 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::error::GatewayError;
-
-/// The simple case by flags; `--config FILE` for everything else (flags override the file).
-// The field docs are also the `--help` text, where link markup would show as-is.
-#[allow(rustdoc::bare_urls)]
-#[derive(Clone, Debug, Default, clap::Args)]
-#[non_exhaustive]
-pub struct GatewayArgs {
-    /// Address to listen on, e.g. 0.0.0.0:8080.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// The API to protect, e.g. http://127.0.0.1:3000.
-    #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
-    /// The authorization server (token issuer) URL; its keys are discovered from it.
-    #[arg(long, value_name = "ISSUER_URL")]
-    pub issuer: Option<String>,
-    /// The audience access tokens must be issued for (this API's identifier).
-    #[arg(long, value_name = "AUD")]
-    pub audience: Option<String>,
-    /// The external origin and path prefix clients use, e.g. https://api.example.com/orders
-    /// (repeat for several names; the request's Host then picks one). Proofs are checked
-    /// against it. Either this or --allowed-host is required.
-    #[arg(long, value_name = "URL")]
-    pub public_url: Vec<String>,
-    /// A host (name or name:port) clients reach this gateway by, when the htu is built
-    /// from the request's Host (repeatable); requests for other hosts get 400.
-    #[arg(long = "allowed-host", value_name = "HOST")]
-    pub allowed_hosts: Vec<String>,
-    /// Require a server nonce in every proof (set DPOP_NONCE_SECRET, base64url of 32+
-    /// bytes, to share nonces between instances).
-    #[arg(long)]
-    pub require_nonce: bool,
-    /// Replay store shared by instances, e.g. redis://127.0.0.1:6379 (default: in memory).
-    #[arg(long, value_name = "redis://HOST:PORT")]
-    pub replay_store: Option<String>,
-    /// Address of the admin listener (/healthz, /readyz, /metrics).
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
-    /// TOML configuration file (see examples/gateway.toml).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Log as JSON lines.
-    #[arg(long)]
-    pub log_json: bool,
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,7 +220,7 @@ pub struct GatewayConfig {
     /// Challenge realm.
     pub realm: Option<String>,
     /// Nonce scheme (when any route needs nonces).
-    pub nonces: Option<std::sync::Arc<StatelessNonces>>,
+    pub nonces: Option<Arc<StatelessNonces>>,
     /// Whether nonces are shared (configured secret) or this instance's own.
     pub nonce_secret_shared: bool,
     /// Route table.
@@ -287,8 +245,8 @@ pub struct GatewayConfig {
     pub strip_dpop: bool,
     /// Identity header names.
     pub identity_headers: IdentityHeaders,
-    /// JSON logs.
-    pub log_json: bool,
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
 /// How long an introspection answer is reused when `cache_ttl_secs` is not set.
@@ -304,18 +262,20 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, GatewayError> {
         .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))
 }
 
-/// One line (the CLI prints errors as one line): the file, the line, the message.
-fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> GatewayError {
+/// One line (the CLI prints errors as one line): the file (when read from one), the
+/// line, the message.
+fn toml_error(path: Option<&Path>, text: &str, e: &toml::de::Error) -> GatewayError {
     let message = e.message().trim();
-    match e.span() {
-        Some(span) => {
-            let line = text
-                .get(..span.start)
-                .map_or(1, |t| t.matches('\n').count() + 1);
-            invalid(format!("{} line {line}: {message}", path.display()))
-        }
-        None => invalid(format!("{}: {message}", path.display())),
-    }
+    let line = e.span().map(|span| {
+        text.get(..span.start)
+            .map_or(1, |t| t.matches('\n').count() + 1)
+    });
+    invalid(match (path, line) {
+        (Some(path), Some(line)) => format!("{} line {line}: {message}", path.display()),
+        (Some(path), None) => format!("{}: {message}", path.display()),
+        (None, Some(line)) => format!("line {line}: {message}"),
+        (None, None) => message.to_owned(),
+    })
 }
 
 fn header_name(name: Option<String>, default: &str) -> Result<String, GatewayError> {
@@ -346,44 +306,154 @@ fn nonce_secret(text: &str) -> Result<NonceSecret, GatewayError> {
     NonceSecret::new(&bytes).map_err(|_| invalid("nonce secrets must be at least 32 bytes"))
 }
 
-impl GatewayConfig {
-    /// Reads `args.config` (if any), applies the flags over it, and validates the result.
-    /// `env_nonce_secret` is the value of `DPOP_NONCE_SECRET`, if set.
+/// A gateway configuration read but not yet validated: what a TOML file says, with
+/// values given elsewhere set over it (the `dpop gateway` flags win over its
+/// `--config` file). [`GatewaySettings::validate`] checks the whole.
+#[derive(Default)]
+pub struct GatewaySettings {
+    raw: RawConfig,
+    /// A nonce secret from outside the file: the current one.
+    current_nonce_secret: Option<Zeroizing<String>>,
+}
+
+// Not derived: the raw settings hold secrets (introspection client secret, nonce secrets).
+impl std::fmt::Debug for GatewaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySettings")
+            .field("listen", &self.raw.listen)
+            .field("upstream", &self.raw.upstream)
+            .field("issuer", &self.raw.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewaySettings {
+    /// Parses TOML (see `examples/gateway.toml`); checks syntax and field names only.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] with the line and the message.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        Self::parse(None, text)
+    }
+
+    /// Reads and parses a TOML file, as [`GatewaySettings::from_toml`].
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] when the file cannot be read, or with the file, the line
+    /// and the message.
+    pub fn from_file(path: &Path) -> Result<Self, GatewayError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(Some(path), &text)
+    }
+
+    fn parse(path: Option<&Path>, text: &str) -> Result<Self, GatewayError> {
+        let raw = toml::from_str::<RawConfig>(text).map_err(|e| toml_error(path, text, &e))?;
+        Ok(Self {
+            raw,
+            current_nonce_secret: None,
+        })
+    }
+
+    /// Sets `listen`.
+    pub fn set_listen(&mut self, addr: SocketAddr) -> &mut Self {
+        self.raw.listen = Some(addr);
+        self
+    }
+
+    /// Sets `upstream`.
+    pub fn set_upstream(&mut self, url: impl Into<String>) -> &mut Self {
+        self.raw.upstream = Some(url.into());
+        self
+    }
+
+    /// Sets `issuer`.
+    pub fn set_issuer(&mut self, url: impl Into<String>) -> &mut Self {
+        self.raw.issuer = Some(url.into());
+        self
+    }
+
+    /// Sets `audience`.
+    pub fn set_audience(&mut self, audience: impl Into<String>) -> &mut Self {
+        self.raw.audience = Some(audience.into());
+        self
+    }
+
+    /// Sets `public_url`, replacing the file's list.
+    pub fn set_public_urls(&mut self, urls: Vec<String>) -> &mut Self {
+        self.raw.public_url = Some(OneOrMany::Many(urls));
+        self
+    }
+
+    /// Sets `allowed_hosts`, replacing the file's list.
+    pub fn set_allowed_hosts(&mut self, hosts: Vec<String>) -> &mut Self {
+        self.raw.allowed_hosts = Some(hosts);
+        self
+    }
+
+    /// Sets `replay_store` (`memory` or a `redis://` URL).
+    pub fn set_replay_store(&mut self, store: impl Into<String>) -> &mut Self {
+        self.raw.replay_store = Some(store.into());
+        self
+    }
+
+    /// Sets `admin_listen`.
+    pub fn set_admin_listen(&mut self, addr: SocketAddr) -> &mut Self {
+        self.raw.admin_listen = Some(addr);
+        self
+    }
+
+    /// Requires a nonce on routes that do not say otherwise (`[nonce] require = true`).
+    pub fn require_nonce(&mut self) -> &mut Self {
+        self.raw.nonce.require = Some(true);
+        self
+    }
+
+    /// Sets `log_format`.
+    pub fn set_log_format(&mut self, format: LogFormat) -> &mut Self {
+        self.raw.log_format = Some(format.name().to_owned());
+        self
+    }
+
+    /// A nonce secret given outside the file (base64url of 32+ bytes; the `dpop` command
+    /// reads `DPOP_NONCE_SECRET`, keeping secrets out of files and process listings): the
+    /// current secret, before the file's `[nonce] secrets`.
+    pub fn set_current_nonce_secret(&mut self, secret: Zeroizing<String>) -> &mut Self {
+        self.current_nonce_secret = Some(secret);
+        self
+    }
+
+    /// Validates the whole.
     ///
     /// # Errors
     /// [`GatewayError::Config`] naming the setting that is wrong.
-    pub fn load(args: &GatewayArgs, env_nonce_secret: Option<&str>) -> Result<Self, GatewayError> {
-        let mut raw = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<RawConfig>(&text).map_err(|e| toml_error(path, &text, &e))?
-            }
-            None => RawConfig::default(),
-        };
-        // Flags override the file.
-        raw.listen = args.listen.or(raw.listen);
-        raw.upstream = args.upstream.clone().or(raw.upstream);
-        raw.issuer = args.issuer.clone().or(raw.issuer);
-        raw.audience = args.audience.clone().or(raw.audience);
-        if !args.public_url.is_empty() {
-            raw.public_url = Some(OneOrMany::Many(args.public_url.clone()));
-        }
-        if !args.allowed_hosts.is_empty() {
-            raw.allowed_hosts = Some(args.allowed_hosts.clone());
-        }
-        raw.replay_store = args.replay_store.clone().or(raw.replay_store);
-        raw.admin_listen = args.admin_listen.or(raw.admin_listen);
-        if args.require_nonce {
-            raw.nonce.require = Some(true);
-        }
-        if args.log_json {
-            raw.log_format = Some("json".into());
-        }
-        Self::validate(raw, env_nonce_secret)
+    pub fn validate(self) -> Result<GatewayConfig, GatewayError> {
+        GatewayConfig::validate(self.raw, self.current_nonce_secret)
+    }
+}
+
+impl GatewayConfig {
+    /// Parses and validates a TOML configuration (see `examples/gateway.toml`).
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] with the line and the message, or naming the setting
+    /// that is wrong.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        GatewaySettings::from_toml(text)?.validate()
     }
 
-    fn validate(raw: RawConfig, env_nonce_secret: Option<&str>) -> Result<Self, GatewayError> {
+    /// Reads, parses and validates a TOML configuration file.
+    ///
+    /// # Errors
+    /// As [`GatewayConfig::from_toml`], and when the file cannot be read.
+    pub fn from_file(path: &Path) -> Result<Self, GatewayError> {
+        GatewaySettings::from_file(path)?.validate()
+    }
+
+    fn validate(
+        raw: RawConfig,
+        current_nonce_secret: Option<Zeroizing<String>>,
+    ) -> Result<Self, GatewayError> {
         let listen = raw
             .listen
             .ok_or_else(|| invalid("--listen (or listen in the config file) is required"))?;
@@ -495,14 +565,13 @@ impl GatewayConfig {
         if algorithms.is_empty() {
             return Err(invalid("algorithms must not be empty"));
         }
-        let log_json = match raw.log_format.as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "log_format must be \"text\" or \"json\", not {other:?}"
-                )));
-            }
+        let log_format = match raw.log_format.as_deref() {
+            None => LogFormat::Text,
+            Some(name) => LogFormat::from_name(name).ok_or_else(|| {
+                invalid(format!(
+                    "log_format must be \"text\" or \"json\", not {name:?}"
+                ))
+            })?,
         };
         let token_cache_ttl = Duration::from_secs(match &raw.introspection {
             None => 300,
@@ -608,8 +677,8 @@ impl GatewayConfig {
                     .map(|l| Zeroizing::new(l.trim().to_owned())),
             );
         }
-        if let Some(env) = env_nonce_secret {
-            secrets.insert(0, Zeroizing::new(env.to_owned()));
+        if let Some(current) = current_nonce_secret {
+            secrets.insert(0, current);
         }
         let nonce_secret_shared = !secrets.is_empty();
         let nonces = if needs_nonces {
@@ -648,7 +717,7 @@ impl GatewayConfig {
                     )
                     .map_err(|e| invalid(format!("nonce timing: {e}")))?;
             }
-            Some(std::sync::Arc::new(n))
+            Some(Arc::new(n))
         } else {
             None
         };
@@ -690,7 +759,7 @@ impl GatewayConfig {
                 jkt: header_name(raw.forward.jkt_header, "x-dpop-jkt")?,
                 scopes: header_name(raw.forward.scopes_header, "x-dpop-scopes")?,
             },
-            log_json,
+            log_format,
         })
     }
 }
@@ -699,53 +768,24 @@ impl GatewayConfig {
 mod tests {
     use super::*;
 
-    fn args() -> GatewayArgs {
-        GatewayArgs {
-            listen: Some("127.0.0.1:8080".parse().unwrap()),
-            upstream: Some("http://127.0.0.1:3000".into()),
-            issuer: Some("https://as.example.com".into()),
-            audience: Some("https://api.example.com".into()),
-            allowed_hosts: vec!["127.0.0.1:8080".into()],
-            ..GatewayArgs::default()
-        }
-    }
-
-    #[test]
-    fn flags_alone_are_enough() {
-        let c = GatewayConfig::load(&args(), None).unwrap();
-        assert_eq!(
-            c.replay,
-            ReplayStoreConfig::Memory {
-                capacity: 4_000_000
-            }
-        );
-        assert!(c.nonces.is_none());
-        assert!(c.strip_authorization && c.strip_dpop);
-        let mut a = args();
-        a.require_nonce = true;
-        a.replay_store = Some("redis://127.0.0.1:6379".into());
-        let c = GatewayConfig::load(&a, None).unwrap();
-        assert!(c.nonces.is_some() && !c.nonce_secret_shared);
-        assert!(matches!(c.replay, ReplayStoreConfig::Redis { .. }));
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
-        assert!(
-            GatewayConfig::load(&a, Some(&secret))
-                .unwrap()
-                .nonce_secret_shared
-        );
-        assert!(GatewayConfig::load(&a, Some("short")).is_err());
+    /// `text` with listen, upstream, issuer, audience and allowed hosts set over it.
+    fn settings(text: &str) -> GatewaySettings {
+        let mut s = GatewaySettings::from_toml(text).unwrap();
+        s.set_listen("127.0.0.1:8080".parse().unwrap())
+            .set_upstream("http://127.0.0.1:3000")
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com")
+            .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
+        s
     }
 
     #[test]
     fn the_documented_example_loads() {
-        let mut a = GatewayArgs {
-            config: Some(PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../examples/gateway.toml"
-            ))),
-            ..GatewayArgs::default()
-        };
-        let c = GatewayConfig::load(&a, None).unwrap();
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/gateway.toml"
+        ));
+        let c = GatewayConfig::from_file(path).unwrap();
         assert_eq!(c.public_urls, ["https://api.example.com"]);
         assert!(c.nonces.is_some(), "a route requires nonces");
         let admin = c.routes.resolve(&Method::POST, "/v1/admin/users");
@@ -758,12 +798,10 @@ mod tests {
             c.routes.resolve(&Method::GET, "/healthcheck").mode,
             DpopMode::Off
         );
-        // Flags override the file.
-        a.upstream = Some("http://127.0.0.1:4000".into());
-        assert_eq!(
-            GatewayConfig::load(&a, None).unwrap().upstream.port_u16(),
-            Some(4000)
-        );
+        // Values set over the file win.
+        let mut a = GatewaySettings::from_file(path).unwrap();
+        a.set_upstream("http://127.0.0.1:4000");
+        assert_eq!(a.validate().unwrap().upstream.port_u16(), Some(4000));
     }
 
     #[test]
@@ -772,64 +810,26 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nupstrem = \"http://x\"\n").unwrap();
-        let a = GatewayArgs {
-            config: Some(path),
-            ..GatewayArgs::default()
-        };
-        let e = GatewayConfig::load(&a, None).unwrap_err().to_string();
+        let e = GatewayConfig::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("upstrem") && e.contains("line 2"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.contains("bad.toml line 2"), "the file is named: {e}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let e = GatewayConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("upstrem") && e.contains("line 2"), "{e}");
     }
 
-    #[test]
-    fn bad_settings_are_refused_with_a_reason() {
-        type Mutation = fn(&mut GatewayArgs);
-        let cases: [(&str, Mutation); 11] = [
-            ("public_url (--public-url", |a| a.allowed_hosts.clear()),
-            ("not both", |a| {
-                a.public_url = vec!["https://api.example.com".into()]
-            }),
-            ("allowed_hosts", |a| a.allowed_hosts = vec!["a/b".into()]),
-            ("allowed_hosts", |a| a.allowed_hosts = vec!["u@host".into()]),
-            ("upstream path", |a| {
-                a.upstream = Some("http://127.0.0.1:3000/api/../admin".into())
-            }),
-            ("--listen", |a| a.listen = None),
-            ("--upstream", |a| a.upstream = None),
-            ("upstream must", |a| a.upstream = Some("https://x".into())),
-            ("issuer", |a| a.issuer = Some("as.example.com".into())),
-            ("public_url", |a| a.public_url = vec!["ftp://x".into()]),
-            ("replay_store", |a| {
-                a.replay_store = Some("memcached://x".into())
-            }),
-        ];
-        for (needle, f) in cases {
-            let mut a = args();
-            f(&mut a);
-            let e = GatewayConfig::load(&a, None).unwrap_err().to_string();
-            assert!(e.contains(needle), "{needle}: {e}");
-        }
-    }
-
-    fn load_toml(name: &str, text: &str) -> Result<GatewayConfig, GatewayError> {
-        let dir = std::env::temp_dir().join(format!("dpop-gw-routes-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let a = GatewayArgs {
-            config: Some(path),
-            ..args()
-        };
-        GatewayConfig::load(&a, None)
+    fn load_toml(text: &str) -> Result<GatewayConfig, GatewayError> {
+        settings(text).validate()
     }
 
     #[test]
     fn identity_header_names_with_underscores_are_refused() {
-        let e = load_toml("underscore", "[forward]\nsubject_header = \"x_user\"\n")
+        let e = load_toml("[forward]\nsubject_header = \"x_user\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("x_user") && e.contains("forge"), "{e}");
-        assert!(load_toml("dash", "[forward]\nsubject_header = \"x-user\"\n").is_ok());
+        assert!(load_toml("[forward]\nsubject_header = \"x-user\"\n").is_ok());
     }
 
     #[test]
@@ -843,27 +843,21 @@ mod tests {
             "v1",
             "/a\\b",
         ] {
-            let e = load_toml("prefix", &format!("[[routes]]\npath_prefix = {prefix:?}\n"))
+            let e = load_toml(&format!("[[routes]]\npath_prefix = {prefix:?}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("canonical path"), "{prefix}: {e}");
         }
-        let e = load_toml(
-            "method",
-            "[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"P OST\"]\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load_toml("[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"P OST\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad method"), "{e}");
         // Configured names are upper-cased; requests must then use upper case.
-        let c = load_toml(
-            "upper",
-            "[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"post\"]\ndpop = \"off\"\n",
-        )
-        .unwrap();
+        let c =
+            load_toml("[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"post\"]\ndpop = \"off\"\n")
+                .unwrap();
         assert_eq!(c.routes.resolve(&Method::POST, "/v1").mode, DpopMode::Off);
         let c = load_toml(
-            "dangerous",
             "[[routes]]\npath_prefix = \"/files\"\ndangerous_forward_encoded_slashes = true\n",
         )
         .unwrap();
@@ -881,26 +875,18 @@ mod tests {
 
     #[test]
     fn public_url_may_be_a_list() {
-        let c = load_toml(
-            "urls",
-            "public_url = [\"https://a.example\", \"https://b.example/api\"]\n",
-        );
-        // `args()` sets allowed hosts: with public URLs too, that is refused.
+        let c = load_toml("public_url = [\"https://a.example\", \"https://b.example/api\"]\n");
+        // `settings()` sets allowed hosts: with public URLs too, that is refused.
         assert!(c.unwrap_err().to_string().contains("not both"));
-        let dir = std::env::temp_dir().join(format!("dpop-gw-urls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("urls.toml");
-        std::fs::write(
-            &path,
+        let mut a = GatewaySettings::from_toml(
             "public_url = [\"https://a.example\", \"https://b.example/api\"]\n",
         )
         .unwrap();
-        let a = GatewayArgs {
-            config: Some(path),
-            allowed_hosts: Vec::new(),
-            ..args()
-        };
-        let c = GatewayConfig::load(&a, None).unwrap();
+        a.set_listen("127.0.0.1:8080".parse().unwrap())
+            .set_upstream("http://127.0.0.1:3000")
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com");
+        let c = a.validate().unwrap();
         assert_eq!(
             c.public_urls,
             ["https://a.example", "https://b.example/api"]
@@ -909,24 +895,12 @@ mod tests {
     }
 
     /// The gateway's nonces under `[nonce] secrets = secrets` (first = current).
-    fn nonces_with(
-        name: &str,
-        secrets: &[&str],
-    ) -> Result<std::sync::Arc<StatelessNonces>, GatewayError> {
-        let dir = std::env::temp_dir().join(format!("dpop-gw-nonce-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.toml"));
+    fn nonces_with(secrets: &[&str]) -> Result<Arc<StatelessNonces>, GatewayError> {
         let list: Vec<String> = secrets.iter().map(|s| format!("{s:?}")).collect();
-        std::fs::write(
-            &path,
-            format!("[nonce]\nrequire = true\nsecrets = [{}]\n", list.join(", ")),
-        )
-        .unwrap();
-        let a = GatewayArgs {
-            config: Some(path),
-            ..args()
-        };
-        let c = GatewayConfig::load(&a, None);
+        let c = load_toml(&format!(
+            "[nonce]\nrequire = true\nsecrets = [{}]\n",
+            list.join(", ")
+        ));
         Ok(c?.nonces.expect("nonces are required"))
     }
 
@@ -938,9 +912,9 @@ mod tests {
         use dpop_core::{NonceValidator as _, UnixTime};
         let b64 = |byte: u8| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([byte; 32]);
         let (s1, s2) = (b64(1), b64(2));
-        let a = nonces_with("a", &[&s1]).unwrap();
-        let b = nonces_with("b", &[&s2, &s1]).unwrap();
-        let c = nonces_with("c", &[&s2]).unwrap();
+        let a = nonces_with(&[&s1]).unwrap();
+        let b = nonces_with(&[&s2, &s1]).unwrap();
+        let c = nonces_with(&[&s2]).unwrap();
         let now = UnixTime::from_secs(1_700_000_000);
 
         let from_a = a.issue(now).unwrap();
@@ -958,7 +932,7 @@ mod tests {
     #[test]
     fn the_same_nonce_secret_twice_is_refused() {
         let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([3u8; 32]);
-        let e = nonces_with("same", &[&s, &s]).unwrap_err().to_string();
+        let e = nonces_with(&[&s, &s]).unwrap_err().to_string();
         assert!(e.contains("nonce secrets") && e.contains("key id"), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics for the admin listener's `/metrics`.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ struct ResultLabels {
 /// The gateway's metrics, fed by the DPoP layer's events and the proxy.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Arc<Registry>,
     requests: Family<OutcomeLabels, Counter>,
     verification: Histogram,
     iat_offset: Histogram,
@@ -89,7 +89,7 @@ impl Metrics {
             upstream.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry: Arc::new(registry),
             requests,
             verification,
             iat_offset,
@@ -103,14 +103,12 @@ impl Metrics {
     /// The Prometheus text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        dpop_server::metrics::encode(&self.registry)
+    }
+
+    /// The registry, for the admin listener's `/metrics`.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
     }
 
     /// Counts an upstream result.

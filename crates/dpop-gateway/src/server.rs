@@ -1,5 +1,5 @@
 //! The listeners: the proxy with its connection limits and graceful drain, and the admin
-//! listener (`/healthz`, `/readyz`, `/metrics`).
+//! listener (`dpop-server`'s, answering `/readyz` with the gateway's readiness).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use dpop_server::Readiness;
 use dpop_tower::{
     DpopLayer, DpopSettings, HtuSource, IntrospectionConfig, IntrospectionSource, JwksSource,
     JwksSourceConfig, PeerAddr, TokenVerifier,
 };
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,7 +25,7 @@ use tower::{Layer as _, ServiceExt as _};
 use crate::config::{GatewayConfig, TokenCheck};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::proxy::{Body, Proxy, empty};
+use crate::proxy::{Proxy, empty};
 use crate::store::GatewayStore;
 
 /// A gateway ready to serve: listeners bound, keys fetched (or being retried), replay
@@ -165,7 +165,12 @@ impl Gateway {
             "gateway listening"
         );
         if let Some(admin) = admin {
-            tokio::spawn(serve_admin(admin, layer.clone(), metrics));
+            let ready_layer = layer.clone();
+            tokio::spawn(dpop_server::admin::serve(
+                admin,
+                metrics.registry(),
+                move || readiness(ready_layer.clone()),
+            ));
         }
         let service = layer.layer(proxy);
         let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -243,68 +248,18 @@ async fn load_keys_until_ready(source: Weak<JwksSource>, interval: Duration) {
     }
 }
 
-fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(bytes::Bytes::from(body))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    r
-}
-
-async fn serve_admin(listener: TcpListener, layer: DpopLayer<GatewayStore>, metrics: Arc<Metrics>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(target: "dpop::gateway", error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let layer = layer.clone();
-        let metrics = metrics.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let layer = layer.clone();
-            let metrics = metrics.clone();
-            async move {
-                let r = match req.uri().path() {
-                    "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-                    "/readyz" => {
-                        let keys = layer.tokens().is_ready();
-                        let store =
-                            tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
-                                .await
-                                .unwrap_or(false);
-                        let status = if keys && store {
-                            StatusCode::OK
-                        } else {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        };
-                        let body = serde_json::json!({"ready": keys && store, "token_keys_loaded": keys, "replay_store_reachable": store});
-                        text(status, format!("{body}\n"), "application/json")
-                    }
-                    "/metrics" => text(
-                        StatusCode::OK,
-                        metrics.render(),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                    _ => empty(StatusCode::NOT_FOUND),
-                };
-                Ok::<_, Infallible>(r)
-            }
-        });
-        tokio::spawn(async move {
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+/// The admin listener's readiness: the issuer's keys are loaded and the replay store
+/// answers (within a second, so a probe never hangs on a stalled store).
+async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
+    let keys = layer.tokens().is_ready();
+    let store = tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
+        .await
+        .unwrap_or(false);
+    let ready = keys && store;
+    Readiness::json(
+        ready,
+        &serde_json::json!({"ready": ready, "token_keys_loaded": keys, "replay_store_reachable": store}),
+    )
 }
 
 /// A token source refusing its settings (an http URL to another host, say) is a

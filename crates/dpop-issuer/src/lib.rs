@@ -261,10 +261,15 @@ impl Issuer {
                         source,
                     })?;
                 tracing::info!(target: "dpop::issuer", addr = %admin_addr, "admin listening (/healthz, /readyz, /metrics)");
-                let router = endpoints::admin_router(Arc::clone(&self.state));
-                Some(tokio::spawn(async move {
-                    let _ = axum::serve(l, router).await;
-                }))
+                let state = Arc::clone(&self.state);
+                Some(tokio::spawn(dpop_server::admin::serve(
+                    l,
+                    self.state.metrics.registry(),
+                    move || {
+                        let state = Arc::clone(&state);
+                        async move { state.readiness().await }
+                    },
+                )))
             }
             None => None,
         };

@@ -2,7 +2,7 @@
 //! fixed sets (grant names, RFC error codes), never from requests, so a caller cannot
 //! grow the series.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -27,7 +27,7 @@ struct ResultLabels {
 /// The issuer's metrics.
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Arc<Registry>,
     tokens: Family<TokenLabels, Counter>,
     token_seconds: Histogram,
     introspections: Family<ResultLabels, Counter>,
@@ -64,7 +64,7 @@ impl Metrics {
             revocations.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry: Arc::new(registry),
             tokens,
             token_seconds,
             introspections,
@@ -95,15 +95,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition.
-    pub(crate) fn render(&self) -> String {
-        let mut out = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+    /// The registry, for the admin listener's `/metrics`.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
     }
 }

@@ -51,4 +51,13 @@ impl IssuerState {
             .now()
             .ok_or_else(|| OAuthError::server_error("the system clock is before 1970"))
     }
+
+    /// `/readyz`, on the public and the admin listener: the database answers.
+    pub(crate) async fn readiness(&self) -> dpop_server::Readiness {
+        if self.store.ping().await {
+            dpop_server::Readiness::text(true, "ready\n")
+        } else {
+            dpop_server::Readiness::text(false, "database unreachable\n")
+        }
+    }
 }

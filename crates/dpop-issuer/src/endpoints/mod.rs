@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State as AxumState};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -98,28 +98,6 @@ async fn too_large_as_oauth_error(response: Response) -> Response {
     r
 }
 
-/// The admin listener: liveness, readiness (the database answers) and metrics.
-pub(crate) fn admin_router(state: Shared) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route(
-            "/metrics",
-            get(|AxumState(state): AxumState<Shared>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    )],
-                    state.metrics.render(),
-                )
-            }),
-        )
-        .with_state(state)
-}
-
 /// The path part of the issuer identifier ("" for `https://host`).
 fn issuer_path(issuer: &str) -> String {
     let rest = issuer.split_once("://").map_or(issuer, |(_, r)| r);
@@ -130,10 +108,7 @@ fn issuer_path(issuer: &str) -> String {
         .to_owned()
 }
 
+/// `{issuer}/readyz`.
 async fn ready(AxumState(state): AxumState<Shared>) -> Response {
-    if state.store.ping().await {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
-    }
+    state.readiness().await.into_http().into_response()
 }

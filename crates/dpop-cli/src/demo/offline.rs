@@ -1,4 +1,4 @@
-//! `dpop demo`: DPoP explained by doing it, in-process, with no files and no network.
+//! `dpop demo --offline`: DPoP explained by doing it, in-process, with no files and no network.
 //!
 //! A client key, a token bound to it, a proof, and a resource server verifying it with a
 //! replay store; then the attacks DPoP exists to stop, each of which must be refused
