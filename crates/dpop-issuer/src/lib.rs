@@ -13,10 +13,11 @@
 //! - Access tokens: RFC 9068 `at+jwt`, bound with `cnf.jkt`, 5 minutes by default.
 //! - State in SQLite or PostgreSQL ([`store`]); signing keys in the data directory.
 //!
-//! The flow of one token request: form parsing (the `form` module), the DPoP proof (dpop-core's
-//! verifier, server nonces, replay records in the database), client authentication,
-//! the grant, minting; a request without a proof authenticates its client first and is
-//! refused only then if the client requires DPoP. See `ARCHITECTURE.md`.
+//! The flow of one token request (`endpoints::token`): form parsing (`form`), the DPoP
+//! proof (`proof`: dpop-core's verifier, server nonces, replay records in the database),
+//! client authentication (`client_auth`, `auth_limits`), the grant (`grants`), minting
+//! (`tokens`, `keys`); a request without a proof authenticates its client first and is
+//! refused only then if the client requires DPoP. See `ARCHITECTURE.md` for every module.
 
 pub mod config;
 pub mod error;
