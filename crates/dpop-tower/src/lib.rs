@@ -16,6 +16,10 @@
 //!
 //! It does not terminate TLS, proxy requests (see `dpop-gateway`), or issue tokens.
 //!
+//! Features (both on by default): `jwks` ([`JwksSource`]: JWTs against the issuer's
+//! discovered keys) and `introspection` ([`IntrospectionSource`]: RFC 7662). Without
+//! them the crate has no HTTP client; bring your own [`TokenSource`].
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use dpop_core::MemoryReplayStore;
@@ -46,7 +50,9 @@ pub use crate::future::ResponseFuture;
 pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
 pub use crate::layer::{ConfigError, DpopLayer, DpopSettings};
 pub use crate::service::DpopService;
-pub use crate::tokens::{
-    BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig, TokenSource,
-};
+pub use crate::tokens::{BoxFuture, TokenSource};
+#[cfg(feature = "introspection")]
+pub use crate::tokens::{IntrospectionConfig, IntrospectionSource};
+#[cfg(feature = "jwks")]
+pub use crate::tokens::{JwksSource, JwksSourceConfig};
 pub use dpop_core::SystemClock;
