@@ -55,13 +55,18 @@ pub struct JwksTimings {
     pub missing_keys_retry_interval: Duration,
 }
 
+impl JwksTimings {
+    /// The defaults, for `const` contexts.
+    pub const DEFAULT: Self = Self {
+        refresh_interval: Duration::from_secs(300),
+        min_refresh_interval: Duration::from_secs(30),
+        missing_keys_retry_interval: Duration::from_secs(1),
+    };
+}
+
 impl Default for JwksTimings {
     fn default() -> Self {
-        Self {
-            refresh_interval: Duration::from_secs(300),
-            min_refresh_interval: Duration::from_secs(30),
-            missing_keys_retry_interval: Duration::from_secs(1),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -272,6 +277,11 @@ impl RemoteJwks {
             return Ok(None);
         }
         self.fetch_locked(&mut state).await.map(Some)
+    }
+
+    /// The last fetch's error, if the last fetch failed.
+    pub async fn last_error(&self) -> Option<String> {
+        self.fetch.lock().await.last_error.clone()
     }
 
     /// Fetches the keys now, whatever the intervals say (start-up, a background task).
