@@ -297,6 +297,24 @@ mod tests {
             ]
         );
         assert_eq!(
+            IssuerUrl::parse("https://as.example.com/tenant/a")
+                .unwrap()
+                .discovery_urls(),
+            [
+                "https://as.example.com/.well-known/oauth-authorization-server/tenant/a",
+                "https://as.example.com/tenant/a/.well-known/openid-configuration",
+            ]
+        );
+        assert_eq!(
+            IssuerUrl::parse("https://gitlab.example.com")
+                .unwrap()
+                .discovery_urls(),
+            [
+                "https://gitlab.example.com/.well-known/oauth-authorization-server",
+                "https://gitlab.example.com/.well-known/openid-configuration",
+            ]
+        );
+        assert_eq!(
             IssuerUrl::parse("https://as.example.com/tenant/1/")
                 .unwrap()
                 .discovery_urls(),

@@ -247,7 +247,8 @@ pub struct IntrospectionConfig {
     pub client_id: String,
     /// Client secret (kept out of `Debug`).
     pub client_secret: Zeroizing<String>,
-    /// If set, the response's `iss` (when present) must equal it.
+    /// If set, the response's `iss` (when present) must equal it (trailing slashes do
+    /// not matter).
     pub issuer: Option<String>,
     /// If set, the response's `aud` (when present) must contain it.
     pub audience: Option<String>,
@@ -365,7 +366,7 @@ impl IntrospectionSource {
             return Err(Error::Token(TokenError::Inactive));
         }
         if let (Some(expected), Some(iss)) = (&self.config.issuer, &r.iss)
-            && expected != iss
+            && jwt::canonical_issuer(expected) != jwt::canonical_issuer(iss)
         {
             return Err(Error::Token(TokenError::IssuerMismatch));
         }
