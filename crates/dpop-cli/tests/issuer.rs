@@ -140,6 +140,24 @@ async fn the_gateway_accepts_the_issuers_tokens_and_refuses_stolen_ones() {
     assert_eq!(upstream.request_count(), 1);
 }
 
+/// Regression: `dpop gateway --issuer http://127.0.0.1:PORT/` (a trailing slash) used to
+/// fail forever with "metadata names another issuer", while the issuer and `dpop token`
+/// accepted the same URL. One canonical issuer form now holds everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_given_the_issuer_with_a_trailing_slash_accepts_its_tokens() {
+    let setup = IssuerSetup::new();
+    let issuer = setup.start().await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let with_slash = format!("{}/", setup.url());
+    let (gw, gw_url) = start_gateway(&gateway_flags(&upstream.url(), &with_slash)).await;
+
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = get_token(&setup.url(), &key).await;
+    let r = call(&gw_url, "/v1/items", &token, &key).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}\n{}", gw.output(), issuer.output());
+    assert_eq!(upstream.request_count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_introspecting_gateway_sees_revocation_and_offboarding_at_once() {
     let setup = IssuerSetup::new();

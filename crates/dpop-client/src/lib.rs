@@ -36,13 +36,14 @@ mod error;
 mod key;
 mod middleware;
 mod session;
+mod source;
 mod tokens;
 
 pub use crate::error::ClientError;
 pub use crate::key::ClientKey;
 pub use crate::middleware::DpopMiddleware;
+pub use crate::source::{StaticToken, TokenSource};
 pub use crate::tokens::{
-    ClientAuth, Grant, OAuthTokens, StaticToken, SubjectToken, TokenRequest, TokenResponse,
-    TokenSource,
+    ClientAuth, Grant, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,
 };
 pub use dpop_core::SystemClock;

@@ -12,7 +12,7 @@ use reqwest_middleware::{Middleware, Next};
 use crate::error::ClientError;
 use crate::key::ClientKey;
 use crate::session::{Session, Verdict};
-use crate::tokens::TokenSource;
+use crate::source::TokenSource;
 
 /// Signs every request with DPoP. Add it to a `reqwest_middleware::ClientBuilder`.
 ///

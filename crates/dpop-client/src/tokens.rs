@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use dpop_core::{RandomSource as _, SystemRandomSource};
+use dpop_discovery::{Fetcher, IssuerUrl, Metadata};
 use http::{HeaderValue, header};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -18,56 +19,7 @@ use crate::error::ClientError;
 use crate::key::ClientKey;
 use crate::middleware::{DpopMiddleware, send_signed};
 use crate::session::Session;
-
-/// Where the middleware gets its access token.
-#[async_trait::async_trait]
-pub trait TokenSource: Send + Sync + fmt::Debug {
-    /// A token valid for a while yet.
-    ///
-    /// # Errors
-    /// [`ClientError`] when no token can be had.
-    async fn token(&self) -> Result<Arc<str>, ClientError>;
-
-    /// The server refused `token`: do not hand it out again.
-    fn invalidate(&self, token: &str) {
-        let _ = token;
-    }
-
-    /// Whether [`TokenSource::invalidate`] can lead to a different token (a request
-    /// refused with `invalid_token` is retried only then).
-    fn renews(&self) -> bool {
-        true
-    }
-}
-
-/// One token, given by the caller (from a file, a variable, another tool).
-#[derive(Clone)]
-pub struct StaticToken(Arc<str>);
-
-impl fmt::Debug for StaticToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StaticToken(<redacted>)")
-    }
-}
-
-impl StaticToken {
-    /// The token.
-    #[must_use]
-    pub fn new(token: &str) -> Self {
-        Self(token.trim().into())
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenSource for StaticToken {
-    async fn token(&self) -> Result<Arc<str>, ClientError> {
-        Ok(Arc::clone(&self.0))
-    }
-
-    fn renews(&self) -> bool {
-        false
-    }
-}
+use crate::source::TokenSource;
 
 /// How the client authenticates to the token endpoint.
 #[derive(Clone)]
@@ -263,6 +215,9 @@ impl fmt::Debug for OAuthTokens {
     }
 }
 
+/// Time limit of each metadata request (the client's own limit for every request).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a failed token request answers for the callers that waited on it.
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
@@ -277,7 +232,7 @@ impl OAuthTokens {
     pub fn new(request: TokenRequest, middleware: &DpopMiddleware) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
+            .timeout(METADATA_TIMEOUT)
             .build()?;
         Ok(Self {
             request,
@@ -568,45 +523,16 @@ async fn parse_token_response(response: reqwest::Response) -> Result<TokenRespon
     })
 }
 
-/// The token endpoint from `issuer`'s metadata.
+/// The token endpoint from `issuer`'s metadata (the URL rule, RFC 8414 then OpenID
+/// discovery, the issuer checked: `dpop-discovery`).
 async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, ClientError> {
-    let parsed = url::Url::parse(issuer)
-        .map_err(|e| ClientError::Metadata(format!("the issuer {issuer:?} is not a URL: {e}")))?;
-    let origin = parsed.origin().ascii_serialization();
-    let path = parsed.path().trim_end_matches('/');
-    let candidates = [
-        format!("{origin}/.well-known/oauth-authorization-server{path}"),
-        format!("{issuer}/.well-known/openid-configuration"),
-    ];
-    let mut last = String::new();
-    for url in candidates {
-        let response = match http.get(&url).send().await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => {
-                last = format!("{url}: {}", r.status());
-                continue;
-            }
-            Err(e) => {
-                last = format!("{url}: {e}");
-                continue;
-            }
-        };
-        let meta: Value = response
-            .json()
-            .await
-            .map_err(|e| ClientError::Metadata(format!("{url}: not JSON: {e}")))?;
-        if meta.get("issuer").and_then(Value::as_str) != Some(issuer) {
-            return Err(ClientError::Metadata(format!(
-                "{url}: its issuer is not {issuer} (RFC 8414 §3.3)"
-            )));
-        }
-        return meta
-            .get("token_endpoint")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| ClientError::Metadata(format!("{url}: no token_endpoint")));
-    }
-    Err(ClientError::Metadata(format!(
-        "no metadata for {issuer} ({last})"
-    )))
+    let issuer = IssuerUrl::parse(issuer)
+        .map_err(|e| ClientError::Metadata(format!("the issuer {issuer:?} {e}")))?;
+    let fetcher = Fetcher::with_client(http.clone(), METADATA_TIMEOUT);
+    let meta = Metadata::discover(&fetcher, &issuer)
+        .await
+        .map_err(|e| ClientError::Metadata(e.to_string()))?;
+    meta.token_endpoint()
+        .map(|e| e.as_str().to_owned())
+        .map_err(|e| ClientError::Metadata(e.to_string()))
 }

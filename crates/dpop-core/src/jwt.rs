@@ -24,6 +24,14 @@ pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Most keys kept from one JWK set.
 pub const MAX_JWKS_KEYS: usize = 64;
 
+/// The canonical form of an issuer identifier: without trailing slashes, so that
+/// `https://as.example.com/` and `https://as.example.com` name the same issuer wherever
+/// issuers are compared (configuration, discovered metadata, the `iss` claim).
+#[must_use]
+pub fn canonical_issuer(issuer: &str) -> &str {
+    issuer.trim_end_matches('/')
+}
+
 /// Why an access token or a JWK set was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -214,7 +222,8 @@ impl JwkSet {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct TokenValidation {
-    /// The expected `iss`, exactly.
+    /// The expected `iss`, compared in [`canonical_issuer`] form (trailing slashes do not
+    /// matter).
     pub issuer: String,
     /// This resource's identifier; `aud` must be it or contain it.
     pub audience: String,
@@ -323,7 +332,8 @@ fn time(o: &Object<'_>, name: &'static str) -> Result<Option<UnixTime>, TokenErr
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct JwtValidation {
-    /// The expected `iss`, exactly.
+    /// The expected `iss`, compared in [`canonical_issuer`] form (trailing slashes do not
+    /// matter).
     pub issuer: String,
     /// The audience the token must be for: `aud` must be it or contain it. With `None`,
     /// `aud` is not compared with anything, but when present it must still be a string or
@@ -575,7 +585,7 @@ fn verify_with(
 
     // Claims, only after the signature: unauthenticated claims are not worth reading.
     match claims.get("iss") {
-        Some(Json::String(iss)) if *iss == rules.issuer => {}
+        Some(Json::String(iss)) if canonical_issuer(iss) == canonical_issuer(rules.issuer) => {}
         Some(Json::String(_)) => return Err(TokenError::IssuerMismatch),
         Some(_) => return Err(TokenError::ClaimInvalid("iss")),
         None => return Err(TokenError::MissingClaim("iss")),
@@ -837,6 +847,13 @@ mod tests {
             verify_generic(&i, &mint(&i, &header(), &bad), &v),
             Err(TokenError::IssuerMismatch)
         );
+        // A trailing slash does not make another issuer, on either side.
+        let mut slash = claims();
+        slash["iss"] = format!("{}/", slash["iss"].as_str().unwrap_or_default()).into();
+        assert!(verify_generic(&i, &mint(&i, &header(), &slash), &v).is_ok());
+        let mut v_slash = v.clone();
+        v_slash.issuer.push('/');
+        assert!(verify_generic(&i, &mint(&i, &header(), &claims()), &v_slash).is_ok());
         bad = claims();
         bad["exp"] = (NOW - 31).into();
         assert!(matches!(

@@ -194,7 +194,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Upstream base URL (scheme, authority and optional path prefix).
     pub upstream: http::Uri,
-    /// Token issuer.
+    /// Token issuer, in canonical form: `https` (or `http` to loopback), no trailing
+    /// slash.
     pub issuer: String,
     /// Required audience.
     pub audience: String,
@@ -478,9 +479,10 @@ impl GatewayConfig {
                 .map_err(|e| invalid(format!("upstream path {:?}: {e}", upstream.path())))?;
         }
         let issuer = raw.issuer.ok_or_else(|| invalid("--issuer is required"))?;
-        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-            return Err(invalid("issuer must be an http(s) URL"));
-        }
+        // The one issuer URL rule and canonical form (`http://as/` is `http://as`).
+        let issuer = dpop_discovery::IssuerUrl::parse(&issuer)
+            .map_err(|e| invalid(format!("issuer {issuer:?} {e}")))?
+            .to_string();
         let audience = raw
             .audience
             .ok_or_else(|| invalid("--audience is required"))?;

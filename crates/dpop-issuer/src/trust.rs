@@ -9,42 +9,44 @@
 //! and evaluates the rules.
 //!
 //! Keys are fetched on first use (RFC 8414 / OpenID discovery unless `jwks_uri` is
-//! configured) and cached per trust: refreshed every 5 minutes, and on an unknown `kid`
-//! at once, but never twice within 30 s, so a flood of tokens naming random keys cannot
-//! turn this server into a load generator against the external issuer. Fetches are
-//! serialised per trust, bounded in time (5 s per request) and size.
+//! configured) and cached per trust by [`dpop_discovery::RemoteJwks`]: refreshed every
+//! 5 minutes, and on an unknown `kid` at once, but never twice within 30 s, so a flood of
+//! tokens naming random keys cannot turn this server into a load generator against the
+//! external issuer. Fetches are serialised per trust, bounded in time (5 s per request)
+//! and size.
 //!
 //! Multi-tenant issuers (GitHub, GitLab.com) sign tokens for anyone's jobs, and the job
 //! chooses `aud`: a rule must pin the owner (`repository`, `namespace_path`…), not only
 //! the audience. [`TrustConfig::validate`] refuses rules that constrain nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::error::Error as _;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use dpop_core::jwt::{self, JwkSet, JwtValidation, TokenError, TypPolicy, VerifiedJwt};
+use dpop_core::jwt::{self, JwtValidation, TokenError, TypPolicy, VerifiedJwt};
 use dpop_core::{Algorithm, Jkt, UnixTime};
-use reqwest::Url;
+use dpop_discovery::{
+    EndpointUrl, Fetcher, IssuerUrl, JwksError, JwksTimings, KeySource, RemoteJwks, UrlError,
+};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::time::Instant;
 
 /// Log target of key fetches and refused subject tokens.
 const LOG_TARGET: &str = "dpop::trust";
 /// Timeout of each HTTP request to an external issuer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Keys older than this are re-fetched (rotation at the issuer).
-const REFRESH_INTERVAL: Duration = Duration::from_secs(300);
-/// Fetches of one trust's keys are at least this far apart once keys are loaded (an
-/// unknown `kid` or a stale set cannot trigger more).
-const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
-/// While no keys were ever loaded, a failed fetch is retried after this long: nothing can
-/// be verified meanwhile, so waiting the full 30 s would only prolong an outage.
-const RETRY_INTERVAL_WITHOUT_KEYS: Duration = Duration::from_secs(5);
-/// Largest discovery document accepted.
-const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Keys are re-fetched after 5 minutes (rotation at the issuer); fetches of one trust's
+/// keys are at least 30 s apart once keys are loaded (an unknown `kid` or a stale set
+/// cannot trigger more); while no keys were ever loaded, a failed fetch is retried after
+/// 5 s, then 10 s, then every 30 s: nothing can be verified meanwhile, so waiting the
+/// full 30 s at once would only prolong an outage.
+const TIMINGS: JwksTimings = {
+    let mut t = JwksTimings::DEFAULT;
+    t.refresh_interval = Duration::from_secs(300);
+    t.min_refresh_interval = Duration::from_secs(30);
+    t.missing_keys_retry_interval = Duration::from_secs(5);
+    t
+};
 /// Longest subject token read, even to peek at its `iss`.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Upper bound of [`TrustConfig::max_lifetime_secs`].
@@ -69,12 +71,13 @@ const fn default_max_lifetime_secs() -> u64 {
 pub struct TrustConfig {
     /// A unique label, used in logs and error messages.
     pub name: String,
-    /// The exact `iss` of the subject tokens: an `https` URL (`http` only for
-    /// `127.0.0.1`, `localhost` and `[::1]`), without query or fragment.
+    /// The `iss` of the subject tokens: an `https` URL (`http` only for 127.0.0.0/8,
+    /// `localhost` and `[::1]`), without query or fragment. A trailing slash does not
+    /// matter.
     pub issuer: String,
-    /// Where the issuer's keys are. Defaults to discovery: `jwks_uri` from
-    /// `{issuer}/.well-known/openid-configuration`, else from the RFC 8414
-    /// `/.well-known/oauth-authorization-server` document.
+    /// Where the issuer's keys are. Defaults to discovery: `jwks_uri` from the RFC 8414
+    /// `/.well-known/oauth-authorization-server` document, else from
+    /// `{issuer}/.well-known/openid-configuration`.
     #[serde(default)]
     pub jwks_uri: Option<String>,
     /// The subject token's `aud` must be this or contain it.
@@ -243,36 +246,9 @@ fn is_scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
-/// `https`, or `http` to a loopback name; a host; no credentials or fragment; no query
-/// unless `query_allowed`.
-fn check_url(text: &str, query_allowed: bool) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" => {
-            // The URL parser lower-cases names and brackets IPv6 literals.
-            let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-            if !loopback {
-                return Err(format!(
-                    "{text:?} must use https (http is accepted only for 127.0.0.1, localhost and [::1])"
-                ));
-            }
-        }
-        other => return Err(format!("{text:?} has scheme {other:?}, not https")),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{text:?} has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{text:?} must not contain credentials"));
-    }
-    if url.fragment().is_some() {
-        return Err(format!("{text:?} must not have a fragment"));
-    }
-    if !query_allowed && url.query().is_some() {
-        return Err(format!("{text:?} must not have a query"));
-    }
-    Ok(url)
+/// `{what} {text:?} {why}`: the one URL rule, in a message that names the value.
+fn url_message(what: &str, text: &str, why: &UrlError) -> String {
+    format!("{what} {text:?} {why}")
 }
 
 impl TrustConfig {
@@ -289,7 +265,7 @@ impl TrustConfig {
     }
 
     /// [`TrustConfig::validate`], keeping what it parsed.
-    fn compile(&self) -> Result<(Vec<Algorithm>, Vec<Rule>), String> {
+    fn compile(&self) -> Result<Compiled, String> {
         if self.name.trim().is_empty() {
             return Err(format!(
                 "a trust (issuer {:?}) has an empty name",
@@ -297,10 +273,14 @@ impl TrustConfig {
             ));
         }
         let fail = |what: String| format!("trust {:?}: {what}", self.name);
-        check_url(&self.issuer, false).map_err(|e| fail(format!("issuer {e}")))?;
-        if let Some(uri) = &self.jwks_uri {
-            check_url(uri, true).map_err(|e| fail(format!("jwks_uri {e}")))?;
-        }
+        let issuer = IssuerUrl::parse(&self.issuer)
+            .map_err(|e| fail(url_message("issuer", &self.issuer, &e)))?;
+        let jwks_uri = match &self.jwks_uri {
+            Some(uri) => {
+                Some(EndpointUrl::parse(uri).map_err(|e| fail(url_message("jwks_uri", uri, &e)))?)
+            }
+            None => None,
+        };
         if self.audience.trim().is_empty() {
             return Err(fail("audience is empty".to_owned()));
         }
@@ -342,8 +322,21 @@ impl TrustConfig {
             let n = i + 1;
             rules.push(rule.compile().map_err(|e| fail(format!("rule {n}: {e}")))?);
         }
-        Ok((algorithms, rules))
+        Ok(Compiled {
+            issuer,
+            jwks_uri,
+            algorithms,
+            rules,
+        })
     }
+}
+
+/// What [`TrustConfig::compile`] parsed.
+struct Compiled {
+    issuer: IssuerUrl,
+    jwks_uri: Option<EndpointUrl>,
+    algorithms: Vec<Algorithm>,
+    rules: Vec<Rule>,
 }
 
 impl TrustRule {
@@ -449,39 +442,16 @@ pub enum TrustError {
     Unavailable(String),
 }
 
-/// A fetched JWK set.
-#[derive(Debug)]
-struct Keys {
-    set: JwkSet,
-    fetched: Instant,
-}
-
-/// What the fetching side remembers; behind an async mutex, so one fetch runs at a time.
-#[derive(Debug, Default)]
-struct FetchState {
-    /// The discovered `jwks_uri` (forgotten when fetching from it fails).
-    discovered: Option<String>,
-    last_attempt: Option<Instant>,
-    last_error: Option<String>,
-}
-
-impl FetchState {
-    fn attempted_within(&self, interval: Duration) -> bool {
-        self.last_attempt.is_some_and(|t| t.elapsed() < interval)
-    }
-}
-
 /// One trust at run time.
 struct Trust {
     name: String,
+    /// In canonical form ([`IssuerUrl::as_str`]).
     issuer: String,
-    jwks_uri: Option<String>,
     validation: JwtValidation,
     max_lifetime: u64,
     rules: Vec<Rule>,
-    /// The current keys. A std lock, only ever held to clone the `Arc`.
-    keys: RwLock<Option<Arc<Keys>>>,
-    fetch: tokio::sync::Mutex<FetchState>,
+    /// The issuer's keys, fetched and cached.
+    jwks: RemoteJwks,
 }
 
 impl fmt::Debug for Trust {
@@ -494,260 +464,26 @@ impl fmt::Debug for Trust {
     }
 }
 
-/// The discovery documents to try, in order: OpenID Connect Discovery 1.0 §4 appends
-/// the well-known path to the issuer; RFC 8414 §3.1 inserts it between host and path.
-fn discovery_urls(issuer: &str) -> [String; 2] {
-    let trimmed = issuer.trim_end_matches('/');
-    let (origin, path) = trimmed
-        .split_once("://")
-        .and_then(|(scheme, rest)| {
-            let slash = rest.find('/')?;
-            let (host, path) = rest.split_at_checked(slash)?;
-            Some((format!("{scheme}://{host}"), path))
-        })
-        .unwrap_or_else(|| (trimmed.to_owned(), ""));
-    [
-        format!("{trimmed}/.well-known/openid-configuration"),
-        format!("{origin}/.well-known/oauth-authorization-server{path}"),
-    ]
-}
-
-/// An error and its sources, for operators (reqwest's own message is terse).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// GETs `url` as JSON text of at most `limit` bytes, within [`HTTP_TIMEOUT`].
-async fn get_bounded(http: &reqwest::Client, url: &str, limit: usize) -> Result<String, String> {
-    let mut response = http
-        .get(url)
-        .timeout(HTTP_TIMEOUT)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {}", describe(&e.without_url())))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("GET {url} answered {status}"));
-    }
-    let too_large = || format!("GET {url}: the response is larger than {limit} bytes");
-    if response
-        .content_length()
-        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("GET {url}: {}", describe(&e.without_url())))?
-    {
-        if body.len().saturating_add(chunk.len()) > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| format!("GET {url}: the response is not UTF-8"))
-}
-
-#[derive(Deserialize)]
-struct Metadata {
-    issuer: String,
-    #[serde(default)]
-    jwks_uri: Option<String>,
-}
-
 impl Trust {
-    fn current(&self) -> Option<Arc<Keys>> {
-        self.keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Keys to verify with: cached ones, refreshed when stale (by whoever gets there
-    /// first; the others go on with the stale keys), fetched on first use.
-    async fn keys(&self, http: &reqwest::Client) -> Result<Arc<Keys>, TrustError> {
-        match self.current() {
-            Some(keys) if keys.fetched.elapsed() < REFRESH_INTERVAL => Ok(keys),
-            Some(stale) => {
-                let Ok(mut state) = self.fetch.try_lock() else {
-                    return Ok(stale);
-                };
-                if let Some(keys) = self.current()
-                    && !Arc::ptr_eq(&keys, &stale)
-                {
-                    return Ok(keys);
-                }
-                if state.attempted_within(MIN_REFRESH_INTERVAL) {
-                    return Ok(stale);
-                }
-                // On failure the old keys stay in use: the issuer's outage should not
-                // become ours while its keys are still good.
-                Ok(self.fetch_locked(&mut state, http).await.unwrap_or(stale))
-            }
-            None => {
-                let mut state = self.fetch.lock().await;
-                if let Some(keys) = self.current() {
-                    return Ok(keys);
-                }
-                if state.attempted_within(RETRY_INTERVAL_WITHOUT_KEYS) {
-                    return Err(TrustError::Unavailable(format!(
-                        "trust {:?}: {} (retrying in a few seconds)",
-                        self.name,
-                        state
-                            .last_error
-                            .as_deref()
-                            .unwrap_or("the JWK set is being fetched")
-                    )));
-                }
-                self.fetch_locked(&mut state, http).await
-            }
-        }
-    }
-
-    /// After an unknown `kid`: newer keys if another task just fetched them, else a
-    /// fetch now unless one ran within [`MIN_REFRESH_INTERVAL`] (then `None`).
-    async fn keys_after_unknown_kid(
-        &self,
-        http: &reqwest::Client,
-        seen: &Arc<Keys>,
-    ) -> Result<Option<Arc<Keys>>, TrustError> {
-        let mut state = self.fetch.lock().await;
-        if let Some(keys) = self.current()
-            && !Arc::ptr_eq(&keys, seen)
-        {
-            return Ok(Some(keys));
-        }
-        if state.attempted_within(MIN_REFRESH_INTERVAL) {
-            tracing::debug!(target: LOG_TARGET, trust = %self.name, "unknown kid; key refresh rate-limited");
-            return Ok(None);
-        }
-        self.fetch_locked(&mut state, http).await.map(Some)
-    }
-
-    /// Fetches the keys (the caller holds the fetch lock) and installs them.
-    async fn fetch_locked(
-        &self,
-        state: &mut FetchState,
-        http: &reqwest::Client,
-    ) -> Result<Arc<Keys>, TrustError> {
-        state.last_attempt = Some(Instant::now());
-        match self.fetch_set(state, http).await {
-            Ok(set) => {
-                tracing::info!(target: LOG_TARGET, trust = %self.name, keys = set.len(), skipped = set.skipped(), "trusted issuer keys loaded");
-                let keys = Arc::new(Keys {
-                    set,
-                    fetched: Instant::now(),
-                });
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::clone(&keys));
-                state.last_error = None;
-                Ok(keys)
-            }
-            Err(e) => {
-                tracing::warn!(target: LOG_TARGET, trust = %self.name, error = %e, "cannot fetch the trusted issuer's keys");
-                let message = format!("trust {:?}: {e}", self.name);
-                state.last_error = Some(e);
-                Err(TrustError::Unavailable(message))
-            }
-        }
-    }
-
-    async fn fetch_set(
-        &self,
-        state: &mut FetchState,
-        http: &reqwest::Client,
-    ) -> Result<JwkSet, String> {
-        let uri = match (&self.jwks_uri, &state.discovered) {
-            (Some(uri), _) | (None, Some(uri)) => uri.clone(),
-            (None, None) => {
-                let uri = self.discover(http).await?;
-                state.discovered = Some(uri.clone());
-                uri
-            }
-        };
-        let result = async {
-            let text = get_bounded(http, &uri, jwt::MAX_JWKS_BYTES).await?;
-            let set = JwkSet::from_json(&text)
-                .map_err(|e| format!("the JWK set at {uri} is unusable: {e}"))?;
-            if set.is_empty() {
-                return Err(format!(
-                    "the JWK set at {uri} has no usable signature key ({} skipped)",
-                    set.skipped()
-                ));
-            }
-            Ok(set)
-        }
-        .await;
-        if result.is_err() {
-            // The issuer may have moved its keys: discover again next time.
-            state.discovered = None;
-        }
-        result
-    }
-
-    async fn discover(&self, http: &reqwest::Client) -> Result<String, String> {
-        let mut failures = Vec::new();
-        for url in discovery_urls(&self.issuer) {
-            let text = match get_bounded(http, &url, MAX_METADATA_BYTES).await {
-                Ok(text) => text,
-                Err(e) => {
-                    failures.push(e);
-                    continue;
-                }
-            };
-            let meta: Metadata = match serde_json::from_str(&text) {
-                Ok(meta) => meta,
-                Err(e) => {
-                    failures.push(format!("{url} is not issuer metadata: {e}"));
-                    continue;
-                }
-            };
-            // RFC 8414 §3.3, OpenID Connect Discovery §4.3: the document must be about
-            // the issuer we asked for.
-            if meta.issuer != self.issuer {
-                return Err(format!(
-                    "the metadata at {url} is for issuer {:?}",
-                    meta.issuer
-                ));
-            }
-            let uri = meta
-                .jwks_uri
-                .ok_or_else(|| format!("the metadata at {url} has no jwks_uri"))?;
-            check_url(&uri, true)
-                .map_err(|e| format!("the metadata at {url} has an unacceptable jwks_uri: {e}"))?;
-            return Ok(uri);
-        }
-        Err(format!(
-            "cannot discover the JWK set: {}",
-            failures.join("; ")
-        ))
-    }
-
     /// Verifies the signature and registered claims, refreshing keys once on an
     /// unknown `kid`.
-    async fn verify_signed(
-        &self,
-        http: &reqwest::Client,
-        token: &str,
-        now: UnixTime,
-    ) -> Result<VerifiedJwt, TrustError> {
-        let keys = self.keys(http).await?;
-        match jwt::verify_jwt(token, &keys.set, &self.validation, now) {
-            Err(TokenError::UnknownKey) => match self.keys_after_unknown_kid(http, &keys).await? {
-                Some(newer) => jwt::verify_jwt(token, &newer.set, &self.validation, now)
-                    .map_err(TrustError::Invalid),
-                None => Err(TrustError::Invalid(TokenError::UnknownKey)),
-            },
+    async fn verify_signed(&self, token: &str, now: UnixTime) -> Result<VerifiedJwt, TrustError> {
+        let unavailable =
+            |e: JwksError| TrustError::Unavailable(format!("trust {:?}: {e}", self.name));
+        let keys = self.jwks.keys().await.map_err(unavailable)?;
+        match jwt::verify_jwt(token, &keys, &self.validation, now) {
+            Err(TokenError::UnknownKey) => {
+                match self
+                    .jwks
+                    .after_unknown_kid(&keys)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Some(newer) => jwt::verify_jwt(token, &newer, &self.validation, now)
+                        .map_err(TrustError::Invalid),
+                    None => Err(TrustError::Invalid(TokenError::UnknownKey)),
+                }
+            }
             other => other.map_err(TrustError::Invalid),
         }
     }
@@ -798,7 +534,6 @@ impl Trust {
 /// The configured trusts, with their cached keys.
 pub struct TrustedIssuers {
     trusts: Vec<Trust>,
-    http: reqwest::Client,
 }
 
 impl fmt::Debug for TrustedIssuers {
@@ -820,12 +555,18 @@ impl TrustedIssuers {
         let mut names = BTreeSet::new();
         let mut issuers = BTreeSet::new();
         let mut trusts = Vec::with_capacity(configs.len());
+        let fetcher = Fetcher::with_client(http, HTTP_TIMEOUT);
         for config in configs {
-            let (algorithms, rules) = config.compile()?;
+            let Compiled {
+                issuer,
+                jwks_uri,
+                algorithms,
+                rules,
+            } = config.compile()?;
             if !names.insert(config.name.clone()) {
                 return Err(format!("trust {:?} is defined twice", config.name));
             }
-            if !issuers.insert(config.issuer.clone()) {
+            if !issuers.insert(issuer.as_str().to_owned()) {
                 return Err(format!(
                     "trust {:?}: issuer {:?} is already trusted by another entry",
                     config.name, config.issuer
@@ -838,18 +579,20 @@ impl TrustedIssuers {
             validation.typ = TypPolicy::AtJwtOrJwt;
             validation.max_token_bytes = MAX_TOKEN_BYTES;
             validation.require_aud = true;
+            let source = match jwks_uri {
+                Some(uri) => KeySource::Uri(uri),
+                None => KeySource::Discover(issuer.clone()),
+            };
             trusts.push(Trust {
                 name: config.name,
-                issuer: config.issuer,
-                jwks_uri: config.jwks_uri,
+                issuer: issuer.as_str().to_owned(),
                 validation,
                 max_lifetime: config.max_lifetime_secs,
                 rules,
-                keys: RwLock::new(None),
-                fetch: tokio::sync::Mutex::new(FetchState::default()),
+                jwks: RemoteJwks::new(source, fetcher.clone(), TIMINGS),
             });
         }
-        Ok(Self { trusts, http })
+        Ok(Self { trusts })
     }
 
     /// No trust is configured (token exchange with external tokens is off).
@@ -868,12 +611,14 @@ impl TrustedIssuers {
     /// [`TrustError::TooLongLived`], [`TrustError::NoRuleMatched`], or
     /// [`TrustError::Unavailable`] when the issuer's keys cannot be fetched.
     pub async fn verify(&self, token: &str, now: UnixTime) -> Result<ExternalSubject, TrustError> {
-        let Some(trust) = crate::tokens::peek_claim(token, "iss")
-            .and_then(|iss| self.trusts.iter().find(|t| t.issuer == iss))
-        else {
+        let Some(trust) = crate::tokens::peek_claim(token, "iss").and_then(|iss| {
+            self.trusts
+                .iter()
+                .find(|t| jwt::canonical_issuer(&iss) == t.issuer)
+        }) else {
             return Err(TrustError::UnknownIssuer);
         };
-        let result = match trust.verify_signed(&self.http, token, now).await {
+        let result = match trust.verify_signed(token, now).await {
             Ok(verified) => trust.evaluate(&verified),
             Err(e) => Err(e),
         };
@@ -1395,8 +1140,10 @@ mod tests {
         advance(301).await;
         // The refresh fails; the keys we have still verify.
         t.verify(&token, now()).await.unwrap();
-        let state = t.trusts[0].fetch.lock().await;
-        assert!(state.last_error.is_some(), "a refresh was attempted");
+        assert!(
+            t.trusts[0].jwks.last_error().await.is_some(),
+            "a refresh was attempted"
+        );
     }
 
     #[test]
@@ -1590,23 +1337,5 @@ mod tests {
             "#,
         );
         assert!(typo.unwrap_err().to_string().contains("max_lifetime"));
-    }
-
-    #[test]
-    fn discovery_urls_follow_both_specs() {
-        assert_eq!(
-            discovery_urls("https://gitlab.example.com"),
-            [
-                "https://gitlab.example.com/.well-known/openid-configuration",
-                "https://gitlab.example.com/.well-known/oauth-authorization-server",
-            ]
-        );
-        assert_eq!(
-            discovery_urls("https://as.example.com/tenant/1/"),
-            [
-                "https://as.example.com/tenant/1/.well-known/openid-configuration",
-                "https://as.example.com/.well-known/oauth-authorization-server/tenant/1",
-            ]
-        );
     }
 }

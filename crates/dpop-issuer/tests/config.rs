@@ -127,7 +127,7 @@ fn issuer_urls() {
         ("ftp://issuer.example", "https"),
         ("https://issuer.example/?x=1", "query"),
         ("https://issuer.example/#f", "fragment"),
-        ("https://user@issuer.example", "user info"),
+        ("https://user@issuer.example", "credentials"),
         ("https://", "https"),
     ] {
         refused(

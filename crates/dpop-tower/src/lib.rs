@@ -16,6 +16,10 @@
 //!
 //! It does not terminate TLS, proxy requests (see `dpop-gateway`), or issue tokens.
 //!
+//! Features (both on by default): `jwks` ([`JwksSource`]: JWTs against the issuer's
+//! discovered keys) and `introspection` ([`IntrospectionSource`]: RFC 7662). Without
+//! them the crate has no HTTP client; bring your own [`TokenVerifier`].
+//!
 //! ## Protecting an axum router
 //!
 //! Tokens checked with the issuer's published keys, the `htu` host fixed by the public
@@ -108,8 +112,9 @@ pub use crate::keys::StaticKeys;
 pub use crate::layer::DpopLayer;
 pub use crate::service::DpopService;
 pub use crate::settings::DpopSettings;
-pub use crate::tokens::{
-    BoxFuture, IntrospectionConfig, IntrospectionSource, JwksSource, JwksSourceConfig,
-    TokenVerifier,
-};
+pub use crate::tokens::{BoxFuture, TokenVerifier};
+#[cfg(feature = "introspection")]
+pub use crate::tokens::{IntrospectionConfig, IntrospectionSource};
+#[cfg(feature = "jwks")]
+pub use crate::tokens::{JwksSource, JwksSourceConfig};
 pub use dpop_core::SystemClock;

@@ -1,20 +1,38 @@
-//! Where access tokens are checked: JWTs against the issuer's keys (discovered through
-//! RFC 8414 metadata, then OpenID discovery, or a configured `jwks_uri`), or opaque
-//! tokens through RFC 7662 introspection; and the verified-token cache in front of both,
-//! so a request costs one proof signature check, not two.
+//! Where access tokens are checked: JWTs against the issuer's keys (feature `jwks`:
+//! discovered through RFC 8414 metadata, then OpenID discovery, or a configured
+//! `jwks_uri`), or opaque tokens through RFC 7662 introspection (feature
+//! `introspection`); and the verified-token cache in front of both, so a request costs
+//! one proof signature check, not two. Fetching, the URL rule and the key cache are
+//! `dpop-discovery`'s.
 
 use std::collections::HashMap;
+#[cfg(any(feature = "jwks", feature = "introspection"))]
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+#[cfg(feature = "jwks")]
+use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
-use dpop_core::jwt::{self, AccessToken, JwkSet, TokenError, TokenValidation};
-use dpop_core::{Ath, Error, Jkt, UnixTime};
+use dpop_core::jwt::AccessToken;
+#[cfg(feature = "jwks")]
+use dpop_core::jwt::TokenValidation;
+#[cfg(any(feature = "jwks", feature = "introspection"))]
+use dpop_core::jwt::{self, TokenError};
+use dpop_core::{Ath, Error, UnixTime};
+#[cfg(any(feature = "jwks", feature = "introspection"))]
+use dpop_discovery::EndpointUrl;
+#[cfg(feature = "jwks")]
+use dpop_discovery::{
+    DiscoveryError, FetchError, Fetcher, IssuerUrl, JwksError, JwksTimings, KeySource, RemoteJwks,
+};
+#[cfg(feature = "introspection")]
 use serde::Deserialize;
+#[cfg(feature = "introspection")]
 use zeroize::Zeroizing;
 
+#[cfg(feature = "jwks")]
 use crate::events::DpopEvents;
 
 /// A boxed future, as token sources are used through `dyn`.
@@ -40,10 +58,12 @@ pub trait TokenVerifier: Send + Sync + 'static {
 }
 
 /// Settings for [`JwksSource`].
+#[cfg(feature = "jwks")]
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct JwksSourceConfig {
-    /// The issuer identifier (`iss`), e.g. `https://as.example.com`.
+    /// The issuer identifier (`iss`), e.g. `https://as.example.com`. A trailing slash
+    /// does not matter: `https://as.example.com/` is the same issuer.
     pub issuer: String,
     /// The resource's audience identifier; tokens must name it in `aud`.
     pub audience: String,
@@ -54,7 +74,8 @@ pub struct JwksSourceConfig {
     /// At most one fetch per this interval when tokens name an unknown `kid`. Defaults to 10 s.
     pub min_refresh_interval: Duration,
     /// While no keys are loaded yet (the issuer was unreachable so far, e.g. it starts
-    /// after the gateway), at most one fetch per this interval, made by a request: the
+    /// after the gateway), the wait after a failed fetch before a request may fetch
+    /// again, doubling with each further failure up to `min_refresh_interval`: the
     /// first request after the issuer comes up loads the keys, instead of every request
     /// getting 503 for up to `min_refresh_interval`. Defaults to 1 s.
     pub missing_keys_retry_interval: Duration,
@@ -64,6 +85,7 @@ pub struct JwksSourceConfig {
     pub validation: TokenValidation,
 }
 
+#[cfg(feature = "jwks")]
 impl JwksSourceConfig {
     /// Defaults for tokens from `issuer` for `audience`.
     #[must_use]
@@ -81,21 +103,15 @@ impl JwksSourceConfig {
     }
 }
 
-struct Keys {
-    set: Arc<JwkSet>,
-    fetched: Instant,
-}
-
-/// JWT access tokens verified with the issuer's published keys.
+/// JWT access tokens verified with the issuer's published keys, fetched and cached by
+/// [`dpop_discovery::RemoteJwks`] (feature `jwks`).
+#[cfg(feature = "jwks")]
 pub struct JwksSource {
     config: JwksSourceConfig,
-    http: reqwest::Client,
-    keys: RwLock<Option<Keys>>,
-    jwks_uri: tokio::sync::Mutex<Option<String>>,
-    last_fetch: Mutex<Option<Instant>>,
-    events: Arc<dyn DpopEvents>,
+    keys: RemoteJwks,
 }
 
+#[cfg(feature = "jwks")]
 impl fmt::Debug for JwksSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwksSource")
@@ -105,189 +121,72 @@ impl fmt::Debug for JwksSource {
     }
 }
 
-#[derive(Deserialize)]
-struct Metadata {
-    issuer: String,
-    jwks_uri: Option<String>,
-}
-
+#[cfg(any(feature = "jwks", feature = "introspection"))]
 fn unavailable(what: &'static str) -> Error {
     Error::TokenSourceUnavailable(what)
 }
 
-/// Largest RFC 8414 / OpenID discovery document read.
-const MAX_METADATA_BYTES: usize = 64 * 1024;
-/// Largest RFC 7662 introspection response read.
-const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
-
-// What is fetched from an authorization server is bounded the way `dpop-issuer` bounds
-// the documents of the issuers it trusts (its `trust.rs`): https, or http to a loopback
-// name; a size limit enforced while reading; the client's timeout over the whole
-// exchange. That crate is not a dependency of this one, so the rules are restated here.
-
-/// Whether `text` may be fetched: `https`, or `http` to `localhost`, `127.0.0.1` or
-/// `[::1]` (an issuer on the same machine); a host; no credentials or fragment; no
-/// query unless `query_allowed`. Elsewhere plain http would let anyone on the path
-/// substitute the keys that tokens are checked with.
-fn check_fetch_url(text: &str, query_allowed: bool) -> Result<(), &'static str> {
-    let url = reqwest::Url::parse(text).map_err(|_| "not a URL")?;
-    match url.scheme() {
-        "https" => {}
-        // The URL parser lower-cases names and brackets IPv6 literals.
-        "http" if matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => {}
-        "http" => return Err("http is accepted only for localhost, 127.0.0.1 and [::1]"),
-        _ => return Err("not an https URL"),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("no host");
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials in the URL");
-    }
-    if url.fragment().is_some() {
-        return Err("a fragment");
-    }
-    if !query_allowed && url.query().is_some() {
-        return Err("a query");
-    }
-    Ok(())
-}
-
-/// Why a body was not read.
-#[derive(Debug)]
-enum ReadError {
-    /// Longer than the limit (by `Content-Length`, or once the bytes read passed it).
-    TooLarge,
-    /// The connection failed or the timeout passed.
-    Failed,
-}
-
-/// The body of `response`, at most `limit` bytes. Reading stops as soon as the limit is
-/// passed, so a server cannot make this process buffer an endless document.
-async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
-    if response
-        .content_length()
-        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
-    {
-        return Err(ReadError::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|_| ReadError::Failed)? {
-        if body.len().saturating_add(chunk.len()) > limit {
-            return Err(ReadError::TooLarge);
+/// The reason a request gets 503 when the keys cannot be had: fixed text (the detail
+/// goes to the log where the fetch failed).
+#[cfg(feature = "jwks")]
+fn keys_unavailable(e: &JwksError) -> Error {
+    unavailable(match e {
+        JwksError::Discovery(DiscoveryError::IssuerMismatch { .. }) => {
+            "the issuer's metadata names a different issuer"
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        JwksError::Discovery(DiscoveryError::MissingField { .. }) => {
+            "the issuer's metadata has no jwks_uri"
+        }
+        JwksError::Discovery(DiscoveryError::BadEndpoint { .. }) => {
+            "the issuer's metadata names a jwks_uri that is not https (http only for localhost, 127.0.0.1 and [::1])"
+        }
+        JwksError::Discovery(e) if e.is_too_large() => "the issuer's metadata is too large",
+        JwksError::Discovery(_) => "cannot fetch the issuer's metadata",
+        JwksError::Fetch(FetchError::TooLarge { .. }) => "the issuer's JWK set is too large",
+        JwksError::Fetch(FetchError::Status { .. }) => {
+            "the issuer's JWK set answered an error status"
+        }
+        JwksError::Fetch(FetchError::NotUtf8 { .. }) => "the issuer's JWK set is not UTF-8",
+        JwksError::Fetch(_) => "cannot fetch the issuer's JWK set",
+        JwksError::Invalid { .. } => "the issuer's JWK set is invalid",
+        JwksError::Empty { .. } => "the issuer's JWK set has no usable key",
+        _ => "the issuer's keys are not loaded",
+    })
 }
 
+#[cfg(feature = "jwks")]
 impl JwksSource {
     /// A source for `config`, reporting fetches to `events`. Keys are fetched on first
     /// use; call [`JwksSource::refresh`] at start-up to fail early.
     ///
     /// # Errors
     /// [`Error::ApiMisuse`] when the `jwks_uri` (or, for discovery, the issuer) is not an
-    /// `https` URL (`http` is accepted only for `localhost`, `127.0.0.1` and `[::1]`);
+    /// `https` URL (`http` is accepted only for `localhost`, 127.0.0.0/8 and `[::1]`);
     /// when the HTTP client cannot be built.
     pub fn new(config: JwksSourceConfig, events: Arc<dyn DpopEvents>) -> Result<Self, Error> {
-        match &config.jwks_uri {
-            Some(uri) => check_fetch_url(uri, true).map_err(|why| {
-                tracing::error!(target: "dpop::tokens", jwks_uri = %uri, why, "unusable jwks_uri");
+        let source = match &config.jwks_uri {
+            Some(uri) => KeySource::Uri(EndpointUrl::parse(uri).map_err(|why| {
+                tracing::error!(target: "dpop::tokens", jwks_uri = %uri, %why, "unusable jwks_uri");
                 Error::ApiMisuse(
                     "jwks_uri must be an https URL (http only for localhost, 127.0.0.1 and [::1])",
                 )
-            })?,
-            None => check_fetch_url(&config.issuer, false).map_err(|why| {
-                tracing::error!(target: "dpop::tokens", issuer = %config.issuer, why, "cannot discover this issuer's keys");
+            })?),
+            None => KeySource::Discover(IssuerUrl::parse(&config.issuer).map_err(|why| {
+                tracing::error!(target: "dpop::tokens", issuer = %config.issuer, %why, "cannot discover this issuer's keys");
                 Error::ApiMisuse(
                     "to discover its keys, the issuer must be an https URL (http only for localhost, 127.0.0.1 and [::1])",
                 )
-            })?,
-        }
-        let http = reqwest::Client::builder()
-            .timeout(config.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|_| unavailable("cannot build the HTTP client"))?;
-        let jwks_uri = tokio::sync::Mutex::new(config.jwks_uri.clone());
-        Ok(Self {
-            config,
-            http,
-            keys: RwLock::new(None),
-            jwks_uri,
-            last_fetch: Mutex::new(None),
-            events,
-        })
-    }
-
-    /// RFC 8414 §3: the well-known suffix goes between host and path; OpenID Connect
-    /// Discovery appends it.
-    fn discovery_urls(issuer: &str) -> Vec<String> {
-        let trimmed = issuer.trim_end_matches('/');
-        let (origin, path) = match trimmed
-            .find("://")
-            .and_then(|i| trimmed[i + 3..].find('/').map(|j| i + 3 + j))
-        {
-            Some(k) => (&trimmed[..k], &trimmed[k..]),
-            None => (trimmed, ""),
+            })?),
         };
-        vec![
-            format!("{origin}/.well-known/oauth-authorization-server{path}"),
-            format!("{trimmed}/.well-known/openid-configuration"),
-        ]
-    }
-
-    async fn discover(&self) -> Result<String, Error> {
-        let mut guard = self.jwks_uri.lock().await;
-        if let Some(uri) = guard.as_ref() {
-            return Ok(uri.clone());
-        }
-        let mut failure = "cannot fetch the issuer's metadata";
-        for url in Self::discovery_urls(&self.config.issuer) {
-            let Ok(resp) = self
-                .http
-                .get(&url)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .send()
-                .await
-            else {
-                continue;
-            };
-            if !resp.status().is_success() {
-                continue;
-            }
-            let body = match read_bounded(resp, MAX_METADATA_BYTES).await {
-                Ok(body) => body,
-                Err(ReadError::TooLarge) => {
-                    tracing::warn!(target: "dpop::tokens", %url, limit = MAX_METADATA_BYTES, "the issuer's metadata is too large");
-                    failure = "the issuer's metadata is too large";
-                    continue;
-                }
-                Err(ReadError::Failed) => continue,
-            };
-            let Ok(meta) = serde_json::from_slice::<Metadata>(&body) else {
-                continue;
-            };
-            // RFC 8414 §3.3: the metadata must name the issuer we asked about.
-            if meta.issuer != self.config.issuer {
-                tracing::error!(target: "dpop::tokens", expected = %self.config.issuer, found = %meta.issuer, "issuer metadata names another issuer");
-                return Err(unavailable(
-                    "the issuer's metadata names a different issuer",
-                ));
-            }
-            let uri = meta
-                .jwks_uri
-                .ok_or_else(|| unavailable("the issuer's metadata has no jwks_uri"))?;
-            if let Err(why) = check_fetch_url(&uri, true) {
-                tracing::error!(target: "dpop::tokens", %url, jwks_uri = %uri, why, "the issuer's metadata names an unusable jwks_uri");
-                return Err(unavailable(
-                    "the issuer's metadata names a jwks_uri that is not https (http only for localhost, 127.0.0.1 and [::1])",
-                ));
-            }
-            *guard = Some(uri.clone());
-            return Ok(uri);
-        }
-        Err(unavailable(failure))
+        let fetcher = Fetcher::new(config.http_timeout)
+            .map_err(|_| unavailable("cannot build the HTTP client"))?;
+        let mut timings = JwksTimings::default();
+        timings.refresh_interval = config.refresh_interval;
+        timings.min_refresh_interval = config.min_refresh_interval;
+        timings.missing_keys_retry_interval = config.missing_keys_retry_interval;
+        let keys = RemoteJwks::new(source, fetcher, timings)
+            .with_observer(move |ok| events.jwks_refresh(ok));
+        Ok(Self { config, keys })
     }
 
     /// Fetches the keys now.
@@ -295,110 +194,30 @@ impl JwksSource {
     /// # Errors
     /// When metadata or keys cannot be fetched or parsed; the previous keys stay in use.
     pub async fn refresh(&self) -> Result<(), Error> {
-        *self
-            .last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        let result = self.fetch().await;
-        self.events.jwks_refresh(result.is_ok());
-        match result {
-            Ok(set) => {
-                tracing::info!(target: "dpop::tokens", keys = set.len(), skipped = set.skipped(), "issuer keys loaded");
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Keys {
-                    set: Arc::new(set),
-                    fetched: Instant::now(),
-                });
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(target: "dpop::tokens", error = %e, "cannot refresh the issuer's keys");
-                Err(e)
-            }
-        }
-    }
-
-    async fn fetch(&self) -> Result<JwkSet, Error> {
-        let uri = self.discover().await?;
-        let resp = self
-            .http
-            .get(&uri)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|_| unavailable("cannot fetch the issuer's JWK set"))?;
-        if !resp.status().is_success() {
-            return Err(unavailable("the issuer's JWK set answered an error status"));
-        }
-        let body = read_bounded(resp, jwt::MAX_JWKS_BYTES)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => {
-                    tracing::warn!(target: "dpop::tokens", jwks_uri = %uri, limit = jwt::MAX_JWKS_BYTES, "the issuer's JWK set is too large");
-                    unavailable("the issuer's JWK set is too large")
-                }
-                ReadError::Failed => unavailable("cannot read the issuer's JWK set"),
-            })?;
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| unavailable("the issuer's JWK set is not UTF-8"))?;
-        JwkSet::from_json(text).map_err(|_| unavailable("the issuer's JWK set is invalid"))
-    }
-
-    fn current(&self) -> Option<(Arc<JwkSet>, Instant)> {
         self.keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|k| (Arc::clone(&k.set), k.fetched))
-    }
-
-    fn may_fetch_again(&self) -> bool {
-        self.fetched_longer_ago_than(self.config.min_refresh_interval)
-    }
-
-    fn fetched_longer_ago_than(&self, interval: Duration) -> bool {
-        self.last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none_or(|t| t.elapsed() >= interval)
+            .refresh()
+            .await
+            .map(drop)
+            .map_err(|e| keys_unavailable(&e))
     }
 
     async fn verify_jwt(&self, token: &str, now: UnixTime) -> Result<AccessToken, Error> {
-        let keys = match self.current() {
-            Some((set, fetched)) => {
-                if fetched.elapsed() >= self.config.refresh_interval && self.may_fetch_again() {
-                    // Rotation: refresh; on failure keep using the keys we have.
-                    let _ = self.refresh().await;
-                    self.current().map_or(set, |(s, _)| s)
-                } else {
-                    set
-                }
-            }
-            None => {
-                if !self.fetched_longer_ago_than(self.config.missing_keys_retry_interval) {
-                    return Err(unavailable("the issuer's keys are not loaded"));
-                }
-                self.refresh().await?;
-                self.current()
-                    .map(|(s, _)| s)
-                    .ok_or_else(|| unavailable("the issuer's keys are not loaded"))?
-            }
-        };
+        let keys = self.keys.keys().await.map_err(|e| keys_unavailable(&e))?;
         match jwt::verify_access_token(token, &keys, &self.config.validation, now) {
             // An unknown kid may be a new key: refresh (rate-limited) and try once more.
-            Err(TokenError::UnknownKey) if self.may_fetch_again() => {
-                if self.refresh().await.is_ok()
-                    && let Some((set, _)) = self.current()
-                {
-                    return jwt::verify_access_token(token, &set, &self.config.validation, now)
-                        .map_err(Error::Token);
+            Err(TokenError::UnknownKey) => match self.keys.after_unknown_kid(&keys).await {
+                Ok(Some(newer)) => {
+                    jwt::verify_access_token(token, &newer, &self.config.validation, now)
+                        .map_err(Error::Token)
                 }
-                Err(Error::Token(TokenError::UnknownKey))
-            }
+                Ok(None) | Err(_) => Err(Error::Token(TokenError::UnknownKey)),
+            },
             other => other.map_err(Error::Token),
         }
     }
 }
 
+#[cfg(feature = "jwks")]
 impl TokenVerifier for JwksSource {
     fn verify<'a>(
         &'a self,
@@ -409,11 +228,16 @@ impl TokenVerifier for JwksSource {
     }
 
     fn is_ready(&self) -> bool {
-        self.current().is_some()
+        self.keys.is_ready()
     }
 }
 
+/// Largest RFC 7662 introspection response read.
+#[cfg(feature = "introspection")]
+const MAX_INTROSPECTION_BYTES: usize = 64 * 1024;
+
 /// Settings for [`IntrospectionSource`].
+#[cfg(feature = "introspection")]
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct IntrospectionConfig {
@@ -423,7 +247,8 @@ pub struct IntrospectionConfig {
     pub client_id: String,
     /// Client secret (kept out of `Debug`).
     pub client_secret: Zeroizing<String>,
-    /// If set, the response's `iss` (when present) must equal it.
+    /// If set, the response's `iss` (when present) must equal it (trailing slashes do
+    /// not matter).
     pub issuer: Option<String>,
     /// If set, the response's `aud` (when present) must contain it.
     pub audience: Option<String>,
@@ -431,6 +256,7 @@ pub struct IntrospectionConfig {
     pub http_timeout: Duration,
 }
 
+#[cfg(feature = "introspection")]
 impl fmt::Debug for IntrospectionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IntrospectionConfig")
@@ -441,6 +267,7 @@ impl fmt::Debug for IntrospectionConfig {
     }
 }
 
+#[cfg(feature = "introspection")]
 impl IntrospectionConfig {
     /// Introspection at `endpoint` authenticated as `client_id` / `client_secret`.
     #[must_use]
@@ -458,12 +285,15 @@ impl IntrospectionConfig {
 
 /// Opaque tokens checked through RFC 7662 introspection. The binding comes from the
 /// response's `cnf.jkt` (RFC 9449 §6.2); no proof is sent to the authorization server.
+/// Feature `introspection`.
+#[cfg(feature = "introspection")]
 #[derive(Debug)]
 pub struct IntrospectionSource {
     config: IntrospectionConfig,
     http: reqwest::Client,
 }
 
+#[cfg(feature = "introspection")]
 #[derive(Deserialize)]
 struct Introspected {
     active: bool,
@@ -477,29 +307,28 @@ struct Introspected {
     cnf: Option<Cnf>,
 }
 
+#[cfg(feature = "introspection")]
 #[derive(Deserialize)]
 struct Cnf {
     jkt: Option<String>,
 }
 
+#[cfg(feature = "introspection")]
 impl IntrospectionSource {
     /// A source for `config`.
     ///
     /// # Errors
     /// [`Error::ApiMisuse`] when the endpoint is not an `https` URL (`http` is accepted
-    /// only for `localhost`, `127.0.0.1` and `[::1]`): the client secret and the tokens
+    /// only for `localhost`, 127.0.0.0/8 and `[::1]`): the client secret and the tokens
     /// travel to it. When the HTTP client cannot be built.
     pub fn new(config: IntrospectionConfig) -> Result<Self, Error> {
-        check_fetch_url(&config.endpoint, true).map_err(|why| {
-            tracing::error!(target: "dpop::tokens", endpoint = %config.endpoint, why, "unusable introspection endpoint");
+        EndpointUrl::parse(&config.endpoint).map_err(|why| {
+            tracing::error!(target: "dpop::tokens", endpoint = %config.endpoint, %why, "unusable introspection endpoint");
             Error::ApiMisuse(
                 "the introspection endpoint must be an https URL (http only for localhost, 127.0.0.1 and [::1])",
             )
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(config.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let http = dpop_discovery::fetch::http_client(config.http_timeout)
             .map_err(|_| unavailable("cannot build the HTTP client"))?;
         Ok(Self { config, http })
     }
@@ -523,11 +352,13 @@ impl IntrospectionSource {
                 "the introspection endpoint answered an error status",
             ));
         }
-        let body = read_bounded(resp, MAX_INTROSPECTION_BYTES)
+        let body = dpop_discovery::fetch::read_bounded(resp, MAX_INTROSPECTION_BYTES)
             .await
             .map_err(|e| match e {
-                ReadError::TooLarge => unavailable("the introspection response is too large"),
-                ReadError::Failed => unavailable("cannot read the introspection response"),
+                dpop_discovery::fetch::ReadError::TooLarge => {
+                    unavailable("the introspection response is too large")
+                }
+                _ => unavailable("cannot read the introspection response"),
             })?;
         let r: Introspected = serde_json::from_slice(&body)
             .map_err(|_| unavailable("the introspection response is not valid JSON"))?;
@@ -535,7 +366,7 @@ impl IntrospectionSource {
             return Err(Error::Token(TokenError::Inactive));
         }
         if let (Some(expected), Some(iss)) = (&self.config.issuer, &r.iss)
-            && expected != iss
+            && jwt::canonical_issuer(expected) != jwt::canonical_issuer(iss)
         {
             return Err(Error::Token(TokenError::IssuerMismatch));
         }
@@ -558,7 +389,8 @@ impl IntrospectionSource {
         }
         let jkt = match r.cnf.and_then(|c| c.jkt) {
             Some(j) => Some(
-                Jkt::parse(&j).map_err(|_| Error::Token(TokenError::ClaimInvalid("cnf.jkt")))?,
+                dpop_core::Jkt::parse(&j)
+                    .map_err(|_| Error::Token(TokenError::ClaimInvalid("cnf.jkt")))?,
             ),
             None => None,
         };
@@ -575,6 +407,7 @@ impl IntrospectionSource {
     }
 }
 
+#[cfg(feature = "introspection")]
 impl TokenVerifier for IntrospectionSource {
     fn verify<'a>(
         &'a self,
@@ -639,27 +472,9 @@ impl TokenCache {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "jwks", feature = "introspection"))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn discovery_urls_follow_rfc8414() {
-        assert_eq!(
-            JwksSource::discovery_urls("https://as.example.com"),
-            vec![
-                "https://as.example.com/.well-known/oauth-authorization-server",
-                "https://as.example.com/.well-known/openid-configuration"
-            ]
-        );
-        assert_eq!(
-            JwksSource::discovery_urls("https://as.example.com/tenant/a"),
-            vec![
-                "https://as.example.com/.well-known/oauth-authorization-server/tenant/a",
-                "https://as.example.com/tenant/a/.well-known/openid-configuration"
-            ]
-        );
-    }
 
     /// An issuer that comes up after the source's first, failed fetch: requests get 503
     /// without a fetch until `missing_keys_retry_interval` has passed, then the next
