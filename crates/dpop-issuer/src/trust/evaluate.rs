@@ -65,7 +65,7 @@ pub enum TrustError {
 /// One trust at run time.
 pub(super) struct Trust {
     pub(super) name: String,
-    /// In canonical form ([`IssuerUrl::as_str`]).
+    /// In canonical form ([`dpop_discovery::IssuerUrl::as_str`]).
     pub(super) issuer: String,
     pub(super) validation: JwtValidation,
     pub(super) max_lifetime: u64,
