@@ -109,8 +109,8 @@ pub use crate::target::{RequestTarget, TargetError};
 pub use crate::time::SystemClock;
 pub use crate::time::{Clock, FixedClock, UnixTime};
 pub use crate::verify::{
-    Check, ConfigBuilder, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof,
-    Verifier, VerifierConfig, WantsAlgorithms, WantsNonces,
+    Check, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof, Verifier,
+    VerifierConfig, VerifierConfigBuilder, WantsAlgorithms, WantsNonces,
 };
 
 /// Operations that weaken or skip checks. Each has a legitimate use (diagnostics, a

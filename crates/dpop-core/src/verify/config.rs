@@ -73,16 +73,17 @@ pub struct WantsNonces {
 }
 
 /// Typestate builder for [`VerifierConfig`]: algorithms, then nonce policy.
+#[doc(alias = "ConfigBuilder")]
 #[derive(Debug)]
-pub struct ConfigBuilder<S> {
+pub struct VerifierConfigBuilder<S> {
     state: S,
 }
 
 impl VerifierConfig {
     /// Starts building a configuration.
     #[must_use]
-    pub fn builder() -> ConfigBuilder<WantsAlgorithms> {
-        ConfigBuilder {
+    pub fn builder() -> VerifierConfigBuilder<WantsAlgorithms> {
+        VerifierConfigBuilder {
             state: WantsAlgorithms,
         }
     }
@@ -94,11 +95,11 @@ impl VerifierConfig {
     }
 }
 
-impl ConfigBuilder<WantsAlgorithms> {
+impl VerifierConfigBuilder<WantsAlgorithms> {
     /// ES256, ES384, EdDSA/Ed25519, PS256 and RS256.
     #[must_use]
-    pub fn with_default_algorithms(self) -> ConfigBuilder<WantsNonces> {
-        ConfigBuilder {
+    pub fn with_default_algorithms(self) -> VerifierConfigBuilder<WantsNonces> {
+        VerifierConfigBuilder {
             state: WantsNonces {
                 algorithms: DEFAULT_ALGORITHMS.to_vec(),
             },
@@ -112,7 +113,7 @@ impl ConfigBuilder<WantsAlgorithms> {
     pub fn with_algorithms(
         self,
         algorithms: &[Algorithm],
-    ) -> Result<ConfigBuilder<WantsNonces>, Error> {
+    ) -> Result<VerifierConfigBuilder<WantsNonces>, Error> {
         let mut list: Vec<Algorithm> = Vec::new();
         for alg in algorithms {
             if !list.contains(alg) {
@@ -122,13 +123,13 @@ impl ConfigBuilder<WantsAlgorithms> {
         if list.is_empty() {
             return Err(Error::ApiMisuse("at least one algorithm must be allowed"));
         }
-        Ok(ConfigBuilder {
+        Ok(VerifierConfigBuilder {
             state: WantsNonces { algorithms: list },
         })
     }
 }
 
-impl ConfigBuilder<WantsNonces> {
+impl VerifierConfigBuilder<WantsNonces> {
     /// Every proof must carry a nonce accepted by `nonces` (RFC 9449 §8, §9).
     pub fn with_nonces(self, nonces: Arc<dyn NonceValidator>) -> VerifierConfig {
         self.finish(Some(nonces))

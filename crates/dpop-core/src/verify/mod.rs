@@ -21,7 +21,9 @@ use crate::time::{Clock, UnixTime};
 
 pub use self::check::Check;
 pub(crate) use self::check::decode_parts;
-pub use self::config::{ConfigBuilder, Freshness, VerifierConfig, WantsAlgorithms, WantsNonces};
+pub use self::config::{
+    Freshness, VerifierConfig, VerifierConfigBuilder, WantsAlgorithms, WantsNonces,
+};
 use self::header_cache::HeaderCache;
 use self::outcome::NoObserver;
 pub use self::outcome::{Observer, UnrecordedProof, VerifiedProof};
