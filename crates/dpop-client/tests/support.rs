@@ -592,7 +592,7 @@ impl ApiState {
         let verified = self
             .verifier
             .verify(proofs, &request, now)
-            .and_then(|p| p.record(&self.replay, now));
+            .and_then(|p| p.record(&self.replay));
         match verified {
             Ok(_) => {
                 let mut response = axum::Json(json!({

@@ -54,11 +54,11 @@
 //! let store = MemoryReplayStore::with_capacity(100_000);
 //! let htu = Htu::parse("https://API.example.com:443/v1/items?page=2")?;
 //! let request = ProofRequest::new("GET", &htu).with_access_token(token, key.thumbprint());
-//! let verified = verifier.verify([proof.as_bytes()], &request, now)?.record(&store, now)?;
+//! let verified = verifier.verify([proof.as_bytes()], &request, now)?.record(&store)?;
 //! assert_eq!(verified.jkt(), key.thumbprint());
 //!
 //! // The same proof again is a replay.
-//! let again = verifier.verify([proof.as_bytes()], &request, now)?.record(&store, now);
+//! let again = verifier.verify([proof.as_bytes()], &request, now)?.record(&store);
 //! assert_eq!(again.unwrap_err().reason().as_str(), "replay");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -214,7 +214,7 @@ pub mod internal {
             let now = UnixTime::from_secs(1_562_262_620);
             let request = ProofRequest::new("POST", &htu);
             if let Ok(p) = verifier.verify_with_clock([data], &request, &FixedClock(now)) {
-                let _ = p.record(&MemoryReplayStore::with_capacity(16), now);
+                let _ = p.record(&MemoryReplayStore::with_capacity(16));
             }
             // And once more as a resource request, exercising ath and key binding.
             if let Ok(jkt) = Jkt::parse(CORPUS_JKT) {

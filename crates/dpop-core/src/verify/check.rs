@@ -414,6 +414,7 @@ impl Verifier {
                 replay_expires_at: replay_until.saturating_add(Duration::from_secs(1)),
                 jwk: Arc::clone(&header),
             },
+            verified_at: now,
         })
     }
 }

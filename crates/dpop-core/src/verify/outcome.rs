@@ -36,6 +36,8 @@ impl Observer for NoObserver {
 #[derive(Debug)]
 pub struct UnrecordedProof {
     pub(super) proof: VerifiedProof,
+    /// The `now` the checks ran at: the replay record is made on the same time.
+    pub(super) verified_at: UnixTime,
 }
 
 impl UnrecordedProof {
@@ -69,17 +71,27 @@ impl UnrecordedProof {
         self.proof.nonce_renew
     }
 
-    /// Records the proof in `store`; a proof seen before is refused.
+    /// The time the proof was verified at (the `now` given to [`crate::Verifier::verify`],
+    /// or the clock's reading in [`crate::Verifier::verify_with_clock`]).
+    #[must_use]
+    pub fn verified_at(&self) -> UnixTime {
+        self.verified_at
+    }
+
+    /// Records the proof in `store`; a proof seen before is refused. The store is given
+    /// the time the proof was verified at, so the record and the checks agree on what
+    /// time it is.
     ///
     /// # Errors
     /// [`Error::Replay`] for a repeat; [`Error::ReplayStore`] when the store cannot
     /// record it (the request must then be refused: fail closed).
-    pub fn record<S: ReplayStore + ?Sized>(
-        self,
-        store: &S,
-        now: UnixTime,
-    ) -> Result<VerifiedProof, Error> {
-        match store.insert_if_absent(&self.proof.replay_key, self.proof.replay_expires_at, now)? {
+    pub fn record<S: ReplayStore + ?Sized>(self, store: &S) -> Result<VerifiedProof, Error> {
+        let proof = &self.proof;
+        match store.insert_if_absent(
+            &proof.replay_key,
+            proof.replay_expires_at,
+            self.verified_at,
+        )? {
             Insert::Inserted => Ok(self.proof),
             Insert::AlreadyPresent => Err(Error::Replay),
         }
@@ -92,10 +104,10 @@ impl UnrecordedProof {
     pub async fn record_async<S: AsyncReplayStore + ?Sized>(
         self,
         store: &S,
-        now: UnixTime,
     ) -> Result<VerifiedProof, Error> {
+        let proof = &self.proof;
         match store
-            .insert_if_absent(&self.proof.replay_key, self.proof.replay_expires_at, now)
+            .insert_if_absent(&proof.replay_key, proof.replay_expires_at, self.verified_at)
             .await?
         {
             Insert::Inserted => Ok(self.proof),
