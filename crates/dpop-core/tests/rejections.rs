@@ -768,7 +768,8 @@ fn builder_proofs_carry_what_was_asked() {
         .unwrap()
         .sign(es256(), &SystemRandomSource, now())
         .unwrap();
-    let (header, claims) = dpop_core::dangerous::decode_unverified(&p).unwrap();
+    let decoded = dpop_core::jwt::UnverifiedJwt::parse(&p).unwrap();
+    let (header, claims) = (decoded.dangerous_header(), decoded.dangerous_claims());
     assert_eq!(header["typ"], "dpop+jwt");
     assert_eq!(header["alg"], "ES256");
     assert!(header["jwk"].get("d").is_none());
@@ -789,7 +790,9 @@ fn builder_proofs_carry_what_was_asked() {
         .sign(es256(), &SystemRandomSource, now())
         .unwrap();
     assert_ne!(
-        dpop_core::dangerous::decode_unverified(&q).unwrap().1["jti"],
+        dpop_core::jwt::UnverifiedJwt::parse(&q)
+            .unwrap()
+            .dangerous_claims()["jti"],
         claims["jti"]
     );
     // The proof verifies at the token endpoint with the expected nonce and binding.

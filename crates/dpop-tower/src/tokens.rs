@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use dpop_core::jwt::{self, AccessToken, JwkSet, TokenError, TokenValidation};
+use dpop_core::jwt::{self, AccessToken, JwkSet, JwtValidation, TokenError};
 use dpop_core::{Ath, Error, Jkt, UnixTime};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -60,8 +60,9 @@ pub struct JwksSourceConfig {
     pub missing_keys_retry_interval: Duration,
     /// Timeout of each HTTP request to the issuer. Defaults to 5 s.
     pub http_timeout: Duration,
-    /// Token checks (leeway, algorithms, `typ` policy). Defaults to [`TokenValidation::new`].
-    pub validation: TokenValidation,
+    /// Token checks (leeway, algorithms, `typ` policy). Defaults to [`JwtValidation::new`]
+    /// with the issuer and the audience.
+    pub validation: JwtValidation,
 }
 
 impl JwksSourceConfig {
@@ -76,7 +77,7 @@ impl JwksSourceConfig {
             min_refresh_interval: Duration::from_secs(10),
             missing_keys_retry_interval: Duration::from_secs(1),
             http_timeout: Duration::from_secs(5),
-            validation: TokenValidation::new(issuer, audience),
+            validation: JwtValidation::new(issuer, Some(audience)),
         }
     }
 }

@@ -45,7 +45,7 @@ fn verify(i: &Issuer, token: &str) -> Result<AccessToken, TokenError> {
     verify_access_token(
         token,
         &i.set,
-        &TokenValidation::new(ISS, AUD),
+        &JwtValidation::new(ISS, Some(AUD)),
         UnixTime::from_secs(NOW),
     )
 }
@@ -64,7 +64,9 @@ fn valid_token() {
         "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
     );
     assert_eq!(
-        peek_kid(&mint(&i, &header(), &claims())).as_deref(),
+        UnverifiedJwt::parse(&mint(&i, &header(), &claims()))
+            .unwrap()
+            .kid(),
         Some("k1")
     );
     // aud as an array; typ JWT or absent under the default policy.
@@ -153,7 +155,7 @@ fn rejections() {
         Err(TokenError::Malformed(_))
     ));
     // Strict RFC 9068 policy refuses plain JWTs.
-    let mut v = TokenValidation::new(ISS, AUD);
+    let mut v = JwtValidation::new(ISS, Some(AUD));
     v.typ = TypPolicy::AtJwt;
     let plain = mint(
         &i,
@@ -270,16 +272,14 @@ fn verify_jwt_without_audience() {
         c.as_object_mut().unwrap().remove("aud");
     };
     assert_eq!(with(&no_aud, &v), Err(TokenError::MissingClaim("aud")));
-    let mut lax = JwtValidation::new(ISS, None);
-    lax.require_aud = false;
+    let lax = crate::dangerous::accept_missing_aud(JwtValidation::new(ISS, None));
     assert!(with(&no_aud, &lax).unwrap().audiences().is_empty());
 }
 
 #[test]
 fn verify_jwt_aud_absent_not_required() {
     let i = issuer();
-    let mut v = JwtValidation::new(ISS, Some(AUD));
-    v.require_aud = false;
+    let v = crate::dangerous::accept_missing_aud(JwtValidation::new(ISS, Some(AUD)));
     let mut c = claims();
     c.as_object_mut().unwrap().remove("aud");
     let t = verify_generic(&i, &mint(&i, &header(), &c), &v).unwrap();
@@ -389,4 +389,81 @@ fn jwks_rejections() {
     );
     let many: Vec<Value> = (0..65).map(|_| json!({})).collect();
     assert!(JwkSet::from_json(&json!({"keys": many}).to_string()).is_err());
+}
+
+#[test]
+fn access_tokens_need_an_audience() {
+    let i = issuer();
+    let token = mint(&i, &header(), &claims());
+    let mut v = JwtValidation::new(ISS, Some(AUD));
+    assert!(verify_access_token(&token, &i.set, &v, UnixTime::from_secs(NOW)).is_ok());
+    // The same token and keys: without an audience to compare with, nothing is accepted
+    // as an access token, while the generic path still verifies it.
+    v.audience = None;
+    assert_eq!(
+        verify_access_token(&token, &i.set, &v, UnixTime::from_secs(NOW)),
+        Err(TokenError::AudienceMismatch)
+    );
+    assert!(verify_generic(&i, &token, &v).is_ok());
+}
+
+#[test]
+fn unverified_jwt_is_read_strictly() {
+    let i = issuer();
+    let token = mint(&i, &header(), &claims());
+    let jwt = UnverifiedJwt::parse(&token).unwrap();
+    assert_eq!(jwt.kid(), Some("k1"));
+    assert_eq!(jwt.str_claim("iss"), Some(ISS));
+    assert_eq!(jwt.str_claim("sub"), Some("svc-a"));
+    assert_eq!(jwt.str_claim("exp"), None, "not a string");
+    assert_eq!(jwt.str_claim("missing"), None);
+    assert_eq!(jwt.dangerous_header(), &header());
+    assert_eq!(jwt.dangerous_claims(), &claims());
+    // Nothing is verified: another signer's token reads the same.
+    let forged = mint(&issuer(), &header(), &claims());
+    assert_eq!(UnverifiedJwt::parse(&forged), Ok(jwt));
+
+    let part = |v: &[u8]| b64::encode(v);
+    let compact = |h: &[u8], p: &[u8]| format!("{}.{}.{}", part(h), part(p), part(b"sig"));
+    let good_h = br#"{"alg":"ES256","kid":"k1"}"#;
+    let good_p = br#"{"iss":"a","sub":"b"}"#;
+    assert!(UnverifiedJwt::parse(&compact(good_h, good_p)).is_ok());
+    // Duplicate members, at the top and deeper, in the header and in the claims: a peek
+    // must not pick one of two values the verifier would refuse.
+    for (h, p) in [
+        (&br#"{"kid":"a","kid":"b"}"#[..], &good_p[..]),
+        (good_h, br#"{"iss":"a","iss":"b"}"#),
+        (good_h, br#"{"iss":"a","cnf":{"jkt":"x","jkt":"y"}}"#),
+    ] {
+        assert_eq!(
+            UnverifiedJwt::parse(&compact(h, p)),
+            Err(MalformedJwt::DuplicateMember)
+        );
+    }
+    let syntax = |t: &str| matches!(UnverifiedJwt::parse(t), Err(MalformedJwt::Syntax(_)));
+    assert!(
+        syntax(&format!("{}.{}", part(good_h), part(good_p))),
+        "two parts"
+    );
+    assert!(
+        syntax(&format!("{}.x", compact(good_h, good_p))),
+        "four parts"
+    );
+    assert!(
+        syntax(&format!("{}.{}.sig=", part(good_h), part(good_p))),
+        "padding"
+    );
+    assert!(syntax(&compact(b"[1]", good_p)), "header not an object");
+    assert!(syntax(&compact(good_h, b"{")), "payload not JSON");
+    let long = format!("{}.{}.sig", part(good_h), "A".repeat(MAX_TOKEN_BYTES));
+    assert_eq!(UnverifiedJwt::parse(&long), Err(MalformedJwt::TooLong));
+    // The same refusal reads as a token error and as a proof error.
+    assert_eq!(
+        TokenError::from(MalformedJwt::DuplicateMember),
+        TokenError::Malformed("duplicate JSON member")
+    );
+    assert_eq!(
+        crate::ProofError::from(MalformedJwt::DuplicateMember),
+        crate::ProofError::DuplicateMember
+    );
 }

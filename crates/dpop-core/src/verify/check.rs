@@ -482,23 +482,3 @@ fn replay_key(jkt: &Jkt, jti: &str) -> ReplayKey {
     out.copy_from_slice(d.as_ref());
     ReplayKey::from_digest(out)
 }
-
-/// Decoded, unverified header and claims of a proof, for diagnostics only.
-pub(crate) fn decode_parts(proof: &str) -> Result<(serde_json::Value, serde_json::Value), Error> {
-    let mut parts = proof.trim().split('.');
-    let (Some(h64), Some(p64)) = (parts.next(), parts.next()) else {
-        return Err(malformed("expected three dot-separated parts"));
-    };
-    let header =
-        b64::decode(h64.as_bytes()).ok_or_else(|| malformed("the header is not base64url"))?;
-    let payload =
-        b64::decode(p64.as_bytes()).ok_or_else(|| malformed("the payload is not base64url"))?;
-    let header = json::parse_object(&header)
-        .map_err(|e| json_error("the header is not a JSON object", e))?;
-    let claims = json::parse_object(&payload)
-        .map_err(|e| json_error("the payload is not a JSON object", e))?;
-    Ok((
-        Json::Object(header).to_value(),
-        Json::Object(claims).to_value(),
-    ))
-}

@@ -20,7 +20,6 @@ use crate::nonce::NonceValidator;
 use crate::time::{Clock, UnixTime};
 
 pub use self::check::Check;
-pub(crate) use self::check::decode_parts;
 pub use self::config::{
     Freshness, VerifierConfig, VerifierConfigBuilder, WantsAlgorithms, WantsNonces,
 };
