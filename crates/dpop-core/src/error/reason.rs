@@ -310,8 +310,7 @@ impl Reason {
                 Self::InternalError => 500,
                 _ => 503,
             },
-            (Some(RfcError::InvalidRequest), _) | (Some(_), Role::AuthorizationServer) => 400,
-            (Some(_), Role::ResourceServer) => 401,
+            (Some(error), role) => error.status(role),
         };
         ErrorResponse { status, error: rfc }
     }
@@ -334,13 +333,15 @@ pub enum Role {
     ResourceServer,
 }
 
-/// The RFC error codes a DPoP failure can produce.
+/// The registered OAuth error codes: those a DPoP failure produces ([`Reason::response`])
+/// and those of an authorization server's token, introspection and revocation endpoints,
+/// so every component answers with one spelling and one status per code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RfcError {
     /// `invalid_dpop_proof` (RFC 9449 §12.2).
     InvalidDpopProof,
-    /// `use_dpop_nonce` (RFC 9449 §12.2).
+    /// `use_dpop_nonce` (RFC 9449 §12.2); the response carries a fresh `DPoP-Nonce`.
     UseDpopNonce,
     /// `invalid_token` (RFC 6750 §3.1).
     InvalidToken,
@@ -350,9 +351,50 @@ pub enum RfcError {
     InvalidGrant,
     /// `insufficient_scope` (RFC 6750 §3.1).
     InsufficientScope,
+    /// `invalid_client` (RFC 6749 §5.2): client authentication failed. Answered with 401
+    /// and a `WWW-Authenticate` challenge for the schemes the client may use.
+    InvalidClient,
+    /// `unauthorized_client` (RFC 6749 §5.2): the client may not use this grant type.
+    UnauthorizedClient,
+    /// `unsupported_grant_type` (RFC 6749 §5.2).
+    UnsupportedGrantType,
+    /// `invalid_scope` (RFC 6749 §5.2).
+    InvalidScope,
+    /// `invalid_target` (RFC 8707 §2, RFC 8693 §2.2.2): a requested resource or audience
+    /// is not allowed.
+    InvalidTarget,
+    /// `unsupported_token_type` (RFC 7009 §2.2.1).
+    UnsupportedTokenType,
+    /// `temporarily_unavailable` (RFC 6749 §4.1.2.1): stands for 503; a store or an
+    /// external issuer did not answer. Sent with `Retry-After`.
+    TemporarilyUnavailable,
+    /// `slow_down` (RFC 8628 §3.5): the client must wait before trying again. Answered
+    /// with 429 (RFC 6585 §4) and `Retry-After`, since nothing was checked.
+    SlowDown,
+    /// `server_error` (RFC 6749 §4.1.2.1): stands for 500.
+    ServerError,
 }
 
 impl RfcError {
+    /// Every code, for exhaustive tests.
+    pub const ALL: [Self; 15] = [
+        Self::InvalidDpopProof,
+        Self::UseDpopNonce,
+        Self::InvalidToken,
+        Self::InvalidRequest,
+        Self::InvalidGrant,
+        Self::InsufficientScope,
+        Self::InvalidClient,
+        Self::UnauthorizedClient,
+        Self::UnsupportedGrantType,
+        Self::InvalidScope,
+        Self::InvalidTarget,
+        Self::UnsupportedTokenType,
+        Self::TemporarilyUnavailable,
+        Self::SlowDown,
+        Self::ServerError,
+    ];
+
     /// The registered code.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -363,6 +405,43 @@ impl RfcError {
             Self::InvalidRequest => "invalid_request",
             Self::InvalidGrant => "invalid_grant",
             Self::InsufficientScope => "insufficient_scope",
+            Self::InvalidClient => "invalid_client",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::SlowDown => "slow_down",
+            Self::ServerError => "server_error",
+        }
+    }
+
+    /// The HTTP status this code is sent with by a server in `role`. Only the two DPoP
+    /// codes depend on the role: 400 at the token endpoint (RFC 9449 §5, §8) and 401 with
+    /// `WWW-Authenticate` at a protected resource (§7.1, §9). Every other code has one
+    /// status: `invalid_token` 401 and `insufficient_scope` 403 (RFC 6750 §3.1),
+    /// `invalid_client` 401 (RFC 6749 §5.2), `temporarily_unavailable` 503,
+    /// `server_error` 500, `slow_down` 429, and 400 for the rest (RFC 6749 §5.2).
+    #[must_use]
+    pub const fn status(self, role: Role) -> u16 {
+        match self {
+            Self::InvalidDpopProof | Self::UseDpopNonce => match role {
+                Role::AuthorizationServer => 400,
+                Role::ResourceServer => 401,
+            },
+            Self::InvalidToken | Self::InvalidClient => 401,
+            Self::InsufficientScope => 403,
+            Self::SlowDown => 429,
+            Self::ServerError => 500,
+            Self::TemporarilyUnavailable => 503,
+            Self::InvalidRequest
+            | Self::InvalidGrant
+            | Self::UnauthorizedClient
+            | Self::UnsupportedGrantType
+            | Self::InvalidScope
+            | Self::InvalidTarget
+            | Self::UnsupportedTokenType => 400,
         }
     }
 }
@@ -530,6 +609,43 @@ mod tests {
     }
 
     /// The whole mapping, written out: a change to any row is a visible protocol change.
+    /// Every code with its spelling and its statuses at the token endpoint and at a
+    /// resource, written out: a change to any row is a visible protocol change.
+    #[test]
+    fn every_rfc_error_has_its_code_and_status() {
+        use RfcError as E;
+        let table: &[(RfcError, &str, u16, u16)] = &[
+            (E::InvalidDpopProof, "invalid_dpop_proof", 400, 401),
+            (E::UseDpopNonce, "use_dpop_nonce", 400, 401),
+            (E::InvalidToken, "invalid_token", 401, 401),
+            (E::InvalidRequest, "invalid_request", 400, 400),
+            (E::InvalidGrant, "invalid_grant", 400, 400),
+            (E::InsufficientScope, "insufficient_scope", 403, 403),
+            (E::InvalidClient, "invalid_client", 401, 401),
+            (E::UnauthorizedClient, "unauthorized_client", 400, 400),
+            (E::UnsupportedGrantType, "unsupported_grant_type", 400, 400),
+            (E::InvalidScope, "invalid_scope", 400, 400),
+            (E::InvalidTarget, "invalid_target", 400, 400),
+            (E::UnsupportedTokenType, "unsupported_token_type", 400, 400),
+            (
+                E::TemporarilyUnavailable,
+                "temporarily_unavailable",
+                503,
+                503,
+            ),
+            (E::SlowDown, "slow_down", 429, 429),
+            (E::ServerError, "server_error", 500, 500),
+        ];
+        assert_eq!(table.len(), RfcError::ALL.len(), "every code is checked");
+        for (&(error, code, as_status, rs_status), all) in table.iter().zip(RfcError::ALL) {
+            assert_eq!(error, all, "ALL lists the codes in table order");
+            assert_eq!(error.as_str(), code);
+            assert_eq!(error.to_string(), code);
+            assert_eq!(error.status(Role::AuthorizationServer), as_status, "{code}");
+            assert_eq!(error.status(Role::ResourceServer), rs_status, "{code}");
+        }
+    }
+
     #[test]
     fn every_reason_maps_to_rfc_error_and_status() {
         use Reason as R;
