@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use dpop_core::jwt::{self, JwtValidation, TokenError, TypPolicy, VerifiedJwt};
+use dpop_core::jwt::{self, JwtValidation, MAX_TOKEN_BYTES, TokenError, TypPolicy, VerifiedJwt};
 use dpop_core::{Algorithm, Jkt, UnixTime};
 use dpop_discovery::{
     EndpointUrl, Fetcher, IssuerUrl, JwksError, JwksTimings, KeySource, RemoteJwks, UrlError,
@@ -47,8 +47,6 @@ const TIMINGS: JwksTimings = {
     t.missing_keys_retry_interval = Duration::from_secs(5);
     t
 };
-/// Longest subject token read, even to peek at its `iss`.
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Upper bound of [`TrustConfig::max_lifetime_secs`].
 const MAX_LIFETIME_LIMIT_SECS: u64 = 86_400;
 /// Accepted `alg` values when a trust names none.
@@ -578,7 +576,6 @@ impl TrustedIssuers {
             // explicit types are still refused.
             validation.typ = TypPolicy::AtJwtOrJwt;
             validation.max_token_bytes = MAX_TOKEN_BYTES;
-            validation.require_aud = true;
             let source = match jwks_uri {
                 Some(uri) => KeySource::Uri(uri),
                 None => KeySource::Discover(issuer.clone()),
@@ -611,11 +608,16 @@ impl TrustedIssuers {
     /// [`TrustError::TooLongLived`], [`TrustError::NoRuleMatched`], or
     /// [`TrustError::Unavailable`] when the issuer's keys cannot be fetched.
     pub async fn verify(&self, token: &str, now: UnixTime) -> Result<ExternalSubject, TrustError> {
-        let Some(trust) = crate::tokens::peek_claim(token, "iss").and_then(|iss| {
-            self.trusts
-                .iter()
-                .find(|t| jwt::canonical_issuer(&iss) == t.issuer)
-        }) else {
+        let peeked = jwt::UnverifiedJwt::parse(token).ok();
+        let Some(trust) = peeked
+            .as_ref()
+            .and_then(|j| j.str_claim("iss"))
+            .and_then(|iss| {
+                self.trusts
+                    .iter()
+                    .find(|t| jwt::canonical_issuer(iss) == t.issuer)
+            })
+        else {
             return Err(TrustError::UnknownIssuer);
         };
         let result = match trust.verify_signed(token, now).await {
