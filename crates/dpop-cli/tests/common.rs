@@ -448,7 +448,8 @@ pub(crate) fn www(r: &HttpResponse) -> &str {
 
 /// The claims of a JWT or proof, not verified.
 pub(crate) fn claims(jws: &str) -> Value {
-    dpop_core::dangerous::decode_unverified(jws.trim())
+    dpop_core::jwt::UnverifiedJwt::parse(jws.trim())
         .unwrap()
-        .1
+        .dangerous_claims()
+        .clone()
 }

@@ -227,7 +227,11 @@ fn jwks_kids(body: &Value) -> Vec<String> {
 }
 
 fn kid_of(token: &str) -> String {
-    dpop_core::jwt::peek_kid(token).unwrap()
+    dpop_core::jwt::UnverifiedJwt::parse(token)
+        .unwrap()
+        .kid()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,7 +54,8 @@ fn pem_and_jwk_files_give_the_same_thumbprint_at_every_load() {
             dpop_core::UnixTime::from_secs(1_700_000_000),
         )
         .unwrap();
-    let (header, _) = dpop_core::dangerous::decode_unverified(&proof).unwrap();
+    let decoded = dpop_core::jwt::UnverifiedJwt::parse(&proof).unwrap();
+    let header = decoded.dangerous_header();
     let public = dpop_core::PublicJwk::from_json(&header["jwk"].to_string()).unwrap();
     assert_eq!(public.thumbprint(), &jkt);
 }

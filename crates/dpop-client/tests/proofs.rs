@@ -60,8 +60,8 @@ async fn every_request_gets_a_fresh_proof_for_its_method_and_url() {
             jtis.insert(s.claim("jti").unwrap().to_owned()),
             "a jti repeated: {s:?}"
         );
-        let (header, _) =
-            dpop_core::dangerous::decode_unverified(s.header("dpop").unwrap()).unwrap();
+        let decoded = dpop_core::jwt::UnverifiedJwt::parse(s.header("dpop").unwrap()).unwrap();
+        let header = decoded.dangerous_header();
         assert_eq!(header["typ"], "dpop+jwt");
         assert_eq!(header["alg"], "ES256");
         let jwk = dpop_core::PublicJwk::from_json(&header["jwk"].to_string()).unwrap();

@@ -56,8 +56,8 @@ pub(crate) fn client_key() -> (ClientKey, String) {
 
 /// The claims of a compact JWS (a proof or a JWT access token), not verified.
 pub(crate) fn jws_claims(jws: &str) -> Value {
-    dpop_core::dangerous::decode_unverified(jws)
-        .map(|(_, claims)| claims)
+    dpop_core::jwt::UnverifiedJwt::parse(jws)
+        .map(|jwt| jwt.dangerous_claims().clone())
         .unwrap_or_else(|e| panic!("not a JWS ({e}): {jws}"))
 }
 
@@ -448,8 +448,8 @@ async fn api_handler(State(st): State<Arc<ApiState>>, request: Request) -> Respo
         .headers
         .get("dpop")
         .and_then(|v| v.to_str().ok())
-        .and_then(|p| dpop_core::dangerous::decode_unverified(p).ok())
-        .map(|(_, c)| c);
+        .and_then(|p| dpop_core::jwt::UnverifiedJwt::parse(p).ok())
+        .map(|jwt| jwt.dangerous_claims().clone());
     let offset = st.clock_offset.load(Ordering::SeqCst);
     let now = now_secs().saturating_add_signed(offset);
     let (mut response, error, reason) = st.answer(&parts, &body, now);
@@ -569,9 +569,13 @@ impl ApiState {
                     return invalid_token();
                 }
                 let bound = self.opts.jkt.clone().or_else(|| {
-                    dpop_core::dangerous::decode_unverified(t)
+                    dpop_core::jwt::UnverifiedJwt::parse(t)
                         .ok()
-                        .and_then(|(_, c)| c["cnf"]["jkt"].as_str().map(str::to_owned))
+                        .and_then(|jwt| {
+                            jwt.dangerous_claims()["cnf"]["jkt"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
                 });
                 match bound.as_deref().map(Jkt::parse) {
                     Some(Ok(jkt)) => Some(jkt),
@@ -592,7 +596,7 @@ impl ApiState {
         let verified = self
             .verifier
             .verify(proofs, &request, now)
-            .and_then(|p| p.record(&self.replay, now));
+            .and_then(|p| p.record(&self.replay));
         match verified {
             Ok(_) => {
                 let mut response = axum::Json(json!({
@@ -793,8 +797,8 @@ async fn record(log: Log, req: Request, next: Next, ahead_secs: u64) -> Response
         .headers
         .get("dpop")
         .and_then(|v| v.to_str().ok())
-        .and_then(|p| dpop_core::dangerous::decode_unverified(p).ok())
-        .map(|(_, c)| c);
+        .and_then(|p| dpop_core::jwt::UnverifiedJwt::parse(p).ok())
+        .map(|jwt| jwt.dangerous_claims().clone());
     let request = Request::from_parts(parts.clone(), Body::from(body.clone()));
     let response = next.run(request).await;
     let (mut rparts, rbody) = response.into_parts();

@@ -168,7 +168,7 @@ fn ratios() {
                     verifier
                         .verify([black_box(p.as_bytes())], &request, now)
                         .unwrap()
-                        .record(&store, now)
+                        .record(&store)
                         .unwrap(),
                 );
             }

@@ -8,7 +8,8 @@
 //!
 //! [`verify_access_token`] is [`verify_jwt`] (any JWT: an ID token, a CI job token, a
 //! Kubernetes service-account token, used e.g. as an RFC 8693 subject token) followed by
-//! [`VerifiedJwt::to_access_token`], so both apply the same checks in the same order.
+//! [`VerifiedJwt::to_access_token`], so both apply the same checks in the same order,
+//! configured by the one [`JwtValidation`].
 
 use core::fmt;
 use core::time::Duration;
@@ -23,6 +24,8 @@ use crate::time::UnixTime;
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Most keys kept from one JWK set.
 pub const MAX_JWKS_KEYS: usize = 64;
+/// Longest token accepted by default ([`JwtValidation::max_token_bytes`]).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The canonical form of an issuer identifier: without trailing slashes, so that
 /// `https://as.example.com/` and `https://as.example.com` name the same issuer wherever
@@ -100,6 +103,160 @@ impl fmt::Display for TokenError {
 }
 
 impl std::error::Error for TokenError {}
+
+/// Why a text is not a compact JWS with JSON objects as header and payload (RFC 7515
+/// §7.1, RFC 7519 §7.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MalformedJwt {
+    /// Longer than the accepted maximum, so not parsed at all.
+    TooLong,
+    /// A JSON object in the header or payload has the same member twice.
+    DuplicateMember,
+    /// Not three base64url parts with a JSON object as header and as payload: the
+    /// detail says which part is wrong.
+    Syntax(&'static str),
+}
+
+impl MalformedJwt {
+    /// What is wrong, in a few words.
+    #[must_use]
+    pub const fn detail(self) -> &'static str {
+        match self {
+            Self::TooLong => "longer than the accepted maximum",
+            Self::DuplicateMember => "duplicate JSON member",
+            Self::Syntax(what) => what,
+        }
+    }
+}
+
+impl fmt::Display for MalformedJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not a compact JWS with JSON header and claims: {}",
+            self.detail()
+        )
+    }
+}
+
+impl std::error::Error for MalformedJwt {}
+
+impl From<MalformedJwt> for TokenError {
+    fn from(e: MalformedJwt) -> Self {
+        Self::Malformed(e.detail())
+    }
+}
+
+impl From<MalformedJwt> for crate::ProofError {
+    fn from(e: MalformedJwt) -> Self {
+        match e {
+            MalformedJwt::DuplicateMember => Self::DuplicateMember,
+            other => Self::Malformed(other.detail()),
+        }
+    }
+}
+
+/// A compact JWS split into its parts and decoded; nothing verified.
+struct Compact<'t> {
+    /// `header.payload`, as sent: what the signature covers.
+    signing_input: &'t str,
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl<'t> Compact<'t> {
+    /// Bounds `token` by `max` bytes before anything else, then splits it into exactly
+    /// three strict base64url parts (a JWE has five; the JSON serialisation none).
+    fn split(token: &'t str, max: usize) -> Result<Self, MalformedJwt> {
+        if token.len() > max {
+            return Err(MalformedJwt::TooLong);
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(MalformedJwt::Syntax("expected three dot-separated parts"));
+        };
+        let decode =
+            |part: &str, what| b64::decode(part.as_bytes()).ok_or(MalformedJwt::Syntax(what));
+        Ok(Self {
+            signing_input: token
+                .get(..h64.len() + 1 + p64.len())
+                .ok_or(MalformedJwt::Syntax("bounds"))?,
+            header: decode(h64, "header is not base64url")?,
+            payload: decode(p64, "payload is not base64url")?,
+            signature: decode(s64, "signature is not base64url")?,
+        })
+    }
+}
+
+/// Parses a header or payload with the strict reader: duplicate members refused at every
+/// depth, sizes bounded.
+fn strict_object(bytes: &[u8]) -> Result<Object<'_>, MalformedJwt> {
+    json::parse_object(bytes).map_err(|e| match e {
+        JsonError::Duplicate => MalformedJwt::DuplicateMember,
+        _ => MalformedJwt::Syntax("not a JSON object"),
+    })
+}
+
+/// A compact JWT read without verifying anything: the same strict syntax as
+/// [`verify_jwt`] (at most [`MAX_TOKEN_BYTES`], three base64url parts, JSON objects
+/// without duplicate members), so every reader of the token sees the same members.
+///
+/// Its values are whatever the sender wrote. Read them only to decide how to verify the
+/// token: its `kid` to decide whether to refresh a JWK set, its `iss` to choose the
+/// issuer whose keys verify it, a client assertion's `sub` to find the client. The whole
+/// header and claims are reachable only as `dangerous_*`, for display and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnverifiedJwt {
+    /// Always a JSON object.
+    header: serde_json::Value,
+    /// Always a JSON object.
+    claims: serde_json::Value,
+}
+
+impl UnverifiedJwt {
+    /// Reads `token` (a JWT, a DPoP proof, any compact JWS with JSON header and payload).
+    ///
+    /// # Errors
+    /// [`MalformedJwt`] when it is longer than [`MAX_TOKEN_BYTES`], not three base64url
+    /// parts, or its header or payload is not a JSON object without duplicate members.
+    pub fn parse(token: &str) -> Result<Self, MalformedJwt> {
+        let compact = Compact::split(token, MAX_TOKEN_BYTES)?;
+        Ok(Self {
+            header: Json::Object(strict_object(&compact.header)?).to_value(),
+            claims: Json::Object(strict_object(&compact.payload)?).to_value(),
+        })
+    }
+
+    /// The header's `kid` when it is a string.
+    #[must_use]
+    pub fn kid(&self) -> Option<&str> {
+        self.header.get("kid").and_then(serde_json::Value::as_str)
+    }
+
+    /// The claim `name` when it is a string; `None` when it is absent or not a string.
+    #[must_use]
+    pub fn str_claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(serde_json::Value::as_str)
+    }
+
+    /// The whole header (a JSON object), unverified: for display and tests, never for a
+    /// decision.
+    #[must_use]
+    pub fn dangerous_header(&self) -> &serde_json::Value {
+        &self.header
+    }
+
+    /// The whole payload (a JSON object), unverified: for display and tests, never for a
+    /// decision.
+    #[must_use]
+    pub fn dangerous_claims(&self) -> &serde_json::Value {
+        &self.claims
+    }
+}
 
 /// Which `typ` header values are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,40 +375,6 @@ impl JwkSet {
     }
 }
 
-/// What an access token must satisfy.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TokenValidation {
-    /// The expected `iss`, compared in [`canonical_issuer`] form (trailing slashes do not
-    /// matter).
-    pub issuer: String,
-    /// This resource's identifier; `aud` must be it or contain it.
-    pub audience: String,
-    /// Clock leeway for `exp`, `nbf` and `iat`. Defaults to 30 s.
-    pub leeway: Duration,
-    /// Accepted signature algorithms. Defaults to ES256, ES384, EdDSA/Ed25519, PS256, RS256.
-    pub algorithms: Vec<Algorithm>,
-    /// Accepted `typ` values. Defaults to [`TypPolicy::AtJwtOrJwt`].
-    pub typ: TypPolicy,
-    /// Longest token accepted, checked before parsing. Defaults to 16 KiB.
-    pub max_token_bytes: usize,
-}
-
-impl TokenValidation {
-    /// Validation for tokens from `issuer` meant for `audience`, with the defaults.
-    #[must_use]
-    pub fn new(issuer: &str, audience: &str) -> Self {
-        Self {
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            leeway: Duration::from_secs(30),
-            algorithms: DEFAULT_ALGORITHMS.to_vec(),
-            typ: TypPolicy::AtJwtOrJwt,
-            max_token_bytes: 16 * 1024,
-        }
-    }
-}
-
 /// A verified access token's facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -301,16 +424,6 @@ pub fn split_scope(scope: &str) -> Vec<String> {
         .collect()
 }
 
-/// Reads the `kid` of a token's header without verifying anything, so an adapter can
-/// decide whether to refresh its JWK set before verifying.
-#[must_use]
-pub fn peek_kid(token: &str) -> Option<String> {
-    let h64 = token.split('.').next()?;
-    let header = b64::decode(h64.as_bytes())?;
-    let o = json::parse_object(&header).ok()?;
-    o.get("kid").and_then(Json::as_str).map(str::to_owned)
-}
-
 fn time(o: &Object<'_>, name: &'static str) -> Result<Option<UnixTime>, TokenError> {
     match o.get(name) {
         None => Ok(None),
@@ -328,7 +441,7 @@ fn time(o: &Object<'_>, name: &'static str) -> Result<Option<UnixTime>, TokenErr
     }
 }
 
-/// What a JWT (not necessarily an access token) must satisfy, for [`verify_jwt`].
+/// What a JWT must satisfy, for [`verify_jwt`] (any JWT) and [`verify_access_token`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct JwtValidation {
@@ -336,8 +449,11 @@ pub struct JwtValidation {
     /// matter).
     pub issuer: String,
     /// The audience the token must be for: `aud` must be it or contain it. With `None`,
-    /// `aud` is not compared with anything, but when present it must still be a string or
-    /// an array of strings. Defaults to the `audience` given to [`JwtValidation::new`].
+    /// `aud` is not compared with anything (the caller compares
+    /// [`VerifiedJwt::audiences`] itself), but it must still be present and a string or
+    /// an array of strings. [`verify_access_token`] needs an audience (RFC 9068 §4) and
+    /// refuses every token without one ([`TokenError::AudienceMismatch`]). Defaults to
+    /// the `audience` given to [`JwtValidation::new`].
     pub audience: Option<String>,
     /// Clock leeway for `exp`, `nbf` and `iat`. Defaults to 30 s.
     pub leeway: Duration,
@@ -345,12 +461,12 @@ pub struct JwtValidation {
     pub algorithms: Vec<Algorithm>,
     /// Accepted `typ` values. Defaults to [`TypPolicy::AtJwtOrJwt`].
     pub typ: TypPolicy,
-    /// Longest token accepted, checked before parsing. Defaults to 16 KiB.
+    /// Longest token accepted, checked before parsing. Defaults to [`MAX_TOKEN_BYTES`]
+    /// (16 KiB).
     pub max_token_bytes: usize,
-    /// Whether a token without `aud` is refused ([`TokenError::MissingClaim`]). Without
-    /// it, a token with no `aud` passes the audience check even when
-    /// [`JwtValidation::audience`] is set. Defaults to `true`.
-    pub require_aud: bool,
+    /// Whether a token without `aud` is refused ([`TokenError::MissingClaim`]). Only
+    /// [`crate::dangerous::accept_missing_aud`] turns it off. Defaults to `true`.
+    pub(crate) require_aud: bool,
 }
 
 impl JwtValidation {
@@ -364,7 +480,7 @@ impl JwtValidation {
             leeway: Duration::from_secs(30),
             algorithms: DEFAULT_ALGORITHMS.to_vec(),
             typ: TypPolicy::AtJwtOrJwt,
-            max_token_bytes: 16 * 1024,
+            max_token_bytes: MAX_TOKEN_BYTES,
             require_aud: true,
         }
     }
@@ -457,16 +573,26 @@ impl VerifiedJwt {
     }
 }
 
-/// [`JwtValidation`] borrowed, so [`verify_access_token`] can share [`verify_jwt`]'s
-/// checks without copying its [`TokenValidation`].
-struct Rules<'a> {
-    issuer: &'a str,
-    audience: Option<&'a str>,
-    leeway: Duration,
-    algorithms: &'a [Algorithm],
-    typ: TypPolicy,
-    max_token_bytes: usize,
-    require_aud: bool,
+/// Verifies a JWT access token against `keys` and `validation` at `now`: the checks of
+/// [`verify_jwt`], with [`JwtValidation::audience`] required, then the access-token
+/// claims ([`VerifiedJwt::to_access_token`]).
+///
+/// # Errors
+/// [`TokenError`] naming the first failed check; [`TokenError::AudienceMismatch`] for
+/// every token when `validation` has no audience. [`TokenError::UnknownKey`] means the
+/// caller should refresh the JWK set (rate-limited) and try once more.
+pub fn verify_access_token(
+    token: &str,
+    keys: &JwkSet,
+    validation: &JwtValidation,
+    now: UnixTime,
+) -> Result<AccessToken, TokenError> {
+    // A resource server must check that it is the audience (RFC 9068 §4): without an
+    // audience to compare with, no token is for this resource.
+    if validation.audience.is_none() {
+        return Err(TokenError::AudienceMismatch);
+    }
+    verify_jwt(token, keys, validation, now)?.to_access_token()
 }
 
 /// Verifies a JWT against `keys` and `validation` at `now`: size, structure, strict JSON
@@ -482,76 +608,17 @@ pub fn verify_jwt(
     validation: &JwtValidation,
     now: UnixTime,
 ) -> Result<VerifiedJwt, TokenError> {
-    let rules = Rules {
-        issuer: &validation.issuer,
-        audience: validation.audience.as_deref(),
-        leeway: validation.leeway,
-        algorithms: &validation.algorithms,
-        typ: validation.typ,
-        max_token_bytes: validation.max_token_bytes,
-        require_aud: validation.require_aud,
-    };
-    verify_with(token, keys, &rules, now)
-}
-
-/// Verifies a JWT access token against `keys` and `validation` at `now`.
-///
-/// # Errors
-/// [`TokenError`] naming the first failed check. [`TokenError::UnknownKey`] means the
-/// caller should refresh the JWK set (rate-limited) and try once more.
-pub fn verify_access_token(
-    token: &str,
-    keys: &JwkSet,
-    validation: &TokenValidation,
-    now: UnixTime,
-) -> Result<AccessToken, TokenError> {
-    let rules = Rules {
-        issuer: &validation.issuer,
-        audience: Some(&validation.audience),
-        leeway: validation.leeway,
-        algorithms: &validation.algorithms,
-        typ: validation.typ,
-        max_token_bytes: validation.max_token_bytes,
-        require_aud: true,
-    };
-    verify_with(token, keys, &rules, now)?.to_access_token()
-}
-
-fn verify_with(
-    token: &str,
-    keys: &JwkSet,
-    rules: &Rules<'_>,
-    now: UnixTime,
-) -> Result<VerifiedJwt, TokenError> {
-    if token.len() > rules.max_token_bytes {
-        return Err(TokenError::Malformed("longer than the accepted maximum"));
-    }
-    let mut parts = token.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed("expected three dot-separated parts"));
-    };
-    let header =
-        b64::decode(h64.as_bytes()).ok_or(TokenError::Malformed("header is not base64url"))?;
-    let payload =
-        b64::decode(p64.as_bytes()).ok_or(TokenError::Malformed("payload is not base64url"))?;
-    let signature =
-        b64::decode(s64.as_bytes()).ok_or(TokenError::Malformed("signature is not base64url"))?;
-    let bad_json = |e: JsonError| match e {
-        JsonError::Duplicate => TokenError::Malformed("duplicate JSON member"),
-        _ => TokenError::Malformed("not a JSON object"),
-    };
-    let header = json::parse_object(&header).map_err(bad_json)?;
-    let claims = json::parse_object(&payload).map_err(bad_json)?;
+    let compact = Compact::split(token, validation.max_token_bytes)?;
+    let header = strict_object(&compact.header)?;
+    let claims = strict_object(&compact.payload)?;
 
     let typ_ok = match header.get("typ") {
-        None => rules.typ == TypPolicy::AtJwtOrJwt,
+        None => validation.typ == TypPolicy::AtJwtOrJwt,
         Some(Json::String(t)) => {
             let t = t.to_ascii_lowercase();
             t == "at+jwt"
                 || t == "application/at+jwt"
-                || (rules.typ == TypPolicy::AtJwtOrJwt && t == "jwt")
+                || (validation.typ == TypPolicy::AtJwtOrJwt && t == "jwt")
         }
         Some(_) => false,
     };
@@ -563,7 +630,7 @@ fn verify_with(
         .and_then(Json::as_str)
         .map(Algorithm::classify)
     {
-        Some(AlgName::Known(alg)) if rules.algorithms.contains(&alg) => alg,
+        Some(AlgName::Known(alg)) if validation.algorithms.contains(&alg) => alg,
         Some(_) => return Err(TokenError::AlgNotAllowed),
         None => return Err(TokenError::Malformed("no alg")),
     };
@@ -576,53 +643,51 @@ fn verify_with(
         Some(_) => return Err(TokenError::Malformed("kid is not a string")),
     };
     let key = keys.find(kid, alg)?;
-    let signing_input = token
-        .get(..h64.len() + 1 + p64.len())
-        .ok_or(TokenError::Malformed("bounds"))?;
-    if !key.verify(alg, signing_input.as_bytes(), &signature) {
+    if !key.verify(alg, compact.signing_input.as_bytes(), &compact.signature) {
         return Err(TokenError::SignatureInvalid);
     }
 
     // Claims, only after the signature: unauthenticated claims are not worth reading.
     match claims.get("iss") {
-        Some(Json::String(iss)) if canonical_issuer(iss) == canonical_issuer(rules.issuer) => {}
+        Some(Json::String(iss))
+            if canonical_issuer(iss) == canonical_issuer(&validation.issuer) => {}
         Some(Json::String(_)) => return Err(TokenError::IssuerMismatch),
         Some(_) => return Err(TokenError::ClaimInvalid("iss")),
         None => return Err(TokenError::MissingClaim("iss")),
     }
+    let audience = validation.audience.as_deref();
     let aud_ok = match claims.get("aud") {
-        Some(Json::String(a)) => rules.audience.is_none_or(|want| *a == want),
+        Some(Json::String(a)) => audience.is_none_or(|want| *a == want),
         Some(Json::Array(list)) => {
             if !list.iter().all(|a| a.as_str().is_some()) {
                 return Err(TokenError::ClaimInvalid("aud"));
             }
-            rules
-                .audience
-                .is_none_or(|want| list.iter().any(|a| a.as_str() == Some(want)))
+            audience.is_none_or(|want| list.iter().any(|a| a.as_str() == Some(want)))
         }
         Some(_) => return Err(TokenError::ClaimInvalid("aud")),
-        None if rules.require_aud => return Err(TokenError::MissingClaim("aud")),
+        None if validation.require_aud => return Err(TokenError::MissingClaim("aud")),
         None => true,
     };
     if !aud_ok {
         return Err(TokenError::AudienceMismatch);
     }
     let exp = time(&claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
-    if exp.saturating_add(rules.leeway) <= now {
+    if exp.saturating_add(validation.leeway) <= now {
         return Err(TokenError::Expired { exp, now });
     }
-    if time(&claims, "nbf")?.is_some_and(|t| t > now.saturating_add(rules.leeway)) {
+    if time(&claims, "nbf")?.is_some_and(|t| t > now.saturating_add(validation.leeway)) {
         return Err(TokenError::NotYetValid);
     }
     let iat = time(&claims, "iat")?;
-    if iat.is_some_and(|t| t > now.saturating_add(rules.leeway)) {
+    if iat.is_some_and(|t| t > now.saturating_add(validation.leeway)) {
         return Err(TokenError::NotYetValid);
     }
     let kid = kid.map(str::to_owned);
     // The strict reader above accepted this payload (it is serde_json underneath, so the
     // two agree); the owned map is what callers get to read further claims.
-    let claims = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&payload)
-        .map_err(|_| TokenError::Malformed("not a JSON object"))?;
+    let claims =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&compact.payload)
+            .map_err(|_| TokenError::Malformed("not a JSON object"))?;
     Ok(VerifiedJwt {
         alg,
         kid,
@@ -633,408 +698,4 @@ fn verify_with(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::key::{PrivateKey, Signer as _};
-    use serde_json::{Value, json};
-
-    const ISS: &str = "https://as.example.com";
-    const AUD: &str = "https://api.example.com";
-    const NOW: u64 = 1_700_000_000;
-
-    struct Issuer {
-        key: PrivateKey,
-        set: JwkSet,
-    }
-
-    fn issuer() -> Issuer {
-        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-        let mut jwk = key.public_jwk().to_json_value();
-        jwk["kid"] = "k1".into();
-        let set = JwkSet::from_json(
-            &json!({"keys": [jwk, {"kty": "EC", "crv": "P-256", "use": "enc"}]}).to_string(),
-        )
-        .unwrap();
-        Issuer { key, set }
-    }
-
-    fn claims() -> Value {
-        json!({"iss": ISS, "aud": AUD, "sub": "svc-a", "client_id": "ci", "exp": NOW + 300, "iat": NOW, "scope": "read write",
-               "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, "jti": "t1"})
-    }
-
-    fn mint(i: &Issuer, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64::encode(header.to_string().as_bytes()),
-            b64::encode(claims.to_string().as_bytes())
-        );
-        let sig = i.key.sign(input.as_bytes()).unwrap();
-        format!("{input}.{}", b64::encode(&sig))
-    }
-
-    fn header() -> Value {
-        json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"})
-    }
-
-    fn verify(i: &Issuer, token: &str) -> Result<AccessToken, TokenError> {
-        verify_access_token(
-            token,
-            &i.set,
-            &TokenValidation::new(ISS, AUD),
-            UnixTime::from_secs(NOW),
-        )
-    }
-
-    #[test]
-    fn valid_token() {
-        let i = issuer();
-        assert_eq!(i.set.len(), 1);
-        assert_eq!(i.set.skipped(), 1);
-        let t = verify(&i, &mint(&i, &header(), &claims())).unwrap();
-        assert_eq!(t.subject.as_deref(), Some("svc-a"));
-        assert_eq!(t.client_id.as_deref(), Some("ci"));
-        assert_eq!(t.scopes, vec!["read", "write"]);
-        assert_eq!(
-            t.jkt.unwrap().as_str(),
-            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
-        );
-        assert_eq!(
-            peek_kid(&mint(&i, &header(), &claims())).as_deref(),
-            Some("k1")
-        );
-        // aud as an array; typ JWT or absent under the default policy.
-        let mut c = claims();
-        c["aud"] = json!(["other", AUD]);
-        verify(&i, &mint(&i, &json!({"alg": "ES256", "kid": "k1"}), &c)).unwrap();
-        verify(
-            &i,
-            &mint(
-                &i,
-                &json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}),
-                &claims(),
-            ),
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn rejections() {
-        let i = issuer();
-        let with = |f: &dyn Fn(&mut Value)| {
-            let mut c = claims();
-            f(&mut c);
-            verify(&i, &mint(&i, &header(), &c))
-        };
-        assert_eq!(
-            with(&|c| c["iss"] = "https://evil.example".into()),
-            Err(TokenError::IssuerMismatch)
-        );
-        assert_eq!(
-            with(&|c| c["aud"] = "https://other.example".into()),
-            Err(TokenError::AudienceMismatch)
-        );
-        assert_eq!(
-            with(&|c| {
-                c.as_object_mut().unwrap().remove("aud");
-            }),
-            Err(TokenError::MissingClaim("aud"))
-        );
-        assert_eq!(
-            with(&|c| {
-                c.as_object_mut().unwrap().remove("exp");
-            }),
-            Err(TokenError::MissingClaim("exp"))
-        );
-        assert!(matches!(
-            with(&|c| c["exp"] = (NOW - 31).into()),
-            Err(TokenError::Expired { .. })
-        ));
-        with(&|c| c["exp"] = (NOW - 29).into()).unwrap();
-        assert_eq!(
-            with(&|c| c["nbf"] = (NOW + 60).into()),
-            Err(TokenError::NotYetValid)
-        );
-        assert_eq!(
-            with(&|c| c["cnf"] = json!({"jkt": "short"})),
-            Err(TokenError::ClaimInvalid("cnf.jkt"))
-        );
-        assert_eq!(
-            with(&|c| c["scope"] = json!(["read"])),
-            Err(TokenError::ClaimInvalid("scope"))
-        );
-        let h = |h: Value| verify(&i, &mint(&i, &h, &claims()));
-        assert_eq!(
-            h(json!({"alg": "ES256", "typ": "dpop+jwt", "kid": "k1"})),
-            Err(TokenError::TypInvalid)
-        );
-        assert_eq!(
-            h(json!({"alg": "HS256", "typ": "at+jwt", "kid": "k1"})),
-            Err(TokenError::AlgNotAllowed)
-        );
-        assert_eq!(
-            h(json!({"alg": "none", "typ": "at+jwt", "kid": "k1"})),
-            Err(TokenError::AlgNotAllowed)
-        );
-        assert_eq!(
-            h(json!({"alg": "ES256", "typ": "at+jwt", "kid": "k2"})),
-            Err(TokenError::UnknownKey)
-        );
-        assert_eq!(
-            h(json!({"alg": "ES384", "typ": "at+jwt", "kid": "k1"})),
-            Err(TokenError::AlgNotAllowed)
-        );
-        assert!(matches!(
-            h(json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1", "crit": ["x"]})),
-            Err(TokenError::Malformed(_))
-        ));
-        // Strict RFC 9068 policy refuses plain JWTs.
-        let mut v = TokenValidation::new(ISS, AUD);
-        v.typ = TypPolicy::AtJwt;
-        let plain = mint(
-            &i,
-            &json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}),
-            &claims(),
-        );
-        assert_eq!(
-            verify_access_token(&plain, &i.set, &v, UnixTime::from_secs(NOW)),
-            Err(TokenError::TypInvalid)
-        );
-        // Another signer with the same kid.
-        let forger = issuer();
-        assert_eq!(
-            verify(&i, &mint(&forger, &header(), &claims())),
-            Err(TokenError::SignatureInvalid)
-        );
-        // Structure.
-        assert!(matches!(verify(&i, "a.b"), Err(TokenError::Malformed(_))));
-        assert!(matches!(
-            verify(&i, &"a".repeat(20_000)),
-            Err(TokenError::Malformed(_))
-        ));
-    }
-
-    fn verify_generic(
-        i: &Issuer,
-        token: &str,
-        v: &JwtValidation,
-    ) -> Result<VerifiedJwt, TokenError> {
-        verify_jwt(token, &i.set, v, UnixTime::from_secs(NOW))
-    }
-
-    #[test]
-    fn verify_jwt_exposes_claims() {
-        let i = issuer();
-        let mut c = claims();
-        c["kubernetes.io"] = json!({"namespace": "prod", "serviceaccount": {"name": "ci"}});
-        c["groups"] = json!(["a", "b"]);
-        let v = JwtValidation::new(ISS, Some(AUD));
-        let t = verify_generic(&i, &mint(&i, &header(), &c), &v).unwrap();
-        assert_eq!(t.alg, Algorithm::Es256);
-        assert_eq!(t.kid.as_deref(), Some("k1"));
-        assert_eq!(t.expires_at, UnixTime::from_secs(NOW + 300));
-        assert_eq!(t.issued_at, Some(UnixTime::from_secs(NOW)));
-        assert_eq!(Value::Object(t.claims.clone()), c);
-        assert_eq!(t.claims["kubernetes.io"]["namespace"], "prod");
-        assert_eq!(t.str_claim("sub"), Some("svc-a"));
-        assert_eq!(t.str_claim("groups"), None);
-        assert_eq!(t.str_claim("missing"), None);
-        assert_eq!(t.audiences(), vec![AUD]);
-        // The same checks as for access tokens, in the same order.
-        let mut bad = claims();
-        bad["iss"] = "https://evil.example".into();
-        assert_eq!(
-            verify_generic(&i, &mint(&i, &header(), &bad), &v),
-            Err(TokenError::IssuerMismatch)
-        );
-        // A trailing slash does not make another issuer, on either side.
-        let mut slash = claims();
-        slash["iss"] = format!("{}/", slash["iss"].as_str().unwrap_or_default()).into();
-        assert!(verify_generic(&i, &mint(&i, &header(), &slash), &v).is_ok());
-        let mut v_slash = v.clone();
-        v_slash.issuer.push('/');
-        assert!(verify_generic(&i, &mint(&i, &header(), &claims()), &v_slash).is_ok());
-        bad = claims();
-        bad["exp"] = (NOW - 31).into();
-        assert!(matches!(
-            verify_generic(&i, &mint(&i, &header(), &bad), &v),
-            Err(TokenError::Expired { .. })
-        ));
-        bad = claims();
-        bad["iat"] = (NOW + 31).into();
-        assert_eq!(
-            verify_generic(&i, &mint(&i, &header(), &bad), &v),
-            Err(TokenError::NotYetValid)
-        );
-        assert_eq!(
-            verify_generic(
-                &i,
-                &mint(&i, &json!({"alg": "ES256", "kid": "k9"}), &claims()),
-                &v
-            ),
-            Err(TokenError::UnknownKey)
-        );
-        let forger = issuer();
-        assert_eq!(
-            verify_generic(&i, &mint(&forger, &header(), &claims()), &v),
-            Err(TokenError::SignatureInvalid)
-        );
-        let dup = format!(
-            "{}.{}.{}",
-            b64::encode(br#"{"alg":"ES256","kid":"k1"}"#),
-            b64::encode(br#"{"iss":"a","iss":"b"}"#),
-            b64::encode(b"sig")
-        );
-        assert_eq!(
-            verify_generic(&i, &dup, &v),
-            Err(TokenError::Malformed("duplicate JSON member"))
-        );
-    }
-
-    #[test]
-    fn verify_jwt_without_audience() {
-        let i = issuer();
-        let v = JwtValidation::new(ISS, None);
-        let with = |f: &dyn Fn(&mut Value), v: &JwtValidation| {
-            let mut c = claims();
-            f(&mut c);
-            verify_generic(&i, &mint(&i, &header(), &c), v)
-        };
-        // Any audience is accepted, but aud must still be well-typed…
-        let t = with(&|c| c["aud"] = json!(["x", "y"]), &v).unwrap();
-        assert_eq!(t.audiences(), vec!["x", "y"]);
-        with(&|c| c["aud"] = "https://other.example".into(), &v).unwrap();
-        assert_eq!(
-            with(&|c| c["aud"] = json!(7), &v),
-            Err(TokenError::ClaimInvalid("aud"))
-        );
-        assert_eq!(
-            with(&|c| c["aud"] = json!(["x", 7]), &v),
-            Err(TokenError::ClaimInvalid("aud"))
-        );
-        // …and present, unless require_aud is off.
-        let no_aud = |c: &mut Value| {
-            c.as_object_mut().unwrap().remove("aud");
-        };
-        assert_eq!(with(&no_aud, &v), Err(TokenError::MissingClaim("aud")));
-        let mut lax = JwtValidation::new(ISS, None);
-        lax.require_aud = false;
-        assert!(with(&no_aud, &lax).unwrap().audiences().is_empty());
-    }
-
-    #[test]
-    fn verify_jwt_aud_absent_not_required() {
-        let i = issuer();
-        let mut v = JwtValidation::new(ISS, Some(AUD));
-        v.require_aud = false;
-        let mut c = claims();
-        c.as_object_mut().unwrap().remove("aud");
-        let t = verify_generic(&i, &mint(&i, &header(), &c), &v).unwrap();
-        assert!(t.audiences().is_empty());
-        assert!(!t.claims.contains_key("aud"));
-        // A present aud is still compared.
-        c["aud"] = "https://other.example".into();
-        assert_eq!(
-            verify_generic(&i, &mint(&i, &header(), &c), &v),
-            Err(TokenError::AudienceMismatch)
-        );
-        // require_aud defaults to true.
-        assert!(JwtValidation::new(ISS, Some(AUD)).require_aud);
-        c.as_object_mut().unwrap().remove("aud");
-        assert_eq!(
-            verify_generic(
-                &i,
-                &mint(&i, &header(), &c),
-                &JwtValidation::new(ISS, Some(AUD))
-            ),
-            Err(TokenError::MissingClaim("aud"))
-        );
-    }
-
-    #[test]
-    fn verified_jwt_jkt() {
-        let i = issuer();
-        let v = JwtValidation::new(ISS, Some(AUD));
-        let jkt_of = |cnf: Option<Value>| {
-            let mut c = claims();
-            match cnf {
-                Some(cnf) => c["cnf"] = cnf,
-                None => {
-                    c.as_object_mut().unwrap().remove("cnf");
-                }
-            }
-            verify_generic(&i, &mint(&i, &header(), &c), &v)
-                .unwrap()
-                .jkt()
-        };
-        assert_eq!(jkt_of(None).unwrap().map(|j| j.as_str().to_owned()), None);
-        assert_eq!(
-            jkt_of(Some(
-                json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
-            ))
-            .unwrap()
-            .map(|j| j.as_str().to_owned())
-            .as_deref(),
-            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
-        );
-        assert_eq!(jkt_of(Some(json!({"x5t#S256": "abc"}))), Ok(None));
-        assert_eq!(
-            jkt_of(Some(json!({"jkt": "short"}))),
-            Err(TokenError::ClaimInvalid("cnf.jkt"))
-        );
-        assert_eq!(
-            jkt_of(Some(json!({"jkt": 1}))),
-            Err(TokenError::ClaimInvalid("cnf.jkt"))
-        );
-        assert_eq!(
-            jkt_of(Some(json!("jkt"))),
-            Err(TokenError::ClaimInvalid("cnf"))
-        );
-    }
-
-    #[test]
-    fn verified_jwt_to_access_token() {
-        let i = issuer();
-        let token = mint(&i, &header(), &claims());
-        let generic = verify_generic(&i, &token, &JwtValidation::new(ISS, Some(AUD))).unwrap();
-        let at = generic.to_access_token().unwrap();
-        assert_eq!(Ok(at.clone()), verify(&i, &token));
-        assert_eq!(at.subject.as_deref(), Some("svc-a"));
-        assert_eq!(at.client_id.as_deref(), Some("ci"));
-        assert_eq!(at.scopes, vec!["read", "write"]);
-        assert_eq!(at.jti.as_deref(), Some("t1"));
-        assert_eq!(at.expires_at, UnixTime::from_secs(NOW + 300));
-        // Claims an access token needs typed are refused when mistyped.
-        for name in ["sub", "client_id", "scope", "jti"] {
-            let mut c = claims();
-            c[name] = json!(1);
-            let t = verify_generic(&i, &mint(&i, &header(), &c), &JwtValidation::new(ISS, None))
-                .unwrap();
-            assert_eq!(t.to_access_token(), Err(TokenError::ClaimInvalid(name)));
-        }
-        // Minimal claims: everything optional is empty.
-        let c = json!({"iss": ISS, "aud": AUD, "exp": NOW + 60});
-        let at = verify_generic(&i, &mint(&i, &header(), &c), &JwtValidation::new(ISS, None))
-            .unwrap()
-            .to_access_token()
-            .unwrap();
-        assert_eq!(
-            at,
-            AccessToken::new(None, None, Vec::new(), None, UnixTime::from_secs(NOW + 60))
-        );
-    }
-
-    #[test]
-    fn jwks_rejections() {
-        assert!(JwkSet::from_json("{}").is_err());
-        assert!(JwkSet::from_json(r#"{"keys": 1}"#).is_err());
-        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-        let private: Value = serde_json::from_str(&key.to_private_jwk_json().unwrap()).unwrap();
-        assert_eq!(
-            JwkSet::from_json(&json!({"keys": [private]}).to_string()).unwrap_err(),
-            TokenError::JwksInvalid("it contains private key material")
-        );
-        let many: Vec<Value> = (0..65).map(|_| json!({})).collect();
-        assert!(JwkSet::from_json(&json!({"keys": many}).to_string()).is_err());
-    }
-}
+mod tests;

@@ -54,11 +54,11 @@
 //! let store = MemoryReplayStore::with_capacity(100_000);
 //! let htu = Htu::parse("https://API.example.com:443/v1/items?page=2")?;
 //! let request = ProofRequest::new("GET", &htu).with_access_token(token, key.thumbprint());
-//! let verified = verifier.verify([proof.as_bytes()], &request, now)?.record(&store, now)?;
+//! let verified = verifier.verify([proof.as_bytes()], &request, now)?.record(&store)?;
 //! assert_eq!(verified.jkt(), key.thumbprint());
 //!
 //! // The same proof again is a replay.
-//! let again = verifier.verify([proof.as_bytes()], &request, now)?.record(&store, now);
+//! let again = verifier.verify([proof.as_bytes()], &request, now)?.record(&store);
 //! assert_eq!(again.unwrap_err().reason().as_str(), "replay");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -109,14 +109,14 @@ pub use crate::target::{RequestTarget, TargetError};
 pub use crate::time::SystemClock;
 pub use crate::time::{Clock, FixedClock, UnixTime};
 pub use crate::verify::{
-    Check, ConfigBuilder, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof,
-    Verifier, VerifierConfig, WantsAlgorithms, WantsNonces,
+    Check, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof, Verifier,
+    VerifierConfig, VerifierConfigBuilder, WantsAlgorithms, WantsNonces,
 };
 
 /// Operations that weaken or skip checks. Each has a legitimate use (diagnostics, a
 /// replay check done elsewhere) and none belongs on a normal request path.
 pub mod dangerous {
-    use crate::{Error, Htu, ProofRequest, UnrecordedProof, VerifiedProof};
+    use crate::{Htu, ProofRequest, UnrecordedProof, VerifiedProof};
 
     /// Accepts a proof without recording it for replay detection. For one-off
     /// diagnostics (`dpop inspect`) only: a server that does this accepts replays.
@@ -125,12 +125,17 @@ pub mod dangerous {
         proof.into_unrecorded_inner()
     }
 
-    /// Decodes a proof's header and claims without verifying anything.
-    ///
-    /// # Errors
-    /// When the proof is not three base64url parts with JSON objects.
-    pub fn decode_unverified(proof: &str) -> Result<(serde_json::Value, serde_json::Value), Error> {
-        crate::verify::decode_parts(proof)
+    /// Lets a JWT without `aud` pass the audience check of [`crate::jwt::verify_jwt`] and
+    /// [`crate::jwt::verify_access_token`]; a present `aud` is still typed and compared
+    /// with [`crate::jwt::JwtValidation::audience`]. Without `aud` a token names no
+    /// audience, so whoever holds it can replay it at any service trusting its issuer:
+    /// only for issuers that never set `aud`, or for tests and fuzzing.
+    #[must_use]
+    pub fn accept_missing_aud(
+        mut validation: crate::jwt::JwtValidation,
+    ) -> crate::jwt::JwtValidation {
+        validation.require_aud = false;
+        validation
     }
 
     /// A request description where the method and/or URI may be unknown: the `htm` and
@@ -214,14 +219,16 @@ pub mod internal {
             let now = UnixTime::from_secs(1_562_262_620);
             let request = ProofRequest::new("POST", &htu);
             if let Ok(p) = verifier.verify_with_clock([data], &request, &FixedClock(now)) {
-                let _ = p.record(&MemoryReplayStore::with_capacity(16), now);
+                let _ = p.record(&MemoryReplayStore::with_capacity(16));
             }
             // And once more as a resource request, exercising ath and key binding.
             if let Ok(jkt) = Jkt::parse(CORPUS_JKT) {
                 let request = ProofRequest::new("GET", &htu).with_access_token("token", &jkt);
                 let _ = verifier.verify([data], &request, now);
             }
-            let _ = crate::dangerous::decode_unverified(&String::from_utf8_lossy(data));
+            if let Ok(jwt) = crate::jwt::UnverifiedJwt::parse(&String::from_utf8_lossy(data)) {
+                let _ = (jwt.kid(), jwt.str_claim("jti"));
+            }
             let _ = Algorithm::from_name(&String::from_utf8_lossy(data));
         }
 
@@ -305,9 +312,17 @@ pub mod internal {
             let (jwks, token) = text.split_once('\n').unwrap_or(("", text));
             let keys = crate::jwt::JwkSet::from_json(jwks).unwrap_or_default();
             let now = UnixTime::from_secs(1_795_566_300);
-            let _ = crate::jwt::peek_kid(token);
-            let mut validation = crate::jwt::JwtValidation::new(CORPUS_ISSUER, None);
-            validation.require_aud = false;
+            if let Ok(peeked) = crate::jwt::UnverifiedJwt::parse(token) {
+                let _ = (
+                    peeked.kid(),
+                    peeked.str_claim("iss"),
+                    peeked.str_claim("sub"),
+                );
+            }
+            let validation = crate::dangerous::accept_missing_aud(crate::jwt::JwtValidation::new(
+                CORPUS_ISSUER,
+                None,
+            ));
             let generic = crate::jwt::verify_jwt(token, &keys, &validation, now);
             if let Ok(jwt) = &generic {
                 let _ = jwt.jkt();
@@ -318,7 +333,7 @@ pub mod internal {
             let access = crate::jwt::verify_access_token(
                 token,
                 &keys,
-                &crate::jwt::TokenValidation::new(CORPUS_ISSUER, "https://api.example.com"),
+                &crate::jwt::JwtValidation::new(CORPUS_ISSUER, Some("https://api.example.com")),
                 now,
             );
             // A token good as an access token is good as a JWT: the two paths agree.

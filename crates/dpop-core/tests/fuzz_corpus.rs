@@ -106,8 +106,10 @@ fn verify_jwt_seed_reaches_the_claims() {
         .expect("the valid seed");
     let (jwks, token) = text.split_once('\n').expect("jwks, newline, token");
     let keys = dpop_core::jwt::JwkSet::from_json(jwks).expect("seed JWK set");
-    let mut v = dpop_core::jwt::JwtValidation::new("http://127.0.0.1:18081", None);
-    v.require_aud = false;
+    let v = dpop_core::dangerous::accept_missing_aud(dpop_core::jwt::JwtValidation::new(
+        "http://127.0.0.1:18081",
+        None,
+    ));
     let jwt = dpop_core::jwt::verify_jwt(
         token,
         &keys,

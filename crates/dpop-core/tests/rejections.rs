@@ -612,13 +612,13 @@ fn replay_window_covers_future_leeway() {
     // The proof stays acceptable until iat + 60 = NOW + 75; the record must outlive that.
     assert!(u.replay_expires_at().as_secs() > NOW + 75);
     let store = MemoryReplayStore::with_capacity(64);
-    u.record(&store, now()).unwrap();
+    u.record(&store).unwrap();
     // Presented again at the last acceptable second: still a replay.
     let last = UnixTime::from_secs(NOW + 75);
     let again = v
         .verify([p.as_bytes()], &ProofRequest::new("GET", &htu), last)
         .unwrap()
-        .record(&store, last);
+        .record(&store);
     assert_eq!(again.unwrap_err().reason().as_str(), "replay");
 }
 
@@ -631,7 +631,7 @@ fn replay_key_is_scoped_to_key_and_jti() {
     verifier()
         .verify([a.as_bytes()], &req, now())
         .unwrap()
-        .record(&store, now())
+        .record(&store)
         .unwrap();
     // Same jti from another key is a different proof.
     let other = PrivateKey::generate(Algorithm::Es256).unwrap();
@@ -639,7 +639,7 @@ fn replay_key_is_scoped_to_key_and_jti() {
     verifier()
         .verify([b.as_bytes()], &req, now())
         .unwrap()
-        .record(&store, now())
+        .record(&store)
         .unwrap();
     // Same key, same jti, different iat: still a replay.
     let c = with_claims(|c| {
@@ -648,7 +648,7 @@ fn replay_key_is_scoped_to_key_and_jti() {
     let r = verifier()
         .verify([c.as_bytes()], &req, now())
         .unwrap()
-        .record(&store, now());
+        .record(&store);
     assert_eq!(r.unwrap_err().reason().as_str(), "replay");
 }
 
@@ -672,7 +672,7 @@ fn replay_store_failures_fail_closed() {
     let e = verifier()
         .verify([p.as_bytes()], &req, now())
         .unwrap()
-        .record(&DownStore, now())
+        .record(&DownStore)
         .unwrap_err();
     assert_eq!(e.reason().as_str(), "replay_store_unavailable");
     assert_eq!(e.response(dpop_core::Role::ResourceServer).status, 503);
@@ -681,7 +681,7 @@ fn replay_store_failures_fail_closed() {
     verifier()
         .verify([p.as_bytes()], &req, now())
         .unwrap()
-        .record(&store, now())
+        .record(&store)
         .unwrap();
     let q = with_claims(|c| {
         c.insert("jti".into(), "jti-2".into());
@@ -689,13 +689,13 @@ fn replay_store_failures_fail_closed() {
     let e = verifier()
         .verify([q.as_bytes()], &req, now())
         .unwrap()
-        .record(&store, now())
+        .record(&store)
         .unwrap_err();
     assert_eq!(e.reason().as_str(), "replay_store_full");
     let e = verifier()
         .verify([p.as_bytes()], &req, now())
         .unwrap()
-        .record(&store, now())
+        .record(&store)
         .unwrap_err();
     assert_eq!(e.reason().as_str(), "replay");
 }
@@ -734,14 +734,14 @@ fn async_record_uses_the_same_rules() {
         verifier()
             .verify([p.as_bytes()], &req, now())
             .unwrap()
-            .record_async(&store, now()),
+            .record_async(&store),
     );
     assert!(first.is_ok());
     let second = block_on(
         verifier()
             .verify([p.as_bytes()], &req, now())
             .unwrap()
-            .record_async(&store, now()),
+            .record_async(&store),
     );
     assert_eq!(second.unwrap_err().reason().as_str(), "replay");
 }
@@ -768,7 +768,8 @@ fn builder_proofs_carry_what_was_asked() {
         .unwrap()
         .sign(es256(), &SystemRandomSource, now())
         .unwrap();
-    let (header, claims) = dpop_core::dangerous::decode_unverified(&p).unwrap();
+    let decoded = dpop_core::jwt::UnverifiedJwt::parse(&p).unwrap();
+    let (header, claims) = (decoded.dangerous_header(), decoded.dangerous_claims());
     assert_eq!(header["typ"], "dpop+jwt");
     assert_eq!(header["alg"], "ES256");
     assert!(header["jwk"].get("d").is_none());
@@ -789,7 +790,9 @@ fn builder_proofs_carry_what_was_asked() {
         .sign(es256(), &SystemRandomSource, now())
         .unwrap();
     assert_ne!(
-        dpop_core::dangerous::decode_unverified(&q).unwrap().1["jti"],
+        dpop_core::jwt::UnverifiedJwt::parse(&q)
+            .unwrap()
+            .dangerous_claims()["jti"],
         claims["jti"]
     );
     // The proof verifies at the token endpoint with the expected nonce and binding.

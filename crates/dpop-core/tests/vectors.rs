@@ -102,13 +102,13 @@ fn rfc9449_resource_request_proof_verifies_with_token_binding() {
     verifier()
         .verify([compact], &req, now)
         .unwrap()
-        .record(&store, now)
+        .record(&store)
         .unwrap();
     // §11.1: a second presentation is a replay.
     let again = verifier()
         .verify([compact], &req, now)
         .unwrap()
-        .record(&store, now);
+        .record(&store);
     assert_eq!(again.unwrap_err().reason().as_str(), "replay");
 }
 

@@ -14,7 +14,7 @@
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use dpop_core::Algorithm;
-use dpop_core::jwt::{JwtValidation, TypPolicy, verify_jwt};
+use dpop_core::jwt::{JwtValidation, TypPolicy, UnverifiedJwt, verify_jwt};
 
 use crate::auth_limits;
 use crate::config::{AuthMethod, Client};
@@ -100,7 +100,9 @@ fn presented<'a>(headers: &'a HeaderMap, form: &'a Form) -> Result<Presented<'a>
                 "client_assertion_type must be {ASSERTION_TYPE}"
             )));
         }
-        let id = crate::tokens::peek_claim(jwt, "sub")
+        let id = UnverifiedJwt::parse(jwt)
+            .ok()
+            .and_then(|j| j.str_claim("sub").map(str::to_owned))
             .ok_or_else(|| OAuthError::invalid_client(FAILED))?;
         if form_id.is_some_and(|f| f != id) {
             return Err(OAuthError::invalid_request(

@@ -454,10 +454,8 @@ async fn exchange(
     }
     let own = match subject_type {
         TT_ACCESS_TOKEN => true,
-        TT_JWT | TT_ID_TOKEN => {
-            tokens::peek_claim(subject_token, "iss").as_deref()
-                == Some(state.config.issuer.as_str())
-        }
+        TT_JWT | TT_ID_TOKEN => dpop_core::jwt::UnverifiedJwt::parse(subject_token)
+            .is_ok_and(|j| j.str_claim("iss") == Some(state.config.issuer.as_str())),
         other => {
             return Err(OAuthError::invalid_request(format!(
                 "subject_token_type {other:?} is not supported"

@@ -57,7 +57,7 @@ pub(crate) async fn token_proof(
         Err(e) => return Err(proof_error(state, &e, now)),
     };
     let proof = proof
-        .record_async(&state.store, now)
+        .record_async(&state.store)
         .await
         .map_err(|e| proof_error(state, &e, now))?;
     Ok(Some(TokenProof {

@@ -198,59 +198,6 @@ pub(crate) fn mint_access_token(
     Ok((token, jti))
 }
 
-/// A string claim of a JWT read WITHOUT verifying it: only to decide which keys verify
-/// it (a client assertion's `sub`, a subject token's `iss`). A token that is not three
-/// parts, or names the claim twice, has none.
-pub(crate) fn peek_claim(token: &str, name: &str) -> Option<String> {
-    use base64::Engine as _;
-    use serde::Deserializer as _;
-    if token.len() > 16 * 1024 {
-        return None;
-    }
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = (&mut de).deserialize_map(PeekClaim { name }).ok()?;
-    de.end().ok()?;
-    value
-}
-
-/// Finds one member of a JSON object, refusing it when it appears twice (as the
-/// verifier would: which of two values a peek saw must not matter).
-struct PeekClaim<'a> {
-    name: &'a str,
-}
-
-impl<'de> serde::de::Visitor<'de> for PeekClaim<'_> {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found: Option<Value> = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.name {
-                if found.is_some() {
-                    return Err(serde::de::Error::custom("duplicate member"));
-                }
-                found = Some(map.next_value()?);
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(found.and_then(|v| v.as_str().map(str::to_owned)))
-    }
-}
-
 /// A new refresh token value and the hash it is stored under.
 pub(crate) fn new_refresh_token() -> Result<(String, String), OAuthError> {
     let bytes = crate::random::random_bytes::<32>().map_err(|e| OAuthError::server_error(&e))?;
@@ -290,7 +237,10 @@ pub(crate) async fn verify_own(
         Err(TokenError::UnknownKey) => {
             // Signed by a key published since the last reload (another instance's new
             // key): re-read the key table, once, if the key is really published.
-            let kid = dpop_core::jwt::peek_kid(token).unwrap_or_default();
+            let kid = dpop_core::jwt::UnverifiedJwt::parse(token)
+                .ok()
+                .and_then(|j| j.kid().map(str::to_owned))
+                .unwrap_or_default();
             if kid.is_empty()
                 || state.keys.knows(&kid)
                 || !state

@@ -579,7 +579,7 @@ async fn loadgen_sends_fresh_valid_proofs() {
         verifier
             .verify([proof.as_bytes()], &request, now)
             .unwrap()
-            .record(&store, now)
+            .record(&store)
             .expect("every proof is fresh");
     }
     drop(issuer);

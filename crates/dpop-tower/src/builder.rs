@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use dpop_core::jwt::{JwkSet, TokenValidation};
+use dpop_core::jwt::{JwkSet, JwtValidation};
 use dpop_core::{AsyncReplayStore, MemoryReplayConfig, MemoryReplayStore, NonceValidator};
 
 use crate::config::{HtuSource, Routes};
@@ -170,14 +170,14 @@ impl DpopLayer<MemoryReplayStore> {
 
     /// A layer for JWT access tokens from `issuer` meant for `audience`, checked with
     /// `keys` only: nothing is fetched (see [`StaticKeys`]). Token checks are
-    /// [`TokenValidation::new`]'s; for others, pass a [`StaticKeys`] to
+    /// [`JwtValidation::new`]'s; for others, pass a [`StaticKeys`] to
     /// [`DpopLayer::builder`].
     pub fn with_keys(
         keys: JwkSet,
         issuer: &str,
         audience: &str,
     ) -> DpopLayerBuilder<Arc<dyn TokenVerifier>> {
-        let tokens = StaticKeys::new(keys, TokenValidation::new(issuer, audience));
+        let tokens = StaticKeys::new(keys, JwtValidation::new(issuer, Some(audience)));
         Self::builder(Arc::new(tokens))
     }
 

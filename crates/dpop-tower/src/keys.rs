@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use dpop_core::jwt::{self, AccessToken, JwkSet, TokenValidation};
+use dpop_core::jwt::{self, AccessToken, JwkSet, JwtValidation};
 use dpop_core::{Error, UnixTime};
 
 use crate::tokens::{BoxFuture, TokenVerifier};
@@ -14,14 +14,14 @@ use crate::tokens::{BoxFuture, TokenVerifier};
 /// or use a source that fetches the issuer's keys.
 pub struct StaticKeys {
     keys: JwkSet,
-    validation: TokenValidation,
+    validation: JwtValidation,
 }
 
 impl StaticKeys {
     /// Tokens signed by one of `keys` and meeting `validation` (issuer, audience,
     /// algorithms, leeway, `typ`).
     #[must_use]
-    pub fn new(keys: JwkSet, validation: TokenValidation) -> Self {
+    pub fn new(keys: JwkSet, validation: JwtValidation) -> Self {
         Self { keys, validation }
     }
 }

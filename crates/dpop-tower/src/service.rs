@@ -399,7 +399,7 @@ impl<St: AsyncReplayStore> Shared<St> {
         let iat_offset = i64::try_from(unrecorded.iat().as_secs()).unwrap_or(i64::MAX)
             - i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let renew_nonce = unrecorded.should_renew_nonce();
-        let outcome = match unrecorded.record_async(&self.store, now).await {
+        let outcome = match unrecorded.record_async(&self.store).await {
             Ok(_) => Outcome::Accepted,
             Err(e @ Error::ReplayStore(_)) if self.settings.fails_open() => {
                 tracing::error!(target: "dpop::rejection", reason = e.reason().as_str(), "replay store failed; request let through because fail-open is configured");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use dpop_core::jwt::AccessToken;
 #[cfg(feature = "jwks")]
-use dpop_core::jwt::TokenValidation;
+use dpop_core::jwt::JwtValidation;
 #[cfg(any(feature = "jwks", feature = "introspection"))]
 use dpop_core::jwt::{self, TokenError};
 use dpop_core::{Ath, Error, UnixTime};
@@ -81,8 +81,9 @@ pub struct JwksSourceConfig {
     pub missing_keys_retry_interval: Duration,
     /// Timeout of each HTTP request to the issuer. Defaults to 5 s.
     pub http_timeout: Duration,
-    /// Token checks (leeway, algorithms, `typ` policy). Defaults to [`TokenValidation::new`].
-    pub validation: TokenValidation,
+    /// Token checks (leeway, algorithms, `typ` policy). Defaults to [`JwtValidation::new`]
+    /// with the issuer and the audience.
+    pub validation: JwtValidation,
 }
 
 #[cfg(feature = "jwks")]
@@ -98,7 +99,7 @@ impl JwksSourceConfig {
             min_refresh_interval: Duration::from_secs(10),
             missing_keys_retry_interval: Duration::from_secs(1),
             http_timeout: Duration::from_secs(5),
-            validation: TokenValidation::new(issuer, audience),
+            validation: JwtValidation::new(issuer, Some(audience)),
         }
     }
 }

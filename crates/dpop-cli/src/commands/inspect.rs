@@ -9,6 +9,7 @@ use std::io::{self, Read as _, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use dpop_core::jwt::UnverifiedJwt;
 use dpop_core::{
     ALL_ALGORITHMS, Check, Error, ExpectedNonce, Htu, Jkt, Observer, PublicJwk, UnixTime, Verifier,
     VerifierConfig, dangerous,
@@ -166,7 +167,13 @@ fn inspect(proof: &[u8], reference: &Reference) -> Result<Report, CliError> {
                 "the proof is not UTF-8 text",
             ))
         })
-        .and_then(dangerous::decode_unverified);
+        .and_then(|p| UnverifiedJwt::parse(p).map_err(|e| Error::Proof(e.into())))
+        .map(|jwt| {
+            (
+                jwt.dangerous_header().clone(),
+                jwt.dangerous_claims().clone(),
+            )
+        });
     let jkt = decoded
         .as_ref()
         .ok()

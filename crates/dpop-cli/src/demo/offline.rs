@@ -97,7 +97,7 @@ impl Demo<'_> {
         )?;
         let verified = api
             .verify([proof.as_bytes()], &request, now)
-            .and_then(|p| p.record(&store, now));
+            .and_then(|p| p.record(&store));
         self.expect_accepted(verified.map(|v| v.jkt().clone()), &jkt)?;
 
         self.line("")?;
@@ -106,7 +106,7 @@ impl Demo<'_> {
         self.step("Replay: send the same request with the same proof again.")?;
         let again = api
             .verify([proof.as_bytes()], &request, now)
-            .and_then(|p| p.record(&store, now));
+            .and_then(|p| p.record(&store));
         self.expect_refused(again.map(drop), Reason::Replay)?;
 
         let attacker = PrivateKey::generate(Algorithm::Es256)
@@ -205,7 +205,7 @@ impl Demo<'_> {
             .map_err(setup("proof"))?;
         let verified = strict_api
             .verify([with_nonce.as_bytes()], &request, now)
-            .and_then(|p| p.record(&store, now));
+            .and_then(|p| p.record(&store));
         self.expect_accepted(verified.map(|v| v.jkt().clone()), &jkt)?;
         Ok(())
     }
@@ -288,7 +288,7 @@ fn check(
 ) -> Result<(), Error> {
     verifier
         .verify([proof.as_bytes()], request, now)
-        .and_then(|p| p.record(store, now))
+        .and_then(|p| p.record(store))
         .map(drop)
 }
 

@@ -160,7 +160,7 @@ async fn check_rs_proof(
         Ok(p) => p,
         Err(e) => return Ok(refused(&e)),
     };
-    match unrecorded.record_async(&state.store, now).await {
+    match unrecorded.record_async(&state.store).await {
         Ok(_) => Ok(Ok(())),
         Err(dpop_core::Error::ReplayStore(e)) => Err(OAuthError::new(
             ErrorCode::TemporarilyUnavailable,

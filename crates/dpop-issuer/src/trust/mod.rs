@@ -34,7 +34,7 @@ use std::fmt;
 use std::time::Duration;
 
 use dpop_core::UnixTime;
-use dpop_core::jwt::{self, JwtValidation, TypPolicy};
+use dpop_core::jwt::{self, JwtValidation, MAX_TOKEN_BYTES, TypPolicy};
 use dpop_discovery::{Fetcher, JwksTimings, KeySource, RemoteJwks};
 
 pub use self::config::{TrustConfig, TrustRule};
@@ -59,8 +59,6 @@ const TIMINGS: JwksTimings = {
     t.missing_keys_retry_interval = Duration::from_secs(5);
     t
 };
-/// Longest subject token read, even to peek at its `iss`.
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The configured trusts, with their cached keys.
 pub struct TrustedIssuers {
@@ -109,7 +107,6 @@ impl TrustedIssuers {
             // explicit types are still refused.
             validation.typ = TypPolicy::AtJwtOrJwt;
             validation.max_token_bytes = MAX_TOKEN_BYTES;
-            validation.require_aud = true;
             let source = match jwks_uri {
                 Some(uri) => KeySource::Uri(uri),
                 None => KeySource::Discover(issuer.clone()),
@@ -142,11 +139,16 @@ impl TrustedIssuers {
     /// [`TrustError::TooLongLived`], [`TrustError::NoRuleMatched`], or
     /// [`TrustError::Unavailable`] when the issuer's keys cannot be fetched.
     pub async fn verify(&self, token: &str, now: UnixTime) -> Result<ExternalSubject, TrustError> {
-        let Some(trust) = crate::tokens::peek_claim(token, "iss").and_then(|iss| {
-            self.trusts
-                .iter()
-                .find(|t| jwt::canonical_issuer(&iss) == t.issuer)
-        }) else {
+        let peeked = jwt::UnverifiedJwt::parse(token).ok();
+        let Some(trust) = peeked
+            .as_ref()
+            .and_then(|j| j.str_claim("iss"))
+            .and_then(|iss| {
+                self.trusts
+                    .iter()
+                    .find(|t| jwt::canonical_issuer(iss) == t.issuer)
+            })
+        else {
             return Err(TrustError::UnknownIssuer);
         };
         let result = match trust.verify_signed(token, now).await {
