@@ -34,7 +34,7 @@ use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
 use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
 use crate::form::Form;
 use crate::proof::{TokenProof, check_bound_key};
 use crate::response::TokenResponse;
@@ -62,7 +62,7 @@ pub(crate) async fn run(
         GRANT_REFRESH_TOKEN => refresh(state, client, form, proof).await,
         GRANT_TOKEN_EXCHANGE => exchange(state, client, form, proof).await,
         other => Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
+            RfcError::UnsupportedGrantType,
             format!("the grant type {other:?} is not supported"),
         )),
     }
@@ -84,7 +84,7 @@ fn choose_scopes(
             let requested = split_scope(scope);
             if let Some(s) = requested.iter().find(|s| !allowed.contains(*s)) {
                 return Err(OAuthError::new(
-                    ErrorCode::InvalidScope,
+                    RfcError::InvalidScope,
                     format!("the scope {s:?} is not allowed here"),
                 ));
             }
@@ -109,7 +109,7 @@ fn choose_audiences(
     for r in form.all("resource") {
         if r.contains('#') || !r.contains("://") {
             return Err(OAuthError::new(
-                ErrorCode::InvalidTarget,
+                RfcError::InvalidTarget,
                 "resource must be an absolute URI without a fragment (RFC 8707)",
             ));
         }
@@ -120,7 +120,7 @@ fn choose_audiences(
         }
         if !allowed.contains(a) {
             return Err(OAuthError::new(
-                ErrorCode::InvalidTarget,
+                RfcError::InvalidTarget,
                 format!("the audience {a:?} is not allowed here"),
             ));
         }
@@ -135,7 +135,7 @@ fn choose_audiences(
     };
     if chosen.is_empty() {
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
+            RfcError::InvalidTarget,
             "no audience: name the API with resource or audience",
         ));
     }
@@ -464,7 +464,7 @@ async fn exchange(
     };
     if own && client.is_public() {
         return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
+            RfcError::UnauthorizedClient,
             "a public client cannot exchange this issuer's tokens: that takes an authenticated client",
         ));
     }
@@ -486,7 +486,7 @@ async fn exchange(
     for subject_client in subject.client.as_deref().into_iter().chain(root) {
         if !may_act_for(client, subject_client) {
             return Err(OAuthError::new(
-                ErrorCode::UnauthorizedClient,
+                RfcError::UnauthorizedClient,
                 format!(
                     "this client may not exchange the tokens of client {subject_client:?} (may_exchange_for)"
                 ),
@@ -628,7 +628,7 @@ async fn own_subject(
         .collect();
     if audiences.is_empty() {
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
+            RfcError::InvalidTarget,
             "none of the subject token's audiences may be issued to this client",
         ));
     }
@@ -676,7 +676,7 @@ async fn external_subject(
         Err(TrustError::Unavailable(why)) => {
             tracing::warn!(target: "dpop::issuer", error = %why, "trusted issuer unreachable");
             return Err(OAuthError::new(
-                ErrorCode::TemporarilyUnavailable,
+                RfcError::TemporarilyUnavailable,
                 "the subject token's issuer keys cannot be fetched; retry later",
             ));
         }

@@ -48,7 +48,7 @@ use std::time::Duration;
 use dpop_core::{Clock, Htu, NonceSecret, StatelessNonces, UnixTime, Verifier, VerifierConfig};
 
 pub use crate::config::{IssuerConfig, ProcessEnvironment};
-pub use crate::error::{ConfigError, ErrorCode, IssuerError, OAuthError, StoreError};
+pub use crate::error::{ConfigError, IssuerError, OAuthError, RfcError, StoreError};
 pub use crate::secret::hash_secret;
 pub use crate::store::Store;
 pub use dpop_core::SystemClock;

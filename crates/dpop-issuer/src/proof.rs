@@ -5,11 +5,10 @@
 
 use axum::http::{HeaderMap, HeaderValue};
 use dpop_core::{
-    Error as DpopError, Jkt, NonceValidator as _, ProofRequest, RfcError, Role, UnixTime,
-    VerifiedProof,
+    Error as DpopError, Jkt, NonceValidator as _, ProofRequest, Role, UnixTime, VerifiedProof,
 };
 
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
 use crate::state::IssuerState;
 
 /// A token request's proof, verified against `POST {issuer}/token` and recorded.
@@ -84,7 +83,7 @@ pub(crate) fn check_bound_key(
 ) -> Result<(), OAuthError> {
     let Some(proof) = proof else {
         return Err(OAuthError::new(
-            ErrorCode::InvalidDpopProof,
+            RfcError::InvalidDpopProof,
             format!("{what} is DPoP-bound: send a proof from its key"),
         ));
     };
@@ -104,7 +103,7 @@ pub(crate) fn check_bound_key(
 /// The answer to a token request without a proof from a client that must send one.
 pub(crate) fn proof_required() -> OAuthError {
     OAuthError::new(
-        ErrorCode::InvalidDpopProof,
+        RfcError::InvalidDpopProof,
         "this client must send a DPoP proof (RFC 9449) with every token request",
     )
 }
@@ -114,16 +113,16 @@ pub(crate) fn proof_error(state: &IssuerState, e: &DpopError, now: UnixTime) -> 
     if matches!(e, DpopError::ReplayStore(_)) {
         tracing::error!(target: "dpop::issuer", error = %e, "replay store failed");
         return OAuthError::new(
-            ErrorCode::TemporarilyUnavailable,
+            RfcError::TemporarilyUnavailable,
             "the authorization server's storage is unavailable; retry later",
         );
     }
     let response = e.response(Role::AuthorizationServer);
     tracing::info!(target: "dpop::rejection", reason = e.reason().as_str(), "token request proof refused");
     if response.error == Some(RfcError::UseDpopNonce) {
-        let mut err = OAuthError::new(ErrorCode::UseDpopNonce, e.description());
+        let mut err = OAuthError::new(RfcError::UseDpopNonce, e.description());
         err.nonce = state.nonces.as_ref().and_then(|n| n.issue(now).ok());
         return err;
     }
-    OAuthError::new(ErrorCode::InvalidDpopProof, e.description())
+    OAuthError::new(RfcError::InvalidDpopProof, e.description())
 }

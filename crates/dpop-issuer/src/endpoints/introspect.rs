@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client_auth;
 use crate::config::Client;
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
 use crate::form::Form;
 use crate::grants;
 use crate::response::json_no_store;
@@ -79,7 +79,7 @@ async fn introspect_inner(
             return Ok(v);
         }
         return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
+            RfcError::UnauthorizedClient,
             "this client may not introspect tokens",
         ));
     }
@@ -153,7 +153,8 @@ async fn check_rs_proof(
         let code = e
             .response(Role::ResourceServer)
             .error
-            .map_or("invalid_dpop_proof", |c| c.as_str());
+            .unwrap_or(RfcError::InvalidDpopProof)
+            .as_str();
         Err((code, e.description().to_owned()))
     };
     let unrecorded = match state.rs_verifier.verify([proof.as_bytes()], &request, now) {
@@ -163,7 +164,7 @@ async fn check_rs_proof(
     match unrecorded.record_async(&state.store).await {
         Ok(_) => Ok(Ok(())),
         Err(dpop_core::Error::ReplayStore(e)) => Err(OAuthError::new(
-            ErrorCode::TemporarilyUnavailable,
+            RfcError::TemporarilyUnavailable,
             format!("the replay store is unavailable: {e}"),
         )),
         Err(e) => Ok(refused(&e)),

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
 use crate::state::IssuerState;
 
 /// What every handler is given.
@@ -55,7 +55,7 @@ pub(crate) fn router(state: Shared) -> Router {
                 .layer(axum::error_handling::HandleErrorLayer::new(
                     |_: tower::BoxError| async {
                         OAuthError::new(
-                            ErrorCode::TemporarilyUnavailable,
+                            RfcError::TemporarilyUnavailable,
                             "the request took too long; retry later",
                         )
                     },

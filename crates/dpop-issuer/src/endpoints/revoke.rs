@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::client_auth;
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
 use crate::form::Form;
 use crate::state::IssuerState;
 use crate::store::secs;
@@ -51,7 +51,7 @@ async fn revoke_inner(
         && hint != "refresh_token"
     {
         return Err(OAuthError::new(
-            ErrorCode::UnsupportedTokenType,
+            RfcError::UnsupportedTokenType,
             format!("token_type_hint {hint:?} is not a token type this server revokes"),
         ));
     }
@@ -63,7 +63,7 @@ async fn revoke_inner(
         {
             if r.client_id != client.id {
                 return Err(OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
+                    RfcError::UnauthorizedClient,
                     "the token was issued to another client",
                 ));
             }
@@ -80,7 +80,7 @@ async fn revoke_inner(
     };
     if jwt.str_claim("client_id") != Some(client.id.as_str()) {
         return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
+            RfcError::UnauthorizedClient,
             "the token was issued to another client",
         ));
     }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use dpop_core::NonceValidator as _;
 
 use crate::config::{DpopRequirement, GRANTS};
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
 use crate::form::Form;
 use crate::proof::{TokenProof, proof_required, token_proof};
 use crate::response::{TokenResponse, no_store};
@@ -86,19 +86,19 @@ async fn token_inner(
         .map_err(|e| {
             tracing::error!(target: "dpop::issuer", error = %e, "cannot read the signing keys");
             OAuthError::new(
-                ErrorCode::TemporarilyUnavailable,
+                RfcError::TemporarilyUnavailable,
                 "the authorization server's keys are unavailable; retry later",
             )
         })?;
     if !GRANTS.contains(&grant.as_str()) {
         return Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
+            RfcError::UnsupportedGrantType,
             format!("the grant type {grant:?} is not supported"),
         ));
     }
     if !client.grants.contains(&grant) {
         return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
+            RfcError::UnauthorizedClient,
             format!("this client may not use the {grant} grant"),
         ));
     }
