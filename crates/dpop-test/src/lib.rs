@@ -18,8 +18,8 @@
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
-//! The `dpop-loadgen` binary of this crate is the load generator described in
-//! `docs/benchmarks.md`.
+//! The load generator described in `docs/benchmarks.md`, `dpop-loadgen`, is a crate of
+//! its own (`crates/dpop-loadgen`) built on these servers.
 //!
 //! What it does *not* do: check anything. The issuer signs what it is told and the
 //! upstream accepts everything; the assertions belong to the tests. It reads the system
@@ -56,7 +56,7 @@ pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
     MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
 };
-pub use crate::jws::{b64url, sign_compact};
+pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
