@@ -51,7 +51,9 @@ mod redis;
 mod server;
 mod upstream;
 
-pub use crate::client::{HTTP_TIMEOUT, HttpResponse, http_get, http_request};
+pub use crate::client::{
+    HTTP_TIMEOUT, HttpResponse, RawResponse, http_get, http_request, raw_exchange,
+};
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
     MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
