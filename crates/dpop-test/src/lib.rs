@@ -15,6 +15,8 @@
 //! - [`Gateway`]: a handle on a server binary, with its output captured;
 //! - [`PgSchema`]: a throw-away schema on the PostgreSQL server of
 //!   `DPOP_TEST_POSTGRES_URL`;
+//! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
+//!   clients ([`ClientFixture`]) instead of hand-written TOML;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
@@ -44,6 +46,7 @@
 
 mod client;
 mod issuer;
+mod issuer_fixture;
 mod jws;
 mod postgres;
 mod process;
@@ -58,6 +61,7 @@ pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
     MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
 };
+pub use crate::issuer_fixture::{ClientFixture, IssuerFixture};
 pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
