@@ -14,7 +14,8 @@ use dpop_core::{
     Algorithm, Clock, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource,
 };
 use dpop_issuer::{Issuer, IssuerConfig};
-use dpop_test::{ClientFixture, IssuerFixture, MockIssuer, PgSchema, TokenSpec};
+pub(crate) use dpop_test::ClientFixture;
+use dpop_test::{IssuerFixture, MockIssuer, PgSchema, TokenSpec};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 

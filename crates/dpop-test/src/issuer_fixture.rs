@@ -240,6 +240,14 @@ impl ClientFixture {
         self
     }
 
+    /// The `[[clients]]` table's text, for a configuration assembled by hand.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out);
+        out
+    }
+
     fn render_into(&self, out: &mut String) {
         let _ = writeln!(out, "[[clients]]\nid = {}", quoted(&self.id));
         match &self.credential {
