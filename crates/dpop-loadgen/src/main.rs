@@ -2,7 +2,7 @@
 //! `docs/benchmarks.md`).
 //!
 //! - `upstream`: the fastest plain HTTP/1.1 responder, for the "upstream direct" row;
-//! - `issuer`: a [`MockIssuer`] on a fixed address, plus a client key and one access
+//! - `issuer`: a [`dpop_test::MockIssuer`] on a fixed address, plus a client key and one access
 //!   token bound to it, written to files for `run --dpop`;
 //! - `run`: a closed-loop generator over a fixed number of keep-alive connections,
 //!   optionally sending a fresh, pre-generated DPoP proof with every request; with
