@@ -348,6 +348,7 @@ impl IssuerConfig {
                 .and_then(|p| crate::files::check_sqlite_path(&p).map(|()| p))
                 .map_err(|e| format!("database: {e}"))
         };
+        let raw_database_set = raw.database.is_some();
         let database = match raw.database {
             Some(d) if d.starts_with("postgres://") || d.starts_with("postgresql://") => d,
             Some(d) => {
@@ -374,6 +375,14 @@ impl IssuerConfig {
                 sqlite_path(data_dir.join("issuer.db"))?.display()
             ),
         };
+        // A database whose driver is not compiled in is refused now, not at first use.
+        crate::store::compiled_backend(&database).map_err(|e| {
+            if raw_database_set {
+                e
+            } else {
+                format!("database is not set, and the default (SQLite in data_dir): {e}")
+            }
+        })?;
         let signing_alg = match raw.signing_alg.as_deref().unwrap_or("ES256") {
             "ES256" => Algorithm::Es256,
             "EdDSA" | "Ed25519" => Algorithm::EdDsa,
