@@ -35,7 +35,7 @@ DPOP=${DPOP_BIN:-$BIN/dpop}
 log() { printf '==> %s\n' "$*" >&2; }
 
 log "building release binaries"
-cargo build --profile "$PROFILE" -p dpop-test -p dpop-cli --locked >&2
+cargo build --profile "$PROFILE" -p dpop-loadgen -p dpop-cli --locked >&2
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpop-loadtest.XXXXXX")
 PIDS=()

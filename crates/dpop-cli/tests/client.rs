@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use dpop_core::{Algorithm, Ath, PrivateKey};
-use dpop_test::{Gateway, MockIssuer, TestUpstream, TokenSpec};
+use dpop_test::{ClientFixture, Gateway, IssuerFixture, MockIssuer, TestUpstream, TokenSpec};
 use serde_json::{Value, json};
 
 use crate::common::{
@@ -72,37 +72,33 @@ clients = ["ci"]
                 iss = ci.url()
             )
         });
-        let text = format!(
-            r#"
-issuer = "{url}"
-data_dir = "{data}"
-database = "sqlite://{db}?mode=rwc"
-
-[[clients]]
-id = "svc"
-secret = "env:SVC_SECRET"
-grants = ["client_credentials"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-audiences = ["{AUD}"]
-
-[[clients]]
-id = "keyed"
-jwks = '{jwk}'
-grants = ["client_credentials"]
-scopes = ["read"]
-audiences = ["{AUD}"]
-
-[[clients]]
-id = "ci"
-grants = ["urn:ietf:params:oauth:grant-type:token-exchange"]
-scopes = ["read"]
-audiences = ["{AUD}"]
-{trust}
-"#,
-            data = dir.file("data").display(),
-            db = dir.file("issuer.db").display(),
-        );
+        let text = IssuerFixture::new(&url)
+            .data_dir(dir.file("data").display())
+            .database(format!(
+                "sqlite://{}?mode=rwc",
+                dir.file("issuer.db").display()
+            ))
+            .client(
+                ClientFixture::confidential("svc", "env:SVC_SECRET")
+                    .grants(["client_credentials"])
+                    .scopes(["read", "write"])
+                    .default_scopes(["read"])
+                    .audiences([AUD]),
+            )
+            .client(
+                ClientFixture::keyed("keyed", jwk)
+                    .grants(["client_credentials"])
+                    .scopes(["read"])
+                    .audiences([AUD]),
+            )
+            .client(
+                ClientFixture::public("ci")
+                    .grants(["urn:ietf:params:oauth:grant-type:token-exchange"])
+                    .scopes(["read"])
+                    .audiences([AUD]),
+            )
+            .extra(trust)
+            .render();
         let env =
             std::collections::BTreeMap::from([("SVC_SECRET".to_owned(), SVC_SECRET.to_owned())]);
         let config = dpop_issuer::IssuerConfig::from_toml(&text, &dir.0, &env)

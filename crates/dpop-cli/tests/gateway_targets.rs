@@ -5,11 +5,7 @@
 //! hostile target must be refused with nothing forwarded; every canonical one must reach
 //! the upstream as exactly the path that was authorised.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use dpop_test::{MockIssuer, TestUpstream};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use dpop_test::{MockIssuer, RawResponse as Raw, TestUpstream, raw_exchange as exchange};
 
 use super::{Caller, Gw, Launch, config_file};
 use crate::common::{send, www};
@@ -77,54 +73,6 @@ dangerous_forward_encoded_slashes = true
 /// `(expected, target bytes)` for each line of the table.
 fn table() -> Vec<(String, Vec<u8>)> {
     dpop_core::internal::vectors::target_table(TABLE).unwrap()
-}
-
-/// A response read off the wire.
-struct Raw {
-    status: u16,
-    text: String,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        let head = self.text.split("\r\n\r\n").next()?;
-        head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Sends `method target HTTP/1.1` with `headers`, byte for byte, on a new connection.
-async fn exchange(addr: SocketAddr, method: &[u8], target: &[u8], headers: &[(&str, &str)]) -> Raw {
-    let mut request = Vec::new();
-    request.extend_from_slice(method);
-    request.push(b' ');
-    request.extend_from_slice(target);
-    request.extend_from_slice(
-        format!(" HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").as_bytes(),
-    );
-    for (name, value) in headers {
-        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    request.extend_from_slice(b"\r\n");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&request).await.unwrap();
-    let mut out = Vec::new();
-    // The gateway may close without reading everything; what it answered is what counts.
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no status for {:?}: {text:?}",
-                String::from_utf8_lossy(target)
-            )
-        });
-    Raw { status, text }
 }
 
 /// A DPoP request for `target` by `caller`, answering one nonce challenge.

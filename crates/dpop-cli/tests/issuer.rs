@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dpop_core::{Algorithm, PrivateKey};
-use dpop_test::{Gateway, HttpResponse, TestUpstream, free_port, http_request};
+use dpop_test::{
+    ClientFixture, Gateway, HttpResponse, IssuerFixture, TestUpstream, free_port, http_request,
+};
 use serde_json::Value;
 
 use crate::common::{
@@ -27,26 +29,21 @@ impl IssuerSetup {
     fn new() -> Self {
         let dir = TempDir::new("issuer-e2e");
         let port = free_port();
-        let config = format!(
-            r#"
-issuer = "http://127.0.0.1:{port}"
-listen = "127.0.0.1:{port}"
-data_dir = "data"
-
-[[clients]]
-id = "svc"
-secret = "env:SVC_SECRET"
-grants = ["client_credentials"]
-scopes = ["read", "write"]
-audiences = ["{AUD}"]
-
-[[clients]]
-id = "gateway"
-secret = "env:GW_SECRET"
-grants = []
-introspection = true
-"#
-        );
+        let config = IssuerFixture::new(format!("http://127.0.0.1:{port}"))
+            .top(format!("listen = \"127.0.0.1:{port}\""))
+            .data_dir("data")
+            .client(
+                ClientFixture::confidential("svc", "env:SVC_SECRET")
+                    .grants(["client_credentials"])
+                    .scopes(["read", "write"])
+                    .audiences([AUD]),
+            )
+            .client(
+                ClientFixture::confidential("gateway", "env:GW_SECRET")
+                    .grants(Vec::<String>::new())
+                    .line("introspection = true"),
+            )
+            .render();
         std::fs::write(dir.file("issuer.toml"), config).unwrap();
         Self { dir, port }
     }
@@ -319,7 +316,13 @@ async fn issuer_commands_report_usage_errors_with_exit_2() {
     // A plaintext secret in the file is refused, naming the client.
     std::fs::write(
         setup.config(),
-        format!("issuer = \"{}\"\n[[clients]]\nid = \"x\"\nsecret = \"hunter2\"\ngrants = [\"client_credentials\"]\naudiences = [\"{AUD}\"]\n", setup.url()),
+        IssuerFixture::new(setup.url())
+            .client(
+                ClientFixture::confidential("x", "hunter2")
+                    .grants(["client_credentials"])
+                    .audiences([AUD]),
+            )
+            .render(),
     )
     .unwrap();
     let out = issuer_command(&["--config", p(&setup.config())])

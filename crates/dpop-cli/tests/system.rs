@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use dpop_client::{ClientAuth, ClientKey, DpopMiddleware, Grant, OAuthTokens, TokenRequest};
 use dpop_core::{Algorithm, PrivateKey};
 use dpop_test::{
-    Gateway, HttpResponse, MockIssuer, PgSchema, RedisServer, TestUpstream, TokenSpec, free_port,
-    http_get, wait_for_tcp,
+    ClientFixture, Gateway, HttpResponse, IssuerFixture, MockIssuer, PgSchema, RedisServer,
+    TestUpstream, TokenSpec, free_port, http_get, wait_for_tcp,
 };
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -45,27 +45,27 @@ const CI_AUD: &str = "https://issuer.test";
 /// - `agent`: a public client that exchanges CI job tokens ([`IssuerSetup::trust`]) and
 ///   refreshes (key-bound refresh tokens, RFC 9449 §5);
 /// - `gateway`: the introspecting gateway.
-const CLIENTS: &str = r#"
-[[clients]]
-id = "svc"
-secret = "env:SVC_SECRET"
-grants = ["client_credentials"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-audiences = ["https://api.example.com"]
-
-[[clients]]
-id = "agent"
-grants = ["urn:ietf:params:oauth:grant-type:token-exchange", "refresh_token"]
-scopes = ["read"]
-audiences = ["https://api.example.com"]
-
-[[clients]]
-id = "gateway"
-secret = "env:GW_SECRET"
-grants = []
-introspection = true
-"#;
+fn clients(fixture: IssuerFixture) -> IssuerFixture {
+    fixture
+        .client(
+            ClientFixture::confidential("svc", "env:SVC_SECRET")
+                .grants(["client_credentials"])
+                .scopes(["read", "write"])
+                .default_scopes(["read"])
+                .audiences(["https://api.example.com"]),
+        )
+        .client(
+            ClientFixture::public("agent")
+                .grants([GRANT_EXCHANGE, "refresh_token"])
+                .scopes(["read"])
+                .audiences(["https://api.example.com"]),
+        )
+        .client(
+            ClientFixture::confidential("gateway", "env:GW_SECRET")
+                .grants(Vec::<String>::new())
+                .line("introspection = true"),
+        )
+}
 
 /// One `dpop issuer` configuration file: its own port and data directory; the issuer
 /// identifier is `http://127.0.0.1:PORT` unless the test says otherwise (instances
@@ -83,10 +83,13 @@ impl IssuerSetup {
     fn new(dir: &TempDir, name: &str, id: Option<&str>, database: Option<&str>) -> Self {
         let port = free_port();
         let id = id.map_or_else(|| format!("http://127.0.0.1:{port}"), str::to_owned);
-        let database = database.map_or_else(String::new, |d| format!("database = \"{d}\"\n"));
-        let text = format!(
-            "issuer = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{name}-data\"\n{database}{CLIENTS}"
-        );
+        let mut fixture = IssuerFixture::new(&id)
+            .top(format!("listen = \"127.0.0.1:{port}\""))
+            .data_dir(format!("{name}-data"));
+        if let Some(d) = database {
+            fixture = fixture.database(d);
+        }
+        let text = clients(fixture).render();
         let config = dir.file(&format!("{name}.toml"));
         std::fs::write(&config, text).unwrap();
         Self { config, port, id }

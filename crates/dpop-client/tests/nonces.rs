@@ -6,7 +6,7 @@ use dpop_client::{ClientError, DpopMiddleware, Grant, OAuthTokens};
 use serde_json::Value;
 
 use crate::support::{
-    Api, ApiOptions, Issuer, Misbehaviour, client_error, client_key, http_client, jws_claims,
+    Api, ApiOptions, Issuer, Misbehaviour, Seen, client_error, client_key, http_client, jws_claims,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,26 +50,6 @@ async fn a_resource_nonce_challenge_is_answered_with_one_retry() {
     let seen = api.seen();
     assert_eq!(seen.len(), 1, "{seen:#?}");
     assert!(seen[0].claim("nonce").is_some());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lower_case_challenge_scheme_is_understood() {
-    let api = Api::start(ApiOptions {
-        nonces: true,
-        lowercase_scheme: true,
-        ..ApiOptions::default()
-    })
-    .await;
-    let (key, _) = client_key();
-    let client = http_client(DpopMiddleware::new(key));
-    let r = client.get(api.at("/v1/items")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let seen = api.seen();
-    assert_eq!(seen.len(), 2, "{seen:#?}");
-    assert!(
-        seen[0].status == 401 && seen[1].claim("nonce") == seen[0].nonce_sent.as_deref(),
-        "{seen:#?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,44 +103,6 @@ async fn a_server_that_always_wants_a_new_nonce_gets_two_requests_and_its_401_ba
     let seen = api.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(seen[0].claim("nonce"), Some("nonce-1"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_400_nonce_loop_gives_the_caller_the_400_and_its_body() {
-    let api = Api::start(ApiOptions {
-        misbehave: Some(Misbehaviour::AlwaysNonce400),
-        ..ApiOptions::default()
-    })
-    .await;
-    let (key, _) = client_key();
-    let client = http_client(DpopMiddleware::new(key));
-    let url = api.at("/token?x=1");
-    let r = client
-        .post(&url)
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(r.headers()["dpop-nonce"], "nonce-1");
-    // The body was read to find the error code; the caller gets the same response: URL,
-    // headers and body.
-    assert_eq!(r.url().as_str(), url);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .contains("json")
-    );
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "use_dpop_nonce");
-    let seen = api.seen();
-    assert_eq!(seen.len(), 2, "{seen:#?}");
-    assert_eq!(seen[1].claim("nonce"), Some("nonce-0"));
-    assert_eq!(
-        seen[1].body, b"grant_type=client_credentials",
-        "the body is sent again"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,71 +235,193 @@ async fn a_body_that_cannot_be_sent_twice_is_a_clear_error() {
     assert_eq!(api.seen()[1].body, b"streamed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_byte_body_is_sent_again_on_retry() {
-    let api = Api::start(ApiOptions {
-        nonces: true,
-        ..ApiOptions::default()
-    })
-    .await;
-    let (key, _) = client_key();
-    let client = http_client(DpopMiddleware::new(key));
-    let r = client
-        .put(api.at("/v1/items/1"))
-        .header("content-type", "application/json")
-        .body("{\"a\":1}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let seen = api.seen();
-    assert_eq!(seen.len(), 2);
-    for s in &seen {
-        assert_eq!(s.body, b"{\"a\":1}");
-        assert_eq!(s.header("content-type"), Some("application/json"));
-        assert_eq!(s.claim("htm"), Some("PUT"));
+/// A response as the caller got it: read whole before the case's checks.
+struct Reply {
+    status: u16,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers[name].to_str().unwrap()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// One request through the middleware to an API with `options`: the status the caller
+/// gets, how many requests the API saw (so how many retries), the nonce the retry
+/// carried, and the case's own checks of the reply and what the API saw.
+struct Case {
+    name: &'static str,
+    options: ApiOptions,
+    method: &'static str,
+    path: &'static str,
+    content_type: Option<&'static str>,
+    body: Option<&'static str>,
+    status: u16,
+    requests: usize,
+    /// The `nonce` claim of the second request, when there is one.
+    retry_nonce: Option<&'static str>,
+    check: fn(&str, &Reply, &[Seen]),
+}
+
+impl Default for Case {
+    fn default() -> Self {
+        Self {
+            name: "",
+            options: ApiOptions::default(),
+            method: "GET",
+            path: "/v1/items",
+            content_type: None,
+            body: None,
+            status: 200,
+            requests: 1,
+            retry_nonce: None,
+            check: |_, _, _| {},
+        }
+    }
+}
+
+/// Runs every case against an API of its own; a failure names the case.
+async fn run_cases(cases: Vec<Case>) {
+    for c in cases {
+        let name = c.name;
+        let api = Api::start(c.options).await;
+        let (key, _) = client_key();
+        let client = http_client(DpopMiddleware::new(key));
+        let url = api.at(c.path);
+        let method = reqwest::Method::from_bytes(c.method.as_bytes()).unwrap();
+        let mut request = client.request(method, &url);
+        if let Some(content_type) = c.content_type {
+            request = request.header("content-type", content_type);
+        }
+        if let Some(body) = c.body {
+            request = request.body(body);
+        }
+        let r = request.send().await.unwrap();
+        let reply = Reply {
+            status: r.status().as_u16(),
+            url: r.url().to_string(),
+            headers: r.headers().clone(),
+            body: r.bytes().await.unwrap(),
+        };
+        let seen = api.seen();
+        assert_eq!(reply.status, c.status, "{name}: {seen:#?}");
+        assert_eq!(
+            reply.url, url,
+            "{name}: the caller gets the response of its URL"
+        );
+        assert_eq!(seen.len(), c.requests, "{name}: {seen:#?}");
+        if let Some(nonce) = c.retry_nonce {
+            assert_eq!(seen[1].claim("nonce"), Some(nonce), "{name}: {seen:#?}");
+        }
+        (c.check)(name, &reply, &seen);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunked_400_nonce_challenge_is_answered() {
-    // Servers that stream their error bodies send no Content-Length.
-    let api = Api::start(ApiOptions {
-        misbehave: Some(Misbehaviour::ChunkedNonce400Once),
-        ..ApiOptions::default()
-    })
+async fn nonce_challenges_and_retries() {
+    run_cases(vec![
+        Case {
+            name: "a lower-case challenge scheme is understood",
+            options: ApiOptions {
+                nonces: true,
+                lowercase_scheme: true,
+                ..ApiOptions::default()
+            },
+            requests: 2,
+            check: |name, _, seen| {
+                assert!(
+                    seen[0].status == 401
+                        && seen[1].claim("nonce") == seen[0].nonce_sent.as_deref(),
+                    "{name}: {seen:#?}"
+                );
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "a byte body is sent again on retry",
+            options: ApiOptions {
+                nonces: true,
+                ..ApiOptions::default()
+            },
+            method: "PUT",
+            path: "/v1/items/1",
+            content_type: Some("application/json"),
+            body: Some("{\"a\":1}"),
+            requests: 2,
+            check: |name, _, seen| {
+                for s in seen {
+                    assert_eq!(s.body, b"{\"a\":1}", "{name}");
+                    assert_eq!(s.header("content-type"), Some("application/json"), "{name}");
+                    assert_eq!(s.claim("htm"), Some("PUT"), "{name}");
+                }
+            },
+            ..Case::default()
+        },
+        Case {
+            name: "a 400 nonce loop gives the caller the 400 and its body",
+            options: ApiOptions {
+                misbehave: Some(Misbehaviour::AlwaysNonce400),
+                ..ApiOptions::default()
+            },
+            method: "POST",
+            path: "/token?x=1",
+            body: Some("grant_type=client_credentials"),
+            status: 400,
+            requests: 2,
+            retry_nonce: Some("nonce-0"),
+            check: |name, reply, seen| {
+                assert_eq!(reply.header("dpop-nonce"), "nonce-1", "{name}");
+                // The body was read to find the error code; the caller gets the same
+                // response: URL, headers and body.
+                assert!(reply.header("content-type").contains("json"), "{name}");
+                assert_eq!(reply.json()["error"], "use_dpop_nonce", "{name}");
+                assert_eq!(
+                    seen[1].body, b"grant_type=client_credentials",
+                    "{name}: the body is sent again"
+                );
+            },
+            ..Case::default()
+        },
+        Case {
+            // Servers that stream their error bodies send no Content-Length.
+            name: "a chunked 400 nonce challenge is answered",
+            options: ApiOptions {
+                misbehave: Some(Misbehaviour::ChunkedNonce400Once),
+                ..ApiOptions::default()
+            },
+            method: "POST",
+            body: Some("a=b"),
+            requests: 2,
+            retry_nonce: Some("nonce-0"),
+            ..Case::default()
+        },
+        Case {
+            name: "a large chunked 400 reaches the caller whole and is not retried",
+            options: ApiOptions {
+                misbehave: Some(Misbehaviour::LargeChunked400),
+                ..ApiOptions::default()
+            },
+            method: "POST",
+            path: "/token",
+            body: Some("a=b"),
+            status: 400,
+            requests: 1,
+            // Past the inspection limit the client does not read the error, so no retry;
+            // every byte still reaches the caller.
+            check: |name, reply, _| {
+                let body = reply.json();
+                assert_eq!(body["error"], "use_dpop_nonce", "{name}");
+                assert_eq!(body["pad"].as_str().unwrap().len(), 20 * 1024, "{name}");
+            },
+            ..Case::default()
+        },
+    ])
     .await;
-    let (key, _) = client_key();
-    let client = http_client(DpopMiddleware::new(key));
-    let r = client
-        .post(api.at("/v1/items"))
-        .body("a=b")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let seen = api.seen();
-    assert_eq!(seen.len(), 2, "{seen:#?}");
-    assert_eq!(seen[1].claim("nonce"), Some("nonce-0"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_chunked_400_reaches_the_caller_whole_and_is_not_retried() {
-    let api = Api::start(ApiOptions {
-        misbehave: Some(Misbehaviour::LargeChunked400),
-        ..ApiOptions::default()
-    })
-    .await;
-    let (key, _) = client_key();
-    let client = http_client(DpopMiddleware::new(key));
-    let url = api.at("/token");
-    let r = client.post(&url).body("a=b").send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(r.url().as_str(), url);
-    // Past the inspection limit the client does not read the error, so no retry; every
-    // byte still reaches the caller.
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "use_dpop_nonce");
-    assert_eq!(body["pad"].as_str().unwrap().len(), 20 * 1024);
-    assert_eq!(api.seen().len(), 1);
 }

@@ -20,6 +20,7 @@ use dpop_core::{
     Algorithm, Htu, Jkt, MemoryReplayStore, NonceSecret, NonceValidator as _, PrivateKey,
     ProofRequest, Reason, Role, StatelessNonces, UnixTime, Verifier, VerifierConfig,
 };
+use dpop_test::{ClientFixture, IssuerFixture};
 use serde_json::{Value, json};
 
 /// The audience of every token the test issuer hands out.
@@ -677,58 +678,49 @@ impl Issuer {
         let jwk = client_key.public_jwk().to_json_value().to_string();
         let hash = &*SECRET_HASH;
         let cc = "client_credentials";
-        let text = format!(
-            r#"
-issuer = "{url}"
-data_dir = "{data}"
-database = "sqlite://{db}?mode=rwc"
-
-[dpop]
-nonce = true
-
-[[clients]]
-id = "svc"
-secret = "{hash}"
-grants = ["{cc}", "refresh_token", "{GRANT_EXCHANGE}"]
-scopes = ["read", "write"]
-default_scopes = ["read"]
-audiences = ["{API}"]
-
-[[clients]]
-id = "short"
-secret = "{hash}"
-grants = ["{cc}"]
-scopes = ["read"]
-audiences = ["{API}"]
-access_token_lifetime_secs = 2
-
-[[clients]]
-id = "keyed"
-jwks = '{jwk}'
-grants = ["{cc}"]
-scopes = ["read"]
-audiences = ["{API}"]
-
-[[clients]]
-id = "public"
-grants = ["{GRANT_EXCHANGE}", "refresh_token"]
-scopes = ["read", "write"]
-audiences = ["{API}"]
-access_token_lifetime_secs = 2
-
-[[clients]]
-id = "delegate"
-secret = "{hash}"
-grants = ["{GRANT_EXCHANGE}"]
-scopes = ["read", "write"]
-audiences = ["{API}"]
-may_exchange_for = ["svc"]
-
-{extra}
-"#,
-            data = dir.path().join("data").display(),
-            db = dir.path().join("issuer.db").display(),
-        );
+        let text = IssuerFixture::new(&url)
+            .data_dir(dir.path().join("data").display())
+            .database(format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("issuer.db").display()
+            ))
+            .nonce(true)
+            .client(
+                ClientFixture::confidential("svc", hash)
+                    .grants([cc, "refresh_token", GRANT_EXCHANGE])
+                    .scopes(["read", "write"])
+                    .default_scopes(["read"])
+                    .audiences([API]),
+            )
+            .client(
+                ClientFixture::confidential("short", hash)
+                    .grants([cc])
+                    .scopes(["read"])
+                    .audiences([API])
+                    .line("access_token_lifetime_secs = 2"),
+            )
+            .client(
+                ClientFixture::keyed("keyed", jwk)
+                    .grants([cc])
+                    .scopes(["read"])
+                    .audiences([API]),
+            )
+            .client(
+                ClientFixture::public("public")
+                    .grants([GRANT_EXCHANGE, "refresh_token"])
+                    .scopes(["read", "write"])
+                    .audiences([API])
+                    .line("access_token_lifetime_secs = 2"),
+            )
+            .client(
+                ClientFixture::confidential("delegate", hash)
+                    .grants([GRANT_EXCHANGE])
+                    .scopes(["read", "write"])
+                    .audiences([API])
+                    .may_exchange_for(["svc"]),
+            )
+            .extra(extra)
+            .render();
         let config = dpop_issuer::IssuerConfig::from_toml(
             &text,
             dir.path(),

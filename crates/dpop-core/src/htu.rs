@@ -88,39 +88,90 @@ impl Htu {
         if origin.len().saturating_add(path_and_query.len()) > MAX_LEN {
             return Err(HtuError::TooLong);
         }
-        check_bytes(origin)?;
-        check_bytes(path_and_query)?;
-        if !path_and_query.starts_with('/') {
-            return Err(HtuError::BadRequestTarget);
-        }
-        // A request target has no fragment, but cutting at '#' too costs nothing.
-        let request_path = path_and_query.split(['?', '#']).next().unwrap_or_default();
-        let parts = split(origin)?;
-        if !parts.rest.is_empty() {
-            return Err(HtuError::BadOrigin);
-        }
-        // "https://x.example/api/" + "/a" must give "/api/a", not "/api//a".
-        let prefix = parts.path.strip_suffix('/').unwrap_or(parts.path);
-        let capacity = scheme_len(parts.https)
-            .saturating_add(parts.authority.len())
-            .saturating_add(prefix.len())
-            .saturating_add(request_path.len());
-        let mut out = String::with_capacity(capacity);
-        push_scheme_and_authority(&mut out, &parts)?;
-        let base = out.len();
-        // Dot segments are removed across the join, as they would be in the joined URI.
-        push_path(&mut out, base, prefix, false)?;
-        push_path(&mut out, base, request_path, true)?;
-        if out.len() == base {
-            out.push('/');
-        }
-        Ok(Self(out))
+        HtuBase::parse(origin)?.join(path_and_query)
     }
 
     /// The normalised URI, such as `"https://server.example.com/token"`.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A server's own base URI (origin, optionally with a path prefix), normalised once so
+/// that the `htu` of each request is built by appending its path
+/// ([`HtuBase::join`]): `HtuBase::parse(o)?.join(p)` equals
+/// [`Htu::from_origin_and_path`]`(o, p)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HtuBase {
+    /// Scheme, authority and prefix, normalised, without a trailing `/`.
+    prefix: String,
+    /// Where the path starts in `prefix`: dot segments never climb above it.
+    path_start: usize,
+}
+
+impl HtuBase {
+    /// Normalises `origin` (such as `"https://api.example.com:8443"` or
+    /// `"https://x.example/api"`).
+    ///
+    /// # Errors
+    /// [`HtuError::BadOrigin`] when `origin` carries a query or fragment, and otherwise the
+    /// errors of [`Htu::parse`].
+    pub fn parse(origin: &str) -> Result<Self, HtuError> {
+        if origin.len() > MAX_LEN {
+            return Err(HtuError::TooLong);
+        }
+        check_bytes(origin)?;
+        let parts = split(origin)?;
+        if !parts.rest.is_empty() {
+            return Err(HtuError::BadOrigin);
+        }
+        // "https://x.example/api/" + "/a" must give "/api/a", not "/api//a".
+        let prefix = parts.path.strip_suffix('/').unwrap_or(parts.path);
+        let mut out = String::with_capacity(
+            scheme_len(parts.https)
+                .saturating_add(parts.authority.len())
+                .saturating_add(prefix.len()),
+        );
+        push_scheme_and_authority(&mut out, &parts)?;
+        let path_start = out.len();
+        push_path(&mut out, path_start, prefix, false)?;
+        Ok(Self {
+            prefix: out,
+            path_start,
+        })
+    }
+
+    /// The `htu` of a request whose origin-form target is `path_and_query` (such as
+    /// `"/a/b?x=1"`); the query is removed and dot segments are resolved across the join,
+    /// as they would be in the joined URI.
+    ///
+    /// # Errors
+    /// [`HtuError::BadRequestTarget`] when `path_and_query` does not start with `/`,
+    /// [`HtuError::TooLong`] past the length limit, and the path errors of [`Htu::parse`].
+    pub fn join(&self, path_and_query: &str) -> Result<Htu, HtuError> {
+        if self.prefix.len().saturating_add(path_and_query.len()) > MAX_LEN {
+            return Err(HtuError::TooLong);
+        }
+        check_bytes(path_and_query)?;
+        if !path_and_query.starts_with('/') {
+            return Err(HtuError::BadRequestTarget);
+        }
+        // A request target has no fragment, but cutting at '#' too costs nothing.
+        let request_path = path_and_query.split(['?', '#']).next().unwrap_or_default();
+        let mut out = String::with_capacity(self.prefix.len().saturating_add(request_path.len()));
+        out.push_str(&self.prefix);
+        push_path(&mut out, self.path_start, request_path, true)?;
+        if out.len() == self.path_start {
+            out.push('/');
+        }
+        Ok(Htu(out))
+    }
+
+    /// `scheme://authority` in normal form (lower case, default port dropped).
+    #[must_use]
+    pub fn origin(&self) -> &str {
+        self.prefix.get(..self.path_start).unwrap_or_default()
     }
 }
 

@@ -91,7 +91,7 @@ pub use crate::challenge::{Challenge, ChallengeError};
 pub use crate::error::{
     Error, ErrorResponse, NonceError, ProofError, Reason, RequestError, RfcError, Role,
 };
-pub use crate::htu::{Htu, HtuError};
+pub use crate::htu::{Htu, HtuBase, HtuError};
 pub use crate::jwk::{Jkt, JwkError, MAX_JWK_BYTES, MAX_RSA_BITS, MIN_RSA_BITS, PublicJwk};
 pub use crate::key::{
     KeyError, MAX_PRIVATE_KEY_TEXT, PrivateKey, RandomSource, Signer, SystemRandomSource,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub use crate::environment::{Environment, ProcessEnvironment};
 use crate::error::ConfigError;
 use crate::secret::ClientSecret;
+pub use crate::store::redact_url;
 use crate::trust::TrustConfig;
 
 /// `client_credentials` (RFC 6749 §4.4).
@@ -327,6 +328,7 @@ impl IssuerConfig {
                 .and_then(|p| crate::files::check_sqlite_path(&p).map(|()| p))
                 .map_err(|e| format!("database: {e}"))
         };
+        let raw_database_set = raw.database.is_some();
         let database = match raw.database {
             Some(d) if d.starts_with("postgres://") || d.starts_with("postgresql://") => d,
             Some(d) => {
@@ -353,6 +355,14 @@ impl IssuerConfig {
                 sqlite_path(data_dir.join("issuer.db"))?.display()
             ),
         };
+        // A database whose driver is not compiled in is refused now, not at first use.
+        crate::store::compiled_backend(&database).map_err(|e| {
+            if raw_database_set {
+                e
+            } else {
+                format!("database is not set, and the default (SQLite in data_dir): {e}")
+            }
+        })?;
         let signing_alg = match raw.signing_alg.as_deref().unwrap_or("ES256") {
             "ES256" => Algorithm::Es256,
             "EdDSA" | "Ed25519" => Algorithm::EdDsa,
@@ -526,23 +536,6 @@ impl IssuerConfig {
             .chain([self.lifetimes.access_token])
             .max()
             .unwrap_or(self.lifetimes.access_token)
-    }
-}
-
-/// The database URL with any password replaced, for messages.
-#[must_use]
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = url.get(s + 3..at).unwrap_or("");
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{user}:***{}",
-                url.get(..s + 3).unwrap_or(""),
-                url.get(at..).unwrap_or("")
-            )
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! One implementation serves both databases through sqlx's `Any` driver: the SQL is
 //! portable (TEXT and BIGINT columns, `ON CONFLICT`, `$n` parameters), and the versioned
-//! migrations in `migrations/` are embedded and applied at start.
+//! migrations in `migrations/` are embedded and applied at start. Each driver is a Cargo
+//! feature (`sqlite`, `postgres`, both on by default); a database whose driver this build
+//! lacks is refused by name, at config load and at [`Store::connect`].
 //!
 //! Every operation that must be atomic across instances is one conditional statement
 //! (`UPDATE … WHERE used_at IS NULL`, `INSERT … ON CONFLICT`), so two instances racing on
@@ -18,7 +20,6 @@ use dpop_core::replay::{AsyncReplayStore, Insert, ReplayStoreError};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::config::redact_url;
 use crate::error::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -31,6 +32,83 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL.
     Postgres,
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("dpop-issuer needs a database driver: enable the `sqlite` or `postgres` feature");
+
+impl Backend {
+    /// The backend a database URL names: `sqlite:` URLs are SQLite, any other PostgreSQL.
+    #[must_use]
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            Self::Sqlite
+        } else {
+            Self::Postgres
+        }
+    }
+
+    /// The Cargo feature of dpop-issuer that compiles this backend's driver in.
+    #[must_use]
+    pub const fn feature(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// Whether this build has this backend's driver.
+    #[must_use]
+    pub const fn is_compiled(self) -> bool {
+        match self {
+            Self::Sqlite => cfg!(feature = "sqlite"),
+            Self::Postgres => cfg!(feature = "postgres"),
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+/// The database URL with any password replaced, for messages.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = url.get(s + 3..at).unwrap_or("");
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***{}",
+                url.get(..s + 3).unwrap_or(""),
+                url.get(at..).unwrap_or("")
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The backend of the database `url`, refused when this build lacks its driver.
+pub(crate) fn compiled_backend(url: &str) -> Result<Backend, String> {
+    backend_among(url, Backend::is_compiled)
+}
+
+/// [`compiled_backend`] with the drivers of a build given by `compiled`.
+fn backend_among(url: &str, compiled: fn(Backend) -> bool) -> Result<Backend, String> {
+    let backend = Backend::of_url(url);
+    if compiled(backend) {
+        Ok(backend)
+    } else {
+        Err(format!(
+            "database {:?} needs the {} driver, which this build of dpop-issuer does not include (built without the `{}` feature)",
+            redact_url(url),
+            backend.name(),
+            backend.feature(),
+        ))
+    }
 }
 
 /// The issuer's state.
@@ -164,14 +242,11 @@ impl Store {
     /// Connects, creating the SQLite file if needed, and applies pending migrations.
     ///
     /// # Errors
-    /// [`StoreError`] when the database is unreachable or a migration fails.
+    /// [`StoreError`] when the database's driver is not in this build, the database is
+    /// unreachable or a migration fails.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let backend = compiled_backend(url).map_err(StoreError)?;
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
         if backend == Backend::Sqlite {
             // Directories 0700, database files 0600 (`files.rs`).
             crate::files::private_sqlite(url).map_err(StoreError)?;
@@ -181,6 +256,10 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    // Only SQLite takes settings per connection.
+                    #[cfg(not(feature = "sqlite"))]
+                    let _ = (conn, backend);
+                    #[cfg(feature = "sqlite")]
                     if backend == Backend::Sqlite {
                         // WAL lets readers proceed while a token is rotated; the busy
                         // timeout makes concurrent writers queue instead of failing.
@@ -791,6 +870,42 @@ impl AsyncReplayStore for Store {
                 Ok(false) => Ok(Insert::AlreadyPresent),
                 Err(e) => Err(ReplayStoreError::Unavailable(e.0)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_without_its_driver_is_refused_by_name() {
+        let only_sqlite: fn(Backend) -> bool = |b| b == Backend::Sqlite;
+        let only_postgres: fn(Backend) -> bool = |b| b == Backend::Postgres;
+        let e = backend_among("postgres://issuer:pw@db/issuer", only_sqlite).unwrap_err();
+        assert_eq!(
+            e,
+            "database \"postgres://issuer:***@db/issuer\" needs the PostgreSQL driver, which this build of dpop-issuer does not include (built without the `postgres` feature)"
+        );
+        let e = backend_among("sqlite:///var/lib/issuer.db?mode=rwc", only_postgres).unwrap_err();
+        assert!(e.contains("needs the SQLite driver"), "{e}");
+        assert!(e.contains("without the `sqlite` feature"), "{e}");
+        assert_eq!(
+            backend_among("sqlite://:memory:", only_sqlite),
+            Ok(Backend::Sqlite)
+        );
+        assert_eq!(
+            backend_among("postgresql://db/issuer", only_postgres),
+            Ok(Backend::Postgres)
+        );
+        // This build: each backend is accepted exactly when its feature is on.
+        for b in [Backend::Sqlite, Backend::Postgres] {
+            let url = if b == Backend::Sqlite {
+                "sqlite://x.db"
+            } else {
+                "postgres://db/x"
+            };
+            assert_eq!(compiled_backend(url).is_ok(), b.is_compiled(), "{b:?}");
         }
     }
 }

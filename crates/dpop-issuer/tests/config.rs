@@ -203,8 +203,9 @@ fn clients() {
     );
     // Duplicate ids.
     let twice = format!(
-        "{}\n[[clients]]\nid = \"c\"\ngrants = [\"{GRANT_EXCHANGE}\"]\n",
-        secret_client("")
+        "{}\n{}",
+        secret_client(""),
+        ClientFixture::public("c").grants([GRANT_EXCHANGE]).render()
     );
     refused(&twice, "twice");
 }
@@ -214,10 +215,11 @@ fn clients() {
 #[test]
 fn public_client_cannot_be_configured_to_exchange_issuer_tokens() {
     let public = |extra: &str| {
-        format!(
-            "{}\n[[clients]]\nid = \"pub\"\ngrants = [\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\"]\naudiences = [\"{API}\"]\n{extra}",
-            secret_client("")
-        )
+        let client = ClientFixture::public("pub")
+            .grants([GRANT_EXCHANGE, GRANT_REFRESH])
+            .audiences([API])
+            .line(extra);
+        format!("{}\n{}", secret_client(""), client.render())
     };
     parse(&public(""), &BTreeMap::new()).unwrap();
     refused(&public("may_exchange_for = [\"c\"]"), "a public client");
@@ -228,10 +230,14 @@ fn public_client_cannot_be_configured_to_exchange_issuer_tokens() {
 #[test]
 fn exchange_settings() {
     let actor = |extra: &str| {
+        let client = ClientFixture::confidential("actor", &*SECRET_HASH)
+            .grants([GRANT_EXCHANGE, GRANT_REFRESH])
+            .audiences([API])
+            .line(extra);
         format!(
-            "{}\n[[clients]]\nid = \"actor\"\nsecret = \"{}\"\ngrants = [\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\"]\naudiences = [\"{API}\"]\n{extra}",
+            "{}\n{}",
             secret_client("dpop = \"optional\""),
-            *SECRET_HASH
+            client.render()
         )
     };
     let c = parse(&actor(""), &BTreeMap::new()).unwrap();
@@ -310,11 +316,7 @@ fn trust_rules() {
     let trust = |clients: &str| {
         format!(
             r#"{}
-[[clients]]
-id = "x"
-grants = ["{GRANT_EXCHANGE}"]
-audiences = ["{API}"]
-
+{}
 [[trust]]
 name = "ci"
 issuer = "https://ci.example"
@@ -326,7 +328,11 @@ workload = "shop"
 scopes = ["read"]
 clients = [{clients}]
 "#,
-            secret_client("")
+            secret_client(""),
+            ClientFixture::public("x")
+                .grants([GRANT_EXCHANGE])
+                .audiences([API])
+                .render()
         )
     };
     parse(&trust("\"x\""), &BTreeMap::new()).unwrap();

@@ -415,28 +415,22 @@ async fn leaked_bearer_subject_cannot_be_exchanged(db: Db) {
 /// what comes of it still ends with it: exchanging the bound token again, by a client
 /// with `refresh_from_exchange`, starts no refresh grant.
 async fn bearer_subject_never_becomes_a_refresh_grant_through_another_exchange(db: Db) {
-    let extra = format!(
-        r#"
-[[clients]]
-id = "bearer"
-secret = "{h}"
-grants = ["{GRANT_CC}"]
-scopes = ["read"]
-audiences = ["{API}"]
-dpop = "optional"
-allow_bearer_exchange = true
-
-[[clients]]
-id = "deleg"
-secret = "{h}"
-grants = ["{GRANT_EXCHANGE}", "{GRANT_REFRESH}"]
-scopes = ["read"]
-audiences = ["{API}"]
-may_exchange_for = ["bearer"]
-refresh_from_exchange = true
-"#,
-        h = *SECRET_HASH
-    );
+    let extra = [
+        ClientFixture::confidential("bearer", &*SECRET_HASH)
+            .grants([GRANT_CC])
+            .scopes(["read"])
+            .audiences([API])
+            .line("dpop = \"optional\"")
+            .line("allow_bearer_exchange = true"),
+        ClientFixture::confidential("deleg", &*SECRET_HASH)
+            .grants([GRANT_EXCHANGE, GRANT_REFRESH])
+            .scopes(["read"])
+            .audiences([API])
+            .may_exchange_for(["bearer"])
+            .line("refresh_from_exchange = true"),
+    ]
+    .map(|c| c.render())
+    .join("\n");
     let it = TestIssuer::start_with(
         &db,
         Setup {
@@ -477,20 +471,21 @@ refresh_from_exchange = true
 /// only does not obtain, through a token `svc2` holds for `svc`, a token for `svc`'s
 /// subject. It must be allowed for the client the chain started with as well.
 async fn transitive_delegation_needs_the_root_client(db: Db) {
-    let client = |id: &str, may: &str| {
-        format!(
-            "\n[[clients]]\nid = \"{id}\"\nsecret = \"{h}\"\ngrants = [\"{GRANT_EXCHANGE}\"]\n\
-             scopes = [\"read\", \"write\"]\naudiences = [\"{API}\"]\nmay_exchange_for = {may}\n",
-            h = *SECRET_HASH
-        )
+    let client = |id: &str, may: &[&str]| {
+        let client = ClientFixture::confidential(id, &*SECRET_HASH)
+            .grants([GRANT_EXCHANGE])
+            .scopes(["read", "write"])
+            .audiences([API])
+            .may_exchange_for(may.iter().copied());
+        format!("\n{}", client.render())
     };
     let it = TestIssuer::start_with(
         &db,
         Setup {
             extra: format!(
                 "{}{}",
-                client("third", r#"["svc2"]"#),
-                client("trusted", r#"["svc", "svc2"]"#)
+                client("third", &["svc2"]),
+                client("trusted", &["svc", "svc2"])
             ),
             ..Setup::default()
         },

@@ -24,18 +24,12 @@ db_tests!(
 );
 
 async fn client_credentials_returns_no_refresh_token(db: Db) {
-    let extra = format!(
-        r#"
-[[clients]]
-id = "exchanger"
-secret = "{}"
-grants = ["{GRANT_EXCHANGE}"]
-scopes = ["read"]
-audiences = ["{API}"]
-may_exchange_for = ["svc"]
-"#,
-        *SECRET_HASH
-    );
+    let extra = ClientFixture::confidential("exchanger", &*SECRET_HASH)
+        .grants([GRANT_EXCHANGE])
+        .scopes(["read"])
+        .audiences([API])
+        .may_exchange_for(["svc"])
+        .render();
     let it = TestIssuer::start_with(
         &db,
         Setup {
@@ -345,18 +339,12 @@ async fn refresh_token_of_another_client(db: Db) {
 /// configured with `refresh_from_exchange`: otherwise the new token would outlive its
 /// subject token by up to the refresh lifetimes.
 async fn own_token_exchange_starts_no_refresh_family_by_default(db: Db) {
-    let extra = format!(
-        r#"
-[[clients]]
-id = "delegate"
-secret = "{}"
-grants = ["{GRANT_EXCHANGE}", "{GRANT_REFRESH}"]
-scopes = ["read"]
-audiences = ["{API}"]
-may_exchange_for = ["svc"]
-"#,
-        *SECRET_HASH
-    );
+    let extra = ClientFixture::confidential("delegate", &*SECRET_HASH)
+        .grants([GRANT_EXCHANGE, GRANT_REFRESH])
+        .scopes(["read"])
+        .audiences([API])
+        .may_exchange_for(["svc"])
+        .render();
     let it = TestIssuer::start_with(
         &db,
         Setup {

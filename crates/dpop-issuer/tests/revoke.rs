@@ -350,11 +350,12 @@ async fn purge_does_not_revive_tokens_of_a_revoked_family(db: Db) {
         &db,
         Setup {
             tokens: "refresh_token_absolute_secs = 1000\nrefresh_token_idle_secs = 1000\n".into(),
-            extra: format!(
-                "[[clients]]\nid = \"delegate\"\nsecret = \"{}\"\ngrants = [\"{GRANT_EXCHANGE}\"]\n\
-                 scopes = [\"read\"]\naudiences = [\"{API}\"]\nmay_exchange_for = [\"svc\"]\n",
-                *SECRET_HASH
-            ),
+            extra: ClientFixture::confidential("delegate", &*SECRET_HASH)
+                .grants([GRANT_EXCHANGE])
+                .scopes(["read"])
+                .audiences([API])
+                .may_exchange_for(["svc"])
+                .render(),
             ..Setup::default()
         },
     )

@@ -208,18 +208,12 @@ async fn key_rotation(db: Db) {
 }
 
 async fn client_disabled_in_configuration(db: Db) {
-    let extra = format!(
-        r#"
-[[clients]]
-id = "off"
-secret = "{}"
-grants = ["{GRANT_CC}"]
-scopes = ["read"]
-audiences = ["{API}"]
-enabled = false
-"#,
-        *SECRET_HASH
-    );
+    let extra = ClientFixture::confidential("off", &*SECRET_HASH)
+        .grants([GRANT_CC])
+        .scopes(["read"])
+        .audiences([API])
+        .line("enabled = false")
+        .render();
     let it = TestIssuer::start_with(
         &db,
         Setup {

@@ -14,7 +14,8 @@ use dpop_core::{
     Algorithm, Clock, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource,
 };
 use dpop_issuer::{Issuer, IssuerConfig};
-use dpop_test::{MockIssuer, PgSchema, TokenSpec};
+pub(crate) use dpop_test::ClientFixture;
+use dpop_test::{IssuerFixture, MockIssuer, PgSchema, TokenSpec};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
@@ -256,63 +257,43 @@ impl Setup {
 /// - `keyed`: `private_key_jwt` with the harness's client key, `client_credentials`;
 /// - `public`: public, token exchange and refresh, scopes `read write`;
 /// - `rs`: a resource server that may only introspect.
-fn clients_toml(hash: &str, client_jwk: &str) -> String {
-    format!(
-        r#"
-[[clients]]
-id = "svc"
-secret = "{hash}"
-grants = ["{GRANT_CC}", "{GRANT_REFRESH}", "{GRANT_EXCHANGE}"]
-scopes = ["read", "write", "admin"]
-default_scopes = ["read"]
-audiences = ["{API}", "{OTHER_API}"]
-default_audiences = ["{API}"]
-refresh_from_exchange = true
-
-[[clients]]
-id = "svc2"
-secret = "{hash}"
-grants = ["{GRANT_CC}", "{GRANT_REFRESH}", "{GRANT_EXCHANGE}"]
-scopes = ["read", "write"]
-audiences = ["{API}"]
-may_exchange_for = ["svc"]
-refresh_from_exchange = true
-
-[[clients]]
-id = "cc-only"
-secret = "{hash}"
-grants = ["{GRANT_CC}"]
-scopes = ["read"]
-audiences = ["{API}"]
-
-[[clients]]
-id = "optional"
-secret = "{hash}"
-grants = ["{GRANT_CC}"]
-scopes = ["read"]
-audiences = ["{API}"]
-dpop = "optional"
-
-[[clients]]
-id = "keyed"
-jwks = '{client_jwk}'
-grants = ["{GRANT_CC}"]
-scopes = ["read"]
-audiences = ["{API}"]
-
-[[clients]]
-id = "public"
-grants = ["{GRANT_EXCHANGE}", "{GRANT_REFRESH}"]
-scopes = ["read", "write"]
-audiences = ["{API}"]
-
-[[clients]]
-id = "rs"
-secret = "{hash}"
-grants = []
-introspection = true
-"#
-    )
+fn clients(hash: &str, client_jwk: &str) -> Vec<ClientFixture> {
+    let every_grant = [GRANT_CC, GRANT_REFRESH, GRANT_EXCHANGE];
+    vec![
+        ClientFixture::confidential("svc", hash)
+            .grants(every_grant)
+            .scopes(["read", "write", "admin"])
+            .default_scopes(["read"])
+            .audiences([API, OTHER_API])
+            .default_audiences([API])
+            .line("refresh_from_exchange = true"),
+        ClientFixture::confidential("svc2", hash)
+            .grants(every_grant)
+            .scopes(["read", "write"])
+            .audiences([API])
+            .may_exchange_for(["svc"])
+            .line("refresh_from_exchange = true"),
+        ClientFixture::confidential("cc-only", hash)
+            .grants([GRANT_CC])
+            .scopes(["read"])
+            .audiences([API]),
+        ClientFixture::confidential("optional", hash)
+            .grants([GRANT_CC])
+            .scopes(["read"])
+            .audiences([API])
+            .line("dpop = \"optional\""),
+        ClientFixture::keyed("keyed", client_jwk)
+            .grants([GRANT_CC])
+            .scopes(["read"])
+            .audiences([API]),
+        ClientFixture::public("public")
+            .grants([GRANT_EXCHANGE, GRANT_REFRESH])
+            .scopes(["read", "write"])
+            .audiences([API]),
+        ClientFixture::confidential("rs", hash)
+            .grants(Vec::<String>::new())
+            .line("introspection = true"),
+    ]
 }
 
 /// Configuration `text` with `line` added to client `id`'s table (an operator's edit).
@@ -520,17 +501,17 @@ impl TestIssuer {
         let url = format!("http://127.0.0.1:{port}{}", setup.path);
         let client_key = Arc::new(key());
         let client_jwk = client_key.public_jwk().to_json_value().to_string();
-        let text = format!(
-            "issuer = \"{url}\"\ndata_dir = \"{data}\"\ndatabase = \"{database}\"\n{top}\n\n\
-             [tokens]\n{tokens}\n\n[dpop]\nnonce = {nonce}\n{clients}\n{extra}\n",
-            data = db.dir.join("data").display(),
-            database = db.url(),
-            tokens = setup.tokens,
-            top = setup.top,
-            nonce = setup.nonce,
-            clients = clients_toml(&SECRET_HASH, &client_jwk),
-            extra = setup.extra,
-        );
+        let mut fixture = IssuerFixture::new(&url)
+            .data_dir(db.dir.join("data").display())
+            .database(db.url())
+            .top(setup.top)
+            .tokens(setup.tokens)
+            .nonce(setup.nonce)
+            .extra(setup.extra);
+        for client in clients(&SECRET_HASH, &client_jwk) {
+            fixture = fixture.client(client);
+        }
+        let text = fixture.render();
         Self::launch(
             text,
             db.dir.clone(),

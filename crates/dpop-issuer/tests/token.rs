@@ -784,17 +784,12 @@ async fn issuer_with_a_path(db: Db) {
 async fn basic_credentials_are_form_encoded(db: Db) {
     // RFC 6749 §2.3.1: Basic carries the form-urlencoded id and secret.
     let secret = "p@ss: w+rd/100%&more";
-    let extra = format!(
-        r#"
-[[clients]]
-id = "odd:id+é/x"
-secret = "{}"
-grants = ["{GRANT_CC}"]
-scopes = ["read"]
-audiences = ["{API}"]
-"#,
-        dpop_issuer::hash_secret(secret).unwrap()
-    );
+    let extra =
+        ClientFixture::confidential("odd:id+é/x", dpop_issuer::hash_secret(secret).unwrap())
+            .grants([GRANT_CC])
+            .scopes(["read"])
+            .audiences([API])
+            .render();
     let it = TestIssuer::start_with(
         &db,
         Setup {
@@ -1302,10 +1297,11 @@ async fn a_client_with_costlier_hash_parameters_looks_like_an_unknown_id() {
     let it = TestIssuer::start_with(
         &db,
         Setup {
-            extra: format!(
-                "[[clients]]\nid = \"heavy\"\nsecret = \"{heavy}\"\ngrants = [\"{GRANT_CC}\"]\n\
-                 scopes = [\"read\"]\naudiences = [\"{API}\"]\n"
-            ),
+            extra: ClientFixture::confidential("heavy", heavy)
+                .grants([GRANT_CC])
+                .scopes(["read"])
+                .audiences([API])
+                .render(),
             ..Setup::no_nonce()
         },
     )

@@ -525,11 +525,14 @@ outlive_subject = true
         )
         .map_err(|e| e.message().to_owned())
     };
-    let client = |id: &str, grants: &str| {
-        format!("[[clients]]\nid = \"{id}\"\ngrants = [{grants}]\naudiences = [\"{API}\"]\n")
+    let client = |id: &str, grants: &[&str]| {
+        ClientFixture::public(id)
+            .grants(grants.iter().copied())
+            .audiences([API])
+            .render()
     };
-    let exchange_only = client("x", &format!("\"{GRANT_EXCHANGE}\""));
-    let refreshing = client("y", &format!("\"{GRANT_EXCHANGE}\", \"{GRANT_REFRESH}\""));
+    let exchange_only = client("x", &[GRANT_EXCHANGE]);
+    let refreshing = client("y", &[GRANT_EXCHANGE, GRANT_REFRESH]);
     let both = format!("{exchange_only}{refreshing}");
 
     for (clients, rule_clients) in [

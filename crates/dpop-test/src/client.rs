@@ -3,6 +3,7 @@
 //! without pulling a full client library into every test.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -11,6 +12,7 @@ use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How long [`http_request`] waits for the whole exchange.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,4 +155,70 @@ async fn exchange(
         headers,
         body,
     })
+}
+
+/// A response read off the wire by [`raw_exchange`]: its status and everything the server
+/// sent, head and body, as text.
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The whole response (lossy UTF-8).
+    pub text: String,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (case-insensitive), trimmed.
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let head = self.text.split("\r\n\r\n").next()?;
+        head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends `METHOD TARGET HTTP/1.1` with `Host: ADDR`, `Connection: close` and `headers`,
+/// byte for byte (no URL parsing: for hostile request targets), on a new connection, and
+/// reads until the server closes or 20 s pass.
+///
+/// # Panics
+/// When the connection fails or the reply has no status line.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    method: &[u8],
+    target: &[u8],
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut request = Vec::new();
+    request.extend_from_slice(method);
+    request.push(b' ');
+    request.extend_from_slice(target);
+    request.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").as_bytes(),
+    );
+    for (name, value) in headers {
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the server");
+    stream.write_all(&request).await.expect("send the request");
+    let mut out = Vec::new();
+    // The server may close without reading everything; what it answered is what counts.
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no status for {:?}: {text:?}",
+                String::from_utf8_lossy(target)
+            )
+        });
+    RawResponse { status, text }
 }

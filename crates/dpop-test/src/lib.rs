@@ -15,11 +15,13 @@
 //! - [`Gateway`]: a handle on a server binary, with its output captured;
 //! - [`PgSchema`]: a throw-away schema on the PostgreSQL server of
 //!   `DPOP_TEST_POSTGRES_URL`;
+//! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
+//!   clients ([`ClientFixture`]) instead of hand-written TOML;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
-//! The `dpop-loadgen` binary of this crate is the load generator described in
-//! `docs/benchmarks.md`.
+//! The load generator described in `docs/benchmarks.md`, `dpop-loadgen`, is a crate of
+//! its own (`crates/dpop-loadgen`) built on these servers.
 //!
 //! What it does *not* do: check anything. The issuer signs what it is told and the
 //! upstream accepts everything; the assertions belong to the tests. It reads the system
@@ -44,6 +46,7 @@
 
 mod client;
 mod issuer;
+mod issuer_fixture;
 mod jws;
 mod postgres;
 mod process;
@@ -51,12 +54,15 @@ mod redis;
 mod server;
 mod upstream;
 
-pub use crate::client::{HTTP_TIMEOUT, HttpResponse, http_get, http_request};
+pub use crate::client::{
+    HTTP_TIMEOUT, HttpResponse, RawResponse, http_get, http_request, raw_exchange,
+};
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
     MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
 };
-pub use crate::jws::{b64url, sign_compact};
+pub use crate::issuer_fixture::{ClientFixture, IssuerFixture};
+pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};

@@ -3,16 +3,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use dpop_core::{
-    Algorithm, Htu, MemoryReplayStore, PrivateKey, ProofRequest, PublicJwk, UnixTime, Verifier,
-    VerifierConfig,
-};
+use base64::engine::general_purpose::STANDARD;
+use dpop_core::{Algorithm, PrivateKey, PublicJwk};
 use dpop_test::{
-    Gateway, MockIssuer, PgSchema, RedisServer, TestUpstream, TokenSpec, free_port, http_get,
-    http_request, wait_for_tcp,
+    MockIssuer, PgSchema, RedisServer, TestUpstream, TokenSpec, decode_compact, free_port,
+    http_get, http_request, verifies_es256, wait_for_tcp,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -24,39 +20,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Splits a compact JWS into header, claims, signing input and signature.
-fn decode(jws: &str) -> (Value, Value, String, Vec<u8>) {
-    let parts: Vec<&str> = jws.split('.').collect();
-    assert_eq!(parts.len(), 3, "{jws}");
-    let json =
-        |p: &str| -> Value { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap() };
-    (
-        json(parts[0]),
-        json(parts[1]),
-        format!("{}.{}", parts[0], parts[1]),
-        URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
-    )
-}
-
-/// Verifies `jws` against the key with its `kid` in `jwks`, as a resource server would:
-/// parse the JWK with dpop-core, verify ES256 with bare aws-lc-rs on the raw point.
-fn verifies(jws: &str, jwks: &Value) -> bool {
-    let (header, _, input, signature) = decode(jws);
-    let Some(jwk) = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kid"] == header["kid"])
-    else {
-        return false;
-    };
-    let public = PublicJwk::from_json(&jwk.to_string()).unwrap();
-    let point = public.raw_public_key().unwrap();
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-        .verify(input.as_bytes(), &signature)
-        .is_ok()
 }
 
 async fn get_json(url: &str) -> Value {
@@ -122,7 +85,7 @@ async fn issuer_metadata_and_jwks_shape() {
 }
 
 #[tokio::test]
-async fn minted_token_has_the_claims_and_verifies() {
+async fn minted_token_has_the_claims_and_verifies_es256() {
     let issuer = MockIssuer::start().await.unwrap();
     let client = PrivateKey::generate(Algorithm::Es256).unwrap();
     let jkt = client.thumbprint().as_str().to_owned();
@@ -132,7 +95,7 @@ async fn minted_token_has_the_claims_and_verifies() {
         lifetime_secs: 120,
         ..TokenSpec::bound(AUD, &jkt)
     });
-    let (header, claims, _, _) = decode(&token);
+    let (header, claims, _, _) = decode_compact(&token);
     assert_eq!(
         header,
         json!({"alg": "ES256", "typ": "at+jwt", "kid": issuer.kid()})
@@ -148,17 +111,20 @@ async fn minted_token_has_the_claims_and_verifies() {
     assert_eq!(claims["exp"].as_u64().unwrap(), iat + 120);
     assert!(claims["jti"].as_str().unwrap().len() >= 16);
     assert_ne!(
-        decode(&issuer.mint(&TokenSpec::new(AUD))).1["jti"],
+        decode_compact(&issuer.mint(&TokenSpec::new(AUD))).1["jti"],
         claims["jti"]
     );
 
     let jwks = get_json(&issuer.jwks_uri()).await;
-    assert!(verifies(&token, &jwks));
+    assert!(verifies_es256(&token, &jwks));
     // A flipped signature byte does not.
     let mut tampered = token.clone().into_bytes();
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
-    assert!(!verifies(&String::from_utf8(tampered).unwrap(), &jwks));
+    assert!(!verifies_es256(
+        &String::from_utf8(tampered).unwrap(),
+        &jwks
+    ));
 }
 
 #[tokio::test]
@@ -173,22 +139,25 @@ async fn token_spec_variants() {
     spec.extra.insert("aud".into(), json!([AUD, "other"]));
     spec.extra.insert("acr".into(), json!("mfa"));
     let token = issuer.mint(&spec);
-    let (header, claims, _, _) = decode(&token);
+    let (header, claims, _, _) = decode_compact(&token);
     assert!(header.get("typ").is_none());
     assert_eq!(claims["iat"], 1_000_000);
     assert_eq!(claims["exp"], 999_940, "negative lifetime: already expired");
     assert_eq!(claims["aud"], json!([AUD, "other"]));
     assert_eq!(claims["acr"], "mfa");
     assert!(claims.get("cnf").is_none() && claims.get("scope").is_none());
-    assert!(verifies(&token, &issuer.jwks()));
+    assert!(verifies_es256(&token, &issuer.jwks()));
 
     // Hand-made tokens: exactly the header given.
     let raw = issuer.sign_compact(
         &json!({"alg": "ES256", "kid": issuer.kid()}),
         &json!({"x": 1}),
     );
-    assert_eq!(decode(&raw).0, json!({"alg": "ES256", "kid": issuer.kid()}));
-    assert!(verifies(&raw, &issuer.jwks()));
+    assert_eq!(
+        decode_compact(&raw).0,
+        json!({"alg": "ES256", "kid": issuer.kid()})
+    );
+    assert!(verifies_es256(&raw, &issuer.jwks()));
 }
 
 #[tokio::test]
@@ -261,7 +230,7 @@ async fn key_rotation() {
     assert_ne!(second_kid, first_kid);
     assert_eq!(issuer.kid(), second_kid);
     let new_token = issuer.mint(&TokenSpec::new(AUD));
-    assert_eq!(decode(&new_token).0["kid"], second_kid);
+    assert_eq!(decode_compact(&new_token).0["kid"], second_kid);
     let jwks = get_json(&issuer.jwks_uri()).await;
     let kids: Vec<&Value> = jwks["keys"]
         .as_array()
@@ -270,17 +239,17 @@ async fn key_rotation() {
         .map(|k| &k["kid"])
         .collect();
     assert_eq!(kids, [&json!(first_kid), &json!(second_kid)]);
-    assert!(verifies(&old_token, &jwks), "old keys stay published");
-    assert!(verifies(&new_token, &jwks));
+    assert!(verifies_es256(&old_token, &jwks), "old keys stay published");
+    assert!(verifies_es256(&new_token, &jwks));
 
     let third_kid = issuer.rotate_key_and_drop_old();
     let jwks = get_json(&issuer.jwks_uri()).await;
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["kid"], third_kid);
-    assert!(!verifies(&old_token, &jwks));
-    assert!(!verifies(&new_token, &jwks));
-    assert!(verifies(&issuer.mint(&TokenSpec::new(AUD)), &jwks));
+    assert!(!verifies_es256(&old_token, &jwks));
+    assert!(!verifies_es256(&new_token, &jwks));
+    assert!(verifies_es256(&issuer.mint(&TokenSpec::new(AUD)), &jwks));
     assert_eq!(issuer.jwks_fetches(), 2);
 }
 
@@ -420,170 +389,6 @@ async fn redis_start_stop_start() {
         "$-1",
         "nothing persisted"
     );
-}
-
-const LOADGEN: &str = env!("CARGO_BIN_EXE_dpop-loadgen");
-
-#[tokio::test]
-async fn gateway_handle_waits_terminates_and_reports_early_exit() {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let listen = addr.to_string();
-    let mut process = Gateway::spawn(LOADGEN, ["upstream", "--listen", &listen], addr)
-        .await
-        .unwrap();
-    assert_eq!(process.url(), format!("http://{addr}"));
-    assert_eq!(http_get(&process.url()).await.unwrap().text(), "ok");
-    assert!(process.output().contains("listening on"));
-    assert!(process.try_wait().unwrap().is_none());
-    let status = process.terminate(Duration::from_secs(5)).await.unwrap();
-    assert!(!status.success(), "killed by SIGTERM: {status}");
-    assert!(
-        wait_for_tcp(addr, Duration::from_millis(100))
-            .await
-            .is_err()
-    );
-
-    // A process that exits at startup is reported with its output.
-    let e = Gateway::spawn(LOADGEN, ["upstream", "--listen", "not-an-address"], addr)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("exited"), "{e}");
-    assert!(e.to_string().contains("invalid"), "{e}");
-}
-
-/// The load generator against the echo upstream with `--dpop`: every proof it sent is
-/// valid for the URL and token, and none repeats (the replay store would refuse it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loadgen_sends_fresh_valid_proofs() {
-    let upstream = TestUpstream::builder()
-        .capacity(100_000)
-        .start()
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("dpop-test-loadgen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (token_path, key_path) = (dir.join("token"), dir.join("key.pem"));
-    let issuer_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let issuer = Gateway::spawn(
-        LOADGEN,
-        [
-            "issuer".as_ref(),
-            "--listen".as_ref(),
-            issuer_addr.to_string().as_ref(),
-            "--aud".as_ref(),
-            AUD.as_ref(),
-            "--token-out".as_ref(),
-            token_path.as_os_str(),
-            "--key-out".as_ref(),
-            key_path.as_os_str(),
-        ],
-        issuer_addr,
-    )
-    .await
-    .unwrap();
-    // The files are written right after the issuer binds.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !token_path.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let token = std::fs::read_to_string(&token_path).unwrap();
-    let key =
-        PrivateKey::from_pkcs8_pem(&std::fs::read_to_string(&key_path).unwrap(), None).unwrap();
-    let (_, claims, _, _) = decode(&token);
-    assert_eq!(claims["cnf"]["jkt"], key.thumbprint().as_str());
-    assert_eq!(claims["aud"], AUD);
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        3600
-    );
-    let jwks = get_json(&format!("http://{issuer_addr}/jwks")).await;
-    assert!(verifies(&token, &jwks));
-
-    let url = format!("{}/resource?q=1", upstream.url());
-    let output = tokio::process::Command::new(LOADGEN)
-        .args([
-            "run",
-            "--url",
-            &url,
-            "--connections",
-            "2",
-            "--duration",
-            "0.5",
-        ])
-        .args([
-            "--warmup",
-            "0",
-            "--max-proofs",
-            "1500",
-            "--dpop",
-            "--label",
-            "t",
-        ])
-        .arg("--key")
-        .arg(&key_path)
-        .arg("--token")
-        .arg(&token_path)
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let keys: Vec<&str> = line
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    for k in [
-        "label", "requests", "seconds", "rps", "p50_ms", "p99_ms", "max_ms", "non_2xx", "errors",
-    ] {
-        assert!(keys.contains(&k), "{k} missing in {line}");
-    }
-    assert_eq!(line["label"], "t");
-    assert_eq!(
-        (line["errors"].as_u64(), line["non_2xx"].as_u64()),
-        (Some(0), Some(0))
-    );
-    let requests = line["requests"].as_u64().unwrap();
-    assert!(requests > 0 && requests <= 1500);
-    if line["proofs_exhausted"] == true {
-        assert!(stderr.contains("ran out"), "{stderr}");
-    }
-
-    let verifier = Verifier::new(
-        VerifierConfig::builder()
-            .with_default_algorithms()
-            .without_nonces(),
-    )
-    .unwrap();
-    let store = MemoryReplayStore::with_capacity(10_000);
-    let htu = Htu::parse(&url).unwrap();
-    let now = UnixTime::from_secs(unix_now());
-    let recorded = upstream.requests();
-    assert!(recorded.len() as u64 >= requests);
-    for r in &recorded {
-        assert_eq!(r.path, "/resource?q=1");
-        assert_eq!(
-            r.header("authorization"),
-            Some(format!("DPoP {}", token.trim()).as_str())
-        );
-        let proof = r.header("dpop").unwrap();
-        let request =
-            ProofRequest::new("GET", &htu).with_access_token(token.trim(), key.thumbprint());
-        verifier
-            .verify([proof.as_bytes()], &request, now)
-            .unwrap()
-            .record(&store)
-            .expect("every proof is fresh");
-    }
-    drop(issuer);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Whether the schema `name` exists on `server`.

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use dpop_core::target::loose_form;
-use dpop_core::{Htu, RequestError};
+use dpop_core::{Htu, HtuBase, RequestError};
 use http::{HeaderMap, Method, Uri};
 use ipnet::IpNet;
 
@@ -314,7 +314,7 @@ pub enum HtuSource {
 /// [`HtuSource`] checked and normalised once, when the layer is built.
 #[derive(Clone, Debug)]
 pub(crate) enum HtuRule {
-    Fixed(String),
+    Fixed(HtuBase),
     ByHost {
         urls: Vec<PublicUrl>,
         /// The schemes of `urls`, each once, in the order they first appear.
@@ -334,39 +334,26 @@ pub(crate) enum HtuRule {
 pub(crate) struct PublicUrl {
     /// `http` or `https`.
     scheme: &'static str,
-    /// Normalised `scheme://authority`.
-    origin: String,
-    /// The public URL as configured, the base of the `htu`.
-    base: String,
+    /// The public URL, normalised once: the base of the `htu`.
+    base: HtuBase,
 }
 
 impl PublicUrl {
     fn new(url: &str) -> Option<Self> {
-        let origin = origin_of(url)?;
-        let scheme = if origin.starts_with("https://") {
+        let base = HtuBase::parse(url).ok()?;
+        let scheme = if base.origin().starts_with("https://") {
             "https"
         } else {
             "http"
         };
-        Some(Self {
-            scheme,
-            origin,
-            base: url.to_owned(),
-        })
+        Some(Self { scheme, base })
     }
 }
 
 /// `scheme://authority` of an absolute URL in normal form (lower case, default port
 /// dropped), or `None` when it is not a valid http(s) origin.
 fn origin_of(url: &str) -> Option<String> {
-    let htu = Htu::from_origin_and_path(url, "/").ok()?;
-    let s = htu.as_str();
-    let after_scheme = s.find("://")?.saturating_add(3);
-    let end = s
-        .get(after_scheme..)?
-        .find('/')
-        .map_or(s.len(), |i| after_scheme.saturating_add(i));
-    s.get(..end).map(str::to_owned)
+    HtuBase::parse(url).ok().map(|b| b.origin().to_owned())
 }
 
 impl HtuRule {
@@ -374,8 +361,7 @@ impl HtuRule {
     pub(crate) fn new(source: &HtuSource) -> Result<Self, String> {
         match source {
             HtuSource::PublicUrl(url) => {
-                origin_of(url).ok_or_else(|| url.clone())?;
-                Ok(Self::Fixed(url.clone()))
+                Ok(Self::Fixed(HtuBase::parse(url).map_err(|_| url.clone())?))
             }
             HtuSource::PublicUrls {
                 urls,
@@ -436,7 +422,7 @@ impl HtuRule {
     ) -> Result<Htu, RequestError> {
         let bad = |_| RequestError::BadRequestTarget;
         match self {
-            Self::Fixed(base) => Htu::from_origin_and_path(base, path).map_err(bad),
+            Self::Fixed(base) => base.join(path).map_err(bad),
             Self::ByHost {
                 urls,
                 schemes,
@@ -456,10 +442,10 @@ impl HtuRule {
                     .find(|u| {
                         origins
                             .iter()
-                            .any(|(s, o)| *s == u.scheme && *o == u.origin)
+                            .any(|(s, o)| *s == u.scheme && o == u.base.origin())
                     })
                     .ok_or(RequestError::HostNotAllowed)?;
-                Htu::from_origin_and_path(&url.base, path).map_err(bad)
+                url.base.join(path).map_err(bad)
             }
             Self::FromRequest {
                 scheme,

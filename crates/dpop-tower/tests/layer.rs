@@ -350,276 +350,454 @@ async fn the_service_sees_the_identity_as_an_extension() {
     assert_eq!(id.scheme, Scheme::Dpop);
 }
 
+// ---- rejections, as tables of cases ----
+
+/// What a case's response must show; `None` is not checked by that case.
+#[derive(Default)]
+struct Expect {
+    status: Option<u16>,
+    www: Option<Www>,
+    body: Option<&'static str>,
+    outcome: Option<Outcome>,
+}
+
+/// A check of the `WWW-Authenticate` value.
+enum Www {
+    Is(String),
+    StartsWith(&'static str),
+    Contains(&'static str),
+}
+
+/// Builds a case's request.
+type MakeRequest = fn(&Fixture) -> Request<String>;
+
+/// One request and what its response must show. `why` is said when it does not.
+struct Case {
+    name: &'static str,
+    why: &'static str,
+    request: MakeRequest,
+    expect: Expect,
+}
+
+impl Case {
+    fn new(name: &'static str, request: MakeRequest, expect: Expect) -> Self {
+        Self {
+            name,
+            why: "",
+            request,
+            expect,
+        }
+    }
+
+    fn because(mut self, why: &'static str) -> Self {
+        self.why = why;
+        self
+    }
+}
+
+/// Sends every case, in order, through `h`; a failure names the case.
+async fn run_cases(f: &Fixture, h: &mut Harness, cases: Vec<Case>) {
+    for c in cases {
+        let r = h.send((c.request)(f)).await;
+        let (name, why, e) = (c.name, c.why, c.expect);
+        let got = www(&r);
+        if let Some(status) = e.status {
+            assert_eq!(r.status().as_u16(), status, "{name}: {why} ({got})");
+        }
+        match e.www {
+            Some(Www::Is(want)) => assert_eq!(got, want, "{name}: {why}"),
+            Some(Www::StartsWith(want)) => assert!(got.starts_with(want), "{name}: {got}"),
+            Some(Www::Contains(want)) => assert!(got.contains(want), "{name}: {got}"),
+            None => {}
+        }
+        if let Some(body) = e.body {
+            assert_eq!(r.body(), body, "{name}: {why}");
+        }
+        if let Some(outcome) = e.outcome {
+            assert_eq!(last_outcome(f), outcome, "{name}: {why}");
+        }
+    }
+}
+
+/// `method path` with `headers` and an empty body.
+fn with_headers(method: &str, path: &str, headers: &[(&str, String)]) -> Request<String> {
+    let mut b = request(method, path);
+    for (name, value) in headers {
+        b = b.header(*name, value);
+    }
+    b.body(String::new()).unwrap()
+}
+
+fn bearer(path: &str, token: &str) -> Request<String> {
+    with_headers("GET", path, &[("authorization", format!("Bearer {token}"))])
+}
+
+/// `GET /v1/items` with the DPoP scheme for [`BOUND`] and `proof`.
+fn items_with_proof(proof: String) -> Request<String> {
+    with_headers(
+        "GET",
+        "/v1/items",
+        &[("authorization", format!("DPoP {BOUND}")), ("dpop", proof)],
+    )
+}
+
+fn dpop_challenge(code: &str, desc: &str) -> String {
+    format!(r#"DPoP error="{code}", error_description="{desc}", {ALGS}"#)
+}
+
 #[tokio::test]
 async fn no_credentials() {
     let f = fixture();
     let mut h = harness(&f);
-    let r = h
-        .send(request("GET", "/v1/items").body(String::new()).unwrap())
-        .await;
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        www(&r),
-        format!("DPoP {ALGS}"),
-        "no error info without credentials (Fig. 15)"
-    );
-    assert!(r.body().is_empty());
-    // A route that allows Bearer also offers a Bearer challenge (Fig. 17).
-    let r = h
-        .send(request("GET", "/legacy/x").body(String::new()).unwrap())
-        .await;
-    assert_eq!(www(&r), format!("Bearer, DPoP {ALGS}"));
-    // An unsupported scheme counts as no credentials.
-    let r = h
-        .send(
-            request("GET", "/v1/items")
-                .header("authorization", "Basic dXNlcjpwdw==")
-                .body(String::new())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(
-        (r.status().as_u16(), www(&r)),
-        (401, format!("DPoP {ALGS}"))
-    );
-    assert_eq!(
-        last_outcome(&f),
-        Outcome::Rejected(Reason::CredentialsMissing)
-    );
+    run_cases(
+        &f,
+        &mut h,
+        vec![
+            Case::new(
+                "nothing",
+                |_| with_headers("GET", "/v1/items", &[]),
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(format!("DPoP {ALGS}"))),
+                    body: Some(""),
+                    ..Expect::default()
+                },
+            )
+            .because("no error info without credentials (Fig. 15)"),
+            // A route that allows Bearer also offers a Bearer challenge (Fig. 17).
+            Case::new(
+                "nothing, Bearer allowed",
+                |_| with_headers("GET", "/legacy/x", &[]),
+                Expect {
+                    www: Some(Www::Is(format!("Bearer, DPoP {ALGS}"))),
+                    ..Expect::default()
+                },
+            ),
+            // An unsupported scheme counts as no credentials.
+            Case::new(
+                "Basic scheme",
+                |_| {
+                    with_headers(
+                        "GET",
+                        "/v1/items",
+                        &[("authorization", "Basic dXNlcjpwdw==".to_owned())],
+                    )
+                },
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(format!("DPoP {ALGS}"))),
+                    outcome: Some(Outcome::Rejected(Reason::CredentialsMissing)),
+                    ..Expect::default()
+                },
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn malformed_and_multiple_authorization() {
     let f = fixture();
     let mut h = harness(&f);
-    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
-    let two = request("GET", "/v1/items")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("authorization", format!("Bearer {BOUND}"))
-        .header("dpop", p)
-        .body(String::new())
-        .unwrap();
-    let r = h.send(two).await;
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"DPoP error="invalid_request", error_description="Multiple methods used to include access token", {ALGS}"#
-        )
-    );
-    // On a route allowing Bearer the error goes into both challenges (Fig. 19).
-    let two = request("GET", "/legacy/x")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("authorization", format!("Bearer {BOUND}"))
-        .body(String::new())
-        .unwrap();
-    let r = h.send(two).await;
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"Bearer error="invalid_request", error_description="Multiple methods used to include access token", DPoP error="invalid_request", error_description="Multiple methods used to include access token", {ALGS}"#
-        )
-    );
-    for bad in ["DPoP", "DPoP a b", "DPoP a\"b"] {
-        let r = h
-            .send(
-                request("GET", "/v1/items")
-                    .header("authorization", bad)
-                    .body(String::new())
-                    .unwrap(),
+    let multiple = "Multiple methods used to include access token";
+    let mut cases = vec![
+        Case::new(
+            "two Authorization headers",
+            |f| {
+                let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
+                with_headers(
+                    "GET",
+                    "/v1/items",
+                    &[
+                        ("authorization", format!("DPoP {BOUND}")),
+                        ("authorization", format!("Bearer {BOUND}")),
+                        ("dpop", p),
+                    ],
+                )
+            },
+            Expect {
+                status: Some(400),
+                www: Some(Www::Is(dpop_challenge("invalid_request", multiple))),
+                ..Expect::default()
+            },
+        ),
+        // On a route allowing Bearer the error goes into both challenges (Fig. 19).
+        Case::new(
+            "two Authorization headers, Bearer allowed",
+            |_| {
+                with_headers(
+                    "GET",
+                    "/legacy/x",
+                    &[
+                        ("authorization", format!("DPoP {BOUND}")),
+                        ("authorization", format!("Bearer {BOUND}")),
+                    ],
+                )
+            },
+            Expect {
+                www: Some(Www::Is(format!(
+                    r#"Bearer error="invalid_request", error_description="{multiple}", DPoP error="invalid_request", error_description="{multiple}", {ALGS}"#
+                ))),
+                ..Expect::default()
+            },
+        ),
+    ];
+    let malformed: [(&'static str, MakeRequest); 3] = [
+        ("DPoP", |_| {
+            with_headers("GET", "/v1/items", &[("authorization", "DPoP".to_owned())])
+        }),
+        ("DPoP a b", |_| {
+            with_headers(
+                "GET",
+                "/v1/items",
+                &[("authorization", "DPoP a b".to_owned())],
             )
-            .await;
-        assert_eq!(r.status(), 400, "{bad}");
-        assert!(
-            www(&r).contains(r#"error="invalid_request""#),
-            "{bad}: {}",
-            www(&r)
-        );
+        }),
+        ("DPoP a\"b", |_| {
+            with_headers(
+                "GET",
+                "/v1/items",
+                &[("authorization", "DPoP a\"b".to_owned())],
+            )
+        }),
+    ];
+    for (name, request) in malformed {
+        cases.push(Case::new(
+            name,
+            request,
+            Expect {
+                status: Some(400),
+                www: Some(Www::Contains(r#"error="invalid_request""#)),
+                ..Expect::default()
+            },
+        ));
     }
+    run_cases(&f, &mut h, cases).await;
 }
 
 #[tokio::test]
 async fn bearer_tokens() {
     let f = fixture();
     let mut h = harness(&f);
-    let bearer = |path: &str, token: &str| {
-        request("GET", path)
-            .header("authorization", format!("Bearer {token}"))
-            .body(String::new())
-            .unwrap()
-    };
-    // A DPoP-bound token as Bearer: refused everywhere (RFC 9449 §7.2).
-    let r = h.send(bearer("/v1/items", BOUND)).await;
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"DPoP error="invalid_token", error_description="DPoP-bound access token presented as a Bearer token", {ALGS}"#
-        )
-    );
-    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::BearerDowngrade));
-    let r = h.send(bearer("/legacy/x", BOUND)).await;
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"Bearer error="invalid_token", error_description="DPoP-bound access token presented as a Bearer token", DPoP {ALGS}"#
-        ),
-        "the error goes in the Bearer challenge (Fig. 18)"
-    );
-    // An unbound token: refused where DPoP is required, accepted where Bearer is allowed.
-    let r = h.send(bearer("/v1/items", UNBOUND)).await;
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        last_outcome(&f),
-        Outcome::Rejected(Reason::BearerNotAllowed)
-    );
-    let r = h.send(bearer("/legacy/x", UNBOUND)).await;
-    assert_eq!(
-        (r.status().as_u16(), r.body().as_str()),
-        (200, "legacy:Bearer")
-    );
-    assert_eq!(last_outcome(&f), Outcome::AcceptedBearer);
-    // An unknown token as Bearer.
-    let r = h.send(bearer("/legacy/x", "nope")).await;
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"Bearer error="invalid_token", error_description="Invalid access token", DPoP {ALGS}"#
-        )
-    );
+    let downgrade = "DPoP-bound access token presented as a Bearer token";
+    run_cases(
+        &f,
+        &mut h,
+        vec![
+            // A DPoP-bound token as Bearer: refused everywhere (RFC 9449 §7.2).
+            Case::new(
+                "bound token as Bearer",
+                |_| bearer("/v1/items", BOUND),
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(dpop_challenge("invalid_token", downgrade))),
+                    outcome: Some(Outcome::Rejected(Reason::BearerDowngrade)),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "bound token as Bearer, Bearer allowed",
+                |_| bearer("/legacy/x", BOUND),
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(format!(
+                        r#"Bearer error="invalid_token", error_description="{downgrade}", DPoP {ALGS}"#
+                    ))),
+                    ..Expect::default()
+                },
+            )
+            .because("the error goes in the Bearer challenge (Fig. 18)"),
+            // An unbound token: refused where DPoP is required, accepted where Bearer is
+            // allowed.
+            Case::new(
+                "unbound token as Bearer",
+                |_| bearer("/v1/items", UNBOUND),
+                Expect {
+                    status: Some(401),
+                    outcome: Some(Outcome::Rejected(Reason::BearerNotAllowed)),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "unbound token as Bearer, Bearer allowed",
+                |_| bearer("/legacy/x", UNBOUND),
+                Expect {
+                    status: Some(200),
+                    body: Some("legacy:Bearer"),
+                    outcome: Some(Outcome::AcceptedBearer),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "unknown token as Bearer",
+                |_| bearer("/legacy/x", "nope"),
+                Expect {
+                    www: Some(Www::Is(format!(
+                        r#"Bearer error="invalid_token", error_description="Invalid access token", DPoP {ALGS}"#
+                    ))),
+                    ..Expect::default()
+                },
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn token_problems() {
     let f = fixture();
     let mut h = harness(&f);
-    // DPoP scheme with a token that is not bound to a key.
-    let r = h
-        .send(dpop_request(&f.key, "GET", "/v1/items", UNBOUND))
-        .await;
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"DPoP error="invalid_token", error_description="A DPoP-bound access token is required", {ALGS}"#
-        )
-    );
-    // An unknown token.
-    let r = h
-        .send(dpop_request(&f.key, "GET", "/v1/items", "forged"))
-        .await;
-    assert_eq!(
-        www(&r),
-        format!(r#"DPoP error="invalid_token", error_description="Invalid access token", {ALGS}"#)
-    );
-    assert_eq!(
-        last_outcome(&f),
-        Outcome::Rejected(Reason::TokenSignatureInvalid)
-    );
-    // Proof signed by another key: the binding fails (Fig. 16).
-    let r = h
-        .send(dpop_request(&f.other_key, "GET", "/v1/items", BOUND))
-        .await;
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        www(&r),
-        format!(
-            r#"DPoP error="invalid_token", error_description="Invalid DPoP key binding", {ALGS}"#
-        )
-    );
+    run_cases(
+        &f,
+        &mut h,
+        vec![
+            // DPoP scheme with a token that is not bound to a key.
+            Case::new(
+                "unbound token with a proof",
+                |f| dpop_request(&f.key, "GET", "/v1/items", UNBOUND),
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(dpop_challenge(
+                        "invalid_token",
+                        "A DPoP-bound access token is required",
+                    ))),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "unknown token",
+                |f| dpop_request(&f.key, "GET", "/v1/items", "forged"),
+                Expect {
+                    www: Some(Www::Is(dpop_challenge(
+                        "invalid_token",
+                        "Invalid access token",
+                    ))),
+                    outcome: Some(Outcome::Rejected(Reason::TokenSignatureInvalid)),
+                    ..Expect::default()
+                },
+            ),
+            // Proof signed by another key: the binding fails (Fig. 16).
+            Case::new(
+                "proof by another key",
+                |f| dpop_request(&f.other_key, "GET", "/v1/items", BOUND),
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(dpop_challenge(
+                        "invalid_token",
+                        "Invalid DPoP key binding",
+                    ))),
+                    ..Expect::default()
+                },
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn proof_problems() {
     let f = fixture();
     let mut h = harness(&f);
-    let invalid = |desc: &str| {
-        format!(r#"DPoP error="invalid_dpop_proof", error_description="{desc}", {ALGS}"#)
-    };
-    // No DPoP header.
-    let r = h
-        .send(
-            request("GET", "/v1/items")
-                .header("authorization", format!("DPoP {BOUND}"))
-                .body(String::new())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(
-        (r.status().as_u16(), www(&r)),
-        (401, invalid("DPoP proof required"))
-    );
-    // Two DPoP headers: invalid_request, 400.
-    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
-    let req = request("GET", "/v1/items")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("dpop", &p)
-        .header("dpop", &p)
-        .body(String::new())
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(r.status(), 400);
-    assert!(www(&r).starts_with(r#"DPoP error="invalid_request""#));
-    // Proof for another URL, another method, another token.
-    let other_path = sign(&proof("GET", "/v1/other", Some(BOUND)), &f.key);
-    let req = request("GET", "/v1/items")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("dpop", other_path)
-        .body(String::new())
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(
-        (r.status().as_u16(), www(&r)),
-        (
-            401,
-            invalid("DPoP proof does not match the request method and URI")
-        )
-    );
-    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::HtuMismatch));
-    let r = h
-        .send(dpop_request_with_proof(
-            &f,
-            "DELETE",
-            "/v1/items",
-            BOUND,
-            "GET",
-        ))
-        .await;
-    assert_eq!(last_outcome(&f), Outcome::Rejected(Reason::HtmMismatch));
-    assert_eq!(r.status(), 401);
-    let wrong_ath = sign(&proof("GET", "/v1/items", Some(ADMIN)), &f.key);
-    let req = request("GET", "/v1/items")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("dpop", wrong_ath)
-        .body(String::new())
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(
-        www(&r),
-        invalid("DPoP proof ath does not match the access token")
-    );
-    // Garbage proof.
-    let req = request("GET", "/v1/items")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("dpop", "not.a.proof")
-        .body(String::new())
-        .unwrap();
-    assert_eq!(www(&h.send(req).await), invalid("Invalid DPoP proof"));
-    // Old proof.
-    let old = proof("GET", "/v1/items", Some(BOUND))
-        .sign(&f.key, &SystemRandomSource, UnixTime::from_secs(NOW - 61))
-        .unwrap();
-    let req = request("GET", "/v1/items")
-        .header("authorization", format!("DPoP {BOUND}"))
-        .header("dpop", old)
-        .body(String::new())
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(
-        www(&r),
-        invalid("DPoP proof iat is outside the acceptance window")
-    );
+    let invalid = |desc: &str| dpop_challenge("invalid_dpop_proof", desc);
+    run_cases(
+        &f,
+        &mut h,
+        vec![
+            Case::new(
+                "no DPoP header",
+                |_| {
+                    with_headers(
+                        "GET",
+                        "/v1/items",
+                        &[("authorization", format!("DPoP {BOUND}"))],
+                    )
+                },
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(invalid("DPoP proof required"))),
+                    ..Expect::default()
+                },
+            ),
+            // Two DPoP headers: invalid_request, 400.
+            Case::new(
+                "two DPoP headers",
+                |f| {
+                    let p = sign(&proof("GET", "/v1/items", Some(BOUND)), &f.key);
+                    with_headers(
+                        "GET",
+                        "/v1/items",
+                        &[
+                            ("authorization", format!("DPoP {BOUND}")),
+                            ("dpop", p.clone()),
+                            ("dpop", p),
+                        ],
+                    )
+                },
+                Expect {
+                    status: Some(400),
+                    www: Some(Www::StartsWith(r#"DPoP error="invalid_request""#)),
+                    ..Expect::default()
+                },
+            ),
+            // Proof for another URL, another method, another token.
+            Case::new(
+                "proof for another URL",
+                |f| items_with_proof(sign(&proof("GET", "/v1/other", Some(BOUND)), &f.key)),
+                Expect {
+                    status: Some(401),
+                    www: Some(Www::Is(invalid(
+                        "DPoP proof does not match the request method and URI",
+                    ))),
+                    outcome: Some(Outcome::Rejected(Reason::HtuMismatch)),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "proof for another method",
+                |f| dpop_request_with_proof(f, "DELETE", "/v1/items", BOUND, "GET"),
+                Expect {
+                    status: Some(401),
+                    outcome: Some(Outcome::Rejected(Reason::HtmMismatch)),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "proof for another token",
+                |f| items_with_proof(sign(&proof("GET", "/v1/items", Some(ADMIN)), &f.key)),
+                Expect {
+                    www: Some(Www::Is(invalid(
+                        "DPoP proof ath does not match the access token",
+                    ))),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "garbage proof",
+                |_| items_with_proof("not.a.proof".to_owned()),
+                Expect {
+                    www: Some(Www::Is(invalid("Invalid DPoP proof"))),
+                    ..Expect::default()
+                },
+            ),
+            Case::new(
+                "old proof",
+                |f| {
+                    items_with_proof(
+                        proof("GET", "/v1/items", Some(BOUND))
+                            .sign(&f.key, &SystemRandomSource, UnixTime::from_secs(NOW - 61))
+                            .unwrap(),
+                    )
+                },
+                Expect {
+                    www: Some(Www::Is(invalid(
+                        "DPoP proof iat is outside the acceptance window",
+                    ))),
+                    ..Expect::default()
+                },
+            ),
+        ],
+    )
+    .await;
     // Replay.
     let req = dpop_request(&f.key, "GET", "/v1/items", BOUND);
     let copy = clone_request(&req);

@@ -472,3 +472,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_base_parsed_once_joins_like_origin_and_path() {
+    let base = HtuBase::parse("HTTPS://API.Example.com:443/api/").unwrap();
+    assert_eq!(base.origin(), "https://api.example.com");
+    for path in ["/", "/a/b?x=1", "/a/../b", "/../../etc", "/%7euser", "/a#f"] {
+        assert_eq!(
+            base.join(path),
+            Htu::from_origin_and_path("HTTPS://API.Example.com:443/api/", path),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        base.join("/../../x").unwrap().as_str(),
+        "https://api.example.com/x"
+    );
+    assert_eq!(base.join("a"), Err(HtuError::BadRequestTarget));
+    assert_eq!(base.join(&"/a".repeat(5000)), Err(HtuError::TooLong));
+    assert_eq!(
+        HtuBase::parse("https://api.example.com/?q=1"),
+        Err(HtuError::BadOrigin)
+    );
+    assert!(HtuBase::parse("ftp://api.example.com").is_err());
+}

@@ -1,0 +1,257 @@
+//! The gateway's server, started from the library in-process in front of dpop-test's echo
+//! upstream, with tokens from its mock issuer: a DPoP request is forwarded, a missing
+//! proof gets the RFC 9449 challenge, hostile request targets are refused with nothing
+//! forwarded, and the admin listener answers `/healthz`.
+
+use std::net::SocketAddr;
+
+use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
+use dpop_gateway::{Gateway, GatewayConfig};
+use dpop_test::{
+    HttpResponse, MockIssuer, TestUpstream, TokenSpec, free_port, http_request, raw_exchange,
+};
+use tokio::sync::oneshot;
+
+const AUD: &str = "https://api.example.com";
+const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
+
+/// The hostile-target table of dpop-core, also run through the parser, the layer and the
+/// `dpop gateway` binary.
+const HOSTILE: &str = include_str!("../../dpop-core/tests/vectors/hostile-targets.txt");
+
+/// A validated configuration from TOML text.
+fn config(text: &str) -> GatewayConfig {
+    GatewayConfig::from_toml(text).unwrap()
+}
+
+/// A gateway serving in this process; stopped when dropped.
+struct Running {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// A gateway on free loopback ports in front of `upstream`, for `issuer`'s tokens,
+    /// with `rest` appended to its configuration.
+    async fn start(issuer: &MockIssuer, upstream: &TestUpstream, rest: &str) -> Self {
+        let (port, admin_port) = (free_port(), free_port());
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+             upstream = \"{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\
+             allowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
+            upstream.url(),
+            issuer.url()
+        );
+        let gateway = Gateway::bind(config(&text)).await.unwrap();
+        let addr = gateway.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            _stop: stop,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// A client key and an access token bound to it.
+struct Caller {
+    key: PrivateKey,
+    token: String,
+}
+
+impl Caller {
+    fn new(issuer: &MockIssuer) -> Self {
+        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+        let token = issuer.mint(&TokenSpec {
+            scope: Some("read".into()),
+            ..TokenSpec::bound(AUD, key.thumbprint().as_str())
+        });
+        Self { key, token }
+    }
+
+    fn authorization(&self) -> String {
+        format!("DPoP {}", self.token)
+    }
+
+    fn proof(&self, method: &str, htu: &str) -> String {
+        ProofBuilder::new(method, htu)
+            .unwrap()
+            .access_token(&self.token)
+            .sign(&self.key, &SystemRandomSource, dpop_test::now())
+            .unwrap()
+    }
+}
+
+async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request(method, url, headers, b"").await.unwrap()
+}
+
+/// `GET target` byte for byte: the status and the whole reply.
+async fn raw_get(addr: SocketAddr, target: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+    let r = raw_exchange(addr, b"GET", target, headers).await;
+    (r.status, r.text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_request_is_forwarded_with_the_identity() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Running::start(&issuer, &upstream, "").await;
+    let caller = Caller::new(&issuer);
+
+    let url = gw.url("/v1/items?page=2");
+    let proof = caller.proof("GET", &url);
+    let auth = caller.authorization();
+    let r = send(
+        "GET",
+        &url,
+        &[
+            ("authorization", &auth),
+            ("dpop", &proof),
+            ("x-dpop-subject", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("www-authenticate").is_none(), "{r:?}");
+    assert_eq!(r.json().unwrap()["path"], "/v1/items?page=2");
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let got = &seen[0];
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str()),
+        ("GET", "/v1/items?page=2")
+    );
+    assert_eq!(
+        got.header_values("x-dpop-subject"),
+        ["user-1"],
+        "spoof replaced"
+    );
+    assert_eq!(got.header_values("x-dpop-client-id"), ["client-1"]);
+    assert_eq!(
+        got.header_values("x-dpop-jkt"),
+        [caller.key.thumbprint().as_str()]
+    );
+    assert_eq!(got.header_values("x-dpop-scopes"), ["read"]);
+    assert!(got.header("authorization").is_none(), "{got:?}");
+    assert!(got.header("dpop").is_none(), "{got:?}");
+
+    // The same proof again is a replay.
+    let r = send("GET", &url, &[("authorization", &auth), ("dpop", &proof)]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!(
+                r#"DPoP error="invalid_dpop_proof", error_description="DPoP proof was already used", {ALGS}"#
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(upstream.requests().len(), 1, "nothing more forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_proof_is_refused_with_the_challenge() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Running::start(&issuer, &upstream, "").await;
+    let caller = Caller::new(&issuer);
+    let url = gw.url("/v1/items");
+
+    // The DPoP scheme without a proof.
+    let auth = caller.authorization();
+    let r = send("GET", &url, &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!(
+                r#"DPoP error="invalid_dpop_proof", error_description="DPoP proof required", {ALGS}"#
+            )
+            .as_str()
+        )
+    );
+
+    // No credentials at all: the bare challenge.
+    let r = send("GET", &url, &[]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(format!("DPoP {ALGS}").as_str())
+    );
+    assert!(r.body.is_empty(), "{r:?}");
+
+    assert!(upstream.requests().is_empty(), "nothing forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_targets_are_refused_and_never_forwarded() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    // A route without DPoP too: the target check comes before any route's rules.
+    let gw = Running::start(
+        &issuer,
+        &upstream,
+        "[[routes]]\npath_prefix = \"/public\"\ndpop = \"off\"\n",
+    )
+    .await;
+    let caller = Caller::new(&issuer);
+    let auth = caller.authorization();
+    let table = dpop_core::internal::vectors::target_table(HOSTILE).unwrap();
+    let hostile: Vec<_> = table.iter().filter(|(e, _)| e != "ok").collect();
+    assert!(hostile.len() > 20, "the table has hostile targets");
+    for (expected, target) in hostile {
+        let shown = String::from_utf8_lossy(target);
+        let (status, text) = raw_get(gw.addr, target, &[]).await;
+        assert_eq!(status, 400, "{shown:?} ({expected}): {text}");
+        // With credentials and a proof for the target as sent, still refused.
+        let htu = format!("http://{}{}", gw.addr, shown);
+        let proof = match ProofBuilder::new("GET", &htu) {
+            Ok(b) => b
+                .access_token(&caller.token)
+                .sign(&caller.key, &SystemRandomSource, dpop_test::now())
+                .unwrap(),
+            Err(_) => caller.proof("GET", &gw.url("/v1")),
+        };
+        let (status, text) = raw_get(
+            gw.addr,
+            target,
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+        .await;
+        assert_eq!(
+            status, 400,
+            "{shown:?} ({expected}) with credentials: {text}"
+        );
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+
+    // A canonical target on the open route passes: the refusals were the targets'.
+    let (status, text) = raw_get(gw.addr, b"/public/a", &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_healthz() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Running::start(&issuer, &upstream, "").await;
+    let r = send("GET", &format!("http://{}/healthz", gw.admin), &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"), "{r:?}");
+    assert!(r.header("www-authenticate").is_none());
+    // The admin paths are not served on the proxy listener: there they need DPoP.
+    let r = send("GET", &gw.url("/healthz"), &[]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(upstream.requests().is_empty());
+}

@@ -1,0 +1,143 @@
+//! `dpop-loadgen`: the load generator of `scripts/loadtest.sh` (method in
+//! `docs/benchmarks.md`).
+//!
+//! - `upstream`: the fastest plain HTTP/1.1 responder, for the "upstream direct" row;
+//! - `issuer`: a [`dpop_test::MockIssuer`] on a fixed address, plus a client key and one access
+//!   token bound to it, written to files for `run --dpop`;
+//! - `run`: a closed-loop generator over a fixed number of keep-alive connections,
+//!   optionally sending a fresh, pre-generated DPoP proof with every request; with
+//!   `--token-endpoint`, every request is a token request (a form body and a proof
+//!   carrying the server's nonce, fetched once before the run).
+//!
+//! Exit codes: 0 success, 1 failure (including a run where no request completed),
+//! 2 usage errors (clap's own).
+
+mod http;
+mod proofs;
+mod run;
+mod servers;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, ensure};
+use clap::{Args, Parser, Subcommand};
+
+/// The load generator for the DPoP gateway's load test.
+#[derive(Debug, Parser)]
+#[command(name = "dpop-loadgen", version)]
+struct Cli {
+    /// Worker threads of the async runtime. Defaults to one per core.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve 200 "ok" to every request, as fast as possible (the upstream baseline).
+    Upstream(UpstreamArgs),
+    /// Run a mock issuer; write a client key and a DPoP-bound access token; serve until killed.
+    Issuer(IssuerArgs),
+    /// Send requests over keep-alive connections for a fixed time and print one JSON line.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpstreamArgs {
+    /// Address to listen on, e.g. 127.0.0.1:18081.
+    #[arg(long)]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct IssuerArgs {
+    /// Address to listen on; the issuer identifier is http://ADDR.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where to write the access token.
+    #[arg(long)]
+    token_out: PathBuf,
+    /// Where to write the client's ES256 private key (PKCS#8 PEM, mode 0600).
+    #[arg(long)]
+    key_out: PathBuf,
+    /// The token's audience.
+    #[arg(long)]
+    aud: String,
+    /// The token's lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    lifetime: i64,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Target URL (http only), e.g. http://127.0.0.1:18080/items.
+    #[arg(long)]
+    url: String,
+    /// Keep-alive connections, each sending requests back to back.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Length of the timed phase, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Length of the untimed warmup before it, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Send `Authorization: DPoP <token>` and a fresh DPoP proof with every request.
+    #[arg(long, requires_all = ["key", "token"])]
+    dpop: bool,
+    /// The URL is a token endpoint: POST `--form` with a fresh proof (no access token)
+    /// carrying the server's nonce, fetched by one request before the run.
+    #[arg(long, requires_all = ["key", "form"], conflicts_with_all = ["dpop", "token"])]
+    token_endpoint: bool,
+    /// The request body, sent as application/x-www-form-urlencoded (e.g. the grant and
+    /// client credentials), with --token-endpoint.
+    #[arg(long)]
+    form: Option<String>,
+    /// The client's private key (PKCS#8 PEM), with --dpop.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A file holding the access token, with --dpop.
+    #[arg(long)]
+    token: Option<PathBuf>,
+    /// HTTP method of every request (and the proofs' htm).
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Label for the JSON line.
+    #[arg(long)]
+    label: Option<String>,
+    /// Most proofs to pre-generate (about 0.6 KB each).
+    #[arg(long, default_value_t = 400_000)]
+    max_proofs: usize,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = cli.threads {
+        ensure!(n > 0, "--threads must be at least 1");
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Upstream(args) => servers::upstream(args).await,
+            Command::Issuer(args) => servers::issuer(args).await,
+            Command::Run(args) => run::load(args).await,
+        }
+    })
+}

@@ -1,0 +1,85 @@
+//! The servers of the load test: the plain upstream and the mock issuer.
+
+use std::convert::Infallible;
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use dpop_core::{Algorithm, PrivateKey};
+use dpop_test::{MockIssuer, TokenSpec};
+use http_body_util::Full;
+use hyper::Response;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+
+use crate::{IssuerArgs, UpstreamArgs};
+
+pub(crate) async fn upstream(args: UpstreamArgs) -> anyhow::Result<ExitCode> {
+    let service = service_fn(|_req| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let server = dpop_test::serve(args.listen, service)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!("dpop-loadgen upstream: listening on {}", server.url());
+    server.serve_forever().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn issuer(args: IssuerArgs) -> anyhow::Result<ExitCode> {
+    let issuer = MockIssuer::builder()
+        .listen(args.listen)
+        .start()
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let key = PrivateKey::generate(Algorithm::Es256).context("generating the client key")?;
+    let pem = key.to_pkcs8_pem().context("encoding the client key")?;
+    write_atomically(&args.key_out, pem.as_bytes(), 0o600)?;
+    let token = issuer.mint(&TokenSpec {
+        lifetime_secs: args.lifetime,
+        ..TokenSpec::bound(&args.aud, key.thumbprint().as_str())
+    });
+    write_atomically(&args.token_out, token.as_bytes(), 0o600)?;
+    eprintln!(
+        "dpop-loadgen issuer: {} (jwks {}); token for aud {:?} bound to jkt {} in {}",
+        issuer.url(),
+        issuer.jwks_uri(),
+        args.aud,
+        key.thumbprint(),
+        args.token_out.display()
+    );
+    // Serve until killed; the issuer's tasks run on the runtime.
+    std::future::pending::<()>().await;
+    drop(issuer);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to a temporary sibling created with `mode`, then renames it over
+/// `path`, so a script polling for the file never reads it half-written.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    // The mode only applies to a new file; make sure of it for a leftover one.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

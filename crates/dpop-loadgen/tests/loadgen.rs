@@ -1,0 +1,184 @@
+//! The load generator's servers and its `run --dpop` against the echo upstream, and the
+//! `Gateway` process handle of dpop-test, exercised on this binary.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dpop_core::{Htu, MemoryReplayStore, PrivateKey, ProofRequest, Verifier, VerifierConfig};
+use dpop_test::{
+    Gateway, TestUpstream, decode_compact, free_port, http_get, now, verifies_es256, wait_for_tcp,
+};
+use serde_json::Value;
+
+const AUD: &str = "https://api.example.com";
+
+async fn get_json(url: &str) -> Value {
+    let r = http_get(url).await.unwrap();
+    assert_eq!(r.status, 200, "{url}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    r.json().unwrap()
+}
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_dpop-loadgen");
+
+#[tokio::test]
+async fn gateway_handle_waits_terminates_and_reports_early_exit() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = addr.to_string();
+    let mut process = Gateway::spawn(LOADGEN, ["upstream", "--listen", &listen], addr)
+        .await
+        .unwrap();
+    assert_eq!(process.url(), format!("http://{addr}"));
+    assert_eq!(http_get(&process.url()).await.unwrap().text(), "ok");
+    assert!(process.output().contains("listening on"));
+    assert!(process.try_wait().unwrap().is_none());
+    let status = process.terminate(Duration::from_secs(5)).await.unwrap();
+    assert!(!status.success(), "killed by SIGTERM: {status}");
+    assert!(
+        wait_for_tcp(addr, Duration::from_millis(100))
+            .await
+            .is_err()
+    );
+
+    // A process that exits at startup is reported with its output.
+    let e = Gateway::spawn(LOADGEN, ["upstream", "--listen", "not-an-address"], addr)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exited"), "{e}");
+    assert!(e.to_string().contains("invalid"), "{e}");
+}
+
+/// The load generator against the echo upstream with `--dpop`: every proof it sent is
+/// valid for the URL and token, and none repeats (the replay store would refuse it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_sends_fresh_valid_proofs() {
+    let upstream = TestUpstream::builder()
+        .capacity(100_000)
+        .start()
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("dpop-test-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (token_path, key_path) = (dir.join("token"), dir.join("key.pem"));
+    let issuer_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let issuer = Gateway::spawn(
+        LOADGEN,
+        [
+            "issuer".as_ref(),
+            "--listen".as_ref(),
+            issuer_addr.to_string().as_ref(),
+            "--aud".as_ref(),
+            AUD.as_ref(),
+            "--token-out".as_ref(),
+            token_path.as_os_str(),
+            "--key-out".as_ref(),
+            key_path.as_os_str(),
+        ],
+        issuer_addr,
+    )
+    .await
+    .unwrap();
+    // The files are written right after the issuer binds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !token_path.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    let key =
+        PrivateKey::from_pkcs8_pem(&std::fs::read_to_string(&key_path).unwrap(), None).unwrap();
+    let (_, claims, _, _) = decode_compact(&token);
+    assert_eq!(claims["cnf"]["jkt"], key.thumbprint().as_str());
+    assert_eq!(claims["aud"], AUD);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    let jwks = get_json(&format!("http://{issuer_addr}/jwks")).await;
+    assert!(verifies_es256(&token, &jwks));
+
+    let url = format!("{}/resource?q=1", upstream.url());
+    let output = tokio::process::Command::new(LOADGEN)
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--connections",
+            "2",
+            "--duration",
+            "0.5",
+        ])
+        .args([
+            "--warmup",
+            "0",
+            "--max-proofs",
+            "1500",
+            "--dpop",
+            "--label",
+            "t",
+        ])
+        .arg("--key")
+        .arg(&key_path)
+        .arg("--token")
+        .arg(&token_path)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let keys: Vec<&str> = line
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "label", "requests", "seconds", "rps", "p50_ms", "p99_ms", "max_ms", "non_2xx", "errors",
+    ] {
+        assert!(keys.contains(&k), "{k} missing in {line}");
+    }
+    assert_eq!(line["label"], "t");
+    assert_eq!(
+        (line["errors"].as_u64(), line["non_2xx"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let requests = line["requests"].as_u64().unwrap();
+    assert!(requests > 0 && requests <= 1500);
+    if line["proofs_exhausted"] == true {
+        assert!(stderr.contains("ran out"), "{stderr}");
+    }
+
+    let verifier = Verifier::new(
+        VerifierConfig::builder()
+            .with_default_algorithms()
+            .without_nonces(),
+    )
+    .unwrap();
+    let store = MemoryReplayStore::with_capacity(10_000);
+    let htu = Htu::parse(&url).unwrap();
+    let now = now();
+    let recorded = upstream.requests();
+    assert!(recorded.len() as u64 >= requests);
+    for r in &recorded {
+        assert_eq!(r.path, "/resource?q=1");
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("DPoP {}", token.trim()).as_str())
+        );
+        let proof = r.header("dpop").unwrap();
+        let request =
+            ProofRequest::new("GET", &htu).with_access_token(token.trim(), key.thumbprint());
+        verifier
+            .verify([proof.as_bytes()], &request, now)
+            .unwrap()
+            .record(&store)
+            .expect("every proof is fresh");
+    }
+    drop(issuer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
