@@ -49,11 +49,10 @@ use dpop_core::{Clock, Htu, NonceSecret, StatelessNonces, UnixTime, Verifier, Ve
 
 pub use crate::config::{IssuerConfig, ProcessEnvironment};
 pub use crate::error::{ConfigError, IssuerError, OAuthError, RfcError, StoreError};
+pub use crate::keys::{DEFAULT_KEY_ACTIVATION, MAINTENANCE_INTERVAL};
 pub use crate::secret::hash_secret;
 pub use crate::store::Store;
 pub use dpop_core::SystemClock;
-
-pub use crate::keys::{DEFAULT_KEY_ACTIVATION, MAINTENANCE_INTERVAL};
 
 use crate::auth_limits::AttemptLimiter;
 use crate::keys::KeyRing;
