@@ -10,8 +10,10 @@ use dpop_core::jwt::JwkSet;
 use dpop_core::{Algorithm, PublicJwk};
 use serde::Deserialize;
 
+pub use crate::environment::{Environment, ProcessEnvironment};
 use crate::error::ConfigError;
 use crate::secret::ClientSecret;
+pub use crate::store::redact_url;
 use crate::trust::TrustConfig;
 
 /// `client_credentials` (RFC 6749 §4.4).
@@ -27,11 +29,12 @@ pub const GRANTS: [&str; 3] = [
     GRANT_TOKEN_EXCHANGE,
 ];
 
-/// Whether a client must prove possession of a key at the token endpoint.
+/// Whether a client must prove possession of a key at the token endpoint: a client's
+/// `dpop = "required"` (the default) or `"optional"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
-pub enum DpopMode {
+pub enum DpopRequirement {
     /// Every token request carries a valid proof; every token is DPoP-bound.
     Required,
     /// A proof binds the token; without one the client gets a Bearer token.
@@ -91,7 +94,7 @@ pub struct Client {
     /// Audiences it gets when it names none.
     pub default_audiences: Vec<String>,
     /// Whether DPoP is required.
-    pub dpop: DpopMode,
+    pub dpop: DpopRequirement,
     /// Whether it may call the introspection endpoint.
     pub introspection: bool,
     /// Disabled in the configuration: refused everywhere, its tokens revoked at start.
@@ -241,7 +244,7 @@ struct RawClient {
     #[serde(default)]
     audiences: Vec<String>,
     default_audiences: Option<Vec<String>>,
-    dpop: Option<DpopMode>,
+    dpop: Option<DpopRequirement>,
     #[serde(default)]
     introspection: bool,
     enabled: Option<bool>,
@@ -252,29 +255,6 @@ struct RawClient {
     allow_bearer_exchange: bool,
     #[serde(default)]
     refresh_from_exchange: bool,
-}
-
-/// Where an `env:VAR` value is looked up (the process environment in production; a map
-/// in tests).
-pub trait Environment {
-    /// The variable's value, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessEnvironment;
-
-impl Environment for ProcessEnvironment {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Environment for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
 }
 
 const MAX_ACCESS_LIFETIME: u64 = 24 * 3600;
@@ -559,23 +539,6 @@ impl IssuerConfig {
     }
 }
 
-/// The database URL with any password replaced, for messages.
-#[must_use]
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = url.get(s + 3..at).unwrap_or("");
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{user}:***{}",
-                url.get(..s + 3).unwrap_or(""),
-                url.get(at..).unwrap_or("")
-            )
-        }
-        _ => url.to_owned(),
-    }
-}
-
 fn check_name(what: &str, s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 200 || s.chars().any(|c| c.is_control() || c == ' ') {
         return Err(format!(
@@ -632,8 +595,8 @@ fn validate_client(
         }
     };
     let public = auth_methods.contains(&AuthMethod::None);
-    let dpop = c.dpop.unwrap_or(DpopMode::Required);
-    if public && dpop != DpopMode::Required {
+    let dpop = c.dpop.unwrap_or(DpopRequirement::Required);
+    if public && dpop != DpopRequirement::Required {
         return Err(
             "a public client (no secret, no keys) must have dpop = \"required\"".to_owned(),
         );
@@ -685,7 +648,7 @@ fn validate_client(
             "refresh_from_exchange needs the token-exchange and refresh_token grants".to_owned(),
         );
     }
-    if c.allow_bearer_exchange && dpop != DpopMode::Optional {
+    if c.allow_bearer_exchange && dpop != DpopRequirement::Optional {
         return Err(
             "allow_bearer_exchange is for dpop = \"optional\" clients (the others hold no Bearer tokens)"
                 .to_owned(),

@@ -1,8 +1,11 @@
 //! Errors: [`ConfigError`] and [`IssuerError`] for starting and operating the issuer,
 //! [`OAuthError`] for what a client sees (RFC 6749 §5.2, RFC 7009, RFC 7662, RFC 9449 §12.2).
+//! Its code is dpop-core's [`RfcError`], whose one mapping gives each code its status.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+pub use dpop_core::RfcError;
+use dpop_core::Role;
 
 /// The configuration is unusable.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -68,79 +71,12 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// The RFC error codes the issuer answers with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// `invalid_request` (400).
-    InvalidRequest,
-    /// `invalid_client` (401, with `WWW-Authenticate`).
-    InvalidClient,
-    /// `invalid_grant` (400).
-    InvalidGrant,
-    /// `unauthorized_client` (400).
-    UnauthorizedClient,
-    /// `unsupported_grant_type` (400).
-    UnsupportedGrantType,
-    /// `invalid_scope` (400).
-    InvalidScope,
-    /// `invalid_target` (400, RFC 8707 / RFC 8693).
-    InvalidTarget,
-    /// `invalid_dpop_proof` (400, RFC 9449).
-    InvalidDpopProof,
-    /// `use_dpop_nonce` (400 with `DPoP-Nonce`, RFC 9449 §8).
-    UseDpopNonce,
-    /// `unsupported_token_type` (400, RFC 7009 §2.2.1).
-    UnsupportedTokenType,
-    /// `temporarily_unavailable` (503): the database or an external issuer is down.
-    TemporarilyUnavailable,
-    /// `slow_down` (429 with `Retry-After`): too many failed client authentication
-    /// attempts for the client id or from the address; nothing was checked.
-    SlowDown,
-    /// `server_error` (500).
-    ServerError,
-}
-
-impl ErrorCode {
-    /// The registered code.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::InvalidGrant => "invalid_grant",
-            Self::UnauthorizedClient => "unauthorized_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::InvalidTarget => "invalid_target",
-            Self::InvalidDpopProof => "invalid_dpop_proof",
-            Self::UseDpopNonce => "use_dpop_nonce",
-            Self::UnsupportedTokenType => "unsupported_token_type",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
-            Self::SlowDown => "slow_down",
-            Self::ServerError => "server_error",
-        }
-    }
-
-    /// The HTTP status.
-    #[must_use]
-    pub const fn status(self) -> StatusCode {
-        match self {
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
-            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::SlowDown => StatusCode::TOO_MANY_REQUESTS,
-            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
 /// An error response: `{"error": …, "error_description": …}` with the right status and
 /// headers.
 #[derive(Debug, Clone)]
 pub struct OAuthError {
     /// The code.
-    pub code: ErrorCode,
+    pub code: RfcError,
     /// A description for the client developer: never secrets or token contents.
     pub description: String,
     /// A fresh nonce for `use_dpop_nonce`.
@@ -152,7 +88,7 @@ pub struct OAuthError {
 impl OAuthError {
     /// An error with a description.
     #[must_use]
-    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+    pub fn new(code: RfcError, description: impl Into<String>) -> Self {
         Self {
             code,
             description: description.into(),
@@ -165,35 +101,35 @@ impl OAuthError {
         Self {
             retry_after: Some(retry_after.max(1)),
             ..Self::new(
-                ErrorCode::SlowDown,
+                RfcError::SlowDown,
                 "too many failed client authentication attempts; retry after the time in Retry-After",
             )
         }
     }
 
     pub(crate) fn invalid_request(d: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidRequest, d)
+        Self::new(RfcError::InvalidRequest, d)
     }
 
     pub(crate) fn invalid_client(d: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidClient, d)
+        Self::new(RfcError::InvalidClient, d)
     }
 
     pub(crate) fn invalid_grant(d: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidGrant, d)
+        Self::new(RfcError::InvalidGrant, d)
     }
 
     pub(crate) fn unavailable(e: &StoreError) -> Self {
         tracing::error!(target: "dpop::issuer", error = %e, "database error");
         Self::new(
-            ErrorCode::TemporarilyUnavailable,
+            RfcError::TemporarilyUnavailable,
             "the authorization server's storage is unavailable; retry later",
         )
     }
 
     pub(crate) fn server_error(what: &str) -> Self {
         tracing::error!(target: "dpop::issuer", error = what, "internal error");
-        Self::new(ErrorCode::ServerError, "internal error")
+        Self::new(RfcError::ServerError, "internal error")
     }
 }
 
@@ -209,11 +145,13 @@ impl IntoResponse for OAuthError {
             "error": self.code.as_str(),
             "error_description": self.description,
         });
-        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        let status = StatusCode::from_u16(self.code.status(Role::AuthorizationServer))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        if self.code == ErrorCode::InvalidClient {
+        if self.code == RfcError::InvalidClient {
             // RFC 6749 §5.2: 401 with the scheme the client may use.
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -222,7 +160,7 @@ impl IntoResponse for OAuthError {
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        } else if self.code == ErrorCode::TemporarilyUnavailable {
+        } else if self.code == RfcError::TemporarilyUnavailable {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Some(nonce) = self
@@ -250,9 +188,39 @@ mod tests {
         // Never "retry at once".
         let r = OAuthError::slow_down(0).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
-        let r = OAuthError::new(ErrorCode::TemporarilyUnavailable, "down").into_response();
+        let r = OAuthError::new(RfcError::TemporarilyUnavailable, "down").into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        assert_eq!(ErrorCode::SlowDown.as_str(), "slow_down");
+        assert_eq!(RfcError::SlowDown.as_str(), "slow_down");
+    }
+
+    #[test]
+    fn every_code_answers_with_its_status() {
+        let status = |code| OAuthError::new(code, "x").into_response().status();
+        for code in [
+            RfcError::InvalidRequest,
+            RfcError::InvalidGrant,
+            RfcError::UnauthorizedClient,
+            RfcError::UnsupportedGrantType,
+            RfcError::InvalidScope,
+            RfcError::InvalidTarget,
+            RfcError::InvalidDpopProof,
+            RfcError::UseDpopNonce,
+            RfcError::UnsupportedTokenType,
+        ] {
+            assert_eq!(status(code), StatusCode::BAD_REQUEST, "{code}");
+        }
+        let r = OAuthError::invalid_client("x").into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_some());
+        assert_eq!(
+            status(RfcError::TemporarilyUnavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(RfcError::SlowDown), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            status(RfcError::ServerError),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -30,13 +30,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dpop_core::jwt::split_scope;
-use dpop_core::{Jkt, UnixTime, VerifiedProof};
+use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
-use crate::State;
 use crate::config::{Client, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE};
-use crate::error::{ErrorCode, OAuthError};
-use crate::http::{Form, TokenResponse};
+use crate::error::{OAuthError, RfcError};
+use crate::form::Form;
+use crate::proof::{TokenProof, check_bound_key};
+use crate::response::TokenResponse;
+use crate::state::IssuerState;
 use crate::store::secs;
 use crate::store::{Origin, RefreshRecord, Rotation};
 use crate::tokens::{self, Grant, Inactive, Lineage};
@@ -49,18 +51,18 @@ const TT_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// Runs `grant` (already checked to be allowed for `client`).
 pub(crate) async fn run(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     grant: &str,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     match grant {
         GRANT_CLIENT_CREDENTIALS => client_credentials(state, client, form, proof),
         GRANT_REFRESH_TOKEN => refresh(state, client, form, proof).await,
         GRANT_TOKEN_EXCHANGE => exchange(state, client, form, proof).await,
         other => Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
+            RfcError::UnsupportedGrantType,
             format!("the grant type {other:?} is not supported"),
         )),
     }
@@ -82,7 +84,7 @@ fn choose_scopes(
             let requested = split_scope(scope);
             if let Some(s) = requested.iter().find(|s| !allowed.contains(*s)) {
                 return Err(OAuthError::new(
-                    ErrorCode::InvalidScope,
+                    RfcError::InvalidScope,
                     format!("the scope {s:?} is not allowed here"),
                 ));
             }
@@ -107,7 +109,7 @@ fn choose_audiences(
     for r in form.all("resource") {
         if r.contains('#') || !r.contains("://") {
             return Err(OAuthError::new(
-                ErrorCode::InvalidTarget,
+                RfcError::InvalidTarget,
                 "resource must be an absolute URI without a fragment (RFC 8707)",
             ));
         }
@@ -118,7 +120,7 @@ fn choose_audiences(
         }
         if !allowed.contains(a) {
             return Err(OAuthError::new(
-                ErrorCode::InvalidTarget,
+                RfcError::InvalidTarget,
                 format!("the audience {a:?} is not allowed here"),
             ));
         }
@@ -133,7 +135,7 @@ fn choose_audiences(
     };
     if chosen.is_empty() {
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
+            RfcError::InvalidTarget,
             "no audience: name the API with resource or audience",
         ));
     }
@@ -142,7 +144,7 @@ fn choose_audiences(
 
 /// Mints the access token of `grant` and wraps it in the token response.
 fn respond(
-    state: &State,
+    state: &IssuerState,
     grant: &Grant<'_>,
     now: UnixTime,
     refresh_token: Option<String>,
@@ -164,10 +166,10 @@ fn respond(
 }
 
 fn client_credentials(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now()?;
     let scopes = choose_scopes(form, &client.scopes, &client.default_scopes)?;
@@ -180,7 +182,7 @@ fn client_credentials(
             subject: &client.subject,
             scopes: &scopes,
             audiences: &audiences,
-            jkt: proof.map(VerifiedProof::jkt),
+            jkt: proof.map(TokenProof::jkt),
             act: None,
             lifetime: client.access_token_lifetime,
             lineage: &Lineage::default(),
@@ -192,10 +194,10 @@ fn client_credentials(
 }
 
 async fn refresh(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now()?;
     let presented = form.require("refresh_token")?;
@@ -237,20 +239,9 @@ async fn refresh(
     }
     // RFC 9449 §5: a public client's refresh token is bound to its DPoP key.
     if let Some(bound) = &record.jkt {
-        match proof {
-            Some(p) if p.jkt().as_str() == bound => {}
-            Some(_) => {
-                return Err(OAuthError::invalid_grant(
-                    "the refresh token is bound to another DPoP key",
-                ));
-            }
-            None => {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidDpopProof,
-                    "the refresh token is DPoP-bound: send a proof from its key",
-                ));
-            }
-        }
+        let bound = Jkt::parse(bound)
+            .map_err(|_| OAuthError::server_error("a stored refresh token's jkt is malformed"))?;
+        check_bound_key(state, proof, &bound, "the refresh token")?;
     }
     // RFC 6749 §6: at most the scopes of the original grant, and of those only what
     // the configuration still allows this client and every client of the lineage, so
@@ -311,7 +302,7 @@ async fn refresh(
             subject: &record.subject,
             scopes: &scopes,
             audiences: &audiences,
-            jkt: proof.map(VerifiedProof::jkt),
+            jkt: proof.map(TokenProof::jkt),
             act,
             lifetime: within(client.access_token_lifetime, now, record.family_expires_at),
             lineage: &Lineage {
@@ -357,7 +348,7 @@ pub(crate) fn delegation_allowed(client: &Client, lineage: &[Origin]) -> bool {
 /// just before the client was disabled escapes the disabling's revocation of its
 /// families, and must not come back when the client is enabled again).
 pub(crate) async fn grant_revoked(
-    state: &State,
+    state: &IssuerState,
     record: &RefreshRecord,
     lineage: &[Origin],
 ) -> Result<bool, OAuthError> {
@@ -379,7 +370,7 @@ pub(crate) async fn grant_revoked(
 /// scopes and audiences, plus those of the trust rules that map a workload token to
 /// `subject` for it.
 fn allowed_now(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     subject: &str,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
@@ -403,7 +394,7 @@ fn reused() -> OAuthError {
 }
 
 async fn reuse_detected(
-    state: &State,
+    state: &IssuerState,
     record: &RefreshRecord,
     now: UnixTime,
 ) -> Result<(), OAuthError> {
@@ -440,10 +431,10 @@ struct Subject {
 }
 
 async fn exchange(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     form: &Form,
-    proof: Option<&VerifiedProof>,
+    proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now()?;
     let subject_token = form.require("subject_token")?;
@@ -473,7 +464,7 @@ async fn exchange(
     };
     if own && client.is_public() {
         return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
+            RfcError::UnauthorizedClient,
             "a public client cannot exchange this issuer's tokens: that takes an authenticated client",
         ));
     }
@@ -484,20 +475,7 @@ async fn exchange(
     };
     // A proof-of-possession subject token is only exchanged by its key holder.
     if let Some(bound) = &subject.jkt {
-        match proof {
-            Some(p) if p.jkt() == bound => {}
-            Some(_) => {
-                return Err(OAuthError::invalid_grant(
-                    "the subject token is bound to another DPoP key than this request's proof",
-                ));
-            }
-            None => {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidDpopProof,
-                    "the subject token is DPoP-bound: send a proof from its key",
-                ));
-            }
-        }
+        check_bound_key(state, proof, bound, "the subject token")?;
     }
     // Delegation: another client acts for the subject token's client only when the
     // configuration says it may.
@@ -508,7 +486,7 @@ async fn exchange(
     for subject_client in subject.client.as_deref().into_iter().chain(root) {
         if !may_act_for(client, subject_client) {
             return Err(OAuthError::new(
-                ErrorCode::UnauthorizedClient,
+                RfcError::UnauthorizedClient,
                 format!(
                     "this client may not exchange the tokens of client {subject_client:?} (may_exchange_for)"
                 ),
@@ -566,7 +544,7 @@ async fn exchange(
             subject: &subject.subject,
             scopes: &scopes,
             audiences: &audiences,
-            jkt: proof.map(VerifiedProof::jkt),
+            jkt: proof.map(TokenProof::jkt),
             act: subject.act.clone(),
             lifetime,
             lineage: &Lineage {
@@ -585,7 +563,7 @@ async fn exchange(
 /// client acts for the subject, recorded in `act`). The new token gets at most what the
 /// subject token has, as far as the exchanging client may receive it.
 async fn own_subject(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     token: &str,
     now: UnixTime,
@@ -650,7 +628,7 @@ async fn own_subject(
         .collect();
     if audiences.is_empty() {
         return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
+            RfcError::InvalidTarget,
             "none of the subject token's audiences may be issued to this client",
         ));
     }
@@ -688,7 +666,7 @@ async fn own_subject(
 /// it expires no later than it and has no refresh grant, unless the rule sets
 /// `outlive_subject`.
 async fn external_subject(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     token: &str,
     now: UnixTime,
@@ -698,7 +676,7 @@ async fn external_subject(
         Err(TrustError::Unavailable(why)) => {
             tracing::warn!(target: "dpop::issuer", error = %why, "trusted issuer unreachable");
             return Err(OAuthError::new(
-                ErrorCode::TemporarilyUnavailable,
+                RfcError::TemporarilyUnavailable,
                 "the subject token's issuer keys cannot be fetched; retry later",
             ));
         }

@@ -39,6 +39,13 @@ use dpop_core::{Algorithm, PrivateKey, UnixTime};
 use crate::error::IssuerError;
 use crate::store::{KeyRecord, Store, secs};
 
+/// How often a running issuer re-reads its keys and purges expired state.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The usual delay between publishing a rotated key and signing with it: two
+/// maintenance intervals, so every instance has loaded it.
+pub const DEFAULT_KEY_ACTIVATION: Duration = Duration::from_secs(60);
+
 /// A key this instance signs with.
 pub(crate) struct SigningKey {
     pub(crate) kid: String,

@@ -13,10 +13,11 @@
 //! - Access tokens: RFC 9068 `at+jwt`, bound with `cnf.jkt`, 5 minutes by default.
 //! - State in SQLite or PostgreSQL ([`store`]); signing keys in the data directory.
 //!
-//! The flow of one token request: form parsing (the `http` module), the DPoP proof (dpop-core's
-//! verifier, server nonces, replay records in the database), client authentication,
-//! the grant, minting; a request without a proof authenticates its client first and is
-//! refused only then if the client requires DPoP. See `ARCHITECTURE.md`.
+//! The flow of one token request (`endpoints::token`): form parsing (`form`), the DPoP
+//! proof (`proof`: dpop-core's verifier, server nonces, replay records in the database),
+//! client authentication (`client_auth`, `auth_limits`), the grant (`grants`), minting
+//! (`tokens`, `keys`); a request without a proof authenticates its client first and is
+//! refused only then if the client requires DPoP. See `ARCHITECTURE.md` for every module.
 
 pub mod config;
 pub mod error;
@@ -24,13 +25,19 @@ pub mod secret;
 pub mod store;
 pub mod trust;
 
+mod auth_limits;
 mod client_auth;
+mod endpoints;
+mod environment;
 mod files;
+mod form;
 mod grants;
-mod http;
-mod introspect;
 mod keys;
 mod metrics;
+mod proof;
+mod random;
+mod response;
+mod state;
 mod tokens;
 
 use std::future::Future;
@@ -41,67 +48,27 @@ use std::time::Duration;
 use dpop_core::{Clock, Htu, NonceSecret, StatelessNonces, UnixTime, Verifier, VerifierConfig};
 
 pub use crate::config::{IssuerConfig, ProcessEnvironment};
-pub use crate::error::{ConfigError, ErrorCode, IssuerError, OAuthError, StoreError};
+pub use crate::error::{ConfigError, IssuerError, OAuthError, RfcError, StoreError};
+pub use crate::keys::{DEFAULT_KEY_ACTIVATION, MAINTENANCE_INTERVAL};
 pub use crate::secret::hash_secret;
 pub use crate::store::Store;
 pub use dpop_core::SystemClock;
 
+use crate::auth_limits::AttemptLimiter;
 use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::random::random_bytes;
 use crate::secret::SecretCache;
+use crate::state::IssuerState;
 use crate::trust::TrustedIssuers;
-
-/// Everything a request handler needs.
-pub(crate) struct State {
-    pub(crate) config: IssuerConfig,
-    pub(crate) store: Store,
-    pub(crate) keys: KeyRing,
-    /// Proofs at the token endpoint (with server nonces when configured).
-    pub(crate) verifier: Verifier,
-    /// Nonces issued at the token endpoint.
-    pub(crate) nonces: Option<Arc<StatelessNonces>>,
-    /// Resource servers' proofs sent to the introspection endpoint (their own nonces are
-    /// theirs to check).
-    pub(crate) rs_verifier: Verifier,
-    pub(crate) token_htu: Htu,
-    pub(crate) secrets: SecretCache,
-    /// Failed client-secret checks per client id and address.
-    pub(crate) limiter: client_auth::AttemptLimiter,
-    pub(crate) trust: TrustedIssuers,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) metrics: metrics::Metrics,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("issuer", &self.config.issuer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl State {
-    /// The current time, or `temporarily_unavailable` when the clock has none.
-    pub(crate) fn now(&self) -> Result<UnixTime, OAuthError> {
-        self.clock
-            .now()
-            .ok_or_else(|| OAuthError::server_error("the system clock is before 1970"))
-    }
-}
 
 /// A running-ready issuer: its state is open (database migrated, keys loaded).
 #[derive(Clone, Debug)]
 pub struct Issuer {
-    state: Arc<State>,
+    state: Arc<IssuerState>,
 }
 
 const NONCE_SECRET_SETTING: &str = "dpop_nonce_secret_v1";
-
-/// How often a running issuer re-reads its keys and purges expired state.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// The usual delay between publishing a rotated key and signing with it: two
-/// maintenance intervals, so every instance has loaded it.
-pub const DEFAULT_KEY_ACTIVATION: Duration = Duration::from_secs(60);
 
 impl Issuer {
     /// Opens the database (applying migrations), loads or creates the signing keys,
@@ -186,9 +153,9 @@ impl Issuer {
                 .map_err(IssuerError::Keys)?;
         warn_of_cheaper_secrets(&config, &stand_in);
         let secrets = SecretCache::new(stand_in).map_err(IssuerError::Keys)?;
-        let limiter = client_auth::AttemptLimiter::new(&config.auth_limits);
+        let limiter = AttemptLimiter::new(&config.auth_limits);
         Ok(Self {
-            state: Arc::new(State {
+            state: Arc::new(IssuerState {
                 config,
                 store,
                 keys,
@@ -200,7 +167,7 @@ impl Issuer {
                 limiter,
                 trust,
                 clock,
-                metrics: metrics::Metrics::new(),
+                metrics: Metrics::new(),
             }),
         })
     }
@@ -210,7 +177,7 @@ impl Issuer {
     /// [`Issuer::serve_on`] does, for the per-address limits on failed client
     /// authentication; without connection info only the per-client-id limit applies.
     pub fn router(&self) -> axum::Router {
-        http::router(Arc::clone(&self.state))
+        endpoints::router(Arc::clone(&self.state))
     }
 
     /// The configuration in use.
@@ -300,7 +267,7 @@ impl Issuer {
                     self.state.metrics.registry(),
                     move || {
                         let state = Arc::clone(&state);
-                        async move { readiness(&state).await }
+                        async move { state.readiness().await }
                     },
                 )))
             }
@@ -436,22 +403,4 @@ fn proof_verifier(
     verifier_config.max_age = config.dpop.max_age;
     verifier_config.future_leeway = config.dpop.future_leeway;
     Verifier::new(verifier_config).map_err(|e| ConfigError::new(format!("dpop: {e}")))
-}
-
-/// `/readyz`, on the public and the admin listener: the database answers.
-pub(crate) async fn readiness(state: &State) -> dpop_server::Readiness {
-    if state.store.ping().await {
-        dpop_server::Readiness::text(true, "ready\n")
-    } else {
-        dpop_server::Readiness::text(false, "database unreachable\n")
-    }
-}
-
-pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
-    use aws_lc_rs::rand::SecureRandom as _;
-    let mut out = [0_u8; N];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| "no system randomness".to_owned())?;
-    Ok(out)
 }

@@ -22,11 +22,17 @@ use std::sync::{Arc, Mutex};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, Params, Version};
 use aws_lc_rs::hmac;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::SystemRandom;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::config::Environment;
+use crate::environment::Environment;
+use crate::random::random_bytes;
+
+/// A random 128-bit salt.
+fn new_salt() -> Result<SaltString, String> {
+    SaltString::encode_b64(&random_bytes::<16>()?).map_err(|e| e.to_string())
+}
 
 /// Longest secret accepted, so a client cannot make the server hash megabytes.
 pub const MAX_SECRET_BYTES: usize = 512;
@@ -121,12 +127,8 @@ impl ClientSecret {
                 Params::default(),
             )
         });
-        let unknown = Zeroizing::new(crate::random_bytes::<32>()?);
-        let mut salt = [0_u8; 16];
-        SystemRandom::new()
-            .fill(&mut salt)
-            .map_err(|_| "no system randomness".to_owned())?;
-        let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+        let unknown = Zeroizing::new(random_bytes::<32>()?);
+        let salt = new_salt()?;
         let phc = Argon2::new(algorithm, version, params)
             .hash_password(unknown.as_slice(), &salt)
             .map_err(|e| format!("cannot make the stand-in hash: {e}"))?
@@ -203,11 +205,7 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
             "the secret is longer than {MAX_SECRET_BYTES} bytes"
         ));
     }
-    let mut salt = [0_u8; 16];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| "no system randomness".to_owned())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let salt = new_salt()?;
     Argon2::default()
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())

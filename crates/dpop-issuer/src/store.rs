@@ -20,7 +20,6 @@ use dpop_core::replay::{AsyncReplayStore, Insert, ReplayStoreError};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::config::redact_url;
 use crate::error::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -72,6 +71,23 @@ impl Backend {
             Self::Sqlite => "SQLite",
             Self::Postgres => "PostgreSQL",
         }
+    }
+}
+
+/// The database URL with any password replaced, for messages.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = url.get(s + 3..at).unwrap_or("");
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***{}",
+                url.get(..s + 3).unwrap_or(""),
+                url.get(at..).unwrap_or("")
+            )
+        }
+        _ => url.to_owned(),
     }
 }
 

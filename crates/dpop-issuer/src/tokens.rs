@@ -7,9 +7,9 @@ use dpop_core::jwt::{JwtValidation, TokenError, TypPolicy, VerifiedJwt, verify_j
 use dpop_core::{Jkt, UnixTime};
 use serde_json::{Value, json};
 
-use crate::State;
 use crate::error::{OAuthError, StoreError};
 use crate::keys::b64;
+use crate::state::IssuerState;
 use crate::store::Origin;
 
 /// Prefix of refresh tokens, so scanners and people can tell them from access tokens.
@@ -112,7 +112,7 @@ impl Lineage {
 /// Removing a client offboards it as disabling it does: its tokens and whatever derives
 /// from them end. Only client ids are checked: a trusted issuer's workload is a `sub`,
 /// never an ancestor's client.
-pub(crate) fn unregistered(state: &State, lineage: &[Origin]) -> bool {
+pub(crate) fn unregistered(state: &IssuerState, lineage: &[Origin]) -> bool {
     lineage
         .iter()
         .any(|o| !state.config.clients.contains_key(&o.client_id))
@@ -149,14 +149,14 @@ pub(crate) fn sha256_b64(bytes: &[u8]) -> String {
 
 /// A random identifier (128 bits, base64url).
 pub(crate) fn random_id() -> Result<String, OAuthError> {
-    crate::random_bytes::<16>()
+    crate::random::random_bytes::<16>()
         .map(|b| b64(&b))
         .map_err(|e| OAuthError::server_error(&e))
 }
 
 /// Signs an access token for `grant`; returns it with its `jti`.
 pub(crate) fn mint_access_token(
-    state: &State,
+    state: &IssuerState,
     grant: &Grant<'_>,
     now: UnixTime,
 ) -> Result<(String, String), OAuthError> {
@@ -200,7 +200,7 @@ pub(crate) fn mint_access_token(
 
 /// A new refresh token value and the hash it is stored under.
 pub(crate) fn new_refresh_token() -> Result<(String, String), OAuthError> {
-    let bytes = crate::random_bytes::<32>().map_err(|e| OAuthError::server_error(&e))?;
+    let bytes = crate::random::random_bytes::<32>().map_err(|e| OAuthError::server_error(&e))?;
     let token = format!("{REFRESH_PREFIX}{}", b64(&bytes));
     let hash = refresh_hash(&token);
     Ok((token, hash))
@@ -226,7 +226,7 @@ pub(crate) enum Inactive {
 /// derives from (its client, its refresh family, the tokens it was exchanged from and
 /// their clients and families) was revoked.
 pub(crate) async fn verify_own(
-    state: &State,
+    state: &IssuerState,
     token: &str,
     now: UnixTime,
 ) -> Result<VerifiedJwt, Inactive> {

@@ -1,4 +1,4 @@
-//! Introspection (RFC 7662) and revocation (RFC 7009).
+//! `POST /introspect`: token introspection (RFC 7662).
 //!
 //! Introspection extension: a resource server may add the request's DPoP proof (`dpop`),
 //! method (`htm`) and URL (`htu`). The issuer then also verifies the proof against the
@@ -11,46 +11,29 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State as AxumState;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use dpop_core::jwt::VerifiedJwt;
 use dpop_core::{Htu, Role, UnixTime};
 use serde_json::{Map, Value, json};
 
-use crate::State;
 use crate::client_auth;
 use crate::config::Client;
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{OAuthError, RfcError};
+use crate::form::Form;
 use crate::grants;
-use crate::http::Form;
+use crate::response::json_no_store;
+use crate::state::IssuerState;
 use crate::store::secs;
 use crate::tokens::{self, Inactive};
-
-type Shared = Arc<State>;
-
-fn json_no_store(body: &Value) -> Response {
-    let mut r = (StatusCode::OK, axum::Json(body)).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
 
 fn inactive() -> Value {
     json!({ "active": false })
 }
 
-async fn authenticated<'s>(
-    state: &'s State,
-    headers: &HeaderMap,
-    form: &Form,
-) -> Result<&'s Client, OAuthError> {
-    let claimed = client_auth::claimed_client(state, headers, form)?;
-    client_auth::authenticate(state, headers, form, claimed).await
-}
-
 /// `POST /introspect`.
-pub(crate) async fn introspect(
-    AxumState(state): AxumState<Shared>,
+pub(super) async fn introspect(
+    AxumState(state): AxumState<Arc<IssuerState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -70,12 +53,12 @@ pub(crate) async fn introspect(
 }
 
 async fn introspect_inner(
-    state: &State,
+    state: &IssuerState,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Value, OAuthError> {
     let form = Form::parse(headers, body)?;
-    let client = authenticated(state, headers, &form).await?;
+    let client = client_auth::authenticate_caller(state, headers, &form).await?;
     let token = form.require("token")?;
     let now = state.now()?;
     let dpop = match (form.get("dpop"), form.get("htm"), form.get("htu")) {
@@ -96,7 +79,7 @@ async fn introspect_inner(
             return Ok(v);
         }
         return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
+            RfcError::UnauthorizedClient,
             "this client may not introspect tokens",
         ));
     }
@@ -146,7 +129,7 @@ fn access_claims(jwt: &VerifiedJwt) -> Value {
 
 /// Verifies a resource server's proof for `token`; `Ok(Err(..))` is a refusal to report.
 async fn check_rs_proof(
-    state: &State,
+    state: &IssuerState,
     jwt: &VerifiedJwt,
     token: &str,
     proof: &str,
@@ -170,7 +153,8 @@ async fn check_rs_proof(
         let code = e
             .response(Role::ResourceServer)
             .error
-            .map_or("invalid_dpop_proof", |c| c.as_str());
+            .unwrap_or(RfcError::InvalidDpopProof)
+            .as_str();
         Err((code, e.description().to_owned()))
     };
     let unrecorded = match state.rs_verifier.verify([proof.as_bytes()], &request, now) {
@@ -180,7 +164,7 @@ async fn check_rs_proof(
     match unrecorded.record_async(&state.store).await {
         Ok(_) => Ok(Ok(())),
         Err(dpop_core::Error::ReplayStore(e)) => Err(OAuthError::new(
-            ErrorCode::TemporarilyUnavailable,
+            RfcError::TemporarilyUnavailable,
             format!("the replay store is unavailable: {e}"),
         )),
         Err(e) => Ok(refused(&e)),
@@ -192,7 +176,7 @@ async fn check_rs_proof(
 /// once the configuration no longer allows the delegation (as its refresh would be
 /// refused).
 async fn refresh_claims(
-    state: &State,
+    state: &IssuerState,
     client: &Client,
     token: &str,
     now: UnixTime,
@@ -235,78 +219,4 @@ async fn refresh_claims(
         o.insert("cnf".to_owned(), json!({ "jkt": jkt }));
     }
     Ok(Some(v))
-}
-
-/// `POST /revoke`.
-pub(crate) async fn revoke(
-    AxumState(state): AxumState<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let outcome = revoke_inner(&state, &headers, &body).await;
-    state.metrics.revocation(match &outcome {
-        Ok(()) => "ok",
-        Err(e) => e.code.as_str(),
-    });
-    match outcome {
-        Ok(()) => {
-            let mut r = StatusCode::OK.into_response();
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn revoke_inner(state: &State, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
-    let form = Form::parse(headers, body)?;
-    let client = authenticated(state, headers, &form).await?;
-    let token = form.require("token")?;
-    let now = state.now()?;
-    if let Some(hint) = form.get("token_type_hint")
-        && hint != "access_token"
-        && hint != "refresh_token"
-    {
-        return Err(OAuthError::new(
-            ErrorCode::UnsupportedTokenType,
-            format!("token_type_hint {hint:?} is not a token type this server revokes"),
-        ));
-    }
-    if token.starts_with(tokens::REFRESH_PREFIX) {
-        if let Some(r) = state
-            .store
-            .find_refresh(&tokens::refresh_hash(token))
-            .await?
-        {
-            if r.client_id != client.id {
-                return Err(OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
-                    "the token was issued to another client",
-                ));
-            }
-            state.store.revoke_family(&r.family_id, now).await?;
-            tracing::info!(target: "dpop::issuer", client_id = %client.id, family = %r.family_id, "refresh token family revoked");
-        }
-        return Ok(());
-    }
-    // Access tokens: RFC 7009 §2.2, an invalid or unknown token is not an error.
-    let jwt = match tokens::verify_own(state, token, now).await {
-        Ok(j) => j,
-        Err(Inactive::Store(e)) => return Err(e.into()),
-        Err(Inactive::Revoked | Inactive::Invalid(_)) => return Ok(()),
-    };
-    if jwt.str_claim("client_id") != Some(client.id.as_str()) {
-        return Err(OAuthError::new(
-            ErrorCode::UnauthorizedClient,
-            "the token was issued to another client",
-        ));
-    }
-    let jti = jwt.str_claim("jti").unwrap_or("");
-    state
-        .store
-        .revoke_access_token(jti, &client.id, secs(jwt.expires_at), now)
-        .await?;
-    tracing::info!(target: "dpop::issuer", client_id = %client.id, "access token revoked");
-    Ok(())
 }
