@@ -227,12 +227,18 @@ fn temp_path(path: &Path) -> Result<PathBuf, CliError> {
     let name = path
         .file_name()
         .ok_or_else(|| CliError::usage(format!("{} is not a file name", path.display())))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    // The file is created with create_new, so a name taken by a concurrent writer fails
+    // instead of being shared; random bytes make that practically never happen.
+    let mut random = [0u8; 8];
+    dpop_core::RandomSource::fill(&dpop_core::SystemRandomSource, &mut random)
+        .map_err(|e| CliError::failed(format!("no randomness for a temporary file name: {e}")))?;
     let mut tmp = std::ffi::OsString::from(".");
     tmp.push(name);
-    tmp.push(format!(".{}.{nanos}.tmp", std::process::id()));
+    tmp.push(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        u64::from_le_bytes(random)
+    ));
     Ok(path.with_file_name(tmp))
 }
 

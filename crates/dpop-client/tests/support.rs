@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -37,10 +37,7 @@ pub(crate) const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// Seconds since the epoch, from the system clock (the client reads it too).
 pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_secs()
+    dpop_test::now().as_secs()
 }
 
 /// A fresh ES256 key.

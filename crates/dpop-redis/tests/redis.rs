@@ -11,9 +11,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError, UnixTime};
+use dpop_core::{
+    AsyncReplayStore, Clock, Insert, ReplayKey, ReplayStoreError, SystemClock, UnixTime,
+};
 use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
 use redis::AsyncCommands;
 
@@ -52,12 +54,7 @@ fn fresh_key() -> ReplayKey {
 }
 
 fn now() -> UnixTime {
-    UnixTime::from_secs(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
+    SystemClock.now().expect("a clock after 1970")
 }
 
 fn later(now: UnixTime, secs: u64) -> UnixTime {

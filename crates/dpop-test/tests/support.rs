@@ -1,7 +1,7 @@
 //! The test-support servers do what the end-to-end tests and the load test rely on.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -16,10 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 const AUD: &str = "https://api.example.com";
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    dpop_test::now().as_secs()
 }
 
 async fn get_json(url: &str) -> Value {
