@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dpop_core::{Htu, RequestTarget};
+use dpop_core::{Htu, HtuBase, RequestTarget};
 
 const TARGETS: [&str; 4] = [
     "/v1/items",
@@ -38,6 +38,14 @@ fn bench(c: &mut Criterion) {
                     black_box("https://api.example.com"),
                     black_box(t),
                 ));
+            }
+        });
+    });
+    let base = HtuBase::parse("https://api.example.com").unwrap();
+    g.bench_function("HtuBase::join (4 paths)", |b| {
+        b.iter(|| {
+            for t in TARGETS {
+                let _ = black_box(black_box(&base).join(black_box(t)));
             }
         });
     });
