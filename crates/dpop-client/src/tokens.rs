@@ -150,7 +150,7 @@ impl TokenRequest {
     #[must_use]
     pub fn new(issuer: &str, auth: ClientAuth, grant: Grant) -> Self {
         Self {
-            issuer: issuer.trim_end_matches('/').to_owned(),
+            issuer: dpop_core::jwt::canonical_issuer(issuer).to_owned(),
             auth,
             grant,
             scope: None,

@@ -27,12 +27,20 @@ pub const MAX_JWKS_KEYS: usize = 64;
 /// Longest token accepted by default ([`JwtValidation::max_token_bytes`]).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// The canonical form of an issuer identifier: without trailing slashes, so that
+/// The canonical form of an issuer identifier: without one trailing slash, so that
 /// `https://as.example.com/` and `https://as.example.com` name the same issuer wherever
-/// issuers are compared (configuration, discovered metadata, the `iss` claim).
+/// issuers are compared (configuration, discovered metadata, the `iss` claim). Only one
+/// slash goes: `https://as.example.com//` stays another identifier.
 #[must_use]
 pub fn canonical_issuer(issuer: &str) -> &str {
-    issuer.trim_end_matches('/')
+    issuer.strip_suffix('/').unwrap_or(issuer)
+}
+
+/// Whether the `iss` of a token names `expected`: equal in [`canonical_issuer`] form, and
+/// never when nothing is expected (an empty issuer matches no token, not `"/"`).
+fn issuer_matches(iss: &str, expected: &str) -> bool {
+    let expected = canonical_issuer(expected);
+    !expected.is_empty() && canonical_issuer(iss) == expected
 }
 
 /// Why an access token or a JWK set was refused.
@@ -592,7 +600,9 @@ pub fn verify_access_token(
     if validation.audience.is_none() {
         return Err(TokenError::AudienceMismatch);
     }
-    verify_jwt(token, keys, validation, now)?.to_access_token()
+    // `dangerous::accept_missing_aud` is for generic JWTs only: an access token without
+    // `aud` could be replayed at every resource server of its issuer.
+    verify(token, keys, validation, true, now)?.to_access_token()
 }
 
 /// Verifies a JWT against `keys` and `validation` at `now`: size, structure, strict JSON
@@ -606,6 +616,17 @@ pub fn verify_jwt(
     token: &str,
     keys: &JwkSet,
     validation: &JwtValidation,
+    now: UnixTime,
+) -> Result<VerifiedJwt, TokenError> {
+    verify(token, keys, validation, validation.require_aud, now)
+}
+
+/// [`verify_jwt`], with whether `aud` must be present decided by the caller.
+fn verify(
+    token: &str,
+    keys: &JwkSet,
+    validation: &JwtValidation,
+    require_aud: bool,
     now: UnixTime,
 ) -> Result<VerifiedJwt, TokenError> {
     let compact = Compact::split(token, validation.max_token_bytes)?;
@@ -649,8 +670,7 @@ pub fn verify_jwt(
 
     // Claims, only after the signature: unauthenticated claims are not worth reading.
     match claims.get("iss") {
-        Some(Json::String(iss))
-            if canonical_issuer(iss) == canonical_issuer(&validation.issuer) => {}
+        Some(Json::String(iss)) if issuer_matches(iss, &validation.issuer) => {}
         Some(Json::String(_)) => return Err(TokenError::IssuerMismatch),
         Some(_) => return Err(TokenError::ClaimInvalid("iss")),
         None => return Err(TokenError::MissingClaim("iss")),
@@ -665,7 +685,7 @@ pub fn verify_jwt(
             audience.is_none_or(|want| list.iter().any(|a| a.as_str() == Some(want)))
         }
         Some(_) => return Err(TokenError::ClaimInvalid("aud")),
-        None if validation.require_aud => return Err(TokenError::MissingClaim("aud")),
+        None if require_aud => return Err(TokenError::MissingClaim("aud")),
         None => true,
     };
     if !aud_ok {

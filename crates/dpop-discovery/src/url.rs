@@ -25,6 +25,9 @@ pub enum UrlError {
     /// It contains whitespace or control characters (which URL parsers drop or encode).
     #[error("is not a URL: it contains whitespace or control characters")]
     Whitespace,
+    /// A backslash, which URL parsers disagree about.
+    #[error("must not contain a backslash")]
+    Backslash,
     /// A scheme other than `https` or `http`.
     #[error("has scheme {0:?}, not https")]
     Scheme(String),
@@ -58,6 +61,11 @@ fn is_loopback_host(host: &str) -> bool {
 fn check(text: &str, query_allowed: bool) -> Result<url::Url, UrlError> {
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(UrlError::Whitespace);
+    }
+    // WHATWG parsers read `\` as `/` in http(s) URLs, RFC 3986 parsers do not: with
+    // `https://a.example\@b.example` one would see host `a.example`, another `b.example`.
+    if text.contains('\\') {
+        return Err(UrlError::Backslash);
     }
     let url = url::Url::parse(text).map_err(|e| UrlError::NotAUrl(e.to_string()))?;
     let host = url.host_str().unwrap_or_default();
@@ -225,6 +233,8 @@ mod tests {
         assert_eq!(a.as_str(), "http://127.0.0.1:8081");
         assert!(a.matches("http://127.0.0.1:8081") && a.matches("http://127.0.0.1:8081/"));
         assert!(!a.matches("http://127.0.0.1:8082"));
+        // One slash only: `//` is another identifier.
+        assert!(!a.matches("http://127.0.0.1:8081//"));
         let t = IssuerUrl::parse("https://as.example.com/tenant/1/").unwrap();
         assert_eq!(t.as_str(), "https://as.example.com/tenant/1");
         assert_eq!(t.join("/token"), "https://as.example.com/tenant/1/token");
@@ -258,6 +268,8 @@ mod tests {
             ("https://u:p@as.example.com", UrlError::Credentials),
             ("https://as.example.com/a b", UrlError::Whitespace),
             ("https://as.example.com\n", UrlError::Whitespace),
+            ("https://good.example\\@evil.example", UrlError::Backslash),
+            ("https://as.example.com\\tenant", UrlError::Backslash),
         ] {
             assert_eq!(IssuerUrl::parse(bad), Err(err), "{bad}");
         }

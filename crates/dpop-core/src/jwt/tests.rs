@@ -216,6 +216,24 @@ fn verify_jwt_exposes_claims() {
     let mut v_slash = v.clone();
     v_slash.issuer.push('/');
     assert!(verify_generic(&i, &mint(&i, &header(), &claims()), &v_slash).is_ok());
+    // One slash only: more is another identifier.
+    slash["iss"] = format!("{}//", claims()["iss"].as_str().unwrap_or_default()).into();
+    assert_eq!(
+        verify_generic(&i, &mint(&i, &header(), &slash), &v).map(|_| ()),
+        Err(TokenError::IssuerMismatch)
+    );
+    // An empty expected issuer matches nothing, not even "/".
+    let mut v_empty = v.clone();
+    v_empty.issuer = String::new();
+    for iss in ["", "/"] {
+        let mut c = claims();
+        c["iss"] = iss.into();
+        assert_eq!(
+            verify_generic(&i, &mint(&i, &header(), &c), &v_empty).map(|_| ()),
+            Err(TokenError::IssuerMismatch),
+            "{iss:?}"
+        );
+    }
     bad = claims();
     bad["exp"] = (NOW - 31).into();
     assert!(matches!(
@@ -472,5 +490,19 @@ fn unverified_jwt_is_read_strictly() {
     assert_eq!(
         crate::ProofError::from(MalformedJwt::DuplicateMember),
         crate::ProofError::DuplicateMember
+    );
+}
+
+#[test]
+fn access_tokens_need_aud_even_when_generic_checks_accept_its_absence() {
+    let i = issuer();
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("aud");
+    let token = mint(&i, &header(), &c);
+    let relaxed = crate::dangerous::accept_missing_aud(JwtValidation::new(ISS, Some(AUD)));
+    assert!(verify_generic(&i, &token, &relaxed).is_ok());
+    assert_eq!(
+        verify_access_token(&token, &i.set, &relaxed, UnixTime::from_secs(NOW)),
+        Err(TokenError::MissingClaim("aud"))
     );
 }
