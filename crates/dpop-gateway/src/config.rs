@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use dpop_core::{Algorithm, Htu, NonceSecret, StatelessNonces};
 use dpop_server::LogFormat;
-use dpop_tower::{DpopMode, Route, RoutePolicy, Routes};
+use dpop_tower::{DpopMode, ResourceMetadata, Route, RoutePolicy, Routes};
 use http::Method;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -48,6 +48,17 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    resource_metadata: RawResourceMetadata,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResourceMetadata {
+    resource_name: Option<String>,
+    resource_documentation: Option<String>,
+    scopes_supported: Option<Vec<String>>,
+    max_age_secs: Option<u64>,
 }
 
 /// A string or a list of strings.
@@ -220,6 +231,8 @@ pub struct GatewayConfig {
     pub algorithms: Vec<Algorithm>,
     /// Challenge realm.
     pub realm: Option<String>,
+    /// RFC 9728 protected resource metadata (`authorization_servers` is the issuer).
+    pub resource_metadata: ResourceMetadata,
     /// Nonce scheme (when any route needs nonces).
     pub nonces: Option<Arc<StatelessNonces>>,
     /// Whether nonces are shared (configured secret) or this instance's own.
@@ -724,6 +737,7 @@ impl GatewayConfig {
             None
         };
 
+        let resource_metadata = resource_metadata(raw.resource_metadata, &issuer)?;
         let max_connections = raw.limits.max_connections.unwrap_or(4096);
         if max_connections == 0 {
             return Err(invalid("limits.max_connections must be positive"));
@@ -743,6 +757,7 @@ impl GatewayConfig {
             fail_open: raw.replay.dangerous_fail_open.unwrap_or(false),
             algorithms,
             realm: raw.realm,
+            resource_metadata,
             nonces,
             nonce_secret_shared,
             routes,
@@ -764,6 +779,53 @@ impl GatewayConfig {
             log_format,
         })
     }
+}
+
+/// `[resource_metadata]` checked: a printable name, an absolute http(s) documentation
+/// URL, scopes that are RFC 6749 §3.3 scope tokens.
+fn resource_metadata(
+    raw: RawResourceMetadata,
+    issuer: &str,
+) -> Result<ResourceMetadata, GatewayError> {
+    let invalid = |m: String| GatewayError::Config(format!("resource_metadata.{m}"));
+    let mut meta = ResourceMetadata::new(issuer);
+    if let Some(name) = raw.resource_name {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "resource_name {name:?} must be printable text"
+            )));
+        }
+        meta.resource_name = Some(name);
+    }
+    if let Some(url) = raw.resource_documentation {
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "resource_documentation {url:?} must be an absolute http(s) URL"
+            )));
+        }
+        meta.resource_documentation = Some(url);
+    }
+    if let Some(scopes) = raw.scopes_supported {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b) && b != 0x5c)
+        };
+        if let Some(bad) = scopes.iter().find(|s| !token(s)) {
+            return Err(invalid(format!(
+                "scopes_supported: {bad:?} is not a scope token"
+            )));
+        }
+        meta.scopes_supported = Some(scopes);
+    }
+    if let Some(secs) = raw.max_age_secs {
+        meta.max_age = Duration::from_secs(secs);
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Route policies and how the layer learns the URI the client addressed.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use dpop_core::target::loose_form;
@@ -244,6 +245,11 @@ impl Routes {
             })
     }
 
+    /// The policy of requests that match no route.
+    pub(crate) fn default_policy(&self) -> &RoutePolicy {
+        &self.default
+    }
+
     /// The policy of the route at `index` (from [`Self::resolve_index`]).
     pub(crate) fn policy_at(&self, index: Option<usize>) -> &RoutePolicy {
         index
@@ -357,6 +363,24 @@ fn origin_of(url: &str) -> Option<String> {
 }
 
 impl HtuRule {
+    /// The path prefixes of the public URLs (empty for none), for the path-suffixed
+    /// metadata path.
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &str> {
+        let fixed = match self {
+            Self::Fixed(base) => std::slice::from_ref(base),
+            _ => &[],
+        };
+        let by_host = match self {
+            Self::ByHost { urls, .. } => urls.as_slice(),
+            _ => &[],
+        };
+        fixed
+            .iter()
+            .chain(by_host.iter().map(|u| &u.base))
+            .map(|b| b.path_prefix())
+            .filter(|p| !p.is_empty())
+    }
+
     /// Checks `source`; the error names the offending value.
     pub(crate) fn new(source: &HtuSource) -> Result<Self, String> {
         match source {
@@ -420,9 +444,22 @@ impl HtuRule {
         peer: Option<IpAddr>,
         path: &str,
     ) -> Result<Htu, RequestError> {
-        let bad = |_| RequestError::BadRequestTarget;
+        self.base(uri, headers, peer)?
+            .join(path)
+            .map_err(|_| RequestError::BadRequestTarget)
+    }
+
+    /// The public base (origin and prefix) the client addressed: the one the `htu`, the
+    /// RFC 9728 `resource` and the `resource_metadata` URL are built on. A host this rule
+    /// does not allow is refused, never reflected.
+    pub(crate) fn base(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Cow<'_, HtuBase>, RequestError> {
         match self {
-            Self::Fixed(base) => base.join(path).map_err(bad),
+            Self::Fixed(base) => Ok(Cow::Borrowed(base)),
             Self::ByHost {
                 urls,
                 schemes,
@@ -445,7 +482,7 @@ impl HtuRule {
                             .any(|(s, o)| *s == u.scheme && o == u.base.origin())
                     })
                     .ok_or(RequestError::HostNotAllowed)?;
-                url.base.join(path).map_err(bad)
+                Ok(Cow::Borrowed(&url.base))
             }
             Self::FromRequest {
                 scheme,
@@ -460,7 +497,9 @@ impl HtuRule {
                 if !allowed.contains(&origin) {
                     return Err(RequestError::HostNotAllowed);
                 }
-                Htu::from_origin_and_path(&origin, path).map_err(bad)
+                HtuBase::parse(&origin)
+                    .map(Cow::Owned)
+                    .map_err(|_| RequestError::BadRequestTarget)
             }
         }
     }
