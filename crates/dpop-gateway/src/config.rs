@@ -862,6 +862,15 @@ mod tests {
             c.routes.resolve(&Method::GET, "/healthcheck").mode,
             DpopMode::Off
         );
+        let meta = &c.resource_metadata;
+        assert_eq!(meta.authorization_servers, ["https://as.example.com"]);
+        assert_eq!(meta.resource_name.as_deref(), Some("Example API"));
+        assert_eq!(
+            meta.resource_documentation.as_deref(),
+            Some("https://docs.example.com/api")
+        );
+        assert_eq!(meta.scopes_supported, None);
+        assert_eq!(meta.max_age, Duration::from_secs(3600));
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
@@ -885,6 +894,51 @@ mod tests {
 
     fn load_toml(text: &str) -> Result<GatewayConfig, GatewayError> {
         settings(text).validate()
+    }
+
+    #[test]
+    fn resource_metadata_is_checked_at_load() {
+        let meta = load_toml(
+            "[resource_metadata]\nresource_name = \"Items\"\nscopes_supported = [\"a:read\", \"b\"]\n",
+        )
+        .unwrap()
+        .resource_metadata;
+        assert_eq!(meta.authorization_servers, ["https://as.example.com"]);
+        assert_eq!(meta.resource_name.as_deref(), Some("Items"));
+        assert_eq!(
+            meta.scopes_supported,
+            Some(vec!["a:read".to_owned(), "b".to_owned()])
+        );
+        // Nothing configured: the defaults, the issuer as authorization server.
+        assert_eq!(
+            load_toml("").unwrap().resource_metadata,
+            ResourceMetadata::new("https://as.example.com")
+        );
+        // Unknown fields are refused here too.
+        let e = GatewaySettings::from_toml("[resource_metadata]\nresource_nam = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resource_nam"), "{e}");
+        for (text, named) in [
+            ("resource_name = \" \"", "resource_name"),
+            ("resource_name = \"a\\nb\"", "resource_name"),
+            (
+                "resource_documentation = \"docs/api\"",
+                "resource_documentation",
+            ),
+            (
+                "resource_documentation = \"ftp://x.example/\"",
+                "resource_documentation",
+            ),
+            ("scopes_supported = [\"a b\"]", "\"a b\""),
+            ("scopes_supported = [\"\"]", "scopes_supported"),
+            ("scopes_supported = [\"a\\\"b\"]", "scopes_supported"),
+        ] {
+            let e = load_toml(&format!("[resource_metadata]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -96,7 +96,11 @@ pub(crate) fn rejection<B: Default>(error: &Error, ctx: &RejectionContext<'_>) -
     }
 
     let prepared = ctx.challenges;
-    let value = match (r.error, ctx.resource_metadata) {
+    // RFC 9728 §5.1: the metadata URL goes with every 401 and 403 challenge.
+    let resource_metadata = ctx
+        .resource_metadata
+        .filter(|_| matches!(r.status, 401 | 403));
+    let value = match (r.error, resource_metadata) {
         // RFC 6750 §3.1 / RFC 9449 §7.2 rule a: no credentials, no error information.
         (None, None) => prepared.no_credentials[usize::from(ctx.bearer_allowed)].clone(),
         (None, Some(url)) => {
