@@ -14,6 +14,10 @@
 //! is needed, and an empty body. The reason code goes to logs (target
 //! `dpop::rejection`) and metrics ([`DpopEvents`]), never into the response.
 //!
+//! With [`ResourceMetadata`] set, it also speaks RFC 9728: every 401 and 403 challenge
+//! carries `resource_metadata`, and [`DpopLayer::metadata_response`] answers
+//! [`WELL_KNOWN_PATH`] with the protected resource metadata document.
+//!
 //! It does not terminate TLS, proxy requests (see `dpop-gateway`), or issue tokens.
 //!
 //! Features (both on by default): `jwks` ([`JwksSource`]: JWTs against the issuer's
