@@ -143,6 +143,7 @@ struct RawRoute {
     nonce: Option<bool>,
     scopes: Option<Vec<String>>,
     dangerous_forward_encoded_slashes: Option<bool>,
+    resource: Option<bool>,
 }
 
 /// Where proofs are recorded.
@@ -655,6 +656,16 @@ impl GatewayConfig {
                 policy = policy.dangerous_forward_encoded_slashes();
             }
             let mut route = Route::new(&r.path_prefix, policy);
+            if r.resource == Some(true) {
+                // RFC 9728: a resource is a URL, all of whose methods the route must cover.
+                if r.methods.is_some() || r.path_prefix.trim_end_matches('/').is_empty() {
+                    return Err(invalid(format!(
+                        "route {}: resource = true needs a path below / and no methods",
+                        r.path_prefix
+                    )));
+                }
+                route = route.with_own_resource();
+            }
             if let Some(methods) = r.methods {
                 let methods = methods
                     .iter()
@@ -870,6 +881,7 @@ mod tests {
             Some("https://docs.example.com/api")
         );
         assert_eq!(meta.scopes_supported, None);
+        assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
         assert_eq!(meta.max_age, Duration::from_secs(3600));
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
@@ -914,6 +926,16 @@ mod tests {
             load_toml("").unwrap().resource_metadata,
             ResourceMetadata::new("https://as.example.com")
         );
+        // A route of its own: a path, every method.
+        let c = load_toml("[[routes]]\npath_prefix = \"/mcp\"\nresource = true\n").unwrap();
+        assert!(c.routes.policies().count() == 2);
+        for bad in [
+            "[[routes]]\npath_prefix = \"/\"\nresource = true\n",
+            "[[routes]]\npath_prefix = \"/mcp\"\nmethods = [\"GET\"]\nresource = true\n",
+        ] {
+            let e = load_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("resource = true"), "{bad}: {e}");
+        }
         // Unknown fields are refused here too.
         let e = GatewaySettings::from_toml("[resource_metadata]\nresource_nam = \"x\"\n")
             .unwrap_err()

@@ -213,7 +213,8 @@ async fn protected_resource_metadata_is_served_without_dpop() {
         &upstream,
         "[resource_metadata]\nresource_name = \"Items API\"\n\
          resource_documentation = \"https://docs.example.com/items\"\nmax_age_secs = 600\n\
-         [[routes]]\npath_prefix = \"/v1\"\nscopes = [\"read\", \"write\"]\n",
+         [[routes]]\npath_prefix = \"/v1\"\nscopes = [\"read\", \"write\"]\n\
+         [[routes]]\npath_prefix = \"/mcp\"\nscopes = [\"tools\"]\nresource = true\n",
     )
     .await;
     let url = gw.url("/.well-known/oauth-protected-resource");
@@ -226,13 +227,30 @@ async fn protected_resource_metadata_is_served_without_dpop() {
         format!(
             concat!(
                 r#"{{"resource":"http://{}","authorization_servers":["{}"],"#,
-                r#""scopes_supported":["read","write"],"bearer_methods_supported":["header"],"#,
+                r#""scopes_supported":["read","tools","write"],"bearer_methods_supported":["header"],"#,
                 r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA","Ed25519","PS256","RS256"],"#,
                 r#""dpop_bound_access_tokens_required":true,"resource_name":"Items API","#,
                 r#""resource_documentation":"https://docs.example.com/items"}}"#
             ),
             gw.addr,
             issuer.url()
+        )
+    );
+    // A route that is a resource of its own: its document and its challenges.
+    let r = send("GET", &format!("{url}/mcp"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let doc = r.json().unwrap();
+    assert_eq!(doc["resource"], format!("http://{}/mcp", gw.addr));
+    assert_eq!(doc["scopes_supported"], serde_json::json!(["tools"]));
+    let r = send("GET", &gw.url("/mcp/sse"), &[]).await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!(
+                r#"DPoP {ALGS}, resource_metadata="http://{}/.well-known/oauth-protected-resource/mcp""#,
+                gw.addr
+            )
+            .as_str()
         )
     );
     let r = send("POST", &url, &[]).await;

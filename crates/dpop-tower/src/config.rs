@@ -104,6 +104,11 @@ pub struct Route {
     pub path_prefix: String,
     /// The policy.
     pub policy: RoutePolicy,
+    /// The route is a protected resource of its own (RFC 9728): its identifier is the
+    /// public URL followed by the path prefix, its metadata document is at the
+    /// path-suffixed well-known URL, and its challenges point there. Defaults to `false`
+    /// (part of the resource the public URL names).
+    pub own_resource: bool,
 }
 
 impl Route {
@@ -114,7 +119,22 @@ impl Route {
             methods: None,
             path_prefix: path_prefix.to_owned(),
             policy,
+            own_resource: false,
         }
+    }
+
+    /// Makes the route a protected resource of its own (see [`Self::own_resource`]).
+    #[must_use]
+    pub fn with_own_resource(mut self) -> Self {
+        self.own_resource = true;
+        self
+    }
+
+    /// The path the route's own resource adds to the public URL (its prefix without a
+    /// trailing `/`), when it is one.
+    pub(crate) fn resource_path(&self) -> Option<&str> {
+        self.own_resource
+            .then(|| self.path_prefix.trim_end_matches('/'))
     }
 
     /// Limits the route to `methods`.
@@ -250,11 +270,14 @@ impl Routes {
         &self.default
     }
 
+    /// The route at `index` (from [`Self::resolve_index`]), `None` for the default policy.
+    pub(crate) fn route_at(&self, index: Option<usize>) -> Option<&Route> {
+        index.and_then(|i| self.routes.get(i))
+    }
+
     /// The policy of the route at `index` (from [`Self::resolve_index`]).
     pub(crate) fn policy_at(&self, index: Option<usize>) -> &RoutePolicy {
-        index
-            .and_then(|i| self.routes.get(i))
-            .map_or(&self.default, |r| &r.policy)
+        self.route_at(index).map_or(&self.default, |r| &r.policy)
     }
 
     /// Two routes with the same prefix (ignoring a trailing `/` and letter case) and a

@@ -57,9 +57,10 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
         &self.shared.tokens
     }
 
-    /// The answer to a request for the RFC 9728 metadata document
-    /// ([`crate::WELL_KNOWN_PATH`], or that path followed by the public URL's path
-    /// prefix): the JSON document for `GET` (headers only for `HEAD`) with
+    /// The answer to a request for an RFC 9728 metadata document
+    /// ([`crate::WELL_KNOWN_PATH`], optionally followed by the public URL's path prefix,
+    /// then optionally by the path of a route that is a resource of its own,
+    /// [`crate::Route::with_own_resource`]): the JSON document for `GET` (headers only for `HEAD`) with
     /// `Content-Type: application/json` and `Cache-Control: max-age`, 405 for other
     /// methods, and 400 `host_not_allowed` (no body) for a host the `htu` rule does not
     /// allow. `None` for any other path, or when no
@@ -69,20 +70,23 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
     #[must_use]
     pub fn metadata_response<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
         let prepared = self.shared.metadata.as_ref()?;
-        if !is_metadata_path(&self.shared, req.uri().path()) {
+        let path = req.uri().path();
+        if !is_metadata_path(&self.shared, path) {
             return None;
         }
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-        Some(
-            match self.shared.htu_rule.base(req.uri(), req.headers(), peer) {
-                Ok(base) => prepared.response(req.method(), &base),
-                Err(_) => {
-                    let mut r = Response::new(Bytes::new());
-                    *r.status_mut() = StatusCode::BAD_REQUEST;
-                    r
-                }
-            },
-        )
+        match self.shared.htu_rule.base(req.uri(), req.headers(), peer) {
+            Ok(base) => {
+                // The path may name another public URL's prefix than this host's.
+                let doc = prepared.find(path, base.path_prefix())?;
+                Some(prepared.response(req.method(), &base, &doc))
+            }
+            Err(_) => {
+                let mut r = Response::new(Bytes::new());
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                Some(r)
+            }
+        }
     }
 
     /// The replay store.

@@ -19,7 +19,7 @@ use crate::config::{DpopMode, RoutePolicy};
 use crate::events::Outcome;
 use crate::future::ResponseFuture;
 use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
-use crate::metadata::{WELL_KNOWN_PATH, metadata_url};
+use crate::metadata::metadata_url;
 use crate::response::{RejectionContext, rejection as build_rejection};
 use crate::state::Shared;
 
@@ -137,7 +137,7 @@ where
 {
     let started = Instant::now();
     // One parse of the target decides the route, the `htu` and what is forwarded.
-    let (policy, target) = match resolve(&shared, &req) {
+    let (policy, resource_path, target) = match resolve(&shared, &req) {
         Ok(resolved) => resolved,
         Err(e) => {
             let error = Error::from(RequestError::NonCanonicalTarget(e));
@@ -162,7 +162,7 @@ where
     let mut req = req;
     req.extensions_mut().insert(target);
     // RFC 9728 §3: the metadata document is public; it is never behind DPoP.
-    let metadata_request = shared.metadata.is_some() && is_metadata_path(&shared, &path);
+    let metadata_request = is_metadata_path(&shared, &path);
     if policy.mode == DpopMode::Off || metadata_request {
         return inner.call(req).await;
     }
@@ -228,7 +228,7 @@ where
                     let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
                     shared.htu_rule.base(&parts.uri, &parts.headers, peer).ok()
                 })
-                .map(|base| metadata_url(&base));
+                .map(|base| metadata_url(&base, resource_path.unwrap_or_default()));
             let ctx = RejectionContext {
                 challenges: &shared.challenges,
                 bearer_allowed: policy.mode == DpopMode::AllowBearer,
@@ -242,14 +242,15 @@ where
     }
 }
 
-/// The route policy and the target to judge and forward, from one parse of the request
+/// The route policy, the route's own resource path (RFC 9728) if it has one, and the
+/// target to judge and forward, from one parse of the request
 /// target. Non-canonical targets are refused, and so are paths that a lenient server
 /// would route elsewhere (letter case, format suffixes); a route that opts in may receive encoded slashes (see
 /// [`RoutePolicy::dangerous_forward_encoded_slashes`]).
 fn resolve<'a, St, B>(
     shared: &'a Shared<St>,
     req: &Request<B>,
-) -> Result<(&'a RoutePolicy, AuthorizedTarget), TargetError> {
+) -> Result<(&'a RoutePolicy, Option<&'a str>, AuthorizedTarget), TargetError> {
     let method = req.method();
     dpop_core::target::check_method(method.as_str())?;
     let uri = req.uri();
@@ -288,7 +289,8 @@ fn resolve<'a, St, B>(
         }
     }
     let target = AuthorizedTarget::new(target.as_str().to_owned(), canonical);
-    Ok((policy, target))
+    let resource_path = routes.route_at(index).and_then(|r| r.resource_path());
+    Ok((policy, resource_path, target))
 }
 
 /// The required scopes `token` lacks, in the route's order.
@@ -300,14 +302,13 @@ fn missing_scopes(token: &AccessToken, required: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Whether `path` is the RFC 9728 well-known path, as received or with the public URL's
-/// path prefix appended (§3.1).
+/// Whether `path` asks for an RFC 9728 document, for any of the public URLs.
 pub(crate) fn is_metadata_path<St>(shared: &Shared<St>, path: &str) -> bool {
-    match path.strip_prefix(WELL_KNOWN_PATH) {
-        Some("") => true,
-        Some(rest) => shared.htu_rule.prefixes().any(|p| p == rest),
-        None => false,
-    }
+    shared.metadata.as_ref().is_some_and(|m| {
+        std::iter::once("")
+            .chain(shared.htu_rule.prefixes())
+            .any(|prefix| m.find(path, prefix).is_some())
+    })
 }
 
 impl<St: AsyncReplayStore> Shared<St> {

@@ -1760,3 +1760,84 @@ async fn insufficient_scope_names_only_the_missing_scopes() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_route_of_its_own_has_its_own_document_and_challenges() {
+    let f = fixture();
+    let mut s = metadata_settings(&f);
+    s.htu = HtuSource::PublicUrl("https://api.example.com/base".into());
+    s.routes = routes().route(
+        Route::new(
+            "/mcp/",
+            RoutePolicy::new(DpopMode::AllowBearer).with_scopes(["mcp:tools"]),
+        )
+        .with_own_resource(),
+    );
+    let layer = metadata_layer(&f, s.clone());
+    let expected = concat!(
+        r#"{"resource":"https://api.example.com/base/mcp","#,
+        r#""authorization_servers":["https://as.example.com"],"#,
+        r#""scopes_supported":["mcp:tools"],"bearer_methods_supported":["header"],"#,
+        r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA","Ed25519","PS256","RS256"],"#,
+        r#""dpop_bound_access_tokens_required":false,"resource_name":"Items \"API\"","#,
+        r#""resource_documentation":"https://docs.example.com/items"}"#
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource/base/mcp",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let r = layer
+            .metadata_response(&metadata_get("GET", path, "x"))
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(std::str::from_utf8(r.body()).unwrap(), expected, "{path}");
+    }
+    // The public URL's own document lists every route's scopes.
+    let r = layer
+        .metadata_response(&metadata_get(
+            "GET",
+            "/.well-known/oauth-protected-resource/base",
+            "x",
+        ))
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(doc["resource"], "https://api.example.com/base");
+    assert_eq!(
+        doc["scopes_supported"],
+        serde_json::json!(["admin", "mcp:tools"])
+    );
+    assert_eq!(doc["dpop_bound_access_tokens_required"], true);
+    // Routes that are not resources of their own have no document.
+    assert!(
+        layer
+            .metadata_response(&metadata_get(
+                "GET",
+                "/.well-known/oauth-protected-resource/admin",
+                "x"
+            ))
+            .is_none()
+    );
+    // The route's challenges point to its document; other routes' to the public URL's.
+    let mut h = harness_with(&f, s, Arc::new(MemoryReplayStore::with_capacity(100)));
+    let r = h.send(with_headers("GET", "/mcp/tools", &[])).await;
+    assert_eq!(
+        www(&r),
+        r#"Bearer resource_metadata="https://api.example.com/.well-known/oauth-protected-resource/base/mcp", DPoP algs="ES256 ES384 EdDSA Ed25519 PS256 RS256", resource_metadata="https://api.example.com/.well-known/oauth-protected-resource/base/mcp""#
+    );
+    let r = h.send(with_headers("GET", "/v1/items", &[])).await;
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP {ALGS}, resource_metadata="https://api.example.com/.well-known/oauth-protected-resource/base""#
+        )
+    );
+    // Its well-known path passes the layer without DPoP.
+    let r = h
+        .send(with_headers(
+            "GET",
+            "/.well-known/oauth-protected-resource/mcp",
+            &[],
+        ))
+        .await;
+    assert_eq!((r.status().as_u16(), r.body().as_str()), (200, "anonymous"));
+}
