@@ -95,6 +95,20 @@ impl Gw {
         (r, proof)
     }
 
+    /// `challenge` followed by the RFC 9728 `resource_metadata` this gateway adds to every
+    /// 401 and 403 challenge.
+    fn with_metadata(&self, challenge: &str) -> String {
+        format!(
+            r#"{challenge}, resource_metadata="{}/.well-known/oauth-protected-resource""#,
+            self.htu_base
+        )
+    }
+
+    /// [`dpop_error`] as this gateway sends it in a 401 or 403.
+    fn dpop_error(&self, code: &str, description: &str) -> String {
+        self.with_metadata(&dpop_error(code, description))
+    }
+
     async fn get(&self, caller: &Caller, path: &str) -> (HttpResponse, String) {
         self.dpop(caller, "GET", path, None, &[], b"").await
     }
@@ -405,7 +419,7 @@ async fn a_replay_is_refused_by_another_instance_sharing_redis() {
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(
         www(&r),
-        dpop_error("invalid_dpop_proof", "DPoP proof was already used")
+        b.dpop_error("invalid_dpop_proof", "DPoP proof was already used")
     );
     assert!(r.body.is_empty());
     // And at the instance that accepted it.
@@ -444,7 +458,7 @@ async fn nonces_are_shared_by_instances_with_the_same_secret() {
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(
         www(&r),
-        dpop_error("use_dpop_nonce", "Server requires nonce in DPoP proof")
+        a.dpop_error("use_dpop_nonce", "Server requires nonce in DPoP proof")
     );
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let nonce = r.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
@@ -545,12 +559,18 @@ async fn rejections_carry_the_rfc_challenges() {
 
     // No credentials.
     let r = send("GET", &url, &[], b"").await;
-    assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
+    assert_eq!(
+        (r.status, www(&r)),
+        (401, gw.with_metadata(&format!("DPoP {ALGS}")).as_str())
+    );
     assert!(r.body.is_empty());
 
     // A scheme the gateway does not take counts as no credentials.
     let r = send("GET", &url, &[("authorization", "Basic dXNlcjpwdw==")], b"").await;
-    assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
+    assert_eq!(
+        (r.status, www(&r)),
+        (401, gw.with_metadata(&format!("DPoP {ALGS}")).as_str())
+    );
 
     // A DPoP-bound token sent as Bearer.
     let bearer = format!("Bearer {}", caller.token);
@@ -558,7 +578,7 @@ async fn rejections_carry_the_rfc_challenges() {
     assert_eq!(r.status, 401);
     assert_eq!(
         www(&r),
-        dpop_error(
+        gw.dpop_error(
             "invalid_token",
             "DPoP-bound access token presented as a Bearer token"
         )
@@ -592,7 +612,8 @@ async fn rejections_carry_the_rfc_challenges() {
         (r.status, www(&r)),
         (
             401,
-            dpop_error("invalid_dpop_proof", "DPoP proof required").as_str()
+            gw.dpop_error("invalid_dpop_proof", "DPoP proof required")
+                .as_str()
         )
     );
 
@@ -609,7 +630,7 @@ async fn rejections_carry_the_rfc_challenges() {
         (r.status, www(&r)),
         (
             401,
-            dpop_error(
+            gw.dpop_error(
                 "invalid_dpop_proof",
                 "DPoP proof does not match the request method and URI"
             )
@@ -634,7 +655,8 @@ async fn rejections_carry_the_rfc_challenges() {
         (r.status, www(&r)),
         (
             401,
-            dpop_error("invalid_token", "Invalid DPoP key binding").as_str()
+            gw.dpop_error("invalid_token", "Invalid DPoP key binding")
+                .as_str()
         )
     );
 
@@ -644,6 +666,76 @@ async fn rejections_carry_the_rfc_challenges() {
         "no refused request was forwarded"
     );
     gw.assert_log_clean(&[&caller.token, &proof_two, &proof_elsewhere, &proof_stranger]);
+}
+
+/// RFC 9728: the document is served by the binary without credentials, built from the
+/// configuration, at the plain and the path-suffixed well-known URL; challenges point to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_resource_metadata_is_published() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let launch = Launch::bare();
+    let file = config_file(
+        &launch,
+        &issuer,
+        &upstream.url(),
+        r#"
+[resource_metadata]
+resource_name = "Orders"
+resource_documentation = "https://docs.api.test/orders"
+max_age_secs = 120
+
+[[routes]]
+path_prefix = "/v1"
+scopes = ["orders:read"]
+"#,
+    );
+    let gw = launch
+        .arg("--config")
+        .arg(file.path())
+        .arg("--public-url")
+        .arg("http://api.test/orders")
+        .start()
+        .await;
+    let expected = format!(
+        concat!(
+            r#"{{"resource":"http://api.test/orders","authorization_servers":["{}"],"#,
+            r#""scopes_supported":["orders:read"],"bearer_methods_supported":["header"],"#,
+            r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA","Ed25519","PS256","RS256"],"#,
+            r#""dpop_bound_access_tokens_required":true,"resource_name":"Orders","#,
+            r#""resource_documentation":"https://docs.api.test/orders"}}"#
+        ),
+        issuer.url()
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/orders",
+    ] {
+        let r = send("GET", &format!("{}{path}", gw.url), &[], b"").await;
+        assert_eq!(r.status, 200, "{path}: {r:?}\n{}", gw.process.output());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("cache-control"), Some("max-age=120"));
+        assert_eq!(r.text(), expected, "{path}");
+    }
+    let r = send(
+        "DELETE",
+        &format!("{}/.well-known/oauth-protected-resource", gw.url),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    // The challenge names the document's URL (RFC 9728 §3.1: the well-known path goes
+    // before the resource's path).
+    let r = send("GET", &format!("{}/v1/items", gw.url), &[], b"").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP {ALGS}, resource_metadata="http://api.test/.well-known/oauth-protected-resource/orders""#
+        )
+    );
+    assert_eq!(upstream.request_count(), 0, "nothing forwarded");
 }
 
 /// 6. Upstream failures become 502 and 504 without detail.
@@ -788,15 +880,18 @@ scopes = ["admin"]
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(
         www(&r),
-        format!(
+        gw.with_metadata(&format!(
             r#"DPoP error="insufficient_scope", error_description="The access token lacks a required scope", {ALGS}, scope="admin""#
-        )
+        ))
     );
     let admin = Caller::new(&issuer, "read admin");
     assert_eq!(gw.get(&admin, "/admin/users").await.0.status, 200);
     // Other paths get the default policy: DPoP required.
     let r = send("GET", &format!("{}/v1/items", gw.url), &[], b"").await;
-    assert_eq!((r.status, www(&r)), (401, format!("DPoP {ALGS}").as_str()));
+    assert_eq!(
+        (r.status, www(&r)),
+        (401, gw.with_metadata(&format!("DPoP {ALGS}")).as_str())
+    );
     // Forwarded: two off-route requests, two report-only ones, the admin request.
     assert_eq!(upstream.request_count(), 5);
 }

@@ -173,6 +173,12 @@ impl HtuBase {
     pub fn origin(&self) -> &str {
         self.prefix.get(..self.path_start).unwrap_or_default()
     }
+
+    /// The path prefix in normal form, without a trailing `/` (empty for none).
+    #[must_use]
+    pub fn path_prefix(&self) -> &str {
+        self.prefix.get(self.path_start..).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Htu {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use dpop_core::{Algorithm, Htu, NonceSecret, StatelessNonces};
 use dpop_server::LogFormat;
-use dpop_tower::{DpopMode, Route, RoutePolicy, Routes};
+use dpop_tower::{DpopMode, ResourceMetadata, Route, RoutePolicy, Routes};
 use http::Method;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -48,6 +48,17 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    resource_metadata: RawResourceMetadata,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResourceMetadata {
+    resource_name: Option<String>,
+    resource_documentation: Option<String>,
+    scopes_supported: Option<Vec<String>>,
+    max_age_secs: Option<u64>,
 }
 
 /// A string or a list of strings.
@@ -132,6 +143,7 @@ struct RawRoute {
     nonce: Option<bool>,
     scopes: Option<Vec<String>>,
     dangerous_forward_encoded_slashes: Option<bool>,
+    resource: Option<bool>,
 }
 
 /// Where proofs are recorded.
@@ -220,6 +232,8 @@ pub struct GatewayConfig {
     pub algorithms: Vec<Algorithm>,
     /// Challenge realm.
     pub realm: Option<String>,
+    /// RFC 9728 protected resource metadata (`authorization_servers` is the issuer).
+    pub resource_metadata: ResourceMetadata,
     /// Nonce scheme (when any route needs nonces).
     pub nonces: Option<Arc<StatelessNonces>>,
     /// Whether nonces are shared (configured secret) or this instance's own.
@@ -642,6 +656,16 @@ impl GatewayConfig {
                 policy = policy.dangerous_forward_encoded_slashes();
             }
             let mut route = Route::new(&r.path_prefix, policy);
+            if r.resource == Some(true) {
+                // RFC 9728: a resource is a URL, all of whose methods the route must cover.
+                if r.methods.is_some() || r.path_prefix.trim_end_matches('/').is_empty() {
+                    return Err(invalid(format!(
+                        "route {}: resource = true needs a path below / and no methods",
+                        r.path_prefix
+                    )));
+                }
+                route = route.with_own_resource();
+            }
             if let Some(methods) = r.methods {
                 let methods = methods
                     .iter()
@@ -724,6 +748,7 @@ impl GatewayConfig {
             None
         };
 
+        let resource_metadata = resource_metadata(raw.resource_metadata, &issuer)?;
         let max_connections = raw.limits.max_connections.unwrap_or(4096);
         if max_connections == 0 {
             return Err(invalid("limits.max_connections must be positive"));
@@ -743,6 +768,7 @@ impl GatewayConfig {
             fail_open: raw.replay.dangerous_fail_open.unwrap_or(false),
             algorithms,
             realm: raw.realm,
+            resource_metadata,
             nonces,
             nonce_secret_shared,
             routes,
@@ -764,6 +790,53 @@ impl GatewayConfig {
             log_format,
         })
     }
+}
+
+/// `[resource_metadata]` checked: a printable name, an absolute http(s) documentation
+/// URL, scopes that are RFC 6749 §3.3 scope tokens.
+fn resource_metadata(
+    raw: RawResourceMetadata,
+    issuer: &str,
+) -> Result<ResourceMetadata, GatewayError> {
+    let invalid = |m: String| GatewayError::Config(format!("resource_metadata.{m}"));
+    let mut meta = ResourceMetadata::new(issuer);
+    if let Some(name) = raw.resource_name {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "resource_name {name:?} must be printable text"
+            )));
+        }
+        meta.resource_name = Some(name);
+    }
+    if let Some(url) = raw.resource_documentation {
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "resource_documentation {url:?} must be an absolute http(s) URL"
+            )));
+        }
+        meta.resource_documentation = Some(url);
+    }
+    if let Some(scopes) = raw.scopes_supported {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b) && b != 0x5c)
+        };
+        if let Some(bad) = scopes.iter().find(|s| !token(s)) {
+            return Err(invalid(format!(
+                "scopes_supported: {bad:?} is not a scope token"
+            )));
+        }
+        meta.scopes_supported = Some(scopes);
+    }
+    if let Some(secs) = raw.max_age_secs {
+        meta.max_age = Duration::from_secs(secs);
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]
@@ -800,6 +873,16 @@ mod tests {
             c.routes.resolve(&Method::GET, "/healthcheck").mode,
             DpopMode::Off
         );
+        let meta = &c.resource_metadata;
+        assert_eq!(meta.authorization_servers, ["https://as.example.com"]);
+        assert_eq!(meta.resource_name.as_deref(), Some("Example API"));
+        assert_eq!(
+            meta.resource_documentation.as_deref(),
+            Some("https://docs.example.com/api")
+        );
+        assert_eq!(meta.scopes_supported, None);
+        assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
+        assert_eq!(meta.max_age, Duration::from_secs(3600));
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
@@ -823,6 +906,61 @@ mod tests {
 
     fn load_toml(text: &str) -> Result<GatewayConfig, GatewayError> {
         settings(text).validate()
+    }
+
+    #[test]
+    fn resource_metadata_is_checked_at_load() {
+        let meta = load_toml(
+            "[resource_metadata]\nresource_name = \"Items\"\nscopes_supported = [\"a:read\", \"b\"]\n",
+        )
+        .unwrap()
+        .resource_metadata;
+        assert_eq!(meta.authorization_servers, ["https://as.example.com"]);
+        assert_eq!(meta.resource_name.as_deref(), Some("Items"));
+        assert_eq!(
+            meta.scopes_supported,
+            Some(vec!["a:read".to_owned(), "b".to_owned()])
+        );
+        // Nothing configured: the defaults, the issuer as authorization server.
+        assert_eq!(
+            load_toml("").unwrap().resource_metadata,
+            ResourceMetadata::new("https://as.example.com")
+        );
+        // A route of its own: a path, every method.
+        let c = load_toml("[[routes]]\npath_prefix = \"/mcp\"\nresource = true\n").unwrap();
+        assert!(c.routes.policies().count() == 2);
+        for bad in [
+            "[[routes]]\npath_prefix = \"/\"\nresource = true\n",
+            "[[routes]]\npath_prefix = \"/mcp\"\nmethods = [\"GET\"]\nresource = true\n",
+        ] {
+            let e = load_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("resource = true"), "{bad}: {e}");
+        }
+        // Unknown fields are refused here too.
+        let e = GatewaySettings::from_toml("[resource_metadata]\nresource_nam = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resource_nam"), "{e}");
+        for (text, named) in [
+            ("resource_name = \" \"", "resource_name"),
+            ("resource_name = \"a\\nb\"", "resource_name"),
+            (
+                "resource_documentation = \"docs/api\"",
+                "resource_documentation",
+            ),
+            (
+                "resource_documentation = \"ftp://x.example/\"",
+                "resource_documentation",
+            ),
+            ("scopes_supported = [\"a b\"]", "\"a b\""),
+            ("scopes_supported = [\"\"]", "scopes_supported"),
+            ("scopes_supported = [\"a\\\"b\"]", "scopes_supported"),
+        ] {
+            let e = load_toml(&format!("[resource_metadata]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use dpop_tower::{
     JwksSourceConfig, PeerAddr, TokenVerifier,
 };
 use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -98,6 +99,7 @@ impl Gateway {
             .map(|n| n as Arc<dyn dpop_core::NonceValidator>);
         settings.routes = config.routes.clone();
         settings.realm.clone_from(&config.realm);
+        settings.resource_metadata = Some(config.resource_metadata.clone());
         settings.proof_max_age = config.proof_max_age;
         settings.proof_future_leeway = config.proof_future_leeway;
         settings.events = metrics.clone();
@@ -172,6 +174,7 @@ impl Gateway {
                 move || readiness(ready_layer.clone()),
             ));
         }
+        let metadata_layer = layer.clone();
         let service = layer.layer(proxy);
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();
@@ -202,10 +205,18 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let service = service.clone();
+            let metadata_layer = metadata_layer.clone();
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
+                // RFC 9728: the metadata document is answered here, never behind DPoP.
+                let metadata = metadata_layer
+                    .metadata_response(&req)
+                    .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
                 let service = service.clone();
                 async move {
+                    if let Some(response) = metadata {
+                        return Ok(response);
+                    }
                     match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
                         Ok(r) => r,
                         Err(_) => Ok::<_, Infallible>(empty(StatusCode::GATEWAY_TIMEOUT)),

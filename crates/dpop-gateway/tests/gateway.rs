@@ -59,6 +59,14 @@ impl Running {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// `resource_metadata="…"`: the RFC 9728 document URL every challenge carries.
+    fn metadata_param(&self) -> String {
+        format!(
+            r#"resource_metadata="http://{}/.well-known/oauth-protected-resource""#,
+            self.addr
+        )
+    }
 }
 
 /// A client key and an access token bound to it.
@@ -152,7 +160,8 @@ async fn a_dpop_request_is_forwarded_with_the_identity() {
         r.header("www-authenticate"),
         Some(
             format!(
-                r#"DPoP error="invalid_dpop_proof", error_description="DPoP proof was already used", {ALGS}"#
+                r#"DPoP error="invalid_dpop_proof", error_description="DPoP proof was already used", {ALGS}, {}"#,
+                gw.metadata_param()
             )
             .as_str()
         )
@@ -176,7 +185,8 @@ async fn a_missing_proof_is_refused_with_the_challenge() {
         r.header("www-authenticate"),
         Some(
             format!(
-                r#"DPoP error="invalid_dpop_proof", error_description="DPoP proof required", {ALGS}"#
+                r#"DPoP error="invalid_dpop_proof", error_description="DPoP proof required", {ALGS}, {}"#,
+                gw.metadata_param()
             )
             .as_str()
         )
@@ -187,10 +197,95 @@ async fn a_missing_proof_is_refused_with_the_challenge() {
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(
         r.header("www-authenticate"),
-        Some(format!("DPoP {ALGS}").as_str())
+        Some(format!("DPoP {ALGS}, {}", gw.metadata_param()).as_str())
     );
     assert!(r.body.is_empty(), "{r:?}");
 
+    assert!(upstream.requests().is_empty(), "nothing forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_resource_metadata_is_served_without_dpop() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Running::start(
+        &issuer,
+        &upstream,
+        "[resource_metadata]\nresource_name = \"Items API\"\n\
+         resource_documentation = \"https://docs.example.com/items\"\nmax_age_secs = 600\n\
+         [[routes]]\npath_prefix = \"/v1\"\nscopes = [\"read\", \"write\"]\n\
+         [[routes]]\npath_prefix = \"/mcp\"\nscopes = [\"tools\"]\nresource = true\n",
+    )
+    .await;
+    let url = gw.url("/.well-known/oauth-protected-resource");
+    let r = send("GET", &url, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("cache-control"), Some("max-age=600"));
+    assert_eq!(
+        String::from_utf8(r.body.clone()).unwrap(),
+        format!(
+            concat!(
+                r#"{{"resource":"http://{}","authorization_servers":["{}"],"#,
+                r#""scopes_supported":["read","tools","write"],"bearer_methods_supported":["header"],"#,
+                r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA","Ed25519","PS256","RS256"],"#,
+                r#""dpop_bound_access_tokens_required":true,"resource_name":"Items API","#,
+                r#""resource_documentation":"https://docs.example.com/items"}}"#
+            ),
+            gw.addr,
+            issuer.url()
+        )
+    );
+    // A route that is a resource of its own: its document and its challenges.
+    let r = send("GET", &format!("{url}/mcp"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let doc = r.json().unwrap();
+    assert_eq!(doc["resource"], format!("http://{}/mcp", gw.addr));
+    assert_eq!(doc["scopes_supported"], serde_json::json!(["tools"]));
+    let r = send("GET", &gw.url("/mcp/sse"), &[]).await;
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!(
+                r#"DPoP {ALGS}, resource_metadata="http://{}/.well-known/oauth-protected-resource/mcp""#,
+                gw.addr
+            )
+            .as_str()
+        )
+    );
+    let r = send("POST", &url, &[]).await;
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // A host the gateway does not serve is never reflected.
+    let r = send("GET", &url, &[("host", "evil.example")]).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.is_empty(), "{r:?}");
+    // 403 insufficient_scope names what is missing, with the metadata URL.
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = issuer.mint(&TokenSpec {
+        scope: Some("read".into()),
+        ..TokenSpec::bound(AUD, key.thumbprint().as_str())
+    });
+    let caller = Caller { key, token };
+    let items = gw.url("/v1/items");
+    let proof = caller.proof("GET", &items);
+    let r = send(
+        "GET",
+        &items,
+        &[("authorization", &caller.authorization()), ("dpop", &proof)],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!(
+                r#"DPoP error="insufficient_scope", error_description="The access token lacks a required scope", {ALGS}, scope="write", {}"#,
+                gw.metadata_param()
+            )
+            .as_str()
+        )
+    );
     assert!(upstream.requests().is_empty(), "nothing forwarded");
 }
 

@@ -12,6 +12,7 @@ use crate::error::ConfigError;
 use crate::events::DpopEvents;
 use crate::keys::StaticKeys;
 use crate::layer::DpopLayer;
+use crate::metadata::ResourceMetadata;
 use crate::settings::DpopSettings;
 use crate::tokens::TokenVerifier;
 #[cfg(feature = "jwks")]
@@ -74,6 +75,13 @@ impl<T, St> DpopLayerBuilder<T, St> {
     /// Route policies. Defaults to DPoP required on every route.
     pub fn routes(mut self, routes: Routes) -> Self {
         self.settings.routes = routes;
+        self
+    }
+
+    /// Publishes RFC 9728 protected resource metadata (see [`DpopSettings::resource_metadata`]
+    /// and [`DpopLayer::metadata_response`]). Defaults to none.
+    pub fn resource_metadata(mut self, metadata: ResourceMetadata) -> Self {
+        self.settings.resource_metadata = Some(metadata);
         self
     }
 

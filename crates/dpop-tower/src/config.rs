@@ -1,5 +1,6 @@
 //! Route policies and how the layer learns the URI the client addressed.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use dpop_core::target::loose_form;
@@ -103,6 +104,11 @@ pub struct Route {
     pub path_prefix: String,
     /// The policy.
     pub policy: RoutePolicy,
+    /// The route is a protected resource of its own (RFC 9728): its identifier is the
+    /// public URL followed by the path prefix, its metadata document is at the
+    /// path-suffixed well-known URL, and its challenges point there. Defaults to `false`
+    /// (part of the resource the public URL names).
+    pub own_resource: bool,
 }
 
 impl Route {
@@ -113,7 +119,22 @@ impl Route {
             methods: None,
             path_prefix: path_prefix.to_owned(),
             policy,
+            own_resource: false,
         }
+    }
+
+    /// Makes the route a protected resource of its own (see [`Self::own_resource`]).
+    #[must_use]
+    pub fn with_own_resource(mut self) -> Self {
+        self.own_resource = true;
+        self
+    }
+
+    /// The path the route's own resource adds to the public URL (its prefix without a
+    /// trailing `/`), when it is one.
+    pub(crate) fn resource_path(&self) -> Option<&str> {
+        self.own_resource
+            .then(|| self.path_prefix.trim_end_matches('/'))
     }
 
     /// Limits the route to `methods`.
@@ -244,11 +265,19 @@ impl Routes {
             })
     }
 
+    /// The policy of requests that match no route.
+    pub(crate) fn default_policy(&self) -> &RoutePolicy {
+        &self.default
+    }
+
+    /// The route at `index` (from [`Self::resolve_index`]), `None` for the default policy.
+    pub(crate) fn route_at(&self, index: Option<usize>) -> Option<&Route> {
+        index.and_then(|i| self.routes.get(i))
+    }
+
     /// The policy of the route at `index` (from [`Self::resolve_index`]).
     pub(crate) fn policy_at(&self, index: Option<usize>) -> &RoutePolicy {
-        index
-            .and_then(|i| self.routes.get(i))
-            .map_or(&self.default, |r| &r.policy)
+        self.route_at(index).map_or(&self.default, |r| &r.policy)
     }
 
     /// Two routes with the same prefix (ignoring a trailing `/` and letter case) and a
@@ -357,6 +386,24 @@ fn origin_of(url: &str) -> Option<String> {
 }
 
 impl HtuRule {
+    /// The path prefixes of the public URLs (empty for none), for the path-suffixed
+    /// metadata path.
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &str> {
+        let fixed = match self {
+            Self::Fixed(base) => std::slice::from_ref(base),
+            _ => &[],
+        };
+        let by_host = match self {
+            Self::ByHost { urls, .. } => urls.as_slice(),
+            _ => &[],
+        };
+        fixed
+            .iter()
+            .chain(by_host.iter().map(|u| &u.base))
+            .map(|b| b.path_prefix())
+            .filter(|p| !p.is_empty())
+    }
+
     /// Checks `source`; the error names the offending value.
     pub(crate) fn new(source: &HtuSource) -> Result<Self, String> {
         match source {
@@ -420,9 +467,22 @@ impl HtuRule {
         peer: Option<IpAddr>,
         path: &str,
     ) -> Result<Htu, RequestError> {
-        let bad = |_| RequestError::BadRequestTarget;
+        self.base(uri, headers, peer)?
+            .join(path)
+            .map_err(|_| RequestError::BadRequestTarget)
+    }
+
+    /// The public base (origin and prefix) the client addressed: the one the `htu`, the
+    /// RFC 9728 `resource` and the `resource_metadata` URL are built on. A host this rule
+    /// does not allow is refused, never reflected.
+    pub(crate) fn base(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Cow<'_, HtuBase>, RequestError> {
         match self {
-            Self::Fixed(base) => base.join(path).map_err(bad),
+            Self::Fixed(base) => Ok(Cow::Borrowed(base)),
             Self::ByHost {
                 urls,
                 schemes,
@@ -445,7 +505,7 @@ impl HtuRule {
                             .any(|(s, o)| *s == u.scheme && o == u.base.origin())
                     })
                     .ok_or(RequestError::HostNotAllowed)?;
-                url.base.join(path).map_err(bad)
+                Ok(Cow::Borrowed(&url.base))
             }
             Self::FromRequest {
                 scheme,
@@ -460,7 +520,9 @@ impl HtuRule {
                 if !allowed.contains(&origin) {
                     return Err(RequestError::HostNotAllowed);
                 }
-                Htu::from_origin_and_path(&origin, path).map_err(bad)
+                HtuBase::parse(&origin)
+                    .map(Cow::Owned)
+                    .map_err(|_| RequestError::BadRequestTarget)
             }
         }
     }

@@ -14,6 +14,10 @@
 //! is needed, and an empty body. The reason code goes to logs (target
 //! `dpop::rejection`) and metrics ([`DpopEvents`]), never into the response.
 //!
+//! With [`ResourceMetadata`] set, it also speaks RFC 9728: every 401 and 403 challenge
+//! carries `resource_metadata`, and [`DpopLayer::metadata_response`] answers
+//! [`WELL_KNOWN_PATH`] with the protected resource metadata document.
+//!
 //! It does not terminate TLS, proxy requests (see `dpop-gateway`), or issue tokens.
 //!
 //! Features (both on by default): `jwks` ([`JwksSource`]: JWTs against the issuer's
@@ -94,6 +98,7 @@ mod future;
 mod identity;
 mod keys;
 mod layer;
+mod metadata;
 mod response;
 mod service;
 mod settings;
@@ -110,6 +115,7 @@ pub use crate::future::ResponseFuture;
 pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
 pub use crate::keys::StaticKeys;
 pub use crate::layer::DpopLayer;
+pub use crate::metadata::{ResourceMetadata, WELL_KNOWN_PATH};
 pub use crate::service::DpopService;
 pub use crate::settings::DpopSettings;
 pub use crate::tokens::{BoxFuture, TokenVerifier};

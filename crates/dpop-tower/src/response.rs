@@ -18,8 +18,10 @@ pub(crate) struct Challenges {
     bearer: Challenge,
     /// The accepted algorithms, space-separated, for `algs`.
     algs: String,
+    /// `DPoP` with `realm` and `algs`: the challenge without an error.
+    dpop_bare: Challenge,
     /// The whole header for a request without credentials (RFC 6750 §3.1, RFC 9449 §7.2
-    /// rule a): `[DPoP only, Bearer and DPoP]`.
+    /// rule a): `[DPoP only, Bearer and DPoP]`, for a layer without `resource_metadata`.
     no_credentials: [Option<HeaderValue>; 2],
 }
 
@@ -43,12 +45,13 @@ impl Challenges {
         };
         let no_credentials = [
             header(std::slice::from_ref(&dpop_bare)),
-            header(&[bearer.clone(), dpop_bare]),
+            header(&[bearer.clone(), dpop_bare.clone()]),
         ];
         Self {
             dpop,
             bearer,
             algs,
+            dpop_bare,
             no_credentials,
         }
     }
@@ -68,8 +71,10 @@ pub(crate) struct RejectionContext<'a> {
     pub(crate) scheme_used: Option<Scheme>,
     /// A fresh nonce to send in `DPoP-Nonce`.
     pub(crate) nonce: Option<String>,
-    /// The scopes the route requires (for `insufficient_scope`).
+    /// The scopes the token lacks (for `insufficient_scope`).
     pub(crate) scopes: &'a [String],
+    /// The RFC 9728 metadata URL for the host the client used, for every challenge.
+    pub(crate) resource_metadata: Option<&'a str>,
 }
 
 fn with_error(c: &Challenge, code: &str, description: &str) -> Challenge {
@@ -91,20 +96,33 @@ pub(crate) fn rejection<B: Default>(error: &Error, ctx: &RejectionContext<'_>) -
     }
 
     let prepared = ctx.challenges;
-    let value = match r.error {
+    // RFC 9728 §5.1: the metadata URL goes with every 401 and 403 challenge.
+    let resource_metadata = ctx
+        .resource_metadata
+        .filter(|_| matches!(r.status, 401 | 403));
+    let value = match (r.error, resource_metadata) {
         // RFC 6750 §3.1 / RFC 9449 §7.2 rule a: no credentials, no error information.
-        None => prepared.no_credentials[usize::from(ctx.bearer_allowed)].clone(),
-        Some(code) => {
+        (None, None) => prepared.no_credentials[usize::from(ctx.bearer_allowed)].clone(),
+        (None, Some(url)) => {
+            let mut challenges = vec![prepared.dpop_bare.clone()];
+            if ctx.bearer_allowed {
+                challenges.insert(0, prepared.bearer.clone());
+            }
+            render(challenges, Some(url))
+        }
+        (Some(code), url) => {
             let code = code.as_str();
             let description = error.description();
-            let mut dpop = prepared.with_algs(with_error(&prepared.dpop, code, description));
-            if reason == Reason::InsufficientScope && !ctx.scopes.is_empty() {
-                dpop = dpop
-                    .clone()
-                    .with_scope(&ctx.scopes.join(" "))
-                    .unwrap_or(dpop);
-            }
-            let bearer_err = || with_error(&prepared.bearer, code, description);
+            // RFC 6750 §3.1: `insufficient_scope` names the scopes that are missing.
+            let missing = (reason == Reason::InsufficientScope && !ctx.scopes.is_empty())
+                .then(|| ctx.scopes.join(" "));
+            let with_scope = |c: Challenge| match &missing {
+                Some(scope) => c.clone().with_scope(scope).unwrap_or(c),
+                None => c,
+            };
+            let dpop =
+                with_scope(prepared.with_algs(with_error(&prepared.dpop, code, description)));
+            let bearer_err = || with_scope(with_error(&prepared.bearer, code, description));
             let ambiguous = reason == Reason::MultipleAuthorizations;
             let challenges = match (ctx.scheme_used, ctx.bearer_allowed) {
                 // Rule c (Fig. 19): the scheme cannot be told: the error goes in both.
@@ -116,7 +134,7 @@ pub(crate) fn rejection<B: Default>(error: &Error, ctx: &RejectionContext<'_>) -
                 (_, true) => vec![prepared.bearer.clone(), dpop],
                 (_, false) => vec![dpop],
             };
-            HeaderValue::from_str(&dpop_core::challenge::render(&challenges)).ok()
+            render(challenges, url)
         }
     };
     if let Some(v) = value {
@@ -132,6 +150,19 @@ pub(crate) fn rejection<B: Default>(error: &Error, ctx: &RejectionContext<'_>) -
     builder
         .body(B::default())
         .unwrap_or_else(|_| fallback(StatusCode::UNAUTHORIZED))
+}
+
+/// The header for `challenges`, each with `resource_metadata` when there is one (RFC 9728
+/// §5.1).
+fn render(challenges: Vec<Challenge>, resource_metadata: Option<&str>) -> Option<HeaderValue> {
+    let challenges: Vec<Challenge> = match resource_metadata {
+        Some(url) => challenges
+            .into_iter()
+            .map(|c| c.clone().with_param("resource_metadata", url).unwrap_or(c))
+            .collect(),
+        None => challenges,
+    };
+    HeaderValue::from_str(&dpop_core::challenge::render(&challenges)).ok()
 }
 
 fn fallback<B: Default>(status: StatusCode) -> Response<B> {

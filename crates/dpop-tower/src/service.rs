@@ -19,6 +19,7 @@ use crate::config::{DpopMode, RoutePolicy};
 use crate::events::Outcome;
 use crate::future::ResponseFuture;
 use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
+use crate::metadata::metadata_url;
 use crate::response::{RejectionContext, rejection as build_rejection};
 use crate::state::Shared;
 
@@ -75,6 +76,8 @@ struct Authenticated {
 struct Rejection {
     error: Error,
     scheme: Option<Scheme>,
+    /// For `insufficient_scope`: the required scopes the token lacks.
+    missing_scopes: Vec<String>,
 }
 
 impl Rejection {
@@ -82,6 +85,14 @@ impl Rejection {
         Self {
             error: error.into(),
             scheme,
+            missing_scopes: Vec::new(),
+        }
+    }
+
+    fn insufficient_scope(scheme: Scheme, missing_scopes: Vec<String>) -> Self {
+        Self {
+            missing_scopes,
+            ..Self::new(RequestError::InsufficientScope, Some(scheme))
         }
     }
 }
@@ -126,7 +137,7 @@ where
 {
     let started = Instant::now();
     // One parse of the target decides the route, the `htu` and what is forwarded.
-    let (policy, target) = match resolve(&shared, &req) {
+    let (policy, resource_path, target) = match resolve(&shared, &req) {
         Ok(resolved) => resolved,
         Err(e) => {
             let error = Error::from(RequestError::NonCanonicalTarget(e));
@@ -142,6 +153,7 @@ where
                 scheme_used: None,
                 nonce: None,
                 scopes: &[],
+                resource_metadata: None,
             };
             return Ok(build_rejection::<ResBody>(&error, &ctx));
         }
@@ -149,7 +161,9 @@ where
     let path = target.as_str().split('?').next().unwrap_or("/").to_owned();
     let mut req = req;
     req.extensions_mut().insert(target);
-    if policy.mode == DpopMode::Off {
+    // RFC 9728 §3: the metadata document is public; it is never behind DPoP.
+    let metadata_request = is_metadata_path(&shared, &path);
+    if policy.mode == DpopMode::Off || metadata_request {
         return inner.call(req).await;
     }
     // Work on the head only: the body is not needed and need not be `Sync`.
@@ -206,26 +220,37 @@ where
             } else {
                 None
             };
+            // For the host the client used, and only a host the `htu` rule allows.
+            let resource_metadata = shared
+                .metadata
+                .as_ref()
+                .and_then(|_| {
+                    let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+                    shared.htu_rule.base(&parts.uri, &parts.headers, peer).ok()
+                })
+                .map(|base| metadata_url(&base, resource_path.unwrap_or_default()));
             let ctx = RejectionContext {
                 challenges: &shared.challenges,
                 bearer_allowed: policy.mode == DpopMode::AllowBearer,
                 scheme_used: rejection.scheme,
                 nonce,
-                scopes: &policy.scopes,
+                scopes: &rejection.missing_scopes,
+                resource_metadata: resource_metadata.as_deref(),
             };
             Ok(build_rejection::<ResBody>(&rejection.error, &ctx))
         }
     }
 }
 
-/// The route policy and the target to judge and forward, from one parse of the request
+/// The route policy, the route's own resource path (RFC 9728) if it has one, and the
+/// target to judge and forward, from one parse of the request
 /// target. Non-canonical targets are refused, and so are paths that a lenient server
 /// would route elsewhere (letter case, format suffixes); a route that opts in may receive encoded slashes (see
 /// [`RoutePolicy::dangerous_forward_encoded_slashes`]).
 fn resolve<'a, St, B>(
     shared: &'a Shared<St>,
     req: &Request<B>,
-) -> Result<(&'a RoutePolicy, AuthorizedTarget), TargetError> {
+) -> Result<(&'a RoutePolicy, Option<&'a str>, AuthorizedTarget), TargetError> {
     let method = req.method();
     dpop_core::target::check_method(method.as_str())?;
     let uri = req.uri();
@@ -264,11 +289,26 @@ fn resolve<'a, St, B>(
         }
     }
     let target = AuthorizedTarget::new(target.as_str().to_owned(), canonical);
-    Ok((policy, target))
+    let resource_path = routes.route_at(index).and_then(|r| r.resource_path());
+    Ok((policy, resource_path, target))
 }
 
-fn has_scopes(token: &AccessToken, required: &[String]) -> bool {
-    required.iter().all(|r| token.scopes.iter().any(|s| s == r))
+/// The required scopes `token` lacks, in the route's order.
+fn missing_scopes(token: &AccessToken, required: &[String]) -> Vec<String> {
+    required
+        .iter()
+        .filter(|r| !token.scopes.iter().any(|s| s == *r))
+        .cloned()
+        .collect()
+}
+
+/// Whether `path` asks for an RFC 9728 document, for any of the public URLs.
+pub(crate) fn is_metadata_path<St>(shared: &Shared<St>, path: &str) -> bool {
+    shared.metadata.as_ref().is_some_and(|m| {
+        std::iter::once("")
+            .chain(shared.htu_rule.prefixes())
+            .any(|prefix| m.find(path, prefix).is_some())
+    })
 }
 
 impl<St: AsyncReplayStore> Shared<St> {
@@ -340,8 +380,9 @@ impl<St: AsyncReplayStore> Shared<St> {
         if policy.mode != DpopMode::AllowBearer {
             return Err(Rejection::new(RequestError::BearerNotAllowed, bearer));
         }
-        if !has_scopes(&at, &policy.scopes) {
-            return Err(Rejection::new(RequestError::InsufficientScope, bearer));
+        let missing = missing_scopes(&at, &policy.scopes);
+        if !missing.is_empty() {
+            return Err(Rejection::insufficient_scope(Scheme::Bearer, missing));
         }
         Ok(Authenticated {
             identity: DpopIdentity {
@@ -393,8 +434,9 @@ impl<St: AsyncReplayStore> Shared<St> {
             ProofRequest::new(req.method.as_str(), htu).with_access_token_hash(&ath, &jkt);
         let unrecorded = verifier.verify(proofs, &request, now).map_err(reject)?;
         // Scope before the replay record: a refused request leaves nothing behind.
-        if !has_scopes(&at, &policy.scopes) {
-            return Err(Rejection::new(RequestError::InsufficientScope, dpop));
+        let missing = missing_scopes(&at, &policy.scopes);
+        if !missing.is_empty() {
+            return Err(Rejection::insufficient_scope(Scheme::Dpop, missing));
         }
         let iat_offset = i64::try_from(unrecorded.iat().as_secs()).unwrap_or(i64::MAX)
             - i64::try_from(now.as_secs()).unwrap_or(i64::MAX);

@@ -8,6 +8,7 @@ use dpop_core::{Algorithm, Clock, DEFAULT_ALGORITHMS, NonceValidator, SystemCloc
 
 use crate::config::{HtuSource, Routes};
 use crate::events::{DpopEvents, NoEvents};
+use crate::metadata::ResourceMetadata;
 
 /// Settings of a [`crate::DpopLayer`].
 #[derive(Clone)]
@@ -25,6 +26,10 @@ pub struct DpopSettings {
     pub htu: HtuSource,
     /// `realm` in challenges. Defaults to none.
     pub realm: Option<String>,
+    /// RFC 9728 protected resource metadata: when set, every 401 and 403 challenge carries
+    /// `resource_metadata` and [`crate::DpopLayer::metadata_response`] answers the
+    /// well-known path. Defaults to none.
+    pub resource_metadata: Option<ResourceMetadata>,
     /// Oldest accepted proof `iat`. Defaults to 60 s.
     pub proof_max_age: Duration,
     /// Largest accepted client clock lead. Defaults to 15 s.
@@ -48,6 +53,7 @@ impl fmt::Debug for DpopSettings {
             .field("nonces", &self.nonces.is_some())
             .field("routes", &self.routes)
             .field("htu", &self.htu)
+            .field("resource_metadata", &self.resource_metadata)
             .field("proof_max_age", &self.proof_max_age)
             .field("proof_future_leeway", &self.proof_future_leeway)
             .field("fail_open", &self.fail_open)
@@ -65,6 +71,7 @@ impl DpopSettings {
             routes: Routes::default(),
             htu,
             realm: None,
+            resource_metadata: None,
             proof_max_age: Duration::from_secs(60),
             proof_future_leeway: Duration::from_secs(15),
             token_cache_capacity: 100_000,

@@ -7,6 +7,7 @@ use dpop_core::{NonceValidator, Verifier, VerifierConfig};
 
 use crate::config::{HtuRule, HtuSource};
 use crate::error::ConfigError;
+use crate::metadata::PreparedMetadata;
 use crate::response::Challenges;
 use crate::settings::DpopSettings;
 use crate::tokens::{TokenCache, TokenVerifier};
@@ -17,6 +18,7 @@ pub(crate) struct Shared<St> {
     pub(crate) verifier: Verifier,
     pub(crate) nonce_verifier: Option<Verifier>,
     pub(crate) challenges: Challenges,
+    pub(crate) metadata: Option<PreparedMetadata>,
     pub(crate) tokens: Arc<dyn TokenVerifier>,
     pub(crate) cache: TokenCache,
     pub(crate) store: St,
@@ -70,6 +72,10 @@ impl<St> Shared<St> {
             .map(|n| build(Some(n)))
             .transpose()?;
         let challenges = Challenges::new(verifier.config().algorithms(), settings.realm.as_deref());
+        let metadata = settings
+            .resource_metadata
+            .as_ref()
+            .map(|m| PreparedMetadata::new(m, verifier.config().algorithms(), &settings.routes));
         let cache = TokenCache::new(settings.token_cache_capacity, settings.token_cache_ttl);
         Ok(Self {
             settings,
@@ -77,6 +83,7 @@ impl<St> Shared<St> {
             verifier,
             nonce_verifier,
             challenges,
+            metadata,
             tokens,
             cache,
             store,

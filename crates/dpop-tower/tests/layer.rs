@@ -17,7 +17,7 @@ use dpop_core::{
 };
 use dpop_tower::{
     BoxFuture, DpopEvents, DpopIdentity, DpopLayer, DpopMode, DpopSettings, HtuSource, Outcome,
-    Route, RoutePolicy, Routes, Scheme, TokenVerifier,
+    ResourceMetadata, Route, RoutePolicy, Routes, Scheme, TokenVerifier,
 };
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
@@ -1407,4 +1407,437 @@ async fn host_rules_and_routes_are_checked_at_start() {
         DpopLayer::new(s, f.tokens, MemoryReplayStore::with_capacity(1)),
         Err(dpop_tower::ConfigError::BadRoute(..))
     ));
+}
+
+// RFC 9728 protected resource metadata.
+
+const METADATA_URL: &str = "https://api.example.com/.well-known/oauth-protected-resource";
+
+fn metadata_settings(f: &Fixture) -> DpopSettings {
+    let mut s = settings(f);
+    let mut meta = ResourceMetadata::new("https://as.example.com");
+    meta.resource_name = Some("Items \"API\"".into());
+    meta.resource_documentation = Some("https://docs.example.com/items".into());
+    s.resource_metadata = Some(meta);
+    s
+}
+
+fn metadata_layer(f: &Fixture, s: DpopSettings) -> DpopLayer<Store> {
+    DpopLayer::new(
+        s,
+        f.tokens.clone(),
+        Store(Arc::new(MemoryReplayStore::with_capacity(100))),
+    )
+    .unwrap()
+}
+
+fn metadata_get(method: &str, path: &str, host: &str) -> Request<()> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_metadata_document_is_built_from_the_settings() {
+    let f = fixture();
+    let layer = metadata_layer(&f, metadata_settings(&f));
+    let r = layer
+        .metadata_response(&metadata_get(
+            "GET",
+            "/.well-known/oauth-protected-resource",
+            "internal:8080",
+        ))
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["cache-control"], "max-age=3600");
+    // Scopes: the union of the routes'; DPoP-bound tokens required (the default policy);
+    // the algorithms are the accepted ones; strings are JSON-escaped.
+    assert_eq!(
+        std::str::from_utf8(r.body()).unwrap(),
+        concat!(
+            r#"{"resource":"https://api.example.com","#,
+            r#""authorization_servers":["https://as.example.com"],"#,
+            r#""scopes_supported":["admin"],"bearer_methods_supported":["header"],"#,
+            r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA","Ed25519","PS256","RS256"],"#,
+            r#""dpop_bound_access_tokens_required":true,"resource_name":"Items \"API\"","#,
+            r#""resource_documentation":"https://docs.example.com/items"}"#
+        )
+    );
+    assert_eq!(r.headers()["content-length"], r.body().len().to_string());
+
+    // HEAD: the same headers, no body.
+    let head = layer
+        .metadata_response(&metadata_get(
+            "HEAD",
+            "/.well-known/oauth-protected-resource",
+            "x",
+        ))
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.body().is_empty());
+    assert_eq!(head.headers()["content-length"], r.body().len().to_string());
+    // Other methods: 405.
+    let post = layer
+        .metadata_response(&metadata_get(
+            "POST",
+            "/.well-known/oauth-protected-resource",
+            "x",
+        ))
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    // Other paths are not the layer's to answer.
+    for path in [
+        "/v1/items",
+        "/.well-known/oauth-protected-resource/other",
+        "/.well-known/oauth-protected-resourcex",
+    ] {
+        assert!(
+            layer
+                .metadata_response(&metadata_get("GET", path, "x"))
+                .is_none(),
+            "{path}"
+        );
+    }
+    // Without configured metadata there is no document.
+    let plain = metadata_layer(&f, settings(&f));
+    assert!(
+        plain
+            .metadata_response(&metadata_get(
+                "GET",
+                "/.well-known/oauth-protected-resource",
+                "x"
+            ))
+            .is_none()
+    );
+
+    // Configured scopes win; a default policy accepting Bearer makes binding optional.
+    let mut s = metadata_settings(&f);
+    let meta = s.resource_metadata.as_mut().unwrap();
+    meta.scopes_supported = Some(vec!["read".into(), "write".into()]);
+    meta.resource_name = None;
+    meta.resource_documentation = None;
+    meta.max_age = Duration::from_secs(60);
+    s.routes = Routes::new(RoutePolicy::new(DpopMode::AllowBearer));
+    s.algorithms = vec![Algorithm::Es256];
+    let r = metadata_layer(&f, s)
+        .metadata_response(&metadata_get(
+            "GET",
+            "/.well-known/oauth-protected-resource",
+            "x",
+        ))
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "max-age=60");
+    assert_eq!(
+        std::str::from_utf8(r.body()).unwrap(),
+        concat!(
+            r#"{"resource":"https://api.example.com","#,
+            r#""authorization_servers":["https://as.example.com"],"#,
+            r#""scopes_supported":["read","write"],"bearer_methods_supported":["header"],"#,
+            r#""dpop_signing_alg_values_supported":["ES256"],"#,
+            r#""dpop_bound_access_tokens_required":false}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_metadata_resource_is_the_url_the_client_used_and_never_another_host() {
+    let f = fixture();
+    let body = |layer: &DpopLayer<Store>, path: &str, host: &str| {
+        let r = layer
+            .metadata_response(&metadata_get("GET", path, host))
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(r.body()).unwrap_or_default();
+        (
+            r.status().as_u16(),
+            doc["resource"].as_str().map(str::to_owned),
+        )
+    };
+    // A public URL with a path: the document is at the path-suffixed well-known URL,
+    // received as is or with the prefix stripped by the proxy in front.
+    let mut s = metadata_settings(&f);
+    s.htu = HtuSource::PublicUrl("https://API.example.com:443/orders/".into());
+    let layer = metadata_layer(&f, s);
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/orders",
+    ] {
+        assert_eq!(
+            body(&layer, path, "internal"),
+            (200, Some("https://api.example.com/orders".into())),
+            "{path}"
+        );
+    }
+    // Several public URLs: the one the request's host names.
+    let mut s = metadata_settings(&f);
+    s.htu = HtuSource::PublicUrls {
+        urls: vec!["https://a.example".into(), "https://b.example/api".into()],
+        trusted_proxies: Vec::new(),
+    };
+    let layer = metadata_layer(&f, s);
+    let well_known = "/.well-known/oauth-protected-resource";
+    assert_eq!(
+        body(&layer, well_known, "a.example"),
+        (200, Some("https://a.example".into()))
+    );
+    assert_eq!(
+        body(
+            &layer,
+            "/.well-known/oauth-protected-resource/api",
+            "B.example:443"
+        ),
+        (200, Some("https://b.example/api".into()))
+    );
+    assert_eq!(body(&layer, well_known, "evil.example"), (400, None));
+    // Allowed hosts: the host used, in normal form; any other is refused.
+    let layer = metadata_layer(&f, metadata_settings_by_request_host(&f));
+    assert_eq!(
+        body(&layer, well_known, "API.internal:8080"),
+        (200, Some("http://api.internal:8080".into()))
+    );
+    assert_eq!(body(&layer, well_known, "api.internal:9090"), (400, None));
+    // The challenge names the same host, and an unknown host is never reflected.
+    let mut h = harness_with(
+        &f,
+        metadata_settings_by_request_host(&f),
+        Arc::new(MemoryReplayStore::with_capacity(100)),
+    );
+    let mut req = with_headers("GET", "/v1/items", &[]);
+    req.headers_mut()
+        .insert("host", "API.internal:8080".parse().unwrap());
+    let r = h.send(req).await;
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP {ALGS}, resource_metadata="http://api.internal:8080/.well-known/oauth-protected-resource""#
+        )
+    );
+}
+
+fn metadata_settings_by_request_host(f: &Fixture) -> DpopSettings {
+    let mut s = metadata_settings(f);
+    s.htu = HtuSource::FromRequest {
+        scheme: "http".into(),
+        trusted_proxies: Vec::new(),
+        allowed_hosts: vec!["api.internal:8080".into()],
+    };
+    s
+}
+
+#[tokio::test]
+async fn every_challenge_carries_resource_metadata() {
+    let f = fixture();
+    let mut h = harness_with(
+        &f,
+        metadata_settings(&f),
+        Arc::new(MemoryReplayStore::with_capacity(10_000)),
+    );
+    let meta = format!(r#"resource_metadata="{METADATA_URL}""#);
+    let missing_proof = "DPoP proof required";
+    let cases: Vec<(&str, Request<String>, u16, String)> = vec![
+        (
+            "no credentials",
+            with_headers("GET", "/v1/items", &[]),
+            401,
+            format!("DPoP {ALGS}, {meta}"),
+        ),
+        (
+            "no credentials, Bearer allowed",
+            with_headers("GET", "/legacy/x", &[]),
+            401,
+            format!("Bearer {meta}, DPoP {ALGS}, {meta}"),
+        ),
+        (
+            "bad token",
+            dpop_request(&f.key, "GET", "/v1/items", "unknown-token"),
+            401,
+            format!(
+                r#"DPoP error="invalid_token", error_description="Invalid access token", {ALGS}, {meta}"#
+            ),
+        ),
+        (
+            "bad proof",
+            with_headers(
+                "GET",
+                "/v1/items",
+                &[("authorization", format!("DPoP {BOUND}"))],
+            ),
+            401,
+            format!(
+                r#"DPoP error="invalid_dpop_proof", error_description="{missing_proof}", {ALGS}, {meta}"#
+            ),
+        ),
+        (
+            "nonce",
+            dpop_request(&f.key, "GET", "/nonce/x", BOUND),
+            401,
+            format!(
+                r#"DPoP error="use_dpop_nonce", error_description="Server requires nonce in DPoP proof", {ALGS}, {meta}"#
+            ),
+        ),
+        (
+            "insufficient scope",
+            dpop_request(&f.key, "GET", "/admin/x", BOUND),
+            403,
+            format!(
+                r#"DPoP error="insufficient_scope", error_description="The access token lacks a required scope", {ALGS}, scope="admin", {meta}"#
+            ),
+        ),
+        (
+            "Bearer-allowed route, bad Bearer token",
+            bearer("/legacy/x", "unknown-token"),
+            401,
+            format!(
+                r#"Bearer error="invalid_token", error_description="Invalid access token", {meta}, DPoP {ALGS}, {meta}"#
+            ),
+        ),
+        (
+            "Bearer-allowed route, bad proof",
+            with_headers(
+                "GET",
+                "/legacy/x",
+                &[("authorization", format!("DPoP {BOUND}"))],
+            ),
+            401,
+            format!(
+                r#"Bearer {meta}, DPoP error="invalid_dpop_proof", error_description="{missing_proof}", {ALGS}, {meta}"#
+            ),
+        ),
+    ];
+    for (name, req, status, expected) in cases {
+        let r = h.send(req).await;
+        assert_eq!(r.status(), status, "{name}");
+        assert_eq!(www(&r), expected, "{name}");
+        // Every challenge in the header parses and names the document.
+        let challenges = dpop_core::challenge::parse(&www(&r)).unwrap();
+        assert!(
+            challenges
+                .iter()
+                .all(|c| c.param("resource_metadata") == Some(METADATA_URL)),
+            "{name}"
+        );
+    }
+    // The well-known path is never behind DPoP: the layer lets it through untouched.
+    let r = h
+        .send(with_headers(
+            "GET",
+            "/.well-known/oauth-protected-resource",
+            &[],
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), "anonymous");
+}
+
+#[tokio::test]
+async fn insufficient_scope_names_only_the_missing_scopes() {
+    let f = fixture();
+    let mut s = metadata_settings(&f);
+    s.routes = Routes::new(RoutePolicy::new(DpopMode::AllowBearer).with_scopes(["read", "write"]));
+    let mut h = harness_with(&f, s, Arc::new(MemoryReplayStore::with_capacity(100)));
+    let meta = format!(r#"resource_metadata="{METADATA_URL}""#);
+    let desc = "The access token lacks a required scope";
+    let r = h
+        .send(dpop_request(&f.key, "GET", "/v1/items", BOUND))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"Bearer {meta}, DPoP error="insufficient_scope", error_description="{desc}", {ALGS}, scope="write", {meta}"#
+        )
+    );
+    let r = h.send(bearer("/v1/items", UNBOUND)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"Bearer error="insufficient_scope", error_description="{desc}", scope="write", {meta}, DPoP {ALGS}, {meta}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_route_of_its_own_has_its_own_document_and_challenges() {
+    let f = fixture();
+    let mut s = metadata_settings(&f);
+    s.htu = HtuSource::PublicUrl("https://api.example.com/base".into());
+    s.routes = routes().route(
+        Route::new(
+            "/mcp/",
+            RoutePolicy::new(DpopMode::AllowBearer).with_scopes(["mcp:tools"]),
+        )
+        .with_own_resource(),
+    );
+    let layer = metadata_layer(&f, s.clone());
+    let expected = concat!(
+        r#"{"resource":"https://api.example.com/base/mcp","#,
+        r#""authorization_servers":["https://as.example.com"],"#,
+        r#""scopes_supported":["mcp:tools"],"bearer_methods_supported":["header"],"#,
+        r#""dpop_signing_alg_values_supported":["ES256","ES384","EdDSA","Ed25519","PS256","RS256"],"#,
+        r#""dpop_bound_access_tokens_required":false,"resource_name":"Items \"API\"","#,
+        r#""resource_documentation":"https://docs.example.com/items"}"#
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource/base/mcp",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let r = layer
+            .metadata_response(&metadata_get("GET", path, "x"))
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(std::str::from_utf8(r.body()).unwrap(), expected, "{path}");
+    }
+    // The public URL's own document lists every route's scopes.
+    let r = layer
+        .metadata_response(&metadata_get(
+            "GET",
+            "/.well-known/oauth-protected-resource/base",
+            "x",
+        ))
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(doc["resource"], "https://api.example.com/base");
+    assert_eq!(
+        doc["scopes_supported"],
+        serde_json::json!(["admin", "mcp:tools"])
+    );
+    assert_eq!(doc["dpop_bound_access_tokens_required"], true);
+    // Routes that are not resources of their own have no document.
+    assert!(
+        layer
+            .metadata_response(&metadata_get(
+                "GET",
+                "/.well-known/oauth-protected-resource/admin",
+                "x"
+            ))
+            .is_none()
+    );
+    // The route's challenges point to its document; other routes' to the public URL's.
+    let mut h = harness_with(&f, s, Arc::new(MemoryReplayStore::with_capacity(100)));
+    let r = h.send(with_headers("GET", "/mcp/tools", &[])).await;
+    assert_eq!(
+        www(&r),
+        r#"Bearer resource_metadata="https://api.example.com/.well-known/oauth-protected-resource/base/mcp", DPoP algs="ES256 ES384 EdDSA Ed25519 PS256 RS256", resource_metadata="https://api.example.com/.well-known/oauth-protected-resource/base/mcp""#
+    );
+    let r = h.send(with_headers("GET", "/v1/items", &[])).await;
+    assert_eq!(
+        www(&r),
+        format!(
+            r#"DPoP {ALGS}, resource_metadata="https://api.example.com/.well-known/oauth-protected-resource/base""#
+        )
+    );
+    // Its well-known path passes the layer without DPoP.
+    let r = h
+        .send(with_headers(
+            "GET",
+            "/.well-known/oauth-protected-resource/mcp",
+            &[],
+        ))
+        .await;
+    assert_eq!((r.status().as_u16(), r.body().as_str()), (200, "anonymous"));
 }

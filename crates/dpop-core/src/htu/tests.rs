@@ -477,6 +477,13 @@ proptest! {
 fn a_base_parsed_once_joins_like_origin_and_path() {
     let base = HtuBase::parse("HTTPS://API.Example.com:443/api/").unwrap();
     assert_eq!(base.origin(), "https://api.example.com");
+    assert_eq!(base.path_prefix(), "/api");
+    assert_eq!(
+        HtuBase::parse("https://api.example.com/")
+            .unwrap()
+            .path_prefix(),
+        ""
+    );
     for path in ["/", "/a/b?x=1", "/a/../b", "/../../etc", "/%7euser", "/a#f"] {
         assert_eq!(
             base.join(path),
