@@ -64,8 +64,8 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
     /// `Content-Type: application/json` and `Cache-Control: max-age`, 405 for other
     /// methods, and 400 `host_not_allowed` (no body) for a host the `htu` rule does not
     /// allow. `None` for any other path, or when no
-    /// [`crate::DpopSettings::resource_metadata`] is set. The layer lets these paths
-    /// through without DPoP; serve this answer in front of the layer or at that path
+    /// [`crate::DpopSettings::resource_metadata`] is set. The layer lets `GET` and
+    /// `HEAD` on these paths through without DPoP (other methods meet the route's policy); serve this answer in front of the layer or at that path
     /// behind it (the gateway does it before the layer).
     #[must_use]
     pub fn metadata_response<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {

@@ -12,7 +12,7 @@ use dpop_core::{
     TargetError, UnixTime,
 };
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use tower::Service;
 
 use crate::config::{DpopMode, RoutePolicy};
@@ -161,8 +161,10 @@ where
     let path = target.as_str().split('?').next().unwrap_or("/").to_owned();
     let mut req = req;
     req.extensions_mut().insert(target);
-    // RFC 9728 §3: the metadata document is public; it is never behind DPoP.
-    let metadata_request = is_metadata_path(&shared, &path);
+    // RFC 9728 §3: the metadata document is public; it is never behind DPoP. Reading it
+    // is: any other method on that path meets the route's policy like any request.
+    let metadata_request = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && is_metadata_path(&shared, &path);
     if policy.mode == DpopMode::Off || metadata_request {
         return inner.call(req).await;
     }

@@ -1731,6 +1731,18 @@ async fn every_challenge_carries_resource_metadata() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.body(), "anonymous");
+    // Only reading it is public: other methods on that path meet the route's policy.
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let r = h
+            .send(with_headers(
+                method,
+                "/.well-known/oauth-protected-resource",
+                &[],
+            ))
+            .await;
+        assert_eq!(r.status(), 401, "{method}");
+        assert_ne!(r.body(), "anonymous", "{method}");
+    }
 }
 
 #[tokio::test]
