@@ -60,13 +60,14 @@ impl<St: AsyncReplayStore + 'static> DpopLayer<St> {
     /// The answer to a request for an RFC 9728 metadata document
     /// ([`crate::WELL_KNOWN_PATH`], optionally followed by the public URL's path prefix,
     /// then optionally by the path of a route that is a resource of its own,
-    /// [`crate::Route::with_own_resource`]): the JSON document for `GET` (headers only for `HEAD`) with
-    /// `Content-Type: application/json` and `Cache-Control: max-age`, 405 for other
-    /// methods, and 400 `host_not_allowed` (no body) for a host the `htu` rule does not
-    /// allow. `None` for any other path, or when no
-    /// [`crate::DpopSettings::resource_metadata`] is set. The layer lets `GET` and
-    /// `HEAD` on these paths through without DPoP (other methods meet the route's policy); serve this answer in front of the layer or at that path
-    /// behind it (the gateway does it before the layer).
+    /// [`crate::Route::with_own_resource`]): the JSON document for `GET` (headers only
+    /// for `HEAD`) with `Content-Type: application/json` and `Cache-Control: max-age`,
+    /// 405 for other methods, and 400 `host_not_allowed` (no body) for a host the `htu`
+    /// rule does not allow. `None` for any other path, or when no
+    /// [`crate::DpopSettings::resource_metadata`] is set. The layer lets `GET` and `HEAD`
+    /// on these paths through without DPoP (other methods meet the route's policy); serve
+    /// this answer in front of the layer or at that path behind it (the gateway does it
+    /// before the layer).
     #[must_use]
     pub fn metadata_response<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
         let prepared = self.shared.metadata.as_ref()?;
