@@ -109,6 +109,10 @@ pub struct Route {
     /// path-suffixed well-known URL, and its challenges point there. Defaults to `false`
     /// (part of the resource the public URL names).
     pub own_resource: bool,
+    /// The caller's name for the route, handed on in [`crate::AuthorizedTarget::route_id`]
+    /// so that what the caller attaches to a route (an upstream, a stream lifetime) is
+    /// chosen by the one match the layer made. Defaults to `None`.
+    pub id: Option<usize>,
 }
 
 impl Route {
@@ -120,7 +124,15 @@ impl Route {
             path_prefix: path_prefix.to_owned(),
             policy,
             own_resource: false,
+            id: None,
         }
+    }
+
+    /// Names the route (see [`Self::id`]).
+    #[must_use]
+    pub fn with_id(mut self, id: usize) -> Self {
+        self.id = Some(id);
+        self
     }
 
     /// Makes the route a protected resource of its own (see [`Self::own_resource`]).

@@ -44,11 +44,23 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct AuthorizedTarget {
     target: String,
     canonical: bool,
+    route_id: Option<usize>,
 }
 
 impl AuthorizedTarget {
-    pub(crate) fn new(target: String, canonical: bool) -> Self {
-        Self { target, canonical }
+    pub(crate) fn new(target: String, canonical: bool, route_id: Option<usize>) -> Self {
+        Self {
+            target,
+            canonical,
+            route_id,
+        }
+    }
+
+    /// The [`crate::Route::id`] of the route the request matched (`None` for the default
+    /// policy or a route without one).
+    #[must_use]
+    pub fn route_id(&self) -> Option<usize> {
+        self.route_id
     }
 
     /// The origin-form target (path and query) to forward.

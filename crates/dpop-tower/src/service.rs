@@ -290,8 +290,13 @@ fn resolve<'a, St, B>(
             return Err(TargetError::EncodedSlash);
         }
     }
-    let target = AuthorizedTarget::new(target.as_str().to_owned(), canonical);
-    let resource_path = routes.route_at(index).and_then(|r| r.resource_path());
+    let route = routes.route_at(index);
+    let target = AuthorizedTarget::new(
+        target.as_str().to_owned(),
+        canonical,
+        route.and_then(|r| r.id),
+    );
+    let resource_path = route.and_then(|r| r.resource_path());
     Ok((policy, resource_path, target))
 }
 

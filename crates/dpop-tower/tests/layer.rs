@@ -1853,3 +1853,35 @@ async fn a_route_of_its_own_has_its_own_document_and_challenges() {
         .await;
     assert_eq!((r.status().as_u16(), r.body().as_str()), (200, "anonymous"));
 }
+
+#[tokio::test]
+async fn the_service_learns_which_route_matched() {
+    let f = fixture();
+    let mut s = settings(&f);
+    s.routes = Routes::new(RoutePolicy::default())
+        .route(Route::new("/a", RoutePolicy::default()).with_id(7))
+        .route(Route::new("/a/b", RoutePolicy::default()).with_id(3))
+        .route(Route::new("/c", RoutePolicy::default()));
+    let layer =
+        DpopLayer::new(s, f.tokens.clone(), MemoryReplayStore::with_capacity(1000)).unwrap();
+    let inner = tower::service_fn(|req: Request<String>| async move {
+        let id = req
+            .extensions()
+            .get::<dpop_tower::AuthorizedTarget>()
+            .map(|t| format!("{:?}", t.route_id()))
+            .unwrap_or_default();
+        Ok::<_, Infallible>(Response::new(id))
+    });
+    let mut svc = layer.layer(inner);
+    for (target, expected) in [
+        ("/a/x", "Some(7)"),
+        ("/a/b/x", "Some(3)"),
+        ("/a/bc", "Some(7)"),
+        ("/c", "None"),
+        ("/d", "None"),
+    ] {
+        let r = call(&mut svc, dpop_request(&f.key, "GET", target, BOUND)).await;
+        assert_eq!(r.status(), 200, "{target}");
+        assert_eq!(r.body(), expected, "{target}");
+    }
+}
