@@ -17,6 +17,7 @@
 //!   `DPOP_TEST_POSTGRES_URL`;
 //! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
 //!   clients ([`ClientFixture`]) instead of hand-written TOML;
+//! - [`TestCa`]: a private CA issuing server and client certificates as PEM files;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
@@ -52,6 +53,7 @@ mod postgres;
 mod process;
 mod redis;
 mod server;
+mod tls;
 mod upstream;
 
 pub use crate::client::{
@@ -67,6 +69,7 @@ pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
 pub use crate::server::{ServerHandle, serve};
+pub use crate::tls::{CertFiles, TestCa};
 pub use crate::upstream::{
     DEFAULT_RECORD_CAPACITY, RecordedRequest, TestUpstream, TestUpstreamBuilder,
 };
