@@ -1,22 +1,30 @@
 //! `dpop-loadgen`: the load generator of `scripts/loadtest.sh` (method in
 //! `docs/benchmarks.md`).
 //!
-//! - `upstream`: the fastest plain HTTP/1.1 responder, for the "upstream direct" row;
+//! - `upstream`: the fastest plain HTTP/1.1 responder, for the "upstream direct" row, or
+//!   with `--tls-cert`/`--tls-key` an https one (HTTP/1.1 and HTTP/2 by ALPN);
 //! - `issuer`: a [`dpop_test::MockIssuer`] on a fixed address, plus a client key and one access
 //!   token bound to it, written to files for `run --dpop`;
 //! - `run`: a closed-loop generator over a fixed number of keep-alive connections,
 //!   optionally sending a fresh, pre-generated DPoP proof with every request; with
 //!   `--token-endpoint`, every request is a token request (a form body and a proof
-//!   carrying the server's nonce, fetched once before the run).
+//!   carrying the server's nonce, fetched once before the run). It speaks HTTP/1.1 or,
+//!   with `--http2`, HTTP/2 (one request in flight per connection either way), over TCP
+//!   or TLS (`https://` URLs, trusting `--ca-file`), and with `--cpu-pid` reports a
+//!   process's CPU time per request over the timed phase;
+//! - `certs`: a private CA and a server certificate for 127.0.0.1 and localhost, for the
+//!   TLS rows.
 //!
 //! Exit codes: 0 success, 1 failure (including a run where no request completed),
 //! 2 usage errors (clap's own).
 
+mod cpu;
 mod http;
 mod proofs;
 mod run;
 mod servers;
 mod stats;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +52,9 @@ enum Command {
     Issuer(IssuerArgs),
     /// Send requests over keep-alive connections for a fixed time and print one JSON line.
     Run(RunArgs),
+    /// Write a private CA (ca.pem) and a server certificate for 127.0.0.1 and localhost
+    /// (server.pem, server.key) into a directory.
+    Certs(CertsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +62,20 @@ struct UpstreamArgs {
     /// Address to listen on, e.g. 127.0.0.1:18081.
     #[arg(long)]
     listen: SocketAddr,
+    /// Serve https with this certificate chain (PEM); ALPN offers h2 and http/1.1.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// The directory to write ca.pem, server.pem and server.key (mode 0600) into;
+    /// created if missing.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -74,9 +99,21 @@ struct IssuerArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Target URL (http only), e.g. http://127.0.0.1:18080/items.
+    /// Target URL, e.g. http://127.0.0.1:18080/items or https://127.0.0.1:18443/items.
     #[arg(long)]
     url: String,
+    /// The CA certificates (PEM) to trust for an https:// URL; the only roots used.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Speak HTTP/2: ALPN h2 over TLS (a server that does not select it is an error),
+    /// prior knowledge over plain TCP. Each connection still carries one request at a
+    /// time.
+    #[arg(long)]
+    http2: bool,
+    /// Report this process's CPU time (user + system, from /proc/PID/stat) per request
+    /// over the timed phase, e.g. the server under test.
+    #[arg(long, value_name = "PID")]
+    cpu_pid: Option<u32>,
     /// Keep-alive connections, each sending requests back to back.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -138,6 +175,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Command::Upstream(args) => servers::upstream(args).await,
             Command::Issuer(args) => servers::issuer(args).await,
             Command::Run(args) => run::load(args).await,
+            Command::Certs(args) => tls::certs(&args),
         }
     })
 }

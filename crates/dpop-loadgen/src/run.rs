@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use dpop_core::{PrivateKey, ProofBuilder};
-use http_body_util::{BodyExt as _, Full};
-use hyper::Request;
+use http_body_util::BodyExt as _;
 use hyper::body::Bytes;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue};
 
 use crate::RunArgs;
-use crate::http::{FORM_TYPE, Sender, Target, connect, fetch_nonce, parse_target};
+use crate::cpu::{process_ticks, ticks_per_second};
+use crate::http::{Sender, Target, Transport, connect, fetch_nonce, parse_target};
 use crate::proofs::{ProofPool, generate};
 use crate::stats::{Stats, ms, round3};
 
@@ -56,7 +56,7 @@ async fn connection_loop(
     while Instant::now() < deadline && !pool.as_ref().is_some_and(|p| p.is_exhausted()) {
         let mut s = match sender.take() {
             Some(s) if !s.is_closed() => s,
-            _ => match connect(target.addr).await {
+            _ => match connect(&target).await {
                 Ok(s) => {
                     stats.reconnects += 1;
                     s
@@ -72,23 +72,13 @@ async fn connection_loop(
             stats.errors += 1;
             continue;
         }
-        let mut request = Request::new(Full::new(target.form.clone().unwrap_or_default()));
-        *request.method_mut() = target.method.clone();
-        *request.uri_mut() = target.path.clone();
-        let headers = request.headers_mut();
-        headers.insert(HOST, target.host.clone());
-        if let Some(auth) = &target.authorization {
-            headers.insert(AUTHORIZATION, auth.clone());
-        }
-        if target.form.is_some() {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static(FORM_TYPE));
-        }
+        let mut request = target.request();
         if let Some(pool) = &pool {
             let Some(proof) = pool.take() else {
                 sender = Some(s);
                 break;
             };
-            headers.insert(dpop.clone(), proof);
+            request.headers_mut().insert(dpop.clone(), proof);
         }
         let started = Instant::now();
         let exchange = async {
@@ -173,7 +163,19 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     ensure!(!duration.is_zero(), "--duration must be more than 0");
     let warmup = secs(args.warmup, "warmup")?;
     let label = args.label.clone().unwrap_or_else(|| args.url.clone());
-    let mut target = parse_target(&args.url, &args.method).await?;
+    let transport = Transport {
+        ca_file: args.ca_file.as_deref(),
+        http2: args.http2,
+    };
+    let mut target = parse_target(&args.url, &args.method, transport).await?;
+    // Checked before anything runs, so a wrong pid fails at once.
+    let cpu = match args.cpu_pid {
+        Some(pid) => {
+            process_ticks(pid).context("--cpu-pid")?;
+            Some((pid, ticks_per_second()?))
+        }
+        None => None,
+    };
 
     // With --dpop: the key and the token; with --token-endpoint: the key, the form and
     // the server's nonce. Either way, a first batch of proofs.
@@ -227,9 +229,9 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     let target = Arc::new(target);
     let mut senders = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        let sender = connect(target.addr)
+        let sender = connect(&target)
             .await
-            .with_context(|| format!("connecting to {}", target.addr))?;
+            .with_context(|| format!("connecting to {}", args.url))?;
         senders.push(Some(sender));
     }
 
@@ -263,11 +265,21 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     // reopened now rather than inside the timed phase.
     for slot in &mut senders {
         if slot.as_ref().is_none_or(Sender::is_closed) {
-            *slot = Some(connect(target.addr).await?);
+            *slot = Some(connect(&target).await?);
         }
     }
 
+    // CPU time is sampled right at the edges of the timed phase: nothing is in flight
+    // at its start (the warmup waited for every answer) nor after its end (every
+    // connection's task has returned), so the difference is the server's work for the
+    // requests counted (and any failed ones), plus whatever it does in the background.
+    let cpu_sample = || -> anyhow::Result<Option<(u64, u64)>> {
+        cpu.map(|(pid, _)| Ok((process_ticks(pid)?, process_ticks(std::process::id())?)))
+            .transpose()
+    };
+    let cpu_start = cpu_sample()?;
     let (_senders, stats, elapsed) = phase(&target, pool.as_ref(), senders, duration).await?;
+    let cpu_end = cpu_sample()?;
     let exhausted = pool.as_ref().is_some_and(|p| p.is_exhausted());
     let requests = stats.requests();
     let seconds = elapsed.as_secs_f64();
@@ -286,6 +298,17 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         (0.0, 0.0, 0.0)
     };
+    // µs of CPU per counted request: the --cpu-pid process's, and the generator's own.
+    let (cpu_us, own_cpu_us) = match (cpu, cpu_start, cpu_end) {
+        (Some((_, hz)), Some((s0, g0)), Some((s1, g1))) if requests > 0 => {
+            let per_request = |ticks: u64| round3(ticks as f64 * 1e6 / hz as f64 / requests as f64);
+            (
+                Some(per_request(s1.saturating_sub(s0))),
+                Some(per_request(g1.saturating_sub(g0))),
+            )
+        }
+        _ => (None, None),
+    };
     let status: serde_json::Map<String, serde_json::Value> = stats
         .status
         .iter()
@@ -297,7 +320,8 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
             "{{\"label\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_ms\":{},",
             "\"p99_ms\":{},\"max_ms\":{},\"non_2xx\":{},\"errors\":{},\"connections\":{},",
             "\"reconnects\":{},\"status\":{},\"dpop\":{},\"proofs_generated\":{},",
-            "\"proofs_exhausted\":{}}}"
+            "\"proofs_exhausted\":{},\"http\":{},\"tls\":{},\"cpu_pid\":{},",
+            "\"cpu_us_per_request\":{},\"generator_cpu_us_per_request\":{}}}"
         ),
         serde_json::Value::from(label.as_str()),
         requests,
@@ -314,15 +338,26 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.dpop || args.token_endpoint,
         generated,
         exhausted,
+        if args.http2 { "\"2\"" } else { "\"1.1\"" },
+        args.ca_file.is_some(),
+        serde_json::Value::from(args.cpu_pid),
+        serde_json::Value::from(cpu_us),
+        serde_json::Value::from(own_cpu_us),
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()?;
     eprintln!(
-        "{label}: {rps:.0} req/s ({requests} in {seconds:.2} s, {} connections), p50 {p50} ms, p99 {p99} ms, max {max} ms, non-2xx {}, errors {}{}",
+        "{label}: {rps:.0} req/s ({requests} in {seconds:.2} s, {} connections), p50 {p50} ms, p99 {p99} ms, max {max} ms, non-2xx {}, errors {}{}{}",
         args.connections,
         stats.non_2xx,
         stats.errors,
+        match (args.cpu_pid, cpu_us, own_cpu_us) {
+            (Some(pid), Some(us), Some(own)) => {
+                format!("; CPU per request: {us} µs in process {pid}, {own} µs in the generator")
+            }
+            _ => String::new(),
+        },
         if exhausted {
             "; STOPPED EARLY: the pre-generated proofs ran out (raise --max-proofs)"
         } else {

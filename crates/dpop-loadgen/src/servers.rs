@@ -6,6 +6,8 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use dpop_core::{Algorithm, PrivateKey};
@@ -14,13 +16,47 @@ use http_body_util::Full;
 use hyper::Response;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+use crate::tls::server_config;
 use crate::{IssuerArgs, UpstreamArgs};
 
 pub(crate) async fn upstream(args: UpstreamArgs) -> anyhow::Result<ExitCode> {
     let service = service_fn(|_req| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, key)?));
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        eprintln!(
+            "dpop-loadgen upstream: listening on https://{} (h2, http/1.1)",
+            listener.local_addr()?
+        );
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors or a connection reset before accept.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A failed handshake only ends this connection.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+    // Plain HTTP/1.1, as before TLS existed: the upstream-direct baseline.
     let server = dpop_test::serve(args.listen, service)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -59,7 +95,7 @@ pub(crate) async fn issuer(args: IssuerArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes `bytes` to a temporary sibling created with `mode`, then renames it over
 /// `path`, so a script polling for the file never reads it half-written.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file path", path.display()))?;

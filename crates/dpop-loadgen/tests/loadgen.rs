@@ -182,3 +182,188 @@ async fn loadgen_sends_fresh_valid_proofs() {
     drop(issuer);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `dpop-loadgen run` with `args` for a short timed phase; returns its JSON line
+/// and stderr, or stderr when it failed.
+async fn run_loadgen(args: &[&str]) -> Result<(Value, String), String> {
+    let output = tokio::process::Command::new(LOADGEN)
+        .args([
+            "run",
+            "--connections",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+        ])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() {
+        return Err(stderr);
+    }
+    Ok((serde_json::from_slice(&output.stdout).unwrap(), stderr))
+}
+
+/// `certs` writes a CA and a server certificate that `upstream --tls-cert` serves and
+/// `run --ca-file` trusts, over HTTP/1.1 and HTTP/2 (ALPN), with no errors; with
+/// `--cpu-pid` the upstream's CPU per request is reported. A client trusting another CA,
+/// or none, gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_over_tls_against_the_https_upstream() {
+    let dir = std::env::temp_dir().join(format!("dpop-test-loadgen-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = tokio::process::Command::new(LOADGEN)
+        .arg("certs")
+        .arg("--out")
+        .arg(&dir)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("server.key"), 0o600);
+    for name in ["ca.pem", "server.pem"] {
+        assert!(
+            std::fs::read_to_string(dir.join(name))
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("server.key"))
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let upstream = Gateway::spawn(
+        LOADGEN,
+        [
+            "upstream".as_ref(),
+            "--listen".as_ref(),
+            addr.to_string().as_ref(),
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+        addr,
+    )
+    .await
+    .unwrap();
+    assert!(
+        upstream.output().contains("https://"),
+        "{}",
+        upstream.output()
+    );
+    let pid = upstream.id().to_string();
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    for (host, http2) in [
+        ("127.0.0.1", false),
+        ("localhost", true),
+        ("127.0.0.1", true),
+    ] {
+        let url = format!("https://{host}:{}/bench", addr.port());
+        let mut args = vec!["--url", &url, "--ca-file", ca, "--cpu-pid", &pid];
+        if http2 {
+            args.push("--http2");
+        }
+        let (line, stderr) = run_loadgen(&args)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(line["requests"].as_u64().unwrap() > 0, "{line}");
+        assert_eq!(line["errors"], 0, "{line} {stderr}");
+        assert_eq!(line["non_2xx"], 0, "{line}");
+        assert_eq!(line["reconnects"], 0, "{line}");
+        assert_eq!(line["tls"], true);
+        assert_eq!(line["http"], if http2 { "2" } else { "1.1" });
+        assert_eq!(line["cpu_pid"].as_u64().unwrap().to_string(), pid);
+        assert!(
+            line["cpu_us_per_request"].as_f64().unwrap() >= 0.0,
+            "{line}"
+        );
+        assert!(
+            line["generator_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+        assert!(stderr.contains("CPU per request"), "{stderr}");
+    }
+
+    // Another CA's certificate is not trusted; neither is anything without --ca-file.
+    let other = dpop_test::TestCa::new("other");
+    let url = format!("https://127.0.0.1:{}/bench", addr.port());
+    let e = run_loadgen(&[
+        "--url",
+        &url,
+        "--ca-file",
+        other.ca_file().to_str().unwrap(),
+    ])
+    .await
+    .unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    let e = run_loadgen(&["--url", &url]).await.unwrap_err();
+    assert!(e.contains("--ca-file"), "{e}");
+    // A pid that does not exist fails before the run.
+    let e = run_loadgen(&["--url", &url, "--ca-file", ca, "--cpu-pid", "999999999"])
+        .await
+        .unwrap_err();
+    assert!(e.contains("/proc/999999999/stat"), "{e}");
+    drop(upstream);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `run --http2` on an http:// URL speaks HTTP/2 with prior knowledge: a server that
+/// only speaks HTTP/2 answers every request; the HTTP/1.1-only upstream answers none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_http2_prior_knowledge() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|r: hyper::Request<_>| async move {
+                    assert_eq!(r.version(), hyper::Version::HTTP_2);
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(hyper::body::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let url = format!("http://{addr}/bench");
+    let (line, stderr) = run_loadgen(&["--url", &url, "--http2"]).await.unwrap();
+    assert!(line["requests"].as_u64().unwrap() > 0, "{line}");
+    assert_eq!(
+        (line["errors"].as_u64(), line["non_2xx"].as_u64()),
+        (Some(0), Some(0)),
+        "{stderr}"
+    );
+    assert_eq!(
+        (line["http"].as_str(), line["tls"].as_bool()),
+        (Some("2"), Some(false))
+    );
+    assert_eq!(line["cpu_us_per_request"], Value::Null);
+    server.abort();
+
+    let upstream = TestUpstream::builder().start().await.unwrap();
+    let url = format!("{}/bench", upstream.url());
+    assert!(run_loadgen(&["--url", &url, "--http2"]).await.is_err());
+}

@@ -1,0 +1,83 @@
+//! CPU time of a process, from `/proc` (Linux): what `run --cpu-pid` samples at the
+//! edges of the timed phase.
+
+use std::fs;
+
+use anyhow::{Context as _, bail};
+
+/// `AT_CLKTCK` in the auxiliary vector: the unit of the times in `/proc/PID/stat`.
+const AT_CLKTCK: u64 = 17;
+
+/// Clock ticks per second (what `getconf CLK_TCK` prints), read from the process's
+/// auxiliary vector so no libc call is needed.
+pub(crate) fn ticks_per_second() -> anyhow::Result<u64> {
+    let auxv = fs::read("/proc/self/auxv").context("reading /proc/self/auxv")?;
+    let word = size_of::<usize>();
+    let words: Vec<u64> = auxv
+        .chunks_exact(word)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..word].copy_from_slice(c);
+            u64::from_ne_bytes(b)
+        })
+        .collect();
+    for pair in words.chunks_exact(2) {
+        match (pair[0], pair[1]) {
+            (0, _) => break,
+            (AT_CLKTCK, hz) if hz > 0 => return Ok(hz),
+            _ => {}
+        }
+    }
+    bail!("/proc/self/auxv has no AT_CLKTCK")
+}
+
+/// User plus system time of process `pid` so far, in clock ticks (`utime` + `stime`,
+/// fields 14 and 15 of `/proc/PID/stat`; its threads included, reaped children not).
+pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat(&stat).with_context(|| format!("{path}: unexpected format"))
+}
+
+fn parse_stat(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces or ')': the
+    // fields after the last ')' start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    utime.checked_add(stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 1 0 0 0 1234 56 0 0 20 0 3 0 9 1 2";
+        assert_eq!(parse_stat(stat), Some(1290));
+        assert_eq!(parse_stat("4242 (x) S 1 2"), None);
+        assert_eq!(parse_stat("no parenthesis"), None);
+        assert_eq!(
+            parse_stat("1 (x) S 1 1 1 0 -1 0 0 0 0 0 u 5 0"),
+            None,
+            "a field that is not a number"
+        );
+    }
+
+    #[test]
+    fn own_process() {
+        let hz = ticks_per_second().unwrap();
+        assert!((1..=10_000).contains(&hz), "{hz}");
+        // Burn some CPU and see the tick count move (at 100 Hz, 10 ms per tick).
+        let before = process_ticks(std::process::id()).unwrap();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = process_ticks(std::process::id()).unwrap();
+        assert!(after > before, "{before} -> {after}");
+    }
+}
