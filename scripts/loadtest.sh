@@ -10,15 +10,27 @@
 #   4. gateway, DPoP, Redis       --replay-store redis://...
 #   5. issuer, SQLite             `dpop issuer`: client_credentials (client_secret_post)
 #                                 with a fresh DPoP proof carrying the server nonce, per token
+#   4a. gateway, DPoP, TLS (HTTP/1.1)  row 3 on a TLS listener (--tls-cert/--tls-key)
+#   4b. gateway, DPoP, TLS (HTTP/2)    the same, the generator speaking HTTP/2 (ALPN h2)
+#   4c. gateway, plain proxy, TLS (HTTP/1.1)  row 2 on a TLS listener
+#   4d. gateway, DPoP, https upstream  row 3 with an https upstream ([upstream] url, ca_file)
+#   5. issuer, SQLite             `dpop issuer`: client_credentials (client_secret_post)
+#                                 with a fresh DPoP proof carrying the server nonce, per token
 #   6. issuer, PostgreSQL         the same on PostgreSQL (POSTGRES_URL, or the server on
 #                                 127.0.0.1:5432 with database test; skipped without one)
-# Rows 2-4 are skipped while `dpop gateway` does not exist; row 4 when no Redis is found.
+# Rows 2-4d are skipped while `dpop gateway` does not exist; row 4 when no Redis is found;
+# rows 4a-4d while `dpop gateway --help` does not list --tls-cert. Certificates come
+# from `dpop-loadgen certs` (a private CA, a server certificate for 127.0.0.1).
+#
+# Every row also reports the CPU time (user + system) the process under test spent per
+# request in the timed phase (the upstream, the gateway or the issuer; `run --cpu-pid`).
 #
 # Prints a markdown table with the ratios against their targets on stdout; progress
 # goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),
 # BASE_PORT (18400, first port tried), STRICT=1 to exit 1 when a target is missed,
 # DPOP_BIN (target/release/dpop) to measure another build of the gateway; PROFILE=profiling
-# builds release code with line tables, for perf.
+# builds release code with line tables, for perf; PROFILE=dev a quick debug build for a
+# smoke run (its figures mean nothing). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +40,17 @@ CONNECTIONS=${CONNECTIONS:-32}
 STRICT=${STRICT:-0}
 AUD="https://api.example.com"
 PROFILE=${PROFILE:-release}
-BIN=target/$PROFILE
+if [[ $PROFILE == dev ]]; then
+    BIN=${CARGO_TARGET_DIR:-target}/debug
+else
+    BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
+fi
 LOADGEN=$BIN/dpop-loadgen
 DPOP=${DPOP_BIN:-$BIN/dpop}
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-log "building release binaries"
+log "building the binaries (profile $PROFILE)"
 cargo build --profile "$PROFILE" -p dpop-loadgen -p dpop-cli --locked >&2
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpop-loadtest.XXXXXX")
@@ -112,12 +128,13 @@ redis_ping() {
 
 # --- measurements ------------------------------------------------------------------
 
-declare -A RPS P50 P99 NON2XX ERRORS SECS
+declare -A RPS P50 P99 NON2XX ERRORS SECS CPU
 ROWS=()
 
 json_num() { sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" <<<"$1"; }
 
-# measure KEY LABEL URL [run flags...]: one loadgen run; records its figures under KEY.
+# measure KEY LABEL URL [run flags...]: one loadgen run; records its figures under KEY
+# (with --cpu-pid PID among the flags, also PID's CPU µs per request).
 measure() {
     local key=$1 label=$2 url=$3 out
     shift 3
@@ -131,6 +148,7 @@ measure() {
         NON2XX[$key]=$(json_num "$out" non_2xx)
         ERRORS[$key]=$(json_num "$out" errors)
         SECS[$key]=$(json_num "$out" seconds)
+        CPU[$key]=$(json_num "$out" cpu_us_per_request)
         if [[ $out == *'"proofs_exhausted":true'* ]]; then
             # The figures stay valid, over the shorter window the table shows.
             log "$label: the pre-generated proofs ran out after ${SECS[$key]} s"
@@ -150,7 +168,8 @@ DPOP_FLAGS=(--dpop --key "$WORK/client.pem" --token "$WORK/token")
 
 alloc_port UPSTREAM_PORT
 start upstream "$LOADGEN" upstream --listen "127.0.0.1:$UPSTREAM_PORT"
-wait_port "$UPSTREAM_PORT" "$LAST_PID" upstream
+UPSTREAM_PID=$LAST_PID
+wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
 UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT"
 
 alloc_port ISSUER_PORT
@@ -164,9 +183,9 @@ done
 [[ -s $WORK/token ]] || { log "the issuer wrote no token"; exit 1; }
 ISSUER_URL="http://127.0.0.1:$ISSUER_PORT"
 
-measure upstream "upstream direct" "$UPSTREAM_URL/bench"
+measure upstream "upstream direct" "$UPSTREAM_URL/bench" --cpu-pid "$UPSTREAM_PID"
 measure overhead "upstream direct + DPoP headers (generator overhead)" \
-    "$UPSTREAM_URL/bench" "${DPOP_FLAGS[@]}"
+    "$UPSTREAM_URL/bench" --cpu-pid "$UPSTREAM_PID" "${DPOP_FLAGS[@]}"
 
 # Redis: reuse one on the default port, else start a private one, else skip row 4.
 REDIS_URL=""
@@ -182,10 +201,11 @@ elif command -v redis-server >/dev/null; then
     log "started redis-server on 127.0.0.1:$REDIS_PORT"
 fi
 
-# gateway_row KEY LABEL GATEWAY-ARGS... -- RUN-FLAGS...
+# gateway_row KEY LABEL SCHEME GATEWAY-ARGS... -- RUN-FLAGS...: starts the gateway on
+# $GATEWAY_PORT, measures SCHEME://127.0.0.1:$GATEWAY_PORT/bench with the gateway's CPU.
 gateway_row() {
-    local key=$1 label=$2 port args=() flags=()
-    shift 2
+    local key=$1 label=$2 scheme=$3 port args=() flags=()
+    shift 3
     while (($#)) && [[ $1 != -- ]]; do
         args+=("$1")
         shift
@@ -196,7 +216,7 @@ gateway_row() {
     start "gateway-$key" "$DPOP" gateway "${args[@]}"
     local pid=$LAST_PID
     if wait_port "$port" "$pid" "gateway-$key"; then
-        measure "$key" "$label" "http://127.0.0.1:$port/bench" "${flags[@]}"
+        measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
         if [[ ${NON2XX[$key]:-0} != 0 ]]; then
             log "$label: ${NON2XX[$key]} non-2xx answers; the gateway's last lines:"
             tail -n 20 "$WORK/gateway-$key.log" >&2
@@ -207,10 +227,13 @@ gateway_row() {
     stop "$pid"
 }
 
-if ! "$DPOP" gateway --help >/dev/null 2>&1; then
+TLS_ROWS=("tls_h1|gateway, DPoP, TLS (HTTP/1.1)" "tls_h2|gateway, DPoP, TLS (HTTP/2)"
+    "tls_plain|gateway, plain proxy, TLS (HTTP/1.1)" "https_upstream|gateway, DPoP, https upstream")
+
+if ! GATEWAY_HELP=$("$DPOP" gateway --help 2>&1); then
     log "\`dpop gateway\` does not exist yet: skipping the gateway rows"
     for row in "plain|gateway, plain proxy (DPoP off)" "memory|gateway, DPoP, memory replay store" \
-        "redis|gateway, DPoP, Redis replay store"; do
+        "redis|gateway, DPoP, Redis replay store" "${TLS_ROWS[@]}"; do
         skip "${row%%|*}" "${row#*|}" "no \`dpop gateway\` yet"
     done
 else
@@ -229,22 +252,86 @@ path_prefix = "/"
 dpop = "off"
 EOF
     # ---------------------------------------------------------------------------------
-    gateway_row plain "gateway, plain proxy (DPoP off)" --config "$WORK/plain.toml" --
+    gateway_row plain "gateway, plain proxy (DPoP off)" http --config "$WORK/plain.toml" --
 
     GATEWAY_FLAGS=(--upstream "$UPSTREAM_URL" --issuer "$ISSUER_URL" --audience "$AUD")
     alloc_port GATEWAY_PORT
-    gateway_row memory "gateway, DPoP, memory replay store" \
+    gateway_row memory "gateway, DPoP, memory replay store" http \
         --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
         "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
 
     if [[ -n $REDIS_URL ]]; then
         alloc_port GATEWAY_PORT
-        gateway_row redis "gateway, DPoP, Redis replay store" \
+        gateway_row redis "gateway, DPoP, Redis replay store" http \
             --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
             "${GATEWAY_FLAGS[@]}" --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
     else
         log "no Redis on 127.0.0.1:6379 and no redis-server on PATH: skipping the Redis row"
         skip redis "gateway, DPoP, Redis replay store" "no Redis available"
+    fi
+
+    if [[ $GATEWAY_HELP != *--tls-cert* ]]; then
+        log "\`dpop gateway\` has no --tls-cert yet: skipping the TLS rows"
+        for row in "${TLS_ROWS[@]}"; do
+            skip "${row%%|*}" "${row#*|}" "no TLS in \`dpop gateway\` yet"
+        done
+    else
+        "$LOADGEN" certs --out "$WORK/certs" 2>/dev/null
+        CERT_FLAGS=(--tls-cert "$WORK/certs/server.pem" --tls-key "$WORK/certs/server.key")
+        CA_FLAGS=(--ca-file "$WORK/certs/ca.pem")
+
+        # TLS listener, DPoP: the memory row's settings with the public URL spelled out,
+        # so the proofs' htu is https://.
+        for http in 1.1 2; do
+            alloc_port GATEWAY_PORT
+            key=tls_h${http%%.*}
+            h2=()
+            [[ $http == 2 ]] && h2=(--http2)
+            gateway_row "$key" "gateway, DPoP, TLS (HTTP/$http)" https \
+                --listen "127.0.0.1:$GATEWAY_PORT" --public-url "https://127.0.0.1:$GATEWAY_PORT" \
+                "${CERT_FLAGS[@]}" "${GATEWAY_FLAGS[@]}" -- "${CA_FLAGS[@]}" "${h2[@]}" "${DPOP_FLAGS[@]}"
+        done
+
+        # TLS listener, DPoP off: row 2's file plus a [tls] table.
+        alloc_port GATEWAY_PORT
+        cat >"$WORK/plain-tls.toml" <<EOF
+listen = "127.0.0.1:$GATEWAY_PORT"
+upstream = "$UPSTREAM_URL"
+issuer = "$ISSUER_URL"
+audience = "$AUD"
+allowed_hosts = ["127.0.0.1:$GATEWAY_PORT"]
+[tls]
+cert_file = "$WORK/certs/server.pem"
+key_file = "$WORK/certs/server.key"
+[[routes]]
+path_prefix = "/"
+dpop = "off"
+EOF
+        gateway_row tls_plain "gateway, plain proxy, TLS (HTTP/1.1)" https \
+            --config "$WORK/plain-tls.toml" -- "${CA_FLAGS[@]}"
+
+        # Plain listener, DPoP, and an https upstream (dpop-loadgen upstream over TLS,
+        # with the same certificate), trusted through ca_file.
+        alloc_port TLS_UPSTREAM_PORT
+        start upstream-tls "$LOADGEN" upstream --listen "127.0.0.1:$TLS_UPSTREAM_PORT" "${CERT_FLAGS[@]}"
+        TLS_UPSTREAM_PID=$LAST_PID
+        if wait_port "$TLS_UPSTREAM_PORT" "$TLS_UPSTREAM_PID" upstream-tls; then
+            alloc_port GATEWAY_PORT
+            cat >"$WORK/https-upstream.toml" <<EOF
+listen = "127.0.0.1:$GATEWAY_PORT"
+issuer = "$ISSUER_URL"
+audience = "$AUD"
+allowed_hosts = ["127.0.0.1:$GATEWAY_PORT"]
+[upstream]
+url = "https://127.0.0.1:$TLS_UPSTREAM_PORT"
+ca_file = "$WORK/certs/ca.pem"
+EOF
+            gateway_row https_upstream "gateway, DPoP, https upstream" http \
+                --config "$WORK/https-upstream.toml" -- "${DPOP_FLAGS[@]}"
+        else
+            skip https_upstream "gateway, DPoP, https upstream" "the https upstream did not start"
+        fi
+        stop "$TLS_UPSTREAM_PID"
     fi
 fi
 
@@ -271,7 +358,8 @@ EOF
     LOADTEST_CLIENT_SECRET=$ISSUER_SECRET start "issuer-$key" "$DPOP" issuer --config "$WORK/issuer-$key/issuer.toml"
     pid=$LAST_PID
     if wait_port "$port" "$pid" "issuer-$key"; then
-        measure "$key" "$label" "http://127.0.0.1:$port/token" --method POST --token-endpoint \
+        measure "$key" "$label" "http://127.0.0.1:$port/token" --cpu-pid "$pid" \
+            --method POST --token-endpoint \
             --key "$WORK/client.pem" \
             --form "grant_type=client_credentials&client_id=bench&client_secret=$ISSUER_SECRET"
         if [[ ${NON2XX[$key]:-0} != 0 ]]; then
@@ -323,16 +411,17 @@ echo "### Load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "Machine: $(nproc) cores, Linux $(uname -r); $CONNECTIONS connections, ${DURATION} s per row after a ${WARMUP} s warmup, loopback."
 echo
-echo "| row | requests/s | p50 ms | p99 ms | non-2xx | errors | seconds |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| row | requests/s | p50 ms | p99 ms | non-2xx | errors | seconds | server CPU µs/request |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for row in "${ROWS[@]}"; do
     key=${row%%|*}
     label=${row#*|}
     if is_number "${RPS[$key]:-}"; then
-        printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$label" "${RPS[$key]}" \
-            "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${ERRORS[$key]}" "${SECS[$key]}"
+        printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$label" "${RPS[$key]}" \
+            "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${ERRORS[$key]}" "${SECS[$key]}" \
+            "${CPU[$key]:-}"
     else
-        printf '| %s | %s | | | | | |\n' "$label" "${RPS[$key]:-failed}"
+        printf '| %s | %s | | | | | | |\n' "$label" "${RPS[$key]:-failed}"
     fi
 done
 echo
@@ -361,6 +450,20 @@ fi
 if is_number "${RPS[overhead]:-}" && is_number "${RPS[upstream]:-}"; then
     echo "| generator with DPoP headers vs without (upstream direct) | $(ratio "${RPS[overhead]}" "${RPS[upstream]}")x | (information) | |"
 fi
+# Each TLS row against the row that differs from it only by TLS: requests/s, and the
+# gateway's CPU µs per request.
+for pair in "tls_h1|memory|DPoP, TLS (HTTP/1.1) vs plain listener" \
+    "tls_h2|memory|DPoP, TLS (HTTP/2) vs plain listener (HTTP/1.1)" \
+    "tls_plain|plain|plain proxy, TLS (HTTP/1.1) vs plain listener" \
+    "https_upstream|memory|DPoP, https upstream vs http upstream"; do
+    IFS='|' read -r key base name <<<"$pair"
+    if is_number "${RPS[$key]:-}" && is_number "${RPS[$base]:-}"; then
+        echo "| $name, requests/s | $(ratio "${RPS[$key]}" "${RPS[$base]}")x | (information) | |"
+    fi
+    if is_number "${CPU[$key]:-}" && is_number "${CPU[$base]:-}"; then
+        echo "| $name, gateway CPU µs/request | $(ratio "${CPU[$key]}" "${CPU[$base]}")x (${CPU[$key]} vs ${CPU[$base]}) | (information) | |"
+    fi
+done
 
 if [[ $STRICT == 1 && $MISSED == 1 ]]; then
     exit 1
