@@ -276,7 +276,7 @@ EOF
             skip "${row%%|*}" "${row#*|}" "no TLS in \`dpop gateway\` yet"
         done
     else
-        "$LOADGEN" certs --out "$WORK/certs" 2>/dev/null
+        "$LOADGEN" certs --out "$WORK/certs"
         CERT_FLAGS=(--tls-cert "$WORK/certs/server.pem" --tls-key "$WORK/certs/server.key")
         CA_FLAGS=(--ca-file "$WORK/certs/ca.pem")
 
@@ -292,7 +292,8 @@ EOF
                 "${CERT_FLAGS[@]}" "${GATEWAY_FLAGS[@]}" -- "${CA_FLAGS[@]}" "${h2[@]}" "${DPOP_FLAGS[@]}"
         done
 
-        # TLS listener, DPoP off: row 2's file plus a [tls] table.
+        # TLS listener, DPoP off: row 2's file plus a [tls] table. (This file and the
+        # next follow the gateway's config schema too: adjust them with the one above.)
         alloc_port GATEWAY_PORT
         cat >"$WORK/plain-tls.toml" <<EOF
 listen = "127.0.0.1:$GATEWAY_PORT"
