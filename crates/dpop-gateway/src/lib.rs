@@ -24,6 +24,7 @@ mod metrics;
 mod proxy;
 mod server;
 mod store;
+mod stream;
 
 pub use crate::config::{
     GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig, TokenCheck,

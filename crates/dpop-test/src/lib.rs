@@ -18,6 +18,8 @@
 //! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
 //!   clients ([`ClientFixture`]) instead of hand-written TOML;
 //! - [`TestCa`]: a private CA issuing server and client certificates as PEM files;
+//! - [`WsEchoUpstream`] and [`RawUpstream`]: a WebSocket echo server and a scripted raw
+//!   TCP server, for stream tests;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
@@ -53,6 +55,7 @@ mod postgres;
 mod process;
 mod redis;
 mod server;
+mod streams;
 mod tls;
 mod upstream;
 
@@ -69,7 +72,10 @@ pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
 pub use crate::server::{ServerHandle, serve};
+pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
 pub use crate::tls::{CertFiles, TestCa};
 pub use crate::upstream::{
     DEFAULT_RECORD_CAPACITY, RecordedRequest, TestUpstream, TestUpstreamBuilder,
 };
+/// WebSocket client and server (tokio-tungstenite), for stream tests.
+pub use tokio_tungstenite;
