@@ -20,6 +20,8 @@
 //! - [`TestCa`]: a private CA issuing server and client certificates as PEM files;
 //! - [`WsEchoUpstream`] and [`RawUpstream`]: a WebSocket echo server and a scripted raw
 //!   TCP server, for stream tests;
+//! - [`GrpcEchoUpstream`] and [`GrpcEchoClient`]: a gRPC echo service and its client over
+//!   h2c, built with tonic without protoc;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
@@ -48,6 +50,7 @@
 //! ```
 
 mod client;
+mod grpc;
 mod issuer;
 mod issuer_fixture;
 mod jws;
@@ -61,6 +64,9 @@ mod upstream;
 
 pub use crate::client::{
     HTTP_TIMEOUT, HttpResponse, RawResponse, http_get, http_request, raw_exchange,
+};
+pub use crate::grpc::{
+    ECHO_COUNT_TRAILER, EchoReply, EchoRequest, EchoService, GrpcEchoClient, GrpcEchoUpstream,
 };
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
@@ -79,3 +85,5 @@ pub use crate::upstream::{
 };
 /// WebSocket client and server (tokio-tungstenite), for stream tests.
 pub use tokio_tungstenite;
+/// gRPC (tonic), for the gRPC tests.
+pub use tonic;

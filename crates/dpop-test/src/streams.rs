@@ -123,6 +123,10 @@ impl WsEchoUpstream {
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "tungstenite's handshake callback returns its own response type"
+)]
 async fn ws_echo(
     stream: TcpStream,
     counters: Arc<WsCounters>,
