@@ -30,14 +30,15 @@ use crate::stream::{self, ConnectionSlot};
 /// it incomplete.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward. `Trailer` is
+/// not one (RFC 9110 §6.6.2: it announces end-to-end trailer fields, and HTTP/1.1
+/// servers send only the trailers it names).
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     // RFC 7540 §3.2.1: the h2c upgrade's settings, meaningful on one connection only.

@@ -569,3 +569,31 @@ async fn te_trailers_is_forwarded_and_other_upgrades_are_not() {
     let seen = get(&[("connection", "upgrade"), ("upgrade", "TLS/1.0")]).await;
     assert!(seen.header("upgrade").is_none(), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_to_a_client_that_accepts_them() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
+        let te = req.head.to_ascii_lowercase().contains("\r\nte: trailers\r\n");
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+             5\r\nhello\r\n0\r\nx-checksum: te-{te}\r\n\r\n"
+        );
+        let _ = req.stream.write_all(reply.as_bytes()).await;
+        let mut rest = Vec::new();
+        let _ = req.stream.read_to_end(&mut rest).await;
+    })
+    .await
+    .unwrap();
+    let gw = Running::start(&issuer, &upstream.url(), "").await;
+    let caller = Caller::new(&issuer);
+
+    let mut stream = send_head(&gw, &caller, "GET", "/sum", "te: trailers\r\n").await;
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, b"te-true\r\n\r\n", 5).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.to_ascii_lowercase().contains("\r\n0\r\nx-checksum: te-true\r\n"),
+        "{text}"
+    );
+}
