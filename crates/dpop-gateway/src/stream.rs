@@ -307,9 +307,13 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 /// A response body that ends when its lifetime does: cleanly for server-sent events
 /// (the client reconnects with a fresh proof; a partly sent event is discarded by the
 /// client, as the event-stream format requires), with an error otherwise.
+///
+/// The timer is armed only once the body waits for the upstream: a body that streams
+/// straight through costs a clock read per frame, no timer.
 pub(crate) struct Limited<B> {
     inner: B,
-    deadline: Pin<Box<Sleep>>,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
     event_stream: bool,
     ended: bool,
 }
@@ -318,10 +322,21 @@ impl<B> Limited<B> {
     pub(crate) fn new(inner: B, headers: &HeaderMap, lifetime: Duration) -> Self {
         Self {
             inner,
-            deadline: Box::pin(tokio::time::sleep(lifetime)),
+            deadline: Instant::now() + lifetime,
+            timer: None,
             event_stream: is_event_stream(headers),
             ended: false,
         }
+    }
+
+    fn expire(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.ended = true;
+        tracing::info!(target: "dpop::stream", event_stream = self.event_stream, "response stream ended: stream lifetime ended");
+        Poll::Ready(if self.event_stream {
+            None
+        } else {
+            Some(Err(LifetimeEnded.into()))
+        })
     }
 }
 
@@ -340,18 +355,24 @@ where
         if self.ended {
             return Poll::Ready(None);
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            self.ended = true;
-            tracing::info!(target: "dpop::stream", event_stream = self.event_stream, "response stream ended: stream lifetime ended");
-            return Poll::Ready(if self.event_stream {
-                None
-            } else {
-                Some(Err(LifetimeEnded.into()))
-            });
+        let expired = match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx).is_ready(),
+            None => Instant::now() >= self.deadline,
+        };
+        if expired {
+            return self.expire();
         }
-        Pin::new(&mut self.inner)
+        let polled = Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map(|f| f.map(|r| r.map_err(Into::into)))
+            .map(|f| f.map(|r| r.map_err(Into::into)));
+        if polled.is_pending() && self.timer.is_none() {
+            let mut timer = Box::pin(tokio::time::sleep_until(self.deadline));
+            if timer.as_mut().poll(cx).is_ready() {
+                return self.expire();
+            }
+            self.timer = Some(timer);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -13,9 +13,11 @@ use dpop_test::tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use dpop_test::tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use dpop_test::tokio_tungstenite::tungstenite::{self, Message};
 use dpop_test::tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async};
+use dpop_test::tonic::metadata::MetadataValue;
+use dpop_test::tonic::{Code, Request};
 use dpop_test::{
-    MockIssuer, RawRequest, RawUpstream, TestUpstream, TokenSpec, WsEchoUpstream, free_port,
-    raw_exchange,
+    ECHO_COUNT_TRAILER, EchoRequest, GrpcEchoClient, GrpcEchoUpstream, MockIssuer, RawRequest,
+    RawUpstream, TestUpstream, TokenSpec, WsEchoUpstream, free_port, raw_exchange,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -34,9 +36,14 @@ impl Running {
     /// A gateway on a free loopback port in front of `upstream`, with `rest` appended to
     /// its configuration.
     async fn start(issuer: &MockIssuer, upstream: &str, rest: &str) -> Self {
+        Self::with_upstream(issuer, &format!("\"{upstream}\""), rest).await
+    }
+
+    /// As [`Running::start`], with `upstream` as a TOML value.
+    async fn with_upstream(issuer: &MockIssuer, upstream: &str, rest: &str) -> Self {
         let port = free_port();
         let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\nissuer = \"{}\"\n\
+            "listen = \"127.0.0.1:{port}\"\nupstream = {upstream}\nissuer = \"{}\"\n\
              audience = \"{AUD}\"\nallowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
             issuer.url()
         );
@@ -574,7 +581,10 @@ async fn te_trailers_is_forwarded_and_other_upgrades_are_not() {
 async fn trailers_pass_through_to_a_client_that_accepts_them() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = RawUpstream::start(|mut req: RawRequest| async move {
-        let te = req.head.to_ascii_lowercase().contains("\r\nte: trailers\r\n");
+        let te = req
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nte: trailers\r\n");
         let reply = format!(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
              5\r\nhello\r\n0\r\nx-checksum: te-{te}\r\n\r\n"
@@ -593,7 +603,85 @@ async fn trailers_pass_through_to_a_client_that_accepts_them() {
     read_until(&mut stream, &mut buf, b"te-true\r\n\r\n", 5).await;
     let text = String::from_utf8_lossy(&buf);
     assert!(
-        text.to_ascii_lowercase().contains("\r\n0\r\nx-checksum: te-true\r\n"),
+        text.to_ascii_lowercase()
+            .contains("\r\n0\r\nx-checksum: te-true\r\n"),
         "{text}"
     );
+}
+
+/// `request` with DPoP credentials for a gRPC call to `method` (a POST to its path).
+fn grpc_request<T>(gw: &Running, caller: &Caller, method: &str, request: T) -> Request<T> {
+    let mut r = Request::new(request);
+    for (name, value) in caller.headers("POST", &gw.http_url(method)) {
+        r.metadata_mut()
+            .insert(name, MetadataValue::try_from(value.as_str()).unwrap());
+    }
+    r
+}
+
+fn echo(message: &str, repeat: u32) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        repeat,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the h2c listener and http2 upstreams"]
+async fn grpc_calls_pass_the_gateway_with_trailers_and_refusals_are_unauthenticated() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = GrpcEchoUpstream::start().await.unwrap();
+    let gw = Running::with_upstream(
+        &issuer,
+        &format!("{{ url = \"{}\", http2 = true }}", upstream.url()),
+        "h2c = true\n",
+    )
+    .await;
+    let caller = Caller::new(&issuer);
+    let mut client = GrpcEchoClient::new(&format!("http://{}", gw.addr));
+
+    let unary = "/dpop.test.Echo/Unary";
+    let reply = client
+        .unary(grpc_request(&gw, &caller, unary, echo("hi", 0)))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().message, "hi");
+    let seen = upstream.requests();
+    let last = seen.last().unwrap();
+    assert_eq!(last.get("te").unwrap(), "trailers");
+    assert_eq!(last.get("x-dpop-subject").unwrap(), "user-1");
+    assert!(last.get("dpop").is_none());
+
+    // Refused: HTTP 401 with the challenge, which gRPC clients read as UNAUTHENTICATED.
+    let mut bare = Request::new(echo("hi", 0));
+    bare.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(caller.authorization().as_str()).unwrap(),
+    );
+    let e = client.unary(bare).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(upstream.requests().len(), 1, "nothing forwarded");
+
+    let stream = "/dpop.test.Echo/ServerStream";
+    let mut replies = client
+        .server_stream(grpc_request(&gw, &caller, stream, echo("tick", 3)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = replies.message().await.unwrap() {
+        assert_eq!((m.message.as_str(), m.index), ("tick", n));
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let trailers = replies.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get(ECHO_COUNT_TRAILER).unwrap(), "3");
+
+    let collect = "/dpop.test.Echo/Collect";
+    let words = futures_util::stream::iter(["a", "b"].map(|w| echo(w, 0)));
+    let reply = client
+        .collect(grpc_request(&gw, &caller, collect, words))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().message, "a b");
 }
