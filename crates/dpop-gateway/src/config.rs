@@ -931,6 +931,12 @@ mod tests {
         assert_eq!(meta.scopes_supported, None);
         assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
         assert_eq!(meta.max_age, Duration::from_secs(3600));
+        assert_eq!(c.max_stream, Duration::from_secs(3600));
+        assert!(
+            c.route_max_stream
+                .iter()
+                .any(|d| *d == Duration::from_secs(900))
+        );
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
