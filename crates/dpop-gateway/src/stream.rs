@@ -5,7 +5,8 @@
 //!
 //! A WebSocket tunnel ends with a Close frame (1008, policy violation) sent to the client
 //! at a frame boundary of the upstream's byte stream, found by reading RFC 6455 frame
-//! headers as they pass (no message is buffered), and the upstream connection shut down.
+//! headers as they pass (no message is buffered), and a masked Close (1001, going away)
+//! sent to the upstream at a boundary of the client's; then both are shut down.
 //! A streamed response body ends cleanly for `text/event-stream` (the client reconnects
 //! with a fresh proof) and is aborted otherwise, so the client sees an incomplete body
 //! rather than a short one that looks complete.
@@ -167,32 +168,71 @@ impl FrameTracker {
     }
 }
 
-/// An unmasked (server-to-client) Close frame with `code` and `reason` (at most 123
-/// bytes, RFC 6455 §5.5).
-pub(crate) fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
+/// A Close frame with `code` and `reason` (at most 123 bytes, RFC 6455 §5.5), unmasked
+/// (server to client) or masked with `mask` (client to server, §5.3).
+pub(crate) fn close_frame(code: u16, reason: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let reason = reason.get(..reason.len().min(123)).unwrap_or_default();
-    let mut f = Vec::with_capacity(4 + reason.len());
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason);
+    let len = u8::try_from(payload.len()).unwrap_or(125);
+    let mut f = Vec::with_capacity(6 + payload.len());
     f.push(0x88);
-    f.push(u8::try_from(2 + reason.len()).unwrap_or(125));
-    f.extend_from_slice(&code.to_be_bytes());
-    f.extend_from_slice(reason);
+    match mask {
+        None => {
+            f.push(len);
+            f.extend_from_slice(&payload);
+        }
+        Some(key) => {
+            f.push(0x80 | len);
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+    }
     f
 }
 
-/// How a tunnel ended.
+/// Which way bytes flow, and so which Close frame ends that way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Upstream to client: Close 1008 (policy violation), unmasked.
+    ToClient,
+    /// Client to upstream: Close 1001 (going away), masked as a client's frames must be.
+    ToUpstream,
+}
+
+impl Direction {
+    fn close(self) -> std::io::Result<Vec<u8>> {
+        Ok(match self {
+            Self::ToClient => close_frame(1008, CLOSE_REASON, None),
+            Self::ToUpstream => {
+                // RFC 6455 §5.3: masking keys must be unpredictable.
+                let mut key = [0u8; 4];
+                aws_lc_rs::rand::fill(&mut key)
+                    .map_err(|_| std::io::Error::other("no randomness"))?;
+                close_frame(1001, CLOSE_REASON, Some(key))
+            }
+        })
+    }
+}
+
+/// How one direction of a tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
-    UpstreamClosed,
+    /// The sending side closed its connection.
+    SourceClosed,
+    /// The lifetime ended and the Close frame went out.
     LifetimeEnded,
 }
 
-/// Relays the upstream's bytes to the client; when `deadline` passes, finishes the frame
-/// in flight, sends Close 1008 (unless the upstream already closed) and shuts the client
-/// side down.
-async fn upstream_to_client<R, W>(
-    up: &mut R,
-    client: &mut W,
+/// Relays frames one way; when `deadline` passes, finishes the frame in flight, sends
+/// this direction's Close (unless the sender has already sent one) and shuts the
+/// receiving side down.
+async fn relay_frames<R, W>(
+    from: &mut R,
+    to: &mut W,
     deadline: Instant,
+    direction: Direction,
 ) -> std::io::Result<End>
 where
     R: AsyncRead + Unpin,
@@ -206,30 +246,30 @@ where
         let n = tokio::select! {
             biased;
             () = &mut expired => break,
-            n = up.read(&mut buf) => n?,
+            n = from.read(&mut buf) => n?,
         };
         let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
-            client.shutdown().await?;
-            return Ok(End::UpstreamClosed);
+            to.shutdown().await?;
+            return Ok(End::SourceClosed);
         };
         tracker.feed(chunk, false);
-        client.write_all(chunk).await?;
+        to.write_all(chunk).await?;
     }
-    // Never in the middle of a frame: the client could not parse what follows.
+    // Never in the middle of a frame: the receiver could not parse what follows.
     while !tracker.at_boundary() {
-        let n = up.read(&mut buf).await?;
+        let n = from.read(&mut buf).await?;
         let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
-            client.shutdown().await?;
-            return Ok(End::UpstreamClosed);
+            to.shutdown().await?;
+            return Ok(End::SourceClosed);
         };
         let k = tracker.feed(chunk, true);
-        client.write_all(chunk.get(..k).unwrap_or_default()).await?;
+        to.write_all(chunk.get(..k).unwrap_or_default()).await?;
     }
     if !tracker.saw_close() {
-        client.write_all(&close_frame(1008, CLOSE_REASON)).await?;
+        to.write_all(&direction.close()?).await?;
     }
-    client.flush().await?;
-    client.shutdown().await?;
+    to.flush().await?;
+    to.shutdown().await?;
     Ok(End::LifetimeEnded)
 }
 
@@ -257,7 +297,7 @@ pub(crate) async fn tunnel(
         Ok(Ok(End::LifetimeEnded)) => {
             tracing::info!(target: "dpop::stream", lifetime_secs = lifetime.as_secs(), "websocket closed: stream lifetime ended");
         }
-        Ok(Ok(End::UpstreamClosed)) => {}
+        Ok(Ok(End::SourceClosed)) => {}
         Ok(Err(e)) => {
             tracing::debug!(target: "dpop::stream", error = %e, "websocket tunnel ended with an error");
         }
@@ -265,28 +305,37 @@ pub(crate) async fn tunnel(
             tracing::info!(target: "dpop::stream", "websocket cut: stream lifetime ended and the close did not finish in time");
         }
     }
-    // Dropping both sides closes the upstream connection too.
+    // Dropping both sides closes both connections.
 }
 
+/// Both directions; ends when the upstream's side does (a client that stops sending may
+/// still be receiving), or when the lifetime has ended both.
 async fn relay(client: Upgraded, upstream: Upgraded, deadline: Instant) -> std::io::Result<End> {
     let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
     let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
-    let client_to_upstream = async {
-        // Client frames pass as they are (masked); once the client's side ends, the
-        // upstream's may still be sending.
-        let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
-        let _ = up_write.shutdown().await;
-        std::future::pending::<()>().await;
-    };
+    let to_client = relay_frames(
+        &mut up_read,
+        &mut client_write,
+        deadline,
+        Direction::ToClient,
+    );
+    let to_upstream = relay_frames(
+        &mut client_read,
+        &mut up_write,
+        deadline,
+        Direction::ToUpstream,
+    );
+    tokio::pin!(to_client, to_upstream);
     tokio::select! {
-        end = upstream_to_client(&mut up_read, &mut client_write, deadline) => end,
-        () = client_to_upstream => unreachable_end(),
+        end = &mut to_client => {
+            if matches!(end, Ok(End::LifetimeEnded)) {
+                // The upstream gets its Close too, at a client-frame boundary.
+                let _ = to_upstream.await;
+            }
+            end
+        }
+        _ = &mut to_upstream => to_client.await,
     }
-}
-
-/// `client_to_upstream` never finishes; the type needs a value.
-fn unreachable_end() -> std::io::Result<End> {
-    Ok(End::UpstreamClosed)
 }
 
 /// Whether a response body is a stream the lifetime applies to: server-sent events, or
@@ -452,14 +501,34 @@ mod tests {
     #[test]
     fn a_close_frame_is_noticed_and_ours_is_well_formed() {
         let mut t = FrameTracker::default();
-        let ours = close_frame(1008, CLOSE_REASON);
+        let ours = close_frame(1008, CLOSE_REASON, None);
         assert_eq!(t.feed(&ours, false), ours.len());
         assert!(t.at_boundary() && t.saw_close());
         assert_eq!(
             &ours[..4],
             &[0x88, 2 + CLOSE_REASON.len() as u8, 0x03, 0xf0]
         );
-        assert_eq!(close_frame(1000, &[b'a'; 200]).len(), 2 + 2 + 123);
+        assert_eq!(close_frame(1000, &[b'a'; 200], None).len(), 2 + 2 + 123);
+        // Masked: the key follows the length, the payload is XORed with it.
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let masked = close_frame(1001, b"x", Some(key));
+        assert_eq!(
+            masked,
+            [
+                0x88,
+                0x83,
+                0x11,
+                0x22,
+                0x33,
+                0x44,
+                0x03 ^ 0x11,
+                0xe9 ^ 0x22,
+                b'x' ^ 0x33
+            ]
+        );
+        let mut t = FrameTracker::default();
+        assert_eq!(t.feed(&masked, true), masked.len());
+        assert!(t.at_boundary() && t.saw_close());
     }
 
     #[test]

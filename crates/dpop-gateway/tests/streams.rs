@@ -168,6 +168,11 @@ async fn a_websocket_message_round_trips_after_a_dpop_checked_upgrade() {
     // A client closing ends the tunnel and the upstream's side with it.
     ws.close(None).await.unwrap();
     assert!(upstream.wait_closed(1, Duration::from_secs(5)).await);
+    assert_eq!(
+        upstream.close_codes(),
+        [1005],
+        "the client's own Close passed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +235,11 @@ async fn a_websocket_is_closed_with_1008_when_its_lifetime_ends() {
     assert!(
         upstream.wait_closed(1, Duration::from_secs(5)).await,
         "the upstream's side is closed too"
+    );
+    assert_eq!(
+        upstream.close_codes(),
+        [1001],
+        "going away, at a frame boundary"
     );
 }
 

@@ -51,13 +51,15 @@ where
 struct WsCounters {
     handshakes: AtomicU64,
     closed: AtomicU64,
+    close_codes: std::sync::Mutex<Vec<u16>>,
     changed: Notify,
 }
 
 /// A WebSocket server that echoes every text and binary message. A text message
 /// `slow:N:MS` is answered instead with one binary frame of `N` bytes, of which half is
 /// sent, then the rest after `MS` milliseconds: a frame in flight for a while. It counts
-/// completed handshakes and connections that ended (closed by either side).
+/// completed handshakes, connections that ended (closed by either side) and the status
+/// codes of the Close frames it received.
 #[derive(Debug)]
 pub struct WsEchoUpstream {
     server: Loop,
@@ -98,6 +100,16 @@ impl WsEchoUpstream {
     #[must_use]
     pub fn closed(&self) -> u64 {
         self.counters.closed.load(Ordering::SeqCst)
+    }
+
+    /// The status codes of the Close frames received (1005 for a Close without one).
+    #[must_use]
+    pub fn close_codes(&self) -> Vec<u16> {
+        self.counters
+            .close_codes
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// The request target of the last handshake.
@@ -153,7 +165,13 @@ async fn ws_echo(
                 continue;
             }
             Message::Text(_) | Message::Binary(_) => msg,
-            Message::Close(_) => break,
+            Message::Close(frame) => {
+                let code = frame.map_or(1005, |f| u16::from(f.code));
+                if let Ok(mut codes) = counters.close_codes.lock() {
+                    codes.push(code);
+                }
+                break;
+            }
             _ => continue,
         };
         if ws.send(reply).await.is_err() {
