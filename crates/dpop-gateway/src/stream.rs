@@ -531,6 +531,69 @@ mod tests {
         assert!(t.at_boundary() && t.saw_close());
     }
 
+    /// Frames of `body` until it ends or fails: (data frames, whether it failed).
+    async fn drain<B>(mut body: Limited<B>) -> (usize, bool)
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt as _;
+        let mut frames = 0;
+        loop {
+            match body.frame().await {
+                None => return (frames, false),
+                Some(Err(e)) => {
+                    assert!(e.is::<LifetimeEnded>(), "{e}");
+                    return (frames, true);
+                }
+                Some(Ok(_)) => frames += 1,
+            }
+        }
+    }
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_ends_at_its_lifetime_whether_it_waits_or_not() {
+        let lifetime = Duration::from_millis(50);
+        // Never waits: the deadline is read from the clock on every frame.
+        let busy = || {
+            http_body_util::StreamBody::new(futures_util::stream::repeat_with(|| {
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x")))
+            }))
+        };
+        // Always waits: the timer ends it.
+        let idle = || {
+            http_body_util::StreamBody::new(futures_util::stream::pending::<
+                Result<Frame<Bytes>, std::convert::Infallible>,
+            >())
+        };
+        let start = Instant::now();
+        let octets = headers("application/octet-stream");
+        let events = headers("text/event-stream; charset=utf-8");
+        let busy_bytes = tokio::spawn(drain(Limited::new(busy(), &octets, lifetime)));
+        let (frames, failed) = busy_bytes.await.unwrap();
+        assert!(frames > 0 && failed, "aborted after streaming");
+        let (_, failed) = drain(Limited::new(busy(), &events, lifetime)).await;
+        assert!(!failed, "an event stream ends cleanly");
+        assert_eq!(
+            drain(Limited::new(idle(), &octets, lifetime)).await,
+            (0, true)
+        );
+        assert_eq!(
+            drain(Limited::new(idle(), &events, lifetime)).await,
+            (0, false)
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
     #[test]
     fn only_websocket_upgrades_are_recognised() {
         let req = |method: &str, upgrade: &str, connection: &str| {
