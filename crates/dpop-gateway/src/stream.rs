@@ -309,7 +309,8 @@ pub(crate) async fn tunnel(
 }
 
 /// Both directions; ends when the upstream's side does (a client that stops sending may
-/// still be receiving), or when the lifetime has ended both.
+/// still be receiving), when either connection fails, or when the lifetime has ended
+/// both.
 async fn relay(client: Upgraded, upstream: Upgraded, deadline: Instant) -> std::io::Result<End> {
     let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
     let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
@@ -334,7 +335,13 @@ async fn relay(client: Upgraded, upstream: Upgraded, deadline: Instant) -> std::
             }
             end
         }
-        _ = &mut to_upstream => to_client.await,
+        end = &mut to_upstream => match end {
+            // The client stopped sending (or its Close went out at the lifetime's end):
+            // the upstream may still answer.
+            Ok(_) => to_client.await,
+            // The client is gone: so is the tunnel.
+            Err(e) => Err(e),
+        },
     }
 }
 
