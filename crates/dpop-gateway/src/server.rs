@@ -214,7 +214,11 @@ impl Gateway {
             let slot = ConnectionSlot(Arc::new(permit));
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
-                req.extensions_mut().insert(slot.clone());
+                // Only a request that may become a tunnel carries it (an extension costs
+                // an allocation).
+                if req.headers().contains_key(http::header::UPGRADE) {
+                    req.extensions_mut().insert(slot.clone());
+                }
                 // RFC 9728: the metadata document is answered here, never behind DPoP.
                 let metadata = metadata_layer
                     .metadata_response(&req)
