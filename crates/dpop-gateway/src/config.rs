@@ -121,6 +121,7 @@ struct RawLimits {
     upstream_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     drain_timeout_secs: Option<u64>,
+    max_stream_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +145,7 @@ struct RawRoute {
     scopes: Option<Vec<String>>,
     dangerous_forward_encoded_slashes: Option<bool>,
     resource: Option<bool>,
+    max_stream_secs: Option<u64>,
 }
 
 /// Where proofs are recorded.
@@ -254,6 +256,14 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// How long a WebSocket tunnel or a streamed response body may last
+    /// (`[limits] max_stream_secs`), where the matched route sets none. Defaults to one
+    /// hour.
+    pub max_stream: Duration,
+    /// Each configured route's stream lifetime, indexed by the route's place in the
+    /// configuration (its [`dpop_tower::Route::id`]): its own `max_stream_secs` or
+    /// [`Self::max_stream`].
+    pub route_max_stream: Vec<Duration>,
     /// Remove `Authorization` from requests the gateway authenticated.
     pub strip_authorization: bool,
     /// Remove `DPoP` from requests the gateway authenticated.
@@ -623,9 +633,11 @@ impl GatewayConfig {
 
         // Routes. The default policy applies where no route matches.
         let require_nonce_default = raw.nonce.require.unwrap_or(false);
+        let max_stream = stream_lifetime("limits.max_stream_secs", raw.limits.max_stream_secs)?;
+        let mut route_max_stream = Vec::with_capacity(raw.routes.len());
         let mut routes =
             Routes::new(RoutePolicy::new(DpopMode::Required).with_nonce(require_nonce_default));
-        for r in raw.routes {
+        for (index, r) in raw.routes.into_iter().enumerate() {
             // Requests are matched in canonical form only, so a prefix in any other form
             // could never match (or would suggest it does).
             let canonical_prefix = dpop_core::RequestTarget::parse(&r.path_prefix)
@@ -655,7 +667,17 @@ impl GatewayConfig {
             if r.dangerous_forward_encoded_slashes == Some(true) {
                 policy = policy.dangerous_forward_encoded_slashes();
             }
-            let mut route = Route::new(&r.path_prefix, policy);
+            // The route's id is its place in the configuration: what the gateway attaches
+            // to a route (stream lifetime, upstream) is indexed by it, so it follows the
+            // layer's one match.
+            let mut route = Route::new(&r.path_prefix, policy).with_id(index);
+            route_max_stream.push(match r.max_stream_secs {
+                None => max_stream,
+                Some(secs) => stream_lifetime(
+                    &format!("route {}: max_stream_secs", r.path_prefix),
+                    Some(secs),
+                )?,
+            });
             if r.resource == Some(true) {
                 // RFC 9728: a resource is a URL, all of whose methods the route must cover.
                 if r.methods.is_some() || r.path_prefix.trim_end_matches('/').is_empty() {
@@ -779,6 +801,8 @@ impl GatewayConfig {
             upstream_timeout: Duration::from_secs(raw.limits.upstream_timeout_secs.unwrap_or(30)),
             max_connections,
             drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
+            max_stream,
+            route_max_stream,
             strip_authorization: raw.forward.strip_authorization.unwrap_or(true),
             strip_dpop: raw.forward.strip_dpop.unwrap_or(true),
             identity_headers: IdentityHeaders {
@@ -789,6 +813,30 @@ impl GatewayConfig {
             },
             log_format,
         })
+    }
+}
+
+/// How long a stream may last when `max_stream_secs` is not set: one hour. A proof
+/// authorises opening a stream, not unbounded traffic on it; an hour keeps long-lived
+/// WebSocket and event-stream clients from reconnecting often (each reconnect costs a
+/// fresh proof and token check) while a revoked token or a key taken out of use stops
+/// carrying traffic within the hour.
+pub(crate) const DEFAULT_MAX_STREAM_SECS: u64 = 3600;
+
+/// The longest `max_stream_secs` accepted: one week.
+const MAX_STREAM_SECS_CEILING: u64 = 7 * 24 * 3600;
+
+/// A `max_stream_secs` setting checked: 0 is refused rather than read as "no limit", and
+/// there is no unlimited setting (a week is the most).
+fn stream_lifetime(name: &str, secs: Option<u64>) -> Result<Duration, GatewayError> {
+    match secs.unwrap_or(DEFAULT_MAX_STREAM_SECS) {
+        0 => Err(invalid(format!(
+            "{name} must be positive (streams always end; the most is {MAX_STREAM_SECS_CEILING} s)"
+        ))),
+        s if s > MAX_STREAM_SECS_CEILING => Err(invalid(format!(
+            "{name} must be at most {MAX_STREAM_SECS_CEILING} s (a week)"
+        ))),
+        s => Ok(Duration::from_secs(s)),
     }
 }
 
@@ -883,6 +931,12 @@ mod tests {
         assert_eq!(meta.scopes_supported, None);
         assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
         assert_eq!(meta.max_age, Duration::from_secs(3600));
+        assert_eq!(c.max_stream, Duration::from_secs(3600));
+        assert!(
+            c.route_max_stream
+                .iter()
+                .any(|d| *d == Duration::from_secs(900))
+        );
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
@@ -906,6 +960,31 @@ mod tests {
 
     fn load_toml(text: &str) -> Result<GatewayConfig, GatewayError> {
         settings(text).validate()
+    }
+
+    #[test]
+    fn stream_lifetimes_default_per_route_and_refuse_zero() {
+        let c = load_toml(
+            "[limits]\nmax_stream_secs = 600\n\
+             [[routes]]\npath_prefix = \"/ws\"\nmax_stream_secs = 30\n\
+             [[routes]]\npath_prefix = \"/events\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_stream, Duration::from_secs(600));
+        assert_eq!(
+            c.route_max_stream,
+            [Duration::from_secs(30), Duration::from_secs(600)]
+        );
+        let c = load_toml("").unwrap();
+        assert_eq!(c.max_stream, Duration::from_secs(DEFAULT_MAX_STREAM_SECS));
+        for bad in [
+            "[limits]\nmax_stream_secs = 0\n",
+            "[[routes]]\npath_prefix = \"/ws\"\nmax_stream_secs = 0\n",
+            "[limits]\nmax_stream_secs = 99999999\n",
+        ] {
+            let e = load_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("max_stream_secs"), "{bad}: {e}");
+        }
     }
 
     #[test]

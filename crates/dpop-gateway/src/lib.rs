@@ -15,6 +15,10 @@
 //! opens the listeners; the admin listener (`/healthz`, `/readyz`, `/metrics`), logging
 //! and the shutdown signal are `dpop-server`'s, shared with the issuer.
 //!
+//! WebSocket upgrades, server-sent events, streamed bodies and gRPC pass through after
+//! the DPoP check on the opening request, each for at most its route's `max_stream_secs`
+//! (see `docs/gateway-streams.md`).
+//!
 //! It does not terminate TLS (put it behind your TLS terminator and set `public_url`),
 //! connect to TLS upstreams, or issue tokens.
 
@@ -24,6 +28,7 @@ mod metrics;
 mod proxy;
 mod server;
 mod store;
+mod stream;
 
 pub use crate::config::{
     GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig, TokenCheck,

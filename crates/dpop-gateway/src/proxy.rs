@@ -23,20 +23,26 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::{GatewayConfig, IdentityHeaders};
 use crate::metrics::Metrics;
+use crate::stream::{self, ConnectionSlot};
 
-/// The response body type of the gateway.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// The response body type of the gateway. Its error ends the response abruptly (a
+/// stream whose lifetime ran out, an upstream that failed mid-body), so the client sees
+/// it incomplete.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward.
+/// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward. `Trailer` is
+/// not one (RFC 9110 §6.6.2: it announces end-to-end trailer fields, and HTTP/1.1
+/// servers send only the trailers it names).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // RFC 7540 §3.2.1: the h2c upgrade's settings, meaningful on one connection only.
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub(crate) fn empty(status: StatusCode) -> Response<Body> {
@@ -56,6 +62,21 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+}
+
+/// Hop-by-hop removal for a request, keeping what must cross the gateway: `TE: trailers`
+/// (gRPC servers require it; it is forwarded as exactly that, as Envoy does, nothing else
+/// of `TE`), and the upgrade of a WebSocket handshake (any other upgrade is removed).
+fn remove_hop_by_hop_request(headers: &mut HeaderMap, websocket: bool) {
+    let te_trailers =
+        headers.contains_key(header::TE) && stream::has_token(headers, &header::TE, "trailers");
+    remove_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if websocket {
+        stream::set_websocket_upgrade(headers);
     }
 }
 
@@ -147,6 +168,10 @@ struct Settings {
     client_scheme: HeaderValue,
     timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// `max_stream_secs` of each configured route, by route id (its config index).
+    route_max_stream: Vec<Duration>,
+    /// `[limits] max_stream_secs`, where no route matched.
+    max_stream: Duration,
 }
 
 /// The upstream-facing service at the bottom of the gateway stack.
@@ -209,6 +234,8 @@ impl Proxy {
             client_scheme,
             timeout: config.upstream_timeout,
             trusted_proxies: config.trusted_proxies.clone(),
+            route_max_stream: config.route_max_stream.clone(),
+            max_stream: config.max_stream,
         };
         Self {
             client,
@@ -229,15 +256,21 @@ impl Proxy {
             .ok()
     }
 
-    fn prepare(&self, req: &mut Request<Incoming>) -> Option<()> {
+    /// Readies `req` for the upstream; returns the stream lifetime of its route.
+    fn prepare(&self, req: &mut Request<Incoming>, websocket: bool) -> Option<Duration> {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         *req.uri_mut() = self.upstream_uri(&target)?;
+        // The route the layer matched chooses the lifetime.
+        let lifetime = target
+            .route_id()
+            .and_then(|id| s.route_max_stream.get(id).copied())
+            .unwrap_or(s.max_stream);
         let headers = req.headers_mut();
-        remove_hop_by_hop(headers);
+        remove_hop_by_hop_request(headers, websocket);
         remove_underscore_aliases(headers, &s.managed_names);
         for name in OVERRIDES {
             headers.remove(name);
@@ -321,18 +354,36 @@ impl Proxy {
                 Some(id.scopes.join(" ")).filter(|s| !s.is_empty()),
             );
         }
-        Some(())
+        Some(lifetime)
     }
 
     async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
-        if self.prepare(&mut req).is_none() {
+        // The status line goes back in the client's protocol, whatever the upstream's.
+        let version = req.version();
+        let websocket = stream::is_websocket_upgrade(&req);
+        let Some(lifetime) = self.prepare(&mut req, websocket) else {
             return empty(StatusCode::BAD_REQUEST);
-        }
+        };
+        let client_upgrade = websocket.then(|| {
+            let slot = req.extensions_mut().remove::<ConnectionSlot>();
+            (hyper::upgrade::on(&mut req), slot)
+        });
+        // The timeout covers the response head only: a body or tunnel then streams for
+        // as long as its lifetime allows.
         match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
+                *resp.version_mut() = version;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return self.switch_protocols(resp, client_upgrade, lifetime);
+                }
                 remove_hop_by_hop(resp.headers_mut());
-                resp.map(|b| b.boxed())
+                if stream::is_stream(resp.headers(), resp.body()) {
+                    let (parts, body) = resp.into_parts();
+                    let body = stream::Limited::new(body, &parts.headers, lifetime);
+                    return Response::from_parts(parts, body.boxed());
+                }
+                resp.map(|b| b.map_err(Into::into).boxed())
             }
             Ok(Err(e)) => {
                 self.metrics.upstream("error");
@@ -345,6 +396,31 @@ impl Proxy {
                 empty(StatusCode::GATEWAY_TIMEOUT)
             }
         }
+    }
+}
+
+impl Proxy {
+    /// An upstream's 101: for a WebSocket handshake, relayed to the client with the
+    /// tunnel started behind it; anything else is a protocol the client did not ask the
+    /// gateway for, and a 502.
+    fn switch_protocols(
+        &self,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<ConnectionSlot>)>,
+        lifetime: Duration,
+    ) -> Response<Body> {
+        let Some((client, slot)) =
+            client_upgrade.filter(|_| stream::upgraded_to_websocket(resp.headers()))
+        else {
+            self.metrics.upstream("error");
+            tracing::warn!(target: "dpop::proxy", "upstream switched protocols unasked");
+            return empty(StatusCode::BAD_GATEWAY);
+        };
+        let upstream = hyper::upgrade::on(&mut resp);
+        remove_hop_by_hop(resp.headers_mut());
+        stream::set_websocket_upgrade(resp.headers_mut());
+        tokio::spawn(stream::tunnel(client, upstream, lifetime, slot));
+        resp.map(|_| Body::default())
     }
 }
 
@@ -410,5 +486,36 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn requests_keep_te_trailers_and_websocket_upgrades_only() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let mut h = headers(&[
+            ("te", "gzip;q=0.5, Trailers"),
+            ("connection", "upgrade, http2-settings"),
+            ("upgrade", "websocket"),
+        ]);
+        remove_hop_by_hop_request(&mut h, true);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        let mut h = headers(&[
+            ("te", "gzip"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        remove_hop_by_hop_request(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 }

@@ -15,9 +15,9 @@ use dpop_tower::{
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -28,6 +28,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, empty};
 use crate::store::GatewayStore;
+use crate::stream::ConnectionSlot;
 
 /// A gateway ready to serve: listeners bound, keys fetched (or being retried), replay
 /// store connected.
@@ -178,8 +179,10 @@ impl Gateway {
         let service = layer.layer(proxy);
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
+        // HTTP/1 with upgrades, for WebSocket.
+        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .max_buf_size(config.max_header_bytes)
             .keep_alive(true);
@@ -206,8 +209,16 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let service = service.clone();
             let metadata_layer = metadata_layer.clone();
+            // A WebSocket tunnel outlives the connection it was upgraded from and keeps
+            // its slot until it ends.
+            let slot = ConnectionSlot(Arc::new(permit));
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));
+                // Only a request that may become a tunnel carries it (an extension costs
+                // an allocation).
+                if req.headers().contains_key(http::header::UPGRADE) {
+                    req.extensions_mut().insert(slot.clone());
+                }
                 // RFC 9728: the metadata document is answered here, never behind DPoP.
                 let metadata = metadata_layer
                     .metadata_response(&req)
@@ -223,13 +234,14 @@ impl Gateway {
                     }
                 }
             });
-            let conn = http.serve_connection(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn);
+            // The connection borrows its builder, so each task has its own copy.
+            let http = http.clone();
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(target: "dpop::gateway", error = %e, "connection ended with an error");
                 }
-                drop(permit);
             });
         }
         drop(listener);

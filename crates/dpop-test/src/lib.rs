@@ -18,6 +18,10 @@
 //! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
 //!   clients ([`ClientFixture`]) instead of hand-written TOML;
 //! - [`TestCa`]: a private CA issuing server and client certificates as PEM files;
+//! - [`WsEchoUpstream`] and [`RawUpstream`]: a WebSocket echo server and a scripted raw
+//!   TCP server, for stream tests;
+//! - [`GrpcEchoUpstream`] and [`GrpcEchoClient`]: a gRPC echo service and its client over
+//!   h2c, built with tonic without protoc;
 //! - [`free_port`], [`wait_for_tcp`], [`serve`], and a one-shot HTTP client
 //!   ([`http_request`]) for the rest.
 //!
@@ -46,6 +50,7 @@
 //! ```
 
 mod client;
+mod grpc;
 mod issuer;
 mod issuer_fixture;
 mod jws;
@@ -53,11 +58,15 @@ mod postgres;
 mod process;
 mod redis;
 mod server;
+mod streams;
 mod tls;
 mod upstream;
 
 pub use crate::client::{
     HTTP_TIMEOUT, HttpResponse, RawResponse, http_get, http_request, raw_exchange,
+};
+pub use crate::grpc::{
+    ECHO_COUNT_TRAILER, EchoReply, EchoRequest, EchoService, GrpcEchoClient, GrpcEchoUpstream,
 };
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
@@ -69,7 +78,12 @@ pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
 pub use crate::server::{ServerHandle, serve};
+pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
 pub use crate::tls::{CertFiles, TestCa};
 pub use crate::upstream::{
     DEFAULT_RECORD_CAPACITY, RecordedRequest, TestUpstream, TestUpstreamBuilder,
 };
+/// WebSocket client and server (tokio-tungstenite), for stream tests.
+pub use tokio_tungstenite;
+/// gRPC (tonic), for the gRPC tests.
+pub use tonic;
