@@ -2,6 +2,7 @@
 //! removed, forwarding and identity headers set, failures turned into 502/504 without
 //! internal detail.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -17,12 +18,11 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::config::{GatewayConfig, IdentityHeaders};
+use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::upstream::{self, SystemRoots, UpstreamClient, UpstreamConnector};
 
 /// The response body type of the gateway.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -135,9 +135,78 @@ fn remove_underscore_aliases(headers: &mut HeaderMap, names: &[String]) {
     }
 }
 
+/// One upstream and the pooled client of its connection setting.
+struct Upstream {
+    config: UpstreamConfig,
+    client: UpstreamClient,
+    /// To probe the upstream at start-up without going through the pool.
+    connector: UpstreamConnector,
+}
+
+/// The default upstream and the routes' own, by route id.
+struct Upstreams {
+    default: Arc<Upstream>,
+    routes: BTreeMap<usize, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// One client per distinct connection setting (TLS settings and HTTP version): the
+    /// upstreams sharing one share its pool, whose connections are per host anyway.
+    fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let mut roots = SystemRoots::default();
+        let mut clients: Vec<(UpstreamConfig, UpstreamClient, UpstreamConnector)> = Vec::new();
+        let mut make = |u: &UpstreamConfig| -> Result<Arc<Upstream>, GatewayError> {
+            let same = clients
+                .iter()
+                .find(|(c, _, _)| c.tls == u.tls && c.http2 == u.http2);
+            let (client, connector) = match same {
+                Some((_, client, connector)) => (client.clone(), connector.clone()),
+                None => {
+                    let connector = upstream::connector(u, &mut roots)?;
+                    let client = upstream::client(connector.clone());
+                    clients.push((u.clone(), client.clone(), connector.clone()));
+                    (client, connector)
+                }
+            };
+            Ok(Arc::new(Upstream {
+                config: u.clone(),
+                client,
+                connector,
+            }))
+        };
+        let default = make(&config.upstream)?;
+        let routes = config
+            .route_upstreams
+            .iter()
+            .map(|(id, u)| Ok((*id, make(u)?)))
+            .collect::<Result<_, GatewayError>>()?;
+        Ok(Self { default, routes })
+    }
+
+    /// The upstream of the route the layer matched (the default for none, or a route
+    /// without its own).
+    fn for_target(&self, target: &AuthorizedTarget) -> &Arc<Upstream> {
+        target
+            .route_id()
+            .and_then(|id| self.routes.get(&id))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Upstreams");
+        d.field("default", &self.default.config.to_string());
+        let routes: BTreeMap<usize, String> = self
+            .routes
+            .iter()
+            .map(|(id, u)| (*id, u.config.to_string()))
+            .collect();
+        d.field("routes", &routes).finish()
+    }
+}
+
 struct Settings {
-    base: Uri,
-    base_path: String,
     strip_authorization: bool,
     strip_dpop: bool,
     identity: IdentityHeaders,
@@ -152,7 +221,7 @@ struct Settings {
 /// The upstream-facing service at the bottom of the gateway stack.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    upstreams: Arc<Upstreams>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -160,22 +229,21 @@ pub struct Proxy {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("upstream", &self.settings.base)
+            .field("upstreams", &self.upstreams)
             .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
-    /// A proxy to `config.upstream`.
-    #[must_use]
-    pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+    /// A proxy to `config.upstream` and the routes' own upstreams.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the file and the reason when a CA, certificate or
+    /// key file cannot be read or parsed, or a client key does not match its
+    /// certificate; also when an https upstream without `ca_file` finds no trusted roots
+    /// on the system.
+    pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
+        let upstreams = Arc::new(Upstreams::new(config)?);
         let id = &config.identity_headers;
         let identity_names: Vec<HeaderName> = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
             .into_iter()
@@ -197,10 +265,7 @@ impl Proxy {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
-        let base_path = config.upstream.path().trim_end_matches('/').to_owned();
         let settings = Settings {
-            base: config.upstream.clone(),
-            base_path,
             strip_authorization: config.strip_authorization,
             strip_dpop: config.strip_dpop,
             identity: config.identity_headers.clone(),
@@ -210,32 +275,48 @@ impl Proxy {
             timeout: config.upstream_timeout,
             trusted_proxies: config.trusted_proxies.clone(),
         };
-        Self {
-            client,
+        Ok(Self {
+            upstreams,
             settings: Arc::new(settings),
             metrics,
-        }
+        })
     }
 
-    /// The upstream URI for `target`, the exact target the layer authorised.
-    fn upstream_uri(&self, target: &AuthorizedTarget) -> Option<Uri> {
-        let s = &self.settings;
-        let path = format!("{}{}", s.base_path, target.as_str());
+    /// Connects once to every https or HTTP/2 upstream (bounded by a few seconds each).
+    ///
+    /// # Errors
+    /// [`GatewayError::Upstream`] naming the upstream when its certificate does not
+    /// verify, it refuses the handshake, or it does not speak HTTP/2 where `http2` is
+    /// set. An unreachable upstream is only logged: it may start after the gateway.
+    pub async fn check_upstreams(&self) -> Result<(), GatewayError> {
+        let u = &self.upstreams;
+        for upstream in std::iter::once(&u.default).chain(u.routes.values()) {
+            upstream::probe(&upstream.config, &upstream.connector).await?;
+        }
+        Ok(())
+    }
+
+    /// The upstream URI for `target`, the exact target the layer authorised: the
+    /// upstream's path prefix, then the target.
+    fn upstream_uri(upstream: &UpstreamConfig, target: &AuthorizedTarget) -> Option<Uri> {
+        let path = format!("{}{}", upstream.path_prefix(), target.as_str());
         Uri::builder()
-            .scheme(s.base.scheme()?.clone())
-            .authority(s.base.authority()?.clone())
+            .scheme(upstream.url.scheme()?.clone())
+            .authority(upstream.url.authority()?.clone())
             .path_and_query(path)
             .build()
             .ok()
     }
 
-    fn prepare(&self, req: &mut Request<Incoming>) -> Option<()> {
+    /// Readies `req` for its upstream, which it returns.
+    fn prepare(&self, req: &mut Request<Incoming>) -> Option<Arc<Upstream>> {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
-        *req.uri_mut() = self.upstream_uri(&target)?;
+        let upstream = Arc::clone(self.upstreams.for_target(&target));
+        *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
         remove_underscore_aliases(headers, &s.managed_names);
@@ -321,14 +402,20 @@ impl Proxy {
                 Some(id.scopes.join(" ")).filter(|s| !s.is_empty()),
             );
         }
-        Some(())
+        Some(upstream)
     }
 
     async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
-        if self.prepare(&mut req).is_none() {
+        let Some(upstream) = self.prepare(&mut req) else {
             return empty(StatusCode::BAD_REQUEST);
+        };
+        if upstream.config.http2 {
+            // hyper refuses to send an HTTP/1.1 request over an HTTP/2 connection.
+            *req.version_mut() = http::Version::HTTP_2;
+        } else {
+            *req.version_mut() = http::Version::HTTP_11;
         }
-        match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
                 remove_hop_by_hop(resp.headers_mut());
@@ -336,12 +423,13 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 self.metrics.upstream("error");
-                tracing::warn!(target: "dpop::proxy", error = %e, "upstream request failed");
+                // The cause (connect, handshake, ALPN) goes to the log, never to the client.
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %upstream::error_chain(&e), "upstream request failed");
                 empty(StatusCode::BAD_GATEWAY)
             }
             Err(_) => {
                 self.metrics.upstream("timeout");
-                tracing::warn!(target: "dpop::proxy", "upstream did not answer in time");
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, "upstream did not answer in time");
                 empty(StatusCode::GATEWAY_TIMEOUT)
             }
         }
