@@ -342,12 +342,12 @@ fn upstream_config(raw: RawUpstream, what: &str) -> Result<UpstreamConfig, Gatew
             )));
         }
     };
-    if let Some(name) = &table.server_name {
-        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
-            return Err(invalid(format!(
-                "{what} {text}: server_name {name:?} is not a DNS name or IP address"
-            )));
-        }
+    if let Some(name) = &table.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(invalid(format!(
+            "{what} {text}: server_name {name:?} is not a DNS name or IP address"
+        )));
     }
     let tls = if https {
         Some(UpstreamTls {

@@ -414,19 +414,17 @@ pub(crate) async fn probe(
             };
         }
     };
-    if let MaybeHttpsStream::Http(tcp) = stream {
-        if upstream.http2 {
-            let mut tcp = tcp.into_inner();
-            match tokio::time::timeout(CONNECT_TIMEOUT, speaks_h2c(&mut tcp)).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
-                    return Err(refused(
-                        "the upstream does not speak HTTP/2: it did not answer the h2c (prior knowledge) preface with SETTINGS".to_owned(),
-                    ));
-                }
-                Ok(Err(e)) => unreachable(&e.to_string()),
-                Err(_) => unreachable("no answer to the HTTP/2 preface in time"),
+    if let (MaybeHttpsStream::Http(tcp), true) = (stream, upstream.http2) {
+        let mut tcp = tcp.into_inner();
+        match tokio::time::timeout(CONNECT_TIMEOUT, speaks_h2c(&mut tcp)).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                return Err(refused(
+                    "the upstream does not speak HTTP/2: it did not answer the h2c (prior knowledge) preface with SETTINGS".to_owned(),
+                ));
             }
+            Ok(Err(e)) => unreachable(&e.to_string()),
+            Err(_) => unreachable("no answer to the HTTP/2 preface in time"),
         }
     }
     Ok(())
