@@ -1343,3 +1343,40 @@ async fn nonces_survive_a_rolling_secret_rotation() {
     );
     assert_eq!(upstream.request_count(), 2);
 }
+
+/// `dpop gateway --config` with an `[upstream]` table: https to an upstream whose
+/// certificate comes from a private CA named by `ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_table_reaches_an_https_upstream_through_its_ca_file() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let ca = dpop_test::TestCa::new("upstream ca");
+    let upstream = TestUpstream::builder()
+        .tls(&ca.server(&["127.0.0.1"]))
+        .start()
+        .await
+        .unwrap();
+    let launch = Launch::bare();
+    let file = TempFile::new(
+        "gateway-upstream-table",
+        "toml",
+        &format!(
+            "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\n[upstream]\nurl = \"{}/api\"\nca_file = {:?}\n",
+            launch.listen,
+            launch.admin,
+            issuer.url(),
+            upstream.url(),
+            ca.ca_file().display().to_string()
+        ),
+    );
+    let gw = launch.arg("--config").arg(file.path()).start().await;
+    let caller = Caller::new(&issuer, "read");
+    let (r, _) = gw.get(&caller, "/v1/tls").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = seen(&upstream, "/api/v1/tls");
+    assert_eq!(got.header_values("x-dpop-jkt"), [caller.jkt()]);
+    let log = gw.process.output();
+    assert!(
+        log.contains("gateway listening") && log.contains(&upstream.url()),
+        "the start-up line names the upstream:\n{log}"
+    );
+}
