@@ -1077,6 +1077,9 @@ mod tests {
         assert_eq!(meta.scopes_supported, None);
         assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
         assert_eq!(meta.max_age, Duration::from_secs(3600));
+        // The /legacy route (the fourth) has its own upstream.
+        assert_eq!(c.route_upstreams.len(), 1);
+        assert_eq!(c.route_upstreams[&3].url, "http://127.0.0.1:3001/old");
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
