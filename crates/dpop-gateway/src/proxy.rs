@@ -488,6 +488,32 @@ mod tests {
     }
 
     #[test]
+    fn debug_names_the_upstreams_and_no_files() {
+        let mut settings = crate::GatewaySettings::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:3000/api\"\nhttp2 = true\n\
+             [[routes]]\npath_prefix = \"/a\"\n\
+             [[routes]]\npath_prefix = \"/b\"\nupstream = \"http://127.0.0.1:4000/v2\"\n",
+        )
+        .unwrap();
+        settings
+            .set_listen("127.0.0.1:8080".parse().unwrap())
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com")
+            .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
+        let config = settings.validate().unwrap();
+        let proxy = Proxy::new(&config, Arc::new(Metrics::new())).unwrap();
+        let shown = format!("{proxy:?}");
+        assert!(
+            shown.contains(r#"default: "http://127.0.0.1:3000/api (HTTP/2)""#),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(r#"1: "http://127.0.0.1:4000/v2""#),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "close, x-secret".parse().unwrap());

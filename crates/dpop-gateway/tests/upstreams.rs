@@ -407,9 +407,21 @@ async fn an_unreachable_upstream_is_a_warning_then_502() {
     )
     .await
     .unwrap();
-    let r = Caller::new(&issuer).get(&gw, "/down").await;
+    let caller = Caller::new(&issuer);
+    let r = caller.get(&gw, "/down").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.body.is_empty(), "{r:?}");
+    // It comes up speaking HTTP/1.1 only: the handshake fails on ALPN, still 502.
+    let upstream = TestUpstream::builder()
+        .listen(SocketAddr::from(([127, 0, 0, 1], port)))
+        .tls(&ca.server(&["127.0.0.1"]))
+        .start()
+        .await
+        .unwrap();
+    let r = caller.get(&gw, "/h1-only").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.is_empty(), "{r:?}");
+    assert_eq!(upstream.request_count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
