@@ -1193,6 +1193,56 @@ async fn unreachable_redis_at_start_exits_1() {
     );
 }
 
+/// 10d. An https upstream whose certificate does not verify: exit 1 naming it; a client
+/// key that does not match its certificate: exit 2 naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_failures_at_start_exit_with_the_reason() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let ca = dpop_test::TestCa::new("upstream ca");
+    let upstream = TestUpstream::builder()
+        .tls(&ca.server(&["127.0.0.1"]))
+        .start()
+        .await
+        .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let flags = gateway_flags(&upstream.url(), issuer.url());
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["--listen", &listen, "--allowed-host", &listen]);
+    // The system's roots do not know the private CA.
+    let unknown = run_gateway(&args).await;
+    assert_eq!(unknown.code, Some(1), "{}", unknown.stderr);
+    let last = unknown.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: upstream ")
+            && last.contains(&upstream.url())
+            && last.contains("certificate"),
+        "{}",
+        unknown.stderr
+    );
+    let (a, b) = (ca.client("a"), ca.client("b"));
+    let config = TempFile::new(
+        "gateway-upstream-key",
+        "toml",
+        &format!(
+            "[upstream]\nurl = \"{}\"\nca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
+            upstream.url(),
+            ca.ca_file().display().to_string(),
+            a.cert_file.display().to_string(),
+            b.key_file.display().to_string()
+        ),
+    );
+    args.extend(["--config", config.path()]);
+    let mismatch = run_gateway(&args).await;
+    assert_eq!(mismatch.code, Some(2), "{}", mismatch.stderr);
+    assert!(
+        mismatch.stderr.contains(&b.key_file.display().to_string())
+            && mismatch.stderr.contains("does not match"),
+        "{}",
+        mismatch.stderr
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
 /// 11. Tokens and proofs never reach the logs, whatever the outcome, even at debug level
 /// in JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
