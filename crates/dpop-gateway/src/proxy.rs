@@ -317,6 +317,13 @@ impl Proxy {
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         let upstream = Arc::clone(self.upstreams.for_target(&target));
         *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
+        // The upstream's version, whatever the client spoke: hyper's client refuses an
+        // HTTP/2 request on an HTTP/1.1 connection.
+        *req.version_mut() = if upstream.config.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         let headers = req.headers_mut();
         remove_hop_by_hop(headers);
         remove_underscore_aliases(headers, &s.managed_names);
@@ -409,12 +416,6 @@ impl Proxy {
         let Some(upstream) = self.prepare(&mut req) else {
             return empty(StatusCode::BAD_REQUEST);
         };
-        if upstream.config.http2 {
-            // hyper refuses to send an HTTP/1.1 request over an HTTP/2 connection.
-            *req.version_mut() = http::Version::HTTP_2;
-        } else {
-            *req.version_mut() = http::Version::HTTP_11;
-        }
         match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
