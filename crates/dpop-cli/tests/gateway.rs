@@ -1406,16 +1406,18 @@ async fn an_upstream_table_reaches_an_https_upstream_through_its_ca_file() {
         .await
         .unwrap();
     let launch = Launch::bare();
+    let ca_file = ca.ca_file().display().to_string();
+    // Nothing listens there: a warning at start-up, 502 with the cause in the log later.
+    let down = format!("https://127.0.0.1:{}", free_port());
     let file = TempFile::new(
         "gateway-upstream-table",
         "toml",
         &format!(
-            "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\n[upstream]\nurl = \"{}/api\"\nca_file = {:?}\n",
+            "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\n[upstream]\nurl = \"{}/api\"\nca_file = {ca_file:?}\n\n[[routes]]\npath_prefix = \"/down\"\nupstream = {{ url = \"{down}\", ca_file = {ca_file:?} }}\n",
             launch.listen,
             launch.admin,
             issuer.url(),
             upstream.url(),
-            ca.ca_file().display().to_string()
         ),
     );
     let gw = launch.arg("--config").arg(file.path()).start().await;
@@ -1428,5 +1430,19 @@ async fn an_upstream_table_reaches_an_https_upstream_through_its_ca_file() {
     assert!(
         log.contains("gateway listening") && log.contains(&upstream.url()),
         "the start-up line names the upstream:\n{log}"
+    );
+    assert!(log.contains("upstream not reachable at start-up"), "{log}");
+
+    let (r, _) = gw.get(&caller, "/down/x").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.is_empty(), "no cause in the body: {r:?}");
+    let log = gw.process.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upstream request failed"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        line.contains(&down) && line.contains("cannot connect") && line.contains("WARN"),
+        "the upstream and the cause: {line}"
     );
 }

@@ -383,7 +383,7 @@ pub(crate) async fn probe(
         tracing::warn!(target: "dpop::gateway", upstream = %upstream, error = why, "upstream not reachable at start-up; requests to it get 502 until it is");
     };
     let attempt = connector.clone().connect(upstream.url.clone());
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT * 2, attempt).await {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Err(_) => {
             unreachable("no connection in time");
             return Ok(());
