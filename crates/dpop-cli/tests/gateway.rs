@@ -1193,6 +1193,56 @@ async fn unreachable_redis_at_start_exits_1() {
     );
 }
 
+/// 10d. An https upstream whose certificate does not verify: exit 1 naming it; a client
+/// key that does not match its certificate: exit 2 naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_failures_at_start_exit_with_the_reason() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let ca = dpop_test::TestCa::new("upstream ca");
+    let upstream = TestUpstream::builder()
+        .tls(&ca.server(&["127.0.0.1"]))
+        .start()
+        .await
+        .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let flags = gateway_flags(&upstream.url(), issuer.url());
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["--listen", &listen, "--allowed-host", &listen]);
+    // The system's roots do not know the private CA.
+    let unknown = run_gateway(&args).await;
+    assert_eq!(unknown.code, Some(1), "{}", unknown.stderr);
+    let last = unknown.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: upstream ")
+            && last.contains(&upstream.url())
+            && last.contains("certificate"),
+        "{}",
+        unknown.stderr
+    );
+    let (a, b) = (ca.client("a"), ca.client("b"));
+    let config = TempFile::new(
+        "gateway-upstream-key",
+        "toml",
+        &format!(
+            "[upstream]\nurl = \"{}\"\nca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
+            upstream.url(),
+            ca.ca_file().display().to_string(),
+            a.cert_file.display().to_string(),
+            b.key_file.display().to_string()
+        ),
+    );
+    args.extend(["--config", config.path()]);
+    let mismatch = run_gateway(&args).await;
+    assert_eq!(mismatch.code, Some(2), "{}", mismatch.stderr);
+    assert!(
+        mismatch.stderr.contains(&b.key_file.display().to_string())
+            && mismatch.stderr.contains("does not match"),
+        "{}",
+        mismatch.stderr
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
 /// 11. Tokens and proofs never reach the logs, whatever the outcome, even at debug level
 /// in JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1342,4 +1392,57 @@ async fn nonces_survive_a_rolling_secret_rotation() {
         www(&r)
     );
     assert_eq!(upstream.request_count(), 2);
+}
+
+/// `dpop gateway --config` with an `[upstream]` table: https to an upstream whose
+/// certificate comes from a private CA named by `ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_table_reaches_an_https_upstream_through_its_ca_file() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let ca = dpop_test::TestCa::new("upstream ca");
+    let upstream = TestUpstream::builder()
+        .tls(&ca.server(&["127.0.0.1"]))
+        .start()
+        .await
+        .unwrap();
+    let launch = Launch::bare();
+    let ca_file = ca.ca_file().display().to_string();
+    // Nothing listens there: a warning at start-up, 502 with the cause in the log later.
+    let down = format!("https://127.0.0.1:{}", free_port());
+    let file = TempFile::new(
+        "gateway-upstream-table",
+        "toml",
+        &format!(
+            "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\n[upstream]\nurl = \"{}/api\"\nca_file = {ca_file:?}\n\n[[routes]]\npath_prefix = \"/down\"\nupstream = {{ url = \"{down}\", ca_file = {ca_file:?} }}\n",
+            launch.listen,
+            launch.admin,
+            issuer.url(),
+            upstream.url(),
+        ),
+    );
+    let gw = launch.arg("--config").arg(file.path()).start().await;
+    let caller = Caller::new(&issuer, "read");
+    let (r, _) = gw.get(&caller, "/v1/tls").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = seen(&upstream, "/api/v1/tls");
+    assert_eq!(got.header_values("x-dpop-jkt"), [caller.jkt()]);
+    let log = gw.process.output();
+    assert!(
+        log.contains("gateway listening") && log.contains(&upstream.url()),
+        "the start-up line names the upstream:\n{log}"
+    );
+    assert!(log.contains("upstream not reachable at start-up"), "{log}");
+
+    let (r, _) = gw.get(&caller, "/down/x").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.is_empty(), "no cause in the body: {r:?}");
+    let log = gw.process.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("upstream request failed"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        line.contains(&down) && line.contains("cannot connect") && line.contains("WARN"),
+        "the upstream and the cause: {line}"
+    );
 }

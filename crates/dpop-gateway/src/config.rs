@@ -3,6 +3,7 @@
 //! it, and the whole is validated once into [`GatewayConfig`], so that a bad setting
 //! stops the gateway at start-up, never a request.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::error::GatewayError;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<SocketAddr>,
-    upstream: Option<String>,
+    upstream: Option<RawUpstream>,
     issuer: Option<String>,
     audience: Option<String>,
     jwks_uri: Option<String>,
@@ -59,6 +60,30 @@ struct RawResourceMetadata {
     resource_documentation: Option<String>,
     scopes_supported: Option<Vec<String>>,
     max_age_secs: Option<u64>,
+}
+
+/// `upstream` (top level or a route's): a URL, or a table with the connection settings.
+/// The table is read into [`RawUpstreamTable`] during validation, so that a wrong field
+/// gets serde's precise message rather than the untagged enum's "no variant matched".
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "upstream must be a URL string or a table with url, ca_file, server_name, client_cert_file, client_key_file and http2"
+)]
+enum RawUpstream {
+    Url(String),
+    Table(toml::Table),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTable {
+    url: String,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+    http2: Option<bool>,
 }
 
 /// A string or a list of strings.
@@ -146,6 +171,7 @@ struct RawRoute {
     dangerous_forward_encoded_slashes: Option<bool>,
     resource: Option<bool>,
     max_stream_secs: Option<u64>,
+    upstream: Option<RawUpstream>,
 }
 
 /// Where proofs are recorded.
@@ -186,6 +212,171 @@ pub enum TokenCheck {
     },
 }
 
+/// Where requests go and how the gateway connects there: the top-level `upstream`, or a
+/// route's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// Base URL: `http` or `https`, a host, an optional canonical path prefix put before
+    /// every forwarded path; no user info, no query.
+    pub url: http::Uri,
+    /// How the TLS connection is checked: `Some` exactly when `url` is `https`.
+    pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 only: ALPN `h2` (required) over TLS, prior knowledge (h2c) over
+    /// plain TCP. Defaults to `false`: HTTP/1.1 (ALPN `http/1.1` over TLS).
+    pub http2: bool,
+}
+
+impl UpstreamConfig {
+    /// The URL's path without its trailing `/` (empty for none): what goes before the
+    /// forwarded target.
+    #[must_use]
+    pub fn path_prefix(&self) -> &str {
+        self.url.path().trim_end_matches('/')
+    }
+}
+
+/// The URL and what is set besides it, for logs: file paths and keys are left out.
+impl std::fmt::Display for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.url)?;
+        let mut notes = Vec::new();
+        if self.http2 {
+            notes.push("HTTP/2".to_owned());
+        }
+        if let Some(tls) = &self.tls {
+            if tls.ca_file.is_some() {
+                notes.push("own CA".to_owned());
+            }
+            if let Some(name) = &tls.server_name {
+                notes.push(format!("server name {name}"));
+            }
+            if tls.client_cert.is_some() {
+                notes.push("client certificate".to_owned());
+            }
+        }
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// How an `https` upstream's certificate is checked, and what the gateway presents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct UpstreamTls {
+    /// Trust only the CA certificates in this PEM file. Defaults to the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name the certificate must carry and the SNI sent (a DNS name or an IP
+    /// address). Defaults to the URL's host.
+    pub server_name: Option<String>,
+    /// A client certificate for upstreams that require one (mutual TLS). Defaults to
+    /// none.
+    pub client_cert: Option<ClientCertFiles>,
+}
+
+/// A client certificate chain and its private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ClientCertFiles {
+    /// The certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+}
+
+/// Validates an `upstream` value; `what` names it in messages (`upstream`, or
+/// `route /x: upstream`).
+fn upstream_config(raw: RawUpstream, what: &str) -> Result<UpstreamConfig, GatewayError> {
+    let table = match raw {
+        RawUpstream::Url(url) => RawUpstreamTable {
+            url,
+            ca_file: None,
+            server_name: None,
+            client_cert_file: None,
+            client_key_file: None,
+            http2: None,
+        },
+        RawUpstream::Table(t) => toml::Value::Table(t)
+            .try_into::<RawUpstreamTable>()
+            .map_err(|e| invalid(format!("{what}: {}", e.message().trim())))?,
+    };
+    let text = table.url;
+    let url: http::Uri = text
+        .parse()
+        .map_err(|_| invalid(format!("{what} {text:?} is not a URL")))?;
+    let https = match url.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(invalid(format!(
+                "{what} {text:?} must be an http:// or https:// URL"
+            )));
+        }
+    };
+    // User info would be a secret in every log line naming the upstream, and is not sent
+    // as credentials anyway.
+    if url
+        .authority()
+        .is_none_or(|a| a.host().is_empty() || a.as_str().contains('@'))
+        || url.query().is_some()
+    {
+        return Err(invalid(format!(
+            "{what} {text:?} must be an http:// or https:// URL with a host, no user info and no query"
+        )));
+    }
+    // The upstream's path prefix is put before every forwarded path, so it must be
+    // canonical too, or the upstream could resolve it into something else.
+    if url.path() != "/" {
+        dpop_core::RequestTarget::parse(url.path())
+            .map_err(|e| invalid(format!("{what} path {:?}: {e}", url.path())))?;
+    }
+    let client_cert = match (table.client_cert_file, table.client_key_file) {
+        (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
+            cert_file,
+            key_file,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(format!(
+                "{what} {text}: client_cert_file and client_key_file go together"
+            )));
+        }
+    };
+    if let Some(name) = &table.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(invalid(format!(
+            "{what} {text}: server_name {name:?} is not a DNS name or IP address"
+        )));
+    }
+    let tls = if https {
+        Some(UpstreamTls {
+            ca_file: table.ca_file,
+            server_name: table.server_name,
+            client_cert,
+        })
+    } else {
+        let needs_tls = [
+            ("ca_file", table.ca_file.is_some()),
+            ("server_name", table.server_name.is_some()),
+            ("client_cert_file", client_cert.is_some()),
+        ];
+        if let Some((name, _)) = needs_tls.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!(
+                "{what} {text}: {name} is for TLS and needs an https:// URL"
+            )));
+        }
+        None
+    };
+    Ok(UpstreamConfig {
+        url,
+        tls,
+        http2: table.http2.unwrap_or(false),
+    })
+}
+
 /// Headers the upstream receives about the verified caller (empty name: not sent).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -206,8 +397,11 @@ pub struct IdentityHeaders {
 pub struct GatewayConfig {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Upstream base URL (scheme, authority and optional path prefix).
-    pub upstream: http::Uri,
+    /// The default upstream: where requests go unless their route has its own.
+    pub upstream: UpstreamConfig,
+    /// Routes' own upstreams, by route id (the route's index in `[[routes]]`, handed on
+    /// by the layer in [`dpop_tower::AuthorizedTarget::route_id`]).
+    pub route_upstreams: BTreeMap<usize, UpstreamConfig>,
     /// Token issuer, in canonical form: `https` (or `http` to loopback), no trailing
     /// slash.
     pub issuer: String,
@@ -386,9 +580,16 @@ impl GatewaySettings {
         self
     }
 
-    /// Sets `upstream`.
+    /// Sets the URL of `upstream`. An `[upstream]` table from the file keeps its other
+    /// settings (CA file, client certificate, HTTP/2).
     pub fn set_upstream(&mut self, url: impl Into<String>) -> &mut Self {
-        self.raw.upstream = Some(url.into());
+        let url = url.into();
+        match &mut self.raw.upstream {
+            Some(RawUpstream::Table(table)) => {
+                table.insert("url".to_owned(), toml::Value::String(url));
+            }
+            other => *other = Some(RawUpstream::Url(url)),
+        }
         self
     }
 
@@ -482,26 +683,12 @@ impl GatewayConfig {
         let listen = raw
             .listen
             .ok_or_else(|| invalid("--listen (or listen in the config file) is required"))?;
-        let upstream_text = raw
-            .upstream
-            .ok_or_else(|| invalid("--upstream is required"))?;
-        let upstream: http::Uri = upstream_text
-            .parse()
-            .map_err(|_| invalid(format!("upstream {upstream_text:?} is not a URL")))?;
-        if upstream.scheme_str() != Some("http")
-            || upstream.authority().is_none()
-            || upstream.query().is_some()
-        {
-            return Err(invalid(
-                "upstream must be an http:// URL with a host and no query (TLS to the upstream is not supported yet)",
-            ));
-        }
-        // The upstream's path prefix is put before every forwarded path, so it must be
-        // canonical too, or the upstream could resolve it into something else.
-        if upstream.path() != "/" {
-            dpop_core::RequestTarget::parse(upstream.path())
-                .map_err(|e| invalid(format!("upstream path {:?}: {e}", upstream.path())))?;
-        }
+        let upstream = upstream_config(
+            raw.upstream
+                .ok_or_else(|| invalid("--upstream is required"))?,
+            "upstream",
+        )?;
+        let mut route_upstreams = BTreeMap::new();
         let issuer = raw.issuer.ok_or_else(|| invalid("--issuer is required"))?;
         // The one issuer URL rule and canonical form (`http://as/` is `http://as`).
         let issuer = dpop_discovery::IssuerUrl::parse(&issuer)
@@ -637,7 +824,7 @@ impl GatewayConfig {
         let mut route_max_stream = Vec::with_capacity(raw.routes.len());
         let mut routes =
             Routes::new(RoutePolicy::new(DpopMode::Required).with_nonce(require_nonce_default));
-        for (index, r) in raw.routes.into_iter().enumerate() {
+        for (id, r) in raw.routes.into_iter().enumerate() {
             // Requests are matched in canonical form only, so a prefix in any other form
             // could never match (or would suggest it does).
             let canonical_prefix = dpop_core::RequestTarget::parse(&r.path_prefix)
@@ -670,7 +857,7 @@ impl GatewayConfig {
             // The route's id is its place in the configuration: what the gateway attaches
             // to a route (stream lifetime, upstream) is indexed by it, so it follows the
             // layer's one match.
-            let mut route = Route::new(&r.path_prefix, policy).with_id(index);
+            let mut route = Route::new(&r.path_prefix, policy).with_id(id);
             route_max_stream.push(match r.max_stream_secs {
                 None => max_stream,
                 Some(secs) => stream_lifetime(
@@ -678,6 +865,10 @@ impl GatewayConfig {
                     Some(secs),
                 )?,
             });
+            if let Some(u) = r.upstream {
+                let what = format!("route {}: upstream", r.path_prefix);
+                route_upstreams.insert(id, upstream_config(u, &what)?);
+            }
             if r.resource == Some(true) {
                 // RFC 9728: a resource is a URL, all of whose methods the route must cover.
                 if r.methods.is_some() || r.path_prefix.trim_end_matches('/').is_empty() {
@@ -778,6 +969,7 @@ impl GatewayConfig {
         Ok(Self {
             listen,
             upstream,
+            route_upstreams,
             issuer,
             audience,
             tokens,
@@ -937,10 +1129,13 @@ mod tests {
                 .iter()
                 .any(|d| *d == Duration::from_secs(900))
         );
+        // The /legacy route (the fourth) has its own upstream.
+        assert_eq!(c.route_upstreams.len(), 1);
+        assert_eq!(c.route_upstreams[&3].url, "http://127.0.0.1:3001/old");
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
-        assert_eq!(a.validate().unwrap().upstream.port_u16(), Some(4000));
+        assert_eq!(a.validate().unwrap().upstream.url.port_u16(), Some(4000));
     }
 
     #[test]
@@ -1040,6 +1235,165 @@ mod tests {
                 .to_string();
             assert!(e.contains(named), "{text}: {e}");
         }
+    }
+
+    /// A configuration with `upstream` set to `value` (TOML) and `rest` after it.
+    fn with_upstream(value: &str, rest: &str) -> Result<GatewayConfig, GatewayError> {
+        let mut s = GatewaySettings::from_toml(&format!("upstream = {value}\n{rest}"))?;
+        s.set_listen("127.0.0.1:8080".parse().unwrap())
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com")
+            .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
+        s.validate()
+    }
+
+    #[test]
+    fn upstream_is_a_url_or_a_table() {
+        let c = with_upstream("\"https://api.internal/v2/\"", "").unwrap();
+        assert_eq!(c.upstream.url.scheme_str(), Some("https"));
+        assert_eq!(c.upstream.path_prefix(), "/v2");
+        assert_eq!(c.upstream.tls, Some(UpstreamTls::default()));
+        assert!(!c.upstream.http2);
+        let c = with_upstream("\"http://127.0.0.1:3000\"", "").unwrap();
+        assert_eq!((&c.upstream.tls, c.upstream.path_prefix()), (&None, ""));
+
+        let table = "{ url = \"https://127.0.0.1:8443\", ca_file = \"/etc/ca.pem\", server_name = \"api.internal\", client_cert_file = \"/etc/gw.pem\", client_key_file = \"/etc/gw.key\", http2 = true }";
+        let c = with_upstream(table, "").unwrap();
+        let tls = c.upstream.tls.clone().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+        let cert = tls.client_cert.unwrap();
+        assert_eq!(
+            (cert.cert_file.as_path(), cert.key_file.as_path()),
+            (Path::new("/etc/gw.pem"), Path::new("/etc/gw.key"))
+        );
+        assert!(c.upstream.http2);
+        // The log form names the upstream and its settings, not its files.
+        let shown = c.upstream.to_string();
+        assert_eq!(
+            shown,
+            "https://127.0.0.1:8443/ (HTTP/2, own CA, server name api.internal, client certificate)"
+        );
+        // The [upstream] table form, and h2c on http://.
+        let mut s = GatewaySettings::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:3000/api\"\nhttp2 = true\n",
+        )
+        .unwrap();
+        s.set_listen("127.0.0.1:8080".parse().unwrap())
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com")
+            .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
+        // --upstream replaces the URL and keeps the table's other settings.
+        s.set_upstream("http://127.0.0.1:4000/api");
+        let c = s.validate().unwrap();
+        assert_eq!(c.upstream.url.port_u16(), Some(4000));
+        assert!(c.upstream.http2 && c.upstream.tls.is_none());
+    }
+
+    #[test]
+    fn routes_may_have_their_own_upstream_by_index() {
+        let c = with_upstream(
+            "\"http://127.0.0.1:3000\"",
+            "[[routes]]\npath_prefix = \"/a\"\n\
+             [[routes]]\npath_prefix = \"/billing\"\nupstream = \"https://billing.internal/v2\"\n\
+             [[routes]]\npath_prefix = \"/c\"\nupstream = { url = \"http://127.0.0.1:5000\", http2 = true }\n",
+        )
+        .unwrap();
+        assert_eq!(c.route_upstreams.len(), 2);
+        assert_eq!(
+            c.route_upstreams[&1].url.to_string(),
+            "https://billing.internal/v2"
+        );
+        assert_eq!(c.route_upstreams[&1].path_prefix(), "/v2");
+        assert!(c.route_upstreams[&2].http2);
+        assert!(!c.route_upstreams.contains_key(&0));
+    }
+
+    #[test]
+    fn bad_upstreams_are_refused_with_a_reason() {
+        for (value, needle) in [
+            ("\"https://x\"", ""),
+            (
+                "\"ftp://x\"",
+                "upstream \"ftp://x\" must be an http:// or https:// URL",
+            ),
+            ("\"api.internal\"", "must be an http:// or https:// URL"),
+            ("\"http://user:pw@x\"", "no user info"),
+            ("\"http://x/?a=1\"", "no query"),
+            (
+                "\"http://x/api/../admin\"",
+                "upstream path \"/api/../admin\"",
+            ),
+            ("\"http://x y\"", "is not a URL"),
+            ("42", "upstream must be a URL string or a table"),
+            (
+                "{ url = \"https://x\", ca_fil = \"/ca.pem\" }",
+                "upstream: unknown field `ca_fil`",
+            ),
+            ("{ ca_file = \"/ca.pem\" }", "upstream: missing field `url`"),
+            (
+                "{ url = \"https://x\", http2 = \"yes\" }",
+                "upstream: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "{ url = \"http://x\", ca_file = \"/ca.pem\" }",
+                "upstream http://x: ca_file is for TLS and needs an https:// URL",
+            ),
+            (
+                "{ url = \"http://x\", client_cert_file = \"/c.pem\", client_key_file = \"/c.key\" }",
+                "client_cert_file is for TLS",
+            ),
+            (
+                "{ url = \"http://x\", server_name = \"x\" }",
+                "server_name is for TLS",
+            ),
+            (
+                "{ url = \"https://x\", client_cert_file = \"/c.pem\" }",
+                "client_cert_file and client_key_file go together",
+            ),
+            (
+                "{ url = \"https://x\", client_key_file = \"/c.key\" }",
+                "client_cert_file and client_key_file go together",
+            ),
+            (
+                "{ url = \"https://x\", server_name = \"not a name\" }",
+                "server_name \"not a name\" is not a DNS name or IP address",
+            ),
+            (
+                "{ url = \"https://x\", dangerous_skip_verify = true }",
+                "unknown field `dangerous_skip_verify`",
+            ),
+        ] {
+            let r = with_upstream(value, "");
+            if needle.is_empty() {
+                assert!(r.is_ok(), "{value}: {r:?}");
+                continue;
+            }
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(needle), "{value}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // A route's upstream is named by its route.
+        let e = with_upstream(
+            "\"http://127.0.0.1:3000\"",
+            "[[routes]]\npath_prefix = \"/billing\"\nupstream = { url = \"http://b\", ca_file = \"/ca.pem\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("route /billing: upstream http://b: ca_file is for TLS"),
+            "{e}"
+        );
+        let e = with_upstream(
+            "\"http://127.0.0.1:3000\"",
+            "[[routes]]\npath_prefix = \"/billing\"\nupstream = { urll = \"http://b\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("route /billing: upstream: unknown field `urll`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum GatewayError {
     /// The replay store could not be reached at start-up.
     #[error("replay store: {0}")]
     ReplayStore(String),
+    /// An upstream refused the gateway at start-up: its certificate did not verify, or
+    /// it does not speak HTTP/2 where `http2 = true`. The message names the upstream.
+    #[error("{0}")]
+    Upstream(String),
     /// The token source could not be set up.
     #[error("token source: {0}")]
     Tokens(String),

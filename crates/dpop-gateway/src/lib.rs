@@ -19,8 +19,12 @@
 //! the DPoP check on the opening request, each for at most its route's `max_stream_secs`
 //! (see `docs/gateway-streams.md`).
 //!
-//! It does not terminate TLS (put it behind your TLS terminator and set `public_url`),
-//! connect to TLS upstreams, or issue tokens.
+//! Upstreams are `http://` or `https://` (the system's roots or a configured CA, an
+//! optional client certificate), HTTP/1.1 or HTTP/2, one default and any number per
+//! route (`docs/gateway-upstreams.md`).
+//!
+//! It does not terminate TLS (put it behind your TLS terminator and set `public_url`)
+//! or issue tokens.
 
 mod config;
 mod error;
@@ -29,9 +33,11 @@ mod proxy;
 mod server;
 mod store;
 mod stream;
+mod upstream;
 
 pub use crate::config::{
-    GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig, TokenCheck,
+    ClientCertFiles, GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig,
+    TokenCheck, UpstreamConfig, UpstreamTls,
 };
 pub use crate::error::GatewayError;
 pub use crate::metrics::Metrics;

@@ -2,6 +2,7 @@
 //! removed, forwarding and identity headers set, failures turned into 502/504 without
 //! internal detail.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -17,13 +18,12 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::config::{GatewayConfig, IdentityHeaders};
+use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::stream::{self, ConnectionSlot};
+use crate::upstream::{self, SystemRoots, UpstreamClient, UpstreamConnector};
 
 /// The response body type of the gateway. Its error ends the response abruptly (a
 /// stream whose lifetime ran out, an upstream that failed mid-body), so the client sees
@@ -156,9 +156,78 @@ fn remove_underscore_aliases(headers: &mut HeaderMap, names: &[String]) {
     }
 }
 
+/// One upstream and the pooled client of its connection setting.
+struct Upstream {
+    config: UpstreamConfig,
+    client: UpstreamClient,
+    /// To probe the upstream at start-up without going through the pool.
+    connector: UpstreamConnector,
+}
+
+/// The default upstream and the routes' own, by route id.
+struct Upstreams {
+    default: Arc<Upstream>,
+    routes: BTreeMap<usize, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// One client per distinct connection setting (TLS settings and HTTP version): the
+    /// upstreams sharing one share its pool, whose connections are per host anyway.
+    fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let mut roots = SystemRoots::default();
+        let mut clients: Vec<(UpstreamConfig, UpstreamClient, UpstreamConnector)> = Vec::new();
+        let mut make = |u: &UpstreamConfig| -> Result<Arc<Upstream>, GatewayError> {
+            let same = clients
+                .iter()
+                .find(|(c, _, _)| c.tls == u.tls && c.http2 == u.http2);
+            let (client, connector) = match same {
+                Some((_, client, connector)) => (client.clone(), connector.clone()),
+                None => {
+                    let connector = upstream::connector(u, &mut roots)?;
+                    let client = upstream::client(connector.clone());
+                    clients.push((u.clone(), client.clone(), connector.clone()));
+                    (client, connector)
+                }
+            };
+            Ok(Arc::new(Upstream {
+                config: u.clone(),
+                client,
+                connector,
+            }))
+        };
+        let default = make(&config.upstream)?;
+        let routes = config
+            .route_upstreams
+            .iter()
+            .map(|(id, u)| Ok((*id, make(u)?)))
+            .collect::<Result<_, GatewayError>>()?;
+        Ok(Self { default, routes })
+    }
+
+    /// The upstream of the route the layer matched (the default for none, or a route
+    /// without its own).
+    fn for_target(&self, target: &AuthorizedTarget) -> &Arc<Upstream> {
+        target
+            .route_id()
+            .and_then(|id| self.routes.get(&id))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Upstreams");
+        d.field("default", &self.default.config.to_string());
+        let routes: BTreeMap<usize, String> = self
+            .routes
+            .iter()
+            .map(|(id, u)| (*id, u.config.to_string()))
+            .collect();
+        d.field("routes", &routes).finish()
+    }
+}
+
 struct Settings {
-    base: Uri,
-    base_path: String,
     strip_authorization: bool,
     strip_dpop: bool,
     identity: IdentityHeaders,
@@ -177,7 +246,7 @@ struct Settings {
 /// The upstream-facing service at the bottom of the gateway stack.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    upstreams: Arc<Upstreams>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -185,22 +254,21 @@ pub struct Proxy {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("upstream", &self.settings.base)
+            .field("upstreams", &self.upstreams)
             .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
-    /// A proxy to `config.upstream`.
-    #[must_use]
-    pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+    /// A proxy to `config.upstream` and the routes' own upstreams.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the file and the reason when a CA, certificate or
+    /// key file cannot be read or parsed, or a client key does not match its
+    /// certificate; also when an https upstream without `ca_file` finds no trusted roots
+    /// on the system.
+    pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
+        let upstreams = Arc::new(Upstreams::new(config)?);
         let id = &config.identity_headers;
         let identity_names: Vec<HeaderName> = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
             .into_iter()
@@ -222,10 +290,7 @@ impl Proxy {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
-        let base_path = config.upstream.path().trim_end_matches('/').to_owned();
         let settings = Settings {
-            base: config.upstream.clone(),
-            base_path,
             strip_authorization: config.strip_authorization,
             strip_dpop: config.strip_dpop,
             identity: config.identity_headers.clone(),
@@ -237,33 +302,60 @@ impl Proxy {
             route_max_stream: config.route_max_stream.clone(),
             max_stream: config.max_stream,
         };
-        Self {
-            client,
+        Ok(Self {
+            upstreams,
             settings: Arc::new(settings),
             metrics,
-        }
+        })
     }
 
-    /// The upstream URI for `target`, the exact target the layer authorised.
-    fn upstream_uri(&self, target: &AuthorizedTarget) -> Option<Uri> {
-        let s = &self.settings;
-        let path = format!("{}{}", s.base_path, target.as_str());
+    /// Connects once to every https or HTTP/2 upstream (bounded by a few seconds each).
+    ///
+    /// # Errors
+    /// [`GatewayError::Upstream`] naming the upstream when its certificate does not
+    /// verify, it refuses the handshake, or it does not speak HTTP/2 where `http2` is
+    /// set. An unreachable upstream is only logged: it may start after the gateway.
+    pub async fn check_upstreams(&self) -> Result<(), GatewayError> {
+        let u = &self.upstreams;
+        for upstream in std::iter::once(&u.default).chain(u.routes.values()) {
+            upstream::probe(&upstream.config, &upstream.connector).await?;
+        }
+        Ok(())
+    }
+
+    /// The upstream URI for `target`, the exact target the layer authorised: the
+    /// upstream's path prefix, then the target.
+    fn upstream_uri(upstream: &UpstreamConfig, target: &AuthorizedTarget) -> Option<Uri> {
+        let path = format!("{}{}", upstream.path_prefix(), target.as_str());
         Uri::builder()
-            .scheme(s.base.scheme()?.clone())
-            .authority(s.base.authority()?.clone())
+            .scheme(upstream.url.scheme()?.clone())
+            .authority(upstream.url.authority()?.clone())
             .path_and_query(path)
             .build()
             .ok()
     }
 
-    /// Readies `req` for the upstream; returns the stream lifetime of its route.
-    fn prepare(&self, req: &mut Request<Incoming>, websocket: bool) -> Option<Duration> {
+    /// Readies `req` for its upstream; returns that upstream and the stream lifetime of
+    /// the request's route.
+    fn prepare(
+        &self,
+        req: &mut Request<Incoming>,
+        websocket: bool,
+    ) -> Option<(Arc<Upstream>, Duration)> {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
-        *req.uri_mut() = self.upstream_uri(&target)?;
+        let upstream = Arc::clone(self.upstreams.for_target(&target));
+        *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
+        // The upstream's version, whatever the client spoke: hyper's client refuses an
+        // HTTP/2 request on an HTTP/1.1 connection.
+        *req.version_mut() = if upstream.config.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         // The route the layer matched chooses the lifetime.
         let lifetime = target
             .route_id()
@@ -354,23 +446,29 @@ impl Proxy {
                 Some(id.scopes.join(" ")).filter(|s| !s.is_empty()),
             );
         }
-        Some(lifetime)
+        Some((upstream, lifetime))
     }
 
     async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
         // The status line goes back in the client's protocol, whatever the upstream's.
         let version = req.version();
         let websocket = stream::is_websocket_upgrade(&req);
-        let Some(lifetime) = self.prepare(&mut req, websocket) else {
+        let Some((upstream, lifetime)) = self.prepare(&mut req, websocket) else {
             return empty(StatusCode::BAD_REQUEST);
         };
+        if websocket && upstream.config.http2 {
+            // An HTTP/1.1 upgrade cannot cross an HTTP/2 connection.
+            self.metrics.upstream("error");
+            tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, "WebSocket upgrade refused: the route's upstream is HTTP/2 only");
+            return empty(StatusCode::BAD_GATEWAY);
+        }
         let client_upgrade = websocket.then(|| {
             let slot = req.extensions_mut().remove::<ConnectionSlot>();
             (hyper::upgrade::on(&mut req), slot)
         });
         // The timeout covers the response head only: a body or tunnel then streams for
         // as long as its lifetime allows.
-        match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
                 *resp.version_mut() = version;
@@ -387,12 +485,13 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 self.metrics.upstream("error");
-                tracing::warn!(target: "dpop::proxy", error = %e, "upstream request failed");
+                // The cause (connect, handshake, ALPN) goes to the log, never to the client.
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %upstream::error_chain(&e), "upstream request failed");
                 empty(StatusCode::BAD_GATEWAY)
             }
             Err(_) => {
                 self.metrics.upstream("timeout");
-                tracing::warn!(target: "dpop::proxy", "upstream did not answer in time");
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, "upstream did not answer in time");
                 empty(StatusCode::GATEWAY_TIMEOUT)
             }
         }
@@ -473,6 +572,32 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "dpop_", "x_other"]);
+    }
+
+    #[test]
+    fn debug_names_the_upstreams_and_no_files() {
+        let mut settings = crate::GatewaySettings::from_toml(
+            "[upstream]\nurl = \"http://127.0.0.1:3000/api\"\nhttp2 = true\n\
+             [[routes]]\npath_prefix = \"/a\"\n\
+             [[routes]]\npath_prefix = \"/b\"\nupstream = \"http://127.0.0.1:4000/v2\"\n",
+        )
+        .unwrap();
+        settings
+            .set_listen("127.0.0.1:8080".parse().unwrap())
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com")
+            .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
+        let config = settings.validate().unwrap();
+        let proxy = Proxy::new(&config, Arc::new(Metrics::new())).unwrap();
+        let shown = format!("{proxy:?}");
+        assert!(
+            shown.contains(r#"default: "http://127.0.0.1:3000/api (HTTP/2)""#),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(r#"1: "http://127.0.0.1:4000/v2""#),
+            "{shown}"
+        );
     }
 
     #[test]

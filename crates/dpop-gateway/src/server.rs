@@ -47,7 +47,9 @@ impl Gateway {
     ///
     /// # Errors
     /// When a listener cannot be bound, Redis cannot be reached, or the settings are
-    /// inconsistent. An unreachable issuer is not fatal: `/readyz` says not ready and
+    /// inconsistent ([`GatewayError::Config`] also for unreadable CA, certificate or key
+    /// files); [`GatewayError::Upstream`] when an https or HTTP/2 upstream refuses the
+    /// gateway (see [`Proxy::check_upstreams`]). An unreachable issuer is not fatal: `/readyz` says not ready and
     /// requests get 503 until its keys load.
     pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
         let metrics = Arc::new(Metrics::new());
@@ -114,7 +116,8 @@ impl Gateway {
         }
         let layer = DpopLayer::new(settings, tokens, store)
             .map_err(|e| GatewayError::Config(e.to_string()))?;
-        let proxy = Proxy::new(&config, metrics.clone());
+        let proxy = Proxy::new(&config, metrics.clone())?;
+        proxy.check_upstreams().await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -163,6 +166,7 @@ impl Gateway {
             target: "dpop::gateway",
             listen = %config.listen,
             upstream = %config.upstream,
+            route_upstreams = ?config.route_upstreams.values().map(ToString::to_string).collect::<Vec<_>>(),
             issuer = %config.issuer,
             replay_store = layer.store().kind(),
             "gateway listening"

@@ -10,7 +10,8 @@
 //! - [`MockIssuer`]: an authorization server stand-in (RFC 8414 metadata, a JWKS with
 //!   key rotation, ES256 JWT access tokens bound with `cnf.jkt`, RFC 7662
 //!   introspection);
-//! - [`TestUpstream`]: an HTTP/1.1 echo server that records what reached it;
+//! - [`TestUpstream`]: an echo server that records what reached it (HTTP/1.1, or https
+//!   with an optional client certificate check, or HTTP/2 only);
 //! - [`RedisServer`]: a private `redis-server` child that can be stopped and restarted;
 //! - [`Gateway`]: a handle on a server binary, with its output captured;
 //! - [`PgSchema`]: a throw-away schema on the PostgreSQL server of

@@ -5,13 +5,15 @@
 use std::error::Error as StdError;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -116,5 +118,87 @@ where
                 .await;
         });
         while connections.try_join_next().is_some() {}
+    }
+}
+
+/// How [`serve_connections`] speaks on each connection.
+pub(crate) struct ConnectionOptions {
+    /// TLS on every connection (with or without client certificates, as configured).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// HTTP/2 only (h2c prior knowledge without TLS); otherwise HTTP/1.1 only.
+    pub(crate) http2_only: bool,
+}
+
+/// As [`serve_on`], with TLS and HTTP/2 as `options` say and a service made per
+/// connection by `make`, given the DER of the client certificate the peer presented.
+/// A failed TLS handshake closes the connection and nothing else.
+pub(crate) fn serve_connections<F, S, B>(
+    listener: TcpListener,
+    options: ConnectionOptions,
+    make: F,
+) -> io::Result<ServerHandle>
+where
+    F: Fn(Option<Vec<u8>>) -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let addr = listener.local_addr()?;
+    let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    let http2_only = options.http2_only;
+    let make = Arc::new(make);
+    let task = tokio::spawn(async move {
+        // Owned by this task, as in `accept_loop`.
+        let mut connections = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let make = Arc::clone(&make);
+            connections.spawn(async move {
+                match acceptor {
+                    None => serve_io(TokioIo::new(stream), http2_only, make(None)).await,
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.as_ref().to_vec());
+                        serve_io(TokioIo::new(tls), http2_only, make(cert)).await;
+                    }
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    });
+    Ok(ServerHandle { addr, task })
+}
+
+async fn serve_io<I, S, B>(io: I, http2_only: bool, service: S)
+where
+    I: Read + Write + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    if http2_only {
+        let _ = http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    } else {
+        let _ = http1::Builder::new().serve_connection(io, service).await;
     }
 }

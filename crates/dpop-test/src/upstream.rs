@@ -19,7 +19,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::server::{ServerHandle, serve};
+use crate::server::{ConnectionOptions, ServerHandle, serve, serve_connections};
+use crate::tls::{CertFiles, TestCa};
 
 /// How many requests a [`TestUpstream`] remembers unless told otherwise.
 pub const DEFAULT_RECORD_CAPACITY: usize = 100;
@@ -39,6 +40,11 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The request body.
     pub body: Vec<u8>,
+    /// The HTTP version, `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+    /// The client certificate presented on the connection (DER), when the upstream
+    /// asks for one ([`TestUpstreamBuilder::require_client_cert`]).
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl RecordedRequest {
@@ -64,6 +70,9 @@ impl RecordedRequest {
 pub struct TestUpstreamBuilder {
     listen: SocketAddr,
     capacity: usize,
+    tls: Option<CertFiles>,
+    client_ca: Option<Vec<u8>>,
+    http2_only: bool,
 }
 
 impl Default for TestUpstreamBuilder {
@@ -71,6 +80,9 @@ impl Default for TestUpstreamBuilder {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             capacity: DEFAULT_RECORD_CAPACITY,
+            tls: None,
+            client_ca: None,
+            http2_only: false,
         }
     }
 }
@@ -91,10 +103,34 @@ impl TestUpstreamBuilder {
         self
     }
 
+    /// Serves https with `cert` (from a [`TestCa`]), ALPN `http/1.1`, or `h2` with
+    /// [`Self::http2_only`]. Defaults to plain http.
+    #[must_use]
+    pub fn tls(mut self, cert: &CertFiles) -> Self {
+        self.tls = Some(cert.clone());
+        self
+    }
+
+    /// With [`Self::tls`]: refuses the handshake unless the client presents a
+    /// certificate issued by `ca`. Defaults to not asking for one.
+    #[must_use]
+    pub fn require_client_cert(mut self, ca: &TestCa) -> Self {
+        self.client_ca = Some(ca.cert_der().to_vec());
+        self
+    }
+
+    /// Speaks HTTP/2 only: ALPN `h2` with [`Self::tls`], prior knowledge (h2c) without.
+    /// Defaults to HTTP/1.1 only.
+    #[must_use]
+    pub fn http2_only(mut self) -> Self {
+        self.http2_only = true;
+        self
+    }
+
     /// Starts serving on the current Tokio runtime.
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the address cannot be bound, or the TLS settings are unusable.
     pub async fn start(self) -> io::Result<TestUpstream> {
         let state = Arc::new(UpstreamState {
             capacity: self.capacity,
@@ -102,9 +138,37 @@ impl TestUpstreamBuilder {
             count: AtomicU64::new(0),
         });
         let s = Arc::clone(&state);
-        let service = service_fn(move |req| handle(Arc::clone(&s), req));
-        let server = serve(self.listen, service).await?;
-        Ok(TestUpstream { state, server })
+        if self.tls.is_none() && !self.http2_only {
+            let service = service_fn(move |req| handle(Arc::clone(&s), None, req));
+            let server = serve(self.listen, service).await?;
+            return Ok(TestUpstream {
+                state,
+                server,
+                scheme: "http",
+            });
+        }
+        let tls = match &self.tls {
+            Some(cert) => Some(Arc::new(
+                server_tls(cert, self.client_ca.as_deref(), self.http2_only)
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let options = ConnectionOptions {
+            tls,
+            http2_only: self.http2_only,
+        };
+        let listener = tokio::net::TcpListener::bind(self.listen).await?;
+        let server = serve_connections(listener, options, move |cert: Option<Vec<u8>>| {
+            let s = Arc::clone(&s);
+            service_fn(move |req| handle(Arc::clone(&s), cert.clone(), req))
+        })?;
+        Ok(TestUpstream {
+            state,
+            server,
+            scheme,
+        })
     }
 }
 
@@ -122,7 +186,8 @@ impl UpstreamState {
 
 /// An HTTP/1.1 upstream on loopback that answers every request with 200 and a JSON
 /// echo `{"method", "path", "headers": {name: [values]}, "body_bytes"}`. Stops when
-/// dropped.
+/// dropped. The builder makes it serve https, ask for client certificates, or speak
+/// HTTP/2 only.
 ///
 /// Special paths, matched on the *last* path segments so they work behind a gateway
 /// route prefix (`/api/slow` as well as `/slow`):
@@ -133,6 +198,45 @@ impl UpstreamState {
 pub struct TestUpstream {
     state: Arc<UpstreamState>,
     server: ServerHandle,
+    scheme: &'static str,
+}
+
+/// The rustls server side of a TLS upstream: `cert`, client certificates from `client_ca`
+/// required when given, and one ALPN protocol.
+fn server_tls(
+    cert: &CertFiles,
+    client_ca: Option<&[u8]>,
+    http2_only: bool,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from(ca.to_vec()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config =
+        builder.with_single_cert(vec![CertificateDer::from(cert.cert_der.clone())], key)?;
+    config.alpn_protocols = vec![if http2_only {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(config)
 }
 
 impl std::fmt::Debug for TestUpstream {
@@ -160,10 +264,10 @@ impl TestUpstream {
         TestUpstreamBuilder::default()
     }
 
-    /// `http://127.0.0.1:PORT` (no trailing slash).
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS (no trailing slash).
     #[must_use]
     pub fn url(&self) -> String {
-        self.server.url()
+        format!("{}://{}", self.scheme, self.server.addr())
     }
 
     /// The listening address.
@@ -198,6 +302,7 @@ impl TestUpstream {
 
 async fn handle(
     state: Arc<UpstreamState>,
+    client_cert: Option<Vec<u8>>,
     req: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -225,6 +330,8 @@ async fn handle(
             })
             .collect(),
         body,
+        version: format!("{:?}", parts.version),
+        client_cert,
     };
     state.count.fetch_add(1, Ordering::SeqCst);
     {

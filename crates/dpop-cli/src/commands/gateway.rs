@@ -118,9 +118,9 @@ mod tests {
             ))),
             ..GatewayArgs::default()
         };
-        assert_eq!(load(&a, None).unwrap().upstream.port_u16(), Some(3000));
+        assert_eq!(load(&a, None).unwrap().upstream.url.port_u16(), Some(3000));
         a.upstream = Some("http://127.0.0.1:4000".into());
-        assert_eq!(load(&a, None).unwrap().upstream.port_u16(), Some(4000));
+        assert_eq!(load(&a, None).unwrap().upstream.url.port_u16(), Some(4000));
     }
 
     #[test]
@@ -138,7 +138,9 @@ mod tests {
             }),
             ("--listen", |a| a.listen = None),
             ("--upstream", |a| a.upstream = None),
-            ("upstream must", |a| a.upstream = Some("https://x".into())),
+            ("must be an http:// or https:// URL", |a| {
+                a.upstream = Some("ftp://x".into())
+            }),
             ("issuer", |a| a.issuer = Some("as.example.com".into())),
             ("public_url", |a| a.public_url = vec!["ftp://x".into()]),
             ("replay_store", |a| {
