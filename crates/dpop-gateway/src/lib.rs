@@ -24,9 +24,11 @@ mod metrics;
 mod proxy;
 mod server;
 mod store;
+mod tls;
 
 pub use crate::config::{
-    GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig, TokenCheck,
+    ClientAuthConfig, GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig,
+    TlsConfig, TokenCheck,
 };
 pub use crate::error::GatewayError;
 pub use crate::metrics::Metrics;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dpop_tower::{AuthorizedTarget, DpopIdentity, PeerAddr};
+use dpop_tower::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
@@ -177,11 +177,18 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(connector);
         let id = &config.identity_headers;
-        let identity_names: Vec<HeaderName> = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
-            .into_iter()
-            .filter(|n| !n.is_empty())
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
+        let identity_names: Vec<HeaderName> = [
+            &id.subject,
+            &id.client_id,
+            &id.jkt,
+            &id.scopes,
+            &id.client_cert_subject,
+            &id.client_cert_thumbprint,
+        ]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
         let managed_names = identity_names
             .iter()
             .map(|n| n.as_str().to_owned())
@@ -195,6 +202,7 @@ impl Proxy {
             .collect();
         let client_scheme = match config.public_urls.first() {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
+            _ if config.tls.is_some() => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
         let base_path = config.upstream.path().trim_end_matches('/').to_owned();
@@ -233,6 +241,7 @@ impl Proxy {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
+        let client_cert = req.extensions_mut().remove::<ClientCertificate>();
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         *req.uri_mut() = self.upstream_uri(&target)?;
@@ -301,6 +310,22 @@ impl Proxy {
         if !headers.contains_key("x-forwarded-proto") {
             headers.insert("x-forwarded-proto", s.client_scheme.clone());
         }
+        // Set only from the certificate the TLS handshake verified.
+        if let Some(cert) = client_cert {
+            let thumbprint = Some(cert.thumbprint.as_str().to_owned());
+            for (name, value) in [
+                (&s.identity.client_cert_thumbprint, thumbprint),
+                (&s.identity.client_cert_subject, cert.subject),
+            ] {
+                if let (false, Ok(n), Some(Ok(v))) = (
+                    name.is_empty(),
+                    HeaderName::from_bytes(name.as_bytes()),
+                    value.map(|v| HeaderValue::from_str(&v)),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+        }
         if let Some(id) = identity {
             let mut set = |name: &str, value: Option<String>| {
                 if name.is_empty() {
@@ -328,6 +353,8 @@ impl Proxy {
         if self.prepare(&mut req).is_none() {
             return empty(StatusCode::BAD_REQUEST);
         }
+        // The upstream client speaks HTTP/1.1, whatever the client spoke to the gateway.
+        *req.version_mut() = http::Version::HTTP_11;
         match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
