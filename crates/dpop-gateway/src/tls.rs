@@ -89,14 +89,15 @@ impl TlsListener {
     /// changed) and on SIGHUP. The task stops when the handle is aborted.
     pub(crate) fn spawn_reload(&self, interval: Duration) -> JoinHandle<()> {
         let pair = Arc::clone(&self.pair);
+        // Registered before the task starts: once the listener serves, SIGHUP reloads
+        // (its default action would end the process).
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| {
+                tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+            })
+            .ok();
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                    .map_err(|e| {
-                        tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
-                    })
-                    .ok();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
