@@ -630,12 +630,13 @@ impl GatewayConfig {
         // Clients reaching a TLS listener directly address it as https: a proof made for
         // an http:// public URL would be refused on every request. Only a proxy in front
         // (speaking plain HTTP to clients) makes such a URL right.
-        if tls.is_some() && trusted_proxies.is_empty() {
-            if let Some(url) = public_urls.iter().find(|u| u.starts_with("http://")) {
-                return Err(invalid(format!(
-                    "public_url {url:?} is http:// but this listener speaks TLS: clients use https:// (a proxy in front that serves clients plain HTTP must be listed in trusted_proxies)"
-                )));
-            }
+        if tls.is_some()
+            && trusted_proxies.is_empty()
+            && let Some(url) = public_urls.iter().find(|u| u.starts_with("http://"))
+        {
+            return Err(invalid(format!(
+                "public_url {url:?} is http:// but this listener speaks TLS: clients use https:// (a proxy in front that serves clients plain HTTP must be listed in trusted_proxies)"
+            )));
         }
         let replay_timeout = Duration::from_millis(raw.replay.redis_timeout_ms.unwrap_or(250));
         let replay = match raw.replay_store.as_deref() {
