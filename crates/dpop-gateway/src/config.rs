@@ -1054,6 +1054,18 @@ mod tests {
         assert_eq!(meta.scopes_supported, None);
         assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
         assert_eq!(meta.max_age, Duration::from_secs(3600));
+        assert_eq!(c.tls, None);
+        assert!(!c.h2c);
+        assert_eq!(c.max_concurrent_streams, 100);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.identity_headers.client_cert_thumbprint,
+            "x-dpop-client-cert-sha256"
+        );
+        assert_eq!(
+            c.identity_headers.client_cert_subject,
+            "x-dpop-client-cert-subject"
+        );
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
@@ -1132,6 +1144,66 @@ mod tests {
                 .to_string();
             assert!(e.contains(named), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_settings_are_typed_at_load() {
+        let c = load_toml(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\nclient_auth = \"optional\"\n\n[[routes]]\npath_prefix = \"/m\"\nclient_cert = \"required\"\n",
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("c.pem"));
+        assert_eq!(tls.key_file, Path::new("k.pem"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(2));
+        let auth = tls.client_auth.unwrap();
+        assert_eq!(auth.ca_file, Path::new("ca.pem"));
+        assert!(!auth.required);
+        assert!(
+            c.routes
+                .resolve(&Method::GET, "/m/x")
+                .requires_client_cert()
+        );
+        assert!(!c.routes.resolve(&Method::GET, "/x").requires_client_cert());
+        // A CA without client_auth: required.
+        let c = load_toml("[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n")
+            .unwrap();
+        assert!(c.tls.unwrap().client_auth.unwrap().required);
+        // Flags set over the file.
+        let mut s = settings("[tls]\nreload_interval_secs = 60\n");
+        s.set_tls_files("a.pem".into(), "b.pem".into());
+        let tls = s.validate().unwrap().tls.unwrap();
+        assert_eq!(tls.reload_interval, Duration::from_secs(60));
+        assert_eq!(tls.key_file, Path::new("b.pem"));
+        let mut s = settings("");
+        s.enable_h2c();
+        assert!(s.validate().unwrap().h2c);
+        for (text, named) in [
+            ("[tls]\nkey_file = \"k\"\n", "tls.cert_file"),
+            (
+                "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval_secs = 0\n",
+                "reload_interval_secs",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/m\"\nclient_cert = \"yes\"\n",
+                "client_cert must be",
+            ),
+            (
+                "[forward]\nclient_cert_subject_header = \"x_cert\"\n",
+                "x_cert",
+            ),
+        ] {
+            let e = load_toml(text).unwrap_err().to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_tls_fields_are_refused() {
+        let e = GatewaySettings::from_toml("[tls]\ncert = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `cert`"), "{e}");
     }
 
     #[test]

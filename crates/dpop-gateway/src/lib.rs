@@ -15,8 +15,14 @@
 //! opens the listeners; the admin listener (`/healthz`, `/readyz`, `/metrics`), logging
 //! and the shutdown signal are `dpop-server`'s, shared with the issuer.
 //!
-//! It does not terminate TLS (put it behind your TLS terminator and set `public_url`),
-//! connect to TLS upstreams, or issue tokens.
+//! The listener speaks plain HTTP/1.1 (with h2c beside it when `h2c = true`), or TLS
+//! with `[tls]` (rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`): the certificate is
+//! reloaded when its files change or on SIGHUP, without dropping connections, and client
+//! certificates can be required, forwarded as identity headers and bound to tokens
+//! (RFC 8705 `cnf.x5t#S256`). It can equally sit behind a TLS terminator (set
+//! `public_url`). See `docs/gateway-tls.md`.
+//!
+//! It does not connect to TLS upstreams or issue tokens.
 
 mod config;
 mod error;
