@@ -63,6 +63,11 @@ impl Gateway {
         {
             tracing::warn!(target: "dpop::gateway", "public_url is https:// but this listener speaks plain HTTP and trusts no proxy: make sure only a TLS terminator in front can reach it (or set [tls])");
         }
+        // Refused at load without trusted proxies; with them, a proxy serves clients
+        // plain HTTP and re-encrypts: legal, but worth saying.
+        if tls.is_some() && config.public_urls.iter().any(|u| u.starts_with("http://")) {
+            tracing::warn!(target: "dpop::gateway", "public_url is http:// on a TLS listener: clients reach the proxy in front over plain HTTP, where tokens and proofs can be read");
+        }
         let metrics = Arc::new(Metrics::new());
         let tokens: Arc<dyn TokenVerifier> = match &config.tokens {
             TokenCheck::Jwks { jwks_uri } => {
