@@ -215,8 +215,10 @@ impl PairSource {
             }
         };
         {
-            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
             if state.loaded == files {
+                // Back to the pair in use: a later problem is reported again.
+                state.refused = None;
                 if forced {
                     tracing::info!(target: "dpop::tls", cert_file = %self.cert_file.display(), "certificate files unchanged");
                 }
@@ -373,6 +375,16 @@ fn escape_value(value: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_subject_and_thumbprint_come_from_the_leaf() {
+        let ca = dpop_test::TestCa::new("unit ca");
+        let leaf = ca.client("svc, \"a\"+b");
+        let cert = client_certificate(&CertificateDer::from(leaf.cert_der.clone()));
+        assert_eq!(cert.subject.as_deref(), Some("CN=svc\\, \\\"a\\\"\\+b"));
+        assert_eq!(cert.thumbprint, CertThumbprint::of_der(&leaf.cert_der));
+        assert_eq!(subject(b"not a certificate"), None);
+    }
 
     #[test]
     fn subject_values_are_escaped() {
