@@ -149,6 +149,16 @@ pub(crate) struct GatewayArgs {
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin_listen: Option<SocketAddr>,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. The files
+    /// are re-read when they change and on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Also speak HTTP/2 with prior knowledge (h2c) on a plain listener.
+    #[arg(long)]
+    pub(crate) h2c: bool,
     /// TOML configuration file (see examples/gateway.toml).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,

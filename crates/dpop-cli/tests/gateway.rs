@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::common::{
     AUD, TempFile, gateway_command, gateway_flags, loopback_host_rule, private_redis, proof,
-    random_secret, send, shared_redis, spawn_server, www,
+    random_secret, send, shared_redis, spawn_server, start_gateway, www,
 };
 
 #[path = "gateway_targets.rs"]
@@ -1444,5 +1444,136 @@ async fn an_upstream_table_reaches_an_https_upstream_through_its_ca_file() {
     assert!(
         line.contains(&down) && line.contains("cannot connect") && line.contains("WARN"),
         "the upstream and the cause: {line}"
+    );
+}
+
+/// `--tls-cert`/`--tls-key`: the gateway answers over TLS (with an `https` htu), SIGHUP
+/// reloads a replaced certificate, and a mismatched new pair is refused with an error
+/// naming the file while the old one stays in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_serves_tls_and_reloads_on_sighup() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let ca = dpop_test::TestCa::new("cli test ca");
+    let server = ca.server(&["127.0.0.1"]);
+    // Polling is slow here: only SIGHUP reloads within the test.
+    let config = TempFile::new(
+        "gateway-tls",
+        "toml",
+        "[tls]\nreload_interval_secs = 3600\n",
+    );
+    let mut args = gateway_flags(&upstream.url(), issuer.url());
+    args.extend(
+        [
+            "--config",
+            config.path(),
+            "--tls-cert",
+            &server.cert_file.display().to_string(),
+            "--tls-key",
+            &server.key_file.display().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    let (gw, _) = start_gateway(&args).await;
+    let url = format!("https://{}", gw.addr());
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let caller = Caller::new(&issuer, "read");
+    let target = format!("{url}/v1/items");
+    let dpop_get = |client: &reqwest::Client| {
+        client
+            .get(&target)
+            .header("authorization", caller.authorization())
+            .header("dpop", caller.proof("GET", &target, None))
+            .send()
+    };
+    let r = dpop_get(&client).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.requests().len(), 1);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(
+        http_get(&format!("http://{}/v1/items", gw.addr()))
+            .await
+            .is_err()
+    );
+
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &gw.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    };
+    // A certificate whose key is another one's: refused, named, the old one served.
+    let other = ca.server(&["127.0.0.1"]);
+    std::fs::write(&server.cert_file, &other.cert_pem).unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = format!(
+        "{}: the private key does not match",
+        server.key_file.display()
+    );
+    while !gw.output().contains(&wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "no error logged:\n{}",
+            gw.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(dpop_get(&fresh).await.unwrap().status(), 200);
+    // The pair completed: SIGHUP loads it.
+    std::fs::write(&server.key_file, &other.key_pem).unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.output().contains("certificate reloaded") {
+        assert!(Instant::now() < deadline, "not reloaded:\n{}", gw.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(dpop_get(&fresh).await.unwrap().status(), 200);
+    assert_eq!(upstream.requests().len(), 3);
+}
+
+/// A key file that does not belong to the certificate: exit 2 naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatched_tls_key_exits_2_naming_the_file() {
+    let ca = dpop_test::TestCa::new("cli test ca");
+    let (a, b) = (ca.server(&["127.0.0.1"]), ca.server(&["127.0.0.1"]));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let exit = run_gateway(&[
+        "--listen",
+        &listen,
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--issuer",
+        "http://127.0.0.1:1",
+        "--audience",
+        AUD,
+        "--allowed-host",
+        &listen,
+        "--tls-cert",
+        &a.cert_file.display().to_string(),
+        "--tls-key",
+        &b.key_file.display().to_string(),
+    ])
+    .await;
+    assert_eq!(exit.code, Some(2), "{}", exit.stderr);
+    assert!(
+        exit.stderr.starts_with("error: ")
+            && exit.stderr.contains(&b.key_file.display().to_string())
+            && exit.stderr.contains("does not match"),
+        "{}",
+        exit.stderr
     );
 }

@@ -395,6 +395,9 @@ pub struct AccessToken {
     pub scopes: Vec<String>,
     /// `cnf.jkt`: the DPoP key the token is bound to, if any.
     pub jkt: Option<Jkt>,
+    /// `cnf.x5t#S256` (RFC 8705 §3.1): the client certificate the token is bound to, if
+    /// any.
+    pub x5t_s256: Option<CertThumbprint>,
     /// `exp`.
     pub expires_at: UnixTime,
     /// `jti`, if present.
@@ -416,9 +419,75 @@ impl AccessToken {
             client_id,
             scopes,
             jkt,
+            x5t_s256: None,
             expires_at,
             jti: None,
         }
+    }
+
+    /// Binds the token to a client certificate (RFC 8705 §3.1 `cnf.x5t#S256`, e.g. from
+    /// an introspection response).
+    #[must_use]
+    pub fn with_certificate_binding(mut self, x5t_s256: Option<CertThumbprint>) -> Self {
+        self.x5t_s256 = x5t_s256;
+        self
+    }
+}
+
+/// The SHA-256 thumbprint of a DER X.509 certificate, base64url without padding: the
+/// `x5t#S256` confirmation method of RFC 8705 §3.1, binding a token to the client
+/// certificate of a mutual-TLS connection.
+///
+/// Equality is constant-time: thumbprints are compared against token bindings.
+#[derive(Clone)]
+pub struct CertThumbprint(String);
+
+impl CertThumbprint {
+    /// The thumbprint of `der`, a certificate as sent in the TLS handshake.
+    #[must_use]
+    pub fn of_der(der: &[u8]) -> Self {
+        Self(b64::encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref(),
+        ))
+    }
+
+    /// Parses an `x5t#S256` value: base64url of exactly 32 bytes (43 characters).
+    ///
+    /// # Errors
+    /// [`TokenError::ClaimInvalid`] when the value is not canonical base64url of a
+    /// SHA-256 digest.
+    pub fn parse(value: &str) -> Result<Self, TokenError> {
+        let mut out = [0u8; 32];
+        if value.len() != 43 || b64::decode_exact(value.as_bytes(), &mut out).is_none() {
+            return Err(TokenError::ClaimInvalid("cnf.x5t#S256"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The base64url text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for CertThumbprint {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+impl Eq for CertThumbprint {}
+
+impl fmt::Debug for CertThumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertThumbprint({})", self.0)
+    }
+}
+
+impl fmt::Display for CertThumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -549,14 +618,33 @@ impl VerifiedJwt {
         }
     }
 
-    /// The access-token facts of this JWT: `sub`, `client_id`, `scope`, `cnf.jkt`, `exp`,
-    /// `jti`.
+    /// `cnf.x5t#S256` (RFC 8705 §3.1): the client certificate the token is bound to, if
+    /// any.
     ///
     /// # Errors
-    /// [`TokenError::ClaimInvalid`] when `cnf`/`cnf.jkt` is malformed or `scope`, `sub`,
-    /// `client_id` or `jti` is present but not a string.
+    /// [`TokenError::ClaimInvalid`] when `cnf` is not an object or `cnf.x5t#S256` is not
+    /// a SHA-256 thumbprint in base64url.
+    pub fn x5t_s256(&self) -> Result<Option<CertThumbprint>, TokenError> {
+        match self.claims.get("cnf") {
+            None => Ok(None),
+            Some(serde_json::Value::Object(cnf)) => match cnf.get("x5t#S256") {
+                None => Ok(None),
+                Some(serde_json::Value::String(t)) => CertThumbprint::parse(t).map(Some),
+                Some(_) => Err(TokenError::ClaimInvalid("cnf.x5t#S256")),
+            },
+            Some(_) => Err(TokenError::ClaimInvalid("cnf")),
+        }
+    }
+
+    /// The access-token facts of this JWT: `sub`, `client_id`, `scope`, `cnf.jkt`,
+    /// `cnf.x5t#S256`, `exp`, `jti`.
+    ///
+    /// # Errors
+    /// [`TokenError::ClaimInvalid`] when `cnf`, `cnf.jkt` or `cnf.x5t#S256` is malformed
+    /// or `scope`, `sub`, `client_id` or `jti` is present but not a string.
     pub fn to_access_token(&self) -> Result<AccessToken, TokenError> {
         let jkt = self.jkt()?;
+        let x5t_s256 = self.x5t_s256()?;
         let scopes = self
             .opt_string("scope")?
             .map(split_scope)
@@ -566,6 +654,7 @@ impl VerifiedJwt {
             client_id: self.opt_string("client_id")?.map(str::to_owned),
             scopes,
             jkt,
+            x5t_s256,
             expires_at: self.expires_at,
             jti: self.opt_string("jti")?.map(str::to_owned),
         })

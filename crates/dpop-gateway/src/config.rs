@@ -36,6 +36,8 @@ struct RawConfig {
     algorithms: Option<Vec<String>>,
     realm: Option<String>,
     log_format: Option<String>,
+    h2c: Option<bool>,
+    tls: Option<RawTls>,
     #[serde(default)]
     proof: RawProof,
     #[serde(default)]
@@ -51,6 +53,16 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     resource_metadata: RawResourceMetadata,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    client_auth: Option<String>,
+    reload_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +159,8 @@ struct RawLimits {
     max_connections: Option<usize>,
     drain_timeout_secs: Option<u64>,
     max_stream_secs: Option<u64>,
+    max_concurrent_streams: Option<u32>,
+    handshake_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +172,8 @@ struct RawForward {
     client_id_header: Option<String>,
     jkt_header: Option<String>,
     scopes_header: Option<String>,
+    client_cert_subject_header: Option<String>,
+    client_cert_thumbprint_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +188,7 @@ struct RawRoute {
     resource: Option<bool>,
     max_stream_secs: Option<u64>,
     upstream: Option<RawUpstream>,
+    client_cert: Option<String>,
 }
 
 /// Where proofs are recorded.
@@ -377,6 +394,33 @@ fn upstream_config(raw: RawUpstream, what: &str) -> Result<UpstreamConfig, Gatew
     })
 }
 
+/// The proxy listener's TLS (`[tls]`): its certificate, reloaded when the files change,
+/// and client certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// Client certificates (mutual TLS), when `client_ca_file` is set.
+    pub client_auth: Option<ClientAuthConfig>,
+    /// How often the certificate and key files are checked for a change. Defaults to 2 s.
+    pub reload_interval: Duration,
+}
+
+/// Client certificates on the TLS listener (`[tls] client_ca_file`, `client_auth`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientAuthConfig {
+    /// The CAs client certificates must chain to, PEM.
+    pub ca_file: PathBuf,
+    /// `client_auth = "required"`: a handshake without a valid client certificate fails.
+    /// With `"optional"`, a client may present none, but one it presents must be valid.
+    /// Defaults to required.
+    pub required: bool,
+}
+
 /// Headers the upstream receives about the verified caller (empty name: not sent).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -389,6 +433,11 @@ pub struct IdentityHeaders {
     pub jkt: String,
     /// Space-separated scopes.
     pub scopes: String,
+    /// The verified client certificate's subject (RFC 4514).
+    pub client_cert_subject: String,
+    /// The verified client certificate's SHA-256 thumbprint (base64url, RFC 8705
+    /// `x5t#S256`).
+    pub client_cert_thumbprint: String,
 }
 
 /// A validated gateway configuration.
@@ -402,6 +451,11 @@ pub struct GatewayConfig {
     /// Routes' own upstreams, by route id (the route's index in `[[routes]]`, handed on
     /// by the layer in [`dpop_tower::AuthorizedTarget::route_id`]).
     pub route_upstreams: BTreeMap<usize, UpstreamConfig>,
+    /// TLS on the listener (`None`: plain HTTP).
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on a plain listener. With TLS,
+    /// HTTP/2 is chosen by ALPN instead.
+    pub h2c: bool,
     /// Token issuer, in canonical form: `https` (or `http` to loopback), no trailing
     /// slash.
     pub issuer: String,
@@ -446,8 +500,12 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Upstream response-head time limit.
     pub upstream_timeout: Duration,
-    /// Concurrent client connections.
+    /// Concurrent client connections (TLS handshakes included).
     pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Time limit for a TLS handshake.
+    pub handshake_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain_timeout: Duration,
     /// How long a WebSocket tunnel or a streamed response body may last
@@ -635,6 +693,20 @@ impl GatewaySettings {
         self
     }
 
+    /// Sets `[tls] cert_file` and `key_file`.
+    pub fn set_tls_files(&mut self, cert_file: PathBuf, key_file: PathBuf) -> &mut Self {
+        let tls = self.raw.tls.get_or_insert_with(RawTls::default);
+        tls.cert_file = Some(cert_file);
+        tls.key_file = Some(key_file);
+        self
+    }
+
+    /// Serves HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 (`h2c = true`).
+    pub fn enable_h2c(&mut self) -> &mut Self {
+        self.raw.h2c = Some(true);
+        self
+    }
+
     /// Sets `log_format`.
     pub fn set_log_format(&mut self, format: LogFormat) -> &mut Self {
         self.raw.log_format = Some(format.name().to_owned());
@@ -731,6 +803,13 @@ impl GatewayConfig {
             }
             _ => {}
         }
+        let tls = raw.tls.map(tls_config).transpose()?;
+        let h2c = raw.h2c.unwrap_or(false);
+        if h2c && tls.is_some() {
+            return Err(invalid(
+                "h2c is for a plain listener: with [tls], HTTP/2 is negotiated by ALPN",
+            ));
+        }
         let trusted_proxies = raw
             .trusted_proxies
             .unwrap_or_default()
@@ -745,6 +824,17 @@ impl GatewayConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Clients reaching a TLS listener directly address it as https: a proof made for
+        // an http:// public URL would be refused on every request. Only a proxy in front
+        // (speaking plain HTTP to clients) makes such a URL right.
+        if tls.is_some()
+            && trusted_proxies.is_empty()
+            && let Some(url) = public_urls.iter().find(|u| u.starts_with("http://"))
+        {
+            return Err(invalid(format!(
+                "public_url {url:?} is http:// but this listener speaks TLS: clients use https:// (a proxy in front that serves clients plain HTTP must be listed in trusted_proxies)"
+            )));
+        }
         let replay_timeout = Duration::from_millis(raw.replay.redis_timeout_ms.unwrap_or(250));
         let replay = match raw.replay_store.as_deref() {
             None | Some("memory") => ReplayStoreConfig::Memory {
@@ -853,6 +943,24 @@ impl GatewayConfig {
                 .with_scopes(r.scopes.unwrap_or_default());
             if r.dangerous_forward_encoded_slashes == Some(true) {
                 policy = policy.dangerous_forward_encoded_slashes();
+            }
+            match r.client_cert.as_deref() {
+                None | Some("optional") => {}
+                Some("required") => {
+                    if tls.as_ref().is_none_or(|t| t.client_auth.is_none()) {
+                        return Err(invalid(format!(
+                            "route {}: client_cert = \"required\" needs [tls] client_ca_file (client certificates are verified in the TLS handshake)",
+                            r.path_prefix
+                        )));
+                    }
+                    policy = policy.with_client_cert_required();
+                }
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "route {}: client_cert must be required or optional, not {other:?}",
+                        r.path_prefix
+                    )));
+                }
             }
             // The route's id is its place in the configuration: what the gateway attaches
             // to a route (stream lifetime, upstream) is indexed by it, so it follows the
@@ -966,8 +1074,19 @@ impl GatewayConfig {
         if max_connections == 0 {
             return Err(invalid("limits.max_connections must be positive"));
         }
+        let max_concurrent_streams = raw.limits.max_concurrent_streams.unwrap_or(100);
+        if max_concurrent_streams == 0 {
+            return Err(invalid("limits.max_concurrent_streams must be positive"));
+        }
+        let handshake_timeout =
+            Duration::from_secs(raw.limits.handshake_timeout_secs.unwrap_or(10));
+        if handshake_timeout.is_zero() {
+            return Err(invalid("limits.handshake_timeout_secs must be positive"));
+        }
         Ok(Self {
             listen,
+            tls,
+            h2c,
             upstream,
             route_upstreams,
             issuer,
@@ -992,6 +1111,8 @@ impl GatewayConfig {
             request_timeout: Duration::from_secs(raw.limits.request_timeout_secs.unwrap_or(60)),
             upstream_timeout: Duration::from_secs(raw.limits.upstream_timeout_secs.unwrap_or(30)),
             max_connections,
+            max_concurrent_streams,
+            handshake_timeout,
             drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
             max_stream,
             route_max_stream,
@@ -1002,6 +1123,14 @@ impl GatewayConfig {
                 client_id: header_name(raw.forward.client_id_header, "x-dpop-client-id")?,
                 jkt: header_name(raw.forward.jkt_header, "x-dpop-jkt")?,
                 scopes: header_name(raw.forward.scopes_header, "x-dpop-scopes")?,
+                client_cert_subject: header_name(
+                    raw.forward.client_cert_subject_header,
+                    "x-dpop-client-cert-subject",
+                )?,
+                client_cert_thumbprint: header_name(
+                    raw.forward.client_cert_thumbprint_header,
+                    "x-dpop-client-cert-sha256",
+                )?,
             },
             log_format,
         })
@@ -1030,6 +1159,48 @@ fn stream_lifetime(name: &str, secs: Option<u64>) -> Result<Duration, GatewayErr
         ))),
         s => Ok(Duration::from_secs(s)),
     }
+}
+
+/// `[tls]` checked: both files named, a known `client_auth`, which needs a CA file.
+/// The files are read when the listener is built.
+fn tls_config(raw: RawTls) -> Result<TlsConfig, GatewayError> {
+    let (cert_file, key_file) = match (raw.cert_file, raw.key_file) {
+        (Some(c), Some(k)) => (c, k),
+        (None, _) => {
+            return Err(invalid("tls.cert_file (--tls-cert) is required with [tls]"));
+        }
+        (_, None) => {
+            return Err(invalid("tls.key_file (--tls-key) is required with [tls]"));
+        }
+    };
+    let required = match raw.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            return Err(invalid(format!(
+                "tls.client_auth must be \"required\" or \"optional\", not {other:?}"
+            )));
+        }
+    };
+    let client_auth = match raw.client_ca_file {
+        Some(ca_file) => Some(ClientAuthConfig { ca_file, required }),
+        None if raw.client_auth.is_some() => {
+            return Err(invalid(
+                "tls.client_auth needs tls.client_ca_file (the CAs client certificates must chain to)",
+            ));
+        }
+        None => None,
+    };
+    let reload_interval = Duration::from_secs(raw.reload_interval_secs.unwrap_or(2));
+    if reload_interval.is_zero() {
+        return Err(invalid("tls.reload_interval_secs must be positive"));
+    }
+    Ok(TlsConfig {
+        cert_file,
+        key_file,
+        client_auth,
+        reload_interval,
+    })
 }
 
 /// `[resource_metadata]` checked: a printable name, an absolute http(s) documentation
@@ -1132,6 +1303,18 @@ mod tests {
         // The /legacy route (the fourth) has its own upstream.
         assert_eq!(c.route_upstreams.len(), 1);
         assert_eq!(c.route_upstreams[&3].url, "http://127.0.0.1:3001/old");
+        assert_eq!(c.tls, None);
+        assert!(!c.h2c);
+        assert_eq!(c.max_concurrent_streams, 100);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.identity_headers.client_cert_thumbprint,
+            "x-dpop-client-cert-sha256"
+        );
+        assert_eq!(
+            c.identity_headers.client_cert_subject,
+            "x-dpop-client-cert-subject"
+        );
         // Values set over the file win.
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
@@ -1394,6 +1577,66 @@ mod tests {
             e.contains("route /billing: upstream: unknown field `urll`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_settings_are_typed_at_load() {
+        let c = load_toml(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\nclient_auth = \"optional\"\n\n[[routes]]\npath_prefix = \"/m\"\nclient_cert = \"required\"\n",
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("c.pem"));
+        assert_eq!(tls.key_file, Path::new("k.pem"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(2));
+        let auth = tls.client_auth.unwrap();
+        assert_eq!(auth.ca_file, Path::new("ca.pem"));
+        assert!(!auth.required);
+        assert!(
+            c.routes
+                .resolve(&Method::GET, "/m/x")
+                .requires_client_cert()
+        );
+        assert!(!c.routes.resolve(&Method::GET, "/x").requires_client_cert());
+        // A CA without client_auth: required.
+        let c = load_toml("[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n")
+            .unwrap();
+        assert!(c.tls.unwrap().client_auth.unwrap().required);
+        // Flags set over the file.
+        let mut s = settings("[tls]\nreload_interval_secs = 60\n");
+        s.set_tls_files("a.pem".into(), "b.pem".into());
+        let tls = s.validate().unwrap().tls.unwrap();
+        assert_eq!(tls.reload_interval, Duration::from_secs(60));
+        assert_eq!(tls.key_file, Path::new("b.pem"));
+        let mut s = settings("");
+        s.enable_h2c();
+        assert!(s.validate().unwrap().h2c);
+        for (text, named) in [
+            ("[tls]\nkey_file = \"k\"\n", "tls.cert_file"),
+            (
+                "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval_secs = 0\n",
+                "reload_interval_secs",
+            ),
+            (
+                "[[routes]]\npath_prefix = \"/m\"\nclient_cert = \"yes\"\n",
+                "client_cert must be",
+            ),
+            (
+                "[forward]\nclient_cert_subject_header = \"x_cert\"\n",
+                "x_cert",
+            ),
+        ] {
+            let e = load_toml(text).unwrap_err().to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_tls_fields_are_refused() {
+        let e = GatewaySettings::from_toml("[tls]\ncert = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `cert`"), "{e}");
     }
 
     #[test]

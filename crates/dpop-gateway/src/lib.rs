@@ -23,8 +23,14 @@
 //! optional client certificate), HTTP/1.1 or HTTP/2, one default and any number per
 //! route (`docs/gateway-upstreams.md`).
 //!
-//! It does not terminate TLS (put it behind your TLS terminator and set `public_url`)
-//! or issue tokens.
+//! The listener speaks plain HTTP/1.1 (with h2c beside it when `h2c = true`), or TLS
+//! with `[tls]` (rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`): the certificate is
+//! reloaded when its files change or on SIGHUP, without dropping connections, and client
+//! certificates can be required, forwarded as identity headers and bound to tokens
+//! (RFC 8705 `cnf.x5t#S256`). It can equally sit behind a TLS terminator (set
+//! `public_url`). See `docs/gateway-tls.md`.
+//!
+//! It does not issue tokens.
 
 mod config;
 mod error;
@@ -33,11 +39,12 @@ mod proxy;
 mod server;
 mod store;
 mod stream;
+mod tls;
 mod upstream;
 
 pub use crate::config::{
-    ClientCertFiles, GatewayConfig, GatewaySettings, IdentityHeaders, ReplayStoreConfig,
-    TokenCheck, UpstreamConfig, UpstreamTls,
+    ClientAuthConfig, ClientCertFiles, GatewayConfig, GatewaySettings, IdentityHeaders,
+    ReplayStoreConfig, TlsConfig, TokenCheck, UpstreamConfig, UpstreamTls,
 };
 pub use crate::error::GatewayError;
 pub use crate::metrics::Metrics;

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dpop_tower::{AuthorizedTarget, DpopIdentity, PeerAddr};
+use dpop_tower::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
@@ -270,11 +270,18 @@ impl Proxy {
     pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
         let upstreams = Arc::new(Upstreams::new(config)?);
         let id = &config.identity_headers;
-        let identity_names: Vec<HeaderName> = [&id.subject, &id.client_id, &id.jkt, &id.scopes]
-            .into_iter()
-            .filter(|n| !n.is_empty())
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
+        let identity_names: Vec<HeaderName> = [
+            &id.subject,
+            &id.client_id,
+            &id.jkt,
+            &id.scopes,
+            &id.client_cert_subject,
+            &id.client_cert_thumbprint,
+        ]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
         let managed_names = identity_names
             .iter()
             .map(|n| n.as_str().to_owned())
@@ -288,6 +295,7 @@ impl Proxy {
             .collect();
         let client_scheme = match config.public_urls.first() {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
+            _ if config.tls.is_some() => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
         let settings = Settings {
@@ -345,6 +353,7 @@ impl Proxy {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
+        let client_cert = req.extensions_mut().remove::<ClientCertificate>();
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         let upstream = Arc::clone(self.upstreams.for_target(&target));
@@ -425,6 +434,22 @@ impl Proxy {
         }
         if !headers.contains_key("x-forwarded-proto") {
             headers.insert("x-forwarded-proto", s.client_scheme.clone());
+        }
+        // Set only from the certificate the TLS handshake verified.
+        if let Some(cert) = client_cert {
+            let thumbprint = Some(cert.thumbprint.as_str().to_owned());
+            for (name, value) in [
+                (&s.identity.client_cert_thumbprint, thumbprint),
+                (&s.identity.client_cert_subject, cert.subject),
+            ] {
+                if let (false, Ok(n), Some(Ok(v))) = (
+                    name.is_empty(),
+                    HeaderName::from_bytes(name.as_bytes()),
+                    value.map(|v| HeaderValue::from_str(&v)),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
         }
         if let Some(id) = identity {
             let mut set = |name: &str, value: Option<String>| {

@@ -1,26 +1,28 @@
-//! The listeners: the proxy with its connection limits and graceful drain, and the admin
-//! listener (`dpop-server`'s, answering `/readyz` with the gateway's readiness).
+//! The listeners: the proxy (plain HTTP/1.1, h2c beside it, or TLS with ALPN `h2` and
+//! `http/1.1`) with its connection limits and graceful drain, and the admin listener
+//! (`dpop-server`'s, answering `/readyz` with the gateway's readiness).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dpop_server::Readiness;
 use dpop_tower::{
-    DpopLayer, DpopSettings, HtuSource, IntrospectionConfig, IntrospectionSource, JwksSource,
-    JwksSourceConfig, PeerAddr, TokenVerifier,
+    ClientCertificate, DpopLayer, DpopSettings, HtuSource, IntrospectionConfig,
+    IntrospectionSource, JwksSource, JwksSourceConfig, PeerAddr, TokenVerifier,
 };
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::config::{GatewayConfig, TokenCheck};
@@ -29,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, empty};
 use crate::store::GatewayStore;
 use crate::stream::ConnectionSlot;
+use crate::tls::TlsListener;
 
 /// A gateway ready to serve: listeners bound, keys fetched (or being retried), replay
 /// store connected.
@@ -36,6 +39,7 @@ use crate::stream::ConnectionSlot;
 pub struct Gateway {
     config: GatewayConfig,
     listener: TcpListener,
+    tls: Option<TlsListener>,
     admin: Option<TcpListener>,
     layer: DpopLayer<GatewayStore>,
     proxy: Proxy,
@@ -48,10 +52,26 @@ impl Gateway {
     /// # Errors
     /// When a listener cannot be bound, Redis cannot be reached, or the settings are
     /// inconsistent ([`GatewayError::Config`] also for unreadable CA, certificate or key
-    /// files); [`GatewayError::Upstream`] when an https or HTTP/2 upstream refuses the
-    /// gateway (see [`Proxy::check_upstreams`]). An unreachable issuer is not fatal: `/readyz` says not ready and
+    /// files, naming the file, and for a TLS certificate and key that do not match);
+    /// [`GatewayError::Upstream`] when an https or HTTP/2 upstream refuses the gateway
+    /// (see [`Proxy::check_upstreams`]). An unreachable issuer is not fatal: `/readyz`
+    /// says not ready and
     /// requests get 503 until its keys load.
     pub async fn bind(config: GatewayConfig) -> Result<Self, GatewayError> {
+        // Read first: a bad certificate is a configuration error, found before anything
+        // is fetched or connected.
+        let tls = config.tls.as_ref().map(TlsListener::new).transpose()?;
+        if tls.is_none()
+            && config.trusted_proxies.is_empty()
+            && config.public_urls.iter().any(|u| u.starts_with("https://"))
+        {
+            tracing::warn!(target: "dpop::gateway", "public_url is https:// but this listener speaks plain HTTP and trusts no proxy: make sure only a TLS terminator in front can reach it (or set [tls])");
+        }
+        // Refused at load without trusted proxies; with them, a proxy serves clients
+        // plain HTTP and re-encrypts: legal, but worth saying.
+        if tls.is_some() && config.public_urls.iter().any(|u| u.starts_with("http://")) {
+            tracing::warn!(target: "dpop::gateway", "public_url is http:// on a TLS listener: clients reach the proxy in front over plain HTTP, where tokens and proofs can be read");
+        }
         let metrics = Arc::new(Metrics::new());
         let tokens: Arc<dyn TokenVerifier> = match &config.tokens {
             TokenCheck::Jwks { jwks_uri } => {
@@ -84,7 +104,8 @@ impl Gateway {
         let store = GatewayStore::open(&config.replay).await?;
         let htu = match config.public_urls.as_slice() {
             [] => HtuSource::FromRequest {
-                scheme: "http".into(),
+                // The scheme the client used on this listener.
+                scheme: if tls.is_some() { "https" } else { "http" }.into(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 allowed_hosts: config.allowed_hosts.clone(),
             },
@@ -136,6 +157,7 @@ impl Gateway {
         Ok(Self {
             config,
             listener,
+            tls,
             admin,
             layer,
             proxy,
@@ -157,6 +179,7 @@ impl Gateway {
         let Self {
             config,
             listener,
+            tls,
             admin,
             layer,
             proxy,
@@ -165,6 +188,8 @@ impl Gateway {
         tracing::info!(
             target: "dpop::gateway",
             listen = %config.listen,
+            tls = tls.is_some(),
+            h2c = config.h2c,
             upstream = %config.upstream,
             route_upstreams = ?config.route_upstreams.values().map(ToString::to_string).collect::<Vec<_>>(),
             issuer = %config.issuer,
@@ -179,22 +204,26 @@ impl Gateway {
                 move || readiness(ready_layer.clone()),
             ));
         }
+        let reload = match (&tls, &config.tls) {
+            (Some(t), Some(c)) => Some(AbortOnDrop(t.spawn_reload(c.reload_interval))),
+            _ => None,
+        };
+        let tls = tls.map(Arc::new);
         let metadata_layer = layer.clone();
         let service = layer.layer(proxy);
         let limit = Arc::new(Semaphore::new(config.max_connections));
-        let graceful = GracefulShutdown::new();
-        // HTTP/1 with upgrades, for WebSocket.
-        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(config.max_header_bytes)
-            .keep_alive(true);
+        let protocols = Arc::new(Protocols::new(&config));
+        // Connections watch this to start their graceful shutdown; each holds a receiver,
+        // so `closed()` on the sender resolves when the last one has ended.
+        let (drain, draining) = watch::channel(false);
         let request_timeout = config.request_timeout;
+        let handshake_timeout = config.handshake_timeout;
+        let h2c = config.h2c;
         tokio::pin!(shutdown);
         loop {
             // Wait for a connection slot first: past the limit, new connections queue in
-            // the kernel's backlog instead of being accepted and starved.
+            // the kernel's backlog instead of being accepted and starved. TLS handshakes
+            // hold a slot too.
             let permit = tokio::select! {
                 p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 () = &mut shutdown => break,
@@ -214,43 +243,73 @@ impl Gateway {
             let service = service.clone();
             let metadata_layer = metadata_layer.clone();
             // A WebSocket tunnel outlives the connection it was upgraded from and keeps
-            // its slot until it ends.
-            let slot = ConnectionSlot(Arc::new(permit));
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                // Only a request that may become a tunnel carries it (an extension costs
-                // an allocation).
-                if req.headers().contains_key(http::header::UPGRADE) {
-                    req.extensions_mut().insert(slot.clone());
+            // the connection's slot until it ends.
+            let permit = ConnectionSlot(Arc::new(permit));
+            let protocols = Arc::clone(&protocols);
+            let mut stop = draining.clone();
+            let Some(tls) = tls.clone() else {
+                let svc = request_service(
+                    service,
+                    metadata_layer,
+                    peer,
+                    None,
+                    request_timeout,
+                    permit.clone(),
+                );
+                let io = TokioIo::new(stream);
+                if h2c {
+                    tokio::spawn(async move {
+                        let conn = protocols.auto.serve_connection_with_upgrades(io, svc);
+                        drive(conn, stop, |c| c.graceful_shutdown()).await;
+                        drop(permit);
+                    });
+                } else {
+                    // Plain HTTP/1.1 only: no version sniffing on this path.
+                    let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
+                    tokio::spawn(async move {
+                        drive(conn, stop, |c| c.graceful_shutdown()).await;
+                        drop(permit);
+                    });
                 }
-                // RFC 9728: the metadata document is answered here, never behind DPoP.
-                let metadata = metadata_layer
-                    .metadata_response(&req)
-                    .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
-                let service = service.clone();
-                async move {
-                    if let Some(response) = metadata {
-                        return Ok(response);
-                    }
-                    match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
-                        Ok(r) => r,
-                        Err(_) => Ok::<_, Infallible>(empty(StatusCode::GATEWAY_TIMEOUT)),
-                    }
-                }
-            });
-            // The connection borrows its builder, so each task has its own copy.
-            let http = http.clone();
-            let watcher = graceful.watcher();
+                continue;
+            };
             tokio::spawn(async move {
-                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(target: "dpop::gateway", error = %e, "connection ended with an error");
+                let accepted = tokio::select! {
+                    a = tls.accept(stream, handshake_timeout) => a,
+                    () = stopped(&mut stop) => return,
+                };
+                let accepted = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Scanners and health checks fail handshakes all day: not a warning.
+                        tracing::debug!(target: "dpop::gateway", %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let svc = request_service(
+                    service,
+                    metadata_layer,
+                    peer,
+                    accepted.client_cert,
+                    request_timeout,
+                    permit.clone(),
+                );
+                let io = TokioIo::new(accepted.stream);
+                if accepted.h2 {
+                    let conn = protocols.http2.serve_connection(io, svc);
+                    drive(conn, stop, |c| c.graceful_shutdown()).await;
+                } else {
+                    let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
+                    drive(conn, stop, |c| c.graceful_shutdown()).await;
                 }
             });
         }
         drop(listener);
+        drop(reload);
+        drop(draining);
         tracing::info!(target: "dpop::gateway", timeout_secs = config.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
-        if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        let _ = drain.send(true);
+        if tokio::time::timeout(config.drain_timeout, drain.closed())
             .await
             .is_err()
         {
@@ -258,6 +317,148 @@ impl Gateway {
         } else {
             tracing::info!(target: "dpop::gateway", "drained");
         }
+    }
+}
+
+/// The connection builders, configured once.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// HTTP/1.1 or HTTP/2 by the connection's first bytes (h2c prior knowledge).
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(config: &GatewayConfig) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(config.max_header_bytes)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        configure_http2(&mut http2, config);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(config.max_header_bytes)
+            .keep_alive(true);
+        let h2 = &mut auto.http2();
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(header_list_size(config))
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        Self { http1, http2, auto }
+    }
+}
+
+/// HTTP/2 keep-alive: a ping after this long without a frame from the client...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection closed when its answer takes longer than this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn header_list_size(config: &GatewayConfig) -> u32 {
+    u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX)
+}
+
+fn configure_http2(h2: &mut http2::Builder<TokioExecutor>, config: &GatewayConfig) {
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(header_list_size(config))
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+}
+
+/// Resolves when the drain starts (or the gateway is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, not held across an await.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves `conn` until it ends, starting its graceful shutdown when `stop` turns true.
+async fn drive<C, T, E>(conn: C, mut stop: watch::Receiver<bool>, shut: fn(Pin<&mut C>))
+where
+    C: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            shut(conn.as_mut());
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(target: "dpop::gateway", error = %e, "connection ended with an error");
+    }
+}
+
+/// The per-connection service: the peer and the verified client certificate go into
+/// every request's extensions, the RFC 9728 document is answered before the layer, and
+/// everything else goes through the DPoP layer under the request time limit.
+fn request_service<S>(
+    service: S,
+    metadata_layer: DpopLayer<GatewayStore>,
+    peer: SocketAddr,
+    client_cert: Option<ClientCertificate>,
+    request_timeout: Duration,
+    slot: ConnectionSlot,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<crate::proxy::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::proxy::Body>, Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ 'static
+where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = http::Response<crate::proxy::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        if let Some(cert) = &client_cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        // Only a request that may become a tunnel carries the slot (an extension costs an
+        // allocation).
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(slot.clone());
+        }
+        // RFC 9728: the metadata document is answered here, never behind DPoP.
+        let metadata = metadata_layer
+            .metadata_response(&req)
+            .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
+        let service = service.clone();
+        async move {
+            if let Some(response) = metadata {
+                return Ok(response);
+            }
+            match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
+                Ok(r) => r,
+                Err(_) => Ok::<_, Infallible>(empty(StatusCode::GATEWAY_TIMEOUT)),
+            }
+        }
+    })
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

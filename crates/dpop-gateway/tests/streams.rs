@@ -639,7 +639,6 @@ fn echo(message: &str, repeat: u32) -> EchoRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the h2c listener and http2 upstreams"]
 async fn grpc_calls_pass_the_gateway_with_trailers_and_refusals_are_unauthenticated() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = GrpcEchoUpstream::start().await.unwrap();

@@ -35,6 +35,7 @@ pub struct RoutePolicy {
     /// Scopes the access token must all have. Defaults to none.
     pub scopes: Vec<String>,
     forward_encoded_slashes: bool,
+    client_cert_required: bool,
 }
 
 impl Default for RoutePolicy {
@@ -44,6 +45,7 @@ impl Default for RoutePolicy {
             require_nonce: false,
             scopes: Vec::new(),
             forward_encoded_slashes: false,
+            client_cert_required: false,
         }
     }
 }
@@ -82,6 +84,23 @@ impl RoutePolicy {
     #[must_use]
     pub fn forwards_encoded_slashes(&self) -> bool {
         self.forward_encoded_slashes
+    }
+
+    /// Refuses requests that did not come over a connection with a verified client
+    /// certificate ([`crate::ClientCertificate`] in the request's extensions) with 400
+    /// `invalid_request` (`client_certificate_required`), in every mode, `off` and
+    /// `report_only` included: the certificate is checked before DPoP is. Defaults to
+    /// not required.
+    #[must_use]
+    pub fn with_client_cert_required(mut self) -> Self {
+        self.client_cert_required = true;
+        self
+    }
+
+    /// Whether [`Self::with_client_cert_required`] was set.
+    #[must_use]
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_cert_required
     }
 
     /// Requires these scopes.

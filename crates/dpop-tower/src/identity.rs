@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use dpop_core::Jkt;
+use dpop_core::jwt::CertThumbprint;
 
 /// How the caller authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,32 @@ pub struct DpopIdentity {
     pub scopes: Vec<String>,
     /// How the caller authenticated.
     pub scheme: Scheme,
+}
+
+/// The client certificate the connection presented and the TLS server verified (mutual
+/// TLS), inserted by the server as a request extension. The layer holds it against a
+/// token's RFC 8705 `cnf.x5t#S256` binding and a route's
+/// [`crate::RoutePolicy::with_client_cert_required`]; a server that does not verify
+/// client certificates must never insert one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientCertificate {
+    /// SHA-256 of the leaf certificate's DER, base64url (RFC 8705 `x5t#S256`).
+    pub thumbprint: CertThumbprint,
+    /// The leaf certificate's subject as an RFC 4514 string (ASCII: other bytes are
+    /// `\XX` escapes), when it could be read.
+    pub subject: Option<String>,
+}
+
+impl ClientCertificate {
+    /// The verified certificate with this thumbprint and subject.
+    #[must_use]
+    pub fn new(thumbprint: CertThumbprint, subject: Option<String>) -> Self {
+        Self {
+            thumbprint,
+            subject,
+        }
+    }
 }
 
 /// The TCP peer of the request. Servers insert it as a request extension so the layer can

@@ -112,7 +112,7 @@ pub use crate::events::{DpopEvents, NoEvents, Outcome};
 #[cfg(feature = "axum")]
 pub use crate::extract::IdentityRejection;
 pub use crate::future::ResponseFuture;
-pub use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
+pub use crate::identity::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr, Scheme};
 pub use crate::keys::StaticKeys;
 pub use crate::layer::DpopLayer;
 pub use crate::metadata::{ResourceMetadata, WELL_KNOWN_PATH};

@@ -18,7 +18,7 @@ use tower::Service;
 use crate::config::{DpopMode, RoutePolicy};
 use crate::events::Outcome;
 use crate::future::ResponseFuture;
-use crate::identity::{AuthorizedTarget, DpopIdentity, PeerAddr, Scheme};
+use crate::identity::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr, Scheme};
 use crate::metadata::metadata_url;
 use crate::response::{RejectionContext, rejection as build_rejection};
 use crate::state::Shared;
@@ -165,6 +165,30 @@ where
     // is: any other method on that path meets the route's policy like any request.
     let metadata_request = (req.method() == Method::GET || req.method() == Method::HEAD)
         && is_metadata_path(&shared, &path);
+    // The connection's client certificate first, in every mode: it is not a DPoP check
+    // that report-only could waive.
+    if policy.requires_client_cert()
+        && !metadata_request
+        && req.extensions().get::<ClientCertificate>().is_none()
+    {
+        let error = Error::from(RequestError::ClientCertificateRequired);
+        let reason = error.reason();
+        let status = reason.response(dpop_core::Role::ResourceServer).status;
+        tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %req.method(), path = %path, detail = %error, "request refused");
+        shared
+            .settings
+            .events
+            .outcome(Outcome::Rejected(reason), started.elapsed());
+        let ctx = RejectionContext {
+            challenges: &shared.challenges,
+            bearer_allowed: policy.mode == DpopMode::AllowBearer,
+            scheme_used: None,
+            nonce: None,
+            scopes: &[],
+            resource_metadata: None,
+        };
+        return Ok(build_rejection::<ResBody>(&error, &ctx));
+    }
     if policy.mode == DpopMode::Off || metadata_request {
         return inner.call(req).await;
     }
@@ -309,6 +333,21 @@ fn missing_scopes(token: &AccessToken, required: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// RFC 8705 §3: a token bound to a client certificate (`cnf.x5t#S256`) is accepted only
+/// over a connection that presented that certificate (thumbprints compare in constant
+/// time). Unbound tokens pass.
+fn certificate_binding(token: &AccessToken, req: &Parts) -> Result<(), RequestError> {
+    let Some(bound) = &token.x5t_s256 else {
+        return Ok(());
+    };
+    match req.extensions.get::<ClientCertificate>() {
+        Some(cert) if cert.thumbprint == *bound => Ok(()),
+        presented => Err(RequestError::CertificateMismatch {
+            presented: presented.is_some(),
+        }),
+    }
+}
+
 /// Whether `path` asks for an RFC 9728 document, for any of the public URLs.
 pub(crate) fn is_metadata_path<St>(shared: &Shared<St>, path: &str) -> bool {
     shared.metadata.as_ref().is_some_and(|m| {
@@ -361,7 +400,7 @@ impl<St: AsyncReplayStore> Shared<St> {
                     Some(Scheme::Bearer),
                 ));
             }
-            self.authenticate_bearer(policy, token, now).await
+            self.authenticate_bearer(req, policy, token, now).await
         } else {
             // A scheme this resource does not accept is no credentials at all for it.
             Err(Rejection::new(RequestError::CredentialsMissing, None))
@@ -370,6 +409,7 @@ impl<St: AsyncReplayStore> Shared<St> {
 
     async fn authenticate_bearer(
         &self,
+        req: &Parts,
         policy: &RoutePolicy,
         token: &str,
         now: UnixTime,
@@ -384,6 +424,7 @@ impl<St: AsyncReplayStore> Shared<St> {
         if at.jkt.is_some() {
             return Err(Rejection::new(RequestError::BearerDowngrade, bearer));
         }
+        certificate_binding(&at, req).map_err(|e| Rejection::new(e, bearer))?;
         if policy.mode != DpopMode::AllowBearer {
             return Err(Rejection::new(RequestError::BearerNotAllowed, bearer));
         }
@@ -425,6 +466,8 @@ impl<St: AsyncReplayStore> Shared<St> {
             .jkt
             .clone()
             .ok_or_else(|| Rejection::new(RequestError::TokenNotBound, dpop))?;
+        // Before the proof: a refused request leaves no replay record behind.
+        certificate_binding(&at, req).map_err(|e| Rejection::new(e, dpop))?;
         let verifier = if policy.require_nonce {
             self.nonce_verifier
                 .as_ref()

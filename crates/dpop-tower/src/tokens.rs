@@ -312,6 +312,8 @@ struct Introspected {
 #[derive(Deserialize)]
 struct Cnf {
     jkt: Option<String>,
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: Option<String>,
 }
 
 #[cfg(feature = "introspection")]
@@ -388,7 +390,13 @@ impl IntrospectionSource {
         if exp <= now {
             return Err(Error::Token(TokenError::Expired { exp, now }));
         }
-        let jkt = match r.cnf.and_then(|c| c.jkt) {
+        let (jkt, x5t_s256) = r.cnf.map_or((None, None), |c| (c.jkt, c.x5t_s256));
+        // RFC 8705 §3.2: the certificate binding comes from introspection too; dropped, a
+        // certificate-bound token would be accepted from anyone holding it.
+        let x5t_s256 = x5t_s256
+            .map(|t| jwt::CertThumbprint::parse(&t).map_err(Error::Token))
+            .transpose()?;
+        let jkt = match jkt {
             Some(j) => Some(
                 dpop_core::Jkt::parse(&j)
                     .map_err(|_| Error::Token(TokenError::ClaimInvalid("cnf.jkt")))?,
@@ -404,7 +412,8 @@ impl IntrospectionSource {
             return Err(Error::Token(TokenError::ClaimInvalid("token_type")));
         }
         let scopes = r.scope.as_deref().map(jwt::split_scope).unwrap_or_default();
-        Ok(AccessToken::new(r.sub, r.client_id, scopes, jkt, exp))
+        Ok(AccessToken::new(r.sub, r.client_id, scopes, jkt, exp)
+            .with_certificate_binding(x5t_s256))
     }
 }
 

@@ -1885,3 +1885,145 @@ async fn the_service_learns_which_route_matched() {
         assert_eq!(r.body(), expected, "{target}");
     }
 }
+
+/// RFC 8705: tokens bound to a client certificate (`cnf.x5t#S256`) pass only with that
+/// certificate on the connection, refused ones leave no replay record; a route that
+/// requires a certificate refuses requests without one in every mode.
+#[tokio::test]
+async fn client_certificates() {
+    use dpop_core::jwt::CertThumbprint;
+    use dpop_tower::ClientCertificate;
+
+    let f = fixture();
+    let exp = UnixTime::from_secs(NOW + 600);
+    let cert = CertThumbprint::of_der(b"certificate a");
+    let other = CertThumbprint::of_der(b"certificate b");
+    let jkt = Some(f.key.thumbprint().clone());
+    let mut tokens = HashMap::new();
+    tokens.insert(
+        "cert-and-key".to_owned(),
+        AccessToken::new(Some("svc-a".into()), None, vec![], jkt, exp)
+            .with_certificate_binding(Some(cert.clone())),
+    );
+    tokens.insert(
+        "cert-only".to_owned(),
+        AccessToken::new(Some("svc-b".into()), None, vec![], None, exp)
+            .with_certificate_binding(Some(cert.clone())),
+    );
+    tokens.insert(
+        BOUND.to_owned(),
+        AccessToken::new(
+            Some("svc-c".into()),
+            None,
+            vec![],
+            Some(f.key.thumbprint().clone()),
+            exp,
+        ),
+    );
+    let tokens = Arc::new(StaticTokens {
+        tokens,
+        calls: AtomicUsize::new(0),
+        down: false,
+    });
+    let mut s = settings(&f);
+    s.routes = routes()
+        .route(Route::new(
+            "/mtls",
+            RoutePolicy::new(DpopMode::Off).with_client_cert_required(),
+        ))
+        .route(Route::new(
+            "/mtls-shadow",
+            RoutePolicy::new(DpopMode::ReportOnly).with_client_cert_required(),
+        ));
+    let layer = DpopLayer::new(
+        s,
+        tokens,
+        Store(Arc::new(MemoryReplayStore::with_capacity(100))),
+    )
+    .unwrap();
+    let mut h = Harness {
+        svc: layer.layer(tower::service_fn(boxed_app as AppFn)),
+    };
+    let with_cert = |mut r: Request<String>, t: Option<&CertThumbprint>| {
+        if let Some(t) = t {
+            r.extensions_mut()
+                .insert(ClientCertificate::new(t.clone(), Some("CN=a".into())));
+        }
+        r
+    };
+    let mismatch = dpop_challenge(
+        "invalid_token",
+        "The access token is bound to a client certificate this request did not present",
+    );
+
+    // Another certificate, then none: 401 invalid_token; the proof is not recorded, so
+    // the same request with the right certificate passes.
+    let req = dpop_request(&f.key, "GET", "/v1/items", "cert-and-key");
+    for presented in [Some(&other), None] {
+        let r = h.send(with_cert(clone_request(&req), presented)).await;
+        assert_eq!(r.status(), 401, "{presented:?}");
+        assert_eq!(www(&r), mismatch);
+        assert_eq!(
+            last_outcome(&f),
+            Outcome::Rejected(Reason::CertificateMismatch)
+        );
+    }
+    let r = h.send(with_cert(req, Some(&cert))).await;
+    assert_eq!(
+        (r.status().as_u16(), r.body().as_str()),
+        (200, "svc-a:Dpop")
+    );
+
+    // A certificate-bound Bearer token where Bearer is allowed.
+    let r = h
+        .send(with_cert(bearer("/legacy/x", "cert-only"), Some(&cert)))
+        .await;
+    assert_eq!(
+        (r.status().as_u16(), r.body().as_str()),
+        (200, "svc-b:Bearer")
+    );
+    let r = h.send(bearer("/legacy/x", "cert-only")).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        www(&r).starts_with(r#"Bearer error="invalid_token""#),
+        "{}",
+        www(&r)
+    );
+
+    // A token without a certificate binding does not care.
+    let r = h
+        .send(with_cert(
+            dpop_request(&f.key, "GET", "/v1/items", BOUND),
+            Some(&other),
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // Routes that require a certificate, whatever their DPoP mode.
+    for path in ["/mtls/x", "/mtls-shadow/x"] {
+        let r = h
+            .send(request("GET", path).body(String::new()).unwrap())
+            .await;
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(
+            www(&r).contains(r#"error="invalid_request""#),
+            "{}",
+            www(&r)
+        );
+        assert_eq!(
+            last_outcome(&f),
+            Outcome::Rejected(Reason::ClientCertificateRequired)
+        );
+        let r = h
+            .send(with_cert(
+                request("GET", path).body(String::new()).unwrap(),
+                Some(&other),
+            ))
+            .await;
+        assert_eq!(
+            (r.status().as_u16(), r.body().as_str()),
+            (200, "anonymous"),
+            "{path}"
+        );
+    }
+}

@@ -60,6 +60,12 @@ fn load(args: &GatewayArgs, env_nonce_secret: Option<&str>) -> Result<GatewayCon
     if args.require_nonce {
         settings.require_nonce();
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        settings.set_tls_files(cert.clone(), key.clone());
+    }
+    if args.h2c {
+        settings.enable_h2c();
+    }
     if args.log_json {
         settings.set_log_format(dpop_server::LogFormat::Json);
     }

@@ -173,6 +173,15 @@ pub enum RequestError {
     /// The request's `Host` (or trusted `X-Forwarded-Host`) is not one this server
     /// answers for, so no `htu` can be built for it.
     HostNotAllowed,
+    /// The route requires a client certificate (mutual TLS) and the connection did not
+    /// present a verified one. The client's fault (or its deployment's).
+    ClientCertificateRequired,
+    /// The access token is bound to a client certificate (RFC 8705 §3 `cnf.x5t#S256`)
+    /// and the connection presented another one (`presented`) or none.
+    CertificateMismatch {
+        /// Whether the connection presented a verified client certificate at all.
+        presented: bool,
+    },
 }
 
 /// The server nonce check failed (RFC 9449 §8, §9, §11.3).
@@ -275,6 +284,9 @@ impl fmt::Display for RequestError {
             Self::InsufficientScope => "the access token lacks a scope this resource requires",
             Self::BadRequestTarget => "the request target (Host and path) does not form a valid http(s) URI",
             Self::HostNotAllowed => "the request names a host (Host or X-Forwarded-Host) that is not one of this server's public URLs or allowed hosts",
+            Self::ClientCertificateRequired => "this resource requires a client certificate: connect with mutual TLS and present a certificate this server trusts",
+            Self::CertificateMismatch { presented: false } => "the access token is bound to a client certificate (cnf.x5t#S256) and the connection presented none; connect with the certificate the token was issued for",
+            Self::CertificateMismatch { presented: true } => "the access token is bound to another client certificate (cnf.x5t#S256) than the one this connection presented; connect with the certificate the token was issued for",
             Self::NonCanonicalTarget(e) => return write!(f, "{e}; refused because components that normalise differently would disagree on what was authorised"),
         })
     }

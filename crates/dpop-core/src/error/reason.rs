@@ -93,6 +93,11 @@ pub enum Reason {
     NonCanonicalTarget,
     /// `host_not_allowed`
     HostNotAllowed,
+    /// `client_certificate_required`
+    ClientCertificateRequired,
+    /// `certificate_mismatch` (RFC 8705 §3: the token's `cnf.x5t#S256` is not the
+    /// connection's client certificate)
+    CertificateMismatch,
     /// `token_invalid` (malformed, wrong `typ`/`alg`, bad claims)
     TokenInvalid,
     /// `token_unknown_key`
@@ -123,7 +128,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and metric pre-registration.
-    pub const ALL: [Self; 53] = [
+    pub const ALL: [Self; 55] = [
         Self::ProofMissing,
         Self::MultipleProofs,
         Self::ProofTooLarge,
@@ -164,6 +169,8 @@ impl Reason {
         Self::BadRequestTarget,
         Self::NonCanonicalTarget,
         Self::HostNotAllowed,
+        Self::ClientCertificateRequired,
+        Self::CertificateMismatch,
         Self::TokenInvalid,
         Self::TokenUnknownKey,
         Self::TokenSignatureInvalid,
@@ -223,6 +230,8 @@ impl Reason {
             Self::BadRequestTarget => "bad_request_target",
             Self::NonCanonicalTarget => "non_canonical_target",
             Self::HostNotAllowed => "host_not_allowed",
+            Self::ClientCertificateRequired => "client_certificate_required",
+            Self::CertificateMismatch => "certificate_mismatch",
             Self::TokenInvalid => "token_invalid",
             Self::TokenUnknownKey => "token_unknown_key",
             Self::TokenSignatureInvalid => "token_signature_invalid",
@@ -251,6 +260,11 @@ impl Reason {
     ///   `invalid_grant` at the token endpoint (refresh token or `dpop_jkt` binding);
     /// - a request without credentials is a 401 with no error code (RFC 6750 §3.1: the
     ///   challenge then carries no error information);
+    /// - a route that requires a client certificate, reached without one, is
+    ///   `invalid_request` (400): a required part of the request is missing (RFC 6750
+    ///   §3.1), and no `WWW-Authenticate` scheme can ask for a TLS certificate;
+    /// - a token bound to a client certificate (RFC 8705 §3 `cnf.x5t#S256`) presented
+    ///   without it, or over another one, is `invalid_token` (401), as RFC 8705 §3 says;
     /// - access-token failures are `invalid_token` (401), including a DPoP-bound token
     ///   sent as `Bearer` (RFC 9449 §7.2); a missing scope is `insufficient_scope` (403);
     /// - a replay store or token source that cannot answer, or a missing clock, is a
@@ -276,8 +290,10 @@ impl Reason {
             | Self::MalformedAuthorization
             | Self::BadRequestTarget
             | Self::NonCanonicalTarget
-            | Self::HostNotAllowed => Some(RfcError::InvalidRequest),
+            | Self::HostNotAllowed
+            | Self::ClientCertificateRequired => Some(RfcError::InvalidRequest),
             Self::BearerDowngrade
+            | Self::CertificateMismatch
             | Self::BearerNotAllowed
             | Self::TokenNotBound
             | Self::TokenInvalid
@@ -495,6 +511,8 @@ impl Error {
                 RequestError::BadRequestTarget => Reason::BadRequestTarget,
                 RequestError::NonCanonicalTarget(_) => Reason::NonCanonicalTarget,
                 RequestError::HostNotAllowed => Reason::HostNotAllowed,
+                RequestError::ClientCertificateRequired => Reason::ClientCertificateRequired,
+                RequestError::CertificateMismatch { .. } => Reason::CertificateMismatch,
             },
             Self::TokenSourceUnavailable(_) => Reason::TokenSourceUnavailable,
             Self::ReplayStore(ReplayStoreError::Full { .. }) => Reason::ReplayStoreFull,
@@ -541,6 +559,10 @@ impl Error {
             Reason::BadRequestTarget => "The request target is not a valid URI",
             Reason::NonCanonicalTarget => "The request target is not in canonical form",
             Reason::HostNotAllowed => "The request is for a host this server does not serve",
+            Reason::ClientCertificateRequired => "A client certificate is required",
+            Reason::CertificateMismatch => {
+                "The access token is bound to a client certificate this request did not present"
+            }
             Reason::TokenExpired => "The access token expired",
             Reason::TokenInvalid
             | Reason::TokenUnknownKey
@@ -687,6 +709,12 @@ mod tests {
             (R::BadRequestTarget, Some(E::InvalidRequest), 400, 400),
             (R::NonCanonicalTarget, Some(E::InvalidRequest), 400, 400),
             (R::HostNotAllowed, Some(E::InvalidRequest), 400, 400),
+            (
+                R::ClientCertificateRequired,
+                Some(E::InvalidRequest),
+                400,
+                400,
+            ),
             (R::TokenSourceUnavailable, None, 503, 503),
             (R::ReplayStoreFull, None, 503, 503),
             (R::ReplayStoreUnavailable, None, 503, 503),
@@ -695,6 +723,7 @@ mod tests {
         ];
         let token_reasons = [
             R::KeyMismatch,
+            R::CertificateMismatch,
             R::BearerDowngrade,
             R::BearerNotAllowed,
             R::TokenNotBound,

@@ -506,3 +506,45 @@ fn access_tokens_need_aud_even_when_generic_checks_accept_its_absence() {
         Err(TokenError::MissingClaim("aud"))
     );
 }
+
+/// RFC 8705 §3.1 `cnf.x5t#S256`: read next to `cnf.jkt`, strict, and the thumbprint of a
+/// certificate's DER compares equal to it.
+#[test]
+fn verified_jwt_certificate_binding() {
+    let i = issuer();
+    let v = JwtValidation::new(ISS, Some(AUD));
+    let der = b"not really a certificate, only bytes to hash";
+    let thumbprint = CertThumbprint::of_der(der);
+    assert_eq!(thumbprint.as_str().len(), 43);
+    let token_of = |cnf: Value| {
+        let mut c = claims();
+        c["cnf"] = cnf;
+        verify_generic(&i, &mint(&i, &header(), &c), &v)
+            .unwrap()
+            .to_access_token()
+    };
+    let bound = token_of(json!({"x5t#S256": thumbprint.as_str()})).unwrap();
+    assert_eq!(bound.x5t_s256, Some(thumbprint.clone()));
+    assert_eq!(bound.jkt, None);
+    assert_ne!(bound.x5t_s256, Some(CertThumbprint::of_der(b"another")));
+    let both = token_of(json!({
+        "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
+        "x5t#S256": thumbprint.as_str(),
+    }))
+    .unwrap();
+    assert!(both.jkt.is_some() && both.x5t_s256.is_some());
+    assert_eq!(
+        token_of(json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}))
+            .unwrap()
+            .x5t_s256,
+        None
+    );
+    let padded = format!("{}=", thumbprint.as_str());
+    for bad in [json!("short"), json!(1), json!(padded), json!(null)] {
+        assert_eq!(
+            token_of(json!({"x5t#S256": bad})).map(|_| ()),
+            Err(TokenError::ClaimInvalid("cnf.x5t#S256")),
+            "{bad}"
+        );
+    }
+}

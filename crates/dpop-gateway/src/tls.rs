@@ -1,0 +1,401 @@
+//! TLS on the proxy listener: rustls (aws-lc-rs), TLS 1.2 and 1.3, ALPN `h2` and
+//! `http/1.1`, client certificates verified against the configured CAs, and the
+//! certificate and key re-read when their files change or on SIGHUP, without dropping a
+//! connection: handshakes take the pair current at that moment, a bad new pair is refused
+//! and the old one stays.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use dpop_core::jwt::CertThumbprint;
+use dpop_tower::ClientCertificate;
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsConfig;
+use crate::error::GatewayError;
+
+/// What a TLS handshake established.
+pub(crate) struct Accepted {
+    pub(crate) stream: TlsStream<TcpStream>,
+    /// ALPN chose `h2`.
+    pub(crate) h2: bool,
+    /// The verified client certificate, when the client presented one.
+    pub(crate) client_cert: Option<ClientCertificate>,
+}
+
+/// The listener's TLS: the acceptor and the certificate it serves.
+pub(crate) struct TlsListener {
+    acceptor: tokio_rustls::TlsAcceptor,
+    pair: Arc<PairSource>,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("cert_file", &self.pair.cert_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsListener {
+    /// Reads the certificate, key and client CAs.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the file and what is wrong with it.
+    pub(crate) fn new(config: &TlsConfig) -> Result<Self, GatewayError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let pair = PairSource::load(config, Arc::clone(&provider))?;
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| GatewayError::Config(format!("tls: {e}")))?;
+        let builder = match &config.client_auth {
+            None => builder.with_no_client_auth(),
+            Some(auth) => {
+                let roots = client_roots(&auth.ca_file)?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if auth.required {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier.build().map_err(|e| {
+                    GatewayError::Config(format!("{}: {e}", auth.ca_file.display()))
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut server =
+            builder.with_cert_resolver(Arc::clone(&pair) as Arc<dyn ResolvesServerCert>);
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            pair,
+        })
+    }
+
+    /// Starts re-reading the certificate and key every `interval` (when their content
+    /// changed) and on SIGHUP. The task stops when the handle is aborted.
+    pub(crate) fn spawn_reload(&self, interval: Duration) -> JoinHandle<()> {
+        let pair = Arc::clone(&self.pair);
+        // Registered before the task starts: once the listener serves, SIGHUP reloads
+        // (its default action would end the process).
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| {
+                tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+            })
+            .ok();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                #[cfg(unix)]
+                let forced = tokio::select! {
+                    _ = tick.tick() => false,
+                    Some(()) = async {
+                        match hangup.as_mut() {
+                            Some(h) => h.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => true,
+                };
+                #[cfg(not(unix))]
+                let forced = {
+                    tick.tick().await;
+                    false
+                };
+                let p = Arc::clone(&pair);
+                let _ = tokio::task::spawn_blocking(move || p.reload(forced)).await;
+            }
+        })
+    }
+
+    /// The handshake, bounded by `timeout`.
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<Accepted> {
+        let stream = tokio::time::timeout(timeout, self.acceptor.accept(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let (_, conn) = stream.get_ref();
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        let client_cert = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| client_certificate(leaf));
+        Ok(Accepted {
+            stream,
+            h2,
+            client_cert,
+        })
+    }
+}
+
+/// The certificate and key files and the pair last loaded from them, which every
+/// handshake is given.
+struct PairSource {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    state: RwLock<PairState>,
+}
+
+struct PairState {
+    current: Arc<CertifiedKey>,
+    /// The file contents `current` was made from.
+    loaded: (Vec<u8>, Vec<u8>),
+    /// The contents last refused, so one bad pair is reported once, not every poll.
+    refused: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for PairSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairSource")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for PairSource {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Some(Arc::clone(&state.current))
+    }
+}
+
+impl PairSource {
+    fn load(config: &TlsConfig, provider: Arc<CryptoProvider>) -> Result<Arc<Self>, GatewayError> {
+        let files =
+            read_files(&config.cert_file, &config.key_file).map_err(GatewayError::Config)?;
+        let current = certified_key(&files, &config.cert_file, &config.key_file, &provider)
+            .map_err(GatewayError::Config)?;
+        Ok(Arc::new(Self {
+            cert_file: config.cert_file.clone(),
+            key_file: config.key_file.clone(),
+            provider,
+            state: RwLock::new(PairState {
+                current: Arc::new(current),
+                loaded: files,
+                refused: None,
+            }),
+        }))
+    }
+
+    /// Re-reads the files; a changed, valid pair replaces the current one. `forced`
+    /// (SIGHUP) reports the outcome even when nothing changed or the same bad pair is
+    /// still there.
+    fn reload(&self, forced: bool) {
+        let files = match read_files(&self.cert_file, &self.key_file) {
+            Ok(files) => files,
+            Err(why) => {
+                // A file being replaced may be missing for a moment; say so once.
+                let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+                let marker = (Vec::new(), Vec::new());
+                if forced || state.refused.as_ref() != Some(&marker) {
+                    tracing::error!(target: "dpop::tls", error = %why, "certificate not reloaded; the current one stays in use");
+                    state.refused = Some(marker);
+                }
+                return;
+            }
+        };
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            if state.loaded == files {
+                // Back to the pair in use: a later problem is reported again.
+                state.refused = None;
+                if forced {
+                    tracing::info!(target: "dpop::tls", cert_file = %self.cert_file.display(), "certificate files unchanged");
+                }
+                return;
+            }
+            if !forced && state.refused.as_ref() == Some(&files) {
+                return;
+            }
+        }
+        let result = certified_key(&files, &self.cert_file, &self.key_file, &self.provider);
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(pair) => {
+                state.current = Arc::new(pair);
+                state.loaded = files;
+                state.refused = None;
+                tracing::info!(target: "dpop::tls", cert_file = %self.cert_file.display(), key_file = %self.key_file.display(), "certificate reloaded; new connections use it");
+            }
+            Err(why) => {
+                tracing::error!(target: "dpop::tls", error = %why, "certificate not reloaded; the current one stays in use");
+                state.refused = Some(files);
+            }
+        }
+    }
+}
+
+fn read_files(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    Ok((read(cert_file)?, read(key_file)?))
+}
+
+/// The chain and key from PEM file contents, checked to belong together. Errors name the
+/// file and the reason.
+fn certified_key(
+    (cert_pem, key_pem): &(Vec<u8>, Vec<u8>),
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block (a PEM chain, leaf first, is expected)",
+            cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        format!(
+            "{}: no private key (PEM PKCS#8, SEC1 or PKCS#1 is expected): {e}",
+            key_file.display()
+        )
+    })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{}: unusable private key: {e}", key_file.display()))?;
+    let pair = CertifiedKey::new(chain, signing_key);
+    pair.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+            "{}: the private key does not match the certificate in {}",
+            key_file.display(),
+            cert_file.display()
+        ),
+        rustls::Error::InconsistentKeys(_) => format!(
+            "{}: cannot check that the private key matches the certificate in {}",
+            key_file.display(),
+            cert_file.display()
+        ),
+        other => format!("{}: unusable certificate: {other}", cert_file.display()),
+    })?;
+    Ok(pair)
+}
+
+fn client_roots(ca_file: &Path) -> Result<RootCertStore, GatewayError> {
+    let bad = |why: String| GatewayError::Config(format!("{}: {why}", ca_file.display()));
+    let pem = std::fs::read(ca_file).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not a PEM certificate list: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("unusable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no CERTIFICATE block".into()));
+    }
+    Ok(roots)
+}
+
+/// The verified leaf as the layer and the proxy see it.
+fn client_certificate(leaf: &CertificateDer<'_>) -> ClientCertificate {
+    ClientCertificate::new(CertThumbprint::of_der(leaf), subject(leaf))
+}
+
+/// The subject as an RFC 4514 string: RDNs last to first, `+` within one, the short
+/// names RFC 4514 §3 lists and dotted OIDs otherwise. `None` when the certificate cannot
+/// be parsed or an attribute value is not a string (its `#hex` form is not produced).
+fn subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut out = String::new();
+    let rdns: Vec<_> = cert.subject().iter().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            let name = match oid.as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "2.5.4.6" => "C",
+                "2.5.4.9" => "STREET",
+                "0.9.2342.19200300.100.1.25" => "DC",
+                "0.9.2342.19200300.100.1.1" => "UID",
+                other => other,
+            };
+            out.push_str(name);
+            out.push('=');
+            escape_value(attr.as_str().ok()?, &mut out);
+        }
+    }
+    Some(out)
+}
+
+/// RFC 4514 §2.4 escaping, and every byte outside printable ASCII as `\XX`, so the
+/// result is a valid header value.
+fn escape_value(value: &str, out: &mut String) {
+    let last = value.len().saturating_sub(1);
+    for (i, b) in value.bytes().enumerate() {
+        let special = matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\')
+            || (i == 0 && matches!(b, b' ' | b'#'))
+            || (i == last && b == b' ');
+        if special {
+            out.push('\\');
+            out.push(char::from(b));
+        } else if (0x20..0x7f).contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\{b:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_and_thumbprint_come_from_the_leaf() {
+        let ca = dpop_test::TestCa::new("unit ca");
+        let leaf = ca.client("svc, \"a\"+b");
+        let cert = client_certificate(&CertificateDer::from(leaf.cert_der.clone()));
+        assert_eq!(cert.subject.as_deref(), Some("CN=svc\\, \\\"a\\\"\\+b"));
+        assert_eq!(cert.thumbprint, CertThumbprint::of_der(&leaf.cert_der));
+        assert_eq!(subject(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn subject_values_are_escaped() {
+        let mut out = String::new();
+        escape_value(" a,b+c\"d\\é#", &mut out);
+        assert_eq!(out, "\\ a\\,b\\+c\\\"d\\\\\\C3\\A9#");
+        out.clear();
+        escape_value("#x ", &mut out);
+        assert_eq!(out, "\\#x\\ ");
+        out.clear();
+        escape_value("a\u{0}b", &mut out);
+        assert_eq!(out, "a\\00b");
+    }
+}
