@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
@@ -153,6 +153,50 @@ fn remove_underscore_aliases(headers: &mut HeaderMap, names: &[String]) {
         .collect();
     for name in aliases {
         headers.remove(name);
+    }
+}
+
+/// A client's request body on its way to the upstream. Its trailers are a second header
+/// section the client writes: the fields the gateway manages are removed from them as
+/// from the head (in every `_` spelling too), or an upstream that reads trailers beside
+/// the headers could be handed another identity or forwarding claim than the gateway's.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    settings: Arc<Settings>,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        let names = &self.settings.managed_names;
+                        for name in names {
+                            trailers.remove(name.as_str());
+                        }
+                        remove_underscore_aliases(&mut trailers, names);
+                        Frame::trailers(trailers)
+                    }
+                    Err(data) => data,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -493,6 +537,8 @@ impl Proxy {
         });
         // The timeout covers the response head only: a body or tunnel then streams for
         // as long as its lifetime allows.
+        let settings = Arc::clone(&self.settings);
+        let req = req.map(|inner| RequestBody { inner, settings });
         match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
