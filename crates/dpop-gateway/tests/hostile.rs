@@ -150,3 +150,40 @@ async fn request_trailers_cannot_carry_fields_the_gateway_vouches_for() {
     // An end-to-end trailer the gateway has no say in still passes.
     assert!(forwarded.contains("x-checksum: 42"), "{forwarded:?}");
 }
+
+/// Whether a request on a new connection to `addr` gets a status line within `secs`.
+async fn answered_within(addr: SocketAddr, secs: u64) -> bool {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET /x HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        read_until(&mut stream, b"HTTP/1.1 ").await
+    };
+    tokio::time::timeout(Duration::from_secs(secs), exchange)
+        .await
+        .is_ok_and(|reply| reply.starts_with(b"HTTP/1.1 "))
+}
+
+/// On an h2c listener the first bytes choose HTTP/1.1 or HTTP/2, and HTTP/1.1's header
+/// read timeout only starts after that: a client that connects and sends nothing (or
+/// only the start of the HTTP/2 preface) must not keep its connection slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_h2c_connection_does_not_keep_its_slot() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = dpop_test::TestUpstream::start().await.unwrap();
+    let gw = Running::start(
+        &issuer,
+        &upstream.url(),
+        "h2c = true\n[limits]\nmax_connections = 1\nhandshake_timeout_secs = 1\n",
+    )
+    .await;
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+        silent.write_all(opening).await.unwrap();
+        assert!(
+            answered_within(gw.addr, 8).await,
+            "a connection that sent {opening:?} and went quiet holds the only slot"
+        );
+        drop(silent);
+    }
+}
