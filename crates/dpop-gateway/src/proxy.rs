@@ -156,6 +156,24 @@ fn remove_underscore_aliases(headers: &mut HeaderMap, names: &[String]) {
     }
 }
 
+/// RFC 9113 §8.2.3: the `Cookie` fields an HTTP/2 client may split are joined with `; `
+/// before an HTTP/1.1 hop, where one line is expected (a server reading only the first,
+/// or joining with `,`, would see other cookies than were sent).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// A client's request body on its way to the upstream. Its trailers are a second header
 /// section the client writes: the fields the gateway manages are removed from them as
 /// from the head (in every `_` spelling too), or an upstream that reads trailers beside
@@ -448,6 +466,9 @@ impl Proxy {
             headers.remove("x-forwarded-proto");
         }
         headers.remove(header::HOST);
+        if !upstream.config.http2 {
+            join_cookies(headers);
+        }
         // Credentials the gateway checked are replaced by the identity. Where it did not
         // vouch for the request (an `off` route, a report-only failure) they pass through,
         // so an upstream that still authenticates on its own keeps working during roll-out.

@@ -187,3 +187,41 @@ async fn a_silent_h2c_connection_does_not_keep_its_slot() {
         drop(silent);
     }
 }
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `Cookie` into several fields, which must
+/// be joined with `; ` before an HTTP/1.1 hop; an HTTP/1.1 server that reads only the
+/// first line, or joins them with `,` as for other fields, would see other cookies than
+/// the client sent. The upstream also never sees the client's `Host` or `:authority`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_reach_an_http1_upstream_as_one() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = dpop_test::TestUpstream::start().await.unwrap();
+    let gw = Running::start(&issuer, &upstream.url(), "h2c = true\n").await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(TcpStream::connect(gw.addr).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let url = format!("http://{}/items", gw.addr);
+    let lines = credentials(&issuer, &gw, "GET", "/items");
+    let mut req = http::Request::get(&url)
+        .header("cookie", "session=abc")
+        .header("cookie", "csrf=xyz")
+        .header("host", "evil.example");
+    for line in lines.lines() {
+        let (name, value) = line.split_once(": ").unwrap();
+        req = req.header(name, value);
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+    send.ready().await.unwrap();
+    let status = send.send_request(req).await.unwrap().status();
+    assert_eq!(status, 200);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.header_values("cookie"), ["session=abc; csrf=xyz"]);
+    assert_eq!(seen.header_values("host"), [upstream.addr().to_string()]);
+}
