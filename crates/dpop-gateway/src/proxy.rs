@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
@@ -153,6 +153,68 @@ fn remove_underscore_aliases(headers: &mut HeaderMap, names: &[String]) {
         .collect();
     for name in aliases {
         headers.remove(name);
+    }
+}
+
+/// RFC 9113 §8.2.3: the `Cookie` fields an HTTP/2 client may split are joined with `; `
+/// before an HTTP/1.1 hop, where one line is expected (a server reading only the first,
+/// or joining with `,`, would see other cookies than were sent).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// A client's request body on its way to the upstream. Its trailers are a second header
+/// section the client writes: the fields the gateway manages are removed from them as
+/// from the head (in every `_` spelling too), or an upstream that reads trailers beside
+/// the headers could be handed another identity or forwarding claim than the gateway's.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    settings: Arc<Settings>,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        let names = &self.settings.managed_names;
+                        for name in names {
+                            trailers.remove(name.as_str());
+                        }
+                        remove_underscore_aliases(&mut trailers, names);
+                        Frame::trailers(trailers)
+                    }
+                    Err(data) => data,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -404,6 +466,9 @@ impl Proxy {
             headers.remove("x-forwarded-proto");
         }
         headers.remove(header::HOST);
+        if !upstream.config.http2 {
+            join_cookies(headers);
+        }
         // Credentials the gateway checked are replaced by the identity. Where it did not
         // vouch for the request (an `off` route, a report-only failure) they pass through,
         // so an upstream that still authenticates on its own keeps working during roll-out.
@@ -493,6 +558,8 @@ impl Proxy {
         });
         // The timeout covers the response head only: a body or tunnel then streams for
         // as long as its lifetime allows.
+        let settings = Arc::clone(&self.settings);
+        let req = req.map(|inner| RequestBody { inner, settings });
         match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");

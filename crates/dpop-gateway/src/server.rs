@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::config::{GatewayConfig, TokenCheck};
@@ -248,6 +248,7 @@ impl Gateway {
             let protocols = Arc::clone(&protocols);
             let mut stop = draining.clone();
             let Some(tls) = tls.clone() else {
+                let first = FirstRequest::default();
                 let svc = request_service(
                     service,
                     metadata_layer,
@@ -255,12 +256,14 @@ impl Gateway {
                     None,
                     request_timeout,
                     permit.clone(),
+                    first.clone(),
                 );
                 let io = TokioIo::new(stream);
                 if h2c {
                     tokio::spawn(async move {
                         let conn = protocols.auto.serve_connection_with_upgrades(io, svc);
-                        drive(conn, stop, |c| c.graceful_shutdown()).await;
+                        let served = drive(conn, stop, |c| c.graceful_shutdown());
+                        first.bound(served, handshake_timeout, peer).await;
                         drop(permit);
                     });
                 } else {
@@ -286,6 +289,7 @@ impl Gateway {
                         return;
                     }
                 };
+                let first = FirstRequest::default();
                 let svc = request_service(
                     service,
                     metadata_layer,
@@ -293,11 +297,13 @@ impl Gateway {
                     accepted.client_cert,
                     request_timeout,
                     permit.clone(),
+                    first.clone(),
                 );
                 let io = TokioIo::new(accepted.stream);
                 if accepted.h2 {
                     let conn = protocols.http2.serve_connection(io, svc);
-                    drive(conn, stop, |c| c.graceful_shutdown()).await;
+                    let served = drive(conn, stop, |c| c.graceful_shutdown());
+                    first.bound(served, handshake_timeout, peer).await;
                 } else {
                     let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
                     drive(conn, stop, |c| c.graceful_shutdown()).await;
@@ -371,6 +377,41 @@ fn configure_http2(h2: &mut http2::Builder<TokioExecutor>, config: &GatewayConfi
         .keep_alive_timeout(H2_PING_TIMEOUT);
 }
 
+/// Whether a connection has delivered a request head yet. HTTP/1.1's header read timeout
+/// bounds a connection that sends nothing; an HTTP/2 connection (and the first bytes of an
+/// h2c listener's, which choose the protocol) has no such bound of its own, so one that
+/// has sent no request within the handshake timeout is closed rather than holding its
+/// connection slot for good.
+#[derive(Clone, Default)]
+struct FirstRequest(Arc<Notify>);
+
+impl FirstRequest {
+    /// Called for every request head.
+    fn seen(&self) {
+        // Stores a permit when nobody waits yet: the first request is never missed.
+        self.0.notify_one();
+    }
+
+    /// Runs `served`, dropping it (which closes the connection) when no request head has
+    /// arrived within `timeout`.
+    async fn bound(self, served: impl Future<Output = ()>, timeout: Duration, peer: SocketAddr) {
+        let deadline = async {
+            if tokio::time::timeout(timeout, self.0.notified())
+                .await
+                .is_ok()
+            {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = deadline => {
+                tracing::debug!(target: "dpop::gateway", %peer, "connection closed: no request within the handshake timeout");
+            }
+        }
+    }
+}
+
 /// Resolves when the drain starts (or the gateway is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, not held across an await.
@@ -406,6 +447,7 @@ fn request_service<S>(
     client_cert: Option<ClientCertificate>,
     request_timeout: Duration,
     slot: ConnectionSlot,
+    first: FirstRequest,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = http::Response<crate::proxy::Body>,
@@ -427,6 +469,7 @@ where
     S::Future: Send + 'static,
 {
     service_fn(move |mut req: Request<Incoming>| {
+        first.seen();
         req.extensions_mut().insert(PeerAddr(peer));
         if let Some(cert) = &client_cert {
             req.extensions_mut().insert(cert.clone());

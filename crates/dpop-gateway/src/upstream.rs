@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,12 +32,13 @@ use tower::Service;
 
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::error::GatewayError;
+use crate::proxy::RequestBody;
 
 /// How long a connection attempt may take (TCP connect, then the TLS handshake each).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pooled client every upstream of one connection setting shares.
-pub(crate) type UpstreamClient = Client<UpstreamConnector, Incoming>;
+pub(crate) type UpstreamClient = Client<UpstreamConnector, RequestBody>;
 
 /// Why a connection to an upstream could not be made.
 #[derive(Debug)]

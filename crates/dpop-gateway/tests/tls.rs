@@ -688,3 +688,41 @@ async fn bad_certificate_files_are_configuration_errors_naming_the_file() {
     let e = GatewayConfig::from_toml(&text).unwrap_err().to_string();
     assert!(e.contains("public_url") && e.contains("https"), "{e}");
 }
+
+/// HTTP/2 has no header read timeout: a client that completes the handshake with ALPN
+/// `h2` and then sends nothing must not keep its connection slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_http2_connection_does_not_keep_its_slot() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let ca = TestCa::new("silent ca");
+    let server = server_cert(&ca);
+    let rest = format!(
+        "{}\n[limits]\nmax_connections = 1\nhandshake_timeout_secs = 1\n",
+        tls_section(&server, "")
+    );
+    let gw = Running::start(&issuer, &upstream, &rest).await;
+    let silent = connect(gw.addr, client_config(&ca, None, &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let caller = Caller::new(&issuer, None);
+    let url = gw.https("/v1/items");
+    let next = async {
+        let stream = connect(gw.addr, client_config(&ca, None, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let mut send = h1(stream).await;
+        let mut req = caller.request("GET", "/v1/items", &url);
+        req.headers_mut()
+            .insert("host", gw.addr.to_string().parse().unwrap());
+        status1(&mut send, req).await
+    };
+    let status = tokio::time::timeout(Duration::from_secs(8), next).await;
+    assert_eq!(
+        status.ok(),
+        Some(StatusCode::OK),
+        "a silent HTTP/2 connection holds the only slot"
+    );
+    drop(silent);
+}

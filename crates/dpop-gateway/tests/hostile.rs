@@ -1,0 +1,227 @@
+//! Hostile clients against the gateway, on real sockets: fields the gateway vouches for
+//! cannot be smuggled to the upstream in other parts of the request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
+use dpop_gateway::{Gateway, GatewayConfig};
+use dpop_test::{MockIssuer, RawRequest, RawUpstream, TokenSpec};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const AUD: &str = "https://api.example.com";
+
+/// A gateway serving in this process; stopped when dropped.
+struct Running {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// A gateway on a free loopback port in front of `upstream`, with `rest` appended to
+    /// its configuration.
+    async fn start(issuer: &MockIssuer, upstream: &str, rest: &str) -> Self {
+        let port = dpop_test::free_port();
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\nissuer = \"{}\"\n\
+             audience = \"{AUD}\"\nallowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
+            issuer.url()
+        );
+        let gateway = Gateway::bind(GatewayConfig::from_toml(&text).unwrap())
+            .await
+            .unwrap();
+        let addr = gateway.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, _stop: stop }
+    }
+}
+
+/// `Authorization` and `DPoP` lines for `method` on `http://ADDR{path}`, for a token of
+/// subject `alice`.
+fn credentials(issuer: &MockIssuer, gw: &Running, method: &str, path: &str) -> String {
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = issuer.mint(&TokenSpec {
+        sub: "alice".into(),
+        ..TokenSpec::bound(AUD, key.thumbprint().as_str())
+    });
+    let proof = ProofBuilder::new(method, &format!("http://{}{path}", gw.addr))
+        .unwrap()
+        .access_token(&token)
+        .sign(&key, &SystemRandomSource, dpop_test::now())
+        .unwrap();
+    format!("Authorization: DPoP {token}\r\nDPoP: {proof}\r\n")
+}
+
+/// Reads from `stream` until `needle` has arrived (or the peer closes, or 5 s pass).
+async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(needle.len()).any(|w| w == needle) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    buf
+}
+
+/// An upstream that answers every request with what it received after the head (the
+/// chunked body and its trailer section), as the response body.
+async fn body_echo_upstream() -> RawUpstream {
+    RawUpstream::start(|mut req: RawRequest| async move {
+        let mut body = req.body_start;
+        let mut chunk = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            // The last chunk, then the trailer section up to its blank line.
+            let complete =
+                |b: &[u8]| b.windows(3).any(|w| w == b"0\r\n") && b.ends_with(b"\r\n\r\n");
+            while !complete(&body) {
+                match req.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        let mut reply =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        reply.extend_from_slice(&body);
+        let _ = req.stream.write_all(&reply).await;
+    })
+    .await
+    .unwrap()
+}
+
+/// Request trailers are a second header section the client controls: identity and
+/// forwarding fields in them would reach the upstream beside the ones the gateway set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_cannot_carry_fields_the_gateway_vouches_for() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = body_echo_upstream().await;
+    let gw = Running::start(&issuer, &upstream.url(), "").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}\r\n{}Transfer-Encoding: chunked\r\n\
+         Trailer: x-dpop-subject, x_dpop_subject, x-forwarded-for, x-http-method-override, x-checksum\r\n\r\n",
+        gw.addr,
+        credentials(&issuer, &gw, "POST", "/upload"),
+    );
+    let body = "5\r\nhello\r\n0\r\nx-dpop-subject: admin\r\nx_dpop_subject: admin\r\n\
+                x-forwarded-for: 10.6.6.6\r\nx-http-method-override: DELETE\r\n\
+                x-checksum: 42\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let reply = read_until(&mut stream, b"\r\n\r\n").await;
+    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let len: usize = String::from_utf8_lossy(&reply[..head_end])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length: ")
+                .map(|v| v.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&reply)));
+    let mut reply = reply;
+    while reply.len() < head_end + len {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    let forwarded = &text[head_end..];
+    assert!(forwarded.contains("hello"), "{forwarded}");
+    for smuggled in [
+        "x-dpop-subject",
+        "x_dpop_subject",
+        "x-forwarded-for",
+        "x-http-method-override",
+    ] {
+        assert!(!forwarded.contains(smuggled), "{smuggled} in {forwarded:?}");
+    }
+    // An end-to-end trailer the gateway has no say in still passes.
+    assert!(forwarded.contains("x-checksum: 42"), "{forwarded:?}");
+}
+
+/// Whether a request on a new connection to `addr` gets a status line within `secs`.
+async fn answered_within(addr: SocketAddr, secs: u64) -> bool {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET /x HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        read_until(&mut stream, b"HTTP/1.1 ").await
+    };
+    tokio::time::timeout(Duration::from_secs(secs), exchange)
+        .await
+        .is_ok_and(|reply| reply.starts_with(b"HTTP/1.1 "))
+}
+
+/// On an h2c listener the first bytes choose HTTP/1.1 or HTTP/2, and HTTP/1.1's header
+/// read timeout only starts after that: a client that connects and sends nothing (or
+/// only the start of the HTTP/2 preface) must not keep its connection slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_h2c_connection_does_not_keep_its_slot() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = dpop_test::TestUpstream::start().await.unwrap();
+    let gw = Running::start(
+        &issuer,
+        &upstream.url(),
+        "h2c = true\n[limits]\nmax_connections = 1\nhandshake_timeout_secs = 1\n",
+    )
+    .await;
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+        silent.write_all(opening).await.unwrap();
+        assert!(
+            answered_within(gw.addr, 8).await,
+            "a connection that sent {opening:?} and went quiet holds the only slot"
+        );
+        drop(silent);
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `Cookie` into several fields, which must
+/// be joined with `; ` before an HTTP/1.1 hop; an HTTP/1.1 server that reads only the
+/// first line, or joins them with `,` as for other fields, would see other cookies than
+/// the client sent. The upstream also never sees the client's `Host` or `:authority`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_reach_an_http1_upstream_as_one() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = dpop_test::TestUpstream::start().await.unwrap();
+    let gw = Running::start(&issuer, &upstream.url(), "h2c = true\n").await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(TcpStream::connect(gw.addr).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let url = format!("http://{}/items", gw.addr);
+    let lines = credentials(&issuer, &gw, "GET", "/items");
+    let mut req = http::Request::get(&url)
+        .header("cookie", "session=abc")
+        .header("cookie", "csrf=xyz")
+        .header("host", "evil.example");
+    for line in lines.lines() {
+        let (name, value) = line.split_once(": ").unwrap();
+        req = req.header(name, value);
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+    send.ready().await.unwrap();
+    let status = send.send_request(req).await.unwrap().status();
+    assert_eq!(status, 200);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.header_values("cookie"), ["session=abc; csrf=xyz"]);
+    assert_eq!(seen.header_values("host"), [upstream.addr().to_string()]);
+}
