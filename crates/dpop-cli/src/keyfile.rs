@@ -55,13 +55,9 @@ pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, C
 
 /// Refuses a private key file with any permission for group or others.
 fn check_private_mode(path: &Path, mode: Option<u32>) -> Result<(), CliError> {
-    match mode {
-        Some(mode) if mode & 0o077 != 0 => Err(CliError::usage(format!(
-            "the key file {shown} can be read by other users (mode {mode:04o}); a private key \
-             must be readable by its owner only: run `chmod 600 {shown}`",
-            shown = path.display()
-        ))),
-        _ => Ok(()),
+    match mode.and_then(|mode| dpop_server::files::loose_key_mode(path, mode)) {
+        Some(why) => Err(CliError::usage(why)),
+        None => Ok(()),
     }
 }
 

@@ -35,6 +35,7 @@
 mod config;
 mod error;
 mod metrics;
+mod pem;
 mod proxy;
 mod server;
 mod store;

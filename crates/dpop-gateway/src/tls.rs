@@ -14,8 +14,7 @@ use dpop_core::jwt::CertThumbprint;
 use dpop_tower::ClientCertificate;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
@@ -24,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsConfig;
 use crate::error::GatewayError;
+use crate::pem;
 
 /// What a TLS handshake established.
 pub(crate) struct Accepted {
@@ -246,10 +246,7 @@ impl PairSource {
 }
 
 fn read_files(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
-    Ok((read(cert_file)?, read(key_file)?))
+    Ok((pem::read(cert_file, false)?, pem::read(key_file, true)?))
 }
 
 /// The chain and key from PEM file contents, checked to belong together. Errors name the
@@ -260,21 +257,8 @@ fn certified_key(
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, String> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert_file.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "{}: no CERTIFICATE block (a PEM chain, leaf first, is expected)",
-            cert_file.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
-        format!(
-            "{}: no private key (PEM PKCS#8, SEC1 or PKCS#1 is expected): {e}",
-            key_file.display()
-        )
-    })?;
+    let chain = pem::certificates(cert_pem, cert_file)?;
+    let key = pem::private_key(key_pem, key_file)?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
@@ -297,19 +281,7 @@ fn certified_key(
 }
 
 fn client_roots(ca_file: &Path) -> Result<RootCertStore, GatewayError> {
-    let bad = |why: String| GatewayError::Config(format!("{}: {why}", ca_file.display()));
-    let pem = std::fs::read(ca_file).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not a PEM certificate list: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no CERTIFICATE block".into()));
-    }
-    Ok(roots)
+    pem::roots(ca_file).map_err(GatewayError::Config)
 }
 
 /// The verified leaf as the layer and the proxy see it.

@@ -12,7 +12,6 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,8 +22,7 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -32,6 +30,7 @@ use tower::Service;
 
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::error::GatewayError;
+use crate::pem;
 use crate::proxy::RequestBody;
 
 /// How long a connection attempt may take (TCP connect, then the TLS handshake each).
@@ -239,19 +238,9 @@ impl SystemRoots {
     }
 }
 
-fn file_error(setting: &str, path: &Path, why: impl fmt::Display) -> GatewayError {
-    GatewayError::Config(format!("{setting} {}: {why}", path.display()))
-}
-
-/// The certificates of a PEM file; at least one.
-fn read_certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| file_error(setting, path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(setting, path, "no PEM certificate in it"));
-    }
-    Ok(certs)
+/// A file problem (`why` names the file) under the setting that names the file.
+fn file_error(setting: &str, why: impl fmt::Display) -> GatewayError {
+    GatewayError::Config(format!("{setting} {why}"))
 }
 
 /// The rustls client configuration of an https upstream.
@@ -261,15 +250,7 @@ fn tls_config(
     roots: &mut SystemRoots,
 ) -> Result<ClientConfig, GatewayError> {
     let roots = match &tls.ca_file {
-        Some(path) => {
-            let mut store = RootCertStore::empty();
-            for cert in read_certs("ca_file", path)? {
-                store.add(cert).map_err(|e| {
-                    file_error("ca_file", path, format!("not a CA certificate: {e}"))
-                })?;
-            }
-            Arc::new(store)
-        }
+        Some(path) => Arc::new(pem::roots(path).map_err(|e| file_error("ca_file", e))?),
         None => roots.get(upstream)?,
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -280,14 +261,12 @@ fn tls_config(
     let mut config = match &tls.client_cert {
         None => builder.with_no_client_auth(),
         Some(files) => {
-            let chain = read_certs("client_cert_file", &files.cert_file)?;
-            let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| {
-                file_error(
-                    "client_key_file",
-                    &files.key_file,
-                    format!("no PKCS#8, SEC1 or PKCS#1 private key: {e}"),
-                )
-            })?;
+            let chain = pem::read(&files.cert_file, false)
+                .and_then(|text| pem::certificates(&text, &files.cert_file))
+                .map_err(|e| file_error("client_cert_file", e))?;
+            let key = pem::read(&files.key_file, true)
+                .and_then(|text| pem::private_key(&text, &files.key_file))
+                .map_err(|e| file_error("client_key_file", e))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 let why = match e {
                     rustls::Error::InconsistentKeys(_) => format!(
@@ -296,7 +275,10 @@ fn tls_config(
                     ),
                     other => other.to_string(),
                 };
-                file_error("client_key_file", &files.key_file, why)
+                file_error(
+                    "client_key_file",
+                    format!("{}: {why}", files.key_file.display()),
+                )
             })?
         }
     };

@@ -603,6 +603,12 @@ async fn bad_certificate_files_are_configuration_errors_naming_the_file() {
     let missing = ca.dir().join("missing.pem");
     let garbage = ca.dir().join("garbage.pem");
     std::fs::write(&garbage, "hello").unwrap();
+    // Private, so that its content is what is refused when it is named as a key.
+    std::fs::set_permissions(
+        &garbage,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let cases: Vec<(String, String)> = vec![
         (
             format!(

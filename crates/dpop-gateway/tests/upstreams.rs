@@ -265,15 +265,23 @@ async fn unusable_certificate_and_key_files_are_configuration_errors() {
         "{e}"
     );
     assert!(e.contains("does not match the certificate"), "{e}");
-    // A key file holding a certificate, a certificate file holding a key.
-    let e = expect_config(start(&issuer, &with(&a.cert_file, &a.cert_file), "").await);
+    // A key file holding a certificate (private, so its content is what is refused), a
+    // certificate file holding a key.
+    let cert_as_key = ca.dir().join("cert-as-key.pem");
+    std::fs::write(&cert_as_key, &a.cert_pem).unwrap();
+    std::fs::set_permissions(
+        &cert_as_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let e = expect_config(start(&issuer, &with(&a.cert_file, &cert_as_key), "").await);
     assert!(
         e.contains("client_key_file") && e.contains("private key"),
         "{e}"
     );
     let e = expect_config(start(&issuer, &with(&a.key_file, &a.key_file), "").await);
     assert!(
-        e.contains("client_cert_file") && e.contains("no PEM certificate"),
+        e.contains("client_cert_file") && e.contains("no CERTIFICATE block"),
         "{e}"
     );
     // A CA file that is missing, or is no certificate.
@@ -299,7 +307,7 @@ async fn unusable_certificate_and_key_files_are_configuration_errors() {
         .await,
     );
     assert!(
-        e.contains("ca_file") && e.contains("no PEM certificate"),
+        e.contains("ca_file") && e.contains("no CERTIFICATE block"),
         "{e}"
     );
 }

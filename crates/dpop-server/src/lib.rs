@@ -7,7 +7,8 @@
 //!   readiness check) and `/metrics` (a prometheus-client [`Registry`] as OpenMetrics
 //!   text), with a bounded number of connections and bounded connection times;
 //! - [`logging`]: the `tracing` subscriber, text or JSON lines on stderr;
-//! - [`signal`]: the future that resolves on SIGTERM or Ctrl-C.
+//! - [`signal`]: the future that resolves on SIGTERM or Ctrl-C;
+//! - [`files`]: the permission rule for private key files.
 //!
 //! It knows nothing of DPoP or OAuth, and it does not serve the processes' public
 //! listeners: their connection handling (limits, drain) is their own.
@@ -34,6 +35,7 @@
 //! [`Registry`]: prometheus_client::registry::Registry
 
 pub mod admin;
+pub mod files;
 pub mod logging;
 pub mod metrics;
 pub mod signal;
