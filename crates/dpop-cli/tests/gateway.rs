@@ -1193,17 +1193,23 @@ async fn unreachable_redis_at_start_exits_1() {
     );
 }
 
-/// 10d. An https upstream whose certificate does not verify: exit 1 naming it; a client
-/// key that does not match its certificate: exit 2 naming the file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_tls_failures_at_start_exit_with_the_reason() {
-    let issuer = MockIssuer::start().await.unwrap();
+/// An https upstream on 127.0.0.1 with a certificate from a private CA, and that CA.
+async fn https_upstream() -> (dpop_test::TestCa, TestUpstream) {
     let ca = dpop_test::TestCa::new("upstream ca");
     let upstream = TestUpstream::builder()
         .tls(&ca.server(&["127.0.0.1"]))
         .start()
         .await
         .unwrap();
+    (ca, upstream)
+}
+
+/// 10d. An https upstream whose certificate does not verify: exit 1 naming it; a client
+/// key that does not match its certificate: exit 2 naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_failures_at_start_exit_with_the_reason() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let (ca, upstream) = https_upstream().await;
     let listen = format!("127.0.0.1:{}", free_port());
     let flags = gateway_flags(&upstream.url(), issuer.url());
     let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -1399,12 +1405,7 @@ async fn nonces_survive_a_rolling_secret_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_table_reaches_an_https_upstream_through_its_ca_file() {
     let issuer = MockIssuer::start().await.unwrap();
-    let ca = dpop_test::TestCa::new("upstream ca");
-    let upstream = TestUpstream::builder()
-        .tls(&ca.server(&["127.0.0.1"]))
-        .start()
-        .await
-        .unwrap();
+    let (ca, upstream) = https_upstream().await;
     let launch = Launch::bare();
     let ca_file = ca.ca_file().display().to_string();
     // Nothing listens there: a warning at start-up, 502 with the cause in the log later.

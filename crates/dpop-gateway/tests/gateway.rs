@@ -3,100 +3,19 @@
 //! proof gets the RFC 9449 challenge, hostile request targets are refused with nothing
 //! forwarded, and the admin listener answers `/healthz`.
 
+mod common;
+
 use std::net::SocketAddr;
 
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
-use dpop_gateway::{Gateway, GatewayConfig};
-use dpop_test::{
-    HttpResponse, MockIssuer, TestUpstream, TokenSpec, free_port, http_request, raw_exchange,
-};
-use tokio::sync::oneshot;
+use common::{Caller, Running};
+use dpop_core::{ProofBuilder, SystemRandomSource};
+use dpop_test::{HttpResponse, MockIssuer, TestUpstream, http_request, raw_exchange};
 
-const AUD: &str = "https://api.example.com";
 const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 
 /// The hostile-target table of dpop-core, also run through the parser, the layer and the
 /// `dpop gateway` binary.
 const HOSTILE: &str = include_str!("../../dpop-core/tests/vectors/hostile-targets.txt");
-
-/// A validated configuration from TOML text.
-fn config(text: &str) -> GatewayConfig {
-    GatewayConfig::from_toml(text).unwrap()
-}
-
-/// A gateway serving in this process; stopped when dropped.
-struct Running {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Running {
-    /// A gateway on free loopback ports in front of `upstream`, for `issuer`'s tokens,
-    /// with `rest` appended to its configuration.
-    async fn start(issuer: &MockIssuer, upstream: &TestUpstream, rest: &str) -> Self {
-        let (port, admin_port) = (free_port(), free_port());
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-             upstream = \"{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\
-             allowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
-            upstream.url(),
-            issuer.url()
-        );
-        let gateway = Gateway::bind(config(&text)).await.unwrap();
-        let addr = gateway.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-            _stop: stop,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// `resource_metadata="…"`: the RFC 9728 document URL every challenge carries.
-    fn metadata_param(&self) -> String {
-        format!(
-            r#"resource_metadata="http://{}/.well-known/oauth-protected-resource""#,
-            self.addr
-        )
-    }
-}
-
-/// A client key and an access token bound to it.
-struct Caller {
-    key: PrivateKey,
-    token: String,
-}
-
-impl Caller {
-    fn new(issuer: &MockIssuer) -> Self {
-        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-        let token = issuer.mint(&TokenSpec {
-            scope: Some("read".into()),
-            ..TokenSpec::bound(AUD, key.thumbprint().as_str())
-        });
-        Self { key, token }
-    }
-
-    fn authorization(&self) -> String {
-        format!("DPoP {}", self.token)
-    }
-
-    fn proof(&self, method: &str, htu: &str) -> String {
-        ProofBuilder::new(method, htu)
-            .unwrap()
-            .access_token(&self.token)
-            .sign(&self.key, &SystemRandomSource, dpop_test::now())
-            .unwrap()
-    }
-}
 
 async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
     http_request(method, url, headers, b"").await.unwrap()
@@ -112,8 +31,8 @@ async fn raw_get(addr: SocketAddr, target: &[u8], headers: &[(&str, &str)]) -> (
 async fn a_dpop_request_is_forwarded_with_the_identity() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream, "").await;
-    let caller = Caller::new(&issuer);
+    let gw = Running::start(&issuer, &upstream.url(), "").await;
+    let caller = Caller::scoped(&issuer, "read");
 
     let url = gw.url("/v1/items?page=2");
     let proof = caller.proof("GET", &url);
@@ -173,8 +92,8 @@ async fn a_dpop_request_is_forwarded_with_the_identity() {
 async fn a_missing_proof_is_refused_with_the_challenge() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream, "").await;
-    let caller = Caller::new(&issuer);
+    let gw = Running::start(&issuer, &upstream.url(), "").await;
+    let caller = Caller::scoped(&issuer, "read");
     let url = gw.url("/v1/items");
 
     // The DPoP scheme without a proof.
@@ -210,7 +129,7 @@ async fn protected_resource_metadata_is_served_without_dpop() {
     let upstream = TestUpstream::start().await.unwrap();
     let gw = Running::start(
         &issuer,
-        &upstream,
+        &upstream.url(),
         "[resource_metadata]\nresource_name = \"Items API\"\n\
          resource_documentation = \"https://docs.example.com/items\"\nmax_age_secs = 600\n\
          [[routes]]\npath_prefix = \"/v1\"\nscopes = [\"read\", \"write\"]\n\
@@ -261,12 +180,7 @@ async fn protected_resource_metadata_is_served_without_dpop() {
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.is_empty(), "{r:?}");
     // 403 insufficient_scope names what is missing, with the metadata URL.
-    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-    let token = issuer.mint(&TokenSpec {
-        scope: Some("read".into()),
-        ..TokenSpec::bound(AUD, key.thumbprint().as_str())
-    });
-    let caller = Caller { key, token };
+    let caller = Caller::scoped(&issuer, "read");
     let items = gw.url("/v1/items");
     let proof = caller.proof("GET", &items);
     let r = send(
@@ -296,11 +210,11 @@ async fn hostile_targets_are_refused_and_never_forwarded() {
     // A route without DPoP too: the target check comes before any route's rules.
     let gw = Running::start(
         &issuer,
-        &upstream,
+        &upstream.url(),
         "[[routes]]\npath_prefix = \"/public\"\ndpop = \"off\"\n",
     )
     .await;
-    let caller = Caller::new(&issuer);
+    let caller = Caller::scoped(&issuer, "read");
     let auth = caller.authorization();
     let table = dpop_core::internal::vectors::target_table(HOSTILE).unwrap();
     let hostile: Vec<_> = table.iter().filter(|(e, _)| e != "ok").collect();
@@ -341,8 +255,9 @@ async fn hostile_targets_are_refused_and_never_forwarded() {
 async fn the_admin_listener_answers_healthz() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream, "").await;
-    let r = send("GET", &format!("http://{}/healthz", gw.admin), &[]).await;
+    let gw = Running::with_admin(&issuer, &upstream.url(), "").await;
+    let admin = gw.admin.unwrap();
+    let r = send("GET", &format!("http://{admin}/healthz"), &[]).await;
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"), "{r:?}");
     assert!(r.header("www-authenticate").is_none());
     // The admin paths are not served on the proxy listener: there they need DPoP.

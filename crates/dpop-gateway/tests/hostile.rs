@@ -1,60 +1,25 @@
 //! Hostile clients against the gateway, on real sockets: fields the gateway vouches for
 //! cannot be smuggled to the upstream in other parts of the request.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
-use dpop_gateway::{Gateway, GatewayConfig};
-use dpop_test::{MockIssuer, RawRequest, RawUpstream, TokenSpec};
+use common::{Caller, Running};
+use dpop_test::{MockIssuer, RawRequest, RawUpstream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-
-const AUD: &str = "https://api.example.com";
-
-/// A gateway serving in this process; stopped when dropped.
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Running {
-    /// A gateway on a free loopback port in front of `upstream`, with `rest` appended to
-    /// its configuration.
-    async fn start(issuer: &MockIssuer, upstream: &str, rest: &str) -> Self {
-        let port = dpop_test::free_port();
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"{upstream}\"\nissuer = \"{}\"\n\
-             audience = \"{AUD}\"\nallowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
-            issuer.url()
-        );
-        let gateway = Gateway::bind(GatewayConfig::from_toml(&text).unwrap())
-            .await
-            .unwrap();
-        let addr = gateway.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, _stop: stop }
-    }
-}
 
 /// `Authorization` and `DPoP` lines for `method` on `http://ADDR{path}`, for a token of
 /// subject `alice`.
 fn credentials(issuer: &MockIssuer, gw: &Running, method: &str, path: &str) -> String {
-    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-    let token = issuer.mint(&TokenSpec {
-        sub: "alice".into(),
-        ..TokenSpec::bound(AUD, key.thumbprint().as_str())
-    });
-    let proof = ProofBuilder::new(method, &format!("http://{}{path}", gw.addr))
-        .unwrap()
-        .access_token(&token)
-        .sign(&key, &SystemRandomSource, dpop_test::now())
-        .unwrap();
-    format!("Authorization: DPoP {token}\r\nDPoP: {proof}\r\n")
+    let caller = Caller::minted(issuer, |_, spec| spec.sub = "alice".into());
+    let proof = caller.proof(method, &gw.url(path));
+    format!(
+        "Authorization: {}\r\nDPoP: {proof}\r\n",
+        caller.authorization()
+    )
 }
 
 /// Reads from `stream` until `needle` has arrived (or the peer closes, or 5 s pass).

@@ -3,12 +3,12 @@
 //! events and request bodies passed through unbuffered; the upstream's status line in the
 //! client's protocol; `TE: trailers` forwarded and other upgrades removed.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
-use dpop_gateway::{Gateway, GatewayConfig};
+use common::{Caller, Running};
 use dpop_test::tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use dpop_test::tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use dpop_test::tokio_tungstenite::tungstenite::{self, Message};
@@ -17,88 +17,20 @@ use dpop_test::tonic::metadata::MetadataValue;
 use dpop_test::tonic::{Code, Request};
 use dpop_test::{
     ECHO_COUNT_TRAILER, EchoRequest, GrpcEchoClient, GrpcEchoUpstream, MockIssuer, RawRequest,
-    RawUpstream, TestUpstream, TokenSpec, WsEchoUpstream, free_port, raw_exchange,
+    RawUpstream, TestUpstream, WsEchoUpstream, raw_exchange,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
-const AUD: &str = "https://api.example.com";
-
-/// A gateway serving in this process; stopped when dropped.
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Running {
-    /// A gateway on a free loopback port in front of `upstream`, with `rest` appended to
-    /// its configuration.
-    async fn start(issuer: &MockIssuer, upstream: &str, rest: &str) -> Self {
-        Self::with_upstream(issuer, &format!("\"{upstream}\""), rest).await
-    }
-
-    /// As [`Running::start`], with `upstream` as a TOML value.
-    async fn with_upstream(issuer: &MockIssuer, upstream: &str, rest: &str) -> Self {
-        let port = free_port();
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = {upstream}\nissuer = \"{}\"\n\
-             audience = \"{AUD}\"\nallowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
-            issuer.url()
-        );
-        let gateway = Gateway::bind(GatewayConfig::from_toml(&text).unwrap())
-            .await
-            .unwrap();
-        let addr = gateway.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, _stop: stop }
-    }
-
-    /// The `htu` of `path` (what a WebSocket client signs for `ws://` too).
-    fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-/// A client key and an access token bound to it.
-struct Caller {
-    key: PrivateKey,
-    token: String,
-}
-
-impl Caller {
-    fn new(issuer: &MockIssuer) -> Self {
-        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-        let token = issuer.mint(&TokenSpec {
-            scope: Some("read".into()),
-            ..TokenSpec::bound(AUD, key.thumbprint().as_str())
-        });
-        Self { key, token }
-    }
-
-    fn authorization(&self) -> String {
-        format!("DPoP {}", self.token)
-    }
-
-    fn proof(&self, method: &str, htu: &str) -> String {
-        ProofBuilder::new(method, htu)
-            .unwrap()
-            .access_token(&self.token)
-            .sign(&self.key, &SystemRandomSource, dpop_test::now())
-            .unwrap()
-    }
-
-    /// `Authorization` and a proof for `method` on `htu`.
-    fn headers(&self, method: &str, htu: &str) -> [(&'static str, String); 2] {
-        [
-            ("authorization", self.authorization()),
-            ("dpop", self.proof(method, htu)),
-        ]
-    }
+/// A gateway in front of the upstream at `url` with `rest` in its configuration, and a
+/// caller with a token for it (from the issuer returned with them).
+async fn gateway_for(url: &str, rest: &str) -> (MockIssuer, Running, Caller) {
+    let issuer = MockIssuer::start().await.unwrap();
+    let gw = Running::start(&issuer, url, rest).await;
+    let caller = Caller::scoped(&issuer, "read");
+    (issuer, gw, caller)
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -127,7 +59,7 @@ async fn ws_connect(
 /// A WebSocket connection through the gateway, with a proof for `GET` on the `http`
 /// form of its URL.
 async fn ws_open(gw: &Running, caller: &Caller, path: &str) -> Ws {
-    let headers = caller.headers("GET", &gw.http_url(path));
+    let headers = caller.headers("GET", &gw.url(path));
     ws_connect(gw, path, &headers).await.unwrap()
 }
 
@@ -152,10 +84,8 @@ fn assert_lifetime_close(msg: &Message) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_message_round_trips_after_a_dpop_checked_upgrade() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = WsEchoUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
 
     let mut ws = ws_open(&gw, &caller, "/ws/chat?room=1").await;
     ws.send(Message::text("hello")).await.unwrap();
@@ -177,10 +107,8 @@ async fn a_websocket_message_round_trips_after_a_dpop_checked_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_without_a_valid_proof_is_refused_and_never_forwarded() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = WsEchoUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
 
     let refused = |e: tungstenite::Error| match e {
         tungstenite::Error::Http(resp) => resp,
@@ -198,11 +126,11 @@ async fn an_upgrade_without_a_valid_proof_is_refused_and_never_forwarded() {
         "{challenge}"
     );
     // The handshake is a GET: a proof for another method does not open it.
-    let wrong = caller.headers("POST", &gw.http_url("/ws"));
+    let wrong = caller.headers("POST", &gw.url("/ws"));
     let resp = refused(ws_connect(&gw, "/ws", &wrong).await.unwrap_err());
     assert_eq!(resp.status(), 401);
     // A proof used once is a replay the second time.
-    let headers = caller.headers("GET", &gw.http_url("/ws"));
+    let headers = caller.headers("GET", &gw.url("/ws"));
     drop(ws_connect(&gw, "/ws", &headers).await.unwrap());
     let resp = refused(ws_connect(&gw, "/ws", &headers).await.unwrap_err());
     assert_eq!(resp.status(), 401);
@@ -211,15 +139,12 @@ async fn an_upgrade_without_a_valid_proof_is_refused_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_is_closed_with_1008_when_its_lifetime_ends() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = WsEchoUpstream::start().await.unwrap();
-    let gw = Running::start(
-        &issuer,
+    let (_issuer, gw, caller) = gateway_for(
         &upstream.url(),
         "[[routes]]\npath_prefix = \"/ws\"\nmax_stream_secs = 1\n",
     )
     .await;
-    let caller = Caller::new(&issuer);
 
     let start = Instant::now();
     let mut ws = ws_open(&gw, &caller, "/ws").await;
@@ -245,15 +170,12 @@ async fn a_websocket_is_closed_with_1008_when_its_lifetime_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifetime_close_waits_for_the_upstream_frame_in_flight() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = WsEchoUpstream::start().await.unwrap();
-    let gw = Running::start(
-        &issuer,
+    let (_issuer, gw, caller) = gateway_for(
         &upstream.url(),
         "[[routes]]\npath_prefix = \"/ws\"\nmax_stream_secs = 1\n",
     )
     .await;
-    let caller = Caller::new(&issuer);
 
     let mut ws = ws_open(&gw, &caller, "/ws").await;
     // Half of a 1 MiB frame now, the rest 1.5 s later: the lifetime ends mid-frame.
@@ -270,10 +192,8 @@ async fn the_lifetime_close_waits_for_the_upstream_frame_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_answered_without_101_is_relayed_as_a_response() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
 
     let e = ws_open_err(&gw, &caller).await;
     let tungstenite::Error::Http(resp) = e else {
@@ -288,23 +208,22 @@ async fn an_upgrade_answered_without_101_is_relayed_as_a_response() {
 }
 
 async fn ws_open_err(gw: &Running, caller: &Caller) -> tungstenite::Error {
-    let headers = caller.headers("GET", &gw.http_url("/ws"));
+    let headers = caller.headers("GET", &gw.url("/ws"));
     ws_connect(gw, "/ws", &headers).await.unwrap_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_tunnel_keeps_its_connection_slot() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = WsEchoUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "[limits]\nmax_connections = 1\n").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) =
+        gateway_for(&upstream.url(), "[limits]\nmax_connections = 1\n").await;
 
     let mut ws = ws_open(&gw, &caller, "/ws").await;
     ws.send(Message::text("a")).await.unwrap();
     assert_eq!(next(&mut ws, 5).await, Message::text("a"));
     // The only slot is the tunnel's: a second connection waits.
     let waiting = tokio::spawn({
-        let url = gw.http_url("/ws");
+        let url = gw.url("/ws");
         let headers = caller.headers("GET", &url);
         async move {
             let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -356,7 +275,7 @@ async fn send_head(
     extra: &str,
 ) -> TcpStream {
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    let [(_, auth), (_, proof)] = caller.headers(method, &gw.http_url(path));
+    let [(_, auth), (_, proof)] = caller.headers(method, &gw.url(path));
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nDPoP: {proof}\r\n{extra}\r\n",
         gw.addr
@@ -401,16 +320,10 @@ async fn lock_step_upstream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_arrive_one_by_one_and_outlive_the_request_timeout() {
-    let issuer = MockIssuer::start().await.unwrap();
     let next = Arc::new(Notify::new());
     let upstream = lock_step_upstream("text/event-stream", 3, next.clone()).await;
-    let gw = Running::start(
-        &issuer,
-        &upstream.url(),
-        "[limits]\nrequest_timeout_secs = 1\n",
-    )
-    .await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) =
+        gateway_for(&upstream.url(), "[limits]\nrequest_timeout_secs = 1\n").await;
 
     let start = Instant::now();
     let mut stream = send_head(&gw, &caller, "GET", "/events", "").await;
@@ -439,11 +352,9 @@ async fn server_sent_events_arrive_one_by_one_and_outlive_the_request_timeout() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_past_its_lifetime_ends_cleanly_for_events_and_incomplete_otherwise() {
-    let issuer = MockIssuer::start().await.unwrap();
     let next = Arc::new(Notify::new());
     let events = lock_step_upstream("text/event-stream", 2, next.clone()).await;
-    let gw = Running::start(&issuer, &events.url(), "[limits]\nmax_stream_secs = 1\n").await;
-    let caller = Caller::new(&issuer);
+    let (issuer, gw, caller) = gateway_for(&events.url(), "[limits]\nmax_stream_secs = 1\n").await;
     let mut stream = send_head(&gw, &caller, "GET", "/events", "").await;
     let mut buf = Vec::new();
     read_until(&mut stream, &mut buf, b"data: event-0", 5).await;
@@ -469,7 +380,6 @@ async fn a_stream_past_its_lifetime_ends_cleanly_for_events_and_incomplete_other
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_reaches_the_upstream_while_the_client_still_sends() {
-    let issuer = MockIssuer::start().await.unwrap();
     let got_first = Arc::new(Notify::new());
     let seen = got_first.clone();
     let upstream = RawUpstream::start(move |mut req: RawRequest| {
@@ -498,8 +408,7 @@ async fn a_request_body_reaches_the_upstream_while_the_client_still_sends() {
     })
     .await
     .unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
 
     let mut stream = send_head(
         &gw,
@@ -525,7 +434,6 @@ async fn a_request_body_reaches_the_upstream_while_the_client_still_sends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_status_line_reaches_the_client_as_http_1_1() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = RawUpstream::start(|mut req: RawRequest| async move {
         let _ = req
             .stream
@@ -534,9 +442,8 @@ async fn an_http_1_0_status_line_reaches_the_client_as_http_1_1() {
     })
     .await
     .unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
-    let [(_, auth), (_, proof)] = caller.headers("GET", &gw.http_url("/old"));
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
+    let [(_, auth), (_, proof)] = caller.headers("GET", &gw.url("/old"));
     let r = raw_exchange(
         gw.addr,
         b"GET",
@@ -551,12 +458,10 @@ async fn an_http_1_0_status_line_reaches_the_client_as_http_1_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn te_trailers_is_forwarded_and_other_upgrades_are_not() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
     let get = async |extra: &[(&str, &str)]| {
-        let [(_, auth), (_, proof)] = caller.headers("GET", &gw.http_url("/rpc"));
+        let [(_, auth), (_, proof)] = caller.headers("GET", &gw.url("/rpc"));
         let mut h = vec![("authorization", auth.as_str()), ("dpop", proof.as_str())];
         h.extend_from_slice(extra);
         let r = raw_exchange(gw.addr, b"GET", b"/rpc", &h).await;
@@ -591,7 +496,6 @@ async fn te_trailers_is_forwarded_and_other_upgrades_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_pass_through_to_a_client_that_accepts_them() {
-    let issuer = MockIssuer::start().await.unwrap();
     let upstream = RawUpstream::start(|mut req: RawRequest| async move {
         let te = req
             .head
@@ -607,8 +511,7 @@ async fn trailers_pass_through_to_a_client_that_accepts_them() {
     })
     .await
     .unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let caller = Caller::new(&issuer);
+    let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
 
     let mut stream = send_head(&gw, &caller, "GET", "/sum", "te: trailers\r\n").await;
     let mut buf = Vec::new();
@@ -624,7 +527,7 @@ async fn trailers_pass_through_to_a_client_that_accepts_them() {
 /// `request` with DPoP credentials for a gRPC call to `method` (a POST to its path).
 fn grpc_request<T>(gw: &Running, caller: &Caller, method: &str, request: T) -> Request<T> {
     let mut r = Request::new(request);
-    for (name, value) in caller.headers("POST", &gw.http_url(method)) {
+    for (name, value) in caller.headers("POST", &gw.url(method)) {
         r.metadata_mut()
             .insert(name, MetadataValue::try_from(value.as_str()).unwrap());
     }
@@ -648,7 +551,7 @@ async fn grpc_calls_pass_the_gateway_with_trailers_and_refusals_are_unauthentica
         "h2c = true\n",
     )
     .await;
-    let caller = Caller::new(&issuer);
+    let caller = Caller::scoped(&issuer, "read");
     let mut client = GrpcEchoClient::new(&format!("http://{}", gw.addr));
 
     let unary = "/dpop.test.Echo/Unary";

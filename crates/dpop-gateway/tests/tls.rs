@@ -5,15 +5,17 @@
 //! (RFC 8705); the certificate is reloaded without dropping connections; handshakes are
 //! bounded in time.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{AUD, Caller, Running, config_text, quoted};
 use dpop_core::jwt::CertThumbprint;
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
 use dpop_gateway::{Gateway, GatewayConfig, GatewayError};
-use dpop_test::{CertFiles, MockIssuer, TestCa, TestUpstream, TokenSpec, free_port};
+use dpop_test::{CertFiles, MockIssuer, TestCa, TestUpstream, free_port};
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::{http1, http2};
@@ -22,27 +24,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
-
-const AUD: &str = "https://api.example.com";
-
-/// A gateway serving in this process; stopped when dropped.
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-/// The configuration text of a gateway on `port` in front of `upstream` for `issuer`'s
-/// tokens, accepting `127.0.0.1:port`, with `rest` appended.
-fn config_text(port: u16, issuer: &MockIssuer, upstream: &TestUpstream, rest: &str) -> String {
-    format!(
-        "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nissuer = \"{}\"\naudience = \"{AUD}\"\n\
-         allowed_hosts = [\"127.0.0.1:{port}\"]\n{rest}",
-        upstream.url(),
-        issuer.url()
-    )
-}
 
 /// `[tls]` for `server`, with `more` lines in the section.
 fn tls_section(server: &CertFiles, more: &str) -> String {
@@ -52,36 +34,9 @@ fn tls_section(server: &CertFiles, more: &str) -> String {
     )
 }
 
-impl Running {
-    async fn start(issuer: &MockIssuer, upstream: &TestUpstream, rest: &str) -> Self {
-        let port = free_port();
-        let text = config_text(port, issuer, upstream, rest);
-        let gateway = Gateway::bind(GatewayConfig::from_toml(&text).unwrap())
-            .await
-            .unwrap();
-        let addr = gateway.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, _stop: stop }
-    }
-
-    fn https(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
-    }
-}
-
-/// A client key and an access token bound to it (and, with `cert`, to that certificate).
-struct Caller {
-    key: PrivateKey,
-    token: String,
-}
-
-impl Caller {
-    fn new(issuer: &MockIssuer, cert: Option<&CertFiles>) -> Self {
-        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-        let mut spec = TokenSpec::bound(AUD, key.thumbprint().as_str());
+/// A caller whose token is bound to its key and, with `cert`, to that certificate too.
+fn caller(issuer: &MockIssuer, cert: Option<&CertFiles>) -> Caller {
+    Caller::minted(issuer, |key, spec| {
         if let Some(cert) = cert {
             let x5t = CertThumbprint::of_der(&cert.cert_der);
             spec.extra.insert(
@@ -89,25 +44,7 @@ impl Caller {
                 serde_json::json!({"jkt": key.thumbprint().as_str(), "x5t#S256": x5t.as_str()}),
             );
         }
-        let token = issuer.mint(&spec);
-        Self { key, token }
-    }
-
-    /// `method uri` with the token and a fresh proof for `htu`.
-    fn request(&self, method: &str, uri: &str, htu: &str) -> Request<Empty<Bytes>> {
-        let proof = ProofBuilder::new(method, htu)
-            .unwrap()
-            .access_token(&self.token)
-            .sign(&self.key, &SystemRandomSource, dpop_test::now())
-            .unwrap();
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("DPoP {}", self.token))
-            .header("dpop", proof)
-            .body(Empty::new())
-            .unwrap()
-    }
+    })
 }
 
 /// A rustls client trusting `ca`, offering `alpn`, presenting `cert` if given.
@@ -196,8 +133,8 @@ async fn http1_and_http2_over_tls_reach_the_upstream_with_an_https_htu() {
     let upstream = TestUpstream::start().await.unwrap();
     let ca = TestCa::new("gateway test ca");
     let server = server_cert(&ca);
-    let gw = Running::start(&issuer, &upstream, &tls_section(&server, "")).await;
-    let caller = Caller::new(&issuer, None);
+    let gw = Running::start(&issuer, &upstream.url(), &tls_section(&server, "")).await;
+    let caller = caller(&issuer, None);
     let url = gw.https("/v1/items?x=1");
 
     // HTTP/1.1 (ALPN http/1.1).
@@ -274,9 +211,9 @@ async fn http1_and_http2_over_tls_reach_the_upstream_with_an_https_htu() {
 async fn h2c_is_spoken_only_when_enabled() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let caller = Caller::new(&issuer, None);
+    let caller = caller(&issuer, None);
 
-    let gw = Running::start(&issuer, &upstream, "h2c = true\n").await;
+    let gw = Running::start(&issuer, &upstream.url(), "h2c = true\n").await;
     let url = format!("http://{}/v1/items", gw.addr);
     let mut send = h2(TcpStream::connect(gw.addr).await.unwrap())
         .await
@@ -294,7 +231,7 @@ async fn h2c_is_spoken_only_when_enabled() {
     assert_eq!(upstream.requests().len(), 2);
 
     // Without h2c the prior-knowledge preface is not HTTP/1.1: no request gets through.
-    let plain = Running::start(&issuer, &upstream, "").await;
+    let plain = Running::start(&issuer, &upstream.url(), "").await;
     let url = format!("http://{}/v1/items", plain.addr);
     let refused = match h2(TcpStream::connect(plain.addr).await.unwrap()).await {
         Err(_) => true,
@@ -324,8 +261,8 @@ async fn required_client_certificates_are_verified_and_forwarded() {
             ca.ca_file()
         ),
     );
-    let gw = Running::start(&issuer, &upstream, &rest).await;
-    let caller = Caller::new(&issuer, None);
+    let gw = Running::start(&issuer, &upstream.url(), &rest).await;
+    let caller = caller(&issuer, None);
     let url = gw.https("/v1/items");
 
     // Without a certificate: no request gets through (TLS 1.3 reports the refusal
@@ -403,9 +340,9 @@ async fn certificate_bound_tokens_need_their_certificate() {
             ca.ca_file()
         ),
     );
-    let gw = Running::start(&issuer, &upstream, &rest).await;
-    let bound = Caller::new(&issuer, Some(&workload));
-    let plain = Caller::new(&issuer, None);
+    let gw = Running::start(&issuer, &upstream.url(), &rest).await;
+    let bound = caller(&issuer, Some(&workload));
+    let plain = caller(&issuer, None);
     let url = gw.https("/v1/items");
     let mtls = gw.https("/mtls/x");
 
@@ -496,11 +433,11 @@ async fn the_certificate_is_reloaded_without_dropping_connections() {
     let first = server_cert(&ca);
     let gw = Running::start(
         &issuer,
-        &upstream,
+        &upstream.url(),
         &tls_section(&first, "reload_interval_secs = 1\n"),
     )
     .await;
-    let caller = Caller::new(&issuer, None);
+    let caller = caller(&issuer, None);
     let url = gw.https("/v1/items");
     let get = |caller: &Caller| {
         let mut req = caller.request("GET", "/v1/items", &url);
@@ -564,7 +501,7 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
         "[limits]\nhandshake_timeout_secs = 1\nmax_connections = 1\n\n{}",
         tls_section(&server, "")
     );
-    let gw = Running::start(&issuer, &upstream, &rest).await;
+    let gw = Running::start(&issuer, &upstream.url(), &rest).await;
     let started = Instant::now();
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     // The one connection slot is the silent client's: a second client waits for it.
@@ -644,7 +581,7 @@ async fn bad_certificate_files_are_configuration_errors_naming_the_file() {
         ),
     ];
     for (rest, expected) in cases {
-        let text = config_text(free_port(), &issuer, &upstream, &rest);
+        let text = config_text(free_port(), &issuer, &quoted(&upstream.url()), &rest);
         let e = match Gateway::bind(GatewayConfig::from_toml(&text).unwrap()).await {
             Err(e) => e,
             Ok(_) => panic!("{rest}: accepted"),
@@ -680,7 +617,7 @@ async fn bad_certificate_files_are_configuration_errors_naming_the_file() {
             "handshake_timeout_secs",
         ),
     ] {
-        let text = config_text(free_port(), &issuer, &upstream, rest);
+        let text = config_text(free_port(), &issuer, &quoted(&upstream.url()), rest);
         let e = GatewayConfig::from_toml(&text).unwrap_err().to_string();
         assert!(e.contains(expected), "{rest}: {e}");
     }
@@ -707,12 +644,12 @@ async fn a_silent_http2_connection_does_not_keep_its_slot() {
         "{}\n[limits]\nmax_connections = 1\nhandshake_timeout_secs = 1\n",
         tls_section(&server, "")
     );
-    let gw = Running::start(&issuer, &upstream, &rest).await;
+    let gw = Running::start(&issuer, &upstream.url(), &rest).await;
     let silent = connect(gw.addr, client_config(&ca, None, &[b"h2"]))
         .await
         .unwrap();
     assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let caller = Caller::new(&issuer, None);
+    let caller = caller(&issuer, None);
     let url = gw.https("/v1/items");
     let next = async {
         let stream = connect(gw.addr, client_config(&ca, None, &[b"http/1.1"]))

@@ -4,84 +4,27 @@
 //! not verify, a key that does not match, an upstream without HTTP/2) or turns a request
 //! into 502 (a refused handshake).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
-use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
-use dpop_gateway::{Gateway, GatewayConfig, GatewayError};
-use dpop_test::{
-    HttpResponse, MockIssuer, TestCa, TestUpstream, TokenSpec, free_port, http_request,
-};
-use tokio::sync::oneshot;
-
-const AUD: &str = "https://api.example.com";
-
-/// A gateway serving in this process; stopped when dropped.
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
+use common::{Caller, Running, quoted};
+use dpop_gateway::GatewayError;
+use dpop_test::{MockIssuer, TestCa, TestUpstream, free_port};
 
 /// `path` as a TOML string.
 fn toml_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// Binds a gateway for `issuer`'s tokens whose configuration has `upstream` (a TOML
-/// value or `[upstream]` table, written before everything else that is not top-level)
-/// and then `rest`, and serves it.
-async fn start(issuer: &MockIssuer, upstream: &str, rest: &str) -> Result<Running, GatewayError> {
-    let port = free_port();
-    let (top, table) = if upstream.starts_with('[') {
-        (String::new(), format!("{upstream}\n"))
-    } else {
-        (format!("upstream = {upstream}\n"), String::new())
-    };
-    let text = format!(
-        "listen = \"127.0.0.1:{port}\"\n{top}issuer = \"{}\"\naudience = \"{AUD}\"\n\
-         allowed_hosts = [\"127.0.0.1:{port}\"]\n{table}{rest}",
-        issuer.url()
-    );
-    let gateway = Gateway::bind(GatewayConfig::from_toml(&text)?).await?;
-    let addr = gateway.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway.serve(async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running { addr, _stop: stop })
-}
-
-/// A client key and an access token bound to it.
-struct Caller {
-    key: PrivateKey,
-    token: String,
-}
-
-impl Caller {
-    fn new(issuer: &MockIssuer) -> Self {
-        let key = PrivateKey::generate(Algorithm::Es256).unwrap();
-        let token = issuer.mint(&TokenSpec::bound(AUD, key.thumbprint().as_str()));
-        Self { key, token }
-    }
-
-    /// `GET path` at `gw` with a fresh proof.
-    async fn get(&self, gw: &Running, path: &str) -> HttpResponse {
-        let url = format!("http://{}{path}", gw.addr);
-        let proof = ProofBuilder::new("GET", &url)
-            .unwrap()
-            .access_token(&self.token)
-            .sign(&self.key, &SystemRandomSource, dpop_test::now())
-            .unwrap();
-        let auth = format!("DPoP {}", self.token);
-        http_request(
-            "GET",
-            &url,
-            &[("authorization", &auth), ("dpop", &proof)],
-            b"",
-        )
-        .await
-        .unwrap()
-    }
+/// `{ url = "URL", ca_file = "CA_FILE"MORE }`: an upstream trusting the CAs in `ca_file`,
+/// with `more` settings (each after a comma).
+fn trusting(url: &str, ca_file: &Path, more: &str) -> String {
+    format!(
+        "{{ url = \"{url}\", ca_file = {}{more} }}",
+        toml_path(ca_file)
+    )
 }
 
 /// An https upstream with a certificate for `names` from `ca`.
@@ -98,7 +41,7 @@ async fn an_https_upstream_with_a_private_ca_gets_the_request() {
     let issuer = MockIssuer::start().await.unwrap();
     let ca = TestCa::new("upstream ca");
     let upstream = https_upstream(&ca, &["127.0.0.1"]).await;
-    let gw = start(
+    let gw = Running::try_with_upstream(
         &issuer,
         &format!(
             "[upstream]\nurl = \"{}/api\"\nca_file = {}",
@@ -123,7 +66,7 @@ async fn an_upstream_certificate_from_an_unknown_ca_stops_the_start() {
     let ca = TestCa::new("upstream ca");
     let upstream = https_upstream(&ca, &["127.0.0.1"]).await;
     // The system's roots do not know the private CA.
-    let e = start(&issuer, &format!("\"{}\"", upstream.url()), "")
+    let e = Running::try_with_upstream(&issuer, &quoted(&upstream.url()), "")
         .await
         .err()
         .expect("refused");
@@ -136,13 +79,9 @@ async fn an_upstream_certificate_from_an_unknown_ca_stops_the_start() {
     );
     // Another CA's file does not help either.
     let other = TestCa::new("other ca");
-    let e = start(
+    let e = Running::try_with_upstream(
         &issuer,
-        &format!(
-            "{{ url = \"{}\", ca_file = {} }}",
-            upstream.url(),
-            toml_path(&other.ca_file())
-        ),
+        &trusting(&upstream.url(), &other.ca_file(), ""),
         "",
     )
     .await
@@ -161,12 +100,13 @@ async fn server_name_sets_the_name_the_certificate_must_carry() {
     let issuer = MockIssuer::start().await.unwrap();
     let ca = TestCa::new("upstream ca");
     let upstream = https_upstream(&ca, &["api.internal"]).await;
-    let ca_file = toml_path(&ca.ca_file());
-    let gw = start(
+    let ca_file = ca.ca_file();
+    let gw = Running::try_with_upstream(
         &issuer,
-        &format!(
-            "{{ url = \"{}\", ca_file = {ca_file}, server_name = \"api.internal\" }}",
-            upstream.url()
+        &trusting(
+            &upstream.url(),
+            &ca_file,
+            ", server_name = \"api.internal\"",
         ),
         "",
     )
@@ -177,15 +117,11 @@ async fn server_name_sets_the_name_the_certificate_must_carry() {
     assert_eq!(upstream.last_request().unwrap().path, "/named");
 
     // Without it, the certificate is checked against 127.0.0.1 and does not match.
-    let e = start(
-        &issuer,
-        &format!("{{ url = \"{}\", ca_file = {ca_file} }}", upstream.url()),
-        "",
-    )
-    .await
-    .err()
-    .expect("refused")
-    .to_string();
+    let e = Running::try_with_upstream(&issuer, &trusting(&upstream.url(), &ca_file, ""), "")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains(&upstream.url()), "{e}");
     assert!(e.contains("certificate not valid for name"), "{e}");
 }
@@ -202,12 +138,13 @@ async fn a_client_certificate_reaches_an_upstream_that_requires_one() {
         .await
         .unwrap();
     let client = client_ca.client("gateway");
-    let ca_file = toml_path(&server_ca.ca_file());
-    let gw = start(
+    let ca_file = server_ca.ca_file();
+    let gw = Running::try_with_upstream(
         &issuer,
         &format!(
-            "[upstream]\nurl = \"{}\"\nca_file = {ca_file}\nclient_cert_file = {}\nclient_key_file = {}",
+            "[upstream]\nurl = \"{}\"\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}",
             upstream.url(),
+            toml_path(&ca_file),
             toml_path(&client.cert_file),
             toml_path(&client.key_file)
         ),
@@ -226,13 +163,9 @@ async fn a_client_certificate_reaches_an_upstream_that_requires_one() {
 
     // Without a client certificate the upstream refuses the handshake: 502, and the
     // cause stays in the log.
-    let gw = start(
-        &issuer,
-        &format!("{{ url = \"{}\", ca_file = {ca_file} }}", upstream.url()),
-        "",
-    )
-    .await
-    .unwrap();
+    let gw = Running::try_with_upstream(&issuer, &trusting(&upstream.url(), &ca_file, ""), "")
+        .await
+        .unwrap();
     let r = caller.get(&gw, "/no-cert").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.body.is_empty(), "no detail in the body: {r:?}");
@@ -246,12 +179,12 @@ async fn unusable_certificate_and_key_files_are_configuration_errors() {
     let (a, b) = (ca.client("a"), ca.client("b"));
     let url = "https://127.0.0.1:1";
     let with = |cert: &Path, key: &Path| {
-        format!(
-            "{{ url = \"{url}\", ca_file = {}, client_cert_file = {}, client_key_file = {} }}",
-            toml_path(&ca.ca_file()),
+        let files = format!(
+            ", client_cert_file = {}, client_key_file = {}",
             toml_path(cert),
             toml_path(key)
-        )
+        );
+        trusting(url, &ca.ca_file(), &files)
     };
     let expect_config = |r: Result<Running, GatewayError>| match r {
         Err(GatewayError::Config(m)) => m,
@@ -259,7 +192,9 @@ async fn unusable_certificate_and_key_files_are_configuration_errors() {
         Ok(_) => panic!("accepted"),
     };
     // A key that is not the certificate's.
-    let e = expect_config(start(&issuer, &with(&a.cert_file, &b.key_file), "").await);
+    let e = expect_config(
+        Running::try_with_upstream(&issuer, &with(&a.cert_file, &b.key_file), "").await,
+    );
     assert!(
         e.contains("client_key_file") && e.contains(&b.key_file.display().to_string()),
         "{e}"
@@ -274,37 +209,27 @@ async fn unusable_certificate_and_key_files_are_configuration_errors() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let e = expect_config(start(&issuer, &with(&a.cert_file, &cert_as_key), "").await);
+    let e = expect_config(
+        Running::try_with_upstream(&issuer, &with(&a.cert_file, &cert_as_key), "").await,
+    );
     assert!(
         e.contains("client_key_file") && e.contains("private key"),
         "{e}"
     );
-    let e = expect_config(start(&issuer, &with(&a.key_file, &a.key_file), "").await);
+    let e = expect_config(
+        Running::try_with_upstream(&issuer, &with(&a.key_file, &a.key_file), "").await,
+    );
     assert!(
         e.contains("client_cert_file") && e.contains("no CERTIFICATE block"),
         "{e}"
     );
     // A CA file that is missing, or is no certificate.
     let missing = ca.dir().join("missing.pem");
-    let e = expect_config(
-        start(
-            &issuer,
-            &format!("{{ url = \"{url}\", ca_file = {} }}", toml_path(&missing)),
-            "",
-        )
-        .await,
-    );
+    let e =
+        expect_config(Running::try_with_upstream(&issuer, &trusting(url, &missing, ""), "").await);
     assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
     let e = expect_config(
-        start(
-            &issuer,
-            &format!(
-                "{{ url = \"{url}\", ca_file = {} }}",
-                toml_path(&a.key_file)
-            ),
-            "",
-        )
-        .await,
+        Running::try_with_upstream(&issuer, &trusting(url, &a.key_file, ""), "").await,
     );
     assert!(
         e.contains("ca_file") && e.contains("no CERTIFICATE block"),
@@ -323,13 +248,9 @@ async fn http2_upstreams_over_tls_and_h2c() {
         .start()
         .await
         .unwrap();
-    let gw = start(
+    let gw = Running::try_with_upstream(
         &issuer,
-        &format!(
-            "{{ url = \"{}\", ca_file = {}, http2 = true }}",
-            tls.url(),
-            toml_path(&ca.ca_file())
-        ),
+        &trusting(&tls.url(), &ca.ca_file(), ", http2 = true"),
         "",
     )
     .await
@@ -344,7 +265,7 @@ async fn http2_upstreams_over_tls_and_h2c() {
     assert!(seen[0].header("x-dpop-jkt").is_some(), "{seen:?}");
 
     let h2c = TestUpstream::builder().http2_only().start().await.unwrap();
-    let gw = start(
+    let gw = Running::try_with_upstream(
         &issuer,
         &format!("{{ url = \"{}\", http2 = true }}", h2c.url()),
         "",
@@ -365,13 +286,9 @@ async fn http2_against_an_http1_only_upstream_stops_the_start() {
     let issuer = MockIssuer::start().await.unwrap();
     let ca = TestCa::new("upstream ca");
     let tls = https_upstream(&ca, &["127.0.0.1"]).await;
-    let r = start(
+    let r = Running::try_with_upstream(
         &issuer,
-        &format!(
-            "{{ url = \"{}\", ca_file = {}, http2 = true }}",
-            tls.url(),
-            toml_path(&ca.ca_file())
-        ),
+        &trusting(&tls.url(), &ca.ca_file(), ", http2 = true"),
         "",
     )
     .await;
@@ -384,7 +301,7 @@ async fn http2_against_an_http1_only_upstream_stops_the_start() {
     );
 
     let plain = TestUpstream::start().await.unwrap();
-    let r = start(
+    let r = Running::try_with_upstream(
         &issuer,
         &format!("{{ url = \"{}\", http2 = true }}", plain.url()),
         "",
@@ -405,11 +322,12 @@ async fn an_unreachable_upstream_is_a_warning_then_502() {
     let issuer = MockIssuer::start().await.unwrap();
     let ca = TestCa::new("upstream ca");
     let port = free_port();
-    let gw = start(
+    let gw = Running::try_with_upstream(
         &issuer,
-        &format!(
-            "{{ url = \"https://127.0.0.1:{port}\", ca_file = {}, http2 = true }}",
-            toml_path(&ca.ca_file())
+        &trusting(
+            &format!("https://127.0.0.1:{port}"),
+            &ca.ca_file(),
+            ", http2 = true",
         ),
         "",
     )
@@ -438,9 +356,9 @@ async fn a_route_goes_to_its_own_upstream_with_its_path_prefix() {
     let ca = TestCa::new("billing ca");
     let default = TestUpstream::start().await.unwrap();
     let billing = https_upstream(&ca, &["127.0.0.1"]).await;
-    let gw = start(
+    let gw = Running::try_with_upstream(
         &issuer,
-        &format!("\"{}\"", default.url()),
+        &quoted(&default.url()),
         &format!(
             "[[routes]]\npath_prefix = \"/v1\"\n\n\
              [[routes]]\npath_prefix = \"/billing\"\n\
