@@ -28,7 +28,9 @@
 # Prints a markdown table with the ratios against their targets on stdout; progress
 # goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),
 # BASE_PORT (18400, first port tried), STRICT=1 to exit 1 when a target is missed,
-# DPOP_BIN (target/release/dpop) to measure another build of the gateway; PROFILE=profiling
+# DPOP_BIN (target/release/dpop) to measure another build of the gateway; BASELINE_BIN, a
+# second `dpop` binary (say, a build of the previous release) whose plain-proxy and DPoP
+# rows run in the same run right after this build's, for a before/after ratio; PROFILE=profiling
 # builds release code with line tables, for perf; PROFILE=dev a quick debug build for a
 # smoke run (its figures mean nothing). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
@@ -213,7 +215,7 @@ gateway_row() {
     (($#)) && shift
     flags=("$@")
     port=$GATEWAY_PORT
-    start "gateway-$key" "$DPOP" gateway "${args[@]}"
+    start "gateway-$key" "${ROW_BIN:-$DPOP}" gateway "${args[@]}"
     local pid=$LAST_PID
     if wait_port "$port" "$pid" "gateway-$key"; then
         measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
@@ -240,8 +242,10 @@ else
     # ---- THE ONE PLACE TO ADJUST when the gateway's config schema settles ----------
     # Row 2 needs a route with DPoP off, which only the config file can say. This is
     # the shape agreed before the schema existed; change it here if the schema differs.
-    alloc_port GATEWAY_PORT
-    cat >"$WORK/plain.toml" <<EOF
+    #
+    # plain_config FILE: a gateway on $GATEWAY_PORT with DPoP off on every path.
+    plain_config() {
+        cat >"$1" <<EOF
 listen = "127.0.0.1:$GATEWAY_PORT"
 upstream = "$UPSTREAM_URL"
 issuer = "$ISSUER_URL"
@@ -251,6 +255,9 @@ allowed_hosts = ["127.0.0.1:$GATEWAY_PORT"]
 path_prefix = "/"
 dpop = "off"
 EOF
+    }
+    alloc_port GATEWAY_PORT
+    plain_config "$WORK/plain.toml"
     # ---------------------------------------------------------------------------------
     gateway_row plain "gateway, plain proxy (DPoP off)" http --config "$WORK/plain.toml" --
 
@@ -259,6 +266,18 @@ EOF
     gateway_row memory "gateway, DPoP, memory replay store" http \
         --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
         "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
+
+    if [[ -n ${BASELINE_BIN:-} ]]; then
+        # The same two rows with the baseline build, right after this build's.
+        alloc_port GATEWAY_PORT
+        plain_config "$WORK/plain-baseline.toml"
+        ROW_BIN=$BASELINE_BIN gateway_row plain_base "baseline build: gateway, plain proxy (DPoP off)" http \
+            --config "$WORK/plain-baseline.toml" --
+        alloc_port GATEWAY_PORT
+        ROW_BIN=$BASELINE_BIN gateway_row memory_base "baseline build: gateway, DPoP, memory replay store" http \
+            --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
+            "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
+    fi
 
     if [[ -n $REDIS_URL ]]; then
         alloc_port GATEWAY_PORT
@@ -451,12 +470,14 @@ fi
 if is_number "${RPS[overhead]:-}" && is_number "${RPS[upstream]:-}"; then
     echo "| generator with DPoP headers vs without (upstream direct) | $(ratio "${RPS[overhead]}" "${RPS[upstream]}")x | (information) | |"
 fi
-# Each TLS row against the row that differs from it only by TLS: requests/s, and the
-# gateway's CPU µs per request.
+# Each TLS row against the row that differs from it only by TLS, and this build against
+# the baseline build (BASELINE_BIN): requests/s, and the gateway's CPU µs per request.
 for pair in "tls_h1|memory|DPoP, TLS (HTTP/1.1) vs plain listener" \
     "tls_h2|memory|DPoP, TLS (HTTP/2) vs plain listener (HTTP/1.1)" \
     "tls_plain|plain|plain proxy, TLS (HTTP/1.1) vs plain listener" \
-    "https_upstream|memory|DPoP, https upstream vs http upstream"; do
+    "https_upstream|memory|DPoP, https upstream vs http upstream" \
+    "plain|plain_base|plain proxy, this build vs the baseline build" \
+    "memory|memory_base|DPoP (memory store), this build vs the baseline build"; do
     IFS='|' read -r key base name <<<"$pair"
     if is_number "${RPS[$key]:-}" && is_number "${RPS[$base]:-}"; then
         echo "| $name, requests/s | $(ratio "${RPS[$key]}" "${RPS[$base]}")x | (information) | |"
