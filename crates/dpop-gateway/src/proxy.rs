@@ -221,7 +221,7 @@ impl HttpBody for RequestBody {
 /// One upstream and the pooled client of its connection setting.
 struct Upstream {
     config: UpstreamConfig,
-    client: UpstreamClient,
+    client: UpstreamClient<RequestBody>,
     /// To probe the upstream at start-up without going through the pool.
     connector: UpstreamConnector,
 }
@@ -237,7 +237,11 @@ impl Upstreams {
     /// upstreams sharing one share its pool, whose connections are per host anyway.
     fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
         let mut roots = SystemRoots::default();
-        let mut clients: Vec<(UpstreamConfig, UpstreamClient, UpstreamConnector)> = Vec::new();
+        let mut clients: Vec<(
+            UpstreamConfig,
+            UpstreamClient<RequestBody>,
+            UpstreamConnector,
+        )> = Vec::new();
         let mut make = |u: &UpstreamConfig| -> Result<Arc<Upstream>, GatewayError> {
             let same = clients
                 .iter()

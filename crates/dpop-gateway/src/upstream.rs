@@ -31,13 +31,12 @@ use tower::Service;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::error::GatewayError;
 use crate::pem;
-use crate::proxy::RequestBody;
 
 /// How long a connection attempt may take (TCP connect, then the TLS handshake each).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pooled client every upstream of one connection setting shares.
-pub(crate) type UpstreamClient = Client<UpstreamConnector, RequestBody>;
+pub(crate) type UpstreamClient<B> = Client<UpstreamConnector, B>;
 
 /// Why a connection to an upstream could not be made.
 #[derive(Debug)]
@@ -322,8 +321,13 @@ pub(crate) fn connector(
     })
 }
 
-/// A pooled client over `connector`.
-pub(crate) fn client(connector: UpstreamConnector) -> UpstreamClient {
+/// A pooled client over `connector`, sending bodies of type `B`.
+pub(crate) fn client<B>(connector: UpstreamConnector) -> UpstreamClient<B>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let http2 = connector.http2;
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))

@@ -19,6 +19,7 @@
 //! 2 usage errors (clap's own).
 
 mod cpu;
+mod files;
 mod http;
 mod proofs;
 mod run;

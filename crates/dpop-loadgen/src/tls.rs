@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::CertsArgs;
-use crate::servers::write_atomically;
+use crate::files::write_atomically;
 
 /// ALPN protocol ids.
 pub(crate) const H2: &[u8] = b"h2";
