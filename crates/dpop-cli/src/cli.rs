@@ -121,7 +121,7 @@ pub(crate) struct GatewayArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
     /// The API to protect, e.g. http://127.0.0.1:3000 or https://api.internal (TLS
-    /// settings and HTTP/2: an [upstream] table in --config).
+    /// settings and HTTP/2: an `upstream` table in --config).
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,
     /// The authorization server (token issuer) URL; its keys are discovered from it.
