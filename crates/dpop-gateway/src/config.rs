@@ -161,6 +161,7 @@ struct RawLimits {
     max_stream_secs: Option<u64>,
     max_concurrent_streams: Option<u32>,
     handshake_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -508,6 +509,10 @@ pub struct GatewayConfig {
     pub handshake_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// How long an HTTP/2 connection may stay open with no request in flight (none being
+    /// handled, no response body still streaming) before it is shut down gracefully
+    /// (`[limits] idle_timeout_secs`, default 300 s).
+    pub idle_timeout: Duration,
     /// How long a WebSocket tunnel or a streamed response body may last
     /// (`[limits] max_stream_secs`), where the matched route sets none. Defaults to one
     /// hour.
@@ -1083,6 +1088,15 @@ impl GatewayConfig {
         if handshake_timeout.is_zero() {
             return Err(invalid("limits.handshake_timeout_secs must be positive"));
         }
+        let idle_timeout = match raw.limits.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_SECS) {
+            0 => return Err(invalid("limits.idle_timeout_secs must be positive")),
+            s if s > MAX_IDLE_SECS => {
+                return Err(invalid(format!(
+                    "limits.idle_timeout_secs must be at most {MAX_IDLE_SECS} s (a day)"
+                )));
+            }
+            s => Duration::from_secs(s),
+        };
         Ok(Self {
             listen,
             tls,
@@ -1114,6 +1128,7 @@ impl GatewayConfig {
             max_concurrent_streams,
             handshake_timeout,
             drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
+            idle_timeout,
             max_stream,
             route_max_stream,
             strip_authorization: raw.forward.strip_authorization.unwrap_or(true),
@@ -1143,6 +1158,15 @@ impl GatewayConfig {
 /// fresh proof and token check) while a revoked token or a key taken out of use stops
 /// carrying traffic within the hour.
 pub(crate) const DEFAULT_MAX_STREAM_SECS: u64 = 3600;
+
+/// How long an HTTP/2 connection may sit idle when `idle_timeout_secs` is not set: five
+/// minutes. Each idle connection holds a `max_connections` slot; gRPC channels and
+/// browsers idle between calls for a while and reconnect transparently after a GOAWAY,
+/// so a few minutes keeps reconnects rare while idle clients cannot hold every slot.
+const DEFAULT_IDLE_SECS: u64 = 300;
+
+/// The longest `idle_timeout_secs` accepted: one day.
+const MAX_IDLE_SECS: u64 = 24 * 3600;
 
 /// The longest `max_stream_secs` accepted: one week.
 const MAX_STREAM_SECS_CEILING: u64 = 7 * 24 * 3600;
@@ -1362,6 +1386,23 @@ mod tests {
         ] {
             let e = load_toml(bad).unwrap_err().to_string();
             assert!(e.contains("max_stream_secs"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn idle_timeout_defaults_and_is_bounded() {
+        assert_eq!(
+            load_toml("").unwrap().idle_timeout,
+            Duration::from_secs(DEFAULT_IDLE_SECS)
+        );
+        let c = load_toml("[limits]\nidle_timeout_secs = 75\n").unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        for bad in [
+            "[limits]\nidle_timeout_secs = 0\n",
+            "[limits]\nidle_timeout_secs = 86401\n",
+        ] {
+            let e = load_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("limits.idle_timeout_secs"), "{bad}: {e}");
         }
     }
 

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::config::{GatewayConfig, TokenCheck};
@@ -218,6 +220,7 @@ impl Gateway {
         let (drain, draining) = watch::channel(false);
         let request_timeout = config.request_timeout;
         let handshake_timeout = config.handshake_timeout;
+        let idle_timeout = config.idle_timeout;
         let h2c = config.h2c;
         tokio::pin!(shutdown);
         loop {
@@ -249,6 +252,8 @@ impl Gateway {
             let mut stop = draining.clone();
             let Some(tls) = tls.clone() else {
                 let first = FirstRequest::default();
+                // Only a connection that may speak HTTP/2 counts its requests in flight.
+                let idle = h2c.then(Idle::new);
                 let svc = request_service(
                     service,
                     metadata_layer,
@@ -256,13 +261,17 @@ impl Gateway {
                     None,
                     request_timeout,
                     permit.clone(),
-                    first.clone(),
+                    Activity {
+                        first: first.clone(),
+                        idle: idle.clone(),
+                    },
                 );
                 let io = TokioIo::new(stream);
-                if h2c {
+                if let Some(idle) = idle {
                     tokio::spawn(async move {
                         let conn = protocols.auto.serve_connection_with_upgrades(io, svc);
-                        let served = drive(conn, stop, |c| c.graceful_shutdown());
+                        let idle = idle.elapsed(idle_timeout, peer);
+                        let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
                         first.bound(served, handshake_timeout, peer).await;
                         drop(permit);
                     });
@@ -270,7 +279,8 @@ impl Gateway {
                     // Plain HTTP/1.1 only: no version sniffing on this path.
                     let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
                     tokio::spawn(async move {
-                        drive(conn, stop, |c| c.graceful_shutdown()).await;
+                        let never = std::future::pending();
+                        drive(conn, stop, |c| c.graceful_shutdown(), never).await;
                         drop(permit);
                     });
                 }
@@ -290,6 +300,7 @@ impl Gateway {
                     }
                 };
                 let first = FirstRequest::default();
+                let idle = accepted.h2.then(Idle::new);
                 let svc = request_service(
                     service,
                     metadata_layer,
@@ -297,16 +308,21 @@ impl Gateway {
                     accepted.client_cert,
                     request_timeout,
                     permit.clone(),
-                    first.clone(),
+                    Activity {
+                        first: first.clone(),
+                        idle: idle.clone(),
+                    },
                 );
                 let io = TokioIo::new(accepted.stream);
-                if accepted.h2 {
+                if let Some(idle) = idle {
                     let conn = protocols.http2.serve_connection(io, svc);
-                    let served = drive(conn, stop, |c| c.graceful_shutdown());
+                    let idle = idle.elapsed(idle_timeout, peer);
+                    let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
                     first.bound(served, handshake_timeout, peer).await;
                 } else {
                     let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
-                    drive(conn, stop, |c| c.graceful_shutdown()).await;
+                    let never = std::future::pending();
+                    drive(conn, stop, |c| c.graceful_shutdown(), never).await;
                 }
             });
         }
@@ -418,9 +434,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves `conn` until it ends, starting its graceful shutdown when `stop` turns true.
-async fn drive<C, T, E>(conn: C, mut stop: watch::Receiver<bool>, shut: fn(Pin<&mut C>))
-where
+/// Serves `conn` until it ends, starting its graceful shutdown when `stop` turns true or
+/// `idle` resolves (the connection has had nothing in flight for too long).
+async fn drive<C, T, E>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    shut: fn(Pin<&mut C>),
+    idle: impl Future<Output = ()>,
+) where
     C: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
@@ -428,6 +449,11 @@ where
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = stopped(&mut stop) => {
+            shut(conn.as_mut());
+            conn.await
+        }
+        () = idle => {
+            // GOAWAY: nothing is in flight, and a request racing it is still served.
             shut(conn.as_mut());
             conn.await
         }
@@ -447,7 +473,7 @@ fn request_service<S>(
     client_cert: Option<ClientCertificate>,
     request_timeout: Duration,
     slot: ConnectionSlot,
-    first: FirstRequest,
+    activity: Activity,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = http::Response<crate::proxy::Body>,
@@ -468,6 +494,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let Activity { first, idle } = activity;
     service_fn(move |mut req: Request<Incoming>| {
         first.seen();
         req.extensions_mut().insert(PeerAddr(peer));
@@ -484,16 +511,126 @@ where
             .metadata_response(&req)
             .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
         let service = service.clone();
+        // In flight from here until the response body is finished or dropped (a handler
+        // dropped before it answers drops the guard too).
+        let busy = idle.as_ref().map(Idle::busy);
         async move {
-            if let Some(response) = metadata {
-                return Ok(response);
-            }
-            match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
-                Ok(r) => r,
-                Err(_) => Ok::<_, Infallible>(empty(StatusCode::GATEWAY_TIMEOUT)),
-            }
+            let response = if let Some(response) = metadata {
+                response
+            } else {
+                match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => empty(StatusCode::GATEWAY_TIMEOUT),
+                }
+            };
+            Ok::<_, Infallible>(match busy {
+                Some(busy) => response.map(|body| InFlight { body, _busy: busy }.boxed()),
+                None => response,
+            })
         }
     })
+}
+
+/// What the per-connection service tells the connection's driver about requests.
+struct Activity {
+    /// Told of every request head.
+    first: FirstRequest,
+    /// Counts requests in flight, on a connection that may speak HTTP/2.
+    idle: Option<Idle>,
+}
+
+/// Requests in flight on one HTTP/2 connection (handled, or with a response body still
+/// streaming) and when the count last fell to zero. HTTP/2 has no idle timeout of its
+/// own: a client that answers keep-alive pings would otherwise keep its connection, and
+/// its `max_connections` slot, for good.
+#[derive(Clone)]
+struct Idle(Arc<IdleState>);
+
+struct IdleState {
+    in_flight: AtomicUsize,
+    /// When the connection last had nothing in flight, in milliseconds after `opened`.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Self(Arc::new(IdleState {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }))
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    fn busy(&self) -> Busy {
+        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.0.opened + Duration::from_millis(self.0.idle_since_ms.load(Ordering::SeqCst))
+    }
+
+    /// Resolves once the connection has had nothing in flight for `timeout`. Checked
+    /// once per `timeout` while requests are in flight: no wake-up per request.
+    async fn elapsed(self, timeout: Duration, peer: SocketAddr) {
+        loop {
+            let since = self.idle_since();
+            let busy = self.0.in_flight.load(Ordering::SeqCst) > 0;
+            let deadline = if busy {
+                Instant::now() + timeout
+            } else {
+                since + timeout
+            };
+            tokio::time::sleep_until(deadline).await;
+            if self.0.in_flight.load(Ordering::SeqCst) == 0 && self.idle_since() == since {
+                tracing::debug!(target: "dpop::gateway", %peer, "idle HTTP/2 connection closed (idle_timeout_secs)");
+                return;
+            }
+        }
+    }
+}
+
+/// One request in flight on an [`Idle`]-tracked connection.
+struct Busy(Idle);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let state = &self.0.0;
+        // The time first, then the count: a check seeing zero sees this time.
+        let ms = u64::try_from(state.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        state.idle_since_ms.fetch_max(ms, Ordering::SeqCst);
+        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is finished or
+/// dropped.
+struct InFlight {
+    body: crate::proxy::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = bytes::Bytes;
+    type Error = crate::stream::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Aborts the task when dropped.

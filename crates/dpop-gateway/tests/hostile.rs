@@ -190,3 +190,132 @@ async fn http2_cookie_fields_reach_an_http1_upstream_as_one() {
     assert_eq!(seen.header_values("cookie"), ["session=abc; csrf=xyz"]);
     assert_eq!(seen.header_values("host"), [upstream.addr().to_string()]);
 }
+
+/// An h2c connection to `addr` whose driver runs in the background; the handle resolves
+/// when the connection has ended (after the gateway's GOAWAY, say).
+async fn h2c_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(TcpStream::connect(addr).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, ended)
+}
+
+/// HTTP/2 has no idle timeout of its own: a client that made one request and then only
+/// keeps the connection open (its HTTP/2 stack answers the gateway's pings) must not keep
+/// its connection slot for good. After `idle_timeout_secs` the gateway sends GOAWAY and
+/// the slot goes to the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = dpop_test::TestUpstream::start().await.unwrap();
+    let gw = Running::start(
+        &issuer,
+        &upstream.url(),
+        "h2c = true\n[limits]\nmax_connections = 1\nidle_timeout_secs = 1\n",
+    )
+    .await;
+    let (mut send, ended) = h2c_client(gw.addr).await;
+    let req = http::Request::get(format!("http://{}/items", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    send.ready().await.unwrap();
+    let status = send.send_request(req).await.unwrap().status();
+    assert_eq!(status, 401);
+    // The client keeps its side open (`send` is alive) and does nothing more.
+    let ended = tokio::time::timeout(Duration::from_secs(6), ended).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
+    assert!(
+        answered_within(gw.addr, 5).await,
+        "the idle connection's slot was not given back"
+    );
+    drop(send);
+}
+
+/// A response body still streaming keeps its request in flight: past the idle timeout
+/// the connection has had no GOAWAY and still takes new requests, however long the stream
+/// lasts (`max_stream_secs` bounds that). Once it has ended, the connection is idle and
+/// closed like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_http2_response_outlives_the_idle_timeout() {
+    use http_body_util::BodyExt as _;
+
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
+        let s = &mut req.stream;
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                  transfer-encoding: chunked\r\n\r\n9\r\ndata: a\n\n\r\n",
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = s.write_all(b"9\r\ndata: b\n\n\r\n0\r\n\r\n").await;
+        let _ = s.flush().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await
+    .unwrap();
+    let gw = Running::start(
+        &issuer,
+        &upstream.url(),
+        "h2c = true\n[limits]\nmax_connections = 1\nidle_timeout_secs = 1\n",
+    )
+    .await;
+    let (mut send, ended) = h2c_client(gw.addr).await;
+    let mut req = http::Request::get(format!("http://{}/events", gw.addr));
+    for line in credentials(&issuer, &gw, "GET", "/events").lines() {
+        let (name, value) = line.split_once(": ").unwrap();
+        req = req.header(name, value);
+    }
+    let req = req.body(http_body_util::Empty::new()).unwrap();
+    send.ready().await.unwrap();
+    let started = std::time::Instant::now();
+    let response = send.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: a\n\n");
+    // Past the idle timeout with the stream open: the connection has had no GOAWAY and
+    // takes another request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let another = http::Request::get(format!("http://{}/items", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    send.ready().await.unwrap();
+    let status = send.send_request(another).await.unwrap().status();
+    assert_eq!(status, 401);
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the stream ends")
+        .expect("the stream is not cut by the idle timeout")
+        .to_bytes();
+    assert_eq!(&rest[..], b"data: b\n\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "the stream lasted longer than the idle timeout"
+    );
+    assert!(
+        !ended.is_finished(),
+        "the connection closed under its stream"
+    );
+    // Now nothing is in flight: the connection is idle and its slot given back.
+    let ended = tokio::time::timeout(Duration::from_secs(6), ended).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
+    assert!(
+        answered_within(gw.addr, 5).await,
+        "the idle connection's slot was not given back"
+    );
+    drop(send);
+}
