@@ -312,8 +312,9 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("--ca-file"), "{e}");
         let ca = dpop_test::TestCa::new("targets");
+        let ca_file = ca.ca_file();
         let tls = Transport {
-            ca_file: Some(&ca.ca_file()),
+            ca_file: Some(&ca_file),
             http2: false,
         };
         let e = parse_target("http://127.0.0.1/", "GET", tls)
