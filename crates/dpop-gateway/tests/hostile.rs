@@ -160,18 +160,11 @@ async fn a_silent_h2c_connection_does_not_keep_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cookie_fields_reach_an_http1_upstream_as_one() {
     use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = dpop_test::TestUpstream::start().await.unwrap();
     let gw = Running::start(&issuer, &upstream.url(), "h2c = true\n").await;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        TokioIo::new(TcpStream::connect(gw.addr).await.unwrap()),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _ended) = h2c_client(gw.addr).await;
     let url = format!("http://{}/items", gw.addr);
     let lines = credentials(&issuer, &gw, "GET", "/items");
     let mut req = http::Request::get(&url)
