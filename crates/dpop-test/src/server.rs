@@ -82,43 +82,11 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, service));
-    Ok(ServerHandle { addr, task })
-}
-
-async fn accept_loop<S, B>(listener: TcpListener, service: S)
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    // Owned by this task: when the task is aborted, dropping the set aborts every
-    // connection task too.
-    let mut connections = JoinSet::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                // Out of file descriptors or a connection reset before accept: back off
-                // briefly rather than spin.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        // Small request/response exchanges: do not let Nagle delay them.
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        connections.spawn(async move {
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-        while connections.try_join_next().is_some() {}
-    }
+    let plain = ConnectionOptions {
+        tls: None,
+        http2_only: false,
+    };
+    serve_connections(listener, plain, move |_| service.clone())
 }
 
 /// How [`serve_connections`] speaks on each connection.
@@ -138,7 +106,7 @@ pub(crate) fn serve_connections<F, S, B>(
     make: F,
 ) -> io::Result<ServerHandle>
 where
-    F: Fn(Option<Vec<u8>>) -> S + Send + Sync + 'static,
+    F: Fn(Option<Vec<u8>>) -> S + Clone + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -149,18 +117,21 @@ where
     let addr = listener.local_addr()?;
     let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
     let http2_only = options.http2_only;
-    let make = Arc::new(make);
     let task = tokio::spawn(async move {
-        // Owned by this task, as in `accept_loop`.
+        // Owned by this task: when the task is aborted, dropping the set aborts every
+        // connection task too.
         let mut connections = JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors or a connection reset before accept: back off
+                // briefly rather than spin.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            // Small request/response exchanges: do not let Nagle delay them.
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let make = Arc::clone(&make);
+            let make = make.clone();
             connections.spawn(async move {
                 match acceptor {
                     None => serve_io(TokioIo::new(stream), http2_only, make(None)).await,
