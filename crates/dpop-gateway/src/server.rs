@@ -350,28 +350,39 @@ struct Protocols {
     auto: auto::Builder<TokioExecutor>,
 }
 
+/// The HTTP/1.1 settings, on hyper's builder and on the auto builder's (two types with
+/// the same methods): one list, so a limit cannot differ between listener kinds.
+macro_rules! http1_settings {
+    ($builder:expr, $config:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size($config.max_header_bytes)
+            .keep_alive(true)
+    };
+}
+
+/// The HTTP/2 settings, likewise for both builder types.
+macro_rules! http2_settings {
+    ($builder:expr, $config:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams($config.max_concurrent_streams)
+            .max_header_list_size(u32::try_from($config.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+    };
+}
+
 impl Protocols {
     fn new(config: &GatewayConfig) -> Self {
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(config.max_header_bytes)
-            .keep_alive(true);
+        http1_settings!(http1, config);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        configure_http2(&mut http2, config);
+        http2_settings!(http2, config);
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(config.max_header_bytes)
-            .keep_alive(true);
-        let h2 = &mut auto.http2();
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .max_header_list_size(header_list_size(config))
-            .keep_alive_interval(Some(H2_PING_INTERVAL))
-            .keep_alive_timeout(H2_PING_TIMEOUT);
+        http1_settings!(auto.http1(), config);
+        http2_settings!(auto.http2(), config);
         Self { http1, http2, auto }
     }
 }
@@ -380,18 +391,6 @@ impl Protocols {
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and the connection closed when its answer takes longer than this.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn header_list_size(config: &GatewayConfig) -> u32 {
-    u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX)
-}
-
-fn configure_http2(h2: &mut http2::Builder<TokioExecutor>, config: &GatewayConfig) {
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(header_list_size(config))
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
-}
 
 /// Whether a connection has delivered a request head yet. HTTP/1.1's header read timeout
 /// bounds a connection that sends nothing; an HTTP/2 connection (and the first bytes of an
