@@ -24,6 +24,7 @@ use crate::error::GatewayError;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
     upstream: Option<RawUpstream>,
     issuer: Option<String>,
     audience: Option<String>,
@@ -53,6 +54,14 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     resource_metadata: RawResourceMetadata,
+    authz: Option<RawAuthz>,
+}
+
+/// `[authz]`: settings of `dpop authz` only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthz {
+    path_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -441,7 +450,8 @@ pub struct IdentityHeaders {
     pub client_cert_thumbprint: String,
 }
 
-/// A validated gateway configuration.
+/// A validated gateway configuration: where it listens and forwards, and the
+/// [`EnforcementConfig`] it shares with `dpop authz`.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct GatewayConfig {
@@ -457,6 +467,34 @@ pub struct GatewayConfig {
     /// HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on a plain listener. With TLS,
     /// HTTP/2 is chosen by ALPN instead.
     pub h2c: bool,
+    /// Upstream response-head time limit.
+    pub upstream_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Time limit for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long an HTTP/2 connection may stay open with no request in flight (none being
+    /// handled, no response body still streaming) before it is shut down gracefully
+    /// (`[limits] idle_timeout_secs`, default 300 s).
+    pub idle_timeout: Duration,
+    /// How long a WebSocket tunnel or a streamed response body may last
+    /// (`[limits] max_stream_secs`), where the matched route sets none. Defaults to one
+    /// hour.
+    pub max_stream: Duration,
+    /// Each configured route's stream lifetime, indexed by the route's place in the
+    /// configuration (its [`dpop_tower::Route::id`]): its own `max_stream_secs` or
+    /// [`Self::max_stream`].
+    pub route_max_stream: Vec<Duration>,
+    /// What is checked and how: tokens, proofs, routes, nonces, replay store, identity
+    /// headers, the admin listener and logs.
+    pub enforcement: EnforcementConfig,
+}
+
+/// What the gateway and the authorizer (`dpop authz`) check and how, validated once: the
+/// same settings mean the same thing in both.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EnforcementConfig {
     /// Token issuer, in canonical form: `https` (or `http` to loopback), no trailing
     /// slash.
     pub issuer: String,
@@ -499,28 +537,10 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// Time limit from request to response head (checks and upstream included).
     pub request_timeout: Duration,
-    /// Upstream response-head time limit.
-    pub upstream_timeout: Duration,
     /// Concurrent client connections (TLS handshakes included).
     pub max_connections: usize,
-    /// Concurrent streams per HTTP/2 connection.
-    pub max_concurrent_streams: u32,
-    /// Time limit for a TLS handshake.
-    pub handshake_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     pub drain_timeout: Duration,
-    /// How long an HTTP/2 connection may stay open with no request in flight (none being
-    /// handled, no response body still streaming) before it is shut down gracefully
-    /// (`[limits] idle_timeout_secs`, default 300 s).
-    pub idle_timeout: Duration,
-    /// How long a WebSocket tunnel or a streamed response body may last
-    /// (`[limits] max_stream_secs`), where the matched route sets none. Defaults to one
-    /// hour.
-    pub max_stream: Duration,
-    /// Each configured route's stream lifetime, indexed by the route's place in the
-    /// configuration (its [`dpop_tower::Route::id`]): its own `max_stream_secs` or
-    /// [`Self::max_stream`].
-    pub route_max_stream: Vec<Duration>,
     /// Remove `Authorization` from requests the gateway authenticated.
     pub strip_authorization: bool,
     /// Remove `DPoP` from requests the gateway authenticated.
@@ -726,12 +746,148 @@ impl GatewaySettings {
         self
     }
 
-    /// Validates the whole.
+    /// Sets `grpc_listen` (`dpop authz` only).
+    pub fn set_grpc_listen(&mut self, addr: SocketAddr) -> &mut Self {
+        self.raw.grpc_listen = Some(addr);
+        self
+    }
+
+    /// Sets `[authz] path_prefix` (`dpop authz` only).
+    pub fn set_authz_path_prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
+        self.raw
+            .authz
+            .get_or_insert_with(RawAuthz::default)
+            .path_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Validates the whole as a gateway configuration.
     ///
     /// # Errors
     /// [`GatewayError::Config`] naming the setting that is wrong.
     pub fn validate(self) -> Result<GatewayConfig, GatewayError> {
         GatewayConfig::validate(self.raw, self.current_nonce_secret)
+    }
+
+    /// Validates the whole as a `dpop authz` configuration.
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the setting that is wrong, including a gateway
+    /// setting that has no meaning for the authorizer (`upstream`, `[tls]`, …).
+    pub fn validate_authz(self) -> Result<AuthzConfig, GatewayError> {
+        AuthzConfig::validate(self.raw, self.current_nonce_secret)
+    }
+}
+
+/// A validated `dpop authz` configuration: the listeners and the [`EnforcementConfig`]
+/// it shares with the gateway.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AuthzConfig {
+    /// The HTTP listener: forward-auth (nginx, Traefik, Caddy) and Envoy's HTTP
+    /// ext_authz.
+    pub listen: Option<SocketAddr>,
+    /// The gRPC listener: Envoy's `envoy.service.auth.v3.Authorization/Check`.
+    pub grpc_listen: Option<SocketAddr>,
+    /// `[authz] path_prefix`: what Envoy's HTTP ext_authz puts before the original path
+    /// (its `path_prefix`), removed before the path is judged; empty for none.
+    pub path_prefix: String,
+    /// Concurrent streams per HTTP/2 connection (gRPC, h2c).
+    pub max_concurrent_streams: u32,
+    /// What is checked and how, as in the gateway.
+    pub enforcement: EnforcementConfig,
+}
+
+impl AuthzConfig {
+    /// Parses and validates a TOML configuration (see `examples/authz/authz.toml`).
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] with the line and the message, or naming the setting
+    /// that is wrong.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        GatewaySettings::from_toml(text)?.validate_authz()
+    }
+
+    fn validate(
+        raw: RawConfig,
+        current_nonce_secret: Option<Zeroizing<String>>,
+    ) -> Result<Self, GatewayError> {
+        // Settings that only mean something where requests are forwarded: refused rather
+        // than ignored, so nobody believes they take effect.
+        let mut gateway_only = vec![
+            (raw.upstream.is_some(), "upstream".to_owned()),
+            (raw.tls.is_some(), "[tls]".to_owned()),
+            (raw.h2c.is_some(), "h2c".to_owned()),
+            (
+                raw.limits.upstream_timeout_secs.is_some(),
+                "limits.upstream_timeout_secs".to_owned(),
+            ),
+            (
+                raw.limits.max_stream_secs.is_some(),
+                "limits.max_stream_secs".to_owned(),
+            ),
+            (
+                raw.limits.handshake_timeout_secs.is_some(),
+                "limits.handshake_timeout_secs".to_owned(),
+            ),
+            (
+                raw.limits.idle_timeout_secs.is_some(),
+                "limits.idle_timeout_secs".to_owned(),
+            ),
+        ];
+        for r in &raw.routes {
+            gateway_only.push((
+                r.upstream.is_some(),
+                format!("route {}: upstream", r.path_prefix),
+            ));
+            gateway_only.push((
+                r.max_stream_secs.is_some(),
+                format!("route {}: max_stream_secs", r.path_prefix),
+            ));
+        }
+        if let Some((_, name)) = gateway_only.into_iter().find(|(set, _)| *set) {
+            return Err(invalid(format!(
+                "{name} is a setting of dpop gateway: with dpop authz, the proxy in front forwards requests"
+            )));
+        }
+        let (listen, grpc_listen) = (raw.listen, raw.grpc_listen);
+        if listen.is_none() && grpc_listen.is_none() {
+            return Err(invalid(
+                "--listen (forward-auth and Envoy HTTP ext_authz) or --grpc-listen (Envoy gRPC ext_authz) is required",
+            ));
+        }
+        let path_prefix = match raw.authz.as_ref().and_then(|a| a.path_prefix.clone()) {
+            None => String::new(),
+            Some(p) => {
+                let canonical = dpop_core::RequestTarget::parse(&p)
+                    .ok()
+                    .is_some_and(|t| t.query().is_none());
+                if !canonical || p == "/" || p.ends_with('/') {
+                    return Err(invalid(format!(
+                        "authz.path_prefix {p:?} must be a canonical path below / without a trailing slash (Envoy's path_prefix, e.g. \"/check\")"
+                    )));
+                }
+                p
+            }
+        };
+        let max_concurrent_streams = raw.limits.max_concurrent_streams.unwrap_or(100);
+        if max_concurrent_streams == 0 {
+            return Err(invalid("limits.max_concurrent_streams must be positive"));
+        }
+        let enforcement = EnforcementConfig::validate(
+            raw,
+            Err(
+                "is a setting of dpop gateway: dpop authz does not see the client's TLS connection",
+            ),
+            current_nonce_secret,
+        )?;
+        Ok(Self {
+            listen,
+            grpc_listen,
+            path_prefix,
+            max_concurrent_streams,
+            enforcement,
+        })
     }
 }
 
@@ -754,18 +910,117 @@ impl GatewayConfig {
     }
 
     fn validate(
-        raw: RawConfig,
+        mut raw: RawConfig,
         current_nonce_secret: Option<Zeroizing<String>>,
     ) -> Result<Self, GatewayError> {
+        if raw.grpc_listen.is_some() || raw.authz.is_some() {
+            return Err(invalid(
+                "grpc_listen and [authz] are settings of dpop authz, not of the gateway",
+            ));
+        }
         let listen = raw
             .listen
             .ok_or_else(|| invalid("--listen (or listen in the config file) is required"))?;
         let upstream = upstream_config(
             raw.upstream
+                .take()
                 .ok_or_else(|| invalid("--upstream is required"))?,
             "upstream",
         )?;
+        let tls = raw.tls.take().map(tls_config).transpose()?;
+        let h2c = raw.h2c.unwrap_or(false);
+        if h2c && tls.is_some() {
+            return Err(invalid(
+                "h2c is for a plain listener: with [tls], HTTP/2 is negotiated by ALPN",
+            ));
+        }
+        // What the gateway attaches to a route (stream lifetime, upstream) is indexed by
+        // the route's id, its place in the configuration, so it follows the layer's one
+        // match.
+        let max_stream = stream_lifetime("limits.max_stream_secs", raw.limits.max_stream_secs)?;
+        let mut route_max_stream = Vec::with_capacity(raw.routes.len());
         let mut route_upstreams = BTreeMap::new();
+        for (id, r) in raw.routes.iter_mut().enumerate() {
+            route_max_stream.push(match r.max_stream_secs {
+                None => max_stream,
+                Some(secs) => stream_lifetime(
+                    &format!("route {}: max_stream_secs", r.path_prefix),
+                    Some(secs),
+                )?,
+            });
+            if let Some(u) = r.upstream.take() {
+                let what = format!("route {}: upstream", r.path_prefix);
+                route_upstreams.insert(id, upstream_config(u, &what)?);
+            }
+        }
+        let max_concurrent_streams = raw.limits.max_concurrent_streams.unwrap_or(100);
+        if max_concurrent_streams == 0 {
+            return Err(invalid("limits.max_concurrent_streams must be positive"));
+        }
+        let handshake_timeout =
+            Duration::from_secs(raw.limits.handshake_timeout_secs.unwrap_or(10));
+        if handshake_timeout.is_zero() {
+            return Err(invalid("limits.handshake_timeout_secs must be positive"));
+        }
+        let idle_timeout = match raw.limits.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_SECS) {
+            0 => return Err(invalid("limits.idle_timeout_secs must be positive")),
+            s if s > MAX_IDLE_SECS => {
+                return Err(invalid(format!(
+                    "limits.idle_timeout_secs must be at most {MAX_IDLE_SECS} s (a day)"
+                )));
+            }
+            s => Duration::from_secs(s),
+        };
+        let upstream_timeout = Duration::from_secs(raw.limits.upstream_timeout_secs.unwrap_or(30));
+        let client_certs = if tls.as_ref().is_some_and(|t| t.client_auth.is_some()) {
+            Ok(())
+        } else {
+            Err(
+                "needs [tls] client_ca_file (client certificates are verified in the TLS handshake)",
+            )
+        };
+        let enforcement = EnforcementConfig::validate(raw, client_certs, current_nonce_secret)?;
+        // Clients reaching a TLS listener directly address it as https: a proof made for
+        // an http:// public URL would be refused on every request. Only a proxy in front
+        // (speaking plain HTTP to clients) makes such a URL right.
+        if tls.is_some()
+            && enforcement.trusted_proxies.is_empty()
+            && let Some(url) = enforcement
+                .public_urls
+                .iter()
+                .find(|u| u.starts_with("http://"))
+        {
+            return Err(invalid(format!(
+                "public_url {url:?} is http:// but this listener speaks TLS: clients use https:// (a proxy in front that serves clients plain HTTP must be listed in trusted_proxies)"
+            )));
+        }
+        Ok(Self {
+            listen,
+            upstream,
+            route_upstreams,
+            tls,
+            h2c,
+            upstream_timeout,
+            max_concurrent_streams,
+            handshake_timeout,
+            idle_timeout,
+            max_stream,
+            route_max_stream,
+            enforcement,
+        })
+    }
+}
+
+impl EnforcementConfig {
+    /// Checks what the gateway and the authorizer share. `client_certs` is `Ok` when
+    /// verified client certificates can reach the routes, else why not (for a route with
+    /// `client_cert = "required"`). The callers have taken their own settings out of
+    /// `raw` before.
+    fn validate(
+        raw: RawConfig,
+        client_certs: Result<(), &str>,
+        current_nonce_secret: Option<Zeroizing<String>>,
+    ) -> Result<Self, GatewayError> {
         let issuer = raw.issuer.ok_or_else(|| invalid("--issuer is required"))?;
         // The one issuer URL rule and canonical form (`http://as/` is `http://as`).
         let issuer = dpop_discovery::IssuerUrl::parse(&issuer)
@@ -808,13 +1063,6 @@ impl GatewayConfig {
             }
             _ => {}
         }
-        let tls = raw.tls.map(tls_config).transpose()?;
-        let h2c = raw.h2c.unwrap_or(false);
-        if h2c && tls.is_some() {
-            return Err(invalid(
-                "h2c is for a plain listener: with [tls], HTTP/2 is negotiated by ALPN",
-            ));
-        }
         let trusted_proxies = raw
             .trusted_proxies
             .unwrap_or_default()
@@ -829,17 +1077,6 @@ impl GatewayConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Clients reaching a TLS listener directly address it as https: a proof made for
-        // an http:// public URL would be refused on every request. Only a proxy in front
-        // (speaking plain HTTP to clients) makes such a URL right.
-        if tls.is_some()
-            && trusted_proxies.is_empty()
-            && let Some(url) = public_urls.iter().find(|u| u.starts_with("http://"))
-        {
-            return Err(invalid(format!(
-                "public_url {url:?} is http:// but this listener speaks TLS: clients use https:// (a proxy in front that serves clients plain HTTP must be listed in trusted_proxies)"
-            )));
-        }
         let replay_timeout = Duration::from_millis(raw.replay.redis_timeout_ms.unwrap_or(250));
         let replay = match raw.replay_store.as_deref() {
             None | Some("memory") => ReplayStoreConfig::Memory {
@@ -915,8 +1152,6 @@ impl GatewayConfig {
 
         // Routes. The default policy applies where no route matches.
         let require_nonce_default = raw.nonce.require.unwrap_or(false);
-        let max_stream = stream_lifetime("limits.max_stream_secs", raw.limits.max_stream_secs)?;
-        let mut route_max_stream = Vec::with_capacity(raw.routes.len());
         let mut routes =
             Routes::new(RoutePolicy::new(DpopMode::Required).with_nonce(require_nonce_default));
         for (id, r) in raw.routes.into_iter().enumerate() {
@@ -952,9 +1187,9 @@ impl GatewayConfig {
             match r.client_cert.as_deref() {
                 None | Some("optional") => {}
                 Some("required") => {
-                    if tls.as_ref().is_none_or(|t| t.client_auth.is_none()) {
+                    if let Err(why) = client_certs {
                         return Err(invalid(format!(
-                            "route {}: client_cert = \"required\" needs [tls] client_ca_file (client certificates are verified in the TLS handshake)",
+                            "route {}: client_cert = \"required\" {why}",
                             r.path_prefix
                         )));
                     }
@@ -967,21 +1202,8 @@ impl GatewayConfig {
                     )));
                 }
             }
-            // The route's id is its place in the configuration: what the gateway attaches
-            // to a route (stream lifetime, upstream) is indexed by it, so it follows the
-            // layer's one match.
+            // The route's id is its place in the configuration.
             let mut route = Route::new(&r.path_prefix, policy).with_id(id);
-            route_max_stream.push(match r.max_stream_secs {
-                None => max_stream,
-                Some(secs) => stream_lifetime(
-                    &format!("route {}: max_stream_secs", r.path_prefix),
-                    Some(secs),
-                )?,
-            });
-            if let Some(u) = r.upstream {
-                let what = format!("route {}: upstream", r.path_prefix);
-                route_upstreams.insert(id, upstream_config(u, &what)?);
-            }
             if r.resource == Some(true) {
                 // RFC 9728: a resource is a URL, all of whose methods the route must cover.
                 if r.methods.is_some() || r.path_prefix.trim_end_matches('/').is_empty() {
@@ -1079,30 +1301,7 @@ impl GatewayConfig {
         if max_connections == 0 {
             return Err(invalid("limits.max_connections must be positive"));
         }
-        let max_concurrent_streams = raw.limits.max_concurrent_streams.unwrap_or(100);
-        if max_concurrent_streams == 0 {
-            return Err(invalid("limits.max_concurrent_streams must be positive"));
-        }
-        let handshake_timeout =
-            Duration::from_secs(raw.limits.handshake_timeout_secs.unwrap_or(10));
-        if handshake_timeout.is_zero() {
-            return Err(invalid("limits.handshake_timeout_secs must be positive"));
-        }
-        let idle_timeout = match raw.limits.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_SECS) {
-            0 => return Err(invalid("limits.idle_timeout_secs must be positive")),
-            s if s > MAX_IDLE_SECS => {
-                return Err(invalid(format!(
-                    "limits.idle_timeout_secs must be at most {MAX_IDLE_SECS} s (a day)"
-                )));
-            }
-            s => Duration::from_secs(s),
-        };
         Ok(Self {
-            listen,
-            tls,
-            h2c,
-            upstream,
-            route_upstreams,
             issuer,
             audience,
             tokens,
@@ -1123,14 +1322,8 @@ impl GatewayConfig {
             proof_future_leeway: Duration::from_secs(raw.proof.future_leeway_secs.unwrap_or(15)),
             max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024).max(8192),
             request_timeout: Duration::from_secs(raw.limits.request_timeout_secs.unwrap_or(60)),
-            upstream_timeout: Duration::from_secs(raw.limits.upstream_timeout_secs.unwrap_or(30)),
             max_connections,
-            max_concurrent_streams,
-            handshake_timeout,
             drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
-            idle_timeout,
-            max_stream,
-            route_max_stream,
             strip_authorization: raw.forward.strip_authorization.unwrap_or(true),
             strip_dpop: raw.forward.strip_dpop.unwrap_or(true),
             identity_headers: IdentityHeaders {
@@ -1296,19 +1489,28 @@ mod tests {
             "/../../examples/gateway.toml"
         ));
         let c = GatewayConfig::from_file(path).unwrap();
-        assert_eq!(c.public_urls, ["https://api.example.com"]);
-        assert!(c.nonces.is_some(), "a route requires nonces");
-        let admin = c.routes.resolve(&Method::POST, "/v1/admin/users");
+        assert_eq!(c.enforcement.public_urls, ["https://api.example.com"]);
+        assert!(c.enforcement.nonces.is_some(), "a route requires nonces");
+        let admin = c
+            .enforcement
+            .routes
+            .resolve(&Method::POST, "/v1/admin/users");
         assert!(admin.require_nonce && admin.scopes == ["api", "admin"]);
         assert_eq!(
-            c.routes.resolve(&Method::GET, "/v1/admin/users").scopes,
+            c.enforcement
+                .routes
+                .resolve(&Method::GET, "/v1/admin/users")
+                .scopes,
             ["api"]
         );
         assert_eq!(
-            c.routes.resolve(&Method::GET, "/healthcheck").mode,
+            c.enforcement
+                .routes
+                .resolve(&Method::GET, "/healthcheck")
+                .mode,
             DpopMode::Off
         );
-        let meta = &c.resource_metadata;
+        let meta = &c.enforcement.resource_metadata;
         assert_eq!(meta.authorization_servers, ["https://as.example.com"]);
         assert_eq!(meta.resource_name.as_deref(), Some("Example API"));
         assert_eq!(
@@ -1316,7 +1518,10 @@ mod tests {
             Some("https://docs.example.com/api")
         );
         assert_eq!(meta.scopes_supported, None);
-        assert_eq!(c.routes.resolve(&Method::GET, "/mcp").scopes, ["mcp:tools"]);
+        assert_eq!(
+            c.enforcement.routes.resolve(&Method::GET, "/mcp").scopes,
+            ["mcp:tools"]
+        );
         assert_eq!(meta.max_age, Duration::from_secs(3600));
         assert_eq!(c.max_stream, Duration::from_secs(3600));
         assert!(
@@ -1332,11 +1537,11 @@ mod tests {
         assert_eq!(c.max_concurrent_streams, 100);
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(
-            c.identity_headers.client_cert_thumbprint,
+            c.enforcement.identity_headers.client_cert_thumbprint,
             "x-dpop-client-cert-sha256"
         );
         assert_eq!(
-            c.identity_headers.client_cert_subject,
+            c.enforcement.identity_headers.client_cert_subject,
             "x-dpop-client-cert-subject"
         );
         // Values set over the file win.
@@ -1412,6 +1617,7 @@ mod tests {
             "[resource_metadata]\nresource_name = \"Items\"\nscopes_supported = [\"a:read\", \"b\"]\n",
         )
         .unwrap()
+        .enforcement
         .resource_metadata;
         assert_eq!(meta.authorization_servers, ["https://as.example.com"]);
         assert_eq!(meta.resource_name.as_deref(), Some("Items"));
@@ -1421,12 +1627,12 @@ mod tests {
         );
         // Nothing configured: the defaults, the issuer as authorization server.
         assert_eq!(
-            load_toml("").unwrap().resource_metadata,
+            load_toml("").unwrap().enforcement.resource_metadata,
             ResourceMetadata::new("https://as.example.com")
         );
         // A route of its own: a path, every method.
         let c = load_toml("[[routes]]\npath_prefix = \"/mcp\"\nresource = true\n").unwrap();
-        assert!(c.routes.policies().count() == 2);
+        assert!(c.enforcement.routes.policies().count() == 2);
         for bad in [
             "[[routes]]\npath_prefix = \"/\"\nresource = true\n",
             "[[routes]]\npath_prefix = \"/mcp\"\nmethods = [\"GET\"]\nresource = true\n",
@@ -1634,11 +1840,17 @@ mod tests {
         assert_eq!(auth.ca_file, Path::new("ca.pem"));
         assert!(!auth.required);
         assert!(
-            c.routes
+            c.enforcement
+                .routes
                 .resolve(&Method::GET, "/m/x")
                 .requires_client_cert()
         );
-        assert!(!c.routes.resolve(&Method::GET, "/x").requires_client_cert());
+        assert!(
+            !c.enforcement
+                .routes
+                .resolve(&Method::GET, "/x")
+                .requires_client_cert()
+        );
         // A CA without client_auth: required.
         let c = load_toml("[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n")
             .unwrap();
@@ -1713,18 +1925,23 @@ mod tests {
         let c =
             load_toml("[[routes]]\npath_prefix = \"/v1\"\nmethods = [\"post\"]\ndpop = \"off\"\n")
                 .unwrap();
-        assert_eq!(c.routes.resolve(&Method::POST, "/v1").mode, DpopMode::Off);
+        assert_eq!(
+            c.enforcement.routes.resolve(&Method::POST, "/v1").mode,
+            DpopMode::Off
+        );
         let c = load_toml(
             "[[routes]]\npath_prefix = \"/files\"\ndangerous_forward_encoded_slashes = true\n",
         )
         .unwrap();
         assert!(
-            c.routes
+            c.enforcement
+                .routes
                 .resolve(&Method::GET, "/files/x")
                 .forwards_encoded_slashes()
         );
         assert!(
-            !c.routes
+            !c.enforcement
+                .routes
                 .resolve(&Method::GET, "/other")
                 .forwards_encoded_slashes()
         );
@@ -1745,10 +1962,10 @@ mod tests {
             .set_audience("https://api.example.com");
         let c = a.validate().unwrap();
         assert_eq!(
-            c.public_urls,
+            c.enforcement.public_urls,
             ["https://a.example", "https://b.example/api"]
         );
-        assert!(c.allowed_hosts.is_empty());
+        assert!(c.enforcement.allowed_hosts.is_empty());
     }
 
     /// The gateway's nonces under `[nonce] secrets = secrets` (first = current).
@@ -1758,7 +1975,7 @@ mod tests {
             "[nonce]\nrequire = true\nsecrets = [{}]\n",
             list.join(", ")
         ));
-        Ok(c?.nonces.expect("nonces are required"))
+        Ok(c?.enforcement.nonces.expect("nonces are required"))
     }
 
     /// A rolling rotation: instances on `[S1]`, then `[S2, S1]`, then `[S2]`. Each must

@@ -32,7 +32,9 @@
 //!
 //! It does not issue tokens.
 
+mod authz;
 mod config;
+mod enforce;
 mod error;
 mod metrics;
 mod pem;
@@ -43,9 +45,11 @@ mod stream;
 mod tls;
 mod upstream;
 
+pub use crate::authz::Authz;
 pub use crate::config::{
-    ClientAuthConfig, ClientCertFiles, GatewayConfig, GatewaySettings, IdentityHeaders,
-    ReplayStoreConfig, TlsConfig, TokenCheck, UpstreamConfig, UpstreamTls,
+    AuthzConfig, ClientAuthConfig, ClientCertFiles, EnforcementConfig, GatewayConfig,
+    GatewaySettings, IdentityHeaders, ReplayStoreConfig, TlsConfig, TokenCheck, UpstreamConfig,
+    UpstreamTls,
 };
 pub use crate::error::GatewayError;
 pub use crate::metrics::Metrics;

@@ -325,6 +325,32 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// The identity headers for a verified caller, as the upstream receives them (from the
+/// gateway, or from the proxy in front of `dpop authz`): a name configured empty is not
+/// sent, and neither is a value that cannot be a header value (the header is then
+/// absent, never the client's own).
+pub(crate) fn identity_values(
+    names: &IdentityHeaders,
+    id: DpopIdentity,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let scopes = Some(id.scopes.join(" ")).filter(|s| !s.is_empty());
+    [
+        (&names.subject, id.subject),
+        (&names.client_id, id.client_id),
+        (&names.jkt, id.jkt.map(|j| j.as_str().to_owned())),
+        (&names.scopes, scopes),
+    ]
+    .into_iter()
+    .filter(|(name, _)| !name.is_empty())
+    .filter_map(|(name, value)| {
+        Some((
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_str(&value?).ok()?,
+        ))
+    })
+    .collect()
+}
+
 impl Proxy {
     /// A proxy to `config.upstream` and the routes' own upstreams.
     ///
@@ -335,7 +361,7 @@ impl Proxy {
     /// on the system.
     pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
         let upstreams = Arc::new(Upstreams::new(config)?);
-        let id = &config.identity_headers;
+        let id = &config.enforcement.identity_headers;
         let identity_names: Vec<HeaderName> = [
             &id.subject,
             &id.client_id,
@@ -359,20 +385,20 @@ impl Proxy {
                     .map(|n| (*n).to_owned()),
             )
             .collect();
-        let client_scheme = match config.public_urls.first() {
+        let client_scheme = match config.enforcement.public_urls.first() {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
             _ if config.tls.is_some() => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
         let settings = Settings {
-            strip_authorization: config.strip_authorization,
-            strip_dpop: config.strip_dpop,
-            identity: config.identity_headers.clone(),
+            strip_authorization: config.enforcement.strip_authorization,
+            strip_dpop: config.enforcement.strip_dpop,
+            identity: config.enforcement.identity_headers.clone(),
             identity_names,
             managed_names,
             client_scheme,
             timeout: config.upstream_timeout,
-            trusted_proxies: config.trusted_proxies.clone(),
+            trusted_proxies: config.enforcement.trusted_proxies.clone(),
             route_max_stream: config.route_max_stream.clone(),
             max_stream: config.max_stream,
         };
@@ -521,24 +547,9 @@ impl Proxy {
             }
         }
         if let Some(id) = identity {
-            let mut set = |name: &str, value: Option<String>| {
-                if name.is_empty() {
-                    return;
-                }
-                if let (Ok(n), Some(Ok(v))) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    value.map(|v| HeaderValue::from_str(&v)),
-                ) {
-                    headers.insert(n, v);
-                }
-            };
-            set(&s.identity.subject, id.subject);
-            set(&s.identity.client_id, id.client_id);
-            set(&s.identity.jkt, id.jkt.map(|j| j.as_str().to_owned()));
-            set(
-                &s.identity.scopes,
-                Some(id.scopes.join(" ")).filter(|s| !s.is_empty()),
-            );
+            for (name, value) in identity_values(&s.identity, id) {
+                headers.insert(name, value);
+            }
         }
         Some((upstream, lifetime))
     }

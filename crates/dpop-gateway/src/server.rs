@@ -6,15 +6,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dpop_server::Readiness;
-use dpop_tower::{
-    ClientCertificate, DpopLayer, DpopSettings, HtuSource, IntrospectionConfig,
-    IntrospectionSource, JwksSource, JwksSourceConfig, PeerAddr, TokenVerifier,
-};
+use dpop_tower::{ClientCertificate, DpopLayer, HtuSource, PeerAddr};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -27,7 +24,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower::{Layer as _, ServiceExt as _};
 
-use crate::config::{GatewayConfig, TokenCheck};
+use crate::config::GatewayConfig;
+use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, empty};
@@ -64,81 +62,41 @@ impl Gateway {
         // is fetched or connected.
         let tls = config.tls.as_ref().map(TlsListener::new).transpose()?;
         if tls.is_none()
-            && config.trusted_proxies.is_empty()
-            && config.public_urls.iter().any(|u| u.starts_with("https://"))
+            && config.enforcement.trusted_proxies.is_empty()
+            && config
+                .enforcement
+                .public_urls
+                .iter()
+                .any(|u| u.starts_with("https://"))
         {
             tracing::warn!(target: "dpop::gateway", "public_url is https:// but this listener speaks plain HTTP and trusts no proxy: make sure only a TLS terminator in front can reach it (or set [tls])");
         }
         // Refused at load without trusted proxies; with them, a proxy serves clients
         // plain HTTP and re-encrypts: legal, but worth saying.
-        if tls.is_some() && config.public_urls.iter().any(|u| u.starts_with("http://")) {
+        if tls.is_some()
+            && config
+                .enforcement
+                .public_urls
+                .iter()
+                .any(|u| u.starts_with("http://"))
+        {
             tracing::warn!(target: "dpop::gateway", "public_url is http:// on a TLS listener: clients reach the proxy in front over plain HTTP, where tokens and proofs can be read");
         }
         let metrics = Arc::new(Metrics::new());
-        let tokens: Arc<dyn TokenVerifier> = match &config.tokens {
-            TokenCheck::Jwks { jwks_uri } => {
-                let mut c = JwksSourceConfig::new(&config.issuer, &config.audience);
-                c.jwks_uri.clone_from(jwks_uri);
-                c.validation.algorithms.clone_from(&config.algorithms);
-                let retry = c.missing_keys_retry_interval;
-                let source = JwksSource::new(c, metrics.clone()).map_err(settings_error)?;
-                let source = Arc::new(source);
-                if let Err(e) = source.refresh().await {
-                    tracing::warn!(target: "dpop::gateway", error = %e, "issuer keys not loaded yet; requests get 503 until they are");
-                    // Requests retry too, but an instance that is not ready gets no
-                    // traffic from a load balancer probing /readyz: without this it would
-                    // stay unready for good.
-                    tokio::spawn(load_keys_until_ready(Arc::downgrade(&source), retry));
-                }
-                source
-            }
-            TokenCheck::Introspection {
-                endpoint,
-                client_id,
-                client_secret,
-            } => {
-                let mut c = IntrospectionConfig::new(endpoint, client_id, client_secret);
-                c.issuer = Some(config.issuer.clone());
-                c.audience = Some(config.audience.clone());
-                Arc::new(IntrospectionSource::new(c).map_err(settings_error)?)
-            }
-        };
-        let store = GatewayStore::open(&config.replay).await?;
-        let htu = match config.public_urls.as_slice() {
+        let htu = match config.enforcement.public_urls.as_slice() {
             [] => HtuSource::FromRequest {
                 // The scheme the client used on this listener.
                 scheme: if tls.is_some() { "https" } else { "http" }.into(),
-                trusted_proxies: config.trusted_proxies.clone(),
-                allowed_hosts: config.allowed_hosts.clone(),
+                trusted_proxies: config.enforcement.trusted_proxies.clone(),
+                allowed_hosts: config.enforcement.allowed_hosts.clone(),
             },
             [one] => HtuSource::PublicUrl(one.clone()),
             several => HtuSource::PublicUrls {
                 urls: several.to_vec(),
-                trusted_proxies: config.trusted_proxies.clone(),
+                trusted_proxies: config.enforcement.trusted_proxies.clone(),
             },
         };
-        let mut settings = DpopSettings::new(htu);
-        settings.algorithms.clone_from(&config.algorithms);
-        settings.nonces = config
-            .nonces
-            .clone()
-            .map(|n| n as Arc<dyn dpop_core::NonceValidator>);
-        settings.routes = config.routes.clone();
-        settings.realm.clone_from(&config.realm);
-        settings.resource_metadata = Some(config.resource_metadata.clone());
-        settings.proof_max_age = config.proof_max_age;
-        settings.proof_future_leeway = config.proof_future_leeway;
-        settings.events = metrics.clone();
-        settings.token_cache_ttl = config.token_cache_ttl;
-        if config.fail_open {
-            tracing::warn!(target: "dpop::gateway", "replay.dangerous_fail_open is set: requests pass when the replay store fails, so replays are possible then");
-            settings.dangerous_fail_open_on_replay_store_errors();
-        }
-        if config.nonces.is_some() && !config.nonce_secret_shared {
-            tracing::warn!(target: "dpop::gateway", "nonces use a random per-process secret: other instances will not accept this one's nonces (set DPOP_NONCE_SECRET or nonce.secrets)");
-        }
-        let layer = DpopLayer::new(settings, tokens, store)
-            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        let layer = enforce::layer(&config.enforcement, htu, &metrics).await?;
         let proxy = Proxy::new(&config, metrics.clone())?;
         proxy.check_upstreams().await?;
         let listener =
@@ -148,7 +106,7 @@ impl Gateway {
                     addr: config.listen,
                     source,
                 })?;
-        let admin = match config.admin_listen {
+        let admin = match config.enforcement.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -194,7 +152,7 @@ impl Gateway {
             h2c = config.h2c,
             upstream = %config.upstream,
             route_upstreams = ?config.route_upstreams.values().map(ToString::to_string).collect::<Vec<_>>(),
-            issuer = %config.issuer,
+            issuer = %config.enforcement.issuer,
             replay_store = layer.store().kind(),
             "gateway listening"
         );
@@ -213,12 +171,12 @@ impl Gateway {
         let tls = tls.map(Arc::new);
         let metadata_layer = layer.clone();
         let service = layer.layer(proxy);
-        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let limit = Arc::new(Semaphore::new(config.enforcement.max_connections));
         let protocols = Arc::new(Protocols::new(&config));
         // Connections watch this to start their graceful shutdown; each holds a receiver,
         // so `closed()` on the sender resolves when the last one has ended.
         let (drain, draining) = watch::channel(false);
-        let request_timeout = config.request_timeout;
+        let request_timeout = config.enforcement.request_timeout;
         let handshake_timeout = config.handshake_timeout;
         let idle_timeout = config.idle_timeout;
         let h2c = config.h2c;
@@ -329,9 +287,9 @@ impl Gateway {
         drop(listener);
         drop(reload);
         drop(draining);
-        tracing::info!(target: "dpop::gateway", timeout_secs = config.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
+        tracing::info!(target: "dpop::gateway", timeout_secs = config.enforcement.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
         let _ = drain.send(true);
-        if tokio::time::timeout(config.drain_timeout, drain.closed())
+        if tokio::time::timeout(config.enforcement.drain_timeout, drain.closed())
             .await
             .is_err()
         {
@@ -357,7 +315,7 @@ macro_rules! http1_settings {
         $builder
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size($config.max_header_bytes)
+            .max_buf_size($config.enforcement.max_header_bytes)
             .keep_alive(true)
     };
 }
@@ -368,7 +326,9 @@ macro_rules! http2_settings {
         $builder
             .timer(TokioTimer::new())
             .max_concurrent_streams($config.max_concurrent_streams)
-            .max_header_list_size(u32::try_from($config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(
+                u32::try_from($config.enforcement.max_header_bytes).unwrap_or(u32::MAX),
+            )
             .keep_alive_interval(Some(H2_PING_INTERVAL))
             .keep_alive_timeout(H2_PING_TIMEOUT)
     };
@@ -641,23 +601,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Fetches the issuer's keys every `interval` until they are loaded (by this task or by a
-/// request) or the gateway is gone.
-async fn load_keys_until_ready(source: Weak<JwksSource>, interval: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        let Some(source) = source.upgrade() else {
-            return;
-        };
-        if source.is_ready() || source.refresh().await.is_ok() {
-            return;
-        }
-    }
-}
-
 /// The admin listener's readiness: the issuer's keys are loaded and the replay store
 /// answers (within a second, so a probe never hangs on a stalled store).
-async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
+pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
     let keys = layer.tokens().is_ready();
     let store = tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
         .await
@@ -667,13 +613,4 @@ async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
         ready,
         &serde_json::json!({"ready": ready, "token_keys_loaded": keys, "replay_store_reachable": store}),
     )
-}
-
-/// A token source refusing its settings (an http URL to another host, say) is a
-/// configuration error naming the setting, not an internal one.
-fn settings_error(e: dpop_core::Error) -> GatewayError {
-    match e {
-        dpop_core::Error::ApiMisuse(why) => GatewayError::Config(why.to_owned()),
-        other => GatewayError::Tokens(other.to_string()),
-    }
 }

@@ -15,7 +15,7 @@ const NONCE_SECRET_ENV: &str = "DPOP_NONCE_SECRET";
 pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
     let secret = std::env::var(NONCE_SECRET_ENV).ok();
     let config = load(args, secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
-    dpop_server::init_logging(config.log_format);
+    dpop_server::init_logging(config.enforcement.log_format);
     super::runtime()?.block_on(async {
         let gateway = Gateway::bind(config).await.map_err(|e| match e {
             GatewayError::Config(_) => CliError::usage(e.to_string()),
@@ -97,21 +97,29 @@ mod tests {
     fn flags_alone_are_enough() {
         let c = load(&args(), None).unwrap();
         assert_eq!(
-            c.replay,
+            c.enforcement.replay,
             ReplayStoreConfig::Memory {
                 capacity: 4_000_000
             }
         );
-        assert!(c.nonces.is_none());
-        assert!(c.strip_authorization && c.strip_dpop);
+        assert!(c.enforcement.nonces.is_none());
+        assert!(c.enforcement.strip_authorization && c.enforcement.strip_dpop);
         let mut a = args();
         a.require_nonce = true;
         a.replay_store = Some("redis://127.0.0.1:6379".into());
         let c = load(&a, None).unwrap();
-        assert!(c.nonces.is_some() && !c.nonce_secret_shared);
-        assert!(matches!(c.replay, ReplayStoreConfig::Redis { .. }));
+        assert!(c.enforcement.nonces.is_some() && !c.enforcement.nonce_secret_shared);
+        assert!(matches!(
+            c.enforcement.replay,
+            ReplayStoreConfig::Redis { .. }
+        ));
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
-        assert!(load(&a, Some(&secret)).unwrap().nonce_secret_shared);
+        assert!(
+            load(&a, Some(&secret))
+                .unwrap()
+                .enforcement
+                .nonce_secret_shared
+        );
         assert!(load(&a, Some("short")).is_err());
     }
 

@@ -1,0 +1,337 @@
+//! The authorizer's one decision: the request a proxy reports, rebuilt and run through
+//! the same DPoP layer as the gateway's, turned into an allow (with what the upstream
+//! and the client receive) or a denial (with the status and challenge headers). Every
+//! protocol adapter (Envoy gRPC, Envoy HTTP, forward-auth) calls [`Authorizer::check`]
+//! and only translates its answer.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use dpop_core::Reason;
+use dpop_tower::{AuthorizedTarget, DpopEvents, DpopIdentity, DpopLayer, DpopService, Outcome};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use tower::{Layer as _, Service, ServiceExt as _};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::IdentityHeaders;
+use crate::metrics::Metrics;
+use crate::proxy::identity_values;
+use crate::store::GatewayStore;
+
+/// The request as the proxy in front received it from the client.
+#[derive(Debug)]
+pub(crate) struct OriginalRequest {
+    /// The method, as sent.
+    pub method: String,
+    /// `http` or `https`: how the client reached the proxy.
+    pub scheme: String,
+    /// The host (and port) the client addressed.
+    pub authority: String,
+    /// The request target in origin form, with its query, exactly as the client sent it
+    /// (before the proxy decoded or normalised anything).
+    pub path_and_query: String,
+    /// The client's header fields. A field Envoy merged from several lines arrives as one
+    /// comma-joined value: [`OriginalRequest::split_merged`] undoes that for the fields
+    /// where several lines must be refused.
+    pub headers: HeaderMap,
+}
+
+impl OriginalRequest {
+    /// Envoy joins repeated header lines with `,`. A DPoP proof or an `Authorization`
+    /// value for `DPoP`/`Bearer` never contains one, so a comma means several lines were
+    /// sent: they are split again, and the layer refuses them as it refuses repeated
+    /// lines (`multiple_proofs`, `multiple_authorizations`).
+    pub(crate) fn split_merged(&mut self) {
+        for name in [header::AUTHORIZATION, HeaderName::from_static("dpop")] {
+            let merged: Vec<HeaderValue> = self.headers.get_all(&name).iter().cloned().collect();
+            if !merged.iter().any(|v| v.as_bytes().contains(&b',')) {
+                continue;
+            }
+            self.headers.remove(&name);
+            for value in merged {
+                for part in value.as_bytes().split(|&b| b == b',') {
+                    let part = part.trim_ascii();
+                    // An empty element is still an element: keep it, so `a,` is two.
+                    let v = HeaderValue::from_bytes(part)
+                        .unwrap_or_else(|_| HeaderValue::from_static(""));
+                    self.headers.append(name.clone(), v);
+                }
+            }
+        }
+    }
+}
+
+/// What the authorizer answers.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Let the request through, changed as [`Allowed`] says.
+    Allow(Allowed),
+    /// Answer the client with this instead.
+    Deny(Denied),
+}
+
+/// A request the layer let through.
+#[derive(Debug, Default)]
+pub(crate) struct Allowed {
+    /// Headers to set on the upstream request (replacing any of the same name).
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers to remove from the upstream request: the credentials the authorizer
+    /// checked (when configured to strip them), and every identity header name the
+    /// authorizer does not set, in whatever spelling the client sent it.
+    pub remove: Vec<HeaderName>,
+    /// Headers for the client's response (a fresh `DPoP-Nonce` when one is due).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The verified caller (`None` on an `off` route, the metadata document, or a
+    /// report-only route whose check failed).
+    pub identity: Option<DpopIdentity>,
+    /// Client-sent header names that are spelt like an identity header (`-`, `_`, any
+    /// case). Adapters that cannot remove headers upstream refuse such requests.
+    pub forged_identity: Vec<HeaderName>,
+}
+
+/// A refusal, as the client should receive it.
+#[derive(Debug)]
+pub(crate) struct Denied {
+    /// The status (401, 403, 400, 503, …) the layer chose.
+    pub status: StatusCode,
+    /// `WWW-Authenticate`, `DPoP-Nonce`, `Retry-After`, and always
+    /// `Cache-Control: no-store`.
+    pub headers: HeaderMap,
+    /// The body (empty: the RFC error code travels in the challenge).
+    pub body: Bytes,
+}
+
+impl Denied {
+    /// A refusal without challenge: for requests the layer never saw (a target or method
+    /// that cannot even be parsed).
+    pub(crate) fn bare(status: StatusCode) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Self {
+            status,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// The inner service of the layer: reaching it is the layer's permission. It answers
+/// with what the layer attached to the request.
+#[derive(Clone, Copy, Debug)]
+struct Pass;
+
+/// What [`Pass`] saw: the layer's verdict.
+#[derive(Clone, Debug)]
+struct Passed {
+    identity: Option<DpopIdentity>,
+}
+
+impl Service<Request<()>> for Pass {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        let mut response = Response::new(());
+        // Without the layer's target nothing passed through it.
+        if req.extensions().get::<AuthorizedTarget>().is_some() {
+            response.extensions_mut().insert(Passed {
+                identity: req.extensions().get::<DpopIdentity>().cloned(),
+            });
+        }
+        ready(Ok(response))
+    }
+}
+
+/// The decision maker shared by the listeners.
+pub(crate) struct Authorizer {
+    service: DpopService<Pass, GatewayStore>,
+    layer: DpopLayer<GatewayStore>,
+    identity: IdentityHeaders,
+    /// The identity header names, normalised (lower case, `_` as `-`).
+    identity_names: Vec<String>,
+    strip_authorization: bool,
+    strip_dpop: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    pub(crate) fn new(
+        layer: DpopLayer<GatewayStore>,
+        identity: IdentityHeaders,
+        strip_authorization: bool,
+        strip_dpop: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let identity_names = [
+            &identity.subject,
+            &identity.client_id,
+            &identity.jkt,
+            &identity.scopes,
+            &identity.client_cert_subject,
+            &identity.client_cert_thumbprint,
+        ]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| n.to_ascii_lowercase().replace('_', "-"))
+        .collect();
+        Self {
+            service: layer.layer(Pass),
+            layer,
+            identity,
+            identity_names,
+            strip_authorization,
+            strip_dpop,
+            metrics,
+        }
+    }
+
+    /// The layer (for readiness and the RFC 9728 document).
+    pub(crate) fn layer(&self) -> &DpopLayer<GatewayStore> {
+        &self.layer
+    }
+
+    /// The metrics the layer's events go to.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Judges `original` exactly as the gateway would judge it arriving on its listener
+    /// with that scheme and host: canonical target, route, token, proof against the
+    /// `htu` rebuilt from the reported scheme, host and path, replay record, nonce.
+    pub(crate) async fn check(&self, original: OriginalRequest) -> Decision {
+        let started = Instant::now();
+        let Some(request) = rebuild(&original) else {
+            // Not even an HTTP request: the layer's rule for targets it cannot parse.
+            tracing::info!(target: "dpop::rejection", reason = Reason::NonCanonicalTarget.as_str(), status = 400, method = %original.method.escape_debug(), "request refused: the reported method, host or target is not valid HTTP");
+            self.metrics.outcome(
+                Outcome::Rejected(Reason::NonCanonicalTarget),
+                started.elapsed(),
+            );
+            return Decision::Deny(Denied::bare(StatusCode::BAD_REQUEST));
+        };
+        let forged_identity: Vec<HeaderName> = original
+            .headers
+            .keys()
+            .filter(|k| {
+                let normal = k.as_str().replace('_', "-");
+                self.identity_names.iter().any(|n| *n == normal)
+            })
+            .cloned()
+            .collect();
+        let response = match self.service.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, ()) = response.into_parts();
+        let Some(passed) = parts.extensions.get::<Passed>().cloned() else {
+            let mut headers = HeaderMap::new();
+            for name in [
+                header::WWW_AUTHENTICATE,
+                HeaderName::from_static("dpop-nonce"),
+                header::RETRY_AFTER,
+            ] {
+                for v in parts.headers.get_all(&name) {
+                    headers.append(name.clone(), v.clone());
+                }
+            }
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Decision::Deny(Denied {
+                status: parts.status,
+                headers,
+                body: Bytes::new(),
+            });
+        };
+        let mut allowed = Allowed {
+            forged_identity,
+            ..Allowed::default()
+        };
+        if let Some(nonce) = parts.headers.get("dpop-nonce") {
+            allowed
+                .response_headers
+                .push((HeaderName::from_static("dpop-nonce"), nonce.clone()));
+        }
+        // Credentials the authorizer checked are replaced by the identity; where it did
+        // not vouch (an `off` route, a report-only failure) they pass, as in the gateway.
+        let vouched = passed.identity.is_some();
+        if vouched && self.strip_authorization {
+            allowed.remove.push(header::AUTHORIZATION);
+        }
+        if vouched && self.strip_dpop {
+            allowed.remove.push(HeaderName::from_static("dpop"));
+        }
+        if let Some(id) = passed.identity.clone() {
+            allowed.upstream_headers = identity_values(&self.identity, id);
+        }
+        // Identity headers come only from the authorizer: every client-sent spelling
+        // the authorizer does not overwrite is removed.
+        for name in &allowed.forged_identity {
+            if !allowed.upstream_headers.iter().any(|(n, _)| n == name) {
+                allowed.remove.push(name.clone());
+            }
+        }
+        for name in &self.identity_names {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+                && !allowed.upstream_headers.iter().any(|(set, _)| *set == n)
+                && !allowed.remove.contains(&n)
+            {
+                allowed.remove.push(n);
+            }
+        }
+        allowed.identity = passed.identity;
+        Decision::Allow(allowed)
+    }
+}
+
+/// The request the layer judges: HTTP/2-shaped (absolute URI with the reported scheme
+/// and host, so the layer's `htu` rule reads them from the URI and nothing else), the
+/// client's headers without `Host` and pseudo-headers. `None` when the method, scheme,
+/// host or target is not valid HTTP.
+fn rebuild(original: &OriginalRequest) -> Option<Request<()>> {
+    let method = Method::from_bytes(original.method.as_bytes()).ok()?;
+    let scheme = match original.scheme.to_ascii_lowercase().as_str() {
+        "http" => "http",
+        "https" => "https",
+        _ => return None,
+    };
+    if !original.path_and_query.starts_with('/') {
+        return None;
+    }
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(original.authority.as_str())
+        .path_and_query(original.path_and_query.as_str())
+        .build()
+        .ok()?;
+    // `Uri` accepts a little more than RFC 3986 in the path (it keeps some bytes as
+    // they are); the layer checks the target it gets, and it must be the one reported.
+    if uri.path_and_query().map(|p| p.as_str()) != Some(original.path_and_query.as_str()) {
+        return None;
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    let headers = request.headers_mut();
+    for (name, value) in &original.headers {
+        if name != header::HOST {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    Some(request)
+}
