@@ -6,6 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::authz::{AuthzHarness, HOST, Reported, authz_text, authz_text_for, proof_for};
 use common::{AUD, Caller};
@@ -22,6 +25,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
 const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
@@ -757,4 +763,172 @@ fn unavailable() -> CheckResponse {
         "Service Unavailable",
         &[("retry-after", "1"), ("cache-control", "no-store")],
     )
+}
+
+/// A TCP relay to `target` that can be frozen: connections stay open, nothing passes.
+struct Relay {
+    addr: std::net::SocketAddr,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&frozen);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, Arc::clone(&flag)));
+                tokio::spawn(Self::pump(sr, cw, Arc::clone(&flag)));
+            }
+        });
+        Self { addr, frozen }
+    }
+
+    async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An authorizer whose Redis answers only while `relay` is not frozen; each Redis
+/// command may wait 10 s, each check only `request_timeout_secs = 1`.
+async fn with_stalling_store(
+    issuer: &MockIssuer,
+    rest: &str,
+) -> Option<(AuthzHarness, Relay, RedisServer)> {
+    let Some(redis) = RedisServer::spawn().await.unwrap() else {
+        eprintln!("skipped: no redis-server (DPOP_TEST_REDIS_SERVER)");
+        return None;
+    };
+    let relay = Relay::start(redis.addr()).await;
+    let authz = start(
+        issuer,
+        &format!(
+            "replay_store = \"redis://{}\"\n{rest}\n[replay]\nredis_timeout_ms = 10000\n\
+             [limits]\nrequest_timeout_secs = 1\n",
+            relay.addr
+        ),
+    )
+    .await;
+    Some((authz, relay, redis))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_slower_than_the_request_timeout_is_a_503_denial() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let Some((authz, relay, _redis)) = with_stalling_store(&issuer, "").await else {
+        return;
+    };
+    let mut envoy = client(&authz).await;
+    let caller = Caller::scoped(&issuer, "read");
+    let r = Reported::dpop(&caller, "GET", "/v1/items");
+    assert_eq!(
+        check(&mut envoy, merged(&r)).await,
+        allowed_identity(&caller, &[])
+    );
+
+    relay.freeze();
+    let r = Reported::dpop(&caller, "GET", "/v1/items");
+    let started = Instant::now();
+    let got = check(&mut envoy, merged(&r)).await;
+    let took = started.elapsed();
+    // The authorizer's own bound (bare 503), not the store's 10 s timeout (which would
+    // answer with Retry-After).
+    assert_eq!(
+        got,
+        denied(
+            14,
+            503,
+            "Service Unavailable",
+            &[("cache-control", "no-store")]
+        )
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_checks_in_flight_finish_and_refuses_new_connections() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let Some((authz, relay, _redis)) = with_stalling_store(&issuer, "").await else {
+        return;
+    };
+    let grpc = authz.grpc.unwrap();
+    let mut envoy = client(&authz).await;
+    let caller = Caller::scoped(&issuer, "read");
+    relay.freeze();
+    let r = Reported::dpop(&caller, "GET", "/v1/items");
+    let in_flight = tokio::spawn(async move { envoy.check(merged(&r)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(authz);
+    // The check in flight is answered (by the request timeout), not cut off.
+    let got = in_flight.await.unwrap().unwrap().into_inner();
+    assert_eq!(
+        got,
+        denied(
+            14,
+            503,
+            "Service Unavailable",
+            &[("cache-control", "no-store")]
+        )
+    );
+    // The listener is closed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(TcpStream::connect(grpc).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_for_a_slot() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let authz = start(&issuer, "[limits]\nmax_connections = 1\n").await;
+    let caller = Caller::scoped(&issuer, "read");
+    let mut first = client(&authz).await;
+    let r = Reported::dpop(&caller, "GET", "/v1/items");
+    assert_eq!(
+        check(&mut first, merged(&r)).await,
+        allowed_identity(&caller, &[])
+    );
+
+    // A second connection is not served while the first holds the only slot...
+    let second = Reported::dpop(&caller, "GET", "/v1/items");
+    let url = authz.grpc_url();
+    let waiting = tokio::spawn(async move {
+        let mut envoy = AuthorizationClient::connect(url).await.unwrap();
+        envoy.check(merged(&second)).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served past max_connections");
+    // ...and is once the first closes.
+    drop(first);
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("still waiting after the first connection closed")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, allowed_identity(&caller, &[]));
 }

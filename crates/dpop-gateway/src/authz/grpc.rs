@@ -1,7 +1,8 @@
 //! Envoy's ext_authz over gRPC: `envoy.service.auth.v3.Authorization/Check`, served in
 //! cleartext HTTP/2 (h2c, no TLS). The listener belongs on loopback (Envoy as a sidecar
-//! or on the same host) or inside the mesh, where the mesh's mTLS protects it: whoever
-//! can reach it can ask for decisions, and learns nothing more than a client would.
+//! or on the same host) or inside a mesh whose mTLS protects it: without TLS, Envoy
+//! cannot tell the authorizer from an impostor on the network path, and whoever reaches
+//! the port can ask for decisions (and spend a captured proof's single use).
 //!
 //! A check is translated, never judged here: the `attributes.request.http` Envoy reports
 //! becomes an [`OriginalRequest`] (method, scheme, host, raw path with query, headers
@@ -25,8 +26,9 @@
 //!   headers upstream (overwriting a client-sent header of the same name),
 //!   `headers_to_remove` lists (sorted) `authorization` and `dpop` (when configured to
 //!   strip them), the identity headers not set and every other spelling of an identity
-//!   header the client sent, and
-//!   `response_headers_to_add` carries a fresh `DPoP-Nonce` to the client when one is due.
+//!   header the client sent, and `response_headers_to_add` carries a fresh `DPoP-Nonce`
+//!   to the client when one is due. Envoy refuses to remove pseudo-headers and `host`;
+//!   neither is ever asked.
 //!   Header options carry both the `append: false` of older Envoys and the
 //!   `append_action: OVERWRITE_IF_EXISTS_OR_ADD` of newer ones.
 //! - **Dynamic metadata** (allow only): a `google.protobuf.Struct` with the string fields
@@ -54,8 +56,9 @@
 //! 4 × `limits.max_header_bytes` + 64 KiB: a check carries the headers once (as `headers`
 //! or `header_map`) with a few bytes of framing per header, which for many tiny headers
 //! can outweigh the headers themselves (hence 4 ×), plus the path, host, addresses and
-//! Envoy's metadata (the 64 KiB). A larger message is a gRPC error, so Envoy denies. On
-//! shutdown the listener closes, every connection gets a GOAWAY, and checks in flight
+//! Envoy's metadata (the 64 KiB). A larger message is a gRPC error, so Envoy denies.
+//! Envoy keeps its channel open; a connection holds its slot while the peer answers
+//! HTTP/2 pings, and is closed when it stops answering them. On shutdown the listener closes, every connection gets a GOAWAY, and checks in flight
 //! finish (for up to the drain timeout).
 //!
 //! The gRPC health service is not served: Envoy does not need it to call `Check`, and
@@ -205,17 +208,17 @@ impl Authorization for Check {
                     }
                 }
             }
-            Err(denied) => Decision::Deny(denied),
+            Err(status) => Decision::Deny(Denied::bare(status)),
         };
         Ok(tonic::Response::new(respond(decision)))
     }
 }
 
-/// The request Envoy reports, or the refusal of a report that is not one.
-fn original(check: CheckRequest, max_header_bytes: usize) -> Result<OriginalRequest, Denied> {
+/// The request Envoy reports, or the status refusing a report that is not one.
+fn original(check: CheckRequest, max_header_bytes: usize) -> Result<OriginalRequest, StatusCode> {
     let refuse = |status: StatusCode, why: &'static str| {
         tracing::info!(target: "dpop::authz", status = status.as_u16(), "check refused: {why}");
-        Denied::bare(status)
+        status
     };
     let Some(http) = check
         .attributes
@@ -235,7 +238,7 @@ fn original(check: CheckRequest, max_header_bytes: usize) -> Result<OriginalRequ
     }
     let mut headers = HeaderMap::new();
     let mut size = 0usize;
-    let mut add = |name: &[u8], value: &[u8]| -> Result<(), Denied> {
+    let mut add = |name: &[u8], value: &[u8]| -> Result<(), StatusCode> {
         // `:authority`, `:method`, `:path`, `:scheme` are reported in their own fields.
         if name.starts_with(b":") {
             return Ok(());
