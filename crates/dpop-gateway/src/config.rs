@@ -1297,6 +1297,11 @@ impl EnforcementConfig {
         };
 
         let resource_metadata = resource_metadata(raw.resource_metadata, &issuer)?;
+        // Zero would time out every request: refused rather than read as "no limit".
+        let request_timeout = Duration::from_secs(raw.limits.request_timeout_secs.unwrap_or(60));
+        if request_timeout.is_zero() {
+            return Err(invalid("limits.request_timeout_secs must be positive"));
+        }
         let max_connections = raw.limits.max_connections.unwrap_or(4096);
         if max_connections == 0 {
             return Err(invalid("limits.max_connections must be positive"));
@@ -1321,7 +1326,7 @@ impl EnforcementConfig {
             proof_max_age: Duration::from_secs(raw.proof.max_age_secs.unwrap_or(60)),
             proof_future_leeway: Duration::from_secs(raw.proof.future_leeway_secs.unwrap_or(15)),
             max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024).max(8192),
-            request_timeout: Duration::from_secs(raw.limits.request_timeout_secs.unwrap_or(60)),
+            request_timeout,
             max_connections,
             drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
             strip_authorization: raw.forward.strip_authorization.unwrap_or(true),
@@ -2008,5 +2013,17 @@ mod tests {
         let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([3u8; 32]);
         let e = nonces_with(&[&s, &s]).unwrap_err().to_string();
         assert!(e.contains("nonce secrets") && e.contains("key id"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_request_timeout_is_refused() {
+        let e = settings("[limits]\nrequest_timeout_secs = 0\n")
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limits.request_timeout_secs must be positive"),
+            "{e}"
+        );
     }
 }
