@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod authz;
+pub(crate) mod authz_http;
 
 use std::net::SocketAddr;
 
