@@ -18,7 +18,7 @@ use dpop_test::{
     Gateway, HttpResponse, MockIssuer, TestUpstream, free_port, http_get, raw_exchange,
 };
 
-use crate::common::{AUD, DPOP, TempDir, p, proof, send, spawn_server, www};
+use crate::common::{AUD, DPOP, TempDir, p, proof, redis, send, spawn_server, www};
 use crate::gateway::Caller;
 
 const NGINX_CONF: &str = include_str!("../../../examples/authz/nginx.conf");
@@ -68,15 +68,28 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-/// The authorizer's configuration: the mock issuer's tokens, the URL clients use (the
-/// proxy's), loopback as the trusted proxy, and routes for the nonce and scope tests.
-fn authz_toml(issuer: &MockIssuer, proxy_port: u16, admin_port: u16) -> String {
+/// How a [`Stack`] differs from the default.
+#[derive(Default)]
+struct Options<'a> {
+    /// The issuer to trust instead of a fresh one (stacks that share callers).
+    issuer: Option<&'a MockIssuer>,
+    /// The URL clients use, sent as `Host` (a name shared by several stacks); default:
+    /// the proxy's own `http://127.0.0.1:PORT`.
+    public_url: Option<&'a str>,
+    /// `replay_store`; default: memory.
+    replay_store: Option<&'a str>,
+}
+
+/// The authorizer's configuration: the issuer's tokens, the URL clients use, loopback
+/// as the trusted proxy, and routes for the nonce and scope tests.
+fn authz_toml(issuer: &str, public_url: &str, replay_store: &str, admin_port: u16) -> String {
     format!(
         r#"issuer = "{issuer}"
 audience = "{AUD}"
-public_url = "http://127.0.0.1:{proxy_port}"
+public_url = "{public_url}"
 trusted_proxies = ["127.0.0.1"]
 admin_listen = "127.0.0.1:{admin_port}"
+replay_store = "{replay_store}"
 
 [[routes]]
 path_prefix = "/api"
@@ -90,34 +103,61 @@ scopes = ["admin"]
 path_prefix = "/fresh"
 nonce = true
 scopes = ["api"]
-"#,
-        issuer = issuer.url()
+"#
     )
 }
 
 /// An issuer, an echo upstream, `dpop authz` and a proxy in front, all on loopback.
 struct Stack {
     proxy_kind: Proxy,
-    issuer: MockIssuer,
+    /// The issuer, unless the stack uses another's.
+    own_issuer: Option<MockIssuer>,
     upstream: TestUpstream,
     authz: Gateway,
     proxy: Gateway,
-    /// `http://127.0.0.1:PORT`: the proxy, where clients go and what proofs name.
+    /// `http://127.0.0.1:PORT`: the proxy, where clients go.
     url: String,
+    /// What proofs name: `url` or the shared public URL.
+    htu_base: String,
+    /// The `Host` clients send, when it is not the proxy's address.
+    host: Option<String>,
     _dir: TempDir,
 }
 
 impl Stack {
     /// The stack behind `proxy`, or `None` when the proxy is not available.
     async fn start(proxy_kind: Proxy) -> Option<Self> {
+        Self::start_with(proxy_kind, Options::default()).await
+    }
+
+    async fn start_with(proxy_kind: Proxy, options: Options<'_>) -> Option<Self> {
         let binary = proxy_kind.binary()?;
         let dir = TempDir::new("authz-proxy");
-        let issuer = MockIssuer::start().await.unwrap();
+        let own_issuer = match options.issuer {
+            Some(_) => None,
+            None => Some(MockIssuer::start().await.unwrap()),
+        };
+        let issuer_url = options
+            .issuer
+            .or(own_issuer.as_ref())
+            .map(|i| i.url().to_owned())
+            .unwrap();
         let upstream = TestUpstream::start().await.unwrap();
         let (proxy_port, authz_port, admin_port) = (free_port(), free_port(), free_port());
+        let url = format!("http://127.0.0.1:{proxy_port}");
+        let htu_base = options.public_url.unwrap_or(&url).to_owned();
+        let host = options
+            .public_url
+            .map(|u| u.trim_start_matches("http://").to_owned());
 
         let config = dir.file("authz.toml");
-        std::fs::write(&config, authz_toml(&issuer, proxy_port, admin_port)).unwrap();
+        let toml = authz_toml(
+            &issuer_url,
+            &htu_base,
+            options.replay_store.unwrap_or("memory"),
+            admin_port,
+        );
+        std::fs::write(&config, toml).unwrap();
         let mut cmd = Command::new(DPOP);
         cmd.args(["authz", "--listen", &format!("127.0.0.1:{authz_port}")])
             .args(["--config", p(&config)])
@@ -138,17 +178,19 @@ impl Stack {
         };
         Some(Self {
             proxy_kind,
-            issuer,
+            own_issuer,
             upstream,
             authz,
             proxy,
-            url: format!("http://127.0.0.1:{proxy_port}"),
+            url,
+            htu_base,
+            host,
             _dir: dir,
         })
     }
 
     fn caller(&self, scope: &str) -> Caller {
-        Caller::new(&self.issuer, scope)
+        Caller::new(self.own_issuer.as_ref().expect("the stack's issuer"), scope)
     }
 
     /// `method path` through the proxy with `caller`'s token and a fresh proof for it;
@@ -161,7 +203,7 @@ impl Stack {
         nonce: Option<&str>,
         extra: &[(&str, &str)],
     ) -> (HttpResponse, String) {
-        let proof = caller.proof(method, &format!("{}{path}", self.url), nonce);
+        let proof = caller.proof(method, &format!("{}{path}", self.htu_base), nonce);
         let r = self
             .send_with(method, path, &caller.authorization(), &proof, extra)
             .await;
@@ -177,6 +219,9 @@ impl Stack {
         extra: &[(&str, &str)],
     ) -> HttpResponse {
         let mut headers = vec![("authorization", authorization), ("dpop", dpop)];
+        if let Some(host) = &self.host {
+            headers.push(("host", host));
+        }
         headers.extend_from_slice(extra);
         send(method, &format!("{}{path}", self.url), &headers, b"").await
     }
@@ -575,3 +620,41 @@ through_both!(
     underscore_identity_spellings,
     a_dead_authorizer_is_a_refusal,
 );
+
+/// A proof used through nginx is refused when replayed through Caddy: two proxies, two
+/// authorizer instances, one Redis replay store, one public URL. Needs Redis
+/// (`DPOP_TEST_REDIS_URL` or a private `redis-server`) and both proxies.
+#[tokio::test]
+async fn a_replay_through_another_proxy_and_authorizer_is_refused() {
+    let Some((redis_url, _redis)) = redis().await else {
+        return;
+    };
+    if Proxy::Nginx.binary().is_none() || Proxy::Caddy.binary().is_none() {
+        return;
+    }
+    let issuer = MockIssuer::start().await.unwrap();
+    let options = || Options {
+        issuer: Some(&issuer),
+        public_url: Some("http://api.test"),
+        replay_store: Some(&redis_url),
+    };
+    let first = Stack::start_with(Proxy::Nginx, options()).await.unwrap();
+    let second = Stack::start_with(Proxy::Caddy, options()).await.unwrap();
+    let alice = Caller::new(&issuer, "api");
+
+    let (ok, used) = first.dpop(&alice, "GET", "/api/items", None, &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", first.authz.output());
+    assert_eq!(first.upstream.request_count(), 1);
+
+    let replay = second
+        .send_with("GET", "/api/items", &alice.authorization(), &used, &[])
+        .await;
+    second.assert_refused("replay through another proxy", &replay, 0);
+    assert_eq!(replay.status, 401);
+    assert!(www(&replay).contains("invalid_dpop_proof"), "{replay:?}");
+
+    // The second stack itself works: a fresh proof passes.
+    let (ok, _) = second.dpop(&alice, "GET", "/api/items", None, &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(second.upstream.request_count(), 1);
+}
