@@ -1571,8 +1571,8 @@ mod tests {
             .unwrap()
             .validate_authz()
             .unwrap();
-        assert_eq!(c.listen, Some("127.0.0.1:8081".parse().unwrap()));
-        assert_eq!(c.grpc_listen, Some("127.0.0.1:8082".parse().unwrap()));
+        assert_eq!(c.listen, Some("127.0.0.1:9191".parse().unwrap()));
+        assert_eq!(c.grpc_listen, Some("127.0.0.1:9192".parse().unwrap()));
         assert_eq!(c.path_prefix, "/check");
         assert_eq!(c.max_concurrent_streams, 100);
         let e = &c.enforcement;

@@ -137,7 +137,7 @@ mod tests {
             ..AuthzArgs::default()
         };
         let c = load(&a, None).unwrap();
-        assert_eq!(c.listen, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(c.listen, Some("127.0.0.1:9191".parse().unwrap()));
         assert_eq!(c.path_prefix, "/check");
         a.listen = Some("127.0.0.1:7000".parse().unwrap());
         a.path_prefix = Some("/authz".into());
