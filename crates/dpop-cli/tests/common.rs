@@ -382,13 +382,21 @@ pub(crate) async fn call(
 ) -> HttpResponse {
     let auth = format!("DPoP {token}");
     let dpop = proof(key, "GET", htu, nonce, Some(token));
-    send(
-        "GET",
-        url,
-        &[("authorization", &auth), ("dpop", &dpop)],
-        b"",
-    )
-    .await
+    send_dpop("GET", url, &auth, &dpop, &[], b"").await
+}
+
+/// `method url` with `Authorization` and `DPoP` (as given), then `extra`, and `body`.
+pub(crate) async fn send_dpop(
+    method: &str,
+    url: &str,
+    authorization: &str,
+    dpop: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut headers = vec![("authorization", authorization), ("dpop", dpop)];
+    headers.extend_from_slice(extra);
+    send(method, url, &headers, body).await
 }
 
 /// One token request: `form` to `endpoint` with a fresh proof by `key` for `htu`

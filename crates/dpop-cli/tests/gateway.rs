@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::common::{
     AUD, TempFile, gateway_command, gateway_flags, loopback_host_rule, private_redis, proof,
-    random_secret, send, shared_redis, spawn_server, start_gateway, www,
+    random_secret, send, send_dpop, shared_redis, spawn_server, start_gateway, www,
 };
 
 #[path = "gateway_targets.rs"]
@@ -89,10 +89,8 @@ impl Gw {
     ) -> (HttpResponse, String) {
         let htu = format!("{}{}", self.htu_base, path);
         let proof = caller.proof(method, &htu, nonce);
-        let auth = caller.authorization();
-        let mut headers = vec![("authorization", auth.as_str()), ("dpop", proof.as_str())];
-        headers.extend_from_slice(extra);
-        let r = send(method, &format!("{}{path}", self.url), &headers, body).await;
+        let url = format!("{}{path}", self.url);
+        let r = send_dpop(method, &url, &caller.authorization(), &proof, extra, body).await;
         (r, proof)
     }
 

@@ -18,7 +18,7 @@ use dpop_test::{
     Gateway, HttpResponse, MockIssuer, TestUpstream, free_port, http_get, raw_exchange,
 };
 
-use crate::common::{AUD, DPOP, TempDir, p, proof, redis, send, spawn_server, www};
+use crate::common::{AUD, DPOP, TempDir, p, proof, redis, send, send_dpop, spawn_server, www};
 use crate::gateway::Caller;
 
 const NGINX_CONF: &str = include_str!("../../../examples/authz/nginx.conf");
@@ -66,6 +66,14 @@ fn substitute(text: &str, from: &str, to: &str) -> String {
         "the shipped snippet no longer contains {from:?}"
     );
     text.replace(from, to)
+}
+
+/// A shipped snippet with its `listen` directive replaced (`(from, to)`), and the
+/// authorizer's and the upstream's addresses.
+fn snippet(text: &str, listen: (&str, &str), authz: &str, upstream: &str) -> String {
+    let conf = substitute(text, listen.0, listen.1);
+    let conf = substitute(&conf, SNIPPET_AUTHZ, authz);
+    substitute(&conf, SNIPPET_UPSTREAM, upstream)
 }
 
 /// How a [`Stack`] differs from the default.
@@ -218,12 +226,13 @@ impl Stack {
         dpop: &str,
         extra: &[(&str, &str)],
     ) -> HttpResponse {
-        let mut headers = vec![("authorization", authorization), ("dpop", dpop)];
+        let mut headers = Vec::new();
         if let Some(host) = &self.host {
-            headers.push(("host", host));
+            headers.push(("host", host.as_str()));
         }
         headers.extend_from_slice(extra);
-        send(method, &format!("{}{path}", self.url), &headers, b"").await
+        let url = format!("{}{path}", self.url);
+        send_dpop(method, &url, authorization, dpop, &headers, b"").await
     }
 
     /// Asserts `r` is a refusal as forward-auth gives it (401 or 403, `no-store`) and
@@ -283,13 +292,15 @@ async fn start_nginx(
     authz: &str,
     upstream: &str,
 ) -> Gateway {
-    let mut conf = substitute(
+    let mut conf = snippet(
         NGINX_CONF,
-        &format!("listen {SNIPPET_PROXY_PORT};"),
-        &format!("listen 127.0.0.1:{port};"),
+        (
+            &format!("listen {SNIPPET_PROXY_PORT};"),
+            &format!("listen 127.0.0.1:{port};"),
+        ),
+        authz,
+        upstream,
     );
-    conf = substitute(&conf, SNIPPET_AUTHZ, authz);
-    conf = substitute(&conf, SNIPPET_UPSTREAM, upstream);
     let d = p(&dir.0);
     conf = substitute(
         &conf,
@@ -321,13 +332,15 @@ async fn start_caddy(
     authz: &str,
     upstream: &str,
 ) -> Gateway {
-    let mut conf = substitute(
+    let conf = snippet(
         CADDYFILE,
-        &format!("\n:{SNIPPET_PROXY_PORT} {{\n"),
-        &format!("\n:{port} {{\n\tbind 127.0.0.1\n"),
+        (
+            &format!("\n:{SNIPPET_PROXY_PORT} {{\n"),
+            &format!("\n:{port} {{\n\tbind 127.0.0.1\n"),
+        ),
+        authz,
+        upstream,
     );
-    conf = substitute(&conf, SNIPPET_AUTHZ, authz);
-    conf = substitute(&conf, SNIPPET_UPSTREAM, upstream);
     let file = dir.file("Caddyfile");
     std::fs::write(&file, conf).unwrap();
     let mut cmd = Command::new(binary);
@@ -404,28 +417,27 @@ async fn attacks_are_refused_before_the_upstream(proxy: Proxy) {
     let (ok, proof_sent) = s.dpop(&alice, "GET", "/api/items", None, &[]).await;
     assert_eq!(ok.status, 200, "{proxy:?}: {ok:?}");
     let before = s.upstream.request_count();
-    let replay = s
-        .send_with(
-            "GET",
-            "/api/items",
-            &alice.authorization(),
-            &proof_sent,
-            &[],
-        )
-        .await;
-    s.assert_refused("replayed proof", &replay, before);
-    assert_eq!(replay.status, 401, "{proxy:?}");
-    assert!(www(&replay).contains("invalid_dpop_proof"), "{replay:?}");
-
     // A stolen token, presented with a proof by the thief's key.
     let thief = PrivateKey::generate(Algorithm::Es256).unwrap();
     let url = format!("{}/api/items", s.url);
     let stolen = proof(&thief, "GET", &url, None, Some(&alice.token));
-    let r = s
-        .send_with("GET", "/api/items", &alice.authorization(), &stolen, &[])
-        .await;
-    s.assert_refused("stolen token, other key", &r, before);
-    assert_eq!(r.status, 401, "{proxy:?}");
+    // A proof signed for another URL.
+    let other = alice.proof("GET", &format!("{}/api/other", s.url), None);
+    // (what, the proof sent with alice's token, what the challenge names)
+    for (what, dpop, error) in [
+        ("replayed proof", &proof_sent, Some("invalid_dpop_proof")),
+        ("stolen token, other key", &stolen, None),
+        ("proof for another URL", &other, None),
+    ] {
+        let r = s
+            .send_with("GET", "/api/items", &alice.authorization(), dpop, &[])
+            .await;
+        s.assert_refused(what, &r, before);
+        assert_eq!(r.status, 401, "{proxy:?} {what}");
+        if let Some(error) = error {
+            assert!(www(&r).contains(error), "{what}: {r:?}");
+        }
+    }
 
     // Bearer downgrade: the DPoP-bound token as a Bearer token, no proof.
     let r = send(
@@ -436,14 +448,6 @@ async fn attacks_are_refused_before_the_upstream(proxy: Proxy) {
     )
     .await;
     s.assert_refused("bearer downgrade", &r, before);
-    assert_eq!(r.status, 401, "{proxy:?}");
-
-    // A proof signed for another URL.
-    let other = alice.proof("GET", &format!("{}/api/other", s.url), None);
-    let r = s
-        .send_with("GET", "/api/items", &alice.authorization(), &other, &[])
-        .await;
-    s.assert_refused("proof for another URL", &r, before);
     assert_eq!(r.status, 401, "{proxy:?}");
 
     // A token without the route's scope.

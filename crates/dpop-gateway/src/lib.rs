@@ -32,6 +32,7 @@
 //!
 //! It does not issue tokens.
 
+mod accept;
 mod authz;
 mod config;
 mod enforce;

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower::{Layer as _, ServiceExt as _};
 
+use crate::accept::{Accepting, next_connection, stopped};
 use crate::config::GatewayConfig;
 use crate::enforce;
 use crate::error::GatewayError;
@@ -181,26 +182,10 @@ impl Gateway {
         let idle_timeout = config.idle_timeout;
         let h2c = config.h2c;
         tokio::pin!(shutdown);
-        loop {
-            // Wait for a connection slot first: past the limit, new connections queue in
-            // the kernel's backlog instead of being accepted and starved. TLS handshakes
-            // hold a slot too.
-            let permit = tokio::select! {
-                p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                () = &mut shutdown => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(target: "dpop::gateway", error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
+        // TLS handshakes hold a connection slot too.
+        while let Some((permit, stream, peer)) =
+            next_connection(&listener, &limit, shutdown.as_mut(), Accepting::Gateway).await
+        {
             let service = service.clone();
             let metadata_layer = metadata_layer.clone();
             // A WebSocket tunnel outlives the connection it was upgraded from and keeps
@@ -387,12 +372,6 @@ impl FirstRequest {
             }
         }
     }
-}
-
-/// Resolves when the drain starts (or the gateway is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is dropped here, not held across an await.
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Serves `conn` until it ends, starting its graceful shutdown when `stop` turns true or

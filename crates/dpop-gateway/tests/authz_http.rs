@@ -6,9 +6,9 @@
 mod common;
 
 use common::Caller;
-use common::authz_http::{AuthzRunning, ForwardAuth, HOST, as_bytes, exchange, values};
+use common::authz::{AuthzHarness, ForwardAuth, HOST, as_bytes};
 use dpop_core::{ProofBuilder, SystemRandomSource};
-use dpop_test::{HttpResponse, MockIssuer, RedisServer};
+use dpop_test::{HttpResponse, MockIssuer, RedisServer, raw_exchange_exact};
 
 const HOSTILE: &str = include_str!("../../dpop-core/tests/vectors/hostile-targets.txt");
 
@@ -18,7 +18,7 @@ const TRUSTED: &str = "trusted_proxies = [\"127.0.0.1\"]\n";
 /// A forward-auth check of `method uri` on `https://HOST`, reported `style`'s way, at
 /// the proxy's own target `target`, with the client's `extra` headers.
 async fn forward_auth(
-    authz: &AuthzRunning,
+    authz: &AuthzHarness,
     style: ForwardAuth,
     target: &str,
     method: &str,
@@ -26,7 +26,7 @@ async fn forward_auth(
     extra: &[(&'static str, String)],
 ) -> HttpResponse {
     let mut headers = style.headers(method, uri, "https", HOST);
-    headers.push(("host", format!("{}", authz.addr)));
+    headers.push(("host", format!("{}", authz.http_addr())));
     headers.extend(extra.iter().cloned());
     // nginx's subrequest and Traefik's and Caddy's checks are GETs.
     authz
@@ -39,20 +39,60 @@ fn credentials(caller: &Caller, method: &str, htu: &str) -> Vec<(&'static str, S
     caller.headers(method, htu).to_vec()
 }
 
+/// Envoy HTTP's check: `creds`, `Host: host` and, with `proto`, `X-Forwarded-Proto:
+/// https`.
+fn envoy(
+    mut creds: Vec<(&'static str, String)>,
+    host: &str,
+    proto: bool,
+) -> Vec<(&'static str, String)> {
+    creds.push(("host", host.into()));
+    if proto {
+        creds.push(("x-forwarded-proto", "https".into()));
+    }
+    creds
+}
+
+/// Envoy HTTP's check of `method target`: `caller`'s credentials for `method` on `htu`,
+/// `Host: HOST` and, with `proto`, `X-Forwarded-Proto: https`.
+async fn envoy_check(
+    authz: &AuthzHarness,
+    caller: &Caller,
+    method: &str,
+    target: &str,
+    htu: &str,
+    proto: bool,
+) -> HttpResponse {
+    let h = envoy(credentials(caller, method, htu), HOST, proto);
+    authz.send(method, target.as_bytes(), &as_bytes(&h)).await
+}
+
+/// Envoy HTTP's check of `GET target` is judged on `http://HOST` (the forwarded proto
+/// sent with `proto` not being trusted): a proof for https fails, one for http passes.
+async fn assert_judged_as_http(authz: &AuthzHarness, caller: &Caller, target: &str, proto: bool) {
+    for (htu, status) in [
+        (https("/v1/items"), 401),
+        (format!("http://{HOST}/v1/items"), 200),
+    ] {
+        let r = envoy_check(authz, caller, "GET", target, &htu, proto).await;
+        assert_eq!(r.status, status, "{htu}: {r:?}");
+    }
+}
+
 fn https(path: &str) -> String {
     format!("https://{HOST}{path}")
 }
 
 fn assert_identity(r: &HttpResponse, caller: &Caller, scope: &str) {
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(values(r, "x-dpop-subject"), ["user-1"], "{r:?}");
-    assert_eq!(values(r, "x-dpop-client-id"), ["client-1"], "{r:?}");
+    assert_eq!(r.header_values("x-dpop-subject"), ["user-1"], "{r:?}");
+    assert_eq!(r.header_values("x-dpop-client-id"), ["client-1"], "{r:?}");
     assert_eq!(
-        values(r, "x-dpop-jkt"),
+        r.header_values("x-dpop-jkt"),
         [caller.key.thumbprint().as_str()],
         "{r:?}"
     );
-    assert_eq!(values(r, "x-dpop-scopes"), [scope], "{r:?}");
+    assert_eq!(r.header_values("x-dpop-scopes"), [scope], "{r:?}");
     assert!(r.header("www-authenticate").is_none(), "{r:?}");
     assert!(r.body.is_empty(), "{r:?}");
 }
@@ -60,54 +100,45 @@ fn assert_identity(r: &HttpResponse, caller: &Caller, scope: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_allows_a_valid_request_with_the_identity_headers() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, TRUSTED).await;
+    let authz = AuthzHarness::http(&issuer, TRUSTED).await;
     let caller = Caller::scoped(&issuer, "read");
-    // nginx: the subrequest's own target is the auth location.
     let uri = "/v1/items?page=2";
-    let r = forward_auth(
-        &authz,
-        ForwardAuth::Nginx,
-        "/_dpop_auth",
-        "POST",
-        uri,
-        &credentials(&caller, "POST", &https(uri)),
-    )
-    .await;
-    assert_identity(&r, &caller, "read");
-    // Traefik: X-Forwarded-*, the check at the configured address.
-    let r = forward_auth(
-        &authz,
-        ForwardAuth::Forwarded,
-        "/",
-        "DELETE",
-        "/v1/items/7",
-        &credentials(&caller, "DELETE", &https("/v1/items/7")),
-    )
-    .await;
-    assert_identity(&r, &caller, "read");
-    // Caddy: the same headers, its own target carrying the original query (ignored:
-    // X-Forwarded-Uri is the one judged).
-    let r = forward_auth(
-        &authz,
-        ForwardAuth::Forwarded,
-        "/authz?page=2",
-        "GET",
-        uri,
-        &credentials(&caller, "GET", &https(uri)),
-    )
-    .await;
-    assert_identity(&r, &caller, "read");
-    // The method judged is the reported one, not the check's own GET.
-    let r = forward_auth(
-        &authz,
-        ForwardAuth::Forwarded,
-        "/",
-        "PUT",
-        uri,
-        &credentials(&caller, "GET", &https(uri)),
-    )
-    .await;
-    assert_eq!(r.status, 401, "{r:?}");
+    // (how, the check's own target, the method and URI reported, the method signed,
+    // allowed)
+    let cases = [
+        // nginx: the subrequest's own target is the auth location.
+        (ForwardAuth::Nginx, "/_dpop_auth", "POST", uri, "POST", true),
+        // Traefik: X-Forwarded-*, the check at the configured address.
+        (
+            ForwardAuth::Forwarded,
+            "/",
+            "DELETE",
+            "/v1/items/7",
+            "DELETE",
+            true,
+        ),
+        // Caddy: the same headers, its own target carrying the original query (ignored:
+        // X-Forwarded-Uri is the one judged).
+        (
+            ForwardAuth::Forwarded,
+            "/authz?page=2",
+            "GET",
+            uri,
+            "GET",
+            true,
+        ),
+        // The method judged is the reported one, not the check's own GET.
+        (ForwardAuth::Forwarded, "/", "PUT", uri, "GET", false),
+    ];
+    for (style, target, method, uri, signed, allowed) in cases {
+        let creds = credentials(&caller, signed, &https(uri));
+        let r = forward_auth(&authz, style, target, method, uri, &creds).await;
+        if allowed {
+            assert_identity(&r, &caller, "read");
+        } else {
+            assert_eq!(r.status, 401, "{style:?} {method} {uri}: {r:?}");
+        }
+    }
     // Both spellings present and equal: fine.
     let mut extra = credentials(&caller, "GET", &https(uri));
     extra.push(("x-forwarded-method", "GET".into()));
@@ -120,7 +151,7 @@ async fn forward_auth_allows_a_valid_request_with_the_identity_headers() {
 async fn an_untrusted_caller_gets_a_bare_403_and_is_counted() {
     let issuer = MockIssuer::start().await.unwrap();
     // The tests call from 127.0.0.1, which is not the trusted proxy here.
-    let authz = AuthzRunning::start(&issuer, "trusted_proxies = [\"192.0.2.1\"]\n").await;
+    let authz = AuthzHarness::http(&issuer, "trusted_proxies = [\"192.0.2.1\"]\n").await;
     let series = "dpop_authz_untrusted_callers_total";
     assert_eq!(authz.metric(series).await, 0);
     let caller = Caller::new(&issuer);
@@ -172,7 +203,7 @@ async fn an_untrusted_caller_gets_a_bare_403_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_or_contradictory_report_is_refused_with_403() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, TRUSTED).await;
+    let authz = AuthzHarness::http(&issuer, TRUSTED).await;
     let caller = Caller::new(&issuer);
     let uri = "/v1/items";
     let full = |style: ForwardAuth| {
@@ -245,7 +276,7 @@ async fn an_incomplete_or_contradictory_report_is_refused_with_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_challenge_round_trips_through_forward_auth() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, &format!("{TRUSTED}[nonce]\nrequire = true\n")).await;
+    let authz = AuthzHarness::http(&issuer, &format!("{TRUSTED}[nonce]\nrequire = true\n")).await;
     let caller = Caller::new(&issuer);
     let uri = "/v1/items";
     let r = forward_auth(
@@ -265,13 +296,7 @@ async fn a_nonce_challenge_round_trips_through_forward_auth() {
     );
     assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
     let nonce = r.header("dpop-nonce").expect("a nonce").to_owned();
-    let proof = ProofBuilder::new("GET", &https(uri))
-        .unwrap()
-        .access_token(&caller.token)
-        .nonce(&nonce)
-        .unwrap()
-        .sign(&caller.key, &SystemRandomSource, dpop_test::now())
-        .unwrap();
+    let proof = caller.proof_with_nonce("GET", &https(uri), Some(&nonce));
     let r = forward_auth(
         &authz,
         ForwardAuth::Forwarded,
@@ -285,7 +310,7 @@ async fn a_nonce_challenge_round_trips_through_forward_auth() {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(values(&r, "x-dpop-subject"), ["user-1"]);
+    assert_eq!(r.header_values("x-dpop-subject"), ["user-1"]);
     // The same proof again: a replay.
     let r = forward_auth(
         &authz,
@@ -303,7 +328,7 @@ async fn a_nonce_challenge_round_trips_through_forward_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_is_refused_in_both_modes() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, TRUSTED).await;
+    let authz = AuthzHarness::http(&issuer, TRUSTED).await;
     let caller = Caller::new(&issuer);
     let creds = credentials(&caller, "GET", &https("/v1/items"));
     let fa = |creds: Vec<(&'static str, String)>| {
@@ -319,9 +344,7 @@ async fn a_replay_is_refused_in_both_modes() {
         "{r:?}"
     );
     // Envoy HTTP: the same proof through the other protocol is the same replay.
-    let mut h = creds;
-    h.push(("host", HOST.into()));
-    h.push(("x-forwarded-proto", "https".into()));
+    let h = envoy(creds, HOST, true);
     let r = authz.send("GET", b"/v1/items", &as_bytes(&h)).await;
     assert_eq!(r.status, 401, "{r:?}");
 }
@@ -329,7 +352,7 @@ async fn a_replay_is_refused_in_both_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_class_refusal_is_a_401_in_forward_auth_and_a_400_for_envoy() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, TRUSTED).await;
+    let authz = AuthzHarness::http(&issuer, TRUSTED).await;
     let caller = Caller::new(&issuer);
     let other = "other.example.com";
     let htu = format!("https://{other}/v1/items");
@@ -341,9 +364,7 @@ async fn a_400_class_refusal_is_a_401_in_forward_auth_and_a_400_for_envoy() {
     assert!(challenge.contains("invalid_request"), "{r:?}");
     assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
     // Envoy: the layer's status as it is.
-    let mut h = credentials(&caller, "GET", &htu);
-    h.push(("host", other.into()));
-    h.push(("x-forwarded-proto", "https".into()));
+    let h = envoy(credentials(&caller, "GET", &htu), other, true);
     let r = authz.send("GET", b"/v1/items", &as_bytes(&h)).await;
     assert_eq!(r.status, 400, "{r:?}");
 }
@@ -355,7 +376,7 @@ async fn a_replay_store_that_is_down_is_a_403_in_forward_auth_and_a_503_for_envo
         eprintln!("skipped: no redis-server (set DPOP_TEST_REDIS_SERVER or PATH)");
         return;
     };
-    let authz = AuthzRunning::start(
+    let authz = AuthzHarness::http(
         &issuer,
         &format!("{TRUSTED}replay_store = \"{}\"\n", redis.url()),
     )
@@ -373,10 +394,7 @@ async fn a_replay_store_that_is_down_is_a_403_in_forward_auth_and_a_503_for_envo
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.header("retry-after"), Some("1"), "kept: {r:?}");
     assert!(r.header("x-dpop-subject").is_none(), "{r:?}");
-    let mut h = credentials(&caller, "GET", &https(uri));
-    h.push(("host", HOST.into()));
-    h.push(("x-forwarded-proto", "https".into()));
-    let r = authz.send("GET", uri.as_bytes(), &as_bytes(&h)).await;
+    let r = envoy_check(&authz, &caller, "GET", uri, &https(uri), true).await;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
     assert!(r.header("x-dpop-subject").is_none(), "{r:?}");
@@ -385,7 +403,7 @@ async fn a_replay_store_that_is_down_is_a_403_in_forward_auth_and_a_503_for_envo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sent_identity_header_is_refused_in_forward_auth_and_removed_for_envoy() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, TRUSTED).await;
+    let authz = AuthzHarness::http(&issuer, TRUSTED).await;
     let caller = Caller::new(&issuer);
     let uri = "/v1/items";
     for forged in ["x-dpop-subject", "x_dpop_subject", "X-DPoP-Client-Id"] {
@@ -403,13 +421,11 @@ async fn a_client_sent_identity_header_is_refused_in_forward_auth_and_removed_fo
     );
     // Envoy can remove headers: the forged spelling is listed for removal, the real
     // name is set from the token.
-    let mut h = credentials(&caller, "GET", &https(uri));
-    h.push(("host", HOST.into()));
-    h.push(("x-forwarded-proto", "https".into()));
+    let mut h = envoy(credentials(&caller, "GET", &https(uri)), HOST, true);
     h.push(("x_dpop_subject", "admin".into()));
     let r = authz.send("GET", uri.as_bytes(), &as_bytes(&h)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(values(&r, "x-dpop-subject"), ["user-1"]);
+    assert_eq!(r.header_values("x-dpop-subject"), ["user-1"]);
     let remove = r
         .header("x-envoy-auth-headers-to-remove")
         .unwrap_or_default();
@@ -419,19 +435,22 @@ async fn a_client_sent_identity_header_is_refused_in_forward_auth_and_removed_fo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_http_checks_below_the_path_prefix() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(
+    let authz = AuthzHarness::http(
         &issuer,
         &format!("{TRUSTED}[authz]\npath_prefix = \"/check\"\n"),
     )
     .await;
     let caller = Caller::scoped(&issuer, "read");
     let uri = "/v1/items?page=2";
-    let mut h = credentials(&caller, "POST", &https(uri));
-    h.push(("host", HOST.into()));
-    h.push(("x-forwarded-proto", "https".into()));
-    let r = authz
-        .send("POST", format!("/check{uri}").as_bytes(), &as_bytes(&h))
-        .await;
+    let r = envoy_check(
+        &authz,
+        &caller,
+        "POST",
+        &format!("/check{uri}"),
+        &https(uri),
+        true,
+    )
+    .await;
     assert_identity(&r, &caller, "read");
     let remove: Vec<&str> = r
         .header("x-envoy-auth-headers-to-remove")
@@ -445,9 +464,7 @@ async fn envoy_http_checks_below_the_path_prefix() {
     assert!(!remove.contains(&"x-dpop-subject"), "{remove:?}");
     // Outside the prefix, or not on a segment boundary: not a check, refused.
     for target in ["/v1/items", "/checkv1/items", "/check", "/chec/v1/items"] {
-        let mut h = credentials(&caller, "GET", &https("/v1/items"));
-        h.push(("host", HOST.into()));
-        let r = authz.send("GET", target.as_bytes(), &as_bytes(&h)).await;
+        let r = envoy_check(&authz, &caller, "GET", target, &https("/v1/items"), false).await;
         assert_eq!(r.status, 403, "{target}: {r:?}");
         assert!(r.header("x-dpop-subject").is_none(), "{r:?}");
     }
@@ -458,37 +475,21 @@ async fn envoy_http_checks_below_the_path_prefix() {
     assert_eq!(r.status, 401, "{r:?}");
     assert!(r.header("www-authenticate").is_some(), "{r:?}");
     // Without a trusted X-Forwarded-Proto the scheme is http: a proof for https fails.
-    let mut h = credentials(&caller, "GET", &https("/v1/items"));
-    h.push(("host", HOST.into()));
-    let r = authz.send("GET", b"/check/v1/items", &as_bytes(&h)).await;
-    assert_eq!(r.status, 401, "{r:?}");
-    let mut h = credentials(&caller, "GET", &format!("http://{HOST}/v1/items"));
-    h.push(("host", HOST.into()));
-    let r = authz.send("GET", b"/check/v1/items", &as_bytes(&h)).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_judged_as_http(&authz, &caller, "/check/v1/items", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_http_from_an_untrusted_peer_ignores_its_forwarded_proto() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, "").await;
+    let authz = AuthzHarness::http(&issuer, "").await;
     let caller = Caller::new(&issuer);
-    let mut h = credentials(&caller, "GET", &https("/v1/items"));
-    h.push(("host", HOST.into()));
-    h.push(("x-forwarded-proto", "https".into()));
-    let r = authz.send("GET", b"/v1/items", &as_bytes(&h)).await;
-    assert_eq!(r.status, 401, "{r:?}");
-    let mut h = credentials(&caller, "GET", &format!("http://{HOST}/v1/items"));
-    h.push(("host", HOST.into()));
-    h.push(("x-forwarded-proto", "https".into()));
-    let r = authz.send("GET", b"/v1/items", &as_bytes(&h)).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_judged_as_http(&authz, &caller, "/v1/items", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_targets_are_denied_in_both_modes() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(
+    let authz = AuthzHarness::http(
         &issuer,
         &format!("{TRUSTED}[authz]\npath_prefix = \"/check\"\n"),
     )
@@ -538,18 +539,18 @@ async fn hostile_targets_are_denied_in_both_modes() {
         let mut envoy_target = b"/check".to_vec();
         envoy_target.extend_from_slice(target);
         let proof = proof_for(target);
-        let r = exchange(
-            authz.addr,
-            b"GET",
-            &envoy_target,
-            &[
-                ("host", HOST.as_bytes()),
-                ("x-forwarded-proto", b"https"),
-                ("authorization", auth.as_bytes()),
-                ("dpop", proof.as_bytes()),
-            ],
-        )
-        .await;
+        let r = authz
+            .send(
+                "GET",
+                &envoy_target,
+                &[
+                    ("host", HOST.as_bytes()),
+                    ("x-forwarded-proto", b"https"),
+                    ("authorization", auth.as_bytes()),
+                    ("dpop", proof.as_bytes()),
+                ],
+            )
+            .await;
         if ok {
             assert_eq!(r.status, 200, "envoy {shown:?}: {r:?}");
         } else {
@@ -567,7 +568,7 @@ async fn hostile_targets_are_denied_in_both_modes() {
 async fn the_metadata_document_is_served() {
     let issuer = MockIssuer::start().await.unwrap();
     // With a path prefix, a request for the document is told apart from a check.
-    let authz = AuthzRunning::start(
+    let authz = AuthzHarness::http(
         &issuer,
         &format!("{TRUSTED}[authz]\npath_prefix = \"/check\"\n"),
     )
@@ -607,7 +608,7 @@ async fn the_metadata_document_is_served() {
 
     // Without a prefix: the document, with the headers of an allow for Envoy (a
     // client-sent identity header is removed).
-    let authz = AuthzRunning::start(&issuer, TRUSTED).await;
+    let authz = AuthzHarness::http(&issuer, TRUSTED).await;
     let r = authz
         .send(
             "GET",
@@ -635,7 +636,7 @@ async fn a_check_that_outlasts_the_request_timeout_is_denied() {
             open.push(s);
         }
     });
-    let authz = AuthzRunning::start(
+    let authz = AuthzHarness::http(
         &issuer,
         &format!(
             "{TRUSTED}[introspection]\nendpoint = \"{endpoint}\"\nclient_id = \"authz\"\n\
@@ -643,30 +644,17 @@ async fn a_check_that_outlasts_the_request_timeout_is_denied() {
         ),
     )
     .await;
-    let key = dpop_core::PrivateKey::generate(dpop_core::Algorithm::Es256).unwrap();
-    let token = "opaque-token-1";
-    let proof = |method: &str, htu: &str| {
-        ProofBuilder::new(method, htu)
-            .unwrap()
-            .access_token(token)
-            .sign(&key, &SystemRandomSource, dpop_test::now())
-            .unwrap()
+    let opaque = Caller {
+        key: dpop_core::PrivateKey::generate(dpop_core::Algorithm::Es256).unwrap(),
+        token: "opaque-token-1".into(),
     };
     let uri = "/v1/items";
     let started = std::time::Instant::now();
-    let creds = vec![
-        ("authorization", format!("DPoP {token}")),
-        ("dpop", proof("GET", &https(uri))),
-    ];
+    let creds = credentials(&opaque, "GET", &https(uri));
     let r = forward_auth(&authz, ForwardAuth::Nginx, "/", "GET", uri, &creds).await;
     assert_eq!(r.status, 403, "{r:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    let mut h = vec![
-        ("authorization", format!("DPoP {token}")),
-        ("dpop", proof("GET", &https(uri))),
-        ("host", HOST.into()),
-        ("x-forwarded-proto", "https".into()),
-    ];
+    let mut h = envoy(credentials(&opaque, "GET", &https(uri)), HOST, true);
     h.push(("x-request-id", "1".into()));
     let r = authz.send("GET", uri.as_bytes(), &as_bytes(&h)).await;
     assert_eq!(r.status, 503, "{r:?}");
@@ -683,17 +671,19 @@ async fn a_check_that_outlasts_the_request_timeout_is_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_wait_for_a_slot() {
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, "[limits]\nmax_connections = 1\n").await;
+    let authz = AuthzHarness::http(&issuer, "[limits]\nmax_connections = 1\n").await;
     let host: &[(&str, &[u8])] = &[("host", HOST.as_bytes())];
     let doc = b"/.well-known/oauth-protected-resource";
     assert_eq!(authz.send("GET", doc, host).await.status, 200);
     // One silent connection holds the only slot: the next check is not answered...
-    let silent = tokio::net::TcpStream::connect(authz.addr).await.unwrap();
+    let silent = tokio::net::TcpStream::connect(authz.http_addr())
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let waiting = tokio::spawn({
-        let addr = authz.addr;
+        let addr = authz.http_addr();
         async move {
-            exchange(
+            raw_exchange_exact(
                 addr,
                 b"GET",
                 b"/.well-known/oauth-protected-resource",
@@ -717,8 +707,8 @@ async fn connections_beyond_max_connections_wait_for_a_slot() {
 async fn on_stop_idle_connections_are_closed_and_no_new_one_is_accepted() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let issuer = MockIssuer::start().await.unwrap();
-    let authz = AuthzRunning::start(&issuer, "").await;
-    let addr = authz.addr;
+    let authz = AuthzHarness::http(&issuer, "").await;
+    let addr = authz.http_addr();
     // A kept-alive connection, idle after one answer.
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(

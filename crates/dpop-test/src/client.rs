@@ -36,11 +36,26 @@ pub(crate) fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> O
         .map(|(_, v)| v.as_str())
 }
 
+/// Every value of header `name` (any case) in a list of lower-cased header lines.
+pub(crate) fn all_headers<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 impl HttpResponse {
     /// The first value of header `name` (any case).
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
         first_header(&self.headers, name)
+    }
+
+    /// Every value of header `name` (any case), in order.
+    #[must_use]
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        all_headers(&self.headers, name)
     }
 
     /// The body as text (invalid UTF-8 replaced).
@@ -191,24 +206,11 @@ pub async fn raw_exchange(
     target: &[u8],
     headers: &[(&str, &str)],
 ) -> RawResponse {
-    let mut request = Vec::new();
-    request.extend_from_slice(method);
-    request.push(b' ');
-    request.extend_from_slice(target);
-    request.extend_from_slice(
-        format!(" HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").as_bytes(),
-    );
-    for (name, value) in headers {
-        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    request.extend_from_slice(b"\r\n");
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the server");
-    stream.write_all(&request).await.expect("send the request");
-    let mut out = Vec::new();
+    let host = addr.to_string();
+    let mut lines: Vec<(&str, &[u8])> = vec![("Host", host.as_bytes()), ("Connection", b"close")];
+    lines.extend(headers.iter().map(|(n, v)| (*n, v.as_bytes())));
     // The server may close without reading everything; what it answered is what counts.
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
+    let (out, _ended) = send_raw(addr, &raw_request(method, target, &lines)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
@@ -221,4 +223,85 @@ pub async fn raw_exchange(
             )
         });
     RawResponse { status, text }
+}
+
+/// Sends `METHOD TARGET HTTP/1.1`, then `headers` byte for byte and `Connection: close`
+/// (no `Host` unless `headers` has one: every header as the test wrote it), on a new
+/// connection, and reads the response to the end, parsed: the body is what follows the
+/// head (for servers that answer with `Content-Length`, never chunked).
+///
+/// # Panics
+/// When the connection fails, the server does not close it within 20 s, or the reply is
+/// not an HTTP response.
+pub async fn raw_exchange_exact(
+    addr: SocketAddr,
+    method: &[u8],
+    target: &[u8],
+    headers: &[(&str, &[u8])],
+) -> HttpResponse {
+    let mut lines = headers.to_vec();
+    lines.push(("Connection", b"close"));
+    let (out, ended) = send_raw(addr, &raw_request(method, target, &lines)).await;
+    if let Err(e) = ended {
+        panic!("{e}");
+    }
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let body = out[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head:?}"));
+    let headers = lines
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            Some((n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `METHOD TARGET HTTP/1.1`, each of `headers` as `name: value` (values byte for byte),
+/// and the blank line.
+fn raw_request(method: &[u8], target: &[u8], headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut request = Vec::new();
+    request.extend_from_slice(method);
+    request.push(b' ');
+    request.extend_from_slice(target);
+    request.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    request
+}
+
+/// Sends `request` on a new connection to `addr` and reads until the server closes or
+/// 20 s pass: what it sent, and how the reading ended (an error when the server did not
+/// close in time or the connection failed).
+async fn send_raw(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, Result<(), String>) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the server");
+    stream.write_all(request).await.expect("send the request");
+    let mut out = Vec::new();
+    let ended =
+        match tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("reading the response: {e}")),
+            Err(_) => Err("the server did not close the connection within 20 s".to_owned()),
+        };
+    (out, ended)
 }

@@ -57,11 +57,7 @@ impl RecordedRequest {
     /// Every value of header `name` (any case), in order.
     #[must_use]
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::client::all_headers(&self.headers, name)
     }
 }
 

@@ -10,16 +10,17 @@ use crate::cli::AuthzArgs;
 use crate::error::CliError;
 
 pub(crate) fn run(args: &AuthzArgs) -> Result<ExitCode, CliError> {
-    let secret = enforcement::env_nonce_secret();
-    let config = load(args, secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
-    dpop_server::init_logging(config.enforcement.log_format);
-    super::runtime()?.block_on(async {
-        let authz = Authz::bind(config)
-            .await
-            .map_err(enforcement::start_error)?;
-        authz.serve(dpop_server::shutdown_signal()).await;
-        Ok(ExitCode::SUCCESS)
-    })
+    enforcement::run(
+        |secret| load(args, secret),
+        |config| &config.enforcement,
+        async |config| {
+            Authz::bind(config)
+                .await?
+                .serve(dpop_server::shutdown_signal())
+                .await;
+            Ok(())
+        },
+    )
 }
 
 /// Reads `args.config` (if any), sets the flags over it, and validates the result as an

@@ -1,8 +1,10 @@
 //! What `dpop gateway` and `dpop authz` share: the flags that mean the same for both,
-//! set over the `--config` file in one place, and how their start-up errors map to exit
-//! codes.
+//! set over the `--config` file in one place, how their start-up errors map to exit
+//! codes, and how they run until a signal.
 
-use dpop_gateway::{GatewayError, GatewaySettings};
+use std::process::ExitCode;
+
+use dpop_gateway::{EnforcementConfig, GatewayError, GatewaySettings};
 use zeroize::Zeroizing;
 
 use crate::cli::EnforcementArgs;
@@ -59,6 +61,24 @@ pub(crate) fn settings(
         settings.set_current_nonce_secret(Zeroizing::new(secret.to_owned()));
     }
     Ok(settings)
+}
+
+/// Runs a server: its configuration from `load` (given `DPOP_NONCE_SECRET`; refused = a
+/// usage error), logging in the format of its `enforcement` part, then `serve` (bind, and
+/// serve until [`dpop_server::shutdown_signal`]) on a new runtime, its start-up errors
+/// mapped by [`start_error`].
+pub(crate) fn run<C>(
+    load: impl FnOnce(Option<&str>) -> Result<C, GatewayError>,
+    enforcement: impl FnOnce(&C) -> &EnforcementConfig,
+    serve: impl AsyncFnOnce(C) -> Result<(), GatewayError>,
+) -> Result<ExitCode, CliError> {
+    let secret = env_nonce_secret();
+    let config = load(secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
+    dpop_server::init_logging(enforcement(&config).log_format);
+    super::runtime()?.block_on(async {
+        serve(config).await.map_err(start_error)?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// A configuration error found while binding is a usage error (exit 2); anything else

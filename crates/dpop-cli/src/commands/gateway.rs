@@ -9,16 +9,17 @@ use crate::cli::GatewayArgs;
 use crate::error::CliError;
 
 pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
-    let secret = enforcement::env_nonce_secret();
-    let config = load(args, secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
-    dpop_server::init_logging(config.enforcement.log_format);
-    super::runtime()?.block_on(async {
-        let gateway = Gateway::bind(config)
-            .await
-            .map_err(enforcement::start_error)?;
-        gateway.serve(dpop_server::shutdown_signal()).await;
-        Ok(ExitCode::SUCCESS)
-    })
+    enforcement::run(
+        |secret| load(args, secret),
+        |config| &config.enforcement,
+        async |config| {
+            Gateway::bind(config)
+                .await?
+                .serve(dpop_server::shutdown_signal())
+                .await;
+            Ok(())
+        },
+    )
 }
 
 /// Reads `args.config` (if any), sets the flags over it, and validates the result.

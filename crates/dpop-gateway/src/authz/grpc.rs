@@ -90,6 +90,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use super::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
+use crate::accept::{Accepting, next_until, stopped};
 use crate::config::AuthzConfig;
 
 /// gRPC status codes (google.rpc.Code) the answers use.
@@ -134,24 +135,9 @@ pub(crate) async fn serve(
     let h2 = Arc::new(h2);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
-    loop {
-        // A slot first: past the limit, connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = stopped(&mut stop) => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(target: "dpop::authz", error = %e, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((permit, stream, peer)) =
+        next_until(&listener, &slots, &mut stop, Accepting::AuthzGrpc).await
+    {
         let service = service.clone();
         let h2 = Arc::clone(&h2);
         let mut stop = stop.clone();
@@ -177,11 +163,6 @@ pub(crate) async fn serve(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
-}
-
-/// Resolves when `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The `Authorization` service.

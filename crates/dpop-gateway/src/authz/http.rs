@@ -66,8 +66,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use super::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
+use crate::accept::{Accepting, next_until};
 use crate::config::AuthzConfig;
-use crate::server::{drive, http1_settings, stopped};
+use crate::server::{drive, http1_settings};
 
 /// The headers that make a request a forward-auth check.
 const FORWARD_AUTH_URI: [&str; 2] = ["x-forwarded-uri", "x-original-uri"];
@@ -121,24 +122,9 @@ pub(crate) async fn serve(
     // Connections watch this to start their graceful shutdown; each holds a receiver,
     // so `closed()` resolves when the last one has ended.
     let (drain, draining) = watch::channel(false);
-    loop {
-        // A slot first: past the limit, connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = stopped(&mut stop) => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(target: "dpop::authz", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((permit, stream, peer)) =
+        next_until(&listener, &limit, &mut stop, Accepting::AuthzHttp).await
+    {
         let checks = Arc::clone(&checks);
         let svc = service_fn(move |req: Request<Incoming>| {
             let checks = Arc::clone(&checks);

@@ -1,18 +1,25 @@
 //! Fixtures for the authorizer's tests, whatever the protocol: an [`Authz`] started
-//! in-process from TOML text ([`AuthzHarness`]), and the original request a proxy
-//! reports ([`Reported`]), with a token and a fresh proof for its method and URL.
+//! in-process from TOML text with any of its HTTP, gRPC and admin listeners
+//! ([`AuthzHarness`]), the original request a proxy reports to the gRPC listener
+//! ([`Reported`]), and the forward-auth header sets each proxy sends to the HTTP one
+//! ([`ForwardAuth`]). Tokens and proofs come from [`Caller`].
 
 use std::net::SocketAddr;
 
-use dpop_core::{ProofBuilder, SystemRandomSource};
 use dpop_gateway::{Authz, GatewayError, GatewaySettings};
-use dpop_test::MockIssuer;
+use dpop_test::{HttpResponse, MockIssuer, http_get, raw_exchange_exact};
 use tokio::sync::oneshot;
 
 use super::{AUD, Caller};
 
 /// The host clients address in these tests (the only allowed one in [`authz_text`]).
 pub(crate) const HOST: &str = "api.example.com";
+
+/// An HTTP listener (forward-auth, Envoy HTTP) and an admin listener, on free ports.
+pub(crate) const HTTP_AND_ADMIN: &str = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"";
+
+/// A gRPC listener (Envoy ext_authz) on a free port.
+pub(crate) const GRPC: &str = "grpc_listen = \"127.0.0.1:0\"";
 
 /// The configuration text of an authorizer for `issuer`'s tokens at audience [`AUD`],
 /// allowing [`HOST`], with `listeners` (e.g. `grpc_listen = "127.0.0.1:0"`) and then
@@ -65,6 +72,17 @@ impl AuthzHarness {
         })
     }
 
+    /// An authorizer for `issuer`'s tokens with an HTTP and an admin listener, and `rest`
+    /// (top-level keys first, then tables).
+    pub(crate) async fn http(issuer: &MockIssuer, rest: &str) -> Self {
+        Self::start(&authz_text(issuer, HTTP_AND_ADMIN, rest)).await
+    }
+
+    /// The HTTP listener's address.
+    pub(crate) fn http_addr(&self) -> SocketAddr {
+        self.http.expect("no HTTP listener")
+    }
+
     /// `http://` + the gRPC listener, for a tonic client.
     pub(crate) fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc.expect("no gRPC listener"))
@@ -72,7 +90,35 @@ impl AuthzHarness {
 
     /// `http://` + the HTTP listener + `path`.
     pub(crate) fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http.expect("no HTTP listener"))
+        format!("http://{}{path}", self.http_addr())
+    }
+
+    /// `method target` on the HTTP listener with `headers`, byte for byte.
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        target: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> HttpResponse {
+        raw_exchange_exact(self.http_addr(), method.as_bytes(), target, headers).await
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        let admin = self.admin.expect("no admin listener");
+        let r = http_get(&format!("http://{admin}/metrics")).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        r.text()
+    }
+
+    /// The value of the metric line starting with `series` (name and labels), 0 when
+    /// there is none yet.
+    pub(crate) async fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -117,7 +163,7 @@ impl Reported {
         nonce: Option<&str>,
     ) -> Self {
         let r = Self::new(method, path);
-        let proof = proof_for(caller, method, &r.htu(), nonce);
+        let proof = caller.proof_with_nonce(method, &r.htu(), nonce);
         r.header("authorization", &caller.authorization())
             .header("dpop", &proof)
     }
@@ -126,6 +172,11 @@ impl Reported {
     pub(crate) fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// With `name`'s lines replaced by one carrying `value`.
+    pub(crate) fn replacing(self, name: &str, value: &str) -> Self {
+        self.without(name).header(name, value)
     }
 
     /// Without any header line named `name` (ASCII case-insensitive).
@@ -149,15 +200,44 @@ impl Reported {
     }
 }
 
-/// A proof by `caller` for `method` on `htu`, bound to its token, with `nonce`.
-pub(crate) fn proof_for(caller: &Caller, method: &str, htu: &str, nonce: Option<&str>) -> String {
-    let mut builder = ProofBuilder::new(method, htu)
-        .unwrap()
-        .access_token(&caller.token);
-    if let Some(n) = nonce {
-        builder = builder.nonce(n).unwrap();
+/// How a proxy reports the original request in a forward-auth check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ForwardAuth {
+    /// nginx `auth_request` with the shipped snippet: `X-Original-Method`,
+    /// `X-Original-URI`, `X-Forwarded-Host`, `X-Forwarded-Proto`.
+    Nginx,
+    /// Traefik `ForwardAuth` and Caddy `forward_auth`: `X-Forwarded-Method`, `-Uri`,
+    /// `-Host`, `-Proto`, `-For`.
+    Forwarded,
+}
+
+impl ForwardAuth {
+    /// The forwarding headers for the client's `method uri` on `scheme://host`.
+    pub(crate) fn headers(
+        self,
+        method: &str,
+        uri: &str,
+        scheme: &str,
+        host: &str,
+    ) -> Vec<(&'static str, String)> {
+        let (m, u) = match self {
+            Self::Nginx => ("x-original-method", "x-original-uri"),
+            Self::Forwarded => ("x-forwarded-method", "x-forwarded-uri"),
+        };
+        let mut h = vec![
+            (m, method.to_owned()),
+            (u, uri.to_owned()),
+            ("x-forwarded-host", host.to_owned()),
+            ("x-forwarded-proto", scheme.to_owned()),
+        ];
+        if matches!(self, Self::Forwarded) {
+            h.push(("x-forwarded-for", "198.51.100.7".to_owned()));
+        }
+        h
     }
-    builder
-        .sign(&caller.key, &SystemRandomSource, dpop_test::now())
-        .unwrap()
+}
+
+/// `(name, value)` pairs as the byte slices [`AuthzHarness::send`] takes.
+pub(crate) fn as_bytes<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a [u8])> {
+    headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
 }

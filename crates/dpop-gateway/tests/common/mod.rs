@@ -7,7 +7,6 @@
 #![allow(dead_code)]
 
 pub(crate) mod authz;
-pub(crate) mod authz_http;
 
 use std::net::SocketAddr;
 
@@ -168,9 +167,18 @@ impl Caller {
 
     /// A fresh proof for `method` on `htu`, bound to the token.
     pub(crate) fn proof(&self, method: &str, htu: &str) -> String {
-        ProofBuilder::new(method, htu)
+        self.proof_with_nonce(method, htu, None)
+    }
+
+    /// As [`Caller::proof`], carrying `nonce`.
+    pub(crate) fn proof_with_nonce(&self, method: &str, htu: &str, nonce: Option<&str>) -> String {
+        let mut builder = ProofBuilder::new(method, htu)
             .unwrap()
-            .access_token(&self.token)
+            .access_token(&self.token);
+        if let Some(n) = nonce {
+            builder = builder.nonce(n).unwrap();
+        }
+        builder
             .sign(&self.key, &SystemRandomSource, dpop_test::now())
             .unwrap()
     }
