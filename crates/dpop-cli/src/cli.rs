@@ -68,6 +68,17 @@ pub(crate) enum Command {
     /// Ctrl-C, then drains in-flight requests. Exits 2 on a configuration error, 1 when
     /// it cannot start (listener, Redis).
     Gateway(GatewayArgs),
+    /// Run the DPoP authorizer: the gateway's checks for a proxy you already run
+    ///
+    /// Envoy and Istio (ext_authz over gRPC with --grpc-listen, over HTTP with --listen),
+    /// nginx auth_request, Traefik ForwardAuth and Caddy forward_auth (--listen) ask it
+    /// before forwarding a request; it answers allow, with the identity headers for the
+    /// upstream, or the refusal the client gets. Forward-auth checks are believed only
+    /// from --trusted-proxy addresses. Same checks, settings and TOML file as the gateway
+    /// (see examples/authz/ for the file and each proxy's snippet); flags override the
+    /// file. Runs until SIGTERM or Ctrl-C, then drains in-flight checks. Exits 2 on a
+    /// configuration error, 1 when it cannot start (listener, Redis).
+    Authz(AuthzArgs),
     /// Run the authorization server that issues short-lived DPoP-bound tokens to workloads
     ///
     /// `dpop issuer --config FILE` serves the token, introspection, revocation, JWKS and
@@ -124,6 +135,46 @@ pub(crate) struct GatewayArgs {
     /// settings and HTTP/2: an `upstream` table in --config).
     #[arg(long, value_name = "URL")]
     pub(crate) upstream: Option<String>,
+    #[command(flatten)]
+    pub(crate) enforcement: EnforcementArgs,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. The files
+    /// are re-read when they change and on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Also speak HTTP/2 with prior knowledge (h2c) on a plain listener.
+    #[arg(long)]
+    pub(crate) h2c: bool,
+}
+
+/// The authorizer's listeners; `--config FILE` for everything else (flags override the
+/// file).
+#[derive(Clone, Debug, Default, Args)]
+pub(crate) struct AuthzArgs {
+    /// HTTP listener, e.g. 127.0.0.1:8081: forward-auth (nginx auth_request, Traefik
+    /// ForwardAuth, Caddy forward_auth) and Envoy's HTTP ext_authz.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// gRPC listener, e.g. 127.0.0.1:8082: Envoy's ext_authz
+    /// (envoy.service.auth.v3.Authorization).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) grpc_listen: Option<SocketAddr>,
+    /// What Envoy's HTTP ext_authz puts before the original path (its path_prefix, e.g.
+    /// /check); removed before the path is judged.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) path_prefix: Option<String>,
+    #[command(flatten)]
+    pub(crate) enforcement: EnforcementArgs,
+}
+
+/// What `gateway` and `authz` check, and how they run: the flags that mean the same for
+/// both.
+// The field docs are also the `--help` text, where link markup would show as-is.
+#[allow(rustdoc::bare_urls)]
+#[derive(Clone, Debug, Default, Args)]
+pub(crate) struct EnforcementArgs {
     /// The authorization server (token issuer) URL; its keys are discovered from it.
     #[arg(long, value_name = "ISSUER_URL")]
     pub(crate) issuer: Option<String>,
@@ -135,10 +186,14 @@ pub(crate) struct GatewayArgs {
     /// against it. Either this or --allowed-host is required.
     #[arg(long, value_name = "URL")]
     pub(crate) public_url: Vec<String>,
-    /// A host (name or name:port) clients reach this gateway by, when the htu is built
-    /// from the request's Host (repeatable); requests for other hosts get 400.
+    /// A host (name or name:port) clients reach this service by, when the htu is built
+    /// from the request's Host (repeatable); requests for other hosts are refused.
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub(crate) allowed_hosts: Vec<String>,
+    /// A proxy (IP address or CIDR range) whose X-Forwarded-* headers are believed
+    /// (repeatable; replaces the file's trusted_proxies).
+    #[arg(long = "trusted-proxy", value_name = "IP|CIDR")]
+    pub(crate) trusted_proxies: Vec<String>,
     /// Require a server nonce in every proof (set DPOP_NONCE_SECRET, base64url of 32+
     /// bytes, to share nonces between instances).
     #[arg(long)]
@@ -149,17 +204,7 @@ pub(crate) struct GatewayArgs {
     /// Address of the admin listener (/healthz, /readyz, /metrics).
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin_listen: Option<SocketAddr>,
-    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. The files
-    /// are re-read when they change and on SIGHUP.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub(crate) tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM: PKCS#8, SEC1 or PKCS#1).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub(crate) tls_key: Option<PathBuf>,
-    /// Also speak HTTP/2 with prior knowledge (h2c) on a plain listener.
-    #[arg(long)]
-    pub(crate) h2c: bool,
-    /// TOML configuration file (see examples/gateway.toml).
+    /// TOML configuration file (see examples/gateway.toml, examples/authz/authz.toml).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Log as JSON lines.

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{curl, gateway, inspect, issuer, keygen, keyinfo, proof};
+use crate::commands::{authz, curl, gateway, inspect, issuer, keygen, keyinfo, proof};
 use crate::error::CliError;
 
 fn main() -> ExitCode {
@@ -44,6 +44,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Proof(args) => proof::run(args, &mut out)?,
         Command::Inspect(args) => inspect::run(args, &mut out)?,
         Command::Gateway(args) => gateway::run(args)?,
+        Command::Authz(args) => authz::run(args)?,
         Command::Issuer(args) => issuer::run(args, &mut out)?,
         Command::Token(args) => curl::token(args, &mut out)?,
         Command::Curl(args) => curl::curl(args, &mut out)?,

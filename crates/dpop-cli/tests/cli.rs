@@ -714,6 +714,56 @@ fn help_and_version() {
 }
 
 #[test]
+fn authz_help_and_configuration_errors() {
+    let help = dpop(&["authz", "--help"]);
+    assert_eq!(help.code, 0);
+    for flag in [
+        "--listen",
+        "--grpc-listen",
+        "--path-prefix",
+        "--issuer",
+        "--audience",
+        "--public-url",
+        "--allowed-host",
+        "--trusted-proxy",
+        "--require-nonce",
+        "--replay-store",
+        "--admin-listen",
+        "--config",
+        "--log-json",
+        "SIGTERM",
+    ] {
+        assert!(help.stdout.contains(flag), "{flag}");
+    }
+    // The gateway keeps its flags, the shared ones included.
+    let help = dpop(&["gateway", "--help"]);
+    for flag in [
+        "--upstream",
+        "--tls-cert",
+        "--h2c",
+        "--trusted-proxy",
+        "--issuer",
+    ] {
+        assert!(help.stdout.contains(flag), "{flag}");
+    }
+    // No listener: a configuration error, exit 2, before anything is bound.
+    let run = dpop(&[
+        "authz",
+        "--issuer",
+        "https://as.example.com",
+        "--audience",
+        "api",
+        "--public-url",
+        "https://api.example.com",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--grpc-listen"), "{run:?}");
+    // A gateway-only flag is not accepted by the authorizer.
+    let run = dpop(&["authz", "--upstream", "http://127.0.0.1:1"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
 fn demo_runs_the_whole_system_and_every_scenario_behaves() {
     let run = dpop(&["demo"]);
     assert_eq!(run.code, 0, "{run:?}");

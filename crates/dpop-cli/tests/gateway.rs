@@ -29,14 +29,15 @@ const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 /// The external origin the replay and nonce tests give every instance.
 const PUBLIC: &str = "http://api.test";
 
-/// A client: a proof key and an access token bound to it.
-struct Caller {
-    key: PrivateKey,
-    token: String,
+/// A client: a proof key and an access token bound to it (also used by the tests of
+/// `dpop authz` behind real proxies).
+pub(crate) struct Caller {
+    pub(crate) key: PrivateKey,
+    pub(crate) token: String,
 }
 
 impl Caller {
-    fn new(issuer: &MockIssuer, scope: &str) -> Self {
+    pub(crate) fn new(issuer: &MockIssuer, scope: &str) -> Self {
         let key = PrivateKey::generate(Algorithm::Es256).unwrap();
         let token = issuer.mint(&TokenSpec {
             scope: Some(scope.into()),
@@ -45,16 +46,16 @@ impl Caller {
         Self { key, token }
     }
 
-    fn jkt(&self) -> &str {
+    pub(crate) fn jkt(&self) -> &str {
         self.key.thumbprint().as_str()
     }
 
-    fn authorization(&self) -> String {
+    pub(crate) fn authorization(&self) -> String {
         format!("DPoP {}", self.token)
     }
 
     /// A fresh proof for `method` on `htu` (query removed by the builder).
-    fn proof(&self, method: &str, htu: &str, nonce: Option<&str>) -> String {
+    pub(crate) fn proof(&self, method: &str, htu: &str, nonce: Option<&str>) -> String {
         proof(&self.key, method, htu, nonce, Some(&self.token))
     }
 }

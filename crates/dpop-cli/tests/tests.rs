@@ -1,9 +1,10 @@
 //! End-to-end tests of the `dpop` binary, run as a user would: the command-line tool
 //! (`cli`), the gateway between a mock issuer and an echo upstream (`gateway`), the
-//! issuer with the gateway (`issuer`), and the client commands `dpop token` and
-//! `dpop curl` against the issuer and the gateway (`client`), and the whole system of
-//! issuer, gateway instances, Redis, PostgreSQL and clients in operational scenarios
-//! (`system`). What they share is in `common`.
+//! issuer with the gateway (`issuer`), `dpop authz` behind real nginx and Caddy
+//! (`proxies`), the client commands `dpop token` and `dpop curl` against the issuer and
+//! the gateway (`client`), and the whole system of issuer, gateway instances, Redis,
+//! PostgreSQL and clients in operational scenarios (`system`). What they share is in
+//! `common`.
 
 mod common;
 
@@ -11,4 +12,5 @@ mod cli;
 mod client;
 mod gateway;
 mod issuer;
+mod proxies;
 mod system;

@@ -700,6 +700,12 @@ impl GatewaySettings {
         self
     }
 
+    /// Sets `trusted_proxies` (IP addresses or CIDR ranges), replacing the file's list.
+    pub fn set_trusted_proxies(&mut self, proxies: Vec<String>) -> &mut Self {
+        self.raw.trusted_proxies = Some(proxies);
+        self
+    }
+
     /// Sets `replay_store` (`memory` or a `redis://` URL).
     pub fn set_replay_store(&mut self, store: impl Into<String>) -> &mut Self {
         self.raw.replay_store = Some(store.into());
@@ -1548,6 +1554,37 @@ mod tests {
         let mut a = GatewaySettings::from_file(path).unwrap();
         a.set_upstream("http://127.0.0.1:4000");
         assert_eq!(a.validate().unwrap().upstream.url.port_u16(), Some(4000));
+    }
+
+    #[test]
+    fn the_documented_authz_example_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/authz/authz.toml"
+        ));
+        let c = GatewaySettings::from_file(path)
+            .unwrap()
+            .validate_authz()
+            .unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(c.grpc_listen, Some("127.0.0.1:8082".parse().unwrap()));
+        assert_eq!(c.path_prefix, "/check");
+        assert_eq!(c.max_concurrent_streams, 100);
+        let e = &c.enforcement;
+        assert_eq!(e.public_urls, ["https://api.example.com"]);
+        assert_eq!(e.trusted_proxies.len(), 2);
+        assert_eq!(e.request_timeout, Duration::from_secs(5));
+        assert!(e.nonces.is_some(), "a route requires nonces");
+        let admin = e.routes.resolve(&Method::POST, "/v1/admin/users");
+        assert!(admin.require_nonce && admin.scopes == ["api", "admin"]);
+        assert_eq!(
+            e.routes.resolve(&Method::GET, "/healthcheck").mode,
+            DpopMode::Off
+        );
+        assert_eq!(e.identity_headers.subject, "x-dpop-subject");
+        // The same file is not a gateway configuration.
+        let e = GatewayConfig::from_file(path).unwrap_err().to_string();
+        assert!(e.contains("dpop authz"), "{e}");
     }
 
     #[test]

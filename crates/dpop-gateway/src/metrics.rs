@@ -18,6 +18,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -33,6 +38,8 @@ pub struct Metrics {
     replays: Counter,
     jwks_refreshes: Family<ResultLabels, Counter>,
     upstream: Family<ResultLabels, Counter<u64, AtomicU64>>,
+    authz_untrusted_callers: Counter,
+    authz_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,6 +95,18 @@ impl Metrics {
             "Upstream results (ok, error, timeout)",
             upstream.clone(),
         );
+        let authz_untrusted_callers = Counter::default();
+        registry.register(
+            "authz_untrusted_callers",
+            "Forward-auth checks refused because the caller is not in trusted_proxies",
+            authz_untrusted_callers.clone(),
+        );
+        let authz_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "authz_refused",
+            "Checks the authorizer refused before or around the DPoP checks (an incomplete or contradictory report, a forged identity header, a time-out), by reason",
+            authz_refused.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -97,6 +116,8 @@ impl Metrics {
             replays,
             jwks_refreshes,
             upstream,
+            authz_untrusted_callers,
+            authz_refused,
         }
     }
 
@@ -109,6 +130,18 @@ impl Metrics {
     /// The registry, for the admin listener's `/metrics`.
     pub(crate) fn registry(&self) -> Arc<Registry> {
         Arc::clone(&self.registry)
+    }
+
+    /// Counts a forward-auth check from a caller outside `trusted_proxies`.
+    pub(crate) fn authz_untrusted_caller(&self) {
+        self.authz_untrusted_callers.inc();
+    }
+
+    /// Counts a check the authorizer refused outside the DPoP layer.
+    pub(crate) fn authz_refused(&self, reason: &'static str) {
+        self.authz_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts an upstream result.

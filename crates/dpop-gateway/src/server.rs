@@ -320,6 +320,8 @@ macro_rules! http1_settings {
     };
 }
 
+pub(crate) use http1_settings;
+
 /// The HTTP/2 settings, likewise for both builder types.
 macro_rules! http2_settings {
     ($builder:expr, $config:expr) => {
@@ -388,14 +390,14 @@ impl FirstRequest {
 }
 
 /// Resolves when the drain starts (or the gateway is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, not held across an await.
     let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Serves `conn` until it ends, starting its graceful shutdown when `stop` turns true or
 /// `idle` resolves (the connection has had nothing in flight for too long).
-async fn drive<C, T, E>(
+pub(crate) async fn drive<C, T, E>(
     conn: C,
     mut stop: watch::Receiver<bool>,
     shut: fn(Pin<&mut C>),

@@ -1,7 +1,9 @@
 //! One module per subcommand. Each takes its parsed arguments and the output stream, and
 //! returns the exit code or a [`CliError`](crate::error::CliError).
 
+pub(crate) mod authz;
 pub(crate) mod curl;
+pub(crate) mod enforcement;
 pub(crate) mod gateway;
 pub(crate) mod inspect;
 pub(crate) mod issuer;

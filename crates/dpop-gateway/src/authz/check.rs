@@ -230,7 +230,7 @@ impl Authorizer {
             .keys()
             .filter(|k| {
                 let normal = k.as_str().replace('_', "-");
-                self.identity_names.iter().any(|n| *n == normal)
+                self.identity_names.contains(&normal)
             })
             .cloned()
             .collect();

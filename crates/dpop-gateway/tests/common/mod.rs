@@ -6,6 +6,8 @@
 // binary leaves unused is not dead code.
 #![allow(dead_code)]
 
+pub(crate) mod authz_http;
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;

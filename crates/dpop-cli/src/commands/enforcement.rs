@@ -1,0 +1,71 @@
+//! What `dpop gateway` and `dpop authz` share: the flags that mean the same for both,
+//! set over the `--config` file in one place, and how their start-up errors map to exit
+//! codes.
+
+use dpop_gateway::{GatewayError, GatewaySettings};
+use zeroize::Zeroizing;
+
+use crate::cli::EnforcementArgs;
+use crate::error::CliError;
+
+/// Environment variable holding the shared nonce secret (base64url, 32+ bytes), so that
+/// secrets stay out of command lines and process listings.
+pub(crate) const NONCE_SECRET_ENV: &str = "DPOP_NONCE_SECRET";
+
+/// The value of [`NONCE_SECRET_ENV`], if set.
+pub(crate) fn env_nonce_secret() -> Option<String> {
+    std::env::var(NONCE_SECRET_ENV).ok()
+}
+
+/// Reads `args.config` (if any) and sets the shared flags over it. `env_nonce_secret` is
+/// the value of `DPOP_NONCE_SECRET`, if set. The caller sets its own flags, then
+/// validates.
+pub(crate) fn settings(
+    args: &EnforcementArgs,
+    env_nonce_secret: Option<&str>,
+) -> Result<GatewaySettings, GatewayError> {
+    let mut settings = match &args.config {
+        Some(path) => GatewaySettings::from_file(path)?,
+        None => GatewaySettings::default(),
+    };
+    if let Some(issuer) = &args.issuer {
+        settings.set_issuer(issuer);
+    }
+    if let Some(audience) = &args.audience {
+        settings.set_audience(audience);
+    }
+    if !args.public_url.is_empty() {
+        settings.set_public_urls(args.public_url.clone());
+    }
+    if !args.allowed_hosts.is_empty() {
+        settings.set_allowed_hosts(args.allowed_hosts.clone());
+    }
+    if !args.trusted_proxies.is_empty() {
+        settings.set_trusted_proxies(args.trusted_proxies.clone());
+    }
+    if let Some(store) = &args.replay_store {
+        settings.set_replay_store(store);
+    }
+    if let Some(admin) = args.admin_listen {
+        settings.set_admin_listen(admin);
+    }
+    if args.require_nonce {
+        settings.require_nonce();
+    }
+    if args.log_json {
+        settings.set_log_format(dpop_server::LogFormat::Json);
+    }
+    if let Some(secret) = env_nonce_secret {
+        settings.set_current_nonce_secret(Zeroizing::new(secret.to_owned()));
+    }
+    Ok(settings)
+}
+
+/// A configuration error found while binding is a usage error (exit 2); anything else
+/// (a listener, Redis) means the service cannot start (exit 1).
+pub(crate) fn start_error(e: GatewayError) -> CliError {
+    match e {
+        GatewayError::Config(_) => CliError::usage(e.to_string()),
+        other => CliError::failed(other.to_string()),
+    }
+}
