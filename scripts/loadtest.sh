@@ -327,6 +327,16 @@ ticks() {
     echo "$sum"
 }
 
+# http_status PORT PATH: the status of GET PATH on 127.0.0.1:PORT without credentials.
+http_status() {
+    # The inner script expands its own "$1" and "$2", passed as arguments.
+    # shellcheck disable=SC2016
+    timeout 5 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n" "$2" "$1" >&3
+        read -r _ status _ <&3 && echo "$status"' _ "$1" "$2" 2>/dev/null
+}
+
 nginx_rows() {
     if ! wanted nginx_plain && ! wanted nginx_authz; then
         return 0
@@ -411,6 +421,23 @@ EOF
     fi
     if ! nginx_start nginx_authz "$conf" "$port"; then
         skip nginx_authz "$label" "nginx did not start (see above)"
+        stop "$authz_pid"
+        return 0
+    fi
+    # The row measures the checks only if they are made: a request without credentials
+    # must be refused with 401 (polled: until the authorizer has the issuer's keys it
+    # refuses with 403).
+    local status="" i
+    for ((i = 0; i < 50; i++)); do
+        status=$(http_status "$port" /bench) || status=""
+        [[ $status == 401 ]] && break
+        sleep 0.2
+    done
+    if [[ $status != 401 ]]; then
+        log "nginx + dpop authz answered ${status:-nothing} to a request without credentials (expected 401); the authorizer's and nginx's last lines:"
+        tail -n 20 "$WORK/authz.log" "$WORK/nginx-nginx_authz.log" >&2
+        skip nginx_authz "$label" "a request without credentials was not refused with 401"
+        stop "${NGINX_PIDS[0]}"
         stop "$authz_pid"
         return 0
     fi
