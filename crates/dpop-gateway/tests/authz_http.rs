@@ -712,3 +712,45 @@ async fn connections_beyond_max_connections_wait_for_a_slot() {
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_stop_idle_connections_are_closed_and_no_new_one_is_accepted() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let issuer = MockIssuer::start().await.unwrap();
+    let authz = AuthzRunning::start(&issuer, "").await;
+    let addr = authz.addr;
+    // A kept-alive connection, idle after one answer.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET /.well-known/oauth-protected-resource HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(authz);
+    // The idle connection is closed at once (well within the drain timeout)...
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "the idle connection was not closed on stop");
+    // ...and the listener is gone.
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused, "still accepting after stop");
+}
