@@ -293,7 +293,8 @@ nginx_harness() {
 # nginx_start KEY CONF PORT: nginx in the foreground with CONF, prefix $WORK/nginx-KEY,
 # one worker per core; sets NGINX_PIDS to the master and its workers.
 nginx_start() {
-    local key=$1 conf=$2 port=$3 prefix=$WORK/nginx-$key globals pid i workers=()
+    local key=$1 conf=$2 port=$3 globals pid i workers=()
+    local prefix=$WORK/nginx-$key
     mkdir -p "$prefix"
     globals="daemon off; master_process on; worker_processes $NCPU; pid $prefix/nginx.pid; error_log stderr notice;"
     # As root the workers would switch to nobody, who cannot use the temporary
