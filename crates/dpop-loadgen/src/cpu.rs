@@ -39,6 +39,19 @@ pub(crate) fn process_ticks(pid: u32) -> anyhow::Result<u64> {
     parse_stat(&stat).with_context(|| format!("{path}: unexpected format"))
 }
 
+/// User plus system time so far of every process in `pids`, summed, in clock ticks
+/// (each process's own time: list children separately). A process that cannot be read
+/// (gone, say) is an error, never a smaller sum.
+pub(crate) fn processes_ticks(pids: &[u32]) -> anyhow::Result<u64> {
+    sum_ticks(pids, process_ticks)
+}
+
+fn sum_ticks(pids: &[u32], ticks: impl Fn(u32) -> anyhow::Result<u64>) -> anyhow::Result<u64> {
+    pids.iter().try_fold(0u64, |sum, &pid| {
+        sum.checked_add(ticks(pid)?).context("CPU ticks overflow")
+    })
+}
+
 fn parse_stat(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces or ')': the
     // fields after the last ')' start at field 3.
@@ -64,6 +77,26 @@ mod tests {
             None,
             "a field that is not a number"
         );
+    }
+
+    #[test]
+    fn ticks_summed_over_processes() {
+        let ticks = |pid: u32| match pid {
+            1 => Ok(10),
+            2 => Ok(32),
+            3 => Ok(u64::MAX),
+            _ => bail!("no process {pid}"),
+        };
+        assert_eq!(sum_ticks(&[], ticks).unwrap(), 0);
+        assert_eq!(sum_ticks(&[1], ticks).unwrap(), 10);
+        assert_eq!(sum_ticks(&[1, 2], ticks).unwrap(), 42);
+        let e = sum_ticks(&[1, 4, 2], ticks).unwrap_err();
+        assert!(e.to_string().contains("no process 4"), "{e}");
+        assert!(sum_ticks(&[1, 3], ticks).is_err(), "overflow");
+        // The real reader: this process counted twice is twice its ticks or more.
+        let me = std::process::id();
+        let one = processes_ticks(&[me]).unwrap();
+        assert!(processes_ticks(&[me, me]).unwrap() >= 2 * one);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   `--token-endpoint`, every request is a token request (a form body and a proof
 //!   carrying the server's nonce, fetched once before the run). It speaks HTTP/1.1 or,
 //!   with `--http2`, HTTP/2 (one request in flight per connection either way), over TCP
-//!   or TLS (`https://` URLs, trusting `--ca-file`), and with `--cpu-pid` reports a
-//!   process's CPU time per request over the timed phase;
+//!   or TLS (`https://` URLs, trusting `--ca-file`), and with `--cpu-pid` (repeatable)
+//!   reports the CPU time per request of one process, or the sum over several, over the
+//!   timed phase;
 //! - `certs`: a private CA and a server certificate for 127.0.0.1 and localhost, for the
 //!   TLS rows.
 //!
@@ -112,9 +113,11 @@ struct RunArgs {
     #[arg(long)]
     http2: bool,
     /// Report this process's CPU time (user + system, from /proc/PID/stat) per request
-    /// over the timed phase, e.g. the server under test.
+    /// over the timed phase, e.g. the server under test. Repeatable: the figure is then
+    /// the sum over all the processes given (say, nginx's master and each worker; a
+    /// process's children are not included in its own figure).
     #[arg(long, value_name = "PID")]
-    cpu_pid: Option<u32>,
+    cpu_pid: Vec<u32>,
     /// Keep-alive connections, each sending requests back to back.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -179,4 +182,39 @@ fn run() -> anyhow::Result<ExitCode> {
             Command::Certs(args) => tls::certs(&args),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["dpop-loadgen", "run", "--url", "http://127.0.0.1:1/"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Run(args) => args,
+            other => panic!("not run: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn cpu_pid_is_repeatable() {
+        assert!(run_args(&[]).unwrap().cpu_pid.is_empty());
+        assert_eq!(run_args(&["--cpu-pid", "42"]).unwrap().cpu_pid, [42]);
+        assert_eq!(
+            run_args(&["--cpu-pid", "42", "--cpu-pid", "7", "--cpu-pid=9"])
+                .unwrap()
+                .cpu_pid,
+            [42, 7, 9],
+            "in the order given"
+        );
+        // Not a list in one value, not a pid.
+        for bad in [
+            ["--cpu-pid", "42,7"],
+            ["--cpu-pid", "-1"],
+            ["--cpu-pid", ""],
+        ] {
+            assert!(run_args(&bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::RunArgs;
-use crate::cpu::{process_ticks, ticks_per_second};
+use crate::cpu::{processes_ticks, ticks_per_second};
 use crate::http::{Sender, Target, Transport, connect, fetch_nonce, parse_target};
 use crate::proofs::{ProofPool, generate};
 use crate::stats::{Stats, ms, round3};
@@ -169,12 +169,18 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut target = parse_target(&args.url, &args.method, transport).await?;
     // Checked before anything runs, so a wrong pid fails at once.
-    let cpu = match args.cpu_pid {
-        Some(pid) => {
-            process_ticks(pid).context("--cpu-pid")?;
-            Some((pid, ticks_per_second()?))
-        }
-        None => None,
+    // A pid given twice would count its CPU twice.
+    for (i, pid) in args.cpu_pid.iter().enumerate() {
+        ensure!(
+            !args.cpu_pid[..i].contains(pid),
+            "--cpu-pid {pid} is given twice (its CPU would be counted twice)"
+        );
+    }
+    let cpu = if args.cpu_pid.is_empty() {
+        None
+    } else {
+        processes_ticks(&args.cpu_pid).context("--cpu-pid")?;
+        Some(ticks_per_second()?)
     };
 
     // With --dpop: the key and the token; with --token-endpoint: the key, the form and
@@ -274,8 +280,13 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     // connection's task has returned), so the difference is the server's work for the
     // requests counted (and any failed ones), plus whatever it does in the background.
     let cpu_sample = || -> anyhow::Result<Option<(u64, u64)>> {
-        cpu.map(|(pid, _)| Ok((process_ticks(pid)?, process_ticks(std::process::id())?)))
-            .transpose()
+        cpu.map(|_| {
+            Ok((
+                processes_ticks(&args.cpu_pid).context("--cpu-pid")?,
+                processes_ticks(&[std::process::id()])?,
+            ))
+        })
+        .transpose()
     };
     let cpu_start = cpu_sample()?;
     let (_senders, stats, elapsed) = phase(&target, pool.as_ref(), senders, duration).await?;
@@ -300,7 +311,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // µs of CPU per counted request: the --cpu-pid process's, and the generator's own.
     let (cpu_us, own_cpu_us) = match (cpu, cpu_start, cpu_end) {
-        (Some((_, hz)), Some((s0, g0)), Some((s1, g1))) if requests > 0 => {
+        (Some(hz), Some((s0, g0)), Some((s1, g1))) if requests > 0 => {
             let per_request = |ticks: u64| round3(ticks as f64 * 1e6 / hz as f64 / requests as f64);
             (
                 Some(per_request(s1.saturating_sub(s0))),
@@ -340,7 +351,12 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         exhausted,
         if args.http2 { "\"2\"" } else { "\"1.1\"" },
         args.ca_file.is_some(),
-        serde_json::Value::from(args.cpu_pid),
+        // One pid: the number, as before; several: the array, in the order given.
+        match args.cpu_pid.as_slice() {
+            [] => serde_json::Value::Null,
+            [one] => serde_json::Value::from(*one),
+            several => serde_json::Value::from(several.to_vec()),
+        },
         serde_json::Value::from(cpu_us),
         serde_json::Value::from(own_cpu_us),
     );
@@ -352,9 +368,16 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.connections,
         stats.non_2xx,
         stats.errors,
-        match (args.cpu_pid, cpu_us, own_cpu_us) {
-            (Some(pid), Some(us), Some(own)) => {
+        match (args.cpu_pid.as_slice(), cpu_us, own_cpu_us) {
+            ([pid], Some(us), Some(own)) => {
                 format!("; CPU per request: {us} µs in process {pid}, {own} µs in the generator")
+            }
+            (pids, Some(us), Some(own)) => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!(
+                    "; CPU per request: {us} µs in processes {} together, {own} µs in the generator",
+                    pids.join(", ")
+                )
             }
             _ => String::new(),
         },

@@ -209,7 +209,8 @@ async fn run_loadgen(args: &[&str]) -> Result<(Value, String), String> {
 
 /// `certs` writes a CA and a server certificate that `upstream --tls-cert` serves and
 /// `run --ca-file` trusts, over HTTP/1.1 and HTTP/2 (ALPN), with no errors; with
-/// `--cpu-pid` the upstream's CPU per request is reported. A client trusting another CA,
+/// `--cpu-pid` the upstream's CPU per request is reported (summed over several processes
+/// when repeated). A client trusting another CA,
 /// or none, gets nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_over_tls_against_the_https_upstream() {
@@ -301,6 +302,72 @@ async fn run_over_tls_against_the_https_upstream() {
         );
         assert!(stderr.contains("CPU per request"), "{stderr}");
     }
+
+    // --cpu-pid is repeatable: the figure is the sum over the processes, listed in the
+    // JSON line in the order given; a pid given twice, or one of them gone, is refused
+    // before the run.
+    let mut idle = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let idle_pid = idle.id().to_string();
+    let url = format!("https://127.0.0.1:{}/bench", addr.port());
+    let (line, stderr) = run_loadgen(&[
+        "--url",
+        &url,
+        "--ca-file",
+        ca,
+        "--cpu-pid",
+        &pid,
+        "--cpu-pid",
+        &idle_pid,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(line["errors"], 0, "{line} {stderr}");
+    let listed: Vec<String> = line["cpu_pid"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{line}"))
+        .iter()
+        .map(|p| p.as_u64().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, [pid.clone(), idle_pid.clone()]);
+    assert!(
+        line["cpu_us_per_request"].as_f64().unwrap() >= 0.0,
+        "{line}"
+    );
+    assert!(
+        stderr.contains(&format!("in processes {pid}, {idle_pid} together")),
+        "{stderr}"
+    );
+    let e = run_loadgen(&[
+        "--url",
+        &url,
+        "--ca-file",
+        ca,
+        "--cpu-pid",
+        &pid,
+        "--cpu-pid",
+        &pid,
+    ])
+    .await
+    .unwrap_err();
+    assert!(e.contains("given twice"), "{e}");
+    idle.kill().unwrap();
+    idle.wait().unwrap();
+    let e = run_loadgen(&[
+        "--url",
+        &url,
+        "--ca-file",
+        ca,
+        "--cpu-pid",
+        &pid,
+        "--cpu-pid",
+        &idle_pid,
+    ])
+    .await
+    .unwrap_err();
+    assert!(e.contains(&format!("/proc/{idle_pid}/stat")), "{e}");
 
     // Another CA's certificate is not trusted; neither is anything without --ca-file.
     let other = dpop_test::TestCa::new("other");
