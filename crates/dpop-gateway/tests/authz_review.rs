@@ -172,7 +172,6 @@ async fn baseline_forward_auth_and_grpc_allow_a_valid_request() {
 /// by Rack/Symfony/Laravel/IIS as a DELETE (or on another path). The gateway removes
 /// these headers; the authorizer must refuse them, as it refuses forged identity headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding 1: method/URL override headers are neither refused in forward-auth nor removed"]
 async fn forward_auth_refuses_method_and_url_override_headers() {
     let issuer = MockIssuer::start().await.unwrap();
     let authz = Running::start(&issuer, &format!("public_url = \"https://{HOST}\""), "").await;
@@ -194,7 +193,6 @@ async fn forward_auth_refuses_method_and_url_override_headers() {
 /// Envoy (gRPC) can remove headers upstream: a client-sent override header must be in
 /// `headers_to_remove`, as the gateway removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding 1: method/URL override headers are not in headers_to_remove"]
 async fn grpc_removes_method_and_url_override_headers() {
     let issuer = MockIssuer::start().await.unwrap();
     let authz = Running::start(&issuer, &format!("public_url = \"https://{HOST}\""), "").await;

@@ -23,6 +23,23 @@ use crate::metrics::Metrics;
 use crate::proxy::identity_values;
 use crate::store::GatewayStore;
 
+/// Headers that make common frameworks (Rack, Symfony, Laravel, IIS URL Rewrite) run
+/// another method or route another path than the request line says, and the
+/// forward-auth headers (which an application could read as the request's URI): the
+/// authorizer judged the request line, so these never reach the upstream, as in the
+/// gateway. Normalised (lower case, `-`).
+const OVERRIDES: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-original-method",
+    "x-forwarded-method",
+];
+
 /// The request as the proxy in front received it from the client.
 #[derive(Debug)]
 pub(crate) struct OriginalRequest {
@@ -89,8 +106,10 @@ pub(crate) struct Allowed {
     /// The verified caller (`None` on an `off` route, the metadata document, or a
     /// report-only route whose check failed).
     pub identity: Option<DpopIdentity>,
-    /// Client-sent header names that are spelt like an identity header (`-`, `_`, any
-    /// case). Adapters that cannot remove headers upstream refuse such requests.
+    /// Client-sent header names that must not reach the upstream: those spelt like an
+    /// identity header, and those that make common frameworks run another method or
+    /// route another path than the one judged ([`OVERRIDES`]), in any spelling (`-`,
+    /// `_`, any case). Adapters that cannot remove headers upstream refuse such requests.
     pub forged_identity: Vec<HeaderName>,
 }
 
@@ -230,7 +249,7 @@ impl Authorizer {
             .keys()
             .filter(|k| {
                 let normal = k.as_str().replace('_', "-");
-                self.identity_names.contains(&normal)
+                self.identity_names.contains(&normal) || OVERRIDES.contains(&normal.as_str())
             })
             .cloned()
             .collect();
