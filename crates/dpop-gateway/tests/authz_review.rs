@@ -302,7 +302,6 @@ async fn two_public_urls_refuse_another_reported_host() {
 /// The validated authorizer configuration prints the introspection client secret and
 /// the Redis password in its `Debug` output.
 #[test]
-#[ignore = "finding 3: AuthzConfig Debug prints the introspection secret and the Redis password"]
 fn authz_config_debug_hides_secrets() {
     let text = format!(
         "listen = \"127.0.0.1:{}\"\nissuer = \"https://as.example.com\"\naudience = \"{AUD}\"\n\
