@@ -41,7 +41,6 @@ const OVERRIDES: [&str; 9] = [
 ];
 
 /// The request as the proxy in front received it from the client.
-#[derive(Debug)]
 pub(crate) struct OriginalRequest {
     /// The method, as sent.
     pub method: String,
@@ -56,6 +55,19 @@ pub(crate) struct OriginalRequest {
     /// comma-joined value: [`OriginalRequest::split_merged`] undoes that for the fields
     /// where several lines must be refused.
     pub headers: HeaderMap,
+}
+
+// Not derived: the headers carry the access token and the proof. Names only.
+impl std::fmt::Debug for OriginalRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginalRequest")
+            .field("method", &self.method)
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("path_and_query", &self.path_and_query)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl OriginalRequest {
@@ -323,6 +335,11 @@ impl Authorizer {
 /// host or target is not valid HTTP.
 fn rebuild(original: &OriginalRequest) -> Option<Request<()>> {
     let method = Method::from_bytes(original.method.as_bytes()).ok()?;
+    // A CONNECT's target is an authority, never the origin-form path a proxy reports
+    // for it (Caddy reports `/`): what would be judged is not what is forwarded.
+    if method == Method::CONNECT {
+        return None;
+    }
     let scheme = match original.scheme.to_ascii_lowercase().as_str() {
         "http" => "http",
         "https" => "https",
@@ -353,4 +370,47 @@ fn rebuild(original: &OriginalRequest) -> Option<Request<()>> {
         }
     }
     Some(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original(method: &str, headers: &[(&'static str, &str)]) -> OriginalRequest {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(*n, HeaderValue::from_str(v).unwrap());
+        }
+        OriginalRequest {
+            method: method.to_owned(),
+            scheme: "https".to_owned(),
+            authority: "api.example.com".to_owned(),
+            path_and_query: "/items".to_owned(),
+            headers: map,
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_credentials() {
+        let o = original(
+            "GET",
+            &[
+                ("authorization", "DPoP secret-token-value"),
+                ("dpop", "secret-proof-value"),
+            ],
+        );
+        let debug = format!("{o:?}");
+        assert!(!debug.contains("secret-token-value"), "{debug}");
+        assert!(!debug.contains("secret-proof-value"), "{debug}");
+        assert!(
+            debug.contains("authorization") && debug.contains("dpop"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn connect_is_never_rebuilt() {
+        assert!(rebuild(&original("CONNECT", &[])).is_none());
+        assert!(rebuild(&original("GET", &[])).is_some());
+    }
 }
