@@ -202,7 +202,7 @@ struct RawRoute {
 }
 
 /// Where proofs are recorded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplayStoreConfig {
     /// This process only (one instance).
@@ -219,8 +219,32 @@ pub enum ReplayStoreConfig {
     },
 }
 
+// Not derived: a Redis URL may hold a password. Everything after `scheme://` up to the
+// last `@` (the user information, as URL parsers read it) is hidden.
+impl std::fmt::Debug for ReplayStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory { capacity } => f
+                .debug_struct("Memory")
+                .field("capacity", capacity)
+                .finish(),
+            Self::Redis { url, timeout } => {
+                let shown = match (url.split_once("://"), url.rsplit_once('@')) {
+                    (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+                    (Some(_), None) => url.clone(),
+                    (None, _) => "<not a URL>".to_owned(),
+                };
+                f.debug_struct("Redis")
+                    .field("url", &shown)
+                    .field("timeout", timeout)
+                    .finish()
+            }
+        }
+    }
+}
+
 /// How to check access tokens.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum TokenCheck {
     /// JWTs against the issuer's keys.
@@ -237,6 +261,25 @@ pub enum TokenCheck {
         /// Client secret.
         client_secret: Zeroizing<String>,
     },
+}
+
+// Not derived: the introspection client secret is never shown.
+impl std::fmt::Debug for TokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Jwks { jwks_uri } => f.debug_struct("Jwks").field("jwks_uri", jwks_uri).finish(),
+            Self::Introspection {
+                endpoint,
+                client_id,
+                client_secret: _,
+            } => f
+                .debug_struct("Introspection")
+                .field("endpoint", endpoint)
+                .field("client_id", client_id)
+                .field("client_secret", &"***")
+                .finish(),
+        }
+    }
 }
 
 /// Where requests go and how the gateway connects there: the top-level `upstream`, or a

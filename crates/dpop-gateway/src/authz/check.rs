@@ -23,8 +23,24 @@ use crate::metrics::Metrics;
 use crate::proxy::identity_values;
 use crate::store::GatewayStore;
 
+/// Headers that make common frameworks (Rack, Symfony, Laravel, IIS URL Rewrite) run
+/// another method or route another path than the request line says, and the
+/// forward-auth headers (which an application could read as the request's URI): the
+/// authorizer judged the request line, so these never reach the upstream, as in the
+/// gateway. Normalised (lower case, `-`).
+const OVERRIDES: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-original-method",
+    "x-forwarded-method",
+];
+
 /// The request as the proxy in front received it from the client.
-#[derive(Debug)]
 pub(crate) struct OriginalRequest {
     /// The method, as sent.
     pub method: String,
@@ -39,6 +55,19 @@ pub(crate) struct OriginalRequest {
     /// comma-joined value: [`OriginalRequest::split_merged`] undoes that for the fields
     /// where several lines must be refused.
     pub headers: HeaderMap,
+}
+
+// Not derived: the headers carry the access token and the proof. Names only.
+impl std::fmt::Debug for OriginalRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginalRequest")
+            .field("method", &self.method)
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("path_and_query", &self.path_and_query)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl OriginalRequest {
@@ -89,8 +118,10 @@ pub(crate) struct Allowed {
     /// The verified caller (`None` on an `off` route, the metadata document, or a
     /// report-only route whose check failed).
     pub identity: Option<DpopIdentity>,
-    /// Client-sent header names that are spelt like an identity header (`-`, `_`, any
-    /// case). Adapters that cannot remove headers upstream refuse such requests.
+    /// Client-sent header names that must not reach the upstream: those spelt like an
+    /// identity header, and those that make common frameworks run another method or
+    /// route another path than the one judged ([`OVERRIDES`]), in any spelling (`-`,
+    /// `_`, any case). Adapters that cannot remove headers upstream refuse such requests.
     pub forged_identity: Vec<HeaderName>,
 }
 
@@ -230,7 +261,7 @@ impl Authorizer {
             .keys()
             .filter(|k| {
                 let normal = k.as_str().replace('_', "-");
-                self.identity_names.contains(&normal)
+                self.identity_names.contains(&normal) || OVERRIDES.contains(&normal.as_str())
             })
             .cloned()
             .collect();
@@ -304,6 +335,11 @@ impl Authorizer {
 /// host or target is not valid HTTP.
 fn rebuild(original: &OriginalRequest) -> Option<Request<()>> {
     let method = Method::from_bytes(original.method.as_bytes()).ok()?;
+    // A CONNECT's target is an authority, never the origin-form path a proxy reports
+    // for it (Caddy reports `/`): what would be judged is not what is forwarded.
+    if method == Method::CONNECT {
+        return None;
+    }
     let scheme = match original.scheme.to_ascii_lowercase().as_str() {
         "http" => "http",
         "https" => "https",
@@ -334,4 +370,47 @@ fn rebuild(original: &OriginalRequest) -> Option<Request<()>> {
         }
     }
     Some(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original(method: &str, headers: &[(&'static str, &str)]) -> OriginalRequest {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(*n, HeaderValue::from_str(v).unwrap());
+        }
+        OriginalRequest {
+            method: method.to_owned(),
+            scheme: "https".to_owned(),
+            authority: "api.example.com".to_owned(),
+            path_and_query: "/items".to_owned(),
+            headers: map,
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_credentials() {
+        let o = original(
+            "GET",
+            &[
+                ("authorization", "DPoP secret-token-value"),
+                ("dpop", "secret-proof-value"),
+            ],
+        );
+        let debug = format!("{o:?}");
+        assert!(!debug.contains("secret-token-value"), "{debug}");
+        assert!(!debug.contains("secret-proof-value"), "{debug}");
+        assert!(
+            debug.contains("authorization") && debug.contains("dpop"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn connect_is_never_rebuilt() {
+        assert!(rebuild(&original("CONNECT", &[])).is_none());
+        assert!(rebuild(&original("GET", &[])).is_some());
+    }
 }

@@ -86,12 +86,13 @@ const READ_FORWARDING: [&str; 6] = [
 /// Headers a forward-auth proxy adds about the client's request, dropped before the
 /// request is judged (the judged request has its method, URI, host and scheme from them
 /// already; the layer never reads forwarding headers of the authorizer's requests).
-const FORWARDING: [&str; 13] = [
+/// (`X-Original-URL` is not one: no proxy sends it in a check, and an application may
+/// route by it, so a client's is judged and refused.)
+const FORWARDING: [&str; 12] = [
     "x-forwarded-method",
     "x-original-method",
     "x-forwarded-uri",
     "x-original-uri",
-    "x-original-url",
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-forwarded-port",
