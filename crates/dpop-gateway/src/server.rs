@@ -335,9 +335,9 @@ impl Protocols {
 }
 
 /// HTTP/2 keep-alive: a ping after this long without a frame from the client...
-const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and the connection closed when its answer takes longer than this.
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Whether a connection has delivered a request head yet. HTTP/1.1's header read timeout
 /// bounds a connection that sends nothing; an HTTP/2 connection (and the first bytes of an
@@ -345,18 +345,23 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// has sent no request within the handshake timeout is closed rather than holding its
 /// connection slot for good.
 #[derive(Clone, Default)]
-struct FirstRequest(Arc<Notify>);
+pub(crate) struct FirstRequest(Arc<Notify>);
 
 impl FirstRequest {
     /// Called for every request head.
-    fn seen(&self) {
+    pub(crate) fn seen(&self) {
         // Stores a permit when nobody waits yet: the first request is never missed.
         self.0.notify_one();
     }
 
     /// Runs `served`, dropping it (which closes the connection) when no request head has
     /// arrived within `timeout`.
-    async fn bound(self, served: impl Future<Output = ()>, timeout: Duration, peer: SocketAddr) {
+    pub(crate) async fn bound(
+        self,
+        served: impl Future<Output = ()>,
+        timeout: Duration,
+        peer: SocketAddr,
+    ) {
         let deadline = async {
             if tokio::time::timeout(timeout, self.0.notified())
                 .await
@@ -368,7 +373,7 @@ impl FirstRequest {
         tokio::select! {
             () = served => {}
             () = deadline => {
-                tracing::debug!(target: "dpop::gateway", %peer, "connection closed: no request within the handshake timeout");
+                tracing::debug!(target: "dpop::gateway", %peer, "connection closed: no request in time");
             }
         }
     }

@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::authz::{AuthzHarness, GRPC, HOST, Reported, authz_text, authz_text_for};
+use common::authz::{
+    AuthzHarness, GRPC, HOST, Reported, authz_text, authz_text_for, check, client, merged, raw,
+};
 use common::{AUD, Caller};
 use dpop_core::{Algorithm, PrivateKey};
 use dpop_test::{MockIssuer, RedisServer, TokenSpec, free_port};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::Request;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
@@ -48,85 +50,6 @@ dpop = "off"
 path_prefix = "/nonce"
 nonce = true
 "#;
-
-// ---- Envoy's side ----------------------------------------------------------------------
-
-/// The check Envoy sends by default: header names lower-cased, repeated lines merged
-/// with `,`, pseudo-headers included in the map.
-fn merged(r: &Reported) -> CheckRequest {
-    let mut headers: HashMap<String, String> = HashMap::new();
-    for (name, value) in &r.headers {
-        headers
-            .entry(name.to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(value);
-            })
-            .or_insert_with(|| value.clone());
-    }
-    headers.insert(":method".into(), r.method.clone());
-    headers.insert(":path".into(), r.path.clone());
-    headers.insert(":authority".into(), r.host.clone());
-    headers.insert(":scheme".into(), r.scheme.clone());
-    with_http(HttpRequest {
-        method: r.method.clone(),
-        scheme: r.scheme.clone(),
-        host: r.host.clone(),
-        path: r.path.clone(),
-        headers,
-        protocol: "HTTP/1.1".into(),
-        size: -1,
-        ..HttpRequest::default()
-    })
-}
-
-/// The check with `encode_raw_headers: true`: every line as sent, values in `raw_value`.
-fn raw(r: &Reported) -> CheckRequest {
-    let line = |key: &str, value: &str| HeaderValue {
-        key: key.to_owned(),
-        value: String::new(),
-        raw_value: value.as_bytes().to_vec(),
-    };
-    let mut lines = vec![
-        line(":authority", &r.host),
-        line(":path", &r.path),
-        line(":method", &r.method),
-        line(":scheme", &r.scheme),
-    ];
-    lines.extend(r.headers.iter().map(|(n, v)| line(n, v)));
-    with_http(HttpRequest {
-        method: r.method.clone(),
-        scheme: r.scheme.clone(),
-        host: r.host.clone(),
-        path: r.path.clone(),
-        header_map: Some(HeaderMap { headers: lines }),
-        protocol: "HTTP/2".into(),
-        size: -1,
-        ..HttpRequest::default()
-    })
-}
-
-fn with_http(http: HttpRequest) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                time: None,
-                http: Some(http),
-            }),
-            ..AttributeContext::default()
-        }),
-    }
-}
-
-async fn client(authz: &AuthzHarness) -> AuthorizationClient<Channel> {
-    AuthorizationClient::connect(authz.grpc_url())
-        .await
-        .unwrap()
-}
-
-async fn check(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> CheckResponse {
-    client.check(request).await.unwrap().into_inner()
-}
 
 /// Checks `request`, expecting the allow for `caller` with its identity.
 async fn assert_allowed(

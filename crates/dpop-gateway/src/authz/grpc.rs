@@ -57,8 +57,11 @@
 //! or `header_map`) with a few bytes of framing per header, which for many tiny headers
 //! can outweigh the headers themselves (hence 4 ×), plus the path, host, addresses and
 //! Envoy's metadata (the 64 KiB). A larger message is a gRPC error, so Envoy denies.
-//! Envoy keeps its channel open; a connection holds its slot while the peer answers
-//! HTTP/2 pings, and is closed when it stops answering them. On shutdown the listener closes, every connection gets a GOAWAY, and checks in flight
+//! A new connection that sends no check within 10 s is closed (an HTTP/2 connection has
+//! no header read timeout of its own, and silent connections would otherwise hold every
+//! slot). Envoy keeps its channel open; after its first check a connection holds its
+//! slot while the peer answers HTTP/2 pings, and is closed when it stops answering them.
+//! On shutdown the listener closes, every connection gets a GOAWAY, and checks in flight
 //! finish (for up to the drain timeout).
 //!
 //! The gRPC health service is not served: Envoy does not need it to call `Check`, and
@@ -92,17 +95,18 @@ use tower::ServiceExt as _;
 use super::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
 use crate::accept::{Accepting, next_until, stopped};
 use crate::config::AuthzConfig;
+use crate::server::{FirstRequest, H2_PING_INTERVAL, H2_PING_TIMEOUT};
 
 /// gRPC status codes (google.rpc.Code) the answers use.
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_UNAVAILABLE: i32 = 14;
 
-/// HTTP/2 keep-alive on Envoy's long-lived channels: a ping after this long without a
-/// frame...
-const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// ...and the connection closed when its answer takes longer than this.
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a new connection may go without sending a check: a peer that opens
+/// connections and sends nothing (no HTTP/2 preface, or no request) must not hold
+/// `max_connections` slots for good. Envoy sends its first check at once on a new
+/// connection.
+const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest gRPC message accepted or sent: see the module documentation.
 pub(crate) fn max_message_bytes(max_header_bytes: usize) -> usize {
@@ -142,20 +146,28 @@ pub(crate) async fn serve(
         let h2 = Arc::clone(&h2);
         let mut stop = stop.clone();
         connections.spawn(async move {
-            let svc = service_fn(move |request| service.clone().oneshot(request));
+            let first = FirstRequest::default();
+            let seen = first.clone();
+            let svc = service_fn(move |request| {
+                seen.seen();
+                service.clone().oneshot(request)
+            });
             let conn = h2.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopped(&mut stop) => {
-                    // GOAWAY: no new checks on this connection, those in flight finish.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let served = async move {
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stopped(&mut stop) => {
+                        // GOAWAY: no new checks on this connection, those in flight finish.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(target: "dpop::authz", %peer, error = %e, "gRPC connection ended with an error");
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(target: "dpop::authz", %peer, error = %e, "gRPC connection ended with an error");
-            }
+            first.bound(served, FIRST_CHECK_TIMEOUT, peer).await;
             drop(permit);
         });
         // Reap the connections that have ended, so the set holds only live ones.

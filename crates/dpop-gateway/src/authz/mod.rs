@@ -52,21 +52,21 @@ impl Authz {
         // The proxy reports the scheme and host the client used; the layer reads them
         // from the rebuilt request's URI only (never from forwarding headers, which the
         // authorizer has already judged by their sender), against the same public URLs
-        // or hosts as the gateway.
-        let htu = match e.public_urls.as_slice() {
-            [one] => HtuSource::PublicUrl(one.clone()),
-            [] => HtuSource::PublicUrls {
-                urls: e
-                    .allowed_hosts
-                    .iter()
-                    .flat_map(|h| [format!("http://{h}"), format!("https://{h}")])
-                    .collect(),
-                trusted_proxies: Vec::new(),
-            },
-            several => HtuSource::PublicUrls {
-                urls: several.to_vec(),
-                trusted_proxies: Vec::new(),
-            },
+        // or hosts as the gateway. Even one public URL must match the reported scheme
+        // and host: unlike the gateway's own listener, a proxy serves other hosts too,
+        // and a proof made for this one must not pass for a request it forwards to
+        // another.
+        let urls = if e.public_urls.is_empty() {
+            e.allowed_hosts
+                .iter()
+                .flat_map(|h| [format!("http://{h}"), format!("https://{h}")])
+                .collect()
+        } else {
+            e.public_urls.clone()
+        };
+        let htu = HtuSource::PublicUrls {
+            urls,
+            trusted_proxies: Vec::new(),
         };
         let layer = enforce::layer(e, htu, &metrics).await?;
         let authorizer = Arc::new(Authorizer::new(

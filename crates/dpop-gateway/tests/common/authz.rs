@@ -4,11 +4,17 @@
 //! ([`Reported`]), and the forward-auth header sets each proxy sends to the HTTP one
 //! ([`ForwardAuth`]). Tokens and proofs come from [`Caller`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use dpop_gateway::{Authz, GatewayError, GatewaySettings};
 use dpop_test::{HttpResponse, MockIssuer, http_get, raw_exchange_exact};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use tokio::sync::oneshot;
+use tonic::transport::Channel;
 
 use super::{AUD, Caller};
 
@@ -240,4 +246,86 @@ impl ForwardAuth {
 /// `(name, value)` pairs as the byte slices [`AuthzHarness::send`] takes.
 pub(crate) fn as_bytes<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a [u8])> {
     headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
+}
+
+// ---- Envoy's side of the gRPC listener ---------------------------------------------------
+
+/// The check Envoy sends by default: header names lower-cased, repeated lines merged
+/// with `,`, pseudo-headers included in the map.
+pub(crate) fn merged(r: &Reported) -> CheckRequest {
+    let mut headers: HashMap<String, String> = HashMap::new();
+    for (name, value) in &r.headers {
+        headers
+            .entry(name.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
+    }
+    headers.insert(":method".into(), r.method.clone());
+    headers.insert(":path".into(), r.path.clone());
+    headers.insert(":authority".into(), r.host.clone());
+    headers.insert(":scheme".into(), r.scheme.clone());
+    with_http(HttpRequest {
+        method: r.method.clone(),
+        scheme: r.scheme.clone(),
+        host: r.host.clone(),
+        path: r.path.clone(),
+        headers,
+        protocol: "HTTP/1.1".into(),
+        size: -1,
+        ..HttpRequest::default()
+    })
+}
+
+/// The check with `encode_raw_headers: true`: every line as sent, values in `raw_value`.
+pub(crate) fn raw(r: &Reported) -> CheckRequest {
+    let line = |key: &str, value: &str| HeaderValue {
+        key: key.to_owned(),
+        value: String::new(),
+        raw_value: value.as_bytes().to_vec(),
+    };
+    let mut lines = vec![
+        line(":authority", &r.host),
+        line(":path", &r.path),
+        line(":method", &r.method),
+        line(":scheme", &r.scheme),
+    ];
+    lines.extend(r.headers.iter().map(|(n, v)| line(n, v)));
+    with_http(HttpRequest {
+        method: r.method.clone(),
+        scheme: r.scheme.clone(),
+        host: r.host.clone(),
+        path: r.path.clone(),
+        header_map: Some(HeaderMap { headers: lines }),
+        protocol: "HTTP/2".into(),
+        size: -1,
+        ..HttpRequest::default()
+    })
+}
+
+pub(crate) fn with_http(http: HttpRequest) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                time: None,
+                http: Some(http),
+            }),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
+pub(crate) async fn client(authz: &AuthzHarness) -> AuthorizationClient<Channel> {
+    AuthorizationClient::connect(authz.grpc_url())
+        .await
+        .unwrap()
+}
+
+pub(crate) async fn check(
+    client: &mut AuthorizationClient<Channel>,
+    request: CheckRequest,
+) -> CheckResponse {
+    client.check(request).await.unwrap().into_inner()
 }

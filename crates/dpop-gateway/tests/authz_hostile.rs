@@ -1,21 +1,18 @@
-//! Hostile checks of `dpop authz`: requests the authorizer judges differently from what
-//! the proxy in front forwards, and secrets in `Debug` output. Self-contained (only the
-//! shared `Caller` and `AUD` come from `common`): each test starts its own authorizer.
+//! Hostile checks of `dpop authz`: requests the authorizer could judge differently from
+//! what the proxy in front forwards, connections that hold its slots, and secrets in
+//! `Debug` output. Each test starts its own authorizer.
 
 mod common;
 
-use std::net::SocketAddr;
-
+use common::authz::{
+    AuthzHarness, ForwardAuth, GRPC, HTTP_AND_ADMIN, Reported, as_bytes, check, client, merged,
+};
 use common::{AUD, Caller};
-use dpop_gateway::{Authz, GatewaySettings};
-use dpop_test::{HttpResponse, MockIssuer, free_port, http_request};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use dpop_test::{HttpResponse, MockIssuer};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse as CheckHttp;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use tokio::sync::oneshot;
 
-const HOST: &str = "api.example.com";
+use common::authz::HOST;
 
 /// Headers that make common frameworks run another method or route another path than
 /// the one judged; `dpop gateway` never lets them reach its upstream.
@@ -27,38 +24,24 @@ const OVERRIDES: [(&str, &str); 5] = [
     ("x-rewrite-url", "/admin/users"),
 ];
 
-/// An authorizer in this process with HTTP and gRPC listeners, stopped when dropped.
-struct Running {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
+/// An authorizer in this process with HTTP and gRPC listeners, trusting forward-auth
+/// checks from loopback; stopped when dropped.
+struct Running(AuthzHarness);
 
 impl Running {
     /// With `host_rule` (`public_url = ...` or `allowed_hosts = [...]`) and `rest`.
     async fn start(issuer: &MockIssuer, host_rule: &str, rest: &str) -> Self {
         let text = format!(
-            "listen = \"127.0.0.1:{}\"\ngrpc_listen = \"127.0.0.1:{}\"\nissuer = \"{}\"\n\
-             audience = \"{AUD}\"\n{host_rule}\ntrusted_proxies = [\"127.0.0.1\"]\n{rest}",
-            free_port(),
-            free_port(),
+            "{HTTP_AND_ADMIN}\n{GRPC}\nissuer = \"{}\"\naudience = \"{AUD}\"\n{host_rule}\n\
+             trusted_proxies = [\"127.0.0.1\"]\n{rest}",
             issuer.url()
         );
-        let config = GatewaySettings::from_toml(&text)
-            .unwrap()
-            .validate_authz()
-            .unwrap();
-        let authz = Authz::bind(config).await.unwrap();
-        let (http, grpc) = (authz.http_addr().unwrap(), authz.grpc_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(authz.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            http,
-            grpc,
-            _stop: stop,
-        }
+        Self(AuthzHarness::start(&text).await)
+    }
+
+    /// The gRPC listener's address.
+    fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.0.grpc.expect("no gRPC listener")
     }
 
     /// A forward-auth check (Traefik's / Caddy's headers) of `method uri` on
@@ -71,16 +54,9 @@ impl Running {
         uri: &str,
         extra: &[(&str, String)],
     ) -> HttpResponse {
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("x-forwarded-method", method),
-            ("x-forwarded-uri", uri),
-            ("x-forwarded-host", host),
-            ("x-forwarded-proto", scheme),
-        ];
-        headers.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
-        http_request("GET", &format!("http://{}/", self.http), &headers, b"")
-            .await
-            .unwrap()
+        let mut headers = ForwardAuth::Forwarded.headers(method, uri, scheme, host);
+        headers.extend(extra.iter().cloned());
+        self.0.send("GET", b"/", &as_bytes(&headers)).await
     }
 
     /// An Envoy gRPC check of `method path` on `scheme://host` with `headers`.
@@ -92,30 +68,13 @@ impl Running {
         path: &str,
         headers: &[(&str, String)],
     ) -> CheckResponse {
-        let mut client = AuthorizationClient::connect(format!("http://{}", self.grpc))
-            .await
-            .unwrap();
-        let http = HttpRequest {
-            method: method.to_owned(),
-            scheme: scheme.to_owned(),
-            host: host.to_owned(),
-            path: path.to_owned(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), v.clone()))
-                .collect(),
-            ..HttpRequest::default()
-        };
-        let request = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    time: None,
-                    http: Some(http),
-                }),
-                ..AttributeContext::default()
-            }),
-        };
-        client.check(request).await.unwrap().into_inner()
+        let mut reported = Reported::new(method, path);
+        reported.scheme = scheme.to_owned();
+        reported.host = host.to_owned();
+        for (name, value) in headers {
+            reported = reported.header(name, value);
+        }
+        check(&mut client(&self.0).await, merged(&reported)).await
     }
 }
 
@@ -134,7 +93,7 @@ fn headers_to_remove(r: &CheckResponse) -> Vec<String> {
     }
 }
 
-// ---- Finding 1: method and URL override headers reach the upstream ---------------------
+// ---- Method and URL override headers never reach the upstream ---------------------------
 
 /// Sanity: the same request without override headers is allowed, so the tests below
 /// fail only on the override header.
@@ -210,16 +169,14 @@ async fn grpc_removes_method_and_url_override_headers() {
     }
 }
 
-// ---- Finding 2: with one public_url the reported host and scheme are never checked -----
+// ---- Even one public_url is matched against the reported host and scheme -----------------
 
 /// The proxy forwards the client's `Host` (nginx: `proxy_set_header Host $http_host`,
-/// Caddy and Traefik: as sent); with a single `public_url` the authorizer builds the `htu`
-/// from the public URL alone and allows a request for any host, so a proof for
-/// `https://api.example.com/items` lets the proxy forward `Host: internal.example.com`
-/// (another virtual host behind the same proxy or upstream). With two public URLs, or
-/// `allowed_hosts`, the same request is refused.
+/// Caddy and Traefik: as sent), and may serve other virtual hosts: with a single
+/// `public_url` as with several (or `allowed_hosts`), a proof for
+/// `https://api.example.com/items` does not pass for a request the proxy forwards with
+/// `Host: internal.example.com`, nor for one it reports as plain `http`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding 2: a single public_url ignores the reported host (and scheme)"]
 async fn single_public_url_refuses_another_reported_host() {
     let issuer = MockIssuer::start().await.unwrap();
     let authz = Running::start(&issuer, &format!("public_url = \"https://{HOST}\""), "").await;
@@ -297,20 +254,19 @@ async fn two_public_urls_refuse_another_reported_host() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
-// ---- Finding 3: secrets in Debug output -------------------------------------------------
+// ---- No secrets in Debug output ------------------------------------------------------------
 
-/// The validated authorizer configuration prints the introspection client secret and
-/// the Redis password in its `Debug` output.
+/// The validated authorizer configuration never prints the introspection client secret
+/// or the Redis password in its `Debug` output.
 #[test]
 fn authz_config_debug_hides_secrets() {
     let text = format!(
-        "listen = \"127.0.0.1:{}\"\nissuer = \"https://as.example.com\"\naudience = \"{AUD}\"\n\
+        "{HTTP_AND_ADMIN}\nissuer = \"https://as.example.com\"\naudience = \"{AUD}\"\n\
          public_url = \"https://{HOST}\"\nreplay_store = \"redis://:redis-pass-4711@127.0.0.1:6379/\"\n\
          [introspection]\nendpoint = \"https://as.example.com/introspect\"\n\
-         client_id = \"authz\"\nclient_secret = \"intro-secret-0815\"\n",
-        free_port()
+         client_id = \"authz\"\nclient_secret = \"intro-secret-0815\"\n"
     );
-    let config = GatewaySettings::from_toml(&text)
+    let config = dpop_gateway::GatewaySettings::from_toml(&text)
         .unwrap()
         .validate_authz()
         .unwrap();
@@ -319,15 +275,13 @@ fn authz_config_debug_hides_secrets() {
     assert!(!debug.contains("redis-pass-4711"), "{debug}");
 }
 
-// ---- Finding 4: idle TCP connections hold the gRPC listener's slots forever -------------
+// ---- Silent TCP connections do not hold the gRPC listener's slots -------------------------
 
 /// A peer that opens TCP connections to the gRPC listener and never sends the HTTP/2
-/// preface holds `max_connections` slots with no time limit (HTTP/2 pings start only
-/// after the handshake; the HTTP listener has a 30 s header read timeout, this one has
-/// none): past the limit Envoy's new connections wait in the backlog and its checks
-/// time out (denied: fail closed, but every request is refused).
+/// preface must not hold `max_connections` slots for good (HTTP/2 pings start only after
+/// the handshake): such connections are closed after the first-check timeout, and
+/// Envoy's next connection is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding 4: connections that never send the HTTP/2 preface hold gRPC slots forever"]
 async fn grpc_listener_frees_slots_of_silent_connections() {
     let issuer = MockIssuer::start().await.unwrap();
     let authz = Running::start(
@@ -338,7 +292,11 @@ async fn grpc_listener_frees_slots_of_silent_connections() {
     .await;
     let mut silent = Vec::new();
     for _ in 0..2 {
-        silent.push(tokio::net::TcpStream::connect(authz.grpc).await.unwrap());
+        silent.push(
+            tokio::net::TcpStream::connect(authz.grpc_addr())
+                .await
+                .unwrap(),
+        );
     }
     let caller = Caller::new(&issuer);
     let htu = format!("https://{HOST}/items");
