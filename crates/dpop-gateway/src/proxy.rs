@@ -92,9 +92,10 @@ const MANAGED: [&str; 5] = [
 ];
 
 /// Headers that make common frameworks run another method or route another path than the
-/// request line says (Rack, Symfony, Laravel, IIS URL Rewrite): the gateway judged the
+/// request line says (Rack, Symfony, Laravel, IIS URL Rewrite), or that an application
+/// could read as the request's method or URI: the gateway and the authorizer judged the
 /// request line, so these never reach the upstream, whoever sends them.
-const OVERRIDES: [&str; 9] = [
+pub(crate) const OVERRIDES: [&str; 11] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -102,6 +103,8 @@ const OVERRIDES: [&str; 9] = [
     "x-rewrite-url",
     "x-original-uri",
     "x-forwarded-uri",
+    "x-original-method",
+    "x-forwarded-method",
     "x-envoy-original-path",
     // The gateway never reads RFC 7239 `Forwarded`; passed on, it could name another
     // host or scheme than the one the proof was checked against.

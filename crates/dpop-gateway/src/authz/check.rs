@@ -20,25 +20,8 @@ use std::time::Instant;
 
 use crate::config::IdentityHeaders;
 use crate::metrics::Metrics;
-use crate::proxy::identity_values;
+use crate::proxy::{OVERRIDES, identity_values};
 use crate::store::GatewayStore;
-
-/// Headers that make common frameworks (Rack, Symfony, Laravel, IIS URL Rewrite) run
-/// another method or route another path than the request line says, and the
-/// forward-auth headers (which an application could read as the request's URI): the
-/// authorizer judged the request line, so these never reach the upstream, as in the
-/// gateway. Normalised (lower case, `-`).
-const OVERRIDES: [&str; 9] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-forwarded-uri",
-    "x-original-method",
-    "x-forwarded-method",
-];
 
 /// The request as the proxy in front received it from the client.
 pub(crate) struct OriginalRequest {
