@@ -4,7 +4,9 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::error::RedisStoreError;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+
+use crate::error::{RedisStoreError, describe};
 
 /// Settings of a [`RedisReplayStore`](crate::RedisReplayStore).
 ///
@@ -14,13 +16,28 @@ use crate::error::RedisStoreError;
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStoreConfig {
-    /// The server, as `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS
-    /// (certificates checked against the system's trusted roots).
+    /// Where Redis is, in one of three forms (with `rediss` instead of `redis` for TLS,
+    /// certificates checked against the system's trusted roots):
     ///
-    /// Nothing else is accepted: no other scheme (`unix://`, `valkey://`, ...) and no URL
-    /// fragment, so `#insecure`, which would turn certificate checks off, cannot be slipped
-    /// in. No default: [`Default`] leaves it empty, which `connect` refuses.
+    /// - one server: `redis://[[user]:password@]host[:port][/db]`;
+    /// - a Redis Cluster: `redis+cluster://[[user]:password@]host1[:port1],host2[:port2],.../`,
+    ///   any nodes of the cluster (the others are found from them; port 6379 by default);
+    /// - a primary found through Sentinel:
+    ///   `redis+sentinel://[[user]:password@]sentinel1[:port1],.../service[/db]`, the
+    ///   sentinels (port 26379 by default) and the name they monitor the primary under. The
+    ///   user and password are for the primary; the sentinels are asked without any.
+    ///
+    /// Nothing else is accepted: no other scheme (`unix://`, `valkey://`, ...), no query and
+    /// no URL fragment, so `#insecure`, which would turn certificate checks off, cannot be
+    /// slipped in. No default: [`Default`] leaves it empty, which `connect` refuses.
     pub url: String,
+    /// The ACL user name, instead of one in the URL (giving both is refused). `None` by
+    /// default.
+    pub username: Option<String>,
+    /// The password, instead of one in the URL (giving both is refused), so that it can come
+    /// from a file or the environment and the URL can be logged whole. `Debug` shows `***`.
+    /// `None` by default.
+    pub password: Option<String>,
     /// Put before the 64 hexadecimal digits of each replay key to make the Redis key, so that
     /// replay entries are recognisable and cannot collide with other data in the same
     /// database. Every instance that must see the others' proofs needs the same prefix.
@@ -49,40 +66,220 @@ impl RedisStoreConfig {
         }
     }
 
-    /// Checks the settings; answers whether the URL asks for TLS.
-    pub(crate) fn validate(&self) -> Result<bool, RedisStoreError> {
-        let invalid = |reason: &str| Err(RedisStoreError::InvalidConfig(reason.to_owned()));
+    /// Checks the settings and reads the URL: which servers, which topology, TLS or not.
+    /// The credentials are applied to every connection info returned.
+    pub(crate) fn validate(&self) -> Result<Topology, RedisStoreError> {
         if self.url.is_empty() {
-            return invalid("the URL is empty");
+            return Err(invalid("the URL is empty"));
         }
-        let scheme = self
-            .url
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase());
-        let tls = match scheme.as_deref() {
-            Some("redis") => false,
-            Some("rediss") => true,
-            _ => return invalid("the URL must start with redis:// or rediss://"),
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return Err(invalid(SCHEMES));
+        };
+        let (kind, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (Kind::Single, false),
+            "rediss" => (Kind::Single, true),
+            "redis+cluster" => (Kind::Cluster, false),
+            "rediss+cluster" => (Kind::Cluster, true),
+            "redis+sentinel" => (Kind::Sentinel, false),
+            "rediss+sentinel" => (Kind::Sentinel, true),
+            _ => return Err(invalid(SCHEMES)),
         };
         if self.url.contains('#') {
-            return invalid(
+            return Err(invalid(
                 "the URL must not have a fragment (#insecure would turn off TLS certificate checks)",
-            );
+            ));
         }
         if self.command_timeout.is_zero() {
-            return invalid("command_timeout must be more than zero");
+            return Err(invalid("command_timeout must be more than zero"));
         }
         if self.connect_timeout.is_zero() {
-            return invalid("connect_timeout must be more than zero");
+            return Err(invalid("connect_timeout must be more than zero"));
         }
-        Ok(tls)
+        let data_scheme = if tls { "rediss" } else { "redis" };
+        // The user information ends at the last `@`, as in `redact_url`.
+        let (userinfo, hosts_and_path) = match rest.rsplit_once('@') {
+            Some((userinfo, after)) => (Some(userinfo), after),
+            None => (None, rest),
+        };
+        let (hosts, path) = match hosts_and_path.split_once('/') {
+            Some((hosts, path)) => (hosts, path),
+            None => (hosts_and_path, ""),
+        };
+        if kind != Kind::Single && (hosts_and_path.contains('?') || hosts.is_empty()) {
+            return Err(invalid(
+                "a cluster or sentinel URL needs host[:port] entries separated by commas, and no query",
+            ));
+        }
+        let info_for = |host: &str| -> Result<ConnectionInfo, RedisStoreError> {
+            let url = match userinfo {
+                Some(u) => format!("{data_scheme}://{u}@{host}"),
+                None => format!("{data_scheme}://{host}"),
+            };
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|err| invalid(&describe(&err)))?;
+            self.with_credentials(info)
+        };
+        match kind {
+            Kind::Single => {
+                let info = self
+                    .url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|err| invalid(&describe(&err)))?;
+                Ok(Topology::Single {
+                    info: self.with_credentials(info)?,
+                    tls,
+                })
+            }
+            Kind::Cluster => {
+                if !path.is_empty() {
+                    return Err(invalid(
+                        "a cluster URL has no database or path (a cluster has database 0 only)",
+                    ));
+                }
+                let nodes = split_hosts(hosts, 6379)?
+                    .iter()
+                    .map(|h| info_for(h))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Topology::Cluster { nodes, tls })
+            }
+            Kind::Sentinel => {
+                let (service, db) = match path.split_once('/') {
+                    Some((service, db)) => (service, Some(db)),
+                    None => (path, None),
+                };
+                if service.is_empty()
+                    || !service
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(invalid(
+                        "a sentinel URL ends with /service (the name the sentinels monitor the primary under, letters, digits, - _ .) and optionally /db",
+                    ));
+                }
+                let db = match db {
+                    None | Some("") => 0,
+                    Some(db) => db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
+                        invalid("the database after the service name must be a number")
+                    })?,
+                };
+                let hosts = split_hosts(hosts, 26379)?;
+                let sentinels = hosts
+                    .iter()
+                    .map(|h| {
+                        format!("{data_scheme}://{h}")
+                            .as_str()
+                            .into_connection_info()
+                            .map(|info| info.addr().clone())
+                            .map_err(|err| invalid(&describe(&err)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                // The credentials and database for the primary, read as in any Redis URL.
+                let first = hosts.first().map_or("", String::as_str);
+                let primary = info_for(first)?.redis_settings().clone().set_db(db);
+                Ok(Topology::Sentinel {
+                    sentinels,
+                    service: service.to_owned(),
+                    primary,
+                    tls,
+                })
+            }
+        }
     }
+
+    /// `info` with [`username`](Self::username) and [`password`](Self::password) applied,
+    /// refusing a password or user given both here and in the URL.
+    fn with_credentials(&self, info: ConnectionInfo) -> Result<ConnectionInfo, RedisStoreError> {
+        let mut redis = info.redis_settings().clone();
+        if let Some(username) = &self.username {
+            if info.redis_settings().username().is_some() {
+                return Err(invalid(
+                    "the user name is given twice, in the URL and in the settings",
+                ));
+            }
+            redis = redis.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            if info.redis_settings().password().is_some() {
+                return Err(invalid(
+                    "the password is given twice, in the URL and in the settings",
+                ));
+            }
+            redis = redis.set_password(password);
+        }
+        Ok(info.set_redis_settings(redis))
+    }
+}
+
+const SCHEMES: &str = "the URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://";
+
+fn invalid(reason: &str) -> RedisStoreError {
+    RedisStoreError::InvalidConfig(reason.to_owned())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+/// What [`RedisStoreConfig::validate`] read from the URL.
+pub(crate) enum Topology {
+    /// One server (or one endpoint in front of several).
+    Single { info: ConnectionInfo, tls: bool },
+    /// Any nodes of a Redis Cluster.
+    Cluster {
+        nodes: Vec<ConnectionInfo>,
+        tls: bool,
+    },
+    /// Sentinels, the service name they know the primary by, and how to log in to it.
+    Sentinel {
+        sentinels: Vec<ConnectionAddr>,
+        service: String,
+        primary: RedisConnectionInfo,
+        tls: bool,
+    },
+}
+
+/// `a:1,b,[::1]:2` → `a:1`, `b:DEFAULT`, `[::1]:2`; refuses empty entries and anything
+/// that is not a host and port.
+fn split_hosts(hosts: &str, default_port: u16) -> Result<Vec<String>, RedisStoreError> {
+    hosts
+        .split(',')
+        .map(|h| {
+            let h = h.trim();
+            let bad = h.is_empty()
+                || h.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b"/?@\\".contains(&b));
+            if bad {
+                return Err(invalid(
+                    "each server in a cluster or sentinel URL must be host[:port]",
+                ));
+            }
+            // `[v6]:port`, `[v6]`, `host:port` or `host`.
+            let has_port = if h.starts_with('[') {
+                h.contains("]:")
+            } else {
+                h.contains(':')
+            };
+            Ok(if has_port {
+                h.to_owned()
+            } else {
+                format!("{h}:{default_port}")
+            })
+        })
+        .collect()
 }
 
 impl Default for RedisStoreConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            username: None,
+            password: None,
             key_prefix: "dpop:jti:".to_owned(),
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
@@ -94,6 +291,8 @@ impl fmt::Debug for RedisStoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreConfig")
             .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -157,9 +356,95 @@ mod tests {
         assert_eq!(RedisStoreConfig::default().url, "");
     }
 
+    /// What a URL was read as, in a comparable form (passwords included: tests only).
+    fn shape(config: &RedisStoreConfig) -> Result<String, RedisStoreError> {
+        let creds = |r: &RedisConnectionInfo| {
+            format!(
+                "{}:{}/{}",
+                r.username().unwrap_or("-"),
+                r.password().unwrap_or("-"),
+                r.db()
+            )
+        };
+        Ok(match config.validate()? {
+            Topology::Single { info, tls } => {
+                format!(
+                    "single tls={tls} {} {}",
+                    info.addr(),
+                    creds(info.redis_settings())
+                )
+            }
+            Topology::Cluster { nodes, tls } => {
+                let nodes: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("{} {}", n.addr(), creds(n.redis_settings())))
+                    .collect();
+                format!("cluster tls={tls} {}", nodes.join(", "))
+            }
+            Topology::Sentinel {
+                sentinels,
+                service,
+                primary,
+                tls,
+            } => {
+                let sentinels: Vec<String> = sentinels.iter().map(ToString::to_string).collect();
+                format!(
+                    "sentinel tls={tls} {} service={service} {}",
+                    sentinels.join(", "),
+                    creds(&primary)
+                )
+            }
+        })
+    }
+
+    #[test]
+    fn topologies() {
+        let read = |url: &str| shape(&RedisStoreConfig::new(url)).unwrap();
+        assert_eq!(
+            read("redis+cluster://a:7000,b,[::1]:7002,[::2]/"),
+            "cluster tls=false a:7000 -:-/0, b:6379 -:-/0, ::1:7002 -:-/0, ::2:6379 -:-/0"
+        );
+        assert_eq!(
+            read("REDISS+CLUSTER://alice:p%40ss@a:7000,b:7001"),
+            "cluster tls=true a:7000 alice:p@ss/0, b:7001 alice:p@ss/0"
+        );
+        assert_eq!(
+            read("redis+sentinel://:pw@s1,s2:26380/mymaster"),
+            "sentinel tls=false s1:26379, s2:26380 service=mymaster -:pw/0"
+        );
+        assert_eq!(
+            read("rediss+sentinel://s1/my-master.1/3"),
+            "sentinel tls=true s1:26379 service=my-master.1 -:-/3"
+        );
+        // Credentials from the settings instead of the URL.
+        let mut c = RedisStoreConfig::new("redis+cluster://a:1,b:2/");
+        c.username = Some("dpop".to_owned());
+        c.password = Some("from-a-file".to_owned());
+        assert_eq!(
+            shape(&c).unwrap(),
+            "cluster tls=false a:1 dpop:from-a-file/0, b:2 dpop:from-a-file/0"
+        );
+        let mut c = RedisStoreConfig::new("redis://127.0.0.1/2");
+        c.password = Some("pw".to_owned());
+        assert_eq!(shape(&c).unwrap(), "single tls=false 127.0.0.1:6379 -:pw/2");
+        // Given twice: refused.
+        let mut c = RedisStoreConfig::new("redis://:inurl@127.0.0.1");
+        c.password = Some("pw".to_owned());
+        assert!(matches!(
+            c.validate(),
+            Err(RedisStoreError::InvalidConfig(_))
+        ));
+        let mut c = RedisStoreConfig::new("redis+sentinel://bob@s1/m");
+        c.username = Some("alice".to_owned());
+        assert!(matches!(
+            c.validate(),
+            Err(RedisStoreError::InvalidConfig(_))
+        ));
+    }
+
     #[test]
     fn validation() {
-        let ok = |url: &str| RedisStoreConfig::new(url).validate();
+        let ok = |url: &str| shape(&RedisStoreConfig::new(url)).map(|s| s.contains("tls=true"));
         assert_eq!(ok("redis://127.0.0.1:6379"), Ok(false));
         assert_eq!(ok("REDIS://127.0.0.1:6379"), Ok(false));
         assert_eq!(ok("rediss://:pw@redis.example:6380/1"), Ok(true));
@@ -190,5 +475,15 @@ mod tests {
         let text = format!("{c:?}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("redis://:***@127.0.0.1:6379"), "{text}");
+        let mut c = RedisStoreConfig::new("redis+cluster://:hunter2@a:1,b:2/");
+        c.password = Some("correct-horse".to_owned());
+        c.username = Some("dpop".to_owned());
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("correct-horse"),
+            "{text}"
+        );
+        assert!(text.contains("redis+cluster://:***@a:1,b:2/"), "{text}");
+        assert!(text.contains("password: Some(\"***\")"), "{text}");
     }
 }

@@ -65,10 +65,10 @@
 //! ## What it does not do
 //!
 //! - It does not verify proofs or compute replay keys; `dpop-core` does.
-//! - It does not talk to Redis Cluster or Sentinel, or over Unix sockets: one `redis://` or
-//!   `rediss://` server (which may be a managed or proxied endpoint).
+//! - It does not talk over Unix sockets.
 //! - It does not replicate: with Redis replicas, a failover can lose the last writes and so
-//!   let a proof recorded just before it be replayed once. Point it at the primary.
+//!   let a proof recorded just before it be replayed once (see [Topologies and
+//!   failover](#topologies-and-failover)).
 //! - It does not store nonces: DPoP nonces from `dpop-core` are stateless.
 //!
 //! ## Example
@@ -96,14 +96,58 @@
 //! # }
 //! ```
 //!
+//! ## Topologies and failover
+//!
+//! [`RedisStoreConfig::url`] picks one of three set-ups (`rediss` instead of `redis` for
+//! TLS):
+//!
+//! | URL | What is used |
+//! |-----|--------------|
+//! | `redis://host:6379/0` | one server, or one endpoint in front of several |
+//! | `redis+cluster://h1:7000,h2:7001/` | a Redis Cluster, found from any of its nodes |
+//! | `redis+sentinel://s1:26379,s2:26379/mymaster` | the primary that the sentinels name |
+//!
+//! The command is the same everywhere: one `SET key 1 NX PX ttl`. In a cluster a single-key
+//! command is sent to the primary of the key's slot, and that primary runs it as one step,
+//! so the insert-if-absent stays atomic; keys spread over all primaries. With Sentinel the
+//! store asks the sentinels (in order, skipping those that do not answer) for the primary,
+//! checks with `ROLE` that it is one, and keeps a connection to it; when a command fails
+//! with a connection error, a time-out or `READONLY` (the primary was demoted), the
+//! connection is dropped and the next command asks the sentinels again.
+//!
+//! What a failover means for replay protection, honestly:
+//!
+//! - **While no primary answers, nothing is accepted.** Inserts for the keys of a crashed
+//!   cluster primary, or every insert while Sentinel has not yet promoted a replica, fail
+//!   with an error and the proof is refused. There is no fallback to a replica or to
+//!   memory.
+//! - **A failover can forget the last proofs.** Redis replicates asynchronously: the
+//!   primary answers `OK` before its replicas have the key. If it crashes in that moment
+//!   and a replica that missed the key is promoted, the proof can be presented again,
+//!   once, until its window closes. The window of exposure is the replication lag at the
+//!   moment of the crash (usually well under a millisecond on a local network, more under
+//!   load or across sites), and the proof must also still be within its lifetime
+//!   (`iat` window) to be accepted.
+//! - **Narrowing it.** Redis's `WAIT` (make the primary wait until N replicas have the
+//!   write) narrows but does not close this window, and costs a round trip to the replicas
+//!   on every request; this store does not send it. Server-issued nonces (`DPoP-Nonce`)
+//!   narrow it from the other side: a proof carrying a nonce that has since rotated is
+//!   refused whatever the store says, so a short nonce lifetime bounds how long a lost
+//!   record can matter. Short proof windows do the same.
+//! - **Split brain.** A primary cut off from the sentinels but still reachable by some
+//!   gateways keeps accepting writes that the new primary never sees. Redis's
+//!   `min-replicas-to-write` on the primary bounds this; it is a server setting.
+//!
 //! ## TLS
 //!
-//! `rediss://` URLs use rustls with the system's trusted roots. If the program has not
+//! `rediss://` (and `rediss+cluster://`, `rediss+sentinel://`, where the sentinels are also
+//! reached over TLS) URLs use rustls with the system's trusted roots. If the program has not
 //! installed a rustls crypto provider, connecting installs aws-lc-rs as the process default.
 //! Certificate checks cannot be turned off: a URL fragment such as `#insecure` is refused.
 
 mod config;
 mod error;
+mod sentinel;
 mod store;
 
 pub use config::RedisStoreConfig;

@@ -1,4 +1,5 @@
-//! The store: one `SET key 1 NX PX ttl` per proof, over a reconnecting multiplexed connection.
+//! The store: one `SET key 1 NX PX ttl` per proof, over a reconnecting multiplexed connection
+//! to one server or a primary found through Sentinel, or over a Redis Cluster connection.
 
 use core::fmt;
 use core::time::Duration;
@@ -6,12 +7,16 @@ use std::sync::Arc;
 
 use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError, UnixTime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Cmd, IntoConnectionInfo, Value};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisResult, TlsMode, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{RedisStoreConfig, redact_url};
+use crate::config::{RedisStoreConfig, Topology, redact_url};
 use crate::error::{RedisStoreError, describe, store_error};
+use crate::sentinel::SentinelPrimary;
 
 /// The shortest record: an expiry at or before `now` still records the key for a second, so
 /// the check is never skipped and a burst of replays inside that second is still caught.
@@ -21,15 +26,20 @@ const MIN_TTL_MS: u64 = 1_000;
 /// milliseconds; 2^62 ms (146 million years) is far below that and far above any window.
 const MAX_TTL_MS: u64 = 1 << 62;
 
-/// Reconnection attempts after a failed one, before the pending commands fail (the next
-/// command starts a new round). Few, because commands wait on the attempt and a gateway
-/// would rather refuse fast than hold requests.
 /// Most `SET`s sent in one pipeline.
 const MAX_BATCH: usize = 256;
 /// Inserts waiting for the batcher; past this, callers wait (within their timeout).
 const QUEUE_DEPTH: usize = 16_384;
 
+/// Reconnection attempts after a failed one, before the pending commands fail (the next
+/// command starts a new round). Few, because commands wait on the attempt and a gateway
+/// would rather refuse fast than hold requests.
 const RECONNECT_RETRIES: usize = 2;
+/// Retries of a cluster command (after a `MOVED`, a lost node, ...), all within the command
+/// time-out.
+const CLUSTER_RETRIES: u32 = 2;
+const RECONNECT_MIN_DELAY_MS: u64 = 100;
+const RECONNECT_MAX_DELAY_MS: u64 = 1_000;
 /// The first pause between reconnection attempts; it doubles with each retry.
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
 /// The longest pause between reconnection attempts.
@@ -46,10 +56,7 @@ pub struct RedisReplayStore {
 }
 
 struct Inner {
-    /// Multiplexed (one connection carries concurrent commands) and reconnecting.
-    connection: ConnectionManager,
-    /// Inserts go to the batcher task, which pipelines them (see [`run_batches`]).
-    batch: mpsc::Sender<Pending>,
+    backend: Backend,
     key_prefix: String,
     command_timeout: Duration,
     /// For `Debug`: the URL with its password hidden.
@@ -70,51 +77,109 @@ impl RedisReplayStore {
     /// credentials and TLS failures); [`RedisStoreError::ConnectTimeout`] when it does not
     /// answer in time.
     pub async fn connect(config: RedisStoreConfig) -> Result<Self, RedisStoreError> {
-        let tls = config.validate()?;
+        let topology = config.validate()?;
         let url = redact_url(&config.url);
-        let info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?
-            .set_tcp_settings(tcp_settings(config.connect_timeout));
-        if tls {
-            ensure_crypto_provider();
-        }
-        let client = redis::Client::open(info)
-            .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let connecting = ConnectionManager::new_with_config(client, manager_config);
-        let connection = match tokio::time::timeout(config.connect_timeout, connecting).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(err)) => {
-                return Err(RedisStoreError::Connect {
-                    url,
-                    reason: describe(&err),
-                });
+        let tcp = tcp_settings(config.connect_timeout);
+        let connect_error = |err: &redis::RedisError| RedisStoreError::Connect {
+            url: url.clone(),
+            reason: describe(err),
+        };
+        let timed_out = || RedisStoreError::ConnectTimeout {
+            url: url.clone(),
+            timeout: config.connect_timeout,
+        };
+        let backend = match topology {
+            Topology::Single { info, tls } => {
+                if tls {
+                    ensure_crypto_provider();
+                }
+                let client = redis::Client::open(info.set_tcp_settings(tcp))
+                    .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.command_timeout))
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_min_delay(RECONNECT_MIN_DELAY)
+                    .set_max_delay(RECONNECT_MAX_DELAY);
+                let connecting = ConnectionManager::new_with_config(client, manager_config);
+                let connection = tokio::time::timeout(config.connect_timeout, connecting)
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|err| connect_error(&err))?;
+                Self::batched(Primary::Server(connection), config.command_timeout)
             }
-            Err(_elapsed) => {
-                return Err(RedisStoreError::ConnectTimeout {
-                    url,
-                    timeout: config.connect_timeout,
-                });
+            Topology::Cluster { nodes, tls } => {
+                if tls {
+                    ensure_crypto_provider();
+                }
+                let client = ClusterClientBuilder::new(nodes)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.command_timeout)
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(RECONNECT_MIN_DELAY_MS)
+                    .max_retry_wait(RECONNECT_MAX_DELAY_MS)
+                    .tcp_settings(tcp)
+                    .build()
+                    .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?;
+                let connection =
+                    tokio::time::timeout(config.connect_timeout, client.get_async_connection())
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|err| connect_error(&err))?;
+                Backend::Cluster(connection)
+            }
+            Topology::Sentinel {
+                sentinels,
+                service,
+                primary,
+                tls,
+            } => {
+                if tls {
+                    ensure_crypto_provider();
+                }
+                let mut builder =
+                    SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)
+                        .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?
+                        .set_client_to_redis_db(primary.db())
+                        .set_client_to_redis_tcp_settings(tcp.clone())
+                        .set_client_to_sentinel_tcp_settings(tcp);
+                if let Some(username) = primary.username() {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = primary.password() {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if tls {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                }
+                let client = builder
+                    .build()
+                    .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?;
+                // A little under the command time-out, so that a primary that stopped
+                // answering is noticed (and dropped) by the connection before the caller's
+                // own time-out gives up on it.
+                let response_timeout = config
+                    .command_timeout
+                    .saturating_sub(config.command_timeout / 8)
+                    .max(Duration::from_millis(1));
+                let connection_config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let primary =
+                    SentinelPrimary::new(client, connection_config, config.connect_timeout);
+                // Found now, so that a wrong service name or absent sentinels stop start-up.
+                tokio::time::timeout(config.connect_timeout, primary.connection())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|err| connect_error(&err))?;
+                Self::batched(Primary::Sentinel(primary), config.command_timeout)
             }
         };
-        let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_batches(
-            connection.clone(),
-            queue,
-            config.command_timeout,
-        ));
         Ok(Self {
             inner: Arc::new(Inner {
-                batch,
-                connection,
+                backend,
                 key_prefix: config.key_prefix,
                 command_timeout: config.command_timeout,
                 url,
@@ -122,18 +187,51 @@ impl RedisReplayStore {
         })
     }
 
+    /// A backend whose inserts are pipelined by a batcher task.
+    fn batched(primary: Primary, command_timeout: Duration) -> Backend {
+        let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_batches(primary.clone(), queue, command_timeout));
+        Backend::Primary { primary, batch }
+    }
+
     /// Sends `PING`, within the command time-out: for readiness probes.
+    ///
+    /// On a Redis Cluster, every primary the client knows must answer, and a node must
+    /// report `cluster_state:ok` (so a crashed primary makes the store not ready once the
+    /// cluster has declared it failed, after its `cluster-node-timeout`; inserts for the
+    /// crashed primary's slots fail from the start).
     ///
     /// # Errors
     /// [`ReplayStoreError::Timeout`] or [`ReplayStoreError::Unavailable`], as an insert
     /// would fail at this moment.
     pub async fn ping(&self) -> Result<(), ReplayStoreError> {
         match self.run(redis::cmd("PING")).await? {
-            Value::SimpleString(reply) if reply == "PONG" => Ok(()),
-            _ => Err(ReplayStoreError::Unavailable(
-                "unexpected reply to PING".to_owned(),
-            )),
+            Value::SimpleString(reply) if reply == "PONG" => {}
+            _ => {
+                return Err(ReplayStoreError::Unavailable(
+                    "unexpected reply to PING".to_owned(),
+                ));
+            }
         }
+        if let Backend::Cluster(_) = &self.inner.backend {
+            let mut info = redis::cmd("CLUSTER");
+            info.arg("INFO");
+            let ok = match self.run(info).await? {
+                Value::BulkString(text) => text
+                    .split(|b| *b == b'\n')
+                    .any(|line| line.trim_ascii() == b"cluster_state:ok"),
+                Value::VerbatimString { text, .. } => {
+                    text.lines().any(|line| line.trim() == "cluster_state:ok")
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(ReplayStoreError::Unavailable(
+                    "the Redis Cluster is not in state ok".to_owned(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The Redis key for a replay key: the prefix and 64 lower-case hexadecimal digits.
@@ -146,17 +244,70 @@ impl RedisReplayStore {
 
     /// Sends one command, bounded by the command time-out.
     async fn run(&self, cmd: Cmd) -> Result<Value, ReplayStoreError> {
-        // A clone shares the multiplexed connection; `query_async` only needs it mutably.
-        let mut connection = self.inner.connection.clone();
-        let reply = tokio::time::timeout(
-            self.inner.command_timeout,
-            cmd.query_async::<Value>(&mut connection),
-        )
-        .await;
+        let reply = match &self.inner.backend {
+            Backend::Primary { primary, .. } => {
+                tokio::time::timeout(self.inner.command_timeout, primary.query(&cmd)).await
+            }
+            Backend::Cluster(connection) => {
+                // A clone shares the connections; `query_async` only needs it mutably.
+                let mut connection = connection.clone();
+                tokio::time::timeout(
+                    self.inner.command_timeout,
+                    cmd.query_async::<Value>(&mut connection),
+                )
+                .await
+            }
+        };
         match reply {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(store_error(&err)),
             Err(_elapsed) => Err(ReplayStoreError::Timeout),
+        }
+    }
+}
+
+/// How commands reach Redis.
+enum Backend {
+    /// One primary. Inserts go to the batcher task, which pipelines them (see
+    /// [`run_batches`]).
+    Primary {
+        primary: Primary,
+        batch: mpsc::Sender<Pending>,
+    },
+    /// A Redis Cluster: each `SET` is sent on its own, to the primary of its key's slot (a
+    /// pipeline would have to stay within one slot). The connection is multiplexed per node,
+    /// so concurrent inserts still share connections.
+    Cluster(ClusterConnection),
+}
+
+/// The one primary that every insert goes to.
+#[derive(Clone)]
+enum Primary {
+    /// One server, multiplexed (one connection carries concurrent commands) and
+    /// reconnecting.
+    Server(ConnectionManager),
+    /// The primary the sentinels name, found again after a failover.
+    Sentinel(Arc<SentinelPrimary>),
+}
+
+impl Primary {
+    async fn query_pipeline(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Server(connection) => {
+                let mut connection = connection.clone();
+                pipe.query_async::<Vec<Value>>(&mut connection).await
+            }
+            Self::Sentinel(primary) => primary.query_pipeline(pipe).await,
+        }
+    }
+
+    async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            Self::Server(connection) => {
+                let mut connection = connection.clone();
+                cmd.query_async::<Value>(&mut connection).await
+            }
+            Self::Sentinel(primary) => primary.query(cmd).await,
         }
     }
 }
@@ -186,11 +337,7 @@ fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// every request, which on a busy host costs more CPU than the command itself. While one
 /// pipeline is in flight the next requests queue up, so batches grow with load and no
 /// request waits for a timer. A pipeline is not atomic and need not be: each `SET NX` is.
-async fn run_batches(
-    connection: ConnectionManager,
-    mut queue: mpsc::Receiver<Pending>,
-    timeout: Duration,
-) {
+async fn run_batches(primary: Primary, mut queue: mpsc::Receiver<Pending>, timeout: Duration) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Callers that gave up (timed out) need no command.
@@ -207,9 +354,7 @@ async fn run_batches(
                 .arg("PX")
                 .arg(p.ttl_ms);
         }
-        let mut conn = connection.clone();
-        let replies =
-            tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut conn)).await;
+        let replies = tokio::time::timeout(timeout, primary.query_pipeline(&pipe)).await;
         match replies {
             Ok(Ok(values)) if values.len() == batch.len() => {
                 for (p, v) in batch.drain(..).zip(values.iter()) {
@@ -243,6 +388,18 @@ impl AsyncReplayStore for RedisReplayStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<Insert, ReplayStoreError> {
+        let batch = match &self.inner.backend {
+            Backend::Primary { batch, .. } => batch,
+            Backend::Cluster(_) => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.redis_key(key))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms(expires_at, now));
+                return insert_reply(&self.run(cmd).await?);
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             key: self.redis_key(key),
@@ -250,11 +407,7 @@ impl AsyncReplayStore for RedisReplayStore {
             reply,
         };
         let round_trip = async {
-            self.inner
-                .batch
-                .send(pending)
-                .await
-                .map_err(|_| batcher_stopped())?;
+            batch.send(pending).await.map_err(|_| batcher_stopped())?;
             answer.await.map_err(|_| batcher_stopped())?
         };
         // The whole wait (queue and round trip) is bounded: a slow Redis fails closed.

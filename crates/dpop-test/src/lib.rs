@@ -13,6 +13,8 @@
 //! - [`TestUpstream`]: an echo server that records what reached it (HTTP/1.1, or https
 //!   with an optional client certificate check, or HTTP/2 only);
 //! - [`RedisServer`]: a private `redis-server` child that can be stopped and restarted;
+//! - [`RedisCluster`] and [`RedisSentinel`]: a private three-node Redis Cluster, and a
+//!   primary, replica and sentinel whose primary can be killed to force a failover;
 //! - [`Gateway`]: a handle on a server binary, with its output captured;
 //! - [`PgSchema`]: a throw-away schema on the PostgreSQL server of
 //!   `DPOP_TEST_POSTGRES_URL`;
@@ -58,6 +60,7 @@ mod jws;
 mod postgres;
 mod process;
 mod redis;
+mod redis_topology;
 mod server;
 mod streams;
 mod tls;
@@ -79,6 +82,7 @@ pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
+pub use crate::redis_topology::{RedisCluster, RedisSentinel};
 pub use crate::server::{ServerHandle, serve};
 pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
 pub use crate::tls::{CertFiles, TestCa};

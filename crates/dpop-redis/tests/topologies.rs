@@ -1,0 +1,358 @@
+//! The store on a Redis Cluster and on a primary found through Sentinel, each started for
+//! the test from `redis-server` (`DPOP_TEST_REDIS_SERVER` or `PATH`; `.ci/run` sets it) and
+//! the `redis-cli` beside it. Without them each test says so on stderr and passes.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dpop_core::{AsyncReplayStore, Clock, Insert, ReplayKey, SystemClock, UnixTime};
+use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
+use dpop_test::{RedisCluster, RedisSentinel};
+
+const SKIP: &str = "skipping: no redis-server or redis-cli (set DPOP_TEST_REDIS_SERVER or PATH)";
+
+/// A distinct replay key per call.
+fn fresh_key() -> ReplayKey {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut digest = [0u8; 32];
+    digest[..8].copy_from_slice(&n.to_le_bytes());
+    digest[8..16].copy_from_slice(&RandomState::new().hash_one(n).to_le_bytes());
+    ReplayKey::from_digest(digest)
+}
+
+fn now() -> UnixTime {
+    SystemClock.now().expect("a clock after 1970")
+}
+
+fn later(now: UnixTime, secs: u64) -> UnixTime {
+    now.saturating_add(Duration::from_secs(secs))
+}
+
+async fn connect(url: &str) -> RedisReplayStore {
+    RedisReplayStore::connect(RedisStoreConfig::new(url))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+async fn dbsize(url: &str) -> u64 {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("DBSIZE").query_async(&mut c).await.unwrap()
+}
+
+/// The slots node `url` serves, from the `myself` line of `CLUSTER NODES`.
+async fn own_slots(url: &str) -> Vec<(u16, u16)> {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let line = nodes.lines().find(|l| l.contains("myself")).unwrap();
+    line.split_whitespace()
+        .skip(8)
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+            None => (range.parse().unwrap(), range.parse().unwrap()),
+        })
+        .collect()
+}
+
+async fn key_slot(url: &str, key: &str) -> u16 {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shares_replays_across_instances_and_spreads_keys() {
+    let Some(cluster) = RedisCluster::spawn().await.unwrap() else {
+        eprintln!("{SKIP}");
+        return;
+    };
+    let a = connect(&cluster.url()).await;
+    let b = connect(&cluster.url()).await;
+    a.ping().await.unwrap();
+    let now = now();
+    let exp = later(now, 60);
+    let keys: Vec<ReplayKey> = (0..60).map(|_| fresh_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(
+            first.insert_if_absent(key, exp, now).await.unwrap(),
+            Insert::Inserted
+        );
+        // The other instance sees the record: the replay is refused.
+        assert_eq!(
+            second.insert_if_absent(key, exp, now).await.unwrap(),
+            Insert::AlreadyPresent
+        );
+        assert_eq!(
+            first.insert_if_absent(key, exp, now).await.unwrap(),
+            Insert::AlreadyPresent
+        );
+    }
+    // Sixty keys over three primaries: every node holds some.
+    let mut total = 0;
+    for url in cluster.node_urls() {
+        let n = dbsize(&url).await;
+        assert!(n > 0, "no keys on {url}");
+        total += n;
+    }
+    assert_eq!(total, 60);
+
+    // Concurrent inserts of one key from both instances: exactly one wins.
+    let key = fresh_key();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { store.insert_if_absent(&key, exp, now).await })
+        })
+        .collect();
+    let mut inserted = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() == Insert::Inserted {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_down_fails_closed_for_its_keys() {
+    let Some(mut cluster) = RedisCluster::spawn().await.unwrap() else {
+        eprintln!("{SKIP}");
+        return;
+    };
+    let mut config = RedisStoreConfig::new(cluster.url());
+    config.key_prefix = "dpop:jti:".to_owned();
+    let store = RedisReplayStore::connect(config).await.unwrap();
+    let victim = cluster.node_urls()[2].clone();
+    let survivor = cluster.node_urls()[0].clone();
+    let victim_slots = own_slots(&victim).await;
+    let now = now();
+    let exp = later(now, 60);
+    // Warm the store's view of the cluster.
+    assert_eq!(
+        store
+            .insert_if_absent(&fresh_key(), exp, now)
+            .await
+            .unwrap(),
+        Insert::Inserted
+    );
+    cluster.kill_node(2).unwrap();
+
+    let (mut on_victim, mut inserted_on_victim, mut failed_on_victim, mut others_inserted) =
+        (0, 0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let key = fresh_key();
+        let slot = key_slot(&survivor, &format!("dpop:jti:{}", key.to_hex())).await;
+        let on_dead_node = victim_slots.iter().any(|(a, b)| (*a..=*b).contains(&slot));
+        let result = store.insert_if_absent(&key, exp, now).await;
+        if on_dead_node {
+            on_victim += 1;
+            match result {
+                Ok(Insert::Inserted) => inserted_on_victim += 1,
+                Ok(other) => panic!("a fresh key answered {other:?}"),
+                Err(_) => failed_on_victim += 1,
+            }
+        } else if matches!(result, Ok(Insert::Inserted)) {
+            others_inserted += 1;
+        }
+    }
+    eprintln!(
+        "cluster node down: {on_victim} inserts for its slots, {failed_on_victim} failed, \
+         {inserted_on_victim} inserted; {others_inserted} inserted on the other nodes"
+    );
+    assert!(on_victim > 0, "no key fell on the dead node's slots");
+    assert_eq!(
+        inserted_on_victim, 0,
+        "an insert for a dead node's slot succeeded"
+    );
+    assert_eq!(failed_on_victim, on_victim);
+    // Readiness says the cluster is not whole, at the latest once the cluster has declared
+    // the node failed (the fixture's cluster-node-timeout is 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.ping().await.is_ok() {
+        assert!(Instant::now() < deadline, "still ready with a primary down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn cluster_and_sentinel_urls_are_checked() {
+    for bad in [
+        "redis+cluster://",
+        "redis+cluster:///",
+        "redis+cluster://a:1,,b:2/",
+        "redis+cluster://a:1,b:2/3",
+        "redis+cluster://a:1?x=1",
+        "redis+cluster://a b:1/",
+        "redis+sentinel://a:26379",
+        "redis+sentinel://a:26379/",
+        "redis+sentinel://a:26379/my master",
+        "redis+sentinel://a:26379/mymaster/x",
+        "redis+sentinel://a:26379/mymaster/-1",
+        "rediss+sentinel://a:26379/mymaster#insecure",
+        "redis+unknown://a:1/",
+    ] {
+        match RedisReplayStore::connect(RedisStoreConfig::new(bad)).await {
+            Err(RedisStoreError::InvalidConfig(_)) => {}
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_and_sentinel_errors_hide_passwords() {
+    for url in [
+        format!(
+            "redis+cluster://:hunter2@127.0.0.1:{}/",
+            dpop_test::free_port()
+        ),
+        format!(
+            "redis+sentinel://:hunter2@127.0.0.1:{}/mymaster",
+            dpop_test::free_port()
+        ),
+    ] {
+        let mut config = RedisStoreConfig::new(&url);
+        config.connect_timeout = Duration::from_millis(500);
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let err = RedisReplayStore::connect(config).await.unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("***"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_shares_replays_and_follows_a_failover_failing_closed_meanwhile() {
+    let Some(mut set) = RedisSentinel::spawn("dpopmaster").await.unwrap() else {
+        eprintln!("{SKIP}");
+        return;
+    };
+    let a = connect(&set.url()).await;
+    let b = connect(&set.url()).await;
+    a.ping().await.unwrap();
+    let now = now();
+    let exp = later(now, 120);
+    for _ in 0..20 {
+        let key = fresh_key();
+        assert_eq!(
+            a.insert_if_absent(&key, exp, now).await.unwrap(),
+            Insert::Inserted
+        );
+        assert_eq!(
+            b.insert_if_absent(&key, exp, now).await.unwrap(),
+            Insert::AlreadyPresent
+        );
+    }
+    assert_eq!(dbsize(&set.primary_url()).await, 20);
+
+    // Proofs recorded just before the crash: are they still refused after the failover?
+    let recorded_last: Vec<ReplayKey> = (0..50).map(|_| fresh_key()).collect();
+    for key in &recorded_last {
+        assert_eq!(
+            a.insert_if_absent(key, exp, now).await.unwrap(),
+            Insert::Inserted
+        );
+    }
+    set.kill_primary().unwrap();
+    let killed_at = Instant::now();
+
+    // Until the sentinel has promoted the replica, nothing is accepted: every insert fails
+    // until one succeeds, and that one was written on the promoted replica.
+    let deadline = killed_at + Duration::from_secs(30);
+    let (mut attempts, mut failed) = (0u32, 0u32);
+    let key = loop {
+        let key = fresh_key();
+        attempts += 1;
+        match a.insert_if_absent(&key, exp, now).await {
+            Ok(Insert::Inserted) => break key,
+            Ok(other) => panic!("a fresh key answered {other:?}"),
+            Err(_) => failed += 1,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the primary died"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let recovered_after = killed_at.elapsed();
+    assert_eq!(role(&set.replica_url()).await, "master");
+    assert!(exists(&set.replica_url(), &key).await);
+    assert!(failed > 0 && failed == attempts - 1);
+    set.wait_for_failover().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.insert_if_absent(&key, exp, now).await {
+            Ok(insert) => {
+                assert_eq!(insert, Insert::AlreadyPresent);
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "b did not recover: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let mut replayed = 0;
+    for key in &recorded_last {
+        if a.insert_if_absent(key, exp, now).await.unwrap() == Insert::Inserted {
+            replayed += 1;
+        }
+    }
+    eprintln!(
+        "sentinel failover: inserts work again {recovered_after:?} after the primary died; \
+         the {failed} inserts before that all failed closed; {replayed} of {} proofs recorded just before the crash were accepted \
+         again on the new primary (lost with asynchronous replication)",
+        recorded_last.len()
+    );
+}
+
+async fn role(url: &str) -> String {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+    match role.first() {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        other => panic!("ROLE: {other:?}"),
+    }
+}
+
+async fn exists(url: &str, key: &ReplayKey) -> bool {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("EXISTS")
+        .arg(format!("dpop:jti:{}", key.to_hex()))
+        .query_async::<u64>(&mut c)
+        .await
+        .unwrap()
+        == 1
+}

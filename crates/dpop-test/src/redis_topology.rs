@@ -1,0 +1,414 @@
+//! [`RedisCluster`] and [`RedisSentinel`]: throw-away Redis Cluster and Sentinel set-ups on
+//! `127.0.0.1`, from the same `redis-server` binary as [`RedisServer`](crate::RedisServer)
+//! (and the `redis-cli` beside it), for tests of the shared replay store on those
+//! topologies. Nothing is persisted; every process is killed when the handle is dropped.
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::RedisServer;
+use crate::process::{free_port, log_path, read_tail, wait_ready};
+
+/// How long a node or sentinel gets to listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the cluster or the replication gets to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One `redis-server` child (a cluster node, a primary, a replica or a sentinel).
+#[derive(Debug)]
+struct Node {
+    port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    /// Files to delete with the node (cluster state, sentinel configuration).
+    files: Vec<PathBuf>,
+}
+
+impl Node {
+    /// Starts `binary ARGS...` (a configuration file, when used, must come first in
+    /// `args`), waits until it listens on `port`.
+    async fn start(
+        binary: &Path,
+        port: u16,
+        args: &[String],
+        name: &str,
+        files: Vec<PathBuf>,
+    ) -> io::Result<Self> {
+        let log = log_path(name);
+        let out = File::create(&log)?;
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot start {}: {e}", binary.display()))
+            })?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        wait_ready(&mut child, addr, READY_TIMEOUT, &log).await?;
+        Ok(Self {
+            port,
+            child: Some(child),
+            log,
+            files,
+        })
+    }
+
+    /// SIGKILL, as in a crash.
+    fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = fs::remove_file(&self.log);
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+    }
+}
+
+/// The common server arguments: loopback, no persistence, quiet.
+fn server_args(port: u16) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+        "--dir",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([std::env::temp_dir().display().to_string()])
+    .collect()
+}
+
+/// `redis-cli` beside the server binary, else the first on `PATH`.
+fn find_cli(server: &Path) -> Option<PathBuf> {
+    let beside = server.with_file_name("redis-cli");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("redis-cli"))
+        .find(|p| p.is_file())
+}
+
+/// Runs `redis-cli ARGS...` (blocking; call from `spawn_blocking`), its standard output.
+fn cli(binary: &Path, args: &[String]) -> io::Result<String> {
+    let out = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "redis-cli {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn cli_async(binary: &Path, args: Vec<String>) -> io::Result<String> {
+    let binary = binary.to_owned();
+    tokio::task::spawn_blocking(move || cli(&binary, &args))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Polls `redis-cli -p PORT ARGS...` until its output contains `wanted`.
+async fn wait_for_output(
+    cli_binary: &Path,
+    port: u16,
+    args: &[&str],
+    wanted: &str,
+    log: &Path,
+) -> io::Result<()> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut full = vec!["-p".to_owned(), port.to_string()];
+    full.extend(args.iter().map(|s| (*s).to_owned()));
+    loop {
+        let out = cli_async(cli_binary, full.clone())
+            .await
+            .unwrap_or_default();
+        if out.contains(wanted) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no {wanted:?} in `redis-cli {full:?}` within {SETTLE_TIMEOUT:?}; last output: {out}\nlog:\n{}",
+                    read_tail(log, 8 * 1024)
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on `127.0.0.1`, each node with
+/// `--cluster-enabled yes`, joined with `redis-cli --cluster create`. Killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+}
+
+impl RedisCluster {
+    /// Starts the three nodes, creates the cluster and waits until every node reports
+    /// `cluster_state:ok`. `Ok(None)` when there is no `redis-server` or no `redis-cli`
+    /// (see [`RedisServer::find_binary`]), so a test can skip.
+    ///
+    /// # Errors
+    /// When a node does not start or the cluster does not form.
+    pub async fn spawn() -> io::Result<Option<Self>> {
+        let Some(binary) = RedisServer::find_binary() else {
+            return Ok(None);
+        };
+        let Some(cli_binary) = find_cli(&binary) else {
+            return Ok(None);
+        };
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let state = log_path(&format!("redis-cluster-node{i}.conf"));
+            let mut args = server_args(port);
+            args.extend([
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-port".to_owned(),
+                free_port().to_string(),
+                "--cluster-config-file".to_owned(),
+                state.display().to_string(),
+                // A node down is declared after 2 s (15 s by default).
+                "--cluster-node-timeout".to_owned(),
+                "2000".to_owned(),
+            ]);
+            nodes.push(
+                Node::start(
+                    &binary,
+                    port,
+                    &args,
+                    &format!("redis-cluster-node{i}"),
+                    vec![state],
+                )
+                .await?,
+            );
+        }
+        let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+        cli_async(&cli_binary, create).await?;
+        for node in &nodes {
+            wait_for_output(
+                &cli_binary,
+                node.port,
+                &["cluster", "info"],
+                "cluster_state:ok",
+                &node.log,
+            )
+            .await?;
+        }
+        Ok(Some(Self { nodes }))
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}/", nodes.join(","))
+    }
+
+    /// `redis://127.0.0.1:PORT` of each node, to talk to one node directly.
+    #[must_use]
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Kills node `index` (SIGKILL, as in a crash); its slots have no primary any more.
+    ///
+    /// # Errors
+    /// When the process cannot be waited for.
+    pub fn kill_node(&mut self, index: usize) -> io::Result<()> {
+        match self.nodes.get_mut(index) {
+            Some(node) => node.kill(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A primary, one replica and one sentinel watching them (quorum 1, a primary is declared
+/// down after 1 s), on `127.0.0.1`. Killed when dropped.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    primary: Node,
+    replica: Node,
+    sentinel: Node,
+    service: String,
+    cli: PathBuf,
+}
+
+impl RedisSentinel {
+    /// Starts the primary, the replica (waiting until it is in sync) and the sentinel
+    /// (`redis-server CONFIG --sentinel`, waiting until it knows the replica), the service
+    /// named `service`. `Ok(None)` when there is no `redis-server` or no `redis-cli`.
+    ///
+    /// # Errors
+    /// When a process does not start or replication does not settle.
+    pub async fn spawn(service: &str) -> io::Result<Option<Self>> {
+        let Some(binary) = RedisServer::find_binary() else {
+            return Ok(None);
+        };
+        let Some(cli) = find_cli(&binary) else {
+            return Ok(None);
+        };
+        let primary_port = free_port();
+        let primary = Node::start(
+            &binary,
+            primary_port,
+            &server_args(primary_port),
+            "redis-primary",
+            Vec::new(),
+        )
+        .await?;
+        let replica_port = free_port();
+        let mut args = server_args(replica_port);
+        args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary_port.to_string(),
+        ]);
+        let replica =
+            Node::start(&binary, replica_port, &args, "redis-replica", Vec::new()).await?;
+        wait_for_output(
+            &cli,
+            replica_port,
+            &["info", "replication"],
+            "master_link_status:up",
+            &replica.log,
+        )
+        .await?;
+        let sentinel_port = free_port();
+        // The sentinel rewrites its configuration file, so it gets one of its own.
+        let config = log_path("redis-sentinel.conf");
+        fs::write(
+            &config,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {service} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 5000\n",
+                dir = std::env::temp_dir().display()
+            ),
+        )?;
+        let args = vec![config.display().to_string(), "--sentinel".to_owned()];
+        let sentinel = Node::start(
+            &binary,
+            sentinel_port,
+            &args,
+            "redis-sentinel",
+            vec![config],
+        )
+        .await?;
+        wait_for_output(
+            &cli,
+            sentinel_port,
+            &["sentinel", "replicas", service],
+            &replica_port.to_string(),
+            &sentinel.log,
+        )
+        .await?;
+        Ok(Some(Self {
+            primary,
+            replica,
+            sentinel,
+            service: service.to_owned(),
+            cli,
+        }))
+    }
+
+    /// `redis+sentinel://127.0.0.1:DOWN,127.0.0.1:SENTINEL/SERVICE`: a sentinel address
+    /// where nothing listens comes first, so clients must skip sentinels that are down.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{},127.0.0.1:{}/{}",
+            free_port(),
+            self.sentinel.port,
+            self.service
+        )
+    }
+
+    /// `redis://127.0.0.1:PORT` of the first primary.
+    #[must_use]
+    pub fn primary_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.primary.port)
+    }
+
+    /// `redis://127.0.0.1:PORT` of the replica (the primary after a failover).
+    #[must_use]
+    pub fn replica_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.replica.port)
+    }
+
+    /// Kills the primary (SIGKILL, as in a crash).
+    ///
+    /// # Errors
+    /// When the process cannot be waited for.
+    pub fn kill_primary(&mut self) -> io::Result<()> {
+        self.primary.kill()
+    }
+
+    /// Waits until the sentinel names the replica as the primary and the replica says it
+    /// is one.
+    ///
+    /// # Errors
+    /// When that does not happen within 20 s.
+    pub async fn wait_for_failover(&self) -> io::Result<()> {
+        wait_for_output(
+            &self.cli,
+            self.sentinel.port,
+            &["sentinel", "get-master-addr-by-name", &self.service],
+            &self.replica.port.to_string(),
+            &self.sentinel.log,
+        )
+        .await?;
+        wait_for_output(
+            &self.cli,
+            self.replica.port,
+            &["role"],
+            "master",
+            &self.replica.log,
+        )
+        .await
+    }
+}
