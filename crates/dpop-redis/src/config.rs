@@ -54,6 +54,18 @@ pub struct RedisStoreConfig {
     /// data has gone unacknowledged that long is dropped and replaced, so a server that
     /// vanished without closing the connection does not leave every command timing out.
     pub connect_timeout: Duration,
+    /// When more than zero, each batch of inserts is followed by `WAIT wait_replicas
+    /// wait_timeout`, and a proof counts as recorded only once that many replicas
+    /// acknowledged it; otherwise the insert fails (the proof is refused, the key stays on
+    /// the primary). This narrows, but does not close, the window in which a failover can
+    /// forget a proof (see the [crate documentation](crate#topologies-and-failover)). It
+    /// costs the replicas' round trip on every request. One server or Sentinel only; a
+    /// cluster URL with it is refused. Defaults to 0 (off).
+    pub wait_replicas: u32,
+    /// How long `WAIT` waits for the replicas; at most half of
+    /// [`command_timeout`](Self::command_timeout), which also bounds the `SET`s and `WAIT`
+    /// together. Defaults to 100 ms.
+    pub wait_timeout: Duration,
 }
 
 impl RedisStoreConfig {
@@ -94,6 +106,18 @@ impl RedisStoreConfig {
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid("connect_timeout must be more than zero"));
+        }
+        if self.wait_replicas > 0 {
+            if kind == Kind::Cluster {
+                return Err(invalid(
+                    "wait_replicas is for one server or Sentinel, not a cluster",
+                ));
+            }
+            if self.wait_timeout.is_zero() || self.wait_timeout > self.command_timeout / 2 {
+                return Err(invalid(
+                    "wait_timeout must be more than zero and at most half of command_timeout",
+                ));
+            }
         }
         let data_scheme = if tls { "rediss" } else { "redis" };
         // The user information ends at the last `@`, as in `redact_url`.
@@ -283,6 +307,8 @@ impl Default for RedisStoreConfig {
             key_prefix: "dpop:jti:".to_owned(),
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -296,6 +322,8 @@ impl fmt::Debug for RedisStoreConfig {
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .finish()
     }
 }
@@ -466,6 +494,18 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = RedisStoreConfig::new("redis://127.0.0.1");
         c.connect_timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
+        let mut c = RedisStoreConfig::new("redis://127.0.0.1");
+        c.wait_replicas = 1;
+        assert!(c.validate().is_ok());
+        c.wait_timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
+        c.wait_timeout = c.command_timeout / 2;
+        assert!(c.validate().is_ok());
+        c.wait_timeout += Duration::from_millis(1);
+        assert!(c.validate().is_err());
+        let mut c = RedisStoreConfig::new("redis+cluster://a:1/");
+        c.wait_replicas = 1;
         assert!(c.validate().is_err());
     }
 

@@ -130,10 +130,12 @@
 //!   (`iat` window) to be accepted.
 //! - **Narrowing it.** Redis's `WAIT` (make the primary wait until N replicas have the
 //!   write) narrows but does not close this window, and costs a round trip to the replicas
-//!   on every request; this store does not send it. Server-issued nonces (`DPoP-Nonce`)
-//!   narrow it from the other side: a proof carrying a nonce that has since rotated is
-//!   refused whatever the store says, so a short nonce lifetime bounds how long a lost
-//!   record can matter. Short proof windows do the same.
+//!   on every request. [`RedisStoreConfig::wait_replicas`] turns it on (one server or
+//!   Sentinel): a proof counts as recorded only when enough replicas acknowledged it within
+//!   [`RedisStoreConfig::wait_timeout`], else it is refused. The proof window bounds how long a
+//!   forgotten record can be exploited; server-issued nonces (`DPoP-Nonce`) narrow it
+//!   further when they live shorter than proofs, since a proof whose nonce has expired is
+//!   refused whatever the store says.
 //! - **Split brain.** A primary cut off from the sentinels but still reachable by some
 //!   gateways keeps accepting writes that the new primary never sees. Redis's
 //!   `min-replicas-to-write` on the primary bounds this; it is a server setting.

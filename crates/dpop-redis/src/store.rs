@@ -106,7 +106,7 @@ impl RedisReplayStore {
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|err| connect_error(&err))?;
-                Self::batched(Primary::Server(connection), config.command_timeout)
+                Self::batched(Primary::Server(connection), &config)
             }
             Topology::Cluster { nodes, tls } => {
                 if tls {
@@ -174,7 +174,7 @@ impl RedisReplayStore {
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|err| connect_error(&err))?;
-                Self::batched(Primary::Sentinel(primary), config.command_timeout)
+                Self::batched(Primary::Sentinel(primary), &config)
             }
         };
         Ok(Self {
@@ -188,9 +188,20 @@ impl RedisReplayStore {
     }
 
     /// A backend whose inserts are pipelined by a batcher task.
-    fn batched(primary: Primary, command_timeout: Duration) -> Backend {
+    fn batched(primary: Primary, config: &RedisStoreConfig) -> Backend {
         let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_batches(primary.clone(), queue, command_timeout));
+        let wait = (config.wait_replicas > 0).then(|| Wait {
+            replicas: config.wait_replicas,
+            timeout_ms: u64::try_from(config.wait_timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        });
+        tokio::spawn(run_batches(
+            primary.clone(),
+            queue,
+            config.command_timeout,
+            wait,
+        ));
         Backend::Primary { primary, batch }
     }
 
@@ -312,6 +323,12 @@ impl Primary {
     }
 }
 
+/// `WAIT replicas timeout_ms` after each batch.
+struct Wait {
+    replicas: u32,
+    timeout_ms: u64,
+}
+
 /// One insert waiting for the batcher.
 struct Pending {
     key: String,
@@ -337,7 +354,12 @@ fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// every request, which on a busy host costs more CPU than the command itself. While one
 /// pipeline is in flight the next requests queue up, so batches grow with load and no
 /// request waits for a timer. A pipeline is not atomic and need not be: each `SET NX` is.
-async fn run_batches(primary: Primary, mut queue: mpsc::Receiver<Pending>, timeout: Duration) {
+async fn run_batches(
+    primary: Primary,
+    mut queue: mpsc::Receiver<Pending>,
+    timeout: Duration,
+    wait: Option<Wait>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Callers that gave up (timed out) need no command.
@@ -354,11 +376,32 @@ async fn run_batches(primary: Primary, mut queue: mpsc::Receiver<Pending>, timeo
                 .arg("PX")
                 .arg(p.ttl_ms);
         }
+        if let Some(wait) = &wait {
+            pipe.cmd("WAIT").arg(wait.replicas).arg(wait.timeout_ms);
+        }
+        let expected = batch.len() + usize::from(wait.is_some());
         let replies = tokio::time::timeout(timeout, primary.query_pipeline(&pipe)).await;
         match replies {
-            Ok(Ok(values)) if values.len() == batch.len() => {
+            Ok(Ok(values)) if values.len() == expected => {
+                // With WAIT, its reply (the replicas that acknowledged) comes last.
+                let replicated = match (&wait, values.last()) {
+                    (None, _) => true,
+                    (Some(wait), Some(Value::Int(acked))) => {
+                        u64::try_from(*acked).is_ok_and(|a| a >= u64::from(wait.replicas))
+                    }
+                    (Some(_), _) => false,
+                };
                 for (p, v) in batch.drain(..).zip(values.iter()) {
-                    let _ = p.reply.send(insert_reply(v));
+                    let reply = match insert_reply(v) {
+                        // Recorded on the primary but not on enough replicas: a failover
+                        // could forget it, so the proof is refused (its key stays, so a
+                        // replay of it is still caught while the primary lives).
+                        Ok(Insert::Inserted) if !replicated => Err(ReplayStoreError::Unavailable(
+                            "the record reached fewer Redis replicas than wait_replicas".to_owned(),
+                        )),
+                        other => other,
+                    };
+                    let _ = p.reply.send(reply);
                 }
             }
             Ok(Ok(_)) => fail_all(

@@ -1,6 +1,7 @@
 //! The store on a Redis Cluster and on a primary found through Sentinel, each started for
 //! the test from `redis-server` (`DPOP_TEST_REDIS_SERVER` or `PATH`; `.ci/run` sets it) and
-//! the `redis-cli` beside it. Without them each test says so on stderr and passes.
+//! the `redis-cli` beside it. Without them each test says so on stderr and passes, unless
+//! `DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES` is set (`.ci/run` sets it).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -11,7 +12,15 @@ use dpop_core::{AsyncReplayStore, Clock, Insert, ReplayKey, SystemClock, UnixTim
 use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
 use dpop_test::{RedisCluster, RedisSentinel};
 
-const SKIP: &str = "skipping: no redis-server or redis-cli (set DPOP_TEST_REDIS_SERVER or PATH)";
+/// Says why the test is skipped, or fails it when `DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES` is
+/// set (as `.ci/run` does), so that CI cannot pass by skipping.
+fn skip() {
+    let why = "no redis-server or redis-cli (set DPOP_TEST_REDIS_SERVER or PATH)";
+    if std::env::var_os("DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES").is_some_and(|v| !v.is_empty()) {
+        panic!("{why}, and DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES is set");
+    }
+    eprintln!("skipping: {why}");
+}
 
 /// A distinct replay key per call.
 fn fresh_key() -> ReplayKey {
@@ -85,7 +94,7 @@ async fn key_slot(url: &str, key: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_shares_replays_across_instances_and_spreads_keys() {
     let Some(cluster) = RedisCluster::spawn().await.unwrap() else {
-        eprintln!("{SKIP}");
+        skip();
         return;
     };
     let a = connect(&cluster.url()).await;
@@ -139,7 +148,7 @@ async fn cluster_shares_replays_across_instances_and_spreads_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_node_down_fails_closed_for_its_keys() {
     let Some(mut cluster) = RedisCluster::spawn().await.unwrap() else {
-        eprintln!("{SKIP}");
+        skip();
         return;
     };
     let mut config = RedisStoreConfig::new(cluster.url());
@@ -247,7 +256,7 @@ async fn cluster_and_sentinel_errors_hide_passwords() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_shares_replays_and_follows_a_failover_failing_closed_meanwhile() {
     let Some(mut set) = RedisSentinel::spawn("dpopmaster").await.unwrap() else {
-        eprintln!("{SKIP}");
+        skip();
         return;
     };
     let a = connect(&set.url()).await;
@@ -355,4 +364,43 @@ async fn exists(url: &str, key: &ReplayKey) -> bool {
         .await
         .unwrap()
         == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_accepts_only_what_enough_replicas_acknowledged() {
+    let Some(set) = RedisSentinel::spawn("dpopwait").await.unwrap() else {
+        skip();
+        return;
+    };
+    let now = now();
+    let exp = later(now, 60);
+    // One replica: WAIT 1 is satisfied.
+    let mut config = RedisStoreConfig::new(set.url());
+    config.wait_replicas = 1;
+    let one = RedisReplayStore::connect(config).await.unwrap();
+    let key = fresh_key();
+    assert_eq!(
+        one.insert_if_absent(&key, exp, now).await.unwrap(),
+        Insert::Inserted
+    );
+    assert!(exists(&set.replica_url(), &key).await);
+    assert_eq!(
+        one.insert_if_absent(&key, exp, now).await.unwrap(),
+        Insert::AlreadyPresent
+    );
+    // Two replicas wanted, one there: refused after the WAIT time-out, never Inserted.
+    let mut config = RedisStoreConfig::new(set.url());
+    config.wait_replicas = 2;
+    config.wait_timeout = Duration::from_millis(50);
+    let two = RedisReplayStore::connect(config).await.unwrap();
+    let key = fresh_key();
+    let started = Instant::now();
+    let err = two.insert_if_absent(&key, exp, now).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(50), "{err:?}");
+    assert!(format!("{err:?}").contains("replicas"), "{err:?}");
+    // The key was recorded on the primary all the same: a replay is still refused.
+    assert_eq!(
+        two.insert_if_absent(&key, exp, now).await.unwrap(),
+        Insert::AlreadyPresent
+    );
 }
