@@ -198,7 +198,9 @@ pub(crate) struct EnforcementArgs {
     /// bytes, to share nonces between instances).
     #[arg(long)]
     pub(crate) require_nonce: bool,
-    /// Replay store shared by instances, e.g. redis://127.0.0.1:6379 (default: in memory).
+    /// Replay store shared by instances, e.g. redis://127.0.0.1:6379,
+    /// redis+cluster://h1:7000,h2:7001/ or redis+sentinel://s1:26379,s2:26379/mymaster
+    /// (rediss... for TLS; default: in memory).
     #[arg(long, value_name = "redis://HOST:PORT")]
     pub(crate) replay_store: Option<String>,
     /// Address of the admin listener (/healthz, /readyz, /metrics).

@@ -155,6 +155,11 @@ struct RawIntrospection {
 #[serde(deny_unknown_fields)]
 struct RawReplay {
     redis_timeout_ms: Option<u64>,
+    redis_username: Option<String>,
+    redis_password_file: Option<PathBuf>,
+    redis_password_env: Option<String>,
+    redis_wait_replicas: Option<u32>,
+    redis_wait_timeout_ms: Option<u64>,
     memory_capacity: Option<usize>,
     dangerous_fail_open: Option<bool>,
 }
@@ -212,10 +217,21 @@ pub enum ReplayStoreConfig {
     },
     /// Shared through Redis.
     Redis {
-        /// `redis://` or `rediss://` URL.
+        /// `redis://` or `rediss://` URL, or `redis+cluster://`, `redis+sentinel://` (and
+        /// their `rediss+` forms).
         url: String,
         /// Per-command timeout.
         timeout: Duration,
+        /// `[replay] redis_username`: the ACL user, when not in the URL.
+        username: Option<String>,
+        /// The password read from `[replay] redis_password_file` or the environment
+        /// variable named by `redis_password_env`, when not in the URL. Never shown.
+        password: Option<Zeroizing<String>>,
+        /// `[replay] redis_wait_replicas`: replicas that must acknowledge each record
+        /// (`WAIT`), 0 for none.
+        wait_replicas: u32,
+        /// `[replay] redis_wait_timeout_ms`: how long `WAIT` waits.
+        wait_timeout: Duration,
     },
 }
 
@@ -228,7 +244,14 @@ impl std::fmt::Debug for ReplayStoreConfig {
                 .debug_struct("Memory")
                 .field("capacity", capacity)
                 .finish(),
-            Self::Redis { url, timeout } => {
+            Self::Redis {
+                url,
+                timeout,
+                username,
+                password,
+                wait_replicas,
+                wait_timeout,
+            } => {
                 let shown = match (url.split_once("://"), url.rsplit_once('@')) {
                     (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
                     (Some(_), None) => url.clone(),
@@ -237,6 +260,10 @@ impl std::fmt::Debug for ReplayStoreConfig {
                 f.debug_struct("Redis")
                     .field("url", &shown)
                     .field("timeout", timeout)
+                    .field("username", username)
+                    .field("password", &password.as_ref().map(|_| "***"))
+                    .field("wait_replicas", wait_replicas)
+                    .field("wait_timeout", wait_timeout)
                     .finish()
             }
         }
@@ -601,6 +628,45 @@ fn invalid(msg: impl Into<String>) -> GatewayError {
     GatewayError::Config(msg.into())
 }
 
+/// The `replay_store` URL schemes handed to the Redis store.
+const REDIS_SCHEMES: [&str; 6] = [
+    "redis://",
+    "rediss://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+];
+
+/// The Redis password from `[replay] redis_password_file` or `redis_password_env` (at most
+/// one of them), or `None`.
+fn redis_password(
+    replay: &RawReplay,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Zeroizing<String>>, GatewayError> {
+    let password = match (&replay.redis_password_file, &replay.redis_password_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "[replay] takes one of redis_password_file and redis_password_env, not both",
+            ));
+        }
+        (Some(path), None) => read_secret_file(path)?,
+        (None, Some(var)) => {
+            let value = Zeroizing::new(env(var).ok_or_else(|| {
+                invalid(format!(
+                    "[replay] redis_password_env: environment variable {var} is not set (or not UTF-8)"
+                ))
+            })?);
+            Zeroizing::new(value.trim().to_owned())
+        }
+        (None, None) => return Ok(None),
+    };
+    if password.is_empty() {
+        return Err(invalid("[replay] the Redis password is empty"));
+    }
+    Ok(Some(password))
+}
+
 fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, GatewayError> {
     std::fs::read_to_string(path)
         .map(|s| Zeroizing::new(s.trim().to_owned()))
@@ -749,7 +815,8 @@ impl GatewaySettings {
         self
     }
 
-    /// Sets `replay_store` (`memory` or a `redis://` URL).
+    /// Sets `replay_store` (`memory` or a Redis URL: `redis://`, `rediss://`,
+    /// `redis+cluster://`, `redis+sentinel://`, ...).
     pub fn set_replay_store(&mut self, store: impl Into<String>) -> &mut Self {
         self.raw.replay_store = Some(store.into());
         self
@@ -1131,18 +1198,58 @@ impl EnforcementConfig {
             None | Some("memory") => ReplayStoreConfig::Memory {
                 capacity: raw.replay.memory_capacity.unwrap_or(4_000_000),
             },
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Some(url) if REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) => {
                 ReplayStoreConfig::Redis {
                     url: url.to_owned(),
                     timeout: replay_timeout,
+                    username: raw.replay.redis_username.clone(),
+                    password: redis_password(&raw.replay, &|var| std::env::var(var).ok())?,
+                    wait_replicas: raw.replay.redis_wait_replicas.unwrap_or(0),
+                    wait_timeout: Duration::from_millis(
+                        raw.replay.redis_wait_timeout_ms.unwrap_or(100),
+                    ),
                 }
             }
             Some(other) => {
+                // Not the value itself: a mistyped URL may still hold a password.
+                let shown = other.split_once("://").map_or("", |(scheme, _)| scheme);
                 return Err(invalid(format!(
-                    "replay_store must be \"memory\" or a redis:// URL, not {other:?}"
+                    "replay_store must be \"memory\" or a redis://, rediss://, redis+cluster://, \
+                     rediss+cluster://, redis+sentinel:// or rediss+sentinel:// URL, not one \
+                     starting with {shown:?}"
                 )));
             }
         };
+        let redis_only = raw.replay.redis_username.is_some()
+            || raw.replay.redis_password_file.is_some()
+            || raw.replay.redis_password_env.is_some()
+            || raw.replay.redis_wait_replicas.is_some()
+            || raw.replay.redis_wait_timeout_ms.is_some();
+        if redis_only && !matches!(replay, ReplayStoreConfig::Redis { .. }) {
+            return Err(invalid(
+                "[replay] redis_username, redis_password_file, redis_password_env and redis_wait_* need a Redis replay_store",
+            ));
+        }
+        if let ReplayStoreConfig::Redis {
+            url,
+            timeout,
+            wait_replicas,
+            wait_timeout,
+            ..
+        } = &replay
+            && *wait_replicas > 0
+        {
+            if url.contains("+cluster://") {
+                return Err(invalid(
+                    "[replay] redis_wait_replicas is for one Redis server or Sentinel, not a cluster",
+                ));
+            }
+            if wait_timeout.is_zero() || *wait_timeout > *timeout / 2 {
+                return Err(invalid(
+                    "[replay] redis_wait_timeout_ms must be more than 0 and at most half of redis_timeout_ms",
+                ));
+            }
+        }
         let algorithms = match raw.algorithms {
             None => dpop_core::DEFAULT_ALGORITHMS.to_vec(),
             Some(list) => list
@@ -1534,6 +1641,133 @@ mod tests {
             .set_audience("https://api.example.com")
             .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
         s
+    }
+
+    #[test]
+    fn redis_topologies_and_credentials() {
+        let replay = |text: &str| settings(text).validate().map(|c| c.enforcement.replay);
+        for url in [
+            "redis://127.0.0.1:6379",
+            "rediss://redis.internal:6380/1",
+            "redis+cluster://a:7000,b:7001/",
+            "rediss+cluster://a:7000,b:7001/",
+            "redis+sentinel://s1:26379,s2:26379/mymaster",
+            "rediss+sentinel://s1/mymaster/2",
+        ] {
+            match replay(&format!("replay_store = \"{url}\"")).unwrap() {
+                ReplayStoreConfig::Redis {
+                    url: got,
+                    username: None,
+                    password: None,
+                    ..
+                } => assert_eq!(got, url),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // A mistyped scheme is named, the rest of the URL (maybe a password) is not.
+        let err = replay("replay_store = \"redis+clustr://:hunter2@a:1/\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redis+clustr") && !err.contains("hunter2"),
+            "{err}"
+        );
+
+        // The password from a file, the user from the settings; never in Debug.
+        let dir = std::env::temp_dir().join(format!("dpop-gw-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("redis-password");
+        std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        let text = format!(
+            "replay_store = \"redis+sentinel://s1/mymaster\"\n[replay]\n\
+             redis_username = \"dpop\"\nredis_password_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = settings(&text).validate().unwrap();
+        let ReplayStoreConfig::Redis {
+            username, password, ..
+        } = &config.enforcement.replay
+        else {
+            panic!("not Redis");
+        };
+        assert_eq!(username.as_deref(), Some("dpop"));
+        assert_eq!(
+            password.as_ref().map(|p| p.as_str()),
+            Some("s3cret-from-file")
+        );
+        let shown = format!("{:?} {config:?}", config.enforcement.replay);
+        assert!(!shown.contains("s3cret-from-file"), "{shown}");
+        assert!(shown.contains("password: Some(\"***\")"), "{shown}");
+
+        // From the environment (looked up through a stand-in here).
+        let raw = RawReplay {
+            redis_password_env: Some("REDIS_PW".to_owned()),
+            ..RawReplay::default()
+        };
+        let env = |var: &str| (var == "REDIS_PW").then(|| " s3cret-from-env\n".to_owned());
+        assert_eq!(
+            redis_password(&raw, &env)
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("s3cret-from-env")
+        );
+        let var = "DPOP_TEST_UNSET_VARIABLE_X";
+        // Refusals: both sources, a missing variable or file, an empty password, and
+        // credentials for the memory store.
+        for (text, wanted) in [
+            (
+                format!(
+                    "replay_store = \"redis://h\"\n[replay]\nredis_password_env = \"{var}\"\n\
+                     redis_password_file = {:?}\n",
+                    file.display().to_string()
+                ),
+                "not both",
+            ),
+            (
+                format!("replay_store = \"redis://h\"\n[replay]\nredis_password_env = \"{var}\"\n"),
+                "DPOP_TEST_UNSET_VARIABLE_X is not set",
+            ),
+            (
+                "replay_store = \"redis://h\"\n[replay]\nredis_password_file = \"/nonexistent/pw\"\n".to_owned(),
+                "cannot read /nonexistent/pw",
+            ),
+            (
+                "[replay]\nredis_username = \"dpop\"\n".to_owned(),
+                "need a Redis replay_store",
+            ),
+            (
+                "replay_store = \"redis+cluster://a:1/\"\n[replay]\nredis_wait_replicas = 1\n".to_owned(),
+                "not a cluster",
+            ),
+            (
+                "replay_store = \"redis://h\"\n[replay]\nredis_wait_replicas = 1\nredis_wait_timeout_ms = 126\n".to_owned(),
+                "at most half of redis_timeout_ms",
+            ),
+        ] {
+            let err = replay(&text).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{text}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        std::fs::write(&file, "  \n").unwrap();
+        let text = format!(
+            "replay_store = \"redis://h\"\n[replay]\nredis_password_file = {:?}\n",
+            file.display().to_string()
+        );
+        assert!(replay(&text).unwrap_err().to_string().contains("empty"));
+        match replay(
+            "replay_store = \"redis+sentinel://s/m\"\n[replay]\nredis_wait_replicas = 1\nredis_wait_timeout_ms = 50\n",
+        )
+        .unwrap()
+        {
+            ReplayStoreConfig::Redis {
+                wait_replicas: 1,
+                wait_timeout,
+                ..
+            } => assert_eq!(wait_timeout, Duration::from_millis(50)),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -32,9 +32,20 @@ impl GatewayStore {
                 c.capacity = *capacity;
                 Ok(Self::Memory(MemoryReplayStore::new(c)))
             }
-            ReplayStoreConfig::Redis { url, timeout } => {
+            ReplayStoreConfig::Redis {
+                url,
+                timeout,
+                username,
+                password,
+                wait_replicas,
+                wait_timeout,
+            } => {
                 let mut c = RedisStoreConfig::new(url.clone());
                 c.command_timeout = *timeout;
+                c.username.clone_from(username);
+                c.password = password.as_ref().map(|p| p.as_str().to_owned());
+                c.wait_replicas = *wait_replicas;
+                c.wait_timeout = *wait_timeout;
                 RedisReplayStore::connect(c)
                     .await
                     .map(Self::Redis)

@@ -15,7 +15,7 @@ use common::authz::{
 };
 use common::{AUD, Caller};
 use dpop_core::{Algorithm, PrivateKey};
-use dpop_test::{MockIssuer, RedisServer, TokenSpec, free_port};
+use dpop_test::{MockIssuer, RedisCluster, RedisSentinel, RedisServer, TokenSpec, free_port};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::Request;
@@ -332,6 +332,59 @@ async fn a_proof_replayed_through_a_second_authorizer_sharing_redis_is_refused()
         check(&mut client(&second).await, merged(&r)).await,
         unauthorized("invalid_dpop_proof", "DPoP proof was already used")
     );
+}
+
+/// Two authorizers on one replay store URL: a proof allowed by the first is refused by
+/// the second, for several proofs (so that, on a cluster, several slots are used).
+async fn assert_replays_shared(issuer: &MockIssuer, replay_store: &str) {
+    let store = format!("replay_store = \"{replay_store}\"");
+    let first = start(issuer, &store).await;
+    let second = start(issuer, &store).await;
+    let caller = Caller::scoped(issuer, "read");
+    let (mut a, mut b) = (client(&first).await, client(&second).await);
+    for i in 0..6 {
+        let r = Reported::dpop(&caller, "GET", "/v1/items");
+        let (allow, replay) = if i % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        assert_allowed(allow, merged(&r), &caller).await;
+        assert_eq!(
+            check(replay, merged(&r)).await,
+            unauthorized("invalid_dpop_proof", "DPoP proof was already used"),
+            "{replay_store}"
+        );
+    }
+}
+
+/// Skips (or, with `DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES` set as in CI, fails) without
+/// redis-server and redis-cli.
+fn skip_without_redis() {
+    let why = "no redis-server or redis-cli (DPOP_TEST_REDIS_SERVER or PATH)";
+    assert!(
+        std::env::var_os("DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES").is_none_or(|v| v.is_empty()),
+        "{why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_on_a_redis_cluster_share_replays() {
+    let Some(cluster) = RedisCluster::spawn().await.unwrap() else {
+        return skip_without_redis();
+    };
+    let issuer = MockIssuer::start().await.unwrap();
+    assert_replays_shared(&issuer, &cluster.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_on_redis_sentinel_share_replays() {
+    let Some(set) = RedisSentinel::spawn("dpopauthz").await.unwrap() else {
+        return skip_without_redis();
+    };
+    let issuer = MockIssuer::start().await.unwrap();
+    assert_replays_shared(&issuer, &set.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,3 +404,75 @@ async fn wait_replicas_accepts_only_what_enough_replicas_acknowledged() {
         Insert::AlreadyPresent
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_with_an_acl_user_from_the_settings_never_shows_the_password() {
+    let Some(cluster) = RedisCluster::spawn().await.unwrap() else {
+        skip();
+        return;
+    };
+    for url in cluster.node_urls() {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("dpop")
+            .arg("on")
+            .arg(">correct-horse-battery")
+            .arg("~dpop:*")
+            .arg("+@all")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("off")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // Without credentials: refused (the default user is off).
+    let err = RedisReplayStore::connect(RedisStoreConfig::new(cluster.url()))
+        .await
+        .unwrap_err();
+    eprintln!("no credentials: {err}");
+
+    // A wrong password: refused, and never repeated.
+    let mut config = RedisStoreConfig::new(cluster.url());
+    config.username = Some("dpop".to_owned());
+    config.password = Some("wrong-horse-battery".to_owned());
+    let err = RedisReplayStore::connect(config).await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("wrong-horse"), "{text}");
+
+    // The right one, from the settings rather than the URL.
+    let mut config = RedisStoreConfig::new(cluster.url());
+    config.username = Some("dpop".to_owned());
+    config.password = Some("correct-horse-battery".to_owned());
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("correct-horse"), "{shown}");
+    let store = RedisReplayStore::connect(config).await.unwrap();
+    let shown = format!("{store:?}");
+    assert!(!shown.contains("correct-horse"), "{shown}");
+    let now = now();
+    let key = fresh_key();
+    assert_eq!(
+        store
+            .insert_if_absent(&key, later(now, 60), now)
+            .await
+            .unwrap(),
+        Insert::Inserted
+    );
+    assert_eq!(
+        store
+            .insert_if_absent(&key, later(now, 60), now)
+            .await
+            .unwrap(),
+        Insert::AlreadyPresent
+    );
+    store.ping().await.unwrap();
+}
