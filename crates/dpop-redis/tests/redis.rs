@@ -5,17 +5,17 @@
 //! against one server do not see each other's keys. The restart test starts its own
 //! `redis-server` (from `DPOP_TEST_REDIS_SERVER` or `PATH`) on a free port.
 
+mod common;
+
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dpop_core::{
-    AsyncReplayStore, Clock, Insert, ReplayKey, ReplayStoreError, SystemClock, UnixTime,
-};
+use common::{fresh_key, later, now};
+use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError};
 use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
 use redis::AsyncCommands;
 
@@ -41,24 +41,6 @@ fn config(url: &str, test: &str) -> RedisStoreConfig {
     let mut config = RedisStoreConfig::new(url);
     config.key_prefix = prefix(test);
     config
-}
-
-/// A distinct replay key per call.
-fn fresh_key() -> ReplayKey {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut digest = [0u8; 32];
-    digest[..8].copy_from_slice(&n.to_le_bytes());
-    digest[8..16].copy_from_slice(&RandomState::new().hash_one(n).to_le_bytes());
-    ReplayKey::from_digest(digest)
-}
-
-fn now() -> UnixTime {
-    SystemClock.now().expect("a clock after 1970")
-}
-
-fn later(now: UnixTime, secs: u64) -> UnixTime {
-    now.saturating_add(Duration::from_secs(secs))
 }
 
 /// A plain connection for looking at what the store wrote.

@@ -3,12 +3,13 @@
 //! the `redis-cli` beside it. Without them each test says so on stderr and passes, unless
 //! `DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES` is set (`.ci/run` sets it).
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dpop_core::{AsyncReplayStore, Clock, Insert, ReplayKey, SystemClock, UnixTime};
+use common::{fresh_key, later, now};
+use dpop_core::{AsyncReplayStore, Insert, ReplayKey};
 use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
 use dpop_test::{RedisCluster, RedisSentinel};
 
@@ -20,24 +21,6 @@ fn skip() {
         panic!("{why}, and DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES is set");
     }
     eprintln!("skipping: {why}");
-}
-
-/// A distinct replay key per call.
-fn fresh_key() -> ReplayKey {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut digest = [0u8; 32];
-    digest[..8].copy_from_slice(&n.to_le_bytes());
-    digest[8..16].copy_from_slice(&RandomState::new().hash_one(n).to_le_bytes());
-    ReplayKey::from_digest(digest)
-}
-
-fn now() -> UnixTime {
-    SystemClock.now().expect("a clock after 1970")
-}
-
-fn later(now: UnixTime, secs: u64) -> UnixTime {
-    now.saturating_add(Duration::from_secs(secs))
 }
 
 async fn connect(url: &str) -> RedisReplayStore {
