@@ -1202,8 +1202,9 @@ async fn clients_that_may_skip_dpop_look_like_unknown_ids_without_a_proof() {
     let mut with_proof: Vec<Vec<std::time::Duration>> = vec![Vec::new(); ids.len()];
     let mut bodies = Vec::new();
     for round in 0..6 {
-        // Each round starts with another id: whatever the clock advance below sets off
-        // in the background slows the next request, and must not always be the same id's.
+        // Each round starts with another id: the first request after the clock advance
+        // below may pay for what the advance made old (attempt windows, caches), and
+        // that must not always be the same id's.
         for slot in 0..ids.len() {
             let i = (slot + round) % ids.len();
             let id = ids[i];
