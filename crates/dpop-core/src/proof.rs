@@ -75,16 +75,16 @@ impl ProofBuilder {
     /// it is normalised (RFC 3986 §6.2.2, §6.2.3), which a server treats as the same URI.
     ///
     /// # Errors
-    /// [`Error::ApiMisuse`] when the method is not an HTTP token or the URI is not an
-    /// absolute http(s) URI.
+    /// [`Error::ApiMisuse`] when the method is not an HTTP token;
+    /// [`ProofError::HtuInvalid`](crate::ProofError::HtuInvalid) naming what is wrong with
+    /// the URI (too long, not absolute http(s), a character it may not hold, ...).
     pub fn new(method: &str, uri: &str) -> Result<Self, Error> {
         if !crate::syntax::is_token(method.as_bytes()) {
             return Err(Error::ApiMisuse(
                 "the HTTP method must be a token such as GET or POST",
             ));
         }
-        let htu =
-            Htu::parse(uri).map_err(|_| Error::ApiMisuse("htu must be an absolute http(s) URI"))?;
+        let htu = Htu::parse(uri).map_err(|e| Error::Proof(crate::ProofError::HtuInvalid(e)))?;
         Ok(Self {
             htm: method.to_owned(),
             htu,
@@ -179,6 +179,7 @@ impl ProofBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::htu::HtuError;
 
     #[test]
     fn ath_of_rfc_example_token() {
@@ -192,8 +193,21 @@ mod tests {
     #[test]
     fn builder_refuses_bad_input() {
         assert!(ProofBuilder::new("GET POST", "https://a.example/").is_err());
-        assert!(ProofBuilder::new("GET", "/relative").is_err());
-        assert!(ProofBuilder::new("GET", "ftp://a.example/").is_err());
+        // Each URI problem is named, not folded into one "not an absolute URI".
+        let htu_error = |uri: &str| match ProofBuilder::new("GET", uri) {
+            Err(Error::Proof(crate::ProofError::HtuInvalid(e))) => e,
+            other => panic!("{uri}: {other:?}"),
+        };
+        assert_eq!(htu_error("/relative"), HtuError::Relative);
+        assert_eq!(htu_error("ftp://a.example/"), HtuError::BadScheme);
+        let long = format!("https://a.example/{}", "a".repeat(8192));
+        assert_eq!(htu_error(&long), HtuError::TooLong);
+        assert!(
+            ProofBuilder::new("GET", &long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 8192 bytes")
+        );
         let b = ProofBuilder::new("GET", "https://a.example/x?q#f").unwrap();
         assert_eq!(b.htu.as_str(), "https://a.example/x");
         assert!(b.clone().nonce("bad\"nonce").is_err());
