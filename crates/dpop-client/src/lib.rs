@@ -30,11 +30,13 @@
 //! origin's latest server nonce, `iat` corrected by the origin's learnt clock offset).
 //! Nonce challenges and clock-skew refusals are retried once each; a refused token is
 //! replaced once. Tokens are renewed before they expire, by one request however many
-//! callers wait.
+//! callers wait. An [`Observer`] sees each attempt, response, retry and clock correction
+//! (for `-v` output or metrics) without changing any of it.
 
 mod error;
 mod key;
 mod middleware;
+mod observer;
 mod session;
 mod source;
 mod tokens;
@@ -42,6 +44,7 @@ mod tokens;
 pub use crate::error::ClientError;
 pub use crate::key::ClientKey;
 pub use crate::middleware::DpopMiddleware;
+pub use crate::observer::{Endpoint, Event, Observer, Retry};
 pub use crate::source::{StaticToken, TokenSource};
 pub use crate::tokens::{
     ClientAuth, Grant, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,

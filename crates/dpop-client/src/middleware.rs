@@ -11,6 +11,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::error::ClientError;
 use crate::key::ClientKey;
+use crate::observer::{Endpoint, Event, Observer, Retry};
 use crate::session::{Session, Verdict};
 use crate::source::TokenSource;
 
@@ -51,6 +52,17 @@ impl DpopMiddleware {
         self
     }
 
+    /// Reports every signed attempt, response, retry and clock correction to `observer`
+    /// (see [`Observer`]). The observer belongs to the key's session: token sources made
+    /// from this middleware ([`OAuthTokens::new`](crate::OAuthTokens::new)), before or
+    /// after this call, report their token requests to it too. A second call replaces
+    /// the first observer.
+    #[must_use]
+    pub fn with_observer(self, observer: Arc<dyn Observer>) -> Self {
+        self.session.set_observer(observer);
+        self
+    }
+
     /// The key's thumbprint (`cnf.jkt` of tokens bound to it).
     #[must_use]
     pub fn thumbprint(&self) -> &dpop_core::Jkt {
@@ -64,9 +76,11 @@ impl DpopMiddleware {
 
 /// Sends `request` with DPoP through `send`, retrying as the module docs say. `prepare`
 /// runs on every attempt before it is signed (the token endpoint puts a new client
-/// assertion in the body: single-use, and dated with the corrected clock).
+/// assertion in the body: single-use, and dated with the corrected clock). Each step is
+/// reported to the session's observer as going to `endpoint`.
 pub(crate) async fn send_signed<S, Fut, E, P>(
     session: &Session,
+    endpoint: Endpoint,
     mut request: Request,
     tokens: Option<&dyn TokenSource>,
     prepare: P,
@@ -87,30 +101,42 @@ where
             None => None,
         };
         session.sign(&mut request, token.as_deref())?;
+        session.report(&Event::Sending {
+            endpoint,
+            request: &request,
+        });
         let url = request.url().clone();
         let response = send(request).await?;
+        session.report(&Event::Received {
+            endpoint,
+            response: &response,
+        });
         let (verdict, response) = session.observe(&url, response).await;
         let response = response?;
-        let reason = match verdict {
+        let (reason, retry) = match verdict {
             Verdict::RetryNonce if !nonce_retried => {
                 nonce_retried = true;
-                "a new DPoP nonce"
+                ("a new DPoP nonce", Retry::Nonce)
             }
             Verdict::RetrySkew if !skew_retried => {
                 skew_retried = true;
-                "a clock correction"
+                ("a clock correction", Retry::ClockSkew)
             }
             Verdict::TokenRefused if !token_retried => match (tokens, &token) {
                 (Some(t), Some(used)) if t.renews() => {
                     token_retried = true;
                     t.invalidate(used);
-                    "a new access token"
+                    ("a new access token", Retry::Token)
                 }
                 _ => return Ok(response),
             },
             _ => return Ok(response),
         };
         tracing::debug!(target: "dpop::client", url = %url, reason, "retrying");
+        session.report(&Event::Retrying {
+            url: &url,
+            reason: retry,
+        });
         request = spare.ok_or(ClientError::BodyNotReplayable(reason))?;
     }
 }
@@ -134,6 +160,7 @@ impl Middleware for DpopMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         send_signed(
             &self.session,
+            Endpoint::Resource,
             req,
             self.tokens.as_deref(),
             |_| Ok(()),

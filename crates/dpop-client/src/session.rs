@@ -25,6 +25,7 @@ use reqwest::{Request, Response};
 
 use crate::error::ClientError;
 use crate::key::ClientKey;
+use crate::observer::{Event, Observer};
 
 /// Smallest clock difference taken as skew (`Date` has one-second resolution).
 const SKEW_THRESHOLD_SECS: i64 = 5;
@@ -45,6 +46,7 @@ pub(crate) struct Session {
     pub(crate) key: ClientKey,
     clock: Arc<dyn Clock>,
     origins: Mutex<Origins>,
+    observer: std::sync::RwLock<Option<Arc<dyn Observer>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -78,6 +80,25 @@ impl Session {
             key,
             clock,
             origins: Mutex::new(Origins::default()),
+            observer: std::sync::RwLock::new(None),
+        }
+    }
+
+    pub(crate) fn set_observer(&self, observer: Arc<dyn Observer>) {
+        match self.observer.write() {
+            Ok(mut o) => *o = Some(observer),
+            Err(poisoned) => *poisoned.into_inner() = Some(observer),
+        }
+    }
+
+    /// Tells the observer, if there is one.
+    pub(crate) fn report(&self, event: &Event<'_>) {
+        let observer = match self.observer.read() {
+            Ok(o) => o.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(o) = observer {
+            o.event(event);
         }
     }
 
@@ -211,6 +232,10 @@ impl Session {
                     Some(off) => {
                         tracing::debug!(target: "dpop::client", %origin, offset = off, "server clock differs; correcting proof iat");
                         self.remember(&origin, None, Some(off));
+                        self.report(&Event::ClockCorrected {
+                            origin: &origin,
+                            offset_secs: off,
+                        });
                         Verdict::RetrySkew
                     }
                     None => Verdict::Done,

@@ -340,6 +340,7 @@ impl OAuthTokens {
         let http = &self.http;
         let response = send_signed::<_, _, ClientError, _>(
             &self.session,
+            crate::observer::Endpoint::Token,
             request,
             None,
             prepare,

@@ -7,10 +7,12 @@
 //! - `skew`: a server clock that differs is learned from `Date` and kept per origin;
 //! - `tokens`: client credentials, `private_key_jwt`, token exchange, refresh tokens,
 //!   caching and one token request for many waiting requests;
-//! - `keys`: ephemeral keys, key files and their permissions, keys from the environment.
+//! - `keys`: ephemeral keys, key files and their permissions, keys from the environment;
+//! - `observer`: what an observer is told, in order, at resources and token endpoints.
 
 mod keys;
 mod nonces;
+mod observer;
 mod proofs;
 mod skew;
 mod support;
