@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
@@ -190,7 +190,9 @@ impl UpstreamState {
 /// - `.../big?bytes=N`: a streamed body of N bytes (`x`), in 64 KiB frames, instead of
 ///   the echo (1 MiB when `bytes` is missing);
 /// - `.../slow?ms=N`: waits N ms, then echoes;
-/// - `.../status/NNN`: echoes with status NNN.
+/// - `.../status/NNN`: echoes with status NNN;
+/// - `.../redirect/NNN?to=URL`: echoes with status NNN and `Location: URL` (everything
+///   after `to=`, as sent).
 pub struct TestUpstream {
     state: Arc<UpstreamState>,
     server: ServerHandle,
@@ -341,6 +343,7 @@ async fn handle(
     let segments: Vec<&str> = parts.uri.path().split('/').collect();
     let query = parts.uri.query().unwrap_or("");
     let mut status = StatusCode::OK;
+    let mut location = None;
     match segments.as_slice() {
         [.., "big"] => {
             let bytes = query_u64(query, "bytes").unwrap_or(DEFAULT_BIG_BYTES);
@@ -364,6 +367,18 @@ async fn handle(
                 status = s;
             }
         }
+        [.., "redirect", code] => {
+            if let Some(s) = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                status = s;
+            }
+            location = query
+                .split_once("to=")
+                .and_then(|(_, to)| HeaderValue::from_str(to).ok());
+        }
         _ => {}
     }
     let mut response = Response::new(UpstreamBody::Full(Some(Bytes::from(
@@ -373,6 +388,9 @@ async fn handle(
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(to) = location {
+        response.headers_mut().insert(LOCATION, to);
+    }
     Ok(response)
 }
 
