@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dpop_core::Algorithm;
 
+mod curl;
+pub(crate) use self::curl::CurlArgs;
+
 const AFTER_HELP: &str = "\
 Exit status:
   0  success (inspect: the proof is valid)
@@ -98,10 +101,17 @@ pub(crate) enum Command {
     ///
     /// Every request carries a fresh proof for its method and URL (with the token's hash);
     /// nonce challenges and clock skew are handled. The token comes from --token,
-    /// --token-file, or the token flags (as for `dpop token`). Prints the response body;
-    /// -i adds the status line and headers, -v shows the proof's claims on stderr, and
-    /// --fail exits 22 on a status of 400 or more.
-    Curl(CurlArgs),
+    /// --token-file, or the token flags (as for `dpop token`). curl's options keep their
+    /// letters and meanings; -k and -u are refused. A status of 400 or more is named on
+    /// stderr with the server's challenge and what it usually means. Each flag can also
+    /// be set in the environment as DPOP_CURL_ and its name (e.g. DPOP_CURL_MAX_TIME).
+    ///
+    /// Exit status as curl's: 0 a response (whatever its status), 22 a status of 400 or
+    /// more with --fail, 6 the host cannot be resolved, 7 no connection, 28 timeout,
+    /// 35 TLS handshake failure, 60 the server's certificate is not trusted, 47 too many
+    /// redirects, 23 the output cannot be written; 1 another failure, 2 a usage error.
+    // Boxed: curl's many flags would make every other variant as large.
+    Curl(Box<CurlArgs>),
     /// See the whole system work: issuer, gateway, API, client, and the attacks refused
     ///
     /// Starts on loopback, in this process, an issuer (SQLite in a temporary directory),
@@ -311,41 +321,6 @@ pub(crate) struct TokenArgs {
     /// Print only the access token
     #[arg(long)]
     pub(crate) raw: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct CurlArgs {
-    /// The URL
-    pub(crate) url: String,
-    /// The DPoP key (PKCS#8 PEM or private JWK, mode 0600)
-    #[arg(long, value_name = "FILE")]
-    pub(crate) key: PathBuf,
-    /// The access token
-    #[arg(long, value_name = "T", conflicts_with_all = ["token_file", "issuer"])]
-    pub(crate) token: Option<String>,
-    /// A file holding the access token
-    #[arg(long, value_name = "F", conflicts_with = "issuer")]
-    pub(crate) token_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) issuer: IssuerTokenArgs,
-    /// The method (default GET, or POST with -d)
-    #[arg(short = 'X', long = "request", value_name = "METHOD")]
-    pub(crate) method: Option<String>,
-    /// A request header, 'Name: value' (repeatable)
-    #[arg(short = 'H', long = "header", value_name = "HEADER")]
-    pub(crate) headers: Vec<String>,
-    /// The request body; @FILE reads a file (- for stdin)
-    #[arg(short = 'd', long = "data", value_name = "DATA")]
-    pub(crate) data: Option<String>,
-    /// Print the status line and response headers before the body
-    #[arg(short = 'i', long = "include")]
-    pub(crate) include: bool,
-    /// Exit 22 when the status is 400 or more (the body is still printed)
-    #[arg(short = 'f', long)]
-    pub(crate) fail: bool,
-    /// Show the request, the proof's decoded claims and the response status on stderr
-    #[arg(short = 'v', long)]
-    pub(crate) verbose: bool,
 }
 
 #[derive(Debug, Args)]

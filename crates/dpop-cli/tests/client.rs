@@ -404,7 +404,7 @@ async fn curl_through_the_gateway() {
     assert_eq!(proofs[0]["ath"], Ath::of_token(&token).as_str());
     assert_eq!(statuses.len(), 1, "{run:#?}");
 
-    // --fail: exit 22 on a status of 400 or more, the body still printed; without it, 0.
+    // --fail: exit 22 on a status of 400 or more; without it, 0.
     let bad = [
         "curl",
         &url,
@@ -419,8 +419,17 @@ async fn curl_through_the_gateway() {
     let run = dpop(&bad[..bad.len() - 1], &[]).await;
     assert_eq!(run.code, 0, "{run:#?}");
     let missing = format!("{gw_url}/v1/status/404");
+    // --fail-with-body: the same, the body still printed.
     let run = dpop(
-        &["curl", "-f", &missing, "--key", key, "--token", &token],
+        &[
+            "curl",
+            "--fail-with-body",
+            &missing,
+            "--key",
+            key,
+            "--token",
+            &token,
+        ],
         &[],
     )
     .await;
@@ -457,7 +466,7 @@ async fn curl_answers_a_nonce_challenge_transparently() {
         .as_str()
         .expect("the retry carries the nonce");
     assert!(
-        run.stderr.contains(&format!("< DPoP-Nonce: {nonce}")),
+        run.stderr.contains(&format!("< dpop-nonce: {nonce}")),
         "{run:#?}"
     );
     assert_eq!(
@@ -474,12 +483,25 @@ async fn curl_gets_its_own_token_with_the_token_flags() {
     let upstream = TestUpstream::start().await.unwrap();
     let (_gw, gw_url) = setup.gateway(&upstream, &["--require-nonce"]).await;
     let url = format!("{gw_url}/v1/items");
-    let mut args = vec!["curl", &url, "--key", p(&setup.key)];
+    let mut args = vec!["curl", "-v", &url, "--key", p(&setup.key)];
     args.extend(setup.svc_flags());
     let run = dpop(&args, &[("SVC_SECRET", SVC_SECRET)]).await;
     let echo = run.json();
     assert_eq!(echo["headers"]["x-dpop-subject"][0], "svc");
     assert_eq!(echo["headers"]["x-dpop-jkt"][0], setup.jkt.as_str());
     assert_eq!(upstream.request_count(), 1);
+    // -v shows the token endpoint's exchanges too (its nonce challenge included), with
+    // the client's credentials redacted and no token in sight.
+    let err = &run.stderr;
+    assert!(err.contains("* token request to "), "{err}");
+    assert!(err.contains("> authorization: Basic [redacted]"), "{err}");
+    assert!(!err.contains(SVC_SECRET), "{err}");
+    let requests = err.lines().filter(|l| l.starts_with("> POST ")).count();
+    assert!(requests >= 1, "{err}");
+    let token = err
+        .lines()
+        .find_map(|l| l.strip_prefix("> authorization: DPoP "))
+        .expect("the API request's token, shortened");
+    assert!(token.ends_with(" bytes]") && token.len() < 40, "{token}");
     setup.stop().await;
 }

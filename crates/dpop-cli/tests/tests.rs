@@ -2,7 +2,7 @@
 //! (`cli`), the gateway between a mock issuer and an echo upstream (`gateway`), the
 //! issuer with the gateway (`issuer`), `dpop authz` behind real nginx and Caddy
 //! (`proxies`), the client commands `dpop token` and `dpop curl` against the issuer and
-//! the gateway (`client`), and the whole system of issuer, gateway instances, Redis,
+//! the gateway (`client`), `dpop curl` as curl's users expect it (`curl`), and the whole system of issuer, gateway instances, Redis,
 //! PostgreSQL and clients in operational scenarios (`system`). What they share is in
 //! `common`.
 
@@ -10,6 +10,7 @@ mod common;
 
 mod cli;
 mod client;
+mod curl;
 mod gateway;
 mod issuer;
 mod proxies;

@@ -1,0 +1,625 @@
+//! End-to-end tests of `dpop curl` as curl's users expect it: redirects with a proof per
+//! hop, curl's exit codes for network failures, the line on stderr for a refused
+//! request, the output options, `-v` without secrets, the environment variables, and a
+//! reader that goes away. The real binary runs against in-process echo upstreams, a mock
+//! issuer and a `dpop gateway`.
+
+use std::collections::HashSet;
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dpop_core::Ath;
+use dpop_test::{MockIssuer, TestCa, TestUpstream, TokenSpec, free_port};
+use serde_json::Value;
+
+use crate::common::{AUD, DPOP, Run, TempDir, claims, gateway_flags, p, run_dpop, start_gateway};
+
+/// A token as long as a real one: the tests check it never shows on stderr.
+const TOKEN: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJzdmMiLCJhdWQiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbSJ9.c2lnbmF0dXJlLXRoYXQtaXMtbm90LWNoZWNrZWQtYnktdGhlLWVjaG8tdXBzdHJlYW0";
+
+async fn dpop(args: &[&str]) -> Run {
+    run_dpop(args, &[]).await.into()
+}
+
+async fn dpop_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_dpop(args, env).await.into()
+}
+
+/// A key file in `dir`, and its thumbprint.
+async fn keygen(dir: &TempDir) -> (String, String) {
+    let path = dir.file("client.pem");
+    let run = dpop(&["keygen", "--out", p(&path)]).await;
+    (p(&path).to_owned(), run.ok().trim().to_owned())
+}
+
+/// The proof claims an upstream saw in a request, if it carried a proof.
+fn proof_claims(r: &dpop_test::RecordedRequest) -> Option<Value> {
+    r.header("dpop").map(claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_get_a_fresh_proof_per_hop_and_no_credentials_across_origins() {
+    let dir = TempDir::new("curl-redirects");
+    let (key, _) = keygen(&dir).await;
+    let a = TestUpstream::start().await.unwrap();
+    let b = TestUpstream::start().await.unwrap();
+    let (a_url, b_url) = (a.url(), b.url());
+    let base = ["--key", key.as_str(), "--token", TOKEN];
+
+    // Same origin, two hops: each request carries the token and a proof for its own URL.
+    let start = format!("{a_url}/one/redirect/302?to={a_url}/two/redirect/301?to=/final");
+    let mut args = vec!["curl", "-L", &start];
+    args.extend(base);
+    let run = dpop(&args).await;
+    assert_eq!(run.json()["path"], "/final", "{run:#?}");
+    let seen = a.requests();
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    let htus: Vec<String> = seen
+        .iter()
+        .map(|r| proof_claims(r).unwrap()["htu"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        htus,
+        [
+            format!("{a_url}/one/redirect/302"),
+            format!("{a_url}/two/redirect/301"),
+            format!("{a_url}/final"),
+        ]
+    );
+    let jtis: HashSet<String> = seen
+        .iter()
+        .map(|r| proof_claims(r).unwrap()["jti"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(jtis.len(), 3, "a fresh proof per hop");
+    for r in &seen {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("DPoP {TOKEN}").as_str())
+        );
+        assert_eq!(
+            proof_claims(r).unwrap()["ath"],
+            Ath::of_token(TOKEN).as_str()
+        );
+    }
+
+    // Without -L the redirect is the answer.
+    a.clear();
+    let mut args = vec!["curl", &start];
+    args.extend(base);
+    assert_eq!(
+        dpop(&args).await.json()["path"],
+        "/one/redirect/302?to={a_url}/two/redirect/301?to=/final".replace("{a_url}", &a_url)
+    );
+    assert_eq!(a.request_count(), 4);
+
+    // Another origin gets neither the token, nor a proof, nor a cookie set by hand.
+    let cross = format!("{a_url}/redirect/302?to={b_url}/elsewhere");
+    let mut args = vec!["curl", "-L", "-v", &cross, "-H", "Cookie: session=1"];
+    args.extend(base);
+    let run = dpop(&args).await;
+    assert_eq!(run.json()["path"], "/elsewhere", "{run:#?}");
+    let at_b = b.last_request().unwrap();
+    assert_eq!(at_b.header("dpop"), None);
+    assert_eq!(at_b.header("authorization"), None);
+    assert_eq!(at_b.header("cookie"), None);
+    assert!(run.stderr.contains("another origin"), "{run:#?}");
+    assert_eq!(
+        a.last_request().unwrap().header("cookie"),
+        Some("session=1")
+    );
+
+    // --location-trusted sends both, the proof made for the other origin's URL.
+    let mut args = vec!["curl", "--location-trusted", &cross];
+    args.extend(base);
+    dpop(&args).await.ok();
+    let at_b = b.last_request().unwrap();
+    assert_eq!(
+        at_b.header("authorization"),
+        Some(format!("DPoP {TOKEN}").as_str())
+    );
+    assert_eq!(
+        proof_claims(&at_b).unwrap()["htu"],
+        format!("{b_url}/elsewhere").as_str()
+    );
+
+    // 303 after a POST: a GET without the body; 307: the same method and body again.
+    for (code, method, body) in [("303", "GET", 0), ("307", "POST", 3)] {
+        let url = format!("{a_url}/redirect/{code}?to=/after");
+        let mut args = vec!["curl", "-L", &url, "-d", "a=1"];
+        args.extend(base);
+        let echo = dpop(&args).await.json();
+        assert_eq!(
+            (echo["method"].as_str(), echo["body_bytes"].as_u64()),
+            (Some(method), Some(body)),
+            "{code}"
+        );
+        assert_eq!(
+            proof_claims(&a.last_request().unwrap()).unwrap()["htm"],
+            method
+        );
+    }
+
+    // --max-redirs: curl's exit code 47 once the chain is longer.
+    let mut args = vec!["curl", "-L", "--max-redirs", "1", &start];
+    args.extend(base);
+    let run = dpop(&args).await;
+    assert_eq!(run.code, 47, "{run:#?}");
+    assert!(run.stderr.contains("--max-redirs"), "{run:#?}");
+}
+
+/// A listener that accepts connections and never answers.
+fn silent_server() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_failures_exit_with_curls_codes_and_their_cause() {
+    let dir = TempDir::new("curl-exits");
+    let (key, _) = keygen(&dir).await;
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+
+    // 7: nothing listens; the socket's reason is in the message.
+    let run = dpop(&["curl", &closed, "--key", &key]).await;
+    assert_eq!(run.code, 7, "{run:#?}");
+    assert!(run.stderr.contains("cannot connect to"), "{run:#?}");
+    assert!(
+        run.stderr.to_lowercase().contains("connection refused"),
+        "{run:#?}"
+    );
+    // -s hides the message, not the exit code; -S shows it again.
+    let run = dpop(&["curl", "-s", &closed, "--key", &key]).await;
+    assert_eq!((run.code, run.stderr.as_str()), (7, ""));
+    let run = dpop(&["curl", "-sS", &closed, "--key", &key]).await;
+    assert_eq!(run.code, 7);
+    assert!(run.stderr.contains("(7) cannot connect"), "{run:#?}");
+
+    // 6: the host does not resolve (.invalid never does, RFC 6761).
+    let run = dpop(&["curl", "http://no-such-host.invalid/", "--key", &key]).await;
+    assert_eq!(run.code, 6, "{run:#?}");
+    assert!(run.stderr.contains("no-such-host.invalid"), "{run:#?}");
+
+    // 28: a server that never answers, stopped by -m.
+    let (_listener, silent) = silent_server();
+    let started = Instant::now();
+    let run = dpop(&["curl", "-m", "0.5", &silent, "--key", &key]).await;
+    assert_eq!(run.code, 28, "{run:#?}");
+    assert!(run.stderr.contains("timed out"), "{run:#?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // --retry: a failed connection of an idempotent request is tried again, each time
+    // with a fresh proof; a POST is not.
+    let run = dpop(&[
+        "curl",
+        "-v",
+        "--retry",
+        "2",
+        "--retry-delay",
+        "0",
+        &closed,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(run.code, 7, "{run:#?}");
+    assert_eq!(run.stderr.matches("retrying in 0 s").count(), 2, "{run:#?}");
+    let jtis: HashSet<String> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("> DPoP claims: "))
+        .map(|c| {
+            serde_json::from_str::<Value>(c).unwrap()["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(jtis.len(), 3, "{run:#?}");
+    let run = dpop(&[
+        "curl",
+        "--retry",
+        "2",
+        "--retry-delay",
+        "0",
+        "-d",
+        "x",
+        &closed,
+        "--key",
+        &key,
+    ])
+    .await;
+    assert_eq!(run.code, 7);
+    assert!(!run.stderr.contains("retrying"), "{run:#?}");
+
+    // A URL too long for a proof: the reason, not "not an absolute URI".
+    let long = format!("http://127.0.0.1:9/{}", "a".repeat(9000));
+    let run = dpop(&["curl", &long, "--key", &key]).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("longer than 8192 bytes"), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_and_k_is_refused() {
+    let dir = TempDir::new("curl-tls");
+    let (key, _) = keygen(&dir).await;
+    let ca = TestCa::new("curl test CA");
+    let upstream = TestUpstream::builder()
+        .tls(&ca.server(&["127.0.0.1"]))
+        .start()
+        .await
+        .unwrap();
+    let url = format!("{}/x", upstream.url());
+    assert!(url.starts_with("https://"));
+
+    // 60: a certificate of an unknown CA.
+    let run = dpop(&["curl", &url, "--key", &key]).await;
+    assert_eq!(run.code, 60, "{run:#?}");
+    assert!(run.stderr.contains("--cacert"), "{run:#?}");
+    // --cacert trusts it.
+    let ca_file = ca.ca_file();
+    let run = dpop(&["curl", &url, "--key", &key, "--cacert", p(&ca_file)]).await;
+    assert_eq!(run.json()["path"], "/x");
+    // -k is refused, with the reason, before anything is sent.
+    let count = upstream.request_count();
+    let run = dpop(&["curl", "-k", &url, "--key", &key]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("--cacert"), "{run:#?}");
+    assert_eq!(upstream.request_count(), count);
+
+    // 35: a URL without a scheme is https, and an http server cannot shake hands.
+    let plain = TestUpstream::start().await.unwrap();
+    let bare = plain.url().replace("http://", "");
+    let run = dpop(&["curl", &bare, "--key", &key]).await;
+    assert_eq!(run.code, 35, "{run:#?}");
+    assert!(run.stderr.contains(&format!("https://{bare}")), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_named_on_stderr_with_what_they_mean() {
+    let dir = TempDir::new("curl-refusals");
+    let (key, jkt) = keygen(&dir).await;
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let (_gw, gw_url) = start_gateway(&gateway_flags(&upstream.url(), issuer.url())).await;
+    let url = format!("{gw_url}/v1/items");
+    let other_aud = issuer.mint(&TokenSpec::bound("https://other.example", &jkt));
+
+    // A 401 with a challenge: one line naming the status, the challenge and a hint;
+    // exit 0 as curl.
+    let run = dpop(&["curl", &url, "--key", &key, "--token", &other_aud]).await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    let line = run.stderr.trim();
+    assert!(!line.contains('\n'), "{run:#?}");
+    assert!(line.starts_with("warning: "), "{line}");
+    assert!(
+        line.contains("answered 401 Unauthorized (DPoP error=invalid_token"),
+        "{line}"
+    );
+    assert!(line.contains("--resource"), "{line}");
+    // --fail: 22 and, as curl, no body; --fail-with-body: 22 and the body.
+    let run = dpop(&["curl", "--fail", &url, "--key", &key, "--token", &other_aud]).await;
+    assert_eq!((run.code, run.stdout.as_str()), (22, ""), "{run:#?}");
+    assert!(
+        run.stderr.starts_with("error: ") && run.stderr.contains("401"),
+        "{run:#?}"
+    );
+    let run = dpop(&[
+        "curl",
+        "--fail-with-body",
+        &url,
+        "--key",
+        &key,
+        "--token",
+        &other_aud,
+    ])
+    .await;
+    assert_eq!(run.code, 22, "{run:#?}");
+    // -s: no line.
+    let run = dpop(&[
+        "curl", "-s", "-f", &url, "--key", &key, "--token", &other_aud,
+    ])
+    .await;
+    assert_eq!((run.code, run.stderr.as_str()), (22, ""), "{run:#?}");
+
+    // No token at all: the hint says how to send one.
+    let run = dpop(&["curl", &url, "--key", &key]).await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr.contains("401") && run.stderr.contains("--token"),
+        "{run:#?}"
+    );
+
+    // A status without a challenge is named too.
+    let missing = format!("{}/status/404", upstream.url());
+    let run = dpop(&["curl", &missing, "--key", &key]).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stderr.contains("answered 404 Not Found"), "{run:#?}");
+    assert_eq!(run.json_lenient()["path"], "/status/404");
+
+    // -u is refused: credentials come from the token flags.
+    let run = dpop(&["curl", "-u", "svc:secret", &url, "--key", &key]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("--token"), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_shows_the_exchange_without_the_token() {
+    let dir = TempDir::new("curl-verbose");
+    let (key, jkt) = keygen(&dir).await;
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let mut flags = gateway_flags(&upstream.url(), issuer.url());
+    flags.push("--require-nonce".to_owned());
+    let (_gw, gw_url) = start_gateway(&flags).await;
+    let url = format!("{gw_url}/v1/items?q=1");
+    let token = issuer.mint(&TokenSpec::bound(AUD, &jkt));
+
+    let run = dpop(&["curl", "-v", &url, "--key", &key, "--token", &token]).await;
+    assert_eq!(run.json()["path"], "/v1/items?q=1", "{run:#?}");
+    let err = &run.stderr;
+    assert!(!err.contains(&token), "the token on stderr: {err}");
+    assert!(err.contains("> GET /v1/items?q=1 HTTP/1.1"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "> authorization: DPoP {}...[{} bytes]",
+            &token[..10],
+            token.len()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("> dpop: ") && l.ends_with(" bytes]")),
+        "{err}"
+    );
+    // The nonce challenge, the retry, and the second attempt's proof with the nonce.
+    assert!(err.contains("< HTTP/1.1 401 Unauthorized"), "{err}");
+    assert!(
+        err.contains("* the server asked for a DPoP nonce: sending"),
+        "{err}"
+    );
+    let proofs: Vec<Value> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("> DPoP claims: "))
+        .map(|c| serde_json::from_str(c).unwrap())
+        .collect();
+    assert_eq!(proofs.len(), 2, "{err}");
+    let nonce = proofs[1]["nonce"].as_str().unwrap();
+    assert!(err.contains(&format!("< dpop-nonce: {nonce}")), "{err}");
+    assert_eq!(proofs[1]["ath"], Ath::of_token(&token).as_str());
+    assert!(err.contains("< HTTP/1.1 200 OK"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_and_body_options_mean_what_they_mean_in_curl() {
+    let dir = TempDir::new("curl-output");
+    let (key, _) = keygen(&dir).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let base = upstream.url();
+    let k = ["--key", key.as_str()];
+    let run_k = |extra: Vec<String>| {
+        let mut args: Vec<String> = vec!["curl".into()];
+        args.extend(extra);
+        args.extend(k.iter().map(|s| (*s).to_owned()));
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            dpop(&args).await
+        }
+    };
+
+    // -o FILE: the body there, nothing on stdout; -w after it, on stdout.
+    let out = dir.file("body.json");
+    let run = run_k(vec![
+        format!("{base}/o"),
+        "-o".into(),
+        p(&out).into(),
+        "-w".into(),
+        "%{http_code} %{url_effective} %{time_total}\\n".into(),
+    ])
+    .await;
+    let w = run.ok();
+    let parts: Vec<&str> = w.trim_end().split(' ').collect();
+    assert_eq!(
+        parts[..2],
+        ["200", format!("{base}/o").as_str()],
+        "{run:#?}"
+    );
+    assert!(parts[2].parse::<f64>().is_ok(), "{w}");
+    let body: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(body["path"], "/o");
+
+    // -O: the URL's last segment, in the current directory.
+    let cwd = TempDir::new("curl-remote-name");
+    let status = Command::new(DPOP)
+        .args([
+            "curl",
+            "-O",
+            &format!("{base}/files/report.json"),
+            "--key",
+            &key,
+        ])
+        .current_dir(&cwd.0)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(cwd.file("report.json")).unwrap()).unwrap();
+    assert_eq!(saved["path"], "/files/report.json");
+    let run = run_k(vec![format!("{base}/"), "-O".into()]).await;
+    assert_eq!(run.code, 2, "no file name: {run:#?}");
+
+    // -I: a HEAD request; the head printed, no body.
+    let run = run_k(vec!["-I".into(), format!("{base}/h")]).await;
+    assert!(run.ok().starts_with("HTTP/1.1 200 OK\r\n"), "{run:#?}");
+    assert!(run.stdout.ends_with("\r\n\r\n"), "{run:#?}");
+    assert_eq!(upstream.last_request().unwrap().method, "HEAD");
+
+    // --json: POST, the JSON body, both content headers.
+    run_k(vec![
+        format!("{base}/j"),
+        "--json".into(),
+        r#"{"a":1}"#.into(),
+    ])
+    .await
+    .ok();
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.body.as_slice()),
+        ("POST", &br#"{"a":1}"#[..])
+    );
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(seen.header("accept"), Some("application/json"));
+
+    // -d @file drops line breaks; --data-binary keeps them; --data-urlencode encodes;
+    // all joined with &.
+    let file = dir.file("data.txt");
+    std::fs::write(&file, "a=1\nb=2\n").unwrap();
+    let at = format!("@{}", p(&file));
+    run_k(vec![
+        format!("{base}/d"),
+        "-d".into(),
+        at.clone(),
+        "--data-urlencode".into(),
+        "q=a b&c".into(),
+    ])
+    .await
+    .ok();
+    assert_eq!(upstream.last_request().unwrap().body, b"a=1b=2&q=a%20b%26c");
+    run_k(vec![format!("{base}/d"), "--data-binary".into(), at])
+        .await
+        .ok();
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.body, b"a=1\nb=2\n");
+    assert_eq!(
+        seen.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+
+    // -F: multipart with a field and a file upload.
+    let upload = dir.file("photo.bin");
+    std::fs::write(&upload, b"\x00\x01binary").unwrap();
+    run_k(vec![
+        format!("{base}/f"),
+        "-F".into(),
+        "title=holiday".into(),
+        "-F".into(),
+        format!("photo=@{};type=image/png", p(&upload)),
+    ])
+    .await
+    .ok();
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.method, "POST");
+    let content_type = seen.header("content-type").unwrap();
+    let boundary = content_type
+        .strip_prefix("multipart/form-data; boundary=")
+        .expect(content_type);
+    let expected = [
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nholiday\r\n").into_bytes(),
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"photo.bin\"\r\nContent-Type: image/png\r\n\r\n").into_bytes(),
+        b"\x00\x01binary\r\n".to_vec(),
+        format!("--{boundary}--\r\n").into_bytes(),
+    ]
+    .concat();
+    assert_eq!(seen.body, expected);
+
+    // -A sets the User-Agent; by default it is dpop's.
+    run_k(vec![format!("{base}/a"), "-A".into(), "probe/1".into()])
+        .await
+        .ok();
+    assert_eq!(
+        upstream.last_request().unwrap().header("user-agent"),
+        Some("probe/1")
+    );
+    run_k(vec![format!("{base}/a")]).await.ok();
+    assert!(
+        upstream
+            .last_request()
+            .unwrap()
+            .header("user-agent")
+            .unwrap()
+            .starts_with("dpop/")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
+    let dir = TempDir::new("curl-env");
+    let (key, _) = keygen(&dir).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let url = format!("{}/env", upstream.url());
+    let env = [
+        ("DPOP_CURL_KEY", key.as_str()),
+        ("DPOP_CURL_TOKEN", TOKEN),
+        ("DPOP_CURL_HEADER", "X-From: env"),
+    ];
+    dpop_env(&["curl", &url], &env).await.ok();
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("DPoP {TOKEN}").as_str())
+    );
+    assert_eq!(seen.header("x-from"), Some("env"));
+    // A boolean flag, and a wrong value refused like the flag's.
+    let run = dpop_env(
+        &["curl", &url],
+        &[("DPOP_CURL_KEY", &key), ("DPOP_CURL_INCLUDE", "1")],
+    )
+    .await;
+    assert!(run.ok().starts_with("HTTP/1.1 200 OK"), "{run:#?}");
+    let run = dpop_env(
+        &["curl", &url],
+        &[("DPOP_CURL_KEY", &key), ("DPOP_CURL_RETRY", "many")],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{run:#?}");
+
+    // --help names every variable; it shows the timeout set, never the token.
+    let run = dpop_env(
+        &["curl", "--help"],
+        &[("DPOP_CURL_TOKEN", TOKEN), ("DPOP_CURL_MAX_TIME", "42")],
+    )
+    .await;
+    let help = run.ok();
+    assert!(!help.contains(TOKEN), "{help}");
+    assert!(help.contains("[env: DPOP_CURL_TOKEN]"), "{help}");
+    assert!(help.contains("DPOP_CURL_MAX_TIME=42"), "{help}");
+    for heading in [
+        "DPoP and the access token:",
+        "HTTP:",
+        "Post data:",
+        "Output:",
+        "Verbose:",
+        "Connection:",
+        "TLS:",
+    ] {
+        assert!(help.contains(heading), "{heading}: {help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_it_quietly() {
+    let dir = TempDir::new("curl-pipe");
+    let (key, _) = keygen(&dir).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let url = format!("{}/big?bytes=67108864", upstream.url());
+    let mut child = Command::new(DPOP)
+        .args(["curl", &url, "--key", &key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0_u8; 1024];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(first, [b'x'; 1024]);
+    drop(stdout); // as `| head -c 1024` does
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
