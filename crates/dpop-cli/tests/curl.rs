@@ -261,6 +261,40 @@ async fn tls_is_verified_and_k_is_refused() {
     let ca_file = ca.ca_file();
     let run = dpop(&["curl", &url, "--key", &key, "--cacert", p(&ca_file)]).await;
     assert_eq!(run.json()["path"], "/x");
+    // The issuer is reached with the same CA: its metadata is asked for (here the echo
+    // upstream stands in, so the answer is unusable) only with --cacert.
+    let issuer = upstream.url();
+    let with_issuer = |cacert: bool| {
+        let mut args = vec![
+            "curl",
+            &url,
+            "--key",
+            &key,
+            "--issuer",
+            &issuer,
+            "--client-id",
+            "c",
+        ];
+        if cacert {
+            args.extend(["--cacert", p(&ca_file)]);
+        }
+        args
+    };
+    let metadata_requests = || {
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/.well-known/"))
+            .count()
+    };
+    let run = dpop(&with_issuer(false)).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(metadata_requests(), 0);
+    let run = dpop(&with_issuer(true)).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("issuer metadata"), "{run:#?}");
+    assert!(metadata_requests() > 0, "{run:#?}");
+
     // -k is refused, with the reason, before anything is sent.
     let count = upstream.request_count();
     let run = dpop(&["curl", "-k", &url, "--key", &key]).await;

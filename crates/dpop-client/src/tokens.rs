@@ -247,6 +247,16 @@ impl OAuthTokens {
         })
     }
 
+    /// Sends the metadata and token requests with `http` instead of the default client:
+    /// for a private CA, a proxy or a resolver of the caller's. Build it with
+    /// `redirect::Policy::none()` (a redirected token request would carry a proof for the
+    /// wrong URL) and a timeout; the default client has both, with 30 s per request.
+    #[must_use]
+    pub fn with_http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     /// How many token requests this source has made (for tests and metrics).
     #[must_use]
     pub fn fetches(&self) -> u64 {

@@ -350,6 +350,7 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
     if args.verbose {
         dpop = dpop.with_observer(Arc::new(Verbose));
     }
+    let inner = http_client(args)?;
     let tokens: Option<Arc<dyn TokenSource>> = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(Arc::new(StaticToken::new(t))),
         (None, Some(path)) => {
@@ -360,9 +361,12 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
             }
             Some(Arc::new(StaticToken::new(&t)))
         }
+        // The issuer is reached as the API is: the same CA, resolver and connect timeout.
         (None, None) => match token_request(&args.issuer)? {
             Some(request) => Some(Arc::new(
-                dpop_client::OAuthTokens::new(request, &dpop).map_err(client_error)?,
+                dpop_client::OAuthTokens::new(request, &dpop)
+                    .map_err(client_error)?
+                    .with_http_client(inner.clone()),
             )),
             None => None,
         },
@@ -386,7 +390,6 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
         )?;
     }
     let max_time = seconds("-m/--max-time", &args.max_time)?;
-    let inner = http_client(args)?;
     let dpop = match tokens {
         Some(t) => dpop.with_tokens(t),
         None => dpop,
