@@ -302,8 +302,33 @@ async fn tls_is_verified_and_k_is_refused() {
     assert!(run.stderr.contains("--cacert"), "{run:#?}");
     assert_eq!(upstream.request_count(), count);
 
-    // 35: a URL without a scheme is https, and an http server cannot shake hands.
+    // A redirect from https to plain http gets neither token nor proof, even trusted.
     let plain = TestUpstream::start().await.unwrap();
+    let down = format!("{}/redirect/302?to={}/down", upstream.url(), plain.url());
+    let run = dpop(&[
+        "curl",
+        "-v",
+        "--location-trusted",
+        &down,
+        "--key",
+        &key,
+        "--token",
+        TOKEN,
+        "--cacert",
+        p(&ca_file),
+    ])
+    .await;
+    assert_eq!(run.json()["path"], "/down", "{run:#?}");
+    let at_plain = plain.last_request().unwrap();
+    assert_eq!(
+        (at_plain.header("dpop"), at_plain.header("authorization")),
+        (None, None)
+    );
+    assert!(run.stderr.contains("is plain http"), "{run:#?}");
+    let signed = upstream.last_request().unwrap();
+    assert!(signed.header("dpop").is_some() && signed.header("authorization").is_some());
+
+    // 35: a URL without a scheme is https, and an http server cannot shake hands.
     let bare = plain.url().replace("http://", "");
     let run = dpop(&["curl", &bare, "--key", &key]).await;
     assert_eq!(run.code, 35, "{run:#?}");

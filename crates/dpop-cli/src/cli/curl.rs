@@ -86,7 +86,8 @@ pub(crate) struct CurlArgs {
     /// another origin gets neither the token nor a proof
     #[arg(short = 'L', long = "location", help_heading = HTTP)]
     pub(crate) location: bool,
-    /// Like -L, but send the token and a proof to other origins too
+    /// Like -L, but send the token and a proof to other origins too (never from https to
+    /// plain http)
     #[arg(long = "location-trusted", help_heading = HTTP)]
     pub(crate) location_trusted: bool,
     /// Redirects followed at most (-1: no limit)

@@ -246,7 +246,8 @@ fn next_hop(
         (hop.method.clone(), hop.body.clone())
     };
     let same_origin = url.origin() == first.origin();
-    let signed = same_origin || args.location_trusted;
+    // Even trusted, credentials never go from https to plain http.
+    let signed = same_origin || (args.location_trusted && !downgrade(first, &url));
     if !signed {
         // As curl: credentials set by hand do not follow to another host either.
         headers.remove(AUTHORIZATION);
@@ -259,6 +260,11 @@ fn next_hop(
         body,
         signed,
     })
+}
+
+/// Whether `to` is plain http where the transfer started over https.
+fn downgrade(first: &reqwest::Url, to: &reqwest::Url) -> bool {
+    first.scheme() == "https" && to.scheme() == "http"
 }
 
 /// What the transfer ended with.
@@ -324,7 +330,12 @@ async fn exchange<W: Write>(
         let next = next_hop(&hop, status, &location, &first, args)?;
         if report.verbose {
             verbose::info(&format!("following the redirect to {}", next.url));
-            if !next.signed {
+            if !next.signed && downgrade(&first, &next.url) {
+                verbose::info(&format!(
+                    "{} is plain http: no token and no proof go there",
+                    next.url.origin().ascii_serialization()
+                ));
+            } else if !next.signed {
                 verbose::info(&format!(
                     "{} is another origin than {}: no token and no proof go there \
                      (--location-trusted sends them)",
