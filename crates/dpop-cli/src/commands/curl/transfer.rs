@@ -130,8 +130,11 @@ fn idempotent(method: &Method) -> bool {
 /// The two ways a hop is sent: signed (the origin of the URL given, or any with
 /// --location-trusted), or plain (another origin).
 struct Clients {
+    /// Through the DPoP middleware (proof, token, nonce and skew retries, `-v`).
     signed: reqwest_middleware::ClientWithMiddleware,
+    /// The same HTTP client without it.
     plain: reqwest::Client,
+    /// Whether signed requests carry an access token (for the hints of a refusal).
     token: bool,
 }
 
@@ -197,10 +200,15 @@ async fn send(
                 attempt += 1;
                 if report.errors {
                     eprintln!(
-                        "warning: {}; retrying in {} s ({attempt} of {}), with a fresh proof",
+                        "warning: {}; retrying in {} s ({attempt} of {}){}",
                         exit::middleware(e, &hop.url).message,
                         delay.as_secs(),
-                        args.retry
+                        args.retry,
+                        if hop.signed {
+                            ", with a fresh proof"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 tokio::time::sleep(delay).await;
