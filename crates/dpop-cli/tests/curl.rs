@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dpop_core::Ath;
-use dpop_test::{MockIssuer, TestCa, TestUpstream, TokenSpec, free_port};
+use dpop_test::{MockIssuer, RawRequest, RawUpstream, TestCa, TestUpstream, TokenSpec, free_port};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::common::{AUD, DPOP, Run, TempDir, claims, gateway_flags, p, run_dpop, start_gateway};
 
@@ -681,4 +682,70 @@ async fn a_reader_that_goes_away_ends_it_quietly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// How far ahead the clock of the server below runs.
+const AHEAD_SECS: u64 = 120;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A resource server whose clock runs [`AHEAD_SECS`] ahead: it refuses a proof whose
+/// `iat` is not near its own time, with its `Date`, as RFC 9449 servers do.
+async fn answer_by_a_clock_ahead(mut req: RawRequest) {
+    let now = unix_now() + AHEAD_SECS;
+    let iat = req
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("dpop: "))
+        .and_then(|proof| claims(proof)["iat"].as_u64())
+        .unwrap_or(0);
+    let response = if iat.abs_diff(now) <= 5 {
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned()
+    } else {
+        let date = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(now));
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\ndate: {date}\r\nwww-authenticate: DPoP \
+             error=\"invalid_dpop_proof\", error_description=\"DPoP proof iat is outside \
+             the acceptance window\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let _ = req.stream.write_all(response.as_bytes()).await;
+    let _ = req.stream.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_shows_a_clock_correction_and_its_retry() {
+    let dir = TempDir::new("curl-skew");
+    let (key, _) = keygen(&dir).await;
+    let server = RawUpstream::start(answer_by_a_clock_ahead).await.unwrap();
+    let url = format!("{}/items", server.url());
+
+    let run = dpop(&["curl", "-v", &url, "--key", &key]).await;
+    assert_eq!(run.ok(), "ok", "{run:#?}");
+    let err = &run.stderr;
+    assert!(
+        err.contains(&format!("* the clock of {} is 1", server.url()))
+            && err.contains(" s ahead of this machine's"),
+        "{err}"
+    );
+    assert!(
+        err.contains("* the server refused the proof's iat and its clock differs: sending"),
+        "{err}"
+    );
+    let iats: Vec<u64> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("> DPoP claims: "))
+        .map(|c| {
+            serde_json::from_str::<Value>(c).unwrap()["iat"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(iats.len(), 2, "{err}");
+    assert!(iats[1].abs_diff(iats[0] + AHEAD_SECS) <= 5, "{iats:?}");
 }
