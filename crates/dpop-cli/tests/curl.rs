@@ -516,6 +516,23 @@ async fn output_and_body_options_mean_what_they_mean_in_curl() {
     assert!(run.ok().starts_with("HTTP/1.1 200 OK\r\n"), "{run:#?}");
     assert!(run.stdout.ends_with("\r\n\r\n"), "{run:#?}");
     assert_eq!(upstream.last_request().unwrap().method, "HEAD");
+    // -I -L: each hop's head, in order.
+    let run = run_k(vec![
+        "-I".into(),
+        "-L".into(),
+        format!("{base}/r/redirect/302?to=/h2"),
+    ])
+    .await;
+    let statuses: Vec<&str> = run
+        .ok()
+        .lines()
+        .filter(|l| l.starts_with("HTTP/"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["HTTP/1.1 302 Found", "HTTP/1.1 200 OK"],
+        "{run:#?}"
+    );
 
     // --json: POST, the JSON body, both content headers.
     run_k(vec![

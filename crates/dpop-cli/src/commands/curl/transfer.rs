@@ -332,7 +332,7 @@ async fn exchange<W: Write>(
                 ),
             ));
         }
-        if args.include && sink.head(&response)? == Written::ReaderGone {
+        if (args.include || args.head) && sink.head(&response)? == Written::ReaderGone {
             return Ok(None);
         }
         let next = next_hop(&hop, status, &location, &first, args)?;
