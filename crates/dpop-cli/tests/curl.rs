@@ -358,6 +358,10 @@ async fn refusals_are_named_on_stderr_with_what_they_mean() {
         "{line}"
     );
     assert!(line.contains("--resource"), "{line}");
+    assert!(
+        line.contains(r#"the token (unverified) says aud "https://other.example", exp "#),
+        "{line}"
+    );
     // --fail: 22 and, as curl, no body; --fail-with-body: 22 and the body.
     let run = dpop(&["curl", "--fail", &url, "--key", &key, "--token", &other_aud]).await;
     assert_eq!((run.code, run.stdout.as_str()), (22, ""), "{run:#?}");

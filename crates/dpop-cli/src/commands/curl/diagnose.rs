@@ -101,13 +101,31 @@ fn hint(
     })
 }
 
+/// What a JWT access token says of its audience and lifetime, read without verifying
+/// it (the API verifies it; this only helps to see why it refused): `aud
+/// ["https://api.example.com"], exp 40 s ago`.
+fn token_facts(token: &str, now: Option<u64>) -> Option<String> {
+    let jwt = dpop_core::jwt::UnverifiedJwt::parse(token).ok()?;
+    let claims = jwt.dangerous_claims();
+    let mut facts = Vec::new();
+    if let Some(aud) = claims.get("aud") {
+        facts.push(format!("aud {aud}"));
+    }
+    if let (Some(exp), Some(now)) = (claims.get("exp").and_then(serde_json::Value::as_u64), now) {
+        facts.push(format!("exp {}", crate::clock::format_offset(exp, now)));
+    }
+    (!facts.is_empty()).then(|| format!("the token (unverified) says {}", facts.join(", ")))
+}
+
 /// The line for `status` from `url` (without the `error:` or `warning:` prefix);
-/// `token_sent` says whether the request carried an access token.
+/// `token_sent` says whether the request carried an access token, `token` is that token
+/// when it came from --token or --token-file.
 pub(super) fn line(
     status: reqwest::StatusCode,
     url: &reqwest::Url,
     headers: &HeaderMap,
     token_sent: bool,
+    token: Option<&str>,
 ) -> String {
     let mut line = format!(
         "{url} answered {} {}",
@@ -141,6 +159,13 @@ pub(super) fn line(
         line.push_str(": ");
         line.push_str(&h);
     }
+    if error == Some("invalid_token") {
+        let now = crate::clock::now().ok().map(|t| t.as_secs());
+        if let Some(facts) = token.and_then(|t| token_facts(t, now)) {
+            line.push_str("; ");
+            line.push_str(&facts);
+        }
+    }
     line
 }
 
@@ -152,7 +177,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(WWW_AUTHENTICATE, www.parse().unwrap());
         let url = reqwest::Url::parse("https://api.example.com/v1/x").unwrap();
-        line(reqwest::StatusCode::UNAUTHORIZED, &url, &headers, token)
+        line(
+            reqwest::StatusCode::UNAUTHORIZED,
+            &url,
+            &headers,
+            token,
+            None,
+        )
     }
 
     #[test]
@@ -203,5 +234,23 @@ mod tests {
         }
         // A bare challenge to a request without a token: say how to send one.
         assert!(line_for("DPoP algs=\"ES256\"", false).contains("--token"));
+    }
+
+    #[test]
+    fn a_jwt_token_shows_its_audience_and_expiry() {
+        let b64 = |v: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+        };
+        let token = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"ES256"}"#),
+            b64(r#"{"aud":"https://other.example","exp":1000}"#)
+        );
+        assert_eq!(
+            token_facts(&token, Some(1040)).unwrap(),
+            r#"the token (unverified) says aud "https://other.example", exp 40 s ago"#
+        );
+        assert_eq!(token_facts("opaque-token", Some(1040)), None);
     }
 }

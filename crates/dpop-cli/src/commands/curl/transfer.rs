@@ -136,6 +136,8 @@ struct Clients {
     plain: reqwest::Client,
     /// Whether signed requests carry an access token (for the hints of a refusal).
     token: bool,
+    /// The token of --token or --token-file (its claims explain an `invalid_token`).
+    static_token: Option<String>,
 }
 
 /// One request, as built for a hop.
@@ -370,18 +372,22 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
         dpop = dpop.with_observer(Arc::new(Verbose));
     }
     let inner = http_client(args)?;
-    let tokens: Option<Arc<dyn TokenSource>> = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(Arc::new(StaticToken::new(t))),
+    let static_token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
         (None, Some(path)) => {
             let t = std::fs::read_to_string(path)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
             if t.trim().is_empty() {
                 return Err(CliError::usage(format!("{} is empty", path.display())));
             }
-            Some(Arc::new(StaticToken::new(&t)))
+            Some(t)
         }
+        (None, None) => None,
+    };
+    let tokens: Option<Arc<dyn TokenSource>> = match &static_token {
+        Some(t) => Some(Arc::new(StaticToken::new(t))),
         // The issuer is reached as the API is: the same CA, resolver and connect timeout.
-        (None, None) => match token_request(&args.issuer)? {
+        None => match token_request(&args.issuer)? {
             Some(request) => Some(Arc::new(
                 dpop_client::OAuthTokens::new(request, &dpop)
                     .map_err(client_error)?
@@ -419,6 +425,7 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
             .build(),
         plain: inner,
         token: has_token,
+        static_token: static_token.map(|t| t.trim().to_owned()),
     };
     let started = Instant::now();
     let mut sink = Sink::new(out, target);
@@ -490,7 +497,8 @@ async fn transfer<W: Write>(
         return Ok(ExitCode::SUCCESS);
     }
     if failed && report.errors {
-        let line = diagnose::line(status, &url, &headers, clients.token && signed);
+        let token = clients.static_token.as_deref().filter(|_| signed);
+        let line = diagnose::line(status, &url, &headers, clients.token && signed, token);
         let prefix = if args.fail || args.fail_with_body {
             "error"
         } else {
