@@ -496,17 +496,20 @@ async fn output_and_body_options_mean_what_they_mean_in_curl() {
 
     // -O: the URL's last segment, in the current directory.
     let cwd = TempDir::new("curl-remote-name");
-    let status = Command::new(DPOP)
-        .args([
-            "curl",
-            "-O",
-            &format!("{base}/files/report.json"),
-            "--key",
-            &key,
-        ])
-        .current_dir(&cwd.0)
-        .stdout(Stdio::null())
-        .status()
+    let mut cmd = Command::new(DPOP);
+    cmd.args([
+        "curl",
+        "-O",
+        &format!("{base}/files/report.json"),
+        "--key",
+        &key,
+    ])
+    .current_dir(&cwd.0)
+    .stdout(Stdio::null());
+    // Off the async runtime: the upstream runs on it.
+    let status = tokio::task::spawn_blocking(move || cmd.status())
+        .await
+        .unwrap()
         .unwrap();
     assert!(status.success());
     let saved: Value =
@@ -693,14 +696,17 @@ async fn a_reader_that_goes_away_ends_it_quietly() {
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0_u8; 1024];
-    stdout.read_exact(&mut first).unwrap();
-    assert_eq!(first, [b'x'; 1024]);
-    drop(stdout); // as `| head -c 1024` does
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    // Off the async runtime: the upstream runs on it.
+    let out = tokio::task::spawn_blocking(move || {
+        let mut first = [0_u8; 1024];
+        stdout.read_exact(&mut first).unwrap();
+        assert_eq!(first, [b'x'; 1024]);
+        drop(stdout); // as `| head -c 1024` does
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
