@@ -17,7 +17,8 @@ Exit status:
   1  inspect: the proof is invalid; demo: a step did not behave as expected;
      any command: an operation failed (e.g. output could not be written)
   2  usage error: bad arguments or flag values, a missing, unreadable or
-     unusable file, an existing file that --force was not given for";
+     unusable file, an existing file that --force was not given for
+  curl: also curl's own codes (22, 6, 7, 28, 35, 60...; see dpop curl --help)";
 
 /// Create, inspect and verify DPoP proofs (RFC 9449, OAuth 2.0 Demonstrating Proof of
 /// Possession).

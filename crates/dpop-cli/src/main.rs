@@ -4,7 +4,8 @@
 //! `main` only maps the outcome of [`run`] to an exit code: 0 success (a valid proof for
 //! `inspect`), 1 an invalid proof, a failed demo step or a failed operation, 2 a usage
 //! error (clap's own, and bad files or flag values found later). Errors are printed as
-//! one `error: ...` line on stderr.
+//! one `error: ...` line on stderr. `dpop curl` exits with curl's codes for what curl
+//! reports (22, 6, 7, 28, 35, 60...; see its `--help`).
 
 mod cli;
 mod clock;
