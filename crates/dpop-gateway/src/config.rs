@@ -695,7 +695,12 @@ fn redis_password(
                 "[replay] takes one of {prefix}_password_file and {prefix}_password_env, not both"
             )));
         }
-        (Some(path), None) => read_secret_file(path)?,
+        (Some(path), None) => {
+            // Others must not read it, as for private keys.
+            dpop_server::files::check_password_file(path)
+                .map_err(|why| invalid(format!("[replay] {prefix}_password_file: {why}")))?;
+            read_secret_file(path)?
+        }
         (None, Some(var)) => {
             let value = Zeroizing::new(env(var).ok_or_else(|| {
                 invalid(format!(
@@ -1737,6 +1742,31 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("redis-password");
         std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        #[cfg(unix)]
+        let set_mode = |mode: u32| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        #[cfg(unix)]
+        {
+            // Others may read it: refused, as a private key would be, for both passwords.
+            set_mode(0o644);
+            for key in ["redis_password_file", "redis_sentinel_password_file"] {
+                let text = format!(
+                    "replay_store = \"redis+sentinel://s1/mymaster\"\n[replay]\n{key} = {:?}\n",
+                    file.display().to_string()
+                );
+                let err = settings(&text).validate().unwrap_err().to_string();
+                assert!(
+                    err.contains(key)
+                        && err.contains("can be read by other users")
+                        && err.contains("0644"),
+                    "{err}"
+                );
+                assert!(!err.contains("s3cret"), "{err}");
+            }
+            set_mode(0o600);
+        }
         let text = format!(
             "replay_store = \"redis+sentinel://s1/mymaster\"\n[replay]\n\
              redis_username = \"dpop\"\nredis_password_file = {:?}\n",

@@ -11,7 +11,7 @@ mod common;
 use common::authz::{AuthzHarness, ForwardAuth, HOST, as_bytes};
 use common::{AUD, Caller, Running, skip_without_redis};
 use dpop_test::{
-    HttpResponse, MockIssuer, RedisCluster, RedisSentinel, TestUpstream, http_request,
+    HttpResponse, MockIssuer, RedisCluster, RedisSentinel, SentinelAuth, TestUpstream, http_request,
 };
 
 /// The nonce secret every instance is given (base64url, 40 bytes).
@@ -27,11 +27,22 @@ fn htu() -> String {
 }
 
 /// What every instance shares: the replay store, the trusted proxy and the nonce secret
-/// (nonces required when `require_nonce`).
-fn shared(replay_store: &str, require_nonce: bool) -> String {
+/// (nonces required when `require_nonce`), then `tables` (e.g. a `[replay]` table).
+fn shared(replay_store: &str, require_nonce: bool, tables: &str) -> String {
     format!(
         "{TRUSTED}replay_store = \"{replay_store}\"\n[nonce]\nrequire = {require_nonce}\n\
-         secrets = [\"{NONCE_SECRET}\"]\n"
+         secrets = [\"{NONCE_SECRET}\"]\n{tables}"
+    )
+}
+
+/// A gateway's configuration for `upstream` and `issuer`, serving `https://HOST` behind
+/// a load balancer on the loopback address, with `shared`.
+fn gateway_text(upstream: &TestUpstream, issuer: &MockIssuer, shared: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\nissuer = \"{}\"\n\
+         audience = \"{AUD}\"\nallowed_hosts = [\"{HOST}\"]\n{shared}",
+        upstream.url(),
+        issuer.url()
     )
 }
 
@@ -44,16 +55,16 @@ struct Instances {
 }
 
 impl Instances {
-    async fn start(issuer: &MockIssuer, replay_store: &str, require_nonce: bool) -> Self {
+    async fn start(
+        issuer: &MockIssuer,
+        replay_store: &str,
+        require_nonce: bool,
+        tables: &str,
+    ) -> Self {
         let upstream = TestUpstream::start().await.unwrap();
-        let shared = shared(replay_store, require_nonce);
+        let shared = shared(replay_store, require_nonce, tables);
         let gateway = || {
-            let text = format!(
-                "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\nissuer = \"{}\"\n\
-                 audience = \"{AUD}\"\nallowed_hosts = [\"{HOST}\"]\n{shared}",
-                upstream.url(),
-                issuer.url()
-            );
+            let text = gateway_text(&upstream, issuer, &shared);
             async move {
                 Running::from_text(&text, None)
                     .await
@@ -110,8 +121,8 @@ fn assert_replay(r: &HttpResponse, at: &str) {
 
 /// Proofs accepted by one instance are replays at the other two, whichever accepts
 /// first; several proofs, so that on a cluster they fall on several primaries.
-async fn assert_replays_shared(issuer: &MockIssuer, replay_store: &str) {
-    let instances = Instances::start(issuer, replay_store, false).await;
+async fn assert_replays_shared(issuer: &MockIssuer, replay_store: &str, tables: &str) {
+    let instances = Instances::start(issuer, replay_store, false, tables).await;
     let caller = Caller::new(issuer);
     for round in 0..6 {
         let proof = caller.proof("GET", &htu());
@@ -138,7 +149,7 @@ async fn assert_replays_shared(issuer: &MockIssuer, replay_store: &str) {
 /// With nonces required: a nonce issued by gateway 0 is accepted by gateway 1 and by the
 /// authorizer (each with a fresh proof), and a nonce the instances never issued is not.
 async fn assert_nonces_shared(issuer: &MockIssuer, replay_store: &str) {
-    let instances = Instances::start(issuer, replay_store, true).await;
+    let instances = Instances::start(issuer, replay_store, true, "").await;
     let caller = Caller::new(issuer);
     let r = instances
         .gateway(0, &caller, &caller.proof("GET", &htu()))
@@ -176,7 +187,7 @@ async fn gateways_and_authz_on_a_redis_cluster_share_replays_and_nonces() {
         return skip_without_redis();
     };
     let issuer = MockIssuer::start().await.unwrap();
-    assert_replays_shared(&issuer, &cluster.url()).await;
+    assert_replays_shared(&issuer, &cluster.url(), "").await;
     assert_nonces_shared(&issuer, &cluster.url()).await;
 }
 
@@ -186,6 +197,67 @@ async fn gateways_and_authz_on_redis_sentinel_share_replays_and_nonces() {
         return skip_without_redis();
     };
     let issuer = MockIssuer::start().await.unwrap();
-    assert_replays_shared(&issuer, &set.url()).await;
+    assert_replays_shared(&issuer, &set.url(), "").await;
     assert_nonces_shared(&issuer, &set.url()).await;
+}
+
+/// A file holding `password`, readable by its owner only, in a directory of its own.
+fn password_file(name: &str, password: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("dpop-gw-sentinel-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.join("password");
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// Sentinels that ask for an ACL user's login: the gateways and the authorizer log in with
+/// `[replay] redis_sentinel_username` and the password from
+/// `redis_sentinel_password_file` and share replays; a wrong password, or none, stops a
+/// gateway's start with an error naming the sentinel, never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_and_authz_log_in_to_sentinels_that_ask_for_a_password() {
+    let auth = SentinelAuth {
+        username: Some("dpop-gw".to_owned()),
+        password: "gw-sentinel-pass-3e1".to_owned(),
+    };
+    let Some(set) = RedisSentinel::spawn_with_auth("dpopgwauth", auth)
+        .await
+        .unwrap()
+    else {
+        return skip_without_redis();
+    };
+    let issuer = MockIssuer::start().await.unwrap();
+    let login = |file: &std::path::Path| {
+        format!(
+            "[replay]\nredis_sentinel_username = \"dpop-gw\"\nredis_sentinel_password_file = {:?}\n",
+            file.display().to_string()
+        )
+    };
+    let right = password_file("right", "gw-sentinel-pass-3e1");
+    assert_replays_shared(&issuer, &set.url(), &login(&right)).await;
+
+    let upstream = TestUpstream::start().await.unwrap();
+    let wrong = password_file("wrong", "not-the-pass-8c0");
+    for tables in [login(&wrong), String::new()] {
+        let text = gateway_text(&upstream, &issuer, &shared(&set.url(), false, &tables));
+        let Err(err) = Running::from_text(&text, None).await else {
+            panic!("a gateway started with a login the sentinel refuses");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("sentinel {}:", set.sentinel_addr())),
+            "{err}"
+        );
+        assert!(
+            !err.contains("not-the-pass") && !err.contains("gw-sentinel-pass"),
+            "{err}"
+        );
+        eprintln!("refused as expected: {err}");
+    }
+    for file in [right, wrong] {
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    }
 }
