@@ -1307,12 +1307,11 @@ impl EnforcementConfig {
             ..
         } = &replay
             && *wait_replicas > 0
+            && (wait_timeout.is_zero() || *wait_timeout > *timeout / 2)
         {
-            if wait_timeout.is_zero() || *wait_timeout > *timeout / 2 {
-                return Err(invalid(
-                    "[replay] redis_wait_timeout_ms must be more than 0 and at most half of redis_timeout_ms",
-                ));
-            }
+            return Err(invalid(
+                "[replay] redis_wait_timeout_ms must be more than 0 and at most half of redis_timeout_ms",
+            ));
         }
         let algorithms = match raw.algorithms {
             None => dpop_core::DEFAULT_ALGORITHMS.to_vec(),

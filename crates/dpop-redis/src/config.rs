@@ -125,12 +125,12 @@ impl RedisStoreConfig {
                 "sentinel_username and sentinel_password are for a redis+sentinel:// URL",
             ));
         }
-        if self.wait_replicas > 0 {
-            if self.wait_timeout.is_zero() || self.wait_timeout > self.command_timeout / 2 {
-                return Err(invalid(
-                    "wait_timeout must be more than zero and at most half of command_timeout",
-                ));
-            }
+        if self.wait_replicas > 0
+            && (self.wait_timeout.is_zero() || self.wait_timeout > self.command_timeout / 2)
+        {
+            return Err(invalid(
+                "wait_timeout must be more than zero and at most half of command_timeout",
+            ));
         }
         let data_scheme = if tls { "rediss" } else { "redis" };
         // The user information ends at the last `@`, as in `redact_url`.

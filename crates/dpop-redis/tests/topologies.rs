@@ -657,7 +657,7 @@ async fn cluster_failover_under_load(wait_replicas: u32) -> Option<usize> {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let (key, replay) = if n % 3 == 0 && !recorded.is_empty() {
+                let (key, replay) = if n.is_multiple_of(3) && !recorded.is_empty() {
                     (recorded[(n / 3) % recorded.len()], true)
                 } else {
                     (fresh_key(), false)
