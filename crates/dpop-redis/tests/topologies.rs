@@ -592,7 +592,8 @@ const LOSS_WINDOW: Duration = Duration::from_millis(500);
 ///
 /// Checks: while the replica had not yet been promoted, every insert for the dead
 /// primary's slots failed (never `Inserted`); once it was, inserts for those slots succeed
-/// again (with `wait_replicas` they stay refused: the promoted replica has no replica);
+/// again (with `wait_replicas` they stay refused while the promoted replica has no
+/// replica, and work again once the old primary has rejoined as one);
 /// every key answered `Inserted` after the kill is still known afterwards; a record made
 /// before the kill is lost when the promoted replica lacks it (or a replay of it was
 /// recorded anew), and each lost record was made in the last [`LOSS_WINDOW`] before the
@@ -785,6 +786,34 @@ async fn cluster_failover_under_load(wait_replicas: u32) -> Option<usize> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The old primary comes back (empty), rejoins as the promoted replica's replica:
+        // WAIT is satisfied again and its slots record proofs again.
+        cluster.restart_node(victim).await.unwrap();
+        let restarted_at = Instant::now();
+        let deadline = restarted_at + Duration::from_secs(20);
+        let recovered = loop {
+            let key = fresh_key();
+            if !victim_slots.contains(&Slot::for_key(format!("dpop:jti:{}", key.to_hex()))) {
+                continue;
+            }
+            match stores[1].insert_if_absent(&key, exp, now).await {
+                Ok(Insert::Inserted) => break restarted_at.elapsed(),
+                Ok(other) => panic!("a fresh key answered {other:?}"),
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "no record accepted after a replica rejoined: {e:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            info_replication(heir).await.contains("connected_slaves:1"),
+            "accepted, but the promoted replica has no replica"
+        );
+        eprintln!(
+            "cluster failover (wait_replicas = {wait_replicas}): the dead primary's slots \
+             record proofs again {recovered:?} after it was restarted and rejoined as a replica"
+        );
     }
     let outage_end = recovered_at.unwrap_or(cluster_ok_at);
     let failed_after_kill = attempts

@@ -73,10 +73,18 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.kill();
         let _ = fs::remove_file(&self.log);
+        let _ = fs::remove_file(std::env::temp_dir().join(rdb_name(self.port)));
         for f in &self.files {
             let _ = fs::remove_file(f);
         }
     }
+}
+
+/// The node's own RDB file name in the temporary directory. Nothing is saved, but a replica
+/// writes the copy it receives from its primary there, and a node started later would
+/// load it (and a cluster node holding keys cannot join a new cluster).
+fn rdb_name(port: u16) -> String {
+    format!("dpop-test-{}-{port}.rdb", std::process::id())
 }
 
 /// The common server arguments: loopback, no persistence, quiet.
@@ -98,7 +106,11 @@ fn server_args(port: u16) -> Vec<String> {
     ]
     .iter()
     .map(|s| (*s).to_owned())
-    .chain([std::env::temp_dir().display().to_string()])
+    .chain([
+        std::env::temp_dir().display().to_string(),
+        "--dbfilename".to_owned(),
+        rdb_name(port),
+    ])
     .collect()
 }
 
@@ -177,6 +189,9 @@ async fn wait_for_output(
 pub struct RedisCluster {
     nodes: Vec<Node>,
     cli: PathBuf,
+    binary: PathBuf,
+    /// Each node's arguments, to start it again.
+    args: Vec<Vec<String>>,
 }
 
 impl RedisCluster {
@@ -211,6 +226,7 @@ impl RedisCluster {
             return Ok(None);
         };
         let mut nodes = Vec::new();
+        let mut all_args = Vec::new();
         for i in 0..3 * (1 + replicas) {
             let port = free_port();
             let state = log_path(&format!("redis-cluster-node{i}.conf"));
@@ -240,6 +256,7 @@ impl RedisCluster {
                 )
                 .await?,
             );
+            all_args.push(args);
         }
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
@@ -249,7 +266,12 @@ impl RedisCluster {
             "--cluster-yes".to_owned(),
         ]);
         cli_async(&cli, create).await?;
-        let cluster = Self { nodes, cli };
+        let cluster = Self {
+            nodes,
+            cli,
+            binary,
+            args: all_args,
+        };
         for node in &cluster.nodes {
             wait_for_output(
                 &cluster.cli,
@@ -313,6 +335,32 @@ impl RedisCluster {
             Some(node) => node.kill(),
             None => Ok(()),
         }
+    }
+
+    /// Starts node `index` again after [`kill_node`](Self::kill_node), on its port and with
+    /// its cluster state file, without data (nothing is persisted): it rejoins the cluster,
+    /// as a replica of the node that took over its slots if one did.
+    ///
+    /// # Errors
+    /// When the node is running or does not start.
+    pub async fn restart_node(&mut self, index: usize) -> io::Result<()> {
+        let (Some(node), Some(args)) = (self.nodes.get_mut(index), self.args.get(index)) else {
+            return Err(io::Error::other(format!("no node {index}")));
+        };
+        if node.child.is_some() {
+            return Err(io::Error::other(format!("node {index} is running")));
+        }
+        // The state file must outlive the old handle: the new one deletes it when dropped.
+        let files = std::mem::take(&mut node.files);
+        *node = Node::start(
+            &self.binary,
+            node.port,
+            args,
+            &format!("redis-cluster-node{index}-again"),
+            files,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Waits until every node still running reports `cluster_state:ok`: after a failover,
