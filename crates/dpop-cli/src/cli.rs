@@ -42,7 +42,12 @@ pub(crate) struct Cli {
 pub(crate) struct PassphraseArgs {
     /// Read the passphrase of encrypted key files from this file (its first line; - for
     /// stdin)
-    #[arg(long, value_name = "FILE", global = true, conflicts_with = "passphrase_env")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "passphrase_env"
+    )]
     pub(crate) passphrase_file: Option<PathBuf>,
     /// Read the passphrase of encrypted key files from this environment variable
     #[arg(long, value_name = "VAR", global = true)]

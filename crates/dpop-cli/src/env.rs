@@ -89,9 +89,18 @@ mod tests {
     fn shared_flags_get_the_prefix_of_their_command() {
         let cmd = with_env_vars(Cli::command());
         cmd.clone().debug_assert();
-        assert_eq!(env_of(&cmd, &["gateway"], "issuer").as_deref(), Some("DPOP_GATEWAY_ISSUER"));
-        assert_eq!(env_of(&cmd, &["authz"], "issuer").as_deref(), Some("DPOP_AUTHZ_ISSUER"));
-        assert_eq!(env_of(&cmd, &["token"], "issuer").as_deref(), Some("DPOP_TOKEN_ISSUER"));
+        assert_eq!(
+            env_of(&cmd, &["gateway"], "issuer").as_deref(),
+            Some("DPOP_GATEWAY_ISSUER")
+        );
+        assert_eq!(
+            env_of(&cmd, &["authz"], "issuer").as_deref(),
+            Some("DPOP_AUTHZ_ISSUER")
+        );
+        assert_eq!(
+            env_of(&cmd, &["token"], "issuer").as_deref(),
+            Some("DPOP_TOKEN_ISSUER")
+        );
         assert_eq!(
             env_of(&cmd, &["issuer", "rotate-key"], "activate-in").as_deref(),
             Some("DPOP_ISSUER_ROTATE_KEY_ACTIVATE_IN")

@@ -37,6 +37,8 @@ pub(crate) fn is_stdio(path: &Path) -> bool {
 
 /// The PEM label of an encrypted PKCS#8 key.
 const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+/// The line an encrypted PKCS#8 PEM key starts with.
+const ENCRYPTED_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
 
 /// PBKDF2-HMAC-SHA256 iterations for keys `keygen --encrypt` writes (OWASP's 2023 advice
 /// for PBKDF2-HMAC-SHA256).
@@ -81,7 +83,9 @@ pub(crate) fn passphrase(what: &str, confirm: bool) -> Result<Zeroizing<String>,
     let source = PASSPHRASE_SOURCE.get_or_init(PassphraseSource::default);
     let text = match source {
         PassphraseSource::File(path, read) => {
-            let mut read = read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut read = read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if read.is_none() {
                 let (bytes, _) = read_limited(path, MAX_PASSPHRASE)?;
                 let text = std::str::from_utf8(&bytes).map_err(|_| {
@@ -142,7 +146,8 @@ fn subtle_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
 /// A failure when the key cannot be encoded or no randomness is available.
 pub(crate) fn encrypt_pem(pem: &str, passphrase: &str) -> Result<Zeroizing<String>, CliError> {
     use pkcs8::der::pem::LineEnding;
-    let cannot = |e: &dyn core::fmt::Display| CliError::failed(format!("cannot encrypt the key: {e}"));
+    let cannot =
+        |e: &dyn core::fmt::Display| CliError::failed(format!("cannot encrypt the key: {e}"));
     let (_, der) = pkcs8::SecretDocument::from_pem(pem).map_err(|e| cannot(&e))?;
     let info = pkcs8::PrivateKeyInfo::try_from(der.as_bytes()).map_err(|e| cannot(&e))?;
     let mut salt = [0u8; 16];
@@ -151,12 +156,9 @@ pub(crate) fn encrypt_pem(pem: &str, passphrase: &str) -> Result<Zeroizing<Strin
         dpop_core::RandomSource::fill(&dpop_core::SystemRandomSource, buf)
             .map_err(|e| cannot(&e))?;
     }
-    let params = pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(
-        PBKDF2_ITERATIONS,
-        &salt,
-        &iv,
-    )
-    .map_err(|e| cannot(&e))?;
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, &iv)
+            .map_err(|e| cannot(&e))?;
     let encrypted = info
         .encrypt_with_params(params, passphrase.as_bytes())
         .map_err(|e| cannot(&e))?;
@@ -215,6 +217,13 @@ impl KeyFile {
 /// A usage error naming the file and what is wrong with it.
 pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
     let (bytes, mode) = read_limited(path, MAX_PRIVATE_KEY_TEXT)?;
+    if bytes
+        .trim_ascii_start()
+        .starts_with(ENCRYPTED_BEGIN.as_bytes())
+    {
+        // Before asking for the passphrase of a key that is refused anyway.
+        check_private_mode(path, mode)?;
+    }
     let key = parse(path, &bytes, rsa_alg)?;
     if matches!(key, KeyFile::Private(_)) {
         check_private_mode(path, mode)?;
@@ -250,7 +259,7 @@ fn parse(path: &Path, bytes: &[u8], rsa_alg: Option<Algorithm>) -> Result<KeyFil
             }
             Err(e) => Err(bad(&format_args!("invalid JWK: {e}"))),
         }
-    } else if text.trim_start().starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+    } else if text.trim_start().starts_with(ENCRYPTED_BEGIN) {
         let der = decrypt_pem(path, text)?;
         PrivateKey::from_pkcs8_der(&der, rsa_alg)
             .map(KeyFile::Private)
@@ -320,7 +329,11 @@ pub(crate) fn read_limited(
     let mut buf = Zeroizing::new(Vec::with_capacity(max + 1));
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     let mode = if is_stdio(path) {
-        io::stdin().lock().take(limit).read_to_end(&mut buf).map_err(cannot)?;
+        io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(cannot)?;
         None
     } else {
         let file = File::open(path).map_err(cannot)?;
@@ -337,7 +350,11 @@ pub(crate) fn read_limited(
     if buf.len() > max {
         return Err(CliError::usage(format!(
             "{}: too large (over {max} bytes)",
-            if is_stdio(path) { "standard input".into() } else { path.display().to_string() }
+            if is_stdio(path) {
+                "standard input".into()
+            } else {
+                path.display().to_string()
+            }
         )));
     }
     Ok((buf, mode))

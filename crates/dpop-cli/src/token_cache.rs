@@ -110,7 +110,11 @@ impl FileTokenStore {
             )
         };
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            not_cache(format!("invalid JSON at line {} column {}", e.line(), e.column()))
+            not_cache(format!(
+                "invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
         })?;
         if doc.get("version").and_then(Value::as_u64) != Some(VERSION) {
             return Err(not_cache(format!("no \"version\": {VERSION}")));
@@ -125,7 +129,8 @@ impl FileTokenStore {
     fn write(&self, entries: &BTreeMap<String, Value>) -> Result<(), ClientError> {
         let doc = json!({ "version": VERSION, "tokens": entries });
         let text = Zeroizing::new(doc.to_string());
-        let tmp = keyfile::temp_path(&self.path).map_err(|e| ClientError::TokenStore(e.to_string()))?;
+        let tmp =
+            keyfile::temp_path(&self.path).map_err(|e| ClientError::TokenStore(e.to_string()))?;
         let written = keyfile::create_private(&tmp)
             .and_then(|file| keyfile::fill(file, &[text.as_bytes(), b"\n"]))
             .and_then(|()| fs::rename(&tmp, &self.path));

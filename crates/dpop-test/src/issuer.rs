@@ -159,8 +159,8 @@ fn random_id() -> String {
 }
 
 /// What the token endpoint of a [`MockIssuer`] issues ([`MockIssuer::issue_tokens`]).
+/// Build it with struct-update syntax, like [`TokenSpec`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct TokenPolicy {
     /// The `aud` of every token, whatever `audience` or `resource` the request asked
     /// for (as issuers that honour neither do). Defaults to `"https://api.example.com"`.
@@ -552,7 +552,11 @@ async fn token(
         .get("dpop")
         .and_then(|v| v.to_str().ok())
         .and_then(|proof| proof.split('.').next())
-        .and_then(|header| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok())
+        .and_then(|header| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .ok()
+        })
         .and_then(|header| serde_json::from_slice::<Value>(&header).ok())
         .and_then(|header| header.get("jwk").map(Value::to_string))
         .and_then(|jwk| dpop_core::PublicJwk::from_json(&jwk).ok())
@@ -586,11 +590,9 @@ async fn token(
     };
     let (kid, key) = state.current();
     let header = json!({ "alg": "ES256", "typ": "at+jwt", "kid": kid });
-    let Ok(access_token) = jws::sign_compact(
-        &*key,
-        &header,
-        &Value::Object(spec.claims(&state.url)),
-    ) else {
+    let Ok(access_token) =
+        jws::sign_compact(&*key, &header, &Value::Object(spec.claims(&state.url)))
+    else {
         return token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error");
     };
     let mut answer = json!({

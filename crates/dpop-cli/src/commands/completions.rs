@@ -41,10 +41,9 @@ pub(crate) fn man(cmd: &clap::Command, out: &mut dyn Write) -> Result<ExitCode, 
         writeln!(buf, ".SH \"DPOP {}\"", sub.get_name().to_ascii_uppercase())
             .map_err(|e| CliError::failed(e.to_string()))?;
         for line in text.lines().filter(|l| !l.starts_with(".TH ")) {
-            let line = line.strip_prefix(".SH ").map_or_else(
-                || line.to_owned(),
-                |title| format!(".SS {title}"),
-            );
+            let line = line
+                .strip_prefix(".SH ")
+                .map_or_else(|| line.to_owned(), |title| format!(".SS {title}"));
             writeln!(buf, "{line}").map_err(|e| CliError::failed(e.to_string()))?;
         }
     }

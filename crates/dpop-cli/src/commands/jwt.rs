@@ -68,18 +68,26 @@ fn read_token(arg: &str) -> Result<String, CliError> {
 fn parse(token: &str) -> Result<(Value, Value), CliError> {
     let jwt = UnverifiedJwt::parse(token)
         .map_err(|e| CliError::usage(format!("not a JWT: {}", Error::from(TokenError::from(e)))))?;
-    Ok((jwt.dangerous_header().clone(), jwt.dangerous_claims().clone()))
+    Ok((
+        jwt.dangerous_header().clone(),
+        jwt.dangerous_claims().clone(),
+    ))
 }
 
 fn decode(token: &str, as_json: bool, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let token = read_token(token)?;
     let (header, claims) = parse(&token)?;
-    if header.get("typ").and_then(Value::as_str).is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt")) {
+    if header
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"))
+    {
         eprintln!("note: this is a DPoP proof, not an access token: `dpop inspect` checks it");
     }
     let now = clock::now()?.as_secs();
     if as_json {
-        let object = json!({ "header": header, "claims": claims, "times": times_json(&claims, now) });
+        let object =
+            json!({ "header": header, "claims": claims, "times": times_json(&claims, now) });
         writeln!(out, "{object}")
     } else {
         write_decoded(&header, &claims, now, out)
@@ -144,10 +152,14 @@ fn verify(
     };
     let fetcher = Fetcher::new(FETCH_TIMEOUT)
         .map_err(|e| CliError::failed(format!("cannot make an HTTP client: {e}")))?;
-    let jwks = RemoteJwks::new(KeySource::Discover(issuer_url), fetcher, JwksTimings::default());
-    let keys = runtime()?.block_on(jwks.keys()).map_err(|e| {
-        CliError::usage(format!("cannot get the keys of the issuer {issuer}: {e}"))
-    })?;
+    let jwks = RemoteJwks::new(
+        KeySource::Discover(issuer_url),
+        fetcher,
+        JwksTimings::default(),
+    );
+    let keys = runtime()?
+        .block_on(jwks.keys())
+        .map_err(|e| CliError::usage(format!("cannot get the keys of the issuer {issuer}: {e}")))?;
     let validation = JwtValidation::new(issuer, audience);
     let verdict: Result<(), Error> = if audience.is_some() {
         dpop_core::jwt::verify_access_token(&token, &keys, &validation, now)
@@ -179,10 +191,20 @@ fn verify(
         }
         writeln!(out, "{object}")
     } else {
-        write_verdict(decoded.as_ref(), &verdict, audience.is_some(), now.as_secs(), out)
+        write_verdict(
+            decoded.as_ref(),
+            &verdict,
+            audience.is_some(),
+            now.as_secs(),
+            out,
+        )
     }
     .map_err(|e| CliError::stdout(&e))?;
-    Ok(ExitCode::from(if verdict.is_ok() { EXIT_OK } else { EXIT_INVALID }))
+    Ok(ExitCode::from(if verdict.is_ok() {
+        EXIT_OK
+    } else {
+        EXIT_INVALID
+    }))
 }
 
 fn write_verdict(

@@ -27,7 +27,12 @@ pub(crate) fn jwk(args: &JwkArgs, out: &mut dyn Write) -> Result<ExitCode, CliEr
     for file in &args.files {
         let key = keyfile::load(file, alg)?;
         let with_alg = args.set || args.alg.is_some();
-        keys.push(describe(&key, file, args.set || args.kid, with_alg.then_some(alg))?);
+        keys.push(describe(
+            &key,
+            file,
+            args.set || args.kid,
+            with_alg.then_some(alg),
+        )?);
     }
     let text = if args.set {
         let mut kids: Vec<&Value> = keys.iter().filter_map(|k| k.get("kid")).collect();

@@ -150,9 +150,7 @@ pub(crate) fn run(args: &TokenArgs, out: &mut impl Write) -> Result<ExitCode, Cl
         .ok_or_else(|| CliError::usage("dpop token needs --issuer and --client-id"))?;
     let (access_token, json) = if args.issuer.token_cache.is_some() {
         // Through the cache: a stored token, or a new one that is then stored.
-        let token = runtime()?
-            .block_on(tokens.token())
-            .map_err(client_error)?;
+        let token = runtime()?.block_on(tokens.token()).map_err(client_error)?;
         let json = tokens.current().map(|t| {
             let now = dpop_core::Clock::now(&dpop_core::SystemClock).map_or(0, |n| n.as_secs());
             let mut json = json!({
