@@ -488,7 +488,7 @@ impl TokenSource for OAuthTokens {
         {
             return Err(ClientError::TokenUnavailable(why));
         }
-        if let Some(t) = self.from_store()? {
+        if let Some(t) = self.stored_token()? {
             return Ok(t);
         }
         let started = Instant::now();
@@ -553,7 +553,7 @@ impl TokenSource for OAuthTokens {
 impl OAuthTokens {
     /// A usable token from the store, now also held in memory; or `None`, having taken
     /// the refresh token of an expired stored token for the renewal.
-    fn from_store(&self) -> Result<Option<Arc<str>>, ClientError> {
+    fn stored_token(&self) -> Result<Option<Arc<str>>, ClientError> {
         let Some((store, key)) = &self.store else {
             return Ok(None);
         };

@@ -129,7 +129,6 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
-#[expect(clippy::too_many_arguments, reason = "the flags of one subcommand")]
 fn verify(
     token: &str,
     issuer: &str,
