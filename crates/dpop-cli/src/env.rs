@@ -10,6 +10,7 @@
 //! built command gives each flag the prefix of the command it ends up in, from one rule,
 //! and a flag added later gets its variable without anyone remembering to.
 
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Command};
 
 /// The commands whose flags are read from the environment, and their prefixes.
@@ -21,7 +22,8 @@ const COMMANDS: [(&str, &str); 4] = [
 ];
 
 /// Flags whose values are secrets: their variables' values are never shown in `--help`.
-/// (The secrets themselves live in files and variables named by flags, which are not.)
+/// None of these commands takes a secret as a flag value today (secrets come from files
+/// and from variables whose names the flags give); the list keeps one added later hidden.
 const SECRET_FLAGS: [&str; 2] = ["token", "client-secret"];
 
 /// `cli` with an environment variable for every flag of the [`COMMANDS`] (and of their
@@ -50,14 +52,16 @@ fn add_env(cmd: Command, prefix: &str) -> Command {
         }
         let var = format!("{prefix}_{}", var_part(long));
         let secret = SECRET_FLAGS.contains(&long);
-        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        let action = arg.get_action().clone();
         let arg = arg.env(var).hide_env_values(secret);
-        if repeatable {
+        match action {
             // One variable, several values: separated by spaces (no URL, host, address
             // or URI these flags take contains a space).
-            arg.value_delimiter(' ')
-        } else {
-            arg
+            ArgAction::Append => arg.value_delimiter(' '),
+            // A switch's variable must say yes or no (true/false, 1/0, yes/no, on/off):
+            // anything else is a usage error, not silently "on".
+            ArgAction::SetTrue => arg.value_parser(BoolishValueParser::new()),
+            _ => arg,
         }
     })
 }

@@ -87,7 +87,9 @@ pub(crate) fn passphrase(what: &str, confirm: bool) -> Result<Zeroizing<String>,
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if read.is_none() {
-                let (bytes, _) = read_limited(path, MAX_PASSPHRASE)?;
+                let (bytes, mode) = read_limited(path, MAX_PASSPHRASE)?;
+                // As for the key itself: a passphrase others can read protects nothing.
+                check_owner_only(path, mode, "the passphrase file")?;
                 let text = std::str::from_utf8(&bytes).map_err(|_| {
                     CliError::usage(format!("{}: the passphrase is not UTF-8", path.display()))
                 })?;
@@ -235,6 +237,18 @@ pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, C
 fn check_private_mode(path: &Path, mode: Option<u32>) -> Result<(), CliError> {
     match mode.and_then(|mode| dpop_server::files::loose_key_mode(path, mode)) {
         Some(why) => Err(CliError::usage(why)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a file holding a secret other than a key (a passphrase, tokens) that group or
+/// others may read, with the same advice as for keys.
+pub(crate) fn check_owner_only(path: &Path, mode: Option<u32>, what: &str) -> Result<(), CliError> {
+    match mode.map(|m| m & 0o777).filter(|m| m & 0o077 != 0) {
+        Some(m) => Err(CliError::usage(format!(
+            "{what} {shown} can be read by other users (mode {m:04o}); it must be readable by its owner only: run `chmod 600 {shown}`",
+            shown = path.display()
+        ))),
         None => Ok(()),
     }
 }

@@ -99,9 +99,8 @@ impl FileTokenStore {
         }
         let (bytes, mode) = keyfile::read_limited(&self.path, MAX_CACHE_BYTES)
             .map_err(|e| ClientError::TokenStore(e.to_string()))?;
-        if let Some(why) = mode.and_then(|m| dpop_server::files::loose_key_mode(&self.path, m)) {
-            return Err(ClientError::TokenStore(why));
-        }
+        keyfile::check_owner_only(&self.path, mode, "the token cache")
+            .map_err(|e| ClientError::TokenStore(e.to_string()))?;
         // The parse error's position only: its text could quote a token.
         let not_cache = |detail: String| {
             store_error(

@@ -161,6 +161,16 @@ async fn a_passphrase_protected_key_round_trip() {
     assert_eq!(dpop(&args, &env).await.line(), jkt);
     let file = dir.file("passphrase");
     std::fs::write(&file, format!("{PASSPHRASE}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Others can read it: refused like a key file.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let run = dpop(&["thumbprint", p(&key), "--passphrase-file", p(&file)], &[]).await;
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("chmod 600"), "{run:?}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let args = ["thumbprint", p(&key), "--passphrase-file", p(&file)];
     assert_eq!(dpop(&args, &[]).await.line(), jkt);
     // ...or stdin, and everywhere a key is read: signing a proof.

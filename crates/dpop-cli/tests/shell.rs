@@ -101,6 +101,11 @@ async fn token_issuer_and_authz_flags_come_from_the_environment() {
         dpop(&["token"], &not_raw).await.json()["access_token"],
         first.as_str()
     );
+    // A switch's variable that is neither yes nor no is a usage error.
+    not_raw[5] = ("DPOP_TOKEN_RAW", "maybe");
+    let run = dpop(&["token"], &not_raw).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("maybe"), "{run:?}");
 
     // issuer: --config from DPOP_ISSUER_CONFIG (a missing file is named in the error).
     let missing = dir.file("no-such-issuer.toml");
