@@ -6,7 +6,8 @@
 //! refused. Every change is a read-modify-write under an exclusive lock (`flock` on
 //! `FILE.lock`, Unix), written to a new file beside it that is then renamed over it, so
 //! two processes never lose each other's entries and a reader never sees half a file.
-//! Messages name the file and what is wrong, never a token.
+//! Messages name the file and what is wrong, never a token. `FILE.lock` stays beside the
+//! cache (empty, 0600); entries that can no longer give a token are dropped at each save.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -21,6 +22,9 @@ use crate::keyfile;
 
 /// The largest cache file read (a few hundred tokens).
 const MAX_CACHE_BYTES: usize = 1 << 20;
+
+/// How long after its access token expired an entry is kept for its refresh token.
+const REFRESH_KEPT_SECS: u64 = 30 * 86_400;
 
 /// The cache format this code writes and reads.
 const VERSION: u64 = 1;
@@ -179,9 +183,14 @@ impl TokenStore for FileTokenStore {
     fn save(&self, key: &TokenKey, token: &StoredToken) -> Result<(), ClientError> {
         let now = dpop_core::Clock::now(&dpop_core::SystemClock).map_or(0, |t| t.as_secs());
         self.with_entries(|entries| {
-            // Entries that can no longer give a token go: expired without a refresh token.
+            // Entries that can no longer give a token go: expired without a refresh token,
+            // or expired for longer than refresh tokens live (30 days at dpop issuer).
             entries.retain(|_, v| {
-                from_entry(v).is_some_and(|t| t.expires_at > now || t.refresh_token.is_some())
+                from_entry(v).is_some_and(|t| {
+                    t.expires_at > now
+                        || (t.refresh_token.is_some()
+                            && t.expires_at.saturating_add(REFRESH_KEPT_SECS) > now)
+                })
             });
             entries.insert(key.as_str().to_owned(), to_entry(token));
             ((), true)
@@ -199,5 +208,111 @@ impl TokenStore for FileTokenStore {
             }
             ((), matches)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> TokenKey {
+        TokenKey::new(
+            "https://as.example",
+            n,
+            "jkt",
+            "client_credentials",
+            None,
+            &[],
+            &[],
+        )
+    }
+
+    fn now() -> u64 {
+        dpop_core::Clock::now(&dpop_core::SystemClock).map_or(0, |t| t.as_secs())
+    }
+
+    fn dir(label: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dpop-cache-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn save_load_remove_and_pruning() {
+        let d = dir("unit");
+        let store = FileTokenStore::new(d.join("sub").join("cache.json"));
+        let t = now();
+        let live = StoredToken::new("live".into(), t, t + 300, None, Some("read".into()));
+        store.save(&key("a"), &live).unwrap();
+        let got = store.load(&key("a")).unwrap().unwrap();
+        assert_eq!(&*got.access_token, "live");
+        assert_eq!(got.scope.as_deref(), Some("read"));
+        assert!(store.load(&key("b")).unwrap().is_none());
+
+        // Removing another token leaves the stored one; removing it empties the key.
+        store.remove(&key("a"), "other").unwrap();
+        assert!(store.load(&key("a")).unwrap().is_some());
+        store.remove(&key("a"), "live").unwrap();
+        assert!(store.load(&key("a")).unwrap().is_none());
+
+        // Expired without a refresh token, or long expired: dropped at the next save.
+        let rt = Some(Arc::new(Zeroizing::new("rt".to_owned())));
+        store
+            .save(
+                &key("dead"),
+                &StoredToken::new("d".into(), t - 600, t - 300, None, None),
+            )
+            .unwrap();
+        store
+            .save(
+                &key("old"),
+                &StoredToken::new("o".into(), 0, 300, rt.clone(), None),
+            )
+            .unwrap();
+        store
+            .save(
+                &key("renewable"),
+                &StoredToken::new("r".into(), t - 600, t - 300, rt, None),
+            )
+            .unwrap();
+        store.save(&key("a"), &live).unwrap();
+        assert!(store.load(&key("dead")).unwrap().is_none());
+        assert!(store.load(&key("old")).unwrap().is_none());
+        let renewable = store.load(&key("renewable")).unwrap().unwrap();
+        assert_eq!(
+            renewable.refresh_token.as_deref().map(|r| r.as_str()),
+            Some("rt")
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_cache_is_refused_without_quoting_it() {
+        let d = dir("bad");
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join("cache.json");
+        let store = FileTokenStore::new(path.clone());
+        for text in [
+            "{\"tokens\": {\"k\": \"SECRET\"}}",
+            "{\"version\": 2, \"tokens\": {}}",
+            "SECRET",
+            "{\"version\": 1, \"tokens\": \"SECRET\"}",
+        ] {
+            keyfile::write_secret(&path, &[text.as_bytes()], true).unwrap();
+            let e = store.load(&key("a")).unwrap_err().to_string();
+            assert!(e.contains("not a dpop token cache"), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+            // Not replaced by a save either.
+            assert!(
+                store
+                    .save(
+                        &key("a"),
+                        &StoredToken::new("t".into(), 0, u64::MAX, None, None)
+                    )
+                    .is_err()
+            );
+            assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        }
+        let _ = fs::remove_dir_all(&d);
     }
 }
