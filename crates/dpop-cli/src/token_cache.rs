@@ -6,15 +6,17 @@
 //! refused. Every change is a read-modify-write under an exclusive lock (`flock` on
 //! `FILE.lock`, Unix), written to a new file beside it that is then renamed over it, so
 //! two processes never lose each other's entries and a reader never sees half a file.
-//! Messages name the file and what is wrong, never a token. `FILE.lock` stays beside the
-//! cache (empty, 0600); entries that can no longer give a token are dropped at each save.
+//! A renewal holds `FILE.renew.lock` while it asks the issuer, so runs started together
+//! wait for the first one's token (at most 30 s) instead of each asking. Messages name
+//! the file and what is wrong, never a token. The two lock files stay beside the cache
+//! (empty, 0600); entries that can no longer give a token are dropped at each save.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dpop_client::{ClientError, StoredToken, TokenKey, TokenStore};
+use dpop_client::{ClientError, RenewalGuard, StoredToken, TokenKey, TokenStore};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -60,9 +62,20 @@ impl FileTokenStore {
         Ok(result)
     }
 
-    /// The exclusive lock on `FILE.lock`, released when the file is dropped. Creates the
-    /// cache's directory (0700) when missing.
+    /// The exclusive lock on `FILE.lock`, released when the file is dropped.
     fn lock(&self) -> Result<File, ClientError> {
+        let (file, lock_path) = self.open_lock(".lock")?;
+        #[cfg(unix)]
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| store_error(&lock_path, format_args!("cannot lock: {e}")))?;
+        #[cfg(not(unix))]
+        let _ = lock_path;
+        Ok(file)
+    }
+
+    /// `FILE` + `suffix`, opened (created 0600) to be locked. Creates the cache's
+    /// directory (0700) when missing.
+    fn open_lock(&self, suffix: &str) -> Result<(File, PathBuf), ClientError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
@@ -78,7 +91,7 @@ impl FileTokenStore {
                 .map_err(|e| store_error(dir, format_args!("cannot create the directory: {e}")))?;
         }
         let mut lock_path = self.path.clone().into_os_string();
-        lock_path.push(".lock");
+        lock_path.push(suffix);
         let lock_path = PathBuf::from(lock_path);
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
@@ -90,10 +103,7 @@ impl FileTokenStore {
         let file = options
             .open(&lock_path)
             .map_err(|e| store_error(&lock_path, format_args!("cannot open the lock file: {e}")))?;
-        #[cfg(unix)]
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| store_error(&lock_path, format_args!("cannot lock: {e}")))?;
-        Ok(file)
+        Ok((file, lock_path))
     }
 
     /// The entries, none when the file does not exist yet.
@@ -195,6 +205,22 @@ impl TokenStore for FileTokenStore {
             entries.insert(key.as_str().to_owned(), to_entry(token));
             ((), true)
         })
+    }
+
+    /// One renewal at a time per cache file (`FILE.renew.lock`, Unix), whichever key: runs
+    /// started together then wait for the first one's token instead of each fetching.
+    fn try_lock_renewal(&self, key: &TokenKey) -> Result<Option<RenewalGuard>, ClientError> {
+        let _ = key;
+        let (file, lock_path) = self.open_lock(".renew.lock")?;
+        #[cfg(unix)]
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(store_error(&lock_path, format_args!("cannot lock: {e}"))),
+        }
+        #[cfg(not(unix))]
+        let _ = lock_path;
+        Ok(Some(RenewalGuard::new(file)))
     }
 
     fn remove(&self, key: &TokenKey, access_token: &str) -> Result<(), ClientError> {

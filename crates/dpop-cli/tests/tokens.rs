@@ -176,6 +176,30 @@ async fn concurrent_runs_lose_no_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_started_together_make_one_token_request() {
+    let s = Setup::start().await;
+    let args: Vec<String> = s.token_args(&[]).iter().map(|a| (*a).to_owned()).collect();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let args = args.clone();
+            std::thread::spawn(move || {
+                Command::new(DPOP)
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let tokens: Vec<String> = runs
+        .into_iter()
+        .map(|r| Run::from(r.join().unwrap()).line().to_owned())
+        .collect();
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
+    assert_eq!(s.issuer.token_requests(), ["client_credentials"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_cached_token_is_replaced() {
     let s = Setup::start().await;
     s.issuer.issue_tokens(TokenPolicy {
@@ -362,6 +386,28 @@ async fn an_audience_the_issuer_ignored_is_warned_about() {
         run.stderr
             .contains(&format!("warning: --audience {AUD} was asked for"))
             && run.stderr.contains(&format!("try --resource {AUD}")),
+        "{run:?}"
+    );
+
+    // dpop curl warns the same, once per token.
+    let jwks = s.issuer.jwks_uri();
+    let curl = [
+        "curl",
+        &jwks,
+        "--key",
+        p(&s.key),
+        "--issuer",
+        s.issuer.url(),
+        "--client-id",
+        "svc",
+        "--audience",
+        AUD,
+    ];
+    let run = dpop(&curl).await;
+    assert!(run.ok().contains("\"keys\""), "{run:?}");
+    assert_eq!(
+        run.stderr.matches("warning: --audience").count(),
+        1,
         "{run:?}"
     );
 

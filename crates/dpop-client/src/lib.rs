@@ -44,7 +44,7 @@ pub use crate::error::ClientError;
 pub use crate::key::ClientKey;
 pub use crate::middleware::DpopMiddleware;
 pub use crate::source::{StaticToken, TokenSource};
-pub use crate::store::{StoredToken, TokenKey, TokenStore};
+pub use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
 pub use crate::tokens::{
     ClientAuth, Grant, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,
 };

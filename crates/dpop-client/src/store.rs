@@ -36,6 +36,36 @@ pub trait TokenStore: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`ClientError::TokenStore`] when the store cannot be written.
     fn remove(&self, key: &TokenKey, access_token: &str) -> Result<(), ClientError>;
+
+    /// Tries to take the lock held while a token for `key` is renewed, without waiting:
+    /// `Some` guard (the lock is released when it is dropped) or `None` when another
+    /// process holds it (the caller tries again a little later, then reads the store).
+    /// Stores shared by one process only need not lock. Defaults to always granted.
+    ///
+    /// # Errors
+    /// [`ClientError::TokenStore`] when the lock cannot be tried.
+    fn try_lock_renewal(&self, key: &TokenKey) -> Result<Option<RenewalGuard>, ClientError> {
+        let _ = key;
+        Ok(Some(RenewalGuard::new(())))
+    }
+}
+
+/// Holds a [`TokenStore`]'s renewal lock until dropped (whatever the store keeps to hold
+/// it: a locked file, a lease).
+pub struct RenewalGuard(#[allow(dead_code, reason = "held for its Drop")] Box<dyn Send + Sync>);
+
+impl RenewalGuard {
+    /// A guard keeping `held` (released by its `Drop`) until the guard is dropped.
+    #[must_use]
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(held))
+    }
+}
+
+impl fmt::Debug for RenewalGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RenewalGuard")
+    }
 }
 
 /// What a stored token was asked for: the issuer, the client, the DPoP key's thumbprint,

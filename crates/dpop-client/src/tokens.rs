@@ -20,7 +20,7 @@ use crate::key::ClientKey;
 use crate::middleware::{DpopMiddleware, send_signed};
 use crate::session::Session;
 use crate::source::TokenSource;
-use crate::store::{StoredToken, TokenKey, TokenStore};
+use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
 
 /// How the client authenticates to the token endpoint.
 #[derive(Clone)]
@@ -248,6 +248,12 @@ impl fmt::Debug for OAuthTokens {
 
 /// Time limit of each metadata request (the client's own limit for every request).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a source waits for another process's renewal through a [`TokenStore`].
+const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+
+/// How often the renewal lock is tried while another process holds it.
+const RENEWAL_POLL: Duration = Duration::from_millis(50);
 
 /// How long a failed token request answers for the callers that waited on it.
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
@@ -491,6 +497,17 @@ impl TokenSource for OAuthTokens {
         if let Some(t) = self.stored_token()? {
             return Ok(t);
         }
+        // Other processes using the store may be renewing the same token: wait for them
+        // and take theirs, so that runs started together still make one token request.
+        let _renewing = match self.renewal_lock().await? {
+            Some(guard) => {
+                if let Some(t) = self.stored_token()? {
+                    return Ok(t);
+                }
+                Some(guard)
+            }
+            None => None,
+        };
         let started = Instant::now();
         let obtained_at = unix_now()?;
         let response = match self.renew().await {
@@ -551,6 +568,26 @@ impl TokenSource for OAuthTokens {
 }
 
 impl OAuthTokens {
+    /// The store's renewal lock, polled until [`RENEWAL_WAIT`] has passed (then the token
+    /// is renewed without it: a stuck process must not stop the others). `None` without a
+    /// store.
+    async fn renewal_lock(&self) -> Result<Option<RenewalGuard>, ClientError> {
+        let Some((store, key)) = &self.store else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + RENEWAL_WAIT;
+        loop {
+            if let Some(guard) = store.try_lock_renewal(key)? {
+                return Ok(Some(guard));
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(target: "dpop::client", "the token store's renewal lock is still held; renewing without it");
+                return Ok(None);
+            }
+            tokio::time::sleep(RENEWAL_POLL).await;
+        }
+    }
+
     /// A usable token from the store, now also held in memory; or `None`, having taken
     /// the refresh token of an expired stored token for the renewal.
     fn stored_token(&self) -> Result<Option<Arc<str>>, ClientError> {
