@@ -3,8 +3,9 @@
 //! issuer with the gateway (`issuer`), `dpop authz` behind real nginx and Caddy
 //! (`proxies`), the client commands `dpop token` and `dpop curl` against the issuer and
 //! the gateway (`client`), and the whole system of issuer, gateway instances, Redis,
-//! PostgreSQL and clients in operational scenarios (`system`). What they share is in
-//! `common`.
+//! PostgreSQL and clients in operational scenarios (`system`), tokens kept between runs
+//! (`tokens`), `dpop jwt` (`jwt`), key files (`keys`), and environment variables,
+//! completions and the manual page (`shell`). What they share is in `common`.
 
 mod common;
 
@@ -12,5 +13,9 @@ mod cli;
 mod client;
 mod gateway;
 mod issuer;
+mod jwt;
+mod keys;
 mod proxies;
+mod shell;
 mod system;
+mod tokens;

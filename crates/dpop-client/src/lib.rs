@@ -37,12 +37,14 @@ mod key;
 mod middleware;
 mod session;
 mod source;
+mod store;
 mod tokens;
 
 pub use crate::error::ClientError;
 pub use crate::key::ClientKey;
 pub use crate::middleware::DpopMiddleware;
 pub use crate::source::{StaticToken, TokenSource};
+pub use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
 pub use crate::tokens::{
     ClientAuth, Grant, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,
 };

@@ -7,11 +7,13 @@
 //! - `skew`: a server clock that differs is learned from `Date` and kept per origin;
 //! - `tokens`: client credentials, `private_key_jwt`, token exchange, refresh tokens,
 //!   caching and one token request for many waiting requests;
-//! - `keys`: ephemeral keys, key files and their permissions, keys from the environment.
+//! - `keys`: ephemeral keys, key files and their permissions, keys from the environment;
+//! - `store`: tokens kept between sources in a `TokenStore`.
 
 mod keys;
 mod nonces;
 mod proofs;
 mod skew;
+mod store;
 mod support;
 mod tokens;

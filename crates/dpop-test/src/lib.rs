@@ -75,7 +75,7 @@ pub use crate::grpc::{
 };
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
-    MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
+    MockIssuer, MockIssuerBuilder, Serving, TokenPolicy, TokenSpec, now,
 };
 pub use crate::issuer_fixture::{ClientFixture, IssuerFixture};
 pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
