@@ -13,8 +13,9 @@ pub(crate) use self::curl::CurlArgs;
 
 const AFTER_HELP: &str = "\
 Exit status:
-  0  success (inspect: the proof is valid)
-  1  inspect: the proof is invalid; demo: a step did not behave as expected;
+  0  success (inspect: the proof is valid; jwt verify: the token is valid)
+  1  inspect: the proof is invalid; jwt verify: the token is invalid;
+     demo: a step did not behave as expected;
      any command: an operation failed (e.g. output could not be written)
   2  usage error: bad arguments or flag values, a missing, unreadable or
      unusable file, an existing file that --force was not given for
@@ -33,6 +34,28 @@ Exit status:
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    #[command(flatten)]
+    pub(crate) passphrase: PassphraseArgs,
+}
+
+/// Where the passphrase of an encrypted key file comes from, for every command that
+/// reads or writes one. Without either flag it is asked for on the terminal (and an
+/// encrypted key cannot be read without a terminal). Never a flag value: command lines
+/// are visible to other users.
+#[derive(Debug, Default, Args)]
+pub(crate) struct PassphraseArgs {
+    /// Read the passphrase of encrypted key files from this file (its first line; - for
+    /// stdin)
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "passphrase_env"
+    )]
+    pub(crate) passphrase_file: Option<PathBuf>,
+    /// Read the passphrase of encrypted key files from this environment variable
+    #[arg(long, value_name = "VAR", global = true)]
+    pub(crate) passphrase_env: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,9 +68,11 @@ pub(crate) enum Command {
     Keygen(KeygenArgs),
     /// Print the public JWK of a key file, as one line of JSON
     ///
-    /// FILE may hold a private key (PKCS#8 PEM or private JWK) or a public JWK; the
-    /// format is detected from the content. Only public members are printed.
-    Jwk(KeyFileArgs),
+    /// FILE may hold a private key (PKCS#8 PEM, encrypted or not, or private JWK) or a
+    /// public JWK; the format is detected from the content. Only public members are
+    /// printed, with kid (the thumbprint), alg and use on request; --set prints a JWK Set
+    /// of several key files, as an issuer's jwks_file holds.
+    Jwk(JwkArgs),
     /// Print the JWK thumbprint (jkt, RFC 7638) of a key file
     ///
     /// FILE may hold a private key (PKCS#8 PEM or private JWK) or a public JWK.
@@ -57,6 +82,14 @@ pub(crate) enum Command {
     /// Send the output as the DPoP request header. With --access-token the proof carries
     /// ath, the hash of the token, as a resource server requires.
     Proof(ProofArgs),
+    /// Decode or verify a JWT access token: "why was my token refused?"
+    ///
+    /// `decode` shows the header and the claims (times also in UTC) without checking
+    /// anything; `verify` checks the token as the gateway does, with the issuer's keys
+    /// from its metadata, and prints the verdict with the gateway's reason code. verify
+    /// exits 0 when the token is valid, 1 when it is not, 2 on a usage or configuration
+    /// error (e.g. the issuer's keys cannot be fetched).
+    Jwt(JwtArgs),
     /// Decode a DPoP proof and verify it as a server would, check by check
     ///
     /// Every algorithm is allowed and no replay store is used (inspecting the same proof
@@ -122,6 +155,68 @@ pub(crate) enum Command {
     /// --keep-running leaves the services up and prints commands to try. --offline
     /// instead walks through the protocol step by step without any network.
     Demo(DemoArgs),
+    /// Print a shell completion script for bash, zsh, fish or PowerShell
+    ///
+    /// e.g. `dpop completions bash > /etc/bash_completion.d/dpop`, or
+    /// `dpop completions zsh > "${fpath[1]}/_dpop"`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), e.g. `dpop man | man -l -`
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JwtArgs {
+    #[command(subcommand)]
+    pub(crate) action: JwtAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JwtAction {
+    /// Show a JWT's header and claims, without checking them
+    ///
+    /// Times (exp, iat, nbf, auth_time) are also shown in UTC, with how long ago or from
+    /// now. Nothing is verified: use `dpop jwt verify` for that.
+    Decode {
+        /// The token, or - to read it from stdin
+        #[arg(value_name = "TOKEN|-")]
+        token: String,
+        /// Print one JSON object instead of the human-readable report
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify an access token as the gateway does, and say why it is refused
+    ///
+    /// The issuer's keys come from its metadata (RFC 8414 or OpenID discovery). The
+    /// checks: size and structure, typ (at+jwt or JWT), alg, signature, iss, aud (with
+    /// --audience; any otherwise), exp, nbf/iat (30 s leeway), cnf.jkt (with --jkt).
+    /// Exits 0 when valid, 1 when not (with the reason code the gateway logs).
+    Verify {
+        /// The token, or - to read it from stdin
+        #[arg(value_name = "TOKEN|-")]
+        token: String,
+        /// The issuer the token must come from; its keys are discovered from it
+        #[arg(long, value_name = "URL")]
+        issuer: String,
+        /// The audience the token must be for (the API's identifier)
+        #[arg(long, value_name = "A")]
+        audience: Option<String>,
+        /// The DPoP key thumbprint the token must be bound to (cnf.jkt)
+        #[arg(long, value_name = "JKT", allow_hyphen_values = true)]
+        jkt: Option<String>,
+        /// Verify as of this time, in seconds since the Unix epoch [default: now]
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        now: Option<u64>,
+        /// Print one JSON object instead of the human-readable report
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -299,9 +394,21 @@ pub(crate) struct IssuerTokenArgs {
     /// An RFC 8707 resource to ask for (repeatable)
     #[arg(long, value_name = "URI")]
     pub(crate) resource: Vec<String>,
-    /// Token exchange: the file holding the subject token (e.g. a CI OIDC job token)
-    #[arg(long, value_name = "FILE")]
+    /// Token exchange: the file holding the subject token (e.g. a CI OIDC job token; -
+    /// for stdin)
+    #[arg(long, value_name = "FILE", conflicts_with = "refresh_token_file")]
     pub(crate) subject_token_file: Option<PathBuf>,
+    /// Redeem the refresh token in this file (- for stdin) instead of the client's grant.
+    /// Issuers that rotate refresh tokens return a new one: the one in the file is spent
+    #[arg(long, value_name = "FILE")]
+    pub(crate) refresh_token_file: Option<PathBuf>,
+    /// Keep tokens in this file between runs (mode 0600; its directory is created 0700),
+    /// keyed by issuer, client, key thumbprint, grant, scopes, audiences and resources:
+    /// a token still valid there is used instead of asking the issuer, an expired one is
+    /// replaced (with its refresh token when it has one), and one the server refuses is
+    /// dropped and replaced once
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_cache: Option<PathBuf>,
     /// Token exchange: the subject token's type
     #[arg(
         long,
@@ -314,7 +421,8 @@ pub(crate) struct IssuerTokenArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenArgs {
-    /// The DPoP key the token is bound to (PKCS#8 PEM or private JWK, mode 0600)
+    /// The DPoP key the token is bound to (PKCS#8 PEM or private JWK, mode 0600; - for
+    /// stdin)
     #[arg(long, value_name = "FILE")]
     pub(crate) key: PathBuf,
     #[command(flatten)]
@@ -332,27 +440,51 @@ pub(crate) struct KeygenArgs {
     /// RSA modulus size in bits; only for RS*/PS* algorithms [default: 2048]
     #[arg(long, value_enum)]
     pub(crate) bits: Option<RsaBits>,
-    /// File to write the private key to; it must not exist yet (see --force)
+    /// File to write the private key to (- for stdout); it must not exist yet (see
+    /// --force)
     #[arg(long, value_name = "FILE")]
     pub(crate) out: PathBuf,
     /// Replace FILE if it exists (atomically: written beside it, then renamed)
     #[arg(long)]
     pub(crate) force: bool,
     /// Write the key as a private JWK (JSON, records the algorithm) instead of PKCS#8 PEM
-    #[arg(long)]
+    #[arg(long, conflicts_with = "encrypt")]
     pub(crate) jwk: bool,
+    /// Encrypt the key with a passphrase (PKCS#8 PBES2: PBKDF2-SHA256, AES-256-CBC), from
+    /// --passphrase-file, --passphrase-env or a prompt (asked twice)
+    #[arg(long)]
+    pub(crate) encrypt: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JwkArgs {
+    /// Key file(s): PKCS#8 PEM private key, private JWK, or public JWK (- for stdin);
+    /// several only with --set
+    #[arg(value_name = "FILE", required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    /// Add "kid": the key's thumbprint (RFC 7638)
+    #[arg(long)]
+    pub(crate) kid: bool,
+    /// Add "alg" (the key's algorithm, or this one, which must fit the key) and
+    /// "use": "sig"
+    #[arg(long, value_enum, ignore_case = true, num_args = 0..=1, value_name = "ALG")]
+    pub(crate) alg: Option<Option<AlgArg>>,
+    /// Print a JWK Set ({"keys": [...]}) of every FILE, pretty-printed, with kid, alg and
+    /// use (as an issuer's jwks_file holds)
+    #[arg(long)]
+    pub(crate) set: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct KeyFileArgs {
-    /// Key file: PKCS#8 PEM private key, private JWK, or public JWK
+    /// Key file: PKCS#8 PEM private key, private JWK, or public JWK (- for stdin)
     #[arg(value_name = "FILE")]
     pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ProofArgs {
-    /// Private key file to sign with (PKCS#8 PEM or private JWK)
+    /// Private key file to sign with (PKCS#8 PEM or private JWK; - for stdin)
     #[arg(long, value_name = "FILE")]
     pub(crate) key: PathBuf,
     /// HTTP method of the request the proof is for (htm), e.g. GET or POST

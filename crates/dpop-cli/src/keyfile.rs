@@ -1,12 +1,21 @@
-//! Key files: reading them (PKCS#8 PEM, private JWK or public JWK, told apart by their
-//! content) and writing private keys so that only the owner can read them.
+//! Key files: reading them (PKCS#8 PEM, encrypted or not, private JWK or public JWK,
+//! told apart by their content; `-` is stdin) and writing private keys so that only the
+//! owner can read them.
 //!
 //! Every command that reads a key file goes through [`load`], so every one of them
-//! refuses a private key that other users can read, with the same message.
+//! refuses a private key that other users can read, with the same message, and asks for
+//! the passphrase of an encrypted key the same way ([`passphrase`]).
+//!
+//! Encrypted PKCS#8 (RFC 5958 `EncryptedPrivateKeyInfo` with PBES2, RFC 8018) is done by
+//! the RustCrypto `pkcs8` crate: aws-lc-rs, the workspace's crypto, reads and writes
+//! only unencrypted PKCS#8 and offers no PBES2. The decrypted DER goes straight to
+//! dpop-core's PKCS#8 loader, so there is one key parser.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+
+use std::sync::{Mutex, OnceLock};
 
 use dpop_core::{
     ALL_ALGORITHMS, Algorithm, JwkError, KeyError, KeyFamily, MAX_PRIVATE_KEY_TEXT, PrivateKey,
@@ -14,7 +23,171 @@ use dpop_core::{
 };
 use zeroize::Zeroizing;
 
+use crate::cli::PassphraseArgs;
 use crate::error::CliError;
+
+/// The path that means standard input (where a file is read) or standard output (where
+/// one is written).
+pub(crate) const STDIO: &str = "-";
+
+/// Whether `path` is `-`.
+pub(crate) fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == STDIO
+}
+
+/// The PEM label of an encrypted PKCS#8 key.
+const ENCRYPTED_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+/// The line an encrypted PKCS#8 PEM key starts with.
+const ENCRYPTED_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+
+/// PBKDF2-HMAC-SHA256 iterations for keys `keygen --encrypt` writes (OWASP's 2023 advice
+/// for PBKDF2-HMAC-SHA256).
+const PBKDF2_ITERATIONS: u32 = 600_000;
+
+/// The longest passphrase read from a file or the environment.
+const MAX_PASSPHRASE: usize = 4096;
+
+/// Where passphrases come from: set once from the command line by `main`.
+static PASSPHRASE_SOURCE: OnceLock<PassphraseSource> = OnceLock::new();
+
+#[derive(Debug, Default)]
+enum PassphraseSource {
+    /// Ask on the terminal.
+    #[default]
+    Prompt,
+    /// The first line of a file (or stdin), read once.
+    File(PathBuf, Mutex<Option<Zeroizing<String>>>),
+    /// An environment variable.
+    Env(String),
+}
+
+/// Takes the passphrase flags of the command line, for every key file read or written
+/// later.
+pub(crate) fn set_passphrase_source(args: &PassphraseArgs) {
+    let source = match (&args.passphrase_file, &args.passphrase_env) {
+        (Some(path), _) => PassphraseSource::File(path.clone(), Mutex::new(None)),
+        (None, Some(var)) => PassphraseSource::Env(var.clone()),
+        (None, None) => PassphraseSource::Prompt,
+    };
+    let _ = PASSPHRASE_SOURCE.set(source);
+}
+
+/// The passphrase for the key in `what` (a file name, for the prompt and messages):
+/// from `--passphrase-file`, `--passphrase-env`, or asked on the terminal without echo
+/// (twice when `confirm`, for a new key). Never empty.
+///
+/// # Errors
+/// A usage error when the file or variable cannot be read or is empty, the passphrase is
+/// too long, there is no terminal to ask on, or the two answers differ.
+pub(crate) fn passphrase(what: &str, confirm: bool) -> Result<Zeroizing<String>, CliError> {
+    let source = PASSPHRASE_SOURCE.get_or_init(PassphraseSource::default);
+    let text = match source {
+        PassphraseSource::File(path, read) => {
+            let mut read = read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if read.is_none() {
+                let (bytes, mode) = read_limited(path, MAX_PASSPHRASE)?;
+                // As for the key itself: a passphrase others can read protects nothing.
+                check_owner_only(path, mode, "the passphrase file")?;
+                let text = std::str::from_utf8(&bytes).map_err(|_| {
+                    CliError::usage(format!("{}: the passphrase is not UTF-8", path.display()))
+                })?;
+                let line = text.lines().next().unwrap_or("");
+                *read = Some(Zeroizing::new(line.to_owned()));
+            }
+            read.clone().unwrap_or_default()
+        }
+        PassphraseSource::Env(var) => Zeroizing::new(std::env::var(var).map_err(|_| {
+            CliError::usage(format!(
+                "the environment variable {var} (--passphrase-env) is not set or not UTF-8"
+            ))
+        })?),
+        PassphraseSource::Prompt => {
+            let ask = |prompt: String| {
+                rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(|e| {
+                    CliError::usage(format!(
+                        "cannot ask for the passphrase of {what} ({e}); use --passphrase-file or --passphrase-env"
+                    ))
+                })
+            };
+            let first = ask(format!("Passphrase for {what}: "))?;
+            if confirm {
+                let again = ask(format!("Passphrase for {what} (again): "))?;
+                if !bool::from(subtle_eq(first.as_bytes(), again.as_bytes())) {
+                    return Err(CliError::usage("the passphrases do not match"));
+                }
+            }
+            first
+        }
+    };
+    if text.is_empty() {
+        return Err(CliError::usage(format!(
+            "the passphrase for {what} is empty"
+        )));
+    }
+    if text.len() > MAX_PASSPHRASE {
+        return Err(CliError::usage(format!(
+            "the passphrase for {what} is too long (over {MAX_PASSPHRASE} bytes)"
+        )));
+    }
+    Ok(text)
+}
+
+/// Whether two byte strings are equal, in time independent of where they differ.
+fn subtle_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
+    use subtle::ConstantTimeEq as _;
+    a.ct_eq(b)
+}
+
+/// `pem` (an unencrypted PKCS#8 PEM key) encrypted with `passphrase`: PBES2 with
+/// PBKDF2-HMAC-SHA256 ([`PBKDF2_ITERATIONS`], 16-byte random salt) and AES-256-CBC, the
+/// scheme `openssl pkcs8 -topk8 -v2 aes-256-cbc` writes.
+///
+/// # Errors
+/// A failure when the key cannot be encoded or no randomness is available.
+pub(crate) fn encrypt_pem(pem: &str, passphrase: &str) -> Result<Zeroizing<String>, CliError> {
+    use pkcs8::der::pem::LineEnding;
+    let cannot =
+        |e: &dyn core::fmt::Display| CliError::failed(format!("cannot encrypt the key: {e}"));
+    let (_, der) = pkcs8::SecretDocument::from_pem(pem).map_err(|e| cannot(&e))?;
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_bytes()).map_err(|e| cannot(&e))?;
+    let mut salt = [0u8; 16];
+    let mut iv = [0u8; 16];
+    for buf in [&mut salt, &mut iv] {
+        dpop_core::RandomSource::fill(&dpop_core::SystemRandomSource, buf)
+            .map_err(|e| cannot(&e))?;
+    }
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, &iv)
+            .map_err(|e| cannot(&e))?;
+    let encrypted = info
+        .encrypt_with_params(params, passphrase.as_bytes())
+        .map_err(|e| cannot(&e))?;
+    encrypted
+        .to_pem(ENCRYPTED_LABEL, LineEnding::LF)
+        .map_err(|e| cannot(&e))
+}
+
+/// The unencrypted PKCS#8 DER of the encrypted PEM `text` from `path`, asking for its
+/// passphrase.
+fn decrypt_pem(path: &Path, text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let bad = |what: &str| CliError::usage(format!("{}: {what}", path.display()));
+    let (label, der) = pkcs8::SecretDocument::from_pem(text.trim())
+        .map_err(|_| bad("not a valid encrypted PKCS#8 PEM key"))?;
+    if label != ENCRYPTED_LABEL {
+        return Err(bad("not a valid encrypted PKCS#8 PEM key"));
+    }
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_bytes())
+        .map_err(|_| bad("not a valid encrypted PKCS#8 PEM key"))?;
+    let passphrase = passphrase(&path.display().to_string(), false)?;
+    // A wrong passphrase shows as bad padding or as garbage that is not PKCS#8: the
+    // message cannot tell them apart, and says the likely one.
+    let plain = info
+        .decrypt(passphrase.as_bytes())
+        .map_err(|_| bad("cannot decrypt the key: wrong passphrase (or an unsupported encryption scheme; PBES2 with PBKDF2 or scrypt and AES-CBC are supported)"))?;
+    Ok(Zeroizing::new(plain.as_bytes().to_vec()))
+}
 
 /// What a key file holds.
 #[derive(Debug)]
@@ -45,7 +218,14 @@ impl KeyFile {
 /// # Errors
 /// A usage error naming the file and what is wrong with it.
 pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
-    let (bytes, mode) = read_limited(path)?;
+    let (bytes, mode) = read_limited(path, MAX_PRIVATE_KEY_TEXT)?;
+    if bytes
+        .trim_ascii_start()
+        .starts_with(ENCRYPTED_BEGIN.as_bytes())
+    {
+        // Before asking for the passphrase of a key that is refused anyway.
+        check_private_mode(path, mode)?;
+    }
     let key = parse(path, &bytes, rsa_alg)?;
     if matches!(key, KeyFile::Private(_)) {
         check_private_mode(path, mode)?;
@@ -57,6 +237,18 @@ pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, C
 fn check_private_mode(path: &Path, mode: Option<u32>) -> Result<(), CliError> {
     match mode.and_then(|mode| dpop_server::files::loose_key_mode(path, mode)) {
         Some(why) => Err(CliError::usage(why)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a file holding a secret other than a key (a passphrase, tokens) that group or
+/// others may read, with the same advice as for keys.
+pub(crate) fn check_owner_only(path: &Path, mode: Option<u32>, what: &str) -> Result<(), CliError> {
+    match mode.map(|m| m & 0o777).filter(|m| m & 0o077 != 0) {
+        Some(m) => Err(CliError::usage(format!(
+            "{what} {shown} can be read by other users (mode {m:04o}); it must be readable by its owner only: run `chmod 600 {shown}`",
+            shown = path.display()
+        ))),
         None => Ok(()),
     }
 }
@@ -81,6 +273,11 @@ fn parse(path: &Path, bytes: &[u8], rsa_alg: Option<Algorithm>) -> Result<KeyFil
             }
             Err(e) => Err(bad(&format_args!("invalid JWK: {e}"))),
         }
+    } else if text.trim_start().starts_with(ENCRYPTED_BEGIN) {
+        let der = decrypt_pem(path, text)?;
+        PrivateKey::from_pkcs8_der(&der, rsa_alg)
+            .map(KeyFile::Private)
+            .map_err(|e| bad(&e))
     } else {
         PrivateKey::from_pkcs8_pem(text, rsa_alg)
             .map(KeyFile::Private)
@@ -132,30 +329,46 @@ pub(crate) fn load_signing_key(
     })
 }
 
-/// Reads at most one byte more than any key file may have, so a huge file or a device
-/// cannot exhaust memory. The buffer is wiped when dropped (it may hold a private key)
-/// and allocated at its full size up front, so no copy is left behind by a reallocation.
-/// Also returns the permission bits (Unix) of the file that was opened, not of whatever
-/// the path names by the time it is checked.
-fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, Option<u32>), CliError> {
+/// Reads at most one byte more than `max` (a key file's limit, a token's), so a huge
+/// file or a device cannot exhaust memory; `-` reads standard input. The buffer is wiped
+/// when dropped (it may hold a private key or a token) and allocated at its full size up
+/// front, so no copy is left behind by a reallocation. Also returns the permission bits
+/// (Unix) of the file that was opened, not of whatever the path names by the time it is
+/// checked (`None` for stdin, which is the caller's to protect).
+pub(crate) fn read_limited(
+    path: &Path,
+    max: usize,
+) -> Result<(Zeroizing<Vec<u8>>, Option<u32>), CliError> {
     let cannot = |e: io::Error| CliError::usage(format!("cannot read {}: {e}", path.display()));
-    let file = File::open(path).map_err(cannot)?;
-    #[cfg(unix)]
-    let mode = {
-        use std::os::unix::fs::PermissionsExt as _;
-        Some(file.metadata().map_err(cannot)?.permissions().mode() & 0o777)
+    let mut buf = Zeroizing::new(Vec::with_capacity(max + 1));
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mode = if is_stdio(path) {
+        io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(cannot)?;
+        None
+    } else {
+        let file = File::open(path).map_err(cannot)?;
+        #[cfg(unix)]
+        let mode = {
+            use std::os::unix::fs::PermissionsExt as _;
+            Some(file.metadata().map_err(cannot)?.permissions().mode() & 0o777)
+        };
+        #[cfg(not(unix))]
+        let mode = None;
+        file.take(limit).read_to_end(&mut buf).map_err(cannot)?;
+        mode
     };
-    #[cfg(not(unix))]
-    let mode = None;
-    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PRIVATE_KEY_TEXT + 1));
-    let limit = u64::try_from(MAX_PRIVATE_KEY_TEXT).unwrap_or(u64::MAX);
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(cannot)?;
-    if buf.len() > MAX_PRIVATE_KEY_TEXT {
+    if buf.len() > max {
         return Err(CliError::usage(format!(
-            "{}: too large for a key file (over {MAX_PRIVATE_KEY_TEXT} bytes)",
-            path.display()
+            "{}: too large (over {max} bytes)",
+            if is_stdio(path) {
+                "standard input".into()
+            } else {
+                path.display().to_string()
+            }
         )));
     }
     Ok((buf, mode))
@@ -171,6 +384,13 @@ fn read_limited(path: &Path) -> Result<(Zeroizing<Vec<u8>>, Option<u32>), CliErr
 /// A usage error when the file exists (without `force`) or cannot be created; a failure
 /// when writing fails.
 pub(crate) fn write_secret(path: &Path, parts: &[&[u8]], force: bool) -> Result<(), CliError> {
+    if is_stdio(path) {
+        let mut out = io::stdout().lock();
+        for part in parts {
+            out.write_all(part).map_err(|e| CliError::stdout(&e))?;
+        }
+        return out.flush().map_err(|e| CliError::stdout(&e));
+    }
     if !force {
         let file = create_private(path).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => CliError::usage(format!(
@@ -200,7 +420,7 @@ pub(crate) fn write_secret(path: &Path, parts: &[&[u8]], force: bool) -> Result<
     written
 }
 
-fn create_private(path: &Path) -> io::Result<File> {
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -211,7 +431,7 @@ fn create_private(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
-fn fill(mut file: File, parts: &[&[u8]]) -> io::Result<()> {
+pub(crate) fn fill(mut file: File, parts: &[&[u8]]) -> io::Result<()> {
     for part in parts {
         file.write_all(part)?;
     }
@@ -219,7 +439,7 @@ fn fill(mut file: File, parts: &[&[u8]]) -> io::Result<()> {
 }
 
 /// A fresh name in the directory of `path`, so the final rename stays on one file system.
-fn temp_path(path: &Path) -> Result<PathBuf, CliError> {
+pub(crate) fn temp_path(path: &Path) -> Result<PathBuf, CliError> {
     let name = path
         .file_name()
         .ok_or_else(|| CliError::usage(format!("{} is not a file name", path.display())))?;

@@ -11,15 +11,19 @@ mod cli;
 mod clock;
 mod commands;
 mod demo;
+mod env;
 mod error;
 mod keyfile;
+mod token_cache;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 use crate::cli::{Cli, Command};
-use crate::commands::{authz, curl, gateway, inspect, issuer, keygen, keyinfo, proof};
+use crate::commands::{
+    authz, completions, curl, gateway, inspect, issuer, jwt, keygen, keyinfo, proof, token,
+};
 use crate::error::CliError;
 
 fn main() -> ExitCode {
@@ -35,7 +39,11 @@ fn main() -> ExitCode {
 
 /// Parses the command line (clap exits 2 by itself on usage errors) and runs the command.
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut command()).exit(),
+    };
+    keyfile::set_passphrase_source(&cli.passphrase);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match &cli.command {
@@ -47,10 +55,19 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Gateway(args) => gateway::run(args)?,
         Command::Authz(args) => authz::run(args)?,
         Command::Issuer(args) => issuer::run(args, &mut out)?,
-        Command::Token(args) => curl::token(args, &mut out)?,
+        Command::Token(args) => token::run(args, &mut out)?,
         Command::Curl(args) => curl::curl(args, &mut out)?,
         Command::Demo(args) if args.offline => demo::offline::run(&mut out)?,
         Command::Demo(args) => demo::system::run(&mut out, args.keep_running)?,
+        Command::Jwt(args) => jwt::run(args, &mut out)?,
+        Command::Completions(args) => completions::completions(args, &mut command(), &mut out)?,
+        Command::Man => completions::man(&command(), &mut out)?,
     };
     Ok(code)
+}
+
+/// The command line: the clap definitions with the environment variables of
+/// [`env::with_env_vars`].
+pub(crate) fn command() -> clap::Command {
+    env::with_env_vars(Cli::command())
 }

@@ -660,14 +660,27 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
     .await;
     assert_eq!(run.code, 2, "{run:#?}");
 
-    // --help names every variable; it shows the timeout set, never the token.
+    // --help names every variable; it shows the timeout set, never the token, a header
+    // or a body.
     let run = dpop_env(
         &["curl", "--help"],
-        &[("DPOP_CURL_TOKEN", TOKEN), ("DPOP_CURL_MAX_TIME", "42")],
+        &[
+            ("DPOP_CURL_TOKEN", TOKEN),
+            ("DPOP_CURL_MAX_TIME", "42"),
+            ("DPOP_CURL_HEADER", "X-Api-Key: hdr-secret"),
+            ("DPOP_CURL_DATA", "password=body-secret"),
+            ("DPOP_CURL_CLIENT_ID", "billing"),
+        ],
     )
     .await;
     let help = run.ok();
     assert!(!help.contains(TOKEN), "{help}");
+    assert!(!help.contains("hdr-secret"), "{help}");
+    assert!(!help.contains("body-secret"), "{help}");
+    assert!(help.contains("[env: DPOP_CURL_HEADER]"), "{help}");
+    // The token flags shared with `dpop token`, under curl's own prefix.
+    assert!(help.contains("DPOP_CURL_CLIENT_ID=billing"), "{help}");
+    assert!(help.contains("[env: DPOP_CURL_TOKEN_CACHE"), "{help}");
     assert!(help.contains("[env: DPOP_CURL_TOKEN]"), "{help}");
     assert!(help.contains("DPOP_CURL_MAX_TIME=42"), "{help}");
     for heading in [

@@ -2,9 +2,11 @@
 //! (`cli`), the gateway between a mock issuer and an echo upstream (`gateway`), the
 //! issuer with the gateway (`issuer`), `dpop authz` behind real nginx and Caddy
 //! (`proxies`), the client commands `dpop token` and `dpop curl` against the issuer and
-//! the gateway (`client`), `dpop curl` as curl's users expect it (`curl`), and the whole system of issuer, gateway instances, Redis,
-//! PostgreSQL and clients in operational scenarios (`system`). What they share is in
-//! `common`.
+//! the gateway (`client`), `dpop curl` as curl's users expect it (`curl`), the whole
+//! system of issuer, gateway instances, Redis, PostgreSQL and clients in operational
+//! scenarios (`system`), tokens kept between runs (`tokens`), `dpop jwt` (`jwt`), key
+//! files (`keys`), and environment variables, completions and the manual page
+//! (`shell`). What they share is in `common`.
 
 mod common;
 
@@ -13,5 +15,9 @@ mod client;
 mod curl;
 mod gateway;
 mod issuer;
+mod jwt;
+mod keys;
 mod proxies;
+mod shell;
 mod system;
+mod tokens;

@@ -41,6 +41,10 @@ pub enum ClientError {
     /// not repeated for every caller that was waiting on it.
     #[error("no access token: the token request just failed: {0}")]
     TokenUnavailable(String),
+    /// A [`TokenStore`](crate::TokenStore) could not be read or written (the message
+    /// says which and why, never a token).
+    #[error("token store: {0}")]
+    TokenStore(String),
     /// A subject token could not be read.
     #[error("subject token: {0}")]
     SubjectToken(String),

@@ -39,6 +39,7 @@ mod middleware;
 mod observer;
 mod session;
 mod source;
+mod store;
 mod tokens;
 
 pub use crate::error::ClientError;
@@ -46,6 +47,7 @@ pub use crate::key::ClientKey;
 pub use crate::middleware::DpopMiddleware;
 pub use crate::observer::{Endpoint, Event, Observer, Retry};
 pub use crate::source::{StaticToken, TokenSource};
+pub use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
 pub use crate::tokens::{
     ClientAuth, Grant, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,
 };

@@ -20,6 +20,7 @@ use crate::key::ClientKey;
 use crate::middleware::{DpopMiddleware, send_signed};
 use crate::session::Session;
 use crate::source::TokenSource;
+use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
 
 /// How the client authenticates to the token endpoint.
 #[derive(Clone)]
@@ -94,7 +95,11 @@ impl fmt::Debug for SubjectToken {
 }
 
 impl SubjectToken {
-    fn read(&self) -> Result<Zeroizing<String>, ClientError> {
+    /// The token, trimmed; read now from its file or variable.
+    ///
+    /// # Errors
+    /// [`ClientError::SubjectToken`] when it cannot be read or is empty.
+    pub fn read(&self) -> Result<Zeroizing<String>, ClientError> {
         let text = match self {
             Self::File(path) => std::fs::read_to_string(path).map_err(|e| {
                 ClientError::SubjectToken(format!("cannot read {}: {e}", path.display()))
@@ -125,6 +130,21 @@ pub enum Grant {
         /// Its type, e.g. `urn:ietf:params:oauth:token-type:jwt`.
         subject_type: String,
     },
+    /// `refresh_token` (RFC 6749 §6): redeem a refresh token obtained earlier. Issuers
+    /// that rotate refresh tokens answer with a new one; the one given here is then spent.
+    RefreshToken(SubjectToken),
+}
+
+impl Grant {
+    /// The `grant_type` value this grant sends.
+    #[must_use]
+    pub fn grant_type(&self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange { .. } => TOKEN_EXCHANGE,
+            Self::RefreshToken(_) => "refresh_token",
+        }
+    }
 }
 
 /// What a token request asks for.
@@ -186,8 +206,17 @@ impl fmt::Debug for TokenResponse {
 }
 
 struct Cached {
-    token: Arc<str>,
+    token: StoredToken,
     refresh_at: Instant,
+}
+
+/// The current time in seconds since the Unix epoch, for what a [`TokenStore`] keeps.
+fn unix_now() -> Result<u64, ClientError> {
+    use dpop_core::Clock as _;
+    crate::SystemClock
+        .now()
+        .map(dpop_core::UnixTime::as_secs)
+        .ok_or_else(|| ClientError::TokenStore("the system clock is before 1970".to_owned()))
 }
 
 /// Tokens from an OAuth issuer, bound to the middleware's key (see the module docs).
@@ -204,6 +233,8 @@ pub struct OAuthTokens {
     /// each sending another request (for [`FAILURE_HOLD`]).
     failed: std::sync::Mutex<Option<(Instant, String)>>,
     fetches: std::sync::atomic::AtomicU64,
+    /// Where tokens are kept between runs, and this source's key there.
+    store: Option<(Arc<dyn TokenStore>, TokenKey)>,
 }
 
 impl fmt::Debug for OAuthTokens {
@@ -217,6 +248,12 @@ impl fmt::Debug for OAuthTokens {
 
 /// Time limit of each metadata request (the client's own limit for every request).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a source waits for another process's renewal through a [`TokenStore`].
+const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+
+/// How often the renewal lock is tried while another process holds it.
+const RENEWAL_POLL: Duration = Duration::from_millis(50);
 
 /// How long a failed token request answers for the callers that waited on it.
 const FAILURE_HOLD: Duration = Duration::from_secs(1);
@@ -244,6 +281,7 @@ impl OAuthTokens {
             fetching: tokio::sync::Mutex::new(()),
             failed: std::sync::Mutex::new(None),
             fetches: std::sync::atomic::AtomicU64::new(0),
+            store: None,
         })
     }
 
@@ -257,6 +295,40 @@ impl OAuthTokens {
         self
     }
 
+    /// Keeps tokens in `store` between runs: a usable token stored there by an earlier
+    /// run (or another process) is used instead of asking the issuer, an expired one is
+    /// renewed with its refresh token when it has one, a new token replaces the stored
+    /// one, and a token the server refused ([`TokenSource::invalidate`]) is removed.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        let key = self.store_key();
+        self.store = Some((store, key));
+        self
+    }
+
+    /// The key this source's tokens have in a [`TokenStore`].
+    #[must_use]
+    pub fn store_key(&self) -> TokenKey {
+        let r = &self.request;
+        TokenKey::new(
+            &r.issuer,
+            r.auth.client_id(),
+            self.session.key.thumbprint().as_str(),
+            r.grant.grant_type(),
+            r.scope.as_deref(),
+            &r.audiences,
+            &r.resources,
+        )
+    }
+
+    /// The token this source holds now (from the issuer or the store), if any, expired
+    /// or not.
+    #[must_use]
+    pub fn current(&self) -> Option<StoredToken> {
+        let guard = self.cached.read().ok()?;
+        guard.as_ref().map(|c| c.token.clone())
+    }
+
     /// How many token requests this source has made (for tests and metrics).
     #[must_use]
     pub fn fetches(&self) -> u64 {
@@ -266,7 +338,7 @@ impl OAuthTokens {
     fn cached_token(&self) -> Option<Arc<str>> {
         let guard = self.cached.read().ok()?;
         let c = guard.as_ref()?;
-        (Instant::now() < c.refresh_at).then(|| Arc::clone(&c.token))
+        (Instant::now() < c.refresh_at).then(|| Arc::clone(&c.token.access_token))
     }
 
     /// The token endpoint, from the issuer's metadata (RFC 8414, then OpenID discovery).
@@ -293,6 +365,10 @@ impl OAuthTokens {
                 form.push(("grant_type", TOKEN_EXCHANGE.into()));
                 form.push(("subject_token", subject.read()?.to_string()));
                 form.push(("subject_token_type", subject_type.clone()));
+            }
+            Grant::RefreshToken(token) => {
+                form.push(("grant_type", "refresh_token".into()));
+                form.push(("refresh_token", token.read()?.to_string()));
             }
         }
         self.token_request(form, true).await
@@ -429,7 +505,22 @@ impl TokenSource for OAuthTokens {
         {
             return Err(ClientError::TokenUnavailable(why));
         }
+        if let Some(t) = self.stored_token()? {
+            return Ok(t);
+        }
+        // Other processes using the store may be renewing the same token: wait for them
+        // and take theirs, so that runs started together still make one token request.
+        let _renewing = match self.renewal_lock().await? {
+            Some(guard) => {
+                if let Some(t) = self.stored_token()? {
+                    return Ok(t);
+                }
+                Some(guard)
+            }
+            None => None,
+        };
         let started = Instant::now();
+        let obtained_at = unix_now()?;
         let response = match self.renew().await {
             Ok(r) => r,
             Err(e) => {
@@ -445,9 +536,26 @@ impl TokenSource for OAuthTokens {
         if let (Ok(mut g), Some(rt)) = (self.refresh_token.lock(), &response.refresh_token) {
             *g = Some(Arc::clone(rt));
         }
+        let stored = StoredToken::new(
+            Arc::clone(&response.access_token),
+            obtained_at,
+            obtained_at.saturating_add(lifetime.as_secs()),
+            response
+                .refresh_token
+                .clone()
+                .or_else(|| self.refresh_token.lock().ok().and_then(|g| g.clone())),
+            response
+                .json
+                .get("scope")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        );
+        if let Some((store, key)) = &self.store {
+            store.save(key, &stored)?;
+        }
         if let Ok(mut g) = self.cached.write() {
             *g = Some(Cached {
-                token: Arc::clone(&response.access_token),
+                token: stored,
                 refresh_at: started + lifetime.saturating_sub(margin),
             });
         }
@@ -456,10 +564,73 @@ impl TokenSource for OAuthTokens {
 
     fn invalidate(&self, token: &str) {
         if let Ok(mut g) = self.cached.write()
-            && g.as_ref().is_some_and(|c| &*c.token == token)
+            && g.as_ref().is_some_and(|c| &*c.token.access_token == token)
         {
             *g = None;
         }
+        if let Some((store, key)) = &self.store
+            && let Err(e) = store.remove(key, token)
+        {
+            // The next run reads the refused token again and is refused once more, then
+            // replaces it: worse, not wrong.
+            tracing::warn!(target: "dpop::client", "cannot remove a refused token from the store: {e}");
+        }
+    }
+}
+
+impl OAuthTokens {
+    /// The store's renewal lock, polled until [`RENEWAL_WAIT`] has passed (then the token
+    /// is renewed without it: a stuck process must not stop the others). `None` without a
+    /// store.
+    async fn renewal_lock(&self) -> Result<Option<RenewalGuard>, ClientError> {
+        let Some((store, key)) = &self.store else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + RENEWAL_WAIT;
+        loop {
+            if let Some(guard) = store.try_lock_renewal(key)? {
+                return Ok(Some(guard));
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(target: "dpop::client", "the token store's renewal lock is still held; renewing without it");
+                return Ok(None);
+            }
+            tokio::time::sleep(RENEWAL_POLL).await;
+        }
+    }
+
+    /// A usable token from the store, now also held in memory; or `None`, having taken
+    /// the refresh token of an expired stored token for the renewal.
+    fn stored_token(&self) -> Result<Option<Arc<str>>, ClientError> {
+        let Some((store, key)) = &self.store else {
+            return Ok(None);
+        };
+        let Some(stored) = store.load(key)? else {
+            return Ok(None);
+        };
+        let now = unix_now()?;
+        if !stored.usable_at(now) {
+            if let (Ok(mut g), Some(rt)) = (self.refresh_token.lock(), &stored.refresh_token)
+                && g.is_none()
+            {
+                *g = Some(Arc::clone(rt));
+            }
+            return Ok(None);
+        }
+        if let Ok(mut g) = self.refresh_token.lock()
+            && let Some(rt) = &stored.refresh_token
+        {
+            *g = Some(Arc::clone(rt));
+        }
+        let token = Arc::clone(&stored.access_token);
+        if let Ok(mut g) = self.cached.write() {
+            *g = Some(Cached {
+                refresh_at: Instant::now()
+                    + Duration::from_secs(stored.renew_at().saturating_sub(now)),
+                token: stored,
+            });
+        }
+        Ok(Some(token))
     }
 }
 

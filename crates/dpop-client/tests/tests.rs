@@ -8,12 +8,14 @@
 //! - `tokens`: client credentials, `private_key_jwt`, token exchange, refresh tokens,
 //!   caching and one token request for many waiting requests;
 //! - `keys`: ephemeral keys, key files and their permissions, keys from the environment;
-//! - `observer`: what an observer is told, in order, at resources and token endpoints.
+//! - `observer`: what an observer is told, in order, at resources and token endpoints;
+//! - `store`: tokens kept between sources in a `TokenStore`.
 
 mod keys;
 mod nonces;
 mod observer;
 mod proofs;
 mod skew;
+mod store;
 mod support;
 mod tokens;

@@ -160,6 +160,9 @@ struct RawReplay {
     redis_password_env: Option<String>,
     redis_wait_replicas: Option<u32>,
     redis_wait_timeout_ms: Option<u64>,
+    redis_sentinel_username: Option<String>,
+    redis_sentinel_password_file: Option<PathBuf>,
+    redis_sentinel_password_env: Option<String>,
     memory_capacity: Option<usize>,
     dangerous_fail_open: Option<bool>,
 }
@@ -232,6 +235,13 @@ pub enum ReplayStoreConfig {
         wait_replicas: u32,
         /// `[replay] redis_wait_timeout_ms`: how long `WAIT` waits.
         wait_timeout: Duration,
+        /// `[replay] redis_sentinel_username`: the ACL user to log in to the sentinels as
+        /// (a Sentinel URL only).
+        sentinel_username: Option<String>,
+        /// The sentinels' password, read from `[replay] redis_sentinel_password_file` or the
+        /// environment variable named by `redis_sentinel_password_env` (a Sentinel URL
+        /// only). Never shown.
+        sentinel_password: Option<Zeroizing<String>>,
     },
 }
 
@@ -251,6 +261,8 @@ impl std::fmt::Debug for ReplayStoreConfig {
                 password,
                 wait_replicas,
                 wait_timeout,
+                sentinel_username,
+                sentinel_password,
             } => {
                 let shown = match (url.split_once("://"), url.rsplit_once('@')) {
                     (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
@@ -264,6 +276,11 @@ impl std::fmt::Debug for ReplayStoreConfig {
                     .field("password", &password.as_ref().map(|_| "***"))
                     .field("wait_replicas", wait_replicas)
                     .field("wait_timeout", wait_timeout)
+                    .field("sentinel_username", sentinel_username)
+                    .field(
+                        "sentinel_password",
+                        &sentinel_password.as_ref().map(|_| "***"),
+                    )
                     .finish()
             }
         }
@@ -638,23 +655,56 @@ const REDIS_SCHEMES: [&str; 6] = [
     "rediss+sentinel://",
 ];
 
-/// The Redis password from `[replay] redis_password_file` or `redis_password_env` (at most
-/// one of them), or `None`.
+/// Which password a pair of `[replay]` keys gives: the data nodes' or the sentinels'.
+#[derive(Clone, Copy)]
+enum RedisSecret {
+    /// `redis_password_file` / `redis_password_env`.
+    Redis,
+    /// `redis_sentinel_password_file` / `redis_sentinel_password_env`.
+    Sentinel,
+}
+
+impl RedisSecret {
+    /// The key prefix: `redis` or `redis_sentinel`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Sentinel => "redis_sentinel",
+        }
+    }
+}
+
+/// The password from `[replay] <prefix>_password_file` or `<prefix>_password_env` (at
+/// most one of them), or `None`; `which` says which pair of keys.
 fn redis_password(
     replay: &RawReplay,
+    which: RedisSecret,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Zeroizing<String>>, GatewayError> {
-    let password = match (&replay.redis_password_file, &replay.redis_password_env) {
+    let (file, var) = match which {
+        RedisSecret::Redis => (&replay.redis_password_file, &replay.redis_password_env),
+        RedisSecret::Sentinel => (
+            &replay.redis_sentinel_password_file,
+            &replay.redis_sentinel_password_env,
+        ),
+    };
+    let prefix = which.prefix();
+    let password = match (file, var) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "[replay] takes one of redis_password_file and redis_password_env, not both",
-            ));
+            return Err(invalid(format!(
+                "[replay] takes one of {prefix}_password_file and {prefix}_password_env, not both"
+            )));
         }
-        (Some(path), None) => read_secret_file(path)?,
+        (Some(path), None) => {
+            // Others must not read it, as for private keys.
+            dpop_server::files::check_password_file(path)
+                .map_err(|why| invalid(format!("[replay] {prefix}_password_file: {why}")))?;
+            read_secret_file(path)?
+        }
         (None, Some(var)) => {
             let value = Zeroizing::new(env(var).ok_or_else(|| {
                 invalid(format!(
-                    "[replay] redis_password_env: environment variable {var} is not set (or not UTF-8)"
+                    "[replay] {prefix}_password_env: environment variable {var} is not set (or not UTF-8)"
                 ))
             })?);
             Zeroizing::new(value.trim().to_owned())
@@ -662,7 +712,10 @@ fn redis_password(
         (None, None) => return Ok(None),
     };
     if password.is_empty() {
-        return Err(invalid("[replay] the Redis password is empty"));
+        return Err(invalid(format!(
+            "[replay] the password from {prefix}_password_{} is empty",
+            if file.is_some() { "file" } else { "env" }
+        )));
     }
     Ok(Some(password))
 }
@@ -1203,11 +1256,19 @@ impl EnforcementConfig {
                     url: url.to_owned(),
                     timeout: replay_timeout,
                     username: raw.replay.redis_username.clone(),
-                    password: redis_password(&raw.replay, &|var| std::env::var(var).ok())?,
+                    password: redis_password(&raw.replay, RedisSecret::Redis, &|var| {
+                        std::env::var(var).ok()
+                    })?,
                     wait_replicas: raw.replay.redis_wait_replicas.unwrap_or(0),
                     wait_timeout: Duration::from_millis(
                         raw.replay.redis_wait_timeout_ms.unwrap_or(100),
                     ),
+                    sentinel_username: raw.replay.redis_sentinel_username.clone(),
+                    sentinel_password: redis_password(
+                        &raw.replay,
+                        RedisSecret::Sentinel,
+                        &|var| std::env::var(var).ok(),
+                    )?,
                 }
             }
             Some(other) => {
@@ -1230,25 +1291,27 @@ impl EnforcementConfig {
                 "[replay] redis_username, redis_password_file, redis_password_env and redis_wait_* need a Redis replay_store",
             ));
         }
+        let sentinel_only = raw.replay.redis_sentinel_username.is_some()
+            || raw.replay.redis_sentinel_password_file.is_some()
+            || raw.replay.redis_sentinel_password_env.is_some();
+        let sentinel_url = matches!(&replay, ReplayStoreConfig::Redis { url, .. } if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://"));
+        if sentinel_only && !sentinel_url {
+            return Err(invalid(
+                "[replay] redis_sentinel_username, redis_sentinel_password_file and redis_sentinel_password_env need a redis+sentinel:// or rediss+sentinel:// replay_store",
+            ));
+        }
         if let ReplayStoreConfig::Redis {
-            url,
             timeout,
             wait_replicas,
             wait_timeout,
             ..
         } = &replay
             && *wait_replicas > 0
+            && (wait_timeout.is_zero() || *wait_timeout > *timeout / 2)
         {
-            if url.contains("+cluster://") {
-                return Err(invalid(
-                    "[replay] redis_wait_replicas is for one Redis server or Sentinel, not a cluster",
-                ));
-            }
-            if wait_timeout.is_zero() || *wait_timeout > *timeout / 2 {
-                return Err(invalid(
-                    "[replay] redis_wait_timeout_ms must be more than 0 and at most half of redis_timeout_ms",
-                ));
-            }
+            return Err(invalid(
+                "[replay] redis_wait_timeout_ms must be more than 0 and at most half of redis_timeout_ms",
+            ));
         }
         let algorithms = match raw.algorithms {
             None => dpop_core::DEFAULT_ALGORITHMS.to_vec(),
@@ -1678,6 +1741,31 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("redis-password");
         std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        #[cfg(unix)]
+        let set_mode = |mode: u32| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        #[cfg(unix)]
+        {
+            // Others may read it: refused, as a private key would be, for both passwords.
+            set_mode(0o644);
+            for key in ["redis_password_file", "redis_sentinel_password_file"] {
+                let text = format!(
+                    "replay_store = \"redis+sentinel://s1/mymaster\"\n[replay]\n{key} = {:?}\n",
+                    file.display().to_string()
+                );
+                let err = settings(&text).validate().unwrap_err().to_string();
+                assert!(
+                    err.contains(key)
+                        && err.contains("can be read by other users")
+                        && err.contains("0644"),
+                    "{err}"
+                );
+                assert!(!err.contains("s3cret"), "{err}");
+            }
+            set_mode(0o600);
+        }
         let text = format!(
             "replay_store = \"redis+sentinel://s1/mymaster\"\n[replay]\n\
              redis_username = \"dpop\"\nredis_password_file = {:?}\n",
@@ -1706,7 +1794,7 @@ mod tests {
         };
         let env = |var: &str| (var == "REDIS_PW").then(|| " s3cret-from-env\n".to_owned());
         assert_eq!(
-            redis_password(&raw, &env)
+            redis_password(&raw, RedisSecret::Redis, &env)
                 .unwrap()
                 .as_deref()
                 .map(String::as_str),
@@ -1737,8 +1825,33 @@ mod tests {
                 "need a Redis replay_store",
             ),
             (
-                "replay_store = \"redis+cluster://a:1/\"\n[replay]\nredis_wait_replicas = 1\n".to_owned(),
-                "not a cluster",
+                "replay_store = \"redis+cluster://a:1/\"\n[replay]\nredis_sentinel_username = \"w\"\n".to_owned(),
+                "need a redis+sentinel:// or rediss+sentinel:// replay_store",
+            ),
+            (
+                format!(
+                    "replay_store = \"redis://h\"\n[replay]\nredis_sentinel_password_file = {:?}\n",
+                    file.display().to_string()
+                ),
+                "need a redis+sentinel:// or rediss+sentinel:// replay_store",
+            ),
+            (
+                format!(
+                    "replay_store = \"redis+sentinel://s/m\"\n[replay]\n\
+                     redis_sentinel_password_env = \"{var}\"\nredis_sentinel_password_file = {:?}\n",
+                    file.display().to_string()
+                ),
+                "one of redis_sentinel_password_file and redis_sentinel_password_env, not both",
+            ),
+            (
+                format!(
+                    "replay_store = \"redis+sentinel://s/m\"\n[replay]\nredis_sentinel_password_env = \"{var}\"\n"
+                ),
+                "redis_sentinel_password_env: environment variable DPOP_TEST_UNSET_VARIABLE_X is not set",
+            ),
+            (
+                "replay_store = \"rediss+sentinel://s/m\"\n[replay]\nredis_sentinel_password_file = \"/nonexistent/spw\"\n".to_owned(),
+                "cannot read /nonexistent/spw",
             ),
             (
                 "replay_store = \"redis://h\"\n[replay]\nredis_wait_replicas = 1\nredis_wait_timeout_ms = 126\n".to_owned(),
@@ -1755,6 +1868,80 @@ mod tests {
             file.display().to_string()
         );
         assert!(replay(&text).unwrap_err().to_string().contains("empty"));
+        let text = format!(
+            "replay_store = \"redis+sentinel://s/m\"\n[replay]\nredis_sentinel_password_file = {:?}\n",
+            file.display().to_string()
+        );
+        assert!(
+            replay(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("redis_sentinel_password_file is empty")
+        );
+        // The sentinels' login, apart from the primary's: from a file, and from the
+        // environment; never in Debug.
+        std::fs::write(&file, "sentinel-s3cret\n").unwrap();
+        let text = format!(
+            "replay_store = \"redis+sentinel://s1,s2/mymaster\"\n[replay]\n\
+             redis_sentinel_username = \"watcher\"\nredis_sentinel_password_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = settings(&text).validate().unwrap();
+        let ReplayStoreConfig::Redis {
+            username,
+            password,
+            sentinel_username,
+            sentinel_password,
+            ..
+        } = &config.enforcement.replay
+        else {
+            panic!("not Redis");
+        };
+        assert_eq!((username, password), (&None, &None));
+        assert_eq!(sentinel_username.as_deref(), Some("watcher"));
+        assert_eq!(
+            sentinel_password.as_ref().map(|p| p.as_str()),
+            Some("sentinel-s3cret")
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("sentinel-s3cret"), "{shown}");
+        assert!(
+            shown.contains("sentinel_password: Some(\"***\")"),
+            "{shown}"
+        );
+        let raw = RawReplay {
+            redis_sentinel_password_env: Some("SENTINEL_PW".to_owned()),
+            redis_password_env: Some("REDIS_PW".to_owned()),
+            ..RawReplay::default()
+        };
+        let env = |var: &str| match var {
+            "SENTINEL_PW" => Some("for-the-sentinels".to_owned()),
+            "REDIS_PW" => Some("for-the-primary".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            redis_password(&raw, RedisSecret::Sentinel, &env)
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("for-the-sentinels")
+        );
+        assert_eq!(
+            redis_password(&raw, RedisSecret::Redis, &env)
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
+            Some("for-the-primary")
+        );
+        // WAIT on a cluster goes with each SET, to the key's primary.
+        assert!(matches!(
+            replay("replay_store = \"redis+cluster://a:1/\"\n[replay]\nredis_wait_replicas = 1\n")
+                .unwrap(),
+            ReplayStoreConfig::Redis {
+                wait_replicas: 1,
+                ..
+            }
+        ));
         match replay(
             "replay_store = \"redis+sentinel://s/m\"\n[replay]\nredis_wait_replicas = 1\nredis_wait_timeout_ms = 50\n",
         )

@@ -39,6 +39,8 @@ impl GatewayStore {
                 password,
                 wait_replicas,
                 wait_timeout,
+                sentinel_username,
+                sentinel_password,
             } => {
                 let mut c = RedisStoreConfig::new(url.clone());
                 c.command_timeout = *timeout;
@@ -46,6 +48,8 @@ impl GatewayStore {
                 c.password = password.as_ref().map(|p| p.as_str().to_owned());
                 c.wait_replicas = *wait_replicas;
                 c.wait_timeout = *wait_timeout;
+                c.sentinel_username.clone_from(sentinel_username);
+                c.sentinel_password = sentinel_password.as_ref().map(|p| p.as_str().to_owned());
                 RedisReplayStore::connect(c)
                     .await
                     .map(Self::Redis)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::authz::{
     AuthzHarness, GRPC, HOST, Reported, authz_text, authz_text_for, check, client, merged, raw,
 };
-use common::{AUD, Caller};
+use common::{AUD, Caller, skip_without_redis};
 use dpop_core::{Algorithm, PrivateKey};
 use dpop_test::{MockIssuer, RedisCluster, RedisSentinel, RedisServer, TokenSpec, free_port};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -356,17 +356,6 @@ async fn assert_replays_shared(issuer: &MockIssuer, replay_store: &str) {
             "{replay_store}"
         );
     }
-}
-
-/// Skips (or, with `DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES` set as in CI, fails) without
-/// redis-server and redis-cli.
-fn skip_without_redis() {
-    let why = "no redis-server or redis-cli (DPOP_TEST_REDIS_SERVER or PATH)";
-    assert!(
-        std::env::var_os("DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES").is_none_or(|v| v.is_empty()),
-        "{why}"
-    );
-    eprintln!("skipped: {why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,9 @@ pub struct RedisStoreConfig {
     /// - a primary found through Sentinel:
     ///   `redis+sentinel://[[user]:password@]sentinel1[:port1],.../service[/db]`, the
     ///   sentinels (port 26379 by default) and the name they monitor the primary under. The
-    ///   user and password are for the primary; the sentinels are asked without any.
+    ///   user and password are for the primary; the sentinels are asked with
+    ///   [`sentinel_username`](Self::sentinel_username) and
+    ///   [`sentinel_password`](Self::sentinel_password), without any by default.
     ///
     /// Nothing else is accepted: no other scheme (`unix://`, `valkey://`, ...), no query and
     /// no URL fragment, so `#insecure`, which would turn certificate checks off, cannot be
@@ -38,6 +40,14 @@ pub struct RedisStoreConfig {
     /// from a file or the environment and the URL can be logged whole. `Debug` shows `***`.
     /// `None` by default.
     pub password: Option<String>,
+    /// The ACL user to log in to the sentinels as (a `redis+sentinel://` URL only; the URL's
+    /// user is for the primary). `None` by default.
+    pub sentinel_username: Option<String>,
+    /// The password the sentinels ask for (`requirepass` or an ACL user's password in the
+    /// sentinels' configuration), a `redis+sentinel://` URL only. It is never sent to the
+    /// primary, nor the primary's password to the sentinels. `Debug` shows `***`. `None` by
+    /// default.
+    pub sentinel_password: Option<String>,
     /// Put before the 64 hexadecimal digits of each replay key to make the Redis key, so that
     /// replay entries are recognisable and cannot collide with other data in the same
     /// database. Every instance that must see the others' proofs needs the same prefix.
@@ -59,8 +69,9 @@ pub struct RedisStoreConfig {
     /// acknowledged it; otherwise the insert fails (the proof is refused, the key stays on
     /// the primary). This narrows, but does not close, the window in which a failover can
     /// forget a proof (see the [crate documentation](crate#topologies-and-failover)). It
-    /// costs the replicas' round trip on every request. One server or Sentinel only; a
-    /// cluster URL with it is refused. Defaults to 0 (off).
+    /// costs the replicas' round trip on every request. On a Redis Cluster the `WAIT` goes
+    /// with each `SET`, to the primary of the key's slot, so it counts that primary's
+    /// replicas. Defaults to 0 (off).
     pub wait_replicas: u32,
     /// How long `WAIT` waits for the replicas; at most half of
     /// [`command_timeout`](Self::command_timeout), which also bounds the `SET`s and `WAIT`
@@ -107,17 +118,19 @@ impl RedisStoreConfig {
         if self.connect_timeout.is_zero() {
             return Err(invalid("connect_timeout must be more than zero"));
         }
-        if self.wait_replicas > 0 {
-            if kind == Kind::Cluster {
-                return Err(invalid(
-                    "wait_replicas is for one server or Sentinel, not a cluster",
-                ));
-            }
-            if self.wait_timeout.is_zero() || self.wait_timeout > self.command_timeout / 2 {
-                return Err(invalid(
-                    "wait_timeout must be more than zero and at most half of command_timeout",
-                ));
-            }
+        if kind != Kind::Sentinel
+            && (self.sentinel_username.is_some() || self.sentinel_password.is_some())
+        {
+            return Err(invalid(
+                "sentinel_username and sentinel_password are for a redis+sentinel:// URL",
+            ));
+        }
+        if self.wait_replicas > 0
+            && (self.wait_timeout.is_zero() || self.wait_timeout > self.command_timeout / 2)
+        {
+            return Err(invalid(
+                "wait_timeout must be more than zero and at most half of command_timeout",
+            ));
         }
         let data_scheme = if tls { "rediss" } else { "redis" };
         // The user information ends at the last `@`, as in `redact_url`.
@@ -203,10 +216,18 @@ impl RedisStoreConfig {
                 // The credentials and database for the primary, read as in any Redis URL.
                 let first = hosts.first().map_or("", String::as_str);
                 let primary = info_for(first)?.redis_settings().clone().set_db(db);
+                let mut sentinel_login = RedisConnectionInfo::default();
+                if let Some(username) = &self.sentinel_username {
+                    sentinel_login = sentinel_login.set_username(username);
+                }
+                if let Some(password) = &self.sentinel_password {
+                    sentinel_login = sentinel_login.set_password(password);
+                }
                 Ok(Topology::Sentinel {
                     sentinels,
                     service: service.to_owned(),
                     primary,
+                    sentinel_login,
                     tls,
                 })
             }
@@ -259,11 +280,13 @@ pub(crate) enum Topology {
         nodes: Vec<ConnectionInfo>,
         tls: bool,
     },
-    /// Sentinels, the service name they know the primary by, and how to log in to it.
+    /// Sentinels, the service name they know the primary by, how to log in to it and how
+    /// to log in to the sentinels.
     Sentinel {
         sentinels: Vec<ConnectionAddr>,
         service: String,
         primary: RedisConnectionInfo,
+        sentinel_login: RedisConnectionInfo,
         tls: bool,
     },
 }
@@ -304,6 +327,8 @@ impl Default for RedisStoreConfig {
             url: String::new(),
             username: None,
             password: None,
+            sentinel_username: None,
+            sentinel_password: None,
             key_prefix: "dpop:jti:".to_owned(),
             command_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
@@ -319,6 +344,11 @@ impl fmt::Debug for RedisStoreConfig {
             .field("url", &redact_url(&self.url))
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("sentinel_username", &self.sentinel_username)
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "***"),
+            )
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -413,13 +443,15 @@ mod tests {
                 sentinels,
                 service,
                 primary,
+                sentinel_login,
                 tls,
             } => {
                 let sentinels: Vec<String> = sentinels.iter().map(ToString::to_string).collect();
                 format!(
-                    "sentinel tls={tls} {} service={service} {}",
+                    "sentinel tls={tls} {} service={service} {} sentinels {}",
                     sentinels.join(", "),
-                    creds(&primary)
+                    creds(&primary),
+                    creds(&sentinel_login)
                 )
             }
         })
@@ -438,12 +470,41 @@ mod tests {
         );
         assert_eq!(
             read("redis+sentinel://:pw@s1,s2:26380/mymaster"),
-            "sentinel tls=false s1:26379, s2:26380 service=mymaster -:pw/0"
+            "sentinel tls=false s1:26379, s2:26380 service=mymaster -:pw/0 sentinels -:-/0"
         );
         assert_eq!(
             read("rediss+sentinel://s1/my-master.1/3"),
-            "sentinel tls=true s1:26379 service=my-master.1 -:-/3"
+            "sentinel tls=true s1:26379 service=my-master.1 -:-/3 sentinels -:-/0"
         );
+        // The sentinels' login apart from the primary's.
+        let mut c = RedisStoreConfig::new("redis+sentinel://:primary-pw@s1/m/2");
+        c.sentinel_username = Some("watcher".to_owned());
+        c.sentinel_password = Some("sentinel-pw".to_owned());
+        assert_eq!(
+            shape(&c).unwrap(),
+            "sentinel tls=false s1:26379 service=m -:primary-pw/2 sentinels watcher:sentinel-pw/0"
+        );
+        let mut c = RedisStoreConfig::new("redis+sentinel://s1/m");
+        c.sentinel_password = Some("sentinel-pw".to_owned());
+        assert_eq!(
+            shape(&c).unwrap(),
+            "sentinel tls=false s1:26379 service=m -:-/0 sentinels -:sentinel-pw/0"
+        );
+        // Only with a sentinel URL.
+        for url in ["redis://127.0.0.1", "redis+cluster://a:1/"] {
+            let mut c = RedisStoreConfig::new(url);
+            c.sentinel_password = Some("sentinel-pw".to_owned());
+            assert!(
+                matches!(c.validate(), Err(RedisStoreError::InvalidConfig(_))),
+                "{url}"
+            );
+            let mut c = RedisStoreConfig::new(url);
+            c.sentinel_username = Some("watcher".to_owned());
+            assert!(
+                matches!(c.validate(), Err(RedisStoreError::InvalidConfig(_))),
+                "{url}"
+            );
+        }
         // Credentials from the settings instead of the URL.
         let mut c = RedisStoreConfig::new("redis+cluster://a:1,b:2/");
         c.username = Some("dpop".to_owned());
@@ -506,6 +567,8 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = RedisStoreConfig::new("redis+cluster://a:1/");
         c.wait_replicas = 1;
+        assert!(c.validate().is_ok());
+        c.wait_timeout = c.command_timeout;
         assert!(c.validate().is_err());
     }
 
@@ -525,5 +588,12 @@ mod tests {
         );
         assert!(text.contains("redis+cluster://:***@a:1,b:2/"), "{text}");
         assert!(text.contains("password: Some(\"***\")"), "{text}");
+        let mut c = RedisStoreConfig::new("redis+sentinel://s1/m");
+        c.sentinel_username = Some("watcher".to_owned());
+        c.sentinel_password = Some("sentinel-secret".to_owned());
+        let text = format!("{c:?}");
+        assert!(!text.contains("sentinel-secret"), "{text}");
+        assert!(text.contains("sentinel_password: Some(\"***\")"), "{text}");
+        assert!(text.contains("watcher"), "{text}");
     }
 }

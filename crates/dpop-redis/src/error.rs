@@ -16,7 +16,9 @@ pub enum RedisStoreError {
     #[error("invalid Redis replay store settings: {0}")]
     InvalidConfig(String),
     /// Redis could not be reached or refused the connection: it is down, the address is
-    /// wrong, the credentials were rejected, or the TLS handshake failed.
+    /// wrong, the credentials were rejected, or the TLS handshake failed. With Sentinel, the
+    /// reason ends with what each sentinel answered to a `PING` of its own, e.g.
+    /// `(sentinel 10.0.0.5:26379: Redis answered with error NOAUTH)`.
     #[error("could not connect to Redis at {url}: {reason}")]
     Connect {
         /// The server URL, password hidden.
@@ -25,7 +27,9 @@ pub enum RedisStoreError {
         reason: String,
     },
     /// No connection was made within
-    /// [`connect_timeout`](crate::RedisStoreConfig::connect_timeout).
+    /// [`connect_timeout`](crate::RedisStoreConfig::connect_timeout). (With Sentinel, a
+    /// search for the primary that runs out of time is a [`Connect`](Self::Connect) error
+    /// whose reason says what each sentinel answered.)
     #[error("could not connect to Redis at {url} within {timeout:?}")]
     ConnectTimeout {
         /// The server URL, password hidden.

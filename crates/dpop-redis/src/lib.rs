@@ -111,7 +111,9 @@
 //! command is sent to the primary of the key's slot, and that primary runs it as one step,
 //! so the insert-if-absent stays atomic; keys spread over all primaries. With Sentinel the
 //! store asks the sentinels (in order, skipping those that do not answer) for the primary,
-//! checks with `ROLE` that it is one, and keeps a connection to it; when a command fails
+//! checks with `ROLE` that it is one, and keeps a connection to it (sentinels that ask for
+//! a login get [`RedisStoreConfig::sentinel_username`] and
+//! [`RedisStoreConfig::sentinel_password`], never the primary's credentials); when a command fails
 //! with a connection error, a time-out or `READONLY` (the primary was demoted), the
 //! connection is dropped and the next command asks the sentinels again.
 //!
@@ -130,9 +132,11 @@
 //!   (`iat` window) to be accepted.
 //! - **Narrowing it.** Redis's `WAIT` (make the primary wait until N replicas have the
 //!   write) narrows but does not close this window, and costs a round trip to the replicas
-//!   on every request. [`RedisStoreConfig::wait_replicas`] turns it on (one server or
-//!   Sentinel): a proof counts as recorded only when enough replicas acknowledged it within
-//!   [`RedisStoreConfig::wait_timeout`], else it is refused. The proof window bounds how long a
+//!   on every request. [`RedisStoreConfig::wait_replicas`] turns it on (on a cluster, `WAIT`
+//!   goes with each `SET` to the key's primary): a proof counts as recorded only when
+//!   enough replicas acknowledged it within [`RedisStoreConfig::wait_timeout`], else it is
+//!   refused. A primary with fewer replicas than that (a promoted replica whose old primary
+//!   has not come back) refuses every proof for its keys. The proof window bounds how long a
 //!   forgotten record can be exploited; server-issued nonces (`DPoP-Nonce`) narrow it
 //!   further when they live shorter than proofs, since a proof whose nonce has expired is
 //!   refused whatever the store says.

@@ -13,8 +13,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisConnectionInfo, RedisError, RedisResult, Value,
+};
+
+use crate::error::describe;
 
 /// After a failed search for the primary, commands fail at once for this long instead of
 /// asking the sentinels again, so a burst of requests during an outage does not become a
@@ -150,4 +156,54 @@ impl SentinelPrimary {
 
 fn failure(reason: &'static str) -> RedisError {
     RedisError::from((ErrorKind::Io, reason))
+}
+
+/// Asks each sentinel for `PING`, logged in with `login`, all at once within `timeout`, and
+/// says which ones refused (with the server's error code only, e.g. `NOAUTH`) or could not
+/// be reached: what a failed start-up reports, so that the operator knows which sentinel
+/// to look at. Never shows a password.
+pub(crate) async fn diagnose(
+    sentinels: &[ConnectionAddr],
+    login: &RedisConnectionInfo,
+    tcp: TcpSettings,
+    timeout: Duration,
+) -> String {
+    let probes: Vec<_> = sentinels
+        .iter()
+        .map(|addr| {
+            let (addr, login, tcp) = (addr.clone(), login.clone(), tcp.clone());
+            tokio::spawn(async move {
+                let outcome = async {
+                    let info = addr
+                        .clone()
+                        .into_connection_info()?
+                        .set_redis_settings(login)
+                        .set_tcp_settings(tcp);
+                    let mut connection = redis::Client::open(info)?
+                        .get_multiplexed_async_connection()
+                        .await?;
+                    redis::cmd("PING").query_async::<()>(&mut connection).await
+                };
+                let problem = match tokio::time::timeout(timeout, outcome).await {
+                    Ok(Ok(())) => return None,
+                    Ok(Err(err)) => describe(&err),
+                    Err(_) => format!("no answer within {timeout:?}"),
+                };
+                Some(format!("sentinel {addr}: {problem}"))
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for probe in probes {
+        match probe.await {
+            Ok(None) => {}
+            Ok(Some(problem)) => refused.push(problem),
+            Err(_) => refused.push("a sentinel check stopped".to_owned()),
+        }
+    }
+    if refused.is_empty() {
+        "every sentinel answered PING".to_owned()
+    } else {
+        refused.join("; ")
+    }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{RedisStoreConfig, Topology, redact_url};
 use crate::error::{RedisStoreError, describe, store_error};
-use crate::sentinel::SentinelPrimary;
+use crate::sentinel::{self, SentinelPrimary};
 
 /// The shortest record: an expiry at or before `now` still records the key for a second, so
 /// the check is never skipped and a burst of replays inside that second is still caught.
@@ -126,28 +126,41 @@ impl RedisReplayStore {
                         .await
                         .map_err(|_| timed_out())?
                         .map_err(|err| connect_error(&err))?;
-                Backend::Cluster(connection)
+                Backend::Cluster {
+                    connection,
+                    wait: Wait::from_config(&config),
+                }
             }
             Topology::Sentinel {
                 sentinels,
                 service,
                 primary,
+                sentinel_login,
                 tls,
             } => {
                 if tls {
                     ensure_crypto_provider();
                 }
-                let mut builder =
-                    SentinelClientBuilder::new(sentinels, service, SentinelServerType::Master)
-                        .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?
-                        .set_client_to_redis_db(primary.db())
-                        .set_client_to_redis_tcp_settings(tcp.clone())
-                        .set_client_to_sentinel_tcp_settings(tcp);
+                let mut builder = SentinelClientBuilder::new(
+                    sentinels.clone(),
+                    service,
+                    SentinelServerType::Master,
+                )
+                .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?
+                .set_client_to_redis_db(primary.db())
+                .set_client_to_redis_tcp_settings(tcp.clone())
+                .set_client_to_sentinel_tcp_settings(tcp.clone());
                 if let Some(username) = primary.username() {
                     builder = builder.set_client_to_redis_username(username);
                 }
                 if let Some(password) = primary.password() {
                     builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(username) = sentinel_login.username() {
+                    builder = builder.set_client_to_sentinel_username(username);
+                }
+                if let Some(password) = sentinel_login.password() {
+                    builder = builder.set_client_to_sentinel_password(password);
                 }
                 if tls {
                     builder = builder
@@ -169,11 +182,36 @@ impl RedisReplayStore {
                     .set_response_timeout(Some(response_timeout));
                 let primary =
                     SentinelPrimary::new(client, connection_config, config.connect_timeout);
-                // Found now, so that a wrong service name or absent sentinels stop start-up.
-                tokio::time::timeout(config.connect_timeout, primary.connection())
+                // Found now, so that a wrong service name, absent sentinels or a login they
+                // refuse stop start-up. On failure each sentinel is asked on its own, so that
+                // the error says which ones refused or did not answer.
+                let found = tokio::time::timeout(config.connect_timeout, primary.connection())
                     .await
-                    .map_err(|_| timed_out())?
-                    .map_err(|err| connect_error(&err))?;
+                    .map_err(|_| timed_out());
+                if let Err(err) = found.and_then(|f| f.map_err(|err| connect_error(&err))) {
+                    let sentinels = sentinel::diagnose(
+                        &sentinels,
+                        &sentinel_login,
+                        tcp,
+                        config.connect_timeout,
+                    )
+                    .await;
+                    return Err(match err {
+                        RedisStoreError::Connect { url, reason } => RedisStoreError::Connect {
+                            url,
+                            reason: format!("{reason} ({sentinels})"),
+                        },
+                        RedisStoreError::ConnectTimeout { url, timeout } => {
+                            RedisStoreError::Connect {
+                                url,
+                                reason: format!(
+                                    "no primary found within {timeout:?} ({sentinels})"
+                                ),
+                            }
+                        }
+                        other => other,
+                    });
+                }
                 Self::batched(Primary::Sentinel(primary), &config)
             }
         };
@@ -190,12 +228,7 @@ impl RedisReplayStore {
     /// A backend whose inserts are pipelined by a batcher task.
     fn batched(primary: Primary, config: &RedisStoreConfig) -> Backend {
         let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
-        let wait = (config.wait_replicas > 0).then(|| Wait {
-            replicas: config.wait_replicas,
-            timeout_ms: u64::try_from(config.wait_timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        });
+        let wait = Wait::from_config(config);
         tokio::spawn(run_batches(
             primary.clone(),
             queue,
@@ -224,7 +257,7 @@ impl RedisReplayStore {
                 ));
             }
         }
-        if let Backend::Cluster(_) = &self.inner.backend {
+        if let Backend::Cluster { .. } = &self.inner.backend {
             let mut info = redis::cmd("CLUSTER");
             info.arg("INFO");
             let ok = match self.run(info).await? {
@@ -259,7 +292,7 @@ impl RedisReplayStore {
             Backend::Primary { primary, .. } => {
                 tokio::time::timeout(self.inner.command_timeout, primary.query(&cmd)).await
             }
-            Backend::Cluster(connection) => {
+            Backend::Cluster { connection, .. } => {
                 // A clone shares the connections; `query_async` only needs it mutably.
                 let mut connection = connection.clone();
                 tokio::time::timeout(
@@ -286,9 +319,13 @@ enum Backend {
         batch: mpsc::Sender<Pending>,
     },
     /// A Redis Cluster: each `SET` is sent on its own, to the primary of its key's slot (a
-    /// pipeline would have to stay within one slot). The connection is multiplexed per node,
-    /// so concurrent inserts still share connections.
-    Cluster(ClusterConnection),
+    /// pipeline would have to stay within one slot), followed by `WAIT` in the same pipeline
+    /// when `wait` is set. The connection is multiplexed per node, so concurrent inserts
+    /// still share connections.
+    Cluster {
+        connection: ClusterConnection,
+        wait: Option<Wait>,
+    },
 }
 
 /// The one primary that every insert goes to.
@@ -327,6 +364,44 @@ impl Primary {
 struct Wait {
     replicas: u32,
     timeout_ms: u64,
+}
+
+impl Wait {
+    /// `None` when `wait_replicas` is 0.
+    fn from_config(config: &RedisStoreConfig) -> Option<Self> {
+        (config.wait_replicas > 0).then(|| Self {
+            replicas: config.wait_replicas,
+            timeout_ms: u64::try_from(config.wait_timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        })
+    }
+
+    /// Adds `WAIT replicas timeout_ms` to `pipe`.
+    fn push(&self, pipe: &mut Pipeline) {
+        pipe.cmd("WAIT").arg(self.replicas).arg(self.timeout_ms);
+    }
+
+    /// Whether `WAIT`'s reply (the number of replicas that acknowledged) is enough.
+    fn satisfied(&self, reply: Option<&Value>) -> bool {
+        matches!(reply, Some(Value::Int(acked))
+            if u64::try_from(*acked).is_ok_and(|a| a >= u64::from(self.replicas)))
+    }
+}
+
+/// The insert's outcome once `WAIT` has answered: a key recorded on the primary but on
+/// fewer replicas than wanted could be forgotten by a failover, so the proof is refused (its
+/// key stays, so a replay of it is still caught while the primary lives).
+fn replicated_or_refused(
+    insert: Result<Insert, ReplayStoreError>,
+    replicated: bool,
+) -> Result<Insert, ReplayStoreError> {
+    match insert {
+        Ok(Insert::Inserted) if !replicated => Err(ReplayStoreError::Unavailable(
+            "the record reached fewer Redis replicas than wait_replicas".to_owned(),
+        )),
+        other => other,
+    }
 }
 
 /// One insert waiting for the batcher.
@@ -377,31 +452,18 @@ async fn run_batches(
                 .arg(p.ttl_ms);
         }
         if let Some(wait) = &wait {
-            pipe.cmd("WAIT").arg(wait.replicas).arg(wait.timeout_ms);
+            wait.push(&mut pipe);
         }
         let expected = batch.len() + usize::from(wait.is_some());
         let replies = tokio::time::timeout(timeout, primary.query_pipeline(&pipe)).await;
         match replies {
             Ok(Ok(values)) if values.len() == expected => {
                 // With WAIT, its reply (the replicas that acknowledged) comes last.
-                let replicated = match (&wait, values.last()) {
-                    (None, _) => true,
-                    (Some(wait), Some(Value::Int(acked))) => {
-                        u64::try_from(*acked).is_ok_and(|a| a >= u64::from(wait.replicas))
-                    }
-                    (Some(_), _) => false,
-                };
+                let replicated = wait.as_ref().is_none_or(|w| w.satisfied(values.last()));
                 for (p, v) in batch.drain(..).zip(values.iter()) {
-                    let reply = match insert_reply(v) {
-                        // Recorded on the primary but not on enough replicas: a failover
-                        // could forget it, so the proof is refused (its key stays, so a
-                        // replay of it is still caught while the primary lives).
-                        Ok(Insert::Inserted) if !replicated => Err(ReplayStoreError::Unavailable(
-                            "the record reached fewer Redis replicas than wait_replicas".to_owned(),
-                        )),
-                        other => other,
-                    };
-                    let _ = p.reply.send(reply);
+                    let _ = p
+                        .reply
+                        .send(replicated_or_refused(insert_reply(v), replicated));
                 }
             }
             Ok(Ok(_)) => fail_all(
@@ -433,7 +495,7 @@ impl AsyncReplayStore for RedisReplayStore {
     ) -> Result<Insert, ReplayStoreError> {
         let batch = match &self.inner.backend {
             Backend::Primary { batch, .. } => batch,
-            Backend::Cluster(_) => {
+            Backend::Cluster { wait: None, .. } => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(self.redis_key(key))
                     .arg(1)
@@ -441,6 +503,37 @@ impl AsyncReplayStore for RedisReplayStore {
                     .arg("PX")
                     .arg(ttl_ms(expires_at, now));
                 return insert_reply(&self.run(cmd).await?);
+            }
+            Backend::Cluster {
+                connection,
+                wait: Some(wait),
+            } => {
+                // One pipeline: the cluster client sends it to the node of the key's slot
+                // (WAIT names no key), so WAIT counts that primary's replicas.
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(self.redis_key(key))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms(expires_at, now));
+                wait.push(&mut pipe);
+                let mut connection = connection.clone();
+                let replies = tokio::time::timeout(
+                    self.inner.command_timeout,
+                    pipe.query_async::<Vec<Value>>(&mut connection),
+                )
+                .await
+                .map_err(|_elapsed| ReplayStoreError::Timeout)?
+                .map_err(|err| store_error(&err))?;
+                return match replies.as_slice() {
+                    [set, acked] => {
+                        replicated_or_refused(insert_reply(set), wait.satisfied(Some(acked)))
+                    }
+                    _ => Err(ReplayStoreError::Unavailable(
+                        "pipeline reply count mismatch".to_owned(),
+                    )),
+                };
             }
         };
         let (reply, answer) = oneshot::channel();

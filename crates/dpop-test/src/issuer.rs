@@ -1,6 +1,7 @@
 //! [`MockIssuer`]: an authorization-server stand-in that publishes RFC 8414 metadata and
-//! a JWKS, mints ES256 JWT access tokens (RFC 9068 shape) and answers RFC 7662
-//! introspection for opaque tokens registered with it.
+//! a JWKS, mints ES256 JWT access tokens (RFC 9068 shape), answers RFC 7662
+//! introspection for opaque tokens registered with it, and has a token endpoint that
+//! gives DPoP-bound tokens as [`TokenPolicy`] says.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -157,6 +158,31 @@ fn random_id() -> String {
     jws::b64url(&bytes)
 }
 
+/// What the token endpoint of a [`MockIssuer`] issues ([`MockIssuer::issue_tokens`]).
+/// Build it with struct-update syntax, like [`TokenSpec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// The `aud` of every token, whatever `audience` or `resource` the request asked
+    /// for (as issuers that honour neither do). Defaults to `"https://api.example.com"`.
+    pub aud: String,
+    /// `exp` - `iat` and `expires_in`, in seconds (an `expires_in` below 0 is sent as 0).
+    /// Defaults to 300.
+    pub lifetime_secs: i64,
+    /// Whether a refresh token comes with each access token. Refresh tokens are single
+    /// use: redeeming one gives a new one. Defaults to `true`.
+    pub refresh_tokens: bool,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            aud: "https://api.example.com".into(),
+            lifetime_secs: 300,
+            refresh_tokens: true,
+        }
+    }
+}
+
 /// How a [`MockIssuer`] serves its metadata or its JWKS: as it should, or too large for
 /// a client that bounds what it reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -228,12 +254,16 @@ impl MockIssuerBuilder {
             metadata_serving: Mutex::new(Serving::Normal),
             jwks_serving: Mutex::new(Serving::Normal),
             advertised_jwks_uri: Mutex::new(None),
+            token_policy: Mutex::new(TokenPolicy::default()),
+            token_requests: Mutex::new(Vec::new()),
+            refresh_tokens: Mutex::new(std::collections::HashSet::new()),
         });
         state.push_new_key(false)?;
         let router = Router::new()
             .route(METADATA_PATH, get(metadata))
             .route("/jwks", get(jwks))
             .route("/introspect", post(introspect))
+            .route("/token", post(token))
             .with_state(Arc::clone(&state));
         let server = serve_on(listener, TowerToHyperService::new(router))?;
         Ok(MockIssuer { state, server })
@@ -260,6 +290,11 @@ struct IssuerState {
     jwks_serving: Mutex<Serving>,
     /// The metadata's `jwks_uri` when not the issuer's own `/jwks`.
     advertised_jwks_uri: Mutex<Option<String>>,
+    token_policy: Mutex<TokenPolicy>,
+    /// The `grant_type` of every token request, in order.
+    token_requests: Mutex<Vec<String>>,
+    /// Refresh tokens issued and not yet redeemed.
+    refresh_tokens: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A lock that survives a panicking test thread: the data here stays consistent.
@@ -477,6 +512,103 @@ impl MockIssuer {
     pub fn advertise_jwks_uri(&self, uri: Option<&str>) {
         *lock(&self.state.advertised_jwks_uri) = uri.map(str::to_owned);
     }
+
+    /// What `POST /token` issues from now on. The endpoint takes `client_credentials`
+    /// (any client) and `refresh_token` (one it issued and that was not redeemed yet),
+    /// needs a `DPoP` header and binds the token to the proof's `jwk` (the proof itself
+    /// is not verified: a stand-in for clients' tests, where the resource server checks).
+    pub fn issue_tokens(&self, policy: TokenPolicy) {
+        *lock(&self.state.token_policy) = policy;
+    }
+
+    /// The `grant_type` of every request to `POST /token` so far, in order (refused
+    /// ones included).
+    #[must_use]
+    pub fn token_requests(&self) -> Vec<String> {
+        lock(&self.state.token_requests).clone()
+    }
+
+    /// A refresh token the token endpoint accepts once, as if issued earlier.
+    #[must_use]
+    pub fn issue_refresh_token(&self) -> String {
+        let token = random_id();
+        lock(&self.state.refresh_tokens).insert(token.clone());
+        token
+    }
+}
+
+fn token_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn token(
+    State(state): State<Arc<IssuerState>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    lock(&state.token_requests).push(grant.clone());
+    let jkt = headers
+        .get("dpop")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|proof| proof.split('.').next())
+        .and_then(|header| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .ok()
+        })
+        .and_then(|header| serde_json::from_slice::<Value>(&header).ok())
+        .and_then(|header| header.get("jwk").map(Value::to_string))
+        .and_then(|jwk| dpop_core::PublicJwk::from_json(&jwk).ok())
+        .map(|jwk| jwk.thumbprint().as_str().to_owned());
+    let Some(jkt) = jkt else {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof");
+    };
+    match grant.as_str() {
+        "client_credentials" => {}
+        "refresh_token" => {
+            let presented = form.get("refresh_token").map_or("", String::as_str);
+            if !lock(&state.refresh_tokens).remove(presented) {
+                return token_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+        }
+        _ => return token_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+    let client_id = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_basic)
+        .map(|(id, _)| id)
+        .or_else(|| form.get("client_id").cloned())
+        .unwrap_or_default();
+    let policy = lock(&state.token_policy).clone();
+    let spec = TokenSpec {
+        client_id,
+        scope: form.get("scope").cloned(),
+        lifetime_secs: policy.lifetime_secs,
+        ..TokenSpec::bound(&policy.aud, &jkt)
+    };
+    let (kid, key) = state.current();
+    let header = json!({ "alg": "ES256", "typ": "at+jwt", "kid": kid });
+    let Ok(access_token) =
+        jws::sign_compact(&*key, &header, &Value::Object(spec.claims(&state.url)))
+    else {
+        return token_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error");
+    };
+    let mut answer = json!({
+        "access_token": access_token,
+        "token_type": "DPoP",
+        "expires_in": policy.lifetime_secs.max(0),
+    });
+    if let Some(scope) = &spec.scope {
+        answer["scope"] = scope.as_str().into();
+    }
+    if policy.refresh_tokens {
+        let refresh = random_id();
+        lock(&state.refresh_tokens).insert(refresh.clone());
+        answer["refresh_token"] = refresh.into();
+    }
+    Json(answer).into_response()
 }
 
 /// A JSON response for `document`, served as `how` says.

@@ -75,14 +75,14 @@ pub use crate::grpc::{
 };
 pub use crate::issuer::{
     DEFAULT_INTROSPECTION_CLIENT_ID, DEFAULT_INTROSPECTION_CLIENT_SECRET, METADATA_PATH,
-    MockIssuer, MockIssuerBuilder, Serving, TokenSpec, now,
+    MockIssuer, MockIssuerBuilder, Serving, TokenPolicy, TokenSpec, now,
 };
 pub use crate::issuer_fixture::{ClientFixture, IssuerFixture};
 pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
-pub use crate::redis_topology::{RedisCluster, RedisSentinel};
+pub use crate::redis_topology::{RedisCluster, RedisSentinel, SentinelAuth};
 pub use crate::server::{ServerHandle, serve};
 pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
 pub use crate::tls::{CertFiles, TestCa};

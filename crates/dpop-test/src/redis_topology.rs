@@ -73,10 +73,18 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.kill();
         let _ = fs::remove_file(&self.log);
+        let _ = fs::remove_file(std::env::temp_dir().join(rdb_name(self.port)));
         for f in &self.files {
             let _ = fs::remove_file(f);
         }
     }
+}
+
+/// The node's own RDB file name in the temporary directory. Nothing is saved, but a replica
+/// writes the copy it receives from its primary there, and a node started later would
+/// load it (and a cluster node holding keys cannot join a new cluster).
+fn rdb_name(port: u16) -> String {
+    format!("dpop-test-{}-{port}.rdb", std::process::id())
 }
 
 /// The common server arguments: loopback, no persistence, quiet.
@@ -98,7 +106,11 @@ fn server_args(port: u16) -> Vec<String> {
     ]
     .iter()
     .map(|s| (*s).to_owned())
-    .chain([std::env::temp_dir().display().to_string()])
+    .chain([
+        std::env::temp_dir().display().to_string(),
+        "--dbfilename".to_owned(),
+        rdb_name(port),
+    ])
     .collect()
 }
 
@@ -169,29 +181,53 @@ async fn wait_for_output(
     }
 }
 
-/// A Redis Cluster of three primaries (no replicas) on `127.0.0.1`, each node with
-/// `--cluster-enabled yes`, joined with `redis-cli --cluster create`. Killed when dropped.
+/// A Redis Cluster of three primaries on `127.0.0.1`, each node with
+/// `--cluster-enabled yes`, joined with `redis-cli --cluster create`; with
+/// [`spawn_with_replicas`](Self::spawn_with_replicas), each primary also has one replica,
+/// promoted when its primary dies. Killed when dropped.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    cli: PathBuf,
+    binary: PathBuf,
+    /// Each node's arguments, to start it again.
+    args: Vec<Vec<String>>,
 }
 
 impl RedisCluster {
-    /// Starts the three nodes, creates the cluster and waits until every node reports
-    /// `cluster_state:ok`. `Ok(None)` when there is no `redis-server` or no `redis-cli`
-    /// (see [`RedisServer::find_binary`]), so a test can skip.
+    /// Starts three primaries without replicas, creates the cluster and waits until every
+    /// node reports `cluster_state:ok` (a node is declared down after 2 s). `Ok(None)` when
+    /// there is no `redis-server` or no `redis-cli` (see [`RedisServer::find_binary`]), so a
+    /// test can skip.
     ///
     /// # Errors
     /// When a node does not start or the cluster does not form.
     pub async fn spawn() -> io::Result<Option<Self>> {
+        Self::start(0, 2000).await
+    }
+
+    /// Starts six nodes, three primaries with one replica each (`redis-cli --cluster create
+    /// ... --cluster-replicas 1`), and waits until every node reports `cluster_state:ok`
+    /// and every replica is in sync with its primary. A primary is declared down after
+    /// 1 s (`cluster-node-timeout 1000`), and its replica then takes over its slots.
+    /// `Ok(None)` when there is no `redis-server` or no `redis-cli`.
+    ///
+    /// # Errors
+    /// When a node does not start or the cluster does not form.
+    pub async fn spawn_with_replicas() -> io::Result<Option<Self>> {
+        Self::start(1, 1000).await
+    }
+
+    async fn start(replicas: usize, node_timeout_ms: u32) -> io::Result<Option<Self>> {
         let Some(binary) = RedisServer::find_binary() else {
             return Ok(None);
         };
-        let Some(cli_binary) = find_cli(&binary) else {
+        let Some(cli) = find_cli(&binary) else {
             return Ok(None);
         };
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        let mut all_args = Vec::new();
+        for i in 0..3 * (1 + replicas) {
             let port = free_port();
             let state = log_path(&format!("redis-cluster-node{i}.conf"));
             let mut args = server_args(port);
@@ -202,9 +238,13 @@ impl RedisCluster {
                 free_port().to_string(),
                 "--cluster-config-file".to_owned(),
                 state.display().to_string(),
-                // A node down is declared after 2 s (15 s by default).
+                // How soon a silent node is declared down (15 s by default).
                 "--cluster-node-timeout".to_owned(),
-                "2000".to_owned(),
+                node_timeout_ms.to_string(),
+                // A replica takes over however long ago it last heard from its primary: on a
+                // busy test machine the default (ten node time-outs) could forbid it.
+                "--cluster-replica-validity-factor".to_owned(),
+                "0".to_owned(),
             ]);
             nodes.push(
                 Node::start(
@@ -216,14 +256,25 @@ impl RedisCluster {
                 )
                 .await?,
             );
+            all_args.push(args);
         }
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
-        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
-        cli_async(&cli_binary, create).await?;
-        for node in &nodes {
+        create.extend([
+            "--cluster-replicas".to_owned(),
+            replicas.to_string(),
+            "--cluster-yes".to_owned(),
+        ]);
+        cli_async(&cli, create).await?;
+        let cluster = Self {
+            nodes,
+            cli,
+            binary,
+            args: all_args,
+        };
+        for node in &cluster.nodes {
             wait_for_output(
-                &cli_binary,
+                &cluster.cli,
                 node.port,
                 &["cluster", "info"],
                 "cluster_state:ok",
@@ -231,10 +282,27 @@ impl RedisCluster {
             )
             .await?;
         }
-        Ok(Some(Self { nodes }))
+        for node in &cluster.nodes {
+            let role = cli_async(
+                &cluster.cli,
+                vec!["-p".to_owned(), node.port.to_string(), "role".to_owned()],
+            )
+            .await?;
+            if role.starts_with("slave") {
+                wait_for_output(
+                    &cluster.cli,
+                    node.port,
+                    &["info", "replication"],
+                    "master_link_status:up",
+                    &node.log,
+                )
+                .await?;
+            }
+        }
+        Ok(Some(cluster))
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,.../`, every node.
     #[must_use]
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self
@@ -245,7 +313,9 @@ impl RedisCluster {
         format!("redis+cluster://{}/", nodes.join(","))
     }
 
-    /// `redis://127.0.0.1:PORT` of each node, to talk to one node directly.
+    /// `redis://127.0.0.1:PORT` of each node, to talk to one node directly. Without
+    /// replicas, every node is a primary; with them, which node is which is up to
+    /// `redis-cli --cluster create` (ask the node with `ROLE`).
     #[must_use]
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes
@@ -254,7 +324,9 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Kills node `index` (SIGKILL, as in a crash); its slots have no primary any more.
+    /// Kills node `index` (SIGKILL, as in a crash). Without replicas its slots have no
+    /// primary any more; with them, its replica takes over once the cluster has declared
+    /// it failed.
     ///
     /// # Errors
     /// When the process cannot be waited for.
@@ -263,6 +335,51 @@ impl RedisCluster {
             Some(node) => node.kill(),
             None => Ok(()),
         }
+    }
+
+    /// Starts node `index` again after [`kill_node`](Self::kill_node), on its port and with
+    /// its cluster state file, without data (nothing is persisted): it rejoins the cluster,
+    /// as a replica of the node that took over its slots if one did.
+    ///
+    /// # Errors
+    /// When the node is running or does not start.
+    pub async fn restart_node(&mut self, index: usize) -> io::Result<()> {
+        let (Some(node), Some(args)) = (self.nodes.get_mut(index), self.args.get(index)) else {
+            return Err(io::Error::other(format!("no node {index}")));
+        };
+        if node.child.is_some() {
+            return Err(io::Error::other(format!("node {index} is running")));
+        }
+        // The state file must outlive the old handle: the new one deletes it when dropped.
+        let files = std::mem::take(&mut node.files);
+        *node = Node::start(
+            &self.binary,
+            node.port,
+            args,
+            &format!("redis-cluster-node{index}-again"),
+            files,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until every node still running reports `cluster_state:ok`: after a failover,
+    /// every slot has a primary again.
+    ///
+    /// # Errors
+    /// When that does not happen within 20 s.
+    pub async fn wait_until_ok(&self) -> io::Result<()> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            wait_for_output(
+                &self.cli,
+                node.port,
+                &["cluster", "info"],
+                "cluster_state:ok",
+                &node.log,
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +392,36 @@ pub struct RedisSentinel {
     sentinel: Node,
     service: String,
     cli: PathBuf,
+    /// `redis-cli` options that log in to the sentinel, if it asks for a password.
+    sentinel_login: CliLogin,
+}
+
+/// `redis-cli` login options; `Debug` does not show them.
+struct CliLogin(Vec<String>);
+
+impl std::fmt::Debug for CliLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "none" } else { "***" })
+    }
+}
+
+/// How clients must log in to a [`RedisSentinel`]'s sentinel (the primary and replica ask
+/// for nothing).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelAuth {
+    /// `None`: `requirepass PASSWORD` in the sentinel's configuration (the `default` user).
+    /// `Some(name)`: an ACL user `name` with that password, and the `default` user off.
+    pub username: Option<String>,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for SentinelAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisSentinel {
@@ -285,6 +432,19 @@ impl RedisSentinel {
     /// # Errors
     /// When a process does not start or replication does not settle.
     pub async fn spawn(service: &str) -> io::Result<Option<Self>> {
+        Self::spawn_with(service, None).await
+    }
+
+    /// As [`spawn`](Self::spawn), with a sentinel that refuses clients that do not log in
+    /// as `auth` says.
+    ///
+    /// # Errors
+    /// When a process does not start or replication does not settle.
+    pub async fn spawn_with_auth(service: &str, auth: SentinelAuth) -> io::Result<Option<Self>> {
+        Self::spawn_with(service, Some(auth)).await
+    }
+
+    async fn spawn_with(service: &str, auth: Option<SentinelAuth>) -> io::Result<Option<Self>> {
         let Some(binary) = RedisServer::find_binary() else {
             return Ok(None);
         };
@@ -320,16 +480,47 @@ impl RedisSentinel {
         let sentinel_port = free_port();
         // The sentinel rewrites its configuration file, so it gets one of its own.
         let config = log_path("redis-sentinel.conf");
+        let (login_config, sentinel_login) = match &auth {
+            None => (String::new(), Vec::new()),
+            Some(SentinelAuth {
+                username: None,
+                password,
+            }) => (
+                format!("requirepass {password}\n"),
+                vec!["-a".to_owned(), password.clone()],
+            ),
+            Some(SentinelAuth {
+                username: Some(user),
+                password,
+            }) => (
+                format!("user default off\nuser {user} on >{password} allchannels +@all\n"),
+                vec![
+                    "--user".to_owned(),
+                    user.clone(),
+                    "--pass".to_owned(),
+                    password.clone(),
+                ],
+            ),
+        };
+        let sentinel_login: Vec<String> = sentinel_login
+            .into_iter()
+            .chain((!login_config.is_empty()).then(|| "--no-auth-warning".to_owned()))
+            .collect();
         fs::write(
             &config,
             format!(
-                "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n{login_config}\
                  sentinel monitor {service} 127.0.0.1 {primary_port} 1\n\
                  sentinel down-after-milliseconds {service} 1000\n\
                  sentinel failover-timeout {service} 5000\n",
                 dir = std::env::temp_dir().display()
             ),
         )?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&config, fs::Permissions::from_mode(0o600))?;
+        }
         let args = vec![config.display().to_string(), "--sentinel".to_owned()];
         let sentinel = Node::start(
             &binary,
@@ -339,10 +530,12 @@ impl RedisSentinel {
             vec![config],
         )
         .await?;
+        let mut ask: Vec<&str> = sentinel_login.iter().map(String::as_str).collect();
+        ask.extend(["sentinel", "replicas", service]);
         wait_for_output(
             &cli,
             sentinel_port,
-            &["sentinel", "replicas", service],
+            &ask,
             &replica_port.to_string(),
             &sentinel.log,
         )
@@ -353,6 +546,7 @@ impl RedisSentinel {
             sentinel,
             service: service.to_owned(),
             cli,
+            sentinel_login: CliLogin(sentinel_login),
         }))
     }
 
@@ -366,6 +560,12 @@ impl RedisSentinel {
             self.sentinel.port,
             self.service
         )
+    }
+
+    /// `127.0.0.1:PORT` of the sentinel, as errors name it.
+    #[must_use]
+    pub fn sentinel_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sentinel.port)
     }
 
     /// `redis://127.0.0.1:PORT` of the first primary.
@@ -394,10 +594,12 @@ impl RedisSentinel {
     /// # Errors
     /// When that does not happen within 20 s.
     pub async fn wait_for_failover(&self) -> io::Result<()> {
+        let mut ask: Vec<&str> = self.sentinel_login.0.iter().map(String::as_str).collect();
+        ask.extend(["sentinel", "get-master-addr-by-name", &self.service]);
         wait_for_output(
             &self.cli,
             self.sentinel.port,
-            &["sentinel", "get-master-addr-by-name", &self.service],
+            &ask,
             &self.replica.port.to_string(),
             &self.sentinel.log,
         )

@@ -1,10 +1,10 @@
 //! `dpop curl`'s flags: curl's letters and meanings, grouped under curl's manual
-//! headings, each also read from `DPOP_CURL_<FLAG>`.
+//! headings, each also read from `DPOP_CURL_<FLAG>` (added by [`crate::env`], which keeps
+//! the values of the token, headers and bodies out of `--help`).
 
 use std::path::PathBuf;
 
-use clap::builder::BoolishValueParser;
-use clap::{Arg, ArgAction, Args};
+use clap::Args;
 
 use super::IssuerTokenArgs;
 
@@ -18,42 +18,11 @@ const CONNECTION: &str = "Connection";
 const TLS: &str = "TLS";
 const AUTH: &str = "Authentication";
 
-/// Flags whose values may hold secrets (tokens, credentials, bodies): their environment
-/// variables work, but `--help` never shows what they hold.
-const SECRET_VALUED: &[&str] = &[
-    "token",
-    "headers",
-    "data",
-    "data_binary",
-    "data_urlencode",
-    "json",
-    "form",
-    "user",
-];
-
-/// Every flag of `dpop curl` can come from `DPOP_CURL_<FLAG>` (`--max-time`:
-/// `DPOP_CURL_MAX_TIME`); the URL is always an argument.
-fn curl_env(arg: Arg) -> Arg {
-    let Some(long) = arg.get_long() else {
-        return arg;
-    };
-    let name = format!("DPOP_CURL_{}", long.to_ascii_uppercase().replace('-', "_"));
-    let secret = SECRET_VALUED.contains(&arg.get_id().as_str());
-    let arg = if matches!(arg.get_action(), ArgAction::SetTrue) {
-        // DPOP_CURL_VERBOSE=1 (or yes, on, true; 0, no, off, false) as for other tools.
-        arg.value_parser(BoolishValueParser::new())
-    } else {
-        arg
-    };
-    arg.env(name).hide_env_values(secret)
-}
-
 /// Like curl: the same letters and meanings, plus the key and the token. Options of
 /// curl that would weaken DPoP (`-k`) or bypass it (`-u`) are refused with the reason.
 // The field docs are also the `--help` text, where link markup would show as-is.
 #[allow(rustdoc::bare_urls)]
 #[derive(Debug, Args)]
-#[command(mut_args = curl_env)]
 pub(crate) struct CurlArgs {
     /// The URL; https:// is assumed when it has no scheme
     pub(crate) url: String,

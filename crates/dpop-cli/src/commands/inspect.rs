@@ -112,6 +112,13 @@ pub(crate) fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitCode, C
         args.proof.clone().into_bytes()
     };
     let report = inspect(proof.trim_ascii(), &reference)?;
+    if let Ok((header, claims)) = &report.decoded
+        && looks_like_access_token(header, claims)
+    {
+        eprintln!(
+            "note: this is an access token (a JWT for an API), not a DPoP proof: use `dpop jwt decode` to read it or `dpop jwt verify` to check it"
+        );
+    }
     if args.json {
         write_json(&report, out)
     } else {
@@ -123,6 +130,14 @@ pub(crate) fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<ExitCode, C
     } else {
         EXIT_INVALID
     }))
+}
+
+/// An RFC 9068 `typ` (`at+jwt`), or token claims (`aud`) without the proof's `htm`.
+fn looks_like_access_token(header: &Value, claims: &Value) -> bool {
+    let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
+    typ.eq_ignore_ascii_case("at+jwt")
+        || typ.eq_ignore_ascii_case("application/at+jwt")
+        || (claims.get("htm").is_none() && claims.get("aud").is_some())
 }
 
 fn read_stdin() -> Result<Vec<u8>, CliError> {

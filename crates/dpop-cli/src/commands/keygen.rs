@@ -1,4 +1,5 @@
-//! `dpop keygen`: a new private key in a file only its owner can read.
+//! `dpop keygen`: a new private key in a file only its owner can read (or on stdout with
+//! `--out -`), optionally encrypted with a passphrase.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,12 +25,31 @@ pub(crate) fn run(args: &KeygenArgs, out: &mut dyn Write) -> Result<ExitCode, Cl
     .map_err(|e| CliError::failed(format!("cannot generate the key: {e}")))?;
 
     let cannot_encode = |e| CliError::failed(format!("cannot encode the key: {e}"));
+    let to_stdout = keyfile::is_stdio(&args.out);
+    if !to_stdout && !args.force && args.out.exists() {
+        // Before asking for a passphrase that would be wasted.
+        return Err(CliError::usage(format!(
+            "{} already exists; pass --force to replace it",
+            args.out.display()
+        )));
+    }
     if args.jwk {
         let text = key.to_private_jwk_json().map_err(cannot_encode)?;
         keyfile::write_secret(&args.out, &[text.as_bytes(), b"\n"], args.force)?;
     } else {
         let text = key.to_pkcs8_pem().map_err(cannot_encode)?;
-        keyfile::write_secret(&args.out, &[text.as_bytes()], args.force)?;
+        if args.encrypt {
+            let what = if to_stdout {
+                "the new key".to_owned()
+            } else {
+                args.out.display().to_string()
+            };
+            let passphrase = keyfile::passphrase(&what, true)?;
+            let encrypted = keyfile::encrypt_pem(&text, &passphrase)?;
+            keyfile::write_secret(&args.out, &[encrypted.as_bytes()], args.force)?;
+        } else {
+            keyfile::write_secret(&args.out, &[text.as_bytes()], args.force)?;
+        }
         // PKCS#8 records the key type, not the algorithm: an RSA key reads back as RS256
         // and an Ed25519 key as EdDSA, whatever it was generated for.
         let reads_back_as = PrivateKey::from_pkcs8_pem(&text, None).map(|k| k.algorithm());
@@ -39,6 +59,11 @@ pub(crate) fn run(args: &KeygenArgs, out: &mut dyn Write) -> Result<ExitCode, Cl
             );
         }
     }
-    writeln!(out, "{}", key.thumbprint()).map_err(|e| CliError::stdout(&e))?;
+    if to_stdout {
+        // Standard output holds the key: the thumbprint goes beside it, on stderr.
+        eprintln!("jkt: {}", key.thumbprint());
+    } else {
+        writeln!(out, "{}", key.thumbprint()).map_err(|e| CliError::stdout(&e))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,14 +2,17 @@
 //! returns the exit code or a [`CliError`](crate::error::CliError).
 
 pub(crate) mod authz;
+pub(crate) mod completions;
 pub(crate) mod curl;
 pub(crate) mod enforcement;
 pub(crate) mod gateway;
 pub(crate) mod inspect;
 pub(crate) mod issuer;
+pub(crate) mod jwt;
 pub(crate) mod keygen;
 pub(crate) mod keyinfo;
 pub(crate) mod proof;
+pub(crate) mod token;
 
 /// The async runtime of the commands that do network I/O.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, crate::error::CliError> {

@@ -49,6 +49,17 @@ fn text(port: u16, admin: Option<u16>, issuer: &MockIssuer, upstream: &str, rest
     )
 }
 
+/// Skips (or, with `DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES` set as in CI, fails) a test of a
+/// Redis Cluster or Sentinel set-up without redis-server and redis-cli.
+pub(crate) fn skip_without_redis() {
+    let why = "no redis-server or redis-cli (DPOP_TEST_REDIS_SERVER or PATH)";
+    assert!(
+        std::env::var_os("DPOP_TEST_REQUIRE_REDIS_TOPOLOGIES").is_none_or(|v| v.is_empty()),
+        "{why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
 /// A gateway serving in this process; stopped when dropped.
 pub(crate) struct Running {
     /// Where it listens.
@@ -95,7 +106,16 @@ impl Running {
         rest: &str,
     ) -> Result<Self, GatewayError> {
         let port = free_port();
-        let config = GatewayConfig::from_toml(&text(port, admin_port, issuer, upstream, rest))?;
+        Self::from_text(&text(port, admin_port, issuer, upstream, rest), admin_port).await
+    }
+
+    /// A gateway from the whole configuration `text` (its `listen` on a free port), with
+    /// its admin listener on `admin_port` if the text sets one there.
+    pub(crate) async fn from_text(
+        text: &str,
+        admin_port: Option<u16>,
+    ) -> Result<Self, GatewayError> {
+        let config = GatewayConfig::from_toml(text)?;
         let gateway = Gateway::bind(config).await?;
         let addr = gateway.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

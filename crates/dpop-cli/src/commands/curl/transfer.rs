@@ -16,7 +16,7 @@ use super::exit::{self, CannotResolve, Failure};
 use super::output::{self, Sink, Summary, Written};
 use super::request::{self, Plan};
 use super::verbose::{self, Verbose};
-use super::{client_error, diagnose, key, runtime, token_request};
+use super::{diagnose, issuer_tokens, key, runtime};
 use crate::cli::CurlArgs;
 use crate::error::CliError;
 
@@ -387,14 +387,7 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
     let tokens: Option<Arc<dyn TokenSource>> = match &static_token {
         Some(t) => Some(Arc::new(StaticToken::new(t))),
         // The issuer is reached as the API is: the same CA, resolver and connect timeout.
-        None => match token_request(&args.issuer)? {
-            Some(request) => Some(Arc::new(
-                dpop_client::OAuthTokens::new(request, &dpop)
-                    .map_err(client_error)?
-                    .with_http_client(inner.clone()),
-            )),
-            None => None,
-        },
+        None => issuer_tokens(&args.issuer, &dpop, Some(inner.clone()))?,
     };
     let has_token = tokens.is_some();
     let plan = request::plan(args, has_token)?;

@@ -1,0 +1,204 @@
+//! Flags from the environment: every flag of `gateway`, `authz`, `issuer`, `token` and
+//! `curl` can also be given as `DPOP_<COMMAND>_<FLAG>` (`--replay-store` of `gateway`:
+//! `DPOP_GATEWAY_REPLAY_STORE`), so a container needs no command line. A flag on the
+//! command line wins over its variable.
+//!
+//! The names are added here, when the command is built, rather than written on each
+//! field: the argument structs shared by several commands (`EnforcementArgs` in
+//! `gateway` and `authz`, `IssuerTokenArgs` in `token` and `curl`) are flattened into
+//! each, and a name written on the field would be the same in every command. Walking the
+//! built command gives each flag the prefix of the command it ends up in, from one rule,
+//! and a flag added later gets its variable without anyone remembering to.
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Command};
+
+/// The commands whose flags are read from the environment, and their prefixes.
+const COMMANDS: [(&str, &str); 5] = [
+    ("gateway", "DPOP_GATEWAY"),
+    ("authz", "DPOP_AUTHZ"),
+    ("issuer", "DPOP_ISSUER"),
+    ("token", "DPOP_TOKEN"),
+    ("curl", "DPOP_CURL"),
+];
+
+/// Flags whose values are or may hold secrets: their variables work, but their values are
+/// never shown in `--help`. `curl`'s access token, and its headers and bodies (which may
+/// carry credentials); the other commands take secrets from files and from variables
+/// whose names the flags give, and the list keeps a secret flag added later hidden.
+const SECRET_FLAGS: [&str; 9] = [
+    "token",
+    "client-secret",
+    "header",
+    "data",
+    "data-binary",
+    "data-urlencode",
+    "json",
+    "form",
+    "user",
+];
+
+/// Repeatable flags whose values are free text (`curl`'s headers and bodies): their
+/// variable holds one value, spaces included, where the other repeatable flags' variables
+/// hold several separated by spaces. A delimiter would also split these values on the
+/// command line (`-H 'Accept: text/plain'`).
+const FREE_TEXT_FLAGS: [&str; 6] = [
+    "header",
+    "data",
+    "data-binary",
+    "data-urlencode",
+    "json",
+    "form",
+];
+
+/// `cli` with an environment variable for every flag of the [`COMMANDS`] (and of their
+/// subcommands: `issuer rotate-key --activate-in` is `DPOP_ISSUER_ROTATE_KEY_ACTIVATE_IN`).
+pub(crate) fn with_env_vars(cli: Command) -> Command {
+    COMMANDS.iter().fold(cli, |cli, (name, prefix)| {
+        cli.mut_subcommand(*name, |cmd| add_env(cmd, prefix))
+    })
+}
+
+fn add_env(cmd: Command, prefix: &str) -> Command {
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    let cmd = subcommands.iter().fold(cmd, |cmd, sub| {
+        let prefix = format!("{prefix}_{}", var_part(sub));
+        cmd.mut_subcommand(sub, |s| add_env(s, &prefix))
+    });
+    cmd.mut_args(|arg| {
+        let Some(long) = arg.get_long() else {
+            return arg;
+        };
+        if arg.get_env().is_some() || arg.is_global_set() {
+            return arg;
+        }
+        let var = format!("{prefix}_{}", var_part(long));
+        let secret = SECRET_FLAGS.contains(&long);
+        let free_text = FREE_TEXT_FLAGS.contains(&long);
+        let action = arg.get_action().clone();
+        let arg = arg.env(var).hide_env_values(secret);
+        match action {
+            ArgAction::Append if free_text => arg,
+            // One variable, several values: separated by spaces (no URL, host, address
+            // or URI these flags take contains a space).
+            ArgAction::Append => arg.value_delimiter(' '),
+            // A switch's variable must say yes or no (true/false, 1/0, yes/no, on/off):
+            // anything else is a usage error, not silently "on".
+            ArgAction::SetTrue => arg.value_parser(BoolishValueParser::new()),
+            _ => arg,
+        }
+    })
+}
+
+/// `replay-store` → `REPLAY_STORE`.
+fn var_part(name: &str) -> String {
+    name.replace('-', "_").to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn env_of(cmd: &Command, path: &[&str], long: &str) -> Option<String> {
+        let mut c = cmd;
+        for p in path {
+            c = c.find_subcommand(p).unwrap();
+        }
+        c.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn shared_flags_get_the_prefix_of_their_command() {
+        let cmd = with_env_vars(Cli::command());
+        cmd.clone().debug_assert();
+        assert_eq!(
+            env_of(&cmd, &["gateway"], "issuer").as_deref(),
+            Some("DPOP_GATEWAY_ISSUER")
+        );
+        assert_eq!(
+            env_of(&cmd, &["authz"], "issuer").as_deref(),
+            Some("DPOP_AUTHZ_ISSUER")
+        );
+        assert_eq!(
+            env_of(&cmd, &["token"], "issuer").as_deref(),
+            Some("DPOP_TOKEN_ISSUER")
+        );
+        assert_eq!(
+            env_of(&cmd, &["issuer", "rotate-key"], "activate-in").as_deref(),
+            Some("DPOP_ISSUER_ROTATE_KEY_ACTIVATE_IN")
+        );
+        assert_eq!(
+            env_of(&cmd, &["gateway"], "replay-store").as_deref(),
+            Some("DPOP_GATEWAY_REPLAY_STORE")
+        );
+        assert_eq!(
+            env_of(&cmd, &["curl"], "issuer").as_deref(),
+            Some("DPOP_CURL_ISSUER")
+        );
+        assert_eq!(
+            env_of(&cmd, &["curl"], "max-time").as_deref(),
+            Some("DPOP_CURL_MAX_TIME")
+        );
+        // Left to their own commands.
+        assert_eq!(env_of(&cmd, &["proof"], "key"), None);
+    }
+
+    fn arg<'a>(cmd: &'a Command, path: &[&str], long: &str) -> &'a clap::Arg {
+        let mut c = cmd;
+        for p in path {
+            c = c.find_subcommand(p).unwrap();
+        }
+        c.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap()
+    }
+
+    #[test]
+    fn secret_values_stay_out_of_help_and_free_text_is_not_split() {
+        let cmd = with_env_vars(Cli::command());
+        for long in [
+            "token",
+            "header",
+            "data",
+            "data-binary",
+            "data-urlencode",
+            "json",
+            "form",
+            "user",
+        ] {
+            assert!(
+                arg(&cmd, &["curl"], long).is_hide_env_values_set(),
+                "{long}"
+            );
+        }
+        for long in ["max-time", "issuer", "audience"] {
+            assert!(
+                !arg(&cmd, &["curl"], long).is_hide_env_values_set(),
+                "{long}"
+            );
+        }
+        for long in ["header", "data", "json", "form"] {
+            assert_eq!(
+                arg(&cmd, &["curl"], long).get_value_delimiter(),
+                None,
+                "{long}"
+            );
+        }
+        // The shared issuer flags split alike in both commands.
+        for path in [["curl"], ["token"]] {
+            assert_eq!(
+                arg(&cmd, &path, "audience").get_value_delimiter(),
+                Some(' ')
+            );
+        }
+    }
+}
