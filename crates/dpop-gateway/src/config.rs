@@ -179,6 +179,7 @@ struct RawLimits {
     max_concurrent_streams: Option<u32>,
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -564,6 +565,11 @@ pub struct GatewayConfig {
     /// handled, no response body still streaming) before it is shut down gracefully
     /// (`[limits] idle_timeout_secs`, default 300 s).
     pub idle_timeout: Duration,
+    /// Serving threads (`[limits] workers`, default one per core): each runs its own
+    /// single-threaded runtime, accepts on its own handle of the listening socket and
+    /// keeps its own upstream connections, so a request is read, checked, forwarded and
+    /// answered on one thread.
+    pub workers: usize,
     /// How long a WebSocket tunnel or a streamed response body may last
     /// (`[limits] max_stream_secs`), where the matched route sets none. Defaults to one
     /// hour.
@@ -1003,6 +1009,7 @@ impl AuthzConfig {
                 raw.limits.idle_timeout_secs.is_some(),
                 "limits.idle_timeout_secs".to_owned(),
             ),
+            (raw.limits.workers.is_some(), "limits.workers".to_owned()),
         ];
         for r in &raw.routes {
             gateway_only.push((
@@ -1141,6 +1148,16 @@ impl GatewayConfig {
             s => Duration::from_secs(s),
         };
         let upstream_timeout = Duration::from_secs(raw.limits.upstream_timeout_secs.unwrap_or(30));
+        let workers = match raw.limits.workers {
+            None => default_workers(),
+            Some(0) => return Err(invalid("limits.workers must be positive")),
+            Some(n) if n > MAX_WORKERS => {
+                return Err(invalid(format!(
+                    "limits.workers must be at most {MAX_WORKERS}"
+                )));
+            }
+            Some(n) => n,
+        };
         let client_certs = if tls.as_ref().is_some_and(|t| t.client_auth.is_some()) {
             Ok(())
         } else {
@@ -1173,6 +1190,7 @@ impl GatewayConfig {
             max_concurrent_streams,
             handshake_timeout,
             idle_timeout,
+            workers,
             max_stream,
             route_max_stream,
             enforcement,
@@ -1581,6 +1599,16 @@ pub(crate) const DEFAULT_MAX_STREAM_SECS: u64 = 3600;
 /// browsers idle between calls for a while and reconnect transparently after a GOAWAY,
 /// so a few minutes keeps reconnects rare while idle clients cannot hold every slot.
 const DEFAULT_IDLE_SECS: u64 = 300;
+
+/// The most serving threads `[limits] workers` accepts.
+const MAX_WORKERS: usize = 256;
+
+/// One serving thread per core the process may use (at most [`MAX_WORKERS`]).
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_WORKERS)
+}
 
 /// The longest `idle_timeout_secs` accepted: one day.
 const MAX_IDLE_SECS: u64 = 24 * 3600;
@@ -2115,6 +2143,29 @@ mod tests {
             let e = load_toml(bad).unwrap_err().to_string();
             assert!(e.contains("limits.idle_timeout_secs"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn workers_default_to_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(load_toml("").unwrap().workers, cores.min(MAX_WORKERS));
+        assert_eq!(load_toml("[limits]\nworkers = 3\n").unwrap().workers, 3);
+        for bad in ["[limits]\nworkers = 0\n", "[limits]\nworkers = 257\n"] {
+            let e = load_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("limits.workers"), "{bad}: {e}");
+        }
+        // The authorizer serves on the process's runtime: the setting is refused there.
+        let mut authz = GatewaySettings::from_toml("[limits]\nworkers = 2\n").unwrap();
+        authz
+            .set_listen("127.0.0.1:9191".parse().unwrap())
+            .set_issuer("https://as.example.com")
+            .set_audience("https://api.example.com")
+            .set_public_urls(vec!["https://api.example.com".into()]);
+        let e = authz.validate_authz().unwrap_err().to_string();
+        assert!(
+            e.contains("limits.workers is a setting of dpop gateway"),
+            "{e}"
+        );
     }
 
     #[test]

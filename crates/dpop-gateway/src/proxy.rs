@@ -51,32 +51,124 @@ pub(crate) fn empty(status: StatusCode) -> Response<Body> {
     r
 }
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Fields named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// The fields named in `Connection`: hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+        .collect()
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
 
-/// Hop-by-hop removal for a request, keeping what must cross the gateway: `TE: trailers`
-/// (gRPC servers require it; it is forwarded as exactly that, as Envoy does, nothing else
-/// of `TE`), and the upgrade of a WebSocket handshake (any other upgrade is removed).
-fn remove_hop_by_hop_request(headers: &mut HeaderMap, websocket: bool) {
-    let te_trailers =
-        headers.contains_key(header::TE) && stream::has_token(headers, &header::TE, "trailers");
-    remove_hop_by_hop(headers);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+/// What is removed from a request head before it goes upstream, decided in one pass
+/// over the names the request carries (a few) rather than one lookup per name the gateway
+/// knows (about fifty).
+pub(crate) struct RequestStrip {
+    /// Removed from every request (sorted): hop-by-hop fields, method and URL overrides,
+    /// `Host` (the upstream's is set), the identity headers.
+    always: Vec<String>,
+    /// Removed unless the peer is a trusted proxy (sorted): where the request came from
+    /// and what it addressed.
+    untrusted: Vec<String>,
+    /// Lower-case names (`-` form) of every header the gateway manages, whose `_`
+    /// spellings are removed too.
+    managed: Vec<String>,
+    strip_authorization: bool,
+    strip_dpop: bool,
+}
+
+impl RequestStrip {
+    pub(crate) fn new(
+        identity_names: &[HeaderName],
+        strip_authorization: bool,
+        strip_dpop: bool,
+    ) -> Self {
+        let identity = identity_names.iter().map(|n| n.as_str().to_owned());
+        let mut always: Vec<String> = HOP_BY_HOP
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .chain(OVERRIDES.iter().map(|n| (*n).to_owned()))
+            .chain(std::iter::once(header::HOST.as_str().to_owned()))
+            .chain(identity.clone())
+            .collect();
+        always.sort_unstable();
+        always.dedup();
+        let mut untrusted: Vec<String> = CLAIMS
+            .iter()
+            .chain(&["x-forwarded-for", "x-forwarded-proto"])
+            .map(|n| (*n).to_owned())
+            .collect();
+        untrusted.sort_unstable();
+        untrusted.dedup();
+        let managed = identity
+            .chain(
+                MANAGED
+                    .iter()
+                    .chain(&OVERRIDES)
+                    .chain(&CLAIMS)
+                    .map(|n| (*n).to_owned()),
+            )
+            .collect();
+        Self {
+            always,
+            untrusted,
+            managed,
+            strip_authorization,
+            strip_dpop,
+        }
     }
-    if websocket {
-        stream::set_websocket_upgrade(headers);
+
+    /// Removes from `headers` what must not reach the upstream: hop-by-hop fields (also
+    /// those named in `Connection`), keeping `TE: trailers` (gRPC servers require it; it
+    /// is forwarded as exactly that, as Envoy does, nothing else of `TE`) and the
+    /// upgrade of a WebSocket handshake (any other upgrade is removed); method and URL
+    /// overrides; `Host`; client-sent identity headers; forwarding claims unless
+    /// `trusted`; `Authorization` and `DPoP` when the gateway `vouched` for the request
+    /// (and is set to strip them); and every `_` spelling of a managed header.
+    pub(crate) fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        trusted: bool,
+        vouched: bool,
+        websocket: bool,
+    ) {
+        let te_trailers =
+            headers.contains_key(header::TE) && stream::has_token(headers, &header::TE, "trailers");
+        let named = connection_named(headers);
+        let listed =
+            |list: &[String], name: &str| list.binary_search_by(|l| l.as_str().cmp(name)).is_ok();
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let name = k.as_str();
+                listed(&self.always, name)
+                    || (!trusted && listed(&self.untrusted, name))
+                    || (vouched
+                        && ((self.strip_authorization && *k == header::AUTHORIZATION)
+                            || (self.strip_dpop && name == "dpop")))
+                    || (name.contains('_') && self.managed.contains(&name.replace('_', "-")))
+                    || named.contains(k)
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if websocket {
+            stream::set_websocket_upgrade(headers);
+        }
     }
 }
 
@@ -199,7 +291,7 @@ impl HttpBody for RequestBody {
             frame.map(|frame| {
                 frame.map(|frame| match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        let names = &self.settings.managed_names;
+                        let names = &self.settings.strip.managed;
                         for name in names {
                             trailers.remove(name.as_str());
                         }
@@ -227,6 +319,9 @@ struct Upstream {
     client: UpstreamClient<RequestBody>,
     /// To probe the upstream at start-up without going through the pool.
     connector: UpstreamConnector,
+    /// Which client of [`Upstreams::new`] this is: upstreams sharing one share it again
+    /// in [`Upstreams::with_own_pools`].
+    pool: usize,
 }
 
 /// The default upstream and the routes' own, by route id.
@@ -248,20 +343,22 @@ impl Upstreams {
         let mut make = |u: &UpstreamConfig| -> Result<Arc<Upstream>, GatewayError> {
             let same = clients
                 .iter()
-                .find(|(c, _, _)| c.tls == u.tls && c.http2 == u.http2);
-            let (client, connector) = match same {
-                Some((_, client, connector)) => (client.clone(), connector.clone()),
+                .enumerate()
+                .find(|(_, (c, _, _))| c.tls == u.tls && c.http2 == u.http2);
+            let (client, connector, pool) = match same {
+                Some((pool, (_, client, connector))) => (client.clone(), connector.clone(), pool),
                 None => {
                     let connector = upstream::connector(u, &mut roots)?;
                     let client = upstream::client(connector.clone());
                     clients.push((u.clone(), client.clone(), connector.clone()));
-                    (client, connector)
+                    (client, connector, clients.len() - 1)
                 }
             };
             Ok(Arc::new(Upstream {
                 config: u.clone(),
                 client,
                 connector,
+                pool,
             }))
         };
         let default = make(&config.upstream)?;
@@ -271,6 +368,28 @@ impl Upstreams {
             .map(|(id, u)| Ok((*id, make(u)?)))
             .collect::<Result<_, GatewayError>>()?;
         Ok(Self { default, routes })
+    }
+
+    /// The same upstreams with new, empty connection pools (the same connectors: TLS
+    /// settings read once), shared as in [`Upstreams::new`].
+    fn with_own_pools(&self) -> Self {
+        let mut pools: BTreeMap<usize, UpstreamClient<RequestBody>> = BTreeMap::new();
+        let mut renew = |u: &Arc<Upstream>| {
+            let client = pools
+                .entry(u.pool)
+                .or_insert_with(|| upstream::client(u.connector.clone()))
+                .clone();
+            Arc::new(Upstream {
+                config: u.config.clone(),
+                client,
+                connector: u.connector.clone(),
+                pool: u.pool,
+            })
+        };
+        Self {
+            default: renew(&self.default),
+            routes: self.routes.iter().map(|(id, u)| (*id, renew(u))).collect(),
+        }
     }
 
     /// The upstream of the route the layer matched (the default for none, or a route
@@ -297,12 +416,9 @@ impl std::fmt::Debug for Upstreams {
 }
 
 struct Settings {
-    strip_authorization: bool,
-    strip_dpop: bool,
     identity: IdentityHeaders,
-    identity_names: Vec<HeaderName>,
-    /// Lower-case names (`-` form) of every header the gateway manages.
-    managed_names: Vec<String>,
+    /// What goes from every request head.
+    strip: RequestStrip,
     client_scheme: HeaderValue,
     timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -377,28 +493,18 @@ impl Proxy {
         .filter(|n| !n.is_empty())
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
-        let managed_names = identity_names
-            .iter()
-            .map(|n| n.as_str().to_owned())
-            .chain(
-                MANAGED
-                    .iter()
-                    .chain(&OVERRIDES)
-                    .chain(&CLAIMS)
-                    .map(|n| (*n).to_owned()),
-            )
-            .collect();
         let client_scheme = match config.enforcement.public_urls.first() {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
             _ if config.tls.is_some() => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
         let settings = Settings {
-            strip_authorization: config.enforcement.strip_authorization,
-            strip_dpop: config.enforcement.strip_dpop,
             identity: config.enforcement.identity_headers.clone(),
-            identity_names,
-            managed_names,
+            strip: RequestStrip::new(
+                &identity_names,
+                config.enforcement.strip_authorization,
+                config.enforcement.strip_dpop,
+            ),
             client_scheme,
             timeout: config.upstream_timeout,
             trusted_proxies: config.enforcement.trusted_proxies.clone(),
@@ -410,6 +516,17 @@ impl Proxy {
             settings: Arc::new(settings),
             metrics,
         })
+    }
+
+    /// The same proxy with connection pools of its own, for one serving thread: its
+    /// upstream connections are then driven by the thread that uses them.
+    #[must_use]
+    pub fn with_own_pools(&self) -> Self {
+        Self {
+            upstreams: Arc::new(self.upstreams.with_own_pools()),
+            settings: Arc::clone(&self.settings),
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 
     /// Connects once to every https or HTTP/2 upstream (bounded by a few seconds each).
@@ -465,12 +582,6 @@ impl Proxy {
             .route_id()
             .and_then(|id| s.route_max_stream.get(id).copied())
             .unwrap_or(s.max_stream);
-        let headers = req.headers_mut();
-        remove_hop_by_hop_request(headers, websocket);
-        remove_underscore_aliases(headers, &s.managed_names);
-        for name in OVERRIDES {
-            headers.remove(name);
-        }
         // Where the request came from and what it addressed is only believed from a
         // trusted proxy (as for the htu); from anyone else it would reach the upstream as
         // if the gateway vouched for it.
@@ -479,42 +590,24 @@ impl Proxy {
                 .iter()
                 .any(|n| n.contains(&ip.to_canonical()))
         });
-        if trusted {
-            // The first value is the one the layer used; forward that one only.
-            for name in ["x-forwarded-host", "x-forwarded-proto"] {
-                match first_value(headers, name) {
-                    Some(first) => {
-                        headers.insert(HeaderName::from_static(name), first);
-                    }
-                    None => {
-                        headers.remove(name);
-                    }
-                }
-            }
-        } else {
-            for name in CLAIMS {
-                headers.remove(name);
-            }
-            headers.remove("x-forwarded-for");
-            headers.remove("x-forwarded-proto");
-        }
-        headers.remove(header::HOST);
-        if !upstream.config.http2 {
-            join_cookies(headers);
-        }
         // Credentials the gateway checked are replaced by the identity. Where it did not
         // vouch for the request (an `off` route, a report-only failure) they pass through,
         // so an upstream that still authenticates on its own keeps working during roll-out.
         let vouched = identity.is_some();
-        if s.strip_authorization && vouched {
-            headers.remove(header::AUTHORIZATION);
+        let headers = req.headers_mut();
+        s.strip.apply(headers, trusted, vouched, websocket);
+        if trusted {
+            // The first value is the one the layer used; forward that one only.
+            for name in ["x-forwarded-host", "x-forwarded-proto"] {
+                if let Some(first) = first_value(headers, name) {
+                    headers.insert(HeaderName::from_static(name), first);
+                } else {
+                    headers.remove(name);
+                }
+            }
         }
-        if s.strip_dpop && vouched {
-            headers.remove("dpop");
-        }
-        // Identity headers come only from the gateway, never from the client.
-        for name in &s.identity_names {
-            headers.remove(name);
+        if !upstream.config.http2 {
+            join_cookies(headers);
         }
         if let Some(ip) = peer {
             // RFC 9110 §5.3: repeated field lines are one list, in order; keep them all.
@@ -740,7 +833,8 @@ mod tests {
             ("connection", "upgrade, http2-settings"),
             ("upgrade", "websocket"),
         ]);
-        remove_hop_by_hop_request(&mut h, true);
+        let strip = RequestStrip::new(&[], true, true);
+        strip.apply(&mut h, false, true, true);
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
@@ -750,7 +844,58 @@ mod tests {
             ("upgrade", "h2c"),
             ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
         ]);
-        remove_hop_by_hop_request(&mut h, false);
+        strip.apply(&mut h, false, true, false);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn one_pass_removes_what_the_upstream_must_not_see() {
+        let identity = [HeaderName::from_static("x-dpop-subject")];
+        let strip = RequestStrip::new(&identity, true, true);
+        let head = || {
+            let mut h = HeaderMap::new();
+            for (n, v) in [
+                ("host", "evil.example"),
+                ("x-dpop-subject", "admin"),
+                ("x_dpop_subject", "admin"),
+                ("x-http-method-override", "DELETE"),
+                ("forwarded", "host=evil.example"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-for", "10.9.9.9"),
+                ("x-real-ip", "10.9.9.9"),
+                ("authorization", "DPoP t"),
+                ("dpop", "p"),
+                ("connection", "x-named"),
+                ("x-named", "1"),
+                ("accept", "*/*"),
+            ] {
+                h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            }
+            h
+        };
+        let names = |h: &HeaderMap| {
+            let mut v: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            v.sort_unstable();
+            v
+        };
+        // An untrusted peer, a request the gateway vouched for: only `accept` is left.
+        let mut h = head();
+        strip.apply(&mut h, false, true, false);
+        assert_eq!(names(&h), ["accept"]);
+        // A trusted proxy's forwarding claims stay; credentials pass where the gateway
+        // did not vouch (an `off` route).
+        let mut h = head();
+        strip.apply(&mut h, true, false, false);
+        assert_eq!(
+            names(&h),
+            [
+                "accept",
+                "authorization",
+                "dpop",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-real-ip"
+            ]
+        );
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower::{Layer as _, ServiceExt as _};
 
-use crate::accept::{Accepting, next_connection, stopped};
+use crate::accept::{Accepting, next_until, stopped};
 use crate::config::GatewayConfig;
 use crate::enforce;
 use crate::error::GatewayError;
@@ -39,7 +39,8 @@ use crate::tls::TlsListener;
 #[derive(Debug)]
 pub struct Gateway {
     config: GatewayConfig,
-    listener: TcpListener,
+    local_addr: SocketAddr,
+    workers: Vec<Worker>,
     tls: Option<TlsListener>,
     admin: Option<TcpListener>,
     layer: DpopLayer<GatewayStore>,
@@ -100,13 +101,20 @@ impl Gateway {
         let layer = enforce::layer(&config.enforcement, htu, &metrics).await?;
         let proxy = Proxy::new(&config, metrics.clone())?;
         proxy.check_upstreams().await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| GatewayError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listen_error = |source| GatewayError::Listen {
+            addr: config.listen,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        // One listening socket, a handle on it per serving thread (see `Worker`).
+        let socket = listener.into_std().map_err(listen_error)?;
+        let workers = (0..config.workers)
+            .map(|_| Worker::new(&socket))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(listen_error)?;
         let admin = match config.enforcement.admin_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -117,7 +125,8 @@ impl Gateway {
         };
         Ok(Self {
             config,
-            listener,
+            local_addr,
+            workers,
             tls,
             admin,
             layer,
@@ -131,7 +140,7 @@ impl Gateway {
     /// # Errors
     /// When the socket has no local address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Ok(self.local_addr)
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
@@ -139,7 +148,8 @@ impl Gateway {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Self {
             config,
-            listener,
+            local_addr: _,
+            workers,
             tls,
             admin,
             layer,
@@ -151,6 +161,7 @@ impl Gateway {
             listen = %config.listen,
             tls = tls.is_some(),
             h2c = config.h2c,
+            workers = workers.len(),
             upstream = %config.upstream,
             route_upstreams = ?config.route_upstreams.values().map(ToString::to_string).collect::<Vec<_>>(),
             issuer = %config.enforcement.issuer,
@@ -169,109 +180,50 @@ impl Gateway {
             (Some(t), Some(c)) => Some(AbortOnDrop(t.spawn_reload(c.reload_interval))),
             _ => None,
         };
-        let tls = tls.map(Arc::new);
-        let metadata_layer = layer.clone();
-        let service = layer.layer(proxy);
-        let limit = Arc::new(Semaphore::new(config.enforcement.max_connections));
-        let protocols = Arc::new(Protocols::new(&config));
-        // Connections watch this to start their graceful shutdown; each holds a receiver,
-        // so `closed()` on the sender resolves when the last one has ended.
+        let shared = Arc::new(Shared {
+            metadata_layer: layer.clone(),
+            tls: tls.map(Arc::new),
+            protocols: Protocols::new(&config),
+            limit: Arc::new(Semaphore::new(config.enforcement.max_connections)),
+            request_timeout: config.enforcement.request_timeout,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+            h2c: config.h2c,
+        });
+        // Connections watch `drain` to start their graceful shutdown, and the serving
+        // threads to stop accepting; each holds a receiver, so `closed()` on the sender
+        // resolves when the last one has ended. `halt` then ends the threads (and what
+        // is still open on them). Dropped with this future, both end everything.
         let (drain, draining) = watch::channel(false);
-        let request_timeout = config.enforcement.request_timeout;
-        let handshake_timeout = config.handshake_timeout;
-        let idle_timeout = config.idle_timeout;
-        let h2c = config.h2c;
-        tokio::pin!(shutdown);
-        // TLS handshakes hold a connection slot too.
-        while let Some((permit, stream, peer)) =
-            next_connection(&listener, &limit, shutdown.as_mut(), Accepting::Gateway).await
-        {
-            let service = service.clone();
-            let metadata_layer = metadata_layer.clone();
-            // A WebSocket tunnel outlives the connection it was upgraded from and keeps
-            // the connection's slot until it ends.
-            let permit = ConnectionSlot(Arc::new(permit));
-            let protocols = Arc::clone(&protocols);
-            let mut stop = draining.clone();
-            let Some(tls) = tls.clone() else {
-                let first = FirstRequest::default();
-                // Only a connection that may speak HTTP/2 counts its requests in flight.
-                let idle = h2c.then(Idle::new);
-                let svc = request_service(
-                    service,
-                    metadata_layer,
-                    peer,
-                    None,
-                    request_timeout,
-                    permit.clone(),
-                    Activity {
-                        first: first.clone(),
-                        idle: idle.clone(),
-                    },
-                );
-                let io = TokioIo::new(stream);
-                if let Some(idle) = idle {
-                    tokio::spawn(async move {
-                        let conn = protocols.auto.serve_connection_with_upgrades(io, svc);
-                        let idle = idle.elapsed(idle_timeout, peer);
-                        let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
-                        first.bound(served, handshake_timeout, peer).await;
-                        drop(permit);
-                    });
-                } else {
-                    // Plain HTTP/1.1 only: no version sniffing on this path.
-                    let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
-                    tokio::spawn(async move {
-                        let never = std::future::pending();
-                        drive(conn, stop, |c| c.graceful_shutdown(), never).await;
-                        drop(permit);
-                    });
+        let (halt, halted) = watch::channel(false);
+        let mut ended = Vec::with_capacity(workers.len());
+        for (index, worker) in workers.into_iter().enumerate() {
+            // Its own upstream connection pools: a request never waits on another
+            // thread's connection.
+            let service = layer.layer(proxy.with_own_pools());
+            let (shared, draining, halted) =
+                (Arc::clone(&shared), draining.clone(), halted.clone());
+            let (done, end) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("dpop-gateway-{index}"))
+                .spawn(move || {
+                    worker.run(service, &shared, draining, halted);
+                    let _ = done.send(());
+                });
+            match spawned {
+                Ok(_) => ended.push(end),
+                Err(e) => {
+                    tracing::error!(target: "dpop::gateway", error = %e, "cannot start a serving thread");
                 }
-                continue;
-            };
-            tokio::spawn(async move {
-                let accepted = tokio::select! {
-                    a = tls.accept(stream, handshake_timeout) => a,
-                    () = stopped(&mut stop) => return,
-                };
-                let accepted = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Scanners and health checks fail handshakes all day: not a warning.
-                        tracing::debug!(target: "dpop::gateway", %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let first = FirstRequest::default();
-                let idle = accepted.h2.then(Idle::new);
-                let svc = request_service(
-                    service,
-                    metadata_layer,
-                    peer,
-                    accepted.client_cert,
-                    request_timeout,
-                    permit.clone(),
-                    Activity {
-                        first: first.clone(),
-                        idle: idle.clone(),
-                    },
-                );
-                let io = TokioIo::new(accepted.stream);
-                if let Some(idle) = idle {
-                    let conn = protocols.http2.serve_connection(io, svc);
-                    let idle = idle.elapsed(idle_timeout, peer);
-                    let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
-                    first.bound(served, handshake_timeout, peer).await;
-                } else {
-                    let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
-                    let never = std::future::pending();
-                    drive(conn, stop, |c| c.graceful_shutdown(), never).await;
-                }
-            });
+            }
         }
-        drop(listener);
+        drop((draining, halted));
+        if ended.is_empty() {
+            tracing::error!(target: "dpop::gateway", "no serving thread could start: refusing to serve");
+            return;
+        }
+        shutdown.await;
         drop(reload);
-        drop(draining);
         tracing::info!(target: "dpop::gateway", timeout_secs = config.enforcement.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
         let _ = drain.send(true);
         if tokio::time::timeout(config.enforcement.drain_timeout, drain.closed())
@@ -282,7 +234,228 @@ impl Gateway {
         } else {
             tracing::info!(target: "dpop::gateway", "drained");
         }
+        let _ = halt.send(true);
+        for end in ended {
+            let _ = end.await;
+        }
     }
+}
+
+/// What every serving thread shares: the listener settings, the connection limit and
+/// the layer that answers the RFC 9728 document.
+struct Shared {
+    metadata_layer: DpopLayer<GatewayStore>,
+    tls: Option<Arc<TlsListener>>,
+    protocols: Protocols,
+    /// `max_connections`, across all threads.
+    limit: Arc<Semaphore>,
+    request_timeout: Duration,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    h2c: bool,
+}
+
+/// One serving thread: a single-threaded runtime and its own handle (a `dup`) on the
+/// listening socket. Every thread waits on the same socket and the first free one takes
+/// a new connection, which then lives on that thread: its requests are read, checked,
+/// forwarded through the thread's own upstream pool and answered without a wake-up
+/// crossing threads (a work-stealing runtime moves tasks between cores and wakes other
+/// cores for each I/O event). One socket rather than one `SO_REUSEPORT` socket per
+/// thread: the kernel would spread connections by a hash of their addresses, blind to
+/// how busy each thread is, and any process of the same user could bind the port beside
+/// the gateway and take a share of its connections.
+#[derive(Debug)]
+struct Worker {
+    /// Declared before the runtime: deregistered from it before it is shut down.
+    listener: TcpListener,
+    runtime: WorkerRuntime,
+}
+
+impl Worker {
+    fn new(socket: &std::net::TcpListener) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(socket.try_clone()?)?
+        };
+        Ok(Self {
+            listener,
+            runtime: WorkerRuntime(Some(runtime)),
+        })
+    }
+
+    /// Accepts and serves connections until `draining` turns true, then waits for
+    /// `halted` (or either sender to go) and ends, dropping whatever is still open.
+    fn run<S>(
+        self,
+        service: S,
+        shared: &Arc<Shared>,
+        mut draining: watch::Receiver<bool>,
+        mut halted: watch::Receiver<bool>,
+    ) where
+        S: tower::Service<
+                Request<Incoming>,
+                Response = http::Response<crate::proxy::Body>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Self { listener, runtime } = self;
+        let Some(rt) = runtime.0.as_ref() else { return };
+        rt.block_on(async {
+            while let Some((permit, stream, peer)) =
+                next_until(&listener, &shared.limit, &mut draining, Accepting::Gateway).await
+            {
+                serve_connection(
+                    shared,
+                    service.clone(),
+                    permit,
+                    stream,
+                    peer,
+                    draining.clone(),
+                );
+            }
+            // Nothing more is accepted on this thread.
+            drop(listener);
+            drop(draining);
+            let _ = halted.wait_for(|h| *h).await;
+        });
+    }
+}
+
+/// A serving thread's runtime, shut down without blocking when dropped (also when a
+/// gateway that was bound is dropped unserved inside another runtime).
+#[derive(Debug)]
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Serves one accepted connection on the current thread's runtime: TLS first when the
+/// listener has it, then HTTP/1.1 or HTTP/2.
+fn serve_connection<S>(
+    shared: &Arc<Shared>,
+    service: S,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = http::Response<crate::proxy::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let metadata_layer = shared.metadata_layer.clone();
+    let (request_timeout, handshake_timeout, idle_timeout) = (
+        shared.request_timeout,
+        shared.handshake_timeout,
+        shared.idle_timeout,
+    );
+    // A WebSocket tunnel outlives the connection it was upgraded from and keeps the
+    // connection's slot until it ends.
+    let permit = ConnectionSlot(Arc::new(permit));
+    let Some(tls) = shared.tls.clone() else {
+        let first = FirstRequest::default();
+        // Only a connection that may speak HTTP/2 counts its requests in flight.
+        let idle = shared.h2c.then(Idle::new);
+        let svc = request_service(
+            service,
+            metadata_layer,
+            peer,
+            None,
+            request_timeout,
+            permit.clone(),
+            Activity {
+                first: first.clone(),
+                idle: idle.clone(),
+            },
+        );
+        let io = TokioIo::new(stream);
+        if let Some(idle) = idle {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                let conn = shared
+                    .protocols
+                    .auto
+                    .serve_connection_with_upgrades(io, svc);
+                let idle = idle.elapsed(idle_timeout, peer);
+                let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
+                first.bound(served, handshake_timeout, peer).await;
+                drop(permit);
+            });
+        } else {
+            // Plain HTTP/1.1 only: no version sniffing on this path.
+            let conn = shared
+                .protocols
+                .http1
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::spawn(async move {
+                let never = std::future::pending();
+                drive(conn, stop, |c| c.graceful_shutdown(), never).await;
+                drop(permit);
+            });
+        }
+        return;
+    };
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let accepted = tokio::select! {
+            a = tls.accept(stream, handshake_timeout) => a,
+            () = stopped(&mut stop) => return,
+        };
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Scanners and health checks fail handshakes all day: not a warning.
+                tracing::debug!(target: "dpop::gateway", %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        };
+        let first = FirstRequest::default();
+        let idle = accepted.h2.then(Idle::new);
+        let svc = request_service(
+            service,
+            metadata_layer,
+            peer,
+            accepted.client_cert,
+            request_timeout,
+            permit.clone(),
+            Activity {
+                first: first.clone(),
+                idle: idle.clone(),
+            },
+        );
+        let io = TokioIo::new(accepted.stream);
+        if let Some(idle) = idle {
+            let conn = shared.protocols.http2.serve_connection(io, svc);
+            let idle = idle.elapsed(idle_timeout, peer);
+            let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
+            first.bound(served, handshake_timeout, peer).await;
+        } else {
+            let conn = shared
+                .protocols
+                .http1
+                .serve_connection(io, svc)
+                .with_upgrades();
+            let never = std::future::pending();
+            drive(conn, stop, |c| c.graceful_shutdown(), never).await;
+        }
+    });
 }
 
 /// The connection builders, configured once.

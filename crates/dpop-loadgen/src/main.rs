@@ -27,6 +27,7 @@ mod run;
 mod servers;
 mod stats;
 mod tls;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,16 @@ enum Command {
     /// Write a private CA (ca.pem) and a server certificate for 127.0.0.1 and localhost
     /// (server.pem, server.key) into a directory.
     Certs(CertsArgs),
+    /// Measure the CPU time of one bare ES256 signature verification (aws-lc-rs, the key
+    /// parsed each time as a proof's must be) and print one JSON line.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// How long to verify, in seconds (at most 60).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +191,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Command::Issuer(args) => servers::issuer(args).await,
             Command::Run(args) => run::load(args).await,
             Command::Certs(args) => tls::certs(&args),
+            Command::Verify(args) => verify::cost(&args),
         }
     })
 }
