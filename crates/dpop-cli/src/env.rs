@@ -22,21 +22,10 @@ const COMMANDS: [(&str, &str); 5] = [
     ("curl", "DPOP_CURL"),
 ];
 
-/// Flags whose values are or may hold secrets: their variables work, but their values are
-/// never shown in `--help`. `curl`'s access token, and its headers and bodies (which may
-/// carry credentials); the other commands take secrets from files and from variables
-/// whose names the flags give, and the list keeps a secret flag added later hidden.
-const SECRET_FLAGS: [&str; 9] = [
-    "token",
-    "client-secret",
-    "header",
-    "data",
-    "data-binary",
-    "data-urlencode",
-    "json",
-    "form",
-    "user",
-];
+/// Flags that never come from the environment: `--location-trusted` sends the token and
+/// fresh proofs to whatever origin a redirect names, which a variable left in a CI
+/// environment should not switch on unseen.
+const COMMAND_LINE_ONLY: [&str; 1] = ["location-trusted"];
 
 /// Repeatable flags whose values are free text (`curl`'s headers and bodies): their
 /// variable holds one value, spaces included, where the other repeatable flags' variables
@@ -72,14 +61,15 @@ fn add_env(cmd: Command, prefix: &str) -> Command {
         let Some(long) = arg.get_long() else {
             return arg;
         };
-        if arg.get_env().is_some() || arg.is_global_set() {
+        if arg.get_env().is_some() || arg.is_global_set() || COMMAND_LINE_ONLY.contains(&long) {
             return arg;
         }
         let var = format!("{prefix}_{}", var_part(long));
-        let secret = SECRET_FLAGS.contains(&long);
         let free_text = FREE_TEXT_FLAGS.contains(&long);
         let action = arg.get_action().clone();
-        let arg = arg.env(var).hide_env_values(secret);
+        // No variable's value is ever shown in --help: a token, a Redis URL with its
+        // password, a header or a body may be in any of them.
+        let arg = arg.env(var).hide_env_values(true);
         match action {
             ArgAction::Append if free_text => arg,
             // One variable, several values: separated by spaces (no URL, host, address
@@ -180,12 +170,21 @@ mod tests {
                 "{long}"
             );
         }
-        for long in ["max-time", "issuer", "audience"] {
+        for (command, long) in [
+            ("curl", "max-time"),
+            ("curl", "issuer"),
+            ("gateway", "replay-store"),
+            ("authz", "replay-store"),
+        ] {
             assert!(
-                !arg(&cmd, &["curl"], long).is_hide_env_values_set(),
-                "{long}"
+                arg(&cmd, &[command], long).is_hide_env_values_set(),
+                "{command} {long}"
             );
         }
+        assert!(
+            arg(&cmd, &["curl"], "location-trusted").get_env().is_none(),
+            "--location-trusted only from the command line"
+        );
         for long in ["header", "data", "json", "form"] {
             assert_eq!(
                 arg(&cmd, &["curl"], long).get_value_delimiter(),

@@ -110,6 +110,30 @@ async fn redirects_get_a_fresh_proof_per_hop_and_no_credentials_across_origins()
         Some("session=1")
     );
 
+    // Sent back by the other origin to a path of its choosing: still unsigned.
+    let back = format!("{a_url}/redirect/302?to={b_url}/redirect/307?to={a_url}/chosen");
+    let mut args = vec!["curl", "-L", &back];
+    args.extend(base);
+    let run = dpop(&args).await;
+    assert_eq!(run.json()["path"], "/chosen", "{run:#?}");
+    let at_a = a.last_request().unwrap();
+    assert_eq!(at_a.header("dpop"), None, "{at_a:#?}");
+    assert_eq!(at_a.header("authorization"), None, "{at_a:#?}");
+
+    // A user name or password in a URL is refused like -u, and not echoed.
+    let with_user = format!("{}/x", a_url.replacen("://", "://alice:hunter2@", 1));
+    let mut args = vec!["curl", &with_user];
+    args.extend(base);
+    let run = dpop(&args).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(!run.stderr.contains("hunter2"), "{run:#?}");
+    let to_user = format!("{a_url}/redirect/302?to={with_user}");
+    let mut args = vec!["curl", "-L", &to_user];
+    args.extend(base);
+    let run = dpop(&args).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(!run.stderr.contains("hunter2"), "{run:#?}");
+
     // --location-trusted sends both, the proof made for the other origin's URL.
     let mut args = vec!["curl", "--location-trusted", &cross];
     args.extend(base);
@@ -679,10 +703,12 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
     assert!(!help.contains("body-secret"), "{help}");
     assert!(help.contains("[env: DPOP_CURL_HEADER]"), "{help}");
     // The token flags shared with `dpop token`, under curl's own prefix.
-    assert!(help.contains("DPOP_CURL_CLIENT_ID=billing"), "{help}");
+    // No variable's value is shown, secret or not.
+    assert!(help.contains("[env: DPOP_CURL_CLIENT_ID]"), "{help}");
+    assert!(!help.contains("billing"), "{help}");
     assert!(help.contains("[env: DPOP_CURL_TOKEN_CACHE"), "{help}");
     assert!(help.contains("[env: DPOP_CURL_TOKEN]"), "{help}");
-    assert!(help.contains("DPOP_CURL_MAX_TIME=42"), "{help}");
+    assert!(help.contains("[env: DPOP_CURL_MAX_TIME]"), "{help}");
     for heading in [
         "DPoP and the access token:",
         "HTTP:",

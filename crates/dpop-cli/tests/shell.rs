@@ -133,11 +133,11 @@ async fn token_issuer_and_authz_flags_come_from_the_environment() {
 #[tokio::test]
 async fn help_shows_the_variables() {
     for (cmd, var) in [
-        ("gateway", "[env: DPOP_GATEWAY_REPLAY_STORE="),
-        ("authz", "[env: DPOP_AUTHZ_GRPC_LISTEN="),
-        ("issuer", "[env: DPOP_ISSUER_CONFIG="),
-        ("token", "[env: DPOP_TOKEN_TOKEN_CACHE="),
-        ("token", "[env: DPOP_TOKEN_REFRESH_TOKEN_FILE="),
+        ("gateway", "[env: DPOP_GATEWAY_REPLAY_STORE]"),
+        ("authz", "[env: DPOP_AUTHZ_GRPC_LISTEN]"),
+        ("issuer", "[env: DPOP_ISSUER_CONFIG]"),
+        ("token", "[env: DPOP_TOKEN_TOKEN_CACHE]"),
+        ("token", "[env: DPOP_TOKEN_REFRESH_TOKEN_FILE]"),
     ] {
         let run = dpop(&[cmd, "--help"], &[]).await;
         assert!(run.ok().contains(var), "{cmd}: {run:?}");

@@ -77,14 +77,15 @@ pub struct TokenKey(String);
 
 impl TokenKey {
     /// The key of a token from `issuer` (canonical form) for `client_id`, bound to the key
-    /// with thumbprint `jkt`, obtained with `grant_type`, asking for `scope`
+    /// with thumbprint `jkt`, obtained with `grant` (its `grant_type`, and for grants that
+    /// act for a subject, what identifies that subject without revealing it), asking for `scope`
     /// (space-separated), `audiences` and `resources`.
     #[must_use]
     pub fn new(
         issuer: &str,
         client_id: &str,
         jkt: &str,
-        grant_type: &str,
+        grant: &str,
         scope: Option<&str>,
         audiences: &[String],
         resources: &[String],
@@ -101,7 +102,7 @@ impl TokenKey {
             dpop_core::jwt::canonical_issuer(issuer),
             client_id,
             jkt,
-            grant_type,
+            grant,
             scopes,
             set(audiences.to_vec()),
             set(resources.to_vec()),

@@ -306,15 +306,42 @@ impl OAuthTokens {
         self
     }
 
-    /// The key this source's tokens have in a [`TokenStore`].
+    /// The key this source's tokens have in a [`TokenStore`]. A token obtained from a
+    /// subject token or a refresh token acts for whoever that token speaks for, so the
+    /// key holds a SHA-256 of it (and the subject token's type): another subject on the
+    /// same client and key never gets this one's token. A token that cannot be read now
+    /// gets a key of its own that nothing else shares.
     #[must_use]
     pub fn store_key(&self) -> TokenKey {
         let r = &self.request;
+        let digest = |t: &SubjectToken| match t.read() {
+            Ok(text) => format!("sha256:{}", dpop_core::Ath::of_token(&text).as_str()),
+            Err(_) => {
+                let mut unique = [0_u8; 16];
+                let _ = SystemRandomSource.fill(&mut unique);
+                format!(
+                    "unreadable:{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(unique)
+                )
+            }
+        };
+        let grant = match &r.grant {
+            Grant::ClientCredentials => r.grant.grant_type().to_owned(),
+            Grant::TokenExchange {
+                subject,
+                subject_type,
+            } => format!(
+                "{} {subject_type} {}",
+                r.grant.grant_type(),
+                digest(subject)
+            ),
+            Grant::RefreshToken(token) => format!("{} {}", r.grant.grant_type(), digest(token)),
+        };
         TokenKey::new(
             &r.issuer,
             r.auth.client_id(),
             self.session.key.thumbprint().as_str(),
-            r.grant.grant_type(),
+            &grant,
             r.scope.as_deref(),
             &r.audiences,
             &r.resources,

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use dpop_client::{
-    ClientError, DpopMiddleware, Grant, OAuthTokens, StoredToken, TokenKey, TokenSource as _,
-    TokenStore,
+    ClientError, DpopMiddleware, Grant, OAuthTokens, StoredToken, SubjectToken, TokenKey,
+    TokenSource as _, TokenStore,
 };
 
 use crate::support::{Issuer, client_key};
@@ -121,6 +121,49 @@ async fn an_expired_stored_token_is_replaced_and_others_are_not_shared() {
     let write = OAuthTokens::new(request, &dpop).unwrap();
     assert_ne!(write.store_key(), key);
     assert_ne!(other.token().await.unwrap(), token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_for_other_subjects_or_refresh_tokens_are_not_shared() {
+    let issuer = Issuer::start("").await;
+    let (key, _) = client_key();
+    let dpop = DpopMiddleware::new(key);
+    let exchange = |subject: &str| {
+        let grant = Grant::TokenExchange {
+            subject: SubjectToken::Value(Arc::new(zeroize::Zeroizing::new(subject.to_owned()))),
+            subject_type: "urn:ietf:params:oauth:token-type:jwt".to_owned(),
+        };
+        OAuthTokens::new(issuer.secret_request("svc", grant), &dpop)
+            .unwrap()
+            .store_key()
+    };
+    // Same client, same key, same scopes: the subject decides.
+    assert_eq!(exchange("job-a"), exchange("job-a"));
+    assert_ne!(exchange("job-a"), exchange("job-b"));
+    assert!(
+        !exchange("job-a").as_str().contains("job-a"),
+        "no secret in the key"
+    );
+    let refresh = |token: &str| {
+        let grant = Grant::RefreshToken(SubjectToken::Value(Arc::new(zeroize::Zeroizing::new(
+            token.to_owned(),
+        ))));
+        OAuthTokens::new(issuer.secret_request("svc", grant), &dpop)
+            .unwrap()
+            .store_key()
+    };
+    assert_ne!(refresh("r1"), refresh("r2"));
+    // A subject token that cannot be read shares its key with nothing, not even itself.
+    let unreadable = || {
+        let grant = Grant::TokenExchange {
+            subject: SubjectToken::Env("DPOP_TEST_NO_SUCH_VARIABLE_AT_ALL".to_owned()),
+            subject_type: "urn:ietf:params:oauth:token-type:jwt".to_owned(),
+        };
+        OAuthTokens::new(issuer.secret_request("svc", grant), &dpop)
+            .unwrap()
+            .store_key()
+    };
+    assert_ne!(unreadable(), unreadable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,11 @@ impl Gateway {
         let layer = enforce::layer(&config.enforcement, htu, &metrics).await?;
         let proxy = Proxy::new(&config, metrics.clone())?;
         proxy.check_upstreams().await?;
+        if config.workers == 0 {
+            return Err(GatewayError::Config(
+                "limits.workers must be positive".to_owned(),
+            ));
+        }
         let listen_error = |source| GatewayError::Listen {
             addr: config.listen,
             source,

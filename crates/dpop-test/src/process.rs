@@ -16,14 +16,29 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How much of a log [`Gateway`] prints when it is dropped during a panic.
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
 
-/// A loopback port that was free a moment ago: bound to `127.0.0.1:0`, read, released.
-/// Another process may take it before you bind it; that is rare on a test machine, and
-/// it is the only way to give a child process a port on its command line.
+/// A loopback port that was free a moment ago, for something that binds it later (a
+/// child process given it on its command line, a server that comes up after the
+/// gateway was pointed at it). It is chosen below Linux's default ephemeral range
+/// (32768–60999), which the kernel hands out for every outgoing connection and every
+/// bind to port 0: a port from that range, released, is soon the source port of some
+/// test's connection, and then "address in use" when it is bound. Falls back to a port
+/// the kernel picks when none of the tries is free.
 ///
 /// # Panics
 /// When no loopback port can be bound at all.
 #[must_use]
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Start from a place that differs per process, then walk: tests of one binary get
+    // different ports, and binaries running at once are unlikely to meet.
+    let start = u64::from(std::process::id()).wrapping_mul(7919);
+    for _ in 0..64 {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = 20_000 + u16::try_from(n % 12_000).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

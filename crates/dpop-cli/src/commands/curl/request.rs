@@ -28,12 +28,25 @@ pub(super) fn url(text: &str) -> Result<reqwest::Url, CliError> {
     };
     let url = reqwest::Url::parse(&with_scheme)
         .map_err(|e| CliError::usage(format!("{text:?} is not a URL: {e}")))?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => Err(CliError::usage(format!(
-            "{text:?}: dpop curl speaks http and https, not {other}"
-        ))),
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(CliError::usage(format!(
+            "{text:?}: dpop curl speaks http and https, not {}",
+            url.scheme()
+        )));
     }
+    // A user name or password in the URL would go out as Basic credentials (and be
+    // printed with the URL): refused like -u. The text is not echoed.
+    if has_userinfo(&url) {
+        return Err(CliError::usage(
+            "the URL carries a user name or password: dpop curl sends a DPoP-bound token instead (see --token, --issuer)",
+        ));
+    }
+    Ok(url)
+}
+
+/// Whether `url` has a user name or password (`https://user:pass@host/`).
+pub(super) fn has_userinfo(url: &reqwest::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
 }
 
 /// Reads `@FILE` or `@-` (standard input), or takes the text itself.

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpop_client::{DpopMiddleware, StaticToken, TokenSource};
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderMap, LOCATION};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderMap, LOCATION,
+    PROXY_AUTHORIZATION,
+};
 use reqwest::{Method, StatusCode};
 
 use super::exit::{self, CannotResolve, Failure};
 use super::output::{self, Sink, Summary, Written};
-use super::request::{self, Plan};
+use super::request::{self, Plan, has_userinfo};
 use super::verbose::{self, Verbose};
 use super::{diagnose, issuer_tokens, key, runtime};
 use crate::cli::CurlArgs;
@@ -244,6 +247,12 @@ fn next_hop(
             format!("the redirect to {url} is not http(s): not followed"),
         ));
     }
+    if has_userinfo(&url) {
+        return Err(Failure::new(
+            exit::USAGE,
+            "a redirect to a URL with a user name or password: not followed".to_owned(),
+        ));
+    }
     let to_get = status == StatusCode::SEE_OTHER && hop.method != Method::HEAD
         || matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
             && hop.method == Method::POST;
@@ -256,12 +265,15 @@ fn next_hop(
         (hop.method.clone(), hop.body.clone())
     };
     let same_origin = url.origin() == first.origin();
-    // Even trusted, credentials never go from https to plain http.
-    let signed = same_origin || (args.location_trusted && !downgrade(first, &url));
+    // Even trusted, credentials never go from https to plain http. Once a hop was not
+    // signed (another origin), no later one is: that origin could send the chain back
+    // to any path of the first and have it signed there with this request's method.
+    let signed = hop.signed && (same_origin || (args.location_trusted && !downgrade(first, &url)));
     if !signed {
-        // As curl: credentials set by hand do not follow to another host either.
-        headers.remove(AUTHORIZATION);
-        headers.remove(COOKIE);
+        // As curl: credentials and the host set by hand do not follow to another host.
+        for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, HOST] {
+            headers.remove(name);
+        }
     }
     Ok(Hop {
         url,
