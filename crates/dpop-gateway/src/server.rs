@@ -246,6 +246,32 @@ impl Gateway {
     }
 }
 
+/// The service each request of a connection goes through (the DPoP layer over the
+/// proxy): one name for the bounds the serving code needs.
+pub(crate) trait ConnectionService:
+    tower::Service<
+        Request<Incoming>,
+        Response = http::Response<crate::proxy::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = http::Response<crate::proxy::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// What every serving thread shares: the listener settings, the connection limit and
 /// the layer that answers the RFC 9728 document.
 struct Shared {
@@ -293,22 +319,13 @@ impl Worker {
 
     /// Accepts and serves connections until `draining` turns true, then waits for
     /// `halted` (or either sender to go) and ends, dropping whatever is still open.
-    fn run<S>(
+    fn run<S: ConnectionService>(
         self,
         service: S,
         shared: &Arc<Shared>,
         mut draining: watch::Receiver<bool>,
         mut halted: watch::Receiver<bool>,
-    ) where
-        S: tower::Service<
-                Request<Incoming>,
-                Response = http::Response<crate::proxy::Body>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    ) {
         let Self { listener, runtime } = self;
         let Some(rt) = runtime.0.as_ref() else { return };
         rt.block_on(async {
@@ -347,23 +364,14 @@ impl Drop for WorkerRuntime {
 
 /// Serves one accepted connection on the current thread's runtime: TLS first when the
 /// listener has it, then HTTP/1.1 or HTTP/2.
-fn serve_connection<S>(
+fn serve_connection<S: ConnectionService>(
     shared: &Arc<Shared>,
     service: S,
     permit: tokio::sync::OwnedSemaphorePermit,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
-) where
-    S: tower::Service<
-            Request<Incoming>,
-            Response = http::Response<crate::proxy::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let metadata_layer = shared.metadata_layer.clone();
     let (request_timeout, handshake_timeout, idle_timeout) = (
         shared.request_timeout,
@@ -589,7 +597,7 @@ pub(crate) async fn drive<C, T, E>(
 /// The per-connection service: the peer and the verified client certificate go into
 /// every request's extensions, the RFC 9728 document is answered before the layer, and
 /// everything else goes through the DPoP layer under the request time limit.
-fn request_service<S>(
+fn request_service<S: ConnectionService>(
     service: S,
     metadata_layer: DpopLayer<GatewayStore>,
     peer: SocketAddr,
@@ -606,17 +614,7 @@ fn request_service<S>(
              + 'static,
 > + Clone
 + Send
-+ 'static
-where
-    S: tower::Service<
-            Request<Incoming>,
-            Response = http::Response<crate::proxy::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
++ 'static {
     let Activity { first, idle } = activity;
     service_fn(move |mut req: Request<Incoming>| {
         first.seen();
