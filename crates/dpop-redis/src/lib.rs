@@ -62,6 +62,18 @@
 //! is re-established in the background (the redis crate's `ConnectionManager`): commands
 //! fail while Redis is away and succeed again when it is back.
 //!
+//! ### Connections and threads
+//!
+//! Inserts are pipelined: while one pipeline is on the wire, the next inserts queue and go
+//! out together. On one server, each thread running a single-threaded Tokio runtime (as the
+//! `dpop gateway` serving threads do) gets a queue and a connection of its own on first use,
+//! so an insert is queued, sent and answered without waking another thread; callers on a
+//! multi-threaded runtime share the connection made by [`RedisReplayStore::connect`]. A
+//! thread whose own connection cannot be opened uses the shared one and tries again a
+//! second later. With `N` such threads per instance, Redis sees `N + 1` connections from
+//! each instance. Cluster and Sentinel set-ups use one shared connection (per node) for
+//! every thread.
+//!
 //! ## What it does not do
 //!
 //! - It does not verify proofs or compute replay keys; `dpop-core` does.
@@ -153,6 +165,7 @@
 
 mod config;
 mod error;
+mod local;
 mod sentinel;
 mod store;
 

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{RedisStoreConfig, Topology, redact_url};
 use crate::error::{RedisStoreError, describe, store_error};
+use crate::local::LocalBatchers;
 use crate::sentinel::{self, SentinelPrimary};
 
 /// The shortest record: an expiry at or before `now` still records the key for a second, so
@@ -29,7 +30,7 @@ const MAX_TTL_MS: u64 = 1 << 62;
 /// Most `SET`s sent in one pipeline.
 const MAX_BATCH: usize = 256;
 /// Inserts waiting for the batcher; past this, callers wait (within their timeout).
-const QUEUE_DEPTH: usize = 16_384;
+pub(crate) const QUEUE_DEPTH: usize = 16_384;
 
 /// Reconnection attempts after a failed one, before the pending commands fail (the next
 /// command starts a new round). Few, because commands wait on the attempt and a gateway
@@ -101,12 +102,20 @@ impl RedisReplayStore {
                     .set_number_of_retries(RECONNECT_RETRIES)
                     .set_min_delay(RECONNECT_MIN_DELAY)
                     .set_max_delay(RECONNECT_MAX_DELAY);
-                let connecting = ConnectionManager::new_with_config(client, manager_config);
+                let connecting =
+                    ConnectionManager::new_with_config(client.clone(), manager_config.clone());
                 let connection = tokio::time::timeout(config.connect_timeout, connecting)
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|err| connect_error(&err))?;
-                Self::batched(Primary::Server(connection), &config)
+                let local = LocalBatchers::new(
+                    client,
+                    manager_config,
+                    config.connect_timeout,
+                    config.command_timeout,
+                    Wait::from_config(&config),
+                );
+                Self::batched(Primary::Server(connection), &config, Some(Box::new(local)))
             }
             Topology::Cluster { nodes, tls } => {
                 if tls {
@@ -212,7 +221,7 @@ impl RedisReplayStore {
                         other => other,
                     });
                 }
-                Self::batched(Primary::Sentinel(primary), &config)
+                Self::batched(Primary::Sentinel(primary), &config, None)
             }
         };
         Ok(Self {
@@ -225,8 +234,13 @@ impl RedisReplayStore {
         })
     }
 
-    /// A backend whose inserts are pipelined by a batcher task.
-    fn batched(primary: Primary, config: &RedisStoreConfig) -> Backend {
+    /// A backend whose inserts are pipelined by a batcher task (and by one per
+    /// single-threaded runtime, with `local`).
+    fn batched(
+        primary: Primary,
+        config: &RedisStoreConfig,
+        local: Option<Box<LocalBatchers>>,
+    ) -> Backend {
         let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
         let wait = Wait::from_config(config);
         tokio::spawn(run_batches(
@@ -235,7 +249,24 @@ impl RedisReplayStore {
             config.command_timeout,
             wait,
         ));
-        Backend::Primary { primary, batch }
+        Backend::Primary {
+            primary,
+            batch,
+            local,
+        }
+    }
+
+    /// How many threads insert through a batcher and connection of their own (see the
+    /// [crate documentation](crate)): single-threaded runtimes that have inserted through
+    /// this store (and its clones), on one Redis server. For tests and diagnostics.
+    #[must_use]
+    pub fn local_batchers(&self) -> usize {
+        match &self.inner.backend {
+            Backend::Primary {
+                local: Some(local), ..
+            } => local.running(),
+            _ => 0,
+        }
     }
 
     /// Sends `PING`, within the command time-out: for readiness probes.
@@ -317,6 +348,8 @@ enum Backend {
     Primary {
         primary: Primary,
         batch: mpsc::Sender<Pending>,
+        /// On one server: a batcher per single-threaded runtime (see [`crate::local`]).
+        local: Option<Box<LocalBatchers>>,
     },
     /// A Redis Cluster: each `SET` is sent on its own, to the primary of its key's slot (a
     /// pipeline would have to stay within one slot), followed by `WAIT` in the same pipeline
@@ -330,7 +363,7 @@ enum Backend {
 
 /// The one primary that every insert goes to.
 #[derive(Clone)]
-enum Primary {
+pub(crate) enum Primary {
     /// One server, multiplexed (one connection carries concurrent commands) and
     /// reconnecting.
     Server(ConnectionManager),
@@ -361,7 +394,8 @@ impl Primary {
 }
 
 /// `WAIT replicas timeout_ms` after each batch.
-struct Wait {
+#[derive(Clone, Copy)]
+pub(crate) struct Wait {
     replicas: u32,
     timeout_ms: u64,
 }
@@ -405,10 +439,10 @@ fn replicated_or_refused(
 }
 
 /// One insert waiting for the batcher.
-struct Pending {
+pub(crate) struct Pending {
     key: String,
     ttl_ms: u64,
-    reply: oneshot::Sender<Result<Insert, ReplayStoreError>>,
+    pub(crate) reply: oneshot::Sender<Result<Insert, ReplayStoreError>>,
 }
 
 fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
@@ -429,7 +463,7 @@ fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// every request, which on a busy host costs more CPU than the command itself. While one
 /// pipeline is in flight the next requests queue up, so batches grow with load and no
 /// request waits for a timer. A pipeline is not atomic and need not be: each `SET NX` is.
-async fn run_batches(
+pub(crate) async fn run_batches(
     primary: Primary,
     mut queue: mpsc::Receiver<Pending>,
     timeout: Duration,
@@ -493,8 +527,19 @@ impl AsyncReplayStore for RedisReplayStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<Insert, ReplayStoreError> {
+        let local;
         let batch = match &self.inner.backend {
-            Backend::Primary { batch, .. } => batch,
+            Backend::Primary {
+                batch, local: None, ..
+            } => batch,
+            Backend::Primary {
+                batch,
+                local: Some(batchers),
+                ..
+            } => {
+                local = batchers.sender();
+                local.as_ref().unwrap_or(batch)
+            }
             Backend::Cluster { wait: None, .. } => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(self.redis_key(key))

@@ -363,6 +363,126 @@ async fn redis_going_away_fails_closed_then_recovers() {
     assert_eq!(store.ping().await, Ok(()));
 }
 
+/// A single-threaded runtime with timers, as each of the gateway's serving threads runs.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Each thread with a single-threaded runtime inserts through a queue and connection on
+/// its own runtime: the runtime the store was connected on is never driven again here, so
+/// an insert that went through its batcher would time out.
+#[test]
+fn single_threaded_runtimes_insert_on_their_own_connections() {
+    let Some(url) = redis_url() else { return };
+    let home = current_thread_runtime();
+    let store = home
+        .block_on(RedisReplayStore::connect(config(&url, "local")))
+        .unwrap();
+    assert_eq!(store.local_batchers(), 0);
+    let key = fresh_key();
+    let (now, exp) = (now(), later(now(), 60));
+    let (first_done, first_seen) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let first = std::thread::spawn({
+        let (store, key) = (store.clone(), key);
+        move || {
+            let runtime = current_thread_runtime();
+            let outcome = runtime.block_on(store.insert_if_absent(&key, exp, now));
+            first_done.send(outcome).unwrap();
+            // Keep this runtime, and so its batcher, alive while the other thread runs.
+            released.recv().unwrap();
+        }
+    });
+    assert_eq!(first_seen.recv().unwrap(), Ok(Insert::Inserted));
+    let second = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            let runtime = current_thread_runtime();
+            runtime.block_on(async {
+                let replay = store.insert_if_absent(&key, exp, now).await;
+                let fresh = store.insert_if_absent(&fresh_key(), exp, now).await;
+                (replay, fresh, store.local_batchers())
+            })
+        }
+    });
+    let (replay, fresh, running) = second.join().unwrap();
+    assert_eq!(
+        replay,
+        Ok(Insert::AlreadyPresent),
+        "seen by the other thread"
+    );
+    assert_eq!(fresh, Ok(Insert::Inserted));
+    assert_eq!(running, 2, "one batcher per single-threaded runtime");
+    release.send(()).unwrap();
+    first.join().unwrap();
+    // Both runtimes are gone, and their batchers with them.
+    assert_eq!(store.local_batchers(), 0);
+    drop(home);
+}
+
+/// A thread whose own connection cannot be opened refuses (never accepts) while Redis is
+/// away, and inserts on a connection of its own once Redis is back.
+#[test]
+fn a_thread_without_its_own_connection_fails_closed_then_recovers() {
+    let Some(server) = redis_url().and_then(|_| redis_server_binary()) else {
+        return;
+    };
+    let mut redis = OwnServer::start(&server, None);
+    let port = redis.port;
+    let url = format!("redis://127.0.0.1:{port}");
+    // The shared connection lives on a multi-threaded runtime that keeps running.
+    let home = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = RedisStoreConfig::new(&url);
+    config.connect_timeout = Duration::from_millis(500);
+    let store = home.block_on(RedisReplayStore::connect(config)).unwrap();
+    redis.stop();
+    let runtime = current_thread_runtime();
+    let (now, exp) = (now(), later(now(), 60));
+    runtime.block_on(async {
+        for _ in 0..3 {
+            match store.insert_if_absent(&fresh_key(), exp, now).await {
+                Err(ReplayStoreError::Unavailable(msg)) => {
+                    eprintln!("while down: unavailable: {msg}");
+                }
+                Err(ReplayStoreError::Timeout) => eprintln!("while down: timeout"),
+                other => panic!("Redis is down, yet {other:?}"),
+            }
+        }
+    });
+    let _redis = OwnServer::start(&server, Some(port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    runtime.block_on(async {
+        loop {
+            let key = fresh_key();
+            match store.insert_if_absent(&key, exp, now).await {
+                Ok(Insert::Inserted) if store.local_batchers() == 1 => {
+                    assert_eq!(
+                        store.insert_if_absent(&key, exp, now).await,
+                        Ok(Insert::AlreadyPresent)
+                    );
+                    break;
+                }
+                // Through the shared connection, until this thread may try its own again.
+                Ok(Insert::Inserted)
+                | Err(ReplayStoreError::Unavailable(_) | ReplayStoreError::Timeout)
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => panic!("no recovery on this thread's connection: {other:?}"),
+            }
+        }
+    });
+    drop(home);
+}
+
 /// The `redis-server` binary, or `None` after printing why the test is skipped. Asked only
 /// when `DPOP_TEST_REDIS_URL` is set, the switch for every test that needs Redis.
 fn redis_server_binary() -> Option<String> {
