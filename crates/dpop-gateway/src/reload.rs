@@ -55,7 +55,11 @@ pub(crate) struct Generation {
 
 impl Generation {
     /// The configuration the gateway started with.
-    pub(crate) fn first(config: GatewayConfig, layer: DpopLayer<GatewayStore>, proxy: Proxy) -> Self {
+    pub(crate) fn first(
+        config: GatewayConfig,
+        layer: DpopLayer<GatewayStore>,
+        proxy: Proxy,
+    ) -> Self {
         Self {
             number: 1,
             config,
@@ -142,7 +146,11 @@ impl Reloader {
     /// Starts reloading from `source` on SIGHUP, and when the content of `file` changes if
     /// the configuration sets `reload_on_change`. Registered for SIGHUP before this
     /// returns. The task stops when the handle is dropped.
-    pub(crate) fn spawn_watch(self: Arc<Self>, source: ConfigSource, file: Option<PathBuf>) -> AbortOnDrop {
+    pub(crate) fn spawn_watch(
+        self: Arc<Self>,
+        source: ConfigSource,
+        file: Option<PathBuf>,
+    ) -> AbortOnDrop {
         #[cfg(unix)]
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| {
@@ -285,14 +293,23 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
         ("listen", old.listen != new.listen),
         ("admin_listen", a.admin_listen != b.admin_listen),
         ("limits.workers", old.workers != new.workers),
-        ("replay_store or [replay] connection settings", a.replay != b.replay),
+        (
+            "replay_store or [replay] connection settings",
+            a.replay != b.replay,
+        ),
         ("h2c", old.h2c != new.h2c),
         (
             "[tls] (its file names, client_ca_file, client_auth, reload_interval_secs)",
             old.tls != new.tls,
         ),
-        ("limits.max_connections", a.max_connections != b.max_connections),
-        ("limits.max_header_bytes", a.max_header_bytes != b.max_header_bytes),
+        (
+            "limits.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "limits.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
         (
             "limits.max_concurrent_streams",
             old.max_concurrent_streams != new.max_concurrent_streams,
@@ -301,10 +318,19 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
             "limits.handshake_timeout_secs",
             old.handshake_timeout != new.handshake_timeout,
         ),
-        ("limits.idle_timeout_secs", old.idle_timeout != new.idle_timeout),
-        ("limits.drain_timeout_secs", a.drain_timeout != b.drain_timeout),
+        (
+            "limits.idle_timeout_secs",
+            old.idle_timeout != new.idle_timeout,
+        ),
+        (
+            "limits.drain_timeout_secs",
+            a.drain_timeout != b.drain_timeout,
+        ),
         ("log_format", a.log_format != b.log_format),
-        ("reload_on_change", old.reload_on_change != new.reload_on_change),
+        (
+            "reload_on_change",
+            old.reload_on_change != new.reload_on_change,
+        ),
     ]
     .into_iter()
     .find(|(_, changed)| *changed)

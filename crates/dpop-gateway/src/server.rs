@@ -201,9 +201,8 @@ impl Gateway {
         ));
         // Registered before serving: SIGHUP reloads from the first request on (its
         // default action would end the process).
-        let watch_config = reload_source.map(|ReloadSource { source, file }| {
-            Arc::clone(&reloader).spawn_watch(source, file)
-        });
+        let watch_config = reload_source
+            .map(|ReloadSource { source, file }| Arc::clone(&reloader).spawn_watch(source, file));
         if let Some(admin) = admin {
             let reloader = Arc::clone(&reloader);
             tokio::spawn(dpop_server::admin::serve(
@@ -759,7 +758,12 @@ impl hyper::body::Body for InFlight {
 pub(crate) fn htu(config: &GatewayConfig) -> HtuSource {
     match config.enforcement.public_urls.as_slice() {
         [] => HtuSource::FromRequest {
-            scheme: if config.tls.is_some() { "https" } else { "http" }.into(),
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+            .into(),
             trusted_proxies: config.enforcement.trusted_proxies.clone(),
             allowed_hosts: config.enforcement.allowed_hosts.clone(),
         },

@@ -138,7 +138,12 @@ impl TlsListener {
     pub(crate) fn prepare_reload(&self) -> Result<Option<PreparedPair>, String> {
         let p = &self.pair;
         let files = read_files(&p.cert_file, &p.key_file)?;
-        if p.state.read().unwrap_or_else(PoisonError::into_inner).loaded == files {
+        if p.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .loaded
+            == files
+        {
             return Ok(None);
         }
         let pair = certified_key(&files, &p.cert_file, &p.key_file, &p.provider)?;
