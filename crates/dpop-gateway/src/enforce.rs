@@ -9,7 +9,7 @@ use dpop_tower::{
     JwksSourceConfig, TokenVerifier,
 };
 
-use crate::config::{EnforcementConfig, TokenCheck};
+use crate::config::{EnforcementConfig, GatewayConfig, TokenCheck};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::store::GatewayStore;
@@ -161,5 +161,27 @@ fn settings_error(e: dpop_core::Error) -> GatewayError {
     match e {
         dpop_core::Error::ApiMisuse(why) => GatewayError::Config(why.to_owned()),
         other => GatewayError::Tokens(other.to_string()),
+    }
+}
+
+/// The URL rule proofs are checked against, from `config`: its public URLs, or the
+/// request's host and the scheme the client used on this listener.
+pub(crate) fn htu(config: &GatewayConfig) -> HtuSource {
+    match config.enforcement.public_urls.as_slice() {
+        [] => HtuSource::FromRequest {
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+            .into(),
+            trusted_proxies: config.enforcement.trusted_proxies.clone(),
+            allowed_hosts: config.enforcement.allowed_hosts.clone(),
+        },
+        [one] => HtuSource::PublicUrl(one.clone()),
+        several => HtuSource::PublicUrls {
+            urls: several.to_vec(),
+            trusted_proxies: config.enforcement.trusted_proxies.clone(),
+        },
     }
 }

@@ -15,11 +15,10 @@ use dpop_tower::{DpopLayer, DpopService};
 use tower::Layer as _;
 
 use crate::config::GatewayConfig;
-use crate::enforce;
+use crate::enforce::{self, htu};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::server::{AbortOnDrop, htu};
 use crate::store::GatewayStore;
 use crate::tls::TlsListener;
 
@@ -38,6 +37,16 @@ impl std::fmt::Debug for ReloadSource {
         f.debug_struct("ReloadSource")
             .field("file", &self.file)
             .finish_non_exhaustive()
+    }
+}
+
+/// Aborts the task when dropped (the watchers of the configuration and of the
+/// certificate files).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

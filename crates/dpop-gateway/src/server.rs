@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dpop_server::Readiness;
-use dpop_tower::{ClientCertificate, DpopLayer, HtuSource, PeerAddr};
+use dpop_tower::{ClientCertificate, DpopLayer, PeerAddr};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -31,7 +31,7 @@ use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, empty};
-use crate::reload::{Generation, ReloadSource, Reloader, ThreadService};
+use crate::reload::{AbortOnDrop, Generation, ReloadSource, Reloader, ThreadService};
 use crate::store::GatewayStore;
 use crate::stream::ConnectionSlot;
 use crate::tls::TlsListener;
@@ -89,7 +89,7 @@ impl Gateway {
             tracing::warn!(target: "dpop::gateway", "public_url is http:// on a TLS listener: clients reach the proxy in front over plain HTTP, where tokens and proofs can be read");
         }
         let metrics = Arc::new(Metrics::new());
-        let layer = enforce::layer(&config.enforcement, htu(&config), &metrics).await?;
+        let layer = enforce::layer(&config.enforcement, enforce::htu(&config), &metrics).await?;
         let proxy = Proxy::new(&config, metrics.clone())?;
         proxy.check_upstreams().await?;
         if config.workers == 0 {
@@ -750,37 +750,6 @@ impl hyper::body::Body for InFlight {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// The URL rule proofs are checked against, from `config`: its public URLs, or the
-/// request's host and the scheme the client used on this listener.
-pub(crate) fn htu(config: &GatewayConfig) -> HtuSource {
-    match config.enforcement.public_urls.as_slice() {
-        [] => HtuSource::FromRequest {
-            scheme: if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            }
-            .into(),
-            trusted_proxies: config.enforcement.trusted_proxies.clone(),
-            allowed_hosts: config.enforcement.allowed_hosts.clone(),
-        },
-        [one] => HtuSource::PublicUrl(one.clone()),
-        several => HtuSource::PublicUrls {
-            urls: several.to_vec(),
-            trusted_proxies: config.enforcement.trusted_proxies.clone(),
-        },
-    }
-}
-
-/// Aborts the task when dropped.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
