@@ -124,7 +124,10 @@ async fn sighup_reloads_the_configuration_and_refuses_bad_ones() {
     let write = |text: &str| std::fs::write(&file, text).unwrap();
     let good =
         |upstream: &str, extra: &str| config(port, admin_port, upstream, issuer.url(), extra);
-    write(&good(&old_upstream.url(), ""));
+    // Nonces on /n, from the process's own secret (none configured).
+    let nonce_route =
+        "\n[[routes]]\npath_prefix = \"/n\"\nnonce = true\n\n[[routes]]\npath_prefix = \"/\"\n";
+    write(&good(&old_upstream.url(), nonce_route));
     let mut cmd = gateway_command();
     cmd.arg("--config").arg(&file);
     let gw = spawn_server(cmd, port, Duration::from_secs(30), "dpop gateway").await;
@@ -150,6 +153,12 @@ async fn sighup_reloads_the_configuration_and_refuses_bad_ones() {
     // The public route does not exist yet: DPoP is required.
     let r = send("GET", &format!("{base}/public/x"), &[], b"").await;
     assert_eq!(r.status, 401);
+    // A nonce handed out before the reload.
+    let nonced = format!("{base}/n/x");
+    let proof = caller.proof("GET", &nonced, None);
+    let r = send_dpop("GET", &nonced, &caller.authorization(), &proof, &[], b"").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let nonce = r.header("dpop-nonce").expect("a nonce").to_owned();
     // A request in flight across the reload.
     let slow = {
         let (url, htu) = (format!("{base}/v1/slow?ms=2500"), format!("{base}/v1/slow"));
@@ -161,7 +170,7 @@ async fn sighup_reloads_the_configuration_and_refuses_bad_ones() {
     // A new default upstream and a new route without DPoP.
     write(&good(
         &new_upstream.url(),
-        "\n[[routes]]\npath_prefix = \"/public\"\ndpop = \"off\"\n\n[[routes]]\npath_prefix = \"/\"\n",
+        &format!("\n[[routes]]\npath_prefix = \"/public\"\ndpop = \"off\"\n{nonce_route}"),
     ));
     hup(&gw);
     let line = logged(&gw, "configuration reloaded", 1).await;
@@ -206,6 +215,11 @@ async fn sighup_reloads_the_configuration_and_refuses_bad_ones() {
             .is_some_and(|w| w.contains("already used")),
         "{r:?}"
     );
+
+    // The nonce from before the reload is still good.
+    let proof = caller.proof("GET", &nonced, Some(&nonce));
+    let r = send_dpop("GET", &nonced, &caller.authorization(), &proof, &[], b"").await;
+    assert_eq!(r.status, 200, "{r:?}");
 
     // Refused configurations: a syntax error, an unreadable secrets file, a new listen
     // address. Each is logged with its cause and counted; generation 2 stays in force.
