@@ -22,6 +22,8 @@ use crate::common::{
     random_secret, send, send_dpop, shared_redis, spawn_server, start_gateway, www,
 };
 
+#[path = "gateway_reload.rs"]
+mod reload;
 #[path = "gateway_targets.rs"]
 mod targets;
 
@@ -934,7 +936,7 @@ async fn admin_health_readiness_and_metrics() {
     let ready = r.json().unwrap();
     assert_eq!(
         ready,
-        serde_json::json!({"ready": true, "token_keys_loaded": true, "replay_store_reachable": true})
+        serde_json::json!({"ready": true, "token_keys_loaded": true, "replay_store_reachable": true, "config_generation": 1})
     );
 
     // One accepted request and one replay, so that every series has a sample.

@@ -38,6 +38,7 @@ struct RawConfig {
     realm: Option<String>,
     log_format: Option<String>,
     h2c: Option<bool>,
+    reload_on_change: Option<bool>,
     tls: Option<RawTls>,
     #[serde(default)]
     proof: RawProof,
@@ -578,6 +579,9 @@ pub struct GatewayConfig {
     /// configuration (its [`dpop_tower::Route::id`]): its own `max_stream_secs` or
     /// [`Self::max_stream`].
     pub route_max_stream: Vec<Duration>,
+    /// `reload_on_change`: the configuration file is watched and a change to it reloads
+    /// the configuration as SIGHUP does. Defaults to `false` (SIGHUP only).
+    pub reload_on_change: bool,
     /// What is checked and how: tokens, proofs, routes, nonces, replay store, identity
     /// headers, the admin listener and logs.
     pub enforcement: EnforcementConfig,
@@ -763,6 +767,19 @@ fn header_name(name: Option<String>, default: &str) -> Result<String, GatewayErr
         )));
     }
     Ok(name)
+}
+
+/// The nonce secret of this process when none is configured: drawn once, so that a
+/// configuration reloaded later keeps accepting the nonces handed out before.
+fn process_nonce_secret() -> Result<&'static Zeroizing<[u8; 32]>, GatewayError> {
+    static SECRET: std::sync::OnceLock<Zeroizing<[u8; 32]>> = std::sync::OnceLock::new();
+    if let Some(secret) = SECRET.get() {
+        return Ok(secret);
+    }
+    let mut random = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(random.as_mut())
+        .map_err(|_| invalid("no randomness for a nonce secret"))?;
+    Ok(SECRET.get_or_init(|| random))
 }
 
 /// A configured nonce secret. Its key id is derived from the secret itself, so it is
@@ -994,6 +1011,10 @@ impl AuthzConfig {
             (raw.tls.is_some(), "[tls]".to_owned()),
             (raw.h2c.is_some(), "h2c".to_owned()),
             (
+                raw.reload_on_change.is_some(),
+                "reload_on_change".to_owned(),
+            ),
+            (
                 raw.limits.upstream_timeout_secs.is_some(),
                 "limits.upstream_timeout_secs".to_owned(),
             ),
@@ -1105,6 +1126,7 @@ impl GatewayConfig {
         )?;
         let tls = raw.tls.take().map(tls_config).transpose()?;
         let h2c = raw.h2c.unwrap_or(false);
+        let reload_on_change = raw.reload_on_change.unwrap_or(false);
         if h2c && tls.is_some() {
             return Err(invalid(
                 "h2c is for a plain listener: with [tls], HTTP/2 is negotiated by ALPN",
@@ -1193,6 +1215,7 @@ impl GatewayConfig {
             workers,
             max_stream,
             route_max_stream,
+            reload_on_change,
             enforcement,
         })
     }
@@ -1496,12 +1519,8 @@ impl EnforcementConfig {
             let mut list = secrets.iter();
             let current = match list.next() {
                 Some(s) => nonce_secret(s)?,
-                None => {
-                    let mut random = Zeroizing::new([0u8; 32]);
-                    aws_lc_rs::rand::fill(random.as_mut())
-                        .map_err(|_| invalid("no randomness for a nonce secret"))?;
-                    NonceSecret::new(random.as_ref()).map_err(|_| invalid("nonce secret"))?
-                }
+                None => NonceSecret::new(process_nonce_secret()?.as_ref())
+                    .map_err(|_| invalid("nonce secret"))?,
             };
             let mut n = StatelessNonces::new(current);
             if let Some(s) = list.next() {

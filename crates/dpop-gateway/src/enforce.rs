@@ -9,7 +9,7 @@ use dpop_tower::{
     JwksSourceConfig, TokenVerifier,
 };
 
-use crate::config::{EnforcementConfig, TokenCheck};
+use crate::config::{EnforcementConfig, GatewayConfig, TokenCheck};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::store::GatewayStore;
@@ -26,6 +26,59 @@ pub(crate) async fn layer(
     htu: HtuSource,
     metrics: &Arc<Metrics>,
 ) -> Result<DpopLayer<GatewayStore>, GatewayError> {
+    let tokens = token_source(config, metrics).await?;
+    let store = GatewayStore::open(&config.replay).await?;
+    build(config, htu, metrics, tokens, store)
+}
+
+/// The layer for a reloaded `config`, `previous` being the layer built from `old`: the
+/// replay store is `previous`'s (every recorded proof stays recorded), and so is the
+/// token source (its keys or cached answers stay warm) unless the token settings changed.
+///
+/// # Errors
+/// As [`layer`], but the replay store is not opened again.
+pub(crate) async fn rebuild(
+    config: &EnforcementConfig,
+    htu: HtuSource,
+    metrics: &Arc<Metrics>,
+    previous: &DpopLayer<GatewayStore>,
+    old: &EnforcementConfig,
+) -> Result<DpopLayer<GatewayStore>, GatewayError> {
+    let tokens = if same_token_check(old, config) {
+        Arc::clone(previous.tokens())
+    } else {
+        token_source(config, metrics).await?
+    };
+    build(config, htu, metrics, tokens, previous.store().clone())
+}
+
+/// Whether `a` and `b` check tokens the same way (the same source would serve both).
+fn same_token_check(a: &EnforcementConfig, b: &EnforcementConfig) -> bool {
+    let same_source = match (&a.tokens, &b.tokens) {
+        (TokenCheck::Jwks { jwks_uri: x }, TokenCheck::Jwks { jwks_uri: y }) => x == y,
+        (
+            TokenCheck::Introspection {
+                endpoint: e1,
+                client_id: i1,
+                client_secret: s1,
+            },
+            TokenCheck::Introspection {
+                endpoint: e2,
+                client_id: i2,
+                client_secret: s2,
+            },
+        ) => e1 == e2 && i1 == i2 && s1 == s2,
+        _ => false,
+    };
+    same_source && a.issuer == b.issuer && a.audience == b.audience && a.algorithms == b.algorithms
+}
+
+/// The token source `config` names: the issuer's keys (fetched now, and again in the
+/// background while that fails) or its introspection endpoint.
+async fn token_source(
+    config: &EnforcementConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn TokenVerifier>, GatewayError> {
     let tokens: Arc<dyn TokenVerifier> = match &config.tokens {
         TokenCheck::Jwks { jwks_uri } => {
             let mut c = JwksSourceConfig::new(&config.issuer, &config.audience);
@@ -54,7 +107,17 @@ pub(crate) async fn layer(
             Arc::new(IntrospectionSource::new(c).map_err(settings_error)?)
         }
     };
-    let store = GatewayStore::open(&config.replay).await?;
+    Ok(tokens)
+}
+
+/// The layer over `tokens` and `store` with `config`'s checks.
+fn build(
+    config: &EnforcementConfig,
+    htu: HtuSource,
+    metrics: &Arc<Metrics>,
+    tokens: Arc<dyn TokenVerifier>,
+    store: GatewayStore,
+) -> Result<DpopLayer<GatewayStore>, GatewayError> {
     let mut settings = DpopSettings::new(htu);
     settings.algorithms.clone_from(&config.algorithms);
     settings.nonces = config
@@ -98,5 +161,27 @@ fn settings_error(e: dpop_core::Error) -> GatewayError {
     match e {
         dpop_core::Error::ApiMisuse(why) => GatewayError::Config(why.to_owned()),
         other => GatewayError::Tokens(other.to_string()),
+    }
+}
+
+/// The URL rule proofs are checked against, from `config`: its public URLs, or the
+/// request's host and the scheme the client used on this listener.
+pub(crate) fn htu(config: &GatewayConfig) -> HtuSource {
+    match config.enforcement.public_urls.as_slice() {
+        [] => HtuSource::FromRequest {
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+            .into(),
+            trusted_proxies: config.enforcement.trusted_proxies.clone(),
+            allowed_hosts: config.enforcement.allowed_hosts.clone(),
+        },
+        [one] => HtuSource::PublicUrl(one.clone()),
+        several => HtuSource::PublicUrls {
+            urls: several.to_vec(),
+            trusted_proxies: config.enforcement.trusted_proxies.clone(),
+        },
     }
 }

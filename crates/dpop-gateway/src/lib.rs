@@ -40,6 +40,7 @@ mod error;
 mod metrics;
 mod pem;
 mod proxy;
+mod reload;
 mod server;
 mod store;
 mod stream;

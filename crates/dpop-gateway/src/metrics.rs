@@ -8,6 +8,7 @@ use dpop_tower::{DpopEvents, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -40,6 +41,9 @@ pub struct Metrics {
     upstream: Family<ResultLabels, Counter<u64, AtomicU64>>,
     authz_untrusted_callers: Counter,
     authz_refused: Family<ReasonLabels, Counter>,
+    config_generation: Gauge,
+    config_reload_failures: Counter,
+    config_loaded_at: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -107,6 +111,26 @@ impl Metrics {
             "Checks the authorizer refused before or around the DPoP checks (an incomplete or contradictory report, a forged identity header, a time-out), by reason",
             authz_refused.clone(),
         );
+        let config_generation = Gauge::default();
+        config_generation.set(1);
+        registry.register(
+            "config_generation",
+            "The configuration in force: 1 as started, one more per applied reload",
+            config_generation.clone(),
+        );
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Configuration reloads refused (the configuration in force stayed)",
+            config_reload_failures.clone(),
+        );
+        let config_loaded_at = Gauge::<f64, AtomicU64>::default();
+        config_loaded_at.set(unix_now());
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was loaded (start-up or the last applied reload), Unix time",
+            config_loaded_at.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -118,7 +142,22 @@ impl Metrics {
             upstream,
             authz_untrusted_callers,
             authz_refused,
+            config_generation,
+            config_reload_failures,
+            config_loaded_at,
         }
+    }
+
+    /// Records an applied reload: `generation` is in force from now on.
+    pub(crate) fn config_applied(&self, generation: u64) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.config_loaded_at.set(unix_now());
+    }
+
+    /// Counts a refused reload.
+    pub(crate) fn config_reload_failed(&self) {
+        self.config_reload_failures.inc();
     }
 
     /// The Prometheus text exposition.
@@ -192,4 +231,11 @@ impl DpopEvents for Metrics {
             })
             .inc();
     }
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -370,14 +370,21 @@ impl Upstreams {
         Ok(Self { default, routes })
     }
 
-    /// The same upstreams with new, empty connection pools (the same connectors: TLS
-    /// settings read once), shared as in [`Upstreams::new`].
-    fn with_own_pools(&self) -> Self {
+    /// The same upstreams with connection pools of their own (the same connectors: TLS
+    /// settings read once), shared as in [`Upstreams::new`]: new, empty ones, except that
+    /// a plain-HTTP pool of `previous` (the same thread's upstreams before a
+    /// configuration reload) is kept with its open connections, as nothing a
+    /// configuration sets is part of them.
+    fn with_own_pools(&self, previous: Option<&Self>) -> Self {
         let mut pools: BTreeMap<usize, UpstreamClient<RequestBody>> = BTreeMap::new();
         let mut renew = |u: &Arc<Upstream>| {
             let client = pools
                 .entry(u.pool)
-                .or_insert_with(|| upstream::client(u.connector.clone()))
+                .or_insert_with(|| {
+                    previous
+                        .and_then(|p| p.plain_pool(&u.config))
+                        .unwrap_or_else(|| upstream::client(u.connector.clone()))
+                })
                 .clone();
             Arc::new(Upstream {
                 config: u.config.clone(),
@@ -390,6 +397,19 @@ impl Upstreams {
             default: renew(&self.default),
             routes: self.routes.iter().map(|(id, u)| (*id, renew(u))).collect(),
         }
+    }
+
+    /// The pool of a plain-HTTP upstream speaking the HTTP version `config` does, when
+    /// `config` is plain HTTP too (an https pool's connections were made with TLS
+    /// settings a reload may have changed, a CA file's content among them).
+    fn plain_pool(&self, config: &UpstreamConfig) -> Option<UpstreamClient<RequestBody>> {
+        if config.tls.is_some() {
+            return None;
+        }
+        std::iter::once(&self.default)
+            .chain(self.routes.values())
+            .find(|u| u.config.tls.is_none() && u.config.http2 == config.http2)
+            .map(|u| u.client.clone())
     }
 
     /// The upstream of the route the layer matched (the default for none, or a route
@@ -522,8 +542,17 @@ impl Proxy {
     /// upstream connections are then driven by the thread that uses them.
     #[must_use]
     pub fn with_own_pools(&self) -> Self {
+        self.with_pools_after(None)
+    }
+
+    /// As [`Self::with_own_pools`], for the thread that used `previous` until a
+    /// configuration reload: its plain-HTTP pools, and their open connections, are kept.
+    pub(crate) fn with_pools_after(&self, previous: Option<&Self>) -> Self {
         Self {
-            upstreams: Arc::new(self.upstreams.with_own_pools()),
+            upstreams: Arc::new(
+                self.upstreams
+                    .with_own_pools(previous.map(|p| &*p.upstreams)),
+            ),
             settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
         }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use dpop_server::Readiness;
-use dpop_tower::{ClientCertificate, DpopLayer, HtuSource, PeerAddr};
+use dpop_tower::{ClientCertificate, DpopLayer, PeerAddr};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -22,7 +23,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
-use tower::{Layer as _, ServiceExt as _};
+use tower::ServiceExt as _;
 
 use crate::accept::{Accepting, next_until, stopped};
 use crate::config::GatewayConfig;
@@ -30,6 +31,7 @@ use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, empty};
+use crate::reload::{AbortOnDrop, Generation, ReloadSource, Reloader, ThreadService};
 use crate::store::GatewayStore;
 use crate::stream::ConnectionSlot;
 use crate::tls::TlsListener;
@@ -46,6 +48,8 @@ pub struct Gateway {
     layer: DpopLayer<GatewayStore>,
     proxy: Proxy,
     metrics: Arc<Metrics>,
+    /// Where a reload reads the configuration, and the file watched for changes.
+    reload: Option<ReloadSource>,
 }
 
 impl Gateway {
@@ -85,20 +89,7 @@ impl Gateway {
             tracing::warn!(target: "dpop::gateway", "public_url is http:// on a TLS listener: clients reach the proxy in front over plain HTTP, where tokens and proofs can be read");
         }
         let metrics = Arc::new(Metrics::new());
-        let htu = match config.enforcement.public_urls.as_slice() {
-            [] => HtuSource::FromRequest {
-                // The scheme the client used on this listener.
-                scheme: if tls.is_some() { "https" } else { "http" }.into(),
-                trusted_proxies: config.enforcement.trusted_proxies.clone(),
-                allowed_hosts: config.enforcement.allowed_hosts.clone(),
-            },
-            [one] => HtuSource::PublicUrl(one.clone()),
-            several => HtuSource::PublicUrls {
-                urls: several.to_vec(),
-                trusted_proxies: config.enforcement.trusted_proxies.clone(),
-            },
-        };
-        let layer = enforce::layer(&config.enforcement, htu, &metrics).await?;
+        let layer = enforce::layer(&config.enforcement, enforce::htu(&config), &metrics).await?;
         let proxy = Proxy::new(&config, metrics.clone())?;
         proxy.check_upstreams().await?;
         if config.workers == 0 {
@@ -137,7 +128,29 @@ impl Gateway {
             layer,
             proxy,
             metrics,
+            reload: None,
         })
+    }
+
+    /// Makes SIGHUP reload the configuration from `source` while serving (and, when the
+    /// configuration sets `reload_on_change`, a change to the content of `file`): routes,
+    /// upstreams, nonce secrets, trusted proxies, token settings and the certificate are
+    /// applied to requests that start afterwards, all together or not at all. A
+    /// configuration that cannot be loaded, or that changes a setting only a restart can
+    /// change (the listen addresses, `limits.workers`, the replay store, ...), is refused
+    /// with an error log naming the cause, and the configuration in force stays.
+    /// Without this, SIGHUP re-reads only the TLS certificate (when there is one).
+    #[must_use]
+    pub fn reload_from(
+        mut self,
+        source: impl Fn() -> Result<GatewayConfig, GatewayError> + Send + Sync + 'static,
+        file: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.reload = Some(ReloadSource {
+            source: Arc::new(source),
+            file,
+        });
+        self
     }
 
     /// The proxy's bound address.
@@ -160,6 +173,7 @@ impl Gateway {
             layer,
             proxy,
             metrics,
+            reload: reload_source,
         } = self;
         tracing::info!(
             target: "dpop::gateway",
@@ -173,24 +187,43 @@ impl Gateway {
             replay_store = layer.store().kind(),
             "gateway listening"
         );
+        let tls = tls.map(Arc::new);
+        let generation = Arc::new(Generation::first(config.clone(), layer, proxy));
+        // One slot per serving thread: what its next request is served with.
+        let slots: Vec<Arc<ArcSwap<ThreadService>>> = (0..workers.len())
+            .map(|_| Arc::new(ArcSwap::from_pointee(ThreadService::new(&generation, None))))
+            .collect();
+        let reloader = Arc::new(Reloader::new(
+            generation,
+            slots.clone(),
+            tls.clone(),
+            Arc::clone(&metrics),
+        ));
+        // Registered before serving: SIGHUP reloads from the first request on (its
+        // default action would end the process).
+        let watch_config = reload_source
+            .map(|ReloadSource { source, file }| Arc::clone(&reloader).spawn_watch(source, file));
         if let Some(admin) = admin {
-            let ready_layer = layer.clone();
+            let reloader = Arc::clone(&reloader);
             tokio::spawn(dpop_server::admin::serve(
                 admin,
                 metrics.registry(),
-                move || readiness(ready_layer.clone()),
+                move || {
+                    let current = reloader.current();
+                    readiness(current.layer().clone(), current.number())
+                },
             ));
         }
         let reload = match (&tls, &config.tls) {
-            (Some(t), Some(c)) => Some(AbortOnDrop(t.spawn_reload(c.reload_interval))),
+            (Some(t), Some(c)) => Some(AbortOnDrop(
+                t.spawn_reload(c.reload_interval, watch_config.is_none()),
+            )),
             _ => None,
         };
         let shared = Arc::new(Shared {
-            metadata_layer: layer.clone(),
-            tls: tls.map(Arc::new),
+            tls,
             protocols: Protocols::new(&config),
             limit: Arc::new(Semaphore::new(config.enforcement.max_connections)),
-            request_timeout: config.enforcement.request_timeout,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             h2c: config.h2c,
@@ -202,17 +235,16 @@ impl Gateway {
         let (drain, draining) = watch::channel(false);
         let (halt, halted) = watch::channel(false);
         let mut ended = Vec::with_capacity(workers.len());
-        for (index, worker) in workers.into_iter().enumerate() {
-            // Its own upstream connection pools: a request never waits on another
-            // thread's connection.
-            let service = layer.layer(proxy.with_own_pools());
+        for (index, (worker, slot)) in workers.into_iter().zip(slots).enumerate() {
+            // Its own upstream connection pools (in its slot): a request never waits on
+            // another thread's connection.
             let (shared, draining, halted) =
                 (Arc::clone(&shared), draining.clone(), halted.clone());
             let (done, end) = tokio::sync::oneshot::channel::<()>();
             let spawned = std::thread::Builder::new()
                 .name(format!("dpop-gateway-{index}"))
                 .spawn(move || {
-                    worker.run(service, &shared, draining, halted);
+                    worker.run(&slot, &shared, draining, halted);
                     let _ = done.send(());
                 });
             match spawned {
@@ -228,7 +260,7 @@ impl Gateway {
             return;
         }
         shutdown.await;
-        drop(reload);
+        drop((reload, watch_config));
         tracing::info!(target: "dpop::gateway", timeout_secs = config.enforcement.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
         let _ = drain.send(true);
         if tokio::time::timeout(config.enforcement.drain_timeout, drain.closed())
@@ -246,41 +278,13 @@ impl Gateway {
     }
 }
 
-/// The service each request of a connection goes through (the DPoP layer over the
-/// proxy): one name for the bounds the serving code needs.
-pub(crate) trait ConnectionService:
-    tower::Service<
-        Request<Incoming>,
-        Response = http::Response<crate::proxy::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> ConnectionService for S where
-    S: tower::Service<
-            Request<Incoming>,
-            Response = http::Response<crate::proxy::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
-/// What every serving thread shares: the listener settings, the connection limit and
-/// the layer that answers the RFC 9728 document.
+/// What every serving thread shares: the listener settings and the connection limit
+/// (settings a reload cannot change).
 struct Shared {
-    metadata_layer: DpopLayer<GatewayStore>,
     tls: Option<Arc<TlsListener>>,
     protocols: Protocols,
     /// `max_connections`, across all threads.
     limit: Arc<Semaphore>,
-    request_timeout: Duration,
     handshake_timeout: Duration,
     idle_timeout: Duration,
     h2c: bool,
@@ -319,9 +323,9 @@ impl Worker {
 
     /// Accepts and serves connections until `draining` turns true, then waits for
     /// `halted` (or either sender to go) and ends, dropping whatever is still open.
-    fn run<S: ConnectionService>(
+    fn run(
         self,
-        service: S,
+        slot: &Arc<ArcSwap<ThreadService>>,
         shared: &Arc<Shared>,
         mut draining: watch::Receiver<bool>,
         mut halted: watch::Receiver<bool>,
@@ -334,7 +338,7 @@ impl Worker {
             {
                 serve_connection(
                     shared,
-                    service.clone(),
+                    Arc::clone(slot),
                     permit,
                     stream,
                     peer,
@@ -364,20 +368,15 @@ impl Drop for WorkerRuntime {
 
 /// Serves one accepted connection on the current thread's runtime: TLS first when the
 /// listener has it, then HTTP/1.1 or HTTP/2.
-fn serve_connection<S: ConnectionService>(
+fn serve_connection(
     shared: &Arc<Shared>,
-    service: S,
+    slot: Arc<ArcSwap<ThreadService>>,
     permit: tokio::sync::OwnedSemaphorePermit,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let metadata_layer = shared.metadata_layer.clone();
-    let (request_timeout, handshake_timeout, idle_timeout) = (
-        shared.request_timeout,
-        shared.handshake_timeout,
-        shared.idle_timeout,
-    );
+    let (handshake_timeout, idle_timeout) = (shared.handshake_timeout, shared.idle_timeout);
     // A WebSocket tunnel outlives the connection it was upgraded from and keeps the
     // connection's slot until it ends.
     let permit = ConnectionSlot(Arc::new(permit));
@@ -386,11 +385,9 @@ fn serve_connection<S: ConnectionService>(
         // Only a connection that may speak HTTP/2 counts its requests in flight.
         let idle = shared.h2c.then(Idle::new);
         let svc = request_service(
-            service,
-            metadata_layer,
+            slot,
             peer,
             None,
-            request_timeout,
             permit.clone(),
             Activity {
                 first: first.clone(),
@@ -442,11 +439,9 @@ fn serve_connection<S: ConnectionService>(
         let first = FirstRequest::default();
         let idle = accepted.h2.then(Idle::new);
         let svc = request_service(
-            service,
-            metadata_layer,
+            slot,
             peer,
             accepted.client_cert,
-            request_timeout,
             permit.clone(),
             Activity {
                 first: first.clone(),
@@ -594,15 +589,15 @@ pub(crate) async fn drive<C, T, E>(
     }
 }
 
-/// The per-connection service: the peer and the verified client certificate go into
-/// every request's extensions, the RFC 9728 document is answered before the layer, and
-/// everything else goes through the DPoP layer under the request time limit.
-fn request_service<S: ConnectionService>(
-    service: S,
-    metadata_layer: DpopLayer<GatewayStore>,
+/// The per-connection service: each request takes the configuration in force on its
+/// thread when it starts (`current`) and keeps it to the end, whatever is reloaded
+/// meanwhile; the peer and the verified client certificate go into every request's
+/// extensions, the RFC 9728 document is answered before the layer, and everything else
+/// goes through the DPoP layer under the request time limit.
+fn request_service(
+    current: Arc<ArcSwap<ThreadService>>,
     peer: SocketAddr,
     client_cert: Option<ClientCertificate>,
-    request_timeout: Duration,
     slot: ConnectionSlot,
     activity: Activity,
 ) -> impl hyper::service::Service<
@@ -627,11 +622,15 @@ fn request_service<S: ConnectionService>(
         if req.headers().contains_key(http::header::UPGRADE) {
             req.extensions_mut().insert(slot.clone());
         }
+        // One atomic load and count: this request's configuration, to its end.
+        let now = current.load_full();
         // RFC 9728: the metadata document is answered here, never behind DPoP.
-        let metadata = metadata_layer
+        let metadata = now
+            .layer()
             .metadata_response(&req)
             .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
-        let service = service.clone();
+        let service = now.service().clone();
+        let request_timeout = now.request_timeout();
         // In flight from here until the response body is finished or dropped (a handler
         // dropped before it answers drops the guard too).
         let busy = idle.as_ref().map(Idle::busy);
@@ -754,18 +753,10 @@ impl hyper::body::Body for InFlight {
     }
 }
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The admin listener's readiness: the issuer's keys are loaded and the replay store
-/// answers (within a second, so a probe never hangs on a stalled store).
-pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
+/// answers (within a second, so a probe never hangs on a stalled store). The body also
+/// names the configuration `generation` in force (1 as started).
+pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>, generation: u64) -> Readiness {
     let keys = layer.tokens().is_ready();
     let store = tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
         .await
@@ -773,6 +764,6 @@ pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
     let ready = keys && store;
     Readiness::json(
         ready,
-        &serde_json::json!({"ready": ready, "token_keys_loaded": keys, "replay_store_reachable": store}),
+        &serde_json::json!({"ready": ready, "token_keys_loaded": keys, "replay_store_reachable": store, "config_generation": generation}),
     )
 }

@@ -1,5 +1,7 @@
 //! The replay store the gateway was configured with.
 
+use std::sync::Arc;
+
 use dpop_core::{
     AsyncReplayStore, Insert, MemoryReplayConfig, MemoryReplayStore, ReplayKey, ReplayStore,
     ReplayStoreError, UnixTime,
@@ -9,12 +11,13 @@ use dpop_redis::{RedisReplayStore, RedisStoreConfig};
 use crate::config::ReplayStoreConfig;
 use crate::error::GatewayError;
 
-/// In memory (one instance) or Redis (shared by instances).
-#[derive(Debug)]
+/// In memory (one instance) or Redis (shared by instances). Clones share the store: a
+/// configuration reload keeps every recorded proof.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum GatewayStore {
     /// This process only.
-    Memory(MemoryReplayStore),
+    Memory(Arc<MemoryReplayStore>),
     /// Shared through Redis.
     Redis(RedisReplayStore),
 }
@@ -30,7 +33,7 @@ impl GatewayStore {
             ReplayStoreConfig::Memory { capacity } => {
                 let mut c = MemoryReplayConfig::default();
                 c.capacity = *capacity;
-                Ok(Self::Memory(MemoryReplayStore::new(c)))
+                Ok(Self::Memory(Arc::new(MemoryReplayStore::new(c))))
             }
             ReplayStoreConfig::Redis {
                 url,
@@ -84,7 +87,7 @@ impl AsyncReplayStore for GatewayStore {
         now: UnixTime,
     ) -> Result<Insert, ReplayStoreError> {
         match self {
-            Self::Memory(m) => ReplayStore::insert_if_absent(m, key, expires_at, now),
+            Self::Memory(m) => ReplayStore::insert_if_absent(&**m, key, expires_at, now),
             Self::Redis(r) => AsyncReplayStore::insert_if_absent(r, key, expires_at, now).await,
         }
     }

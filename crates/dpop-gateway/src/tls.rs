@@ -86,17 +86,23 @@ impl TlsListener {
     }
 
     /// Starts re-reading the certificate and key every `interval` (when their content
-    /// changed) and on SIGHUP. The task stops when the handle is aborted.
-    pub(crate) fn spawn_reload(&self, interval: Duration) -> JoinHandle<()> {
+    /// changed), and on SIGHUP when `hangup` is set (otherwise the configuration reload
+    /// re-reads them, see [`Self::prepare_reload`]). The task stops when the handle is
+    /// aborted.
+    pub(crate) fn spawn_reload(&self, interval: Duration, hangup: bool) -> JoinHandle<()> {
         let pair = Arc::clone(&self.pair);
         // Registered before the task starts: once the listener serves, SIGHUP reloads
         // (its default action would end the process).
         #[cfg(unix)]
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| {
-                tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+        let mut hangup = hangup
+            .then(|| {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| {
+                    tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+                })
             })
-            .ok();
+            .and_then(Result::ok);
+        #[cfg(not(unix))]
+        let _ = hangup;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -123,6 +129,32 @@ impl TlsListener {
         })
     }
 
+    /// Reads the certificate and key files for a configuration reload: `Ok(None)` when
+    /// they hold the pair in use, the new pair (not yet in use, see [`Self::install`])
+    /// when they changed and are valid.
+    ///
+    /// # Errors
+    /// Why the files cannot be used, naming the file.
+    pub(crate) fn prepare_reload(&self) -> Result<Option<PreparedPair>, String> {
+        let p = &self.pair;
+        let files = read_files(&p.cert_file, &p.key_file)?;
+        if p.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .loaded
+            == files
+        {
+            return Ok(None);
+        }
+        let pair = certified_key(&files, &p.cert_file, &p.key_file, &p.provider)?;
+        Ok(Some(PreparedPair { files, pair }))
+    }
+
+    /// Puts a pair from [`Self::prepare_reload`] in use: handshakes from now on get it.
+    pub(crate) fn install(&self, prepared: PreparedPair) {
+        self.pair.install(prepared.files, prepared.pair);
+    }
+
     /// The handshake, bounded by `timeout`.
     pub(crate) async fn accept(
         &self,
@@ -144,6 +176,12 @@ impl TlsListener {
             client_cert,
         })
     }
+}
+
+/// A certificate pair read and checked, not in use yet.
+pub(crate) struct PreparedPair {
+    files: (Vec<u8>, Vec<u8>),
+    pair: CertifiedKey,
 }
 
 /// The certificate and key files and the pair last loaded from them, which every
@@ -228,20 +266,23 @@ impl PairSource {
                 return;
             }
         }
-        let result = certified_key(&files, &self.cert_file, &self.key_file, &self.provider);
-        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Ok(pair) => {
-                state.current = Arc::new(pair);
-                state.loaded = files;
-                state.refused = None;
-                tracing::info!(target: "dpop::tls", cert_file = %self.cert_file.display(), key_file = %self.key_file.display(), "certificate reloaded; new connections use it");
-            }
+        match certified_key(&files, &self.cert_file, &self.key_file, &self.provider) {
+            Ok(pair) => self.install(files, pair),
             Err(why) => {
                 tracing::error!(target: "dpop::tls", error = %why, "certificate not reloaded; the current one stays in use");
+                let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
                 state.refused = Some(files);
             }
         }
+    }
+
+    /// Puts `pair`, made from `files`, in use.
+    fn install(&self, files: (Vec<u8>, Vec<u8>), pair: CertifiedKey) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.current = Arc::new(pair);
+        state.loaded = files;
+        state.refused = None;
+        tracing::info!(target: "dpop::tls", cert_file = %self.cert_file.display(), key_file = %self.key_file.display(), "certificate reloaded; new connections use it");
     }
 }
 

@@ -164,6 +164,7 @@ mod tests {
         for (text, needle) in [
             ("upstream = \"http://127.0.0.1:3000\"\n", "upstream"),
             ("h2c = true\n", "h2c"),
+            ("reload_on_change = true\n", "reload_on_change"),
             (
                 "[limits]\nupstream_timeout_secs = 5\n",
                 "upstream_timeout_secs",

@@ -1,8 +1,10 @@
-//! `dpop gateway`: load and validate the configuration, then serve until SIGTERM.
+//! `dpop gateway`: load and validate the configuration, then serve until SIGTERM,
+//! loading it again on SIGHUP (and on a change to the file with `reload_on_change`).
 
 use std::process::ExitCode;
 
 use dpop_gateway::{Gateway, GatewayConfig, GatewayError};
+use zeroize::Zeroizing;
 
 use super::enforcement;
 use crate::cli::GatewayArgs;
@@ -13,8 +15,15 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
         |secret| load(args, secret),
         |config| &config.enforcement,
         async |config| {
+            // A reload reads the file again with the same flags and environment over it.
+            let reload_args = args.clone();
+            let secret = enforcement::env_nonce_secret().map(Zeroizing::new);
             Gateway::bind(config)
                 .await?
+                .reload_from(
+                    move || load(&reload_args, secret.as_ref().map(|s| s.as_str())),
+                    args.enforcement.config.clone(),
+                )
                 .serve(dpop_server::shutdown_signal())
                 .await;
             Ok(())

@@ -138,7 +138,8 @@ impl Authz {
             tokio::spawn(dpop_server::admin::serve(
                 admin,
                 authorizer.metrics().registry(),
-                move || readiness(ready_layer.clone()),
+                // The authorizer does not reload its configuration: always the first.
+                move || readiness(ready_layer.clone(), 1),
             ));
         }
         let (stop, stopping) = watch::channel(false);
