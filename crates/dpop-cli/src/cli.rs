@@ -194,9 +194,12 @@ pub(crate) enum JwtAction {
     /// Verify an access token as the gateway does, and say why it is refused
     ///
     /// The issuer's keys come from its metadata (RFC 8414 or OpenID discovery). The
-    /// checks: size and structure, typ (at+jwt or JWT), alg, signature, iss, aud (with
-    /// --audience; any otherwise), exp, nbf/iat (30 s leeway), cnf.jkt (with --jkt).
-    /// Exits 0 when valid, 1 when not (with the reason code the gateway logs).
+    /// checks: size and structure, typ (at+jwt or JWT), alg, signature, iss, aud (equal
+    /// to --audience), exp, nbf/iat (30 s leeway), cnf.jkt present (a token without it
+    /// is not DPoP-bound: token_not_bound) and equal to --jkt when given. Exits 0 when
+    /// valid, 1 when not (with the reason code the gateway logs). --audience is
+    /// required; --dangerous-no-audience instead skips the comparison (aud must still be
+    /// present) and the verdict says so.
     Verify {
         /// The token, or - to read it from stdin
         #[arg(value_name = "TOKEN|-")]
@@ -204,9 +207,14 @@ pub(crate) enum JwtAction {
         /// The issuer the token must come from; its keys are discovered from it
         #[arg(long, value_name = "URL")]
         issuer: String,
-        /// The audience the token must be for (the API's identifier)
+        /// The audience the token must be for (the API's identifier); required unless
+        /// --dangerous-no-audience
         #[arg(long, value_name = "A")]
         audience: Option<String>,
+        /// Do not compare aud with an audience (aud must still be present): a token for
+        /// any API of the issuer then passes. Printed in the verdict.
+        #[arg(long, conflicts_with = "audience")]
+        dangerous_no_audience: bool,
         /// The DPoP key thumbprint the token must be bound to (cnf.jkt)
         #[arg(long, value_name = "JKT", allow_hyphen_values = true)]
         jkt: Option<String>,

@@ -43,6 +43,7 @@ mod proxy;
 mod server;
 mod store;
 mod stream;
+mod supervise;
 mod tls;
 mod upstream;
 

@@ -16,8 +16,7 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
             Gateway::bind(config)
                 .await?
                 .serve(dpop_server::shutdown_signal())
-                .await;
-            Ok(())
+                .await
         },
     )
 }
