@@ -143,7 +143,9 @@ pub(crate) enum Command {
     /// Exit status as curl's: 0 a response (whatever its status), 22 a status of 400 or
     /// more with --fail, 6 the host cannot be resolved, 7 no connection, 28 timeout,
     /// 35 TLS handshake failure, 60 the server's certificate is not trusted, 47 too many
-    /// redirects, 23 the output cannot be written; 1 another failure, 2 a usage error.
+    /// redirects, 23 the output cannot be written (also a reader that went away: a
+    /// broken pipe, as curl; 22 all the same for a status of 400 or more with --fail or
+    /// --fail-with-body); 1 another failure, 2 a usage error.
     // Boxed: curl's many flags would make every other variant as large.
     Curl(Box<CurlArgs>),
     /// See the whole system work: issuer, gateway, API, client, and the attacks refused

@@ -722,32 +722,58 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_goes_away_ends_it_quietly() {
-    let dir = TempDir::new("curl-pipe");
-    let (key, _) = keygen(&dir).await;
-    let upstream = TestUpstream::start().await.unwrap();
-    let url = format!("{}/big?bytes=67108864", upstream.url());
+/// Runs `dpop ARGS` and closes its standard output after reading `first` bytes of it
+/// (as `| head -c FIRST` does), which must all be `x`.
+async fn with_reader_gone(args: &[&str], first: usize) -> std::process::Output {
     let mut child = Command::new(DPOP)
-        .args(["curl", &url, "--key", &key])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     // Off the async runtime: the upstream runs on it.
-    let out = tokio::task::spawn_blocking(move || {
-        let mut first = [0_u8; 1024];
-        stdout.read_exact(&mut first).unwrap();
-        assert_eq!(first, [b'x'; 1024]);
-        drop(stdout); // as `| head -c 1024` does
+    tokio::task::spawn_blocking(move || {
+        let mut head = vec![0_u8; first];
+        stdout.read_exact(&mut head).unwrap();
+        assert!(head.iter().all(|b| *b == b'x'));
+        drop(stdout);
         child.wait_with_output()
     })
     .await
     .unwrap()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_is_a_write_error_as_in_curl() {
+    let dir = TempDir::new("curl-pipe");
+    let (key, _) = keygen(&dir).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let big = format!("{}/big?bytes=67108864", upstream.url());
+    // curl's 23, one line naming the broken pipe; -s hides the line, not the code.
+    let out = with_reader_gone(&["curl", &big, "--key", &key], 1024).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
+    assert_eq!(
+        stderr,
+        "error: (23) standard output was closed before everything was written (broken pipe)\n"
+    );
+    let out = with_reader_gone(&["curl", "-s", &big, "--key", &key], 1).await;
+    assert_eq!(
+        (out.status.code(), out.stderr.as_slice()),
+        (Some(23), &b""[..]),
+        "{out:?}"
+    );
+    // A status of 400 or more with --fail or --fail-with-body stays 22, whether or not
+    // the body could be written.
+    let failing = format!("{}/status/500", upstream.url());
+    for fail in ["--fail", "--fail-with-body"] {
+        let out = with_reader_gone(&["curl", "-s", fail, &failing, "--key", &key], 0).await;
+        assert_eq!(out.status.code(), Some(22), "{fail}: {out:?}");
+    }
+    let out = with_reader_gone(&["curl", "-s", &failing, "--key", &key], 0).await;
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
 }
 
 /// How far ahead the clock of the server below runs.

@@ -464,8 +464,9 @@ async fn transfer<W: Write>(
     sink: &mut Sink<'_, W>,
     started: Instant,
 ) -> Result<ExitCode, Failure> {
+    // The reader went away while a redirect's head was printed (-i).
     let Some(outcome) = exchange(plan, clients, args, report, sink).await? else {
-        return Ok(ExitCode::SUCCESS);
+        return Err(output::reader_gone());
     };
     let Outcome {
         mut response,
@@ -484,8 +485,18 @@ async fn transfer<W: Write>(
     let headers = response.headers().clone();
     // -f: curl prints nothing of a failed response; --fail-with-body prints it all.
     let print = !(args.fail && failed);
+    let http_error = failed && (args.fail || args.fail_with_body);
+    // As curl: standard output closed early is a write error (23), unless the status
+    // already makes it 22 with -f.
+    let gone = || {
+        if http_error {
+            Ok(ExitCode::from(exit::HTTP_ERROR))
+        } else {
+            Err(output::reader_gone())
+        }
+    };
     if print && (args.include || args.head) && sink.head(&response)? == Written::ReaderGone {
-        return Ok(ExitCode::SUCCESS);
+        return gone();
     }
     if print && method != Method::HEAD {
         while let Some(chunk) = response
@@ -494,12 +505,12 @@ async fn transfer<W: Write>(
             .map_err(|e| exit::transport(&e, &url))?
         {
             if sink.body(&chunk)? == Written::ReaderGone {
-                return Ok(ExitCode::SUCCESS);
+                return gone();
             }
         }
     }
     if sink.finish()? == Written::ReaderGone {
-        return Ok(ExitCode::SUCCESS);
+        return gone();
     }
     if failed && report.errors {
         let token = clients.static_token.as_deref().filter(|_| signed);
@@ -526,13 +537,13 @@ async fn transfer<W: Write>(
         )
         .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
         if sink.write_out(&text)? == Written::ReaderGone {
-            return Ok(ExitCode::SUCCESS);
+            return gone();
         }
         if sink.finish()? == Written::ReaderGone {
-            return Ok(ExitCode::SUCCESS);
+            return gone();
         }
     }
-    Ok(if failed && (args.fail || args.fail_with_body) {
+    Ok(if http_error {
         ExitCode::from(exit::HTTP_ERROR)
     } else {
         ExitCode::SUCCESS
