@@ -452,7 +452,7 @@ async fn verbose_shows_the_exchange_without_the_token() {
     assert!(
         err.contains(&format!(
             "> authorization: DPoP {}...[{} bytes]",
-            &token[..10],
+            &token[..8],
             token.len()
         )),
         "{err}"
@@ -478,6 +478,60 @@ async fn verbose_shows_the_exchange_without_the_token() {
     assert!(err.contains(&format!("< dpop-nonce: {nonce}")), "{err}");
     assert_eq!(proofs[1]["ath"], Ath::of_token(&token).as_str());
     assert!(err.contains("< HTTP/1.1 200 OK"), "{err}");
+
+    // Cookies, Proxy-Authorization and other Authorization schemes: their length only;
+    // a short token: not even its start.
+    let direct = format!("{}/v1/items", upstream.url());
+    let run = dpop(&[
+        "curl",
+        "-v",
+        &direct,
+        "--key",
+        &key,
+        "-H",
+        "Cookie: sid=cookie-secret",
+        "-H",
+        "Proxy-Authorization: Basic cHJveHktc2VjcmV0",
+        "-H",
+        "Authorization: Token scheme-secret",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    let err = &run.stderr;
+    for secret in ["cookie-secret", "cHJveHktc2VjcmV0", "scheme-secret"] {
+        assert!(!err.contains(secret), "{secret} on stderr: {err}");
+    }
+    assert!(err.contains("> cookie: [redacted, 17 bytes]"), "{err}");
+    assert!(
+        err.contains("> proxy-authorization: [redacted, 22 bytes]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("> authorization: Token [redacted, 13 bytes]"),
+        "{err}"
+    );
+    let short = "opaque-0123456789abcdef";
+    let run = dpop(&["curl", "-v", &direct, "--key", &key, "--token", short]).await;
+    assert!(
+        !run.stderr.contains("opaque") && run.stderr.contains("> authorization: DPoP [23 bytes]"),
+        "{run:#?}"
+    );
+
+    // Usage errors name the flag, never its text.
+    for (flag, value) in [
+        ("-H", "Authorization Bearer header-secret"),
+        ("-H", "Bad Name: header-secret"),
+        ("-H", "X-Key: header-secret\u{1}"),
+        ("-F", "form-secret"),
+        ("-F", "f=<a;form-secret=1"),
+    ] {
+        let run = dpop(&["curl", &direct, "--key", &key, flag, value]).await;
+        assert_eq!(run.code, 2, "{value}: {run:#?}");
+        assert!(
+            !run.stderr.contains("secret") && run.stderr.contains(&format!("{flag} number 1")),
+            "{value}: {run:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
