@@ -388,8 +388,8 @@ async fn a_cache_others_could_control_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_from_a_file_or_stdin_is_redeemed() {
     let s = Setup::start().await;
-    let file = s.dir.file("refresh");
-    std::fs::write(&file, format!("{}\n", s.issuer.issue_refresh_token())).unwrap();
+    let refresh = s.issuer.issue_refresh_token();
+    let file = s.dir.write("refresh", &format!("{refresh}\n"), 0o644);
     let args = [
         "token",
         "--key",
@@ -401,6 +401,18 @@ async fn a_refresh_token_from_a_file_or_stdin_is_redeemed() {
         "--refresh-token-file",
         p(&file),
     ];
+    // Others can read it: refused before anything is sent, the token not shown.
+    let run = dpop(&args).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "the token file {} can be read by other users (mode 0644)",
+            p(&file)
+        )) && !run.stderr.contains(&refresh),
+        "{run:?}"
+    );
+    assert!(s.issuer.token_requests().is_empty());
+    let file = s.dir.write("refresh", &format!("{refresh}\n"), 0o600);
     let response = dpop(&args).await.json();
     assert_eq!(response["token_type"], "DPoP");
     let jkt = dpop(&["thumbprint", p(&s.key)]).await.line().to_owned();

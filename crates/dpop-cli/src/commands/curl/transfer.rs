@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpop_client::{DpopMiddleware, StaticToken, TokenSource};
+use dpop_client::{DpopMiddleware, StaticToken, SubjectToken, TokenSource};
 use reqwest::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderMap, LOCATION,
     PROXY_AUTHORIZATION,
@@ -386,14 +386,13 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
     let inner = http_client(args)?;
     let static_token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
-            if t.trim().is_empty() {
-                return Err(CliError::usage(format!("{} is empty", path.display())));
-            }
-            Some(t)
-        }
+        // Checked as every token file: owner-only, bounded, not empty.
+        (None, Some(path)) => Some(
+            SubjectToken::File(path.clone())
+                .read()
+                .map_err(|e| CliError::usage(format!("--token-file: {e}")))?
+                .to_string(),
+        ),
         (None, None) => None,
     };
     let tokens: Option<Arc<dyn TokenSource>> = match &static_token {
