@@ -39,10 +39,13 @@ fn main() -> ExitCode {
 
 /// Parses the command line (clap exits 2 by itself on usage errors) and runs the command.
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+    let cmd = command();
+    let matches = cmd.clone().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.format(&mut command()).exit(),
     };
+    env::record_sources(&cmd, &matches);
     keyfile::set_passphrase_source(&cli.passphrase);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

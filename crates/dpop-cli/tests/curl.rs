@@ -724,6 +724,23 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
         Some(format!("DPoP {TOKEN}").as_str())
     );
     assert_eq!(seen.header("x-from"), Some("env"));
+    // -v says which settings came from the environment: the value of a path or URL,
+    // never of a token or a header.
+    let run = dpop_env(&["curl", "-v", &url], &env).await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    let err = &run.stderr;
+    assert!(
+        err.contains(&format!("* --key from DPOP_CURL_KEY ({key})\n")),
+        "{err}"
+    );
+    assert!(err.contains("* --token from DPOP_CURL_TOKEN\n"), "{err}");
+    assert!(err.contains("* --header from DPOP_CURL_HEADER\n"), "{err}");
+    assert!(!err.contains(TOKEN) && !err.contains("X-From: env"), "{err}");
+    // Not without -v, and not for a flag given on the command line.
+    let run = dpop_env(&["curl", &url, "--key", &key], &env).await;
+    assert!(!run.stderr.contains("from DPOP_"), "{run:#?}");
+    let run = dpop_env(&["curl", "-v", &url, "--key", &key], &env).await;
+    assert!(!run.stderr.contains("--key from"), "{run:#?}");
     // A boolean flag, and a wrong value refused like the flag's.
     let run = dpop_env(
         &["curl", &url],

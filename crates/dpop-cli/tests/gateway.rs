@@ -436,6 +436,32 @@ async fn a_replay_is_refused_by_another_instance_sharing_redis() {
 
 /// 3. A nonce issued by one instance is accepted by another with the same secret, and
 /// refused by one with another secret.
+/// A security setting taken from the environment is logged with its variable (and its
+/// value, not being secret); one from the command line is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_the_environment_are_logged_with_their_variable() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url())
+        .env("DPOP_GATEWAY_TRUSTED_PROXY", "10.0.0.0/8 192.0.2.1")
+        .env("DPOP_GATEWAY_REPLAY_STORE", "memory")
+        .start()
+        .await;
+    let log = gw.process.output();
+    assert!(
+        log.contains(
+            "setting --trusted-proxy from DPOP_GATEWAY_TRUSTED_PROXY (10.0.0.0/8 192.0.2.1)"
+        ),
+        "{log}"
+    );
+    // A store URL may hold a password: named, not shown.
+    assert!(
+        log.contains("setting --replay-store from DPOP_GATEWAY_REPLAY_STORE\n"),
+        "{log}"
+    );
+    assert!(!log.contains("--issuer from"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonces_are_shared_by_instances_with_the_same_secret() {
     let issuer = MockIssuer::start().await.unwrap();

@@ -379,6 +379,11 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
         errors: !args.silent || args.show_error,
         verbose: args.verbose,
     };
+    if args.verbose {
+        for f in crate::env::from_env() {
+            verbose::info(&f.to_string());
+        }
+    }
     let mut dpop = DpopMiddleware::new(key(&args.key)?);
     if args.verbose {
         dpop = dpop.with_observer(Arc::new(Verbose));
