@@ -45,7 +45,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Default, Args)]
 pub(crate) struct PassphraseArgs {
     /// Read the passphrase of encrypted key files from this file (its first line; - for
-    /// stdin)
+    /// stdin). For keygen, jwk, thumbprint, proof, token and curl only
     #[arg(
         long,
         value_name = "FILE",
@@ -53,7 +53,8 @@ pub(crate) struct PassphraseArgs {
         conflicts_with = "passphrase_env"
     )]
     pub(crate) passphrase_file: Option<PathBuf>,
-    /// Read the passphrase of encrypted key files from this environment variable
+    /// Read the passphrase of encrypted key files from this environment variable. For
+    /// keygen, jwk, thumbprint, proof, token and curl only
     #[arg(long, value_name = "VAR", global = true)]
     pub(crate) passphrase_env: Option<String>,
 }
