@@ -364,7 +364,11 @@ pub(crate) fn read_limited(
 
 /// Reads the open `file` (opened from `path`) as [`read_limited`] does: at most one byte
 /// more than `max`, into a buffer wiped when dropped.
-pub(crate) fn read_open(file: File, path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>, CliError> {
+pub(crate) fn read_open(
+    file: File,
+    path: &Path,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, CliError> {
     let mut buf = Zeroizing::new(Vec::with_capacity(max + 1));
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     file.take(limit)

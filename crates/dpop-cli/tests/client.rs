@@ -334,7 +334,11 @@ async fn curl_through_the_gateway() {
     // A token file others can read, too large, or empty: refused, naming the file and
     // the problem, never the token.
     for (text, mode, needle) in [
-        (format!("{token}\n"), 0o644, "can be read by other users (mode 0644)"),
+        (
+            format!("{token}\n"),
+            0o644,
+            "can be read by other users (mode 0644)",
+        ),
         ("x".repeat(65_537), 0o600, "is larger than 65536 bytes"),
         ("\n".to_owned(), 0o600, "is empty"),
     ] {
@@ -342,7 +346,9 @@ async fn curl_through_the_gateway() {
         let run = dpop(&["curl", &url, "--key", key, "--token-file", p(&bad)], &[]).await;
         assert_eq!(run.code, 2, "{run:#?}");
         assert!(
-            run.stderr.contains("--token-file") && run.stderr.contains(p(&bad)) && run.stderr.contains(needle),
+            run.stderr.contains("--token-file")
+                && run.stderr.contains(p(&bad))
+                && run.stderr.contains(needle),
             "{needle}: {run:#?}"
         );
         assert!(!run.stderr.contains(&token), "{run:#?}");

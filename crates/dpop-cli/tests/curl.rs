@@ -735,7 +735,10 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
     );
     assert!(err.contains("* --token from DPOP_CURL_TOKEN\n"), "{err}");
     assert!(err.contains("* --header from DPOP_CURL_HEADER\n"), "{err}");
-    assert!(!err.contains(TOKEN) && !err.contains("X-From: env"), "{err}");
+    assert!(
+        !err.contains(TOKEN) && !err.contains("X-From: env"),
+        "{err}"
+    );
     // Not without -v, and not for a flag given on the command line.
     let run = dpop_env(&["curl", &url, "--key", &key], &env).await;
     assert!(!run.stderr.contains("from DPOP_"), "{run:#?}");

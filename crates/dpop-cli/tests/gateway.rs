@@ -1217,7 +1217,10 @@ async fn secret_files_others_can_read_are_refused_at_load() {
         assert_eq!(run.code, Some(2), "{setting}: {}", run.stderr);
         assert!(
             run.stderr.contains(setting)
-                && run.stderr.contains(&format!("{} can be read by other users (mode 0644)", file.display()))
+                && run.stderr.contains(&format!(
+                    "{} can be read by other users (mode 0644)",
+                    file.display()
+                ))
                 && !run.stderr.contains(secret),
             "{setting}: {}",
             run.stderr

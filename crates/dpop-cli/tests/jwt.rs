@@ -171,8 +171,9 @@ async fn verify_gives_the_gateways_verdict_and_reason() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stdout
-            .contains("DANGEROUS: aud not compared with an audience (--dangerous-no-audience)\nvalid"),
+        run.stdout.contains(
+            "DANGEROUS: aud not compared with an audience (--dangerous-no-audience)\nvalid"
+        ),
         "{run:?}"
     );
     let run = dpop(&[

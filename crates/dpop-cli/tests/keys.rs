@@ -53,7 +53,11 @@ async fn jwk_prints_kid_alg_and_use_on_request() {
     // A private RSA JWK is for the algorithm it names: another RSA algorithm, which its
     // public key would fit, is refused.
     let rs_jwk = dir.file("rs.json");
-    dpop(&["keygen", "--alg", "RS256", "--jwk", "--out", p(&rs_jwk)], &[]).await;
+    dpop(
+        &["keygen", "--alg", "RS256", "--jwk", "--out", p(&rs_jwk)],
+        &[],
+    )
+    .await;
     let run = dpop(&["jwk", "--alg", "PS256", p(&rs_jwk)], &[]).await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("it signs with RS256"), "{run:?}");

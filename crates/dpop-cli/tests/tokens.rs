@@ -380,7 +380,10 @@ async fn a_cache_others_could_control_is_refused() {
     // A directory group or others may write to.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let run = dpop(&s.token_args(&[])).await;
-    refused(&run, "the token cache's directory can be written by other users (mode 0777)");
+    refused(
+        &run,
+        "the token cache's directory can be written by other users (mode 0777)",
+    );
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(s.token(&[]).await, first);
 }

@@ -65,8 +65,9 @@ impl ClientKey {
     /// [`ClientError::Key`] naming the file and, for loose permissions, the fix.
     pub fn from_file(path: &Path) -> Result<Self, ClientError> {
         let shown = path.display();
-        let text = crate::secret_file::read(path, MAX_KEY_FILE_BYTES, ("key file", "a private key"))
-            .map_err(ClientError::Key)?;
+        let text =
+            crate::secret_file::read(path, MAX_KEY_FILE_BYTES, ("key file", "a private key"))
+                .map_err(ClientError::Key)?;
         Self::from_text(&text).map_err(|e| ClientError::Key(format!("{shown}: {e}")))
     }
 

@@ -15,7 +15,11 @@ pub(crate) type Kind = (&'static str, &'static str);
 /// A message naming the file and the problem: it cannot be read, group or others have a
 /// permission on it (Unix; the mode is that of the file opened), it is larger than
 /// `max`, or it is not UTF-8. Never the content.
-pub(crate) fn read(path: &Path, max: u64, (file, secret): Kind) -> Result<Zeroizing<String>, String> {
+pub(crate) fn read(
+    path: &Path,
+    max: u64,
+    (file, secret): Kind,
+) -> Result<Zeroizing<String>, String> {
     let shown = path.display();
     let cannot = |e: std::io::Error| format!("cannot read the {file} {shown}: {e}");
     let opened = std::fs::File::open(path).map_err(cannot)?;
@@ -43,6 +47,7 @@ pub(crate) fn read(path: &Path, max: u64, (file, secret): Kind) -> Result<Zeroiz
     if bytes.len() as u64 > max {
         return Err(too_large());
     }
-    let text = std::str::from_utf8(&bytes).map_err(|_| format!("the {file} {shown} is not UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| format!("the {file} {shown} is not UTF-8 text"))?;
     Ok(Zeroizing::new(text.to_owned()))
 }

@@ -101,12 +101,10 @@ impl SubjectToken {
     /// [`ClientError::SubjectToken`] when it cannot be read or is empty.
     pub fn read(&self) -> Result<Zeroizing<String>, ClientError> {
         let text = match self {
-            Self::File(path) => crate::secret_file::read(
-                path,
-                MAX_TOKEN_FILE_BYTES,
-                ("token file", "a token"),
-            )
-            .map_err(ClientError::SubjectToken)?,
+            Self::File(path) => {
+                crate::secret_file::read(path, MAX_TOKEN_FILE_BYTES, ("token file", "a token"))
+                    .map_err(ClientError::SubjectToken)?
+            }
             Self::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
                 ClientError::SubjectToken(format!("the environment variable {name} is not set"))
             })?),

@@ -19,11 +19,7 @@ pub(crate) struct Ended {
 impl Ended {
     /// The error for a thread that ended when it should not have.
     fn error(&self) -> GatewayError {
-        let how = if self.returned {
-            "stopped"
-        } else {
-            "panicked"
-        };
+        let how = if self.returned { "stopped" } else { "panicked" };
         GatewayError::Serving(format!("serving thread {} {how}", self.name))
     }
 }
@@ -97,7 +93,10 @@ mod tests {
         let e = until_shutdown(std::future::pending(), &mut rx)
             .await
             .unwrap_err();
-        assert_eq!(e.to_string(), "serving stopped: serving thread t-1 panicked");
+        assert_eq!(
+            e.to_string(),
+            "serving stopped: serving thread t-1 panicked"
+        );
     }
 
     #[tokio::test]

@@ -234,7 +234,9 @@ pub(super) fn plan(args: &CurlArgs, has_token: bool) -> Result<Plan, CliError> {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| CliError::usage(format!("-H number {n}: not a valid header name")))?;
         let value = HeaderValue::from_str(value.trim()).map_err(|_| {
-            CliError::usage(format!("-H number {n}: the value of header {name} is not valid"))
+            CliError::usage(format!(
+                "-H number {n}: the value of header {name} is not valid"
+            ))
         })?;
         headers.append(name, value);
     }

@@ -164,7 +164,10 @@ mod tests {
         assert_eq!(line, format!("Bearer eyJhbGci...[{} bytes]", token.len()));
         // A short token: its length only.
         assert_eq!(
-            shown("authorization", b"DPoP abcdefghijklmnopqrstuvwxyz0123456789"),
+            shown(
+                "authorization",
+                b"DPoP abcdefghijklmnopqrstuvwxyz0123456789"
+            ),
             "DPoP [36 bytes]"
         );
         assert_eq!(
@@ -172,12 +175,18 @@ mod tests {
             "Basic [redacted, 16 bytes]"
         );
         assert_eq!(
-            shown("authorization", b"Token abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"),
+            shown(
+                "authorization",
+                b"Token abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"
+            ),
             "Token [redacted, 62 bytes]"
         );
         assert_eq!(shown("authorization", b"secret"), "[redacted, 6 bytes]");
         assert_eq!(shown("dpop", b"short"), "[5 bytes]");
-        assert_eq!(shown("dpop", token.as_bytes()), format!("eyJhbGci...[{} bytes]", token.len()));
+        assert_eq!(
+            shown("dpop", token.as_bytes()),
+            format!("eyJhbGci...[{} bytes]", token.len())
+        );
         for name in ["Cookie", "set-cookie", "Proxy-Authorization"] {
             assert_eq!(shown(name, b"sid=abc"), "[redacted, 7 bytes]", "{name}");
         }
