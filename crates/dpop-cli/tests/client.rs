@@ -339,7 +339,7 @@ async fn curl_through_the_gateway() {
             0o644,
             "can be read by other users (mode 0644)",
         ),
-        ("x".repeat(65_537), 0o600, "is larger than 65536 bytes"),
+        ("x".repeat(65_537), 0o600, "is larger than 64 KiB"),
         ("\n".to_owned(), 0o600, "is empty"),
     ] {
         let bad = setup.dir.write("bad-token", &text, mode);

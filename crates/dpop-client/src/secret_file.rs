@@ -35,7 +35,12 @@ pub(crate) fn read(
             ));
         }
     }
-    let too_large = || format!("the {file} {shown} is larger than {max} bytes: not a {file}");
+    let too_large = || {
+        format!(
+            "the {file} {shown} is larger than {} KiB: not a {file}",
+            max / 1024
+        )
+    };
     if meta.len() > max {
         return Err(too_large());
     }
