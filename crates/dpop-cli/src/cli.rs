@@ -45,7 +45,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Default, Args)]
 pub(crate) struct PassphraseArgs {
     /// Read the passphrase of encrypted key files from this file (its first line; - for
-    /// stdin)
+    /// stdin). For keygen, jwk, thumbprint, proof, token and curl only
     #[arg(
         long,
         value_name = "FILE",
@@ -53,7 +53,8 @@ pub(crate) struct PassphraseArgs {
         conflicts_with = "passphrase_env"
     )]
     pub(crate) passphrase_file: Option<PathBuf>,
-    /// Read the passphrase of encrypted key files from this environment variable
+    /// Read the passphrase of encrypted key files from this environment variable. For
+    /// keygen, jwk, thumbprint, proof, token and curl only
     #[arg(long, value_name = "VAR", global = true)]
     pub(crate) passphrase_env: Option<String>,
 }
@@ -143,7 +144,9 @@ pub(crate) enum Command {
     /// Exit status as curl's: 0 a response (whatever its status), 22 a status of 400 or
     /// more with --fail, 6 the host cannot be resolved, 7 no connection, 28 timeout,
     /// 35 TLS handshake failure, 60 the server's certificate is not trusted, 47 too many
-    /// redirects, 23 the output cannot be written; 1 another failure, 2 a usage error.
+    /// redirects, 23 the output cannot be written (also a reader that went away: a
+    /// broken pipe, as curl; 22 all the same for a status of 400 or more with --fail or
+    /// --fail-with-body); 1 another failure, 2 a usage error.
     // Boxed: curl's many flags would make every other variant as large.
     Curl(Box<CurlArgs>),
     /// See the whole system work: issuer, gateway, API, client, and the attacks refused
@@ -194,9 +197,12 @@ pub(crate) enum JwtAction {
     /// Verify an access token as the gateway does, and say why it is refused
     ///
     /// The issuer's keys come from its metadata (RFC 8414 or OpenID discovery). The
-    /// checks: size and structure, typ (at+jwt or JWT), alg, signature, iss, aud (with
-    /// --audience; any otherwise), exp, nbf/iat (30 s leeway), cnf.jkt (with --jkt).
-    /// Exits 0 when valid, 1 when not (with the reason code the gateway logs).
+    /// checks: size and structure, typ (at+jwt or JWT), alg, signature, iss, aud (equal
+    /// to --audience), exp, nbf/iat (30 s leeway), cnf.jkt present (a token without it
+    /// is not DPoP-bound: token_not_bound) and equal to --jkt when given. Exits 0 when
+    /// valid, 1 when not (with the reason code the gateway logs). --audience is
+    /// required; --dangerous-no-audience instead skips the comparison (aud must still be
+    /// present) and the verdict says so.
     Verify {
         /// The token, or - to read it from stdin
         #[arg(value_name = "TOKEN|-")]
@@ -204,9 +210,14 @@ pub(crate) enum JwtAction {
         /// The issuer the token must come from; its keys are discovered from it
         #[arg(long, value_name = "URL")]
         issuer: String,
-        /// The audience the token must be for (the API's identifier)
+        /// The audience the token must be for (the API's identifier); required unless
+        /// --dangerous-no-audience
         #[arg(long, value_name = "A")]
         audience: Option<String>,
+        /// Do not compare aud with an audience (aud must still be present): a token for
+        /// any API of the issuer then passes. Printed in the verdict.
+        #[arg(long, conflicts_with = "audience")]
+        dangerous_no_audience: bool,
         /// The DPoP key thumbprint the token must be bound to (cnf.jkt)
         #[arg(long, value_name = "JKT", allow_hyphen_values = true)]
         jkt: Option<String>,

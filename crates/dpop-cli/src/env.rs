@@ -10,8 +10,11 @@
 //! built command gives each flag the prefix of the command it ends up in, from one rule,
 //! and a flag added later gets its variable without anyone remembering to.
 
+use std::sync::OnceLock;
+
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Command};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Command};
 
 /// The commands whose flags are read from the environment, and their prefixes.
 const COMMANDS: [(&str, &str); 5] = [
@@ -81,6 +84,99 @@ fn add_env(cmd: Command, prefix: &str) -> Command {
             _ => arg,
         }
     })
+}
+
+/// Flags whose value is shown where a setting taken from the environment is reported:
+/// paths, URLs and addresses that decide whom the command trusts or talks to, none of
+/// them a secret (a Redis URL may hold a password, a header a token: not listed).
+const SHOWN_VALUES: [&str; 12] = [
+    "cacert",
+    "trusted-proxy",
+    "issuer",
+    "audience",
+    "resource",
+    "public-url",
+    "allowed-host",
+    "listen",
+    "grpc-listen",
+    "admin-listen",
+    "upstream",
+    "key",
+];
+
+/// A flag that took its value from its environment variable.
+#[derive(Debug)]
+pub(crate) struct FromEnv {
+    /// The flag, without its dashes.
+    pub(crate) flag: String,
+    /// The variable.
+    pub(crate) var: String,
+    /// Its value, for the flags of [`SHOWN_VALUES`].
+    pub(crate) value: Option<String>,
+}
+
+impl std::fmt::Display for FromEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--{} from {}", self.flag, self.var)?;
+        match &self.value {
+            Some(v) => write!(f, " ({v})"),
+            None => Ok(()),
+        }
+    }
+}
+
+static FROM_ENV: OnceLock<Vec<FromEnv>> = OnceLock::new();
+
+/// Notes which flags of the command run (`cmd`, parsed into `matches`) came from the
+/// environment, for [`from_env`].
+pub(crate) fn record_sources(cmd: &Command, matches: &ArgMatches) {
+    let mut found = Vec::new();
+    collect(cmd, matches, &mut found);
+    let _ = FROM_ENV.set(found);
+}
+
+fn collect(cmd: &Command, matches: &ArgMatches, found: &mut Vec<FromEnv>) {
+    for arg in cmd.get_arguments() {
+        let (Some(long), Some(var)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) != Some(ValueSource::EnvVariable) {
+            continue;
+        }
+        let value = SHOWN_VALUES.contains(&long).then(|| {
+            matches
+                .get_raw(id)
+                .into_iter()
+                .flatten()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        found.push(FromEnv {
+            flag: long.to_owned(),
+            var: var.to_string_lossy().into_owned(),
+            value,
+        });
+    }
+    if let Some((name, sub)) = matches.subcommand()
+        && let Some(sub_cmd) = cmd.find_subcommand(name)
+    {
+        collect(sub_cmd, sub, found);
+    }
+}
+
+/// The flags of the command run that came from the environment.
+pub(crate) fn from_env() -> &'static [FromEnv] {
+    FROM_ENV.get().map_or(&[], Vec::as_slice)
+}
+
+/// Logs (info) each flag of the command run that came from the environment, for the
+/// servers, whose settings should say where they came from.
+pub(crate) fn log_sources() {
+    for f in from_env() {
+        tracing::info!(target: "dpop::config", "setting {f}");
+    }
 }
 
 /// `replay-store` → `REPLAY_STORE`.

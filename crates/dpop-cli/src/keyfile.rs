@@ -340,27 +340,45 @@ pub(crate) fn read_limited(
     max: usize,
 ) -> Result<(Zeroizing<Vec<u8>>, Option<u32>), CliError> {
     let cannot = |e: io::Error| CliError::usage(format!("cannot read {}: {e}", path.display()));
-    let mut buf = Zeroizing::new(Vec::with_capacity(max + 1));
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    let mode = if is_stdio(path) {
+    if is_stdio(path) {
+        let mut buf = Zeroizing::new(Vec::with_capacity(max + 1));
+        let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
         io::stdin()
             .lock()
             .take(limit)
             .read_to_end(&mut buf)
             .map_err(cannot)?;
-        None
-    } else {
-        let file = File::open(path).map_err(cannot)?;
-        #[cfg(unix)]
-        let mode = {
-            use std::os::unix::fs::PermissionsExt as _;
-            Some(file.metadata().map_err(cannot)?.permissions().mode() & 0o777)
-        };
-        #[cfg(not(unix))]
-        let mode = None;
-        file.take(limit).read_to_end(&mut buf).map_err(cannot)?;
-        mode
+        check_size(&buf, path, max)?;
+        return Ok((buf, None));
+    }
+    let file = File::open(path).map_err(cannot)?;
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt as _;
+        Some(file.metadata().map_err(cannot)?.permissions().mode() & 0o777)
     };
+    #[cfg(not(unix))]
+    let mode = None;
+    Ok((read_open(file, path, max)?, mode))
+}
+
+/// Reads the open `file` (opened from `path`) as [`read_limited`] does: at most one byte
+/// more than `max`, into a buffer wiped when dropped.
+pub(crate) fn read_open(
+    file: File,
+    path: &Path,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(max + 1));
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit)
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+    check_size(&buf, path, max)?;
+    Ok(buf)
+}
+
+fn check_size(buf: &[u8], path: &Path, max: usize) -> Result<(), CliError> {
     if buf.len() > max {
         return Err(CliError::usage(format!(
             "{}: too large (over {max} bytes)",
@@ -371,7 +389,7 @@ pub(crate) fn read_limited(
             }
         )));
     }
-    Ok((buf, mode))
+    Ok(())
 }
 
 /// Writes `parts` (concatenated) to a new file `path` that only its owner can read

@@ -39,10 +39,14 @@ fn main() -> ExitCode {
 
 /// Parses the command line (clap exits 2 by itself on usage errors) and runs the command.
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+    let cmd = command();
+    let matches = cmd.clone().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.format(&mut command()).exit(),
     };
+    env::record_sources(&cmd, &matches);
+    check_passphrase_scope(&cli)?;
     keyfile::set_passphrase_source(&cli.passphrase);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -64,6 +68,29 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Man => completions::man(&command(), &mut out)?,
     };
     Ok(code)
+}
+
+/// The passphrase flags are global (they may follow the subcommand) but mean something
+/// only to the commands that read or write a private key file: elsewhere they are a
+/// usage error rather than silently ignored.
+fn check_passphrase_scope(cli: &Cli) -> Result<(), CliError> {
+    let given = cli.passphrase.passphrase_file.is_some() || cli.passphrase.passphrase_env.is_some();
+    let uses_keys = matches!(
+        cli.command,
+        Command::Keygen(_)
+            | Command::Jwk(_)
+            | Command::Thumbprint(_)
+            | Command::Proof(_)
+            | Command::Token(_)
+            | Command::Curl(_)
+    );
+    if given && !uses_keys {
+        return Err(CliError::usage(
+            "--passphrase-file and --passphrase-env apply only to the commands that read or \
+             write a private key file: keygen, jwk, thumbprint, proof, token and curl",
+        ));
+    }
+    Ok(())
 }
 
 /// The command line: the clap definitions with the environment variables of

@@ -74,11 +74,14 @@ impl FileTokenStore {
     }
 
     /// `FILE` + `suffix`, opened (created 0600) to be locked. Creates the cache's
-    /// directory (0700) when missing.
+    /// directory (0700) when missing, and refuses one that others may write to.
     fn open_lock(&self, suffix: &str) -> Result<(File, PathBuf), ClientError> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.exists() {
             let mut builder = fs::DirBuilder::new();
             builder.recursive(true);
             #[cfg(unix)]
@@ -90,6 +93,7 @@ impl FileTokenStore {
                 .create(dir)
                 .map_err(|e| store_error(dir, format_args!("cannot create the directory: {e}")))?;
         }
+        check_dir(dir)?;
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(suffix);
         let lock_path = PathBuf::from(lock_path);
@@ -100,20 +104,22 @@ impl FileTokenStore {
             use std::os::unix::fs::OpenOptionsExt as _;
             options.mode(0o600);
         }
-        let file = options
+        let file = no_symlink(&mut options)
             .open(&lock_path)
-            .map_err(|e| store_error(&lock_path, format_args!("cannot open the lock file: {e}")))?;
+            .map_err(|e| open_error(&lock_path, "the lock file", &e))?;
+        check_private(&file, &lock_path, "the lock file")?;
         Ok((file, lock_path))
     }
 
     /// The entries, none when the file does not exist yet.
     fn read(&self) -> Result<BTreeMap<String, Value>, ClientError> {
-        if !self.path.exists() {
-            return Ok(BTreeMap::new());
-        }
-        let (bytes, mode) = keyfile::read_limited(&self.path, MAX_CACHE_BYTES)
-            .map_err(|e| ClientError::TokenStore(e.to_string()))?;
-        keyfile::check_owner_only(&self.path, mode, "the token cache")
+        let file = match no_symlink(OpenOptions::new().read(true)).open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(open_error(&self.path, "the token cache", &e)),
+        };
+        check_private(&file, &self.path, "the token cache")?;
+        let bytes = keyfile::read_open(file, &self.path, MAX_CACHE_BYTES)
             .map_err(|e| ClientError::TokenStore(e.to_string()))?;
         // The parse error's position only: its text could quote a token.
         let not_cache = |detail: String| {
@@ -153,6 +159,83 @@ impl FileTokenStore {
         }
         Ok(())
     }
+}
+
+/// `options` refusing a symbolic link as the file (Unix: `O_NOFOLLOW`): whoever could
+/// place one would have the tokens written where they choose.
+fn no_symlink(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed());
+    }
+    options
+}
+
+/// The error for `path` (`what`) that could not be opened, naming a symbolic link.
+fn open_error(path: &Path, what: &str, e: &std::io::Error) -> ClientError {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        return store_error(
+            path,
+            format_args!("{what} is a symbolic link: refused; give the real file's path"),
+        );
+    }
+    store_error(path, format_args!("cannot open {what}: {e}"))
+}
+
+/// Refuses the open `file` (`what` at `path`) unless it belongs to this user and only
+/// its owner may read or write it.
+fn check_private(file: &File, path: &Path, what: &str) -> Result<(), ClientError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = file
+            .metadata()
+            .map_err(|e| store_error(path, format_args!("cannot read {what}'s metadata: {e}")))?;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(store_error(
+                path,
+                format_args!(
+                    "{what} belongs to another user (uid {}, not {me}): refused; remove it or choose another file",
+                    meta.uid()
+                ),
+            ));
+        }
+        keyfile::check_owner_only(path, Some(meta.mode()), what)
+            .map_err(|e| ClientError::TokenStore(e.to_string()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (file, path, what);
+    Ok(())
+}
+
+/// Refuses the cache's directory when group or others may write to it: they could
+/// replace the cache or its lock files.
+fn check_dir(dir: &Path) -> Result<(), ClientError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(dir)
+            .map_err(|e| store_error(dir, format_args!("cannot read the directory: {e}")))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(store_error(
+                dir,
+                format_args!(
+                    "the token cache's directory can be written by other users (mode {mode:04o}): \
+                     refused; run `chmod go-w {}` or choose a private directory",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn to_entry(t: &StoredToken) -> Value {

@@ -234,8 +234,7 @@ async fn token_exchange_of_a_subject_token_file() {
             .unwrap_or_default(),
         ..TokenSpec::default()
     });
-    let subject = setup.dir.file("job-token");
-    std::fs::write(&subject, format!("{job}\n")).unwrap();
+    let subject = setup.dir.write("job-token", &format!("{job}\n"), 0o600);
     let args = [
         "token",
         "--key",
@@ -329,10 +328,31 @@ async fn curl_through_the_gateway() {
     assert_eq!(echo["headers"]["x-dpop-client-id"][0], "svc");
 
     // --token-file: the same, from a file (a trailing newline is fine).
-    let token_file = setup.dir.file("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_file = setup.dir.write("token", &format!("{token}\n"), 0o600);
     let args = ["curl", &url, "--key", key, "--token-file", p(&token_file)];
     assert_eq!(dpop(&args, &[]).await.json()["path"], "/v1/items");
+    // A token file others can read, too large, or empty: refused, naming the file and
+    // the problem, never the token.
+    for (text, mode, needle) in [
+        (
+            format!("{token}\n"),
+            0o644,
+            "can be read by other users (mode 0644)",
+        ),
+        ("x".repeat(65_537), 0o600, "is larger than 64 KiB"),
+        ("\n".to_owned(), 0o600, "is empty"),
+    ] {
+        let bad = setup.dir.write("bad-token", &text, mode);
+        let run = dpop(&["curl", &url, "--key", key, "--token-file", p(&bad)], &[]).await;
+        assert_eq!(run.code, 2, "{run:#?}");
+        assert!(
+            run.stderr.contains("--token-file")
+                && run.stderr.contains(p(&bad))
+                && run.stderr.contains(needle),
+            "{needle}: {run:#?}"
+        );
+        assert!(!run.stderr.contains(&token), "{run:#?}");
+    }
     // The DPoP header is the key's to set.
     let args = [
         "curl", &url, "--key", key, "--token", &token, "-H", "DPoP: x",
@@ -494,7 +514,7 @@ async fn curl_gets_its_own_token_with_the_token_flags() {
     // the client's credentials redacted and no token in sight.
     let err = &run.stderr;
     assert!(err.contains("* token request to "), "{err}");
-    assert!(err.contains("> authorization: Basic [redacted]"), "{err}");
+    assert!(err.contains("> authorization: Basic [redacted, "), "{err}");
     assert!(!err.contains(SVC_SECRET), "{err}");
     let requests = err.lines().filter(|l| l.starts_with("> POST ")).count();
     assert!(requests >= 1, "{err}");

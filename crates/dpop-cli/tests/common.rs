@@ -50,6 +50,20 @@ impl TempDir {
     pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// A file `name` holding `text` with permission bits `mode` (Unix).
+    pub(crate) fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = self.file(name);
+        std::fs::write(&path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        path
+    }
 }
 
 impl Drop for TempDir {

@@ -452,7 +452,7 @@ async fn verbose_shows_the_exchange_without_the_token() {
     assert!(
         err.contains(&format!(
             "> authorization: DPoP {}...[{} bytes]",
-            &token[..10],
+            &token[..8],
             token.len()
         )),
         "{err}"
@@ -478,6 +478,60 @@ async fn verbose_shows_the_exchange_without_the_token() {
     assert!(err.contains(&format!("< dpop-nonce: {nonce}")), "{err}");
     assert_eq!(proofs[1]["ath"], Ath::of_token(&token).as_str());
     assert!(err.contains("< HTTP/1.1 200 OK"), "{err}");
+
+    // Cookies, Proxy-Authorization and other Authorization schemes: their length only;
+    // a short token: not even its start.
+    let direct = format!("{}/v1/items", upstream.url());
+    let run = dpop(&[
+        "curl",
+        "-v",
+        &direct,
+        "--key",
+        &key,
+        "-H",
+        "Cookie: sid=cookie-secret",
+        "-H",
+        "Proxy-Authorization: Basic cHJveHktc2VjcmV0",
+        "-H",
+        "Authorization: Token scheme-secret",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    let err = &run.stderr;
+    for secret in ["cookie-secret", "cHJveHktc2VjcmV0", "scheme-secret"] {
+        assert!(!err.contains(secret), "{secret} on stderr: {err}");
+    }
+    assert!(err.contains("> cookie: [redacted, 17 bytes]"), "{err}");
+    assert!(
+        err.contains("> proxy-authorization: [redacted, 22 bytes]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("> authorization: Token [redacted, 13 bytes]"),
+        "{err}"
+    );
+    let short = "opaque-0123456789abcdef";
+    let run = dpop(&["curl", "-v", &direct, "--key", &key, "--token", short]).await;
+    assert!(
+        !run.stderr.contains("opaque") && run.stderr.contains("> authorization: DPoP [23 bytes]"),
+        "{run:#?}"
+    );
+
+    // Usage errors name the flag, never its text.
+    for (flag, value) in [
+        ("-H", "Authorization Bearer header-secret"),
+        ("-H", "Bad Name: header-secret"),
+        ("-H", "X-Key: header-secret\u{1}"),
+        ("-F", "form-secret"),
+        ("-F", "f=<a;form-secret=1"),
+    ] {
+        let run = dpop(&["curl", &direct, "--key", &key, flag, value]).await;
+        assert_eq!(run.code, 2, "{value}: {run:#?}");
+        assert!(
+            !run.stderr.contains("secret") && run.stderr.contains(&format!("{flag} number 1")),
+            "{value}: {run:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -670,6 +724,26 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
         Some(format!("DPoP {TOKEN}").as_str())
     );
     assert_eq!(seen.header("x-from"), Some("env"));
+    // -v says which settings came from the environment: the value of a path or URL,
+    // never of a token or a header.
+    let run = dpop_env(&["curl", "-v", &url], &env).await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    let err = &run.stderr;
+    assert!(
+        err.contains(&format!("* --key from DPOP_CURL_KEY ({key})\n")),
+        "{err}"
+    );
+    assert!(err.contains("* --token from DPOP_CURL_TOKEN\n"), "{err}");
+    assert!(err.contains("* --header from DPOP_CURL_HEADER\n"), "{err}");
+    assert!(
+        !err.contains(TOKEN) && !err.contains("X-From: env"),
+        "{err}"
+    );
+    // Not without -v, and not for a flag given on the command line.
+    let run = dpop_env(&["curl", &url, "--key", &key], &env).await;
+    assert!(!run.stderr.contains("from DPOP_"), "{run:#?}");
+    let run = dpop_env(&["curl", "-v", &url, "--key", &key], &env).await;
+    assert!(!run.stderr.contains("--key from"), "{run:#?}");
     // A boolean flag, and a wrong value refused like the flag's.
     let run = dpop_env(
         &["curl", &url],
@@ -722,32 +796,58 @@ async fn flags_come_from_the_environment_and_secrets_stay_out_of_help() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_goes_away_ends_it_quietly() {
-    let dir = TempDir::new("curl-pipe");
-    let (key, _) = keygen(&dir).await;
-    let upstream = TestUpstream::start().await.unwrap();
-    let url = format!("{}/big?bytes=67108864", upstream.url());
+/// Runs `dpop ARGS` and closes its standard output after reading `first` bytes of it
+/// (as `| head -c FIRST` does), which must all be `x`.
+async fn with_reader_gone(args: &[&str], first: usize) -> std::process::Output {
     let mut child = Command::new(DPOP)
-        .args(["curl", &url, "--key", &key])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
     // Off the async runtime: the upstream runs on it.
-    let out = tokio::task::spawn_blocking(move || {
-        let mut first = [0_u8; 1024];
-        stdout.read_exact(&mut first).unwrap();
-        assert_eq!(first, [b'x'; 1024]);
-        drop(stdout); // as `| head -c 1024` does
+    tokio::task::spawn_blocking(move || {
+        let mut head = vec![0_u8; first];
+        stdout.read_exact(&mut head).unwrap();
+        assert!(head.iter().all(|b| *b == b'x'));
+        drop(stdout);
         child.wait_with_output()
     })
     .await
     .unwrap()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_is_a_write_error_as_in_curl() {
+    let dir = TempDir::new("curl-pipe");
+    let (key, _) = keygen(&dir).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let big = format!("{}/big?bytes=67108864", upstream.url());
+    // curl's 23, one line naming the broken pipe; -s hides the line, not the code.
+    let out = with_reader_gone(&["curl", &big, "--key", &key], 1024).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
+    assert_eq!(
+        stderr,
+        "error: (23) standard output was closed before everything was written (broken pipe)\n"
+    );
+    let out = with_reader_gone(&["curl", "-s", &big, "--key", &key], 1).await;
+    assert_eq!(
+        (out.status.code(), out.stderr.as_slice()),
+        (Some(23), &b""[..]),
+        "{out:?}"
+    );
+    // A status of 400 or more with --fail or --fail-with-body stays 22, whether or not
+    // the body could be written.
+    let failing = format!("{}/status/500", upstream.url());
+    for fail in ["--fail", "--fail-with-body"] {
+        let out = with_reader_gone(&["curl", "-s", fail, &failing, "--key", &key], 0).await;
+        assert_eq!(out.status.code(), Some(22), "{fail}: {out:?}");
+    }
+    let out = with_reader_gone(&["curl", "-s", &failing, "--key", &key], 0).await;
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
 }
 
 /// How far ahead the clock of the server below runs.

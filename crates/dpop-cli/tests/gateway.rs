@@ -438,6 +438,32 @@ async fn a_replay_is_refused_by_another_instance_sharing_redis() {
 
 /// 3. A nonce issued by one instance is accepted by another with the same secret, and
 /// refused by one with another secret.
+/// A security setting taken from the environment is logged with its variable (and its
+/// value, not being secret); one from the command line is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_from_the_environment_are_logged_with_their_variable() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Launch::flags(&issuer, &upstream.url())
+        .env("DPOP_GATEWAY_TRUSTED_PROXY", "10.0.0.0/8 192.0.2.1")
+        .env("DPOP_GATEWAY_REPLAY_STORE", "memory")
+        .start()
+        .await;
+    let log = gw.process.output();
+    assert!(
+        log.contains(
+            "setting --trusted-proxy from DPOP_GATEWAY_TRUSTED_PROXY (10.0.0.0/8 192.0.2.1)"
+        ),
+        "{log}"
+    );
+    // A store URL may hold a password: named, not shown.
+    assert!(
+        log.contains("setting --replay-store from DPOP_GATEWAY_REPLAY_STORE\n"),
+        "{log}"
+    );
+    assert!(!log.contains("--issuer from"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonces_are_shared_by_instances_with_the_same_secret() {
     let issuer = MockIssuer::start().await.unwrap();
@@ -1162,6 +1188,46 @@ async fn unknown_config_field_exits_2_naming_it() {
         "errors are one line:\n{}",
         unknown.stderr
     );
+}
+
+/// 10b'. Secret files named in the configuration (nonce secrets, the introspection
+/// client secret) that others can read: refused at load, exit 2, naming the setting and
+/// the file, as key and password files are.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_others_can_read_are_refused_at_load() {
+    let dir = crate::common::TempDir::new("gateway-secret-files");
+    let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0";
+    let file = dir.write("secret", &format!("{secret}\n"), 0o644);
+    let head = format!(
+        "listen = \"127.0.0.1:{}\"\nupstream = \"http://127.0.0.1:1\"\nissuer = \"http://127.0.0.1:1\"\naudience = \"{AUD}\"\nallowed_hosts = [\"127.0.0.1\"]\n",
+        free_port()
+    );
+    for (section, setting) in [
+        ("[nonce]\nsecrets_file", "[nonce] secrets_file"),
+        (
+            "[introspection]\nendpoint = \"http://127.0.0.1:1/introspect\"\nclient_id = \"gw\"\nclient_secret_file",
+            "[introspection] client_secret_file",
+        ),
+    ] {
+        let config = TempFile::new(
+            "gateway-e2e",
+            "toml",
+            &format!("{head}\n{section} = \"{}\"\n", file.display()),
+        );
+        let run = run_gateway(&["--config", config.path()]).await;
+        assert_eq!(run.code, Some(2), "{setting}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(setting)
+                && run.stderr.contains(&format!(
+                    "{} can be read by other users (mode 0644)",
+                    file.display()
+                ))
+                && !run.stderr.contains(secret),
+            "{setting}: {}",
+            run.stderr
+        );
+    }
 }
 
 /// 10c. Redis unreachable at start: exit 1 with a message, not a panic.

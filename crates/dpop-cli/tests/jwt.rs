@@ -147,15 +147,95 @@ async fn verify_gives_the_gateways_verdict_and_reason() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.trim_end().ends_with("valid"), "{run:?}");
 
-    // Without --audience, aud is not compared, and the report says so; from stdin.
+    // Without --audience: refused (exit 2, naming the check), nothing verified.
     let other_aud = issuer.mint(&TokenSpec::bound("https://other.example", &jkt));
+    let run = dpop(&["jwt", "verify", &other_aud, "--issuer", issuer.url()]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("--audience is required") && run.stdout.is_empty(),
+        "{run:?}"
+    );
+    // Only with --dangerous-no-audience is aud not compared, and the verdict says so;
+    // from stdin.
     let run = dpop_with_stdin(
-        &["jwt", "verify", "-", "--issuer", issuer.url()],
+        &[
+            "jwt",
+            "verify",
+            "-",
+            "--issuer",
+            issuer.url(),
+            "--dangerous-no-audience",
+        ],
         &[],
         other_aud.as_bytes(),
     );
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("aud not compared"), "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "DANGEROUS: aud not compared with an audience (--dangerous-no-audience)\nvalid"
+        ),
+        "{run:?}"
+    );
+    let run = dpop(&[
+        "jwt",
+        "verify",
+        &other_aud,
+        "--issuer",
+        issuer.url(),
+        "--dangerous-no-audience",
+        "--json",
+    ])
+    .await;
+    let v = run.json_lenient();
+    assert_eq!(
+        (run.code, &v["valid"], &v["dangerous_no_audience"]),
+        (0, &json!(true), &json!(true)),
+        "{v}"
+    );
+    let run = dpop(&[
+        "jwt",
+        "verify",
+        &other_aud,
+        "--issuer",
+        issuer.url(),
+        "--audience",
+        AUD,
+        "--dangerous-no-audience",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+
+    // A token without cnf.jkt is not DPoP-bound: refused also without --jkt, with the
+    // gateway's reason code.
+    let bearer = issuer.mint(&TokenSpec::new(AUD));
+    let run = dpop(&[
+        "jwt",
+        "verify",
+        &bearer,
+        "--issuer",
+        issuer.url(),
+        "--audience",
+        AUD,
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("invalid: token_not_bound"), "{run:?}");
+    let run = dpop(&[
+        "jwt",
+        "verify",
+        &bearer,
+        "--issuer",
+        issuer.url(),
+        "--dangerous-no-audience",
+        "--json",
+    ])
+    .await;
+    let v = run.json_lenient();
+    assert_eq!(
+        (run.code, &v["valid"], &v["error"]["code"]),
+        (1, &json!(false), &json!("token_not_bound")),
+        "{v}"
+    );
 
     // Usage and configuration errors exit 2: an issuer without keys, a bad --jkt, garbage.
     let run = dpop(&[
@@ -176,12 +256,23 @@ async fn verify_gives_the_gateways_verdict_and_reason() {
         &valid,
         "--issuer",
         issuer.url(),
+        "--audience",
+        AUD,
         "--jkt",
         "short",
     ])
     .await;
     assert_eq!(run.code, 2, "{run:?}");
-    let run = dpop(&["jwt", "verify", "not-a-jwt", "--issuer", issuer.url()]).await;
+    let run = dpop(&[
+        "jwt",
+        "verify",
+        "not-a-jwt",
+        "--issuer",
+        issuer.url(),
+        "--audience",
+        AUD,
+    ])
+    .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("invalid: token_invalid"), "{run:?}");
 }

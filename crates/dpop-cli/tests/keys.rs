@@ -50,6 +50,17 @@ async fn jwk_prints_kid_alg_and_use_on_request() {
     let ps: Value =
         serde_json::from_str(dpop(&["jwk", "--alg", "PS256", p(&rsa)], &[]).await.line()).unwrap();
     assert_eq!(ps["alg"], "PS256");
+    // A private RSA JWK is for the algorithm it names: another RSA algorithm, which its
+    // public key would fit, is refused.
+    let rs_jwk = dir.file("rs.json");
+    dpop(
+        &["keygen", "--alg", "RS256", "--jwk", "--out", p(&rs_jwk)],
+        &[],
+    )
+    .await;
+    let run = dpop(&["jwk", "--alg", "PS256", p(&rs_jwk)], &[]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("it signs with RS256"), "{run:?}");
     // A public RSA JWK does not say which one.
     let public = dir.file("rsa.pub.json");
     std::fs::write(&public, dpop(&["jwk", p(&rsa)], &[]).await.line()).unwrap();
@@ -68,6 +79,10 @@ async fn jwk_prints_kid_alg_and_use_on_request() {
     assert_eq!(keys[0]["kid"], jkt.as_str());
     assert_eq!(keys[1]["kid"], ed_jkt.as_str());
     assert_eq!(keys[1]["alg"], "EdDSA");
+    // EdDSA and Ed25519 name the same signature.
+    let ed25519: Value =
+        serde_json::from_str(dpop(&["jwk", "--alg", "Ed25519", p(&ed)], &[]).await.line()).unwrap();
+    assert_eq!(ed25519["alg"], "Ed25519");
     assert!(
         keys.iter()
             .all(|k| k["use"] == "sig" && k.get("d").is_none())
@@ -79,6 +94,26 @@ async fn jwk_prints_kid_alg_and_use_on_request() {
     let parsed = dpop_core::jwt::JwkSet::from_json(&set.to_string()).unwrap();
     assert_eq!(parsed.len(), 2);
     assert!(parsed.has_kid(&jkt) && parsed.has_kid(&ed_jkt));
+}
+
+/// The passphrase flags are global, but only the commands that read or write a key
+/// file take them; elsewhere they are a usage error naming where they apply.
+#[tokio::test]
+async fn passphrase_flags_are_refused_where_no_key_is_read() {
+    for args in [
+        &["jwt", "decode", "x.y.z", "--passphrase-env", "P"][..],
+        &["--passphrase-file", "/dev/null", "completions", "bash"][..],
+        &["demo", "--offline", "--passphrase-env", "P"][..],
+    ] {
+        let run = dpop(args, &[]).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains(
+                "apply only to the commands that read or write a private key file: keygen, jwk, thumbprint, proof, token and curl"
+            ) && run.stdout.is_empty(),
+            "{args:?}: {run:?}"
+        );
+    }
 }
 
 #[tokio::test]

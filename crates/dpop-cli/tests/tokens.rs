@@ -332,11 +332,67 @@ async fn a_bad_cache_file_is_a_usage_error_that_shows_no_token() {
     }
 }
 
+/// A cache (or its lock file) that is a symbolic link, belongs to another user, or sits
+/// in a directory others may write to is refused, naming the file and the problem.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_others_could_control_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::start().await;
+    let first = s.token(&[]).await;
+    let dir = s.cache.parent().unwrap();
+    let refused = |run: &Run, needle: &str| {
+        assert_eq!(run.code, 2, "{needle}: {run:?}");
+        assert!(run.stderr.contains(needle), "{needle}: {run:?}");
+        assert!(!run.stderr.contains(&first), "{run:?}");
+    };
+
+    // The cache as a symbolic link to a file of the same user.
+    let real = dir.join("real.json");
+    std::fs::rename(&s.cache, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &s.cache).unwrap();
+    let run = dpop(&s.token_args(&[])).await;
+    refused(&run, "the token cache is a symbolic link: refused");
+    std::fs::remove_file(&s.cache).unwrap();
+    std::fs::rename(&real, &s.cache).unwrap();
+
+    // A lock file as a symbolic link (to somewhere the lock would create a file).
+    let lock = dir.join("tokens.json.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(dir.join("elsewhere"), &lock).unwrap();
+    let run = dpop(&s.token_args(&[])).await;
+    refused(&run, "the lock file is a symbolic link: refused");
+    assert!(!dir.join("elsewhere").exists());
+    std::fs::remove_file(&lock).unwrap();
+    assert_eq!(s.token(&[]).await, first);
+
+    // Owned by another user (the tests may run as root, which can hand it over).
+    if rustix::process::geteuid().is_root() {
+        rustix::fs::chown(&s.cache, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        let run = dpop(&s.token_args(&[])).await;
+        refused(&run, "the token cache belongs to another user (uid 65534");
+        rustix::fs::chown(&s.cache, Some(rustix::process::geteuid()), None).unwrap();
+        assert_eq!(s.token(&[]).await, first);
+    } else {
+        eprintln!("skipped: a cache of another user needs root to make");
+    }
+
+    // A directory group or others may write to.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = dpop(&s.token_args(&[])).await;
+    refused(
+        &run,
+        "the token cache's directory can be written by other users (mode 0777)",
+    );
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(s.token(&[]).await, first);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_token_from_a_file_or_stdin_is_redeemed() {
     let s = Setup::start().await;
-    let file = s.dir.file("refresh");
-    std::fs::write(&file, format!("{}\n", s.issuer.issue_refresh_token())).unwrap();
+    let refresh = s.issuer.issue_refresh_token();
+    let file = s.dir.write("refresh", &format!("{refresh}\n"), 0o644);
     let args = [
         "token",
         "--key",
@@ -348,6 +404,18 @@ async fn a_refresh_token_from_a_file_or_stdin_is_redeemed() {
         "--refresh-token-file",
         p(&file),
     ];
+    // Others can read it: refused before anything is sent, the token not shown.
+    let run = dpop(&args).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "the token file {} can be read by other users (mode 0644)",
+            p(&file)
+        )) && !run.stderr.contains(&refresh),
+        "{run:?}"
+    );
+    assert!(s.issuer.token_requests().is_empty());
+    let file = s.dir.write("refresh", &format!("{refresh}\n"), 0o600);
     let response = dpop(&args).await.json();
     assert_eq!(response["token_type"], "DPoP");
     let jkt = dpop(&["thumbprint", p(&s.key)]).await.line().to_owned();

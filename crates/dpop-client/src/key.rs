@@ -65,28 +65,9 @@ impl ClientKey {
     /// [`ClientError::Key`] naming the file and, for loose permissions, the fix.
     pub fn from_file(path: &Path) -> Result<Self, ClientError> {
         let shown = path.display();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| ClientError::Key(format!("cannot read the key file {shown}: {e}")))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(ClientError::Key(format!(
-                    "the key file {shown} can be read by other users (mode {mode:04o}); \
-                     a private key must be readable by its owner only: run `chmod 600 {shown}`"
-                )));
-            }
-        }
-        if meta.len() > MAX_KEY_FILE_BYTES {
-            return Err(ClientError::Key(format!(
-                "{shown} is larger than 64 KiB: not a key file"
-            )));
-        }
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| ClientError::Key(format!("cannot read the key file {shown}: {e}")))?,
-        );
+        let text =
+            crate::secret_file::read(path, MAX_KEY_FILE_BYTES, ("key file", "a private key"))
+                .map_err(ClientError::Key)?;
         Self::from_text(&text).map_err(|e| ClientError::Key(format!("{shown}: {e}")))
     }
 

@@ -37,6 +37,7 @@ mod error;
 mod key;
 mod middleware;
 mod observer;
+mod secret_file;
 mod session;
 mod source;
 mod store;
@@ -49,6 +50,6 @@ pub use crate::observer::{Endpoint, Event, Observer, Retry};
 pub use crate::source::{StaticToken, TokenSource};
 pub use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
 pub use crate::tokens::{
-    ClientAuth, Grant, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,
+    ClientAuth, Grant, MAX_TOKEN_FILE_BYTES, OAuthTokens, SubjectToken, TokenRequest, TokenResponse,
 };
 pub use dpop_core::SystemClock;

@@ -101,21 +101,28 @@ impl SubjectToken {
     /// [`ClientError::SubjectToken`] when it cannot be read or is empty.
     pub fn read(&self) -> Result<Zeroizing<String>, ClientError> {
         let text = match self {
-            Self::File(path) => std::fs::read_to_string(path).map_err(|e| {
-                ClientError::SubjectToken(format!("cannot read {}: {e}", path.display()))
-            })?,
-            Self::Env(name) => std::env::var(name).map_err(|_| {
+            Self::File(path) => {
+                crate::secret_file::read(path, MAX_TOKEN_FILE_BYTES, ("token file", "a token"))
+                    .map_err(ClientError::SubjectToken)?
+            }
+            Self::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
                 ClientError::SubjectToken(format!("the environment variable {name} is not set"))
-            })?,
-            Self::Value(v) => v.to_string(),
+            })?),
+            Self::Value(v) => Zeroizing::new(v.to_string()),
         };
         let text = Zeroizing::new(text.trim().to_owned());
         if text.is_empty() {
-            return Err(ClientError::SubjectToken("it is empty".to_owned()));
+            return Err(ClientError::SubjectToken(match self {
+                Self::File(path) => format!("the token file {} is empty", path.display()),
+                _ => "it is empty".to_owned(),
+            }));
         }
         Ok(text)
     }
 }
+
+/// The largest token file read ([`SubjectToken::File`]): far above any real token.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 /// The grant a token source uses for new tokens.
 #[derive(Clone, Debug)]

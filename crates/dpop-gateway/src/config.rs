@@ -705,12 +705,7 @@ fn redis_password(
                 "[replay] takes one of {prefix}_password_file and {prefix}_password_env, not both"
             )));
         }
-        (Some(path), None) => {
-            // Others must not read it, as for private keys.
-            dpop_server::files::check_password_file(path)
-                .map_err(|why| invalid(format!("[replay] {prefix}_password_file: {why}")))?;
-            read_secret_file(path)?
-        }
+        (Some(path), None) => read_secret_file(path, &format!("[replay] {prefix}_password_file"))?,
         (None, Some(var)) => {
             let value = Zeroizing::new(env(var).ok_or_else(|| {
                 invalid(format!(
@@ -730,10 +725,14 @@ fn redis_password(
     Ok(Some(password))
 }
 
-fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, GatewayError> {
+/// The secret in the file of `setting` (trimmed). Others must not read it, as for
+/// private keys (`dpop_server::files`): refused here, at load, naming the setting.
+fn read_secret_file(path: &Path, setting: &str) -> Result<Zeroizing<String>, GatewayError> {
+    dpop_server::files::check_password_file(path)
+        .map_err(|why| invalid(format!("{setting}: {why}")))?;
     std::fs::read_to_string(path)
         .map(|s| Zeroizing::new(s.trim().to_owned()))
-        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| invalid(format!("{setting}: cannot read {}: {e}", path.display())))
 }
 
 /// One line (the CLI prints errors as one line): the file (when read from one), the
@@ -1395,7 +1394,9 @@ impl EnforcementConfig {
             Some(i) => {
                 let client_secret = match (i.client_secret, i.client_secret_file) {
                     (Some(s), None) => Zeroizing::new(s),
-                    (None, Some(path)) => read_secret_file(&path)?,
+                    (None, Some(path)) => {
+                        read_secret_file(&path, "[introspection] client_secret_file")?
+                    }
                     _ => {
                         return Err(invalid(
                             "introspection needs exactly one of client_secret and client_secret_file",
@@ -1504,7 +1505,7 @@ impl EnforcementConfig {
             .map(Zeroizing::new)
             .collect();
         if let Some(path) = &raw.nonce.secrets_file {
-            let text = read_secret_file(path)?;
+            let text = read_secret_file(path, "[nonce] secrets_file")?;
             secrets.extend(
                 text.lines()
                     .filter(|l| !l.trim().is_empty())

@@ -22,6 +22,10 @@ pub enum GatewayError {
     /// it does not speak HTTP/2 where `http2 = true`. The message names the upstream.
     #[error("{0}")]
     Upstream(String),
+    /// Serving stopped: a serving thread (or listener task) could not start, or ended
+    /// (panicked) while the server was running. The message names it.
+    #[error("serving stopped: {0}")]
+    Serving(String),
     /// The token source could not be set up.
     #[error("token source: {0}")]
     Tokens(String),

@@ -44,6 +44,7 @@ mod reload;
 mod server;
 mod store;
 mod stream;
+mod supervise;
 mod tls;
 mod upstream;
 

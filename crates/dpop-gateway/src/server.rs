@@ -34,6 +34,7 @@ use crate::proxy::{Proxy, empty};
 use crate::reload::{AbortOnDrop, Generation, ReloadSource, Reloader, ThreadService};
 use crate::store::GatewayStore;
 use crate::stream::ConnectionSlot;
+use crate::supervise;
 use crate::tls::TlsListener;
 
 /// A gateway ready to serve: listeners bound, keys fetched (or being retried), replay
@@ -163,7 +164,12 @@ impl Gateway {
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
     /// finish for up to the drain timeout.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// # Errors
+    /// When a serving thread cannot be started, or one ends (panics) before `shutdown`
+    /// or while draining: the gateway then stops serving rather than run on part of
+    /// its threads.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Self {
             config,
             local_addr: _,
@@ -234,32 +240,24 @@ impl Gateway {
         // is still open on them). Dropped with this future, both end everything.
         let (drain, draining) = watch::channel(false);
         let (halt, halted) = watch::channel(false);
-        let mut ended = Vec::with_capacity(workers.len());
+        let (report, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let mut running = 0;
         for (index, (worker, slot)) in workers.into_iter().zip(slots).enumerate() {
             // Its own upstream connection pools (in its slot): a request never waits on
             // another thread's connection.
             let (shared, draining, halted) =
                 (Arc::clone(&shared), draining.clone(), halted.clone());
-            let (done, end) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("dpop-gateway-{index}"))
-                .spawn(move || {
-                    worker.run(&slot, &shared, draining, halted);
-                    let _ = done.send(());
-                });
-            match spawned {
-                Ok(_) => ended.push(end),
-                Err(e) => {
-                    tracing::error!(target: "dpop::gateway", error = %e, "cannot start a serving thread");
-                }
-            }
+            let name = format!("dpop-gateway-{index}");
+            supervise::spawn(name.clone(), report.clone(), move || {
+                worker.run(&slot, &shared, draining, halted);
+            })
+            .map_err(|e| {
+                GatewayError::Serving(format!("cannot start serving thread {name}: {e}"))
+            })?;
+            running += 1;
         }
-        drop((draining, halted));
-        if ended.is_empty() {
-            tracing::error!(target: "dpop::gateway", "no serving thread could start: refusing to serve");
-            return;
-        }
-        shutdown.await;
+        drop((draining, halted, report));
+        supervise::until_shutdown(shutdown, &mut ended).await?;
         drop((reload, watch_config));
         tracing::info!(target: "dpop::gateway", timeout_secs = config.enforcement.drain_timeout.as_secs(), "shutting down: draining in-flight requests");
         let _ = drain.send(true);
@@ -272,9 +270,7 @@ impl Gateway {
             tracing::info!(target: "dpop::gateway", "drained");
         }
         let _ = halt.send(true);
-        for end in ended {
-            let _ = end.await;
-        }
+        supervise::stopped(running, &mut ended).await
     }
 }
 

@@ -17,8 +17,7 @@ pub(crate) fn run(args: &AuthzArgs) -> Result<ExitCode, CliError> {
             Authz::bind(config)
                 .await?
                 .serve(dpop_server::shutdown_signal())
-                .await;
-            Ok(())
+                .await
         },
     )
 }

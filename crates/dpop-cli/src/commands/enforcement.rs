@@ -75,6 +75,7 @@ pub(crate) fn run<C>(
     let secret = env_nonce_secret();
     let config = load(secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
     dpop_server::init_logging(enforcement(&config).log_format);
+    crate::env::log_sources();
     super::runtime()?.block_on(async {
         serve(config).await.map_err(start_error)?;
         Ok(ExitCode::SUCCESS)

@@ -25,8 +25,7 @@ pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
                     args.enforcement.config.clone(),
                 )
                 .serve(dpop_server::shutdown_signal())
-                .await;
-            Ok(())
+                .await
         },
     )
 }

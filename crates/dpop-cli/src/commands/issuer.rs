@@ -36,6 +36,7 @@ pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, C
             } else {
                 dpop_server::LogFormat::Text
             });
+            crate::env::log_sources();
             runtime()?.block_on(async {
                 let issuer = Issuer::open(config).await.map_err(failed)?;
                 issuer

@@ -3,8 +3,10 @@
 //!
 //! `verify` uses the gateway's own pieces, not a second validator: the issuer's keys come
 //! through dpop-discovery (metadata, then `jwks_uri`) and the token is checked by
-//! dpop-core's `jwt::verify_access_token` (or `verify_jwt` without `--audience`), with the
-//! same defaults; the reason code is dpop-core's `Error::reason`.
+//! dpop-core's `jwt::verify_access_token` (or `verify_jwt` with `--dangerous-no-audience`:
+//! `aud` must be there but is not compared), with the same defaults; the reason code is
+//! dpop-core's `Error::reason`. A token without `cnf.jkt` is refused as not DPoP-bound
+//! (`token_not_bound`), as the gateway does.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -38,18 +40,35 @@ pub(crate) fn run(args: &JwtArgs, out: &mut dyn Write) -> Result<ExitCode, CliEr
             token,
             issuer,
             audience,
+            dangerous_no_audience,
             jkt,
             now,
             json,
         } => verify(
             token,
             issuer,
-            audience.as_deref(),
+            audience_to_check(audience.as_deref(), *dangerous_no_audience)?,
             jkt.as_deref(),
             *now,
             *json,
             out,
         ),
+    }
+}
+
+/// The audience `aud` is compared with: `--audience`, or `None` with
+/// `--dangerous-no-audience`; neither is a usage error.
+fn audience_to_check(
+    audience: Option<&str>,
+    dangerous_no_audience: bool,
+) -> Result<Option<&str>, CliError> {
+    match (audience, dangerous_no_audience) {
+        (Some(a), _) => Ok(Some(a)),
+        (None, true) => Ok(None),
+        (None, false) => Err(CliError::usage(
+            "--audience is required: a resource server accepts only tokens meant for it \
+             (RFC 9068 section 4); --dangerous-no-audience skips that check",
+        )),
     }
 }
 
@@ -171,9 +190,10 @@ fn verify(
             .map(|t| t.jkt)
             .map_err(Error::from)
     }
+    // Without cnf.jkt a token is a bearer token: a DPoP resource server refuses it.
     .and_then(|bound| match (&expected_jkt, bound) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err(Error::Request(RequestError::TokenNotBound)),
+        (_, None) => Err(Error::Request(RequestError::TokenNotBound)),
+        (None, Some(_)) => Ok(()),
         (Some(expected), Some(actual)) if *expected == actual => Ok(()),
         (Some(_), Some(_)) => Err(Error::KeyMismatch),
     });
@@ -184,6 +204,7 @@ fn verify(
             "header": decoded.as_ref().map(|d| d.0.clone()),
             "claims": decoded.as_ref().map(|d| d.1.clone()),
             "audience_checked": audience.is_some(),
+            "dangerous_no_audience": audience.is_none(),
         });
         if let Err(e) = &verdict {
             object["error"] = json!({ "code": e.reason().as_str(), "message": e.to_string() });
@@ -218,7 +239,10 @@ fn write_verdict(
         writeln!(out)?;
     }
     if !audience_checked {
-        writeln!(out, "note: aud not compared (no --audience)")?;
+        writeln!(
+            out,
+            "DANGEROUS: aud not compared with an audience (--dangerous-no-audience)"
+        )?;
     }
     match verdict {
         Ok(()) => writeln!(out, "valid"),

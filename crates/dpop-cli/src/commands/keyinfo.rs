@@ -70,6 +70,15 @@ fn describe(
     }
     if let Some(alg) = alg {
         let alg = match (alg, key) {
+            // A private key signs with one algorithm (its JWK's `alg`, or the one it was
+            // loaded for): --alg must be that one, not only fit the public key.
+            (Some(a), KeyFile::Private(k)) if !same_algorithm(a, k.algorithm()) => {
+                return Err(CliError::usage(format!(
+                    "--alg {a} does not fit the private key in {}; it signs with {}",
+                    file.display(),
+                    k.algorithm()
+                )));
+            }
             (Some(a), _) if public.fits(a) => a,
             (Some(a), _) => {
                 let usable: Vec<&str> = ALL_ALGORITHMS
@@ -96,6 +105,12 @@ fn describe(
         jwk.insert("use".into(), "sig".into());
     }
     Ok(jwk)
+}
+
+/// Whether `a` and `b` name the same signature (EdDSA and Ed25519 both name Ed25519).
+fn same_algorithm(a: Algorithm, b: Algorithm) -> bool {
+    let ed = |x| matches!(x, Algorithm::EdDsa | Algorithm::Ed25519);
+    a == b || (ed(a) && ed(b))
 }
 
 /// The one algorithm a public key can be for (its curve's), or `None` for RSA keys,

@@ -117,7 +117,11 @@ impl Authz {
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight checks
     /// finish for up to the drain timeout.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// # Errors
+    /// When a listener's task ends (panics) before `shutdown` or while draining: the
+    /// authorizer then stops rather than answer on part of its listeners.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Self {
             config,
             http,
@@ -161,17 +165,42 @@ impl Authz {
             ));
         }
         drop(stopping);
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            Some(ended) = tasks.join_next() => return Err(listener_ended(&ended)),
+        }
         tracing::info!(target: "dpop::authz", timeout_secs = config.enforcement.drain_timeout.as_secs(), "shutting down: draining in-flight checks");
         let _ = stop.send(true);
         let drained = tokio::time::timeout(config.enforcement.drain_timeout, async {
-            while tasks.join_next().await.is_some() {}
+            let mut failed = Ok(());
+            while let Some(ended) = tasks.join_next().await {
+                if ended.is_err() && failed.is_ok() {
+                    failed = Err(listener_ended(&ended));
+                }
+            }
+            failed
         })
         .await;
-        if drained.is_err() {
-            tracing::warn!(target: "dpop::authz", "drain timeout reached; closing remaining connections");
-        } else {
-            tracing::info!(target: "dpop::authz", "drained");
+        match drained {
+            Err(_) => {
+                tracing::warn!(target: "dpop::authz", "drain timeout reached; closing remaining connections");
+                Ok(())
+            }
+            Ok(result) => {
+                tracing::info!(target: "dpop::authz", "drained");
+                result
+            }
         }
     }
+}
+
+/// The error for a listener task that ended (returned or panicked) when it should not
+/// have.
+fn listener_ended(ended: &Result<(), tokio::task::JoinError>) -> GatewayError {
+    let how = match ended {
+        Ok(()) => "stopped",
+        Err(e) if e.is_panic() => "panicked",
+        Err(_) => "was cancelled",
+    };
+    GatewayError::Serving(format!("a listener task {how}"))
 }

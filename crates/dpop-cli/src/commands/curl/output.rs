@@ -137,6 +137,15 @@ impl<'a, W: Write> Sink<'a, W> {
     }
 }
 
+/// Standard output closed before everything was written (a broken pipe): curl's
+/// write error.
+pub(super) fn reader_gone() -> Failure {
+    Failure::new(
+        exit::WRITE,
+        "standard output was closed before everything was written (broken pipe)",
+    )
+}
+
 fn stdout_write(out: &mut impl Write, bytes: &[u8]) -> Result<Written, Failure> {
     match out.write_all(bytes) {
         Ok(()) => Ok(Written::Ok),

@@ -144,10 +144,12 @@ fn multipart(specs: &[String]) -> Result<(Vec<u8>, String), CliError> {
             .collect::<String>()
     );
     let mut body = Vec::new();
-    for spec in specs {
+    // The errors name the flag by its position, never its text: it may hold a secret.
+    for (n, spec) in specs.iter().enumerate() {
+        let n = n + 1;
         let (name, value) = spec
             .split_once('=')
-            .ok_or_else(|| CliError::usage(format!("-F {spec:?} is not 'name=content'")))?;
+            .ok_or_else(|| CliError::usage(format!("-F number {n} is not 'name=content'")))?;
         let (data, filename, content_type) = match value.chars().next() {
             Some(kind @ ('@' | '<')) => {
                 let mut fields = value[1..].split(';');
@@ -159,7 +161,7 @@ fn multipart(specs: &[String]) -> Result<(Vec<u8>, String), CliError> {
                         Some(("filename", f)) => filename = Some(f.to_owned()),
                         _ => {
                             return Err(CliError::usage(format!(
-                                "-F {spec:?}: unknown field {field:?} (type= and filename= are known)"
+                                "-F number {n}: an unknown ;field (type= and filename= are known)"
                             )));
                         }
                     }
@@ -189,7 +191,7 @@ fn multipart(specs: &[String]) -> Result<(Vec<u8>, String), CliError> {
         if let Some(t) = &content_type {
             if t.contains(['\r', '\n']) {
                 return Err(CliError::usage(format!(
-                    "-F {spec:?}: the type has a line break"
+                    "-F number {n}: the type has a line break"
                 )));
             }
             body.extend_from_slice(format!("Content-Type: {t}\r\n").as_bytes());
@@ -215,10 +217,12 @@ fn set_default(headers: &mut HeaderMap, name: HeaderName, value: &str) -> Result
 pub(super) fn plan(args: &CurlArgs, has_token: bool) -> Result<Plan, CliError> {
     let url = url(&args.url)?;
     let mut headers = HeaderMap::new();
-    for h in &args.headers {
+    // The errors name the flag by its position, never its text: it may hold a secret.
+    for (n, h) in args.headers.iter().enumerate() {
+        let n = n + 1;
         let (name, value) = h
             .split_once(':')
-            .ok_or_else(|| CliError::usage(format!("header {h:?} is not 'Name: value'")))?;
+            .ok_or_else(|| CliError::usage(format!("-H number {n} is not 'Name: value'")))?;
         let name = name.trim();
         if name.eq_ignore_ascii_case("dpop")
             || (has_token && name.eq_ignore_ascii_case("authorization"))
@@ -228,9 +232,12 @@ pub(super) fn plan(args: &CurlArgs, has_token: bool) -> Result<Plan, CliError> {
             )));
         }
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| CliError::usage(format!("{name:?} is not a header name")))?;
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| CliError::usage(format!("the value of header {name} is not valid")))?;
+            .map_err(|_| CliError::usage(format!("-H number {n}: not a valid header name")))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            CliError::usage(format!(
+                "-H number {n}: the value of header {name} is not valid"
+            ))
+        })?;
         headers.append(name, value);
     }
     let user_agent = args

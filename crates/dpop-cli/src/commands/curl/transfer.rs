@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpop_client::{DpopMiddleware, StaticToken, TokenSource};
+use dpop_client::{DpopMiddleware, StaticToken, SubjectToken, TokenSource};
 use reqwest::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, HeaderMap, LOCATION,
     PROXY_AUTHORIZATION,
@@ -379,6 +379,11 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
         errors: !args.silent || args.show_error,
         verbose: args.verbose,
     };
+    if args.verbose {
+        for f in crate::env::from_env() {
+            verbose::info(&f.to_string());
+        }
+    }
     let mut dpop = DpopMiddleware::new(key(&args.key)?);
     if args.verbose {
         dpop = dpop.with_observer(Arc::new(Verbose));
@@ -386,14 +391,13 @@ pub(crate) fn run(args: &CurlArgs, out: &mut impl Write) -> Result<ExitCode, Cli
     let inner = http_client(args)?;
     let static_token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
-            if t.trim().is_empty() {
-                return Err(CliError::usage(format!("{} is empty", path.display())));
-            }
-            Some(t)
-        }
+        // Checked as every token file: owner-only, bounded, not empty.
+        (None, Some(path)) => Some(
+            SubjectToken::File(path.clone())
+                .read()
+                .map_err(|e| CliError::usage(format!("--token-file: {e}")))?
+                .to_string(),
+        ),
         (None, None) => None,
     };
     let tokens: Option<Arc<dyn TokenSource>> = match &static_token {
@@ -464,8 +468,9 @@ async fn transfer<W: Write>(
     sink: &mut Sink<'_, W>,
     started: Instant,
 ) -> Result<ExitCode, Failure> {
+    // The reader went away while a redirect's head was printed (-i).
     let Some(outcome) = exchange(plan, clients, args, report, sink).await? else {
-        return Ok(ExitCode::SUCCESS);
+        return Err(output::reader_gone());
     };
     let Outcome {
         mut response,
@@ -484,8 +489,18 @@ async fn transfer<W: Write>(
     let headers = response.headers().clone();
     // -f: curl prints nothing of a failed response; --fail-with-body prints it all.
     let print = !(args.fail && failed);
+    let http_error = failed && (args.fail || args.fail_with_body);
+    // As curl: standard output closed early is a write error (23), unless the status
+    // already makes it 22 with -f.
+    let gone = || {
+        if http_error {
+            Ok(ExitCode::from(exit::HTTP_ERROR))
+        } else {
+            Err(output::reader_gone())
+        }
+    };
     if print && (args.include || args.head) && sink.head(&response)? == Written::ReaderGone {
-        return Ok(ExitCode::SUCCESS);
+        return gone();
     }
     if print && method != Method::HEAD {
         while let Some(chunk) = response
@@ -494,12 +509,12 @@ async fn transfer<W: Write>(
             .map_err(|e| exit::transport(&e, &url))?
         {
             if sink.body(&chunk)? == Written::ReaderGone {
-                return Ok(ExitCode::SUCCESS);
+                return gone();
             }
         }
     }
     if sink.finish()? == Written::ReaderGone {
-        return Ok(ExitCode::SUCCESS);
+        return gone();
     }
     if failed && report.errors {
         let token = clients.static_token.as_deref().filter(|_| signed);
@@ -526,13 +541,13 @@ async fn transfer<W: Write>(
         )
         .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
         if sink.write_out(&text)? == Written::ReaderGone {
-            return Ok(ExitCode::SUCCESS);
+            return gone();
         }
         if sink.finish()? == Written::ReaderGone {
-            return Ok(ExitCode::SUCCESS);
+            return gone();
         }
     }
-    Ok(if failed && (args.fail || args.fail_with_body) {
+    Ok(if http_error {
         ExitCode::from(exit::HTTP_ERROR)
     } else {
         ExitCode::SUCCESS

@@ -1,13 +1,17 @@
 //! `-v`: what goes over the wire, on stderr, in curl's `>`/`<`/`*` style. Secrets are
-//! shortened: the access token and the proof show their first characters and length
-//! (the proof's claims are decoded beside it), client credentials not at all.
+//! shortened: the access token and the proof show at most their first 8 characters and
+//! length (the proof's claims are decoded beside it); other `Authorization` schemes,
+//! `Proxy-Authorization` and cookies only their length; client credentials not at all.
 
 use base64::Engine as _;
 use dpop_client::{Endpoint, Event, Observer};
 use reqwest::header::HeaderMap;
 
-/// Most characters of a token or proof shown (and never more than a quarter of it).
-const SHOWN: usize = 10;
+/// Characters of a token or proof shown: its start (for a JWT, part of its header),
+/// never more, and only of a value at least [`SHOWN_FROM`] long (at most an eighth).
+const SHOWN: usize = 8;
+/// The shortest value whose first [`SHOWN`] characters are shown.
+const SHOWN_FROM: usize = 64;
 
 /// The `-v` observer of the DPoP middleware (resource requests, token requests, retries,
 /// clock corrections).
@@ -54,27 +58,41 @@ pub(super) fn info(text: &str) {
 
 /// `value` cut to its first characters, with its length.
 fn shorten(value: &str) -> String {
-    match value.get(..SHOWN.min(value.len() / 4)) {
-        Some(head) if !head.is_empty() => format!("{head}...[{} bytes]", value.len()),
+    match value.get(..SHOWN) {
+        Some(head) if value.len() >= SHOWN_FROM => {
+            format!("{head}...[{} bytes]", value.len())
+        }
         _ => format!("[{} bytes]", value.len()),
     }
 }
 
-/// What `-v` shows of a header value: the credentials of `Authorization` and the proof
-/// shortened, a `Basic` secret not at all.
+/// What `-v` shows of a header value: the credentials of `Authorization` (DPoP or
+/// Bearer) and the proof shortened; those of any other `Authorization` scheme, of
+/// `Proxy-Authorization`, and cookies not at all (their length only).
 fn shown(name: &str, value: &[u8]) -> String {
     let text = String::from_utf8_lossy(value);
+    let redacted = || format!("[redacted, {} bytes]", value.len());
     if name.eq_ignore_ascii_case("authorization") {
         return match text.split_once(' ') {
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("basic") => {
-                format!("{scheme} [redacted]")
+            Some((scheme, credentials))
+                if scheme.eq_ignore_ascii_case("dpop") || scheme.eq_ignore_ascii_case("bearer") =>
+            {
+                format!("{scheme} {}", shorten(credentials))
             }
-            Some((scheme, credentials)) => format!("{scheme} {}", shorten(credentials)),
-            None => shorten(&text),
+            Some((scheme, credentials)) if !scheme.is_empty() => {
+                format!("{scheme} [redacted, {} bytes]", credentials.len())
+            }
+            _ => redacted(),
         };
     }
     if name.eq_ignore_ascii_case("dpop") {
         return shorten(&text);
+    }
+    if ["proxy-authorization", "cookie", "set-cookie"]
+        .iter()
+        .any(|secret| name.eq_ignore_ascii_case(secret))
+    {
+        return redacted();
     }
     text.into_owned()
 }
@@ -138,16 +156,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_shortened() {
+    fn credentials_are_shortened_or_redacted() {
         let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJlc2lnbmF0dXJl";
         let line = shown("Authorization", format!("DPoP {token}").as_bytes());
-        assert_eq!(line, format!("DPoP eyJhbGciOi...[{} bytes]", token.len()));
+        assert_eq!(line, format!("DPoP eyJhbGci...[{} bytes]", token.len()));
+        let line = shown("authorization", format!("Bearer {token}").as_bytes());
+        assert_eq!(line, format!("Bearer eyJhbGci...[{} bytes]", token.len()));
+        // A short token: its length only.
+        assert_eq!(
+            shown(
+                "authorization",
+                b"DPoP abcdefghijklmnopqrstuvwxyz0123456789"
+            ),
+            "DPoP [36 bytes]"
+        );
         assert_eq!(
             shown("authorization", b"Basic c3ZjOnNlY3JldA=="),
-            "Basic [redacted]"
+            "Basic [redacted, 16 bytes]"
         );
-        assert_eq!(shown("dpop", b"short"), "s...[5 bytes]");
-        assert_eq!(shown("dpop", b"abc"), "[3 bytes]");
+        assert_eq!(
+            shown(
+                "authorization",
+                b"Token abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"
+            ),
+            "Token [redacted, 62 bytes]"
+        );
+        assert_eq!(shown("authorization", b"secret"), "[redacted, 6 bytes]");
+        assert_eq!(shown("dpop", b"short"), "[5 bytes]");
+        assert_eq!(
+            shown("dpop", token.as_bytes()),
+            format!("eyJhbGci...[{} bytes]", token.len())
+        );
+        for name in ["Cookie", "set-cookie", "Proxy-Authorization"] {
+            assert_eq!(shown(name, b"sid=abc"), "[redacted, 7 bytes]", "{name}");
+        }
         assert_eq!(shown("x-other", b"kept"), "kept");
     }
 }
