@@ -689,7 +689,7 @@ impl Proxy {
             Ok(Err(e)) => {
                 self.metrics.upstream("error");
                 // The cause (connect, handshake, ALPN) goes to the log, never to the client.
-                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %upstream::error_chain(&e), "upstream request failed");
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %dpop_core::failure::error_chain(&e), "upstream request failed");
                 empty(StatusCode::BAD_GATEWAY)
             }
             Err(_) => {
