@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use dpop_server::http::{DEFAULT_ROUTE, HttpMetrics};
 use dpop_tower::{DpopEvents, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +41,11 @@ pub struct Metrics {
     upstream: Family<ResultLabels, Counter<u64, AtomicU64>>,
     authz_untrusted_callers: Counter,
     authz_refused: Family<ReasonLabels, Counter>,
+    http: HttpMetrics,
+    /// Each route's label by route id.
+    routes: Vec<Arc<str>>,
+    /// The label of requests that matched no route.
+    default_route: Arc<str>,
 }
 
 impl Default for Metrics {
@@ -49,10 +55,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, with no routes configured.
     #[must_use]
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dpop");
+        Self::with_routes(&[])
+    }
+
+    /// Registers every metric; `routes` are the configured routes' names, by route id
+    /// (the `http_route` label: names from the configuration, never request paths).
+    #[must_use]
+    pub fn with_routes(routes: &[String]) -> Self {
+        let mut root = Registry::default();
+        // The OpenTelemetry names go without a prefix, the DPoP series under `dpop_`.
+        let http = HttpMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("dpop");
         let requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "requests",
@@ -107,8 +123,9 @@ impl Metrics {
             "Checks the authorizer refused before or around the DPoP checks (an incomplete or contradictory report, a forged identity header, a time-out), by reason",
             authz_refused.clone(),
         );
+        let routes = routes.iter().map(|r| Arc::from(r.as_str())).collect();
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             requests,
             verification,
             iat_offset,
@@ -118,7 +135,21 @@ impl Metrics {
             upstream,
             authz_untrusted_callers,
             authz_refused,
+            http,
+            routes,
+            default_route: Arc::from(DEFAULT_ROUTE),
         }
+    }
+
+    /// The OpenTelemetry-named HTTP series.
+    pub(crate) fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
+    /// The `http_route` label of the route with this id (`default` for none).
+    pub(crate) fn route(&self, id: Option<usize>) -> &Arc<str> {
+        id.and_then(|i| self.routes.get(i))
+            .unwrap_or(&self.default_route)
     }
 
     /// The Prometheus text exposition.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dpop_tower::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr};
@@ -19,6 +19,7 @@ use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::access_log::{Caller, Forwarded};
 use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -316,6 +317,8 @@ impl HttpBody for RequestBody {
 /// One upstream and the pooled client of its connection setting.
 struct Upstream {
     config: UpstreamConfig,
+    /// The name in the access log: the configuration's text, made once.
+    name: Arc<str>,
     client: UpstreamClient<RequestBody>,
     /// To probe the upstream at start-up without going through the pool.
     connector: UpstreamConnector,
@@ -356,6 +359,7 @@ impl Upstreams {
             };
             Ok(Arc::new(Upstream {
                 config: u.clone(),
+                name: Arc::from(u.to_string()),
                 client,
                 connector,
                 pool,
@@ -381,6 +385,7 @@ impl Upstreams {
                 .clone();
             Arc::new(Upstream {
                 config: u.config.clone(),
+                name: Arc::clone(&u.name),
                 client,
                 connector: u.connector.clone(),
                 pool: u.pool,
@@ -426,6 +431,8 @@ struct Settings {
     route_max_stream: Vec<Duration>,
     /// `[limits] max_stream_secs`, where no route matched.
     max_stream: Duration,
+    /// Whether the access log is written (`log_requests`): the caller is copied for it.
+    log_requests: bool,
 }
 
 /// The upstream-facing service at the bottom of the gateway stack.
@@ -510,6 +517,7 @@ impl Proxy {
             trusted_proxies: config.enforcement.trusted_proxies.clone(),
             route_max_stream: config.route_max_stream.clone(),
             max_stream: config.max_stream,
+            log_requests: config.enforcement.log_requests,
         };
         Ok(Self {
             upstreams,
@@ -555,13 +563,13 @@ impl Proxy {
             .ok()
     }
 
-    /// Readies `req` for its upstream; returns that upstream and the stream lifetime of
-    /// the request's route.
+    /// Readies `req` for its upstream; returns that upstream, the stream lifetime of
+    /// the request's route and what the access log will say of it.
     fn prepare(
         &self,
         req: &mut Request<Incoming>,
         websocket: bool,
-    ) -> Option<(Arc<Upstream>, Duration)> {
+    ) -> Option<(Arc<Upstream>, Duration, Forwarded)> {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
@@ -570,6 +578,11 @@ impl Proxy {
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         let upstream = Arc::clone(self.upstreams.for_target(&target));
         *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
+        let caller = if s.log_requests {
+            identity.as_ref().map(Caller::of)
+        } else {
+            None
+        };
         // The upstream's version, whatever the client spoke: hyper's client refuses an
         // HTTP/2 request on an HTTP/1.1 connection.
         *req.version_mut() = if upstream.config.http2 {
@@ -647,16 +660,40 @@ impl Proxy {
                 headers.insert(name, value);
             }
         }
-        Some((upstream, lifetime))
+        let forwarded = Forwarded {
+            target,
+            caller,
+            upstream: Arc::clone(&upstream.name),
+            upstream_elapsed: None,
+        };
+        Some((upstream, lifetime, forwarded))
     }
 
     async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
         // The status line goes back in the client's protocol, whatever the upstream's.
         let version = req.version();
         let websocket = stream::is_websocket_upgrade(&req);
-        let Some((upstream, lifetime)) = self.prepare(&mut req, websocket) else {
+        let Some((upstream, lifetime, mut forwarded)) = self.prepare(&mut req, websocket) else {
             return empty(StatusCode::BAD_REQUEST);
         };
+        let mut response = self
+            .send(req, version, websocket, &upstream, lifetime, &mut forwarded)
+            .await;
+        response.extensions_mut().insert(forwarded);
+        response
+    }
+
+    /// Sends the prepared request and relays the answer; the upstream's time goes into
+    /// `forwarded` and `http_client_request_duration_seconds`.
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        version: http::Version,
+        websocket: bool,
+        upstream: &Upstream,
+        lifetime: Duration,
+        forwarded: &mut Forwarded,
+    ) -> Response<Body> {
         if websocket && upstream.config.http2 {
             // An HTTP/1.1 upgrade cannot cross an HTTP/2 connection.
             self.metrics.upstream("error");
@@ -670,10 +707,19 @@ impl Proxy {
         // The timeout covers the response head only: a body or tunnel then streams for
         // as long as its lifetime allows.
         let settings = Arc::clone(&self.settings);
+        let method = req.method().clone();
         let req = req.map(|inner| RequestBody { inner, settings });
-        match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
+        let sent = Instant::now();
+        let result = tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await;
+        let elapsed = sent.elapsed();
+        forwarded.upstream_elapsed = Some(elapsed);
+        match result {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
+                let route = self.metrics.route(forwarded.target.route_id());
+                self.metrics
+                    .http()
+                    .client(&method, resp.status().as_u16(), route, elapsed);
                 *resp.version_mut() = version;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return self.switch_protocols(resp, client_upgrade, lifetime);

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::accept::{Accepting, next_until, stopped};
+use crate::access_log::RequestLog;
 use crate::config::GatewayConfig;
 use crate::enforce;
 use crate::error::GatewayError;
@@ -84,7 +85,7 @@ impl Gateway {
         {
             tracing::warn!(target: "dpop::gateway", "public_url is http:// on a TLS listener: clients reach the proxy in front over plain HTTP, where tokens and proofs can be read");
         }
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_routes(&config.enforcement.route_names));
         let htu = match config.enforcement.public_urls.as_slice() {
             [] => HtuSource::FromRequest {
                 // The scheme the client used on this listener.
@@ -187,6 +188,7 @@ impl Gateway {
         };
         let shared = Arc::new(Shared {
             metadata_layer: layer.clone(),
+            requests: RequestLog::new(Arc::clone(&metrics), config.enforcement.log_requests),
             tls: tls.map(Arc::new),
             protocols: Protocols::new(&config),
             limit: Arc::new(Semaphore::new(config.enforcement.max_connections)),
@@ -276,6 +278,8 @@ impl<S> ConnectionService for S where
 /// the layer that answers the RFC 9728 document.
 struct Shared {
     metadata_layer: DpopLayer<GatewayStore>,
+    /// The access log and request metrics.
+    requests: RequestLog,
     tls: Option<Arc<TlsListener>>,
     protocols: Protocols,
     /// `max_connections`, across all threads.
@@ -388,6 +392,7 @@ fn serve_connection<S: ConnectionService>(
         let svc = request_service(
             service,
             metadata_layer,
+            shared.requests.clone(),
             peer,
             None,
             request_timeout,
@@ -444,6 +449,7 @@ fn serve_connection<S: ConnectionService>(
         let svc = request_service(
             service,
             metadata_layer,
+            shared.requests.clone(),
             peer,
             accepted.client_cert,
             request_timeout,
@@ -600,6 +606,7 @@ pub(crate) async fn drive<C, T, E>(
 fn request_service<S: ConnectionService>(
     service: S,
     metadata_layer: DpopLayer<GatewayStore>,
+    requests: RequestLog,
     peer: SocketAddr,
     client_cert: Option<ClientCertificate>,
     request_timeout: Duration,
@@ -618,6 +625,7 @@ fn request_service<S: ConnectionService>(
     let Activity { first, idle } = activity;
     service_fn(move |mut req: Request<Incoming>| {
         first.seen();
+        let started = requests.start(req.method());
         req.extensions_mut().insert(PeerAddr(peer));
         if let Some(cert) = &client_cert {
             req.extensions_mut().insert(cert.clone());
@@ -635,8 +643,9 @@ fn request_service<S: ConnectionService>(
         // In flight from here until the response body is finished or dropped (a handler
         // dropped before it answers drops the guard too).
         let busy = idle.as_ref().map(Idle::busy);
+        let requests = requests.clone();
         async move {
-            let response = if let Some(response) = metadata {
+            let mut response = if let Some(response) = metadata {
                 response
             } else {
                 match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
@@ -645,6 +654,7 @@ fn request_service<S: ConnectionService>(
                     Err(_) => empty(StatusCode::GATEWAY_TIMEOUT),
                 }
             };
+            requests.finish(started, peer, &mut response);
             Ok::<_, Infallible>(match busy {
                 Some(busy) => response.map(|body| InFlight { body, _busy: busy }.boxed()),
                 None => response,
@@ -770,9 +780,8 @@ pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>) -> Readiness {
     let store = tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
         .await
         .unwrap_or(false);
-    let ready = keys && store;
-    Readiness::json(
-        ready,
-        &serde_json::json!({"ready": ready, "token_keys_loaded": keys, "replay_store_reachable": store}),
-    )
+    Readiness::checks(&[
+        ("token_keys_loaded", keys),
+        ("replay_store_reachable", store),
+    ])
 }
