@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpop_server::http::ActiveRequest;
+use dpop_server::http::{ActiveRequest, method_label};
 use dpop_tower::{AuthorizedTarget, DpopIdentity, Outcome};
 use http::{Method, Response};
 
@@ -116,15 +116,15 @@ impl RequestLog {
         let route = self.metrics.route(target.and_then(AuthorizedTarget::route_id));
         self.metrics
             .http()
-            .server(&started.method, status, route, elapsed);
+            .server(method_label(&started.method), status, route, elapsed);
         if !self.enabled {
             return;
         }
         let (outcome, reason) = outcome_fields(outcome.as_ref());
         let caller = forwarded.as_ref().and_then(|f| f.caller.as_ref());
         line(&Line {
-            peer,
-            method: &started.method,
+            peer: Some(peer),
+            method: started.method.as_str(),
             path: target.map(path_of),
             status,
             elapsed,
@@ -140,8 +140,9 @@ impl RequestLog {
 
 /// One access-log line's fields.
 pub(crate) struct Line<'a> {
-    pub(crate) peer: SocketAddr,
-    pub(crate) method: &'a Method,
+    /// The client's address (the authorizer does not know it: its caller is a proxy).
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) method: &'a str,
     pub(crate) path: Option<&'a str>,
     pub(crate) status: u16,
     pub(crate) elapsed: Duration,
@@ -164,8 +165,8 @@ pub(crate) fn line(l: &Line<'_>) {
     let caller = l.caller.unwrap_or(&none);
     tracing::info!(
         target: "dpop::access",
-        peer = %l.peer,
-        method = l.method.as_str(),
+        peer = l.peer.map(tracing::field::display),
+        method = l.method,
         path = l.path,
         status = l.status,
         duration_ms = millis(l.elapsed),

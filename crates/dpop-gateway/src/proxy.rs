@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dpop_server::http::method_label;
 use dpop_tower::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -719,7 +720,7 @@ impl Proxy {
                 let route = self.metrics.route(forwarded.target.route_id());
                 self.metrics
                     .http()
-                    .client(&method, resp.status().as_u16(), route, elapsed);
+                    .client(method_label(&method), resp.status().as_u16(), route, elapsed);
                 *resp.version_mut() = version;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return self.switch_protocols(resp, client_upgrade, lifetime);

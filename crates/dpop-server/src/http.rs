@@ -111,27 +111,28 @@ impl HttpMetrics {
         ActiveRequest(self.active.clone())
     }
 
-    /// A served request: its method, status, route label and duration.
-    pub fn server(&self, method: &Method, status: u16, route: &Arc<str>, elapsed: Duration) {
+    /// A served request: its method (as [`method_label`] gives it), status, route label
+    /// and duration.
+    pub fn server(&self, method: &'static str, status: u16, route: &Arc<str>, elapsed: Duration) {
         observe(&self.server, method, status, route, elapsed);
     }
 
-    /// A request made to serve one (the upstream call).
-    pub fn client(&self, method: &Method, status: u16, route: &Arc<str>, elapsed: Duration) {
+    /// A request made to serve one (the upstream call), labelled as [`Self::server`].
+    pub fn client(&self, method: &'static str, status: u16, route: &Arc<str>, elapsed: Duration) {
         observe(&self.client, method, status, route, elapsed);
     }
 }
 
 fn observe(
     family: &DurationFamily,
-    method: &Method,
+    method: &'static str,
     status: u16,
     route: &Arc<str>,
     elapsed: Duration,
 ) {
     family
         .get_or_create(&RequestLabels {
-            http_request_method: method_label(method),
+            http_request_method: method,
             http_response_status_code: status,
             http_route: Arc::clone(route),
         })
@@ -170,8 +171,8 @@ mod tests {
             let text = crate::metrics::encode(&registry);
             assert!(text.contains("http_server_active_requests 1"), "{text}");
         }
-        m.server(&Method::GET, 200, &route, Duration::from_millis(3));
-        m.client(&Method::GET, 200, &route, Duration::from_millis(2));
+        m.server("GET", 200, &route, Duration::from_millis(3));
+        m.client("GET", 200, &route, Duration::from_millis(2));
         let text = crate::metrics::encode(&registry);
         assert!(text.contains("http_server_active_requests 0"), "{text}");
         assert!(
