@@ -1718,3 +1718,33 @@ async fn access_log_can_be_turned_off() {
     );
     assert!(access_lines(&gw).is_empty(), "{}", gw.process.output());
 }
+
+/// An issuer that is down is retried every second, but its cause is logged once, not
+/// once per attempt; the DPoP key source names the cause ("connection refused").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_issuer_is_logged_once_with_its_cause() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let mut launch = Launch::flags(&issuer, &upstream.url());
+    // Port 1: nothing listens there.
+    let i = launch.args.iter().position(|a| a == "--issuer").unwrap();
+    launch.args[i + 1] = "http://127.0.0.1:1".to_owned();
+    let gw = launch.start().await;
+    // Long enough for three more retries at the one-second interval.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let log = gw.process.output();
+    let failing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("issuer keys fetch failing"))
+        .collect();
+    assert_eq!(failing.len(), 1, "{log}");
+    assert!(
+        failing[0].to_ascii_lowercase().contains("connection refused"),
+        "the cause is named: {log}"
+    );
+    let refused = log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("connection refused"))
+        .count();
+    assert_eq!(refused, 1, "one line for four failed attempts:\n{log}");
+}
