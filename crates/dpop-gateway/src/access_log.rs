@@ -113,7 +113,9 @@ impl RequestLog {
             .as_ref()
             .map(|f| &f.target)
             .or(refused_target.as_ref());
-        let route = self.metrics.route(target.and_then(AuthorizedTarget::route_id));
+        let route = self
+            .metrics
+            .route(target.and_then(AuthorizedTarget::route_id));
         self.metrics
             .http()
             .server(method_label(&started.method), status, route, elapsed);
@@ -154,8 +156,9 @@ pub(crate) struct Line<'a> {
     pub(crate) upstream_elapsed: Option<Duration>,
 }
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// Milliseconds, to the microsecond.
+pub(crate) fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// Writes one line at `dpop::access` (the gateway's requests and the authorizer's

@@ -711,16 +711,20 @@ impl Proxy {
         let method = req.method().clone();
         let req = req.map(|inner| RequestBody { inner, settings });
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await;
+        let result =
+            tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await;
         let elapsed = sent.elapsed();
         forwarded.upstream_elapsed = Some(elapsed);
         match result {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
                 let route = self.metrics.route(forwarded.target.route_id());
-                self.metrics
-                    .http()
-                    .client(method_label(&method), resp.status().as_u16(), route, elapsed);
+                self.metrics.http().client(
+                    method_label(&method),
+                    resp.status().as_u16(),
+                    route,
+                    elapsed,
+                );
                 *resp.version_mut() = version;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return self.switch_protocols(resp, client_upgrade, lifetime);

@@ -1,10 +1,10 @@
 //! The replay store the gateway was configured with.
 
+use dpop_core::failure::{DEFAULT_SUMMARY_INTERVAL, FailureReporter, error_chain};
 use dpop_core::{
     AsyncReplayStore, Insert, MemoryReplayConfig, MemoryReplayStore, ReplayKey, ReplayStore,
     ReplayStoreError, UnixTime,
 };
-use dpop_core::failure::{DEFAULT_SUMMARY_INTERVAL, FailureReporter, error_chain};
 use dpop_redis::{RedisReplayStore, RedisStoreConfig};
 
 use crate::config::ReplayStoreConfig;

@@ -124,7 +124,7 @@ pub(crate) async fn log_request(
             endpoint = &**label,
             status,
             error = error.map(RfcError::as_str),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             grant_type = token.as_ref().map(|t| t.grant),
             client_id = token.as_ref().and_then(|t| t.client_id.as_deref()),
             "request"

@@ -156,9 +156,7 @@ where
                 resource_metadata: None,
             };
             let mut response = build_rejection::<ResBody>(&error, &ctx);
-            response
-                .extensions_mut()
-                .insert(Outcome::Rejected(reason));
+            response.extensions_mut().insert(Outcome::Rejected(reason));
             return Ok(response);
         }
     };

@@ -237,7 +237,9 @@ impl Authorizer {
         identity: Option<&DpopIdentity>,
     ) {
         let elapsed = started.elapsed();
-        let route = self.metrics.route(target.and_then(AuthorizedTarget::route_id));
+        let route = self
+            .metrics
+            .route(target.and_then(AuthorizedTarget::route_id));
         let method = method.map_or("_OTHER", method_label);
         self.metrics
             .http()
