@@ -252,6 +252,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "only the origin: every time the reporter is given is computed from it"
+    )]
     fn first_failure_then_summaries_then_recovery() {
         let t0 = Instant::now();
         let r = FailureReporter::new("issuer keys fetch", Duration::from_secs(60));

@@ -376,12 +376,7 @@ fn serve_connection<S: ConnectionService>(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let metadata_layer = shared.metadata_layer.clone();
-    let (request_timeout, handshake_timeout, idle_timeout) = (
-        shared.request_timeout,
-        shared.handshake_timeout,
-        shared.idle_timeout,
-    );
+    let (handshake_timeout, idle_timeout) = (shared.handshake_timeout, shared.idle_timeout);
     // A WebSocket tunnel outlives the connection it was upgraded from and keeps the
     // connection's slot until it ends.
     let permit = ConnectionSlot(Arc::new(permit));
@@ -391,11 +386,9 @@ fn serve_connection<S: ConnectionService>(
         let idle = shared.h2c.then(Idle::new);
         let svc = request_service(
             service,
-            metadata_layer,
-            shared.requests.clone(),
+            shared,
             peer,
             None,
-            request_timeout,
             permit.clone(),
             Activity {
                 first: first.clone(),
@@ -448,11 +441,9 @@ fn serve_connection<S: ConnectionService>(
         let idle = accepted.h2.then(Idle::new);
         let svc = request_service(
             service,
-            metadata_layer,
-            shared.requests.clone(),
+            &shared,
             peer,
             accepted.client_cert,
-            request_timeout,
             permit.clone(),
             Activity {
                 first: first.clone(),
@@ -605,11 +596,9 @@ pub(crate) async fn drive<C, T, E>(
 /// everything else goes through the DPoP layer under the request time limit.
 fn request_service<S: ConnectionService>(
     service: S,
-    metadata_layer: DpopLayer<GatewayStore>,
-    requests: RequestLog,
+    shared: &Shared,
     peer: SocketAddr,
     client_cert: Option<ClientCertificate>,
-    request_timeout: Duration,
     slot: ConnectionSlot,
     activity: Activity,
 ) -> impl hyper::service::Service<
@@ -623,6 +612,9 @@ fn request_service<S: ConnectionService>(
 + Send
 + 'static {
     let Activity { first, idle } = activity;
+    let metadata_layer = shared.metadata_layer.clone();
+    let requests = shared.requests.clone();
+    let request_timeout = shared.request_timeout;
     service_fn(move |mut req: Request<Incoming>| {
         first.seen();
         let started = requests.start(req.method());
