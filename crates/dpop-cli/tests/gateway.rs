@@ -1645,3 +1645,188 @@ async fn a_mismatched_tls_key_exits_2_naming_the_file() {
         exit.stderr
     );
 }
+
+/// The `dpop::access` lines of a gateway logging JSON, parsed.
+fn access_lines(gw: &Gw) -> Vec<serde_json::Value> {
+    gw.process
+        .output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "dpop::access")
+        .collect()
+}
+
+/// The access line of the request to `path`, waiting briefly for it to be written.
+async fn access_line(gw: &Gw, path: &str) -> serde_json::Value {
+    for _ in 0..50 {
+        if let Some(line) = access_lines(gw)
+            .into_iter()
+            .find(|v| v["fields"]["path"] == path)
+        {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no access line for {path}:\n{}", gw.process.output());
+}
+
+/// One access line per request, with the canonical path, outcome, reason, caller,
+/// route and upstream, and never the token, the proof or the query string; the
+/// OpenTelemetry-named metrics carry the configured route, not the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_names_the_request_and_never_its_secrets() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let launch = Launch::bare();
+    let file = config_file(
+        &launch,
+        &issuer,
+        &upstream.url(),
+        "[[routes]]\npath_prefix = \"/v1\"\nscopes = [\"read\"]\n",
+    );
+    let gw = launch
+        .arg("--config")
+        .arg(file.path())
+        .arg("--log-json")
+        .start()
+        .await;
+    let caller = Caller::new(&issuer, "read");
+
+    let secret_query = "api_key=query-secret-value";
+    let (ok, proof_ok) = gw
+        .get(&caller, &format!("/v1/items/7?{secret_query}"))
+        .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let line = access_line(&gw, "/v1/items/7").await;
+    let f = &line["fields"];
+    assert_eq!(line["level"], "INFO");
+    assert!(line["timestamp"].is_string(), "{line}");
+    assert_eq!(f["message"], "request");
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["outcome"], "accepted");
+    assert!(f.get("reason").is_none(), "{line}");
+    assert_eq!(f["client_id"], "client-1");
+    assert_eq!(f["sub"], "user-1");
+    assert_eq!(f["jkt"], caller.jkt());
+    assert_eq!(f["route"], "/v1");
+    assert_eq!(f["upstream"], format!("{}/", upstream.url()));
+    assert!(
+        f["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert!(f["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+    let upstream_ms = f["upstream_ms"].as_f64().unwrap();
+    assert!(
+        upstream_ms > 0.0 && upstream_ms <= f["duration_ms"].as_f64().unwrap(),
+        "{line}"
+    );
+
+    // Refused: a proof for another path. The line has the reason code and no caller.
+    let htu = format!("{}/v1/other", gw.htu_base);
+    let wrong = caller.proof("GET", &htu, None);
+    let url = format!("{}/v1/refused?{secret_query}", gw.url);
+    let refused = send_dpop("GET", &url, &caller.authorization(), &wrong, &[], b"").await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    let line = access_line(&gw, "/v1/refused").await;
+    let f = &line["fields"];
+    assert_eq!(f["status"], 401);
+    assert_eq!(f["outcome"], "rejected");
+    assert_eq!(f["reason"], "htu_mismatch");
+    assert_eq!(f["route"], "/v1");
+    assert!(
+        f.get("client_id").is_none() && f.get("upstream").is_none(),
+        "{line}"
+    );
+
+    // A target that is not canonical is logged without any path.
+    let odd = send("GET", &format!("{}/v1/a/../b", gw.url), &[], b"").await;
+    assert_eq!(odd.status, 400);
+
+    let log = gw.process.output();
+    assert!(!log.contains("query-secret-value"), "{log}");
+    gw.assert_log_clean(&[&caller.token, &proof_ok, &wrong]);
+    let lines = access_lines(&gw);
+    let text = format!("{lines:?}");
+    assert!(
+        !text.contains("/v1/a/"),
+        "the raw target is never in the access log: {text}"
+    );
+    assert_eq!(lines.len(), 3, "one line per request: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["reason"] == "non_canonical_target"
+                && l["fields"].get("path").is_none()),
+        "{lines:?}"
+    );
+
+    let metrics = gw.metrics().await;
+    for series in [
+        r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/v1"} 1"#,
+        r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="401",http_route="/v1"} 1"#,
+        r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="400",http_route="default"} 1"#,
+        r#"http_client_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/v1"} 1"#,
+        "http_server_active_requests 0",
+        r#"dpop_requests_total{outcome="accepted",reason=""} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("/v1/items"), "paths are never labels");
+}
+
+/// `log_requests = false` turns the access log off; the metrics stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_can_be_turned_off() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let launch = Launch::bare();
+    let file = config_file(&launch, &issuer, &upstream.url(), "log_requests = false\n");
+    let gw = launch
+        .arg("--config")
+        .arg(file.path())
+        .arg("--log-json")
+        .start()
+        .await;
+    let caller = Caller::new(&issuer, "read");
+    let (ok, _) = gw.get(&caller, "/quiet").await;
+    assert_eq!(ok.status, 200);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="default"} 1"#),
+        "{metrics}"
+    );
+    assert!(access_lines(&gw).is_empty(), "{}", gw.process.output());
+}
+
+/// An issuer that is down is retried every second, but its cause is logged once, not
+/// once per attempt; the DPoP key source names the cause ("connection refused").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_issuer_is_logged_once_with_its_cause() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let mut launch = Launch::flags(&issuer, &upstream.url());
+    // Port 1: nothing listens there.
+    let i = launch.args.iter().position(|a| a == "--issuer").unwrap();
+    launch.args[i + 1] = "http://127.0.0.1:1".to_owned();
+    let gw = launch.start().await;
+    // Long enough for three more retries at the one-second interval.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let log = gw.process.output();
+    let failing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("issuer keys fetch failing"))
+        .collect();
+    assert_eq!(failing.len(), 1, "{log}");
+    assert!(
+        failing[0]
+            .to_ascii_lowercase()
+            .contains("connection refused"),
+        "the cause is named: {log}"
+    );
+    let refused = log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("connection refused"))
+        .count();
+    assert_eq!(refused, 1, "one line for four failed attempts:\n{log}");
+}

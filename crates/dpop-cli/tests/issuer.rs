@@ -27,9 +27,18 @@ struct IssuerSetup {
 
 impl IssuerSetup {
     fn new() -> Self {
+        Self::with(&[])
+    }
+
+    /// With more top-level lines.
+    fn with(top: &[&str]) -> Self {
         let dir = TempDir::new("issuer-e2e");
         let port = free_port();
-        let config = IssuerFixture::new(format!("http://127.0.0.1:{port}"))
+        let mut fixture = IssuerFixture::new(format!("http://127.0.0.1:{port}"));
+        for line in top {
+            fixture = fixture.top(*line);
+        }
+        let config = fixture
             .top(format!("listen = \"127.0.0.1:{port}\""))
             .data_dir("data")
             .client(
@@ -333,5 +342,65 @@ async fn issuer_commands_report_usage_errors_with_exit_2() {
     assert!(
         err.contains("client \"x\"") && err.contains("plaintext"),
         "{err}"
+    );
+}
+
+/// The issuer's access log: one `dpop::access` line per request with the endpoint, the
+/// grant, the client, the status or OAuth error code and the duration, never the
+/// secret, the proof or the token; and its `/metrics` names the endpoint as the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_logs_each_token_request_without_secrets() {
+    let admin = free_port();
+    let admin_line = format!("admin_listen = \"127.0.0.1:{admin}\"");
+    let setup = IssuerSetup::with(&["log_json = true", &admin_line]);
+    let issuer = setup.start().await;
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = get_token(&setup.url(), &key).await;
+    let lines: Vec<Value> = issuer
+        .output()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "dpop::access")
+        .collect();
+    let token_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["endpoint"] == "token")
+        .collect();
+    // The nonce challenge, then the token.
+    assert_eq!(token_lines.len(), 2, "{lines:?}");
+    let (challenge, issued) = (&token_lines[0]["fields"], &token_lines[1]["fields"]);
+    assert_eq!(challenge["status"], 400);
+    assert_eq!(challenge["error"], "use_dpop_nonce");
+    assert_eq!(challenge["grant_type"], "client_credentials");
+    assert_eq!(issued["status"], 200);
+    assert_eq!(issued["method"], "POST");
+    assert_eq!(issued["grant_type"], "client_credentials");
+    assert_eq!(issued["client_id"], "svc");
+    assert!(issued.get("error").is_none(), "{issued}");
+    assert!(issued["duration_ms"].as_f64().unwrap() > 0.0, "{issued}");
+    let log = issuer.output();
+    assert!(!log.contains(SVC_SECRET), "{log}");
+    assert!(!log.contains(&token), "{log}");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "{log}");
+
+    let metrics = dpop_test::http_get(&format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text();
+    for series in [
+        r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="200",http_route="token"} 1"#,
+        r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="400",http_route="token"} 1"#,
+        r#"dpop_issuer_token_requests_total{grant="client_credentials",result="issued"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    let ready = dpop_test::http_get(&format!("http://127.0.0.1:{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.text().trim(),
+        r#"{"database_reachable":true,"ready":true}"#
     );
 }

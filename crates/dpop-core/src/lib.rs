@@ -70,6 +70,7 @@ mod alg;
 mod b64;
 pub mod challenge;
 mod error;
+pub mod failure;
 mod htu;
 mod json;
 mod jwk;

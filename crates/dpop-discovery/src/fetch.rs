@@ -4,7 +4,6 @@
 //! make this process buffer an endless document). Redirects are not followed: a
 //! redirect could lead to a URL the rule refuses.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use crate::url::EndpointUrl;
@@ -57,16 +56,10 @@ impl FetchError {
     }
 }
 
-/// An error and its sources, for operators (reqwest's own message is terse).
+/// An error and its sources, for operators (reqwest's own message is terse: "error
+/// sending request", with "connection refused" or the TLS alert only in its causes).
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    dpop_core::failure::error_chain(e)
 }
 
 /// Why [`read_bounded`] stopped.

@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use dpop_core::failure::{DEFAULT_SUMMARY_INTERVAL, FailureReporter, error_chain};
 use dpop_core::jwt::{self, JwkSet, TokenError};
 use tokio::time::Instant;
 
@@ -148,6 +149,8 @@ pub struct RemoteJwks {
     keys: RwLock<Option<Loaded>>,
     fetch: tokio::sync::Mutex<FetchState>,
     observer: Option<Observer>,
+    /// A failing fetch is logged once with its cause, then summarised, then its recovery.
+    failures: FailureReporter,
 }
 
 impl fmt::Debug for RemoteJwks {
@@ -171,6 +174,7 @@ impl RemoteJwks {
             keys: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
             observer: None,
+            failures: FailureReporter::new("issuer keys fetch", DEFAULT_SUMMARY_INTERVAL),
         }
     }
 
@@ -303,6 +307,9 @@ impl RemoteJwks {
         }
         match result {
             Ok(set) => {
+                if let Some(report) = self.failures.success(std::time::Instant::now()) {
+                    tracing::info!(target: "dpop::jwks", source = ?self.source, "{report}");
+                }
                 tracing::info!(target: "dpop::jwks", source = ?self.source, keys = set.len(), skipped = set.skipped(), "issuer keys loaded");
                 let set = Arc::new(set);
                 *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Loaded {
@@ -314,7 +321,16 @@ impl RemoteJwks {
                 Ok(set)
             }
             Err(e) => {
-                tracing::warn!(target: "dpop::jwks", source = ?self.source, error = %e, "cannot fetch the issuer's keys");
+                // Once with its cause, then a summary a minute at most: a fetch retried
+                // every second while no keys are loaded must not flood the log.
+                if let Some(report) = self
+                    .failures
+                    .failure(std::time::Instant::now(), error_chain(&e))
+                {
+                    tracing::warn!(target: "dpop::jwks", source = ?self.source, "{report}");
+                } else {
+                    tracing::debug!(target: "dpop::jwks", source = ?self.source, error = %e, "cannot fetch the issuer's keys");
+                }
                 state.last_error = Some(e.to_string());
                 if !self.is_ready() {
                     state.failures_without_keys = state.failures_without_keys.saturating_add(1);

@@ -37,6 +37,7 @@ struct RawConfig {
     algorithms: Option<Vec<String>>,
     realm: Option<String>,
     log_format: Option<String>,
+    log_requests: Option<bool>,
     h2c: Option<bool>,
     reload_on_change: Option<bool>,
     tls: Option<RawTls>,
@@ -646,6 +647,12 @@ pub struct EnforcementConfig {
     pub identity_headers: IdentityHeaders,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// One access-log line per request (or check) at target `dpop::access`
+    /// (`log_requests`). Defaults to `true`.
+    pub log_requests: bool,
+    /// Each configured route's name in logs and metric labels, indexed by the route's id
+    /// (its place in the configuration): its path prefix.
+    pub route_names: Vec<String>,
 }
 
 /// How long an introspection answer is reused when `cache_ttl_secs` is not set.
@@ -926,6 +933,12 @@ impl GatewaySettings {
     /// Sets `log_format`.
     pub fn set_log_format(&mut self, format: LogFormat) -> &mut Self {
         self.raw.log_format = Some(format.name().to_owned());
+        self
+    }
+
+    /// Sets `log_requests` (the access log).
+    pub fn set_log_requests(&mut self, on: bool) -> &mut Self {
+        self.raw.log_requests = Some(on);
         self
     }
 
@@ -1413,6 +1426,7 @@ impl EnforcementConfig {
 
         // Routes. The default policy applies where no route matches.
         let require_nonce_default = raw.nonce.require.unwrap_or(false);
+        let route_names = raw.routes.iter().map(|r| r.path_prefix.clone()).collect();
         let mut routes =
             Routes::new(RoutePolicy::new(DpopMode::Required).with_nonce(require_nonce_default));
         for (id, r) in raw.routes.into_iter().enumerate() {
@@ -1603,6 +1617,8 @@ impl EnforcementConfig {
                 )?,
             },
             log_format,
+            log_requests: raw.log_requests.unwrap_or(true),
+            route_names,
         })
     }
 }

@@ -87,8 +87,9 @@ async fn token_source(
             let retry = c.missing_keys_retry_interval;
             let source = JwksSource::new(c, metrics.clone()).map_err(settings_error)?;
             let source = Arc::new(source);
-            if let Err(e) = source.refresh().await {
-                tracing::warn!(target: "dpop::gateway", error = %e, "issuer keys not loaded yet; requests get 503 until they are");
+            if source.refresh().await.is_err() {
+                // The cause was logged by the key source, once (then summarised).
+                tracing::warn!(target: "dpop::gateway", "issuer keys not loaded yet; requests get 503 until they are");
                 // Requests retry too, but an instance that is not ready gets no traffic
                 // from a load balancer probing /readyz: without this it would stay
                 // unready for good.

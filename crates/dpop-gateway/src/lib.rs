@@ -33,6 +33,7 @@
 //! It does not issue tokens.
 
 mod accept;
+mod access_log;
 mod authz;
 mod config;
 mod enforce;

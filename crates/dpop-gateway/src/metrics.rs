@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use dpop_server::http::{DEFAULT_ROUTE, HttpMetrics};
 use dpop_tower::{DpopEvents, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +29,28 @@ struct ResultLabels {
     result: &'static str,
 }
 
+/// The `http_route` label of each route, by route id (names from the configuration,
+/// never request paths), and `default` for requests that matched no route.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteLabels {
+    routes: Arc<[Arc<str>]>,
+    default: Arc<str>,
+}
+
+impl RouteLabels {
+    pub(crate) fn new(names: &[String]) -> Self {
+        Self {
+            routes: names.iter().map(|r| Arc::from(r.as_str())).collect(),
+            default: Arc::from(DEFAULT_ROUTE),
+        }
+    }
+
+    /// The label of the route with this id.
+    pub(crate) fn get(&self, id: Option<usize>) -> &Arc<str> {
+        id.and_then(|i| self.routes.get(i)).unwrap_or(&self.default)
+    }
+}
+
 /// The gateway's metrics, fed by the DPoP layer's events and the proxy.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +67,9 @@ pub struct Metrics {
     config_generation: Gauge,
     config_reload_failures: Counter,
     config_loaded_at: Gauge<f64, AtomicU64>,
+    http: HttpMetrics,
+    /// The `http_route` labels of `dpop authz` (whose routes never change).
+    routes: RouteLabels,
 }
 
 impl Default for Metrics {
@@ -53,10 +79,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, with no routes configured.
     #[must_use]
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dpop");
+        Self::with_routes(&[])
+    }
+
+    /// Registers every metric; `routes` are the configured routes' names, by route id
+    /// (the `http_route` label: names from the configuration, never request paths).
+    #[must_use]
+    pub fn with_routes(routes: &[String]) -> Self {
+        let mut root = Registry::default();
+        // The OpenTelemetry names go without a prefix, the DPoP series under `dpop_`.
+        let http = HttpMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("dpop");
         let requests = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "requests",
@@ -131,8 +167,9 @@ impl Metrics {
             "When the configuration in force was loaded (start-up or the last applied reload), Unix time",
             config_loaded_at.clone(),
         );
+        let routes = RouteLabels::new(routes);
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             requests,
             verification,
             iat_offset,
@@ -145,6 +182,8 @@ impl Metrics {
             config_generation,
             config_reload_failures,
             config_loaded_at,
+            http,
+            routes,
         }
     }
 
@@ -158,6 +197,18 @@ impl Metrics {
     /// Counts a refused reload.
     pub(crate) fn config_reload_failed(&self) {
         self.config_reload_failures.inc();
+    }
+
+    /// The OpenTelemetry-named HTTP series.
+    pub(crate) fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
+    /// The `http_route` label of the route with this id, for `dpop authz` (the gateway's
+    /// routes change with a reload: it asks the configuration the request was served
+    /// with, [`crate::proxy::Proxy::routes`]).
+    pub(crate) fn route(&self, id: Option<usize>) -> &Arc<str> {
+        self.routes.get(id)
     }
 
     /// The Prometheus text exposition.

@@ -9,9 +9,10 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dpop_server::http::method_label;
 use dpop_tower::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -19,9 +20,11 @@ use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::access_log::{Caller, Forwarded};
 use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::metrics::RouteLabels;
 use crate::stream::{self, ConnectionSlot};
 use crate::upstream::{self, SystemRoots, UpstreamClient, UpstreamConnector};
 
@@ -316,6 +319,8 @@ impl HttpBody for RequestBody {
 /// One upstream and the pooled client of its connection setting.
 struct Upstream {
     config: UpstreamConfig,
+    /// The name in the access log: the configuration's text, made once.
+    name: Arc<str>,
     client: UpstreamClient<RequestBody>,
     /// To probe the upstream at start-up without going through the pool.
     connector: UpstreamConnector,
@@ -356,6 +361,7 @@ impl Upstreams {
             };
             Ok(Arc::new(Upstream {
                 config: u.clone(),
+                name: Arc::from(u.to_string()),
                 client,
                 connector,
                 pool,
@@ -388,6 +394,7 @@ impl Upstreams {
                 .clone();
             Arc::new(Upstream {
                 config: u.config.clone(),
+                name: Arc::clone(&u.name),
                 client,
                 connector: u.connector.clone(),
                 pool: u.pool,
@@ -436,6 +443,8 @@ impl std::fmt::Debug for Upstreams {
 }
 
 struct Settings {
+    /// The `http_route` label of each of this configuration's routes.
+    routes: RouteLabels,
     identity: IdentityHeaders,
     /// What goes from every request head.
     strip: RequestStrip,
@@ -446,6 +455,8 @@ struct Settings {
     route_max_stream: Vec<Duration>,
     /// `[limits] max_stream_secs`, where no route matched.
     max_stream: Duration,
+    /// Whether the access log is written (`log_requests`): the caller is copied for it.
+    log_requests: bool,
 }
 
 /// The upstream-facing service at the bottom of the gateway stack.
@@ -530,6 +541,8 @@ impl Proxy {
             trusted_proxies: config.enforcement.trusted_proxies.clone(),
             route_max_stream: config.route_max_stream.clone(),
             max_stream: config.max_stream,
+            log_requests: config.enforcement.log_requests,
+            routes: RouteLabels::new(&config.enforcement.route_names),
         };
         Ok(Self {
             upstreams,
@@ -543,6 +556,16 @@ impl Proxy {
     #[must_use]
     pub fn with_own_pools(&self) -> Self {
         self.with_pools_after(None)
+    }
+
+    /// The `http_route` labels of this configuration's routes.
+    pub(crate) fn routes(&self) -> &RouteLabels {
+        &self.settings.routes
+    }
+
+    /// Whether this configuration writes the access log.
+    pub(crate) fn log_requests(&self) -> bool {
+        self.settings.log_requests
     }
 
     /// As [`Self::with_own_pools`], for the thread that used `previous` until a
@@ -584,13 +607,13 @@ impl Proxy {
             .ok()
     }
 
-    /// Readies `req` for its upstream; returns that upstream and the stream lifetime of
-    /// the request's route.
+    /// Readies `req` for its upstream; returns that upstream, the stream lifetime of
+    /// the request's route and what the access log will say of it.
     fn prepare(
         &self,
         req: &mut Request<Incoming>,
         websocket: bool,
-    ) -> Option<(Arc<Upstream>, Duration)> {
+    ) -> Option<(Arc<Upstream>, Duration, Forwarded)> {
         let s = &self.settings;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let identity = req.extensions_mut().remove::<DpopIdentity>();
@@ -599,6 +622,11 @@ impl Proxy {
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         let upstream = Arc::clone(self.upstreams.for_target(&target));
         *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
+        let caller = if s.log_requests {
+            identity.as_ref().map(Caller::of)
+        } else {
+            None
+        };
         // The upstream's version, whatever the client spoke: hyper's client refuses an
         // HTTP/2 request on an HTTP/1.1 connection.
         *req.version_mut() = if upstream.config.http2 {
@@ -676,16 +704,40 @@ impl Proxy {
                 headers.insert(name, value);
             }
         }
-        Some((upstream, lifetime))
+        let forwarded = Forwarded {
+            target,
+            caller,
+            upstream: Arc::clone(&upstream.name),
+            upstream_elapsed: None,
+        };
+        Some((upstream, lifetime, forwarded))
     }
 
     async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
         // The status line goes back in the client's protocol, whatever the upstream's.
         let version = req.version();
         let websocket = stream::is_websocket_upgrade(&req);
-        let Some((upstream, lifetime)) = self.prepare(&mut req, websocket) else {
+        let Some((upstream, lifetime, mut forwarded)) = self.prepare(&mut req, websocket) else {
             return empty(StatusCode::BAD_REQUEST);
         };
+        let mut response = self
+            .send(req, version, websocket, &upstream, lifetime, &mut forwarded)
+            .await;
+        response.extensions_mut().insert(forwarded);
+        response
+    }
+
+    /// Sends the prepared request and relays the answer; the upstream's time goes into
+    /// `forwarded` and `http_client_request_duration_seconds`.
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        version: http::Version,
+        websocket: bool,
+        upstream: &Upstream,
+        lifetime: Duration,
+        forwarded: &mut Forwarded,
+    ) -> Response<Body> {
         if websocket && upstream.config.http2 {
             // An HTTP/1.1 upgrade cannot cross an HTTP/2 connection.
             self.metrics.upstream("error");
@@ -699,10 +751,23 @@ impl Proxy {
         // The timeout covers the response head only: a body or tunnel then streams for
         // as long as its lifetime allows.
         let settings = Arc::clone(&self.settings);
+        let method = req.method().clone();
         let req = req.map(|inner| RequestBody { inner, settings });
-        match tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await {
+        let sent = Instant::now();
+        let result =
+            tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await;
+        let elapsed = sent.elapsed();
+        forwarded.upstream_elapsed = Some(elapsed);
+        match result {
             Ok(Ok(mut resp)) => {
                 self.metrics.upstream("ok");
+                let route = self.settings.routes.get(forwarded.target.route_id());
+                self.metrics.http().client(
+                    method_label(&method),
+                    resp.status().as_u16(),
+                    route,
+                    elapsed,
+                );
                 *resp.version_mut() = version;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return self.switch_protocols(resp, client_upgrade, lifetime);
@@ -718,7 +783,7 @@ impl Proxy {
             Ok(Err(e)) => {
                 self.metrics.upstream("error");
                 // The cause (connect, handshake, ALPN) goes to the log, never to the client.
-                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %upstream::error_chain(&e), "upstream request failed");
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %dpop_core::failure::error_chain(&e), "upstream request failed");
                 empty(StatusCode::BAD_GATEWAY)
             }
             Err(_) => {

@@ -17,7 +17,7 @@ use tower::Layer as _;
 use crate::config::GatewayConfig;
 use crate::enforce::{self, htu};
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteLabels};
 use crate::proxy::Proxy;
 use crate::store::GatewayStore;
 use crate::tls::TlsListener;
@@ -114,6 +114,16 @@ impl ThreadService {
 
     pub(crate) fn service(&self) -> &DpopService<Proxy, GatewayStore> {
         &self.service
+    }
+
+    /// The `http_route` labels of this configuration's routes.
+    pub(crate) fn routes(&self) -> &RouteLabels {
+        self.service.get_ref().routes()
+    }
+
+    /// Whether this configuration writes the access log.
+    pub(crate) fn log_requests(&self) -> bool {
+        self.service.get_ref().log_requests()
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::accept::{Accepting, next_until, stopped};
+use crate::access_log::RequestLog;
 use crate::config::GatewayConfig;
 use crate::enforce;
 use crate::error::GatewayError;
@@ -227,6 +228,7 @@ impl Gateway {
             _ => None,
         };
         let shared = Arc::new(Shared {
+            requests: RequestLog::new(Arc::clone(&metrics)),
             tls,
             protocols: Protocols::new(&config),
             limit: Arc::new(Semaphore::new(config.enforcement.max_connections)),
@@ -277,6 +279,8 @@ impl Gateway {
 /// What every serving thread shares: the listener settings and the connection limit
 /// (settings a reload cannot change).
 struct Shared {
+    /// The request metrics and the access log.
+    requests: RequestLog,
     tls: Option<Arc<TlsListener>>,
     protocols: Protocols,
     /// `max_connections`, across all threads.
@@ -382,6 +386,7 @@ fn serve_connection(
         let idle = shared.h2c.then(Idle::new);
         let svc = request_service(
             slot,
+            shared,
             peer,
             None,
             permit.clone(),
@@ -436,6 +441,7 @@ fn serve_connection(
         let idle = accepted.h2.then(Idle::new);
         let svc = request_service(
             slot,
+            &shared,
             peer,
             accepted.client_cert,
             permit.clone(),
@@ -592,6 +598,7 @@ pub(crate) async fn drive<C, T, E>(
 /// goes through the DPoP layer under the request time limit.
 fn request_service(
     current: Arc<ArcSwap<ThreadService>>,
+    shared: &Shared,
     peer: SocketAddr,
     client_cert: Option<ClientCertificate>,
     slot: ConnectionSlot,
@@ -607,8 +614,10 @@ fn request_service(
 + Send
 + 'static {
     let Activity { first, idle } = activity;
+    let requests = shared.requests.clone();
     service_fn(move |mut req: Request<Incoming>| {
         first.seen();
+        let started = requests.start(req.method());
         req.extensions_mut().insert(PeerAddr(peer));
         if let Some(cert) = &client_cert {
             req.extensions_mut().insert(cert.clone());
@@ -630,8 +639,9 @@ fn request_service(
         // In flight from here until the response body is finished or dropped (a handler
         // dropped before it answers drops the guard too).
         let busy = idle.as_ref().map(Idle::busy);
+        let requests = requests.clone();
         async move {
-            let response = if let Some(response) = metadata {
+            let mut response = if let Some(response) = metadata {
                 response
             } else {
                 match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
@@ -640,6 +650,13 @@ fn request_service(
                     Err(_) => empty(StatusCode::GATEWAY_TIMEOUT),
                 }
             };
+            requests.finish(
+                started,
+                peer,
+                &mut response,
+                now.routes(),
+                now.log_requests(),
+            );
             Ok::<_, Infallible>(match busy {
                 Some(busy) => response.map(|body| InFlight { body, _busy: busy }.boxed()),
                 None => response,
@@ -757,9 +774,11 @@ pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>, generation: u64) -
     let store = tokio::time::timeout(Duration::from_secs(1), layer.store().ready())
         .await
         .unwrap_or(false);
-    let ready = keys && store;
-    Readiness::json(
-        ready,
-        &serde_json::json!({"ready": ready, "token_keys_loaded": keys, "replay_store_reachable": store, "config_generation": generation}),
+    Readiness::checks_with(
+        &[
+            ("token_keys_loaded", keys),
+            ("replay_store_reachable", store),
+        ],
+        &[("config_generation", generation)],
     )
 }

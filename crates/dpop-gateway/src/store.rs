@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use dpop_core::failure::{DEFAULT_SUMMARY_INTERVAL, FailureReporter, error_chain};
 use dpop_core::{
     AsyncReplayStore, Insert, MemoryReplayConfig, MemoryReplayStore, ReplayKey, ReplayStore,
     ReplayStoreError, UnixTime,
@@ -18,8 +19,9 @@ use crate::error::GatewayError;
 pub enum GatewayStore {
     /// This process only.
     Memory(Arc<MemoryReplayStore>),
-    /// Shared through Redis.
-    Redis(RedisReplayStore),
+    /// Shared through Redis; failures are logged once with their cause, then
+    /// summarised, then the recovery.
+    Redis(RedisReplayStore, Arc<FailureReporter>),
 }
 
 impl GatewayStore {
@@ -55,7 +57,15 @@ impl GatewayStore {
                 c.sentinel_password = sentinel_password.as_ref().map(|p| p.as_str().to_owned());
                 RedisReplayStore::connect(c)
                     .await
-                    .map(Self::Redis)
+                    .map(|r| {
+                        Self::Redis(
+                            r,
+                            Arc::new(FailureReporter::new(
+                                "replay store",
+                                DEFAULT_SUMMARY_INTERVAL,
+                            )),
+                        )
+                    })
                     .map_err(|e| GatewayError::ReplayStore(e.to_string()))
             }
         }
@@ -65,7 +75,11 @@ impl GatewayStore {
     pub async fn ready(&self) -> bool {
         match self {
             Self::Memory(_) => true,
-            Self::Redis(r) => r.ping().await.is_ok(),
+            Self::Redis(r, failures) => {
+                let result = r.ping().await;
+                report(failures, result.as_ref().err());
+                result.is_ok()
+            }
         }
     }
 
@@ -74,7 +88,7 @@ impl GatewayStore {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
-            Self::Redis(_) => "redis",
+            Self::Redis(..) => "redis",
         }
     }
 }
@@ -88,7 +102,29 @@ impl AsyncReplayStore for GatewayStore {
     ) -> Result<Insert, ReplayStoreError> {
         match self {
             Self::Memory(m) => ReplayStore::insert_if_absent(&**m, key, expires_at, now),
-            Self::Redis(r) => AsyncReplayStore::insert_if_absent(r, key, expires_at, now).await,
+            Self::Redis(r, failures) => {
+                let result = AsyncReplayStore::insert_if_absent(r, key, expires_at, now).await;
+                report(failures, result.as_ref().err());
+                result
+            }
         }
+    }
+}
+
+/// Logs a Redis failure or recovery through `failures` (rate-limited).
+fn report(failures: &FailureReporter, error: Option<&ReplayStoreError>) {
+    match error {
+        Some(e) => {
+            if let Some(report) = failures.failure(std::time::Instant::now(), error_chain(e)) {
+                tracing::error!(target: "dpop::replay", "{report}");
+            }
+        }
+        // Reads one flag while the store works: no clock, no lock.
+        None if failures.is_failing() => {
+            if let Some(report) = failures.success(std::time::Instant::now()) {
+                tracing::info!(target: "dpop::replay", "{report}");
+            }
+        }
+        None => {}
     }
 }

@@ -93,22 +93,6 @@ impl ConnectError {
     }
 }
 
-/// `e` and its causes, `: `-separated, for one log line.
-pub(crate) fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        // io::Error wrapping another error displays the inner one too.
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 /// What a connector does over TCP.
 #[derive(Clone)]
 struct Tls {
@@ -378,7 +362,7 @@ pub(crate) async fn probe(
         Ok(Err(e)) => {
             return match &e {
                 ConnectError::Connect(_) => {
-                    unreachable(&error_chain(&e));
+                    unreachable(&dpop_core::failure::error_chain(&e));
                     Ok(())
                 }
                 ConnectError::NoHttp2 { .. } => Err(refused(e.to_string())),
@@ -389,11 +373,11 @@ pub(crate) async fn probe(
                     )) if upstream.http2 => Err(refused(
                         "the upstream does not speak HTTP/2: it refused h2 in ALPN".to_owned(),
                     )),
-                    Some(_) => Err(refused(error_chain(&e))),
+                    Some(_) => Err(refused(dpop_core::failure::error_chain(&e))),
                     // The connection broke during the handshake: an upstream going
                     // down or restarting, not a refusal.
                     None => {
-                        unreachable(&error_chain(&e));
+                        unreachable(&dpop_core::failure::error_chain(&e));
                         Ok(())
                     }
                 },

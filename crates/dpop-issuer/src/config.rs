@@ -180,6 +180,9 @@ pub struct IssuerConfig {
     pub trust: Vec<TrustConfig>,
     /// Logs as JSON lines.
     pub log_json: bool,
+    /// One access-log line per request at target `dpop::access` (`log_requests`).
+    /// Defaults to `true`.
+    pub log_requests: bool,
     /// Largest request body accepted at the endpoints.
     pub max_body_bytes: usize,
     /// Limits on failed client authentication (`[auth_limits]`).
@@ -197,6 +200,7 @@ struct RawConfig {
     signing_alg: Option<String>,
     #[serde(default)]
     log_json: bool,
+    log_requests: Option<bool>,
     max_body_bytes: Option<usize>,
     #[serde(default)]
     tokens: RawTokens,
@@ -515,6 +519,7 @@ impl IssuerConfig {
             clients,
             trust: raw.trust,
             log_json: raw.log_json,
+            log_requests: raw.log_requests.unwrap_or(true),
             max_body_bytes,
             auth_limits: raw.auth_limits.validate()?,
         })

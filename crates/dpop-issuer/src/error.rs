@@ -170,6 +170,8 @@ impl IntoResponse for OAuthError {
         {
             headers.insert("dpop-nonce", nonce);
         }
+        // For the access log: the code, never the description (it may quote input).
+        response.extensions_mut().insert(self.code);
         response
     }
 }

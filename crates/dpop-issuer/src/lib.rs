@@ -25,6 +25,7 @@ pub mod secret;
 pub mod store;
 pub mod trust;
 
+mod access_log;
 mod auth_limits;
 mod client_auth;
 mod endpoints;

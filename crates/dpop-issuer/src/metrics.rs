@@ -11,8 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::config::GRANTS;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     grant: &'static str,
@@ -28,6 +26,7 @@ struct ResultLabels {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Arc<Registry>,
+    http: dpop_server::HttpMetrics,
     tokens: Family<TokenLabels, Counter>,
     token_seconds: Histogram,
     introspections: Family<ResultLabels, Counter>,
@@ -36,7 +35,11 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("dpop_issuer");
+        let mut root = Registry::default();
+        // The OpenTelemetry names go without a prefix, the issuer's own under
+        // `dpop_issuer_`.
+        let http = dpop_server::HttpMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("dpop_issuer");
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "token_requests",
@@ -64,7 +67,8 @@ impl Metrics {
             revocations.clone(),
         );
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
+            http,
             tokens,
             token_seconds,
             introspections,
@@ -72,11 +76,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a token request; `grant` is bounded to the known grants.
-    pub(crate) fn token(&self, grant: Option<&str>, result: &'static str, elapsed: Duration) {
-        let grant = grant
-            .and_then(|g| GRANTS.iter().find(|k| **k == g).copied())
-            .unwrap_or("other");
+    /// Counts a token request; `grant` is one of the known grants or `other`.
+    pub(crate) fn token(&self, grant: &'static str, result: &'static str, elapsed: Duration) {
         self.tokens
             .get_or_create(&TokenLabels { grant, result })
             .inc();
@@ -93,6 +94,11 @@ impl Metrics {
         self.revocations
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// `http_server_*`, with the endpoints as routes.
+    pub(crate) fn http(&self) -> &dpop_server::HttpMetrics {
+        &self.http
     }
 
     /// The registry, for the admin listener's `/metrics`.

@@ -52,12 +52,9 @@ impl IssuerState {
             .ok_or_else(|| OAuthError::server_error("the system clock is before 1970"))
     }
 
-    /// `/readyz`, on the public and the admin listener: the database answers.
+    /// `/readyz`, on the public and the admin listener: the database answers. JSON in
+    /// the gateway's shape (`{"database_reachable":true,"ready":true}`).
     pub(crate) async fn readiness(&self) -> dpop_server::Readiness {
-        if self.store.ping().await {
-            dpop_server::Readiness::text(true, "ready\n")
-        } else {
-            dpop_server::Readiness::text(false, "database unreachable\n")
-        }
+        dpop_server::Readiness::checks(&[("database_reachable", self.store.ping().await)])
     }
 }

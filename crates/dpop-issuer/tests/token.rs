@@ -97,7 +97,10 @@ async fn health_endpoints(db: Db) {
     let h = it.get("/healthz").await;
     assert_eq!((h.status, h.body.trim()), (200, "ok"));
     let r = it.get("/readyz").await;
-    assert_eq!((r.status, r.body.trim()), (200, "ready"));
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (200, r#"{"database_reachable":true,"ready":true}"#)
+    );
 }
 
 async fn client_credentials_basic_issues_a_bound_at_jwt(db: Db) {

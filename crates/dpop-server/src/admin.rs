@@ -69,6 +69,30 @@ impl Readiness {
         }
     }
 
+    /// The answer every process gives: one JSON line, `{"ready": …}` followed by each
+    /// named check's result, ready when every check passes. The gateway, the authorizer
+    /// and the issuer answer in this one shape, so one probe rule reads them all.
+    #[must_use]
+    pub fn checks(checks: &[(&str, bool)]) -> Self {
+        Self::checks_with(checks, &[])
+    }
+
+    /// As [`Self::checks`], with `facts` (such as the configuration generation in force)
+    /// after the checks: numbers that say what is served, not whether it is ready.
+    #[must_use]
+    pub fn checks_with(checks: &[(&str, bool)], facts: &[(&str, u64)]) -> Self {
+        let ready = checks.iter().all(|(_, ok)| *ok);
+        let mut body = serde_json::Map::new();
+        body.insert("ready".into(), ready.into());
+        for (name, ok) in checks {
+            body.insert((*name).into(), (*ok).into());
+        }
+        for (name, value) in facts {
+            body.insert((*name).into(), (*value).into());
+        }
+        Self::json(ready, &serde_json::Value::Object(body))
+    }
+
     /// Whether the process is ready.
     #[must_use]
     pub fn is_ready(&self) -> bool {
@@ -200,7 +224,7 @@ mod tests {
         registry.register("things", "Things seen", c.clone());
         c.inc();
         tokio::spawn(serve(listener, Arc::new(registry), move || async move {
-            Readiness::json(ready, &serde_json::json!({ "ready": ready }))
+            Readiness::checks(&[("database_reachable", ready)])
         }));
         addr
     }
@@ -228,7 +252,10 @@ mod tests {
         let r = send(addr, "GET", "/readyz").await;
         assert!(r.starts_with("http/1.1 200"), "{r}");
         assert!(r.contains("content-type: application/json"), "{r}");
-        assert!(r.ends_with("\r\n\r\n{\"ready\":true}\n"), "{r}");
+        assert!(
+            r.ends_with("\r\n\r\n{\"database_reachable\":true,\"ready\":true}\n"),
+            "{r}"
+        );
         let r = send(addr, "GET", "/metrics").await;
         assert!(r.starts_with("http/1.1 200"), "{r}");
         assert!(
@@ -243,7 +270,10 @@ mod tests {
         let addr = admin(false).await;
         let r = send(addr, "GET", "/readyz").await;
         assert!(r.starts_with("http/1.1 503"), "{r}");
-        assert!(r.ends_with("{\"ready\":false}\n"), "{r}");
+        assert!(
+            r.ends_with("{\"database_reachable\":false,\"ready\":false}\n"),
+            "{r}"
+        );
         let r = send(addr, "GET", "/").await;
         assert!(r.starts_with("http/1.1 404"), "{r}");
         let r = send(addr, "POST", "/healthz").await;

@@ -7,6 +7,9 @@
 //!   readiness check) and `/metrics` (a prometheus-client [`Registry`] as OpenMetrics
 //!   text), with a bounded number of connections and bounded connection times;
 //! - [`logging`]: the `tracing` subscriber, text or JSON lines on stderr;
+//! - [`http`]: the access log's target and the OpenTelemetry-named HTTP metrics
+//!   (`http_server_request_duration_seconds`, `http_server_active_requests`,
+//!   `http_client_request_duration_seconds`);
 //! - [`signal`]: the future that resolves on SIGTERM or Ctrl-C;
 //! - [`files`]: the permission rule for private key files.
 //!
@@ -36,10 +39,12 @@
 
 pub mod admin;
 pub mod files;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod signal;
 
 pub use crate::admin::Readiness;
+pub use crate::http::{ACCESS_TARGET, HttpMetrics};
 pub use crate::logging::{LogFormat, init_logging};
 pub use crate::signal::shutdown_signal;

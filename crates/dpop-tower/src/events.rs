@@ -1,5 +1,10 @@
 //! Hooks for metrics. Logs go through `tracing` (target `dpop::rejection` for refusals);
 //! metrics backends implement [`DpopEvents`].
+//!
+//! For a server's access log, the layer also leaves the request's [`Outcome`] in the
+//! extensions of every response it checked (none on `off` routes and for the RFC 9728
+//! document), and on a refusal the [`crate::AuthorizedTarget`] it judged, when the target
+//! was canonical: the path to log is that one, never the raw target.
 
 use std::time::Duration;
 

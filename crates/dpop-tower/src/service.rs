@@ -155,7 +155,9 @@ where
                 scopes: &[],
                 resource_metadata: None,
             };
-            return Ok(build_rejection::<ResBody>(&error, &ctx));
+            let mut response = build_rejection::<ResBody>(&error, &ctx);
+            response.extensions_mut().insert(Outcome::Rejected(reason));
+            return Ok(response);
         }
     };
     let path = target.as_str().split('?').next().unwrap_or("/").to_owned();
@@ -187,7 +189,10 @@ where
             scopes: &[],
             resource_metadata: None,
         };
-        return Ok(build_rejection::<ResBody>(&error, &ctx));
+        let mut response = build_rejection::<ResBody>(&error, &ctx);
+        let target = req.extensions_mut().remove::<AuthorizedTarget>();
+        refused(&mut response, reason, target);
+        return Ok(response);
     }
     if policy.mode == DpopMode::Off || metadata_request {
         return inner.call(req).await;
@@ -215,6 +220,7 @@ where
             {
                 response.headers_mut().insert("dpop-nonce", v);
             }
+            response.extensions_mut().insert(auth.outcome);
             Ok(response)
         }
         Err(rejection) => {
@@ -222,7 +228,11 @@ where
             if policy.mode == DpopMode::ReportOnly {
                 tracing::warn!(target: "dpop::rejection", reason = reason.as_str(), report_only = true, method = %parts.method, path = parts.uri.path(), detail = %rejection.error, "DPoP check failed (report-only, forwarded)");
                 events.outcome(Outcome::WouldReject(reason), started.elapsed());
-                return inner.call(Request::from_parts(parts, body)).await;
+                let mut response = inner.call(Request::from_parts(parts, body)).await?;
+                response
+                    .extensions_mut()
+                    .insert(Outcome::WouldReject(reason));
+                return Ok(response);
             }
             let status = reason.response(dpop_core::Role::ResourceServer).status;
             tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %parts.method, path = parts.uri.path(), detail = %rejection.error, "request refused");
@@ -263,8 +273,21 @@ where
                 scopes: &rejection.missing_scopes,
                 resource_metadata: resource_metadata.as_deref(),
             };
-            Ok(build_rejection::<ResBody>(&rejection.error, &ctx))
+            let mut response = build_rejection::<ResBody>(&rejection.error, &ctx);
+            let target = parts.extensions.remove::<AuthorizedTarget>();
+            refused(&mut response, reason, target);
+            Ok(response)
         }
+    }
+}
+
+/// What a refusal tells the server that logs it: the outcome and the canonical target
+/// the layer judged (in the response's extensions, where the request's are gone).
+fn refused<B>(response: &mut Response<B>, reason: Reason, target: Option<AuthorizedTarget>) {
+    let extensions = response.extensions_mut();
+    extensions.insert(Outcome::Rejected(reason));
+    if let Some(target) = target {
+        extensions.insert(target);
     }
 }
 

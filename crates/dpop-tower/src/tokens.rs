@@ -292,6 +292,8 @@ impl IntrospectionConfig {
 pub struct IntrospectionSource {
     config: IntrospectionConfig,
     http: reqwest::Client,
+    /// An endpoint that keeps failing is logged once with its cause, then summarised.
+    failures: dpop_core::failure::FailureReporter,
 }
 
 #[cfg(feature = "introspection")]
@@ -333,7 +335,21 @@ impl IntrospectionSource {
         })?;
         let http = dpop_discovery::fetch::http_client(config.http_timeout)
             .map_err(|_| unavailable("cannot build the HTTP client"))?;
-        Ok(Self { config, http })
+        Ok(Self {
+            config,
+            http,
+            failures: dpop_core::failure::FailureReporter::new(
+                "introspection",
+                dpop_core::failure::DEFAULT_SUMMARY_INTERVAL,
+            ),
+        })
+    }
+
+    /// Logs a failure to reach or use the endpoint, rate-limited.
+    fn failed(&self, cause: impl fmt::Display) {
+        if let Some(report) = self.failures.failure(std::time::Instant::now(), cause) {
+            tracing::warn!(target: "dpop::tokens", endpoint = %self.config.endpoint, "{report}");
+        }
     }
 
     async fn introspect(&self, token: &str, now: UnixTime) -> Result<AccessToken, Error> {
@@ -348,9 +364,12 @@ impl IntrospectionSource {
             .form(&[("token", token), ("token_type_hint", "access_token")])
             .send()
             .await
-            .map_err(|_| unavailable("cannot reach the introspection endpoint"))?;
+            .map_err(|e| {
+                self.failed(dpop_core::failure::error_chain(&e.without_url()));
+                unavailable("cannot reach the introspection endpoint")
+            })?;
         if !resp.status().is_success() {
-            tracing::warn!(target: "dpop::tokens", status = resp.status().as_u16(), "introspection answered an error status");
+            self.failed(format_args!("HTTP status {}", resp.status()));
             return Err(unavailable(
                 "the introspection endpoint answered an error status",
             ));
@@ -363,8 +382,13 @@ impl IntrospectionSource {
                 }
                 _ => unavailable("cannot read the introspection response"),
             })?;
-        let r: Introspected = serde_json::from_slice(&body)
-            .map_err(|_| unavailable("the introspection response is not valid JSON"))?;
+        let r: Introspected = serde_json::from_slice(&body).map_err(|e| {
+            self.failed(format_args!("the response is not valid JSON: {e}"));
+            unavailable("the introspection response is not valid JSON")
+        })?;
+        if let Some(report) = self.failures.success(std::time::Instant::now()) {
+            tracing::info!(target: "dpop::tokens", endpoint = %self.config.endpoint, "{report}");
+        }
         if !r.active {
             return Err(Error::Token(TokenError::Inactive));
         }

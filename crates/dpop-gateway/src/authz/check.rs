@@ -18,6 +18,9 @@ use tower::{Layer as _, Service, ServiceExt as _};
 use std::sync::Arc;
 use std::time::Instant;
 
+use dpop_server::http::method_label;
+
+use crate::access_log::{self, Caller, Line, outcome_fields, path_of};
 use crate::config::IdentityHeaders;
 use crate::metrics::Metrics;
 use crate::proxy::{OVERRIDES, identity_values};
@@ -143,6 +146,7 @@ struct Pass;
 #[derive(Clone, Debug)]
 struct Passed {
     identity: Option<DpopIdentity>,
+    target: AuthorizedTarget,
 }
 
 impl Service<Request<()>> for Pass {
@@ -157,9 +161,10 @@ impl Service<Request<()>> for Pass {
     fn call(&mut self, req: Request<()>) -> Self::Future {
         let mut response = Response::new(());
         // Without the layer's target nothing passed through it.
-        if req.extensions().get::<AuthorizedTarget>().is_some() {
+        if let Some(target) = req.extensions().get::<AuthorizedTarget>() {
             response.extensions_mut().insert(Passed {
                 identity: req.extensions().get::<DpopIdentity>().cloned(),
+                target: target.clone(),
             });
         }
         ready(Ok(response))
@@ -176,6 +181,8 @@ pub(crate) struct Authorizer {
     strip_authorization: bool,
     strip_dpop: bool,
     metrics: Arc<Metrics>,
+    /// `log_requests`: one access-log line per check.
+    log_requests: bool,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -191,6 +198,7 @@ impl Authorizer {
         strip_authorization: bool,
         strip_dpop: bool,
         metrics: Arc<Metrics>,
+        log_requests: bool,
     ) -> Self {
         let identity_names = [
             &identity.subject,
@@ -212,7 +220,48 @@ impl Authorizer {
             strip_authorization,
             strip_dpop,
             metrics,
+            log_requests,
         }
+    }
+
+    /// The check's access-log line and `http_server_request_duration_seconds`
+    /// observation: the status the client gets (200 when allowed), the outcome and
+    /// reason the layer left, and the canonical path it judged.
+    fn observe(
+        &self,
+        method: Option<&Method>,
+        started: Instant,
+        status: StatusCode,
+        outcome: Option<&Outcome>,
+        target: Option<&AuthorizedTarget>,
+        identity: Option<&DpopIdentity>,
+    ) {
+        let elapsed = started.elapsed();
+        let route = self
+            .metrics
+            .route(target.and_then(AuthorizedTarget::route_id));
+        let method = method.map_or("_OTHER", method_label);
+        self.metrics
+            .http()
+            .server(method, status.as_u16(), route, elapsed);
+        if !self.log_requests {
+            return;
+        }
+        let (outcome, reason) = outcome_fields(outcome);
+        let caller = identity.map(Caller::of);
+        access_log::line(&Line {
+            peer: None,
+            method,
+            path: target.map(path_of),
+            status: status.as_u16(),
+            elapsed,
+            outcome,
+            reason,
+            caller: caller.as_ref(),
+            route,
+            upstream: None,
+            upstream_elapsed: None,
+        });
     }
 
     /// The layer (for readiness and the RFC 9728 document).
@@ -233,9 +282,15 @@ impl Authorizer {
         let Some(request) = rebuild(&original) else {
             // Not even an HTTP request: the layer's rule for targets it cannot parse.
             tracing::info!(target: "dpop::rejection", reason = Reason::NonCanonicalTarget.as_str(), status = 400, method = %original.method.escape_debug(), "request refused: the reported method, host or target is not valid HTTP");
-            self.metrics.outcome(
-                Outcome::Rejected(Reason::NonCanonicalTarget),
-                started.elapsed(),
+            let outcome = Outcome::Rejected(Reason::NonCanonicalTarget);
+            self.metrics.outcome(outcome, started.elapsed());
+            self.observe(
+                None,
+                started,
+                StatusCode::BAD_REQUEST,
+                Some(&outcome),
+                None,
+                None,
             );
             return Decision::Deny(Denied::bare(StatusCode::BAD_REQUEST));
         };
@@ -248,6 +303,7 @@ impl Authorizer {
             })
             .cloned()
             .collect();
+        let method = request.method().clone();
         let response = match self.service.clone().oneshot(request).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -265,6 +321,14 @@ impl Authorizer {
                 }
             }
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            self.observe(
+                Some(&method),
+                started,
+                parts.status,
+                parts.extensions.get::<Outcome>(),
+                parts.extensions.get::<AuthorizedTarget>(),
+                None,
+            );
             return Decision::Deny(Denied {
                 status: parts.status,
                 headers,
@@ -307,6 +371,14 @@ impl Authorizer {
                 allowed.remove.push(n);
             }
         }
+        self.observe(
+            Some(&method),
+            started,
+            StatusCode::OK,
+            parts.extensions.get::<Outcome>(),
+            Some(&passed.target),
+            passed.identity.as_ref(),
+        );
         allowed.identity = passed.identity;
         Decision::Allow(allowed)
     }

@@ -47,7 +47,7 @@ impl Authz {
     /// source refuses its settings. An unreachable issuer is not fatal: `/readyz` says
     /// not ready and every check is denied with 503 until its keys load.
     pub async fn bind(config: AuthzConfig) -> Result<Self, GatewayError> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_routes(&config.enforcement.route_names));
         let e = &config.enforcement;
         // The proxy reports the scheme and host the client used; the layer reads them
         // from the rebuilt request's URI only (never from forwarding headers, which the
@@ -75,6 +75,7 @@ impl Authz {
             e.strip_authorization,
             e.strip_dpop,
             metrics,
+            e.log_requests,
         ));
         let bind = |addr: Option<SocketAddr>| async move {
             match addr {

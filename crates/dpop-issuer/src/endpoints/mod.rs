@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::access_log::{RequestLog, log_request};
 use crate::error::{OAuthError, RfcError};
 use crate::state::IssuerState;
 
@@ -62,6 +63,11 @@ pub(crate) fn router(state: Shared) -> Router {
                 ))
                 .timeout(REQUEST_TIMEOUT),
         )
+        // Outermost: the line and the duration cover every answer, time-outs included.
+        .layer(axum::middleware::from_fn_with_state(
+            RequestLog::new(&base, Arc::clone(&state)),
+            log_request,
+        ))
         .with_state(state)
 }
 

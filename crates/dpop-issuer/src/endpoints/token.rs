@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use dpop_core::NonceValidator as _;
 
+use crate::access_log::TokenFacts;
 use crate::config::{DpopRequirement, GRANTS};
 use crate::error::{OAuthError, RfcError};
 use crate::form::Form;
@@ -24,7 +25,8 @@ pub(super) async fn token(
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let outcome = token_inner(&state, &headers, &body).await;
+    let mut client_id = None;
+    let outcome = token_inner(&state, &headers, &body, &mut client_id).await;
     let grant = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "grant_type")
         .map(|(_, v)| v.into_owned());
@@ -32,10 +34,9 @@ pub(super) async fn token(
         Ok(_) => "issued",
         Err(e) => e.code.as_str(),
     };
-    state
-        .metrics
-        .token(grant.as_deref(), result, started.elapsed());
-    match outcome {
+    let grant = known_grant(grant.as_deref());
+    state.metrics.token(grant, result, started.elapsed());
+    let mut response = match outcome {
         Ok((response, nonce)) => {
             let mut r = no_store(axum::Json(response).into_response());
             if let Some(n) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
@@ -47,13 +48,25 @@ pub(super) async fn token(
             tracing::info!(target: "dpop::issuer", error = e.code.as_str(), description = %e.description, "token request refused");
             e.into_response()
         }
-    }
+    };
+    response
+        .extensions_mut()
+        .insert(TokenFacts { grant, client_id });
+    response
+}
+
+/// `grant_type` as a label: one of the supported grants, or `other`.
+fn known_grant(grant: Option<&str>) -> &'static str {
+    grant
+        .and_then(|g| GRANTS.iter().find(|k| **k == g).copied())
+        .unwrap_or("other")
 }
 
 async fn token_inner(
     state: &IssuerState,
     headers: &HeaderMap,
     body: &[u8],
+    client_id: &mut Option<String>,
 ) -> Result<(TokenResponse, Option<String>), OAuthError> {
     let form = Form::parse(headers, body)?;
     let grant = form.require("grant_type")?.to_owned();
@@ -70,6 +83,7 @@ async fn token_inner(
         return Err(proof_required());
     }
     let client = client_auth::authenticate(state, headers, &form, claimed).await?;
+    *client_id = Some(client.id.clone());
     if proof.is_none() && client.dpop == DpopRequirement::Required {
         return Err(proof_required());
     }
