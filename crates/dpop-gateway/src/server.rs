@@ -635,7 +635,8 @@ fn request_service<S: ConnectionService>(
         // In flight from here until the response body is finished or dropped (a handler
         // dropped before it answers drops the guard too).
         let busy = idle.as_ref().map(Idle::busy);
-        async move {
+        let span = dpop_server::telemetry::request_span(&req, Some(peer.ip()), None);
+        let request = async move {
             let response = if let Some(response) = metadata {
                 response
             } else {
@@ -645,11 +646,13 @@ fn request_service<S: ConnectionService>(
                     Err(_) => empty(StatusCode::GATEWAY_TIMEOUT),
                 }
             };
+            dpop_server::telemetry::record_status(&tracing::Span::current(), response.status());
             Ok::<_, Infallible>(match busy {
                 Some(busy) => response.map(|body| InFlight { body, _busy: busy }.boxed()),
                 None => response,
             })
-        }
+        };
+        tracing::Instrument::instrument(request, span)
     })
 }
 

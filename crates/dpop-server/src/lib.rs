@@ -7,6 +7,8 @@
 //!   readiness check) and `/metrics` (a prometheus-client [`Registry`] as OpenMetrics
 //!   text), with a bounded number of connections and bounded connection times;
 //! - [`logging`]: the `tracing` subscriber, text or JSON lines on stderr;
+//! - [`telemetry`]: OpenTelemetry request spans exported over OTLP when the `OTEL_*`
+//!   variables ask for it (feature `otel`), W3C trace context in and out;
 //! - [`signal`]: the future that resolves on SIGTERM or Ctrl-C;
 //! - [`files`]: the permission rule for private key files.
 //!
@@ -39,6 +41,7 @@ pub mod files;
 pub mod logging;
 pub mod metrics;
 pub mod signal;
+pub mod telemetry;
 
 pub use crate::admin::Readiness;
 pub use crate::logging::{LogFormat, init_logging};

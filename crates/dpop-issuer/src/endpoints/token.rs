@@ -70,6 +70,7 @@ async fn token_inner(
         return Err(proof_required());
     }
     let client = client_auth::authenticate(state, headers, &form, claimed).await?;
+    dpop_server::telemetry::record_identity(None, None, Some(&client.id));
     if proof.is_none() && client.dpop == DpopRequirement::Required {
         return Err(proof_required());
     }
