@@ -11,8 +11,14 @@ use std::time::Duration;
 
 use dpop_test::{CollectedSpan, Gateway, MockIssuer, TestCollector, TestUpstream, free_port};
 
-use crate::common::{DPOP, gateway_command, gateway_flags, loopback_host_rule, send, spawn_server};
+use dpop_core::{Algorithm, PrivateKey};
+
+use crate::common::{
+    DPOP, SVC_SECRET, gateway_command, gateway_flags, issuer_command, loopback_host_rule, p,
+    send_dpop, spawn_server,
+};
 use crate::gateway::Caller;
+use crate::issuer::{IssuerSetup, token_response};
 
 /// The variables that could turn tracing on from the caller's shell.
 const OTEL_VARS: [&str; 10] = [
@@ -90,17 +96,17 @@ async fn requests_are_traced_and_the_upstream_continues_the_gateways_span() {
     .await;
     let caller = Caller::new(&issuer, "read");
 
-    // Accepted, with the client's own trace context (and a second traceparent spelling
-    // the gateway must not pass on either).
+    // Accepted, with the client's own trace context, and a query string that must not
+    // reach a span.
     let ok_proof = caller.proof("GET", &format!("{url}/v1/ok"), None);
     let traceparent = client_traceparent();
-    let r = send(
+    let r = send_dpop(
         "GET",
         &format!("{url}/v1/ok?access_token=not-a-header"),
+        &caller.authorization(),
+        &ok_proof,
         &[
-            ("authorization", &caller.authorization()),
-            ("dpop", &ok_proof),
-            ("traceparent", &traceparent),
+            ("traceparent", traceparent.as_str()),
             ("tracestate", "vendor=client"),
         ],
         b"",
@@ -110,13 +116,12 @@ async fn requests_are_traced_and_the_upstream_continues_the_gateways_span() {
 
     // Refused: a real proof, for another URL.
     let bad_proof = caller.proof("GET", &format!("{url}/v1/other"), None);
-    let r = send(
+    let r = send_dpop(
         "GET",
         &format!("{url}/v1/refused"),
-        &[
-            ("authorization", &caller.authorization()),
-            ("dpop", &bad_proof),
-        ],
+        &caller.authorization(),
+        &bad_proof,
+        &[],
         b"",
     )
     .await;
@@ -218,14 +223,12 @@ async fn off_means_no_exporter_and_the_trace_context_passes_through() {
         let (mut gw, url) = gateway(&issuer, &upstream, &env).await;
         let traceparent = client_traceparent();
         let proof = caller.proof("GET", &format!("{url}/v1/ok"), None);
-        let r = send(
+        let r = send_dpop(
             "GET",
             &format!("{url}/v1/ok"),
-            &[
-                ("authorization", &caller.authorization()),
-                ("dpop", &proof),
-                ("traceparent", &traceparent),
-            ],
+            &caller.authorization(),
+            &proof,
+            &[("traceparent", traceparent.as_str())],
             b"",
         )
         .await;
@@ -238,10 +241,12 @@ async fn off_means_no_exporter_and_the_trace_context_passes_through() {
             "{env:?}"
         );
         let bad = caller.proof("GET", &format!("{url}/v1/other"), None);
-        let r = send(
+        let r = send_dpop(
             "GET",
             &format!("{url}/v1/refused"),
-            &[("authorization", &caller.authorization()), ("dpop", &bad)],
+            &caller.authorization(),
+            &bad,
+            &[],
             b"",
         )
         .await;
@@ -286,5 +291,144 @@ fn an_unsupported_exporter_setting_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "{name}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{name}={value}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_costs_requests_nothing() {
+    // A collector that accepts connections and never answers, and one that refuses them.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let blackhole_url = format!("http://{}", blackhole.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut streams = Vec::new();
+        while let Ok((s, _)) = blackhole.accept().await {
+            streams.push(s);
+        }
+    });
+    let refused_url = format!("http://127.0.0.1:{}", free_port());
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let caller = Caller::new(&issuer, "read");
+    for endpoint in [&blackhole_url, &refused_url] {
+        let (mut gw, url) = gateway(
+            &issuer,
+            &upstream,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+            ],
+        )
+        .await;
+        let started = std::time::Instant::now();
+        for i in 0..20 {
+            let path = format!("/v1/n{i}");
+            let proof = caller.proof("GET", &format!("{url}{path}"), None);
+            let r = send_dpop(
+                "GET",
+                &format!("{url}{path}"),
+                &caller.authorization(),
+                &proof,
+                &[],
+                b"",
+            )
+            .await;
+            assert_eq!(r.status, 200, "{endpoint}: {r:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{endpoint}: requests waited for the collector: {:?}",
+            started.elapsed()
+        );
+        // Shutdown waits for the collector a bounded time (5 s), then exits.
+        let stopping = std::time::Instant::now();
+        let status = gw.terminate(Duration::from_secs(30)).await.unwrap();
+        assert!(status.success(), "{endpoint}: {status:?}\n{}", gw.output());
+        assert!(
+            stopping.elapsed() < Duration::from_secs(12),
+            "{endpoint}: shutdown took {:?}",
+            stopping.elapsed()
+        );
+        // A queue of 4 for 20 requests while the first export hangs: dropping is said
+        // once, and counted at shutdown.
+        if endpoint == &blackhole_url {
+            let log = gw.output();
+            assert_eq!(
+                log.matches("BatchSpanProcessor.SpanDroppingStarted")
+                    .count(),
+                1,
+                "{log}"
+            );
+            assert!(log.contains("BatchSpanProcessor.SpansDropped"), "{log}");
+        }
+    }
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_token_requests_are_traced() {
+    let collector = TestCollector::start().await.unwrap();
+    let setup = IssuerSetup::new();
+    let config = setup.config();
+    let mut cmd = issuer_command(&["--config", p(&config)]);
+    for name in OTEL_VARS {
+        cmd.env_remove(name);
+    }
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let mut issuer = spawn_server(cmd, setup.port(), Duration::from_secs(30), "dpop issuer").await;
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let r = token_response(&setup.url(), &key, "read").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let token = r.json().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer.terminate(Duration::from_secs(15)).await.unwrap();
+
+    let spans = collector.wait_for_spans(1, Duration::from_secs(10)).await;
+    let tokens: Vec<&CollectedSpan> = spans
+        .iter()
+        .filter(|s| s.attribute("http.route") == Some("/token"))
+        .collect();
+    let issued = tokens
+        .iter()
+        .find(|s| s.attribute("http.response.status_code") == Some("200"))
+        .unwrap_or_else(|| panic!("no span for the issued token: {spans:#?}"));
+    assert_eq!(issued.service_name, "dpop-issuer");
+    assert_eq!(issued.name, "POST /token");
+    for (key_name, value) in [
+        ("http.request.method", "POST"),
+        ("url.path", "/token"),
+        ("dpop.outcome", "accepted"),
+        ("dpop.jkt", key.thumbprint().as_str()),
+        ("oauth.client_id", "svc"),
+    ] {
+        assert_eq!(
+            issued.attribute(key_name),
+            Some(value),
+            "{key_name}: {issued:#?}"
+        );
+    }
+    // A nonce challenge first, if the issuer asks for one: refused with its reason.
+    for challenged in tokens
+        .iter()
+        .filter(|s| s.attribute("http.response.status_code") == Some("400"))
+    {
+        assert_eq!(challenged.attribute("dpop.outcome"), Some("rejected"));
+        assert!(
+            challenged
+                .attribute("dpop.reason")
+                .is_some_and(|r| r.starts_with("nonce")),
+            "{challenged:#?}"
+        );
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    for span in &spans {
+        for (k, v) in &span.attributes {
+            assert!(
+                !v.contains(signature) && !v.contains(SVC_SECRET),
+                "{k} carries a secret"
+            );
+        }
     }
 }

@@ -55,28 +55,28 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    // The request spans are for the trace exporter: the log's lines keep their shape.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .and(tracing_subscriber::filter::filter_fn(|m| {
+            !(m.is_span() && m.target() == crate::telemetry::SPAN_TARGET)
+        }));
+    #[cfg(not(feature = "otel"))]
+    let _ = trace_ids;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => layer.with_filter(filter).boxed(),
-        // The request span's fields are attributes of the exported span, not log fields:
-        // lines keep their shape, with the ids to find the trace.
-        LogFormat::Json if trace_ids => {
-            let json = layer.json().with_current_span(false).with_span_list(false);
-            #[cfg(feature = "otel")]
-            let json = {
-                let format = tracing_subscriber::fmt::format()
-                    .json()
-                    .with_current_span(false)
-                    .with_span_list(false);
-                json.event_format(TraceIds(format))
-            };
-            json.with_filter(filter).boxed()
-        }
+        // With the ids to find the trace.
+        #[cfg(feature = "otel")]
+        LogFormat::Json if trace_ids => layer
+            .json()
+            .event_format(TraceIds(tracing_subscriber::fmt::format().json()))
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => layer.json().with_filter(filter).boxed(),
     }
 }
