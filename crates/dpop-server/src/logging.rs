@@ -40,53 +40,57 @@ pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer(format, false))
+        .with(fmt_layer(format, None, None))
         .try_init();
 }
 
+/// The trace and span ids of the current span, when it is traced.
+pub(crate) type CurrentIds = fn() -> Option<(String, String)>;
+
 /// The log layer of [`init_logging`], filtered by `RUST_LOG` on its own (so other
-/// layers see spans the log leaves out). With `trace_ids`, JSON lines written inside a
-/// traced span start with its `trace_id` and `span_id`.
+/// layers see spans the log leaves out). Spans of target `skip_spans_of` are left out
+/// (their fields stay out of the lines, which keep their shape). With `ids`, JSON lines
+/// written inside a traced span start with its `trace_id` and `span_id`.
 pub(crate) fn fmt_layer<S>(
     format: LogFormat,
-    trace_ids: bool,
+    skip_spans_of: Option<&'static str>,
+    ids: Option<CurrentIds>,
 ) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::filter::FilterExt as _;
-    // The request spans are for the trace exporter: the log's lines keep their shape.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .and(tracing_subscriber::filter::filter_fn(|m| {
-            !(m.is_span() && m.target() == crate::telemetry::SPAN_TARGET)
+        .and(tracing_subscriber::filter::filter_fn(move |m| {
+            !(m.is_span() && Some(m.target()) == skip_spans_of)
         }));
-    #[cfg(not(feature = "otel"))]
-    let _ = trace_ids;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => layer.with_filter(filter).boxed(),
-        // With the ids to find the trace.
-        #[cfg(feature = "otel")]
-        LogFormat::Json if trace_ids => layer
+    match (format, ids) {
+        (LogFormat::Text, _) => layer.with_filter(filter).boxed(),
+        (LogFormat::Json, Some(ids)) => layer
             .json()
-            .event_format(TraceIds(tracing_subscriber::fmt::format().json()))
+            .event_format(TraceIds {
+                inner: tracing_subscriber::fmt::format().json(),
+                ids,
+            })
             .with_filter(filter)
             .boxed(),
-        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+        (LogFormat::Json, None) => layer.json().with_filter(filter).boxed(),
     }
 }
 
 /// A JSON event format whose lines begin with `"trace_id"` and `"span_id"` when the
 /// event is inside a traced span.
-#[cfg(feature = "otel")]
-struct TraceIds<F>(F);
+struct TraceIds<F> {
+    inner: F,
+    ids: CurrentIds,
+}
 
-#[cfg(feature = "otel")]
 impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for TraceIds<F>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -99,11 +103,11 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let Some((trace_id, span_id)) = crate::telemetry::current_ids() else {
-            return self.0.format_event(ctx, writer, event);
+        let Some((trace_id, span_id)) = (self.ids)() else {
+            return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::new();
-        self.0.format_event(
+        self.inner.format_event(
             ctx,
             tracing_subscriber::fmt::format::Writer::new(&mut line),
             event,

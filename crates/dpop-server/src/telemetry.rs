@@ -211,12 +211,17 @@ fn start(
             m.is_span() && m.target() == SPAN_TARGET
         }));
     let installed = tracing_subscriber::registry()
-        .with(crate::logging::fmt_layer(format, true))
+        .with(crate::logging::fmt_layer(
+            format,
+            Some(SPAN_TARGET),
+            Some(otel::current_ids),
+        ))
         .with(otel)
         .try_init();
     if installed.is_err() {
         // Another subscriber was installed first: spans would not reach the exporter.
         let _ = provider.shutdown_with_timeout(Duration::from_millis(1));
+        tracing::warn!(target: "dpop::telemetry", "a log subscriber was already installed: no traces are exported");
         return Ok(Telemetry::default());
     }
     ENABLED.store(true, Ordering::Relaxed);
@@ -421,7 +426,7 @@ mod otel {
     }
 
     /// The trace and span ids of the current span, when it is traced.
-    pub(crate) fn current_ids() -> Option<(String, String)> {
+    pub(super) fn current_ids() -> Option<(String, String)> {
         let cx = tracing::Span::current().context();
         let span = cx.span();
         let sc = span.span_context();
@@ -429,9 +434,6 @@ mod otel {
             .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
     }
 }
-
-#[cfg(feature = "otel")]
-pub(crate) use otel::current_ids;
 
 #[cfg(test)]
 mod tests {
