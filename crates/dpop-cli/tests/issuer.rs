@@ -20,13 +20,13 @@ use crate::common::{
 };
 
 /// An issuer configuration in its own directory (SQLite and keys there too).
-struct IssuerSetup {
+pub(crate) struct IssuerSetup {
     dir: TempDir,
     port: u16,
 }
 
 impl IssuerSetup {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(&[])
     }
 
@@ -57,11 +57,15 @@ impl IssuerSetup {
         Self { dir, port }
     }
 
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.dir.file("issuer.toml")
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -79,7 +83,7 @@ impl IssuerSetup {
 }
 
 /// Client credentials for `svc` with a proof from `key`, answering the nonce challenge.
-async fn token_response(issuer: &str, key: &PrivateKey, scope: &str) -> HttpResponse {
+pub(crate) async fn token_response(issuer: &str, key: &PrivateKey, scope: &str) -> HttpResponse {
     let form = [
         ("grant_type", "client_credentials"),
         ("client_id", "svc"),

@@ -4,7 +4,7 @@
 //! (`proxies`), the client commands `dpop token` and `dpop curl` against the issuer and
 //! the gateway (`client`), `dpop curl` as curl's users expect it (`curl`), the whole
 //! system of issuer, gateway instances, Redis, PostgreSQL and clients in operational
-//! scenarios (`system`), tokens kept between runs (`tokens`), `dpop jwt` (`jwt`), key
+//! scenarios (`system`), OpenTelemetry traces (`telemetry`), tokens kept between runs (`tokens`), `dpop jwt` (`jwt`), key
 //! files (`keys`), and environment variables, completions and the manual page
 //! (`shell`). What they share is in `common`.
 
@@ -20,4 +20,5 @@ mod keys;
 mod proxies;
 mod shell;
 mod system;
+mod telemetry;
 mod tokens;

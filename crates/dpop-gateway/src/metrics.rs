@@ -250,6 +250,8 @@ impl DpopEvents for Metrics {
             Outcome::FailedOpen(r) => ("failed_open", r.as_str()),
             _ => ("other", ""),
         };
+        // The request's span (when traced) carries the same names as the metric.
+        dpop_server::telemetry::record_outcome(name, Some(reason).filter(|r| !r.is_empty()));
         if matches!(
             outcome,
             Outcome::Rejected(dpop_core::Reason::Replay)

@@ -621,6 +621,8 @@ impl Proxy {
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         let upstream = Arc::clone(self.upstreams.for_target(&target));
+        let path = target.as_str().split('?').next().unwrap_or_default();
+        dpop_server::telemetry::record_path(&tracing::Span::current(), path);
         *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
         let caller = if s.log_requests {
             identity.as_ref().map(Caller::of)
@@ -699,7 +701,14 @@ impl Proxy {
                 }
             }
         }
+        // The upstream's traceparent names the gateway's span, never the client's.
+        dpop_server::telemetry::propagate(headers);
         if let Some(id) = identity {
+            dpop_server::telemetry::record_identity(
+                id.jkt.as_ref().map(|j| j.as_str()),
+                id.subject.as_deref(),
+                id.client_id.as_deref(),
+            );
             for (name, value) in identity_values(&s.identity, id) {
                 headers.insert(name, value);
             }

@@ -640,7 +640,8 @@ fn request_service(
         // dropped before it answers drops the guard too).
         let busy = idle.as_ref().map(Idle::busy);
         let requests = requests.clone();
-        async move {
+        let span = dpop_server::telemetry::request_span(&req, Some(peer.ip()), None);
+        let request = async move {
             let mut response = if let Some(response) = metadata {
                 response
             } else {
@@ -650,6 +651,7 @@ fn request_service(
                     Err(_) => empty(StatusCode::GATEWAY_TIMEOUT),
                 }
             };
+            dpop_server::telemetry::record_status(&tracing::Span::current(), response.status());
             requests.finish(
                 started,
                 peer,
@@ -661,7 +663,8 @@ fn request_service(
                 Some(busy) => response.map(|body| InFlight { body, _busy: busy }.boxed()),
                 None => response,
             })
-        }
+        };
+        tracing::Instrument::instrument(request, span)
     })
 }
 

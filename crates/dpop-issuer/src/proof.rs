@@ -59,6 +59,8 @@ pub(crate) async fn token_proof(
         .record_async(&state.store)
         .await
         .map_err(|e| proof_error(state, &e, now))?;
+    dpop_server::telemetry::record_outcome("accepted", None);
+    dpop_server::telemetry::record_identity(Some(proof.jkt().as_str()), None, None);
     Ok(Some(TokenProof {
         proof,
         header: header.to_vec(),
@@ -102,6 +104,10 @@ pub(crate) fn check_bound_key(
 
 /// The answer to a token request without a proof from a client that must send one.
 pub(crate) fn proof_required() -> OAuthError {
+    dpop_server::telemetry::record_outcome(
+        "rejected",
+        Some(dpop_core::Reason::ProofMissing.as_str()),
+    );
     OAuthError::new(
         RfcError::InvalidDpopProof,
         "this client must send a DPoP proof (RFC 9449) with every token request",
@@ -117,6 +123,7 @@ pub(crate) fn proof_error(state: &IssuerState, e: &DpopError, now: UnixTime) -> 
             "the authorization server's storage is unavailable; retry later",
         );
     }
+    dpop_server::telemetry::record_outcome("rejected", Some(e.reason().as_str()));
     let response = e.response(Role::AuthorizationServer);
     tracing::info!(target: "dpop::rejection", reason = e.reason().as_str(), "token request proof refused");
     if response.error == Some(RfcError::UseDpopNonce) {

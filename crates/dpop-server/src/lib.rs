@@ -10,6 +10,8 @@
 //! - [`http`]: the access log's target and the OpenTelemetry-named HTTP metrics
 //!   (`http_server_request_duration_seconds`, `http_server_active_requests`,
 //!   `http_client_request_duration_seconds`);
+//! - [`telemetry`]: OpenTelemetry request spans exported over OTLP when the `OTEL_*`
+//!   variables ask for it (feature `otel`), W3C trace context in and out;
 //! - [`signal`]: the future that resolves on SIGTERM or Ctrl-C;
 //! - [`files`]: the permission rule for private key files.
 //!
@@ -43,6 +45,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod signal;
+pub mod telemetry;
 
 pub use crate::admin::Readiness;
 pub use crate::http::{ACCESS_TARGET, HttpMetrics};

@@ -33,21 +33,93 @@ impl LogFormat {
 }
 
 /// Installs the log subscriber: `format` lines on stderr, level from `RUST_LOG` (default
-/// `info`). Does nothing when a subscriber is already installed. The processes log
+/// `info`), no span export (see [`crate::telemetry::init`]). Does nothing when a subscriber is already installed. The processes log
 /// reason codes, methods and paths (without query strings), never tokens, proofs or
 /// keys.
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer(format, None, None))
+        .try_init();
+}
+
+/// The trace and span ids of the current span, when it is traced.
+pub(crate) type CurrentIds = fn() -> Option<(String, String)>;
+
+/// The log layer of [`init_logging`], filtered by `RUST_LOG` on its own (so other
+/// layers see spans the log leaves out). Spans of target `skip_spans_of` are left out
+/// (their fields stay out of the lines, which keep their shape). With `ids`, JSON lines
+/// written inside a traced span start with its `trace_id` and `span_id`.
+pub(crate) fn fmt_layer<S>(
+    format: LogFormat,
+    skip_spans_of: Option<&'static str>,
+    ids: Option<CurrentIds>,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .and(tracing_subscriber::filter::filter_fn(move |m| {
+            !(m.is_span() && Some(m.target()) == skip_spans_of)
+        }));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    match (format, ids) {
+        (LogFormat::Text, _) => layer.with_filter(filter).boxed(),
+        (LogFormat::Json, Some(ids)) => layer
+            .json()
+            .event_format(TraceIds {
+                inner: tracing_subscriber::fmt::format().json(),
+                ids,
+            })
+            .with_filter(filter)
+            .boxed(),
+        (LogFormat::Json, None) => layer.json().with_filter(filter).boxed(),
+    }
+}
+
+/// A JSON event format whose lines begin with `"trace_id"` and `"span_id"` when the
+/// event is inside a traced span.
+struct TraceIds<F> {
+    inner: F,
+    ids: CurrentIds,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for TraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = (self.ids)() else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 #[cfg(test)]

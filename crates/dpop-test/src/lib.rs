@@ -57,6 +57,7 @@ mod grpc;
 mod issuer;
 mod issuer_fixture;
 mod jws;
+mod otlp;
 mod postgres;
 mod process;
 mod redis;
@@ -79,6 +80,7 @@ pub use crate::issuer::{
 };
 pub use crate::issuer_fixture::{ClientFixture, IssuerFixture};
 pub use crate::jws::{b64url, decode_compact, sign_compact, verifies_es256};
+pub use crate::otlp::{CollectedSpan, TestCollector};
 pub use crate::postgres::{POSTGRES_URL_ENV, PgSchema};
 pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp};
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};

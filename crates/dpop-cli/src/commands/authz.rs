@@ -11,6 +11,7 @@ use crate::error::CliError;
 
 pub(crate) fn run(args: &AuthzArgs) -> Result<ExitCode, CliError> {
     enforcement::run(
+        "dpop-authz",
         |secret| load(args, secret),
         |config| &config.enforcement,
         async |config| {

@@ -64,22 +64,26 @@ pub(crate) fn settings(
 }
 
 /// Runs a server: its configuration from `load` (given `DPOP_NONCE_SECRET`; refused = a
-/// usage error), logging in the format of its `enforcement` part, then `serve` (bind, and
-/// serve until [`dpop_server::shutdown_signal`]) on a new runtime, its start-up errors
-/// mapped by [`start_error`].
+/// usage error), logging in the format of its `enforcement` part and traces as the
+/// `OTEL_*` variables say (as `service`), then `serve` (bind, and serve until
+/// [`dpop_server::shutdown_signal`]) on a new runtime, its start-up errors mapped by
+/// [`start_error`]. The last spans are flushed once the runtime has stopped.
 pub(crate) fn run<C>(
+    service: &'static str,
     load: impl FnOnce(Option<&str>) -> Result<C, GatewayError>,
     enforcement: impl FnOnce(&C) -> &EnforcementConfig,
     serve: impl AsyncFnOnce(C) -> Result<(), GatewayError>,
 ) -> Result<ExitCode, CliError> {
     let secret = env_nonce_secret();
     let config = load(secret.as_deref()).map_err(|e| CliError::usage(e.to_string()))?;
-    dpop_server::init_logging(enforcement(&config).log_format);
+    let telemetry = super::telemetry(enforcement(&config).log_format, service)?;
     crate::env::log_sources();
-    super::runtime()?.block_on(async {
+    let served = super::runtime()?.block_on(async {
         serve(config).await.map_err(start_error)?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    telemetry.shutdown();
+    served
 }
 
 /// A configuration error found while binding is a usage error (exit 2); anything else

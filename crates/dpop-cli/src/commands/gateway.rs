@@ -12,6 +12,7 @@ use crate::error::CliError;
 
 pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
     enforcement::run(
+        "dpop-gateway",
         |secret| load(args, secret),
         |config| &config.enforcement,
         async |config| {

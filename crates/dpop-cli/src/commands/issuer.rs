@@ -31,20 +31,23 @@ pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, C
                 ));
             };
             let config = load(path)?;
-            dpop_server::init_logging(if config.log_json {
+            let format = if config.log_json {
                 dpop_server::LogFormat::Json
             } else {
                 dpop_server::LogFormat::Text
-            });
+            };
+            let telemetry = super::telemetry(format, "dpop-issuer")?;
             crate::env::log_sources();
-            runtime()?.block_on(async {
+            let served = runtime()?.block_on(async {
                 let issuer = Issuer::open(config).await.map_err(failed)?;
                 issuer
                     .serve(dpop_server::shutdown_signal())
                     .await
                     .map_err(failed)?;
                 Ok(ExitCode::SUCCESS)
-            })
+            });
+            telemetry.shutdown();
+            served
         }
         Some(IssuerAction::RotateKey {
             config,

@@ -21,3 +21,13 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, crate::error::CliErro
         .build()
         .map_err(|e| crate::error::CliError::failed(format!("cannot start the async runtime: {e}")))
 }
+
+/// Logging in `format` and, when the `OTEL_*` variables ask for it, request traces of
+/// `service` (an unsupported setting is a usage error). Set up before the runtime.
+pub(crate) fn telemetry(
+    format: dpop_server::LogFormat,
+    service: &'static str,
+) -> Result<dpop_server::telemetry::Telemetry, crate::error::CliError> {
+    dpop_server::telemetry::init(format, service)
+        .map_err(|e| crate::error::CliError::usage(e.to_string()))
+}

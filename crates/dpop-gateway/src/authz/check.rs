@@ -354,6 +354,11 @@ impl Authorizer {
             allowed.remove.push(HeaderName::from_static("dpop"));
         }
         if let Some(id) = passed.identity.clone() {
+            dpop_server::telemetry::record_identity(
+                id.jkt.as_ref().map(|j| j.as_str()),
+                id.subject.as_deref(),
+                id.client_id.as_deref(),
+            );
             allowed.upstream_headers = identity_values(&self.identity, id);
         }
         // Identity headers come only from the authorizer: every client-sent spelling

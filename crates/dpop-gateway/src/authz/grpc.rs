@@ -148,9 +148,10 @@ pub(crate) async fn serve(
         connections.spawn(async move {
             let first = FirstRequest::default();
             let seen = first.clone();
-            let svc = service_fn(move |request| {
+            let svc = service_fn(move |request: http::Request<_>| {
                 seen.seen();
-                service.clone().oneshot(request)
+                let span = dpop_server::telemetry::request_span(&request, Some(peer.ip()), None);
+                tracing::Instrument::instrument(service.clone().oneshot(request), span)
             });
             let conn = h2.serve_connection(TokioIo::new(stream), svc);
             let served = async move {

@@ -129,7 +129,13 @@ pub(crate) async fn serve(
         let checks = Arc::clone(&checks);
         let svc = service_fn(move |req: Request<Incoming>| {
             let checks = Arc::clone(&checks);
-            async move { Ok::<_, Infallible>(checks.answer(req, peer).await) }
+            let span = dpop_server::telemetry::request_span(&req, Some(peer.ip()), None);
+            let answer = async move {
+                let response = checks.answer(req, peer).await;
+                dpop_server::telemetry::record_status(&tracing::Span::current(), response.status());
+                Ok::<_, Infallible>(response)
+            };
+            tracing::Instrument::instrument(answer, span)
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let conn_stop = draining.clone();

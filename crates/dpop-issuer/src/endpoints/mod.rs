@@ -63,12 +63,31 @@ pub(crate) fn router(state: Shared) -> Router {
                 ))
                 .timeout(REQUEST_TIMEOUT),
         )
-        // Outermost: the line and the duration cover every answer, time-outs included.
+        // The line and the duration cover every answer, time-outs included.
         .layer(axum::middleware::from_fn_with_state(
             RequestLog::new(&base, Arc::clone(&state)),
             log_request,
         ))
+        // Outermost: the span covers the access line too (its trace id is in the line).
+        .layer(axum::middleware::from_fn(traced))
         .with_state(state)
+}
+
+/// Runs the request inside its server span (when tracing is on), named by the endpoint
+/// it matched.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let span = dpop_server::telemetry::request_span(&request, peer, route.as_deref());
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    dpop_server::telemetry::record_status(&span, response.status());
+    response
 }
 
 /// Runs the request knowing the client's address (the peer, or what a trusted proxy

@@ -84,6 +84,7 @@ async fn token_inner(
     }
     let client = client_auth::authenticate(state, headers, &form, claimed).await?;
     *client_id = Some(client.id.clone());
+    dpop_server::telemetry::record_identity(None, None, Some(&client.id));
     if proof.is_none() && client.dpop == DpopRequirement::Required {
         return Err(proof_required());
     }
