@@ -11,8 +11,8 @@
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
-# aws-lc-sys compiles AWS-LC with the image's C compiler (gcc); neither cmake nor nasm is
-# needed on x86_64 or aarch64 Linux.
+# aws-lc-sys compiles AWS-LC (and libsqlite3-sys SQLite) with the image's C compiler;
+# no cmake or nasm is needed on x86_64 Linux.
 RUN cargo build --release --locked -p dpop-cli \
  && install -D -m 0755 target/release/dpop /out/usr/local/bin/dpop \
  && install -d -m 0700 /out/var/lib/dpop
