@@ -787,6 +787,87 @@ fn demo_runs_the_whole_system_and_every_scenario_behaves() {
     }
 }
 
+/// `dpop demo --keep-running` prints commands to paste into another shell. Run from a
+/// directory whose name has a space and that is not on the shell's PATH, the binary
+/// names itself by its quoted absolute path, and the printed commands work as printed.
+#[test]
+fn the_demos_printed_commands_work_in_a_shell_without_dpop_on_its_path() {
+    let dir = TempDir::new("demo-commands");
+    let bin = dir.file("my tools");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("dpop");
+    std::fs::copy(DPOP, &exe).unwrap();
+    let path = "/usr/bin:/bin";
+    for d in std::env::split_paths(path) {
+        assert!(
+            !d.join("dpop").exists(),
+            "{} must not hold a dpop",
+            d.display()
+        );
+    }
+    let mut demo = Command::new(&exe)
+        .args(["demo", "--keep-running"])
+        .env("PATH", path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // The lines between "Try, in another shell:" and the plain curl call.
+    let mut commands = Vec::new();
+    let mut started = false;
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(180))
+            .expect("the demo prints commands to try");
+        if line.contains("Try, in another shell:") {
+            started = true;
+        } else if line.trim_start().starts_with("curl -i") {
+            break;
+        } else if started && !line.trim().is_empty() {
+            commands.push(line);
+        }
+    }
+    let script = commands.join("\n");
+    let quoted = format!("'{}' ", exe.display());
+    assert_eq!(script.matches(&quoted).count(), 2, "{script}");
+    let shell = Command::new("/bin/sh")
+        .args(["-e", "-c", &script])
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", p(&dir.0))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.id().to_string()])
+        .status();
+    let status = demo.wait().unwrap();
+    let run = Run::from(shell);
+    assert_eq!(run.code, 0, "{script}\n{run:?}");
+    // dpop curl reached the sample API through the gateway; dpop token printed a token.
+    assert!(
+        run.stdout.contains(r#""items":["apple","pear"]"#),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("access_token"), "{run:?}");
+    assert!(
+        status.success(),
+        "the demo ends cleanly on SIGTERM: {status:?}"
+    );
+}
+
 #[test]
 fn demo_walks_through_every_refusal() {
     let run = dpop(&["demo", "--offline"]);

@@ -4,15 +4,17 @@
 //! (`proxies`), the client commands `dpop token` and `dpop curl` against the issuer and
 //! the gateway (`client`), `dpop curl` as curl's users expect it (`curl`), the whole
 //! system of issuer, gateway instances, Redis, PostgreSQL and clients in operational
-//! scenarios (`system`), OpenTelemetry traces (`telemetry`), tokens kept between runs (`tokens`), `dpop jwt` (`jwt`), key
-//! files (`keys`), and environment variables, completions and the manual page
-//! (`shell`). What they share is in `common`.
+//! scenarios (`system`), OpenTelemetry traces (`telemetry`), tokens kept between runs
+//! (`tokens`), `dpop jwt` (`jwt`), key files (`keys`), environment variables, completions
+//! and the manual page (`shell`), and the deployment files against the code and their
+//! configurations (`deploy`). What they share is in `common`.
 
 mod common;
 
 mod cli;
 mod client;
 mod curl;
+mod deploy;
 mod gateway;
 mod issuer;
 mod jwt;

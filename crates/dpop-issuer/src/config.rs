@@ -152,6 +152,9 @@ pub struct DpopSettings {
     pub future_leeway: Duration,
 }
 
+/// Where the issuer listens when the configuration does not say (`listen`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
+
 /// The whole validated configuration.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -308,7 +311,7 @@ impl IssuerConfig {
             .map_err(|e| format!("issuer {:?} {e}", raw.issuer))?
             .as_str()
             .to_owned();
-        let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8081");
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|_| format!("listen {listen_text:?} is not an address like 127.0.0.1:8081"))?;

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use dpop_core::{Clock, Htu, NonceSecret, StatelessNonces, UnixTime, Verifier, VerifierConfig};
 
-pub use crate::config::{IssuerConfig, ProcessEnvironment};
+pub use crate::config::{DEFAULT_LISTEN, IssuerConfig, ProcessEnvironment};
 pub use crate::error::{ConfigError, IssuerError, OAuthError, RfcError, StoreError};
 pub use crate::keys::{DEFAULT_KEY_ACTIVATION, MAINTENANCE_INTERVAL};
 pub use crate::secret::hash_secret;

@@ -126,6 +126,13 @@ fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     r
 }
 
+/// The liveness path: 200 while the process answers. Deployment files probe it.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// The readiness path: what the process's `readiness` says. Deployment files probe it.
+pub const READYZ_PATH: &str = "/readyz";
+/// The Prometheus text of the registry.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// The answer to `method path`.
 async fn answer<F, Fut>(
     method: &Method,
@@ -137,7 +144,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Readiness>,
 {
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if !matches!(path, HEALTHZ_PATH | READYZ_PATH | METRICS_PATH) {
         return empty(StatusCode::NOT_FOUND);
     }
     if method != Method::GET && method != Method::HEAD {
@@ -147,8 +154,8 @@ where
         return r;
     }
     match path {
-        "/healthz" => response(StatusCode::OK, Bytes::from_static(b"ok\n"), TEXT),
-        "/readyz" => readiness().await.into_http(),
+        HEALTHZ_PATH => response(StatusCode::OK, Bytes::from_static(b"ok\n"), TEXT),
+        READYZ_PATH => readiness().await.into_http(),
         _ => response(
             StatusCode::OK,
             Bytes::from(crate::metrics::encode(registry)),

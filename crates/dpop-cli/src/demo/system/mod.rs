@@ -10,6 +10,7 @@ mod report;
 mod scenarios;
 mod setup;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -72,20 +73,29 @@ async fn keep(out: &mut dyn Write, sys: &System) -> Result<(), CliError> {
         "\nThe services stay up until Ctrl-C. Try, in another shell:\n"
     )
     .map_err(w)?;
-    writeln!(out, "  export BILLING_SECRET='{}'", sys.billing_secret).map_err(w)?;
+    // Commands to paste into another shell: the binary named as that shell will find it,
+    // and every word quoted for it.
+    let dpop = program_word(
+        std::env::current_exe().ok().as_deref(),
+        std::env::var_os("PATH"),
+    );
+    let key = shell_word(&key_path.to_string_lossy());
     writeln!(
         out,
-        "  dpop curl {}/v1/items --key {} \\\n      --issuer {} --client-id billing --client-secret-env BILLING_SECRET -v",
-        sys.gateway_url,
-        key_path.display(),
-        sys.issuer_url
+        "  export BILLING_SECRET={}",
+        shell_word(&sys.billing_secret)
     )
     .map_err(w)?;
     writeln!(
         out,
-        "  dpop token --issuer {} --client-id billing --client-secret-env BILLING_SECRET --key {}",
-        sys.issuer_url,
-        key_path.display()
+        "  {dpop} curl {}/v1/items --key {key} \\\n      --issuer {} --client-id billing --client-secret-env BILLING_SECRET -v",
+        sys.gateway_url, sys.issuer_url
+    )
+    .map_err(w)?;
+    writeln!(
+        out,
+        "  {dpop} token --issuer {} --client-id billing --client-secret-env BILLING_SECRET --key {key}",
+        sys.issuer_url
     )
     .map_err(w)?;
     writeln!(
@@ -99,6 +109,42 @@ async fn keep(out: &mut dyn Write, sys: &System) -> Result<(), CliError> {
     Ok(())
 }
 
+/// How a shell finds the running binary: `dpop` when the first `dpop` on `path_var` is
+/// this very file, otherwise its absolute path (quoted), so that a printed command runs
+/// the binary that printed it, from any shell.
+fn program_word(exe: Option<&Path>, path_var: Option<OsString>) -> String {
+    const NAME: &str = "dpop";
+    let Some(exe) = exe else {
+        return NAME.to_owned();
+    };
+    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let first_on_path = path_var
+        .iter()
+        .flat_map(std::env::split_paths)
+        .find_map(|dir| {
+            let candidate = dir.join(NAME);
+            candidate.is_file().then_some(candidate)
+        });
+    match first_on_path {
+        Some(found) if same_file(&found, exe) => NAME.to_owned(),
+        _ => shell_word(&exe.to_string_lossy()),
+    }
+}
+
+/// `word` as one word for a POSIX shell: as it is when it has only characters no shell
+/// treats specially, otherwise in single quotes (a `'` inside becomes `'\''`).
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 fn write_key(path: &Path) -> Result<(), CliError> {
     let key = PrivateKey::generate(Algorithm::Es256).map_err(|e| failed("key")(&e))?;
     let pem = key.to_pkcs8_pem().map_err(|e| failed("key")(&e))?;
@@ -109,4 +155,70 @@ fn write_key(path: &Path) -> Result<(), CliError> {
     let mut f = options.open(path).map_err(|e| failed("key file")(&e))?;
     f.write_all(pem.as_bytes())
         .map_err(|e| failed("key file")(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::{program_word, shell_word};
+
+    #[test]
+    fn words_are_quoted_only_when_a_shell_would_split_or_expand_them() {
+        assert_eq!(shell_word("/usr/local/bin/dpop"), "/usr/local/bin/dpop");
+        assert_eq!(shell_word("a-Z_0.9:=@%+,"), "a-Z_0.9:=@%+,");
+        assert_eq!(shell_word("/opt/my tools/dpop"), "'/opt/my tools/dpop'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word("$HOME"), "'$HOME'");
+        assert_eq!(shell_word("a*b"), "'a*b'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    /// A directory with a `dpop` file in it, removed on drop.
+    struct Bin(PathBuf);
+
+    impl Bin {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("dpop-program-word {label} {}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("dpop"), b"").unwrap();
+            Self(dir)
+        }
+        fn exe(&self) -> PathBuf {
+            self.0.join("dpop")
+        }
+    }
+
+    impl Drop for Bin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_binary_is_named_by_its_path_unless_path_finds_this_very_file() {
+        let this = Bin::new("this");
+        let other = Bin::new("other");
+        let path = |dirs: &[&Path]| Some(std::env::join_paths(dirs).unwrap());
+        let quoted = shell_word(&this.exe().to_string_lossy());
+        assert!(quoted.starts_with('\''), "{quoted}");
+        // Found first on PATH: the bare name.
+        assert_eq!(
+            program_word(Some(&this.exe()), path(&[&this.0, &other.0])),
+            "dpop"
+        );
+        // Another dpop comes first, or none at all, or no PATH: the quoted path.
+        assert_eq!(
+            program_word(Some(&this.exe()), path(&[&other.0, &this.0])),
+            quoted
+        );
+        assert_eq!(
+            program_word(Some(&this.exe()), path(&[Path::new("/nonexistent")])),
+            quoted
+        );
+        assert_eq!(program_word(Some(&this.exe()), None), quoted);
+        // The running binary unknown: the name is all there is.
+        assert_eq!(program_word(None, path(&[&other.0])), "dpop");
+    }
 }
