@@ -20,6 +20,9 @@ pub(crate) enum CliError {
     /// The command was fine but an operation failed (writing output, key generation).
     /// Exit code 1.
     Failed(String),
+    /// A transfer failed the way curl reports with this exit code (6 cannot resolve,
+    /// 7 cannot connect, 28 time-out, 35/60 TLS, ...).
+    Transfer(u8, String),
 }
 
 impl CliError {
@@ -40,6 +43,7 @@ impl CliError {
         ExitCode::from(match self {
             Self::Usage(_) => EXIT_USAGE,
             Self::Failed(_) => EXIT_INVALID,
+            Self::Transfer(code, _) => *code,
         })
     }
 }
@@ -56,7 +60,7 @@ pub(crate) fn core_message(e: &dpop_core::Error) -> String {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(m) | Self::Failed(m) => f.write_str(m),
+            Self::Usage(m) | Self::Failed(m) | Self::Transfer(_, m) => f.write_str(m),
         }
     }
 }

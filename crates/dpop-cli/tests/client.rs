@@ -513,6 +513,15 @@ async fn curl_gets_its_own_token_with_the_token_flags() {
     // -v shows the token endpoint's exchanges too (its nonce challenge included), with
     // the client's credentials redacted and no token in sight.
     let err = &run.stderr;
+    // The metadata lookup that found the token endpoint.
+    assert!(
+        err.lines().any(
+            |l| l.starts_with(&format!("* issuer metadata of {} from ", setup.url))
+                && l.contains("/.well-known/")
+                && l.contains(" token_endpoint ")
+        ),
+        "{err}"
+    );
     assert!(err.contains("* token request to "), "{err}");
     assert!(err.contains("> authorization: Basic [redacted, "), "{err}");
     assert!(!err.contains(SVC_SECRET), "{err}");

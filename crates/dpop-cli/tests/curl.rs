@@ -265,6 +265,84 @@ async fn network_failures_exit_with_curls_codes_and_their_cause() {
     assert!(run.stderr.contains("longer than 8192 bytes"), "{run:#?}");
 }
 
+/// An issuer out of reach fails `dpop curl` and `dpop token` with curl's codes for the
+/// metadata lookup (7 refused, 6 unresolvable, 28 silent), not a generic 1; `-v` says
+/// which lookup failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_out_of_reach_exits_with_curls_codes() {
+    let dir = TempDir::new("curl-issuer-exits");
+    let (key, _) = keygen(&dir).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (_listener, silent) = silent_server();
+    let silent = silent.trim_end_matches('/').to_owned();
+    let token_flags = |issuer: &str| -> Vec<String> {
+        [
+            "--issuer",
+            issuer,
+            "--client-id",
+            "svc",
+            "--client-secret-env",
+            "SVC_SECRET",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let env = [("SVC_SECRET", "not-a-real-secret-0123456789")];
+    let cases: [(&str, u8, &str); 3] = [
+        (&closed, 7, "connection refused"),
+        (
+            "https://no-such-issuer.invalid",
+            6,
+            "no-such-issuer.invalid",
+        ),
+        (&silent, 28, "timed out"),
+    ];
+    for (issuer, code, cause) in cases {
+        // -m bounds the whole run, the metadata lookup included.
+        let mut args = vec![
+            "curl".to_owned(),
+            "-m".to_owned(),
+            "2".to_owned(),
+            "-v".to_owned(),
+            upstream.url(),
+            "--key".to_owned(),
+            key.clone(),
+        ];
+        args.extend(token_flags(issuer));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = dpop_env(&args, &env).await;
+        assert_eq!(run.code, i32::from(code), "{issuer}: {run:#?}");
+        assert!(
+            run.stderr.to_lowercase().contains(cause),
+            "{issuer}: {run:#?}"
+        );
+        if code == 28 {
+            // Cut by -m, whatever was under way; dpop token has no -m (a silent issuer
+            // takes the lookup's own 30 s for each of the two well-known URLs).
+            continue;
+        }
+        assert!(run.stderr.contains("issuer metadata"), "{issuer}: {run:#?}");
+        assert!(
+            run.stderr
+                .contains(&format!("* issuer {issuer}: issuer metadata: ")),
+            "-v names the failed lookup: {run:#?}"
+        );
+        assert!(!run.stderr.contains(env[0].1), "{run:#?}");
+
+        let mut args = vec!["token".to_owned(), "--key".to_owned(), key.clone()];
+        args.extend(token_flags(issuer));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = dpop_env(&args, &env).await;
+        assert_eq!(run.code, i32::from(code), "dpop token, {issuer}: {run:#?}");
+        assert!(
+            run.stderr.to_lowercase().contains(cause),
+            "{issuer}: {run:#?}"
+        );
+    }
+    assert_eq!(upstream.request_count(), 0, "nothing sent without a token");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_verified_and_k_is_refused() {
     let dir = TempDir::new("curl-tls");

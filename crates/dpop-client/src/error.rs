@@ -24,6 +24,11 @@ pub enum ClientError {
     /// The issuer's metadata is missing or unusable.
     #[error("issuer metadata: {0}")]
     Metadata(String),
+    /// The issuer's metadata could not be found (its URLs unreachable, answering an
+    /// error, or with documents that do not pass); see
+    /// [`DiscoveryError::unreachable`](dpop_discovery::DiscoveryError::unreachable).
+    #[error("issuer metadata: {0}")]
+    Discovery(dpop_discovery::DiscoveryError),
     /// The token endpoint refused the request.
     #[error("the token endpoint refused the request: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     TokenEndpoint {

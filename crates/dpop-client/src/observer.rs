@@ -7,6 +7,8 @@ use std::fmt;
 
 use reqwest::{Request, Response};
 
+use crate::error::ClientError;
+
 /// Receives [`Event`]s. Set one with [`DpopMiddleware::with_observer`](crate::DpopMiddleware::with_observer);
 /// token sources made from that middleware report through it too.
 ///
@@ -76,6 +78,14 @@ pub enum Event<'a> {
         url: &'a url::Url,
         /// Why.
         reason: Retry,
+    },
+    /// The issuer's metadata was looked up (RFC 8414, then OpenID discovery), once per
+    /// token source.
+    Metadata {
+        /// The issuer asked about.
+        issuer: &'a str,
+        /// The document's URL and the token endpoint it names, or why there is none.
+        result: Result<(&'a str, &'a str), &'a ClientError>,
     },
     /// The server's clock differs from the local clock by `offset_secs` (server minus
     /// local); proofs for `origin` are dated accordingly from now on.

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::error::ClientError;
 use crate::key::ClientKey;
 use crate::middleware::{DpopMiddleware, send_signed};
+use crate::observer::Event;
 use crate::session::Session;
 use crate::source::TokenSource;
 use crate::store::{RenewalGuard, StoredToken, TokenKey, TokenStore};
@@ -378,7 +379,7 @@ impl OAuthTokens {
     /// The token endpoint, from the issuer's metadata (RFC 8414, then OpenID discovery).
     async fn token_endpoint(&self) -> Result<&str, ClientError> {
         self.token_endpoint
-            .get_or_try_init(|| discover(&self.http, &self.request.issuer))
+            .get_or_try_init(|| discover(&self.http, &self.session, &self.request.issuer))
             .await
             .map(String::as_str)
     }
@@ -741,14 +742,30 @@ async fn parse_token_response(response: reqwest::Response) -> Result<TokenRespon
 
 /// The token endpoint from `issuer`'s metadata (the URL rule, RFC 8414 then OpenID
 /// discovery, the issuer checked: `dpop-discovery`).
-async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, ClientError> {
-    let issuer = IssuerUrl::parse(issuer)
-        .map_err(|e| ClientError::Metadata(format!("the issuer {issuer:?} {e}")))?;
-    let fetcher = Fetcher::with_client(http.clone(), METADATA_TIMEOUT);
-    let meta = Metadata::discover(&fetcher, &issuer)
-        .await
-        .map_err(|e| ClientError::Metadata(e.to_string()))?;
-    meta.token_endpoint()
-        .map(|e| e.as_str().to_owned())
-        .map_err(|e| ClientError::Metadata(e.to_string()))
+/// The observer is told the outcome.
+async fn discover(
+    http: &reqwest::Client,
+    session: &Session,
+    issuer: &str,
+) -> Result<String, ClientError> {
+    let asked = issuer;
+    let found = async {
+        let issuer = IssuerUrl::parse(issuer)
+            .map_err(|e| ClientError::Metadata(format!("the issuer {issuer:?} {e}")))?;
+        let fetcher = Fetcher::with_client(http.clone(), METADATA_TIMEOUT);
+        let meta = Metadata::discover(&fetcher, &issuer)
+            .await
+            .map_err(ClientError::Discovery)?;
+        let endpoint = meta
+            .token_endpoint()
+            .map(|e| e.as_str().to_owned())
+            .map_err(|e| ClientError::Metadata(e.to_string()))?;
+        Ok((meta.url().to_owned(), endpoint))
+    }
+    .await;
+    session.report(&Event::Metadata {
+        issuer: asked,
+        result: found.as_ref().map(|(u, e)| (u.as_str(), e.as_str())),
+    });
+    found.map(|(_, endpoint)| endpoint)
 }

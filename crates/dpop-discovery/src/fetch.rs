@@ -23,6 +23,10 @@ pub enum FetchError {
         url: String,
         /// What failed, with its causes.
         reason: String,
+        /// The HTTP client's error (without its URL), for callers that tell apart a name
+        /// that does not resolve, a refused connection, a time-out or a TLS failure (the
+        /// `reason` already says it in words). `None` when the body could not be read.
+        cause: Option<Box<reqwest::Error>>,
     },
     /// The server answered a status other than 2xx (a redirect included).
     #[error("GET {url} answered {status}")]
@@ -155,9 +159,13 @@ impl Fetcher {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| FetchError::Transport {
-                url: text.to_owned(),
-                reason: describe(&e.without_url()),
+            .map_err(|e| {
+                let e = e.without_url();
+                FetchError::Transport {
+                    url: text.to_owned(),
+                    reason: describe(&e),
+                    cause: Some(Box::new(e)),
+                }
             })?;
         let status = response.status();
         if !status.is_success() {
@@ -174,6 +182,7 @@ impl Fetcher {
             ReadError::Failed => FetchError::Transport {
                 url: text.to_owned(),
                 reason: "the response body could not be read".to_owned(),
+                cause: None,
             },
         })?;
         String::from_utf8(body).map_err(|_| FetchError::NotUtf8 {

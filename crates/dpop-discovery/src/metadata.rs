@@ -57,6 +57,31 @@ pub enum DiscoveryError {
 }
 
 impl DiscoveryError {
+    /// When no URL could be reached at all: the first URL tried and the HTTP client's
+    /// error for it (a name that does not resolve, a refused connection, a time-out, a
+    /// TLS failure), so that a command-line client can answer with the matching exit
+    /// code. `None` when any URL answered (with a status, a bad document, ...).
+    #[must_use]
+    pub fn unreachable(&self) -> Option<(&str, &reqwest::Error)> {
+        let Self::NotFound { failures, .. } = self else {
+            return None;
+        };
+        let mut first = None;
+        for failure in failures {
+            match failure {
+                DocumentError::Fetch(FetchError::Transport {
+                    url,
+                    cause: Some(cause),
+                    ..
+                }) => {
+                    first = first.or(Some((url.as_str(), &**cause)));
+                }
+                _ => return None,
+            }
+        }
+        first
+    }
+
     /// Whether a document was refused for its size.
     #[must_use]
     pub fn is_too_large(&self) -> bool {

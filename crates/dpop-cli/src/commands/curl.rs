@@ -7,7 +7,7 @@
 //! (curl's exit codes and the causes of a failure).
 
 mod diagnose;
-mod exit;
+pub(super) mod exit;
 mod output;
 mod request;
 mod transfer;

@@ -36,6 +36,18 @@ pub(crate) fn client_error(e: ClientError) -> CliError {
         ClientError::Key(_) | ClientError::SubjectToken(_) | ClientError::TokenStore(_) => {
             CliError::usage(e.to_string())
         }
+        // The issuer out of reach: curl's exit codes, as `dpop curl` gives.
+        ClientError::Discovery(e) => {
+            let failure = super::curl::exit::discovery(&e);
+            CliError::Transfer(failure.code, failure.message)
+        }
+        ClientError::Http(e) => match e.url().cloned() {
+            Some(url) => {
+                let failure = super::curl::exit::transport(&e, &url);
+                CliError::Transfer(failure.code, failure.message)
+            }
+            None => CliError::failed(e.to_string()),
+        },
         other => CliError::failed(other.to_string()),
     }
 }

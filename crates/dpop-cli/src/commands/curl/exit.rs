@@ -35,9 +35,9 @@ pub(super) const USAGE: u8 = 2;
 
 /// Why the transfer stopped: curl's exit code and one line for stderr.
 #[derive(Debug)]
-pub(super) struct Failure {
-    pub(super) code: u8,
-    pub(super) message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -117,7 +117,7 @@ fn causes(errors: &[&(dyn StdError + 'static)]) -> String {
 }
 
 /// curl's code for a failed HTTP exchange with `url`, and the message with its causes.
-pub(super) fn transport(e: &reqwest::Error, url: &reqwest::Url) -> Failure {
+pub(crate) fn transport(e: &reqwest::Error, url: &reqwest::Url) -> Failure {
     let all = chain(e);
     // The top error only says "error sending request for url (...)": the causes say why.
     let detail = causes(all.get(1..).unwrap_or_default());
@@ -160,12 +160,31 @@ pub(super) fn transport(e: &reqwest::Error, url: &reqwest::Url) -> Failure {
     Failure::new(OTHER, format!("{url}: {detail}"))
 }
 
+/// A failed metadata lookup: curl's code for the first URL when none could be reached
+/// (6, 7, 28, 35, 60 as for any transfer), else 1.
+pub(crate) fn discovery(e: &dpop_discovery::DiscoveryError) -> Failure {
+    let reached = e
+        .unreachable()
+        .and_then(|(url, cause)| Some((reqwest::Url::parse(url).ok()?, cause)));
+    match reached {
+        Some((url, cause)) => {
+            let failure = transport(cause, &url);
+            Failure::new(
+                failure.code,
+                format!("issuer metadata: {}", failure.message),
+            )
+        }
+        None => Failure::new(OTHER, format!("issuer metadata: {e}")),
+    }
+}
+
 /// A failure of the DPoP middleware: the token source, the proof, or the exchange.
 pub(super) fn middleware(e: reqwest_middleware::Error, url: &reqwest::Url) -> Failure {
     match e {
         reqwest_middleware::Error::Reqwest(e) => transport(&e, url),
         reqwest_middleware::Error::Middleware(e) => match e.downcast::<ClientError>() {
             Ok(ClientError::Http(e)) => transport(&e, url),
+            Ok(ClientError::Discovery(e)) => discovery(&e),
             Ok(ce @ (ClientError::Key(_) | ClientError::SubjectToken(_))) => {
                 Failure::new(USAGE, ce.to_string())
             }

@@ -28,6 +28,12 @@ impl Observer for Verbose {
                 print_request(request);
             }
             Event::Received { response, .. } => print_response(response),
+            Event::Metadata { issuer, result } => match result {
+                Ok((document, token_endpoint)) => info(&format!(
+                    "issuer metadata of {issuer} from {document}: token_endpoint {token_endpoint}"
+                )),
+                Err(e) => info(&format!("issuer {issuer}: {e}")),
+            },
             Event::Retrying { url, reason } => {
                 info(&format!("{reason}: sending {url} again with a fresh proof"));
             }
