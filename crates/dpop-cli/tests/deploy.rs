@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use dpop_server::admin::{HEALTHZ_PATH, READYZ_PATH};
 
-use crate::common::DPOP;
+use crate::common::{DPOP, TempDir};
 
 /// The workspace root.
 fn root() -> PathBuf {
@@ -69,17 +69,48 @@ const SECRET_DIRS: [&str; 3] = [
     "/run/credentials/dpop-gateway.service/",
 ];
 
-/// `text` with the mounted secret paths replaced by the example secrets' directory.
-fn with_example_secrets(text: &str) -> String {
-    let examples = root().join("deploy/compose/secrets/");
-    SECRET_DIRS.iter().fold(text.to_owned(), |t, dir| {
-        t.replace(dir, examples.to_str().unwrap())
-    })
+/// The secret that is generated, never shipped: each installation makes its own.
+const GENERATED_SECRET: &str = "nonce-secrets";
+
+/// `text` with the mounted secret paths replaced by a directory holding the example
+/// secrets as an operator installs them (owner-only modes, git keeps 0644) and a
+/// generated nonce secret (see `GENERATED_SECRET`). The directory lives as long as the
+/// returned guard.
+fn with_example_secrets(text: &str) -> (String, TempDir) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("deploy-secrets");
+    let examples = root().join("deploy/compose/secrets");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if name != "README.md" {
+            let text = std::fs::read_to_string(&path).unwrap();
+            dir.write(name, &text, 0o600);
+        }
+    }
+    // 32 bytes, base64url (a fresh key's thumbprint: a SHA-256 of random key material).
+    let secret = dpop_core::PrivateKey::generate(dpop_core::Algorithm::Ed25519)
+        .unwrap()
+        .public_jwk()
+        .thumbprint()
+        .as_str()
+        .to_owned();
+    let generated = dir.write(GENERATED_SECRET, &format!("{secret}\n"), 0o600);
+    assert_eq!(
+        std::fs::metadata(&generated).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mounted = format!("{}/", dir.file("x").parent().unwrap().display());
+    let text = SECRET_DIRS
+        .iter()
+        .fold(text.to_owned(), |t, secrets| t.replace(secrets, &mounted));
+    (text, dir)
 }
 
 /// The gateway's own validation accepts `text` (a gateway TOML).
 fn assert_gateway_config_valid(what: &str, text: &str) {
-    if let Err(e) = dpop_gateway::GatewayConfig::from_toml(&with_example_secrets(text)) {
+    let (text, _secrets) = with_example_secrets(text);
+    if let Err(e) = dpop_gateway::GatewayConfig::from_toml(&text) {
         panic!("{what} is refused by the gateway: {e}");
     }
 }
@@ -301,10 +332,18 @@ fn compose_runs_the_configured_ports_and_probes_the_admin_paths() {
         .collect();
     assert_eq!(declared.len(), 3, "{text}");
     for name in &declared {
-        assert!(
-            root().join(COMPOSE).join("secrets").join(name).is_file(),
-            "{name}"
-        );
+        let path = root().join(COMPOSE).join("secrets").join(name);
+        if *name == GENERATED_SECRET {
+            // Never shipped (every installation would share it): ignored by git and
+            // generated as the secrets' README says.
+            assert!(read(".gitignore").contains(&format!("deploy/compose/secrets/{name}")));
+            assert!(
+                read(&format!("{COMPOSE}/secrets/README.md"))
+                    .contains(&format!("> secrets/{name}"))
+            );
+        } else {
+            assert!(path.is_file(), "{name}");
+        }
     }
     let issuer_block = &services["issuer"];
     let published: BTreeSet<u16> = list_after(issuer_block, "ports:")
@@ -406,7 +445,13 @@ fn the_systemd_units_run_this_binary_hardened_with_credentials() {
             )],
             "{name}"
         );
-        assert_eq!(setting(&u, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+        // Only the gateway reloads on SIGHUP; the issuer would log and ignore it.
+        let reload: &[&str] = if role == "gateway" {
+            &["/bin/kill -HUP $MAINPID"]
+        } else {
+            &[]
+        };
+        assert_eq!(setting(&u, "ExecReload"), reload, "{name}");
         for (key, value) in [
             ("DynamicUser", "yes"),
             ("ProtectSystem", "strict"),
@@ -501,7 +546,7 @@ fn configmap_toml(name: &str, key: &str) -> String {
 fn the_kubernetes_manifests_match_their_configuration_and_the_admin_paths() {
     let (_, bin) = package_and_binary();
     let kustomization = read("deploy/kubernetes/kustomization.yaml");
-    for (role, secret_mount) in [("gateway", Some("/etc/dpop/secrets")), ("issuer", None)] {
+    for role in ["gateway", "issuer"] {
         let rel = format!("deploy/kubernetes/{role}.yaml");
         assert!(kustomization.contains(&format!("  - {role}.yaml")), "{rel}");
         let docs = documents(&rel);
@@ -547,18 +592,23 @@ fn the_kubernetes_manifests_match_their_configuration_and_the_admin_paths() {
             .find_map(|l| l.strip_prefix("image: "))
             .unwrap();
         assert!(image.contains(&format!("/{bin}:")), "{image}");
-        // Secrets mounted as files are where the configuration reads them.
-        if let Some(mount) = secret_mount {
-            assert!(lines.contains(
-                &format!("- {{name: secrets, mountPath: {mount}, readOnly: true}}").as_str()
-            ));
-            let file = config["nonce"]["secrets_file"].as_str().unwrap();
-            assert!(file.starts_with(&format!("{mount}/")), "{file}");
-            let example = read("deploy/kubernetes/secrets.example.yaml");
-            let name = file.rsplit('/').next().unwrap();
+        // The gateway's nonce secret comes from the Secret through the environment
+        // variable the binary reads (a Secret volume's files are group-readable, which
+        // the secret file check refuses), and the example Secret has that key.
+        if role == "gateway" {
+            assert!(lines.contains(&"- name: DPOP_NONCE_SECRET"), "{rel}");
             assert!(
-                example.contains(&format!("  {name}: |")),
-                "{name} in the example Secret"
+                lines.contains(
+                    &"valueFrom: {secretKeyRef: {name: dpop-gateway, key: nonce-secret}}"
+                ),
+                "{rel}"
+            );
+            assert!(config["nonce"].get("secrets_file").is_none(), "{rel}");
+            let example = read("deploy/kubernetes/secrets.example.yaml");
+            assert!(example.contains("  nonce-secret: "), "the example Secret");
+            assert!(
+                !deployment.contains("defaultMode"),
+                "{rel}: no secret volume"
             );
         }
         // Service, PodDisruptionBudget and NetworkPolicy agree on the ports.

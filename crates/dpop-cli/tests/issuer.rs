@@ -408,3 +408,32 @@ async fn the_issuer_logs_each_token_request_without_secrets() {
         r#"{"database_reachable":true,"ready":true}"#
     );
 }
+
+/// The issuer does not reload: a SIGHUP (`systemctl reload`, a stray `kill -HUP`) is
+/// logged as ignored and the issuer keeps serving, instead of ending the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_ignored_with_a_warning_not_fatal() {
+    let setup = IssuerSetup::new();
+    let mut issuer = setup.start().await;
+    for _ in 0..2 {
+        let ok = Command::new("kill")
+            .args(["-HUP", &issuer.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while issuer.output().matches("SIGHUP ignored").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning: {}",
+            issuer.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(issuer.try_wait().unwrap().is_none(), "the issuer ended");
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = get_token(&setup.url(), &key).await;
+    assert!(!token.is_empty());
+}

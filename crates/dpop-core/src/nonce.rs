@@ -209,6 +209,12 @@ impl StatelessNonces {
         Ok(self)
     }
 
+    /// The oldest accepted age of a nonce, in seconds.
+    #[must_use]
+    pub fn max_age_secs(&self) -> u64 {
+        self.max_age_secs
+    }
+
     fn encode(&self, step: u64) -> String {
         let tag = self.current.tag(step);
         let mut raw = [0u8; RAW_LEN];

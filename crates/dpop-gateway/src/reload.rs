@@ -346,6 +346,17 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
             a.drain_timeout != b.drain_timeout,
         ),
         ("log_format", a.log_format != b.log_format),
+        // A proof's replay record lasts as long as the window it was accepted in: a wider
+        // window after a reload would accept again, until it closes, a proof recorded
+        // under the narrower one. Narrowing is safe.
+        (
+            "[proof] max_age_secs (raised)",
+            b.proof_max_age > a.proof_max_age,
+        ),
+        (
+            "[nonce] max_age_secs (raised)",
+            nonce_max_age(b) > nonce_max_age(a),
+        ),
         (
             "reload_on_change",
             old.reload_on_change != new.reload_on_change,
@@ -354,6 +365,11 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
     .into_iter()
     .find(|(_, changed)| *changed)
     .map(|(name, _)| name)
+}
+
+/// How long nonces are accepted (0 without nonces).
+fn nonce_max_age(e: &crate::config::EnforcementConfig) -> u64 {
+    e.nonces.as_ref().map_or(0, |n| n.max_age_secs())
 }
 
 /// A digest of the file's content (empty when it cannot be read: a file being replaced
@@ -387,6 +403,13 @@ mod tests {
             "trusted_proxies = [\"10.0.0.0/8\"]\n[limits]\nrequest_timeout_secs = 5\nupstream_timeout_secs = 3\n[[routes]]\npath_prefix = \"/v2\"\nupstream = \"http://127.0.0.1:3001\"\n",
         );
         assert_eq!(restart_only(&old, &reloadable), None);
+        // A narrower proof window is safe (records outlive it); a wider one is not.
+        let narrower = config("[proof]\nmax_age_secs = 30\n");
+        assert_eq!(restart_only(&old, &narrower), None);
+        assert_eq!(
+            restart_only(&narrower, &old),
+            Some("[proof] max_age_secs (raised)")
+        );
         let new = GatewayConfig::from_toml(&BASE.replace("8080\"\nupstream", "8081\"\nupstream"))
             .unwrap();
         assert_eq!(restart_only(&old, &new), Some("listen"));
@@ -401,6 +424,10 @@ mod tests {
             ("[limits]\nmax_connections = 7\n", "limits.max_connections"),
             ("log_format = \"json\"\n", "log_format"),
             ("reload_on_change = true\n", "reload_on_change"),
+            (
+                "[proof]\nmax_age_secs = 120\n",
+                "[proof] max_age_secs (raised)",
+            ),
         ] {
             let mut new = config(extra);
             if name != "limits.workers" {

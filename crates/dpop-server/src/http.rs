@@ -6,7 +6,8 @@
 //! Label values come from fixed sets: the method is one of the standard methods or
 //! `_OTHER` ([`method_label`]), the route is a name from the configuration (a route's
 //! path prefix, an issuer endpoint), never a request's path, and the status code is a
-//! number below 600. A client cannot grow the series.
+//! number from 100 to 599 (any other status an upstream sends is counted as 0). A client
+//! cannot grow the series.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +131,13 @@ fn observe(
     route: &Arc<str>,
     elapsed: Duration,
 ) {
+    // hyper takes any three-digit status from an upstream: what is not HTTP's own
+    // (100 to 599) is one label value, so an upstream cannot grow the series.
+    let status = if (100..600).contains(&status) {
+        status
+    } else {
+        0
+    };
     family
         .get_or_create(&RequestLabels {
             http_request_method: method,

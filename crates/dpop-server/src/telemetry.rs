@@ -249,6 +249,22 @@ fn method_attribute(method: &Method) -> &'static str {
 }
 
 /// The host of the request's URI or `Host` field (no port), for `server.address`.
+/// Longest value of an attribute taken from a request (the path, the host): a client
+/// cannot make spans, and the exporter's queue, as large as the header limit allows.
+const MAX_ATTRIBUTE_BYTES: usize = 512;
+
+/// `value` cut to at most [`MAX_ATTRIBUTE_BYTES`], at a character boundary.
+fn bounded(value: &str) -> &str {
+    if value.len() <= MAX_ATTRIBUTE_BYTES {
+        return value;
+    }
+    let mut end = MAX_ATTRIBUTE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value.get(..end).unwrap_or_default()
+}
+
 fn server_address<B>(req: &http::Request<B>) -> Option<&str> {
     if let Some(host) = req.uri().host() {
         return Some(host);
@@ -285,10 +301,10 @@ pub fn request_span<B>(
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method,
-        url.path = req.uri().path(),
+        url.path = bounded(req.uri().path()),
         http.route = Empty,
         http.response.status_code = Empty,
-        server.address = server_address(req),
+        server.address = server_address(req).map(bounded),
         client.address = peer.map(|ip| tracing::field::display(ip.to_canonical())),
         dpop.outcome = Empty,
         dpop.reason = Empty,
@@ -313,7 +329,7 @@ pub fn record_route(span: &tracing::Span, route: &str, method: &Method) {
 /// Sets `url.path` to the canonical path the server acted on (replacing the path as
 /// sent).
 pub fn record_path(span: &tracing::Span, path: &str) {
-    span.record("url.path", path);
+    span.record("url.path", bounded(path));
 }
 
 /// Sets `http.response.status_code`, and the span status to error for a 5xx.
@@ -504,6 +520,16 @@ mod tests {
                 .to_string();
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn request_values_are_bounded_at_a_character_boundary() {
+        let short = "/v1/items";
+        assert_eq!(bounded(short), short);
+        let long = format!("/{}", "é".repeat(400));
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_ATTRIBUTE_BYTES && cut.len() >= MAX_ATTRIBUTE_BYTES - 1);
+        assert!(long.starts_with(cut));
     }
 
     #[test]

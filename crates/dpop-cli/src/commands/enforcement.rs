@@ -63,6 +63,9 @@ pub(crate) fn settings(
     Ok(settings)
 }
 
+/// The gateway's service name (in traces, and for the SIGHUP rule).
+pub(crate) const GATEWAY_SERVICE: &str = "dpop-gateway";
+
 /// Runs a server: its configuration from `load` (given `DPOP_NONCE_SECRET`; refused = a
 /// usage error), logging in the format of its `enforcement` part and traces as the
 /// `OTEL_*` variables say (as `service`), then `serve` (bind, and serve until
@@ -79,6 +82,8 @@ pub(crate) fn run<C>(
     let telemetry = super::telemetry(enforcement(&config).log_format, service)?;
     crate::env::log_sources();
     let served = super::runtime()?.block_on(async {
+        // The gateway reloads on SIGHUP (once serving); dpop authz does not.
+        dpop_server::hold_hangup(service, service == GATEWAY_SERVICE);
         serve(config).await.map_err(start_error)?;
         Ok(ExitCode::SUCCESS)
     });

@@ -12,7 +12,7 @@ use crate::error::CliError;
 
 pub(crate) fn run(args: &GatewayArgs) -> Result<ExitCode, CliError> {
     enforcement::run(
-        "dpop-gateway",
+        enforcement::GATEWAY_SERVICE,
         |secret| load(args, secret),
         |config| &config.enforcement,
         async |config| {

@@ -39,6 +39,7 @@ pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, C
             let telemetry = super::telemetry(format, "dpop-issuer")?;
             crate::env::log_sources();
             let served = runtime()?.block_on(async {
+                dpop_server::hold_hangup("dpop issuer", false);
                 let issuer = Issuer::open(config).await.map_err(failed)?;
                 issuer
                     .serve(dpop_server::shutdown_signal())
