@@ -37,11 +37,20 @@ impl LogFormat {
 /// reason codes, methods and paths (without query strings), never tokens, proofs or
 /// keys.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let _ = tracing_subscriber::registry()
-        .with(fmt_layer(format, None, None))
-        .try_init();
+    // One global filter, not the per-layer one of `fmt_layer`: with the per-layer filter
+    // as the only layer, some events at the first use of their call site on a process
+    // were lost (the issuer's replay refusal, seen in the multi-instance tests).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// The trace and span ids of the current span, when it is traced.
