@@ -27,6 +27,14 @@ impl Observer for Recorder {
             Event::ClockCorrected { offset_secs, .. } => {
                 format!("clock {}", (offset_secs + 2) / 5 * 5)
             }
+            Event::Metadata { result, .. } => match result {
+                Ok((document, endpoint)) => format!(
+                    "metadata {} -> {}",
+                    url::Url::parse(document).unwrap().path(),
+                    url::Url::parse(endpoint).unwrap().path()
+                ),
+                Err(e) => format!("metadata failed: {e}"),
+            },
             other => format!("{other:?}"),
         };
         self.0.lock().unwrap().push(line);
@@ -105,6 +113,7 @@ async fn token_requests_are_reported_as_token_endpoint_exchanges() {
     assert_eq!(
         events,
         [
+            "metadata /.well-known/oauth-authorization-server -> /token",
             "send Token POST /token proof=true",
             "got Token 400",
             "retry Nonce",

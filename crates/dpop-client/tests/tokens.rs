@@ -552,7 +552,7 @@ async fn unusable_metadata_and_responses_are_clear_errors() {
     let api = Api::start(ApiOptions::default()).await;
     let err = fetch(&api.url).await;
     assert!(
-        matches!(&err, ClientError::Metadata(m) if m.contains("no metadata")),
+        matches!(&err, ClientError::Discovery(e) if e.to_string().contains("no metadata")),
         "{err:?}"
     );
     // Metadata naming another issuer (RFC 8414 §3.3).
@@ -564,7 +564,7 @@ async fn unusable_metadata_and_responses_are_clear_errors() {
     .await;
     let err = fetch(&api.url).await;
     assert!(
-        matches!(&err, ClientError::Metadata(m) if m.contains("RFC 8414")),
+        matches!(&err, ClientError::Discovery(e) if e.to_string().contains("RFC 8414")),
         "{err:?}"
     );
     assert!(

@@ -163,6 +163,7 @@
 //! installed a rustls crypto provider, connecting installs aws-lc-rs as the process default.
 //! Certificate checks cannot be turned off: a URL fragment such as `#insecure` is refused.
 
+mod batch;
 mod config;
 mod error;
 mod local;

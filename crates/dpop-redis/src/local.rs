@@ -24,8 +24,8 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::batch::{Pending, Primary, QUEUE_DEPTH, Wait, run_batches};
 use crate::error::describe;
-use crate::store::{Pending, Primary, QUEUE_DEPTH, Wait, run_batches};
 use dpop_core::ReplayStoreError;
 
 /// How long a thread whose own connection could not be opened uses the shared batcher

@@ -11,9 +11,13 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisResult, TlsMode, Value};
+use redis::{AsyncConnectionConfig, Cmd, TlsMode, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::{
+    Pending, Primary, QUEUE_DEPTH, Wait, batcher_stopped, insert_reply, replicated_or_refused,
+    run_batches,
+};
 use crate::config::{RedisStoreConfig, Topology, redact_url};
 use crate::error::{RedisStoreError, describe, store_error};
 use crate::local::LocalBatchers;
@@ -26,11 +30,6 @@ const MIN_TTL_MS: u64 = 1_000;
 /// The longest record. Redis refuses a `PX` whose expiry overflows a signed 64-bit count of
 /// milliseconds; 2^62 ms (146 million years) is far below that and far above any window.
 const MAX_TTL_MS: u64 = 1 << 62;
-
-/// Most `SET`s sent in one pipeline.
-const MAX_BATCH: usize = 256;
-/// Inserts waiting for the batcher; past this, callers wait (within their timeout).
-pub(crate) const QUEUE_DEPTH: usize = 16_384;
 
 /// Reconnection attempts after a failed one, before the pending commands fail (the next
 /// command starts a new round). Few, because commands wait on the attempt and a gateway
@@ -359,165 +358,6 @@ enum Backend {
         connection: ClusterConnection,
         wait: Option<Wait>,
     },
-}
-
-/// The one primary that every insert goes to.
-#[derive(Clone)]
-pub(crate) enum Primary {
-    /// One server, multiplexed (one connection carries concurrent commands) and
-    /// reconnecting.
-    Server(ConnectionManager),
-    /// The primary the sentinels name, found again after a failover.
-    Sentinel(Arc<SentinelPrimary>),
-}
-
-impl Primary {
-    async fn query_pipeline(&self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
-        match self {
-            Self::Server(connection) => {
-                let mut connection = connection.clone();
-                pipe.query_async::<Vec<Value>>(&mut connection).await
-            }
-            Self::Sentinel(primary) => primary.query_pipeline(pipe).await,
-        }
-    }
-
-    async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        match self {
-            Self::Server(connection) => {
-                let mut connection = connection.clone();
-                cmd.query_async::<Value>(&mut connection).await
-            }
-            Self::Sentinel(primary) => primary.query(cmd).await,
-        }
-    }
-}
-
-/// `WAIT replicas timeout_ms` after each batch.
-#[derive(Clone, Copy)]
-pub(crate) struct Wait {
-    replicas: u32,
-    timeout_ms: u64,
-}
-
-impl Wait {
-    /// `None` when `wait_replicas` is 0.
-    fn from_config(config: &RedisStoreConfig) -> Option<Self> {
-        (config.wait_replicas > 0).then(|| Self {
-            replicas: config.wait_replicas,
-            timeout_ms: u64::try_from(config.wait_timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        })
-    }
-
-    /// Adds `WAIT replicas timeout_ms` to `pipe`.
-    fn push(&self, pipe: &mut Pipeline) {
-        pipe.cmd("WAIT").arg(self.replicas).arg(self.timeout_ms);
-    }
-
-    /// Whether `WAIT`'s reply (the number of replicas that acknowledged) is enough.
-    fn satisfied(&self, reply: Option<&Value>) -> bool {
-        matches!(reply, Some(Value::Int(acked))
-            if u64::try_from(*acked).is_ok_and(|a| a >= u64::from(self.replicas)))
-    }
-}
-
-/// The insert's outcome once `WAIT` has answered: a key recorded on the primary but on
-/// fewer replicas than wanted could be forgotten by a failover, so the proof is refused (its
-/// key stays, so a replay of it is still caught while the primary lives).
-fn replicated_or_refused(
-    insert: Result<Insert, ReplayStoreError>,
-    replicated: bool,
-) -> Result<Insert, ReplayStoreError> {
-    match insert {
-        Ok(Insert::Inserted) if !replicated => Err(ReplayStoreError::Unavailable(
-            "the record reached fewer Redis replicas than wait_replicas".to_owned(),
-        )),
-        other => other,
-    }
-}
-
-/// One insert waiting for the batcher.
-pub(crate) struct Pending {
-    key: String,
-    ttl_ms: u64,
-    pub(crate) reply: oneshot::Sender<Result<Insert, ReplayStoreError>>,
-}
-
-fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
-    match value {
-        Value::Okay => Ok(Insert::Inserted),
-        Value::SimpleString(reply) if reply == "OK" => Ok(Insert::Inserted),
-        Value::Nil => Ok(Insert::AlreadyPresent),
-        // Anything else is a server we do not understand: refuse, do not guess.
-        _ => Err(ReplayStoreError::Unavailable(
-            "unexpected reply to SET NX".to_owned(),
-        )),
-    }
-}
-
-/// Sends every insert that is waiting as one pipeline, then the next batch.
-///
-/// Why: one `SET` per round trip costs a read and a write system call on both sides for
-/// every request, which on a busy host costs more CPU than the command itself. While one
-/// pipeline is in flight the next requests queue up, so batches grow with load and no
-/// request waits for a timer. A pipeline is not atomic and need not be: each `SET NX` is.
-pub(crate) async fn run_batches(
-    primary: Primary,
-    mut queue: mpsc::Receiver<Pending>,
-    timeout: Duration,
-    wait: Option<Wait>,
-) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Callers that gave up (timed out) need no command.
-        batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let mut pipe = redis::pipe();
-        for p in &batch {
-            pipe.cmd("SET")
-                .arg(&p.key)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(p.ttl_ms);
-        }
-        if let Some(wait) = &wait {
-            wait.push(&mut pipe);
-        }
-        let expected = batch.len() + usize::from(wait.is_some());
-        let replies = tokio::time::timeout(timeout, primary.query_pipeline(&pipe)).await;
-        match replies {
-            Ok(Ok(values)) if values.len() == expected => {
-                // With WAIT, its reply (the replicas that acknowledged) comes last.
-                let replicated = wait.as_ref().is_none_or(|w| w.satisfied(values.last()));
-                for (p, v) in batch.drain(..).zip(values.iter()) {
-                    let _ = p
-                        .reply
-                        .send(replicated_or_refused(insert_reply(v), replicated));
-                }
-            }
-            Ok(Ok(_)) => fail_all(
-                &mut batch,
-                &ReplayStoreError::Unavailable("pipeline reply count mismatch".to_owned()),
-            ),
-            Ok(Err(err)) => fail_all(&mut batch, &store_error(&err)),
-            Err(_elapsed) => fail_all(&mut batch, &ReplayStoreError::Timeout),
-        }
-    }
-}
-
-fn fail_all(batch: &mut Vec<Pending>, error: &ReplayStoreError) {
-    for p in batch.drain(..) {
-        let _ = p.reply.send(Err(error.clone()));
-    }
-}
-
-fn batcher_stopped() -> ReplayStoreError {
-    ReplayStoreError::Unavailable("the Redis batcher stopped".to_owned())
 }
 
 impl AsyncReplayStore for RedisReplayStore {
