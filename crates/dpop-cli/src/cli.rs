@@ -583,6 +583,15 @@ pub(crate) enum AlgArg {
     /// RSA-PSS with SHA-512
     #[value(name = "PS512")]
     Ps512,
+    /// ML-DSA-44, post-quantum (RFC 9964; proofs of about 6 KB; servers must opt in)
+    #[value(name = "ML-DSA-44")]
+    MlDsa44,
+    /// ML-DSA-65, post-quantum (proofs of about 8.3 KB)
+    #[value(name = "ML-DSA-65")]
+    MlDsa65,
+    /// ML-DSA-87, post-quantum (proofs of about 11.2 KB)
+    #[value(name = "ML-DSA-87")]
+    MlDsa87,
 }
 
 impl From<AlgArg> for Algorithm {
@@ -599,6 +608,9 @@ impl From<AlgArg> for Algorithm {
             AlgArg::Ps256 => Self::Ps256,
             AlgArg::Ps384 => Self::Ps384,
             AlgArg::Ps512 => Self::Ps512,
+            AlgArg::MlDsa44 => Self::MlDsa44,
+            AlgArg::MlDsa65 => Self::MlDsa65,
+            AlgArg::MlDsa87 => Self::MlDsa87,
         }
     }
 }

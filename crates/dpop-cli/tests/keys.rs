@@ -365,3 +365,112 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+/// `dpop keygen/jwk/thumbprint/proof/inspect` with post-quantum keys (RFC 9964), and,
+/// when `DPOP_TEST_MLDSA_PYTHON` names a Python with `cryptography` >= 47, one of our
+/// proofs checked by that independent ML-DSA implementation.
+#[tokio::test]
+async fn ml_dsa_keys_sign_proofs_end_to_end() {
+    let dir = TempDir::new("mldsa");
+    let url = "https://server.example.com/token";
+    for alg in ["ML-DSA-44", "ML-DSA-65", "ML-DSA-87"] {
+        let pem = dir.file(&format!("{alg}.pem"));
+        let jkt = dpop(&["keygen", "--alg", alg, "--out", p(&pem)], &[])
+            .await
+            .line()
+            .to_owned();
+        assert_mode(&pem, 0o600);
+        let text = std::fs::read_to_string(&pem).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{alg}");
+        let jwk: Value =
+            serde_json::from_str(dpop(&["jwk", "--alg", alg, p(&pem)], &[]).await.line()).unwrap();
+        assert_eq!(jwk["kty"], "AKP");
+        assert_eq!(jwk["alg"], alg);
+        assert!(jwk.get("priv").is_none());
+        assert_eq!(dpop(&["thumbprint", p(&pem)], &[]).await.line(), jkt);
+        // Another algorithm than the key's is a usage error.
+        let other = if alg == "ML-DSA-44" {
+            "ML-DSA-65"
+        } else {
+            "ML-DSA-44"
+        };
+        assert_eq!(dpop(&["jwk", "--alg", other, p(&pem)], &[]).await.code, 2);
+
+        let proof = dpop(
+            &["proof", "--key", p(&pem), "--method", "POST", "--url", url],
+            &[],
+        )
+        .await
+        .line()
+        .to_owned();
+        let run = dpop(
+            &[
+                "inspect", &proof, "--method", "POST", "--url", url, "--jkt", &jkt, "--json",
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{alg}: {run:?}");
+        assert_eq!(run.json()["header"]["alg"], alg);
+
+        if alg != "ML-DSA-44" {
+            continue;
+        }
+        // The private JWK form carries the seed as `priv`.
+        let jwk_file = dir.file("ml-dsa-44.json");
+        dpop(
+            &["keygen", "--alg", alg, "--jwk", "--out", p(&jwk_file)],
+            &[],
+        )
+        .await;
+        let private: Value =
+            serde_json::from_str(&std::fs::read_to_string(&jwk_file).unwrap()).unwrap();
+        assert_eq!(private["priv"].as_str().map(str::len), Some(43));
+        let run = dpop(
+            &[
+                "proof",
+                "--key",
+                p(&jwk_file),
+                "--method",
+                "GET",
+                "--url",
+                url,
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{run:?}");
+
+        let Ok(python) = std::env::var("DPOP_TEST_MLDSA_PYTHON") else {
+            eprintln!(
+                "skipping the independent ML-DSA check: set DPOP_TEST_MLDSA_PYTHON to a python with cryptography >= 47"
+            );
+            continue;
+        };
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/mldsa-interop.py"
+        );
+        let out = Command::new(python)
+            .args([script, "verify", &proof, &jkt])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // And a tampered one is refused there too.
+        let mut tampered = proof.clone();
+        let last = if tampered.ends_with('A') { "B" } else { "A" };
+        tampered.replace_range(tampered.len() - 1.., last);
+        let out = Command::new(std::env::var("DPOP_TEST_MLDSA_PYTHON").unwrap())
+            .args([script, "verify", &tampered, &jkt])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+    }
+}

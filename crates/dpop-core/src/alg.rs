@@ -1,4 +1,4 @@
-//! JWS signature algorithms for DPoP proofs (RFC 7518 §3, RFC 8037, RFC 9864).
+//! JWS signature algorithms for DPoP proofs (RFC 7518 §3, RFC 8037, RFC 9864, RFC 9964).
 //!
 //! Only asymmetric algorithms exist in this type: `none` and every MAC algorithm
 //! (`HS256`, ...) are not representable, so they cannot be allowed by mistake
@@ -34,6 +34,12 @@ pub enum Algorithm {
     Ps384,
     /// RSASSA-PSS with SHA-512.
     Ps512,
+    /// ML-DSA-44 (FIPS 204, RFC 9964), post-quantum. Not in [`DEFAULT_ALGORITHMS`].
+    MlDsa44,
+    /// ML-DSA-65 (FIPS 204, RFC 9964), post-quantum. Not in [`DEFAULT_ALGORITHMS`].
+    MlDsa65,
+    /// ML-DSA-87 (FIPS 204, RFC 9964), post-quantum. Not in [`DEFAULT_ALGORITHMS`].
+    MlDsa87,
 }
 
 /// What kind of key an algorithm needs. An `alg` whose family does not match the `jwk`
@@ -47,6 +53,61 @@ pub enum KeyFamily {
     Ed25519,
     /// An RSA key of at least 2048 bits.
     Rsa,
+    /// An `AKP` key of one ML-DSA parameter set (RFC 9964); each set has one algorithm.
+    MlDsa(MlDsaParameterSet),
+}
+
+/// The three ML-DSA parameter sets of FIPS 204. An `AKP` JWK names its set through its
+/// required `alg` member, so key and algorithm are one choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MlDsaParameterSet {
+    /// ML-DSA-44 (NIST security category 2).
+    MlDsa44,
+    /// ML-DSA-65 (category 3).
+    MlDsa65,
+    /// ML-DSA-87 (category 5).
+    MlDsa87,
+}
+
+impl MlDsaParameterSet {
+    /// Length in bytes of the raw public key (the JWK's `pub`).
+    #[must_use]
+    pub const fn public_key_len(self) -> usize {
+        match self {
+            Self::MlDsa44 => 1312,
+            Self::MlDsa65 => 1952,
+            Self::MlDsa87 => 2592,
+        }
+    }
+
+    /// Length in bytes of a signature.
+    #[must_use]
+    pub const fn signature_len(self) -> usize {
+        match self {
+            Self::MlDsa44 => 2420,
+            Self::MlDsa65 => 3309,
+            Self::MlDsa87 => 4627,
+        }
+    }
+
+    /// The one algorithm that signs with this parameter set.
+    #[must_use]
+    pub const fn algorithm(self) -> Algorithm {
+        match self {
+            Self::MlDsa44 => Algorithm::MlDsa44,
+            Self::MlDsa65 => Algorithm::MlDsa65,
+            Self::MlDsa87 => Algorithm::MlDsa87,
+        }
+    }
+
+    pub(crate) fn signing(self) -> &'static sig::PqdsaSigningAlgorithm {
+        match self {
+            Self::MlDsa44 => &sig::ML_DSA_44_SIGNING,
+            Self::MlDsa65 => &sig::ML_DSA_65_SIGNING,
+            Self::MlDsa87 => &sig::ML_DSA_87_SIGNING,
+        }
+    }
 }
 
 /// Elliptic curves for `kty: EC` keys.
@@ -103,7 +164,7 @@ impl Curve {
 }
 
 /// Every algorithm, in a stable order.
-pub const ALL_ALGORITHMS: [Algorithm; 11] = [
+pub const ALL_ALGORITHMS: [Algorithm; 14] = [
     Algorithm::Es256,
     Algorithm::Es384,
     Algorithm::Es512,
@@ -115,9 +176,17 @@ pub const ALL_ALGORITHMS: [Algorithm; 11] = [
     Algorithm::Ps256,
     Algorithm::Ps384,
     Algorithm::Ps512,
+    Algorithm::MlDsa44,
+    Algorithm::MlDsa65,
+    Algorithm::MlDsa87,
 ];
 
-/// The verifier's default allow-list: ES256, ES384, EdDSA/Ed25519, PS256, RS256.
+/// The verifier's default largest `DPoP` header, in bytes, when only classical algorithms
+/// are allowed: an RSA-8192 proof fits.
+pub const DEFAULT_MAX_PROOF_BYTES: usize = 8192;
+
+/// The verifier's default allow-list: ES256, ES384, EdDSA/Ed25519, PS256, RS256. The
+/// ML-DSA algorithms are opt-in: their proofs are 6 to 12 KB.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 6] = [
     Algorithm::Es256,
     Algorithm::Es384,
@@ -152,6 +221,9 @@ impl Algorithm {
             Self::Ps256 => "PS256",
             Self::Ps384 => "PS384",
             Self::Ps512 => "PS512",
+            Self::MlDsa44 => "ML-DSA-44",
+            Self::MlDsa65 => "ML-DSA-65",
+            Self::MlDsa87 => "ML-DSA-87",
         }
     }
 
@@ -187,7 +259,41 @@ impl Algorithm {
             Self::Rs256 | Self::Rs384 | Self::Rs512 | Self::Ps256 | Self::Ps384 | Self::Ps512 => {
                 KeyFamily::Rsa
             }
+            Self::MlDsa44 => KeyFamily::MlDsa(MlDsaParameterSet::MlDsa44),
+            Self::MlDsa65 => KeyFamily::MlDsa(MlDsaParameterSet::MlDsa65),
+            Self::MlDsa87 => KeyFamily::MlDsa(MlDsaParameterSet::MlDsa87),
         }
+    }
+
+    /// Whether this is a post-quantum (ML-DSA) algorithm.
+    #[must_use]
+    pub const fn is_post_quantum(self) -> bool {
+        matches!(self.key_family(), KeyFamily::MlDsa(_))
+    }
+
+    /// The largest `DPoP` header a verifier allowing this algorithm accepts by default:
+    /// [`DEFAULT_MAX_PROOF_BYTES`] for the classical algorithms; for ML-DSA the room its
+    /// public key and signature take (about 6.0, 8.3 and 11.2 KB for ML-DSA-44, -65 and
+    /// -87) plus the classical margin for header and claims, rounded up to 4 KiB.
+    #[must_use]
+    pub const fn default_max_proof_bytes(self) -> usize {
+        match self.key_family() {
+            KeyFamily::MlDsa(MlDsaParameterSet::MlDsa44) => 12 * 1024,
+            KeyFamily::MlDsa(MlDsaParameterSet::MlDsa65) => 12 * 1024,
+            KeyFamily::MlDsa(MlDsaParameterSet::MlDsa87) => 16 * 1024,
+            KeyFamily::Ec(_) | KeyFamily::Ed25519 | KeyFamily::Rsa => DEFAULT_MAX_PROOF_BYTES,
+        }
+    }
+
+    /// The default proof size bound for an allow-list: the largest
+    /// [`Algorithm::default_max_proof_bytes`] of its members, so the bound rises only when
+    /// an ML-DSA algorithm is allowed.
+    #[must_use]
+    pub fn max_proof_bytes_for(algorithms: &[Self]) -> usize {
+        algorithms
+            .iter()
+            .map(|a| a.default_max_proof_bytes())
+            .fold(DEFAULT_MAX_PROOF_BYTES, usize::max)
     }
 
     /// Whether `a` and `b` name the same signature scheme (`EdDSA` with an Ed25519 key
@@ -210,6 +316,9 @@ impl Algorithm {
             Self::Ps256 => &sig::RSA_PSS_2048_8192_SHA256,
             Self::Ps384 => &sig::RSA_PSS_2048_8192_SHA384,
             Self::Ps512 => &sig::RSA_PSS_2048_8192_SHA512,
+            Self::MlDsa44 => &sig::ML_DSA_44,
+            Self::MlDsa65 => &sig::ML_DSA_65,
+            Self::MlDsa87 => &sig::ML_DSA_87,
         }
     }
 
@@ -258,7 +367,7 @@ pub struct UnknownAlgorithm;
 
 impl fmt::Display for UnknownAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown or unsupported JWS algorithm (expected one of ES256, ES384, ES512, EdDSA, Ed25519, RS256, RS384, RS512, PS256, PS384, PS512)")
+        f.write_str("unknown or unsupported JWS algorithm (expected one of ES256, ES384, ES512, EdDSA, Ed25519, RS256, RS384, RS512, PS256, PS384, PS512, ML-DSA-44, ML-DSA-65, ML-DSA-87)")
     }
 }
 
@@ -288,6 +397,25 @@ mod tests {
             "alg is case-sensitive"
         );
         assert_eq!(Algorithm::classify("ES256K"), AlgName::Unknown);
+    }
+
+    #[test]
+    fn ml_dsa_is_opt_in_and_raises_the_size_bound() {
+        for alg in [Algorithm::MlDsa44, Algorithm::MlDsa65, Algorithm::MlDsa87] {
+            assert!(alg.is_post_quantum());
+            assert!(!DEFAULT_ALGORITHMS.contains(&alg));
+            assert!(matches!(alg.key_family(), KeyFamily::MlDsa(set) if set.algorithm() == alg));
+        }
+        assert_eq!(Algorithm::from_name("ml-dsa-44"), None, "case-sensitive");
+        assert_eq!(
+            Algorithm::max_proof_bytes_for(&DEFAULT_ALGORITHMS),
+            DEFAULT_MAX_PROOF_BYTES
+        );
+        assert_eq!(
+            Algorithm::max_proof_bytes_for(&[Algorithm::Es256, Algorithm::MlDsa87]),
+            16 * 1024
+        );
+        assert!(UnknownAlgorithm.to_string().contains("ML-DSA-87"));
     }
 
     #[test]

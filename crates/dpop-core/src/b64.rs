@@ -28,6 +28,15 @@ pub(crate) fn decode_exact(text: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+/// Decodes a value that must be exactly `len` bytes, checking the text length first so
+/// an oversized value is refused before any decoding work.
+pub(crate) fn decode_len(text: &[u8], len: usize) -> Option<Vec<u8>> {
+    if text.len() != (len * 4).div_ceil(3) {
+        return None;
+    }
+    decode(text).filter(|bytes| bytes.len() == len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +53,9 @@ mod tests {
         assert_eq!(out, [1, 0, 1]);
         assert_eq!(decode_exact(b"AQ", &mut out), None, "short");
         assert_eq!(decode_exact(&[b'A'; 200], &mut out), None, "long");
+        assert_eq!(decode_len(b"AQAB", 3), Some(vec![1, 0, 1]));
+        assert_eq!(decode_len(b"AQA", 3), None, "short");
+        assert_eq!(decode_len(b"AQABAA", 3), None, "long");
+        assert_eq!(decode_len(&[b'A'; 1750], 1312).map(|b| b.len()), Some(1312));
     }
 }

@@ -1,7 +1,9 @@
-//! Public JWKs (RFC 7517, RFC 7518 §6, RFC 8037) and JWK SHA-256 thumbprints (RFC 7638).
+//! Public JWKs (RFC 7517, RFC 7518 §6, RFC 8037, RFC 9964 `AKP`) and JWK SHA-256
+//! thumbprints (RFC 7638).
 //!
 //! Parsing is strict: exact member sizes, points checked to be on their curve, RSA keys
-//! of 2048 to 8192 bits without leading zeros, and any private-key member refused where
+//! of 2048 to 8192 bits without leading zeros, ML-DSA keys of exactly their parameter
+//! set's length (named by the required `alg`), and any private-key member refused where
 //! a public key is expected (RFC 9449 §4.2, §4.3 check 7).
 
 use core::fmt;
@@ -11,7 +13,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::signature::{ParsedPublicKey, RsaPublicKeyComponents};
 use subtle::ConstantTimeEq;
 
-use crate::alg::{Algorithm, Curve, KeyFamily};
+use crate::alg::{Algorithm, Curve, KeyFamily, MlDsaParameterSet};
 use crate::b64;
 use crate::json::{self, Json, JsonError, Object};
 
@@ -25,7 +27,7 @@ pub const MAX_JWK_BYTES: usize = 4096;
 
 /// Members that only private (or symmetric) keys carry. Seeing any of them where a public
 /// key is expected means the client is leaking its key: refuse.
-pub(crate) const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+pub(crate) const PRIVATE_MEMBERS: [&str; 9] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k", "priv"];
 
 /// Why a JWK was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,9 +37,9 @@ pub enum JwkError {
     NotJson,
     /// The JSON has a member twice.
     DuplicateMember,
-    /// A private-key member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`, `k`) is present.
+    /// A private-key member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`, `k`, `priv`) is present.
     PrivateMember(&'static str),
-    /// `kty` is missing or not `EC`, `OKP` or `RSA` (symmetric `oct` keys are refused).
+    /// `kty` is missing or not `EC`, `OKP`, `RSA` or `AKP` (symmetric `oct` keys are refused).
     UnsupportedKeyType,
     /// `crv` is missing or not a supported curve for the key type.
     UnsupportedCurve,
@@ -53,7 +55,7 @@ pub enum JwkError {
     RsaExponent,
     /// `use` is present and not `sig`, or `key_ops` does not allow `verify`.
     WrongUse,
-    /// `alg` in the JWK is present and does not fit the key.
+    /// `alg` in the JWK is present and does not fit the key (for `AKP`: not an ML-DSA name).
     AlgMismatch,
 }
 
@@ -66,7 +68,7 @@ impl fmt::Display for JwkError {
                 f,
                 "it contains the private-key member {m:?}; send only the public key"
             ),
-            Self::UnsupportedKeyType => f.write_str("kty must be EC, OKP or RSA"),
+            Self::UnsupportedKeyType => f.write_str("kty must be EC, OKP, RSA or AKP"),
             Self::UnsupportedCurve => {
                 f.write_str("crv must be P-256, P-384 or P-521 for EC, Ed25519 for OKP")
             }
@@ -166,6 +168,11 @@ enum KeyData {
         e: String,
         n_bytes: Vec<u8>,
         e_bytes: Vec<u8>,
+    },
+    MlDsa {
+        set: MlDsaParameterSet,
+        public: String,
+        parsed: Arc<ParsedPublicKey>,
     },
 }
 
@@ -290,6 +297,27 @@ impl PublicJwk {
                     e_bytes,
                 }
             }
+            "AKP" => {
+                // RFC 9964: `alg` is required and names the parameter set.
+                let alg = str_member(o, "alg").map_err(|e| match e {
+                    JwkError::MissingMember(m) => JwkError::MissingMember(m),
+                    _ => JwkError::AlgMismatch,
+                })?;
+                let set = match Algorithm::from_name(alg).map(Algorithm::key_family) {
+                    Some(KeyFamily::MlDsa(set)) => set,
+                    _ => return Err(JwkError::AlgMismatch),
+                };
+                let public = str_member(o, "pub")?;
+                let raw = b64::decode_len(public.as_bytes(), set.public_key_len())
+                    .ok_or(JwkError::BadMember("pub"))?;
+                let parsed = ParsedPublicKey::new(set.algorithm().verification(), &raw)
+                    .map_err(|_| JwkError::InvalidKey)?;
+                KeyData::MlDsa {
+                    set,
+                    public: public.to_owned(),
+                    parsed: Arc::new(parsed),
+                }
+            }
             _ => return Err(JwkError::UnsupportedKeyType),
         };
         let alg = match o.get("alg") {
@@ -324,6 +352,7 @@ impl PublicJwk {
             KeyData::Ec { .. } => "EC",
             KeyData::Ed25519 { .. } => "OKP",
             KeyData::Rsa { .. } => "RSA",
+            KeyData::MlDsa { .. } => "AKP",
         }
     }
 
@@ -334,6 +363,7 @@ impl PublicJwk {
             KeyData::Ec { curve, .. } => KeyFamily::Ec(*curve),
             KeyData::Ed25519 { .. } => KeyFamily::Ed25519,
             KeyData::Rsa { .. } => KeyFamily::Rsa,
+            KeyData::MlDsa { set, .. } => KeyFamily::MlDsa(*set),
         }
     }
 
@@ -368,6 +398,11 @@ impl PublicJwk {
             ),
             KeyData::Ed25519 { x, .. } => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
             KeyData::Rsa { n, e, .. } => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
+            // RFC 9964 §6: the required members of an AKP key are alg, kty and pub.
+            KeyData::MlDsa { set, public, .. } => format!(
+                r#"{{"alg":"{}","kty":"AKP","pub":"{public}"}}"#,
+                set.algorithm().name()
+            ),
         }
     }
 
@@ -400,6 +435,11 @@ impl PublicJwk {
                 m.insert("n".into(), n.as_str().into());
                 m.insert("e".into(), e.as_str().into());
             }
+            KeyData::MlDsa { set, public, .. } => {
+                m.insert("kty".into(), "AKP".into());
+                m.insert("alg".into(), set.algorithm().name().into());
+                m.insert("pub".into(), public.as_str().into());
+            }
         }
         serde_json::Value::Object(m)
     }
@@ -410,9 +450,10 @@ impl PublicJwk {
             return false;
         }
         match &self.key {
-            KeyData::Ec { parsed, .. } | KeyData::Ed25519 { parsed, .. } => {
-                parsed.verify_sig(message, signature).is_ok()
-            }
+            // ML-DSA: pure mode with the empty context string (RFC 9964 §3).
+            KeyData::Ec { parsed, .. }
+            | KeyData::Ed25519 { parsed, .. }
+            | KeyData::MlDsa { parsed, .. } => parsed.verify_sig(message, signature).is_ok(),
             KeyData::Rsa {
                 n_bytes, e_bytes, ..
             } => alg.rsa_parameters().is_some_and(|params| {
@@ -427,14 +468,15 @@ impl PublicJwk {
     }
 
     /// The raw key bytes a bare crypto-library verification would use (uncompressed EC
-    /// point, Ed25519 public key; RSA returns `None`). For benchmarks and interop tests.
+    /// point, Ed25519 or ML-DSA public key; RSA returns `None`). For benchmarks and interop
+    /// tests.
     #[doc(hidden)]
     #[must_use]
     pub fn raw_public_key(&self) -> Option<Vec<u8>> {
         match &self.key {
-            KeyData::Ec { parsed, .. } | KeyData::Ed25519 { parsed, .. } => {
-                Some(AsRef::<[u8]>::as_ref(&**parsed).to_vec())
-            }
+            KeyData::Ec { parsed, .. }
+            | KeyData::Ed25519 { parsed, .. }
+            | KeyData::MlDsa { parsed, .. } => Some(AsRef::<[u8]>::as_ref(&**parsed).to_vec()),
             KeyData::Rsa { .. } => None,
         }
     }

@@ -10,12 +10,12 @@ use core::fmt;
 use aws_lc_rs::encoding::{AsBigEndian, AsDer};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
+use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, PqdsaKeyPair, RsaKeyPair};
 use pkcs1::der::{Decode as _, Encode as _};
 use pkcs8::der::pem::{self, LineEnding};
 use zeroize::Zeroizing;
 
-use crate::alg::{Algorithm, Curve, KeyFamily};
+use crate::alg::{Algorithm, Curve, KeyFamily, MlDsaParameterSet};
 use crate::b64;
 use crate::json::{self, Json, Object};
 use crate::jwk::{Jkt, JwkError, PublicJwk};
@@ -47,7 +47,7 @@ impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotPkcs8Pem => f.write_str("not a PEM \"PRIVATE KEY\" (PKCS#8) document; convert other formats with `openssl pkcs8 -topk8 -nocrypt`"),
-            Self::UnsupportedPkcs8 => f.write_str("the PKCS#8 key is not an unencrypted P-256, P-384, P-521, Ed25519 or RSA (2048 to 8192 bits) key"),
+            Self::UnsupportedPkcs8 => f.write_str("the PKCS#8 key is not an unencrypted P-256, P-384, P-521, Ed25519, RSA (2048 to 8192 bits) or ML-DSA key"),
             Self::Jwk(e) => write!(f, "invalid private JWK: {e}"),
             Self::MissingPrivateMember(m) => write!(f, "the private JWK has no {m:?} member"),
             Self::Inconsistent => f.write_str("the private and public parts of the key do not match"),
@@ -110,6 +110,7 @@ enum Inner {
     Ec(EcdsaKeyPair, Curve),
     Ed25519(Ed25519KeyPair),
     Rsa(RsaKeyPair),
+    MlDsa(PqdsaKeyPair, MlDsaParameterSet),
 }
 
 /// A software private key with its signing algorithm.
@@ -139,6 +140,15 @@ fn ec_signing(curve: Curve) -> &'static aws_lc_rs::signature::EcdsaSigningAlgori
 
 const CURVES: [Curve; 3] = [Curve::P256, Curve::P384, Curve::P521];
 
+const ML_DSA_SETS: [MlDsaParameterSet; 3] = [
+    MlDsaParameterSet::MlDsa44,
+    MlDsaParameterSet::MlDsa65,
+    MlDsaParameterSet::MlDsa87,
+];
+
+/// The length of an ML-DSA seed (FIPS 204 ξ), the `priv` of an `AKP` JWK.
+const ML_DSA_SEED_LEN: usize = 32;
+
 impl PrivateKey {
     /// Generates a new key for `alg` (RSA keys are 2048 bits; use
     /// [`PrivateKey::generate_rsa`] for larger ones).
@@ -157,6 +167,11 @@ impl PrivateKey {
                 let kp = Ed25519KeyPair::generate()
                     .map_err(|_| KeyError::Crypto("Ed25519 key generation"))?;
                 Self::from_inner(Inner::Ed25519(kp), alg)
+            }
+            KeyFamily::MlDsa(set) => {
+                let kp = PqdsaKeyPair::generate(set.signing())
+                    .map_err(|_| KeyError::Crypto("ML-DSA key generation"))?;
+                Self::from_inner(Inner::MlDsa(kp, set), alg)
             }
         }
     }
@@ -193,7 +208,8 @@ impl PrivateKey {
     }
 
     /// Loads a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`). EC keys get the algorithm of
-    /// their curve, Ed25519 keys `EdDSA`; RSA keys get `rsa_alg` (RS256 when `None`),
+    /// their curve, Ed25519 keys `EdDSA`, ML-DSA keys (seed or expanded form) their
+    /// parameter set's; RSA keys get `rsa_alg` (RS256 when `None`),
     /// because PKCS#8 does not record the padding. Use [`PrivateKey::with_algorithm`] to
     /// pick another algorithm of the key's family.
     ///
@@ -229,11 +245,17 @@ impl PrivateKey {
         if let Ok(kp) = RsaKeyPair::from_pkcs8(der) {
             return Self::from_inner(Inner::Rsa(kp), rsa_alg.unwrap_or(Algorithm::Rs256));
         }
+        for set in ML_DSA_SETS {
+            if let Ok(kp) = PqdsaKeyPair::from_pkcs8(set.signing(), der) {
+                return Self::from_inner(Inner::MlDsa(kp, set), set.algorithm());
+            }
+        }
         Err(KeyError::UnsupportedPkcs8)
     }
 
     /// Loads a private JWK. The algorithm is the JWK's `alg` when present, else the
-    /// curve's (EC), `Ed25519` (OKP) or `RS256` (RSA).
+    /// curve's (EC), `Ed25519` (OKP) or `RS256` (RSA). An `AKP` (ML-DSA) key carries its
+    /// required `alg` and its 32-byte seed as `priv` (RFC 9964).
     ///
     /// # Errors
     /// [`KeyError`] naming what is wrong.
@@ -258,11 +280,21 @@ impl PrivateKey {
                 KeyFamily::Ec(curve) => curve.algorithm(),
                 KeyFamily::Ed25519 => Algorithm::Ed25519,
                 KeyFamily::Rsa => Algorithm::Rs256,
+                KeyFamily::MlDsa(set) => set.algorithm(),
             },
         };
-        let d = private_member(&o, "d")?;
         let inner = match public.family() {
+            KeyFamily::MlDsa(set) => {
+                let seed = private_member(&o, "priv")?;
+                if seed.len() != ML_DSA_SEED_LEN {
+                    return Err(KeyError::Jwk(JwkError::BadMember("priv")));
+                }
+                let kp = PqdsaKeyPair::from_seed(set.signing(), &seed)
+                    .map_err(|_| KeyError::Inconsistent)?;
+                Inner::MlDsa(kp, set)
+            }
             KeyFamily::Ec(curve) => {
+                let d = private_member(&o, "d")?;
                 if d.len() != curve.coordinate_len() {
                     return Err(KeyError::Jwk(JwkError::BadMember("d")));
                 }
@@ -273,12 +305,14 @@ impl PrivateKey {
                 Inner::Ec(kp, curve)
             }
             KeyFamily::Ed25519 => {
+                let d = private_member(&o, "d")?;
                 let x = public.raw_public_key().ok_or(KeyError::Inconsistent)?;
                 let kp = Ed25519KeyPair::from_seed_and_public_key(&d, &x)
                     .map_err(|_| KeyError::Inconsistent)?;
                 Inner::Ed25519(kp)
             }
             KeyFamily::Rsa => {
+                let d = private_member(&o, "d")?;
                 let (n, e) = public.rsa_components().ok_or(KeyError::Inconsistent)?;
                 let p = private_member(&o, "p")?;
                 let q = private_member(&o, "q")?;
@@ -331,6 +365,9 @@ impl PrivateKey {
             Inner::Ec(kp, _) => kp.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
             Inner::Ed25519(kp) => kp.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
             Inner::Rsa(kp) => kp.as_der().map(|d| d.as_ref().to_vec()),
+            // The seed form of RFC 9881 (`[0] IMPLICIT OCTET STRING`), which OpenSSL 3.5
+            // and other FIPS 204 implementations read.
+            Inner::MlDsa(kp, _) => kp.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
         };
         der.map(Zeroizing::new)
             .map_err(|_| KeyError::Crypto("PKCS#8 encoding"))
@@ -373,6 +410,10 @@ impl PrivateKey {
                     m.insert(name.into(), b64::encode(v.as_bytes()).into());
                 }
             }
+            Inner::MlDsa(..) => {
+                let seed = self.ml_dsa_seed()?;
+                m.insert("priv".into(), b64::encode(seed.as_slice()).into());
+            }
         }
         m.insert("alg".into(), self.alg.name().into());
         let text = serde_json::to_string(&m).map_err(|_| KeyError::Crypto("JSON encoding"));
@@ -383,6 +424,20 @@ impl PrivateKey {
             }
         }
         text.map(Zeroizing::new)
+    }
+
+    /// The 32-byte seed of an ML-DSA key, read from its seed-form PKCS#8 encoding
+    /// (`OneAsymmetricKey.privateKey` = `80 20 <seed>`, RFC 9881).
+    fn ml_dsa_seed(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let der = self.pkcs8_der()?;
+        let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+            .map_err(|_| KeyError::Crypto("PKCS#8 decoding"))?;
+        match info.private_key {
+            [0x80, 0x20, seed @ ..] if seed.len() == ML_DSA_SEED_LEN => {
+                Ok(Zeroizing::new(seed.to_vec()))
+            }
+            _ => Err(KeyError::Crypto("ML-DSA seed export")),
+        }
     }
 
     /// The signing algorithm.
@@ -447,6 +502,11 @@ fn public_jwk_of(inner: &Inner) -> Result<PublicJwk, KeyError> {
             r#"{{"kty":"OKP","crv":"Ed25519","x":"{}"}}"#,
             b64::encode(kp.public_key().as_ref())
         ),
+        Inner::MlDsa(kp, set) => format!(
+            r#"{{"kty":"AKP","alg":"{}","pub":"{}"}}"#,
+            set.algorithm().name(),
+            b64::encode(kp.public_key().as_ref())
+        ),
         Inner::Rsa(kp) => {
             let pk = pkcs1::RsaPublicKey::from_der(kp.public_key().as_ref())
                 .map_err(|_| KeyError::Inconsistent)?;
@@ -485,6 +545,15 @@ impl Signer for PrivateKey {
                 let mut sig = vec![0u8; kp.public_modulus_len()];
                 kp.sign(encoding, &rng, message, &mut sig)
                     .map_err(|_| KeyError::Crypto("RSA signing"))?;
+                Ok(sig)
+            }
+            Inner::MlDsa(kp, set) => {
+                // Pure ML-DSA, empty context, hedged (randomised) signing (FIPS 204).
+                let mut sig = vec![0u8; set.signature_len()];
+                let len = kp
+                    .sign(message, &mut sig)
+                    .map_err(|_| KeyError::Crypto("ML-DSA signing"))?;
+                sig.truncate(len);
                 Ok(sig)
             }
         }

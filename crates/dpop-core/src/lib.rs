@@ -86,7 +86,8 @@ pub mod time;
 mod verify;
 
 pub use crate::alg::{
-    ALL_ALGORITHMS, Algorithm, Curve, DEFAULT_ALGORITHMS, KeyFamily, UnknownAlgorithm,
+    ALL_ALGORITHMS, Algorithm, Curve, DEFAULT_ALGORITHMS, DEFAULT_MAX_PROOF_BYTES, KeyFamily,
+    MlDsaParameterSet, UnknownAlgorithm,
 };
 pub use crate::challenge::{Challenge, ChallengeError};
 pub use crate::error::{

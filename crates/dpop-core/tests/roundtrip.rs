@@ -84,12 +84,15 @@ fn every_algorithm_round_trips() {
         let _ = v.verify([p3.as_bytes()], &req, now()).unwrap();
         // Public JWK export has no private members; Debug shows none either.
         let public = key.public_jwk().to_json_value();
-        for m in ["d", "p", "q", "dp", "dq", "qi"] {
+        for m in ["d", "p", "q", "dp", "dq", "qi", "priv"] {
             assert!(public.get(m).is_none(), "{alg} public JWK has {m}");
         }
         let dbg = format!("{key:?}");
-        let d = serde_json::from_str::<serde_json::Value>(&jwk_text).unwrap()["d"]
+        // The private member: `d`, or an ML-DSA key's seed `priv` (RFC 9964).
+        let private = serde_json::from_str::<serde_json::Value>(&jwk_text).unwrap();
+        let d = private["d"]
             .as_str()
+            .or(private["priv"].as_str())
             .unwrap()
             .to_owned();
         assert!(

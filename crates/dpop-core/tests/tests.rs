@@ -8,6 +8,7 @@
 )]
 
 mod fuzz_corpus;
+mod mldsa;
 mod properties;
 mod rejections;
 mod roundtrip;

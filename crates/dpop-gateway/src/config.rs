@@ -631,7 +631,9 @@ pub struct EnforcementConfig {
     pub proof_max_age: Duration,
     /// Client clock lead accepted.
     pub proof_future_leeway: Duration,
-    /// Largest request head.
+    /// Largest request head. Defaults to 16 KiB, raised by the extra room ML-DSA proofs
+    /// need when an ML-DSA algorithm is allowed (20 KiB with ML-DSA-44/65, 24 KiB with
+    /// ML-DSA-87); `[limits] max_header_bytes` overrides it (at least 8192).
     pub max_header_bytes: usize,
     /// Time limit from request to response head (checks and upstream included).
     pub request_timeout: Duration,
@@ -1382,6 +1384,11 @@ impl EnforcementConfig {
         if algorithms.is_empty() {
             return Err(invalid("algorithms must not be empty"));
         }
+        // 16 KiB, plus what ML-DSA proofs need over a classical one when allowed.
+        let default_max_header_bytes = (16 * 1024_usize).saturating_add(
+            Algorithm::max_proof_bytes_for(&algorithms)
+                .saturating_sub(dpop_core::DEFAULT_MAX_PROOF_BYTES),
+        );
         let log_format = match raw.log_format.as_deref() {
             None => LogFormat::Text,
             Some(name) => LogFormat::from_name(name).ok_or_else(|| {
@@ -1596,7 +1603,11 @@ impl EnforcementConfig {
             routes,
             proof_max_age: Duration::from_secs(raw.proof.max_age_secs.unwrap_or(60)),
             proof_future_leeway: Duration::from_secs(raw.proof.future_leeway_secs.unwrap_or(15)),
-            max_header_bytes: raw.limits.max_header_bytes.unwrap_or(16 * 1024).max(8192),
+            max_header_bytes: raw
+                .limits
+                .max_header_bytes
+                .unwrap_or(default_max_header_bytes)
+                .max(8192),
             request_timeout,
             max_connections,
             drain_timeout: Duration::from_secs(raw.limits.drain_timeout_secs.unwrap_or(30)),
@@ -1768,6 +1779,32 @@ mod tests {
             .set_audience("https://api.example.com")
             .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
         s
+    }
+
+    #[test]
+    fn header_limit_rises_only_with_ml_dsa_allowed() {
+        let limit = |text: &str| {
+            settings(text)
+                .validate()
+                .unwrap()
+                .enforcement
+                .max_header_bytes
+        };
+        assert_eq!(limit(""), 16 * 1024);
+        assert_eq!(limit(r#"algorithms = ["ES256", "PS512"]"#), 16 * 1024);
+        assert_eq!(limit(r#"algorithms = ["ES256", "ML-DSA-44"]"#), 20 * 1024);
+        assert_eq!(limit(r#"algorithms = ["ML-DSA-65"]"#), 20 * 1024);
+        assert_eq!(limit(r#"algorithms = ["ES256", "ML-DSA-87"]"#), 24 * 1024);
+        // An explicit limit wins either way.
+        assert_eq!(
+            limit("algorithms = [\"ML-DSA-87\"]\n[limits]\nmax_header_bytes = 12000"),
+            12000
+        );
+        let err = settings(r#"algorithms = ["ML-DSA-128"]"#)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ML-DSA-128"), "{err}");
     }
 
     #[test]

@@ -8,8 +8,8 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{Caller, Running};
-use dpop_core::{ProofBuilder, SystemRandomSource};
-use dpop_test::{HttpResponse, MockIssuer, TestUpstream, http_request, raw_exchange};
+use dpop_core::{Algorithm, PrivateKey, ProofBuilder, SystemRandomSource};
+use dpop_test::{HttpResponse, MockIssuer, TestUpstream, TokenSpec, http_request, raw_exchange};
 
 const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 
@@ -264,4 +264,42 @@ async fn the_admin_listener_answers_healthz() {
     let r = send("GET", &gw.url("/healthz"), &[]).await;
     assert_eq!(r.status, 401, "{r:?}");
     assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ml_dsa_87_proof_passes_only_where_ml_dsa_is_allowed() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let key = PrivateKey::generate(Algorithm::MlDsa87).unwrap();
+    let token = issuer.mint(&TokenSpec::bound(common::AUD, key.thumbprint().as_str()));
+    let caller = Caller { key, token };
+
+    let allowed = Running::start(
+        &issuer,
+        &upstream.url(),
+        r#"algorithms = ["ES256", "ML-DSA-87"]"#,
+    )
+    .await;
+    let url = allowed.url("/v1/items");
+    let [(_, auth), (_, proof)] = caller.headers("GET", &url);
+    assert!(
+        proof.len() > dpop_core::DEFAULT_MAX_PROOF_BYTES,
+        "{}",
+        proof.len()
+    );
+    let r = send("GET", &url, &[("authorization", &auth), ("dpop", &proof)]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(upstream.requests().len(), 1);
+
+    // The default algorithms: the same kind of proof is refused (by its size, before it
+    // is parsed) and nothing is forwarded.
+    let default = Running::start(&issuer, &upstream.url(), "").await;
+    let r = caller.get(&default, "/v1/items").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.contains(r#"error="invalid_dpop_proof""#) && challenge.contains(ALGS),
+        "{challenge}"
+    );
+    assert_eq!(upstream.requests().len(), 1, "nothing more forwarded");
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use dpop_core::Algorithm;
 use dpop_issuer::IssuerConfig;
 
 use crate::support::*;
@@ -302,6 +303,26 @@ fn settings() {
     refused(&with("max_body_bytes = 10"), "max_body_bytes");
     let c = parse(&with("[dpop]\nnonce = false"), &BTreeMap::new()).unwrap();
     assert!(!c.dpop.nonce);
+    // The post-quantum algorithms are opt-in names like any other.
+    let c = parse(
+        &with("[dpop]\nalgorithms = [\"ES256\", \"ML-DSA-44\", \"ML-DSA-87\"]"),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.dpop.algorithms,
+        [Algorithm::Es256, Algorithm::MlDsa44, Algorithm::MlDsa87]
+    );
+    assert!(
+        !parse(&with(""), &BTreeMap::new())
+            .unwrap()
+            .dpop
+            .algorithms
+            .iter()
+            .any(|a| a.is_post_quantum()),
+        "ML-DSA is not a default"
+    );
+    refused(&with("[dpop]\nalgorithms = [\"ML-DSA-128\"]"), "ML-DSA-128");
     // The database password never appears in messages.
     let e = parse(
         &with("database = \"mysql://u:hunter2@db/x\""),

@@ -221,6 +221,8 @@ pub(crate) struct Setup {
     pub(crate) path: String,
     /// Top-level lines (before the tables), e.g. `admin_listen`.
     pub(crate) top: String,
+    /// More lines of the `[dpop]` table, e.g. `algorithms`.
+    pub(crate) dpop: String,
 }
 
 impl Default for Setup {
@@ -231,6 +233,7 @@ impl Default for Setup {
             extra: String::new(),
             path: String::new(),
             top: String::new(),
+            dpop: String::new(),
         }
     }
 }
@@ -507,6 +510,7 @@ impl TestIssuer {
             .top(setup.top)
             .tokens(setup.tokens)
             .nonce(setup.nonce)
+            .dpop(setup.dpop)
             .extra(setup.extra);
         for client in clients(&SECRET_HASH, &client_jwk) {
             fixture = fixture.client(client);

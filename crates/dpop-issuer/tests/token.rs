@@ -25,6 +25,7 @@ db_tests!(
     disabled_client_refused,
     issuer_with_a_path,
     basic_credentials_are_form_encoded,
+    ml_dsa_proofs_where_configured,
 );
 
 async fn metadata_at_both_well_known_paths(db: Db) {
@@ -1331,4 +1332,48 @@ async fn a_client_with_costlier_hash_parameters_looks_like_an_unknown_id() {
         (0.6..=1.7).contains(&ratio),
         "unknown id {u:?} against {h:?} (ratio {ratio:.2})"
     );
+}
+
+/// ML-DSA (RFC 9964) is opt-in: announced and accepted only where `[dpop] algorithms`
+/// lists it.
+async fn ml_dsa_proofs_where_configured(db: Db) {
+    let k = dpop_core::PrivateKey::generate(dpop_core::Algorithm::MlDsa65).unwrap();
+    let cc = [("grant_type", GRANT_CC)];
+
+    let it = TestIssuer::start_with(
+        &db,
+        Setup {
+            dpop: r#"algorithms = ["ES256", "ML-DSA-65"]"#.into(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    assert_eq!(advertised_algs(&it).await, json!(["ES256", "ML-DSA-65"]));
+    let body = it.token(&post("svc"), Some(&k), &cc).await.ok();
+    assert_eq!(body["token_type"], json!("DPoP"));
+    let jwt = it.verify(body["access_token"].as_str().unwrap(), API).await;
+    assert_eq!(jwt.claims["cnf"]["jkt"], json!(jkt(&k)));
+    drop(it);
+
+    // The default list leaves it out, and a proof with it is refused.
+    let it = TestIssuer::start(&db).await;
+    let listed = advertised_algs(&it).await;
+    assert!(
+        !listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.starts_with("ML-DSA"))),
+        "{listed}"
+    );
+    let nonce = it.fresh_nonce().await;
+    let proof = it.proof(&k, "POST", &it.token_url(), Some(&nonce), None);
+    it.token_raw(&post("svc"), &[proof], &cc)
+        .await
+        .err(400, "invalid_dpop_proof");
+}
+
+async fn advertised_algs(it: &TestIssuer) -> serde_json::Value {
+    let r = it.get("/.well-known/oauth-authorization-server").await;
+    r.json()["dpop_signing_alg_values_supported"].clone()
 }

@@ -29,6 +29,7 @@ pub struct IssuerFixture {
     top: Vec<String>,
     tokens: Vec<String>,
     nonce: Option<bool>,
+    dpop: Vec<String>,
     clients: Vec<ClientFixture>,
     extra: Vec<String>,
 }
@@ -78,6 +79,14 @@ impl IssuerFixture {
         self
     }
 
+    /// Another line of the `[dpop]` table, as written (e.g. `algorithms = [...]`); the
+    /// table is written when [`IssuerFixture::nonce`] was set.
+    #[must_use]
+    pub fn dpop(mut self, line: impl Into<String>) -> Self {
+        self.dpop.push(line.into());
+        self
+    }
+
     /// One more `[[clients]]` table.
     #[must_use]
     pub fn client(mut self, client: ClientFixture) -> Self {
@@ -113,6 +122,9 @@ impl IssuerFixture {
         }
         if let Some(nonce) = self.nonce {
             let _ = write!(out, "\n[dpop]\nnonce = {nonce}\n");
+            for line in &self.dpop {
+                let _ = writeln!(out, "{line}");
+            }
         }
         for client in &self.clients {
             out.push('\n');

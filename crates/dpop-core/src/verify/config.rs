@@ -27,7 +27,10 @@ pub enum Freshness {
 pub struct VerifierConfig {
     pub(super) algorithms: Vec<Algorithm>,
     pub(super) nonces: Option<Arc<dyn NonceValidator>>,
-    /// Largest `DPoP` header value accepted, checked before any parsing. Defaults to 8192.
+    /// Largest `DPoP` header value accepted, checked before any parsing. Defaults to
+    /// [`Algorithm::max_proof_bytes_for`] the allowed algorithms: 8192
+    /// ([`crate::DEFAULT_MAX_PROOF_BYTES`]) unless an ML-DSA algorithm is allowed, then 12288
+    /// (ML-DSA-44, ML-DSA-65) or 16384 (ML-DSA-87).
     pub max_proof_bytes: usize,
     /// Oldest accepted `iat`, relative to server time. Defaults to 60 s.
     pub max_age: Duration,
@@ -143,9 +146,9 @@ impl VerifierConfigBuilder<WantsNonces> {
 
     fn finish(self, nonces: Option<Arc<dyn NonceValidator>>) -> VerifierConfig {
         VerifierConfig {
+            max_proof_bytes: Algorithm::max_proof_bytes_for(&self.state.algorithms),
             algorithms: self.state.algorithms,
             nonces,
-            max_proof_bytes: 8192,
             max_age: Duration::from_secs(60),
             future_leeway: Duration::from_secs(15),
             max_jti_bytes: 256,
