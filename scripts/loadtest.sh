@@ -275,6 +275,11 @@ gateway_row() {
 # --- nginx: plain, and in front of `dpop authz` (forward-auth) ------------------------
 
 NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
+# nginx runs with `access_log off`, so the gateway's access log (target dpop::access, on
+# by default) is filtered out too, like for like; ACCESS_LOG=1 measures with it.
+if [[ ${ACCESS_LOG:-0} == 0 ]]; then
+    export RUST_LOG=${RUST_LOG:-info,dpop::access=off}
+fi
 NCPU=$(nproc)
 NGINX_SNIPPET=examples/authz/nginx.conf
 # The defaults of the shipped snippet, replaced by this run's (as its tests do).
