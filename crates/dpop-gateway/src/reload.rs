@@ -21,6 +21,7 @@ use crate::metrics::{Metrics, RouteLabels};
 use crate::proxy::Proxy;
 use crate::store::GatewayStore;
 use crate::tls::TlsListener;
+use dpop_server::TickOrHangup;
 
 /// Where a reload reads the configuration (the file, with the command line's settings
 /// over it).
@@ -170,12 +171,9 @@ impl Reloader {
         source: ConfigSource,
         file: Option<PathBuf>,
     ) -> AbortOnDrop {
-        #[cfg(unix)]
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| {
-                tracing::warn!(target: "dpop::gateway", error = %e, "cannot listen for SIGHUP: the configuration is not reloaded on it");
-            })
-            .ok();
+        let mut wait = TickOrHangup::new(POLL_INTERVAL, true, |e| {
+            tracing::warn!(target: "dpop::gateway", error = %e, "cannot listen for SIGHUP: the configuration is not reloaded on it");
+        });
         let watched = match file {
             Some(f) if self.current().config.reload_on_change => Some(f),
             Some(_) => None,
@@ -188,25 +186,8 @@ impl Reloader {
         };
         AbortOnDrop(tokio::spawn(async move {
             let mut seen = watched.as_deref().map(content_digest);
-            let mut tick = tokio::time::interval(POLL_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
-                #[cfg(unix)]
-                let hup = tokio::select! {
-                    _ = tick.tick() => false,
-                    Some(()) = async {
-                        match hangup.as_mut() {
-                            Some(h) => h.recv().await,
-                            None => std::future::pending().await,
-                        }
-                    } => true,
-                };
-                #[cfg(not(unix))]
-                let hup = {
-                    tick.tick().await;
-                    false
-                };
+                let hup = wait.next().await;
                 let cause = if hup {
                     "SIGHUP"
                 } else if let Some(path) = &watched {

@@ -93,36 +93,12 @@ impl TlsListener {
         let pair = Arc::clone(&self.pair);
         // Registered before the task starts: once the listener serves, SIGHUP reloads
         // (its default action would end the process).
-        #[cfg(unix)]
-        let mut hangup = hangup
-            .then(|| {
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| {
-                    tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
-                })
-            })
-            .and_then(Result::ok);
-        #[cfg(not(unix))]
-        let _ = hangup;
+        let mut wait = dpop_server::TickOrHangup::new(interval, hangup, |e| {
+            tracing::warn!(target: "dpop::tls", error = %e, "cannot listen for SIGHUP; certificate files are still polled");
+        });
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
-                #[cfg(unix)]
-                let forced = tokio::select! {
-                    _ = tick.tick() => false,
-                    Some(()) = async {
-                        match hangup.as_mut() {
-                            Some(h) => h.recv().await,
-                            None => std::future::pending().await,
-                        }
-                    } => true,
-                };
-                #[cfg(not(unix))]
-                let forced = {
-                    tick.tick().await;
-                    false
-                };
+                let forced = wait.next().await;
                 let p = Arc::clone(&pair);
                 let _ = tokio::task::spawn_blocking(move || p.reload(forced)).await;
             }

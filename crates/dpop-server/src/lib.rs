@@ -50,4 +50,4 @@ pub mod telemetry;
 pub use crate::admin::Readiness;
 pub use crate::http::{ACCESS_TARGET, HttpMetrics};
 pub use crate::logging::{LogFormat, init_logging};
-pub use crate::signal::{hold_hangup, shutdown_signal};
+pub use crate::signal::{TickOrHangup, hold_hangup, shutdown_signal};

@@ -53,11 +53,13 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+#[cfg(feature = "otel")]
 /// The trace and span ids of the current span, when it is traced.
 pub(crate) type CurrentIds = fn() -> Option<(String, String)>;
 
-/// The log layer of [`init_logging`], filtered by `RUST_LOG` on its own (so other
-/// layers see spans the log leaves out). Spans of target `skip_spans_of` are left out
+#[cfg(feature = "otel")]
+/// The log layer beside the trace exporter ([`crate::telemetry::init`]), filtered by
+/// `RUST_LOG` on its own (so the exporter's layer sees spans the log leaves out). Spans of target `skip_spans_of` are left out
 /// (their fields stay out of the lines, which keep their shape). With `ids`, JSON lines
 /// written inside a traced span start with its `trace_id` and `span_id`.
 pub(crate) fn fmt_layer<S>(
@@ -93,6 +95,7 @@ where
     }
 }
 
+#[cfg(feature = "otel")]
 /// A JSON event format whose lines begin with `"trace_id"` and `"span_id"` when the
 /// event is inside a traced span.
 struct TraceIds<F> {
@@ -100,6 +103,7 @@ struct TraceIds<F> {
     ids: CurrentIds,
 }
 
+#[cfg(feature = "otel")]
 impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for TraceIds<F>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,

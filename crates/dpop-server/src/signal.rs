@@ -51,3 +51,64 @@ pub fn hold_hangup(what: &'static str, reloads: bool) {
     #[cfg(not(unix))]
     let _ = (what, reloads);
 }
+
+/// A periodic tick that SIGHUP can cut short: what a reload loop waits on (a file poll
+/// every `period`, and a reload now on SIGHUP).
+#[derive(Debug)]
+pub struct TickOrHangup {
+    tick: tokio::time::Interval,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl TickOrHangup {
+    /// The first tick comes one `period` from now. With `hangup`, SIGHUP is listened for
+    /// from this call on (so its default action no longer ends the process); if it cannot
+    /// be, `cannot_listen` is told why and only the ticks remain. Must be called inside a
+    /// Tokio runtime.
+    pub fn new(
+        period: core::time::Duration,
+        hangup: bool,
+        cannot_listen: impl FnOnce(&std::io::Error),
+    ) -> Self {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        #[cfg(unix)]
+        let hangup = hangup
+            .then(|| {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .map_err(|e| cannot_listen(&e))
+                    .ok()
+            })
+            .flatten();
+        #[cfg(not(unix))]
+        let _ = (hangup, cannot_listen);
+        Self {
+            tick,
+            #[cfg(unix)]
+            hangup,
+        }
+    }
+
+    /// Waits for the next tick (`false`) or SIGHUP (`true`).
+    pub async fn next(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            let hangup = async {
+                match self.hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.tick.tick() => false,
+                Some(()) = hangup => true,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            self.tick.tick().await;
+            false
+        }
+    }
+}

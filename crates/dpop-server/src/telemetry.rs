@@ -231,23 +231,6 @@ fn start(
     })
 }
 
-/// The value of `http.request.method`: a method of RFC 9110 or PATCH as sent, anything
-/// else `_OTHER` (so a client cannot choose attribute values).
-fn method_attribute(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::CONNECT => "CONNECT",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::PATCH => "PATCH",
-        _ => "_OTHER",
-    }
-}
-
 /// The host of the request's URI or `Host` field (no port), for `server.address`.
 /// Longest value of an attribute taken from a request (the path, the host): a client
 /// cannot make spans, and the exporter's queue, as large as the header limit allows.
@@ -293,7 +276,7 @@ pub fn request_span<B>(
     if !enabled() {
         return tracing::Span::none();
     }
-    let method = method_attribute(req.method());
+    let method = crate::http::method_label(req.method());
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "request",
@@ -323,7 +306,10 @@ pub fn request_span<B>(
 /// Sets `http.route` and the span name (`METHOD route`).
 pub fn record_route(span: &tracing::Span, route: &str, method: &Method) {
     span.record("http.route", route);
-    span.record("otel.name", format!("{} {route}", method_attribute(method)));
+    span.record(
+        "otel.name",
+        format!("{} {route}", crate::http::method_label(method)),
+    );
 }
 
 /// Sets `url.path` to the canonical path the server acted on (replacing the path as
@@ -557,10 +543,10 @@ mod tests {
 
     #[test]
     fn methods_outside_the_registry_are_other() {
-        assert_eq!(method_attribute(&Method::GET), "GET");
-        assert_eq!(method_attribute(&Method::PATCH), "PATCH");
+        assert_eq!(crate::http::method_label(&Method::GET), "GET");
+        assert_eq!(crate::http::method_label(&Method::PATCH), "PATCH");
         assert_eq!(
-            method_attribute(&Method::from_bytes(b"BREW").unwrap()),
+            crate::http::method_label(&Method::from_bytes(b"BREW").unwrap()),
             "_OTHER"
         );
     }
