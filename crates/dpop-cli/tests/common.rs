@@ -475,3 +475,13 @@ pub(crate) fn claims(jws: &str) -> Value {
         .dangerous_claims()
         .clone()
 }
+
+/// Sends SIGHUP to the process `pid` (a server this test started).
+pub(crate) fn hangup(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP {pid}");
+}

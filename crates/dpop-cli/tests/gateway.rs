@@ -1567,14 +1567,7 @@ async fn gateway_serves_tls_and_reloads_on_sighup() {
             .is_err()
     );
 
-    let hup = || {
-        let ok = Command::new("kill")
-            .args(["-HUP", &gw.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -HUP");
-    };
+    let hup = || crate::common::hangup(gw.id());
     // A certificate whose key is another one's: refused, named, the old one served.
     let other = ca.server(&["127.0.0.1"]);
     std::fs::write(&server.cert_file, &other.cert_pem).unwrap();

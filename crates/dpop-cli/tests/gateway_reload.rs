@@ -5,7 +5,6 @@
 //! keeps serving.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dpop_test::{Gateway, MockIssuer, TestUpstream, free_port, http_get};
@@ -25,12 +24,7 @@ fn config(port: u16, admin: u16, upstream: &str, issuer: &str, extra: &str) -> S
 
 /// Sends SIGHUP to the gateway.
 fn hup(gw: &Gateway) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -HUP");
+    crate::common::hangup(gw.id());
 }
 
 /// Waits until the log holds `n` lines containing `needle`; returns the last one.

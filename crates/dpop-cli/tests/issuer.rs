@@ -14,7 +14,7 @@ use dpop_test::{
 use serde_json::Value;
 
 use crate::common::{
-    self, AUD, DPOP, GW_SECRET, SVC_SECRET, TempDir, assert_mode, gateway_flags,
+    self, AUD, DPOP, GW_SECRET, SVC_SECRET, TempDir, assert_mode, gateway_flags, hangup,
     introspecting_gateway_toml, issuer_command, p, post_form, revoke_as_svc, start_gateway,
     start_issuer, token_with_nonce_retry,
 };
@@ -416,12 +416,7 @@ async fn sighup_is_ignored_with_a_warning_not_fatal() {
     let setup = IssuerSetup::new();
     let mut issuer = setup.start().await;
     for _ in 0..2 {
-        let ok = Command::new("kill")
-            .args(["-HUP", &issuer.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -HUP");
+        hangup(issuer.id());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while issuer.output().matches("SIGHUP ignored").count() < 2 {
