@@ -444,8 +444,12 @@ impl PublicJwk {
         serde_json::Value::Object(m)
     }
 
-    /// Checks `signature` over `message` with `alg`, which must fit this key.
-    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+    /// Checks `signature` (the raw JWS form: `R || S` for ECDSA) over `message` with
+    /// `alg`, which must fit this key. For checking what a signer outside the process
+    /// (HSM, TPM, KMS) returns; proofs and tokens are verified by [`crate::Verifier`] and
+    /// [`crate::jwt`], which demand more of a header than a signature.
+    #[must_use]
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
         if !self.fits(alg) {
             return false;
         }

@@ -41,6 +41,9 @@ pub enum KeyError {
     AlgorithmMismatch(Algorithm),
     /// The crypto library failed (key generation, signing, randomness).
     Crypto(&'static str),
+    /// A key held outside the process (HSM, TPM, KMS) could not sign: the message names
+    /// the key (never a PIN), the backend and the device's error code.
+    Device(String),
 }
 
 impl fmt::Display for KeyError {
@@ -53,6 +56,7 @@ impl fmt::Display for KeyError {
             Self::Inconsistent => f.write_str("the private and public parts of the key do not match"),
             Self::AlgorithmMismatch(alg) => write!(f, "algorithm {alg} cannot be used with this key"),
             Self::Crypto(what) => write!(f, "crypto operation failed: {what}"),
+            Self::Device(what) => f.write_str(what),
         }
     }
 }
@@ -78,6 +82,12 @@ pub trait Signer: Send + Sync {
     /// # Errors
     /// When the key cannot sign (device gone, crypto failure).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// Whether [`Signer::sign`] waits on a device or the network (an HSM, a TPM, a cloud
+    /// KMS). Async callers then run it on a thread that may block instead of on their
+    /// executor. Software keys answer `false` (the default).
+    fn blocks(&self) -> bool {
+        false
+    }
 }
 
 /// A source of unpredictable bytes (for `jti` values). Injected so tests can be
