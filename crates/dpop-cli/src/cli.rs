@@ -36,6 +36,18 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
     #[command(flatten)]
     pub(crate) passphrase: PassphraseArgs,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+/// How keys in a device (`pkcs11:`, `tpm2:`, `awskms:` references) are opened.
+#[derive(Debug, Default, Args)]
+pub(crate) struct DeviceArgs {
+    /// Accept a PIN written into a key URI (pkcs11: pin-value, tpm2: auth-value). Shell
+    /// history, process listings and scripts keep it: for throwaway test tokens only;
+    /// otherwise use pin-source=file:PATH or env:NAME
+    #[arg(long, global = true)]
+    pub(crate) dangerous_allow_pin_value: bool,
 }
 
 /// Where the passphrase of an encrypted key file comes from, for every command that
@@ -393,8 +405,9 @@ pub(crate) struct IssuerTokenArgs {
     /// Authenticate with the secret in this environment variable (client_secret_basic)
     #[arg(long, value_name = "VAR", conflicts_with = "client_key")]
     pub(crate) client_secret_env: Option<String>,
-    /// Authenticate with private_key_jwt signed by this key file
-    #[arg(long, value_name = "FILE")]
+    /// Authenticate with private_key_jwt signed by this key: a file or a key in a device
+    /// (pkcs11:…, tpm2:…, awskms:…)
+    #[arg(long, value_name = "KEY")]
     pub(crate) client_key: Option<PathBuf>,
     /// Scopes to ask for (space-separated)
     #[arg(long, value_name = "S")]
@@ -432,9 +445,9 @@ pub(crate) struct IssuerTokenArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenArgs {
-    /// The DPoP key the token is bound to (PKCS#8 PEM or private JWK, mode 0600; - for
-    /// stdin)
-    #[arg(long, value_name = "FILE")]
+    /// The DPoP key the token is bound to: a file (PKCS#8 PEM or private JWK, mode 0600;
+    /// - for stdin) or a key in a device (pkcs11:…, tpm2:…, awskms:…; see docs/keys.md)
+    #[arg(long, value_name = "KEY")]
     pub(crate) key: PathBuf,
     #[command(flatten)]
     pub(crate) issuer: IssuerTokenArgs,
@@ -453,8 +466,13 @@ pub(crate) struct KeygenArgs {
     pub(crate) bits: Option<RsaBits>,
     /// File to write the private key to (- for stdout); it must not exist yet (see
     /// --force)
-    #[arg(long, value_name = "FILE")]
-    pub(crate) out: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "key")]
+    pub(crate) out: Option<PathBuf>,
+    /// Generate the key inside a device instead, where it cannot be exported: a
+    /// pkcs11:…, tpm2:… or awskms:… reference naming the new key (see docs/keys.md).
+    /// Prints its thumbprint; nothing is written to a file
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["out", "force", "jwk", "encrypt", "bits"])]
+    pub(crate) key: Option<String>,
     /// Replace FILE if it exists (atomically: written beside it, then renamed)
     #[arg(long)]
     pub(crate) force: bool,
@@ -469,8 +487,8 @@ pub(crate) struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct JwkArgs {
-    /// Key file(s): PKCS#8 PEM private key, private JWK, or public JWK (- for stdin);
-    /// several only with --set
+    /// Key file(s): PKCS#8 PEM private key, private JWK, or public JWK (- for stdin), or
+    /// keys in a device (pkcs11:…, tpm2:…, awskms:…); several only with --set
     #[arg(value_name = "FILE", required = true)]
     pub(crate) files: Vec<PathBuf>,
     /// Add "kid": the key's thumbprint (RFC 7638)
@@ -488,15 +506,17 @@ pub(crate) struct JwkArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct KeyFileArgs {
-    /// Key file: PKCS#8 PEM private key, private JWK, or public JWK (- for stdin)
+    /// Key file: PKCS#8 PEM private key, private JWK, or public JWK (- for stdin), or a
+    /// key in a device (pkcs11:…, tpm2:…, awskms:…)
     #[arg(value_name = "FILE")]
     pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ProofArgs {
-    /// Private key file to sign with (PKCS#8 PEM or private JWK; - for stdin)
-    #[arg(long, value_name = "FILE")]
+    /// Private key to sign with: a file (PKCS#8 PEM or private JWK; - for stdin) or a key
+    /// in a device (pkcs11:…, tpm2:…, awskms:…)
+    #[arg(long, value_name = "KEY")]
     pub(crate) key: PathBuf,
     /// HTTP method of the request the proof is for (htm), e.g. GET or POST
     #[arg(long, value_name = "METHOD")]

@@ -15,15 +15,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dpop_core::{
     ALL_ALGORITHMS, Algorithm, JwkError, KeyError, KeyFamily, MAX_PRIVATE_KEY_TEXT, PrivateKey,
-    PublicJwk,
+    PublicJwk, Signer,
 };
+use dpop_keys::{DeviceKey, KeyRef, KeysError};
 use zeroize::Zeroizing;
 
-use crate::cli::PassphraseArgs;
+use crate::cli::{DeviceArgs, PassphraseArgs};
 use crate::error::CliError;
 
 /// The path that means standard input (where a file is read) or standard output (where
@@ -59,6 +60,74 @@ enum PassphraseSource {
     File(PathBuf, Mutex<Option<Zeroizing<String>>>),
     /// An environment variable.
     Env(String),
+}
+
+/// How device keys are opened: set once from the command line by `main`.
+static DEVICE_OPTIONS: OnceLock<dpop_keys::OpenOptions> = OnceLock::new();
+
+/// Takes the device flags of the command line, for every device key opened later.
+pub(crate) fn set_device_options(args: &DeviceArgs) {
+    let mut options = dpop_keys::OpenOptions::default();
+    options.dangerous_allow_pin_value = args.dangerous_allow_pin_value;
+    let _ = DEVICE_OPTIONS.set(options);
+}
+
+/// The options to open a device key with, for `alg` (or the key's own).
+pub(crate) fn device_options(alg: Option<Algorithm>) -> dpop_keys::OpenOptions {
+    let mut options = DEVICE_OPTIONS.get().cloned().unwrap_or_default();
+    options.alg = alg;
+    options
+}
+
+/// What a `--key` argument names: a file (a plain path, or `file:PATH`) or a key in a
+/// device. Parsed here, once, for every command that takes a key.
+///
+/// # Errors
+/// A usage error for a malformed device URI.
+pub(crate) fn key_ref(arg: &Path) -> Result<KeyRef, CliError> {
+    // A name that is not UTF-8 cannot be a URI: it is a file.
+    let Some(text) = arg.to_str() else {
+        return Ok(KeyRef::File(arg.to_owned()));
+    };
+    KeyRef::parse(text).map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// The CLI's error for a device key that cannot be opened or generated: the user must
+/// change something (exit 2), or the device failed (exit 1).
+pub(crate) fn device_error(e: &KeysError) -> CliError {
+    if e.is_config() {
+        CliError::usage(e.to_string())
+    } else {
+        CliError::failed(e.to_string())
+    }
+}
+
+/// Opens the device key `key` to sign with `alg` (or its own algorithm).
+///
+/// # Errors
+/// As [`device_error`] says.
+pub(crate) fn open_device(
+    key: &DeviceKey,
+    alg: Option<Algorithm>,
+) -> Result<Arc<dyn Signer>, CliError> {
+    dpop_keys::open(key, &device_options(alg)).map_err(|e| device_error(&e))
+}
+
+/// The signer a `--key` argument names: a key file read as [`load_signing_key`] reads
+/// it, or a key in a device, opened and checked once.
+///
+/// # Errors
+/// A usage error for an unusable file or reference, or a device that refuses it; a
+/// failure (exit 1) when the device does not answer.
+pub(crate) fn open_signer(arg: &Path, alg: Option<Algorithm>) -> Result<Arc<dyn Signer>, CliError> {
+    match key_ref(arg)? {
+        KeyRef::Device(device) => open_device(&device, alg),
+        KeyRef::File(path) => load_signing_key(&path, alg).map(|k| Arc::new(k) as Arc<dyn Signer>),
+        _ => Err(CliError::usage(format!(
+            "{}: an unsupported key reference",
+            arg.display()
+        ))),
+    }
 }
 
 /// Takes the passphrase flags of the command line, for every key file read or written
@@ -190,12 +259,27 @@ fn decrypt_pem(path: &Path, text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> 
 }
 
 /// What a key file holds.
-#[derive(Debug)]
 pub(crate) enum KeyFile {
     /// A private key (PEM or private JWK; a JWK's `alg` stays a restriction on it).
     Private(PrivateKey),
     /// A public JWK.
     Public(PublicJwk),
+    /// A key in a device: its public half, and the one algorithm it signs with.
+    Device(Arc<dyn Signer>),
+}
+
+impl core::fmt::Debug for KeyFile {
+    /// Public facts only.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let kind = match self {
+            Self::Private(_) => "Private",
+            Self::Public(_) => "Public",
+            Self::Device(_) => "Device",
+        };
+        f.debug_struct(kind)
+            .field("jkt", self.public_jwk().thumbprint())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyFile {
@@ -204,6 +288,16 @@ impl KeyFile {
         match self {
             Self::Private(key) => key.public_jwk(),
             Self::Public(p) => p,
+            Self::Device(s) => s.public_jwk(),
+        }
+    }
+
+    /// The one algorithm a private key signs with; `None` for a public key.
+    pub(crate) fn signing_algorithm(&self) -> Option<Algorithm> {
+        match self {
+            Self::Private(key) => Some(key.algorithm()),
+            Self::Public(_) => None,
+            Self::Device(s) => Some(s.algorithm()),
         }
     }
 }
@@ -217,7 +311,19 @@ impl KeyFile {
 ///
 /// # Errors
 /// A usage error naming the file and what is wrong with it.
-pub(crate) fn load(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
+pub(crate) fn load(arg: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
+    match key_ref(arg)? {
+        KeyRef::File(path) => load_file(&path, rsa_alg),
+        KeyRef::Device(device) => open_device(&device, None).map(KeyFile::Device),
+        _ => Err(CliError::usage(format!(
+            "{}: an unsupported key reference",
+            arg.display()
+        ))),
+    }
+}
+
+/// [`load`] for a path already known to name a file (`file:` removed).
+fn load_file(path: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, CliError> {
     let (bytes, mode) = read_limited(path, MAX_PRIVATE_KEY_TEXT)?;
     if bytes
         .trim_ascii_start()
@@ -288,23 +394,20 @@ fn parse(path: &Path, bytes: &[u8], rsa_alg: Option<Algorithm>) -> Result<KeyFil
     }
 }
 
-/// Reads a private key file (PEM or private JWK) to sign with `alg`, or with the key's
-/// own algorithm when `alg` is `None` (a JWK's `alg`, the curve's, EdDSA, or RS256 for
-/// RSA PEM files, which do not record it).
+/// Reads a private key file (PEM or private JWK; `path` names a file, `file:` already
+/// removed) to sign with `alg`, or with the key's own algorithm when `alg` is `None` (a
+/// JWK's `alg`, the curve's, EdDSA, or RS256 for RSA PEM files, which do not record it).
 ///
 /// # Errors
 /// A usage error when the file is unusable, holds only a public key, or `alg` does not
 /// fit the key (a private JWK's `alg` limits it to that one algorithm).
-pub(crate) fn load_signing_key(
-    path: &Path,
-    alg: Option<Algorithm>,
-) -> Result<PrivateKey, CliError> {
+fn load_signing_key(path: &Path, alg: Option<Algorithm>) -> Result<PrivateKey, CliError> {
     // Only an RSA algorithm can say what an RSA PEM key is for; any other is checked
     // against the key below, with a clearer message.
     let rsa_alg = alg.filter(|a| a.key_family() == KeyFamily::Rsa);
-    let key = match load(path, rsa_alg)? {
+    let key = match load_file(path, rsa_alg)? {
         KeyFile::Private(key) => key,
-        KeyFile::Public(_) => {
+        KeyFile::Public(_) | KeyFile::Device(_) => {
             return Err(CliError::usage(format!(
                 "{}: holds a public JWK; signing needs the private key (PEM or private JWK)",
                 path.display()

@@ -48,6 +48,7 @@ fn run() -> anyhow::Result<ExitCode> {
     env::record_sources(&cmd, &matches);
     check_passphrase_scope(&cli)?;
     keyfile::set_passphrase_source(&cli.passphrase);
+    keyfile::set_device_options(&cli.device);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let code = match &cli.command {
@@ -74,7 +75,6 @@ fn run() -> anyhow::Result<ExitCode> {
 /// only to the commands that read or write a private key file: elsewhere they are a
 /// usage error rather than silently ignored.
 fn check_passphrase_scope(cli: &Cli) -> Result<(), CliError> {
-    let given = cli.passphrase.passphrase_file.is_some() || cli.passphrase.passphrase_env.is_some();
     let uses_keys = matches!(
         cli.command,
         Command::Keygen(_)
@@ -84,10 +84,17 @@ fn check_passphrase_scope(cli: &Cli) -> Result<(), CliError> {
             | Command::Token(_)
             | Command::Curl(_)
     );
+    let given = cli.passphrase.passphrase_file.is_some() || cli.passphrase.passphrase_env.is_some();
     if given && !uses_keys {
         return Err(CliError::usage(
             "--passphrase-file and --passphrase-env apply only to the commands that read or \
              write a private key file: keygen, jwk, thumbprint, proof, token and curl",
+        ));
+    }
+    if cli.device.dangerous_allow_pin_value && !uses_keys {
+        return Err(CliError::usage(
+            "--dangerous-allow-pin-value applies only to the commands that open a key: \
+             keygen, jwk, thumbprint, proof, token and curl",
         ));
     }
     Ok(())

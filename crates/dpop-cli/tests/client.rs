@@ -534,3 +534,55 @@ async fn curl_gets_its_own_token_with_the_token_flags() {
     assert!(token.ends_with(" bytes]") && token.len() < 40, "{token}");
     setup.stop().await;
 }
+
+/// A key kept in a PKCS#11 token (SoftHSM, `DPOP_TEST_SOFTHSM_MODULE`) all the way: the
+/// token is bound to it, the gateway accepts its proofs, and the upstream learns its
+/// thumbprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_curl_with_a_key_in_a_pkcs11_token() {
+    let Some(module) = crate::device_keys::softhsm() else {
+        return;
+    };
+    let hsm = dpop_test::SoftHsmToken::create(&module, "client-e2e").unwrap();
+    let env_owned = hsm.env();
+    let mut env: Vec<(&str, &str)> = env_owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.push(("SVC_SECRET", SVC_SECRET));
+    let uri = hsm.uri("workload", "01");
+    let jkt = dpop(&["keygen", "--key", &uri], &env)
+        .await
+        .line()
+        .to_owned();
+
+    let setup = Setup::start(None).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let (gw, gw_url) = setup.gateway(&upstream, &[]).await;
+    let mut args = vec!["token", "--key", &uri, "--raw"];
+    args.extend(setup.svc_flags());
+    let token = dpop(&args, &env).await.ok().trim().to_owned();
+    assert_eq!(claims(&token)["cnf"]["jkt"], jkt.as_str());
+
+    let url = format!("{gw_url}/v1/items");
+    let run = dpop(&["curl", &url, "--key", &uri, "--token", &token], &env).await;
+    let echo = run.json();
+    assert_eq!(echo["path"], "/v1/items", "{}", gw.output());
+    assert_eq!(echo["headers"]["x-dpop-jkt"][0], jkt.as_str());
+    // The software key of the same setup is not the token's key: refused.
+    let run = dpop(
+        &[
+            "curl",
+            "-f",
+            &url,
+            "--key",
+            p(&setup.key),
+            "--token",
+            &token,
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(run.code, 22, "{run:#?}");
+    setup.stop().await;
+}

@@ -5,7 +5,7 @@
 //! the gateway (`client`), `dpop curl` as curl's users expect it (`curl`), the whole
 //! system of issuer, gateway instances, Redis, PostgreSQL and clients in operational
 //! scenarios (`system`), OpenTelemetry traces (`telemetry`), tokens kept between runs
-//! (`tokens`), `dpop jwt` (`jwt`), key files (`keys`), environment variables, completions
+//! (`tokens`), `dpop jwt` (`jwt`), key files (`keys`), keys in devices (`device_keys`), environment variables, completions
 //! and the manual page (`shell`), and the deployment files against the code and their
 //! configurations (`deploy`). What they share is in `common`.
 
@@ -15,6 +15,7 @@ mod cli;
 mod client;
 mod curl;
 mod deploy;
+mod device_keys;
 mod gateway;
 mod issuer;
 mod jwt;

@@ -104,6 +104,26 @@ impl ClientKey {
         Ok(Self::from_private_key(key))
     }
 
+    /// Runs `sign` with the signer: on the calling task for a software key, on a thread
+    /// that may block for a key in a device or a KMS ([`Signer::blocks`]), so a slow
+    /// HSM, TPM or network round trip never stalls the async executor.
+    ///
+    /// # Errors
+    /// What `sign` returns, or [`ClientError::Proof`] when the signing thread died.
+    pub(crate) async fn with_signer<T, F>(&self, sign: F) -> Result<T, ClientError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Signer) -> Result<T, ClientError> + Send + 'static,
+    {
+        if !self.signer.blocks() {
+            return sign(&*self.signer);
+        }
+        let signer = Arc::clone(&self.signer);
+        tokio::task::spawn_blocking(move || sign(&*signer))
+            .await
+            .map_err(|e| ClientError::Proof(format!("the signing thread failed: {e}")))?
+    }
+
     /// The signer.
     #[must_use]
     pub fn signer(&self) -> &dyn Signer {

@@ -75,10 +75,11 @@ impl DpopMiddleware {
 }
 
 /// Sends `request` with DPoP through `send`, retrying as the module docs say. `prepare`
-/// runs on every attempt before it is signed (the token endpoint puts a new client
-/// assertion in the body: single-use, and dated with the corrected clock). Each step is
+/// runs on every attempt before it is signed and may return a new body (the token
+/// endpoint puts a new client assertion in it: single-use, and dated with the corrected
+/// clock). Each step is
 /// reported to the session's observer as going to `endpoint`.
-pub(crate) async fn send_signed<S, Fut, E, P>(
+pub(crate) async fn send_signed<S, Fut, E, P, PFut>(
     session: &Session,
     endpoint: Endpoint,
     mut request: Request,
@@ -90,17 +91,20 @@ where
     S: FnMut(Request) -> Fut,
     Fut: Future<Output = Result<Response, E>>,
     E: From<ClientError>,
-    P: Fn(&mut Request) -> Result<(), ClientError>,
+    P: Fn() -> PFut,
+    PFut: Future<Output = Result<Option<Vec<u8>>, ClientError>>,
 {
     let (mut nonce_retried, mut skew_retried, mut token_retried) = (false, false, false);
     loop {
         let spare = request.try_clone();
-        prepare(&mut request)?;
+        if let Some(body) = prepare().await? {
+            *request.body_mut() = Some(body.into());
+        }
         let token = match tokens {
             Some(t) => Some(t.token().await?),
             None => None,
         };
-        session.sign(&mut request, token.as_deref())?;
+        session.sign(&mut request, token.as_deref()).await?;
         session.report(&Event::Sending {
             endpoint,
             request: &request,
@@ -163,7 +167,7 @@ impl Middleware for DpopMiddleware {
             Endpoint::Resource,
             req,
             self.tokens.as_deref(),
-            |_| Ok(()),
+            || async { Ok(None) },
             |r| {
                 let next = next.clone();
                 let mut ext = extensions.clone();

@@ -151,40 +151,44 @@ impl Session {
     }
 
     /// A proof for `method` on `url`, with `ath` for `access_token`, the origin's nonce
-    /// and corrected time.
-    pub(crate) fn proof(
+    /// and corrected time. A device key signs on a thread that may block.
+    pub(crate) async fn proof(
         &self,
         method: &str,
         url: &url::Url,
         access_token: Option<&str>,
     ) -> Result<String, ClientError> {
         let origin = origin_of(url);
-        let mut builder = ProofBuilder::new(method, url.as_str())
-            .map_err(|e| ClientError::Proof(e.to_string()))?;
-        if let Some(t) = access_token {
-            builder = builder.access_token(t);
-        }
-        if let Some(n) = self.nonce(&origin) {
-            builder = builder
-                .nonce(&n)
-                .map_err(|e| ClientError::Proof(e.to_string()))?;
-        }
-        builder
-            .sign(
-                self.key.signer(),
-                &SystemRandomSource,
-                self.now_for(&origin)?,
-            )
-            .map_err(|e| ClientError::Proof(e.to_string()))
+        let nonce = self.nonce(&origin);
+        let now = self.now_for(&origin)?;
+        let (method, htu) = (method.to_owned(), url.as_str().to_owned());
+        let access_token = access_token.map(str::to_owned);
+        self.key
+            .with_signer(move |signer| {
+                let proof_error = |e: &dyn core::fmt::Display| ClientError::Proof(e.to_string());
+                let mut builder = ProofBuilder::new(&method, &htu).map_err(|e| proof_error(&e))?;
+                if let Some(t) = &access_token {
+                    builder = builder.access_token(t);
+                }
+                if let Some(n) = &nonce {
+                    builder = builder.nonce(n).map_err(|e| proof_error(&e))?;
+                }
+                builder
+                    .sign(signer, &SystemRandomSource, now)
+                    .map_err(|e| proof_error(&e))
+            })
+            .await
     }
 
     /// Puts a fresh proof (and the token, if any) on `request`.
-    pub(crate) fn sign(
+    pub(crate) async fn sign(
         &self,
         request: &mut Request,
         access_token: Option<&str>,
     ) -> Result<(), ClientError> {
-        let proof = self.proof(request.method().as_str(), request.url(), access_token)?;
+        let proof = self
+            .proof(request.method().as_str(), request.url(), access_token)
+            .await?;
         let headers = request.headers_mut();
         headers.insert(
             "dpop",

@@ -440,16 +440,20 @@ impl OAuthTokens {
         let body = form_body(&form);
         // A retry (nonce, clock skew) must not resend the assertion: its `jti` is
         // single-use, and after a skew correction its `iat`/`exp` must move too.
-        let prepare = |r: &mut reqwest::Request| -> Result<(), ClientError> {
-            if let ClientAuth::PrivateKeyJwt { client_id, key } = &self.request.auth {
+        let prepare = || {
+            let form = &form;
+            let endpoint = &endpoint;
+            async move {
+                let ClientAuth::PrivateKeyJwt { client_id, key } = &self.request.auth else {
+                    return Ok(None);
+                };
                 let mut form = form.clone();
                 form.push((
                     "client_assertion",
-                    self.assertion(client_id, key, &endpoint)?,
+                    self.assertion(client_id, key, endpoint).await?,
                 ));
-                *r.body_mut() = Some(form_body(&form).into());
+                Ok(Some(form_body(&form).into_bytes()))
             }
-            Ok(())
         };
         let request = builder
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -459,7 +463,7 @@ impl OAuthTokens {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let http = &self.http;
-        let response = send_signed::<_, _, ClientError, _>(
+        let response = send_signed::<_, _, ClientError, _, _>(
             &self.session,
             crate::observer::Endpoint::Token,
             request,
@@ -472,7 +476,7 @@ impl OAuthTokens {
     }
 
     /// A client assertion (RFC 7523 §3): short-lived, single-use, for `audience`.
-    fn assertion(
+    async fn assertion(
         &self,
         client_id: &str,
         key: &ClientKey,
@@ -498,8 +502,11 @@ impl OAuthTokens {
             "exp": now + 60,
             "jti": b64(&jti),
         });
-        dpop_core::jws::sign_compact(&header, &claims, key.signer())
-            .map_err(|e| ClientError::Proof(e.to_string()))
+        key.with_signer(move |signer| {
+            dpop_core::jws::sign_compact(&header, &claims, signer)
+                .map_err(|e| ClientError::Proof(e.to_string()))
+        })
+        .await
     }
 
     /// A new token: with the refresh token when there is one (falling back to the grant

@@ -9,8 +9,10 @@
 //!   caching and one token request for many waiting requests;
 //! - `keys`: ephemeral keys, key files and their permissions, keys from the environment;
 //! - `observer`: what an observer is told, in order, at resources and token endpoints;
-//! - `store`: tokens kept between sources in a `TokenStore`.
+//! - `store`: tokens kept between sources in a `TokenStore`;
+//! - `devices`: keys in a device or KMS sign off the executor and fail closed.
 
+mod devices;
 mod keys;
 mod nonces;
 mod observer;

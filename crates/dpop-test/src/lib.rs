@@ -21,6 +21,7 @@
 //! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
 //!   clients ([`ClientFixture`]) instead of hand-written TOML;
 //! - [`TestCa`]: a private CA issuing server and client certificates as PEM files;
+//! - [`SoftHsmToken`]: a throw-away PKCS#11 token of SoftHSM 2, for keys kept in a device;
 //! - [`WsEchoUpstream`] and [`RawUpstream`]: a WebSocket echo server and a scripted raw
 //!   TCP server, for stream tests;
 //! - [`GrpcEchoUpstream`] and [`GrpcEchoClient`]: a gRPC echo service and its client over
@@ -63,6 +64,7 @@ mod process;
 mod redis;
 mod redis_topology;
 mod server;
+mod softhsm;
 mod streams;
 mod tls;
 mod upstream;
@@ -86,6 +88,7 @@ pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
 pub use crate::redis_topology::{RedisCluster, RedisSentinel, SentinelAuth};
 pub use crate::server::{ServerHandle, serve};
+pub use crate::softhsm::{SOFTHSM_MODULE_ENV, SOFTHSM_USER_PIN, SoftHsmToken};
 pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
 pub use crate::tls::{CertFiles, TestCa};
 pub use crate::upstream::{

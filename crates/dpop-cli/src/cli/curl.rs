@@ -27,7 +27,8 @@ pub(crate) struct CurlArgs {
     /// The URL; https:// is assumed when it has no scheme
     pub(crate) url: String,
 
-    /// The DPoP key (PKCS#8 PEM or private JWK, mode 0600)
+    /// The DPoP key: a file (PKCS#8 PEM or private JWK, mode 0600) or a key in a device
+    /// (pkcs11:…, tpm2:…, awskms:…; see docs/keys.md)
     #[arg(long, value_name = "FILE", help_heading = DPOP)]
     pub(crate) key: PathBuf,
     /// The access token

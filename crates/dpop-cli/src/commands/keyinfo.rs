@@ -69,14 +69,14 @@ fn describe(
         jwk.insert("kid".into(), public.thumbprint().as_str().into());
     }
     if let Some(alg) = alg {
-        let alg = match (alg, key) {
-            // A private key signs with one algorithm (its JWK's `alg`, or the one it was
-            // loaded for): --alg must be that one, not only fit the public key.
-            (Some(a), KeyFile::Private(k)) if !same_algorithm(a, k.algorithm()) => {
+        let alg = match (alg, key.signing_algorithm()) {
+            // A private key signs with one algorithm (its JWK's `alg`, the one it was
+            // loaded for, or a device key's): --alg must be that one, not only fit the
+            // public key.
+            (Some(a), Some(own)) if !same_algorithm(a, own) => {
                 return Err(CliError::usage(format!(
-                    "--alg {a} does not fit the private key in {}; it signs with {}",
+                    "--alg {a} does not fit the private key in {}; it signs with {own}",
                     file.display(),
-                    k.algorithm()
                 )));
             }
             (Some(a), _) if public.fits(a) => a,
@@ -93,8 +93,8 @@ fn describe(
                     usable.join(", ")
                 )));
             }
-            (None, KeyFile::Private(k)) => k.algorithm(),
-            (None, KeyFile::Public(_)) => own_algorithm(public).ok_or_else(|| {
+            (None, Some(own)) => own,
+            (None, None) => own_algorithm(public).ok_or_else(|| {
                 CliError::usage(format!(
                     "{}: a public RSA JWK does not say which algorithm it is for; pass --alg",
                     file.display()

@@ -28,9 +28,9 @@ pub(crate) fn run(args: &ProofArgs, out: &mut dyn Write) -> Result<ExitCode, Cli
         None => clock::now()?,
     };
 
-    let key = keyfile::load_signing_key(&args.key, args.alg.map(Algorithm::from))?;
+    let key = keyfile::open_signer(&args.key, args.alg.map(Algorithm::from))?;
     let proof = builder
-        .sign(&key, &SystemRandomSource, iat)
+        .sign(&*key, &SystemRandomSource, iat)
         .map_err(|e| CliError::failed(format!("cannot sign the proof: {e}")))?;
     writeln!(out, "{proof}").map_err(|e| CliError::stdout(&e))?;
     Ok(ExitCode::SUCCESS)

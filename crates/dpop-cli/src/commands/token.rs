@@ -23,10 +23,11 @@ use crate::token_cache::FileTokenStore;
 /// The longest token read from a file or stdin.
 const MAX_TOKEN_FILE: usize = 64 * 1024;
 
-/// The DPoP key or the `private_key_jwt` key: read like every other key file (the same
-/// permission check, passphrase and messages), with the key's own algorithm.
+/// The DPoP key or the `private_key_jwt` key: a key file read like every other (the same
+/// permission check, passphrase and messages), or a key in a device, with the key's own
+/// algorithm.
 pub(crate) fn key(path: &Path) -> Result<ClientKey, CliError> {
-    keyfile::load_signing_key(path, None).map(ClientKey::from_private_key)
+    keyfile::open_signer(path, None).map(ClientKey::from_signer)
 }
 
 /// The CLI's error for a client error: problems with what the user gave (keys, token
