@@ -29,7 +29,7 @@ pub(crate) struct CurlArgs {
 
     /// The DPoP key: a file (PKCS#8 PEM or private JWK, mode 0600) or a key in a device
     /// (pkcs11:…, tpm2:…, awskms:…; see docs/keys.md)
-    #[arg(long, value_name = "FILE", help_heading = DPOP)]
+    #[arg(long, value_name = "KEY", help_heading = DPOP)]
     pub(crate) key: PathBuf,
     /// The access token
     #[arg(long, value_name = "T", conflicts_with_all = ["token_file", "issuer"], help_heading = DPOP)]
