@@ -275,15 +275,24 @@ async fn reload_on_change_applies_an_edited_file() {
     std::fs::write(&file, &text).unwrap();
     let mut cmd = gateway_command();
     cmd.arg("--config").arg(&file);
+    cmd.env("RUST_LOG", "info,dpop::gateway=debug");
     let gw = spawn_server(cmd, port, Duration::from_secs(30), "dpop gateway").await;
     let r = send("GET", &format!("http://127.0.0.1:{port}/open"), &[], b"").await;
     assert_eq!(r.status, 401);
-    std::fs::write(
-        &file,
-        format!("{text}\n[[routes]]\npath_prefix = \"/open\"\ndpop = \"off\"\n"),
-    )
-    .unwrap();
+    // Written in two pieces, the first not a valid configuration on its own (a route
+    // without its policy): the half is never loaded, so never reported as bad.
+    let whole = format!("{text}\n[[routes]]\npath_prefix = \"/open\"\ndpop = \"off\"\n");
+    let (half, _) = whole.split_at(whole.len() - 12);
+    std::fs::write(&file, half).unwrap();
+    // A check saw the half; the rest follows well within one check interval (2 s).
+    logged(&gw, "the configuration file changed", 1).await;
+    std::fs::write(&file, &whole).unwrap();
     let line = logged(&gw, "configuration reloaded", 1).await;
+    assert!(
+        !gw.output().contains("configuration not reloaded"),
+        "a half-written file was loaded:\n{}",
+        gw.output()
+    );
     assert!(line.contains("configuration file changed"), "{line}");
     assert_eq!(generation(&admin).await, 2);
     let r = send("GET", &format!("http://127.0.0.1:{port}/open"), &[], b"").await;

@@ -186,6 +186,11 @@ impl Reloader {
         };
         AbortOnDrop(tokio::spawn(async move {
             let mut seen = watched.as_deref().map(content_digest);
+            // A changed content waits one more poll: an editor or a deployment tool that
+            // writes the file in pieces is not read half-way (and its half is not
+            // reported as a bad configuration). Only content that stayed the same for a
+            // whole poll interval is loaded.
+            let mut settling: Option<Vec<u8>> = None;
             loop {
                 let hup = wait.next().await;
                 let cause = if hup {
@@ -193,8 +198,15 @@ impl Reloader {
                 } else if let Some(path) = &watched {
                     let now = content_digest(path);
                     if Some(&now) == seen.as_ref() {
+                        settling = None;
                         continue;
                     }
+                    if settling.as_ref() != Some(&now) {
+                        tracing::debug!(target: "dpop::gateway", "the configuration file changed; it is loaded once unchanged for one more check");
+                        settling = Some(now);
+                        continue;
+                    }
+                    settling = None;
                     // Each content is tried once: a bad file is reported once, not at
                     // every poll.
                     seen = Some(now);
