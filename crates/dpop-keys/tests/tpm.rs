@@ -759,3 +759,49 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
     assert!(e.to_string().contains("fixedTPM"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn callers_wait_a_bounded_time_for_a_busy_tpm() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let key = tpm.key("handle=0x81000016", "");
+    drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
+    let mut patient = OpenOptions::default();
+    patient.wait = Duration::from_millis(300);
+    let signer = open(&key, &patient);
+    let pid = tpm.child.as_ref().unwrap().id().to_string();
+    let signal = |s: &str| {
+        assert!(
+            Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    // A stopped TPM holds the one signature in progress; the next caller gives up
+    // after the wait instead of queueing forever, and the first one completes once the
+    // TPM answers again.
+    signal("-STOP");
+    let first = {
+        let signer = Arc::clone(&signer);
+        std::thread::spawn(move || signer.sign(b"first"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let e = signer.sign(b"second").unwrap_err().to_string();
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert!(e.contains("busy"), "{e}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    let signature = first.join().unwrap().unwrap();
+    assert!(
+        signer
+            .public_jwk()
+            .verify(Algorithm::Es256, b"first", &signature)
+    );
+    signer.sign(b"third").unwrap();
+}
