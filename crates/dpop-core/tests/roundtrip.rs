@@ -164,3 +164,40 @@ fn rsa_key_can_switch_padding() {
     );
     assert_eq!(ok.algorithm(), Algorithm::Ps256);
 }
+
+/// A signer that says it blocks (as a device key does).
+struct Blocking(PrivateKey);
+
+impl dpop_core::Signer for Blocking {
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
+    fn public_jwk(&self) -> &dpop_core::PublicJwk {
+        self.0.public_jwk()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, dpop_core::KeyError> {
+        self.0.sign(message)
+    }
+    fn blocks(&self) -> bool {
+        true
+    }
+}
+
+/// `blocks` of the signer type `S` itself (not of what it points to).
+fn blocks_of<S: dpop_core::Signer + ?Sized>(signer: &S) -> bool {
+    signer.blocks()
+}
+
+#[test]
+fn references_and_arcs_of_a_signer_forward_blocks() {
+    let device: std::sync::Arc<dyn dpop_core::Signer> =
+        std::sync::Arc::new(Blocking(PrivateKey::generate(Algorithm::Es256).unwrap()));
+    let by_ref: &dyn dpop_core::Signer = &*device;
+    assert!(blocks_of::<std::sync::Arc<dyn dpop_core::Signer>>(&device));
+    assert!(blocks_of::<&std::sync::Arc<dyn dpop_core::Signer>>(
+        &&device
+    ));
+    assert!(blocks_of::<&dyn dpop_core::Signer>(&by_ref));
+    let software = PrivateKey::generate(Algorithm::Es256).unwrap();
+    assert!(!blocks_of::<&PrivateKey>(&&software));
+}

@@ -1,0 +1,807 @@
+//! TPM 2.0 keys against a real software TPM (swtpm): keys made inside it, proofs signed
+//! with them that dpop-core and OpenSSL verify, the attributes that keep them inside,
+//! and every refusal. Each test starts its own swtpm (`DPOP_TEST_SWTPM`, the path of
+//! the binary) on a free loopback port pair with its state in a fresh directory.
+#![cfg(feature = "tpm")]
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dpop_core::{
+    Algorithm, Htu, MemoryReplayStore, ProofBuilder, ProofRequest, Signer, SystemRandomSource,
+    UnixTime, Verifier, VerifierConfig,
+};
+use dpop_keys::{DeviceKey, KeyRef, KeysError, OpenOptions};
+
+/// A swtpm child process, stopped (SIGTERM, so it saves its state) when dropped.
+struct Swtpm {
+    binary: PathBuf,
+    state: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A unique fresh directory under the system's temporary directory, mode 0700.
+fn temp_dir(what: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dpop-tpm-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    dir
+}
+
+/// A port P with P+1 free too, below the kernel's ephemeral range (where released
+/// ports soon become the source ports of outgoing connections).
+fn free_port_pair() -> u16 {
+    let start = u64::from(std::process::id()).wrapping_mul(7919);
+    for _ in 0..200 {
+        let n = start.wrapping_add(NEXT.fetch_add(2, Ordering::Relaxed));
+        let port = 20_000 + u16::try_from(n % 12_000).unwrap();
+        let free = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok();
+        if free(port) && free(port + 1) {
+            return port;
+        }
+    }
+    panic!("no free loopback port pair")
+}
+
+impl Swtpm {
+    /// The swtpm binary, or `None` (the test is then skipped, with a message).
+    fn binary() -> Option<PathBuf> {
+        match std::env::var_os("DPOP_TEST_SWTPM") {
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => {
+                eprintln!(
+                    "skipped: set DPOP_TEST_SWTPM to the swtpm binary (apt-get install swtpm) to run the TPM tests"
+                );
+                None
+            }
+        }
+    }
+
+    fn start() -> Option<Self> {
+        let binary = Self::binary()?;
+        let mut tpm = Self {
+            binary,
+            state: temp_dir("state"),
+            port: 0,
+            child: None,
+        };
+        tpm.run(None);
+        Some(tpm)
+    }
+
+    /// Starts swtpm on the state directory, on `port` (retrying while it is not free
+    /// yet) or on a free port pair (another one when one was taken in the meantime).
+    fn run(&mut self, port: Option<u16>) {
+        for _ in 0..50 {
+            let port = port.unwrap_or_else(free_port_pair);
+            let mut child = Command::new(&self.binary)
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", self.state.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                // The control port: the server port serves one connection at a time.
+                if TcpStream::connect((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+                    self.port = port;
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("swtpm did not start");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops swtpm and starts it again on the same state (a reboot).
+    fn restart(&mut self) {
+        self.stop();
+        self.run(None);
+    }
+
+    /// Stops swtpm and starts it again on the same state and the same ports, so that
+    /// open signers reach it again.
+    fn restart_in_place(&mut self) {
+        self.stop();
+        self.run(Some(self.port));
+    }
+
+    /// `tpm2_getcap handles-transient`: the loaded transient objects, one a line.
+    fn transient_handles(&self) -> String {
+        let out = Command::new("tpm2_getcap")
+            .args(["handles-transient", "-T", &self.tcti()])
+            .output()
+            .expect("tpm2_getcap (apt-get install tpm2-tools)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Removes the persistent object at `handle` with tpm2-tools.
+    fn evict(&self, handle: &str) {
+        self.tpm2(&["tpm2_evictcontrol", "-C", "o", "-c", handle], None);
+    }
+
+    /// Runs a tpm2-tools command in `dir`, then flushes the transient objects it left
+    /// (without a resource manager they stay loaded, and only about three fit).
+    fn tpm2(&self, args: &[&str], dir: Option<&std::path::Path>) {
+        for args in [args, &["tpm2_flushcontext", "-t"]] {
+            let mut command = Command::new(args[0]);
+            command.args(&args[1..]).args(["-T", &self.tcti()]);
+            if let Some(dir) = dir {
+                command.current_dir(dir);
+            }
+            let out = command
+                .output()
+                .unwrap_or_else(|e| panic!("{} (apt-get install tpm2-tools): {e}", args[0]));
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// A `tpm2:` reference: `what` (`handle=…` or `file=…`), then `query` after the TCTI.
+    fn key(&self, what: &str, query: &str) -> DeviceKey {
+        let text = format!("tpm2:{what}?tcti={}{query}", self.tcti());
+        match KeyRef::parse(&text).unwrap() {
+            KeyRef::Device(d) => d,
+            other => panic!("{text} parsed as {other:?}"),
+        }
+    }
+
+    /// `tpm2_readpublic` of a persistent handle (tpm2-tools, an independent reader).
+    fn readpublic(&self, handle: &str) -> String {
+        let out = Command::new("tpm2_readpublic")
+            .args(["-c", handle, "-T", &self.tcti()])
+            .output()
+            .expect("tpm2_readpublic (apt-get install tpm2-tools)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn options() -> OpenOptions {
+    OpenOptions::default()
+}
+
+fn dangerous() -> OpenOptions {
+    let mut o = OpenOptions::default();
+    o.dangerous_allow_pin_value = true;
+    o
+}
+
+fn with_alg(alg: Algorithm) -> OpenOptions {
+    let mut o = OpenOptions::default();
+    o.alg = Some(alg);
+    o
+}
+
+const NOW: u64 = 1_700_000_000;
+
+/// Signs a proof with `signer` and verifies it with dpop-core's verifier, bound to a
+/// token for the signer's thumbprint.
+fn proof_verifies(signer: &dyn Signer) {
+    let now = UnixTime::from_secs(NOW);
+    let token = "token-bound-to-the-tpm-key";
+    let proof = ProofBuilder::new("POST", "https://api.example.com/v1/items")
+        .unwrap()
+        .access_token(token)
+        .sign(signer, &SystemRandomSource, now)
+        .unwrap();
+    let verifier = Verifier::new(
+        VerifierConfig::builder()
+            .with_default_algorithms()
+            .without_nonces(),
+    )
+    .unwrap();
+    let store = MemoryReplayStore::with_capacity(100);
+    let htu = Htu::parse("https://api.example.com/v1/items").unwrap();
+    let request =
+        ProofRequest::new("POST", &htu).with_access_token(token, signer.public_jwk().thumbprint());
+    let verified = verifier
+        .verify([proof.as_bytes()], &request, now)
+        .unwrap()
+        .record(&store)
+        .unwrap();
+    assert_eq!(verified.jkt(), signer.public_jwk().thumbprint());
+}
+
+/// `R || S` as a DER `Ecdsa-Sig-Value`.
+fn fixed_to_der(sig: &[u8]) -> Vec<u8> {
+    let int = |half: &[u8]| {
+        let start = half.iter().position(|&b| b != 0).unwrap_or(half.len() - 1);
+        let mut v = half[start..].to_vec();
+        if v[0] & 0x80 != 0 {
+            v.insert(0, 0);
+        }
+        let mut out = vec![0x02, u8::try_from(v.len()).unwrap()];
+        out.extend(v);
+        out
+    };
+    let (r, s) = sig.split_at(sig.len() / 2);
+    let mut body = int(r);
+    body.extend(int(s));
+    let mut out = vec![0x30];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(u8::try_from(body.len()).unwrap());
+    out.extend(body);
+    out
+}
+
+/// Checks a signature with the OpenSSL command line, from the JWK's raw point wrapped
+/// in a P-256 SubjectPublicKeyInfo.
+fn openssl_verifies(signer: &dyn Signer, message: &[u8], signature: &[u8]) -> bool {
+    const P256_SPKI_PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let dir = temp_dir("openssl");
+    let mut spki = P256_SPKI_PREFIX.to_vec();
+    spki.extend(signer.public_jwk().raw_public_key().unwrap());
+    std::fs::write(dir.join("pub.der"), spki).unwrap();
+    std::fs::write(dir.join("msg"), message).unwrap();
+    std::fs::write(dir.join("sig.der"), fixed_to_der(signature)).unwrap();
+    let status = Command::new("openssl")
+        .args(["dgst", "-sha256", "-keyform", "DER", "-verify"])
+        .arg(dir.join("pub.der"))
+        .arg("-signature")
+        .arg(dir.join("sig.der"))
+        .arg(dir.join("msg"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("the openssl command");
+    let _ = std::fs::remove_dir_all(&dir);
+    status.success()
+}
+
+fn open(key: &DeviceKey, options: &OpenOptions) -> Arc<dyn Signer> {
+    dpop_keys::open(key, options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn open_err(key: &DeviceKey, options: &OpenOptions) -> KeysError {
+    match dpop_keys::open(key, options) {
+        Ok(_) => panic!("{key} opened"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_key_made_at_a_persistent_handle_signs_proofs_that_verify() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let key = tpm.key("handle=0x81000010", "");
+    let made = dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap();
+    assert_eq!(made.algorithm(), Algorithm::Es256);
+    let jkt = made.public_jwk().thumbprint().clone();
+    drop(made); // swtpm serves one connection at a time
+
+    let signer = open(&key, &options());
+    assert!(signer.blocks(), "a TPM signer waits on the device");
+    assert_eq!(signer.algorithm(), Algorithm::Es256);
+    assert_eq!(signer.public_jwk().thumbprint(), &jkt);
+    proof_verifies(&*signer);
+
+    // An independent verifier, and a tampered message that must fail with it.
+    let message = b"signed inside the TPM";
+    let signature = signer.sign(message).unwrap();
+    assert_eq!(signature.len(), 64, "R || S, each 32 bytes");
+    assert!(openssl_verifies(&*signer, message, &signature));
+    assert!(!openssl_verifies(
+        &*signer,
+        b"signed inside the TPX",
+        &signature
+    ));
+    drop(signer);
+
+    // The private key cannot leave the TPM: tpm2-tools reads the attributes back.
+    let public = tpm.readpublic("0x81000010");
+    let attributes = public
+        .lines()
+        .find(|l| l.trim_start().starts_with("value:") && l.contains("sign"))
+        .unwrap_or_else(|| panic!("no attributes in {public}"));
+    for flag in ["fixedtpm", "fixedparent", "sensitivedataorigin", "sign"] {
+        assert!(attributes.contains(flag), "{flag} missing: {attributes}");
+    }
+    for flag in ["decrypt", "restricted"] {
+        assert!(!attributes.contains(flag), "{flag} set: {attributes}");
+    }
+}
+
+#[test]
+fn a_key_file_is_made_0600_and_opens_to_the_same_key_after_a_restart() {
+    let Some(mut tpm) = Swtpm::start() else {
+        return;
+    };
+    let dir = temp_dir("file");
+    let path = dir.join("client.tpmkey");
+    let what = format!("file={}", path.display());
+    let key = tpm.key(&what, "");
+    let jkt = dpop_keys::generate(&key, Algorithm::Es256, &options())
+        .unwrap()
+        .public_jwk()
+        .thumbprint()
+        .clone();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert!(std::fs::read(&path).unwrap().starts_with(b"DPOPTPM1"));
+
+    for _ in 0..2 {
+        let signer = open(&key, &options());
+        assert_eq!(signer.public_jwk().thumbprint(), &jkt);
+        proof_verifies(&*signer);
+    }
+    // Each connection flushes what it loaded (the TPM has room for about three
+    // transient objects): nothing stays behind.
+    let held = open(&key, &options());
+    assert!(
+        !tpm.transient_handles().is_empty(),
+        "an open key file is loaded"
+    );
+    drop(held);
+    for _ in 0..4 {
+        drop(open(&key, &options()));
+    }
+    assert_eq!(tpm.transient_handles(), "", "transient objects left loaded");
+
+    // The storage primary key is made again from its template: the same key, so the
+    // file still loads after a reboot.
+    tpm.restart();
+    let key = tpm.key(&what, "");
+    let signer = open(&key, &options());
+    assert_eq!(signer.public_jwk().thumbprint(), &jkt);
+    proof_verifies(&*signer);
+    drop(signer);
+
+    // A persistent key survives the restart too.
+    let handle = tpm.key("handle=0x81000011", "");
+    let jkt = dpop_keys::generate(&handle, Algorithm::Es256, &options())
+        .unwrap()
+        .public_jwk()
+        .thumbprint()
+        .clone();
+    tpm.restart();
+    let handle = tpm.key("handle=0x81000011", "");
+    assert_eq!(open(&handle, &options()).public_jwk().thumbprint(), &jkt);
+
+    // A file from another TPM (here: the same TPM after a clear would do the same)
+    // is refused rather than silently replaced.
+    std::fs::write(dir.join("garbage.tpmkey"), b"DPOPTPM1\x00\x01x\x00\x00").unwrap();
+    let garbage = tpm.key(
+        &format!("file={}", dir.join("garbage.tpmkey").display()),
+        "",
+    );
+    let e = open_err(&garbage, &options());
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("garbage.tpmkey"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn p384_keys_sign_es384() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let key = tpm.key("handle=0x81000012", "");
+    drop(dpop_keys::generate(&key, Algorithm::Es384, &options()).unwrap());
+    let signer = open(&key, &options());
+    assert_eq!(signer.algorithm(), Algorithm::Es384);
+    assert_eq!(signer.sign(b"x").unwrap().len(), 96);
+    proof_verifies(&*signer);
+}
+
+#[test]
+fn eight_threads_sign_at_once() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let key = tpm.key("handle=0x81000013", "");
+    drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
+    let signer = open(&key, &with_alg(Algorithm::Es256));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let signer = Arc::clone(&signer);
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let message = format!("thread {i} message {j}");
+                    let signature = signer.sign(message.as_bytes()).unwrap();
+                    assert!(signer.public_jwk().verify(
+                        Algorithm::Es256,
+                        message.as_bytes(),
+                        &signature
+                    ));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let dir = temp_dir("auth");
+    let auth = dir.join("auth");
+    std::fs::write(&auth, "correct horse\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let source = format!("&auth-source=file:{}", auth.display());
+    let key = tpm.key("handle=0x81000014", &source);
+    drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
+    proof_verifies(&*open(&key, &options()));
+
+    // The same value written into the URI: refused without the dangerous option.
+    let inline = tpm.key("handle=0x81000014", "&auth-value=correct%20horse");
+    let e = open_err(&inline, &options());
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("auth-source"), "{e}");
+    assert!(!e.to_string().contains("correct"), "the value shows: {e}");
+    proof_verifies(&*open(&inline, &dangerous()));
+
+    // A wrong value: the TPM's own code, and the value nowhere in the message. One
+    // failure only, on a fresh TPM, far from dictionary-attack lockout.
+    let wrong = tpm.key("handle=0x81000014", "&auth-value=battery%20staple");
+    let e = open_err(&wrong, &dangerous());
+    assert!(e.is_config(), "{e}");
+    assert_eq!(e.code(), Some("TPM_RC_AUTH_FAIL"), "{e}");
+    assert!(e.to_string().contains("TPM_RC_AUTH_FAIL"), "{e}");
+    assert!(!e.to_string().contains("staple"), "the value shows: {e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refusals_name_the_key_and_the_reason() {
+    let Some(tpm) = Swtpm::start() else { return };
+
+    // No key at the handle.
+    let empty = tpm.key("handle=0x81000020", "");
+    let e = open_err(&empty, &options());
+    assert!(e.is_config(), "{e}");
+    assert_eq!(e.code(), Some("TPM_RC_HANDLE"), "{e}");
+    assert!(e.to_string().contains("0x81000020"), "{e}");
+
+    // An occupied handle is never overwritten.
+    let key = tpm.key("handle=0x81000021", "");
+    let jkt = dpop_keys::generate(&key, Algorithm::Es256, &options())
+        .unwrap()
+        .public_jwk()
+        .thumbprint()
+        .clone();
+    let e = match dpop_keys::generate(&key, Algorithm::Es256, &options()) {
+        Ok(_) => panic!("an occupied handle was overwritten"),
+        Err(e) => e,
+    };
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("already holds"), "{e}");
+    assert_eq!(open(&key, &options()).public_jwk().thumbprint(), &jkt);
+
+    // An algorithm the key cannot sign.
+    let e = open_err(&key, &with_alg(Algorithm::Es384));
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("ES384"), "{e}");
+    let e = match dpop_keys::generate(
+        &tpm.key("handle=0x81000022", ""),
+        Algorithm::Ed25519,
+        &options(),
+    ) {
+        Ok(_) => panic!("an Ed25519 key was made"),
+        Err(e) => e,
+    };
+    assert!(e.is_config(), "{e}");
+    assert!(
+        open_err(&tpm.key("handle=0x81000022", ""), &options()).is_config(),
+        "nothing was made at the handle"
+    );
+
+    // An existing file is never overwritten.
+    let dir = temp_dir("exists");
+    let path = dir.join("taken");
+    std::fs::write(&path, b"someone else's").unwrap();
+    let file = tpm.key(&format!("file={}", path.display()), "");
+    let e = match dpop_keys::generate(&file, Algorithm::Es256, &options()) {
+        Ok(_) => panic!("an existing file was overwritten"),
+        Err(e) => e,
+    };
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Nothing listening: a device error naming the TCTI.
+    let port = free_port_pair();
+    let text = format!("tpm2:handle=0x81000010?tcti=swtpm:host=127.0.0.1,port={port}");
+    let KeyRef::Device(absent) = KeyRef::parse(&text).unwrap() else {
+        panic!()
+    };
+    let e = open_err(&absent, &options());
+    assert!(!e.is_config(), "{e}");
+    assert_eq!(e.code(), Some("TSS2_TCTI_RC_IO_ERROR"), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("swtpm:host=127.0.0.1,port={port}")),
+        "{e}"
+    );
+
+    // No TCTI at all (only checkable when the environment names none).
+    if std::env::var_os("TPM2TOOLS_TCTI").is_none() && std::env::var_os("TCTI").is_none() {
+        let KeyRef::Device(bare) = KeyRef::parse("tpm2:handle=0x81000010").unwrap() else {
+            panic!()
+        };
+        let e = open_err(&bare, &options());
+        assert!(e.is_config(), "{e}");
+        assert!(e.to_string().contains("TPM2TOOLS_TCTI"), "{e}");
+    }
+}
+
+#[test]
+fn a_signer_reconnects_after_the_tpm_restarts_but_never_to_another_key() {
+    let Some(mut tpm) = Swtpm::start() else {
+        return;
+    };
+    let dir = temp_dir("reconnect");
+    let file = tpm.key(&format!("file={}", dir.join("key").display()), "");
+    drop(dpop_keys::generate(&file, Algorithm::Es256, &options()).unwrap());
+    let signer = open(&file, &options());
+    signer.sign(b"before").unwrap();
+
+    // A reboot unloads the key file's object: that signature fails, and the next one
+    // reconnects and loads the key again.
+    tpm.restart_in_place();
+    let lost = signer.sign(b"lost").unwrap_err().to_string();
+    assert!(lost.contains("TPM_RC_"), "{lost}");
+    let signature = signer.sign(b"after").unwrap();
+    assert!(
+        signer
+            .public_jwk()
+            .verify(Algorithm::Es256, b"after", &signature)
+    );
+    drop(signer);
+
+    // Another key put at a persistent handle behind the signer's back: its signature
+    // is caught (it does not verify against the key opened), and the reconnection
+    // after it refuses the other key.
+    let key = tpm.key("handle=0x81000015", "");
+    drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
+    let signer = open(&key, &options());
+    signer.sign(b"before").unwrap();
+    tpm.evict("0x81000015");
+    drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
+    let e = signer.sign(b"with another key").unwrap_err().to_string();
+    assert!(e.contains("does not verify"), "{e}");
+    let e = signer.sign(b"with another key").unwrap_err().to_string();
+    assert!(e.contains("changed"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let dir = temp_dir("tools");
+    let d = Some(dir.as_path());
+    tpm.tpm2(
+        &["tpm2_createprimary", "-Q", "-C", "o", "-c", "primary.ctx"],
+        d,
+    );
+    tpm.tpm2(
+        &[
+            "tpm2_evictcontrol",
+            "-C",
+            "o",
+            "-c",
+            "primary.ctx",
+            "0x81000001",
+        ],
+        d,
+    );
+    let attributes = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign";
+    tpm.tpm2(
+        &[
+            "tpm2_create",
+            "-Q",
+            "-C",
+            "0x81000001",
+            "-G",
+            "ecc256:ecdsa-sha256",
+            "-a",
+            attributes,
+            "-u",
+            "key.pub",
+            "-r",
+            "key.priv",
+        ],
+        d,
+    );
+
+    // The key file is our header, then exactly what tpm2_create wrote.
+    let mut file = b"DPOPTPM1".to_vec();
+    file.extend(std::fs::read(dir.join("key.pub")).unwrap());
+    file.extend(std::fs::read(dir.join("key.priv")).unwrap());
+    std::fs::write(dir.join("key.tpmkey"), file).unwrap();
+    let what = format!(
+        "file={};parent=0x81000001",
+        dir.join("key.tpmkey").display()
+    );
+    let from_file = open(&tpm.key(&what, ""), &options());
+    proof_verifies(&*from_file);
+    let jkt = from_file.public_jwk().thumbprint().clone();
+    drop(from_file);
+
+    // The same key made persistent by tpm2-tools.
+    tpm.tpm2(
+        &[
+            "tpm2_load",
+            "-Q",
+            "-C",
+            "0x81000001",
+            "-u",
+            "key.pub",
+            "-r",
+            "key.priv",
+            "-c",
+            "key.ctx",
+        ],
+        d,
+    );
+    tpm.tpm2(
+        &[
+            "tpm2_evictcontrol",
+            "-C",
+            "o",
+            "-c",
+            "key.ctx",
+            "0x81000030",
+        ],
+        d,
+    );
+    let persistent = open(&tpm.key("handle=0x81000030", ""), &options());
+    assert_eq!(persistent.public_jwk().thumbprint(), &jkt);
+    proof_verifies(&*persistent);
+    drop(persistent);
+
+    // A duplicable key (no fixedTPM / fixedParent) is refused.
+    tpm.tpm2(
+        &[
+            "tpm2_create",
+            "-Q",
+            "-C",
+            "0x81000001",
+            "-G",
+            "ecc256:ecdsa-sha256",
+            "-a",
+            "sensitivedataorigin|userwithauth|sign",
+            "-u",
+            "dup.pub",
+            "-r",
+            "dup.priv",
+        ],
+        d,
+    );
+    let mut file = b"DPOPTPM1".to_vec();
+    file.extend(std::fs::read(dir.join("dup.pub")).unwrap());
+    file.extend(std::fs::read(dir.join("dup.priv")).unwrap());
+    std::fs::write(dir.join("dup.tpmkey"), file).unwrap();
+    let what = format!(
+        "file={};parent=0x81000001",
+        dir.join("dup.tpmkey").display()
+    );
+    let e = open_err(&tpm.key(&what, ""), &options());
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("fixedTPM"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn callers_wait_a_bounded_time_for_a_busy_tpm() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let key = tpm.key("handle=0x81000016", "");
+    drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
+    let mut patient = OpenOptions::default();
+    patient.wait = Duration::from_millis(300);
+    let signer = open(&key, &patient);
+    let pid = tpm.child.as_ref().unwrap().id().to_string();
+    let signal = |s: &str| {
+        assert!(
+            Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    // A stopped TPM holds the one signature in progress; the next caller gives up
+    // after the wait instead of queueing forever, and the first one completes once the
+    // TPM answers again.
+    signal("-STOP");
+    let first = {
+        let signer = Arc::clone(&signer);
+        std::thread::spawn(move || signer.sign(b"first"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let e = signer.sign(b"second").unwrap_err().to_string();
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert!(e.contains("busy"), "{e}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    let signature = first.join().unwrap().unwrap();
+    assert!(
+        signer
+            .public_jwk()
+            .verify(Algorithm::Es256, b"first", &signature)
+    );
+    signer.sign(b"third").unwrap();
+}
