@@ -4,11 +4,8 @@
 //! the binary) on a free loopback port pair with its state in a fresh directory.
 #![cfg(feature = "tpm")]
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dpop_core::{
@@ -16,212 +13,14 @@ use dpop_core::{
     UnixTime, Verifier, VerifierConfig,
 };
 use dpop_keys::{DeviceKey, KeyRef, KeysError, OpenOptions};
+use dpop_test::{SwTpm, free_port_pair, private_temp_dir as temp_dir};
 
-/// A swtpm child process, stopped (SIGTERM, so it saves its state) when dropped.
-struct Swtpm {
-    binary: PathBuf,
-    state: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// A unique fresh directory under the system's temporary directory, mode 0700.
-fn temp_dir(what: &str) -> PathBuf {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("dpop-tpm-{what}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    dir
-}
-
-/// A port P with P+1 free too, below the kernel's ephemeral range (where released
-/// ports soon become the source ports of outgoing connections).
-fn free_port_pair() -> u16 {
-    let start = u64::from(std::process::id()).wrapping_mul(7919);
-    for _ in 0..200 {
-        let n = start.wrapping_add(NEXT.fetch_add(2, Ordering::Relaxed));
-        let port = 20_000 + u16::try_from(n % 12_000).unwrap();
-        let free = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok();
-        if free(port) && free(port + 1) {
-            return port;
-        }
-    }
-    panic!("no free loopback port pair")
-}
-
-impl Swtpm {
-    /// The swtpm binary, or `None` (the test is then skipped, with a message).
-    fn binary() -> Option<PathBuf> {
-        match std::env::var_os("DPOP_TEST_SWTPM") {
-            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-            _ => {
-                eprintln!(
-                    "skipped: set DPOP_TEST_SWTPM to the swtpm binary (apt-get install swtpm) to run the TPM tests"
-                );
-                None
-            }
-        }
-    }
-
-    fn start() -> Option<Self> {
-        let binary = Self::binary()?;
-        let mut tpm = Self {
-            binary,
-            state: temp_dir("state"),
-            port: 0,
-            child: None,
-        };
-        tpm.run(None);
-        Some(tpm)
-    }
-
-    /// Starts swtpm on the state directory, on `port` (retrying while it is not free
-    /// yet) or on a free port pair (another one when one was taken in the meantime).
-    fn run(&mut self, port: Option<u16>) {
-        for _ in 0..50 {
-            let port = port.unwrap_or_else(free_port_pair);
-            let mut child = Command::new(&self.binary)
-                .args(["socket", "--tpm2", "--tpmstate"])
-                .arg(format!("dir={}", self.state.display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                // The control port: the server port serves one connection at a time.
-                if TcpStream::connect((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
-                    self.port = port;
-                    self.child = Some(child);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("swtpm did not start");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops swtpm and starts it again on the same state (a reboot).
-    fn restart(&mut self) {
-        self.stop();
-        self.run(None);
-    }
-
-    /// Stops swtpm and starts it again on the same state and the same ports, so that
-    /// open signers reach it again.
-    fn restart_in_place(&mut self) {
-        self.stop();
-        self.run(Some(self.port));
-    }
-
-    /// `tpm2_getcap handles-transient`: the loaded transient objects, one a line.
-    fn transient_handles(&self) -> String {
-        let out = Command::new("tpm2_getcap")
-            .args(["handles-transient", "-T", &self.tcti()])
-            .output()
-            .expect("tpm2_getcap (apt-get install tpm2-tools)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    /// Removes the persistent object at `handle` with tpm2-tools.
-    fn evict(&self, handle: &str) {
-        self.tpm2(&["tpm2_evictcontrol", "-C", "o", "-c", handle], None);
-    }
-
-    /// Runs a tpm2-tools command in `dir`, then flushes the transient objects it left
-    /// (without a resource manager they stay loaded, and only about three fit).
-    fn tpm2(&self, args: &[&str], dir: Option<&std::path::Path>) {
-        for args in [args, &["tpm2_flushcontext", "-t"]] {
-            let mut command = Command::new(args[0]);
-            command.args(&args[1..]).args(["-T", &self.tcti()]);
-            if let Some(dir) = dir {
-                command.current_dir(dir);
-            }
-            let out = command
-                .output()
-                .unwrap_or_else(|e| panic!("{} (apt-get install tpm2-tools): {e}", args[0]));
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    /// A `tpm2:` reference: `what` (`handle=…` or `file=…`), then `query` after the TCTI.
-    fn key(&self, what: &str, query: &str) -> DeviceKey {
-        let text = format!("tpm2:{what}?tcti={}{query}", self.tcti());
-        match KeyRef::parse(&text).unwrap() {
-            KeyRef::Device(d) => d,
-            other => panic!("{text} parsed as {other:?}"),
-        }
-    }
-
-    /// `tpm2_readpublic` of a persistent handle (tpm2-tools, an independent reader).
-    fn readpublic(&self, handle: &str) -> String {
-        let out = Command::new("tpm2_readpublic")
-            .args(["-c", handle, "-T", &self.tcti()])
-            .output()
-            .expect("tpm2_readpublic (apt-get install tpm2-tools)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.state);
+/// A `tpm2:` reference: `what` (`handle=…` or `file=…`), then `query` after the TCTI.
+fn tpm_key(tpm: &SwTpm, what: &str, query: &str) -> DeviceKey {
+    let text = format!("tpm2:{what}?tcti={}{query}", tpm.tcti());
+    match KeyRef::parse(&text).unwrap() {
+        KeyRef::Device(d) => d,
+        other => panic!("{text} parsed as {other:?}"),
     }
 }
 
@@ -334,8 +133,8 @@ fn open_err(key: &DeviceKey, options: &OpenOptions) -> KeysError {
 
 #[test]
 fn a_key_made_at_a_persistent_handle_signs_proofs_that_verify() {
-    let Some(tpm) = Swtpm::start() else { return };
-    let key = tpm.key("handle=0x81000010", "");
+    let Some(tpm) = SwTpm::start() else { return };
+    let key = tpm_key(&tpm, "handle=0x81000010", "");
     let made = dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap();
     assert_eq!(made.algorithm(), Algorithm::Es256);
     let jkt = made.public_jwk().thumbprint().clone();
@@ -375,13 +174,13 @@ fn a_key_made_at_a_persistent_handle_signs_proofs_that_verify() {
 
 #[test]
 fn a_key_file_is_made_0600_and_opens_to_the_same_key_after_a_restart() {
-    let Some(mut tpm) = Swtpm::start() else {
+    let Some(mut tpm) = SwTpm::start() else {
         return;
     };
     let dir = temp_dir("file");
     let path = dir.join("client.tpmkey");
     let what = format!("file={}", path.display());
-    let key = tpm.key(&what, "");
+    let key = tpm_key(&tpm, &what, "");
     let jkt = dpop_keys::generate(&key, Algorithm::Es256, &options())
         .unwrap()
         .public_jwk()
@@ -416,27 +215,28 @@ fn a_key_file_is_made_0600_and_opens_to_the_same_key_after_a_restart() {
     // The storage primary key is made again from its template: the same key, so the
     // file still loads after a reboot.
     tpm.restart();
-    let key = tpm.key(&what, "");
+    let key = tpm_key(&tpm, &what, "");
     let signer = open(&key, &options());
     assert_eq!(signer.public_jwk().thumbprint(), &jkt);
     proof_verifies(&*signer);
     drop(signer);
 
     // A persistent key survives the restart too.
-    let handle = tpm.key("handle=0x81000011", "");
+    let handle = tpm_key(&tpm, "handle=0x81000011", "");
     let jkt = dpop_keys::generate(&handle, Algorithm::Es256, &options())
         .unwrap()
         .public_jwk()
         .thumbprint()
         .clone();
     tpm.restart();
-    let handle = tpm.key("handle=0x81000011", "");
+    let handle = tpm_key(&tpm, "handle=0x81000011", "");
     assert_eq!(open(&handle, &options()).public_jwk().thumbprint(), &jkt);
 
     // A file from another TPM (here: the same TPM after a clear would do the same)
     // is refused rather than silently replaced.
     std::fs::write(dir.join("garbage.tpmkey"), b"DPOPTPM1\x00\x01x\x00\x00").unwrap();
-    let garbage = tpm.key(
+    let garbage = tpm_key(
+        &tpm,
         &format!("file={}", dir.join("garbage.tpmkey").display()),
         "",
     );
@@ -448,8 +248,8 @@ fn a_key_file_is_made_0600_and_opens_to_the_same_key_after_a_restart() {
 
 #[test]
 fn p384_keys_sign_es384() {
-    let Some(tpm) = Swtpm::start() else { return };
-    let key = tpm.key("handle=0x81000012", "");
+    let Some(tpm) = SwTpm::start() else { return };
+    let key = tpm_key(&tpm, "handle=0x81000012", "");
     drop(dpop_keys::generate(&key, Algorithm::Es384, &options()).unwrap());
     let signer = open(&key, &options());
     assert_eq!(signer.algorithm(), Algorithm::Es384);
@@ -459,8 +259,8 @@ fn p384_keys_sign_es384() {
 
 #[test]
 fn eight_threads_sign_at_once() {
-    let Some(tpm) = Swtpm::start() else { return };
-    let key = tpm.key("handle=0x81000013", "");
+    let Some(tpm) = SwTpm::start() else { return };
+    let key = tpm_key(&tpm, "handle=0x81000013", "");
     drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
     let signer = open(&key, &with_alg(Algorithm::Es256));
     let threads: Vec<_> = (0..8)
@@ -486,7 +286,7 @@ fn eight_threads_sign_at_once() {
 
 #[test]
 fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
-    let Some(tpm) = Swtpm::start() else { return };
+    let Some(tpm) = SwTpm::start() else { return };
     let dir = temp_dir("auth");
     let auth = dir.join("auth");
     std::fs::write(&auth, "correct horse\n").unwrap();
@@ -496,12 +296,12 @@ fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
         std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let source = format!("&auth-source=file:{}", auth.display());
-    let key = tpm.key("handle=0x81000014", &source);
+    let key = tpm_key(&tpm, "handle=0x81000014", &source);
     drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
     proof_verifies(&*open(&key, &options()));
 
     // The same value written into the URI: refused without the dangerous option.
-    let inline = tpm.key("handle=0x81000014", "&auth-value=correct%20horse");
+    let inline = tpm_key(&tpm, "handle=0x81000014", "&auth-value=correct%20horse");
     let e = open_err(&inline, &options());
     assert!(e.is_config(), "{e}");
     assert!(e.to_string().contains("auth-source"), "{e}");
@@ -510,7 +310,7 @@ fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
 
     // A wrong value: the TPM's own code, and the value nowhere in the message. One
     // failure only, on a fresh TPM, far from dictionary-attack lockout.
-    let wrong = tpm.key("handle=0x81000014", "&auth-value=battery%20staple");
+    let wrong = tpm_key(&tpm, "handle=0x81000014", "&auth-value=battery%20staple");
     let e = open_err(&wrong, &dangerous());
     assert!(e.is_config(), "{e}");
     assert_eq!(e.code(), Some("TPM_RC_AUTH_FAIL"), "{e}");
@@ -521,17 +321,17 @@ fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
 
 #[test]
 fn refusals_name_the_key_and_the_reason() {
-    let Some(tpm) = Swtpm::start() else { return };
+    let Some(tpm) = SwTpm::start() else { return };
 
     // No key at the handle.
-    let empty = tpm.key("handle=0x81000020", "");
+    let empty = tpm_key(&tpm, "handle=0x81000020", "");
     let e = open_err(&empty, &options());
     assert!(e.is_config(), "{e}");
     assert_eq!(e.code(), Some("TPM_RC_HANDLE"), "{e}");
     assert!(e.to_string().contains("0x81000020"), "{e}");
 
     // An occupied handle is never overwritten.
-    let key = tpm.key("handle=0x81000021", "");
+    let key = tpm_key(&tpm, "handle=0x81000021", "");
     let jkt = dpop_keys::generate(&key, Algorithm::Es256, &options())
         .unwrap()
         .public_jwk()
@@ -550,7 +350,7 @@ fn refusals_name_the_key_and_the_reason() {
     assert!(e.is_config(), "{e}");
     assert!(e.to_string().contains("ES384"), "{e}");
     let e = match dpop_keys::generate(
-        &tpm.key("handle=0x81000022", ""),
+        &tpm_key(&tpm, "handle=0x81000022", ""),
         Algorithm::Ed25519,
         &options(),
     ) {
@@ -559,7 +359,7 @@ fn refusals_name_the_key_and_the_reason() {
     };
     assert!(e.is_config(), "{e}");
     assert!(
-        open_err(&tpm.key("handle=0x81000022", ""), &options()).is_config(),
+        open_err(&tpm_key(&tpm, "handle=0x81000022", ""), &options()).is_config(),
         "nothing was made at the handle"
     );
 
@@ -567,7 +367,7 @@ fn refusals_name_the_key_and_the_reason() {
     let dir = temp_dir("exists");
     let path = dir.join("taken");
     std::fs::write(&path, b"someone else's").unwrap();
-    let file = tpm.key(&format!("file={}", path.display()), "");
+    let file = tpm_key(&tpm, &format!("file={}", path.display()), "");
     let e = match dpop_keys::generate(&file, Algorithm::Es256, &options()) {
         Ok(_) => panic!("an existing file was overwritten"),
         Err(e) => e,
@@ -605,11 +405,11 @@ fn refusals_name_the_key_and_the_reason() {
 
 #[test]
 fn a_signer_reconnects_after_the_tpm_restarts_but_never_to_another_key() {
-    let Some(mut tpm) = Swtpm::start() else {
+    let Some(mut tpm) = SwTpm::start() else {
         return;
     };
     let dir = temp_dir("reconnect");
-    let file = tpm.key(&format!("file={}", dir.join("key").display()), "");
+    let file = tpm_key(&tpm, &format!("file={}", dir.join("key").display()), "");
     drop(dpop_keys::generate(&file, Algorithm::Es256, &options()).unwrap());
     let signer = open(&file, &options());
     signer.sign(b"before").unwrap();
@@ -630,7 +430,7 @@ fn a_signer_reconnects_after_the_tpm_restarts_but_never_to_another_key() {
     // Another key put at a persistent handle behind the signer's back: its signature
     // is caught (it does not verify against the key opened), and the reconnection
     // after it refuses the other key.
-    let key = tpm.key("handle=0x81000015", "");
+    let key = tpm_key(&tpm, "handle=0x81000015", "");
     drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
     let signer = open(&key, &options());
     signer.sign(b"before").unwrap();
@@ -645,7 +445,7 @@ fn a_signer_reconnects_after_the_tpm_restarts_but_never_to_another_key() {
 
 #[test]
 fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
-    let Some(tpm) = Swtpm::start() else { return };
+    let Some(tpm) = SwTpm::start() else { return };
     let dir = temp_dir("tools");
     let d = Some(dir.as_path());
     tpm.tpm2(
@@ -691,7 +491,7 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
         "file={};parent=0x81000001",
         dir.join("key.tpmkey").display()
     );
-    let from_file = open(&tpm.key(&what, ""), &options());
+    let from_file = open(&tpm_key(&tpm, &what, ""), &options());
     proof_verifies(&*from_file);
     let jkt = from_file.public_jwk().thumbprint().clone();
     drop(from_file);
@@ -723,7 +523,7 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
         ],
         d,
     );
-    let persistent = open(&tpm.key("handle=0x81000030", ""), &options());
+    let persistent = open(&tpm_key(&tpm, "handle=0x81000030", ""), &options());
     assert_eq!(persistent.public_jwk().thumbprint(), &jkt);
     proof_verifies(&*persistent);
     drop(persistent);
@@ -754,7 +554,7 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
         "file={};parent=0x81000001",
         dir.join("dup.tpmkey").display()
     );
-    let e = open_err(&tpm.key(&what, ""), &options());
+    let e = open_err(&tpm_key(&tpm, &what, ""), &options());
     assert!(e.is_config(), "{e}");
     assert!(e.to_string().contains("fixedTPM"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -762,13 +562,13 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
 
 #[test]
 fn callers_wait_a_bounded_time_for_a_busy_tpm() {
-    let Some(tpm) = Swtpm::start() else { return };
-    let key = tpm.key("handle=0x81000016", "");
+    let Some(tpm) = SwTpm::start() else { return };
+    let key = tpm_key(&tpm, "handle=0x81000016", "");
     drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
     let mut patient = OpenOptions::default();
     patient.wait = Duration::from_millis(300);
     let signer = open(&key, &patient);
-    let pid = tpm.child.as_ref().unwrap().id().to_string();
+    let pid = tpm.pid().unwrap().to_string();
     let signal = |s: &str| {
         assert!(
             Command::new("kill")

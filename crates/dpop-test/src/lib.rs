@@ -21,7 +21,8 @@
 //! - [`IssuerFixture`]: the `dpop issuer` configuration file, rendered from typed
 //!   clients ([`ClientFixture`]) instead of hand-written TOML;
 //! - [`TestCa`]: a private CA issuing server and client certificates as PEM files;
-//! - [`SoftHsmToken`]: a throw-away PKCS#11 token of SoftHSM 2, for keys kept in a device;
+//! - [`SoftHsmToken`]: a throw-away PKCS#11 token of SoftHSM 2, and [`SwTpm`], a private
+//!   software TPM 2.0, for keys kept in a device;
 //! - [`WsEchoUpstream`] and [`RawUpstream`]: a WebSocket echo server and a scripted raw
 //!   TCP server, for stream tests;
 //! - [`GrpcEchoUpstream`] and [`GrpcEchoClient`]: a gRPC echo service and its client over
@@ -66,6 +67,7 @@ mod redis_topology;
 mod server;
 mod softhsm;
 mod streams;
+mod swtpm;
 mod tls;
 mod upstream;
 
@@ -90,6 +92,7 @@ pub use crate::redis_topology::{RedisCluster, RedisSentinel, SentinelAuth};
 pub use crate::server::{ServerHandle, serve};
 pub use crate::softhsm::{SOFTHSM_MODULE_ENV, SOFTHSM_USER_PIN, SoftHsmToken};
 pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
+pub use crate::swtpm::{SWTPM_ENV, SwTpm, free_port_pair, private_temp_dir};
 pub use crate::tls::{CertFiles, TestCa};
 pub use crate::upstream::{
     DEFAULT_RECORD_CAPACITY, RecordedRequest, TestUpstream, TestUpstreamBuilder,
