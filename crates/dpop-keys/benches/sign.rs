@@ -6,7 +6,10 @@
 //! and `softhsm2-util`; without them it is skipped with a message. SoftHSM reads
 //! `SOFTHSM2_CONF` once, so the bench makes a throwaway token directory and runs itself
 //! again with `SOFTHSM2_CONF` naming it.
-#![allow(missing_docs, reason = "criterion_group! makes an undocumented function")]
+#![allow(
+    missing_docs,
+    reason = "criterion_group! makes an undocumented function"
+)]
 
 use std::fs;
 use std::io::Write as _;

@@ -456,6 +456,46 @@ fn ed25519_es384_and_es512_keys_sign_proofs() {
     );
 }
 
+/// Keys made by another program (OpenSC's pkcs11-tool, as the documentation shows),
+/// named by id alone, open and sign.
+#[test]
+fn keys_made_by_pkcs11_tool_open_by_id() {
+    with_softhsm("keys_made_by_pkcs11_tool_open_by_id", &["alpha"], |f| {
+        for (key_type, id, alg) in [
+            ("EC:prime256v1", "01", Algorithm::Es256),
+            ("EC:edwards25519", "02", Algorithm::EdDsa),
+        ] {
+            let out = Command::new("pkcs11-tool")
+                .arg("--module")
+                .arg(&f.module)
+                .args(["--token-label", "alpha", "--login", "--pin", USER_PIN])
+                .args([
+                    "--keypairgen",
+                    "--key-type",
+                    key_type,
+                    "--label",
+                    "made-elsewhere",
+                ])
+                .args(["--id", id, "--usage-sign", "--sensitive"])
+                .output()
+                .expect("pkcs11-tool (Debian package opensc)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let signer =
+                dpop_keys::open(&device(&f.uri("alpha", &format!("id=%{id}"))), &options())
+                    .unwrap();
+            assert_eq!(signer.algorithm(), alg);
+            proof_verifies(&*signer);
+        }
+        // Both share the label: by label alone the key is ambiguous.
+        let e = open_error(&f.uri("alpha", "object=made-elsewhere"), &options());
+        assert!(e.to_string().contains("2 private keys match"), "{e}");
+    });
+}
+
 #[test]
 fn eight_threads_sign_at_once_through_two_sessions() {
     with_softhsm(
