@@ -27,8 +27,8 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use dpop_core::{
-    ALL_ALGORITHMS, Algorithm, Htu, ProofBuilder, ProofRequest, Signer, SystemRandomSource,
-    UnixTime, Verifier, VerifierConfig,
+    ALL_ALGORITHMS, Algorithm, Htu, KeyError, ProofBuilder, ProofRequest, Signer,
+    SystemRandomSource, UnixTime, Verifier, VerifierConfig,
 };
 use dpop_keys::{DeviceKey, KeyRef, KeysError, OpenOptions};
 
@@ -531,6 +531,44 @@ fn eight_threads_sign_at_once_through_two_sessions() {
             for t in threads {
                 t.join().unwrap();
             }
+
+            // One session and no waiting: callers that find it taken fail at once,
+            // saying the device is busy; the others still sign.
+            let hurried: Arc<dyn Signer> = dpop_keys::open(
+                &key,
+                &options_with(|o| {
+                    o.sessions = 1;
+                    o.wait = Duration::ZERO;
+                }),
+            )
+            .unwrap();
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let signer = Arc::clone(&hurried);
+                    std::thread::spawn(move || {
+                        let mut busy = 0;
+                        for _ in 0..200 {
+                            match signer.sign(INPUT) {
+                                Ok(signature) => assert!(signer.public_jwk().verify(
+                                    Algorithm::Es256,
+                                    INPUT,
+                                    &signature
+                                )),
+                                Err(KeyError::Device(why)) => {
+                                    assert!(why.contains("the device is busy"), "{why}");
+                                    assert!(why.contains("object=busy"), "{why}");
+                                    busy += 1;
+                                }
+                                Err(other) => panic!("{other}"),
+                            }
+                        }
+                        busy
+                    })
+                })
+                .collect();
+            let busy: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert!(busy > 0, "8 threads over one session never collided");
+            assert!(busy < 8 * 200, "no signature at all");
         },
     );
 }
