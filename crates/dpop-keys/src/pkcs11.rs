@@ -955,9 +955,57 @@ pub(crate) fn generate(
 
 #[cfg(test)]
 mod tests {
+    use cryptoki::context::Pkcs11;
     use cryptoki::error::RvError;
+    use cryptoki::slot::Slot;
+    use dpop_core::{Algorithm, Curve, PrivateKey, Signer as _};
+    use zeroize::Zeroizing;
 
-    use super::{octet_string, rv_name};
+    use super::{Kind, Pkcs11Signer, Token, octet_string, rv_name};
+    use crate::{DeviceKey, KeyRef, Pool};
+
+    /// Debug shows the URI with its PIN redacted and the thumbprint, nothing else. (A
+    /// module is needed to make a signer; nothing is initialised or opened.)
+    #[test]
+    fn debug_shows_the_uri_without_the_pin_and_the_thumbprint() {
+        let Some(module) = std::env::var_os("DPOP_TEST_SOFTHSM_MODULE") else {
+            eprintln!("skipped: set DPOP_TEST_SOFTHSM_MODULE to /usr/lib/softhsm/libsofthsm2.so");
+            return;
+        };
+        let module = std::path::PathBuf::from(module);
+        let text = format!(
+            "pkcs11:token=t;object=k?module-path={}&pin-value=pin-1234-secret",
+            module.display()
+        );
+        let Ok(KeyRef::Device(key @ DeviceKey::Pkcs11(_))) = KeyRef::parse(&text) else {
+            panic!("{text}");
+        };
+        let software = PrivateKey::generate(Algorithm::Es256).unwrap();
+        let signer = Pkcs11Signer {
+            token: Token {
+                key,
+                module: module.clone(),
+                ctx: Pkcs11::new(&module).unwrap(),
+                slot: Slot::try_from(0_u64).unwrap(),
+                pin: Some(Zeroizing::new("pin-1234-secret".to_owned())),
+                protected_path: false,
+                origin: "the URI's pin-value".to_owned(),
+            },
+            template: Vec::new(),
+            kind: Kind::Ec(Curve::P256),
+            alg: Algorithm::Es256,
+            public: software.public_jwk().clone(),
+            pool: Pool::new(1, std::time::Duration::ZERO),
+            sessions: 1,
+            wait: std::time::Duration::ZERO,
+        };
+        let debug = format!("{signer:?}");
+        assert!(!debug.contains("pin-1234-secret"), "{debug}");
+        assert!(debug.contains("pin-value=***"), "{debug}");
+        assert!(debug.contains("object=k"), "{debug}");
+        assert!(debug.contains(software.thumbprint().as_str()), "{debug}");
+        assert!(signer.blocks());
+    }
 
     #[test]
     fn return_values_are_named_as_in_the_standard() {
