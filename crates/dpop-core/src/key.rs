@@ -591,3 +591,40 @@ macro_rules! forward_signer {
 }
 
 forward_signer!(&S, std::sync::Arc<S>);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{KeyError, PrivateKey, PublicJwk, Signer};
+    use crate::alg::Algorithm;
+
+    /// A signer that says it blocks, like a device.
+    struct Device(PrivateKey);
+
+    impl Signer for Device {
+        fn algorithm(&self) -> Algorithm {
+            self.0.algorithm()
+        }
+        fn public_jwk(&self) -> &PublicJwk {
+            self.0.public_jwk()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            self.0.sign(message)
+        }
+        fn blocks(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn references_and_arcs_forward_blocks() {
+        let device: Arc<dyn Signer> =
+            Arc::new(Device(PrivateKey::generate(Algorithm::Es256).unwrap()));
+        assert!(device.blocks(), "Arc<dyn Signer>");
+        assert!(Signer::blocks(&&device), "&Arc<dyn Signer>");
+        assert!(Signer::blocks(&&*device), "&dyn Signer");
+        let software = PrivateKey::generate(Algorithm::Es256).unwrap();
+        assert!(!Arc::new(software).blocks());
+    }
+}

@@ -101,7 +101,7 @@ impl KeysError {
     pub(crate) fn syntax(backend: Backend, uri: &str, why: impl Into<String>) -> Self {
         Self::Syntax {
             backend,
-            uri: crate::uri::redact(uri),
+            uri: crate::redact::redact(uri),
             why: why.into(),
         }
     }

@@ -26,6 +26,7 @@ mod ecdsa;
 mod error;
 mod jwk;
 mod pool;
+mod redact;
 mod uri;
 
 #[cfg(feature = "awskms")]
