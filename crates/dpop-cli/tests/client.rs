@@ -586,3 +586,45 @@ async fn token_and_curl_with_a_key_in_a_pkcs11_token() {
     assert_eq!(run.code, 22, "{run:#?}");
     setup.stop().await;
 }
+
+/// A key kept in a TPM 2.0 (swtpm, `DPOP_TEST_SWTPM`; the binary built with the `tpm`
+/// feature): made inside it by `dpop keygen`, bound to the token, accepted by the
+/// gateway.
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_curl_with_a_key_in_a_tpm() {
+    let Some(tpm) = dpop_test::SwTpm::start() else {
+        return;
+    };
+    let uri = format!("tpm2:handle=0x81000020?tcti={}", tpm.tcti());
+    let env = [("SVC_SECRET", SVC_SECRET)];
+    let jkt = dpop(&["keygen", "--key", &uri], &env)
+        .await
+        .line()
+        .to_owned();
+    assert_eq!(dpop(&["thumbprint", &uri], &env).await.line(), jkt);
+    // The key stays where it was made: the TPM says so in its attributes.
+    let public = tpm.readpublic("0x81000020");
+    for attribute in ["fixedtpm", "fixedparent", "sensitivedataorigin"] {
+        assert!(public.contains(attribute), "{attribute}: {public}");
+    }
+
+    let setup = Setup::start(None).await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let (gw, gw_url) = setup.gateway(&upstream, &[]).await;
+    let mut args = vec!["token", "--key", &uri, "--raw"];
+    args.extend(setup.svc_flags());
+    let token = dpop(&args, &env).await.ok().trim().to_owned();
+    assert_eq!(claims(&token)["cnf"]["jkt"], jkt.as_str());
+    let url = format!("{gw_url}/v1/items");
+    let echo = dpop(&["curl", &url, "--key", &uri, "--token", &token], &env)
+        .await
+        .json();
+    assert_eq!(echo["path"], "/v1/items", "{}", gw.output());
+    assert_eq!(echo["headers"]["x-dpop-jkt"][0], jkt.as_str());
+    // The same handle again: refused, the key kept.
+    let run = dpop(&["keygen", "--key", &uri], &env).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert_eq!(dpop(&["thumbprint", &uri], &env).await.line(), jkt);
+    setup.stop().await;
+}
