@@ -583,8 +583,47 @@ macro_rules! forward_signer {
             fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
                 (**self).sign(message)
             }
+            fn blocks(&self) -> bool {
+                (**self).blocks()
+            }
         }
     )+};
 }
 
 forward_signer!(&S, std::sync::Arc<S>);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Algorithm, KeyError, PrivateKey, PublicJwk, Signer};
+
+    /// A software key that claims to wait on a device.
+    struct Slow(PrivateKey);
+
+    impl Signer for Slow {
+        fn algorithm(&self) -> Algorithm {
+            self.0.algorithm()
+        }
+        fn public_jwk(&self) -> &PublicJwk {
+            self.0.public_jwk()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            self.0.sign(message)
+        }
+        fn blocks(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn references_and_arcs_say_whether_their_signer_blocks() {
+        let slow: Arc<dyn Signer> = Arc::new(Slow(PrivateKey::generate(Algorithm::Es256).unwrap()));
+        // Method lookup finds the impl for `Arc<dyn Signer>` itself, not the inner one.
+        assert!(Signer::blocks(&slow));
+        assert!(slow.blocks());
+        assert!(Signer::blocks(&&*slow));
+        let fast: Arc<dyn Signer> = Arc::new(PrivateKey::generate(Algorithm::Es256).unwrap());
+        assert!(!fast.blocks());
+    }
+}

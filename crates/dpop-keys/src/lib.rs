@@ -29,7 +29,7 @@ mod pool;
 mod uri;
 
 #[cfg(feature = "awskms")]
-mod awskms;
+pub mod awskms;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
 #[cfg(feature = "tpm")]
@@ -175,7 +175,8 @@ pub struct OpenOptions {
     /// How many device sessions may sign at once; more callers wait (at most
     /// [`OpenOptions::wait`]) for one to come free.
     pub sessions: usize,
-    /// How long a signer waits for a free session before the signature fails.
+    /// How long a signer waits for a free session before the signature fails; for AWS
+    /// KMS, the time limit of each request.
     pub wait: std::time::Duration,
 }
 
