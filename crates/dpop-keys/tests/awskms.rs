@@ -133,6 +133,49 @@ fn a_key_opens_signs_and_its_proofs_verify() {
     assert_eq!(sign["SigningAlgorithm"], "ECDSA_SHA_256");
 }
 
+/// One signer shared by threads, and used as async callers must: on tokio's blocking
+/// threads.
+#[test]
+fn a_signer_signs_from_many_threads_and_from_spawn_blocking() {
+    let fake = FakeKms::start();
+    let id = fake.add_key("ECC_NIST_P256", "SIGN_VERIFY");
+    let signer = open(&fake, &id).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8_u8 {
+            let signer = &signer;
+            scope.spawn(move || {
+                for i in 0..5_u8 {
+                    let message = [t, i];
+                    let signature = signer.sign(&message).unwrap();
+                    assert!(
+                        signer
+                            .public_jwk()
+                            .verify(Algorithm::Es256, &message, &signature)
+                    );
+                }
+            });
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shared = signer.clone();
+    let signature = runtime
+        .block_on(async move {
+            assert!(shared.blocks());
+            tokio::task::spawn_blocking(move || shared.sign(b"async caller")).await
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        signer
+            .public_jwk()
+            .verify(Algorithm::Es256, b"async caller", &signature)
+    );
+}
+
 #[test]
 fn messages_beyond_the_raw_limit_are_signed_as_digests() {
     let fake = FakeKms::start();
