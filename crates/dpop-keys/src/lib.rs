@@ -30,7 +30,7 @@ mod redact;
 mod uri;
 
 #[cfg(feature = "awskms")]
-mod awskms;
+pub mod awskms;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
 #[cfg(feature = "tpm")]
@@ -46,7 +46,7 @@ pub use crate::ecdsa::der_to_fixed;
 pub use crate::error::{Backend, KeysError};
 pub use crate::jwk::{ec_public_jwk, ed25519_public_jwk};
 pub use crate::pool::{Pool, PoolGuard};
-pub use crate::uri::{AwsKmsUri, Pkcs11Uri, PinSource, Tpm2Uri};
+pub use crate::uri::{AwsKmsUri, PinSource, Pkcs11Uri, Tpm2Uri};
 
 /// Where a private key lives, as named by the user.
 #[derive(Clone, PartialEq, Eq)]
@@ -86,7 +86,11 @@ impl KeyRef {
     pub fn parse(text: &str) -> Result<Self, KeysError> {
         if let Some(rest) = text.strip_prefix("file:") {
             if rest.is_empty() {
-                return Err(KeysError::syntax(Backend::File, text, "file: names no path"));
+                return Err(KeysError::syntax(
+                    Backend::File,
+                    text,
+                    "file: names no path",
+                ));
             }
             return Ok(Self::File(PathBuf::from(rest)));
         }
@@ -176,7 +180,8 @@ pub struct OpenOptions {
     /// How many device sessions may sign at once; more callers wait (at most
     /// [`OpenOptions::wait`]) for one to come free.
     pub sessions: usize,
-    /// How long a signer waits for a free session before the signature fails.
+    /// How long a signer waits for a free session before the signature fails; for AWS
+    /// KMS, the time limit of each request.
     pub wait: std::time::Duration,
 }
 
@@ -230,7 +235,10 @@ fn open_backend(key: &DeviceKey, options: &OpenOptions) -> Result<Arc<dyn Signer
         DeviceKey::Tpm2(uri) => tpm::open(uri, options),
         #[cfg(feature = "awskms")]
         DeviceKey::AwsKms(uri) => awskms::open(uri, options),
-        #[allow(unreachable_patterns, reason = "which arms remain depends on the features")]
+        #[allow(
+            unreachable_patterns,
+            reason = "which arms remain depends on the features"
+        )]
         _ => {
             let _ = options;
             Err(KeysError::not_built(key))
@@ -238,7 +246,11 @@ fn open_backend(key: &DeviceKey, options: &OpenOptions) -> Result<Arc<dyn Signer
     }
 }
 
-fn generate_backend(key: &DeviceKey, alg: Algorithm, options: &OpenOptions) -> Result<(), KeysError> {
+fn generate_backend(
+    key: &DeviceKey,
+    alg: Algorithm,
+    options: &OpenOptions,
+) -> Result<(), KeysError> {
     match key {
         #[cfg(feature = "pkcs11")]
         DeviceKey::Pkcs11(uri) => pkcs11::generate(uri, alg, options),
@@ -246,7 +258,10 @@ fn generate_backend(key: &DeviceKey, alg: Algorithm, options: &OpenOptions) -> R
         DeviceKey::Tpm2(uri) => tpm::generate(uri, alg, options),
         #[cfg(feature = "awskms")]
         DeviceKey::AwsKms(uri) => awskms::generate(uri, alg, options),
-        #[allow(unreachable_patterns, reason = "which arms remain depends on the features")]
+        #[allow(
+            unreachable_patterns,
+            reason = "which arms remain depends on the features"
+        )]
         _ => {
             let _ = (alg, options);
             Err(KeysError::not_built(key))

@@ -28,4 +28,3 @@ pub(crate) fn redact(text: &str) -> String {
     }
     out
 }
-
