@@ -10,12 +10,11 @@ mod fake_kms;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dpop_core::{
-    Algorithm, Htu, ProofBuilder, ProofRequest, Signer, SystemRandomSource, UnixTime, Verifier,
-    VerifierConfig,
-};
+use dpop_core::{Algorithm, Signer};
 use dpop_keys::awskms::{AwsCredentials, generate_with, open_with};
 use dpop_keys::{AwsKmsUri, DeviceKey, KeyRef, KeysError, OpenOptions, ec_public_jwk};
+
+use dpop_test::{assert_proof_verifies, sign_from_threads};
 
 use crate::fake_kms::{ACCESS_KEY, FakeKms, Fault, REGION, SECRET};
 
@@ -62,39 +61,6 @@ fn open(fake: &FakeKms, key_id: &str) -> Result<Arc<dyn Signer>, KeysError> {
     open_with(&at(fake, key_id), &options(), credentials())
 }
 
-fn now() -> UnixTime {
-    UnixTime::from_secs(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-}
-
-const URL: &str = "https://api.example.com/orders";
-
-/// A proof signed by `signer`, verified by dpop-core's verifier; the thumbprint it
-/// binds to.
-fn proof_verifies(signer: &dyn Signer) -> String {
-    let now = now();
-    let proof = ProofBuilder::new("POST", URL)
-        .unwrap()
-        .sign(signer, &SystemRandomSource, now)
-        .unwrap();
-    let verifier = Verifier::new(
-        VerifierConfig::builder()
-            .with_algorithms(&[Algorithm::Es256, Algorithm::Es384])
-            .unwrap()
-            .without_nonces(),
-    )
-    .unwrap();
-    let htu = Htu::parse(URL).unwrap();
-    let verified = verifier
-        .verify([proof.as_bytes()], &ProofRequest::new("POST", &htu), now)
-        .unwrap();
-    verified.jkt().as_str().to_owned()
-}
-
 /// Every string an error shows, both ways.
 fn shown(e: &KeysError) -> String {
     format!("{e} {e:?}")
@@ -119,7 +85,7 @@ fn a_key_opens_signs_and_its_proofs_verify() {
         assert_eq!(signer.algorithm(), Algorithm::Es256);
         assert!(signer.blocks());
         assert_eq!(signer.public_jwk(), &expected);
-        assert_eq!(proof_verifies(&*signer), expected.thumbprint().as_str());
+        assert_eq!(&assert_proof_verifies(&*signer), expected.thumbprint());
     }
     // Each open: the public key, then the self-check's signature, asked of the key ARN.
     let calls = fake.calls();
@@ -140,22 +106,7 @@ fn a_signer_signs_from_many_threads_and_from_spawn_blocking() {
     let fake = FakeKms::start();
     let id = fake.add_key("ECC_NIST_P256", "SIGN_VERIFY");
     let signer = open(&fake, &id).unwrap();
-    std::thread::scope(|scope| {
-        for t in 0..8_u8 {
-            let signer = &signer;
-            scope.spawn(move || {
-                for i in 0..5_u8 {
-                    let message = [t, i];
-                    let signature = signer.sign(&message).unwrap();
-                    assert!(
-                        signer
-                            .public_jwk()
-                            .verify(Algorithm::Es256, &message, &signature)
-                    );
-                }
-            });
-        }
-    });
+    sign_from_threads(&signer, 8, 5);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -213,7 +164,7 @@ fn p384_keys_sign_es384() {
     let signer = open(&fake, &id).unwrap();
     assert_eq!(signer.algorithm(), Algorithm::Es384);
     assert_eq!(signer.sign(b"x").unwrap().len(), 96);
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
     let (_, last) = fake.calls().pop().unwrap();
     assert_eq!(last["SigningAlgorithm"], "ECDSA_SHA_384");
     // Asking for ES256 of a P-384 key, or an algorithm KMS keys do not sign here.
@@ -474,7 +425,7 @@ fn a_session_token_is_sent_signed_and_never_shown() {
     assert!(debug.contains(ACCESS_KEY), "{debug}");
     assert_no_secret(&debug);
     let signer = open_with(&at(&fake, &id), &options(), with_token.clone()).unwrap();
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
     // Every error this file provokes with these credentials shows neither secret.
     fake.fail(Some("Sign"), Fault::Kms("AccessDeniedException"));
     assert_no_secret(&signer.sign(b"m").refused().to_string());
@@ -573,7 +524,7 @@ fn generate_makes_a_key_and_names_it_once() {
     assert_eq!(create["KeySpec"], "ECC_NIST_P256");
     assert_eq!(create["KeyUsage"], "SIGN_VERIFY");
     let signer = open_with(&u, &options(), credentials()).unwrap();
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
 
     // The alias exists now: no second key, the alias untouched.
     let e = generate_with(&u, Algorithm::Es256, &options(), credentials()).refused();
@@ -593,7 +544,7 @@ fn generate_makes_a_key_and_names_it_once() {
     generate_with(&u384, Algorithm::Es384, &options(), credentials()).unwrap();
     let signer = open_with(&u384, &options(), credentials()).unwrap();
     assert_eq!(signer.algorithm(), Algorithm::Es384);
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
 
     // Through the crate's generate-then-open, which needs credentials from the
     // environment: covered by missing_credentials_are_a_configuration_error.
@@ -710,7 +661,7 @@ fn moto_kms_generates_and_opens() {
         match open_with(reference, &options(), moto()) {
             Ok(signer) => {
                 assert_eq!(signer.algorithm(), Algorithm::Es256);
-                proof_verifies(&*signer);
+                assert_proof_verifies(&*signer);
                 eprintln!("moto signed a digest: the proof verified");
             }
             Err(e) => {

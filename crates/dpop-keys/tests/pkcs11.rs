@@ -26,20 +26,15 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use dpop_core::{
-    ALL_ALGORITHMS, Algorithm, Htu, KeyError, ProofBuilder, ProofRequest, Signer,
-    SystemRandomSource, UnixTime, Verifier, VerifierConfig,
-};
+use dpop_core::{Algorithm, KeyError, Signer};
 use dpop_keys::{DeviceKey, KeyRef, KeysError, OpenOptions};
+use dpop_test::{assert_openssl_verifies, assert_proof_verifies, sign_from_threads};
 
 /// Set in the child process: the fixture directory.
 const CHILD: &str = "DPOP_PKCS11_TEST_FIXTURE";
 const USER_PIN: &str = "user-pin-5678";
 const SO_PIN: &str = "so-pin-91011";
 const WRONG_PIN: &str = "wrong-pin-4242";
-const URL: &str = "https://resource.example.org/protected";
-const TOKEN: &str = "access-token-1";
-const NOW: u64 = 1_700_000_000;
 /// A JWS signing input, as the bench signs one.
 const INPUT: &[u8] = b"eyJ0eXAiOiJkcG9wK2p3dCJ9.eyJodG0iOiJHRVQifQ";
 
@@ -197,119 +192,6 @@ fn with_softhsm(test: &str, tokens: &[&str], body: impl FnOnce(&Fixture)) {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Builds a proof with `signer` and verifies it with dpop-core's verifier, the access
-/// token bound to the signer's thumbprint.
-fn proof_verifies(signer: &dyn Signer) {
-    let now = UnixTime::from_secs(NOW);
-    let proof = ProofBuilder::new("GET", URL)
-        .unwrap()
-        .access_token(TOKEN)
-        .sign(signer, &SystemRandomSource, now)
-        .unwrap();
-    let verifier = Verifier::new(
-        VerifierConfig::builder()
-            .with_algorithms(&ALL_ALGORITHMS)
-            .unwrap()
-            .without_nonces(),
-    )
-    .unwrap();
-    let htu = Htu::parse(URL).unwrap();
-    let jkt = signer.public_jwk().thumbprint().clone();
-    let request = ProofRequest::new("GET", &htu).with_access_token(TOKEN, &jkt);
-    let verified = verifier.verify([proof.as_bytes()], &request, now).unwrap();
-    assert_eq!(verified.jkt(), &jkt);
-}
-
-/// A minimal DER length.
-fn der_len(len: usize) -> Vec<u8> {
-    match u8::try_from(len) {
-        Ok(l) if l < 0x80 => vec![l],
-        Ok(l) => vec![0x81, l],
-        Err(_) => panic!("too long"),
-    }
-}
-
-/// A DER INTEGER of the unsigned big-endian `bytes`.
-fn der_integer(bytes: &[u8]) -> Vec<u8> {
-    let start = bytes
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(bytes.len() - 1);
-    let mut body = bytes[start..].to_vec();
-    if body[0] & 0x80 != 0 {
-        body.insert(0, 0);
-    }
-    let mut out = vec![0x02];
-    out.extend(der_len(body.len()));
-    out.extend(body);
-    out
-}
-
-/// Checks `signature` over `message` with the `openssl` command line, from the
-/// signer's public key written as a PEM SubjectPublicKeyInfo.
-fn openssl_verifies(fixture: &Fixture, signer: &dyn Signer, message: &[u8], signature: &[u8]) {
-    use base64::Engine as _;
-    let raw = signer.public_jwk().raw_public_key().unwrap();
-    let (prefix, digest): (&[u8], Option<&str>) = match signer.algorithm() {
-        Algorithm::Es256 => (
-            b"\x30\x59\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07\x03\x42\x00",
-            Some("-sha256"),
-        ),
-        Algorithm::Es384 => (
-            b"\x30\x76\x30\x10\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x05\x2b\x81\x04\x00\x22\x03\x62\x00",
-            Some("-sha384"),
-        ),
-        Algorithm::EdDsa => (b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00", None),
-        other => panic!("no SPKI prefix for {other}"),
-    };
-    let mut spki = prefix.to_vec();
-    spki.extend(&raw);
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(&spki)
-    );
-    let public = fixture.dir.join("public.pem");
-    let msg = fixture.dir.join("message");
-    let sig = fixture.dir.join("signature");
-    fs::write(&public, pem).unwrap();
-    fs::write(&msg, message).unwrap();
-    let mut cmd = Command::new("openssl");
-    if let Some(digest) = digest {
-        // JWS R || S to the DER Ecdsa-Sig-Value OpenSSL reads.
-        let (r, s) = signature.split_at(signature.len() / 2);
-        let mut body = der_integer(r);
-        body.extend(der_integer(s));
-        let mut der = vec![0x30];
-        der.extend(der_len(body.len()));
-        der.extend(body);
-        fs::write(&sig, der).unwrap();
-        cmd.args(["dgst", digest, "-verify"])
-            .arg(&public)
-            .arg("-signature")
-            .arg(&sig)
-            .arg(&msg);
-    } else {
-        fs::write(&sig, signature).unwrap();
-        cmd.args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-            .arg(&public)
-            .arg("-in")
-            .arg(&msg)
-            .arg("-sigfile")
-            .arg(&sig);
-    }
-    let out = cmd.output().expect("the openssl command");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("Verified OK")
-            || out.status.success() && said.contains("Signature Verified Successfully"),
-        "openssl does not verify: {said} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // And a changed message does not verify: the check can fail.
-    fs::write(&msg, [message, b"x"].concat()).unwrap();
-    assert!(!cmd.output().unwrap().status.success());
-}
-
 /// The error of opening `uri`, checked not to show a PIN.
 fn open_error(uri: &str, options: &OpenOptions) -> KeysError {
     let e = refused(dpop_keys::open(&device(uri), options), uri);
@@ -335,10 +217,10 @@ fn an_es256_key_made_in_the_token_signs_proofs_and_cannot_be_read_out() {
             let signer = dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap();
             assert_eq!(signer.algorithm(), Algorithm::Es256);
             assert!(signer.blocks());
-            proof_verifies(&*signer);
+            assert_proof_verifies(&*signer);
             let signature = signer.sign(INPUT).unwrap();
             assert_eq!(signature.len(), 64);
-            openssl_verifies(f, &*signer, INPUT, &signature);
+            assert_openssl_verifies(&*signer, INPUT, &signature);
 
             // The same key, opened again, has the same thumbprint.
             let again = dpop_keys::open(&key, &options()).unwrap();
@@ -346,7 +228,7 @@ fn an_es256_key_made_in_the_token_signs_proofs_and_cannot_be_read_out() {
                 again.public_jwk().thumbprint(),
                 signer.public_jwk().thumbprint()
             );
-            proof_verifies(&*again);
+            assert_proof_verifies(&*again);
 
             // The token says the private key is sensitive and was never extractable.
             let session = f.raw_session("alpha");
@@ -433,10 +315,10 @@ fn ed25519_es384_and_es512_keys_sign_proofs() {
                 let key = device(&f.uri("alpha", object));
                 let signer = dpop_keys::generate(&key, alg, &options()).unwrap();
                 assert_eq!(signer.algorithm(), alg);
-                proof_verifies(&*signer);
+                assert_proof_verifies(&*signer);
                 if alg != Algorithm::Es512 {
                     let signature = signer.sign(INPUT).unwrap();
-                    openssl_verifies(f, &*signer, INPUT, &signature);
+                    assert_openssl_verifies(&*signer, INPUT, &signature);
                 }
                 let again = dpop_keys::open(&key, &options()).unwrap();
                 assert_eq!(
@@ -451,7 +333,7 @@ fn ed25519_es384_and_es512_keys_sign_proofs() {
                 dpop_keys::open(&by_id, &options_with(|o| o.alg = Some(Algorithm::Ed25519)))
                     .unwrap();
             assert_eq!(signer.algorithm(), Algorithm::Ed25519);
-            proof_verifies(&*signer);
+            assert_proof_verifies(&*signer);
         },
     );
 }
@@ -488,7 +370,7 @@ fn keys_made_by_pkcs11_tool_open_by_id() {
                 dpop_keys::open(&device(&f.uri("alpha", &format!("id=%{id}"))), &options())
                     .unwrap();
             assert_eq!(signer.algorithm(), alg);
-            proof_verifies(&*signer);
+            assert_proof_verifies(&*signer);
         }
         // Both share the label: by label alone the key is ambiguous.
         let e = open_error(&f.uri("alpha", "object=made-elsewhere"), &options());
@@ -512,25 +394,7 @@ fn eight_threads_sign_at_once_through_two_sessions() {
                 }),
             )
             .unwrap();
-            let threads: Vec<_> = (0..8)
-                .map(|i| {
-                    let signer = Arc::clone(&signer);
-                    std::thread::spawn(move || {
-                        for j in 0..10 {
-                            let message = format!("message {i} {j}");
-                            let signature = signer.sign(message.as_bytes()).unwrap();
-                            assert!(signer.public_jwk().verify(
-                                Algorithm::Es256,
-                                message.as_bytes(),
-                                &signature
-                            ));
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().unwrap();
-            }
+            sign_from_threads(&signer, 8, 10);
 
             // One session and no waiting: callers that find it taken fail at once,
             // saying the device is busy; the others still sign.
@@ -680,7 +544,7 @@ fn every_wrong_reference_is_refused_precisely_without_showing_the_pin() {
             assert!(e.to_string().contains("2 private keys match"), "{e}");
             let one = dpop_keys::open(&device(&f.uri("alpha", "object=twin;id=%02")), &options())
                 .unwrap();
-            proof_verifies(&*one);
+            assert_proof_verifies(&*one);
 
             // The wrong token, and a URI that matches two tokens.
             let e = open_error(&f.uri("gamma", "object=k1"), &options());

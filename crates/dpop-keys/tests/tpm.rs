@@ -4,16 +4,16 @@
 //! the binary) on a free loopback port pair with its state in a fresh directory.
 #![cfg(feature = "tpm")]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpop_core::{
-    Algorithm, Htu, MemoryReplayStore, ProofBuilder, ProofRequest, Signer, SystemRandomSource,
-    UnixTime, Verifier, VerifierConfig,
-};
+use dpop_core::{Algorithm, Signer};
 use dpop_keys::{DeviceKey, KeyRef, KeysError, OpenOptions};
-use dpop_test::{SwTpm, free_port_pair, private_temp_dir as temp_dir};
+use dpop_test::{
+    SwTpm, assert_openssl_verifies, assert_proof_verifies, free_port_pair,
+    private_temp_dir as temp_dir, sign_from_threads,
+};
 
 /// A `tpm2:` reference: `what` (`handle=…` or `file=…`), then `query` after the TCTI.
 fn tpm_key(tpm: &SwTpm, what: &str, query: &str) -> DeviceKey {
@@ -40,86 +40,6 @@ fn with_alg(alg: Algorithm) -> OpenOptions {
     o
 }
 
-const NOW: u64 = 1_700_000_000;
-
-/// Signs a proof with `signer` and verifies it with dpop-core's verifier, bound to a
-/// token for the signer's thumbprint.
-fn proof_verifies(signer: &dyn Signer) {
-    let now = UnixTime::from_secs(NOW);
-    let token = "token-bound-to-the-tpm-key";
-    let proof = ProofBuilder::new("POST", "https://api.example.com/v1/items")
-        .unwrap()
-        .access_token(token)
-        .sign(signer, &SystemRandomSource, now)
-        .unwrap();
-    let verifier = Verifier::new(
-        VerifierConfig::builder()
-            .with_default_algorithms()
-            .without_nonces(),
-    )
-    .unwrap();
-    let store = MemoryReplayStore::with_capacity(100);
-    let htu = Htu::parse("https://api.example.com/v1/items").unwrap();
-    let request =
-        ProofRequest::new("POST", &htu).with_access_token(token, signer.public_jwk().thumbprint());
-    let verified = verifier
-        .verify([proof.as_bytes()], &request, now)
-        .unwrap()
-        .record(&store)
-        .unwrap();
-    assert_eq!(verified.jkt(), signer.public_jwk().thumbprint());
-}
-
-/// `R || S` as a DER `Ecdsa-Sig-Value`.
-fn fixed_to_der(sig: &[u8]) -> Vec<u8> {
-    let int = |half: &[u8]| {
-        let start = half.iter().position(|&b| b != 0).unwrap_or(half.len() - 1);
-        let mut v = half[start..].to_vec();
-        if v[0] & 0x80 != 0 {
-            v.insert(0, 0);
-        }
-        let mut out = vec![0x02, u8::try_from(v.len()).unwrap()];
-        out.extend(v);
-        out
-    };
-    let (r, s) = sig.split_at(sig.len() / 2);
-    let mut body = int(r);
-    body.extend(int(s));
-    let mut out = vec![0x30];
-    if body.len() >= 0x80 {
-        out.push(0x81);
-    }
-    out.push(u8::try_from(body.len()).unwrap());
-    out.extend(body);
-    out
-}
-
-/// Checks a signature with the OpenSSL command line, from the JWK's raw point wrapped
-/// in a P-256 SubjectPublicKeyInfo.
-fn openssl_verifies(signer: &dyn Signer, message: &[u8], signature: &[u8]) -> bool {
-    const P256_SPKI_PREFIX: [u8; 26] = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    let dir = temp_dir("openssl");
-    let mut spki = P256_SPKI_PREFIX.to_vec();
-    spki.extend(signer.public_jwk().raw_public_key().unwrap());
-    std::fs::write(dir.join("pub.der"), spki).unwrap();
-    std::fs::write(dir.join("msg"), message).unwrap();
-    std::fs::write(dir.join("sig.der"), fixed_to_der(signature)).unwrap();
-    let status = Command::new("openssl")
-        .args(["dgst", "-sha256", "-keyform", "DER", "-verify"])
-        .arg(dir.join("pub.der"))
-        .arg("-signature")
-        .arg(dir.join("sig.der"))
-        .arg(dir.join("msg"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("the openssl command");
-    let _ = std::fs::remove_dir_all(&dir);
-    status.success()
-}
-
 fn open(key: &DeviceKey, options: &OpenOptions) -> Arc<dyn Signer> {
     dpop_keys::open(key, options).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -144,18 +64,13 @@ fn a_key_made_at_a_persistent_handle_signs_proofs_that_verify() {
     assert!(signer.blocks(), "a TPM signer waits on the device");
     assert_eq!(signer.algorithm(), Algorithm::Es256);
     assert_eq!(signer.public_jwk().thumbprint(), &jkt);
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
 
-    // An independent verifier, and a tampered message that must fail with it.
+    // An independent verifier (which also refuses a changed message).
     let message = b"signed inside the TPM";
     let signature = signer.sign(message).unwrap();
     assert_eq!(signature.len(), 64, "R || S, each 32 bytes");
-    assert!(openssl_verifies(&*signer, message, &signature));
-    assert!(!openssl_verifies(
-        &*signer,
-        b"signed inside the TPX",
-        &signature
-    ));
+    assert_openssl_verifies(&*signer, message, &signature);
     drop(signer);
 
     // The private key cannot leave the TPM: tpm2-tools reads the attributes back.
@@ -197,7 +112,7 @@ fn a_key_file_is_made_0600_and_opens_to_the_same_key_after_a_restart() {
     for _ in 0..2 {
         let signer = open(&key, &options());
         assert_eq!(signer.public_jwk().thumbprint(), &jkt);
-        proof_verifies(&*signer);
+        assert_proof_verifies(&*signer);
     }
     // Each connection flushes what it loaded (the TPM has room for about three
     // transient objects): nothing stays behind.
@@ -218,7 +133,7 @@ fn a_key_file_is_made_0600_and_opens_to_the_same_key_after_a_restart() {
     let key = tpm_key(&tpm, &what, "");
     let signer = open(&key, &options());
     assert_eq!(signer.public_jwk().thumbprint(), &jkt);
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
     drop(signer);
 
     // A persistent key survives the restart too.
@@ -254,7 +169,7 @@ fn p384_keys_sign_es384() {
     let signer = open(&key, &options());
     assert_eq!(signer.algorithm(), Algorithm::Es384);
     assert_eq!(signer.sign(b"x").unwrap().len(), 96);
-    proof_verifies(&*signer);
+    assert_proof_verifies(&*signer);
 }
 
 #[test]
@@ -263,25 +178,7 @@ fn eight_threads_sign_at_once() {
     let key = tpm_key(&tpm, "handle=0x81000013", "");
     drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
     let signer = open(&key, &with_alg(Algorithm::Es256));
-    let threads: Vec<_> = (0..8)
-        .map(|i| {
-            let signer = Arc::clone(&signer);
-            std::thread::spawn(move || {
-                for j in 0..5 {
-                    let message = format!("thread {i} message {j}");
-                    let signature = signer.sign(message.as_bytes()).unwrap();
-                    assert!(signer.public_jwk().verify(
-                        Algorithm::Es256,
-                        message.as_bytes(),
-                        &signature
-                    ));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    sign_from_threads(&signer, 8, 5);
 }
 
 #[test]
@@ -298,7 +195,7 @@ fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
     let source = format!("&auth-source=file:{}", auth.display());
     let key = tpm_key(&tpm, "handle=0x81000014", &source);
     drop(dpop_keys::generate(&key, Algorithm::Es256, &options()).unwrap());
-    proof_verifies(&*open(&key, &options()));
+    assert_proof_verifies(&*open(&key, &options()));
 
     // The same value written into the URI: refused without the dangerous option.
     let inline = tpm_key(&tpm, "handle=0x81000014", "&auth-value=correct%20horse");
@@ -306,7 +203,7 @@ fn the_auth_value_is_required_and_a_wrong_one_is_refused_with_the_tpm_code() {
     assert!(e.is_config(), "{e}");
     assert!(e.to_string().contains("auth-source"), "{e}");
     assert!(!e.to_string().contains("correct"), "the value shows: {e}");
-    proof_verifies(&*open(&inline, &dangerous()));
+    assert_proof_verifies(&*open(&inline, &dangerous()));
 
     // A wrong value: the TPM's own code, and the value nowhere in the message. One
     // failure only, on a fresh TPM, far from dictionary-attack lockout.
@@ -492,7 +389,7 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
         dir.join("key.tpmkey").display()
     );
     let from_file = open(&tpm_key(&tpm, &what, ""), &options());
-    proof_verifies(&*from_file);
+    assert_proof_verifies(&*from_file);
     let jkt = from_file.public_jwk().thumbprint().clone();
     drop(from_file);
 
@@ -525,7 +422,7 @@ fn keys_made_by_tpm2_tools_open_as_a_handle_or_a_file() {
     );
     let persistent = open(&tpm_key(&tpm, "handle=0x81000030", ""), &options());
     assert_eq!(persistent.public_jwk().thumbprint(), &jkt);
-    proof_verifies(&*persistent);
+    assert_proof_verifies(&*persistent);
     drop(persistent);
 
     // A duplicable key (no fixedTPM / fixedParent) is refused.

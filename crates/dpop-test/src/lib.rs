@@ -65,6 +65,7 @@ mod process;
 mod redis;
 mod redis_topology;
 mod server;
+mod signers;
 mod softhsm;
 mod streams;
 mod swtpm;
@@ -90,6 +91,9 @@ pub use crate::process::{DEFAULT_READY_TIMEOUT, Gateway, free_port, wait_for_tcp
 pub use crate::redis::{REDIS_SERVER_ENV, RedisServer};
 pub use crate::redis_topology::{RedisCluster, RedisSentinel, SentinelAuth};
 pub use crate::server::{ServerHandle, serve};
+pub use crate::signers::{
+    assert_openssl_verifies, assert_proof_verifies, fixed_to_der, sign_from_threads,
+};
 pub use crate::softhsm::{SOFTHSM_MODULE_ENV, SOFTHSM_USER_PIN, SoftHsmToken};
 pub use crate::streams::{RawRequest, RawUpstream, WsEchoUpstream};
 pub use crate::swtpm::{SWTPM_ENV, SwTpm, free_port_pair, private_temp_dir};
