@@ -1823,3 +1823,61 @@ async fn a_down_issuer_is_logged_once_with_its_cause() {
         .count();
     assert_eq!(refused, 1, "one line for four failed attempts:\n{log}");
 }
+
+/// A post-quantum key end to end: `dpop keygen --alg ML-DSA-44`, a token bound to its
+/// thumbprint, `dpop curl` through a gateway that lists ML-DSA-44 (its header limit
+/// raised for the 6 KB proof); a gateway that does not list it refuses the proof and
+/// names the algorithms it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_dsa_proofs_from_dpop_curl_pass_a_gateway_that_allows_them() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("dpop-mldsa-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("mldsa.pem");
+    let key = key.to_str().unwrap();
+    let dpop = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dpop"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, jkt, err) = dpop(&["keygen", "--alg", "ML-DSA-44", "--out", key]);
+    assert_eq!(code, 0, "{err}");
+    let jkt = jkt.trim().to_owned();
+    let token = issuer.mint(&TokenSpec::bound(AUD, &jkt));
+
+    let allowing = Launch::bare();
+    let file = config_file(
+        &allowing,
+        &issuer,
+        &upstream.url(),
+        "algorithms = [\"ES256\", \"ML-DSA-44\"]\n",
+    );
+    let gw = allowing.arg("--config").arg(file.path()).start().await;
+    let url = format!("{}/v1/pq", gw.url);
+    let (code, out, err) = dpop(&["curl", &url, "--key", key, "--token", &token]);
+    assert_eq!(code, 0, "{err}\n{}", gw.process.output());
+    let echo: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(echo["path"], "/v1/pq");
+    assert_eq!(echo["headers"]["x-dpop-jkt"][0], jkt.as_str());
+
+    let default = Launch::flags(&issuer, &upstream.url()).start().await;
+    let url = format!("{}/v1/pq", default.url);
+    let (code, out, err) = dpop(&["curl", "-i", &url, "--key", key, "--token", &token]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    let challenge = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(challenge.contains("invalid_dpop_proof"), "{challenge}");
+    assert!(!challenge.contains("ML-DSA"), "{challenge}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
