@@ -44,8 +44,13 @@ pub(crate) fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'stat
 
 /// The CA certificates of the file at `path` as trust anchors, at least one.
 pub(crate) fn roots(path: &Path) -> Result<RootCertStore, String> {
+    roots_of(&read(path, false)?, path)
+}
+
+/// The CA certificates of `pem` (the contents of `path`) as trust anchors, at least one.
+pub(crate) fn roots_of(pem: &[u8], path: &Path) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    for cert in certificates(&read(path, false)?, path)? {
+    for cert in certificates(pem, path)? {
         store
             .add(cert)
             .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;

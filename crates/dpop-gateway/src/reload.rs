@@ -264,7 +264,7 @@ impl Reloader {
             GatewayConfig,
             DpopLayer<GatewayStore>,
             Proxy,
-            Option<crate::tls::PreparedPair>,
+            Option<crate::tls::PreparedTls>,
         ),
         GatewayError,
     > {

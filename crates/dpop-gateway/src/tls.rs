@@ -1,8 +1,8 @@
 //! TLS on the proxy listener: rustls (aws-lc-rs), TLS 1.2 and 1.3, ALPN `h2` and
 //! `http/1.1`, client certificates verified against the configured CAs, and the
-//! certificate and key re-read when their files change or on SIGHUP, without dropping a
-//! connection: handshakes take the pair current at that moment, a bad new pair is refused
-//! and the old one stays.
+//! certificate, its key and the client CA bundle re-read when their files change or on
+//! SIGHUP, without dropping a connection: handshakes take what is current at that
+//! moment, a bad new file is refused and the old contents stay in use.
 
 use std::fmt::Write as _;
 use std::io;
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::TlsConfig;
+use crate::config::{ClientAuthConfig, TlsConfig};
 use crate::error::GatewayError;
 use crate::pem;
 
@@ -34,17 +34,143 @@ pub(crate) struct Accepted {
     pub(crate) client_cert: Option<ClientCertificate>,
 }
 
-/// The listener's TLS: the acceptor and the certificate it serves.
+/// The listener's TLS: the acceptor (rebuilt when the client CAs change) and the
+/// certificate it serves.
 pub(crate) struct TlsListener {
-    acceptor: tokio_rustls::TlsAcceptor,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Arc<CryptoProvider>,
     pair: Arc<PairSource>,
+    /// The client CA bundle and what was last read from it, when client certificates
+    /// are verified.
+    client_cas: Option<ClientCas>,
+    /// What handshakes use; replaced whole when the client CAs change.
+    acceptor: RwLock<tokio_rustls::TlsAcceptor>,
+}
+
+struct ClientCas {
+    auth: ClientAuthConfig,
+    state: RwLock<FileState<Vec<u8>>>,
+}
+
+/// The contents of a file in use, and the contents last refused (so one bad file is
+/// reported once, not every poll).
+struct FileState<T> {
+    loaded: T,
+    refused: Option<T>,
 }
 
 impl std::fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsListener")
-            .field("cert_file", &self.pair.cert_file)
+            .field("cert_file", &self.inner.pair.cert_file)
+            .field(
+                "client_ca_file",
+                &self.inner.client_cas.as_ref().map(|c| &c.auth.ca_file),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+/// A server configuration for `pair`, verifying client certificates against `client`
+/// (its settings and CAs) when given.
+fn acceptor(
+    provider: &Arc<CryptoProvider>,
+    pair: &Arc<PairSource>,
+    client: Option<(&ClientAuthConfig, RootCertStore)>,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match client {
+        None => builder.with_no_client_auth(),
+        Some((auth, roots)) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("{}: {e}", auth.ca_file.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_cert_resolver(Arc::clone(pair) as Arc<dyn ResolvesServerCert>);
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+impl Inner {
+    /// The acceptor for new client CAs read from `pem` (the bundle's contents).
+    fn client_acceptor(
+        &self,
+        cas: &ClientCas,
+        pem: &[u8],
+    ) -> Result<tokio_rustls::TlsAcceptor, String> {
+        let roots = pem::roots_of(pem, &cas.auth.ca_file)?;
+        acceptor(&self.provider, &self.pair, Some((&cas.auth, roots)))
+    }
+
+    /// Re-reads the client CA bundle; a changed, valid one replaces the acceptor.
+    /// `forced` (SIGHUP) reports the outcome even when nothing changed.
+    fn reload_client_cas(&self, forced: bool) {
+        let Some(cas) = &self.client_cas else { return };
+        let file = cas.auth.ca_file.display();
+        let pem = match pem::read(&cas.auth.ca_file, false) {
+            Ok(pem) => pem,
+            Err(why) => {
+                let mut state = cas.state.write().unwrap_or_else(PoisonError::into_inner);
+                if forced || state.refused.as_ref().is_none_or(|r| !r.is_empty()) {
+                    tracing::error!(target: "dpop::tls", error = %why, "client CAs not reloaded; the ones in use stay");
+                    state.refused = Some(Vec::new());
+                }
+                return;
+            }
+        };
+        {
+            let mut state = cas.state.write().unwrap_or_else(PoisonError::into_inner);
+            if state.loaded == pem {
+                state.refused = None;
+                if forced {
+                    tracing::info!(target: "dpop::tls", client_ca_file = %file, "client CA file unchanged");
+                }
+                return;
+            }
+            if !forced && state.refused.as_ref() == Some(&pem) {
+                return;
+            }
+        }
+        match self.client_acceptor(cas, &pem) {
+            Ok(acceptor) => self.install_client_cas(cas, pem, acceptor),
+            Err(why) => {
+                tracing::error!(target: "dpop::tls", error = %why, "client CAs not reloaded; the ones in use stay");
+                cas.state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .refused = Some(pem);
+            }
+        }
+    }
+
+    fn install_client_cas(
+        &self,
+        cas: &ClientCas,
+        pem: Vec<u8>,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) {
+        *self
+            .acceptor
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = acceptor;
+        let mut state = cas.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.loaded = pem;
+        state.refused = None;
+        tracing::info!(target: "dpop::tls", client_ca_file = %cas.auth.ca_file.display(), "client CAs reloaded; new handshakes verify client certificates against them");
     }
 }
 
@@ -56,41 +182,39 @@ impl TlsListener {
     pub(crate) fn new(config: &TlsConfig) -> Result<Self, GatewayError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let pair = PairSource::load(config, Arc::clone(&provider))?;
-        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| GatewayError::Config(format!("tls: {e}")))?;
-        let builder = match &config.client_auth {
-            None => builder.with_no_client_auth(),
+        let (client_cas, accept) = match &config.client_auth {
+            None => (None, acceptor(&provider, &pair, None)),
             Some(auth) => {
-                let roots = client_roots(&auth.ca_file)?;
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                let verifier = if auth.required {
-                    verifier
-                } else {
-                    verifier.allow_unauthenticated()
+                let pem = pem::read(&auth.ca_file, false).map_err(GatewayError::Config)?;
+                let roots = pem::roots_of(&pem, &auth.ca_file).map_err(GatewayError::Config)?;
+                let accept = acceptor(&provider, &pair, Some((auth, roots)));
+                let cas = ClientCas {
+                    auth: auth.clone(),
+                    state: RwLock::new(FileState {
+                        loaded: pem,
+                        refused: None,
+                    }),
                 };
-                let verifier = verifier.build().map_err(|e| {
-                    GatewayError::Config(format!("{}: {e}", auth.ca_file.display()))
-                })?;
-                builder.with_client_cert_verifier(verifier)
+                (Some(cas), accept)
             }
         };
-        let mut server =
-            builder.with_cert_resolver(Arc::clone(&pair) as Arc<dyn ResolvesServerCert>);
-        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let accept = accept.map_err(GatewayError::Config)?;
         Ok(Self {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            pair,
+            inner: Arc::new(Inner {
+                provider,
+                pair,
+                client_cas,
+                acceptor: RwLock::new(accept),
+            }),
         })
     }
 
-    /// Starts re-reading the certificate and key every `interval` (when their content
-    /// changed), and on SIGHUP when `hangup` is set (otherwise the configuration reload
-    /// re-reads them, see [`Self::prepare_reload`]). The task stops when the handle is
-    /// aborted.
+    /// Starts re-reading the certificate, key and client CAs every `interval` (when
+    /// their content changed), and on SIGHUP when `hangup` is set (otherwise the
+    /// configuration reload re-reads them, see [`Self::prepare_reload`]). The task stops
+    /// when the handle is aborted.
     pub(crate) fn spawn_reload(&self, interval: Duration, hangup: bool) -> JoinHandle<()> {
-        let pair = Arc::clone(&self.pair);
+        let inner = Arc::clone(&self.inner);
         // Registered before the task starts: once the listener serves, SIGHUP reloads
         // (its default action would end the process).
         let mut wait = dpop_server::TickOrHangup::new(interval, hangup, |e| {
@@ -99,36 +223,67 @@ impl TlsListener {
         tokio::spawn(async move {
             loop {
                 let forced = wait.next().await;
-                let p = Arc::clone(&pair);
-                let _ = tokio::task::spawn_blocking(move || p.reload(forced)).await;
+                let inner = Arc::clone(&inner);
+                let _ = tokio::task::spawn_blocking(move || {
+                    inner.pair.reload(forced);
+                    inner.reload_client_cas(forced);
+                })
+                .await;
             }
         })
     }
 
-    /// Reads the certificate and key files for a configuration reload: `Ok(None)` when
-    /// they hold the pair in use, the new pair (not yet in use, see [`Self::install`])
-    /// when they changed and are valid.
+    /// Reads the certificate, key and client CA files for a configuration reload:
+    /// `Ok(None)` when they hold what is in use, else what changed, read and checked (not
+    /// yet in use, see [`Self::install`]).
     ///
     /// # Errors
     /// Why the files cannot be used, naming the file.
-    pub(crate) fn prepare_reload(&self) -> Result<Option<PreparedPair>, String> {
-        let p = &self.pair;
+    pub(crate) fn prepare_reload(&self) -> Result<Option<PreparedTls>, String> {
+        let inner = &self.inner;
+        let p = &inner.pair;
         let files = read_files(&p.cert_file, &p.key_file)?;
-        if p.state
+        let loaded = p
+            .state
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .loaded
-            == files
-        {
-            return Ok(None);
-        }
-        let pair = certified_key(&files, &p.cert_file, &p.key_file, &p.provider)?;
-        Ok(Some(PreparedPair { files, pair }))
+            == files;
+        let pair = if loaded {
+            None
+        } else {
+            let pair = certified_key(&files, &p.cert_file, &p.key_file, &p.provider)?;
+            Some(PreparedPair { files, pair })
+        };
+        let client_cas = match &inner.client_cas {
+            None => None,
+            Some(cas) => {
+                let pem = pem::read(&cas.auth.ca_file, false)?;
+                let same = cas
+                    .state
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .loaded
+                    == pem;
+                if same {
+                    None
+                } else {
+                    let acceptor = inner.client_acceptor(cas, &pem)?;
+                    Some((pem, acceptor))
+                }
+            }
+        };
+        Ok((pair.is_some() || client_cas.is_some()).then_some(PreparedTls { pair, client_cas }))
     }
 
-    /// Puts a pair from [`Self::prepare_reload`] in use: handshakes from now on get it.
-    pub(crate) fn install(&self, prepared: PreparedPair) {
-        self.pair.install(prepared.files, prepared.pair);
+    /// Puts what [`Self::prepare_reload`] read in use: handshakes from now on get it.
+    pub(crate) fn install(&self, prepared: PreparedTls) {
+        if let Some(p) = prepared.pair {
+            self.inner.pair.install(p.files, p.pair);
+        }
+        if let (Some((pem, acceptor)), Some(cas)) = (prepared.client_cas, &self.inner.client_cas) {
+            self.inner.install_client_cas(cas, pem, acceptor);
+        }
     }
 
     /// The handshake, bounded by `timeout`.
@@ -137,7 +292,13 @@ impl TlsListener {
         stream: TcpStream,
         timeout: Duration,
     ) -> io::Result<Accepted> {
-        let stream = tokio::time::timeout(timeout, self.acceptor.accept(stream))
+        let acceptor = self
+            .inner
+            .acceptor
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let stream = tokio::time::timeout(timeout, acceptor.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let (_, conn) = stream.get_ref();
@@ -154,8 +315,15 @@ impl TlsListener {
     }
 }
 
+/// What a configuration reload read and checked of the TLS files, not in use yet: a new
+/// certificate pair, new client CAs, or both.
+pub(crate) struct PreparedTls {
+    pair: Option<PreparedPair>,
+    client_cas: Option<(Vec<u8>, tokio_rustls::TlsAcceptor)>,
+}
+
 /// A certificate pair read and checked, not in use yet.
-pub(crate) struct PreparedPair {
+struct PreparedPair {
     files: (Vec<u8>, Vec<u8>),
     pair: CertifiedKey,
 }
@@ -295,10 +463,6 @@ fn certified_key(
         other => format!("{}: unusable certificate: {other}", cert_file.display()),
     })?;
     Ok(pair)
-}
-
-fn client_roots(ca_file: &Path) -> Result<RootCertStore, GatewayError> {
-    pem::roots(ca_file).map_err(GatewayError::Config)
 }
 
 /// The verified leaf as the layer and the proxy see it.

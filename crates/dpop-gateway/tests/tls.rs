@@ -669,3 +669,74 @@ async fn a_silent_http2_connection_does_not_keep_its_slot() {
     );
     drop(silent);
 }
+
+/// True when a handshake with `cert` and a request over it get through to the gateway.
+async fn admitted(
+    addr: SocketAddr,
+    ca: &TestCa,
+    cert: &CertFiles,
+    caller: &Caller,
+    url: &str,
+) -> bool {
+    let Ok(tls) = connect(addr, client_config(ca, Some(cert), &[b"http/1.1"])).await else {
+        return false;
+    };
+    let Ok((mut send, conn)) = http1::handshake(TokioIo::new(tls)).await else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let mut req = caller.request("GET", "/v1/items", url);
+    req.headers_mut()
+        .insert("host", addr.to_string().parse().unwrap());
+    matches!(send.send_request(req).await, Ok(r) if r.status() == StatusCode::OK)
+}
+
+/// The client CA bundle is re-read like the certificate: a CA taken out of it is
+/// refused from the next handshake on, a new one admitted, and a bad bundle changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_cas_are_reloaded() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let ca = TestCa::new("gateway test ca");
+    let server = server_cert(&ca);
+    let (old_ca, new_ca) = (
+        TestCa::new("retiring client ca"),
+        TestCa::new("new client ca"),
+    );
+    let (old_client, new_client) = (old_ca.client("old-workload"), new_ca.client("new-workload"));
+    let bundle = std::env::temp_dir().join(format!("dpop-client-cas-{}.pem", std::process::id()));
+    std::fs::copy(old_ca.ca_file(), &bundle).unwrap();
+    let rest = tls_section(
+        &server,
+        &format!(
+            "client_ca_file = {bundle:?}\nclient_auth = \"required\"\nreload_interval_secs = 1\n"
+        ),
+    );
+    let gw = Running::start(&issuer, &upstream.url(), &rest).await;
+    let caller = caller(&issuer, None);
+    let url = gw.https("/v1/items");
+    assert!(admitted(gw.addr, &ca, &old_client, &caller, &url).await);
+    assert!(!admitted(gw.addr, &ca, &new_client, &caller, &url).await);
+
+    std::fs::copy(new_ca.ca_file(), &bundle).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admitted(gw.addr, &ca, &new_client, &caller, &url).await {
+        assert!(
+            Instant::now() < deadline,
+            "the new client CA was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !admitted(gw.addr, &ca, &old_client, &caller, &url).await,
+        "a client of the CA taken out of the bundle still gets in"
+    );
+
+    // A bundle that is not PEM: refused, the CAs in use stay.
+    std::fs::write(&bundle, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(admitted(gw.addr, &ca, &new_client, &caller, &url).await);
+    assert!(!admitted(gw.addr, &ca, &old_client, &caller, &url).await);
+    let _ = std::fs::remove_file(&bundle);
+}
