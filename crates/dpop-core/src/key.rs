@@ -583,6 +583,9 @@ macro_rules! forward_signer {
             fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
                 (**self).sign(message)
             }
+            fn blocks(&self) -> bool {
+                (**self).blocks()
+            }
         }
     )+};
 }
