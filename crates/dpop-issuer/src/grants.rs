@@ -510,6 +510,7 @@ async fn exchange(
         None => client.access_token_lifetime,
     };
     let mut family = None;
+    let mut new_family = None;
     let refresh_token = if subject.may_refresh
         && !subject.ends_with_subject
         && client.grants.contains(GRANT_REFRESH_TOKEN)
@@ -541,33 +542,39 @@ async fn exchange(
             family_expires_at: family_expires,
             family_created_at: secs(now),
         };
-        state.store.insert_family(&record, &subject.lineage).await?;
         family = Some(family_id);
+        new_family = Some(record);
         Some(token)
     } else {
         None
     };
-    respond(
-        state,
-        &Grant {
-            client_id: &client.id,
-            subject: &subject.subject,
-            scopes: &scopes,
-            audiences: &audiences,
-            jkt: proof.map(TokenProof::jkt),
-            act: subject.act.clone(),
-            lifetime,
-            lineage: &Lineage {
-                family,
-                from: subject.lineage,
-                ends_with_subject: subject.ends_with_subject,
-            },
-        },
-        now,
+    let lineage = Lineage {
+        family,
+        from: subject.lineage,
+        ends_with_subject: subject.ends_with_subject,
+    };
+    let grant = Grant {
+        client_id: &client.id,
+        subject: &subject.subject,
+        scopes: &scopes,
+        audiences: &audiences,
+        jkt: proof.map(TokenProof::jkt),
+        act: subject.act.clone(),
+        lifetime,
+        lineage: &lineage,
+    };
+    // Signed before the refresh grant is recorded: a key that cannot sign leaves no grant
+    // whose refresh token nobody received.
+    let (access_token, _) = tokens::mint_access_token(state, &grant, now).await?;
+    if let Some(record) = &new_family {
+        state.store.insert_family(record, &lineage.from).await?;
+    }
+    Ok(wrap(
+        &grant,
+        access_token,
         refresh_token,
         Some(TT_ACCESS_TOKEN),
-    )
-    .await
+    ))
 }
 
 /// One of our own access tokens: down-scoping (same client) or delegation (another

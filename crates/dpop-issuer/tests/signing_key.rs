@@ -302,6 +302,15 @@ async fn a_signer_that_fails_answers_503_and_no_token(db: Db) {
     it.refresh(&basic("svc"), Some(&k), &rt, &[])
         .await
         .err(503, "temporarily_unavailable");
+    // An exchange that would start a refresh grant records none it cannot deliver.
+    let families = db.count("SELECT COUNT(*) FROM refresh_families").await;
+    it.exchange(&basic("svc"), Some(&k), &good, &[])
+        .await
+        .err(503, "temporarily_unavailable");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM refresh_families").await,
+        families
+    );
     // No other key signed meanwhile.
     assert_eq!(it.jwks_kids().await, vec![kid(&file_key)]);
     assert_eq!(it.issuer.signing_kid(), kid(&file_key));
