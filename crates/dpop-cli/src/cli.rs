@@ -369,6 +369,11 @@ pub(crate) enum IssuerAction {
         /// instance and resource server knows it first
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         activate_in: u64,
+        /// The next key, one the operator manages: a PEM or JWK file (`file:PATH`, mode
+        /// 0600) or a device key (`pkcs11:…`, `tpm2:…`, `awskms:…`). Required when the
+        /// configuration sets `[keys] signing_key`; without it a software key is made
+        #[arg(long, value_name = "REF")]
+        key: Option<String>,
     },
     /// Disable a client: refuse it, revoke its refresh tokens, make its access tokens
     /// inactive at introspection

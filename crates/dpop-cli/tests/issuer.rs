@@ -405,7 +405,7 @@ async fn the_issuer_logs_each_token_request_without_secrets() {
     assert_eq!(ready.status, 200);
     assert_eq!(
         ready.text().trim(),
-        r#"{"database_reachable":true,"ready":true}"#
+        r#"{"database_reachable":true,"ready":true,"signing_key":true}"#
     );
 }
 
@@ -431,4 +431,127 @@ async fn sighup_is_ignored_with_a_warning_not_fatal() {
     let key = PrivateKey::generate(Algorithm::Es256).unwrap();
     let token = get_token(&setup.url(), &key).await;
     assert!(!token.is_empty());
+}
+
+/// `[keys] signing_key`: the issuer signs with the key file the operator gave it,
+/// `rotate-key` needs the next key's reference, and references it cannot use stop it
+/// with the configuration exit status (2) and a message naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_managed_signing_keys() {
+    let pem = || {
+        PrivateKey::generate(Algorithm::Es256)
+            .unwrap()
+            .to_pkcs8_pem()
+            .unwrap()
+            .to_string()
+    };
+    let probe = IssuerSetup::new();
+    let first_text = pem();
+    let first = probe.dir.write("first.pem", &first_text, 0o600);
+    let next = probe.dir.write("next.pem", &pem(), 0o600);
+    let thumbprint = |text: &str| {
+        PrivateKey::from_pkcs8_pem(text, None)
+            .unwrap()
+            .thumbprint()
+            .as_str()
+            .to_owned()
+    };
+    let first_kid = thumbprint(&first_text);
+    let keys_line = |reference: &str| format!("keys = {{ signing_key = \"{reference}\" }}");
+    let setup = IssuerSetup::with(&[&keys_line(&format!("file:{}", p(&first)))]);
+
+    let mut issuer = setup.start().await;
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = get_token(&setup.url(), &key).await;
+    assert_eq!(kid_of(&token), first_kid);
+    let keys_dir = setup.dir.file("data/keys");
+    let first_ref = keys_dir.join(format!("{first_kid}.ref"));
+    assert_mode(&first_ref, 0o600);
+    let status = issuer.terminate(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // No software key in the operator's place.
+    let out = setup.manage(&["rotate-key"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--key"), "{err}");
+
+    let next_ref = format!("file:{}", p(&next));
+    let out = setup.manage(&["rotate-key", "--activate-in", "0", "--key", &next_ref]);
+    assert!(out.status.success(), "{out:?}");
+    let next_kid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_ne!(next_kid, first_kid);
+    assert!(
+        !first_ref.exists(),
+        "the retired key's reference is deleted"
+    );
+    assert!(first.exists(), "the key file itself is the operator's");
+    assert_mode(&keys_dir.join(format!("{next_kid}.ref")), 0o600);
+    let _issuer = setup.start().await;
+    assert_eq!(kid_of(&get_token(&setup.url(), &key).await), next_kid);
+
+    // References it cannot use: exit status 2, one line naming the key.
+    let refused = |reference: &str, expected: &str| {
+        let bad = IssuerSetup::with(&[&keys_line(reference)]);
+        let out = issuer_command(&["--config", p(&bad.config())])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{reference}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{reference}: {err}");
+    };
+    refused(
+        "pkcs11:token=issuer;object=signing?module-path=/nonexistent/pkcs11-module.so&pin-source=env:PIN",
+        "/nonexistent/pkcs11-module.so",
+    );
+    let loose = probe.dir.write("loose.pem", &pem(), 0o644);
+    refused(&format!("file:{}", p(&loose)), "chmod 600");
+    refused("pkcs11:object=x", "module-path");
+    // A TPM that is not there (or, in a build without the tpm feature, no TPM support).
+    let out = setup.manage(&[
+        "rotate-key",
+        "--key",
+        "tpm2:handle=0x81000001?tcti=swtpm:host=127.0.0.1,port=1",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tpm2:handle=0x81000001"), "{out:?}");
+}
+
+/// The issuer signs with a key kept in a PKCS#11 token (SoftHSM,
+/// `DPOP_TEST_SOFTHSM_MODULE`) that it cannot export; the gateway accepts its tokens,
+/// and the token's `kid` is the device key's thumbprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_signs_with_a_key_in_a_pkcs11_token() {
+    let Some(module) = crate::device_keys::softhsm() else {
+        return;
+    };
+    let hsm = dpop_test::SoftHsmToken::create(&module, "issuer-keys").unwrap();
+    let uri = hsm.uri("issuer-signing", "5151");
+    let keygen = Command::new(DPOP)
+        .args(["keygen", "--key", &uri])
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let device_kid = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+
+    let setup = IssuerSetup::with(&[&format!("keys = {{ signing_key = \"{uri}\" }}")]);
+    let mut cmd = issuer_command(&["--config", p(&setup.config())]);
+    cmd.envs(hsm.env());
+    let issuer =
+        common::spawn_server(cmd, setup.port(), Duration::from_secs(60), "dpop issuer").await;
+    let upstream = TestUpstream::start().await.unwrap();
+    let (gw, gw_url) = start_gateway(&gateway_flags(&upstream.url(), &setup.url())).await;
+
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = get_token(&setup.url(), &key).await;
+    assert_eq!(kid_of(&token), device_kid);
+    let r = call(&gw_url, "/v1/items", &token, &key).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}\n{}", gw.output(), issuer.output());
+    // The reference kept for the next start holds no PIN, only where to read it.
+    let kept =
+        std::fs::read_to_string(setup.dir.file(&format!("data/keys/{device_kid}.ref"))).unwrap();
+    assert!(kept.starts_with("pkcs11:"), "{kept}");
+    assert!(!kept.contains(dpop_test::SOFTHSM_USER_PIN), "{kept}");
 }

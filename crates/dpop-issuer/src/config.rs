@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dpop_core::jwt::JwkSet;
 use dpop_core::{Algorithm, PublicJwk};
+use dpop_keys::KeyRef;
 use serde::Deserialize;
 
 pub use crate::environment::{Environment, ProcessEnvironment};
@@ -171,8 +172,11 @@ pub struct IssuerConfig {
     /// `sqlite://PATH` or `postgres://…`. A SQLite path has its `..` segments resolved
     /// against the file system when loaded, and may not contain `%`.
     pub database: String,
-    /// Signing algorithm of new keys (ES256 or EdDSA).
+    /// Signing algorithm of new keys (ES256 or EdDSA). A key named by
+    /// `[keys] signing_key` or given to `rotate-key --key` must be of this algorithm.
     pub signing_alg: Algorithm,
+    /// Keys the operator manages (`[keys]`).
+    pub keys: KeysConfig,
     /// Token lifetimes.
     pub lifetimes: Lifetimes,
     /// DPoP at the token endpoint.
@@ -215,6 +219,8 @@ struct RawConfig {
     trust: Vec<TrustConfig>,
     #[serde(default)]
     auth_limits: RawAuthLimits,
+    #[serde(default)]
+    keys: RawKeys,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -525,6 +531,7 @@ impl IssuerConfig {
             log_requests: raw.log_requests.unwrap_or(true),
             max_body_bytes,
             auth_limits: raw.auth_limits.validate()?,
+            keys: raw.keys.validate(base)?,
         })
     }
 
@@ -843,6 +850,150 @@ impl RawAuthLimits {
             window: Duration::from_secs(window),
             max_tracked,
             trusted_proxies,
+        })
+    }
+}
+
+// ---- [keys]: signing keys the operator manages ----
+
+/// A key reference as configured: the parsed [`KeyRef`] and the text the issuer records
+/// in `DATA_DIR/keys/<kid>.ref` (a `file:` path made absolute, a device URI as written).
+/// `Debug` and `Display` show the reference with any PIN as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyReference {
+    parsed: KeyRef,
+    text: zeroize::Zeroizing<String>,
+}
+
+impl KeyReference {
+    /// Parses a key reference; a relative file path is resolved against `base` (and made
+    /// absolute against the working directory when `base` is relative).
+    ///
+    /// # Errors
+    /// The reference is malformed (the message names it, PIN redacted).
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let parsed = KeyRef::parse(text).map_err(|e| e.to_string())?;
+        let text = match &parsed {
+            KeyRef::File(path) => {
+                let path = std::path::absolute(base.join(path))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let Some(utf8) = path.to_str() else {
+                    return Err(format!("{} is not a UTF-8 path", path.display()));
+                };
+                if utf8.contains(['\n', '\r']) {
+                    return Err(format!("{utf8:?} has a line break"));
+                }
+                return Ok(Self {
+                    text: zeroize::Zeroizing::new(format!("file:{utf8}")),
+                    parsed: KeyRef::File(path),
+                });
+            }
+            _ => text.to_owned(),
+        };
+        if text.contains(['\n', '\r']) {
+            return Err(format!("{parsed} has a line break"));
+        }
+        Ok(Self {
+            parsed,
+            text: zeroize::Zeroizing::new(text),
+        })
+    }
+
+    /// The parsed reference.
+    #[must_use]
+    pub fn key_ref(&self) -> &KeyRef {
+        &self.parsed
+    }
+
+    /// The text recorded in the key directory: it may hold a PIN (`pin-value`, only
+    /// with `dangerous_allow_pin_value`), so it is written to a 0600 file only.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for KeyReference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.parsed.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for KeyReference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyReference({})", self.parsed)
+    }
+}
+
+/// Signing keys the operator manages (`[keys]`).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct KeysConfig {
+    /// The key to sign with where the issuer would otherwise generate one (first start,
+    /// every held key retired): a PEM or JWK file (`file:PATH` or a path, owner-only) or
+    /// a device key (`pkcs11:`, `tpm2:`, `awskms:`). Its algorithm must be
+    /// `signing_alg`. With it set, `rotate-key` needs `--key`. Defaults to none: the
+    /// issuer generates software keys in `data_dir`.
+    pub signing_key: Option<KeyReference>,
+    /// Accept a PIN written into a device URI (`pin-value`). It ends up in the
+    /// configuration file and in `DATA_DIR/keys/<kid>.ref`: for tests only. Defaults to
+    /// false.
+    pub dangerous_allow_pin_value: bool,
+    /// How many device sessions sign at once (more token requests wait for one).
+    /// Defaults to 4.
+    pub device_sessions: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            dangerous_allow_pin_value: false,
+            device_sessions: 4,
+        }
+    }
+}
+
+impl KeysConfig {
+    /// How device keys are opened for `alg`.
+    pub(crate) fn open_options(&self, alg: Algorithm) -> dpop_keys::OpenOptions {
+        let mut options = dpop_keys::OpenOptions::default();
+        options.alg = Some(alg);
+        options.dangerous_allow_pin_value = self.dangerous_allow_pin_value;
+        options.sessions = self.device_sessions;
+        options
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    signing_key: Option<String>,
+    dangerous_allow_pin_value: Option<bool>,
+    device_sessions: Option<usize>,
+}
+
+/// Most device sessions one issuer opens.
+const MAX_DEVICE_SESSIONS: usize = 64;
+
+impl RawKeys {
+    fn validate(self, base: &Path) -> Result<KeysConfig, String> {
+        let d = KeysConfig::default();
+        let signing_key = self
+            .signing_key
+            .map(|text| {
+                KeyReference::parse(&text, base).map_err(|e| format!("keys.signing_key: {e}"))
+            })
+            .transpose()?;
+        let device_sessions = self.device_sessions.unwrap_or(d.device_sessions);
+        if !(1..=MAX_DEVICE_SESSIONS).contains(&device_sessions) {
+            return Err(format!(
+                "keys.device_sessions must be between 1 and {MAX_DEVICE_SESSIONS}, not {device_sessions}"
+            ));
+        }
+        Ok(KeysConfig {
+            signing_key,
+            dangerous_allow_pin_value: self.dangerous_allow_pin_value.unwrap_or(false),
+            device_sessions,
         })
     }
 }

@@ -58,7 +58,7 @@ pub(crate) async fn run(
     proof: Option<&TokenProof>,
 ) -> Result<TokenResponse, OAuthError> {
     match grant {
-        GRANT_CLIENT_CREDENTIALS => client_credentials(state, client, form, proof),
+        GRANT_CLIENT_CREDENTIALS => client_credentials(state, client, form, proof).await,
         GRANT_REFRESH_TOKEN => refresh(state, client, form, proof).await,
         GRANT_TOKEN_EXCHANGE => exchange(state, client, form, proof).await,
         other => Err(OAuthError::new(
@@ -143,15 +143,25 @@ fn choose_audiences(
 }
 
 /// Mints the access token of `grant` and wraps it in the token response.
-fn respond(
+async fn respond(
     state: &IssuerState,
     grant: &Grant<'_>,
     now: UnixTime,
     refresh_token: Option<String>,
     issued_token_type: Option<&'static str>,
 ) -> Result<TokenResponse, OAuthError> {
-    let (access_token, _) = tokens::mint_access_token(state, grant, now)?;
-    Ok(TokenResponse {
+    let (access_token, _) = tokens::mint_access_token(state, grant, now).await?;
+    Ok(wrap(grant, access_token, refresh_token, issued_token_type))
+}
+
+/// The token response for `grant`'s signed `access_token`.
+fn wrap(
+    grant: &Grant<'_>,
+    access_token: String,
+    refresh_token: Option<String>,
+    issued_token_type: Option<&'static str>,
+) -> TokenResponse {
+    TokenResponse {
         access_token,
         token_type: if grant.jkt.is_some() {
             "DPoP"
@@ -162,10 +172,10 @@ fn respond(
         scope: grant.scopes.join(" "),
         refresh_token,
         issued_token_type,
-    })
+    }
 }
 
-fn client_credentials(
+async fn client_credentials(
     state: &IssuerState,
     client: &Client,
     form: &Form,
@@ -191,6 +201,7 @@ fn client_credentials(
         None,
         None,
     )
+    .await
 }
 
 async fn refresh(
@@ -288,6 +299,24 @@ async fn refresh(
         used_at: None,
         ..record.clone()
     };
+    let lineage = Lineage {
+        family: Some(record.family_id.clone()),
+        from: lineage,
+        ends_with_subject: false,
+    };
+    let grant = Grant {
+        client_id: &client.id,
+        subject: &record.subject,
+        scopes: &scopes,
+        audiences: &audiences,
+        jkt: proof.map(TokenProof::jkt),
+        act,
+        lifetime: within(client.access_token_lifetime, now, record.family_expires_at),
+        lineage: &lineage,
+    };
+    // Signed before the refresh token rotates: a key that cannot sign leaves the
+    // presented refresh token unused, for the client to retry with.
+    let (access_token, _) = tokens::mint_access_token(state, &grant, now).await?;
     match state.store.rotate_refresh(&hash, &next, now).await? {
         Rotation::Rotated => {}
         Rotation::AlreadyUsed => {
@@ -295,26 +324,7 @@ async fn refresh(
             return Err(reused());
         }
     }
-    respond(
-        state,
-        &Grant {
-            client_id: &client.id,
-            subject: &record.subject,
-            scopes: &scopes,
-            audiences: &audiences,
-            jkt: proof.map(TokenProof::jkt),
-            act,
-            lifetime: within(client.access_token_lifetime, now, record.family_expires_at),
-            lineage: &Lineage {
-                family: Some(record.family_id.clone()),
-                from: lineage,
-                ends_with_subject: false,
-            },
-        },
-        now,
-        Some(token),
-        None,
-    )
+    Ok(wrap(&grant, access_token, Some(token), None))
 }
 
 /// `lifetime`, shortened so that a token issued at `now` expires no later than `end`.
@@ -500,6 +510,7 @@ async fn exchange(
         None => client.access_token_lifetime,
     };
     let mut family = None;
+    let mut new_family = None;
     let refresh_token = if subject.may_refresh
         && !subject.ends_with_subject
         && client.grants.contains(GRANT_REFRESH_TOKEN)
@@ -531,32 +542,39 @@ async fn exchange(
             family_expires_at: family_expires,
             family_created_at: secs(now),
         };
-        state.store.insert_family(&record, &subject.lineage).await?;
         family = Some(family_id);
+        new_family = Some(record);
         Some(token)
     } else {
         None
     };
-    respond(
-        state,
-        &Grant {
-            client_id: &client.id,
-            subject: &subject.subject,
-            scopes: &scopes,
-            audiences: &audiences,
-            jkt: proof.map(TokenProof::jkt),
-            act: subject.act.clone(),
-            lifetime,
-            lineage: &Lineage {
-                family,
-                from: subject.lineage,
-                ends_with_subject: subject.ends_with_subject,
-            },
-        },
-        now,
+    let lineage = Lineage {
+        family,
+        from: subject.lineage,
+        ends_with_subject: subject.ends_with_subject,
+    };
+    let grant = Grant {
+        client_id: &client.id,
+        subject: &subject.subject,
+        scopes: &scopes,
+        audiences: &audiences,
+        jkt: proof.map(TokenProof::jkt),
+        act: subject.act.clone(),
+        lifetime,
+        lineage: &lineage,
+    };
+    // Signed before the refresh grant is recorded: a key that cannot sign leaves no grant
+    // whose refresh token nobody received.
+    let (access_token, _) = tokens::mint_access_token(state, &grant, now).await?;
+    if let Some(record) = &new_family {
+        state.store.insert_family(record, &lineage.from).await?;
+    }
+    Ok(wrap(
+        &grant,
+        access_token,
         refresh_token,
         Some(TT_ACCESS_TOKEN),
-    )
+    ))
 }
 
 /// One of our own access tokens: down-scoping (same client) or delegation (another

@@ -33,6 +33,7 @@ mod environment;
 mod files;
 mod form;
 mod grants;
+mod key_source;
 mod keys;
 mod metrics;
 mod proof;
@@ -56,7 +57,8 @@ pub use crate::store::Store;
 pub use dpop_core::SystemClock;
 
 use crate::auth_limits::AttemptLimiter;
-use crate::keys::KeyRing;
+use crate::key_source::KeySource;
+use crate::keys::{KeyRing, NextKey};
 use crate::metrics::Metrics;
 use crate::random::random_bytes;
 use crate::secret::SecretCache;
@@ -89,6 +91,62 @@ impl Issuer {
         config: IssuerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, IssuerError> {
+        let source = KeySource::new(&config);
+        // Opened once, off the executor: a device may take seconds to answer.
+        let configured = match &config.keys.signing_key {
+            Some(reference) => Some(
+                source
+                    .open_blocking(reference.clone())
+                    .await
+                    .map_err(|e| key_source::context("keys.signing_key", e))?,
+            ),
+            None => None,
+        };
+        Self::open_with_key(config, clock, source, configured).await
+    }
+
+    /// [`Issuer::open_with_clock`] with `[keys] signing_key` given as a ready signer
+    /// instead of opened by the issuer: a key in a store dpop-keys has no backend for.
+    /// `signing_key` must be set: its text is the reference recorded for the key, and
+    /// `signer` must be the key it names (later starts without this signer open the
+    /// reference themselves). The signer is checked with one signature first, as
+    /// dpop-keys checks the keys it opens.
+    ///
+    /// # Errors
+    /// As [`Issuer::open`]; a configuration error when `signing_key` is not set or the
+    /// signer does not sign with `signing_alg`, a key error when its signature does not
+    /// verify.
+    pub async fn open_with_signer(
+        config: IssuerConfig,
+        clock: Arc<dyn Clock>,
+        signer: Arc<dyn dpop_core::Signer>,
+    ) -> Result<Self, IssuerError> {
+        let Some(reference) = config.keys.signing_key.clone() else {
+            return Err(ConfigError::new(
+                "keys.signing_key must be set to name the signer the issuer is given",
+            )
+            .into());
+        };
+        let source = KeySource::new(&config);
+        let checked = Arc::clone(&signer);
+        tokio::task::spawn_blocking(move || dpop_keys::self_check(&*checked))
+            .await
+            .map_err(|e| IssuerError::Keys(format!("key {reference}: the check failed: {e}")))?
+            .map_err(|why| {
+                IssuerError::Keys(format!(
+                    "key {reference}: its test signature does not verify ({why}); refusing it"
+                ))
+            })?;
+        let opened = source.adopt(&reference, signer)?;
+        Self::open_with_key(config, clock, source, Some(opened)).await
+    }
+
+    async fn open_with_key(
+        config: IssuerConfig,
+        clock: Arc<dyn Clock>,
+        source: KeySource,
+        configured: Option<key_source::OpenedKey>,
+    ) -> Result<Self, IssuerError> {
         let now = clock
             .now()
             .ok_or_else(|| IssuerError::Keys("the system clock has no time".to_owned()))?;
@@ -96,7 +154,15 @@ impl Issuer {
         // the nonce secret: for this user only.
         files::private_dir(&config.data_dir).map_err(IssuerError::Keys)?;
         let store = Store::connect(&config.database).await?;
-        let keys = KeyRing::open(&store, &config.data_dir, config.signing_alg, now).await?;
+        let keys = KeyRing::open(
+            &store,
+            &config.data_dir,
+            source,
+            config.signing_alg,
+            configured,
+            now,
+        )
+        .await?;
         for client in config.clients.values().filter(|c| !c.enabled) {
             store.disable_client(&client.id, now).await?;
         }
@@ -311,9 +377,53 @@ impl Issuer {
 /// new key id.
 ///
 /// # Errors
-/// [`IssuerError`] when the database or the data directory fails.
+/// [`IssuerError`] when the database or the data directory fails; a configuration error
+/// when `[keys] signing_key` is set, whose keys the operator manages: name the next one
+/// with [`rotate_key_to`] (a software key is never made in their place).
 pub async fn rotate_key(
     config: &IssuerConfig,
+    now: UnixTime,
+    activate_in: Duration,
+) -> Result<String, IssuerError> {
+    if let Some(current) = &config.keys.signing_key {
+        return Err(ConfigError::new(format!(
+            "[keys] signing_key is set ({current}): give the next key's reference \
+             (dpop issuer rotate-key --key REF); the issuer does not make a software key in its place"
+        ))
+        .into());
+    }
+    rotate(
+        config,
+        NextKey::Generate(config.signing_alg),
+        now,
+        activate_in,
+    )
+    .await
+}
+
+/// [`rotate_key`] to a key the operator manages: `key` (a `file:` key or a device key) is
+/// opened and checked, its reference recorded in the data directory
+/// (`keys/<kid>.ref`), and it is published at once and signs from `now + activate_in`.
+/// A key that was ever published before is refused.
+///
+/// # Errors
+/// A configuration error when the key cannot be used as named (a file others can read,
+/// another algorithm than `signing_alg`, a backend not built in, a wrong PIN) or was
+/// published before; [`IssuerError::Keys`] when its device does not answer; as
+/// [`rotate_key`] otherwise.
+pub async fn rotate_key_to(
+    config: &IssuerConfig,
+    key: &config::KeyReference,
+    now: UnixTime,
+    activate_in: Duration,
+) -> Result<String, IssuerError> {
+    let opened = KeySource::new(config).open_blocking(key.clone()).await?;
+    rotate(config, NextKey::Reference(opened), now, activate_in).await
+}
+
+async fn rotate(
+    config: &IssuerConfig,
+    next: NextKey,
     now: UnixTime,
     activate_in: Duration,
 ) -> Result<String, IssuerError> {
@@ -326,14 +436,14 @@ pub async fn rotate_key(
     let kid = KeyRing::rotate(
         &store,
         &config.data_dir,
-        config.signing_alg,
+        next,
         now,
         activate_in,
         publish_for,
     )
-    .await?;
+    .await;
     store.close().await;
-    Ok(kid)
+    kid
 }
 
 /// Disables (`true`) or re-enables a client. Disabling revokes its refresh tokens and

@@ -52,9 +52,17 @@ impl IssuerState {
             .ok_or_else(|| OAuthError::server_error("the system clock is before 1970"))
     }
 
-    /// `/readyz`, on the public and the admin listener: the database answers. JSON in
-    /// the gateway's shape (`{"database_reachable":true,"ready":true}`).
+    /// `/readyz`, on the public and the admin listener: the database answers and a
+    /// signing key is held (not a signature: a device is not asked at every probe). JSON
+    /// in the gateway's shape (`{"database_reachable":true,"ready":true,"signing_key":true}`).
     pub(crate) async fn readiness(&self) -> dpop_server::Readiness {
-        dpop_server::Readiness::checks(&[("database_reachable", self.store.ping().await)])
+        let signing_key = self
+            .clock
+            .now()
+            .is_some_and(|now| self.keys.current().signing(now).is_some());
+        dpop_server::Readiness::checks(&[
+            ("database_reachable", self.store.ping().await),
+            ("signing_key", signing_key),
+        ])
     }
 }

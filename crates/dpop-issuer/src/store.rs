@@ -389,6 +389,31 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// What the database knows of key `kid` at `now`: `None` nothing, `Some(true)`
+    /// retired (its record says so, its publication is over, or only its retirement is
+    /// remembered), `Some(false)` recorded and not retired.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub async fn key_retired(&self, kid: &str, now: UnixTime) -> Result<Option<bool>, StoreError> {
+        let row = sqlx::query("SELECT retired_at, publish_until FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = row {
+            let now = secs(now);
+            let retired_at: Option<i64> = row.try_get("retired_at")?;
+            let publish_until: Option<i64> = row.try_get("publish_until")?;
+            let past = |t: Option<i64>| t.is_some_and(|t| t <= now);
+            return Ok(Some(past(retired_at) || past(publish_until)));
+        }
+        let gone = sqlx::query("SELECT 1 AS one FROM retired_keys WHERE kid = $1")
+            .bind(kid)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(gone.map(|_| true))
+    }
+
     /// Retires every key but `keep` at `retire_at`: from then on they sign nothing
     /// more, and they stay published until `publish_until`. Returns how many.
     ///
@@ -800,6 +825,11 @@ impl Store {
              (SELECT 1 FROM family_lineage l WHERE l.jti = revoked_access_tokens.jti)",
             "DELETE FROM refresh_families WHERE expires_at <= $1 AND NOT EXISTS \
              (SELECT 1 FROM family_lineage l WHERE l.parent_family_id = refresh_families.family_id)",
+            // The key id stays on record (`key_retired`) when its row goes.
+            "INSERT INTO retired_keys (kid, retired_at) \
+             SELECT kid, COALESCE(retired_at, publish_until) FROM signing_keys \
+             WHERE publish_until IS NOT NULL AND publish_until <= $1 \
+             ON CONFLICT (kid) DO NOTHING",
             "DELETE FROM signing_keys WHERE publish_until IS NOT NULL AND publish_until <= $1",
         ] {
             n += sqlx::query(sql)

@@ -1,5 +1,6 @@
 //! Minting RFC 9068 access tokens and refresh tokens; reading our own tokens back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
@@ -154,8 +155,9 @@ pub(crate) fn random_id() -> Result<String, OAuthError> {
         .map_err(|e| OAuthError::server_error(&e))
 }
 
-/// Signs an access token for `grant`; returns it with its `jti`.
-pub(crate) fn mint_access_token(
+/// Signs an access token for `grant`; returns it with its `jti`. A key that cannot sign
+/// fails the request with `temporarily_unavailable`; no other key signs in its place.
+pub(crate) async fn mint_access_token(
     state: &IssuerState,
     grant: &Grant<'_>,
     now: UnixTime,
@@ -188,14 +190,27 @@ pub(crate) fn mint_access_token(
             o.insert(LINEAGE_CLAIM.to_owned(), grant.lineage.to_claim());
         }
     }
-    let keys = state.keys.current();
-    let signer = keys
-        .signing(now)
-        .ok_or_else(|| OAuthError::server_error("no signing key"))?;
-    let token = signer
-        .sign(&claims)
-        .map_err(|e| OAuthError::server_error(&e.to_string()))?;
+    let signer = state.keys.current().signing(now).map(Arc::clone);
+    let Some(signer) = signer else {
+        // Every key held here retired with no successor (a configured key that a
+        // rotation retired: the key loader logged why).
+        tracing::error!(target: "dpop::issuer", "no signing key: no token can be issued");
+        return Err(key_unavailable());
+    };
+    let kid = signer.kid.clone();
+    let token = signer.sign(claims).await.map_err(|e| {
+        // The cause names the key and the device's error code, never a PIN.
+        tracing::error!(target: "dpop::issuer", kid, error = %e.0, "the signing key failed to sign");
+        key_unavailable()
+    })?;
     Ok((token, jti))
+}
+
+fn key_unavailable() -> OAuthError {
+    OAuthError::new(
+        crate::error::RfcError::TemporarilyUnavailable,
+        "the authorization server cannot sign tokens now; retry later",
+    )
 }
 
 /// A new refresh token value and the hash it is stored under.

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use dpop_core::UnixTime;
 use dpop_core::jwt::{JwkSet, JwtValidation, TypPolicy, VerifiedJwt, verify_jwt};
 use dpop_core::{
-    Algorithm, Clock, PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource,
+    Algorithm, Clock, PrivateKey, ProofBuilder, RandomSource as _, Signer, SystemRandomSource,
 };
 use dpop_issuer::{Issuer, IssuerConfig};
 pub(crate) use dpop_test::ClientFixture;
@@ -497,25 +497,23 @@ impl TestIssuer {
 
     /// An issuer with the standard clients and `setup`, on `db`.
     pub(crate) async fn start_with(db: &Db, setup: Setup) -> Self {
+        Self::start_signing_with(db, setup, None).await
+    }
+
+    /// [`TestIssuer::start_with`] with `[keys] signing_key` given as `signer`
+    /// (`Issuer::open_with_signer`) when it is `Some`.
+    pub(crate) async fn start_signing_with(
+        db: &Db,
+        setup: Setup,
+        signer: Option<Arc<dyn Signer>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let port = listener.local_addr().expect("local address").port();
         let url = format!("http://127.0.0.1:{port}{}", setup.path);
         let client_key = Arc::new(key());
-        let client_jwk = client_key.public_jwk().to_json_value().to_string();
-        let mut fixture = IssuerFixture::new(&url)
-            .data_dir(db.dir.join("data").display())
-            .database(db.url())
-            .top(setup.top)
-            .tokens(setup.tokens)
-            .nonce(setup.nonce)
-            .dpop(setup.dpop)
-            .extra(setup.extra);
-        for client in clients(&SECRET_HASH, &client_jwk) {
-            fixture = fixture.client(client);
-        }
-        let text = fixture.render();
+        let text = render_config(db, setup, &url, &client_key);
         Self::launch(
             text,
             db.dir.clone(),
@@ -524,6 +522,7 @@ impl TestIssuer {
             url.clone(),
             listener,
             url,
+            signer,
         )
         .await
     }
@@ -570,10 +569,12 @@ impl TestIssuer {
             self.url.clone(),
             listener,
             target,
+            None,
         )
         .await
     }
 
+    #[expect(clippy::too_many_arguments, reason = "one private constructor")]
     async fn launch(
         text: String,
         base: PathBuf,
@@ -582,12 +583,16 @@ impl TestIssuer {
         url: String,
         listener: tokio::net::TcpListener,
         target: String,
+        signer: Option<Arc<dyn Signer>>,
     ) -> Self {
         let port = listener.local_addr().expect("local address").port();
         let config = parse_config(&text, &base);
-        let issuer = Issuer::open_with_clock(config, Arc::clone(&clock) as Arc<dyn Clock>)
-            .await
-            .expect("open the issuer");
+        let clock_dyn = Arc::clone(&clock) as Arc<dyn Clock>;
+        let issuer = match signer {
+            Some(signer) => Issuer::open_with_signer(config, clock_dyn, signer).await,
+            None => Issuer::open_with_clock(config, clock_dyn).await,
+        }
+        .expect("open the issuer");
         let (shutdown, server) = serve(issuer.clone(), listener);
         Self {
             url,
@@ -1025,7 +1030,36 @@ impl Drop for TestIssuer {
     }
 }
 
-fn parse_config(text: &str, base: &Path) -> IssuerConfig {
+/// The configuration text of an issuer at `url` with the standard clients and `setup`,
+/// on `db`.
+pub(crate) fn render_config(db: &Db, setup: Setup, url: &str, client_key: &PrivateKey) -> String {
+    let client_jwk = client_key.public_jwk().to_json_value().to_string();
+    let mut fixture = IssuerFixture::new(url)
+        .data_dir(db.dir.join("data").display())
+        .database(db.url())
+        .top(setup.top)
+        .tokens(setup.tokens)
+        .nonce(setup.nonce)
+        .dpop(setup.dpop)
+        .extra(setup.extra);
+    for client in clients(&SECRET_HASH, &client_jwk) {
+        fixture = fixture.client(client);
+    }
+    fixture.render()
+}
+
+/// Opens an issuer with `setup` on `db` without serving it: for configurations the
+/// issuer must refuse at start.
+pub(crate) async fn try_open(db: &Db, setup: Setup) -> Result<Issuer, dpop_issuer::IssuerError> {
+    let text = render_config(db, setup, "http://127.0.0.1:9", &key());
+    Issuer::open_with_clock(
+        parse_config(&text, &db.dir),
+        TestClock::new() as Arc<dyn Clock>,
+    )
+    .await
+}
+
+pub(crate) fn parse_config(text: &str, base: &Path) -> IssuerConfig {
     IssuerConfig::from_toml(text, base, &BTreeMap::<String, String>::new())
         .unwrap_or_else(|e| panic!("test configuration refused: {e}\n{text}"))
 }

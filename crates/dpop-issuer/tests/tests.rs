@@ -17,6 +17,7 @@ mod exchange;
 mod introspect;
 mod refresh;
 mod revoke;
+mod signing_key;
 mod state;
 mod token;
 mod trust;

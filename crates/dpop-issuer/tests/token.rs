@@ -100,7 +100,10 @@ async fn health_endpoints(db: Db) {
     let r = it.get("/readyz").await;
     assert_eq!(
         (r.status, r.body.trim()),
-        (200, r#"{"database_reachable":true,"ready":true}"#)
+        (
+            200,
+            r#"{"database_reachable":true,"ready":true,"signing_key":true}"#
+        )
     );
 }
 

@@ -53,14 +53,28 @@ pub(crate) fn run(args: &IssuerArgs, out: &mut impl Write) -> Result<ExitCode, C
         Some(IssuerAction::RotateKey {
             config,
             activate_in,
+            key,
         }) => {
             let config = load(config)?;
+            let activate_in = std::time::Duration::from_secs(*activate_in);
+            // A relative `--key` path is the working directory's, as for any argument.
+            let next = key
+                .as_deref()
+                .map(|text| {
+                    dpop_issuer::config::KeyReference::parse(text, Path::new("."))
+                        .map_err(|e| CliError::usage(format!("--key: {e}")))
+                })
+                .transpose()?;
+            let at = now()?;
             let kid = runtime()?
-                .block_on(dpop_issuer::rotate_key(
-                    &config,
-                    now()?,
-                    std::time::Duration::from_secs(*activate_in),
-                ))
+                .block_on(async {
+                    match &next {
+                        Some(next) => {
+                            dpop_issuer::rotate_key_to(&config, next, at, activate_in).await
+                        }
+                        None => dpop_issuer::rotate_key(&config, at, activate_in).await,
+                    }
+                })
                 .map_err(failed)?;
             writeln!(out, "{kid}").map_err(|e| CliError::stdout(&e))?;
             Ok(ExitCode::SUCCESS)
