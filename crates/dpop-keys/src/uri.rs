@@ -172,6 +172,19 @@ impl<'a> Attributes<'a> {
             Ok(out)
         };
         let path = split(path, ';')?;
+        // RFC 7512 has no `;` in query values, and a second `?` would be read as the
+        // start of another attribute by anyone splitting on it: both must be
+        // percent-encoded, so that `module-path=/m.so?pin-value=…` is not a module path.
+        if let Some(c) = query.chars().find(|c| matches!(c, ';' | '?')) {
+            return Err(KeysError::syntax(
+                backend,
+                whole,
+                format!(
+                    "a query value holds {c:?}: write it as {} (attributes after the ? are separated by &)",
+                    if c == ';' { "%3B" } else { "%3F" }
+                ),
+            ));
+        }
         let query = split(query, '&')?;
         for (name, _) in &path {
             if query.iter().any(|(n, _)| n == name) {

@@ -229,3 +229,49 @@ fn errors_name_the_backend_and_exit_as_configuration_errors() {
     assert!(matches!(e, KeysError::Syntax { .. }));
     assert!(e.to_string().starts_with("tpm2:handle=1: "), "{e}");
 }
+
+/// However the PIN is written (first in the path, in capitals, with a percent-encoded
+/// name, with a `;` or `?` inside it, after a second `?`), neither the parsed key nor
+/// the error about it shows it; and a query value with a raw `;` or `?` is refused
+/// rather than swallowing the next attribute (`module-path=/m.so?pin-value=…` would
+/// otherwise be a module path, shown in full when the module is not found).
+#[test]
+fn no_spelling_of_a_pin_in_the_uri_shows_it() {
+    let m = "module-path=/m.so";
+    for text in [
+        format!("pkcs11:pin-value=SECRET?{m}"),
+        format!("pkcs11:object=k?{m}&PIN-VALUE=SECRET"),
+        format!("pkcs11:object=k?{m}&Pin-Value=SECRET"),
+        format!("pkcs11:object=k?{m}&pin%2Dvalue=SECRET"),
+        format!("pkcs11:object=k?{m}&pin-valueSECRET"),
+        format!("pkcs11:object=k?{m}&pin-value=SEC;RET"),
+        format!("pkcs11:object=k?{m}&pin-value=SEC?RET"),
+        format!("pkcs11:object=k?{m}?pin-value=SECRET"),
+        format!("pkcs11:object=k?{m};pin-value=SECRET"),
+        "tpm2:auth-value=SECRET?tcti=x".to_owned(),
+        "tpm2:handle=0x81000001?tcti=x&AUTH-VALUE=SECRET".to_owned(),
+        "tpm2:handle=0x81000001?tcti=x&auth-value=SEC;RET".to_owned(),
+    ] {
+        let shown = match KeyRef::parse(&text) {
+            Ok(key) => format!("{key} {key:?}"),
+            Err(e) => format!("{e} {e:?}"),
+        };
+        assert!(
+            !shown.contains("SEC") && !shown.contains("RET"),
+            "{text}: {shown}"
+        );
+    }
+    for (text, why) in [
+        (format!("pkcs11:object=k?{m}?pin-value=1"), "%3F"),
+        (format!("pkcs11:object=k?{m};pin-value=1"), "%3B"),
+        (format!("pkcs11:object=k?{m}&pin-value=1?2"), "%3F"),
+    ] {
+        let e = refused(&text);
+        assert!(e.contains(why), "{text}: {e}");
+    }
+    // Percent-encoded, both are fine in a value.
+    let DeviceKey::Pkcs11(u) = device(&format!("pkcs11:object=k?{m}&pin-value=1%3F2%3B3")) else {
+        panic!()
+    };
+    assert_eq!(u.pin.unwrap().read(true).unwrap().as_str(), "1?2;3");
+}
