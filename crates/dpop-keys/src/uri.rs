@@ -89,13 +89,20 @@ fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String>
     use std::io::Read as _;
     const MAX: u64 = 4096;
     let shown = path.display();
+    let not_regular = || format!("the PIN file {shown} is not a regular file");
+    // Looked at before it is opened: opening a FIFO waits for a writer, for ever.
+    let before =
+        std::fs::metadata(path).map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
+    if !before.is_file() {
+        return Err(not_regular());
+    }
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("the PIN file {shown} is not a regular file"));
+        return Err(not_regular());
     }
     #[cfg(unix)]
     {
@@ -272,6 +279,8 @@ impl<'a> Attributes<'a> {
             .map(|v| {
                 v.strip_prefix("0x")
                     .or_else(|| v.strip_prefix("0X"))
+                    // from_str_radix also takes a sign: `0x+81000001` is no handle.
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|h| u32::from_str_radix(h, 16).ok())
                     .ok_or_else(|| {
                         KeysError::syntax(
@@ -364,8 +373,12 @@ impl Pkcs11Uri {
         let slot_id = a
             .text("slot-id")?
             .map(|s| {
-                s.parse::<u64>()
-                    .map_err(|_| KeysError::syntax(b, whole, "slot-id must be a decimal number"))
+                // `parse` also takes a sign: `+1` is no slot number.
+                s.bytes()
+                    .all(|c| c.is_ascii_digit())
+                    .then(|| s.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| KeysError::syntax(b, whole, "slot-id must be a decimal number"))
             })
             .transpose()?;
         let module_path = a.nonempty("module-path")?.map(PathBuf::from).ok_or_else(|| {

@@ -275,3 +275,63 @@ fn no_spelling_of_a_pin_in_the_uri_shows_it() {
     };
     assert_eq!(u.pin.unwrap().read(true).unwrap().as_str(), "1?2;3");
 }
+
+/// A scheme is a scheme in any case (RFC 3986 §3.1): `PKCS11:…` is not a file name,
+/// which the CLI would echo whole, PIN and all, in "cannot read PKCS11:…".
+#[test]
+fn schemes_are_recognised_in_any_case() {
+    let text = "PKCS11:object=k?module-path=/m.so&pin-value=SECRET";
+    let key = device(text);
+    assert_eq!(key.backend(), Backend::Pkcs11);
+    assert!(!key.to_string().contains("SECRET"), "{key}");
+    assert_eq!(device("Tpm2:handle=0x81000001").backend(), Backend::Tpm2);
+    assert_eq!(
+        KeyRef::parse("FILE:/k.pem").unwrap(),
+        KeyRef::File(PathBuf::from("/k.pem"))
+    );
+    assert_eq!(
+        KeyRef::parse("./PKCS11:x").unwrap(),
+        KeyRef::File(PathBuf::from("./PKCS11:x"))
+    );
+}
+
+/// Numbers are digits only: Rust's integer parsers also take a leading `+`.
+#[test]
+fn handles_and_slot_ids_take_no_sign() {
+    let e = refused("tpm2:handle=0x+81000001");
+    assert!(e.contains("hexadecimal handle"), "{e}");
+    let e = refused("tpm2:file=k;parent=0x+81000001");
+    assert!(e.contains("hexadecimal handle"), "{e}");
+    let e = refused("pkcs11:object=k;slot-id=+1?module-path=/m.so");
+    assert!(e.contains("decimal number"), "{e}");
+    let DeviceKey::Pkcs11(u) = device("pkcs11:object=k;slot-id=01?module-path=/m.so") else {
+        panic!()
+    };
+    assert_eq!(u.slot_id, Some(1));
+}
+
+/// A PIN file that is a FIFO is refused at once: opening it would wait for a writer
+/// for ever, and the process would hang at start with nothing said.
+#[cfg(unix)]
+#[test]
+fn a_pin_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = std::env::temp_dir().join(format!("dpop-keys-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pin");
+    let made = std::process::Command::new("mkfifo")
+        .arg("-m")
+        .arg("600")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let source = PinSource::File(fifo);
+    std::thread::spawn(move || {
+        let _ = tx.send(source.read(false).map(|_| ()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = got.expect("reading a FIFO PIN file hangs").unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+}
