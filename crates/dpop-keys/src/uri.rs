@@ -114,7 +114,9 @@ fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String>
             ));
         }
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Allocated at its full size up front: a buffer that grew while reading would leave
+    // its earlier, smaller copies of the PIN in freed memory, never wiped.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX as usize + 1));
     file.take(MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
