@@ -38,12 +38,20 @@ fn is_secret(name: &str) -> bool {
     (normal.starts_with("pin") || normal.starts_with("auth")) && !SOURCES.contains(&&*normal)
 }
 
-/// `text` with the value of every secret attribute replaced by `***`.
+/// `text` (a whole reference) with the value of every secret attribute replaced by
+/// `***`.
 pub(crate) fn redact(text: &str) -> String {
     // The scheme (`pkcs11:`) is not part of the first attribute's name.
-    let (scheme, mut rest) = text.split_at(text.find(':').map_or(0, |i| i + 1));
-    let mut out = String::with_capacity(text.len());
-    out.push_str(scheme);
+    let (scheme, rest) = text.split_at(text.find(':').map_or(0, |i| i + 1));
+    let mut out = String::from(scheme);
+    out.push_str(&redact_attributes(rest));
+    out
+}
+
+/// `attributes` (what follows the scheme, or a single attribute) as [`redact`] shows it.
+pub(crate) fn redact_attributes(attributes: &str) -> String {
+    let mut rest = attributes;
+    let mut out = String::with_capacity(rest.len());
     let mut in_query = false;
     while !rest.is_empty() {
         let end = rest.find([';', '?', '&']).unwrap_or(rest.len());
@@ -121,6 +129,7 @@ mod tests {
                 "pkcs11:o=k;;pin-value=***;id=%01",
             ),
             ("pkcs11:o=k?m=/m&pin-valueS1", "pkcs11:o=k?m=/m&***"),
+            ("pkcs11:o=k?m=/m&pin-value:S1", "pkcs11:o=k?m=/m&***"),
             // Where a secret comes from is not itself secret.
             (
                 "pkcs11:o=k?pin-source=file:/p",

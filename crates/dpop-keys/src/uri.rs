@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::error::{Backend, KeysError};
-use crate::redact::redact;
+use crate::redact::{redact, redact_attributes};
 
 /// Where a PIN (or a TPM authorisation value) comes from.
 #[derive(Clone, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl<'a> Attributes<'a> {
                     return Err(KeysError::syntax(
                         backend,
                         whole,
-                        format!("{:?} is not name=value", redact(attr)),
+                        format!("{:?} is not name=value", redact_attributes(attr)),
                     ));
                 };
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')

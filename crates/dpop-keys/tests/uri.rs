@@ -244,6 +244,7 @@ fn no_spelling_of_a_pin_in_the_uri_shows_it() {
         format!("pkcs11:object=k?{m}&Pin-Value=SECRET"),
         format!("pkcs11:object=k?{m}&pin%2Dvalue=SECRET"),
         format!("pkcs11:object=k?{m}&pin-valueSECRET"),
+        format!("pkcs11:object=k?{m}&pin-value:SECRET"),
         format!("pkcs11:object=k?{m}&pin-value=SEC;RET"),
         format!("pkcs11:object=k?{m}&pin-value=SEC?RET"),
         format!("pkcs11:object=k?{m}?pin-value=SECRET"),
