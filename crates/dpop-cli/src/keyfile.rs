@@ -92,6 +92,16 @@ pub(crate) fn key_ref(arg: &Path) -> Result<KeyRef, CliError> {
     KeyRef::parse(text).map_err(|e| CliError::usage(e.to_string()))
 }
 
+/// A key argument as messages show it: a device URI with its PIN hidden (as dpop-keys
+/// shows it), anything else as given.
+pub(crate) fn shown(arg: &Path) -> String {
+    match arg.to_str().map(KeyRef::parse) {
+        Some(Ok(key @ KeyRef::Device(_))) => key.to_string(),
+        Some(Err(KeysError::Syntax { uri, .. })) => uri,
+        _ => arg.display().to_string(),
+    }
+}
+
 /// The CLI's error for a device key that cannot be opened or generated: the user must
 /// change something (exit 2), or the device failed (exit 1).
 pub(crate) fn device_error(e: &KeysError) -> CliError {
@@ -125,7 +135,7 @@ pub(crate) fn open_signer(arg: &Path, alg: Option<Algorithm>) -> Result<Arc<dyn 
         KeyRef::File(path) => load_signing_key(&path, alg).map(|k| Arc::new(k) as Arc<dyn Signer>),
         _ => Err(CliError::usage(format!(
             "{}: an unsupported key reference",
-            arg.display()
+            shown(arg)
         ))),
     }
 }
@@ -317,7 +327,7 @@ pub(crate) fn load(arg: &Path, rsa_alg: Option<Algorithm>) -> Result<KeyFile, Cl
         KeyRef::Device(device) => open_device(&device, None).map(KeyFile::Device),
         _ => Err(CliError::usage(format!(
             "{}: an unsupported key reference",
-            arg.display()
+            shown(arg)
         ))),
     }
 }

@@ -221,3 +221,66 @@ async fn a_key_made_inside_a_pkcs11_token_signs_proofs_and_never_leaves_it() {
     assert_eq!(run.code, 2, "{run:#?}");
     assert!(run.stderr.contains("absent"), "{run:#?}");
 }
+
+/// Messages about a device key given by the user (here: an algorithm it cannot sign)
+/// show the URI as dpop-keys shows it, without the PIN, not the argument as typed.
+#[tokio::test]
+async fn messages_about_a_device_key_never_show_its_pin() {
+    let Some(module) = softhsm() else { return };
+    let token = SoftHsmToken::create(&module, "cli-pin-shown").unwrap();
+    let env_owned = token.env();
+    let env: Vec<(&str, &str)> = env_owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let uri = token.uri("shown", "0c");
+    let run = dpop(&["keygen", "--key", &uri], &env).await;
+    assert_eq!(run.code, 0, "{run:#?}");
+    let with_pin = format!(
+        "pkcs11:token={};object=shown?module-path={}&pin-value={SOFTHSM_USER_PIN}",
+        token.label(),
+        module.display()
+    );
+    for args in [
+        vec![
+            "jwk",
+            "--dangerous-allow-pin-value",
+            "--alg",
+            "ES384",
+            "--",
+            &with_pin,
+        ],
+        vec![
+            "jwk",
+            "--dangerous-allow-pin-value",
+            "--set",
+            "--",
+            &with_pin,
+            &with_pin,
+        ],
+    ] {
+        let run = dpop(&args, &env).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:#?}");
+        assert!(!run.stderr.contains(SOFTHSM_USER_PIN), "{args:?}: {run:#?}");
+    }
+    let run = dpop(
+        &[
+            "jwk",
+            "--dangerous-allow-pin-value",
+            "--alg",
+            "ES384",
+            "--",
+            &with_pin,
+        ],
+        &env,
+    )
+    .await;
+    assert!(run.stderr.contains("pin-value=***"), "{run:#?}");
+    // A scheme in capitals is still a device URI, not a file "PKCS11:…" that cannot
+    // be read (a message that would show the whole argument).
+    let upper = with_pin.replacen("pkcs11:", "PKCS11:", 1);
+    let run = dpop(&["thumbprint", &upper], &env).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(!run.stderr.contains(SOFTHSM_USER_PIN), "{run:#?}");
+    assert!(run.stderr.contains("dangerous"), "{run:#?}");
+}

@@ -76,15 +76,15 @@ pub enum DeviceKey {
 }
 
 impl KeyRef {
-    /// Parses a key reference. Text starting with `pkcs11:`, `tpm2:` or `awskms:` names
-    /// a device key; `file:` and anything else name a file (write `./pkcs11:x` or
-    /// `file:pkcs11:x` for a file whose name starts like a scheme).
+    /// Parses a key reference. Text starting with `pkcs11:`, `tpm2:` or `awskms:` (in
+    /// any case) names a device key; `file:` and anything else name a file (write
+    /// `./pkcs11:x` or `file:pkcs11:x` for a file whose name starts like a scheme).
     ///
     /// # Errors
     /// [`KeysError::Syntax`] for a malformed device URI: unknown or repeated attributes,
     /// bad percent-encoding, a missing required attribute.
     pub fn parse(text: &str) -> Result<Self, KeysError> {
-        if let Some(rest) = text.strip_prefix("file:") {
+        if let Some(rest) = strip_scheme(text, "file:") {
             if rest.is_empty() {
                 return Err(KeysError::syntax(
                     Backend::File,
@@ -110,16 +110,26 @@ impl KeyRef {
     }
 }
 
+/// `text` after `scheme`, which is matched in any case (RFC 3986 §3.1): `PKCS11:…` is
+/// a device URI too, not a file name that would be echoed, PIN and all, in a "cannot
+/// read" message.
+fn strip_scheme<'a>(text: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = text.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| text.get(scheme.len()..))
+        .flatten()
+}
+
 impl DeviceKey {
     /// Parses `text` when it starts with a device scheme; `None` when it does not.
     fn parse(text: &str) -> Option<Result<Self, KeysError>> {
-        if let Some(rest) = text.strip_prefix("pkcs11:") {
+        if let Some(rest) = strip_scheme(text, "pkcs11:") {
             return Some(Pkcs11Uri::parse(text, rest).map(Self::Pkcs11));
         }
-        if let Some(rest) = text.strip_prefix("tpm2:") {
+        if let Some(rest) = strip_scheme(text, "tpm2:") {
             return Some(Tpm2Uri::parse(text, rest).map(Self::Tpm2));
         }
-        if let Some(rest) = text.strip_prefix("awskms:") {
+        if let Some(rest) = strip_scheme(text, "awskms:") {
             return Some(AwsKmsUri::parse(text, rest).map(Self::AwsKms));
         }
         None

@@ -680,6 +680,8 @@ fn describe(
                 AttributeType::Id,
                 AttributeType::Label,
                 AttributeType::Sign,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
             ],
         )
         .map_err(|e| device("cannot read the key's attributes", &e))?;
@@ -696,6 +698,21 @@ fn describe(
         return Err(KeysError::config(
             key,
             "the key may not sign (CKA_SIGN is false)",
+            None,
+        ));
+    }
+    // A key the token would hand out (CKA_VALUE readable, or wrappable out) can be
+    // copied by anyone who has the PIN: it is not the key the URI promises.
+    let sensitive = attrs
+        .iter()
+        .any(|a| matches!(a, Attribute::Sensitive(true)));
+    let extractable = attrs
+        .iter()
+        .any(|a| matches!(a, Attribute::Extractable(true)));
+    if !sensitive || extractable {
+        return Err(KeysError::config(
+            key,
+            "the private key can be read out of the token (CKA_SENSITIVE false or CKA_EXTRACTABLE true): make a new key inside it (dpop keygen --key, or pkcs11-tool --keypairgen --sensitive)",
             None,
         ));
     }

@@ -65,7 +65,8 @@ impl<T> Pool<T> {
         &self,
         open: impl FnOnce() -> Result<T, E>,
     ) -> Result<PoolGuard<'_, T>, Option<E>> {
-        let deadline = Instant::now() + self.wait;
+        // A wait too long to add to the clock (`Duration::MAX`) has no deadline.
+        let deadline = Instant::now().checked_add(self.wait);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(value) = state.idle.pop() {
@@ -82,15 +83,22 @@ impl<T> Pool<T> {
                     }
                 };
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(None);
-            }
-            state = self
-                .freed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(None);
+                    }
+                    self.freed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .freed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
     }
 
@@ -177,6 +185,16 @@ mod tests {
         let d = pool.get(open).unwrap();
         assert_eq!(*d, 2, "a discarded session is replaced by a new one");
         assert_eq!(opened.load(Ordering::SeqCst), 3);
+    }
+
+    /// `OpenOptions::wait` is public: a wait of `Duration::MAX` means no deadline, not
+    /// a panic adding it to the clock at every signature.
+    #[test]
+    fn an_endless_wait_does_not_overflow_the_clock() {
+        let pool = Pool::new(1, Duration::MAX);
+        let held = pool.get(|| Ok::<u8, ()>(1)).unwrap();
+        drop(held);
+        assert_eq!(*pool.get(|| Ok::<u8, ()>(2)).unwrap(), 1);
     }
 
     #[test]

@@ -570,6 +570,14 @@ impl Target {
     fn load_file(&self, context: &mut Context, path: &Path) -> Result<KeyHandle, KeysError> {
         const MAX: u64 = 16 * 1024;
         let shown = path.display();
+        // Looked at before it is opened: opening a FIFO waits for a writer, for ever.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(KeysError::config(
+                &self.key,
+                format!("the key file {shown} is not a regular file"),
+                None,
+            ));
+        }
         let bytes = std::fs::File::open(path)
             .and_then(|f| {
                 use std::io::Read as _;

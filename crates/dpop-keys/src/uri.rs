@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::error::{Backend, KeysError};
-use crate::redact::redact;
+use crate::redact::{redact, redact_attributes};
 
 /// Where a PIN (or a TPM authorisation value) comes from.
 #[derive(Clone, PartialEq, Eq)]
@@ -89,13 +89,20 @@ fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String>
     use std::io::Read as _;
     const MAX: u64 = 4096;
     let shown = path.display();
+    let not_regular = || format!("the PIN file {shown} is not a regular file");
+    // Looked at before it is opened: opening a FIFO waits for a writer, for ever.
+    let before =
+        std::fs::metadata(path).map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
+    if !before.is_file() {
+        return Err(not_regular());
+    }
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("the PIN file {shown} is not a regular file"));
+        return Err(not_regular());
     }
     #[cfg(unix)]
     {
@@ -107,7 +114,9 @@ fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String>
             ));
         }
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Allocated at its full size up front: a buffer that grew while reading would leave
+    // its earlier, smaller copies of the PIN in freed memory, never wiped.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX as usize + 1));
     file.take(MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
@@ -142,7 +151,7 @@ impl<'a> Attributes<'a> {
                     return Err(KeysError::syntax(
                         backend,
                         whole,
-                        format!("{:?} is not name=value", redact(attr)),
+                        format!("{:?} is not name=value", redact_attributes(attr)),
                     ));
                 };
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -172,6 +181,19 @@ impl<'a> Attributes<'a> {
             Ok(out)
         };
         let path = split(path, ';')?;
+        // RFC 7512 has no `;` in query values, and a second `?` would be read as the
+        // start of another attribute by anyone splitting on it: both must be
+        // percent-encoded, so that `module-path=/m.so?pin-value=…` is not a module path.
+        if let Some(c) = query.chars().find(|c| matches!(c, ';' | '?')) {
+            return Err(KeysError::syntax(
+                backend,
+                whole,
+                format!(
+                    "a query value holds {c:?}: write it as {} (attributes after the ? are separated by &)",
+                    if c == ';' { "%3B" } else { "%3F" }
+                ),
+            ));
+        }
         let query = split(query, '&')?;
         for (name, _) in &path {
             if query.iter().any(|(n, _)| n == name) {
@@ -259,6 +281,8 @@ impl<'a> Attributes<'a> {
             .map(|v| {
                 v.strip_prefix("0x")
                     .or_else(|| v.strip_prefix("0X"))
+                    // from_str_radix also takes a sign: `0x+81000001` is no handle.
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|h| u32::from_str_radix(h, 16).ok())
                     .ok_or_else(|| {
                         KeysError::syntax(
@@ -351,8 +375,12 @@ impl Pkcs11Uri {
         let slot_id = a
             .text("slot-id")?
             .map(|s| {
-                s.parse::<u64>()
-                    .map_err(|_| KeysError::syntax(b, whole, "slot-id must be a decimal number"))
+                // `parse` also takes a sign: `+1` is no slot number.
+                s.bytes()
+                    .all(|c| c.is_ascii_digit())
+                    .then(|| s.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| KeysError::syntax(b, whole, "slot-id must be a decimal number"))
             })
             .transpose()?;
         let module_path = a.nonempty("module-path")?.map(PathBuf::from).ok_or_else(|| {

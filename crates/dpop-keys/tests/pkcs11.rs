@@ -696,3 +696,48 @@ fn a_missing_module_or_a_library_that_is_not_pkcs11_is_refused() {
     }
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A private key the token would hand out (not sensitive, extractable: what
+/// `pkcs11-tool --keypairgen` makes without `--sensitive`) is refused: anyone with the
+/// PIN can copy it, which is what a key in a device is meant to prevent.
+#[test]
+fn a_key_that_can_be_read_out_of_the_token_is_refused() {
+    with_softhsm(
+        "a_key_that_can_be_read_out_of_the_token_is_refused",
+        &["gamma"],
+        |f| {
+            let session = f.raw_session("gamma");
+            let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+            let (_, private) = session
+                .generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Verify(true),
+                        Attribute::EcParams(params),
+                        Attribute::Id(vec![0x0e]),
+                    ],
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(false),
+                        Attribute::Extractable(true),
+                        Attribute::Sign(true),
+                        Attribute::Id(vec![0x0e]),
+                    ],
+                )
+                .unwrap();
+            // The token gives the private scalar to anyone logged in.
+            let value = session
+                .get_attributes(private, &[AttributeType::Value])
+                .unwrap();
+            assert!(
+                matches!(value.as_slice(), [Attribute::Value(v)] if v.len() == 32),
+                "{value:?}"
+            );
+            let e = open_error(&f.uri("gamma", "id=%0e"), &options());
+            assert!(e.is_config(), "{e}");
+            assert!(e.to_string().contains("can be read out"), "{e}");
+        },
+    );
+}

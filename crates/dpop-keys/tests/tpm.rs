@@ -502,3 +502,29 @@ fn callers_wait_a_bounded_time_for_a_busy_tpm() {
     );
     signer.sign(b"third").unwrap();
 }
+
+/// A key file that is a FIFO (or a directory) is refused at once, not waited on.
+#[test]
+fn a_key_file_that_is_not_a_regular_file_is_refused_without_waiting() {
+    let Some(tpm) = SwTpm::start() else { return };
+    let dir = temp_dir("tpm-fifo");
+    let fifo = dir.join("key");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let key = tpm_key(&tpm, &format!("file={}", fifo.display()), "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(dpop_keys::open(&key, &options()).map(|_| ()));
+    });
+    let e = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("opening a FIFO key file hangs")
+        .unwrap_err();
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+}

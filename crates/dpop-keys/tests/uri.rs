@@ -229,3 +229,110 @@ fn errors_name_the_backend_and_exit_as_configuration_errors() {
     assert!(matches!(e, KeysError::Syntax { .. }));
     assert!(e.to_string().starts_with("tpm2:handle=1: "), "{e}");
 }
+
+/// However the PIN is written (first in the path, in capitals, with a percent-encoded
+/// name, with a `;` or `?` inside it, after a second `?`), neither the parsed key nor
+/// the error about it shows it; and a query value with a raw `;` or `?` is refused
+/// rather than swallowing the next attribute (`module-path=/m.so?pin-value=…` would
+/// otherwise be a module path, shown in full when the module is not found).
+#[test]
+fn no_spelling_of_a_pin_in_the_uri_shows_it() {
+    let m = "module-path=/m.so";
+    for text in [
+        format!("pkcs11:pin-value=SECRET?{m}"),
+        format!("pkcs11:object=k?{m}&PIN-VALUE=SECRET"),
+        format!("pkcs11:object=k?{m}&Pin-Value=SECRET"),
+        format!("pkcs11:object=k?{m}&pin%2Dvalue=SECRET"),
+        format!("pkcs11:object=k?{m}&pin-valueSECRET"),
+        format!("pkcs11:object=k?{m}&pin-value:SECRET"),
+        format!("pkcs11:object=k?{m}&pin-value=SEC;RET"),
+        format!("pkcs11:object=k?{m}&pin-value=SEC?RET"),
+        format!("pkcs11:object=k?{m}?pin-value=SECRET"),
+        format!("pkcs11:object=k?{m};pin-value=SECRET"),
+        "tpm2:auth-value=SECRET?tcti=x".to_owned(),
+        "tpm2:handle=0x81000001?tcti=x&AUTH-VALUE=SECRET".to_owned(),
+        "tpm2:handle=0x81000001?tcti=x&auth-value=SEC;RET".to_owned(),
+    ] {
+        let shown = match KeyRef::parse(&text) {
+            Ok(key) => format!("{key} {key:?}"),
+            Err(e) => format!("{e} {e:?}"),
+        };
+        assert!(
+            !shown.contains("SEC") && !shown.contains("RET"),
+            "{text}: {shown}"
+        );
+    }
+    for (text, why) in [
+        (format!("pkcs11:object=k?{m}?pin-value=1"), "%3F"),
+        (format!("pkcs11:object=k?{m};pin-value=1"), "%3B"),
+        (format!("pkcs11:object=k?{m}&pin-value=1?2"), "%3F"),
+    ] {
+        let e = refused(&text);
+        assert!(e.contains(why), "{text}: {e}");
+    }
+    // Percent-encoded, both are fine in a value.
+    let DeviceKey::Pkcs11(u) = device(&format!("pkcs11:object=k?{m}&pin-value=1%3F2%3B3")) else {
+        panic!()
+    };
+    assert_eq!(u.pin.unwrap().read(true).unwrap().as_str(), "1?2;3");
+}
+
+/// A scheme is a scheme in any case (RFC 3986 §3.1): `PKCS11:…` is not a file name,
+/// which the CLI would echo whole, PIN and all, in "cannot read PKCS11:…".
+#[test]
+fn schemes_are_recognised_in_any_case() {
+    let text = "PKCS11:object=k?module-path=/m.so&pin-value=SECRET";
+    let key = device(text);
+    assert_eq!(key.backend(), Backend::Pkcs11);
+    assert!(!key.to_string().contains("SECRET"), "{key}");
+    assert_eq!(device("Tpm2:handle=0x81000001").backend(), Backend::Tpm2);
+    assert_eq!(
+        KeyRef::parse("FILE:/k.pem").unwrap(),
+        KeyRef::File(PathBuf::from("/k.pem"))
+    );
+    assert_eq!(
+        KeyRef::parse("./PKCS11:x").unwrap(),
+        KeyRef::File(PathBuf::from("./PKCS11:x"))
+    );
+}
+
+/// Numbers are digits only: Rust's integer parsers also take a leading `+`.
+#[test]
+fn handles_and_slot_ids_take_no_sign() {
+    let e = refused("tpm2:handle=0x+81000001");
+    assert!(e.contains("hexadecimal handle"), "{e}");
+    let e = refused("tpm2:file=k;parent=0x+81000001");
+    assert!(e.contains("hexadecimal handle"), "{e}");
+    let e = refused("pkcs11:object=k;slot-id=+1?module-path=/m.so");
+    assert!(e.contains("decimal number"), "{e}");
+    let DeviceKey::Pkcs11(u) = device("pkcs11:object=k;slot-id=01?module-path=/m.so") else {
+        panic!()
+    };
+    assert_eq!(u.slot_id, Some(1));
+}
+
+/// A PIN file that is a FIFO is refused at once: opening it would wait for a writer
+/// for ever, and the process would hang at start with nothing said.
+#[cfg(unix)]
+#[test]
+fn a_pin_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = std::env::temp_dir().join(format!("dpop-keys-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pin");
+    let made = std::process::Command::new("mkfifo")
+        .arg("-m")
+        .arg("600")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let source = PinSource::File(fifo);
+    std::thread::spawn(move || {
+        let _ = tx.send(source.read(false).map(|_| ()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let e = got.expect("reading a FIFO PIN file hangs").unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+}

@@ -83,7 +83,8 @@ fn in_device(reference: &str, alg: Algorithm, out: &mut dyn Write) -> Result<Exi
         dpop_keys::KeyRef::Device(device) => device,
         _ => {
             return Err(CliError::usage(format!(
-                "--key {reference}: not a key in a device (pkcs11:…, tpm2:…, awskms:…); write key files with --out"
+                "--key {}: not a key in a device (pkcs11:…, tpm2:…, awskms:…); write key files with --out",
+                keyfile::shown(std::path::Path::new(reference))
             )));
         }
     };

@@ -76,7 +76,7 @@ fn describe(
             (Some(a), Some(own)) if !same_algorithm(a, own) => {
                 return Err(CliError::usage(format!(
                     "--alg {a} does not fit the private key in {}; it signs with {own}",
-                    file.display(),
+                    keyfile::shown(file),
                 )));
             }
             (Some(a), _) if public.fits(a) => a,
@@ -89,7 +89,7 @@ fn describe(
                 return Err(CliError::usage(format!(
                     "--alg {a} does not fit the {} key in {}; it signs with {}",
                     public.kty(),
-                    file.display(),
+                    keyfile::shown(file),
                     usable.join(", ")
                 )));
             }
@@ -97,7 +97,7 @@ fn describe(
             (None, None) => own_algorithm(public).ok_or_else(|| {
                 CliError::usage(format!(
                     "{}: a public RSA JWK does not say which algorithm it is for; pass --alg",
-                    file.display()
+                    keyfile::shown(file)
                 ))
             })?,
         };
