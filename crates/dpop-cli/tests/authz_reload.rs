@@ -2,12 +2,15 @@
 //! forward-auth (as nginx, Traefik and Caddy ask): SIGHUP applies a new configuration
 //! (a route's policy, the identity header names) to the checks that start afterwards, and
 //! a bad configuration (syntax, a gateway-only setting, a setting that takes a restart) is
-//! refused with its cause logged while the last good one keeps answering.
+//! refused with its cause logged while the last good one keeps answering; a check in
+//! flight during a reload finishes on the configuration it started with.
 
 use std::process::Command;
 use std::time::Duration;
 
-use dpop_test::{HttpResponse, MockIssuer, free_port};
+use dpop_core::{Algorithm, PrivateKey};
+use dpop_test::{HttpResponse, MockIssuer, TokenSpec, free_port};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{
     AUD, DPOP, TempDir, config_generation, hangup, logged, metric, send, spawn_server,
@@ -158,4 +161,98 @@ async fn sighup_reloads_the_authorizer_and_refuses_bad_configurations() {
         "{}",
         authz.output()
     );
+}
+
+/// A TCP relay to `target` that holds every connection for `delay` before relaying it: a
+/// slow introspection endpoint in front of the issuer's. Runs until the test ends.
+async fn slow_relay(target: std::net::SocketAddr, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A check that started before a reload finishes with the configuration it started with
+/// (the identity header name as it was), while checks after the reload get the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_flight_finishes_on_the_configuration_it_started_with() {
+    let issuer = MockIssuer::start().await.unwrap();
+    // Introspection through a relay that takes 2 s: the first check of a token is slow.
+    let relay = slow_relay(issuer.addr(), Duration::from_secs(2)).await;
+    let introspection = format!(
+        "\n[introspection]\nendpoint = \"http://127.0.0.1:{relay}/introspect\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+        issuer.introspection_client_id(),
+        issuer.introspection_client_secret()
+    );
+    let (port, admin_port) = (free_port(), free_port());
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let dir = TempDir::new("authz-reload-in-flight");
+    let file = dir.file("authz.toml");
+    let good = |extra: &str| {
+        config(
+            port,
+            admin_port,
+            issuer.url(),
+            "required",
+            &format!("{extra}{introspection}"),
+        )
+    };
+    std::fs::write(&file, good("")).unwrap();
+    let mut cmd = Command::new(DPOP);
+    cmd.args(["authz", "--config"])
+        .arg(&file)
+        .env_remove("DPOP_NONCE_SECRET")
+        .env_remove("RUST_LOG");
+    let authz = spawn_server(cmd, port, Duration::from_secs(30), "dpop authz").await;
+
+    let key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let token = "opaque-in-flight-0123456789".to_owned();
+    issuer.register_opaque(
+        &token,
+        &TokenSpec {
+            scope: Some("read".into()),
+            ..TokenSpec::bound(AUD, key.thumbprint().as_str())
+        },
+    );
+    let caller = Caller { key, token };
+    let proof = caller.proof("GET", &format!("{PUBLIC}/api/slow"), None);
+    let authorization = caller.authorization();
+    let started = std::time::Instant::now();
+    let in_flight = tokio::spawn(async move {
+        check(
+            port,
+            "/api/slow",
+            &[("authorization", &authorization), ("dpop", &proof)],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    std::fs::write(&file, good("\n[forward]\nsubject_header = \"x-user\"\n")).unwrap();
+    hangup(authz.id());
+    logged(&authz, "configuration reloaded", 1).await;
+    assert_eq!(config_generation(&admin).await, 2);
+
+    let r = in_flight.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the check was not slow: it did not span the reload"
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", authz.output());
+    assert_eq!(r.header("x-dpop-subject"), Some("user-1"), "{r:?}");
+    assert_eq!(r.header("x-user"), None, "{r:?}");
+    // A check after the reload gets the new name.
+    let r = check_dpop(port, &caller, "/api/after").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-user"), Some("user-1"), "{r:?}");
+    assert_eq!(r.header("x-dpop-subject"), None, "{r:?}");
 }
