@@ -7,6 +7,8 @@
 //!   `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`.
 //! - `check.rs`: the one decision both call, on the same `dpop-tower` layer as the
 //!   gateway's (`enforce.rs`).
+//! - `reload.rs`: what a configuration checks with, rebuilt on SIGHUP through the
+//!   gateway's reload loop (`crate::reload`).
 
 mod check;
 mod grpc;
