@@ -126,8 +126,9 @@ pub(crate) enum Command {
     /// upstream, or the refusal the client gets. Forward-auth checks are believed only
     /// from --trusted-proxy addresses. Same checks, settings and TOML file as the gateway
     /// (see examples/authz/ for the file and each proxy's snippet); flags override the
-    /// file. Runs until SIGTERM or Ctrl-C, then drains in-flight checks. Exits 2 on a
-    /// configuration error, 1 when it cannot start (listener, Redis).
+    /// file. SIGHUP reloads the file (docs/gateway-reload.md). Runs until SIGTERM or
+    /// Ctrl-C, then drains in-flight checks. Exits 2 on a configuration error, 1 when it
+    /// cannot start (listener, Redis).
     Authz(AuthzArgs),
     /// Run the authorization server that issues short-lived DPoP-bound tokens to workloads
     ///

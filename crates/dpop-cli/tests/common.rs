@@ -1,17 +1,20 @@
 //! What the end-to-end tests share: the `dpop` binary and the secrets its processes get,
 //! temporary files, running `dpop` commands, starting `dpop issuer` and `dpop gateway`
 //! processes, HTTP by hand (forms, DPoP proofs, token requests) and the skips of tests
-//! whose Redis is missing (PostgreSQL: [`dpop_test::PgSchema`]).
+//! whose Redis is missing (PostgreSQL: [`dpop_test::PgSchema`]), and what a configuration
+//! reload shows (log lines, `/readyz`, metrics).
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dpop_core::{PrivateKey, ProofBuilder, RandomSource as _, SystemRandomSource};
-use dpop_test::{Gateway, HttpResponse, RedisServer, b64url, free_port, http_request, now};
+use dpop_test::{
+    Gateway, HttpResponse, RedisServer, b64url, free_port, http_get, http_request, now,
+};
 use serde_json::Value;
 
 /// The binary under test.
@@ -484,4 +487,40 @@ pub(crate) fn hangup(pid: u32) {
         .unwrap()
         .success();
     assert!(ok, "kill -HUP {pid}");
+}
+
+// ---- configuration reloads ----
+
+/// Waits until the server's log holds `n` lines containing `needle`; returns the `n`th.
+pub(crate) async fn logged(gw: &Gateway, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = gw.output();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        if lines.len() >= n {
+            return lines[n - 1].to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} x{n}:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `config_generation` that `/readyz` on the admin listener `admin` reports.
+pub(crate) async fn config_generation(admin: &str) -> u64 {
+    let r = http_get(&format!("{admin}/readyz")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()["config_generation"].as_u64().unwrap()
+}
+
+/// The value of the metric sample `name` (no labels).
+pub(crate) async fn metric(admin: &str, name: &str) -> f64 {
+    let text = send("GET", &format!("{admin}/metrics"), &[], b"")
+        .await
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }

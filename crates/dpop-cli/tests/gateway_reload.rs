@@ -5,14 +5,17 @@
 //! keeps serving.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dpop_test::{Gateway, MockIssuer, TestUpstream, free_port, http_get};
+use dpop_test::{Gateway, MockIssuer, TestUpstream, free_port};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::Caller;
-use crate::common::{AUD, TempDir, gateway_command, send, send_dpop, spawn_server};
+use crate::common::{
+    AUD, TempDir, config_generation as generation, gateway_command, logged, metric, send,
+    send_dpop, spawn_server,
+};
 
 /// A gateway configuration: listening on `port`, admin on `admin`, forwarding to
 /// `upstream`, then `extra`.
@@ -25,40 +28,6 @@ fn config(port: u16, admin: u16, upstream: &str, issuer: &str, extra: &str) -> S
 /// Sends SIGHUP to the gateway.
 fn hup(gw: &Gateway) {
     crate::common::hangup(gw.id());
-}
-
-/// Waits until the log holds `n` lines containing `needle`; returns the last one.
-async fn logged(gw: &Gateway, needle: &str, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let log = gw.output();
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
-        if lines.len() >= n {
-            return lines[n - 1].to_owned();
-        }
-        assert!(Instant::now() < deadline, "no {needle:?} x{n}:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The `config_generation` `/readyz` reports.
-async fn generation(admin: &str) -> u64 {
-    let r = http_get(&format!("{admin}/readyz")).await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().unwrap()["config_generation"].as_u64().unwrap()
-}
-
-/// The value of the metric sample `name` (no labels).
-async fn metric(admin: &str, name: &str) -> f64 {
-    let text = send("GET", &format!("{admin}/metrics"), &[], b"")
-        .await
-        .text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name}:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// One request on an open HTTP/1.1 connection; the status and the body.

@@ -21,6 +21,9 @@ use dpop_test::{
 use crate::common::{AUD, DPOP, TempDir, p, proof, redis, send, send_dpop, spawn_server, www};
 use crate::gateway::Caller;
 
+#[path = "authz_reload.rs"]
+mod reload;
+
 const NGINX_CONF: &str = include_str!("../../../examples/authz/nginx.conf");
 const CADDYFILE: &str = include_str!("../../../examples/authz/Caddyfile");
 

@@ -68,8 +68,6 @@ pub struct Metrics {
     config_reload_failures: Counter,
     config_loaded_at: Gauge<f64, AtomicU64>,
     http: HttpMetrics,
-    /// The `http_route` labels of `dpop authz` (whose routes never change).
-    routes: RouteLabels,
 }
 
 impl Default for Metrics {
@@ -79,16 +77,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric, with no routes configured.
+    /// Registers every metric. The `http_route` labels come from the configuration each
+    /// request was served with (they change with a reload).
     #[must_use]
     pub fn new() -> Self {
-        Self::with_routes(&[])
-    }
-
-    /// Registers every metric; `routes` are the configured routes' names, by route id
-    /// (the `http_route` label: names from the configuration, never request paths).
-    #[must_use]
-    pub fn with_routes(routes: &[String]) -> Self {
         let mut root = Registry::default();
         // The OpenTelemetry names go without a prefix, the DPoP series under `dpop_`.
         let http = HttpMetrics::register(&mut root);
@@ -167,7 +159,6 @@ impl Metrics {
             "When the configuration in force was loaded (start-up or the last applied reload), Unix time",
             config_loaded_at.clone(),
         );
-        let routes = RouteLabels::new(routes);
         Self {
             registry: Arc::new(root),
             requests,
@@ -183,7 +174,6 @@ impl Metrics {
             config_reload_failures,
             config_loaded_at,
             http,
-            routes,
         }
     }
 
@@ -202,13 +192,6 @@ impl Metrics {
     /// The OpenTelemetry-named HTTP series.
     pub(crate) fn http(&self) -> &HttpMetrics {
         &self.http
-    }
-
-    /// The `http_route` label of the route with this id, for `dpop authz` (the gateway's
-    /// routes change with a reload: it asks the configuration the request was served
-    /// with, [`crate::proxy::Proxy::routes`]).
-    pub(crate) fn route(&self, id: Option<usize>) -> &Arc<str> {
-        self.routes.get(id)
     }
 
     /// The Prometheus text exposition.

@@ -1,11 +1,16 @@
-//! Reloading the gateway's configuration while it serves: on SIGHUP, or when the
-//! configuration file's content changes (`reload_on_change`). A reload reads and
-//! validates the whole file, refuses a change to a setting only a restart can apply, reads
-//! the TLS certificate again, builds the new layer (over the same replay store) and
-//! proxy, and only then puts them in force, all at once; anything failing on the way
-//! leaves the configuration in force untouched. Requests that started before keep what
-//! they started with.
+//! Reloading a server's configuration while it serves, for `dpop gateway` and `dpop
+//! authz` alike: on SIGHUP, or when the configuration file's content changes
+//! (`reload_on_change`, the gateway's). A reload reads and validates the whole
+//! configuration, refuses a change to a setting only a restart can apply, builds what the
+//! new configuration serves with (over the same replay store), and only then puts it in
+//! force, all at once; anything failing on the way leaves the configuration in force
+//! untouched. Requests (and checks) that started before keep what they started with.
+//!
+//! The watch loop, the generation counter, the metrics and the log lines are here once;
+//! what a generation holds, how it is built and how it is put in force is the server's
+//! own [`Apply`] (the gateway's below, the authorizer's in `authz/reload.rs`).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use arc_swap::ArcSwap;
 use dpop_tower::{DpopLayer, DpopService};
 use tower::Layer as _;
 
-use crate::config::GatewayConfig;
+use crate::config::{EnforcementConfig, GatewayConfig};
 use crate::enforce::{self, htu};
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteLabels};
@@ -24,16 +29,16 @@ use crate::tls::TlsListener;
 use dpop_server::TickOrHangup;
 
 /// Where a reload reads the configuration (the file, with the command line's settings
-/// over it).
-pub(crate) type ConfigSource = Arc<dyn Fn() -> Result<GatewayConfig, GatewayError> + Send + Sync>;
+/// and the environment over it, as at start).
+pub(crate) type ConfigSource<C> = Arc<dyn Fn() -> Result<C, GatewayError> + Send + Sync>;
 
-/// Where a gateway reloads its configuration from, and the file it may watch.
-pub(crate) struct ReloadSource {
-    pub(crate) source: ConfigSource,
+/// Where a server reloads its configuration from, and the file it may watch.
+pub(crate) struct ReloadSource<C> {
+    pub(crate) source: ConfigSource<C>,
     pub(crate) file: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for ReloadSource {
+impl<C> std::fmt::Debug for ReloadSource<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReloadSource")
             .field("file", &self.file)
@@ -54,28 +59,36 @@ impl Drop for AbortOnDrop {
 /// How often the configuration file is checked with `reload_on_change`.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// One configuration in force, numbered from 1.
-pub(crate) struct Generation {
-    number: u64,
-    config: GatewayConfig,
-    layer: DpopLayer<GatewayStore>,
-    /// The proxy whose connectors the serving threads' own pools use.
-    proxy: Proxy,
+/// Which server reloads: its log lines go to its own target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Service {
+    /// `dpop gateway` (`dpop::gateway`).
+    Gateway,
+    /// `dpop authz` (`dpop::authz`).
+    Authz,
 }
 
-impl Generation {
-    /// The configuration the gateway started with.
-    pub(crate) fn first(
-        config: GatewayConfig,
-        layer: DpopLayer<GatewayStore>,
-        proxy: Proxy,
-    ) -> Self {
-        Self {
-            number: 1,
-            config,
-            layer,
-            proxy,
+/// A `tracing` event at `$level` under the target of `$service` (a target is fixed where
+/// the event is written, so each service has its own arm).
+macro_rules! service_event {
+    ($service:expr, $level:ident, $($rest:tt)+) => {
+        match $service {
+            Service::Gateway => tracing::$level!(target: "dpop::gateway", $($rest)+),
+            Service::Authz => tracing::$level!(target: "dpop::authz", $($rest)+),
         }
+    };
+}
+
+/// One configuration in force, numbered from 1, with what it serves with.
+pub(crate) struct Generation<S> {
+    number: u64,
+    state: S,
+}
+
+impl<S> Generation<S> {
+    /// The configuration the server started with.
+    pub(crate) fn first(state: S) -> Self {
+        Self { number: 1, state }
     }
 
     /// Its number: 1 as started, one more per applied reload.
@@ -83,83 +96,63 @@ impl Generation {
         self.number
     }
 
-    /// Its DPoP layer (the token source and the replay store too).
-    pub(crate) fn layer(&self) -> &DpopLayer<GatewayStore> {
-        &self.layer
+    /// What it serves with.
+    pub(crate) fn state(&self) -> &S {
+        &self.state
     }
 }
 
-/// What one serving thread serves a request with: a generation's layer over the thread's
-/// own proxy (its own upstream pools).
-pub(crate) struct ThreadService {
-    generation: Arc<Generation>,
-    service: DpopService<Proxy, GatewayStore>,
+/// What differs between the servers' reloads: what a generation holds, how a new one is
+/// built from a loaded configuration, and how it is put in force.
+pub(crate) trait Apply: Send + Sync + 'static {
+    /// The configuration a [`ConfigSource`] loads.
+    type Config: Send + 'static;
+    /// What a generation serves with (its configuration among it).
+    type State: Send + Sync + 'static;
+    /// What is read ahead for [`Apply::install`] (the gateway's certificate pair).
+    type Prepared: Send;
+    /// Whose reload it is.
+    const SERVICE: Service;
+
+    /// Whether `state`'s configuration asks for its file to be watched.
+    fn reload_on_change(state: &Self::State) -> bool;
+
+    /// Builds the next generation from `config`, the one in force being `old`: refuses a
+    /// setting that takes a restart, builds everything that can fail. Nothing is put in
+    /// force here.
+    fn prepare(
+        &self,
+        config: Self::Config,
+        old: &Self::State,
+    ) -> impl Future<Output = Result<(Self::State, Self::Prepared), GatewayError>> + Send;
+
+    /// Puts `generation` in force where the server's requests take it from, besides
+    /// [`Reloader::current`] (which is switched right after).
+    fn install(&self, generation: &Arc<Generation<Self::State>>, prepared: Self::Prepared);
 }
 
-impl ThreadService {
-    /// The service of `generation` for a thread, which served `previous` until now (its
-    /// plain-HTTP pools are kept).
-    pub(crate) fn new(generation: &Arc<Generation>, previous: Option<&Self>) -> Self {
-        let proxy = generation
-            .proxy
-            .with_pools_after(previous.map(|p| p.service.get_ref()));
-        Self {
-            generation: Arc::clone(generation),
-            service: generation.layer.layer(proxy),
-        }
-    }
-
-    pub(crate) fn layer(&self) -> &DpopLayer<GatewayStore> {
-        &self.generation.layer
-    }
-
-    pub(crate) fn service(&self) -> &DpopService<Proxy, GatewayStore> {
-        &self.service
-    }
-
-    /// The `http_route` labels of this configuration's routes.
-    pub(crate) fn routes(&self) -> &RouteLabels {
-        self.service.get_ref().routes()
-    }
-
-    /// Whether this configuration writes the access log.
-    pub(crate) fn log_requests(&self) -> bool {
-        self.service.get_ref().log_requests()
-    }
-
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.generation.config.enforcement.request_timeout
-    }
-}
-
-/// Applies reloads: the generation in force and each serving thread's slot.
-pub(crate) struct Reloader {
-    current: ArcSwap<Generation>,
-    slots: Vec<Arc<ArcSwap<ThreadService>>>,
-    tls: Option<Arc<TlsListener>>,
+/// Applies reloads: the generation in force, and the server's own way to build and
+/// install the next one.
+pub(crate) struct Reloader<A: Apply> {
+    current: ArcSwap<Generation<A::State>>,
+    apply: A,
     metrics: Arc<Metrics>,
     /// One reload at a time (SIGHUP and a file change may come together).
     busy: tokio::sync::Mutex<()>,
 }
 
-impl Reloader {
-    pub(crate) fn new(
-        first: Arc<Generation>,
-        slots: Vec<Arc<ArcSwap<ThreadService>>>,
-        tls: Option<Arc<TlsListener>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+impl<A: Apply> Reloader<A> {
+    pub(crate) fn new(first: Arc<Generation<A::State>>, apply: A, metrics: Arc<Metrics>) -> Self {
         Self {
             current: ArcSwap::new(first),
-            slots,
-            tls,
+            apply,
             metrics,
             busy: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The generation in force.
-    pub(crate) fn current(&self) -> Arc<Generation> {
+    pub(crate) fn current(&self) -> Arc<Generation<A::State>> {
         self.current.load_full()
     }
 
@@ -168,18 +161,24 @@ impl Reloader {
     /// returns. The task stops when the handle is dropped.
     pub(crate) fn spawn_watch(
         self: Arc<Self>,
-        source: ConfigSource,
+        source: ConfigSource<A::Config>,
         file: Option<PathBuf>,
     ) -> AbortOnDrop {
+        let service = A::SERVICE;
         let mut wait = TickOrHangup::new(POLL_INTERVAL, true, |e| {
-            tracing::warn!(target: "dpop::gateway", error = %e, "cannot listen for SIGHUP: the configuration is not reloaded on it");
+            service_event!(service, warn, error = %e, "cannot listen for SIGHUP: the configuration is not reloaded on it");
         });
+        let on_change = A::reload_on_change(self.current().state());
         let watched = match file {
-            Some(f) if self.current().config.reload_on_change => Some(f),
+            Some(f) if on_change => Some(f),
             Some(_) => None,
             None => {
-                if self.current().config.reload_on_change {
-                    tracing::warn!(target: "dpop::gateway", "reload_on_change is set but the configuration came from no file: only SIGHUP reloads it");
+                if on_change {
+                    service_event!(
+                        service,
+                        warn,
+                        "reload_on_change is set but the configuration came from no file: only SIGHUP reloads it"
+                    );
                 }
                 None
             }
@@ -202,7 +201,11 @@ impl Reloader {
                         continue;
                     }
                     if settling.as_ref() != Some(&now) {
-                        tracing::debug!(target: "dpop::gateway", "the configuration file changed; it is loaded once unchanged for one more check");
+                        service_event!(
+                            service,
+                            debug,
+                            "the configuration file changed; it is loaded once unchanged for one more check"
+                        );
                         settling = Some(now);
                         continue;
                     }
@@ -221,98 +224,77 @@ impl Reloader {
 
     /// Loads the configuration from `source` and applies it whole, or logs why not and
     /// changes nothing. Returns the generation in force afterwards.
-    pub(crate) async fn reload(&self, source: &ConfigSource, cause: &str) -> u64 {
+    pub(crate) async fn reload(&self, source: &ConfigSource<A::Config>, cause: &str) -> u64 {
         let _one = self.busy.lock().await;
         let old = self.current();
+        let service = A::SERVICE;
         match self.prepare(source, &old).await {
-            Ok((config, layer, proxy, pair)) => {
+            Ok((state, prepared)) => {
                 let generation = Arc::new(Generation {
                     number: old.number + 1,
-                    config,
-                    layer,
-                    proxy,
+                    state,
                 });
-                // Put in force: the certificate, then each thread's service, then what
+                // Put in force: where the server's requests take it from, then what
                 // readiness and the next reload see.
-                if let (Some(tls), Some(pair)) = (&self.tls, pair) {
-                    tls.install(pair);
-                }
-                for slot in &self.slots {
-                    let previous = slot.load();
-                    slot.store(Arc::new(ThreadService::new(&generation, Some(&previous))));
-                }
+                self.apply.install(&generation, prepared);
                 self.current.store(Arc::clone(&generation));
                 self.metrics.config_applied(generation.number);
-                tracing::info!(target: "dpop::gateway", cause, generation = generation.number, "configuration reloaded; new requests use it");
+                service_event!(
+                    service,
+                    info,
+                    cause,
+                    generation = generation.number,
+                    "configuration reloaded; new requests use it"
+                );
                 generation.number
             }
             Err(why) => {
                 self.metrics.config_reload_failed();
-                tracing::error!(target: "dpop::gateway", cause, error = %why, generation = old.number, "configuration not reloaded; the one in force stays");
+                service_event!(service, error, cause, error = %why, generation = old.number, "configuration not reloaded; the one in force stays");
                 old.number
             }
         }
     }
 
-    /// Everything a new generation needs, read and checked, nothing put in force yet.
+    /// The next generation's state, read and checked, nothing put in force yet.
     async fn prepare(
         &self,
-        source: &ConfigSource,
-        old: &Generation,
-    ) -> Result<
-        (
-            GatewayConfig,
-            DpopLayer<GatewayStore>,
-            Proxy,
-            Option<crate::tls::PreparedTls>,
-        ),
-        GatewayError,
-    > {
+        source: &ConfigSource<A::Config>,
+        old: &Generation<A::State>,
+    ) -> Result<(A::State, A::Prepared), GatewayError> {
         let load = Arc::clone(source);
         // Files are read: not on a serving thread's time, nor this runtime's workers'.
         let config = tokio::task::spawn_blocking(move || load())
             .await
             .map_err(|e| GatewayError::Config(format!("configuration loader failed: {e}")))??;
-        if let Some(setting) = restart_only(&old.config, &config) {
-            return Err(GatewayError::Config(format!(
-                "{setting} changed: it takes a restart to change"
-            )));
-        }
-        let pair = match &self.tls {
-            Some(tls) => tls.prepare_reload().map_err(GatewayError::Config)?,
-            None => None,
-        };
-        let layer = enforce::rebuild(
-            &config.enforcement,
-            htu(&config),
-            &self.metrics,
-            &old.layer,
-            &old.config.enforcement,
-        )
-        .await?;
-        let proxy = Proxy::new(&config, Arc::clone(&self.metrics))?;
-        proxy.check_upstreams().await?;
-        Ok((config, layer, proxy, pair))
+        self.apply.prepare(config, &old.state).await
     }
 }
 
-/// The first setting that differs between `old` and `new` and that a running gateway
-/// cannot change (listeners, serving threads, connection limits, the replay store, TLS
-/// settings, logging), by its name in the configuration file.
-pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static str> {
-    let (a, b) = (&old.enforcement, &new.enforcement);
+/// Refuses a reload that changes `setting` (a name in the configuration file), one
+/// that takes a restart.
+pub(crate) fn refuse_restart_only(setting: Option<&'static str>) -> Result<(), GatewayError> {
+    match setting {
+        Some(setting) => Err(GatewayError::Config(format!(
+            "{setting} changed: it takes a restart to change"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The settings of the checks that a running server cannot change (the admin listener,
+/// the replay store, connection limits, logging, and widening the proof or nonce window),
+/// by their names in the configuration file, each with whether it differs between `a` and
+/// `b`. The gateway and the authorizer add their own listeners.
+pub(crate) fn enforcement_restart_only(
+    a: &EnforcementConfig,
+    b: &EnforcementConfig,
+) -> [(&'static str, bool); 8] {
     [
-        ("listen", old.listen != new.listen),
         ("admin_listen", a.admin_listen != b.admin_listen),
-        ("limits.workers", old.workers != new.workers),
         (
             "replay_store or [replay] connection settings",
             a.replay != b.replay,
-        ),
-        ("h2c", old.h2c != new.h2c),
-        (
-            "[tls] (its file names, client_ca_file, client_auth, reload_interval_secs)",
-            old.tls != new.tls,
         ),
         (
             "limits.max_connections",
@@ -321,18 +303,6 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
         (
             "limits.max_header_bytes",
             a.max_header_bytes != b.max_header_bytes,
-        ),
-        (
-            "limits.max_concurrent_streams",
-            old.max_concurrent_streams != new.max_concurrent_streams,
-        ),
-        (
-            "limits.handshake_timeout_secs",
-            old.handshake_timeout != new.handshake_timeout,
-        ),
-        (
-            "limits.idle_timeout_secs",
-            old.idle_timeout != new.idle_timeout,
         ),
         (
             "limits.drain_timeout_secs",
@@ -350,18 +320,11 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
             "[nonce] max_age_secs (raised)",
             nonce_max_age(b) > nonce_max_age(a),
         ),
-        (
-            "reload_on_change",
-            old.reload_on_change != new.reload_on_change,
-        ),
     ]
-    .into_iter()
-    .find(|(_, changed)| *changed)
-    .map(|(name, _)| name)
 }
 
 /// How long nonces are accepted (0 without nonces).
-fn nonce_max_age(e: &crate::config::EnforcementConfig) -> u64 {
+fn nonce_max_age(e: &EnforcementConfig) -> u64 {
     e.nonces.as_ref().map_or(0, |n| n.max_age_secs())
 }
 
@@ -375,6 +338,169 @@ fn content_digest(path: &std::path::Path) -> Vec<u8> {
                 .to_vec()
         })
         .unwrap_or_default()
+}
+
+// ---- the gateway's generations ----
+
+/// What one gateway configuration serves with.
+pub(crate) struct Served {
+    config: GatewayConfig,
+    layer: DpopLayer<GatewayStore>,
+    /// The proxy whose connectors the serving threads' own pools use.
+    proxy: Proxy,
+}
+
+impl Served {
+    pub(crate) fn new(config: GatewayConfig, layer: DpopLayer<GatewayStore>, proxy: Proxy) -> Self {
+        Self {
+            config,
+            layer,
+            proxy,
+        }
+    }
+
+    /// Its DPoP layer (the token source and the replay store too).
+    pub(crate) fn layer(&self) -> &DpopLayer<GatewayStore> {
+        &self.layer
+    }
+}
+
+/// A generation of the gateway's configuration.
+pub(crate) type GatewayGeneration = Generation<Served>;
+
+/// What one serving thread serves a request with: a generation's layer over the thread's
+/// own proxy (its own upstream pools).
+pub(crate) struct ThreadService {
+    generation: Arc<GatewayGeneration>,
+    service: DpopService<Proxy, GatewayStore>,
+}
+
+impl ThreadService {
+    /// The service of `generation` for a thread, which served `previous` until now (its
+    /// plain-HTTP pools are kept).
+    pub(crate) fn new(generation: &Arc<GatewayGeneration>, previous: Option<&Self>) -> Self {
+        let proxy = generation
+            .state
+            .proxy
+            .with_pools_after(previous.map(|p| p.service.get_ref()));
+        Self {
+            generation: Arc::clone(generation),
+            service: generation.state.layer.layer(proxy),
+        }
+    }
+
+    pub(crate) fn layer(&self) -> &DpopLayer<GatewayStore> {
+        &self.generation.state.layer
+    }
+
+    pub(crate) fn service(&self) -> &DpopService<Proxy, GatewayStore> {
+        &self.service
+    }
+
+    /// The `http_route` labels of this configuration's routes.
+    pub(crate) fn routes(&self) -> &RouteLabels {
+        self.service.get_ref().routes()
+    }
+
+    /// Whether this configuration writes the access log.
+    pub(crate) fn log_requests(&self) -> bool {
+        self.service.get_ref().log_requests()
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.generation.state.config.enforcement.request_timeout
+    }
+}
+
+/// How the gateway builds and installs a generation: each serving thread's slot, and the
+/// certificate of the TLS listener.
+pub(crate) struct GatewayApply {
+    pub(crate) slots: Vec<Arc<ArcSwap<ThreadService>>>,
+    pub(crate) tls: Option<Arc<TlsListener>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// The gateway's reloader.
+pub(crate) type GatewayReloader = Reloader<GatewayApply>;
+
+impl Apply for GatewayApply {
+    type Config = GatewayConfig;
+    type State = Served;
+    type Prepared = Option<crate::tls::PreparedTls>;
+    const SERVICE: Service = Service::Gateway;
+
+    fn reload_on_change(state: &Served) -> bool {
+        state.config.reload_on_change
+    }
+
+    async fn prepare(
+        &self,
+        config: GatewayConfig,
+        old: &Served,
+    ) -> Result<(Served, Self::Prepared), GatewayError> {
+        refuse_restart_only(restart_only(&old.config, &config))?;
+        let pair = match &self.tls {
+            Some(tls) => tls.prepare_reload().map_err(GatewayError::Config)?,
+            None => None,
+        };
+        let layer = enforce::rebuild(
+            &config.enforcement,
+            htu(&config),
+            &self.metrics,
+            &old.layer,
+            &old.config.enforcement,
+        )
+        .await?;
+        let proxy = Proxy::new(&config, Arc::clone(&self.metrics))?;
+        proxy.check_upstreams().await?;
+        Ok((Served::new(config, layer, proxy), pair))
+    }
+
+    fn install(&self, generation: &Arc<GatewayGeneration>, pair: Self::Prepared) {
+        // The certificate, then each thread's service.
+        if let (Some(tls), Some(pair)) = (&self.tls, pair) {
+            tls.install(pair);
+        }
+        for slot in &self.slots {
+            let previous = slot.load();
+            slot.store(Arc::new(ThreadService::new(generation, Some(&previous))));
+        }
+    }
+}
+
+/// The first setting that differs between `old` and `new` and that a running gateway
+/// cannot change (listeners, serving threads, connection limits, the replay store, TLS
+/// settings, logging), by its name in the configuration file.
+pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&'static str> {
+    [
+        ("listen", old.listen != new.listen),
+        ("limits.workers", old.workers != new.workers),
+        ("h2c", old.h2c != new.h2c),
+        (
+            "[tls] (its file names, client_ca_file, client_auth, reload_interval_secs)",
+            old.tls != new.tls,
+        ),
+        (
+            "limits.max_concurrent_streams",
+            old.max_concurrent_streams != new.max_concurrent_streams,
+        ),
+        (
+            "limits.handshake_timeout_secs",
+            old.handshake_timeout != new.handshake_timeout,
+        ),
+        (
+            "limits.idle_timeout_secs",
+            old.idle_timeout != new.idle_timeout,
+        ),
+        (
+            "reload_on_change",
+            old.reload_on_change != new.reload_on_change,
+        ),
+    ]
+    .into_iter()
+    .chain(enforcement_restart_only(&old.enforcement, &new.enforcement))
+    .find(|(_, changed)| *changed)
+    .map(|(name, _)| name)
 }
 
 #[cfg(test)]

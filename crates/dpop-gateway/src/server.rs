@@ -32,7 +32,9 @@ use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, empty};
-use crate::reload::{AbortOnDrop, Generation, ReloadSource, Reloader, ThreadService};
+use crate::reload::{
+    AbortOnDrop, GatewayApply, GatewayReloader, Generation, ReloadSource, Served, ThreadService,
+};
 use crate::store::GatewayStore;
 use crate::stream::ConnectionSlot;
 use crate::supervise;
@@ -51,7 +53,7 @@ pub struct Gateway {
     proxy: Proxy,
     metrics: Arc<Metrics>,
     /// Where a reload reads the configuration, and the file watched for changes.
-    reload: Option<ReloadSource>,
+    reload: Option<ReloadSource<GatewayConfig>>,
 }
 
 impl Gateway {
@@ -195,15 +197,18 @@ impl Gateway {
             "gateway listening"
         );
         let tls = tls.map(Arc::new);
-        let generation = Arc::new(Generation::first(config.clone(), layer, proxy));
+        let generation = Arc::new(Generation::first(Served::new(config.clone(), layer, proxy)));
         // One slot per serving thread: what its next request is served with.
         let slots: Vec<Arc<ArcSwap<ThreadService>>> = (0..workers.len())
             .map(|_| Arc::new(ArcSwap::from_pointee(ThreadService::new(&generation, None))))
             .collect();
-        let reloader = Arc::new(Reloader::new(
+        let reloader = Arc::new(GatewayReloader::new(
             generation,
-            slots.clone(),
-            tls.clone(),
+            GatewayApply {
+                slots: slots.clone(),
+                tls: tls.clone(),
+                metrics: Arc::clone(&metrics),
+            },
             Arc::clone(&metrics),
         ));
         // Registered before serving: SIGHUP reloads from the first request on (its
@@ -217,7 +222,7 @@ impl Gateway {
                 metrics.registry(),
                 move || {
                     let current = reloader.current();
-                    readiness(current.layer().clone(), current.number())
+                    readiness(current.state().layer().clone(), current.number())
                 },
             ));
         }

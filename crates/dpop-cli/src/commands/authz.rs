@@ -1,9 +1,10 @@
 //! `dpop authz`: load and validate the configuration, then answer the proxy's checks
-//! until SIGTERM.
+//! until SIGTERM, loading it again on SIGHUP.
 
 use std::process::ExitCode;
 
 use dpop_gateway::{Authz, AuthzConfig, GatewayError};
+use zeroize::Zeroizing;
 
 use super::enforcement;
 use crate::cli::AuthzArgs;
@@ -15,8 +16,15 @@ pub(crate) fn run(args: &AuthzArgs) -> Result<ExitCode, CliError> {
         |secret| load(args, secret),
         |config| &config.enforcement,
         async |config| {
+            // A reload reads the file again with the same flags and environment over it.
+            let reload_args = args.clone();
+            let secret = enforcement::env_nonce_secret().map(Zeroizing::new);
             Authz::bind(config)
                 .await?
+                .reload_from(
+                    move || load(&reload_args, secret.as_ref().map(|s| s.as_str())),
+                    args.enforcement.config.clone(),
+                )
                 .serve(dpop_server::shutdown_signal())
                 .await
         },

@@ -63,7 +63,7 @@ pub(crate) fn settings(
     Ok(settings)
 }
 
-/// The gateway's service name (in traces, and for the SIGHUP rule).
+/// The gateway's service name (in traces).
 pub(crate) const GATEWAY_SERVICE: &str = "dpop-gateway";
 
 /// Runs a server: its configuration from `load` (given `DPOP_NONCE_SECRET`; refused = a
@@ -82,8 +82,8 @@ pub(crate) fn run<C>(
     let telemetry = super::telemetry(enforcement(&config).log_format, service)?;
     crate::env::log_sources();
     let served = super::runtime()?.block_on(async {
-        // The gateway reloads on SIGHUP (once serving); dpop authz does not.
-        dpop_server::hold_hangup(service, service == GATEWAY_SERVICE);
+        // Both reload on SIGHUP once serving; until then it must not end the process.
+        dpop_server::hold_hangup(service, true);
         serve(config).await.map_err(start_error)?;
         Ok(ExitCode::SUCCESS)
     });

@@ -22,7 +22,7 @@ use dpop_server::http::method_label;
 
 use crate::access_log::{self, Caller, Line, outcome_fields, path_of};
 use crate::config::IdentityHeaders;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteLabels};
 use crate::proxy::{OVERRIDES, identity_values};
 use crate::store::GatewayStore;
 
@@ -181,6 +181,8 @@ pub(crate) struct Authorizer {
     strip_authorization: bool,
     strip_dpop: bool,
     metrics: Arc<Metrics>,
+    /// The `http_route` label of each of this configuration's routes.
+    routes: RouteLabels,
     /// `log_requests`: one access-log line per check.
     log_requests: bool,
 }
@@ -198,6 +200,7 @@ impl Authorizer {
         strip_authorization: bool,
         strip_dpop: bool,
         metrics: Arc<Metrics>,
+        routes: RouteLabels,
         log_requests: bool,
     ) -> Self {
         let identity_names = [
@@ -220,6 +223,7 @@ impl Authorizer {
             strip_authorization,
             strip_dpop,
             metrics,
+            routes,
             log_requests,
         }
     }
@@ -237,9 +241,7 @@ impl Authorizer {
         identity: Option<&DpopIdentity>,
     ) {
         let elapsed = started.elapsed();
-        let route = self
-            .metrics
-            .route(target.and_then(AuthorizedTarget::route_id));
+        let route = self.routes.get(target.and_then(AuthorizedTarget::route_id));
         let method = method.map_or("_OTHER", method_label);
         self.metrics
             .http()

@@ -92,7 +92,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
-use super::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
+use super::reload::AuthzReloader;
+use super::{Allowed, Decision, Denied, OriginalRequest};
 use crate::accept::{Accepting, next_until, stopped};
 use crate::config::AuthzConfig;
 use crate::server::{FirstRequest, H2_PING_INTERVAL, H2_PING_TIMEOUT};
@@ -114,18 +115,18 @@ pub(crate) fn max_message_bytes(max_header_bytes: usize) -> usize {
 }
 
 /// Serves `envoy.service.auth.v3.Authorization/Check` on `listener` until `stop` turns
-/// true, then lets in-flight checks finish.
+/// true, then lets in-flight checks finish. Each check takes the configuration in force
+/// from `current` when it starts; the listener's own settings are `config`'s, as started.
 pub(crate) async fn serve(
     listener: TcpListener,
-    authorizer: Arc<Authorizer>,
+    current: Arc<AuthzReloader>,
     config: Arc<AuthzConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = &config.enforcement;
     let max_message = max_message_bytes(limits.max_header_bytes);
     let service = AuthorizationServer::new(Check {
-        authorizer,
-        timeout: limits.request_timeout,
+        current,
         max_header_bytes: limits.max_header_bytes,
     })
     .max_decoding_message_size(max_message)
@@ -180,8 +181,8 @@ pub(crate) async fn serve(
 
 /// The `Authorization` service.
 struct Check {
-    authorizer: Arc<Authorizer>,
-    timeout: Duration,
+    /// The configuration in force.
+    current: Arc<AuthzReloader>,
     max_header_bytes: usize,
 }
 
@@ -194,10 +195,14 @@ impl Authorization for Check {
         let decision = match original(request.into_inner(), self.max_header_bytes) {
             Ok(mut original) => {
                 original.split_merged();
-                match tokio::time::timeout(self.timeout, self.authorizer.check(original)).await {
+                // This check's configuration, to its end.
+                let now = self.current.current();
+                let timeout = now.state().config().enforcement.request_timeout;
+                let check = now.state().authorizer().check(original);
+                match tokio::time::timeout(timeout, check).await {
                     Ok(decision) => decision,
                     Err(_) => {
-                        tracing::warn!(target: "dpop::authz", timeout_secs = self.timeout.as_secs_f64(), "check refused: it took longer than the request timeout");
+                        tracing::warn!(target: "dpop::authz", timeout_secs = timeout.as_secs_f64(), "check refused: it took longer than the request timeout");
                         Decision::Deny(Denied::bare(StatusCode::SERVICE_UNAVAILABLE))
                     }
                 }

@@ -65,6 +65,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use super::reload::{AuthzGeneration, AuthzReloader};
 use super::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
 use crate::accept::{Accepting, next_until};
 use crate::config::AuthzConfig;
@@ -109,26 +110,29 @@ const ENVOY_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 type Body = Full<Bytes>;
 
 /// Serves checks on `listener` until `stop` turns true, then lets in-flight checks
-/// finish.
+/// finish. Each check takes the configuration in force from `current` when it starts and
+/// keeps it to the end; the listener's own settings are `config`'s, as started.
 pub(crate) async fn serve(
     listener: TcpListener,
-    authorizer: Arc<Authorizer>,
+    current: Arc<AuthzReloader>,
     config: Arc<AuthzConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(config.enforcement.max_connections));
     let mut builder = http1::Builder::new();
     http1_settings!(builder, config);
-    let checks = Arc::new(Checks::new(authorizer, config));
     // Connections watch this to start their graceful shutdown; each holds a receiver,
     // so `closed()` resolves when the last one has ended.
     let (drain, draining) = watch::channel(false);
     while let Some((permit, stream, peer)) =
         next_until(&listener, &limit, &mut stop, Accepting::AuthzHttp).await
     {
-        let checks = Arc::clone(&checks);
+        let current = Arc::clone(&current);
         let svc = service_fn(move |req: Request<Incoming>| {
-            let checks = Arc::clone(&checks);
+            // One atomic load and count: this check's configuration, to its end.
+            let checks = Checks {
+                now: current.current(),
+            };
             let span = dpop_server::telemetry::request_span(&req, Some(peer.ip()), None);
             let answer = async move {
                 let response = checks.answer(req, peer).await;
@@ -173,37 +177,23 @@ impl Refusal {
     }
 }
 
-/// What every connection shares.
+/// One check, with the configuration in force when it started.
 struct Checks {
-    authorizer: Arc<Authorizer>,
-    config: Arc<AuthzConfig>,
-    /// The scheme of every public URL, when they share one (Envoy HTTP checks carry no
-    /// scheme).
-    public_scheme: Option<&'static str>,
+    now: Arc<AuthzGeneration>,
 }
 
 impl Checks {
-    fn new(authorizer: Arc<Authorizer>, config: Arc<AuthzConfig>) -> Self {
-        let urls = &config.enforcement.public_urls;
-        let public_scheme = if urls.is_empty() {
-            None
-        } else if urls.iter().all(|u| u.starts_with("https://")) {
-            Some("https")
-        } else if urls.iter().all(|u| u.starts_with("http://")) {
-            Some("http")
-        } else {
-            None
-        };
-        Self {
-            authorizer,
-            config,
-            public_scheme,
-        }
+    fn authorizer(&self) -> &Authorizer {
+        self.now.state().authorizer()
+    }
+
+    fn config(&self) -> &AuthzConfig {
+        self.now.state().config()
     }
 
     fn trusted(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
-        self.config
+        self.config()
             .enforcement
             .trusted_proxies
             .iter()
@@ -226,7 +216,7 @@ impl Checks {
 
     /// Counts and logs a refusal outside the layer, and answers it with `status`.
     fn refuse(&self, refusal: &Refusal, status: StatusCode, peer: SocketAddr) -> Response<Body> {
-        self.authorizer.metrics().authz_refused(refusal.reason);
+        self.authorizer().metrics().authz_refused(refusal.reason);
         tracing::warn!(target: "dpop::authz", %peer, reason = refusal.reason, status = status.as_u16(), "check refused: {}", refusal.detail);
         denied(Denied::bare(status))
     }
@@ -235,7 +225,7 @@ impl Checks {
     async fn forward_auth(&self, parts: Parts, peer: SocketAddr) -> Response<Body> {
         if !self.trusted(peer) {
             // No detail: the caller may be a client that reached the authorizer directly.
-            self.authorizer.metrics().authz_untrusted_caller();
+            self.authorizer().metrics().authz_untrusted_caller();
             tracing::warn!(target: "dpop::authz", %peer, "forward-auth check refused: the caller is not in trusted_proxies");
             return empty(StatusCode::FORBIDDEN);
         }
@@ -295,7 +285,7 @@ impl Checks {
             let refusal = Refusal::new("bad_target", "the request target is not in origin form");
             return self.refuse(&refusal, StatusCode::BAD_REQUEST, peer);
         }
-        let prefix = self.config.path_prefix.as_str();
+        let prefix = self.config().path_prefix.as_str();
         let path_and_query = if prefix.is_empty() {
             target.to_owned()
         } else {
@@ -334,7 +324,11 @@ impl Checks {
                 Err(refusal) => return self.refuse(&refusal, StatusCode::BAD_REQUEST, peer),
             }
         } else {
-            self.public_scheme.unwrap_or("http").to_owned()
+            self.now
+                .state()
+                .public_scheme()
+                .unwrap_or("http")
+                .to_owned()
         };
         let mut headers = parts.headers;
         headers.remove(header::HOST);
@@ -365,7 +359,7 @@ impl Checks {
         *req.uri_mut() = parts.uri.clone();
         *req.headers_mut() = parts.headers.clone();
         req.extensions_mut().insert(dpop_tower::PeerAddr(peer));
-        self.authorizer.layer().metadata_response(&req)
+        self.authorizer().layer().metadata_response(&req)
     }
 
     /// The authorizer's decision within `request_timeout`.
@@ -373,8 +367,8 @@ impl Checks {
         // A proof or an `Authorization` value never holds a comma: one that does was
         // merged from several lines by a proxy, and is refused as several.
         original.split_merged();
-        let timeout = self.config.enforcement.request_timeout;
-        tokio::time::timeout(timeout, self.authorizer.check(original))
+        let timeout = self.config().enforcement.request_timeout;
+        tokio::time::timeout(timeout, self.authorizer().check(original))
             .await
             .map_err(|_| {
                 Refusal::new(

@@ -7,16 +7,18 @@
 //!   `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`.
 //! - `check.rs`: the one decision both call, on the same `dpop-tower` layer as the
 //!   gateway's (`enforce.rs`).
+//! - `reload.rs`: what a configuration checks with, rebuilt on SIGHUP through the
+//!   gateway's reload loop (`crate::reload`).
 
 mod check;
 mod grpc;
 mod http;
+mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dpop_tower::HtuSource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -24,19 +26,24 @@ use crate::config::AuthzConfig;
 use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::reload::{Generation, ReloadSource};
 use crate::server::readiness;
 
 pub(crate) use check::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
+use reload::{AuthzApply, AuthzReloader, Configured};
 
 /// An authorizer ready to serve: listeners bound, keys fetched (or being retried),
 /// replay store connected.
 #[derive(Debug)]
 pub struct Authz {
-    config: Arc<AuthzConfig>,
     http: Option<TcpListener>,
     grpc: Option<TcpListener>,
     admin: Option<TcpListener>,
-    authorizer: Arc<Authorizer>,
+    /// The configuration as started, with its authorizer.
+    first: Configured,
+    metrics: Arc<Metrics>,
+    /// Where a reload reads the configuration.
+    reload: Option<ReloadSource<AuthzConfig>>,
 }
 
 impl Authz {
@@ -47,36 +54,8 @@ impl Authz {
     /// source refuses its settings. An unreachable issuer is not fatal: `/readyz` says
     /// not ready and every check is denied with 503 until its keys load.
     pub async fn bind(config: AuthzConfig) -> Result<Self, GatewayError> {
-        let metrics = Arc::new(Metrics::with_routes(&config.enforcement.route_names));
-        let e = &config.enforcement;
-        // The proxy reports the scheme and host the client used; the layer reads them
-        // from the rebuilt request's URI only (never from forwarding headers, which the
-        // authorizer has already judged by their sender), against the same public URLs
-        // or hosts as the gateway. Even one public URL must match the reported scheme
-        // and host: unlike the gateway's own listener, a proxy serves other hosts too,
-        // and a proof made for this one must not pass for a request it forwards to
-        // another.
-        let urls = if e.public_urls.is_empty() {
-            e.allowed_hosts
-                .iter()
-                .flat_map(|h| [format!("http://{h}"), format!("https://{h}")])
-                .collect()
-        } else {
-            e.public_urls.clone()
-        };
-        let htu = HtuSource::PublicUrls {
-            urls,
-            trusted_proxies: Vec::new(),
-        };
-        let layer = enforce::layer(e, htu, &metrics).await?;
-        let authorizer = Arc::new(Authorizer::new(
-            layer,
-            e.identity_headers.clone(),
-            e.strip_authorization,
-            e.strip_dpop,
-            metrics,
-            e.log_requests,
-        ));
+        let metrics = Arc::new(Metrics::new());
+        let layer = enforce::layer(&config.enforcement, reload::htu(&config), &metrics).await?;
         let bind = |addr: Option<SocketAddr>| async move {
             match addr {
                 Some(addr) => TcpListener::bind(addr)
@@ -88,14 +67,37 @@ impl Authz {
         };
         let http = bind(config.listen).await?;
         let grpc = bind(config.grpc_listen).await?;
-        let admin = bind(e.admin_listen).await?;
+        let admin = bind(config.enforcement.admin_listen).await?;
         Ok(Self {
-            config: Arc::new(config),
             http,
             grpc,
             admin,
-            authorizer,
+            first: Configured::new(config, layer, Arc::clone(&metrics)),
+            metrics,
+            reload: None,
         })
+    }
+
+    /// Makes SIGHUP reload the configuration from `source` while serving: routes, nonce
+    /// secrets, identity headers, strip settings, the token check, public URLs or allowed
+    /// hosts, trusted proxies, `path_prefix`, `request_timeout_secs` and `log_requests`
+    /// apply to checks that start afterwards, all together or not at all. A
+    /// configuration that cannot be loaded, or that changes a setting only a restart can
+    /// change (the listen addresses, the admin listener, the replay store, connection
+    /// limits, `log_format`, ...), is refused with an error log naming the cause, and the
+    /// configuration in force stays. `file` is the configuration file, if any (the
+    /// authorizer does not watch it: `reload_on_change` is the gateway's).
+    #[must_use]
+    pub fn reload_from(
+        mut self,
+        source: impl Fn() -> Result<AuthzConfig, GatewayError> + Send + Sync + 'static,
+        file: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.reload = Some(ReloadSource {
+            source: Arc::new(source),
+            file,
+        });
+        self
     }
 
     /// The HTTP listener's bound address (forward-auth, Envoy HTTP), if there is one.
@@ -124,27 +126,46 @@ impl Authz {
     /// authorizer then stops rather than answer on part of its listeners.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Self {
-            config,
             http,
             grpc,
             admin,
-            authorizer,
+            first,
+            metrics,
+            reload: reload_source,
         } = self;
+        // The settings a reload cannot change (listeners, limits, drain timeout): those
+        // of the configuration as started.
+        let config = Arc::clone(first.config());
         tracing::info!(
             target: "dpop::authz",
             listen = ?config.listen,
             grpc_listen = ?config.grpc_listen,
             issuer = %config.enforcement.issuer,
-            replay_store = authorizer.layer().store().kind(),
+            replay_store = first.authorizer().layer().store().kind(),
             "authorizer listening"
         );
+        let reloader = Arc::new(AuthzReloader::new(
+            Arc::new(Generation::first(first)),
+            AuthzApply {
+                metrics: Arc::clone(&metrics),
+            },
+            Arc::clone(&metrics),
+        ));
+        // Registered before serving: SIGHUP reloads from the first check on.
+        let watch_config = reload_source
+            .map(|ReloadSource { source, file }| Arc::clone(&reloader).spawn_watch(source, file));
         if let Some(admin) = admin {
-            let ready_layer = authorizer.layer().clone();
+            let reloader = Arc::clone(&reloader);
             tokio::spawn(dpop_server::admin::serve(
                 admin,
-                authorizer.metrics().registry(),
-                // The authorizer does not reload its configuration: always the first.
-                move || readiness(ready_layer.clone(), 1),
+                metrics.registry(),
+                move || {
+                    let current = reloader.current();
+                    readiness(
+                        current.state().authorizer().layer().clone(),
+                        current.number(),
+                    )
+                },
             ));
         }
         let (stop, stopping) = watch::channel(false);
@@ -152,7 +173,7 @@ impl Authz {
         if let Some(listener) = http {
             tasks.spawn(http::serve(
                 listener,
-                Arc::clone(&authorizer),
+                Arc::clone(&reloader),
                 Arc::clone(&config),
                 stopping.clone(),
             ));
@@ -160,7 +181,7 @@ impl Authz {
         if let Some(listener) = grpc {
             tasks.spawn(grpc::serve(
                 listener,
-                Arc::clone(&authorizer),
+                Arc::clone(&reloader),
                 Arc::clone(&config),
                 stopping.clone(),
             ));
@@ -170,6 +191,7 @@ impl Authz {
             () = shutdown => {}
             Some(ended) = tasks.join_next() => return Err(listener_ended(&ended)),
         }
+        drop(watch_config);
         tracing::info!(target: "dpop::authz", timeout_secs = config.enforcement.drain_timeout.as_secs(), "shutting down: draining in-flight checks");
         let _ = stop.send(true);
         let drained = tokio::time::timeout(config.enforcement.drain_timeout, async {
