@@ -38,6 +38,10 @@ async fn file_references_name_the_same_key_file_as_the_path() {
     std::fs::copy(&key, &odd).unwrap();
     let run = dpop(&["thumbprint", &format!("file:{}", p(&odd))], &[]).await;
     assert_eq!(run.line(), jkt);
+    // `file:-` is standard input, like `-`: it cannot be read twice.
+    let run = dpop(&["jwk", "--set", "-", "file:-"], &[]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.stderr.contains("read only once"), "{run:#?}");
 }
 
 #[tokio::test]

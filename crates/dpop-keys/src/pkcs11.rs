@@ -179,23 +179,40 @@ fn is_rv(e: &CkError, rv: RvError) -> bool {
 /// whose sessions another signer still uses would pull it from under them.
 static MODULES: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
 
-/// The user logins this process made: module, slot and a SHA-256 of the PIN that the
-/// token accepted. PKCS#11 logs a process in once per token, and a later `C_Login`
+/// The user logins this process made: module, slot and a keyed digest of the PIN that
+/// the token accepted. PKCS#11 logs a process in once per token, and a later `C_Login`
 /// only answers `CKR_USER_ALREADY_LOGGED_IN` whatever the PIN: a second key opened on
 /// the same token must still bring the right PIN.
-static LOGINS: Mutex<Vec<(PathBuf, u64, digest::Digest)>> = Mutex::new(Vec::new());
+static LOGINS: Mutex<Vec<(PathBuf, u64, aws_lc_rs::hmac::Tag)>> = Mutex::new(Vec::new());
 
-fn pin_digest(pin: &str) -> digest::Digest {
-    let mut context = digest::Context::new(&digest::SHA256);
-    context.update(b"dpop-keys pkcs11 login\0");
-    context.update(pin.as_bytes());
-    context.finish()
+/// An HMAC of the PIN under a key made at random once per process: what is kept of a
+/// PIN to compare later ones with. A plain hash of a short PIN could be reversed by
+/// trying every PIN; without the key, this cannot.
+fn pin_digest(pin: &str) -> aws_lc_rs::hmac::Tag {
+    static KEY: std::sync::OnceLock<aws_lc_rs::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut bytes = Zeroizing::new([0_u8; 32]);
+        // Without randomness the key is all zeros: no worse than a plain hash, and the
+        // comparison still works.
+        let _ = SystemRandom::new().fill(&mut *bytes);
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &*bytes)
+    });
+    aws_lc_rs::hmac::sign(key, pin.as_bytes())
 }
 
 /// The module at `path` (canonical), loaded and initialised.
 fn module(key: &DeviceKey, path: &Path) -> Result<(PathBuf, Pkcs11), KeysError> {
     let shown = path.display();
     let fix = "set module-path to the PKCS#11 library of the device (for SoftHSM: /usr/lib/softhsm/libsofthsm2.so)";
+    // Loading a library runs its code: never one found relative to wherever the process
+    // happens to run.
+    if !path.is_absolute() {
+        return Err(KeysError::config(
+            key,
+            format!("the PKCS#11 module {shown} is not an absolute path; {fix}"),
+            None,
+        ));
+    }
     let canonical = path.canonicalize().map_err(|e| {
         KeysError::config(
             key,
@@ -320,10 +337,18 @@ fn read_pin(
     let Some(source) = &uri.pin else {
         return Ok(None);
     };
-    source
+    let pin = source
         .read(options.dangerous_allow_pin_value)
-        .map(Some)
-        .map_err(|why| KeysError::config(key, why, None))
+        .map_err(|why| KeysError::config(key, why, None))?;
+    if pin.is_empty() {
+        // Sent to the token, an empty PIN would only use up one of its tries.
+        return Err(KeysError::config(
+            key,
+            format!("{} holds an empty PIN", pin_origin(uri)),
+            None,
+        ));
+    }
+    Ok(Some(pin))
 }
 
 /// The token, its module and the user's PIN: what every session needs.
@@ -467,7 +492,21 @@ impl Token {
     }
 }
 
-/// The search template of the private key the URI names.
+/// Refuses a URI that names no key (possible only for one changed after parsing, which
+/// checks this): its template would match any private key of the token.
+fn names_a_key(uri: &Pkcs11Uri) -> Result<(), KeysError> {
+    if uri.object.is_some() || uri.id.as_ref().is_some_and(|id| !id.is_empty()) {
+        return Ok(());
+    }
+    Err(KeysError::config(
+        &DeviceKey::Pkcs11(uri.clone()),
+        "the reference names no key: give object=LABEL and/or id=…",
+        None,
+    ))
+}
+
+/// The search template of the private key the URI names (the URI names it by label, id
+/// or both: [`open`] refuses one that names neither).
 fn private_template(uri: &Pkcs11Uri) -> Vec<Attribute> {
     let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
     if let Some(label) = &uri.object {
@@ -794,6 +833,7 @@ fn describe(
 
 /// Opens the key `uri` names: see the module documentation.
 pub(crate) fn open(uri: &Pkcs11Uri, options: &OpenOptions) -> Result<Arc<dyn Signer>, KeysError> {
+    names_a_key(uri)?;
     let token = Token::connect(uri, options)?;
     let key = &token.key;
     let session = token.session(false)?;
@@ -868,6 +908,7 @@ pub(crate) fn generate(
     alg: Algorithm,
     options: &OpenOptions,
 ) -> Result<(), KeysError> {
+    names_a_key(uri)?;
     let key = DeviceKey::Pkcs11(uri.clone());
     let Some(kind) = Kind::for_algorithm(alg) else {
         return Err(KeysError::config(
@@ -923,9 +964,13 @@ pub(crate) fn generate(
     };
     let mut last = None;
     for params in kind.params() {
+        // The public half is private too (seen only after login) and cannot be changed:
+        // otherwise anyone who can reach the token, without the PIN, could delete it or
+        // plant another public key under the same id and break the key's opening.
         let mut public = vec![
             Attribute::Token(true),
-            Attribute::Private(false),
+            Attribute::Private(true),
+            Attribute::Modifiable(false),
             Attribute::Verify(true),
             Attribute::EcParams(params.to_vec()),
             Attribute::Id(id.clone()),

@@ -236,7 +236,7 @@ pub(crate) fn generate(
                 created.out_public,
                 handle,
             ),
-            (None, None) => unreachable!("a parsed tpm2 URI names a handle or a file"),
+            (None, None) => unreachable!("Target::new admits a handle or a file"),
         });
     if made {
         let _ = context.flush_context(parent.into());
@@ -439,12 +439,25 @@ fn primary_template() -> tss_esapi::Result<Public> {
 
 fn persistent(handle: u32) -> PersistentTpmHandle {
     PersistentTpmHandle::new(handle)
-        .unwrap_or_else(|_| unreachable!("the URI parser admits persistent handles only"))
+        .unwrap_or_else(|_| unreachable!("Target::new admits persistent handles only"))
 }
 
 impl Target {
     fn new(uri: &Tpm2Uri, options: &OpenOptions) -> Result<Self, KeysError> {
         let key = DeviceKey::Tpm2(uri.clone());
+        // What the parser guarantees, checked again for a URI changed after parsing:
+        // the rest of this module relies on it.
+        let persistent_handle = |h: u32| PersistentTpmHandle::new(h).is_ok();
+        if uri.handle.is_some() == uri.file.is_some()
+            || uri.handle.is_some_and(|h| !persistent_handle(h))
+            || uri.parent.is_some_and(|h| !persistent_handle(h))
+        {
+            return Err(KeysError::config(
+                &key,
+                "the reference must name one persistent handle (0x81000000 to 0x81FFFFFF) or one key file",
+                None,
+            ));
+        }
         let tcti = match &uri.tcti {
             Some(t) => t.clone(),
             None => TCTI_VARIABLES
@@ -551,7 +564,7 @@ impl Target {
                 })?
                 .into(),
             (None, Some(path)) => self.load_file(&mut context, path)?,
-            (None, None) => unreachable!("a parsed tpm2 URI names a handle or a file"),
+            (None, None) => unreachable!("Target::new admits a handle or a file"),
         };
         if let Some(auth) = &self.auth {
             let auth =

@@ -96,8 +96,17 @@ fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String>
     if !before.is_file() {
         return Err(not_regular());
     }
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    // And opened without waiting, should a FIFO take its place meanwhile.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        open.custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed());
+    }
+    let file = open
+        .open(path)
+        .map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
@@ -106,11 +115,19 @@ fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String>
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(format!(
                 "the PIN file {shown} can be read by other users (mode {mode:04o}); run `chmod 600 {shown}`"
+            ));
+        }
+        // Another user's file, even one only they can read: they chose this PIN.
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && me != 0 {
+            return Err(format!(
+                "the PIN file {shown} belongs to another user (uid {}); it must be this user's own (uid {me})",
+                meta.uid()
             ));
         }
     }

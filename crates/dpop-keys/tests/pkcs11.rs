@@ -280,9 +280,41 @@ fn an_es256_key_made_in_the_token_signs_proofs_and_cannot_be_read_out() {
                 .unwrap();
             assert_eq!(id.len(), 16);
             let public = session
-                .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)])
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Id(id.clone()),
+                ])
                 .unwrap();
             assert_eq!(public.len(), 1);
+            // The public half can be neither seen nor changed without the PIN: nobody
+            // can delete it or plant another public key under its id.
+            let public_attrs = session
+                .get_attributes(
+                    public[0],
+                    &[AttributeType::Private, AttributeType::Modifiable],
+                )
+                .unwrap();
+            assert!(
+                public_attrs.contains(&Attribute::Private(true))
+                    && public_attrs.contains(&Attribute::Modifiable(false)),
+                "{public_attrs:?}"
+            );
+            let out = Command::new("pkcs11-tool")
+                .arg("--module")
+                .arg(&f.module)
+                .args([
+                    "--token-label",
+                    "alpha",
+                    "--list-objects",
+                    "--type",
+                    "pubkey",
+                ])
+                .output()
+                .expect("pkcs11-tool (Debian package opensc)");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("dpop-es256"),
+                "the public half shows without the login: {out:?}"
+            );
 
             // OpenSSL's pkcs11-tool, logged in, sees the key and no private value.
             let out = Command::new("pkcs11-tool")
@@ -448,6 +480,16 @@ fn every_wrong_reference_is_refused_precisely_without_showing_the_pin() {
             let jkt = first.public_jwk().thumbprint().clone();
             // Its sessions close: the process is logged out of the token again.
             drop(first);
+
+            // An empty PIN is never sent to the token (it would use up one try).
+            let empty = f.secret_file("empty-pin", "");
+            let empty_uri = good.replace(
+                &f.pin_file().display().to_string(),
+                &empty.display().to_string(),
+            );
+            let e = open_error(&empty_uri, &options());
+            assert!(e.is_config() && e.code().is_none(), "{e}");
+            assert!(e.to_string().contains("holds an empty PIN"), "{e}");
 
             // A wrong PIN: the token's own code, a configuration error.
             let wrong = f.secret_file("wrong-pin", WRONG_PIN);
@@ -646,6 +688,10 @@ fn a_missing_module_or_a_library_that_is_not_pkcs11_is_refused() {
             "no usable module",
         )
     };
+    // A relative module path: refused before anything is loaded from it.
+    let e = open_with_pin(Path::new("softhsm/libsofthsm2.so"));
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("not an absolute path"), "{e}");
     let e = open_with_pin(&missing);
     assert!(e.is_config(), "{e}");
     let text = e.to_string();

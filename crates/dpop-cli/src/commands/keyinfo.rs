@@ -19,7 +19,9 @@ pub(crate) fn jwk(args: &JwkArgs, out: &mut dyn Write) -> Result<ExitCode, CliEr
             "several key files make a JWK Set: add --set",
         ));
     }
-    if args.files.iter().filter(|f| keyfile::is_stdio(f)).count() > 1 {
+    // `-` and `file:-` both name standard input.
+    let stdin = |f: &std::path::PathBuf| matches!(keyfile::key_ref(f), Ok(dpop_keys::KeyRef::File(p)) if keyfile::is_stdio(&p));
+    if args.files.iter().filter(|f| stdin(f)).count() > 1 {
         return Err(CliError::usage("standard input (-) can be read only once"));
     }
     let alg = args.alg.flatten().map(Algorithm::from);
