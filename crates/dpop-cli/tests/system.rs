@@ -1106,6 +1106,21 @@ async fn the_gateway_survives_its_upstream_and_redis_going_away() {
     );
     assert_eq!(gw.admin_get("/readyz").await.status, 503);
     assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    // The log says so once, with the cause, not once per refused request.
+    let log = gw.process.output();
+    let failing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dpop::replay") && l.contains(" failing: "))
+        .collect();
+    assert_eq!(failing.len(), 1, "{log}");
+    // What the connection said: a reset, a broken pipe or a refused reconnection.
+    assert!(
+        ["refused", "broken pipe", "reset", "closed", "connect"]
+            .iter()
+            .any(|cause| failing[0].contains(cause)),
+        "the first report names the cause: {}",
+        failing[0]
+    );
 
     // Redis is back (empty): 200 again, soon.
     redis.start().await.unwrap();
@@ -1127,6 +1142,14 @@ async fn the_gateway_survives_its_upstream_and_redis_going_away() {
         "scenario 6: 200 again {:?} after Redis restarted",
         back.elapsed()
     );
+    // And the recovery once, with how long it lasted and how many requests failed.
+    let log = gw.process.output();
+    let recovered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dpop::replay") && l.contains(" recovered after "))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{log}");
+    assert!(recovered[0].contains("failures)"), "{}", recovered[0]);
     assert_eq!(gw.admin_get("/readyz").await.status, 200);
     eprintln!("scenario 6: {:?}", started.elapsed());
 }
