@@ -282,7 +282,7 @@ fn an_es256_key_made_in_the_token_signs_proofs_and_cannot_be_read_out() {
             let public = session
                 .find_objects(&[
                     Attribute::Class(ObjectClass::PUBLIC_KEY),
-                    Attribute::Id(id.clone()),
+                    Attribute::Id(id),
                 ])
                 .unwrap();
             assert_eq!(public.len(), 1);
