@@ -280,10 +280,7 @@ fn an_es256_key_made_in_the_token_signs_proofs_and_cannot_be_read_out() {
                 .unwrap();
             assert_eq!(id.len(), 16);
             let public = session
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::PUBLIC_KEY),
-                    Attribute::Id(id),
-                ])
+                .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)])
                 .unwrap();
             assert_eq!(public.len(), 1);
             // The public half can be neither seen nor changed without the PIN: nobody
