@@ -250,13 +250,21 @@ async fn reload_on_change_applies_an_edited_file() {
     assert_eq!(r.status, 401);
     // Written in two pieces, the first not a valid configuration on its own (a route
     // without its policy): the half is never loaded, so never reported as bad.
-    let whole = format!("{text}\n[[routes]]\npath_prefix = \"/open\"\ndpop = \"off\"\n");
+    let whole = format!(
+        "{text}\n[[routes]]\npath_prefix = \"/open\"\ndangerous_forward_encoded_slashes = true\ndpop = \"off\"\n"
+    );
     let (half, _) = whole.split_at(whole.len() - 12);
     std::fs::write(&file, half).unwrap();
     // A check saw the half; the rest follows well within one check interval (2 s).
     logged(&gw, "the configuration file changed", 1).await;
     std::fs::write(&file, &whole).unwrap();
     let line = logged(&gw, "configuration reloaded", 1).await;
+    // A setting that weakens a check, turned on by an edit, is called out.
+    let warned = logged(&gw, "a reload turned on a dangerous setting", 1).await;
+    assert!(
+        warned.contains("WARN") && warned.contains("dangerous_forward_encoded_slashes"),
+        "{warned}"
+    );
     assert!(
         !gw.output().contains("configuration not reloaded"),
         "a half-written file was loaded:\n{}",

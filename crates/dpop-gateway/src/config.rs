@@ -1236,6 +1236,26 @@ impl GatewayConfig {
 }
 
 impl EnforcementConfig {
+    /// The settings in force that weaken a check (their names start with `dangerous`),
+    /// as the configuration file names them: logged at start and when a reload turns one
+    /// on or off.
+    #[must_use]
+    pub fn dangerous_settings(&self) -> Vec<String> {
+        let mut on = Vec::new();
+        if self.fail_open {
+            on.push("replay.dangerous_fail_open".to_owned());
+        }
+        for route in self.routes.routes() {
+            if route.policy.forwards_encoded_slashes() {
+                on.push(format!(
+                    "routes (path_prefix {:?}).dangerous_forward_encoded_slashes",
+                    route.path_prefix
+                ));
+            }
+        }
+        on
+    }
+
     /// Checks what the gateway and the authorizer share. `client_certs` is `Ok` when
     /// verified client certificates can reach the routes, else why not (for a route with
     /// `client_cert = "required"`). The callers have taken their own settings out of
@@ -1779,6 +1799,27 @@ mod tests {
             .set_audience("https://api.example.com")
             .set_allowed_hosts(vec!["127.0.0.1:8080".into()]);
         s
+    }
+
+    #[test]
+    fn dangerous_settings_are_listed_by_their_names_in_the_file() {
+        let dangerous = |text: &str| {
+            settings(text)
+                .validate()
+                .unwrap()
+                .enforcement
+                .dangerous_settings()
+        };
+        assert!(dangerous("").is_empty());
+        assert_eq!(
+            dangerous(
+                "[replay]\ndangerous_fail_open = true\n[[routes]]\npath_prefix = \"/files\"\ndangerous_forward_encoded_slashes = true\n[[routes]]\npath_prefix = \"/other\"\n"
+            ),
+            [
+                "replay.dangerous_fail_open",
+                "routes (path_prefix \"/files\").dangerous_forward_encoded_slashes"
+            ]
+        );
     }
 
     #[test]

@@ -133,7 +133,8 @@ fn build(
     settings.events = metrics.clone();
     settings.token_cache_ttl = config.token_cache_ttl;
     if config.fail_open {
-        tracing::warn!(target: "dpop::gateway", "replay.dangerous_fail_open is set: requests pass when the replay store fails, so replays are possible then");
+        // Said once at start and at the reload that turns it on (reload.rs), not at
+        // every rebuild.
         settings.dangerous_fail_open_on_replay_store_errors();
     }
     if config.nonces.is_some() && !config.nonce_secret_shared {

@@ -117,6 +117,9 @@ pub(crate) trait Apply: Send + Sync + 'static {
     /// Whether `state`'s configuration asks for its file to be watched.
     fn reload_on_change(state: &Self::State) -> bool;
 
+    /// The DPoP checks `state` enforces.
+    fn enforcement(state: &Self::State) -> &EnforcementConfig;
+
     /// Builds the next generation from `config`, the one in force being `old`: refuses a
     /// setting that takes a restart, builds everything that can fail. Nothing is put in
     /// force here.
@@ -143,6 +146,9 @@ pub(crate) struct Reloader<A: Apply> {
 
 impl<A: Apply> Reloader<A> {
     pub(crate) fn new(first: Arc<Generation<A::State>>, apply: A, metrics: Arc<Metrics>) -> Self {
+        for setting in A::enforcement(&first.state).dangerous_settings() {
+            service_event!(A::SERVICE, warn, setting = %setting, "a dangerous setting is in force: it weakens a check");
+        }
         Self {
             current: ArcSwap::new(first),
             apply,
@@ -239,6 +245,11 @@ impl<A: Apply> Reloader<A> {
                 self.apply.install(&generation, prepared);
                 self.current.store(Arc::clone(&generation));
                 self.metrics.config_applied(generation.number);
+                log_dangerous_changes(
+                    service,
+                    A::enforcement(&old.state),
+                    A::enforcement(&generation.state),
+                );
                 service_event!(
                     service,
                     info,
@@ -433,6 +444,10 @@ impl Apply for GatewayApply {
         state.config.reload_on_change
     }
 
+    fn enforcement(state: &Served) -> &EnforcementConfig {
+        &state.config.enforcement
+    }
+
     async fn prepare(
         &self,
         config: GatewayConfig,
@@ -501,6 +516,18 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
     .chain(enforcement_restart_only(&old.enforcement, &new.enforcement))
     .find(|(_, changed)| *changed)
     .map(|(name, _)| name)
+}
+
+/// Says which settings that weaken a check a reload turned on (a warning: an edit of
+/// the file may not have meant it) and which it turned off.
+fn log_dangerous_changes(service: Service, old: &EnforcementConfig, new: &EnforcementConfig) {
+    let (before, after) = (old.dangerous_settings(), new.dangerous_settings());
+    for setting in after.iter().filter(|s| !before.contains(s)) {
+        service_event!(service, warn, setting = %setting, "a reload turned on a dangerous setting: it weakens a check");
+    }
+    for setting in before.iter().filter(|s| !after.contains(s)) {
+        service_event!(service, info, setting = %setting, "a reload turned off a dangerous setting");
+    }
 }
 
 #[cfg(test)]

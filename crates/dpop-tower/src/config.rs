@@ -323,8 +323,9 @@ impl Routes {
         })
     }
 
-    /// Every route's path prefix and methods, for checks at start-up.
-    pub(crate) fn routes(&self) -> impl Iterator<Item = &Route> {
+    /// The routes, in the order they were added (the default policy is not among them):
+    /// for checks at start-up, and for what a configuration has in force.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
 

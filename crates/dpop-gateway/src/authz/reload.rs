@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dpop_tower::HtuSource;
 
 use super::Authorizer;
-use crate::config::AuthzConfig;
+use crate::config::{AuthzConfig, EnforcementConfig};
 use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RouteLabels};
@@ -99,6 +99,10 @@ impl Apply for AuthzApply {
     fn reload_on_change(_: &Configured) -> bool {
         // Refused in the authorizer's configuration: SIGHUP only.
         false
+    }
+
+    fn enforcement(state: &Configured) -> &EnforcementConfig {
+        &state.config.enforcement
     }
 
     async fn prepare(
