@@ -371,7 +371,7 @@ pub(crate) enum IssuerAction {
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         activate_in: u64,
         /// The next key, one the operator manages: a PEM or JWK file (`file:PATH`, mode
-        /// 0600) or a device key (`pkcs11:…`, `tpm2:…`, `awskms:…`). Required when the
+        /// 0600) or a device key (`pkcs11:...`, `tpm2:...`, `awskms:...`). Required when the
         /// configuration sets `[keys] signing_key`; without it a software key is made
         #[arg(long, value_name = "REF")]
         key: Option<String>,
@@ -412,7 +412,7 @@ pub(crate) struct IssuerTokenArgs {
     #[arg(long, value_name = "VAR", conflicts_with = "client_key")]
     pub(crate) client_secret_env: Option<String>,
     /// Authenticate with private_key_jwt signed by this key: a file or a key in a device
-    /// (pkcs11:…, tpm2:…, awskms:…)
+    /// (pkcs11:..., tpm2:..., awskms:...)
     #[arg(long, value_name = "KEY")]
     pub(crate) client_key: Option<PathBuf>,
     /// Scopes to ask for (space-separated)
@@ -452,7 +452,7 @@ pub(crate) struct IssuerTokenArgs {
 #[derive(Debug, Args)]
 pub(crate) struct TokenArgs {
     /// The DPoP key the token is bound to: a file (PKCS#8 PEM or private JWK, mode 0600;
-    /// - for stdin) or a key in a device (pkcs11:…, tpm2:…, awskms:…; see docs/keys.md)
+    /// - for stdin) or a key in a device (pkcs11:..., tpm2:..., awskms:...; see docs/keys.md)
     #[arg(long, value_name = "KEY")]
     pub(crate) key: PathBuf,
     #[command(flatten)]
@@ -475,7 +475,7 @@ pub(crate) struct KeygenArgs {
     #[arg(long, value_name = "FILE", required_unless_present = "key")]
     pub(crate) out: Option<PathBuf>,
     /// Generate the key inside a device instead, where it cannot be exported: a
-    /// pkcs11:…, tpm2:… or awskms:… reference naming the new key (see docs/keys.md).
+    /// pkcs11:..., tpm2:... or awskms:... reference naming the new key (see docs/keys.md).
     /// Prints its thumbprint; nothing is written to a file
     #[arg(long, value_name = "KEY", conflicts_with_all = ["out", "force", "jwk", "encrypt", "bits"])]
     pub(crate) key: Option<String>,
@@ -494,7 +494,7 @@ pub(crate) struct KeygenArgs {
 #[derive(Debug, Args)]
 pub(crate) struct JwkArgs {
     /// Key file(s): PKCS#8 PEM private key, private JWK, or public JWK (- for stdin), or
-    /// keys in a device (pkcs11:…, tpm2:…, awskms:…); several only with --set
+    /// keys in a device (pkcs11:..., tpm2:..., awskms:...); several only with --set
     #[arg(value_name = "FILE", required = true)]
     pub(crate) files: Vec<PathBuf>,
     /// Add "kid": the key's thumbprint (RFC 7638)
@@ -513,7 +513,7 @@ pub(crate) struct JwkArgs {
 #[derive(Debug, Args)]
 pub(crate) struct KeyFileArgs {
     /// Key file: PKCS#8 PEM private key, private JWK, or public JWK (- for stdin), or a
-    /// key in a device (pkcs11:…, tpm2:…, awskms:…)
+    /// key in a device (pkcs11:..., tpm2:..., awskms:...)
     #[arg(value_name = "FILE")]
     pub(crate) file: PathBuf,
 }
@@ -521,7 +521,7 @@ pub(crate) struct KeyFileArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ProofArgs {
     /// Private key to sign with: a file (PKCS#8 PEM or private JWK; - for stdin) or a key
-    /// in a device (pkcs11:…, tpm2:…, awskms:…)
+    /// in a device (pkcs11:..., tpm2:..., awskms:...)
     #[arg(long, value_name = "KEY")]
     pub(crate) key: PathBuf,
     /// HTTP method of the request the proof is for (htm), e.g. GET or POST

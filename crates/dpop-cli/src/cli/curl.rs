@@ -28,7 +28,7 @@ pub(crate) struct CurlArgs {
     pub(crate) url: String,
 
     /// The DPoP key: a file (PKCS#8 PEM or private JWK, mode 0600) or a key in a device
-    /// (pkcs11:…, tpm2:…, awskms:…; see docs/keys.md)
+    /// (pkcs11:..., tpm2:..., awskms:...; see docs/keys.md)
     #[arg(long, value_name = "KEY", help_heading = DPOP)]
     pub(crate) key: PathBuf,
     /// The access token
