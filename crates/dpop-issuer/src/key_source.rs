@@ -5,7 +5,6 @@
 //! Opening may wait on a device or a network service: callers on the executor go through
 //! [`KeySource::open_blocking`]. Every message names the reference with any PIN as `***`.
 
-use std::io::Read as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -149,36 +148,10 @@ pub(crate) fn context(what: &str, e: IssuerError) -> IssuerError {
     }
 }
 
-/// Reads a private key file the operator manages: a regular file readable by its owner
-/// only, holding a PKCS#8 PEM or a private JWK.
+/// Reads a private key file the operator manages: a regular file of this user's,
+/// readable by its owner only, holding a PKCS#8 PEM or a private JWK.
 fn read_key_file(path: &Path) -> Result<PrivateKey, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_owned());
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "the private key file can be read by other users (mode {mode:o}); run: chmod 600 {}",
-                path.display()
-            ));
-        }
-    }
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if bytes.len() as u64 > MAX_KEY_FILE {
-        return Err(format!(
-            "larger than {MAX_KEY_FILE} bytes: not a private key"
-        ));
-    }
+    let bytes = dpop_keys::read_file(path, MAX_KEY_FILE, "private key file", true)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| "not UTF-8 text".to_owned())?;
     let trimmed = text.trim_start();
     let key = if trimmed.starts_with('{') {

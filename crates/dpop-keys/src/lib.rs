@@ -24,6 +24,7 @@
 mod check;
 mod ecdsa;
 mod error;
+mod file;
 mod jwk;
 mod pool;
 mod redact;
@@ -44,6 +45,7 @@ use dpop_core::{Algorithm, Signer};
 pub use crate::check::self_check;
 pub use crate::ecdsa::der_to_fixed;
 pub use crate::error::{Backend, KeysError};
+pub use crate::file::read_file;
 pub use crate::jwk::{ec_public_jwk, ed25519_public_jwk};
 pub use crate::pool::{Pool, PoolGuard};
 pub use crate::uri::{AwsKmsUri, PinSource, Pkcs11Uri, Tpm2Uri};

@@ -583,34 +583,10 @@ impl Target {
     fn load_file(&self, context: &mut Context, path: &Path) -> Result<KeyHandle, KeysError> {
         const MAX: u64 = 16 * 1024;
         let shown = path.display();
-        // Looked at before it is opened: opening a FIFO waits for a writer, for ever.
-        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-            return Err(KeysError::config(
-                &self.key,
-                format!("the key file {shown} is not a regular file"),
-                None,
-            ));
-        }
-        let bytes = std::fs::File::open(path)
-            .and_then(|f| {
-                use std::io::Read as _;
-                let mut bytes = Vec::new();
-                f.take(MAX + 1).read_to_end(&mut bytes).map(|_| bytes)
-            })
-            .map_err(|e| {
-                KeysError::config(
-                    &self.key,
-                    format!("cannot read the key file {shown}: {e}"),
-                    None,
-                )
-            })?;
-        if bytes.len() as u64 > MAX {
-            return Err(KeysError::config(
-                &self.key,
-                format!("the key file {shown} is larger than {MAX} bytes"),
-                None,
-            ));
-        }
+        // The blobs are encrypted to the TPM: not a secret file, but still bounded, and
+        // never a FIFO to wait on.
+        let bytes = crate::file::read_file(path, MAX, "key file", false)
+            .map_err(|why| KeysError::config(&self.key, why, None))?;
         let (public, private) = decode_key_file(&bytes).map_err(|why| {
             KeysError::config(&self.key, format!("the key file {shown}: {why}"), None)
         })?;

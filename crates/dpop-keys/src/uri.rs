@@ -84,64 +84,11 @@ impl PinSource {
     }
 }
 
-/// The first line of a small owner-only regular file.
+/// The first line of a small PIN file, this user's own and readable by it only.
 fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
-    use std::io::Read as _;
-    const MAX: u64 = 4096;
-    let shown = path.display();
-    let not_regular = || format!("the PIN file {shown} is not a regular file");
-    // Looked at before it is opened: opening a FIFO waits for a writer, for ever.
-    let before =
-        std::fs::metadata(path).map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
-    if !before.is_file() {
-        return Err(not_regular());
-    }
-    let mut open = std::fs::OpenOptions::new();
-    open.read(true);
-    // And opened without waiting, should a FIFO take its place meanwhile.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        open.custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed());
-    }
-    let file = open
-        .open(path)
-        .map_err(|e| format!("cannot open the PIN file {shown}: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
-    if !meta.is_file() {
-        return Err(not_regular());
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "the PIN file {shown} can be read by other users (mode {mode:04o}); run `chmod 600 {shown}`"
-            ));
-        }
-        // Another user's file, even one only they can read: they chose this PIN.
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me && me != 0 {
-            return Err(format!(
-                "the PIN file {shown} belongs to another user (uid {}); it must be this user's own (uid {me})",
-                meta.uid()
-            ));
-        }
-    }
-    // Allocated at its full size up front: a buffer that grew while reading would leave
-    // its earlier, smaller copies of the PIN in freed memory, never wiped.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX as usize + 1));
-    file.take(MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the PIN file {shown}: {e}"))?;
-    if bytes.len() as u64 > MAX {
-        return Err(format!("the PIN file {shown} is larger than {MAX} bytes"));
-    }
+    let bytes = crate::file::read_file(path, 4096, "PIN file", true)?;
     let text = std::str::from_utf8(&bytes)
-        .map_err(|_| format!("the PIN file {shown} is not UTF-8 text"))?;
+        .map_err(|_| format!("the PIN file {} is not UTF-8 text", path.display()))?;
     let line = text.split(['\n', '\r']).next().unwrap_or_default();
     Ok(Zeroizing::new(line.to_owned()))
 }
