@@ -65,12 +65,6 @@ pub(crate) fn outcome_fields(outcome: Option<&Outcome>) -> (&'static str, &'stat
     }
 }
 
-/// The path of a canonical target: without its query string, which may carry secrets.
-pub(crate) fn path_of(target: &AuthorizedTarget) -> &str {
-    let t = target.as_str();
-    t.split_once('?').map_or(t, |(path, _)| path)
-}
-
 /// The access log and request metrics of one listener.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestLog {
@@ -132,7 +126,7 @@ impl RequestLog {
         line(&Line {
             peer: Some(peer),
             method: started.method.as_str(),
-            path: target.map(path_of),
+            path: target.map(AuthorizedTarget::path),
             status,
             elapsed,
             outcome,

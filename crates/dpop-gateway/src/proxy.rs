@@ -149,7 +149,8 @@ impl RequestStrip {
         let named = connection_named(headers);
         let listed =
             |list: &[String], name: &str| list.binary_search_by(|l| l.as_str().cmp(name)).is_ok();
-        let doomed: Vec<HeaderName> = headers
+        // Without an allocation for the usual few (`Host`, the credentials).
+        let doomed: smallvec::SmallVec<[HeaderName; 8]> = headers
             .keys()
             .filter(|k| {
                 let name = k.as_str();
@@ -229,6 +230,58 @@ const CLAIMS: [&str; 19] = [
     "x-host",
     "x-original-forwarded-for",
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `X-Forwarded-For` for the upstream: the list the request carries (only a trusted
+/// proxy's is left by then) followed by `peer`. RFC 9110 §5.3: repeated field lines are
+/// one list, in order; all are kept. With no list, the value is the peer's address
+/// alone, which each serving thread keeps for the last peer it saw: a connection's
+/// requests all come from one address.
+fn forwarded_for(headers: &HeaderMap, peer: IpAddr) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
+    thread_local! {
+        static LAST_PEER: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    if hops.peek().is_none() {
+        return LAST_PEER.with_borrow_mut(|last| match last {
+            Some((ip, value)) if *ip == peer => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::from_maybe_shared(Bytes::from(peer.to_string())).ok()?;
+                *last = Some((peer, value.clone()));
+                Some(value)
+            }
+        });
+    }
+    let mut value = String::new();
+    for hop in hops {
+        value.push_str(hop);
+        value.push_str(", ");
+    }
+    let _ = write!(value, "{peer}");
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+}
+
+/// The `Host` field of an HTTP/1.1 request to `url`: its host, and its port unless it
+/// is the scheme's default (what hyper's client would send).
+fn host_header(url: &Uri) -> Option<HeaderValue> {
+    let host = url.host()?;
+    let default = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match url.port_u16().filter(|p| *p != default) {
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        None => HeaderValue::from_str(host).ok(),
+    }
+}
 
 /// The first element of the comma-separated list in the field lines of `name`.
 fn first_value(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
@@ -321,6 +374,8 @@ struct Upstream {
     config: UpstreamConfig,
     /// The name in the access log: the configuration's text, made once.
     name: Arc<str>,
+    /// The `Host` of an HTTP/1.1 request to it, made once (see [`host_header`]).
+    host: Option<HeaderValue>,
     client: UpstreamClient<RequestBody>,
     /// To probe the upstream at start-up without going through the pool.
     connector: UpstreamConnector,
@@ -362,6 +417,7 @@ impl Upstreams {
             Ok(Arc::new(Upstream {
                 config: u.clone(),
                 name: Arc::from(u.to_string()),
+                host: host_header(&u.url),
                 client,
                 connector,
                 pool,
@@ -395,6 +451,7 @@ impl Upstreams {
             Arc::new(Upstream {
                 config: u.config.clone(),
                 name: Arc::clone(&u.name),
+                host: u.host.clone(),
                 client,
                 connector: u.connector.clone(),
                 pool: u.pool,
@@ -598,7 +655,10 @@ impl Proxy {
     /// The upstream URI for `target`, the exact target the layer authorised: the
     /// upstream's path prefix, then the target.
     fn upstream_uri(upstream: &UpstreamConfig, target: &AuthorizedTarget) -> Option<Uri> {
-        let path = format!("{}{}", upstream.path_prefix(), target.as_str());
+        let (prefix, target) = (upstream.path_prefix(), target.as_str());
+        let mut path = String::with_capacity(prefix.len() + target.len());
+        path.push_str(prefix);
+        path.push_str(target);
         Uri::builder()
             .scheme(upstream.url.scheme()?.clone())
             .authority(upstream.url.authority()?.clone())
@@ -621,7 +681,7 @@ impl Proxy {
         // Forward exactly what the layer judged; without its verdict nothing is forwarded.
         let target = req.extensions_mut().remove::<AuthorizedTarget>()?;
         let upstream = Arc::clone(self.upstreams.for_target(&target));
-        let path = target.as_str().split('?').next().unwrap_or_default();
+        let path = target.path();
         dpop_server::telemetry::record_path(&tracing::Span::current(), path);
         *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
         let caller = if s.log_requests {
@@ -668,22 +728,18 @@ impl Proxy {
         if !upstream.config.http2 {
             join_cookies(headers);
         }
-        if let Some(ip) = peer {
-            // RFC 9110 §5.3: repeated field lines are one list, in order; keep them all.
-            let mut hops: Vec<&str> = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let peer = ip.to_canonical().to_string();
-            hops.push(&peer);
-            let value = hops.join(", ");
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert("x-forwarded-for", v);
-            }
+        if let Some(ip) = peer
+            && let Some(v) = forwarded_for(headers, ip.to_canonical())
+        {
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        if !headers.contains_key("x-forwarded-proto") {
-            headers.insert("x-forwarded-proto", s.client_scheme.clone());
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, s.client_scheme.clone());
+        }
+        // The upstream's own `Host` (the client's was removed above), as hyper's client
+        // would make it, but made once per upstream rather than formatted per request.
+        if let Some(host) = upstream.host.as_ref().filter(|_| !upstream.config.http2) {
+            headers.insert(header::HOST, host.clone());
         }
         // Set only from the certificate the TLS handshake verified.
         if let Some(cert) = client_cert {
@@ -949,6 +1005,67 @@ mod tests {
         ]);
         strip.apply(&mut h, false, true, false);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn the_upstream_host_field_names_a_port_only_when_it_is_not_the_default() {
+        let host =
+            |url: &str| host_header(&url.parse().unwrap()).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(host("http://api.internal").as_deref(), Some("api.internal"));
+        assert_eq!(
+            host("http://api.internal:80/v1").as_deref(),
+            Some("api.internal")
+        );
+        assert_eq!(
+            host("https://api.internal:443").as_deref(),
+            Some("api.internal")
+        );
+        assert_eq!(
+            host("http://api.internal:443").as_deref(),
+            Some("api.internal:443")
+        );
+        assert_eq!(
+            host("https://api.internal:80").as_deref(),
+            Some("api.internal:80")
+        );
+        assert_eq!(
+            host("http://127.0.0.1:3000").as_deref(),
+            Some("127.0.0.1:3000")
+        );
+        assert_eq!(host("http://[::1]:3000").as_deref(), Some("[::1]:3000"));
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_the_list_and_never_reuses_another_peers_value() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let value = |h: &HeaderMap, peer: &str| {
+            forwarded_for(h, ip(peer)).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let none = HeaderMap::new();
+        // The same thread, peers one after the other: each gets its own address.
+        for peer in [
+            "192.0.2.1",
+            "192.0.2.1",
+            "192.0.2.2",
+            "2001:db8::7",
+            "192.0.2.1",
+        ] {
+            assert_eq!(value(&none, peer).as_deref(), Some(peer));
+        }
+        let mut listed = HeaderMap::new();
+        listed.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        listed.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("10.0.0.1, 10.0.0.2"),
+        );
+        assert_eq!(
+            value(&listed, "192.0.2.1").as_deref(),
+            Some("203.0.113.9, 10.0.0.1, 10.0.0.2, 192.0.2.1")
+        );
+        // A value that is not text is left out of the list, as before.
+        let mut odd = HeaderMap::new();
+        odd.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(value(&odd, "192.0.2.3").as_deref(), Some("192.0.2.3"));
     }
 
     #[test]

@@ -96,6 +96,14 @@ impl AuthorizedTarget {
         &self.target
     }
 
+    /// The path: the target without its query string (which may carry secrets, and is
+    /// not part of an `htu`).
+    #[must_use]
+    pub fn path(&self) -> &str {
+        let t = self.as_str();
+        t.split_once('?').map_or(t, |(path, _)| path)
+    }
+
     /// `false` when a route with
     /// [`crate::RoutePolicy::dangerous_forward_encoded_slashes`] let a target with `%2F`
     /// through as sent.

@@ -160,13 +160,12 @@ where
             return Ok(response);
         }
     };
-    let path = target.as_str().split('?').next().unwrap_or("/").to_owned();
-    let mut req = req;
-    req.extensions_mut().insert(target);
     // RFC 9728 §3: the metadata document is public; it is never behind DPoP. Reading it
     // is: any other method on that path meets the route's policy like any request.
     let metadata_request = (req.method() == Method::GET || req.method() == Method::HEAD)
-        && is_metadata_path(&shared, &path);
+        && is_metadata_path(&shared, target.path());
+    let mut req = req;
+    req.extensions_mut().insert(target);
     // The connection's client certificate first, in every mode: it is not a DPoP check
     // that report-only could waive.
     if policy.requires_client_cert()
@@ -176,7 +175,11 @@ where
         let error = Error::from(RequestError::ClientCertificateRequired);
         let reason = error.reason();
         let status = reason.response(dpop_core::Role::ResourceServer).status;
-        tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %req.method(), path = %path, detail = %error, "request refused");
+        let path = req
+            .extensions()
+            .get::<AuthorizedTarget>()
+            .map(AuthorizedTarget::path);
+        tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %req.method(), path, detail = %error, "request refused");
         shared
             .settings
             .events
@@ -199,9 +202,14 @@ where
     }
     // Work on the head only: the body is not needed and need not be `Sync`.
     let (mut parts, body) = req.into_parts();
+    // The canonical path the target was judged by (in the extensions, put there above).
+    let path = parts
+        .extensions
+        .get::<AuthorizedTarget>()
+        .map_or("/", AuthorizedTarget::path);
     let result = match shared.settings.clock.now() {
         Some(now) => shared
-            .authenticate(&parts, policy, &path, now)
+            .authenticate(&parts, policy, path, now)
             .await
             .map(|a| (a, now)),
         None => Err(Rejection::new(Error::NoClock, None)),

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use dpop_server::http::method_label;
 
-use crate::access_log::{self, Caller, Line, outcome_fields, path_of};
+use crate::access_log::{self, Caller, Line, outcome_fields};
 use crate::config::IdentityHeaders;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::proxy::{OVERRIDES, identity_values};
@@ -254,7 +254,7 @@ impl Authorizer {
         access_log::line(&Line {
             peer: None,
             method,
-            path: target.map(path_of),
+            path: target.map(AuthorizedTarget::path),
             status: status.as_u16(),
             elapsed,
             outcome,
