@@ -8,9 +8,9 @@
 //! reports (22, 6, 7, 28, 35, 60...; see its `--help`).
 
 /// mimalloc rather than the C library's allocator: a proxied request allocates a few
-/// dozen small buffers (header maps, bodies, futures) on one thread and frees them on
-/// the same one, where its per-thread free lists cost about half of glibc's arenas
-/// (measured in docs/benchmarks.md).
+/// dozen small buffers (header maps, bodies, futures) on one serving thread and frees
+/// them on the same one, which mimalloc's per-thread free lists serve with 2-5 % less
+/// CPU per plain request (docs/benchmarks.md, 2026-12-04).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
