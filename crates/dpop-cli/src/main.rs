@@ -10,7 +10,9 @@
 /// mimalloc rather than the C library's allocator: a proxied request allocates a few
 /// dozen small buffers (header maps, bodies, futures) on one serving thread and frees
 /// them on the same one, which mimalloc's per-thread free lists serve with 2-5 % less
-/// CPU per plain request (docs/benchmarks.md, 2026-12-04).
+/// CPU per plain request (docs/benchmarks.md, 2026-12-04). Built without mimalloc's
+/// `secure` mode; the C libraries in the process (aws-lc, PKCS#11 modules, the TSS)
+/// keep the C library's allocator. `--no-default-features --features otel` leaves it out.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

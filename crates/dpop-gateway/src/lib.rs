@@ -40,6 +40,7 @@ mod enforce;
 mod error;
 mod metrics;
 mod pem;
+mod pool;
 mod proxy;
 mod reload;
 mod server;

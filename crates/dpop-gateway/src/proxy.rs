@@ -375,7 +375,7 @@ struct Upstream {
     /// The name in the access log: the configuration's text, made once.
     name: Arc<str>,
     /// The `Host` of an HTTP/1.1 request to it, made once (see [`host_header`]).
-    host: Option<HeaderValue>,
+    host: HeaderValue,
     client: UpstreamClient<RequestBody>,
     /// To probe the upstream at start-up without going through the pool.
     connector: UpstreamConnector,
@@ -417,7 +417,9 @@ impl Upstreams {
             Ok(Arc::new(Upstream {
                 config: u.clone(),
                 name: Arc::from(u.to_string()),
-                host: host_header(&u.url),
+                host: host_header(&u.url).ok_or_else(|| {
+                    GatewayError::Config(format!("upstream {}: the URL names no host", u.url))
+                })?,
                 client,
                 connector,
                 pool,
@@ -736,10 +738,11 @@ impl Proxy {
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, s.client_scheme.clone());
         }
-        // The upstream's own `Host` (the client's was removed above), as hyper's client
-        // would make it, but made once per upstream rather than formatted per request.
-        if let Some(host) = upstream.host.as_ref().filter(|_| !upstream.config.http2) {
-            headers.insert(header::HOST, host.clone());
+        // The upstream's own `Host` (the client's was removed above), made once per
+        // upstream: the HTTP/1.1 pool sends the head as given, so this is the only `Host`
+        // an HTTP/1.1 upstream sees. HTTP/2 carries the authority in `:authority`.
+        if !upstream.config.http2 {
+            headers.insert(header::HOST, upstream.host.clone());
         }
         // Set only from the certificate the TLS handshake verified.
         if let Some(cert) = client_cert {
@@ -848,7 +851,7 @@ impl Proxy {
             Ok(Err(e)) => {
                 self.metrics.upstream("error");
                 // The cause (connect, handshake, ALPN) goes to the log, never to the client.
-                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %dpop_core::failure::error_chain(&e), "upstream request failed");
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %dpop_core::failure::error_chain(&*e), "upstream request failed");
                 empty(StatusCode::BAD_GATEWAY)
             }
             Err(_) => {
@@ -864,9 +867,9 @@ impl Proxy {
     /// An upstream's 101: for a WebSocket handshake, relayed to the client with the
     /// tunnel started behind it; anything else is a protocol the client did not ask the
     /// gateway for, and a 502.
-    fn switch_protocols(
+    fn switch_protocols<B>(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<B>,
         client_upgrade: Option<(hyper::upgrade::OnUpgrade, Option<ConnectionSlot>)>,
         lifetime: Duration,
     ) -> Response<Body> {

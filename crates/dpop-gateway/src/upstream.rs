@@ -31,12 +31,49 @@ use tower::Service;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::error::GatewayError;
 use crate::pem;
+use crate::pool::{self, Http1Pool, PooledBody};
 
 /// How long a connection attempt may take (TCP connect, then the TLS handshake each).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The pooled client every upstream of one connection setting shares.
-pub(crate) type UpstreamClient<B> = Client<UpstreamConnector, B>;
+/// The pooled client every upstream of one connection setting shares (on one serving
+/// thread): the gateway's own HTTP/1.1 pool ([`Http1Pool`]), or hyper-util's client for
+/// HTTP/2, whose one connection carries many streams.
+pub(crate) enum UpstreamClient<B: Send + 'static> {
+    Http1(Http1Pool<B>),
+    /// Boxed: hyper-util's client is large, the pool a pointer.
+    Http2(Box<Client<UpstreamConnector, B>>),
+}
+
+impl<B: Send + 'static> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Http1(pool) => Self::Http1(pool.clone()),
+            Self::Http2(client) => Self::Http2(Box::new((**client).clone())),
+        }
+    }
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Sends `req` (absolute URI) and returns the response head.
+    ///
+    /// # Errors
+    /// When no connection could be made or the exchange failed before a response head.
+    pub(crate) async fn request(
+        &self,
+        req: http::Request<B>,
+    ) -> Result<http::Response<PooledBody<B>>, Box<dyn StdError + Send + Sync>> {
+        match self {
+            Self::Http1(pool) => Ok(pool.request(req).await?),
+            Self::Http2(client) => Ok(client.request(req).await?.map(PooledBody::unpooled)),
+        }
+    }
+}
 
 /// Why a connection to an upstream could not be made.
 #[derive(Debug)]
@@ -138,7 +175,9 @@ impl Service<Uri> for UpstreamConnector {
 }
 
 impl UpstreamConnector {
-    async fn connect(mut self, dst: Uri) -> Result<Stream, ConnectError> {
+    /// A connection to `dst`: TCP, then TLS for `https` (checking ALPN `h2` for an HTTP/2
+    /// upstream).
+    pub(crate) async fn connect(mut self, dst: Uri) -> Result<Stream, ConnectError> {
         let https = dst.scheme_str() == Some("https");
         if https != self.tls.is_some() {
             return Err(ConnectError::Scheme);
@@ -312,12 +351,16 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let http2 = connector.http2;
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .http2_only(http2)
-        .build(connector)
+    if !connector.http2 {
+        return UpstreamClient::Http1(Http1Pool::new(connector));
+    }
+    UpstreamClient::Http2(Box::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(pool::IDLE_TIMEOUT)
+            .pool_max_idle_per_host(pool::MAX_IDLE)
+            .http2_only(true)
+            .build(connector),
+    ))
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) and an empty SETTINGS frame.

@@ -164,8 +164,9 @@ where
     // is: any other method on that path meets the route's policy like any request.
     let metadata_request = (req.method() == Method::GET || req.method() == Method::HEAD)
         && is_metadata_path(&shared, target.path());
+    // The target stays here until the request is handed on (or refused): the checks
+    // below judge exactly this value, never one read back from the extensions.
     let mut req = req;
-    req.extensions_mut().insert(target);
     // The connection's client certificate first, in every mode: it is not a DPoP check
     // that report-only could waive.
     if policy.requires_client_cert()
@@ -175,11 +176,7 @@ where
         let error = Error::from(RequestError::ClientCertificateRequired);
         let reason = error.reason();
         let status = reason.response(dpop_core::Role::ResourceServer).status;
-        let path = req
-            .extensions()
-            .get::<AuthorizedTarget>()
-            .map(AuthorizedTarget::path);
-        tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %req.method(), path, detail = %error, "request refused");
+        tracing::info!(target: "dpop::rejection", reason = reason.as_str(), status, method = %req.method(), path = %target.path(), detail = %error, "request refused");
         shared
             .settings
             .events
@@ -193,23 +190,18 @@ where
             resource_metadata: None,
         };
         let mut response = build_rejection::<ResBody>(&error, &ctx);
-        let target = req.extensions_mut().remove::<AuthorizedTarget>();
         refused(&mut response, reason, target);
         return Ok(response);
     }
     if policy.mode == DpopMode::Off || metadata_request {
+        req.extensions_mut().insert(target);
         return inner.call(req).await;
     }
     // Work on the head only: the body is not needed and need not be `Sync`.
     let (mut parts, body) = req.into_parts();
-    // The canonical path the target was judged by (in the extensions, put there above).
-    let path = parts
-        .extensions
-        .get::<AuthorizedTarget>()
-        .map_or("/", AuthorizedTarget::path);
     let result = match shared.settings.clock.now() {
         Some(now) => shared
-            .authenticate(&parts, policy, path, now)
+            .authenticate(&parts, policy, target.path(), now)
             .await
             .map(|a| (a, now)),
         None => Err(Rejection::new(Error::NoClock, None)),
@@ -219,6 +211,7 @@ where
         Ok((auth, now)) => {
             events.outcome(auth.outcome, started.elapsed());
             parts.extensions.insert(auth.identity);
+            parts.extensions.insert(target);
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             // RFC 9449 §8.2: hand out the next nonce on a successful response.
             if auth.renew_nonce
@@ -236,6 +229,7 @@ where
             if policy.mode == DpopMode::ReportOnly {
                 tracing::warn!(target: "dpop::rejection", reason = reason.as_str(), report_only = true, method = %parts.method, path = parts.uri.path(), detail = %rejection.error, "DPoP check failed (report-only, forwarded)");
                 events.outcome(Outcome::WouldReject(reason), started.elapsed());
+                parts.extensions.insert(target);
                 let mut response = inner.call(Request::from_parts(parts, body)).await?;
                 response
                     .extensions_mut()
@@ -282,7 +276,6 @@ where
                 resource_metadata: resource_metadata.as_deref(),
             };
             let mut response = build_rejection::<ResBody>(&rejection.error, &ctx);
-            let target = parts.extensions.remove::<AuthorizedTarget>();
             refused(&mut response, reason, target);
             Ok(response)
         }
@@ -291,12 +284,10 @@ where
 
 /// What a refusal tells the server that logs it: the outcome and the canonical target
 /// the layer judged (in the response's extensions, where the request's are gone).
-fn refused<B>(response: &mut Response<B>, reason: Reason, target: Option<AuthorizedTarget>) {
+fn refused<B>(response: &mut Response<B>, reason: Reason, target: AuthorizedTarget) {
     let extensions = response.extensions_mut();
     extensions.insert(Outcome::Rejected(reason));
-    if let Some(target) = target {
-        extensions.insert(target);
-    }
+    extensions.insert(target);
 }
 
 /// The route policy, the route's own resource path (RFC 9728) if it has one, and the

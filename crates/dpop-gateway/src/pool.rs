@@ -1,0 +1,527 @@
+//! A serving thread's HTTP/1.1 connections to its upstreams.
+//!
+//! hyper-util's pooled client is made for a process whose runtime moves tasks between
+//! threads: its idle connections sit behind a lock in a map keyed by a hash of scheme and
+//! authority, and every response spawns a task that waits for its connection to be free
+//! again. A serving thread of the gateway only ever uses its own connections (see
+//! `server.rs`), so this pool keeps them in a short list per authority, takes its lock
+//! uncontended, and puts a connection back when the response body that used it ends.
+//! HTTP/2 upstreams keep hyper-util's client: one connection carries many streams there.
+//!
+//! A connection is reused only when hyper says it is ready for the next request (the
+//! previous response was read to its end), and never once it has been idle for
+//! [`IDLE_TIMEOUT`]. A request that could not be written on a reused connection (the
+//! upstream closed it meanwhile) is sent once more on a new one, as hyper-util's client
+//! does; a request that was written is never sent twice (one that met a reset there is
+//! answered 502, as with hyper-util's client).
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+
+use crate::upstream::{ConnectError, UpstreamConnector};
+
+/// An idle connection is closed, rather than reused, after this long.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per authority; more are closed when their response ends.
+pub(crate) const MAX_IDLE: usize = 256;
+
+/// HTTP/1.1 connections to the upstreams of one connection setting (plain or TLS).
+pub(crate) struct Http1Pool<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Http1Pool<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<B> {
+    connector: UpstreamConnector,
+    /// Idle connections by authority, most recently used last.
+    idle: Mutex<Vec<(Authority, Vec<Idle<B>>)>>,
+}
+
+struct Idle<B> {
+    sender: SendRequest<B>,
+    since: Instant,
+}
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PoolError {
+    /// The forwarded URI has no scheme or authority (a bug: the proxy makes it).
+    #[error("the upstream URI has no scheme or authority")]
+    Uri,
+    /// No connection could be made.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The HTTP/1.1 handshake or the exchange failed.
+    #[error("upstream connection: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl<B> Http1Pool<B>
+where
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    pub(crate) fn new(connector: UpstreamConnector) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connector,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Sends `req` (absolute URI, `Host` already set) in origin form on an idle
+    /// connection to its authority, or on a new one.
+    pub(crate) async fn request(
+        &self,
+        mut req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, PoolError> {
+        let uri = req.uri().clone();
+        let authority = uri.authority().cloned().ok_or(PoolError::Uri)?;
+        if uri.scheme().is_none() {
+            return Err(PoolError::Uri);
+        }
+        *req.uri_mut() = origin_form(&uri);
+        let mut reused = true;
+        loop {
+            let mut sender = match self.inner.checkout(&authority) {
+                Some(sender) => sender,
+                None => {
+                    reused = false;
+                    self.connect(&uri).await?
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let checkin = Checkin {
+                        pool: Arc::downgrade(&self.inner),
+                        authority,
+                        sender,
+                    };
+                    return Ok(response.map(|body| PooledBody::new(body, Some(checkin))));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the upstream closed the idle connection first.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<SendRequest<B>, PoolError> {
+        let stream = self.inner.connector.clone().connect(uri.clone()).await?;
+        let (mut sender, conn) = http1::Builder::new().handshake(stream).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(target: "dpop::proxy", error = %e, "upstream connection ended with an error");
+            }
+        });
+        sender.ready().await?;
+        Ok(sender)
+    }
+}
+
+impl<B> Inner<B> {
+    /// A connection to `authority` that is ready for a request; closed and expired ones
+    /// met on the way are dropped.
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = &mut idle.iter_mut().find(|(a, _)| a == authority)?.1;
+        while let Some(Idle { sender, since }) = list.pop() {
+            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, authority: Authority, sender: SendRequest<B>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle_since = Instant::now();
+        match idle.iter_mut().find(|(a, _)| *a == authority) {
+            Some((_, list)) if list.len() >= MAX_IDLE => {}
+            Some((_, list)) => list.push(Idle {
+                sender,
+                since: idle_since,
+            }),
+            None => idle.push((
+                authority,
+                vec![Idle {
+                    sender,
+                    since: idle_since,
+                }],
+            )),
+        }
+    }
+}
+
+/// What goes back to the pool once a response has been read to its end.
+struct Checkin<B> {
+    /// Weak: a response still streaming after its configuration was reloaded away does
+    /// not keep that configuration's pool alive.
+    pool: Weak<Inner<B>>,
+    authority: Authority,
+    sender: SendRequest<B>,
+}
+
+impl<B: Send + 'static> Checkin<B> {
+    fn put_back(self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let Self {
+            authority,
+            mut sender,
+            ..
+        } = self;
+        if sender.is_ready() {
+            pool.checkin(authority, sender);
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The connection has not yet seen the end of the response it read: wait for
+            // it off this request's path.
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.checkin(authority, sender);
+                }
+            });
+        }
+    }
+}
+
+/// An upstream response's body, which returns its connection to the pool when it has
+/// been read to its end (and closes it when dropped before).
+pub(crate) struct PooledBody<B: Send + 'static> {
+    inner: Incoming,
+    checkin: Option<Checkin<B>>,
+}
+
+impl<B: Send + 'static> PooledBody<B> {
+    fn new(inner: Incoming, checkin: Option<Checkin<B>>) -> Self {
+        Self { inner, checkin }
+    }
+
+    /// A body from a client that pools its connections itself.
+    pub(crate) fn unpooled(inner: Incoming) -> Self {
+        Self::new(inner, None)
+    }
+
+    fn ended(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            checkin.put_back();
+        }
+    }
+}
+
+impl<B: Send + 'static> HttpBody for PooledBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
+            // An error leaves the connection in no state to reuse.
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Send + 'static> Drop for PooledBody<B> {
+    fn drop(&mut self) {
+        // A body nobody read because it was empty (a 204, a HEAD answer, a
+        // `Content-Length: 0`) is at its end too.
+        if self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+impl<B: Send + 'static> std::fmt::Debug for PooledBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("pooled", &self.checkin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `/path?query` of `uri` (`/` when it has none), as an HTTP/1.1 request to an origin
+/// server carries it.
+fn origin_form(uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt as _, Empty};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::config::UpstreamConfig;
+    use crate::upstream::{self, SystemRoots};
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// How the test upstream answers each request of a connection.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `200 ok`, and the connection stays open.
+        KeepAlive,
+        /// `200 ok`, then the connection is closed without saying so in the response.
+        ThenClose,
+        /// The same, but 20 ms after the response.
+        ThenCloseLater,
+        /// `Connection: close` in the response.
+        SayClose,
+        /// The head and one chunk of a chunked body, and then nothing.
+        Unfinished,
+    }
+
+    /// An upstream on a loopback port; counts the connections it accepted.
+    async fn upstream(answer: Answer) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        let response: &[u8] = match answer {
+                            Answer::KeepAlive | Answer::ThenClose | Answer::ThenCloseLater => OK,
+                            Answer::SayClose => {
+                                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                            }
+                            Answer::Unfinished => {
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+                            }
+                        };
+                        if socket.write_all(response).await.is_err() {
+                            return;
+                        }
+                        match answer {
+                            Answer::KeepAlive => {}
+                            Answer::ThenClose | Answer::SayClose => return,
+                            Answer::ThenCloseLater => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                return;
+                            }
+                            Answer::Unfinished => std::future::pending::<()>().await,
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool(addr: SocketAddr) -> (Http1Pool<Empty<Bytes>>, Uri) {
+        let url: Uri = format!("http://{addr}").parse().unwrap();
+        let config = UpstreamConfig {
+            url: url.clone(),
+            tls: None,
+            http2: false,
+        };
+        let connector = upstream::connector(&config, &mut SystemRoots::default()).unwrap();
+        (Http1Pool::new(connector), url)
+    }
+
+    fn get(url: &Uri, addr: SocketAddr) -> Request<Empty<Bytes>> {
+        Request::get(format!("{url}x?y=1"))
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    /// Sends a GET and reads its body to the end.
+    async fn fetch(pool: &Http1Pool<Empty<Bytes>>, url: &Uri, addr: SocketAddr) -> Bytes {
+        let response = pool.request(get(url, addr)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    /// The connections the upstream accepted for `requests` GETs one after another.
+    async fn connections_for(answer: Answer, requests: usize) -> usize {
+        let (addr, accepted) = upstream(answer).await;
+        let (pool, url) = pool(addr);
+        for _ in 0..requests {
+            assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        }
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_connection() {
+        assert_eq!(connections_for(Answer::KeepAlive, 5).await, 1);
+    }
+
+    #[tokio::test]
+    async fn requests_at_the_same_time_each_get_a_connection_and_they_are_kept() {
+        let (addr, accepted) = upstream(Answer::KeepAlive).await;
+        let (pool, url) = pool(addr);
+        for _ in 0..2 {
+            let (a, b, c) = tokio::join!(
+                fetch(&pool, &url, addr),
+                fetch(&pool, &url, addr),
+                fetch(&pool, &url, addr)
+            );
+            assert_eq!((a, b, c), (Bytes::from("ok"), "ok".into(), "ok".into()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced_without_an_error() {
+        let (addr, accepted) = upstream(Answer::ThenClose).await;
+        let (pool, url) = pool(addr);
+        for n in 1..=4 {
+            assert_eq!(fetch(&pool, &url, addr).await, "ok");
+            // Immediately, before the close may have been seen, and after it.
+            if n % 2 == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    /// The upstream's close arrives while the connection is idle but before the gateway
+    /// has seen it (the serving thread is busy). The next request there is written and
+    /// meets the reset: it fails, as with hyper-util's client (a request that may have
+    /// reached the upstream is never sent twice), and the dead connection is not reused.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_closed_unseen_fails_at_most_one_request_and_is_dropped() {
+        let (addr, accepted) = upstream(Answer::ThenCloseLater).await;
+        let (pool, url) = pool(addr);
+        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        // Blocks this runtime's only thread: the connection's task cannot notice the close.
+        std::thread::sleep(Duration::from_millis(100));
+        match pool.request(get(&url, addr)).await {
+            Ok(r) => assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "ok"),
+            Err(PoolError::Http(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_response_that_says_close_is_not_reused() {
+        assert_eq!(connections_for(Answer::SayClose, 3).await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
+        let (addr, accepted) = upstream(Answer::Unfinished).await;
+        let (pool, url) = pool(addr);
+        for n in 1..=2 {
+            let mut body = pool.request(get(&url, addr)).await.unwrap().into_body();
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(first, "ok");
+            drop(body);
+            assert_eq!(accepted.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_goes_in_origin_form_with_its_query() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(OK).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let (pool, url) = pool(addr);
+        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        let head = seen.await.unwrap();
+        assert!(head.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("host: {addr}\r\n")),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_nobody_listens_on_is_a_connect_error() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (pool, url) = pool(addr);
+        match pool.request(get(&url, addr)).await {
+            Err(PoolError::Connect(ConnectError::Connect(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn origin_form_keeps_the_path_and_query_only() {
+        let f = |u: &str| origin_form(&u.parse().unwrap()).to_string();
+        assert_eq!(f("http://a.example/p/q?x=1&y"), "/p/q?x=1&y");
+        assert_eq!(f("http://a.example"), "/");
+        assert_eq!(f("https://a.example:8443/"), "/");
+    }
+}
