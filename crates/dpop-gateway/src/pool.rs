@@ -7,6 +7,7 @@
 //! `server.rs`), so this pool keeps them in a short list per authority, takes its lock
 //! uncontended, and puts a connection back when the response body that used it ends.
 //! HTTP/2 upstreams keep hyper-util's client: one connection carries many streams there.
+//! [`UpstreamClient`] is either, per connection setting; [`client`] makes it.
 //!
 //! A connection is reused only when hyper says it is ready for the next request (the
 //! previous response was read to its end), and never once it has been idle for
@@ -26,6 +27,8 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use crate::upstream::{ConnectError, UpstreamConnector};
 
@@ -33,6 +36,64 @@ use crate::upstream::{ConnectError, UpstreamConnector};
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per authority; more are closed when their response ends.
 pub(crate) const MAX_IDLE: usize = 256;
+
+/// The pooled client every upstream of one connection setting shares (on one serving
+/// thread): the gateway's own HTTP/1.1 pool ([`Http1Pool`]), or hyper-util's client for
+/// HTTP/2, whose one connection carries many streams.
+pub(crate) enum UpstreamClient<B: Send + 'static> {
+    Http1(Http1Pool<B>),
+    /// Boxed: hyper-util's client is large, the pool a pointer.
+    Http2(Box<Client<UpstreamConnector, B>>),
+}
+
+impl<B: Send + 'static> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Http1(pool) => Self::Http1(pool.clone()),
+            Self::Http2(client) => Self::Http2(Box::new((**client).clone())),
+        }
+    }
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Sends `req` (absolute URI) and returns the response head.
+    ///
+    /// # Errors
+    /// When no connection could be made or the exchange failed before a response head.
+    pub(crate) async fn request(
+        &self,
+        req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, Box<dyn StdError + Send + Sync>> {
+        match self {
+            Self::Http1(pool) => Ok(pool.request(req).await?),
+            Self::Http2(client) => Ok(client.request(req).await?.map(PooledBody::unpooled)),
+        }
+    }
+}
+
+/// A pooled client over `connector`, sending bodies of type `B`.
+pub(crate) fn client<B>(connector: UpstreamConnector) -> UpstreamClient<B>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    if !connector.http2() {
+        return UpstreamClient::Http1(Http1Pool::new(connector));
+    }
+    UpstreamClient::Http2(Box::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE)
+            .http2_only(true)
+            .build(connector),
+    ))
+}
 
 /// HTTP/1.1 connections to the upstreams of one connection setting (plain or TLS).
 pub(crate) struct Http1Pool<B> {

@@ -25,8 +25,9 @@ use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::RouteLabels;
+use crate::pool::{self, UpstreamClient};
 use crate::stream::{self, ConnectionSlot};
-use crate::upstream::{self, SystemRoots, UpstreamClient, UpstreamConnector};
+use crate::upstream::{self, SystemRoots, UpstreamConnector};
 
 /// The response body type of the gateway. Its error ends the response abruptly (a
 /// stream whose lifetime ran out, an upstream that failed mid-body), so the client sees
@@ -409,7 +410,7 @@ impl Upstreams {
                 Some((pool, (_, client, connector))) => (client.clone(), connector.clone(), pool),
                 None => {
                     let connector = upstream::connector(u, &mut roots)?;
-                    let client = upstream::client(connector.clone());
+                    let client = pool::client(connector.clone());
                     clients.push((u.clone(), client.clone(), connector.clone()));
                     (client, connector, clients.len() - 1)
                 }
@@ -447,7 +448,7 @@ impl Upstreams {
                 .or_insert_with(|| {
                     previous
                         .and_then(|p| p.plain_pool(&u.config))
-                        .unwrap_or_else(|| upstream::client(u.connector.clone()))
+                        .unwrap_or_else(|| pool::client(u.connector.clone()))
                 })
                 .clone();
             Arc::new(Upstream {

@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_rustls::MaybeHttpsStream;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
@@ -31,49 +30,9 @@ use tower::Service;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::error::GatewayError;
 use crate::pem;
-use crate::pool::{self, Http1Pool, PooledBody};
 
 /// How long a connection attempt may take (TCP connect, then the TLS handshake each).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The pooled client every upstream of one connection setting shares (on one serving
-/// thread): the gateway's own HTTP/1.1 pool ([`Http1Pool`]), or hyper-util's client for
-/// HTTP/2, whose one connection carries many streams.
-pub(crate) enum UpstreamClient<B: Send + 'static> {
-    Http1(Http1Pool<B>),
-    /// Boxed: hyper-util's client is large, the pool a pointer.
-    Http2(Box<Client<UpstreamConnector, B>>),
-}
-
-impl<B: Send + 'static> Clone for UpstreamClient<B> {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Http1(pool) => Self::Http1(pool.clone()),
-            Self::Http2(client) => Self::Http2(Box::new((**client).clone())),
-        }
-    }
-}
-
-impl<B> UpstreamClient<B>
-where
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    /// Sends `req` (absolute URI) and returns the response head.
-    ///
-    /// # Errors
-    /// When no connection could be made or the exchange failed before a response head.
-    pub(crate) async fn request(
-        &self,
-        req: http::Request<B>,
-    ) -> Result<http::Response<PooledBody<B>>, Box<dyn StdError + Send + Sync>> {
-        match self {
-            Self::Http1(pool) => Ok(pool.request(req).await?),
-            Self::Http2(client) => Ok(client.request(req).await?.map(PooledBody::unpooled)),
-        }
-    }
-}
 
 /// Why a connection to an upstream could not be made.
 #[derive(Debug)]
@@ -175,6 +134,11 @@ impl Service<Uri> for UpstreamConnector {
 }
 
 impl UpstreamConnector {
+    /// Whether this connector is for HTTP/2 upstreams.
+    pub(crate) fn http2(&self) -> bool {
+        self.http2
+    }
+
     /// A connection to `dst`: TCP, then TLS for `https` (checking ALPN `h2` for an HTTP/2
     /// upstream).
     pub(crate) async fn connect(mut self, dst: Uri) -> Result<Stream, ConnectError> {
@@ -342,25 +306,6 @@ pub(crate) fn connector(
         tls,
         http2: upstream.http2,
     })
-}
-
-/// A pooled client over `connector`, sending bodies of type `B`.
-pub(crate) fn client<B>(connector: UpstreamConnector) -> UpstreamClient<B>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    if !connector.http2 {
-        return UpstreamClient::Http1(Http1Pool::new(connector));
-    }
-    UpstreamClient::Http2(Box::new(
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool::IDLE_TIMEOUT)
-            .pool_max_idle_per_host(pool::MAX_IDLE)
-            .http2_only(true)
-            .build(connector),
-    ))
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4) and an empty SETTINGS frame.
