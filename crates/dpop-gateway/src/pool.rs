@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -61,17 +61,26 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    /// Sends `req` (absolute URI) and returns the response head.
+    /// Sends `req` (origin-form target, `Host` set for HTTP/1.1) to the upstream at
+    /// `upstream` (its scheme and authority) and returns the response head.
     ///
     /// # Errors
     /// When no connection could be made or the exchange failed before a response head.
     pub(crate) async fn request(
         &self,
-        req: Request<B>,
+        upstream: &Uri,
+        mut req: Request<B>,
     ) -> Result<Response<PooledBody<B>>, Box<dyn StdError + Send + Sync>> {
         match self {
-            Self::Http1(pool) => Ok(pool.request(req).await?),
-            Self::Http2(client) => Ok(client.request(req).await?.map(PooledBody::unpooled)),
+            Self::Http1(pool) => Ok(pool.request(upstream, req).await?),
+            Self::Http2(client) => {
+                // hyper-util's client takes the scheme and authority from the URI.
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = upstream.scheme().cloned();
+                parts.authority = upstream.authority().cloned();
+                *req.uri_mut() = Uri::from_parts(parts)?;
+                Ok(client.request(req).await?.map(PooledBody::unpooled))
+            }
         }
     }
 }
@@ -122,8 +131,8 @@ struct Idle<B> {
 /// Why a request got no response head.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PoolError {
-    /// The forwarded URI has no scheme or authority (a bug: the proxy makes it).
-    #[error("the upstream URI has no scheme or authority")]
+    /// The upstream's URL has no scheme or authority (configuration requires both).
+    #[error("the upstream URL has no scheme or authority")]
     Uri,
     /// No connection could be made.
     #[error(transparent)]
@@ -148,32 +157,31 @@ where
         }
     }
 
-    /// Sends `req` (absolute URI, `Host` already set) in origin form on an idle
-    /// connection to its authority, or on a new one.
+    /// Sends `req` (origin-form target, `Host` already set) on an idle connection to
+    /// `upstream`'s authority, or on a new one to `upstream`.
     pub(crate) async fn request(
         &self,
+        upstream: &Uri,
         mut req: Request<B>,
     ) -> Result<Response<PooledBody<B>>, PoolError> {
-        let uri = req.uri().clone();
-        let authority = uri.authority().cloned().ok_or(PoolError::Uri)?;
-        if uri.scheme().is_none() {
+        let authority = upstream.authority().ok_or(PoolError::Uri)?;
+        if upstream.scheme().is_none() {
             return Err(PoolError::Uri);
         }
-        *req.uri_mut() = origin_form(&uri);
         let mut reused = true;
         loop {
-            let mut sender = match self.inner.checkout(&authority) {
+            let mut sender = match self.inner.checkout(authority) {
                 Some(sender) => sender,
                 None => {
                     reused = false;
-                    self.connect(&uri).await?
+                    self.connect(upstream).await?
                 }
             };
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let checkin = Checkin {
                         pool: Arc::downgrade(&self.inner),
-                        authority,
+                        authority: authority.clone(),
                         sender,
                     };
                     return Ok(response.map(|body| PooledBody::new(body, Some(checkin))));
@@ -339,18 +347,6 @@ impl<B: Send + 'static> std::fmt::Debug for PooledBody<B> {
     }
 }
 
-/// `/path?query` of `uri` (`/` when it has none), as an HTTP/1.1 request to an origin
-/// server carries it.
-fn origin_form(uri: &Uri) -> Uri {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path);
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -443,8 +439,8 @@ mod tests {
         (Http1Pool::new(connector), url)
     }
 
-    fn get(url: &Uri, addr: SocketAddr) -> Request<Empty<Bytes>> {
-        Request::get(format!("{url}x?y=1"))
+    fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
+        Request::get("/x?y=1")
             .header(http::header::HOST, addr.to_string())
             .body(Empty::new())
             .unwrap()
@@ -452,7 +448,7 @@ mod tests {
 
     /// Sends a GET and reads its body to the end.
     async fn fetch(pool: &Http1Pool<Empty<Bytes>>, url: &Uri, addr: SocketAddr) -> Bytes {
-        let response = pool.request(get(url, addr)).await.unwrap();
+        let response = pool.request(url, get(addr)).await.unwrap();
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.unwrap().to_bytes()
     }
@@ -512,7 +508,7 @@ mod tests {
         assert_eq!(fetch(&pool, &url, addr).await, "ok");
         // Blocks this runtime's only thread: the connection's task cannot notice the close.
         std::thread::sleep(Duration::from_millis(100));
-        match pool.request(get(&url, addr)).await {
+        match pool.request(&url, get(addr)).await {
             Ok(r) => assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "ok"),
             Err(PoolError::Http(_)) => {}
             Err(e) => panic!("{e:?}"),
@@ -531,7 +527,7 @@ mod tests {
         let (addr, accepted) = upstream(Answer::Unfinished).await;
         let (pool, url) = pool(addr);
         for n in 1..=2 {
-            let mut body = pool.request(get(&url, addr)).await.unwrap().into_body();
+            let mut body = pool.request(&url, get(addr)).await.unwrap().into_body();
             let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert_eq!(first, "ok");
             drop(body);
@@ -572,17 +568,9 @@ mod tests {
             l.local_addr().unwrap()
         };
         let (pool, url) = pool(addr);
-        match pool.request(get(&url, addr)).await {
+        match pool.request(&url, get(addr)).await {
             Err(PoolError::Connect(ConnectError::Connect(_))) => {}
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn origin_form_keeps_the_path_and_query_only() {
-        let f = |u: &str| origin_form(&u.parse().unwrap()).to_string();
-        assert_eq!(f("http://a.example/p/q?x=1&y"), "/p/q?x=1&y");
-        assert_eq!(f("http://a.example"), "/");
-        assert_eq!(f("https://a.example:8443/"), "/");
     }
 }

@@ -655,19 +655,15 @@ impl Proxy {
         Ok(())
     }
 
-    /// The upstream URI for `target`, the exact target the layer authorised: the
-    /// upstream's path prefix, then the target.
-    fn upstream_uri(upstream: &UpstreamConfig, target: &AuthorizedTarget) -> Option<Uri> {
+    /// The origin-form target sent upstream for `target`, the exact target the layer
+    /// authorised: the upstream's path prefix, then the target (the client puts the
+    /// upstream's scheme and authority where the protocol wants them).
+    fn upstream_target(upstream: &UpstreamConfig, target: &AuthorizedTarget) -> Option<Uri> {
         let (prefix, target) = (upstream.path_prefix(), target.as_str());
         let mut path = String::with_capacity(prefix.len() + target.len());
         path.push_str(prefix);
         path.push_str(target);
-        Uri::builder()
-            .scheme(upstream.url.scheme()?.clone())
-            .authority(upstream.url.authority()?.clone())
-            .path_and_query(path)
-            .build()
-            .ok()
+        Uri::from_maybe_shared(Bytes::from(path)).ok()
     }
 
     /// Readies `req` for its upstream; returns that upstream, the stream lifetime of
@@ -686,7 +682,7 @@ impl Proxy {
         let upstream = Arc::clone(self.upstreams.for_target(&target));
         let path = target.path();
         dpop_server::telemetry::record_path(&tracing::Span::current(), path);
-        *req.uri_mut() = Self::upstream_uri(&upstream.config, &target)?;
+        *req.uri_mut() = Self::upstream_target(&upstream.config, &target)?;
         let caller = if s.log_requests {
             identity.as_ref().map(Caller::of)
         } else {
@@ -823,8 +819,11 @@ impl Proxy {
         let method = req.method().clone();
         let req = req.map(|inner| RequestBody { inner, settings });
         let sent = Instant::now();
-        let result =
-            tokio::time::timeout(self.settings.timeout, upstream.client.request(req)).await;
+        let result = tokio::time::timeout(
+            self.settings.timeout,
+            upstream.client.request(&upstream.config.url, req),
+        )
+        .await;
         let elapsed = sent.elapsed();
         forwarded.upstream_elapsed = Some(elapsed);
         match result {
