@@ -38,6 +38,19 @@ pub(crate) struct ReloadSource<C> {
     pub(crate) file: Option<PathBuf>,
 }
 
+impl<C> ReloadSource<C> {
+    /// A reload from `source`, watching `file` when given.
+    pub(crate) fn new(
+        source: impl Fn() -> Result<C, GatewayError> + Send + Sync + 'static,
+        file: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            source: Arc::new(source),
+            file,
+        }
+    }
+}
+
 impl<C> std::fmt::Debug for ReloadSource<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReloadSource")

@@ -150,10 +150,7 @@ impl Gateway {
         source: impl Fn() -> Result<GatewayConfig, GatewayError> + Send + Sync + 'static,
         file: Option<std::path::PathBuf>,
     ) -> Self {
-        self.reload = Some(ReloadSource {
-            source: Arc::new(source),
-            file,
-        });
+        self.reload = Some(ReloadSource::new(source, file));
         self
     }
 

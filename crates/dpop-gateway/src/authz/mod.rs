@@ -93,10 +93,7 @@ impl Authz {
         source: impl Fn() -> Result<AuthzConfig, GatewayError> + Send + Sync + 'static,
         file: Option<std::path::PathBuf>,
     ) -> Self {
-        self.reload = Some(ReloadSource {
-            source: Arc::new(source),
-            file,
-        });
+        self.reload = Some(ReloadSource::new(source, file));
         self
     }
 
