@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dpop_core::{Algorithm, PrivateKey};
-use dpop_test::{HttpResponse, MockIssuer, TokenSpec, free_port};
+use dpop_test::{Gateway, HttpResponse, MockIssuer, TokenSpec, free_port};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{
@@ -63,6 +63,16 @@ async fn check_dpop(port: u16, caller: &Caller, path: &str) -> HttpResponse {
     .await
 }
 
+/// `dpop authz --config FILE`, answering on `port`.
+async fn start_authz(file: &std::path::Path, port: u16) -> Gateway {
+    let mut cmd = Command::new(DPOP);
+    cmd.args(["authz", "--config"])
+        .arg(file)
+        .env_remove("DPOP_NONCE_SECRET")
+        .env_remove("RUST_LOG");
+    spawn_server(cmd, port, Duration::from_secs(30), "dpop authz").await
+}
+
 /// SIGHUP reloads the route table and the identity header names for new checks (the
 /// issuer's keys stay loaded); bad configurations are refused, logged with their cause
 /// and counted, and the one in force keeps answering.
@@ -76,12 +86,7 @@ async fn sighup_reloads_the_authorizer_and_refuses_bad_configurations() {
     let write = |text: &str| std::fs::write(&file, text).unwrap();
     let good = |open: &str, extra: &str| config(port, admin_port, issuer.url(), open, extra);
     write(&good("required", ""));
-    let mut cmd = Command::new(DPOP);
-    cmd.args(["authz", "--config"])
-        .arg(&file)
-        .env_remove("DPOP_NONCE_SECRET")
-        .env_remove("RUST_LOG");
-    let authz = spawn_server(cmd, port, Duration::from_secs(30), "dpop authz").await;
+    let authz = start_authz(&file, port).await;
     assert_eq!(config_generation(&admin).await, 1);
     assert_eq!(metric(&admin, "dpop_config_generation").await, 1.0);
 
@@ -207,12 +212,7 @@ async fn a_check_in_flight_finishes_on_the_configuration_it_started_with() {
         )
     };
     std::fs::write(&file, good("")).unwrap();
-    let mut cmd = Command::new(DPOP);
-    cmd.args(["authz", "--config"])
-        .arg(&file)
-        .env_remove("DPOP_NONCE_SECRET")
-        .env_remove("RUST_LOG");
-    let authz = spawn_server(cmd, port, Duration::from_secs(30), "dpop authz").await;
+    let authz = start_authz(&file, port).await;
 
     let key = PrivateKey::generate(Algorithm::Es256).unwrap();
     let token = "opaque-in-flight-0123456789".to_owned();

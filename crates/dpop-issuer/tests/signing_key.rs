@@ -374,14 +374,9 @@ async fn a_malformed_reference_is_refused_at_load_naming_the_setting() {
         "http://127.0.0.1:9",
         &key(),
     );
-    let e = dpop_issuer::IssuerConfig::from_toml(
-        &text,
-        &db.dir,
-        &std::collections::BTreeMap::<String, String>::new(),
-    )
-    .unwrap_err();
+    let e = config_refusal(&text, &db.dir);
     assert!(
-        e.message().contains("keys.signing_key") && e.message().contains("objetc"),
+        e.contains("keys.signing_key") && e.contains("objetc"),
         "{e}"
     );
     let text = render_config(
@@ -393,13 +388,8 @@ async fn a_malformed_reference_is_refused_at_load_naming_the_setting() {
         "http://127.0.0.1:9",
         &key(),
     );
-    let e = dpop_issuer::IssuerConfig::from_toml(
-        &text,
-        &db.dir,
-        &std::collections::BTreeMap::<String, String>::new(),
-    )
-    .unwrap_err();
-    assert!(e.message().contains("keys.device_sessions"), "{e}");
+    let e = config_refusal(&text, &db.dir);
+    assert!(e.contains("keys.device_sessions"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

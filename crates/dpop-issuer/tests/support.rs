@@ -1064,6 +1064,14 @@ pub(crate) fn parse_config(text: &str, base: &Path) -> IssuerConfig {
         .unwrap_or_else(|e| panic!("test configuration refused: {e}\n{text}"))
 }
 
+/// Why `text` is refused at load (a test that expects a refusal).
+pub(crate) fn config_refusal(text: &str, base: &Path) -> String {
+    match IssuerConfig::from_toml(text, base, &BTreeMap::<String, String>::new()) {
+        Ok(_) => panic!("test configuration accepted:\n{text}"),
+        Err(e) => e.message().to_owned(),
+    }
+}
+
 async fn read(r: reqwest::Response) -> Resp {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
