@@ -120,7 +120,8 @@ pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// Why: one `SET` per round trip costs a read and a write system call on both sides for
 /// every request, which on a busy host costs more CPU than the command itself. While one
 /// pipeline is in flight the next requests queue up, so batches grow with load and no
-/// request waits for a timer. A pipeline is not atomic and need not be: each `SET NX` is.
+/// request waits for a timer (only for one more pass of the runtime, below). A pipeline is not
+/// atomic and need not be: each `SET NX` is.
 pub(crate) async fn run_batches(
     primary: Primary,
     mut queue: mpsc::Receiver<Pending>,
@@ -129,6 +130,20 @@ pub(crate) async fn run_batches(
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Let the tasks that are ready now, and those the runtime's next look at its
+        // sockets makes ready, queue their inserts too: one yield lengthens a pipeline
+        // (measured: a quarter less CPU in Redis per insert, a little less here) for the
+        // price of one more pass over the runtime's ready tasks. Under overload that pass
+        // can take milliseconds; the caller's command time-out still bounds the wait, and
+        // callers that gave up are dropped from the batch below.
+        if batch.len() < MAX_BATCH {
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH
+                && let Ok(p) = queue.try_recv()
+            {
+                batch.push(p);
+            }
+        }
         // Callers that gave up (timed out) need no command.
         batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {
