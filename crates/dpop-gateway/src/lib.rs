@@ -35,6 +35,7 @@
 mod accept;
 mod access_log;
 mod authz;
+mod balance;
 mod config;
 mod enforce;
 mod error;

@@ -29,6 +29,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabels {
+    thread: String,
+}
+
 /// The `http_route` label of each route, by route id (names from the configuration,
 /// never request paths), and `default` for requests that matched no route.
 #[derive(Clone, Debug)]
@@ -67,6 +72,7 @@ pub struct Metrics {
     config_generation: Gauge,
     config_reload_failures: Counter,
     config_loaded_at: Gauge<f64, AtomicU64>,
+    serving_connections: Family<ThreadLabels, Gauge>,
     http: HttpMetrics,
 }
 
@@ -159,6 +165,12 @@ impl Metrics {
             "When the configuration in force was loaded (start-up or the last applied reload), Unix time",
             config_loaded_at.clone(),
         );
+        let serving_connections = Family::<ThreadLabels, Gauge>::default();
+        registry.register(
+            "serving_thread_connections",
+            "Client connections each gateway serving thread holds now (a thread hands a new connection to the one with the fewest when that one has at least two fewer)",
+            serving_connections.clone(),
+        );
         Self {
             registry: Arc::new(root),
             requests,
@@ -173,6 +185,7 @@ impl Metrics {
             config_generation,
             config_reload_failures,
             config_loaded_at,
+            serving_connections,
             http,
         }
     }
@@ -182,6 +195,15 @@ impl Metrics {
         self.config_generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.config_loaded_at.set(unix_now());
+    }
+
+    /// The gauge of the connections serving thread `thread` holds.
+    pub(crate) fn serving_thread_connections(&self, thread: usize) -> Gauge {
+        self.serving_connections
+            .get_or_create(&ThreadLabels {
+                thread: thread.to_string(),
+            })
+            .clone()
     }
 
     /// Counts a refused reload.

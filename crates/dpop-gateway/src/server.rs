@@ -21,12 +21,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::accept::{Accepting, next_until, stopped};
 use crate::access_log::RequestLog;
+use crate::balance::{Balance, Handoff, Held};
 use crate::config::GatewayConfig;
 use crate::enforce;
 use crate::error::GatewayError;
@@ -47,6 +48,8 @@ pub struct Gateway {
     config: GatewayConfig,
     local_addr: SocketAddr,
     workers: Vec<Worker>,
+    /// Which serving thread takes a new connection.
+    balance: Arc<Balance>,
     tls: Option<TlsListener>,
     admin: Option<TcpListener>,
     layer: DpopLayer<GatewayStore>,
@@ -111,8 +114,16 @@ impl Gateway {
         let local_addr = listener.local_addr().map_err(listen_error)?;
         // One listening socket, a handle on it per serving thread (see `Worker`).
         let socket = listener.into_std().map_err(listen_error)?;
-        let workers = (0..config.workers)
-            .map(|_| Worker::new(&socket))
+        // The gauges exist from here on, so `/metrics` shows every thread at 0 before the
+        // first connection.
+        let (balance, handoffs) = Balance::new(
+            (0..config.workers)
+                .map(|thread| metrics.serving_thread_connections(thread))
+                .collect(),
+        );
+        let workers = handoffs
+            .into_iter()
+            .map(|handed| Worker::new(&socket, handed))
             .collect::<Result<Vec<_>, _>>()
             .map_err(listen_error)?;
         let admin = match config.enforcement.admin_listen {
@@ -127,6 +138,7 @@ impl Gateway {
             config,
             local_addr,
             workers,
+            balance,
             tls,
             admin,
             layer,
@@ -174,6 +186,7 @@ impl Gateway {
             config,
             local_addr: _,
             workers,
+            balance,
             tls,
             admin,
             layer,
@@ -230,6 +243,7 @@ impl Gateway {
             _ => None,
         };
         let shared = Arc::new(Shared {
+            balance: Arc::clone(&balance),
             requests: RequestLog::new(Arc::clone(&metrics)),
             tls,
             protocols: Protocols::new(&config),
@@ -244,7 +258,7 @@ impl Gateway {
         // is still open on them). Dropped with this future, both end everything.
         let (drain, draining) = watch::channel(false);
         let (halt, halted) = watch::channel(false);
-        let (report, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let (report, mut ended) = mpsc::unbounded_channel();
         let mut running = 0;
         for (index, (worker, slot)) in workers.into_iter().zip(slots).enumerate() {
             // Its own upstream connection pools (in its slot): a request never waits on
@@ -253,7 +267,7 @@ impl Gateway {
                 (Arc::clone(&shared), draining.clone(), halted.clone());
             let name = format!("dpop-gateway-{index}");
             supervise::spawn(name.clone(), report.clone(), move || {
-                worker.run(&slot, &shared, draining, halted);
+                worker.run(index, &slot, &shared, draining, halted);
             })
             .map_err(|e| {
                 GatewayError::Serving(format!("cannot start serving thread {name}: {e}"))
@@ -278,9 +292,11 @@ impl Gateway {
     }
 }
 
-/// What every serving thread shares: the listener settings and the connection limit
-/// (settings a reload cannot change).
+/// What every serving thread shares: the listener settings, the connection limit and
+/// which thread takes a new connection (what a reload cannot change).
 struct Shared {
+    /// Which thread serves a new connection.
+    balance: Arc<Balance>,
     /// The request metrics and the access log.
     requests: RequestLog,
     tls: Option<Arc<TlsListener>>,
@@ -294,10 +310,11 @@ struct Shared {
 
 /// One serving thread: a single-threaded runtime and its own handle (a `dup`) on the
 /// listening socket. Every thread waits on the same socket and the first free one takes
-/// a new connection, which then lives on that thread: its requests are read, checked,
-/// forwarded through the thread's own upstream pool and answered without a wake-up
-/// crossing threads (a work-stealing runtime moves tasks between cores and wakes other
-/// cores for each I/O event). One socket rather than one `SO_REUSEPORT` socket per
+/// a new connection, keeps it or hands it to a thread that serves clearly fewer (see
+/// [`crate::balance`]); the connection then lives on that thread: its requests are read,
+/// checked, forwarded through the thread's own upstream pool and answered without a
+/// wake-up crossing threads (a work-stealing runtime moves tasks between cores and wakes
+/// other cores for each I/O event). One socket rather than one `SO_REUSEPORT` socket per
 /// thread: the kernel would spread connections by a hash of their addresses, blind to
 /// how busy each thread is, and any process of the same user could bind the port beside
 /// the gateway and take a share of its connections.
@@ -305,11 +322,16 @@ struct Shared {
 struct Worker {
     /// Declared before the runtime: deregistered from it before it is shut down.
     listener: TcpListener,
+    /// Connections other threads accepted for this one.
+    handed: mpsc::UnboundedReceiver<Handoff>,
     runtime: WorkerRuntime,
 }
 
 impl Worker {
-    fn new(socket: &std::net::TcpListener) -> std::io::Result<Self> {
+    fn new(
+        socket: &std::net::TcpListener,
+        handed: mpsc::UnboundedReceiver<Handoff>,
+    ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -319,39 +341,108 @@ impl Worker {
         };
         Ok(Self {
             listener,
+            handed,
             runtime: WorkerRuntime(Some(runtime)),
         })
     }
 
     /// Accepts and serves connections until `draining` turns true, then waits for
-    /// `halted` (or either sender to go) and ends, dropping whatever is still open.
+    /// `halted` (or either sender to go) and ends, dropping whatever is still open. A
+    /// connection accepted here goes to the thread [`Balance::place`] names; connections
+    /// other threads hand over (`handed`) are served here.
     fn run(
         self,
+        index: usize,
         slot: &Arc<ArcSwap<ThreadService>>,
         shared: &Arc<Shared>,
         mut draining: watch::Receiver<bool>,
         mut halted: watch::Receiver<bool>,
     ) {
-        let Self { listener, runtime } = self;
+        let Self {
+            listener,
+            mut handed,
+            runtime,
+        } = self;
         let Some(rt) = runtime.0.as_ref() else { return };
+        let balance = &shared.balance;
         rt.block_on(async {
-            while let Some((permit, stream, peer)) =
-                next_until(&listener, &shared.limit, &mut draining, Accepting::Gateway).await
-            {
-                serve_connection(
-                    shared,
-                    Arc::clone(slot),
-                    permit,
-                    stream,
-                    peer,
-                    draining.clone(),
-                );
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    Some(handoff) = handed.recv() => Next::Handed(handoff),
+                    accepted = next_until(&listener, &shared.limit, &mut draining, Accepting::Gateway) => {
+                        match accepted {
+                            Some(accepted) => Next::Accepted(accepted),
+                            None => break,
+                        }
+                    }
+                };
+                match next {
+                    Next::Handed(handoff) => adopt(handoff, index, slot, shared, &draining),
+                    Next::Accepted((permit, stream, peer)) => {
+                        let thread = balance.place(index);
+                        let held = balance.hold(thread, permit);
+                        if thread == index {
+                            serve_connection(shared, Arc::clone(slot), held, stream, peer, draining.clone());
+                            continue;
+                        }
+                        let stream = match stream.into_std() {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::warn!(target: "dpop::gateway", %peer, %error, "cannot hand a connection to another serving thread; closed");
+                                continue;
+                            }
+                        };
+                        if let Err(back) = balance.hand_off(thread, Handoff { held, stream, peer }) {
+                            // That thread takes no more connections: served here.
+                            let held = back.held.move_to(balance, index);
+                            adopt(Handoff { held, ..back }, index, slot, shared, &draining);
+                        }
+                    }
+                }
             }
-            // Nothing more is accepted on this thread.
+            // Nothing more is accepted on this thread; what was handed to it before is
+            // still served (told at once to finish, as draining has begun).
             drop(listener);
+            handed.close();
+            // `recv`, not `try_recv`: a hand-off sent just before the close may not be
+            // in the queue yet, and `recv` waits for it (it ends once none is under way).
+            while let Some(handoff) = handed.recv().await {
+                adopt(handoff, index, slot, shared, &draining);
+            }
             drop(draining);
             let _ = halted.wait_for(|h| *h).await;
         });
+    }
+}
+
+/// What a serving thread does next.
+enum Next {
+    Accepted((OwnedSemaphorePermit, tokio::net::TcpStream, SocketAddr)),
+    Handed(Handoff),
+}
+
+/// Serves a connection accepted on another thread on this one.
+fn adopt(
+    handoff: Handoff,
+    index: usize,
+    slot: &Arc<ArcSwap<ThreadService>>,
+    shared: &Arc<Shared>,
+    draining: &watch::Receiver<bool>,
+) {
+    let Handoff { held, stream, peer } = handoff;
+    match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => serve_connection(
+            shared,
+            Arc::clone(slot),
+            held,
+            stream,
+            peer,
+            draining.clone(),
+        ),
+        Err(error) => {
+            tracing::warn!(target: "dpop::gateway", %peer, %error, thread = index, "cannot serve a connection handed over from another serving thread; closed");
+        }
     }
 }
 
@@ -373,7 +464,7 @@ impl Drop for WorkerRuntime {
 fn serve_connection(
     shared: &Arc<Shared>,
     slot: Arc<ArcSwap<ThreadService>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    held: Held,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
@@ -381,7 +472,7 @@ fn serve_connection(
     let (handshake_timeout, idle_timeout) = (shared.handshake_timeout, shared.idle_timeout);
     // A WebSocket tunnel outlives the connection it was upgraded from and keeps the
     // connection's slot until it ends.
-    let permit = ConnectionSlot(Arc::new(permit));
+    let permit = ConnectionSlot(Arc::new(held));
     let Some(tls) = shared.tls.clone() else {
         let first = FirstRequest::default();
         // Only a connection that may speak HTTP/2 counts its requests in flight.

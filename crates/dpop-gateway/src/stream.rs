@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::balance::Held;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -24,7 +25,6 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 /// The error a streamed response body ends with when its lifetime runs out (hyper then
@@ -41,7 +41,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// upgraded from, keeps the slot until it ends.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionSlot(
-    #[expect(dead_code, reason = "held, never read")] pub(crate) Arc<OwnedSemaphorePermit>,
+    #[expect(dead_code, reason = "held, never read")] pub(crate) Arc<Held>,
 );
 
 /// How long a tunnel may take to finish the upstream frame in flight and deliver the

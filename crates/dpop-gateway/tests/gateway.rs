@@ -303,3 +303,61 @@ async fn an_ml_dsa_87_proof_passes_only_where_ml_dsa_is_allowed() {
     );
     assert_eq!(upstream.requests().len(), 1, "nothing more forwarded");
 }
+
+/// The `dpop_serving_thread_connections` gauges, by thread.
+async fn connections_per_thread(admin: SocketAddr) -> Vec<i64> {
+    let r = send("GET", &format!("http://{admin}/metrics"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut counts: Vec<(usize, i64)> = r
+        .text()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("dpop_serving_thread_connections{thread=\"")?;
+            let (thread, value) = rest.split_once("\"} ")?;
+            Some((thread.parse().unwrap(), value.parse().unwrap()))
+        })
+        .collect();
+    counts.sort_unstable();
+    counts.into_iter().map(|(_, n)| n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_go_to_the_serving_thread_with_the_fewest() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Running::with_admin(&issuer, &upstream.url(), "[limits]\nworkers = 3\n").await;
+    let admin = gw.admin.unwrap();
+    assert_eq!(connections_per_thread(admin).await, [0, 0, 0]);
+
+    // A burst of connections, opened together; each gets an answer (a 401) and stays open.
+    let opened = (0..30).map(|_| async {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!("GET /v1/items HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        let mut reply = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut reply)
+            .await
+            .unwrap();
+        assert_eq!(&reply, b"HTTP/1.1 401");
+        stream
+    });
+    let streams = futures_util::future::join_all(opened).await;
+    let counts = connections_per_thread(admin).await;
+    assert_eq!(counts.iter().sum::<i64>(), 30, "{counts:?}");
+    let (least, most) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(most - least <= 2, "unbalanced: {counts:?}");
+
+    // Closed connections are no longer counted.
+    drop(streams);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let counts = connections_per_thread(admin).await;
+        if counts == [0, 0, 0] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{counts:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
