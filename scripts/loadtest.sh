@@ -156,7 +156,7 @@ redis_ping() {
 
 # --- measurements ------------------------------------------------------------------
 
-declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT
+declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT GATEWAY_CPU
 TABLE_ROWS=()
 
 is_number() { [[ ${1:-} =~ ^[0-9.]+$ ]]; }
@@ -231,22 +231,47 @@ if wanted memory && wanted plain; then
     fi
 fi
 
+# ticks PID...: user + system clock ticks of the processes so far (/proc/PID/stat
+# fields 14 and 15, after the command name in parentheses).
+ticks() {
+    local pid stat sum=0 f
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat") || return 1
+        read -ra f <<<"${stat##*) }"
+        sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+
 # Redis: reuse one on the default port, else start a private one, else skip row 4.
-REDIS_URL=""
+# REDIS_PID: its process, when known and readable, for the Redis row's CPU split.
+REDIS_URL="" REDIS_PID=""
 if redis_ping 6379; then
     REDIS_URL="redis://127.0.0.1:6379"
     log "using the Redis already on 127.0.0.1:6379"
+    if command -v redis-cli >/dev/null; then
+        REDIS_PID=$(redis-cli -p 6379 info server 2>/dev/null | tr -d '\r' |
+            awk -F: '$1 == "process_id" { print $2 }')
+    fi
 elif command -v redis-server >/dev/null; then
     alloc_port REDIS_PORT
     start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
         --appendonly no --daemonize no --dir "$WORK"
     wait_port "$REDIS_PORT" "$LAST_PID" redis
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    REDIS_PID=$LAST_PID
     log "started redis-server on 127.0.0.1:$REDIS_PORT"
+fi
+if [[ -n $REDIS_PID ]] && ! ticks "$REDIS_PID" >/dev/null 2>&1; then
+    log "cannot read redis-server's CPU time (pid $REDIS_PID): the Redis row shows the gateway's alone"
+    REDIS_PID=""
 fi
 
 # gateway_row KEY LABEL SCHEME GATEWAY-ARGS... -- RUN-FLAGS...: starts the gateway on
 # $GATEWAY_PORT, measures SCHEME://127.0.0.1:$GATEWAY_PORT/bench with the gateway's CPU.
+# With HELPER_PID (and HELPER_NAME) set, that process's CPU is added to the row's and the
+# cell shows the split (the gateway's part and the helper's, by their shares of the ticks
+# over the whole row).
 gateway_row() {
     local key=$1 label=$2 scheme=$3 port args=() flags=()
     wanted "$key" || return 0
@@ -261,7 +286,21 @@ gateway_row() {
     start "gateway-$key" "${ROW_BIN:-$DPOP}" gateway "${args[@]}"
     local pid=$LAST_PID
     if wait_port "$port" "$pid" "gateway-$key"; then
-        measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
+        if [[ -n ${HELPER_PID:-} ]]; then
+            local g0 h0 g1 h1
+            g0=$(ticks "$pid") h0=$(ticks "$HELPER_PID")
+            measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" \
+                --cpu-pid "$HELPER_PID" "${flags[@]}"
+            if g1=$(ticks "$pid") && h1=$(ticks "$HELPER_PID") && is_number "${CPU[$key]:-}"; then
+                CPU_SPLIT[$key]=$(awk -v c="${CPU[$key]}" -v g=$((g1 - g0)) -v h=$((h1 - h0)) \
+                    -v name="$HELPER_NAME" \
+                    'BEGIN { if (g + h > 0) printf "gateway %.1f + %s %.1f", c * g / (g + h), name, c * h / (g + h) }')
+                GATEWAY_CPU[$key]=$(awk -v c="${CPU[$key]}" -v g=$((g1 - g0)) -v h=$((h1 - h0)) \
+                    'BEGIN { if (g + h > 0) printf "%.3f", c * g / (g + h) }')
+            fi
+        else
+            measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
+        fi
         if [[ ${NON2XX[$key]:-0} != 0 ]]; then
             log "$label: ${NON2XX[$key]} non-2xx answers; the gateway's last lines:"
             tail -n 20 "$WORK/gateway-$key.log" >&2
@@ -336,17 +375,6 @@ nginx_start() {
     NGINX_PIDS=("$pid" "${workers[@]}")
 }
 
-# ticks PID...: user + system clock ticks of the processes so far (/proc/PID/stat
-# fields 14 and 15, after the command name in parentheses).
-ticks() {
-    local pid stat sum=0 f
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat") || return 1
-        read -ra f <<<"${stat##*) }"
-        sum=$((sum + f[11] + f[12]))
-    done
-    echo "$sum"
-}
 
 # http_status PORT PATH: the status of GET PATH on 127.0.0.1:PORT without credentials.
 http_status() {
@@ -535,7 +563,8 @@ EOF
 
     if [[ -n $REDIS_URL ]]; then
         alloc_port GATEWAY_PORT
-        gateway_row redis "gateway, DPoP, Redis replay store" http \
+        HELPER_PID=$REDIS_PID HELPER_NAME=redis-server \
+            gateway_row redis "gateway, DPoP, Redis replay store" http \
             --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
             "${GATEWAY_FLAGS[@]}" --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
     else
@@ -718,6 +747,9 @@ if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}"; then
     check "Redis vs memory replay store" "${r}x" ">= 0.90x" at_least "$r" 0.90
 elif wanted redis && wanted memory; then
     echo "| Redis vs memory replay store | n/a | >= 0.90x | |"
+fi
+if is_number "${GATEWAY_CPU[redis]:-}" && is_number "${CPU[memory]:-}"; then
+    echo "| Redis vs memory replay store, the gateway's own CPU µs/request (redis-server's apart) | $(ratio "${GATEWAY_CPU[redis]}" "${CPU[memory]}")x (${GATEWAY_CPU[redis]} vs ${CPU[memory]}) | (information) | |"
 fi
 for key in plain memory redis; do
     if is_number "${P99[$key]:-}"; then
