@@ -174,7 +174,10 @@ where
                 Some(sender) => sender,
                 None => {
                     reused = false;
-                    self.connect(upstream).await?
+                    // Boxed: the connect and handshake futures are over 1.5 KB, which would
+                    // otherwise be part of every request's future (and copied each time
+                    // it is boxed), though most requests find an idle connection.
+                    Box::pin(self.connect(upstream)).await?
                 }
             };
             match sender.try_send_request(req).await {

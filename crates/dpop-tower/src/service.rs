@@ -200,8 +200,10 @@ where
     // Work on the head only: the body is not needed and need not be `Sync`.
     let (mut parts, body) = req.into_parts();
     let result = match shared.settings.clock.now() {
-        Some(now) => shared
-            .authenticate(&parts, policy, target.path(), now)
+        // Boxed: its future (token, proof, replay record) is about 1.6 KB, which would
+        // otherwise be part of this future on every route, `off` ones included, and be
+        // copied each time this future is boxed.
+        Some(now) => Box::pin(shared.authenticate(&parts, policy, target.path(), now))
             .await
             .map(|a| (a, now)),
         None => Err(Rejection::new(Error::NoClock, None)),
