@@ -243,6 +243,13 @@ ticks() {
     echo "$sum"
 }
 
+# share CPU MINE OTHERS: the part of a row's CPU µs/request that MINE ticks take beside
+# OTHERS ticks (both counted over the whole row, warmup included); nothing when neither
+# ticked. A split by shares: the sum is exact, its parts an estimate.
+share() {
+    awk -v c="$1" -v m="$2" -v o="$3" 'BEGIN { if (m + o > 0) printf "%.3f", c * m / (m + o) }'
+}
+
 # Redis: reuse one on the default port, else start a private one, else skip row 4.
 # REDIS_PID: its process, when known and readable, for the Redis row's CPU split.
 REDIS_URL="" REDIS_PID=""
@@ -292,11 +299,13 @@ gateway_row() {
             measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" \
                 --cpu-pid "$HELPER_PID" "${flags[@]}"
             if g1=$(ticks "$pid") && h1=$(ticks "$HELPER_PID") && is_number "${CPU[$key]:-}"; then
-                CPU_SPLIT[$key]=$(awk -v c="${CPU[$key]}" -v g=$((g1 - g0)) -v h=$((h1 - h0)) \
-                    -v name="$HELPER_NAME" \
-                    'BEGIN { if (g + h > 0) printf "gateway %.1f + %s %.1f", c * g / (g + h), name, c * h / (g + h) }')
-                GATEWAY_CPU[$key]=$(awk -v c="${CPU[$key]}" -v g=$((g1 - g0)) -v h=$((h1 - h0)) \
-                    'BEGIN { if (g + h > 0) printf "%.3f", c * g / (g + h) }')
+                local mine theirs
+                mine=$(share "${CPU[$key]}" $((g1 - g0)) $((h1 - h0)))
+                theirs=$(share "${CPU[$key]}" $((h1 - h0)) $((g1 - g0)))
+                if [[ -n $mine ]]; then
+                    GATEWAY_CPU[$key]=$mine
+                    CPU_SPLIT[$key]=$(printf 'gateway %.1f + %s %.1f' "$mine" "$HELPER_NAME" "$theirs")
+                fi
             fi
         else
             measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
@@ -497,8 +506,12 @@ EOF
     n0=$(ticks "${NGINX_PIDS[@]}") a0=$(ticks "$authz_pid")
     measure nginx_authz "$label" "http://127.0.0.1:$port/bench" "${cpu_flags[@]}" "${DPOP_FLAGS[@]}"
     if n1=$(ticks "${NGINX_PIDS[@]}") && a1=$(ticks "$authz_pid") && is_number "${CPU[nginx_authz]:-}"; then
-        CPU_SPLIT[nginx_authz]=$(awk -v c="${CPU[nginx_authz]}" -v n=$((n1 - n0)) -v a=$((a1 - a0)) \
-            'BEGIN { if (n + a > 0) printf "nginx %.1f + authz %.1f", c * n / (n + a), c * a / (n + a) }')
+        local nginx authz
+        nginx=$(share "${CPU[nginx_authz]}" $((n1 - n0)) $((a1 - a0)))
+        authz=$(share "${CPU[nginx_authz]}" $((a1 - a0)) $((n1 - n0)))
+        if [[ -n $nginx ]]; then
+            CPU_SPLIT[nginx_authz]=$(printf 'nginx %.1f + authz %.1f' "$nginx" "$authz")
+        fi
     fi
     if [[ ${NON2XX[nginx_authz]:-0} != 0 ]]; then
         log "$label: ${NON2XX[nginx_authz]} non-2xx answers; the authorizer's and nginx's last lines:"
