@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::balance::Held;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -26,6 +25,8 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::{Instant, Sleep};
+
+use crate::balance::Held;
 
 /// The error a streamed response body ends with when its lifetime runs out (hyper then
 /// aborts the response, so the client sees it incomplete).

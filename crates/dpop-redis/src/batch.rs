@@ -120,8 +120,8 @@ pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// Why: one `SET` per round trip costs a read and a write system call on both sides for
 /// every request, which on a busy host costs more CPU than the command itself. While one
 /// pipeline is in flight the next requests queue up, so batches grow with load and no
-/// request waits for a timer (only for one more pass of the runtime, below). A pipeline is not
-/// atomic and need not be: each `SET NX` is.
+/// request waits for a timer (only for one more pass of the runtime, below). A pipeline
+/// is not atomic and need not be: each `SET NX` is.
 pub(crate) async fn run_batches(
     primary: Primary,
     mut queue: mpsc::Receiver<Pending>,
