@@ -385,8 +385,9 @@ pub(crate) enum HtuRule {
     FromRequest {
         scheme: String,
         trusted_proxies: Vec<IpNet>,
-        /// Normalised `scheme://authority` of every allowed host, for http and https.
-        allowed: Vec<String>,
+        /// Every allowed host as a base (normalised `scheme://authority`), for http and
+        /// https: parsed once here, so a request costs one parse (its own origin).
+        allowed: Vec<HtuBase>,
     },
 }
 
@@ -476,8 +477,10 @@ impl HtuRule {
                 let mut allowed = Vec::with_capacity(allowed_hosts.len().saturating_mul(2));
                 for host in allowed_hosts {
                     for s in ["http", "https"] {
-                        allowed
-                            .push(origin_of(&format!("{s}://{host}")).ok_or_else(|| host.clone())?);
+                        let base = origin_of(&format!("{s}://{host}"))
+                            .and_then(|origin| HtuBase::parse(&origin).ok())
+                            .ok_or_else(|| host.clone())?;
+                        allowed.push(base);
                     }
                 }
                 Ok(Self::FromRequest {
@@ -547,14 +550,15 @@ impl HtuRule {
                 let (scheme, host) =
                     scheme_and_host(uri, headers, peer, trusted_proxies, Some(scheme))?;
                 let scheme = scheme.unwrap_or("http");
-                let origin =
-                    origin_of(&format!("{scheme}://{host}")).ok_or(RequestError::HostNotAllowed)?;
-                if !allowed.contains(&origin) {
-                    return Err(RequestError::HostNotAllowed);
-                }
-                HtuBase::parse(&origin)
-                    .map(Cow::Owned)
-                    .map_err(|_| RequestError::BadRequestTarget)
+                let requested = HtuBase::parse(&format!("{scheme}://{host}"))
+                    .map_err(|_| RequestError::HostNotAllowed)?;
+                // Both sides normalised by the same parser; the configured base is the one
+                // used from here on.
+                allowed
+                    .iter()
+                    .find(|base| base.origin() == requested.origin())
+                    .map(Cow::Borrowed)
+                    .ok_or(RequestError::HostNotAllowed)
             }
         }
     }
