@@ -245,7 +245,7 @@ measure overhead "upstream direct + DPoP headers (generator overhead)" \
 VERIFY_US="" R_VERIFY=""
 measure_verify() {
     wanted memory && wanted plain || return 0
-    log "measuring: bare ES256 signature verification"
+    log "measuring: bare ES256 signature verification${ROUND:+ (round $ROUND of $ROUNDS)}"
     if out=$("$LOADGEN" verify --seconds 2) && VERIFY_US=$(json_num "$out" cpu_us_per_verification) &&
         is_number "$VERIFY_US"; then
         R_VERIFY+="$VERIFY_US "
