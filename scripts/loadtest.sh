@@ -166,6 +166,9 @@ declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT GATEWAY_CPU
 # R_CPU, R_GATEWAY_CPU (the gateway's part of a split row) and R_SPLIT (both parts of a
 # split row, "A B" per round, the names in SPLIT_NAMES).
 declare -A R_RPS R_P50 R_P99 R_CPU R_GATEWAY_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES
+# Also per round: non-2xx answers and transport errors (the table shows their sums), and
+# whether any round's proofs ran out.
+declare -A R_NON2XX R_ERRORS PROOFS_RAN_OUT
 ROUNDS=${ROUNDS:-1}
 [[ $ROUNDS =~ ^[1-9][0-9]?$ ]] || { echo "ROUNDS must be 1 to 99" >&2; exit 2; }
 TABLE_KEYS=" "
@@ -188,6 +191,9 @@ measure() {
     wanted "$key" || return 0
     log "measuring: $label${ROUND:+ (round $ROUND of $ROUNDS)}"
     table_row "$key" "$label"
+    # A round that fails must not leave the previous round's figures behind.
+    unset 'RPS[$key]' 'P50[$key]' 'P99[$key]' 'NON2XX[$key]' 'ERRORS[$key]' 'SECS[$key]' \
+        'CPU[$key]' 'CPU_SPLIT[$key]' 'GATEWAY_CPU[$key]'
     if out=$("$LOADGEN" run --url "$url" --connections "$CONNECTIONS" \
         --duration "$DURATION" --warmup "$WARMUP" --label "$label" "$@"); then
         RPS[$key]=$(json_num "$out" rps)
@@ -197,22 +203,32 @@ measure() {
         ERRORS[$key]=$(json_num "$out" errors)
         SECS[$key]=$(json_num "$out" seconds)
         CPU[$key]=$(json_num "$out" cpu_us_per_request)
-        R_RPS[$key]+="${RPS[$key]} " R_P50[$key]+="${P50[$key]} "
-        R_P99[$key]+="${P99[$key]} " R_CPU[$key]+="${CPU[$key]:-0} "
+        R_RPS[$key]+="${RPS[$key]:-NA} " R_P50[$key]+="${P50[$key]:-NA} "
+        R_P99[$key]+="${P99[$key]:-NA} " R_CPU[$key]+="${CPU[$key]:-NA} "
+        R_NON2XX[$key]+="${NON2XX[$key]:-0} " R_ERRORS[$key]+="${ERRORS[$key]:-0} "
         if [[ $out == *'"proofs_exhausted":true'* ]]; then
             # The figures stay valid, over the shorter window the table shows.
             log "$label: the pre-generated proofs ran out after ${SECS[$key]} s"
             SECS[$key]="${SECS[$key]} (proofs ran out)"
+            PROOFS_RAN_OUT[$key]=1
         fi
     else
-        R_RPS[$key]+="NA " R_P50[$key]+="NA " R_P99[$key]+="NA " R_CPU[$key]+="NA "
+        round_missing "$key"
         log "$label: the load generator failed"
     fi
+}
+
+# round_missing KEY: KEY has no figures this round (failed or skipped); its per-round lists
+# get a gap so that they stay aligned, round for round, with the other rows'.
+round_missing() {
+    R_RPS[$1]+="NA " R_P50[$1]+="NA " R_P99[$1]+="NA " R_CPU[$1]+="NA "
+    R_GATEWAY_CPU[$1]+="NA " R_SPLIT_A[$1]+="NA " R_SPLIT_B[$1]+="NA "
 }
 
 skip() {
     wanted "$1" || return 0
     table_row "$1" "$2"
+    round_missing "$1"
     RPS[$1]="skipped: $3"
 }
 
@@ -224,9 +240,12 @@ UPSTREAM_PID=$LAST_PID
 wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
 UPSTREAM_URL="http://127.0.0.1:$UPSTREAM_PORT"
 
+# The token must outlive every round: up to eight rows a round, each its warmup, duration
+# and start-up (proof signing included), with an hour to spare.
+TOKEN_LIFETIME=$((3600 + ROUNDS * 8 * (DURATION + WARMUP + 30)))
 alloc_port ISSUER_PORT
 start issuer "$LOADGEN" issuer --listen "127.0.0.1:$ISSUER_PORT" --aud "$AUD" \
-    --token-out "$WORK/token" --key-out "$WORK/client.pem" --lifetime 3600
+    --token-out "$WORK/token" --key-out "$WORK/client.pem" --lifetime "$TOKEN_LIFETIME"
 wait_port "$ISSUER_PORT" "$LAST_PID" issuer
 for ((i = 0; i < 100; i++)); do
     [[ -s $WORK/token ]] && break
@@ -333,17 +352,21 @@ gateway_row() {
             g0=$(ticks "$pid") h0=$(ticks "$HELPER_PID")
             measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" \
                 --cpu-pid "$HELPER_PID" "${flags[@]}"
-            if g1=$(ticks "$pid") && h1=$(ticks "$HELPER_PID") && is_number "${CPU[$key]:-}"; then
-                local mine theirs
-                mine=$(share "${CPU[$key]}" $((g1 - g0)) $((h1 - h0)))
-                theirs=$(share "${CPU[$key]}" $((h1 - h0)) $((g1 - g0)))
+            # A failed measurement has its gap already (round_missing); a measured round
+            # gets the split, or a gap when the ticks cannot be read.
+            if is_number "${CPU[$key]:-}"; then
+                local mine="" theirs=""
+                if g1=$(ticks "$pid") && h1=$(ticks "$HELPER_PID"); then
+                    mine=$(share "${CPU[$key]}" $((g1 - g0)) $((h1 - h0)))
+                    theirs=$(share "${CPU[$key]}" $((h1 - h0)) $((g1 - g0)))
+                fi
                 if [[ -n $mine ]]; then
                     GATEWAY_CPU[$key]=$mine
                     R_GATEWAY_CPU[$key]+="$mine "
                     record_split "$key" gateway "$mine" "$HELPER_NAME" "$theirs"
+                else
+                    R_GATEWAY_CPU[$key]+="NA " R_SPLIT_A[$key]+="NA " R_SPLIT_B[$key]+="NA "
                 fi
-            else
-                R_GATEWAY_CPU[$key]+="NA "
             fi
         else
             measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
@@ -792,20 +815,26 @@ stat() {
             V[j + 1] = x
         }
         m = (n % 2) ? V[(n + 1) / 2] : (V[n / 2] + V[n / 2 + 1]) / 2
-        printf "%.6g %.6g %.6g %d", m, V[1], V[n], n
+        printf "%.6f %.6f %.6f %d", m, V[1], V[n], n
     }'
 }
 
 # paired KIND A B [C]: sets R (the median of the per-round values, two decimals) and NOTE
-# (" (median of N rounds: MIN-MAX)" with several rounds, else empty); R is empty when no
-# round has every value.
+# (" (median of N rounds: MIN-MAX)" with several rounds, " of ROUNDS" added when some
+# rounds lack a value, else empty); R is empty when no round has every value.
 paired() {
     local m lo hi n
     R="" NOTE=""
     read -r m lo hi n <<<"$(stat "$@")" || true
     [[ -n ${n:-} ]] || return 0
     R=$(printf '%.2f' "$m")
-    ((n > 1)) && NOTE=$(printf ' (median of %d rounds: %.2f–%.2f)' "$n" "$lo" "$hi")
+    local of=""
+    ((n < ROUNDS)) && of=" of $ROUNDS"
+    if ((n > 1)); then
+        NOTE=$(printf ' (median of %d%s rounds: %.2f–%.2f)' "$n" "$of" "$lo" "$hi")
+    elif ((ROUNDS > 1)); then
+        NOTE=" (1 round$of)"
+    fi
     return 0
 }
 
@@ -834,6 +863,15 @@ if ((ROUNDS > 1)); then
             fi
             unset -n round_list figure
         done
+        # Non-2xx answers and errors: the sums over the rounds, so that a bad round shows.
+        if [[ -n ${R_NON2XX[$key]:-} ]]; then
+            NON2XX[$key]=$(awk -v l="${R_NON2XX[$key]}" 'BEGIN { n = split(l, v, " "); for (i = 1; i <= n; i++) s += v[i]; print s + 0 }')
+            ERRORS[$key]=$(awk -v l="${R_ERRORS[$key]}" 'BEGIN { n = split(l, v, " "); for (i = 1; i <= n; i++) s += v[i]; print s + 0 }')
+            SECS[$key]=${SECS[$key]:-$DURATION}
+            if [[ -n ${PROOFS_RAN_OUT[$key]:-} && ${SECS[$key]} != *"ran out"* ]]; then
+                SECS[$key]+=" (proofs ran out in a round)"
+            fi
+        fi
         if [[ -n ${SPLIT_NAMES[$key]:-} ]]; then
             read -r m_a _ <<<"$(stat median "${R_SPLIT_A[$key]}")" || true
             read -r m_b _ <<<"$(stat median "${R_SPLIT_B[$key]}")" || true
@@ -844,7 +882,8 @@ if ((ROUNDS > 1)); then
     done
     if [[ -n $R_VERIFY ]]; then
         read -r m _ <<<"$(stat median "$R_VERIFY")" || true
-        VERIFY_US=${m:-}
+        VERIFY_US=""
+        [[ -n ${m:-} ]] && VERIFY_US=$(printf '%.3f' "$m")
     fi
 fi
 at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
@@ -866,7 +905,7 @@ echo
 echo "### Load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 rounds_note=""
-((ROUNDS > 1)) && rounds_note=" The compared rows ran $ROUNDS rounds in turns: each shows the median of its rounds, each check the median of its per-round ratios."
+((ROUNDS > 1)) && rounds_note=" The compared rows ran $ROUNDS rounds in turns: each shows the median of its rounds (non-2xx and errors: their sums), each check the median of its per-round ratios."
 echo "Machine: $(nproc) cores, Linux $(uname -r); $CONNECTIONS connections, ${DURATION} s per row after a ${WARMUP} s warmup, loopback.$rounds_note"
 echo
 echo "| row | requests/s | p50 ms | p99 ms | non-2xx | errors | seconds | server CPU µs/request |"
