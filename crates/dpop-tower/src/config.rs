@@ -477,8 +477,14 @@ impl HtuRule {
                 let mut allowed = Vec::with_capacity(allowed_hosts.len().saturating_mul(2));
                 for host in allowed_hosts {
                     for s in ["http", "https"] {
+                        // The normal form must be its own normal form: the per-request
+                        // shortcut in `base` relies on it.
                         let base = origin_of(&format!("{s}://{host}"))
-                            .and_then(|origin| HtuBase::parse(&origin).ok())
+                            .and_then(|origin| {
+                                HtuBase::parse(&origin)
+                                    .ok()
+                                    .filter(|b| b.origin() == origin)
+                            })
                             .ok_or_else(|| host.clone())?;
                         allowed.push(base);
                     }
@@ -550,6 +556,17 @@ impl HtuRule {
                 let (scheme, host) =
                     scheme_and_host(uri, headers, peer, trusted_proxies, Some(scheme))?;
                 let scheme = scheme.unwrap_or("http");
+                // The usual case: the request names an allowed host already in normal
+                // form. Normalising a normal form changes nothing (checked when the rule
+                // was built), so this is the base the full parse below would find.
+                if let Some(base) = allowed.iter().find(|b| {
+                    b.origin()
+                        .strip_prefix(scheme)
+                        .and_then(|rest| rest.strip_prefix("://"))
+                        == Some(host)
+                }) {
+                    return Ok(Cow::Borrowed(base));
+                }
                 let requested = HtuBase::parse(&format!("{scheme}://{host}"))
                     .map_err(|_| RequestError::HostNotAllowed)?;
                 // Both sides normalised by the same parser; the configured base is the one
@@ -740,6 +757,22 @@ mod tests {
             htu(&from_req, &uri, &with_host("API.Example.com:80"), None).unwrap(),
             "http://api.example.com/v1/items"
         );
+        // The normal form itself (the shortcut) and spellings that need normalising (the
+        // full parse) end on the same configured base.
+        let rule = HtuRule::new(&from_req).unwrap();
+        let configured = |h: &str| {
+            let base = rule.base(&uri, &with_host(h), None).unwrap();
+            assert!(matches!(base, Cow::Borrowed(_)), "{h}");
+            std::ptr::from_ref(base.as_ref())
+        };
+        let normal = configured("api.example.com");
+        for spelling in [
+            "API.example.com",
+            "api.example.com:80",
+            "api.EXAMPLE.com:080",
+        ] {
+            assert_eq!(configured(spelling), normal, "{spelling}");
+        }
         for bad in [
             "other.example.com",
             "api.example.com:8080",
