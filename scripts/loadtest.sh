@@ -161,11 +161,12 @@ redis_ping() {
 
 # --- measurements ------------------------------------------------------------------
 
-declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT GATEWAY_CPU
+# SPLIT_A: on a row whose CPU is split between two processes (split_cpu), the first one's
+# part (the gateway's on the Redis row).
+declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT SPLIT_A
 # Per round (ROUNDS), space-separated, one value per round in order: R_RPS, R_P50, R_P99,
-# R_CPU, R_GATEWAY_CPU (the gateway's part of a split row) and R_SPLIT (both parts of a
-# split row, "A B" per round, the names in SPLIT_NAMES).
-declare -A R_RPS R_P50 R_P99 R_CPU R_GATEWAY_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES
+# R_CPU, and R_SPLIT_A, R_SPLIT_B (both parts of a split row, the names in SPLIT_NAMES).
+declare -A R_RPS R_P50 R_P99 R_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES
 # Also per round: non-2xx answers and transport errors (the table shows their sums), and
 # whether any round's proofs ran out.
 declare -A R_NON2XX R_ERRORS PROOFS_RAN_OUT
@@ -193,7 +194,7 @@ measure() {
     table_row "$key" "$label"
     # A round that fails must not leave the previous round's figures behind.
     unset 'RPS[$key]' 'P50[$key]' 'P99[$key]' 'NON2XX[$key]' 'ERRORS[$key]' 'SECS[$key]' \
-        'CPU[$key]' 'CPU_SPLIT[$key]' 'GATEWAY_CPU[$key]'
+        'CPU[$key]' 'CPU_SPLIT[$key]' 'SPLIT_A[$key]'
     if out=$("$LOADGEN" run --url "$url" --connections "$CONNECTIONS" \
         --duration "$DURATION" --warmup "$WARMUP" --label "$label" "$@"); then
         RPS[$key]=$(json_num "$out" rps)
@@ -222,7 +223,7 @@ measure() {
 # get a gap so that they stay aligned, round for round, with the other rows'.
 round_missing() {
     R_RPS[$1]+="NA " R_P50[$1]+="NA " R_P99[$1]+="NA " R_CPU[$1]+="NA "
-    R_GATEWAY_CPU[$1]+="NA " R_SPLIT_A[$1]+="NA " R_SPLIT_B[$1]+="NA "
+    R_SPLIT_A[$1]+="NA " R_SPLIT_B[$1]+="NA "
 }
 
 skip() {
@@ -263,6 +264,7 @@ measure overhead "upstream direct + DPoP headers (generator overhead)" \
 # per round, beside that round's rows.
 VERIFY_US="" R_VERIFY=""
 measure_verify() {
+    local out
     wanted memory && wanted plain || return 0
     log "measuring: bare ES256 signature verification${ROUND:+ (round $ROUND of $ROUNDS)}"
     if out=$("$LOADGEN" verify --seconds 2) && VERIFY_US=$(json_num "$out" cpu_us_per_verification) &&
@@ -295,13 +297,26 @@ share() {
     awk -v c="$1" -v m="$2" -v o="$3" 'BEGIN { if (m + o > 0) printf "%.3f", c * m / (m + o) }'
 }
 
-# record_split KEY NAME-A A NAME-B B: a row's CPU cell shows its split "NAME-A A + NAME-B B"
-# (each part the median of the rounds when there are several).
-record_split() {
-    local key=$1
+# split_cpu KEY NAME-A TICKS-A NAME-B TICKS-B: splits KEY's measured CPU µs/request
+# between two processes by their ticks over the row (empty when they could not be read);
+# the cell then shows "NAME-A A + NAME-B B" (each part the median of the rounds when there
+# are several). A round that could not be split leaves a gap; a failed round has its gap
+# already (round_missing).
+split_cpu() {
+    local key=$1 a="" b=""
+    is_number "${CPU[$key]:-}" || return 0
+    if [[ -n $3 && -n $5 ]]; then
+        a=$(share "${CPU[$key]}" "$3" "$5")
+        b=$(share "${CPU[$key]}" "$5" "$3")
+    fi
+    if [[ -z $a ]]; then
+        R_SPLIT_A[$key]+="NA " R_SPLIT_B[$key]+="NA "
+        return 0
+    fi
     SPLIT_NAMES[$key]="$2 $4"
-    R_SPLIT_A[$key]+="$3 " R_SPLIT_B[$key]+="$5 "
-    CPU_SPLIT[$key]=$(printf '%s %.1f + %s %.1f' "$2" "$3" "$4" "$5")
+    SPLIT_A[$key]=$a
+    R_SPLIT_A[$key]+="$a " R_SPLIT_B[$key]+="$b "
+    CPU_SPLIT[$key]=$(printf '%s %.1f + %s %.1f' "$2" "$a" "$4" "$b")
 }
 
 # Redis: reuse one on the default port, else start a private one, else skip row 4.
@@ -352,22 +367,11 @@ gateway_row() {
             g0=$(ticks "$pid") h0=$(ticks "$HELPER_PID")
             measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" \
                 --cpu-pid "$HELPER_PID" "${flags[@]}"
-            # A failed measurement has its gap already (round_missing); a measured round
-            # gets the split, or a gap when the ticks cannot be read.
-            if is_number "${CPU[$key]:-}"; then
-                local mine="" theirs=""
-                if g1=$(ticks "$pid") && h1=$(ticks "$HELPER_PID"); then
-                    mine=$(share "${CPU[$key]}" $((g1 - g0)) $((h1 - h0)))
-                    theirs=$(share "${CPU[$key]}" $((h1 - h0)) $((g1 - g0)))
-                fi
-                if [[ -n $mine ]]; then
-                    GATEWAY_CPU[$key]=$mine
-                    R_GATEWAY_CPU[$key]+="$mine "
-                    record_split "$key" gateway "$mine" "$HELPER_NAME" "$theirs"
-                else
-                    R_GATEWAY_CPU[$key]+="NA " R_SPLIT_A[$key]+="NA " R_SPLIT_B[$key]+="NA "
-                fi
+            local mine="" theirs=""
+            if g1=$(ticks "$pid") && h1=$(ticks "$HELPER_PID"); then
+                mine=$((g1 - g0)) theirs=$((h1 - h0))
             fi
+            split_cpu "$key" gateway "$mine" "$HELPER_NAME" "$theirs"
         else
             measure "$key" "$label" "$scheme://127.0.0.1:$port/bench" --cpu-pid "$pid" "${flags[@]}"
         fi
@@ -566,14 +570,11 @@ EOF
     # whole run (warmup included), applied to the timed phase's figure.
     n0=$(ticks "${NGINX_PIDS[@]}") a0=$(ticks "$authz_pid")
     measure nginx_authz "$label" "http://127.0.0.1:$port/bench" "${cpu_flags[@]}" "${DPOP_FLAGS[@]}"
-    if n1=$(ticks "${NGINX_PIDS[@]}") && a1=$(ticks "$authz_pid") && is_number "${CPU[nginx_authz]:-}"; then
-        local nginx authz
-        nginx=$(share "${CPU[nginx_authz]}" $((n1 - n0)) $((a1 - a0)))
-        authz=$(share "${CPU[nginx_authz]}" $((a1 - a0)) $((n1 - n0)))
-        if [[ -n $nginx ]]; then
-            record_split nginx_authz nginx "$nginx" authz "$authz"
-        fi
+    local nginx="" authz=""
+    if n1=$(ticks "${NGINX_PIDS[@]}") && a1=$(ticks "$authz_pid"); then
+        nginx=$((n1 - n0)) authz=$((a1 - a0))
     fi
+    split_cpu nginx_authz nginx "$nginx" authz "$authz"
     if [[ ${NON2XX[nginx_authz]:-0} != 0 ]]; then
         log "$label: ${NON2XX[nginx_authz]} non-2xx answers; the authorizer's and nginx's last lines:"
         tail -n 20 "$WORK/authz.log" "$WORK/nginx-nginx_authz.log" >&2
@@ -850,10 +851,13 @@ versus() {
     fi
 }
 
+# sum LIST: the sum of a space-separated list of numbers.
+sum() { awk -v l="$1" 'BEGIN { n = split(l, v, " "); for (i = 1; i <= n; i++) s += v[i]; print s + 0 }'; }
+
 # With several rounds, each row's figures become the medians of its rounds.
 if ((ROUNDS > 1)); then
     for key in $TABLE_KEYS; do
-        for name in RPS P50 P99 CPU GATEWAY_CPU; do
+        for name in RPS P50 P99 CPU SPLIT_A; do
             declare -n round_list="R_$name" figure="$name"
             if [[ -n ${round_list[$key]:-} ]]; then
                 read -r m _ <<<"$(stat median "${round_list[$key]}")" || true
@@ -865,8 +869,8 @@ if ((ROUNDS > 1)); then
         done
         # Non-2xx answers and errors: the sums over the rounds, so that a bad round shows.
         if [[ -n ${R_NON2XX[$key]:-} ]]; then
-            NON2XX[$key]=$(awk -v l="${R_NON2XX[$key]}" 'BEGIN { n = split(l, v, " "); for (i = 1; i <= n; i++) s += v[i]; print s + 0 }')
-            ERRORS[$key]=$(awk -v l="${R_ERRORS[$key]}" 'BEGIN { n = split(l, v, " "); for (i = 1; i <= n; i++) s += v[i]; print s + 0 }')
+            NON2XX[$key]=$(sum "${R_NON2XX[$key]}")
+            ERRORS[$key]=$(sum "${R_ERRORS[$key]}")
             SECS[$key]=${SECS[$key]:-$DURATION}
             if [[ -n ${PROOFS_RAN_OUT[$key]:-} && ${SECS[$key]} != *"ran out"* ]]; then
                 SECS[$key]+=" (proofs ran out in a round)"
@@ -936,9 +940,9 @@ if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}"; then
 elif wanted redis && wanted memory; then
     echo "| Redis vs memory replay store | n/a | >= 0.90x | |"
 fi
-if is_number "${GATEWAY_CPU[redis]:-}" && is_number "${CPU[memory]:-}"; then
-    paired ratio "${R_GATEWAY_CPU[redis]}" "${R_CPU[memory]}"
-    echo "| Redis vs memory replay store, the gateway's own CPU µs/request (redis-server's apart) | ${R}x (${GATEWAY_CPU[redis]} vs ${CPU[memory]})$NOTE | (information) | |"
+if is_number "${SPLIT_A[redis]:-}" && is_number "${CPU[memory]:-}"; then
+    paired ratio "${R_SPLIT_A[redis]}" "${R_CPU[memory]}"
+    echo "| Redis vs memory replay store, the gateway's own CPU µs/request (redis-server's apart) | ${R}x (${SPLIT_A[redis]} vs ${CPU[memory]})$NOTE | (information) | |"
 fi
 for key in plain memory redis; do
     if is_number "${P99[$key]:-}"; then
