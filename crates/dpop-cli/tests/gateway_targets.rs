@@ -265,6 +265,53 @@ async fn other_hosts_are_refused_before_the_proof_check() {
     );
 }
 
+/// With `allowed_hosts`, a `Host` that is the allowed one in another spelling (a
+/// zero-padded port) is normalised and accepted with the proof made for the
+/// normal form, and near misses of it are refused before the proof check, whether or not
+/// they look like the normal form byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_the_allowed_host_are_normalised_and_near_misses_refused() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let (gw, _file) = start(&issuer, &upstream).await;
+    let caller = Caller::new(&issuer, "api");
+    let port = gw.addr().port();
+    let url = format!("{}/v1/items", gw.url);
+    let with_host = |host: String| {
+        let proof = caller.proof("GET", &format!("http://127.0.0.1:{port}/v1/items"), None);
+        let auth = caller.authorization();
+        let url = url.clone();
+        async move {
+            send(
+                "GET",
+                &url,
+                &[("host", &host), ("authorization", &auth), ("dpop", &proof)],
+                b"",
+            )
+            .await
+        }
+    };
+    for good in [format!("127.0.0.1:{port}"), format!("127.0.0.1:0{port}")] {
+        let r = with_host(good.clone()).await;
+        assert_eq!(r.status, 200, "{good}: {r:?}");
+    }
+    let forwarded = upstream.request_count();
+    for bad in [
+        format!("127.0.0.1:{port}0"),
+        format!("127.0.0.1:{}", port + 1),
+        format!("127.0.0.2:{port}"),
+        format!("127.0.0.1.:{port}"),
+        format!("127.0.0.1.evil:{port}"),
+        format!("u@127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+    ] {
+        let r = with_host(bad.clone()).await;
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+        assert!(www(&r).contains("invalid_request"), "{bad}: {}", www(&r));
+    }
+    assert_eq!(upstream.request_count(), forwarded);
+}
+
 /// Identity headers spelt with `_` never reach the upstream: CGI-style servers read
 /// `X_DPoP_Subject` as `X-DPoP-Subject`. Nor do method and path overrides (the gateway
 /// judged the request line), nor what a client that is not a trusted proxy claims about
