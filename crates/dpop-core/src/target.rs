@@ -288,6 +288,11 @@ fn check_segment(segment: &str, encoded_slashes: bool) -> Result<(), TargetError
 /// `.` or `..`, with any dot written as `%2E` or `%2e`, and with or without `;`
 /// parameters (servlet containers read `..;x` as `..`).
 fn is_dot_segment(segment: &str) -> bool {
+    // The name part is a prefix of the segment, and a dot segment's begins with `.` or
+    // `%`: any other segment (nearly all of them) is not one, without the searches below.
+    if !matches!(segment.as_bytes().first(), Some(b'.' | b'%')) {
+        return false;
+    }
     let name = segment.split([';']).next().unwrap_or(segment);
     let name = name.split("%3B").next().unwrap_or(name);
     let name = name.split("%3b").next().unwrap_or(name);
@@ -425,6 +430,49 @@ pub fn loose_form(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_in_every_spelling_and_nothing_else() {
+        for dot in [
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            ".%2E",
+            "%2e%2e",
+            "%2E.",
+            "..;x",
+            ".;",
+            "..%3Bx",
+            "..%3b",
+            "%2e%2e;jsessionid=1",
+            ".%3B;",
+        ] {
+            assert!(is_dot_segment(dot), "{dot:?}");
+        }
+        for name in [
+            "",
+            ";",
+            ";..",
+            "%3B..",
+            "a",
+            "a..",
+            "x;..",
+            "...",
+            "%2e%2e%2e",
+            ".a",
+            "..a",
+            "%2",
+            "%2f",
+            "%41",
+            "%",
+            "%3B",
+            "v1",
+            ".well-known",
+        ] {
+            assert!(!is_dot_segment(name), "{name:?}");
+        }
+    }
 
     #[test]
     fn canonical_targets_pass_unchanged() {

@@ -216,7 +216,10 @@ impl<B> Inner<B> {
     /// met on the way are dropped.
     fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = &mut idle.iter_mut().find(|(a, _)| a == authority)?.1;
+        let list = &mut idle
+            .iter_mut()
+            .find(|(a, _)| same_authority(a, authority))?
+            .1;
         while let Some(Idle { sender, since }) = list.pop() {
             if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(sender);
@@ -228,7 +231,7 @@ impl<B> Inner<B> {
     fn checkin(&self, authority: Authority, sender: SendRequest<B>) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let idle_since = Instant::now();
-        match idle.iter_mut().find(|(a, _)| *a == authority) {
+        match idle.iter_mut().find(|(a, _)| same_authority(a, &authority)) {
             Some((_, list)) if list.len() >= MAX_IDLE => {}
             Some((_, list)) => list.push(Idle {
                 sender,
@@ -243,6 +246,13 @@ impl<B> Inner<B> {
             )),
         }
     }
+}
+
+/// Whether two authorities are the same: byte for byte first (the pool's lists are keyed
+/// by the very authority the upstream's URL carries, so this is the usual answer), else
+/// as `http` compares them (the host without regard to case).
+fn same_authority(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str() || a == b
 }
 
 /// What goes back to the pool once a response has been read to its end.
@@ -464,6 +474,16 @@ mod tests {
             assert_eq!(fetch(&pool, &url, addr).await, "ok");
         }
         accepted.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn authorities_match_as_http_compares_them() {
+        let a = |s: &'static str| Authority::from_static(s);
+        assert!(same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:8080")));
+        assert!(same_authority(&a("API.example.com"), &a("api.example.com")));
+        assert!(!same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:8081")));
+        assert!(!same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:808")));
+        assert!(!same_authority(&a("api.example.com"), &a("api.example.co")));
     }
 
     #[tokio::test]
