@@ -204,8 +204,9 @@ mod tests {
             hasher.hash_one(&a),
             hasher.hash_one(set("GET", 200, "/api/orders"))
         );
-        // Sets that share both words (same status, method length and first byte, route
-        // length and end) are still different series.
+        // The first two share both words (same status, method length and first byte,
+        // route length and end), the others differ from them in one value each: every
+        // set is still its own series, counted apart.
         let mut registry = Registry::default();
         let metrics = HttpMetrics::register(&mut registry);
         let same_words = [
