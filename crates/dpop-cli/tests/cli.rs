@@ -763,6 +763,52 @@ fn authz_help_and_configuration_errors() {
     assert_eq!(run.code, 2, "{run:?}");
 }
 
+/// The gateway and the authorizer bind their admin listener before the serving ones, so
+/// a probe or script that sees the serving port accept connections can query `/readyz`
+/// at once. With both addresses taken, the one a start-up fails on names the order: the
+/// admin address.
+#[test]
+fn the_admin_listener_is_bound_before_the_serving_ones() {
+    let taken = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (serving, admin, grpc) = (taken(), taken(), taken());
+    let addr = |l: &std::net::TcpListener| l.local_addr().unwrap().to_string();
+    let (serving, admin, grpc) = (addr(&serving), addr(&admin), addr(&grpc));
+    let common = [
+        "--admin-listen",
+        &admin,
+        "--issuer",
+        "http://127.0.0.1:9",
+        "--audience",
+        "api",
+        "--public-url",
+        "http://api.example.com",
+    ];
+    let gateway = [
+        &[
+            "gateway",
+            "--listen",
+            &serving,
+            "--upstream",
+            "http://127.0.0.1:9",
+        ][..],
+        &common,
+    ]
+    .concat();
+    let authz = [
+        &["authz", "--listen", &serving, "--grpc-listen", &grpc][..],
+        &common,
+    ]
+    .concat();
+    for args in [gateway, authz] {
+        let run = dpop(&args);
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(
+            run.stderr.contains(&format!("cannot listen on {admin}")),
+            "{args:?}: {run:?}"
+        );
+    }
+}
+
 #[test]
 fn demo_runs_the_whole_system_and_every_scenario_behaves() {
     let run = dpop(&["demo"]);

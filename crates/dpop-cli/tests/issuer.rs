@@ -349,6 +349,23 @@ async fn issuer_commands_report_usage_errors_with_exit_2() {
     );
 }
 
+/// The issuer binds its admin listener before the serving one, so a probe or script that
+/// sees the serving port accept connections can query `/readyz` at once. With both
+/// addresses taken, start-up fails on the admin address.
+#[test]
+fn the_issuer_binds_its_admin_listener_first() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = admin.local_addr().unwrap();
+    let setup = IssuerSetup::with(&[&format!("admin_listen = \"{admin}\"")]);
+    let _serving = std::net::TcpListener::bind(("127.0.0.1", setup.port())).unwrap();
+    let out = issuer_command(&["--config", p(&setup.config())])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {admin}")), "{err}");
+}
+
 /// The issuer's access log: one `dpop::access` line per request with the endpoint, the
 /// grant, the client, the status or OAuth error code and the duration, never the
 /// secret, the proof or the token; and its `/metrics` names the endpoint as the route.

@@ -104,6 +104,17 @@ impl Gateway {
                 "limits.workers must be positive".to_owned(),
             ));
         }
+        // The admin listener first: once the serving port accepts connections, the
+        // admin port (health, readiness, metrics) does too, so a probe or a script that
+        // waits for the one can query the other at once.
+        let admin = match config.enforcement.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let listen_error = |source| GatewayError::Listen {
             addr: config.listen,
             source,
@@ -126,14 +137,6 @@ impl Gateway {
             .map(|handed| Worker::new(&socket, handed))
             .collect::<Result<Vec<_>, _>>()
             .map_err(listen_error)?;
-        let admin = match config.enforcement.admin_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| GatewayError::Listen { addr, source })?,
-            ),
-            None => None,
-        };
         Ok(Self {
             config,
             local_addr,

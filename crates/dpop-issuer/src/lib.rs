@@ -288,28 +288,52 @@ impl Issuer {
     }
 
     /// Listens on the configured address and serves until `shutdown` completes, then
-    /// finishes in-flight requests.
+    /// finishes in-flight requests. The admin listener (when configured) is bound first,
+    /// so once the serving port accepts connections the admin port does too.
     ///
     /// # Errors
-    /// [`IssuerError::Listen`] when the address cannot be bound.
+    /// [`IssuerError::Listen`] when an address cannot be bound.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), IssuerError> {
+        let admin = self.bind_admin().await?;
         let addr = self.state.config.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| IssuerError::Listen { addr, source })?;
-        self.serve_on(listener, shutdown).await
+        self.serve_with(listener, admin, shutdown).await
     }
 
     /// [`Issuer::serve`] on a listener the caller bound.
     ///
     /// # Errors
-    /// [`IssuerError::Listen`] when the listener fails.
+    /// [`IssuerError::Listen`] when the listener fails or the admin address cannot be
+    /// bound.
     pub async fn serve_on(
         self,
         listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), IssuerError> {
+        let admin = self.bind_admin().await?;
+        self.serve_with(listener, admin, shutdown).await
+    }
+
+    /// The configured admin listener, bound.
+    async fn bind_admin(&self) -> Result<Option<tokio::net::TcpListener>, IssuerError> {
+        let Some(addr) = self.state.config.admin_listen else {
+            return Ok(None);
+        };
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| IssuerError::Listen { addr, source })
+    }
+
+    async fn serve_with(
+        self,
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), IssuerError> {
         let addr: SocketAddr = listener
@@ -319,27 +343,19 @@ impl Issuer {
                 source,
             })?;
         tracing::info!(target: "dpop::issuer", %addr, issuer = %self.state.config.issuer, "issuer listening");
-        let admin = match self.state.config.admin_listen {
-            Some(admin_addr) => {
-                let l = tokio::net::TcpListener::bind(admin_addr)
-                    .await
-                    .map_err(|source| IssuerError::Listen {
-                        addr: admin_addr,
-                        source,
-                    })?;
-                tracing::info!(target: "dpop::issuer", addr = %admin_addr, "admin listening (/healthz, /readyz, /metrics)");
-                let state = Arc::clone(&self.state);
-                Some(tokio::spawn(dpop_server::admin::serve(
-                    l,
-                    self.state.metrics.registry(),
-                    move || {
-                        let state = Arc::clone(&state);
-                        async move { state.readiness().await }
-                    },
-                )))
-            }
-            None => None,
-        };
+        let admin = admin.map(|l| {
+            let shown = l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+            tracing::info!(target: "dpop::issuer", addr = %shown, "admin listening (/healthz, /readyz, /metrics)");
+            let state = Arc::clone(&self.state);
+            tokio::spawn(dpop_server::admin::serve(
+                l,
+                self.state.metrics.registry(),
+                move || {
+                    let state = Arc::clone(&state);
+                    async move { state.readiness().await }
+                },
+            ))
+        });
         let maintenance = {
             let this = self.clone();
             tokio::spawn(async move {

@@ -65,9 +65,11 @@ impl Authz {
                 None => Ok(None),
             }
         };
+        // The admin listener first: once a serving port accepts connections, the admin
+        // port does too (see the gateway's `bind`).
+        let admin = bind(config.enforcement.admin_listen).await?;
         let http = bind(config.listen).await?;
         let grpc = bind(config.grpc_listen).await?;
-        let admin = bind(config.enforcement.admin_listen).await?;
         Ok(Self {
             http,
             grpc,
