@@ -59,6 +59,18 @@ pub struct Gateway {
     reload: Option<ReloadSource<GatewayConfig>>,
 }
 
+/// A listener on `addr` when one is configured (the gateway's and the authorizer's
+/// optional listeners).
+pub(crate) async fn bind_optional(
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, GatewayError> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| GatewayError::Listen { addr, source })
+}
+
 impl Gateway {
     /// Binds the listeners, sets up the token source and connects the replay store.
     ///
@@ -107,14 +119,7 @@ impl Gateway {
         // The admin listener first: once the serving port accepts connections, the
         // admin port (health, readiness, metrics) does too, so a probe or a script that
         // waits for the one can query the other at once.
-        let admin = match config.enforcement.admin_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| GatewayError::Listen { addr, source })?,
-            ),
-            None => None,
-        };
+        let admin = bind_optional(config.enforcement.admin_listen).await?;
         let listen_error = |source| GatewayError::Listen {
             addr: config.listen,
             source,

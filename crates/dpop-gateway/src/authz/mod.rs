@@ -27,7 +27,7 @@ use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::reload::{Generation, ReloadSource};
-use crate::server::readiness;
+use crate::server::{bind_optional, readiness};
 
 pub(crate) use check::{Allowed, Authorizer, Decision, Denied, OriginalRequest};
 use reload::{AuthzApply, AuthzReloader, Configured};
@@ -56,20 +56,11 @@ impl Authz {
     pub async fn bind(config: AuthzConfig) -> Result<Self, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let layer = enforce::layer(&config.enforcement, reload::htu(&config), &metrics).await?;
-        let bind = |addr: Option<SocketAddr>| async move {
-            match addr {
-                Some(addr) => TcpListener::bind(addr)
-                    .await
-                    .map(Some)
-                    .map_err(|source| GatewayError::Listen { addr, source }),
-                None => Ok(None),
-            }
-        };
         // The admin listener first: once a serving port accepts connections, the admin
         // port does too (see the gateway's `bind`).
-        let admin = bind(config.enforcement.admin_listen).await?;
-        let http = bind(config.listen).await?;
-        let grpc = bind(config.grpc_listen).await?;
+        let admin = bind_optional(config.enforcement.admin_listen).await?;
+        let http = bind_optional(config.listen).await?;
+        let grpc = bind_optional(config.grpc_listen).await?;
         Ok(Self {
             http,
             grpc,
