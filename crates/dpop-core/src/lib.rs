@@ -109,7 +109,7 @@ pub use crate::replay::{
 pub use crate::target::{RequestTarget, TargetError};
 #[cfg(feature = "std-clock")]
 pub use crate::time::SystemClock;
-pub use crate::time::{Clock, FixedClock, UnixTime};
+pub use crate::time::{Clock, FixedClock, UnixTime, UtcDateTime};
 pub use crate::verify::{
     Check, Freshness, Observer, ProofRequest, UnrecordedProof, VerifiedProof, Verifier,
     VerifierConfig, VerifierConfigBuilder, WantsAlgorithms, WantsNonces,

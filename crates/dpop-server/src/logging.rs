@@ -1,5 +1,7 @@
 //! The log subscriber of the server processes.
 
+mod fast;
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -46,10 +48,14 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_timer(fast::UtcMicros)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.fmt_fields(fast::Fields).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(fast::JsonLines::new())
+            .try_init(),
     };
 }
 
@@ -80,18 +86,23 @@ where
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
+        .with_timer(fast::UtcMicros)
         .with_writer(std::io::stderr);
     match (format, ids) {
-        (LogFormat::Text, _) => layer.with_filter(filter).boxed(),
+        (LogFormat::Text, _) => layer.fmt_fields(fast::Fields).with_filter(filter).boxed(),
         (LogFormat::Json, Some(ids)) => layer
             .json()
             .event_format(TraceIds {
-                inner: tracing_subscriber::fmt::format().json(),
+                inner: fast::JsonLines::new(),
                 ids,
             })
             .with_filter(filter)
             .boxed(),
-        (LogFormat::Json, None) => layer.json().with_filter(filter).boxed(),
+        (LogFormat::Json, None) => layer
+            .json()
+            .event_format(fast::JsonLines::new())
+            .with_filter(filter)
+            .boxed(),
     }
 }
 
