@@ -43,16 +43,33 @@ impl ReplayKey {
     #[must_use]
     pub fn to_hex(&self) -> String {
         let mut out = String::with_capacity(64);
-        for byte in self.0 {
-            for nibble in [byte >> 4, byte & 0x0f] {
-                // `from_digit` answers `Some` for every value below the radix, and lower-case
-                // letters for 10..16; the `if let` only avoids a panic path.
-                if let Some(c) = char::from_digit(u32::from(nibble), 16) {
-                    out.push(c);
-                }
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends [`to_hex`](Self::to_hex)'s 64 characters to `out`, for a key built of a
+    /// prefix and the digest in one allocation.
+    pub fn push_hex(&self, out: &mut String) {
+        const fn digit(nibble: u8) -> u8 {
+            if nibble < 10 {
+                b'0'.wrapping_add(nibble)
+            } else {
+                b'a'.wrapping_add(nibble.wrapping_sub(10))
             }
         }
-        out
+        let mut hex = [0_u8; 64];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(self.0) {
+            if let [high, low] = pair {
+                *high = digit(byte >> 4);
+                *low = digit(byte & 0x0f);
+            }
+        }
+        // Written as one slice (a character at a time costs ten times as much); the
+        // digits are ASCII, so the check passes, and the other arm only avoids a panic.
+        match core::str::from_utf8(&hex) {
+            Ok(text) => out.push_str(text),
+            Err(_) => out.extend(hex.map(char::from)),
+        }
     }
 
     /// Bytes 0..8 as a number: the input to shard selection.

@@ -312,7 +312,7 @@ impl RedisReplayStore {
     fn redis_key(&self, key: &ReplayKey) -> String {
         let mut out = String::with_capacity(self.inner.key_prefix.len() + 64);
         out.push_str(&self.inner.key_prefix);
-        out.push_str(&key.to_hex());
+        key.push_hex(&mut out);
         out
     }
 
