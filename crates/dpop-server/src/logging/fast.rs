@@ -85,6 +85,8 @@ impl FieldsVisitor<'_> {
         if field.name().starts_with("log.") {
             return;
         }
+        #[cfg(test)]
+        tests::count(&tests::DELEGATED);
         let mut inner = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
         record(&mut inner);
         self.result = inner.finish();
@@ -226,6 +228,8 @@ where
         // which the general formatter reads.
         let from_log = meta.fields().field("log.target").is_some();
         if in_span || from_log {
+            #[cfg(test)]
+            tests::count(&tests::GENERAL);
             return self.general.format_event(ctx, writer, event);
         }
         let mut timestamp = String::with_capacity(32);
@@ -382,7 +386,11 @@ impl FormatTime for UtcMicros {
                 w.write_str(core::str::from_utf8(&line).map_err(|_| fmt::Error)?)
             }
             // Before 1970 or after 9999: the general formatter.
-            _ => time::SystemTime.format_time(w),
+            _ => {
+                #[cfg(test)]
+                tests::count(&tests::GENERAL_TIME);
+                time::SystemTime.format_time(w)
+            }
         }
     }
 }
@@ -428,6 +436,101 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::fmt::MakeWriter;
+
+    thread_local! {
+        /// Fields handed to the default visitor, on this thread.
+        pub(super) static DELEGATED: Cell<u32> = const { Cell::new(0) };
+        /// JSON lines handed to the general formatter.
+        pub(super) static GENERAL: Cell<u32> = const { Cell::new(0) };
+        /// Timestamps handed to the general timer.
+        pub(super) static GENERAL_TIME: Cell<u32> = const { Cell::new(0) };
+    }
+
+    pub(super) fn count(counter: &'static std::thread::LocalKey<Cell<u32>>) {
+        counter.set(counter.get() + 1);
+    }
+
+    /// How often `f` made each path hand over: (fields, JSON lines, timestamps).
+    fn handed_over(f: impl FnOnce()) -> (u32, u32, u32) {
+        for counter in [&DELEGATED, &GENERAL, &GENERAL_TIME] {
+            counter.set(0);
+        }
+        f();
+        (DELEGATED.get(), GENERAL.get(), GENERAL_TIME.get())
+    }
+
+    /// An access line as the gateway writes it.
+    fn access_line() {
+        let peer: std::net::SocketAddr = ([10, 0, 0, 7], 51_544).into();
+        tracing::info!(
+            target: "dpop::access",
+            peer = Some(tracing::field::display(peer)),
+            method = "GET",
+            path = Some("/v1/items/7"),
+            status = 200_u16,
+            duration_ms = 1.92,
+            outcome = "accepted",
+            reason = None::<&str>,
+            client_id = Some("svc"),
+            sub = Some("user-1"),
+            jkt = Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"),
+            route = "/v1",
+            upstream = Some("http://127.0.0.1:8080"),
+            upstream_ms = Some(1.31),
+            "request"
+        );
+    }
+
+    #[test]
+    fn the_access_line_takes_the_fast_paths() {
+        // Text: only the address (a `Display` value) and the message go to the default
+        // visitor; the timestamp is this module's.
+        let out = Captured::default();
+        let text = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .with_timer(UtcMicros)
+            .fmt_fields(Fields)
+            .finish();
+        let counts = handed_over(|| tracing::subscriber::with_default(text, access_line));
+        assert_eq!(counts, (2, 0, 0), "{}", out.text());
+        assert!(
+            out.text()
+                .contains(" status=200 duration_ms=1.92 outcome=\"accepted\"")
+        );
+        // JSON: the whole line is this module's.
+        let out = Captured::default();
+        let json = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .json()
+            .event_format(JsonLines::new())
+            .finish();
+        let counts = handed_over(|| tracing::subscriber::with_default(json, access_line));
+        assert_eq!(counts, (0, 0, 0), "{}", out.text());
+        assert!(
+            out.text()
+                .contains(r#""status":200,"duration_ms":1.92,"outcome":"accepted""#)
+        );
+    }
+
+    #[test]
+    fn json_lines_in_spans_and_of_the_log_crate_go_to_the_general_formatter() {
+        let json = tracing_subscriber::fmt()
+            .with_writer(Captured::default())
+            .json()
+            .event_format(JsonLines::new())
+            .finish();
+        let counts = handed_over(|| {
+            tracing::subscriber::with_default(json, || {
+                let span = tracing::info_span!("outer");
+                tracing::info!(target: "t", parent: &span, "explicit parent");
+                span.in_scope(|| tracing::info!(target: "t", "current span"));
+                tracing::info!(target: "t", kind = "log", "log.target" = "other");
+                tracing::info!(target: "t", "none of those");
+            });
+        });
+        assert_eq!(counts, (0, 3, 0));
+    }
 
     /// Lines written by a subscriber, kept for the test.
     #[derive(Clone, Default)]
@@ -534,6 +637,12 @@ mod tests {
         tracing::info!(target: "t", r#type = "raw", r#loop = 3_u64);
         tracing::info!(target: "t", error = &Failure as &(dyn std::error::Error + 'static));
         tracing::info!(target: "t", "only a message");
+        tracing::info!(log.target = "x", log.line = 3_u64, after = 2_u64);
+        tracing::info!(target: "t", before = 0_u64, "log.target" = "x", after = 2_u64);
+        tracing::info!(target: "t", first = 1_u64, "log.file" = "f.rs", after = "x");
+        let late = tracing::info_span!("late", v = tracing::field::Empty, w = 1_u64);
+        late.record("v", "recorded later");
+        tracing::info!(target: "t", parent: &late, "explicit parent");
         let span = tracing::info_span!("span", id = 7_u64, name = "a \"b\"", f = 0.5);
         let _entered = span.enter();
         tracing::info!(target: "t", inside = "yes");
@@ -668,10 +777,12 @@ mod tests {
                 Ok(text),
                 "{secs}"
             );
-            // Again, from this thread's cached second.
+            // Again, from this thread's cached second, at another microsecond.
+            let other = (micros + 250_001) % 1_000_000;
+            let expected = format!("{}{other:06}Z", &text[..20]);
             assert_eq!(
-                core::str::from_utf8(&stamp(secs, micros)),
-                Ok(text),
+                core::str::from_utf8(&stamp(secs, other)),
+                Ok(expected.as_str()),
                 "{secs}"
             );
         }
