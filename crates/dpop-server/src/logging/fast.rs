@@ -232,11 +232,11 @@ where
             tests::count(&tests::GENERAL);
             return self.general.format_event(ctx, writer, event);
         }
-        let mut timestamp = String::with_capacity(32);
-        self.timer.format_time(&mut Writer::new(&mut timestamp))?;
-        writer.write_str("{\"timestamp\":")?;
-        json_string(&mut writer, &timestamp)?;
-        writer.write_str(",\"level\":\"")?;
+        // The timestamp is written into the line as it is formatted, escaped on the way.
+        writer.write_str("{\"timestamp\":\"")?;
+        self.timer
+            .format_time(&mut Writer::new(&mut JsonEscaped(&mut writer)))?;
+        writer.write_str("\",\"level\":\"")?;
         writer.write_str(meta.level().as_str())?;
         writer.write_str("\",\"fields\":{")?;
         let mut fields = JsonFields {
