@@ -43,12 +43,13 @@
 # machine whose speed drifts while it is shared moves both sides of a ratio together,
 # BASE_PORT (18400, first port tried), STRICT=1 to exit 1 when a target is missed,
 # ROWS=key,key,... to run only those rows (keys: upstream overhead plain memory
-# nginx_plain nginx_authz plain_base memory_base redis tls_h1 tls_h2 tls_plain
+# nginx_plain nginx_authz plain_base memory_base redis redis_base tls_h1 tls_h2 tls_plain
 # https_upstream issuer_sqlite issuer_postgres; e.g. ROWS=upstream,plain,memory,nginx_plain,nginx_authz),
 # NGINX_BIN (/usr/sbin/nginx) for the nginx rows,
 # DPOP_BIN (target/release/dpop) to measure another build of the gateway; BASELINE_BIN, a
 # second `dpop` binary (say, a build of the previous release) whose plain-proxy and DPoP
-# rows run in the same run right after this build's, for a before/after ratio; PROFILE=profiling
+# rows (memory store, and Redis store when there is one) run in the same run right after
+# this build's, for a before/after ratio; PROFILE=profiling
 # builds release code with line tables, for perf; PROFILE=dev a quick debug build for a
 # smoke run (its figures mean nothing). CARGO_TARGET_DIR is honoured.
 set -euo pipefail
@@ -71,7 +72,7 @@ DPOP=${DPOP_BIN:-$BIN/dpop}
 log() { printf '==> %s\n' "$*" >&2; }
 
 # ROWS: the rows to run (all when empty); an unknown key is an error, not a silent no-op.
-ALL_ROWS=" upstream overhead plain memory nginx_plain nginx_authz plain_base memory_base redis tls_h1 tls_h2 tls_plain https_upstream issuer_sqlite issuer_postgres "
+ALL_ROWS=" upstream overhead plain memory nginx_plain nginx_authz plain_base memory_base redis redis_base tls_h1 tls_h2 tls_plain https_upstream issuer_sqlite issuer_postgres "
 ROW_FILTER=" ${ROWS:-} "
 ROW_FILTER=${ROW_FILTER//,/ }
 for key in $ROW_FILTER; do
@@ -638,6 +639,13 @@ EOF
         ROW_BIN=$BASELINE_BIN gateway_row memory_base "baseline build: gateway, DPoP, memory replay store" http \
             --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
             "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
+        if [[ -n $REDIS_URL ]]; then
+            alloc_port GATEWAY_PORT
+            ROW_BIN=$BASELINE_BIN HELPER_PID=$REDIS_PID HELPER_NAME=redis-server \
+                gateway_row redis_base "baseline build: gateway, DPoP, Redis replay store" http \
+                --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
+                "${GATEWAY_FLAGS[@]}" --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
+        fi
     }
     row_redis() {
         if [[ -n $REDIS_URL ]]; then
@@ -928,11 +936,14 @@ done
 echo
 echo "| check | value | target | |"
 echo "|---|---:|---:|---|"
+# Requests/s with DPoP against the plain proxy: information. It was a target (>= 0.40x)
+# while proxying cost several times what it does now; the faster the plain proxy, the lower
+# this ratio, since every DPoP request still pays one signature verification (the plain
+# proxy's CPU over that plus one bare verification bounds it). What DPoP adds is checked
+# below in bare verifications, which a faster proxy does not move.
 if is_number "${RPS[memory]:-}" && is_number "${RPS[plain]:-}"; then
     paired ratio "${R_RPS[memory]}" "${R_RPS[plain]}"
-    check "DPoP (memory store) vs plain proxy" "${R}x$NOTE" ">= 0.40x" at_least "${R:-0}" 0.40
-elif wanted memory && wanted plain; then
-    echo "| DPoP (memory store) vs plain proxy | n/a | >= 0.40x | |"
+    echo "| DPoP (memory store) vs plain proxy, requests/s | ${R}x$NOTE | (information) | |"
 fi
 if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}"; then
     paired ratio "${R_RPS[redis]}" "${R_RPS[memory]}"
@@ -962,7 +973,8 @@ for pair in "tls_h1|memory|DPoP, TLS (HTTP/1.1) vs plain listener" \
     "tls_plain|plain|plain proxy, TLS (HTTP/1.1) vs plain listener" \
     "https_upstream|memory|DPoP, https upstream vs http upstream" \
     "plain|plain_base|plain proxy, this build vs the baseline build" \
-    "memory|memory_base|DPoP (memory store), this build vs the baseline build"; do
+    "memory|memory_base|DPoP (memory store), this build vs the baseline build" \
+    "redis|redis_base|DPoP (Redis store), this build vs the baseline build"; do
     IFS='|' read -r key base name <<<"$pair"
     if is_number "${RPS[$key]:-}" && is_number "${RPS[$base]:-}"; then
         versus RPS "$key" "$base"

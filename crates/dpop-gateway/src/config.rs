@@ -1321,7 +1321,14 @@ impl EnforcementConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let replay_timeout = Duration::from_millis(raw.replay.redis_timeout_ms.unwrap_or(250));
+        let replay_timeout = match raw.replay.redis_timeout_ms.unwrap_or(250) {
+            ms @ 1..=3_600_000 => Duration::from_millis(ms),
+            _ => {
+                return Err(invalid(
+                    "[replay] redis_timeout_ms must be more than 0 and at most 3600000 (an hour)",
+                ));
+            }
+        };
         let replay = match raw.replay_store.as_deref() {
             None | Some("memory") => ReplayStoreConfig::Memory {
                 capacity: raw.replay.memory_capacity.unwrap_or(4_000_000),
@@ -1998,6 +2005,14 @@ mod tests {
             (
                 "replay_store = \"redis://h\"\n[replay]\nredis_wait_replicas = 1\nredis_wait_timeout_ms = 126\n".to_owned(),
                 "at most half of redis_timeout_ms",
+            ),
+            (
+                "replay_store = \"redis://h\"\n[replay]\nredis_timeout_ms = 0\n".to_owned(),
+                "redis_timeout_ms must be more than 0 and at most 3600000",
+            ),
+            (
+                "replay_store = \"redis://h\"\n[replay]\nredis_timeout_ms = 3600001\n".to_owned(),
+                "redis_timeout_ms must be more than 0 and at most 3600000",
             ),
         ] {
             let err = replay(&text).unwrap_err().to_string();

@@ -2,13 +2,14 @@
 //! one primary of a single server or of a Sentinel set-up (the shared batcher, and the
 //! per-thread ones of [`crate::local`]).
 
-use core::time::Duration;
+use core::pin::Pin;
 use std::sync::Arc;
 
 use dpop_core::{Insert, ReplayStoreError};
 use redis::aio::ConnectionManager;
 use redis::{Cmd, Pipeline, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 
 use crate::config::RedisStoreConfig;
 use crate::error::store_error;
@@ -100,7 +101,41 @@ pub(crate) fn replicated_or_refused(
 pub(crate) struct Pending {
     pub(crate) key: String,
     pub(crate) ttl_ms: u64,
+    /// When the caller's command time-out ends: the batcher answers by then, with
+    /// [`ReplayStoreError::Timeout`] if Redis has not.
+    pub(crate) deadline: Instant,
     pub(crate) reply: oneshot::Sender<Result<Insert, ReplayStoreError>>,
+}
+
+/// The one timer of a batcher, moved from deadline to deadline.
+///
+/// Why one: Tokio's timer driver wakes itself (a write to its eventfd, and one more turn of
+/// `epoll_wait`) whenever a timer is registered earlier than the driver's next wake-up. A
+/// fresh timer per insert did that about once per pipeline, a system call for a few
+/// inserts. Moving a registered timer later is one atomic store, and deadlines only move
+/// later (each is the enqueue time plus the same time-out).
+#[derive(Default)]
+pub(crate) struct Expiry(Option<Pin<Box<Sleep>>>);
+
+impl Expiry {
+    /// The timer, set to end at `deadline`.
+    pub(crate) fn at(&mut self, deadline: Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        sleep.as_mut().reset(deadline);
+        sleep.as_mut()
+    }
+}
+
+/// Drops the inserts whose callers gave up and answers those whose deadline has passed
+/// (they waited in the queue behind slow round trips) with [`ReplayStoreError::Timeout`];
+/// returns the earliest deadline left.
+pub(crate) fn expire(batch: &mut Vec<Pending>, now: Instant) -> Option<Instant> {
+    for p in batch.extract_if(.., |p| p.reply.is_closed() || p.deadline <= now) {
+        let _ = p.reply.send(Err(ReplayStoreError::Timeout));
+    }
+    batch.iter().map(|p| p.deadline).min()
 }
 
 pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
@@ -115,27 +150,36 @@ pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
     }
 }
 
-/// Sends every insert that is waiting as one pipeline, then the next batch.
+/// Sends every insert that is waiting (`batch` first, then the queue) as one pipeline,
+/// then the next batch, until every sender is gone.
 ///
 /// Why: one `SET` per round trip costs a read and a write system call on both sides for
 /// every request, which on a busy host costs more CPU than the command itself. While one
 /// pipeline is in flight the next requests queue up, so batches grow with load and no
 /// request waits for a timer (only for one more pass of the runtime, below). A pipeline
 /// is not atomic and need not be: each `SET NX` is.
+///
+/// Every insert is answered by its deadline: a pipeline still unanswered at the earliest
+/// deadline among its inserts fails them all with [`ReplayStoreError::Timeout`] (the
+/// inserts queued meanwhile have later deadlines and go in the next pipeline). This is the
+/// only bound on a pipeline: the connection has no response time-out of its own.
 pub(crate) async fn run_batches(
     primary: Primary,
     mut queue: mpsc::Receiver<Pending>,
-    timeout: Duration,
     wait: Option<Wait>,
+    mut batch: Vec<Pending>,
 ) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    batch.reserve(MAX_BATCH);
+    let mut expiry = Expiry::default();
+    loop {
+        if batch.is_empty() && queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
         // Let the tasks that are ready now, and those the runtime's next look at its
         // sockets makes ready, queue their inserts too: one yield lengthens a pipeline
         // (measured: a quarter less CPU in Redis per insert, a little less here) for the
         // price of one more pass over the runtime's ready tasks. Under overload that pass
-        // can take milliseconds; the caller's command time-out still bounds the wait, and
-        // callers that gave up are dropped from the batch below.
+        // can take milliseconds; the deadlines still bound the wait.
         if batch.len() < MAX_BATCH {
             tokio::task::yield_now().await;
             while batch.len() < MAX_BATCH
@@ -144,11 +188,9 @@ pub(crate) async fn run_batches(
                 batch.push(p);
             }
         }
-        // Callers that gave up (timed out) need no command.
-        batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
+        let Some(deadline) = expire(&mut batch, Instant::now()) else {
             continue;
-        }
+        };
         let mut pipe = redis::pipe();
         for p in &batch {
             pipe.cmd("SET")
@@ -162,9 +204,14 @@ pub(crate) async fn run_batches(
             wait.push(&mut pipe);
         }
         let expected = batch.len() + usize::from(wait.is_some());
-        let replies = tokio::time::timeout(timeout, primary.query_pipeline(&pipe)).await;
+        let timer = expiry.at(deadline);
+        let replies = tokio::select! {
+            biased;
+            replies = primary.query_pipeline(&pipe) => Some(replies),
+            () = timer => None,
+        };
         match replies {
-            Ok(Ok(values)) if values.len() == expected => {
+            Some(Ok(values)) if values.len() == expected => {
                 // With WAIT, its reply (the replicas that acknowledged) comes last.
                 let replicated = wait.as_ref().is_none_or(|w| w.satisfied(values.last()));
                 for (p, v) in batch.drain(..).zip(values.iter()) {
@@ -173,12 +220,12 @@ pub(crate) async fn run_batches(
                         .send(replicated_or_refused(insert_reply(v), replicated));
                 }
             }
-            Ok(Ok(_)) => fail_all(
+            Some(Ok(_)) => fail_all(
                 &mut batch,
                 &ReplayStoreError::Unavailable("pipeline reply count mismatch".to_owned()),
             ),
-            Ok(Err(err)) => fail_all(&mut batch, &store_error(&err)),
-            Err(_elapsed) => fail_all(&mut batch, &ReplayStoreError::Timeout),
+            Some(Err(err)) => fail_all(&mut batch, &store_error(&err)),
+            None => fail_all(&mut batch, &ReplayStoreError::Timeout),
         }
     }
 }

@@ -55,10 +55,11 @@ pub struct RedisStoreConfig {
     pub key_prefix: String,
     /// The longest wait for one command's reply, after which the command fails with
     /// [`ReplayStoreError::Timeout`](dpop_core::ReplayStoreError::Timeout) and the proof is
-    /// refused. It is on every request's path, so keep it short. Defaults to 250 ms.
+    /// refused. It bounds the whole wait of an insert (the queue and the round trip). It is
+    /// on every request's path, so keep it short. Defaults to 250 ms; at most an hour.
     pub command_timeout: Duration,
     /// The longest wait for [`connect`](crate::RedisReplayStore::connect) (and for each
-    /// attempt when the store reconnects later). Defaults to 2 s.
+    /// attempt when the store reconnects later). Defaults to 2 s; at most an hour.
     ///
     /// On Linux it is also the socket's `TCP_USER_TIMEOUT` (at least 1 s): a connection whose
     /// data has gone unacknowledged that long is dropped and replaced, so a server that
@@ -112,11 +113,15 @@ impl RedisStoreConfig {
                 "the URL must not have a fragment (#insecure would turn off TLS certificate checks)",
             ));
         }
-        if self.command_timeout.is_zero() {
-            return Err(invalid("command_timeout must be more than zero"));
+        if self.command_timeout.is_zero() || self.command_timeout > MAX_TIMEOUT {
+            return Err(invalid(
+                "command_timeout must be more than zero and at most an hour",
+            ));
         }
-        if self.connect_timeout.is_zero() {
-            return Err(invalid("connect_timeout must be more than zero"));
+        if self.connect_timeout.is_zero() || self.connect_timeout > MAX_TIMEOUT {
+            return Err(invalid(
+                "connect_timeout must be more than zero and at most an hour",
+            ));
         }
         if kind != Kind::Sentinel
             && (self.sentinel_username.is_some() || self.sentinel_password.is_some())
@@ -257,6 +262,10 @@ impl RedisStoreConfig {
         Ok(info.set_redis_settings(redis))
     }
 }
+
+/// The longest `command_timeout` and `connect_timeout`: far above any sensible setting, and
+/// low enough that a deadline computed from either can never overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 const SCHEMES: &str = "the URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://";
 
@@ -556,6 +565,19 @@ mod tests {
         let mut c = RedisStoreConfig::new("redis://127.0.0.1");
         c.connect_timeout = Duration::ZERO;
         assert!(c.validate().is_err());
+        for hour in [
+            Duration::from_secs(3_600),
+            Duration::from_secs(3_601),
+            Duration::MAX,
+        ] {
+            let ok = hour <= Duration::from_secs(3_600);
+            let mut c = RedisStoreConfig::new("redis://127.0.0.1");
+            c.command_timeout = hour;
+            assert_eq!(c.validate().is_ok(), ok, "command_timeout {hour:?}");
+            let mut c = RedisStoreConfig::new("redis://127.0.0.1");
+            c.connect_timeout = hour;
+            assert_eq!(c.validate().is_ok(), ok, "connect_timeout {hour:?}");
+        }
         let mut c = RedisStoreConfig::new("redis://127.0.0.1");
         c.wait_replicas = 1;
         assert!(c.validate().is_ok());

@@ -24,7 +24,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batch::{Pending, Primary, QUEUE_DEPTH, Wait, run_batches};
+use crate::batch::{Expiry, Pending, Primary, QUEUE_DEPTH, Wait, expire, run_batches};
 use crate::error::describe;
 use dpop_core::ReplayStoreError;
 
@@ -37,7 +37,6 @@ pub(crate) struct LocalBatchers {
     client: redis::Client,
     manager: ConnectionManagerConfig,
     connect_timeout: Duration,
-    command_timeout: Duration,
     wait: Option<Wait>,
     threads: ThreadLocal<RefCell<Slot>>,
     /// Batchers running now, for [`crate::RedisReplayStore::local_batchers`].
@@ -57,14 +56,12 @@ impl LocalBatchers {
         client: redis::Client,
         manager: ConnectionManagerConfig,
         connect_timeout: Duration,
-        command_timeout: Duration,
         wait: Option<Wait>,
     ) -> Self {
         Self {
             client,
             manager,
             connect_timeout,
-            command_timeout,
             wait,
             threads: ThreadLocal::new(),
             running: Arc::new(AtomicUsize::new(0)),
@@ -100,7 +97,6 @@ impl LocalBatchers {
             self.client.clone(),
             self.manager.clone(),
             self.connect_timeout,
-            self.command_timeout,
             self.wait,
             queue,
             running,
@@ -132,22 +128,45 @@ impl Drop for Running {
     }
 }
 
-/// Opens this thread's connection, then batches until every sender is gone. If the
-/// connection cannot be opened, what is queued fails (closed, as on the shared path) and the
-/// batcher stops; the thread uses the shared batcher until it may try again.
+/// Opens this thread's connection, then batches until every sender is gone. Inserts that
+/// arrive meanwhile are held, and answered with [`ReplayStoreError::Timeout`] when their
+/// deadline passes first; the first pipeline carries the rest. If the connection cannot be
+/// opened, what is held and queued fails (closed, as on the shared path) and the batcher
+/// stops; the thread uses the shared batcher until it may try again.
 async fn run_local(
     client: redis::Client,
     manager: ConnectionManagerConfig,
     connect_timeout: Duration,
-    command_timeout: Duration,
     wait: Option<Wait>,
     mut queue: mpsc::Receiver<Pending>,
     _running: Running,
 ) {
-    let connecting = ConnectionManager::new_with_config(client, manager);
-    let failure = match tokio::time::timeout(connect_timeout, connecting).await {
+    let connecting = tokio::time::timeout(
+        connect_timeout,
+        ConnectionManager::new_with_config(client, manager),
+    );
+    tokio::pin!(connecting);
+    let mut held: Vec<Pending> = Vec::new();
+    let mut expiry = Expiry::default();
+    let connected = loop {
+        // Nothing held: the timer waits as long as the connection may take.
+        let deadline =
+            expire(&mut held, Instant::now()).unwrap_or_else(|| Instant::now() + connect_timeout);
+        let timer = expiry.at(deadline);
+        tokio::select! {
+            biased;
+            connected = &mut connecting => break connected,
+            received = queue.recv_many(&mut held, QUEUE_DEPTH), if held.len() < QUEUE_DEPTH => {
+                if received == 0 {
+                    return;
+                }
+            }
+            () = timer => {}
+        }
+    };
+    let failure = match connected {
         Ok(Ok(connection)) => {
-            run_batches(Primary::Server(connection), queue, command_timeout, wait).await;
+            run_batches(Primary::Server(connection), queue, wait, held).await;
             return;
         }
         Ok(Err(err)) => {
@@ -157,6 +176,9 @@ async fn run_local(
     };
     queue.close();
     while let Ok(pending) = queue.try_recv() {
+        held.push(pending);
+    }
+    for pending in held {
         let _ = pending.reply.send(Err(failure.clone()));
     }
 }

@@ -13,6 +13,7 @@ use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Cmd, TlsMode, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::batch::{
     Pending, Primary, QUEUE_DEPTH, Wait, batcher_stopped, insert_reply, replicated_or_refused,
@@ -95,9 +96,12 @@ impl RedisReplayStore {
                 }
                 let client = redis::Client::open(info.set_tcp_settings(tcp))
                     .map_err(|err| RedisStoreError::InvalidConfig(describe(&err)))?;
+                // No response time-out of the client's own: every command through these
+                // connections is bounded by ours (the batchers' deadlines, `run`'s
+                // time-out), and a second timer per pipeline would only cost a timer.
                 let manager_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(Some(config.command_timeout))
+                    .set_response_timeout(None)
                     .set_number_of_retries(RECONNECT_RETRIES)
                     .set_min_delay(RECONNECT_MIN_DELAY)
                     .set_max_delay(RECONNECT_MAX_DELAY);
@@ -111,7 +115,6 @@ impl RedisReplayStore {
                     client,
                     manager_config,
                     config.connect_timeout,
-                    config.command_timeout,
                     Wait::from_config(&config),
                 );
                 Self::batched(Primary::Server(connection), &config, Some(Box::new(local)))
@@ -242,12 +245,7 @@ impl RedisReplayStore {
     ) -> Backend {
         let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
         let wait = Wait::from_config(config);
-        tokio::spawn(run_batches(
-            primary.clone(),
-            queue,
-            config.command_timeout,
-            wait,
-        ));
+        tokio::spawn(run_batches(primary.clone(), queue, wait, Vec::new()));
         Backend::Primary {
             primary,
             batch,
@@ -367,19 +365,18 @@ impl AsyncReplayStore for RedisReplayStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<Insert, ReplayStoreError> {
-        let local;
-        let batch = match &self.inner.backend {
+        let (batch, local) = match &self.inner.backend {
             Backend::Primary {
                 batch, local: None, ..
-            } => batch,
+            } => (batch.clone(), false),
             Backend::Primary {
                 batch,
                 local: Some(batchers),
                 ..
-            } => {
-                local = batchers.sender();
-                local.as_ref().unwrap_or(batch)
-            }
+            } => match batchers.sender() {
+                Some(local) => (local, true),
+                None => (batch.clone(), false),
+            },
             Backend::Cluster { wait: None, .. } => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(self.redis_key(key))
@@ -425,13 +422,30 @@ impl AsyncReplayStore for RedisReplayStore {
         let pending = Pending {
             key: self.redis_key(key),
             ttl_ms: ttl_ms(expires_at, now),
+            // In range: `validate` bounds the time-out.
+            deadline: Instant::now() + self.inner.command_timeout,
             reply,
         };
+        if local {
+            // This thread's batcher runs on this thread's runtime, so it runs whenever this
+            // insert is polled, and it answers by the deadline: no timer of our own, which
+            // would cost a wake-up of the runtime's driver (see `batch::Expiry`). A full
+            // queue refuses at once rather than wait for room.
+            return match batch.try_send(pending) {
+                Ok(()) => answer.await.map_err(|_| batcher_stopped())?,
+                Err(mpsc::error::TrySendError::Full(_)) => Err(ReplayStoreError::Unavailable(
+                    "too many inserts are waiting for Redis".to_owned(),
+                )),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(batcher_stopped()),
+            };
+        }
+        // The shared batcher runs on the runtime the store was connected on, which may be
+        // busy or no longer driven: the whole wait (queue and round trip) is bounded here
+        // too, so a slow Redis or a stalled batcher fails closed.
         let round_trip = async {
             batch.send(pending).await.map_err(|_| batcher_stopped())?;
             answer.await.map_err(|_| batcher_stopped())?
         };
-        // The whole wait (queue and round trip) is bounded: a slow Redis fails closed.
         tokio::time::timeout(self.inner.command_timeout, round_trip)
             .await
             .unwrap_or(Err(ReplayStoreError::Timeout))

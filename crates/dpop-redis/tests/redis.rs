@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{fresh_key, later, now};
-use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError};
+use dpop_core::{AsyncReplayStore, Insert, ReplayKey, ReplayStoreError, UnixTime};
 use dpop_redis::{RedisReplayStore, RedisStoreConfig, RedisStoreError};
 use redis::AsyncCommands;
 
@@ -363,6 +363,53 @@ async fn redis_going_away_fails_closed_then_recovers() {
     assert_eq!(store.ping().await, Ok(()));
 }
 
+/// A multi-threaded runtime that keeps running, for the store's shared connection.
+fn home_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Tries inserts until one goes through this thread's own connection (within 10 s),
+/// accepting only refusals and inserts through the shared connection meanwhile, then checks
+/// that a replay of it is caught.
+async fn recovers_on_own_connection(store: &RedisReplayStore, exp: UnixTime, now: UnixTime) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let key = fresh_key();
+        match store.insert_if_absent(&key, exp, now).await {
+            Ok(Insert::Inserted) if store.local_batchers() == 1 => {
+                assert_eq!(
+                    store.insert_if_absent(&key, exp, now).await,
+                    Ok(Insert::AlreadyPresent)
+                );
+                return;
+            }
+            // Through the shared connection, until this thread may try its own again.
+            Ok(Insert::Inserted)
+            | Err(ReplayStoreError::Unavailable(_) | ReplayStoreError::Timeout)
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("no recovery on this thread's connection: {other:?}"),
+        }
+    }
+}
+
+/// `CLIENT PAUSE ms mode` (`WRITE` or `ALL`) through `admin`.
+async fn pause_clients(admin: &mut redis::aio::MultiplexedConnection, pause: Duration, mode: &str) {
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(u64::try_from(pause.as_millis()).unwrap())
+        .arg(mode)
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
 /// A single-threaded runtime with timers, as each of the gateway's serving threads runs.
 fn current_thread_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -434,11 +481,7 @@ fn a_thread_without_its_own_connection_fails_closed_then_recovers() {
     let port = redis.port;
     let url = format!("redis://127.0.0.1:{port}");
     // The shared connection lives on a multi-threaded runtime that keeps running.
-    let home = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let home = home_runtime();
     let mut config = RedisStoreConfig::new(&url);
     config.connect_timeout = Duration::from_millis(500);
     let store = home.block_on(RedisReplayStore::connect(config)).unwrap();
@@ -457,29 +500,138 @@ fn a_thread_without_its_own_connection_fails_closed_then_recovers() {
         }
     });
     let _redis = OwnServer::start(&server, Some(port));
-    let deadline = Instant::now() + Duration::from_secs(10);
+    runtime.block_on(recovers_on_own_connection(&store, exp, now));
+    drop(home);
+}
+
+/// A thread's own batcher answers every insert by its deadline, with no timer of the
+/// caller's: while Redis holds every write (`CLIENT PAUSE … WRITE`), inserts fail with
+/// `Timeout` after the command time-out, long before the pause ends; a queue with no room
+/// left refuses at once; none is accepted; and inserts succeed again once Redis answers.
+#[test]
+fn a_stalled_redis_times_out_each_insert_by_its_deadline() {
+    let Some(server) = redis_url().and_then(|_| redis_server_binary()) else {
+        return;
+    };
+    let redis = OwnServer::start(&server, None);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let home = home_runtime();
+    let mut config = RedisStoreConfig::new(&url);
+    let timeout = Duration::from_millis(200);
+    config.command_timeout = timeout;
+    let store = home.block_on(RedisReplayStore::connect(config)).unwrap();
+    let runtime = current_thread_runtime();
+    let (now, exp) = (now(), later(now(), 60));
+    let pause = Duration::from_secs(4);
     runtime.block_on(async {
-        loop {
-            let key = fresh_key();
-            match store.insert_if_absent(&key, exp, now).await {
-                Ok(Insert::Inserted) if store.local_batchers() == 1 => {
-                    assert_eq!(
-                        store.insert_if_absent(&key, exp, now).await,
-                        Ok(Insert::AlreadyPresent)
-                    );
-                    break;
-                }
-                // Through the shared connection, until this thread may try its own again.
-                Ok(Insert::Inserted)
-                | Err(ReplayStoreError::Unavailable(_) | ReplayStoreError::Timeout)
-                    if Instant::now() < deadline =>
+        assert_eq!(
+            store.insert_if_absent(&fresh_key(), exp, now).await,
+            Ok(Insert::Inserted)
+        );
+        assert_eq!(store.local_batchers(), 1, "this thread's own batcher");
+        let mut admin = inspector(&url).await;
+        pause_clients(&mut admin, pause, "WRITE").await;
+
+        let started = Instant::now();
+        assert_eq!(
+            store.insert_if_absent(&fresh_key(), exp, now).await,
+            Err(ReplayStoreError::Timeout)
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= timeout && waited < pause / 4,
+            "one insert waited {waited:?}"
+        );
+
+        // More inserts at once than the queue holds (16 384 waiting, 256 in a pipeline).
+        let started = Instant::now();
+        let mut inserts = tokio::task::JoinSet::new();
+        for _ in 0..16_384 + 256 + 64 {
+            let store = store.clone();
+            inserts.spawn(async move { store.insert_if_absent(&fresh_key(), exp, now).await });
+        }
+        let (mut timed_out, mut refused) = (0, 0);
+        while let Some(outcome) = inserts.join_next().await {
+            match outcome.unwrap() {
+                Err(ReplayStoreError::Timeout) => timed_out += 1,
+                Err(ReplayStoreError::Unavailable(msg))
+                    if msg == "too many inserts are waiting for Redis" =>
                 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    refused += 1;
                 }
-                other => panic!("no recovery on this thread's connection: {other:?}"),
+                other => panic!("Redis holds every write, yet {other:?}"),
             }
         }
+        let waited = started.elapsed();
+        eprintln!("{timed_out} timed out, {refused} refused, in {waited:?}");
+        assert!(refused > 0 && timed_out > 0);
+        assert!(waited < pause / 2, "the inserts took {waited:?}");
+
+        let () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let key = fresh_key();
+        assert_eq!(
+            store.insert_if_absent(&key, exp, now).await,
+            Ok(Insert::Inserted)
+        );
+        assert_eq!(
+            store.insert_if_absent(&key, exp, now).await,
+            Ok(Insert::AlreadyPresent)
+        );
+        assert_eq!(store.local_batchers(), 1, "still this thread's own batcher");
     });
+    drop(runtime);
+    drop(home);
+}
+
+/// Inserts that arrive while a thread's own connection is still being opened are answered
+/// by their deadline too, not when the attempt ends: Redis holds every command
+/// (`CLIENT PAUSE … ALL`) while a new thread opens its connection.
+#[test]
+fn inserts_waiting_for_a_new_connection_time_out_by_their_deadline() {
+    let Some(server) = redis_url().and_then(|_| redis_server_binary()) else {
+        return;
+    };
+    let redis = OwnServer::start(&server, None);
+    let home = home_runtime();
+    // With a password, opening a connection waits for the reply to `AUTH`, which the pause
+    // holds back.
+    home.block_on(redis.set_password("opening"));
+    let url = format!("redis://:opening@127.0.0.1:{}", redis.port);
+    let mut config = RedisStoreConfig::new(&url);
+    let timeout = Duration::from_millis(200);
+    config.command_timeout = timeout;
+    config.connect_timeout = Duration::from_secs(2);
+    let store = home.block_on(RedisReplayStore::connect(config)).unwrap();
+    let pause = Duration::from_secs(3);
+    home.block_on(async {
+        let mut admin = inspector(&url).await;
+        pause_clients(&mut admin, pause, "ALL").await;
+    });
+    let runtime = current_thread_runtime();
+    let (now, exp) = (now(), later(now(), 60));
+    runtime.block_on(async {
+        let started = Instant::now();
+        let first = store.insert_if_absent(&fresh_key(), exp, now).await;
+        let waited = started.elapsed();
+        assert_eq!(first, Err(ReplayStoreError::Timeout));
+        assert!(
+            waited >= timeout && waited < pause / 4,
+            "the first insert waited {waited:?}"
+        );
+        assert_eq!(
+            store.local_batchers(),
+            1,
+            "this thread's batcher, connecting"
+        );
+    });
+    // Once the pause is over (no new connection could ask for it to end earlier), this
+    // thread inserts on a connection of its own.
+    runtime.block_on(recovers_on_own_connection(&store, exp, now));
+    drop(runtime);
     drop(home);
 }
 
