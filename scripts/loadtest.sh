@@ -982,7 +982,9 @@ for pair in "tls_h1|memory|DPoP, TLS (HTTP/1.1) vs plain listener" \
     fi
     if is_number "${CPU[$key]:-}" && is_number "${CPU[$base]:-}"; then
         versus CPU "$key" "$base"
-        echo "| $name, gateway CPU µs/request | ${R}x (${CPU[$key]} vs ${CPU[$base]})$NOTE | (information) | |"
+        whose="gateway"
+        [[ $key == redis ]] && whose="gateway + redis-server"
+        echo "| $name, $whose CPU µs/request | ${R}x (${CPU[$key]} vs ${CPU[$base]})$NOTE | (information) | |"
     fi
 done
 

@@ -3,6 +3,7 @@
 //! per-thread ones of [`crate::local`]).
 
 use core::pin::Pin;
+use core::time::Duration;
 use std::sync::Arc;
 
 use dpop_core::{Insert, ReplayStoreError};
@@ -16,8 +17,10 @@ use crate::error::store_error;
 use crate::sentinel::SentinelPrimary;
 
 /// Most `SET`s sent in one pipeline.
-const MAX_BATCH: usize = 256;
-/// Inserts waiting for the batcher; past this, callers wait (within their timeout).
+pub(crate) const MAX_BATCH: usize = 256;
+/// Inserts waiting for the batcher (besides those in the pipeline on the wire); past this,
+/// callers of a thread's own batcher are refused at once, and callers of the shared one
+/// wait for room within their time-out.
 pub(crate) const QUEUE_DEPTH: usize = 16_384;
 
 /// The one primary that every insert goes to.
@@ -112,8 +115,10 @@ pub(crate) struct Pending {
 /// Why one: Tokio's timer driver wakes itself (a write to its eventfd, and one more turn of
 /// `epoll_wait`) whenever a timer is registered earlier than the driver's next wake-up. A
 /// fresh timer per insert did that about once per pipeline, a system call for a few
-/// inserts. Moving a registered timer later is one atomic store, and deadlines only move
-/// later (each is the enqueue time plus the same time-out).
+/// inserts. Moving a registered timer later is one atomic store, and in the steady state
+/// it only moves later: each deadline is the enqueue time plus the same time-out, and a
+/// thread's inserts reach its batcher in the order they were queued. (It moves earlier
+/// only after a time-out, and once when a thread's connection has opened.)
 #[derive(Default)]
 pub(crate) struct Expiry(Option<Pin<Box<Sleep>>>);
 
@@ -159,17 +164,22 @@ pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// request waits for a timer (only for one more pass of the runtime, below). A pipeline
 /// is not atomic and need not be: each `SET NX` is.
 ///
-/// Every insert is answered by its deadline: a pipeline still unanswered at the earliest
-/// deadline among its inserts fails them all with [`ReplayStoreError::Timeout`] (the
-/// inserts queued meanwhile have later deadlines and go in the next pipeline). This is the
-/// only bound on a pipeline: the connection has no response time-out of its own.
+/// Every insert is answered by its deadline: while a pipeline is on the wire, each of its
+/// inserts whose deadline passes is answered [`ReplayStoreError::Timeout`] (the others
+/// keep waiting for the reply), and the pipeline is given up `timeout` after it was sent,
+/// when all of its inserts have been answered (they were queued before it was sent).
+/// Inserts queued meanwhile have later deadlines than that and go in the next pipeline.
+/// On a single server this is the only bound on a pipeline: the connection has no
+/// response time-out of its own.
 pub(crate) async fn run_batches(
     primary: Primary,
     mut queue: mpsc::Receiver<Pending>,
+    timeout: Duration,
     wait: Option<Wait>,
     mut batch: Vec<Pending>,
 ) {
     batch.reserve(MAX_BATCH);
+    let mut waiting: Vec<Waiting> = Vec::with_capacity(MAX_BATCH);
     let mut expiry = Expiry::default();
     loop {
         if batch.is_empty() && queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -188,9 +198,9 @@ pub(crate) async fn run_batches(
                 batch.push(p);
             }
         }
-        let Some(deadline) = expire(&mut batch, Instant::now()) else {
+        if expire(&mut batch, Instant::now()).is_none() {
             continue;
-        };
+        }
         let mut pipe = redis::pipe();
         for p in &batch {
             pipe.cmd("SET")
@@ -204,35 +214,73 @@ pub(crate) async fn run_batches(
             wait.push(&mut pipe);
         }
         let expected = batch.len() + usize::from(wait.is_some());
-        let timer = expiry.at(deadline);
-        let replies = tokio::select! {
-            biased;
-            replies = primary.query_pipeline(&pipe) => Some(replies),
-            () = timer => None,
+        // In range: `validate` bounds the time-out.
+        let give_up = Instant::now() + timeout;
+        waiting.extend(batch.drain(..).map(|p| Waiting {
+            deadline: p.deadline,
+            reply: Some(p.reply),
+        }));
+        let query = primary.query_pipeline(&pipe);
+        tokio::pin!(query);
+        let replies = loop {
+            let next = waiting
+                .iter()
+                .filter(|w| w.reply.is_some())
+                .map(|w| w.deadline)
+                .min()
+                .map_or(give_up, |d| d.min(give_up));
+            tokio::select! {
+                biased;
+                replies = &mut query => break Some(replies),
+                () = expiry.at(next) => {
+                    let now = Instant::now();
+                    for w in &mut waiting {
+                        if w.deadline <= now {
+                            w.answer(Err(ReplayStoreError::Timeout));
+                        }
+                    }
+                    if now >= give_up {
+                        break None;
+                    }
+                }
+            }
         };
         match replies {
             Some(Ok(values)) if values.len() == expected => {
                 // With WAIT, its reply (the replicas that acknowledged) comes last.
                 let replicated = wait.as_ref().is_none_or(|w| w.satisfied(values.last()));
-                for (p, v) in batch.drain(..).zip(values.iter()) {
-                    let _ = p
-                        .reply
-                        .send(replicated_or_refused(insert_reply(v), replicated));
+                for (mut w, v) in waiting.drain(..).zip(values.iter()) {
+                    w.answer(replicated_or_refused(insert_reply(v), replicated));
                 }
             }
             Some(Ok(_)) => fail_all(
-                &mut batch,
+                &mut waiting,
                 &ReplayStoreError::Unavailable("pipeline reply count mismatch".to_owned()),
             ),
-            Some(Err(err)) => fail_all(&mut batch, &store_error(&err)),
-            None => fail_all(&mut batch, &ReplayStoreError::Timeout),
+            Some(Err(err)) => fail_all(&mut waiting, &store_error(&err)),
+            None => fail_all(&mut waiting, &ReplayStoreError::Timeout),
         }
     }
 }
 
-fn fail_all(batch: &mut Vec<Pending>, error: &ReplayStoreError) {
-    for p in batch.drain(..) {
-        let _ = p.reply.send(Err(error.clone()));
+/// An insert on the wire: its deadline, and where to answer until it has been answered.
+struct Waiting {
+    deadline: Instant,
+    reply: Option<oneshot::Sender<Result<Insert, ReplayStoreError>>>,
+}
+
+impl Waiting {
+    /// Answers the caller, unless it has been answered already.
+    fn answer(&mut self, outcome: Result<Insert, ReplayStoreError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+fn fail_all(waiting: &mut Vec<Waiting>, error: &ReplayStoreError) {
+    for mut w in waiting.drain(..) {
+        w.answer(Err(error.clone()));
     }
 }
 

@@ -51,11 +51,12 @@
 //!
 //! Every command has a time limit ([`RedisStoreConfig::command_timeout`], 250 ms by
 //! default), counted for an insert from the moment it is queued: an insert waiting behind
-//! a slow pipeline, or for its thread's connection to open, is answered by then too. A
-//! thread's own batcher enforces its inserts' deadlines itself (one timer it moves from
-//! pipeline to pipeline), so an insert on that path sets no timer of its own, and when
-//! 16 384 inserts already wait there, the next is refused at once. A command that fails or
-//! runs out of time returns
+//! a slow pipeline, or for its thread's connection to open, is answered by then too, and
+//! each insert of a pipeline at its own deadline. A thread's own batcher enforces its
+//! inserts' deadlines itself (one timer it moves from deadline to deadline), so an insert
+//! on that path sets no timer of its own, and when that batcher's queue already holds
+//! 16 384 inserts, the next is refused at once. A command that fails or runs out of time
+//! returns
 //! [`ReplayStoreError::Unavailable`](dpop_core::ReplayStoreError::Unavailable) or
 //! [`ReplayStoreError::Timeout`](dpop_core::ReplayStoreError::Timeout), never a guess, and
 //! the verifier refuses the proof. There is deliberately no switch here to accept proofs

@@ -24,7 +24,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batch::{Expiry, Pending, Primary, QUEUE_DEPTH, Wait, expire, run_batches};
+use crate::batch::{Expiry, MAX_BATCH, Pending, Primary, QUEUE_DEPTH, Wait, expire, run_batches};
 use crate::error::describe;
 use dpop_core::ReplayStoreError;
 
@@ -37,6 +37,7 @@ pub(crate) struct LocalBatchers {
     client: redis::Client,
     manager: ConnectionManagerConfig,
     connect_timeout: Duration,
+    command_timeout: Duration,
     wait: Option<Wait>,
     threads: ThreadLocal<RefCell<Slot>>,
     /// Batchers running now, for [`crate::RedisReplayStore::local_batchers`].
@@ -46,7 +47,8 @@ pub(crate) struct LocalBatchers {
 /// One thread's batcher.
 #[derive(Default)]
 struct Slot {
-    batch: Option<mpsc::Sender<Pending>>,
+    /// The batcher's queue, and the runtime it runs on.
+    batch: Option<(tokio::runtime::Id, mpsc::Sender<Pending>)>,
     /// When this thread last started a batcher.
     started: Option<Instant>,
 }
@@ -56,12 +58,14 @@ impl LocalBatchers {
         client: redis::Client,
         manager: ConnectionManagerConfig,
         connect_timeout: Duration,
+        command_timeout: Duration,
         wait: Option<Wait>,
     ) -> Self {
         Self {
             client,
             manager,
             connect_timeout,
+            command_timeout,
             wait,
             threads: ThreadLocal::new(),
             running: Arc::new(AtomicUsize::new(0)),
@@ -69,19 +73,25 @@ impl LocalBatchers {
     }
 
     /// The calling thread's batcher, started on first use; `None` (use the shared one) off
-    /// a single-threaded runtime, or within [`RETRY_AFTER`] of the start of a batcher that
-    /// has stopped (its connection could not be opened).
+    /// a single-threaded runtime, on a runtime other than the one this thread's batcher
+    /// runs on, or within [`RETRY_AFTER`] of the start of a batcher that has stopped (its
+    /// connection could not be opened).
     pub(crate) fn sender(&self) -> Option<mpsc::Sender<Pending>> {
-        let slot = self.threads.get_or_default();
-        let mut slot = slot.borrow_mut();
-        if let Some(batch) = &slot.batch
-            && !batch.is_closed()
-        {
-            return Some(batch.clone());
-        }
         let handle = Handle::try_current().ok()?;
         if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
             return None;
+        }
+        let runtime = handle.id();
+        let slot = self.threads.get_or_default();
+        let mut slot = slot.borrow_mut();
+        if let Some((batch_runtime, batch)) = &slot.batch
+            && !batch.is_closed()
+        {
+            // Its callers set no timer of their own: only while this runtime is being run
+            // is the batcher sure to answer them. Another runtime on this thread (one kept
+            // while this one runs, say) goes through the shared batcher, bounded by its
+            // callers' time-out.
+            return (*batch_runtime == runtime).then(|| batch.clone());
         }
         let now = Instant::now();
         if slot
@@ -97,12 +107,13 @@ impl LocalBatchers {
             self.client.clone(),
             self.manager.clone(),
             self.connect_timeout,
+            self.command_timeout,
             self.wait,
             queue,
             running,
         ));
         slot.started = Some(now);
-        slot.batch = Some(batch.clone());
+        slot.batch = Some((runtime, batch.clone()));
         Some(batch)
     }
 
@@ -137,6 +148,7 @@ async fn run_local(
     client: redis::Client,
     manager: ConnectionManagerConfig,
     connect_timeout: Duration,
+    command_timeout: Duration,
     wait: Option<Wait>,
     mut queue: mpsc::Receiver<Pending>,
     _running: Running,
@@ -153,10 +165,13 @@ async fn run_local(
         let deadline =
             expire(&mut held, Instant::now()).unwrap_or_else(|| Instant::now() + connect_timeout);
         let timer = expiry.at(deadline);
+        let room = MAX_BATCH.saturating_sub(held.len());
         tokio::select! {
             biased;
             connected = &mut connecting => break connected,
-            received = queue.recv_many(&mut held, QUEUE_DEPTH), if held.len() < QUEUE_DEPTH => {
+            // At most a pipeline's worth: the inserts left in the queue were queued later,
+            // so they expire after every held one, and are taken as those make room.
+            received = queue.recv_many(&mut held, room), if room > 0 => {
                 if received == 0 {
                     return;
                 }
@@ -166,7 +181,14 @@ async fn run_local(
     };
     let failure = match connected {
         Ok(Ok(connection)) => {
-            run_batches(Primary::Server(connection), queue, wait, held).await;
+            run_batches(
+                Primary::Server(connection),
+                queue,
+                command_timeout,
+                wait,
+                held,
+            )
+            .await;
             return;
         }
         Ok(Err(err)) => {

@@ -115,6 +115,7 @@ impl RedisReplayStore {
                     client,
                     manager_config,
                     config.connect_timeout,
+                    config.command_timeout,
                     Wait::from_config(&config),
                 );
                 Self::batched(Primary::Server(connection), &config, Some(Box::new(local)))
@@ -245,7 +246,13 @@ impl RedisReplayStore {
     ) -> Backend {
         let (batch, queue) = mpsc::channel(QUEUE_DEPTH);
         let wait = Wait::from_config(config);
-        tokio::spawn(run_batches(primary.clone(), queue, wait, Vec::new()));
+        tokio::spawn(run_batches(
+            primary.clone(),
+            queue,
+            config.command_timeout,
+            wait,
+            Vec::new(),
+        ));
         Backend::Primary {
             primary,
             batch,
