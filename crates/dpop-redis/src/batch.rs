@@ -168,7 +168,9 @@ pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
 /// inserts whose deadline passes is answered [`ReplayStoreError::Timeout`] (the others
 /// keep waiting for the reply), and the pipeline is given up `timeout` after it was sent,
 /// when all of its inserts have been answered (they were queued before it was sent).
-/// Inserts queued meanwhile have later deadlines than that and go in the next pipeline.
+/// Inserts that were queued before it went out but did not fit are answered at their
+/// deadline meanwhile; inserts queued after it went out have later deadlines than that
+/// and go in the next pipeline.
 /// On a single server this is the only bound on a pipeline: the connection has no
 /// response time-out of its own.
 pub(crate) async fn run_batches(
@@ -220,29 +222,44 @@ pub(crate) async fn run_batches(
             deadline: p.deadline,
             reply: Some(p.reply),
         }));
+        // Inserts left in the queue when the pipeline went out (more than it could take)
+        // have deadlines before `give_up`: they are taken in and answered at their deadline
+        // while the pipeline is on the wire. Inserts queued after it went out have later
+        // deadlines than `give_up` and wait in the queue, so the usual case costs no wake-up
+        // per insert.
+        let leftovers = !queue.is_empty();
+        let mut open = true;
         let query = primary.query_pipeline(&pipe);
         tokio::pin!(query);
         let replies = loop {
+            let now = Instant::now();
+            for w in &mut waiting {
+                if w.deadline <= now {
+                    w.answer(Err(ReplayStoreError::Timeout));
+                }
+            }
+            if now >= give_up {
+                break None;
+            }
             let next = waiting
                 .iter()
                 .filter(|w| w.reply.is_some())
                 .map(|w| w.deadline)
+                .chain(expire(&mut batch, now))
                 .min()
                 .map_or(give_up, |d| d.min(give_up));
+            let room = if leftovers && open {
+                MAX_BATCH.saturating_sub(batch.len())
+            } else {
+                0
+            };
             tokio::select! {
                 biased;
                 replies = &mut query => break Some(replies),
-                () = expiry.at(next) => {
-                    let now = Instant::now();
-                    for w in &mut waiting {
-                        if w.deadline <= now {
-                            w.answer(Err(ReplayStoreError::Timeout));
-                        }
-                    }
-                    if now >= give_up {
-                        break None;
-                    }
+                received = queue.recv_many(&mut batch, room), if room > 0 => {
+                    open = received > 0;
                 }
+                () = expiry.at(next) => {}
             }
         };
         match replies {

@@ -616,6 +616,34 @@ fn a_stalled_redis_times_out_each_insert_by_its_deadline() {
             );
         }
 
+        // More inserts than a pipeline takes, queued just after one went out: those left
+        // in the queue when the next goes out are answered at their own deadline too, not
+        // when that pipeline is given up.
+        // (First, the pipeline still on the wire for b and c is given up, so that the
+        // lone insert goes out at once, alone.)
+        tokio::time::sleep(timeout).await;
+        let lone = tokio::spawn(timed(store.clone()));
+        tokio::time::sleep(timeout / 20).await;
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..1_000 {
+            burst.spawn(timed(store.clone()));
+        }
+        let mut latest = Duration::ZERO;
+        while let Some(outcome) = burst.join_next().await {
+            let (outcome, waited) = outcome.unwrap();
+            assert_eq!(outcome, Err(ReplayStoreError::Timeout));
+            assert!(
+                waited >= timeout,
+                "an insert of the burst waited {waited:?}"
+            );
+            latest = latest.max(waited);
+        }
+        assert!(
+            latest < timeout + SLACK,
+            "the last insert of the burst waited {latest:?}"
+        );
+        assert_eq!(lone.await.unwrap().0, Err(ReplayStoreError::Timeout));
+
         // More inserts at once than the queue holds (16 384 waiting, 256 in a pipeline).
         let started = Instant::now();
         let mut inserts = tokio::task::JoinSet::new();
