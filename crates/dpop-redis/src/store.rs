@@ -372,17 +372,21 @@ impl AsyncReplayStore for RedisReplayStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<Insert, ReplayStoreError> {
+        let own;
         let (batch, local) = match &self.inner.backend {
             Backend::Primary {
                 batch, local: None, ..
-            } => (batch.clone(), false),
+            } => (batch, false),
             Backend::Primary {
                 batch,
                 local: Some(batchers),
                 ..
             } => match batchers.sender() {
-                Some(local) => (local, true),
-                None => (batch.clone(), false),
+                Some(sender) => {
+                    own = sender;
+                    (&own, true)
+                }
+                None => (batch, false),
             },
             Backend::Cluster { wait: None, .. } => {
                 let mut cmd = redis::cmd("SET");
