@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dpop_core::{Algorithm, Htu, NonceSecret, StatelessNonces};
+use dpop_redis::RedisStoreConfig;
 use dpop_server::LogFormat;
 use dpop_tower::{DpopMode, ResourceMetadata, Route, RoutePolicy, Routes};
 use http::Method;
@@ -1321,12 +1322,14 @@ impl EnforcementConfig {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The store's own bound, checked at load rather than at connect.
+        let max_ms = RedisStoreConfig::MAX_TIMEOUT.as_millis();
         let replay_timeout = match raw.replay.redis_timeout_ms.unwrap_or(250) {
-            ms @ 1..=3_600_000 => Duration::from_millis(ms),
+            ms if ms > 0 && u128::from(ms) <= max_ms => Duration::from_millis(ms),
             _ => {
-                return Err(invalid(
-                    "[replay] redis_timeout_ms must be more than 0 and at most 3600000 (an hour)",
-                ));
+                return Err(invalid(format!(
+                    "[replay] redis_timeout_ms must be more than 0 and at most {max_ms}"
+                )));
             }
         };
         let replay = match raw.replay_store.as_deref() {

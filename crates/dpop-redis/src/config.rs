@@ -81,6 +81,11 @@ pub struct RedisStoreConfig {
 }
 
 impl RedisStoreConfig {
+    /// The longest [`command_timeout`](Self::command_timeout) and
+    /// [`connect_timeout`](Self::connect_timeout) (an hour): far above any sensible setting,
+    /// and low enough that a deadline computed from either can never overflow.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+
     /// The default settings with this server URL.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
@@ -113,12 +118,12 @@ impl RedisStoreConfig {
                 "the URL must not have a fragment (#insecure would turn off TLS certificate checks)",
             ));
         }
-        if self.command_timeout.is_zero() || self.command_timeout > MAX_TIMEOUT {
+        if self.command_timeout.is_zero() || self.command_timeout > Self::MAX_TIMEOUT {
             return Err(invalid(
                 "command_timeout must be more than zero and at most an hour",
             ));
         }
-        if self.connect_timeout.is_zero() || self.connect_timeout > MAX_TIMEOUT {
+        if self.connect_timeout.is_zero() || self.connect_timeout > Self::MAX_TIMEOUT {
             return Err(invalid(
                 "connect_timeout must be more than zero and at most an hour",
             ));
@@ -262,10 +267,6 @@ impl RedisStoreConfig {
         Ok(info.set_redis_settings(redis))
     }
 }
-
-/// The longest `command_timeout` and `connect_timeout`: far above any sensible setting, and
-/// low enough that a deadline computed from either can never overflow.
-const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 const SCHEMES: &str = "the URL must start with redis://, rediss://, redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://";
 
