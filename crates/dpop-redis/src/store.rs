@@ -321,6 +321,48 @@ impl RedisReplayStore {
         out
     }
 
+    /// An insert for a batcher, due by the command time-out from now, and where its answer
+    /// will come.
+    fn pending(
+        &self,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> (Pending, oneshot::Receiver<Result<Insert, ReplayStoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            key: self.redis_key(key),
+            ttl_ms: ttl_ms(expires_at, now),
+            // In range: `validate` bounds the time-out.
+            deadline: Instant::now() + self.inner.command_timeout,
+            reply,
+        };
+        (pending, answer)
+    }
+
+    /// An insert through this thread's own batcher.
+    ///
+    /// That batcher runs on this thread's runtime, so it runs whenever this insert is
+    /// polled, and it answers by the deadline: no timer of our own, which would cost a
+    /// wake-up of the runtime's driver (see `batch::Expiry`). A full queue refuses at once
+    /// rather than wait for room.
+    async fn insert_on_own(
+        &self,
+        own: &mpsc::Sender<Pending>,
+        key: &ReplayKey,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Insert, ReplayStoreError> {
+        let (pending, answer) = self.pending(key, expires_at, now);
+        match own.try_send(pending) {
+            Ok(()) => answer.await.map_err(|_| batcher_stopped())?,
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ReplayStoreError::Unavailable(
+                "too many inserts are waiting for Redis".to_owned(),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(batcher_stopped()),
+        }
+    }
+
     /// Sends one command, bounded by the command time-out.
     async fn run(&self, cmd: Cmd) -> Result<Value, ReplayStoreError> {
         let reply = match &self.inner.backend {
@@ -372,22 +414,13 @@ impl AsyncReplayStore for RedisReplayStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<Insert, ReplayStoreError> {
-        let own;
-        let (batch, local) = match &self.inner.backend {
-            Backend::Primary {
-                batch, local: None, ..
-            } => (batch, false),
-            Backend::Primary {
-                batch,
-                local: Some(batchers),
-                ..
-            } => match batchers.sender() {
-                Some(sender) => {
-                    own = sender;
-                    (&own, true)
+        let batch = match &self.inner.backend {
+            Backend::Primary { batch, local, .. } => {
+                if let Some(own) = local.as_ref().and_then(|batchers| batchers.sender()) {
+                    return self.insert_on_own(&own, key, expires_at, now).await;
                 }
-                None => (batch, false),
-            },
+                batch
+            }
             Backend::Cluster { wait: None, .. } => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(self.redis_key(key))
@@ -429,27 +462,7 @@ impl AsyncReplayStore for RedisReplayStore {
                 };
             }
         };
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            key: self.redis_key(key),
-            ttl_ms: ttl_ms(expires_at, now),
-            // In range: `validate` bounds the time-out.
-            deadline: Instant::now() + self.inner.command_timeout,
-            reply,
-        };
-        if local {
-            // This thread's batcher runs on this thread's runtime, so it runs whenever this
-            // insert is polled, and it answers by the deadline: no timer of our own, which
-            // would cost a wake-up of the runtime's driver (see `batch::Expiry`). A full
-            // queue refuses at once rather than wait for room.
-            return match batch.try_send(pending) {
-                Ok(()) => answer.await.map_err(|_| batcher_stopped())?,
-                Err(mpsc::error::TrySendError::Full(_)) => Err(ReplayStoreError::Unavailable(
-                    "too many inserts are waiting for Redis".to_owned(),
-                )),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(batcher_stopped()),
-            };
-        }
+        let (pending, answer) = self.pending(key, expires_at, now);
         // The shared batcher runs on the runtime the store was connected on, which may be
         // busy or no longer driven: the whole wait (queue and round trip) is bounded here
         // too, so a slow Redis or a stalled batcher fails closed.
