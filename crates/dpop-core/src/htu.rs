@@ -28,8 +28,11 @@
 use core::fmt;
 use core::str::FromStr;
 
-/// Longest input accepted, in bytes. A bound keeps the work per proof small and fixed; real
-/// endpoints are far shorter (RFC 9110 §4.1 recommends supporting at least 8000 octets).
+/// Longest URI accepted, in bytes, as given and once normalised (an empty path becomes
+/// `/`, so the normal form can be one byte longer than its input: it is refused too, and
+/// every [`Htu`] then parses to itself, which the verifier relies on). A bound keeps the
+/// work per proof small and fixed; real endpoints are far shorter (RFC 9110 §4.1
+/// recommends supporting at least 8000 octets).
 const MAX_LEN: usize = 8192;
 
 /// A normalised `htu`: absolute http(s) URI, no query, no fragment.
@@ -66,6 +69,9 @@ impl Htu {
         if out.len() == base {
             // RFC 3986 §6.2.3: an empty path is equivalent to "/" for http(s).
             out.push('/');
+        }
+        if out.len() > MAX_LEN {
+            return Err(HtuError::TooLong);
         }
         Ok(Self(out))
     }
@@ -164,6 +170,9 @@ impl HtuBase {
         push_path(&mut out, self.path_start, request_path, true)?;
         if out.len() == self.path_start {
             out.push('/');
+        }
+        if out.len() > MAX_LEN {
+            return Err(HtuError::TooLong);
         }
         Ok(Htu(out))
     }

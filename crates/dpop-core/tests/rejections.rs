@@ -403,6 +403,34 @@ fn htm_and_htu() {
     }
 }
 
+/// The recorded `htu` is the request's normal form, whether the claim spells it exactly
+/// (taken without a second parse) or differently (parsed and normalised).
+#[test]
+fn recorded_htu_is_the_normal_form_either_way() {
+    let htu = htu();
+    let jkt = es256().thumbprint().clone();
+    let req = ProofRequest::new("GET", &htu).with_access_token(TOKEN, &jkt);
+    let store = MemoryReplayStore::with_capacity(64);
+    for (jti, u) in [
+        ("exact", htu.as_str()),
+        (
+            "spelt",
+            "HTTPS://Resource.Example.org:443/protectedresource?x=1#f",
+        ),
+    ] {
+        let proof = with_claims(|c| {
+            c.insert("htu".into(), u.into());
+            c.insert("jti".into(), jti.into());
+        });
+        let verified = verifier()
+            .verify([proof.as_bytes()], &req, now())
+            .unwrap()
+            .record(&store)
+            .unwrap();
+        assert_eq!(verified.htu(), &htu, "{u}");
+    }
+}
+
 #[test]
 fn iat_window() {
     let at = |iat: i64| {

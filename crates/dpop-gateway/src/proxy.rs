@@ -2,7 +2,7 @@
 //! removed, forwarding and identity headers set, failures turned into 502/504 without
 //! internal detail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dpop_core::Jkt;
 use dpop_server::http::method_label;
 use dpop_tower::{AuthorizedTarget, ClientCertificate, DpopIdentity, PeerAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -85,17 +86,23 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// over the names the request carries (a few) rather than one lookup per name the gateway
 /// knows (about fifty).
 pub(crate) struct RequestStrip {
-    /// Removed from every request (sorted): hop-by-hop fields, method and URL overrides,
-    /// `Host` (the upstream's is set), the identity headers.
-    always: Vec<String>,
-    /// Removed unless the peer is a trusted proxy (sorted): where the request came from
-    /// and what it addressed.
-    untrusted: Vec<String>,
+    /// The names removed from every request (hop-by-hop fields, method and URL overrides,
+    /// `Host`, whose upstream value is set, the identity headers) and those removed
+    /// unless the peer is a trusted proxy (where the request came from and what it
+    /// addressed): one hashed lookup per name the request carries.
+    listed: HashMap<HeaderName, Listed>,
     /// Lower-case names (`-` form) of every header the gateway manages, whose `_`
     /// spellings are removed too.
     managed: Vec<String>,
     strip_authorization: bool,
     strip_dpop: bool,
+}
+
+/// When a name in [`RequestStrip::listed`] is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listed {
+    Always,
+    UnlessTrusted,
 }
 
 impl RequestStrip {
@@ -105,22 +112,26 @@ impl RequestStrip {
         strip_dpop: bool,
     ) -> Self {
         let identity = identity_names.iter().map(|n| n.as_str().to_owned());
-        let mut always: Vec<String> = HOP_BY_HOP
-            .iter()
-            .map(|n| n.as_str().to_owned())
-            .chain(OVERRIDES.iter().map(|n| (*n).to_owned()))
-            .chain(std::iter::once(header::HOST.as_str().to_owned()))
-            .chain(identity.clone())
+        let named = |names: &[&'static str]| {
+            names
+                .iter()
+                .map(|n| HeaderName::from_static(n))
+                .collect::<Vec<_>>()
+        };
+        // The claims first: a name in both lists is removed always.
+        let listed = named(&CLAIMS)
+            .into_iter()
+            .chain([X_FORWARDED_FOR, X_FORWARDED_PROTO])
+            .map(|n| (n, Listed::UnlessTrusted))
+            .chain(
+                HOP_BY_HOP
+                    .into_iter()
+                    .chain(named(&OVERRIDES))
+                    .chain([header::HOST])
+                    .chain(identity_names.iter().cloned())
+                    .map(|n| (n, Listed::Always)),
+            )
             .collect();
-        always.sort_unstable();
-        always.dedup();
-        let mut untrusted: Vec<String> = CLAIMS
-            .iter()
-            .chain(&["x-forwarded-for", "x-forwarded-proto"])
-            .map(|n| (*n).to_owned())
-            .collect();
-        untrusted.sort_unstable();
-        untrusted.dedup();
         let managed = identity
             .chain(
                 MANAGED
@@ -131,8 +142,7 @@ impl RequestStrip {
             )
             .collect();
         Self {
-            always,
-            untrusted,
+            listed,
             managed,
             strip_authorization,
             strip_dpop,
@@ -156,19 +166,22 @@ impl RequestStrip {
         let te_trailers =
             headers.contains_key(header::TE) && stream::has_token(headers, &header::TE, "trailers");
         let named = connection_named(headers);
-        let listed =
-            |list: &[String], name: &str| list.binary_search_by(|l| l.as_str().cmp(name)).is_ok();
         // Without an allocation for the usual few (`Host`, the credentials).
         let doomed: smallvec::SmallVec<[HeaderName; 8]> = headers
             .keys()
             .filter(|k| {
                 let name = k.as_str();
-                listed(&self.always, name)
-                    || (!trusted && listed(&self.untrusted, name))
+                let listed = match self.listed.get(*k) {
+                    Some(Listed::Always) => true,
+                    Some(Listed::UnlessTrusted) => !trusted,
+                    None => false,
+                };
+                listed
                     || (vouched
                         && ((self.strip_authorization && *k == header::AUTHORIZATION)
                             || (self.strip_dpop && name == "dpop")))
-                    || (name.contains('_') && self.managed.contains(&name.replace('_', "-")))
+                    || (name.bytes().any(|b| b == b'_')
+                        && self.managed.contains(&name.replace('_', "-")))
                     || named.contains(k)
             })
             .cloned()
@@ -513,7 +526,7 @@ impl std::fmt::Debug for Upstreams {
 struct Settings {
     /// The `http_route` label of each of this configuration's routes.
     routes: RouteLabels,
-    identity: IdentityHeaders,
+    identity: IdentityNames,
     /// What goes from every request head.
     strip: RequestStrip,
     client_scheme: HeaderValue,
@@ -543,30 +556,98 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// The identity header names of a configuration, parsed once when it is loaded (the
+/// loader has checked each is a valid field name; one configured empty is `None` and is
+/// never sent).
+#[derive(Debug)]
+pub(crate) struct IdentityNames {
+    subject: Option<HeaderName>,
+    client_id: Option<HeaderName>,
+    jkt: Option<HeaderName>,
+    scopes: Option<HeaderName>,
+    client_cert_subject: Option<HeaderName>,
+    client_cert_thumbprint: Option<HeaderName>,
+}
+
+impl IdentityNames {
+    pub(crate) fn new(config: &IdentityHeaders) -> Self {
+        let parse = |name: &str| HeaderName::from_bytes(name.as_bytes()).ok();
+        Self {
+            subject: parse(&config.subject),
+            client_id: parse(&config.client_id),
+            jkt: parse(&config.jkt),
+            scopes: parse(&config.scopes),
+            client_cert_subject: parse(&config.client_cert_subject),
+            client_cert_thumbprint: parse(&config.client_cert_thumbprint),
+        }
+    }
+
+    /// Every configured name.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.subject,
+            &self.client_id,
+            &self.jkt,
+            &self.scopes,
+            &self.client_cert_subject,
+            &self.client_cert_thumbprint,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The identity headers for these claims: a name configured empty is not sent, and
+    /// neither is a value that cannot be a header value (the header is then absent, never
+    /// the client's own: the strip removed every client-sent spelling).
+    fn values(
+        &self,
+        subject: Option<String>,
+        client_id: Option<String>,
+        jkt: Option<&str>,
+        scopes: &[String],
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        // Owned strings become header values without a copy.
+        let owned = |v: Option<String>| v.and_then(|v| HeaderValue::try_from(v).ok());
+        let scopes = Some(scopes.join(" ")).filter(|s| !s.is_empty());
+        [
+            (&self.subject, owned(subject)),
+            (&self.client_id, owned(client_id)),
+            (&self.jkt, jkt.and_then(|j| HeaderValue::from_str(j).ok())),
+            (&self.scopes, owned(scopes)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.clone()?, value?)))
+        .collect()
+    }
+}
+
 /// The identity headers for a verified caller, as the upstream receives them (from the
-/// gateway, or from the proxy in front of `dpop authz`): a name configured empty is not
-/// sent, and neither is a value that cannot be a header value (the header is then
-/// absent, never the client's own).
+/// gateway, or from the proxy in front of `dpop authz`).
 pub(crate) fn identity_values(
-    names: &IdentityHeaders,
+    names: &IdentityNames,
     id: DpopIdentity,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let scopes = Some(id.scopes.join(" ")).filter(|s| !s.is_empty());
+    names.values(
+        id.subject,
+        id.client_id,
+        id.jkt.as_ref().map(Jkt::as_str),
+        &id.scopes,
+    )
+}
+
+/// The client-certificate headers for a certificate the TLS handshake verified.
+fn certificate_values(
+    names: &IdentityNames,
+    cert: ClientCertificate,
+) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    let thumbprint = HeaderValue::from_str(cert.thumbprint.as_str()).ok();
+    let subject = cert.subject.and_then(|v| HeaderValue::try_from(v).ok());
     [
-        (&names.subject, id.subject),
-        (&names.client_id, id.client_id),
-        (&names.jkt, id.jkt.map(|j| j.as_str().to_owned())),
-        (&names.scopes, scopes),
+        (&names.client_cert_thumbprint, thumbprint),
+        (&names.client_cert_subject, subject),
     ]
     .into_iter()
-    .filter(|(name, _)| !name.is_empty())
-    .filter_map(|(name, value)| {
-        Some((
-            HeaderName::from_bytes(name.as_bytes()).ok()?,
-            HeaderValue::from_str(&value?).ok()?,
-        ))
-    })
-    .collect()
+    .filter_map(|(name, value)| Some((name.clone()?, value?)))
 }
 
 impl Proxy {
@@ -579,26 +660,15 @@ impl Proxy {
     /// on the system.
     pub fn new(config: &GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
         let upstreams = Arc::new(Upstreams::new(config)?);
-        let id = &config.enforcement.identity_headers;
-        let identity_names: Vec<HeaderName> = [
-            &id.subject,
-            &id.client_id,
-            &id.jkt,
-            &id.scopes,
-            &id.client_cert_subject,
-            &id.client_cert_thumbprint,
-        ]
-        .into_iter()
-        .filter(|n| !n.is_empty())
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
+        let identity = IdentityNames::new(&config.enforcement.identity_headers);
+        let identity_names: Vec<HeaderName> = identity.all().cloned().collect();
         let client_scheme = match config.enforcement.public_urls.first() {
             Some(u) if u.starts_with("https://") => HeaderValue::from_static("https"),
             _ if config.tls.is_some() => HeaderValue::from_static("https"),
             _ => HeaderValue::from_static("http"),
         };
         let settings = Settings {
-            identity: config.enforcement.identity_headers.clone(),
+            identity,
             strip: RequestStrip::new(
                 &identity_names,
                 config.enforcement.strip_authorization,
@@ -751,18 +821,8 @@ impl Proxy {
         }
         // Set only from the certificate the TLS handshake verified.
         if let Some(cert) = client_cert {
-            let thumbprint = Some(cert.thumbprint.as_str().to_owned());
-            for (name, value) in [
-                (&s.identity.client_cert_thumbprint, thumbprint),
-                (&s.identity.client_cert_subject, cert.subject),
-            ] {
-                if let (false, Ok(n), Some(Ok(v))) = (
-                    name.is_empty(),
-                    HeaderName::from_bytes(name.as_bytes()),
-                    value.map(|v| HeaderValue::from_str(&v)),
-                ) {
-                    headers.insert(n, v);
-                }
+            for (name, value) in certificate_values(&s.identity, cert) {
+                headers.insert(name, value);
             }
         }
         // The upstream's traceparent names the gateway's span, never the client's.
@@ -917,10 +977,28 @@ impl tower::Service<Request<Incoming>> for Proxy {
 mod tests {
     use super::*;
 
+    /// A request head with these names (as a client may spell them), each with value `1`.
+    fn head_of(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for name in names {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h
+    }
+
+    /// The names left in `h`, sorted.
+    fn names_left(h: &HeaderMap) -> Vec<&str> {
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        left
+    }
+
     #[test]
     fn underscore_spellings_of_managed_headers_go() {
-        let mut h = HeaderMap::new();
-        for name in [
+        let mut h = head_of(&[
             "x_dpop_subject",
             "X_DPoP_Client_Id",
             "x-dpop_jkt",
@@ -928,12 +1006,7 @@ mod tests {
             "dpop_",
             "x_other",
             "authorization",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                "1".parse().unwrap(),
-            );
-        }
+        ]);
         let names: Vec<String> = [
             "x-dpop-subject",
             "x-dpop-client-id",
@@ -944,9 +1017,7 @@ mod tests {
         .map(str::to_owned)
         .to_vec();
         remove_underscore_aliases(&mut h, &names);
-        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["authorization", "dpop_", "x_other"]);
+        assert_eq!(names_left(&h), ["authorization", "dpop_", "x_other"]);
     }
 
     #[test]
@@ -999,6 +1070,124 @@ mod tests {
         let before = h.clone();
         remove_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    fn identity_config(subject: &str, cert_subject: &str) -> IdentityHeaders {
+        IdentityHeaders {
+            subject: subject.into(),
+            client_id: "x-dpop-client-id".into(),
+            jkt: "x-dpop-jkt".into(),
+            scopes: "x-dpop-scopes".into(),
+            client_cert_subject: cert_subject.into(),
+            client_cert_thumbprint: "x-dpop-client-cert-sha256".into(),
+        }
+    }
+
+    fn shown(values: &[(HeaderName, HeaderValue)]) -> Vec<(&str, &str)> {
+        values
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn identity_headers_carry_the_claims_and_nothing_else() {
+        let names = IdentityNames::new(&identity_config("X-DPoP-Subject", ""));
+        let scopes = ["read".to_owned(), "write".to_owned()];
+        let values = names.values(
+            Some("alice".into()),
+            Some("ci".into()),
+            Some("jkt-1"),
+            &scopes,
+        );
+        assert_eq!(
+            shown(&values),
+            [
+                ("x-dpop-subject", "alice"),
+                ("x-dpop-client-id", "ci"),
+                ("x-dpop-jkt", "jkt-1"),
+                ("x-dpop-scopes", "read write"),
+            ]
+        );
+        // Claims a header value cannot hold are left out, not cut or escaped; absent claims
+        // and no scopes send nothing.
+        let values = names.values(Some("a\nb".into()), Some("c\rd".into()), None, &[]);
+        assert!(values.is_empty(), "{values:?}");
+        // A name configured empty is never sent.
+        let names = IdentityNames::new(&identity_config("", ""));
+        let values = names.values(Some("alice".into()), None, None, &[]);
+        assert!(values.is_empty(), "{values:?}");
+        assert_eq!(
+            names.all().map(HeaderName::as_str).collect::<Vec<_>>(),
+            [
+                "x-dpop-client-id",
+                "x-dpop-jkt",
+                "x-dpop-scopes",
+                "x-dpop-client-cert-sha256"
+            ]
+        );
+    }
+
+    #[test]
+    fn certificate_headers_carry_the_verified_certificate_only() {
+        let thumbprint =
+            dpop_core::jwt::CertThumbprint::parse("A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0")
+                .unwrap();
+        let names = IdentityNames::new(&identity_config(
+            "x-dpop-subject",
+            "x-dpop-client-cert-subject",
+        ));
+        let cert = ClientCertificate::new(thumbprint.clone(), Some("CN=svc,O=Example".into()));
+        assert_eq!(
+            shown(&certificate_values(&names, cert).collect::<Vec<_>>()),
+            [
+                (
+                    "x-dpop-client-cert-sha256",
+                    "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0"
+                ),
+                ("x-dpop-client-cert-subject", "CN=svc,O=Example"),
+            ]
+        );
+        // No readable subject, or one a header cannot hold: only the thumbprint.
+        for subject in [None, Some("CN=a\nb".to_owned())] {
+            let cert = ClientCertificate::new(thumbprint.clone(), subject);
+            let values: Vec<_> = certificate_values(&names, cert).collect();
+            assert_eq!(
+                shown(&values),
+                [(
+                    "x-dpop-client-cert-sha256",
+                    "A4DtL2JmUMhAsvJj5tKyn64SqzmuXbMrJa0n761y5v0"
+                )]
+            );
+        }
+        // Names configured empty: nothing.
+        let mut config = identity_config("x-dpop-subject", "");
+        config.client_cert_thumbprint = String::new();
+        let names = IdentityNames::new(&config);
+        let cert = ClientCertificate::new(thumbprint, Some("CN=svc".into()));
+        assert_eq!(certificate_values(&names, cert).count(), 0);
+    }
+
+    /// An identity header name that is also a forwarding claim goes even from a trusted
+    /// proxy (it is the gateway's to set), and names from the wire match the lists
+    /// whatever their case.
+    #[test]
+    fn identity_names_go_even_from_a_trusted_proxy() {
+        let strip = RequestStrip::new(&[HeaderName::from_static("x-real-ip")], true, true);
+        let mut h = head_of(&[
+            "X-Real-IP",
+            "Forwarded",
+            "X-Forwarded-Host",
+            "Host",
+            "DPoP",
+            "x-kept",
+        ]);
+        let mut trusted = h.clone();
+        strip.apply(&mut trusted, true, true, false);
+        assert_eq!(names_left(&trusted), ["x-forwarded-host", "x-kept"]);
+        // From anyone else the claim goes too; without the gateway's word the credentials stay.
+        strip.apply(&mut h, false, false, false);
+        assert_eq!(names_left(&h), ["dpop", "x-kept"]);
     }
 
     #[test]

@@ -224,6 +224,16 @@ fn length_limit() {
         Htu::from_origin_and_path("https://h.example", &format!("/{}", "a".repeat(MAX_LEN))),
         Err(HtuError::TooLong)
     );
+    // An empty path becomes "/": an input at the limit would normalise past it, and is
+    // refused, so that every normal form parses to itself (the verifier takes a claim
+    // equal to the request's normal form without parsing it again).
+    let host_only = format!("https://{}", "a".repeat(MAX_LEN - "https://".len()));
+    assert_eq!(host_only.len(), MAX_LEN);
+    assert_eq!(Htu::parse(&host_only), Err(HtuError::TooLong));
+    let shorter = &host_only[..MAX_LEN - 1];
+    let normal = Htu::parse(shorter).unwrap();
+    assert_eq!(normal.as_str().len(), MAX_LEN);
+    assert_eq!(Htu::parse(normal.as_str()).unwrap(), normal);
 }
 
 #[test]

@@ -313,8 +313,13 @@ impl Verifier {
             None => observer.skipped(Check::Htm),
         }
 
-        // Check 9, after RFC 3986 normalisation of both sides (§4.3 SHOULD).
-        let proof_htu = Htu::parse(htu).map_err(|e| Error::Proof(ProofError::HtuInvalid(e)))?;
+        // Check 9, after RFC 3986 normalisation of both sides (§4.3 SHOULD). A client
+        // usually sends the request's URI in exactly its normal form, and the normal form
+        // normalises to itself: that claim needs no second parse.
+        let proof_htu = match request.htu {
+            Some(expected) if expected.as_str() == htu => expected.clone(),
+            _ => Htu::parse(htu).map_err(|e| Error::Proof(ProofError::HtuInvalid(e)))?,
+        };
         match request.htu {
             Some(expected) if *expected == proof_htu => observer.passed(Check::Htu),
             Some(expected) => {

@@ -23,7 +23,7 @@ use dpop_server::http::method_label;
 use crate::access_log::{self, Caller, Line, outcome_fields};
 use crate::config::IdentityHeaders;
 use crate::metrics::{Metrics, RouteLabels};
-use crate::proxy::{OVERRIDES, identity_values};
+use crate::proxy::{IdentityNames, OVERRIDES, identity_values};
 use crate::store::GatewayStore;
 
 /// The request as the proxy in front received it from the client.
@@ -175,7 +175,7 @@ impl Service<Request<()>> for Pass {
 pub(crate) struct Authorizer {
     service: DpopService<Pass, GatewayStore>,
     layer: DpopLayer<GatewayStore>,
-    identity: IdentityHeaders,
+    identity: IdentityNames,
     /// The identity header names, normalised (lower case, `_` as `-`).
     identity_names: Vec<String>,
     strip_authorization: bool,
@@ -203,18 +203,12 @@ impl Authorizer {
         routes: RouteLabels,
         log_requests: bool,
     ) -> Self {
-        let identity_names = [
-            &identity.subject,
-            &identity.client_id,
-            &identity.jkt,
-            &identity.scopes,
-            &identity.client_cert_subject,
-            &identity.client_cert_thumbprint,
-        ]
-        .into_iter()
-        .filter(|n| !n.is_empty())
-        .map(|n| n.to_ascii_lowercase().replace('_', "-"))
-        .collect();
+        let identity = IdentityNames::new(&identity);
+        // Field names are lower case already; `_` is read as `-`.
+        let identity_names = identity
+            .all()
+            .map(|n| n.as_str().replace('_', "-"))
+            .collect();
         Self {
             service: layer.layer(Pass),
             layer,
