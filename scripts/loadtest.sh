@@ -52,6 +52,13 @@
 # this build's, for a before/after ratio; PROFILE=profiling
 # builds release code with line tables, for perf; PROFILE=dev a quick debug build for a
 # smoke run (its figures mean nothing). CARGO_TARGET_DIR is honoured.
+# SUT_CPUS (a taskset CPU list, e.g. 0 or 0-1): the processes under test (the gateway, nginx,
+# the authorizer, the issuer, and the bare verification) run on these CPUs only, and
+# everything else (the load generator, the upstream, the token issuer, Redis) on the others,
+# as on separate machines, so that neither side preempts the other; the gateway then has
+# one serving thread and nginx one worker per CPU of the list. A run with SUT_CPUS starts
+# its own redis-server on the other CPUs when one is installed, instead of reusing the one
+# on 6379 (which may run anywhere). Unset (the default), every process may run on every CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,6 +94,45 @@ wanted() { [[ -z ${ROW_FILTER// /} || $ROW_FILTER == *" $1 "* ]]; }
 log "building the binaries (profile $PROFILE)"
 cargo build --profile "$PROFILE" -p dpop-loadgen -p dpop-cli --locked >&2
 
+# cpu_list LIST: the CPU numbers of a taskset-style list ("0", "0-1", "0,2-3"), one per
+# line; fails on anything else.
+cpu_list() {
+    local part parts lo hi
+    IFS=, read -ra parts <<<"$1"
+    ((${#parts[@]})) || return 1
+    for part in "${parts[@]}"; do
+        [[ $part =~ ^([0-9]+)(-([0-9]+))?$ ]] || return 1
+        lo=${BASH_REMATCH[1]} hi=${BASH_REMATCH[3]:-${BASH_REMATCH[1]}}
+        ((lo <= hi)) || return 1
+        seq "$lo" "$hi"
+    done
+}
+
+# SUT: the command prefix that puts a process under test on SUT_CPUS (empty without it).
+MACHINE_CPUS=$(nproc)
+SUT=() SUT_NCPU="" OTHER_CPUS=""
+if [[ -n ${SUT_CPUS:-} ]]; then
+    command -v taskset >/dev/null || { log "SUT_CPUS needs taskset (util-linux)"; exit 2; }
+    sut_list=$(cpu_list "$SUT_CPUS") || { log "SUT_CPUS: \"$SUT_CPUS\" is not a CPU list like 0 or 0-1"; exit 2; }
+    allowed=$(taskset -pc $$) && allowed_list=$(cpu_list "${allowed##*: }") ||
+        { log "cannot read this process's CPU affinity"; exit 2; }
+    others=()
+    for cpu in $allowed_list; do
+        grep -qx "$cpu" <<<"$sut_list" || others+=("$cpu")
+    done
+    for cpu in $sut_list; do
+        grep -qx "$cpu" <<<"$allowed_list" || { log "SUT_CPUS: CPU $cpu is not available here (allowed: ${allowed##*: })"; exit 2; }
+    done
+    ((${#others[@]})) || { log "SUT_CPUS: no CPU is left for the load generator and the upstream"; exit 2; }
+    OTHER_CPUS=$(IFS=,; echo "${others[*]}")
+    SUT_NCPU=$(wc -l <<<"$sut_list")
+    # Every process this script starts from now on inherits the other CPUs; those under
+    # test are moved to SUT_CPUS as they start.
+    taskset -pc "$OTHER_CPUS" $$ >/dev/null
+    SUT=(taskset -c "$SUT_CPUS")
+    log "processes under test on CPUs $SUT_CPUS, the load generator and the upstream on $OTHER_CPUS"
+fi
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpop-loadtest.XXXXXX")
 PIDS=()
 cleanup() {
@@ -117,12 +163,29 @@ alloc_port() {
 }
 
 # start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log; sets LAST_PID.
+# A CMD that starts with the SUT prefix is remembered, for wait_port to check where it runs.
+SUT_PIDS=" "
 start() {
     local name=$1
     shift
     "$@" >"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
+    if ((${#SUT[@]})) && [[ $1 == "${SUT[0]}" ]]; then
+        SUT_PIDS+="$LAST_PID "
+    fi
+}
+
+# on_sut_cpus PID NAME: whether a process under test may run on SUT_CPUS only (read once
+# it listens, after taskset has set its affinity and started it).
+on_sut_cpus() {
+    local status allowed
+    status=$(<"/proc/$1/status") || return 1
+    allowed=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' <<<"$status")
+    if [[ $(cpu_list "$allowed") != "$(cpu_list "$SUT_CPUS")" ]]; then
+        log "$2 runs on CPUs $allowed, not on SUT_CPUS ($SUT_CPUS)"
+        return 1
+    fi
 }
 
 # wait_port PORT PID NAME: waits up to 15 s for PORT to listen while PID is alive.
@@ -135,7 +198,8 @@ wait_port() {
             return 1
         fi
         if port_in_use "$port"; then
-            return 0
+            [[ $SUT_PIDS != *" $pid "* ]] || on_sut_cpus "$pid" "$name"
+            return
         fi
         sleep 0.1
     done
@@ -268,7 +332,7 @@ measure_verify() {
     local out
     wanted memory && wanted plain || return 0
     log "measuring: bare ES256 signature verification${ROUND:+ (round $ROUND of $ROUNDS)}"
-    if out=$("$LOADGEN" verify --seconds 2) && VERIFY_US=$(json_num "$out" cpu_us_per_verification) &&
+    if out=$("${SUT[@]}" "$LOADGEN" verify --seconds 2) && VERIFY_US=$(json_num "$out" cpu_us_per_verification) &&
         is_number "$VERIFY_US"; then
         R_VERIFY+="$VERIFY_US "
         log "bare ES256 verification: $VERIFY_US µs of CPU"
@@ -323,9 +387,9 @@ split_cpu() {
 # Redis: reuse one on the default port, else start a private one, else skip row 4.
 # REDIS_PID: its process, when known and readable, for the Redis row's CPU split.
 REDIS_URL="" REDIS_PID=""
-if redis_ping 6379; then
+if redis_ping 6379 && { [[ -z ${SUT_CPUS:-} ]] || ! command -v redis-server >/dev/null; }; then
     REDIS_URL="redis://127.0.0.1:6379"
-    log "using the Redis already on 127.0.0.1:6379"
+    log "using the Redis already on 127.0.0.1:6379${SUT_CPUS:+ (wherever it runs: no redis-server to start one beside the load generator)}"
     if command -v redis-cli >/dev/null; then
         REDIS_PID=$(redis-cli -p 6379 info server 2>/dev/null | tr -d '\r' |
             awk -F: '$1 == "process_id" { print $2 }')
@@ -360,7 +424,7 @@ gateway_row() {
     (($#)) && shift
     flags=("$@")
     port=$GATEWAY_PORT
-    start "gateway-$key" "${ROW_BIN:-$DPOP}" gateway "${args[@]}"
+    start "gateway-$key" "${SUT[@]}" "${ROW_BIN:-$DPOP}" gateway "${args[@]}"
     local pid=$LAST_PID
     if wait_port "$port" "$pid" "gateway-$key"; then
         if [[ -n ${HELPER_PID:-} ]]; then
@@ -394,7 +458,8 @@ NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
 if [[ ${ACCESS_LOG:-0} == 0 ]]; then
     export RUST_LOG=${RUST_LOG:-info,dpop::access=off}
 fi
-NCPU=$(nproc)
+# Serving processes per CPU under test: every CPU, or those of SUT_CPUS.
+NCPU=${SUT_NCPU:-$MACHINE_CPUS}
 NGINX_SNIPPET=examples/authz/nginx.conf
 # The defaults of the shipped snippet, replaced by this run's (as its tests do).
 SNIPPET_PROXY_LISTEN="listen 8080;"
@@ -434,7 +499,7 @@ nginx_start() {
     # As root the workers would switch to nobody, who cannot use the temporary
     # directories under $WORK (mode 0700); as another user the directive is ignored.
     ((EUID == 0)) && globals+=" user root;"
-    start "nginx-$key" "$NGINX_BIN" -p "$prefix/" -c "$conf" -e stderr -g "$globals"
+    start "nginx-$key" "${SUT[@]}" "$NGINX_BIN" -p "$prefix/" -c "$conf" -e stderr -g "$globals"
     pid=$LAST_PID
     wait_port "$port" "$pid" "nginx-$key" || return 1
     for ((i = 0; i < 50; i++)); do
@@ -474,8 +539,12 @@ nginx_rows() {
     local port conf
 
     # Plain: the snippet's proxying without the auth_request (same upstream keepalive,
-    # HTTP/1.1 upstream connections, Host as sent).
+    # HTTP/1.1 upstream connections, Host as sent). Each worker keeps at least its share
+    # of the connections idle for reuse (the snippet's 16 is that share for 32 connections
+    # on two workers), so fewer workers (SUT_CPUS) do not mean connections closed.
     if wanted nginx_plain; then
+        local keepalive=$(((CONNECTIONS + NCPU - 1) / NCPU))
+        ((keepalive < 16)) && keepalive=16
         alloc_port port
         conf=$WORK/nginx-plain.conf
         mkdir -p "$WORK/nginx-nginx_plain"
@@ -487,7 +556,7 @@ http {
 $(nginx_harness "$WORK/nginx-nginx_plain")
     upstream api {
         server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 16;
+        keepalive $keepalive;
     }
     server {
         listen 127.0.0.1:$port;
@@ -535,7 +604,7 @@ EOF
     fi
     # The authorizer: the gateway memory row's checks, for the URL clients use (nginx's),
     # believing the forwarded target from loopback only.
-    start authz "$DPOP" authz --listen "127.0.0.1:$authz_port" --issuer "$ISSUER_URL" \
+    start authz "${SUT[@]}" "$DPOP" authz --listen "127.0.0.1:$authz_port" --issuer "$ISSUER_URL" \
         --audience "$AUD" --public-url "http://127.0.0.1:$port" --trusted-proxy 127.0.0.1
     authz_pid=$LAST_PID
     if ! wait_port "$authz_port" "$authz_pid" authz; then
@@ -764,7 +833,7 @@ grants = ["client_credentials"]
 scopes = ["read"]
 audiences = ["$AUD"]
 EOF
-    LOADTEST_CLIENT_SECRET=$ISSUER_SECRET start "issuer-$key" "$DPOP" issuer --config "$WORK/issuer-$key/issuer.toml"
+    LOADTEST_CLIENT_SECRET=$ISSUER_SECRET start "issuer-$key" "${SUT[@]}" "$DPOP" issuer --config "$WORK/issuer-$key/issuer.toml"
     pid=$LAST_PID
     if wait_port "$port" "$pid" "issuer-$key"; then
         measure "$key" "$label" "http://127.0.0.1:$port/token" --cpu-pid "$pid" \
@@ -918,7 +987,9 @@ echo "### Load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 rounds_note=""
 ((ROUNDS > 1)) && rounds_note=" The compared rows ran $ROUNDS rounds in turns: each shows the median of its rounds (non-2xx and errors: their sums), each check the median of its per-round ratios."
-echo "Machine: $(nproc) cores, Linux $(uname -r); $CONNECTIONS connections, ${DURATION} s per row after a ${WARMUP} s warmup, loopback.$rounds_note"
+pin_note=""
+[[ -n $OTHER_CPUS ]] && pin_note=" Processes under test on CPUs $SUT_CPUS (the gateway with one serving thread and nginx with one worker per CPU there), the load generator, the upstream and the run's own Redis on CPUs $OTHER_CPUS."
+echo "Machine: $MACHINE_CPUS cores, Linux $(uname -r); $CONNECTIONS connections, ${DURATION} s per row after a ${WARMUP} s warmup, loopback.$rounds_note$pin_note"
 echo
 echo "| row | requests/s | p50 ms | p99 ms | non-2xx | errors | seconds | server CPU µs/request |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
