@@ -95,17 +95,19 @@ log "building the binaries (profile $PROFILE)"
 cargo build --profile "$PROFILE" -p dpop-loadgen -p dpop-cli --locked >&2
 
 # cpu_list LIST: the CPU numbers of a taskset-style list ("0", "0-1", "0,2-3"), one per
-# line; fails on anything else.
+# line, in order and each once (so that "1,0" and the kernel's "0-1" compare equal); fails
+# on anything else.
 cpu_list() {
-    local part parts lo hi
+    local part parts lo hi numbers=""
     IFS=, read -ra parts <<<"$1"
     ((${#parts[@]})) || return 1
     for part in "${parts[@]}"; do
         [[ $part =~ ^([0-9]+)(-([0-9]+))?$ ]] || return 1
-        lo=${BASH_REMATCH[1]} hi=${BASH_REMATCH[3]:-${BASH_REMATCH[1]}}
+        lo=$((10#${BASH_REMATCH[1]})) hi=$((10#${BASH_REMATCH[3]:-${BASH_REMATCH[1]}}))
         ((lo <= hi)) || return 1
-        seq "$lo" "$hi"
+        numbers+=$(seq "$lo" "$hi")$'\n'
     done
+    sort -nu <<<"$numbers" | sed '/^$/d'
 }
 
 # SUT: the command prefix that puts a process under test on SUT_CPUS (empty without it).
