@@ -112,22 +112,22 @@ cpu_list() {
 
 # SUT: the command prefix that puts a process under test on SUT_CPUS (empty without it).
 MACHINE_CPUS=$(nproc)
-SUT=() SUT_NCPU="" OTHER_CPUS=""
+SUT=() SUT_LIST="" SUT_NCPU="" OTHER_CPUS=""
 if [[ -n ${SUT_CPUS:-} ]]; then
     command -v taskset >/dev/null || { log "SUT_CPUS needs taskset (util-linux)"; exit 2; }
-    sut_list=$(cpu_list "$SUT_CPUS") || { log "SUT_CPUS: \"$SUT_CPUS\" is not a CPU list like 0 or 0-1"; exit 2; }
+    SUT_LIST=$(cpu_list "$SUT_CPUS") || { log "SUT_CPUS: \"$SUT_CPUS\" is not a CPU list like 0 or 0-1"; exit 2; }
     allowed=$(taskset -pc $$) && allowed_list=$(cpu_list "${allowed##*: }") ||
         { log "cannot read this process's CPU affinity"; exit 2; }
     others=()
     for cpu in $allowed_list; do
-        grep -qx "$cpu" <<<"$sut_list" || others+=("$cpu")
+        grep -qx "$cpu" <<<"$SUT_LIST" || others+=("$cpu")
     done
-    for cpu in $sut_list; do
+    for cpu in $SUT_LIST; do
         grep -qx "$cpu" <<<"$allowed_list" || { log "SUT_CPUS: CPU $cpu is not available here (allowed: ${allowed##*: })"; exit 2; }
     done
     ((${#others[@]})) || { log "SUT_CPUS: no CPU is left for the load generator and the upstream"; exit 2; }
     OTHER_CPUS=$(IFS=,; echo "${others[*]}")
-    SUT_NCPU=$(wc -l <<<"$sut_list")
+    SUT_NCPU=$(wc -l <<<"$SUT_LIST")
     # Every process this script starts from now on inherits the other CPUs; those under
     # test are moved to SUT_CPUS as they start.
     taskset -pc "$OTHER_CPUS" $$ >/dev/null
@@ -184,7 +184,7 @@ on_sut_cpus() {
     local status allowed
     status=$(<"/proc/$1/status") || return 1
     allowed=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' <<<"$status")
-    if [[ $(cpu_list "$allowed") != "$(cpu_list "$SUT_CPUS")" ]]; then
+    if [[ $(cpu_list "$allowed") != "$SUT_LIST" ]]; then
         log "$2 runs on CPUs $allowed, not on SUT_CPUS ($SUT_CPUS)"
         return 1
     fi
