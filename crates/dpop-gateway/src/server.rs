@@ -675,9 +675,30 @@ pub(crate) async fn drive<C, T, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
+    // The connection's task is woken for every read and write, and each wake polls every
+    // branch; the watch's own future takes its waiters' lock on each poll. It is polled
+    // again only once `stop` has changed (or lost its sender), which is one atomic load
+    // to tell. That relies on two things: a Tokio task's waker is the same at every poll,
+    // so the one the watch holds from an earlier poll still wakes this task; and every
+    // poll of the watch's future really looks at it. Tokio's co-operative budget would
+    // otherwise let a poll return `Pending` without looking or registering once the
+    // connection has spent the task's budget, and the one change that starts the drain
+    // would be missed for good; hence `unconstrained`.
+    let mut probe = stop.clone();
+    let stopping = tokio::task::coop::unconstrained(stopped(&mut stop));
+    tokio::pin!(stopping);
+    let mut registered = false;
+    let stopping = std::future::poll_fn(|cx| {
+        if registered && matches!(probe.has_changed(), Ok(false)) {
+            return std::task::Poll::Pending;
+        }
+        registered = true;
+        probe.mark_unchanged();
+        stopping.as_mut().poll(cx)
+    });
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        () = stopped(&mut stop) => {
+        () = stopping => {
             shut(conn.as_mut());
             conn.await
         }
@@ -885,4 +906,148 @@ pub(crate) async fn readiness(layer: DpopLayer<GatewayStore>, generation: u64) -
         ],
         &[("config_generation", generation)],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Poll};
+
+    /// A connection that ends once shut and counts how often it was polled; a ticking
+    /// one is woken every millisecond (as a busy one is, for each read and write), a
+    /// quiet one never wakes its task by itself.
+    struct Conn {
+        tick: Option<tokio::time::Interval>,
+        /// Spends the task's whole co-operative budget at each poll (as a busy HTTP/1
+        /// connection running its requests, or an HTTP/2 one reading many frames, can).
+        spend: bool,
+        shut: bool,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Future for Conn {
+        type Output = Result<(), std::io::Error>;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.shut {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(tick) = self.tick.as_mut() {
+                while tick.poll_tick(cx).is_ready() {}
+            }
+            if self.spend {
+                // Spent: the last call finds none left and schedules the task again.
+                while let Poll::Ready(budget) = tokio::task::coop::poll_proceed(cx) {
+                    budget.made_progress();
+                }
+            }
+            Poll::Pending
+        }
+    }
+
+    fn shut(conn: Pin<&mut Conn>) {
+        conn.get_mut().shut = true;
+    }
+
+    /// `drive` on a connection, spawned once the drain signal is `initially`; returns
+    /// after the connection has been polled `polls` times.
+    async fn driven(
+        initially: bool,
+        ticking: bool,
+        polls: usize,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        driven_spending(initially, ticking, false, polls).await
+    }
+
+    async fn driven_spending(
+        initially: bool,
+        ticking: bool,
+        spend: bool,
+        polls: usize,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(initially);
+        let count = Arc::new(AtomicUsize::new(0));
+        let conn = Conn {
+            tick: ticking.then(|| tokio::time::interval(Duration::from_millis(1))),
+            spend,
+            shut: false,
+            polls: Arc::clone(&count),
+        };
+        let task = tokio::spawn(drive(conn, rx, shut, std::future::pending()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::Relaxed) < polls {
+            assert!(Instant::now() < deadline, "the connection is not polled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (tx, task)
+    }
+
+    async fn ends(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the connection is shut once the drain begins")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_shut_when_the_drain_begins() {
+        let (tx, task) = driven(false, true, 20).await;
+        assert!(!task.is_finished(), "shut before the drain began");
+        tx.send(true).unwrap();
+        ends(task).await;
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_is_woken_and_shut_when_the_drain_begins() {
+        // Polled once: only the drain signal can wake its task again.
+        let (tx, task) = driven(false, false, 1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished(), "shut before the drain began");
+        tx.send(true).unwrap();
+        ends(task).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_spends_the_tasks_budget_is_shut_when_the_drain_begins() {
+        // `select!` polls its branches in a random order: many drains, so that the watch
+        // is polled after the connection has spent the budget in some of them, and also
+        // when the connection spends it at the first poll.
+        for round in 0..24 {
+            let (tx, task) = driven_spending(false, false, true, 1 + round % 4).await;
+            assert!(!task.is_finished(), "shut before the drain began");
+            tx.send(true).unwrap();
+            ends(task).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_shut_when_the_drain_signal_goes() {
+        for ticking in [true, false] {
+            let (tx, task) = driven(false, ticking, 1).await;
+            drop(tx);
+            ends(task).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_that_is_not_the_drain_leaves_the_connection_served() {
+        for ticking in [true, false] {
+            let (tx, task) = driven(false, ticking, 1).await;
+            tx.send(false).unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert!(
+                !task.is_finished(),
+                "shut on a change that is not the drain"
+            );
+            tx.send(true).unwrap();
+            ends(task).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_accepted_while_draining_is_shut_at_once() {
+        let (tx, task) = driven(true, false, 1).await;
+        ends(task).await;
+        drop(tx);
+    }
 }

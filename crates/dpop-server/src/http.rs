@@ -9,6 +9,7 @@
 //! number from 100 to 599 (any other status an upstream sends is counted as 0). A client
 //! cannot grow the series.
 
+use core::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use thread_local::ThreadLocal;
 
 /// The `tracing` target of access-log lines: `RUST_LOG=dpop::access=off` silences them,
 /// `RUST_LOG=warn,dpop::access=info` keeps only them beside warnings.
@@ -94,11 +96,51 @@ type DurationFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 /// `http_client_request_duration_seconds` (the calls a process makes on a request's
 /// behalf: the gateway's upstream), registered without a prefix beside the process's
 /// own series. Cheap to clone (shared series).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpMetrics {
     server: DurationFamily,
     client: DurationFamily,
     active: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Each thread's handles on the series it has observed, shared by the clones.
+    handles: Arc<ThreadLocal<RefCell<Handles>>>,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the handles: they are the calling thread's, and repeat the families.
+        f.debug_struct("HttpMetrics")
+            .field("server", &self.server)
+            .field("client", &self.client)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most series a thread keeps a handle on. A series found in the family when the list is
+/// full takes the place of the oldest handle, so the series a thread counts now keep
+/// theirs, whatever it counted before (other routes, a configuration since reloaded).
+const MAX_HANDLES: usize = 32;
+
+/// A thread's handles on the series it has observed, found again by comparing the few
+/// label values in a short list: a series seen before is counted without hashing its
+/// labels and without the family's lock (two of each per proxied request otherwise).
+/// A handle shares its histogram with the family's series, so what is observed through it
+/// is what the family encodes, for as long as the family keeps the series: nothing may
+/// remove series from these families (`Family::remove`, `Family::clear`).
+#[derive(Debug, Default)]
+struct Handles {
+    list: Vec<Handle>,
+    /// The handle a full list replaces next.
+    oldest: usize,
+}
+
+#[derive(Debug)]
+struct Handle {
+    client: bool,
+    method: &'static str,
+    status: u16,
+    route: Arc<str>,
+    histogram: Histogram,
 }
 
 impl HttpMetrics {
@@ -130,6 +172,7 @@ impl HttpMetrics {
             server,
             client,
             active,
+            handles: Arc::new(ThreadLocal::new()),
         }
     }
 
@@ -143,36 +186,66 @@ impl HttpMetrics {
     /// A served request: its method (as [`method_label`] gives it), status, route label
     /// and duration.
     pub fn server(&self, method: &'static str, status: u16, route: &Arc<str>, elapsed: Duration) {
-        observe(&self.server, method, status, route, elapsed);
+        self.observe(false, method, status, route, elapsed);
     }
 
     /// A request made to serve one (the upstream call), labelled as [`Self::server`].
     pub fn client(&self, method: &'static str, status: u16, route: &Arc<str>, elapsed: Duration) {
-        observe(&self.client, method, status, route, elapsed);
+        self.observe(true, method, status, route, elapsed);
     }
-}
 
-fn observe(
-    family: &DurationFamily,
-    method: &'static str,
-    status: u16,
-    route: &Arc<str>,
-    elapsed: Duration,
-) {
-    // hyper takes any three-digit status from an upstream: what is not HTTP's own
-    // (100 to 599) is one label value, so an upstream cannot grow the series.
-    let status = if (100..600).contains(&status) {
-        status
-    } else {
-        0
-    };
-    family
-        .get_or_create(&RequestLabels {
-            http_request_method: method,
-            http_response_status_code: status,
-            http_route: Arc::clone(route),
-        })
-        .observe(elapsed.as_secs_f64());
+    fn observe(
+        &self,
+        client: bool,
+        method: &'static str,
+        status: u16,
+        route: &Arc<str>,
+        elapsed: Duration,
+    ) {
+        // hyper takes any three-digit status from an upstream: what is not HTTP's own
+        // (100 to 599) is one label value, so an upstream cannot grow the series.
+        let status = if (100..600).contains(&status) {
+            status
+        } else {
+            0
+        };
+        let seconds = elapsed.as_secs_f64();
+        let mut handles = self.handles.get_or_default().borrow_mut();
+        if let Some(handle) = handles.list.iter().find(|h| {
+            h.client == client
+                && h.status == status
+                && h.method == method
+                && (Arc::ptr_eq(&h.route, route) || *h.route == **route)
+        }) {
+            handle.histogram.observe(seconds);
+            return;
+        }
+        let family = if client { &self.client } else { &self.server };
+        let histogram = family
+            .get_or_create(&RequestLabels {
+                http_request_method: method,
+                http_response_status_code: status,
+                http_route: Arc::clone(route),
+            })
+            .clone();
+        histogram.observe(seconds);
+        let handle = Handle {
+            client,
+            method,
+            status,
+            route: Arc::clone(route),
+            histogram,
+        };
+        if handles.list.len() < MAX_HANDLES {
+            handles.list.push(handle);
+        } else {
+            let oldest = handles.oldest;
+            if let Some(slot) = handles.list.get_mut(oldest) {
+                *slot = handle;
+            }
+            handles.oldest = (oldest + 1) % MAX_HANDLES;
+        }
+    }
 }
 
 /// One request counted in `http_server_active_requests`.
@@ -239,6 +312,104 @@ mod tests {
             );
             assert!(text.contains(&line), "{line} not in\n{text}");
         }
+    }
+
+    /// Counts of `http_server_request_duration_seconds` by route, from the text encoding.
+    fn server_counts(registry: &Registry) -> std::collections::BTreeMap<String, u64> {
+        let text = crate::metrics::encode(registry);
+        text.lines()
+            .filter_map(|l| l.strip_prefix("http_server_request_duration_seconds_count{"))
+            .filter_map(|l| {
+                let (labels, n) = l.rsplit_once("} ")?;
+                let route = labels.split("http_route=\"").nth(1)?.strip_suffix('"')?;
+                Some((route.to_owned(), n.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_series_is_counted_whichever_clone_or_thread_observes_it() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        // More series than a thread keeps handles on, observed from four threads through
+        // clones, each route both as one shared allocation and as a new equal one.
+        let routes: Vec<Arc<str>> = (0..MAX_HANDLES * 2)
+            .map(|i| Arc::from(format!("/r{i}")))
+            .collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let (metrics, routes) = (metrics.clone(), &routes);
+                scope.spawn(move || {
+                    for _ in 0..3 {
+                        for route in routes {
+                            metrics.server("GET", 200, route, Duration::from_millis(1));
+                            let equal: Arc<str> = Arc::from(&**route);
+                            metrics.server("GET", 200, &equal, Duration::from_millis(1));
+                        }
+                    }
+                });
+            }
+        });
+        let counts = server_counts(&registry);
+        assert_eq!(counts.len(), routes.len(), "{counts:?}");
+        for route in &routes {
+            assert_eq!(counts.get(&**route), Some(&24), "{route}: {counts:?}");
+        }
+        // A label value that differs in one place is its own series, also for a thread
+        // that has a handle on the others.
+        metrics.server("GET", 201, &routes[0], Duration::from_millis(1));
+        metrics.server("PUT", 200, &routes[0], Duration::from_millis(1));
+        metrics.client("GET", 200, &routes[0], Duration::from_millis(1));
+        metrics.server("GET", 200, &routes[0], Duration::from_millis(1));
+        let text = crate::metrics::encode(&registry);
+        for line in [
+            r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="201",http_route="/r0"} 1"#,
+            r#"http_server_request_duration_seconds_count{http_request_method="PUT",http_response_status_code="200",http_route="/r0"} 1"#,
+            r#"http_client_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/r0"} 1"#,
+            r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/r0"} 25"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        // Statuses outside 100-599 are one series, 0, through a handle too.
+        for status in [42, 600, 999, 42] {
+            metrics.server("GET", status, &routes[1], Duration::from_millis(1));
+        }
+        let text = crate::metrics::encode(&registry);
+        let zero = r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="0",http_route="/r1"} 4"#;
+        assert!(text.contains(zero), "{zero} not in\n{text}");
+    }
+
+    #[test]
+    fn a_full_list_of_handles_makes_room_for_the_series_counted_now() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        let routes: Vec<Arc<str>> = (0..MAX_HANDLES + 8)
+            .map(|i| Arc::from(format!("/r{i}")))
+            .collect();
+        for route in &routes {
+            metrics.server("GET", 200, route, Duration::from_millis(1));
+        }
+        let held = |metrics: &HttpMetrics| -> Vec<String> {
+            let handles = metrics.handles.get_or_default().borrow();
+            handles.list.iter().map(|h| h.route.to_string()).collect()
+        };
+        let now = held(&metrics);
+        assert_eq!(now.len(), MAX_HANDLES);
+        // The eight newest took the places of the eight oldest.
+        for (i, route) in routes.iter().enumerate() {
+            assert_eq!(now.contains(&route.to_string()), i >= 8, "{route}: {now:?}");
+        }
+        // Counted once each, whether through a handle or the family.
+        metrics.server("GET", 200, &routes[0], Duration::from_millis(1));
+        let counts = server_counts(&registry);
+        assert_eq!(counts.get("/r0"), Some(&2));
+        assert!(
+            routes[1..].iter().all(|r| counts.get(&**r) == Some(&1)),
+            "{counts:?}"
+        );
+        assert!(held(&metrics).contains(&"/r0".to_owned()));
+        // The handles are not in the Debug output (they are the calling thread's).
+        assert!(!format!("{metrics:?}").contains("handles"));
     }
 
     #[test]
