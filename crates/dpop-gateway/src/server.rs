@@ -678,21 +678,23 @@ pub(crate) async fn drive<C, T, E>(
     // The connection's task is woken for every read and write, and each wake polls every
     // branch; the watch's own future takes its waiters' lock on each poll. It is polled
     // again only once `stop` has changed (or lost its sender), which is one atomic load
-    // to tell. That relies on two things: a Tokio task's waker is the same at every poll,
-    // so the one the watch holds from an earlier poll still wakes this task; and every
-    // poll of the watch's future really looks at it. Tokio's co-operative budget would
-    // otherwise let a poll return `Pending` without looking or registering once the
+    // to tell, or when this poll's waker would not wake the one the watch holds (a Tokio
+    // task's never changes, but a caller may poll `drive` under another). Every poll of
+    // the watch's future must really look at it: Tokio's co-operative budget would
+    // otherwise let it return `Pending` without looking or registering once the
     // connection has spent the task's budget, and the one change that starts the drain
     // would be missed for good; hence `unconstrained`.
     let mut probe = stop.clone();
     let stopping = tokio::task::coop::unconstrained(stopped(&mut stop));
     tokio::pin!(stopping);
-    let mut registered = false;
+    let mut registered: Option<std::task::Waker> = None;
     let stopping = std::future::poll_fn(|cx| {
-        if registered && matches!(probe.has_changed(), Ok(false)) {
+        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+            && matches!(probe.has_changed(), Ok(false))
+        {
             return std::task::Poll::Pending;
         }
-        registered = true;
+        registered = Some(cx.waker().clone());
         probe.mark_unchanged();
         stopping.as_mut().poll(cx)
     });
@@ -1018,6 +1020,52 @@ mod tests {
             tx.send(true).unwrap();
             ends(task).await;
         }
+    }
+
+    /// Counts its wake-ups.
+    struct Woken(AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_drain_wakes_the_waker_of_the_latest_poll() {
+        let (tx, rx) = watch::channel(false);
+        let conn = Conn {
+            tick: None,
+            spend: false,
+            shut: false,
+            polls: Arc::new(AtomicUsize::new(0)),
+        };
+        let driven = drive(conn, rx, shut, std::future::pending());
+        let mut driven = std::pin::pin!(driven);
+        let (first, second) = (
+            Arc::new(Woken(AtomicUsize::new(0))),
+            Arc::new(Woken(AtomicUsize::new(0))),
+        );
+        let (first_waker, second_waker) = (
+            std::task::Waker::from(Arc::clone(&first)),
+            std::task::Waker::from(Arc::clone(&second)),
+        );
+        assert!(
+            driven
+                .as_mut()
+                .poll(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        // Polled again under another waker, with nothing changed.
+        let mut cx = Context::from_waker(&second_waker);
+        assert!(driven.as_mut().poll(&mut cx).is_pending());
+        tx.send(true).unwrap();
+        assert_eq!(
+            second.0.load(Ordering::Relaxed),
+            1,
+            "the drain woke the earlier waker only"
+        );
+        assert!(driven.as_mut().poll(&mut cx).is_ready(), "shut once woken");
     }
 
     #[tokio::test]

@@ -117,8 +117,9 @@ impl std::fmt::Debug for HttpMetrics {
 }
 
 /// Most series a thread keeps a handle on. A series found in the family when the list is
-/// full takes the place of the oldest handle, so the series a thread counts now keep
-/// theirs, whatever it counted before (other routes, a configuration since reloaded).
+/// full takes the place of a handle not used since the replacement before reached it
+/// (a second chance, as a clock replaces pages), so the series a thread counts often
+/// keep theirs, whatever it counted once (other routes, a configuration since reloaded).
 const MAX_HANDLES: usize = 32;
 
 /// A thread's handles on the series it has observed, found again by comparing the few
@@ -130,12 +131,14 @@ const MAX_HANDLES: usize = 32;
 #[derive(Debug, Default)]
 struct Handles {
     list: Vec<Handle>,
-    /// The handle a full list replaces next.
-    oldest: usize,
+    /// Where a full list looks first for a handle to replace.
+    hand: usize,
 }
 
 #[derive(Debug)]
 struct Handle {
+    /// Used since the replacement last passed it.
+    used: bool,
     client: bool,
     method: &'static str,
     status: u16,
@@ -211,12 +214,13 @@ impl HttpMetrics {
         };
         let seconds = elapsed.as_secs_f64();
         let mut handles = self.handles.get_or_default().borrow_mut();
-        if let Some(handle) = handles.list.iter().find(|h| {
+        if let Some(handle) = handles.list.iter_mut().find(|h| {
             h.client == client
                 && h.status == status
                 && h.method == method
                 && (Arc::ptr_eq(&h.route, route) || *h.route == **route)
         }) {
+            handle.used = true;
             handle.histogram.observe(seconds);
             return;
         }
@@ -230,6 +234,7 @@ impl HttpMetrics {
             .clone();
         histogram.observe(seconds);
         let handle = Handle {
+            used: false,
             client,
             method,
             status,
@@ -238,12 +243,21 @@ impl HttpMetrics {
         };
         if handles.list.len() < MAX_HANDLES {
             handles.list.push(handle);
-        } else {
-            let oldest = handles.oldest;
-            if let Some(slot) = handles.list.get_mut(oldest) {
-                *slot = handle;
+            return;
+        }
+        // At most two turns: the first clears every mark it passes.
+        let Handles { list, hand } = &mut *handles;
+        for _ in 0..2 * MAX_HANDLES {
+            let at = *hand;
+            *hand = (at + 1) % MAX_HANDLES;
+            if let Some(slot) = list.get_mut(at) {
+                if slot.used {
+                    slot.used = false;
+                } else {
+                    *slot = handle;
+                    return;
+                }
             }
-            handles.oldest = (oldest + 1) % MAX_HANDLES;
         }
     }
 }
@@ -380,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_list_of_handles_makes_room_for_the_series_counted_now() {
+    fn a_full_list_of_handles_makes_room_and_keeps_the_series_counted_often() {
         let mut registry = Registry::default();
         let metrics = HttpMetrics::register(&mut registry);
         let routes: Vec<Arc<str>> = (0..MAX_HANDLES + 8)
@@ -395,16 +409,38 @@ mod tests {
         };
         let now = held(&metrics);
         assert_eq!(now.len(), MAX_HANDLES);
-        // The eight newest took the places of the eight oldest.
+        // None had been used again: the eight newest took the places of the eight oldest.
         for (i, route) in routes.iter().enumerate() {
             assert_eq!(now.contains(&route.to_string()), i >= 8, "{route}: {now:?}");
         }
+        // A series counted between newcomers keeps its handle (the same place in the
+        // list): /r8 is used again after each of 40 new series, all taking the others'
+        // places.
+        let place = |now: &[String]| now.iter().position(|r| r == "/r8");
+        let before = place(&now);
+        let newcomers: Vec<Arc<str>> = (0..40).map(|i| Arc::from(format!("/n{i}"))).collect();
+        for newcomer in &newcomers {
+            metrics.server("GET", 200, &routes[8], Duration::from_millis(1));
+            metrics.server("GET", 200, newcomer, Duration::from_millis(1));
+        }
+        let now = held(&metrics);
+        assert_eq!(now.len(), MAX_HANDLES);
+        assert!(before.is_some() && place(&now) == before, "{now:?}");
+        assert!(now.contains(&"/n39".to_owned()), "{now:?}");
         // Counted once each, whether through a handle or the family.
         metrics.server("GET", 200, &routes[0], Duration::from_millis(1));
         let counts = server_counts(&registry);
         assert_eq!(counts.get("/r0"), Some(&2));
+        assert_eq!(counts.get("/r8"), Some(&41));
         assert!(
-            routes[1..].iter().all(|r| counts.get(&**r) == Some(&1)),
+            routes[1..]
+                .iter()
+                .filter(|r| &***r != "/r8")
+                .all(|r| counts.get(&**r) == Some(&1)),
+            "{counts:?}"
+        );
+        assert!(
+            newcomers.iter().all(|r| counts.get(&**r) == Some(&1)),
             "{counts:?}"
         );
         assert!(held(&metrics).contains(&"/r0".to_owned()));
