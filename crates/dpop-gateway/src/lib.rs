@@ -1,8 +1,9 @@
 //! # dpop-gateway
 //!
 //! A reverse proxy that enforces DPoP (RFC 9449) in front of any HTTP API, in any
-//! language, with no change to the API. It runs the `dpop-tower` layer over a pooled
-//! hyper client: requests whose token and proof pass are forwarded with the verified
+//! language, with no change to the API. It runs the `dpop-tower` layer over pooled
+//! upstream connections (its own HTTP/1.1 exchange for requests without a body, hyper's
+//! client for the rest): requests whose token and proof pass are forwarded with the verified
 //! identity in headers (`X-DPoP-Subject`, `X-DPoP-Client-Id`, `X-DPoP-Jkt`,
 //! `X-DPoP-Scopes` by default; clients cannot set them), everything else is refused
 //! exactly as RFC 9449 §7 and RFC 6750 describe.
@@ -37,8 +38,10 @@ mod access_log;
 mod authz;
 mod balance;
 mod config;
+mod direct;
 mod enforce;
 mod error;
+mod h1;
 mod metrics;
 mod pem;
 mod pool;

@@ -20,7 +20,7 @@ use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -30,12 +30,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::upstream::{ConnectError, UpstreamConnector};
-
-/// An idle connection is closed, rather than reused, after this long.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per authority; more are closed when their response ends.
-pub(crate) const MAX_IDLE: usize = 256;
+use crate::direct::{self, ExchangeError};
+use crate::upstream::{ConnectError, IDLE_TIMEOUT, MAX_IDLE, UpstreamConnector, same_authority};
 
 /// The pooled client every upstream of one connection setting shares (on one serving
 /// thread): the gateway's own HTTP/1.1 pool ([`Http1Pool`]), or hyper-util's client for
@@ -121,6 +117,8 @@ struct Inner<B> {
     connector: UpstreamConnector,
     /// Idle connections by authority, most recently used last.
     idle: Mutex<Vec<(Authority, Vec<Idle<B>>)>>,
+    /// Idle connections of requests without a body ([`crate::direct`]).
+    direct: Arc<direct::Idle>,
 }
 
 struct Idle<B> {
@@ -140,6 +138,9 @@ pub(crate) enum PoolError {
     /// The HTTP/1.1 handshake or the exchange failed.
     #[error("upstream connection: {0}")]
     Http(#[from] hyper::Error),
+    /// The exchange of a request without a body failed.
+    #[error(transparent)]
+    Direct(#[from] ExchangeError),
 }
 
 impl<B> Http1Pool<B>
@@ -153,6 +154,7 @@ where
             inner: Arc::new(Inner {
                 connector,
                 idle: Mutex::new(Vec::new()),
+                direct: Arc::default(),
             }),
         }
     }
@@ -167,6 +169,9 @@ where
         let authority = upstream.authority().ok_or(PoolError::Uri)?;
         if upstream.scheme().is_none() {
             return Err(PoolError::Uri);
+        }
+        if direct::eligible(&req) {
+            return self.request_direct(upstream, authority, req).await;
         }
         let mut reused = true;
         loop {
@@ -194,6 +199,63 @@ where
                     Some(unsent) if reused => req = unsent,
                     _ => return Err(PoolError::Http(e.into_error())),
                 },
+            }
+        }
+    }
+
+    /// Sends a request without a body on this thread's own connection ([`crate::direct`]):
+    /// once more on a new connection when a reused one closed without answering and the
+    /// method is idempotent.
+    async fn request_direct(
+        &self,
+        upstream: &Uri,
+        authority: &Authority,
+        req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, PoolError> {
+        let (mut parts, _empty) = req.into_parts();
+        if !parts.headers.contains_key(http::header::HOST) {
+            // As hyper's client does: HTTP/1.1 requires the field.
+            let host =
+                http::HeaderValue::from_str(authority.as_str()).map_err(|_| PoolError::Uri)?;
+            parts.headers.insert(http::header::HOST, host);
+        }
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut reuse = true;
+        loop {
+            let (mut conn, reused) = match reuse.then(|| self.inner.direct.checkout(authority)) {
+                Some(Some(conn)) => (conn, true),
+                _ => {
+                    // Boxed, as for hyper's connections: most requests find an idle one.
+                    let stream =
+                        Box::pin(self.inner.connector.clone().connect(upstream.clone())).await?;
+                    (direct::Conn::new(stream), false)
+                }
+            };
+            match conn.exchange(&parts.method, target, &parts.headers).await {
+                Ok((head, framing)) => {
+                    let home = direct::Home {
+                        idle: Arc::downgrade(&self.inner.direct),
+                        authority: authority.clone(),
+                    };
+                    let body = direct::Body::new(conn, &head, framing, home);
+                    let mut response = Response::new(PooledBody {
+                        source: Source::Direct(body),
+                    });
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    if let Some(reason) = head.reason
+                        && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason)
+                    {
+                        response.extensions_mut().insert(reason);
+                    }
+                    return Ok(response);
+                }
+                Err(e) if reused && e.not_answered() && direct::idempotent(&parts.method) => {
+                    tracing::debug!(target: "dpop::proxy", error = %e, "reused upstream connection closed unanswered; sending the request on a new one");
+                    reuse = false;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -248,13 +310,6 @@ impl<B> Inner<B> {
     }
 }
 
-/// Whether two authorities are the same: byte for byte first (the pool's lists are keyed
-/// by the very authority the upstream's URL carries, so this is the usual answer), else
-/// as `http` compares them (the host without regard to case).
-fn same_authority(a: &Authority, b: &Authority) -> bool {
-    a.as_str() == b.as_str() || a == b
-}
-
 /// What goes back to the pool once a response has been read to its end.
 struct Checkin<B> {
     /// Weak: a response still streaming after its configuration was reloaded away does
@@ -293,22 +348,46 @@ impl<B: Send + 'static> Checkin<B> {
 /// An upstream response's body, which returns its connection to the pool when it has
 /// been read to its end (and closes it when dropped before).
 pub(crate) struct PooledBody<B: Send + 'static> {
-    inner: Incoming,
-    checkin: Option<Checkin<B>>,
+    source: Source<B>,
+}
+
+enum Source<B: Send + 'static> {
+    /// From hyper's client connection.
+    Hyper {
+        inner: Incoming,
+        checkin: Option<Checkin<B>>,
+    },
+    /// Read by the request's task itself ([`crate::direct`]).
+    Direct(direct::Body),
+}
+
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Direct(#[from] ExchangeError),
 }
 
 impl<B: Send + 'static> PooledBody<B> {
     fn new(inner: Incoming, checkin: Option<Checkin<B>>) -> Self {
-        Self { inner, checkin }
+        Self {
+            source: Source::Hyper { inner, checkin },
+        }
     }
 
     /// A body from a client that pools its connections itself.
     pub(crate) fn unpooled(inner: Incoming) -> Self {
         Self::new(inner, None)
     }
+}
 
+impl<B: Send + 'static> Source<B> {
     fn ended(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
+        if let Self::Hyper { checkin, .. } = self
+            && let Some(checkin) = checkin.take()
+        {
             checkin.put_back();
         }
     }
@@ -316,61 +395,100 @@ impl<B: Send + 'static> PooledBody<B> {
 
 impl<B: Send + 'static> HttpBody for PooledBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.ended(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
-            // An error leaves the connection in no state to reuse.
-            Poll::Ready(Some(Err(_))) => self.checkin = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.source {
+            Source::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Source::Hyper { inner, checkin } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => self.source.ended(),
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => self.source.ended(),
+                    // An error leaves the connection in no state to reuse.
+                    Poll::Ready(Some(Err(_))) => *checkin = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Hyper { inner, .. } => inner.is_end_stream(),
+            Source::Direct(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Hyper { inner, .. } => inner.size_hint(),
+            Source::Direct(body) => body.size_hint(),
+        }
     }
 }
 
 impl<B: Send + 'static> Drop for PooledBody<B> {
     fn drop(&mut self) {
         // A body nobody read because it was empty (a 204, a HEAD answer, a
-        // `Content-Length: 0`) is at its end too.
-        if self.inner.is_end_stream() {
-            self.ended();
+        // `Content-Length: 0`) is at its end too. (A direct body that ended has put its
+        // connection back already.)
+        if let Source::Hyper { inner, .. } = &self.source
+            && inner.is_end_stream()
+        {
+            self.source.ended();
         }
     }
 }
 
 impl<B: Send + 'static> std::fmt::Debug for PooledBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pooled = match &self.source {
+            Source::Hyper { checkin, .. } => checkin.is_some(),
+            Source::Direct(_) => true,
+        };
         f.debug_struct("PooledBody")
-            .field("pooled", &self.checkin.is_some())
+            .field("pooled", &pooled)
             .finish_non_exhaustive()
     }
+}
+
+#[cfg(test)]
+mod direct_tests;
+
+/// A pool for plain HTTP/1.1 to the upstream at `addr`, and the upstream's URL.
+#[cfg(test)]
+pub(crate) fn plain_pool<B>(addr: std::net::SocketAddr) -> (Http1Pool<B>, Uri)
+where
+    B: HttpBody + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let url: Uri = format!("http://{addr}").parse().unwrap();
+    let config = crate::config::UpstreamConfig {
+        url: url.clone(),
+        tls: None,
+        http2: false,
+    };
+    let roots = &mut crate::upstream::SystemRoots::default();
+    let connector = crate::upstream::connector(&config, roots).unwrap();
+    (Http1Pool::new(connector), url)
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
-    use http_body_util::{BodyExt as _, Empty};
+    use http_body_util::{BodyExt as _, Empty, Full};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::config::UpstreamConfig;
-    use crate::upstream::{self, SystemRoots};
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
@@ -442,14 +560,7 @@ mod tests {
     }
 
     fn pool(addr: SocketAddr) -> (Http1Pool<Empty<Bytes>>, Uri) {
-        let url: Uri = format!("http://{addr}").parse().unwrap();
-        let config = UpstreamConfig {
-            url: url.clone(),
-            tls: None,
-            http2: false,
-        };
-        let connector = upstream::connector(&config, &mut SystemRoots::default()).unwrap();
-        (Http1Pool::new(connector), url)
+        plain_pool(addr)
     }
 
     fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
@@ -521,22 +632,46 @@ mod tests {
     }
 
     /// The upstream's close arrives while the connection is idle but before the gateway
-    /// has seen it (the serving thread is busy). The next request there is written and
-    /// meets the reset: it fails, as with hyper-util's client (a request that may have
-    /// reached the upstream is never sent twice), and the dead connection is not reused.
+    /// has seen it (the serving thread is busy), and every connection closes after its
+    /// first answer. A request without a body meets the dead connection and, its method
+    /// being idempotent, is sent again on a new one: no request fails, and no dead
+    /// connection is used twice.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_connection_closed_unseen_fails_at_most_one_request_and_is_dropped() {
+    async fn a_connection_closed_unseen_costs_a_bodiless_get_nothing() {
         let (addr, accepted) = upstream(Answer::ThenCloseLater).await;
         let (pool, url) = pool(addr);
         assert_eq!(fetch(&pool, &url, addr).await, "ok");
-        // Blocks this runtime's only thread: the connection's task cannot notice the close.
+        // Blocks this runtime's only thread: nothing can notice the close.
         std::thread::sleep(Duration::from_millis(100));
-        match pool.request(&url, get(addr)).await {
-            Ok(r) => assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "ok"),
+        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// The same with a body, which goes through hyper's connection: the request written
+    /// on the dead connection fails, as with hyper-util's client (a request that may
+    /// have reached the upstream is never sent twice), and that connection is not reused.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_closed_unseen_fails_at_most_one_request_with_a_body() {
+        let (addr, accepted) = upstream(Answer::ThenCloseLater).await;
+        let (pool, url) = plain_pool::<Full<Bytes>>(addr);
+        let post = || {
+            Request::post("/x")
+                .header(http::header::HOST, addr.to_string())
+                .body(Full::new(Bytes::from_static(b"body")))
+                .unwrap()
+        };
+        let read = |r: Response<PooledBody<Full<Bytes>>>| async move {
+            r.into_body().collect().await.unwrap().to_bytes()
+        };
+        assert_eq!(read(pool.request(&url, post()).await.unwrap()).await, "ok");
+        std::thread::sleep(Duration::from_millis(100));
+        match pool.request(&url, post()).await {
+            Ok(r) => assert_eq!(read(r).await, "ok"),
             Err(PoolError::Http(_)) => {}
             Err(e) => panic!("{e:?}"),
         }
-        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        assert_eq!(read(pool.request(&url, post()).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 

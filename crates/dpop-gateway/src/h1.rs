@@ -1,0 +1,502 @@
+//! HTTP/1.1 to an upstream, sans I/O: the request head the gateway writes, and the
+//! response it reads back (its head, how its body is framed, the chunked coding).
+//!
+//! hyper's client gives every upstream connection a task of its own and hands each
+//! request and response across channels to it; for a request without a body that is
+//! most of what proxying costs beyond reading the client's request (see
+//! `docs/benchmarks.md`). [`crate::direct`] drives this codec from the request's own
+//! task instead. It is stricter than hyper where a lenient reading could let the gateway
+//! and the upstream disagree on where a response ends, which on a reused connection
+//! would hand one client's answer to the next (response splitting): a response with
+//! both `Content-Length` and `Transfer-Encoding`, with a transfer coding other than
+//! `chunked`, with `Transfer-Encoding` in HTTP/1.0, with `Content-Length` values that
+//! differ or are not plain digits, a chunk-size line that is not hex digits and an
+//! optional extension ended by CRLF, or a chunk not followed by CRLF, is an error (the
+//! request is answered 502 and the connection closed), never a guess.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use smallvec::SmallVec;
+
+/// The most header fields a response head (or its trailers) may have: hyper's limit.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// The longest response head read: hyper's default read buffer limit.
+pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// The longest chunk-size line, extensions included.
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
+/// The longest trailer section.
+pub(crate) const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// Interim (1xx) responses skipped before the final one; more is an error.
+pub(crate) const MAX_INTERIM: usize = 16;
+
+/// Why an upstream's response could not be read. Each closes the connection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum H1Error {
+    #[error("the response head is larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("malformed response head: {0}")]
+    Head(httparse::Error),
+    #[error("the response head has more than {MAX_HEADERS} fields")]
+    TooManyHeaders,
+    #[error("response header field {0:?} has an invalid name or value")]
+    Field(String),
+    #[error("more than {MAX_INTERIM} interim responses")]
+    TooManyInterim,
+    #[error("101 Switching Protocols to a request that asked for no upgrade")]
+    UnaskedSwitch,
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncodingInHttp10,
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndTransferEncoding,
+    #[error("a transfer coding other than chunked: {0:?}")]
+    TransferCoding(String),
+    #[error("invalid Content-Length: {0:?}")]
+    ContentLength(String),
+    #[error("invalid chunk-size line")]
+    ChunkSize,
+    #[error("chunk-size line longer than {MAX_CHUNK_LINE} bytes")]
+    ChunkLineTooLong,
+    #[error("chunk data not followed by CRLF")]
+    ChunkEnd,
+    #[error("malformed trailer section")]
+    Trailers,
+    #[error("trailer section larger than {MAX_TRAILER_BYTES} bytes")]
+    TrailersTooLarge,
+}
+
+/// Appends `method path HTTP/1.1`, the fields and the empty line to `out`. Every part is
+/// already valid for the wire: `http`'s types refuse CR, LF and NUL in a method, a path
+/// or a field value, and field names are lowercase tokens.
+pub(crate) fn encode_request(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    out: &mut Vec<u8>,
+) {
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(method.as_str().len() + target.len() + 13 + fields + 2);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response head as read.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    /// The reason phrase when it is not the status code's usual one (hyper's server
+    /// writes it back as it came, through `hyper::ext::ReasonPhrase`).
+    pub(crate) reason: Option<Bytes>,
+    pub(crate) headers: HeaderMap,
+}
+
+/// Whether `buf[from..]` (looking back two bytes before it) holds the empty line that
+/// ends a head or a trailer section: a LF followed by LF or CRLF (httparse, like hyper,
+/// takes a lone LF as a line end). Lets a caller that reads a head piece by piece look
+/// at each byte once instead of parsing everything again after every read.
+fn has_empty_line(buf: &[u8], from: usize) -> bool {
+    let from = from.saturating_sub(2);
+    buf.get(from..).is_some_and(|tail| {
+        tail.iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && matches!(&tail[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+    })
+}
+
+/// Reads one response head from the front of `buf` and removes it from there: `None`
+/// while it is incomplete (read more and call again). `scanned` is how much of `buf`
+/// earlier calls have looked at without finding the head's end (0 at first; the call
+/// updates it, and sets it back to 0 when it takes a head).
+///
+/// # Errors
+/// A malformed head, one larger than [`MAX_HEAD_BYTES`] (complete or not), more than
+/// [`MAX_HEADERS`] fields, or a field value `http` refuses.
+pub(crate) fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H1Error> {
+    if !has_empty_line(buf, *scanned) {
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(H1Error::HeadTooLarge);
+        }
+        *scanned = buf.len();
+        return Ok(None);
+    }
+    *scanned = 0;
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(H1Error::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => {
+            *scanned = buf.len();
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::TooManyHeaders),
+        Err(e) => return Err(H1Error::Head(e)),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(H1Error::HeadTooLarge);
+    }
+    let code = response
+        .code
+        .ok_or(H1Error::Head(httparse::Error::Status))?;
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head(httparse::Error::Status))?;
+    let version = match response.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(H1Error::Head(httparse::Error::Version)),
+    };
+    // Field values are slices of the head's bytes, not copies: where each begins is its
+    // offset from the start of the buffer (httparse returns slices of it; anything else
+    // is refused rather than trusted).
+    let start = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| {
+        let at = (s.as_ptr() as usize).checked_sub(start)?;
+        (at.checked_add(s.len())? <= len).then_some(at)
+    };
+    // A reason other than the status code's usual one is copied (httparse gives an
+    // empty one, not a slice, for a missing or non-ASCII reason: relayed as none).
+    let reason = response
+        .reason
+        .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
+        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    let mut spans: SmallVec<[(usize, usize, usize, usize); 16]> = SmallVec::new();
+    for h in response.headers.iter() {
+        let field = || H1Error::Field(h.name.to_owned());
+        let name_at = offset(h.name.as_bytes()).ok_or_else(field)?;
+        let value_at = offset(h.value).ok_or_else(field)?;
+        spans.push((name_at, h.name.len(), value_at, h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name_at, name_len, value_at, value_len) in spans {
+        let name = &head[name_at..name_at + name_len];
+        let field = || H1Error::Field(String::from_utf8_lossy(name).into_owned());
+        let name = HeaderName::from_bytes(name).map_err(|_| field())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| field())?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        reason,
+        headers,
+    }))
+}
+
+/// How a response's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body (a HEAD request, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked coding.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    Close,
+}
+
+/// How the body of a final (not 1xx) response to a request of `method` is framed
+/// (RFC 9112 §6.3), strictly: see the module's documentation.
+///
+/// # Errors
+/// The framing headers contradict each other or are not well formed.
+pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
+    if method == Method::HEAD
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    let headers = &head.headers;
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if head.version == Version::HTTP_10 {
+            return Err(H1Error::TransferEncodingInHttp10);
+        }
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(H1Error::LengthAndTransferEncoding);
+        }
+        let mut codings = list(headers, &TRANSFER_ENCODING);
+        return match (codings.next(), codings.next()) {
+            (Some(Ok(c)), None) if c.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
+            _ => Err(H1Error::TransferCoding(joined(headers, &TRANSFER_ENCODING))),
+        };
+    }
+    // Not a list in its grammar, but a recipient may meet `42, 42` (RFC 9110 §8.6):
+    // every element of every line must be the same plain number, an empty one included.
+    let mut length = None;
+    for line in headers.get_all(CONTENT_LENGTH) {
+        let invalid = || H1Error::ContentLength(joined(headers, &CONTENT_LENGTH));
+        let line = line.to_str().map_err(|_| invalid())?;
+        for element in line.split(',').map(|e| e.trim_matches([' ', '\t'])) {
+            if element.is_empty() || !element.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let n: u64 = element.parse().map_err(|_| invalid())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// Whether the connection may carry another request once this response's body has been
+/// read to its end: HTTP/1.1 (an HTTP/1.0 upstream's `Connection: keep-alive` is not
+/// taken up), not `Connection: close`, and a body whose end the framing tells.
+pub(crate) fn keep_alive(head: &Head, framing: Framing) -> bool {
+    head.version == Version::HTTP_11
+        && framing != Framing::Close
+        && !list(&head.headers, &CONNECTION)
+            // A line that is not visible ASCII is taken as saying close.
+            .any(|t| t.is_err() || t.is_ok_and(|t| t.eq_ignore_ascii_case("close")))
+}
+
+/// The elements of a comma-separated list field, over all its lines, each trimmed of
+/// spaces and tabs; empty elements are skipped (RFC 9110 §5.6.1). `Err` for a line
+/// that is not visible ASCII.
+fn list<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = Result<&'a str, ()>> + 'a {
+    headers.get_all(name).into_iter().flat_map(|v| {
+        let parts: Box<dyn Iterator<Item = Result<&'a str, ()>> + 'a> = match v.to_str() {
+            Ok(s) => Box::new(
+                s.split(',')
+                    .map(|e| e.trim_matches([' ', '\t']))
+                    .filter(|e| !e.is_empty())
+                    .map(Ok),
+            ),
+            Err(_) => Box::new(std::iter::once(Err(()))),
+        };
+        parts
+    })
+}
+
+/// A field's lines joined, for an error message.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What [`Chunked::decode`] found at the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The trailer section (not empty), after the last chunk.
+    Trailers(HeaderMap),
+    /// The body has ended: nothing of it is left in the buffer.
+    End,
+    /// Read more.
+    NeedMore,
+}
+
+/// The chunked transfer coding's decoder (RFC 9112 §7.1).
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+    /// How much of the buffer has been looked at for the end of a chunk-size line or of
+    /// the trailers without finding it (each byte is looked at once).
+    scanned: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Before a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, this much left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields or the final CRLF.
+    Trailers,
+    /// The body has ended.
+    Done,
+}
+
+impl Chunked {
+    /// Decodes what it can from the front of `buf`, removing it from there.
+    ///
+    /// # Errors
+    /// The coding is malformed, or a line or the trailer section is too long.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(end) = find_crlf(buf, self.scanned, MAX_CHUNK_LINE) else {
+                        if buf.len() >= MAX_CHUNK_LINE + 2 {
+                            return Err(H1Error::ChunkLineTooLong);
+                        }
+                        // A lone CR or LF in what is there already is never mended by more.
+                        check_line(buf, true)?;
+                        self.scanned = buf.len();
+                        return Ok(Decoded::NeedMore);
+                    };
+                    self.scanned = 0;
+                    let size = chunk_size(&buf[..end])?;
+                    buf.advance(end + 2);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        if buf.first().is_some_and(|&b| b != b'\r') {
+                            return Err(H1Error::ChunkEnd);
+                        }
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::ChunkEnd);
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => return self.trailers(buf),
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            self.state = ChunkState::Done;
+            return Ok(Decoded::End);
+        }
+        if buf.len() < 2 {
+            if buf.first().is_some_and(|&b| b == b'\n') {
+                return Err(H1Error::Trailers);
+            }
+            return Ok(Decoded::NeedMore);
+        }
+        if !has_empty_line(buf, self.scanned) {
+            if buf.len() > MAX_TRAILER_BYTES {
+                return Err(H1Error::TrailersTooLarge);
+            }
+            self.scanned = buf.len();
+            return Ok(Decoded::NeedMore);
+        }
+        self.scanned = 0;
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (len, fields) = match httparse::parse_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete(done)) => done,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
+                return Err(H1Error::TrailersTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+            Err(_) => return Err(H1Error::Trailers),
+        };
+        if len > MAX_TRAILER_BYTES {
+            return Err(H1Error::TrailersTooLarge);
+        }
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for field in fields {
+            let name =
+                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Trailers)?;
+            let value = HeaderValue::from_bytes(field.value).map_err(|_| H1Error::Trailers)?;
+            trailers.append(name, value);
+        }
+        buf.advance(len);
+        self.state = ChunkState::Done;
+        Ok(Decoded::Trailers(trailers))
+    }
+}
+
+/// Where the first CRLF in the first `limit + 2` bytes of `buf` begins, looking from
+/// one byte before `from` (what earlier calls looked at holds none).
+fn find_crlf(buf: &[u8], from: usize, limit: usize) -> Option<usize> {
+    let from = from.saturating_sub(1);
+    let window = buf.get(from..buf.len().min(limit + 2))?;
+    window
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|at| at + from)
+}
+
+/// Refuses a chunk-size line (without its CRLF; `partial` when its end has not arrived
+/// yet) holding a control character other than a tab: a lone CR or LF among them.
+fn check_line(line: &[u8], partial: bool) -> Result<(), H1Error> {
+    let body = if partial && line.last() == Some(&b'\r') {
+        &line[..line.len() - 1]
+    } else {
+        line
+    };
+    if body.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(H1Error::ChunkSize);
+    }
+    Ok(())
+}
+
+/// The size on a chunk-size line: 1 to 16 hex digits, then nothing, or optional spaces
+/// and tabs and a `;` that starts the extensions (which are ignored, as RFC 9112 lets a
+/// recipient ignore extensions it does not understand).
+fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    check_line(line, false)?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(H1Error::ChunkSize);
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(H1Error::ChunkSize);
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| H1Error::ChunkSize)?;
+    u64::from_str_radix(text, 16).map_err(|_| H1Error::ChunkSize)
+}
+
+#[cfg(test)]
+mod tests;
