@@ -34,8 +34,12 @@ use crate::upstream::{IDLE_TIMEOUT, MAX_IDLE, Stream, same_authority};
 
 /// How much room a read gets in the connection's buffer.
 const READ_SIZE: usize = 8192;
-/// The most a connection keeps allocated for writing request heads between requests.
+/// The most a connection keeps allocated for writing request heads, and for reading,
+/// between requests.
 const KEPT_OUT: usize = 16 * 1024;
+const KEPT_BUFFER: usize = KEPT_OUT;
+/// The oldest idle connections looked at, at most, each time a response ends.
+const SWEEP: usize = 2;
 
 /// Why an exchange or a response body failed. The connection is closed.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +218,13 @@ pub(crate) struct Idle {
 type Parked = (Conn, Instant);
 
 impl Idle {
+    /// How many idle connections there are, over all authorities.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        lists.iter().map(|(_, list)| list.len()).sum()
+    }
+
     /// A connection to `authority` that may carry a request; closed and expired ones met
     /// on the way are dropped.
     pub(crate) fn checkout(&self, authority: &Authority) -> Option<Conn> {
@@ -238,13 +249,20 @@ impl Idle {
             .find(|(a, _)| same_authority(a, &authority))
         {
             Some((_, list)) => {
-                // The oldest come first: those past their time are closed here, so that
-                // connections left at the bottom after a burst do not stay open.
+                // The oldest come first. Those past their time, and (a few at a time)
+                // those the upstream has closed or sent anything on, are closed here, so
+                // that connections left at the bottom after a burst do not stay open
+                // until they would be taken.
                 let expired = list
                     .iter()
                     .take_while(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
                     .count();
                 list.drain(..expired);
+                let mut probed = 0;
+                while probed < SWEEP && list.first_mut().is_some_and(|(c, _)| !c.still_open()) {
+                    list.remove(0);
+                    probed += 1;
+                }
                 if list.len() < MAX_IDLE {
                     list.push((conn, now));
                 }
@@ -304,9 +322,14 @@ impl Body {
     /// may carry another request and nothing was read past the response.
     fn ended(&mut self) {
         self.state = State::Done;
-        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else {
+        let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
+        if conn.0.buf.capacity() > KEPT_BUFFER {
+            // The frames handed out share the buffer's allocation: an idle connection
+            // does not keep a large one alive.
+            conn.0.buf = BytesMut::new();
+        }
         if self.keep_alive
             && conn.0.buf.is_empty()
             && let Some(idle) = home.idle.upgrade()

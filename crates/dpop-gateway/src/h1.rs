@@ -27,6 +27,9 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// The longest chunk-size line, extensions included.
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;
+/// The most bytes of chunk extensions in one body (hyper's limit too): an upstream
+/// cannot make the gateway read unbounded lines for each byte of data.
+pub(crate) const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// The longest trailer section.
 pub(crate) const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// Interim (1xx) responses skipped before the final one; more is an error.
@@ -59,6 +62,8 @@ pub(crate) enum H1Error {
     ChunkSize,
     #[error("chunk-size line longer than {MAX_CHUNK_LINE} bytes")]
     ChunkLineTooLong,
+    #[error("more than {MAX_CHUNK_EXTENSIONS} bytes of chunk extensions")]
+    ChunkExtensions,
     #[error("chunk data not followed by CRLF")]
     ChunkEnd,
     #[error("malformed trailer section")]
@@ -330,6 +335,8 @@ pub(crate) struct Chunked {
     /// How much of the buffer has been looked at for the end of a chunk-size line or of
     /// the trailers without finding it (each byte is looked at once).
     scanned: usize,
+    /// The chunk extensions' bytes so far, over the whole body.
+    extensions: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -360,13 +367,19 @@ impl Chunked {
                         if buf.len() >= MAX_CHUNK_LINE + 2 {
                             return Err(H1Error::ChunkLineTooLong);
                         }
-                        // A lone CR or LF in what is there already is never mended by more.
-                        check_line(buf, true)?;
+                        // A lone CR or LF in what is there already is never mended by
+                        // more (what earlier calls checked is not checked again, but the
+                        // CR they let pass as possibly the start of a CRLF is).
+                        check_line(&buf[self.scanned.saturating_sub(1)..], true)?;
                         self.scanned = buf.len();
                         return Ok(Decoded::NeedMore);
                     };
                     self.scanned = 0;
-                    let size = chunk_size(&buf[..end])?;
+                    let (size, extensions) = chunk_size(&buf[..end])?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_CHUNK_EXTENSIONS {
+                        return Err(H1Error::ChunkExtensions);
+                    }
                     buf.advance(end + 2);
                     self.state = if size == 0 {
                         ChunkState::Trailers
@@ -413,10 +426,11 @@ impl Chunked {
             self.state = ChunkState::Done;
             return Ok(Decoded::End);
         }
+        // A lone LF where the trailers or the final CRLF begin.
+        if buf.first() == Some(&b'\n') {
+            return Err(H1Error::Trailers);
+        }
         if buf.len() < 2 {
-            if buf.first().is_some_and(|&b| b == b'\n') {
-                return Err(H1Error::Trailers);
-            }
             return Ok(Decoded::NeedMore);
         }
         if !has_empty_line(buf, self.scanned) {
@@ -433,7 +447,10 @@ impl Chunked {
             Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
                 return Err(H1Error::TrailersTooLarge);
             }
-            Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+            Ok(httparse::Status::Partial) => {
+                self.scanned = buf.len();
+                return Ok(Decoded::NeedMore);
+            }
             Err(_) => return Err(H1Error::Trailers),
         };
         if len > MAX_TRAILER_BYTES {
@@ -477,13 +494,15 @@ fn check_line(line: &[u8], partial: bool) -> Result<(), H1Error> {
     Ok(())
 }
 
-/// The size on a chunk-size line: 1 to 16 hex digits, then nothing, or optional spaces
-/// and tabs and a `;` that starts the extensions (which are ignored, as RFC 9112 lets a
-/// recipient ignore extensions it does not understand).
-fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+/// The size on a chunk-size line and the length of its extensions: hex digits (at most
+/// 16 once leading zeros are set aside, so that the size fits 64 bits), then nothing, or
+/// optional spaces and tabs and a `;` that starts the extensions (which are ignored, as
+/// RFC 9112 lets a recipient ignore extensions it does not understand).
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), H1Error> {
     check_line(line, false)?;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    let zeros = line.iter().take_while(|&&b| b == b'0').count().min(digits);
+    if digits == 0 || digits - zeros > 16 {
         return Err(H1Error::ChunkSize);
     }
     let rest = &line[digits..];
@@ -494,8 +513,13 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     if !rest.is_empty() && rest[0] != b';' {
         return Err(H1Error::ChunkSize);
     }
-    let text = std::str::from_utf8(&line[..digits]).map_err(|_| H1Error::ChunkSize)?;
-    u64::from_str_radix(text, 16).map_err(|_| H1Error::ChunkSize)
+    let significant = &line[zeros..digits];
+    if significant.is_empty() {
+        return Ok((0, rest.len()));
+    }
+    let text = std::str::from_utf8(significant).map_err(|_| H1Error::ChunkSize)?;
+    let size = u64::from_str_radix(text, 16).map_err(|_| H1Error::ChunkSize)?;
+    Ok((size, rest.len()))
 }
 
 #[cfg(test)]

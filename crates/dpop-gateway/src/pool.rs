@@ -460,6 +460,14 @@ impl<B: Send + 'static> std::fmt::Debug for PooledBody<B> {
 #[cfg(test)]
 mod direct_tests;
 
+#[cfg(test)]
+impl<B> Http1Pool<B> {
+    /// The idle connections of requests without a body.
+    pub(crate) fn direct_idle(&self) -> usize {
+        self.inner.direct.len()
+    }
+}
+
 /// A pool for plain HTTP/1.1 to the upstream at `addr`, and the upstream's URL.
 #[cfg(test)]
 pub(crate) fn plain_pool<B>(addr: std::net::SocketAddr) -> (Http1Pool<B>, Uri)

@@ -342,6 +342,8 @@ fn malformed_chunked_bodies_are_errors_however_they_arrive() {
         (b"5;a\x00\r\nhello\r\n0\r\n\r\n", H1Error::ChunkSize),
         (b"0x5\r\nhello\r\n0\r\n\r\n", H1Error::ChunkSize),
         (b"10000000000000000\r\n", H1Error::ChunkSize),
+        (b"0\r\n\n\n", H1Error::Trailers),
+        (b"0\r\n\nX: y\r\n\r\n", H1Error::Trailers),
         (b"5\r\nhelloX\r\n0\r\n\r\n", H1Error::ChunkEnd),
         (b"5\r\nhello\n0\r\n\r\n", H1Error::ChunkEnd),
         (b"5\r\nhello\r\r0\r\n\r\n", H1Error::ChunkEnd),
@@ -359,6 +361,33 @@ fn malformed_chunked_bodies_are_errors_however_they_arrive() {
             );
         }
     }
+}
+
+#[test]
+fn leading_zeros_do_not_count_against_the_size_digits() {
+    let (data, _, _) = decode_all(b"00000000000000000005\r\nhello\r\n00000\r\n\r\n", 3).unwrap();
+    assert_eq!(data, b"hello");
+}
+
+#[test]
+fn chunk_extensions_are_bounded_over_the_whole_body() {
+    let mut wire = Vec::new();
+    let extension = "x".repeat(1000);
+    for _ in 0..17 {
+        wire.extend_from_slice(format!("1;{extension}\r\na\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(
+        decode_all(&wire, 4096).unwrap_err(),
+        H1Error::ChunkExtensions
+    );
+    // Sixteen such lines are within the bound.
+    let mut wire = Vec::new();
+    for _ in 0..16 {
+        wire.extend_from_slice(format!("1;{extension}\r\na\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(decode_all(&wire, 4096).unwrap().0, b"a".repeat(16));
 }
 
 #[test]

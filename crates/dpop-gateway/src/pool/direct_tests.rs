@@ -26,6 +26,8 @@ enum Step {
     AnswerThenClose(&'static [u8]),
     /// Writes the first bytes, then the second ones 20 ms later (nobody asked for them).
     AnswerThenStray(&'static [u8], &'static [u8]),
+    /// Writes these bytes, then closes the connection 30 ms later.
+    AnswerThenCloseLater(&'static [u8]),
     /// Closes the connection without answering.
     Close,
 }
@@ -103,6 +105,11 @@ async fn serve(
             }
             Step::AnswerThenClose(bytes) => {
                 let _ = socket.write_all(bytes).await;
+                return;
+            }
+            Step::AnswerThenCloseLater(bytes) => {
+                let _ = socket.write_all(bytes).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 return;
             }
             Step::AnswerThenStray(answer, stray) => {
@@ -510,4 +517,31 @@ async fn an_idle_tls_connection_holding_decrypted_bytes_is_not_taken() {
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(send(&pool, &url, "GET", addr).await.unwrap().1, "ok");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// After a burst, the connections at the bottom of the idle list are not left open once
+/// the upstream has closed them: the end of a later response looks at the oldest.
+#[tokio::test]
+async fn the_oldest_idle_connection_is_closed_once_the_upstream_closed_it() {
+    let up = upstream(vec![
+        Step::AnswerThenCloseLater(OK),
+        Step::Answer(vec![b"", OK]),
+    ])
+    .await;
+    let (pool, url) = pool(up.addr);
+    let (a, b) = tokio::join!(
+        send(&pool, &url, "GET", up.addr),
+        send(&pool, &url, "GET", up.addr)
+    );
+    assert_eq!(
+        (a.unwrap().1, b.unwrap().1),
+        (Bytes::from("ok"), Bytes::from("ok"))
+    );
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.direct_idle(), 2);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // Takes the newest (open) connection; its end looks at the oldest (closed since).
+    assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().1, "ok");
+    assert_eq!(pool.direct_idle(), 1);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
