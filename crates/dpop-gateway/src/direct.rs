@@ -18,9 +18,8 @@
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::Weak;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
@@ -30,16 +29,14 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 
 use crate::h1::{self, Chunked, Decoded, Framing, H1Error, Head};
-use crate::upstream::{IDLE_TIMEOUT, MAX_IDLE, Stream, same_authority};
+use crate::idle::IdleList;
+use crate::upstream::Stream;
 
 /// How much room a read gets in the connection's buffer.
 const READ_SIZE: usize = 8192;
 /// The most a connection keeps allocated for writing request heads, and for reading,
 /// between requests.
-const KEPT_OUT: usize = 16 * 1024;
-const KEPT_BUFFER: usize = KEPT_OUT;
-/// The oldest idle connections looked at, at most, each time a response ends.
-const SWEEP: usize = 2;
+const KEPT: usize = 16 * 1024;
 
 /// Why an exchange or a response body failed. The connection is closed.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +162,7 @@ impl Conn {
         written
             .await
             .map_err(|e| ExchangeError::NotAnswered(Some(e)))?;
-        if state.out.capacity() > KEPT_OUT {
+        if state.out.capacity() > KEPT {
             // An idle connection does not keep the largest head it ever wrote.
             state.out = Vec::new();
         }
@@ -208,68 +205,12 @@ impl ConnState {
     }
 }
 
-/// The idle connections of one connection setting, by authority, most recently used last.
-#[derive(Default)]
-pub(crate) struct Idle {
-    lists: Mutex<Vec<(Authority, Vec<Parked>)>>,
-}
+/// The idle connections of one connection setting.
+pub(crate) type Idle = IdleList<Conn>;
 
-/// An idle connection and when it became idle.
-type Parked = (Conn, Instant);
-
-impl Idle {
-    /// How many idle connections there are, over all authorities.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        lists.iter().map(|(_, list)| list.len()).sum()
-    }
-
-    /// A connection to `authority` that may carry a request; closed and expired ones met
-    /// on the way are dropped.
-    pub(crate) fn checkout(&self, authority: &Authority) -> Option<Conn> {
-        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = &mut lists
-            .iter_mut()
-            .find(|(a, _)| same_authority(a, authority))?
-            .1;
-        while let Some((mut conn, since)) = list.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && conn.still_open() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, authority: Authority, conn: Conn) {
-        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        match lists
-            .iter_mut()
-            .find(|(a, _)| same_authority(a, &authority))
-        {
-            Some((_, list)) => {
-                // The oldest come first. Those past their time, and (a few at a time)
-                // those the upstream has closed or sent anything on, are closed here, so
-                // that connections left at the bottom after a burst do not stay open
-                // until they would be taken.
-                let expired = list
-                    .iter()
-                    .take_while(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
-                    .count();
-                list.drain(..expired);
-                let mut probed = 0;
-                while probed < SWEEP && list.first_mut().is_some_and(|(c, _)| !c.still_open()) {
-                    list.remove(0);
-                    probed += 1;
-                }
-                if list.len() < MAX_IDLE {
-                    list.push((conn, now));
-                }
-            }
-            None => lists.push((authority, vec![(conn, now)])),
-        }
-    }
+/// A connection to `authority` that may carry a request (see [`Conn::still_open`]).
+pub(crate) fn checkout(idle: &Idle, authority: &Authority) -> Option<Conn> {
+    idle.checkout(authority, Conn::still_open)
 }
 
 /// Where a connection goes back to once its response has ended cleanly.
@@ -325,7 +266,7 @@ impl Body {
         let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
-        if conn.0.buf.capacity() > KEPT_BUFFER {
+        if conn.0.buf.capacity() > KEPT {
             // The frames handed out share the buffer's allocation: an idle connection
             // does not keep a large one alive.
             conn.0.buf = BytesMut::new();
@@ -334,7 +275,7 @@ impl Body {
             && conn.0.buf.is_empty()
             && let Some(idle) = home.idle.upgrade()
         {
-            idle.checkin(home.authority, conn);
+            idle.checkin(home.authority, conn, Conn::still_open);
         }
     }
 

@@ -42,6 +42,7 @@ mod direct;
 mod enforce;
 mod error;
 mod h1;
+mod idle;
 mod metrics;
 mod pem;
 mod pool;

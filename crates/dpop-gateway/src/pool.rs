@@ -18,9 +18,8 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -31,7 +30,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::direct::{self, ExchangeError};
-use crate::upstream::{ConnectError, IDLE_TIMEOUT, MAX_IDLE, UpstreamConnector, same_authority};
+use crate::idle::{IDLE_TIMEOUT, IdleList, MAX_IDLE};
+use crate::upstream::{ConnectError, UpstreamConnector};
 
 /// The pooled client every upstream of one connection setting shares (on one serving
 /// thread): the gateway's own HTTP/1.1 pool ([`Http1Pool`]), or hyper-util's client for
@@ -115,15 +115,10 @@ impl<B> Clone for Http1Pool<B> {
 
 struct Inner<B> {
     connector: UpstreamConnector,
-    /// Idle connections by authority, most recently used last.
-    idle: Mutex<Vec<(Authority, Vec<Idle<B>>)>>,
+    /// Idle hyper connections (requests with a body, WebSocket handshakes).
+    idle: IdleList<SendRequest<B>>,
     /// Idle connections of requests without a body ([`crate::direct`]).
     direct: Arc<direct::Idle>,
-}
-
-struct Idle<B> {
-    sender: SendRequest<B>,
-    since: Instant,
 }
 
 /// Why a request got no response head.
@@ -153,7 +148,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 connector,
-                idle: Mutex::new(Vec::new()),
+                idle: IdleList::default(),
                 direct: Arc::default(),
             }),
         }
@@ -175,7 +170,7 @@ where
         }
         let mut reused = true;
         loop {
-            let mut sender = match self.inner.checkout(authority) {
+            let mut sender = match self.inner.idle.checkout(authority, usable) {
                 Some(sender) => sender,
                 None => {
                     reused = false;
@@ -222,7 +217,9 @@ where
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut reuse = true;
         loop {
-            let (mut conn, reused) = match reuse.then(|| self.inner.direct.checkout(authority)) {
+            let (mut conn, reused) = match reuse
+                .then(|| direct::checkout(&self.inner.direct, authority))
+            {
                 Some(Some(conn)) => (conn, true),
                 _ => {
                     // Boxed, as for hyper's connections: most requests find an idle one.
@@ -273,41 +270,10 @@ where
     }
 }
 
-impl<B> Inner<B> {
-    /// A connection to `authority` that is ready for a request; closed and expired ones
-    /// met on the way are dropped.
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = &mut idle
-            .iter_mut()
-            .find(|(a, _)| same_authority(a, authority))?
-            .1;
-        while let Some(Idle { sender, since }) = list.pop() {
-            if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, authority: Authority, sender: SendRequest<B>) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle_since = Instant::now();
-        match idle.iter_mut().find(|(a, _)| same_authority(a, &authority)) {
-            Some((_, list)) if list.len() >= MAX_IDLE => {}
-            Some((_, list)) => list.push(Idle {
-                sender,
-                since: idle_since,
-            }),
-            None => idle.push((
-                authority,
-                vec![Idle {
-                    sender,
-                    since: idle_since,
-                }],
-            )),
-        }
-    }
+/// Whether a hyper connection may carry the next request: the previous response was
+/// read to its end, and the connection's task has not seen it close.
+fn usable<B>(sender: &mut SendRequest<B>) -> bool {
+    sender.is_ready()
 }
 
 /// What goes back to the pool once a response has been read to its end.
@@ -330,7 +296,7 @@ impl<B: Send + 'static> Checkin<B> {
             ..
         } = self;
         if sender.is_ready() {
-            pool.checkin(authority, sender);
+            pool.idle.checkin(authority, sender, usable);
         } else if !sender.is_closed()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -338,7 +304,7 @@ impl<B: Send + 'static> Checkin<B> {
             // it off this request's path.
             runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
-                    pool.checkin(authority, sender);
+                    pool.idle.checkin(authority, sender, usable);
                 }
             });
         }
@@ -593,16 +559,6 @@ mod tests {
             assert_eq!(fetch(&pool, &url, addr).await, "ok");
         }
         accepted.load(Ordering::SeqCst)
-    }
-
-    #[test]
-    fn authorities_match_as_http_compares_them() {
-        let a = |s: &'static str| Authority::from_static(s);
-        assert!(same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:8080")));
-        assert!(same_authority(&a("API.example.com"), &a("api.example.com")));
-        assert!(!same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:8081")));
-        assert!(!same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:808")));
-        assert!(!same_authority(&a("api.example.com"), &a("api.example.co")));
     }
 
     #[tokio::test]

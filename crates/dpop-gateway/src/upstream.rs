@@ -18,7 +18,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use http::uri::Authority;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -114,18 +113,6 @@ impl fmt::Debug for UpstreamConnector {
             .field("http2", &self.http2)
             .finish_non_exhaustive()
     }
-}
-
-/// An idle connection to an upstream is closed, rather than reused, after this long.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per authority; more are closed when their response ends.
-pub(crate) const MAX_IDLE: usize = 256;
-
-/// Whether two authorities are the same: byte for byte first (the pools' lists are keyed
-/// by the very authority the upstream's URL carries, so this is the usual answer), else
-/// as `http` compares them (the host without regard to case).
-pub(crate) fn same_authority(a: &Authority, b: &Authority) -> bool {
-    a.as_str() == b.as_str() || a == b
 }
 
 /// A connection to an upstream: TCP, or TLS over TCP.

@@ -1,0 +1,218 @@
+//! The idle connections of one upstream connection setting, kept by authority until a
+//! request takes one again.
+//!
+//! Both kinds of pooled HTTP/1.1 connection use it: hyper's client connections (requests
+//! with a body, WebSocket handshakes) and the gateway's own ([`crate::direct`]). What
+//! differs is only how a connection tells that it may still carry a request, which the
+//! caller passes in.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+
+/// An idle connection to an upstream is closed, rather than reused, after this long.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per authority; more are closed when their response ends.
+pub(crate) const MAX_IDLE: usize = 256;
+/// The oldest idle connections looked at, at most, each time one is put back.
+const SWEEP: usize = 2;
+
+/// Whether two authorities are the same: byte for byte first (the lists are keyed by the
+/// very authority the upstream's URL carries, so this is the usual answer), else as
+/// `http` compares them (the host without regard to case).
+pub(crate) fn same_authority(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str() || a == b
+}
+
+/// Idle connections by authority, the most recently used last in each list. Locked only
+/// by the serving thread that owns the pool, so the lock is uncontended.
+pub(crate) struct IdleList<C> {
+    lists: Mutex<Vec<(Authority, Vec<Parked<C>>)>>,
+}
+
+/// An idle connection and when it became idle.
+type Parked<C> = (C, Instant);
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        Self {
+            lists: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<C> IdleList<C> {
+    /// How many idle connections there are, over all authorities.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        lists.iter().map(|(_, list)| list.len()).sum()
+    }
+
+    /// The most recently used connection to `authority` that `usable` accepts; those
+    /// met on the way that it refuses, or that have been idle for [`IDLE_TIMEOUT`], are
+    /// dropped (closed).
+    pub(crate) fn checkout(
+        &self,
+        authority: &Authority,
+        usable: impl FnMut(&mut C) -> bool,
+    ) -> Option<C> {
+        self.checkout_at(authority, Instant::now(), usable)
+    }
+
+    fn checkout_at(
+        &self,
+        authority: &Authority,
+        now: Instant,
+        mut usable: impl FnMut(&mut C) -> bool,
+    ) -> Option<C> {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = &mut lists
+            .iter_mut()
+            .find(|(a, _)| same_authority(a, authority))?
+            .1;
+        while let Some((mut conn, since)) = list.pop() {
+            if now.duration_since(since) < IDLE_TIMEOUT && usable(&mut conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request to `authority`, unless [`MAX_IDLE`] are kept
+    /// already (it is dropped then). The oldest connections of that authority are
+    /// looked at on the way: those past [`IDLE_TIMEOUT`], and (at most [`SWEEP`] of
+    /// them) those `usable` refuses, are dropped, so that connections left at the bottom
+    /// of a list after a burst do not stay open until they would be taken.
+    pub(crate) fn checkin(
+        &self,
+        authority: Authority,
+        conn: C,
+        usable: impl FnMut(&mut C) -> bool,
+    ) {
+        self.checkin_at(authority, conn, Instant::now(), usable);
+    }
+
+    fn checkin_at(
+        &self,
+        authority: Authority,
+        conn: C,
+        now: Instant,
+        mut usable: impl FnMut(&mut C) -> bool,
+    ) {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((_, list)) = lists
+            .iter_mut()
+            .find(|(a, _)| same_authority(a, &authority))
+        else {
+            lists.push((authority, vec![(conn, now)]));
+            return;
+        };
+        let expired = list
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
+            .count();
+        list.drain(..expired);
+        let mut probed = 0;
+        while probed < SWEEP && list.first_mut().is_some_and(|(c, _)| !usable(c)) {
+            list.remove(0);
+            probed += 1;
+        }
+        if list.len() < MAX_IDLE {
+            list.push((conn, now));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection in these tests: its number, and whether it may carry a request.
+    type Fake = (u32, bool);
+
+    fn usable(c: &mut Fake) -> bool {
+        c.1
+    }
+
+    fn a(s: &'static str) -> Authority {
+        Authority::from_static(s)
+    }
+
+    #[test]
+    fn authorities_match_as_http_compares_them() {
+        assert!(same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:8080")));
+        assert!(same_authority(&a("API.example.com"), &a("api.example.com")));
+        assert!(!same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:8081")));
+        assert!(!same_authority(&a("127.0.0.1:8080"), &a("127.0.0.1:808")));
+        assert!(!same_authority(&a("api.example.com"), &a("api.example.co")));
+    }
+
+    #[test]
+    fn the_most_recently_used_connection_of_the_same_authority_is_taken() {
+        let idle = IdleList::default();
+        idle.checkin(a("up:1"), (1, true), usable);
+        idle.checkin(a("up:2"), (2, true), usable);
+        idle.checkin(a("UP:1"), (3, true), usable);
+        assert_eq!(idle.checkout(&a("up:1"), usable), Some((3, true)));
+        assert_eq!(idle.checkout(&a("up:1"), usable), Some((1, true)));
+        assert_eq!(idle.checkout(&a("up:1"), usable), None);
+        assert_eq!(idle.checkout(&a("up:3"), usable), None);
+        assert_eq!(idle.len(), 1);
+    }
+
+    #[test]
+    fn connections_that_are_not_usable_or_expired_are_dropped_on_the_way() {
+        let idle = IdleList::default();
+        let start = Instant::now();
+        let later = start + IDLE_TIMEOUT;
+        idle.checkin_at(a("up:1"), (1, true), start, usable);
+        idle.checkin_at(a("up:1"), (2, true), start + Duration::from_secs(1), usable);
+        idle.checkin_at(
+            a("up:1"),
+            (3, false),
+            start + Duration::from_secs(2),
+            usable,
+        );
+        // 3 is refused, 2 is still young enough, 1 stays behind it.
+        assert_eq!(idle.checkout_at(&a("up:1"), later, usable), Some((2, true)));
+        assert_eq!(idle.len(), 1);
+        // 1 has been idle for exactly the limit.
+        assert_eq!(idle.checkout_at(&a("up:1"), later, usable), None);
+        assert_eq!(idle.len(), 0);
+    }
+
+    #[test]
+    fn a_checkin_drops_the_expired_and_sweeps_a_few_unusable_from_the_bottom() {
+        let idle = IdleList::default();
+        let start = Instant::now();
+        for n in 0..2 {
+            idle.checkin_at(a("up:1"), (n, true), start, usable);
+        }
+        for n in 2..5 {
+            idle.checkin_at(a("up:1"), (n, false), start + IDLE_TIMEOUT / 2, usable);
+        }
+        idle.checkin_at(a("up:1"), (5, true), start + IDLE_TIMEOUT / 2, usable);
+        assert_eq!(idle.len(), 6);
+        // 0 and 1 expired; then two of the three unusable are swept, not the third.
+        idle.checkin_at(a("up:1"), (6, true), start + IDLE_TIMEOUT, usable);
+        let mut left = Vec::new();
+        while let Some(c) = idle.checkout_at(&a("up:1"), start + IDLE_TIMEOUT, |_| true) {
+            left.push(c.0);
+        }
+        assert_eq!(left, [6, 5, 4]);
+    }
+
+    #[test]
+    fn no_more_than_max_idle_are_kept_per_authority() {
+        let idle = IdleList::default();
+        for n in 0..=u32::try_from(MAX_IDLE).unwrap() {
+            idle.checkin(a("up:1"), (n, true), usable);
+        }
+        idle.checkin(a("up:2"), (0, true), usable);
+        assert_eq!(idle.len(), MAX_IDLE + 1);
+        let newest = idle.checkout(&a("up:1"), usable).unwrap();
+        assert_eq!(newest.0, u32::try_from(MAX_IDLE).unwrap() - 1);
+    }
+}
