@@ -27,7 +27,9 @@ use http::{HeaderMap, Method};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
+use tokio::time::Instant;
 
+use crate::deadline::Deadline;
 use crate::h1::{self, Chunked, Decoded, Framing, H1Error, Head};
 use crate::idle::IdleList;
 use crate::upstream::Stream;
@@ -52,6 +54,9 @@ pub(crate) enum ExchangeError {
     Io(io::Error),
     #[error("upstream response: {0}")]
     Response(#[from] H1Error),
+    /// No response head before the upstream time limit.
+    #[error("the upstream did not answer in time")]
+    TimedOut,
 }
 
 fn cause(e: &Option<io::Error>) -> String {
@@ -98,6 +103,8 @@ struct ConnState {
     io: TokioIo<Stream>,
     buf: BytesMut,
     out: Vec<u8>,
+    /// The upstream time limit's timer, kept for the connection's next request.
+    deadline: Deadline,
 }
 
 impl std::fmt::Debug for Conn {
@@ -114,6 +121,7 @@ impl Conn {
             io: TokioIo::new(stream),
             buf: BytesMut::new(),
             out: Vec::new(),
+            deadline: Deadline::default(),
         }))
     }
 
@@ -141,12 +149,29 @@ impl Conn {
         matches!(read.poll(&mut cx), Poll::Ready(Poll::Pending))
     }
 
-    /// Writes the request head and reads the final response head; informational (1xx)
-    /// responses are skipped.
+    /// Writes the request head and reads the final response head, informational (1xx)
+    /// responses skipped, unless `at` passes first.
     ///
     /// # Errors
     /// See [`ExchangeError`]; the connection is then dropped.
     pub(crate) async fn exchange(
+        &mut self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        at: Instant,
+    ) -> Result<(Head, Framing), ExchangeError> {
+        // Taken out for the exchange: a connection whose exchange is dropped half-way is
+        // dropped with it.
+        let mut deadline = std::mem::take(&mut self.0.deadline);
+        let exchanged = deadline
+            .limit(at, self.exchange_untimed(method, target, headers))
+            .await;
+        self.0.deadline = deadline;
+        exchanged.unwrap_or(Err(ExchangeError::TimedOut))
+    }
+
+    async fn exchange_untimed(
         &mut self,
         method: &Method,
         target: &str,

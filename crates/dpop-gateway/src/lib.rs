@@ -38,6 +38,7 @@ mod access_log;
 mod authz;
 mod balance;
 mod config;
+mod deadline;
 mod direct;
 mod enforce;
 mod error;

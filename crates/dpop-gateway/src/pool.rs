@@ -28,6 +28,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
 
 use crate::direct::{self, ExchangeError};
 use crate::idle::{IDLE_TIMEOUT, IdleList, MAX_IDLE};
@@ -58,24 +59,31 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     /// Sends `req` (origin-form target, `Host` set for HTTP/1.1) to the upstream at
-    /// `upstream` (its scheme and authority) and returns the response head.
+    /// `upstream` (its scheme and authority) and returns the response head, unless `at`
+    /// passes first (connecting included).
     ///
     /// # Errors
-    /// When no connection could be made or the exchange failed before a response head.
+    /// When no connection could be made, the exchange failed before a response head, or
+    /// the time ran out ([`PoolError::Timeout`]).
     pub(crate) async fn request(
         &self,
         upstream: &Uri,
         mut req: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, Box<dyn StdError + Send + Sync>> {
+        at: Instant,
+    ) -> Result<Response<PooledBody<B>>, PoolError> {
         match self {
-            Self::Http1(pool) => Ok(pool.request(upstream, req).await?),
+            Self::Http1(pool) => pool.request(upstream, req, at).await,
             Self::Http2(client) => {
                 // hyper-util's client takes the scheme and authority from the URI.
                 let mut parts = req.uri().clone().into_parts();
                 parts.scheme = upstream.scheme().cloned();
                 parts.authority = upstream.authority().cloned();
-                *req.uri_mut() = Uri::from_parts(parts)?;
-                Ok(client.request(req).await?.map(PooledBody::unpooled))
+                *req.uri_mut() = Uri::from_parts(parts).map_err(|_| PoolError::Uri)?;
+                match tokio::time::timeout_at(at, client.request(req)).await {
+                    Ok(Ok(response)) => Ok(response.map(PooledBody::unpooled)),
+                    Ok(Err(e)) => Err(PoolError::Http2(e)),
+                    Err(_) => Err(PoolError::Timeout),
+                }
             }
         }
     }
@@ -135,7 +143,22 @@ pub(crate) enum PoolError {
     Http(#[from] hyper::Error),
     /// The exchange of a request without a body failed.
     #[error(transparent)]
-    Direct(#[from] ExchangeError),
+    Direct(ExchangeError),
+    /// hyper-util's HTTP/2 client failed.
+    #[error("upstream connection: {0}")]
+    Http2(hyper_util::client::legacy::Error),
+    /// No response head before the upstream time limit.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+}
+
+impl From<ExchangeError> for PoolError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::TimedOut => Self::Timeout,
+            e => Self::Direct(e),
+        }
+    }
 }
 
 impl<B> Http1Pool<B>
@@ -155,19 +178,33 @@ where
     }
 
     /// Sends `req` (origin-form target, `Host` already set) on an idle connection to
-    /// `upstream`'s authority, or on a new one to `upstream`.
+    /// `upstream`'s authority, or on a new one to `upstream`, and returns the response
+    /// head unless `at` passes first.
     pub(crate) async fn request(
         &self,
         upstream: &Uri,
-        mut req: Request<B>,
+        req: Request<B>,
+        at: Instant,
     ) -> Result<Response<PooledBody<B>>, PoolError> {
         let authority = upstream.authority().ok_or(PoolError::Uri)?;
         if upstream.scheme().is_none() {
             return Err(PoolError::Uri);
         }
         if direct::eligible(&req) {
-            return self.request_direct(upstream, authority, req).await;
+            return self.request_direct(upstream, authority, req, at).await;
         }
+        tokio::time::timeout_at(at, self.request_hyper(upstream, authority, req))
+            .await
+            .unwrap_or(Err(PoolError::Timeout))
+    }
+
+    /// Sends a request through hyper's client connection.
+    async fn request_hyper(
+        &self,
+        upstream: &Uri,
+        authority: &Authority,
+        mut req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, PoolError> {
         let mut reused = true;
         loop {
             let mut sender = match self.inner.idle.checkout(authority, usable) {
@@ -206,6 +243,7 @@ where
         upstream: &Uri,
         authority: &Authority,
         req: Request<B>,
+        at: Instant,
     ) -> Result<Response<PooledBody<B>>, PoolError> {
         let (mut parts, _empty) = req.into_parts();
         if !parts.headers.contains_key(http::header::HOST) {
@@ -217,18 +255,22 @@ where
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut reuse = true;
         loop {
-            let (mut conn, reused) = match reuse
-                .then(|| direct::checkout(&self.inner.direct, authority))
+            let (mut conn, reused) =
+                match reuse.then(|| direct::checkout(&self.inner.direct, authority)) {
+                    Some(Some(conn)) => (conn, true),
+                    _ => {
+                        // Boxed, as for hyper's connections: most requests find an idle one.
+                        let connect = self.inner.connector.clone().connect(upstream.clone());
+                        let stream = tokio::time::timeout_at(at, Box::pin(connect))
+                            .await
+                            .map_err(|_| PoolError::Timeout)??;
+                        (direct::Conn::new(stream), false)
+                    }
+                };
+            match conn
+                .exchange(&parts.method, target, &parts.headers, at)
+                .await
             {
-                Some(Some(conn)) => (conn, true),
-                _ => {
-                    // Boxed, as for hyper's connections: most requests find an idle one.
-                    let stream =
-                        Box::pin(self.inner.connector.clone().connect(upstream.clone())).await?;
-                    (direct::Conn::new(stream), false)
-                }
-            };
-            match conn.exchange(&parts.method, target, &parts.headers).await {
                 Ok((head, framing)) => {
                     let home = direct::Home {
                         idle: Arc::downgrade(&self.inner.direct),
@@ -434,6 +476,12 @@ impl<B> Http1Pool<B> {
     }
 }
 
+/// A time limit no test request reaches.
+#[cfg(test)]
+pub(crate) fn later() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(30)
+}
+
 /// A pool for plain HTTP/1.1 to the upstream at `addr`, and the upstream's URL.
 #[cfg(test)]
 pub(crate) fn plain_pool<B>(addr: std::net::SocketAddr) -> (Http1Pool<B>, Uri)
@@ -546,7 +594,7 @@ mod tests {
 
     /// Sends a GET and reads its body to the end.
     async fn fetch(pool: &Http1Pool<Empty<Bytes>>, url: &Uri, addr: SocketAddr) -> Bytes {
-        let response = pool.request(url, get(addr)).await.unwrap();
+        let response = pool.request(url, get(addr), later()).await.unwrap();
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.unwrap().to_bytes()
     }
@@ -628,14 +676,20 @@ mod tests {
         let read = |r: Response<PooledBody<Full<Bytes>>>| async move {
             r.into_body().collect().await.unwrap().to_bytes()
         };
-        assert_eq!(read(pool.request(&url, post()).await.unwrap()).await, "ok");
+        assert_eq!(
+            read(pool.request(&url, post(), later()).await.unwrap()).await,
+            "ok"
+        );
         std::thread::sleep(Duration::from_millis(100));
-        match pool.request(&url, post()).await {
+        match pool.request(&url, post(), later()).await {
             Ok(r) => assert_eq!(read(r).await, "ok"),
             Err(PoolError::Http(_)) => {}
             Err(e) => panic!("{e:?}"),
         }
-        assert_eq!(read(pool.request(&url, post()).await.unwrap()).await, "ok");
+        assert_eq!(
+            read(pool.request(&url, post(), later()).await.unwrap()).await,
+            "ok"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -649,7 +703,11 @@ mod tests {
         let (addr, accepted) = upstream(Answer::Unfinished).await;
         let (pool, url) = pool(addr);
         for n in 1..=2 {
-            let mut body = pool.request(&url, get(addr)).await.unwrap().into_body();
+            let mut body = pool
+                .request(&url, get(addr), later())
+                .await
+                .unwrap()
+                .into_body();
             let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert_eq!(first, "ok");
             drop(body);
@@ -690,7 +748,7 @@ mod tests {
             l.local_addr().unwrap()
         };
         let (pool, url) = pool(addr);
-        match pool.request(&url, get(addr)).await {
+        match pool.request(&url, get(addr), later()).await {
             Err(PoolError::Connect(ConnectError::Connect(_))) => {}
             other => panic!("{other:?}"),
         }

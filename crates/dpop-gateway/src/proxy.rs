@@ -26,7 +26,7 @@ use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::RouteLabels;
-use crate::pool::{self, UpstreamClient};
+use crate::pool::{self, PoolError, UpstreamClient};
 use crate::stream::{self, ConnectionSlot};
 use crate::upstream::{self, SystemRoots, UpstreamConnector};
 
@@ -887,17 +887,14 @@ impl Proxy {
         let method = req.method().clone();
         let req = req.map(|inner| RequestBody { inner, settings });
         let sent = Instant::now();
-        // Boxed: the exchange's future (about 1 KB) would otherwise be copied into the
-        // time limit and then into this future, and this one into the request's.
-        let result = tokio::time::timeout(
-            self.settings.timeout,
-            Box::pin(upstream.client.request(&upstream.config.url, req)),
-        )
-        .await;
+        let at = tokio::time::Instant::from_std(sent) + self.settings.timeout;
+        // Boxed: the exchange's future (about 1 KB) would otherwise be part of this
+        // future, and this one of the request's.
+        let result = Box::pin(upstream.client.request(&upstream.config.url, req, at)).await;
         let elapsed = sent.elapsed();
         forwarded.upstream_elapsed = Some(elapsed);
         match result {
-            Ok(Ok(mut resp)) => {
+            Ok(mut resp) => {
                 self.metrics.upstream("ok");
                 let route = self.settings.routes.get(forwarded.target.route_id());
                 self.metrics.http().client(
@@ -918,16 +915,16 @@ impl Proxy {
                 }
                 resp.map(|b| b.map_err(Into::into).boxed())
             }
-            Ok(Err(e)) => {
-                self.metrics.upstream("error");
-                // The cause (connect, handshake, ALPN) goes to the log, never to the client.
-                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %dpop_core::failure::error_chain(&*e), "upstream request failed");
-                empty(StatusCode::BAD_GATEWAY)
-            }
-            Err(_) => {
+            Err(PoolError::Timeout) => {
                 self.metrics.upstream("timeout");
                 tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, "upstream did not answer in time");
                 empty(StatusCode::GATEWAY_TIMEOUT)
+            }
+            Err(e) => {
+                self.metrics.upstream("error");
+                // The cause (connect, handshake, ALPN) goes to the log, never to the client.
+                tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %dpop_core::failure::error_chain(&e), "upstream request failed");
+                empty(StatusCode::BAD_GATEWAY)
             }
         }
     }

@@ -29,6 +29,7 @@ use crate::accept::{Accepting, next_until, stopped};
 use crate::access_log::RequestLog;
 use crate::balance::{Balance, Handoff, Held};
 use crate::config::GatewayConfig;
+use crate::deadline::SharedDeadline;
 use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -511,11 +512,7 @@ fn serve_connection(
             });
         } else {
             // Plain HTTP/1.1 only: no version sniffing on this path.
-            let conn = shared
-                .protocols
-                .http1
-                .serve_connection(io, svc)
-                .with_upgrades();
+            let conn = shared.protocols.http1_connection(io, svc);
             tokio::spawn(async move {
                 let never = std::future::pending();
                 drive(conn, stop, |c| c.graceful_shutdown(), never).await;
@@ -558,11 +555,7 @@ fn serve_connection(
             let served = drive(conn, stop, |c| c.graceful_shutdown(), idle);
             first.bound(served, handshake_timeout, peer).await;
         } else {
-            let conn = shared
-                .protocols
-                .http1
-                .serve_connection(io, svc)
-                .with_upgrades();
+            let conn = shared.protocols.http1_connection(io, svc);
             let never = std::future::pending();
             drive(conn, stop, |c| c.graceful_shutdown(), never).await;
         }
@@ -615,6 +608,20 @@ impl Protocols {
         http1_settings!(auto.http1(), config);
         http2_settings!(auto.http2(), config);
         Self { http1, http2, auto }
+    }
+
+    /// An HTTP/1.1 connection (upgrades allowed) whose header read timeout runs on a
+    /// timer the connection keeps between requests (see [`SharedDeadline`]).
+    fn http1_connection<I, S>(&self, io: I, svc: S) -> http1::UpgradeableConnection<I, S>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming>,
+        S::ResBody: 'static,
+        <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut builder = self.http1.clone();
+        builder.timer(SharedDeadline::default());
+        builder.serve_connection(io, svc).with_upgrades()
     }
 }
 
@@ -739,6 +746,8 @@ fn request_service(
 + 'static {
     let Activity { first, idle } = activity;
     let requests = shared.requests.clone();
+    // The request time limit's timer, kept for the connection's next request.
+    let timer = SharedDeadline::default();
     service_fn(move |mut req: Request<Incoming>| {
         first.seen();
         let started = requests.start(req.method());
@@ -759,7 +768,8 @@ fn request_service(
             .metadata_response(&req)
             .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
         let service = now.service().clone();
-        let request_timeout = now.request_timeout();
+        let limit = Instant::now() + now.request_timeout();
+        let timer = timer.clone();
         // In flight from here until the response body is finished or dropped (a handler
         // dropped before it answers drops the guard too).
         let busy = idle.as_ref().map(Idle::busy);
@@ -769,10 +779,10 @@ fn request_service(
             let mut response = if let Some(response) = metadata {
                 response
             } else {
-                match tokio::time::timeout(request_timeout, service.oneshot(req)).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(never)) => match never {},
-                    Err(_) => empty(StatusCode::GATEWAY_TIMEOUT),
+                match timer.limit(limit, service.oneshot(req)).await {
+                    Some(Ok(r)) => r,
+                    Some(Err(never)) => match never {},
+                    None => empty(StatusCode::GATEWAY_TIMEOUT),
                 }
             };
             dpop_server::telemetry::record_status(&tracing::Span::current(), response.status());

@@ -361,3 +361,68 @@ async fn new_connections_go_to_the_serving_thread_with_the_fewest() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `GET path` on the client connection `sender` (kept alive between requests) with a
+/// fresh proof: the status and how long the answer took.
+async fn timed_get(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    gw: &Running,
+    caller: &Caller,
+    path: &str,
+) -> (u16, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut req = caller.request("GET", path, &gw.url(path));
+    req.headers_mut()
+        .insert(http::header::HOST, gw.addr.to_string().parse().unwrap());
+    sender.ready().await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status().as_u16();
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    (status, started.elapsed())
+}
+
+/// The request time limit runs on a timer that each client connection keeps for its
+/// next request. Every request on one kept-alive connection gets the whole limit: one
+/// that outlasts it is a 504 at the limit, and neither that nor a limit that passed
+/// while the connection sat idle cuts the next request short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_of_a_kept_alive_connection_gets_the_whole_request_limit() {
+    use std::time::Duration;
+
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let gw = Running::start(
+        &issuer,
+        &upstream.url(),
+        "[limits]\nrequest_timeout_secs = 1\n",
+    )
+    .await;
+    let caller = Caller::new(&issuer);
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+
+    let (status, _) = timed_get(&mut sender, &gw, &caller, "/v1/items").await;
+    assert_eq!(status, 200);
+    let (status, took) = timed_get(&mut sender, &gw, &caller, "/slow?ms=3000").await;
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+        "504 after {took:?}, not at the 1 s limit"
+    );
+    let (status, took) = timed_get(&mut sender, &gw, &caller, "/slow?ms=300").await;
+    assert_eq!(status, 200, "after {took:?}");
+    // Idle past that request's limit: the kept timer fires with nobody waiting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, took) = timed_get(&mut sender, &gw, &caller, "/slow?ms=300").await;
+    assert_eq!(status, 200, "after {took:?}");
+    let (status, took) = timed_get(&mut sender, &gw, &caller, "/slow?ms=3000").await;
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_millis(2500), "504 after {took:?}");
+    assert!(!conn.is_finished(), "one connection throughout");
+}

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::pool::{BodyError, Http1Pool, PoolError, plain_pool};
+use crate::pool::{BodyError, Http1Pool, PoolError, later, plain_pool};
 
 use crate::direct::{self, ExchangeError};
 use crate::h1::H1Error;
@@ -30,6 +30,8 @@ enum Step {
     AnswerThenCloseLater(&'static [u8]),
     /// Closes the connection without answering.
     Close,
+    /// Never answers, and keeps the connection open.
+    Silent,
 }
 
 /// An upstream on a loopback port that answers the `n`th request it reads (over all its
@@ -118,6 +120,7 @@ async fn serve(
                 let _ = socket.write_all(stray).await;
             }
             Step::Close => return,
+            Step::Silent => std::future::pending::<()>().await,
         }
     }
 }
@@ -145,7 +148,7 @@ async fn send(
     addr: SocketAddr,
 ) -> Result<(u16, Bytes, Option<http::HeaderMap>), String> {
     let response = pool
-        .request(url, request(method, addr))
+        .request(url, request(method, addr), later())
         .await
         .map_err(|e| format!("request: {e:?}"))?;
     let status = response.status().as_u16();
@@ -198,7 +201,10 @@ async fn interim_answers_are_skipped_and_an_unusual_reason_is_kept() {
     ])])
     .await;
     let (pool, url) = pool(up.addr);
-    let response = pool.request(&url, request("GET", up.addr)).await.unwrap();
+    let response = pool
+        .request(&url, request("GET", up.addr), later())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
     assert!(!response.headers().contains_key("link"));
     let reason = response
@@ -220,7 +226,10 @@ async fn a_head_answer_has_no_body_whatever_its_length_and_keeps_the_connection(
     .await;
     let (pool, url) = pool(up.addr);
     for _ in 0..2 {
-        let response = pool.request(&url, request("HEAD", up.addr)).await.unwrap();
+        let response = pool
+            .request(&url, request("HEAD", up.addr), later())
+            .await
+            .unwrap();
         assert_eq!(response.headers()["content-length"], "5");
         let body = response.into_body();
         assert!(hyper::body::Body::is_end_stream(&body));
@@ -279,7 +288,7 @@ async fn answers_whose_framing_is_ambiguous_are_errors() {
     ] {
         let up = upstream(vec![Step::Answer(vec![wire])]).await;
         let (pool, url) = pool(up.addr);
-        match pool.request(&url, request("GET", up.addr)).await {
+        match pool.request(&url, request("GET", up.addr), later()).await {
             Err(PoolError::Direct(ExchangeError::Response(e))) => assert_eq!(e, expected),
             other => panic!("{other:?}"),
         }
@@ -295,7 +304,10 @@ async fn a_body_cut_short_or_malformed_is_an_error_and_its_connection_is_dropped
     ] {
         let up = upstream(vec![Step::AnswerThenClose(wire), Step::Answer(vec![OK])]).await;
         let (pool, url) = pool(up.addr);
-        let response = pool.request(&url, request("GET", up.addr)).await.unwrap();
+        let response = pool
+            .request(&url, request("GET", up.addr), later())
+            .await
+            .unwrap();
         match response.into_body().collect().await {
             Err(BodyError::Direct(
                 ExchangeError::Truncated | ExchangeError::Response(H1Error::ChunkEnd),
@@ -361,7 +373,7 @@ async fn an_answer_cut_inside_its_head_is_truncated_not_unanswered() {
     ])
     .await;
     let (pool, url) = pool(up.addr);
-    match pool.request(&url, request("GET", up.addr)).await {
+    match pool.request(&url, request("GET", up.addr), later()).await {
         Err(PoolError::Direct(ExchangeError::Truncated)) => {}
         other => panic!("{other:?}"),
     }
@@ -377,7 +389,7 @@ async fn requests_with_a_body_or_an_upgrade_take_hypers_connection() {
         .body(Full::new(Bytes::from_static(b"payload")))
         .unwrap();
     assert!(!direct::eligible(&req));
-    let response = pool.request(&url, req).await.unwrap();
+    let response = pool.request(&url, req, later()).await.unwrap();
     assert_eq!(
         response.into_body().collect().await.unwrap().to_bytes(),
         "ok"
@@ -544,4 +556,50 @@ async fn the_oldest_idle_connection_is_closed_once_the_upstream_closed_it() {
     assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().1, "ok");
     assert_eq!(pool.direct_idle(), 1);
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+/// The upstream time limit runs on a timer the connection keeps: moved earlier than the
+/// previous request's limit, it still cuts a request that gets no answer at its own
+/// limit, which is neither sent again nor leaves its connection to be reused.
+#[tokio::test]
+async fn an_answer_later_than_the_limit_is_a_timeout_and_its_connection_is_closed() {
+    let up = upstream(vec![
+        Step::Answer(vec![OK]),
+        Step::Silent,
+        Step::Answer(vec![OK]),
+    ])
+    .await;
+    let (pool, url) = pool(up.addr);
+    assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().0, 200);
+    let started = tokio::time::Instant::now();
+    let limit = started + Duration::from_millis(100);
+    match pool.request(&url, request("GET", up.addr), limit).await {
+        Err(PoolError::Timeout) => {}
+        other => panic!("{other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(95) && took < Duration::from_secs(2),
+        "cut after {took:?}"
+    );
+    assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().0, 200);
+    assert_eq!(up.requests.load(Ordering::SeqCst), 3, "nothing sent twice");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+/// The kept timer fires while its connection is idle, past the previous limit; the next
+/// request on that connection gets its own full limit.
+#[tokio::test]
+async fn a_limit_that_passed_while_the_connection_was_idle_does_not_cut_the_next_request() {
+    let up = upstream(vec![Step::Answer(vec![OK])]).await;
+    let (pool, url) = pool(up.addr);
+    let limit = tokio::time::Instant::now() + Duration::from_millis(50);
+    let response = pool.request(&url, request("GET", up.addr), limit).await;
+    let body = response.unwrap().into_body().collect().await.unwrap();
+    assert_eq!(body.to_bytes(), "ok");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..2 {
+        assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().0, 200);
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
