@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Short smoke fuzz of every dpop-core fuzz target, on a stable toolchain.
+# Short smoke fuzz of every fuzz target (dpop-core's and the gateway's), on a stable toolchain.
 #
 #   fuzz/run-smoke.sh [SECONDS]        # default 10 seconds per target
 #
@@ -10,7 +10,7 @@
 #
 # Environment:
 #   FUZZ_SANITIZER  address (default) or none (faster, catches only panics and aborts)
-#   FUZZ_TARGETS    space-separated subset of targets (default: all six)
+#   FUZZ_TARGETS    space-separated subset of targets (default: all seven)
 set -euo pipefail
 
 seconds="${1:-10}"
@@ -19,7 +19,7 @@ if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets="${FUZZ_TARGETS:-verify_proof parse_jwk normalise_htu parse_challenge verify_jwt canonical_target}"
+targets="${FUZZ_TARGETS:-verify_proof parse_jwk normalise_htu parse_challenge verify_jwt canonical_target h1_response}"
 
 fuzz_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$fuzz_dir"

@@ -12,8 +12,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
+
+/// The instant `limit` from now: a limit too long to count (a configuration's "no limit"
+/// of `i64::MAX` seconds) is about thirty years, as with Tokio's own `timeout`, never a
+/// panic.
+pub(crate) fn after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(now)
+}
 
 /// A timer kept for the next time limit.
 #[derive(Default)]
@@ -97,8 +108,8 @@ impl SharedDeadline {
 /// in; this one lends out the connection's kept Tokio timer instead, which comes back
 /// when hyper drops the sleep.
 impl hyper::rt::Timer for SharedDeadline {
-    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(self.lend(Instant::now() + duration))
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.lend(after(duration)))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -152,8 +163,6 @@ impl Drop for Lent {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
@@ -161,6 +170,21 @@ mod tests {
     /// Whether `t` is `at`, give or take the timer wheel's millisecond.
     fn about(t: Instant, at: Instant) -> bool {
         t + MS >= at && t <= at + MS
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_too_long_to_count_is_decades_away_and_no_panic() {
+        let now = Instant::now();
+        for limit in [Duration::MAX, Duration::from_secs(i64::MAX.unsigned_abs())] {
+            let at = after(limit);
+            assert!(
+                at > now + Duration::from_secs(86_400 * 365 * 29),
+                "{limit:?}"
+            );
+            let mut deadline = Deadline::default();
+            assert_eq!(deadline.limit(at, async { 1 }).await, Some(1));
+        }
+        assert!(about(after(10 * MS), now + 10 * MS));
     }
 
     #[tokio::test(start_paused = true)]
@@ -241,6 +265,66 @@ mod tests {
         assert!(about(Instant::now(), again + 20 * MS));
         drop(first);
         assert!(timer.lock().0.is_some());
+    }
+
+    /// hyper's header read timeout on the lent timer, through a real HTTP/1.1 server
+    /// connection: a head that does not arrive whole in time closes the connection, the
+    /// first one or one after a request already answered on it.
+    #[tokio::test]
+    async fn hyper_closes_a_connection_whose_head_is_late_on_the_lent_timer() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(SharedDeadline::default())
+                    .header_read_timeout(Duration::from_millis(200));
+                let service = hyper::service::service_fn(|_req| async {
+                    let ok = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(ok))
+                });
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+                tokio::spawn(conn);
+            }
+        });
+        // How long until the server closes `socket`, reading what it sends meanwhile.
+        let closed_after = async |socket: &mut tokio::net::TcpStream| {
+            let started = std::time::Instant::now();
+            let mut buf = [0u8; 1024];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => return started.elapsed(),
+                    Ok(Ok(_)) => {}
+                    Err(_) => panic!("the connection stayed open"),
+                }
+            }
+        };
+        let partial = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first.write_all(partial).await.unwrap();
+        let took = closed_after(&mut first).await;
+        assert!(took < Duration::from_secs(2), "closed after {took:?}");
+
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"ok") {
+            let mut buf = [0u8; 1024];
+            let n = second.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed before answering: {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        second.write_all(partial).await.unwrap();
+        let took = closed_after(&mut second).await;
+        assert!(took < Duration::from_secs(2), "closed after {took:?}");
     }
 
     #[tokio::test(start_paused = true)]

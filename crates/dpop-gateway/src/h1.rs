@@ -524,3 +524,203 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), H1Error> {
 
 #[cfg(test)]
 mod tests;
+
+/// The fuzzing harness of the codec, reached through `dpop_gateway::internal::fuzzing`.
+pub(crate) mod fuzzing {
+    use bytes::BytesMut;
+    use http::{HeaderMap, Method, StatusCode};
+
+    use super::{Chunked, Decoded, Framing, H1Error, MAX_INTERIM, framing, keep_alive, parse_head};
+
+    /// What reading one response from a connection's bytes came to.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Read {
+        /// A whole response.
+        Response(Box<Whole>),
+        /// The bytes ended before the response did.
+        Truncated,
+        /// The codec refused the bytes.
+        Refused,
+    }
+
+    /// A response read whole: the final status, its fields, the body, the trailers,
+    /// whether the connection may be kept, and what was left after it.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Whole {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        trailers: Option<HeaderMap>,
+        keep_alive: bool,
+        rest: Vec<u8>,
+    }
+
+    /// Reads one response to `method` from `data` handed over `piece` bytes at a time,
+    /// as reads from a socket would: the head (interim responses skipped), its framing,
+    /// then the body, which for close-delimited framing is everything to the end.
+    fn read(method: &Method, data: &[u8], piece: usize) -> Read {
+        let mut pieces = data.chunks(piece);
+        let mut buf = BytesMut::new();
+        let mut more =
+            |buf: &mut BytesMut| pieces.next().map(|p| buf.extend_from_slice(p)).is_some();
+        let refused = |_: H1Error| Read::Refused;
+        let mut scanned = 0;
+        let mut interim = 0;
+        let head = loop {
+            match parse_head(&mut buf, &mut scanned) {
+                Err(e) => return refused(e),
+                Ok(Some(head)) if head.status.is_informational() => {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Read::Refused;
+                    }
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Read::Refused;
+                    }
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) if more(&mut buf) => {}
+                Ok(None) => return Read::Truncated,
+            }
+        };
+        let framing = match framing(method, &head) {
+            Ok(f) => f,
+            Err(e) => return refused(e),
+        };
+        let mut body = Vec::new();
+        let mut trailers = None;
+        match framing {
+            Framing::Empty => {}
+            Framing::Length(n) => {
+                while (body.len() as u64) < n {
+                    if buf.is_empty() && !more(&mut buf) {
+                        return Read::Truncated;
+                    }
+                    let want = usize::try_from(n - body.len() as u64).unwrap_or(usize::MAX);
+                    let take = want.min(buf.len());
+                    body.extend_from_slice(&buf.split_to(take));
+                }
+            }
+            Framing::Chunked => {
+                let mut chunked = Chunked::default();
+                loop {
+                    match chunked.decode(&mut buf) {
+                        Ok(Decoded::Data(d)) => body.extend_from_slice(&d),
+                        Ok(Decoded::Trailers(t)) => {
+                            trailers = Some(t);
+                            break;
+                        }
+                        Ok(Decoded::End) => break,
+                        Ok(Decoded::NeedMore) if more(&mut buf) => {}
+                        Ok(Decoded::NeedMore) => return Read::Truncated,
+                        Err(e) => return refused(e),
+                    }
+                }
+            }
+            Framing::Close => {
+                while more(&mut buf) {}
+                body.extend_from_slice(&buf.split());
+            }
+        }
+        while more(&mut buf) {}
+        Read::Response(Box::new(Whole {
+            keep_alive: keep_alive(&head, framing),
+            status: head.status,
+            headers: head.headers,
+            body,
+            trailers,
+            rest: buf.to_vec(),
+        }))
+    }
+
+    /// Reads `data[1..]` as an upstream's answer to a GET (or a HEAD, by the low bit of
+    /// `data[0]`), whole and in pieces of 1 to 16 bytes (the rest of `data[0]`). Neither
+    /// may panic; a response read one way must be read exactly so the other way; and
+    /// bytes refused one way must not be a response the other way. (Which error, or
+    /// whether refused or truncated, may differ: a piece can show a fault early.)
+    pub(crate) fn response(data: &[u8]) {
+        let _ = compare(data);
+    }
+
+    /// [`response`], returning what the whole read came to.
+    fn compare(data: &[u8]) -> Option<Read> {
+        let (&choice, data) = data.split_first()?;
+        let method = if choice & 1 == 0 {
+            Method::GET
+        } else {
+            Method::HEAD
+        };
+        let piece = usize::from(choice >> 1) % 16 + 1;
+        let whole = read(&method, data, data.len().max(1));
+        let split = read(&method, data, piece);
+        match (&whole, &split) {
+            (Read::Response(_), _) | (_, Read::Response(_)) => assert_eq!(
+                whole, split,
+                "whole and in pieces of {piece}, the same bytes read differently"
+            ),
+            _ => {}
+        }
+        Some(whole)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn seed(name: &str) -> Vec<u8> {
+            let dir = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../fuzz/corpus/h1_response/"
+            );
+            std::fs::read(format!("{dir}{name}")).unwrap()
+        }
+
+        /// The harness is not vacuous: well-formed seeds are read as responses (in every
+        /// piece size, both methods), the others as refused or truncated.
+        #[test]
+        fn the_seeds_read_as_their_names_say() {
+            let body_of = |name: &str, choice: u8| {
+                let mut data = seed(name);
+                data[0] = choice;
+                match compare(&data) {
+                    Some(Read::Response(whole)) => Ok((
+                        whole.body,
+                        whole.trailers.map(|t| t.len()),
+                        whole.keep_alive,
+                        whole.rest,
+                    )),
+                    Some(Read::Truncated) => Err("truncated"),
+                    Some(Read::Refused) => Err("refused"),
+                    None => Err("empty"),
+                }
+            };
+            for piece in 0..16u8 {
+                let get = piece << 1;
+                let (body, trailers, keep, rest) = body_of("chunked-with-trailers", get).unwrap();
+                assert_eq!(
+                    (&body[..], trailers, keep, rest.len()),
+                    (&b"hello world"[..], Some(1), true, 0)
+                );
+                let (body, _, keep, rest) = body_of("chunked-then-next-response", get).unwrap();
+                assert_eq!(
+                    (&body[..], keep, &rest[..]),
+                    (&b"ok"[..], true, &b"HTTP/1.1 204 No Content\r\n\r\n"[..])
+                );
+                let (body, _, keep, _) = body_of("close-delimited-http10", get).unwrap();
+                assert_eq!((&body[..], keep), (&b"until the end"[..], false));
+                let (body, _, _, _) = body_of("head-answer-with-length", get | 1).unwrap();
+                assert!(body.is_empty());
+                assert_eq!(body_of("truncated-body", get), Err("truncated"));
+                for refused in [
+                    "length-and-transfer-encoding",
+                    "differing-lengths",
+                    "gzip-chunked",
+                    "chunk-data-without-crlf",
+                    "unasked-switch",
+                ] {
+                    assert_eq!(body_of(refused, get), Err("refused"), "{refused}");
+                }
+            }
+        }
+    }
+}

@@ -67,3 +67,16 @@ pub use crate::metrics::Metrics;
 pub use crate::proxy::{Body, Proxy};
 pub use crate::server::Gateway;
 pub use crate::store::GatewayStore;
+
+/// Entry points for fuzzers and the seed-corpus test. Not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    /// Fuzzing harnesses: each takes arbitrary bytes and must never panic.
+    pub mod fuzzing {
+        /// Reads arbitrary bytes as an upstream's HTTP/1.1 response with the gateway's
+        /// own codec, whole and in small pieces, and checks that both read the same.
+        pub fn h1_response(data: &[u8]) {
+            crate::h1::fuzzing::response(data);
+        }
+    }
+}

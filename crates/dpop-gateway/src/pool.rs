@@ -145,7 +145,7 @@ pub(crate) enum PoolError {
     #[error(transparent)]
     Direct(ExchangeError),
     /// hyper-util's HTTP/2 client failed.
-    #[error("upstream connection: {0}")]
+    #[error(transparent)]
     Http2(hyper_util::client::legacy::Error),
     /// No response head before the upstream time limit.
     #[error("the upstream did not answer in time")]

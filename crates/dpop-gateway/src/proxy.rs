@@ -887,7 +887,7 @@ impl Proxy {
         let method = req.method().clone();
         let req = req.map(|inner| RequestBody { inner, settings });
         let sent = Instant::now();
-        let at = tokio::time::Instant::from_std(sent) + self.settings.timeout;
+        let at = crate::deadline::after(self.settings.timeout);
         // Boxed: the exchange's future (about 1 KB) would otherwise be part of this
         // future, and this one of the request's.
         let result = Box::pin(upstream.client.request(&upstream.config.url, req, at)).await;

@@ -29,7 +29,7 @@ use crate::accept::{Accepting, next_until, stopped};
 use crate::access_log::RequestLog;
 use crate::balance::{Balance, Handoff, Held};
 use crate::config::GatewayConfig;
-use crate::deadline::SharedDeadline;
+use crate::deadline::{self, SharedDeadline};
 use crate::enforce;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -768,7 +768,7 @@ fn request_service(
             .metadata_response(&req)
             .map(|r| r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
         let service = now.service().clone();
-        let limit = Instant::now() + now.request_timeout();
+        let limit = deadline::after(now.request_timeout());
         let timer = timer.clone();
         // In flight from here until the response body is finished or dropped (a handler
         // dropped before it answers drops the guard too).

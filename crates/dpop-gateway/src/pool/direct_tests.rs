@@ -571,17 +571,7 @@ async fn an_answer_later_than_the_limit_is_a_timeout_and_its_connection_is_close
     .await;
     let (pool, url) = pool(up.addr);
     assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().0, 200);
-    let started = tokio::time::Instant::now();
-    let limit = started + Duration::from_millis(100);
-    match pool.request(&url, request("GET", up.addr), limit).await {
-        Err(PoolError::Timeout) => {}
-        other => panic!("{other:?}"),
-    }
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(95) && took < Duration::from_secs(2),
-        "cut after {took:?}"
-    );
+    cut_at_100_ms(&pool, &url, request("GET", up.addr)).await;
     assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().0, 200);
     assert_eq!(up.requests.load(Ordering::SeqCst), 3, "nothing sent twice");
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
@@ -602,4 +592,40 @@ async fn a_limit_that_passed_while_the_connection_was_idle_does_not_cut_the_next
         assert_eq!(send(&pool, &url, "GET", up.addr).await.unwrap().0, 200);
     }
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+/// A request with a body goes through hyper's connection, under the same limit.
+#[tokio::test]
+async fn a_request_with_a_body_that_gets_no_answer_in_time_is_a_timeout() {
+    let up = upstream(vec![Step::Silent]).await;
+    let (pool, url) = plain_pool::<Full<Bytes>>(up.addr);
+    let post = Request::post("/r")
+        .header(http::header::HOST, up.addr.to_string())
+        .body(Full::new(Bytes::from_static(b"body")))
+        .unwrap();
+    cut_at_100_ms(&pool, &url, post).await;
+    assert_eq!(pool.direct_idle(), 0);
+}
+
+/// Sends `req` with a limit 100 ms away, which it must not meet: a timeout, at the limit.
+async fn cut_at_100_ms<B>(pool: &Http1Pool<B>, url: &Uri, req: Request<B>)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = tokio::time::Instant::now();
+    match pool
+        .request(url, req, started + Duration::from_millis(100))
+        .await
+    {
+        Err(PoolError::Timeout) => {}
+        Ok(response) => panic!("answered: {response:?}"),
+        Err(e) => panic!("{e:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(95) && took < Duration::from_secs(2),
+        "cut after {took:?}"
+    );
 }
