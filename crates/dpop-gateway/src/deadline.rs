@@ -26,6 +26,17 @@ pub(crate) fn after(limit: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// `kept` set to `at`, or a new timer for `at` when there is none.
+fn armed(kept: Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<Box<Sleep>> {
+    match kept {
+        Some(mut sleep) => {
+            sleep.as_mut().reset(at);
+            sleep
+        }
+        None => Box::pin(tokio::time::sleep_until(at)),
+    }
+}
+
 /// A timer kept for the next time limit.
 #[derive(Default)]
 pub(crate) struct Deadline(Option<Pin<Box<Sleep>>>);
@@ -46,13 +57,8 @@ impl Deadline {
     /// still counts. The timer is looked at outside Tokio's co-operative budget: a
     /// future that spends the task's budget cannot keep its own limit from being seen.
     pub(crate) async fn limit<F: Future>(&mut self, at: Instant, fut: F) -> Option<F::Output> {
-        let sleep = match &mut self.0 {
-            Some(sleep) => {
-                sleep.as_mut().reset(at);
-                sleep
-            }
-            empty @ None => empty.insert(Box::pin(tokio::time::sleep_until(at))),
-        };
+        let kept = self.0.take();
+        let sleep = self.0.insert(armed(kept, at));
         let mut fut = std::pin::pin!(fut);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
@@ -76,10 +82,7 @@ impl SharedDeadline {
     pub(crate) async fn limit<F: Future>(&self, at: Instant, fut: F) -> Option<F::Output> {
         let mut deadline = std::mem::take(&mut *self.lock());
         let out = deadline.limit(at, fut).await;
-        let mut kept = self.lock();
-        if kept.0.is_none() {
-            *kept = deadline;
-        }
+        self.give_back(deadline.0);
         out
     }
 
@@ -87,17 +90,19 @@ impl SharedDeadline {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Keeps `sleep` unless another timer came back first (it is dropped then).
+    fn give_back(&self, sleep: Option<Pin<Box<Sleep>>>) {
+        let mut kept = self.lock();
+        if kept.0.is_none() {
+            kept.0 = sleep;
+        }
+    }
+
     /// The kept timer set to `at`, or a new one while it is lent out.
     fn lend(&self, at: Instant) -> Lent {
-        let sleep = match self.lock().0.take() {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(at);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(at)),
-        };
+        let kept = self.lock().0.take();
         Lent {
-            sleep: Some(sleep),
+            sleep: Some(armed(kept, at)),
             home: self.clone(),
         }
     }
@@ -154,10 +159,7 @@ impl hyper::rt::Sleep for Lent {}
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let mut kept = self.home.lock();
-        if kept.0.is_none() {
-            kept.0 = self.sleep.take();
-        }
+        self.home.give_back(self.sleep.take());
     }
 }
 

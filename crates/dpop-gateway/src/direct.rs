@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
 
 use crate::deadline::Deadline;
-use crate::h1::{self, Chunked, Decoded, Framing, H1Error, Head};
+use crate::h1::{self, Chunked, Decoded, FinalHead, Framing, H1Error, Head};
 use crate::idle::IdleList;
 use crate::upstream::Stream;
 
@@ -191,24 +191,12 @@ impl Conn {
             // An idle connection does not keep the largest head it ever wrote.
             state.out = Vec::new();
         }
-        let mut interim = 0;
-        let mut scanned = 0;
+        let mut final_head = FinalHead::default();
         loop {
-            if let Some(head) = h1::parse_head(&mut state.buf, &mut scanned)? {
-                if !head.status.is_informational() {
-                    let framing = h1::framing(method, &head)?;
-                    return Ok((head, framing));
-                }
-                if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(H1Error::UnaskedSwitch.into());
-                }
-                interim += 1;
-                if interim > h1::MAX_INTERIM {
-                    return Err(H1Error::TooManyInterim.into());
-                }
-                continue;
+            if let Some(found) = final_head.read(&mut state.buf, method)? {
+                return Ok(found);
             }
-            let answered = interim > 0 || !state.buf.is_empty();
+            let answered = final_head.interim_seen() || !state.buf.is_empty();
             match std::future::poll_fn(|cx| state.poll_fill(cx)).await {
                 Ok(0) if answered => return Err(ExchangeError::Truncated),
                 Ok(0) => return Err(ExchangeError::NotAnswered(None)),

@@ -210,6 +210,51 @@ pub(crate) fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Opti
     }))
 }
 
+/// Reads the final (not 1xx) response head to a request from the front of a buffer
+/// that fills piece by piece, with its body's framing: informational answers are
+/// skipped (at most [`MAX_INTERIM`]), and a `101` nobody asked for is refused.
+#[derive(Debug, Default)]
+pub(crate) struct FinalHead {
+    /// See [`parse_head`].
+    scanned: usize,
+    /// Informational answers skipped so far.
+    interim: usize,
+}
+
+impl FinalHead {
+    /// The final head to a request of `method` and its framing, taken from `buf`;
+    /// `None` while it is incomplete (read more and call again).
+    ///
+    /// # Errors
+    /// As [`parse_head`] and [`framing`]; [`H1Error::UnaskedSwitch`] and
+    /// [`H1Error::TooManyInterim`].
+    pub(crate) fn read(
+        &mut self,
+        buf: &mut BytesMut,
+        method: &Method,
+    ) -> Result<Option<(Head, Framing)>, H1Error> {
+        while let Some(head) = parse_head(buf, &mut self.scanned)? {
+            if !head.status.is_informational() {
+                let framing = framing(method, &head)?;
+                return Ok(Some((head, framing)));
+            }
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(H1Error::UnaskedSwitch);
+            }
+            self.interim += 1;
+            if self.interim > MAX_INTERIM {
+                return Err(H1Error::TooManyInterim);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether an informational answer has been read: the upstream has answered.
+    pub(crate) fn interim_seen(&self) -> bool {
+        self.interim > 0
+    }
+}
+
 /// How a response's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -530,7 +575,7 @@ pub(crate) mod fuzzing {
     use bytes::BytesMut;
     use http::{HeaderMap, Method, StatusCode};
 
-    use super::{Chunked, Decoded, Framing, H1Error, MAX_INTERIM, framing, keep_alive, parse_head};
+    use super::{Chunked, Decoded, FinalHead, Framing, H1Error, keep_alive};
 
     /// What reading one response from a connection's bytes came to.
     #[derive(Debug, PartialEq, Eq)]
@@ -564,28 +609,14 @@ pub(crate) mod fuzzing {
         let mut more =
             |buf: &mut BytesMut| pieces.next().map(|p| buf.extend_from_slice(p)).is_some();
         let refused = |_: H1Error| Read::Refused;
-        let mut scanned = 0;
-        let mut interim = 0;
-        let head = loop {
-            match parse_head(&mut buf, &mut scanned) {
+        let mut final_head = FinalHead::default();
+        let (head, framing) = loop {
+            match final_head.read(&mut buf, method) {
                 Err(e) => return refused(e),
-                Ok(Some(head)) if head.status.is_informational() => {
-                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                        return Read::Refused;
-                    }
-                    interim += 1;
-                    if interim > MAX_INTERIM {
-                        return Read::Refused;
-                    }
-                }
-                Ok(Some(head)) => break head,
+                Ok(Some(found)) => break found,
                 Ok(None) if more(&mut buf) => {}
                 Ok(None) => return Read::Truncated,
             }
-        };
-        let framing = match framing(method, &head) {
-            Ok(f) => f,
-            Err(e) => return refused(e),
         };
         let mut body = Vec::new();
         let mut trailers = None;
