@@ -26,6 +26,8 @@ use crate::common::{
 mod reload;
 #[path = "gateway_targets.rs"]
 mod targets;
+#[path = "gateway_upstream.rs"]
+mod upstream;
 
 const ALGS: &str = r#"algs="ES256 ES384 EdDSA Ed25519 PS256 RS256""#;
 /// The external origin the replay and nonce tests give every instance.

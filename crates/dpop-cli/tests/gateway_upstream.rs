@@ -1,0 +1,293 @@
+//! A hostile upstream behind the real `dpop gateway`: answers whose framing is ambiguous,
+//! protocol switches nobody asked for, endless interim answers, bodies cut short and
+//! bytes sent past an answer. What the client sees is a 502 (or a response it can tell
+//! is incomplete), never another answer than its own, and the next request is served.
+//!
+//! The gateway runs one serving thread, so that every request goes through the same
+//! connection pool and a connection the upstream tainted would be the next one taken.
+
+use std::time::Duration;
+
+use dpop_test::{MockIssuer, RawRequest, RawResponse, RawUpstream, raw_exchange};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{Caller, Gw, Launch, config_file};
+
+/// What the upstream answers to `GET /case/N` (each on its own connection), and to any
+/// other path: `fine`.
+const CASES: [(&str, &[u8]); 6] = [
+    (
+        "Content-Length and Transfer-Encoding",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ),
+    (
+        "two different Content-Length values",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    ),
+    (
+        "a transfer coding before chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ),
+    (
+        "101 to a request that asked for no upgrade",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nframes",
+    ),
+    (
+        "a field name with a space",
+        b"HTTP/1.1 200 OK\r\nX Smuggle: 1\r\nContent-Length: 2\r\n\r\nok",
+    ),
+    (
+        "a head cut before its end",
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+    ),
+];
+
+/// Seventeen interim answers (one more than the gateway reads past) before the final one.
+fn too_many_interim() -> Vec<u8> {
+    let mut wire = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(17);
+    wire.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    wire
+}
+
+/// The path of the request line of `head`.
+fn path(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or_default()
+}
+
+/// What the upstream writes for a request to `target`, and whether it keeps the
+/// connection afterwards: `fine` for any path but `/case/…`, whose bytes are followed by
+/// the close.
+fn reply(target: &str) -> (Vec<u8>, bool) {
+    let wire = match target.strip_prefix("/case/") {
+        Some("interim") => too_many_interim(),
+        Some("truncated") => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| CASES.get(n))
+            .map_or_else(Vec::new, |(_, wire)| wire.to_vec()),
+        None => return (FINE.to_vec(), true),
+    };
+    (wire, false)
+}
+
+const FINE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine";
+
+/// Answers every request head on the connection as [`reply`] says, until a reply that
+/// closes, the client's close, or 10 s of silence.
+async fn answer(req: RawRequest) {
+    let RawRequest {
+        head,
+        body_start: mut buf,
+        mut stream,
+    } = req;
+    let mut target = path(&head).to_owned();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let (wire, keep) = reply(&target);
+        if stream.write_all(&wire).await.is_err() || !keep {
+            return;
+        }
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        };
+        let next: Vec<u8> = buf.drain(..end).collect();
+        target = path(&String::from_utf8_lossy(&next)).to_owned();
+    }
+}
+
+async fn start(issuer: &MockIssuer, upstream: &str) -> (Gw, crate::common::TempFile) {
+    let launch = Launch::bare();
+    let file = config_file(&launch, issuer, upstream, "[limits]\nworkers = 1\n");
+    let gw = launch.arg("--config").arg(file.path()).start().await;
+    (gw, file)
+}
+
+/// A gateway in front of the upstream that [`answer`]s, and a client of it.
+struct Scripted {
+    gw: Gw,
+    caller: Caller,
+    _file: crate::common::TempFile,
+    _upstream: RawUpstream,
+    _issuer: MockIssuer,
+}
+
+impl Scripted {
+    async fn start() -> Self {
+        let issuer = MockIssuer::start().await.unwrap();
+        let upstream = RawUpstream::start(answer).await.unwrap();
+        let (gw, file) = start(&issuer, &upstream.url()).await;
+        let caller = Caller::new(&issuer, "");
+        Self {
+            gw,
+            caller,
+            _file: file,
+            _upstream: upstream,
+            _issuer: issuer,
+        }
+    }
+}
+
+/// `GET target` with a fresh proof from `caller`, on a new client connection, read until
+/// the gateway closes it.
+async fn get(gw: &Gw, caller: &Caller, target: &str) -> RawResponse {
+    let proof = caller.proof("GET", &format!("{}{target}", gw.htu_base), None);
+    let authorization = caller.authorization();
+    raw_exchange(
+        gw.addr(),
+        b"GET",
+        target.as_bytes(),
+        &[("Authorization", &authorization), ("DPoP", &proof)],
+    )
+    .await
+}
+
+/// The body of a complete `Content-Length` response (`None` when the response is not
+/// one, or its body is not all there).
+fn whole_body(r: &RawResponse) -> Option<&str> {
+    let (_, body) = r.text.split_once("\r\n\r\n")?;
+    let length: usize = r.header("content-length")?.parse().ok()?;
+    (body.len() == length).then_some(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_an_upstream_frames_ambiguously_are_502_and_the_next_request_is_served() {
+    let scripted = Scripted::start().await;
+    let (gw, caller) = (&scripted.gw, &scripted.caller);
+
+    let cases = CASES
+        .iter()
+        .enumerate()
+        .map(|(n, (what, _))| (format!("/case/{n}"), *what))
+        .chain([("/case/interim".to_owned(), "seventeen interim answers")]);
+    for (target, what) in cases {
+        let r = get(gw, caller, &target).await;
+        assert_eq!(
+            r.status,
+            502,
+            "{what}: {:?}\n{}",
+            r.text,
+            gw.process.output()
+        );
+        assert_eq!(whole_body(&r), Some(""), "{what}: {:?}", r.text);
+        for leaked in ["smuggle", "upgrade", "websocket"] {
+            assert!(
+                !r.text.to_ascii_lowercase().contains(leaked),
+                "{what}: {leaked} reached the client: {:?}",
+                r.text
+            );
+        }
+        let next = get(gw, caller, "/after").await;
+        assert_eq!(
+            whole_body(&next),
+            Some("fine"),
+            "after {what}: {:?}",
+            next.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_upstream_cuts_short_never_looks_complete_to_the_client() {
+    let scripted = Scripted::start().await;
+    let (gw, caller) = (&scripted.gw, &scripted.caller);
+
+    let target = "/case/truncated";
+    let proof = caller.proof("GET", &format!("{}{target}", gw.htu_base), None);
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nDPoP: {proof}\r\nConnection: close\r\n\r\n",
+        gw.addr(),
+        caller.authorization()
+    );
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
+        .await
+        .expect("the gateway ends the connection");
+    let text = String::from_utf8_lossy(&out);
+    // The head may have gone out before the body was cut. Then the client is told 10
+    // bytes and gets fewer before the connection ends (a chunked answer would end
+    // without its last chunk), or the connection is reset: either way it can tell the
+    // answer from a whole one.
+    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+        let r = RawResponse {
+            status: 200,
+            text: format!("{head}\r\n\r\n{body}"),
+        };
+        assert!(head.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert_eq!(whole_body(&r), None, "{text:?}");
+        if r.header("transfer-encoding").is_some() {
+            assert!(
+                !body.ends_with("0\r\n\r\n"),
+                "a cut body ended as complete: {text:?}"
+            );
+        } else {
+            assert_eq!(r.header("content-length"), Some("10"), "{text:?}");
+        }
+    } else {
+        assert!(
+            ended.is_err() || !text.contains("abc"),
+            "{ended:?} {text:?}"
+        );
+    }
+    let next = get(gw, caller, "/after").await;
+    assert_eq!(whole_body(&next), Some("fine"), "{:?}", next.text);
+}
+
+/// An upstream that answers each request with `first`, and sends a second, unasked
+/// answer on the same connection, at once or `delay` later (after the gateway has put
+/// the connection back among its idle ones).
+async fn stray_upstream(delay: Duration) -> RawUpstream {
+    RawUpstream::start(move |mut req: RawRequest| async move {
+        let _ = req
+            .stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            .await;
+        let _ = req.stream.flush().await;
+        tokio::time::sleep(delay).await;
+        let _ = req
+            .stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+            .await;
+        let _ = req.stream.flush().await;
+        // Held open: the connection looks reusable.
+        let mut rest = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(10), req.stream.read(&mut rest)).await;
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_sends_past_its_answer_never_answer_another_client() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let caller = Caller::new(&issuer, "");
+    for delay in [Duration::ZERO, Duration::from_millis(100)] {
+        let upstream = stray_upstream(delay).await;
+        let (gw, _file) = start(&issuer, &upstream.url()).await;
+        for i in 0..5 {
+            let r = get(&gw, &caller, &format!("/n/{i}")).await;
+            assert_eq!(
+                whole_body(&r),
+                Some("first"),
+                "request {i}, stray answer {delay:?} later: {:?}\n{}",
+                r.text,
+                gw.process.output()
+            );
+            // Let a late stray answer arrive on the idle connection before the next request.
+            tokio::time::sleep(delay * 2).await;
+        }
+        assert_eq!(
+            upstream.connections(),
+            5,
+            "a connection with bytes past its answer was taken again ({delay:?})"
+        );
+    }
+}
