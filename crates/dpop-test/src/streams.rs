@@ -211,6 +211,30 @@ pub struct RawRequest {
     pub stream: TcpStream,
 }
 
+impl RawRequest {
+    /// The next request head on `stream`, after the bytes already read from it
+    /// (`buf`: what a previous request left past its head, say); `None` when the
+    /// connection ends first.
+    pub async fn read(mut stream: TcpStream, mut buf: Vec<u8>) -> Option<Self> {
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            }
+        };
+        let body_start = buf.split_off(end);
+        Some(Self {
+            head: String::from_utf8_lossy(&buf).into_owned(),
+            body_start,
+            stream,
+        })
+    }
+}
+
 /// A TCP server that reads one request head per connection and hands the connection to
 /// a test's handler, which writes whatever bytes it wants.
 #[derive(Debug)]
@@ -232,29 +256,13 @@ impl RawUpstream {
         let handler = Arc::new(handler);
         let connections = Arc::new(AtomicU64::new(0));
         let count = connections.clone();
-        let server = accept_loop(move |mut stream| {
+        let server = accept_loop(move |stream| {
             let handler = handler.clone();
             count.fetch_add(1, Ordering::SeqCst);
             async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                    }
-                };
-                let body_start = buf.split_off(end);
-                let head = String::from_utf8_lossy(&buf).into_owned();
-                handler(RawRequest {
-                    head,
-                    body_start,
-                    stream,
-                })
-                .await;
+                if let Some(req) = RawRequest::read(stream, Vec::new()).await {
+                    handler(req).await;
+                }
             }
         })
         .await?;
