@@ -277,3 +277,44 @@ async fn bytes_an_upstream_sends_past_its_answer_never_answer_another_client() {
         );
     }
 }
+
+/// An upstream that closes a connection while it is idle (its `FIN` after the answer):
+/// the gateway closes its side within a couple of seconds, with no request to that
+/// upstream to notice, so nothing stays in `CLOSE_WAIT`; and the next request is served
+/// on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closes_while_idle_is_closed_by_the_gateway() {
+    let (seen, mut closes) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = RawUpstream::start(move |mut req: RawRequest| {
+        let seen = seen.clone();
+        async move {
+            if req.stream.write_all(FINE).await.is_err() {
+                return;
+            }
+            let _ = req.stream.shutdown().await;
+            // Ends with 0 only once the gateway has closed its side.
+            let waited = tokio::time::Instant::now();
+            let mut rest = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(6), req.stream.read(&mut rest))
+                .await
+                .map(|r| r.map_err(|e| e.kind()));
+            let _ = seen.send((read, waited.elapsed()));
+        }
+    })
+    .await
+    .unwrap();
+    let issuer = MockIssuer::start().await.unwrap();
+    let (gw, _file) = start(&issuer, &upstream.url()).await;
+    let caller = Caller::new(&issuer, "");
+    let first = get(&gw, &caller, "/one").await;
+    assert_eq!(whole_body(&first), Some("fine"), "{:?}", first.text);
+    let (read, after) = closes.recv().await.unwrap();
+    assert!(
+        matches!(read, Ok(Ok(0))) && after < Duration::from_secs(4),
+        "the gateway kept the connection the upstream closed: {read:?} after {after:?}\n{}",
+        gw.process.output()
+    );
+    let second = get(&gw, &caller, "/two").await;
+    assert_eq!(whole_body(&second), Some("fine"), "{:?}", second.text);
+    assert_eq!(upstream.connections(), 2);
+}

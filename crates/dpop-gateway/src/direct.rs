@@ -8,8 +8,9 @@
 //! no task per connection and nothing crosses a channel. Requests with a body and
 //! WebSocket handshakes go through hyper's client connection as before.
 //!
-//! An idle connection has no task watching it, so the upstream closing it is seen when
-//! the connection is next taken: the socket is readable then ([`Conn::still_open`]). A
+//! An idle connection has no task of its own watching it: the upstream closing it is seen
+//! when the connection is next taken, or by the pool's sweep ([`crate::idle`]) within a
+//! second, whichever comes first: the socket is readable then ([`Conn::still_open`]). A
 //! request written on a connection the upstream closed meanwhile, and answered with
 //! nothing at all, is sent again on a new connection when its method is idempotent
 //! (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does; otherwise it fails
@@ -289,6 +290,7 @@ impl Body {
             && let Some(idle) = home.idle.upgrade()
         {
             idle.checkin(home.authority, conn, Conn::still_open);
+            idle.keep_swept(Conn::still_open);
         }
     }
 

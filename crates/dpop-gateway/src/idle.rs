@@ -5,8 +5,16 @@
 //! with a body, WebSocket handshakes) and the gateway's own ([`crate::direct`]). What
 //! differs is only how a connection tells that it may still carry a request, which the
 //! caller passes in.
+//!
+//! While a list holds connections, a task on the runtime that owns them looks at every
+//! one each [`SWEEP_EVERY`] ([`IdleList::keep_swept`]): one the upstream has closed, or one
+//! idle for [`IDLE_TIMEOUT`], is closed then, as nginx closes a cached upstream connection
+//! when its read event or its `keepalive_timeout` fires. Without it such a connection would
+//! stay open (in `CLOSE_WAIT` once the upstream closed it) until the next request to that
+//! authority, for good if none came.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -17,6 +25,8 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const MAX_IDLE: usize = 256;
 /// The oldest idle connections looked at, at most, each time one is put back.
 const SWEEP: usize = 2;
+/// How often every idle connection is looked at while there are any.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether two authorities are the same: byte for byte first (the lists are keyed by the
 /// very authority the upstream's URL carries, so this is the usual answer), else as
@@ -29,6 +39,9 @@ pub(crate) fn same_authority(a: &Authority, b: &Authority) -> bool {
 /// by the serving thread that owns the pool, so the lock is uncontended.
 pub(crate) struct IdleList<C> {
     lists: Mutex<Vec<(Authority, Vec<Parked<C>>)>>,
+    /// Whether a sweeping task runs for this list; cleared, under the lock, by that task
+    /// when it has found the list empty and stops.
+    sweeping: AtomicBool,
 }
 
 /// An idle connection and when it became idle.
@@ -38,6 +51,7 @@ impl<C> Default for IdleList<C> {
     fn default() -> Self {
         Self {
             lists: Mutex::new(Vec::new()),
+            sweeping: AtomicBool::new(false),
         }
     }
 }
@@ -123,6 +137,56 @@ impl<C> IdleList<C> {
             list.push((conn, now));
         }
     }
+
+    /// Drops (closes) every connection idle for [`IDLE_TIMEOUT`] or refused by `usable`,
+    /// and forgets authorities left without any. Returns whether any are left; when none
+    /// are, the list is marked as not swept (under the lock, so a connection put back
+    /// after this look starts a new sweeper).
+    fn sweep_at(&self, now: Instant, mut usable: impl FnMut(&mut C) -> bool) -> bool {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, list) in lists.iter_mut() {
+            list.retain_mut(|(conn, since)| {
+                now.duration_since(*since) < IDLE_TIMEOUT && usable(conn)
+            });
+        }
+        lists.retain(|(_, list)| !list.is_empty());
+        let any = !lists.is_empty();
+        if !any {
+            self.sweeping.store(false, Ordering::Release);
+        }
+        any
+    }
+}
+
+impl<C: Send + 'static> IdleList<C> {
+    /// Makes sure a task on the current runtime sweeps this list ([`SWEEP_EVERY`]) while
+    /// it holds connections: call it after a check-in, on the runtime the connections
+    /// belong to (their sockets are registered with its reactor). The task holds the list
+    /// weakly, so a pool dropped by a configuration reload ends it; it also ends when the
+    /// list is empty, and the next check-in starts another. Off a runtime nothing starts,
+    /// and connections are looked at when one is checked in or out, as before.
+    pub(crate) fn keep_swept(self: &Arc<Self>, usable: fn(&mut C) -> bool) {
+        // Read first: once a sweeper runs (the usual case) a check-in writes nothing here.
+        if self.sweeping.load(Ordering::Acquire) || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let list = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(list) = list.upgrade() else {
+                    return;
+                };
+                if !list.sweep_at(Instant::now(), usable) {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +266,58 @@ mod tests {
             left.push(c.0);
         }
         assert_eq!(left, [6, 5, 4]);
+    }
+
+    #[test]
+    fn a_sweep_drops_the_expired_and_every_unusable_and_says_whether_any_are_left() {
+        let idle = IdleList::default();
+        let start = Instant::now();
+        idle.checkin_at(a("up:1"), (0, true), start, usable);
+        for n in 1..5 {
+            idle.checkin_at(a("up:1"), (n, n % 2 == 0), start + IDLE_TIMEOUT / 2, usable);
+        }
+        idle.checkin_at(a("up:2"), (5, false), start + IDLE_TIMEOUT / 2, usable);
+        idle.sweeping.store(true, Ordering::Release);
+        assert!(idle.sweep_at(start + IDLE_TIMEOUT, usable));
+        assert!(idle.sweeping.load(Ordering::Acquire), "still swept");
+        // 0 expired; 1 and 3 refused; every one of up:2 refused, and up:2 forgotten.
+        assert_eq!(idle.len(), 2);
+        assert_eq!(idle.lists.lock().unwrap().len(), 1);
+        assert_eq!(
+            idle.checkout_at(&a("up:1"), start, |_| true),
+            Some((4, true))
+        );
+        assert_eq!(
+            idle.checkout_at(&a("up:1"), start, |_| true),
+            Some((2, true))
+        );
+        assert!(!idle.sweep_at(start + IDLE_TIMEOUT, usable));
+        assert!(
+            !idle.sweeping.load(Ordering::Acquire),
+            "a new check-in starts a sweeper"
+        );
+    }
+
+    /// The sweeping task closes what the upstream closed without a request to look, stops
+    /// once the list is empty, and the next check-in starts it again.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_runs_while_there_are_connections_and_restarts_after() {
+        let idle = Arc::new(IdleList::default());
+        idle.checkin(a("up:1"), (1, true), usable);
+        idle.checkin(a("up:1"), (2, false), usable);
+        idle.keep_swept(usable);
+        idle.keep_swept(usable);
+        assert!(idle.sweeping.load(Ordering::Acquire));
+        tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
+        assert_eq!(idle.len(), 1, "the unusable one went without a checkout");
+        assert!(idle.sweeping.load(Ordering::Acquire));
+        assert_eq!(idle.checkout(&a("up:1"), usable), Some((1, true)));
+        tokio::time::sleep(SWEEP_EVERY).await;
+        assert!(!idle.sweeping.load(Ordering::Acquire), "stopped when empty");
+        idle.checkin(a("up:1"), (3, false), usable);
+        idle.keep_swept(usable);
+        tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
+        assert_eq!(idle.len(), 0);
     }
 
     #[test]

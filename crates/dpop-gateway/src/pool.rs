@@ -124,7 +124,7 @@ impl<B> Clone for Http1Pool<B> {
 struct Inner<B> {
     connector: UpstreamConnector,
     /// Idle hyper connections (requests with a body, WebSocket handshakes).
-    idle: IdleList<SendRequest<B>>,
+    idle: Arc<IdleList<SendRequest<B>>>,
     /// Idle connections of requests without a body ([`crate::direct`]).
     direct: Arc<direct::Idle>,
 }
@@ -171,7 +171,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 connector,
-                idle: IdleList::default(),
+                idle: Arc::default(),
                 direct: Arc::default(),
             }),
         }
@@ -339,6 +339,7 @@ impl<B: Send + 'static> Checkin<B> {
         } = self;
         if sender.is_ready() {
             pool.idle.checkin(authority, sender, usable);
+            pool.idle.keep_swept(usable::<B>);
         } else if !sender.is_closed()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -347,6 +348,7 @@ impl<B: Send + 'static> Checkin<B> {
             runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
                     pool.idle.checkin(authority, sender, usable);
+                    pool.idle.keep_swept(usable::<B>);
                 }
             });
         }
@@ -581,6 +583,20 @@ mod tests {
         (addr, accepted)
     }
 
+    /// Accepts one connection, reads one request head from it and answers `200 ok`; the
+    /// connection and the head.
+    async fn answer_one(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, String) {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        socket.write_all(OK).await.unwrap();
+        (socket, String::from_utf8(head).unwrap())
+    }
+
     fn pool(addr: SocketAddr) -> (Http1Pool<Empty<Bytes>>, Uri) {
         plain_pool(addr)
     }
@@ -693,6 +709,30 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// An upstream that closes a connection while it is idle: the pool closes its side
+    /// within a sweep, with no request to that upstream to notice (nothing is left in
+    /// `CLOSE_WAIT`), and forgets the connection.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_the_upstream_closes_while_idle_is_closed_without_a_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = answer_one(&listener).await;
+            // The upstream's close of an idle connection (its FIN), then a wait for the
+            // pool's: the read ends (0) only once the pool has closed its side.
+            socket.shutdown().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = closed_tx.send(socket.read(&mut buf).await.map_err(|e| e.kind()));
+        });
+        let (pool, url) = pool(addr);
+        assert_eq!(fetch(&pool, &url, addr).await, "ok");
+        assert_eq!(pool.direct_idle(), 1);
+        let seen = tokio::time::timeout(crate::idle::SWEEP_EVERY * 3, closed).await;
+        assert!(matches!(seen, Ok(Ok(Ok(0)))), "{seen:?}");
+        assert_eq!(pool.direct_idle(), 0);
+    }
+
     #[tokio::test]
     async fn a_response_that_says_close_is_not_reused() {
         assert_eq!(connections_for(Answer::SayClose, 3).await, 3);
@@ -719,17 +759,7 @@ mod tests {
     async fn the_request_goes_in_origin_form_with_its_query() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                head.extend_from_slice(&buf[..n]);
-            }
-            socket.write_all(OK).await.unwrap();
-            String::from_utf8(head).unwrap()
-        });
+        let seen = tokio::spawn(async move { answer_one(&listener).await.1 });
         let (pool, url) = pool(addr);
         assert_eq!(fetch(&pool, &url, addr).await, "ok");
         let head = seen.await.unwrap();
