@@ -14,7 +14,7 @@
 //! authority, for good if none came.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -141,20 +141,30 @@ impl<C> IdleList<C> {
     /// Drops (closes) every connection idle for [`IDLE_TIMEOUT`] or refused by `usable`,
     /// and forgets authorities left without any. Returns whether any are left; when none
     /// are, the list is marked as not swept (under the lock, so a connection put back
-    /// after this look starts a new sweeper).
+    /// after this look starts a new sweeper). The connections are closed after the lock
+    /// is released.
     fn sweep_at(&self, now: Instant, mut usable: impl FnMut(&mut C) -> bool) -> bool {
+        let mut closing = Vec::new();
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in lists.iter_mut() {
-            list.retain_mut(|(conn, since)| {
-                now.duration_since(*since) < IDLE_TIMEOUT && usable(conn)
-            });
+            closing.extend(list.extract_if(.., |(conn, since)| {
+                now.duration_since(*since) >= IDLE_TIMEOUT || !usable(conn)
+            }));
         }
         lists.retain(|(_, list)| !list.is_empty());
         let any = !lists.is_empty();
         if !any {
             self.sweeping.store(false, Ordering::Release);
         }
+        drop(lists);
+        drop(closing);
         any
+    }
+
+    /// Marks the list as not swept, under its lock.
+    fn unmark(&self) {
+        let _lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        self.sweeping.store(false, Ordering::Release);
     }
 }
 
@@ -163,29 +173,61 @@ impl<C: Send + 'static> IdleList<C> {
     /// it holds connections: call it after a check-in, on the runtime the connections
     /// belong to (their sockets are registered with its reactor). The task holds the list
     /// weakly, so a pool dropped by a configuration reload ends it; it also ends when the
-    /// list is empty, and the next check-in starts another. Off a runtime nothing starts,
-    /// and connections are looked at when one is checked in or out, as before.
+    /// list is empty, and the next check-in starts another. A task dropped before it ends
+    /// (its runtime shut down) unmarks the list, so the next check-in starts one on its
+    /// own runtime. Off a runtime nothing starts, and connections are looked at when one is
+    /// checked in or out, as before.
     pub(crate) fn keep_swept(self: &Arc<Self>, usable: fn(&mut C) -> bool) {
         // Read first: once a sweeper runs (the usual case) a check-in writes nothing here.
         if self.sweeping.load(Ordering::Acquire) || self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.sweeping.store(false, Ordering::Release);
+            self.unmark();
             return;
         };
-        let list = Arc::downgrade(self);
+        let mut sweeper = Sweeper {
+            list: Arc::downgrade(self),
+            running: true,
+        };
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
-                let Some(list) = list.upgrade() else {
+                let Some(list) = sweeper.list.upgrade() else {
                     return;
                 };
                 if !list.sweep_at(Instant::now(), usable) {
+                    sweeper.ended();
                     return;
                 }
             }
         });
+    }
+}
+
+/// The sweeping task's hold on its list: unmarks the list if the task is dropped before
+/// it has ended by itself.
+struct Sweeper<C> {
+    list: Weak<IdleList<C>>,
+    /// Whether the list still counts on this task.
+    running: bool,
+}
+
+impl<C> Sweeper<C> {
+    /// The task ends by itself: the sweep that found the list empty unmarked it, under its
+    /// lock (a check-in since may have started another task).
+    fn ended(&mut self) {
+        self.running = false;
+    }
+}
+
+impl<C> Drop for Sweeper<C> {
+    fn drop(&mut self) {
+        if self.running
+            && let Some(list) = self.list.upgrade()
+        {
+            list.unmark();
+        }
     }
 }
 
@@ -318,6 +360,36 @@ mod tests {
         idle.keep_swept(usable);
         tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
         assert_eq!(idle.len(), 0);
+    }
+
+    fn timed_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// A sweeper whose runtime shuts down before it ends unmarks its list: a check-in on
+    /// another runtime then starts one there.
+    #[test]
+    fn a_sweeper_dropped_with_its_runtime_lets_the_next_check_in_start_another() {
+        let idle = Arc::new(IdleList::default());
+        let first = timed_runtime();
+        first.block_on(async {
+            idle.checkin(a("up:1"), (1, true), usable);
+            idle.keep_swept(usable);
+        });
+        assert!(idle.sweeping.load(Ordering::Acquire));
+        drop(first);
+        assert!(!idle.sweeping.load(Ordering::Acquire));
+        let second = timed_runtime();
+        second.block_on(async {
+            idle.checkin(a("up:1"), (2, false), usable);
+            idle.keep_swept(usable);
+            assert!(idle.sweeping.load(Ordering::Acquire));
+            tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(50)).await;
+        });
+        assert_eq!(idle.len(), 1, "swept on the second runtime");
     }
 
     #[test]

@@ -728,7 +728,8 @@ mod tests {
         let (pool, url) = pool(addr);
         assert_eq!(fetch(&pool, &url, addr).await, "ok");
         assert_eq!(pool.direct_idle(), 1);
-        let seen = tokio::time::timeout(crate::idle::SWEEP_EVERY * 3, closed).await;
+        // About one sweep; the bound leaves room for a loaded machine.
+        let seen = tokio::time::timeout(Duration::from_secs(10), closed).await;
         assert!(matches!(seen, Ok(Ok(Ok(0)))), "{seen:?}");
         assert_eq!(pool.direct_idle(), 0);
     }
