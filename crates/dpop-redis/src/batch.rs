@@ -143,6 +143,23 @@ pub(crate) fn expire(batch: &mut Vec<Pending>, now: Instant) -> Option<Instant> 
     batch.iter().map(|p| p.deadline).min()
 }
 
+/// The one insert every topology sends: `SET key 1 NX PX ttl_ms`, atomic on its own
+/// (record the key unless it is there, with its expiry). Its buffers are sized up front:
+/// one allocation each instead of one per argument that outgrows them.
+pub(crate) fn set_if_absent(key: &str, ttl_ms: u64) -> Cmd {
+    /// "SET", "1", "NX", "PX" and the longest `u64`.
+    const FIXED: usize = 3 + 1 + 2 + 2 + 20;
+    let mut cmd = Cmd::with_capacity(6, FIXED + key.len());
+    cmd.arg("SET")
+        .arg(key)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms);
+    cmd
+}
+
+/// What `SET … NX` answered: recorded, or there already.
 pub(crate) fn insert_reply(value: &Value) -> Result<Insert, ReplayStoreError> {
     match value {
         Value::Okay => Ok(Insert::Inserted),
@@ -203,14 +220,9 @@ pub(crate) async fn run_batches(
         if expire(&mut batch, Instant::now()).is_none() {
             continue;
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipeline::with_capacity(batch.len() + usize::from(wait.is_some()));
         for p in &batch {
-            pipe.cmd("SET")
-                .arg(&p.key)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(p.ttl_ms);
+            pipe.add_command(set_if_absent(&p.key, p.ttl_ms));
         }
         if let Some(wait) = &wait {
             wait.push(&mut pipe);
@@ -303,4 +315,24 @@ fn fail_all(waiting: &mut Vec<Waiting>, error: &ReplayStoreError) {
 
 pub(crate) fn batcher_stopped() -> ReplayStoreError {
     ReplayStoreError::Unavailable("the Redis batcher stopped".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_insert_is_set_nx_px_on_the_wire() {
+        let cmd = set_if_absent("dpop:jti:ab", 60_000);
+        assert_eq!(
+            cmd.get_packed_command(),
+            b"*6\r\n$3\r\nSET\r\n$11\r\ndpop:jti:ab\r\n$1\r\n1\r\n$2\r\nNX\r\n$2\r\nPX\r\n$5\r\n60000\r\n"
+        );
+        let longest = set_if_absent("k", u64::MAX);
+        assert!(
+            longest
+                .get_packed_command()
+                .ends_with(b"$20\r\n18446744073709551615\r\n")
+        );
+    }
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::batch::{
     Pending, Primary, QUEUE_DEPTH, Wait, batcher_stopped, insert_reply, replicated_or_refused,
-    run_batches,
+    run_batches, set_if_absent,
 };
 use crate::config::{RedisStoreConfig, Topology, redact_url};
 use crate::error::{RedisStoreError, describe, store_error};
@@ -422,12 +422,7 @@ impl AsyncReplayStore for RedisReplayStore {
                 batch
             }
             Backend::Cluster { wait: None, .. } => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(self.redis_key(key))
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms(expires_at, now));
+                let cmd = set_if_absent(&self.redis_key(key), ttl_ms(expires_at, now));
                 return insert_reply(&self.run(cmd).await?);
             }
             Backend::Cluster {
@@ -437,12 +432,7 @@ impl AsyncReplayStore for RedisReplayStore {
                 // One pipeline: the cluster client sends it to the node of the key's slot
                 // (WAIT names no key), so WAIT counts that primary's replicas.
                 let mut pipe = redis::pipe();
-                pipe.cmd("SET")
-                    .arg(self.redis_key(key))
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms(expires_at, now));
+                pipe.add_command(set_if_absent(&self.redis_key(key), ttl_ms(expires_at, now)));
                 wait.push(&mut pipe);
                 let mut connection = connection.clone();
                 let replies = tokio::time::timeout(
