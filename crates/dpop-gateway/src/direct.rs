@@ -290,7 +290,6 @@ impl Body {
             && let Some(idle) = home.idle.upgrade()
         {
             idle.checkin(home.authority, conn, Conn::still_open);
-            idle.keep_swept(Conn::still_open);
         }
     }
 

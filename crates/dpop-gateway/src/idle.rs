@@ -7,7 +7,7 @@
 //! caller passes in.
 //!
 //! While a list holds connections, a task on the runtime that owns them looks at every
-//! one each [`SWEEP_EVERY`] ([`IdleList::keep_swept`]): one the upstream has closed, or one
+//! one each [`SWEEP_EVERY`] (started by [`IdleList::checkin`]): one the upstream has closed, or one
 //! idle for [`IDLE_TIMEOUT`], is closed then, as nginx closes a cached upstream connection
 //! when its read event or its `keepalive_timeout` fires. Without it such a connection would
 //! stay open (in `CLOSE_WAIT` once the upstream closed it) until the next request to that
@@ -94,20 +94,6 @@ impl<C> IdleList<C> {
         None
     }
 
-    /// Keeps `conn` for the next request to `authority`, unless [`MAX_IDLE`] are kept
-    /// already (it is dropped then). The oldest connections of that authority are
-    /// looked at on the way: those past [`IDLE_TIMEOUT`], and (at most [`SWEEP`] of
-    /// them) those `usable` refuses, are dropped, so that connections left at the bottom
-    /// of a list after a burst do not stay open until they would be taken.
-    pub(crate) fn checkin(
-        &self,
-        authority: Authority,
-        conn: C,
-        usable: impl FnMut(&mut C) -> bool,
-    ) {
-        self.checkin_at(authority, conn, Instant::now(), usable);
-    }
-
     fn checkin_at(
         &self,
         authority: Authority,
@@ -169,15 +155,32 @@ impl<C> IdleList<C> {
 }
 
 impl<C: Send + 'static> IdleList<C> {
+    /// Keeps `conn` for the next request to `authority`, unless [`MAX_IDLE`] are kept
+    /// already (it is dropped then). The oldest connections of that authority are
+    /// looked at on the way: those past [`IDLE_TIMEOUT`], and (at most [`SWEEP`] of
+    /// them) those `usable` refuses, are dropped, so that connections left at the bottom
+    /// of a list after a burst do not stay open until they would be taken. Then the list
+    /// is kept swept ([`IdleList::keep_swept`]) with the same `usable`: call it on the
+    /// runtime the connection belongs to.
+    pub(crate) fn checkin(
+        self: &Arc<Self>,
+        authority: Authority,
+        conn: C,
+        usable: fn(&mut C) -> bool,
+    ) {
+        self.checkin_at(authority, conn, Instant::now(), usable);
+        self.keep_swept(usable);
+    }
+
     /// Makes sure a task on the current runtime sweeps this list ([`SWEEP_EVERY`]) while
-    /// it holds connections: call it after a check-in, on the runtime the connections
+    /// it holds connections: called after each check-in, on the runtime the connections
     /// belong to (their sockets are registered with its reactor). The task holds the list
     /// weakly, so a pool dropped by a configuration reload ends it; it also ends when the
     /// list is empty, and the next check-in starts another. A task dropped before it ends
     /// (its runtime shut down) unmarks the list, so the next check-in starts one on its
     /// own runtime. Off a runtime nothing starts, and connections are looked at when one is
     /// checked in or out, as before.
-    pub(crate) fn keep_swept(self: &Arc<Self>, usable: fn(&mut C) -> bool) {
+    fn keep_swept(self: &Arc<Self>, usable: fn(&mut C) -> bool) {
         // Read first: once a sweeper runs (the usual case) a check-in writes nothing here.
         if self.sweeping.load(Ordering::Acquire) || self.sweeping.swap(true, Ordering::AcqRel) {
             return;
@@ -257,7 +260,7 @@ mod tests {
 
     #[test]
     fn the_most_recently_used_connection_of_the_same_authority_is_taken() {
-        let idle = IdleList::default();
+        let idle = Arc::new(IdleList::default());
         idle.checkin(a("up:1"), (1, true), usable);
         idle.checkin(a("up:2"), (2, true), usable);
         idle.checkin(a("UP:1"), (3, true), usable);
@@ -347,8 +350,6 @@ mod tests {
         let idle = Arc::new(IdleList::default());
         idle.checkin(a("up:1"), (1, true), usable);
         idle.checkin(a("up:1"), (2, false), usable);
-        idle.keep_swept(usable);
-        idle.keep_swept(usable);
         assert!(idle.sweeping.load(Ordering::Acquire));
         tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
         assert_eq!(idle.len(), 1, "the unusable one went without a checkout");
@@ -357,7 +358,6 @@ mod tests {
         tokio::time::sleep(SWEEP_EVERY).await;
         assert!(!idle.sweeping.load(Ordering::Acquire), "stopped when empty");
         idle.checkin(a("up:1"), (3, false), usable);
-        idle.keep_swept(usable);
         tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
         assert_eq!(idle.len(), 0);
     }
@@ -377,7 +377,6 @@ mod tests {
         let first = timed_runtime();
         first.block_on(async {
             idle.checkin(a("up:1"), (1, true), usable);
-            idle.keep_swept(usable);
         });
         assert!(idle.sweeping.load(Ordering::Acquire));
         drop(first);
@@ -385,7 +384,6 @@ mod tests {
         let second = timed_runtime();
         second.block_on(async {
             idle.checkin(a("up:1"), (2, false), usable);
-            idle.keep_swept(usable);
             assert!(idle.sweeping.load(Ordering::Acquire));
             tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(50)).await;
         });
@@ -394,7 +392,7 @@ mod tests {
 
     #[test]
     fn no_more_than_max_idle_are_kept_per_authority() {
-        let idle = IdleList::default();
+        let idle = Arc::new(IdleList::default());
         for n in 0..=u32::try_from(MAX_IDLE).unwrap() {
             idle.checkin(a("up:1"), (n, true), usable);
         }

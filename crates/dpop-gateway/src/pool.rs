@@ -339,7 +339,6 @@ impl<B: Send + 'static> Checkin<B> {
         } = self;
         if sender.is_ready() {
             pool.idle.checkin(authority, sender, usable);
-            pool.idle.keep_swept(usable::<B>);
         } else if !sender.is_closed()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -348,7 +347,6 @@ impl<B: Send + 'static> Checkin<B> {
             runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
                     pool.idle.checkin(authority, sender, usable);
-                    pool.idle.keep_swept(usable::<B>);
                 }
             });
         }
@@ -586,15 +584,12 @@ mod tests {
     /// Accepts one connection, reads one request head from it and answers `200 ok`; the
     /// connection and the head.
     async fn answer_one(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, String) {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = socket.read(&mut buf).await.unwrap();
-            head.extend_from_slice(&buf[..n]);
-        }
-        socket.write_all(OK).await.unwrap();
-        (socket, String::from_utf8(head).unwrap())
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut req = dpop_test::RawRequest::read(socket, Vec::new())
+            .await
+            .expect("a request head");
+        req.stream.write_all(OK).await.unwrap();
+        (req.stream, req.head)
     }
 
     fn pool(addr: SocketAddr) -> (Http1Pool<Empty<Bytes>>, Uri) {
