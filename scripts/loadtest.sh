@@ -32,7 +32,9 @@
 # Every row also reports the CPU time (user + system) the process under test spent per
 # request in the timed phase (the upstream, the gateway or the issuer; `run --cpu-pid`;
 # on the nginx rows nginx's master and all its workers, plus the authorizer on row 3a,
-# whose cell also shows the split: the nginx part and the authz part).
+# whose cell also shows the split: the nginx part and the authz part). The gateway's
+# involuntary context switches per request (plain, DPoP) and the bare verification's
+# spread over the rounds are reported as information below the checks.
 #
 # Prints a markdown table with the ratios against their targets on stdout; progress
 # goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),
@@ -230,10 +232,10 @@ redis_ping() {
 
 # SPLIT_A: on a row whose CPU is split between two processes (split_cpu), the first one's
 # part (the gateway's on the Redis row).
-declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT SPLIT_A
+declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT SPLIT_A INVOL
 # Per round (ROUNDS), space-separated, one value per round in order: R_RPS, R_P50, R_P99,
 # R_CPU, and R_SPLIT_A, R_SPLIT_B (both parts of a split row, the names in SPLIT_NAMES).
-declare -A R_RPS R_P50 R_P99 R_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES
+declare -A R_RPS R_P50 R_P99 R_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES R_INVOL
 # Also per round: non-2xx answers and transport errors (the table shows their sums), and
 # whether any round's proofs ran out.
 declare -A R_NON2XX R_ERRORS PROOFS_RAN_OUT
@@ -261,7 +263,7 @@ measure() {
     table_row "$key" "$label"
     # A round that fails must not leave the previous round's figures behind.
     unset 'RPS[$key]' 'P50[$key]' 'P99[$key]' 'NON2XX[$key]' 'ERRORS[$key]' 'SECS[$key]' \
-        'CPU[$key]' 'CPU_SPLIT[$key]' 'SPLIT_A[$key]'
+        'CPU[$key]' 'CPU_SPLIT[$key]' 'SPLIT_A[$key]' 'INVOL[$key]'
     if out=$("$LOADGEN" run --url "$url" --connections "$CONNECTIONS" \
         --duration "$DURATION" --warmup "$WARMUP" --label "$label" "$@"); then
         RPS[$key]=$(json_num "$out" rps)
@@ -271,6 +273,9 @@ measure() {
         ERRORS[$key]=$(json_num "$out" errors)
         SECS[$key]=$(json_num "$out" seconds)
         CPU[$key]=$(json_num "$out" cpu_us_per_request)
+        # Involuntary context switches of the process(es) under test per request.
+        INVOL[$key]=$(json_num "$out" involuntary)
+        R_INVOL[$key]+="${INVOL[$key]:-NA} "
         R_RPS[$key]+="${RPS[$key]:-NA} " R_P50[$key]+="${P50[$key]:-NA} "
         R_P99[$key]+="${P99[$key]:-NA} " R_CPU[$key]+="${CPU[$key]:-NA} "
         R_NON2XX[$key]+="${NON2XX[$key]:-0} " R_ERRORS[$key]+="${ERRORS[$key]:-0} "
@@ -289,7 +294,7 @@ measure() {
 # round_missing KEY: KEY has no figures this round (failed or skipped); its per-round lists
 # get a gap so that they stay aligned, round for round, with the other rows'.
 round_missing() {
-    R_RPS[$1]+="NA " R_P50[$1]+="NA " R_P99[$1]+="NA " R_CPU[$1]+="NA "
+    R_RPS[$1]+="NA " R_P50[$1]+="NA " R_P99[$1]+="NA " R_CPU[$1]+="NA " R_INVOL[$1]+="NA "
     R_SPLIT_A[$1]+="NA " R_SPLIT_B[$1]+="NA "
 }
 
@@ -936,7 +941,7 @@ sum() { awk -v l="$1" 'BEGIN { n = split(l, v, " "); for (i = 1; i <= n; i++) s 
 # With several rounds, each row's figures become the medians of its rounds.
 if ((ROUNDS > 1)); then
     for key in $TABLE_KEYS; do
-        for name in RPS P50 P99 CPU SPLIT_A; do
+        for name in RPS P50 P99 CPU SPLIT_A INVOL; do
             declare -n round_list="R_$name" figure="$name"
             if [[ -n ${round_list[$key]:-} ]]; then
                 read -r m _ <<<"$(stat median "${round_list[$key]}")" || true
@@ -1087,6 +1092,26 @@ if is_number "${VERIFY_US:-}" && is_number "${CPU[memory]:-}" && is_number "${CP
     paired excess "${R_CPU[memory]}" "${R_CPU[plain]}" "$R_VERIFY"
     if awk -v a="${R:-9}" 'BEGIN { exit !(a <= 1.30) }'; then result="met"; else result="**missed** (not checked)"; fi
     echo "| DPoP (memory store) minus plain proxy, CPU µs/request, in bare ES256 verifications (${VERIFY_US} µs) | ${R}x$NOTE | <= 1.30x | $result |"
+fi
+if is_number "${INVOL[memory]:-}" && is_number "${INVOL[plain]:-}"; then
+    # Where much of what DPoP adds besides the signature goes on a machine whose cores the
+    # gateway shares with the load: a DPoP request keeps the gateway busy, so a peer woken
+    # by one of its writes takes its CPU rather than an idle one.
+    invol="${INVOL[memory]} per DPoP request (memory store), ${INVOL[plain]} per plain one"
+    is_number "${INVOL[redis]:-}" && invol+=", ${INVOL[redis]} per DPoP request on Redis"
+    echo "| the gateway's involuntary context switches | $invol | (information) | |"
+fi
+if [[ -n $R_VERIFY ]]; then
+    # How far the machine's speed moved between rounds, as the bare verification saw it:
+    # the DPoP check pairs rows measured at different moments, so it moves with this.
+    read -r m lo hi n <<<"$(stat median "$R_VERIFY")" || true
+    if [[ -n ${n:-} ]] && ((n > 1)); then
+        spread=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%.0f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }')
+        unsteady=""
+        ((spread > 10)) && unsteady="; the machine's speed moved by more than 10 % between rounds, and the DPoP check with it"
+        printf '| bare ES256 verification over %d rounds, µs of CPU | %.1f (%.1f–%.1f, %s %% apart%s) | (information) | |\n' \
+            "$n" "$m" "$lo" "$hi" "$spread" "$unsteady"
+    fi
 fi
 if is_number "${CPU[plain]:-}" && is_number "${CPU[nginx_plain]:-}"; then
     # Reported against its target, which belongs to the gateway's own work: not a check

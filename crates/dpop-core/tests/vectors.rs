@@ -99,11 +99,15 @@ fn rfc9449_resource_request_proof_verifies_with_token_binding() {
     let req = ProofRequest::new("GET", &htu).with_access_token(token, &jkt);
     let store = MemoryReplayStore::with_capacity(1024);
     let compact = p["compact"].as_str().unwrap().as_bytes();
-    verifier()
-        .verify([compact], &req, now)
-        .unwrap()
-        .record(&store)
-        .unwrap();
+    let unrecorded = verifier().verify([compact], &req, now).unwrap();
+    // The replay record's key is SHA-256 of "<jkt>:<jti>". Stores shared by several
+    // instances (Redis) hold it, so it must not change between releases: a rolling
+    // upgrade would otherwise accept a proof the other version recorded.
+    assert_eq!(
+        unrecorded.replay_key().to_hex(),
+        "d58e387e5a0e70d8dff770e2da6b035e1f494b4190ce9ed914354da61514a4fc"
+    );
+    unrecorded.record(&store).unwrap();
     // §11.1: a second presentation is a replay.
     let again = verifier()
         .verify([compact], &req, now)

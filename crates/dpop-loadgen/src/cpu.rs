@@ -1,5 +1,5 @@
-//! CPU time of a process, from `/proc` (Linux): what `run --cpu-pid` samples at the
-//! edges of the timed phase.
+//! CPU time and context switches of a process, from `/proc` (Linux): what
+//! `run --cpu-pid` samples at the edges of the timed phase.
 
 use std::fs;
 
@@ -52,6 +52,84 @@ fn sum_ticks(pids: &[u32], ticks: impl Fn(u32) -> anyhow::Result<u64>) -> anyhow
     })
 }
 
+/// Context switches of a process's threads so far: the sums over `/proc/PID/task/*/status`
+/// (`voluntary_ctxt_switches`, `nonvoluntary_ctxt_switches`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Switches {
+    /// The thread gave up the CPU itself: it waited (for I/O, a lock, a timer).
+    pub(crate) voluntary: u64,
+    /// The scheduler took the CPU from a thread that could have run on: another task
+    /// (a peer woken by a write, say) was put on its CPU.
+    pub(crate) involuntary: u64,
+}
+
+impl Switches {
+    /// The switches from `earlier` to `self`, counter by counter (never below zero: a
+    /// thread that ended in between takes its counts with it).
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+        }
+    }
+
+    fn checked_add(self, other: Self) -> Option<Self> {
+        Some(Self {
+            voluntary: self.voluntary.checked_add(other.voluntary)?,
+            involuntary: self.involuntary.checked_add(other.involuntary)?,
+        })
+    }
+}
+
+/// The context switches of process `pid`'s threads that are alive now. The kernel keeps
+/// no per-process total another process can read, so a thread that ended takes its
+/// counts with it: over a phase in which threads end, the difference undercounts.
+pub(crate) fn process_switches(pid: u32) -> anyhow::Result<Switches> {
+    let dir = format!("/proc/{pid}/task");
+    let mut sum = Switches::default();
+    for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task
+            .with_context(|| format!("reading {dir}"))?
+            .path()
+            .join("status");
+        let status = match fs::read_to_string(&path) {
+            Ok(s) => s,
+            // The thread ended after the directory was read: it has no counts to add.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let own = parse_switches(&status)
+            .with_context(|| format!("{}: no context switch counts", path.display()))?;
+        sum = sum
+            .checked_add(own)
+            .context("context switch count overflow")?;
+    }
+    Ok(sum)
+}
+
+/// [`process_switches`] of every process in `pids`, summed.
+pub(crate) fn processes_switches(pids: &[u32]) -> anyhow::Result<Switches> {
+    pids.iter().try_fold(Switches::default(), |sum, &pid| {
+        sum.checked_add(process_switches(pid)?)
+            .context("context switch count overflow")
+    })
+}
+
+fn parse_switches(status: &str) -> Option<Switches> {
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(Switches {
+        voluntary: field("voluntary_ctxt_switches")?,
+        involuntary: field("nonvoluntary_ctxt_switches")?,
+    })
+}
+
 fn parse_stat(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces or ')': the
     // fields after the last ')' start at field 3.
@@ -65,6 +143,56 @@ fn parse_stat(stat: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switch_fields() {
+        let status = "Name:\tdpop\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1234\n\
+                      nonvoluntary_ctxt_switches:\t56\n";
+        assert_eq!(
+            parse_switches(status),
+            Some(Switches {
+                voluntary: 1234,
+                involuntary: 56
+            })
+        );
+        assert_eq!(parse_switches("voluntary_ctxt_switches:\t1\n"), None);
+        assert_eq!(
+            parse_switches("voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t2\n"),
+            None,
+            "a count that is not a number"
+        );
+    }
+
+    #[test]
+    fn switches_since_never_go_below_zero() {
+        let later = Switches {
+            voluntary: 10,
+            involuntary: 3,
+        };
+        let earlier = Switches {
+            voluntary: 4,
+            involuntary: 5,
+        };
+        assert_eq!(
+            later.since(earlier),
+            Switches {
+                voluntary: 6,
+                involuntary: 0
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_switches_are_read() {
+        let before = process_switches(std::process::id()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let after = process_switches(std::process::id()).unwrap();
+        assert!(
+            after.since(before).voluntary >= 1,
+            "a sleep is a voluntary switch: {before:?} -> {after:?}"
+        );
+        assert!(process_switches(u32::MAX).is_err(), "no such process");
+    }
 
     #[test]
     fn stat_fields() {

@@ -14,7 +14,7 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::RunArgs;
-use crate::cpu::{processes_ticks, ticks_per_second};
+use crate::cpu::{Switches, processes_switches, processes_ticks, ticks_per_second};
 use crate::http::{Sender, Target, Transport, connect, fetch_nonce, parse_target};
 use crate::proofs::{ProofPool, generate};
 use crate::stats::{Stats, ms, round3};
@@ -180,6 +180,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         processes_ticks(&args.cpu_pid).context("--cpu-pid")?;
+        processes_switches(&args.cpu_pid).context("--cpu-pid")?;
         Some(ticks_per_second()?)
     };
 
@@ -279,11 +280,13 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     // at its start (the warmup waited for every answer) nor after its end (every
     // connection's task has returned), so the difference is the server's work for the
     // requests counted (and any failed ones), plus whatever it does in the background.
-    let cpu_sample = || -> anyhow::Result<Option<(u64, u64)>> {
+    // The server's context switches likewise.
+    let cpu_sample = || -> anyhow::Result<Option<(u64, u64, Switches)>> {
         cpu.map(|_| {
             Ok((
                 processes_ticks(&args.cpu_pid).context("--cpu-pid")?,
                 processes_ticks(&[std::process::id()])?,
+                processes_switches(&args.cpu_pid).context("--cpu-pid")?,
             ))
         })
         .transpose()
@@ -310,15 +313,19 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         (0.0, 0.0, 0.0)
     };
     // µs of CPU per counted request: the --cpu-pid process's, and the generator's own.
-    let (cpu_us, own_cpu_us) = match (cpu, cpu_start, cpu_end) {
-        (Some(hz), Some((s0, g0)), Some((s1, g1))) if requests > 0 => {
+    // And the --cpu-pid processes' context switches per counted request.
+    let (cpu_us, own_cpu_us, switches) = match (cpu, cpu_start, cpu_end) {
+        (Some(hz), Some((s0, g0, w0)), Some((s1, g1, w1))) if requests > 0 => {
             let per_request = |ticks: u64| round3(ticks as f64 * 1e6 / hz as f64 / requests as f64);
+            let w = w1.since(w0);
+            let per = |n: u64| round3(n as f64 / requests as f64);
             (
                 Some(per_request(s1.saturating_sub(s0))),
                 Some(per_request(g1.saturating_sub(g0))),
+                Some((per(w.voluntary), per(w.involuntary))),
             )
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let status: serde_json::Map<String, serde_json::Value> = stats
         .status
@@ -332,7 +339,8 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
             "\"p99_ms\":{},\"max_ms\":{},\"non_2xx\":{},\"errors\":{},\"connections\":{},",
             "\"reconnects\":{},\"status\":{},\"dpop\":{},\"proofs_generated\":{},",
             "\"proofs_exhausted\":{},\"http\":{},\"tls\":{},\"cpu_pid\":{},",
-            "\"cpu_us_per_request\":{},\"generator_cpu_us_per_request\":{}}}"
+            "\"cpu_us_per_request\":{},\"generator_cpu_us_per_request\":{},",
+            "\"switches_per_request\":{}}}"
         ),
         serde_json::Value::from(label.as_str()),
         requests,
@@ -359,6 +367,14 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         serde_json::Value::from(cpu_us),
         serde_json::Value::from(own_cpu_us),
+        match switches {
+            Some((voluntary, involuntary)) => format!(
+                "{{\"voluntary\":{},\"involuntary\":{}}}",
+                serde_json::Value::from(voluntary),
+                serde_json::Value::from(involuntary)
+            ),
+            None => "null".to_owned(),
+        },
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
@@ -368,14 +384,14 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.connections,
         stats.non_2xx,
         stats.errors,
-        match (args.cpu_pid.as_slice(), cpu_us, own_cpu_us) {
-            ([pid], Some(us), Some(own)) => {
-                format!("; CPU per request: {us} µs in process {pid}, {own} µs in the generator")
-            }
-            (pids, Some(us), Some(own)) => {
+        match (args.cpu_pid.as_slice(), cpu_us, own_cpu_us, switches) {
+            ([pid], Some(us), Some(own), Some((vol, invol))) => format!(
+                "; CPU per request: {us} µs in process {pid} ({invol} involuntary and {vol} voluntary context switches), {own} µs in the generator"
+            ),
+            (pids, Some(us), Some(own), Some((vol, invol))) => {
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                 format!(
-                    "; CPU per request: {us} µs in processes {} together, {own} µs in the generator",
+                    "; CPU per request: {us} µs in processes {} together ({invol} involuntary and {vol} voluntary context switches), {own} µs in the generator",
                     pids.join(", ")
                 )
             }

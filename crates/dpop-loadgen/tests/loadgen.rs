@@ -296,6 +296,14 @@ async fn run_over_tls_against_the_https_upstream() {
             line["cpu_us_per_request"].as_f64().unwrap() >= 0.0,
             "{line}"
         );
+        // The server waits for each request on loopback, so it gives up its CPU.
+        let switches = &line["switches_per_request"];
+        assert!(switches["voluntary"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(switches["involuntary"].as_f64().unwrap() >= 0.0, "{line}");
+        assert!(
+            stderr.contains("involuntary and ") && stderr.contains(" voluntary context switches"),
+            "{stderr}"
+        );
         assert!(
             line["generator_cpu_us_per_request"].as_f64().unwrap() > 0.0,
             "{line}"
@@ -332,6 +340,10 @@ async fn run_over_tls_against_the_https_upstream() {
         .map(|p| p.as_u64().unwrap().to_string())
         .collect();
     assert_eq!(listed, [pid.clone(), idle_pid.clone()]);
+    assert!(
+        line["switches_per_request"]["voluntary"].as_f64().unwrap() > 0.0,
+        "the two processes' threads together: {line}"
+    );
     assert!(
         line["cpu_us_per_request"].as_f64().unwrap() >= 0.0,
         "{line}"
@@ -428,6 +440,7 @@ async fn run_http2_prior_knowledge() {
         (Some("2"), Some(false))
     );
     assert_eq!(line["cpu_us_per_request"], Value::Null);
+    assert_eq!(line["switches_per_request"], Value::Null);
     server.abort();
 
     let upstream = TestUpstream::builder().start().await.unwrap();
