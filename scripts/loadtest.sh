@@ -1098,7 +1098,7 @@ if is_number "${INVOL[memory]:-}" && is_number "${INVOL[plain]:-}"; then
     # gateway shares with the load: a DPoP request keeps the gateway busy, so a peer woken
     # by one of its writes takes its CPU rather than an idle one.
     invol="${INVOL[memory]} per DPoP request (memory store), ${INVOL[plain]} per plain one"
-    is_number "${INVOL[redis]:-}" && invol+=", ${INVOL[redis]} per DPoP request on Redis"
+    # (Not the Redis row's: its figure counts redis-server's threads with the gateway's.)
     echo "| the gateway's involuntary context switches | $invol | (information) | |"
 fi
 if [[ -n $R_VERIFY ]]; then
