@@ -231,10 +231,12 @@ redis_ping() {
 # --- measurements ------------------------------------------------------------------
 
 # SPLIT_A: on a row whose CPU is split between two processes (split_cpu), the first one's
-# part (the gateway's on the Redis row).
+# part (the gateway's on the Redis row). INVOL: involuntary context switches per request
+# of the process(es) under test.
 declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT SPLIT_A INVOL
 # Per round (ROUNDS), space-separated, one value per round in order: R_RPS, R_P50, R_P99,
-# R_CPU, and R_SPLIT_A, R_SPLIT_B (both parts of a split row, the names in SPLIT_NAMES).
+# R_CPU, R_INVOL, and R_SPLIT_A, R_SPLIT_B (both parts of a split row, the names in
+# SPLIT_NAMES).
 declare -A R_RPS R_P50 R_P99 R_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES R_INVOL
 # Also per round: non-2xx answers and transport errors (the table shows their sums), and
 # whether any round's proofs ran out.
@@ -1106,11 +1108,15 @@ if [[ -n $R_VERIFY ]]; then
     # the DPoP check pairs rows measured at different moments, so it moves with this.
     read -r m lo hi n <<<"$(stat median "$R_VERIFY")" || true
     if [[ -n ${n:-} ]] && ((n > 1)); then
-        spread=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%.0f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }')
+        spread=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%.1f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }')
         unsteady=""
-        ((spread > 10)) && unsteady="; the machine's speed moved by more than 10 % between rounds, and the DPoP check with it"
-        printf '| bare ES256 verification over %d rounds, µs of CPU | %.1f (%.1f–%.1f, %s %% apart%s) | (information) | |\n' \
-            "$n" "$m" "$lo" "$hi" "$spread" "$unsteady"
+        if awk -v s="$spread" 'BEGIN { exit !(s > 10) }'; then
+            unsteady="; the machine's speed moved by more than 10 % between rounds, and the DPoP check with it"
+        fi
+        of=""
+        ((n < ROUNDS)) && of=" of $ROUNDS"
+        printf '| bare ES256 verification over %d%s rounds, µs of CPU | %.1f (%.1f–%.1f, %s %% apart%s) | (information) | |\n' \
+            "$n" "$of" "$m" "$lo" "$hi" "$spread" "$unsteady"
     fi
 fi
 if is_number "${CPU[plain]:-}" && is_number "${CPU[nginx_plain]:-}"; then

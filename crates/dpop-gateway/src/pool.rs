@@ -539,20 +539,11 @@ mod tests {
             while let Ok((mut socket, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    loop {
-                        let Ok(n) = socket.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        head.extend_from_slice(&buf[..n]);
-                        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            continue;
-                        }
-                        head.clear();
+                    // Each request head in turn; what was read past one is where the
+                    // next is looked for.
+                    let mut left = Vec::new();
+                    while let Some(req) = dpop_test::RawRequest::read(socket, left).await {
+                        (socket, left) = (req.stream, req.body_start);
                         let response: &[u8] = match answer {
                             Answer::KeepAlive | Answer::ThenClose | Answer::ThenCloseLater => OK,
                             Answer::SayClose => {

@@ -1,6 +1,7 @@
 //! CPU time and context switches of a process, from `/proc` (Linux): what
 //! `run --cpu-pid` samples at the edges of the timed phase.
 
+use std::collections::BTreeMap;
 use std::fs;
 
 use anyhow::{Context as _, bail};
@@ -52,8 +53,7 @@ fn sum_ticks(pids: &[u32], ticks: impl Fn(u32) -> anyhow::Result<u64>) -> anyhow
     })
 }
 
-/// Context switches of a process's threads so far: the sums over `/proc/PID/task/*/status`
-/// (`voluntary_ctxt_switches`, `nonvoluntary_ctxt_switches`).
+/// Context switches: how often threads gave up their CPU, or had it taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Switches {
     /// The thread gave up the CPU itself: it waited (for I/O, a lock, a timer).
@@ -64,9 +64,8 @@ pub(crate) struct Switches {
 }
 
 impl Switches {
-    /// The switches from `earlier` to `self`, counter by counter (never below zero: a
-    /// thread that ended in between takes its counts with it).
-    pub(crate) fn since(self, earlier: Self) -> Self {
+    /// Counter by counter, never below zero.
+    fn saturating_sub(self, earlier: Self) -> Self {
         Self {
             voluntary: self.voluntary.saturating_sub(earlier.voluntary),
             involuntary: self.involuntary.saturating_sub(earlier.involuntary),
@@ -81,38 +80,68 @@ impl Switches {
     }
 }
 
-/// The context switches of process `pid`'s threads that are alive now. The kernel keeps
-/// no per-process total another process can read, so a thread that ended takes its
-/// counts with it: over a phase in which threads end, the difference undercounts.
-pub(crate) fn process_switches(pid: u32) -> anyhow::Result<Switches> {
+/// The counts of each thread of some processes at one instant, by thread id (ids are
+/// unique across processes), from `/proc/PID/task/TID/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ThreadSwitches(BTreeMap<u32, Switches>);
+
+impl ThreadSwitches {
+    /// The switches made between `earlier` and `self`, thread by thread: a thread alive at
+    /// both instants counts its increase, one started in between all its counts. The
+    /// kernel keeps no per-process total that another process can read, so a thread that
+    /// ended in between takes the switches it made in between with it (an undercount,
+    /// never a subtraction from the others).
+    pub(crate) fn since(&self, earlier: &Self) -> anyhow::Result<Switches> {
+        self.0
+            .iter()
+            .try_fold(Switches::default(), |sum, (tid, now)| {
+                let before = earlier.0.get(tid).copied().unwrap_or_default();
+                sum.checked_add(now.saturating_sub(before))
+                    .context("context switch count overflow")
+            })
+    }
+}
+
+/// `ESRCH`: what reading a thread's status file gives once the thread has ended, when the
+/// file was opened before (opening it after gives `ENOENT`).
+const ESRCH: i32 = 3;
+
+/// Adds the counts of each of process `pid`'s live threads to `into`.
+fn read_threads(pid: u32, into: &mut ThreadSwitches) -> anyhow::Result<()> {
     let dir = format!("/proc/{pid}/task");
-    let mut sum = Switches::default();
     for task in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let path = task
-            .with_context(|| format!("reading {dir}"))?
-            .path()
-            .join("status");
+        let task = task.with_context(|| format!("reading {dir}"))?;
+        // Entries are thread ids; anything else is not a thread.
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = task.path().join("status");
         let status = match fs::read_to_string(&path) {
             Ok(s) => s,
-            // The thread ended after the directory was read: it has no counts to add.
+            // The thread ended after the directory was read: it has no counts now.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(ESRCH) => continue,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let own = parse_switches(&status)
             .with_context(|| format!("{}: no context switch counts", path.display()))?;
-        sum = sum
-            .checked_add(own)
-            .context("context switch count overflow")?;
+        into.0.insert(tid, own);
     }
-    Ok(sum)
+    Ok(())
 }
 
-/// [`process_switches`] of every process in `pids`, summed.
-pub(crate) fn processes_switches(pids: &[u32]) -> anyhow::Result<Switches> {
-    pids.iter().try_fold(Switches::default(), |sum, &pid| {
-        sum.checked_add(process_switches(pid)?)
-            .context("context switch count overflow")
-    })
+/// The context switches so far of every live thread of the processes in `pids`. A
+/// process that cannot be read (gone, say) is an error.
+pub(crate) fn processes_switches(pids: &[u32]) -> anyhow::Result<ThreadSwitches> {
+    let mut all = ThreadSwitches::default();
+    for &pid in pids {
+        read_threads(pid, &mut all)?;
+    }
+    Ok(all)
 }
 
 fn parse_switches(status: &str) -> Option<Switches> {
@@ -155,7 +184,20 @@ mod tests {
                 involuntary: 56
             })
         );
+        // Whatever the order of the lines, each field is read by its own name.
+        assert_eq!(
+            parse_switches("nonvoluntary_ctxt_switches:\t9\nvoluntary_ctxt_switches:\t4\n"),
+            Some(Switches {
+                voluntary: 4,
+                involuntary: 9
+            })
+        );
         assert_eq!(parse_switches("voluntary_ctxt_switches:\t1\n"), None);
+        assert_eq!(
+            parse_switches("nonvoluntary_ctxt_switches:\t1\n"),
+            None,
+            "the voluntary count missing"
+        );
         assert_eq!(
             parse_switches("voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t2\n"),
             None,
@@ -163,35 +205,59 @@ mod tests {
         );
     }
 
+    fn sample(threads: &[(u32, u64, u64)]) -> ThreadSwitches {
+        ThreadSwitches(
+            threads
+                .iter()
+                .map(|&(tid, voluntary, involuntary)| {
+                    (
+                        tid,
+                        Switches {
+                            voluntary,
+                            involuntary,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
     #[test]
-    fn switches_since_never_go_below_zero() {
-        let later = Switches {
-            voluntary: 10,
-            involuntary: 3,
-        };
-        let earlier = Switches {
-            voluntary: 4,
-            involuntary: 5,
-        };
+    fn switches_are_counted_thread_by_thread() {
+        let start = sample(&[(10, 100, 7), (11, 50, 2), (12, 900, 90)]);
+        // 10 went on, 11 ended (its history must not be taken from the others), 13 began,
+        // and 12's counts cannot go down (an id reused by a new thread, say).
+        let end = sample(&[(10, 104, 9), (12, 5, 1), (13, 3, 1)]);
         assert_eq!(
-            later.since(earlier),
+            end.since(&start).unwrap(),
             Switches {
-                voluntary: 6,
-                involuntary: 0
+                voluntary: 7,
+                involuntary: 3
             }
+        );
+        assert_eq!(
+            start.since(&start).unwrap(),
+            Switches::default(),
+            "no switches between a sample and itself"
         );
     }
 
     #[test]
     fn this_process_switches_are_read() {
-        let before = process_switches(std::process::id()).unwrap();
+        let me = std::process::id();
+        let before = processes_switches(&[me]).unwrap();
+        // Threads that end meanwhile (other tests') take only their own counts along.
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let after = process_switches(std::process::id()).unwrap();
+        let after = processes_switches(&[me]).unwrap();
         assert!(
-            after.since(before).voluntary >= 1,
+            after.since(&before).unwrap().voluntary >= 1,
             "a sleep is a voluntary switch: {before:?} -> {after:?}"
         );
-        assert!(process_switches(u32::MAX).is_err(), "no such process");
+        assert!(processes_switches(&[u32::MAX]).is_err(), "no such process");
+        assert!(
+            processes_switches(&[me, u32::MAX]).is_err(),
+            "one process missing is an error, not a smaller sum"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::RunArgs;
-use crate::cpu::{Switches, processes_switches, processes_ticks, ticks_per_second};
+use crate::cpu::{Switches, ThreadSwitches, processes_switches, processes_ticks, ticks_per_second};
 use crate::http::{Sender, Target, Transport, connect, fetch_nonce, parse_target};
 use crate::proofs::{ProofPool, generate};
 use crate::stats::{Stats, ms, round3};
@@ -281,7 +281,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     // connection's task has returned), so the difference is the server's work for the
     // requests counted (and any failed ones), plus whatever it does in the background.
     // The server's context switches likewise.
-    let cpu_sample = || -> anyhow::Result<Option<(u64, u64, Switches)>> {
+    let cpu_sample = || -> anyhow::Result<Option<(u64, u64, ThreadSwitches)>> {
         cpu.map(|_| {
             Ok((
                 processes_ticks(&args.cpu_pid).context("--cpu-pid")?,
@@ -317,12 +317,15 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (cpu_us, own_cpu_us, switches) = match (cpu, cpu_start, cpu_end) {
         (Some(hz), Some((s0, g0, w0)), Some((s1, g1, w1))) if requests > 0 => {
             let per_request = |ticks: u64| round3(ticks as f64 * 1e6 / hz as f64 / requests as f64);
-            let w = w1.since(w0);
+            let w: Switches = w1.since(&w0)?;
             let per = |n: u64| round3(n as f64 / requests as f64);
             (
                 Some(per_request(s1.saturating_sub(s0))),
                 Some(per_request(g1.saturating_sub(g0))),
-                Some((per(w.voluntary), per(w.involuntary))),
+                Some(SwitchRates {
+                    voluntary: per(w.voluntary),
+                    involuntary: per(w.involuntary),
+                }),
             )
         }
         _ => (None, None, None),
@@ -367,14 +370,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         serde_json::Value::from(cpu_us),
         serde_json::Value::from(own_cpu_us),
-        match switches {
-            Some((voluntary, involuntary)) => format!(
-                "{{\"voluntary\":{},\"involuntary\":{}}}",
-                serde_json::Value::from(voluntary),
-                serde_json::Value::from(involuntary)
-            ),
-            None => "null".to_owned(),
-        },
+        switches_json(switches),
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
@@ -385,10 +381,26 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         stats.non_2xx,
         stats.errors,
         match (args.cpu_pid.as_slice(), cpu_us, own_cpu_us, switches) {
-            ([pid], Some(us), Some(own), Some((vol, invol))) => format!(
+            (
+                [pid],
+                Some(us),
+                Some(own),
+                Some(SwitchRates {
+                    voluntary: vol,
+                    involuntary: invol,
+                }),
+            ) => format!(
                 "; CPU per request: {us} µs in process {pid} ({invol} involuntary and {vol} voluntary context switches), {own} µs in the generator"
             ),
-            (pids, Some(us), Some(own), Some((vol, invol))) => {
+            (
+                pids,
+                Some(us),
+                Some(own),
+                Some(SwitchRates {
+                    voluntary: vol,
+                    involuntary: invol,
+                }),
+            ) => {
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                 format!(
                     "; CPU per request: {us} µs in processes {} together ({invol} involuntary and {vol} voluntary context switches), {own} µs in the generator",
@@ -408,4 +420,43 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Context switches of the `--cpu-pid` processes per counted request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SwitchRates {
+    voluntary: f64,
+    involuntary: f64,
+}
+
+/// `switches_per_request` in the JSON line: `{"voluntary":V,"involuntary":I}`, or `null`.
+fn switches_json(switches: Option<SwitchRates>) -> String {
+    match switches {
+        Some(SwitchRates {
+            voluntary,
+            involuntary,
+        }) => format!(
+            "{{\"voluntary\":{},\"involuntary\":{}}}",
+            serde_json::Value::from(voluntary),
+            serde_json::Value::from(involuntary)
+        ),
+        None => "null".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_in_the_json_line() {
+        let line = switches_json(Some(SwitchRates {
+            voluntary: 0.031,
+            involuntary: 0.912,
+        }));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["voluntary"], 0.031, "{line}");
+        assert_eq!(v["involuntary"], 0.912, "{line}");
+        assert_eq!(switches_json(None), "null");
+    }
 }
