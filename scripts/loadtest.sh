@@ -34,7 +34,7 @@
 # on the nginx rows nginx's master and all its workers, plus the authorizer on row 3a,
 # whose cell also shows the split: the nginx part and the authz part). The gateway's
 # involuntary context switches per request (plain, DPoP) and the bare verification's
-# spread over the rounds are reported as information below the checks.
+# spread over the rounds are reported as information among the checks.
 #
 # Prints a markdown table with the ratios against their targets on stdout; progress
 # goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),

@@ -380,31 +380,22 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.connections,
         stats.non_2xx,
         stats.errors,
-        match (args.cpu_pid.as_slice(), cpu_us, own_cpu_us, switches) {
+        match (cpu_us, own_cpu_us, switches) {
             (
-                [pid],
                 Some(us),
                 Some(own),
                 Some(SwitchRates {
-                    voluntary: vol,
-                    involuntary: invol,
-                }),
-            ) => format!(
-                "; CPU per request: {us} µs in process {pid} ({invol} involuntary and {vol} voluntary context switches), {own} µs in the generator"
-            ),
-            (
-                pids,
-                Some(us),
-                Some(own),
-                Some(SwitchRates {
-                    voluntary: vol,
-                    involuntary: invol,
+                    voluntary,
+                    involuntary,
                 }),
             ) => {
-                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                let pids: Vec<String> = args.cpu_pid.iter().map(u32::to_string).collect();
+                let whose = match pids.as_slice() {
+                    [pid] => format!("process {pid}"),
+                    several => format!("processes {} together", several.join(", ")),
+                };
                 format!(
-                    "; CPU per request: {us} µs in processes {} together ({invol} involuntary and {vol} voluntary context switches), {own} µs in the generator",
-                    pids.join(", ")
+                    "; CPU per request: {us} µs in {whose} ({involuntary} involuntary and {voluntary} voluntary context switches), {own} µs in the generator"
                 )
             }
             _ => String::new(),
