@@ -234,6 +234,24 @@ fn config_file(launch: &Launch, issuer: &MockIssuer, upstream: &str, rest: &str)
     )
 }
 
+/// `dpop gateway --config FILE --log-json`, FILE holding `rest` below the usual
+/// settings ([`config_file`]); the file is kept while the gateway runs.
+async fn start_with_config(
+    issuer: &MockIssuer,
+    upstream: &TestUpstream,
+    rest: &str,
+) -> (Gw, TempFile) {
+    let launch = Launch::bare();
+    let file = config_file(&launch, issuer, &upstream.url(), rest);
+    let gw = launch
+        .arg("--config")
+        .arg(file.path())
+        .arg("--log-json")
+        .start()
+        .await;
+    (gw, file)
+}
+
 /// The request as the upstream saw it, by path (with query).
 fn seen(upstream: &TestUpstream, path: &str) -> dpop_test::RecordedRequest {
     upstream
@@ -1672,19 +1690,12 @@ async fn access_line(gw: &Gw, path: &str) -> serde_json::Value {
 async fn access_log_names_the_request_and_never_its_secrets() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let launch = Launch::bare();
-    let file = config_file(
-        &launch,
+    let (gw, _file) = start_with_config(
         &issuer,
-        &upstream.url(),
+        &upstream,
         "[[routes]]\npath_prefix = \"/v1\"\nscopes = [\"read\"]\n",
-    );
-    let gw = launch
-        .arg("--config")
-        .arg(file.path())
-        .arg("--log-json")
-        .start()
-        .await;
+    )
+    .await;
     let caller = Caller::new(&issuer, "read");
 
     let secret_query = "api_key=query-secret-value";
@@ -1775,14 +1786,7 @@ async fn access_log_names_the_request_and_never_its_secrets() {
 async fn access_log_can_be_turned_off() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = TestUpstream::start().await.unwrap();
-    let launch = Launch::bare();
-    let file = config_file(&launch, &issuer, &upstream.url(), "log_requests = false\n");
-    let gw = launch
-        .arg("--config")
-        .arg(file.path())
-        .arg("--log-json")
-        .start()
-        .await;
+    let (gw, _file) = start_with_config(&issuer, &upstream, "log_requests = false\n").await;
     let caller = Caller::new(&issuer, "read");
     let (ok, _) = gw.get(&caller, "/quiet").await;
     assert_eq!(ok.status, 200);
@@ -1792,6 +1796,44 @@ async fn access_log_can_be_turned_off() {
         "{metrics}"
     );
     assert!(access_lines(&gw).is_empty(), "{}", gw.process.output());
+}
+
+/// `[limits] io_uring`: on by default where the kernel offers io_uring, off on request;
+/// the start-up line says which. Either way requests, a POST body, and a streamed
+/// response of megabytes (more than a batch holds per connection) arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_writes_batched_or_not_carry_the_same_bytes() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = TestUpstream::start().await.unwrap();
+    let on = match dpop_uring::probe() {
+        Ok(()) => "on".to_owned(),
+        Err(e) if std::env::var_os("DPOP_TEST_IO_URING").is_some() => {
+            panic!("DPOP_TEST_IO_URING is set but the kernel refuses io_uring: {e}")
+        }
+        Err(e) => format!("refused by the kernel ({e}): one system call per write"),
+    };
+    for (rest, want) in [("", on.as_str()), ("[limits]\nio_uring = false\n", "off")] {
+        let (gw, _file) = start_with_config(&issuer, &upstream, rest).await;
+        let listening = gw
+            .process
+            .output()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "gateway listening")
+            .unwrap_or_else(|| panic!("no start-up line: {}", gw.process.output()));
+        assert_eq!(listening["fields"]["io_uring"], want, "{rest}");
+        let caller = Caller::new(&issuer, "read");
+        let (r, _) = gw.get(&caller, "/small").await;
+        assert_eq!(r.status, 200, "{rest}: {r:?}");
+        let body = vec![b'b'; 300_000];
+        let (r, _) = gw.dpop(&caller, "POST", "/upload", None, &[], &body).await;
+        assert_eq!(r.status, 200, "{rest}: {r:?}");
+        assert!(seen(&upstream, "/upload").body == body, "{rest}");
+        let (r, _) = gw.get(&caller, "/big?bytes=8000000").await;
+        assert_eq!(r.status, 200, "{rest}: {r:?}");
+        assert_eq!(r.body.len(), 8_000_000, "{rest}");
+        assert!(r.body.iter().all(|&b| b == b'x'), "{rest}");
+    }
 }
 
 /// An issuer that is down is retried every second, but its cause is logged once, not

@@ -183,6 +183,7 @@ struct RawLimits {
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     workers: Option<usize>,
+    io_uring: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -573,6 +574,13 @@ pub struct GatewayConfig {
     /// keeps its own upstream connections, so a request is read, checked, forwarded and
     /// answered on one thread.
     pub workers: usize,
+    /// `[limits] io_uring` (default `true`): each serving thread hands the socket writes
+    /// of one turn of its runtime (responses to clients, and the heads of requests
+    /// without a body to plain-HTTP/1.1 upstreams) to the kernel in one io_uring
+    /// submission, so that a peer sharing the
+    /// machine wakes once per turn rather than once per write. `false`, or a kernel that
+    /// refuses io_uring, writes each with its own system call.
+    pub io_uring: bool,
     /// How long a WebSocket tunnel or a streamed response body may last
     /// (`[limits] max_stream_secs`), where the matched route sets none. Defaults to one
     /// hour.
@@ -1046,6 +1054,7 @@ impl AuthzConfig {
                 "limits.idle_timeout_secs".to_owned(),
             ),
             (raw.limits.workers.is_some(), "limits.workers".to_owned()),
+            (raw.limits.io_uring.is_some(), "limits.io_uring".to_owned()),
         ];
         for r in &raw.routes {
             gateway_only.push((
@@ -1195,6 +1204,7 @@ impl GatewayConfig {
             }
             Some(n) => n,
         };
+        let io_uring = raw.limits.io_uring.unwrap_or(true);
         let client_certs = if tls.as_ref().is_some_and(|t| t.client_auth.is_some()) {
             Ok(())
         } else {
@@ -1228,6 +1238,7 @@ impl GatewayConfig {
             handshake_timeout,
             idle_timeout,
             workers,
+            io_uring,
             max_stream,
             route_max_stream,
             reload_on_change,
@@ -2287,7 +2298,12 @@ mod tests {
             assert!(e.contains("limits.workers"), "{bad}: {e}");
         }
         // The authorizer serves on the process's runtime: the setting is refused there.
-        let mut authz = GatewaySettings::from_toml("[limits]\nworkers = 2\n").unwrap();
+        assert_refused_by_authz("[limits]\nworkers = 2\n", "limits.workers");
+    }
+
+    /// `dpop authz` refuses `toml`, naming `setting` as the gateway's own.
+    fn assert_refused_by_authz(toml: &str, setting: &str) {
+        let mut authz = GatewaySettings::from_toml(toml).unwrap();
         authz
             .set_listen("127.0.0.1:9191".parse().unwrap())
             .set_issuer("https://as.example.com")
@@ -2295,9 +2311,20 @@ mod tests {
             .set_public_urls(vec!["https://api.example.com".into()]);
         let e = authz.validate_authz().unwrap_err().to_string();
         assert!(
-            e.contains("limits.workers is a setting of dpop gateway"),
+            e.contains(&format!("{setting} is a setting of dpop gateway")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn io_uring_is_on_unless_turned_off_and_is_the_gateways_own() {
+        assert!(load_toml("").unwrap().io_uring);
+        assert!(!load_toml("[limits]\nio_uring = false\n").unwrap().io_uring);
+        let e = GatewaySettings::from_toml("[limits]\nio_uring = \"no\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a boolean"), "{e}");
+        assert_refused_by_authz("[limits]\nio_uring = false\n", "limits.io_uring");
     }
 
     #[test]

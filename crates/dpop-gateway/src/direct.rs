@@ -23,12 +23,15 @@ use std::sync::Weak;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
+use dpop_uring::BatchedStream;
 use http::uri::Authority;
 use http::{HeaderMap, Method};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use crate::deadline::Deadline;
 use crate::h1::{self, Chunked, Decoded, FinalHead, Framing, H1Error, Head};
@@ -100,8 +103,11 @@ pub(crate) fn idempotent(method: &Method) -> bool {
 /// from the pool into the exchange, into the response body and back.
 pub(crate) struct Conn(Box<ConnState>);
 
+/// The connection as the exchange reads and writes it.
+type Io = Either<BatchedStream, TokioIo<Stream>>;
+
 struct ConnState {
-    io: TokioIo<Stream>,
+    io: Io,
     buf: BytesMut,
     out: Vec<u8>,
     /// The upstream time limit's timer, kept for the connection's next request.
@@ -117,9 +123,17 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream) -> Self {
+    /// A connection for exchanges; with `io_uring`, a plain-TCP one's request heads go
+    /// out in the serving thread's next batch of writes (see `dpop_uring`), when the
+    /// thread has one.
+    pub(crate) fn new(stream: Stream, io_uring: bool) -> Self {
         Self(Box::new(ConnState {
-            io: TokioIo::new(stream),
+            io: match stream {
+                MaybeHttpsStream::Http(tcp) if io_uring => {
+                    Either::Left(BatchedStream::new(tcp.into_inner()))
+                }
+                other => Either::Right(TokioIo::new(other)),
+            },
             buf: BytesMut::new(),
             out: Vec::new(),
             deadline: Deadline::default(),

@@ -264,7 +264,8 @@ where
                         let stream = tokio::time::timeout_at(at, Box::pin(connect))
                             .await
                             .map_err(|_| PoolError::Timeout)??;
-                        (direct::Conn::new(stream), false)
+                        let io_uring = self.inner.connector.io_uring();
+                        (direct::Conn::new(stream, io_uring), false)
                     }
                 };
             match conn

@@ -503,6 +503,7 @@ pub(crate) fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Option<&
     [
         ("listen", old.listen != new.listen),
         ("limits.workers", old.workers != new.workers),
+        ("limits.io_uring", old.io_uring != new.io_uring),
         ("h2c", old.h2c != new.h2c),
         (
             "[tls] (its file names, client_ca_file, client_auth, reload_interval_secs)",
@@ -575,6 +576,7 @@ mod tests {
         for (extra, name) in [
             ("admin_listen = \"127.0.0.1:9090\"\n", "admin_listen"),
             ("[limits]\nworkers = 3\n", "limits.workers"),
+            ("[limits]\nio_uring = false\n", "limits.io_uring"),
             (
                 "replay_store = \"redis://127.0.0.1:6379\"\n",
                 "replay_store or [replay] connection settings",

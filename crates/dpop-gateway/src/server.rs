@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dpop_server::Readiness;
 use dpop_tower::{ClientCertificate, DpopLayer, PeerAddr};
+use dpop_uring::BatchedStream;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -203,12 +204,21 @@ impl Gateway {
             metrics,
             reload: reload_source,
         } = self;
+        // The kernel's answer for the ring every serving thread asks for; a thread that
+        // is refused later says so itself.
+        let probed = config.io_uring.then(dpop_uring::probe);
+        let io_uring = match &probed {
+            None => "off".to_owned(),
+            Some(Ok(())) => "on".to_owned(),
+            Some(Err(e)) => format!("refused by the kernel ({e}): one system call per write"),
+        };
         tracing::info!(
             target: "dpop::gateway",
             listen = %config.listen,
             tls = tls.is_some(),
             h2c = config.h2c,
             workers = workers.len(),
+            io_uring,
             upstream = %config.upstream,
             route_upstreams = ?config.route_upstreams.values().map(ToString::to_string).collect::<Vec<_>>(),
             issuer = %config.enforcement.issuer,
@@ -260,6 +270,8 @@ impl Gateway {
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             h2c: config.h2c,
+            // Refused at start: the threads do not ask again.
+            io_uring: matches!(probed, Some(Ok(()))),
         });
         // Connections watch `drain` to start their graceful shutdown, and the serving
         // threads to stop accepting; each holds a receiver, so `closed()` on the sender
@@ -315,6 +327,8 @@ struct Shared {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     h2c: bool,
+    /// `[limits] io_uring`: client connections' writes go out in their thread's batch.
+    io_uring: bool,
 }
 
 /// One serving thread: a single-threaded runtime and its own handle (a `dup`) on the
@@ -375,6 +389,18 @@ impl Worker {
         let Some(rt) = runtime.0.as_ref() else { return };
         let balance = &shared.balance;
         rt.block_on(async {
+            // This thread's batch of socket writes, which its client and upstream
+            // connections use; without it they write one system call each.
+            let _batcher = match shared.io_uring.then(dpop_uring::Batcher::start) {
+                Some(Err(error)) => {
+                    // The start-up line said io_uring was on: say that this thread
+                    // could not have it (a ring's memory over RLIMIT_MEMLOCK on kernels
+                    // before 5.12, descriptors, memory).
+                    tracing::warn!(target: "dpop::gateway", thread = index, %error, "io_uring refused on this serving thread: its connections write one system call each");
+                    None
+                }
+                started => started.and_then(Result::ok),
+            };
             loop {
                 let next = tokio::select! {
                     biased;
@@ -470,6 +496,17 @@ impl Drop for WorkerRuntime {
 
 /// Serves one accepted connection on the current thread's runtime: TLS first when the
 /// listener has it, then HTTP/1.1 or HTTP/2.
+/// A client connection as it is served: its writes (responses, TLS records) go out in
+/// the serving thread's next batch (see `dpop_uring`) unless `[limits] io_uring` is off
+/// or the kernel refused it.
+fn client_stream(shared: &Shared, stream: tokio::net::TcpStream) -> BatchedStream {
+    if shared.io_uring {
+        BatchedStream::new(stream)
+    } else {
+        BatchedStream::unbatched(stream)
+    }
+}
+
 fn serve_connection(
     shared: &Arc<Shared>,
     slot: Arc<ArcSwap<ThreadService>>,
@@ -497,7 +534,7 @@ fn serve_connection(
                 idle: idle.clone(),
             },
         );
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(client_stream(shared, stream));
         if let Some(idle) = idle {
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
@@ -522,6 +559,7 @@ fn serve_connection(
         return;
     };
     let shared = Arc::clone(shared);
+    let stream = client_stream(&shared, stream);
     tokio::spawn(async move {
         let accepted = tokio::select! {
             a = tls.accept(stream, handshake_timeout) => a,

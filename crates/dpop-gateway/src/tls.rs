@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use dpop_core::jwt::CertThumbprint;
 use dpop_tower::ClientCertificate;
+use dpop_uring::BatchedStream;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 
@@ -27,7 +27,7 @@ use crate::pem;
 
 /// What a TLS handshake established.
 pub(crate) struct Accepted {
-    pub(crate) stream: TlsStream<TcpStream>,
+    pub(crate) stream: TlsStream<BatchedStream>,
     /// ALPN chose `h2`.
     pub(crate) h2: bool,
     /// The verified client certificate, when the client presented one.
@@ -289,7 +289,7 @@ impl TlsListener {
     /// The handshake, bounded by `timeout`.
     pub(crate) async fn accept(
         &self,
-        stream: TcpStream,
+        stream: BatchedStream,
         timeout: Duration,
     ) -> io::Result<Accepted> {
         let acceptor = self

@@ -1,0 +1,465 @@
+//! The batcher: one io_uring, the connections with bytes to send, and the task of its
+//! runtime that submits them.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+
+use io_uring::{IoUring, Probe, opcode, types};
+
+use crate::Shared;
+
+/// Submission queue entries: the most sends handed over in one system call (a larger
+/// batch takes several).
+const ENTRIES: u32 = 256;
+
+thread_local! {
+    /// The running batchers started on this thread, one per runtime at most: a stream
+    /// made here uses the one of the runtime it is made in.
+    static STARTED: RefCell<Vec<Batcher>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a batcher has done (for tests and diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `io_uring_enter` calls that submitted sends.
+    pub submissions: u64,
+    /// Sends submitted.
+    pub sends: u64,
+    /// Sends that came back short or would have blocked: their rest went out through
+    /// readiness.
+    pub unfinished: u64,
+}
+
+/// A serving thread's batch of socket writes: an io_uring and the task, on the runtime
+/// that started it, that submits the writes of every [`crate::BatchedStream`] made on
+/// the thread since. Cheap to clone.
+#[derive(Clone)]
+pub struct Batcher(Arc<Inner>);
+
+struct Inner {
+    /// The runtime whose turns flush this batch.
+    runtime: tokio::runtime::Id,
+    batch: Mutex<Batch>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let batch = self.lock();
+        f.debug_struct("Batcher")
+            .field("queued", &batch.queue.len())
+            .field("ended", &batch.ended)
+            .field("stats", &batch.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Batch {
+    ring: IoUring,
+    /// Connections whose `pending` bytes go out in the next submission.
+    queue: Vec<Arc<Shared>>,
+    /// The sends of the submission under way (kept for its allocation).
+    sends: Vec<Send>,
+    /// The flushing task, when it waits for work.
+    flusher: Option<Waker>,
+    /// The flushing task has ended (its runtime did), or the ring failed: streams write
+    /// straight to their sockets.
+    ended: bool,
+    stats: Stats,
+    /// Tests: the next submission fails as a failing ring would, before the kernel
+    /// takes any of it.
+    #[cfg(test)]
+    pub(crate) fail_next_submit: bool,
+}
+
+/// One send of a submission: its connection, the bytes it owns while the kernel may
+/// read them, and the kernel's answer.
+struct Send {
+    shared: Arc<Shared>,
+    buf: Vec<u8>,
+    result: Option<i32>,
+}
+
+/// A ring of `entries`, refused unless the kernel has the send operation (Linux 5.6).
+fn new_ring(entries: u32) -> io::Result<IoUring> {
+    let ring = IoUring::new(entries)?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if !probe.is_supported(opcode::Send::CODE) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel's io_uring has no send operation (Linux 5.6 or later has)",
+        ));
+    }
+    Ok(ring)
+}
+
+pub(crate) fn probe() -> io::Result<()> {
+    // The size every batcher asks for: on kernels before 5.12 a ring's memory counts
+    // against RLIMIT_MEMLOCK, so a smaller one could pass where the real ones fail.
+    new_ring(ENTRIES).map(drop)
+}
+
+impl Batcher {
+    /// Starts a batcher on the current runtime, which must be a current-thread one that
+    /// this thread drives (its flushing task is spawned there): streams made on this
+    /// thread in this runtime use it until the runtime ends (a second batcher started
+    /// in the same runtime replaces it). Streams made in another runtime, or on another
+    /// thread, do not.
+    ///
+    /// # Errors
+    /// No current-thread runtime here, or the kernel refuses io_uring (see
+    /// [`crate::probe`]).
+    pub fn start() -> io::Result<Self> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a batcher needs a current-thread runtime",
+            ));
+        }
+        let runtime = handle.id();
+        let batcher = Self(Arc::new(Inner {
+            runtime,
+            batch: Mutex::new(Batch {
+                ring: new_ring(ENTRIES)?,
+                queue: Vec::new(),
+                sends: Vec::new(),
+                flusher: None,
+                ended: false,
+                stats: Stats::default(),
+                #[cfg(test)]
+                fail_next_submit: false,
+            }),
+        }));
+        // Made before the task is spawned and moved into it: a task dropped before its
+        // first poll still ends the batcher.
+        let running = Running(batcher.clone());
+        drop(handle.spawn(flush_task(running)));
+        STARTED.with(|started| {
+            let mut started = started.borrow_mut();
+            started.retain(|b| b.0.runtime != runtime && !b.lock().ended);
+            started.push(batcher.clone());
+        });
+        Ok(batcher)
+    }
+
+    /// The running batcher this thread started in the runtime it is in now.
+    #[must_use]
+    pub fn current() -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        STARTED.with(|started| {
+            let mut started = started.borrow_mut();
+            started.retain(|b| !b.lock().ended);
+            started.iter().find(|b| b.0.runtime == runtime).cloned()
+        })
+    }
+
+    /// What this batcher has done.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.lock().stats
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Batch> {
+        self.0.batch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `shared` (just marked queued, with bytes pending) in the next submission;
+    /// gives it back if this batcher has ended.
+    pub(crate) fn enqueue(&self, shared: Arc<Shared>) -> Result<(), Arc<Shared>> {
+        let mut batch = self.lock();
+        if batch.ended {
+            return Err(shared);
+        }
+        batch.queue.push(shared);
+        if batch.queue.len() == 1
+            && let Some(w) = batch.flusher.take()
+        {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
+/// The flushing task: submits the queue each time it is woken, which is after the tasks
+/// that were ready before it have run (and queued their writes).
+async fn flush_task(running: Running) {
+    poll_fn(|cx| {
+        let mut batch = running.0.lock();
+        if batch.ended {
+            return Poll::Ready(());
+        }
+        if !batch.queue.is_empty() {
+            batch.flush();
+        }
+        if batch.ended {
+            return Poll::Ready(());
+        }
+        if !batch.queue.is_empty() {
+            // Queued again while this flush ran: the next turn, after the other tasks.
+            cx.waker().wake_by_ref();
+        }
+        batch.flusher = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Ends the batcher when its flushing task is dropped (its runtime ended) and hands the
+/// connections still queued back to themselves, so that nothing waits for a task that
+/// no longer runs.
+struct Running(Batcher);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let queue = {
+            let mut batch = self.0.lock();
+            batch.ended = true;
+            batch.flusher = None;
+            std::mem::take(&mut batch.queue)
+        };
+        for shared in &queue {
+            hand_back(shared);
+        }
+    }
+}
+
+/// Puts a send's bytes back in front of its connection's and hands it back.
+fn give_back(send: Send) {
+    let mut out = send.shared.lock();
+    let mut buf = send.buf;
+    buf.extend_from_slice(&out.pending);
+    out.pending = buf;
+    drop(out);
+    hand_back(&send.shared);
+}
+
+/// Returns a queued connection's bytes to it: from now on it writes them, and the rest,
+/// straight to its socket.
+fn hand_back(shared: &Shared) {
+    let mut out = shared.lock();
+    out.queued = false;
+    out.direct = true;
+    if out.dropped {
+        // Nobody will write them: one non-blocking attempt, then the close.
+        if let Some(stream) = &out.stream {
+            let _ = stream.try_write(&out.pending);
+        }
+        out.pending = Vec::new();
+        out.stream = None;
+    }
+    out.wake();
+}
+
+impl Batch {
+    fn flush(&mut self) {
+        let mut sends = std::mem::take(&mut self.sends);
+        for shared in self.queue.drain(..) {
+            let buf = std::mem::take(&mut shared.lock().pending);
+            sends.push(Send {
+                shared,
+                buf,
+                result: None,
+            });
+        }
+        let mut failed = None;
+        for (n, chunk) in sends.chunks_mut(ENTRIES as usize).enumerate() {
+            if let Err(unconsumed) = self.submit(chunk) {
+                failed = Some((n * ENTRIES as usize, chunk.len() - unconsumed));
+                break;
+            }
+        }
+        if let Some((first, consumed)) = failed {
+            // The ring failed; it is never entered again (`ended`), so the entries it
+            // had not consumed are never read. Of the chunk it failed on, a send the
+            // kernel took without answering may still be read by it: its buffer is
+            // leaked, and its connection fails, since whether its bytes went out is
+            // unknown. The sends it never took, and the chunks after it, give their
+            // connections their bytes back.
+            self.ended = true;
+            tracing::error!(
+                target: "dpop::uring",
+                "io_uring submission failed: this thread's connections write one system call each from now on"
+            );
+            for send in &mut sends[first..first + consumed] {
+                if send.result.is_none() {
+                    std::mem::take(&mut send.buf).leak();
+                    send.result = Some(-libc::EIO);
+                }
+            }
+            for send in sends.drain(first + consumed..) {
+                give_back(send);
+            }
+        }
+        for send in sends.drain(..) {
+            self.complete(send);
+        }
+        self.sends = sends;
+    }
+
+    /// Submits one send per entry of `chunk` and waits for all their completions. If
+    /// the ring itself fails: how many of the chunk's entries (its last ones) it never
+    /// took; the others without a result are unknown.
+    fn submit(&mut self, chunk: &mut [Send]) -> Result<(), usize> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_submit) {
+            return Err(chunk.len());
+        }
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        {
+            let mut sq = self.ring.submission();
+            for (i, send) in chunk.iter().enumerate() {
+                let len = u32::try_from(send.buf.len()).unwrap_or(u32::MAX);
+                let entry = opcode::Send::new(types::Fd(send.shared.fd), send.buf.as_ptr(), len)
+                    .flags(flags)
+                    .build()
+                    .user_data(i as u64);
+                #[allow(unsafe_code)]
+                // SAFETY: the kernel reads `len` bytes at `as_ptr()` from the socket
+                // `fd`. `chunk` owns each buffer and holds its connection, whose socket
+                // stays open while it is queued (a dropped stream leaves it to the
+                // batcher). Neither is released, moved or reused before this
+                // submission's completions are all reaped below. If the ring fails
+                // first, it is never entered again, so an entry it has not taken is
+                // never read, and the buffer of one it took is leaked (`flush`).
+                let pushed = unsafe { sq.push(&entry) };
+                if pushed.is_err() {
+                    // Cannot happen (a chunk fits the empty queue). The ring has not
+                    // been entered: none of the chunk reaches the kernel.
+                    return Err(chunk.len());
+                }
+            }
+        }
+        let mut waiting = chunk.len();
+        let mut retries = 0;
+        while waiting > 0 {
+            match self.ring.submit_and_wait(waiting) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // Passing shortages of kernel memory: nothing was submitted by this
+                // call; a few more tries before giving the ring up.
+                Err(e)
+                    if retries < 3
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM)
+                        ) =>
+                {
+                    retries += 1;
+                    std::thread::yield_now();
+                }
+                Err(_) => return Err(self.ring.submission().len()),
+            }
+            for cqe in self.ring.completion() {
+                let Some(send) = usize::try_from(cqe.user_data())
+                    .ok()
+                    .and_then(|i| chunk.get_mut(i))
+                else {
+                    continue;
+                };
+                if send.result.is_none() {
+                    send.result = Some(cqe.result());
+                    waiting -= 1;
+                }
+            }
+        }
+        self.stats.submissions += 1;
+        self.stats.sends += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Applies a send's result to its connection and wakes it.
+    fn complete(&mut self, send: Send) {
+        let Send {
+            shared,
+            mut buf,
+            result,
+        } = send;
+        let mut out = shared.lock();
+        out.queued = false;
+        let result = result.unwrap_or(-libc::EIO);
+        let sent = usize::try_from(result).ok().map(|n| n.min(buf.len()));
+        if let Some(sent) = sent
+            && sent == buf.len()
+        {
+            if !out.pending.is_empty() {
+                // Accepted while the send was under way (from another thread).
+                if self.ended {
+                    drop(out);
+                    hand_back(&shared);
+                    return;
+                }
+                out.queued = true;
+                self.queue.push(Arc::clone(&shared));
+            } else if buf.capacity() <= crate::KEPT_CAPACITY {
+                buf.clear();
+                out.pending = buf;
+            }
+        } else if sent.is_some() || result == -libc::EAGAIN {
+            // Short, or would block: the rest goes through readiness, ahead of anything
+            // accepted since.
+            self.stats.unfinished += 1;
+            buf.drain(..sent.unwrap_or(0));
+            buf.extend_from_slice(&out.pending);
+            out.pending = buf;
+            out.backlog = true;
+            drop(out);
+            drop(tokio::spawn(drain_task(Draining(Arc::clone(&shared)))));
+            return;
+        } else {
+            out.failed = Some(-result);
+            out.pending = Vec::new();
+        }
+        if out.dropped && !out.queued {
+            out.stream = None;
+        }
+        out.wake();
+    }
+}
+
+/// Writes a connection's rest through readiness, then lets it accept again. A dropped
+/// connection's rest is written only while the socket takes it; then the socket closes
+/// and what did not fit is dropped.
+pub(crate) async fn drain_task(draining: Draining) {
+    poll_fn(|cx| {
+        let mut out = draining.0.lock();
+        let drained = out.poll_drain(cx);
+        if drained.is_pending() && !out.dropped {
+            // Woken by the socket, or by the stream's drop.
+            out.drainer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        out.drainer = None;
+        out.backlog = false;
+        if out.dropped {
+            out.pending = Vec::new();
+            out.stream = None;
+        } else if out.pending.capacity() > crate::KEPT_CAPACITY {
+            out.pending = Vec::new();
+        }
+        out.wake();
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Ends a drain whose task was dropped unfinished (its runtime ended), or before it
+/// first ran (made before the spawn for that): the connection writes the rest itself,
+/// straight to its socket.
+pub(crate) struct Draining(pub(crate) Arc<Shared>);
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        let backlog = {
+            let mut out = self.0.lock();
+            std::mem::replace(&mut out.backlog, false)
+        };
+        if backlog {
+            hand_back(&self.0);
+        }
+    }
+}
