@@ -23,7 +23,7 @@ use std::sync::Weak;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
-use dpop_uring::BatchedStream;
+use dpop_uring::{BatchedStream, Batcher};
 use http::uri::Authority;
 use http::{HeaderMap, Method};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -123,16 +123,16 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// A connection for exchanges; with `io_uring`, a plain-TCP one's request heads go
-    /// out in the serving thread's next batch of writes (see `dpop_uring`), when the
-    /// thread has one.
-    pub(crate) fn new(stream: Stream, io_uring: bool) -> Self {
+    /// A connection for exchanges: a plain-TCP one's request heads go out in the serving
+    /// thread's batch of writes (see `dpop_uring`) when the thread has a batcher, which
+    /// it has unless `[limits] io_uring` is off or the kernel refused it.
+    pub(crate) fn new(stream: Stream) -> Self {
         Self(Box::new(ConnState {
-            io: match stream {
-                MaybeHttpsStream::Http(tcp) if io_uring => {
-                    Either::Left(BatchedStream::new(tcp.into_inner()))
+            io: match (stream, Batcher::current()) {
+                (MaybeHttpsStream::Http(tcp), Some(batcher)) => {
+                    Either::Left(BatchedStream::with_batcher(tcp.into_inner(), batcher))
                 }
-                other => Either::Right(TokioIo::new(other)),
+                (other, _) => Either::Right(TokioIo::new(other)),
             },
             buf: BytesMut::new(),
             out: Vec::new(),

@@ -264,8 +264,7 @@ where
                         let stream = tokio::time::timeout_at(at, Box::pin(connect))
                             .await
                             .map_err(|_| PoolError::Timeout)??;
-                        let io_uring = self.inner.connector.io_uring();
-                        (direct::Conn::new(stream, io_uring), false)
+                        (direct::Conn::new(stream), false)
                     }
                 };
             match conn

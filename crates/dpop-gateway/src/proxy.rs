@@ -430,8 +430,7 @@ impl Upstreams {
             let (client, connector, pool) = match same {
                 Some((pool, (_, client, connector))) => (client.clone(), connector.clone(), pool),
                 None => {
-                    let connector =
-                        upstream::connector(u, &mut roots)?.with_io_uring(config.io_uring);
+                    let connector = upstream::connector(u, &mut roots)?;
                     let client = pool::client(connector.clone());
                     clients.push((u.clone(), client.clone(), connector.clone()));
                     (client, connector, clients.len() - 1)

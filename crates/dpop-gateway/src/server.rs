@@ -327,7 +327,8 @@ struct Shared {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     h2c: bool,
-    /// `[limits] io_uring`: client connections' writes go out in their thread's batch.
+    /// `[limits] io_uring`, and the kernel allows it: each serving thread starts a
+    /// batcher, whose batch its connections' writes join.
     io_uring: bool,
 }
 
@@ -496,17 +497,6 @@ impl Drop for WorkerRuntime {
 
 /// Serves one accepted connection on the current thread's runtime: TLS first when the
 /// listener has it, then HTTP/1.1 or HTTP/2.
-/// A client connection as it is served: its writes (responses, TLS records) go out in
-/// the serving thread's next batch (see `dpop_uring`) unless `[limits] io_uring` is off
-/// or the kernel refused it.
-fn client_stream(shared: &Shared, stream: tokio::net::TcpStream) -> BatchedStream {
-    if shared.io_uring {
-        BatchedStream::new(stream)
-    } else {
-        BatchedStream::unbatched(stream)
-    }
-}
-
 fn serve_connection(
     shared: &Arc<Shared>,
     slot: Arc<ArcSwap<ThreadService>>,
@@ -534,7 +524,9 @@ fn serve_connection(
                 idle: idle.clone(),
             },
         );
-        let io = TokioIo::new(client_stream(shared, stream));
+        // Responses go out in the serving thread's batch of writes (see `dpop_uring`),
+        // when it has a batcher (`Worker::run`).
+        let io = TokioIo::new(BatchedStream::new(stream));
         if let Some(idle) = idle {
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
@@ -559,7 +551,7 @@ fn serve_connection(
         return;
     };
     let shared = Arc::clone(shared);
-    let stream = client_stream(&shared, stream);
+    let stream = BatchedStream::new(stream);
     tokio::spawn(async move {
         let accepted = tokio::select! {
             a = tls.accept(stream, handshake_timeout) => a,

@@ -104,9 +104,6 @@ pub(crate) struct UpstreamConnector {
     tcp: HttpConnector,
     tls: Option<Tls>,
     http2: bool,
-    /// `[limits] io_uring`: the direct HTTP/1.1 exchange's writes go out in the serving
-    /// thread's batch.
-    io_uring: bool,
 }
 
 impl fmt::Debug for UpstreamConnector {
@@ -138,18 +135,6 @@ impl Service<Uri> for UpstreamConnector {
 }
 
 impl UpstreamConnector {
-    /// The same connector, with the direct exchange's writes batched or not
-    /// (`[limits] io_uring`).
-    pub(crate) fn with_io_uring(mut self, on: bool) -> Self {
-        self.io_uring = on;
-        self
-    }
-
-    /// Whether the direct exchange's writes are batched.
-    pub(crate) fn io_uring(&self) -> bool {
-        self.io_uring
-    }
-
     /// Whether this connector is for HTTP/2 upstreams.
     pub(crate) fn http2(&self) -> bool {
         self.http2
@@ -321,7 +306,6 @@ pub(crate) fn connector(
         tcp,
         tls,
         http2: upstream.http2,
-        io_uring: false,
     })
 }
 

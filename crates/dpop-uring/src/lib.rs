@@ -47,17 +47,6 @@ mod ring {
     #[derive(Clone, Debug)]
     pub struct Batcher(());
 
-    /// What a batcher has done.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct Stats {
-        /// `io_uring_enter` calls that submitted sends.
-        pub submissions: u64,
-        /// Sends submitted.
-        pub sends: u64,
-        /// Sends that came back short or would have blocked.
-        pub unfinished: u64,
-    }
-
     impl Batcher {
         /// Refused: io_uring is Linux's.
         ///
@@ -75,8 +64,8 @@ mod ring {
 
         /// Zero.
         #[must_use]
-        pub fn stats(&self) -> Stats {
-            Stats::default()
+        pub fn stats(&self) -> crate::Stats {
+            crate::Stats::default()
         }
 
         pub(crate) fn enqueue(&self, shared: Arc<crate::Shared>) -> Result<(), Arc<crate::Shared>> {
@@ -89,7 +78,19 @@ mod ring {
     }
 }
 
-pub use ring::{Batcher, Stats};
+pub use ring::Batcher;
+
+/// What a batcher has done (for tests and diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `io_uring_enter` calls that submitted sends.
+    pub submissions: u64,
+    /// Sends submitted.
+    pub sends: u64,
+    /// Sends that came back short or would have blocked: their rest went out through
+    /// readiness.
+    pub unfinished: u64,
+}
 
 /// The most bytes one connection keeps accepted and not yet handed to the kernel; a
 /// write beyond it waits for its batcher's next submission.
@@ -179,6 +180,40 @@ impl Out {
         }
     }
 
+    /// Whether the batcher owns the sending of `pending` (queued, or draining a short
+    /// send's rest).
+    fn in_batch(&self) -> bool {
+        self.queued || self.backlog
+    }
+
+    /// Puts `front` (a send's unsent bytes) ahead of what was accepted since.
+    pub(crate) fn put_front(&mut self, mut front: Vec<u8>) {
+        front.extend_from_slice(&self.pending);
+        self.pending = front;
+    }
+
+    /// Closes a dropped stream's socket: what a plain socket would have taken before
+    /// its close, one non-blocking attempt at the pending bytes, then the close.
+    pub(crate) fn close_dropped(&mut self) {
+        if !self.pending.is_empty()
+            && let Some(stream) = &self.stream
+        {
+            let _ = stream.try_write(&self.pending);
+        }
+        self.pending = Vec::new();
+        self.stream = None;
+    }
+
+    /// Writes `bufs` straight to the socket, after what a batcher handed back.
+    fn poll_write_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(self.stream()).poll_write_vectored(cx, bufs)
+    }
+
     /// Writes `pending` to the socket through readiness, waking `cx` when it can go on.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
@@ -220,10 +255,11 @@ impl BatchedStream {
         Self::with(stream, Batcher::current())
     }
 
-    /// A stream that always writes straight to its socket.
+    /// Wraps `stream`, its writes batched by `batcher` (or, once that has ended,
+    /// written straight to the socket).
     #[must_use]
-    pub fn unbatched(stream: TcpStream) -> Self {
-        Self::with(stream, None)
+    pub fn with_batcher(stream: TcpStream, batcher: Batcher) -> Self {
+        Self::with(stream, Some(batcher))
     }
 
     fn with(stream: TcpStream, batcher: Option<Batcher>) -> Self {
@@ -252,15 +288,13 @@ impl BatchedStream {
     fn poll_put(&self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let mut out = self.shared.lock();
         out.check_failed()?;
-        if out.queued || out.backlog {
+        if out.in_batch() {
             if out.pending.len() >= MAX_PENDING || out.backlog {
                 out.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
         } else if out.direct {
-            // Bytes a batcher handed back when it ended go first.
-            ready!(out.poll_drain(cx))?;
-            return Pin::new(out.stream()).poll_write_vectored(cx, bufs);
+            return out.poll_write_direct(cx, bufs);
         }
         let before = out.pending.len();
         let room = MAX_PENDING - before;
@@ -286,8 +320,7 @@ impl BatchedStream {
         out.queued = false;
         out.direct = true;
         out.pending.truncate(before);
-        ready!(out.poll_drain(cx))?;
-        Pin::new(out.stream()).poll_write_vectored(cx, bufs)
+        out.poll_write_direct(cx, bufs)
     }
 }
 
@@ -327,7 +360,7 @@ impl AsyncWrite for BatchedStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut out = self.shared.lock();
         out.check_failed()?;
-        if out.queued || out.backlog {
+        if out.in_batch() {
             out.waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -345,7 +378,7 @@ impl Drop for BatchedStream {
     fn drop(&mut self) {
         let mut out = self.shared.lock();
         out.dropped = true;
-        if out.queued || out.backlog {
+        if out.in_batch() {
             // The batcher sends what was accepted, then closes the socket; a drain
             // waiting for room gives up now, dropping what the socket cannot take.
             if let Some(w) = out.drainer.take() {
@@ -353,17 +386,8 @@ impl Drop for BatchedStream {
             }
             return;
         }
-        if !out.pending.is_empty()
-            && let Some(stream) = &out.stream
-        {
-            // Handed back by an ended batcher and not yet written: what a plain socket
-            // would have taken before its close, one non-blocking attempt.
-            let _ = stream.try_write(&out.pending);
-        }
-        let stream = out.stream.take();
-        out.pending = Vec::new();
-        drop(out);
-        drop(stream);
+        // Bytes an ended batcher handed back may still be pending.
+        out.close_dropped();
     }
 }
 

@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 
 use io_uring::{IoUring, Probe, opcode, types};
 
-use crate::Shared;
+use crate::{Shared, Stats};
 
 /// Submission queue entries: the most sends handed over in one system call (a larger
 /// batch takes several).
@@ -19,18 +19,6 @@ thread_local! {
     /// The running batchers started on this thread, one per runtime at most: a stream
     /// made here uses the one of the runtime it is made in.
     static STARTED: RefCell<Vec<Batcher>> = const { RefCell::new(Vec::new()) };
-}
-
-/// What a batcher has done (for tests and diagnostics).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// `io_uring_enter` calls that submitted sends.
-    pub submissions: u64,
-    /// Sends submitted.
-    pub sends: u64,
-    /// Sends that came back short or would have blocked: their rest went out through
-    /// readiness.
-    pub unfinished: u64,
 }
 
 /// A serving thread's batch of socket writes: an io_uring and the task, on the runtime
@@ -230,11 +218,7 @@ impl Drop for Running {
 
 /// Puts a send's bytes back in front of its connection's and hands it back.
 fn give_back(send: Send) {
-    let mut out = send.shared.lock();
-    let mut buf = send.buf;
-    buf.extend_from_slice(&out.pending);
-    out.pending = buf;
-    drop(out);
+    send.shared.lock().put_front(send.buf);
     hand_back(&send.shared);
 }
 
@@ -245,12 +229,8 @@ fn hand_back(shared: &Shared) {
     out.queued = false;
     out.direct = true;
     if out.dropped {
-        // Nobody will write them: one non-blocking attempt, then the close.
-        if let Some(stream) = &out.stream {
-            let _ = stream.try_write(&out.pending);
-        }
-        out.pending = Vec::new();
-        out.stream = None;
+        // Nobody will write them.
+        out.close_dropped();
     }
     out.wake();
 }
@@ -404,8 +384,7 @@ impl Batch {
             // accepted since.
             self.stats.unfinished += 1;
             buf.drain(..sent.unwrap_or(0));
-            buf.extend_from_slice(&out.pending);
-            out.pending = buf;
+            out.put_front(buf);
             out.backlog = true;
             drop(out);
             drop(tokio::spawn(drain_task(Draining(Arc::clone(&shared)))));
@@ -415,7 +394,8 @@ impl Batch {
             out.pending = Vec::new();
         }
         if out.dropped && !out.queued {
-            out.stream = None;
+            // Everything was sent, or the socket failed: nothing is left to try.
+            out.close_dropped();
         }
         out.wake();
     }
@@ -436,6 +416,7 @@ pub(crate) async fn drain_task(draining: Draining) {
         out.drainer = None;
         out.backlog = false;
         if out.dropped {
+            // What the socket could not take is dropped with it.
             out.pending = Vec::new();
             out.stream = None;
         } else if out.pending.capacity() > crate::KEPT_CAPACITY {
