@@ -238,6 +238,8 @@ declare -A RPS P50 P99 NON2XX ERRORS SECS CPU CPU_SPLIT SPLIT_A INVOL
 # R_CPU, R_INVOL, and R_SPLIT_A, R_SPLIT_B (both parts of a split row, the names in
 # SPLIT_NAMES).
 declare -A R_RPS R_P50 R_P99 R_CPU R_SPLIT_A R_SPLIT_B SPLIT_NAMES R_INVOL
+# And the load generator's own CPU µs per request, per round (R_GEN).
+declare -A R_GEN
 # Also per round: non-2xx answers and transport errors (the table shows their sums), and
 # whether any round's proofs ran out.
 declare -A R_NON2XX R_ERRORS PROOFS_RAN_OUT
@@ -278,6 +280,7 @@ measure() {
         # Involuntary context switches of the process(es) under test per request.
         INVOL[$key]=$(json_num "$out" involuntary)
         R_INVOL[$key]+="${INVOL[$key]:-NA} "
+        R_GEN[$key]+="$(json_num "$out" generator_cpu_us_per_request | grep . || echo NA) "
         R_RPS[$key]+="${RPS[$key]:-NA} " R_P50[$key]+="${P50[$key]:-NA} "
         R_P99[$key]+="${P99[$key]:-NA} " R_CPU[$key]+="${CPU[$key]:-NA} "
         R_NON2XX[$key]+="${NON2XX[$key]:-0} " R_ERRORS[$key]+="${ERRORS[$key]:-0} "
@@ -1118,6 +1121,19 @@ if [[ -n $R_VERIFY ]]; then
         printf '| bare ES256 verification over %d%s rounds, µs of CPU | %.1f (%.1f–%.1f, %s %% apart%s) | (information) | |\n' \
             "$n" "$of" "$m" "$lo" "$hi" "$spread" "$unsteady"
     fi
+fi
+# The same seen from the rows themselves: the generator's work per request is the same on
+# every DPoP row over plain HTTP (the same headers, the same answer), so its own CPU per
+# request over those rows moves only with the machine's speed while they ran.
+gen_rows=""
+for key in memory redis memory_base redis_base; do
+    gen_rows+="${R_GEN[$key]:-}"
+done
+read -r m lo hi n <<<"$(stat median "$gen_rows")" || true
+if [[ -n ${n:-} ]] && ((n > 1)); then
+    spread=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%.1f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }')
+    printf '| the load generator'"'"'s own CPU per DPoP request over %d runs of the DPoP rows (its work is the same in each: the machine'"'"'s speed), µs | %.1f (%.1f–%.1f, %s %% apart) | (information) | |\n' \
+        "$n" "$m" "$lo" "$hi" "$spread"
 fi
 if is_number "${CPU[plain]:-}" && is_number "${CPU[nginx_plain]:-}"; then
     # Reported against its target, which belongs to the gateway's own work: not a check
