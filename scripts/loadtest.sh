@@ -260,7 +260,7 @@ json_num() { sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" <<<"$1"; }
 # measure KEY LABEL URL [run flags...]: one loadgen run; records its figures under KEY
 # (with --cpu-pid PID among the flags, also PID's CPU µs per request).
 measure() {
-    local key=$1 label=$2 url=$3 out
+    local key=$1 label=$2 url=$3 out gen
     shift 3
     wanted "$key" || return 0
     log "measuring: $label${ROUND:+ (round $ROUND of $ROUNDS)}"
@@ -280,7 +280,8 @@ measure() {
         # Involuntary context switches of the process(es) under test per request.
         INVOL[$key]=$(json_num "$out" involuntary)
         R_INVOL[$key]+="${INVOL[$key]:-NA} "
-        R_GEN[$key]+="$(json_num "$out" generator_cpu_us_per_request | grep . || echo NA) "
+        gen=$(json_num "$out" generator_cpu_us_per_request)
+        R_GEN[$key]+="${gen:-NA} "
         R_RPS[$key]+="${RPS[$key]:-NA} " R_P50[$key]+="${P50[$key]:-NA} "
         R_P99[$key]+="${P99[$key]:-NA} " R_CPU[$key]+="${CPU[$key]:-NA} "
         R_NON2XX[$key]+="${NON2XX[$key]:-0} " R_ERRORS[$key]+="${ERRORS[$key]:-0} "
@@ -300,7 +301,7 @@ measure() {
 # get a gap so that they stay aligned, round for round, with the other rows'.
 round_missing() {
     R_RPS[$1]+="NA " R_P50[$1]+="NA " R_P99[$1]+="NA " R_CPU[$1]+="NA " R_INVOL[$1]+="NA "
-    R_SPLIT_A[$1]+="NA " R_SPLIT_B[$1]+="NA "
+    R_SPLIT_A[$1]+="NA " R_SPLIT_B[$1]+="NA " R_GEN[$1]+="NA "
 }
 
 skip() {
@@ -909,6 +910,11 @@ stat() {
     }'
 }
 
+# spread_pct LO HI: how far HI is above LO, in per cent (one decimal).
+spread_pct() {
+    awk -v lo="$1" -v hi="$2" 'BEGIN { printf "%.1f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }'
+}
+
 # paired KIND A B [C]: sets R (the median of the per-round values, two decimals) and NOTE
 # (" (median of N rounds: MIN-MAX)" with several rounds, " of ROUNDS" added when some
 # rounds lack a value, else empty); R is empty when no round has every value.
@@ -1111,7 +1117,7 @@ if [[ -n $R_VERIFY ]]; then
     # the DPoP check pairs rows measured at different moments, so it moves with this.
     read -r m lo hi n <<<"$(stat median "$R_VERIFY")" || true
     if [[ -n ${n:-} ]] && ((n > 1)); then
-        spread=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%.1f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }')
+        spread=$(spread_pct "$lo" "$hi")
         unsteady=""
         if awk -v s="$spread" 'BEGIN { exit !(s > 10) }'; then
             unsteady="; the machine's speed moved by more than 10 % between rounds, and the DPoP check with it"
@@ -1131,7 +1137,7 @@ for key in memory redis memory_base redis_base; do
 done
 read -r m lo hi n <<<"$(stat median "$gen_rows")" || true
 if [[ -n ${n:-} ]] && ((n > 1)); then
-    spread=$(awk -v lo="$lo" -v hi="$hi" 'BEGIN { printf "%.1f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }')
+    spread=$(spread_pct "$lo" "$hi")
     printf '| the load generator'"'"'s own CPU per DPoP request over %d runs of the DPoP rows (its work is the same in each: the machine'"'"'s speed), µs | %.1f (%.1f–%.1f, %s %% apart) | (information) | |\n' \
         "$n" "$m" "$lo" "$hi" "$spread"
 fi

@@ -328,14 +328,13 @@ fn a_runtime_ended_before_its_flush_leaves_no_stream_waiting() {
             assert!(Batcher::current().is_none());
             let batcher = Batcher::start().unwrap();
             let (mut b, mut peer) = pair().await;
-            b.write_all(b"again").await.unwrap();
-            tokio::time::timeout(Duration::from_secs(5), b.flush())
-                .await
-                .expect("flushed by this runtime's batcher")
-                .unwrap();
-            let mut got = [0u8; 5];
-            peer.read_exact(&mut got).await.unwrap();
-            assert_eq!(&got, b"again");
+            delivered(
+                &mut b,
+                &mut peer,
+                b"again",
+                "flushed by this runtime's batcher",
+            )
+            .await;
             batcher.stats().sends
         });
         assert_eq!(next, 1);
@@ -347,6 +346,19 @@ fn a_runtime_ended_before_its_flush_leaves_no_stream_waiting() {
     peer.read_to_end(&mut got)
         .expect("the first connection's bytes were sent and its socket closed");
     assert_eq!(got, b"x");
+}
+
+/// Writes `bytes` on `s` and flushes, failing with `flushed_by` if the flush takes more
+/// than 5 s; then `peer` must read exactly them.
+async fn delivered(s: &mut BatchedStream, peer: &mut TcpStream, bytes: &[u8], flushed_by: &str) {
+    s.write_all(bytes).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.flush())
+        .await
+        .expect(flushed_by)
+        .unwrap();
+    let mut got = vec![0; bytes.len()];
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, bytes);
 }
 
 /// Two runtimes on one thread, each with its batcher: a stream joins the batch of the
@@ -363,13 +375,13 @@ fn a_stream_joins_the_batch_of_the_runtime_it_is_made_in() {
         let b = second.block_on(async { Batcher::start().unwrap() });
         first.block_on(async {
             let (mut s, mut peer) = pair().await;
-            s.write_all(b"first").await.unwrap();
-            tokio::time::timeout(Duration::from_secs(5), s.flush())
-                .await
-                .expect("flushed by the first runtime's batcher")
-                .unwrap();
-            let mut got = [0u8; 5];
-            peer.read_exact(&mut got).await.unwrap();
+            delivered(
+                &mut s,
+                &mut peer,
+                b"first",
+                "flushed by the first runtime's batcher",
+            )
+            .await;
         });
         assert_eq!((a.stats().sends, b.stats().sends), (1, 0));
         assert!(first.block_on(async { Batcher::current() }).is_some());
