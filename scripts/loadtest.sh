@@ -39,10 +39,11 @@
 # Prints a markdown table with the ratios against their targets on stdout; progress
 # goes to stderr. Environment: DURATION (15), WARMUP (2), CONNECTIONS (32),
 # ROUNDS (1): how many times the compared rows (plain, memory, their baseline rows, the nginx
-# rows, redis, and the bare verification) run, in turns, every other round in reverse
-# order; each row then shows the median of its rounds, and each check the median of its
-# per-round ratios (every ratio from rows of the same round) with their range, so that a
-# machine whose speed drifts while it is shared moves both sides of a ratio together,
+# rows, redis, and the bare verification) run, in turns, each beside the rows it is
+# compared with, every other round in reverse order; each row then shows the median of
+# its rounds, and each check the median of its per-round ratios (every ratio from rows
+# of the same round) with their range, so that a machine whose speed drifts while it is
+# shared moves both sides of a ratio together,
 # BASE_PORT (18400, first port tried), STRICT=1 to exit 1 when a target is missed,
 # ROWS=key,key,... to run only those rows (keys: upstream overhead plain memory
 # nginx_plain nginx_authz plain_base memory_base redis redis_base tls_h1 tls_h2 tls_plain
@@ -698,58 +699,60 @@ EOF
     # The compared rows, ROUNDS times in turns; every other round runs them in reverse order,
     # so that a row's place in a round (the machine drifting while a round runs) weighs on
     # both sides of every ratio alike.
+    # row_plain, row_memory, row_redis: this build's rows; with `base` as argument, the same
+    # row of the baseline build (key `…_base`), or nothing when there is no BASELINE_BIN.
+    # base_row KEY [base]: sets ROW_KEY, ROW_BIN and ROW_LABEL_PREFIX (the caller's locals);
+    # fails when the row is not to run.
+    base_row() {
+        ROW_KEY=$1 ROW_BIN="" ROW_LABEL_PREFIX=""
+        [[ ${2:-} == base ]] || return 0
+        [[ -n ${BASELINE_BIN:-} ]] || return 1
+        ROW_KEY=${1}_base ROW_BIN=$BASELINE_BIN ROW_LABEL_PREFIX="baseline build: "
+    }
     row_plain() {
+        local ROW_KEY ROW_BIN ROW_LABEL_PREFIX
+        base_row plain "${1:-}" || return 0
         alloc_port GATEWAY_PORT
-        plain_config "$WORK/plain.toml"
-        gateway_row plain "gateway, plain proxy (DPoP off)" http --config "$WORK/plain.toml" --
+        plain_config "$WORK/$ROW_KEY.toml"
+        gateway_row "$ROW_KEY" "${ROW_LABEL_PREFIX}gateway, plain proxy (DPoP off)" http --config "$WORK/$ROW_KEY.toml" --
     }
     GATEWAY_FLAGS=(--upstream "$UPSTREAM_URL" --issuer "$ISSUER_URL" --audience "$AUD")
     row_memory() {
+        local ROW_KEY ROW_BIN ROW_LABEL_PREFIX
+        base_row memory "${1:-}" || return 0
         alloc_port GATEWAY_PORT
-        gateway_row memory "gateway, DPoP, memory replay store" http \
+        gateway_row "$ROW_KEY" "${ROW_LABEL_PREFIX}gateway, DPoP, memory replay store" http \
             --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
             "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
-    }
-    # The same two rows with the baseline build, beside this build's.
-    row_baseline() {
-        [[ -n ${BASELINE_BIN:-} ]] || return 0
-        alloc_port GATEWAY_PORT
-        plain_config "$WORK/plain-baseline.toml"
-        ROW_BIN=$BASELINE_BIN gateway_row plain_base "baseline build: gateway, plain proxy (DPoP off)" http \
-            --config "$WORK/plain-baseline.toml" --
-        alloc_port GATEWAY_PORT
-        ROW_BIN=$BASELINE_BIN gateway_row memory_base "baseline build: gateway, DPoP, memory replay store" http \
-            --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
-            "${GATEWAY_FLAGS[@]}" -- "${DPOP_FLAGS[@]}"
-        if [[ -n $REDIS_URL ]]; then
-            alloc_port GATEWAY_PORT
-            ROW_BIN=$BASELINE_BIN HELPER_PID=$REDIS_PID HELPER_NAME=redis-server \
-                gateway_row redis_base "baseline build: gateway, DPoP, Redis replay store" http \
-                --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
-                "${GATEWAY_FLAGS[@]}" --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
-        fi
     }
     row_redis() {
+        local ROW_KEY ROW_BIN ROW_LABEL_PREFIX
+        base_row redis "${1:-}" || return 0
         if [[ -n $REDIS_URL ]]; then
             alloc_port GATEWAY_PORT
             HELPER_PID=$REDIS_PID HELPER_NAME=redis-server \
-                gateway_row redis "gateway, DPoP, Redis replay store" http \
+                gateway_row "$ROW_KEY" "${ROW_LABEL_PREFIX}gateway, DPoP, Redis replay store" http \
                 --listen "127.0.0.1:$GATEWAY_PORT" --allowed-host "127.0.0.1:$GATEWAY_PORT" \
                 "${GATEWAY_FLAGS[@]}" --replay-store "$REDIS_URL" -- "${DPOP_FLAGS[@]}"
-        else
+        elif [[ -z $ROW_BIN ]]; then
             log "no Redis on 127.0.0.1:6379 and no redis-server on PATH: skipping the Redis row"
             skip redis "gateway, DPoP, Redis replay store" "no Redis available"
         fi
     }
-    ROUND_STEPS=(measure_verify row_plain row_memory row_baseline nginx_rows row_redis)
+    # Each ratio's two rows run next to each other (the baseline build's row right after
+    # this build's), so that the machine has as little time as it can to change speed
+    # between them: nginx and the plain proxy; the plain proxy, the bare verification and
+    # the DPoP row; the memory and the Redis rows.
+    ROUND_STEPS=("nginx_rows" "row_plain" "row_plain base" "measure_verify" "row_memory"
+        "row_memory base" "row_redis" "row_redis base")
     for ((round_i = 1; round_i <= ROUNDS; round_i++)); do
         ROUND=""
         ((ROUNDS > 1)) && ROUND=$round_i
         if ((round_i % 2)); then
-            for step in "${ROUND_STEPS[@]}"; do "$step"; done
+            for step in "${ROUND_STEPS[@]}"; do $step; done
         else
             for ((step_i = ${#ROUND_STEPS[@]} - 1; step_i >= 0; step_i--)); do
-                "${ROUND_STEPS[step_i]}"
+                ${ROUND_STEPS[step_i]}
             done
         fi
     done
