@@ -18,8 +18,11 @@
 //!   error is returned by the connection's next write or flush.
 //! - `poll_flush` is ready only when every accepted byte has reached the kernel.
 //! - A connection dropped with bytes still queued keeps its socket open until they are
-//!   sent, then closes it; bytes that do not fit the socket's buffer by then are
-//!   dropped (a plain socket would not have accepted them from the writer).
+//!   sent, then closes it, as a plain socket's close leaves its buffered bytes to the
+//!   kernel: while its peer reads, it goes on writing, and it gives up (dropping the
+//!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. A stream
+//!   whose batcher's runtime has ended has no task left to wait on: its rest gets one
+//!   attempt before the close.
 //! - A stream writes straight to its socket, one system call per write as a plain
 //!   socket does, when its thread has no batcher (see [`Batcher::start`]), when the
 //!   batcher's runtime has ended, and when the kernel refuses io_uring (an old kernel, a
@@ -257,6 +260,11 @@ impl BatchedStream {
 
     /// Wraps `stream`, its writes batched by `batcher` (or, once that has ended,
     /// written straight to the socket).
+    ///
+    /// The batcher sends on its own runtime's turns: a write accepted while that runtime
+    /// is alive but not being driven (its thread blocked elsewhere) waits for it, flush
+    /// included. Writes from the batcher's own thread, as [`BatchedStream::new`] makes
+    /// them, never wait that way.
     #[must_use]
     pub fn with_batcher(stream: TcpStream, batcher: Batcher) -> Self {
         Self::with(stream, Some(batcher))
@@ -380,7 +388,7 @@ impl Drop for BatchedStream {
         out.dropped = true;
         if out.in_batch() {
             // The batcher sends what was accepted, then closes the socket; a drain
-            // waiting for room gives up now, dropping what the socket cannot take.
+            // waiting for room goes on while the peer reads (see `ring::drain_task`).
             if let Some(w) = out.drainer.take() {
                 w.wake();
             }

@@ -2,12 +2,15 @@
 //! runtime that submits them.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future as _, poll_fn};
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use io_uring::{IoUring, Probe, opcode, types};
+use tokio::time::{Instant, Sleep};
 
 use crate::{Shared, Stats};
 
@@ -70,9 +73,13 @@ struct Send {
     result: Option<i32>,
 }
 
-/// A ring of `entries`, refused unless the kernel has the send operation (Linux 5.6).
+/// The flags of every send: never wait for room, never raise `SIGPIPE`.
+const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
+/// A ring of `entries`, refused unless the kernel has the send operation (Linux 5.6)
+/// and completes a send to a full socket during its submission.
 fn new_ring(entries: u32) -> io::Result<IoUring> {
-    let ring = IoUring::new(entries)?;
+    let mut ring = IoUring::new(entries)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe)?;
     if !probe.is_supported(opcode::Send::CODE) {
@@ -81,7 +88,60 @@ fn new_ring(entries: u32) -> io::Result<IoUring> {
             "the kernel's io_uring has no send operation (Linux 5.6 or later has)",
         ));
     }
+    sends_do_not_wait(&mut ring, SEND_FLAGS)?;
     Ok(ring)
+}
+
+/// Checks what the batcher's waits rely on: a `MSG_DONTWAIT` send to a socket with no
+/// room is answered `EAGAIN` during the submission, not parked until the peer reads. A
+/// kernel that parked it would hold a serving thread in `submit_and_wait` for as long
+/// as one client chose not to read. (`flags`: the batcher's; tests vary them.)
+pub(crate) fn sends_do_not_wait(ring: &mut IoUring, flags: i32) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::fd::{AsRawFd as _, IntoRawFd as _};
+
+    let refused = |why: &str| io::Error::new(io::ErrorKind::Unsupported, why.to_owned());
+    let (mut full, peer) = std::os::unix::net::UnixStream::pair()?;
+    full.set_nonblocking(true)?;
+    let chunk = [0u8; 4096];
+    loop {
+        match full.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let buf = vec![0u8; 4096];
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let entry = opcode::Send::new(types::Fd(full.as_raw_fd()), buf.as_ptr(), len)
+        .flags(flags)
+        .build()
+        .user_data(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the kernel reads `len` bytes at `buf` from the socket `full`. Unless the
+    // send is seen complete below, both are leaked, so they outlive whatever the
+    // kernel still does with the entry.
+    let pushed = unsafe { ring.submission().push(&entry) };
+    if pushed.is_err() {
+        return Err(refused("a new ring has no room for one entry"));
+    }
+    let submitted = ring.submit();
+    let answer = ring.completion().next().map(|cqe| cqe.result());
+    match (submitted, answer) {
+        (Ok(1), Some(r)) if r == -libc::EAGAIN => Ok(()),
+        (Ok(1), Some(r)) => Err(refused(&format!(
+            "the kernel's io_uring answered a send to a full socket with {r}, not EAGAIN"
+        ))),
+        (submitted, _) => {
+            // The kernel may still hold the entry: its buffer and socket stay.
+            buf.leak();
+            let _ = (full.into_raw_fd(), peer.into_raw_fd());
+            Err(match submitted {
+                Err(e) => e,
+                Ok(_) => refused("the kernel's io_uring waits for room on a non-blocking send"),
+            })
+        }
+    }
 }
 
 pub(crate) fn probe() -> io::Result<()> {
@@ -248,12 +308,12 @@ impl Batch {
         }
         let mut failed = None;
         for (n, chunk) in sends.chunks_mut(ENTRIES as usize).enumerate() {
-            if let Err(unconsumed) = self.submit(chunk) {
-                failed = Some((n * ENTRIES as usize, chunk.len() - unconsumed));
+            if let Err((unconsumed, error)) = self.submit(chunk) {
+                failed = Some((n * ENTRIES as usize, chunk.len() - unconsumed, error));
                 break;
             }
         }
-        if let Some((first, consumed)) = failed {
+        if let Some((first, consumed, error)) = failed {
             // The ring failed; it is never entered again (`ended`), so the entries it
             // had not consumed are never read. Of the chunk it failed on, a send the
             // kernel took without answering may still be read by it: its buffer is
@@ -263,6 +323,7 @@ impl Batch {
             self.ended = true;
             tracing::error!(
                 target: "dpop::uring",
+                %error,
                 "io_uring submission failed: this thread's connections write one system call each from now on"
             );
             for send in &mut sends[first..first + consumed] {
@@ -283,13 +344,16 @@ impl Batch {
 
     /// Submits one send per entry of `chunk` and waits for all their completions. If
     /// the ring itself fails: how many of the chunk's entries (its last ones) it never
-    /// took; the others without a result are unknown.
-    fn submit(&mut self, chunk: &mut [Send]) -> Result<(), usize> {
+    /// took, and why; the others without a result are unknown.
+    fn submit(&mut self, chunk: &mut [Send]) -> Result<(), (usize, io::Error)> {
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_submit) {
-            return Err(chunk.len());
+            return Err((
+                chunk.len(),
+                io::Error::other("a failure the test asked for"),
+            ));
         }
-        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let flags = SEND_FLAGS;
         {
             let mut sq = self.ring.submission();
             for (i, send) in chunk.iter().enumerate() {
@@ -310,7 +374,10 @@ impl Batch {
                 if pushed.is_err() {
                     // Cannot happen (a chunk fits the empty queue). The ring has not
                     // been entered: none of the chunk reaches the kernel.
-                    return Err(chunk.len());
+                    return Err((
+                        chunk.len(),
+                        io::Error::other("the submission queue is full"),
+                    ));
                 }
             }
         }
@@ -332,7 +399,7 @@ impl Batch {
                     retries += 1;
                     std::thread::yield_now();
                 }
-                Err(_) => return Err(self.ring.submission().len()),
+                Err(e) => return Err((self.ring.submission().len(), e)),
             }
             for cqe in self.ring.completion() {
                 let Some(send) = usize::try_from(cqe.user_data())
@@ -401,22 +468,58 @@ impl Batch {
     }
 }
 
+/// How long a dropped connection's rest may wait for its peer to take more of it: the
+/// socket closes after this long without progress...
+pub(crate) const LINGER_STALL: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(5)
+};
+/// ...or this long after the drop, however slowly the peer reads. A dropped connection
+/// no longer holds its server's connection slot, so this bounds how long each keeps its
+/// socket and its bytes (at most `2 × MAX_PENDING`).
+pub(crate) const LINGER_MAX: Duration = if cfg!(test) {
+    Duration::from_secs(3)
+} else {
+    Duration::from_secs(60)
+};
+
 /// Writes a connection's rest through readiness, then lets it accept again. A dropped
-/// connection's rest is written only while the socket takes it; then the socket closes
-/// and what did not fit is dropped.
+/// connection's rest is still written, as a plain socket's close leaves its buffered
+/// bytes to the kernel: while the peer takes some of it at least every
+/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop; then the socket closes
+/// and what is left is dropped.
 pub(crate) async fn drain_task(draining: Draining) {
+    // Once dropped: when, how many bytes were left at the last progress, and the clock.
+    let mut linger: Option<(Instant, usize, Pin<Box<Sleep>>)> = None;
     poll_fn(|cx| {
         let mut out = draining.0.lock();
-        let drained = out.poll_drain(cx);
-        if drained.is_pending() && !out.dropped {
-            // Woken by the socket, or by the stream's drop.
+        let mut drained = out.poll_drain(cx);
+        if drained.is_pending() && out.dropped {
+            // Woken by the socket or by the drop; each time the peer took more, the
+            // stall's clock starts again.
+            let now = Instant::now();
+            let left = out.pending.len();
+            let (dropped_at, last, stall) = linger
+                .get_or_insert_with(|| (now, usize::MAX, Box::pin(tokio::time::sleep_until(now))));
+            if left < *last {
+                *last = left;
+                let until = (now + LINGER_STALL).min(*dropped_at + LINGER_MAX);
+                stall.as_mut().reset(until);
+            }
+            if stall.as_mut().poll(cx).is_ready() {
+                drained = Poll::Ready(Ok(()));
+            }
+        }
+        if drained.is_pending() {
+            // Woken by the socket, by the stream's drop, or by the linger's clock.
             out.drainer = Some(cx.waker().clone());
             return Poll::Pending;
         }
         out.drainer = None;
         out.backlog = false;
         if out.dropped {
-            // What the socket could not take is dropped with it.
+            // What the socket did not take in time is dropped with it.
             out.pending = Vec::new();
             out.stream = None;
         } else if out.pending.capacity() > crate::KEPT_CAPACITY {

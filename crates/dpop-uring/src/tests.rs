@@ -185,8 +185,48 @@ fn a_stream_dropped_with_queued_bytes_still_delivers_them_then_closes() {
     });
 }
 
+/// Reads from `peer` until the connection ends, `chunk` bytes at a time with `pause`
+/// before each read: what arrived, and when the end came.
+fn slow_reader(
+    mut peer: TcpStream,
+    chunk: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<(Vec<u8>, std::time::Instant)> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            tokio::time::sleep(pause).await;
+            match peer.read(&mut buf).await {
+                Ok(0) | Err(_) => return (got, std::time::Instant::now()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+/// Dropped with more accepted than the socket holds, while the peer reads steadily:
+/// every accepted byte still arrives, as after a plain socket's close.
+#[test]
+fn a_stream_dropped_with_a_backlog_delivers_all_of_it_to_a_reading_peer() {
+    batched(async |_| {
+        let (mut b, peer) = small_pair().await;
+        let data = pattern(MAX_PENDING);
+        let reader = slow_reader(peer, 1024, Duration::from_millis(1));
+        // Accepted at once (it fits MAX_PENDING): the writer is told it is written.
+        b.write_all(&data).await.unwrap();
+        tokio::task::yield_now().await;
+        drop(b);
+        let (got, _) = reader.await.unwrap();
+        assert_eq!(got.len(), data.len(), "accepted bytes lost on drop");
+        assert!(got == data);
+    });
+}
+
 /// Dropped while the rest of a short send waits for a peer that does not read: the
-/// socket closes rather than waiting for good, as a plain socket's close would.
+/// socket closes once the peer has taken nothing for `LINGER_STALL`, rather than
+/// waiting for good.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_stream_dropped_while_its_peer_does_not_read_is_closed() {
     batched(async |_| {
@@ -196,12 +236,53 @@ fn a_stream_dropped_while_its_peer_does_not_read_is_closed() {
         // Let the batch run: its send comes back short and a drain waits for room.
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
+        let dropped = std::time::Instant::now();
         drop(b);
+        // Not read until the linger is over.
+        tokio::time::sleep(ring::LINGER_STALL + Duration::from_millis(200)).await;
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut got))
             .await
             .expect("the socket is closed")
             .unwrap();
+        assert!(
+            got.len() < data.len() && data.starts_with(&got),
+            "{}",
+            got.len()
+        );
+        assert!(
+            dropped.elapsed() < ring::LINGER_MAX,
+            "{:?}",
+            dropped.elapsed()
+        );
+    });
+}
+
+/// A peer that reads, but too slowly to take the rest within `LINGER_MAX` of the drop:
+/// the socket closes then, with what arrived a prefix of what was written.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dropped_stream_gives_a_slow_peer_at_most_the_longest_linger() {
+    batched(async |_| {
+        let (mut b, peer) = small_pair().await;
+        let data = pattern(MAX_PENDING);
+        // 200 bytes every 20 ms: the socket has room again (a third of its buffer)
+        // about every 300 ms, well within each stall, but 64 KiB would take 6 s.
+        let reader = slow_reader(peer, 200, Duration::from_millis(20));
+        b.write_all(&data).await.unwrap();
+        tokio::task::yield_now().await;
+        let shared = Arc::clone(&b.shared);
+        let dropped = std::time::Instant::now();
+        drop(b);
+        while shared.lock().stream.is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lingered = dropped.elapsed();
+        assert!(
+            lingered >= ring::LINGER_MAX && lingered < ring::LINGER_MAX + Duration::from_secs(1),
+            "closed after {lingered:?}"
+        );
+        let (got, _) = reader.await.unwrap();
         assert!(
             got.len() < data.len() && data.starts_with(&got),
             "{}",
@@ -492,4 +573,26 @@ fn the_probe_and_a_batcher_agree() {
     let probed = probe();
     let started = isolated(|| current_thread().block_on(async { Batcher::start().map(drop) }));
     assert_eq!(probed.is_ok(), started.is_ok(), "{probed:?} {started:?}");
+}
+
+/// The start-up check that a send to a full socket is answered at once: it passes with
+/// the batcher's flags, and it refuses a ring whose send would wait for room (here, one
+/// without `MSG_DONTWAIT`, which the kernel parks until the peer reads).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_ring_whose_sends_would_wait_for_room_is_refused() {
+    let mut ring = match io_uring::IoUring::new(8) {
+        Ok(r) => r,
+        Err(e) if std::env::var_os("DPOP_TEST_IO_URING").is_some() => {
+            panic!("DPOP_TEST_IO_URING is set but the kernel refuses io_uring: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: the kernel refuses io_uring here ({e})");
+            return;
+        }
+    };
+    ring::sends_do_not_wait(&mut ring, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).unwrap();
+    let e = ring::sends_do_not_wait(&mut ring, libc::MSG_NOSIGNAL).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+    assert!(e.to_string().contains("waits for room"), "{e}");
 }
