@@ -294,15 +294,15 @@ impl Body {
         let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
+        if !self.keep_alive || !conn.0.buf.is_empty() {
+            return;
+        }
         if conn.0.buf.capacity() > KEPT {
             // The frames handed out share the buffer's allocation: an idle connection
             // does not keep a large one alive.
             conn.0.buf = BytesMut::new();
         }
-        if self.keep_alive
-            && conn.0.buf.is_empty()
-            && let Some(idle) = home.idle.upgrade()
-        {
+        if let Some(idle) = home.idle.upgrade() {
             idle.checkin(home.authority, conn, Conn::still_open);
         }
     }

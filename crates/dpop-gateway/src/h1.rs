@@ -12,7 +12,11 @@
 //! `chunked`, with `Transfer-Encoding` in HTTP/1.0, with `Content-Length` values that
 //! differ or are not plain digits, a chunk-size line that is not hex digits and an
 //! optional extension ended by CRLF, or a chunk not followed by CRLF, is an error (the
-//! request is answered 502 and the connection closed), never a guess.
+//! request is answered 502 and the connection closed), never a guess. So are more than
+//! four empty lines before a status line, and more than [`MAX_CHUNK_EXTENSIONS`] of
+//! chunk extensions and size-line padding in one body: reading must cost in proportion
+//! to what arrives. A `Content-Length` that repeats its number (`42, 42`) is relayed as
+//! that number once.
 
 use std::mem::MaybeUninit;
 
@@ -27,7 +31,8 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// The longest chunk-size line, extensions included.
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;
-/// The most bytes of chunk extensions in one body (hyper's limit too): an upstream
+/// The most bytes of chunk extensions in one body (hyper's limit too), with what pads
+/// size lines (spaces before a `;`, leading zeros past sixteen digits): an upstream
 /// cannot make the gateway read unbounded lines for each byte of data.
 pub(crate) const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// The longest trailer section.
@@ -132,6 +137,20 @@ fn has_empty_line(buf: &[u8], from: usize) -> bool {
 /// A malformed head, one larger than [`MAX_HEAD_BYTES`] (complete or not), more than
 /// [`MAX_HEADERS`] fields, or a field value `http` refuses.
 pub(crate) fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H1Error> {
+    // Empty lines before the status line (httparse skips them): a few at most, or each
+    // read that brings another would have httparse parse the whole buffer again.
+    let (mut lead, mut lines) = (0, 0);
+    loop {
+        match &buf[lead..] {
+            [b'\r', b'\n', ..] => lead += 2,
+            [b'\n', ..] => lead += 1,
+            _ => break,
+        }
+        lines += 1;
+        if lines > 4 {
+            return Err(H1Error::Head(httparse::Error::NewLine));
+        }
+    }
     if !has_empty_line(buf, *scanned) {
         if buf.len() > MAX_HEAD_BYTES {
             return Err(H1Error::HeadTooLarge);
@@ -233,9 +252,9 @@ impl FinalHead {
         buf: &mut BytesMut,
         method: &Method,
     ) -> Result<Option<(Head, Framing)>, H1Error> {
-        while let Some(head) = parse_head(buf, &mut self.scanned)? {
+        while let Some(mut head) = parse_head(buf, &mut self.scanned)? {
             if !head.status.is_informational() {
-                let framing = framing(method, &head)?;
+                let framing = framing(method, &mut head)?;
                 return Ok(Some((head, framing)));
             }
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -269,11 +288,30 @@ pub(crate) enum Framing {
 }
 
 /// How the body of a final (not 1xx) response to a request of `method` is framed
-/// (RFC 9112 §6.3), strictly: see the module's documentation.
+/// (RFC 9112 §6.3), strictly: see the module's documentation. A `Content-Length` is
+/// checked whatever the framing (a HEAD's or a 304's gives the size of a body not
+/// sent), and relayed as the one number it stands for: `42, 42` or two lines of `42`,
+/// which a recipient may accept (RFC 9110 §8.6), become one `42`, since the client's
+/// side (an HTTP/2 client above all) may refuse them.
 ///
 /// # Errors
 /// The framing headers contradict each other or are not well formed.
-pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
+pub(crate) fn framing(method: &Method, head: &mut Head) -> Result<Framing, H1Error> {
+    let length = content_length(&head.headers)?;
+    if let Some(n) = length {
+        // One line of digits without leading zeros is already `n` as it is written.
+        let mut lines = head.headers.get_all(CONTENT_LENGTH).iter();
+        let canonical = match (lines.next(), lines.next()) {
+            (Some(v), None) => {
+                let b = v.as_bytes();
+                b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0')
+            }
+            _ => false,
+        };
+        if !canonical {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
     if method == Method::HEAD
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED
@@ -285,7 +323,7 @@ pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> 
         if head.version == Version::HTTP_10 {
             return Err(H1Error::TransferEncodingInHttp10);
         }
-        if headers.contains_key(CONTENT_LENGTH) {
+        if length.is_some() {
             return Err(H1Error::LengthAndTransferEncoding);
         }
         let mut codings = list(headers, &TRANSFER_ENCODING);
@@ -294,8 +332,20 @@ pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> 
             _ => Err(H1Error::TransferCoding(joined(headers, &TRANSFER_ENCODING))),
         };
     }
-    // Not a list in its grammar, but a recipient may meet `42, 42` (RFC 9110 §8.6):
-    // every element of every line must be the same plain number, an empty one included.
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// The number every `Content-Length` line gives, if there is one. Not a list in its
+/// grammar, but a recipient may meet `42, 42` (RFC 9110 §8.6): every element of every
+/// line must be the same plain number, an empty one included.
+///
+/// # Errors
+/// An element that is not a plain number, or two that differ.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
     let mut length = None;
     for line in headers.get_all(CONTENT_LENGTH) {
         let invalid = || H1Error::ContentLength(joined(headers, &CONTENT_LENGTH));
@@ -311,11 +361,7 @@ pub(crate) fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> 
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
-    })
+    Ok(length)
 }
 
 /// Whether the connection may carry another request once this response's body has been
@@ -539,7 +585,8 @@ fn check_line(line: &[u8], partial: bool) -> Result<(), H1Error> {
     Ok(())
 }
 
-/// The size on a chunk-size line and the length of its extensions: hex digits (at most
+/// The size on a chunk-size line and how much else the line holds (counted against
+/// [`MAX_CHUNK_EXTENSIONS`] over the body): hex digits (at most
 /// 16 once leading zeros are set aside, so that the size fits 64 bits), then nothing, or
 /// optional spaces and tabs and a `;` that starts the extensions (which are ignored, as
 /// RFC 9112 lets a recipient ignore extensions it does not understand).
@@ -558,13 +605,16 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), H1Error> {
     if !rest.is_empty() && rest[0] != b';' {
         return Err(H1Error::ChunkSize);
     }
+    // What the line holds besides its size: the extensions, the spaces before them, and
+    // any digits past sixteen (leading zeros; a fixed width up to sixteen is free).
+    let padding = line.len() - digits.min(16);
     let significant = &line[zeros..digits];
     if significant.is_empty() {
-        return Ok((0, rest.len()));
+        return Ok((0, padding));
     }
     let text = std::str::from_utf8(significant).map_err(|_| H1Error::ChunkSize)?;
     let size = u64::from_str_radix(text, 16).map_err(|_| H1Error::ChunkSize)?;
-    Ok((size, rest.len()))
+    Ok((size, padding))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ fn head_of(text: &str) -> Head {
 }
 
 fn framing_of(method: &Method, text: &str) -> Result<Framing, H1Error> {
-    framing(method, &head_of(text))
+    framing(method, &mut head_of(text))
 }
 
 #[test]
@@ -256,8 +256,9 @@ fn content_length_is_plain_digits_and_one_value() {
 #[test]
 fn a_connection_is_kept_only_for_a_well_framed_http_1_1_answer_without_close() {
     let keep = |text: &str| {
-        let head = head_of(text);
-        keep_alive(&head, framing(&Method::GET, &head).unwrap())
+        let mut head = head_of(text);
+        let framing = framing(&Method::GET, &mut head).unwrap();
+        keep_alive(&head, framing)
     };
     assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"));
     assert!(keep(
@@ -412,4 +413,100 @@ fn chunk_lines_and_trailers_are_bounded() {
         Decoded::Data(Bytes::from_static(b"ab"))
     );
     assert_eq!(chunked.decode(&mut buf).unwrap(), Decoded::NeedMore);
+}
+
+/// Empty lines before a status line (httparse skips them) are taken a few at a time
+/// only: each read that brought another would have the whole buffer parsed again, so
+/// a paced upstream could make reading a head cost the square of its size.
+#[test]
+fn a_few_empty_lines_before_a_status_line_are_skipped_and_more_are_refused() {
+    for lead in ["", "\r\n", "\n", "\r\n\n\r\n\r\n"] {
+        let mut buf = BytesMut::from(
+            format!("{lead}HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+        let head = parse_head(&mut buf, &mut 0).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK, "{lead:?}");
+        assert!(buf.is_empty());
+    }
+    // Read two bytes at a time: refused at the fifth empty line, not after 400 KB.
+    let mut buf = BytesMut::new();
+    let mut scanned = 0;
+    let mut reads = 0;
+    let refused = loop {
+        buf.extend_from_slice(b"\r\n");
+        reads += 1;
+        match parse_head(&mut buf, &mut scanned) {
+            Ok(None) => assert!(reads < 100, "still reading"),
+            Ok(Some(_)) => panic!("a head"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused, H1Error::Head(httparse::Error::NewLine));
+    assert_eq!(reads, 5);
+}
+
+/// What pads chunk-size lines (leading zeros past sixteen digits, spaces before the
+/// line's end or its extensions) counts against the body's extension budget as the
+/// extensions do; a fixed width of sixteen digits costs nothing.
+#[test]
+fn padding_on_chunk_size_lines_counts_against_the_extension_budget() {
+    let mut wire = Vec::new();
+    let zeros = "0".repeat(MAX_CHUNK_LINE - 1);
+    let spaces = " ".repeat(MAX_CHUNK_LINE - 1);
+    for i in 0..100 {
+        let pad = if i % 2 == 0 {
+            format!("{zeros}1")
+        } else {
+            format!("1{spaces}")
+        };
+        wire.extend_from_slice(format!("{pad}\r\na\r\n").as_bytes());
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(
+        decode_all(&wire, 4096).unwrap_err(),
+        H1Error::ChunkExtensions
+    );
+    // Sizes written sixteen digits wide, for as long a body as any.
+    let mut wire = Vec::new();
+    for _ in 0..5000 {
+        wire.extend_from_slice(b"0000000000000001\r\na\r\n");
+    }
+    wire.extend_from_slice(b"0000000000000000\r\n\r\n");
+    assert_eq!(decode_all(&wire, 4096).unwrap().0.len(), 5000);
+}
+
+/// A `Content-Length` is relayed as the one number it stands for, whatever the
+/// framing; one that is not a number is refused even where no body follows.
+#[test]
+fn the_content_length_relayed_is_the_one_number_it_stands_for() {
+    let cases = [
+        ("Content-Length: 10", "10"),
+        ("Content-Length: 10, 10", "10"),
+        ("Content-Length: 10\r\nContent-Length: 10", "10"),
+        ("Content-Length: 007", "7"),
+        ("Content-Length: 0", "0"),
+        ("Content-Length: 00, 0", "0"),
+    ];
+    for method in [Method::GET, Method::HEAD] {
+        for (fields, relayed) in cases {
+            let mut head = head_of(&format!("HTTP/1.1 200 OK\r\n{fields}\r\n\r\n"));
+            framing(&method, &mut head).unwrap();
+            let lines: Vec<_> = head.headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(lines, [relayed], "{method} {fields:?}");
+        }
+        for bad in [
+            "Content-Length: 10, 11",
+            "Content-Length: ten",
+            "Content-Length: -1",
+        ] {
+            let mut head = head_of(&format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n"));
+            assert!(
+                matches!(framing(&method, &mut head), Err(H1Error::ContentLength(_))),
+                "{method} {bad:?}"
+            );
+        }
+    }
+    let mut head = head_of("HTTP/1.1 304 Not Modified\r\nContent-Length: 5, 5\r\n\r\n");
+    assert_eq!(framing(&Method::GET, &mut head).unwrap(), Framing::Empty);
+    assert_eq!(head.headers[CONTENT_LENGTH], "5");
 }

@@ -629,3 +629,53 @@ where
         "cut after {took:?}"
     );
 }
+
+/// A test's upstream answer made at run time (the scripted upstream writes static bytes).
+fn leaked(v: Vec<u8>) -> &'static [u8] {
+    Box::leak(v.into_boxed_slice())
+}
+
+/// A response with a large head (the read buffer grew past `KEPT`, which an idle
+/// connection does not keep) followed in the same write by bytes past its end: the
+/// connection is not reused, as after a small head.
+#[tokio::test]
+async fn bytes_past_an_answer_with_a_large_head_keep_its_connection_out_of_the_pool() {
+    for filler in [1_000usize, 40_000, 100_000] {
+        let mut wire = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        wire.extend(std::iter::repeat_n(b'a', filler));
+        wire.extend_from_slice(
+            b"\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+        );
+        let up = upstream(vec![Step::Answer(vec![leaked(wire)])]).await;
+        let (pool, url) = pool(up.addr);
+        let (_, body, _) = send(&pool, &url, "GET", up.addr).await.unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(
+            pool.direct_idle(),
+            0,
+            "filler {filler}: pooled with unread bytes"
+        );
+    }
+}
+
+/// The same for a HEAD answer with a large head that (wrongly) carries a body, the rest
+/// of which arrives a moment later: the next request, on a connection of its own, gets
+/// its own answer, not what the upstream wrote after the first.
+#[tokio::test]
+async fn a_head_answer_with_a_large_head_and_a_stray_body_does_not_answer_the_next_request() {
+    let mut first = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+    first.extend(std::iter::repeat_n(b'a', 40_000));
+    first.extend_from_slice(b"\r\nContent-Length: 47\r\n\r\n");
+    first.extend_from_slice(b"X"); // the first byte of the body the upstream sends for HEAD
+    let rest: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled";
+    let up = upstream(vec![
+        Step::Answer(vec![leaked(first), rest]),
+        Step::Answer(vec![OK]),
+    ])
+    .await;
+    let (pool, url) = pool(up.addr);
+    let (status, body, _) = send(&pool, &url, "HEAD", up.addr).await.unwrap();
+    assert_eq!((status, body.len()), (200, 0));
+    let (_, second, _) = send(&pool, &url, "GET", up.addr).await.unwrap();
+    assert_eq!(second, "ok", "the GET got another answer's bytes");
+}
