@@ -312,3 +312,88 @@ async fn a_streaming_http2_response_outlives_the_idle_timeout() {
     );
     drop(send);
 }
+
+/// Reads one response to a request of `method` from `stream`: its head, and its body by
+/// `content-length` (none for HEAD).
+async fn read_response(stream: &mut TcpStream, method: &str) -> (String, Vec<u8>) {
+    let mut reply = read_until(stream, b"\r\n\r\n").await;
+    let head_end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {:?}", String::from_utf8_lossy(&reply)))
+        + 4;
+    let head = String::from_utf8_lossy(&reply[..head_end]).to_ascii_lowercase();
+    let len: usize = if method == "HEAD" {
+        0
+    } else {
+        head.lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length: ")
+                    .map(|v| v.parse().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    while reply.len() < head_end + len {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed in the body");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    (head, reply[head_end..].to_vec())
+}
+
+/// An upstream that answers a HEAD with a head of about 40 KB (the gateway's read
+/// buffer grows past what an idle connection keeps) and the first byte of a body it
+/// must not send; if another request comes on that connection, it answers it with the
+/// rest of that body, itself a whole response. Through the gateway, the next request on
+/// the same client connection (so on the same serving thread and its pool) gets its own
+/// answer, on a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_sends_past_an_answer_never_answer_the_next_request() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
+        if req.head.starts_with("HEAD ") {
+            let mut first = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+            first.extend(std::iter::repeat_n(b'a', 40_000));
+            first.extend_from_slice(b"\r\nContent-Length: 47\r\n\r\nX");
+            let _ = req.stream.write_all(&first).await;
+            let stream = req.stream;
+            if let Some(mut next) = RawRequest::read(stream, Vec::new()).await {
+                let _ = next
+                    .stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        } else {
+            let _ = req
+                .stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let gw = Running::start(&issuer, &upstream.url(), "").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let request = |method: &str| {
+        format!(
+            "{method} /r HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+            gw.addr,
+            credentials(&issuer, &gw, method, "/r")
+        )
+    };
+    stream.write_all(request("HEAD").as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut stream, "HEAD").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    stream.write_all(request("GET").as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut stream, "GET").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body), "ok");
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the first connection was not reused"
+    );
+}
