@@ -913,6 +913,14 @@ stat() {
     }'
 }
 
+# product A B: the per-round products of two per-round lists ("NA" where either lacks one).
+product() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, A, " "); split(b, B, " ")
+        for (i = 1; i <= n; i++) printf "%s ", (A[i] == "NA" || B[i] == "NA" || B[i] == "") ? "NA" : A[i] * B[i]
+    }'
+}
+
 # spread_pct LO HI: how far HI is above LO, in per cent (one decimal).
 spread_pct() {
     awk -v lo="$1" -v hi="$2" 'BEGIN { printf "%.1f", (lo > 0 ? (hi / lo - 1) * 100 : 0) }'
@@ -1042,6 +1050,13 @@ if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}"; then
     check "Redis vs memory replay store" "${R}x$NOTE" ">= 0.90x" at_least "${R:-0}" 0.90
 elif wanted redis && wanted memory; then
     echo "| Redis vs memory replay store | n/a | >= 0.90x | |"
+fi
+if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}" && [[ -n ${R_GEN[redis]:-} && -n ${R_GEN[memory]:-} ]]; then
+    # The same with each row's speed taken out: the generator does the same work per
+    # request on both rows, so requests/s times its CPU per request (its share of the
+    # machine) moves with the stores' costs, not with how fast the machine ran that row.
+    paired ratio "$(product "${R_RPS[redis]}" "${R_GEN[redis]}")" "$(product "${R_RPS[memory]}" "${R_GEN[memory]}")"
+    [[ -n $R ]] && echo "| Redis vs memory replay store, requests/s times the generator's CPU per request (the machine's speed in each row taken out) | ${R}x$NOTE | (information) | |"
 fi
 if is_number "${SPLIT_A[redis]:-}" && is_number "${CPU[memory]:-}"; then
     paired ratio "${R_SPLIT_A[redis]}" "${R_CPU[memory]}"
