@@ -151,7 +151,10 @@ impl Conn {
     /// Bytes or a close that the kernel holds but the runtime has not yet been told of
     /// are seen when the next response is read (it fails, and the request is resent if
     /// nothing of an answer came and its method allows), as with hyper and nginx, whose
-    /// idle connections also learn of them through readiness events.
+    /// idle connections also learn of them through readiness events. Bytes that make a
+    /// whole response would be taken as that answer: the one case where an upstream
+    /// sends some late, a body to an answer that was to have none, keeps its connection
+    /// out of the pool ([`h1::keep_alive`]).
     fn still_open(&mut self) -> bool {
         let state = &mut *self.0;
         let mut byte = [0u8; 1];

@@ -366,13 +366,30 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
 
 /// Whether the connection may carry another request once this response's body has been
 /// read to its end: HTTP/1.1 (an HTTP/1.0 upstream's `Connection: keep-alive` is not
-/// taken up), not `Connection: close`, and a body whose end the framing tells.
+/// taken up), not `Connection: close`, a body whose end the framing tells, and no body
+/// announced that is not to come.
 pub(crate) fn keep_alive(head: &Head, framing: Framing) -> bool {
     head.version == Version::HTTP_11
         && framing != Framing::Close
+        && !announces_unsent_body(head, framing)
         && !list(&head.headers, &CONNECTION)
             // A line that is not visible ASCII is taken as saying close.
             .any(|t| t.is_err() || t.is_ok_and(|t| t.eq_ignore_ascii_case("close")))
+}
+
+/// A response without a body (to a HEAD, a 204, a 304) whose head describes one: a
+/// `Content-Length` other than `0` (already made one number by [`framing`]) or a
+/// `Transfer-Encoding`. Some upstreams send that body anyway, to a HEAD above all, and
+/// when it comes a moment after the head, nothing on the connection shows it before the
+/// next request is written: it would be read as that request's answer. So such a
+/// connection is not reused.
+fn announces_unsent_body(head: &Head, framing: Framing) -> bool {
+    framing == Framing::Empty
+        && (head.headers.contains_key(TRANSFER_ENCODING)
+            || head
+                .headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"))
 }
 
 /// The elements of a comma-separated list field, over all its lines, each trimmed of

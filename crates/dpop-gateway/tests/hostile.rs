@@ -342,58 +342,89 @@ async fn read_response(stream: &mut TcpStream, method: &str) -> (String, Vec<u8>
     (head, reply[head_end..].to_vec())
 }
 
-/// An upstream that answers a HEAD with a head of about 40 KB (the gateway's read
-/// buffer grows past what an idle connection keeps) and the first byte of a body it
-/// must not send; if another request comes on that connection, it answers it with the
-/// rest of that body, itself a whole response. Through the gateway, the next request on
-/// the same client connection (so on the same serving thread and its pool) gets its own
-/// answer, on a connection of its own.
+/// Through a gateway in front of `upstream`: a `first` request, then a GET on the same
+/// client connection (so on the same serving thread and its pool), each answered 200;
+/// the GET's body.
+async fn then_get(issuer: &MockIssuer, upstream: &str, first: &str) -> String {
+    let gw = Running::start(issuer, upstream, "").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let request = |method: &str| {
+        format!(
+            "{method} /r HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+            gw.addr,
+            credentials(issuer, &gw, method, "/r")
+        )
+    };
+    stream.write_all(request(first).as_bytes()).await.unwrap();
+    let (head, _) = read_response(&mut stream, first).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    stream.write_all(request("GET").as_bytes()).await.unwrap();
+    let (head, body) = read_response(&mut stream, "GET").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// An upstream that answers with a head of about 40 KB (the gateway's read buffer grows
+/// past what an idle connection keeps), its body, and one byte more; if another request
+/// comes on that connection, it answers it with what makes that byte a whole response.
+/// Through the gateway, the next request on the same client connection (so on the same
+/// serving thread and its pool) gets its own answer, on a connection of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_an_upstream_sends_past_an_answer_never_answer_the_next_request() {
     let issuer = MockIssuer::start().await.unwrap();
     let upstream = RawUpstream::start(|mut req: RawRequest| async move {
-        if req.head.starts_with("HEAD ") {
-            let mut first = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
-            first.extend(std::iter::repeat_n(b'a', 40_000));
-            first.extend_from_slice(b"\r\nContent-Length: 47\r\n\r\nX");
-            let _ = req.stream.write_all(&first).await;
-            let stream = req.stream;
-            if let Some(mut next) = RawRequest::read(stream, Vec::new()).await {
-                let _ = next
-                    .stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
-                    .await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        } else {
-            let _ = req
+        let mut first = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        first.extend(std::iter::repeat_n(b'a', 40_000));
+        first.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nokH");
+        let _ = req.stream.write_all(&first).await;
+        if let Some(mut next) = RawRequest::read(req.stream, Vec::new()).await {
+            let _ = next
                 .stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .write_all(b"TTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
                 .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     })
     .await
     .unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    let request = |method: &str| {
-        format!(
-            "{method} /r HTTP/1.1\r\nHost: {}\r\n{}\r\n",
-            gw.addr,
-            credentials(&issuer, &gw, method, "/r")
-        )
-    };
-    stream.write_all(request("HEAD").as_bytes()).await.unwrap();
-    let (head, _) = read_response(&mut stream, "HEAD").await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    stream.write_all(request("GET").as_bytes()).await.unwrap();
-    let (head, body) = read_response(&mut stream, "GET").await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert_eq!(String::from_utf8_lossy(&body), "ok");
+    assert_eq!(then_get(&issuer, &upstream.url(), "GET").await, "ok");
     assert_eq!(
         upstream.connections(),
         2,
         "the first connection was not reused"
     );
+}
+
+/// A careless (not hostile) upstream that sends a body with its answer to a HEAD, 20 ms
+/// after the head, and serves each request on the connection in turn; the body is
+/// itself a response, say a file someone uploaded. Through the gateway, the next request
+/// on the same client connection gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_body_to_a_head_never_answers_the_next_request() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|req: RawRequest| async move {
+        let mut next = Some(req);
+        while let Some(mut req) = next.take() {
+            if req.head.starts_with("HEAD ") {
+                let _ = req
+                    .stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 44\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = req
+                    .stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen")
+                    .await;
+            } else {
+                let _ = req
+                    .stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+            next = RawRequest::read(req.stream, req.body_start).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(then_get(&issuer, &upstream.url(), "HEAD").await, "ok");
 }

@@ -152,7 +152,9 @@ pub(crate) fn probe() -> io::Result<()> {
 
 impl Batcher {
     /// Starts a batcher on the current runtime, which must be a current-thread one that
-    /// this thread drives (its flushing task is spawned there): streams made on this
+    /// this thread drives (its flushing task is spawned there), with its I/O and time
+    /// drivers enabled (`enable_all`: a dropped stream's rest waits on a timer, and
+    /// Tokio panics without one): streams made on this
     /// thread in this runtime use it until the runtime ends (a second batcher started
     /// in the same runtime replaces it). Streams made in another runtime, or on another
     /// thread, do not.

@@ -219,7 +219,7 @@ async fn interim_answers_are_skipped_and_an_unusual_reason_is_kept() {
 }
 
 #[tokio::test]
-async fn a_head_answer_has_no_body_whatever_its_length_and_keeps_the_connection() {
+async fn a_head_answer_has_no_body_whatever_its_length() {
     let up = upstream(vec![Step::Answer(vec![
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
     ])])
@@ -234,6 +234,23 @@ async fn a_head_answer_has_no_body_whatever_its_length_and_keeps_the_connection(
         let body = response.into_body();
         assert!(hyper::body::Body::is_end_stream(&body));
         assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+    // A length announced for a body that is not to come: each on a connection of its
+    // own (see the test below).
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+/// A HEAD answer that announces no body keeps its connection.
+#[tokio::test]
+async fn a_head_answer_that_announces_no_body_keeps_its_connection() {
+    let up = upstream(vec![Step::Answer(vec![
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ])])
+    .await;
+    let (pool, url) = pool(up.addr);
+    for _ in 0..2 {
+        let (status, body, _) = send(&pool, &url, "HEAD", up.addr).await.unwrap();
+        assert_eq!((status, body.len()), (200, 0));
     }
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
@@ -678,4 +695,38 @@ async fn a_head_answer_with_a_large_head_and_a_stray_body_does_not_answer_the_ne
     assert_eq!((status, body.len()), (200, 0));
     let (_, second, _) = send(&pool, &url, "GET", up.addr).await.unwrap();
     assert_eq!(second, "ok", "the GET got another answer's bytes");
+}
+
+/// An answer without a body (to a HEAD, a 304) whose upstream sends one anyway, a
+/// moment after the head, the next request made at once, before anything shows on the
+/// idle connection: that request gets its own answer, not the body.
+#[tokio::test]
+async fn a_late_body_to_a_head_or_a_304_does_not_answer_the_next_request() {
+    let cases: [(&str, &'static [u8], u16); 2] = [
+        (
+            "HEAD",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 44\r\n\r\n",
+            200,
+        ),
+        (
+            "GET",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 44\r\n\r\n",
+            304,
+        ),
+    ];
+    for (method, head, status) in cases {
+        let up = upstream(vec![
+            Step::AnswerThenStray(head, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen"),
+            Step::Answer(vec![OK]),
+        ])
+        .await;
+        let (pool, url) = pool(up.addr);
+        let (got, body, _) = send(&pool, &url, method, up.addr).await.unwrap();
+        assert_eq!((got, body.len()), (status, 0));
+        assert_eq!(
+            send(&pool, &url, "GET", up.addr).await.unwrap().1,
+            "ok",
+            "{method}"
+        );
+    }
 }
