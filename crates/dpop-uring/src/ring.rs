@@ -355,13 +355,12 @@ impl Batch {
                 io::Error::other("a failure the test asked for"),
             ));
         }
-        let flags = SEND_FLAGS;
         {
             let mut sq = self.ring.submission();
             for (i, send) in chunk.iter().enumerate() {
                 let len = u32::try_from(send.buf.len()).unwrap_or(u32::MAX);
                 let entry = opcode::Send::new(types::Fd(send.shared.fd), send.buf.as_ptr(), len)
-                    .flags(flags)
+                    .flags(SEND_FLAGS)
                     .build()
                     .user_data(i as u64);
                 #[allow(unsafe_code)]

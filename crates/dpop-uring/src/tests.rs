@@ -205,18 +205,35 @@ fn slow_reader(
     })
 }
 
+/// A stream on a [`small_pair`] that accepts `MAX_PENDING` bytes (at once: the writer is
+/// told they are written) and is dropped while its peer reads `chunk` bytes every
+/// `pause`: what was written, the stream's state, when it was dropped, and the reader.
+async fn dropped_with_backlog(
+    chunk: usize,
+    pause: Duration,
+) -> (
+    Vec<u8>,
+    Arc<Shared>,
+    std::time::Instant,
+    tokio::task::JoinHandle<(Vec<u8>, std::time::Instant)>,
+) {
+    let (mut b, peer) = small_pair().await;
+    let data = pattern(MAX_PENDING);
+    let reader = slow_reader(peer, chunk, pause);
+    b.write_all(&data).await.unwrap();
+    tokio::task::yield_now().await;
+    let shared = Arc::clone(&b.shared);
+    let dropped = std::time::Instant::now();
+    drop(b);
+    (data, shared, dropped, reader)
+}
+
 /// Dropped with more accepted than the socket holds, while the peer reads steadily:
 /// every accepted byte still arrives, as after a plain socket's close.
 #[test]
 fn a_stream_dropped_with_a_backlog_delivers_all_of_it_to_a_reading_peer() {
     batched(async |_| {
-        let (mut b, peer) = small_pair().await;
-        let data = pattern(MAX_PENDING);
-        let reader = slow_reader(peer, 1024, Duration::from_millis(1));
-        // Accepted at once (it fits MAX_PENDING): the writer is told it is written.
-        b.write_all(&data).await.unwrap();
-        tokio::task::yield_now().await;
-        drop(b);
+        let (data, _, _, reader) = dropped_with_backlog(1024, Duration::from_millis(1)).await;
         let (got, _) = reader.await.unwrap();
         assert_eq!(got.len(), data.len(), "accepted bytes lost on drop");
         assert!(got == data);
@@ -264,16 +281,10 @@ fn a_stream_dropped_while_its_peer_does_not_read_is_closed() {
 #[test]
 fn a_dropped_stream_gives_a_slow_peer_at_most_the_longest_linger() {
     batched(async |_| {
-        let (mut b, peer) = small_pair().await;
-        let data = pattern(MAX_PENDING);
         // 200 bytes every 20 ms: the socket has room again (a third of its buffer)
         // about every 300 ms, well within each stall, but 64 KiB would take 6 s.
-        let reader = slow_reader(peer, 200, Duration::from_millis(20));
-        b.write_all(&data).await.unwrap();
-        tokio::task::yield_now().await;
-        let shared = Arc::clone(&b.shared);
-        let dropped = std::time::Instant::now();
-        drop(b);
+        let (data, shared, dropped, reader) =
+            dropped_with_backlog(200, Duration::from_millis(20)).await;
         while shared.lock().stream.is_some() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -280,6 +280,17 @@ fn a_connection_is_kept_only_for_a_well_framed_http_1_1_answer_without_close() {
 /// A decoded body: its bytes, its trailers, what was left after its end.
 type Decoding = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
 
+/// A chunked body of one-byte chunks (`a`), each after one of `size_lines`, ended by
+/// the `last` chunk's size line and no trailers.
+fn chunks_of_a(size_lines: impl IntoIterator<Item = String>, last: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for line in size_lines {
+        wire.extend_from_slice(format!("{line}\r\na\r\n").as_bytes());
+    }
+    wire.extend_from_slice(format!("{last}\r\n\r\n").as_bytes());
+    wire
+}
+
 /// Feeds `wire` to a decoder `step` bytes at a time; the body's bytes, its trailers,
 /// and what was left after its end, or the first error.
 fn decode_all(wire: &[u8], step: usize) -> Result<Decoding, H1Error> {
@@ -372,22 +383,14 @@ fn leading_zeros_do_not_count_against_the_size_digits() {
 
 #[test]
 fn chunk_extensions_are_bounded_over_the_whole_body() {
-    let mut wire = Vec::new();
-    let extension = "x".repeat(1000);
-    for _ in 0..17 {
-        wire.extend_from_slice(format!("1;{extension}\r\na\r\n").as_bytes());
-    }
-    wire.extend_from_slice(b"0\r\n\r\n");
+    let line = format!("1;{}", "x".repeat(1000));
+    let wire = chunks_of_a(vec![line.clone(); 17], "0");
     assert_eq!(
         decode_all(&wire, 4096).unwrap_err(),
         H1Error::ChunkExtensions
     );
     // Sixteen such lines are within the bound.
-    let mut wire = Vec::new();
-    for _ in 0..16 {
-        wire.extend_from_slice(format!("1;{extension}\r\na\r\n").as_bytes());
-    }
-    wire.extend_from_slice(b"0\r\n\r\n");
+    let wire = chunks_of_a(vec![line; 16], "0");
     assert_eq!(decode_all(&wire, 4096).unwrap().0, b"a".repeat(16));
 }
 
@@ -450,29 +453,25 @@ fn a_few_empty_lines_before_a_status_line_are_skipped_and_more_are_refused() {
 /// extensions do; a fixed width of sixteen digits costs nothing.
 #[test]
 fn padding_on_chunk_size_lines_counts_against_the_extension_budget() {
-    let mut wire = Vec::new();
     let zeros = "0".repeat(MAX_CHUNK_LINE - 1);
     let spaces = " ".repeat(MAX_CHUNK_LINE - 1);
-    for i in 0..100 {
-        let pad = if i % 2 == 0 {
+    let padded = (0..100).map(|i| {
+        if i % 2 == 0 {
             format!("{zeros}1")
         } else {
             format!("1{spaces}")
-        };
-        wire.extend_from_slice(format!("{pad}\r\na\r\n").as_bytes());
-    }
-    wire.extend_from_slice(b"0\r\n\r\n");
+        }
+    });
     assert_eq!(
-        decode_all(&wire, 4096).unwrap_err(),
+        decode_all(&chunks_of_a(padded, "0"), 4096).unwrap_err(),
         H1Error::ChunkExtensions
     );
     // Sizes written sixteen digits wide, for as long a body as any.
-    let mut wire = Vec::new();
-    for _ in 0..5000 {
-        wire.extend_from_slice(b"0000000000000001\r\na\r\n");
-    }
-    wire.extend_from_slice(b"0000000000000000\r\n\r\n");
-    assert_eq!(decode_all(&wire, 4096).unwrap().0.len(), 5000);
+    let wide = chunks_of_a(
+        vec!["0000000000000001".to_owned(); 5000],
+        "0000000000000000",
+    );
+    assert_eq!(decode_all(&wide, 4096).unwrap().0.len(), 5000);
 }
 
 /// A `Content-Length` is relayed as the one number it stands for, whatever the
