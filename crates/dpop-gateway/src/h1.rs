@@ -297,21 +297,7 @@ pub(crate) enum Framing {
 /// # Errors
 /// The framing headers contradict each other or are not well formed.
 pub(crate) fn framing(method: &Method, head: &mut Head) -> Result<Framing, H1Error> {
-    let length = content_length(&head.headers)?;
-    if let Some(n) = length {
-        // One line of digits without leading zeros is already `n` as it is written.
-        let mut lines = head.headers.get_all(CONTENT_LENGTH).iter();
-        let canonical = match (lines.next(), lines.next()) {
-            (Some(v), None) => {
-                let b = v.as_bytes();
-                b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0')
-            }
-            _ => false,
-        };
-        if !canonical {
-            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
+    let length = canonical_content_length(&mut head.headers)?;
     if method == Method::HEAD
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED
@@ -337,6 +323,32 @@ pub(crate) fn framing(method: &Method, head: &mut Head) -> Result<Framing, H1Err
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
+}
+
+/// The number every `Content-Length` line of a response gives, if there is one, with
+/// those lines replaced by that number written once when they say it otherwise (`42, 42`,
+/// two lines, `042`). Every response the gateway relays passes here, whichever client
+/// read it from the upstream, so the client sees one form of the length.
+///
+/// # Errors
+/// As [`content_length`].
+pub(crate) fn canonical_content_length(headers: &mut HeaderMap) -> Result<Option<u64>, H1Error> {
+    let length = content_length(headers)?;
+    if let Some(n) = length {
+        // One line of digits without leading zeros is already `n` as it is written.
+        let mut lines = headers.get_all(CONTENT_LENGTH).iter();
+        let canonical = match (lines.next(), lines.next()) {
+            (Some(v), None) => {
+                let b = v.as_bytes();
+                b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0')
+            }
+            _ => false,
+        };
+        if !canonical {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    Ok(length)
 }
 
 /// The number every `Content-Length` line gives, if there is one. Not a list in its

@@ -24,6 +24,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use crate::access_log::{Caller, Forwarded};
 use crate::config::{GatewayConfig, IdentityHeaders, UpstreamConfig};
 use crate::error::GatewayError;
+use crate::h1;
 use crate::metrics::Metrics;
 use crate::metrics::RouteLabels;
 use crate::pool::{self, PoolError, UpstreamClient};
@@ -919,6 +920,13 @@ impl Proxy {
                     return self.switch_protocols(resp, client_upgrade, lifetime);
                 }
                 remove_hop_by_hop(resp.headers_mut());
+                // The direct path has done this already; hyper's client (requests with a
+                // body, HTTP/2 and https upstreams) relays `42, 42` as it came.
+                if let Err(e) = h1::canonical_content_length(resp.headers_mut()) {
+                    self.metrics.upstream("error");
+                    tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %e, "upstream answer refused");
+                    return empty(StatusCode::BAD_GATEWAY);
+                }
                 if stream::is_stream(resp.headers(), resp.body()) {
                     let (parts, body) = resp.into_parts();
                     let body = stream::Limited::new(body, &parts.headers, lifetime);

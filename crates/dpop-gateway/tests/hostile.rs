@@ -328,8 +328,11 @@ async fn read_response(stream: &mut TcpStream, method: &str) -> (String, Vec<u8>
     } else {
         head.lines()
             .find_map(|l| {
-                l.strip_prefix("content-length: ")
-                    .map(|v| v.parse().unwrap())
+                l.strip_prefix("content-length: ").map(|v| {
+                    v.parse().unwrap_or_else(|_| {
+                        panic!("a Content-Length that is not one number: {v:?}")
+                    })
+                })
             })
             .unwrap_or(0)
     };
@@ -427,4 +430,40 @@ async fn a_late_body_to_a_head_never_answers_the_next_request() {
     .await
     .unwrap();
     assert_eq!(then_get(&issuer, &upstream.url(), "HEAD").await, "ok");
+}
+
+/// An upstream that writes its `Content-Length` as `2, 2` (which a recipient may accept,
+/// RFC 9110 §8.6, and an HTTP/2 client may refuse). Whichever way the gateway read the
+/// answer, its own for a GET or hyper's client for a request with a body, the client
+/// sees one form of the length: `2`, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_content_length_reaches_the_client_as_one_number() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
+        let _ = req
+            .stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok")
+            .await;
+    })
+    .await
+    .unwrap();
+    let gw = Running::start(&issuer, &upstream.url(), "").await;
+    for (method, body) in [("GET", ""), ("POST", "hi")] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!(
+            "{method} /r HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n{body}",
+            gw.addr,
+            credentials(&issuer, &gw, method, "/r"),
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut stream, method).await;
+        assert!(head.starts_with("http/1.1 200"), "{method}: {head}");
+        let lengths: Vec<_> = head
+            .lines()
+            .filter(|l| l.starts_with("content-length:"))
+            .collect();
+        assert_eq!(lengths, ["content-length: 2"], "{method}: {head}");
+        assert_eq!(body, b"ok", "{method}");
+    }
 }

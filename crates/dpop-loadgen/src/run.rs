@@ -281,10 +281,13 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     // connection's task has returned), so the difference is the server's work for the
     // requests counted (and any failed ones), plus whatever it does in the background.
     // The server's context switches likewise.
-    let cpu_sample = || -> anyhow::Result<Option<(u64, u64, ThreadSwitches)>> {
+    let cpu_sample = || -> anyhow::Result<Option<(Vec<u64>, u64, ThreadSwitches)>> {
         cpu.map(|_| {
             Ok((
-                processes_ticks(&args.cpu_pid).context("--cpu-pid")?,
+                args.cpu_pid
+                    .iter()
+                    .map(|&pid| processes_ticks(&[pid]).context("--cpu-pid"))
+                    .collect::<anyhow::Result<Vec<u64>>>()?,
                 processes_ticks(&[std::process::id()])?,
                 processes_switches(&args.cpu_pid).context("--cpu-pid")?,
             ))
@@ -312,15 +315,22 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         (0.0, 0.0, 0.0)
     };
-    // µs of CPU per counted request: the --cpu-pid process's, and the generator's own.
-    // And the --cpu-pid processes' context switches per counted request.
-    let (cpu_us, own_cpu_us, switches) = match (cpu, cpu_start, cpu_end) {
+    // µs of CPU per counted request: the --cpu-pid processes' together and each one's,
+    // and the generator's own. And the --cpu-pid processes' context switches per counted
+    // request.
+    let (cpu_us, cpu_each, own_cpu_us, switches) = match (cpu, cpu_start, cpu_end) {
         (Some(hz), Some((s0, g0, w0)), Some((s1, g1, w1))) if requests > 0 => {
             let per_request = |ticks: u64| round3(ticks as f64 * 1e6 / hz as f64 / requests as f64);
+            let spent: Vec<u64> = s1
+                .iter()
+                .zip(&s0)
+                .map(|(b, a)| b.saturating_sub(*a))
+                .collect();
             let w: Switches = w1.since(&w0)?;
             let per = |n: u64| round3(n as f64 / requests as f64);
             (
-                Some(per_request(s1.saturating_sub(s0))),
+                Some(per_request(spent.iter().sum())),
+                Some(spent.into_iter().map(per_request).collect::<Vec<f64>>()),
                 Some(per_request(g1.saturating_sub(g0))),
                 Some(SwitchRates {
                     voluntary: per(w.voluntary),
@@ -328,7 +338,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }),
             )
         }
-        _ => (None, None, None),
+        _ => (None, None, None, None),
     };
     let status: serde_json::Map<String, serde_json::Value> = stats
         .status
@@ -343,7 +353,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
             "\"reconnects\":{},\"status\":{},\"dpop\":{},\"proofs_generated\":{},",
             "\"proofs_exhausted\":{},\"http\":{},\"tls\":{},\"cpu_pid\":{},",
             "\"cpu_us_per_request\":{},\"generator_cpu_us_per_request\":{},",
-            "\"switches_per_request\":{}}}"
+            "\"switches_per_request\":{},\"cpu_us_per_request_each\":{}}}"
         ),
         serde_json::Value::from(label.as_str()),
         requests,
@@ -371,6 +381,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         serde_json::Value::from(cpu_us),
         serde_json::Value::from(own_cpu_us),
         switches_json(switches),
+        serde_json::Value::from(cpu_each.clone()),
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
@@ -392,7 +403,18 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let pids: Vec<String> = args.cpu_pid.iter().map(u32::to_string).collect();
                 let whose = match pids.as_slice() {
                     [pid] => format!("process {pid}"),
-                    several => format!("processes {} together", several.join(", ")),
+                    several => {
+                        let each: Vec<String> = several
+                            .iter()
+                            .zip(cpu_each.iter().flatten())
+                            .map(|(pid, us)| format!("{us} in {pid}"))
+                            .collect();
+                        format!(
+                            "processes {} together ({})",
+                            several.join(", "),
+                            each.join(", ")
+                        )
+                    }
                 };
                 format!(
                     "; CPU per request: {us} µs in {whose} ({involuntary} involuntary and {voluntary} voluntary context switches), {own} µs in the generator"

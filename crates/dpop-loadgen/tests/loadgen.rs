@@ -340,6 +340,20 @@ async fn run_over_tls_against_the_https_upstream() {
         .map(|p| p.as_u64().unwrap().to_string())
         .collect();
     assert_eq!(listed, [pid.clone(), idle_pid.clone()]);
+    // Each process's own share, in the same order, adds up to the figure (to rounding);
+    // the idle one spent nothing.
+    let each: Vec<f64> = line["cpu_us_per_request_each"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{line}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(each.len(), 2, "{line}");
+    assert_eq!(each[1], 0.0, "{line}");
+    assert!(
+        (each.iter().sum::<f64>() - line["cpu_us_per_request"].as_f64().unwrap()).abs() < 0.01,
+        "{line}"
+    );
     assert!(
         line["switches_per_request"]["voluntary"].as_f64().unwrap() > 0.0,
         "the two processes' threads together: {line}"
@@ -441,6 +455,7 @@ async fn run_http2_prior_knowledge() {
     );
     assert_eq!(line["cpu_us_per_request"], Value::Null);
     assert_eq!(line["switches_per_request"], Value::Null);
+    assert_eq!(line["cpu_us_per_request_each"], Value::Null);
     server.abort();
 
     let upstream = TestUpstream::builder().start().await.unwrap();

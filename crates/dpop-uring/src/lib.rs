@@ -20,7 +20,9 @@
 //! - A connection dropped with bytes still queued keeps its socket open until they are
 //!   sent, then closes it, as a plain socket's close leaves its buffered bytes to the
 //!   kernel: while its peer reads, it goes on writing, and it gives up (dropping the
-//!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. A stream
+//!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. At most 256
+//!   dropped connections per batcher linger so (each holds up to twice
+//!   [`MAX_PENDING`]); one dropped beyond them closes at once, its rest dropped. A stream
 //!   whose batcher's runtime has ended has no task left to wait on: its rest gets one
 //!   attempt before the close.
 //! - A stream writes straight to its socket, one system call per write as a plain

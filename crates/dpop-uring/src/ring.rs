@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::future::{Future as _, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -34,6 +35,8 @@ struct Inner {
     /// The runtime whose turns flush this batch.
     runtime: tokio::runtime::Id,
     batch: Mutex<Batch>,
+    /// Dropped connections whose rest is still being written: at most [`MAX_LINGERING`].
+    lingering: AtomicUsize,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -174,6 +177,7 @@ impl Batcher {
         let runtime = handle.id();
         let batcher = Self(Arc::new(Inner {
             runtime,
+            lingering: AtomicUsize::new(0),
             batch: Mutex::new(Batch {
                 ring: new_ring(ENTRIES)?,
                 queue: Vec::new(),
@@ -485,14 +489,58 @@ pub(crate) const LINGER_MAX: Duration = if cfg!(test) {
     Duration::from_secs(60)
 };
 
+/// ...and at most this many at once per batcher (so per serving thread): a dropped
+/// connection beyond them closes at once, its rest dropped, as it would be after
+/// [`LINGER_STALL`]. With [`crate::MAX_PENDING`], this bounds the memory that clients
+/// which stop reading and hang up can leave behind them.
+pub(crate) const MAX_LINGERING: usize = if cfg!(test) { 2 } else { 256 };
+
+/// One of a batcher's [`MAX_LINGERING`] places, given back when dropped. (A stream
+/// without a batcher has no drain task, so never asks; were it to, it would be given a
+/// place that counts nowhere.)
+struct Lingering(Option<Arc<Inner>>);
+
+impl Lingering {
+    /// A place on `batcher`, if one is free.
+    fn take(batcher: Option<&Batcher>) -> Option<Self> {
+        let Some(batcher) = batcher else {
+            return Some(Self(None));
+        };
+        let inner = &batcher.0;
+        inner
+            .lingering
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LINGERING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Some(Arc::clone(inner))))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if let Some(inner) = &self.0 {
+            inner.lingering.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Writes a connection's rest through readiness, then lets it accept again. A dropped
 /// connection's rest is still written, as a plain socket's close leaves its buffered
 /// bytes to the kernel: while the peer takes some of it at least every
-/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop; then the socket closes
-/// and what is left is dropped.
+/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop, and while fewer than
+/// [`MAX_LINGERING`] others of its batcher do; then the socket closes and what is left
+/// is dropped.
 pub(crate) async fn drain_task(draining: Draining) {
-    // Once dropped: when, how many bytes were left at the last progress, and the clock.
-    let mut linger: Option<(Instant, usize, Pin<Box<Sleep>>)> = None;
+    // Once dropped: when, how many bytes were left at the last progress, the clock, and
+    // the batcher's place (`None` when none was free).
+    struct Linger {
+        dropped_at: Instant,
+        last: usize,
+        stall: Pin<Box<Sleep>>,
+        place: Option<Lingering>,
+    }
+    let mut linger: Option<Linger> = None;
     poll_fn(|cx| {
         let mut out = draining.0.lock();
         let mut drained = out.poll_drain(cx);
@@ -501,9 +549,21 @@ pub(crate) async fn drain_task(draining: Draining) {
             // stall's clock starts again.
             let now = Instant::now();
             let left = out.pending.len();
-            let (dropped_at, last, stall) = linger
-                .get_or_insert_with(|| (now, usize::MAX, Box::pin(tokio::time::sleep_until(now))));
-            if left < *last {
+            let Linger {
+                dropped_at,
+                last,
+                stall,
+                place,
+            } = linger.get_or_insert_with(|| Linger {
+                dropped_at: now,
+                last: usize::MAX,
+                stall: Box::pin(tokio::time::sleep_until(now)),
+                place: Lingering::take(draining.0.batcher.as_ref()),
+            });
+            if place.is_none() {
+                // Too many lingering already: closed now, as after a stall.
+                drained = Poll::Ready(Ok(()));
+            } else if left < *last {
                 *last = left;
                 let until = (now + LINGER_STALL).min(*dropped_at + LINGER_MAX);
                 stall.as_mut().reset(until);

@@ -302,6 +302,53 @@ fn a_dropped_stream_gives_a_slow_peer_at_most_the_longest_linger() {
     });
 }
 
+/// At most `MAX_LINGERING` dropped streams of one batcher linger at once: the next one
+/// dropped with a backlog closes at once, and a place that a linger's end gives back is
+/// taken again.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_batcher_lingers_for_at_most_max_lingering_dropped_streams() {
+    /// A stream dropped with more accepted than its socket holds, its peer not reading.
+    async fn dropped_unread() -> (Arc<Shared>, TcpStream) {
+        let (mut b, peer) = small_pair().await;
+        b.write_all(&pattern(MAX_PENDING)).await.unwrap();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let shared = Arc::clone(&b.shared);
+        drop(b);
+        (shared, peer)
+    }
+    fn open(s: &Arc<Shared>) -> bool {
+        s.lock().stream.is_some()
+    }
+    batched(async |_| {
+        let mut lingering = Vec::new();
+        for _ in 0..ring::MAX_LINGERING {
+            lingering.push(dropped_unread().await);
+        }
+        let (beyond, mut peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            lingering.iter().all(|(s, _)| open(s)),
+            "the first ones linger"
+        );
+        assert!(!open(&beyond), "one more does not");
+        // Its peer sees the close now, long before a stall would end a linger.
+        let mut got = Vec::new();
+        tokio::time::timeout(ring::LINGER_STALL / 2, peer.read_to_end(&mut got))
+            .await
+            .expect("closed at once")
+            .unwrap();
+        assert!(got.len() < MAX_PENDING, "{}", got.len());
+        // Once the others have stalled out, a dropped stream lingers again.
+        tokio::time::sleep(ring::LINGER_STALL + Duration::from_millis(200)).await;
+        assert!(lingering.iter().all(|(s, _)| !open(s)), "stalled out");
+        let (again, _peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(open(&again), "a freed place is taken again");
+    });
+}
+
 #[test]
 fn a_failed_send_is_returned_by_the_next_write_or_flush_and_after() {
     batched(async |_| {

@@ -8,10 +8,10 @@
 //! becomes an [`OriginalRequest`] (method, scheme, host, raw path with query, headers
 //! from `headers` or, with `encode_raw_headers`, from `header_map` keeping repeated
 //! lines), Envoy's comma-merged `dpop`/`authorization` values are split again so several
-//! are refused, and [`Authorizer::check`] decides. A report without `http` attributes, or
-//! with an empty method, host or path, or a header Envoy could not have received as
-//! HTTP, is denied with 400; headers larger in total than `limits.max_header_bytes` are
-//! denied with 431.
+//! are refused, and [`Authorizer::check`](super::check::Authorizer::check) decides. A
+//! report without `http` attributes, or with an empty method, host or path, or a header
+//! Envoy could not have received as HTTP, is denied with 400; headers larger in total than
+//! `limits.max_header_bytes` are denied with 431.
 //!
 //! # Answers
 //! - **Deny**: `status` `PERMISSION_DENIED` (7), or `UNAVAILABLE` (14) when the layer
