@@ -325,6 +325,22 @@ pub(crate) fn framing(method: &Method, head: &mut Head) -> Result<Framing, H1Err
     })
 }
 
+/// What [`framing`] refuses and rewrites in a response head, for an answer that hyper's
+/// client read (requests with a body, HTTP/2 and https upstreams), before its hop-by-hop
+/// fields go. A `Content-Length` beside a `Transfer-Encoding` is refused, as [`framing`]
+/// refuses it: hyper's client reads the coding and pays the length no heed, and once the
+/// coding is removed as hop-by-hop the length would cut the relayed body short. A length
+/// is relayed as one number ([`canonical_content_length`]).
+///
+/// # Errors
+/// Both fields, or a length that is not well formed.
+pub(crate) fn relayed_framing(headers: &mut HeaderMap) -> Result<(), H1Error> {
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(H1Error::LengthAndTransferEncoding);
+    }
+    canonical_content_length(headers).map(drop)
+}
+
 /// The number every `Content-Length` line of a response gives, if there is one, with
 /// those lines replaced by that number written once when they say it otherwise (`42, 42`,
 /// two lines, `042`). Every response the gateway relays passes here, whichever client
@@ -332,7 +348,7 @@ pub(crate) fn framing(method: &Method, head: &mut Head) -> Result<Framing, H1Err
 ///
 /// # Errors
 /// As [`content_length`].
-pub(crate) fn canonical_content_length(headers: &mut HeaderMap) -> Result<Option<u64>, H1Error> {
+fn canonical_content_length(headers: &mut HeaderMap) -> Result<Option<u64>, H1Error> {
     let length = content_length(headers)?;
     if let Some(n) = length {
         // One line of digits without leading zeros is already `n` as it is written.

@@ -907,6 +907,14 @@ impl Proxy {
         forwarded.upstream_elapsed = Some(elapsed);
         match result {
             Ok(mut resp) => {
+                // The direct path has checked this already, in `h1::framing`.
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                    && let Err(e) = h1::relayed_framing(resp.headers_mut())
+                {
+                    self.metrics.upstream("error");
+                    tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %e, "upstream answer refused");
+                    return empty(StatusCode::BAD_GATEWAY);
+                }
                 self.metrics.upstream("ok");
                 let route = self.settings.routes.get(forwarded.target.route_id());
                 self.metrics.http().client(
@@ -920,13 +928,6 @@ impl Proxy {
                     return self.switch_protocols(resp, client_upgrade, lifetime);
                 }
                 remove_hop_by_hop(resp.headers_mut());
-                // The direct path has done this already; hyper's client (requests with a
-                // body, HTTP/2 and https upstreams) relays `42, 42` as it came.
-                if let Err(e) = h1::canonical_content_length(resp.headers_mut()) {
-                    self.metrics.upstream("error");
-                    tracing::warn!(target: "dpop::proxy", upstream = %upstream.config, error = %e, "upstream answer refused");
-                    return empty(StatusCode::BAD_GATEWAY);
-                }
                 if stream::is_stream(resp.headers(), resp.body()) {
                     let (parts, body) = resp.into_parts();
                     let body = stream::Limited::new(body, &parts.headers, lifetime);

@@ -432,6 +432,27 @@ async fn a_late_body_to_a_head_never_answers_the_next_request() {
     assert_eq!(then_get(&issuer, &upstream.url(), "HEAD").await, "ok");
 }
 
+/// Through a gateway in front of `upstream`, a GET (whose answer the gateway's own client
+/// reads) and a POST with a body (hyper's client), each on a connection of its own: the
+/// method, the answer's head (lower case) and its body.
+async fn get_and_post(issuer: &MockIssuer, upstream: &str) -> Vec<(&'static str, String, Vec<u8>)> {
+    let gw = Running::start(issuer, upstream, "").await;
+    let mut answers = Vec::new();
+    for (method, body) in [("GET", ""), ("POST", "hi")] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!(
+            "{method} /r HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n{body}",
+            gw.addr,
+            credentials(issuer, &gw, method, "/r"),
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut stream, method).await;
+        answers.push((method, head, body));
+    }
+    answers
+}
+
 /// An upstream that writes its `Content-Length` as `2, 2` (which a recipient may accept,
 /// RFC 9110 §8.6, and an HTTP/2 client may refuse). Whichever way the gateway read the
 /// answer, its own for a GET or hyper's client for a request with a body, the client
@@ -447,17 +468,7 @@ async fn a_listed_content_length_reaches_the_client_as_one_number() {
     })
     .await
     .unwrap();
-    let gw = Running::start(&issuer, &upstream.url(), "").await;
-    for (method, body) in [("GET", ""), ("POST", "hi")] {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        let request = format!(
-            "{method} /r HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n{body}",
-            gw.addr,
-            credentials(&issuer, &gw, method, "/r"),
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let (head, body) = read_response(&mut stream, method).await;
+    for (method, head, body) in get_and_post(&issuer, &upstream.url()).await {
         assert!(head.starts_with("http/1.1 200"), "{method}: {head}");
         let lengths: Vec<_> = head
             .lines()
@@ -465,5 +476,28 @@ async fn a_listed_content_length_reaches_the_client_as_one_number() {
             .collect();
         assert_eq!(lengths, ["content-length: 2"], "{method}: {head}");
         assert_eq!(body, b"ok", "{method}");
+    }
+}
+
+/// An upstream that frames its answer both ways, chunked with a `Content-Length` beside
+/// it (`2` where the chunks carry five bytes). Through the gateway, whichever client read
+/// the answer (its own for a GET, hyper's for a request with a body), it is refused with
+/// 502, never relayed with the length cutting the body short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_beside_a_chunked_coding_is_refused_on_every_path() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
+        let _ = req
+            .stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\
+                  Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            )
+            .await;
+    })
+    .await
+    .unwrap();
+    for (method, head, _) in get_and_post(&issuer, &upstream.url()).await {
+        assert!(head.starts_with("http/1.1 502"), "{method}: {head}");
     }
 }

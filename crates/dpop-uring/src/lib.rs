@@ -95,6 +95,14 @@ pub struct Stats {
     /// Sends that came back short or would have blocked: their rest went out through
     /// readiness.
     pub unfinished: u64,
+    /// Dropped connections closed with bytes still unsent: their peer took nothing for
+    /// the linger's stall, or not all of it by its longest linger, or their socket failed,
+    /// or the batcher already had its most lingering connections (counted in
+    /// `linger_refused` too).
+    pub closed_unsent: u64,
+    /// Dropped connections closed at once, their rest unsent, because the batcher
+    /// already had its most lingering connections.
+    pub linger_refused: u64,
 }
 
 /// The most bytes one connection keeps accepted and not yet handed to the kernel; a

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::future::{Future as _, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -37,6 +37,10 @@ struct Inner {
     batch: Mutex<Batch>,
     /// Dropped connections whose rest is still being written: at most [`MAX_LINGERING`].
     lingering: AtomicUsize,
+    /// [`Stats::closed_unsent`] and [`Stats::linger_refused`], kept outside the batch's
+    /// lock, which a drain does not take.
+    closed_unsent: AtomicU64,
+    linger_refused: AtomicU64,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -178,6 +182,8 @@ impl Batcher {
         let batcher = Self(Arc::new(Inner {
             runtime,
             lingering: AtomicUsize::new(0),
+            closed_unsent: AtomicU64::new(0),
+            linger_refused: AtomicU64::new(0),
             batch: Mutex::new(Batch {
                 ring: new_ring(ENTRIES)?,
                 queue: Vec::new(),
@@ -215,7 +221,11 @@ impl Batcher {
     /// What this batcher has done.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.lock().stats
+        Stats {
+            closed_unsent: self.0.closed_unsent.load(Ordering::Relaxed),
+            linger_refused: self.0.linger_refused.load(Ordering::Relaxed),
+            ..self.lock().stats
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Batch> {
@@ -507,13 +517,24 @@ impl Lingering {
             return Some(Self(None));
         };
         let inner = &batcher.0;
-        inner
+        let taken = inner
             .lingering
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_LINGERING).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Self(Some(Arc::clone(inner))))
+            .is_ok();
+        if !taken {
+            // The first refusal of a batcher says so; the count tells the rest.
+            if inner.linger_refused.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    target: "dpop::uring",
+                    lingering = MAX_LINGERING,
+                    "a dropped connection was closed with bytes unsent: this thread already holds its most connections whose peers are slow to take the rest (later ones are counted, not logged)"
+                );
+            }
+            return None;
+        }
+        Some(Self(Some(Arc::clone(inner))))
     }
 }
 
@@ -581,6 +602,11 @@ pub(crate) async fn drain_task(draining: Draining) {
         out.backlog = false;
         if out.dropped {
             // What the socket did not take in time is dropped with it.
+            if !out.pending.is_empty()
+                && let Some(batcher) = &draining.0.batcher
+            {
+                batcher.0.closed_unsent.fetch_add(1, Ordering::Relaxed);
+            }
             out.pending = Vec::new();
             out.stream = None;
         } else if out.pending.capacity() > crate::KEPT_CAPACITY {

@@ -321,7 +321,7 @@ fn a_batcher_lingers_for_at_most_max_lingering_dropped_streams() {
     fn open(s: &Arc<Shared>) -> bool {
         s.lock().stream.is_some()
     }
-    batched(async |_| {
+    batched(async |batcher| {
         let mut lingering = Vec::new();
         for _ in 0..ring::MAX_LINGERING {
             lingering.push(dropped_unread().await);
@@ -333,6 +333,12 @@ fn a_batcher_lingers_for_at_most_max_lingering_dropped_streams() {
             "the first ones linger"
         );
         assert!(!open(&beyond), "one more does not");
+        let stats = batcher.stats();
+        assert_eq!(
+            (stats.linger_refused, stats.closed_unsent),
+            (1, 1),
+            "{stats:?}"
+        );
         // Its peer sees the close now, long before a stall would end a linger.
         let mut got = Vec::new();
         tokio::time::timeout(ring::LINGER_STALL / 2, peer.read_to_end(&mut got))
@@ -343,6 +349,12 @@ fn a_batcher_lingers_for_at_most_max_lingering_dropped_streams() {
         // Once the others have stalled out, a dropped stream lingers again.
         tokio::time::sleep(ring::LINGER_STALL + Duration::from_millis(200)).await;
         assert!(lingering.iter().all(|(s, _)| !open(s)), "stalled out");
+        let stats = batcher.stats();
+        assert_eq!(
+            (stats.linger_refused, stats.closed_unsent),
+            (1, 1 + ring::MAX_LINGERING as u64),
+            "{stats:?}"
+        );
         let (again, _peer) = dropped_unread().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(open(&again), "a freed place is taken again");
