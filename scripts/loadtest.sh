@@ -1057,9 +1057,15 @@ fi
 if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}"; then
     # Requests/s: on a machine whose cores redis-server shares with the gateway, the
     # generator and the upstream, its CPU (6-7 µs per insert on the guests of
-    # docs/benchmarks.md) comes out of everyone's, so this reads near the line above.
+    # docs/benchmarks.md) comes out of everyone's, so this reads near the line above;
+    # with SUT_CPUS, redis-server runs beside the generator, away from the gateway.
     paired ratio "${R_RPS[redis]}" "${R_RPS[memory]}"
-    echo "| Redis vs memory replay store, requests/s (redis-server on the same cores) | ${R}x$NOTE | (information) | |"
+    where="on the same cores"
+    if [[ -n $OTHER_CPUS ]]; then
+        where="on 127.0.0.1:6379, wherever it runs"
+        [[ $REDIS_URL != redis://127.0.0.1:6379 ]] && where="on CPUs $OTHER_CPUS, apart from the gateway"
+    fi
+    echo "| Redis vs memory replay store, requests/s (redis-server $where) | ${R}x$NOTE | (information) | |"
 fi
 if is_number "${RPS[redis]:-}" && is_number "${RPS[memory]:-}" && [[ -n ${R_GEN[redis]:-} && -n ${R_GEN[memory]:-} ]]; then
     # The same with each row's speed taken out: the generator does the same work per
