@@ -123,15 +123,43 @@ impl Scripted {
 /// `GET target` with a fresh proof from `caller`, on a new client connection, read until
 /// the gateway closes it.
 async fn get(gw: &Gw, caller: &Caller, target: &str) -> RawResponse {
-    let proof = caller.proof("GET", &format!("{}{target}", gw.htu_base), None);
+    exchange(gw, caller, "GET", target).await
+}
+
+/// `method target` without a body, as [`get`].
+async fn exchange(gw: &Gw, caller: &Caller, method: &str, target: &str) -> RawResponse {
+    let proof = caller.proof(method, &format!("{}{target}", gw.htu_base), None);
     let authorization = caller.authorization();
     raw_exchange(
         gw.addr(),
-        b"GET",
+        method.as_bytes(),
         target.as_bytes(),
         &[("Authorization", &authorization), ("DPoP", &proof)],
     )
     .await
+}
+
+/// `POST target` with `body` and a fresh proof from `caller`, on a new client
+/// connection: everything the gateway sent until it closed the connection. (A request
+/// with a body, whose answer hyper's client reads, where [`get`]'s is read by the
+/// gateway's own.)
+async fn post(gw: &Gw, caller: &Caller, target: &str, body: &str) -> String {
+    let proof = caller.proof("POST", &format!("{}{target}", gw.htu_base), None);
+    let request = format!(
+        "POST {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nDPoP: {proof}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        gw.addr(),
+        caller.authorization(),
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The body of a complete `Content-Length` response (`None` when the response is not
@@ -317,4 +345,70 @@ async fn a_connection_the_upstream_closes_while_idle_is_closed_by_the_gateway() 
     let second = get(&gw, &caller, "/two").await;
     assert_eq!(whole_body(&second), Some("fine"), "{:?}", second.text);
     assert_eq!(upstream.connections(), 2);
+}
+
+/// Answers to requests with a body are read by hyper's client, not the gateway's own, and
+/// are held to the same framing rules: an answer chunked with a `Content-Length` beside
+/// it is a 502, never relayed with the length cutting the body short; a `Content-Length`
+/// of `2, 2` reaches the client as `2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_requests_with_a_body_are_framed_as_strictly() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
+        let wire: &[u8] = if path(&req.head) == "/both" {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\
+              Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok"
+        };
+        let _ = req.stream.write_all(wire).await;
+    })
+    .await
+    .unwrap();
+    let (gw, _file) = start(&issuer, &upstream.url()).await;
+    let caller = Caller::new(&issuer, "");
+    let both = post(&gw, &caller, "/both", "hi").await;
+    assert!(
+        both.starts_with("HTTP/1.1 502") && !both.contains("\r\n\r\nhe"),
+        "{both:?}\n{}",
+        gw.process.output()
+    );
+    let listed = post(&gw, &caller, "/listed", "hi").await;
+    let (head, body) = listed.split_once("\r\n\r\n").unwrap_or_default();
+    let head = head.to_ascii_lowercase();
+    let lengths: Vec<_> = head
+        .lines()
+        .filter(|l| l.starts_with("content-length:"))
+        .collect();
+    assert!(head.starts_with("http/1.1 200"), "{listed:?}");
+    assert_eq!(lengths, ["content-length: 2"], "{listed:?}");
+    assert_eq!(body, "ok");
+}
+
+/// A careless upstream that sends a body with its answer to a HEAD, 100 ms after the head
+/// (the body itself a response: an uploaded file, say). The next request, another
+/// client's, gets its own answer, on a connection of its own, never that body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_body_to_a_head_never_answers_another_client() {
+    let issuer = MockIssuer::start().await.unwrap();
+    let upstream = RawUpstream::late_body_to_head(Duration::from_millis(100), FINE)
+        .await
+        .unwrap();
+    let (gw, _file) = start(&issuer, &upstream.url()).await;
+    let caller = Caller::new(&issuer, "");
+    let head = exchange(&gw, &caller, "HEAD", "/file").await;
+    assert_eq!(head.status, 200, "{:?}", head.text);
+    let next = get(&gw, &caller, "/after").await;
+    assert_eq!(
+        whole_body(&next),
+        Some("fine"),
+        "{:?}\n{}",
+        next.text,
+        gw.process.output()
+    );
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the HEAD's connection was taken again"
+    );
 }

@@ -405,28 +405,10 @@ async fn bytes_an_upstream_sends_past_an_answer_never_answer_the_next_request() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_body_to_a_head_never_answers_the_next_request() {
     let issuer = MockIssuer::start().await.unwrap();
-    let upstream = RawUpstream::start(|req: RawRequest| async move {
-        let mut next = Some(req);
-        while let Some(mut req) = next.take() {
-            if req.head.starts_with("HEAD ") {
-                let _ = req
-                    .stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 44\r\n\r\n")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let _ = req
-                    .stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen")
-                    .await;
-            } else {
-                let _ = req
-                    .stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-            }
-            next = RawRequest::read(req.stream, req.body_start).await;
-        }
-    })
+    let upstream = RawUpstream::late_body_to_head(
+        Duration::from_millis(20),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
     .await
     .unwrap();
     assert_eq!(then_get(&issuer, &upstream.url(), "HEAD").await, "ok");

@@ -272,6 +272,36 @@ impl RawUpstream {
         })
     }
 
+    /// A careless (not hostile) upstream that sends a body with its answer to a HEAD:
+    /// the head announces 44 bytes, and `delay` later comes a complete response whose
+    /// body is `stolen` (the body being, say, an uploaded file that reads as one). Every
+    /// other request on the connection is answered `answer`, in turn.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn late_body_to_head(delay: Duration, answer: &'static [u8]) -> io::Result<Self> {
+        Self::start(move |req: RawRequest| async move {
+            let mut next = Some(req);
+            while let Some(mut req) = next.take() {
+                if req.head.starts_with("HEAD ") {
+                    let _ = req
+                        .stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 44\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(delay).await;
+                    let _ = req
+                        .stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen")
+                        .await;
+                } else if req.stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                next = RawRequest::read(req.stream, req.body_start).await;
+            }
+        })
+        .await
+    }
+
     /// `http://ADDR`, the gateway's `upstream`.
     #[must_use]
     pub fn url(&self) -> String {
