@@ -442,12 +442,9 @@ async fn get_and_post(issuer: &MockIssuer, upstream: &str) -> Vec<(&'static str,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_content_length_reaches_the_client_as_one_number() {
     let issuer = MockIssuer::start().await.unwrap();
-    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
-        let _ = req
-            .stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok")
-            .await;
-    })
+    let upstream = RawUpstream::answering(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok",
+    )
     .await
     .unwrap();
     for (method, head, body) in get_and_post(&issuer, &upstream.url()).await {
@@ -468,15 +465,10 @@ async fn a_listed_content_length_reaches_the_client_as_one_number() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_length_beside_a_chunked_coding_is_refused_on_every_path() {
     let issuer = MockIssuer::start().await.unwrap();
-    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
-        let _ = req
-            .stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\
+    let upstream = RawUpstream::answering(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\
                   Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-            )
-            .await;
-    })
+    )
     .await
     .unwrap();
     for (method, head, _) in get_and_post(&issuer, &upstream.url()).await {

@@ -434,14 +434,9 @@ async fn a_request_body_reaches_the_upstream_while_the_client_still_sends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_status_line_reaches_the_client_as_http_1_1() {
-    let upstream = RawUpstream::start(|mut req: RawRequest| async move {
-        let _ = req
-            .stream
-            .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-    })
-    .await
-    .unwrap();
+    let upstream = RawUpstream::answering(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await
+        .unwrap();
     let (_issuer, gw, caller) = gateway_for(&upstream.url(), "").await;
     let [(_, auth), (_, proof)] = caller.headers("GET", &gw.url("/old"));
     let r = raw_exchange(

@@ -14,7 +14,9 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::RunArgs;
-use crate::cpu::{Switches, ThreadSwitches, processes_switches, processes_ticks, ticks_per_second};
+use crate::cpu::{
+    Switches, ThreadSwitches, process_ticks, processes_switches, processes_ticks, ticks_per_second,
+};
 use crate::http::{Sender, Target, Transport, connect, fetch_nonce, parse_target};
 use crate::proofs::{ProofPool, generate};
 use crate::stats::{Stats, ms, round3};
@@ -286,7 +288,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok((
                 args.cpu_pid
                     .iter()
-                    .map(|&pid| processes_ticks(&[pid]).context("--cpu-pid"))
+                    .map(|&pid| process_ticks(pid).context("--cpu-pid"))
                     .collect::<anyhow::Result<Vec<u64>>>()?,
                 processes_ticks(&[std::process::id()])?,
                 processes_switches(&args.cpu_pid).context("--cpu-pid")?,
@@ -381,7 +383,7 @@ pub(crate) async fn load(args: RunArgs) -> anyhow::Result<ExitCode> {
         serde_json::Value::from(cpu_us),
         serde_json::Value::from(own_cpu_us),
         switches_json(switches),
-        serde_json::Value::from(cpu_each.clone()),
+        serde_json::Value::from(cpu_each.as_deref()),
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;

@@ -272,6 +272,19 @@ impl RawUpstream {
         })
     }
 
+    /// An upstream that answers the first request on each connection with `wire`, as it
+    /// is, and then leaves the connection (to be closed when the test ends, or by the
+    /// peer).
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn answering(wire: &'static [u8]) -> io::Result<Self> {
+        Self::start(move |mut req: RawRequest| async move {
+            let _ = req.stream.write_all(wire).await;
+        })
+        .await
+    }
+
     /// A careless (not hostile) upstream that sends a body with its answer to a HEAD:
     /// the head announces 44 bytes, and `delay` later comes a complete response whose
     /// body is `stolen` (the body being, say, an uploaded file that reads as one). Every
