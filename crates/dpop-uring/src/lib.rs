@@ -22,7 +22,8 @@
 //!   kernel: while its peer reads, it goes on writing, and it gives up (dropping the
 //!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. At most 256
 //!   dropped connections per batcher linger so (each holds up to twice
-//!   [`MAX_PENDING`]); one dropped beyond them closes at once, its rest dropped. A stream
+//!   [`MAX_PENDING`]); when one more is dropped, the one whose peer has taken nothing for
+//!   the longest closes at once, its rest dropped, and the new one lingers. A stream
 //!   whose batcher's runtime has ended has no task left to wait on: its rest gets one
 //!   attempt before the close.
 //! - A stream writes straight to its socket, one system call per write as a plain
@@ -97,12 +98,12 @@ pub struct Stats {
     pub unfinished: u64,
     /// Dropped connections closed with bytes still unsent: their peer took nothing for
     /// the linger's stall, or not all of it by its longest linger, or their socket failed,
-    /// or the batcher already had its most lingering connections (counted in
-    /// `linger_refused` too).
+    /// or its place went to a newer one (counted in `linger_evicted` too).
     pub closed_unsent: u64,
-    /// Dropped connections closed at once, their rest unsent, because the batcher
-    /// already had its most lingering connections.
-    pub linger_refused: u64,
+    /// Lingering dropped connections closed early, their rest unsent, to give their
+    /// place to a newer one when the batcher had its most: each time, the one whose peer
+    /// had taken nothing for the longest.
+    pub linger_evicted: u64,
 }
 
 /// The most bytes one connection keeps accepted and not yet handed to the kernel; a

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::future::{Future as _, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -36,11 +36,11 @@ struct Inner {
     runtime: tokio::runtime::Id,
     batch: Mutex<Batch>,
     /// Dropped connections whose rest is still being written: at most [`MAX_LINGERING`].
-    lingering: AtomicUsize,
-    /// [`Stats::closed_unsent`] and [`Stats::linger_refused`], kept outside the batch's
+    lingering: Mutex<Vec<Arc<Place>>>,
+    /// [`Stats::closed_unsent`] and [`Stats::linger_evicted`], kept outside the batch's
     /// lock, which a drain does not take.
     closed_unsent: AtomicU64,
-    linger_refused: AtomicU64,
+    linger_evicted: AtomicU64,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -181,9 +181,9 @@ impl Batcher {
         let runtime = handle.id();
         let batcher = Self(Arc::new(Inner {
             runtime,
-            lingering: AtomicUsize::new(0),
+            lingering: Mutex::new(Vec::new()),
             closed_unsent: AtomicU64::new(0),
-            linger_refused: AtomicU64::new(0),
+            linger_evicted: AtomicU64::new(0),
             batch: Mutex::new(Batch {
                 ring: new_ring(ENTRIES)?,
                 queue: Vec::new(),
@@ -223,7 +223,7 @@ impl Batcher {
     pub fn stats(&self) -> Stats {
         Stats {
             closed_unsent: self.0.closed_unsent.load(Ordering::Relaxed),
-            linger_refused: self.0.linger_refused.load(Ordering::Relaxed),
+            linger_evicted: self.0.linger_evicted.load(Ordering::Relaxed),
             ..self.lock().stats
         }
     }
@@ -499,49 +499,134 @@ pub(crate) const LINGER_MAX: Duration = if cfg!(test) {
     Duration::from_secs(60)
 };
 
-/// ...and at most this many at once per batcher (so per serving thread): a dropped
-/// connection beyond them closes at once, its rest dropped, as it would be after
-/// [`LINGER_STALL`]. With [`crate::MAX_PENDING`], this bounds the memory that clients
-/// which stop reading and hang up can leave behind them.
+/// ...and at most this many at once per batcher (so per serving thread): when one more
+/// is dropped, the one whose peer has taken nothing for the longest is closed, its rest
+/// dropped, and the new one takes its place. With [`crate::MAX_PENDING`], this bounds
+/// the memory that clients which stop reading and hang up can leave behind them; and a
+/// client that hangs up many connections without reading their answers pushes out its
+/// own stalled ones before a peer that keeps reading.
 pub(crate) const MAX_LINGERING: usize = if cfg!(test) { 2 } else { 256 };
+
+/// A lingering connection's entry in its batcher's table, shared by its drain task and
+/// the batcher, which may close it for a newer one.
+struct Place {
+    /// When its peer last took some of the rest, or the drop before it took any.
+    progress: Mutex<Instant>,
+    /// Set when its place went to a newer one: the drain closes at once.
+    evicted: AtomicBool,
+    /// The drain task, to wake when evicted.
+    drainer: Mutex<Option<Waker>>,
+}
+
+impl Place {
+    fn progress(&self) -> Instant {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the place is lost; otherwise `waker` is woken when it is.
+    fn evicted(&self, waker: &Waker) -> bool {
+        // The waker first, then the flag: an eviction in between still wakes it.
+        let mut drainer = self.drainer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !drainer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *drainer = Some(waker.clone());
+        }
+        drop(drainer);
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        let drainer = self
+            .drainer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = drainer {
+            waker.wake();
+        }
+    }
+}
 
 /// One of a batcher's [`MAX_LINGERING`] places, given back when dropped. (A stream
 /// without a batcher has no drain task, so never asks; were it to, it would be given a
 /// place that counts nowhere.)
-struct Lingering(Option<Arc<Inner>>);
+struct Lingering {
+    batcher: Option<Arc<Inner>>,
+    place: Arc<Place>,
+}
 
 impl Lingering {
-    /// A place on `batcher`, if one is free.
-    fn take(batcher: Option<&Batcher>) -> Option<Self> {
+    /// A place on `batcher`, dropped at `now`: when the batcher has its most already, the
+    /// one whose peer took nothing for the longest is closed to make room.
+    fn take(batcher: Option<&Batcher>, now: Instant) -> Self {
+        let place = Arc::new(Place {
+            progress: Mutex::new(now),
+            evicted: AtomicBool::new(false),
+            drainer: Mutex::new(None),
+        });
         let Some(batcher) = batcher else {
-            return Some(Self(None));
+            return Self {
+                batcher: None,
+                place,
+            };
         };
         let inner = &batcher.0;
-        let taken = inner
-            .lingering
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_LINGERING).then_some(n + 1)
-            })
-            .is_ok();
-        if !taken {
-            // The first refusal of a batcher says so; the count tells the rest.
-            if inner.linger_refused.fetch_add(1, Ordering::Relaxed) == 0 {
+        let evicted = {
+            let mut table = inner
+                .lingering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let stalest = (table.len() >= MAX_LINGERING)
+                .then(|| {
+                    table
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, p)| p.progress())
+                        .map(|(i, _)| i)
+                })
+                .flatten();
+            let evicted = stalest.map(|i| table.swap_remove(i));
+            table.push(Arc::clone(&place));
+            evicted
+        };
+        if let Some(evicted) = evicted {
+            evicted.evict();
+            // The first eviction of a batcher says so; the count tells the rest.
+            if inner.linger_evicted.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!(
                     target: "dpop::uring",
                     lingering = MAX_LINGERING,
-                    "a dropped connection was closed with bytes unsent: this thread already holds its most connections whose peers are slow to take the rest (later ones are counted, not logged)"
+                    "a dropped connection was closed with bytes unsent to make room for a newer one: this thread held its most connections whose peers are slow to take the rest (later ones are counted, not logged)"
                 );
             }
-            return None;
         }
-        Some(Self(Some(Arc::clone(inner))))
+        Self {
+            batcher: Some(Arc::clone(inner)),
+            place,
+        }
+    }
+
+    /// The peer took more of the rest at `now`.
+    fn progressed(&self, now: Instant) {
+        *self
+            .place
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = now;
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        if let Some(inner) = &self.0 {
-            inner.lingering.fetch_sub(1, Ordering::AcqRel);
+        if let Some(inner) = &self.batcher {
+            let mut table = inner
+                .lingering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Gone already when evicted.
+            if let Some(i) = table.iter().position(|p| Arc::ptr_eq(p, &self.place)) {
+                table.swap_remove(i);
+            }
         }
     }
 }
@@ -549,17 +634,17 @@ impl Drop for Lingering {
 /// Writes a connection's rest through readiness, then lets it accept again. A dropped
 /// connection's rest is still written, as a plain socket's close leaves its buffered
 /// bytes to the kernel: while the peer takes some of it at least every
-/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop, and while fewer than
-/// [`MAX_LINGERING`] others of its batcher do; then the socket closes and what is left
-/// is dropped.
+/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop, and until its batcher,
+/// holding [`MAX_LINGERING`], gives its place to a newer one because its peer has taken
+/// nothing for the longest; then the socket closes and what is left is dropped.
 pub(crate) async fn drain_task(draining: Draining) {
     // Once dropped: when, how many bytes were left at the last progress, the clock, and
-    // the batcher's place (`None` when none was free).
+    // the batcher's place.
     struct Linger {
         dropped_at: Instant,
         last: usize,
         stall: Pin<Box<Sleep>>,
-        place: Option<Lingering>,
+        place: Lingering,
     }
     let mut linger: Option<Linger> = None;
     poll_fn(|cx| {
@@ -579,13 +664,14 @@ pub(crate) async fn drain_task(draining: Draining) {
                 dropped_at: now,
                 last: usize::MAX,
                 stall: Box::pin(tokio::time::sleep_until(now)),
-                place: Lingering::take(draining.0.batcher.as_ref()),
+                place: Lingering::take(draining.0.batcher.as_ref(), now),
             });
-            if place.is_none() {
-                // Too many lingering already: closed now, as after a stall.
+            if place.place.evicted(cx.waker()) {
+                // Its place went to a newer one: closed now, as after a stall.
                 drained = Poll::Ready(Ok(()));
             } else if left < *last {
                 *last = left;
+                place.progressed(now);
                 let until = (now + LINGER_STALL).min(*dropped_at + LINGER_MAX);
                 stall.as_mut().reset(until);
             }

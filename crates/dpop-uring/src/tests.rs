@@ -302,12 +302,12 @@ fn a_dropped_stream_gives_a_slow_peer_at_most_the_longest_linger() {
     });
 }
 
-/// At most `MAX_LINGERING` dropped streams of one batcher linger at once: the next one
-/// dropped with a backlog closes at once, and a place that a linger's end gives back is
-/// taken again.
+/// At most `MAX_LINGERING` dropped streams of one batcher linger at once: when one more
+/// is dropped, the one whose peer has taken nothing for the longest closes at once (not
+/// the one dropped first, whose peer still reads) and the new one lingers.
 #[cfg(target_os = "linux")]
 #[test]
-fn a_batcher_lingers_for_at_most_max_lingering_dropped_streams() {
+fn a_batcher_at_its_most_lingering_closes_the_one_stalled_longest() {
     /// A stream dropped with more accepted than its socket holds, its peer not reading.
     async fn dropped_unread() -> (Arc<Shared>, TcpStream) {
         let (mut b, peer) = small_pair().await;
@@ -321,43 +321,59 @@ fn a_batcher_lingers_for_at_most_max_lingering_dropped_streams() {
     fn open(s: &Arc<Shared>) -> bool {
         s.lock().stream.is_some()
     }
+    assert_eq!(
+        ring::MAX_LINGERING,
+        2,
+        "the test fills a batcher of two places"
+    );
     batched(async |batcher| {
-        let mut lingering = Vec::new();
-        for _ in 0..ring::MAX_LINGERING {
-            lingering.push(dropped_unread().await);
-        }
-        let (beyond, mut peer) = dropped_unread().await;
+        let (reading, mut reading_peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stalled, mut stalled_peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first one's peer takes some of the rest now; the second's never does.
+        let mut some = vec![0; 8192];
+        reading_peer.read_exact(&mut some).await.unwrap();
+        assert!(some == pattern(MAX_PENDING)[..8192]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(batcher.stats().linger_evicted, 0);
+
+        let (newest, _newest_peer) = dropped_unread().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            lingering.iter().all(|(s, _)| open(s)),
-            "the first ones linger"
-        );
-        assert!(!open(&beyond), "one more does not");
+        assert!(!open(&stalled), "the one stalled longest is closed");
+        assert!(open(&reading), "the one whose peer reads lingers on");
+        assert!(open(&newest), "the newest lingers");
         let stats = batcher.stats();
         assert_eq!(
-            (stats.linger_refused, stats.closed_unsent),
+            (stats.linger_evicted, stats.closed_unsent),
             (1, 1),
             "{stats:?}"
         );
         // Its peer sees the close now, long before a stall would end a linger.
         let mut got = Vec::new();
-        tokio::time::timeout(ring::LINGER_STALL / 2, peer.read_to_end(&mut got))
+        tokio::time::timeout(ring::LINGER_STALL / 2, stalled_peer.read_to_end(&mut got))
             .await
             .expect("closed at once")
             .unwrap();
-        assert!(got.len() < MAX_PENDING, "{}", got.len());
-        // Once the others have stalled out, a dropped stream lingers again.
-        tokio::time::sleep(ring::LINGER_STALL + Duration::from_millis(200)).await;
-        assert!(lingering.iter().all(|(s, _)| !open(s)), "stalled out");
-        let stats = batcher.stats();
-        assert_eq!(
-            (stats.linger_refused, stats.closed_unsent),
-            (1, 1 + ring::MAX_LINGERING as u64),
-            "{stats:?}"
+        assert!(
+            got.len() < MAX_PENDING && pattern(MAX_PENDING).starts_with(&got),
+            "{}",
+            got.len()
         );
-        let (again, _peer) = dropped_unread().await;
+        // The reading peer still gets every byte.
+        let mut rest = Vec::new();
+        reading_peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(
+            some.len() + rest.len(),
+            MAX_PENDING,
+            "the reading peer's rest"
+        );
+        assert!(!open(&reading));
+        // Places are given back: a drop now lingers without closing another.
+        let (again, _again_peer) = dropped_unread().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(open(&again), "a freed place is taken again");
+        assert!(open(&again) && open(&newest));
+        assert_eq!(batcher.stats().linger_evicted, 1);
     });
 }
 
