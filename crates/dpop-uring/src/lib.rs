@@ -22,8 +22,10 @@
 //!   kernel: while its peer reads, it goes on writing, and it gives up (dropping the
 //!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. At most 256
 //!   dropped connections per batcher linger so (each holds up to twice
-//!   [`MAX_PENDING`]); when one more is dropped, the one whose peer has taken nothing for
-//!   the longest closes at once, its rest dropped, and the new one lingers. A stream
+//!   [`MAX_PENDING`]). When one more is dropped, the one whose peer has taken nothing
+//!   for the longest closes at once, its rest dropped, and the new one lingers, if that
+//!   peer has taken nothing for at least 1 s; when every lingering peer took some within
+//!   the last second, the new one closes at once instead. A stream
 //!   whose batcher's runtime has ended has no task left to wait on: its rest gets one
 //!   attempt before the close.
 //! - A stream writes straight to its socket, one system call per write as a plain
@@ -98,12 +100,12 @@ pub struct Stats {
     pub unfinished: u64,
     /// Dropped connections closed with bytes still unsent: their peer took nothing for
     /// the linger's stall, or not all of it by its longest linger, or their socket failed,
-    /// or its place went to a newer one (counted in `linger_evicted` too).
+    /// or the batcher held its most lingering connections (counted in `linger_cut` too).
     pub closed_unsent: u64,
-    /// Lingering dropped connections closed early, their rest unsent, to give their
-    /// place to a newer one when the batcher had its most: each time, the one whose peer
-    /// had taken nothing for the longest.
-    pub linger_evicted: u64,
+    /// Dropped connections closed with bytes unsent before their linger would have ended,
+    /// because the batcher held its most lingering connections: one pushed out for a
+    /// newer one, or the newer one itself when every lingering peer was reading.
+    pub linger_cut: u64,
 }
 
 /// The most bytes one connection keeps accepted and not yet handed to the kernel; a

@@ -37,10 +37,10 @@ struct Inner {
     batch: Mutex<Batch>,
     /// Dropped connections whose rest is still being written: at most [`MAX_LINGERING`].
     lingering: Mutex<Vec<Arc<Place>>>,
-    /// [`Stats::closed_unsent`] and [`Stats::linger_evicted`], kept outside the batch's
+    /// [`Stats::closed_unsent`] and [`Stats::linger_cut`], kept outside the batch's
     /// lock, which a drain does not take.
     closed_unsent: AtomicU64,
-    linger_evicted: AtomicU64,
+    linger_cut: AtomicU64,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -183,7 +183,7 @@ impl Batcher {
             runtime,
             lingering: Mutex::new(Vec::new()),
             closed_unsent: AtomicU64::new(0),
-            linger_evicted: AtomicU64::new(0),
+            linger_cut: AtomicU64::new(0),
             batch: Mutex::new(Batch {
                 ring: new_ring(ENTRIES)?,
                 queue: Vec::new(),
@@ -223,7 +223,7 @@ impl Batcher {
     pub fn stats(&self) -> Stats {
         Stats {
             closed_unsent: self.0.closed_unsent.load(Ordering::Relaxed),
-            linger_evicted: self.0.linger_evicted.load(Ordering::Relaxed),
+            linger_cut: self.0.linger_cut.load(Ordering::Relaxed),
             ..self.lock().stats
         }
     }
@@ -499,26 +499,42 @@ pub(crate) const LINGER_MAX: Duration = if cfg!(test) {
     Duration::from_secs(60)
 };
 
-/// ...and at most this many at once per batcher (so per serving thread): when one more
-/// is dropped, the one whose peer has taken nothing for the longest is closed, its rest
-/// dropped, and the new one takes its place. With [`crate::MAX_PENDING`], this bounds
-/// the memory that clients which stop reading and hang up can leave behind them; and a
-/// client that hangs up many connections without reading their answers pushes out its
-/// own stalled ones before a peer that keeps reading.
+/// ...and at most this many at once per batcher (so per serving thread). With
+/// [`crate::MAX_PENDING`], this bounds the memory that clients which stop reading and
+/// hang up can leave behind them. When one more is dropped, one of them is closed to make
+/// room (see [`Lingering::take`]), or, when every one of them has a reading peer, the new
+/// one is: its rest dropped, as after a stall.
 pub(crate) const MAX_LINGERING: usize = if cfg!(test) { 2 } else { 256 };
+
+/// How long a lingering connection's peer must have taken nothing before the place may go
+/// to a newer one: a peer that keeps reading at least this often keeps its place.
+pub(crate) const EVICTABLE_AFTER: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(1)
+};
 
 /// A lingering connection's entry in its batcher's table, shared by its drain task and
 /// the batcher, which may close it for a newer one.
 struct Place {
-    /// When its peer last took some of the rest, or the drop before it took any.
+    /// When its peer last took some of the rest (the socket took more), or the drop.
     progress: Mutex<Instant>,
-    /// Set when its place went to a newer one: the drain closes at once.
+    /// Set when the place is lost (given to a newer one, or never had): the drain closes
+    /// at once.
     evicted: AtomicBool,
     /// The drain task, to wake when evicted.
     drainer: Mutex<Option<Waker>>,
 }
 
 impl Place {
+    fn new(dropped_at: Instant) -> Self {
+        Self {
+            progress: Mutex::new(dropped_at),
+            evicted: AtomicBool::new(false),
+            drainer: Mutex::new(None),
+        }
+    }
+
     fn progress(&self) -> Instant {
         *self.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -556,14 +572,15 @@ struct Lingering {
 }
 
 impl Lingering {
-    /// A place on `batcher`, dropped at `now`: when the batcher has its most already, the
-    /// one whose peer took nothing for the longest is closed to make room.
+    /// A place on `batcher` for a connection dropped at `now`. When the batcher has its
+    /// most already, the one whose peer has taken nothing for the longest is closed to
+    /// make room, if that is at least [`EVICTABLE_AFTER`]; otherwise every lingering peer
+    /// is reading, and the new connection is closed instead (its place is lost from the
+    /// start). So a client that hangs up many connections without reading their rest
+    /// holds each place for about [`EVICTABLE_AFTER`] only, and never takes one from a
+    /// peer that keeps reading.
     fn take(batcher: Option<&Batcher>, now: Instant) -> Self {
-        let place = Arc::new(Place {
-            progress: Mutex::new(now),
-            evicted: AtomicBool::new(false),
-            drainer: Mutex::new(None),
-        });
+        let place = Arc::new(Place::new(now));
         let Some(batcher) = batcher else {
             return Self {
                 batcher: None,
@@ -576,29 +593,27 @@ impl Lingering {
                 .lingering
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let stalest = (table.len() >= MAX_LINGERING)
-                .then(|| {
-                    table
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, p)| p.progress())
-                        .map(|(i, _)| i)
-                })
-                .flatten();
-            let evicted = stalest.map(|i| table.swap_remove(i));
-            table.push(Arc::clone(&place));
-            evicted
+            if table.len() < MAX_LINGERING {
+                table.push(Arc::clone(&place));
+                None
+            } else {
+                let stalest = table
+                    .iter()
+                    .map(|p| p.progress())
+                    .enumerate()
+                    .min_by_key(|&(_, at)| at);
+                match stalest {
+                    Some((i, at)) if now.duration_since(at) >= EVICTABLE_AFTER => {
+                        let evicted = table.swap_remove(i);
+                        table.push(Arc::clone(&place));
+                        Some(evicted)
+                    }
+                    _ => Some(Arc::clone(&place)),
+                }
+            }
         };
         if let Some(evicted) = evicted {
             evicted.evict();
-            // The first eviction of a batcher says so; the count tells the rest.
-            if inner.linger_evicted.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!(
-                    target: "dpop::uring",
-                    lingering = MAX_LINGERING,
-                    "a dropped connection was closed with bytes unsent to make room for a newer one: this thread held its most connections whose peers are slow to take the rest (later ones are counted, not logged)"
-                );
-            }
         }
         Self {
             batcher: Some(Arc::clone(inner)),
@@ -634,9 +649,9 @@ impl Drop for Lingering {
 /// Writes a connection's rest through readiness, then lets it accept again. A dropped
 /// connection's rest is still written, as a plain socket's close leaves its buffered
 /// bytes to the kernel: while the peer takes some of it at least every
-/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop, and until its batcher,
-/// holding [`MAX_LINGERING`], gives its place to a newer one because its peer has taken
-/// nothing for the longest; then the socket closes and what is left is dropped.
+/// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop, and while its batcher,
+/// holding [`MAX_LINGERING`], does not give its place to a newer one
+/// ([`Lingering::take`]); then the socket closes and what is left is dropped.
 pub(crate) async fn drain_task(draining: Draining) {
     // Once dropped: when, how many bytes were left at the last progress, the clock, and
     // the batcher's place.
@@ -650,6 +665,8 @@ pub(crate) async fn drain_task(draining: Draining) {
     poll_fn(|cx| {
         let mut out = draining.0.lock();
         let mut drained = out.poll_drain(cx);
+        let failed = matches!(drained, Poll::Ready(Err(_)));
+        let mut evicted = false;
         if drained.is_pending() && out.dropped {
             // Woken by the socket or by the drop; each time the peer took more, the
             // stall's clock starts again.
@@ -667,7 +684,9 @@ pub(crate) async fn drain_task(draining: Draining) {
                 place: Lingering::take(draining.0.batcher.as_ref(), now),
             });
             if place.place.evicted(cx.waker()) {
-                // Its place went to a newer one: closed now, as after a stall.
+                // Its place went to a newer one, or there was none: closed now, as after
+                // a stall.
+                evicted = true;
                 drained = Poll::Ready(Ok(()));
             } else if left < *last {
                 *last = left;
@@ -687,11 +706,20 @@ pub(crate) async fn drain_task(draining: Draining) {
         out.drainer = None;
         out.backlog = false;
         if out.dropped {
-            // What the socket did not take in time is dropped with it.
-            if !out.pending.is_empty()
+            // What the socket did not take in time, or could not take, is dropped with
+            // it.
+            if (failed || !out.pending.is_empty())
                 && let Some(batcher) = &draining.0.batcher
             {
                 batcher.0.closed_unsent.fetch_add(1, Ordering::Relaxed);
+                if evicted && batcher.0.linger_cut.fetch_add(1, Ordering::Relaxed) == 0 {
+                    // The first of a batcher says so; the count tells the rest.
+                    tracing::warn!(
+                        target: "dpop::uring",
+                        lingering = MAX_LINGERING,
+                        "a dropped connection was closed with bytes unsent: this thread holds its most connections whose peers are slow to take the rest (later ones are counted, not logged)"
+                    );
+                }
             }
             out.pending = Vec::new();
             out.stream = None;

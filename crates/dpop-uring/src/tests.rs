@@ -302,65 +302,83 @@ fn a_dropped_stream_gives_a_slow_peer_at_most_the_longest_linger() {
     });
 }
 
-/// At most `MAX_LINGERING` dropped streams of one batcher linger at once: when one more
-/// is dropped, the one whose peer has taken nothing for the longest closes at once (not
-/// the one dropped first, whose peer still reads) and the new one lingers.
+/// A stream dropped with more accepted than its socket holds, its peer not reading.
+#[cfg(target_os = "linux")]
+async fn dropped_unread() -> (Arc<Shared>, TcpStream) {
+    let (mut b, peer) = small_pair().await;
+    b.write_all(&pattern(MAX_PENDING)).await.unwrap();
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    let shared = Arc::clone(&b.shared);
+    drop(b);
+    (shared, peer)
+}
+
+/// Whether a dropped stream still holds its socket (lingers).
+#[cfg(target_os = "linux")]
+fn open(s: &Arc<Shared>) -> bool {
+    s.lock().stream.is_some()
+}
+
+/// The peer of a lingering `shared` takes 8 KiB, and the drain writes more of the rest
+/// (its progress), then settles.
+#[cfg(target_os = "linux")]
+async fn take_some(shared: &Arc<Shared>, peer: &mut TcpStream) -> Vec<u8> {
+    let before = shared.lock().pending.len();
+    let mut some = vec![0; 8192];
+    peer.read_exact(&mut some).await.unwrap();
+    while shared.lock().pending.len() >= before {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    some
+}
+
+/// The lingering tests fill a batcher of two places.
+#[cfg(target_os = "linux")]
+const _: () = assert!(ring::MAX_LINGERING == 2);
+
+/// The peer of a dropped stream sees the close now, long before a stall would end a
+/// linger, having got a part of what was written.
+#[cfg(target_os = "linux")]
+async fn closed_at_once(peer: &mut TcpStream) {
+    let mut got = Vec::new();
+    tokio::time::timeout(ring::LINGER_STALL / 2, peer.read_to_end(&mut got))
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert!(
+        got.len() < MAX_PENDING && pattern(MAX_PENDING).starts_with(&got),
+        "{}",
+        got.len()
+    );
+}
+
+/// At most `MAX_LINGERING` dropped streams of one batcher linger at once. When one more
+/// is dropped, the one whose peer has taken nothing for the longest (at least
+/// `EVICTABLE_AFTER`) is closed at once, not the one dropped first, whose peer still
+/// reads; the new one lingers.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_batcher_at_its_most_lingering_closes_the_one_stalled_longest() {
-    /// A stream dropped with more accepted than its socket holds, its peer not reading.
-    async fn dropped_unread() -> (Arc<Shared>, TcpStream) {
-        let (mut b, peer) = small_pair().await;
-        b.write_all(&pattern(MAX_PENDING)).await.unwrap();
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        let shared = Arc::clone(&b.shared);
-        drop(b);
-        (shared, peer)
-    }
-    fn open(s: &Arc<Shared>) -> bool {
-        s.lock().stream.is_some()
-    }
-    assert_eq!(
-        ring::MAX_LINGERING,
-        2,
-        "the test fills a batcher of two places"
-    );
     batched(async |batcher| {
         let (reading, mut reading_peer) = dropped_unread().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let (stalled, mut stalled_peer) = dropped_unread().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(ring::EVICTABLE_AFTER).await;
         // The first one's peer takes some of the rest now; the second's never does.
-        let mut some = vec![0; 8192];
-        reading_peer.read_exact(&mut some).await.unwrap();
+        let some = take_some(&reading, &mut reading_peer).await;
         assert!(some == pattern(MAX_PENDING)[..8192]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(batcher.stats().linger_evicted, 0);
+        assert_eq!(batcher.stats().linger_cut, 0);
 
         let (newest, _newest_peer) = dropped_unread().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!open(&stalled), "the one stalled longest is closed");
         assert!(open(&reading), "the one whose peer reads lingers on");
         assert!(open(&newest), "the newest lingers");
         let stats = batcher.stats();
-        assert_eq!(
-            (stats.linger_evicted, stats.closed_unsent),
-            (1, 1),
-            "{stats:?}"
-        );
-        // Its peer sees the close now, long before a stall would end a linger.
-        let mut got = Vec::new();
-        tokio::time::timeout(ring::LINGER_STALL / 2, stalled_peer.read_to_end(&mut got))
-            .await
-            .expect("closed at once")
-            .unwrap();
-        assert!(
-            got.len() < MAX_PENDING && pattern(MAX_PENDING).starts_with(&got),
-            "{}",
-            got.len()
-        );
-        // The reading peer still gets every byte.
+        assert_eq!((stats.linger_cut, stats.closed_unsent), (1, 1), "{stats:?}");
+        closed_at_once(&mut stalled_peer).await;
+        // The reading peer still gets every byte, and its place is given back.
         let mut rest = Vec::new();
         reading_peer.read_to_end(&mut rest).await.unwrap();
         assert_eq!(
@@ -369,11 +387,53 @@ fn a_batcher_at_its_most_lingering_closes_the_one_stalled_longest() {
             "the reading peer's rest"
         );
         assert!(!open(&reading));
-        // Places are given back: a drop now lingers without closing another.
         let (again, _again_peer) = dropped_unread().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(open(&again) && open(&newest));
-        assert_eq!(batcher.stats().linger_evicted, 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(open(&again) && open(&newest), "a freed place is taken");
+        assert_eq!(batcher.stats().linger_cut, 1);
+
+        // Of two that never read, the one dropped earlier has stalled longer.
+        tokio::time::sleep(ring::EVICTABLE_AFTER).await;
+        let (last, _last_peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!open(&newest), "the earlier of two unread is closed");
+        assert!(open(&again) && open(&last));
+        let stats = batcher.stats();
+        assert_eq!((stats.linger_cut, stats.closed_unsent), (2, 2), "{stats:?}");
+    });
+}
+
+/// While every lingering peer has taken some of its rest within `EVICTABLE_AFTER`, a
+/// stream dropped beyond `MAX_LINGERING` is the one closed; once they have taken nothing
+/// for that long, the one that took nothing for the longest makes room.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_batcher_whose_lingering_peers_read_closes_the_newest_until_one_stalls() {
+    batched(async |batcher| {
+        let (first, mut first_peer) = dropped_unread().await;
+        let (second, mut second_peer) = dropped_unread().await;
+        take_some(&first, &mut first_peer).await;
+        take_some(&second, &mut second_peer).await;
+
+        let (refused, mut refused_peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!open(&refused), "the newest is closed");
+        assert!(open(&first) && open(&second), "the reading ones linger on");
+        let stats = batcher.stats();
+        assert_eq!((stats.linger_cut, stats.closed_unsent), (1, 1), "{stats:?}");
+        closed_at_once(&mut refused_peer).await;
+
+        // Neither peer reads any more: once they have taken nothing for
+        // `EVICTABLE_AFTER` (well before a stall ends them), the first, stalled longer,
+        // makes room.
+        tokio::time::sleep(ring::EVICTABLE_AFTER).await;
+        assert!(open(&first) && open(&second));
+        let (newest, _newest_peer) = dropped_unread().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!open(&first), "the one stalled longest is closed");
+        assert!(open(&second) && open(&newest));
+        let stats = batcher.stats();
+        assert_eq!((stats.linger_cut, stats.closed_unsent), (2, 2), "{stats:?}");
     });
 }
 
