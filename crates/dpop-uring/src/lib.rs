@@ -22,10 +22,12 @@
 //!   kernel: while its peer reads, it goes on writing, and it gives up (dropping the
 //!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. At most 256
 //!   dropped connections per batcher linger so (each holds up to twice
-//!   [`MAX_PENDING`]). When one more is dropped, the one whose peer has taken nothing
-//!   for the longest closes at once, its rest dropped, and the new one lingers, if that
-//!   peer has taken nothing for at least 1 s; when every lingering peer took some within
-//!   the last second, the new one closes at once instead. A stream
+//!   [`MAX_PENDING`]). When one more is dropped, the one whose socket has taken none of
+//!   its rest for the longest closes at once, its rest dropped, and the new one lingers,
+//!   if that socket has taken nothing for at least 2.5 s (half the stall); when every
+//!   lingering socket took some more within that time, the new one closes at once
+//!   instead. (A socket takes more once its peer has read about a third of its send
+//!   buffer: a peer that reads slowly makes progress in steps.) A stream
 //!   whose batcher's runtime has ended has no task left to wait on: its rest gets one
 //!   attempt before the close.
 //! - A stream writes straight to its socket, one system call per write as a plain
@@ -98,13 +100,15 @@ pub struct Stats {
     /// Sends that came back short or would have blocked: their rest went out through
     /// readiness.
     pub unfinished: u64,
-    /// Dropped connections closed with bytes still unsent: their peer took nothing for
-    /// the linger's stall, or not all of it by its longest linger, or their socket failed,
-    /// or the batcher held its most lingering connections (counted in `linger_cut` too).
+    /// Dropped connections closed with bytes still unsent while their batcher ran: their
+    /// peer took nothing for the linger's stall, or not all of it by its longest linger,
+    /// or their socket failed, or the batcher held its most lingering connections
+    /// (counted in `linger_cut` too).
     pub closed_unsent: u64,
     /// Dropped connections closed with bytes unsent before their linger would have ended,
     /// because the batcher held its most lingering connections: one pushed out for a
-    /// newer one, or the newer one itself when every lingering peer was reading.
+    /// newer one, or the newer one itself when every lingering socket was still taking
+    /// more.
     pub linger_cut: u64,
 }
 

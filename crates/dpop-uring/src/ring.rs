@@ -221,10 +221,13 @@ impl Batcher {
     /// What this batcher has done.
     #[must_use]
     pub fn stats(&self) -> Stats {
+        // `linger_cut` first: each of them is counted in `closed_unsent` after it.
+        let linger_cut = self.0.linger_cut.load(Ordering::Relaxed);
+        let batch = self.lock().stats;
         Stats {
-            closed_unsent: self.0.closed_unsent.load(Ordering::Relaxed),
-            linger_cut: self.0.linger_cut.load(Ordering::Relaxed),
-            ..self.lock().stats
+            closed_unsent: batch.closed_unsent + self.0.closed_unsent.load(Ordering::Relaxed),
+            linger_cut,
+            ..batch
         }
     }
 
@@ -474,6 +477,10 @@ impl Batch {
         } else {
             out.failed = Some(-result);
             out.pending = Vec::new();
+            if out.dropped {
+                // Dropped, and its bytes will never be sent.
+                self.stats.closed_unsent += 1;
+            }
         }
         if out.dropped && !out.queued {
             // Everything was sent, or the socket failed: nothing is left to try.
@@ -502,22 +509,25 @@ pub(crate) const LINGER_MAX: Duration = if cfg!(test) {
 /// ...and at most this many at once per batcher (so per serving thread). With
 /// [`crate::MAX_PENDING`], this bounds the memory that clients which stop reading and
 /// hang up can leave behind them. When one more is dropped, one of them is closed to make
-/// room (see [`Lingering::take`]), or, when every one of them has a reading peer, the new
-/// one is: its rest dropped, as after a stall.
+/// room (see [`Lingering::take`]), or, when every one of them still makes progress, the
+/// new one is: its rest dropped, as after a stall.
 pub(crate) const MAX_LINGERING: usize = if cfg!(test) { 2 } else { 256 };
 
-/// How long a lingering connection's peer must have taken nothing before the place may go
-/// to a newer one: a peer that keeps reading at least this often keeps its place.
-pub(crate) const EVICTABLE_AFTER: Duration = if cfg!(test) {
-    Duration::from_millis(300)
-} else {
-    Duration::from_secs(1)
-};
+/// How long a lingering connection's socket must have taken none of its rest before the
+/// place may go to a newer one: half the stall that ends a linger anyway.
+///
+/// The socket takes more only once its peer has read enough for the kernel to report
+/// room (about a third of the send buffer), so a peer that reads slowly shows progress in
+/// steps: one whose steps come further apart than this can lose its place to a newer
+/// connection, as one whose steps come further apart than [`LINGER_STALL`] loses its rest
+/// to the stall. The other way round, what the kernel still takes just after the drop
+/// (the send buffer, the peer's receive window) counts as progress too.
+pub(crate) const EVICTABLE_AFTER: Duration = LINGER_STALL.checked_div(2).unwrap();
 
 /// A lingering connection's entry in its batcher's table, shared by its drain task and
 /// the batcher, which may close it for a newer one.
 struct Place {
-    /// When its peer last took some of the rest (the socket took more), or the drop.
+    /// When its socket last took more of the rest, or the drop.
     progress: Mutex<Instant>,
     /// Set when the place is lost (given to a newer one, or never had): the drain closes
     /// at once.
@@ -573,12 +583,13 @@ struct Lingering {
 
 impl Lingering {
     /// A place on `batcher` for a connection dropped at `now`. When the batcher has its
-    /// most already, the one whose peer has taken nothing for the longest is closed to
-    /// make room, if that is at least [`EVICTABLE_AFTER`]; otherwise every lingering peer
-    /// is reading, and the new connection is closed instead (its place is lost from the
-    /// start). So a client that hangs up many connections without reading their rest
-    /// holds each place for about [`EVICTABLE_AFTER`] only, and never takes one from a
-    /// peer that keeps reading.
+    /// most already, the one whose socket has taken none of its rest for the longest is
+    /// closed to make room, if that is at least [`EVICTABLE_AFTER`]; otherwise every
+    /// lingering connection is making progress, and the new one is closed instead (its
+    /// place is lost from the start). So a client that hangs up many connections without
+    /// reading their rest holds each place for about [`EVICTABLE_AFTER`] after its
+    /// socket's buffers filled, and takes places only from connections that stalled that
+    /// long.
     fn take(batcher: Option<&Batcher>, now: Instant) -> Self {
         let place = Arc::new(Place::new(now));
         let Some(batcher) = batcher else {

@@ -330,13 +330,19 @@ async fn take_some(shared: &Arc<Shared>, peer: &mut TcpStream) -> Vec<u8> {
     while shared.lock().pending.len() >= before {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     some
 }
 
 /// The lingering tests fill a batcher of two places.
 #[cfg(target_os = "linux")]
 const _: () = assert!(ring::MAX_LINGERING == 2);
+
+/// Long enough for a lingering socket whose peer does not read to count as stalled: a bit
+/// over `EVICTABLE_AFTER`, since such a socket still takes a step of its rest some tens of
+/// milliseconds after the drop (seen: 43 ms on loopback), and well within `LINGER_STALL`.
+#[cfg(target_os = "linux")]
+const STALLED: Duration = ring::EVICTABLE_AFTER.saturating_add(Duration::from_millis(100));
 
 /// The peer of a dropped stream sees the close now, long before a stall would end a
 /// linger, having got a part of what was written.
@@ -364,7 +370,7 @@ fn a_batcher_at_its_most_lingering_closes_the_one_stalled_longest() {
     batched(async |batcher| {
         let (reading, mut reading_peer) = dropped_unread().await;
         let (stalled, mut stalled_peer) = dropped_unread().await;
-        tokio::time::sleep(ring::EVICTABLE_AFTER).await;
+        tokio::time::sleep(STALLED).await;
         // The first one's peer takes some of the rest now; the second's never does.
         let some = take_some(&reading, &mut reading_peer).await;
         assert!(some == pattern(MAX_PENDING)[..8192]);
@@ -393,7 +399,7 @@ fn a_batcher_at_its_most_lingering_closes_the_one_stalled_longest() {
         assert_eq!(batcher.stats().linger_cut, 1);
 
         // Of two that never read, the one dropped earlier has stalled longer.
-        tokio::time::sleep(ring::EVICTABLE_AFTER).await;
+        tokio::time::sleep(STALLED).await;
         let (last, _last_peer) = dropped_unread().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!open(&newest), "the earlier of two unread is closed");
@@ -403,15 +409,18 @@ fn a_batcher_at_its_most_lingering_closes_the_one_stalled_longest() {
     });
 }
 
-/// While every lingering peer has taken some of its rest within `EVICTABLE_AFTER`, a
-/// stream dropped beyond `MAX_LINGERING` is the one closed; once they have taken nothing
-/// for that long, the one that took nothing for the longest makes room.
+/// While every lingering socket has taken more of its rest within `EVICTABLE_AFTER` (its
+/// peer reading), a stream dropped beyond `MAX_LINGERING` is the one closed, however long
+/// ago the others were dropped; once they have taken nothing for that long, the one that
+/// took nothing for the longest makes room.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_batcher_whose_lingering_peers_read_closes_the_newest_until_one_stalls() {
     batched(async |batcher| {
         let (first, mut first_peer) = dropped_unread().await;
         let (second, mut second_peer) = dropped_unread().await;
+        // Dropped long enough ago: what counts is that their sockets took more since.
+        tokio::time::sleep(STALLED).await;
         take_some(&first, &mut first_peer).await;
         take_some(&second, &mut second_peer).await;
 
@@ -426,7 +435,7 @@ fn a_batcher_whose_lingering_peers_read_closes_the_newest_until_one_stalls() {
         // Neither peer reads any more: once they have taken nothing for
         // `EVICTABLE_AFTER` (well before a stall ends them), the first, stalled longer,
         // makes room.
-        tokio::time::sleep(ring::EVICTABLE_AFTER).await;
+        tokio::time::sleep(STALLED).await;
         assert!(open(&first) && open(&second));
         let (newest, _newest_peer) = dropped_unread().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -434,6 +443,26 @@ fn a_batcher_whose_lingering_peers_read_closes_the_newest_until_one_stalls() {
         assert!(open(&second) && open(&newest));
         let stats = batcher.stats();
         assert_eq!((stats.linger_cut, stats.closed_unsent), (2, 2), "{stats:?}");
+    });
+}
+
+/// A stream dropped with bytes queued whose send then fails (the peer reset the
+/// connection) is counted as closed with bytes unsent.
+#[test]
+fn a_dropped_stream_whose_send_fails_is_counted_as_closed_unsent() {
+    batched(async |batcher| {
+        let (mut b, peer) = pair().await;
+        peer.set_zero_linger().unwrap();
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let shared = Arc::clone(&b.shared);
+        b.write_all(b"into the void").await.unwrap();
+        drop(b);
+        while shared.lock().stream.is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stats = batcher.stats();
+        assert_eq!((stats.closed_unsent, stats.linger_cut), (1, 0), "{stats:?}");
     });
 }
 
