@@ -19,15 +19,16 @@
 //! - `poll_flush` is ready only when every accepted byte has reached the kernel.
 //! - A connection dropped with bytes still queued keeps its socket open until they are
 //!   sent, then closes it, as a plain socket's close leaves its buffered bytes to the
-//!   kernel: while its peer reads, it goes on writing, and it gives up (dropping the
-//!   rest) when the peer has taken nothing for 5 s, or 60 s after the drop. At most 256
+//!   kernel: while its socket takes more, it goes on writing, and it gives up (dropping
+//!   the rest) when the socket has taken none of it for 5 s, or 60 s after the drop. (A
+//!   socket takes more once its peer has read about a third of its send buffer: a peer
+//!   that reads slowly makes progress in steps.) At most 256
 //!   dropped connections per batcher linger so (each holds up to twice
 //!   [`MAX_PENDING`]). When one more is dropped, the one whose socket has taken none of
 //!   its rest for the longest closes at once, its rest dropped, and the new one lingers,
 //!   if that socket has taken nothing for at least 2.5 s (half the stall); when every
 //!   lingering socket took some more within that time, the new one closes at once
-//!   instead. (A socket takes more once its peer has read about a third of its send
-//!   buffer: a peer that reads slowly makes progress in steps.) A stream
+//!   instead. A stream
 //!   whose batcher's runtime has ended has no task left to wait on: its rest gets one
 //!   attempt before the close.
 //! - A stream writes straight to its socket, one system call per write as a plain
@@ -101,7 +102,8 @@ pub struct Stats {
     /// readiness.
     pub unfinished: u64,
     /// Dropped connections closed with bytes still unsent while their batcher ran: their
-    /// peer took nothing for the linger's stall, or not all of it by its longest linger,
+    /// socket took none of the rest for the linger's stall, or not all of it by its
+    /// longest linger,
     /// or their socket failed, or the batcher held its most lingering connections
     /// (counted in `linger_cut` too).
     pub closed_unsent: u64,

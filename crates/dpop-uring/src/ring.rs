@@ -45,11 +45,12 @@ struct Inner {
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stats = self.stats();
         let batch = self.lock();
         f.debug_struct("Batcher")
             .field("queued", &batch.queue.len())
             .field("ended", &batch.ended)
-            .field("stats", &batch.stats)
+            .field("stats", &stats)
             .finish_non_exhaustive()
     }
 }
@@ -221,8 +222,10 @@ impl Batcher {
     /// What this batcher has done.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        // `linger_cut` first: each of them is counted in `closed_unsent` after it.
-        let linger_cut = self.0.linger_cut.load(Ordering::Relaxed);
+        // `linger_cut` first (it pairs with the drain's release): each of them was
+        // counted in `closed_unsent` before it, so the snapshot never shows more cut
+        // than closed.
+        let linger_cut = self.0.linger_cut.load(Ordering::Acquire);
         let batch = self.lock().stats;
         Stats {
             closed_unsent: batch.closed_unsent + self.0.closed_unsent.load(Ordering::Relaxed),
@@ -632,7 +635,7 @@ impl Lingering {
         }
     }
 
-    /// The peer took more of the rest at `now`.
+    /// The socket took more of the rest at `now`.
     fn progressed(&self, now: Instant) {
         *self
             .place
@@ -659,7 +662,7 @@ impl Drop for Lingering {
 
 /// Writes a connection's rest through readiness, then lets it accept again. A dropped
 /// connection's rest is still written, as a plain socket's close leaves its buffered
-/// bytes to the kernel: while the peer takes some of it at least every
+/// bytes to the kernel: while the socket takes some of it at least every
 /// [`LINGER_STALL`], for at most [`LINGER_MAX`] after the drop, and while its batcher,
 /// holding [`MAX_LINGERING`], does not give its place to a newer one
 /// ([`Lingering::take`]); then the socket closes and what is left is dropped.
@@ -679,7 +682,7 @@ pub(crate) async fn drain_task(draining: Draining) {
         let failed = matches!(drained, Poll::Ready(Err(_)));
         let mut evicted = false;
         if drained.is_pending() && out.dropped {
-            // Woken by the socket or by the drop; each time the peer took more, the
+            // Woken by the socket or by the drop; each time the socket took more, the
             // stall's clock starts again.
             let now = Instant::now();
             let left = out.pending.len();
@@ -723,7 +726,8 @@ pub(crate) async fn drain_task(draining: Draining) {
                 && let Some(batcher) = &draining.0.batcher
             {
                 batcher.0.closed_unsent.fetch_add(1, Ordering::Relaxed);
-                if evicted && batcher.0.linger_cut.fetch_add(1, Ordering::Relaxed) == 0 {
+                // Release: a reader that sees this count sees the one above.
+                if evicted && batcher.0.linger_cut.fetch_add(1, Ordering::Release) == 0 {
                     // The first of a batcher says so; the count tells the rest.
                     tracing::warn!(
                         target: "dpop::uring",

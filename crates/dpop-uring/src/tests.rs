@@ -330,7 +330,8 @@ async fn take_some(shared: &Arc<Shared>, peer: &mut TcpStream) -> Vec<u8> {
     while shared.lock().pending.len() >= before {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The next step usually follows within a delayed acknowledgement (about 40 ms).
+    tokio::time::sleep(Duration::from_millis(60)).await;
     some
 }
 
@@ -361,7 +362,7 @@ async fn closed_at_once(peer: &mut TcpStream) {
 }
 
 /// At most `MAX_LINGERING` dropped streams of one batcher linger at once. When one more
-/// is dropped, the one whose peer has taken nothing for the longest (at least
+/// is dropped, the one whose socket has taken none of its rest for the longest (at least
 /// `EVICTABLE_AFTER`) is closed at once, not the one dropped first, whose peer still
 /// reads; the new one lingers.
 #[cfg(target_os = "linux")]
@@ -454,7 +455,8 @@ fn a_dropped_stream_whose_send_fails_is_counted_as_closed_unsent() {
         let (mut b, peer) = pair().await;
         peer.set_zero_linger().unwrap();
         drop(peer);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Once the reset has arrived, every send fails.
+        assert!(b.read(&mut [0_u8; 1]).await.is_err(), "the peer's reset");
         let shared = Arc::clone(&b.shared);
         b.write_all(b"into the void").await.unwrap();
         drop(b);
