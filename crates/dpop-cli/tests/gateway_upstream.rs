@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use dpop_test::{MockIssuer, RawRequest, RawResponse, RawUpstream, raw_exchange};
+use dpop_test::{MockIssuer, RawRequest, RawResponse, RawUpstream, raw_exchange, send_raw};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{Caller, Gw, Launch, config_file};
@@ -152,13 +152,10 @@ async fn post(gw: &Gw, caller: &Caller, target: &str, body: &str) -> String {
         caller.authorization(),
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
-        .await
-        .expect("the gateway closes the connection")
-        .unwrap();
+    let (out, ended) = send_raw(gw.addr(), request.as_bytes()).await;
+    if let Err(e) = ended {
+        panic!("the gateway closes the connection: {e}");
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -291,7 +291,10 @@ fn raw_request(method: &[u8], target: &[u8], headers: &[(&str, &[u8])]) -> Vec<u
 /// Sends `request` on a new connection to `addr` and reads until the server closes or
 /// 20 s pass: what it sent, and how the reading ended (an error when the server did not
 /// close in time or the connection failed).
-async fn send_raw(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, Result<(), String>) {
+///
+/// # Panics
+/// When the connection or the write fails.
+pub async fn send_raw(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, Result<(), String>) {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the server");

@@ -74,7 +74,7 @@ mod upstream;
 
 pub use crate::client::{
     HTTP_TIMEOUT, HttpResponse, RawResponse, http_get, http_request, raw_exchange,
-    raw_exchange_exact,
+    raw_exchange_exact, send_raw,
 };
 pub use crate::grpc::{
     ECHO_COUNT_TRAILER, EchoReply, EchoRequest, EchoService, GrpcEchoClient, GrpcEchoUpstream,

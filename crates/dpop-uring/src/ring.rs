@@ -226,11 +226,10 @@ impl Batcher {
         // counted in `closed_unsent` before it, so the snapshot never shows more cut
         // than closed.
         let linger_cut = self.0.linger_cut.load(Ordering::Acquire);
-        let batch = self.lock().stats;
         Stats {
-            closed_unsent: batch.closed_unsent + self.0.closed_unsent.load(Ordering::Relaxed),
+            closed_unsent: self.0.closed_unsent.load(Ordering::Relaxed),
             linger_cut,
-            ..batch
+            ..self.lock().stats
         }
     }
 
@@ -480,9 +479,11 @@ impl Batch {
         } else {
             out.failed = Some(-result);
             out.pending = Vec::new();
-            if out.dropped {
+            if out.dropped
+                && let Some(batcher) = &shared.batcher
+            {
                 // Dropped, and its bytes will never be sent.
-                self.stats.closed_unsent += 1;
+                batcher.0.closed_unsent.fetch_add(1, Ordering::Relaxed);
             }
         }
         if out.dropped && !out.queued {
